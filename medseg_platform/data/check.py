@@ -1,0 +1,153 @@
+"""``medseg data check DIR``: validate a dataset in the SSL4MIS/ACDC layout (methods-spec §1.1).
+
+Every listed slice and volume is opened and checked: the file exists and is readable HDF5, has
+``image`` and ``label`` of equal shape (2-D slices, 3-D volumes), a floating-point image that is finite
+and within [0, 1], and integer labels within ``0 .. num_classes-1``. A bad file gives one line naming
+the file and the problem and the check goes on; the command exits non-zero if any problem was found.
+It also prints cases and slices per split and the voxel fraction of every class.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medseg_platform.data.layout import AcdcLayout, read_h5_pair
+from medseg_platform.errors import DataError
+
+
+@dataclass
+class SplitStats:
+    """Counts of one split: ``items`` files checked, ``class_voxels[c]`` voxels of class c."""
+
+    name: str
+    cases: int = 0
+    slices: int = 0
+    items: int = 0
+    class_voxels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+@dataclass
+class CheckReport:
+    root: Path
+    num_classes: int
+    splits: dict[str, SplitStats]
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"dataset {self.root} ({self.num_classes} classes)"]
+        header = f"  {'split':<6} {'cases':>6} {'slices':>7}  " + " ".join(f"{'class ' + str(c):>9}" for c in range(self.num_classes))
+        lines.append(header)
+        for stats in self.splits.values():
+            total = stats.class_voxels.sum()
+            fractions = stats.class_voxels / total if total else np.full(self.num_classes, np.nan)
+            lines.append(
+                f"  {stats.name:<6} {stats.cases:>6} {stats.slices:>7}  "
+                + " ".join(f"{100 * f:>8.2f}%" for f in fractions)
+            )
+        lines.append(f"{len(self.problems)} problem(s)" if self.problems else "OK: no problems found")
+        return lines
+
+
+def check_array_pair(path: Path, image: np.ndarray, label: np.ndarray, num_classes: int) -> list[str]:
+    """Problems of one ``image``/``label`` pair as one-line messages (empty list if fine)."""
+    problems = []
+    if not np.issubdtype(image.dtype, np.floating):
+        problems.append(f"{path}: 'image' has dtype {image.dtype}, expected float32 in [0, 1]")
+    else:
+        finite = np.isfinite(image)
+        if not finite.all():
+            problems.append(f"{path}: 'image' has {int((~finite).sum())} NaN/inf value(s)")
+        elif image.size and (image.min() < 0.0 or image.max() > 1.0):
+            problems.append(f"{path}: 'image' values span [{image.min():.4g}, {image.max():.4g}], expected [0, 1] (min-max normalise per volume)")
+    if not np.issubdtype(label.dtype, np.integer):
+        problems.append(f"{path}: 'label' has dtype {label.dtype}, expected an integer type (uint8)")
+    elif label.size and (label.min() < 0 or label.max() >= num_classes):
+        bad = np.unique(label[(label < 0) | (label >= num_classes)])
+        problems.append(f"{path}: 'label' has value(s) {bad[:5].tolist()} outside 0..{num_classes - 1} (wrong --num-classes or a corrupt label)")
+    return problems
+
+
+def _check_item(path: Path, ndim: int, num_classes: int, stats: SplitStats, problems: list[str]) -> None:
+    try:
+        image, label, _ = read_h5_pair(path, ndim)
+    except DataError as exc:
+        problems.append(str(exc))
+        return
+    item_problems = check_array_pair(path, image, label, num_classes)
+    problems.extend(item_problems)
+    stats.items += 1
+    if np.issubdtype(label.dtype, np.integer):
+        valid = label[(label >= 0) & (label < num_classes)]
+        stats.class_voxels += np.bincount(valid.ravel().astype(np.int64), minlength=num_classes)[:num_classes]
+    if ndim == 3:
+        stats.slices += label.shape[0]
+
+
+def check_dataset(root: str | Path, num_classes: int = 4, progress: bool = False) -> CheckReport:
+    """Open and validate every file the lists name; never stops at the first problem.
+
+    Raises :class:`DataError` only when the root or a list file is missing (nothing to check).
+    """
+    layout = AcdcLayout(root, num_classes)
+    problems: list[str] = []
+    splits: dict[str, SplitStats] = {}
+
+    train = SplitStats("train", class_voxels=np.zeros(num_classes, dtype=np.int64))
+    train.cases = len(layout.train_cases)
+    for i, sid in enumerate(layout.train_slices):
+        _check_item(layout.slice_path(sid), 2, num_classes, train, problems)
+        if progress and (i + 1) % 500 == 0:
+            print(f"  checked {i + 1}/{len(layout.train_slices)} training slices", file=sys.stderr)
+    train.slices = len(layout.train_slices)
+    splits["train"] = train
+
+    for name, cases in (("val", layout.val_cases), ("test", layout.test_cases)):
+        stats = SplitStats(name, class_voxels=np.zeros(num_classes, dtype=np.int64))
+        stats.cases = len(cases)
+        for case in cases:
+            _check_item(layout.volume_path(case), 3, num_classes, stats, problems)
+        splits[name] = stats
+
+    for name, stats in splits.items():
+        if stats.cases == 0:
+            problems.append(f"{layout.root}: split '{name}' lists no cases")
+    overlap = set(layout.train_cases) & (set(layout.val_cases) | set(layout.test_cases))
+    overlap |= set(layout.val_cases) & set(layout.test_cases)
+    if overlap:
+        problems.append(f"{layout.root}: case(s) {sorted(overlap)[:5]} appear in more than one split (train/val/test must be disjoint)")
+    return CheckReport(layout.root, num_classes, splits, problems)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_cli(subparsers) -> None:
+    from medseg_platform.cli import command_parser
+
+    parser = command_parser(
+        subparsers,
+        "check",
+        help="validate a dataset (files, keys, dtypes, shapes, value ranges) and print its class balance",
+        example="medseg data check data/phantom --num-classes 4",
+        description=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("root", help="dataset root (SSL4MIS/ACDC layout)")
+    parser.add_argument("--num-classes", type=int, default=4, help="classes including background (default 4: ACDC)")
+    parser.set_defaults(func=_run_cli)
+
+
+def _run_cli(args) -> int:
+    if args.num_classes < 2:
+        raise DataError(f"--num-classes {args.num_classes}: need at least 2 (background and one structure)")
+    report = check_dataset(args.root, args.num_classes, progress=True)
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    for line in report.summary_lines():
+        print(line)
+    return 0 if report.ok else 1

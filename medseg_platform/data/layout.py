@@ -1,0 +1,282 @@
+"""The SSL4MIS/ACDC processed dataset layout: reader and writer (methods-spec §1.1).
+
+A dataset root holds::
+
+    train_slices.list          one slice id per line, e.g. ``patient099_frame01_slice_0``
+    val.list, test.list        one case (volume) id per line, e.g. ``patient028_frame01``
+    data/slices/<slice>.h5     ``image`` float32 H×W in [0, 1], ``label`` uint8 H×W
+    data/<case>.h5             ``image`` float32 D×H×W in [0, 1], ``label`` uint8 D×H×W
+    manifest.json              (optional, written by our converters) spacing per case, checksums
+
+Slices are for training, volumes for validation and test. A case id is ``<patient>_frame<NN>``
+(SSL4MIS renames ACDC's ED/ES frames to ``frame01``/``frame02``); a case id without a ``_frame``
+suffix is its own patient. Voxel spacing (mm, in D, H, W order) is stored as the ``spacing``
+attribute of a volume file and in the manifest; files without it are evaluated in voxel units.
+
+Writers produce byte-identical files for identical inputs (no HDF5 timestamps), so converting
+twice gives the same checksums.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from medseg_platform.errors import DataError
+from medseg_platform.io import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+
+SLICES_DIR = Path("data") / "slices"
+VOLUMES_DIR = Path("data")
+TRAIN_LIST = "train_slices.list"
+VAL_LIST = "val.list"
+TEST_LIST = "test.list"
+MANIFEST = "manifest.json"
+LAYOUT_FORMAT = "ssl4mis-acdc-h5/1"
+
+_SLICE_RE = re.compile(r"^(?P<case>.+)_slice_(?P<k>\d+)$")
+_FRAME_RE = re.compile(r"^(?P<patient>.+)_frame\d+$")
+
+
+# ----------------------------------------------------------------------------------------- ids
+def slice_id(case: str, k: int) -> str:
+    """The id of slice ``k`` (0-based, along D) of volume ``case``."""
+    return f"{case}_slice_{k}"
+
+
+def case_of_slice(sid: str) -> str:
+    """``patient099_frame01_slice_3`` -> ``patient099_frame01``."""
+    match = _SLICE_RE.match(sid)
+    if match is None:
+        raise DataError(f"{sid!r}: not a slice id of the form <case>_slice_<k> (fix the list file)")
+    return match["case"]
+
+
+def patient_of_case(case: str) -> str:
+    """``patient099_frame01`` -> ``patient099``; a case without ``_frameNN`` is its own patient."""
+    match = _FRAME_RE.match(case)
+    return match["patient"] if match else case
+
+
+def unique_in_order(items: Iterable[str]) -> list[str]:
+    """Distinct items in order of first appearance."""
+    return list(dict.fromkeys(items))
+
+
+# ------------------------------------------------------------------------------------- writers
+def _h5_write(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object] | None = None) -> None:
+    """Write arrays (gzip, no timestamps) to an HDF5 file atomically and deterministically."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", track_order=False) as fh:
+            for key, arr in arrays.items():
+                fh.create_dataset(key, data=arr, compression="gzip", compression_opts=4, track_times=False)
+            for key, value in (attrs or {}).items():
+                fh.attrs[key] = value
+
+
+def _checked_pair(image: np.ndarray, label: np.ndarray, ndim: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    image = np.asarray(image)
+    label = np.asarray(label)
+    if image.ndim != ndim or image.shape != label.shape:
+        raise DataError(f"{where}: image {image.shape} and label {label.shape} must both be {ndim}-D and equal")
+    image = image.astype(np.float32, copy=False)
+    if not np.isfinite(image).all() or image.min(initial=0.0) < 0.0 or image.max(initial=0.0) > 1.0:
+        raise DataError(f"{where}: image must be finite and in [0, 1] (normalise it first)")
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise DataError(f"{where}: label values must fit uint8, got range [{label.min()}, {label.max()}]")
+    return image, label.astype(np.uint8, copy=False)
+
+
+def write_slice(root: str | os.PathLike, case: str, k: int, image: np.ndarray, label: np.ndarray) -> Path:
+    """Write one training slice (``image`` H×W float32 in [0,1], ``label`` H×W uint8); returns its path."""
+    path = Path(root) / SLICES_DIR / f"{slice_id(case, k)}.h5"
+    image, label = _checked_pair(image, label, 2, str(path))
+    _h5_write(path, {"image": image, "label": label})
+    return path
+
+
+def write_volume(
+    root: str | os.PathLike,
+    case: str,
+    image: np.ndarray,
+    label: np.ndarray,
+    spacing: Sequence[float] | None = None,
+) -> Path:
+    """Write one volume (``image`` D×H×W float32 in [0,1], ``label`` D×H×W uint8; ``spacing`` mm as D,H,W)."""
+    path = Path(root) / VOLUMES_DIR / f"{case}.h5"
+    image, label = _checked_pair(image, label, 3, str(path))
+    attrs = {}
+    if spacing is not None:
+        if len(spacing) != 3 or not all(float(s) > 0 for s in spacing):
+            raise DataError(f"{path}: spacing must be three positive numbers (D, H, W), got {spacing!r}")
+        attrs["spacing"] = np.asarray(spacing, dtype=np.float64)
+    _h5_write(path, {"image": image, "label": label}, attrs)
+    return path
+
+
+def write_case(
+    root: str | os.PathLike,
+    case: str,
+    image: np.ndarray,
+    label: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    with_slices: bool = True,
+) -> list[str]:
+    """Write a volume and (if ``with_slices``) its D slices; returns the slice ids in order."""
+    write_volume(root, case, image, label, spacing)
+    if not with_slices:
+        return []
+    for k in range(image.shape[0]):
+        write_slice(root, case, k, image[k], label[k])
+    return [slice_id(case, k) for k in range(image.shape[0])]
+
+
+def write_lists(root: str | os.PathLike, train_slices: Sequence[str], val_cases: Sequence[str], test_cases: Sequence[str]) -> None:
+    """Write ``train_slices.list``, ``val.list`` and ``test.list`` (order is kept: it is the published ordering)."""
+    root = Path(root)
+    for name, items in ((TRAIN_LIST, train_slices), (VAL_LIST, val_cases), (TEST_LIST, test_cases)):
+        write_text_atomic(root / name, "".join(f"{item}\n" for item in items))
+
+
+def write_manifest(root: str | os.PathLike, source: Mapping[str, object], cases: Mapping[str, Mapping[str, object]]) -> Path:
+    """Write ``manifest.json``: the layout format, how it was made, per-case facts and a SHA-256 per file.
+
+    ``cases`` maps a case id to JSON-able facts (at least ``patient``; ``spacing`` when known).
+    Checksums cover the list files and every ``.h5`` under ``data/``, keyed by POSIX relative path.
+    """
+    root = Path(root)
+    files = [root / TRAIN_LIST, root / VAL_LIST, root / TEST_LIST]
+    files += sorted((root / VOLUMES_DIR).rglob("*.h5"))
+    manifest = {
+        "format": LAYOUT_FORMAT,
+        "source": dict(source),
+        "cases": {case: dict(facts) for case, facts in sorted(cases.items())},
+        "sha256": {p.relative_to(root).as_posix(): sha256_file(p) for p in files if p.exists()},
+    }
+    path = root / MANIFEST
+    write_json_atomic(path, manifest)
+    return path
+
+
+# -------------------------------------------------------------------------------------- reader
+def _read_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(f"{path}: list file is missing (is this an SSL4MIS/ACDC dataset root?)")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_h5_pair(path: Path, ndim: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Read ``image``/``label`` (and attributes) from an h5 file; one-line :class:`DataError` on any problem."""
+    if not path.is_file():
+        raise DataError(f"{path}: file is missing (the list names it; re-run the converter or fix the list)")
+    try:
+        with h5py.File(path, "r") as fh:
+            missing = [key for key in ("image", "label") if key not in fh]
+            if missing:
+                raise DataError(f"{path}: missing dataset key(s) {missing} (expected 'image' and 'label')")
+            image = fh["image"][()]
+            label = fh["label"][()]
+            attrs = {key: fh.attrs[key] for key in fh.attrs}
+    except DataError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: unreadable HDF5 file ({first_line}); the file is truncated or corrupt, re-create it") from None
+    if image.ndim != ndim or image.shape != label.shape:
+        raise DataError(f"{path}: expected {ndim}-D 'image' and 'label' of equal shape, got {image.shape} and {label.shape}")
+    return image, label, attrs
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A whole case: ``image`` float32 D×H×W, ``label`` uint8 D×H×W, ``spacing`` (mm, D,H,W) or None."""
+
+    case: str
+    image: np.ndarray
+    label: np.ndarray
+    spacing: tuple[float, float, float] | None
+
+
+class AcdcLayout:
+    """Read access to one dataset root in the SSL4MIS/ACDC layout.
+
+    Opening validates only that the root and its three list files exist (cheap); ``medseg data check``
+    validates every file. Attributes:
+
+    * ``train_slices``: slice ids of ``train_slices.list`` in file order.
+    * ``train_cases`` / ``train_patients``: distinct cases / patients in order of first appearance; this
+      order is the *published ordering* from which "the first n labelled patients" is taken.
+    * ``val_cases``, ``test_cases``: volume ids.
+    """
+
+    def __init__(self, root: str | os.PathLike, num_classes: int = 4):
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset root does not exist (create one with 'medseg data phantom --out DIR' or 'medseg data convert-acdc')")
+        self.num_classes = int(num_classes)
+        self.train_slices = _read_list(self.root / TRAIN_LIST)
+        self.val_cases = _read_list(self.root / VAL_LIST)
+        self.test_cases = _read_list(self.root / TEST_LIST)
+        self.train_cases = unique_in_order(case_of_slice(s) for s in self.train_slices)
+        self.train_patients = unique_in_order(patient_of_case(c) for c in self.train_cases)
+        self.manifest = self._read_manifest()
+
+    def _read_manifest(self) -> dict:
+        path = self.root / MANIFEST
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}); re-create it with the converter") from None
+
+    # paths
+    def slice_path(self, sid: str) -> Path:
+        return self.root / SLICES_DIR / f"{sid}.h5"
+
+    def volume_path(self, case: str) -> Path:
+        return self.root / VOLUMES_DIR / f"{case}.h5"
+
+    # splits
+    def slices_of_patients(self, patients: Iterable[str]) -> list[str]:
+        """Training slice ids (file order) that belong to the given patients."""
+        wanted = set(patients)
+        return [s for s in self.train_slices if patient_of_case(case_of_slice(s)) in wanted]
+
+    def cases(self, split: str) -> list[str]:
+        """Volume ids of ``split`` in file order: ``train`` (distinct cases of the slices), ``val`` or ``test``."""
+        if split == "train":
+            return list(self.train_cases)
+        if split == "val":
+            return list(self.val_cases)
+        if split == "test":
+            return list(self.test_cases)
+        raise ValueError(f"unknown split {split!r}; expected 'train', 'val' or 'test'")
+
+    # data
+    def read_slice(self, sid: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(image float32 H×W, label uint8 H×W)`` of a training slice."""
+        image, label, _ = read_h5_pair(self.slice_path(sid), 2)
+        return image.astype(np.float32, copy=False), label.astype(np.uint8, copy=False)
+
+    def read_volume(self, case: str) -> Volume:
+        """The whole volume of ``case`` with its spacing (h5 attribute, else manifest, else None)."""
+        path = self.volume_path(case)
+        image, label, attrs = read_h5_pair(path, 3)
+        spacing = attrs.get("spacing")
+        if spacing is None:
+            spacing = self.manifest.get("cases", {}).get(case, {}).get("spacing")
+        spacing_t = tuple(float(s) for s in spacing) if spacing is not None else None
+        return Volume(case, image.astype(np.float32, copy=False), label.astype(np.uint8, copy=False), spacing_t)
+
+    def __repr__(self) -> str:
+        return (
+            f"AcdcLayout({str(self.root)!r}: {len(self.train_slices)} train slices of "
+            f"{len(self.train_patients)} patients, {len(self.val_cases)} val, {len(self.test_cases)} test volumes)"
+        )

@@ -1,0 +1,210 @@
+"""Labelled subsets by patient count (methods-spec §1.1 "Label fraction -> slices").
+
+The ACDC literature names its settings in percent but means patients: 1 / 3 / 7 of the 70 training
+patients are called 1% / 5% / 10%. Here a label fraction is always resolved to a number of whole
+*patients* and then to their training slices:
+
+* ``"3"`` (or ``3``): three patients.
+* ``"5%"``: a percent. The three published ACDC percents map as published, scaled to the training set:
+  1% = 1/70, 5% = 3/70, 10% = 7/70 of the training patients (exactly 1, 3 and 7 on ACDC); any other
+  percent is ``round(N * p / 100)``. At least one patient; ``100%`` is all of them.
+
+Which patients (``strategy``):
+
+* ``published`` (default): the first n patients in the published ordering, i.e. the order in which
+  patients first appear in ``train_slices.list`` (SSL4MIS: patient099, 038, 050, 100, 058, 021, 049, ...).
+  The same for every seed, as in the papers.
+* ``random``: a seeded random subset of n patients (a different subset per seed).
+* ``released_slices``: as released (``patients_to_slices``): the first N *slices* of
+  ``train_slices.list`` with N from the released table {1: 23, 3: 68, 7: 136, ...}. For 1 patient this
+  is 23 slices = patient099's ED frame plus 7 slices of its ES frame (a partial patient, bug §8.16);
+  for 3 and 7 it equals ``published``. Only meaningful on the SSL4MIS ACDC list.
+
+Zero patients, more patients than available, or a malformed fraction are :class:`ConfigError`.
+The labelled patient ids are part of every result (``LabelledSubset.to_dict``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from medseg_platform.data.layout import AcdcLayout, case_of_slice, patient_of_case, unique_in_order
+from medseg_platform.errors import ConfigError
+
+STRATEGIES = ("published", "random", "released_slices")
+
+#: The published ACDC settings: percent -> patients out of 70 (dataset_split/README, methods-spec §1.1).
+PUBLISHED_PERCENT_TO_PATIENTS = {1.0: 1, 5.0: 3, 10.0: 7}
+PUBLISHED_TRAIN_PATIENTS = 70
+
+#: ``patients_to_slices`` of the released code for ACDC: patients -> leading slices of train_slices.list.
+RELEASED_ACDC_SLICES = {1: 23, 3: 68, 7: 136, 14: 256, 21: 396, 28: 512, 35: 664, 70: 1312}
+
+_FRACTION_RE = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<percent>%?)\s*$")
+
+
+@dataclass(frozen=True)
+class PatientCount:
+    """A resolved label fraction: ``patients`` of ``available`` training patients, and how it was derived."""
+
+    requested: str
+    patients: int
+    available: int
+    rule: str
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.patients / self.available
+
+    def describe(self) -> str:
+        return f"label fraction {self.requested} -> {self.patients} of {self.available} training patients ({self.percent:.1f}%; {self.rule})"
+
+
+def resolve_patient_count(fraction: str | int | float, available: int) -> PatientCount:
+    """Map ``"3"``/``3`` (patients) or ``"5%"`` (percent) to a number of patients out of ``available``."""
+    if available < 1:
+        raise ConfigError("training split: no training patients (the dataset's train_slices.list is empty)")
+    text = str(fraction)
+    match = _FRACTION_RE.match(text)
+    if match is None:
+        raise ConfigError(f"label fraction {text!r}: expected a patient count like '3' or a percent like '5%'")
+    value = float(match["value"])
+    if match["percent"]:
+        if value <= 0 or value > 100:
+            raise ConfigError(f"label fraction {text!r}: a percent must be in (0, 100]")
+        if value in PUBLISHED_PERCENT_TO_PATIENTS:
+            share = PUBLISHED_PERCENT_TO_PATIENTS[value] / PUBLISHED_TRAIN_PATIENTS
+            rule = f"published ACDC mapping {value:g}% = {PUBLISHED_PERCENT_TO_PATIENTS[value]}/{PUBLISHED_TRAIN_PATIENTS} patients"
+        else:
+            share = value / 100.0
+            rule = f"round({available} x {value:g}/100)"
+        n = max(1, int(math.floor(available * share + 0.5)))
+    else:
+        if value != int(value):
+            raise ConfigError(f"label fraction {text!r}: a patient count must be a whole number (use '%' for a percent)")
+        n = int(value)
+        rule = "patient count"
+        if n == 0:
+            raise ConfigError(f"label fraction {text!r}: 0 labelled patients leaves nothing to supervise (use at least 1)")
+    if n > available:
+        raise ConfigError(f"label fraction {text!r}: {n} patients requested but the training split has only {available}")
+    return PatientCount(text, n, available, rule)
+
+
+@dataclass(frozen=True)
+class LabelledSubset:
+    """Which training data are labelled. Slice ids keep ``train_slices.list`` order."""
+
+    count: PatientCount
+    strategy: str
+    seed: int | None
+    patients: tuple[str, ...]
+    labelled_slices: tuple[str, ...]
+    unlabelled_slices: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        """JSON-able record stored with every result."""
+        return {
+            "requested": self.count.requested,
+            "num_patients": self.count.patients,
+            "available_patients": self.count.available,
+            "percent_patients": round(self.count.percent, 3),
+            "rule": self.count.rule,
+            "strategy": self.strategy,
+            "seed": self.seed,
+            "patients": list(self.patients),
+            "num_labelled_slices": len(self.labelled_slices),
+            "num_unlabelled_slices": len(self.unlabelled_slices),
+        }
+
+    def describe(self) -> str:
+        return (
+            f"{self.count.describe()}; strategy {self.strategy}"
+            + (f" (seed {self.seed})" if self.strategy == "random" else "")
+            + f": {', '.join(self.patients)} = {len(self.labelled_slices)} labelled / {len(self.unlabelled_slices)} unlabelled slices"
+        )
+
+
+def select_labelled(
+    train_slices: Sequence[str],
+    fraction: str | int | float,
+    strategy: str = "published",
+    seed: int | None = None,
+) -> LabelledSubset:
+    """Split training slice ids into labelled and unlabelled ones (see the module docstring).
+
+    Args:
+        train_slices: slice ids in ``train_slices.list`` order (defines the published ordering).
+        fraction: patients (``"3"``) or percent (``"5%"``).
+        strategy: ``published`` | ``random`` | ``released_slices``.
+        seed: required for ``random``; recorded otherwise.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"labelled strategy {strategy!r}: unknown; choose one of {', '.join(STRATEGIES)}")
+    slice_patients = [patient_of_case(case_of_slice(s)) for s in train_slices]
+    ordering = unique_in_order(slice_patients)
+    count = resolve_patient_count(fraction, len(ordering))
+
+    if strategy == "released_slices":
+        if count.patients not in RELEASED_ACDC_SLICES:
+            raise ConfigError(
+                f"labelled strategy released_slices: no released slice count for {count.patients} patients "
+                f"(known: {sorted(RELEASED_ACDC_SLICES)}); use strategy 'published'"
+            )
+        n_slices = RELEASED_ACDC_SLICES[count.patients]
+        if n_slices > len(train_slices):
+            raise ConfigError(f"labelled strategy released_slices: needs {n_slices} slices but train_slices.list has {len(train_slices)}")
+        labelled = tuple(train_slices[:n_slices])
+        unlabelled = tuple(train_slices[n_slices:])
+        patients = tuple(unique_in_order(slice_patients[:n_slices]))
+        return LabelledSubset(count, strategy, seed, patients, labelled, unlabelled)
+
+    if strategy == "published":
+        chosen = ordering[: count.patients]
+    else:
+        if seed is None:
+            raise ConfigError("labelled strategy random: a seed is required (pass --seed)")
+        rng = np.random.default_rng(seed)
+        picked = rng.choice(len(ordering), size=count.patients, replace=False)
+        chosen = [ordering[i] for i in sorted(picked)]
+    wanted = set(chosen)
+    mask = [p in wanted for p in slice_patients]
+    labelled = tuple(s for s, m in zip(train_slices, mask) if m)
+    unlabelled = tuple(s for s, m in zip(train_slices, mask) if not m)
+    return LabelledSubset(count, strategy, seed, tuple(chosen), labelled, unlabelled)
+
+
+def select_labelled_from_layout(layout: AcdcLayout, fraction: str | int | float, strategy: str = "published", seed: int | None = None) -> LabelledSubset:
+    """:func:`select_labelled` on a dataset root's ``train_slices.list``."""
+    return select_labelled(layout.train_slices, fraction, strategy, seed)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_cli(subparsers) -> None:
+    from medseg_platform.cli import command_parser
+
+    parser = command_parser(
+        subparsers,
+        "splits",
+        help="show which training patients and slices a label fraction selects",
+        example="medseg data splits data/phantom --labelled 5% --strategy random --seed 2",
+        description=__doc__.split("\n\n")[1] + "\n\nPatients (e.g. 3) or percent (e.g. 5%) -> labelled patients and slices.",
+    )
+    parser.add_argument("root", help="dataset root (SSL4MIS/ACDC layout)")
+    parser.add_argument("--labelled", action="append", required=True, metavar="FRACTION",
+                        help="patients ('3') or percent ('5%%'); repeat for several")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="published", help="which patients (default: published ordering)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for --strategy random")
+    parser.set_defaults(func=_run_cli)
+
+
+def _run_cli(args) -> int:
+    layout = AcdcLayout(args.root)
+    for fraction in args.labelled:
+        print(select_labelled_from_layout(layout, fraction, args.strategy, args.seed).describe())
+    return 0

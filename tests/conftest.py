@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny datasets written with the layout writers (no phantom, no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg_platform.data import layout
+
+
+def make_tiny_dataset(root: Path, train_patients=("patient004", "patient001", "patient003", "patient002"),
+                      val_patients=("patient005",), test_patients=("patient006",),
+                      depth: int = 3, shape=(12, 10), seed: int = 0) -> Path:
+    """A dataset root with two frames per patient; label = intensity bins so values are predictable.
+
+    Shapes: volumes (depth, *shape); every class 0..3 present in every slice.
+    """
+    rng = np.random.default_rng(seed)
+    train_slices: list[str] = []
+    for patients, with_slices in ((train_patients, True), (val_patients, False), (test_patients, False)):
+        for patient in patients:
+            for frame in ("frame01", "frame02"):
+                label = rng.integers(0, 4, size=(depth, *shape)).astype(np.uint8)
+                image = (label / 4.0 + rng.uniform(0, 0.2, size=label.shape)).astype(np.float32)
+                image = (image - image.min()) / (image.max() - image.min())
+                ids = layout.write_case(root, f"{patient}_{frame}", image, label, spacing=(5.0, 1.5, 1.25), with_slices=with_slices)
+                train_slices += ids
+    val = [f"{p}_{f}" for p in val_patients for f in ("frame01", "frame02")]
+    test = [f"{p}_{f}" for p in test_patients for f in ("frame01", "frame02")]
+    layout.write_lists(root, train_slices, val, test)
+    return root
+
+
+@pytest.fixture
+def tiny_root(tmp_path: Path) -> Path:
+    return make_tiny_dataset(tmp_path / "tiny")
