@@ -46,8 +46,8 @@ def test_every_bad_file_is_reported_and_check_continues(tiny_root: Path, capsys)
     assert "patient006_frame02.h5: unreadable HDF5 file" in text
     assert "patient777_frame01.h5: file is missing" in text
     assert all("\n" not in p for p in report.problems)
-    # the remaining good files were still counted
-    assert report.splits["train"].items == 22
+    # every readable file was still counted (all but the one without `label`)
+    assert report.splits["train"].items == 23
     assert main(["data", "check", str(tiny_root)]) == 1
     out = capsys.readouterr().out
     assert out.count("problem: ") == 5 and "5 problem(s)" in out

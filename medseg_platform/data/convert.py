@@ -1,0 +1,451 @@
+"""Converters from raw NIfTI data to the SSL4MIS/ACDC layout (methods-spec §1.1).
+
+``medseg data convert-acdc RAW_DIR OUT_DIR``
+    The ACDC challenge release: ``patientNNN/`` folders anywhere under RAW_DIR (e.g. ``training/`` and
+    ``testing/``), each with ``Info.cfg`` (``ED: 1``, ``ES: 12``, ``Group: DCM``, ...) and the ED/ES frames
+    ``patientNNN_frameMM.nii.gz`` + ``patientNNN_frameMM_gt.nii.gz``; the 4-D cine file is ignored.
+    ED becomes case ``patientNNN_frame01`` and ES ``patientNNN_frame02`` (SSL4MIS's naming); the original
+    frame numbers go to the manifest. Default split: SSL4MIS's published 70/10/20 patient split and order.
+
+``medseg data convert-nifti RAW_DIR OUT_DIR --image-glob GLOB --label-suffix SUFFIX``
+    Any folder of image/label NIfTI pairs; a seeded random patient split.
+
+Both: per-volume min-max to [0,1] float32, no resampling, NIfTI ``(X, Y, Z)`` -> ``(D, H, W) = (Z, Y, X)``
+with spacing ``(dz, dy, dx)`` (see :mod:`medseg_platform.data.nifti`). Slices are written for training
+cases only, volumes for every case. Output is built in a hidden staging folder next to OUT_DIR and moved
+into place only when complete, so a failed run leaves an existing OUT_DIR untouched. Identical inputs give
+byte-identical outputs (the manifest records only the raw folder's name, not its path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+from medseg_platform import __version__
+from medseg_platform.cli import command_parser
+from medseg_platform.data.acdc_split import Split, SplitSpec, make_split
+from medseg_platform.data.layout import MANIFEST, TRAIN_LIST, patient_of_case, write_case, write_lists, write_manifest
+from medseg_platform.data.nifti import (
+    check_same_shape,
+    find_nifti_pairs,
+    image_shape_text,
+    load_pair,
+    read_header,
+)
+from medseg_platform.errors import ConfigError, DataError
+
+ACDC_NUM_CLASSES = 4  # 0 background, 1 RV, 2 Myo, 3 LV
+ACDC_PHASES = (("ED", "frame01"), ("ES", "frame02"))
+_PATIENT_DIR_RE = re.compile(r"patient\d{3}")
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """Default logger: say nothing."""
+
+
+# --------------------------------------------------------------------------------- case sources
+@dataclass(frozen=True)
+class CaseSource:
+    """One raw case to convert: output ``case`` id, its ``patient``, the NIfTI ``image``/``label`` paths and
+    extra JSON-able ``facts`` for the manifest (e.g. ACDC phase and original frame number)."""
+
+    case: str
+    patient: str
+    image: Path
+    label: Path
+    facts: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What a conversion wrote: the output root, the patient split and the number of training slices."""
+
+    out_dir: Path
+    split: Split
+    num_slices: int
+    num_cases: int
+    skipped: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------- ACDC
+def read_info_cfg(path: Path) -> dict[str, str]:
+    """Parse an ACDC ``Info.cfg`` (``Key: value`` lines) into a dict of stripped strings."""
+    if not path.is_file():
+        raise DataError(f"{path}: Info.cfg is missing (each ACDC patient folder needs it for the ED/ES frame numbers)")
+    info: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            raise DataError(f"{path}: line {lineno} {line.strip()!r} is not 'Key: value' (restore the file from the ACDC release)")
+        info[key.strip()] = value.strip()
+    return info
+
+
+def info_frame(info: Mapping[str, str], key: str, path: Path) -> int:
+    """The 1-based frame number of phase ``key`` (``ED`` or ``ES``) from a parsed Info.cfg."""
+    if key not in info:
+        raise DataError(f"{path}: no '{key}:' line (the {key} frame number is required; restore the file from the ACDC release)")
+    try:
+        frame = int(info[key])
+    except ValueError:
+        raise DataError(f"{path}: '{key}: {info[key]}' is not a frame number (expected e.g. '{key}: 1')") from None
+    if frame < 1:
+        raise DataError(f"{path}: '{key}: {frame}' must be a frame number >= 1")
+    return frame
+
+
+def find_acdc_patient_dirs(raw_dir: Path) -> dict[str, Path]:
+    """``patientNNN`` folders anywhere under ``raw_dir`` (sorted by id). Two folders of one patient is an error."""
+    found: dict[str, Path] = {}
+    for path in sorted(raw_dir.rglob("patient*")):
+        if not (_PATIENT_DIR_RE.fullmatch(path.name) and path.is_dir()):
+            continue
+        if path.name in found:
+            raise DataError(f"{path}: patient {path.name} is also at {found[path.name]} (keep one copy)")
+        found[path.name] = path
+    if not found:
+        raise DataError(f"{raw_dir}: no patientNNN folders found (point RAW_DIR at the unpacked ACDC release)")
+    return dict(sorted(found.items()))
+
+
+def acdc_case_sources(patient_dir: Path) -> list[CaseSource]:
+    """The ED and ES cases of one ACDC patient folder; checks Info.cfg and that the four files exist."""
+    patient = patient_dir.name
+    info_path = patient_dir / "Info.cfg"
+    info = read_info_cfg(info_path)
+    frames = {phase: info_frame(info, phase, info_path) for phase, _ in ACDC_PHASES}
+    if frames["ED"] == frames["ES"]:
+        raise DataError(f"{info_path}: ED and ES are the same frame {frames['ED']} (restore the file from the ACDC release)")
+    sources = []
+    for phase, new_frame in ACDC_PHASES:
+        stem = f"{patient}_frame{frames[phase]:02d}"
+        image, label = patient_dir / f"{stem}.nii.gz", patient_dir / f"{stem}_gt.nii.gz"
+        for path in (image, label):
+            if not path.is_file():
+                raise DataError(f"{path}: {phase} frame file is missing (Info.cfg says {phase}: {frames[phase]})")
+        facts = {"phase": phase, "frame": frames[phase], "group": info.get("Group")}
+        sources.append(CaseSource(f"{patient}_{new_frame}", patient, image, label, facts))
+    return sources
+
+
+# ------------------------------------------------------------------------------------- generic
+def nifti_case_sources(raw_dir: Path, image_glob: str, label_suffix: str) -> list[CaseSource]:
+    """Cases of a generic folder; a case named ``<patient>_frameNN`` belongs to ``<patient>``, else to itself."""
+    return [
+        CaseSource(pair.case, patient_of_case(pair.case), pair.image, pair.label)
+        for pair in find_nifti_pairs(raw_dir, image_glob, label_suffix)
+    ]
+
+
+# -------------------------------------------------------------------------------------- output
+def check_output_dir(out_dir: Path, raw_dir: Path, overwrite: bool) -> None:
+    """Refuse an OUT_DIR that is RAW_DIR or contains it, a file, or a non-empty folder (unless ``overwrite``
+    and it looks like a converted dataset)."""
+    if out_dir == raw_dir or out_dir in raw_dir.parents:
+        raise ConfigError(f"{out_dir}: OUT_DIR must not be RAW_DIR or contain it (choose another output folder)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: OUT_DIR exists and is not a folder (choose another output folder)")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError(f"{out_dir}: OUT_DIR is not empty (pass --overwrite to replace it, or choose another folder)")
+    if not ((out_dir / MANIFEST).is_file() or (out_dir / TRAIN_LIST).is_file()):
+        raise ConfigError(
+            f"{out_dir}: OUT_DIR is not empty and has no {MANIFEST} or {TRAIN_LIST}, so it does not look like a "
+            f"converted dataset; refusing to replace it even with --overwrite (delete it yourself or choose another folder)"
+        )
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: Path) -> Iterator[Path]:
+    """Yield an empty staging folder next to ``out_dir``; on success it replaces ``out_dir``, on error it is removed."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_umask())
+        yield staging
+        old = None
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def preflight(sources: Sequence[CaseSource]) -> None:
+    """Cheap checks of every pair before any voxel is read: readable headers, equal (D, H, W) shapes."""
+    for src in sources:
+        check_same_shape(read_header(src.image), read_header(src.label))
+
+
+def _relative(path: Path, raw_dir: Path) -> str:
+    """``path`` relative to ``raw_dir`` in POSIX form (what the manifest records)."""
+    return Path(os.path.relpath(path, raw_dir)).as_posix()
+
+
+def write_cases(
+    root: Path,
+    sources: Sequence[CaseSource],
+    split: Split,
+    raw_dir: Path,
+    num_classes: int,
+    log: Log,
+) -> tuple[list[str], dict[str, dict]]:
+    """Load, preprocess and write every case of ``split`` (train patients in order, then val, then test).
+
+    Returns the training slice ids in ``train_slices.list`` order and the manifest facts per case.
+    """
+    by_patient: dict[str, list[CaseSource]] = {}
+    for src in sources:
+        by_patient.setdefault(src.patient, []).append(src)
+    train_slices: list[str] = []
+    facts: dict[str, dict] = {}
+    for index, patient in enumerate(split.patients, 1):
+        part = split.of(patient)
+        notes = []
+        for src in by_patient[patient]:
+            case = load_pair(src.image, src.label, num_classes)
+            train_slices += write_case(root, src.case, case.image, case.label, case.spacing, with_slices=part == "train")
+            facts[src.case] = {
+                "patient": patient,
+                "split": part,
+                "shape": list(case.image.shape),
+                "spacing": list(case.spacing),
+                "source_image": _relative(src.image, raw_dir),
+                "source_label": _relative(src.label, raw_dir),
+                "intensity_range": list(case.intensity_range),
+                **src.facts,
+            }
+            phase = f" {src.facts['phase']} frame {src.facts['frame']}" if "phase" in src.facts else ""
+            notes.append(f"{src.case}{phase} {image_shape_text(case.image.shape)}")
+        log(f"[{index}/{len(split.patients)}] {patient} ({part}): " + ", ".join(notes))
+    return train_slices, facts
+
+
+def _cases_of(patients: Sequence[str], sources: Sequence[CaseSource]) -> list[str]:
+    """Case ids of ``patients`` in patient order, cases in source order."""
+    order = {p: i for i, p in enumerate(patients)}
+    chosen = [src for src in sources if src.patient in order]
+    return [src.case for src in sorted(chosen, key=lambda s: order[s.patient])]
+
+
+def run_conversion(
+    raw_dir: Path,
+    out_dir: Path,
+    sources: Sequence[CaseSource],
+    split: Split,
+    source_info: Mapping[str, object],
+    num_classes: int,
+    log: Log,
+) -> ConversionResult:
+    """Preflight, then write cases, lists and manifest into staging and move it to ``out_dir``."""
+    chosen = [src for src in sources if src.patient in set(split.patients)]
+    preflight(chosen)
+    with staged_output(out_dir) as staging:
+        train_slices, facts = write_cases(staging, chosen, split, raw_dir, num_classes, log)
+        write_lists(staging, train_slices, _cases_of(split.val, chosen), _cases_of(split.test, chosen))
+        write_manifest(staging, source_info, facts)
+    log(f"wrote {out_dir}: {len(split.train)}/{len(split.val)}/{len(split.test)} train/val/test patients, "
+        f"{len(train_slices)} training slices, {len(chosen)} volumes")
+    return ConversionResult(out_dir, split, len(train_slices), len(chosen))
+
+
+def _source_info(converter: str, raw_dir: Path, spec: SplitSpec, split: Split, num_classes: int) -> dict:
+    """The manifest's ``source`` block (no absolute paths, so it is the same wherever the data lives)."""
+    info: dict[str, object] = {
+        "converter": f"medseg data {converter}",
+        "version": __version__,
+        "raw_dir": raw_dir.name,
+        "split": spec.kind,
+        "seed": spec.effective_seed(),
+        "num_classes": num_classes,
+        "patients": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
+        "preprocessing": "per-volume min-max to [0,1] float32, no resampling; (D,H,W) = NIfTI (Z,Y,X), spacing (dz,dy,dx) mm",
+    }
+    if spec.kind == "random":
+        info.update(val_fraction=spec.val_fraction, test_fraction=spec.test_fraction,
+                    val_count=spec.val_count, test_count=spec.test_count)
+    return info
+
+
+def _resolved_dirs(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool) -> tuple[Path, Path]:
+    """Absolute RAW_DIR (must be a folder) and OUT_DIR (checked by :func:`check_output_dir`)."""
+    raw = Path(raw_dir).expanduser().resolve()
+    out = Path(out_dir).expanduser().resolve()
+    if not raw.is_dir():
+        raise DataError(f"{raw}: RAW_DIR does not exist or is not a folder")
+    check_output_dir(out, raw, overwrite)
+    return raw, out
+
+
+# ------------------------------------------------------------------------------------ public API
+def convert_acdc(
+    raw_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    split: SplitSpec = SplitSpec(),
+    overwrite: bool = False,
+    log: Log = _quiet,
+    warn: Log = _quiet,
+) -> ConversionResult:
+    """Convert the ACDC release under ``raw_dir`` to the SSL4MIS layout in ``out_dir`` (methods-spec §1.1).
+
+    ``split.kind == "published"`` uses SSL4MIS's split and order restricted to the patients present (``warn``
+    reports missing and extra patients; extras are not converted). Raises :class:`DataError`/:class:`ConfigError`
+    with a one-line message naming the file for bad input; an existing ``out_dir`` is kept on failure.
+    """
+    raw, out = _resolved_dirs(raw_dir, out_dir, overwrite)
+    patient_dirs = find_acdc_patient_dirs(raw)
+    chosen = make_split(list(patient_dirs), split)
+    skipped = tuple(p for p in patient_dirs if p not in set(chosen.patients))
+    if chosen.missing:
+        warn(f"{len(chosen.missing)} of the 100 published patients are not in {raw} (converting the {len(chosen.patients)} present)")
+    if skipped:
+        warn(f"{len(skipped)} patient(s) are not in the published split and are skipped: {', '.join(skipped[:5])}"
+             f"{', ...' if len(skipped) > 5 else ''} (use --split random to include them)")
+    sources = [src for patient in chosen.patients for src in acdc_case_sources(patient_dirs[patient])]
+    info = _source_info("convert-acdc", raw, split, chosen, ACDC_NUM_CLASSES)
+    if split.kind == "published":
+        info.update(missing_published=len(chosen.missing), skipped_patients=list(skipped))
+    result = run_conversion(raw, out, sources, chosen, info, ACDC_NUM_CLASSES, log)
+    return ConversionResult(result.out_dir, result.split, result.num_slices, result.num_cases, skipped)
+
+
+def convert_nifti(
+    raw_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    image_glob: str = "*.nii.gz",
+    label_suffix: str = "_gt",
+    num_classes: int = ACDC_NUM_CLASSES,
+    split: SplitSpec = SplitSpec(kind="random"),
+    overwrite: bool = False,
+    log: Log = _quiet,
+    warn: Log = _quiet,
+) -> ConversionResult:
+    """Convert a folder of image/label NIfTI pairs to the SSL4MIS layout with a seeded random patient split.
+
+    Labels must be integers ``0..num_classes-1``. Same preprocessing, axis convention, manifest and
+    determinism as :func:`convert_acdc`.
+    """
+    if split.kind != "random":
+        raise ConfigError(f"--split {split.kind}: convert-nifti supports only --split random (the published split is ACDC's)")
+    if not isinstance(num_classes, int) or not 2 <= num_classes <= 256:
+        raise ConfigError(f"--num-classes {num_classes!r}: must be an integer from 2 to 256 (background included)")
+    raw, out = _resolved_dirs(raw_dir, out_dir, overwrite)
+    sources = nifti_case_sources(raw, image_glob, label_suffix)
+    chosen = make_split([src.patient for src in sources], split)
+    info = _source_info("convert-nifti", raw, split, chosen, num_classes)
+    info.update(image_glob=image_glob, label_suffix=label_suffix)
+    return run_conversion(raw, out, sources, chosen, info, num_classes, log)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _add_split_options(parser: argparse.ArgumentParser, kinds: Sequence[str], default: str) -> None:
+    group = parser.add_argument_group("split")
+    group.add_argument("--split", choices=kinds, default=default, help=f"patient split (default: {default})")
+    group.add_argument("--seed", type=int, default=None, help="seed of --split random (default: 0)")
+    fractions = group.add_mutually_exclusive_group()
+    fractions.add_argument("--val-fraction", type=float, default=None, help="share of patients for validation (default: 0.1)")
+    fractions.add_argument("--val-count", type=int, default=None, help="number of validation patients (instead of --val-fraction)")
+    tests = group.add_mutually_exclusive_group()
+    tests.add_argument("--test-fraction", type=float, default=None, help="share of patients for test (default: 0.2)")
+    tests.add_argument("--test-count", type=int, default=None, help="number of test patients (instead of --test-fraction)")
+
+
+def split_spec_from_args(args: argparse.Namespace) -> SplitSpec:
+    """A validated :class:`SplitSpec` from the split options; random-only options with ``published`` are errors."""
+    random_only = {"--seed": args.seed, "--val-fraction": args.val_fraction, "--val-count": args.val_count,
+                   "--test-fraction": args.test_fraction, "--test-count": args.test_count}
+    given = [name for name, value in random_only.items() if value is not None]
+    if args.split == "published" and given:
+        raise ConfigError(f"{', '.join(given)}: only used with --split random (the published split is fixed)")
+    defaults = SplitSpec()
+    return SplitSpec(
+        kind=args.split,
+        seed=args.seed,
+        val_fraction=defaults.val_fraction if args.val_fraction is None else args.val_fraction,
+        test_fraction=defaults.test_fraction if args.test_fraction is None else args.test_fraction,
+        val_count=args.val_count,
+        test_count=args.test_count,
+    )
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _run_convert_acdc(args: argparse.Namespace) -> int:
+    convert_acdc(args.raw_dir, args.out_dir, split_spec_from_args(args), args.overwrite, _print, _warn)
+    return 0
+
+
+def _run_convert_nifti(args: argparse.Namespace) -> int:
+    convert_nifti(args.raw_dir, args.out_dir, args.image_glob, args.label_suffix, args.num_classes,
+                  split_spec_from_args(args), args.overwrite, _print, _warn)
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    """Add ``convert-acdc`` and ``convert-nifti`` to the ``medseg data`` group."""
+    acdc = command_parser(
+        subparsers,
+        "convert-acdc",
+        help="convert the raw ACDC release (patientNNN folders) to the SSL4MIS layout",
+        example="medseg data convert-acdc ~/downloads/ACDC/database data/ACDC",
+        description=(
+            "Convert the raw ACDC release to the SSL4MIS layout (per-volume min-max to [0,1], no resampling).\n"
+            "RAW_DIR is searched recursively for patientNNN folders; ED -> patientNNN_frame01, ES -> _frame02.\n"
+            "Default: SSL4MIS's published 70/10/20 patient split and training order."
+        ),
+    )
+    acdc.add_argument("raw_dir", metavar="RAW_DIR", help="folder holding the ACDC patientNNN folders (any depth)")
+    acdc.add_argument("out_dir", metavar="OUT_DIR", help="output dataset root (created; must be empty unless --overwrite)")
+    _add_split_options(acdc, ("published", "random"), "published")
+    acdc.add_argument("--overwrite", action="store_true", help="replace an existing converted dataset in OUT_DIR")
+    acdc.set_defaults(func=_run_convert_acdc)
+
+    nifti = command_parser(
+        subparsers,
+        "convert-nifti",
+        help="convert a folder of image/label NIfTI pairs to the SSL4MIS layout",
+        example="medseg data convert-nifti raw/ data/mine --image-glob '**/*.nii.gz' --label-suffix _gt --num-classes 3 --seed 1",
+        description=(
+            "Convert image/label NIfTI pairs (case.nii.gz + case<SUFFIX>.nii.gz) to the SSL4MIS layout with a\n"
+            "seeded random patient split. Case id = image file stem; <patient>_frameNN cases share a patient."
+        ),
+    )
+    nifti.add_argument("raw_dir", metavar="RAW_DIR", help="folder holding the NIfTI pairs")
+    nifti.add_argument("out_dir", metavar="OUT_DIR", help="output dataset root (created; must be empty unless --overwrite)")
+    nifti.add_argument("--image-glob", default="*.nii.gz", help="images relative to RAW_DIR, '**' recurses (default: '*.nii.gz')")
+    nifti.add_argument("--label-suffix", default="_gt", help="label = image name with this before the extension (default: _gt)")
+    nifti.add_argument("--num-classes", type=int, default=ACDC_NUM_CLASSES, help="classes incl. background; labels 0..N-1 (default: 4)")
+    _add_split_options(nifti, ("random",), "random")
+    nifti.add_argument("--overwrite", action="store_true", help="replace an existing converted dataset in OUT_DIR")
+    nifti.set_defaults(func=_run_convert_nifti)

@@ -1,0 +1,250 @@
+"""Reading NIfTI image/label pairs the way SSL4MIS preprocessed ACDC (methods-spec §1.1).
+
+Axis convention (exact): nibabel returns a NIfTI array in file storage order ``(X, Y, Z)`` = ``(i, j, k)``
+without reorienting; SSL4MIS read the same files with SimpleITK's ``GetArrayFromImage``, which returns
+the storage order reversed, ``(Z, Y, X)``. We therefore transpose nibabel's array with axes ``(2, 1, 0)``
+so that ``out[z, y, x] == nibabel[x, y, z]``, giving ``(D, H, W) = (Z, Y, X)``, and reverse the header's
+voxel sizes ``(dx, dy, dz)`` to the spacing ``(dz, dy, dx)`` mm in ``(D, H, W)`` order. No resampling and
+no reorientation to a canonical frame (SSL4MIS did neither).
+
+Intensity: per-volume min-max to ``[0, 1]`` computed in float64, then cast to float32 (SSL4MIS computed
+``(x - min) / (max - min)`` and cast to float32). A constant volume (``min == max``) is an error: SSL4MIS
+would have written NaNs (0/0), and a constant MRI volume is a broken file, not data.
+
+Also here: finding image/label pairs in a user folder for ``medseg data convert-nifti``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from medseg_platform.errors import DataError
+
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+
+
+# ---------------------------------------------------------------------------------- file names
+def split_nifti_name(path: str | Path) -> tuple[str, str]:
+    """``case.nii.gz`` -> ``("case", ".nii.gz")``; ``case.nii`` -> ``("case", ".nii")``.
+
+    Raises :class:`DataError` for a name without a NIfTI extension.
+    """
+    name = Path(path).name
+    for ext in NIFTI_EXTENSIONS:
+        if name.lower().endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], name[-len(ext):]
+    raise DataError(f"{path}: not a NIfTI file name (expected .nii or .nii.gz; narrow --image-glob)")
+
+
+def label_path_for(image_path: Path, label_suffix: str) -> Path:
+    """The label file of an image: the suffix goes before the extension (``a.nii.gz`` -> ``a_gt.nii.gz``)."""
+    stem, ext = split_nifti_name(image_path)
+    return image_path.with_name(f"{stem}{label_suffix}{ext}")
+
+
+def sanitize_case_id(stem: str) -> str:
+    """A case id from a file stem: every character outside ``[A-Za-z0-9_-]`` becomes ``_``."""
+    return _UNSAFE_ID_CHARS.sub("_", stem)
+
+
+# ------------------------------------------------------------------------------------ headers
+@dataclass(frozen=True)
+class NiftiHeader:
+    """What the header says, in our axis order: ``shape`` (D, H, W) and ``spacing`` (D, H, W) mm."""
+
+    path: Path
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+
+
+def _load(path: Path):
+    """``nibabel.load`` with a one-line :class:`DataError` for a missing or unreadable file."""
+    import nibabel as nib
+
+    if not path.is_file():
+        raise DataError(f"{path}: file is missing (check the raw folder)")
+    try:
+        return nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for broken files
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{path}: unreadable NIfTI file ({first_line}); re-download or re-export it") from None
+
+
+def _clean_spacing(value) -> float:
+    """A header voxel size as a Python float; float32 values (NIfTI-1) become the float their shortest
+    decimal names (``np.float32(1.4)`` -> ``1.4``, not ``1.399999976158142``)."""
+    if isinstance(value, np.float32):
+        return float(np.format_float_positional(value, unique=True, trim="-"))
+    return float(value)
+
+
+def _xyz_shape(shape: Sequence[int], path: Path) -> tuple[int, int, int]:
+    """Storage shape as (X, Y, Z): 2-D files are one slice, trailing singleton dimensions are dropped."""
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) == 2:
+        dims.append(1)
+    if len(dims) != 3 or min(dims) < 1:
+        raise DataError(f"{path}: expected a 3-D volume, got array shape {tuple(shape)} (export one 3-D volume per file)")
+    return int(dims[0]), int(dims[1]), int(dims[2])
+
+
+def read_header(path: str | Path) -> NiftiHeader:
+    """Shape and spacing from the header only (cheap: the voxel data is not read).
+
+    ``shape`` = (D, H, W) = storage (Z, Y, X); ``spacing`` = (dz, dy, dx) mm, all positive and finite.
+    """
+    path = Path(path)
+    img = _load(path)
+    x, y, z = _xyz_shape(img.shape, path)
+    zooms = list(img.header.get_zooms())[:3]
+    zooms += [1.0] * (3 - len(zooms))  # a 2-D file has no slice thickness: use 1 mm
+    if not all(np.isfinite(zooms)) or min(zooms) <= 0:
+        raise DataError(f"{path}: header voxel sizes (pixdim) must be positive, got {tuple(float(v) for v in zooms)} (fix the header)")
+    dx, dy, dz = (_clean_spacing(v) for v in zooms)
+    return NiftiHeader(path, (z, y, x), (dz, dy, dx))
+
+
+# -------------------------------------------------------------------------------------- arrays
+def to_dhw(array_xyz: np.ndarray) -> np.ndarray:
+    """nibabel's ``(X, Y, Z)`` array -> ``(D, H, W) = (Z, Y, X)`` C-contiguous (SimpleITK's order)."""
+    if array_xyz.ndim == 2:
+        array_xyz = array_xyz[:, :, None]
+    while array_xyz.ndim > 3 and array_xyz.shape[-1] == 1:
+        array_xyz = array_xyz[..., 0]
+    return np.ascontiguousarray(np.transpose(array_xyz, (2, 1, 0)))
+
+
+def minmax_normalise(image: np.ndarray, where: str | Path) -> np.ndarray:
+    """Per-volume min-max to ``[0, 1]``: any-dtype D×H×W -> float32 D×H×W (methods-spec §1.1).
+
+    Raises :class:`DataError` naming ``where`` for NaN/inf voxels or a constant volume.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(image).all():
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        raise DataError(f"{where}: image has {bad} NaN/inf voxel(s) (fix or remove this case)")
+    low, high = float(image.min()), float(image.max())
+    if high == low:
+        raise DataError(f"{where}: image is constant (every voxel = {low:g}), cannot min-max normalise (remove this case)")
+    return ((image - low) / (high - low)).astype(np.float32)
+
+
+def check_label(label: np.ndarray, num_classes: int, where: str | Path) -> np.ndarray:
+    """Integer labels in ``0..num_classes-1`` (any numeric dtype D×H×W) -> uint8 D×H×W.
+
+    Raises :class:`DataError` naming ``where`` for NaN, non-integer or out-of-range values.
+    """
+    label = np.asarray(label)
+    if label.dtype.kind == "f":
+        if not np.isfinite(label).all():
+            raise DataError(f"{where}: label has NaN/inf values (labels must be integers 0..{num_classes - 1})")
+        if not np.array_equal(label, np.round(label)):
+            raise DataError(f"{where}: label has non-integer values (labels must be integers 0..{num_classes - 1})")
+    elif label.dtype.kind not in "iub":
+        raise DataError(f"{where}: label has dtype {label.dtype} (labels must be integers 0..{num_classes - 1})")
+    if label.size:
+        low, high = label.min(), label.max()
+        if low < 0 or high > num_classes - 1:
+            bad = np.unique(label[(label < 0) | (label > num_classes - 1)])[:5]
+            values = ", ".join(f"{v:g}" for v in bad.astype(np.float64))
+            raise DataError(
+                f"{where}: label value(s) {values} outside 0..{num_classes - 1} "
+                f"(fix the label file, or pass --num-classes if the dataset has more classes)"
+            )
+    return label.astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class LoadedCase:
+    """One case ready to write: ``image`` float32 D×H×W in [0,1], ``label`` uint8 D×H×W, ``spacing`` (D,H,W) mm.
+
+    ``intensity_range`` is the raw image's (min, max) before normalisation.
+    """
+
+    image: np.ndarray
+    label: np.ndarray
+    spacing: tuple[float, float, float]
+    intensity_range: tuple[float, float]
+
+
+def load_pair(image_path: str | Path, label_path: str | Path, num_classes: int) -> LoadedCase:
+    """Read, check and preprocess one image/label pair (methods-spec §1.1; axis mapping in the module doc).
+
+    Errors name the offending file: shape mismatch (from the headers, before reading voxels), NaN/inf or
+    constant image, label values outside ``0..num_classes-1``.
+    """
+    image_path, label_path = Path(image_path), Path(label_path)
+    image_header = read_header(image_path)
+    label_header = read_header(label_path)
+    check_same_shape(image_header, label_header)
+    raw = to_dhw(np.asarray(_load(image_path).get_fdata(dtype=np.float64)))
+    image = minmax_normalise(raw, image_path)
+    label = check_label(to_dhw(np.asanyarray(_load(label_path).dataobj)), num_classes, label_path)
+    return LoadedCase(image, label, image_header.spacing, (float(raw.min()), float(raw.max())))
+
+
+def check_same_shape(image: NiftiHeader, label: NiftiHeader) -> None:
+    """Raise :class:`DataError` naming the label file when its (D, H, W) shape differs from the image's."""
+    if image.shape != label.shape:
+        raise DataError(
+            f"{label.path}: label shape {image_shape_text(label.shape)} differs from image "
+            f"{image.path.name} shape {image_shape_text(image.shape)} (D×H×W; the pair must be voxel-aligned)"
+        )
+
+
+def image_shape_text(shape: Iterable[int]) -> str:
+    """``(3, 20, 16)`` -> ``3x20x16``."""
+    return "x".join(str(int(s)) for s in shape)
+
+
+# --------------------------------------------------------------------------- generic discovery
+@dataclass(frozen=True)
+class NiftiPair:
+    """A user case: ``case`` id (sanitised image stem), its ``image`` and ``label`` paths."""
+
+    case: str
+    image: Path
+    label: Path
+
+
+def find_nifti_pairs(raw_dir: str | Path, image_glob: str, label_suffix: str) -> list[NiftiPair]:
+    """Image/label pairs under ``raw_dir``, sorted by case id.
+
+    Images are the files matching ``image_glob`` (relative to ``raw_dir``; ``**`` recurses). A match whose
+    stem ends with ``label_suffix`` is a label and is skipped. Each image needs its label next to it
+    (``a.nii.gz`` -> ``a<label_suffix>.nii.gz``). Errors: no images, a missing label, two images whose
+    sanitised stems collide.
+    """
+    raw_dir = Path(raw_dir)
+    if not label_suffix:
+        raise DataError("--label-suffix: must not be empty (e.g. --label-suffix _gt)")
+    if Path(image_glob).is_absolute():
+        raise DataError(f"--image-glob {image_glob!r}: must be relative to RAW_DIR (e.g. '**/*.nii.gz')")
+    matches = sorted(p for p in raw_dir.glob(image_glob) if p.is_file())
+    images = [p for p in matches if not split_nifti_name(p)[0].endswith(label_suffix)]
+    if not images:
+        raise DataError(
+            f"{raw_dir}: no image files match --image-glob {image_glob!r} "
+            f"({len(matches)} match(es), all labels ending in {label_suffix!r}; check the glob, use '**/' to recurse)"
+        )
+    by_case: dict[str, NiftiPair] = {}
+    for image in images:
+        label = label_path_for(image, label_suffix)
+        if not label.is_file():
+            raise DataError(f"{label}: label file for image {image.name} is missing (add it, or fix --label-suffix)")
+        case = sanitize_case_id(split_nifti_name(image)[0])
+        if case in by_case:
+            raise DataError(
+                f"{image}: case id {case!r} is also the id of {by_case[case].image} "
+                f"(ids are file stems with characters outside [A-Za-z0-9_-] replaced by '_'; rename one file)"
+            )
+        by_case[case] = NiftiPair(case, image, label)
+    return [by_case[c] for c in sorted(by_case)]

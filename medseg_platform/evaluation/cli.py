@@ -1,0 +1,67 @@
+"""``medseg evaluate``: score a folder of predicted volumes against ground truth (methods-spec §1.10).
+
+Imports nothing heavy at module level (no torch, no medpy); the work is in :mod:`.scoring`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def add_cli(subparsers) -> None:
+    from medseg_platform.cli import command_parser
+
+    parser = command_parser(
+        subparsers,
+        "evaluate",
+        help="per-case, per-class Dice/Jaccard/HD95/ASD of predicted volumes against ground truth",
+        example="medseg evaluate --pred runs/mona/predictions --gt data/acdc --num-classes 4 --spacing-from none",
+        description=(
+            "Per-case, per-class Dice, Jaccard, HD95 and ASD (directed, prediction to ground truth, as medpy.asd) of\n"
+            "predicted label volumes against ground truth. Predictions: .h5 (dataset 'pred' or 'label') or .nii/.nii.gz\n"
+            "files; a '_pred' suffix is removed and '*_gt'/'*_img' files are ignored (the released test_2D.py output\n"
+            "folder works as is). Ground truth: such a folder ('_gt' suffix removed) or an SSL4MIS dataset root\n"
+            "(root/data/<case>.h5). Writes per_case.csv, summary.csv and summary.json."
+        ),
+    )
+    parser.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted label volumes")
+    parser.add_argument("--gt", required=True, metavar="DIR", help="ground-truth folder or SSL4MIS dataset root")
+    parser.add_argument("--num-classes", type=int, default=4, metavar="K", help="classes including background (default: 4, ACDC)")
+    parser.add_argument("--spacing-from", choices=("gt", "none"), default="gt",
+                        help="distances in mm using the ground truth's spacing (gt, default; voxels where it has none) "
+                             "or in voxels (none, as the released code and papers)")
+    parser.add_argument("--metric-backend", choices=("ours", "medpy"), default="ours",
+                        help="ours (default, bounding-box crops, same values) or medpy's functions directly")
+    parser.add_argument("--empty-policy", choices=("nan", "released"), default="nan",
+                        help="nan (default): undefined metrics are NaN, excluded and counted; released: the released "
+                             "code's (1,1,0,0) / (0,0,0,0) for empty masks")
+    parser.add_argument("--out", metavar="DIR", default=None, help="output folder (default: <pred>/evaluation)")
+    parser.add_argument("--quiet", action="store_true", help="no per-case progress lines")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from medseg_platform.evaluation import scoring
+
+    def progress(i: int, n: int, case: str) -> None:
+        print(f"[{i}/{n}] {case}", file=sys.stderr, flush=True)
+
+    result = scoring.evaluate_folder(
+        args.pred,
+        args.gt,
+        num_classes=args.num_classes,
+        spacing_from=args.spacing_from,
+        backend=args.metric_backend,
+        empty_policy=args.empty_policy,
+        progress=None if args.quiet else progress,
+    )
+    out = Path(args.out) if args.out else Path(args.pred) / "evaluation"
+    paths = scoring.write_results(result, out)
+    n_cases = result.summary["num_cases"]
+    print(f"{n_cases} cases, {args.num_classes - 1} foreground classes, distances in {result.units}, "
+          f"empty policy {args.empty_policy}, backend {args.metric_backend} ({result.seconds:.2f} s)")
+    print(scoring.format_table(result))
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0

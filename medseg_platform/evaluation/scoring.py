@@ -1,0 +1,363 @@
+"""Evaluate a folder of predicted volumes against ground truth (the engine of ``medseg evaluate``, §1.10).
+
+Inputs
+------
+Predictions: a folder of label volumes, one per case: ``.h5`` (dataset ``pred``, else ``label``) or NIfTI
+``.nii``/``.nii.gz`` (read with nibabel). Ground truth: either a folder of the same kinds (``.h5`` dataset
+``label``) or a dataset root in the SSL4MIS layout (``root/data/<case>.h5``; spacing from the file's
+``spacing`` attribute, else ``manifest.json``).
+
+Case matching is by file stem (``.h5``/``.nii``/``.nii.gz`` removed). The released ``test_2D.py`` writes
+``<case>_pred.nii.gz``, ``<case>_gt.nii.gz`` and ``<case>_img.nii.gz`` into one folder, so: in the
+prediction folder a ``_pred`` suffix is removed and ``*_gt``/``*_img`` files are ignored; in a ground-truth
+folder a ``_gt`` suffix is removed and ``*_pred``/``*_img`` files are ignored. The same folder can therefore
+be given as ``--pred`` and ``--gt``. Two files naming the same case are an error. Only the folder's top level
+is read (the default output folder ``<pred>/evaluation`` is never mistaken for input).
+
+Axis order and spacing
+----------------------
+h5 arrays are (D, H, W) with spacing in the same order. NIfTI arrays are kept in nibabel's order (x, y, z)
+with spacing ``header.get_zooms()`` in that order, as long as both sides are NIfTI. When one side is h5 and
+the other NIfTI, the NIfTI array and zooms are reversed to (z, y, x): that is how SimpleITK (used by SSL4MIS
+preprocessing and by the released code to write NIfTI) maps a (D, H, W) numpy array to a file, so both sides
+then share the (D, H, W) order. Distance units are the ground truth's spacing (mm) with
+``spacing_from="gt"`` when the ground truth has one, else voxels; the units are written next to every value.
+
+Validation happens before metrics: matching and shapes (from file headers) for all cases first; label
+values (integers in ``[0, num_classes)``) per case as it is read; nothing is written unless every case passes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from medseg_platform.errors import ConfigError, DataError
+from medseg_platform.evaluation.metrics import METRICS, check_label_map, check_options, evaluate_case, summarize
+from medseg_platform.io import write_json_atomic, write_text_atomic
+
+SPACING_SOURCES = ("gt", "none")
+_SUFFIXES = (".nii.gz", ".nii", ".h5")
+_ROLE_SUFFIX = {"pred": "_pred", "gt": "_gt"}
+_COMPANIONS = ("_pred", "_gt", "_img")
+PER_CASE_COLUMNS = ("case", "class", *METRICS, "units", "n_pred", "n_gt")
+
+
+# ---------------------------------------------------------------------------------- file lists
+@dataclass(frozen=True)
+class LabelFile:
+    """One label volume on disk: ``kind`` is ``"h5"`` or ``"nifti"``; ``key`` the h5 dataset (None for NIfTI)."""
+
+    case: str
+    path: Path
+    kind: str
+    key: str | None = None
+    layout_spacing: tuple[float, ...] | None = None  # spacing from a dataset root's manifest (h5 attr wins)
+
+
+def _split_name(name: str) -> tuple[str, str] | None:
+    for suffix in _SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], ("h5" if suffix == ".h5" else "nifti")
+    return None
+
+
+def list_label_files(folder: Path, role: str) -> dict[str, LabelFile]:
+    """Label volumes at the top level of ``folder`` keyed by case (see the module doc for the naming rules)."""
+    own = _ROLE_SUFFIX[role]
+    found: dict[str, list[Path]] = {}
+    kinds: dict[Path, str] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        split = _split_name(path.name)
+        if split is None:
+            continue
+        stem, kind = split
+        companion = next((s for s in _COMPANIONS if stem.endswith(s)), None)
+        if companion is not None and companion != own:
+            continue
+        case = stem[: -len(own)] if companion == own else stem
+        found.setdefault(case, []).append(path)
+        kinds[path] = kind
+    duplicates = {case: paths for case, paths in found.items() if len(paths) > 1}
+    if duplicates:
+        case, paths = next(iter(sorted(duplicates.items())))
+        names = ", ".join(p.name for p in paths)
+        raise DataError(f"{folder}: {len(duplicates)} case(s) have several files, e.g. {case}: {names} (keep one file per case)")
+    return {case: LabelFile(case, paths[0], kinds[paths[0]]) for case, paths in sorted(found.items())}
+
+
+def _is_dataset_root(folder: Path) -> bool:
+    return (folder / "data").is_dir() and any((folder / name).is_file() for name in ("test.list", "val.list", "train_slices.list", "manifest.json"))
+
+
+def _root_label_files(root: Path, cases: list[str]) -> dict[str, LabelFile]:
+    """Ground-truth files ``root/data/<case>.h5`` of the given cases (those that exist), with manifest spacing."""
+    manifest_path = root / "manifest.json"
+    manifest = {}
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{manifest_path}: invalid JSON ({exc.msg} at line {exc.lineno}); re-create it with the converter") from None
+    files = {}
+    for case in cases:
+        path = root / "data" / f"{case}.h5"
+        if path.is_file():
+            spacing = manifest.get("cases", {}).get(case, {}).get("spacing") if isinstance(manifest, dict) else None
+            files[case] = LabelFile(case, path, "h5", "label", tuple(float(s) for s in spacing) if spacing else None)
+    return files
+
+
+# -------------------------------------------------------------------------------------- reading
+def _h5_key(path: Path, role: str) -> str:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            keys = ("pred", "label") if role == "pred" else ("label",)
+            for key in keys:
+                if key in fh and isinstance(fh[key], h5py.Dataset):
+                    return key
+            present = sorted(fh.keys())
+    except OSError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: unreadable HDF5 file ({first}); re-create it") from None
+    wanted = "'pred' or 'label'" if role == "pred" else "'label'"
+    raise DataError(f"{path}: no {wanted} dataset (found {present}); write the label map under that key")
+
+
+def _reverse(shape_or_spacing: tuple) -> tuple:
+    return tuple(reversed(shape_or_spacing))
+
+
+def _header(file: LabelFile, role: str, reverse: bool) -> tuple[LabelFile, tuple[int, ...], tuple[float, ...] | None]:
+    """The file with its h5 key resolved, its array shape and spacing (same axis order), without reading voxels."""
+    if file.kind == "h5":
+        import h5py
+
+        key = file.key or _h5_key(file.path, role)
+        try:
+            with h5py.File(file.path, "r") as fh:
+                if key not in fh:
+                    raise DataError(f"{file.path}: no '{key}' dataset (found {sorted(fh.keys())}); write the label map under that key")
+                shape = tuple(int(s) for s in fh[key].shape)
+                spacing = fh.attrs.get("spacing")
+        except OSError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{file.path}: unreadable HDF5 file ({first}); re-create it") from None
+        if spacing is None:
+            spacing = file.layout_spacing
+        spacing_t = tuple(float(s) for s in np.atleast_1d(spacing)) if spacing is not None else None
+        return LabelFile(file.case, file.path, file.kind, key, file.layout_spacing), shape, spacing_t
+    img = _nifti(file.path)
+    shape = tuple(int(s) for s in img.shape)
+    spacing_t = tuple(float(z) for z in img.header.get_zooms()[: len(shape)])
+    if reverse:
+        shape, spacing_t = _reverse(shape), _reverse(spacing_t)
+    return file, shape, spacing_t
+
+
+def _nifti(path: Path):
+    import nibabel as nib
+
+    try:
+        return nib.load(str(path))
+    except Exception as exc:  # nibabel raises several types for bad files
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: unreadable NIfTI file ({first}); re-create it") from None
+
+
+def read_label_volume(file: LabelFile, reverse: bool = False) -> np.ndarray:
+    """The label array of a file (h5 dataset ``file.key``, or NIfTI data); ``reverse`` flips NIfTI axes to (z, y, x)."""
+    if file.kind == "h5":
+        import h5py
+
+        try:
+            with h5py.File(file.path, "r") as fh:
+                return fh[file.key or _h5_key(file.path, "pred")][()]
+        except (OSError, KeyError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{file.path}: unreadable HDF5 file ({first}); re-create it") from None
+    img = _nifti(file.path)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{file.path}: unreadable NIfTI data ({first}); re-create it") from None
+    if reverse:
+        data = np.ascontiguousarray(data.transpose(tuple(range(data.ndim))[::-1]))
+    return data
+
+
+# ---------------------------------------------------------------------------------- evaluation
+@dataclass
+class FolderEvaluation:
+    """Result of :func:`evaluate_folder`: per-case rows (dicts of :data:`PER_CASE_COLUMNS`) and the summary."""
+
+    rows: list[dict]
+    summary: dict
+    units: str
+    settings: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, spacing_from: str = "gt",
+                    backend: str = "ours", empty_policy: str = "nan",
+                    progress: Callable[[int, int, str], None] | None = None) -> FolderEvaluation:
+    """Evaluate every prediction in ``pred_dir`` against ``gt`` (a folder or an SSL4MIS dataset root).
+
+    Raises :class:`DataError`/:class:`ConfigError` (one line) for missing folders, predictions without
+    ground truth, shape mismatches, label values outside ``[0, num_classes)``; ``progress(i, n, case)`` is
+    called before each case.
+    """
+    check_options(empty_policy, backend)
+    if spacing_from not in SPACING_SOURCES:
+        raise ConfigError(f"--spacing-from: unknown value {spacing_from!r} (use one of {', '.join(SPACING_SOURCES)})")
+    if int(num_classes) != num_classes or num_classes < 2:
+        raise ConfigError(f"--num-classes: expected an integer >= 2, got {num_classes!r}")
+    pred_dir = Path(pred_dir).expanduser()
+    gt = Path(gt).expanduser()
+    if not pred_dir.is_dir():
+        raise DataError(f"--pred {pred_dir}: folder does not exist (give the folder holding the predicted volumes)")
+    if not gt.is_dir():
+        raise DataError(f"--gt {gt}: folder does not exist (give a ground-truth folder or a dataset root)")
+    preds = list_label_files(pred_dir, "pred")
+    if not preds:
+        raise DataError(f"--pred {pred_dir}: no prediction volumes (.h5, .nii, .nii.gz) found at its top level")
+    root_mode = _is_dataset_root(gt)
+    gts = _root_label_files(gt, list(preds)) if root_mode else list_label_files(gt, "gt")
+    missing = [case for case in preds if case not in gts]
+    if missing:
+        where = f"{gt}/data/<case>.h5" if root_mode else str(gt)
+        shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
+        raise DataError(f"--gt {where}: no ground truth for {len(missing)} prediction(s): {shown} (check the case names or the folder)")
+
+    # pass 1: headers only (cheap), so a bad case fails before any metric is computed
+    plan = []
+    for case, pfile in preds.items():
+        gfile = gts[case]
+        mixed = pfile.kind != gfile.kind
+        pfile, pshape, _ = _header(pfile, "pred", reverse=mixed and pfile.kind == "nifti")
+        gfile, gshape, gt_spacing = _header(gfile, "gt", reverse=mixed and gfile.kind == "nifti")
+        if pshape != gshape:
+            raise DataError(f"{case}: prediction {pfile.path.name} has shape {pshape} but ground truth {gfile.path.name} has {gshape} "
+                            "(predictions must be at native resolution and in the same axis order)")
+        spacing = gt_spacing if spacing_from == "gt" else None
+        if spacing is not None and (len(spacing) != len(gshape) or not all(math.isfinite(v) and v > 0 for v in spacing)):
+            raise DataError(f"{gfile.path}: spacing {spacing} is not {len(gshape)} positive numbers for a {len(gshape)}-D volume "
+                            "(fix the spacing or pass --spacing-from none)")
+        plan.append((case, pfile, gfile, mixed, spacing))
+    with_spacing = [case for case, *_, spacing in plan if spacing is not None]
+    if with_spacing and len(with_spacing) != len(plan):
+        without = next(case for case, *_, spacing in plan if spacing is None)
+        raise DataError(f"--gt {gt}: {len(with_spacing)} of {len(plan)} cases have a spacing but e.g. {without} has none "
+                        "(units would mix mm and voxels; add the spacing or pass --spacing-from none)")
+    units = "mm" if with_spacing else "voxel"
+
+    # pass 2: read, validate, score
+    start = time.perf_counter()
+    rows: list[dict] = []
+    for i, (case, pfile, gfile, mixed, spacing) in enumerate(plan, 1):
+        if progress is not None:
+            progress(i, len(plan), case)
+        pred = read_label_volume(pfile, reverse=mixed and pfile.kind == "nifti")
+        truth = read_label_volume(gfile, reverse=mixed and gfile.kind == "nifti")
+        pred = check_label_map(pred, num_classes, str(pfile.path))
+        truth = check_label_map(truth, num_classes, str(gfile.path))
+        for row in evaluate_case(pred, truth, num_classes, spacing, empty_policy=empty_policy, backend=backend):
+            rows.append({"case": case, "units": units, **row})
+    settings = {
+        "pred": str(pred_dir.resolve()),
+        "gt": str(gt.resolve()),
+        "gt_kind": "dataset-root" if root_mode else "folder",
+        "num_classes": int(num_classes),
+        "spacing_from": spacing_from,
+        "metric_backend": backend,
+        "empty_policy": empty_policy,
+    }
+    return FolderEvaluation(rows, summarize(rows), units, settings, time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------------- output
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def _csv(header: list[str], rows: list[list]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_cell(v) for v in row])
+    return buffer.getvalue()
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def summary_table(result: FolderEvaluation) -> tuple[list[str], list[list]]:
+    """Header and rows of ``summary.csv``: one row per class and a ``mean`` row; per metric mean, std, undefined."""
+    header = ["class", "n_cases"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "undefined")] + ["units"]
+    rows = []
+    groups = [(str(c), stats) for c, stats in result.summary["classes"].items()] + [("mean", result.summary["mean"])]
+    for name, stats in groups:
+        row = [name, result.summary["num_cases"]]
+        for m in METRICS:
+            row += [stats[m]["mean"], stats[m]["std"], stats[m]["n_undefined"]]
+        rows.append(row + [result.units])
+    return header, rows
+
+
+def write_results(result: FolderEvaluation, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``per_case.csv``, ``summary.csv`` and ``summary.json`` atomically into ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir).expanduser()
+    paths = {"per_case": out_dir / "per_case.csv", "summary_csv": out_dir / "summary.csv", "summary_json": out_dir / "summary.json"}
+    per_case = [[row[col] for col in PER_CASE_COLUMNS] for row in result.rows]
+    write_text_atomic(paths["per_case"], _csv(list(PER_CASE_COLUMNS), per_case))
+    header, rows = summary_table(result)
+    write_text_atomic(paths["summary_csv"], _csv(header, rows))
+    document = {
+        **result.settings,
+        "units": result.units,
+        "num_cases": result.summary["num_cases"],
+        "metrics": list(METRICS),
+        "notes": "asd is directed (prediction surface to ground truth), as medpy.asd(pred, gt); null = undefined "
+                 "(excluded from means, counted in n_undefined); std is the population std over cases",
+        "classes": result.summary["classes"],
+        "mean": result.summary["mean"],
+    }
+    write_json_atomic(paths["summary_json"], _json_safe(document))
+    return paths
+
+
+def format_table(result: FolderEvaluation) -> str:
+    """A short text table: per class and mean, Dice/Jaccard in %, distances in the result's units."""
+    lines = [f"{'class':>6} {'Dice %':>14} {'Jaccard %':>14} {'HD95 ' + result.units:>16} {'ASD ' + result.units:>16}  undefined d/j/h/a"]
+    groups = [(str(c), stats) for c, stats in result.summary["classes"].items()] + [("mean", result.summary["mean"])]
+    for name, stats in groups:
+        cells = []
+        for metric, scale in (("dice", 100.0), ("jaccard", 100.0), ("hd95", 1.0), ("asd", 1.0)):
+            mean, std = stats[metric]["mean"], stats[metric]["std"]
+            cells.append(f"{mean * scale:.2f}±{std * scale:.2f}" if not math.isnan(mean) else "n/a")
+        undefined = "/".join(str(stats[m]["n_undefined"]) for m in ("dice", "jaccard", "hd95", "asd"))
+        lines.append(f"{name:>6} {cells[0]:>14} {cells[1]:>14} {cells[2]:>16} {cells[3]:>16}  {undefined}")
+    return "\n".join(lines)

@@ -1,0 +1,384 @@
+"""Tests of ``medseg data convert-acdc`` / ``convert-nifti`` on tiny fake raw data (methods-spec §1.1)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg_platform.cli import main
+from medseg_platform.data.acdc_split import (
+    PUBLISHED_TEST,
+    PUBLISHED_TRAIN,
+    PUBLISHED_VAL,
+    SplitSpec,
+    published_split,
+    random_split,
+    split_counts,
+)
+from medseg_platform.data.convert import convert_acdc, convert_nifti
+from medseg_platform.data.layout import AcdcLayout
+from medseg_platform.data.nifti import read_header, sanitize_case_id, split_nifti_name
+from medseg_platform.errors import ConfigError, DataError
+
+SHAPE_XYZ = (16, 20, 3)  # nibabel (X, Y, Z) -> (D, H, W) = (3, 20, 16)
+ZOOMS_XYZ = (1.5, 1.25, 10.0)  # -> spacing (D, H, W) = (10.0, 1.25, 1.5)
+SHAPE_DHW = (3, 20, 16)
+SPACING_DHW = (10.0, 1.25, 1.5)
+# (patient, sub-folder, ES frame); published roles: 099, 038 train; 028 val; 011, 013 test; 101 unpublished
+PATIENTS = [
+    ("patient099", "training", 12),
+    ("patient038", "training", 9),
+    ("patient028", "testing", 14),
+    ("patient011", "training", 7),
+    ("patient013", "training", 11),
+    ("patient101", "testing", 10),
+]
+
+
+# ---------------------------------------------------------------------------------- fake data
+def save_nifti(path: Path, array: np.ndarray, zooms=ZOOMS_XYZ) -> None:
+    """Write ``array`` (X, Y, Z) with voxel sizes ``zooms``."""
+    spatial = list(zooms[:3])
+    img = nib.Nifti1Image(array, affine=np.diag(spatial + [1.0] * (4 - len(spatial))))
+    img.header.set_zooms(zooms[: array.ndim])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+
+
+def fake_pair(rng: np.random.Generator, num_classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """An int16 (X, Y, Z) image with a non-zero minimum and a uint8 label of the same shape."""
+    image = rng.integers(-50, 800, size=SHAPE_XYZ).astype(np.int16)
+    label = rng.integers(0, num_classes, size=SHAPE_XYZ).astype(np.uint8)
+    return image, label
+
+
+def make_acdc(root: Path, patients=PATIENTS, seed: int = 0) -> dict[str, np.ndarray]:
+    """A fake ACDC release; returns the raw (X, Y, Z) arrays keyed by ``<patient>_frameMM[_gt]``."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for patient, sub, es in patients:
+        folder = root / sub / patient
+        folder.mkdir(parents=True)
+        (folder / "Info.cfg").write_text(f"ED: 1\nES: {es}\nGroup: DCM\nHeight: 180.0\nNbFrame: 30\nWeight: 80.0\n")
+        for frame in (1, es):
+            image, label = fake_pair(rng)
+            stem = f"{patient}_frame{frame:02d}"
+            save_nifti(folder / f"{stem}.nii.gz", image)
+            save_nifti(folder / f"{stem}_gt.nii.gz", label)
+            arrays[stem], arrays[f"{stem}_gt"] = image, label
+        save_nifti(folder / f"{patient}_4d.nii.gz", np.zeros((4, 4, 3, 2), np.int16), (1.0, 1.0, 1.0, 1.0))
+    return arrays
+
+
+@pytest.fixture(scope="module")
+def acdc_raw(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+    root = tmp_path_factory.mktemp("raw") / "ACDC"
+    return root, make_acdc(root)
+
+
+@pytest.fixture(scope="module")
+def converted(acdc_raw, tmp_path_factory) -> tuple[Path, int, str, str]:
+    """The published-split conversion through the CLI: (out dir, exit code, stdout, stderr)."""
+    out = tmp_path_factory.mktemp("out") / "acdc"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        rc = main(["data", "convert-acdc", str(acdc_raw[0]), str(out)])
+    return out, rc, stdout.getvalue(), stderr.getvalue()
+
+
+def expected_image(raw_xyz: np.ndarray) -> np.ndarray:
+    """Min-max of the raw volume, transposed (X, Y, Z) -> (Z, Y, X)."""
+    raw = raw_xyz.astype(np.float64)
+    return ((raw - raw.min()) / (raw.max() - raw.min())).astype(np.float32).transpose(2, 1, 0)
+
+
+def all_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main(["data", *map(str, argv)])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+# ------------------------------------------------------------------------------ published ACDC
+def test_published_split_lists_and_order(converted):
+    out, rc, stdout, stderr = converted
+    assert rc == 0, stderr
+    layout = AcdcLayout(out)
+    assert layout.train_patients == ["patient099", "patient038"]  # published order, not sorted
+    assert layout.train_cases == ["patient099_frame01", "patient099_frame02", "patient038_frame01", "patient038_frame02"]
+    assert layout.train_slices[:4] == ["patient099_frame01_slice_0", "patient099_frame01_slice_1",
+                                       "patient099_frame01_slice_2", "patient099_frame02_slice_0"]
+    assert len(layout.train_slices) == 4 * SHAPE_DHW[0]
+    assert layout.val_cases == ["patient028_frame01", "patient028_frame02"]
+    assert layout.test_cases == ["patient011_frame01", "patient011_frame02", "patient013_frame01", "patient013_frame02"]
+
+
+def test_unpublished_patient_skipped_and_missing_warned(converted):
+    out, _, stdout, stderr = converted
+    assert not list((out / "data").glob("patient101*"))
+    assert "95 of the 100 published patients" in stderr
+    assert "patient101" in stderr and "--split random" in stderr
+    for patient, _, _ in PATIENTS[:5]:  # progress: one line per converted patient
+        assert sum(patient in line for line in stdout.splitlines()) == 1
+
+
+def test_slices_only_for_training_volumes_for_all(converted):
+    out = converted[0]
+    slice_cases = {p.name.rsplit("_slice_", 1)[0] for p in (out / "data" / "slices").glob("*.h5")}
+    assert slice_cases == {"patient099_frame01", "patient099_frame02", "patient038_frame01", "patient038_frame02"}
+    volumes = {p.stem for p in (out / "data").glob("*.h5")}
+    assert len(volumes) == 10 and "patient013_frame02" in volumes
+
+
+def test_axis_order_spacing_and_minmax(converted, acdc_raw):
+    out, arrays = converted[0], acdc_raw[1]
+    layout = AcdcLayout(out)
+    vol = layout.read_volume("patient099_frame02")  # ES = raw frame 12
+    assert vol.image.dtype == np.float32 and vol.label.dtype == np.uint8
+    assert vol.image.shape == SHAPE_DHW
+    assert vol.spacing == SPACING_DHW
+    np.testing.assert_array_equal(vol.image, expected_image(arrays["patient099_frame12"]))
+    np.testing.assert_array_equal(vol.label, arrays["patient099_frame12_gt"].transpose(2, 1, 0))
+    assert vol.image.min() == 0.0 and vol.image.max() == 1.0
+    image, label = layout.read_slice("patient099_frame02_slice_1")
+    np.testing.assert_array_equal(image, vol.image[1])
+    np.testing.assert_array_equal(label, vol.label[1])
+    test_vol = layout.read_volume("patient013_frame01")
+    np.testing.assert_array_equal(test_vol.image, expected_image(arrays["patient013_frame01"]))
+
+
+def test_manifest_records_frames_and_source(converted):
+    manifest = json.loads((converted[0] / "manifest.json").read_text())
+    es = manifest["cases"]["patient038_frame02"]
+    assert es["phase"] == "ES" and es["frame"] == 9 and es["group"] == "DCM"
+    assert es["patient"] == "patient038" and es["split"] == "train"
+    assert es["spacing"] == list(SPACING_DHW) and es["shape"] == list(SHAPE_DHW)
+    assert es["source_image"] == "training/patient038/patient038_frame09.nii.gz"
+    ed = manifest["cases"]["patient028_frame01"]
+    assert ed["phase"] == "ED" and ed["frame"] == 1 and ed["split"] == "val"
+    source = manifest["source"]
+    assert source["split"] == "published" and source["seed"] is None and source["raw_dir"] == "ACDC"
+    assert source["missing_published"] == 95 and source["skipped_patients"] == ["patient101"]
+
+
+def test_conversion_is_deterministic(acdc_raw, converted, tmp_path):
+    again = tmp_path / "again"
+    convert_acdc(acdc_raw[0], again)
+    first = json.loads((converted[0] / "manifest.json").read_text())
+    second = json.loads((again / "manifest.json").read_text())
+    assert first["sha256"] == second["sha256"] and len(first["sha256"]) == 3 + 10 + 12
+    assert all_files(converted[0]) == all_files(again)
+
+
+# ------------------------------------------------------------------------------------- random
+def test_random_split_reproducible_by_seed(acdc_raw, tmp_path):
+    def lists(name, seed):
+        convert_acdc(acdc_raw[0], tmp_path / name, SplitSpec(kind="random", seed=seed))
+        layout = AcdcLayout(tmp_path / name)
+        return layout.train_patients, layout.val_cases, layout.test_cases
+
+    first, same = lists("a", 1), lists("b", 1)
+    assert first == same
+    assert len(first[0]) == 4 and len(first[1]) == 2 and len(first[2]) == 2  # 6 patients: 4/1/1, 101 included
+    patients = set(first[0]) | {c.split("_")[0] for c in first[1] + first[2]}
+    assert patients == {p for p, _, _ in PATIENTS}
+    assert lists("c", 2) != first
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["source"]["split"] == "random" and manifest["source"]["seed"] == 1
+
+
+def test_random_split_via_cli_with_counts(acdc_raw, tmp_path, capsys):
+    rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], tmp_path / "o", "--split", "random", "--seed", "3",
+                     "--val-count", "2", "--test-count", "1")
+    assert rc == 0, err
+    layout = AcdcLayout(tmp_path / "o")
+    assert len(layout.train_patients) == 3 and len(layout.val_cases) == 4 and len(layout.test_cases) == 2
+
+
+def test_published_rejects_random_only_options(acdc_raw, tmp_path, capsys):
+    rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], tmp_path / "o", "--seed", "3")
+    assert rc == 2 and "--seed" in err and "--split random" in err
+    assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- split helpers
+def test_published_lists_are_a_partition_of_100_patients():
+    everyone = PUBLISHED_TRAIN + PUBLISHED_VAL + PUBLISHED_TEST
+    assert (len(PUBLISHED_TRAIN), len(PUBLISHED_VAL), len(PUBLISHED_TEST)) == (70, 10, 20)
+    assert sorted(everyone) == [f"patient{i:03d}" for i in range(1, 101)]
+    assert PUBLISHED_TRAIN[:4] == ("patient099", "patient038", "patient050", "patient100")
+
+
+def test_split_counts_and_errors():
+    assert split_counts(100, SplitSpec(kind="random")) == (70, 10, 20)
+    assert split_counts(5, SplitSpec(kind="random")) == (3, 1, 1)
+    with pytest.raises(DataError, match="cannot be split"):
+        split_counts(2, SplitSpec(kind="random"))
+    with pytest.raises(DataError, match="val split has no patient"):
+        published_split(["patient099", "patient011"])
+    with pytest.raises(ConfigError, match="--val-fraction"):
+        SplitSpec(kind="random", val_fraction=0.6, test_fraction=0.5)
+    ids = [f"p{i}" for i in range(10)]
+    assert random_split(ids, SplitSpec(kind="random", seed=5)) == random_split(list(reversed(ids)), SplitSpec(kind="random", seed=5))
+
+
+# ------------------------------------------------------------------------------ ACDC bad input
+def _rewrite_info(raw: Path, patient: str, drop: str) -> None:
+    info = next(raw.rglob(f"{patient}/Info.cfg"))
+    info.write_text("".join(line + "\n" for line in info.read_text().splitlines() if not line.startswith(drop)))
+
+
+def _replace(raw: Path, name: str, array: np.ndarray) -> None:
+    save_nifti(next(raw.rglob(name)), array)
+
+
+BAD_ACDC = {
+    "info_missing": (lambda raw: next(raw.rglob("patient099/Info.cfg")).unlink(), "patient099/Info.cfg"),
+    "info_without_es": (lambda raw: _rewrite_info(raw, "patient038", "ES"), "patient038/Info.cfg: no 'ES:'"),
+    "info_without_ed": (lambda raw: _rewrite_info(raw, "patient011", "ED"), "patient011/Info.cfg: no 'ED:'"),
+    "frame_missing": (lambda raw: next(raw.rglob("patient013_frame11_gt.nii.gz")).unlink(), "patient013_frame11_gt.nii.gz"),
+    "gt_shape": (lambda raw: _replace(raw, "patient028_frame14_gt.nii.gz", np.zeros((16, 20, 4), np.uint8)),
+                 "patient028_frame14_gt.nii.gz: label shape 4x20x16 differs"),
+    "label_value": (lambda raw: _replace(raw, "patient013_frame01_gt.nii.gz", np.full(SHAPE_XYZ, 4, np.uint8)),
+                    "patient013_frame01_gt.nii.gz: label value(s) 4 outside 0..3"),
+    "nan_image": (lambda raw: _replace(raw, "patient011_frame07.nii.gz",
+                                       np.where(np.arange(960).reshape(SHAPE_XYZ) == 5, np.nan, 1.0).astype(np.float32)),
+                  "patient011_frame07.nii.gz: image has 1 NaN/inf"),
+    "constant_image": (lambda raw: _replace(raw, "patient099_frame01.nii.gz", np.full(SHAPE_XYZ, 7, np.int16)),
+                       "patient099_frame01.nii.gz: image is constant"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ACDC))
+def test_bad_acdc_input_is_one_line_error_naming_the_file(case, acdc_raw, tmp_path, capsys):
+    raw = tmp_path / "ACDC"
+    shutil.copytree(acdc_raw[0], raw)
+    mutate, expected = BAD_ACDC[case]
+    mutate(raw)
+    rc, _, err = run(capsys, "convert-acdc", raw, tmp_path / "out")
+    assert rc == 2
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and expected in lines[0], err
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["ACDC"]  # no staging folder left behind
+
+
+def test_no_patients_found(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    rc, _, err = run(capsys, "convert-acdc", tmp_path / "empty", tmp_path / "out")
+    assert rc == 2 and "empty: no patientNNN folders found" in err
+
+
+def test_out_dir_protection_and_failed_overwrite_keeps_old(acdc_raw, converted, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(converted[0], out)
+    before = all_files(out)
+    rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], out)
+    assert rc == 2 and "not empty" in err and "--overwrite" in err
+    raw = tmp_path / "ACDC"
+    shutil.copytree(acdc_raw[0], raw)
+    BAD_ACDC["label_value"][0](raw)  # fails in the last patient, after others were written to staging
+    rc, _, err = run(capsys, "convert-acdc", raw, out, "--overwrite")
+    assert rc == 2 and "outside 0..3" in err
+    assert all_files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ACDC", "out"]
+    rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], out, "--overwrite")
+    assert rc == 0, err
+    assert all_files(out) == before
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("keep me")
+    rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], stranger, "--overwrite")
+    assert rc == 2 and "does not look like a converted dataset" in err
+    assert (stranger / "notes.txt").read_text() == "keep me"
+
+
+# ------------------------------------------------------------------------------- generic NIfTI
+def make_generic(root: Path, names: list[str], num_classes: int = 3, seed: int = 1) -> None:
+    rng = np.random.default_rng(seed)
+    for name in names:
+        image, label = fake_pair(rng, num_classes)
+        save_nifti(root / f"{name}.nii.gz", image)
+        save_nifti(root / f"{name}_gt.nii.gz", label)
+
+
+GENERIC = ["a", "sub/b", "sub/deeper/c.v2", "pat1_frame01", "pat1_frame02", "d", "e", "f", "g"]
+
+
+def test_generic_recursive_with_label_skipping_and_patients(tmp_path, capsys):
+    raw = tmp_path / "mine"
+    make_generic(raw, GENERIC)
+    rc, out_text, err = run(capsys, "convert-nifti", raw, tmp_path / "out", "--image-glob", "**/*.nii.gz",
+                            "--label-suffix", "_gt", "--num-classes", "3", "--seed", "4")
+    assert rc == 0, err
+    layout = AcdcLayout(tmp_path / "out", num_classes=3)
+    cases = layout.train_cases + layout.val_cases + layout.test_cases
+    assert sorted(cases) == ["a", "b", "c_v2", "d", "e", "f", "g", "pat1_frame01", "pat1_frame02"]
+    splits = {name: [c for c in layout.cases(name) if c.startswith("pat1")] for name in ("train", "val", "test")}
+    assert sorted(len(v) for v in splits.values()) == [0, 0, 2]  # one patient, one split
+    # 8 patients: val round(0.8) = 1, test round(1.6) = 2, train 5
+    assert len(layout.train_patients) == 5
+    assert len({c.split("_frame")[0] for c in layout.val_cases}) == 1
+    assert len({c.split("_frame")[0] for c in layout.test_cases}) == 2
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["cases"]["c_v2"]["source_image"] == "sub/deeper/c.v2.nii.gz"
+    assert manifest["cases"]["pat1_frame02"]["patient"] == "pat1"
+    assert manifest["source"]["num_classes"] == 3 and manifest["source"]["seed"] == 4
+    vol = layout.read_volume("b")
+    assert vol.spacing == SPACING_DHW and vol.image.shape == SHAPE_DHW
+    assert "c_v2" in out_text
+
+
+def test_generic_non_recursive_glob_and_determinism(tmp_path):
+    raw = tmp_path / "mine"
+    make_generic(raw, GENERIC)
+    first = convert_nifti(raw, tmp_path / "o1", "*.nii.gz", "_gt", 3, SplitSpec(kind="random", seed=2))
+    convert_nifti(raw, tmp_path / "o2", "*.nii.gz", "_gt", 3, SplitSpec(kind="random", seed=2))
+    assert first.num_cases == 7  # top level only: a, pat1 x2, d, e, f, g
+    assert all_files(tmp_path / "o1") == all_files(tmp_path / "o2")
+    other = convert_nifti(raw, tmp_path / "o3", "*.nii.gz", "_gt", 3, SplitSpec(kind="random", seed=3))
+    assert other.split != first.split
+
+
+@pytest.mark.parametrize(
+    "setup, argv, expected",
+    [
+        (lambda raw: make_generic(raw, ["x.y", "x_y", "z", "w"]), [], "case id 'x_y' is also the id of"),
+        (lambda raw: (make_generic(raw, ["a", "b", "c"]), (raw / "b_gt.nii.gz").unlink()), [], "b_gt.nii.gz: label file for image b.nii.gz is missing"),
+        (lambda raw: make_generic(raw, ["a", "b", "c"], num_classes=4), ["--num-classes", "2"], "_gt.nii.gz: label value(s)"),
+        (lambda raw: make_generic(raw, []) or save_nifti(raw / "a_gt.nii.gz", np.zeros(SHAPE_XYZ, np.uint8)), [], "all labels ending in '_gt'"),
+        (lambda raw: make_generic(raw, ["a", "b"]), ["--val-count", "1", "--test-count", "1"], "2 patient(s) cannot be split"),
+        (lambda raw: make_generic(raw, ["a", "b", "c"]), ["--num-classes", "1"], "--num-classes 1"),
+    ],
+    ids=["duplicate_id", "label_missing", "label_range", "only_labels", "too_few", "num_classes"],
+)
+def test_generic_bad_input(setup, argv, expected, tmp_path, capsys):
+    raw = tmp_path / "mine"
+    raw.mkdir()
+    setup(raw)
+    rc, _, err = run(capsys, "convert-nifti", raw, tmp_path / "out", *argv)
+    assert rc == 2 and expected in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------- nifti helpers
+def test_nifti_name_helpers_and_2d_header(tmp_path):
+    assert split_nifti_name("dir/case.v1.nii.gz") == ("case.v1", ".nii.gz")
+    assert split_nifti_name("case.nii") == ("case", ".nii")
+    with pytest.raises(DataError, match="not a NIfTI file name"):
+        split_nifti_name("case.h5")
+    assert sanitize_case_id("a b.c-d_e") == "a_b_c-d_e"
+    save_nifti(tmp_path / "flat.nii.gz", np.zeros((16, 20), np.int16), (0.7, 0.8))
+    header = read_header(tmp_path / "flat.nii.gz")
+    assert header.shape == (1, 20, 16) and header.spacing == (1.0, 0.8, 0.7)

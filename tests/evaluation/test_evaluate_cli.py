@@ -1,0 +1,195 @@
+"""``medseg evaluate`` in-process: files written, values, naming rules, axis order, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+from medpy.metric import binary as mb
+
+from medseg_platform.cli import main
+from medseg_platform.evaluation.metrics import evaluate_case
+
+TEST_CASES = ("patient006_frame01", "patient006_frame02")
+SPACING = (5.0, 1.5, 1.25)  # what conftest.make_tiny_dataset writes
+
+
+def gt_label(root: Path, case: str) -> np.ndarray:
+    with h5py.File(root / "data" / f"{case}.h5", "r") as fh:
+        return fh["label"][()]
+
+
+def perturbed(label: np.ndarray, seed: int) -> np.ndarray:
+    pred = label.copy()
+    rng = np.random.default_rng(seed)
+    pred[rng.random(pred.shape) < 0.25] = rng.integers(0, 4)
+    return pred
+
+
+def write_h5_preds(root: Path, out: Path, key: str = "pred") -> dict[str, np.ndarray]:
+    out.mkdir(parents=True, exist_ok=True)
+    preds = {}
+    for i, case in enumerate(TEST_CASES):
+        preds[case] = perturbed(gt_label(root, case), i)
+        with h5py.File(out / f"{case}.h5", "w") as fh:
+            fh[key] = preds[case]
+    return preds
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    rc = main(argv)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def test_root_ground_truth_in_mm_and_voxels(tiny_root, tmp_path, capsys):
+    preds = write_h5_preds(tiny_root, tmp_path / "preds")
+    rc, out, err = run(["evaluate", "--pred", str(tmp_path / "preds"), "--gt", str(tiny_root)], capsys)
+    assert rc == 0, err
+    assert "[1/2] patient006_frame01" in err and "[2/2] patient006_frame02" in err
+    result_dir = tmp_path / "preds" / "evaluation"
+    assert f"wrote {result_dir / 'per_case.csv'}" in out and "mean" in out
+    rows = read_rows(result_dir / "per_case.csv")
+    assert [(r["case"], r["class"]) for r in rows] == [(c, str(k)) for c in TEST_CASES for k in (1, 2, 3)]
+    for r in rows:
+        expected = evaluate_case(preds[r["case"]], gt_label(tiny_root, r["case"]), 4, SPACING)[int(r["class"]) - 1]
+        assert r["units"] == "mm"
+        for m in ("dice", "jaccard", "hd95", "asd", "assd"):
+            assert float(r[m]) == pytest.approx(expected[m], abs=1e-12)
+    summary = json.loads((result_dir / "summary.json").read_text())
+    assert summary["units"] == "mm" and summary["num_cases"] == 2 and summary["gt_kind"] == "dataset-root"
+    dice_1 = [float(r["dice"]) for r in rows if r["class"] == "1"]
+    assert summary["classes"]["1"]["dice"]["mean"] == pytest.approx(np.mean(dice_1))
+    summary_rows = read_rows(result_dir / "summary.csv")
+    assert [r["class"] for r in summary_rows] == ["1", "2", "3", "mean"]
+    assert float(summary_rows[3]["dice_mean"]) == pytest.approx(summary["mean"]["dice"]["mean"])
+
+    # voxel units into another folder, checked against medpy itself, medpy backend gives the same numbers
+    for backend in ("ours", "medpy"):
+        out_dir = tmp_path / f"vox-{backend}"
+        rc, _, err = run(["evaluate", "--pred", str(tmp_path / "preds"), "--gt", str(tiny_root), "--spacing-from", "none",
+                          "--metric-backend", backend, "--out", str(out_dir), "--quiet"], capsys)
+        assert rc == 0 and err == ""
+        for r in read_rows(out_dir / "per_case.csv"):
+            p, g = preds[r["case"]] == int(r["class"]), gt_label(tiny_root, r["case"]) == int(r["class"])
+            assert r["units"] == "voxel"
+            assert float(r["hd95"]) == pytest.approx(mb.hd95(p, g), abs=1e-6)
+            assert float(r["asd"]) == pytest.approx(mb.asd(p, g), abs=1e-6)
+
+
+def test_released_nifti_folder_and_mixed_formats(tiny_root, tmp_path, capsys):
+    """The released test_2D.py layout (<case>_pred/_gt/_img.nii.gz in one folder, SimpleITK axis order)."""
+    folder = tmp_path / "released"
+    folder.mkdir()
+    preds = {}
+    for i, case in enumerate(TEST_CASES):
+        gt = gt_label(tiny_root, case)
+        preds[case] = perturbed(gt, i)
+        zooms = SPACING[::-1]  # SimpleITK writes a (D, H, W) array as x=W, y=H, z=D
+        for suffix, arr in (("pred", preds[case].astype(np.float32)), ("gt", gt.astype(np.float32)), ("img", gt / 3.0)):
+            img = nib.Nifti1Image(np.ascontiguousarray(arr.transpose(2, 1, 0)), np.diag([*zooms, 1.0]))
+            img.header.set_zooms(zooms)
+            nib.save(img, folder / f"{case}_{suffix}.nii.gz")
+    # NIfTI vs NIfTI: nibabel order, spacing from the zooms in that order
+    rc, _, err = run(["evaluate", "--pred", str(folder), "--gt", str(folder), "--quiet"], capsys)
+    assert rc == 0, err
+    nifti_rows = read_rows(folder / "evaluation" / "per_case.csv")
+    assert sorted({r["case"] for r in nifti_rows}) == list(TEST_CASES)
+    # NIfTI predictions vs h5 ground truth: NIfTI axes reversed to (D, H, W); same numbers
+    rc, _, err = run(["evaluate", "--pred", str(folder), "--gt", str(tiny_root), "--out", str(tmp_path / "mixed"), "--quiet"], capsys)
+    assert rc == 0, err
+    mixed_rows = read_rows(tmp_path / "mixed" / "per_case.csv")
+    for a, b in zip(nifti_rows, mixed_rows):
+        assert (a["case"], a["class"]) == (b["case"], b["class"])
+        for m in ("dice", "hd95", "asd"):
+            assert float(a[m]) == pytest.approx(float(b[m]), abs=1e-9)
+    case, c = nifti_rows[0]["case"], int(nifti_rows[0]["class"])
+    ref = mb.hd95(preds[case] == c, gt_label(tiny_root, case) == c, voxelspacing=SPACING)
+    assert float(nifti_rows[0]["hd95"]) == pytest.approx(ref, abs=1e-6)
+
+
+def test_empty_policies_through_the_cli(tiny_root, tmp_path, capsys):
+    preds = write_h5_preds(tiny_root, tmp_path / "preds", key="label")
+    case = TEST_CASES[0]
+    preds[case][preds[case] == 2] = 0  # class 2 never predicted in this case
+    with h5py.File(tmp_path / "preds" / f"{case}.h5", "w") as fh:
+        fh["label"] = preds[case]
+    printed = {}
+    for policy, expected in (("nan", ["0.0", "0.0", "nan", "nan"]), ("released", ["0.0", "0.0", "0.0", "0.0"])):
+        out = tmp_path / policy
+        rc, printed[policy], _ = run(["evaluate", "--pred", str(tmp_path / "preds"), "--gt", str(tiny_root), "--empty-policy", policy,
+                             "--out", str(out), "--quiet"], capsys)
+        assert rc == 0
+        row = next(r for r in read_rows(out / "per_case.csv") if r["case"] == case and r["class"] == "2")
+        assert [row[m] for m in ("dice", "jaccard", "hd95", "asd")] == expected
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["classes"]["2"]["hd95"]["n_undefined"] == (1 if policy == "nan" else 0)
+    # the printed table counts undefined values per metric (dice/jaccard/hd95/asd)
+    class_2 = {policy: next(line for line in text.splitlines() if line.split()[:1] == ["2"] and "±" in line) for policy, text in printed.items()}
+    assert class_2["nan"].endswith("0/0/1/1") and class_2["released"].endswith("0/0/0/0")
+    nan_summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
+    assert nan_summary["classes"]["2"]["hd95"]["n_defined"] == 1
+
+
+def one_line_error(capsys, argv) -> str:
+    rc, out, err = run(argv, capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_bad_inputs_give_one_line_errors_and_write_nothing(tiny_root, tmp_path, capsys):
+    preds_dir = tmp_path / "preds"
+    preds = write_h5_preds(tiny_root, preds_dir)
+    base = ["evaluate", "--gt", str(tiny_root), "--quiet"]
+
+    msg = one_line_error(capsys, ["evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(tiny_root)])
+    assert "nope" in msg and "does not exist" in msg
+    msg = one_line_error(capsys, ["evaluate", "--pred", str(preds_dir), "--gt", str(tmp_path / "nogt")])
+    assert "nogt" in msg
+
+    with h5py.File(preds_dir / "patient999_frame01.h5", "w") as fh:
+        fh["pred"] = np.zeros((3, 12, 10), np.uint8)
+    msg = one_line_error(capsys, base + ["--pred", str(preds_dir)])
+    assert "no ground truth for 1 prediction(s): patient999_frame01" in msg
+    (preds_dir / "patient999_frame01.h5").unlink()
+
+    with h5py.File(preds_dir / f"{TEST_CASES[1]}.h5", "w") as fh:
+        fh["pred"] = np.zeros((3, 10, 12), np.uint8)
+    msg = one_line_error(capsys, base + ["--pred", str(preds_dir)])
+    assert TEST_CASES[1] in msg and "(3, 10, 12)" in msg and "(3, 12, 10)" in msg
+
+    bad = preds[TEST_CASES[1]].copy()
+    bad[0, 0, 0] = 7
+    with h5py.File(preds_dir / f"{TEST_CASES[1]}.h5", "w") as fh:
+        fh["pred"] = bad
+    msg = one_line_error(capsys, base + ["--pred", str(preds_dir)])
+    assert f"{TEST_CASES[1]}.h5" in msg and "[0, 3]" in msg and "--num-classes" in msg
+
+    with h5py.File(preds_dir / f"{TEST_CASES[1]}.h5", "w") as fh:
+        fh["logits"] = bad
+    msg = one_line_error(capsys, base + ["--pred", str(preds_dir)])
+    assert f"{TEST_CASES[1]}.h5" in msg and "'pred' or 'label'" in msg
+
+    (preds_dir / f"{TEST_CASES[1]}.h5").unlink()
+    nib.save(nib.Nifti1Image(np.zeros((10, 12, 3), np.uint8), np.eye(4)), preds_dir / f"{TEST_CASES[0]}_pred.nii.gz")
+    msg = one_line_error(capsys, base + ["--pred", str(preds_dir)])
+    assert "several files" in msg and TEST_CASES[0] in msg
+    assert not (preds_dir / "evaluation").exists()
+
+
+def test_help_ends_with_an_example(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].strip().startswith("medseg evaluate --pred")
