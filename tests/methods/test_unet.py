@@ -1,0 +1,170 @@
+"""UNet (methods-spec §1.4) and EMA teacher (§1.5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from methods.ema import EMATeacher
+from methods.unet import DEFAULT_DROPOUT, UNet, UNetOutput
+
+TINY = (4, 8, 8, 8, 8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy shared machine thread contention
+    makes them ~10x slower; run this module single-threaded and restore the setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("channels", [(4, 8, 16, 32, 64), (8, 16, 32, 64, 128)])
+@pytest.mark.parametrize("size", [(32, 32), (32, 48)])
+def test_output_shapes(channels, size):
+    torch.manual_seed(0)
+    model = UNet(in_channels=1, num_classes=4, channels=channels)
+    h, w = size
+    out = model(torch.rand(2, 1, h, w))
+    assert isinstance(out, UNetOutput)
+    assert out.logits.shape == (2, 4, h, w)
+    assert out.bottleneck.shape == (2, channels[4], h // 16, w // 16)
+    expected = [(2, channels[4 - i], h // 2 ** (4 - i), w // 2 ** (4 - i)) for i in range(5)]
+    assert [tuple(t.shape) for t in out.pyramid] == expected
+    assert out.pyramid[0] is out.bottleneck
+    assert model.pyramid_channels == tuple(reversed(channels))
+
+
+def test_default_widths_match_released_network():
+    model = UNet()
+    assert model.channels == (16, 32, 64, 128, 256)
+    assert sum(model.pyramid_channels) == 496  # spec §1.4: the pyramid feeding every head
+    assert isinstance(model.head, nn.Conv2d) and model.head.kernel_size == (3, 3) and model.head.out_channels == 4
+    ups = [block.up for block in model.decoder]
+    assert all(isinstance(u, nn.ConvTranspose2d) and u.kernel_size == (2, 2) and u.stride == (2, 2) for u in ups)
+    assert [u.out_channels for u in ups] == [128, 64, 32, 16]
+
+
+def test_dropout_per_encoder_level_and_none_in_decoder():
+    model = UNet(channels=TINY)
+    per_level = [[m.p for m in block.modules() if isinstance(m, nn.Dropout)] for block in model.encoder]
+    assert per_level == [[p] for p in DEFAULT_DROPOUT]
+    assert not any(isinstance(m, nn.Dropout) for m in model.decoder.modules())
+    custom = UNet(channels=TINY, dropout=(0.0, 0.1, 0.0, 0.2, 0.3))
+    assert [[m.p for m in b.modules() if isinstance(m, nn.Dropout)] for b in custom.encoder] == [[], [0.1], [], [0.2], [0.3]]
+
+
+def test_leaky_relu_slope_and_dropout_active_only_in_train():
+    model = UNet(channels=TINY)
+    slopes = {m.negative_slope for m in model.modules() if isinstance(m, nn.LeakyReLU)}
+    assert slopes == {0.01}
+    x = torch.rand(2, 1, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, model(x).logits)
+
+
+@pytest.mark.parametrize("size", [(30, 32), (32, 40), (8, 8)])
+def test_sizes_not_divisible_by_16_rejected(size):
+    with pytest.raises(ValueError, match="divisible by 16"):
+        UNet(channels=TINY)(torch.rand(1, 1, *size))
+
+
+def test_wrong_input_channels_rejected():
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        UNet(channels=TINY)(torch.rand(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"channels": (4, 8, 8, 8)}, "channels"), ({"channels": (4, 8, 0, 8, 8)}, "channels"),
+     ({"dropout": (0.1, 0.1, 0.1, 0.1, 1.0)}, "dropout"), ({"num_classes": 1}, "num_classes"),
+     ({"in_channels": 0}, "in_channels")],
+)
+def test_invalid_construction_names_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        UNet(**kwargs)
+
+
+# ---------------------------------------------------------------- EMA teacher
+
+
+def _perturbed_student(seed=0):
+    torch.manual_seed(seed)
+    student = UNet(channels=TINY)
+    teacher = EMATeacher(student, momentum=0.9)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+    return student, teacher
+
+
+def test_ema_teacher_is_frozen_copy():
+    student = UNet(channels=TINY)
+    teacher = EMATeacher(student)
+    assert teacher.momentum == 0.99
+    assert teacher.module is not student
+    assert all(not p.requires_grad for p in teacher.module.parameters())
+    assert all(p.requires_grad for p in student.parameters())
+    for a, b in zip(teacher.module.state_dict().values(), student.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_ema_update_matches_formula():
+    student, teacher = _perturbed_student()
+    before = [p.clone() for p in teacher.module.parameters()]
+    teacher.update(student)
+    for t_new, t_old, s in zip(teacher.module.parameters(), before, student.parameters()):
+        expected = 0.9 * t_old + 0.1 * s.detach()
+        assert torch.allclose(t_new, expected, atol=1e-6, rtol=1e-6)
+        assert not torch.equal(t_new, t_old)
+    # teacher stays out of autograd; student unchanged
+    assert all(p.grad is None and not p.requires_grad for p in teacher.module.parameters())
+
+
+def test_ema_momentum_zero_copies_student():
+    student, _ = _perturbed_student()
+    teacher = EMATeacher(UNet(channels=TINY), momentum=0.0)
+    teacher.update(student)
+    for t, s in zip(teacher.module.parameters(), student.parameters()):
+        assert torch.equal(t, s)
+
+
+def test_ema_buffers_untouched_by_default_and_copied_on_request():
+    torch.manual_seed(0)
+    student = UNet(channels=TINY)
+    own = EMATeacher(student)
+    copying = EMATeacher(student, copy_buffers=True)
+    initial = [b.clone() for b in own.module.buffers()]
+    student.train()
+    student(torch.rand(2, 1, 16, 16) * 5 + 3)  # moves BN running stats
+    assert not all(torch.equal(a, b) for a, b in zip(student.buffers(), initial))
+    own.update(student)
+    copying.update(student)
+    for b, b0 in zip(own.module.buffers(), initial):
+        assert torch.equal(b, b0)
+    for b, bs in zip(copying.module.buffers(), student.buffers()):
+        assert torch.equal(b, bs)
+
+
+def test_ema_predict_sets_mode_without_grad():
+    student = UNet(channels=TINY)
+    teacher = EMATeacher(student)
+    x = torch.rand(2, 1, 16, 16)
+    out = teacher.predict(x, "train")
+    assert teacher.module.training and not out.logits.requires_grad
+    running = teacher.module.encoder[0][1].running_mean.clone()
+    a, b = teacher.predict(x, "eval").logits, teacher.predict(x, "eval").logits
+    assert not teacher.module.training and torch.equal(a, b)
+    assert torch.equal(teacher.module.encoder[0][1].running_mean, running)
+    with pytest.raises(ValueError, match="bn_mode"):
+        teacher.predict(x, "frozen")
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.0, 1.5, True, "0.99"])
+def test_ema_invalid_momentum(momentum):
+    with pytest.raises(ValueError, match="momentum"):
+        EMATeacher(nn.Linear(2, 2), momentum=momentum)
