@@ -36,3 +36,33 @@ def make_tiny_dataset(root: Path, train_patients=("patient004", "patient001", "p
 @pytest.fixture
 def tiny_root(tmp_path: Path) -> Path:
     return make_tiny_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def phantom_cache(tmp_path_factory) -> Path:
+    """A per-session cache for the embedded dataset (never the user's ~/.cache)."""
+    return tmp_path_factory.mktemp("medseg-cache")
+
+
+@pytest.fixture(scope="session")
+def ray_address(phantom_cache):
+    """One Ray instance for the whole test session (2 CPUs, no dashboard); yields its GCS address.
+
+    Studies run in-process find it through ``ray.is_initialized()``; subprocess drivers join it with
+    ``--address``. Shut down and its temp folder removed at the end: we stop only what we started.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    context = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, object_store_memory=256 << 20,
+                       log_to_driver=False, configure_logging=False)
+    try:
+        yield context.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,525 @@
+"""Paper-style result tables built from the per-trial result files of a study.
+
+The only input is what :func:`medseg_platform.results.scan_study` reads back (``result.json`` and
+``per_case.csv`` of each finished trial); Ray's experiment state is never read and neither Ray nor torch
+is imported.
+
+Numbers, from the bottom up:
+
+* **per seed** (one trial): for each class, the NaN-aware mean of the trial's per-case values, recomputed
+  from ``per_case.csv`` (the means stored in ``result.json`` are not used); "Avg" is the NaN-aware mean
+  of the trial's per-class means. Undefined per-case values (NaN, e.g. HD95 of an empty prediction) are
+  excluded and counted.
+* **per cell** (method x label fraction x class): mean over seeds and the *sample* standard deviation
+  (``ddof=1``, as papers report); a cell with a single seed has std 0.0 (stated in the caption); a cell
+  with no finite seed value has mean and std NaN. ``n_seeds`` counts the seeds with a finite value and
+  ``n_undefined`` sums the undefined per-case values over all of the cell's seeds (for "Avg": over classes).
+
+Dice and Jaccard are reported in percent (x100, one decimal); HD95 and ASD keep the unit they were
+evaluated in (mm when the voxel spacing was known, voxels otherwise; two decimals).
+
+The long form (:func:`build_table`, ``table.csv``) has one row per (row, column, class, metric); the
+renderers (:func:`to_markdown`, :func:`to_latex`) lay one metric out wide: methods down, label fractions
+across, each split into the classes and "Avg".
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from medseg_platform.io import write_text_atomic
+from medseg_platform.results import TrialRecord, scan_study
+
+DEFAULT_METRICS = ("dice", "jaccard", "hd95", "asd")
+DEFAULT_CLASS_NAMES = {1: "RV", 2: "Myo", 3: "LV"}
+AVG = "Avg"
+UNDEFINED_MARK = "\u2020"  # dagger
+MISSING = "\u2013"  # en dash: no trial for this method and label fraction
+LONG_COLUMNS = ("row", "column", "class", "metric", "unit", "mean", "std", "n_seeds", "n_undefined", "seeds",
+                "row_rank", "column_rank")
+
+
+@dataclass(frozen=True)
+class MetricStyle:
+    """How a metric is shown: its name in tables, the factor applied to raw values, decimals, direction."""
+
+    label: str
+    scale: float
+    decimals: int
+    higher_is_better: bool
+    unit: str
+
+
+METRIC_STYLES = {
+    "dice": MetricStyle("Dice (%)", 100.0, 1, True, "%"),
+    "jaccard": MetricStyle("Jaccard (%)", 100.0, 1, True, "%"),
+    "hd95": MetricStyle("HD95", 1.0, 2, False, "voxels or mm as evaluated"),
+    "asd": MetricStyle("ASD", 1.0, 2, False, "voxels or mm as evaluated"),
+}
+
+
+def metric_style(metric: str) -> MetricStyle:
+    """The display style of ``metric``; ValueError for a metric the tables do not know."""
+    try:
+        return METRIC_STYLES[metric]
+    except KeyError:
+        raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRIC_STYLES)}") from None
+
+
+# --------------------------------------------------------------------------------------------- labels
+
+
+def row_label(record: TrialRecord) -> str:
+    """The table row of a trial: the study's ``tags["row"]``, else the objective's name."""
+    tags = record.result.get("tags") or {}
+    if tags.get("row"):
+        return str(tags["row"])
+    return str((record.result.get("config") or {}).get("objective", "?"))
+
+
+def fraction_label(labelled: Mapping[str, Any]) -> str:
+    """A label fraction as patients and percent of the training patients, e.g. ``"3 pat. (4.3%)"``."""
+    return f"{int(labelled['num_patients'])} pat. ({float(labelled['percent_patients']):.1f}%)"
+
+
+def column_label(record: TrialRecord) -> str:
+    """The table column (group) of a trial: ``tags["column"]``, else its label fraction.
+
+    Falls back to the requested fraction of the config (``data.labelled``) when ``labelled.json``'s
+    counts are missing.
+    """
+    tags = record.result.get("tags") or {}
+    if tags.get("column"):
+        return str(tags["column"])
+    labelled = record.result.get("labelled") or {}
+    if "num_patients" in labelled and "percent_patients" in labelled:
+        return fraction_label(labelled)
+    return str(((record.result.get("config") or {}).get("data") or {}).get("labelled", "?"))
+
+
+def trial_seed(record: TrialRecord) -> Any:
+    """The seed of a trial (``result["seed"]``, else ``config["seed"]``)."""
+    seed = record.result.get("seed")
+    return seed if seed is not None else (record.result.get("config") or {}).get("seed")
+
+
+def _as_number(value: Any) -> float | None:
+    """``value`` as a float, or None when it is not a number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _row_key(record: TrialRecord) -> float:
+    """The row sort position a trial asks for (``tags["order"]``), +inf when it gives none."""
+    order = _as_number((record.result.get("tags") or {}).get("order"))
+    return math.inf if order is None else order
+
+
+def _column_key(record: TrialRecord) -> float:
+    """The column sort position of a trial: its number of labelled patients (+inf when unknown)."""
+    patients = _as_number((record.result.get("labelled") or {}).get("num_patients"))
+    return math.inf if patients is None else patients
+
+
+def _ordered(labels_and_keys: Iterable[tuple[str, float]], by_label_when_tied: bool) -> list[str]:
+    """Distinct labels sorted by their smallest key; ties by label or by first appearance."""
+    best: dict[str, float] = {}
+    for label, key in labels_and_keys:
+        best[label] = min(key, best.get(label, math.inf))
+    first = {label: i for i, label in enumerate(best)}
+    return sorted(best, key=lambda lab: (best[lab], lab if by_label_when_tied else "", first[lab]))
+
+
+def row_order(records: Sequence[TrialRecord]) -> list[str]:
+    """Methods in table order: by ``tags["order"]`` where given (first appearance breaks ties), rows
+    without an order after them, alphabetically."""
+    keyed = [(row_label(r), _row_key(r)) for r in records]
+    with_order = _ordered([(lab, k) for lab, k in keyed if k != math.inf], by_label_when_tied=False)
+    without = sorted({lab for lab, _ in keyed} - set(with_order))
+    return with_order + without
+
+
+def column_order(records: Sequence[TrialRecord]) -> list[str]:
+    """Column groups in table order: fewest labelled patients first, then by label."""
+    return _ordered(((column_label(r), _column_key(r)) for r in records), by_label_when_tied=True)
+
+
+# --------------------------------------------------------------------------------------------- numbers
+
+
+def _unique_records(records: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """``records`` without repeats of the same trial folder (first kept)."""
+    seen, unique = set(), []
+    for record in records:
+        key = Path(record.path).resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(record)
+    return unique
+
+
+def _per_case_value(row: Mapping[str, Any], metric: str) -> float:
+    """One per-case value as float; NaN when missing or not a number."""
+    number = _as_number(row.get(metric))
+    return math.nan if number is None else number
+
+
+def trial_class_values(per_case: Sequence[Mapping[str, Any]], metric: str) -> dict[int | str, tuple[float, int]]:
+    """Per class (int) and ``AVG``: (NaN-aware mean over cases, number of undefined case values).
+
+    "Avg" is the NaN-aware mean of the per-class means and the sum of their undefined counts.
+    """
+    by_class: dict[int, list[float]] = {}
+    for row in per_case:
+        by_class.setdefault(int(float(row["class"])), []).append(_per_case_value(row, metric))
+    out: dict[int | str, tuple[float, int]] = {}
+    for cls in sorted(by_class):
+        values = np.asarray(by_class[cls], dtype=float)
+        finite = values[~np.isnan(values)]
+        out[cls] = (float(finite.mean()) if finite.size else math.nan, int(np.isnan(values).sum()))
+    class_means = np.asarray([mean for mean, _ in out.values()], dtype=float)
+    finite_means = class_means[~np.isnan(class_means)]
+    out[AVG] = (float(finite_means.mean()) if finite_means.size else math.nan, sum(n for _, n in out.values()))
+    return out
+
+
+def seed_statistics(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample std with ddof=1, n) over the finite ``values``; std 0.0 for n=1, NaNs for n=0."""
+    finite = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if finite.size == 0:
+        return math.nan, math.nan, 0
+    std = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+    return float(finite.mean()), std, int(finite.size)
+
+
+def _class_label(cls: int | str, class_names: Mapping[int, str]) -> str:
+    """The name of a class column (``AVG`` stays as it is)."""
+    return cls if isinstance(cls, str) else class_names.get(cls, str(cls))
+
+
+def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT_METRICS,
+                class_names: Mapping[int, str] = DEFAULT_CLASS_NAMES) -> pd.DataFrame:
+    """The long-form table: one row per (row label, column label, class or "Avg", metric).
+
+    Columns: ``row``, ``column``, ``class``, ``metric``, ``unit``, ``mean``, ``std`` (sample, ddof=1; 0.0
+    for one seed), ``n_seeds``, ``n_undefined`` (undefined per-case values over all seeds), ``seeds``
+    (comma-separated), ``row_rank`` and ``column_rank`` (0-based table positions of the method and the
+    label fraction, so the layout survives a CSV round trip). Dice and Jaccard are in percent. Rows come
+    in table order (methods, then label fractions, then ``metrics``, then classes); only (method, fraction)
+    pairs with trials appear. A trial folder passed twice counts once.
+    """
+    records = _unique_records(records)
+    for metric in metrics:
+        metric_style(metric)
+    classes = sorted({int(float(row["class"])) for r in records for row in r.per_case})
+    groups: dict[tuple[str, str], list[TrialRecord]] = {}
+    for record in records:
+        groups.setdefault((row_label(record), column_label(record)), []).append(record)
+    rows = []
+    for row_rank, row in enumerate(row_order(records)):
+        for column_rank, column in enumerate(column_order(records)):
+            trials = groups.get((row, column))
+            if trials:
+                cell_rows = _cell_rows(row, column, trials, metrics, classes, class_names)
+                rows += [{**r, "row_rank": row_rank, "column_rank": column_rank} for r in cell_rows]
+    return pd.DataFrame(rows, columns=list(LONG_COLUMNS))
+
+
+def _cell_rows(row: str, column: str, trials: Sequence[TrialRecord], metrics: Sequence[str],
+               classes: Sequence[int], class_names: Mapping[int, str]) -> list[dict[str, Any]]:
+    """The long-form rows of one (method, label fraction) pair: every class and "Avg" for every metric."""
+    seeds = ",".join(str(trial_seed(t)) for t in trials)
+    out = []
+    for metric in metrics:
+        style = metric_style(metric)
+        per_trial = [trial_class_values(t.per_case, metric) for t in trials]
+        for cls in [*classes, AVG]:
+            values = [v.get(cls, (math.nan, 0)) for v in per_trial]
+            mean, std, n = seed_statistics([value * style.scale for value, _ in values])
+            out.append({"row": row, "column": column, "class": _class_label(cls, class_names), "metric": metric,
+                        "unit": style.unit, "mean": mean, "std": std, "n_seeds": n,
+                        "n_undefined": int(sum(undefined for _, undefined in values)), "seeds": seeds})
+    return out
+
+
+def duplicate_seeds(records: Iterable[TrialRecord]) -> list[str]:
+    """One line per (method, label fraction, seed) that more than one distinct trial reports.
+
+    Such trials (e.g. a study re-run with a changed config into the same folder) would all be averaged
+    into one cell; the line says so, so the user can clean the study folder.
+    """
+    counts = Counter((row_label(r), column_label(r), str(trial_seed(r))) for r in _unique_records(records))
+    return [f"duplicate trials: {row} / {column} / seed {seed} is reported by {n} trials (all averaged)"
+            for (row, column, seed), n in counts.items() if n > 1]
+
+
+# --------------------------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One shown cell: mean and std in display units, seeds, undefined values, whether it is the best."""
+
+    mean: float
+    std: float
+    n_seeds: int
+    n_undefined: int
+    best: bool
+
+
+@dataclass(frozen=True)
+class WideTable:
+    """One metric laid out wide: methods (rows) x label fractions (groups) x classes."""
+
+    metric: str
+    rows: list[str]
+    columns: list[str]
+    classes: list[str]
+    cells: dict[tuple[str, str, str], Cell]
+
+
+def _rounded(value: float, decimals: int) -> float:
+    """``value`` rounded as it is displayed."""
+    return round(value, decimals)
+
+
+def _best_means(frame: pd.DataFrame, style: MetricStyle) -> dict[tuple[str, str], float]:
+    """Per (column, class): the best displayed mean, only where at least two methods have a value."""
+    best = {}
+    for (column, cls), group in frame.groupby(["column", "class"], sort=False):
+        shown = [_rounded(m, style.decimals) for m in group["mean"] if not math.isnan(m)]
+        if len(shown) >= 2:
+            best[(column, cls)] = max(shown) if style.higher_is_better else min(shown)
+    return best
+
+
+def wide_table(df: pd.DataFrame, metric: str) -> WideTable:
+    """Lay out ``metric`` of a long-form table; methods and fractions in rank order, classes as they come."""
+    style = metric_style(metric)
+    frame = df[df["metric"] == metric]
+    best = _best_means(frame, style)
+    cells = {}
+    for rec in frame.to_dict("records"):
+        key = (rec["row"], rec["column"], rec["class"])
+        target = best.get(key[1:])
+        is_best = target is not None and not math.isnan(rec["mean"]) and _rounded(rec["mean"], style.decimals) == target
+        cells[key] = Cell(rec["mean"], rec["std"], int(rec["n_seeds"]), int(rec["n_undefined"]), is_best)
+    return WideTable(metric, _by_rank(frame, "row"), _by_rank(frame, "column"), list(dict.fromkeys(frame["class"])), cells)
+
+
+def _by_rank(frame: pd.DataFrame, field: str) -> list[str]:
+    """The distinct values of ``field`` ordered by their ``<field>_rank``."""
+    ranks = frame.groupby(field, sort=False)[f"{field}_rank"].min()
+    return [str(label) for label in ranks.sort_values(kind="stable").index]
+
+
+def cell_text(cell: Cell | None, decimals: int, pm: str = "\u00b1") -> str:
+    """"82.6 ± 1.3" for a cell ("–" when the cell has no trial, "n/a" when no seed has a value)."""
+    if cell is None:
+        return MISSING
+    if math.isnan(cell.mean):
+        return "n/a"
+    return f"{cell.mean:.{decimals}f} {pm} {cell.std:.{decimals}f}"
+
+
+def _seeds_phrase(table: WideTable) -> str:
+    """How many seeds the cells average, for the caption."""
+    counts = sorted({c.n_seeds for c in table.cells.values() if c.n_seeds > 0})
+    if not counts:
+        return "no seeds"
+    if len(counts) == 1:
+        phrase = f"{counts[0]} seed{'s' if counts[0] != 1 else ''} per cell"
+    else:
+        phrase = f"{counts[0]}\u2013{counts[-1]} seeds per cell"
+    if counts[0] == 1:
+        phrase += "; a cell from a single seed shows \u00b1 0.0"
+    return phrase
+
+
+def undefined_note(table: WideTable) -> str:
+    """The footnote for cells marked with the undefined marker; "" when there are none."""
+    parts = [f"{row} / {column} / {cls}: {cell.n_undefined}"
+             for (row, column, cls), cell in table.cells.items() if cell.n_undefined > 0]
+    if not parts:
+        return ""
+    return (f"{UNDEFINED_MARK} undefined per-case values (e.g. an empty prediction) excluded from the means; "
+            f"count over seeds: " + "; ".join(parts) + ".")
+
+
+def caption(table: WideTable) -> str:
+    """Plain-text caption of a wide table: what is shown, over how many seeds, units, bold, footnote."""
+    style = metric_style(table.metric)
+    classes = [c for c in table.classes if c != AVG]
+    text = (f"Test {style.label} per class ({', '.join(classes)}) and their average ({AVG}), by method and "
+            f"labelled fraction (patients and percent of the training patients). Mean \u00b1 sample std "
+            f"(ddof=1) over seeds, {_seeds_phrase(table)}; per seed, the mean over test cases.")
+    if style.scale == 1.0:
+        text += f" {style.label} in {style.unit}."
+    text += f" Bold: best per column ({'higher' if style.higher_is_better else 'lower'} is better)."
+    note = undefined_note(table)
+    return f"{text} {note}" if note else text
+
+
+# --------------------------------------------------------------------------------------------- Markdown
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` safe inside a Markdown table cell (pipes, asterisks and backticks escaped)."""
+    for char in ("\\", "|", "*", "`"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _markdown_cell(cell: Cell | None, decimals: int) -> str:
+    """A Markdown cell: bold when best, followed by the undefined marker when values were excluded."""
+    text = cell_text(cell, decimals)
+    if cell is not None and cell.best:
+        text = f"**{text}**"
+    if cell is not None and cell.n_undefined > 0:
+        text += UNDEFINED_MARK
+    return text
+
+
+def _markdown_lines(grid: list[list[str]]) -> list[str]:
+    """A header row plus body rows as aligned Markdown table lines (first column left, others right)."""
+    widths = [max(len(line[i]) for line in grid) for i in range(len(grid[0]))]
+    pad = lambda line: "| " + " | ".join(  # noqa: E731 - one-line formatter
+        text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(line, widths))) + " |"
+    rule = "| " + " | ".join(("-" * w if i == 0 else "-" * (w - 1) + ":") for i, w in enumerate(widths)) + " |"
+    return [pad(grid[0]), rule, *(pad(line) for line in grid[1:])]
+
+
+def to_markdown(df: pd.DataFrame, metric: str) -> str:
+    """``metric`` as a Markdown table (methods x "fraction: class" columns) followed by its caption."""
+    table = wide_table(df, metric)
+    style = metric_style(metric)
+    if not table.rows:
+        return f"_{style.label}: no finished trials._\n"
+    header = ["Method"] + [escape_markdown(f"{column}: {cls}") for column in table.columns for cls in table.classes]
+    body = [[escape_markdown(row)] + [_markdown_cell(table.cells.get((row, column, cls)), style.decimals)
+                                      for column in table.columns for cls in table.classes] for row in table.rows]
+    lines = [f"### {style.label}", "", *_markdown_lines([header, *body]), "", caption(table)]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- LaTeX
+
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+    "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\u00b1": r"$\pm$",
+    UNDEFINED_MARK: r"$^\dagger$", "\u2013": "--",
+}
+
+
+def escape_latex(text: str) -> str:
+    """``text`` as LaTeX source: special characters escaped, ± and † as math, – as ``--``."""
+    return "".join(_LATEX_ESCAPES.get(char, char) for char in text)
+
+
+def _latex_cell(cell: Cell | None, decimals: int) -> str:
+    """A LaTeX cell: ``\\textbf`` when best, ``$^\\dagger$`` when values were excluded."""
+    text = escape_latex(cell_text(cell, decimals))
+    if cell is not None and cell.best:
+        text = rf"\textbf{{{text}}}"
+    if cell is not None and cell.n_undefined > 0:
+        text += escape_latex(UNDEFINED_MARK)
+    return text
+
+
+def _latex_header(table: WideTable) -> list[str]:
+    """The two header lines: label fractions spanning their classes (with cmidrules), then classes."""
+    k = len(table.classes)
+    spans = " & ".join(rf"\multicolumn{{{k}}}{{c}}{{{escape_latex(c)}}}" for c in table.columns)
+    rules = " ".join(rf"\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(len(table.columns)))
+    classes = " & ".join(escape_latex(c) for _ in table.columns for c in table.classes)
+    return [rf" & {spans} \\", rules, rf"Method & {classes} \\"]
+
+
+def to_latex(df: pd.DataFrame, metric: str, float_env: bool = True, label: str | None = None) -> str:
+    """``metric`` as a complete booktabs ``tabular`` (needs ``\\usepackage{booktabs}``).
+
+    With ``float_env`` (default) it is wrapped in a ``table`` float with ``\\caption`` and ``\\label``
+    (``tab:<metric>`` unless given); without, the caption is written as a comment above the tabular.
+    """
+    table = wide_table(df, metric)
+    style = metric_style(metric)
+    text_caption = escape_latex(caption(table)) if table.rows else escape_latex(f"{style.label}: no finished trials.")
+    ncols = 1 + len(table.columns) * len(table.classes)
+    lines = [rf"\begin{{tabular}}{{l{'c' * (ncols - 1)}}}", r"\toprule"]
+    if table.rows:
+        lines += _latex_header(table) + [r"\midrule"]
+        for row in table.rows:
+            cells = [_latex_cell(table.cells.get((row, column, cls)), style.decimals)
+                     for column in table.columns for cls in table.classes]
+            lines.append(" & ".join([escape_latex(row), *cells]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if not float_env:
+        return "\n".join(["% requires \\usepackage{booktabs}", f"% {text_caption}", *lines]) + "\n"
+    return "\n".join(["% requires \\usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
+                      rf"\caption{{{text_caption}}}", rf"\label{{{label or 'tab:' + metric}}}", *lines,
+                      r"\end{table}"]) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def to_csv(df: pd.DataFrame, path: str | Path | None = None) -> str:
+    """The long form as CSV text (NaN written as ``nan``); also written atomically to ``path`` if given."""
+    text = df.to_csv(index=False, na_rep="nan", lineterminator="\n")
+    if path is not None:
+        write_text_atomic(path, text)
+    return text
+
+
+def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
+                 metrics: Sequence[str] = DEFAULT_METRICS,
+                 class_names: Mapping[int, str] = DEFAULT_CLASS_NAMES) -> list[Path]:
+    """Write ``table_<metric>.md`` and ``table_<metric>.tex`` per metric and ``table.csv`` (long form).
+
+    Every file is written atomically; returns the paths in that order (CSV last).
+    """
+    out_dir = Path(out_dir)
+    df = build_table(records, metrics, class_names)
+    paths = []
+    for metric in metrics:
+        for suffix, render in (("md", to_markdown), ("tex", to_latex)):
+            path = out_dir / f"table_{metric}.{suffix}"
+            write_text_atomic(path, render(df, metric))
+            paths.append(path)
+    csv_path = out_dir / "table.csv"
+    to_csv(df, csv_path)
+    paths.append(csv_path)
+    return paths
+
+
+def summarize_study(study_dir: str | Path) -> tuple[list[TrialRecord], list[str]]:
+    """The finished trials of a study and its problems: corrupt or errored trials, duplicated seeds."""
+    records, problems = scan_study(Path(study_dir))
+    return records, problems + duplicate_seeds(records)
+
+
+def print_summary(paths: Sequence[str | Path], problems: Sequence[str], file=None) -> str:
+    """Print (and return) a short terminal summary: the Dice table, the files written, the problems."""
+    paths = [Path(p) for p in paths]
+    main = next((p for p in paths if p.name == "table_dice.md"), next((p for p in paths if p.suffix == ".md"), None))
+    lines = [main.read_text(encoding="utf-8").rstrip("\n"), ""] if main is not None and main.is_file() else []
+    lines.append(f"Tables written ({len(paths)} files):")
+    lines += [f"  {p}" for p in paths]
+    if problems:
+        lines.append(f"Problems ({len(problems)}):")
+        lines += [f"  - {problem}" for problem in problems]
+    else:
+        lines.append("Problems: none")
+    text = "\n".join(lines) + "\n"
+    print(text, end="", file=file)
+    return text

@@ -1,0 +1,199 @@
+"""Typed, validated configuration of one training trial.
+
+A :class:`TrialConfig` is what one Ray Tune trial trains: data, model, objective, optimisation,
+evaluation and the seed. It is a frozen dataclass tree that round-trips through plain dicts
+(``to_dict`` / ``from_dict``), so Ray Tune search spaces can override any leaf with a dotted key
+(``"objective.consistency_weight"``, ``"optim.lr"``). :meth:`TrialConfig.validate` runs before Ray starts
+and raises one-line :class:`ConfigError` messages.
+
+Defaults are the released fine-tuning settings (methods-spec §1.2, §1.9): 4 labelled + 4 unlabelled
+per step, SGD lr 0.01 momentum 0.9 weight decay 1e-4 Nesterov, poly(0.9) schedule, 256×256 patches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from medseg_platform.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and which part of it is labelled (methods-spec §1.1, §1.2)."""
+
+    root: str = ""
+    num_classes: int = 4
+    patch_size: tuple[int, int] = (256, 256)
+    image_resize: str = "nearest"  # "nearest" as MONA/ARCO released; "bicubic" as ACTION trains
+    labelled: str = "3"  # patients ("3") or percent ("5%"), see medseg_platform.data.splits
+    labelled_strategy: str = "published"
+    labelled_seed: int | None = None  # None: the trial seed (only used by strategy "random")
+    labelled_batch: int = 4
+    unlabelled_batch: int = 4
+    weak_rot90_flip_p: float = 0.5  # 0 and 0 = ACTION's resize-only weak view (§1.3)
+    weak_rotate_p: float = 0.25
+    strong_mix: str = "cutmix"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The SSL4MIS 2D UNet (methods-spec §1.4); ``channels`` narrows it for fast CPU runs."""
+
+    name: str = "unet"
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule (methods-spec §1.9)."""
+
+    optimizer: str = "sgd"  # "sgd" (as released) or "adamw"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = True
+    poly_power: float = 0.9
+    max_steps: int = 30000
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Validation during training (model selection by val Dice) and the final test evaluation."""
+
+    val_every: int = 1000
+    val_cases: int = 0  # 0 = all val cases
+    empty_policy: str = "nan"  # "nan" or "released" (methods-spec §1.10)
+    log_every: int = 50
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: str = "supervised"
+    objective_params: Mapping[str, Any] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 1337
+    threads: int = 1  # torch threads per trial (Ray sets OMP_NUM_THREADS; we set torch explicitly)
+
+    # -- dict round trip ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["objective_params"] = dict(self.objective_params)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrialConfig":
+        """Build from a nested dict; dotted keys (``"optim.lr"``) override nested ones. Unknown keys are errors."""
+        nested: dict[str, Any] = {}
+        for key, value in values.items():
+            parts = key.split(".")
+            if parts[0] == "objective_params" and len(parts) == 2:
+                nested.setdefault("objective_params", {})[parts[1]] = value
+                continue
+            target = nested
+            for part in parts[:-1]:
+                target = target.setdefault(part, {})
+            if isinstance(value, Mapping) and isinstance(target.get(parts[-1]), dict):
+                target[parts[-1]].update(value)
+            else:
+                target[parts[-1]] = value
+        return _build(cls, nested, "config")
+
+    def replace(self, **dotted: Any) -> "TrialConfig":
+        """A copy with dotted-key overrides, e.g. ``cfg.replace(**{"optim.lr": 0.1, "seed": 2})``."""
+        merged = self.to_dict()
+        for key, value in dotted.items():
+            merged[key] = value
+        return TrialConfig.from_dict(merged)
+
+    # -- validation --------------------------------------------------------------------------
+    def validate(self, check_data: bool = True) -> None:
+        """Raise :class:`ConfigError` (one line) for any invalid value; cheap, runs before Ray starts."""
+        from methods.registry import MODELS, OBJECTIVES, objective_config
+
+        d, o, e = self.data, self.optim, self.eval
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective {self.objective!r}: unknown; known objectives: {', '.join(sorted(OBJECTIVES))}")
+        try:
+            objective_config(self.objective, dict(self.objective_params))
+        except ValueError as exc:
+            raise ConfigError(f"objective {self.objective!r}: {exc}") from None
+        if self.model.name not in MODELS:
+            raise ConfigError(f"model.name {self.model.name!r}: unknown; known models: {', '.join(sorted(MODELS))}")
+        if len(self.model.channels) != 5 or any(int(c) < 1 for c in self.model.channels):
+            raise ConfigError(f"model.channels {self.model.channels!r}: need five positive widths (encoder levels)")
+        if len(d.patch_size) != 2 or any(int(s) < 16 or int(s) % 16 for s in d.patch_size):
+            raise ConfigError(f"data.patch_size {d.patch_size!r}: need two sizes that are multiples of 16 (the UNet pools 4 times)")
+        if d.num_classes < 2:
+            raise ConfigError(f"data.num_classes {d.num_classes}: need at least 2")
+        if d.image_resize not in ("nearest", "bicubic"):
+            raise ConfigError(f"data.image_resize {d.image_resize!r}: choose 'nearest' or 'bicubic'")
+        if d.labelled_batch < 1 or d.unlabelled_batch < 0:
+            raise ConfigError("data.labelled_batch must be >= 1 and data.unlabelled_batch >= 0")
+        for name in ("weak_rot90_flip_p", "weak_rotate_p"):
+            if not 0.0 <= getattr(d, name) <= 1.0:
+                raise ConfigError(f"data.{name} {getattr(d, name)}: a probability must be in [0, 1]")
+        if d.strong_mix not in ("cutmix", "classmix", "cutout", "none"):
+            raise ConfigError(f"data.strong_mix {d.strong_mix!r}: choose cutmix, classmix, cutout or none")
+        if o.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"optim.optimizer {o.optimizer!r}: choose 'sgd' or 'adamw'")
+        if not o.lr > 0 or o.weight_decay < 0 or not 0 <= o.momentum < 1 or o.poly_power < 0:
+            raise ConfigError(f"optim: lr must be > 0, weight_decay >= 0, momentum in [0, 1), poly_power >= 0 (got {o})")
+        if o.max_steps < 1:
+            raise ConfigError(f"optim.max_steps {o.max_steps}: must be >= 1")
+        if e.val_every < 1 or e.log_every < 1 or e.val_cases < 0:
+            raise ConfigError("eval.val_every and eval.log_every must be >= 1, eval.val_cases >= 0")
+        if e.empty_policy not in ("nan", "released"):
+            raise ConfigError(f"eval.empty_policy {e.empty_policy!r}: choose 'nan' or 'released'")
+        if self.seed < 0 or self.threads < 1:
+            raise ConfigError("seed must be >= 0 and threads >= 1")
+        if check_data:
+            self._validate_data()
+
+    def _validate_data(self) -> None:
+        from medseg_platform.data.layout import AcdcLayout
+        from medseg_platform.data.splits import select_labelled
+
+        if not self.data.root:
+            raise ConfigError("data.root: no dataset given (pass --data-root, or omit it to use the embedded phantom)")
+        layout = AcdcLayout(self.data.root, self.data.num_classes)
+        seed = self.seed if self.data.labelled_seed is None else self.data.labelled_seed
+        subset = select_labelled(layout.train_slices, self.data.labelled, self.data.labelled_strategy, seed)
+        if self.data.labelled_batch > len(subset.labelled_slices):
+            raise ConfigError(
+                f"data.labelled_batch {self.data.labelled_batch}: larger than the labelled set "
+                f"({len(subset.labelled_slices)} slices of {subset.count.patients} patient(s))"
+            )
+        if not layout.val_cases or not layout.test_cases:
+            raise ConfigError(f"{layout.root}: val.list and test.list must each name at least one case")
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """Instantiate a (nested) config dataclass from a dict; unknown keys are a ConfigError."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+    kwargs = {}
+    for key, value in values.items():
+        f = names[key]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+            kwargs[key] = _build(type(default), value, f"{where}.{key}")
+        elif isinstance(default, tuple) and isinstance(value, (list, tuple)):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def resolve_path(path: str | Path, what: str) -> Path:
+    """An absolute, user-expanded path (config and CLI paths are resolved once, here)."""
+    if not str(path):
+        raise ConfigError(f"{what}: empty path")
+    return Path(path).expanduser().resolve()

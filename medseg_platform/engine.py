@@ -1,0 +1,268 @@
+"""One training trial in one process: batches -> objective -> optimiser -> validation -> test.
+
+This module knows nothing about Ray: :func:`train_trial` takes a :class:`TrialConfig`, a trial folder
+and an optional ``report(metrics, checkpoint_dir)`` callback (the Tune function trainable passes one
+that calls ``ray.tune.report``). Released fine-tuning behaviour (methods-spec §1.2, §1.9, §1.10):
+
+* each step draws ``labelled_batch`` labelled and ``unlabelled_batch`` unlabelled slices uniformly with
+  replacement, applies the weak view, and hands the objective a :class:`methods.objective.Batch` with a
+  strong-augmentation adapter (pseudo-labels come first, §1.3);
+* SGD (Nesterov) or AdamW, poly LR ``lr * (1 - step/max_steps)^power`` set after every step;
+* every ``val_every`` steps the student is evaluated on the **val** split (mean foreground Dice) and the
+  best state is kept: model selection never looks at the test split (the released scripts swept
+  checkpoints on the test set, methods-spec §1.10);
+* at the end the best state is evaluated on the test split, per case and per class.
+
+Non-finite losses are detected without a host sync per step (a device-side flag, checked at log
+intervals) and stop the trial with :class:`NonFiniteLossError` naming the first bad step and term.
+A checkpoint (objective, optimiser, RNG states, best state, curves) is written atomically at each
+validation; ``train_trial`` resumes from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from medseg_platform.config import TrialConfig
+from medseg_platform.data import augment
+from medseg_platform.data.datasets import SliceBank
+from medseg_platform.data.layout import AcdcLayout, Volume
+from medseg_platform.data.splits import LabelledSubset, select_labelled
+from medseg_platform.errors import MedsegError
+from medseg_platform.evaluation.metrics import evaluate_case
+from medseg_platform.evaluation.predict import predict_volume
+from medseg_platform.io import atomic_path
+from medseg_platform.seeding import seed_everything
+from methods.objective import Batch, StrongView
+from methods.registry import build_model, build_objective
+
+CHECKPOINT_FILE = "checkpoint.pt"
+Reporter = Callable[[dict, "Path | None"], None]
+
+
+class NonFiniteLossError(MedsegError):
+    """The loss became NaN or inf; the message names the step and the offending term(s)."""
+
+
+class StrongAugmentAdapter:
+    """The data layer's strong view behind the objective's two-stage protocol (methods-spec §1.3).
+
+    ``mix`` = CutMix/ClassMix/CutOut (+ the released 8-bit round trip of image and confidence);
+    ``perturb`` = brightness/contrast jitter then Gaussian blur, per image. AdvMorph is not implemented.
+    """
+
+    def __init__(self, generator: torch.Generator, mix: str, num_classes: int, quantise_8bit: bool = True):
+        self.generator = generator
+        self.mode = mix
+        self.num_classes = num_classes
+        self.quantise_8bit = quantise_8bit
+
+    def mix(self, image: torch.Tensor, pseudo_label: torch.Tensor, confidence: torch.Tensor) -> StrongView:
+        image, pseudo_label, confidence = augment.mix_batch(image, pseudo_label, confidence, self.generator, self.mode, self.num_classes)
+        if self.quantise_8bit:
+            image, confidence = augment.round_trip_8bit(image), augment.round_trip_8bit(confidence)
+        return StrongView(image, pseudo_label, confidence)
+
+    def perturb(self, image: torch.Tensor) -> torch.Tensor:
+        image = augment.color_jitter(image, self.generator, p=0.5)
+        return augment.random_gaussian_blur(image, self.generator, p=0.5)
+
+
+class NonFiniteMonitor:
+    """Remembers the first step whose total loss was not finite, on the device (no per-step sync)."""
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_terms: dict[str, torch.Tensor] = {}
+
+    def update(self, step: int, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        fresh = (~torch.isfinite(total.detach())) & (self.first_bad < 0)
+        self.first_bad = torch.where(fresh, torch.full_like(self.first_bad, step), self.first_bad)
+        for name, value in terms.items():
+            flag = fresh & ~torch.isfinite(value)
+            self.bad_terms[name] = self.bad_terms.get(name, torch.zeros((), dtype=torch.bool, device=flag.device)) | flag
+
+    def raise_if_bad(self) -> None:
+        step = int(self.first_bad)  # one sync, at log/validation intervals only
+        if step >= 0:
+            names = [name for name, flag in self.bad_terms.items() if bool(flag)] or ["total"]
+            raise NonFiniteLossError(f"step {step}: loss is NaN/inf in term(s) {', '.join(names)} (lower the learning rate or a loss weight)")
+
+
+@dataclass
+class TrialOutcome:
+    """What a finished trial produced (the results writer turns it into files)."""
+
+    labelled: LabelledSubset
+    best_step: int
+    best_val_dice: float
+    test_rows: list[dict]
+    curves: list[dict]
+    val_curve: list[dict]
+    timing: dict[str, float]
+    resumed_from_step: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def poly_lr(base_lr: float, step: int, max_steps: int, power: float) -> float:
+    """``base_lr * (1 - step/max_steps)^power`` (methods-spec §1.9)."""
+    return base_lr * (1.0 - step / max_steps) ** power
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _make_optimizer(cfg: TrialConfig, params) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov and o.momentum > 0)
+    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def evaluate_volumes(model: torch.nn.Module, volumes: list[Volume], cfg: TrialConfig, device: torch.device) -> list[dict]:
+    """Per-case, per-class metric rows of ``model`` on ``volumes`` (methods-spec §1.10, slice-wise at the patch size)."""
+    resize = "zoom" if cfg.data.image_resize == "nearest" else "nearest-exact"
+    rows = []
+    for vol in volumes:
+        pred = predict_volume(model, vol.image, cfg.data.patch_size, device=device, resize=resize)
+        for row in evaluate_case(pred, vol.label, cfg.data.num_classes, vol.spacing, empty_policy=cfg.eval.empty_policy):
+            rows.append({"case": vol.case, **row})
+    return rows
+
+
+def mean_dice(rows: list[dict]) -> float:
+    """Mean over cases and classes of the defined Dice values (NaN if none is defined)."""
+    values = np.array([r["dice"] for r in rows], dtype=float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = None, log: Callable[[str], None] | None = None) -> TrialOutcome:
+    """Train and evaluate one configuration; resumes from ``trial_dir/checkpoint/checkpoint.pt`` if present."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    t_start = time.perf_counter()
+    timing = {"setup_s": 0.0, "train_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0, "test_s": 0.0}
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    device = pick_device()
+    trial_dir = Path(trial_dir)
+    ckpt_dir = trial_dir / "checkpoint"
+    ckpt_path = ckpt_dir / CHECKPOINT_FILE
+
+    layout = AcdcLayout(cfg.data.root, cfg.data.num_classes)
+    labelled_seed = cfg.seed if cfg.data.labelled_seed is None else cfg.data.labelled_seed
+    subset = select_labelled(layout.train_slices, cfg.data.labelled, cfg.data.labelled_strategy, labelled_seed)
+    log(subset.describe())
+
+    model = build_model(cfg.model.name, num_classes=cfg.data.num_classes, channels=tuple(cfg.model.channels)).to(device)
+    objective = build_objective(cfg.objective, model, dict(cfg.objective_params)).to(device)
+    optimizer = _make_optimizer(cfg, objective.trainable_parameters())
+
+    lab_bank = SliceBank(layout, subset.labelled_slices, cfg.data.patch_size, cfg.data.image_resize)
+    unl_bank = None
+    if objective.requires_unlabelled:
+        if not subset.unlabelled_slices or cfg.data.unlabelled_batch < 1:
+            raise MedsegError(f"objective {cfg.objective!r} needs unlabelled data: the labelled set covers all training slices or data.unlabelled_batch is 0")
+        unl_bank = SliceBank(layout, subset.unlabelled_slices, cfg.data.patch_size, cfg.data.image_resize)
+    val_cases = layout.val_cases[: cfg.eval.val_cases] if cfg.eval.val_cases else layout.val_cases
+    val_volumes = [layout.read_volume(c) for c in val_cases]
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    strong = StrongAugmentAdapter(generator, cfg.data.strong_mix, cfg.data.num_classes) if objective.requires_strong_augment else None
+    start_step, best = 0, {"step": -1, "val_dice": -math.inf, "state": None}
+    curves: list[dict] = []
+    val_curve: list[dict] = []
+    if ckpt_path.is_file():
+        state = _load_checkpoint(ckpt_path)
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        generator.set_state(state["data_rng"])
+        start_step = int(state["step"])
+        best = {"step": int(state["best_step"]), "val_dice": float(state["best_val_dice"]), "state": state["best_state"]}
+        curves, val_curve = list(state["curves"]), list(state["val_curve"])
+        log(f"resumed from step {start_step} ({ckpt_path})")
+    timing["setup_s"] = time.perf_counter() - t_start
+
+    monitor = NonFiniteMonitor(device)
+    o = cfg.optim
+    interval_start, interval_steps = time.perf_counter(), 0
+    term_sums: dict[str, torch.Tensor] = {}
+    for step in range(start_step, o.max_steps):
+        t0 = time.perf_counter()
+        objective.train()
+        image, label = lab_bank.batch(lab_bank.sample_indices(cfg.data.labelled_batch, generator))
+        image, label = augment.weak_augment(image, label, generator, cfg.data.weak_rot90_flip_p, cfg.data.weak_rotate_p)
+        unlabelled = None
+        if unl_bank is not None:
+            u_image, u_label = unl_bank.batch(unl_bank.sample_indices(cfg.data.unlabelled_batch, generator))
+            unlabelled, _ = augment.weak_augment(u_image, u_label, generator, cfg.data.weak_rot90_flip_p, cfg.data.weak_rotate_p)
+            unlabelled = unlabelled.to(device, non_blocking=True)
+        batch = Batch(image.to(device, non_blocking=True), label.to(device, non_blocking=True), unlabelled, strong)
+        out = objective.loss(batch, step, o.max_steps)
+        optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        optimizer.step()
+        objective.after_optimizer_step(step)
+        for group in optimizer.param_groups:
+            group["lr"] = poly_lr(o.lr, step + 1, o.max_steps, o.poly_power)
+        monitor.update(step, out.total, out.terms)
+        for name, value in {"loss": out.total.detach(), **out.terms}.items():
+            term_sums[name] = term_sums.get(name, 0.0) + value
+        interval_steps += 1
+        timing["train_s"] += time.perf_counter() - t0
+
+        last = step + 1 == o.max_steps
+        if (step + 1) % cfg.eval.log_every == 0 or last or (step + 1) % cfg.eval.val_every == 0:
+            monitor.raise_if_bad()
+            elapsed = time.perf_counter() - interval_start
+            row = {"step": step + 1, "lr": optimizer.param_groups[0]["lr"], "steps_per_s": interval_steps / max(elapsed, 1e-9)}
+            row.update({name: float(total) / interval_steps for name, total in term_sums.items()})
+            curves.append(row)
+            term_sums, interval_steps, interval_start = {}, 0, time.perf_counter()
+        if (step + 1) % cfg.eval.val_every == 0 or last:
+            t0 = time.perf_counter()
+            val_dice = mean_dice(evaluate_volumes(objective.eval_model(), val_volumes, cfg, device))
+            timing["val_s"] += time.perf_counter() - t0
+            val_curve.append({"step": step + 1, "val_dice": val_dice})
+            if val_dice > best["val_dice"] or best["state"] is None:
+                best = {"step": step + 1, "val_dice": val_dice, "state": copy.deepcopy(objective.eval_model().state_dict())}
+            t0 = time.perf_counter()
+            _save_checkpoint(ckpt_path, {
+                "step": step + 1, "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(), "data_rng": generator.get_state(),
+                "best_step": best["step"], "best_val_dice": best["val_dice"], "best_state": best["state"],
+                "curves": curves, "val_curve": val_curve,
+            })
+            timing["checkpoint_s"] += time.perf_counter() - t0
+            log(f"step {step + 1}/{o.max_steps}: loss {curves[-1]['loss']:.4f}, val Dice {val_dice:.4f} (best {best['val_dice']:.4f} @ {best['step']})")
+            if report is not None:
+                report({"step": step + 1, "val_dice": val_dice, "best_val_dice": best["val_dice"], "loss": curves[-1]["loss"], "done": False}, ckpt_dir)
+
+    t0 = time.perf_counter()
+    model_for_test = objective.eval_model()
+    if best["state"] is not None:
+        model_for_test.load_state_dict(best["state"])
+    test_rows = evaluate_volumes(model_for_test, [layout.read_volume(c) for c in layout.test_cases], cfg, device)
+    timing["test_s"] = time.perf_counter() - t0
+    timing["total_s"] = time.perf_counter() - t_start
+    return TrialOutcome(subset, best["step"], best["val_dice"], test_rows, curves, val_curve, timing, start_step)

@@ -1,0 +1,124 @@
+"""Study profiles and the command line every study script shares.
+
+Profiles differ only in numbers, never in code paths:
+
+* ``smoke``  -- the ``--smoke-test`` flag: tiny phantom, 32x32 patches, a few steps; proves the path works.
+* ``quick``  -- a laptop CPU: the embedded phantom at 64x64 patches, a half-width UNet, a few hundred steps.
+* ``paper``  -- a GPU cluster: ACDC (``--data-root``) at 256x256, the released UNet and 30 000 steps
+  (methods-spec §1.2, §1.9), 3 seeds.
+
+A study script declares its variants (table rows) and axes and calls :func:`run_study_main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from medseg_platform.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrialConfig, resolve_path
+from medseg_platform.errors import MedsegError
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    trial: TrialConfig
+    labelled: tuple[str, ...]  # label fractions: the table's columns
+    seeds: tuple[int, ...]
+    phantom: dict | None  # parameters of the embedded dataset (None: --data-root required)
+    cpus_per_trial: float = 1.0
+
+
+def _cfg(patch: int, channels, steps: int, val_every: int, log_every: int, val_cases: int = 0, threads: int = 1) -> TrialConfig:
+    return TrialConfig(
+        data=DataConfig(patch_size=(patch, patch)),
+        model=ModelConfig(channels=tuple(channels)),
+        optim=OptimConfig(max_steps=steps),
+        eval=EvalConfig(val_every=val_every, log_every=log_every, val_cases=val_cases),
+        threads=threads,
+    )
+
+
+PROFILES = {
+    "smoke": Profile("smoke", _cfg(32, (4, 8, 16, 32, 64), steps=6, val_every=3, log_every=3),
+                     labelled=("1",), seeds=(1,), phantom={"patients": 6, "size": 40, "seed": 0}),
+    "quick": Profile("quick", _cfg(64, (8, 16, 32, 64, 128), steps=300, val_every=100, log_every=25),
+                     labelled=("1", "3"), seeds=(1, 2), phantom={"patients": 20, "size": 96, "seed": 0}),
+    "paper": Profile("paper", _cfg(256, (16, 32, 64, 128, 256), steps=30000, val_every=1000, log_every=100, threads=4),
+                     labelled=("1", "3", "7"), seeds=(1337, 1338, 1339), phantom=None, cpus_per_trial=4.0),
+}
+
+
+def default_cache_root() -> Path:
+    """Where the embedded dataset is cached: ``$MEDSEG_CACHE`` or ``~/.cache/medseg-platform``."""
+    return Path(os.environ.get("MEDSEG_CACHE", Path.home() / ".cache" / "medseg-platform")).expanduser().resolve()
+
+
+def study_parser(description: str, default_name: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=f"example:\n  python {sys.argv[0]} --smoke-test")
+    parser.add_argument("--profile", choices=("quick", "paper"), default="quick", help="problem size (default: quick, a laptop CPU)")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks the whole path in about a minute")
+    parser.add_argument("--address", default=None, help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--results-dir", default="results", help="where results go (default: ./results)")
+    parser.add_argument("--data-root", default=None, help="dataset root in the SSL4MIS/ACDC layout (default: the embedded phantom)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the profile's)")
+    parser.add_argument("--name", default=default_name, help=f"study name (default: {default_name}-<profile>)")
+    parser.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default 0: CPU)")
+    parser.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial (default: the profile's)")
+    parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
+    return parser
+
+
+def resolve_data_root(args, profile: Profile) -> Path:
+    """``--data-root`` resolved, or the cached phantom (generated on first use)."""
+    if args.data_root:
+        return resolve_path(args.data_root, "--data-root")
+    if profile.phantom is None:
+        raise MedsegError(f"profile {profile.name}: needs --data-root (an ACDC dataset converted with 'medseg data convert-acdc')")
+    from medseg_platform.data.phantom import ensure_phantom
+
+    return Path(ensure_phantom(default_cache_root(), **profile.phantom))
+
+
+def run_study_main(description: str, default_name: str, build: Callable[[argparse.Namespace, Profile, TrialConfig], "object"],
+                   argv: Sequence[str] | None = None) -> int:
+    """Parse the shared flags, build the study with ``build(args, profile, base)``, run it, write the tables."""
+    from medseg_platform.study import Study
+
+    parser = study_parser(description, default_name)
+    args = parser.parse_args(argv)
+    profile = PROFILES["smoke" if args.smoke_test else args.profile]
+    try:
+        root = resolve_data_root(args, profile)
+        base = profile.trial.replace(**{"data.root": str(root)})
+        study: Study = build(args, profile, base)
+        study.name = args.name if args.name != default_name else f"{default_name}-{profile.name}"
+        study.results_dir = resolve_path(args.results_dir, "--results-dir")
+        study.address = args.address
+        study.seeds = tuple(args.seeds) if args.seeds else profile.seeds
+        study.max_concurrent = args.max_concurrent
+        study.gpus_per_trial = args.gpus_per_trial
+        study.cpus_per_trial = args.cpus_per_trial or profile.cpus_per_trial
+        study.dashboard = not args.no_dashboard
+        run = study.run()
+        from analysis.tables import print_summary, write_tables
+        from medseg_platform.results import scan_study
+
+        records, problems = scan_study(run.study_dir)
+        wanted = set(run.trial_keys)
+        records = [r for r in records if r.path.name in wanted or study.search_space is not None]
+        missing = sorted(wanted - {r.path.name for r in records}) if study.search_space is None else []
+        problems += [f"trial {key} has no result (errored or interrupted; rerun the same command to resume)" for key in missing]
+        paths = write_tables(records, run.study_dir) if records else []
+        print_summary(paths, problems)
+        print(f"wall time {run.timing['total_s']:.1f} s; results in {run.study_dir}")
+        return 0 if not missing else 1
+    except MedsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,177 @@
+"""The on-disk results of a trial: the source of truth for every table and plot.
+
+A study folder holds one folder per trial, named by the trial's key (a hash of its resolved config)::
+
+    <results>/<study>/trials/<key>/
+        config.json      the resolved TrialConfig (plus the study's tags for this trial)
+        labelled.json    labelled patients and slice counts (medseg_platform.data.splits)
+        per_case.csv     test metrics: case, class, dice, jaccard, hd95, asd, ...
+        curves.csv       training curves: step, lr, steps_per_s, loss terms
+        val_curve.csv    step, val_dice
+        result.json      written last: status, seed, labelled patients, best step, test means, timing
+        checkpoint/      the engine's resumable checkpoint
+
+Every file is written atomically and ``result.json`` last, so a folder whose ``result.json`` reads back
+complete is a finished trial; anything else (missing, truncated, wrong schema) is unfinished and the
+trial is run again. Ray's own experiment state is never read for tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from medseg_platform.io import write_json_atomic, write_text_atomic
+
+RESULT_SCHEMA = "medseg-trial-result/1"
+RESULT_FILE = "result.json"
+REQUIRED_KEYS = ("schema", "status", "trial_key", "config", "seed", "labelled", "tags")
+PER_CASE_FIELDS = ("case", "class", "dice", "jaccard", "hd95", "asd")
+
+
+def trial_key(config: Mapping[str, Any], tags: Mapping[str, Any] | None = None) -> str:
+    """A readable, unique folder name for a resolved config: ``<objective>-l<labelled>-s<seed>-<hash10>``."""
+    canonical = json.dumps({"config": config, "tags": dict(tags or {})}, sort_keys=True, default=str)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
+    labelled = str(config.get("data", {}).get("labelled", "")).replace("%", "pct")
+    return f"{config.get('objective', 'trial')}-l{labelled}-s{config.get('seed', 0)}-{digest}"
+
+
+def _csv_text(rows: Iterable[Mapping[str, Any]], fields: Iterable[str] | None = None) -> str:
+    rows = list(rows)
+    if fields is None:
+        fields = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV written here, numbers converted back to float where they parse."""
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            parsed = {}
+            for key, value in row.items():
+                try:
+                    parsed[key] = float(value) if key not in ("case",) else value
+                except (TypeError, ValueError):
+                    parsed[key] = value
+            rows.append(parsed)
+    return rows
+
+
+def _nan_mean(values: Iterable[float]) -> float:
+    finite = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def test_means(per_case: list[Mapping[str, Any]], metrics=("dice", "jaccard", "hd95", "asd")) -> dict[str, dict[str, float]]:
+    """Per class and averaged: NaN-aware means over cases, plus the count of undefined values."""
+    classes = sorted({int(r["class"]) for r in per_case})
+    out: dict[str, dict[str, float]] = {}
+    for c in classes:
+        rows = [r for r in per_case if int(r["class"]) == c]
+        out[str(c)] = {m: _nan_mean(float(r[m]) for r in rows) for m in metrics}
+        out[str(c)].update({f"{m}_undefined": sum(1 for r in rows if math.isnan(float(r[m]))) for m in metrics})
+    out["mean"] = {m: _nan_mean(out[str(c)][m] for c in classes) for m in metrics}
+    out["mean"].update({f"{m}_undefined": sum(out[str(c)][f"{m}_undefined"] for c in classes) for m in metrics})
+    return out
+
+
+def write_trial_results(trial_dir: Path, *, config: Mapping[str, Any], tags: Mapping[str, Any], outcome, seed: int, extra: Mapping[str, Any] | None = None) -> dict:
+    """Write every result file of a finished trial (``result.json`` last) and return the result record."""
+    trial_dir = Path(trial_dir)
+    write_json_atomic(trial_dir / "config.json", {"config": dict(config), "tags": dict(tags)})
+    write_json_atomic(trial_dir / "labelled.json", outcome.labelled.to_dict())
+    fields = list(PER_CASE_FIELDS) + [k for k in (outcome.test_rows[0] if outcome.test_rows else {}) if k not in PER_CASE_FIELDS]
+    write_text_atomic(trial_dir / "per_case.csv", _csv_text(outcome.test_rows, fields))
+    write_text_atomic(trial_dir / "curves.csv", _csv_text(outcome.curves))
+    write_text_atomic(trial_dir / "val_curve.csv", _csv_text(outcome.val_curve, ("step", "val_dice")))
+    record = {
+        "schema": RESULT_SCHEMA,
+        "status": "completed",
+        "trial_key": trial_dir.name,
+        "config": dict(config),
+        "tags": dict(tags),
+        "seed": seed,
+        "labelled": outcome.labelled.to_dict(),
+        "best_step": outcome.best_step,
+        "best_val_dice": outcome.best_val_dice,
+        "test": test_means(outcome.test_rows),
+        "num_test_cases": len({r["case"] for r in outcome.test_rows}),
+        "timing": outcome.timing,
+        "resumed_from_step": outcome.resumed_from_step,
+        **dict(extra or {}),
+    }
+    write_json_atomic(trial_dir / RESULT_FILE, record)
+    return record
+
+
+def write_trial_error(trial_dir: Path, *, config: Mapping[str, Any], tags: Mapping[str, Any], seed: int, error: str) -> None:
+    """Record why a trial failed (``error.json``); an errored trial has no ``result.json``."""
+    write_json_atomic(Path(trial_dir) / "error.json", {"status": "error", "error": error, "config": dict(config), "tags": dict(tags), "seed": seed})
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A finished trial read back from disk."""
+
+    path: Path
+    result: dict
+    per_case: list[dict]
+
+
+class CorruptResult(Exception):
+    """A result file exists but cannot be used (truncated JSON, wrong schema, missing per-case rows)."""
+
+
+def read_trial(trial_dir: Path) -> TrialRecord | None:
+    """The finished trial in ``trial_dir``; None if it has no ``result.json``; :class:`CorruptResult` if broken."""
+    path = Path(trial_dir) / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptResult(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(result, dict) or result.get("schema") != RESULT_SCHEMA or any(k not in result for k in REQUIRED_KEYS):
+        raise CorruptResult(f"{path}: not a {RESULT_SCHEMA} record (missing keys or wrong schema)")
+    per_case_path = Path(trial_dir) / "per_case.csv"
+    try:
+        per_case = read_csv(per_case_path)
+    except (OSError, csv.Error) as exc:
+        raise CorruptResult(f"{per_case_path}: unreadable ({exc})") from None
+    if len({r.get("case") for r in per_case}) != result.get("num_test_cases"):
+        raise CorruptResult(f"{per_case_path}: {len(per_case)} rows do not cover the {result.get('num_test_cases')} test cases of result.json")
+    return TrialRecord(Path(trial_dir), result, per_case)
+
+
+def scan_study(study_dir: Path) -> tuple[list[TrialRecord], list[str]]:
+    """All finished trials of a study (sorted by key) and one line per corrupt or errored trial."""
+    records, problems = [], []
+    trials_dir = Path(study_dir) / "trials"
+    for trial_dir in sorted(p for p in trials_dir.glob("*") if p.is_dir()) if trials_dir.is_dir() else []:
+        try:
+            record = read_trial(trial_dir)
+        except CorruptResult as exc:
+            problems.append(f"corrupt result: {exc}")
+            continue
+        if record is not None:
+            records.append(record)
+        elif (trial_dir / "error.json").is_file():
+            try:
+                error = json.loads((trial_dir / "error.json").read_text(encoding="utf-8")).get("error", "?")
+            except json.JSONDecodeError:
+                error = "error.json unreadable"
+            problems.append(f"errored trial {trial_dir.name}: {error}")
+    return records, problems

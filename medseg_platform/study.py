@@ -1,0 +1,308 @@
+"""A Study: many trials of one base config, run as a Ray Tune experiment.
+
+A :class:`Study` is a base :class:`TrialConfig`, a list of *variants* (rows of a table: a tag dict plus
+dotted-key overrides), grid axes (dotted key -> values), a seeds axis, optionally an Optuna TPE search
+space, the metric/mode, an optional ASHA scheduler and the resources per trial. :meth:`Study.run`:
+
+1. expands and validates every trial config **before Ray starts** (one-line :class:`ConfigError`);
+2. skips Ray entirely when every trial already has a complete ``result.json`` (rerun = rebuild tables);
+3. starts a local Ray (dashboard on 127.0.0.1) or joins ``address`` / ``RAY_ADDRESS``;
+4. runs or, if the experiment exists, restores (``Tuner.can_restore`` / ``Tuner.restore``) the Tune
+   experiment ``<name>-<spec hash>`` under ``<results>/<name>/ray``. A changed spec gets a new experiment
+   name; trials whose configs did not change are still reused from their result files.
+
+Each trial is the function trainable :func:`run_trial_in_tune`: single-process, in the Tune actor, no
+TorchTrainer start-up cost. It reports with ``ray.tune.report`` (with the engine's checkpoint) and writes
+its result files (:mod:`medseg_platform.results`), which are the source of truth: a trial whose
+``result.json`` is complete is never trained again, whatever Ray's state says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from medseg_platform.config import TrialConfig, resolve_path
+from medseg_platform.errors import ConfigError, MedsegError
+from medseg_platform.io import write_json_atomic
+from medseg_platform.results import read_trial, CorruptResult, trial_key, write_trial_error, write_trial_results
+
+METRIC = "best_val_dice"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of a study: ``tags`` (``row`` = its table label) and dotted-key config ``overrides``."""
+
+    tags: Mapping[str, Any]
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Study:
+    name: str
+    base: TrialConfig
+    results_dir: Path
+    variants: Sequence[Variant] = (Variant({}),)
+    grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    seeds: Sequence[int] = (1337,)
+    search_space: Mapping[str, Any] | None = None  # Ray Tune domains, sampled by Optuna TPE
+    num_samples: int = 1
+    metric: str = METRIC
+    mode: str = "max"
+    asha: bool = False
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+    address: str | None = None
+    dashboard: bool = True
+    num_cpus: int | None = None  # for a local Ray; None = all cores
+
+    # -- expansion and validation (no Ray) ------------------------------------------------------
+    def trial_params(self) -> list[dict]:
+        """Every grid trial as ``{"config": dict, "tags": dict, "key": str}``, validated."""
+        if not self.name or any(c in self.name for c in "/\\ "):
+            raise ConfigError(f"study name {self.name!r}: use letters, digits, '-' and '_' only")
+        if not self.seeds:
+            raise ConfigError("seeds: give at least one seed")
+        axes = list(self.grid.items())
+        trials, seen = [], set()
+        for variant in self.variants:
+            for values in itertools.product(*(v for _, v in axes)) if axes else [()]:
+                for seed in self.seeds:
+                    overrides = {**variant.overrides, **dict(zip((k for k, _ in axes), values)), "seed": int(seed)}
+                    cfg = self.base.replace(**overrides)
+                    tags = dict(variant.tags)
+                    config = cfg.to_dict()
+                    key = trial_key(config, tags)
+                    if key in seen:
+                        raise ConfigError(f"study {self.name}: two trials resolve to the same config ({key}); remove the duplicate variant")
+                    seen.add(key)
+                    trials.append({"config": config, "tags": tags, "key": key})
+        checked = set()
+        for trial in trials:  # validation: data checks once per distinct data/labelled setting
+            cfg = TrialConfig.from_dict(trial["config"])
+            data_key = json.dumps([trial["config"]["data"], cfg.seed if cfg.data.labelled_strategy == "random" else 0], sort_keys=True)
+            cfg.validate(check_data=data_key not in checked)
+            checked.add(data_key)
+        return trials
+
+    def spec_hash(self, trials: list[dict]) -> str:
+        spec = {"trials": [t["key"] for t in trials], "search": sorted((self.search_space or {}).keys()), "n": self.num_samples,
+                "metric": self.metric, "mode": self.mode, "asha": self.asha}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+
+    @property
+    def study_dir(self) -> Path:
+        return resolve_path(self.results_dir, "results dir") / self.name
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self) -> "StudyRun":
+        """Validate, run (or restore) on Ray, and return what finished; see the module docstring."""
+        start = time.perf_counter()
+        trials = self.trial_params()
+        if self.gpus_per_trial > 0:
+            check_gpus_available(self.address)
+        study_dir = self.study_dir
+        (study_dir / "trials").mkdir(parents=True, exist_ok=True)
+        pending = [t for t in trials if not _finished(study_dir / "trials" / t["key"])]
+        write_json_atomic(study_dir / "study.json", {"name": self.name, "trials": [t["key"] for t in trials], "seeds": list(self.seeds),
+                                                     "spec_hash": self.spec_hash(trials), "search": self.search_space is not None})
+        _log(f"study {self.name}: {len(trials)} trial(s), {len(trials) - len(pending)} already finished -> {study_dir}")
+        timing = {"validate_s": time.perf_counter() - start}
+        if pending or self.search_space is not None:
+            self._run_tune(trials, study_dir, timing)
+        timing["total_s"] = time.perf_counter() - start
+        return StudyRun(self, study_dir, [t["key"] for t in trials], timing)
+
+    def _run_tune(self, trials: list[dict], study_dir: Path, timing: dict) -> None:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # one checkpoint per validation is intended; Tune's "snapshotting triggered often" warning is noise here
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        t0 = time.perf_counter()
+        import ray
+        from ray import tune
+
+        timing["import_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        started_here = init_ray(self.address, self.num_cpus, self.dashboard)
+        timing["ray_init_s"] = time.perf_counter() - t0
+        try:
+            t0 = time.perf_counter()
+            trainable = tune.with_resources(
+                tune.with_parameters(run_trial_in_tune, study_dir=str(study_dir)),
+                {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial},
+            )
+            name = f"{self.name}-{self.spec_hash(trials)}"
+            storage = study_dir / "ray"
+            exp_path = storage / name
+            if tune.Tuner.can_restore(str(exp_path)):
+                _log(f"restoring Tune experiment {exp_path}")
+                tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
+            else:
+                tuner = tune.Tuner(trainable, param_space=self._param_space(trials), tune_config=self._tune_config(),
+                                   run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+                                                             callbacks=[ProgressCallback(len(trials) * (self.num_samples if self.search_space else 1))],
+                                                             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                                             failure_config=tune.FailureConfig(max_failures=0)))
+            tuner.fit()
+            timing["tune_s"] = time.perf_counter() - t0
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _param_space(self, trials: list[dict]) -> dict:
+        from ray import tune
+
+        if self.search_space is None:
+            return {"trial": tune.grid_search(trials)}
+        if len(trials) != 1:
+            raise ConfigError("an Optuna search runs over one variant and one seed; move other axes into the search space")
+        return {"trial": trials[0], **{f"search/{k}": v for k, v in self.search_space.items()}}
+
+    def _tune_config(self):
+        from ray import tune
+
+        search_alg = scheduler = None
+        if self.search_space is not None:
+            from ray.tune.search.optuna import OptunaSearch
+
+            search_alg = OptunaSearch(metric=self.metric, mode=self.mode, seed=int(self.seeds[0]))
+        if self.asha:
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(metric=self.metric, mode=self.mode, time_attr="step",
+                                      max_t=self.base.optim.max_steps, grace_period=self.base.eval.val_every)
+        metric_mode = {} if (search_alg or scheduler) else {"metric": self.metric, "mode": self.mode}
+        return tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=self.num_samples if self.search_space else 1,
+                               max_concurrent_trials=self.max_concurrent, reuse_actors=True, **metric_mode)
+
+
+@dataclass
+class StudyRun:
+    study: Study
+    study_dir: Path
+    trial_keys: list[str]
+    timing: dict
+
+
+def _finished(trial_dir: Path) -> bool:
+    try:
+        return read_trial(trial_dir) is not None
+    except CorruptResult as exc:
+        _log(f"warning: {exc}; the trial will be run again")
+        return False
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def check_gpus_available(address: str | None) -> None:
+    """A GPU request on a machine without one is an error before Ray starts (local runs only)."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return  # a cluster's GPUs are checked by Ray's scheduler
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("--gpus-per-trial > 0 but this machine has no CUDA GPU (run on a GPU node, join a cluster with --address, or use 0)")
+
+
+def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> bool:
+    """Join ``address``/``RAY_ADDRESS`` or start a local Ray (dashboard on 127.0.0.1). True if started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return True
+    context = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                       object_store_memory=1 << 30, log_to_driver=False, configure_logging=False)
+    if dashboard and getattr(context, "dashboard_url", None):
+        _log(f"Ray dashboard: http://{context.dashboard_url} (token auth: the token is in ~/.ray/auth_token)")
+    return True
+
+
+def run_trial_in_tune(params: dict, study_dir: str) -> None:
+    """The Tune function trainable: one trial, in-process (see the module docstring)."""
+    from ray import tune
+
+    trial = params["trial"]
+    config = dict(trial["config"])
+    search = {k.split("/", 1)[1]: v for k, v in params.items() if k.startswith("search/")}
+    if search:  # an Optuna sample: apply the sampled values, key the trial by the resulting config
+        config = TrialConfig.from_dict({**config, **search}).to_dict()
+    tags = {**trial["tags"], **({"search": search} if search else {})}
+    key = trial_key(config, tags)
+    trial_dir = Path(study_dir) / "trials" / key
+    cfg = TrialConfig.from_dict(config)
+
+    try:
+        existing = read_trial(trial_dir)
+    except CorruptResult:
+        existing = None
+    if existing is not None:  # finished before (e.g. the driver died before Tune saved its state)
+        tune.report({"step": cfg.optim.max_steps, METRIC: existing.result["best_val_dice"], "test_dice": existing.result["test"]["mean"]["dice"], "done": True, "skipped": True})
+        return
+
+    checkpoint = tune.get_checkpoint()
+    own = trial_dir / "checkpoint"
+    if checkpoint is not None and not (own / "checkpoint.pt").is_file():
+        with checkpoint.as_directory() as src:
+            shutil.copytree(src, own, dirs_exist_ok=True)
+
+    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        ckpt = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+        tune.report({**metrics, METRIC: metrics["best_val_dice"]}, checkpoint=ckpt)
+
+    from medseg_platform.engine import train_trial
+
+    write_json_atomic(trial_dir / "config.json", {"config": config, "tags": tags})
+    try:
+        outcome = train_trial(cfg, trial_dir, report=report, log=lambda msg: print(f"[{key}] {msg}", flush=True))
+    except MedsegError as exc:
+        write_trial_error(trial_dir, config=config, tags=tags, seed=cfg.seed, error=str(exc))
+        raise
+    record = write_trial_results(trial_dir, config=config, tags=tags, outcome=outcome, seed=cfg.seed)
+    tune.report({"step": cfg.optim.max_steps, METRIC: record["best_val_dice"], "best_val_dice": record["best_val_dice"],
+                 "test_dice": record["test"]["mean"]["dice"], "done": True})
+
+
+def _progress_callback_base():
+    from ray.tune import Callback
+
+    return Callback
+
+
+class ProgressCallback(_progress_callback_base()):
+    """Prints one line per finished or errored trial with counts and a simple ETA."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.done = 0
+        self.errored = 0
+        self.start = time.perf_counter()
+
+    def _line(self, what: str, trial) -> None:
+        finished = self.done + self.errored
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / finished * (self.total - finished) if finished else float("nan")
+        _log(f"[{finished}/{self.total}] {what} {trial.trial_id} ({elapsed:.0f} s elapsed, ETA {eta:.0f} s)")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        self._line("finished", trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.errored += 1
+        self._line("ERRORED", trial)

@@ -1,0 +1,234 @@
+"""Tables from a fake study: 2 methods x 2 label fractions x 2 seeds, 2 test cases, known per-case values."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import tables
+from medseg_platform.results import TrialRecord, scan_study, trial_key, write_trial_error, write_trial_results
+
+MT, MONA = "Mean teacher", "MONA w/o L_contrast"
+FEW, MANY = "3 pat. (4.3%)", "14 pat. (20.0%)"
+FRACTIONS = {FEW: 3, MANY: 14}  # of 70 training patients
+
+
+@dataclass
+class FakeLabelled:
+    patients: int
+
+    def to_dict(self) -> dict:
+        return {"num_patients": self.patients, "available_patients": 70,
+                "percent_patients": round(100.0 * self.patients / 70, 3), "patients": [f"p{i}" for i in range(self.patients)]}
+
+
+@dataclass
+class FakeOutcome:
+    labelled: FakeLabelled
+    test_rows: list
+    best_step: int = 10
+    best_val_dice: float = 0.5
+    curves: list = field(default_factory=lambda: [{"step": 1, "loss": 1.0}])
+    val_curve: list = field(default_factory=lambda: [{"step": 1, "val_dice": 0.5}])
+    timing: dict = field(default_factory=dict)
+    resumed_from_step: int | None = None
+
+
+def dice_value(method: int, many: int, seed: int, case: int, cls: int) -> float:
+    """MONA is better with few labels, Mean teacher with many; seed +0.04, case +0.02, class -0.01/0/+0.01."""
+    return 0.60 + 0.10 * method - 0.20 * method * many + 0.04 * seed + 0.02 * case + 0.01 * (cls - 2)
+
+
+def case_rows(method: int, many: int, seed: int) -> list[dict]:
+    rows = []
+    for case in range(2):
+        for cls in (1, 2, 3):
+            d = dice_value(method, many, seed, case, cls)
+            hd = 10.0 - 2.0 * method + case
+            if (method, many, seed, case, cls) == (1, 0, 1, 0, 3):
+                hd = math.nan  # one undefined HD95: MONA, few labels, seed 1, LV
+            rows.append({"case": f"patient{case:03d}_frame01", "class": cls, "dice": d, "jaccard": d / (2 - d),
+                         "hd95": hd, "asd": hd / 4})
+    return rows
+
+
+def write_trial(study: Path, row: str, method: int, column: str, seed: int, order: int | None = 0,
+                max_steps: int = 100) -> Path:
+    config = {"objective": "mona" if method else "mean_teacher", "data": {"labelled": str(FRACTIONS[column])},
+              "seed": seed, "optim": {"max_steps": max_steps}}
+    tags = {"row": row} if order is None else {"row": row, "order": order}
+    trial_dir = study / "trials" / trial_key(config, tags)
+    outcome = FakeOutcome(FakeLabelled(FRACTIONS[column]), case_rows(method, int(column == MANY), seed))
+    write_trial_results(trial_dir, config=config, tags=tags, outcome=outcome, seed=seed)
+    return trial_dir
+
+
+def make_study(root: Path, with_order: bool = True) -> Path:
+    for method, row in ((0, MT), (1, MONA)):
+        for column in (MANY, FEW):
+            for seed in (1, 0):
+                write_trial(root, row, method, column, seed, order=method if with_order else None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    return make_study(tmp_path_factory.mktemp("study"))
+
+
+@pytest.fixture(scope="module")
+def records(study):
+    records, problems = scan_study(study)
+    assert problems == [] and len(records) == 8
+    return records
+
+
+@pytest.fixture(scope="module")
+def df(records) -> pd.DataFrame:
+    return tables.build_table(records)
+
+
+def cell(df: pd.DataFrame, row: str, column: str, cls: str, metric: str) -> pd.Series:
+    hit = df[(df["row"] == row) & (df["column"] == column) & (df["class"] == cls) & (df["metric"] == metric)]
+    assert len(hit) == 1
+    return hit.iloc[0]
+
+
+def test_mean_and_sample_std_over_seeds(df):
+    # MT, few labels, RV: seed 0 cases 0.59/0.61 -> 0.60; seed 1 0.63/0.65 -> 0.64 => 62.0 ± sqrt(8)
+    rv = cell(df, MT, FEW, "RV", "dice")
+    assert rv["mean"] == pytest.approx(62.0) and rv["std"] == pytest.approx(math.sqrt(8.0))
+    assert rv["n_seeds"] == 2 and rv["n_undefined"] == 0 and rv["unit"] == "%"
+    assert set(rv["seeds"].split(",")) == {"0", "1"}
+    # Avg = mean of RV/Myo/LV per seed = Myo's value; MONA with many labels: 0.50 + 0.01 -> 51 / 55
+    avg = cell(df, MONA, MANY, "Avg", "dice")
+    assert avg["mean"] == pytest.approx(53.0) and avg["std"] == pytest.approx(math.sqrt(8.0))
+    # HD95 is not scaled; MONA few LV: seed 0 -> (8+9)/2 = 8.5, seed 1 -> only case 1 = 9.0 (NaN excluded)
+    lv = cell(df, MONA, FEW, "LV", "hd95")
+    assert lv["mean"] == pytest.approx(8.75) and lv["std"] == pytest.approx(math.sqrt(0.125))
+    assert lv["n_undefined"] == 1 and cell(df, MONA, FEW, "Avg", "hd95")["n_undefined"] == 1
+    assert cell(df, MONA, FEW, "RV", "hd95")["n_undefined"] == 0
+
+
+def test_long_form_has_one_row_per_key_even_when_records_repeat(records, df):
+    keys = ["row", "column", "class", "metric"]
+    assert len(df) == 2 * 2 * 4 * 4 and not df.duplicated(keys).any()
+    doubled = tables.build_table(list(records) + list(records))
+    assert len(doubled) == len(df) and (doubled["n_seeds"] == 2).all()
+
+
+def test_stored_means_are_not_trusted(records):
+    record = records[0]
+    forged = dict(record.result, test={"1": {"dice": 0.0}, "mean": {"dice": 0.0}})
+    original = tables.build_table([record], metrics=("dice",))
+    recomputed = tables.build_table([TrialRecord(record.path, forged, record.per_case)], metrics=("dice",))
+    pd.testing.assert_frame_equal(original, recomputed)
+    assert (original["mean"] > 50).all()
+
+
+def test_row_and_column_order(records, df):
+    assert list(dict.fromkeys(df["row"])) == [MT, MONA]  # tags["order"]: MT 0, MONA 1 (alphabetical would flip)
+    assert list(dict.fromkeys(df["column"])) == [FEW, MANY]  # by patients (alphabetical would flip)
+    assert list(dict.fromkeys(df["class"])) == ["RV", "Myo", "LV", "Avg"]
+    lines = tables.to_markdown(df, "dice").splitlines()
+    header = next(line for line in lines if line.startswith("| Method"))
+    assert header.index("3 pat. (4.3%): RV") < header.index("3 pat. (4.3%): Avg") < header.index("14 pat. (20.0%): RV")
+    body = [line for line in lines if line.startswith("| M") and not line.startswith("| Method")]
+    assert body[0].startswith("| Mean teacher") and body[1].startswith("| MONA")
+
+
+def test_rows_sorted_alphabetically_without_order_tags(tmp_path):
+    records, _ = scan_study(make_study(tmp_path, with_order=False))
+    assert list(dict.fromkeys(tables.build_table(records, metrics=("dice",))["row"])) == [MONA, MT]
+
+
+def test_markdown_bold_on_best_cell_and_undefined_marker(df):
+    table = tables.to_markdown(df, "dice")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in table.splitlines() if line.startswith("| M") and not line.startswith("| Method")}
+    # RV, few labels: MONA 72.0 beats MT 62.0; many labels: MT 62.0 beats MONA 52.0
+    assert rows[MONA][0] == "**72.0 ± 2.8**" and rows[MT][0] == "62.0 ± 2.8"
+    assert rows[MT][4] == "**62.0 ± 2.8**" and rows[MONA][4] == "52.0 ± 2.8"
+    assert "†" not in table  # no undefined Dice
+    hd = tables.to_markdown(df, "hd95")
+    hd_rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+               for line in hd.splitlines() if line.startswith("| M") and not line.startswith("| Method")}
+    assert hd_rows[MONA][2] == "**8.75 ± 0.35**†"  # lower is better, and one NaN excluded
+    assert hd_rows[MONA][0] == "**8.50 ± 0.00**" and hd_rows[MT][0] == "10.50 ± 0.00"  # HD95 does not vary by seed
+    assert "† undefined per-case values" in hd and f"{MONA} / {FEW} / LV: 1" in hd
+    assert "lower is better" in hd and "voxels or mm as evaluated" in hd and "2 seeds per cell" in hd
+
+
+def test_latex_escapes_and_booktabs(df):
+    tex = tables.to_latex(df, "dice")
+    assert r"MONA w/o L\_contrast" in tex and r"3 pat. (4.3\%)" in tex and "L_contrast" not in tex
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\cmidrule(lr){2-5}", r"\cmidrule(lr){6-9}"):
+        assert rule in tex
+    assert r"\begin{tabular}{lcccccccc}" in tex and tex.count(r"\begin{table}") == 1 and r"\caption{Test Dice (\%)" in tex
+    mona_line = next(line for line in tex.splitlines() if line.startswith("MONA"))
+    assert mona_line.split(" & ")[1] == r"\textbf{72.0 $\pm$ 2.8}" and mona_line.endswith(r"\\")
+    hd = tables.to_latex(df, "hd95", float_env=False)
+    assert r"$^\dagger$" in hd and r"\begin{table}" not in hd and hd.startswith("% requires")
+    assert tables.escape_latex("a_b%c&d#e$f{g}h~i^j\\") == r"a\_b\%c\&d\#e\$f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}"
+
+
+def test_single_seed_keeps_zero_std_and_says_so(records):
+    one = [r for r in records if r.result["seed"] == 0]
+    df1 = tables.build_table(one, metrics=("dice",))
+    assert (df1["n_seeds"] == 1).all() and (df1["std"] == 0.0).all()
+    md = tables.to_markdown(df1, "dice")
+    assert "60.0 ± 0.0" in md and "1 seed per cell; a cell from a single seed shows ± 0.0" in md
+
+
+def test_missing_method_fraction_pair_is_a_dash(records):
+    partial = [r for r in records if not (tables.row_label(r) == MT and tables.column_label(r) == FEW)]
+    df_partial = tables.build_table(partial, metrics=("dice",))
+    assert list(dict.fromkeys(df_partial["column"])) == [MANY, FEW]  # MT (first row) has only MANY
+    md = tables.to_markdown(df_partial, "dice")
+    mt_line = next(line for line in md.splitlines() if line.startswith("| Mean teacher"))
+    header = next(line for line in md.splitlines() if line.startswith("| Method"))
+    assert header.index(FEW) < header.index(MANY)  # layout follows column_rank, not long-form order
+    assert [c.strip() for c in mt_line.split("|")[2:-1]][:4] == ["–"] * 4
+
+
+def test_write_tables_writes_every_file_atomically(records, tmp_path):
+    paths = tables.write_tables(records, tmp_path / "out", metrics=("dice", "hd95"))
+    assert [p.name for p in paths] == ["table_dice.md", "table_dice.tex", "table_hd95.md", "table_hd95.tex", "table.csv"]
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+    back = pd.read_csv(paths[-1])
+    assert len(back) == 2 * 2 * 4 * 2 and not back.duplicated(["row", "column", "class", "metric"]).any()
+    assert tables.to_markdown(back, "dice") == paths[0].read_text(encoding="utf-8")  # CSV round trip keeps layout
+
+
+def test_summarize_and_print_summary(study, tmp_path, capsys):
+    root = make_study(tmp_path / "s")
+    write_trial(root, MT, 0, FEW, 0, max_steps=200)  # same method, fraction, seed with a changed config
+    write_trial_error(root / "trials" / "broken", config={"objective": "mona"}, tags={}, seed=3, error="CUDA OOM")
+    (root / "trials" / "corrupt").mkdir()
+    (root / "trials" / "corrupt" / "result.json").write_text("{trunc", encoding="utf-8")
+    records, problems = tables.summarize_study(root)
+    assert len(records) == 9
+    assert any("CUDA OOM" in p for p in problems) and any(p.startswith("corrupt result") for p in problems)
+    assert any(p.startswith("duplicate trials") and MT in p and "seed 0" in p for p in problems)
+    paths = tables.write_tables(records, tmp_path / "tables")
+    text = tables.print_summary(paths, problems)
+    assert capsys.readouterr().out == text
+    assert "### Dice (%)" in text and str(paths[-1]) in text and "Problems (3):" in text and "CUDA OOM" in text
+    assert "### HD95" not in text
+
+
+def test_unknown_metric_is_rejected(records):
+    with pytest.raises(ValueError, match="unknown metric"):
+        tables.build_table(records, metrics=("dice", "volume"))
+
+
+def test_analysis_imports_neither_ray_nor_torch():
+    import subprocess
+    import sys
+    code = "import sys, analysis.tables; print(any(m.split('.')[0] in ('ray', 'torch') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import pytest
+
+from medseg_platform.config import TrialConfig
+from medseg_platform.errors import ConfigError, MedsegError
+
+
+def cfg(root: Path, **overrides) -> TrialConfig:
+    base = {"data.root": str(root), "data.patch_size": [32, 32], "model.channels": [4, 8, 16, 32, 64]}
+    return TrialConfig.from_dict({**base, **overrides})
+
+
+def test_round_trip_and_dotted_overrides(tiny_root):
+    c = cfg(tiny_root, **{"optim.lr": 0.1, "objective": "mean_teacher", "objective_params": {"consistency_weight": 0.3}})
+    assert c.optim.lr == 0.1 and c.data.patch_size == (32, 32)
+    assert TrialConfig.from_dict(c.to_dict()) == c
+    assert c.replace(**{"objective_params.rampup_steps": 5}).objective_params == {"consistency_weight": 0.3, "rampup_steps": 5}
+    c.validate()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"objective": "mona2"}, "unknown; known objectives: mean_teacher, supervised"),
+    ({"objective_params": {"sup_weight": -1}}, "sup_weight"),
+    ({"objective_params": {"temperature": 0.1}}, "unknown SupervisedConfig keys"),
+    ({"objective": "mean_teacher", "objective_params": {"ema_momentum": 1.5}}, "ema_momentum"),
+    ({"data.labelled_batch": 9}, "larger than the labelled set (6 slices of 1 patient(s))"),
+    ({"data.labelled": "0"}, "0 labelled patients"),
+    ({"data.patch_size": [30, 30]}, "multiples of 16"),
+    ({"optim.lr": 0}, "lr must be > 0"),
+    ({"eval.empty_policy": "zero"}, "choose 'nan' or 'released'"),
+])
+def test_bad_values_are_one_line_errors(tiny_root, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        cfg(tiny_root, **{"data.labelled": "1", **overrides}).validate()
+    assert "\n" not in str(info.value)
+
+
+def test_missing_data_root_and_unknown_keys(tmp_path):
+    with pytest.raises(MedsegError, match="does not exist"):
+        cfg(tmp_path / "missing").validate()
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lr'\]"):
+        TrialConfig.from_dict({"data": {"lr": 1}})

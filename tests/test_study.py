@@ -1,0 +1,104 @@
+"""Studies on Ray Tune: a smoke study in-process, validation before Ray, interrupt + resume of the script."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from medseg_platform.errors import ConfigError
+from medseg_platform.profiles import PROFILES
+from medseg_platform.results import scan_study
+from medseg_platform.study import Study, Variant
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "studies" / "ablation_tailness.py"
+
+
+def tiny_study(root: Path, results: Path, **kwargs) -> Study:
+    base = PROFILES["smoke"].trial.replace(**{"data.root": str(root), "data.labelled_batch": 2, "data.unlabelled_batch": 2})
+    variants = [Variant({"row": "Sup", "order": 0}, {"objective": "supervised"}),
+                Variant({"row": "MT", "order": 1}, {"objective": "mean_teacher"})]
+    return Study("tiny", base, results, variants=variants, grid={"data.labelled": ["1", "2"]}, seeds=[1], dashboard=False, **kwargs)
+
+
+def test_study_runs_every_trial_once_and_rerun_skips_ray(tiny_root, tmp_path, ray_address):
+    study = tiny_study(tiny_root, tmp_path / "results")
+    run = study.run()
+    records, problems = scan_study(run.study_dir)
+    assert problems == []
+    assert sorted(r.path.name for r in records) == sorted(run.trial_keys) and len(records) == 4
+    assert {(r.result["config"]["objective"], r.result["config"]["data"]["labelled"]) for r in records} == {
+        ("supervised", "1"), ("supervised", "2"), ("mean_teacher", "1"), ("mean_teacher", "2")}
+    assert all(r.result["seed"] == 1 and r.result["labelled"]["patients"] for r in records)
+    assert "tune_s" in run.timing
+
+    before = {r.path.name: (r.path / "result.json").stat().st_mtime_ns for r in records}
+    again = study.run()
+    assert "tune_s" not in again.timing  # every trial finished: Ray is not even started
+    assert {k: (run.study_dir / "trials" / k / "result.json").stat().st_mtime_ns for k in before} == before
+
+
+def test_invalid_study_fails_before_ray(tiny_root, tmp_path):
+    study = tiny_study(tiny_root, tmp_path / "results")
+    study.variants = [Variant({"row": "x"}, {"objective": "nope"})]
+    with pytest.raises(ConfigError, match="unknown; known objectives"):
+        study.run()
+    assert not (tmp_path / "results").exists()  # nothing written, no Ray started
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke-test", "--data-root", str(tmp_path / "missing"),
+                           "--results-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: ") and "does not exist" in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+def _wait_for_results(trials_dir: Path, count: int, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list(trials_dir.glob("*/result.json"))) >= count:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"study exited early with {proc.returncode}: {proc.stdout.read()[-2000:]}")
+        time.sleep(0.2)
+    raise AssertionError("no trial finished in time")
+
+
+def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path, ray_address, phantom_cache):
+    """Acceptance: interrupt after some trials finished, rerun, nothing re-run, nothing duplicated or lost."""
+    results = tmp_path / "results"
+    env = {**os.environ, "MEDSEG_CACHE": str(phantom_cache), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, str(SCRIPT), "--smoke-test", "--seeds", "1", "2", "--max-concurrent", "1",
+           "--results-dir", str(results), "--address", ray_address]
+    trials_dir = results / "ablation_tailness-smoke" / "trials"
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        _wait_for_results(trials_dir, 1, proc, timeout=240)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C in the middle of the study
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    finished_first = {p.parent.name: p.read_bytes() for p in trials_dir.glob("*/result.json")}
+    assert 1 <= len(finished_first) < 4
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert time.monotonic() - started < 400
+    # finished trials were not run again: their result files are byte-identical
+    assert {k: (trials_dir / k / "result.json").read_bytes() for k in finished_first} == finished_first
+    records, problems = scan_study(results / "ablation_tailness-smoke")
+    assert problems == [] and len(records) == 4
+    study = json.loads((results / "ablation_tailness-smoke" / "study.json").read_text())
+    assert sorted(study["trials"]) == sorted(r.path.name for r in records)
+    with open(results / "ablation_tailness-smoke" / "table.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    keys = [(r["row"], r["column"], r["class"], r["metric"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 2 * 1 * 4 * 4  # methods x fractions x (3 classes + Avg) x metrics
+    assert all(r["n_seeds"] == "2" for r in rows if r["metric"] == "dice")
+    assert "table_dice.md" in rerun.stdout
