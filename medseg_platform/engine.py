@@ -98,6 +98,68 @@ class NonFiniteMonitor:
             raise NonFiniteLossError(f"step {step}: loss is NaN/inf in term(s) {', '.join(names)} (lower the learning rate or a loss weight)")
 
 
+@dataclass(frozen=True)
+class DistContext:
+    """Data-parallel training across ``world_size`` processes (the Ray Train path, medseg_platform.distributed).
+
+    Every rank starts from rank 0's weights, draws its own batches (data RNG seeded by rank) and
+    averages gradients with one coalesced all-reduce per step, so the replicas stay identical (what
+    DDP does, without wrapping the student: objectives keep their plain ``state_dict`` keys).
+    Validation, test and checkpoints happen on rank 0; the process group is set up by the caller.
+    """
+
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def broadcast_state(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank."""
+    import torch.distributed as dist
+
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(tensor.data, src=0)
+
+
+def average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
+    """All-reduce the mean gradient of ``params`` in one flat buffer (gradients of None count as zero)."""
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone() if p.grad is None else p.grad.copy_(flat[offset:offset + n].view_as(p))
+        offset += n
+
+
+def gather_scalar(value: torch.Tensor) -> list[float]:
+    """The scalar ``value`` of every rank, in rank order."""
+    import torch.distributed as dist
+
+    out = [torch.zeros_like(value) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, value.detach())
+    return [float(v) for v in out]
+
+
+def replica_max_difference(module: torch.nn.Module) -> float:
+    """Largest absolute difference of any parameter between this rank and rank 0 (0.0 = in sync)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    diff = (flat - reference).abs().max()
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return float(diff)
+
+
 @dataclass
 class TrialOutcome:
     """What a finished trial produced (the results writer turns it into files)."""
@@ -156,14 +218,20 @@ def _load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = None, log: Callable[[str], None] | None = None) -> TrialOutcome:
-    """Train and evaluate one configuration; resumes from ``trial_dir/checkpoint/checkpoint.pt`` if present."""
+def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = None, log: Callable[[str], None] | None = None,
+                dist: DistContext | None = None, device: torch.device | None = None) -> TrialOutcome:
+    """Train and evaluate one configuration; resumes from ``trial_dir/checkpoint/checkpoint.pt`` if present.
+
+    With ``dist`` this is one rank of a data-parallel trial (see :class:`DistContext`); only rank 0's
+    outcome carries validation and test results.
+    """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
     timing = {"setup_s": 0.0, "train_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0, "test_s": 0.0}
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    device = pick_device()
+    device = device or pick_device()
+    main = dist is None or dist.is_main
     trial_dir = Path(trial_dir)
     ckpt_dir = trial_dir / "checkpoint"
     ckpt_path = ckpt_dir / CHECKPOINT_FILE
@@ -175,7 +243,8 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
 
     model = build_model(cfg.model.name, num_classes=cfg.data.num_classes, channels=tuple(cfg.model.channels)).to(device)
     objective = build_objective(cfg.objective, model, dict(cfg.objective_params)).to(device)
-    optimizer = _make_optimizer(cfg, objective.trainable_parameters())
+    trainable = list(objective.trainable_parameters())
+    optimizer = _make_optimizer(cfg, trainable)
 
     lab_bank = SliceBank(layout, subset.labelled_slices, cfg.data.patch_size, cfg.data.image_resize)
     unl_bank = None
@@ -186,7 +255,7 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     val_cases = layout.val_cases[: cfg.eval.val_cases] if cfg.eval.val_cases else layout.val_cases
     val_volumes = [layout.read_volume(c) for c in val_cases]
 
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed + (1_000_003 * dist.rank if dist else 0))
     strong = StrongAugmentAdapter(generator, cfg.data.strong_mix, cfg.data.num_classes) if objective.requires_strong_augment else None
     start_step, best = 0, {"step": -1, "val_dice": -math.inf, "state": None}
     curves: list[dict] = []
@@ -197,10 +266,14 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         generator.set_state(state["data_rng"])
+        if dist is not None and not dist.is_main:  # the checkpoint holds rank 0's data RNG: give this rank its own stream
+            generator.manual_seed(cfg.seed + 1_000_003 * dist.rank + int(state["step"]))
         start_step = int(state["step"])
         best = {"step": int(state["best_step"]), "val_dice": float(state["best_val_dice"]), "state": state["best_state"]}
         curves, val_curve = list(state["curves"]), list(state["val_curve"])
         log(f"resumed from step {start_step} ({ckpt_path})")
+    if dist is not None:
+        broadcast_state(objective)
     timing["setup_s"] = time.perf_counter() - t_start
 
     monitor = NonFiniteMonitor(device)
@@ -221,6 +294,10 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
         out = objective.loss(batch, step, o.max_steps)
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()
+        if dist is not None:
+            if step == start_step:  # evidence for tests and logs: ranks see different data, so gradients differ before the sync
+                first_grad_norms = gather_scalar(torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in trainable if p.grad is not None)))
+            average_gradients(trainable, dist.world_size)
         optimizer.step()
         objective.after_optimizer_step(step)
         for group in optimizer.param_groups:
@@ -240,6 +317,12 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
             curves.append(row)
             term_sums, interval_steps, interval_start = {}, 0, time.perf_counter()
         if (step + 1) % cfg.eval.val_every == 0 or last:
+            if dist is not None:
+                broadcast_state(objective)  # BN running statistics: rank 0's are the model
+            if not main:
+                if report is not None:
+                    report({"step": step + 1, "val_dice": float("nan"), "best_val_dice": float("nan"), "loss": curves[-1]["loss"], "done": False}, None)
+                continue
             t0 = time.perf_counter()
             val_dice = mean_dice(evaluate_volumes(objective.eval_model(), val_volumes, cfg, device))
             timing["val_s"] += time.perf_counter() - t0
@@ -258,6 +341,13 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
             if report is not None:
                 report({"step": step + 1, "val_dice": val_dice, "best_val_dice": best["val_dice"], "loss": curves[-1]["loss"], "done": False}, ckpt_dir)
 
+    extra = {}
+    if dist is not None:
+        extra = {"world_size": dist.world_size, "replica_param_max_diff": replica_max_difference(objective)}
+        if start_step < o.max_steps:
+            extra["first_step_grad_norm_per_rank"] = first_grad_norms
+    if not main:
+        return TrialOutcome(subset, best["step"], best["val_dice"], [], curves, val_curve, timing, start_step, extra)
     t0 = time.perf_counter()
     model_for_test = objective.eval_model()
     if best["state"] is not None:
@@ -265,4 +355,4 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     test_rows = evaluate_volumes(model_for_test, [layout.read_volume(c) for c in layout.test_cases], cfg, device)
     timing["test_s"] = time.perf_counter() - t0
     timing["total_s"] = time.perf_counter() - t_start
-    return TrialOutcome(subset, best["step"], best["val_dice"], test_rows, curves, val_curve, timing, start_step)
+    return TrialOutcome(subset, best["step"], best["val_dice"], test_rows, curves, val_curve, timing, start_step, extra)

@@ -111,6 +111,7 @@ def write_trial_results(trial_dir: Path, *, config: Mapping[str, Any], tags: Map
         "num_test_cases": len({r["case"] for r in outcome.test_rows}),
         "timing": outcome.timing,
         "resumed_from_step": outcome.resumed_from_step,
+        **dict(getattr(outcome, "extra", None) or {}),
         **dict(extra or {}),
     }
     write_json_atomic(trial_dir / RESULT_FILE, record)

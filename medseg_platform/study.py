@@ -61,6 +61,7 @@ class Study:
     asha: bool = False
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    num_workers: int = 1  # > 1: each trial is a data-parallel Ray Train run (cpus/gpus_per_trial are per worker)
     max_concurrent: int | None = None
     address: str | None = None
     dashboard: bool = True
@@ -73,6 +74,8 @@ class Study:
             raise ConfigError(f"study name {self.name!r}: use letters, digits, '-' and '_' only")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
+        if self.num_workers < 1 or self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+            raise ConfigError("num_workers must be >= 1, cpus_per_trial > 0 and gpus_per_trial >= 0")
         axes = list(self.grid.items())
         trials, seen = [], set()
         for variant in self.variants:
@@ -137,9 +140,13 @@ class Study:
         timing["ray_init_s"] = time.perf_counter() - t0
         try:
             t0 = time.perf_counter()
+            from medseg_platform.distributed import TUNE_FUNCTION_CPU
+
+            distributed = self.num_workers > 1
             trainable = tune.with_resources(
-                tune.with_parameters(run_trial_in_tune, study_dir=str(study_dir)),
-                {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial},
+                tune.with_parameters(run_trial_in_tune, study_dir=str(study_dir), num_workers=self.num_workers,
+                                     cpus_per_worker=self.cpus_per_trial, use_gpu=self.gpus_per_trial > 0),
+                {"cpu": TUNE_FUNCTION_CPU} if distributed else {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial},
             )
             name = f"{self.name}-{self.spec_hash(trials)}"
             storage = study_dir / "ray"
@@ -233,7 +240,7 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> bool
     return True
 
 
-def run_trial_in_tune(params: dict, study_dir: str) -> None:
+def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_per_worker: float = 1.0, use_gpu: bool = False) -> None:
     """The Tune function trainable: one trial, in-process (see the module docstring)."""
     from ray import tune
 
@@ -269,11 +276,17 @@ def run_trial_in_tune(params: dict, study_dir: str) -> None:
 
     write_json_atomic(trial_dir / "config.json", {"config": config, "tags": tags})
     try:
-        outcome = train_trial(cfg, trial_dir, report=report, log=lambda msg: print(f"[{key}] {msg}", flush=True))
+        if num_workers > 1:
+            from medseg_platform.distributed import run_distributed_trial
+
+            run_distributed_trial(config, tags, trial_dir, Path(study_dir) / "ray-train", num_workers, cpus_per_worker, use_gpu)
+            record = read_trial(trial_dir).result
+        else:
+            outcome = train_trial(cfg, trial_dir, report=report, log=lambda msg: print(f"[{key}] {msg}", flush=True))
+            record = write_trial_results(trial_dir, config=config, tags=tags, outcome=outcome, seed=cfg.seed)
     except MedsegError as exc:
         write_trial_error(trial_dir, config=config, tags=tags, seed=cfg.seed, error=str(exc))
         raise
-    record = write_trial_results(trial_dir, config=config, tags=tags, outcome=outcome, seed=cfg.seed)
     tune.report({"step": cfg.optim.max_steps, METRIC: record["best_val_dice"], "best_val_dice": record["best_val_dice"],
                  "test_dice": record["test"]["mean"]["dice"], "done": True})
 

@@ -102,3 +102,20 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path, ra
     assert len(keys) == len(set(keys)) == 2 * 1 * 4 * 4  # methods x fractions x (3 classes + Avg) x metrics
     assert all(r["n_seeds"] == "2" for r in rows if r["metric"] == "dice")
     assert "table_dice.md" in rerun.stdout
+
+
+def test_multi_worker_trial_runs_ddp_and_replicas_stay_in_sync(tiny_root, tmp_path, ray_address):
+    """num_workers=2: a Ray Train TorchTrainer (gloo) launched from the Tune trial; gradients averaged."""
+    study = tiny_study(tiny_root, tmp_path / "results", num_workers=2)
+    study.variants = [Variant({"row": "MT"}, {"objective": "mean_teacher"})]
+    study.grid = {"data.labelled": ["2"]}
+    study.cpus_per_trial = 1.0
+    run = study.run()
+    records, problems = scan_study(run.study_dir)
+    assert problems == [] and len(records) == 1
+    result = records[0].result
+    assert result["world_size"] == 2
+    norms = result["first_step_grad_norm_per_rank"]
+    assert len(norms) == 2 and norms[0] != pytest.approx(norms[1])  # each rank saw its own batch ...
+    assert result["replica_param_max_diff"] == 0.0  # ... yet the replicas are identical after training
+    assert len(records[0].per_case) == 2 * 3
