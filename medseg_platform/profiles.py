@@ -46,7 +46,7 @@ def _cfg(patch: int, channels, steps: int, val_every: int, log_every: int, val_c
 PROFILES = {
     "smoke": Profile("smoke", _cfg(32, (4, 8, 16, 32, 64), steps=6, val_every=3, log_every=3),
                      labelled=("1",), seeds=(1,), phantom={"patients": 6, "size": 40, "seed": 0}),
-    "quick": Profile("quick", _cfg(64, (8, 16, 32, 64, 128), steps=300, val_every=100, log_every=25),
+    "quick": Profile("quick", _cfg(64, (8, 16, 32, 64, 128), steps=1000, val_every=250, log_every=50),
                      labelled=("1", "3"), seeds=(1, 2), phantom={"patients": 20, "size": 96, "seed": 0}),
     "paper": Profile("paper", _cfg(256, (16, 32, 64, 128, 256), steps=30000, val_every=1000, log_every=100, threads=4),
                      labelled=("1", "3", "7"), seeds=(1337, 1338, 1339), phantom=None, cpus_per_trial=4.0),

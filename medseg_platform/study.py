@@ -124,6 +124,9 @@ class Study:
         if pending or self.search_space is not None:
             self._run_tune(trials, study_dir, timing)
         timing["total_s"] = time.perf_counter() - start
+        write_json_atomic(study_dir / "last_run.json", {"timing": timing, "pending_at_start": len(pending), "trials": len(trials),
+                                                        "concurrency_cpus": self.num_cpus, "cpus_per_trial": self.cpus_per_trial,
+                                                        "num_workers": self.num_workers})
         return StudyRun(self, study_dir, [t["key"] for t in trials], timing)
 
     def _run_tune(self, trials: list[dict], study_dir: Path, timing: dict) -> None:
