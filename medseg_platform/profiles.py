@@ -71,6 +71,8 @@ def study_parser(description: str, default_name: str) -> argparse.ArgumentParser
     parser.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
     parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default 0: CPU)")
     parser.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial (default: the profile's)")
+    parser.add_argument("--num-workers", type=int, default=1,
+                        help="processes per trial; > 1 trains data-parallel through Ray Train (CPUs/GPUs per trial are per worker)")
     parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
     return parser
 
@@ -106,6 +108,7 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
         study.gpus_per_trial = args.gpus_per_trial
         study.cpus_per_trial = args.cpus_per_trial or profile.cpus_per_trial
         study.dashboard = not args.no_dashboard
+        study.num_workers = args.num_workers
         run = study.run()
         from analysis.tables import print_summary, write_tables
         from medseg_platform.results import scan_study

@@ -176,7 +176,7 @@ class Study:
             return {"trial": tune.grid_search(trials)}
         if len(trials) != 1:
             raise ConfigError("an Optuna search runs over one variant and one seed; move other axes into the search space")
-        return {"trial": trials[0], **{f"search/{k}": v for k, v in self.search_space.items()}}
+        return {"trial": trials[0], "search": dict(self.search_space)}
 
     def _tune_config(self):
         from ray import tune
@@ -189,8 +189,11 @@ class Study:
         if self.asha:
             from ray.tune.schedulers import ASHAScheduler
 
-            scheduler = ASHAScheduler(metric=self.metric, mode=self.mode, time_attr="step",
-                                      max_t=self.base.optim.max_steps, grace_period=self.base.eval.val_every)
+            # time = reports: one per validation, then the final one after the result files are written.
+            # ASHA ends a trial that reaches max_t, so max_t must count that final report too.
+            validations = -(-self.base.optim.max_steps // self.base.eval.val_every)
+            scheduler = ASHAScheduler(metric=self.metric, mode=self.mode, time_attr="training_iteration",
+                                      max_t=validations + 1, grace_period=1)
         metric_mode = {} if (search_alg or scheduler) else {"metric": self.metric, "mode": self.mode}
         return tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=self.num_samples if self.search_space else 1,
                                max_concurrent_trials=self.max_concurrent, reuse_actors=True, **metric_mode)
@@ -249,7 +252,7 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
 
     trial = params["trial"]
     config = dict(trial["config"])
-    search = {k.split("/", 1)[1]: v for k, v in params.items() if k.startswith("search/")}
+    search = dict(params.get("search") or {})
     if search:  # an Optuna sample: apply the sampled values, key the trial by the resulting config
         config = TrialConfig.from_dict({**config, **search}).to_dict()
     tags = {**trial["tags"], **({"search": search} if search else {})}

@@ -33,6 +33,18 @@ def make_tiny_dataset(root: Path, train_patients=("patient004", "patient001", "p
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine thread contention
+    made them ~10x slower; the whole suite runs torch single-threaded (the engine sets its own count)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def tiny_root(tmp_path: Path) -> Path:
     return make_tiny_dataset(tmp_path / "tiny")

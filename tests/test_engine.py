@@ -22,13 +22,6 @@ def quiet(_msg):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("objective", ["supervised", "mean_teacher"])
 def test_trial_trains_validates_and_writes_results(tiny_root, tmp_path, objective):
     cfg = small_cfg(tiny_root, objective=objective)

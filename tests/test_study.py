@@ -119,3 +119,19 @@ def test_multi_worker_trial_runs_ddp_and_replicas_stay_in_sync(tiny_root, tmp_pa
     assert len(norms) == 2 and norms[0] != pytest.approx(norms[1])  # each rank saw its own batch ...
     assert result["replica_param_max_diff"] == 0.0  # ... yet the replicas are identical after training
     assert len(records[0].per_case) == 2 * 3
+
+
+def test_optuna_search_with_asha_samples_and_records_the_searched_values(tiny_root, tmp_path, ray_address):
+    from ray import tune
+
+    study = tiny_study(tiny_root, tmp_path / "results", search_space={"optim.lr": tune.loguniform(1e-3, 1e-1)},
+                       num_samples=3, asha=True)
+    study.variants = [Variant({"row": "Sup"}, {"objective": "supervised"})]
+    study.grid = {}
+    run = study.run()
+    records, problems = scan_study(run.study_dir)
+    assert problems == []
+    assert 1 <= len(records) <= 3  # ASHA may stop some trials early
+    lrs = [r.result["config"]["optim"]["lr"] for r in records]
+    assert all(1e-3 <= lr <= 1e-1 for lr in lrs) and len(set(lrs)) == len(lrs)
+    assert all(r.result["tags"]["search"]["optim.lr"] == r.result["config"]["optim"]["lr"] for r in records)

@@ -15,16 +15,6 @@ from methods.supervised import SupervisedConfig, SupervisedObjective
 TINY = dict(num_classes=2, channels=(4, 8, 8, 8, 8))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy shared machine thread contention
-    makes them ~10x slower; run this module single-threaded and restore the setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def square_batch(generator: torch.Generator, b_l: int = 4, b_u: int = 4, size: int = 16) -> Batch:
     """Noisy dark images with a bright square of random position and size, labelled 1 (background 0)."""
 

@@ -12,16 +12,6 @@ from methods.unet import DEFAULT_DROPOUT, UNet, UNetOutput
 TINY = (4, 8, 8, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy shared machine thread contention
-    makes them ~10x slower; run this module single-threaded and restore the setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("channels", [(4, 8, 16, 32, 64), (8, 16, 32, 64, 128)])
 @pytest.mark.parametrize("size", [(32, 32), (32, 48)])
 def test_output_shapes(channels, size):

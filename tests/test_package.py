@@ -1,0 +1,41 @@
+"""The package as a user meets it: imports from the repo root, the console command and its help texts."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medseg_platform.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_imports_from_repository_root_do_not_shadow_stdlib():
+    code = "import medseg_platform, methods, analysis, ray, torch, pandas, h5py, platform; print(platform.system())"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "Linux"
+
+
+def _subcommands(parser, prefix=()):
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield prefix + (name,), sub
+                yield from _subcommands(sub, prefix + (name,))
+
+
+@pytest.mark.parametrize("path", [p for p, _ in _subcommands(build_parser())], ids=" ".join)
+def test_every_subcommand_has_help_with_an_example(path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*path, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and f"medseg {' '.join(path)}" in out.split("example:")[1]
+
+
+def test_python_dash_m_and_console_script_agree():
+    proc = subprocess.run([sys.executable, "-m", "medseg_platform", "--version"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("medseg-platform ")
+    assert main(["data"]) == 2  # a group without its sub-command prints the group's help
