@@ -76,6 +76,12 @@ class StrongAugmentAdapter:
         image = augment.color_jitter(image, self.generator, p=0.5)
         return augment.random_gaussian_blur(image, self.generator, p=0.5)
 
+    def pretrain_view(self, image: torch.Tensor) -> torch.Tensor:
+        """ISD teacher view: jitter (brightness/contrast 0.8-1.2, p=0.5) then blur (p=0.5), a new tensor
+        (the released in-place jitter that leaks into the student view, spec §8.10, is not reproduced)."""
+        image = augment.color_jitter(image, self.generator, p=0.5, brightness=(0.8, 1.2), contrast=(0.8, 1.2))
+        return augment.random_gaussian_blur(image, self.generator, p=0.5)
+
 
 class NonFiniteMonitor:
     """Remembers the first step whose total loss was not finite, on the device (no per-step sync)."""

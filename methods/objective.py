@@ -21,7 +21,8 @@ independent photometric/deformation views that share the mixed pseudo-labels (sp
 * ``mix(image, pseudo, confidence) -> StrongView``: CutMix/ClassMix/CutOut of images, pseudo-labels
   and confidences with one mask (spec §1.3 step 2);
 * ``perturb(image) -> image``: photometric jitter/blur and the optional AdvMorph warp, images only
-  (spec §1.3 step 3).
+  (spec §1.3 step 3);
+* ``pretrain_view(image) -> image``: the ISD pretraining teacher view (spec §1.3 "Pretraining views").
 
 :func:`strong_view` chains both (one draw, as ACTION and the first MONA draw use).
 """
@@ -57,6 +58,10 @@ class StrongAugment(Protocol):
 
     def perturb(self, image: torch.Tensor) -> torch.Tensor: ...
 
+    def pretrain_view(self, image: torch.Tensor) -> torch.Tensor:
+        """The ISD teacher view of pretraining (spec §1.3 "Pretraining views"): colour jitter then blur."""
+        ...
+
 
 class IdentityStrongAugment:
     """A :class:`StrongAugment` that changes nothing (tests, and ablations without strong views)."""
@@ -65,6 +70,9 @@ class IdentityStrongAugment:
         return StrongView(image, pseudo_label, confidence)
 
     def perturb(self, image: torch.Tensor) -> torch.Tensor:
+        return image
+
+    def pretrain_view(self, image: torch.Tensor) -> torch.Tensor:
         return image
 
 
