@@ -70,6 +70,31 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class StageConfig:
+    """One pretraining stage before fine-tuning (methods-spec §1.8: ACTION has two, MONA/ARCO one).
+
+    A stage trains ``objective`` (e.g. ``isd_pretrain``) for ``max_steps`` with its own batch sizes and
+    optimiser (released pretraining: 3 labelled + 3 unlabelled, SGD 0.01, momentum 0.9, weight decay
+    1e-4, no Nesterov, poly LR), without validation. Hand-off: a stage whose predecessor trained the same
+    objective loads the predecessor's whole objective state (ACTION stage ii loads stage i's student and
+    EMA teacher); otherwise, and for fine-tuning, the predecessor's student weights initialise the model.
+    Finished stages are cached, keyed by a hash of the stage chain, model, data split and seed.
+    """
+
+    objective: str = "isd_pretrain"
+    objective_params: Mapping[str, Any] = field(default_factory=dict)
+    max_steps: int = 30000
+    labelled_batch: int = 3
+    unlabelled_batch: int = 3
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    poly_power: float = 0.9
+    checkpoint_every: int = 1000
+
+
+@dataclass(frozen=True)
 class TrialConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -77,6 +102,7 @@ class TrialConfig:
     objective_params: Mapping[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: tuple[StageConfig, ...] = ()
     seed: int = 1337
     threads: int = 1  # torch threads per trial (Ray sets OMP_NUM_THREADS; we set torch explicitly)
 
@@ -84,6 +110,7 @@ class TrialConfig:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["objective_params"] = dict(self.objective_params)
+        out["pretrain"] = [dict(dataclasses.asdict(stage), objective_params=dict(stage.objective_params)) for stage in self.pretrain]
         return out
 
     @classmethod
@@ -152,6 +179,18 @@ class TrialConfig:
             raise ConfigError(f"eval.empty_policy {e.empty_policy!r}: choose 'nan' or 'released'")
         if self.seed < 0 or self.threads < 1:
             raise ConfigError("seed must be >= 0 and threads >= 1")
+        for i, stage in enumerate(self.pretrain):
+            where = f"pretrain[{i}]"
+            if stage.objective not in OBJECTIVES:
+                raise ConfigError(f"{where}.objective {stage.objective!r}: unknown; known objectives: {', '.join(sorted(OBJECTIVES))}")
+            try:
+                objective_config(stage.objective, dict(stage.objective_params))
+            except ValueError as exc:
+                raise ConfigError(f"{where} ({stage.objective}): {exc}") from None
+            if stage.max_steps < 1 or stage.labelled_batch < 1 or stage.unlabelled_batch < 0 or stage.checkpoint_every < 1:
+                raise ConfigError(f"{where}: max_steps, labelled_batch and checkpoint_every must be >= 1, unlabelled_batch >= 0")
+            if not stage.lr > 0 or stage.weight_decay < 0 or not 0 <= stage.momentum < 1 or stage.poly_power < 0:
+                raise ConfigError(f"{where}: lr must be > 0, weight_decay >= 0, momentum in [0, 1), poly_power >= 0")
         if check_data:
             self._validate_data()
 
@@ -183,7 +222,12 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     for key, value in values.items():
         f = names[key]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
-        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+        if key == "pretrain" and cls is TrialConfig:
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{where}.pretrain: expected a list of stages, got {type(value).__name__}")
+            kwargs[key] = tuple(stage if isinstance(stage, StageConfig) else _build(StageConfig, stage, f"{where}.pretrain[{i}]")
+                                for i, stage in enumerate(value))
+        elif dataclasses.is_dataclass(default) and isinstance(value, Mapping):
             kwargs[key] = _build(type(default), value, f"{where}.{key}")
         elif isinstance(default, tuple) and isinstance(value, (list, tuple)):
             kwargs[key] = tuple(value)

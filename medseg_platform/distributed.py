@@ -59,7 +59,9 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if (dist.is_main and checkpoint_dir is not None) else None
         ray.train.report({**metrics, "best_val_dice": metrics["best_val_dice"]}, checkpoint=checkpoint)
 
-    outcome = train_trial(cfg, trial_dir, report=report, dist=dist, device=device,
+    from medseg_platform.study import pretrain_cache_dir
+
+    outcome = train_trial(cfg, trial_dir, report=report, dist=dist, device=device, pretrain_cache=pretrain_cache_dir(trial_dir.parent.parent),
                           log=lambda msg: print(f"[rank {dist.rank}] {msg}", flush=True) if dist.is_main else None)
     if dist.is_main:
         write_trial_results(trial_dir, config=loop_config["config"], tags=loop_config["tags"], outcome=outcome, seed=cfg.seed)

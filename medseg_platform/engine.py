@@ -1,4 +1,4 @@
-"""One training trial in one process: batches -> objective -> optimiser -> validation -> test.
+"""One training trial in one process: [pretraining stages] -> batches -> objective -> optimiser -> validation -> test.
 
 This module knows nothing about Ray: :func:`train_trial` takes a :class:`TrialConfig`, a trial folder
 and an optional ``report(metrics, checkpoint_dir)`` callback (the Tune function trainable passes one
@@ -11,7 +11,10 @@ that calls ``ray.tune.report``). Released fine-tuning behaviour (methods-spec §
 * every ``val_every`` steps the student is evaluated on the **val** split (mean foreground Dice) and the
   best state is kept: model selection never looks at the test split (the released scripts swept
   checkpoints on the test set, methods-spec §1.10);
-* at the end the best state is evaluated on the test split, per case and per class.
+* at the end the best state is evaluated on the test split, per case and per class;
+* before fine-tuning, the config's pretraining stages (``TrialConfig.pretrain``, e.g. ACTION's two ISD
+  stages) run in order, each cached by :func:`stage_key` so the trials of a sweep that share a
+  pretraining reuse it, and a crashed chain resumes inside the stage it reached (:func:`run_pretraining`).
 
 Non-finite losses are detected without a host sync per step (a device-side flag, checked at log
 intervals) and stop the trial with :class:`NonFiniteLossError` naming the first bad step and term.
@@ -21,7 +24,11 @@ validation; ``train_trial`` resumes from it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
+import hashlib
+import json
 import math
 import sys
 import time
@@ -46,6 +53,7 @@ from methods.objective import Batch, StrongView
 from methods.registry import build_model, build_objective
 
 CHECKPOINT_FILE = "checkpoint.pt"
+STAGE_CACHE_VERSION = 1  # bump when a change to the engine or the pretraining objectives invalidates cached stages
 Reporter = Callable[[dict, "Path | None"], None]
 
 
@@ -224,49 +232,250 @@ def _load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = None, log: Callable[[str], None] | None = None,
-                dist: DistContext | None = None, device: torch.device | None = None) -> TrialOutcome:
-    """Train and evaluate one configuration; resumes from ``trial_dir/checkpoint/checkpoint.pt`` if present.
+@dataclass
+class TrainingData:
+    """What every stage of a trial draws batches from (built once per trial)."""
 
-    With ``dist`` this is one rank of a data-parallel trial (see :class:`DistContext`); only rank 0's
-    outcome carries validation and test results.
+    layout: AcdcLayout
+    subset: LabelledSubset
+    labelled: SliceBank
+    unlabelled: SliceBank | None
+
+
+def load_training_data(cfg: TrialConfig, log: Callable[[str], None]) -> TrainingData:
+    layout = AcdcLayout(cfg.data.root, cfg.data.num_classes)
+    labelled_seed = cfg.seed if cfg.data.labelled_seed is None else cfg.data.labelled_seed
+    subset = select_labelled(layout.train_slices, cfg.data.labelled, cfg.data.labelled_strategy, labelled_seed)
+    log(subset.describe())
+    labelled = SliceBank(layout, subset.labelled_slices, cfg.data.patch_size, cfg.data.image_resize)
+    unlabelled = SliceBank(layout, subset.unlabelled_slices, cfg.data.patch_size, cfg.data.image_resize) if subset.unlabelled_slices else None
+    return TrainingData(layout, subset, labelled, unlabelled)
+
+
+class TrainLoop:
+    """One optimisation step of any stage: batch -> weak view -> objective -> (all-reduce) -> optimiser -> LR.
+
+    Keeps the running sums of the loss terms for the curves and a :class:`NonFiniteMonitor`.
+    """
+
+    def __init__(self, cfg: TrialConfig, objective, optimizer, data: TrainingData, generator: torch.Generator,
+                 device: torch.device, dist: DistContext | None, max_steps: int, labelled_batch: int,
+                 unlabelled_batch: int, lr: float, poly_power: float, what: str):
+        self.cfg, self.objective, self.optimizer, self.data = cfg, objective, optimizer, data
+        self.generator, self.device, self.dist = generator, device, dist
+        self.max_steps, self.labelled_batch, self.unlabelled_batch = max_steps, labelled_batch, unlabelled_batch
+        self.lr, self.poly_power = lr, poly_power
+        self.trainable = [p for group in optimizer.param_groups for p in group["params"]]
+        if objective.requires_unlabelled and (data.unlabelled is None or unlabelled_batch < 1):
+            raise MedsegError(f"{what}: objective {objective.name!r} needs unlabelled data, but the labelled set covers every training slice or the unlabelled batch is 0")
+        self.strong = StrongAugmentAdapter(generator, cfg.data.strong_mix, cfg.data.num_classes)
+        self.monitor = NonFiniteMonitor(device)
+        self.term_sums: dict[str, torch.Tensor] = {}
+        self.interval_steps = 0
+        self.interval_start = time.perf_counter()
+        self.first_grad_norms: list[float] | None = None
+        self.train_s = 0.0
+
+    def _weak(self, bank: SliceBank, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = bank.batch(bank.sample_indices(batch_size, self.generator))
+        return augment.weak_augment(image, label, self.generator, self.cfg.data.weak_rot90_flip_p, self.cfg.data.weak_rotate_p)
+
+    def step(self, step: int) -> None:
+        t0 = time.perf_counter()
+        self.objective.train()
+        image, label = self._weak(self.data.labelled, self.labelled_batch)
+        unlabelled = None
+        if self.objective.requires_unlabelled:
+            unlabelled = self._weak(self.data.unlabelled, self.unlabelled_batch)[0].to(self.device, non_blocking=True)
+        batch = Batch(image.to(self.device, non_blocking=True), label.to(self.device, non_blocking=True), unlabelled, self.strong)
+        out = self.objective.loss(batch, step, self.max_steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        if self.dist is not None:
+            if self.first_grad_norms is None:  # evidence for tests and logs: ranks see different data, so gradients differ before the sync
+                self.first_grad_norms = gather_scalar(torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in self.trainable if p.grad is not None)))
+            average_gradients(self.trainable, self.dist.world_size)
+        self.optimizer.step()
+        self.objective.after_optimizer_step(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = poly_lr(self.lr, step + 1, self.max_steps, self.poly_power)
+        self.monitor.update(step, out.total, out.terms)
+        for name, value in {"loss": out.total.detach(), **out.terms}.items():
+            self.term_sums[name] = self.term_sums.get(name, 0.0) + value
+        self.interval_steps += 1
+        self.train_s += time.perf_counter() - t0
+
+    def curve_row(self, step: int) -> dict:
+        """Mean loss terms since the last row (one host sync) and throughput; raises on a non-finite loss."""
+        self.monitor.raise_if_bad()
+        elapsed = time.perf_counter() - self.interval_start
+        row = {"step": step, "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": self.interval_steps / max(elapsed, 1e-9)}
+        row.update({name: float(total) / max(self.interval_steps, 1) for name, total in self.term_sums.items()})
+        self.term_sums, self.interval_steps, self.interval_start = {}, 0, time.perf_counter()
+        return row
+
+
+def _build_model(cfg: TrialConfig, device: torch.device) -> torch.nn.Module:
+    return build_model(cfg.model.name, num_classes=cfg.data.num_classes, channels=tuple(cfg.model.channels)).to(device)
+
+
+def _agree(flag: bool, dist: DistContext | None) -> bool:
+    """Rank 0's ``flag`` on every rank."""
+    if dist is None:
+        return flag
+    import torch.distributed as tdist
+
+    value = torch.tensor([1 if flag else 0])
+    tdist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def stage_key(cfg: TrialConfig, index: int, subset: LabelledSubset) -> str:
+    """Cache key of pretraining stage ``index``: the chain up to it, model, data, labelled patients and seed."""
+    data = dataclasses.asdict(cfg.data)
+    for fine_tune_only in ("labelled_batch", "unlabelled_batch", "strong_mix"):
+        data.pop(fine_tune_only)
+    payload = {"version": STAGE_CACHE_VERSION, "stages": cfg.to_dict()["pretrain"][: index + 1], "model": dataclasses.asdict(cfg.model),
+               "data": data, "labelled_patients": list(subset.patients), "labelled_slices": len(subset.labelled_slices), "seed": cfg.seed}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"stage{index}-{cfg.pretrain[index].objective}-{digest}"
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path, enabled: bool):
+    """An advisory file lock so concurrent trials on one machine train a shared stage once."""
+    if not enabled:
+        yield
+        return
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_pretraining(cfg: TrialConfig, data: TrainingData, cache_dir: Path, device: torch.device, dist: DistContext | None,
+                    log: Callable[[str], None]) -> dict | None:
+    """Run (or load from the cache) every pretraining stage; returns the last stage's final state or None.
+
+    Each stage's folder ``cache_dir/<stage_key>/`` holds ``checkpoint.pt`` while training (a crashed chain
+    resumes inside the stage it reached) and ``final.pt`` ({"objective", "student"}) when done.
+    """
+    previous: dict | None = None
+    for index, stage in enumerate(cfg.pretrain):
+        folder = Path(cache_dir) / stage_key(cfg, index, data.subset)
+        final_path = folder / "final.pt"
+        with _exclusive(folder.with_suffix(".lock"), enabled=dist is None):
+            if _agree(final_path.is_file(), dist):
+                log(f"pretraining stage {index} ({stage.objective}): cached at {folder}")
+                previous = _load_checkpoint(final_path)
+                continue
+            previous = _train_stage(cfg, index, data, folder, previous, device, dist, log)
+    return previous
+
+
+def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path, previous: dict | None,
+                 device: torch.device, dist: DistContext | None, log: Callable[[str], None]) -> dict:
+    stage = cfg.pretrain[index]
+    main = dist is None or dist.is_main
+    seed_everything(cfg.seed + index)
+    model = _build_model(cfg, device)
+    same_objective = index > 0 and cfg.pretrain[index - 1].objective == stage.objective
+    if previous is not None and not same_objective:
+        model.load_state_dict(previous["student"])
+    objective = build_objective(stage.objective, model, dict(stage.objective_params)).to(device)
+    if previous is not None and same_objective:
+        objective.load_state_dict(previous["objective"])
+    params = list(objective.trainable_parameters())
+    optimizer = torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay,
+                                nesterov=stage.nesterov and stage.momentum > 0)
+    generator = torch.Generator().manual_seed(cfg.seed + 7919 * (index + 1) + (1_000_003 * dist.rank if dist else 0))
+    loop = TrainLoop(cfg, objective, optimizer, data, generator, device, dist, stage.max_steps, stage.labelled_batch,
+                     stage.unlabelled_batch, stage.lr, stage.poly_power, f"pretrain[{index}]")
+    ckpt_path = folder / CHECKPOINT_FILE
+    start, curves = 0, []
+    if _agree(ckpt_path.is_file(), dist):
+        state = _load_checkpoint(ckpt_path)
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        generator.set_state(state["data_rng"])
+        if dist is not None and not dist.is_main:
+            generator.manual_seed(cfg.seed + 1_000_003 * dist.rank + int(state["step"]))
+        start, curves = int(state["step"]), list(state["curves"])
+        log(f"pretraining stage {index}: resumed at step {start}")
+    if dist is not None:
+        broadcast_state(objective)
+    log(f"pretraining stage {index} ({stage.objective}): {stage.max_steps} steps -> {folder}")
+    for step in range(start, stage.max_steps):
+        loop.step(step)
+        done = step + 1 == stage.max_steps
+        if (step + 1) % cfg.eval.log_every == 0 or done or (step + 1) % stage.checkpoint_every == 0:
+            curves.append(loop.curve_row(step + 1))
+        if main and ((step + 1) % stage.checkpoint_every == 0 and not done):
+            _save_checkpoint(ckpt_path, {"step": step + 1, "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "torch_rng": torch.get_rng_state(), "data_rng": generator.get_state(), "curves": curves})
+    if dist is not None:
+        broadcast_state(objective)
+    final = {"objective": objective.state_dict(), "student": objective.eval_model().state_dict(), "curves": curves,
+             "train_s": loop.train_s}
+    if main:
+        _save_checkpoint(folder / "final.pt", final)
+        ckpt_path.unlink(missing_ok=True)
+    log(f"pretraining stage {index} done: loss {curves[-1]['loss']:.4f}")
+    return final
+
+
+def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = None, log: Callable[[str], None] | None = None,
+                dist: DistContext | None = None, device: torch.device | None = None, pretrain_cache: Path | None = None) -> TrialOutcome:
+    """Pretrain (cached), fine-tune and evaluate one configuration; resumes from ``trial_dir/checkpoint/checkpoint.pt``.
+
+    ``pretrain_cache``: where finished pretraining stages are kept and shared between trials (default
+    ``trial_dir/pretrain``). With ``dist`` this is one rank of a data-parallel trial (see
+    :class:`DistContext`); only rank 0's outcome carries validation and test results.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
-    timing = {"setup_s": 0.0, "train_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0, "test_s": 0.0}
+    timing = {"setup_s": 0.0, "pretrain_s": 0.0, "train_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0, "test_s": 0.0}
     torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
     device = device or pick_device()
     main = dist is None or dist.is_main
     trial_dir = Path(trial_dir)
     ckpt_dir = trial_dir / "checkpoint"
     ckpt_path = ckpt_dir / CHECKPOINT_FILE
 
-    layout = AcdcLayout(cfg.data.root, cfg.data.num_classes)
-    labelled_seed = cfg.seed if cfg.data.labelled_seed is None else cfg.data.labelled_seed
-    subset = select_labelled(layout.train_slices, cfg.data.labelled, cfg.data.labelled_strategy, labelled_seed)
-    log(subset.describe())
-
-    model = build_model(cfg.model.name, num_classes=cfg.data.num_classes, channels=tuple(cfg.model.channels)).to(device)
-    objective = build_objective(cfg.objective, model, dict(cfg.objective_params)).to(device)
-    trainable = list(objective.trainable_parameters())
-    optimizer = _make_optimizer(cfg, trainable)
-
-    lab_bank = SliceBank(layout, subset.labelled_slices, cfg.data.patch_size, cfg.data.image_resize)
-    unl_bank = None
-    if objective.requires_unlabelled:
-        if not subset.unlabelled_slices or cfg.data.unlabelled_batch < 1:
-            raise MedsegError(f"objective {cfg.objective!r} needs unlabelled data: the labelled set covers all training slices or data.unlabelled_batch is 0")
-        unl_bank = SliceBank(layout, subset.unlabelled_slices, cfg.data.patch_size, cfg.data.image_resize)
+    data = load_training_data(cfg, log)
+    layout = data.layout
     val_cases = layout.val_cases[: cfg.eval.val_cases] if cfg.eval.val_cases else layout.val_cases
-    val_volumes = [layout.read_volume(c) for c in val_cases]
+    val_volumes = [layout.read_volume(c) for c in val_cases] if main else []
+    timing["setup_s"] = time.perf_counter() - t_start
 
+    resuming = _agree(ckpt_path.is_file(), dist)
+    pretrained = None
+    if cfg.pretrain and not resuming:  # a resumed fine-tune has the pretrained weights in its checkpoint already
+        t0 = time.perf_counter()
+        pretrained = run_pretraining(cfg, data, pretrain_cache or trial_dir / "pretrain", device, dist, log)
+        timing["pretrain_s"] = time.perf_counter() - t0
+
+    seed_everything(cfg.seed)
+    model = _build_model(cfg, device)
+    if pretrained is not None:
+        model.load_state_dict(pretrained["student"])  # student and (by copy) teacher start from the pretrained student
+    objective = build_objective(cfg.objective, model, dict(cfg.objective_params)).to(device)
+    optimizer = _make_optimizer(cfg, list(objective.trainable_parameters()))
     generator = torch.Generator().manual_seed(cfg.seed + (1_000_003 * dist.rank if dist else 0))
-    strong = StrongAugmentAdapter(generator, cfg.data.strong_mix, cfg.data.num_classes) if objective.requires_strong_augment else None
+    o = cfg.optim
+    loop = TrainLoop(cfg, objective, optimizer, data, generator, device, dist, o.max_steps, cfg.data.labelled_batch,
+                     cfg.data.unlabelled_batch, o.lr, o.poly_power, "fine-tuning")
+
     start_step, best = 0, {"step": -1, "val_dice": -math.inf, "state": None}
     curves: list[dict] = []
     val_curve: list[dict] = []
-    if ckpt_path.is_file():
+    if resuming:
         state = _load_checkpoint(ckpt_path)
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
@@ -280,80 +489,47 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
         log(f"resumed from step {start_step} ({ckpt_path})")
     if dist is not None:
         broadcast_state(objective)
-    timing["setup_s"] = time.perf_counter() - t_start
 
-    monitor = NonFiniteMonitor(device)
-    o = cfg.optim
-    interval_start, interval_steps = time.perf_counter(), 0
-    term_sums: dict[str, torch.Tensor] = {}
     for step in range(start_step, o.max_steps):
-        t0 = time.perf_counter()
-        objective.train()
-        image, label = lab_bank.batch(lab_bank.sample_indices(cfg.data.labelled_batch, generator))
-        image, label = augment.weak_augment(image, label, generator, cfg.data.weak_rot90_flip_p, cfg.data.weak_rotate_p)
-        unlabelled = None
-        if unl_bank is not None:
-            u_image, u_label = unl_bank.batch(unl_bank.sample_indices(cfg.data.unlabelled_batch, generator))
-            unlabelled, _ = augment.weak_augment(u_image, u_label, generator, cfg.data.weak_rot90_flip_p, cfg.data.weak_rotate_p)
-            unlabelled = unlabelled.to(device, non_blocking=True)
-        batch = Batch(image.to(device, non_blocking=True), label.to(device, non_blocking=True), unlabelled, strong)
-        out = objective.loss(batch, step, o.max_steps)
-        optimizer.zero_grad(set_to_none=True)
-        out.total.backward()
-        if dist is not None:
-            if step == start_step:  # evidence for tests and logs: ranks see different data, so gradients differ before the sync
-                first_grad_norms = gather_scalar(torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in trainable if p.grad is not None)))
-            average_gradients(trainable, dist.world_size)
-        optimizer.step()
-        objective.after_optimizer_step(step)
-        for group in optimizer.param_groups:
-            group["lr"] = poly_lr(o.lr, step + 1, o.max_steps, o.poly_power)
-        monitor.update(step, out.total, out.terms)
-        for name, value in {"loss": out.total.detach(), **out.terms}.items():
-            term_sums[name] = term_sums.get(name, 0.0) + value
-        interval_steps += 1
-        timing["train_s"] += time.perf_counter() - t0
-
+        loop.step(step)
         last = step + 1 == o.max_steps
-        if (step + 1) % cfg.eval.log_every == 0 or last or (step + 1) % cfg.eval.val_every == 0:
-            monitor.raise_if_bad()
-            elapsed = time.perf_counter() - interval_start
-            row = {"step": step + 1, "lr": optimizer.param_groups[0]["lr"], "steps_per_s": interval_steps / max(elapsed, 1e-9)}
-            row.update({name: float(total) / interval_steps for name, total in term_sums.items()})
-            curves.append(row)
-            term_sums, interval_steps, interval_start = {}, 0, time.perf_counter()
-        if (step + 1) % cfg.eval.val_every == 0 or last:
-            if dist is not None:
-                broadcast_state(objective)  # BN running statistics: rank 0's are the model
-            if not main:
-                if report is not None:
-                    report({"step": step + 1, "val_dice": float("nan"), "best_val_dice": float("nan"), "loss": curves[-1]["loss"], "done": False}, None)
-                continue
-            t0 = time.perf_counter()
-            val_dice = mean_dice(evaluate_volumes(objective.eval_model(), val_volumes, cfg, device))
-            timing["val_s"] += time.perf_counter() - t0
-            val_curve.append({"step": step + 1, "val_dice": val_dice})
-            if val_dice > best["val_dice"] or best["state"] is None:
-                best = {"step": step + 1, "val_dice": val_dice, "state": copy.deepcopy(objective.eval_model().state_dict())}
-            t0 = time.perf_counter()
-            _save_checkpoint(ckpt_path, {
-                "step": step + 1, "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(), "data_rng": generator.get_state(),
-                "best_step": best["step"], "best_val_dice": best["val_dice"], "best_state": best["state"],
-                "curves": curves, "val_curve": val_curve,
-            })
-            timing["checkpoint_s"] += time.perf_counter() - t0
-            log(f"step {step + 1}/{o.max_steps}: loss {curves[-1]['loss']:.4f}, val Dice {val_dice:.4f} (best {best['val_dice']:.4f} @ {best['step']})")
+        validate = (step + 1) % cfg.eval.val_every == 0 or last
+        if (step + 1) % cfg.eval.log_every == 0 or validate:
+            curves.append(loop.curve_row(step + 1))
+        if not validate:
+            continue
+        if dist is not None:
+            broadcast_state(objective)  # BN running statistics: rank 0's are the model
+        if not main:
             if report is not None:
-                report({"step": step + 1, "val_dice": val_dice, "best_val_dice": best["val_dice"], "loss": curves[-1]["loss"], "done": False}, ckpt_dir)
+                report({"step": step + 1, "val_dice": float("nan"), "best_val_dice": float("nan"), "loss": curves[-1]["loss"], "done": False}, None)
+            continue
+        t0 = time.perf_counter()
+        val_dice = mean_dice(evaluate_volumes(objective.eval_model(), val_volumes, cfg, device))
+        timing["val_s"] += time.perf_counter() - t0
+        val_curve.append({"step": step + 1, "val_dice": val_dice})
+        if val_dice > best["val_dice"] or best["state"] is None:
+            best = {"step": step + 1, "val_dice": val_dice, "state": copy.deepcopy(objective.eval_model().state_dict())}
+        t0 = time.perf_counter()
+        _save_checkpoint(ckpt_path, {
+            "step": step + 1, "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(), "data_rng": generator.get_state(),
+            "best_step": best["step"], "best_val_dice": best["val_dice"], "best_state": best["state"],
+            "curves": curves, "val_curve": val_curve,
+        })
+        timing["checkpoint_s"] += time.perf_counter() - t0
+        log(f"step {step + 1}/{o.max_steps}: loss {curves[-1]['loss']:.4f}, val Dice {val_dice:.4f} (best {best['val_dice']:.4f} @ {best['step']})")
+        if report is not None:
+            report({"step": step + 1, "val_dice": val_dice, "best_val_dice": best["val_dice"], "loss": curves[-1]["loss"], "done": False}, ckpt_dir)
+    timing["train_s"] = loop.train_s
 
     extra = {}
     if dist is not None:
         extra = {"world_size": dist.world_size, "replica_param_max_diff": replica_max_difference(objective)}
-        if start_step < o.max_steps:
-            extra["first_step_grad_norm_per_rank"] = first_grad_norms
+        if loop.first_grad_norms is not None:
+            extra["first_step_grad_norm_per_rank"] = loop.first_grad_norms
     if not main:
-        return TrialOutcome(subset, best["step"], best["val_dice"], [], curves, val_curve, timing, start_step, extra)
+        return TrialOutcome(data.subset, best["step"], best["val_dice"], [], curves, val_curve, timing, start_step, extra)
     t0 = time.perf_counter()
     model_for_test = objective.eval_model()
     if best["state"] is not None:
@@ -361,4 +537,4 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     test_rows = evaluate_volumes(model_for_test, [layout.read_volume(c) for c in layout.test_cases], cfg, device)
     timing["test_s"] = time.perf_counter() - t0
     timing["total_s"] = time.perf_counter() - t_start
-    return TrialOutcome(subset, best["step"], best["val_dice"], test_rows, curves, val_curve, timing, start_step, extra)
+    return TrialOutcome(data.subset, best["step"], best["val_dice"], test_rows, curves, val_curve, timing, start_step, extra)

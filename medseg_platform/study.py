@@ -207,6 +207,11 @@ class StudyRun:
     timing: dict
 
 
+def pretrain_cache_dir(study_dir: str | Path) -> Path:
+    """Finished pretraining stages, shared by every study under the same results directory."""
+    return Path(study_dir).parent / "pretrain-cache"
+
+
 def _finished(trial_dir: Path) -> bool:
     try:
         return read_trial(trial_dir) is not None
@@ -288,7 +293,8 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
             run_distributed_trial(config, tags, trial_dir, Path(study_dir) / "ray-train", num_workers, cpus_per_worker, use_gpu)
             record = read_trial(trial_dir).result
         else:
-            outcome = train_trial(cfg, trial_dir, report=report, log=lambda msg: print(f"[{key}] {msg}", flush=True))
+            outcome = train_trial(cfg, trial_dir, report=report, log=lambda msg: print(f"[{key}] {msg}", flush=True),
+                                  pretrain_cache=pretrain_cache_dir(study_dir))
             record = write_trial_results(trial_dir, config=config, tags=tags, outcome=outcome, seed=cfg.seed)
     except MedsegError as exc:
         write_trial_error(trial_dir, config=config, tags=tags, seed=cfg.seed, error=str(exc))

@@ -76,3 +76,71 @@ def test_non_finite_loss_names_step_and_term(tiny_root, tmp_path, monkeypatch):
     monkeypatch.setattr(SupervisedObjective, "loss", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"step 3: loss is NaN/inf in term\(s\) ce"):
         train_trial(small_cfg(tiny_root), tmp_path / "nan", log=quiet)
+
+
+def pretrain_cfg(root: Path, **overrides) -> TrialConfig:
+    stage = {"objective": "supervised", "max_steps": 4, "checkpoint_every": 2, "labelled_batch": 2, "unlabelled_batch": 0}
+    return small_cfg(root, pretrain=[stage, {**stage, "objective_params": {"sup_weight": 0.5}}], **overrides)
+
+
+def test_pretraining_chain_is_cached_and_shared_between_trials(tiny_root, tmp_path):
+    cfg = pretrain_cfg(tiny_root)
+    cache = tmp_path / "cache"
+    messages = []
+    first = train_trial(cfg, tmp_path / "a", log=messages.append, pretrain_cache=cache)
+    assert sorted(p.name.split("-")[0] for p in cache.iterdir() if p.is_dir()) == ["stage0", "stage1"]
+    assert all((p / "final.pt").is_file() and not (p / "checkpoint.pt").exists() for p in cache.iterdir() if p.is_dir())
+    assert first.timing["pretrain_s"] > 0
+    assert not any("cached" in m for m in messages)
+
+    messages.clear()
+    other_fine_tune = cfg.replace(**{"optim.lr": 0.02})  # same pretraining, different fine-tuning: stages are reused
+    train_trial(other_fine_tune, tmp_path / "b", log=messages.append, pretrain_cache=cache)
+    assert sum("cached" in m for m in messages) == 2
+
+    messages.clear()
+    other_seed = cfg.replace(seed=4)  # the seed is part of the key
+    train_trial(other_seed, tmp_path / "c", log=messages.append, pretrain_cache=cache)
+    assert not any("cached" in m for m in messages)
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 4
+
+
+def test_fine_tuning_starts_from_the_pretrained_student(tiny_root, tmp_path, monkeypatch):
+    import medseg_platform.engine as engine
+
+    cfg = pretrain_cfg(tiny_root)
+    seen = {}
+    original = engine.build_objective
+
+    def spy(name, model, params):
+        seen[len(seen)] = {k: v.clone() for k, v in model.state_dict().items()}
+        return original(name, model, params)
+
+    monkeypatch.setattr(engine, "build_objective", spy)
+    final = engine.run_pretraining(cfg, engine.load_training_data(cfg, quiet), tmp_path / "cache", torch.device("cpu"), None, quiet)
+    seen.clear()
+    train_trial(cfg, tmp_path / "t", log=quiet, pretrain_cache=tmp_path / "cache")
+    fine_tune_init = seen[0]
+    assert all(torch.equal(fine_tune_init[k], final["student"][k]) for k in final["student"])
+
+
+def test_crashed_pretraining_stage_resumes_where_it_stopped(tiny_root, tmp_path, monkeypatch):
+    import medseg_platform.engine as engine
+
+    cfg = pretrain_cfg(tiny_root)
+    original = engine.TrainLoop.step
+
+    def crash_at_step_3(self, step):
+        if step == 3:
+            raise RuntimeError("simulated crash")
+        return original(self, step)
+
+    monkeypatch.setattr(engine.TrainLoop, "step", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_trial(cfg, tmp_path / "t", log=quiet, pretrain_cache=tmp_path / "cache")
+    stage0 = next(p for p in (tmp_path / "cache").iterdir() if p.name.startswith("stage0"))
+    assert (stage0 / "checkpoint.pt").is_file() and not (stage0 / "final.pt").exists()
+    monkeypatch.setattr(engine.TrainLoop, "step", original)
+    messages = []
+    train_trial(cfg, tmp_path / "t", log=messages.append, pretrain_cache=tmp_path / "cache")
+    assert "pretraining stage 0: resumed at step 2" in messages
