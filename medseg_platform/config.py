@@ -36,6 +36,7 @@ class DataConfig:
     weak_rot90_flip_p: float = 0.5  # 0 and 0 = ACTION's resize-only weak view (§1.3)
     weak_rotate_p: float = 0.25
     strong_mix: str = "cutmix"
+    advmorph_p: float = 0.5  # random diffeomorphic warp of strong unlabelled views, once per batch (§1.3); 0 = off
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ class TrialConfig:
             raise ConfigError(f"data.image_resize {d.image_resize!r}: choose 'nearest' or 'bicubic'")
         if d.labelled_batch < 1 or d.unlabelled_batch < 0:
             raise ConfigError("data.labelled_batch must be >= 1 and data.unlabelled_batch >= 0")
-        for name in ("weak_rot90_flip_p", "weak_rotate_p"):
+        for name in ("weak_rot90_flip_p", "weak_rotate_p", "advmorph_p"):
             if not 0.0 <= getattr(d, name) <= 1.0:
                 raise ConfigError(f"data.{name} {getattr(d, name)}: a probability must be in [0, 1]")
         if d.strong_mix not in ("cutmix", "classmix", "cutout", "none"):

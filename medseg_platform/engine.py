@@ -41,6 +41,7 @@ import torch
 
 from medseg_platform.config import TrialConfig
 from medseg_platform.data import augment
+from medseg_platform.data.advmorph import random_diffeomorphic_warp
 from medseg_platform.data.datasets import SliceBank
 from medseg_platform.data.layout import AcdcLayout, Volume
 from medseg_platform.data.splits import LabelledSubset, select_labelled
@@ -65,14 +66,16 @@ class StrongAugmentAdapter:
     """The data layer's strong view behind the objective's two-stage protocol (methods-spec §1.3).
 
     ``mix`` = CutMix/ClassMix/CutOut (+ the released 8-bit round trip of image and confidence);
-    ``perturb`` = brightness/contrast jitter then Gaussian blur, per image. AdvMorph is not implemented.
+    ``perturb`` = brightness/contrast jitter then Gaussian blur per image, then (once per batch with
+    probability ``advmorph_p``) the random diffeomorphic AdvMorph warp of the images only.
     """
 
-    def __init__(self, generator: torch.Generator, mix: str, num_classes: int, quantise_8bit: bool = True):
+    def __init__(self, generator: torch.Generator, mix: str, num_classes: int, quantise_8bit: bool = True, advmorph_p: float = 0.5):
         self.generator = generator
         self.mode = mix
         self.num_classes = num_classes
         self.quantise_8bit = quantise_8bit
+        self.advmorph_p = advmorph_p
 
     def mix(self, image: torch.Tensor, pseudo_label: torch.Tensor, confidence: torch.Tensor) -> StrongView:
         image, pseudo_label, confidence = augment.mix_batch(image, pseudo_label, confidence, self.generator, self.mode, self.num_classes)
@@ -82,7 +85,10 @@ class StrongAugmentAdapter:
 
     def perturb(self, image: torch.Tensor) -> torch.Tensor:
         image = augment.color_jitter(image, self.generator, p=0.5)
-        return augment.random_gaussian_blur(image, self.generator, p=0.5)
+        image = augment.random_gaussian_blur(image, self.generator, p=0.5)
+        if self.advmorph_p > 0:
+            image = random_diffeomorphic_warp(image, self.generator, p=self.advmorph_p)
+        return image
 
     def pretrain_view(self, image: torch.Tensor) -> torch.Tensor:
         """ISD teacher view: jitter (brightness/contrast 0.8-1.2, p=0.5) then blur (p=0.5), a new tensor
@@ -268,7 +274,7 @@ class TrainLoop:
         self.trainable = [p for group in optimizer.param_groups for p in group["params"]]
         if objective.requires_unlabelled and (data.unlabelled is None or unlabelled_batch < 1):
             raise MedsegError(f"{what}: objective {objective.name!r} needs unlabelled data, but the labelled set covers every training slice or the unlabelled batch is 0")
-        self.strong = StrongAugmentAdapter(generator, cfg.data.strong_mix, cfg.data.num_classes)
+        self.strong = StrongAugmentAdapter(generator, cfg.data.strong_mix, cfg.data.num_classes, advmorph_p=cfg.data.advmorph_p)
         self.monitor = NonFiniteMonitor(device)
         self.term_sums: dict[str, torch.Tensor] = {}
         self.interval_steps = 0

@@ -12,7 +12,8 @@ create lives on the input's device; random numbers come only from an explicit CP
 * :func:`strong_augment` -- the strong view of unlabelled images: CutMix / ClassMix / CutOut,
   then brightness/contrast jitter and Gaussian blur, with the released 8-bit PIL round-trip as
   an option.  The random ``AdvMorph`` diffeomorphic warp that the released code applies after
-  these steps (methods-spec §1.3, strong view step 3) is **not** implemented here.
+  these steps (methods-spec §1.3, strong view step 3) lives in :mod:`medseg_platform.data.advmorph`;
+  the engine's strong-view adapter chains the two.
 
 Nothing is modified in place: every function returns new tensors.  (The released pretraining
 jitter writes into the shared batch tensor, methods-spec §1.3 "Pretraining views" and §8.10;
@@ -826,8 +827,9 @@ def strong_augment(
        random order (:func:`color_jitter`), then with ``p_blur`` a Gaussian blur with sigma ~
        U(0.15, 1.15) (:func:`random_gaussian_blur`).  Only the image is changed.
 
-    Not implemented here: the random ``AdvMorph`` warp of the images that the released code applies
-    afterwards (once per batch with p=0.5); nor crop/rescale, which are identities at the patch size.
+    Not part of this function: the random ``AdvMorph`` warp of the images that the released code applies
+    afterwards (once per batch with p=0.5; :func:`medseg_platform.data.advmorph.random_diffeomorphic_warp`);
+    crop/rescale are identities at the patch size and are not implemented.
 
     Args:
         image: (B, C, H, W) floating in [0, 1] (the weak view).

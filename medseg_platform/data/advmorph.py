@@ -1,0 +1,306 @@
+"""Random ``AdvMorph`` diffeomorphic warp of the strong view (methods-spec §1.3, strong view step 3).
+
+After mixing and the photometric jitter, the released code warps the unlabelled images **once per
+batch with probability p = 0.5** (one draw decides for the whole batch) with a random smooth
+diffeomorphism, one field per image:
+
+1. velocity ``v ~ U(-1, 1)`` of shape (2, H/8, W/8) per image (channel 0: x = column, channel 1:
+   y = row displacement);
+2. L2-normalised over the whole field of each image, times ``epsilon`` = 1.5;
+3. Gaussian-smoothed (sigma 1, kernel forced to 7 taps), bilinearly upsampled to H x W;
+4. integrated by scaling and squaring (8 steps): ``phi = v / 2**8``, then 8 times
+   ``phi <- phi + phi o (id + phi)`` (the displacement composed with itself via ``grid_sample``);
+5. composed with the identity grid, smoothed again, clamped to [-1, 1];
+6. bilinear ``grid_sample`` of the images.
+
+Only the images are warped, not the pseudo-labels or confidences: that is the released behaviour
+(methods-spec §8.6; it adds label noise of about a pixel and makes the two strong views differ
+geometrically inside ``L_eqv``).  Apply the returned image in place of the strong view and keep the
+labels as they are to reproduce it.
+
+Conventions chosen here (the spec does not fix them; each is documented where it is used):
+
+* **Coordinates.** Everything is in ``grid_sample``'s normalised [-1, 1] coordinates with
+  ``align_corners=True``: -1 and +1 are the *centres* of the corner pixels, one normalised unit is
+  (W - 1) / 2 pixels along x and (H - 1) / 2 along y.  Consequences: the identity grid samples the
+  pixel centres exactly, and a grid clamped to [-1, 1] never leaves the image, so the zero padding
+  of the final sampling is never reached and a constant image stays exactly constant (no dark border).
+* **Units of epsilon.** After step 2 the coarse field has Euclidean norm ``epsilon`` over all its
+  2 * h * w entries (h = H // grid_factor, w = W // grid_factor), in normalised units.  So the RMS
+  displacement per entry is ``epsilon / sqrt(2 h w)`` normalised units, i.e. about
+  ``epsilon / sqrt(2 h w) * (W - 1) / 2`` pixels; for a square image that is
+  ``~ epsilon * grid_factor / (2 sqrt 2)`` pixels, independent of the resolution: ~4.2 px for the
+  released epsilon 1.5 and grid factor 8.  The first smoothing (sigma = 1 coarse cell) shrinks the
+  white-noise field by about 1 / (2 sqrt(pi) sigma) ~ 0.28, so the final displacement is ~1 px RMS
+  at 64 x 64 and at 256 x 256 (measured over 16 fields: mean |displacement| per axis 0.95 px at 64 x 64,
+  0.90 px at 256 x 256, max ~5-6 px).  Scaling and squaring changes the magnitude little at this size
+  (the exponential of a small field is close to the field).
+* **Clamp.** The final clamp to [-1, 1] (released) flattens the map where the displacement points out
+  of the image: about 6 % of the pixels at 64 x 64 and 1.4 % at 256 x 256 have a clamped coordinate
+  (they repeat edge pixels; the Jacobian determinant is ~0 there).  Elsewhere the map is
+  orientation-preserving (det > 0 at every unclamped pixel in the tests).
+* **Smoothing.** Separable normalised Gaussian, ``kernel_size`` taps, replicate padding.  The second
+  smoothing is applied to the displacement ``phi`` rather than to ``id + phi``: the Gaussian keeps a
+  linear function unchanged, so both agree away from a (kernel_size // 2)-pixel border, while
+  smoothing the identity itself with zero or replicate padding would pull the border inwards.
+* **Composition.** Inside scaling and squaring the displacement is resampled with bilinear
+  ``grid_sample``, ``align_corners=True`` and ``padding_mode="border"`` (a field is continued by its
+  edge value, not by zero).  The upsampling in step 3 is bilinear with ``align_corners=True`` too
+  (the coarse field's corner cells sit on the image's corner pixels).
+* **Value range.** Bilinear sampling inside the image is a convex combination, so the output lies in
+  the per-(image, channel) [min, max] of the input; the result is clamped to that range to remove
+  float round-off (a [0, 1] image stays in [0, 1]; no extra device synchronisation).  The output is
+  not re-quantised to 8 bits: the released warp runs on the float tensor after the PIL round trip.
+* **Random numbers.** Drawn on CPU from the explicit generator and moved to the image's device.
+  :func:`random_diffeomorphic_warp` always draws exactly ``1 + B * 2 * h * w`` values (the decision,
+  then the velocity fields), whether or not the warp fires, so later augmentations see the same
+  random stream for every p.
+
+Errors for bad input are ``ValueError`` with a one-line message
+``<function>: <what is wrong> (<what to do>)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from medseg_platform.data.augment import (
+    _check_generator,
+    _check_image_batch,
+    _check_probability,
+    _fail,
+    _to_device,
+    gaussian_kernels,
+)
+
+__all__ = [
+    "coarse_field_size",
+    "identity_grid",
+    "diffeomorphic_grid",
+    "random_diffeomorphic_warp",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _check_field_params(where: str, epsilon: float, sigma: float, kernel_size: int, steps: int,
+                        grid_factor: int) -> None:
+    """Check the warp's scalar parameters (all Python numbers)."""
+    if not _is_real(epsilon) or float(epsilon) < 0:
+        raise _fail(where, f"epsilon must be a finite number >= 0, got {epsilon!r}", "e.g. epsilon=1.5")
+    if not _is_real(sigma) or float(sigma) < 0:
+        raise _fail(where, f"sigma must be a finite number >= 0, got {sigma!r}",
+                    "e.g. sigma=1.0 (0 disables smoothing)")
+    if not _is_int(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise _fail(where, f"kernel_size must be an odd positive int, got {kernel_size!r}", "e.g. kernel_size=7")
+    if not _is_int(steps) or steps < 0:
+        raise _fail(where, f"steps must be an int >= 0, got {steps!r}", "e.g. steps=8")
+    if not _is_int(grid_factor) or grid_factor < 1:
+        raise _fail(where, f"grid_factor must be a positive int, got {grid_factor!r}", "e.g. grid_factor=8")
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks
+# --------------------------------------------------------------------------------------------
+
+
+def coarse_field_size(height: int, width: int, grid_factor: int = 8) -> tuple[int, int]:
+    """Size (h, w) of the random velocity field: ``(max(1, H // grid_factor), max(1, W // grid_factor))``.
+
+    The released field is H/8 x W/8 (32 x 32 for 256 x 256 patches); sizes that are not multiples of
+    ``grid_factor`` are rounded down, with at least one cell.
+    """
+    return max(1, height // grid_factor), max(1, width // grid_factor)
+
+
+def identity_grid(height: int, width: int, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Identity sampling grid for ``grid_sample(..., align_corners=True)``.
+
+    Returns: (1, H, W, 2) with ``[..., 0]`` = x (column) and ``[..., 1]`` = y (row), from -1 (first
+    pixel centre) to +1 (last pixel centre).  A size of 1 gives -1, which ``align_corners=True`` maps to
+    that single pixel.
+    """
+    ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype)
+    xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy], dim=-1).unsqueeze(0)
+
+
+def _smooth(field: torch.Tensor, sigma: float, kernel_size: int) -> torch.Tensor:
+    """Separable Gaussian smoothing of every channel, replicate padding.
+
+    Args: field (B, K, H, W) floating; sigma in pixels (0 = identity); kernel_size odd.
+    Returns: new (B, K, H, W).
+    """
+    if sigma == 0 or kernel_size == 1:
+        return field.clone()
+    b, k, h, w = field.shape
+    r = kernel_size // 2
+    kern = gaussian_kernels(torch.tensor([float(sigma)], dtype=torch.float64), half_width=r)
+    kern = kern.to(device=field.device, dtype=field.dtype).view(-1)
+    x = F.pad(field.reshape(1, b * k, h, w), (r, r, r, r), mode="replicate")
+    x = F.conv2d(x, kern.view(1, 1, -1, 1).expand(b * k, 1, -1, 1), groups=b * k)
+    x = F.conv2d(x, kern.view(1, 1, 1, -1).expand(b * k, 1, 1, -1), groups=b * k)
+    return x.view(b, k, h, w)
+
+
+def _to_grid(displacement: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W) displacement (channel 0 = x) -> (B, H, W, 2) grid offsets."""
+    return displacement.permute(0, 2, 3, 1)
+
+
+def _scaling_and_squaring(velocity: torch.Tensor, steps: int) -> torch.Tensor:
+    """Displacement of exp(velocity) by scaling and squaring (methods-spec §1.3).
+
+    ``phi = v / 2**steps``; then ``steps`` times ``phi(x) <- phi(x) + phi(x + phi(x))``, i.e. the map
+    ``id + phi`` composed with itself.  The loop over the steps is the only Python loop.
+
+    Args: velocity (B, 2, H, W) in normalised units (channel 0 = x); steps >= 0.
+    Returns: new (B, 2, H, W) displacement in normalised units.
+    """
+    _, _, h, w = velocity.shape
+    ident = identity_grid(h, w, velocity.device, velocity.dtype)
+    phi = velocity / float(2 ** steps)
+    for _ in range(steps):
+        phi = phi + F.grid_sample(phi, ident + _to_grid(phi), mode="bilinear", padding_mode="border",
+                                  align_corners=True)
+    return phi
+
+
+def _grid_from_velocity(velocity: torch.Tensor, height: int, width: int, epsilon: float, sigma: float,
+                        kernel_size: int, steps: int) -> torch.Tensor:
+    """Steps 2-5 of the warp from raw U(-1, 1) coarse fields (methods-spec §1.3).
+
+    Args: velocity (B, 2, h, w) floating, on the target device.
+    Returns: (B, H, W, 2) sampling grid in [-1, 1] (align_corners=True convention).
+    """
+    b = velocity.shape[0]
+    norm = velocity.reshape(b, -1).norm(dim=1).clamp_min(1e-12).view(b, 1, 1, 1)
+    v = velocity / norm * float(epsilon)
+    v = _smooth(v, sigma, kernel_size)
+    v = F.interpolate(v, size=(height, width), mode="bilinear", align_corners=True)
+    phi = _smooth(_scaling_and_squaring(v, steps), sigma, kernel_size)
+    ident = identity_grid(height, width, velocity.device, velocity.dtype)
+    return (ident + _to_grid(phi)).clamp(-1.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+
+
+def diffeomorphic_grid(
+    batch: int,
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    epsilon: float = 1.5,
+    sigma: float = 1.0,
+    kernel_size: int = 7,
+    steps: int = 8,
+    grid_factor: int = 8,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Random diffeomorphic sampling grids, one per image (methods-spec §1.3, AdvMorph).
+
+    Draws ``batch * 2 * h * w`` values U(-1, 1) from ``generator`` on CPU (h, w from
+    :func:`coarse_field_size`, in the order (B, 2, h, w)), moves them to ``device`` and builds the grid
+    as described in the module docstring (normalise to norm ``epsilon``, smooth, upsample, scaling and
+    squaring, add identity, smooth the displacement, clamp).
+
+    Args:
+        batch, height, width: B, H, W of the grids (positive ints).
+        generator: CPU ``torch.Generator``.
+        device: where the grid is built.
+        epsilon: L2 norm of each coarse velocity field in normalised units (0 gives the identity).
+        sigma, kernel_size: Gaussian smoothing (in pixels of the grid it is applied to); released 1.0, 7.
+        steps: scaling-and-squaring steps (0 uses the velocity as the displacement).
+        grid_factor: downsampling of the velocity field relative to H x W.
+        dtype: floating dtype of the grid (float32 or float64).
+
+    Returns:
+        (B, H, W, 2) ``dtype`` on ``device``: ``[..., 0]`` = x (column), ``[..., 1]`` = y (row), values in
+        [-1, 1], for ``F.grid_sample(image, grid, align_corners=True)``.
+    """
+    where = "diffeomorphic_grid"
+    for name, value in (("batch", batch), ("height", height), ("width", width)):
+        if not _is_int(value) or value < 1:
+            raise _fail(where, f"{name} must be a positive int, got {value!r}", "pass the image batch's B, H, W")
+    _check_generator(where, generator)
+    _check_field_params(where, epsilon, sigma, kernel_size, steps, grid_factor)
+    if dtype not in (torch.float32, torch.float64):
+        raise _fail(where, f"dtype must be torch.float32 or torch.float64, got {dtype}", "pass torch.float32")
+    device = torch.device(device)
+    h, w = coarse_field_size(height, width, grid_factor)
+    velocity = torch.rand((batch, 2, h, w), generator=generator, dtype=torch.float32) * 2.0 - 1.0
+    velocity = _to_device(velocity.to(dtype), device)
+    return _grid_from_velocity(velocity, height, width, epsilon, sigma, kernel_size, steps)
+
+
+def random_diffeomorphic_warp(
+    image: torch.Tensor,
+    generator: torch.Generator,
+    p: float = 0.5,
+    epsilon: float = 1.5,
+    sigma: float = 1.0,
+    kernel_size: int = 7,
+    steps: int = 8,
+    grid_factor: int = 8,
+) -> torch.Tensor:
+    """Random ``AdvMorph`` warp of a batch of images, once per batch with probability ``p`` (§1.3).
+
+    One u ~ U[0, 1) decides for the whole batch (``u < p`` fires); when it fires every image gets its
+    own random diffeomorphism (:func:`diffeomorphic_grid`) and is resampled bilinearly
+    (``align_corners=True``, zero padding -- never reached, the grid is clamped to [-1, 1]).  Images
+    only: warp neither pseudo-labels nor confidences, as released (methods-spec §8.6).
+
+    Random numbers: exactly ``1 + B * 2 * h * w`` values are drawn from ``generator`` on every call,
+    whether the warp fires or not (h, w = :func:`coarse_field_size` (H, W, grid_factor)); with p = 0
+    the result is an exact copy.
+
+    Args:
+        image: (B, C, H, W) floating tensor, any device (float16/bfloat16 are sampled in float32).
+        generator: CPU ``torch.Generator``.
+        p: probability that the batch is warped (released 0.5).
+        epsilon, sigma, kernel_size, steps, grid_factor: see :func:`diffeomorphic_grid`
+            (released 1.5, 1.0, 7, 8, 8).
+
+    Returns:
+        new (B, C, H, W) tensor, same dtype and device, values within each (image, channel)'s input
+        [min, max]; the input is not modified.
+    """
+    where = "random_diffeomorphic_warp"
+    _check_image_batch(where, "image", image)
+    _check_generator(where, generator)
+    _check_probability(where, "p", p)
+    _check_field_params(where, epsilon, sigma, kernel_size, steps, grid_factor)
+    b, _, height, width = image.shape
+    fire = bool(torch.rand((), generator=generator) < p)  # CPU draw: no device synchronisation
+    h, w = coarse_field_size(height, width, grid_factor)
+    velocity = torch.rand((b, 2, h, w), generator=generator, dtype=torch.float32) * 2.0 - 1.0
+    if not fire:
+        return image.clone()
+    work = torch.float64 if image.dtype == torch.float64 else torch.float32
+    velocity = _to_device(velocity.to(work), image.device)
+    grid = _grid_from_velocity(velocity, height, width, epsilon, sigma, kernel_size, steps)
+    x = image.to(work)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    return torch.minimum(torch.maximum(out, lo), hi).to(image.dtype)
