@@ -77,8 +77,9 @@ class StageConfig:
     A stage trains ``objective`` (e.g. ``isd_pretrain``) for ``max_steps`` with its own batch sizes and
     optimiser (released pretraining: 3 labelled + 3 unlabelled, SGD 0.01, momentum 0.9, weight decay
     1e-4, no Nesterov, poly LR), without validation. Hand-off: a stage whose predecessor trained the same
-    objective loads the predecessor's whole objective state (ACTION stage ii loads stage i's student and
-    EMA teacher); otherwise, and for fine-tuning, the predecessor's student weights initialise the model.
+    objective loads the predecessor's student and EMA teacher (as released, through the objective's
+    ``load_student_and_teacher`` when it has one; else its whole state); otherwise, and for fine-tuning,
+    the predecessor's student weights initialise the model.
     Finished stages are cached, keyed by a hash of the stage chain, model, data split and seed.
     """
 

@@ -137,10 +137,17 @@ class DistContext:
 
 
 def broadcast_state(module: torch.nn.Module) -> None:
-    """Copy rank 0's parameters and buffers to every rank."""
+    """Copy rank 0's parameters and normalisation statistics to every rank.
+
+    Only parameters and batch-norm buffers: other buffers (memory banks, queues, NN pools) hold each
+    rank's own data with bookkeeping that a raw copy would leave inconsistent, as in DDP where every
+    replica keeps its own.
+    """
     import torch.distributed as dist
 
-    for tensor in list(module.parameters()) + list(module.buffers()):
+    norm_buffers = [buf for sub in module.modules() if isinstance(sub, torch.nn.modules.batchnorm._NormBase)
+                    for buf in sub.buffers(recurse=False)]
+    for tensor in list(module.parameters()) + norm_buffers:
         dist.broadcast(tensor.data, src=0)
 
 
@@ -227,6 +234,16 @@ def mean_dice(rows: list[dict]) -> float:
     values = np.array([r["dice"] for r in rows], dtype=float)
     values = values[np.isfinite(values)]
     return float(values.mean()) if values.size else float("nan")
+
+
+def _cuda_rng_states() -> list[torch.Tensor]:
+    """The RNG state of every CUDA device (samplers, dropout and warps draw there), [] without CUDA."""
+    return torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+
+
+def _set_cuda_rng_states(states: list[torch.Tensor] | None) -> None:
+    if states and torch.cuda.is_available() and len(states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states)
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -375,7 +392,7 @@ def run_pretraining(cfg: TrialConfig, data: TrainingData, cache_dir: Path, devic
     for index, stage in enumerate(cfg.pretrain):
         folder = Path(cache_dir) / stage_key(cfg, index, data.subset)
         final_path = folder / "final.pt"
-        with _exclusive(folder.with_suffix(".lock"), enabled=dist is None):
+        with _exclusive(folder / ".lock", enabled=dist is None):
             if _agree(final_path.is_file(), dist):
                 log(f"pretraining stage {index} ({stage.objective}): cached at {folder}")
                 previous = _load_checkpoint(final_path)
@@ -395,7 +412,8 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
         model.load_state_dict(previous["student"])
     objective = build_objective(stage.objective, model, dict(stage.objective_params)).to(device)
     if previous is not None and same_objective:
-        objective.load_state_dict(previous["objective"])
+        hand_off = getattr(objective, "load_student_and_teacher", None)  # as released: only the two networks carry over
+        hand_off(previous["objective"]) if hand_off is not None else objective.load_state_dict(previous["objective"])
     params = list(objective.trainable_parameters())
     optimizer = torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay,
                                 nesterov=stage.nesterov and stage.momentum > 0)
@@ -409,6 +427,7 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
+        _set_cuda_rng_states(state.get("cuda_rng"))
         generator.set_state(state["data_rng"])
         if dist is not None and not dist.is_main:
             generator.manual_seed(cfg.seed + 1_000_003 * dist.rank + int(state["step"]))
@@ -424,7 +443,8 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
             curves.append(loop.curve_row(step + 1))
         if main and ((step + 1) % stage.checkpoint_every == 0 and not done):
             _save_checkpoint(ckpt_path, {"step": step + 1, "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "torch_rng": torch.get_rng_state(), "data_rng": generator.get_state(), "curves": curves})
+                                         "torch_rng": torch.get_rng_state(), "cuda_rng": _cuda_rng_states(),
+                                         "data_rng": generator.get_state(), "curves": curves})
     if dist is not None:
         broadcast_state(objective)
     final = {"objective": objective.state_dict(), "student": objective.eval_model().state_dict(), "curves": curves,
@@ -486,6 +506,7 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
+        _set_cuda_rng_states(state.get("cuda_rng"))
         generator.set_state(state["data_rng"])
         if dist is not None and not dist.is_main:  # the checkpoint holds rank 0's data RNG: give this rank its own stream
             generator.manual_seed(cfg.seed + 1_000_003 * dist.rank + int(state["step"]))
@@ -519,7 +540,7 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
         t0 = time.perf_counter()
         _save_checkpoint(ckpt_path, {
             "step": step + 1, "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(), "data_rng": generator.get_state(),
+            "torch_rng": torch.get_rng_state(), "cuda_rng": _cuda_rng_states(), "data_rng": generator.get_state(),
             "best_step": best["step"], "best_val_dice": best["val_dice"], "best_state": best["state"],
             "curves": curves, "val_curve": val_curve,
         })

@@ -24,12 +24,27 @@ from medseg_platform.errors import MedsegError
 
 
 @dataclass(frozen=True)
+class MethodSizes:
+    """The numbers the contrastive methods scale with (methods-spec §7); ``paper`` = the released values."""
+
+    pretrain_steps: int
+    anchors: int  # MONA/ARCO anchors per class, ACTION queries per class
+    negatives: int  # negatives per anchor
+    bank_background: int
+    bank_foreground: int
+    nn_pool_resolution: int | str  # "full" as released (K x 496·256·256 floats), or g: g x g average pool
+    isd_latent: int
+    action_repr: int
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     trial: TrialConfig
     labelled: tuple[str, ...]  # label fractions: the table's columns
     seeds: tuple[int, ...]
     phantom: dict | None  # parameters of the embedded dataset (None: --data-root required)
+    methods: MethodSizes
     cpus_per_trial: float = 1.0
 
 
@@ -45,12 +60,70 @@ def _cfg(patch: int, channels, steps: int, val_every: int, log_every: int, val_c
 
 PROFILES = {
     "smoke": Profile("smoke", _cfg(32, (4, 8, 16, 32, 64), steps=6, val_every=3, log_every=3),
-                     labelled=("1",), seeds=(1,), phantom={"patients": 6, "size": 40, "seed": 0}),
+                     labelled=("1",), seeds=(1,), phantom={"patients": 6, "size": 40, "seed": 0},
+                     methods=MethodSizes(pretrain_steps=3, anchors=16, negatives=32, bank_background=512, bank_foreground=256,
+                                         nn_pool_resolution=8, isd_latent=32, action_repr=32)),
     "quick": Profile("quick", _cfg(64, (8, 16, 32, 64, 128), steps=1000, val_every=250, log_every=50),
-                     labelled=("1", "3"), seeds=(1, 2), phantom={"patients": 20, "size": 96, "seed": 0}),
+                     labelled=("1", "3"), seeds=(1, 2), phantom={"patients": 20, "size": 96, "seed": 0},
+                     methods=MethodSizes(pretrain_steps=300, anchors=64, negatives=128, bank_background=5000, bank_foreground=3000,
+                                         nn_pool_resolution=16, isd_latent=128, action_repr=128)),
     "paper": Profile("paper", _cfg(256, (16, 32, 64, 128, 256), steps=30000, val_every=1000, log_every=100, threads=4),
-                     labelled=("1", "3", "7"), seeds=(1337, 1338, 1339), phantom=None, cpus_per_trial=4.0),
+                     labelled=("1", "3", "7"), seeds=(1337, 1338, 1339), phantom=None, cpus_per_trial=4.0,
+                     methods=MethodSizes(pretrain_steps=30000, anchors=256, negatives=512, bank_background=50000,
+                                         bank_foreground=30000, nn_pool_resolution="full", isd_latent=512, action_repr=512)),
 }
+
+#: Table rows of the methods, in the order of ARCO's tables. Each maps to (objective, objective_params,
+#: pretraining chain name); see :func:`method_variant`.
+METHODS = ("supervised", "mean_teacher", "mona", "arco_sg", "arco_sag", "action")
+METHOD_LABELS = {"supervised": "Supervised only", "mean_teacher": "Mean teacher", "mona": "MONA", "arco_sg": "ARCO-SG",
+                 "arco_sag": "ARCO-SAG", "action": "ACTION"}
+
+
+def _isd_stage(profile: Profile, preset: str) -> dict:
+    from methods.isd_pretrain import PRESETS
+
+    patch = profile.trial.data.patch_size[0]
+    sizes = {"image_size": patch, "window": patch // 4, "stride": patch // 8, "latent_dim": profile.methods.isd_latent}
+    return {"objective": "isd_pretrain", "objective_params": {**PRESETS[preset], **sizes}, "max_steps": profile.methods.pretrain_steps,
+            "checkpoint_every": max(1, min(1000, profile.methods.pretrain_steps // 3))}
+
+
+def method_overrides(method: str, profile: Profile, without_contrast: bool = False) -> dict:
+    """Dotted config overrides of one table row at a profile's sizes (released settings otherwise).
+
+    * MONA = ARCO's pipeline with the uniform sampler (methods-spec §0, §3), one ISD stage (MONA preset);
+    * ARCO-SG / ARCO-SAG: the stratified / stratified-antithetic sampler (§4);
+    * ACTION: two ISD stages (stage i: global only, encoder only; stage ii: global + local + 0.5 sup), then
+      the anatomical contrast (§2);
+    * ``without_contrast``: the pixel-contrast weight 0 (ARCO Table 2's "w/o L_contrast"; the term is not
+      computed at all).
+    The α_t entropy schedule counts "epochs" of ``steps_per_epoch``; the released run has 30 000 steps of
+    322 (about 94 epochs), kept as a proportion: ``max_steps // 94``.
+    """
+    m, steps = profile.methods, profile.trial.optim.max_steps
+    if method == "supervised":
+        return {"objective": "supervised", "objective_params": {}}
+    if method == "mean_teacher":
+        return {"objective": "mean_teacher", "objective_params": {"rampup_steps": steps}}
+    if method in ("mona", "arco_sg", "arco_sag"):
+        params = {"num_anchors": m.anchors, "num_negatives": m.negatives, "bank_capacity_background": m.bank_background,
+                  "bank_capacity_foreground": m.bank_foreground, "nn_pool_resolution": m.nn_pool_resolution,
+                  "steps_per_epoch": max(1, steps // 94),
+                  "sampler": {"mona": "uniform", "arco_sg": "stratified", "arco_sag": "stratified_antithetic"}[method]}
+        if without_contrast:
+            params["contrast_weight"] = 0.0
+        return {"objective": "arco" if method.startswith("arco") else "mona", "objective_params": params,
+                "pretrain": [_isd_stage(profile, "mona")]}
+    if method == "action":
+        params = {"num_queries": m.anchors, "num_negatives": m.negatives, "repr_dim": m.action_repr}
+        if without_contrast:
+            params["anco_weight"] = 0.0
+        return {"objective": "action", "objective_params": params,
+                "pretrain": [_isd_stage(profile, "action_stage_i"), _isd_stage(profile, "action_stage_ii")],
+                # ACTION's weak view: resize only, cubic image zoom (methods-spec §1.3, bug §8.12)
+                "data.image_resize": "bicubic", "data.weak_rot90_flip_p": 0.0, "data.weak_rotate_p": 0.0}
+    raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
 
 
 def default_cache_root() -> Path:

@@ -2,7 +2,7 @@
 
 ``build_objective("mean_teacher", model, {"consistency_weight": 0.2})`` and ``build_model("unet",
 num_classes=4)``; an unknown name or key is a ValueError listing the valid ones. MONA, ARCO and ACTION
-register in :data:`OBJECTIVES` when their modules exist.
+and the ISD pretraining objective are registered here too.
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from typing import Any, Callable
 
 from torch import nn
 
+from methods.action import ActionObjective
+from methods.isd_pretrain import ISDPretrainObjective
 from methods.mean_teacher import MeanTeacherObjective
+from methods.mona import ArcoObjective, MonaObjective
 from methods.objective import Objective, config_from_dict
 from methods.supervised import SupervisedObjective
 from methods.unet import UNet
@@ -20,6 +23,10 @@ from methods.unet import UNet
 OBJECTIVES: dict[str, type[Objective]] = {
     "supervised": SupervisedObjective,
     "mean_teacher": MeanTeacherObjective,
+    "isd_pretrain": ISDPretrainObjective,
+    "mona": MonaObjective,
+    "arco": ArcoObjective,
+    "action": ActionObjective,
 }
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

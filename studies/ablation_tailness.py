@@ -1,11 +1,13 @@
 """The "tailness" ablation (ARCO Table 2, methods-spec §6.3): methods x label fractions, per class.
 
-Rows: supervised-only and mean teacher (the baselines every table has). MONA, ARCO-SG/SAG and ACTION,
-each with and without its contrastive term, join when the methods issue lands. Columns: the label
-fractions of the profile (patients). Per-class results keep the rare (tail) class, RV, visible.
+Rows: supervised-only, mean teacher, MONA, ARCO-SG, ARCO-SAG and ACTION, and each contrastive method
+without its pixel-contrast term (MONA/ARCO share one such row: without the contrast term their
+pipelines are identical, the sampler being the only difference). Columns: the label fractions of the
+profile (patients). Per-class results keep the rare (tail) class, RV, visible. Pretraining stages are
+shared between rows that use the same chain (MONA and both ARCOs).
 
     python studies/ablation_tailness.py               # quick profile on the embedded phantom (CPU)
-    python studies/ablation_tailness.py --smoke-test  # tiny, about a minute
+    python studies/ablation_tailness.py --smoke-test  # tiny sizes, every method
     python studies/ablation_tailness.py --profile paper --data-root /data/ACDC --address auto
 """
 
@@ -14,16 +16,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from medseg_platform.profiles import run_study_main  # noqa: E402
+from medseg_platform.profiles import METHOD_LABELS, METHODS, method_overrides, run_study_main  # noqa: E402
 from medseg_platform.study import Study, Variant  # noqa: E402
+
+WITHOUT_CONTRAST = {"mona": "MONA/ARCO w/o L_contrast", "action": "ACTION w/o L_anco"}
 
 
 def build(args, profile, base):
-    steps = base.optim.max_steps
-    variants = [
-        Variant({"row": "Supervised only", "order": 0}, {"objective": "supervised"}),
-        Variant({"row": "Mean teacher", "order": 1}, {"objective": "mean_teacher", "objective_params": {"rampup_steps": steps}}),
-    ]
+    variants = []
+    for method in METHODS:
+        variants.append(Variant({"row": METHOD_LABELS[method], "order": len(variants)}, method_overrides(method, profile)))
+        if method in WITHOUT_CONTRAST:
+            variants.append(Variant({"row": WITHOUT_CONTRAST[method], "order": len(variants)},
+                                    method_overrides(method, profile, without_contrast=True)))
     return Study(name="ablation_tailness", base=base, results_dir=Path(args.results_dir), variants=variants,
                  grid={"data.labelled": list(profile.labelled)})
 

@@ -20,7 +20,7 @@ def test_round_trip_and_dotted_overrides(tiny_root):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"objective": "mona2"}, "unknown; known objectives: mean_teacher, supervised"),
+    ({"objective": "mona2"}, "unknown; known objectives: action, arco, isd_pretrain, mean_teacher, mona, supervised"),
     ({"objective_params": {"sup_weight": -1}}, "sup_weight"),
     ({"objective_params": {"temperature": 0.1}}, "unknown SupervisedConfig keys"),
     ({"objective": "mean_teacher", "objective_params": {"ema_momentum": 1.5}}, "ema_momentum"),

@@ -1,0 +1,724 @@
+"""``mona`` and ``arco``: MONA/ARCO fine-tuning (methods-spec §3, §4, §8 bugs 1-7 and 19, §9).
+
+Papers: MONA = You et al., "Mine yOur owN Anatomy: Revisiting Medical Image Segmentation with Extremely
+Limited Labels", TPAMI 2024; ARCO = You et al., "Rethinking Semi-Supervised Medical Image Segmentation: A
+Variance-Reduction Perspective", NeurIPS 2023. The released MONA repository *is* the ARCO repository
+(spec §0, §8.1): MONA fine-tuning is ARCO with the uniform sampler ("ARCO-NS"). One class implements both;
+``"mona"`` defaults to ``sampler="uniform"``, ``"arco"`` to ``sampler="stratified"`` (ARCO-SG, ``--func smc``;
+``"stratified_antithetic"`` = ARCO-SAG, ``asmc``).
+
+Modules (spec §3.2): the student UNet (the model passed in), its EMA teacher, the linear residual feature
+extractor ``FE_s`` (trained) and its EMA copy ``FE_t``, the student predictor ``Pred``; the student
+representation is ``r = Pred(FE_s(pyramid))``, the teacher's ``r^t = FE_t(pyramid^t)`` (full resolution,
+``sum(pyramid_channels)`` = 496 channels as released); per-class FIFO memory banks of negative keys; the
+nearest-neighbour pool ``Π`` (K = 36 rows).
+
+One step (spec §3.3, steps 1-9)::
+
+    1. teacher (no grad) on the weak x_u -> confidence q, pseudo-label ŷ
+    2. x_l^c = 8-bit re-quantised x_l (confidence 1), used only by L_eqv
+    3. mix(x_u, ŷ, q) once -> ŷ', q'; perturb twice -> x_u^{s1} (main), x_u^{s2} (L_eqv)
+    4. FE_t <- m FE_t + (1 - m) FE_s
+    5. student z_l = f_s(x_l), z_u = f_s(x_u^{s1}); teacher z_l^t = f_t(x_l), z_u^t = f_t(x_u^{s1})
+       (separate passes, as released: BatchNorm statistics per pass)
+    6. r = Pred(FE_s(.)), r^t = FE_t(.) for the 8 images [l; u]
+    7. L = sup_weight L_sup + k1 L_contrast + k3 L_unsup + k2 L_eqv + k4 L_nn
+       (k1 = contrast_weight 0.01, k2 = eqv_weight 1, k3 = unsup_weight 1, k4 = nn_weight 1)
+    8. enqueue the normalised, flattened r_u^t rows into Π (FIFO)
+    9. (engine) SGD step; after_optimizer_step: EMA of the teacher UNet
+
+Loss terms:
+
+* ``L_sup`` = CE + batch Dice incl. background (spec §1.6), weight ``sup_weight`` (1 as released).
+* ``L_unsup`` = :func:`methods.losses.pseudo_label_loss` on ``z_u`` with ``ŷ', q'`` (threshold 0.97, §1.7).
+* ``L_contrast`` = U2PL's memory-bank loss exactly as §3.4: see :func:`u2pl_masks`,
+  :func:`contrast_plan`, :func:`u2pl_contrast_loss`.
+* ``L_eqv`` = TPS equivariance/invariance KL (§3.6): :func:`equivariance_loss`, warps from :mod:`methods.tps`.
+* ``L_nn`` = nearest-neighbour loss against ``Π`` (§3.5): :func:`nn_loss`.
+
+"As released" vs "as described in the paper" (defaults are as released everywhere):
+
+* ``entropy_source``: ``"student"`` (as released, spec §8.5) | ``"teacher"`` (U2PL: the teacher's prediction).
+* ``u2pl_negative_mask``: ``"as_coded"`` (spec §8.3: the labelled negatives are always empty and unlabelled
+  negatives need pseudo-label = c) | ``"paper"`` (U2PL's intent: see :func:`u2pl_masks`).
+* ``valid_class_indexing``: ``"as_coded"`` (spec §8.4: anchors/prototype of the j-th class *index*, bank of
+  the j-th *valid class*) | ``"fixed"`` (everything of the j-th valid class).
+* ``bank_init``: ``"zero"`` (as released: each bank starts with one all-zero key) | ``"empty"``.
+* ``nn_loss_grad``: ``"as_coded_none"`` (spec §8.2: L_nn carries no gradient and is only logged) |
+  ``"student_pull"`` (the papers' "maximise the similarity to the K nearest bank entries": a gradient).
+* ``sampler_grouping``: ``"flat"`` (as released: strata over the flattened candidate list) | ``"spatial"``
+  (the ARCO paper: strata are image cells). Spatial grouping applies to the anchor draws, whose candidates
+  have pixel coordinates; bank negatives have none (FIFO order), so their draws always use flat grouping.
+
+Ablations (ARCO paper Tables 2/3: without L_contrast "tailness", without L_unsup, without L_nn "diversity",
+and without L_eqv): **a weight of 0 removes the term**: it is not computed (no teacher/representation passes,
+no TPS pass, no banks or pool are allocated when nothing needs them) and it disappears from the logged terms.
+There are no separate ``use_*`` switches.
+
+Cost (spec §8.19). As released, the representations are full resolution (8 x 496 x 256 x 256 floats ≈ 1 GB
+each for ``r`` and ``r^t``), every contrasted class draws 256 x 512 negatives (≈ 260 MB gathered), and the NN
+pool holds K = 36 rows of 496 x 256 x 256 floats ≈ 4.7 GB (GPU memory; allocated on the first step, once the
+image size is known). ``nn_pool_resolution`` (an int g) average-pools the representation to g x g before it
+is flattened for L_nn and stored, e.g. g = 32 -> 36 x 496 x 1024 floats ≈ 73 MB; the default ``"full"`` is
+as released. The memory banks live on the model's device (the release keeps them on the CPU and copies
+them every step).
+
+Host syncs per step: one (the per-class mask counts of the contrast, needed for the data-dependent
+anchor/bank sizes, read with a single ``tolist``). The NN pool is a ring buffer with wrap-around writes, so
+any unlabelled batch size ``B_u <= K`` works (the release needs ``K mod B_u = 0``; the two agree then).
+Randomness (samplers, TPS, pool initialisation) comes from torch's global RNG on the step's device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.contrast import alpha_schedule, class_prototypes, entropy_percentile_masks, pixel_info_nce
+from methods.ema import BN_MODES, EMATeacher
+from methods.heads import LinearPredictor, MonaFeatureExtractor
+from methods.losses import pseudo_label_loss, supervised_loss
+from methods.memory_bank import INITS as BANK_INITS
+from methods.memory_bank import ClassMemoryBank
+from methods.objective import Batch, LossOutput, Objective, check_choice, check_number, detached, logits_of
+from methods.samplers import ALLOCATIONS, GROUPINGS, SAMPLERS, SamplerConfig
+from methods.tps import TPSConfig, apply_warp, sample_tps_grid
+
+ENTROPY_SOURCES = ("student", "teacher")
+NEGATIVE_MASKS = ("as_coded", "paper")
+VALID_CLASS_INDEXINGS = ("as_coded", "fixed")
+NN_LOSS_GRADS = ("as_coded_none", "student_pull")
+EQV_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class MonaConfig:
+    """MONA/ARCO fine-tuning settings (defaults = the released code, spec §3.7); validated here.
+
+    Loss weights (a weight of 0 removes the term entirely, see the module docstring):
+
+    * ``sup_weight`` (> 0): ``w`` of ``w (CE + Dice)`` (1.0).
+    * ``contrast_weight`` (>= 0): k1, U2PL memory-bank contrast (0.01).
+    * ``eqv_weight`` (>= 0): k2, TPS equivariance KL (1.0; not in the ARCO paper's loss, in its code).
+    * ``unsup_weight`` (>= 0): k3, pseudo-label loss (1.0).
+    * ``nn_weight`` (>= 0): k4, nearest-neighbour loss (1.0; no gradient as released, see ``nn_loss_grad``).
+
+    Teachers:
+
+    * ``ema_momentum`` in [0, 1): teacher UNet EMA after every step (0.99).
+    * ``fe_ema_momentum`` in [0, 1): ``FE_t`` EMA of ``FE_s`` at the start of every step (0.99).
+    * ``teacher_bn_mode``: ``"train"`` (as released: batch statistics, dropout on) or ``"eval"``
+      (running statistics copied from the student at every EMA update).
+
+    Pseudo-labels: ``unsup_threshold`` in [0, 1], ReCo's confidence threshold of ``L_unsup`` (0.97).
+
+    U2PL contrast (spec §3.4):
+
+    * ``temperature`` (> 0): τ of the InfoNCE (0.5; the released ``--temp`` is ignored).
+    * ``num_anchors`` (int >= 1): anchors per class (256). ``num_negatives`` (int >= 1): per anchor (512).
+    * ``anchor_threshold`` in [0, 1]: δ_p, anchors need teacher ``P_c > δ_p`` (0.3).
+    * ``negative_threshold`` in [0, 1]: δ_n, negatives need teacher ``P_c < δ_n`` (0.97).
+    * ``negative_rank_low``, ``negative_rank_high`` (ints, 1 <= low < high): unlabelled negatives need the
+      rank of c in the teacher's sorted probabilities in ``[low, high)``; labelled (paper mode) need c in
+      the teacher's top ``low`` ((3, 20)).
+    * ``alpha0`` in [0, 100]: the entropy percentile at step 0 (20); ``α_t = α0 (1 - e/E)``.
+    * ``steps_per_epoch`` (int >= 1): the epoch length of the α_t schedule. As released an epoch is
+      ``floor(N_u / B_u)`` steps (unlabelled slices / unlabelled batch); the engine does not know epochs, so
+      set it per dataset. Default 322 = ACDC with 1 labelled patient (23 labelled, 1289 unlabelled slices, 4
+      per batch, spec §1.2).
+    * ``entropy_source``: ``"student"`` (as released) | ``"teacher"`` (U2PL).
+    * ``u2pl_negative_mask``: ``"as_coded"`` | ``"paper"`` (see :func:`u2pl_masks`).
+    * ``valid_class_indexing``: ``"as_coded"`` | ``"fixed"`` (see :func:`contrast_plan`).
+    * ``bank_capacity_background``, ``bank_capacity_foreground`` (ints >= 1): FIFO capacities (50 000, 30 000).
+    * ``bank_init``: ``"zero"`` (as released) | ``"empty"``.
+
+    Sampler (ARCO, spec §4), used for the anchor and the negative draws:
+
+    * ``sampler``: one of ``SAMPLERS`` (``"uniform"`` = MONA; ARCO's default is ``"stratified"``).
+    * ``sampler_groups`` (perfect square): strata (16 as released; the paper tries 9/16/25).
+    * ``sampler_grouping``: ``"flat"`` (as released) | ``"spatial"`` (paper; anchors only, negatives flat).
+    * ``sampler_allocation``: rounding of the spatial proportional allocation (``"systematic"``, exactly
+      unbiased, or ``"largest_remainder"``); only used by ``sampler_grouping="spatial"``.
+
+    Nearest-neighbour loss (spec §3.5):
+
+    * ``nn_pool_capacity`` (int >= 1): K rows of Π (36); must be >= the unlabelled batch.
+    * ``nn_topk`` (int in [1, K]): neighbours (5).
+    * ``nn_loss_grad``: ``"as_coded_none"`` | ``"student_pull"``.
+    * ``nn_pool_resolution``: ``"full"`` (as released, ≈ 4.7 GB at 256 x 256) or an int g >= 1: average-pool
+      the representation to g x g before flattening (memory K x D x g^2 floats).
+
+    Equivariance loss (spec §3.6):
+
+    * ``eqv_conf_threshold`` in [0, 1]: pixels need confidence >= this (``--weak_threshold`` 0.7).
+    * ``tps_sigma``, ``tps_rotation_deg``, ``tps_scale_min``, ``tps_scale_max``, ``tps_translation``,
+      ``tps_mirror_p``: the random warp (:class:`methods.tps.TPSConfig`; 0.01, 60, 0.8, 1.2, 0.1, 0.5).
+    """
+
+    sup_weight: float = 1.0
+    contrast_weight: float = 0.01
+    eqv_weight: float = 1.0
+    unsup_weight: float = 1.0
+    nn_weight: float = 1.0
+
+    ema_momentum: float = 0.99
+    fe_ema_momentum: float = 0.99
+    teacher_bn_mode: str = "train"
+
+    unsup_threshold: float = 0.97
+
+    temperature: float = 0.5
+    num_anchors: int = 256
+    num_negatives: int = 512
+    anchor_threshold: float = 0.3
+    negative_threshold: float = 0.97
+    negative_rank_low: int = 3
+    negative_rank_high: int = 20
+    alpha0: float = 20.0
+    steps_per_epoch: int = 322
+    entropy_source: str = "student"
+    u2pl_negative_mask: str = "as_coded"
+    valid_class_indexing: str = "as_coded"
+    bank_capacity_background: int = 50_000
+    bank_capacity_foreground: int = 30_000
+    bank_init: str = "zero"
+
+    sampler: str = "uniform"
+    sampler_groups: int = 16
+    sampler_grouping: str = "flat"
+    sampler_allocation: str = "systematic"
+
+    nn_pool_capacity: int = 36
+    nn_topk: int = 5
+    nn_loss_grad: str = "as_coded_none"
+    nn_pool_resolution: Any = "full"
+
+    eqv_conf_threshold: float = 0.7
+    tps_sigma: float = 0.01
+    tps_rotation_deg: float = 60.0
+    tps_scale_min: float = 0.8
+    tps_scale_max: float = 1.2
+    tps_translation: float = 0.1
+    tps_mirror_p: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_number(self, "sup_weight", minimum=0.0, min_inclusive=False)
+        for field in ("contrast_weight", "eqv_weight", "unsup_weight", "nn_weight"):
+            check_number(self, field, minimum=0.0)
+        check_number(self, "ema_momentum", minimum=0.0, maximum=1.0, max_inclusive=False)
+        check_number(self, "fe_ema_momentum", minimum=0.0, maximum=1.0, max_inclusive=False)
+        check_choice(self, "teacher_bn_mode", BN_MODES)
+        for field in ("unsup_threshold", "anchor_threshold", "negative_threshold", "eqv_conf_threshold"):
+            check_number(self, field, minimum=0.0, maximum=1.0)
+        check_number(self, "temperature", minimum=0.0, min_inclusive=False)
+        check_number(self, "num_anchors", minimum=1, integer=True)
+        check_number(self, "num_negatives", minimum=1, integer=True)
+        check_number(self, "negative_rank_low", minimum=1, integer=True)
+        check_number(self, "negative_rank_high", minimum=2, integer=True)
+        if self.negative_rank_high <= self.negative_rank_low:
+            raise ValueError(
+                f"MonaConfig.negative_rank_high must be > MonaConfig.negative_rank_low, got "
+                f"[{self.negative_rank_low}, {self.negative_rank_high})"
+            )
+        check_number(self, "alpha0", minimum=0.0, maximum=100.0)
+        check_number(self, "steps_per_epoch", minimum=1, integer=True)
+        check_choice(self, "entropy_source", ENTROPY_SOURCES)
+        check_choice(self, "u2pl_negative_mask", NEGATIVE_MASKS)
+        check_choice(self, "valid_class_indexing", VALID_CLASS_INDEXINGS)
+        check_number(self, "bank_capacity_background", minimum=1, integer=True)
+        check_number(self, "bank_capacity_foreground", minimum=1, integer=True)
+        check_choice(self, "bank_init", BANK_INITS)
+        check_choice(self, "sampler", SAMPLERS)
+        check_number(self, "sampler_groups", minimum=1, integer=True)
+        if math.isqrt(self.sampler_groups) ** 2 != self.sampler_groups:
+            raise ValueError(f"MonaConfig.sampler_groups must be a perfect square (9, 16, 25, ...), got {self.sampler_groups}")
+        check_choice(self, "sampler_grouping", GROUPINGS)
+        check_choice(self, "sampler_allocation", ALLOCATIONS)
+        check_number(self, "nn_pool_capacity", minimum=1, integer=True)
+        check_number(self, "nn_topk", minimum=1, maximum=self.nn_pool_capacity, integer=True)
+        check_choice(self, "nn_loss_grad", NN_LOSS_GRADS)
+        if self.nn_pool_resolution != "full":
+            check_number(self, "nn_pool_resolution", minimum=1, integer=True)
+        check_number(self, "tps_sigma", minimum=0.0)
+        check_number(self, "tps_rotation_deg", minimum=0.0, maximum=180.0)
+        check_number(self, "tps_scale_min", minimum=0.0, min_inclusive=False)
+        check_number(self, "tps_scale_max", minimum=0.0, min_inclusive=False)
+        if self.tps_scale_min > self.tps_scale_max:
+            raise ValueError(f"MonaConfig.tps_scale_min must be <= MonaConfig.tps_scale_max, got {self.tps_scale_min} > {self.tps_scale_max}")
+        check_number(self, "tps_translation", minimum=0.0)
+        check_number(self, "tps_mirror_p", minimum=0.0, maximum=1.0)
+
+    @property
+    def tps(self) -> TPSConfig:
+        return TPSConfig(
+            sigma=self.tps_sigma, rotation_deg=self.tps_rotation_deg, scale_min=self.tps_scale_min,
+            scale_max=self.tps_scale_max, translation=self.tps_translation, mirror_p=self.tps_mirror_p,
+        )
+
+    @property
+    def sampler_config(self) -> SamplerConfig:
+        return SamplerConfig(self.sampler, self.sampler_groups, self.sampler_grouping, self.sampler_allocation)
+
+
+@dataclass(frozen=True)
+class ArcoConfig(MonaConfig):
+    """:class:`MonaConfig` with ARCO's released sampler, ``"stratified"`` (SG, ``--func smc``; spec §4)."""
+
+    sampler: str = "stratified"
+
+
+# -- U2PL contrast (spec §3.4) ----------------------------------------------------------------------------------
+
+class U2PLMasks(NamedTuple):
+    """bool (N, C, H, W) each: ``valid`` V_c, ``anchor`` A_c, ``negative`` N_c (spec §3.4)."""
+
+    valid: torch.Tensor
+    anchor: torch.Tensor
+    negative: torch.Tensor
+
+
+def u2pl_masks(
+    labels: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    num_labelled: int,
+    *,
+    anchor_threshold: float = 0.3,
+    negative_threshold: float = 0.97,
+    rank_low: int = 3,
+    rank_high: int = 20,
+    negative_mask: str = "as_coded",
+) -> U2PLMasks:
+    """U2PL's per-class pixel masks (spec §3.4); the first ``num_labelled`` images are labelled.
+
+    Args:
+        labels: int64 (N, H, W): ``[y_l; ŷ']`` (-1 = ignore, belongs to no class).
+        teacher_probs: float (N, C, H, W): ``P^t`` = teacher softmax on the student's inputs.
+        low, high: bool (N, H, W): reliable / unreliable entropy masks (all ones on labelled images).
+
+    With ``Y_c = (labels == c)``, ``rank_c`` = position of c in the teacher's descending probabilities:
+
+    * ``valid``  ``V_c = Y_c ∧ low``;
+    * ``anchor`` ``A_c = V_c ∧ P^t_c > anchor_threshold``;
+    * ``negative`` ``N_c = H_c ∧ high ∧ P^t_c < negative_threshold ∧ G_c`` with
+      ``G_c`` = [labelled] ``rank_c < rank_low ∧ labels != c``, [unlabelled] ``rank_low <= rank_c < rank_high``, and
+
+      - ``"as_coded"`` (as released, spec §8.3): ``H_c = Y_c``. The labelled part needs ``labels = c`` and
+        ``labels != c`` at once and is always empty; the unlabelled part needs pseudo-label c while the
+        teacher (on the strong view) ranks c low.
+      - ``"paper"`` (U2PL's intent, the fix chosen here): ``H_c`` = every non-ignored pixel. Labelled negatives
+        of c are then pixels of *other* classes whose teacher top-``rank_low`` includes c (hard negatives);
+        unlabelled negatives are unreliable pixels that the teacher ranks c in ``[rank_low, rank_high)`` (for
+        4 classes: c least likely), whatever their pseudo-label.
+    """
+    num_classes = teacher_probs.shape[1]
+    classes = torch.arange(num_classes, device=labels.device).view(1, -1, 1, 1)
+    member = labels.unsqueeze(1) == classes                                  # Y_c (N, C, H, W)
+    valid = member & low.unsqueeze(1)
+    anchor = valid & (teacher_probs > anchor_threshold)
+    rank = teacher_probs.argsort(dim=1, descending=True).argsort(dim=1)     # rank of class c at each pixel
+    labelled = torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device)
+    labelled[:num_labelled] = True
+    labelled = labelled.view(-1, 1, 1, 1)
+    rank_ok = torch.where(labelled, (rank < rank_low) & ~member, (rank >= rank_low) & (rank < rank_high))
+    if negative_mask == "as_coded":
+        base = member
+    elif negative_mask == "paper":
+        base = labels.ne(-1).unsqueeze(1).expand_as(member)
+    else:
+        raise ValueError(f"negative_mask must be one of {list(NEGATIVE_MASKS)}, got {negative_mask!r}")
+    negative = base & high.unsqueeze(1) & (teacher_probs < negative_threshold) & rank_ok
+    return U2PLMasks(valid, anchor, negative)
+
+
+def contrast_plan(present: Sequence[bool], indexing: str = "as_coded") -> tuple[list[tuple[int, int]], int]:
+    """Which (anchor/prototype class, bank class) pairs the contrast visits, and the divisor (spec §3.4, §8.4).
+
+    ``present[c]`` = ``|V_c| > 0``; ``valid`` = the present classes in increasing order. If ``len(valid) <= 1``
+    the loss is 0 (empty plan). Otherwise, for j = 0 .. len(valid) - 1:
+
+    * ``"as_coded"`` (as released): anchors and prototype of class **j**, negatives from the bank of
+      class **valid[j]** — misaligned when a lower class is absent (U2PL issue #111);
+    * ``"fixed"``: anchors, prototype and bank all of class valid[j].
+
+    The loss is the sum over the plan divided by ``len(valid)`` (a pair whose anchor pool or bank is empty
+    contributes 0 but still counts, as released).
+    """
+    valid = [c for c, flag in enumerate(present) if flag]
+    if len(valid) <= 1:
+        return [], 0
+    if indexing == "as_coded":
+        return [(j, c) for j, c in enumerate(valid)], len(valid)
+    if indexing == "fixed":
+        return [(c, c) for c in valid], len(valid)
+    raise ValueError(f"indexing must be one of {list(VALID_CLASS_INDEXINGS)}, got {indexing!r}")
+
+
+def _true_positions(cumulative: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+    """Flat positions of the ``ranks``-th True entries (0-based, raster order) of a mask, from its cumsum."""
+    return torch.searchsorted(cumulative, ranks + 1)
+
+
+def _gather_pixels(maps: torch.Tensor, flat_positions: torch.Tensor) -> torch.Tensor:
+    """Rows ``maps[n, :, h, w]`` for flat positions over (N, H, W): (M,) -> (M, D) (no permuted copy)."""
+    pixels = maps.shape[2] * maps.shape[3]
+    return maps.flatten(2)[flat_positions // pixels, :, flat_positions % pixels]
+
+
+def u2pl_contrast_loss(
+    reps: torch.Tensor,
+    teacher_reps: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    num_labelled: int,
+    banks: ClassMemoryBank,
+    config: MonaConfig,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """U2PL memory-bank contrast of MONA/ARCO (spec §3.4, §4); updates ``banks``.
+
+    Args:
+        reps: float (N, D, H, W) student representations ``r`` (gradient flows through the anchors only).
+        teacher_reps: float (N, D, H, W) ``r^t`` (treated as constants).
+        labels, teacher_probs, low, high, num_labelled: as :func:`u2pl_masks`.
+        banks: the per-class FIFO banks (D-dim keys).
+        config: thresholds, ranks, counts, τ, flags and the sampler (:class:`MonaConfig`).
+
+    Steps: masks (:func:`u2pl_masks`); enqueue every class's negatives ``sg(r^t(N_c))`` in raster order
+    (only the newest ``capacity`` can survive, so only those are gathered) *before* the loss, as released;
+    prototypes ``μ_c = mean_{V_c} sg(r^t)``; for each pair of :func:`contrast_plan`: draw ``num_anchors``
+    anchors from ``A_j`` (raster order over (image, row, col); spatial grouping passes their (row, col))
+    and ``num_anchors x num_negatives`` negatives from the bank, ``L_j = InfoNCE(anchors, μ_j, negatives, τ)``;
+    ``L = Σ_j L_j / |valid|``. One host sync (all mask counts).
+
+    Returns ``(loss, info)``; info: ``plan`` (the visited pairs), ``contrasted`` (pairs that had anchors and
+    keys), ``anchor_indices`` {anchor class: sampled flat positions over (N, H, W)}, ``negative_indices``
+    {bank class: sampled FIFO positions, (num_anchors, num_negatives)}, ``counts`` (per class |V|, |A|, |N|).
+    """
+    cfg = config
+    num_images, _, height, width = reps.shape
+    num_classes = teacher_probs.shape[1]
+    masks = u2pl_masks(
+        labels, teacher_probs, low, high, num_labelled,
+        anchor_threshold=cfg.anchor_threshold, negative_threshold=cfg.negative_threshold,
+        rank_low=cfg.negative_rank_low, rank_high=cfg.negative_rank_high, negative_mask=cfg.u2pl_negative_mask,
+    )
+    anchor_flat = masks.anchor.transpose(0, 1).reshape(num_classes, -1)      # (C, N*H*W), raster order
+    negative_flat = masks.negative.transpose(0, 1).reshape(num_classes, -1)
+    counts = torch.stack([masks.valid.sum((0, 2, 3)), anchor_flat.sum(1), negative_flat.sum(1)])
+    valid_count, anchor_count, negative_count = counts.tolist()             # the one host sync
+
+    # memory-bank insert (before the loss, as released)
+    negative_cum = negative_flat.cumsum(1)
+    for c in range(num_classes):
+        n = negative_count[c]
+        if n == 0:
+            continue
+        keep = min(n, banks.capacity(c))
+        ranks = torch.arange(n - keep, n, device=reps.device)
+        banks.enqueue(c, _gather_pixels(teacher_reps, _true_positions(negative_cum[c], ranks)).detach())
+
+    info: dict[str, Any] = {"counts": (valid_count, anchor_count, negative_count), "anchor_indices": {}, "negative_indices": {}}
+    plan, divisor = contrast_plan([v > 0 for v in valid_count], cfg.valid_class_indexing)
+    info["plan"] = plan
+    active = [(a, b) for a, b in plan if anchor_count[a] > 0 and banks.size(b) > 0]
+    info["contrasted"] = active
+    if not active:
+        return reps.new_zeros(()), info
+
+    with torch.no_grad():
+        valid_pixels = low & labels.ge(0)
+        prototypes, _ = class_prototypes(teacher_reps.detach(), labels.clamp_min(0), valid_pixels, num_classes)
+
+    sampler = cfg.sampler_config
+    anchor_cum = anchor_flat.cumsum(1)
+    pixels = height * width
+    positions = []
+    for anchor_class, _ in active:
+        count = anchor_count[anchor_class]
+        spatial = {}
+        if cfg.sampler != "uniform" and cfg.sampler_grouping == "spatial":
+            flat = _true_positions(anchor_cum[anchor_class], torch.arange(count, device=reps.device)) % pixels
+            spatial = {"positions": torch.stack([flat // width, flat % width], 1), "grid_shape": (height, width)}
+        ranks = sampler.sample(count, cfg.num_anchors, device=reps.device, **spatial)
+        flat_positions = _true_positions(anchor_cum[anchor_class], ranks)
+        info["anchor_indices"][anchor_class] = flat_positions
+        positions.append(flat_positions)
+    anchors = _gather_pixels(reps, torch.cat(positions)).view(len(active), cfg.num_anchors, -1)  # one gather
+
+    flat_sampler = SamplerConfig(cfg.sampler, cfg.sampler_groups, "flat", cfg.sampler_allocation)
+    total = reps.new_zeros(())
+    for k, (anchor_class, bank_class) in enumerate(active):
+        fifo = flat_sampler.sample(banks.size(bank_class), cfg.num_anchors * cfg.num_negatives, device=reps.device)
+        fifo = fifo.view(cfg.num_anchors, cfg.num_negatives)
+        info["negative_indices"][bank_class] = fifo
+        negatives = banks.gather(bank_class, fifo).to(reps.dtype)
+        total = total + pixel_info_nce(anchors[k], prototypes[anchor_class], negatives, cfg.temperature)
+    return total / divisor, info
+
+
+# -- L_eqv (spec §3.6) and L_nn (spec §3.5) --------------------------------------------------------------------
+
+def equivariance_loss(student_logits: torch.Tensor, target_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MONA's masked KL between the warped target and the student on the warped input (spec §3.6).
+
+    ``ℓ(p) = Σ_c softmax(Z)_c [log softmax(Z)_c - log_softmax(z^e)_c]``,
+    ``L = mean_b Σ_p m_b(p) ℓ_b(p) / (Σ_p m_b(p) + 1e-7)``.
+
+    Args:
+        student_logits: float (B, C, H, W) ``z^e = f_s(T(x))`` (gradient flows here).
+        target_logits: float (B, C, H, W) ``Z = T(sg(z))`` (detached here).
+        mask: float (B, H, W) ``m = T(1[label > 0] 1[conf >= 0.7])`` (values in [0, 1] after bilinear warping).
+    """
+    target = target_logits.detach()
+    log_target = F.log_softmax(target, dim=1)
+    kl = (log_target.exp() * (log_target - F.log_softmax(student_logits, dim=1))).sum(1)
+    mask = mask.to(kl.dtype)
+    per_image = (mask * kl).flatten(1).sum(1) / (mask.flatten(1).sum(1) + EQV_EPS)
+    return per_image.mean()
+
+
+def nn_loss(student: torch.Tensor, teacher: torch.Tensor, pool: torch.Tensor, topk: int, grad: str = "as_coded_none") -> torch.Tensor:
+    """MONA's nearest-neighbour loss against the pool Π (spec §3.5).
+
+    Args:
+        student: float (B, F) L2-normalised student rows ``u_b``; teacher: float (B, F) ``v_b``; pool: (K, F).
+        topk: number of neighbours (5). grad: ``"as_coded_none"`` | ``"student_pull"``.
+
+    Distances ``d^s = 2 - 2 u Π^T``, ``d^t = 2 - 2 v Π^T``.
+
+    * ``"as_coded_none"`` (as released): ``L = mean_b (1/k) Σ_{k ∈ NN_k(d^s_b)} d^t_{bk}`` — neighbours chosen by
+      the student, distances of the teacher: no gradient (``requires_grad`` is False; it is only logged).
+    * ``"student_pull"`` (the papers' intent): neighbours chosen by ``d^t``,
+      ``L = mean_b (1/k) Σ_k (2 - 2 u_b·Π_k)``: pulls the student towards its teacher's nearest pool entries.
+    """
+    if grad == "as_coded_none":
+        with torch.no_grad():
+            index = (2 - 2 * student @ pool.T).topk(topk, dim=1, largest=False).indices
+            return torch.gather(2 - 2 * teacher @ pool.T, 1, index).mean()
+    if grad == "student_pull":
+        with torch.no_grad():
+            index = (2 - 2 * teacher @ pool.T).topk(topk, dim=1, largest=False).indices
+        neighbours = pool[index]                                              # (B, k, F)
+        return (2 - 2 * torch.einsum("bf,bkf->bk", student, neighbours)).mean()
+    raise ValueError(f"grad must be one of {list(NN_LOSS_GRADS)}, got {grad!r}")
+
+
+def quantise_8bit(x: torch.Tensor) -> torch.Tensor:
+    """The released 8-bit PIL round trip of ``x_l^c`` (truncation to 1/255 steps, spec §3.3 step 2)."""
+    return torch.floor(x.clamp(0.0, 1.0) * 255.0) / 255.0
+
+
+# -- the objective -----------------------------------------------------------------------------------------------
+
+class MonaObjective(Objective):
+    """MONA fine-tuning = ARCO with the uniform sampler (module docstring; spec §3, §4).
+
+    Submodules: ``student``, ``teacher`` (:class:`EMATeacher` of the UNet), ``fe_student`` (FE_s),
+    ``fe_teacher`` (:class:`EMATeacher` of FE_s), ``predictor`` (Pred) — the heads exist only when
+    ``contrast_weight > 0`` or ``nn_weight > 0``; ``banks`` (:class:`ClassMemoryBank`, only with
+    ``contrast_weight > 0``); buffers ``nn_pool`` (K, F) and ``nn_pool_pointer`` (only with ``nn_weight > 0``;
+    with ``nn_pool_resolution="full"`` the pool is allocated at the first step, F = D H W).
+    ``state_dict`` covers all of them. ``eval_model()`` is the student UNet.
+
+    The model must expose ``num_classes`` and ``pyramid_channels`` (as :class:`methods.unet.UNet`) and return
+    ``UNetOutput``-like outputs (``.logits``, ``.pyramid``).
+
+    Logged terms (present only when their weight is > 0): ``sup`` (weighted), ``ce``, ``dice``, ``unsup``,
+    ``contrast`` and ``alpha`` (α_t of this step), ``eqv``, ``nn`` — all unweighted except ``sup``.
+    """
+
+    name = "mona"
+    config_class = MonaConfig
+    requires_unlabelled = True
+    requires_strong_augment = True
+
+    def __init__(self, model: nn.Module, config: MonaConfig | None = None) -> None:
+        super().__init__(model, config)
+        cfg = self.config
+        channels = getattr(model, "pyramid_channels", None)
+        num_classes = getattr(model, "num_classes", None)
+        if channels is None or not isinstance(num_classes, int):
+            raise ValueError(f"{type(self).__name__} needs a model with `pyramid_channels` and `num_classes` (e.g. methods.unet.UNet)")
+        self.num_classes = num_classes
+        self.rep_dim = int(sum(channels))
+        self.teacher = EMATeacher(model, momentum=cfg.ema_momentum, copy_buffers=cfg.teacher_bn_mode == "eval")
+        self.fe_student = self.fe_teacher = self.predictor = self.banks = None
+        if cfg.contrast_weight > 0 or cfg.nn_weight > 0:
+            self.fe_student = MonaFeatureExtractor(tuple(channels))
+            self.predictor = LinearPredictor(self.rep_dim)
+            self.fe_teacher = EMATeacher(self.fe_student, momentum=cfg.fe_ema_momentum)
+        if cfg.contrast_weight > 0:
+            capacities = (cfg.bank_capacity_background,) + (cfg.bank_capacity_foreground,) * (num_classes - 1)
+            self.banks = ClassMemoryBank(num_classes, self.rep_dim, capacities, init=cfg.bank_init)
+        self._pool_pointer = 0
+        if cfg.nn_weight > 0:
+            if cfg.nn_pool_resolution == "full":
+                pool = torch.empty(0, 0)  # allocated at the first step, when H x W is known
+            else:
+                pool = self._random_pool(self.rep_dim * cfg.nn_pool_resolution ** 2, torch.device("cpu"), torch.float32)
+            self.register_buffer("nn_pool", pool)
+            self.register_buffer("nn_pool_pointer", torch.zeros((), dtype=torch.int64))
+        self.tps_config = cfg.tps
+
+    # -- NN pool ---------------------------------------------------------------------------------------------
+
+    def _random_pool(self, features: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """K rows of N(0, 1), each L2-normalised (as released)."""
+        return F.normalize(torch.randn(self.config.nn_pool_capacity, features, device=device, dtype=dtype), dim=1)
+
+    def _pool_rows(self, reps: torch.Tensor) -> torch.Tensor:
+        """(B, D, H, W) -> L2-normalised (B, F) rows (average-pooled to g x g first unless "full")."""
+        g = self.config.nn_pool_resolution
+        if g != "full":
+            reps = F.adaptive_avg_pool2d(reps, g)
+        return F.normalize(reps.flatten(1), dim=1)
+
+    def _ensure_pool(self, features: int, like: torch.Tensor) -> None:
+        if self.nn_pool.numel() == 0:
+            self.nn_pool = self._random_pool(features, like.device, like.dtype)
+        elif self.nn_pool.shape[1] != features:
+            raise ValueError(
+                f"{type(self).__name__}: the NN pool holds {self.nn_pool.shape[1]}-dim rows but this step gives "
+                f"{features} (did the image size change? set nn_pool_resolution to an int)"
+            )
+
+    @torch.no_grad()
+    def _enqueue_pool(self, rows: torch.Tensor) -> None:
+        capacity = self.nn_pool.shape[0]
+        slots = (self._pool_pointer + torch.arange(rows.shape[0], device=rows.device)) % capacity
+        self.nn_pool.index_copy_(0, slots, rows.to(self.nn_pool.dtype))
+        self._pool_pointer = (self._pool_pointer + rows.shape[0]) % capacity
+        self.nn_pool_pointer.fill_(self._pool_pointer)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        key = prefix + "nn_pool"
+        if getattr(self, "nn_pool", None) is not None and key in state_dict and state_dict[key].shape != self.nn_pool.shape:
+            self.nn_pool = torch.empty_like(state_dict[key], device=self.nn_pool.device)  # a lazily allocated pool
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if getattr(self, "nn_pool_pointer", None) is not None and prefix + "nn_pool_pointer" in state_dict:
+            self._pool_pointer = int(state_dict[prefix + "nn_pool_pointer"])
+
+    # -- one step ----------------------------------------------------------------------------------------------
+
+    def _student_reps(self, pyramids: list[list[torch.Tensor]]) -> torch.Tensor:
+        """``Pred(FE_s(.))`` of several pyramids at once (FE and Pred are per-pixel: batching is exact)."""
+        pyramid = [torch.cat(levels, 0) for levels in zip(*pyramids)]
+        return self.predictor(self.fe_student(pyramid))
+
+    @torch.no_grad()
+    def _teacher_reps(self, pyramids: list[list[torch.Tensor]]) -> torch.Tensor:
+        pyramid = [torch.cat(levels, 0) for levels in zip(*pyramids)]
+        return self.fe_teacher.module(pyramid)
+
+    def loss(self, batch: Batch, step: int, max_steps: int) -> LossOutput:
+        self.check_batch(batch)
+        cfg = self.config
+        x_l, y_l, x_u = batch.labelled_image, batch.label, batch.unlabelled_image
+        b_l, b_u = x_l.shape[0], x_u.shape[0]
+        use_contrast, use_unsup = cfg.contrast_weight > 0, cfg.unsup_weight > 0
+        use_eqv, use_nn = cfg.eqv_weight > 0, cfg.nn_weight > 0
+        if use_nn and b_u > cfg.nn_pool_capacity:
+            raise ValueError(f"MonaConfig.nn_pool_capacity={cfg.nn_pool_capacity} must be >= the unlabelled batch ({b_u})")
+
+        out_l = self.student(x_l)
+        z_l = logits_of(out_l)
+        sup, parts = supervised_loss(z_l, y_l, cfg.sup_weight)
+        total = sup
+        terms: dict[str, torch.Tensor] = {"sup": sup, **parts}
+        if not (use_contrast or use_unsup or use_eqv or use_nn):
+            return LossOutput(total, detached(terms))
+
+        # 1-3: pseudo-labels on the weak view, one mix, two perturbations
+        with torch.no_grad():
+            probs_weak = torch.softmax(logits_of(self.teacher.predict(x_u, cfg.teacher_bn_mode)), dim=1)
+            confidence, pseudo = probs_weak.max(dim=1)
+        augment = batch.strong_augment
+        mixed = augment.mix(x_u, pseudo, confidence)
+        x_s1 = augment.perturb(mixed.image)
+        pseudo_mixed, conf_mixed = mixed.pseudo_label, mixed.confidence
+
+        # 4: FE_t EMA at the start of the step
+        if self.fe_teacher is not None:
+            self.fe_teacher.update(self.fe_student)
+
+        # 5: student on the first strong draw
+        out_u = self.student(x_s1)
+        z_u = logits_of(out_u)
+
+        if use_unsup:
+            unsup = pseudo_label_loss(z_u, pseudo_mixed, conf_mixed, cfg.unsup_threshold)
+            total = total + cfg.unsup_weight * unsup
+            terms["unsup"] = unsup
+
+        if use_contrast or use_nn:
+            # 5-6: teacher passes (separate, as released) and representations
+            teacher_l = self.teacher.predict(x_l, cfg.teacher_bn_mode) if use_contrast else None
+            teacher_u = self.teacher.predict(x_s1, cfg.teacher_bn_mode)
+            if use_contrast:
+                reps = self._student_reps([out_l.pyramid, out_u.pyramid])
+                teacher_reps = self._teacher_reps([teacher_l.pyramid, teacher_u.pyramid])
+                reps_u, teacher_reps_u = reps[b_l:], teacher_reps[b_l:]
+            else:
+                grad = torch.enable_grad() if cfg.nn_loss_grad == "student_pull" else torch.no_grad()
+                with grad:
+                    reps_u = self._student_reps([out_u.pyramid])
+                teacher_reps_u = self._teacher_reps([teacher_u.pyramid])
+
+            if use_contrast:
+                alpha = alpha_schedule(step, max_steps, cfg.steps_per_epoch, cfg.alpha0)
+                with torch.no_grad():
+                    entropy_logits = z_u if cfg.entropy_source == "student" else logits_of(teacher_u)
+                    low_u, high_u = entropy_percentile_masks(torch.softmax(entropy_logits.detach(), dim=1), alpha)
+                    ones = torch.ones_like(y_l, dtype=torch.bool)
+                    low, high = torch.cat([ones, low_u]), torch.cat([ones, high_u])
+                    teacher_probs = torch.softmax(torch.cat([logits_of(teacher_l), logits_of(teacher_u)]), dim=1)
+                labels = torch.cat([y_l, pseudo_mixed])
+                contrast, _ = u2pl_contrast_loss(reps, teacher_reps, labels, teacher_probs, low, high, b_l, self.banks, cfg)
+                total = total + cfg.contrast_weight * contrast
+                terms["contrast"] = contrast
+                terms["alpha"] = contrast.new_tensor(alpha)
+
+            if use_nn:
+                student_rows = self._pool_rows(reps_u if cfg.nn_loss_grad == "student_pull" else reps_u.detach())
+                teacher_rows = self._pool_rows(teacher_reps_u)
+                self._ensure_pool(teacher_rows.shape[1], teacher_rows)
+                near = nn_loss(student_rows, teacher_rows, self.nn_pool, cfg.nn_topk, cfg.nn_loss_grad)
+                total = total + cfg.nn_weight * near
+                terms["nn"] = near
+                self._enqueue_pool(teacher_rows)  # 8: after the loss
+
+        if use_eqv:
+            x_s2 = augment.perturb(mixed.image)
+            grid = sample_tps_grid(b_l + b_u, x_l.shape[2], x_l.shape[3], self.tps_config, device=x_l.device)
+            warped_input = apply_warp(torch.cat([quantise_8bit(x_l), x_s2]), grid)
+            z_e = logits_of(self.student(warped_input))
+            target = apply_warp(torch.cat([z_l, z_u]).detach(), grid)
+            with torch.no_grad():
+                labels_all = torch.cat([y_l, pseudo_mixed])
+                conf_all = torch.cat([conf_mixed.new_ones((b_l, *conf_mixed.shape[1:])), conf_mixed])
+                keep = (labels_all > 0) & (conf_all >= cfg.eqv_conf_threshold)
+                mask = apply_warp(keep.to(z_e.dtype).unsqueeze(1), grid)[:, 0]
+            eqv = equivariance_loss(z_e, target, mask)
+            total = total + cfg.eqv_weight * eqv
+            terms["eqv"] = eqv
+
+        return LossOutput(total, detached(terms))
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.teacher.update(self.student)
+
+
+class ArcoObjective(MonaObjective):
+    """ARCO (spec §4): the MONA pipeline with stratified sampling (default ``"stratified"`` = ARCO-SG;
+    ``sampler="stratified_antithetic"`` = ARCO-SAG). Config: :class:`ArcoConfig`."""
+
+    name = "arco"
+    config_class = ArcoConfig
