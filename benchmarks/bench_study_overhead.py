@@ -4,7 +4,8 @@ Runs ``studies/ablation_tailness.py`` (quick profile unless ``--smoke-test``) in
 results folder, then reads every trial's ``result.json`` timing and the study's ``last_run.json``:
 
 * wall time of the command (Python start, Ray start, trials, tables);
-* per trial: set-up (data, model), training steps, validation, checkpoints, test;
+* per trial: set-up (data, model), pretraining stages (run by the first trial that needs a stage, then
+  cached), training steps, validation, checkpoints, test;
 * "trial slots": wall time x concurrent trial slots (CPUs / CPUs per trial); the part of the slots not
   spent inside a trial's own work is Ray's overhead (start-up, actor start, scheduling, idle slots);
 * per-iteration step time (median over trials of train_s / steps).
@@ -43,8 +44,8 @@ def main() -> None:
         results = [json.loads(p.read_text()) for p in study_dir.glob("trials/*/result.json")]
     cpus = os.cpu_count() or 1
     slots = max(1, int(cpus // last["cpus_per_trial"]))
-    keys = ("setup_s", "train_s", "val_s", "checkpoint_s", "test_s", "total_s")
-    sums = {k: sum(r["timing"][k] for r in results) for k in keys}
+    keys = ("setup_s", "pretrain_s", "train_s", "val_s", "checkpoint_s", "test_s", "total_s")
+    sums = {k: sum(r["timing"].get(k, 0.0) for r in results) for k in keys}
     step_ms = statistics.median(1e3 * r["timing"]["train_s"] / r["config"]["optim"]["max_steps"] for r in results)
     slot_s = wall * slots
     print(f"study: {len(results)} trials, {slots} concurrent slots ({cpus} CPUs, {last['cpus_per_trial']} per trial), wall {wall:.1f} s")

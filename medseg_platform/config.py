@@ -12,6 +12,7 @@ per step, SGD lr 0.01 momentum 0.9 weight decay 1e-4 Nesterov, poly(0.9) schedul
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ class EvalConfig:
     val_every: int = 1000
     val_cases: int = 0  # 0 = all val cases
     empty_policy: str = "nan"  # "nan" or "released" (methods-spec §1.10)
+    resize: str = "zoom"  # slice resize at test time: "zoom" = scipy order-0 as released for all methods (§1.10)
     log_every: int = 50
 
 
@@ -105,6 +107,7 @@ class TrialConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pretrain: tuple[StageConfig, ...] = ()
+    workers: int = 1  # data-parallel processes (Ray Train); each draws its own batch: effective batch = workers x batch
     seed: int = 1337
     threads: int = 1  # torch threads per trial (Ray sets OMP_NUM_THREADS; we set torch explicitly)
 
@@ -118,8 +121,11 @@ class TrialConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrialConfig":
         """Build from a nested dict; dotted keys (``"optim.lr"``) override nested ones. Unknown keys are errors."""
+        values = copy.deepcopy(dict(values))  # never alias (and later mutate) the caller's dicts
         nested: dict[str, Any] = {}
         for key, value in values.items():
+            if key.startswith("pretrain."):
+                raise ConfigError(f"{key}: pretraining stages cannot be set with dotted keys; pass the whole 'pretrain' list")
             parts = key.split(".")
             if parts[0] == "objective_params" and len(parts) == 2:
                 nested.setdefault("objective_params", {})[parts[1]] = value
@@ -179,6 +185,12 @@ class TrialConfig:
             raise ConfigError("eval.val_every and eval.log_every must be >= 1, eval.val_cases >= 0")
         if e.empty_policy not in ("nan", "released"):
             raise ConfigError(f"eval.empty_policy {e.empty_policy!r}: choose 'nan' or 'released'")
+        if e.resize not in ("zoom", "nearest-exact", "nearest"):
+            raise ConfigError(f"eval.resize {e.resize!r}: choose 'zoom' (as released), 'nearest-exact' or 'nearest'")
+        if self.workers < 1:
+            raise ConfigError(f"workers {self.workers}: must be >= 1")
+        if OBJECTIVES[self.objective].requires_unlabelled and d.unlabelled_batch < 1:
+            raise ConfigError(f"data.unlabelled_batch {d.unlabelled_batch}: objective {self.objective!r} needs unlabelled images (use >= 1)")
         if self.seed < 0 or self.threads < 1:
             raise ConfigError("seed must be >= 0 and threads >= 1")
         for i, stage in enumerate(self.pretrain):
@@ -193,6 +205,14 @@ class TrialConfig:
                 raise ConfigError(f"{where}: max_steps, labelled_batch and checkpoint_every must be >= 1, unlabelled_batch >= 0")
             if not stage.lr > 0 or stage.weight_decay < 0 or not 0 <= stage.momentum < 1 or stage.poly_power < 0:
                 raise ConfigError(f"{where}: lr must be > 0, weight_decay >= 0, momentum in [0, 1), poly_power >= 0")
+            if OBJECTIVES[stage.objective].requires_unlabelled and stage.unlabelled_batch < 1:
+                raise ConfigError(f"{where}.unlabelled_batch: objective {stage.objective!r} needs unlabelled images (use >= 1)")
+            params = objective_config(stage.objective, dict(stage.objective_params))
+            if hasattr(params, "image_size") and params.image_size != d.patch_size[0]:
+                raise ConfigError(f"{where}.objective_params.image_size {params.image_size}: must equal the patch side {d.patch_size[0]}")
+            if hasattr(params, "queue_size") and params.queue_size % (stage.labelled_batch + stage.unlabelled_batch):
+                raise ConfigError(f"{where}.objective_params.queue_size {params.queue_size}: must be a multiple of the stage batch "
+                                  f"({stage.labelled_batch} + {stage.unlabelled_batch})")
         if check_data:
             self._validate_data()
 
@@ -231,8 +251,22 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
                                 for i, stage in enumerate(value))
         elif dataclasses.is_dataclass(default) and isinstance(value, Mapping):
             kwargs[key] = _build(type(default), value, f"{where}.{key}")
-        elif isinstance(default, tuple) and isinstance(value, (list, tuple)):
+        elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{where}.{key}: expected a list like {list(default)}, got {value!r}")
             kwargs[key] = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
+            kwargs[key] = value
+        elif isinstance(default, int) and f.type in ("int", int):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+                raise ConfigError(f"{where}.{key}: expected a whole number, got {value!r}")
+            kwargs[key] = int(value)
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
+            kwargs[key] = float(value)
         else:
             kwargs[key] = value
     return cls(**kwargs)

@@ -23,19 +23,22 @@ TUNE_FUNCTION_CPU = 0.01
 
 
 def run_distributed_trial(config: dict, tags: dict, trial_dir: Path, storage: Path, num_workers: int,
-                          cpus_per_worker: float, use_gpu: bool) -> None:
+                          cpus_per_worker: float, gpus_per_worker: float) -> None:
     """Run one trial on ``num_workers`` Ray Train workers and wait for it (call from a Tune trial)."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"config": config, "tags": tags, "trial_dir": str(trial_dir)},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker - TUNE_FUNCTION_CPU / num_workers}),
-        # a unique name: re-using one silently resumes the old Train run (ray-stack.md)
-        run_config=RunConfig(name=f"{Path(trial_dir).name}-{uuid.uuid4().hex[:8]}", storage_path=str(storage), callbacks=[TuneReportCallback()]),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpus_per_worker > 0,
+                                     resources_per_worker={"CPU": cpus_per_worker - TUNE_FUNCTION_CPU / num_workers,
+                                                           **({"GPU": gpus_per_worker} if gpus_per_worker > 0 else {})}),
+        # a unique name: re-using one silently resumes the old Train run (ray-stack.md). Only the latest
+        # checkpoint is kept: the engine resumes from the trial folder, Ray's copy is for the dashboard/Tune.
+        run_config=RunConfig(name=f"{Path(trial_dir).name}-{uuid.uuid4().hex[:8]}", storage_path=str(storage),
+                             callbacks=[TuneReportCallback()], checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     trainer.fit()
 

@@ -111,7 +111,14 @@ class NonFiniteMonitor:
             flag = fresh & ~torch.isfinite(value)
             self.bad_terms[name] = self.bad_terms.get(name, torch.zeros((), dtype=torch.bool, device=flag.device)) | flag
 
-    def raise_if_bad(self) -> None:
+    def raise_if_bad(self, distributed: bool = False) -> None:
+        if distributed:  # a NaN on one rank must stop every rank, or the others would wait in a collective
+            import torch.distributed as dist
+
+            first_bad = self.first_bad.clone()
+            first_bad[first_bad < 0] = torch.iinfo(torch.long).max
+            dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
+            self.first_bad = torch.where(first_bad == torch.iinfo(torch.long).max, torch.full_like(first_bad, -1), first_bad)
         step = int(self.first_bad)  # one sync, at log/validation intervals only
         if step >= 0:
             names = [name for name, flag in self.bad_terms.items() if bool(flag)] or ["total"]
@@ -156,13 +163,19 @@ def average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None
     import torch.distributed as dist
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=grads[0].device)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [has_grad])
     dist.all_reduce(flat)
-    flat /= world_size
+    anyone = flat[-len(params):] > 0
+    flat = flat[: -len(params)] / world_size
     offset = 0
-    for p, g in zip(params, grads):
+    for i, (p, g) in enumerate(zip(params, grads)):
         n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone() if p.grad is None else p.grad.copy_(flat[offset:offset + n].view_as(p))
+        if p.grad is None:  # as in single-process training, a parameter no rank touched keeps no gradient
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            p.grad = p.grad if bool(anyone[i]) else None
+        else:
+            p.grad.copy_(flat[offset:offset + n].view_as(p))
         offset += n
 
 
@@ -220,10 +233,9 @@ def _make_optimizer(cfg: TrialConfig, params) -> torch.optim.Optimizer:
 
 def evaluate_volumes(model: torch.nn.Module, volumes: list[Volume], cfg: TrialConfig, device: torch.device) -> list[dict]:
     """Per-case, per-class metric rows of ``model`` on ``volumes`` (methods-spec §1.10, slice-wise at the patch size)."""
-    resize = "zoom" if cfg.data.image_resize == "nearest" else "nearest-exact"
     rows = []
     for vol in volumes:
-        pred = predict_volume(model, vol.image, cfg.data.patch_size, device=device, resize=resize)
+        pred = predict_volume(model, vol.image, cfg.data.patch_size, device=device, resize=cfg.eval.resize)
         for row in evaluate_case(pred, vol.label, cfg.data.num_classes, vol.spacing, empty_policy=cfg.eval.empty_policy):
             rows.append({"case": vol.case, **row})
     return rows
@@ -330,7 +342,7 @@ class TrainLoop:
 
     def curve_row(self, step: int) -> dict:
         """Mean loss terms since the last row (one host sync) and throughput; raises on a non-finite loss."""
-        self.monitor.raise_if_bad()
+        self.monitor.raise_if_bad(distributed=self.dist is not None)
         elapsed = time.perf_counter() - self.interval_start
         row = {"step": step, "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": self.interval_steps / max(elapsed, 1e-9)}
         row.update({name: float(total) / max(self.interval_steps, 1) for name, total in self.term_sums.items()})
@@ -342,13 +354,13 @@ def _build_model(cfg: TrialConfig, device: torch.device) -> torch.nn.Module:
     return build_model(cfg.model.name, num_classes=cfg.data.num_classes, channels=tuple(cfg.model.channels)).to(device)
 
 
-def _agree(flag: bool, dist: DistContext | None) -> bool:
-    """Rank 0's ``flag`` on every rank."""
+def _agree(flag: bool, dist: DistContext | None, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank (the tensor lives on the training device: NCCL has no CPU backend)."""
     if dist is None:
         return flag
     import torch.distributed as tdist
 
-    value = torch.tensor([1 if flag else 0])
+    value = torch.tensor([1 if flag else 0], device=device)
     tdist.broadcast(value, src=0)
     return bool(value.item())
 
@@ -359,7 +371,8 @@ def stage_key(cfg: TrialConfig, index: int, subset: LabelledSubset) -> str:
     for fine_tune_only in ("labelled_batch", "unlabelled_batch", "strong_mix"):
         data.pop(fine_tune_only)
     payload = {"version": STAGE_CACHE_VERSION, "stages": cfg.to_dict()["pretrain"][: index + 1], "model": dataclasses.asdict(cfg.model),
-               "data": data, "labelled_patients": list(subset.patients), "labelled_slices": len(subset.labelled_slices), "seed": cfg.seed}
+               "data": data, "labelled_patients": list(subset.patients), "labelled_slices": len(subset.labelled_slices), "seed": cfg.seed,
+               "workers": cfg.workers}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"stage{index}-{cfg.pretrain[index].objective}-{digest}"
 
@@ -392,8 +405,8 @@ def run_pretraining(cfg: TrialConfig, data: TrainingData, cache_dir: Path, devic
     for index, stage in enumerate(cfg.pretrain):
         folder = Path(cache_dir) / stage_key(cfg, index, data.subset)
         final_path = folder / "final.pt"
-        with _exclusive(folder / ".lock", enabled=dist is None):
-            if _agree(final_path.is_file(), dist):
+        with _exclusive(folder / ".lock", enabled=dist is None or dist.is_main):  # other ranks wait in _agree
+            if _agree(final_path.is_file(), dist, device):
                 log(f"pretraining stage {index} ({stage.objective}): cached at {folder}")
                 previous = _load_checkpoint(final_path)
                 continue
@@ -422,7 +435,7 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
                      stage.unlabelled_batch, stage.lr, stage.poly_power, f"pretrain[{index}]")
     ckpt_path = folder / CHECKPOINT_FILE
     start, curves = 0, []
-    if _agree(ckpt_path.is_file(), dist):
+    if _agree(ckpt_path.is_file(), dist, device):
         state = _load_checkpoint(ckpt_path)
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
@@ -465,6 +478,8 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     :class:`DistContext`); only rank 0's outcome carries validation and test results.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if (dist.world_size if dist else 1) != cfg.workers:
+        raise MedsegError(f"workers {cfg.workers}: the trial runs on {dist.world_size if dist else 1} process(es); set workers to match")
     t_start = time.perf_counter()
     timing = {"setup_s": 0.0, "pretrain_s": 0.0, "train_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0, "test_s": 0.0}
     torch.set_num_threads(cfg.threads)
@@ -480,7 +495,7 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     val_volumes = [layout.read_volume(c) for c in val_cases] if main else []
     timing["setup_s"] = time.perf_counter() - t_start
 
-    resuming = _agree(ckpt_path.is_file(), dist)
+    resuming = _agree(ckpt_path.is_file(), dist, device)
     pretrained = None
     if cfg.pretrain and not resuming:  # a resumed fine-tune has the pretrained weights in its checkpoint already
         t0 = time.perf_counter()
@@ -535,7 +550,8 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
         val_dice = mean_dice(evaluate_volumes(objective.eval_model(), val_volumes, cfg, device))
         timing["val_s"] += time.perf_counter() - t0
         val_curve.append({"step": step + 1, "val_dice": val_dice})
-        if val_dice > best["val_dice"] or best["state"] is None:
+        improved = math.isfinite(val_dice) and (not math.isfinite(best["val_dice"]) or val_dice > best["val_dice"])
+        if improved or best["state"] is None:  # a NaN Dice (nothing defined) never wins against a number
             best = {"step": step + 1, "val_dice": val_dice, "state": copy.deepcopy(objective.eval_model().state_dict())}
         t0 = time.perf_counter()
         _save_checkpoint(ckpt_path, {

@@ -3,7 +3,9 @@
 Profiles differ only in numbers, never in code paths:
 
 * ``smoke``  -- the ``--smoke-test`` flag: tiny phantom, 32x32 patches, a few steps; proves the path works.
-* ``quick``  -- a laptop CPU: the embedded phantom at 64x64 patches, a half-width UNet, a few hundred steps.
+* ``quick``  -- a laptop CPU: the embedded phantom at 48x48 patches, a quarter-width UNet, 400 fine-tuning
+  and 100 pretraining steps, one seed (the contrastive methods cost 15-30x a supervised step, all of
+  it in full-resolution representation heads and the ISD relational logits: ``benchmarks/bench_methods.py``).
 * ``paper``  -- a GPU cluster: ACDC (``--data-root``) at 256x256, the released UNet and 30 000 steps
   (methods-spec §1.2, §1.9), 3 seeds.
 
@@ -63,10 +65,10 @@ PROFILES = {
                      labelled=("1",), seeds=(1,), phantom={"patients": 6, "size": 40, "seed": 0},
                      methods=MethodSizes(pretrain_steps=3, anchors=16, negatives=32, bank_background=512, bank_foreground=256,
                                          nn_pool_resolution=8, isd_latent=32, action_repr=32)),
-    "quick": Profile("quick", _cfg(64, (8, 16, 32, 64, 128), steps=1000, val_every=250, log_every=50),
-                     labelled=("1", "3"), seeds=(1, 2), phantom={"patients": 20, "size": 96, "seed": 0},
-                     methods=MethodSizes(pretrain_steps=300, anchors=64, negatives=128, bank_background=5000, bank_foreground=3000,
-                                         nn_pool_resolution=16, isd_latent=128, action_repr=128)),
+    "quick": Profile("quick", _cfg(48, (4, 8, 16, 32, 64), steps=400, val_every=100, log_every=50),
+                     labelled=("1", "3"), seeds=(1,), phantom={"patients": 20, "size": 96, "seed": 0},
+                     methods=MethodSizes(pretrain_steps=100, anchors=64, negatives=128, bank_background=5000, bank_foreground=3000,
+                                         nn_pool_resolution=12, isd_latent=128, action_repr=64)),
     "paper": Profile("paper", _cfg(256, (16, 32, 64, 128, 256), steps=30000, val_every=1000, log_every=100, threads=4),
                      labelled=("1", "3", "7"), seeds=(1337, 1338, 1339), phantom=None, cpus_per_trial=4.0,
                      methods=MethodSizes(pretrain_steps=30000, anchors=256, negatives=512, bank_background=50000,
@@ -183,7 +185,7 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
         study.dashboard = not args.no_dashboard
         study.num_workers = args.num_workers
         run = study.run()
-        from analysis.tables import print_summary, write_tables
+        from analysis.tables import duplicate_seeds, print_summary, write_tables
         from medseg_platform.results import scan_study
 
         records, problems = scan_study(run.study_dir)
@@ -191,10 +193,12 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
         records = [r for r in records if r.path.name in wanted or study.search_space is not None]
         missing = sorted(wanted - {r.path.name for r in records}) if study.search_space is None else []
         problems += [f"trial {key} has no result (errored or interrupted; rerun the same command to resume)" for key in missing]
+        if study.search_space is None:  # a search's samples share row and seed on purpose
+            problems += duplicate_seeds(records)
         paths = write_tables(records, run.study_dir) if records else []
         print_summary(paths, problems)
         print(f"wall time {run.timing['total_s']:.1f} s; results in {run.study_dir}")
-        return 0 if not missing else 1
+        return 0 if records and not missing else 1
     except MedsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

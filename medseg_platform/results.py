@@ -35,9 +35,13 @@ REQUIRED_KEYS = ("schema", "status", "trial_key", "config", "seed", "labelled", 
 PER_CASE_FIELDS = ("case", "class", "dice", "jaccard", "hd95", "asd")
 
 
-def trial_key(config: Mapping[str, Any], tags: Mapping[str, Any] | None = None) -> str:
-    """A readable, unique folder name for a resolved config: ``<objective>-l<labelled>-s<seed>-<hash10>``."""
-    canonical = json.dumps({"config": config, "tags": dict(tags or {})}, sort_keys=True, default=str)
+def trial_key(config: Mapping[str, Any]) -> str:
+    """A readable, unique folder name for a resolved config: ``<objective>-l<labelled>-s<seed>-<hash10>``.
+
+    Only the config counts (not the study's display tags): renaming or reordering table rows never
+    makes a finished trial look new.
+    """
+    canonical = json.dumps({"config": config}, sort_keys=True, default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
     labelled = str(config.get("data", {}).get("labelled", "")).replace("%", "pct")
     return f"{config.get('objective', 'trial')}-l{labelled}-s{config.get('seed', 0)}-{digest}"

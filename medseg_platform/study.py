@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -70,22 +71,32 @@ class Study:
     # -- expansion and validation (no Ray) ------------------------------------------------------
     def trial_params(self) -> list[dict]:
         """Every grid trial as ``{"config": dict, "tags": dict, "key": str}``, validated."""
-        if not self.name or any(c in self.name for c in "/\\ "):
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name or ""):
             raise ConfigError(f"study name {self.name!r}: use letters, digits, '-' and '_' only")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
         if self.num_workers < 1 or self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
             raise ConfigError("num_workers must be >= 1, cpus_per_trial > 0 and gpus_per_trial >= 0")
+        if self.asha and self.search_space is None:
+            raise ConfigError("asha: early stopping prunes trials for good; use it with a search space, not a grid")
+        if self.search_space is not None and (len(self.variants) != 1 or len(self.seeds) != 1 or any(len(v) != 1 for v in self.grid.values())):
+            raise ConfigError("an Optuna search runs over one variant and one seed; move other axes into the search space")
         axes = list(self.grid.items())
         trials, seen = [], set()
         for variant in self.variants:
             for values in itertools.product(*(v for _, v in axes)) if axes else [()]:
                 for seed in self.seeds:
-                    overrides = {**variant.overrides, **dict(zip((k for k, _ in axes), values)), "seed": int(seed)}
+                    grid_values = dict(zip((k for k, _ in axes), values))
+                    overrides = {**variant.overrides, **grid_values, "seed": int(seed), "workers": self.num_workers}
                     cfg = self.base.replace(**overrides)
                     tags = dict(variant.tags)
+                    # grid axes other than the label fraction (the tables' columns) are part of the row label,
+                    # so different settings are never averaged into one cell
+                    extra = [f"{k}={v}" for k, v in grid_values.items() if k != "data.labelled"]
+                    if extra:
+                        tags["row"] = f"{tags.get('row', cfg.objective)} ({', '.join(extra)})"
                     config = cfg.to_dict()
-                    key = trial_key(config, tags)
+                    key = trial_key(config)
                     if key in seen:
                         raise ConfigError(f"study {self.name}: two trials resolve to the same config ({key}); remove the duplicate variant")
                     seen.add(key)
@@ -96,11 +107,17 @@ class Study:
             data_key = json.dumps([trial["config"]["data"], cfg.seed if cfg.data.labelled_strategy == "random" else 0], sort_keys=True)
             cfg.validate(check_data=data_key not in checked)
             checked.add(data_key)
+        if self.search_space is not None:  # one sample of every domain must give a valid config, before Ray starts
+            sample = {key: domain.sample() if hasattr(domain, "sample") else domain for key, domain in self.search_space.items()}
+            TrialConfig.from_dict({**trials[0]["config"], **sample}).validate(check_data=False)
         return trials
 
     def spec_hash(self, trials: list[dict]) -> str:
-        spec = {"trials": [t["key"] for t in trials], "search": sorted((self.search_space or {}).keys()), "n": self.num_samples,
-                "metric": self.metric, "mode": self.mode, "asha": self.asha}
+        """Names the Tune experiment: everything that changes what Tune would run or how."""
+        search = {key: _describe_domain(domain) for key, domain in (self.search_space or {}).items()}
+        spec = {"trials": [t["key"] for t in trials], "search": search, "n": self.num_samples, "metric": self.metric,
+                "mode": self.mode, "asha": self.asha, "workers": self.num_workers, "cpus": self.cpus_per_trial,
+                "gpus": self.gpus_per_trial}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
 
     @property
@@ -122,14 +139,21 @@ class Study:
         _log(f"study {self.name}: {len(trials)} trial(s), {len(trials) - len(pending)} already finished -> {study_dir}")
         timing = {"validate_s": time.perf_counter() - start}
         if pending or self.search_space is not None:
-            self._run_tune(trials, study_dir, timing)
+            restored = self._run_tune(trials, study_dir, timing, self.spec_hash(trials))
+            # A restored experiment re-runs only what Tune itself left unfinished or errored. Trials it
+            # marked finished that have no valid result (folder deleted, result schema changed) run again here.
+            left = [t for t in pending if not _finished(study_dir / "trials" / t["key"]) and not (study_dir / "trials" / t["key"] / "error.json").is_file()]
+            if restored and left and self.search_space is None:
+                _log(f"{len(left)} trial(s) that the restored experiment considers done have no result: running them again")
+                self._run_tune(left, study_dir, timing, "rerun-" + hashlib.sha256("".join(t["key"] for t in left).encode()).hexdigest()[:8])
         timing["total_s"] = time.perf_counter() - start
         write_json_atomic(study_dir / "last_run.json", {"timing": timing, "pending_at_start": len(pending), "trials": len(trials),
                                                         "concurrency_cpus": self.num_cpus, "cpus_per_trial": self.cpus_per_trial,
                                                         "num_workers": self.num_workers})
         return StudyRun(self, study_dir, [t["key"] for t in trials], timing)
 
-    def _run_tune(self, trials: list[dict], study_dir: Path, timing: dict) -> None:
+    def _run_tune(self, trials: list[dict], study_dir: Path, timing: dict, suffix: str) -> bool:
+        """Run the trials as Tune experiment ``<name>-<suffix>``, restoring it if it exists; True if restored."""
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         # one checkpoint per validation is intended; Tune's "snapshotting triggered often" warning is noise here
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -148,13 +172,14 @@ class Study:
             distributed = self.num_workers > 1
             trainable = tune.with_resources(
                 tune.with_parameters(run_trial_in_tune, study_dir=str(study_dir), num_workers=self.num_workers,
-                                     cpus_per_worker=self.cpus_per_trial, use_gpu=self.gpus_per_trial > 0),
+                                     cpus_per_worker=self.cpus_per_trial, gpus_per_worker=self.gpus_per_trial),
                 {"cpu": TUNE_FUNCTION_CPU} if distributed else {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial},
             )
-            name = f"{self.name}-{self.spec_hash(trials)}"
+            name = f"{self.name}-{suffix}"
             storage = study_dir / "ray"
             exp_path = storage / name
-            if tune.Tuner.can_restore(str(exp_path)):
+            restored = tune.Tuner.can_restore(str(exp_path))
+            if restored:
                 _log(f"restoring Tune experiment {exp_path}")
                 tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
             else:
@@ -164,18 +189,17 @@ class Study:
                                                              checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                                              failure_config=tune.FailureConfig(max_failures=0)))
             tuner.fit()
-            timing["tune_s"] = time.perf_counter() - t0
+            timing["tune_s"] = timing.get("tune_s", 0.0) + time.perf_counter() - t0
         finally:
             if started_here:
                 ray.shutdown()
+        return restored
 
     def _param_space(self, trials: list[dict]) -> dict:
         from ray import tune
 
         if self.search_space is None:
             return {"trial": tune.grid_search(trials)}
-        if len(trials) != 1:
-            raise ConfigError("an Optuna search runs over one variant and one seed; move other axes into the search space")
         return {"trial": trials[0], "search": dict(self.search_space)}
 
     def _tune_config(self):
@@ -191,6 +215,8 @@ class Study:
 
             # time = reports: one per validation, then the final one after the result files are written.
             # ASHA ends a trial that reaches max_t, so max_t must count that final report too.
+            if {"optim.max_steps", "eval.val_every"} & set(self.search_space or {}):
+                raise ConfigError("asha: do not search optim.max_steps or eval.val_every (they set ASHA's time budget)")
             validations = -(-self.base.optim.max_steps // self.base.eval.val_every)
             scheduler = ASHAScheduler(metric=self.metric, mode=self.mode, time_attr="training_iteration",
                                       max_t=validations + 1, grace_period=1)
@@ -205,6 +231,17 @@ class StudyRun:
     study_dir: Path
     trial_keys: list[str]
     timing: dict
+
+
+def _describe_domain(domain: Any) -> str:
+    """A stable text for a Tune search domain (type, bounds, sampler), for the experiment's name."""
+    if not hasattr(domain, "sample"):
+        return repr(domain)
+    parts = [type(domain).__name__] + [f"{k}={getattr(domain, k)!r}" for k in ("lower", "upper", "categories") if hasattr(domain, k)]
+    sampler = getattr(domain, "sampler", None)
+    if sampler is not None:
+        parts.append(type(sampler).__name__ + repr(sorted(vars(sampler).items(), key=str)))
+    return " ".join(parts)
 
 
 def pretrain_cache_dir(study_dir: str | Path) -> Path:
@@ -251,7 +288,7 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> bool
     return True
 
 
-def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_per_worker: float = 1.0, use_gpu: bool = False) -> None:
+def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0) -> None:
     """The Tune function trainable: one trial, in-process (see the module docstring)."""
     from ray import tune
 
@@ -261,9 +298,14 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
     if search:  # an Optuna sample: apply the sampled values, key the trial by the resulting config
         config = TrialConfig.from_dict({**config, **search}).to_dict()
     tags = {**trial["tags"], **({"search": search} if search else {})}
-    key = trial_key(config, tags)
+    key = trial_key(config) if search else trial["key"]
     trial_dir = Path(study_dir) / "trials" / key
-    cfg = TrialConfig.from_dict(config)
+    try:
+        cfg = TrialConfig.from_dict(config)
+        cfg.validate(check_data=False)
+    except MedsegError as exc:
+        write_trial_error(trial_dir, config=config, tags=tags, seed=int(config.get("seed", 0)), error=str(exc))
+        raise
 
     try:
         existing = read_trial(trial_dir)
@@ -286,18 +328,20 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
     from medseg_platform.engine import train_trial
 
     write_json_atomic(trial_dir / "config.json", {"config": config, "tags": tags})
+    (trial_dir / "error.json").unlink(missing_ok=True)  # a retry of an errored trial starts clean
     try:
         if num_workers > 1:
             from medseg_platform.distributed import run_distributed_trial
 
-            run_distributed_trial(config, tags, trial_dir, Path(study_dir) / "ray-train", num_workers, cpus_per_worker, use_gpu)
+            run_distributed_trial(config, tags, trial_dir, Path(study_dir) / "ray-train", num_workers, cpus_per_worker, gpus_per_worker)
             record = read_trial(trial_dir).result
         else:
             outcome = train_trial(cfg, trial_dir, report=report, log=lambda msg: print(f"[{key}] {msg}", flush=True),
                                   pretrain_cache=pretrain_cache_dir(study_dir))
             record = write_trial_results(trial_dir, config=config, tags=tags, outcome=outcome, seed=cfg.seed)
-    except MedsegError as exc:
-        write_trial_error(trial_dir, config=config, tags=tags, seed=cfg.seed, error=str(exc))
+    except Exception as exc:  # the reason goes into the trial's files (Ray wraps workers' errors), then Tune marks it errored
+        message = str(exc) if isinstance(exc, MedsegError) else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        write_trial_error(trial_dir, config=config, tags=tags, seed=cfg.seed, error=message)
         raise
     tune.report({"step": cfg.optim.max_steps, METRIC: record["best_val_dice"], "best_val_dice": record["best_val_dice"],
                  "test_dice": record["test"]["mean"]["dice"], "done": True})

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,12 +44,29 @@ def test_study_runs_every_trial_once_and_rerun_skips_ray(tiny_root, tmp_path, ra
     assert "tune_s" not in again.timing  # every trial finished: Ray is not even started
     assert {k: (run.study_dir / "trials" / k / "result.json").stat().st_mtime_ns for k in before} == before
 
+    # a result deleted by hand: the restored experiment thinks the trial is done, the study runs it again
+    removed = sorted(before)[0]
+    shutil.rmtree(run.study_dir / "trials" / removed)
+    third = study.run()
+    assert (third.study_dir / "trials" / removed / "result.json").is_file()
+    unchanged = {k: v for k, v in before.items() if k != removed}
+    assert {k: (run.study_dir / "trials" / k / "result.json").stat().st_mtime_ns for k in unchanged} == unchanged
+
 
 def test_invalid_study_fails_before_ray(tiny_root, tmp_path):
     study = tiny_study(tiny_root, tmp_path / "results")
     study.variants = [Variant({"row": "x"}, {"objective": "nope"})]
     with pytest.raises(ConfigError, match="unknown; known objectives"):
         study.run()
+    for bad, message in ((dict(name=".."), "letters, digits"), (dict(asha=True), "with a search space"),
+                         (dict(search_space={"optim.lrr": 0.1}), r"unknown key\(s\) \['lrr'\]")):
+        broken = tiny_study(tiny_root, tmp_path / "results")
+        broken.variants = broken.variants[:1]
+        broken.grid = {}
+        for field, value in bad.items():
+            setattr(broken, field, value)
+        with pytest.raises(ConfigError, match=message):
+            broken.run()
     assert not (tmp_path / "results").exists()  # nothing written, no Ray started
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke-test", "--data-root", str(tmp_path / "missing"),

@@ -61,7 +61,7 @@ def write_trial(study: Path, row: str, method: int, column: str, seed: int, orde
     config = {"objective": "mona" if method else "mean_teacher", "data": {"labelled": str(FRACTIONS[column])},
               "seed": seed, "optim": {"max_steps": max_steps}}
     tags = {"row": row} if order is None else {"row": row, "order": order}
-    trial_dir = study / "trials" / trial_key(config, tags)
+    trial_dir = study / "trials" / trial_key({**config, "row": row})  # distinct rows may share a fake config
     outcome = FakeOutcome(FakeLabelled(FRACTIONS[column]), case_rows(method, int(column == MANY), seed))
     write_trial_results(trial_dir, config=config, tags=tags, outcome=outcome, seed=seed)
     return trial_dir
