@@ -1,6 +1,12 @@
 """medseg-platform: sweeps and ablations of semi-supervised contrastive medical image segmentation.
 
-Sub-packages:
+Modules (the flow of a study runs top to bottom):
+    medseg_platform.profiles    study command line and the smoke/quick/paper profiles (sizes only)
+    medseg_platform.study       a Study -> Ray Tune experiment (grid/Optuna/ASHA, restore, local or cluster)
+    medseg_platform.distributed multi-worker trials through Ray Train
+    medseg_platform.engine      one trial: pretraining stages (cached), fine-tuning, validation, test
+    medseg_platform.results     the per-trial result files (the source of truth for tables)
+    medseg_platform.config      typed, validated trial configuration
     medseg_platform.data        the ACDC/SSL4MIS layout reader, converters, phantom data, splits, augmentations
     medseg_platform.evaluation  per-case, per-class Dice/Jaccard/HD95/ASD and volume prediction
     medseg_platform.cli         the ``medseg`` console command
