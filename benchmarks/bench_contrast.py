@@ -178,7 +178,7 @@ def main() -> None:
     value_diff = (ours_loss - loop_loss).abs().item()
     grad_diff = max((a - b).abs().max().item() for a, b in zip(ours_grad, loop_grad))
 
-    print(f"\n| variant | forward, s | forward+backward, s | peak extra memory, MiB |")
+    print("\n| variant | forward, s | forward+backward, s | peak extra memory, MiB |")
     print("| --- | --- | --- | --- |")
     for name, t_fwd, t_fb, mem in rows:
         mem_text = "n/a" if mem is None else f"{mem:.0f}"

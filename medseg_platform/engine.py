@@ -258,6 +258,30 @@ def _set_cuda_rng_states(states: list[torch.Tensor] | None) -> None:
         torch.cuda.set_rng_state_all(states)
 
 
+def _data_generator(seed: int, dist: DistContext | None) -> torch.Generator:
+    """The CPU generator of batches and augmentations: one stream per rank."""
+    return torch.Generator().manual_seed(seed + (1_000_003 * dist.rank if dist else 0))
+
+
+def _training_state(step: int, objective, optimizer, generator: torch.Generator, **extra) -> dict:
+    """Everything a resumed run needs to continue exactly (objective, optimiser, every RNG) plus ``extra``."""
+    return {"step": step, "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(), "cuda_rng": _cuda_rng_states(), "data_rng": generator.get_state(), **extra}
+
+
+def _restore_training_state(state: dict, objective, optimizer, generator: torch.Generator, seed: int,
+                            dist: DistContext | None) -> int:
+    """Load a :func:`_training_state` (``seed``: the generator's seed before the rank offset); returns its step."""
+    objective.load_state_dict(state["objective"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    _set_cuda_rng_states(state.get("cuda_rng"))
+    generator.set_state(state["data_rng"])
+    if dist is not None and not dist.is_main:  # the checkpoint holds rank 0's data RNG: give this rank its own stream
+        generator.manual_seed(seed + 1_000_003 * dist.rank + int(state["step"]))
+    return int(state["step"])
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -430,21 +454,16 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
     params = list(objective.trainable_parameters())
     optimizer = torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay,
                                 nesterov=stage.nesterov and stage.momentum > 0)
-    generator = torch.Generator().manual_seed(cfg.seed + 7919 * (index + 1) + (1_000_003 * dist.rank if dist else 0))
+    stage_seed = cfg.seed + 7919 * (index + 1)
+    generator = _data_generator(stage_seed, dist)
     loop = TrainLoop(cfg, objective, optimizer, data, generator, device, dist, stage.max_steps, stage.labelled_batch,
                      stage.unlabelled_batch, stage.lr, stage.poly_power, f"pretrain[{index}]")
     ckpt_path = folder / CHECKPOINT_FILE
     start, curves = 0, []
     if _agree(ckpt_path.is_file(), dist, device):
         state = _load_checkpoint(ckpt_path)
-        objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        _set_cuda_rng_states(state.get("cuda_rng"))
-        generator.set_state(state["data_rng"])
-        if dist is not None and not dist.is_main:
-            generator.manual_seed(cfg.seed + 1_000_003 * dist.rank + int(state["step"]))
-        start, curves = int(state["step"]), list(state["curves"])
+        start = _restore_training_state(state, objective, optimizer, generator, stage_seed, dist)
+        curves = list(state["curves"])
         log(f"pretraining stage {index}: resumed at step {start}")
     if dist is not None:
         broadcast_state(objective)
@@ -455,9 +474,7 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
         if (step + 1) % cfg.eval.log_every == 0 or done or (step + 1) % stage.checkpoint_every == 0:
             curves.append(loop.curve_row(step + 1))
         if main and ((step + 1) % stage.checkpoint_every == 0 and not done):
-            _save_checkpoint(ckpt_path, {"step": step + 1, "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "torch_rng": torch.get_rng_state(), "cuda_rng": _cuda_rng_states(),
-                                         "data_rng": generator.get_state(), "curves": curves})
+            _save_checkpoint(ckpt_path, _training_state(step + 1, objective, optimizer, generator, curves=curves))
     if dist is not None:
         broadcast_state(objective)
     final = {"objective": objective.state_dict(), "student": objective.eval_model().state_dict(), "curves": curves,
@@ -508,7 +525,7 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
         model.load_state_dict(pretrained["student"])  # student and (by copy) teacher start from the pretrained student
     objective = build_objective(cfg.objective, model, dict(cfg.objective_params)).to(device)
     optimizer = _make_optimizer(cfg, list(objective.trainable_parameters()))
-    generator = torch.Generator().manual_seed(cfg.seed + (1_000_003 * dist.rank if dist else 0))
+    generator = _data_generator(cfg.seed, dist)
     o = cfg.optim
     loop = TrainLoop(cfg, objective, optimizer, data, generator, device, dist, o.max_steps, cfg.data.labelled_batch,
                      cfg.data.unlabelled_batch, o.lr, o.poly_power, "fine-tuning")
@@ -518,14 +535,7 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     val_curve: list[dict] = []
     if resuming:
         state = _load_checkpoint(ckpt_path)
-        objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        _set_cuda_rng_states(state.get("cuda_rng"))
-        generator.set_state(state["data_rng"])
-        if dist is not None and not dist.is_main:  # the checkpoint holds rank 0's data RNG: give this rank its own stream
-            generator.manual_seed(cfg.seed + 1_000_003 * dist.rank + int(state["step"]))
-        start_step = int(state["step"])
+        start_step = _restore_training_state(state, objective, optimizer, generator, cfg.seed, dist)
         best = {"step": int(state["best_step"]), "val_dice": float(state["best_val_dice"]), "state": state["best_state"]}
         curves, val_curve = list(state["curves"]), list(state["val_curve"])
         log(f"resumed from step {start_step} ({ckpt_path})")
@@ -554,12 +564,9 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
         if improved or best["state"] is None:  # a NaN Dice (nothing defined) never wins against a number
             best = {"step": step + 1, "val_dice": val_dice, "state": copy.deepcopy(objective.eval_model().state_dict())}
         t0 = time.perf_counter()
-        _save_checkpoint(ckpt_path, {
-            "step": step + 1, "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(), "cuda_rng": _cuda_rng_states(), "data_rng": generator.get_state(),
-            "best_step": best["step"], "best_val_dice": best["val_dice"], "best_state": best["state"],
-            "curves": curves, "val_curve": val_curve,
-        })
+        _save_checkpoint(ckpt_path, _training_state(step + 1, objective, optimizer, generator, best_step=best["step"],
+                                                    best_val_dice=best["val_dice"], best_state=best["state"],
+                                                    curves=curves, val_curve=val_curve))
         timing["checkpoint_s"] += time.perf_counter() - t0
         log(f"step {step + 1}/{o.max_steps}: loss {curves[-1]['loss']:.4f}, val Dice {val_dice:.4f} (best {best['val_dice']:.4f} @ {best['step']})")
         if report is not None:

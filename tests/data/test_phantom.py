@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np

@@ -9,6 +9,8 @@ from dataclasses import fields
 import pytest
 import torch
 
+from tests.methods import synthetic
+
 import methods.action as action
 from methods.action import ActionConfig, ActionObjective, anatomical_contrast_loss
 from methods.contrast import pixel_info_nce
@@ -226,21 +228,7 @@ def test_anchor_sampler_is_pluggable(monkeypatch):
 # -- the objective -------------------------------------------------------------------------------------------
 
 def square_batch(generator: torch.Generator, b_l: int = 2, b_u: int = 2, size: int = 32, augment=None) -> Batch:
-    """Noisy dark images with a bright square (label 1) of random position and size."""
-
-    def images(n):
-        image = torch.rand(n, 1, size, size, generator=generator) * 0.3
-        label = torch.zeros(n, size, size, dtype=torch.int64)
-        for i in range(n):
-            side = int(torch.randint(8, 16, (1,), generator=generator))
-            top, left = (int(v) for v in torch.randint(0, size - side, (2,), generator=generator))
-            image[i, 0, top:top + side, left:left + side] += 0.7
-            label[i, top:top + side, left:left + side] = 1
-        return image, label
-
-    labelled, label = images(b_l)
-    unlabelled, _ = images(b_u)
-    return Batch(labelled, label, unlabelled, augment if augment is not None else IdentityStrongAugment())
+    return synthetic.square_batch(generator, b_l, b_u, size, augment)
 
 
 def make(config: dict, seed: int = 0) -> ActionObjective:

@@ -7,6 +7,8 @@ import copy
 import pytest
 import torch
 
+from tests.methods import synthetic
+
 from methods.mean_teacher import MeanTeacherConfig, MeanTeacherObjective
 from methods.objective import Batch, IdentityStrongAugment, Objective, strong_view
 from methods.registry import MODELS, OBJECTIVES, build_model, build_objective, objective_config
@@ -15,22 +17,8 @@ from methods.supervised import SupervisedConfig, SupervisedObjective
 TINY = dict(num_classes=2, channels=(4, 8, 8, 8, 8))
 
 
-def square_batch(generator: torch.Generator, b_l: int = 4, b_u: int = 4, size: int = 16) -> Batch:
-    """Noisy dark images with a bright square of random position and size, labelled 1 (background 0)."""
-
-    def images(n):
-        image = torch.rand(n, 1, size, size, generator=generator) * 0.3
-        label = torch.zeros(n, size, size, dtype=torch.int64)
-        for i in range(n):
-            side = int(torch.randint(4, 8, (1,), generator=generator))
-            top, left = (int(v) for v in torch.randint(0, size - side, (2,), generator=generator))
-            image[i, 0, top:top + side, left:left + side] += 0.7
-            label[i, top:top + side, left:left + side] = 1
-        return image, label
-
-    labelled, label = images(b_l)
-    unlabelled, _ = images(b_u)
-    return Batch(labelled, label, unlabelled)
+def square_batch(generator: torch.Generator, b_l: int = 4, b_u: int = 4, size: int = 16, augment=None) -> Batch:
+    return synthetic.square_batch(generator, b_l, b_u, size, augment)
 
 
 def train(objective: Objective, steps: int = 20, lr: float = 0.05) -> list[float]:
