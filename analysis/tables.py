@@ -14,6 +14,10 @@ Numbers, from the bottom up:
   (``ddof=1``, as papers report); a cell with a single seed has std 0.0 (stated in the caption); a cell
   with no finite seed value has mean and std NaN. ``n_seeds`` counts the seeds with a finite value and
   ``n_undefined`` sums the undefined per-case values over all of the cell's seeds (for "Avg": over classes).
+* **significance**: each cell is compared with the best cell (best mean) of its label fraction and
+  class by a paired test over (seed, test case) on the per-case values (:mod:`analysis.significance`);
+  ``p_vs_best`` and ``n_pairs`` are kept in the long form, and a cell whose difference to the best is
+  not significant is marked with :data:`~analysis.significance.NOT_SIGNIFICANT_MARK`.
 
 Dice and Jaccard are reported in percent (x100, one decimal); HD95 and ASD keep the unit they were
 evaluated in (mm when the voxel spacing was known, voxels otherwise; two decimals).
@@ -34,6 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from analysis.significance import ALPHA, NOT_SIGNIFICANT_MARK, caption_note, case_values, paired_arrays, wilcoxon_test
 from medseg_platform.io import write_text_atomic
 from medseg_platform.results import TrialRecord, scan_study
 
@@ -43,7 +48,7 @@ AVG = "Avg"
 UNDEFINED_MARK = "\u2020"  # dagger
 MISSING = "\u2013"  # en dash: no trial for this method and label fraction
 LONG_COLUMNS = ("row", "column", "class", "metric", "unit", "mean", "std", "n_seeds", "n_undefined", "seeds",
-                "row_rank", "column_rank")
+                "p_vs_best", "n_pairs", "row_rank", "column_rank")
 
 
 @dataclass(frozen=True)
@@ -85,8 +90,9 @@ def row_label(record: TrialRecord) -> str:
 
 
 def fraction_label(labelled: Mapping[str, Any]) -> str:
-    """A label fraction as patients and percent of the training patients, e.g. ``"3 pat. (4.3%)"``."""
-    return f"{int(labelled['num_patients'])} pat. ({float(labelled['percent_patients']):.1f}%)"
+    """A label fraction as patients and percent of the training patients, e.g. ``"1 patient (1.4%)"``."""
+    patients = int(labelled["num_patients"])
+    return f"{patients} patient{'' if patients == 1 else 's'} ({float(labelled['percent_patients']):.1f}%)"
 
 
 def column_label(record: TrialRecord) -> str:
@@ -213,7 +219,9 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
 
     Columns: ``row``, ``column``, ``class``, ``metric``, ``unit``, ``mean``, ``std`` (sample, ddof=1; 0.0
     for one seed), ``n_seeds``, ``n_undefined`` (undefined per-case values over all seeds), ``seeds``
-    (comma-separated), ``row_rank`` and ``column_rank`` (0-based table positions of the method and the
+    (comma-separated), ``p_vs_best`` (p-value of the paired test against the best cell of the same
+    column, class and metric; NaN for that best cell and for cells with too few pairs), ``n_pairs``
+    (the pairs it used), ``row_rank`` and ``column_rank`` (0-based table positions of the method and the
     label fraction, so the layout survives a CSV round trip). Dice and Jaccard are in percent. Rows come
     in table order (methods, then label fractions, then ``metrics``, then classes); only (method, fraction)
     pairs with trials appear. A trial folder passed twice counts once.
@@ -232,7 +240,40 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
             if trials:
                 cell_rows = _cell_rows(row, column, trials, metrics, classes, class_names)
                 rows += [{**r, "row_rank": row_rank, "column_rank": column_rank} for r in cell_rows]
+    _add_significance(rows, groups, {_class_label(c, class_names): c for c in classes})
     return pd.DataFrame(rows, columns=list(LONG_COLUMNS))
+
+
+def _seed_case_values(trials: Sequence[TrialRecord], metric: str, cls: int | str) -> dict[tuple[str, str], float]:
+    """Per (seed, test case) over the trials of one cell: the per-case value of ``metric`` (class or "Avg")."""
+    return {(str(trial_seed(t)), case): value for t in trials
+            for case, value in case_values(t.per_case, metric, cls, _as_number).items()}
+
+
+def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str], Sequence[TrialRecord]],
+                      class_ids: Mapping[str, int]) -> None:
+    """Set ``p_vs_best`` and ``n_pairs`` of every long-form row (in place); see :mod:`analysis.significance`.
+
+    The best cell of a (column, class, metric) is the one with the best (unrounded) mean, needing at least
+    two cells with a mean; it is always shown bold.
+    """
+    by_key: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for rec in rows:
+        rec["p_vs_best"], rec["n_pairs"] = math.nan, 0
+        by_key.setdefault((rec["column"], rec["class"], rec["metric"]), []).append(rec)
+    for (column, cls, metric), cells in by_key.items():
+        finite = [c for c in cells if not math.isnan(c["mean"])]
+        if len(finite) < 2:
+            continue
+        sign = 1.0 if metric_style(metric).higher_is_better else -1.0
+        best = max(finite, key=lambda c: sign * c["mean"])
+        class_key = class_ids.get(cls, cls)
+        reference = _seed_case_values(groups[(best["row"], column)], metric, class_key)
+        for cell in finite:
+            if cell is not best:
+                values = _seed_case_values(groups[(cell["row"], column)], metric, class_key)
+                test = wilcoxon_test(*paired_arrays(values, reference))
+                cell["p_vs_best"], cell["n_pairs"] = test.p_value, test.n_pairs
 
 
 def _cell_rows(row: str, column: str, trials: Sequence[TrialRecord], metrics: Sequence[str],
@@ -268,13 +309,15 @@ def duplicate_seeds(records: Iterable[TrialRecord]) -> list[str]:
 
 @dataclass(frozen=True)
 class Cell:
-    """One shown cell: mean and std in display units, seeds, undefined values, whether it is the best."""
+    """One shown cell: mean and std in display units, seeds, undefined values, whether it is the best, and
+    whether its difference to the best is not significant (tested and p >= alpha; never for a best cell)."""
 
     mean: float
     std: float
     n_seeds: int
     n_undefined: int
     best: bool
+    not_significant: bool = False
 
 
 @dataclass(frozen=True)
@@ -286,6 +329,8 @@ class WideTable:
     columns: list[str]
     classes: list[str]
     cells: dict[tuple[str, str, str], Cell]
+    any_tested: bool = False  # some cell was tested against the best of its column
+    any_untestable: bool = False  # some cell other than a best one had too few pairs to test
 
 
 def _rounded(value: float, decimals: int) -> float:
@@ -308,13 +353,19 @@ def wide_table(df: pd.DataFrame, metric: str) -> WideTable:
     style = metric_style(metric)
     frame = df[df["metric"] == metric]
     best = _best_means(frame, style)
-    cells = {}
+    cells, tested, untestable = {}, False, False
     for rec in frame.to_dict("records"):
         key = (rec["row"], rec["column"], rec["class"])
         target = best.get(key[1:])
         is_best = target is not None and not math.isnan(rec["mean"]) and _rounded(rec["mean"], style.decimals) == target
-        cells[key] = Cell(rec["mean"], rec["std"], int(rec["n_seeds"]), int(rec["n_undefined"]), is_best)
-    return WideTable(metric, _by_rank(frame, "row"), _by_rank(frame, "column"), list(dict.fromkeys(frame["class"])), cells)
+        p_value = float(rec.get("p_vs_best", math.nan))
+        compared = target is not None and not math.isnan(rec["mean"]) and not is_best
+        tested |= compared and not math.isnan(p_value)
+        untestable |= compared and math.isnan(p_value)
+        cells[key] = Cell(rec["mean"], rec["std"], int(rec["n_seeds"]), int(rec["n_undefined"]), is_best,
+                          not_significant=compared and p_value >= ALPHA)
+    return WideTable(metric, _by_rank(frame, "row"), _by_rank(frame, "column"), list(dict.fromkeys(frame["class"])),
+                     cells, tested, untestable)
 
 
 def _by_rank(frame: pd.DataFrame, field: str) -> list[str]:
@@ -366,6 +417,8 @@ def caption(table: WideTable) -> str:
     if style.scale == 1.0:
         text += f" {style.label} in {style.unit}."
     text += f" Bold: best per column ({'higher' if style.higher_is_better else 'lower'} is better)."
+    if table.any_tested or table.any_untestable:
+        text += " " + caption_note(table.any_tested, table.any_untestable)
     note = undefined_note(table)
     return f"{text} {note}" if note else text
 
@@ -381,13 +434,18 @@ def escape_markdown(text: str) -> str:
 
 
 def _markdown_cell(cell: Cell | None, decimals: int) -> str:
-    """A Markdown cell: bold when best, followed by the undefined marker when values were excluded."""
+    """A Markdown cell: bold when best, then the undefined and not-significant markers where they apply."""
     text = cell_text(cell, decimals)
     if cell is not None and cell.best:
         text = f"**{text}**"
-    if cell is not None and cell.n_undefined > 0:
-        text += UNDEFINED_MARK
-    return text
+    return text + _markers(cell)
+
+
+def _markers(cell: Cell | None) -> str:
+    """The markers after a cell's text: undefined values excluded, difference to the best not significant."""
+    if cell is None:
+        return ""
+    return (UNDEFINED_MARK if cell.n_undefined > 0 else "") + (NOT_SIGNIFICANT_MARK if cell.not_significant else "")
 
 
 def _markdown_lines(grid: list[list[str]]) -> list[str]:
@@ -417,7 +475,7 @@ def to_markdown(df: pd.DataFrame, metric: str) -> str:
 _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
     "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\u00b1": r"$\pm$",
-    UNDEFINED_MARK: r"$^\dagger$", "\u2013": "--",
+    UNDEFINED_MARK: r"$^\dagger$", NOT_SIGNIFICANT_MARK: r"$^\ddagger$", "\u2013": "--", "\u2265": r"$\geq$",
 }
 
 
@@ -427,13 +485,11 @@ def escape_latex(text: str) -> str:
 
 
 def _latex_cell(cell: Cell | None, decimals: int) -> str:
-    """A LaTeX cell: ``\\textbf`` when best, ``$^\\dagger$`` when values were excluded."""
+    """A LaTeX cell: ``\\textbf`` when best, ``$^\\dagger$`` / ``$^\\ddagger$`` for the markers."""
     text = escape_latex(cell_text(cell, decimals))
     if cell is not None and cell.best:
         text = rf"\textbf{{{text}}}"
-    if cell is not None and cell.n_undefined > 0:
-        text += escape_latex(UNDEFINED_MARK)
-    return text
+    return text + escape_latex(_markers(cell))
 
 
 def _latex_header(table: WideTable) -> list[str]:

@@ -27,6 +27,7 @@ def command_parser(subparsers, name: str, help: str, example: str, description: 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from analysis import cli as report_cli
     from medseg_platform.data import cli as data_cli
     from medseg_platform.evaluation import cli as evaluation_cli
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     data_cli.add_cli(subparsers)
     evaluation_cli.add_cli(subparsers)
+    report_cli.add_cli(subparsers)
     return parser
 
 

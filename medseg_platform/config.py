@@ -20,6 +20,8 @@ from typing import Any, Mapping
 
 from medseg_platform.errors import ConfigError
 
+AMP_MODES = ("off", "bf16", "fp16")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -59,6 +61,9 @@ class OptimConfig:
     nesterov: bool = True
     poly_power: float = 0.9
     max_steps: int = 30000
+    # mixed precision of the forward pass and losses (torch.autocast): "off", "bf16" (CPU or CUDA, no loss
+    # scaling needed) or "fp16" (CUDA only, with a GradScaler whose state is checkpointed)
+    amp: str = "off"
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,8 @@ class TrialConfig:
             raise ConfigError(f"optim: lr must be > 0, weight_decay >= 0, momentum in [0, 1), poly_power >= 0 (got {o})")
         if o.max_steps < 1:
             raise ConfigError(f"optim.max_steps {o.max_steps}: must be >= 1")
+        if o.amp not in AMP_MODES:
+            raise ConfigError(f"optim.amp {o.amp!r}: choose {', '.join(map(repr, AMP_MODES))}")
         if e.val_every < 1 or e.log_every < 1 or e.val_cases < 0:
             raise ConfigError("eval.val_every and eval.log_every must be >= 1, eval.val_cases >= 0")
         if e.empty_policy not in ("nan", "released"):

@@ -18,8 +18,19 @@ that calls ``ray.tune.report``). Released fine-tuning behaviour (methods-spec §
 
 Non-finite losses are detected without a host sync per step (a device-side flag, checked at log
 intervals) and stop the trial with :class:`NonFiniteLossError` naming the first bad step and term.
-A checkpoint (objective, optimiser, RNG states, best state, curves) is written atomically at each
-validation; ``train_trial`` resumes from it.
+A checkpoint (objective, optimiser, RNG states, best state, curves, the fp16 loss scaler) is written
+atomically at each validation; ``train_trial`` resumes from it.
+
+GPU path (:class:`TrainLoop`): ``optim.amp`` runs the objective's forward pass and losses under
+``torch.autocast`` (bf16, or fp16 with a ``torch.amp.GradScaler``; :func:`autocast_dtype`); batches are
+copied host->device from pinned memory with ``non_blocking=True``; ``cudnn.benchmark`` is on for CUDA.
+Host syncs: the engine's step adds none (loss terms are summed and NaN-checked on the device; the
+curve row and the NaN check sync once per ``log_every`` steps, validation at ``val_every``), except
+fp16's ``GradScaler.step``, which reads its found-inf flag every step (inherent to dynamic loss
+scaling; bf16 needs no scaler), and, in a multi-worker trial, the first step's gradient-norm gather and
+one sync per parameter without a gradient in :func:`average_gradients`. Objectives with data-dependent
+sample sizes sync once per step by design and say so where they do (MONA/ARCO and ACTION read their
+per-class pixel counts; the strong augmentation range-checks its inputs with one read).
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import pickle
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,7 +57,7 @@ from medseg_platform.data.advmorph import random_diffeomorphic_warp
 from medseg_platform.data.datasets import SliceBank
 from medseg_platform.data.layout import AcdcLayout, Volume
 from medseg_platform.data.splits import LabelledSubset, select_labelled
-from medseg_platform.errors import MedsegError
+from medseg_platform.errors import ConfigError, MedsegError
 from medseg_platform.evaluation.metrics import evaluate_case
 from medseg_platform.evaluation.predict import predict_volume
 from medseg_platform.io import atomic_path
@@ -59,7 +71,17 @@ Reporter = Callable[[dict, "Path | None"], None]
 
 
 class NonFiniteLossError(MedsegError):
-    """The loss became NaN or inf; the message names the step and the offending term(s)."""
+    """The loss became NaN or inf; the message names the step and the offending term(s).
+
+    ``step`` and ``terms`` carry the same facts for the trial's ``error.json``.
+    """
+
+    def __init__(self, message: str, step: int | None = None, terms: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.step, self.terms = step, tuple(terms)
+
+    def __reduce__(self):  # keeps step and terms when Ray pickles the error
+        return type(self), (str(self), self.step, self.terms)
 
 
 class StrongAugmentAdapter:
@@ -122,7 +144,8 @@ class NonFiniteMonitor:
         step = int(self.first_bad)  # one sync, at log/validation intervals only
         if step >= 0:
             names = [name for name, flag in self.bad_terms.items() if bool(flag)] or ["total"]
-            raise NonFiniteLossError(f"step {step}: loss is NaN/inf in term(s) {', '.join(names)} (lower the learning rate or a loss weight)")
+            raise NonFiniteLossError(f"step {step}: loss is NaN/inf in term(s) {', '.join(names)} (lower the learning rate or a loss weight)",
+                                     step=step, terms=tuple(names))
 
 
 @dataclass(frozen=True)
@@ -224,6 +247,21 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The ``torch.autocast`` dtype of ``optim.amp`` on ``device``; None = full precision (float32).
+
+    bf16 works on CPU and CUDA; fp16 needs CUDA (CPU fp16 autocast is slow and has no loss scaling
+    here): :class:`ConfigError` otherwise, before any training.
+    """
+    if amp == "off":
+        return None
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"optim.amp 'fp16': needs a CUDA device, but this trial runs on {device.type} (use 'bf16' or 'off', or give the trial a GPU)")
+    if amp not in ("bf16", "fp16"):
+        raise ConfigError(f"optim.amp {amp!r}: choose 'off', 'bf16' or 'fp16'")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
 def _make_optimizer(cfg: TrialConfig, params) -> torch.optim.Optimizer:
     o = cfg.optim
     if o.optimizer == "sgd":
@@ -231,14 +269,60 @@ def _make_optimizer(cfg: TrialConfig, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
-def evaluate_volumes(model: torch.nn.Module, volumes: list[Volume], cfg: TrialConfig, device: torch.device) -> list[dict]:
-    """Per-case, per-class metric rows of ``model`` on ``volumes`` (methods-spec §1.10, slice-wise at the patch size)."""
+def evaluate_volumes(model: torch.nn.Module, volumes: list[Volume], cfg: TrialConfig, device: torch.device,
+                     on_prediction: Callable[[Volume, np.ndarray], None] | None = None) -> list[dict]:
+    """Per-case, per-class metric rows of ``model`` on ``volumes`` (methods-spec §1.10, slice-wise at the patch size).
+
+    ``on_prediction(volume, prediction)``, if given, sees each predicted label volume (uint8 D×H×W) before
+    it is dropped (the test evaluation keeps a few slices of it for :func:`save_qualitative`).
+    """
     rows = []
     for vol in volumes:
         pred = predict_volume(model, vol.image, cfg.data.patch_size, device=device, resize=cfg.eval.resize)
+        if on_prediction is not None:
+            on_prediction(vol, pred)
         for row in evaluate_case(pred, vol.label, cfg.data.num_classes, vol.spacing, empty_policy=cfg.eval.empty_policy):
             rows.append({"case": vol.case, **row})
     return rows
+
+
+QUALITATIVE_FILE = "qualitative.npz"
+QUALITATIVE_CASES = 3
+
+
+class QualitativeSlices:
+    """Keeps the middle slice of the first :data:`QUALITATIVE_CASES` test cases (sorted by id) for the overlays.
+
+    The choice depends only on the test case ids and volume depths, so every trial on the same dataset
+    keeps the same slices and each method's prediction can be shown next to the others'. Use
+    :meth:`keep` as ``evaluate_volumes(..., on_prediction=...)``, then :meth:`save`.
+    """
+
+    def __init__(self, test_cases: list[str]):
+        self.cases = sorted(test_cases)[:QUALITATIVE_CASES]
+        self.samples: dict[str, tuple[int, np.ndarray, np.ndarray, np.ndarray, tuple[float, float] | None]] = {}
+
+    def keep(self, volume: Volume, prediction: np.ndarray) -> None:
+        if volume.case in self.cases:
+            z = volume.image.shape[0] // 2
+            spacing = tuple(float(s) for s in volume.spacing[1:]) if volume.spacing is not None else None
+            self.samples[volume.case] = (z, volume.image[z], volume.label[z], np.asarray(prediction)[z], spacing)
+
+    def save(self, path: Path) -> None:
+        """Write ``qualitative.npz`` atomically (the layout is documented in :mod:`medseg_platform.results`)."""
+        cases = [c for c in self.cases if c in self.samples]
+        arrays: dict[str, np.ndarray] = {
+            "cases": np.asarray(cases, dtype=str),
+            "slices": np.asarray([self.samples[c][0] for c in cases], dtype=np.int64),
+            "spacing": np.asarray([self.samples[c][4] or (math.nan, math.nan) for c in cases], dtype=np.float64).reshape(-1, 2),
+        }
+        for i, case in enumerate(cases):
+            _, image, label, prediction, _ = self.samples[case]
+            arrays[f"image_{i}"] = np.asarray(image, dtype=np.float16)
+            arrays[f"label_{i}"] = np.asarray(label, dtype=np.uint8)
+            arrays[f"prediction_{i}"] = np.asarray(prediction, dtype=np.uint8)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: numpy would append ".npz" to a name
+            np.savez_compressed(fh, **arrays)
 
 
 def mean_dice(rows: list[dict]) -> float:
@@ -263,17 +347,21 @@ def _data_generator(seed: int, dist: DistContext | None) -> torch.Generator:
     return torch.Generator().manual_seed(seed + (1_000_003 * dist.rank if dist else 0))
 
 
-def _training_state(step: int, objective, optimizer, generator: torch.Generator, **extra) -> dict:
-    """Everything a resumed run needs to continue exactly (objective, optimiser, every RNG) plus ``extra``."""
+def _training_state(step: int, objective, optimizer, generator: torch.Generator, scaler=None, **extra) -> dict:
+    """Everything a resumed run needs to continue exactly (objective, optimiser, every RNG, the fp16
+    ``GradScaler``'s plain-dict state or None) plus ``extra``."""
     return {"step": step, "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(), "cuda_rng": _cuda_rng_states(), "data_rng": generator.get_state(), **extra}
+            "torch_rng": torch.get_rng_state(), "cuda_rng": _cuda_rng_states(), "data_rng": generator.get_state(),
+            "grad_scaler": scaler.state_dict() if scaler is not None else None, **extra}
 
 
 def _restore_training_state(state: dict, objective, optimizer, generator: torch.Generator, seed: int,
-                            dist: DistContext | None) -> int:
+                            dist: DistContext | None, scaler=None) -> int:
     """Load a :func:`_training_state` (``seed``: the generator's seed before the rank offset); returns its step."""
     objective.load_state_dict(state["objective"])
     optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
     torch.set_rng_state(state["torch_rng"])
     _set_cuda_rng_states(state.get("cuda_rng"))
     generator.set_state(state["data_rng"])
@@ -288,7 +376,13 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def _load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint written by :func:`_save_checkpoint`; an unreadable one is a :class:`MedsegError` naming it
+    (deterministic: retrying the trial would fail the same way)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise MedsegError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                          "delete it to start this stage or trial over") from None
 
 
 @dataclass
@@ -329,6 +423,9 @@ class TrainLoop:
             raise MedsegError(f"{what}: objective {objective.name!r} needs unlabelled data, but the labelled set covers every training slice or the unlabelled batch is 0")
         self.strong = StrongAugmentAdapter(generator, cfg.data.strong_mix, cfg.data.num_classes, advmorph_p=cfg.data.advmorph_p)
         self.monitor = NonFiniteMonitor(device)
+        self.amp_dtype = autocast_dtype(cfg.optim.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
+        self.pin_memory = device.type == "cuda"  # page-locked host batches make the non_blocking copies asynchronous
         self.term_sums: dict[str, torch.Tensor] = {}
         self.interval_steps = 0
         self.interval_start = time.perf_counter()
@@ -339,28 +436,42 @@ class TrainLoop:
         image, label = bank.batch(bank.sample_indices(batch_size, self.generator))
         return augment.weak_augment(image, label, self.generator, self.cfg.data.weak_rot90_flip_p, self.cfg.data.weak_rotate_p)
 
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Host -> training device; from pinned memory and without waiting when the device is a GPU."""
+        if self.pin_memory:
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
+
     def step(self, step: int) -> None:
+        """One optimisation step; no host sync (see the module docstring for the exceptions)."""
         t0 = time.perf_counter()
         self.objective.train()
         image, label = self._weak(self.data.labelled, self.labelled_batch)
         unlabelled = None
         if self.objective.requires_unlabelled:
-            unlabelled = self._weak(self.data.unlabelled, self.unlabelled_batch)[0].to(self.device, non_blocking=True)
-        batch = Batch(image.to(self.device, non_blocking=True), label.to(self.device, non_blocking=True), unlabelled, self.strong)
-        out = self.objective.loss(batch, step, self.max_steps)
+            unlabelled = self._to_device(self._weak(self.data.unlabelled, self.unlabelled_batch)[0])
+        batch = Batch(self._to_device(image), self._to_device(label), unlabelled, self.strong)
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = self.objective.loss(batch, step, self.max_steps)
         self.optimizer.zero_grad(set_to_none=True)
-        out.total.backward()
+        (self.scaler.scale(out.total) if self.scaler is not None else out.total).backward()
         if self.dist is not None:
             if self.first_grad_norms is None:  # evidence for tests and logs: ranks see different data, so gradients differ before the sync
                 self.first_grad_norms = gather_scalar(torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in self.trainable if p.grad is not None)))
+            # fp16: the gradients are scaled by the same factor on every rank (the scalers see the same averaged
+            # gradients, so they skip steps and update their scale identically)
             average_gradients(self.trainable, self.dist.world_size)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # unscales; skips the step when a gradient overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.objective.after_optimizer_step(step)
         for group in self.optimizer.param_groups:
             group["lr"] = poly_lr(self.lr, step + 1, self.max_steps, self.poly_power)
         self.monitor.update(step, out.total, out.terms)
-        for name, value in {"loss": out.total.detach(), **out.terms}.items():
-            self.term_sums[name] = self.term_sums.get(name, 0.0) + value
+        for name, value in {"loss": out.total, **out.terms}.items():  # float32 sums: bf16 would lose the small terms
+            self.term_sums[name] = self.term_sums.get(name, 0.0) + value.detach().float()
         self.interval_steps += 1
         self.train_s += time.perf_counter() - t0
 
@@ -462,7 +573,7 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
     start, curves = 0, []
     if _agree(ckpt_path.is_file(), dist, device):
         state = _load_checkpoint(ckpt_path)
-        start = _restore_training_state(state, objective, optimizer, generator, stage_seed, dist)
+        start = _restore_training_state(state, objective, optimizer, generator, stage_seed, dist, scaler=loop.scaler)
         curves = list(state["curves"])
         log(f"pretraining stage {index}: resumed at step {start}")
     if dist is not None:
@@ -474,7 +585,7 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
         if (step + 1) % cfg.eval.log_every == 0 or done or (step + 1) % stage.checkpoint_every == 0:
             curves.append(loop.curve_row(step + 1))
         if main and ((step + 1) % stage.checkpoint_every == 0 and not done):
-            _save_checkpoint(ckpt_path, _training_state(step + 1, objective, optimizer, generator, curves=curves))
+            _save_checkpoint(ckpt_path, _training_state(step + 1, objective, optimizer, generator, scaler=loop.scaler, curves=curves))
     if dist is not None:
         broadcast_state(objective)
     final = {"objective": objective.state_dict(), "student": objective.eval_model().state_dict(), "curves": curves,
@@ -501,6 +612,9 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     timing = {"setup_s": 0.0, "pretrain_s": 0.0, "train_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0, "test_s": 0.0}
     torch.set_num_threads(cfg.threads)
     device = device or pick_device()
+    autocast_dtype(cfg.optim.amp, device)  # fp16 without CUDA: a ConfigError before any data is read
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch and batch sizes: let cuDNN pick its fastest kernels
     main = dist is None or dist.is_main
     trial_dir = Path(trial_dir)
     ckpt_dir = trial_dir / "checkpoint"
@@ -535,7 +649,7 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     val_curve: list[dict] = []
     if resuming:
         state = _load_checkpoint(ckpt_path)
-        start_step = _restore_training_state(state, objective, optimizer, generator, cfg.seed, dist)
+        start_step = _restore_training_state(state, objective, optimizer, generator, cfg.seed, dist, scaler=loop.scaler)
         best = {"step": int(state["best_step"]), "val_dice": float(state["best_val_dice"]), "state": state["best_state"]}
         curves, val_curve = list(state["curves"]), list(state["val_curve"])
         log(f"resumed from step {start_step} ({ckpt_path})")
@@ -564,7 +678,7 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
         if improved or best["state"] is None:  # a NaN Dice (nothing defined) never wins against a number
             best = {"step": step + 1, "val_dice": val_dice, "state": copy.deepcopy(objective.eval_model().state_dict())}
         t0 = time.perf_counter()
-        _save_checkpoint(ckpt_path, _training_state(step + 1, objective, optimizer, generator, best_step=best["step"],
+        _save_checkpoint(ckpt_path, _training_state(step + 1, objective, optimizer, generator, scaler=loop.scaler, best_step=best["step"],
                                                     best_val_dice=best["val_dice"], best_state=best["state"],
                                                     curves=curves, val_curve=val_curve))
         timing["checkpoint_s"] += time.perf_counter() - t0
@@ -584,7 +698,10 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     model_for_test = objective.eval_model()
     if best["state"] is not None:
         model_for_test.load_state_dict(best["state"])
-    test_rows = evaluate_volumes(model_for_test, [layout.read_volume(c) for c in layout.test_cases], cfg, device)
+    qualitative = QualitativeSlices(layout.test_cases)
+    test_rows = evaluate_volumes(model_for_test, [layout.read_volume(c) for c in layout.test_cases], cfg, device,
+                                 on_prediction=qualitative.keep)
+    qualitative.save(trial_dir / QUALITATIVE_FILE)
     timing["test_s"] = time.perf_counter() - t0
     timing["total_s"] = time.perf_counter() - t_start
     return TrialOutcome(data.subset, best["step"], best["val_dice"], test_rows, curves, val_curve, timing, start_step, extra)

@@ -3,8 +3,8 @@
 Profiles differ only in numbers, never in code paths:
 
 * ``smoke``  -- the ``--smoke-test`` flag: tiny phantom, 32x32 patches, a few steps; proves the path works.
-* ``quick``  -- a laptop CPU: the embedded phantom at 48x48 patches, a quarter-width UNet, 400 fine-tuning
-  and 100 pretraining steps, one seed (the contrastive methods cost 15-30x a supervised step, all of
+* ``quick``  -- a laptop CPU: the embedded phantom at 48x48 patches, a quarter-width UNet, 300 fine-tuning
+  and 80 pretraining steps, one seed (the contrastive methods cost 15-30x a supervised step, all of
   it in full-resolution representation heads and the ISD relational logits: ``benchmarks/bench_methods.py``).
 * ``paper``  -- a GPU cluster: ACDC (``--data-root``) at 256x256, the released UNet and 30 000 steps
   (methods-spec §1.2, §1.9), 3 seeds.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Callable, Sequence
 
 from medseg_platform.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrialConfig, resolve_path
 from medseg_platform.errors import MedsegError
+from medseg_platform.io import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,9 @@ PROFILES = {
                      labelled=("1",), seeds=(1,), phantom={"patients": 6, "size": 40, "seed": 0},
                      methods=MethodSizes(pretrain_steps=3, anchors=16, negatives=32, bank_background=512, bank_foreground=256,
                                          nn_pool_resolution=8, isd_latent=32, action_repr=32)),
-    "quick": Profile("quick", _cfg(48, (4, 8, 16, 32, 64), steps=400, val_every=100, log_every=50),
+    "quick": Profile("quick", _cfg(48, (4, 8, 16, 32, 64), steps=300, val_every=100, log_every=50),
                      labelled=("1", "3"), seeds=(1,), phantom={"patients": 20, "size": 96, "seed": 0},
-                     methods=MethodSizes(pretrain_steps=100, anchors=64, negatives=128, bank_background=5000, bank_foreground=3000,
+                     methods=MethodSizes(pretrain_steps=80, anchors=64, negatives=128, bank_background=5000, bank_foreground=3000,
                                          nn_pool_resolution=12, isd_latent=128, action_repr=64)),
     "paper": Profile("paper", _cfg(256, (16, 32, 64, 128, 256), steps=30000, val_every=1000, log_every=100, threads=4),
                      labelled=("1", "3", "7"), seeds=(1337, 1338, 1339), phantom=None, cpus_per_trial=4.0,
@@ -149,6 +151,16 @@ def study_parser(description: str, default_name: str) -> argparse.ArgumentParser
     parser.add_argument("--num-workers", type=int, default=1,
                         help="processes per trial; > 1 trains data-parallel through Ray Train (CPUs/GPUs per trial are per worker)")
     parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
+    parser.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                        help="mixed precision of the forward pass and losses (default off; bf16 runs on CPU and GPU, fp16 needs --gpus-per-trial)")
+    parser.add_argument("--max-retries", type=int, default=2, metavar="N",
+                        help="restart a trial whose worker process died up to N times from its last checkpoint (default 2; "
+                             "NaN losses and other deterministic errors are never retried)")
+    parser.add_argument("--dashboard-host", default="127.0.0.1", metavar="HOST",
+                        help="address the local Ray's dashboard binds to (default 127.0.0.1; anything else exposes job "
+                             "submission to the network and prints a warning: prefer an SSH tunnel)")
+    parser.add_argument("--optuna-storage", default=None, metavar="PATH",
+                        help="search studies only: also record the Optuna study in this journal file (optuna-dashboard PATH)")
     return parser
 
 
@@ -164,16 +176,21 @@ def resolve_data_root(args, profile: Profile) -> Path:
 
 
 def run_study_main(description: str, default_name: str, build: Callable[[argparse.Namespace, Profile, TrialConfig], "object"],
-                   argv: Sequence[str] | None = None) -> int:
-    """Parse the shared flags, build the study with ``build(args, profile, base)``, run it, write the tables."""
+                   argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse the shared flags, build the study with ``build(args, profile, base)``, run it, write ``settings.json``
+    (profile, dataset root, command line) and the report: tables, plots and ``report.md`` (:mod:`analysis.report`).
+
+    ``parser``: a parser from :func:`study_parser` that a study script extended with its own flags
+    (default: ``study_parser(description, default_name)``).
+    """
     from medseg_platform.study import Study
 
-    parser = study_parser(description, default_name)
+    parser = parser or study_parser(description, default_name)
     args = parser.parse_args(argv)
     profile = PROFILES["smoke" if args.smoke_test else args.profile]
     try:
         root = resolve_data_root(args, profile)
-        base = profile.trial.replace(**{"data.root": str(root)})
+        base = profile.trial.replace(**{"data.root": str(root), "optim.amp": args.amp})
         study: Study = build(args, profile, base)
         study.name = args.name if args.name != default_name else f"{default_name}-{profile.name}"
         study.results_dir = resolve_path(args.results_dir, "--results-dir")
@@ -183,22 +200,23 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
         study.gpus_per_trial = args.gpus_per_trial
         study.cpus_per_trial = args.cpus_per_trial or profile.cpus_per_trial
         study.dashboard = not args.no_dashboard
+        study.dashboard_host = args.dashboard_host
+        study.optuna_storage = resolve_path(args.optuna_storage, "--optuna-storage") if args.optuna_storage else None
         study.num_workers = args.num_workers
+        study.max_retries = args.max_retries
         run = study.run()
-        from analysis.tables import duplicate_seeds, print_summary, write_tables
-        from medseg_platform.results import scan_study
+        # the report's settings that the trial files do not hold (regenerated reports read them back)
+        command = " ".join(shlex.quote(a) for a in ["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+        write_json_atomic(run.study_dir / "settings.json", {
+            "profile": profile.name, "data_root": str(root), "command": command, "smoke_test": bool(args.smoke_test),
+            "results_dir": str(study.results_dir), "address": args.address, "gpus_per_trial": study.gpus_per_trial,
+            "cpus_per_trial": study.cpus_per_trial, "num_workers": study.num_workers, "max_concurrent": study.max_concurrent})
+        from analysis.report import print_report, write_report
 
-        records, problems = scan_study(run.study_dir)
-        wanted = set(run.trial_keys)
-        records = [r for r in records if r.path.name in wanted or study.search_space is not None]
-        missing = sorted(wanted - {r.path.name for r in records}) if study.search_space is None else []
-        problems += [f"trial {key} has no result (errored or interrupted; rerun the same command to resume)" for key in missing]
-        if study.search_space is None:  # a search's samples share row and seed on purpose
-            problems += duplicate_seeds(records)
-        paths = write_tables(records, run.study_dir) if records else []
-        print_summary(paths, problems)
+        report = write_report(run.study_dir)  # tables, plots/ and report.md, from the result files only
+        print_report(report)
         print(f"wall time {run.timing['total_s']:.1f} s; results in {run.study_dir}")
-        return 0 if records and not missing else 1
+        return 0 if report.records and not report.missing else 1
     except MedsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

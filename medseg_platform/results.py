@@ -8,8 +8,19 @@ A study folder holds one folder per trial, named by the trial's key (a hash of i
         per_case.csv     test metrics: case, class, dice, jaccard, hd95, asd, ...
         curves.csv       training curves: step, lr, steps_per_s, loss terms
         val_curve.csv    step, val_dice
-        result.json      written last: status, seed, labelled patients, best step, test means, timing
+        qualitative.npz  a few test slices for the overlay plots (below; written by the engine)
+        result.json      written last: status, seed, labelled patients, best step, test means, timing,
+                         finished_at (epoch seconds),
+                         attempts (how many times the trial started, retries and resumes included)
+        attempts.json    one entry per start of the trial (pid, host, time), written before training
+        error.json       only for an errored trial: the reason (kind, message, step/terms of a NaN loss)
         checkpoint/      the engine's resumable checkpoint
+
+``qualitative.npz`` (``medseg_platform.engine.QualitativeSlices``) holds the middle slice of the first
+three test cases sorted by id (the same slices for every trial on a dataset), N <= 3: ``cases`` (N,)
+str, ``slices`` (N,) int64 slice index, ``spacing`` (N, 2) float64 in-plane mm (NaN when unknown), and
+per sample i ``image_i`` (H_i, W_i) float16 in [0, 1], ``label_i`` and ``prediction_i`` (H_i, W_i)
+uint8 class indices (the model selected on val). Shapes can differ between cases.
 
 Every file is written atomically and ``result.json`` last, so a folder whose ``result.json`` reads back
 complete is a finished trial; anything else (missing, truncated, wrong schema) is unfinished and the
@@ -23,6 +34,9 @@ import hashlib
 import io
 import json
 import math
+import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -31,6 +45,8 @@ from medseg_platform.io import write_json_atomic, write_text_atomic
 
 RESULT_SCHEMA = "medseg-trial-result/1"
 RESULT_FILE = "result.json"
+ATTEMPTS_FILE = "attempts.json"
+ERROR_FILE = "error.json"
 REQUIRED_KEYS = ("schema", "status", "trial_key", "config", "seed", "labelled", "tags")
 PER_CASE_FIELDS = ("case", "class", "dice", "jaccard", "hd95", "asd")
 
@@ -115,6 +131,8 @@ def write_trial_results(trial_dir: Path, *, config: Mapping[str, Any], tags: Map
         "num_test_cases": len({r["case"] for r in outcome.test_rows}),
         "timing": outcome.timing,
         "resumed_from_step": outcome.resumed_from_step,
+        "attempts": max(1, read_attempts(trial_dir)["attempts"]),  # 1 when run outside a study (no attempts.json)
+        "finished_at": time.time(),  # epoch seconds: orders a search's trials in its history plot
         **dict(getattr(outcome, "extra", None) or {}),
         **dict(extra or {}),
     }
@@ -122,9 +140,46 @@ def write_trial_results(trial_dir: Path, *, config: Mapping[str, Any], tags: Map
     return record
 
 
-def write_trial_error(trial_dir: Path, *, config: Mapping[str, Any], tags: Mapping[str, Any], seed: int, error: str) -> None:
-    """Record why a trial failed (``error.json``); an errored trial has no ``result.json``."""
-    write_json_atomic(Path(trial_dir) / "error.json", {"status": "error", "error": error, "config": dict(config), "tags": dict(tags), "seed": seed})
+def write_trial_error(trial_dir: Path, *, config: Mapping[str, Any], tags: Mapping[str, Any], seed: int, error: str,
+                      kind: str = "error", details: Mapping[str, Any] | None = None, run: str = "") -> None:
+    """Record why a trial failed (``error.json``); an errored trial has no ``result.json``.
+
+    ``kind``: ``"application"`` (a deterministic :class:`~medseg_platform.errors.MedsegError` such as a
+    NaN loss: never retried) or ``"infrastructure"`` (anything else: retried by Tune from the last
+    checkpoint while retries are left). ``details``: structured fields (e.g. ``step`` and ``terms`` of a
+    non-finite loss). ``run``: the id of the study run that wrote it (a rerun of the command retries
+    trials that errored in earlier runs, not those that errored in this one).
+    """
+    write_json_atomic(Path(trial_dir) / ERROR_FILE, {"status": "error", "error": error, "kind": kind, "details": dict(details or {}),
+                                                     "run": run, "attempts": read_attempts(trial_dir)["attempts"],
+                                                     "config": dict(config), "tags": dict(tags), "seed": seed})
+
+
+def read_attempts(trial_dir: Path) -> dict:
+    """``attempts.json`` of a trial: ``{"attempts": n, "history": [{"pid", "host", "time"}, ...]}`` (n = 0 if none).
+
+    An unreadable file counts as no attempt (it is only bookkeeping; the count restarts).
+    """
+    try:
+        data = json.loads((Path(trial_dir) / ATTEMPTS_FILE).read_text(encoding="utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("attempts"), int) and isinstance(data.get("history"), list):
+            return data
+    except (OSError, ValueError):
+        pass
+    return {"attempts": 0, "history": []}
+
+
+def start_attempt(trial_dir: Path) -> int:
+    """Count one more start of the trial in ``attempts.json`` (atomically, before training); returns the count.
+
+    Each entry records the process that runs the attempt (pid, host), so a test or an operator can find
+    the trial's worker process.
+    """
+    data = read_attempts(trial_dir)
+    count = data["attempts"] + 1
+    history = data["history"] + [{"attempt": count, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}]
+    write_json_atomic(Path(trial_dir) / ATTEMPTS_FILE, {"attempts": count, "history": history})
+    return count
 
 
 @dataclass(frozen=True)

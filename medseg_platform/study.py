@@ -6,7 +6,8 @@ space, the metric/mode, an optional ASHA scheduler and the resources per trial. 
 
 1. expands and validates every trial config **before Ray starts** (one-line :class:`ConfigError`);
 2. skips Ray entirely when every trial already has a complete ``result.json`` (rerun = rebuild tables);
-3. starts a local Ray (dashboard on 127.0.0.1) or joins ``address`` / ``RAY_ADDRESS``;
+3. starts a local Ray (dashboard on ``dashboard_host``, 127.0.0.1 by default: :mod:`medseg_platform.dashboard`)
+   or joins ``address`` / ``RAY_ADDRESS``;
 4. runs or, if the experiment exists, restores (``Tuner.can_restore`` / ``Tuner.restore``) the Tune
    experiment ``<name>-<spec hash>`` under ``<results>/<name>/ray``. A changed spec gets a new experiment
    name; trials whose configs did not change are still reused from their result files.
@@ -15,6 +16,10 @@ Each trial is the function trainable :func:`run_trial_in_tune`: single-process, 
 TorchTrainer start-up cost. It reports with ``ray.tune.report`` (with the engine's checkpoint) and writes
 its result files (:mod:`medseg_platform.results`), which are the source of truth: a trial whose
 ``result.json`` is complete is never trained again, whatever Ray's state says.
+
+Failures (see :func:`run_trial_in_tune`): deterministic application errors (NaN loss, bad config/data)
+end the trial as errored without a retry; a dead worker is retried from its last checkpoint up to
+``max_retries`` times; a killed driver or a corrupt result is handled by rerunning the same command.
 """
 
 from __future__ import annotations
@@ -27,14 +32,17 @@ import re
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from medseg_platform.config import TrialConfig, resolve_path
+from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_host, dashboard_message
 from medseg_platform.errors import ConfigError, MedsegError
 from medseg_platform.io import write_json_atomic
-from medseg_platform.results import read_trial, CorruptResult, trial_key, write_trial_error, write_trial_results
+from medseg_platform.results import (ERROR_FILE, CorruptResult, read_trial, start_attempt, trial_key, write_trial_error,
+                                     write_trial_results)
 
 METRIC = "best_val_dice"
 
@@ -67,6 +75,9 @@ class Study:
     address: str | None = None
     dashboard: bool = True
     num_cpus: int | None = None  # for a local Ray; None = all cores
+    dashboard_host: str = DEFAULT_DASHBOARD_HOST  # local Ray only; not loopback = a warning (medseg_platform.dashboard)
+    optuna_storage: Path | None = None  # search only: Optuna journal file the searched trials go to (optuna-dashboard PATH)
+    max_retries: int = 2  # Tune retries of a trial whose worker died (infrastructure failures only; see run_trial_in_tune)
 
     # -- expansion and validation (no Ray) ------------------------------------------------------
     def trial_params(self) -> list[dict]:
@@ -90,6 +101,10 @@ class Study:
                     overrides = {**variant.overrides, **grid_values, "seed": int(seed), "workers": self.num_workers}
                     cfg = self.base.replace(**overrides)
                     tags = dict(variant.tags)
+                    # the analysis reads "variant" (the row label before grid suffixes) and "axes" (every
+                    # grid axis, plus the non-grid axes a study script puts in the variant's own "axes")
+                    tags["variant"] = str(variant.tags.get("variant") or variant.tags.get("row", cfg.objective))
+                    tags["axes"] = {**dict(variant.tags.get("axes") or {}), **grid_values}
                     # grid axes other than the label fraction (the tables' columns) are part of the row label,
                     # so different settings are never averaged into one cell
                     extra = [f"{k}={v}" for k, v in grid_values.items() if k != "data.labelled"]
@@ -118,7 +133,19 @@ class Study:
         spec = {"trials": [t["key"] for t in trials], "search": search, "n": self.num_samples, "metric": self.metric,
                 "mode": self.mode, "asha": self.asha, "workers": self.num_workers, "cpus": self.cpus_per_trial,
                 "gpus": self.gpus_per_trial}
+        if self.optuna_storage is not None:  # a restored experiment keeps its searcher: with its storage, or without
+            spec["optuna_storage"] = str(resolve_path(self.optuna_storage, "--optuna-storage"))
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+
+    def description(self, trials: list[dict]) -> dict:
+        """``study.json``: what the analysis needs besides the trial files (axes, variants, search, seeds)."""
+        return {"name": self.name, "trials": [t["key"] for t in trials], "seeds": list(self.seeds),
+                "spec_hash": self.spec_hash(trials), "search": self.search_space is not None,
+                "grid": {key: list(values) for key, values in self.grid.items()},
+                "variants": [dict(v.tags) for v in self.variants],
+                "search_space": {key: _describe_domain(d) for key, d in (self.search_space or {}).items()},
+                "num_samples": self.num_samples if self.search_space is not None else 1,
+                "metric": self.metric, "mode": self.mode, "asha": self.asha}
 
     @property
     def study_dir(self) -> Path:
@@ -129,31 +156,47 @@ class Study:
         """Validate, run (or restore) on Ray, and return what finished; see the module docstring."""
         start = time.perf_counter()
         trials = self.trial_params()
+        self._check_ray_options()
+        self._check_fault_tolerance_options(trials)
         if self.gpus_per_trial > 0:
             check_gpus_available(self.address)
         study_dir = self.study_dir
         (study_dir / "trials").mkdir(parents=True, exist_ok=True)
-        pending = [t for t in trials if not _finished(study_dir / "trials" / t["key"])]
-        write_json_atomic(study_dir / "study.json", {"name": self.name, "trials": [t["key"] for t in trials], "seeds": list(self.seeds),
-                                                     "spec_hash": self.spec_hash(trials), "search": self.search_space is not None})
+        pending = [t for t in trials if not _finished(study_dir / "trials" / t["key"], warn=True)]
+        write_json_atomic(study_dir / "study.json", self.description(trials))
         _log(f"study {self.name}: {len(trials)} trial(s), {len(trials) - len(pending)} already finished -> {study_dir}")
         timing = {"validate_s": time.perf_counter() - start}
         if pending or self.search_space is not None:
-            restored = self._run_tune(trials, study_dir, timing, self.spec_hash(trials))
+            run_id = uuid.uuid4().hex[:12]  # marks the error.json files written by this run
+            restored = self._run_tune(trials, study_dir, timing, self.spec_hash(trials), run_id)
             # A restored experiment re-runs only what Tune itself left unfinished or errored. Trials it
-            # marked finished that have no valid result (folder deleted, result schema changed) run again here.
-            left = [t for t in pending if not _finished(study_dir / "trials" / t["key"]) and not (study_dir / "trials" / t["key"] / "error.json").is_file()]
+            # marked finished that have no valid result (folder deleted, corrupt result, an application error
+            # in an earlier run: Tune saw those end normally) run again here, in a fresh experiment.
+            left = [t for t in pending if not _finished(study_dir / "trials" / t["key"]) and not _errored_in_run(study_dir / "trials" / t["key"], run_id)]
             if restored and left and self.search_space is None:
-                _log(f"{len(left)} trial(s) that the restored experiment considers done have no result: running them again")
-                self._run_tune(left, study_dir, timing, "rerun-" + hashlib.sha256("".join(t["key"] for t in left).encode()).hexdigest()[:8])
+                _log(f"{len(left)} trial(s) that the restored experiment considers done have no result (lost, corrupt, or "
+                     "errored in an earlier run): running them again")
+                self._run_tune(left, study_dir, timing, f"rerun-{run_id}", run_id)
         timing["total_s"] = time.perf_counter() - start
         write_json_atomic(study_dir / "last_run.json", {"timing": timing, "pending_at_start": len(pending), "trials": len(trials),
                                                         "concurrency_cpus": self.num_cpus, "cpus_per_trial": self.cpus_per_trial,
                                                         "num_workers": self.num_workers})
         return StudyRun(self, study_dir, [t["key"] for t in trials], timing)
 
-    def _run_tune(self, trials: list[dict], study_dir: Path, timing: dict, suffix: str) -> bool:
-        """Run the trials as Tune experiment ``<name>-<suffix>``, restoring it if it exists; True if restored."""
+    def _check_fault_tolerance_options(self, trials: list[dict]) -> None:
+        """``max_retries`` and a trial's fp16 autocast without a GPU, before Ray starts (one-line :class:`ConfigError`)."""
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ConfigError(f"--max-retries {self.max_retries!r}: must be a whole number >= 0")
+        if self.gpus_per_trial <= 0 and any(t["config"]["optim"].get("amp") == "fp16" for t in trials):
+            raise ConfigError("optim.amp 'fp16' needs a CUDA GPU per trial: pass --gpus-per-trial 1 (or use --amp bf16, which runs on CPU too)")
+
+    def _run_tune(self, trials: list[dict], study_dir: Path, timing: dict, suffix: str, run_id: str = "") -> bool:
+        """Run the trials as Tune experiment ``<name>-<suffix>``, restoring it if it exists; True if restored.
+
+        Fault tolerance: ``FailureConfig(max_failures=max_retries)`` restarts a trial whose worker process
+        died from its last checkpoint (a restored experiment keeps the limit it was started with);
+        :class:`ProgressCallback` prints each retry.
+        """
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         # one checkpoint per validation is intended; Tune's "snapshotting triggered often" warning is noise here
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -163,7 +206,7 @@ class Study:
 
         timing["import_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        started_here = init_ray(self.address, self.num_cpus, self.dashboard)
+        started_here = init_ray(self.address, self.num_cpus, self.dashboard, self.dashboard_host)
         timing["ray_init_s"] = time.perf_counter() - t0
         try:
             t0 = time.perf_counter()
@@ -172,7 +215,7 @@ class Study:
             distributed = self.num_workers > 1
             trainable = tune.with_resources(
                 tune.with_parameters(run_trial_in_tune, study_dir=str(study_dir), num_workers=self.num_workers,
-                                     cpus_per_worker=self.cpus_per_trial, gpus_per_worker=self.gpus_per_trial),
+                                     cpus_per_worker=self.cpus_per_trial, gpus_per_worker=self.gpus_per_trial, run_id=run_id),
                 {"cpu": TUNE_FUNCTION_CPU} if distributed else {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial},
             )
             name = f"{self.name}-{suffix}"
@@ -183,11 +226,11 @@ class Study:
                 _log(f"restoring Tune experiment {exp_path}")
                 tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
             else:
-                tuner = tune.Tuner(trainable, param_space=self._param_space(trials), tune_config=self._tune_config(),
+                tuner = tune.Tuner(trainable, param_space=self._param_space(trials), tune_config=self._tune_config(name),
                                    run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
                                                              callbacks=[ProgressCallback(len(trials) * (self.num_samples if self.search_space else 1))],
                                                              checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                                             failure_config=tune.FailureConfig(max_failures=0)))
+                                                             failure_config=tune.FailureConfig(max_failures=self.max_retries)))
             tuner.fit()
             timing["tune_s"] = timing.get("tune_s", 0.0) + time.perf_counter() - t0
         finally:
@@ -202,14 +245,32 @@ class Study:
             return {"trial": tune.grid_search(trials)}
         return {"trial": trials[0], "search": dict(self.search_space)}
 
-    def _tune_config(self):
+    def _check_ray_options(self) -> None:
+        """``dashboard_host`` and ``optuna_storage``, checked before Ray starts (one-line :class:`ConfigError`)."""
+        warning = check_dashboard_host(self.dashboard_host)
+        if self.dashboard_host != DEFAULT_DASHBOARD_HOST and (not self.dashboard or self.address or os.environ.get("RAY_ADDRESS")):
+            raise ConfigError("--dashboard-host sets the dashboard of the local Ray this command starts; it has no effect with "
+                              "--no-dashboard or when joining a cluster (--address/RAY_ADDRESS: use `ray start --dashboard-host` there)")
+        if warning:
+            _log(warning)
+        if self.optuna_storage is not None:
+            if self.search_space is None:
+                raise ConfigError("--optuna-storage records an Optuna search; this study is a grid (it has no search space)")
+            path = resolve_path(self.optuna_storage, "--optuna-storage")
+            if path.is_dir():
+                raise ConfigError(f"--optuna-storage {path}: is a directory; give a file (e.g. {path / 'optuna.log'})")
+            self.optuna_storage = path
+
+    def _tune_config(self, experiment: str):
+        """Tune's config; with a search, Optuna TPE whose study is named ``experiment`` (the Tune experiment's name)."""
         from ray import tune
 
         search_alg = scheduler = None
         if self.search_space is not None:
             from ray.tune.search.optuna import OptunaSearch
 
-            search_alg = OptunaSearch(metric=self.metric, mode=self.mode, seed=int(self.seeds[0]))
+            search_alg = OptunaSearch(metric=self.metric, mode=self.mode, seed=int(self.seeds[0]), study_name=experiment,
+                                      storage=optuna_journal(self.optuna_storage) if self.optuna_storage is not None else None)
         if self.asha:
             from ray.tune.schedulers import ASHAScheduler
 
@@ -249,12 +310,47 @@ def pretrain_cache_dir(study_dir: str | Path) -> Path:
     return Path(study_dir).parent / "pretrain-cache"
 
 
-def _finished(trial_dir: Path) -> bool:
+def _finished(trial_dir: Path, warn: bool = False) -> bool:
+    """True if ``trial_dir`` holds a complete result; a corrupt one (``warn``: printed, naming the file) is unfinished."""
     try:
         return read_trial(trial_dir) is not None
     except CorruptResult as exc:
-        _log(f"warning: {exc}; the trial will be run again")
+        if warn:
+            _log(f"warning: corrupt result {exc}; the trial will be run again")
         return False
+
+
+def _errored_in_run(trial_dir: Path, run_id: str) -> bool:
+    """True if the trial's ``error.json`` was written by study run ``run_id`` (not by an earlier run)."""
+    try:
+        return json.loads((trial_dir / ERROR_FILE).read_text(encoding="utf-8")).get("run") == run_id
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def application_error(exc: BaseException) -> MedsegError | None:
+    """The deterministic application error behind ``exc``, or None for an infrastructure failure.
+
+    Looks at ``exc`` itself, its cause/context chain, Ray's wrappers (``RayTaskError.as_instanceof_cause``)
+    and a Ray Train ``WorkerGroupError``'s per-rank ``worker_failures`` (a multi-worker trial's NaN).
+    """
+    stack, seen = [exc], set()
+    while stack:
+        error = stack.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, MedsegError):
+            return error
+        stack += [error.__cause__, error.__context__, getattr(error, "cause", None)]
+        stack += list((getattr(error, "worker_failures", None) or {}).values())
+        unwrap = getattr(error, "as_instanceof_cause", None)
+        if callable(unwrap):
+            try:
+                stack.append(unwrap())
+            except Exception:  # noqa: BLE001 - a wrapper that cannot rebuild its cause is simply not unwrapped
+                pass
+    return None
 
 
 def _log(msg: str) -> None:
@@ -271,8 +367,21 @@ def check_gpus_available(address: str | None) -> None:
         raise ConfigError("--gpus-per-trial > 0 but this machine has no CUDA GPU (run on a GPU node, join a cluster with --address, or use 0)")
 
 
-def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> bool:
-    """Join ``address``/``RAY_ADDRESS`` or start a local Ray (dashboard on 127.0.0.1). True if started here."""
+def optuna_journal(path: Path):
+    """Optuna's journal file storage at ``path`` (parent folders created): safe with parallel writers, unlike SQLite.
+
+    OptunaSearch (Ray 2.60) takes it as ``storage``; ``optuna-dashboard PATH`` shows the study.
+    """
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboard_host: str = DEFAULT_DASHBOARD_HOST) -> bool:
+    """Join ``address``/``RAY_ADDRESS`` or start a local Ray (dashboard on ``dashboard_host``). True if started here."""
     import ray
 
     if ray.is_initialized():
@@ -281,15 +390,37 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool) -> bool
     if address:
         ray.init(address=address, log_to_driver=False)
         return True
-    context = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+    context = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
                        object_store_memory=1 << 30, log_to_driver=False, configure_logging=False)
     if dashboard and getattr(context, "dashboard_url", None):
-        _log(f"Ray dashboard: http://{context.dashboard_url} (token auth: the token is in ~/.ray/auth_token)")
+        _log(dashboard_message(context.dashboard_url))
     return True
 
 
-def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0) -> None:
-    """The Tune function trainable: one trial, in-process (see the module docstring)."""
+def trial_placement() -> dict:
+    """Where this trial ran, recorded in its ``result.json``: Ray node id, host name, node IP and process id."""
+    import socket
+
+    import ray
+
+    context = ray.get_runtime_context()
+    return {"node_id": context.get_node_id(), "hostname": socket.gethostname(),
+            "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid()}
+
+
+def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
+                      run_id: str = "") -> None:
+    """The Tune function trainable: one trial, in-process (see the module docstring).
+
+    Failures. An *application error* (a :class:`MedsegError`: NaN/inf loss, bad config or data, an unreadable
+    checkpoint) is deterministic: it is written to ``error.json`` (kind ``application``, with the step and
+    terms of a NaN) and the trial **ends normally** with an ``errored: True`` report, so Tune spends no retry
+    on it, the study goes on, and the progress line and the summary count it as errored. Anything else (an
+    exception of another type, or the worker process dying, which never reaches this code) is an
+    *infrastructure failure*: recorded (kind ``infrastructure``) and re-raised, so Tune restarts the trial
+    from its last checkpoint while ``Study.max_retries`` lasts. Each start is counted in ``attempts.json``
+    (before training) and ``result.json`` records the count. ``run_id`` marks this study run's error files.
+    """
     from ray import tune
 
     trial = params["trial"]
@@ -304,8 +435,8 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
         cfg = TrialConfig.from_dict(config)
         cfg.validate(check_data=False)
     except MedsegError as exc:
-        write_trial_error(trial_dir, config=config, tags=tags, seed=int(config.get("seed", 0)), error=str(exc))
-        raise
+        _end_errored(trial_dir, config, tags, int(config.get("seed", 0)), exc, run_id)
+        return
 
     try:
         existing = read_trial(trial_dir)
@@ -315,6 +446,7 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
         tune.report({"step": cfg.optim.max_steps, METRIC: existing.result["best_val_dice"], "test_dice": existing.result["test"]["mean"]["dice"], "done": True, "skipped": True})
         return
 
+    attempt = start_attempt(trial_dir)
     checkpoint = tune.get_checkpoint()
     own = trial_dir / "checkpoint"
     if checkpoint is not None and not (own / "checkpoint.pt").is_file():
@@ -328,7 +460,9 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
     from medseg_platform.engine import train_trial
 
     write_json_atomic(trial_dir / "config.json", {"config": config, "tags": tags})
-    (trial_dir / "error.json").unlink(missing_ok=True)  # a retry of an errored trial starts clean
+    (trial_dir / ERROR_FILE).unlink(missing_ok=True)  # a retry of an errored trial starts clean
+    if attempt > 1:
+        print(f"[{key}] attempt {attempt}: resuming from the trial's last checkpoint", flush=True)
     try:
         if num_workers > 1:
             from medseg_platform.distributed import run_distributed_trial
@@ -338,13 +472,30 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
         else:
             outcome = train_trial(cfg, trial_dir, report=report, log=lambda msg: print(f"[{key}] {msg}", flush=True),
                                   pretrain_cache=pretrain_cache_dir(study_dir))
-            record = write_trial_results(trial_dir, config=config, tags=tags, outcome=outcome, seed=cfg.seed)
-    except Exception as exc:  # the reason goes into the trial's files (Ray wraps workers' errors), then Tune marks it errored
-        message = str(exc) if isinstance(exc, MedsegError) else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        write_trial_error(trial_dir, config=config, tags=tags, seed=cfg.seed, error=message)
-        raise
+            record = write_trial_results(trial_dir, config=config, tags=tags, outcome=outcome, seed=cfg.seed, extra={"placement": trial_placement()})
+    except Exception as exc:  # the reason goes into the trial's files (Ray wraps workers' errors)
+        app = application_error(exc)
+        if app is not None:
+            _end_errored(trial_dir, config, tags, cfg.seed, app, run_id)
+            return
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        write_trial_error(trial_dir, config=config, tags=tags, seed=cfg.seed, error=message, kind="infrastructure", run=run_id)
+        raise  # Tune retries it from the last checkpoint (FailureConfig), or marks it errored when no retry is left
     tune.report({"step": cfg.optim.max_steps, METRIC: record["best_val_dice"], "best_val_dice": record["best_val_dice"],
                  "test_dice": record["test"]["mean"]["dice"], "done": True})
+
+
+def _end_errored(trial_dir: Path, config: dict, tags: dict, seed: int, exc: MedsegError, run_id: str) -> None:
+    """Record an application error and end the Tune trial normally with an ``errored`` report (never retried)."""
+    from ray import tune
+
+    step = getattr(exc, "step", None)
+    details = {"step": step, "terms": list(getattr(exc, "terms", ()))} if step is not None else {}
+    write_trial_error(trial_dir, config=config, tags=tags, seed=seed, error=str(exc), kind="application", details=details, run=run_id)
+    print(f"[{trial_dir.name}] ERRORED (not retried: the error is deterministic): {exc}", flush=True)
+    nan = float("nan")
+    tune.report({"step": step if step is not None else 0, METRIC: nan, "best_val_dice": nan, "test_dice": nan, "done": True,
+                 "errored": True, "error": str(exc)})
 
 
 def _progress_callback_base():
@@ -354,24 +505,101 @@ def _progress_callback_base():
 
 
 class ProgressCallback(_progress_callback_base()):
-    """Prints one line per finished or errored trial with counts and a simple ETA."""
+    """One terminal line per trial start, finish, error and retry, with the study's counts and an ETA::
 
-    def __init__(self, total: int):
+        [3/16] finished mona-l1-s1-0123abcd (3 finished, 2 running, 11 pending, 0 errored; 4.2 min elapsed, ETA 12.5 min)
+        [3/16] retry 1/2 of supervised-l1-s1-4567ef01 (...): its worker failed, resuming from its last checkpoint
+
+    Counts come from the ``trials`` list Tune passes to every hook (so a restored experiment's earlier trials
+    count); the trial of the event is counted as what the event says (Tune updates its status only after the
+    hook). A trial that ended with an ``errored`` report (an application error, :func:`run_trial_in_tune`)
+    counts as errored. ETA = mean wall time of the trials that ran to the end in this run (trials skipped
+    because their result existed do not count) x (running + pending) / the most trials seen running at once:
+    a rough figure, shown only once a trial has finished.
+    """
+
+    def __init__(self, total: int, clock: Callable[[], float] = time.monotonic):
         self.total = total
-        self.done = 0
-        self.errored = 0
-        self.start = time.perf_counter()
+        self.clock = clock  # tests pass a fake clock
+        self.setup()
 
-    def _line(self, what: str, trial) -> None:
-        finished = self.done + self.errored
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / finished * (self.total - finished) if finished else float("nan")
-        _log(f"[{finished}/{self.total}] {what} {trial.trial_id} ({elapsed:.0f} s elapsed, ETA {eta:.0f} s)")
+    def setup(self, **info) -> None:  # Tune calls it when an experiment starts, restored ones included (this object is unpickled)
+        self.start = self.clock()
+        self.started: dict[str, float] = {}
+        self.durations: list[float] = []
+        self.peak_running = 0
+
+    # -- formatting (no Ray needed: tests pass objects with trial_id, status, config, last_result) ----------
+    @staticmethod
+    def category(trial) -> str:
+        """``finished`` / ``errored`` / ``running`` / ``pending`` from a Tune trial's status and last result."""
+        status = getattr(trial, "status", "PENDING")
+        if status == "ERROR" or (status == "TERMINATED" and (getattr(trial, "last_result", None) or {}).get("errored")):
+            return "errored"
+        return {"TERMINATED": "finished", "RUNNING": "running"}.get(status, "pending")
+
+    def counts(self, trials, trial=None, now: str | None = None) -> dict[str, int]:
+        counts = dict.fromkeys(("finished", "running", "pending", "errored"), 0)
+        for t in trials:
+            counts[now if (trial is not None and now and t is trial) else self.category(t)] += 1
+        if trial is not None and now and not any(t is trial for t in trials):
+            counts[now] += 1
+        counts["pending"] += max(0, self.total - sum(counts.values()))  # trials Tune has not created yet
+        return counts
+
+    def line(self, what: str, trial, trials, now: str | None = None) -> str:
+        c = self.counts(trials, trial, now)
+        self.peak_running = max(self.peak_running, c["running"], 1)
+        left = c["running"] + c["pending"]
+        if not left:
+            eta = "done"
+        elif self.durations:
+            eta = "ETA " + _duration(sum(self.durations) / len(self.durations) * left / self.peak_running)
+        else:
+            eta = "ETA ? (after the first trial finishes)"
+        done = c["finished"] + c["errored"]
+        return (f"[{done}/{sum(c.values())}] {what} {_trial_name(trial)} ({c['finished']} finished, {c['running']} running, "
+                f"{c['pending']} pending, {c['errored']} errored; {_duration(self.clock() - self.start)} elapsed, {eta})")
+
+    # -- Tune hooks ----------------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = self.clock()
+        attempt = f" (attempt {trial.num_failures + 1})" if getattr(trial, "num_failures", 0) else ""
+        _log(self.line(f"started{attempt}", trial, trials, now="running"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.done += 1
-        self._line("finished", trial)
+        result = getattr(trial, "last_result", None) or {}
+        began = self.started.pop(trial.trial_id, None)
+        if began is not None and not result.get("skipped") and not result.get("errored"):
+            self.durations.append(self.clock() - began)
+        if result.get("errored"):
+            _log(self.line("ERRORED", trial, trials, now="errored") + f": {result.get('error', '?')}")
+        else:
+            _log(self.line("finished" + (" (result existed)" if result.get("skipped") else ""), trial, trials, now="finished"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.errored += 1
-        self._line("ERRORED", trial)
+        self.started.pop(trial.trial_id, None)
+        retries = max(0, getattr(trial, "num_failures", 1) - 1)
+        _log(self.line(f"ERRORED after {retries} retr{'y' if retries == 1 else 'ies'}", trial, trials, now="errored"))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.started.pop(trial.trial_id, None)
+        _log(self.line(f"retry {trial.num_failures}/{trial.max_failures} of", trial, trials, now="pending")
+             + ": its worker failed, resuming from its last checkpoint")
+
+
+def _trial_name(trial) -> str:
+    """The trial's key (grid trials) or Tune's trial id (searched trials get their key inside the trial)."""
+    config = getattr(trial, "config", None) or {}
+    grid_trial = config.get("trial") if not config.get("search") else None
+    key = grid_trial.get("key") if isinstance(grid_trial, Mapping) else None
+    return key or str(getattr(trial, "trial_id", "?"))
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``2.5 min``, ``2.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -71,10 +71,20 @@ def ray_address(phantom_cache):
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        # token auth (Ray 2.60's default) with a token of our own: the suite never writes ~/.ray/auth_token;
+        # subprocess drivers that join with --address inherit the variable
+        import secrets
+
+        token_file = Path(temp_dir) / "auth_token"
+        token_file.write_text(secrets.token_hex(32))
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
     context = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, object_store_memory=256 << 20,
                        log_to_driver=False, configure_logging=False)
     try:
         yield context.address_info["gcs_address"]
     finally:
         ray.shutdown()
+        if os.environ.get("RAY_AUTH_TOKEN_PATH", "").startswith(temp_dir):
+            del os.environ["RAY_AUTH_TOKEN_PATH"]
         shutil.rmtree(temp_dir, ignore_errors=True)

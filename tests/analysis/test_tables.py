@@ -13,7 +13,7 @@ from analysis import tables
 from medseg_platform.results import TrialRecord, scan_study, trial_key, write_trial_error, write_trial_results
 
 MT, MONA = "Mean teacher", "MONA w/o L_contrast"
-FEW, MANY = "3 pat. (4.3%)", "14 pat. (20.0%)"
+FEW, MANY = "3 patients (4.3%)", "14 patients (20.0%)"
 FRACTIONS = {FEW: 3, MANY: 14}  # of 70 training patients
 
 
@@ -136,7 +136,7 @@ def test_row_and_column_order(records, df):
     assert list(dict.fromkeys(df["class"])) == ["RV", "Myo", "LV", "Avg"]
     lines = tables.to_markdown(df, "dice").splitlines()
     header = next(line for line in lines if line.startswith("| Method"))
-    assert header.index("3 pat. (4.3%): RV") < header.index("3 pat. (4.3%): Avg") < header.index("14 pat. (20.0%): RV")
+    assert header.index("3 patients (4.3%): RV") < header.index("3 patients (4.3%): Avg") < header.index("14 patients (20.0%): RV")
     body = [line for line in lines if line.startswith("| M") and not line.startswith("| Method")]
     assert body[0].startswith("| Mean teacher") and body[1].startswith("| MONA")
 
@@ -165,7 +165,7 @@ def test_markdown_bold_on_best_cell_and_undefined_marker(df):
 
 def test_latex_escapes_and_booktabs(df):
     tex = tables.to_latex(df, "dice")
-    assert r"MONA w/o L\_contrast" in tex and r"3 pat. (4.3\%)" in tex and "L_contrast" not in tex
+    assert r"MONA w/o L\_contrast" in tex and r"3 patients (4.3\%)" in tex and "L_contrast" not in tex
     for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\cmidrule(lr){2-5}", r"\cmidrule(lr){6-9}"):
         assert rule in tex
     assert r"\begin{tabular}{lcccccccc}" in tex and tex.count(r"\begin{table}") == 1 and r"\caption{Test Dice (\%)" in tex

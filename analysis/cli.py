@@ -1,0 +1,58 @@
+"""``medseg report RESULTS_DIR``: regenerate tables, plots and ``report.md`` of finished studies (no training).
+
+RESULTS_DIR is one study folder (it has ``study.json`` or ``trials/``) or a results folder holding
+several studies (each sub-folder that is a study is regenerated, in name order). Nothing heavy is
+imported until the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medseg_platform.errors import MedsegError
+
+
+def find_studies(results_dir: Path) -> list[Path]:
+    """The study folders of ``results_dir``: itself if it is one, else its sub-folders that are; MedsegError if none."""
+    from analysis.report import is_study_dir
+
+    if not results_dir.is_dir():
+        raise MedsegError(f"{results_dir}: no such folder (give a study folder or the --results-dir of a study)")
+    if is_study_dir(results_dir):
+        return [results_dir]
+    studies = sorted(p for p in results_dir.iterdir() if p.is_dir() and is_study_dir(p))
+    if not studies:
+        raise MedsegError(f"{results_dir}: no study here (a study folder has study.json or trials/; run a study script first)")
+    return studies
+
+
+def run(args) -> int:
+    from analysis.report import print_report, write_report
+
+    studies = find_studies(Path(args.results_dir).expanduser().resolve())
+    without_results = 0
+    for study_dir in studies:
+        print(f"== {study_dir.name}")
+        report = write_report(study_dir)
+        print_report(report)
+        without_results += not report.records
+    return 1 if without_results else 0
+
+
+def add_cli(subparsers) -> None:
+    from medseg_platform.cli import command_parser
+
+    parser = command_parser(
+        subparsers,
+        "report",
+        help="regenerate the tables, plots and report.md of finished studies from their result files",
+        example="medseg report results/ablation_tailness-quick",
+        description=(
+            "Regenerate the tables (Markdown, LaTeX, CSV), the plots (plots/*.png) and report.md of a study from its\n"
+            "per-trial result files, without training. RESULTS_DIR is a study folder (with study.json or trials/)\n"
+            "or a results folder holding several studies (each is regenerated). Prints where everything is; exit\n"
+            "code 1 when a study has no finished trial, 2 when RESULTS_DIR holds no study."
+        ),
+    )
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="a study folder or a results folder of studies")
+    parser.set_defaults(func=run)

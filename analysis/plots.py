@@ -1,0 +1,653 @@
+"""Comparison plots of a study, a pure function of its per-trial result files (PNG, matplotlib Agg).
+
+Every figure function takes finished :class:`~medseg_platform.results.TrialRecord` s (or the long-form
+table of :func:`analysis.tables.build_table`) and returns a :class:`matplotlib.figure.Figure`, or a
+:class:`Skipped` with the reason when there is nothing to draw (an empty plot is never drawn):
+
+* :func:`class_bars`: grouped bars, mean ± std over seeds, per method (bars) and class (x), one panel
+  per label fraction;
+* :func:`axis_curves`: metric vs a numeric ablation axis (``tags["axes"]``, e.g. a temperature), one
+  line per variant, error bars over seeds;
+* :func:`label_fraction_curves`: metric vs labelled patients, one line per method;
+* :func:`training_curves`: training loss and val Dice vs training step (``curves.csv``,
+  ``val_curve.csv``), one line per method (mean over seeds), one row of panels per label fraction;
+* :func:`qualitative_overlays`: the same test slices (``qualitative.npz``) with the ground truth and
+  each method's prediction;
+* :func:`search_history`, :func:`param_importances`: an Optuna search's objective per trial with the
+  running best, and the parameter importances of an in-memory Optuna study rebuilt from the results.
+
+Colours: one per table row, from :func:`palette` (fixed colours for the methods of the platform, the
+same in every study; other labels get stable colours by hash). Figures use constrained layout with the
+legend below the axes, so it never covers data. :func:`write_plots` writes them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed; the figures below never touch pyplot's global state
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from analysis.tables import (AVG, DEFAULT_CLASS_NAMES, build_table, column_label, column_order, metric_style,  # noqa: E402
+                             row_label, row_order, trial_class_values, trial_seed)
+from medseg_platform.io import atomic_path  # noqa: E402
+from medseg_platform.results import read_csv  # noqa: E402
+
+#: Fixed colours of the platform's methods (the rows of ``studies/ablation_tailness.py``), so a method
+#: looks the same in every plot of every study. Other row labels get colours from :data:`_EXTRA`.
+FIXED_COLOURS = {
+    "Supervised only": "#7f7f7f", "Mean teacher": "#8c564b", "MONA": "#1f77b4", "ARCO-SG": "#2ca02c",
+    "ARCO-SAG": "#d62728", "ACTION": "#9467bd", "MONA/ARCO w/o L_contrast": "#17becf", "ACTION w/o L_anco": "#e377c2",
+}
+_EXTRA = ["#ff7f0e", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
+          "#31a354", "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7ba52", "#ad494a", "#de9ed6", "#6baed6"]
+#: Overlay colours of the classes (1 RV, 2 Myo, 3 LV), transparent background.
+CLASS_COLOURS = {1: "#e41a1c", 2: "#4daf4a", 3: "#377eb8"}
+DPI = 120
+LEGEND_MAX_ROWS = 4
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A plot that was not drawn, and why (printed by :func:`write_plots`)."""
+
+    reason: str
+
+
+# --------------------------------------------------------------------------------------------- colours
+
+
+def palette(labels: Iterable[str]) -> dict[str, str]:
+    """A colour per label: the fixed colour of a known method, else a stable colour picked by hash.
+
+    Labels of a method with a suffix ("MONA (x=1)") start from that method's colour; collisions within
+    one call are resolved by probing, so the colours of one study are all distinct (while the palette lasts).
+    """
+    labels = list(dict.fromkeys(labels))
+    colours: dict[str, str] = {}
+    used = set()
+    for label in labels:
+        if label in FIXED_COLOURS:
+            colours[label] = FIXED_COLOURS[label]
+            used.add(FIXED_COLOURS[label])
+    choices = _EXTRA + [c for c in FIXED_COLOURS.values()]
+    for label in labels:
+        if label in colours:
+            continue
+        start = int(hashlib.sha256(label.encode()).hexdigest(), 16) % len(choices)
+        for i in range(len(choices)):
+            colour = choices[(start + i) % len(choices)]
+            if colour not in used:
+                break
+        colours[label] = colour
+        used.add(colour)
+    return colours
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _legend_below(fig: Figure, handles: Sequence, labels: Sequence[str]) -> None:
+    """One legend for the whole figure, under the axes (never over data)."""
+    if not handles:
+        return
+    ncol = max(1, min(len(labels), math.ceil(len(labels) / LEGEND_MAX_ROWS), 4))
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize="small", frameon=False)
+
+
+def metric_axis_label(metric: str, unit: str | None = None) -> str:
+    """The y-axis label of a metric with its unit, e.g. "Dice (%)" or "HD95 (mm)"."""
+    style = metric_style(metric)
+    if style.scale != 1.0:
+        return style.label
+    return f"{style.label} ({unit or 'mm or voxels, as evaluated'})"
+
+
+def distance_unit(records: Sequence) -> str | None:
+    """"mm" when the test volumes carried a voxel spacing (from ``qualitative.npz``), "voxels" when they did
+    not, None when unknown."""
+    for record in records:
+        path = Path(record.path) / "qualitative.npz"
+        if path.is_file():
+            try:
+                with np.load(path) as data:
+                    spacing = np.asarray(data["spacing"], dtype=float)
+            except (OSError, KeyError, ValueError):
+                continue
+            if spacing.size:
+                return "mm" if np.isfinite(spacing).all() else "voxels"
+    return None
+
+
+def trial_value(record, metric: str) -> float:
+    """One trial's test value of ``metric`` averaged over classes ("Avg" of the tables), in display units."""
+    return trial_class_values(record.per_case, metric)[AVG][0] * metric_style(metric).scale
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    finite = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    if finite.size == 0:
+        return math.nan, math.nan
+    return float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a label."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
+
+
+# --------------------------------------------------------------------------------------------- bars
+
+
+def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: str | None = None) -> Figure | Skipped:
+    """Grouped bars of ``metric`` per class (x) and method (bars), mean ± std over seeds; a panel per label fraction.
+
+    ``df`` is the long form of :func:`analysis.tables.build_table`.
+    """
+    frame = df[(df["metric"] == metric) & df["mean"].notna()]
+    if frame.empty:
+        return Skipped(f"{metric} bars: no finished trial has a value")
+    columns = list(dict.fromkeys(frame.sort_values("column_rank", kind="stable")["column"]))
+    rows = list(dict.fromkeys(frame.sort_values("row_rank", kind="stable")["row"]))
+    classes = list(dict.fromkeys(frame["class"]))
+    width_per_panel = max(3.5, 0.22 * len(rows) * len(classes) + 1.0)
+    fig = _new_figure(min(24.0, max(7.0, width_per_panel * len(columns) + 0.8)), 4.6)
+    axes = fig.subplots(1, len(columns), sharey=True, squeeze=False)[0]
+    bar = 0.8 / len(rows)
+    handles = {}
+    for ax, column in zip(axes, columns):
+        cells = frame[frame["column"] == column].set_index(["row", "class"])
+        for i, row in enumerate(rows):
+            means = [cells.loc[(row, c), "mean"] if (row, c) in cells.index else np.nan for c in classes]
+            stds = [cells.loc[(row, c), "std"] if (row, c) in cells.index else np.nan for c in classes]
+            x = np.arange(len(classes)) - 0.4 + bar * (i + 0.5)
+            handles[row] = ax.bar(x, means, bar, yerr=stds, capsize=2, color=colours[row], label=row,
+                                  error_kw={"elinewidth": 0.8, "ecolor": "#333333"})
+        ax.set_xticks(np.arange(len(classes)), classes)
+        ax.set_xlabel("class")
+        ax.set_title(column, fontsize="medium")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    axes[0].set_ylabel(metric_axis_label(metric, unit))
+    if metric_style(metric).scale == 100.0:
+        axes[0].set_ylim(0, 100)
+    fig.suptitle(f"Test {metric_style(metric).label.split(' ')[0]} per class and method (mean \u00b1 std over seeds)", fontsize="medium")
+    _legend_below(fig, [handles[r] for r in rows if r in handles], [r for r in rows if r in handles])
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- curves
+
+
+def numeric_axes(records: Sequence) -> list[str]:
+    """The ablation axes (``tags["axes"]`` keys, label fraction excluded) with at least two numeric values."""
+    values: dict[str, set[float]] = {}
+    non_numeric = set()
+    for record in records:
+        for key, value in ((record.result.get("tags") or {}).get("axes") or {}).items():
+            number = _as_float(value)
+            if number is None:
+                non_numeric.add(key)
+            else:
+                values.setdefault(key, set()).add(number)
+    return sorted(k for k, v in values.items() if k != "data.labelled" and k not in non_numeric and len(v) >= 2)
+
+
+def _errorbar_lines(ax, series: Mapping[str, Mapping[float, list[float]]], colours: Mapping[str, str],
+                    styles: Mapping[str, tuple[str, str]]) -> dict:
+    """One line with error bars (mean ± std over the values at each x) per series; returns the handles."""
+    handles = {}
+    for label, points in series.items():
+        xs = sorted(points)
+        stats = [_mean_std(points[x]) for x in xs]
+        colour, linestyle = styles.get(label, (colours.get(label, "#333333"), "-"))
+        handles[label] = ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], color=colour,
+                                     linestyle=linestyle, marker="o", markersize=4, capsize=3, label=label)
+    return handles
+
+
+def _series_styles(series_variants: Mapping[str, str], colours: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """(colour, linestyle) per series: the colour of its variant, line styles told apart within a variant."""
+    linestyles = ["-", "--", ":", "-."]
+    seen: dict[str, int] = {}
+    out = {}
+    for label, variant in series_variants.items():
+        n = seen.get(variant, 0)
+        seen[variant] = n + 1
+        out[label] = (colours.get(variant, colours.get(label, "#333333")), linestyles[n % len(linestyles)])
+    return out
+
+
+def axis_curves(records: Sequence, axis: str, metric: str, colours: Mapping[str, str], unit: str | None = None) -> Figure | Skipped:
+    """``metric`` (class average) vs the numeric ablation axis ``axis``: a line per variant (and label
+    fraction, and value of the other axes), mean ± std over seeds."""
+    series: dict[str, dict[float, list[float]]] = {}
+    variants: dict[str, str] = {}
+    multi_column = len({column_label(r) for r in records}) > 1
+    on_axis = [(r, (r.result.get("tags") or {})) for r in records]
+    on_axis = [(r, tags) for r, tags in on_axis if _as_float((tags.get("axes") or {}).get(axis)) is not None]
+    # a variant's line is split by another axis only where every point of that variant has it (a shared
+    # reference row that also sits on other axes stays a point of the same line)
+    common: dict[str, set] = {}
+    for record, tags in on_axis:
+        variant = str(tags.get("variant") or row_label(record))
+        keys = set(tags.get("axes") or {}) - {axis, "data.labelled"}
+        common[variant] = common[variant] & keys if variant in common else keys
+    for record, tags in on_axis:
+        axes = tags.get("axes") or {}
+        x = _as_float(axes.get(axis))
+        variant = str(tags.get("variant") or row_label(record))
+        others = [f"{k.split('.')[-1]}={v}" for k, v in sorted(axes.items()) if k in common[variant]]
+        label = variant + (f" ({', '.join(others)})" if others else "") + (f", {column_label(record)}" if multi_column else "")
+        variants[label] = variant
+        series.setdefault(label, {}).setdefault(x, []).append(trial_value(record, metric))
+    if sum(len(points) for points in series.values()) < 2:
+        return Skipped(f"{metric} vs {axis}: fewer than two values of the axis have results")
+    fig = _new_figure(7.0, 4.6)
+    ax = fig.subplots()
+    handles = _errorbar_lines(ax, series, colours, _series_styles(variants, colours))
+    xs = sorted({x for points in series.values() for x in points})
+    if xs[0] > 0 and xs[-1] / xs[0] >= 20:
+        ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{x:g}" for x in xs], rotation=45 if len(xs) > 6 else 0)
+    ax.minorticks_off()
+    ax.set_xlabel(axis)
+    ax.set_ylabel(metric_axis_label(metric, unit) + ", class average")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Test {metric_style(metric).label.split(' ')[0]} vs {axis.split('.')[-1]} (mean \u00b1 std over seeds)")
+    _legend_below(fig, list(handles.values()), list(handles))
+    return fig
+
+
+def label_fraction_curves(records: Sequence, metric: str, colours: Mapping[str, str], unit: str | None = None) -> Figure | Skipped:
+    """``metric`` (class average) vs the number of labelled patients: a line per table row, mean ± std over seeds."""
+    series: dict[str, dict[float, list[float]]] = {}
+    percent: dict[float, float] = {}
+    for record in records:
+        labelled = record.result.get("labelled") or {}
+        patients = _as_float(labelled.get("num_patients"))
+        if patients is None:
+            continue
+        percent[patients] = _as_float(labelled.get("percent_patients")) or math.nan
+        series.setdefault(row_label(record), {}).setdefault(patients, []).append(trial_value(record, metric))
+    if len(percent) < 2:
+        return Skipped(f"{metric} vs label fraction: fewer than two label fractions have results")
+    order = {label: i for i, label in enumerate(row_order(records))}
+    series = dict(sorted(series.items(), key=lambda item: order.get(item[0], len(order))))
+    fig = _new_figure(7.0, 4.6)
+    ax = fig.subplots()
+    handles = _errorbar_lines(ax, series, colours, {})
+    xs = sorted(percent)
+    if xs[0] > 0 and xs[-1] / xs[0] >= 20:
+        ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{x:g}\n({percent[x]:.1f}%)" for x in xs])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled patients (percent of the training patients)")
+    ax.set_ylabel(metric_axis_label(metric, unit) + ", class average")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Test {metric_style(metric).label.split(' ')[0]} vs label fraction (mean \u00b1 std over seeds)")
+    _legend_below(fig, list(handles.values()), list(handles))
+    return fig
+
+
+def _read_curve(path: Path, field: str) -> dict[float, float]:
+    """step -> value of ``field`` from a curve CSV (empty when missing or unreadable)."""
+    try:
+        rows = read_csv(path)
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for row in rows:
+        step, value = _as_float(row.get("step")), _as_float(row.get(field))
+        if step is not None and value is not None:
+            out[step] = value
+    return out
+
+
+def _seed_mean_curve(curves: Sequence[Mapping[float, float]]) -> tuple[list[float], list[float]]:
+    """Steps and the mean over the seeds' curves at each step (steps any seed has)."""
+    steps = sorted({s for c in curves for s in c})
+    return steps, [float(np.mean([c[s] for c in curves if s in c])) for s in steps]
+
+
+def training_curves(records: Sequence, colours: Mapping[str, str]) -> Figure | Skipped:
+    """Training loss (``curves.csv``) and val Dice (``val_curve.csv``) vs training step, mean over seeds;
+    one line per method, one row of two panels per label fraction."""
+    by_cell: dict[tuple[str, str], list] = {}
+    for record in records:
+        by_cell.setdefault((column_label(record), row_label(record)), []).append(record)
+    loaded = {key: ([_read_curve(Path(r.path) / "curves.csv", "loss") for r in rs],
+                    [_read_curve(Path(r.path) / "val_curve.csv", "val_dice") for r in rs]) for key, rs in by_cell.items()}
+    columns = [c for c in column_order(records) if any(any(l) or any(v) for (col, _), (l, v) in loaded.items() if col == c)]
+    if not columns:
+        return Skipped("training curves: no trial has curves.csv or val_curve.csv rows")
+    rows = row_order(records)
+    fig = _new_figure(11.0, 3.2 * len(columns) + 0.9)
+    grid = fig.subplots(len(columns), 2, squeeze=False, sharex=True)
+    handles = {}
+    for (loss_ax, val_ax), column in zip(grid, columns):
+        for row in rows:
+            if (column, row) not in loaded:
+                continue
+            losses, vals = loaded[(column, row)]
+            if any(losses):
+                steps, mean = _seed_mean_curve([c for c in losses if c])
+                handles[row] = loss_ax.plot(steps, mean, color=colours[row], linewidth=1.3, label=row)[0]
+            if any(vals):
+                steps, mean = _seed_mean_curve([c for c in vals if c])
+                handles[row] = val_ax.plot(steps, [100.0 * v for v in mean], color=colours[row], marker="o",
+                                           markersize=3, linewidth=1.3, label=row)[0]
+        loss_ax.set_ylabel("training loss")
+        val_ax.set_ylabel("val Dice (%)")
+        for ax in (loss_ax, val_ax):
+            ax.set_title(f"{column}", fontsize="medium")
+            ax.grid(alpha=0.3)
+    for ax in grid[-1]:
+        ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle("Training loss and validation Dice (mean over seeds)")
+    ordered = [r for r in rows if r in handles]
+    _legend_below(fig, [handles[r] for r in ordered], ordered)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- overlays
+
+
+def load_qualitative(path: Path) -> dict[str, Any] | None:
+    """``qualitative.npz`` as ``{"cases", "slices", "image": [...], "label": [...], "prediction": [...]}``;
+    None when missing or unreadable (the layout is documented in :mod:`medseg_platform.results`)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            cases = [str(c) for c in data["cases"]]
+            return {"cases": cases, "slices": [int(s) for s in data["slices"]],
+                    **{k: [np.asarray(data[f"{k}_{i}"]) for i in range(len(cases))] for k in ("image", "label", "prediction")}}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def crop_box(label: np.ndarray, margin: float = 0.5, min_size: int = 24) -> tuple[slice, slice]:
+    """A square-ish window (rows, cols) around the foreground of ``label`` (H, W), grown by ``margin`` of its
+    size on each side and at least ``min_size`` pixels; the whole slice when there is no foreground."""
+    rows, cols = np.nonzero(np.asarray(label) > 0)
+    h, w = label.shape
+    if rows.size == 0:
+        return slice(0, h), slice(0, w)
+    size = max(int(np.ptp(rows)) + 1, int(np.ptp(cols)) + 1)
+    half = max(min_size, int(round(size * (1 + 2 * margin)))) // 2
+    centre = ((rows.min() + rows.max()) // 2, (cols.min() + cols.max()) // 2)
+    return (slice(max(0, centre[0] - half), min(h, centre[0] + half)),
+            slice(max(0, centre[1] - half), min(w, centre[1] + half)))
+
+
+def _overlay(ax, image: np.ndarray, labels: np.ndarray | None) -> None:
+    ax.imshow(np.asarray(image, dtype=np.float32), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    if labels is not None:
+        colours = ListedColormap(["#00000000"] + [CLASS_COLOURS.get(c, "#ffff33") for c in range(1, 1 + max(3, int(labels.max(initial=0))))])
+        ax.imshow(np.asarray(labels), cmap=colours, vmin=-0.5, vmax=colours.N - 0.5, alpha=0.55, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[int, str] = DEFAULT_CLASS_NAMES) -> Figure | Skipped:
+    """For the label fraction ``column``: the same test slices (rows) as image, ground truth and each
+    method's prediction (columns; the trial of the smallest seed), classes as coloured overlays."""
+    chosen: dict[str, tuple[Any, dict]] = {}
+    for record in records:
+        if column_label(record) != column:
+            continue
+        row = row_label(record)
+        data = load_qualitative(Path(record.path) / "qualitative.npz")
+        if data is None or not data["cases"]:
+            continue
+        if row not in chosen or str(trial_seed(record)) < str(trial_seed(chosen[row][0])):
+            chosen[row] = (record, data)
+    if not chosen:
+        return Skipped(f"qualitative overlays ({column}): no trial has qualitative.npz")
+    methods = [r for r in row_order([rec for rec, _ in chosen.values()]) if r in chosen]
+    reference = chosen[methods[0]][1]
+    cases = reference["cases"]
+    methods = [m for m in methods if chosen[m][1]["cases"] == cases]  # only trials that kept the same slices
+    ncols = 2 + len(methods)
+    fig = _new_figure(min(26.0, 1.9 * ncols + 0.6), 1.9 * len(cases) + 1.3)
+    grid = fig.subplots(len(cases), ncols, squeeze=False)
+    titles = ["image", "ground truth"] + methods
+    for i, case in enumerate(cases):  # every panel of a row shows the same window around the ground truth
+        window = crop_box(reference["label"][i])
+        image = reference["image"][i][window]
+        _overlay(grid[i][0], image, None)
+        _overlay(grid[i][1], image, reference["label"][i][window])
+        for j, method in enumerate(methods):
+            _overlay(grid[i][2 + j], image, chosen[method][1]["prediction"][i][window])
+        grid[i][0].set_ylabel(f"{case}\nslice {reference['slices'][i]}", fontsize="x-small")
+    for j, title in enumerate(titles):
+        grid[0][j].set_title(_wrap(title, 14), fontsize="small")
+    from matplotlib.patches import Patch
+
+    patches = [Patch(color=CLASS_COLOURS[c], alpha=0.7, label=class_names.get(c, str(c))) for c in sorted(CLASS_COLOURS)]
+    fig.legend(handles=patches, loc="outside lower center", ncol=len(patches), fontsize="small", frameon=False)
+    fig.suptitle(f"Test predictions, {column} (middle slice of the first test cases, cropped around the ground "
+                 f"truth; trial of the lowest seed)", fontsize="medium")
+    return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    """``text`` broken at spaces into lines of about ``width`` characters (for narrow panel titles)."""
+    lines, line = [], ""
+    for word in text.split(" "):
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "\n".join(lines + [line])
+
+
+# --------------------------------------------------------------------------------------------- search
+
+
+def _finished_at(record) -> float:
+    value = _as_float(record.result.get("finished_at"))
+    if value is not None:
+        return value
+    try:
+        return (Path(record.path) / "result.json").stat().st_mtime
+    except OSError:
+        return math.inf
+
+
+def search_records(records: Sequence) -> list:
+    """The trials of an Optuna search (``tags["search"]`` set and a finite ``best_val_dice``), in the
+    order they finished (``finished_at``, else the result file's time)."""
+    chosen = [r for r in records if (r.result.get("tags") or {}).get("search")
+              and _as_float(r.result.get("best_val_dice")) is not None]
+    return sorted(chosen, key=lambda r: (_finished_at(r), r.path.name))
+
+
+def search_history(records: Sequence, samples: Sequence | None = None) -> Figure | Skipped:
+    """The search objective (best val Dice of each trial) per trial and the running best.
+
+    ``samples``: the search's history (:func:`analysis.search.load_samples`, proposal order, every status);
+    with it, trials that ASHA stopped early are drawn too (their best val Dice before they were stopped).
+    Without it (no Tune experiment on disk), the finished trials in the order they finished.
+    """
+    if samples is not None:
+        scored = [s for s in samples if s.best_val_dice is not None]
+        if not scored:
+            return Skipped("search history: no sample reported a best_val_dice")
+        x = np.array([s.order for s in scored])
+        values = [100.0 * float(s.best_val_dice) for s in scored]
+        stopped = np.array([s.status != "completed" for s in scored])
+        xlabel = "trial (in order proposed by Optuna)"
+    else:
+        trials = search_records(records)
+        if not trials:
+            return Skipped("search history: no searched trial (tags['search']) with a best_val_dice")
+        values = [100.0 * float(r.result["best_val_dice"]) for r in trials]
+        x = np.arange(1, len(values) + 1)
+        stopped = np.zeros(len(values), dtype=bool)
+        xlabel = "trial (in order of completion)"
+    running = list(np.maximum.accumulate(values))
+    fig = _new_figure(7.0, 4.4)
+    ax = fig.subplots()
+    ys = np.array(values)
+    handles = [ax.scatter(x[~stopped], ys[~stopped], color="#1f77b4", zorder=3)]
+    labels = ["trial (completed)" if stopped.any() else "trial"]
+    if stopped.any():
+        handles.append(ax.scatter(x[stopped], ys[stopped], facecolors="none", edgecolors="#7f7f7f", zorder=3))
+        labels.append("trial stopped early (ASHA) or errored")
+    handles.append(ax.step(x, running, where="post", color="#d62728")[0])
+    labels.append("best so far")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("best val Dice (%)")
+    ax.set_xticks(x if len(x) <= 20 else np.linspace(x.min(), x.max(), 10, dtype=int))
+    ax.grid(alpha=0.3)
+    ax.set_title("Optimisation history")
+    _legend_below(fig, handles, labels)
+    return fig
+
+
+def _distribution(values: Sequence[Any]):
+    """An Optuna distribution covering ``values`` (None when a parameter has a single value)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    distinct = sorted(set(values), key=str)
+    if len(distinct) < 2:
+        return None
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in distinct):
+        return IntDistribution(min(distinct), max(distinct))
+    if all(_as_float(v) is not None and not isinstance(v, str) for v in distinct):
+        low, high = float(min(distinct)), float(max(distinct))
+        return FloatDistribution(low, high, log=low > 0 and high / low >= 100)
+    return CategoricalDistribution([str(v) for v in distinct])
+
+
+def param_importances(records: Sequence) -> Figure | Skipped:
+    """Parameter importances (Optuna's default evaluator) of the searched parameters, from an in-memory
+    Optuna study rebuilt with ``optuna.trial.create_trial`` (distributions inferred from the values)."""
+    trials = search_records(records)
+    if len(trials) < 2:
+        return Skipped(f"parameter importances: {len(trials)} completed search trial(s), need at least 2")
+    import optuna
+
+    params = [dict(r.result["tags"]["search"]) for r in trials]
+    names = sorted({k for p in params for k in p})
+    distributions = {name: _distribution([p[name] for p in params if name in p]) for name in names}
+    distributions = {k: d for k, d in distributions.items() if d is not None}
+    if not distributions:
+        return Skipped("parameter importances: every searched parameter has a single value")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    try:
+        for p, record in zip(params, trials):
+            values = {k: (str(v) if type(distributions[k]).__name__ == "CategoricalDistribution" else v)
+                      for k, v in p.items() if k in distributions}
+            if values.keys() != distributions.keys():
+                continue
+            study.add_trial(optuna.trial.create_trial(params=values, distributions=distributions,
+                                                      value=float(record.result["best_val_dice"])))
+        importances = optuna.importance.get_param_importances(study)
+    except Exception as exc:  # noqa: BLE001 - Optuna's evaluators raise many kinds; the plot is optional
+        return Skipped(f"parameter importances: Optuna could not compute them ({type(exc).__name__}: {exc})")
+    if not importances:
+        return Skipped("parameter importances: Optuna returned none")
+    names = list(importances)[::-1]
+    fig = _new_figure(7.0, 1.2 + 0.45 * len(names))
+    ax = fig.subplots()
+    ax.barh(names, [importances[n] for n in names], color="#1f77b4")
+    ax.set_xlabel("importance (fANOVA, share of the variance of best val Dice)")
+    ax.set_ylabel("searched parameter")
+    ax.set_xlim(0, 1)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"Parameter importances ({len(study.trials)} trials)")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+@dataclass(frozen=True)
+class PlotFile:
+    """A written plot: its path and a one-line description for the report."""
+
+    path: Path
+    description: str
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as PNG atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=DPI)
+    return path
+
+
+def write_plots(records: Sequence, out_dir: str | Path, df: pd.DataFrame | None = None,
+                log=print, search_samples: Sequence | None = None) -> tuple[list[PlotFile], list[str]]:
+    """Draw every plot that has data into ``out_dir``; returns the written plots and the skip reasons.
+
+    ``df``: the long-form table (built from ``records`` when not given). ``search_samples``: a search's
+    history (see :func:`search_history`). Skip reasons are also passed to ``log``.
+    """
+    out_dir = Path(out_dir)
+    records = list(records)
+    if df is None:
+        df = build_table(records)
+    colours = palette([*row_order(records), *(str((r.result.get("tags") or {}).get("variant") or "") for r in records)])
+    unit = distance_unit(records)
+    jobs: list[tuple[str, str, Any]] = [
+        ("bars_dice.png", "Test Dice per class and method (mean \u00b1 std over seeds), one panel per label fraction",
+         lambda: class_bars(df, "dice", colours)),
+        ("bars_hd95.png", "Test HD95 per class and method (mean \u00b1 std over seeds), one panel per label fraction",
+         lambda: class_bars(df, "hd95", colours, unit)),
+        ("dice_vs_label_fraction.png", "Test Dice (class average) vs labelled patients, one line per method",
+         lambda: label_fraction_curves(records, "dice", colours)),
+    ]
+    for axis in numeric_axes(records):
+        jobs.append((f"dice_vs_{slug(axis)}.png", f"Test Dice (class average) vs {axis}, one line per variant",
+                     lambda axis=axis: axis_curves(records, axis, "dice", colours)))
+    jobs.append(("training_curves.png", "Training loss and val Dice vs training step (mean over seeds)",
+                 lambda: training_curves(records, colours)))
+    for column in column_order(records):
+        jobs.append((f"qualitative_{slug(column)}.png", f"Test slices with each method's prediction, {column}",
+                     lambda column=column: qualitative_overlays(records, column)))
+    jobs += [("search_history.png", "Optuna search: best val Dice per trial and the running best", lambda: search_history(records, search_samples)),
+             ("param_importances.png", "Optuna search: parameter importances", lambda: param_importances(records))]
+    written, skipped = [], []
+    for name, description, draw in jobs:
+        fig = draw()
+        if isinstance(fig, Skipped):
+            skipped.append(fig.reason)
+            continue
+        written.append(PlotFile(save_figure(fig, out_dir / name), description))
+    quiet = ("search history", "parameter importances: 0 ")  # not a search: nothing worth saying
+    for reason in skipped:
+        if not reason.startswith(quiet):
+            log(f"plot skipped: {reason}")
+    return written, skipped

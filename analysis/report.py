@@ -1,0 +1,279 @@
+"""A study's ``report.md``, tables and plots, regenerated from the files on disk only.
+
+:func:`write_report` reads a study folder (``<results>/<study>/``) and writes:
+
+* the tables (:func:`analysis.tables.write_tables`: ``table_<metric>.md/.tex``, ``table.csv``);
+* the plots (:func:`analysis.plots.write_plots`) under ``plots/``;
+* ``report.md``: the settings (study, profile, command, dataset, seeds, iterations, label fractions,
+  trials finished / errored / corrupt / missing, wall time), the Dice table, links to every table and
+  plot, and the problems found.
+
+Inputs, all optional except the trial folders: ``study.json`` (written by :meth:`Study.run`: the trial
+keys, seeds, grid axes, variants, whether it is a search), ``settings.json`` (written by
+:func:`medseg_platform.profiles.run_study_main`: profile, dataset root, command line), ``last_run.json``
+(the wall time of the last run of the study command) and every ``trials/<key>/`` folder. Nothing is
+timestamped, so regenerating an unchanged study rewrites identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from analysis.plots import PlotFile, write_plots
+from analysis.tables import (DEFAULT_METRICS, build_table, column_order, duplicate_seeds, escape_markdown,
+                             print_summary, row_label, row_order, trial_seed, write_tables)
+from medseg_platform.errors import MedsegError
+from medseg_platform.io import write_text_atomic
+from medseg_platform.results import TrialRecord, scan_study
+
+REPORT_FILE = "report.md"
+SETTINGS_FILE = "settings.json"
+PLOTS_DIR = "plots"
+
+
+@dataclass
+class StudyReport:
+    """What :func:`write_report` wrote and found."""
+
+    study_dir: Path
+    report: Path
+    tables: list[Path] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+    records: list[TrialRecord] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # trial keys of study.json without a result
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.report, *self.tables, *self.plots]
+
+
+def is_study_dir(path: Path) -> bool:
+    """A study folder has ``study.json`` or a ``trials/`` folder."""
+    return (path / "study.json").is_file() or (path / "trials").is_dir()
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object file, {} when missing; MedsegError when present but unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MedsegError(f"{path}: not valid JSON ({exc}); delete it or rerun the study command") from None
+    return value if isinstance(value, dict) else {}
+
+
+def study_records(study_dir: Path, info: dict) -> tuple[list[TrialRecord], list[str], list[str]]:
+    """The study's finished trials, its problems and the keys of expected trials without a result.
+
+    A grid study keeps only the trials listed in ``study.json`` (others are left over from an earlier
+    spec); a search keeps every trial (its samples are not known in advance and share row and seed).
+    """
+    records, problems = scan_study(study_dir)
+    search = bool(info.get("search"))
+    wanted = [str(k) for k in info.get("trials") or []]
+    missing: list[str] = []
+    if wanted and not search:
+        keep = set(wanted)
+        records = [r for r in records if r.path.name in keep]
+        found = {r.path.name for r in records}
+        missing = [k for k in wanted if k not in found]
+        listed = {k for k in missing if any((study_dir / "trials" / k / f).is_file() for f in ("error.json", "result.json"))}
+        problems += [f"trial {k} has no result (not run yet or interrupted; rerun the study command to resume)"
+                     for k in missing if k not in listed]  # errored and corrupt trials are listed by scan_study
+    if not search:
+        problems += duplicate_seeds(records)
+    return records, problems, missing
+
+
+# --------------------------------------------------------------------------------------------- settings
+
+
+def _distinct(values) -> list:
+    out = []
+    for value in values:
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def _pretraining_phrase(records: Sequence[TrialRecord]) -> str:
+    """Pretraining stages per method, e.g. "ACTION: 2 stages (3 + 3 steps); MONA: 1 stage (3 steps)"."""
+    by_chain: dict[str, list[str]] = {}
+    for row in row_order(records):
+        chains = _distinct(tuple(int(s.get("max_steps", 0)) for s in (r.result.get("config") or {}).get("pretrain") or [])
+                           for r in records if row_label(r) == row)
+        for chain in chains:
+            text = ("none" if not chain else
+                    f"{len(chain)} stage{'s' if len(chain) > 1 else ''} ({' + '.join(str(s) for s in chain)} steps)")
+            by_chain.setdefault(text, []).append(row)
+    return "; ".join(f"{text}: {', '.join(rows)}" for text, rows in by_chain.items()) or "unknown"
+
+
+def _seconds(value: Any) -> str:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return "unknown"
+    if not math.isfinite(seconds):
+        return "unknown"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h ({seconds:.0f} s)"
+    if seconds >= 120:
+        return f"{seconds / 60:.1f} min ({seconds:.0f} s)"
+    return f"{seconds:.1f} s"
+
+
+def _join(values: Sequence[Any]) -> str:
+    return ", ".join(str(v) for v in values) if values else "unknown"
+
+
+def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, records: Sequence[TrialRecord],
+                   problems: Sequence[str]) -> list[str]:
+    """The "Settings" bullet list of the report (every value read from the study's files)."""
+    configs = [r.result.get("config") or {} for r in records]
+    data = [c.get("data") or {} for c in configs]
+    labelled = [r.result.get("labelled") or {} for r in records]
+    roots = _distinct(str(d.get("root")) for d in data if d.get("root")) or ([str(settings["data_root"])] if settings.get("data_root") else [])
+    available = _distinct(int(lab["available_patients"]) for lab in labelled if "available_patients" in lab)
+    test_cases = _distinct(int(r.result["num_test_cases"]) for r in records if "num_test_cases" in r.result)
+    seeds = sorted(_distinct(trial_seed(r) for r in records), key=str) or info.get("seeds") or []
+    steps = _distinct(int((c.get("optim") or {}).get("max_steps", 0)) for c in configs)
+    patches = _distinct("x".join(str(p) for p in d.get("patch_size", [])) for d in data)
+    batches = _distinct(f"{d.get('labelled_batch')} labelled + {d.get('unlabelled_batch')} unlabelled" for d in data)
+    val_every = _distinct(int((c.get("eval") or {}).get("val_every", 0)) for c in configs)
+    expected = len(info.get("trials") or []) if not info.get("search") else None
+    errored = [p for p in problems if p.startswith("errored trial")]
+    corrupt = [p for p in problems if p.startswith("corrupt result")]
+    not_run = [p for p in problems if p.startswith("trial ") and "has no result" in p]
+    compute = sum(float((r.result.get("timing") or {}).get("total_s", 0.0) or 0.0) for r in records)
+    finished = f"{len(records)}" + (f" of {expected}" if expected else "")
+    lines = [
+        f"- **Study**: {info.get('name') or study_dir.name}" + (" (Optuna search)" if info.get("search") else ""),
+        f"- **Profile**: {settings.get('profile', 'unknown (no settings.json)')}",
+    ]
+    if settings.get("command"):
+        lines.append(f"- **Command**: `{settings['command']}`")
+    lines += [
+        f"- **Dataset**: {_join(roots)}; {_join(available)} training patients, {_join(test_cases)} test cases",
+        f"- **Seeds**: {_join(seeds)}",
+        f"- **Iterations**: {_join(steps)} fine-tuning steps (validation every {_join(val_every)}; model selected on val); "
+        f"pretraining: {_pretraining_phrase(records)}",
+        f"- **Patch size / batch**: {_join(patches)}; {_join(batches)}",
+        f"- **Label fractions**: {_join(column_order(records))}",
+        f"- **Trials**: {finished} finished, {len(errored)} errored, {len(corrupt)} corrupt"
+        + (f", {len(not_run)} not run or interrupted" if not_run else "") + " (see Problems)" * bool(problems),
+        f"- **Wall time**: last run of the study command {_seconds((last_run.get('timing') or {}).get('total_s'))}"
+        + (f" ({last_run['pending_at_start']} trial(s) to run at its start)" if "pending_at_start" in last_run else "")
+        + f"; training time summed over the finished trials {_seconds(compute)}",
+    ]
+    if info.get("search"):
+        space = info.get("search_space") or {}
+        lines.append(f"- **Search**: {info.get('num_samples', '?')} samples of {_join(sorted(space))} "
+                     f"({info.get('metric', 'best_val_dice')}, {info.get('mode', 'max')}"
+                     + (", ASHA early stopping" if info.get("asha") else "") + ")")
+    return lines
+
+
+def _best_search_lines(records: Sequence[TrialRecord], top: int = 5) -> list[str]:
+    """A Markdown table of the best searched configurations by best val Dice (searches only)."""
+    searched = [r for r in records if (r.result.get("tags") or {}).get("search")]
+    searched = [r for r in searched if isinstance(r.result.get("best_val_dice"), (int, float))
+                and math.isfinite(r.result["best_val_dice"])]
+    if not searched:
+        return []
+    best = sorted(searched, key=lambda r: (-float(r.result["best_val_dice"]), r.path.name))[:top]
+    names = sorted({k for r in best for k in r.result["tags"]["search"]})
+    lines = ["## Best configurations", "",
+             "| trial | best val Dice (%) | test Dice (%) | " + " | ".join(escape_markdown(n) for n in names) + " |",
+             "| --- | ---: | ---: | " + " | ".join("---:" for _ in names) + " |"]
+    for r in best:
+        test = ((r.result.get("test") or {}).get("mean") or {}).get("dice", math.nan)
+        values = [r.result["tags"]["search"].get(n, "") for n in names]
+        lines.append(f"| {r.path.name} | {100 * r.result['best_val_dice']:.1f} | {100 * float(test):.1f} | "
+                     + " | ".join(f"{v:.4g}" if isinstance(v, float) else escape_markdown(str(v)) for v in values) + " |")
+    return lines + [""]
+
+
+def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, records: Sequence[TrialRecord],
+                  problems: Sequence[str], tables: Sequence[Path], plots: Sequence[PlotFile]) -> str:
+    """The text of ``report.md``; links are relative to the study folder."""
+    name = info.get("name") or study_dir.name
+    lines = [f"# Report: {name}", "", "Regenerate tables, plots and this file with `medseg report` on this folder (no training).", "",
+             "## Settings", "", *settings_lines(study_dir, info, settings, last_run, records, problems), ""]
+    dice = next((p for p in tables if p.name == "table_dice.md"), None)
+    if dice is not None:
+        body = dice.read_text(encoding="utf-8").rstrip("\n")
+        lines += ["## Results", "", body.replace("### Dice (%)", "### Test Dice (%)", 1), ""]
+    lines += _best_search_lines(records)
+    if tables:
+        lines += ["## Tables", ""]
+        for metric in DEFAULT_METRICS:
+            files = [p for p in tables if p.stem == f"table_{metric}"]
+            if files:
+                lines.append(f"- {metric}: " + ", ".join(f"[{p.name}]({p.name})" for p in files))
+        search = [p for p in tables if p.name in ("search_history.csv", "best_config.json")]
+        if search:
+            lines.append("- search: " + ", ".join(f"[{p.name}]({p.name})" for p in search))
+        csv = [p for p in tables if p.name == "table.csv"]
+        if csv:
+            lines.append(f"- long form (every metric, class, method and label fraction, with p-values): [{csv[0].name}]({csv[0].name})")
+        lines.append("")
+    if plots:
+        lines += ["## Plots", ""]
+        for plot in plots:
+            rel = plot.path.relative_to(study_dir).as_posix()
+            lines += [f"### {plot.description}", "", f"![{plot.description}]({rel})", ""]
+    lines += ["## Problems", ""]
+    lines += [f"- {p}" for p in problems] if problems else ["None."]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- entry points
+
+
+def write_report(study_dir: str | Path, log=print) -> StudyReport:
+    """Write the tables, the plots and ``report.md`` of one study folder; see the module docstring.
+
+    Tables and plots are written only when at least one trial finished; ``report.md`` always (it then
+    lists the problems). MedsegError when ``study_dir`` is not a study folder.
+    """
+    study_dir = Path(study_dir).resolve()
+    if not is_study_dir(study_dir):
+        raise MedsegError(f"{study_dir}: not a study folder (no study.json and no trials/; run a study script first)")
+    info = _read_json(study_dir / "study.json")
+    settings = _read_json(study_dir / SETTINGS_FILE)
+    last_run = _read_json(study_dir / "last_run.json")
+    records, problems, missing = study_records(study_dir, info)
+    tables: list[Path] = []
+    plots: list[PlotFile] = []
+    samples = None
+    if info.get("search"):
+        from analysis.search import write_search_summary
+
+        try:
+            search_files, _, samples = write_search_summary(study_dir)
+            tables += search_files
+        except MedsegError as exc:
+            problems = [*problems, f"search history: {exc}"]
+    if records:
+        df = build_table(records)
+        tables = write_tables(records, study_dir) + tables
+        plots, _ = write_plots(records, study_dir / PLOTS_DIR, df=df, log=log, search_samples=samples)
+    report = study_dir / REPORT_FILE
+    write_text_atomic(report, render_report(study_dir, info, settings, last_run, records, problems, tables, plots))
+    return StudyReport(study_dir, report, tables, [p.path for p in plots], records, problems, missing)
+
+
+def print_report(report: StudyReport, file=None) -> str:
+    """Print (and return) the Dice table, where the report, tables and plots are, and the problems."""
+    text = print_summary(report.tables, report.problems, file=file)
+    lines = [f"Plots ({len(report.plots)} files):", *(f"  {p}" for p in report.plots), f"Report: {report.report}"]
+    extra = "\n".join(lines) + "\n"
+    print(extra, end="", file=file)
+    return text + extra

@@ -1,0 +1,172 @@
+"""The outcome of an Optuna search study: its history (every sample, in order) and its best configuration.
+
+Inputs: the study's Tune experiment (``<study_dir>/ray/<name>-<spec_hash>``, named by ``study.json``) for
+the samples in the order Optuna proposed them, their sampled values, Tune status and last reported
+metrics (a trial that ASHA stopped early has no result files, only what it reported to Tune), and the
+per-trial files (``trials/<key>/result.json``, ``error.json``) for what finished. Nothing is trained.
+
+Outputs (written atomically into the study dir):
+
+* ``search_history.csv``: one row per sample: ``order`` (1-based, proposal order), ``trial_id`` (Tune's),
+  ``trial_key`` (the trial folder), ``status`` (``completed`` | ``stopped early`` (ASHA) | ``errored`` |
+  ``unfinished``), one column per searched key (the sampled value), ``last_step`` (the last training step
+  reported), ``best_val_dice`` (best validation mean Dice; for a stopped trial the best it reached before
+  it was stopped), ``test_dice`` (test mean Dice of the selected weights; completed trials only),
+  ``error`` (errored trials).
+* ``best_config.json``: the completed sample with the highest ``best_val_dice`` (model selection on the
+  val split, never on test): its sampled values, full trial config, trial key, ``best_val_dice`` and
+  ``test_dice``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from medseg_platform.config import TrialConfig
+from medseg_platform.errors import MedsegError
+from medseg_platform.io import write_json_atomic, write_text_atomic
+from medseg_platform.results import CorruptResult, read_trial, trial_key
+
+HISTORY_FILE = "search_history.csv"
+BEST_FILE = "best_config.json"
+FIXED_COLUMNS = ("order", "trial_id", "trial_key", "status")
+METRIC_COLUMNS = ("last_step", "best_val_dice", "test_dice", "error")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One search sample as the history reports it."""
+
+    order: int
+    trial_id: str
+    key: str
+    status: str
+    values: dict[str, Any]
+    config: dict[str, Any]
+    last_step: int | None
+    best_val_dice: float | None
+    test_dice: float | None
+    error: str = ""
+
+
+def experiment_path(study_dir: Path) -> Path:
+    """The study's Tune experiment folder (named by ``study.json``'s ``name`` and ``spec_hash``)."""
+    try:
+        spec = json.loads((Path(study_dir) / "study.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MedsegError(f"{study_dir}: no readable study.json ({exc})") from None
+    if not spec.get("search"):
+        raise MedsegError(f"{study_dir}: not a search study (study.json has no search)")
+    if not spec.get("name") or not spec.get("spec_hash"):
+        raise MedsegError(f"{study_dir}/study.json: no name/spec_hash, so the search's Tune experiment cannot be found")
+    path = Path(study_dir) / "ray" / f"{spec['name']}-{spec['spec_hash']}"
+    if not path.is_dir():
+        raise MedsegError(f"{path}: the search's Tune experiment is missing (run the study first)")
+    return path
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _order_key(trial: Any, position: int) -> tuple[int, int]:
+    """Proposal order: Tune's ``experiment_tag`` starts with the trial's 1-based index (``"3_objective_..."``);
+    the position in the experiment state breaks ties and stands in when the tag has no index."""
+    prefix = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+    return (int(prefix), position) if prefix.isdigit() else (position, position)
+
+
+def load_samples(study_dir: Path) -> list[Sample]:
+    """Every sample of the search, in proposal order (see the module docstring)."""
+    from ray.tune import ExperimentAnalysis
+
+    return samples_from_trials(study_dir, ExperimentAnalysis(str(experiment_path(study_dir))).trials)
+
+
+def samples_from_trials(study_dir: Path, tune_trials: Sequence[Any]) -> list[Sample]:
+    """The samples of ``tune_trials`` (Tune ``Trial`` objects: ``trial_id``, ``experiment_tag``, ``status``,
+    ``config`` = ``{"trial": {...}, "search": {...}}``, ``last_result``) joined with the trial files."""
+    study_dir = Path(study_dir)
+    trials = sorted(enumerate(tune_trials), key=lambda it: _order_key(it[1], it[0]))
+    samples = []
+    for order, (_, trial) in enumerate(trials, start=1):
+        params = trial.config or {}
+        values = dict(params.get("search") or {})
+        config = TrialConfig.from_dict({**params["trial"]["config"], **values}).to_dict()
+        key = trial_key(config)  # the folder run_trial_in_tune writes this sample to
+        last = trial.last_result or {}
+        try:
+            record = read_trial(study_dir / "trials" / key)
+        except CorruptResult:
+            record = None
+        error_file = study_dir / "trials" / key / "error.json"
+        error = ""
+        if record is not None:
+            status = "completed"
+        elif trial.status == "ERROR" or error_file.is_file():
+            status = "errored"
+            try:
+                error = str(json.loads(error_file.read_text(encoding="utf-8")).get("error", ""))
+            except (OSError, json.JSONDecodeError, AttributeError):
+                error = str(getattr(trial, "error_file", "") or "")
+        elif trial.status == "TERMINATED":
+            status = "stopped early"
+        else:
+            status = "unfinished"
+        best_val = record.result.get("best_val_dice") if record is not None else last.get("best_val_dice")
+        test = record.result["test"]["mean"]["dice"] if record is not None else None
+        samples.append(Sample(order, str(trial.trial_id), key, status, values, config,
+                              int(last["step"]) if _number(last.get("step")) is not None else None,
+                              _number(best_val), _number(test), error))
+    return samples
+
+
+def best_sample(samples: list[Sample]) -> Sample | None:
+    """The completed sample with the highest best_val_dice (ties: the earlier one); None if none completed."""
+    done = [s for s in samples if s.status == "completed" and s.best_val_dice is not None]
+    return max(done, key=lambda s: (s.best_val_dice, -s.order)) if done else None
+
+
+def history_csv(samples: list[Sample]) -> str:
+    """``search_history.csv``'s text (columns in the module docstring)."""
+    import csv
+    import io
+
+    keys = list(dict.fromkeys(k for s in samples for k in s.values))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*FIXED_COLUMNS, *keys, *METRIC_COLUMNS])
+    for s in samples:
+        writer.writerow([s.order, s.trial_id, s.key, s.status, *(s.values.get(k, "") for k in keys),
+                         "" if s.last_step is None else s.last_step,
+                         "" if s.best_val_dice is None else f"{s.best_val_dice:.6f}",
+                         "" if s.test_dice is None else f"{s.test_dice:.6f}", s.error])
+    return out.getvalue()
+
+
+def write_search_summary(study_dir: Path) -> tuple[list[Path], Sample | None, list[Sample]]:
+    """Write ``search_history.csv`` and (when a sample completed) ``best_config.json``; returns the paths,
+    the best sample and all samples."""
+    study_dir = Path(study_dir)
+    samples = load_samples(study_dir)
+    paths = [study_dir / HISTORY_FILE]
+    write_text_atomic(paths[0], history_csv(samples))
+    best = best_sample(samples)
+    best_path = study_dir / BEST_FILE
+    if best is not None:
+        write_json_atomic(best_path, {"selected_by": "best_val_dice (mean Dice on the val split)", "order": best.order,
+                                      "trial_key": best.key, "best_val_dice": best.best_val_dice, "test_dice": best.test_dice,
+                                      "search": best.values, "config": best.config,
+                                      "samples": len(samples), "completed": sum(s.status == "completed" for s in samples)})
+        paths.append(best_path)
+    else:
+        best_path.unlink(missing_ok=True)  # never leave a stale best from an earlier search
+    return paths, best, samples

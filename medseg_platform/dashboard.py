@@ -1,0 +1,72 @@
+"""The Ray dashboard of a local Ray: where it binds, and how a user authenticates to it.
+
+The dashboard serves a REST API that accepts job submissions, i.e. runs arbitrary code. It therefore
+binds to 127.0.0.1 unless the user asks otherwise (``--dashboard-host``), and binding to anything else
+prints a warning. Ray 2.60 turns token authentication on by default: every dashboard request needs
+``Authorization: Bearer <token>`` (HTTP 401 without it, 403 with a wrong one), the browser UI asks for
+the token once and keeps it in a cookie. Ray looks for the token in ``$RAY_AUTH_TOKEN``, then in the file
+``$RAY_AUTH_TOKEN_PATH``, then in ``~/.ray/auth_token`` (written by the first ``ray.init`` that needs one);
+``RAY_AUTH_MODE=disabled`` turns authentication off.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+
+from medseg_platform.errors import ConfigError
+
+DEFAULT_DASHBOARD_HOST = "127.0.0.1"
+_HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_dashboard_host(host: str) -> str | None:
+    """Validate a ``--dashboard-host`` value; return a warning text when it is not loopback, else None.
+
+    Accepts an IPv4/IPv6 literal or a DNS host name; anything else is a one-line :class:`ConfigError`.
+    """
+    if not isinstance(host, str) or not host:
+        raise ConfigError("--dashboard-host: give an IP address or host name (default 127.0.0.1)")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host) or re.fullmatch(r"[0-9.]+", host):  # 999.1.1.1: a broken IP, not a name
+            raise ConfigError(f"--dashboard-host {host!r}: not an IP address or host name (default 127.0.0.1)") from None
+    if is_loopback(host):
+        return None
+    where = "every network interface" if host in ("0.0.0.0", "::") else host
+    return (f"WARNING: the Ray dashboard will listen on {where}. It accepts job submissions, so anyone who can "
+            "reach that port and has the token can run code on this machine (anyone at all if RAY_AUTH_MODE=disabled). "
+            "Prefer the default 127.0.0.1 and an SSH tunnel: ssh -L 8265:127.0.0.1:8265 <this host>")
+
+
+def token_hint(environ: os._Environ | dict | None = None) -> str:
+    """Where the dashboard's token comes from and how to send it, for the message printed at start-up."""
+    env = os.environ if environ is None else environ
+    mode = (env.get("RAY_AUTH_MODE") or "").lower()
+    if mode == "disabled":
+        return "token auth is DISABLED (RAY_AUTH_MODE=disabled): anyone who can reach the port can submit jobs"
+    if env.get("RAY_AUTH_TOKEN"):
+        where = "the token is in $RAY_AUTH_TOKEN"
+    elif env.get("RAY_AUTH_TOKEN_PATH"):
+        where = f"the token is in {env['RAY_AUTH_TOKEN_PATH']} ($RAY_AUTH_TOKEN_PATH)"
+    else:
+        where = "the token is in ~/.ray/auth_token (`ray get-auth-token` prints it)"
+    return f"token auth: {where}; the browser asks for it once, API clients send 'Authorization: Bearer <token>'"
+
+
+def dashboard_message(url: str) -> str:
+    """The line printed when a local Ray starts its dashboard (``url`` as Ray reports it, host:port)."""
+    url = url if url.startswith("http") else f"http://{url}"
+    return f"Ray dashboard: {url} ({token_hint()})"

@@ -1,0 +1,96 @@
+"""Building a study's rows (:class:`~medseg_platform.study.Variant`) when an ablation axis is not a grid axis.
+
+A :class:`~medseg_platform.study.Study` crosses every variant with every grid axis. An ablation that varies
+different settings for different rows (one factor at a time around the released setting, a sampler whose
+group count only some rows have, a temperature inside a pretraining stage) is therefore written as a list
+of variants. :class:`VariantTable` collects them:
+
+* each row has a table label (``tags["row"]``), its position (``tags["order"]``, insertion order), the line
+  it belongs to in the plots (``tags["variant"]``, e.g. "ARCO-SG" for all ARCO-SG temperature rows) and the
+  values of the ablation axes it sits on (``tags["axes"]``: numbers, e.g. ``{"isd.tau_teacher": 0.01}``,
+  or for ``data.labelled`` the fraction as the config writes it, e.g. ``"3"`` or ``"100%"``, as a grid
+  axis records it);
+* two rows that resolve to the same configuration (the base config with their overrides; an override
+  equal to a default counts as that default) are one row: the second is merged into the first (its axes
+  are added), so the study never trains the same configuration twice. The released setting, which every
+  one-factor-at-a-time axis passes through, thereby appears once, carrying every axis.
+
+:func:`with_objective_params` and :func:`with_stage_params` copy a row's overrides (from
+:func:`medseg_platform.profiles.method_overrides`) with some objective / pretraining-stage parameters changed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict
+from typing import Any, Mapping
+
+from medseg_platform.config import TrialConfig
+from medseg_platform.errors import ConfigError
+from medseg_platform.study import Variant
+
+
+class VariantTable:
+    """Ordered, de-duplicated study rows; see the module docstring."""
+
+    def __init__(self, base: TrialConfig) -> None:
+        self.base = base
+        self._rows: dict[str, dict[str, Any]] = {}
+
+    def add(self, row: str, overrides: Mapping[str, Any], *, variant: str | None = None,
+            axes: Mapping[str, Any] | None = None) -> str:
+        """Add a row (or merge it into the row of the same configuration); returns the label that is kept.
+
+        ``variant`` defaults to ``row``. Merging a row whose axis value contradicts the kept row's value
+        for the same axis is a ValueError (two labels would claim one configuration). The overrides are
+        resolved against ``base`` here: an invalid key or value is a ConfigError before anything runs.
+        """
+        try:
+            key = json.dumps(_resolved(self.base, overrides), sort_keys=True, default=repr)
+        except ValueError as exc:
+            raise ConfigError(f"row {row!r}: {exc}") from None
+        axes = dict(axes or {})
+        kept = self._rows.get(key)
+        if kept is None:
+            self._rows[key] = {"row": row, "variant": variant or row, "axes": axes, "overrides": copy.deepcopy(dict(overrides))}
+            return row
+        for name, value in axes.items():
+            if kept["axes"].get(name, value) != value:
+                raise ValueError(f"rows {kept['row']!r} and {row!r} are the same configuration but give {name} = "
+                                 f"{kept['axes'][name]} and {value}")
+        kept["axes"].update(axes)
+        return kept["row"]
+
+    def variants(self) -> list[Variant]:
+        """The rows as variants, ``tags["order"]`` = insertion order."""
+        return [Variant({"row": r["row"], "order": i, "variant": r["variant"], "axes": dict(r["axes"])}, r["overrides"])
+                for i, r in enumerate(self._rows.values())]
+
+
+def with_objective_params(overrides: Mapping[str, Any], **params: Any) -> dict:
+    """A deep copy of ``overrides`` with ``params`` merged into its ``objective_params``."""
+    out = copy.deepcopy(dict(overrides))
+    out["objective_params"] = {**out.get("objective_params", {}), **params}
+    return out
+
+
+def with_stage_params(overrides: Mapping[str, Any], stage: int, **params: Any) -> dict:
+    """A deep copy of ``overrides`` with ``params`` merged into pretraining stage ``stage``'s objective_params."""
+    out = copy.deepcopy(dict(overrides))
+    stages = out.get("pretrain") or []
+    if not 0 <= stage < len(stages):
+        raise ValueError(f"pretraining stage {stage}: the row has {len(stages)} stage(s)")
+    stages[stage]["objective_params"] = {**stages[stage].get("objective_params", {}), **params}
+    return out
+
+
+def _resolved(base: TrialConfig, overrides: Mapping[str, Any]) -> dict:
+    """``base`` with ``overrides``, objective and stage parameters filled in with their defaults."""
+    from methods.registry import objective_config
+
+    config = base.replace(**overrides).to_dict()
+    config["objective_params"] = asdict(objective_config(config["objective"], dict(config["objective_params"])))
+    for stage in config.get("pretrain") or []:
+        stage["objective_params"] = asdict(objective_config(stage["objective"], dict(stage["objective_params"])))
+    return config

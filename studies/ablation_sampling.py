@@ -1,0 +1,67 @@
+"""Sampling ablation (ARCO, methods-spec §4, §6.3 Table 8, §7): sampler x group count x anchors/negatives.
+
+The MONA/ARCO pipeline (one shared ISD pretraining stage, U2PL memory-bank contrast) with
+
+* the sampler of the anchor and negative draws: uniform (NS = MONA), stratified group (SG = ARCO-SG),
+  stratified-antithetic group (SAG = ARCO-SAG);
+* the group count of SG/SAG: 9, 16 (released) or 25 strata (the ARCO paper's Table 7 values). NS has no
+  groups: it gets one row per anchor setting, not one per group count (no duplicate trials);
+* anchors per class x negatives per anchor, scaled together: half and all of the profile's sizes
+  (quick 32 x 64 and 64 x 128; paper 128 x 256 and the released 256 x 512).
+
+Rows (``tags["row"]``) name all three; ``tags["variant"]`` is the sampler (the plots draw one line per
+sampler and value of the other axis) and ``tags["axes"]`` holds ``objective_params.sampler_groups`` (SG/SAG)
+and ``objective_params.num_anchors``. Columns: the label fractions (quick 1 patient; paper 1/3/7 patients as
+in ARCO Table 8).
+
+Cost: ``quick`` 14 trials (2 NS + 6 SG + 6 SAG) at 1 labelled patient sharing one pretraining stage,
+about 8-11 minutes on 2 cores (``benchmarks/RESULTS.md``: about 0.2 s per ARCO step at 300 steps, 0.6 s
+per ISD step at 80). ``--smoke-test``: 9 and 16 groups, the smoke profile's sizes only (5 trials).
+
+    python studies/ablation_sampling.py               # quick profile on the embedded phantom (CPU)
+    python studies/ablation_sampling.py --smoke-test  # tiny sizes, two group counts, one size
+    python studies/ablation_sampling.py --profile paper --data-root /data/ACDC --address auto
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from medseg_platform.profiles import method_overrides, run_study_main  # noqa: E402
+from medseg_platform.study import Study  # noqa: E402
+from medseg_platform.variants import VariantTable, with_objective_params  # noqa: E402
+
+SAMPLERS = (("uniform", "NS (MONA)"), ("stratified", "SG"), ("stratified_antithetic", "SAG"))
+GROUPED = {"stratified", "stratified_antithetic"}  # the samplers that use sampler_groups
+GROUPS = {"smoke": (9, 16), "quick": (9, 16, 25), "paper": (9, 16, 25)}
+SIZE_SCALES = {"smoke": (1.0,), "quick": (0.5, 1.0), "paper": (0.5, 1.0)}  # x the profile's anchors and negatives
+LABELLED = {"smoke": ("1",), "quick": ("1",), "paper": ("1", "3", "7")}
+
+
+def build(args, profile, base):
+    table = VariantTable(base)
+    released = method_overrides("arco_sg", profile)  # the MONA/ARCO pipeline; the sampler is set per row
+    for sampler, name in SAMPLERS:
+        for scale in SIZE_SCALES[profile.name]:
+            anchors = max(1, round(profile.methods.anchors * scale))
+            negatives = max(1, round(profile.methods.negatives * scale))
+            sizes = f"{anchors} anchors x {negatives} negatives"
+            for groups in GROUPS[profile.name] if sampler in GROUPED else (None,):
+                params = {"sampler": sampler, "num_anchors": anchors, "num_negatives": negatives}
+                axes = {"objective_params.num_anchors": anchors}
+                if groups is not None:
+                    params["sampler_groups"] = groups
+                    axes["objective_params.sampler_groups"] = groups
+                row = f"{name}, {groups} groups, {sizes}" if groups is not None else f"{name}, {sizes}"
+                table.add(row, with_objective_params(released, **params), variant=name, axes=axes)
+    return Study(name="ablation_sampling", base=base, results_dir=Path(args.results_dir), variants=table.variants(),
+                 grid={"data.labelled": list(LABELLED[profile.name])})
+
+
+def main(argv=None) -> int:
+    return run_study_main(__doc__, "ablation_sampling", build, argv=argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""Hyper-parameter search: Optuna TPE with ASHA early stopping over loss weights and thresholds.
+
+One method (``--method``, default ARCO-SAG) at 1 labelled patient (ARCO App. N searched on ACDC 1%), one
+seed, ``num_samples`` samples (``--num-samples``; smoke 3, quick 16, paper 40). Optuna's TPE proposes, ASHA
+(``Study(asha=True)``: one rung per validation, reduction factor 4) stops the weak samples at their first
+validations; model selection uses the val split only. Search spaces (methods-spec §6.3 App. N, §7):
+
+* MONA / ARCO-SG / ARCO-SAG: ``contrast_weight`` λ1 log-uniform over [0.001, 1] (App. N's grid {0.001, 0.005,
+  0.01, 0.05, 0.1, 1.0}), ``unsup_weight`` λ2 and ``eqv_weight`` (the released code's k2 L_eqv) log-uniform
+  over [0.1, 10] (App. N's λ2/λ3 grid {0.1, 0.2, 0.5, 1, 2, 10}), the pseudo-label threshold
+  ``unsup_threshold`` in [0.85, 0.99] (released 0.97) and the U2PL anchor threshold ``anchor_threshold`` δ_p
+  in [0.1, 0.5] (released 0.3). λ3 (``nn_weight``) is not searched: with the released
+  ``nn_loss_grad="as_coded_none"`` L_nn has no gradient, so its weight changes nothing (methods-spec §3.5);
+* ACTION: ``anco_weight`` [0.001, 1], ``unsup_weight`` [0.1, 10] (log), ``unsup_threshold`` and the hard-query
+  threshold ``hard_query_threshold`` in [0.85, 0.99] (both released 0.97);
+* mean teacher: ``consistency_weight`` [0.01, 10] (log; released 0.1), ``ema_momentum`` in [0.9, 0.999].
+
+The domains are continuous ranges spanning App. N's grids rather than the grids themselves: with a
+categorical space, Optuna can propose the same configuration twice, and two samples of one configuration
+would share one trial folder.
+
+Outputs besides the usual tables (which average all completed samples in one row: read them as "the
+search's samples", not as a method result): ``search_history.csv`` (every sample in proposal order:
+sampled values, status ``completed`` / ``stopped early`` / ``errored``, ``best_val_dice``, ``test_dice``)
+and ``best_config.json`` (the completed sample with the best validation Dice), both in the study folder;
+the best configuration is also printed. See :mod:`analysis.search`.
+
+Cost: ``quick`` 16 samples of ARCO-SAG sharing one ISD pretraining stage, at most about 9 minutes on 2
+cores if no sample were stopped (0.2 s per ARCO step x 300 steps, ``benchmarks/RESULTS.md``); ASHA stops
+most samples after 100 steps, so typically 4-6 minutes. ``paper``: one seed (the profile's first, or
+``--seeds S``), 40 samples.
+
+    python studies/hparam_search.py                          # quick profile, ARCO-SAG
+    python studies/hparam_search.py --method action --num-samples 30
+    python studies/hparam_search.py --smoke-test             # tiny sizes, 3 samples
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from medseg_platform.errors import ConfigError  # noqa: E402
+from medseg_platform.profiles import METHOD_LABELS, method_overrides, run_study_main, study_parser  # noqa: E402
+from medseg_platform.study import Study, Variant  # noqa: E402
+
+NUM_SAMPLES = {"smoke": 3, "quick": 16, "paper": 40}
+SEARCHABLE = ("mona", "arco_sg", "arco_sag", "action", "mean_teacher")
+LABELLED = "1"  # patients (ARCO App. N: ACDC 1%)
+
+
+def search_space(method: str) -> dict:
+    """The Ray Tune domains (dotted config keys) searched for ``method``; see the module docstring."""
+    from ray import tune
+
+    if method in ("mona", "arco_sg", "arco_sag"):
+        return {"objective_params.contrast_weight": tune.loguniform(0.001, 1.0),
+                "objective_params.unsup_weight": tune.loguniform(0.1, 10.0),
+                "objective_params.eqv_weight": tune.loguniform(0.1, 10.0),
+                "objective_params.unsup_threshold": tune.uniform(0.85, 0.99),
+                "objective_params.anchor_threshold": tune.uniform(0.1, 0.5)}
+    if method == "action":
+        return {"objective_params.anco_weight": tune.loguniform(0.001, 1.0),
+                "objective_params.unsup_weight": tune.loguniform(0.1, 10.0),
+                "objective_params.unsup_threshold": tune.uniform(0.85, 0.99),
+                "objective_params.hard_query_threshold": tune.uniform(0.85, 0.99)}
+    if method == "mean_teacher":
+        return {"objective_params.consistency_weight": tune.loguniform(0.01, 10.0),
+                "objective_params.ema_momentum": tune.uniform(0.9, 0.999)}
+    raise ConfigError(f"--method {method}: no search space (choose one of {', '.join(SEARCHABLE)})")
+
+
+def parser():
+    p = study_parser(__doc__, "hparam_search")
+    p.add_argument("--method", choices=SEARCHABLE, default="arco_sag", help="the method to tune (default: arco_sag)")
+    p.add_argument("--num-samples", type=int, default=None, help="samples Optuna proposes (default: the profile's: quick 16, paper 40)")
+    return p
+
+
+def build(args, profile, base):
+    num_samples = NUM_SAMPLES[profile.name] if args.num_samples is None else args.num_samples
+    if num_samples < 1:
+        raise ConfigError(f"--num-samples {num_samples}: need at least 1")
+    # a search runs one seed: the profile's first unless --seeds names one (more is a ConfigError from Study)
+    args.seeds = args.seeds or list(profile.seeds[:1])
+    overrides = {**method_overrides(args.method, profile), "data.labelled": LABELLED}
+    return Study(name="hparam_search", base=base, results_dir=Path(args.results_dir),
+                 variants=[Variant({"row": f"{METHOD_LABELS[args.method]} (search samples)", "order": 0}, overrides)],
+                 search_space=search_space(args.method), num_samples=num_samples, asha=True)
+
+
+def main(argv=None) -> int:
+    from analysis.search import BEST_FILE, HISTORY_FILE, best_sample, load_samples
+    from medseg_platform.errors import MedsegError
+
+    built = []
+
+    def build_and_keep(args, profile, base):  # run_study_main names and places the study: keep it to find its folder
+        built.append(build(args, profile, base))
+        return built[-1]
+
+    code = run_study_main(__doc__, "hparam_search", build_and_keep, argv=argv, parser=parser())
+    if code == 2 or not built or not (built[0].study_dir / "study.json").is_file():
+        return code  # a bad flag or config: nothing ran
+    try:  # run_study_main's report already wrote search_history.csv / best_config.json; print from the same data
+        samples = load_samples(built[0].study_dir)
+        best = best_sample(samples)
+        paths = [p for p in (built[0].study_dir / HISTORY_FILE, built[0].study_dir / BEST_FILE) if p.is_file()]
+    except MedsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    counts = {status: sum(s.status == status for s in samples) for status in ("completed", "stopped early", "errored", "unfinished")}
+    print(f"search: {len(samples)} samples (" + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ")")
+    if best is not None:
+        values = ", ".join(f"{key.split('.')[-1]}={value:.4g}" for key, value in best.values.items())
+        print(f"best configuration (val Dice {best.best_val_dice:.4f}, test Dice {best.test_dice:.4f}; sample {best.order}): {values}")
+    else:
+        print("no sample completed: no best configuration")
+    print("search files:\n" + "\n".join(f"  {p}" for p in paths))
+    return code if best is not None else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""The main comparison (ARCO Table 1, methods-spec §6.1): every method at 1, 3 and 7 labelled patients.
+
+Laid out like ARCO Table 1: rows are the methods (supervised on all labels = ARCO's "UNet-F", supervised
+on the labelled patients only = "UNet-L", mean teacher, MONA, ARCO-SG, ARCO-SAG, ACTION), columns the label
+fractions as patients and percent of the training patients (on ACDC 1 / 3 / 7 of 70 patients = the
+published "1% / 5% / 10%"), each split into RV / Myo / LV / Avg. Full supervision is its own column
+("100%"): only the fully supervised row has a value there (ARCO repeats that one number in every column).
+The semi-supervised methods need unlabelled images, so they have no "100%" run.
+
+The per-fraction rows are variants (``data.labelled`` in their overrides, ``tags["axes"]["data.labelled"]``
+as a grid axis would record it) because the full-supervision row must not be crossed with the fractions.
+Pretraining stages are cached per chain, label fraction and seed (MONA and both ARCOs share theirs).
+
+Fractions per profile: ``paper`` and ``quick`` 1 / 3 / 7 patients (on the quick phantom's 14 training
+patients that is 7% / 21% / 50%), ``--smoke-test`` 1 patient (plus full supervision).
+
+Cost: ``quick`` 19 trials (6 methods x 3 fractions + 1), about 10-13 minutes on 2 cores: per fraction
+four contrastive fine-tunings of 300 steps (0.1-0.2 s per step) and three ISD stages of 80 steps (0.6 s
+per step), see ``benchmarks/RESULTS.md``. ``paper``: 3 seeds, sized for a GPU cluster.
+
+    python studies/label_fractions.py               # quick profile on the embedded phantom (CPU)
+    python studies/label_fractions.py --smoke-test  # tiny sizes, 1 patient + full supervision
+    python studies/label_fractions.py --profile paper --data-root /data/ACDC --address auto
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from medseg_platform.profiles import METHOD_LABELS, METHODS, method_overrides, run_study_main  # noqa: E402
+from medseg_platform.study import Study  # noqa: E402
+from medseg_platform.variants import VariantTable  # noqa: E402
+
+FRACTIONS = {"smoke": ("1",), "quick": ("1", "3", "7"), "paper": ("1", "3", "7")}  # labelled patients
+FULL = "100%"
+FULL_ROW = "Supervised, all labels"  # ARCO's "UNet-F"; METHOD_LABELS' "Supervised only" is its "UNet-L"
+
+
+def build(args, profile, base):
+    table = VariantTable(base)
+    # rows in ARCO Table 1's order: the upper bound first, then the methods (METHODS order)
+    table.add(FULL_ROW, {**method_overrides("supervised", profile), "data.labelled": FULL}, axes={"data.labelled": FULL})
+    for method in METHODS:
+        for fraction in FRACTIONS[profile.name]:
+            table.add(METHOD_LABELS[method], {**method_overrides(method, profile), "data.labelled": fraction},
+                      axes={"data.labelled": fraction})
+    return Study(name="label_fractions", base=base, results_dir=Path(args.results_dir), variants=table.variants())
+
+
+def main(argv=None) -> int:
+    return run_study_main(__doc__, "label_fractions", build, argv=argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

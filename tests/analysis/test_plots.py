@@ -1,0 +1,95 @@
+"""Every plot draws from synthetic result files, with labelled axes, and writes a non-empty PNG."""
+
+from __future__ import annotations
+
+import pytest
+from matplotlib.figure import Figure
+
+from analysis import plots, tables
+from medseg_platform.results import scan_study
+from tests.analysis.fakes import make_fake_study, make_search_study, write_fake_trial
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    return scan_study(make_fake_study(tmp_path_factory.mktemp("plots")))[0]
+
+
+@pytest.fixture(scope="module")
+def colours(records):
+    return plots.palette(tables.row_order(records))
+
+
+def _labels(fig: Figure) -> list[tuple[str, str]]:
+    return [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]
+
+
+def test_palette_is_fixed_for_known_methods_and_distinct_otherwise():
+    first = plots.palette(["MONA", "ACTION", "my variant", "other variant"])
+    second = plots.palette(["other variant", "my variant", "MONA"])
+    assert first["MONA"] == second["MONA"] == plots.FIXED_COLOURS["MONA"]
+    assert len(set(first.values())) == 4 and first["my variant"] == second["my variant"]
+
+
+def test_class_bars_per_label_fraction(records, colours):
+    df = tables.build_table(records)
+    fig = plots.class_bars(df, "dice", colours)
+    assert len(fig.axes) == 2 and [ax.get_title() for ax in fig.axes] == ["1 patient (1.4%)", "3 patients (4.3%)"]
+    assert fig.axes[0].get_ylabel() == "Dice (%)" and fig.axes[0].get_xlabel() == "class"
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["RV", "Myo", "LV", "Avg"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["MONA", "Mean teacher", "ARCO-SG"]
+    assert plots.class_bars(df, "hd95", colours, plots.distance_unit(records)).axes[0].get_ylabel() == "HD95 (mm)"
+    assert isinstance(plots.class_bars(df.iloc[0:0], "dice", colours), plots.Skipped)
+
+
+def test_curves_vs_label_fraction_and_ablation_axis(records, colours, tmp_path):
+    fig = plots.label_fraction_curves(records, "dice", colours)
+    assert _labels(fig) == [("labelled patients (percent of the training patients)", "Dice (%), class average")]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1\n(1.4%)", "3\n(4.3%)"]
+    one = [r for r in records if r.result["labelled"]["num_patients"] == 1]
+    assert isinstance(plots.label_fraction_curves(one, "dice", colours), plots.Skipped)
+    for tau in (0.05, 0.1, 0.5):  # a temperature axis expressed as variants (tags["axes"])
+        for seed in (1, 2):
+            write_fake_trial(tmp_path, row=f"MONA (tau={tau})", order=0, patients=1, seed=seed, axes={"objective_params.temperature": tau},
+                             dice=lambda c, k, t=tau, s=seed: 0.7 - t / 2 + 0.01 * s, qualitative_shift=None)
+    axis_records = scan_study(tmp_path)[0]
+    assert plots.numeric_axes(axis_records) == ["objective_params.temperature"]
+    fig = plots.axis_curves(axis_records, "objective_params.temperature", "dice", plots.palette(["MONA"]))
+    assert _labels(fig) == [("objective_params.temperature", "Dice (%), class average")]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["MONA"]
+    assert plots.numeric_axes(records) == []
+
+
+def test_training_curves_and_qualitative_overlays(records, colours):
+    fig = plots.training_curves(records, colours)
+    assert _labels(fig) == [("", "training loss"), ("", "val Dice (%)"), ("training step", "training loss"),
+                            ("training step", "val Dice (%)")]
+    overlay = plots.qualitative_overlays(records, "1 patient (1.4%)")
+    assert len(overlay.axes) == 3 * (2 + 3)  # 3 slices x (image, ground truth, 3 methods)
+    assert [ax.get_title() for ax in overlay.axes[:5]] == ["image", "ground truth", "MONA", "Mean teacher", "ARCO-SG"]
+    assert overlay.axes[0].get_ylabel() == "patient000_frame01\nslice 2"
+    assert isinstance(plots.qualitative_overlays(records, "7 patients (10.0%)"), plots.Skipped)
+
+
+def test_search_history_and_importances(tmp_path):
+    records = scan_study(make_search_study(tmp_path, n=6))[0]
+    history = plots.search_history(records)
+    assert _labels(history) == [("trial (in order of completion)", "best val Dice (%)")]
+    importances = plots.param_importances(records)
+    assert importances.axes[0].get_xlabel().startswith("importance")
+    names = {t.get_text() for t in importances.axes[0].get_yticklabels()}
+    assert names == {"optim.lr", "objective_params.contrast_weight", "objective_params.sampler"}
+    assert isinstance(plots.param_importances(records[:1]), plots.Skipped)
+    assert isinstance(plots.search_history([r for r in records if False]), plots.Skipped)
+
+
+def test_write_plots_writes_non_empty_pngs_and_skips_empty_ones(records, tmp_path):
+    messages = []
+    written, skipped = plots.write_plots(records, tmp_path, log=messages.append)
+    names = sorted(p.path.name for p in written)
+    assert names == ["bars_dice.png", "bars_hd95.png", "dice_vs_label_fraction.png", "qualitative_1-patient-1-4.png",
+                     "qualitative_3-patients-4-3.png", "training_curves.png"]
+    for plot in written:
+        assert plot.path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.path.stat().st_size > 5000
+    assert any(reason.startswith("search history") for reason in skipped)
+    assert not any("search" in m for m in messages)  # not a search: nothing printed about it

@@ -1,0 +1,67 @@
+"""report.md, and `medseg report` regenerating a finished study's files byte for byte."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from analysis.report import write_report
+from medseg_platform.cli import main
+from tests.analysis.fakes import make_fake_study, make_search_study
+
+
+@pytest.fixture
+def study(tmp_path):
+    return make_fake_study(tmp_path / "results")
+
+
+def _outputs(study_dir):
+    files = [*study_dir.glob("table*"), study_dir / "report.md"]
+    return {p.name: p.read_bytes() for p in files}
+
+
+def test_medseg_report_regenerates_identical_tables(study, capsys):
+    first = write_report(study, log=lambda m: None)  # what the study command writes after its run
+    assert [p.name for p in first.tables][-1] == "table.csv" and len(first.tables) == 9
+    written = _outputs(study)
+    for path in first.tables:
+        path.unlink()
+    assert main(["report", str(study.parent)]) == 0  # the results folder: every study in it
+    assert _outputs(study) == written
+    out = capsys.readouterr().out
+    assert f"Report: {study / 'report.md'}" in out and str(study / "plots" / "bars_dice.png") in out
+    assert str(study / "table_dice.md") in out
+
+
+def test_report_states_settings_problems_and_links_that_exist(study):
+    report = write_report(study, log=lambda m: None)
+    text = report.report.read_text(encoding="utf-8")
+    for expected in ("# Report: fake-quick", "- **Profile**: quick", "`python studies/fake.py --seeds 1 2`",
+                     "- **Dataset**: /data/phantom; 70 training patients, 5 test cases", "- **Seeds**: 1, 2",
+                     "- **Iterations**: 40 fine-tuning steps (validation every 20",
+                     "none: Mean teacher", "1 stage (10 steps): MONA, ARCO-SG",
+                     "- **Label fractions**: 1 patient (1.4%), 3 patients (4.3%)",
+                     "- **Trials**: 12 of 14 finished, 1 errored, 1 corrupt",
+                     "last run of the study command 5.3 min (321 s)",
+                     "errored trial action-l1-s1-0000000000: non-finite loss at step 7 in term(s) anco",
+                     "corrupt result:", "### Test Dice (%)", "Wilcoxon signed-rank"):
+        assert expected in text, expected
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert "table_dice.tex" in links and "plots/training_curves.png" in links and len(links) >= 15
+    assert all((study / link).is_file() for link in links)
+
+
+def test_search_report_lists_the_best_configurations(tmp_path):
+    study = make_search_study(tmp_path, n=6)
+    report = write_report(study, log=lambda m: None)
+    text = report.report.read_text(encoding="utf-8")
+    assert "## Best configurations" in text and "(Optuna search)" in text
+    assert {p.name for p in report.plots} >= {"search_history.png", "param_importances.png"}
+
+
+def test_medseg_report_on_an_empty_or_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no study here" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err

@@ -1,0 +1,152 @@
+"""The GPU path of the engine: mixed precision (autocast, fp16 loss scaling), pinned non-blocking copies,
+and the clear errors on a machine without a GPU. The CUDA tests run where a GPU exists."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import medseg_platform.engine as engine
+from medseg_platform.config import TrialConfig
+from medseg_platform.errors import ConfigError
+from medseg_platform.profiles import run_study_main
+from medseg_platform.study import Study, Variant
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device")
+
+
+def small_cfg(root: Path, **overrides) -> TrialConfig:
+    base = {"data.root": str(root), "data.patch_size": [32, 32], "data.labelled": "2", "data.labelled_batch": 2,
+            "data.unlabelled_batch": 2, "model.channels": [4, 8, 16, 32, 64], "optim.max_steps": 6,
+            "eval.val_every": 3, "eval.log_every": 2, "seed": 3}
+    return TrialConfig.from_dict({**base, **overrides})
+
+
+def quiet(_msg):
+    pass
+
+
+def spy_autocast(monkeypatch, objective_cls):
+    """Record the autocast state the objective's loss runs under (device type -> dtype or None)."""
+    seen = []
+    original = objective_cls.loss
+
+    def loss(self, batch, step, max_steps):
+        device = batch.labelled_image.device.type
+        seen.append(torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None)
+        return original(self, batch, step, max_steps)
+
+    monkeypatch.setattr(objective_cls, "loss", loss)
+    return seen
+
+
+@pytest.mark.parametrize("objective", ["supervised", "mean_teacher"])
+def test_bf16_autocast_trains_on_cpu_with_finite_losses(tiny_root, tmp_path, monkeypatch, objective):
+    from methods.registry import OBJECTIVES
+
+    seen = spy_autocast(monkeypatch, OBJECTIVES[objective])
+    cfg = small_cfg(tiny_root, objective=objective, **{"optim.amp": "bf16"})
+    outcome = engine.train_trial(cfg, tmp_path / "t", log=quiet, device=torch.device("cpu"))
+    assert seen == [torch.bfloat16] * 6  # every step's forward + loss ran under bf16 autocast
+    assert len(outcome.curves) == 4 and all(math.isfinite(row["loss"]) and row["loss"] > 0 for row in outcome.curves)
+    state = torch.load(tmp_path / "t" / "checkpoint" / "checkpoint.pt", weights_only=True)  # still a plain-tensor checkpoint
+    assert state["grad_scaler"] is None  # bf16 needs no loss scaling
+
+
+def test_amp_off_runs_full_precision(tiny_root, tmp_path, monkeypatch):
+    from methods.supervised import SupervisedObjective
+
+    seen = spy_autocast(monkeypatch, SupervisedObjective)
+    engine.train_trial(small_cfg(tiny_root, **{"optim.max_steps": 2, "eval.val_every": 2}), tmp_path / "t", log=quiet,
+                       device=torch.device("cpu"))
+    assert seen == [None, None]
+
+
+def test_amp_values_are_validated(tiny_root):
+    with pytest.raises(ConfigError, match=r"optim.amp 'fp32': choose 'off', 'bf16', 'fp16'"):
+        small_cfg(tiny_root, **{"optim.amp": "fp32"}).validate(check_data=False)
+    assert engine.autocast_dtype("off", torch.device("cpu")) is None
+    assert engine.autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+
+
+def test_fp16_without_cuda_is_a_config_error_before_training(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "load_training_data", lambda *a: pytest.fail("data read before the amp check"))
+    with pytest.raises(ConfigError, match=r"optim.amp 'fp16': needs a CUDA device, but this trial runs on cpu"):
+        engine.train_trial(small_cfg(tiny_root, **{"optim.amp": "fp16"}), tmp_path / "t", log=quiet, device=torch.device("cpu"))
+    # a study: fp16 trials without a GPU per trial fail before Ray starts
+    import medseg_platform.study as study_module
+
+    monkeypatch.setattr(study_module, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    study = Study("fp16", small_cfg(tiny_root, **{"optim.amp": "fp16"}), tmp_path / "results", variants=[Variant({"row": "Sup"})],
+                  seeds=[1], dashboard=False)
+    with pytest.raises(ConfigError, match=r"fp16' needs a CUDA GPU per trial: pass --gpus-per-trial 1"):
+        study.run()
+
+
+def _build(args, profile, base):
+    base = base.replace(**{"data.labelled_batch": 2, "data.unlabelled_batch": 2})
+    return Study("gpu", base, Path(args.results_dir), variants=[Variant({"row": "Sup"}, {"objective": "supervised"})])
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has a GPU")
+@pytest.mark.parametrize("flags, message", [
+    (["--gpus-per-trial", "1"], "error: --gpus-per-trial > 0 but this machine has no CUDA GPU"),
+    (["--amp", "fp16"], "error: optim.amp 'fp16' needs a CUDA GPU per trial"),
+    (["--amp", "fp16", "--gpus-per-trial", "1"], "error: --gpus-per-trial > 0 but this machine has no CUDA GPU"),
+])
+def test_gpu_requests_without_a_gpu_fail_before_ray_starts(tiny_root, tmp_path, monkeypatch, capsys, flags, message):
+    import medseg_platform.study as study_module
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(study_module, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    code = run_study_main("gpu", "gpu", _build, argv=["--smoke-test", "--data-root", str(tiny_root), "--results-dir",
+                                                      str(tmp_path / "r"), "--no-dashboard", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(message) and "\n" not in err
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+@needs_cuda
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_mixed_precision_trains_and_resumes_with_the_scaler_state(tiny_root, tmp_path, amp):
+    cfg = small_cfg(tiny_root, objective="mean_teacher", **{"optim.amp": amp})
+    straight = engine.train_trial(cfg, tmp_path / "straight", log=quiet, device=torch.device("cuda"))
+    assert all(math.isfinite(row["loss"]) for row in straight.curves)
+    state = torch.load(tmp_path / "straight" / "checkpoint" / "checkpoint.pt", weights_only=True)
+    if amp == "fp16":
+        assert isinstance(state["grad_scaler"], dict) and state["grad_scaler"]["scale"] > 0
+    else:
+        assert state["grad_scaler"] is None
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(metrics, _ckpt):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        engine.train_trial(cfg, tmp_path / "resumed", report=stop, log=quiet, device=torch.device("cuda"))
+    resumed = engine.train_trial(cfg, tmp_path / "resumed", log=quiet, device=torch.device("cuda"))
+    assert resumed.resumed_from_step == 3 and len(resumed.curves) == len(straight.curves)
+    assert torch.backends.cudnn.benchmark
+
+
+@needs_cuda
+def test_cuda_batches_are_pinned_and_copied_without_blocking(tiny_root):
+    cfg = small_cfg(tiny_root, **{"optim.amp": "fp16"})
+    device = torch.device("cuda")
+    data = engine.load_training_data(cfg, quiet)
+    from methods.registry import build_model, build_objective
+
+    objective = build_objective("supervised", build_model("unet", num_classes=4, channels=tuple(cfg.model.channels)), {}).to(device)
+    optimizer = torch.optim.SGD(objective.trainable_parameters(), lr=0.01)
+    loop = engine.TrainLoop(cfg, objective, optimizer, data, torch.Generator().manual_seed(0), device, None, 4, 2, 2, 0.01, 0.9, "test")
+    assert loop.pin_memory and loop.scaler is not None and loop.amp_dtype is torch.float16
+    moved = loop._to_device(torch.ones(2, 1, 32, 32))
+    assert moved.device.type == "cuda" and torch.equal(moved.cpu(), torch.ones(2, 1, 32, 32))
+    for step in range(4):
+        loop.step(step)
+    row = loop.curve_row(4)
+    assert math.isfinite(row["loss"])

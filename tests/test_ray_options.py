@@ -1,0 +1,125 @@
+"""The dashboard bind flag, the start-up message about token auth, and the Optuna journal storage of a search."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+import medseg_platform.study as study_module
+from medseg_platform.dashboard import check_dashboard_host, dashboard_message, token_hint
+from medseg_platform.errors import ConfigError
+from medseg_platform.profiles import PROFILES, run_study_main
+from medseg_platform.study import Study, Variant
+
+
+def _study(root, results, **kwargs) -> Study:
+    base = PROFILES["smoke"].trial.replace(**{"data.root": str(root), "data.labelled_batch": 2, "data.unlabelled_batch": 2})
+    return Study("opts", base, results, variants=[Variant({"row": "Sup"}, {"objective": "supervised"})], seeds=[1], **kwargs)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.1.5", "::1", "localhost", "LOCALHOST"])
+def test_loopback_hosts_pass_silently(host):
+    assert check_dashboard_host(host) is None
+
+
+@pytest.mark.parametrize("host, where", [("0.0.0.0", "every network interface"), ("::", "every network interface"),
+                                         ("10.1.2.3", "10.1.2.3"), ("head-node.example.org", "head-node.example.org")])
+def test_other_hosts_warn_about_job_submission_and_suggest_a_tunnel(host, where):
+    warning = check_dashboard_host(host)
+    assert warning.startswith("WARNING") and where in warning
+    assert "run code" in warning and "ssh -L 8265:127.0.0.1:8265" in warning
+
+
+@pytest.mark.parametrize("host", ["", "not a host", "http://127.0.0.1", "999.1.1.1", "1.2.3", "-bad", "a" * 64, "127.0.0.1:8265"])
+def test_garbage_hosts_are_a_one_line_error(host):
+    with pytest.raises(ConfigError, match="--dashboard-host") as info:
+        check_dashboard_host(host)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, "~/.ray/auth_token"),
+    ({"RAY_AUTH_TOKEN_PATH": "/secrets/ray-token"}, "/secrets/ray-token ($RAY_AUTH_TOKEN_PATH)"),
+    ({"RAY_AUTH_TOKEN": "x", "RAY_AUTH_TOKEN_PATH": "/p"}, "$RAY_AUTH_TOKEN;"),  # Ray's own order: the variable first
+    ({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "x"}, "DISABLED"),
+])
+def test_token_hint_names_where_the_token_is(env, expected):
+    hint = token_hint(env)
+    assert expected in hint
+    if "DISABLED" not in hint:
+        assert "Authorization: Bearer <token>" in hint
+
+
+def test_local_ray_binds_the_dashboard_where_asked_and_prints_url_and_auth(monkeypatch, capsys):
+    """init_ray with a fake ``ray`` (no Ray starts): the host reaches ray.init, the message names URL and token."""
+    import ray
+
+    calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", "/tmp/some-token")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw) or types.SimpleNamespace(dashboard_url="127.0.0.1:8266"))
+    assert study_module.init_ray(None, 2, True) is True
+    assert calls[-1]["dashboard_host"] == "127.0.0.1" and calls[-1]["include_dashboard"] is True
+    err = capsys.readouterr().err
+    assert err.strip() == dashboard_message("127.0.0.1:8266")
+    assert "http://127.0.0.1:8266" in err and "/tmp/some-token" in err and "Bearer" in err
+    study_module.init_ray(None, 2, True, "0.0.0.0")
+    assert calls[-1]["dashboard_host"] == "0.0.0.0"
+
+
+def test_dashboard_host_flag_reaches_ray_with_a_warning_and_bad_values_fail_before_ray(tiny_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    seen = []
+
+    def fake_init_ray(address, num_cpus, dashboard, dashboard_host="127.0.0.1"):
+        seen.append(dashboard_host)
+        raise ConfigError("stop here (test)")
+
+    monkeypatch.setattr(study_module, "init_ray", fake_init_ray)
+    argv = ["--smoke-test", "--data-root", str(tiny_root), "--results-dir", str(tmp_path / "r")]
+
+    def build(args, profile, base):
+        return _study(tiny_root, tmp_path / "r")
+
+    assert run_study_main("opts", "opts", build, argv=argv + ["--dashboard-host", "0.0.0.0"]) == 2
+    assert seen == ["0.0.0.0"]
+    assert "WARNING: the Ray dashboard will listen on every network interface" in capsys.readouterr().err
+
+    for flags, message in ((["--dashboard-host", "not a host"], "error: --dashboard-host 'not a host': not an IP address or host name"),
+                           (["--dashboard-host", "10.0.0.1", "--no-dashboard"], "error: --dashboard-host sets the dashboard of the local Ray"),
+                           (["--dashboard-host", "10.0.0.1", "--address", "127.0.0.1:6379"], "error: --dashboard-host sets the dashboard"),
+                           (["--optuna-storage", str(tmp_path / "j.log")], "error: --optuna-storage records an Optuna search; this study is a grid")):
+        assert run_study_main("opts", "opts", build, argv=argv + flags) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(message) and "\n" not in err
+    assert seen == ["0.0.0.0"]  # none of the invalid ones got to Ray
+
+
+def test_optuna_search_is_recorded_in_a_journal_file(tiny_root, tmp_path, ray_address):
+    """A 2-sample TPE search with ``optuna_storage``: the journal holds one study (named after the Tune
+    experiment) whose finished trials carry the sampled lr and the reported metric of each trial's result."""
+    import optuna
+    from ray import tune
+
+    from medseg_platform.results import scan_study
+    from medseg_platform.study import optuna_journal
+
+    journal = tmp_path / "optuna" / "journal.log"
+    study = _study(tiny_root, tmp_path / "results", search_space={"optim.lr": tune.loguniform(1e-3, 1e-1)}, num_samples=2,
+                   dashboard=False, optuna_storage=journal)
+    run = study.run()
+    records, problems = scan_study(run.study_dir)
+    assert problems == [] and len(records) == 2
+    storage = optuna_journal(journal)
+    names = optuna.get_all_study_names(storage)
+    assert len(names) == 1 and names[0].startswith("opts-")
+    trials = optuna.load_study(study_name=names[0], storage=storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    recorded = sorted((t.params["search/optim.lr"], t.value) for t in trials)
+    expected = sorted((r.result["config"]["optim"]["lr"], r.result["best_val_dice"]) for r in records)
+    assert [lr for lr, _ in recorded] == pytest.approx([lr for lr, _ in expected], rel=1e-12)
+    assert [v for _, v in recorded] == pytest.approx([v for _, v in expected], rel=1e-12)

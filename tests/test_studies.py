@@ -1,0 +1,216 @@
+"""Every study script in ``studies/`` passes ``--smoke-test`` (in-process, on the session's shared Ray),
+plus the row-building rules the scripts rely on (:mod:`medseg_platform.variants`, no Ray)."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from medseg_platform.errors import ConfigError
+from medseg_platform.profiles import PROFILES, method_overrides, run_study_main
+from medseg_platform.results import read_trial
+from medseg_platform.variants import VariantTable, with_objective_params, with_stage_params
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"study_script_{name}", STUDIES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def smoke(tmp_path, ray_address, phantom_cache, monkeypatch):
+    """Runs a script's smoke test in-process; returns (exit code, study dir, {trial key: record})."""
+    monkeypatch.setenv("MEDSEG_CACHE", str(phantom_cache))
+    results = tmp_path / "results"
+
+    def run(name: str, *extra: str):
+        module = load_script(name)
+        argv = ["--smoke-test", "--results-dir", str(results), "--address", ray_address, "--no-dashboard", *extra]
+        code = module.main(argv) if hasattr(module, "main") else run_study_main(module.__doc__, name, module.build, argv=argv)
+        study_dir = results / f"{name}-smoke"
+        keys = json.loads((study_dir / "study.json").read_text())["trials"]
+        records = {key: read_trial(study_dir / "trials" / key) for key in keys}
+        return code, study_dir, records, module
+
+    return run
+
+
+def table_rows(study_dir: Path) -> dict[str, set[str]]:
+    """table.csv as {row label: set of column labels}; also checks the Markdown table exists."""
+    assert (study_dir / "table_dice.md").is_file() and (study_dir / "table_dice.tex").is_file()
+    with open(study_dir / "table.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out: dict[str, set[str]] = {}
+    for row in rows:
+        out.setdefault(row["row"], set()).add(row["column"])
+    return out
+
+
+def test_tailness_smoke(smoke):
+    code, study_dir, records, _ = smoke("ablation_tailness")
+    assert code == 0 and len(records) == 8 and all(records.values())
+    rows = table_rows(study_dir)
+    assert {"Supervised only", "ARCO-SAG", "MONA/ARCO w/o L_contrast", "ACTION w/o L_anco"} <= set(rows) and len(rows) == 8
+
+
+def test_temperature_smoke(smoke):
+    code, study_dir, records, module = smoke("ablation_temperature")
+    assert code == 0 and all(records.values())
+    rows = table_rows(study_dir)
+    pixel = {f"{method}, τ = {tau:g}" for method in ("ARCO-SG", "ACTION") for tau in module.PIXEL_TEMPERATURE["smoke"]}
+    assert pixel <= set(rows)
+    # one-factor-at-a-time: the released ISD value is the shared released row, the others get their own row
+    isd = {f"ARCO-SG, ISD τ_t = {t:g}" for t in module.ISD_TAU_TEACHER["smoke"] if t != 0.1} | \
+          {f"ARCO-SG, ISD τ_s = {t:g}" for t in module.ISD_TAU_STUDENT["smoke"] if t != 0.1}
+    assert isd <= set(rows) and len(rows) == len(pixel) + len(isd) == len(records)
+    by_row = {r.result["tags"]["row"]: r.result for r in records.values()}
+    assert by_row["ACTION, τ = 0.1"]["config"]["objective_params"]["temperature"] == 0.1
+    assert by_row["ARCO-SG, ISD τ_t = 0.01"]["config"]["pretrain"][0]["objective_params"]["tau_teacher"] == 0.01
+    assert by_row["ARCO-SG, ISD τ_s = 0.07"]["config"]["pretrain"][0]["objective_params"]["tau_student"] == 0.07
+    released = by_row["ARCO-SG, τ = 0.5"]["tags"]["axes"]
+    assert released["objective_params.temperature"] == 0.5 and released["isd.tau_teacher"] == released["isd.tau_student"] == 0.1
+
+
+def test_sampling_smoke(smoke):
+    code, study_dir, records, module = smoke("ablation_sampling")
+    assert code == 0 and all(records.values())
+    rows = table_rows(study_dir)
+    groups, sizes = module.GROUPS["smoke"], module.SIZE_SCALES["smoke"]
+    assert len(rows) == len(records) == len(sizes) * (1 + 2 * len(groups))  # NS once per size, not per group count
+    configs = [r.result["config"]["objective_params"] for r in records.values()]
+    uniform = [c for c in configs if c["sampler"] == "uniform"]
+    assert len(uniform) == len(sizes) and len({c["num_anchors"] for c in uniform}) == len(sizes)
+    for sampler in ("stratified", "stratified_antithetic"):
+        assert {(c["sampler_groups"], c["num_anchors"]) for c in configs if c["sampler"] == sampler} == {
+            (g, round(PROFILES["smoke"].methods.anchors * s)) for g in groups for s in sizes}
+    for record in records.values():
+        axes, params = record.result["tags"]["axes"], record.result["config"]["objective_params"]
+        assert axes["objective_params.num_anchors"] == params["num_anchors"]
+        assert axes.get("objective_params.sampler_groups") == params.get("sampler_groups")
+        expected = f"{params['sampler_groups']} groups" if params["sampler"] != "uniform" else None
+        assert (expected in record.result["tags"]["row"]) if expected else ("groups" not in record.result["tags"]["row"])
+
+
+def test_label_fractions_smoke(smoke):
+    code, study_dir, records, module = smoke("label_fractions")
+    assert code == 0 and all(records.values())
+    rows = table_rows(study_dir)
+    assert len(rows) == 1 + 6 and module.FULL_ROW in rows
+    full = [r for r in records.values() if r.result["tags"]["row"] == module.FULL_ROW]
+    assert len(full) == 1 and full[0].result["labelled"]["percent_patients"] == 100.0
+    full_column = rows.pop(module.FULL_ROW)
+    assert len(full_column) == 1  # the full-supervision column holds only that row
+    assert all(columns.isdisjoint(full_column) and len(columns) == len(module.FRACTIONS["smoke"]) for columns in rows.values())
+
+
+def test_hparam_search_smoke(smoke, capsys):
+    code, study_dir, _, module = smoke("hparam_search", "--num-samples", "3")
+    out = capsys.readouterr().out
+    assert code == 0 and "best configuration" in out
+    with open(study_dir / "search_history.csv", newline="") as fh:
+        history = list(csv.DictReader(fh))
+    space = module.search_space("arco_sag")
+    assert [int(h["order"]) for h in history] == [1, 2, 3]
+    assert {h["status"] for h in history} <= {"completed", "stopped early"} and any(h["status"] == "completed" for h in history)
+    for h in history:
+        for key, domain in space.items():
+            assert domain.lower <= float(h[key]) <= domain.upper
+        record = read_trial(study_dir / "trials" / h["trial_key"])
+        assert (record is not None) == (h["status"] == "completed")
+        if record is not None:  # the history's values are the ones the trial trained with
+            assert all(record.result["config"]["objective_params"][k.split(".")[1]] == pytest.approx(float(h[k])) for k in space)
+    best = json.loads((study_dir / "best_config.json").read_text())
+    completed = [h for h in history if h["status"] == "completed"]
+    assert best["best_val_dice"] == pytest.approx(max(float(h["best_val_dice"]) for h in completed), abs=1e-6)
+    assert best["search"] == {k: best["config"]["objective_params"][k.split(".")[1]] for k in space}
+
+
+def test_hparam_search_flags(capsys):
+    module = load_script("hparam_search")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0 and "--method" in capsys.readouterr().out
+    assert set(module.search_space("action")) >= {"objective_params.anco_weight", "objective_params.hard_query_threshold"}
+    with pytest.raises(ConfigError, match="no search space"):
+        module.search_space("supervised")
+
+
+def test_variant_table_merges_the_same_configuration_and_keeps_axes():
+    profile = PROFILES["smoke"]
+    base = profile.trial.replace(**{"data.root": "/nonexistent"})
+    released = method_overrides("arco_sg", profile)
+    table = VariantTable(base)
+    assert table.add("τ = 0.5", with_objective_params(released, temperature=0.5), variant="ARCO-SG", axes={"t": 0.5}) == "τ = 0.5"
+    # the released ISD value written out explicitly: the same configuration, merged, axes united
+    assert table.add("τ_s = 0.1", with_stage_params(released, 0, tau_student=0.1), variant="ARCO-SG", axes={"tau_s": 0.1}) == "τ = 0.5"
+    table.add("τ_s = 0.07", with_stage_params(released, 0, tau_student=0.07), variant="ARCO-SG", axes={"tau_s": 0.07})
+    variants = table.variants()
+    assert [v.tags["row"] for v in variants] == ["τ = 0.5", "τ_s = 0.07"] and [v.tags["order"] for v in variants] == [0, 1]
+    assert variants[0].tags["axes"] == {"t": 0.5, "tau_s": 0.1} and variants[0].tags["variant"] == "ARCO-SG"
+    assert released["pretrain"][0]["objective_params"].get("tau_student") is None  # the helpers copy, never mutate
+    with pytest.raises(ValueError, match="same configuration"):
+        table.add("clash", released, axes={"t": 1.0})
+    with pytest.raises(ConfigError, match="row 'bad'"):
+        table.add("bad", with_objective_params(released, temperature=-1.0))
+
+
+QUICK_TRIALS = {"ablation_temperature": 12, "ablation_sampling": 14, "label_fractions": 19, "hparam_search": 1}
+
+
+@pytest.mark.parametrize("profile", ["quick", "paper"])
+@pytest.mark.parametrize("name", sorted(QUICK_TRIALS))
+def test_quick_and_paper_studies_resolve_to_valid_configs(name, profile):
+    """The profiles differ only in numbers: every trial config of the bigger profiles validates (no data needed)."""
+    import argparse
+    import itertools
+
+    module = load_script(name)
+    p = PROFILES[profile]
+    args = argparse.Namespace(results_dir="unused", seeds=None, method="arco_sag", num_samples=None)
+    study = module.build(args, p, p.trial.replace(**{"data.root": "/nonexistent"}))
+    configs = []
+    for variant in study.variants:
+        for values in itertools.product(*study.grid.values()):
+            cfg = study.base.replace(**{**variant.overrides, **dict(zip(study.grid, values))})
+            cfg.validate(check_data=False)
+            configs.append(json.dumps(cfg.to_dict(), sort_keys=True))
+    assert len(set(configs)) == len(configs)
+    if profile == "quick":
+        assert len(configs) == QUICK_TRIALS[name]  # the counts the docstrings' cost estimates are based on
+    if study.search_space is not None:
+        assert args.seeds == [p.seeds[0]] and study.num_samples == module.NUM_SAMPLES[profile]
+
+
+def test_search_history_statuses_and_order_from_tune_trials(tmp_path):
+    """Stopped (ASHA), errored and unfinished samples keep their place, values and last metrics; the best
+    is chosen among completed samples only (none here)."""
+    from types import SimpleNamespace
+
+    from analysis.search import best_sample, history_csv, samples_from_trials
+    from medseg_platform.config import TrialConfig
+    from medseg_platform.results import trial_key, write_trial_error
+
+    base = PROFILES["smoke"].trial.replace(objective="supervised").to_dict()
+
+    def fake(index, lr, status, **last):
+        return SimpleNamespace(trial_id=f"id{index}", experiment_tag=f"{index}_optim.lr={lr}", status=status,
+                               config={"trial": {"config": base, "tags": {}}, "search": {"optim.lr": lr}}, last_result=last)
+
+    errored = TrialConfig.from_dict({**base, "optim.lr": 0.3}).to_dict()
+    write_trial_error(tmp_path / "trials" / trial_key(errored), config=errored, tags={}, seed=1, error="loss is NaN at step 3")
+    trials = [fake(3, 0.3, "ERROR", step=3), fake(1, 0.1, "TERMINATED", step=3, best_val_dice=0.25), fake(2, 0.2, "RUNNING")]
+    samples = samples_from_trials(tmp_path, trials)
+    assert [(s.order, s.values["optim.lr"], s.status) for s in samples] == [
+        (1, 0.1, "stopped early"), (2, 0.2, "unfinished"), (3, 0.3, "errored")]
+    assert samples[0].best_val_dice == 0.25 and samples[0].last_step == 3 and samples[0].test_dice is None
+    assert samples[2].error == "loss is NaN at step 3" and samples[2].key == trial_key(errored)
+    assert best_sample(samples) is None
+    lines = history_csv(samples).splitlines()
+    assert lines[0] == "order,trial_id,trial_key,status,optim.lr,last_step,best_val_dice,test_dice,error" and len(lines) == 4
+    assert lines[1].startswith("1,id1,") and ",stopped early,0.1,3,0.250000,," in lines[1]
