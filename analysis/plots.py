@@ -180,15 +180,24 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
     axes = fig.subplots(1, len(columns), sharey=True, squeeze=False)[0]
     bar = 0.8 / len(rows)
     handles = {}
+    undefined_any = False
     for ax, column in zip(axes, columns):
         cells = frame[frame["column"] == column].set_index(["row", "class"])
+        # cells that exist but have no value: undefined in every case (e.g. HD95 of an empty prediction)
+        every = df[(df["metric"] == metric) & (df["column"] == column)]
+        undefined = {(r, c) for r, c, m in zip(every["row"], every["class"], every["mean"]) if pd.isna(m)}
         for i, row in enumerate(rows):
             means = [cells.loc[(row, c), "mean"] if (row, c) in cells.index else np.nan for c in classes]
             stds = [cells.loc[(row, c), "std"] if (row, c) in cells.index else np.nan for c in classes]
             x = np.arange(len(classes)) - 0.4 + bar * (i + 0.5)
             handles[row] = ax.bar(x, means, bar, yerr=stds, capsize=2, color=colours[row], label=row,
                                   error_kw={"elinewidth": 0.8, "ecolor": "#333333"})
+            for xi, c in zip(x, classes):
+                if (row, c) in undefined:
+                    undefined_any = True
+                    ax.text(xi, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize="xx-small", color=colours[row])
         ax.set_xticks(np.arange(len(classes)), classes)
+        ax.set_xlim(-0.5, len(classes) - 0.5)  # the same in every panel, also where a class has no bar
         ax.set_xlabel("class")
         ax.set_title(column, fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
@@ -196,7 +205,10 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
     axes[0].set_ylabel(metric_axis_label(metric, unit))
     if metric_style(metric).scale == 100.0:
         axes[0].set_ylim(0, 100)
-    fig.suptitle(f"Test {metric_style(metric).label.split(' ')[0]} per class and method (mean \u00b1 std over seeds)", fontsize="medium")
+    title = f"Test {metric_style(metric).label.split(' ')[0]} per class and method (mean \u00b1 std over seeds)"
+    if undefined_any:
+        title += "\nn/a: undefined in every test case (an empty prediction or ground truth)"
+    fig.suptitle(title, fontsize="medium")
     _legend_below(fig, [handles[r] for r in rows if r in handles], [r for r in rows if r in handles])
     return fig
 

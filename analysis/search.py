@@ -21,11 +21,11 @@ Outputs (written atomically into the study dir):
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from analysis.tables import as_number
 from medseg_platform.config import TrialConfig
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_json_atomic, write_text_atomic
@@ -67,14 +67,6 @@ def experiment_path(study_dir: Path) -> Path:
     if not path.is_dir():
         raise MedsegError(f"{path}: the search's Tune experiment is missing (run the study first)")
     return path
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
 
 
 def _order_key(trial: Any, position: int) -> tuple[int, int]:
@@ -124,8 +116,8 @@ def samples_from_trials(study_dir: Path, tune_trials: Sequence[Any]) -> list[Sam
         best_val = record.result.get("best_val_dice") if record is not None else last.get("best_val_dice")
         test = record.result["test"]["mean"]["dice"] if record is not None else None
         samples.append(Sample(order, str(trial.trial_id), key, status, values, config,
-                              int(last["step"]) if _number(last.get("step")) is not None else None,
-                              _number(best_val), _number(test), error))
+                              int(last["step"]) if as_number(last.get("step")) is not None else None,
+                              as_number(best_val), as_number(test), error))
     return samples
 
 

@@ -116,7 +116,7 @@ def trial_seed(record: TrialRecord) -> Any:
     return seed if seed is not None else (record.result.get("config") or {}).get("seed")
 
 
-def _as_number(value: Any) -> float | None:
+def as_number(value: Any) -> float | None:
     """``value`` as a float, or None when it is not a number."""
     try:
         number = float(value)
@@ -127,13 +127,13 @@ def _as_number(value: Any) -> float | None:
 
 def _row_key(record: TrialRecord) -> float:
     """The row sort position a trial asks for (``tags["order"]``), +inf when it gives none."""
-    order = _as_number((record.result.get("tags") or {}).get("order"))
+    order = as_number((record.result.get("tags") or {}).get("order"))
     return math.inf if order is None else order
 
 
 def _column_key(record: TrialRecord) -> float:
     """The column sort position of a trial: its number of labelled patients (+inf when unknown)."""
-    patients = _as_number((record.result.get("labelled") or {}).get("num_patients"))
+    patients = as_number((record.result.get("labelled") or {}).get("num_patients"))
     return math.inf if patients is None else patients
 
 
@@ -176,7 +176,7 @@ def _unique_records(records: Iterable[TrialRecord]) -> list[TrialRecord]:
 
 def _per_case_value(row: Mapping[str, Any], metric: str) -> float:
     """One per-case value as float; NaN when missing or not a number."""
-    number = _as_number(row.get(metric))
+    number = as_number(row.get(metric))
     return math.nan if number is None else number
 
 
@@ -247,7 +247,7 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
 def _seed_case_values(trials: Sequence[TrialRecord], metric: str, cls: int | str) -> dict[tuple[str, str], float]:
     """Per (seed, test case) over the trials of one cell: the per-case value of ``metric`` (class or "Avg")."""
     return {(str(trial_seed(t)), case): value for t in trials
-            for case, value in case_values(t.per_case, metric, cls, _as_number).items()}
+            for case, value in case_values(t.per_case, metric, cls, as_number).items()}
 
 
 def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str], Sequence[TrialRecord]],

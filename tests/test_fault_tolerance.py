@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 
 from medseg_platform.engine import NonFiniteLossError
 from medseg_platform.errors import ConfigError

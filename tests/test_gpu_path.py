@@ -12,20 +12,15 @@ from medseg_platform.config import TrialConfig
 from medseg_platform.errors import ConfigError
 from medseg_platform.profiles import run_study_main
 from medseg_platform.study import Study, Variant
+from tests.test_engine import quiet, small_cfg as engine_small_cfg
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device")
 
 
 def small_cfg(root: Path, **overrides) -> TrialConfig:
-    base = {"data.root": str(root), "data.patch_size": [32, 32], "data.labelled": "2", "data.labelled_batch": 2,
-            "data.unlabelled_batch": 2, "model.channels": [4, 8, 16, 32, 64], "optim.max_steps": 6,
-            "eval.val_every": 3, "eval.log_every": 2, "seed": 3}
-    return TrialConfig.from_dict({**base, **overrides})
-
-
-def quiet(_msg):
-    pass
+    """The engine tests' tiny config, 6 steps."""
+    return engine_small_cfg(root, **{"optim.max_steps": 6, "eval.val_every": 3, **overrides})
 
 
 def spy_autocast(monkeypatch, objective_cls):
