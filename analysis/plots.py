@@ -216,6 +216,12 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
 # --------------------------------------------------------------------------------------------- curves
 
 
+def _non_negative(ax) -> None:
+    """Every metric here is >= 0 (Dice, Jaccard in %, distances): start the y axis at 0, never below."""
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(0.0, top if top > 0 else 1.0)
+
+
 def numeric_axes(records: Sequence) -> list[str]:
     """The ablation axes (``tags["axes"]`` keys, label fraction excluded) with at least two numeric values."""
     values: dict[str, set[float]] = {}
@@ -290,6 +296,7 @@ def axis_curves(records: Sequence, axis: str, metric: str, colours: Mapping[str,
     ax.minorticks_off()
     ax.set_xlabel(axis)
     ax.set_ylabel(metric_axis_label(metric, unit) + ", class average")
+    _non_negative(ax)
     ax.grid(alpha=0.3)
     ax.set_title(f"Test {metric_style(metric).label.split(' ')[0]} vs {axis.split('.')[-1]} (mean \u00b1 std over seeds)")
     _legend_below(fig, list(handles.values()), list(handles))
@@ -321,6 +328,7 @@ def label_fraction_curves(records: Sequence, metric: str, colours: Mapping[str, 
     ax.minorticks_off()
     ax.set_xlabel("labelled patients (percent of the training patients)")
     ax.set_ylabel(metric_axis_label(metric, unit) + ", class average")
+    _non_negative(ax)
     ax.grid(alpha=0.3)
     ax.set_title(f"Test {metric_style(metric).label.split(' ')[0]} vs label fraction (mean \u00b1 std over seeds)")
     _legend_below(fig, list(handles.values()), list(handles))
@@ -562,8 +570,9 @@ def _distribution(values: Sequence[Any]):
 
 
 def param_importances(records: Sequence) -> Figure | Skipped:
-    """Parameter importances (Optuna's default evaluator) of the searched parameters, from an in-memory
-    Optuna study rebuilt with ``optuna.trial.create_trial`` (distributions inferred from the values)."""
+    """Parameter importances of the searched parameters: PED-ANOVA (Optuna 5's default evaluator, named
+    explicitly so the axis label stays true; fANOVA would need scikit-learn) over an in-memory Optuna study
+    rebuilt with ``optuna.trial.create_trial`` (distributions inferred from the values)."""
     trials = search_records(records)
     if len(trials) < 2:
         return Skipped(f"parameter importances: {len(trials)} completed search trial(s), need at least 2")
@@ -585,7 +594,7 @@ def param_importances(records: Sequence) -> Figure | Skipped:
                 continue
             study.add_trial(optuna.trial.create_trial(params=values, distributions=distributions,
                                                       value=float(record.result["best_val_dice"])))
-        importances = optuna.importance.get_param_importances(study)
+        importances = optuna.importance.get_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
     except Exception as exc:  # noqa: BLE001 - Optuna's evaluators raise many kinds; the plot is optional
         return Skipped(f"parameter importances: Optuna could not compute them ({type(exc).__name__}: {exc})")
     if not importances:
@@ -594,7 +603,7 @@ def param_importances(records: Sequence) -> Figure | Skipped:
     fig = _new_figure(7.0, 1.2 + 0.45 * len(names))
     ax = fig.subplots()
     ax.barh(names, [importances[n] for n in names], color="#1f77b4")
-    ax.set_xlabel("importance (fANOVA, share of the variance of best val Dice)")
+    ax.set_xlabel("importance (PED-ANOVA: how far the top 10% of trials differ, normalised)")
     ax.set_ylabel("searched parameter")
     ax.set_xlim(0, 1)
     ax.grid(axis="x", alpha=0.3)
