@@ -125,7 +125,7 @@ class Study:
         if self.search_space is not None:  # one sample of every domain must give a valid config, before Ray starts
             sample = {key: domain.sample() if hasattr(domain, "sample") else domain for key, domain in self.search_space.items()}
             TrialConfig.from_dict({**trials[0]["config"], **sample}).validate(check_data=False)
-        return trials
+        return start_order(trials)
 
     def spec_hash(self, trials: list[dict]) -> str:
         """Names the Tune experiment: everything that changes what Tune would run or how."""
@@ -292,6 +292,29 @@ class StudyRun:
     study_dir: Path
     trial_keys: list[str]
     timing: dict
+
+
+def start_order(trials: list[dict]) -> list[dict]:
+    """The trials in the order Tune should start them (it starts a grid in list order).
+
+    Trials that share a first pretraining stage wait for each other on its cache lock (the first trains it,
+    the others then load it), so two of them started side by side leave a slot idle for the whole stage.
+    The order therefore starts the first trial of every distinct first stage (and every trial without
+    pretraining) before the second trial of any stage, keeping the study's order otherwise. The stage is
+    recognised by its settings, model, data, seed and workers (a superset of the cache key's fields: at
+    worst two trials that could share a stage are treated as distinct, which only costs ordering).
+    """
+    seen: dict[str, int] = {}
+    ranked = []
+    for index, trial in enumerate(trials):
+        config = trial["config"]
+        rank = 0
+        if config.get("pretrain"):
+            stage = json.dumps([config["pretrain"][0], config.get("model"), config.get("data"), config.get("seed"),
+                                config.get("workers")], sort_keys=True, default=str)
+            rank = seen[stage] = seen.get(stage, -1) + 1
+        ranked.append((rank, index, trial))
+    return [trial for _, _, trial in sorted(ranked, key=lambda item: item[:2])]
 
 
 def _describe_domain(domain: Any) -> str:

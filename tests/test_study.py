@@ -153,3 +153,18 @@ def test_optuna_search_with_asha_samples_and_records_the_searched_values(tiny_ro
     lrs = [r.result["config"]["optim"]["lr"] for r in records]
     assert all(1e-3 <= lr <= 1e-1 for lr in lrs) and len(set(lrs)) == len(lrs)
     assert all(r.result["tags"]["search"]["optim.lr"] == r.result["config"]["optim"]["lr"] for r in records)
+
+
+def test_start_order_starts_each_pretraining_stage_once_before_any_trial_waits_on_one():
+    from medseg_platform.study import start_order
+
+    def trial(name, stage=None, seed=1):
+        config = {"pretrain": [{"objective": "isd_pretrain", "max_steps": stage}] if stage else [], "model": {}, "data": {}, "seed": seed, "workers": 1}
+        return {"key": name, "config": config}
+
+    trials = [trial("sup"), trial("arco-t1", stage=10), trial("arco-t2", stage=10), trial("arco-t3", stage=10),
+              trial("isd-a", stage=20), trial("arco-seed2", stage=10, seed=2), trial("isd-b", stage=30)]
+    order = [t["key"] for t in start_order(trials)]
+    # first of every stage (and the trial without pretraining) in study order, then the second ones, ...
+    assert order == ["sup", "arco-t1", "isd-a", "arco-seed2", "isd-b", "arco-t2", "arco-t3"]
+    assert sorted(order) == sorted(t["key"] for t in trials)
