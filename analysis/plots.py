@@ -216,6 +216,16 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
 # --------------------------------------------------------------------------------------------- curves
 
 
+def _wants_log_scale(xs: Sequence[float]) -> bool:
+    """A log x axis for positive values spanning a decade or more, or crowded at the low end on a linear one
+    (two ticks closer than 5% of the range would print over each other, e.g. temperatures 0.07 and 0.1 next to 1)."""
+    if len(xs) < 2 or xs[0] <= 0:
+        return False
+    ratio = xs[-1] / xs[0]
+    closest = min(b - a for a, b in zip(xs, xs[1:]))
+    return ratio >= 20 or (ratio >= 5 and closest < 0.05 * (xs[-1] - xs[0]))
+
+
 def _non_negative(ax) -> None:
     """Every metric here is >= 0 (Dice, Jaccard in %, distances): start the y axis at 0, never below."""
     bottom, top = ax.get_ylim()
@@ -250,15 +260,18 @@ def _errorbar_lines(ax, series: Mapping[str, Mapping[float, list[float]]], colou
 
 
 def _series_styles(series_variants: Mapping[str, str], colours: Mapping[str, str]) -> dict[str, tuple[str, str]]:
-    """(colour, linestyle) per series: the colour of its variant, line styles told apart within a variant."""
+    """(colour, linestyle) per series: the colour of its variant; the line style of what follows the variant's
+    name in the series label (e.g. " (num_anchors=64)"), the same style for the same suffix in every variant."""
     linestyles = ["-", "--", ":", "-."]
-    seen: dict[str, int] = {}
-    out = {}
-    for label, variant in series_variants.items():
-        n = seen.get(variant, 0)
-        seen[variant] = n + 1
-        out[label] = (colours.get(variant, colours.get(label, "#333333")), linestyles[n % len(linestyles)])
-    return out
+    suffixes = {label: label[len(variant):] if label.startswith(variant) else label for label, variant in series_variants.items()}
+    style_of = {suffix: linestyles[i % len(linestyles)] for i, suffix in enumerate(sorted(set(suffixes.values()), key=_natural_key))}
+    return {label: (colours.get(variant, colours.get(label, "#333333")), style_of[suffixes[label]])
+            for label, variant in series_variants.items()}
+
+
+def _natural_key(text: str) -> list:
+    """Sort key with numbers compared as numbers ("x=64" before "x=128")."""
+    return [(0, float(part), "") if i % 2 else (1, 0.0, part) for i, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", text))]
 
 
 def axis_curves(records: Sequence, axis: str, metric: str, colours: Mapping[str, str], unit: str | None = None) -> Figure | Skipped:
@@ -290,7 +303,7 @@ def axis_curves(records: Sequence, axis: str, metric: str, colours: Mapping[str,
     ax = fig.subplots()
     handles = _errorbar_lines(ax, series, colours, _series_styles(variants, colours))
     xs = sorted({x for points in series.values() for x in points})
-    if xs[0] > 0 and xs[-1] / xs[0] >= 20:
+    if _wants_log_scale(xs):
         ax.set_xscale("log")
     ax.set_xticks(xs, [f"{x:g}" for x in xs], rotation=45 if len(xs) > 6 else 0)
     ax.minorticks_off()
@@ -322,7 +335,7 @@ def label_fraction_curves(records: Sequence, metric: str, colours: Mapping[str, 
     ax = fig.subplots()
     handles = _errorbar_lines(ax, series, colours, {})
     xs = sorted(percent)
-    if xs[0] > 0 and xs[-1] / xs[0] >= 20:
+    if _wants_log_scale(xs):
         ax.set_xscale("log")
     ax.set_xticks(xs, [f"{x:g}\n({percent[x]:.1f}%)" for x in xs])
     ax.minorticks_off()

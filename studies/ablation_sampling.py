@@ -32,7 +32,8 @@ from medseg_platform.profiles import method_overrides, run_study_main  # noqa: E
 from medseg_platform.study import Study  # noqa: E402
 from medseg_platform.variants import VariantTable, with_objective_params  # noqa: E402
 
-SAMPLERS = (("uniform", "NS (MONA)"), ("stratified", "SG"), ("stratified_antithetic", "SAG"))
+#: (sampler, row prefix, plot line = the method that uses this sampler, so it keeps that method's colour)
+SAMPLERS = (("uniform", "NS (MONA)", "MONA"), ("stratified", "SG", "ARCO-SG"), ("stratified_antithetic", "SAG", "ARCO-SAG"))
 GROUPED = {"stratified", "stratified_antithetic"}  # the samplers that use sampler_groups
 GROUPS = {"smoke": (9, 16), "quick": (9, 16, 25), "paper": (9, 16, 25)}
 SIZE_SCALES = {"smoke": (1.0,), "quick": (0.5, 1.0), "paper": (0.5, 1.0)}  # x the profile's anchors and negatives
@@ -42,7 +43,7 @@ LABELLED = {"smoke": ("1",), "quick": ("1",), "paper": ("1", "3", "7")}
 def build(args, profile, base):
     table = VariantTable(base)
     released = method_overrides("arco_sg", profile)  # the MONA/ARCO pipeline; the sampler is set per row
-    for sampler, name in SAMPLERS:
+    for sampler, name, method in SAMPLERS:
         for scale in SIZE_SCALES[profile.name]:
             anchors = max(1, round(profile.methods.anchors * scale))
             negatives = max(1, round(profile.methods.negatives * scale))
@@ -54,7 +55,7 @@ def build(args, profile, base):
                     params["sampler_groups"] = groups
                     axes["objective_params.sampler_groups"] = groups
                 row = f"{name}, {groups} groups, {sizes}" if groups is not None else f"{name}, {sizes}"
-                table.add(row, with_objective_params(released, **params), variant=name, axes=axes)
+                table.add(row, with_objective_params(released, **params), variant=method, axes=axes)
     return Study(name="ablation_sampling", base=base, results_dir=Path(args.results_dir), variants=table.variants(),
                  grid={"data.labelled": list(LABELLED[profile.name])})
 

@@ -93,3 +93,10 @@ def test_write_plots_writes_non_empty_pngs_and_skips_empty_ones(records, tmp_pat
         assert plot.path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.path.stat().st_size > 5000
     assert any(reason.startswith("search history") for reason in skipped)
     assert not any("search" in m for m in messages)  # not a search: nothing printed about it
+
+
+def test_crowded_or_wide_positive_axes_get_a_log_scale():
+    assert plots._wants_log_scale([0.07, 0.1, 0.5, 1.0])  # 0.07 and 0.1 would print over each other
+    assert plots._wants_log_scale([0.01, 0.1, 0.6])  # a wide range
+    assert not plots._wants_log_scale([9, 16, 25]) and not plots._wants_log_scale([1, 3, 7])
+    assert not plots._wants_log_scale([0.0, 0.5, 1.0])  # zero has no log
