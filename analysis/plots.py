@@ -616,11 +616,11 @@ def param_importances(records: Sequence) -> Figure | Skipped:
     fig = _new_figure(7.0, 1.2 + 0.45 * len(names))
     ax = fig.subplots()
     ax.barh(names, [importances[n] for n in names], color="#1f77b4")
-    ax.set_xlabel("importance (PED-ANOVA: how far the top 10% of trials differ, normalised)")
+    ax.set_xlabel("importance (PED-ANOVA, sums to 1)")
     ax.set_ylabel("searched parameter")
     ax.set_xlim(0, 1)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"Parameter importances ({len(study.trials)} trials)")
+    ax.set_title(f"Parameter importances ({len(study.trials)} completed trials)")
     return fig
 
 
