@@ -50,30 +50,44 @@ def _parents() -> dict[int, int]:
     return parents
 
 
-def _descendants(root: int) -> set[int]:
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` after the command name: state, ppid, ..., starttime (index 19); None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _descendants(root: int) -> set[tuple[int, str]]:
+    """Every descendant of ``root`` as (pid, start time): with pid_max as low as 32768 and Ray starting many
+    processes, a bare pid can be reused by an unrelated process before the test looks again."""
     parents = _parents()
     found, frontier = set(), {root}
     while frontier:
         frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
         found |= frontier
-    return found
+    identities = set()
+    for pid in found:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            identities.add((pid, fields[19]))
+    return identities
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an exited process that nobody reaped holds no resources)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+def _running(identity: tuple[int, str]) -> bool:
+    """That very process (same pid and start time) is alive and not a zombie (an exited process that nobody
+    reaped holds no resources)."""
+    fields = _stat_fields(identity[0])
+    return fields is not None and fields[19] == identity[1] and fields[0] != "Z"
 
 
-def _wait_gone(pids: set[int], timeout: float) -> list[str]:
-    """Wait until none of ``pids`` runs; return 'pid cmdline' of those still running at the timeout."""
+def _wait_gone(processes: set[tuple[int, str]], timeout: float) -> list[str]:
+    """Wait until none of ``processes`` runs; return 'pid cmdline' of those still running at the timeout."""
     deadline = time.monotonic() + timeout
-    while (alive := sorted(pid for pid in pids if _running(pid))) and time.monotonic() < deadline:
+    while (alive := sorted(p for p in processes if _running(p))) and time.monotonic() < deadline:
         time.sleep(0.2)
     described = []
-    for pid in alive:
+    for pid, _ in alive:
         try:
             described.append(f"{pid} {Path(f'/proc/{pid}/cmdline').read_bytes().replace(bytes(1), b' ').decode()[:200]}")
         except OSError:
@@ -134,7 +148,7 @@ def test_study_spreads_over_two_loopback_nodes_and_dashboard_api_shows_it(tiny_r
     env.update(RAY_TMPDIR=str(temp), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
                RAY_AUTH_TOKEN_PATH=str(token_file), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
     info_file, log_file = tmp_path / "info.json", tmp_path / "driver.log"
-    started: set[int] = set()  # every process the driver started (Ray's head, worker node, trial workers)
+    started: set[tuple[int, str]] = set()  # every process the driver started (Ray's head, worker node, trial workers)
     sockets: list[tuple[int, str, int]] = []
     actors, during = [], {}
     with open(log_file, "w") as log:
@@ -157,21 +171,21 @@ def test_study_spreads_over_two_loopback_nodes_and_dashboard_api_shows_it(tiny_r
                 actors = [a for a in body["data"]["result"]["result"] if a["class_name"] == "ImplicitFunc" and a["state"] == "ALIVE"]
             if not actors:
                 time.sleep(0.3)
-        sockets = _listening(started | {proc.pid})
+        sockets = _listening({pid for pid, _ in started} | {proc.pid})
         during["jobs"] = _get(f"{url}/api/jobs/", token)
         during["nodes"] = _get(f"{url}/nodes?view=summary", token)
         during["no_token"] = _get(f"{url}/api/v0/actors", None)[0]
         during["wrong_token"] = _get(f"{url}/api/jobs/", "0" * 64)[0]
         started |= _descendants(proc.pid)
         returncode = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        left = _wait_gone(started, timeout=20)  # Ray's workers exit on their own once their raylet is gone
+        left = _wait_gone(started, timeout=60)  # Ray's workers exit on their own once their raylet is gone
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for pid in started:  # only after a failure: stop what the driver left behind, by PID
-            if _running(pid):
-                os.kill(pid, signal.SIGKILL)
+        for identity in started:  # only after a failure: stop what the driver left behind, by PID
+            if _running(identity):
+                os.kill(identity[0], signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
     log = log_file.read_text()
     assert returncode == 0, log[-3000:]
