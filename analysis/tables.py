@@ -15,7 +15,7 @@ Numbers, from the bottom up:
   with no finite seed value has mean and std NaN. ``n_seeds`` counts the seeds with a finite value and
   ``n_undefined`` sums the undefined per-case values over all of the cell's seeds (for "Avg": over classes).
 * **significance**: each cell is compared with the best cell (best mean) of its label fraction and
-  class by a paired test over (seed, test case) on the per-case values (:mod:`analysis.significance`);
+  class by a paired test over test cases on the seed-averaged per-case values (:mod:`analysis.significance`);
   ``p_vs_best`` and ``n_pairs`` are kept in the long form, and a cell whose difference to the best is
   not significant is marked with :data:`~analysis.significance.NOT_SIGNIFICANT_MARK`.
 
@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.significance import ALPHA, NOT_SIGNIFICANT_MARK, caption_note, case_values, paired_arrays, wilcoxon_test
+from analysis.significance import ALPHA, NOT_SIGNIFICANT_MARK, caption_note, paired_case_values, seed_averaged, wilcoxon_test
 from medseg_platform.io import write_text_atomic
 from medseg_platform.results import TrialRecord, scan_study
 
@@ -244,12 +244,6 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
     return pd.DataFrame(rows, columns=list(LONG_COLUMNS))
 
 
-def _seed_case_values(trials: Sequence[TrialRecord], metric: str, cls: int | str) -> dict[tuple[str, str], float]:
-    """Per (seed, test case) over the trials of one cell: the per-case value of ``metric`` (class or "Avg")."""
-    return {(str(trial_seed(t)), case): value for t in trials
-            for case, value in case_values(t.per_case, metric, cls, as_number).items()}
-
-
 def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str], Sequence[TrialRecord]],
                       class_ids: Mapping[str, int]) -> None:
     """Set ``p_vs_best`` and ``n_pairs`` of every long-form row (in place); see :mod:`analysis.significance`.
@@ -268,11 +262,11 @@ def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str
         sign = 1.0 if metric_style(metric).higher_is_better else -1.0
         best = max(finite, key=lambda c: sign * c["mean"])
         class_key = class_ids.get(cls, cls)
-        reference = _seed_case_values(groups[(best["row"], column)], metric, class_key)
+        reference = seed_averaged([t.per_case for t in groups[(best["row"], column)]], metric, as_number)
         for cell in finite:
             if cell is not best:
-                values = _seed_case_values(groups[(cell["row"], column)], metric, class_key)
-                test = wilcoxon_test(*paired_arrays(values, reference))
+                values = seed_averaged([t.per_case for t in groups[(cell["row"], column)]], metric, as_number)
+                test = wilcoxon_test(*paired_case_values(values, reference, class_key))
                 cell["p_vs_best"], cell["n_pairs"] = test.p_value, test.n_pairs
 
 

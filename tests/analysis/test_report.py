@@ -38,7 +38,7 @@ def test_report_states_settings_problems_and_links_that_exist(study):
     report = write_report(study, log=lambda m: None)
     text = report.report.read_text(encoding="utf-8")
     for expected in ("# Report: fake-quick", "- **Profile**: quick", "`python studies/fake.py --seeds 1 2`",
-                     "- **Dataset**: /data/phantom; 70 training patients, 5 test cases", "- **Seeds**: 1, 2",
+                     "- **Dataset**: /data/phantom; 70 training patients, 8 test cases", "- **Seeds**: 1, 2",
                      "- **Iterations**: 40 fine-tuning steps (validation every 20",
                      "none: Mean teacher", "1 stage (10 steps): MONA, ARCO-SG",
                      "- **Label fractions**: 1 patient (1.4%), 3 patients (4.3%)",

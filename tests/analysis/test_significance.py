@@ -9,7 +9,7 @@ import pytest
 
 from analysis import significance, tables
 from medseg_platform.results import scan_study
-from tests.analysis.fakes import make_fake_study, per_case_rows, write_fake_trial
+from tests.analysis.fakes import CASES, make_fake_study, write_fake_trial
 
 
 def test_wilcoxon_on_known_samples():
@@ -22,14 +22,32 @@ def test_wilcoxon_on_known_samples():
     assert not few.testable and few.n_pairs == 5 and not few.not_significant
 
 
-def test_pairs_are_matched_on_seed_and_case_and_skip_undefined():
-    a = {("1", "c1"): 0.5, ("1", "c2"): math.nan, ("2", "c1"): 0.7}
-    b = {("1", "c1"): 0.4, ("1", "c2"): 0.3, ("2", "c1"): 0.6, ("3", "c1"): 0.1}
-    x, y = significance.paired_arrays(a, b)
-    assert x.tolist() == [0.5, 0.7] and y.tolist() == [0.4, 0.6]
-    rows = per_case_rows(lambda case, cls: 0.1 * cls, cases=["c1"])
-    assert significance.case_values(rows, "dice", 2, lambda v: float(v)) == {"c1": pytest.approx(0.2)}
-    assert significance.case_values(rows, "dice", "Avg", lambda v: float(v)) == {"c1": pytest.approx(0.2)}
+def test_small_samples_with_ties_use_the_exact_distribution_and_zeros_do_not_count():
+    # |d| = 0.5, 1, 1, 2, 2, 3 with only the 0.5 negative: the exact (permutation) p is 4/64 = 0.0625; the
+    # normal approximation without continuity correction would say 0.045 (significant)
+    d = np.array([-0.5, 1, 1, 2, 2, 3])
+    assert significance.wilcoxon_test(d, np.zeros(6)).p_value == pytest.approx(0.0625)
+    # ten pairs, seven of them equal: three differing cases cannot be tested
+    a, b = np.arange(10.0), np.arange(10.0)
+    b[:3] -= 1.0
+    test = significance.wilcoxon_test(a, b)
+    assert test.n_pairs == 10 and not test.testable
+
+
+def test_seeds_are_averaged_per_case_and_avg_uses_the_classes_both_cells_define():
+    def rows(values):  # {(case, class): value}
+        return [{"case": c, "class": k, "hd95": v} for (c, k), v in values.items()]
+
+    nan = float("nan")
+    a = significance.seed_averaged([rows({("c1", 1): 10.0, ("c1", 2): 4.0}), rows({("c1", 1): 20.0, ("c1", 2): 6.0})],
+                                   "hd95", lambda v: float(v))
+    assert a == {"c1": {1: 15.0, 2: 5.0}}  # one observation per case: the mean over the two seeds
+    b = significance.seed_averaged([rows({("c1", 1): nan, ("c1", 2): 3.0, ("c2", 1): 1.0})], "hd95", lambda v: float(v))
+    assert b == {"c1": {2: 3.0}, "c2": {1: 1.0}}  # undefined values are left out
+    x, y = significance.paired_case_values(a, b, "Avg")
+    assert x.tolist() == [5.0] and y.tolist() == [3.0]  # c1 over class 2 only (class 1 undefined in b); no c2 in a
+    x, y = significance.paired_case_values(a, b, 1)
+    assert x.size == 0
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +65,13 @@ def test_marker_only_where_the_difference_to_the_best_is_not_significant(df):
     md = tables.to_markdown(df, "dice")
     cells = _cells(md)
     mark = significance.NOT_SIGNIFICANT_MARK
-    # 2 seeds x 5 cases = 10 pairs per cell; MONA best, ARCO-SG within +-1 point (not significant), MT -15 points
+    # 8 test cases (2 seeds averaged) per cell; MONA best, ARCO-SG within +-1 point (not significant), MT -15 points
     assert all(c.startswith("**") and mark not in c for c in cells["MONA"][:3])
     assert all(c.endswith(mark) for c in cells["ARCO-SG"])
     assert not any(mark in c for c in cells["Mean teacher"])
-    assert "Wilcoxon signed-rank test" in md and "paired over seeds and test cases" in md
+    assert "Wilcoxon signed-rank test" in md and "over test cases, seeds averaged per case" in md
     sub = df[(df["metric"] == "dice") & (df["row"] == "Mean teacher")]
-    assert (sub["p_vs_best"] < 0.05).all() and (sub["n_pairs"] == 10).all()
+    assert (sub["p_vs_best"] < 0.05).all() and (sub["n_pairs"] == 8).all()
     tex = tables.to_latex(df, "dice")
     assert r"$^\ddagger$" in tex and r"p $\geq$ 0.05" in tex
     hd = _cells(tables.to_markdown(df, "hd95"))  # lower is better: MONA best again, same verdicts
@@ -63,13 +81,14 @@ def test_marker_only_where_the_difference_to_the_best_is_not_significant(df):
 def test_too_few_pairs_are_not_tested_and_the_caption_says_so(tmp_path):
     for row, delta in (("MONA", 0.0), ("Mean teacher", -0.2)):
         dice = lambda c, k, d=delta: 0.7 + d  # noqa: E731
-        write_fake_trial(tmp_path, row=row, order=0, patients=1, seed=1, dice=dice, qualitative_shift=None)  # 5 pairs
-        for seed in (1, 2):  # 10 pairs
+        write_fake_trial(tmp_path, row=row, order=0, patients=1, seed=1, dice=dice, qualitative_shift=None,
+                         cases=CASES[:5])  # 5 test cases: too few
+        for seed in (1, 2):  # 8 test cases, the two seeds averaged per case
             write_fake_trial(tmp_path, row=row, order=0, patients=3, seed=seed, dice=dice, qualitative_shift=None)
     df = tables.build_table(scan_study(tmp_path)[0], metrics=("dice",))
     md = tables.to_markdown(df, "dice")
     assert significance.NOT_SIGNIFICANT_MARK not in md.split("\n\n")[1]  # the table body
-    assert "cells with fewer than 6 pairs are not tested" in md
+    assert "cells with fewer than 6 test cases that differ are not tested" in md
     mt = df[(df["row"] == "Mean teacher") & (df["class"] == "Avg")].set_index("column")
     assert mt.loc["1 patient (1.4%)", "n_pairs"] == 5 and math.isnan(mt.loc["1 patient (1.4%)", "p_vs_best"])
-    assert mt.loc["3 patients (4.3%)", "n_pairs"] == 10 and mt.loc["3 patients (4.3%)", "p_vs_best"] < 0.05
+    assert mt.loc["3 patients (4.3%)", "n_pairs"] == 8 and mt.loc["3 patients (4.3%)", "p_vs_best"] < 0.05
