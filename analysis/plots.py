@@ -264,12 +264,12 @@ def _series_styles(series_variants: Mapping[str, str], colours: Mapping[str, str
     name in the series label (e.g. " (num_anchors=64)"), the same style for the same suffix in every variant."""
     linestyles = ["-", "--", ":", "-."]
     suffixes = {label: label[len(variant):] if label.startswith(variant) else label for label, variant in series_variants.items()}
-    style_of = {suffix: linestyles[i % len(linestyles)] for i, suffix in enumerate(sorted(set(suffixes.values()), key=_natural_key))}
+    style_of = {suffix: linestyles[i % len(linestyles)] for i, suffix in enumerate(sorted(set(suffixes.values()), key=natural_key))}
     return {label: (colours.get(variant, colours.get(label, "#333333")), style_of[suffixes[label]])
             for label, variant in series_variants.items()}
 
 
-def _natural_key(text: str) -> list:
+def natural_key(text: str) -> list:
     """Sort key with numbers compared as numbers ("x=64" before "x=128")."""
     return [(0, float(part), "") if i % 2 else (1, 0.0, part) for i, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", text))]
 
@@ -460,7 +460,7 @@ def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[in
         data = load_qualitative(Path(record.path) / "qualitative.npz")
         if data is None or not data["cases"]:
             continue
-        if row not in chosen or str(trial_seed(record)) < str(trial_seed(chosen[row][0])):
+        if row not in chosen or natural_key(str(trial_seed(record))) < natural_key(str(trial_seed(chosen[row][0]))):
             chosen[row] = (record, data)
     if not chosen:
         return Skipped(f"qualitative overlays ({column}): no trial has qualitative.npz")

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from analysis.plots import PlotFile, write_plots
+from analysis.plots import natural_key, PlotFile, write_plots
 from analysis.tables import (DEFAULT_METRICS, build_table, column_order, duplicate_seeds, escape_markdown,
                              print_summary, row_label, row_order, trial_seed, write_tables)
 from medseg_platform.errors import MedsegError
@@ -68,19 +69,30 @@ def _read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def study_records(study_dir: Path, info: dict) -> tuple[list[TrialRecord], list[str], list[str]]:
+def _problem_trial(problem: str) -> str | None:
+    """The trial key a :func:`scan_study` problem line is about (None if it names none)."""
+    match = re.match(r"errored trial (\S+):", problem) or re.search(r"/trials/([^/]+)/", problem)
+    return match.group(1) if match else None
+
+
+def study_records(study_dir: Path, info: dict, search_keys: set[str] | None = None) -> tuple[list[TrialRecord], list[str], list[str]]:
     """The study's finished trials, its problems and the keys of expected trials without a result.
 
-    A grid study keeps only the trials listed in ``study.json`` (others are left over from an earlier
-    spec); a search keeps every trial (its samples are not known in advance and share row and seed).
+    A grid study keeps only the trials listed in ``study.json``, a search the samples of its current Tune
+    experiment (``search_keys``, from :func:`analysis.search.load_samples`; every trial folder when that
+    experiment cannot be read); trials and problems of other folders are left over from an earlier spec.
     """
     records, problems = scan_study(study_dir)
     search = bool(info.get("search"))
     wanted = [str(k) for k in info.get("trials") or []]
     missing: list[str] = []
+    if search and search_keys is not None:
+        records = [r for r in records if r.path.name in search_keys]
+        problems = [p for p in problems if _problem_trial(p) in search_keys or _problem_trial(p) is None]
     if wanted and not search:
         keep = set(wanted)
         records = [r for r in records if r.path.name in keep]
+        problems = [p for p in problems if _problem_trial(p) in keep or _problem_trial(p) is None]
         found = {r.path.name for r in records}
         missing = [k for k in wanted if k not in found]
         listed = {k for k in missing if any((study_dir / "trials" / k / f).is_file() for f in ("error.json", "result.json"))}
@@ -142,7 +154,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
     roots = _distinct(str(d.get("root")) for d in data if d.get("root")) or ([str(settings["data_root"])] if settings.get("data_root") else [])
     available = _distinct(int(lab["available_patients"]) for lab in labelled if "available_patients" in lab)
     test_cases = _distinct(int(r.result["num_test_cases"]) for r in records if "num_test_cases" in r.result)
-    seeds = sorted(_distinct(trial_seed(r) for r in records), key=str) or info.get("seeds") or []
+    seeds = sorted(_distinct(trial_seed(r) for r in records), key=lambda seed: natural_key(str(seed))) or info.get("seeds") or []
     steps = _distinct(int((c.get("optim") or {}).get("max_steps", 0)) for c in configs)
     patches = _distinct("x".join(str(p) for p in d.get("patch_size", [])) for d in data)
     batches = _distinct(f"{d.get('labelled_batch')} labelled + {d.get('unlabelled_batch')} unlabelled" for d in data)
@@ -249,10 +261,9 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
     info = _read_json(study_dir / "study.json")
     settings = _read_json(study_dir / SETTINGS_FILE)
     last_run = _read_json(study_dir / "last_run.json")
-    records, problems, missing = study_records(study_dir, info)
     tables: list[Path] = []
     plots: list[PlotFile] = []
-    samples = None
+    samples, search_problem = None, []
     if info.get("search"):
         from analysis.search import write_search_summary
 
@@ -260,7 +271,9 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
             search_files, _, samples = write_search_summary(study_dir)
             tables += search_files
         except MedsegError as exc:
-            problems = [*problems, f"search history: {exc}"]
+            search_problem = [f"search history: {exc}"]
+    records, problems, missing = study_records(study_dir, info, {s.key for s in samples} if samples is not None else None)
+    problems = [*problems, *search_problem]
     if records:
         df = build_table(records)
         tables = write_tables(records, study_dir) + tables

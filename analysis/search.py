@@ -29,7 +29,7 @@ from analysis.tables import as_number
 from medseg_platform.config import TrialConfig
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_json_atomic, write_text_atomic
-from medseg_platform.results import CorruptResult, read_trial, trial_key
+from medseg_platform.results import CorruptResult, read_trial, search_trial_key
 
 HISTORY_FILE = "search_history.csv"
 BEST_FILE = "best_config.json"
@@ -93,7 +93,7 @@ def samples_from_trials(study_dir: Path, tune_trials: Sequence[Any]) -> list[Sam
         params = trial.config or {}
         values = dict(params.get("search") or {})
         config = TrialConfig.from_dict({**params["trial"]["config"], **values}).to_dict()
-        key = trial_key(config)  # the folder run_trial_in_tune writes this sample to
+        key = search_trial_key(config, str(trial.trial_id))  # the folder run_trial_in_tune writes this sample to
         last = trial.last_result or {}
         try:
             record = read_trial(study_dir / "trials" / key)

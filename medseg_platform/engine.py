@@ -23,7 +23,8 @@ atomically at each validation; ``train_trial`` resumes from it.
 
 GPU path (:class:`TrainLoop`): ``optim.amp`` runs the objective's forward pass and losses under
 ``torch.autocast`` (bf16, or fp16 with a ``torch.amp.GradScaler``; :func:`autocast_dtype`); batches are
-copied host->device from pinned memory with ``non_blocking=True``; ``cudnn.benchmark`` is on for CUDA.
+copied host->device from pinned memory with ``non_blocking=True`` (the pinning is a synchronous host copy: without
+a prefetch thread, not done yet, it does not overlap the step); ``cudnn.benchmark`` is on for CUDA.
 Host syncs: the engine's step adds none (loss terms are summed and NaN-checked on the device; the
 curve row and the NaN check sync once per ``log_every`` steps, validation at ``val_every``), except
 fp16's ``GradScaler.step``, which reads its found-inf flag every step (inherent to dynamic loss
@@ -90,6 +91,8 @@ class StrongAugmentAdapter:
     ``mix`` = CutMix/ClassMix/CutOut (+ the released 8-bit round trip of image and confidence);
     ``perturb`` = brightness/contrast jitter then Gaussian blur per image, then (once per batch with
     probability ``advmorph_p``) the random diffeomorphic AdvMorph warp of the images only.
+    Every view is computed in float32 with autocast off: the objective calls these inside the training
+    step's autocast region, and the augmented data must not depend on ``optim.amp``.
     """
 
     def __init__(self, generator: torch.Generator, mix: str, num_classes: int, quantise_8bit: bool = True, advmorph_p: float = 0.5):
@@ -100,23 +103,32 @@ class StrongAugmentAdapter:
         self.advmorph_p = advmorph_p
 
     def mix(self, image: torch.Tensor, pseudo_label: torch.Tensor, confidence: torch.Tensor) -> StrongView:
-        image, pseudo_label, confidence = augment.mix_batch(image, pseudo_label, confidence, self.generator, self.mode, self.num_classes)
-        if self.quantise_8bit:
-            image, confidence = augment.round_trip_8bit(image), augment.round_trip_8bit(confidence)
+        with _full_precision(image):
+            image, pseudo_label, confidence = augment.mix_batch(image.float(), pseudo_label, confidence.float(), self.generator,
+                                                                self.mode, self.num_classes)
+            if self.quantise_8bit:
+                image, confidence = augment.round_trip_8bit(image), augment.round_trip_8bit(confidence)
         return StrongView(image, pseudo_label, confidence)
 
     def perturb(self, image: torch.Tensor) -> torch.Tensor:
-        image = augment.color_jitter(image, self.generator, p=0.5)
-        image = augment.random_gaussian_blur(image, self.generator, p=0.5)
-        if self.advmorph_p > 0:
-            image = random_diffeomorphic_warp(image, self.generator, p=self.advmorph_p)
+        with _full_precision(image):
+            image = augment.color_jitter(image.float(), self.generator, p=0.5)
+            image = augment.random_gaussian_blur(image, self.generator, p=0.5)
+            if self.advmorph_p > 0:
+                image = random_diffeomorphic_warp(image, self.generator, p=self.advmorph_p)
         return image
 
     def pretrain_view(self, image: torch.Tensor) -> torch.Tensor:
         """ISD teacher view: jitter (brightness/contrast 0.8-1.2, p=0.5) then blur (p=0.5), a new tensor
         (the released in-place jitter that leaks into the student view, spec §8.10, is not reproduced)."""
-        image = augment.color_jitter(image, self.generator, p=0.5, brightness=(0.8, 1.2), contrast=(0.8, 1.2))
-        return augment.random_gaussian_blur(image, self.generator, p=0.5)
+        with _full_precision(image):
+            image = augment.color_jitter(image.float(), self.generator, p=0.5, brightness=(0.8, 1.2), contrast=(0.8, 1.2))
+            return augment.random_gaussian_blur(image, self.generator, p=0.5)
+
+
+def _full_precision(tensor: torch.Tensor):
+    """Autocast off on ``tensor``'s device (a no-op context when no autocast region is active)."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
 
 
 class NonFiniteMonitor:

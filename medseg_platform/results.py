@@ -63,6 +63,16 @@ def trial_key(config: Mapping[str, Any]) -> str:
     return f"{config.get('objective', 'trial')}-l{labelled}-s{config.get('seed', 0)}-{digest}"
 
 
+def search_trial_key(config: Mapping[str, Any], tune_trial_id: str) -> str:
+    """The folder of one Optuna sample: :func:`trial_key` of its config plus Tune's trial id.
+
+    Two samples can resolve to the same config (a categorical, integer or quantised domain proposed twice);
+    each still trains in its own folder, never in one shared by two running trials. Tune keeps a trial's id
+    when an experiment is restored, so a resumed sample finds its folder again.
+    """
+    return f"{trial_key(config)}-{tune_trial_id}"
+
+
 def _csv_text(rows: Iterable[Mapping[str, Any]], fields: Iterable[str] | None = None) -> str:
     rows = list(rows)
     if fields is None:

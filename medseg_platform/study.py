@@ -5,7 +5,7 @@ dotted-key overrides), grid axes (dotted key -> values), a seeds axis, optionall
 space, the metric/mode, an optional ASHA scheduler and the resources per trial. :meth:`Study.run`:
 
 1. expands and validates every trial config **before Ray starts** (one-line :class:`ConfigError`);
-2. skips Ray entirely when every trial already has a complete ``result.json`` (rerun = rebuild tables);
+2. skips Ray entirely when every trial already has a complete ``result.json`` (rerun = rebuild tables; a search always restores its Tune experiment, whose samples Optuna decides);
 3. starts a local Ray (dashboard on ``dashboard_host``, 127.0.0.1 by default: :mod:`medseg_platform.dashboard`)
    or joins ``address`` / ``RAY_ADDRESS``;
 4. runs or, if the experiment exists, restores (``Tuner.can_restore`` / ``Tuner.restore``) the Tune
@@ -35,13 +35,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from medseg_platform.config import TrialConfig, resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_host, dashboard_message
 from medseg_platform.errors import ConfigError, MedsegError
 from medseg_platform.io import write_json_atomic
-from medseg_platform.results import (ERROR_FILE, CorruptResult, read_trial, start_attempt, trial_key, write_trial_error,
+from medseg_platform.results import (ERROR_FILE, CorruptResult, read_trial, search_trial_key, start_attempt, trial_key, write_trial_error,
                                      write_trial_results)
 
 METRIC = "best_val_dice"
@@ -203,6 +203,8 @@ class Study:
         t0 = time.perf_counter()
         import ray
         from ray import tune
+
+        from medseg_platform.progress import ProgressCallback
 
         timing["import_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -452,7 +454,7 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
     if search:  # an Optuna sample: apply the sampled values, key the trial by the resulting config
         config = TrialConfig.from_dict({**config, **search}).to_dict()
     tags = {**trial["tags"], **({"search": search} if search else {})}
-    key = trial_key(config) if search else trial["key"]
+    key = search_trial_key(config, tune.get_context().get_trial_id()) if search else trial["key"]
     trial_dir = Path(study_dir) / "trials" / key
     try:
         cfg = TrialConfig.from_dict(config)
@@ -519,110 +521,3 @@ def _end_errored(trial_dir: Path, config: dict, tags: dict, seed: int, exc: Meds
     nan = float("nan")
     tune.report({"step": step if step is not None else 0, METRIC: nan, "best_val_dice": nan, "test_dice": nan, "done": True,
                  "errored": True, "error": str(exc)})
-
-
-def _progress_callback_base():
-    from ray.tune import Callback
-
-    return Callback
-
-
-class ProgressCallback(_progress_callback_base()):
-    """One terminal line per trial start, finish, error and retry, with the study's counts and an ETA::
-
-        [3/16] finished mona-l1-s1-0123abcd (3 finished, 2 running, 11 pending, 0 errored; 4.2 min elapsed, ETA 12.5 min)
-        [3/16] retry 1/2 of supervised-l1-s1-4567ef01 (...): its worker failed, resuming from its last checkpoint
-
-    Counts come from the ``trials`` list Tune passes to every hook (so a restored experiment's earlier trials
-    count); the trial of the event is counted as what the event says (Tune updates its status only after the
-    hook). A trial that ended with an ``errored`` report (an application error, :func:`run_trial_in_tune`)
-    counts as errored. ETA = mean wall time of the trials that ran to the end in this run (trials skipped
-    because their result existed do not count) x (running + pending) / the most trials seen running at once:
-    a rough figure, shown only once a trial has finished.
-    """
-
-    def __init__(self, total: int, clock: Callable[[], float] = time.monotonic):
-        self.total = total
-        self.clock = clock  # tests pass a fake clock
-        self.setup()
-
-    def setup(self, **info) -> None:  # Tune calls it when an experiment starts, restored ones included (this object is unpickled)
-        self.start = self.clock()
-        self.started: dict[str, float] = {}
-        self.durations: list[float] = []
-        self.peak_running = 0
-
-    # -- formatting (no Ray needed: tests pass objects with trial_id, status, config, last_result) ----------
-    @staticmethod
-    def category(trial) -> str:
-        """``finished`` / ``errored`` / ``running`` / ``pending`` from a Tune trial's status and last result."""
-        status = getattr(trial, "status", "PENDING")
-        if status == "ERROR" or (status == "TERMINATED" and (getattr(trial, "last_result", None) or {}).get("errored")):
-            return "errored"
-        return {"TERMINATED": "finished", "RUNNING": "running"}.get(status, "pending")
-
-    def counts(self, trials, trial=None, now: str | None = None) -> dict[str, int]:
-        counts = dict.fromkeys(("finished", "running", "pending", "errored"), 0)
-        for t in trials:
-            counts[now if (trial is not None and now and t is trial) else self.category(t)] += 1
-        if trial is not None and now and not any(t is trial for t in trials):
-            counts[now] += 1
-        counts["pending"] += max(0, self.total - sum(counts.values()))  # trials Tune has not created yet
-        return counts
-
-    def line(self, what: str, trial, trials, now: str | None = None) -> str:
-        c = self.counts(trials, trial, now)
-        self.peak_running = max(self.peak_running, c["running"], 1)
-        left = c["running"] + c["pending"]
-        if not left:
-            eta = "done"
-        elif self.durations:
-            eta = "ETA " + _duration(sum(self.durations) / len(self.durations) * left / self.peak_running)
-        else:
-            eta = "ETA ? (after the first trial finishes)"
-        done = c["finished"] + c["errored"]
-        return (f"[{done}/{sum(c.values())}] {what} {_trial_name(trial)} ({c['finished']} finished, {c['running']} running, "
-                f"{c['pending']} pending, {c['errored']} errored; {_duration(self.clock() - self.start)} elapsed, {eta})")
-
-    # -- Tune hooks ----------------------------------------------------------------------------
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.started[trial.trial_id] = self.clock()
-        attempt = f" (attempt {trial.num_failures + 1})" if getattr(trial, "num_failures", 0) else ""
-        _log(self.line(f"started{attempt}", trial, trials, now="running"))
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        result = getattr(trial, "last_result", None) or {}
-        began = self.started.pop(trial.trial_id, None)
-        if began is not None and not result.get("skipped") and not result.get("errored"):
-            self.durations.append(self.clock() - began)
-        if result.get("errored"):
-            _log(self.line("ERRORED", trial, trials, now="errored") + f": {result.get('error', '?')}")
-        else:
-            _log(self.line("finished" + (" (result existed)" if result.get("skipped") else ""), trial, trials, now="finished"))
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.started.pop(trial.trial_id, None)
-        retries = max(0, getattr(trial, "num_failures", 1) - 1)
-        _log(self.line(f"ERRORED after {retries} retr{'y' if retries == 1 else 'ies'}", trial, trials, now="errored"))
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        self.started.pop(trial.trial_id, None)
-        _log(self.line(f"retry {trial.num_failures}/{trial.max_failures} of", trial, trials, now="pending")
-             + ": its worker failed, resuming from its last checkpoint")
-
-
-def _trial_name(trial) -> str:
-    """The trial's key (grid trials) or Tune's trial id (searched trials get their key inside the trial)."""
-    config = getattr(trial, "config", None) or {}
-    grid_trial = config.get("trial") if not config.get("search") else None
-    key = grid_trial.get("key") if isinstance(grid_trial, Mapping) else None
-    return key or str(getattr(trial, "trial_id", "?"))
-
-
-def _duration(seconds: float) -> str:
-    """``45 s``, ``2.5 min``, ``2.5 h``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -2,8 +2,9 @@
 
 One method (``--method``, default ARCO-SAG) at 1 labelled patient (ARCO App. N searched on ACDC 1%), one
 seed, ``num_samples`` samples (``--num-samples``; smoke 3, quick 16, paper 40). Optuna's TPE proposes, ASHA
-(``Study(asha=True)``: one rung per validation, reduction factor 4) stops the weak samples at their first
-validations; model selection uses the val split only. Search spaces (methods-spec §6.3 App. N, §7):
+(``Study(asha=True)``: time = reports, one per validation; grace period 1 and reduction factor 4 put its
+rungs at the 1st, 4th, 16th ... report, so quick stops the weak samples after their first validation and
+paper also after the 4th and 16th) stops the weak samples early; model selection uses the val split only. Search spaces (methods-spec §6.3 App. N, §7):
 
 * MONA / ARCO-SG / ARCO-SAG: ``contrast_weight`` λ1 log-uniform over [0.001, 1] (App. N's grid {0.001, 0.005,
   0.01, 0.05, 0.1, 1.0}), ``unsup_weight`` λ2 and ``eqv_weight`` (the released code's k2 L_eqv) log-uniform

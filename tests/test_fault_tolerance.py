@@ -17,7 +17,8 @@ from medseg_platform.engine import NonFiniteLossError
 from medseg_platform.errors import ConfigError
 from medseg_platform.profiles import PROFILES, run_study_main
 from medseg_platform.results import read_attempts, read_trial, scan_study
-from medseg_platform.study import ProgressCallback, Study, Variant, application_error
+from medseg_platform.progress import ProgressCallback
+from medseg_platform.study import Study, Variant, application_error
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -145,3 +145,16 @@ def test_cuda_batches_are_pinned_and_copied_without_blocking(tiny_root):
         loop.step(step)
     row = loop.curve_row(4)
     assert math.isfinite(row["loss"])
+
+
+def test_strong_views_are_computed_in_full_precision_inside_an_autocast_region():
+    """The objectives call the strong augmentation inside the step's autocast: the views must not change with it."""
+    image = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    views = []
+    for amp in (False, True):
+        adapter = engine.StrongAugmentAdapter(torch.Generator().manual_seed(5), "cutmix", num_classes=4, advmorph_p=1.0)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=amp):
+            views.append((adapter.perturb(image), adapter.pretrain_view(image)))
+    for full, under_amp in zip(*views):
+        assert under_amp.dtype == torch.float32
+        assert torch.equal(full, under_amp)

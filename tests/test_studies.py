@@ -194,7 +194,7 @@ def test_search_history_statuses_and_order_from_tune_trials(tmp_path):
 
     from analysis.search import best_sample, history_csv, samples_from_trials
     from medseg_platform.config import TrialConfig
-    from medseg_platform.results import trial_key, write_trial_error
+    from medseg_platform.results import search_trial_key, write_trial_error
 
     base = PROFILES["smoke"].trial.replace(objective="supervised").to_dict()
 
@@ -203,13 +203,13 @@ def test_search_history_statuses_and_order_from_tune_trials(tmp_path):
                                config={"trial": {"config": base, "tags": {}}, "search": {"optim.lr": lr}}, last_result=last)
 
     errored = TrialConfig.from_dict({**base, "optim.lr": 0.3}).to_dict()
-    write_trial_error(tmp_path / "trials" / trial_key(errored), config=errored, tags={}, seed=1, error="loss is NaN at step 3")
+    write_trial_error(tmp_path / "trials" / search_trial_key(errored, "id3"), config=errored, tags={}, seed=1, error="loss is NaN at step 3")
     trials = [fake(3, 0.3, "ERROR", step=3), fake(1, 0.1, "TERMINATED", step=3, best_val_dice=0.25), fake(2, 0.2, "RUNNING")]
     samples = samples_from_trials(tmp_path, trials)
     assert [(s.order, s.values["optim.lr"], s.status) for s in samples] == [
         (1, 0.1, "stopped early"), (2, 0.2, "unfinished"), (3, 0.3, "errored")]
     assert samples[0].best_val_dice == 0.25 and samples[0].last_step == 3 and samples[0].test_dice is None
-    assert samples[2].error == "loss is NaN at step 3" and samples[2].key == trial_key(errored)
+    assert samples[2].error == "loss is NaN at step 3" and samples[2].key == search_trial_key(errored, "id3")
     assert best_sample(samples) is None
     lines = history_csv(samples).splitlines()
     assert lines[0] == "order,trial_id,trial_key,status,optim.lr,last_step,best_val_dice,test_dice,error" and len(lines) == 4
