@@ -158,3 +158,19 @@ def test_strong_views_are_computed_in_full_precision_inside_an_autocast_region()
     for full, under_amp in zip(*views):
         assert under_amp.dtype == torch.float32
         assert torch.equal(full, under_amp)
+
+
+def test_host_to_device_copies_pin_then_copy_without_blocking(monkeypatch):
+    """The copy path the CUDA loop takes, checked on CPU with spies: pin first, then ``.to(non_blocking=True)``."""
+    from types import SimpleNamespace
+
+    calls = []
+    real_to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: calls.append(("to", k.get("non_blocking"))) or real_to(self, *a, **k))
+    loop = SimpleNamespace(pin_memory=True, device=torch.device("cpu"))
+    engine.TrainLoop._to_device(loop, torch.ones(2))
+    assert calls == ["pin", ("to", True)]
+    calls.clear()
+    engine.TrainLoop._to_device(SimpleNamespace(pin_memory=False, device=torch.device("cpu")), torch.ones(2))
+    assert calls == [("to", True)]  # CPU training: no pinning
