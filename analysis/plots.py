@@ -299,21 +299,9 @@ def axis_curves(records: Sequence, axis: str, metric: str, colours: Mapping[str,
         series.setdefault(label, {}).setdefault(x, []).append(trial_value(record, metric))
     if sum(len(points) for points in series.values()) < 2:
         return Skipped(f"{metric} vs {axis}: fewer than two values of the axis have results")
-    fig = _new_figure(7.0, 4.6)
-    ax = fig.subplots()
-    handles = _errorbar_lines(ax, series, colours, _series_styles(variants, colours))
     xs = sorted({x for points in series.values() for x in points})
-    if _wants_log_scale(xs):
-        ax.set_xscale("log")
-    ax.set_xticks(xs, [f"{x:g}" for x in xs], rotation=45 if len(xs) > 6 else 0)
-    ax.minorticks_off()
-    ax.set_xlabel(axis)
-    ax.set_ylabel(metric_axis_label(metric, unit) + ", class average")
-    _non_negative(ax)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"Test {metric_style(metric).label.split(' ')[0]} vs {axis.split('.')[-1]} (mean \u00b1 std over seeds)")
-    _legend_below(fig, list(handles.values()), list(handles))
-    return fig
+    return _metric_curves(series, colours, _series_styles(variants, colours), xs, [f"{x:g}" for x in xs], axis,
+                          metric, unit, axis.split(".")[-1])
 
 
 def label_fraction_curves(records: Sequence, metric: str, colours: Mapping[str, str], unit: str | None = None) -> Figure | Skipped:
@@ -331,19 +319,27 @@ def label_fraction_curves(records: Sequence, metric: str, colours: Mapping[str, 
         return Skipped(f"{metric} vs label fraction: fewer than two label fractions have results")
     order = {label: i for i, label in enumerate(row_order(records))}
     series = dict(sorted(series.items(), key=lambda item: order.get(item[0], len(order))))
+    xs = sorted(percent)
+    return _metric_curves(series, colours, {}, xs, [f"{x:g}\n({percent[x]:.1f}%)" for x in xs],
+                          "labelled patients (percent of the training patients)", metric, unit, "label fraction")
+
+
+def _metric_curves(series: Mapping[str, Mapping[float, list[float]]], colours: Mapping[str, str],
+                   styles: Mapping[str, tuple[str, str]], xs: Sequence[float], tick_labels: Sequence[str], xlabel: str,
+                   metric: str, unit: str | None, versus: str) -> Figure:
+    """The figure of :func:`axis_curves` / :func:`label_fraction_curves`: a line with error bars per series."""
     fig = _new_figure(7.0, 4.6)
     ax = fig.subplots()
-    handles = _errorbar_lines(ax, series, colours, {})
-    xs = sorted(percent)
+    handles = _errorbar_lines(ax, series, colours, styles)
     if _wants_log_scale(xs):
         ax.set_xscale("log")
-    ax.set_xticks(xs, [f"{x:g}\n({percent[x]:.1f}%)" for x in xs])
+    ax.set_xticks(xs, tick_labels, rotation=45 if len(xs) > 6 else 0)
     ax.minorticks_off()
-    ax.set_xlabel("labelled patients (percent of the training patients)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric_axis_label(metric, unit) + ", class average")
     _non_negative(ax)
     ax.grid(alpha=0.3)
-    ax.set_title(f"Test {metric_style(metric).label.split(' ')[0]} vs label fraction (mean \u00b1 std over seeds)")
+    ax.set_title(f"Test {metric_style(metric).label.split(' ')[0]} vs {versus} (mean \u00b1 std over seeds)")
     _legend_below(fig, list(handles.values()), list(handles))
     return fig
 
