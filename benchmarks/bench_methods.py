@@ -5,9 +5,19 @@ objective at a profile's sizes (``medseg_platform.profiles``), then time full st
 SGD, after-step hooks) on random 4 + 4 batches with the engine's strong-view adapter.
 
 Run:  python benchmarks/bench_methods.py [--profile quick|paper] [--steps 5] [--threads 1]
+          [--representation sparse dense] [--methods mona action ...]
 
 ``--profile paper`` is 256x256 with the released UNet, 256 anchors x 512 negatives and the full-resolution
 NN pool: minutes per method on a CPU.
+
+MONA/ARCO and ACTION run once per ``--representation`` (``sparse``, the default path, and ``dense``, the
+reference), back to back in the same run. The objective gets the profile's logging schedule, as in training:
+a *typical* step (median of ``--steps``) computes no gradient-free L_nn; MONA/ARCO also time one step that
+fills the NN pool for a coming log row and one logged step, and report the mean over a log interval
+(``log_every`` steps: one logged, ``ceil(K / B_u)`` filling, the rest typical).
+
+Ratios are to a supervised step timed in the same process, interleaved step by step with the method's (the
+machine's speed drifts between minutes); the peak RSS includes that small supervised model.
 """
 
 from __future__ import annotations
@@ -24,45 +34,111 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def one(method: str, profile_name: str, steps: int, threads: int) -> dict:
+def _timed_step(objective, optimizer, batch_of, step: int, max_steps: int) -> float:
+    from methods.objective import Batch
+
+    image, label, unlabelled, augment = batch_of(step)
+    t0 = time.perf_counter()
+    out = objective.loss(Batch(image, label, unlabelled, augment), step, max_steps)
+    optimizer.zero_grad()
+    out.total.backward()
+    optimizer.step()
+    objective.after_optimizer_step(step)
+    return time.perf_counter() - t0
+
+
+#: The network passes each method cannot avoid (its floor): batches of images through the student with
+#: gradients, and through the teacher without (MONA/ARCO: labelled, strong, warped 4 + 4 / weak, labelled,
+#: strong; ACTION: labelled, strong / weak; ISD: 3 + 3 student / 3 + 3 teacher).
+PASSES = {"mona": ((4, 4, 8), (4, 4, 4)), "action": ((4, 4), (4,)), "isd_pretrain": ((6,), (6,))}
+
+
+class _Passes:
+    """A stand-in objective that runs only a method's network passes (``PASSES``), in training mode."""
+
+    def __init__(self, model, grad_batches, free_batches) -> None:
+        import copy
+
+        self.model, self.teacher = model, copy.deepcopy(model).requires_grad_(False)
+        self.grad_batches, self.free_batches = grad_batches, free_batches
+
+    def trainable_parameters(self):
+        return self.model.parameters()
+
+    def loss(self, batch, step, max_steps):
+        import torch
+
+        image = batch.labelled_image
+        total = sum(self.model(image[:1].expand(n, -1, -1, -1).contiguous()).logits.mean() for n in self.grad_batches)
+        with torch.no_grad():
+            for n in self.free_batches:
+                self.teacher(image[:1].expand(n, -1, -1, -1).contiguous())
+        return type("Out", (), {"total": total})()
+
+    def after_optimizer_step(self, step) -> None:
+        pass
+
+
+def one(method: str, profile_name: str, steps: int, threads: int, representation: str) -> dict:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from medseg_platform.engine import StrongAugmentAdapter
+    from medseg_platform.engine import StrongAugmentAdapter, logs_after
     from medseg_platform.profiles import PROFILES, _isd_stage, method_overrides
-    from methods.objective import Batch
     from methods.registry import build_model, build_objective
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     profile = PROFILES[profile_name]
-    if method == "isd_pretrain":
+    if method.startswith("passes:"):
+        name, params, batch = method, {}, 4
+    elif method == "isd_pretrain":
         stage = _isd_stage(profile, "mona")
         name, params, batch = stage["objective"], stage["objective_params"], 3
     else:
         overrides = method_overrides(method, profile)
         name, params, batch = overrides["objective"], overrides["objective_params"], 4
+        if name in ("mona", "arco", "action"):
+            params = {**params, "representation": representation}
     h, w = profile.trial.data.patch_size
     model = build_model("unet", num_classes=4, channels=profile.trial.model.channels)
-    objective = build_objective(name, model, params)
+    objective = _Passes(model, *PASSES[name.split(":")[1]]) if name.startswith("passes:") else build_objective(name, model, params)
+    max_steps, every = profile.trial.optim.max_steps, (profile.trial.eval.log_every, profile.trial.eval.val_every)
+    if not name.startswith("passes:"):
+        objective.logged_steps = lambda step, total: logs_after(step, total, *every)
     optimizer = torch.optim.SGD(objective.trainable_parameters(), lr=0.01, momentum=0.9)
     image = torch.rand(batch, 1, h, w)
     label = (image[:, 0] * 4).long().clamp(max=3)
     unlabelled = torch.rand(batch, 1, h, w)
+    def batch_of(step: int):
+        return image, label, unlabelled, StrongAugmentAdapter(torch.Generator().manual_seed(step), "cutmix", 4)
+
+    # a supervised step interleaved with every step of the method, in the same process: the ratio holds even
+    # when the machine's speed drifts (a shared 2-core machine varies by 1.5x between minutes)
+    reference = build_objective("supervised", build_model("unet", num_classes=4, channels=profile.trial.model.channels), {})
+    reference_optimizer = torch.optim.SGD(reference.trainable_parameters(), lr=0.01, momentum=0.9)
+    reference_batch = torch.rand(4, 1, h, w)
+    reference_label = (reference_batch[:, 0] * 4).long().clamp(max=3)
+
+    def reference_of(step: int):
+        return reference_batch, reference_label, None, None
+
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
-    for step in range(steps + 1):  # the first step warms up (lazy buffers, allocator)
-        augment = StrongAugmentAdapter(torch.Generator().manual_seed(step), "cutmix", 4)
-        t0 = time.perf_counter()
-        out = objective.loss(Batch(image, label, unlabelled, augment), step, 1000)
-        optimizer.zero_grad()
-        out.total.backward()
-        optimizer.step()
-        objective.after_optimizer_step(step)
-        times.append(time.perf_counter() - t0)
+    # the first step warms up (lazy buffers, allocator); steps 0..steps are far from a log row
+    times, reference_times = [], []
+    for step in range(steps + 1):
+        reference_times.append(_timed_step(reference, reference_optimizer, reference_of, step, max_steps))
+        times.append(_timed_step(objective, optimizer, batch_of, step, max_steps))
+    row = {"method": method, "objective": name, "representation": representation if name in ("mona", "arco", "action") else "-",
+           "step_s": statistics.median(times[1:]), "supervised_step_s": statistics.median(reference_times[1:])}
+    if name in ("mona", "arco") and params.get("nn_weight", 1.0) > 0:
+        log_every = profile.trial.eval.log_every
+        reach = -(-int(params.get("nn_pool_capacity", 36)) // 4)
+        row["fill_step_s"] = _timed_step(objective, optimizer, batch_of, log_every - 2, max_steps)
+        row["logged_step_s"] = _timed_step(objective, optimizer, batch_of, log_every - 1, max_steps)
+        row["interval_mean_s"] = (row["step_s"] * (log_every - 1 - reach) + row["fill_step_s"] * reach + row["logged_step_s"]) / log_every
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"method": method, "objective": name, "step_s": statistics.median(times[1:]), "peak_rss_mib": peak / 1024,
-            "rss_growth_mib": (peak - rss_before) / 1024}
+    return {**row, "peak_rss_mib": peak / 1024, "rss_growth_mib": (peak - rss_before) / 1024}
 
 
 def main() -> None:
@@ -70,23 +146,40 @@ def main() -> None:
     parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--representation", nargs="+", choices=("sparse", "dense"), default=["sparse", "dense"])
+    parser.add_argument("--methods", nargs="+", help="methods to run (default: every method, isd_pretrain and the floors "
+                        "passes:mona, passes:action, passes:isd_pretrain; supervised always)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.profile, args.steps, args.threads)))
+        print(json.dumps(one(args.one, args.profile, args.steps, args.threads, args.representation[0])))
         return
     from medseg_platform.profiles import METHODS
 
+    every = (*METHODS, "isd_pretrain", *(f"passes:{m}" for m in PASSES))
+    methods = ["supervised"] + [m for m in (args.methods or every) if m != "supervised"]
     rows = []
-    for method in (*METHODS, "isd_pretrain"):
-        proc = subprocess.run([sys.executable, __file__, "--one", method, "--profile", args.profile, "--steps", str(args.steps),
-                               "--threads", str(args.threads)], capture_output=True, text=True, check=True)
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    base = next(r["step_s"] for r in rows if r["method"] == "supervised")
-    print(f"profile {args.profile}, {args.threads} thread(s), median of {args.steps} steps (4+4 images; ISD 3+3)")
-    print(f"{'method':<14} {'objective':<14} {'step':>10} {'x supervised':>13} {'peak RSS':>10}")
+    for method in methods:
+        contrastive = method in ("mona", "arco_sg", "arco_sag", "action")
+        for representation in (args.representation if contrastive else args.representation[:1]):
+            print(f"running {method} ({representation if contrastive else '-'}) ...", file=sys.stderr, flush=True)
+            proc = subprocess.run([sys.executable, __file__, "--one", method, "--profile", args.profile, "--steps", str(args.steps),
+                                   "--threads", str(args.threads), "--representation", representation],
+                                  capture_output=True, text=True, check=True)
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(f"profile {args.profile}, {args.threads} thread(s), median of {args.steps} steps (4+4 images; ISD 3+3); "
+          f"'x sup.' = ratio to a supervised step interleaved in the same process (its median: 'sup. step')")
+    print(f"{'method':<14} {'repr.':<7} {'step':>10} {'sup. step':>10} {'x sup.':>7} {'fill step':>10} {'logged step':>12} "
+          f"{'interval mean':>14} {'x sup.':>7} {'peak RSS':>10}")
     for r in rows:
-        print(f"{r['method']:<14} {r['objective']:<14} {1e3 * r['step_s']:8.1f} ms {r['step_s'] / base:12.1f}x {r['peak_rss_mib']:7.0f} MiB")
+        base = r["supervised_step_s"]
+        extra = "" if "interval_mean_s" not in r else (
+            f" {1e3 * r['fill_step_s']:7.1f} ms {1e3 * r['logged_step_s']:9.1f} ms {1e3 * r['interval_mean_s']:11.1f} ms"
+            f" {r['interval_mean_s'] / base:6.1f}x")
+        pad = " " * 54 if not extra else ""
+        print(f"{r['method']:<14} {r['representation']:<7} {1e3 * r['step_s']:7.1f} ms {1e3 * base:7.1f} ms "
+              f"{r['step_s'] / base:6.1f}x{extra}{pad}"
+              f" {r['peak_rss_mib']:7.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -250,6 +250,14 @@ class TrialOutcome:
     extra: dict = field(default_factory=dict)
 
 
+def logs_after(step: int, max_steps: int, *every: int) -> bool:
+    """Whether a curve row is recorded after ``step`` (0-based): every ``every[i]`` steps and after the last.
+
+    The one definition of the logging schedule: the training loops call it, and the objective receives it
+    (``Objective.logged_steps``) so that terms without effect on training are computed only where recorded."""
+    return step + 1 == max_steps or any((step + 1) % e == 0 for e in every)
+
+
 def poly_lr(base_lr: float, step: int, max_steps: int, power: float) -> float:
     """``base_lr * (1 - step/max_steps)^power`` (methods-spec §1.9)."""
     return base_lr * (1.0 - step / max_steps) ** power
@@ -439,6 +447,7 @@ class TrainLoop:
         self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
         self.pin_memory = device.type == "cuda"  # page-locked host batches make the non_blocking copies asynchronous
         self.term_sums: dict[str, torch.Tensor] = {}
+        self.term_counts: dict[str, int] = {}
         self.interval_steps = 0
         self.interval_start = time.perf_counter()
         self.first_grad_norms: list[float] | None = None
@@ -484,16 +493,20 @@ class TrainLoop:
         self.monitor.update(step, out.total, out.terms)
         for name, value in {"loss": out.total, **out.terms}.items():  # float32 sums: bf16 would lose the small terms
             self.term_sums[name] = self.term_sums.get(name, 0.0) + value.detach().float()
+            self.term_counts[name] = self.term_counts.get(name, 0) + 1
         self.interval_steps += 1
         self.train_s += time.perf_counter() - t0
 
     def curve_row(self, step: int) -> dict:
-        """Mean loss terms since the last row (one host sync) and throughput; raises on a non-finite loss."""
+        """Mean loss terms since the last row (one host sync) and throughput; raises on a non-finite loss.
+
+        Each term is averaged over the steps that reported it: a term computed only at logged steps (e.g.
+        MONA's gradient-free L_nn) shows its value at this row's step."""
         self.monitor.raise_if_bad(distributed=self.dist is not None)
         elapsed = time.perf_counter() - self.interval_start
         row = {"step": step, "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": self.interval_steps / max(elapsed, 1e-9)}
-        row.update({name: float(total) / max(self.interval_steps, 1) for name, total in self.term_sums.items()})
-        self.term_sums, self.interval_steps, self.interval_start = {}, 0, time.perf_counter()
+        row.update({name: float(total) / self.term_counts[name] for name, total in self.term_sums.items()})
+        self.term_sums, self.term_counts, self.interval_steps, self.interval_start = {}, {}, 0, time.perf_counter()
         return row
 
 
@@ -581,6 +594,8 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
     generator = _data_generator(stage_seed, dist)
     loop = TrainLoop(cfg, objective, optimizer, data, generator, device, dist, stage.max_steps, stage.labelled_batch,
                      stage.unlabelled_batch, stage.lr, stage.poly_power, f"pretrain[{index}]")
+    row_every = (cfg.eval.log_every, stage.checkpoint_every)
+    objective.logged_steps = lambda step, max_steps: logs_after(step, max_steps, *row_every)
     ckpt_path = folder / CHECKPOINT_FILE
     start, curves = 0, []
     if _agree(ckpt_path.is_file(), dist, device):
@@ -594,7 +609,7 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
     for step in range(start, stage.max_steps):
         loop.step(step)
         done = step + 1 == stage.max_steps
-        if (step + 1) % cfg.eval.log_every == 0 or done or (step + 1) % stage.checkpoint_every == 0:
+        if logs_after(step, stage.max_steps, *row_every):
             curves.append(loop.curve_row(step + 1))
         if main and ((step + 1) % stage.checkpoint_every == 0 and not done):
             _save_checkpoint(ckpt_path, _training_state(step + 1, objective, optimizer, generator, scaler=loop.scaler, curves=curves))
@@ -655,6 +670,8 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     o = cfg.optim
     loop = TrainLoop(cfg, objective, optimizer, data, generator, device, dist, o.max_steps, cfg.data.labelled_batch,
                      cfg.data.unlabelled_batch, o.lr, o.poly_power, "fine-tuning")
+    row_every = (cfg.eval.log_every, cfg.eval.val_every)
+    objective.logged_steps = lambda step, max_steps: logs_after(step, max_steps, *row_every)
 
     start_step, best = 0, {"step": -1, "val_dice": -math.inf, "state": None}
     curves: list[dict] = []
@@ -672,7 +689,7 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
         loop.step(step)
         last = step + 1 == o.max_steps
         validate = (step + 1) % cfg.eval.val_every == 0 or last
-        if (step + 1) % cfg.eval.log_every == 0 or validate:
+        if logs_after(step, o.max_steps, *row_every):
             curves.append(loop.curve_row(step + 1))
         if not validate:
             continue

@@ -54,11 +54,16 @@ pseudo-label loss) and it disappears from the logged terms. With both at 0 the t
 and the unlabelled student pass are skipped too (supervised-only training with an idle EMA teacher). There
 are no separate ``use_*`` switches.
 
-Cost. As released (B = 4 + 4, 256 x 256, D = 512) the representation is 8 x 512 x 256 x 256 floats ≈ 1 GB
-(plus the 496-channel upsampled concatenation feeding the head). Only sampled pixels are gathered: anchors
-(256 per class, with gradient) and negatives (256 x 512 per class, no gradient, ≈ 268 MB each at D = 512,
-kept for the backward pass of the InfoNCE); prototypes are a GEMM of one-hot masks with the representation
-(no permuted copy). Host syncs per step: one (the per-class valid/hard-pool counts, one ``tolist``).
+Representations (``docs/methods.md`` "Sparse representations"). With ``representation="sparse"`` (the
+default) the head is never run on the full map: :class:`methods.pixel_reps.SparseActionReps` evaluates it
+from the pyramid at the anchors (with gradient), at the distinct pixels among all classes' negative draws
+(no gradient) and as class prototypes; the numbers are those of the full map up to float rounding. The
+reference ``representation="dense"`` builds the map as released (B = 4 + 4, 256 x 256, D = 512:
+8 x 512 x 256 x 256 floats ≈ 1 GB, plus the 496-channel upsampled concatenation feeding the head).
+
+Cost. Negatives are 256 x 512 per class (≈ 268 MB each at D = 512, no gradient, kept for the backward pass
+of the InfoNCE). Host syncs per step: one (the per-class valid/hard-pool counts, one ``tolist``), plus the
+sparse path's deduplication of the negative draws and of the footprint pixels (two on a GPU).
 Randomness (samplers, negatives, dropout) comes from torch's global RNG on the step's device, which the
 engine seeds and checkpoints.
 """
@@ -73,7 +78,6 @@ import torch
 from torch import nn
 
 from methods.contrast import (
-    class_prototypes,
     hard_query_mask,
     pixel_info_nce,
     relation_graph_probs,
@@ -92,6 +96,7 @@ from methods.objective import (
     logits_of,
     strong_view,
 )
+from methods.pixel_reps import REPRESENTATIONS, DenseReps, SparseActionReps
 from methods.samplers import ALLOCATIONS, GROUPINGS, SAMPLERS, sample_indices
 
 
@@ -131,6 +136,12 @@ class ActionConfig:
       spec §8.11) | False (one update per step).
     * ``teacher_bn_mode``: ``"train"`` (as released: batch statistics, dropout on, the teacher keeps its own
       BN buffers) | ``"eval"`` (running statistics copied from the student at every EMA update).
+
+    Representations (the same numbers either way, see :mod:`methods.pixel_reps`):
+
+    * ``representation``: ``"sparse"`` (default: the head is evaluated from the decoder pyramid only at the
+      anchors, at the distinct negative keys and as class means; no (N, D, H, W) map) | ``"dense"`` (the
+      reference: the full map, as released).
     """
 
     sup_weight: float = 0.5
@@ -150,6 +161,7 @@ class ActionConfig:
     ema_momentum: float = 0.99
     double_ema: bool = True
     teacher_bn_mode: str = "train"
+    representation: str = "sparse"
 
     def __post_init__(self) -> None:
         check_number(self, "sup_weight", minimum=0.0, min_inclusive=False)
@@ -171,6 +183,7 @@ class ActionConfig:
         if not isinstance(self.double_ema, bool):
             raise ValueError(f"ActionConfig.double_ema must be a bool, got {self.double_ema!r}")
         check_choice(self, "teacher_bn_mode", BN_MODES)
+        check_choice(self, "representation", REPRESENTATIONS)
 
 
 # -- anatomical contrast (spec §2.2 step 6) ---------------------------------------------------------------------
@@ -180,22 +193,8 @@ def _true_positions(cumulative: torch.Tensor, ranks: torch.Tensor) -> torch.Tens
     return torch.searchsorted(cumulative, ranks + 1)
 
 
-def _gather_pixels(maps: torch.Tensor, flat_positions: torch.Tensor) -> torch.Tensor:
-    """``maps[b, :, h, w]`` rows for flat positions over (B, H, W): int64 (M,) -> (M, D); no copy of ``maps``.
-
-    For channels-last maps (the objective's representations) ``(B*H*W, D)`` is a view and whole rows are
-    gathered (contiguous reads: ~4-7x faster on CPU than the strided gather, coalesced on GPU); any other
-    layout uses the strided gather. Both give identical values and gradients.
-    """
-    rows = maps.permute(0, 2, 3, 1)
-    if rows.is_contiguous():
-        return rows.reshape(-1, maps.shape[1]).index_select(0, flat_positions)
-    pixels = maps.shape[2] * maps.shape[3]
-    return maps.flatten(2)[flat_positions // pixels, :, flat_positions % pixels]
-
-
 def anatomical_contrast_loss(
-    reps: torch.Tensor,
+    reps: Any,
     labels: torch.Tensor,
     valid: torch.Tensor,
     probs: torch.Tensor,
@@ -213,7 +212,8 @@ def anatomical_contrast_loss(
 
     Args:
         reps: float (N, D, H, W) student representations ``r = [r_l; r_u]``; gradients flow through the
-            anchors only (prototypes and negative keys are taken under no-grad, as released).
+            anchors only (prototypes and negative keys are taken under no-grad, as released). Or a row source
+            of :mod:`methods.pixel_reps` (``rows``, ``class_means``) that gives the same numbers without the map.
         labels: int64 (N, H, W): ``[y_l; ŷ']``; -1 (ignore) belongs to no class.
         valid: bool (N, H, W): ``M = [1; q' >= 0.7]``.
         probs: float (N, C, H, W): the student's softmax ``P = softmax([z_l; z_u])`` (detached here).
@@ -242,10 +242,12 @@ def anatomical_contrast_loss(
     One host sync (the pool counts).
     """
     where = "anatomical_contrast_loss"
-    if reps.dim() != 4:
-        raise ValueError(f"{where}: reps must be (N, D, H, W), got {tuple(reps.shape)}")
-    num_images, _, height, width = reps.shape
-    if probs.dim() != 4 or probs.shape[0] != num_images or probs.shape[2:] != reps.shape[2:]:
+    if isinstance(reps, torch.Tensor):
+        if reps.dim() != 4:
+            raise ValueError(f"{where}: reps must be (N, D, H, W), got {tuple(reps.shape)}")
+        reps = DenseReps(reps)
+    num_images, height, width = reps.num_images, reps.height, reps.width
+    if probs.dim() != 4 or probs.shape[0] != num_images or tuple(probs.shape[2:]) != (height, width):
         raise ValueError(f"{where}: probs must be (N, C, H, W) = ({num_images}, C, {height}, {width}), got {tuple(probs.shape)}")
     pixel_shape = (num_images, height, width)
     if labels.shape != pixel_shape or labels.dtype != torch.int64:
@@ -253,7 +255,7 @@ def anatomical_contrast_loss(
     if valid.shape != pixel_shape:
         raise ValueError(f"{where}: valid must be bool {pixel_shape}, got {tuple(valid.shape)}")
     num_classes = probs.shape[1]
-    device = reps.device
+    device = labels.device
 
     with torch.no_grad():
         classes = torch.arange(num_classes, device=device).view(1, -1, 1, 1)
@@ -270,11 +272,11 @@ def anatomical_contrast_loss(
         "anchor_indices": {}, "negative_indices": {}, "class_probs": {}, "per_class": {},
     }
     if len(present) < 2 or not contrasted:
-        return reps.new_zeros(()), info
+        return probs.new_zeros(()), info
     info["contrasted"] = contrasted
 
     with torch.no_grad():
-        prototypes, present_mask = class_prototypes(reps.detach(), labels, valid.bool(), num_classes)  # (C, D)
+        prototypes, present_mask = reps.class_means(labels, valid.bool(), num_classes)  # (C, D)
         hard_cum = hard_flat.cumsum(1)
         member_cum = member_flat.reshape(-1).cumsum(0)       # over the concatenation of the C class pools
 
@@ -294,13 +296,16 @@ def anatomical_contrast_loss(
         flat = _true_positions(hard_cum[c], ranks)
         info["anchor_indices"][c] = flat
         positions.append(flat)
-    anchors = _gather_pixels(reps, torch.cat(positions)).view(len(contrasted), num_queries, -1)
+    anchors = reps.rows(torch.cat(positions)).view(len(contrasted), num_queries, -1)
 
     offsets = [0]
     for c in range(num_classes):
         offsets.append(offsets[-1] + valid_count[c])
-    total = reps.new_zeros(())
-    for k, c in enumerate(contrasted):
+    total = anchors.new_zeros(())
+    # every class's negative keys first (same RNG order as one class at a time), then one read of the
+    # representations at all of them: a sparse source computes each distinct pixel once
+    drawn = []
+    for c in contrasted:
         with torch.no_grad():
             # relation graph over all C prototypes; absent classes get probability exactly 0 (empty pools)
             class_probs, others = relation_graph_probs(
@@ -312,12 +317,15 @@ def anatomical_contrast_loss(
             concat = relation_negative_indices(sizes, class_probs, num_queries, num_negatives)
             global_rank = concat + valid_count[c] * (concat >= offsets[c]).to(concat.dtype)
             flat_negatives = _true_positions(member_cum, global_rank) % (num_images * pixels)
-            negatives = _gather_pixels(reps.detach(), flat_negatives.reshape(-1)).view(num_queries, num_negatives, -1)
             full_probs = torch.zeros(num_classes, device=device, dtype=class_probs.dtype)
             full_probs[others] = class_probs
-        loss_c = pixel_info_nce(anchors[k], prototypes[c], negatives, temperature)
+        drawn.append(flat_negatives)
         info["negative_indices"][c] = flat_negatives
         info["class_probs"][c] = full_probs
+    with torch.no_grad():
+        keys = reps.rows(torch.cat(drawn).reshape(-1)).view(len(contrasted), num_queries, num_negatives, -1)
+    for k, c in enumerate(contrasted):
+        loss_c = pixel_info_nce(anchors[k], prototypes[c], keys[k], temperature)
         info["per_class"][c] = loss_c.detach()
         total = total + loss_c
     return total / len(present), info
@@ -390,7 +398,10 @@ class ActionObjective(Objective):
                 torch.cat(levels, 0).contiguous(memory_format=torch.channels_last)
                 for levels in zip(out_l.pyramid, out_u.pyramid)
             ]
-            reps = self.head(pyramid, size=x_l.shape[2:])
+            if cfg.representation == "sparse":
+                reps = SparseActionReps(pyramid, self.head, x_l.shape[2:])
+            else:
+                reps = self.head(pyramid, size=x_l.shape[2:])
             with torch.no_grad():
                 labels = torch.cat([y_l, view.pseudo_label])
                 valid = torch.cat([

@@ -21,9 +21,10 @@ One step (spec §3.3, steps 1-9)::
     4. FE_t <- m FE_t + (1 - m) FE_s
     5. student z_l = f_s(x_l), z_u = f_s(x_u^{s1}); teacher z_l^t = f_t(x_l), z_u^t = f_t(x_u^{s1})
        (separate passes, as released: BatchNorm statistics per pass)
-    6. r = Pred(FE_s(.)), r^t = FE_t(.) for the 8 images [l; u]
+    6. r = Pred(FE_s(.)), r^t = FE_t(.) for the 8 images [l; u] (read where the losses need them, below)
     7. L = sup_weight L_sup + k1 L_contrast + k3 L_unsup + k2 L_eqv + k4 L_nn
-       (k1 = contrast_weight 0.01, k2 = eqv_weight 1, k3 = unsup_weight 1, k4 = nn_weight 1)
+       (k1 = contrast_weight 0.01, k2 = eqv_weight 1, k3 = unsup_weight 1, k4 = nn_weight 1; as released L_nn
+       has no gradient and is logged, not added, see "Work skipped" below)
     8. enqueue the normalised, flattened r_u^t rows into Π (FIFO)
     9. (engine) SGD step; after_optimizer_step: EMA of the teacher UNet
 
@@ -55,16 +56,28 @@ and without L_eqv): **a weight of 0 removes the term**: it is not computed (no t
 no TPS pass, no banks or pool are allocated when nothing needs them) and it disappears from the logged terms.
 There are no separate ``use_*`` switches.
 
-Cost (spec §8.19). As released, the representations are full resolution (8 x 496 x 256 x 256 floats ≈ 1 GB
-each for ``r`` and ``r^t``), every contrasted class draws 256 x 512 negatives (≈ 260 MB gathered), and the NN
-pool holds K = 36 rows of 496 x 256 x 256 floats ≈ 4.7 GB (GPU memory; allocated on the first step, once the
+Representations (``docs/methods.md`` "Sparse representations"). With ``representation="sparse"`` (the
+default) ``r`` and ``r^t`` are never materialised: :class:`methods.pixel_reps.SparseMonaReps` evaluates them
+from the decoder pyramid at the anchors and the enqueued negatives, as class prototypes and as pooled NN
+rows; the numbers are those of the full maps up to float rounding (``representation="dense"``, the
+reference, builds the maps as released: 8 x 496 x 256 x 256 floats ≈ 1 GB each for ``r`` and ``r^t``).
+
+Work skipped (``docs/methods.md`` "Work skipped when it cannot change training"). As released
+(``nn_loss_grad="as_coded_none"``) L_nn has no gradient: it is computed only at the steps the engine logs
+(:meth:`methods.objective.Objective.is_logged_step`), kept out of ``total`` and logged unweighted as ``nn``;
+the NN pool receives the teacher rows only at the ``ceil(K / B_u)`` steps before a logged step (the rows
+those steps read), otherwise its ring pointer just advances. The pool is still initialised at the first
+step and the teacher pass still runs every step, so no RNG draw is skipped.
+
+Cost (spec §8.19). Every contrasted class draws 256 x 512 negatives from its bank (≈ 260 MB gathered), and
+the NN pool holds K = 36 rows of 496 x 256 x 256 floats ≈ 4.7 GB (allocated on the first step, once the
 image size is known). ``nn_pool_resolution`` (an int g) average-pools the representation to g x g before it
 is flattened for L_nn and stored, e.g. g = 32 -> 36 x 496 x 1024 floats ≈ 73 MB; the default ``"full"`` is
 as released. The memory banks live on the model's device (the release keeps them on the CPU and copies
 them every step).
 
 Host syncs per step: one (the per-class mask counts of the contrast, needed for the data-dependent
-anchor/bank sizes, read with a single ``tolist``). The NN pool is a ring buffer with wrap-around writes, so
+anchor/bank sizes, read with a single ``tolist``), plus one when a sparse read deduplicates a long point list. The NN pool is a ring buffer with wrap-around writes, so
 any unlabelled batch size ``B_u <= K`` works (the release needs ``K mod B_u = 0``; the two agree then).
 Randomness (samplers, TPS, pool initialisation) comes from torch's global RNG on the step's device.
 """
@@ -79,13 +92,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.contrast import alpha_schedule, class_prototypes, entropy_percentile_masks, pixel_info_nce
+from methods.contrast import alpha_schedule, entropy_percentile_masks, pixel_info_nce
 from methods.ema import BN_MODES, EMATeacher
 from methods.heads import LinearPredictor, MonaFeatureExtractor
 from methods.losses import pseudo_label_loss, supervised_loss
 from methods.memory_bank import INITS as BANK_INITS
 from methods.memory_bank import ClassMemoryBank
 from methods.objective import Batch, LossOutput, Objective, check_choice, check_number, detached, logits_of
+from methods.pixel_reps import REPRESENTATIONS, DenseReps, SparseMonaReps
 from methods.samplers import ALLOCATIONS, GROUPINGS, SAMPLERS, SamplerConfig
 from methods.tps import TPSConfig, apply_warp, sample_tps_grid
 
@@ -153,6 +167,13 @@ class MonaConfig:
     * ``nn_pool_resolution``: ``"full"`` (as released, ≈ 4.7 GB at 256 x 256) or an int g >= 1: average-pool
       the representation to g x g before flattening (memory K x D x g^2 floats).
 
+    Representations (the same numbers either way, see :mod:`methods.pixel_reps`):
+
+    * ``representation``: ``"sparse"`` (default: ``r`` and ``r^t`` are evaluated from the decoder pyramid only
+      at the pixels, class means and pooled cells the losses read; no (N, D, H, W) map is built except the
+      full-resolution NN rows at the steps that need them) | ``"dense"`` (the reference: full maps, as
+      released).
+
     Equivariance loss (spec §3.6):
 
     * ``eqv_conf_threshold`` in [0, 1]: pixels need confidence >= this (``--weak_threshold`` 0.7).
@@ -197,6 +218,8 @@ class MonaConfig:
     nn_topk: int = 5
     nn_loss_grad: str = "as_coded_none"
     nn_pool_resolution: Any = "full"
+
+    representation: str = "sparse"
 
     eqv_conf_threshold: float = 0.7
     tps_sigma: float = 0.01
@@ -244,6 +267,7 @@ class MonaConfig:
         check_choice(self, "nn_loss_grad", NN_LOSS_GRADS)
         if self.nn_pool_resolution != "full":
             check_number(self, "nn_pool_resolution", minimum=1, integer=True)
+        check_choice(self, "representation", REPRESENTATIONS)
         check_number(self, "tps_sigma", minimum=0.0)
         check_number(self, "tps_rotation_deg", minimum=0.0, maximum=180.0)
         check_number(self, "tps_scale_min", minimum=0.0, min_inclusive=False)
@@ -365,15 +389,14 @@ def _true_positions(cumulative: torch.Tensor, ranks: torch.Tensor) -> torch.Tens
     return torch.searchsorted(cumulative, ranks + 1)
 
 
-def _gather_pixels(maps: torch.Tensor, flat_positions: torch.Tensor) -> torch.Tensor:
-    """Rows ``maps[n, :, h, w]`` for flat positions over (N, H, W): (M,) -> (M, D) (no permuted copy)."""
-    pixels = maps.shape[2] * maps.shape[3]
-    return maps.flatten(2)[flat_positions // pixels, :, flat_positions % pixels]
+def _as_source(reps: Any) -> Any:
+    """A (N, D, H, W) tensor as :class:`methods.pixel_reps.DenseReps`; a row source as it is."""
+    return DenseReps(reps) if isinstance(reps, torch.Tensor) else reps
 
 
 def u2pl_contrast_loss(
-    reps: torch.Tensor,
-    teacher_reps: torch.Tensor,
+    reps: Any,
+    teacher_reps: Any,
     labels: torch.Tensor,
     teacher_probs: torch.Tensor,
     low: torch.Tensor,
@@ -385,8 +408,9 @@ def u2pl_contrast_loss(
     """U2PL memory-bank contrast of MONA/ARCO (spec §3.4, §4); updates ``banks``.
 
     Args:
-        reps: float (N, D, H, W) student representations ``r`` (gradient flows through the anchors only).
-        teacher_reps: float (N, D, H, W) ``r^t`` (treated as constants).
+        reps: float (N, D, H, W) student representations ``r`` (gradient flows through the anchors only), or a
+            row source of :mod:`methods.pixel_reps` (``rows``, ``class_means``) that gives the same numbers.
+        teacher_reps: float (N, D, H, W) ``r^t`` (treated as constants), or a row source.
         labels, teacher_probs, low, high, num_labelled: as :func:`u2pl_masks`.
         banks: the per-class FIFO banks (D-dim keys).
         config: thresholds, ranks, counts, τ, flags and the sampler (:class:`MonaConfig`).
@@ -403,7 +427,8 @@ def u2pl_contrast_loss(
     {bank class: sampled FIFO positions, (num_anchors, num_negatives)}, ``counts`` (per class |V|, |A|, |N|).
     """
     cfg = config
-    num_images, _, height, width = reps.shape
+    reps, teacher_reps = _as_source(reps), _as_source(teacher_reps)
+    height, width = reps.height, reps.width
     num_classes = teacher_probs.shape[1]
     masks = u2pl_masks(
         labels, teacher_probs, low, high, num_labelled,
@@ -422,8 +447,9 @@ def u2pl_contrast_loss(
         if n == 0:
             continue
         keep = min(n, banks.capacity(c))
-        ranks = torch.arange(n - keep, n, device=reps.device)
-        banks.enqueue(c, _gather_pixels(teacher_reps, _true_positions(negative_cum[c], ranks)).detach())
+        ranks = torch.arange(n - keep, n, device=labels.device)
+        with torch.no_grad():
+            banks.enqueue(c, teacher_reps.rows(_true_positions(negative_cum[c], ranks)).detach())
 
     info: dict[str, Any] = {"counts": (valid_count, anchor_count, negative_count), "anchor_indices": {}, "negative_indices": {}}
     plan, divisor = contrast_plan([v > 0 for v in valid_count], cfg.valid_class_indexing)
@@ -431,11 +457,11 @@ def u2pl_contrast_loss(
     active = [(a, b) for a, b in plan if anchor_count[a] > 0 and banks.size(b) > 0]
     info["contrasted"] = active
     if not active:
-        return reps.new_zeros(()), info
+        return teacher_probs.new_zeros(()), info
 
     with torch.no_grad():
         valid_pixels = low & labels.ge(0)
-        prototypes, _ = class_prototypes(teacher_reps.detach(), labels.clamp_min(0), valid_pixels, num_classes)
+        prototypes, _ = teacher_reps.class_means(labels.clamp_min(0), valid_pixels, num_classes)
 
     sampler = cfg.sampler_config
     anchor_cum = anchor_flat.cumsum(1)
@@ -445,21 +471,21 @@ def u2pl_contrast_loss(
         count = anchor_count[anchor_class]
         spatial = {}
         if cfg.sampler != "uniform" and cfg.sampler_grouping == "spatial":
-            flat = _true_positions(anchor_cum[anchor_class], torch.arange(count, device=reps.device)) % pixels
+            flat = _true_positions(anchor_cum[anchor_class], torch.arange(count, device=labels.device)) % pixels
             spatial = {"positions": torch.stack([flat // width, flat % width], 1), "grid_shape": (height, width)}
-        ranks = sampler.sample(count, cfg.num_anchors, device=reps.device, **spatial)
+        ranks = sampler.sample(count, cfg.num_anchors, device=labels.device, **spatial)
         flat_positions = _true_positions(anchor_cum[anchor_class], ranks)
         info["anchor_indices"][anchor_class] = flat_positions
         positions.append(flat_positions)
-    anchors = _gather_pixels(reps, torch.cat(positions)).view(len(active), cfg.num_anchors, -1)  # one gather
+    anchors = reps.rows(torch.cat(positions)).view(len(active), cfg.num_anchors, -1)  # one gather
 
     flat_sampler = SamplerConfig(cfg.sampler, cfg.sampler_groups, "flat", cfg.sampler_allocation)
-    total = reps.new_zeros(())
+    total = anchors.new_zeros(())
     for k, (anchor_class, bank_class) in enumerate(active):
-        fifo = flat_sampler.sample(banks.size(bank_class), cfg.num_anchors * cfg.num_negatives, device=reps.device)
+        fifo = flat_sampler.sample(banks.size(bank_class), cfg.num_anchors * cfg.num_negatives, device=labels.device)
         fifo = fifo.view(cfg.num_anchors, cfg.num_negatives)
         info["negative_indices"][bank_class] = fifo
-        negatives = banks.gather(bank_class, fifo).to(reps.dtype)
+        negatives = banks.gather(bank_class, fifo).to(anchors.dtype)
         total = total + pixel_info_nce(anchors[k], prototypes[anchor_class], negatives, cfg.temperature)
     return total / divisor, info
 
@@ -574,12 +600,29 @@ class MonaObjective(Objective):
         """K rows of N(0, 1), each L2-normalised (as released)."""
         return F.normalize(torch.randn(self.config.nn_pool_capacity, features, device=device, dtype=dtype), dim=1)
 
-    def _pool_rows(self, reps: torch.Tensor) -> torch.Tensor:
-        """(B, D, H, W) -> L2-normalised (B, F) rows (average-pooled to g x g first unless "full")."""
+    def _pool_rows(self, source: Any) -> torch.Tensor:
+        """A row source of B images (:mod:`methods.pixel_reps`) -> L2-normalised (B, F) rows: the (B, D, H, W)
+        map flattened ("full"), or average-pooled to g x g first (from the pyramid on the sparse path)."""
         g = self.config.nn_pool_resolution
-        if g != "full":
-            reps = F.adaptive_avg_pool2d(reps, g)
-        return F.normalize(reps.flatten(1), dim=1)
+        maps = source.dense() if g == "full" else source.pooled(g)
+        return F.normalize(maps.flatten(1), dim=1)
+
+    def _pool_rows_needed(self, step: int, max_steps: int, batch: int) -> bool:
+        """Whether the rows enqueued at ``step`` can still be in the pool at a later step that computes L_nn.
+
+        A row written at step s is overwritten once K more rows have been written, so with B rows per step it
+        can be read at steps s+1 .. s+ceil(K/B) only. With ``"as_coded_none"`` L_nn is computed at logged steps
+        only (it has no gradient), so the other steps skip the rows' computation and advance the pointer: at
+        every step that reads the pool it holds exactly the rows the dense, every-step computation holds."""
+        if self.config.nn_loss_grad == "student_pull":
+            return True
+        reach = -(-self.config.nn_pool_capacity // batch)
+        return any(self.is_logged_step(t, max_steps) for t in range(step + 1, min(step + reach, max_steps - 1) + 1))
+
+    def _pool_cells(self, image: torch.Tensor) -> int:
+        """Pixels per pool row: H x W of the images ("full") or g x g."""
+        g = self.config.nn_pool_resolution
+        return image.shape[2] * image.shape[3] if g == "full" else g * g
 
     def _ensure_pool(self, features: int, like: torch.Tensor) -> None:
         if self.nn_pool.numel() == 0:
@@ -591,11 +634,14 @@ class MonaObjective(Objective):
             )
 
     @torch.no_grad()
-    def _enqueue_pool(self, rows: torch.Tensor) -> None:
+    def _enqueue_pool(self, rows: torch.Tensor | None, count: int) -> None:
+        """Write ``rows`` (count, F) at the ring pointer, or only advance it by ``count`` when ``rows`` is None
+        (rows that no step will read, see :meth:`_pool_rows_needed`)."""
         capacity = self.nn_pool.shape[0]
-        slots = (self._pool_pointer + torch.arange(rows.shape[0], device=rows.device)) % capacity
-        self.nn_pool.index_copy_(0, slots, rows.to(self.nn_pool.dtype))
-        self._pool_pointer = (self._pool_pointer + rows.shape[0]) % capacity
+        if rows is not None:
+            slots = (self._pool_pointer + torch.arange(count, device=rows.device)) % capacity
+            self.nn_pool.index_copy_(0, slots, rows.to(self.nn_pool.dtype))
+        self._pool_pointer = (self._pool_pointer + count) % capacity
         self.nn_pool_pointer.fill_(self._pool_pointer)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -608,15 +654,22 @@ class MonaObjective(Objective):
 
     # -- one step ----------------------------------------------------------------------------------------------
 
-    def _student_reps(self, pyramids: list[list[torch.Tensor]]) -> torch.Tensor:
-        """``Pred(FE_s(.))`` of several pyramids at once (FE and Pred are per-pixel: batching is exact)."""
-        pyramid = [torch.cat(levels, 0) for levels in zip(*pyramids)]
-        return self.predictor(self.fe_student(pyramid))
+    def _student_reps(self, pyramids: list[list[torch.Tensor]]) -> Any:
+        """``r = Pred(FE_s(.))`` of several pyramids at once (FE and Pred act per pixel: batching is exact), as a
+        row source: :class:`methods.pixel_reps.SparseMonaReps` or, with ``representation="dense"``, the
+        materialised map in :class:`methods.pixel_reps.DenseReps`."""
+        pyramid = [torch.cat(levels, 0) if len(levels) > 1 else levels[0] for levels in zip(*pyramids)]
+        if self.config.representation == "sparse":
+            return SparseMonaReps(pyramid, self.fe_student, self.predictor)
+        return DenseReps(self.predictor(self.fe_student(pyramid)))
 
-    @torch.no_grad()
-    def _teacher_reps(self, pyramids: list[list[torch.Tensor]]) -> torch.Tensor:
-        pyramid = [torch.cat(levels, 0) for levels in zip(*pyramids)]
-        return self.fe_teacher.module(pyramid)
+    def _teacher_reps(self, pyramids: list[list[torch.Tensor]]) -> Any:
+        """``r^t = FE_t(.)`` as a row source (constants: read it under ``torch.no_grad``)."""
+        pyramid = [torch.cat(levels, 0) if len(levels) > 1 else levels[0] for levels in zip(*pyramids)]
+        if self.config.representation == "sparse":
+            return SparseMonaReps(pyramid, self.fe_teacher.module)
+        with torch.no_grad():
+            return DenseReps(self.fe_teacher.module(pyramid))
 
     def loss(self, batch: Batch, step: int, max_steps: int) -> LossOutput:
         self.check_batch(batch)
@@ -659,18 +712,11 @@ class MonaObjective(Objective):
             terms["unsup"] = unsup
 
         if use_contrast or use_nn:
-            # 5-6: teacher passes (separate, as released) and representations
+            # 5-6: teacher passes (separate, as released) and representations (row sources: only what the
+            # losses read is computed, see methods.pixel_reps; the teacher pass runs even when only L_nn's
+            # skipped rows would need it, so that its dropout draws keep the RNG stream of every step)
             teacher_l = self.teacher.predict(x_l, cfg.teacher_bn_mode) if use_contrast else None
             teacher_u = self.teacher.predict(x_s1, cfg.teacher_bn_mode)
-            if use_contrast:
-                reps = self._student_reps([out_l.pyramid, out_u.pyramid])
-                teacher_reps = self._teacher_reps([teacher_l.pyramid, teacher_u.pyramid])
-                reps_u, teacher_reps_u = reps[b_l:], teacher_reps[b_l:]
-            else:
-                grad = torch.enable_grad() if cfg.nn_loss_grad == "student_pull" else torch.no_grad()
-                with grad:
-                    reps_u = self._student_reps([out_u.pyramid])
-                teacher_reps_u = self._teacher_reps([teacher_u.pyramid])
 
             if use_contrast:
                 alpha = alpha_schedule(step, max_steps, cfg.steps_per_epoch, cfg.alpha0)
@@ -681,19 +727,33 @@ class MonaObjective(Objective):
                     low, high = torch.cat([ones, low_u]), torch.cat([ones, high_u])
                     teacher_probs = torch.softmax(torch.cat([logits_of(teacher_l), logits_of(teacher_u)]), dim=1)
                 labels = torch.cat([y_l, pseudo_mixed])
+                reps = self._student_reps([out_l.pyramid, out_u.pyramid])
+                teacher_reps = self._teacher_reps([teacher_l.pyramid, teacher_u.pyramid])
                 contrast, _ = u2pl_contrast_loss(reps, teacher_reps, labels, teacher_probs, low, high, b_l, self.banks, cfg)
                 total = total + cfg.contrast_weight * contrast
                 terms["contrast"] = contrast
                 terms["alpha"] = contrast.new_tensor(alpha)
 
             if use_nn:
-                student_rows = self._pool_rows(reps_u if cfg.nn_loss_grad == "student_pull" else reps_u.detach())
-                teacher_rows = self._pool_rows(teacher_reps_u)
-                self._ensure_pool(teacher_rows.shape[1], teacher_rows)
-                near = nn_loss(student_rows, teacher_rows, self.nn_pool, cfg.nn_topk, cfg.nn_loss_grad)
-                total = total + cfg.nn_weight * near
-                terms["nn"] = near
-                self._enqueue_pool(teacher_rows)  # 8: after the loss
+                self._ensure_pool(self.rep_dim * self._pool_cells(x_u), x_u)
+                teacher_rows = None
+                if self.is_logged_step(step, max_steps) or self._pool_rows_needed(step, max_steps, b_u):
+                    with torch.no_grad():
+                        teacher_rows = self._pool_rows(self._teacher_reps([teacher_u.pyramid]))
+                if cfg.nn_loss_grad == "student_pull":
+                    student_rows = self._pool_rows(self._student_reps([out_u.pyramid]))
+                    near = nn_loss(student_rows, teacher_rows, self.nn_pool, cfg.nn_topk, cfg.nn_loss_grad)
+                    total = total + cfg.nn_weight * near
+                    terms["nn"] = near
+                elif self.is_logged_step(step, max_steps):
+                    # no gradient (as released): a logged value only, computed where a curve row records it and
+                    # kept out of `total` (it would add a constant); see the module docstring
+                    with torch.no_grad():
+                        student_rows = self._pool_rows(self._student_reps([out_u.pyramid]))
+                        terms["nn"] = nn_loss(student_rows, teacher_rows, self.nn_pool, cfg.nn_topk, cfg.nn_loss_grad)
+                if not self._pool_rows_needed(step, max_steps, b_u):
+                    teacher_rows = None
+                self._enqueue_pool(teacher_rows, b_u)  # 8: after the loss
 
         if use_eqv:
             x_s2 = augment.perturb(mixed.image)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Iterator, NamedTuple, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -155,6 +155,15 @@ class Objective(nn.Module):
             raise ValueError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
         self.student = model
+        self.logged_steps: Callable[[int, int], bool] | None = None
+
+    def is_logged_step(self, step: int, max_steps: int) -> bool:
+        """Whether the engine records a curve row after ``step`` (``logged_steps(step, max_steps)``; every step
+        when no schedule was set, e.g. a direct call).
+
+        Terms that cannot change training (no gradient, no state that a later step reads) are computed only
+        at logged steps; the engine averages every term over the steps that reported it."""
+        return True if self.logged_steps is None else bool(self.logged_steps(step, max_steps))
 
     def loss(self, batch: Batch, step: int, max_steps: int) -> LossOutput:
         """The loss of one step; ``step`` counts from 0 to ``max_steps - 1``."""

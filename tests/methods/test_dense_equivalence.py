@@ -1,0 +1,247 @@
+"""The sparse representation path trains exactly like the dense reference (methods/pixel_reps.py).
+
+For MONA/ARCO and ACTION, two objectives built from the same weights, one with ``representation="dense"``
+(full (N, D, H, W) maps, as released) and one with ``"sparse"`` (the default: representations only where the
+losses read them), run several SGD steps on the same batches and RNG streams in float64. At every step the
+loss terms, the gradient of every parameter, and after every step the memory banks and the NN pool must agree
+to a relative 1e-6, for each flag that changes the contrast path, at the smoke and quick profile sizes
+(``medseg_platform.profiles``). Run them alone with ``pytest -k dense``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from medseg_platform.engine import StrongAugmentAdapter, logs_after
+from medseg_platform.profiles import PROFILES, method_overrides
+from methods.objective import Batch, StrongView
+from methods.pixel_reps import DenseReps, SparseActionReps, SparseMonaReps
+from methods.registry import build_model, build_objective
+from tests.methods.test_mona import shapes
+
+STEPS = 3
+RTOL = 1e-6
+
+
+def _profile_params(method: str, size: str) -> tuple[dict, int, tuple[int, ...]]:
+    profile = PROFILES[size]
+    params = dict(method_overrides(method, profile)["objective_params"])
+    return params, profile.trial.data.patch_size[0], tuple(profile.trial.model.channels)
+
+
+def _pair(objective: str, params: dict, channels: tuple[int, ...]):
+    """Dense and sparse objectives with identical weights, banks and pools (float64)."""
+    built = []
+    torch.manual_seed(0)
+    model = build_model("unet", num_classes=4, channels=channels).double()
+    for representation in ("dense", "sparse"):
+        torch.manual_seed(1)  # heads and the NN pool draw from the global RNG at construction
+        built.append(build_objective(objective, copy.deepcopy(model), {**params, "representation": representation}).double())
+    return built
+
+
+class Float64Augment:
+    """The engine's strong views (what training runs: CutMix, 8-bit jitter/blur, AdvMorph), which it computes
+    in float32, handed back in float64."""
+
+    def __init__(self, step: int) -> None:
+        self.inner = StrongAugmentAdapter(torch.Generator().manual_seed(200 + step), "cutmix", 4)
+
+    def mix(self, image, pseudo_label, confidence) -> StrongView:
+        view = self.inner.mix(image, pseudo_label, confidence)
+        return StrongView(view.image.double(), view.pseudo_label, view.confidence.double())
+
+    def perturb(self, image):
+        return self.inner.perturb(image).double()
+
+
+def _batch(step: int, patch: int) -> Batch:
+    generator = torch.Generator().manual_seed(100 + step)
+    labelled, label = shapes(generator, 4, patch)
+    unlabelled, _ = shapes(generator, 4, patch)
+    return Batch(labelled.double(), label, unlabelled.double(), Float64Augment(step))
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, what: str, scale: float | None = None) -> None:
+    """Equal to a relative ``RTOL`` of ``scale`` (default: the largest magnitude of ``a``)."""
+    if scale is None:
+        scale = float(a.detach().abs().max()) if a.numel() else 0.0
+    torch.testing.assert_close(b.detach(), a.detach(), rtol=RTOL, atol=RTOL * max(scale, 1e-12), msg=lambda m: f"{what}: {m}")
+
+
+def _state(objective) -> dict[str, torch.Tensor]:
+    """Banks, pool and every other buffer (the teacher's included)."""
+    return {name: value for name, value in objective.state_dict().items() if value.is_floating_point() or "pointer" in name or "size" in name}
+
+
+def run_pair(objective: str, params: dict, patch: int, channels: tuple[int, ...], steps: int = STEPS,
+             logged_steps=None) -> list[dict[str, float]]:
+    """Train the dense and the sparse objective side by side; assert equality; return the dense terms."""
+    dense, sparse = _pair(objective, params, channels)
+    sparse.logged_steps = logged_steps
+    optimisers = [torch.optim.SGD(o.trainable_parameters(), lr=0.05, momentum=0.9) for o in (dense, sparse)]
+    history = []
+    for step in range(steps):
+        outs = []
+        for obj, optimiser in zip((dense, sparse), optimisers):
+            torch.manual_seed(1000 + step)  # samplers, TPS, dropout: the same stream on both paths
+            out = obj.loss(_batch(step, patch), step, 20)
+            optimiser.zero_grad(set_to_none=True)
+            out.total.backward()
+            outs.append(out)
+        (d_out, s_out) = outs
+        _close(d_out.total, s_out.total, f"step {step} total")
+        expected_terms = set(d_out.terms) if logged_steps is None or sparse.is_logged_step(step, 20) else set(d_out.terms) - {"nn"}
+        assert set(s_out.terms) == expected_terms, (step, sorted(d_out.terms), sorted(s_out.terms))
+        for name in s_out.terms:
+            _close(d_out.terms[name], s_out.terms[name], f"step {step} term {name}")
+        d_params, s_params = dict(dense.named_parameters()), dict(sparse.named_parameters())
+        assert d_params.keys() == s_params.keys()
+        # relative to the largest gradient entry of the model: a conv bias before BatchNorm has an exactly-0
+        # gradient, so its float noise (1e-17) has no relative precision of its own
+        scale = max(float(p.grad.abs().max()) for p in d_params.values() if p.grad is not None)
+        for name, p in d_params.items():
+            q = s_params[name]
+            assert (p.grad is None) == (q.grad is None), (step, name)
+            if p.grad is not None:
+                _close(p.grad, q.grad, f"step {step} grad {name}", scale)
+        for obj, optimiser in zip((dense, sparse), optimisers):
+            optimiser.step()
+            obj.after_optimizer_step(step)
+        if logged_steps is None:  # every buffer equal after every step (skipped pool rows are only compared where read)
+            d_state, s_state = _state(dense), _state(sparse)
+            assert d_state.keys() == s_state.keys()
+            for name, value in d_state.items():
+                _close(value.double(), s_state[name].double(), f"after step {step}: buffer {name}")
+        history.append({name: float(value) for name, value in d_out.terms.items()})
+    return history
+
+
+MONA_FLAGS = [
+    ("mona", {}),
+    ("arco_sg", {}),
+    ("arco_sag", {}),
+    ("arco_sg", {"sampler_grouping": "spatial"}),
+    ("mona", {"entropy_source": "teacher"}),
+    ("mona", {"u2pl_negative_mask": "paper"}),
+    ("mona", {"valid_class_indexing": "fixed", "u2pl_negative_mask": "paper"}),
+    ("mona", {"nn_loss_grad": "student_pull"}),
+    ("mona", {"nn_pool_resolution": "full", "nn_loss_grad": "student_pull"}),
+    ("mona", {"contrast_weight": 0.0}),
+    ("mona", {"nn_weight": 0.0}),
+    ("mona", {"eqv_weight": 0.0, "unsup_weight": 0.0}),
+]
+
+
+@pytest.mark.parametrize("method, flags", MONA_FLAGS, ids=[f"{m}-{'-'.join(f'{k}={v}' for k, v in f.items()) or 'released'}" for m, f in MONA_FLAGS])
+def test_mona_arco_sparse_matches_dense_smoke(method, flags):
+    params, patch, channels = _profile_params(method, "smoke")
+    history = run_pair(method_overrides(method, PROFILES["smoke"])["objective"], {**params, **flags}, patch, channels)
+    if flags.get("contrast_weight", 1.0) > 0:
+        assert any(row["contrast"] != 0 for row in history), "the contrast never ran: the comparison would be vacuous"
+
+
+@pytest.mark.parametrize("method, flags", [("mona", {}), ("arco_sag", {"u2pl_negative_mask": "paper"}),
+                                           ("mona", {"nn_loss_grad": "student_pull"})],
+                         ids=["mona", "arco_sag-paper", "mona-student_pull"])
+def test_mona_arco_sparse_matches_dense_quick(method, flags):
+    params, patch, channels = _profile_params(method, "quick")
+    history = run_pair(method_overrides(method, PROFILES["quick"])["objective"], {**params, **flags}, patch, channels, steps=2)
+    assert any(row["contrast"] != 0 for row in history)
+
+
+ACTION_CASES = [
+    ("smoke", {}), ("smoke", {"sampler": "stratified"}),
+    ("smoke", {"sampler": "stratified_antithetic", "sampler_grouping": "spatial"}),
+    ("smoke", {"unsup_weight": 0.0}), ("smoke", {"anco_weight": 0.0}),
+    ("quick", {}), ("quick", {"sampler": "stratified"}),
+]
+
+
+@pytest.mark.parametrize("size, flags", ACTION_CASES,
+                         ids=[f"{size}-{'-'.join(f'{k}={v}' for k, v in f.items()) or 'released'}" for size, f in ACTION_CASES])
+def test_action_sparse_matches_dense(size, flags):
+    params, patch, channels = _profile_params("action", size)
+    history = run_pair("action", {**params, **flags}, patch, channels, steps=2 if size == "quick" else STEPS)
+    if flags.get("anco_weight", 1.0) > 0:
+        assert any(row["anco"] != 0 for row in history), "L_anco never ran: the comparison would be vacuous"
+
+
+def test_nn_term_only_at_logged_steps_keeps_training_and_the_pool_read_identical_to_dense_every_step():
+    """Released L_nn has no gradient: computed at logged steps only, with the pool rows those steps read.
+    Pool of 8 rows, 4 unlabelled images per step: rows of step s are read at s+1 and s+2 at most; a log row
+    after step 5 only. Reference: dense, every step computed."""
+    params, patch, channels = _profile_params("mona", "smoke")
+    params = {**params, "nn_pool_capacity": 8, "nn_topk": 3}
+    schedule = lambda step, max_steps: step == 5  # noqa: E731
+    dense, sparse = _pair("mona", params, channels)
+    sparse.logged_steps = schedule
+    computed = []
+    original = sparse._pool_rows
+
+    def spy(source):
+        computed.append(current)
+        return original(source)
+
+    sparse._pool_rows = spy
+    optimisers = [torch.optim.SGD(o.trainable_parameters(), lr=0.05) for o in (dense, sparse)]
+    for step in range(6):
+        current = step
+        outs = []
+        for obj, optimiser in zip((dense, sparse), optimisers):
+            torch.manual_seed(1000 + step)
+            out = obj.loss(_batch(step, patch), step, 20)
+            optimiser.zero_grad(set_to_none=True)
+            out.total.backward()
+            optimiser.step()
+            obj.after_optimizer_step(step)
+            outs.append(out)
+        _close(outs[0].total, outs[1].total, f"step {step} total")
+        assert ("nn" in outs[1].terms) == (step == 5)
+        if step == 4:  # the pool as step 5 reads it
+            _close(dense.nn_pool, sparse.nn_pool, "pool read at the logged step")
+    _close(outs[0].terms["nn"], outs[1].terms["nn"], "L_nn at the logged step")
+    assert sorted(set(computed)) == [3, 4, 5], computed  # teacher rows for the pool (3, 4) and the term (5)
+
+
+def test_logs_after_is_the_engine_schedule():
+    assert [s for s in range(12) if logs_after(s, 12, 5)] == [4, 9, 11]
+    assert [s for s in range(10) if logs_after(s, 10, 4, 3)] == [2, 3, 5, 7, 8, 9]
+
+
+@pytest.mark.parametrize("g", [5, 12])
+def test_sparse_rows_means_and_pools_equal_the_dense_maps(g):
+    """The building blocks at odd sizes: pooling that does not divide the grid, points on the border."""
+    from methods.heads import ActionProjectionHead, LinearPredictor, MonaFeatureExtractor
+
+    torch.manual_seed(3)
+    channels = (16, 8, 8, 4, 4)
+    pyramid = [torch.randn(3, c, 48 // 2 ** (4 - i), 48 // 2 ** (4 - i), dtype=torch.float64, requires_grad=True)
+               for i, c in enumerate(channels)]
+    fe, predictor = MonaFeatureExtractor(channels).double(), LinearPredictor(sum(channels)).double()
+    head = ActionProjectionHead(channels, 24).double()
+    labels = torch.randint(0, 4, (3, 48, 48))
+    valid = torch.rand(3, 48, 48) > 0.4
+    border = torch.tensor([0, 47, 48 * 47, 48 * 48 - 1, 2 * 48 * 48 + 47])
+    positions = torch.cat([border, torch.randint(0, 3 * 48 * 48, (5000,))])
+    for dense_map, sparse in ((predictor(fe(pyramid)), SparseMonaReps(pyramid, fe, predictor)),
+                              (head(pyramid, size=(48, 48)), SparseActionReps(pyramid, head, (48, 48)))):
+        dense = DenseReps(dense_map)
+        _close(dense.rows(positions), sparse.rows(positions), "rows")
+        for a, b in zip(dense.class_means(labels, valid, 4), sparse.class_means(labels, valid, 4)):
+            _close(a.double(), b.double(), "class means")
+        if isinstance(sparse, SparseMonaReps):
+            _close(dense.pooled(g), sparse.pooled(g), "pooled")
+        # gradients of a functional mixing all three reads
+        weights = list(fe.parameters()) + list(predictor.parameters()) + list(head.parameters()) + pyramid
+        probe = lambda src: (src.rows(positions[:300]) ** 2).sum() + src.class_means(labels, valid, 4)[0].sum()  # noqa: E731
+        d_grads = torch.autograd.grad(probe(DenseReps(dense_map)), weights, allow_unused=True, retain_graph=True)
+        s_grads = torch.autograd.grad(probe(sparse), weights, allow_unused=True)
+        scale = max(float(a.abs().max()) for a in d_grads if a is not None)
+        for a, b in zip(d_grads, s_grads):
+            assert (a is None) == (b is None)
+            if a is not None:
+                _close(a, b, "gradient", scale)
