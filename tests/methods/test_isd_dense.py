@@ -1,6 +1,6 @@
 """The blocked ISD KL (methods/isd.py ``blocked_queue_kl``) against the dense implementation it replaced.
 
-The reference below is the released-layout code as it stood before the blocked reformulation (issue 10,
+The reference (``benchmarks/isd_reference.py``) is the released-layout code as it stood before the blocked reformulation (issue 10,
 item 3): the (N, M) cosine logits materialised twice (``queue.clone()``, ``cosine_logits`` then divided
 by tau), ``relational_kl`` by autograd. Everything is compared in float64 at rtol 1e-6: loss terms,
 the gradient of every parameter, and the queues after several SGD steps, for both ``local_layout``
@@ -9,17 +9,15 @@ values and the three stage presets (methods-spec §1.8).
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 import methods.isd as isd_module
-from methods.isd import ISDConfig, ISDRelationalKL, RelationalTerm, blocked_queue_kl
+from methods.isd import ISDConfig, ISDRelationalKL, blocked_queue_kl
 from methods.isd_pretrain import PRESETS, ISDPretrainObjective
 from tests.methods.test_isd import GammaView, shapes_batch
 from methods.registry import build_model, build_objective
+from benchmarks.isd_reference import dense_cosine_logits, dense_relational_kl, use_dense_reference
 
 RTOL = 1e-6
 TINY = dict(num_classes=4, channels=(4, 8, 8, 8, 8))
@@ -28,59 +26,11 @@ STEP = dict(SMALL, image_size=32, window=8, stride=4)  # 6x6 / 7x7 windows on 32
 
 
 # ------------------------------------------------------------------ the dense reference (old code)
-
-
-def dense_relational_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    log_q = torch.log_softmax(student_logits, dim=1)
-    log_p = torch.log_softmax(teacher_logits, dim=1)
-    return (log_p.exp() * (log_p - log_q)).sum() / student_logits.shape[0]
-
-
-def dense_cosine_logits(x: torch.Tensor, keys: torch.Tensor, tau: float) -> torch.Tensor:
-    return F.normalize(x, dim=1) @ F.normalize(keys, dim=1).t() / tau
+# benchmarks/isd_reference.py holds the old computation (shared with benchmarks/bench_isd.py)
 
 
 def dense_queue_kl(student, teacher, queue, tau_student, tau_teacher):
     return dense_relational_kl(dense_cosine_logits(student, queue, tau_student), dense_cosine_logits(teacher, queue, tau_teacher))
-
-
-def dense_global_term(self: ISDRelationalKL, student_bottleneck, teacher_bottleneck) -> RelationalTerm:
-    cfg = self.config
-    student = self.student_predictor(self.student_projector(student_bottleneck))
-    teacher = self._teacher(self.teacher_projector, teacher_bottleneck)
-    queue = self.global_queue.clone()
-    s_logits = dense_cosine_logits(student, queue, cfg.tau_student)
-    t_logits = dense_cosine_logits(teacher, queue, cfg.tau_teacher)
-    return RelationalTerm(dense_relational_kl(s_logits, t_logits), s_logits, t_logits, teacher.detach())
-
-
-def dense_local_term(self: ISDRelationalKL, student_logits, teacher_logits) -> RelationalTerm:
-    cfg = self.config
-    batch = student_logits.shape[0]
-    p = self.num_windows
-    student = self.student_local_predictor(self.student_local_head(self.windows(student_logits)))
-    teacher = self._teacher(self.teacher_local_head, self.windows(teacher_logits))
-    queue = self.local_queue.clone()
-    if cfg.local_layout == "as_coded_reshape":
-        queue_rows = queue.transpose(0, 1).reshape(-1, p)
-        s_logits = dense_cosine_logits(student.reshape(-1, p), queue_rows, cfg.tau_student)
-        t_logits = dense_cosine_logits(teacher.reshape(-1, p), queue_rows, cfg.tau_teacher)
-        keys = teacher.detach().reshape(batch, p, -1)
-    else:
-        s_emb = F.normalize(student.reshape(p, batch, -1).transpose(0, 1), dim=2)
-        t_emb = F.normalize(teacher.reshape(p, batch, -1).transpose(0, 1), dim=2)
-        q_emb = F.normalize(queue, dim=2)
-        s_logits = torch.einsum("bpe,kpe->bpk", s_emb, q_emb).reshape(batch * p, -1) / cfg.tau_student
-        t_logits = torch.einsum("bpe,kpe->bpk", t_emb, q_emb).reshape(batch * p, -1) / cfg.tau_teacher
-        keys = teacher.detach().reshape(p, batch, -1).transpose(0, 1)
-    return RelationalTerm(dense_relational_kl(s_logits, t_logits), s_logits, t_logits, keys)
-
-
-def use_dense_reference(isd: ISDRelationalKL) -> ISDRelationalKL:
-    """Make one module compute its terms with the dense reference (instance attributes shadow the methods)."""
-    isd.global_term = types.MethodType(dense_global_term, isd)
-    isd.local_term = types.MethodType(dense_local_term, isd)
-    return isd
 
 
 def assert_close(actual, expected, what):
