@@ -167,6 +167,7 @@ def main() -> None:
                                    "--threads", str(args.threads), "--representation", representation],
                                   capture_output=True, text=True, check=True)
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"  {json.dumps(rows[-1])}", file=sys.stderr, flush=True)  # kept if a long run is cut short
     print(f"profile {args.profile}, {args.threads} thread(s), median of {args.steps} steps (4+4 images; ISD 3+3); "
           f"'x sup.' = ratio to a supervised step interleaved in the same process (its median: 'sup. step')")
     print(f"{'method':<14} {'repr.':<7} {'step':>10} {'sup. step':>10} {'x sup.':>7} {'fill step':>10} {'logged step':>12} "
