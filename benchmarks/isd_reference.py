@@ -1,6 +1,6 @@
 """The dense ISD terms as they were before the blocked local KL (issue 10, item 3), for ``bench_isd.py``.
 
-A copy of the old ``ISDRelationalKL.global_term`` / ``local_term`` (methods-spec §1.8 steps 3-4): the
+A copy of the old ``ISDRelationalKL.global_term`` / ``local_term`` (``docs/methods.md`` "ISD pretraining: the released local term in blocks"): the
 queue cloned, the (N, M) cosine logits materialised for the student and the teacher (for the
 "as_coded_reshape" layout (B*C*pool^2, K*C*pool^2), e.g. 1536 x 9216), and the relational KL by
 autograd. :func:`use_dense_reference` makes one :class:`methods.isd.ISDRelationalKL` use them. The

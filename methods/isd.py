@@ -207,7 +207,7 @@ def blocked_queue_kl(
     tau_teacher: float,
     block_rows: int | None = None,
 ) -> torch.Tensor:
-    """:func:`queue_kl` (value and gradients) without materialising the (N, M) logits (spec §1.8 step 4).
+    """:func:`queue_kl` (value and gradients) without materialising the (N, M) logits (``docs/methods.md`` "ISD pretraining").
 
     student, teacher: float (N, d); queue: float (M, d), a constant (no gradient flows into it; if it
     requires one, :func:`queue_kl` is used). Returns the float scalar
@@ -480,7 +480,7 @@ class ISDRelationalKL(nn.Module):
         return RelationalTerm(relational_kl(s_logits, t_logits), s_logits, t_logits, teacher.detach())
 
     def local_embeddings(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Window embeddings of the local term (spec §1.8 step 4): student_logits, teacher_logits float
+        """Window embeddings of the local term (``docs/methods.md`` "ISD pretraining"): student_logits, teacher_logits float
         (B, C, S, S) -> student ``Pred_l(h_s(window))``, teacher ``h_t(window)``, each float
         (P*B, C, pool, pool), window-major (:meth:`windows`)."""
         if teacher_logits.shape != student_logits.shape:

@@ -69,7 +69,7 @@ the NN pool receives the teacher rows only at the ``ceil(K / B_u)`` steps before
 those steps read), otherwise its ring pointer just advances. The pool is still initialised at the first
 step and the teacher pass still runs every step, so no RNG draw is skipped.
 
-Cost (spec §8.19). Every contrasted class draws 256 x 512 negatives from its bank (≈ 260 MB gathered), and
+Cost. Every contrasted class draws 256 x 512 negatives from its bank (≈ 260 MB gathered), and
 the NN pool holds K = 36 rows of 496 x 256 x 256 floats ≈ 4.7 GB (allocated on the first step, once the
 image size is known). ``nn_pool_resolution`` (an int g) average-pools the representation to g x g before it
 is flattened for L_nn and stored, e.g. g = 32 -> 36 x 496 x 1024 floats ≈ 73 MB; the default ``"full"`` is
@@ -736,8 +736,9 @@ class MonaObjective(Objective):
 
             if use_nn:
                 self._ensure_pool(self.rep_dim * self._pool_cells(x_u), x_u)
+                logged, rows_needed = self.is_logged_step(step, max_steps), self._pool_rows_needed(step, max_steps, b_u)
                 teacher_rows = None
-                if self.is_logged_step(step, max_steps) or self._pool_rows_needed(step, max_steps, b_u):
+                if logged or rows_needed:
                     with torch.no_grad():
                         teacher_rows = self._pool_rows(self._teacher_reps([teacher_u.pyramid]))
                 if cfg.nn_loss_grad == "student_pull":
@@ -745,13 +746,13 @@ class MonaObjective(Objective):
                     near = nn_loss(student_rows, teacher_rows, self.nn_pool, cfg.nn_topk, cfg.nn_loss_grad)
                     total = total + cfg.nn_weight * near
                     terms["nn"] = near
-                elif self.is_logged_step(step, max_steps):
+                elif logged:
                     # no gradient (as released): a logged value only, computed where a curve row records it and
                     # kept out of `total` (it would add a constant); see the module docstring
                     with torch.no_grad():
                         student_rows = self._pool_rows(self._student_reps([out_u.pyramid]))
                         terms["nn"] = nn_loss(student_rows, teacher_rows, self.nn_pool, cfg.nn_topk, cfg.nn_loss_grad)
-                if not self._pool_rows_needed(step, max_steps, b_u):
+                if not rows_needed:
                     teacher_rows = None
                 self._enqueue_pool(teacher_rows, b_u)  # 8: after the loss
 

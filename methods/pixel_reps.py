@@ -28,7 +28,9 @@ Two interchangeable sources of rows, both with ``num_images``, ``height``, ``wid
 Methods: ``rows(flat_positions)`` -> (M, D) representations at flat positions over (N, H, W);
 ``class_means(labels, valid, num_classes)`` -> ``(prototypes (C, D), present (C,))`` as
 :func:`methods.contrast.class_prototypes`; ``pooled(g)`` -> (N, D, g, g) as ``F.adaptive_avg_pool2d``;
-``dense()`` -> the (N, D, H, W) map. Gradients flow unless the caller runs under ``torch.no_grad``.
+``dense()`` -> the (N, D, H, W) map (the last two on :class:`DenseReps` and :class:`SparseMonaReps` only: MONA's
+NN pool reads pooled or full-resolution rows, ACTION reads neither). Gradients flow unless the caller runs
+under ``torch.no_grad``.
 """
 
 from __future__ import annotations
@@ -550,9 +552,3 @@ class SparseActionReps(_SparseReps):
         columns = sums.view(len(_SHIFTS), num_classes, -1).transpose(0, 1)                  # (C, 9, c)
         sums = self._head(columns, counts)
         return sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype), counts > 0
-
-    def dense(self) -> torch.Tensor:
-        target = (self.height, self.width)
-        levels = [p if tuple(p.shape[2:]) == target else F.interpolate(p, size=target, mode="bilinear", align_corners=True)
-                  for p in self.pyramid]
-        return self.conv1(self.conv3(torch.cat(levels, dim=1)))

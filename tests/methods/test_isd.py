@@ -171,7 +171,7 @@ def test_local_layouts_shapes_and_values_differ():
     coded, per_patch = module("as_coded_reshape"), module("per_patch")
     assert coded.num_windows == 36 and coded.local_queue.shape == (36, 36, 256)
     a, b = coded.local_term(z_s, z_t), per_patch.local_term(z_s, z_t)
-    # spec §1.8.4: for C=4, B=6, K=36, P=36 the as-coded logits are 1536 x 9216 (never materialised
+    # docs/methods.md "ISD pretraining": for C=4, B=6, K=36, P=36 the as-coded logits are 1536 x 9216 (never materialised
     # by local_term, which returns None for them; local_logits builds them)
     assert a.student_logits is None and a.teacher_logits is None
     assert all(x.shape == (1536, 9216) for x in coded.local_logits(z_s, z_t))
