@@ -5,8 +5,10 @@
 * the tables (:func:`analysis.tables.write_tables`: ``table_<metric>.md/.tex``, ``table.csv``);
 * the plots (:func:`analysis.plots.write_plots`) under ``plots/``;
 * ``report.md``: the settings (study, profile, command, dataset, seeds, iterations, label fractions,
-  trials finished / errored / corrupt / missing, wall time), the Dice table, links to every table and
-  plot, and the problems found.
+  trials finished / errored / corrupt / missing, wall time), the Dice table, the study's claims tested
+  (:mod:`analysis.claims`), the trial health (trials whose validation Dice was still rising or collapsed
+  at the end, :mod:`analysis.health`), links to every table and plot, and the problems found (one line
+  sums up the flagged trials, if any).
 
 Inputs, all optional except the trial folders: ``study.json`` (written by :meth:`Study.run`: the trial
 keys, seeds, grid axes, variants, whether it is a search), ``settings.json`` (written by
@@ -24,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from analysis.claims import claims_section
 from analysis.plots import natural_key, PlotFile, write_plots
-from analysis.tables import (DEFAULT_METRICS, build_table, column_order, duplicate_seeds, escape_markdown,
+from analysis.health import TrialHealth, health_problems, health_section, record_health
+from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, escape_markdown,
                              print_summary, row_label, row_order, trial_seed, write_tables)
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_text_atomic
@@ -212,6 +216,15 @@ def _best_search_lines(records: Sequence[TrialRecord], top: int = 5) -> list[str
     return lines + [""]
 
 
+def trial_health(records: Sequence[TrialRecord]) -> list[TrialHealth]:
+    """Every trial's validation-curve verdict (:mod:`analysis.health`), in table order (method, label fraction,
+    seed, key); flagged trials get their own report section and one line in the problems."""
+    rows, columns = row_order(records), column_order(records)
+    ordered = sorted(records, key=lambda r: (rows.index(row_label(r)), columns.index(column_label(r)),
+                                             natural_key(str(trial_seed(r))), r.path.name))
+    return [TrialHealth(r.path.name, row_label(r), column_label(r), trial_seed(r), record_health(r)) for r in ordered]
+
+
 def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, records: Sequence[TrialRecord],
                   problems: Sequence[str], tables: Sequence[Path], plots: Sequence[PlotFile]) -> str:
     """The text of ``report.md``; links are relative to the study folder."""
@@ -222,7 +235,9 @@ def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, r
     if dice is not None:
         body = dice.read_text(encoding="utf-8").rstrip("\n")
         lines += ["## Results", "", body.replace("### Dice (%)", "### Test Dice (%)", 1), ""]
+    lines += claims_section(info, settings, records)
     lines += _best_search_lines(records)
+    lines += health_section(trial_health(records))
     if tables:
         lines += ["## Tables", ""]
         for metric in DEFAULT_METRICS:
@@ -273,7 +288,7 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
         except MedsegError as exc:
             search_problem = [f"search history: {exc}"]
     records, problems, missing = study_records(study_dir, info, {s.key for s in samples} if samples is not None else None)
-    problems = [*problems, *search_problem]
+    problems = [*problems, *search_problem, *health_problems(trial_health(records))]
     if records:
         df = build_table(records)
         tables = write_tables(records, study_dir) + tables

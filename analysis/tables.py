@@ -11,9 +11,14 @@ Numbers, from the bottom up:
   of the trial's per-class means. Undefined per-case values (NaN, e.g. HD95 of an empty prediction) are
   excluded and counted.
 * **per cell** (method x label fraction x class): mean over seeds and the *sample* standard deviation
-  (``ddof=1``, as papers report); a cell with a single seed has std 0.0 (stated in the caption); a cell
-  with no finite seed value has mean and std NaN. ``n_seeds`` counts the seeds with a finite value and
+  (``ddof=1``, as papers report); a cell with a single seed has std 0.0 and is shown as its mean alone; a
+  cell with no finite seed value has mean and std NaN. ``n_seeds`` counts the seeds with a finite value and
   ``n_undefined`` sums the undefined per-case values over all of the cell's seeds (for "Avg": over classes).
+* **trial health**: ``n_flagged`` counts the cell's trials whose validation curve was still rising or
+  collapsed at the end (:mod:`analysis.health`); such cells are marked with :data:`FLAGGED_MARK`.
+* **settings** per cell, for the caption: fine-tuning steps (``steps``), labelled patients
+  (``patients``) and the empty-mask policy (``empty_policy``, ``eval.empty_policy`` of the configs),
+  each the distinct values of the cell's trials, comma-separated ("unknown" when a config lacks it).
 * **significance**: each cell is compared with the best cell (best mean) of its label fraction and
   class by a paired test over test cases on the seed-averaged per-case values (:mod:`analysis.significance`);
   ``p_vs_best`` and ``n_pairs`` are kept in the long form, and a cell whose difference to the best is
@@ -31,13 +36,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from analysis.health import COLLAPSE_DROP, RISING_MARGIN, record_health
 from analysis.significance import ALPHA, NOT_SIGNIFICANT_MARK, caption_note, paired_case_values, seed_averaged, wilcoxon_test
 from medseg_platform.io import write_text_atomic
 from medseg_platform.results import TrialRecord, scan_study
@@ -46,9 +52,11 @@ DEFAULT_METRICS = ("dice", "jaccard", "hd95", "asd")
 DEFAULT_CLASS_NAMES = {1: "RV", 2: "Myo", 3: "LV"}
 AVG = "Avg"
 UNDEFINED_MARK = "\u2020"  # dagger
+FLAGGED_MARK = "\u00a7"  # section sign: the cell includes a still-rising or collapsed trial (analysis.health)
+UNKNOWN = "unknown"
 MISSING = "\u2013"  # en dash: no trial for this method and label fraction
 LONG_COLUMNS = ("row", "column", "class", "metric", "unit", "mean", "std", "n_seeds", "n_undefined", "seeds",
-                "p_vs_best", "n_pairs", "row_rank", "column_rank")
+                "p_vs_best", "n_pairs", "row_rank", "column_rank", "n_flagged", "steps", "patients", "empty_policy")
 
 
 @dataclass(frozen=True)
@@ -222,7 +230,10 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
     (comma-separated), ``p_vs_best`` (p-value of the paired test against the best cell of the same
     column, class and metric; NaN for that best cell and for cells with too few pairs), ``n_pairs``
     (the pairs it used), ``row_rank`` and ``column_rank`` (0-based table positions of the method and the
-    label fraction, so the layout survives a CSV round trip). Dice and Jaccard are in percent. Rows come
+    label fraction, so the layout survives a CSV round trip), ``n_flagged`` (the cell's trials whose
+    validation curve was still rising or collapsed, :mod:`analysis.health`), ``steps``, ``patients`` and
+    ``empty_policy`` (distinct fine-tuning steps, labelled patients and empty-mask policies of the cell's
+    trials, comma-separated). Dice and Jaccard are in percent. Rows come
     in table order (methods, then label fractions, then ``metrics``, then classes); only (method, fraction)
     pairs with trials appear. A trial folder passed twice counts once.
     """
@@ -274,6 +285,7 @@ def _cell_rows(row: str, column: str, trials: Sequence[TrialRecord], metrics: Se
                classes: Sequence[int], class_names: Mapping[int, str]) -> list[dict[str, Any]]:
     """The long-form rows of one (method, label fraction) pair: every class and "Avg" for every metric."""
     seeds = ",".join(str(trial_seed(t)) for t in trials)
+    settings = {"n_flagged": sum(record_health(t).flagged for t in trials), **trial_settings(trials)}
     out = []
     for metric in metrics:
         style = metric_style(metric)
@@ -283,8 +295,21 @@ def _cell_rows(row: str, column: str, trials: Sequence[TrialRecord], metrics: Se
             mean, std, n = seed_statistics([value * style.scale for value, _ in values])
             out.append({"row": row, "column": column, "class": _class_label(cls, class_names), "metric": metric,
                         "unit": style.unit, "mean": mean, "std": std, "n_seeds": n,
-                        "n_undefined": int(sum(undefined for _, undefined in values)), "seeds": seeds})
+                        "n_undefined": int(sum(undefined for _, undefined in values)), "seeds": seeds, **settings})
     return out
+
+
+def _distinct_text(values: Iterable[Any]) -> str:
+    """The distinct values as text, comma-separated, in first-seen order; ``UNKNOWN`` stands for None."""
+    return ",".join(dict.fromkeys(UNKNOWN if v is None else str(v) for v in values))
+
+
+def trial_settings(trials: Sequence[TrialRecord]) -> dict[str, str]:
+    """``steps``, ``patients`` and ``empty_policy`` of a cell's trials, read from their result records."""
+    configs = [t.result.get("config") or {} for t in trials]
+    return {"steps": _distinct_text((c.get("optim") or {}).get("max_steps") for c in configs),
+            "patients": _distinct_text((t.result.get("labelled") or {}).get("num_patients") for t in trials),
+            "empty_policy": _distinct_text((c.get("eval") or {}).get("empty_policy") for c in configs)}
 
 
 def duplicate_seeds(records: Iterable[TrialRecord]) -> list[str]:
@@ -303,8 +328,9 @@ def duplicate_seeds(records: Iterable[TrialRecord]) -> list[str]:
 
 @dataclass(frozen=True)
 class Cell:
-    """One shown cell: mean and std in display units, seeds, undefined values, whether it is the best, and
-    whether its difference to the best is not significant (tested and p >= alpha; never for a best cell)."""
+    """One shown cell: mean and std in display units, seeds, undefined values, whether it is the best,
+    whether its difference to the best is not significant (tested and p >= alpha; never for a best cell),
+    and how many of its trials were flagged by their validation curve (:mod:`analysis.health`)."""
 
     mean: float
     std: float
@@ -312,6 +338,7 @@ class Cell:
     n_undefined: int
     best: bool
     not_significant: bool = False
+    n_flagged: int = 0
 
 
 @dataclass(frozen=True)
@@ -325,6 +352,7 @@ class WideTable:
     cells: dict[tuple[str, str, str], Cell]
     any_tested: bool = False  # some cell was tested against the best of its column
     any_untestable: bool = False  # some cell other than a best one had too few pairs to test
+    settings: dict[str, list[str]] = field(default_factory=dict)  # seeds/steps/patients/empty_policy: distinct values
 
 
 def _rounded(value: float, decimals: int) -> float:
@@ -357,9 +385,35 @@ def wide_table(df: pd.DataFrame, metric: str) -> WideTable:
         tested |= compared and not math.isnan(p_value)
         untestable |= compared and math.isnan(p_value)
         cells[key] = Cell(rec["mean"], rec["std"], int(rec["n_seeds"]), int(rec["n_undefined"]), is_best,
-                          not_significant=compared and p_value >= ALPHA)
+                          not_significant=compared and p_value >= ALPHA, n_flagged=int(rec.get("n_flagged", 0)))
     return WideTable(metric, _by_rank(frame, "row"), _by_rank(frame, "column"), list(dict.fromkeys(frame["class"])),
-                     cells, tested, untestable)
+                     cells, tested, untestable, _table_settings(frame))
+
+
+_SETTING_FIELDS = ("seeds", "steps", "patients", "empty_policy")
+
+
+def _setting_text(value: Any) -> str:
+    """One value of a settings field as text; a CSV round trip turns "100" into 100 and "nan" into NaN."""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else (str(int(value)) if value.is_integer() else str(value))
+    return str(value)
+
+
+def _natural(text: str) -> tuple:
+    """Sort key: numbers by value before other text."""
+    number = as_number(text)
+    return (0, number, "") if number is not None else (1, 0.0, text)
+
+
+def _table_settings(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """Per settings field present in ``frame``: the distinct values over all cells, sorted (numbers by value)."""
+    out = {}
+    for name in _SETTING_FIELDS:
+        if name in frame:
+            values = {part for value in frame[name] for part in _setting_text(value).split(",")}
+            out[name] = sorted(values, key=_natural)
+    return out
 
 
 def _by_rank(frame: pd.DataFrame, field: str) -> list[str]:
@@ -369,36 +423,96 @@ def _by_rank(frame: pd.DataFrame, field: str) -> list[str]:
 
 
 def cell_text(cell: Cell | None, decimals: int, pm: str = "\u00b1") -> str:
-    """"82.6 ± 1.3" for a cell ("–" when the cell has no trial, "n/a" when no seed has a value)."""
+    """"82.6 ± 1.3" for a cell, "82.6" for a cell from a single seed ("–" when the cell has no trial,
+    "n/a" when no seed has a value)."""
     if cell is None:
         return MISSING
     if math.isnan(cell.mean):
         return "n/a"
+    if cell.n_seeds == 1:
+        return f"{cell.mean:.{decimals}f}"
     return f"{cell.mean:.{decimals}f} {pm} {cell.std:.{decimals}f}"
 
 
-def _seeds_phrase(table: WideTable) -> str:
-    """How many seeds the cells average, for the caption."""
-    counts = sorted({c.n_seeds for c in table.cells.values() if c.n_seeds > 0})
-    if not counts:
-        return "no seeds"
-    if len(counts) == 1:
-        phrase = f"{counts[0]} seed{'s' if counts[0] != 1 else ''} per cell"
-    else:
-        phrase = f"{counts[0]}\u2013{counts[-1]} seeds per cell"
-    if counts[0] == 1:
-        phrase += "; a cell from a single seed shows \u00b1 0.0"
-    return phrase
+def _seeds_sentence(table: WideTable) -> str:
+    """What a cell shows over how many seeds, for the caption (says which cells come from one seed)."""
+    counts = [c.n_seeds for c in table.cells.values() if c.n_seeds > 0]
+    distinct = sorted(set(counts))
+    per_case = "per seed, the mean over test cases."
+    if not distinct:
+        return "No cell has a value."
+    if distinct == [1]:
+        return "One seed per cell: the mean over its test cases (no std)."
+    phrase = f"{distinct[0]} seeds per cell" if len(distinct) == 1 else f"{distinct[0]}\u2013{distinct[-1]} seeds per cell"
+    if distinct[0] == 1:
+        phrase += f"; a cell without \u00b1 is from a single seed ({counts.count(1)} of {len(counts)} cells)"
+    return f"Mean \u00b1 sample std (ddof=1) over seeds, {phrase}; {per_case}"
+
+
+def _values_phrase(values: Sequence[str], what: str) -> str:
+    """"100 fine-tuning steps", "fine-tuning steps mixed (100, 200)", "fine-tuning steps unknown"."""
+    known = [v for v in values if v != UNKNOWN]
+    if not known:
+        return f"{what} unknown"
+    if len(values) == 1:
+        return f"{values[0]} {what}"
+    return f"{what} mixed ({', '.join(values)})"
+
+
+def _policy_phrase(policies: Sequence[str], style: MetricStyle) -> str:
+    """The empty-mask policy (``eval.empty_policy``) and what it does to this metric's means."""
+    if policies == ["nan"]:
+        return ('empty-mask policy "nan" (a case where the ground truth is empty is left out of that class\'s '
+                "mean; an empty prediction scores 0)" if style.higher_is_better else
+                'empty-mask policy "nan" (a case where prediction or ground truth is empty is left out of that '
+                "class's mean)")
+    if policies == ["released"]:
+        return ('empty-mask policy "released" (scored as the released code: an empty prediction or ground truth '
+                + ("scores 0, or 1 for a prediction where the ground truth is empty)" if style.higher_is_better
+                   else "scores 0)"))
+    if not policies or policies == [UNKNOWN]:
+        return "empty-mask policy unknown"
+    return f"empty-mask policy mixed ({', '.join(policies)})"
+
+
+def settings_sentence(table: WideTable) -> str:
+    """Seeds, fine-tuning steps, labelled patients and the empty-mask policy of the table's trials ("" if unknown)."""
+    settings, style = table.settings, metric_style(table.metric)
+    parts = []
+    if settings.get("seeds"):
+        parts.append(f"Seed{'s' if len(settings['seeds']) != 1 else ''} {', '.join(settings['seeds'])}")
+    if "steps" in settings:
+        parts.append(_values_phrase(settings["steps"], "fine-tuning steps"))
+    if "patients" in settings:
+        known = [p for p in settings["patients"] if p != UNKNOWN]
+        listed = ", ".join(known[:-1]) + " or " + known[-1] if len(known) > 1 else "".join(known)
+        parts.append(f"{listed} labelled patients" if known else "labelled patients unknown")
+    if "empty_policy" in settings:
+        parts.append(_policy_phrase(settings["empty_policy"], style))
+    return "; ".join(parts) + "." if parts else ""
 
 
 def undefined_note(table: WideTable) -> str:
-    """The footnote for cells marked with the undefined marker; "" when there are none."""
-    parts = [f"{row} / {column} / {cls}: {cell.n_undefined}"
-             for (row, column, cls), cell in table.cells.items() if cell.n_undefined > 0]
-    if not parts:
+    """The footnote for cells marked with the undefined marker (counts, not a list); "" when there are none."""
+    marked = [cell for cell in table.cells.values() if cell.n_undefined > 0]
+    if not marked:
         return ""
-    return (f"{UNDEFINED_MARK} undefined per-case values (e.g. an empty prediction) excluded from the means; "
-            f"count over seeds: " + "; ".join(parts) + ".")
+    values = sum(cell.n_undefined for (_, _, cls), cell in table.cells.items() if cls != AVG)
+    return (f"{UNDEFINED_MARK} {len(marked)} of {len(table.cells)} cells include undefined per-case values (empty "
+            f"prediction or empty ground truth), excluded from their means: {values} value{'s' if values != 1 else ''} "
+            f"over all seeds and classes.")
+
+
+def flagged_note(table: WideTable) -> str:
+    """The footnote for cells marked with :data:`FLAGGED_MARK` (counts of cells and trials); "" when none."""
+    marked = [cell for cell in table.cells.values() if cell.n_flagged > 0]
+    if not marked:
+        return ""
+    trials = sum({(row, column): cell.n_flagged for (row, column, _), cell in table.cells.items()}.values())
+    return (f"{FLAGGED_MARK} {len(marked)} of {len(table.cells)} cells include a trial whose validation Dice was "
+            f"still rising (the last validation its best and more than {RISING_MARGIN:.2f} above the previous one) or "
+            f"collapsed (the last more than {COLLAPSE_DROP:.2f} below the best) at the end of training: {trials} trial{'s' if trials != 1 else ''} "
+            f"in all, listed under Trial health in report.md.")
 
 
 def caption(table: WideTable) -> str:
@@ -406,15 +520,17 @@ def caption(table: WideTable) -> str:
     style = metric_style(table.metric)
     classes = [c for c in table.classes if c != AVG]
     text = (f"Test {style.label} per class ({', '.join(classes)}) and their average ({AVG}), by method and "
-            f"labelled fraction (patients and percent of the training patients). Mean \u00b1 sample std "
-            f"(ddof=1) over seeds, {_seeds_phrase(table)}; per seed, the mean over test cases.")
+            f"labelled fraction (patients and percent of the training patients). {_seeds_sentence(table)}")
+    settings = settings_sentence(table)
+    if settings:
+        text += f" {settings}"
     if style.scale == 1.0:
         text += f" {style.label} in {style.unit}."
     text += f" Bold: best per column ({'higher' if style.higher_is_better else 'lower'} is better)."
     if table.any_tested or table.any_untestable:
         text += " " + caption_note(table.any_tested, table.any_untestable)
-    note = undefined_note(table)
-    return f"{text} {note}" if note else text
+    notes = [note for note in (undefined_note(table), flagged_note(table)) if note]
+    return " ".join([text, *notes])
 
 
 # --------------------------------------------------------------------------------------------- Markdown
@@ -436,10 +552,12 @@ def _markdown_cell(cell: Cell | None, decimals: int) -> str:
 
 
 def _markers(cell: Cell | None) -> str:
-    """The markers after a cell's text: undefined values excluded, difference to the best not significant."""
+    """The markers after a cell's text: undefined values excluded, difference to the best not significant,
+    a flagged trial included."""
     if cell is None:
         return ""
-    return (UNDEFINED_MARK if cell.n_undefined > 0 else "") + (NOT_SIGNIFICANT_MARK if cell.not_significant else "")
+    return ((UNDEFINED_MARK if cell.n_undefined > 0 else "") + (NOT_SIGNIFICANT_MARK if cell.not_significant else "")
+            + (FLAGGED_MARK if cell.n_flagged > 0 else ""))
 
 
 def _markdown_lines(grid: list[list[str]]) -> list[str]:
@@ -469,7 +587,7 @@ def to_markdown(df: pd.DataFrame, metric: str) -> str:
 _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
     "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\u00b1": r"$\pm$",
-    UNDEFINED_MARK: r"$^\dagger$", NOT_SIGNIFICANT_MARK: r"$^\ddagger$", "\u2013": "--", "\u2265": r"$\geq$",
+    UNDEFINED_MARK: r"$^\dagger$", NOT_SIGNIFICANT_MARK: r"$^\ddagger$", FLAGGED_MARK: r"$^\S$", "\u2013": "--", "\u2265": r"$\geq$",
 }
 
 
@@ -479,7 +597,7 @@ def escape_latex(text: str) -> str:
 
 
 def _latex_cell(cell: Cell | None, decimals: int) -> str:
-    """A LaTeX cell: ``\\textbf`` when best, ``$^\\dagger$`` / ``$^\\ddagger$`` for the markers."""
+    """A LaTeX cell: ``\\textbf`` when best, ``$^\\dagger$`` / ``$^\\ddagger$`` / ``$^\\S$`` for the markers."""
     text = escape_latex(cell_text(cell, decimals))
     if cell is not None and cell.best:
         text = rf"\textbf{{{text}}}"

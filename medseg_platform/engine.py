@@ -258,6 +258,23 @@ def logs_after(step: int, max_steps: int, *every: int) -> bool:
     return step + 1 == max_steps or any((step + 1) % e == 0 for e in every)
 
 
+def progress_fields(objective: str, phase: str, stage: int, stages: int, step: int, steps: int, steps_per_s: float,
+                    evaluations: int, cached: bool = False) -> dict:
+    """Where a trial is, added to every report of :func:`train_trial` (the study's progress lines and their ETA,
+    :mod:`medseg_platform.progress`, read them).
+
+    ``phase`` ``"pretraining"`` (``stage`` = 1-based stage number of ``stages``) or ``"fine-tuning"`` (``stage`` 0);
+    ``phase_step`` of ``phase_steps``; ``objective`` of the phase; ``steps_per_s`` of the last curve row (NaN for a
+    stage loaded from the cache, ``stage_cached``); ``evaluations`` = validations done so far, the time attribute of
+    the study's ASHA scheduler (a report between validations does not advance it).
+
+    Between validations (every curve row, ``eval.log_every``) and at every curve row of a pretraining stage,
+    :func:`train_trial` sends a progress-only report: these fields, the last known val Dice, no checkpoint.
+    """
+    return {"phase": phase, "objective": objective, "stage": stage, "stages": stages, "phase_step": step, "phase_steps": steps,
+            "steps_per_s": steps_per_s, "stage_cached": cached, "evaluations": evaluations}
+
+
 def poly_lr(base_lr: float, step: int, max_steps: int, power: float) -> float:
     """``base_lr * (1 - step/max_steps)^power`` (methods-spec §1.9)."""
     return base_lr * (1.0 - step / max_steps) ** power
@@ -555,8 +572,11 @@ def _exclusive(path: Path, enabled: bool):
 
 
 def run_pretraining(cfg: TrialConfig, data: TrainingData, cache_dir: Path, device: torch.device, dist: DistContext | None,
-                    log: Callable[[str], None]) -> dict | None:
+                    log: Callable[[str], None], report: Reporter | None = None) -> dict | None:
     """Run (or load from the cache) every pretraining stage; returns the last stage's final state or None.
+
+    ``report`` (optional) receives a progress-only report (:func:`progress_fields`) for each cached stage and at
+    every curve row of a trained stage, on every rank.
 
     Each stage's folder ``cache_dir/<stage_key>/`` holds ``checkpoint.pt`` while training (a crashed chain
     resumes inside the stage it reached) and ``final.pt`` ({"objective", "student"}) when done.
@@ -569,13 +589,22 @@ def run_pretraining(cfg: TrialConfig, data: TrainingData, cache_dir: Path, devic
             if _agree(final_path.is_file(), dist, device):
                 log(f"pretraining stage {index} ({stage.objective}): cached at {folder}")
                 previous = _load_checkpoint(final_path)
+                if report is not None:
+                    report(_stage_progress(cfg, index, stage.max_steps, math.nan, math.nan, cached=True), None)
                 continue
-            previous = _train_stage(cfg, index, data, folder, previous, device, dist, log)
+            previous = _train_stage(cfg, index, data, folder, previous, device, dist, log, report)
     return previous
 
 
+def _stage_progress(cfg: TrialConfig, index: int, step: int, loss: float, steps_per_s: float, cached: bool = False) -> dict:
+    """A progress-only report of pretraining stage ``index`` (no validation metric yet: NaN)."""
+    stage = cfg.pretrain[index]
+    return {"step": 0, "val_dice": math.nan, "best_val_dice": math.nan, "loss": loss, "done": False,
+            **progress_fields(stage.objective, "pretraining", index + 1, len(cfg.pretrain), step, stage.max_steps, steps_per_s, 0, cached)}
+
+
 def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path, previous: dict | None,
-                 device: torch.device, dist: DistContext | None, log: Callable[[str], None]) -> dict:
+                 device: torch.device, dist: DistContext | None, log: Callable[[str], None], report: Reporter | None = None) -> dict:
     stage = cfg.pretrain[index]
     main = dist is None or dist.is_main
     seed_everything(cfg.seed + index)
@@ -611,6 +640,8 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
         done = step + 1 == stage.max_steps
         if logs_after(step, stage.max_steps, *row_every):
             curves.append(loop.curve_row(step + 1))
+            if report is not None:
+                report(_stage_progress(cfg, index, step + 1, curves[-1]["loss"], curves[-1]["steps_per_s"]), None)
         if main and ((step + 1) % stage.checkpoint_every == 0 and not done):
             _save_checkpoint(ckpt_path, _training_state(step + 1, objective, optimizer, generator, scaler=loop.scaler, curves=curves))
     if dist is not None:
@@ -631,6 +662,8 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     ``pretrain_cache``: where finished pretraining stages are kept and shared between trials (default
     ``trial_dir/pretrain``). With ``dist`` this is one rank of a data-parallel trial (see
     :class:`DistContext`); only rank 0's outcome carries validation and test results.
+    ``report(metrics, checkpoint_dir)`` gets one report with the checkpoint at each validation and progress-only
+    reports (``checkpoint_dir`` None) at the curve rows between and during pretraining (:func:`progress_fields`).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if (dist.world_size if dist else 1) != cfg.workers:
@@ -657,7 +690,7 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     pretrained = None
     if cfg.pretrain and not resuming:  # a resumed fine-tune has the pretrained weights in its checkpoint already
         t0 = time.perf_counter()
-        pretrained = run_pretraining(cfg, data, pretrain_cache or trial_dir / "pretrain", device, dist, log)
+        pretrained = run_pretraining(cfg, data, pretrain_cache or trial_dir / "pretrain", device, dist, log, report)
         timing["pretrain_s"] = time.perf_counter() - t0
 
     seed_everything(cfg.seed)
@@ -685,19 +718,27 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     if dist is not None:
         broadcast_state(objective)
 
+    def progress(step: int) -> dict:  # where fine-tuning is, for every report (see progress_fields)
+        return {"step": step, "loss": curves[-1]["loss"], "done": False,
+                **progress_fields(cfg.objective, "fine-tuning", 0, len(cfg.pretrain), step, o.max_steps, curves[-1]["steps_per_s"], len(val_curve))}
+
     for step in range(start_step, o.max_steps):
         loop.step(step)
         last = step + 1 == o.max_steps
         validate = (step + 1) % cfg.eval.val_every == 0 or last
         if logs_after(step, o.max_steps, *row_every):
             curves.append(loop.curve_row(step + 1))
+            if report is not None and not validate:  # progress only: the last known val Dice, no checkpoint
+                known = best["step"] >= 0
+                report({**progress(step + 1), "val_dice": val_curve[-1]["val_dice"] if known else math.nan,
+                        "best_val_dice": best["val_dice"] if known else math.nan}, None)
         if not validate:
             continue
         if dist is not None:
             broadcast_state(objective)  # BN running statistics: rank 0's are the model
         if not main:
             if report is not None:
-                report({"step": step + 1, "val_dice": float("nan"), "best_val_dice": float("nan"), "loss": curves[-1]["loss"], "done": False}, None)
+                report({**progress(step + 1), "val_dice": float("nan"), "best_val_dice": float("nan")}, None)
             continue
         t0 = time.perf_counter()
         val_dice = mean_dice(evaluate_volumes(objective.eval_model(), val_volumes, cfg, device))
@@ -713,7 +754,7 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
         timing["checkpoint_s"] += time.perf_counter() - t0
         log(f"step {step + 1}/{o.max_steps}: loss {curves[-1]['loss']:.4f}, val Dice {val_dice:.4f} (best {best['val_dice']:.4f} @ {best['step']})")
         if report is not None:
-            report({"step": step + 1, "val_dice": val_dice, "best_val_dice": best["val_dice"], "loss": curves[-1]["loss"], "done": False}, ckpt_dir)
+            report({**progress(step + 1), "val_dice": val_dice, "best_val_dice": best["val_dice"]}, ckpt_dir)
     timing["train_s"] = loop.train_s
 
     extra = {}

@@ -1,46 +1,136 @@
 """The terminal progress of a running study: a Ray Tune callback (imports ``ray.tune``; :mod:`medseg_platform.study`
 imports this module only when it starts Tune, so study scripts' ``--help`` and validation stay free of Ray).
+
+Two parts: the expected cost of a trial (:func:`trial_plan`, :data:`STEP_COST`; no Ray) and
+:class:`ProgressCallback`, which prints an event line per trial start/finish/error/retry and, while trials run, a
+heartbeat line at least every :data:`HEARTBEAT_S` seconds, each with an ETA weighted by the remaining trials' cost.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 import time
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 from ray.tune import Callback
+
+#: Prior cost of one optimisation step of each objective, in supervised steps. Measured at the quick size on the
+#: 2-core CI machine (``benchmarks/RESULTS.md``, "Sparse representations: step time, dense vs sparse": mean teacher
+#: 1.9x, MONA 6.5x, ARCO-SG/SAG 6.4-6.7x, ACTION 5.5x, ISD pretraining 9.0x; read as +-30%). Priors only: once a
+#: trial of an objective reports its step rate in this run, that rate replaces the prior (:class:`ProgressCallback`).
+STEP_COST = {"supervised": 1.0, "mean_teacher": 2.0, "mona": 6.5, "arco": 6.5, "action": 5.5, "isd_pretrain": 9.0}
+#: The prior of an objective missing from :data:`STEP_COST` (a newly registered one), until its rate is observed.
+UNKNOWN_STEP_COST = 1.0
+#: One evaluation pass (a validation, or the final test with the trial's set-up), in supervised steps: a rough
+#: prior (set-up, validation, checkpoints and test were about 1% of the quick study's trial time, ``benchmarks/RESULTS.md``).
+EVALUATION_COST = 5.0
+#: The longest silence while trials run: a heartbeat line is printed when this many seconds passed since the last line.
+HEARTBEAT_S = 60.0
+#: ``TrialConfig.data`` fields a pretraining stage does not depend on (as in ``medseg_platform.engine.stage_key``).
+_FINE_TUNE_ONLY_DATA = ("labelled_batch", "unlabelled_batch", "strong_mix")
+#: The report fields the callback keeps per trial (written by ``medseg_platform.engine.progress_fields``).
+_PROGRESS_KEYS = ("phase", "objective", "stage", "stages", "phase_step", "phase_steps", "stage_cached", "evaluations")
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+@dataclass(frozen=True)
+class Phase:
+    """A training phase of a trial: ``steps`` of ``objective``. ``stage`` identifies a pretraining stage (trials with
+    the same identity share its cache entry); None for the fine-tuning."""
+
+    objective: str
+    steps: int
+    stage: str | None = None
+
+    @property
+    def units(self) -> float:
+        """Expected cost in supervised steps (:data:`STEP_COST`)."""
+        return self.steps * STEP_COST.get(self.objective, UNKNOWN_STEP_COST)
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """The expected work of one trial: its pretraining stages, its fine-tuning and its evaluation passes
+    (validations + the test). ``existed``: its result existed when the study started (Tune only skips it)."""
+
+    key: str
+    stages: tuple[Phase, ...]
+    fine_tuning: Phase
+    evaluations: int
+    existed: bool = False
+
+
+def trial_plan(config: Mapping, key: str, existed: bool = False) -> TrialPlan:
+    """The :class:`TrialPlan` of the trial of ``config`` (a ``TrialConfig.to_dict()``).
+
+    A stage's identity is its chain up to it, the model, the data (less fine-tuning-only fields), the seed and
+    the workers: the inputs of ``medseg_platform.engine.stage_key`` but the labelled subset, which those
+    determine. Two trials with one identity share the stage: the ETA counts it once.
+    """
+    pretrain = list(config.get("pretrain") or [])
+    data = {k: v for k, v in dict(config.get("data") or {}).items() if k not in _FINE_TUNE_ONLY_DATA}
+    stages = tuple(Phase(str(stage["objective"]), int(stage["max_steps"]),
+                         json.dumps([pretrain[: i + 1], config.get("model"), data, config.get("seed"), config.get("workers")],
+                                    sort_keys=True, default=str))
+                   for i, stage in enumerate(pretrain))
+    steps, val_every = int(config["optim"]["max_steps"]), int(config["eval"]["val_every"])
+    return TrialPlan(key, stages, Phase(str(config["objective"]), steps), -(-steps // val_every) + 1, existed)
+
+
 class ProgressCallback(Callback):
-    """One terminal line per trial start, finish, error and retry, with the study's counts and an ETA::
+    """Terminal lines: one per trial start, finish, error and retry, and a heartbeat while trials run::
 
         [3/16] finished mona-l1-s1-0123abcd (3 finished, 2 running, 11 pending, 0 errored; 4.2 min elapsed, ETA 12.5 min)
         [3/16] retry 1/2 of supervised-l1-s1-4567ef01 (...): its worker failed, resuming from its last checkpoint
+        [5/16] running: mona-l1-s1-ab12 fine-tuning step 120/300, action-l1-s1-cd34 pretraining stage 2/2 step 40/80 (6.1 min elapsed, ETA 4.0 min)
+
+    ``plans``: one :class:`TrialPlan` per trial of the experiment, in start order (a search: the base plan once
+    per sample). A Tune trial takes the plan of its key, a searched trial the first plan no trial took.
 
     Counts come from the ``trials`` list Tune passes to every hook (so a restored experiment's earlier trials
     count); the trial of the event is counted as what the event says (Tune updates its status only after the
     hook). A trial that ended with an ``errored`` report (an application error, :func:`medseg_platform.study.run_trial_in_tune`)
-    counts as errored. ETA = mean wall time of the trials that ran to the end in this run (trials skipped
-    because their result existed do not count) x (running + pending) / the most trials seen running at once:
-    a rough figure, shown only once a trial has finished.
+    counts as errored.
+
+    ETA. Work is in cost units (supervised steps, :data:`STEP_COST`). Each unfinished trial's remaining seconds =
+    its remaining steps of each phase x the seconds per step of the phase's objective + its remaining evaluation
+    passes x :data:`EVALUATION_COST` x the seconds per unit. A running trial's position comes from its last progress
+    report (``medseg_platform.engine.progress_fields``). A pretraining stage costs nothing once a trial reported it
+    cached or trained; until then it is charged once, to the trial that reported training it or else to the first
+    unfinished trial sharing it. Seconds per step of an objective = the last step rate a trial of it reported; for an
+    objective not seen yet, its prior x the seconds per unit, which is learnt from the trials that ran to the end in
+    this run (their wall time / their cost units: fine-tuning and evaluations up to their last step, the stages they trained; trials
+    skipped because their result existed and errored trials do not count) or, before any, from the reported step
+    rates (mean of rate / prior). ETA = max(total remaining / the most trials seen running at once, the largest
+    remaining trial); "?" until a trial finished or reported a step rate.
     """
 
-    def __init__(self, total: int, clock: Callable[[], float] = time.monotonic):
-        self.total = total
+    def __init__(self, plans: Sequence[TrialPlan], clock: Callable[[], float] = time.monotonic, heartbeat_s: float = HEARTBEAT_S):
+        self.plans = list(plans)
+        self.total = len(self.plans)
         self.clock = clock  # tests pass a fake clock
+        self.heartbeat_s = heartbeat_s
         self.setup()
 
     def setup(self, **info) -> None:  # Tune calls it when an experiment starts, restored ones included (this object is unpickled)
-        self.start = self.clock()
-        self.started: dict[str, float] = {}
-        self.durations: list[float] = []
+        self.start = self.last_line = self.clock()
+        self.started: dict[str, float] = {}  # trial id -> first start in this run (a retry keeps it)
+        self.finished_work: list[tuple[float, float]] = []  # (seconds, cost units) of each trial that ran to the end
         self.peak_running = 0
+        self.assigned: dict[str, int] = {}  # trial id -> index in plans
+        self.progress: dict[str, dict] = {}  # trial id -> its last progress report (_PROGRESS_KEYS)
+        self.step_s: dict[str, float] = {}  # objective -> seconds per step, last reported
+        self.trained: dict[str, set[str]] = {}  # trial id -> stages it reported training
+        self.stage_trainer: dict[str, int] = {}  # stage -> plan index of the trial that last reported training it
+        self.stage_done = {stage.stage for plan in self.plans if plan.existed for stage in plan.stages}  # cached: its trial finished
 
-    # -- formatting (no Ray needed: tests pass objects with trial_id, status, config, last_result) ----------
+    # -- formatting and estimates (no Ray needed: tests pass objects with trial_id, status, config, last_result) ----------
     @staticmethod
     def category(trial) -> str:
         """``finished`` / ``errored`` / ``running`` / ``pending`` from a Tune trial's status and last result."""
@@ -58,45 +148,176 @@ class ProgressCallback(Callback):
         counts["pending"] += max(0, self.total - sum(counts.values()))  # trials Tune has not created yet
         return counts
 
-    def line(self, what: str, trial, trials, now: str | None = None) -> str:
+    def plan_index(self, trial) -> int | None:
+        """The index in ``plans`` of a Tune trial (assigned on first sight); None once every plan is taken."""
+        if trial.trial_id not in self.assigned:
+            taken = set(self.assigned.values())
+            free = [i for i in range(self.total) if i not in taken]
+            name = _trial_name(trial)
+            match = next((i for i in free if self.plans[i].key == name), free[0] if free else None)
+            if match is None:
+                return None
+            self.assigned[trial.trial_id] = match
+        return self.assigned[trial.trial_id]
+
+    def seconds_per_unit(self) -> float | None:
+        """Wall seconds per cost unit of one trial slot (see the class docstring); None before any evidence."""
+        units = sum(u for _, u in self.finished_work)
+        if units > 0:
+            return sum(s for s, _ in self.finished_work) / units
+        rates = [seconds / STEP_COST.get(objective, UNKNOWN_STEP_COST) for objective, seconds in sorted(self.step_s.items())]
+        return sum(rates) / len(rates) if rates else None
+
+    def eta_s(self, trials, trial=None, now: str | None = None) -> float | None:
+        """Seconds until every trial has ended (see the class docstring); None before any evidence."""
+        unit_s = self.seconds_per_unit()
+        if unit_s is None:
+            return None
+        states = self._states(trials, trial, now)
+        remaining = [r for r in (self._remaining_s(i, states, unit_s) for i in range(self.total)) if r > 0]
+        return max(sum(remaining) / max(self.peak_running, 1), max(remaining)) if remaining else 0.0
+
+    def _states(self, trials, trial, now) -> dict[int, tuple[str, str]]:
+        """Plan index -> (trial id, category) of every trial Tune created (unlisted plans are pending)."""
+        states = {}
+        for t in list(trials) + ([trial] if trial is not None and not any(t is trial for t in trials) else []):
+            i = self.plan_index(t)
+            if i is not None:
+                states[i] = (t.trial_id, now if (now and t is trial) else self.category(t))
+        return states
+
+    def _remaining_s(self, i: int, states: dict[int, tuple[str, str]], unit_s: float) -> float:
+        plan = self.plans[i]
+        trial_id, status = states.get(i, (None, "pending"))
+        if plan.existed or status in ("finished", "errored"):
+            return 0.0
+        at = self.progress.get(trial_id, {}) if trial_id is not None else {}
+        phase, number, done = at.get("phase"), int(at.get("stage") or 0), int(at.get("phase_step") or 0)
+        seconds = 0.0
+        for n, stage in enumerate(plan.stages, start=1):
+            if phase == "fine-tuning" or (phase == "pretraining" and n < number) or stage.stage in self.stage_done:
+                continue
+            if phase == "pretraining" and n == number:
+                seconds += self._phase_s(stage, stage.steps - done, unit_s)
+            elif self._stage_payer(stage.stage, states) == i:
+                seconds += self._phase_s(stage, stage.steps, unit_s)
+        seconds += self._phase_s(plan.fine_tuning, plan.fine_tuning.steps - (done if phase == "fine-tuning" else 0), unit_s)
+        return seconds + max(0, plan.evaluations - int(at.get("evaluations") or 0)) * EVALUATION_COST * unit_s
+
+    def _phase_s(self, phase: Phase, steps: int, unit_s: float) -> float:
+        per_step = self.step_s.get(phase.objective)
+        return max(0, steps) * (per_step if per_step is not None else STEP_COST.get(phase.objective, UNKNOWN_STEP_COST) * unit_s)
+
+    def _stage_payer(self, stage: str, states: dict[int, tuple[str, str]]) -> int | None:
+        """The plan charged with an unfinished stage: its running trainer, else the first unfinished plan with it."""
+        def open_(i: int) -> bool:
+            return not self.plans[i].existed and states.get(i, (None, "pending"))[1] not in ("finished", "errored")
+
+        trainer = self.stage_trainer.get(stage)
+        if trainer is not None and open_(trainer):
+            return trainer
+        return next((i for i, plan in enumerate(self.plans) if open_(i) and any(s.stage == stage for s in plan.stages)), None)
+
+    def _spent_units(self, plan: TrialPlan, trial_id: str) -> float:
+        """The cost units a trial that ran to its end spent: the stages it reported training, and its fine-tuning
+        and evaluations up to its last reported step (all of them, but for a trial ASHA stopped early)."""
+        at = self.progress.get(trial_id) or {}
+        share = int(at.get("phase_step") or 0) / max(1, plan.fine_tuning.steps) if at.get("phase") == "fine-tuning" else 1.0
+        trained = self.trained.get(trial_id, set())
+        return (sum(stage.units for stage in plan.stages if stage.stage in trained)
+                + min(1.0, share) * (plan.fine_tuning.units + plan.evaluations * EVALUATION_COST))
+
+    def _eta_text(self, trials, trial=None, now: str | None = None) -> str:
         c = self.counts(trials, trial, now)
         self.peak_running = max(self.peak_running, c["running"], 1)
-        left = c["running"] + c["pending"]
-        if not left:
-            eta = "done"
-        elif self.durations:
-            eta = "ETA " + _duration(sum(self.durations) / len(self.durations) * left / self.peak_running)
-        else:
-            eta = "ETA ? (after the first trial finishes)"
+        if not c["running"] + c["pending"]:
+            return "done"
+        seconds = self.eta_s(trials, trial, now)
+        return "ETA ? (no step rate yet)" if seconds is None else "ETA " + _duration(seconds)
+
+    def line(self, what: str, trial, trials, now: str | None = None) -> str:
+        c = self.counts(trials, trial, now)
+        eta = self._eta_text(trials, trial, now)
         done = c["finished"] + c["errored"]
         return (f"[{done}/{sum(c.values())}] {what} {_trial_name(trial)} ({c['finished']} finished, {c['running']} running, "
                 f"{c['pending']} pending, {c['errored']} errored; {_duration(self.clock() - self.start)} elapsed, {eta})")
 
+    def doing(self, trial) -> str:
+        """Where a running trial is, from its last progress report: ``fine-tuning step 120/300``, ``pretraining stage
+        2/2 step 40/80``, ``pretraining stage 1/2 loaded from the cache``, or ``starting`` before its first report."""
+        at = self.progress.get(trial.trial_id)
+        if not at:
+            return "starting"
+        if at.get("phase") == "pretraining":
+            where = "loaded from the cache" if at.get("stage_cached") else f"step {at.get('phase_step')}/{at.get('phase_steps')}"
+            return f"pretraining stage {at.get('stage')}/{at.get('stages')} {where}"
+        return f"fine-tuning step {at.get('phase_step')}/{at.get('phase_steps')}"
+
+    def heartbeat(self, trials) -> str:
+        """``[done/total] running: <trial> <where>, ... (elapsed, ETA)``."""
+        c = self.counts(trials)
+        eta = self._eta_text(trials)
+        running = ", ".join(f"{_trial_name(t)} {self.doing(t)}" for t in trials if self.category(t) == "running")
+        return f"[{c['finished'] + c['errored']}/{sum(c.values())}] running: {running} ({_duration(self.clock() - self.start)} elapsed, {eta})"
+
+    def _print(self, msg: str) -> None:
+        self.last_line = self.clock()
+        _log(msg)
+
     # -- Tune hooks ----------------------------------------------------------------------------
+    def on_step_end(self, iteration, trials, **info):
+        """Tune calls it after each step of its loop (about every 0.1 s); prints the heartbeat when it is due."""
+        if self.clock() - self.last_line >= self.heartbeat_s and any(self.category(t) == "running" for t in trials):
+            self._print(self.heartbeat(trials))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        """Keeps a trial's progress report (phase, step, step rate) and what it says about shared stages."""
+        phase = result.get("phase")
+        if phase not in ("pretraining", "fine-tuning"):
+            return  # the final, skipped or errored report
+        self.progress[trial.trial_id] = {key: result.get(key) for key in _PROGRESS_KEYS}
+        rate = result.get("steps_per_s")
+        if isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0:
+            self.step_s[str(result.get("objective"))] = 1.0 / rate
+        i = self.plan_index(trial)
+        if i is None:
+            return
+        stages = self.plans[i].stages
+        number = int(result.get("stage") or 0) if phase == "pretraining" else len(stages) + 1
+        self.stage_done.update(stage.stage for stage in stages[: max(0, number - 1)])  # stages behind it are done
+        if phase == "pretraining" and 1 <= number <= len(stages):
+            stage = stages[number - 1].stage
+            if result.get("stage_cached") or int(result.get("phase_step") or 0) >= int(result.get("phase_steps") or 0):
+                self.stage_done.add(stage)
+            if not result.get("stage_cached"):
+                self.trained.setdefault(trial.trial_id, set()).add(stage)
+                self.stage_trainer[stage] = i
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.started[trial.trial_id] = self.clock()
+        self.started.setdefault(trial.trial_id, self.clock())
         attempt = f" (attempt {trial.num_failures + 1})" if getattr(trial, "num_failures", 0) else ""
-        _log(self.line(f"started{attempt}", trial, trials, now="running"))
+        self._print(self.line(f"started{attempt}", trial, trials, now="running"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = getattr(trial, "last_result", None) or {}
         began = self.started.pop(trial.trial_id, None)
-        if began is not None and not result.get("skipped") and not result.get("errored"):
-            self.durations.append(self.clock() - began)
+        i = self.plan_index(trial)
+        if began is not None and i is not None and not result.get("skipped") and not result.get("errored"):
+            self.finished_work.append((self.clock() - began, self._spent_units(self.plans[i], trial.trial_id)))
         if result.get("errored"):
-            _log(self.line("ERRORED", trial, trials, now="errored") + f": {result.get('error', '?')}")
+            self._print(self.line("ERRORED", trial, trials, now="errored") + f": {result.get('error', '?')}")
         else:
-            _log(self.line("finished" + (" (result existed)" if result.get("skipped") else ""), trial, trials, now="finished"))
+            self._print(self.line("finished" + (" (result existed)" if result.get("skipped") else ""), trial, trials, now="finished"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.started.pop(trial.trial_id, None)
         retries = max(0, getattr(trial, "num_failures", 1) - 1)
-        _log(self.line(f"ERRORED after {retries} retr{'y' if retries == 1 else 'ies'}", trial, trials, now="errored"))
+        self._print(self.line(f"ERRORED after {retries} retr{'y' if retries == 1 else 'ies'}", trial, trials, now="errored"))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self.started.pop(trial.trial_id, None)
-        _log(self.line(f"retry {trial.num_failures}/{trial.max_failures} of", trial, trials, now="pending")
-             + ": its worker failed, resuming from its last checkpoint")
+        # the retry resumes from the trial's last checkpoint: its start time and last progress report stay
+        self._print(self.line(f"retry {trial.num_failures}/{trial.max_failures} of", trial, trials, now="pending")
+                    + ": its worker failed, resuming from its last checkpoint")
 
 
 def _trial_name(trial) -> str:

@@ -45,6 +45,9 @@ from medseg_platform.results import (ERROR_FILE, CorruptResult, read_trial, sear
                                      write_trial_results)
 
 METRIC = "best_val_dice"
+#: ASHA's time attribute: the evaluations a trial reported (one per validation, one for the final test report).
+#: Not ``training_iteration``: the progress-only reports between validations advance that, and carry no new metric.
+ASHA_TIME = "evaluations"
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Study:
     dashboard_host: str = DEFAULT_DASHBOARD_HOST  # local Ray only; not loopback = a warning (medseg_platform.dashboard)
     optuna_storage: Path | None = None  # search only: Optuna journal file the searched trials go to (optuna-dashboard PATH)
     max_retries: int = 2  # Tune retries of a trial whose worker died (infrastructure failures only; see run_trial_in_tune)
+    claims: Sequence[Mapping[str, Any]] = ()  # papers' claims the report tests (medseg_platform.claims_spec.claim); not in spec_hash
 
     # -- expansion and validation (no Ray) ------------------------------------------------------
     def trial_params(self) -> list[dict]:
@@ -138,14 +142,15 @@ class Study:
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
 
     def description(self, trials: list[dict]) -> dict:
-        """``study.json``: what the analysis needs besides the trial files (axes, variants, search, seeds)."""
+        """``study.json``: what the analysis needs besides the trial files (axes, variants, search, seeds, claims)."""
         return {"name": self.name, "trials": [t["key"] for t in trials], "seeds": list(self.seeds),
                 "spec_hash": self.spec_hash(trials), "search": self.search_space is not None,
                 "grid": {key: list(values) for key, values in self.grid.items()},
                 "variants": [dict(v.tags) for v in self.variants],
                 "search_space": {key: _describe_domain(d) for key, d in (self.search_space or {}).items()},
                 "num_samples": self.num_samples if self.search_space is not None else 1,
-                "metric": self.metric, "mode": self.mode, "asha": self.asha}
+                "metric": self.metric, "mode": self.mode, "asha": self.asha,
+                "claims": [dict(c) for c in self.claims]}
 
     @property
     def study_dir(self) -> Path:
@@ -204,7 +209,7 @@ class Study:
         import ray
         from ray import tune
 
-        from medseg_platform.progress import ProgressCallback
+        from medseg_platform.progress import ProgressCallback, trial_plan
 
         timing["import_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -228,9 +233,12 @@ class Study:
                 _log(f"restoring Tune experiment {exp_path}")
                 tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
             else:
+                # the progress lines' expected cost per trial; a search runs its base config num_samples times
+                plans = [trial_plan(t["config"], t["key"], existed=_finished(study_dir / "trials" / t["key"])) for t in trials]
+                plans = plans * (self.num_samples if self.search_space else 1)
                 tuner = tune.Tuner(trainable, param_space=self._param_space(trials), tune_config=self._tune_config(name),
                                    run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
-                                                             callbacks=[ProgressCallback(len(trials) * (self.num_samples if self.search_space else 1))],
+                                                             callbacks=[ProgressCallback(plans)],
                                                              checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                                              failure_config=tune.FailureConfig(max_failures=self.max_retries)))
             tuner.fit()
@@ -276,12 +284,14 @@ class Study:
         if self.asha:
             from ray.tune.schedulers import ASHAScheduler
 
-            # time = reports: one per validation, then the final one after the result files are written.
-            # ASHA ends a trial that reaches max_t, so max_t must count that final report too.
+            # time = ASHA_TIME: one per validation, then the final report after the result files are written (the
+            # progress-only reports repeat the count of the last validation and its metric: ASHA records a rung once).
+            # ASHA ends a trial that reaches max_t, so max_t must count that final report too. The skipped and errored
+            # reports carry no ASHA_TIME: ASHA ignores them.
             if {"optim.max_steps", "eval.val_every"} & set(self.search_space or {}):
                 raise ConfigError("asha: do not search optim.max_steps or eval.val_every (they set ASHA's time budget)")
             validations = -(-self.base.optim.max_steps // self.base.eval.val_every)
-            scheduler = ASHAScheduler(metric=self.metric, mode=self.mode, time_attr="training_iteration",
+            scheduler = ASHAScheduler(metric=self.metric, mode=self.mode, time_attr=ASHA_TIME,
                                       max_t=validations + 1, grace_period=1)
         metric_mode = {} if (search_alg or scheduler) else {"metric": self.metric, "mode": self.mode}
         return tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=self.num_samples if self.search_space else 1,
@@ -507,7 +517,7 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
         write_trial_error(trial_dir, config=config, tags=tags, seed=cfg.seed, error=message, kind="infrastructure", run=run_id)
         raise  # Tune retries it from the last checkpoint (FailureConfig), or marks it errored when no retry is left
     tune.report({"step": cfg.optim.max_steps, METRIC: record["best_val_dice"], "best_val_dice": record["best_val_dice"],
-                 "test_dice": record["test"]["mean"]["dice"], "done": True})
+                 "test_dice": record["test"]["mean"]["dice"], "done": True, ASHA_TIME: -(-cfg.optim.max_steps // cfg.eval.val_every) + 1})
 
 
 def _end_errored(trial_dir: Path, config: dict, tags: dict, seed: int, exc: MedsegError, run_id: str) -> None:

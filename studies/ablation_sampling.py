@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from medseg_platform.claims_spec import claim  # noqa: E402
 from medseg_platform.profiles import method_overrides, run_study_main  # noqa: E402
 from medseg_platform.study import Study  # noqa: E402
 from medseg_platform.variants import VariantTable, with_objective_params  # noqa: E402
@@ -38,6 +39,14 @@ GROUPED = {"stratified", "stratified_antithetic"}  # the samplers that use sampl
 GROUPS = {"smoke": (9, 16), "quick": (9, 16, 25), "paper": (9, 16, 25)}
 SIZE_SCALES = {"smoke": (1.0,), "quick": (0.5, 1.0), "paper": (0.5, 1.0)}  # x the profile's anchors and negatives
 LABELLED = {"smoke": ("1",), "quick": ("1",), "paper": ("1", "3", "7")}
+
+
+def claims(profile) -> list[dict]:
+    """ARCO Table 8 (ARCO framework, 1%): SG and SAG (16 groups, the released sizes) beat uniform sampling (NS = MONA)."""
+    sizes = f"{profile.methods.anchors} anchors x {profile.methods.negatives} negatives"
+    return [claim(f"{name}, 16 groups, {sizes}", f"NS (MONA), {sizes}", "1", "ARCO Table 8: stratified sampling beats "
+                  "uniform sampling (NS) at 1 patient", published_rows=(method, "MONA"))
+            for _, name, method in SAMPLERS if name != "NS (MONA)"]
 
 
 def build(args, profile, base):
@@ -57,7 +66,7 @@ def build(args, profile, base):
                 row = f"{name}, {groups} groups, {sizes}" if groups is not None else f"{name}, {sizes}"
                 table.add(row, with_objective_params(released, **params), variant=method, axes=axes)
     return Study(name="ablation_sampling", base=base, results_dir=Path(args.results_dir), variants=table.variants(),
-                 grid={"data.labelled": list(LABELLED[profile.name])})
+                 grid={"data.labelled": list(LABELLED[profile.name])}, claims=claims(profile))
 
 
 def main(argv=None) -> int:

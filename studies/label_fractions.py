@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from medseg_platform.claims_spec import claim  # noqa: E402
 from medseg_platform.profiles import METHOD_LABELS, METHODS, method_overrides, run_study_main  # noqa: E402
 from medseg_platform.study import Study  # noqa: E402
 from medseg_platform.variants import VariantTable  # noqa: E402
@@ -35,6 +36,17 @@ from medseg_platform.variants import VariantTable  # noqa: E402
 FRACTIONS = {"smoke": ("1",), "quick": ("1", "3", "7"), "paper": ("1", "3", "7")}  # labelled patients
 FULL = "100%"
 FULL_ROW = "Supervised, all labels"  # ARCO's "UNet-F"; METHOD_LABELS' "Supervised only" is its "UNet-L"
+
+
+def claims(fractions) -> list[dict]:
+    """ARCO Table 1's claims at the profile's fractions: supervised-only improves with every step up in
+    labelled patients, and every semi-supervised method beats supervised-only at each fraction."""
+    supervised = METHOD_LABELS["supervised"]
+    out = [claim(supervised, supervised, more, "ARCO Table 1: supervised-only (UNet-L) improves with more labelled patients",
+                 b_column=fewer) for fewer, more in zip(fractions, fractions[1:])]
+    out += [claim(METHOD_LABELS[m], supervised, fraction, "ARCO Table 1: every semi-supervised method beats supervised-only "
+                  "(UNet-L) at each label fraction") for fraction in fractions for m in METHODS if m != "supervised"]
+    return out
 
 
 def build(args, profile, base):
@@ -45,7 +57,8 @@ def build(args, profile, base):
         for fraction in FRACTIONS[profile.name]:
             table.add(METHOD_LABELS[method], {**method_overrides(method, profile), "data.labelled": fraction},
                       axes={"data.labelled": fraction})
-    return Study(name="label_fractions", base=base, results_dir=Path(args.results_dir), variants=table.variants())
+    return Study(name="label_fractions", base=base, results_dir=Path(args.results_dir), variants=table.variants(),
+                 claims=claims(FRACTIONS[profile.name]))
 
 
 def main(argv=None) -> int:

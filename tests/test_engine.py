@@ -1,5 +1,6 @@
 """The single-process training loop: learning, exact resume, non-finite losses, result files."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,12 @@ def test_trial_trains_validates_and_writes_results(tiny_root, tmp_path, objectiv
     cfg = small_cfg(tiny_root, objective=objective)
     reports = []
     outcome = train_trial(cfg, tmp_path / "t", report=lambda m, c: reports.append((m, c)), log=quiet)
-    assert [m["step"] for m, _ in reports] == [4, 8]
-    assert all((c / "checkpoint.pt").is_file() for _, c in reports)
+    assert [m["step"] for m, c in reports if c is not None] == [4, 8]  # validations, with the checkpoint
+    assert all((c / "checkpoint.pt").is_file() for _, c in reports if c is not None)
+    # progress-only reports at the curve rows between validations: no checkpoint, the last known metric
+    progress = [m for m, c in reports if c is None]
+    assert [(m["phase"], m["phase_step"], m["phase_steps"], m["evaluations"]) for m in progress] == [("fine-tuning", 2, 8, 0), ("fine-tuning", 6, 8, 1)]
+    assert math.isnan(progress[0]["best_val_dice"]) and progress[1]["best_val_dice"] == reports[1][0]["best_val_dice"]
     assert outcome.best_step in (4, 8) and 0.0 <= outcome.best_val_dice <= 1.0
     assert [row["step"] for row in outcome.curves] == [2, 4, 6, 8]
     assert outcome.curves[-1]["loss"] < outcome.curves[0]["loss"]  # it learns something in 8 steps
@@ -51,8 +56,9 @@ def test_interrupted_trial_resumes_exactly(tiny_root, tmp_path):
     class Interrupt(Exception):
         pass
 
-    def stop_at_first_report(metrics, _ckpt):
-        raise Interrupt
+    def stop_at_first_report(metrics, ckpt):
+        if ckpt is not None:  # the first validation (progress-only reports come before it)
+            raise Interrupt
 
     with pytest.raises(Interrupt):
         train_trial(cfg, tmp_path / "resumed", report=stop_at_first_report, log=quiet)

@@ -17,7 +17,7 @@ from medseg_platform.engine import NonFiniteLossError
 from medseg_platform.errors import ConfigError
 from medseg_platform.profiles import PROFILES, run_study_main
 from medseg_platform.results import read_attempts, read_trial, scan_study
-from medseg_platform.progress import ProgressCallback
+from medseg_platform.progress import ProgressCallback, trial_plan
 from medseg_platform.study import Study, Variant, application_error
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,9 +41,14 @@ def fake_trial(trial_id, status, key=None, **result):
                            last_result=result, num_failures=0, max_failures=2)
 
 
+def same_plans(*keys):
+    """Equal supervised trials: the cost-weighted ETA reduces to mean duration x trials left / parallelism."""
+    return [trial_plan(PROFILES["smoke"].trial.to_dict(), key) for key in keys]
+
+
 def test_progress_line_counts_statuses_and_estimates_the_rest(capsys):
     now = [100.0]
-    callback = ProgressCallback(total=6, clock=lambda: now[0])
+    callback = ProgressCallback(same_plans(*(f"key-{x}" for x in "abcdef")), clock=lambda: now[0])
     a, b, c = fake_trial("a", "PENDING"), fake_trial("b", "PENDING"), fake_trial("c", "PENDING")
     trials = [a, b, c]  # Tune has created 3 of the 6 trials; the others count as pending
 
@@ -52,7 +57,7 @@ def test_progress_line_counts_statuses_and_estimates_the_rest(capsys):
     callback.on_trial_start(0, trials, b)
     b.status = "RUNNING"
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line == "[0/6] started key-b (0 finished, 2 running, 4 pending, 0 errored; 0 s elapsed, ETA ? (after the first trial finishes))"
+    assert line == "[0/6] started key-b (0 finished, 2 running, 4 pending, 0 errored; 0 s elapsed, ETA ? (no step rate yet))"
 
     now[0] = 160.0
     a.last_result = {"done": True}
@@ -88,14 +93,14 @@ def test_progress_line_counts_statuses_and_estimates_the_rest(capsys):
 
 def test_progress_eta_ignores_trials_whose_result_existed_and_names_search_trials_by_id(capsys):
     now = [0.0]
-    callback = ProgressCallback(total=2, clock=lambda: now[0])
+    callback = ProgressCallback(same_plans("key-t1", "k"), clock=lambda: now[0])
     old, new = fake_trial("t1", "PENDING"), SimpleNamespace(trial_id="t2", status="PENDING", config={"trial": {"key": "k"}, "search": {"optim.lr": 0.1}},
                                                             last_result={}, num_failures=0, max_failures=2)
     callback.on_trial_start(0, [old, new], old)
     now[0] = 2.0
     old.last_result = {"done": True, "skipped": True}
     callback.on_trial_complete(0, [old, new], old)
-    assert "finished (result existed) key-t1" in capsys.readouterr().err and callback.durations == []
+    assert "finished (result existed) key-t1" in capsys.readouterr().err and callback.finished_work == []
     callback.on_trial_start(0, [old, new], new)
     assert "started t2 (" in capsys.readouterr().err  # a searched trial's key is only known inside the trial
 

@@ -72,18 +72,23 @@ def write_qualitative(trial_dir: Path, shift: int) -> None:
 def write_fake_trial(study_dir: Path, *, row: str, order: int, patients: int, seed: int,
                      dice: Callable[[str, int], float], axes: dict | None = None, search: dict | None = None,
                      best_val_dice: float = 0.5, max_steps: int = 40, pretrain: list | None = None,
-                     qualitative_shift: int | None = 0, cases=CASES) -> Path:
-    """One finished trial with curves, val curve and (unless ``qualitative_shift`` is None) qualitative.npz."""
+                     qualitative_shift: int | None = 0, cases=CASES, val_curve: list | None = None) -> Path:
+    """One finished trial with curves, val curve and (unless ``qualitative_shift`` is None) qualitative.npz.
+
+    The default val curve plateaus (best at step 20, 0.005 lower at step 40: healthy, see analysis.health);
+    ``val_curve`` replaces it with (step, val Dice) pairs.
+    """
     config = {"objective": "mona", "data": {"labelled": str(patients), "root": "/data/phantom", "patch_size": [32, 32],
                                             "labelled_batch": 4, "unlabelled_batch": 4},
-              "seed": seed, "optim": {"max_steps": max_steps}, "eval": {"val_every": 20}, "pretrain": pretrain or [],
+              "seed": seed, "optim": {"max_steps": max_steps}, "eval": {"val_every": 20, "empty_policy": "nan"}, "pretrain": pretrain or [],
               "objective_params": dict(search or {})}
     tags = {"row": row, "order": order, "variant": row.split(" (")[0], "axes": {"data.labelled": str(patients), **(axes or {})}}
     if search:
         tags["search"] = dict(search)
     trial_dir = study_dir / "trials" / trial_key({**config, "row": row})
     curves = [{"step": s, "lr": 0.01, "loss": 2.0 / (1 + s / 10) + 0.1 * order} for s in (10, 20, 30, 40)]
-    val_curve = [{"step": s, "val_dice": best_val_dice * s / 40} for s in (20, 40)]
+    points = val_curve if val_curve is not None else [(20, best_val_dice), (40, best_val_dice - 0.005)]
+    val_curve = [{"step": step, "val_dice": value} for step, value in points]
     outcome = FakeOutcome(FakeLabelled(patients), per_case_rows(dice, cases), best_val_dice=best_val_dice, curves=curves,
                           val_curve=val_curve)
     write_trial_results(trial_dir, config=config, tags=tags, outcome=outcome, seed=seed)

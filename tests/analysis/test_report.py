@@ -8,7 +8,7 @@ import pytest
 
 from analysis.report import write_report
 from medseg_platform.cli import main
-from tests.analysis.fakes import make_fake_study, make_search_study
+from tests.analysis.fakes import case_offset, make_fake_study, make_search_study, write_fake_trial
 
 
 @pytest.fixture
@@ -65,3 +65,31 @@ def test_medseg_report_on_an_empty_or_missing_folder_is_a_clear_error(tmp_path, 
     assert "no study here" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_report_says_when_every_trial_plateaued(study):
+    report = write_report(study, log=lambda m: None)
+    text = report.report.read_text(encoding="utf-8")
+    assert "## Trial health" in text and "All 12 judged trials plateaued (none still rising or collapsed)." in text
+    assert not any(p.startswith("trial health") for p in report.problems) and "§" not in text
+
+
+def test_report_lists_still_rising_and_collapsed_trials_and_marks_their_cells(study):
+    def mona(seed, val_curve):  # rewrites the MONA / 1 patient trial of ``seed`` (same config, same folder)
+        dice = lambda case, cls: 0.6 + 0.02 * seed + case_offset(case) + 0.01 * (cls - 2)  # noqa: E731
+        return write_fake_trial(study, row="MONA", order=0, patients=1, seed=seed, dice=dice,
+                                pretrain=[{"max_steps": 10}], val_curve=val_curve).name
+    rising, collapsed = mona(1, [(20, 0.50), (40, 0.62)]), mona(2, [(20, 0.80), (40, 0.55)])
+    report = write_report(study, log=lambda m: None)
+    text = report.report.read_text(encoding="utf-8")
+    section = text.split("## Trial health", 1)[1].split("\n## ", 1)[0]
+    assert "2 of 12 judged trials flagged: 1 still rising, 1 collapsed." in section
+    assert f"| {rising} | MONA | 1 patient (1.4%) | 1 | still rising | 62.0 | 50.0 | 62.0 | 40 |" in section
+    assert f"| {collapsed} | MONA | 1 patient (1.4%) | 2 | collapsed | 55.0 | 80.0 | 80.0 | 20 |" in section
+    assert section.count("| still rising |") + section.count("| collapsed |") == 2
+    problem = "trial health: 2 of 12 trials flagged (1 still rising, 1 collapsed); see Trial health"
+    assert problem in report.problems and f"- {problem}" in text
+    mona_line = next(line for line in text.splitlines() if line.startswith("| MONA "))
+    cells = [c.strip() for c in mona_line.split("|")[2:-1]]
+    assert all(c.endswith("§") for c in cells[:4]) and not any("§" in c for c in cells[4:])
+    assert "§ 4 of 24 cells include a trial whose validation Dice" in text and ": 2 trials in all" in text

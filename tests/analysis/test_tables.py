@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,12 +58,18 @@ def case_rows(method: int, many: int, seed: int) -> list[dict]:
 
 
 def write_trial(study: Path, row: str, method: int, column: str, seed: int, order: int | None = 0,
-                max_steps: int = 100) -> Path:
+                max_steps: int = 100, empty_policy: str | None = None, val_curve: list | None = None) -> Path:
+    """One trial; ``empty_policy`` adds ``eval.empty_policy`` to its config, ``val_curve`` replaces its
+    (single-validation, hence never flagged) val curve with (step, val Dice) pairs."""
     config = {"objective": "mona" if method else "mean_teacher", "data": {"labelled": str(FRACTIONS[column])},
               "seed": seed, "optim": {"max_steps": max_steps}}
+    if empty_policy is not None:
+        config["eval"] = {"empty_policy": empty_policy}
     tags = {"row": row} if order is None else {"row": row, "order": order}
     trial_dir = study / "trials" / trial_key({**config, "row": row})  # distinct rows may share a fake config
     outcome = FakeOutcome(FakeLabelled(FRACTIONS[column]), case_rows(method, int(column == MANY), seed))
+    if val_curve is not None:
+        outcome.val_curve = [{"step": step, "val_dice": value} for step, value in val_curve]
     write_trial_results(trial_dir, config=config, tags=tags, outcome=outcome, seed=seed)
     return trial_dir
 
@@ -159,7 +166,9 @@ def test_markdown_bold_on_best_cell_and_undefined_marker(df):
                for line in hd.splitlines() if line.startswith("| M") and not line.startswith("| Method")}
     assert hd_rows[MONA][2] == "**8.75 ± 0.35**†"  # lower is better, and one NaN excluded
     assert hd_rows[MONA][0] == "**8.50 ± 0.00**" and hd_rows[MT][0] == "10.50 ± 0.00"  # HD95 does not vary by seed
-    assert "† undefined per-case values" in hd and f"{MONA} / {FEW} / LV: 1" in hd
+    assert ("† 2 of 16 cells include undefined per-case values (empty prediction or empty ground truth), "
+            "excluded from their means: 1 value over all seeds and classes.") in hd  # MONA / few / LV and its Avg
+    assert f"{MONA} / {FEW}" not in hd  # counts, not a list of cells
     assert "lower is better" in hd and "voxels or mm as evaluated" in hd and "2 seeds per cell" in hd
 
 
@@ -176,12 +185,72 @@ def test_latex_escapes_and_booktabs(df):
     assert tables.escape_latex("a_b%c&d#e$f{g}h~i^j\\") == r"a\_b\%c\&d\#e\$f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}"
 
 
-def test_single_seed_keeps_zero_std_and_says_so(records):
+def _body(markdown: str) -> dict[str, list[str]]:
+    """Method -> its cell texts, from a Markdown table."""
+    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in markdown.splitlines() if line.startswith("| M") and not line.startswith("| Method")}
+
+
+def test_single_seed_cell_shows_the_mean_alone(records):
     one = [r for r in records if r.result["seed"] == 0]
     df1 = tables.build_table(one, metrics=("dice",))
-    assert (df1["n_seeds"] == 1).all() and (df1["std"] == 0.0).all()
+    assert (df1["n_seeds"] == 1).all() and (df1["std"] == 0.0).all()  # the long form keeps std 0.0
     md = tables.to_markdown(df1, "dice")
-    assert "60.0 ± 0.0" in md and "1 seed per cell; a cell from a single seed shows ± 0.0" in md
+    assert "±" not in md.split("\n\n")[1]  # the table itself
+    assert _body(md)[MT][:2] == ["60.0", "61.0"] and _body(md)[MONA][0] == "**70.0**"
+    assert "One seed per cell: the mean over its test cases (no std). Seed 0;" in md
+    assert r"\textbf{70.0} & " in tables.to_latex(df1, "dice")
+
+
+def test_cells_mixing_one_and_several_seeds_say_which_is_which(records):
+    mixed = [r for r in records if not (r.result["seed"] == 1 and tables.row_label(r) == MT)]
+    md = tables.to_markdown(tables.build_table(mixed, metrics=("dice",)), "dice")
+    assert _body(md)[MT][0] == "60.0" and _body(md)[MONA][0] == "**72.0 ± 2.8**"
+    assert ("Mean ± sample std (ddof=1) over seeds, 1–2 seeds per cell; a cell without ± is from a single seed "
+            "(8 of 16 cells); per seed, the mean over test cases. Seeds 0, 1;") in md
+
+
+def test_caption_states_seeds_steps_patients_and_empty_policy(df, tmp_path):
+    md = tables.to_markdown(df, "dice")
+    assert "Seeds 0, 1; 100 fine-tuning steps; 3 or 14 labelled patients; empty-mask policy unknown." in md
+    root = tmp_path / "mixed"
+    write_trial(root, MT, 0, FEW, 0, max_steps=100, empty_policy="nan")
+    write_trial(root, MONA, 1, FEW, 0, max_steps=100, empty_policy="nan")
+    records, _ = scan_study(root)
+    same = tables.build_table(records, metrics=("dice", "hd95"))
+    assert ("Seed 0; 100 fine-tuning steps; 3 labelled patients; empty-mask policy \"nan\" (a case where the ground "
+            "truth is empty is left out of that class's mean; an empty prediction scores 0).") in tables.to_markdown(same, "dice")
+    assert ("empty-mask policy \"nan\" (a case where prediction or ground truth is empty is left out of that "
+            "class's mean).") in tables.to_markdown(same, "hd95")
+    write_trial(root, MONA, 1, FEW, 1, max_steps=200, empty_policy="released")
+    records, _ = scan_study(root)
+    mixed = tables.build_table(records, metrics=("dice",))
+    assert list(mixed["empty_policy"][mixed["row"] == MONA].unique()) == ["nan,released"]
+    assert "Seeds 0, 1; fine-tuning steps mixed (100, 200); 3 labelled patients; empty-mask policy mixed (nan, released)." \
+        in tables.to_markdown(mixed, "dice")
+    back = pd.read_csv(io.StringIO(tables.to_csv(mixed)))  # "nan" comes back as NaN, 100 as a number
+    assert tables.to_markdown(back, "dice") == tables.to_markdown(mixed, "dice")
+
+
+def test_cells_with_a_flagged_trial_are_marked_and_counted(tmp_path):
+    root = make_study(tmp_path / "flagged")
+    # rewrites MONA / few labels / seed 1 (same config, same folder) with a collapsed curve: 0.20 below its best
+    write_trial(root, MONA, 1, FEW, 1, order=1, val_curve=[(50, 0.80), (100, 0.60)])
+    records, _ = scan_study(root)
+    assert len(records) == 8
+    df_flagged = tables.build_table(records, metrics=("dice", "hd95"))
+    flagged = df_flagged[df_flagged["n_flagged"] > 0]
+    assert set(zip(flagged["row"], flagged["column"])) == {(MONA, FEW)} and (flagged["n_flagged"] == 1).all()
+    assert len(flagged) == 2 * 4  # every class and Avg of both metrics
+    md = tables.to_markdown(df_flagged, "dice")
+    assert all(c.endswith("§") for c in _body(md)[MONA][:4]) and not any("§" in c for c in _body(md)[MONA][4:] + _body(md)[MT])
+    assert ("§ 4 of 16 cells include a trial whose validation Dice was still rising (the last validation its best "
+            "and more than 0.01 above the previous one) or collapsed (the last more than 0.10 below the best) at the end "
+            "of training: 1 trial in all, listed under Trial health in report.md.") in md
+    tex = tables.to_latex(df_flagged, "dice")
+    mona_line = next(line for line in tex.splitlines() if line.startswith("MONA"))
+    assert mona_line.split(" & ")[1].endswith(r"}$^\S$") and r"$^\S$ 4 of 16 cells" in tex
+    assert "n_flagged" in tables.to_csv(df_flagged).splitlines()[0].split(",")
 
 
 def test_missing_method_fraction_pair_is_a_dash(records):

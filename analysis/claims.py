@@ -1,0 +1,284 @@
+"""Test the papers' claims a study declares (``study.json`` "claims"), for the report's "Claims" section.
+
+A claim (:func:`medseg_platform.claims_spec.claim`) says "row A is better than (``>``) or not worse than
+(``>=``) row B" at a label fraction (``column``, as ``data.labelled`` writes it; B may name its own,
+``b_column``), on a per-case metric (default Dice). It is tested on the trials' ``per_case.csv`` only:
+
+* **pairs**: trials are matched by row label (``tags["row"]``), label fraction (``config.data.labelled``)
+  and seed; a seed that only one side has is left out. For each shared seed and test case the per-case
+  value of each side is the mean over the classes defined for **both** sides (the tables' "Avg" rule:
+  :func:`analysis.significance.seed_averaged` on that seed's trials, then
+  :func:`analysis.significance.paired_case_values`). A (case, seed) where either side has no defined
+  value is dropped (pairwise) and counted. ``n`` = the (case, seed) pairs kept.
+* **difference**: the mean over the pairs of A - B, in points (x100: Dice points).
+* **95% CI**: paired bootstrap, :data:`N_RESAMPLES` resamples drawn by ``numpy.random.default_rng``
+  (:data:`BOOTSTRAP_SEED`, the same for every claim, so a regenerated report is byte-identical): each
+  resample draws the test cases with replacement and, when there are several seeds, the seeds with
+  replacement (a two-level bootstrap: a case under another seed is not an independent case); its
+  statistic is the mean of the kept pairs in the drawn cells; the interval is the 2.5th and 97.5th
+  percentiles (numpy's linear interpolation).
+* **p**: the test the tables use for their ‡ marker (:func:`analysis.significance.wilcoxon_test`,
+  two-sided Wilcoxon signed-rank) on the per-case values averaged over the kept seeds; "n/a" when
+  fewer than :data:`~analysis.significance.MIN_PAIRS` cases differ. It is reported, not used for the verdict.
+* **verdict**, from the CI (low, high), for ``>``: "supported" if low > 0, "contradicted" if high < 0;
+  for ``>=``: "supported" if low > -:data:`MARGIN`, "contradicted" if high < -:data:`MARGIN` (A is worse
+  by more than the margin); otherwise, or with fewer than ``MIN_PAIRS`` paired test cases (a bootstrap
+  of a handful of cases gives an interval too narrow to trust), "inconclusive at this n". A claim
+  whose row or label fraction has no finished trial is "not run" (never an error); one whose trials
+  share no seed or no defined pair is "not run" too, with the reason.
+
+:func:`claims_section` renders the Markdown section; for the ``paper`` profile it adds the published
+difference of the same two rows (:mod:`analysis.published`). See ``docs/analysis.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from analysis.published import published_difference
+from analysis.significance import MIN_PAIRS, TEST_NAME, paired_case_values, seed_averaged, wilcoxon_test
+from analysis.tables import AVG, MISSING, as_number, column_label, escape_markdown, metric_style, row_label, trial_seed
+from medseg_platform.claims_spec import check_claim
+from medseg_platform.errors import ConfigError
+from medseg_platform.results import TrialRecord
+
+N_RESAMPLES = 5000
+BOOTSTRAP_SEED = 20240601
+CONFIDENCE = 0.95
+MARGIN = 1.0  # points (Dice points for Dice): how much worse A may be for ">=" ("not worse") to hold
+SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "supported", "contradicted", "inconclusive at this n", "not run"
+PAPER_PROFILE = "paper"
+
+
+@dataclass(frozen=True)
+class PairedValues:
+    """Per-case values of the two sides: ``a`` and ``b`` of shape (cases, seeds), NaN where a pair was dropped."""
+
+    cases: list[str]
+    seeds: list[Any]
+    a: np.ndarray
+    b: np.ndarray
+    dropped: int  # (case, seed) pairs with a trial on both sides but no defined value on one of them
+
+    @property
+    def differences(self) -> np.ndarray:
+        return self.a - self.b
+
+    @property
+    def n_pairs(self) -> int:
+        return int(np.count_nonzero(~np.isnan(self.differences)))
+
+    @property
+    def n_cases(self) -> int:
+        """Test cases with at least one kept pair."""
+        return int(np.count_nonzero(~np.all(np.isnan(self.differences), axis=1))) if self.cases else 0
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """One tested claim; numbers in points (x100 for Dice), NaN when not run."""
+
+    claim: Mapping[str, Any]
+    a_column: str  # the column as the tables print it, e.g. "1 patient (1.4%)" ("data.labelled 1" when not run)
+    b_column: str
+    verdict: str
+    difference: float = math.nan
+    ci: tuple[float, float] = (math.nan, math.nan)
+    p_value: float = math.nan
+    n_pairs: int = 0
+    n_cases: int = 0
+    n_seeds: int = 0
+    dropped: int = 0
+    reason: str = ""  # why not run
+
+
+def _seed_sort_key(seed: Any) -> tuple:
+    number = as_number(seed)
+    return (number is None, number or 0.0, str(seed))
+
+
+def _trials(records: Sequence[TrialRecord], row: str, column: str) -> dict[Any, list[TrialRecord]]:
+    """The finished trials of ``row`` at label fraction ``column`` (``data.labelled``), by seed."""
+    out: dict[Any, list[TrialRecord]] = {}
+    for record in records:
+        labelled = ((record.result.get("config") or {}).get("data") or {}).get("labelled")
+        if row_label(record) == row and str(labelled) == column:
+            out.setdefault(trial_seed(record), []).append(record)
+    return out
+
+
+def paired_values(a_trials: Mapping[Any, Sequence[TrialRecord]], b_trials: Mapping[Any, Sequence[TrialRecord]],
+                  metric: str = "dice") -> PairedValues:
+    """Pair the trials of two sides (by seed, then test case); see the module docstring. Values are raw (not x100)."""
+    seeds = sorted(a_trials.keys() & b_trials.keys(), key=_seed_sort_key)
+    cases = sorted({str(row["case"]) for side in (a_trials, b_trials) for seed in seeds for t in side[seed] for row in t.per_case})
+    a = np.full((len(cases), len(seeds)), np.nan)
+    b = np.full((len(cases), len(seeds)), np.nan)
+    dropped = 0
+    for j, seed in enumerate(seeds):
+        values_a = seed_averaged([t.per_case for t in a_trials[seed]], metric, as_number)
+        values_b = seed_averaged([t.per_case for t in b_trials[seed]], metric, as_number)
+        for i, case in enumerate(cases):
+            xs, ys = paired_case_values({case: values_a.get(case, {})}, {case: values_b.get(case, {})}, AVG)
+            if len(xs):
+                a[i, j], b[i, j] = xs[0], ys[0]
+            else:
+                dropped += 1
+    return PairedValues(cases, seeds, a, b, dropped)
+
+
+def bootstrap_ci(differences: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Percentile CI of the mean of ``differences`` (cases, seeds), NaN = dropped pair; see the module docstring.
+
+    Cases and seeds are resampled with replacement (seeds only when there are several); (NaN, NaN) when
+    no pair is defined.
+    """
+    d = np.asarray(differences, dtype=float)
+    d = d.reshape(len(d), -1)
+    defined = ~np.isnan(d)
+    d, defined = d[defined.any(axis=1)], defined[defined.any(axis=1)]
+    d, defined = d[:, defined.any(axis=0)], defined[:, defined.any(axis=0)]
+    if d.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    n_cases, n_seeds = d.shape
+    cases = rng.integers(0, n_cases, size=(n_resamples, n_cases))
+    seeds = rng.integers(0, n_seeds, size=(n_resamples, n_seeds)) if n_seeds > 1 else np.zeros((n_resamples, 1), dtype=int)
+    cells = (cases[:, :, None], seeds[:, None, :])
+    sums = np.where(defined, d, 0.0)[cells].sum(axis=(1, 2))
+    counts = defined[cells].sum(axis=(1, 2))
+    means = sums[counts > 0] / counts[counts > 0]
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def verdict(direction: str, low: float, high: float, n_cases: int, margin: float = MARGIN) -> str:
+    """The verdict from the CI (points) and the number of paired test cases; see the module docstring."""
+    if n_cases < MIN_PAIRS or math.isnan(low) or math.isnan(high):
+        return INCONCLUSIVE
+    bound = 0.0 if direction == ">" else -margin
+    if low > bound:
+        return SUPPORTED
+    if high < bound:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
+def _column_text(trials: Mapping[Any, Sequence[TrialRecord]], column: str) -> str:
+    first = next((t for group in trials.values() for t in group), None)
+    return column_label(first) if first is not None else f"data.labelled {column}"
+
+
+def evaluate_claim(claim: Mapping[str, Any], records: Sequence[TrialRecord]) -> ClaimResult:
+    """Test one claim dict on the study's finished trials."""
+    a_column, b_column = claim["column"], claim.get("b_column", claim["column"])
+    metric = claim.get("metric", "dice")
+    a_trials, b_trials = _trials(records, claim["a"], a_column), _trials(records, claim["b"], b_column)
+    texts = {"a_column": _column_text(a_trials, a_column), "b_column": _column_text(b_trials, b_column)}
+    absent = [f"{row} at {column}" for row, column, trials in ((claim["a"], a_column, a_trials), (claim["b"], b_column, b_trials))
+              if not trials]
+    if absent:
+        return ClaimResult(claim, verdict=NOT_RUN, reason="no finished trial of " + " or ".join(absent), **texts)
+    pairs = paired_values(a_trials, b_trials, metric)
+    if not pairs.seeds:
+        return ClaimResult(claim, verdict=NOT_RUN, reason="the two rows share no seed", **texts)
+    if pairs.n_pairs == 0:
+        return ClaimResult(claim, verdict=NOT_RUN, reason="no test case with a defined value in both rows",
+                           dropped=pairs.dropped, **texts)
+    scale = metric_style(metric).scale
+    differences = pairs.differences * scale
+    low, high = bootstrap_ci(differences)
+    kept = ~np.all(np.isnan(differences), axis=1)  # cases with at least one kept pair (a and b are NaN together)
+    test = wilcoxon_test(np.nanmean(pairs.a[kept], axis=1), np.nanmean(pairs.b[kept], axis=1))
+    return ClaimResult(claim, verdict=verdict(claim.get("direction", ">"), low, high, pairs.n_cases),
+                       difference=float(np.nanmean(differences)), ci=(low, high), p_value=test.p_value,
+                       n_pairs=pairs.n_pairs, n_cases=pairs.n_cases, n_seeds=len(pairs.seeds), dropped=pairs.dropped, **texts)
+
+
+def read_claims(info: Mapping[str, Any]) -> list[dict]:
+    """The claims of a ``study.json`` (checked: a one-line ConfigError names the bad one)."""
+    claims = info.get("claims") or []
+    if not isinstance(claims, list):
+        raise ConfigError("study.json claims: must be a list of claim dicts (rerun the study command to rewrite study.json)")
+    return [check_claim(c, f"study.json claims[{i}]") for i, c in enumerate(claims)]
+
+
+# --------------------------------------------------------------------------------------------- Markdown
+
+
+def _signed(value: float) -> str:
+    return MISSING if math.isnan(value) else f"{value:+.1f}"
+
+
+def _p_text(p: float) -> str:
+    if math.isnan(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _n_text(result: ClaimResult) -> str:
+    if result.verdict == NOT_RUN:
+        return "0"
+    text = f"{result.n_pairs} ({result.n_cases} cases \u00d7 {result.n_seeds} seed{'s' if result.n_seeds != 1 else ''}"
+    if result.dropped:
+        text += f"; {result.dropped} dropped: undefined"
+    return text + ")"
+
+
+def claim_text(result: ClaimResult) -> str:
+    """E.g. "ARCO-SG > Supervised only, 1 patient (1.4%)", or with two columns each row with its own."""
+    claim = result.claim
+    direction = "\u2265" if claim.get("direction", ">") == ">=" else ">"
+    metric = "" if claim.get("metric", "dice") == "dice" else f" ({metric_style(claim['metric']).label})"
+    if result.a_column == result.b_column:
+        return f"{claim['a']} {direction} {claim['b']}, {result.a_column}{metric}"
+    return f"{claim['a']}, {result.a_column} {direction} {claim['b']}, {result.b_column}{metric}"
+
+
+def _published_text(claim: Mapping[str, Any]) -> str:
+    if claim.get("metric", "dice") != "dice":
+        return "n/a (Dice only)"
+    a, b = claim.get("published_rows") or (claim["a"], claim["b"])
+    found = published_difference(a, b, claim["column"], claim.get("b_column"))
+    return f"{found.difference:+.1f} ({found.table.source})" if found else "n/a (not published)"
+
+
+def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records: Sequence[TrialRecord]) -> list[str]:
+    """The report's "Claims" section as Markdown lines ([] when the study declares no claim)."""
+    claims = read_claims(info)
+    if not claims:
+        return []
+    paper = settings.get("profile") == PAPER_PROFILE
+    header = ["Claim", "Paper", "Measured \u0394 (points)", "95% CI", "p", "n (case \u00d7 seed pairs)", "Verdict"]
+    header += ["Published \u0394"] if paper else []
+    lines = ["## Claims", "", "| " + " | ".join(header) + " |", "| " + " | ".join(["---", "---"] + ["---:"] * 4 + ["---"] * (1 + paper)) + " |"]
+    for claim in claims:
+        result = evaluate_claim(claim, records)
+        ci = MISSING if math.isnan(result.ci[0]) else f"[{result.ci[0]:+.1f}, {result.ci[1]:+.1f}]"
+        verdict_text = f"{result.verdict} ({result.reason})" if result.reason else result.verdict
+        p_text = MISSING if result.verdict == NOT_RUN else _p_text(result.p_value)
+        cells = [claim_text(result), claim["paper"], _signed(result.difference), ci, p_text, _n_text(result), verdict_text]
+        cells += [_published_text(claim)] if paper else []
+        lines.append("| " + " | ".join(escape_markdown(c) for c in cells) + " |")
+    lines += ["", _caption(paper, settings), ""]
+    return lines
+
+
+def _caption(paper: bool, settings: Mapping[str, Any]) -> str:
+    text = (f"\u0394 = A \u2212 B, the mean over test cases and seeds of the per-case value (Dice: mean over the classes "
+            f"defined for both rows), in points; 95% CI: paired bootstrap over test cases and seeds ({N_RESAMPLES} "
+            f"resamples, fixed seed); p: {TEST_NAME} on the per-case values averaged over seeds (as the tables' "
+            f"\u2021; n/a with fewer than {MIN_PAIRS} differing cases). Verdict from the CI: supported when it lies "
+            f"entirely above 0 (for \u2265: above \u2212{MARGIN:g} point, the margin), contradicted when it lies entirely "
+            f"below that bound, otherwise inconclusive at this n (also with fewer than {MIN_PAIRS} paired test cases).")
+    if paper:
+        return text + (" Published \u0394: the same two rows in the named paper table (other training runs: compare "
+                       "sign and size, not digits).")
+    return text + f" Published differences are shown for the {PAPER_PROFILE} profile on ACDC only (this run: " \
+                  f"{settings.get('profile', 'unknown profile')})."

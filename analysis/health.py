@@ -1,0 +1,183 @@
+"""Trial health: did a trial's validation Dice plateau, or was it still rising or collapsed at the end?
+
+The test numbers of a trial come from the model selected on val (its best validation), so a table can
+look fine while the training behind a cell did not settle. Each finished trial's ``val_curve.csv``
+(``step``, ``val_dice``: one row per validation, written by ``medseg_platform.engine.train_trial``) is
+classified by :func:`classify_curve`:
+
+* :data:`STILL_RISING`: the last validation is the best (ties count) **and** it exceeds the previous
+  validation by more than :data:`RISING_MARGIN`: more fine-tuning steps would probably still help, so the
+  cell understates the method;
+* :data:`COLLAPSED`: the last validation is more than :data:`COLLAPSE_DROP` below the best: training
+  became unstable late (the test model is still the best one on val, but a rerun with another seed or
+  a shorter schedule may land elsewhere);
+* :data:`HEALTHY` otherwise;
+* :data:`UNDETERMINED` with fewer than 2 finite validations (nothing to compare the last one with):
+  not judged, and never flagged. Non-finite val Dice (NaN: no class defined on the val cases) carries
+  no trend and is left out before judging.
+
+Everything but :func:`read_val_curve` / :func:`record_health` is a pure function on plain data. The
+report (``analysis/report.py``) lists the flagged trials; the tables (``analysis/tables.py``) mark cells
+that include one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from medseg_platform.results import read_csv
+
+VAL_CURVE_FILE = "val_curve.csv"
+
+RISING_MARGIN = 0.01
+"""Absolute val Dice (0..1) the last validation must gain over the previous one to count as still rising.
+
+One Dice point between two validations is more than the jitter of a plateaued curve on a handful of val
+volumes, and small enough that a curve climbing this fast at the end is clearly not finished."""
+
+COLLAPSE_DROP = 0.10
+"""Absolute val Dice (0..1) the last validation must lie below the best to count as collapsed.
+
+Ten Dice points is far beyond validation noise: a drop that large means the model degraded (diverging
+contrastive terms, an over-confident teacher), not that the curve wobbles around its plateau."""
+
+HEALTHY = "healthy"
+STILL_RISING = "still rising"
+COLLAPSED = "collapsed"
+UNDETERMINED = "undetermined"  # fewer than 2 finite validations
+FLAGGED = (STILL_RISING, COLLAPSED)
+
+
+@dataclass(frozen=True)
+class CurveHealth:
+    """The verdict on one validation curve and the numbers behind it (val Dice in 0..1, NaN when absent)."""
+
+    verdict: str
+    last: float
+    previous: float
+    best: float
+    best_step: int | None
+    n_validations: int
+
+    @property
+    def flagged(self) -> bool:
+        """True for a still-rising or collapsed curve."""
+        return self.verdict in FLAGGED
+
+
+@dataclass(frozen=True)
+class TrialHealth:
+    """One trial's verdict with what identifies it in the report (folder key, table row and column, seed)."""
+
+    key: str
+    row: str
+    column: str
+    seed: Any
+    curve: CurveHealth
+
+
+def classify_curve(points: Iterable[tuple[float, float]]) -> CurveHealth:
+    """Classify a validation curve given as (step, val Dice) pairs in any order; see the module docstring.
+
+    Non-finite values are dropped; a step given twice keeps its last value. The best step is the first
+    step reaching the best value (as the engine selects it).
+    """
+    by_step: dict[float, float] = {}
+    for step, value in points:
+        if isinstance(value, (int, float)) and math.isfinite(value) and isinstance(step, (int, float)) and math.isfinite(step):
+            by_step[float(step)] = float(value)
+    steps = sorted(by_step)
+    values = [by_step[s] for s in steps]
+    if not values:
+        return CurveHealth(UNDETERMINED, math.nan, math.nan, math.nan, None, 0)
+    best = max(values)
+    best_step = int(steps[values.index(best)])
+    last = values[-1]
+    if len(values) < 2:
+        return CurveHealth(UNDETERMINED, last, math.nan, best, best_step, 1)
+    previous = values[-2]
+    if last >= best and last - previous > RISING_MARGIN:
+        verdict = STILL_RISING
+    elif best - last > COLLAPSE_DROP:
+        verdict = COLLAPSED
+    else:
+        verdict = HEALTHY
+    return CurveHealth(verdict, last, previous, best, best_step, len(values))
+
+
+def read_val_curve(trial_dir: str | Path) -> list[tuple[float, float]]:
+    """(step, val Dice) pairs of a trial's ``val_curve.csv``; [] when the file is missing or unreadable."""
+    try:
+        rows = read_csv(Path(trial_dir) / VAL_CURVE_FILE)
+    except (OSError, ValueError):
+        return []
+    return [(row["step"], row["val_dice"]) for row in rows
+            if isinstance(row.get("step"), float) and isinstance(row.get("val_dice"), float)]
+
+
+def record_health(record) -> CurveHealth:
+    """The verdict on a finished trial (a :class:`~medseg_platform.results.TrialRecord`) from its folder."""
+    return classify_curve(read_val_curve(record.path))
+
+
+def _dice(value: float) -> str:
+    """A val Dice in percent with one decimal ("–" when absent)."""
+    return "\u2013" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell."""
+    for char in ("\\", "|", "*", "`"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def criteria_sentence() -> str:
+    """The rule, in one sentence, with the thresholds in Dice points."""
+    return (f"A trial is *{STILL_RISING}* when its last validation is its best and more than "
+            f"{100 * RISING_MARGIN:.1f} Dice points above the previous one (more steps would likely help), and "
+            f"*{COLLAPSED}* when its last validation is more than {100 * COLLAPSE_DROP:.1f} points below its best "
+            f"(training became unstable; the test model is still the best one on val).")
+
+
+def health_section(trials: Sequence[TrialHealth]) -> list[str]:
+    """The "Trial health" section of report.md (Markdown lines, ending with a blank line); [] for no trials.
+
+    Flagged trials are listed in the order given, with last / previous / best val Dice (%) and the step of
+    the best; when none is flagged, one sentence says so.
+    """
+    if not trials:
+        return []
+    flagged = [t for t in trials if t.curve.flagged]
+    unjudged = sum(t.curve.verdict == UNDETERMINED for t in trials)
+    judged = len(trials) - unjudged
+    lines = ["## Trial health", "", f"From each trial's validation Dice (`{VAL_CURVE_FILE}`). " + criteria_sentence(), ""]
+    not_judged = (f" {unjudged} trial{'s' if unjudged != 1 else ''} with fewer than 2 validations "
+                  f"{'were' if unjudged != 1 else 'was'} not judged.") if unjudged else ""
+    if not flagged:
+        lines += [(f"All {judged} judged trials plateaued (none still rising or collapsed)." if judged else
+                   "No trial had 2 or more validations to judge.") + not_judged, ""]
+        return lines
+    rising = sum(t.curve.verdict == STILL_RISING for t in flagged)
+    lines += [f"{len(flagged)} of {judged} judged trials flagged: {rising} {STILL_RISING}, "
+              f"{len(flagged) - rising} {COLLAPSED}.{not_judged} Tables mark the cells that include one with \u00a7.", "",
+              "| trial | method | label fraction | seed | verdict | last val Dice (%) | previous (%) | best (%) | best at step |",
+              "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for t in flagged:
+        c = t.curve
+        lines.append(f"| {_cell(t.key)} | {_cell(t.row)} | {_cell(t.column)} | {_cell(str(t.seed))} | {c.verdict} | "
+                     f"{_dice(c.last)} | {_dice(c.previous)} | {_dice(c.best)} | {c.best_step} |")
+    return lines + [""]
+
+
+def health_problems(trials: Sequence[TrialHealth]) -> list[str]:
+    """One line for the report's problem list when any trial is flagged (the section has the details)."""
+    flagged = [t for t in trials if t.curve.flagged]
+    if not flagged:
+        return []
+    rising = sum(t.curve.verdict == STILL_RISING for t in flagged)
+    return [f"trial health: {len(flagged)} of {len(trials)} trials flagged ({rising} {STILL_RISING}, "
+            f"{len(flagged) - rising} {COLLAPSED}); see Trial health"]

@@ -1,0 +1,249 @@
+"""Papers' claims: declared in studies, carried by study.json, tested paired over test cases and seeds."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.claims import (BOOTSTRAP_SEED, CONTRADICTED, INCONCLUSIVE, NOT_RUN, SUPPORTED, bootstrap_ci, claims_section,
+                             evaluate_claim, verdict)
+from analysis.published import ARCO_TABLE_1, ARCO_TABLE_2, published_difference
+from analysis.report import write_report
+from medseg_platform.claims_spec import claim
+from medseg_platform.errors import ConfigError
+from medseg_platform.profiles import PROFILES
+from medseg_platform.results import read_trial
+from medseg_platform.study import Study, Variant
+from tests.analysis.fakes import CASES, case_offset, make_fake_study, write_fake_trial
+
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
+
+
+def trials(root: Path, rows: dict, patients: int = 1, seeds=(1,), cases=CASES) -> list:
+    """Finished fake trials: ``rows`` maps a row label to ``dice(case, cls, seed)``."""
+    out = []
+    for order, (row, dice) in enumerate(rows.items()):
+        for seed in seeds:
+            folder = write_fake_trial(root, row=row, order=order, patients=patients, seed=seed, cases=cases,
+                                      dice=lambda case, cls, dice=dice, seed=seed: dice(case, cls, seed), qualitative_shift=None)
+            out.append(read_trial(folder))
+    return out
+
+
+def base(case, cls, seed=1):
+    return 0.6 + case_offset(case) + 0.01 * (cls - 2)
+
+
+# --------------------------------------------------------------------------------------------- numbers
+
+
+def test_difference_ci_p_and_n_by_hand(tmp_path):
+    records = trials(tmp_path, {"A": lambda c, k, s: base(c, k) + 0.1, "B": lambda c, k, s: base(c, k)})
+    result = evaluate_claim(claim("A", "B", "1", "test"), records)
+    assert result.difference == pytest.approx(10.0) and result.ci == pytest.approx((10.0, 10.0))
+    # eight equal positive differences: exact two-sided Wilcoxon p = 2 / 2^8
+    assert result.p_value == pytest.approx(2 / 2 ** 8)
+    assert (result.n_pairs, result.n_cases, result.n_seeds, result.dropped) == (8, 8, 1, 0)
+    assert result.verdict == SUPPORTED and result.a_column == result.b_column == "1 patient (1.4%)"
+
+
+def test_seeds_are_paired_and_resampled(tmp_path):
+    # A beats B by 10 points under seed 1 and by 20 under seed 2; B's seed 3 has no partner and is left out
+    records = trials(tmp_path, {"A": lambda c, k, s: base(c, k) + 0.1 * s}, seeds=(1, 2))
+    records += trials(tmp_path, {"B": base}, seeds=(1, 2, 3))
+    result = evaluate_claim(claim("A", "B", "1", "test"), records)
+    assert result.difference == pytest.approx(15.0) and (result.n_pairs, result.n_seeds) == (16, 2)
+    # resampled seed pairs give a mean of 10, 15 or 20 (probabilities 1/4, 1/2, 1/4): the 95% CI is [10, 20]
+    assert result.ci == pytest.approx((10.0, 20.0))
+
+
+def test_bootstrap_is_deterministic_and_brackets_the_mean():
+    differences = np.random.default_rng(3).normal(2.0, 5.0, size=(30, 3))
+    differences[4, 1] = np.nan
+    first, second = bootstrap_ci(differences), bootstrap_ci(differences.copy())
+    assert first == second  # the same fixed-seed generator: byte-identical reports
+    assert first[0] < float(np.nanmean(differences)) < first[1]
+    assert bootstrap_ci(differences, seed=BOOTSTRAP_SEED + 1) != first  # the seed is what makes it fixed
+    assert all(math.isnan(v) for v in bootstrap_ci(np.full((4, 2), np.nan)))
+
+
+def test_nan_cases_are_dropped_pairwise_and_classes_are_those_both_rows_define(tmp_path):
+    def b_dice(case, cls, seed):
+        if case == CASES[1] or (case == CASES[0] and cls == 1):
+            return math.nan  # CASES[1]: undefined in every class; CASES[0]: RV undefined
+        return 0.5 + 0.2 * (cls - 1) - 0.1
+
+    # A: RV 0.5, Myo 0.7, LV 0.9. On CASES[0] both are averaged over Myo and LV only (0.8 vs 0.7), not
+    # A's three classes (0.7) against B's two: the difference stays 10 points on every kept case.
+    records = trials(tmp_path, {"A": lambda c, k, s: 0.5 + 0.2 * (k - 1), "B": b_dice})
+    result = evaluate_claim(claim("A", "B", "1", "test"), records)
+    assert result.difference == pytest.approx(10.0) and (result.n_pairs, result.dropped) == (7, 1)
+
+
+# --------------------------------------------------------------------------------------------- verdicts
+
+
+@pytest.mark.parametrize("shift, direction, expected", [
+    (0.1, ">", SUPPORTED),
+    (-0.1, ">", CONTRADICTED),
+    (-0.005, ">", CONTRADICTED),  # half a point worse, consistently: not better ...
+    (-0.005, ">=", SUPPORTED),  # ... but within the 1-point margin of "not worse"
+    (-0.03, ">=", CONTRADICTED),
+])
+def test_verdicts_from_constructed_cases(tmp_path, shift, direction, expected):
+    records = trials(tmp_path, {"A": lambda c, k, s: base(c, k) + shift, "B": lambda c, k, s: base(c, k)})
+    assert evaluate_claim(claim("A", "B", "1", "test", direction=direction), records).verdict == expected
+
+
+def test_mixed_signs_or_too_few_cases_are_inconclusive(tmp_path):
+    mixed = trials(tmp_path / "mixed", {"A": lambda c, k, s: base(c, k) + (0.02 if int(c[7:10]) % 2 else -0.02),
+                                        "B": lambda c, k, s: base(c, k)})
+    result = evaluate_claim(claim("A", "B", "1", "test"), mixed)
+    assert result.verdict == INCONCLUSIVE and result.ci[0] < 0 < result.ci[1]
+    few = trials(tmp_path / "few", {"A": lambda c, k, s: base(c, k) + 0.1, "B": lambda c, k, s: base(c, k)}, cases=CASES[:5])
+    result = evaluate_claim(claim("A", "B", "1", "test"), few)
+    assert result.ci == pytest.approx((10.0, 10.0)) and result.verdict == INCONCLUSIVE  # 5 < MIN_PAIRS cases
+    assert verdict(">", 0.5, 3.0, 6) == SUPPORTED and verdict(">=", -1.5, 3.0, 6) == INCONCLUSIVE
+    assert verdict(">=", -3.0, -1.2, 6) == CONTRADICTED and verdict(">", 0.5, 3.0, 5) == INCONCLUSIVE
+
+
+def test_a_claim_whose_row_or_column_was_not_run_says_so(tmp_path):
+    records = trials(tmp_path, {"A": lambda c, k, s: base(c, k) + 0.1, "B": lambda c, k, s: base(c, k)})
+    column = evaluate_claim(claim("A", "B", "7", "test"), records)
+    assert column.verdict == NOT_RUN and column.reason == "no finished trial of A at 7 or B at 7"
+    assert column.a_column == "data.labelled 7" and math.isnan(column.difference)
+    row = evaluate_claim(claim("A", "C", "1", "test"), records)
+    assert row.verdict == NOT_RUN and row.reason == "no finished trial of C at 1"
+    other_seed = trials(tmp_path / "seed", {"C": base}, seeds=(9,))
+    assert evaluate_claim(claim("A", "C", "1", "test"), records + other_seed).reason == "the two rows share no seed"
+
+
+def test_a_row_against_itself_with_fewer_labels(tmp_path):
+    records = trials(tmp_path, {"S": lambda c, k, s: base(c, k) + 0.05}, patients=3)
+    records += trials(tmp_path, {"S": base}, patients=1)
+    result = evaluate_claim(claim("S", "S", "3", "test", b_column="1"), records)
+    assert result.difference == pytest.approx(5.0) and result.verdict == SUPPORTED
+    assert (result.a_column, result.b_column) == ("3 patients (4.3%)", "1 patient (1.4%)")
+
+
+def test_bad_claims_are_one_line_config_errors():
+    with pytest.raises(ConfigError, match="direction '<'"):
+        claim("A", "B", "1", "paper", direction="<")
+    with pytest.raises(ConfigError, match="metric 'hd95'"):
+        claim("A", "B", "1", "paper", metric="hd95")
+    with pytest.raises(ConfigError, match="with itself"):
+        claim("A", "A", "1", "paper")
+    with pytest.raises(ConfigError, match=r"claims\[0\]: unknown claim key"):
+        claims_section({"claims": [{"a": "A", "b": "B", "column": "1", "paper": "p", "sign": "+"}]}, {}, [])
+
+
+# --------------------------------------------------------------------------------------------- published
+
+
+def test_published_differences_come_from_one_table():
+    arco_sg = published_difference("ARCO-SG", "MONA/ARCO w/o L_contrast", "1")
+    assert arco_sg.difference == pytest.approx(85.5 - 60.9) and arco_sg.table is ARCO_TABLE_2
+    versus_supervised = published_difference("ARCO-SG", "Supervised only", "1")
+    assert versus_supervised.difference == pytest.approx(85.5 - 40.3) and versus_supervised.table is ARCO_TABLE_1
+    assert published_difference("Supervised only", "Supervised only", "3", "1").difference == pytest.approx(51.7 - 40.3)
+    assert published_difference("ACTION", "ACTION w/o L_anco", "1") is None  # ACTION's ablation is at 3 patients only
+
+
+# --------------------------------------------------------------------------------------------- report and study.json
+
+
+def _with_claims(study: Path, claims: list, profile: str) -> None:
+    info = json.loads((study / "study.json").read_text())
+    (study / "study.json").write_text(json.dumps({**info, "claims": claims}))
+    settings = json.loads((study / "settings.json").read_text())
+    (study / "settings.json").write_text(json.dumps({**settings, "profile": profile}))
+
+
+def test_report_has_a_claims_section_with_published_numbers_for_the_paper_profile(tmp_path):
+    study = make_fake_study(tmp_path / "results")
+    _with_claims(study, [claim("MONA", "Mean teacher", "1", "ARCO Table 1: MONA beats MT"),
+                         claim("ARCO-SG", "MONA", "3", "ARCO Table 1: SG not worse", direction=">="),
+                         claim("ACTION", "MONA", "7", "not in this study")], "paper")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    first = (study / "report.md").read_bytes()
+    section = text[text.index("## Claims"):text.index("## Tables")]
+    assert "| Claim | Paper | Measured Δ (points) | 95% CI | p | n (case × seed pairs) | Verdict | Published Δ |" in section
+    # MONA is 15 points above mean teacher on every case and seed (fakes.py); ARCO-SG is within ±1 of MONA
+    assert ("| MONA > Mean teacher, 1 patient (1.4%) | ARCO Table 1: MONA beats MT | +15.0 | [+15.0, +15.0] | 0.008 | "
+            "16 (8 cases × 2 seeds) | supported | +39.7 (ARCO Table 1) |") in section
+    assert "| ARCO-SG ≥ MONA, 3 patients (4.3%) | ARCO Table 1: SG not worse | -0.1 |" in section
+    assert "| supported | +1.8 (ARCO Table 1) |" in section
+    assert "| not run (no finished trial of ACTION at 7 or MONA at 7) | -0.5 (ARCO Table 1) |" in section
+    write_report(study, log=lambda m: None)
+    assert (study / "report.md").read_bytes() == first  # regenerated byte for byte (fixed bootstrap seed)
+
+
+def test_claim_p_is_the_tables_p_and_other_profiles_have_no_published_column(tmp_path):
+    study = make_fake_study(tmp_path / "results")
+    _with_claims(study, [claim("Mean teacher", "MONA", "1", "x")], "quick")
+    report = write_report(study, log=lambda m: None)
+    with open(study / "table.csv", newline="") as fh:
+        row = next(r for r in csv.DictReader(fh) if (r["row"], r["column"], r["class"], r["metric"]) ==
+                   ("Mean teacher", "1 patient (1.4%)", "Avg", "dice"))
+    result = evaluate_claim(claim("Mean teacher", "MONA", "1", "x"), report.records)
+    assert result.p_value == pytest.approx(float(row["p_vs_best"])) and result.verdict == CONTRADICTED
+    text = report.report.read_text(encoding="utf-8")
+    assert "## Claims" in text and "Published Δ" not in text and "(this run: quick)" in text
+
+
+def test_no_claims_no_section(tmp_path):
+    study = make_fake_study(tmp_path / "results")
+    assert "## Claims" not in write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+
+
+def test_study_json_carries_the_claims_and_the_spec_hash_ignores_them(tiny_root, tmp_path):
+    def study(**kwargs):
+        base = PROFILES["smoke"].trial.replace(**{"data.root": str(tiny_root)})
+        return Study("tiny", base, tmp_path, variants=[Variant({"row": "Sup"}, {"objective": "supervised"}),
+                                                       Variant({"row": "MT"}, {"objective": "mean_teacher"})],
+                     grid={"data.labelled": ["1"]}, seeds=[1], dashboard=False, **kwargs)
+
+    claims = [claim("MT", "Sup", "1", "ARCO Table 1")]
+    plain, with_claims = study(), study(claims=claims)
+    keys = plain.trial_params()
+    assert plain.spec_hash(keys) == with_claims.spec_hash(with_claims.trial_params())
+    described = json.loads(json.dumps(with_claims.description(keys)))
+    assert described["claims"] == [{"a": "MT", "b": "Sup", "column": "1", "direction": ">", "metric": "dice",
+                                    "paper": "ARCO Table 1"}]
+    assert plain.description(keys)["claims"] == []
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"claims_study_{name}", STUDIES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["ablation_tailness", "label_fractions", "ablation_sampling"])
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_study_claims_name_rows_and_fractions_the_study_runs(name, profile, tmp_path):
+    study = _load_script(name).build(argparse.Namespace(results_dir=str(tmp_path)), PROFILES[profile], PROFILES[profile].trial)
+    rows = {v.tags["row"] for v in study.variants}
+    fractions = {str(f) for f in study.grid.get("data.labelled", [])}
+    fractions |= {str(v.tags["axes"]["data.labelled"]) for v in study.variants if "data.labelled" in v.tags.get("axes", {})}
+    assert study.claims
+    for c in study.claims:
+        assert {c["a"], c["b"]} <= rows and {c["column"], c.get("b_column", c["column"])} <= fractions, c
+
+
+def test_tailness_claims_at_one_patient_with_published_numbers():
+    claims = _load_script("ablation_tailness").claims()
+    assert len(claims) == 11 and {c["column"] for c in claims} == {"1"}
+    published = {(c["a"], c["b"]): published_difference(c["a"], c["b"], "1") for c in claims}
+    assert published[("MONA", "MONA/ARCO w/o L_contrast")].difference == pytest.approx(82.6 - 60.9)
+    assert published[("ARCO-SAG", "MONA")].difference == pytest.approx(84.9 - 82.6)
+    assert published[("ACTION", "ACTION w/o L_anco")] is None
+    assert sum(c["direction"] == ">=" for c in claims) == 2

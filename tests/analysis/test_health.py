@@ -1,0 +1,106 @@
+"""Trial health: the verdict on a validation curve, reading it from a trial folder, the report section."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from analysis import health
+from analysis.health import COLLAPSED, HEALTHY, STILL_RISING, UNDETERMINED, CurveHealth, TrialHealth, classify_curve
+from medseg_platform.results import scan_study
+from tests.analysis.fakes import write_fake_trial
+
+
+def test_thresholds_are_absolute_dice():
+    assert health.RISING_MARGIN == 0.01 and health.COLLAPSE_DROP == 0.10
+
+
+def test_still_rising_when_the_last_validation_is_the_best_and_climbs():
+    verdict = classify_curve([(20, 0.50), (40, 0.58), (60, 0.60)])
+    assert verdict == CurveHealth(STILL_RISING, 0.60, 0.58, 0.60, 60, 3) and verdict.flagged
+
+
+def test_a_small_last_gain_is_healthy():
+    verdict = classify_curve([(20, 0.600), (40, 0.605)])  # best at the end but only 0.005 above the previous
+    assert verdict.verdict == HEALTHY and not verdict.flagged and verdict.best_step == 40
+
+
+def test_collapsed_when_the_last_validation_is_far_below_the_best():
+    verdict = classify_curve([(20, 0.30), (40, 0.80), (60, 0.65)])
+    assert verdict == CurveHealth(COLLAPSED, 0.65, 0.80, 0.80, 40, 3) and verdict.flagged
+
+
+def test_a_moderate_drop_or_a_recovery_below_the_best_is_healthy():
+    assert classify_curve([(20, 0.80), (40, 0.75)]).verdict == HEALTHY  # 0.05 below the best
+    # climbs 0.05 at the end, but the best was earlier: neither rising to a new best nor collapsed
+    assert classify_curve([(20, 0.70), (40, 0.60), (60, 0.65)]).verdict == HEALTHY
+    # climbs 0.10 at the end, still 0.20 below the best: collapsed
+    assert classify_curve([(20, 0.80), (40, 0.50), (60, 0.60)]).verdict == COLLAPSED
+
+
+def test_ties_keep_the_first_best_step_like_the_engine():
+    verdict = classify_curve([(20, 0.70), (40, 0.70)])
+    assert verdict.verdict == HEALTHY and verdict.best_step == 20
+
+
+def test_order_duplicates_and_non_finite_values():
+    # unsorted, a NaN validation (no class defined) dropped: 20 -> 0.50, 60 -> 0.62
+    verdict = classify_curve([(60, 0.62), (20, 0.50), (40, math.nan)])
+    assert verdict == CurveHealth(STILL_RISING, 0.62, 0.50, 0.62, 60, 2)
+    assert classify_curve([(20, 0.9), (40, 0.5), (40, 0.85)]).verdict == HEALTHY  # a repeated step keeps its last value
+
+
+def test_fewer_than_two_validations_are_undetermined_and_not_flagged():
+    one = classify_curve([(20, 0.5)])
+    assert one.verdict == UNDETERMINED and not one.flagged and one.n_validations == 1 and one.best_step == 20
+    assert math.isnan(one.previous) and one.last == 0.5
+    none = classify_curve([(20, math.nan)])
+    assert none.verdict == UNDETERMINED and none.n_validations == 0 and none.best_step is None
+
+
+def test_record_health_reads_val_curve_csv(tmp_path):
+    study = tmp_path / "study"
+    write_fake_trial(study, row="MONA", order=0, patients=1, seed=1, dice=lambda case, cls: 0.7,
+                     val_curve=[(20, 0.40), (40, 0.70)], qualitative_shift=None)
+    write_fake_trial(study, row="MONA", order=0, patients=1, seed=2, dice=lambda case, cls: 0.7, qualitative_shift=None)
+    records, _ = scan_study(study)
+    verdicts = sorted((r.result["seed"], health.record_health(r).verdict) for r in records)
+    assert verdicts == [(1, STILL_RISING), (2, HEALTHY)]  # the fakes' default curve plateaus
+    rising = next(r for r in records if r.result["seed"] == 1)
+    assert health.read_val_curve(rising.path) == [(20.0, 0.40), (40.0, 0.70)]
+    (rising.path / "val_curve.csv").unlink()
+    assert health.read_val_curve(rising.path) == []
+    missing = health.record_health(rising)
+    assert (missing.verdict, missing.n_validations, missing.best_step) == (UNDETERMINED, 0, None)
+
+
+def _trial(key: str, points, row: str = "MONA", seed: int = 1) -> TrialHealth:
+    return TrialHealth(key, row, "1 patient (1.4%)", seed, classify_curve(points))
+
+
+def test_section_when_nothing_is_flagged():
+    trials = [_trial("a", [(20, 0.6), (40, 0.6)]), _trial("b", [(20, 0.5), (40, 0.49)]), _trial("c", [(20, 0.5)])]
+    lines = health.health_section(trials)
+    assert lines[0] == "## Trial health" and lines[-1] == ""
+    assert lines[-2] == "All 2 judged trials plateaued (none still rising or collapsed). 1 trial with fewer than 2 validations was not judged."
+    assert health.health_problems(trials) == [] and health.health_section([]) == []
+
+
+def test_section_lists_flagged_trials_with_their_numbers():
+    trials = [_trial("mona-l1-s1-x", [(20, 0.50), (40, 0.62)]), _trial("mt|1", [(20, 0.3), (40, 0.8), (60, 0.65)], "Mean teacher", 2),
+              _trial("ok", [(20, 0.6), (40, 0.6)])]
+    text = "\n".join(health.health_section(trials))
+    assert "more than 1.0 Dice points above the previous one" in text and "more than 10.0 points below its best" in text
+    assert "2 of 3 judged trials flagged: 1 still rising, 1 collapsed." in text
+    assert "| mona-l1-s1-x | MONA | 1 patient (1.4%) | 1 | still rising | 62.0 | 50.0 | 62.0 | 40 |" in text
+    assert "| mt\\|1 | Mean teacher | 1 patient (1.4%) | 2 | collapsed | 65.0 | 80.0 | 80.0 | 40 |" in text
+    assert "| ok |" not in text
+    assert health.health_problems(trials) == [
+        "trial health: 2 of 3 trials flagged (1 still rising, 1 collapsed); see Trial health"]
+
+
+@pytest.mark.parametrize("points", [[], [(20, 0.5)]])
+def test_section_with_no_judged_trial(points):
+    lines = health.health_section([_trial("a", points)])
+    assert lines[-2].startswith("No trial had 2 or more validations to judge.")

@@ -1,0 +1,241 @@
+"""The study's progress lines: cost-weighted ETA, heartbeat while trials run, progress reports from the engine.
+
+The callback tests use fake Tune trials and a fake clock (no Ray); one short study checks that the engine's
+progress reports reach the callback through Tune.
+"""
+
+import math
+from types import SimpleNamespace
+
+from medseg_platform.config import TrialConfig
+from medseg_platform.progress import EVALUATION_COST, STEP_COST, ProgressCallback, trial_plan
+from tests.test_engine import quiet, small_cfg
+
+ISD = {"objective": "isd_pretrain", "max_steps": 20}
+
+
+def config(objective="supervised", steps=100, val_every=50, pretrain=(), seed=1, **data):
+    """A trial config dict (``TrialConfig.to_dict()``) with the fields the cost model reads."""
+    cfg = TrialConfig().to_dict()
+    cfg.update(objective=objective, seed=seed, pretrain=[dict(stage) for stage in pretrain])
+    cfg["optim"]["max_steps"], cfg["eval"]["val_every"] = steps, val_every
+    cfg["data"].update(data)
+    return cfg
+
+
+def fake_trial(key, status="PENDING", **result):
+    return SimpleNamespace(trial_id=f"id-{key}", status=status, config={"trial": {"key": key}}, last_result=result,
+                           num_failures=0, max_failures=2)
+
+
+def progress(phase, step, steps, per_s, objective, stage=0, stages=0, evaluations=0, cached=False):
+    """A progress-only report as Tune hands it to the callback (the fields of engine.progress_fields)."""
+    return {"phase": phase, "objective": objective, "stage": stage, "stages": stages, "phase_step": step, "phase_steps": steps,
+            "steps_per_s": per_s, "stage_cached": cached, "evaluations": evaluations, "best_val_dice": math.nan}
+
+
+def start(callback, trials, *started):
+    for trial in started:
+        callback.on_trial_start(0, trials, trial)  # Tune sets RUNNING after the hook
+        trial.status = "RUNNING"
+
+
+def finish(callback, trials, trial, **result):
+    trial.last_result = {"done": True, **result}
+    callback.on_trial_complete(0, trials, trial)
+    trial.status = "TERMINATED"
+
+
+def test_every_registered_objective_has_a_prior_cost():
+    from methods.registry import OBJECTIVES
+
+    assert set(OBJECTIVES) <= set(STEP_COST)
+    assert (STEP_COST["supervised"], STEP_COST["mean_teacher"], STEP_COST["mona"], STEP_COST["arco"], STEP_COST["action"],
+            STEP_COST["isd_pretrain"], EVALUATION_COST) == (1.0, 2.0, 6.5, 6.5, 5.5, 9.0, 5.0)  # the numbers below use them
+
+
+def test_trial_plan_counts_phases_and_identifies_shared_stages():
+    plan = trial_plan(config("mona", steps=100, val_every=30, pretrain=[ISD]), "m")
+    assert (plan.fine_tuning.units, plan.evaluations, [s.units for s in plan.stages]) == (650.0, 5, [180.0])  # 4 validations + test
+    # fine-tuning-only settings do not change the stage; the seed and the chain do
+    same = trial_plan(config("arco", steps=10, pretrain=[ISD], labelled_batch=7, strong_mix="classmix"), "a")
+    other_seed = trial_plan(config("mona", pretrain=[ISD], seed=2), "s")
+    longer = trial_plan(config("mona", pretrain=[{**ISD, "max_steps": 21}]), "l")
+    assert same.stages[0].stage == plan.stages[0].stage
+    assert len({plan.stages[0].stage, other_seed.stages[0].stage, longer.stages[0].stage}) == 3
+
+
+def cost_study(clock):
+    """A cheap supervised trial and three MONA trials, two of which share one ISD stage.
+
+    Costs (supervised steps): sup 100 + 3 evaluations x 5 = 115; each MONA trial 100 x 6.5 + 15 = 665 plus its
+    stage 20 x 9 = 180 (m1 and m2 share theirs: it is charged once).
+    """
+    plans = [trial_plan(config(), "sup"), trial_plan(config("mona", pretrain=[ISD]), "m1"),
+             trial_plan(config("mona", pretrain=[ISD]), "m2"), trial_plan(config("mona", pretrain=[ISD], seed=2), "m3")]
+    callback = ProgressCallback(plans, clock=clock)
+    trials = [fake_trial(key) for key in ("sup", "m1", "m2", "m3")]
+    return callback, trials
+
+
+def test_cost_weighted_eta_after_a_cheap_trial_finishes(capsys):
+    now = [0.0]
+    callback, trials = cost_study(lambda: now[0])
+    sup, m1, m2, m3 = trials
+    start(callback, trials, sup, m1)
+    now[0] = 115.0
+    finish(callback, trials, sup)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    # 115 s for 115 units: 1 s per unit. Left: m1 180 + 665 = 845 (it pays the shared stage), m2 665, m3 845;
+    # (845 + 665 + 845) / 2 trials at once = 1177.5 s = 19.6 min (> the largest trial, 845 s)
+    assert line == "[1/4] finished sup (1 finished, 1 running, 2 pending, 0 errored; 1.9 min elapsed, ETA 19.6 min)"
+    mean_duration_eta = 115.0 * 3 / 2  # the old estimate: mean trial time x trials left / parallelism = 2.9 min
+    assert callback.eta_s(trials) == 1177.5 > mean_duration_eta
+
+    # reported step rates replace the priors: m1 trains the stage at 2 s per ISD step, halfway
+    callback.on_trial_result(0, trials, m1, progress("pretraining", 10, 20, 0.5, "isd_pretrain", stage=1, stages=1))
+    # m1: 10 x 2 + 665 x 1 = 685; m2: 665; m3: 20 x 2 + 665 = 705; 2055 / 2 = 1027.5
+    assert callback.eta_s(trials) == 1027.5
+    # m1 fine-tunes at 10 s per MONA step, after its first validation: the stage is done for m2 too
+    callback.on_trial_result(0, trials, m1, progress("fine-tuning", 50, 100, 0.1, "mona", stages=1, evaluations=1))
+    # m1: 50 x 10 + 2 evaluations x 5 = 510; m2: 100 x 10 + 15 = 1015; m3: 40 + 1015 = 1055; 2580 / 2 = 1290
+    assert callback.eta_s(trials) == 1290.0
+    assert callback._eta_text(trials) == "ETA 21.5 min"
+
+    # the finished MONA trial paid for fine-tuning, evaluations and the stage it trained: 180 + 665 units
+    callback.on_trial_result(0, trials, m1, progress("fine-tuning", 100, 100, 0.1, "mona", stages=1, evaluations=2))
+    now[0] = 1115.0
+    finish(callback, trials, m1)
+    # a trial stopped early (ASHA) at step 25 paid a quarter of its fine-tuning and evaluations, not the stage m1 trained
+    start(callback, trials, m2)
+    callback.on_trial_result(0, trials, m2, progress("fine-tuning", 25, 100, 0.1, "mona", stages=1, evaluations=1))
+    now[0] = 1215.0
+    finish(callback, trials, m2)
+    assert callback.finished_work == [(115.0, 115.0), (1115.0, 845.0), (100.0, 665 / 4)]
+
+
+def test_a_cached_stage_costs_nothing_and_results_that_existed_do_not_feed_the_rate(capsys):
+    now = [0.0]
+    plans = [trial_plan(config(), "old", existed=True), trial_plan(config("mona", pretrain=[ISD]), "m1"),
+             trial_plan(config("mona", pretrain=[ISD]), "m2")]
+    callback = ProgressCallback(plans, clock=lambda: now[0])
+    old, m1, m2 = trials = [fake_trial(key) for key in ("old", "m1", "m2")]
+    start(callback, trials, old, m1)
+    now[0] = 1.0
+    finish(callback, trials, old, skipped=True)
+    assert "ETA ? (no step rate yet)" in capsys.readouterr().err and callback.finished_work == []
+    callback.on_trial_result(0, trials, m1, progress("pretraining", 20, 20, math.nan, "isd_pretrain", stage=1, stages=1, cached=True))
+    callback.on_trial_result(0, trials, m1, progress("fine-tuning", 50, 100, 0.5, "mona", stages=1, evaluations=1))
+    # 2 s per MONA step; seconds per unit from that rate alone: 2 / 6.5. m1: 50 x 2 + 10 / 3.25 = 103.08 s;
+    # m2: 100 x 2 + 15 / 3.25 = 204.62 s (its stage is cached); (103.08 + 204.62) / 2 = 153.85 < 204.62
+    assert callback.seconds_per_unit() == 2 / 6.5
+    assert math.isclose(callback.eta_s(trials), 200 + 15 / 3.25)
+    assert callback.doing(m1) == "fine-tuning step 50/100"
+    assert m1.trial_id not in callback.trained  # loaded from the cache, not trained: not in its paid units
+
+
+def test_heartbeat_lists_running_trials_after_the_interval_and_not_before(capsys):
+    now = [0.0]
+    plans = [trial_plan(config("mona", steps=300, val_every=100), "mona-l1"),
+             trial_plan(config("action", steps=300, val_every=100, pretrain=[{**ISD, "max_steps": 80}] * 2), "action-l1")]
+    callback = ProgressCallback(plans, clock=lambda: now[0], heartbeat_s=60)
+    mona, action = trials = [fake_trial(key) for key in ("mona-l1", "action-l1")]
+    start(callback, trials, mona, action)
+    capsys.readouterr()
+    now[0] = 30.0
+    callback.on_step_end(0, trials)
+    assert capsys.readouterr().err == ""
+    callback.on_trial_result(0, trials, mona, progress("fine-tuning", 120, 300, 0.5, "mona", evaluations=1))
+    callback.on_trial_result(0, trials, action, progress("pretraining", 40, 80, 0.25, "isd_pretrain", stage=2, stages=2))
+    assert callback.doing(action) == "pretraining stage 2/2 step 40/80"
+    now[0] = 59.9
+    callback.on_step_end(0, trials)
+    assert capsys.readouterr().err == ""  # 59.9 s since the last line (the starts at 0 s)
+    now[0] = 60.0
+    callback.on_step_end(0, trials)
+    # seconds per unit = mean(2 s / 6.5, 4 s / 9) = 0.37607; MONA 180 x 2 + 3 evaluations x 5 units = 365.6 s;
+    # ACTION 40 x 4 + (300 x 5.5 + 4 x 5) units = 160 + 1670 x 0.37607 = 788.0 s = 13.1 min (the largest trial)
+    assert capsys.readouterr().err == ("[0/2] running: mona-l1 fine-tuning step 120/300, action-l1 pretraining stage 2/2 step 40/80 "
+                                       "(60 s elapsed, ETA 13.1 min)\n")
+    now[0] = 119.0
+    callback.on_step_end(0, trials)
+    assert capsys.readouterr().err == ""
+    now[0] = 120.0
+    callback.on_step_end(0, trials)
+    assert capsys.readouterr().err.startswith("[0/2] running: mona-l1 fine-tuning step 120/300, ")
+    now[0] = 150.0
+    finish(callback, trials, mona)  # an event line also resets the interval
+    capsys.readouterr()
+    now[0] = 200.0
+    callback.on_step_end(0, trials)
+    assert capsys.readouterr().err == ""
+    now[0] = 210.0
+    callback.on_step_end(0, trials)
+    assert capsys.readouterr().err.startswith("[1/2] running: action-l1 pretraining stage 2/2 step 40/80 (3.5 min elapsed, ETA ")
+
+
+def test_engine_reports_progress_during_pretraining_and_fine_tuning(tiny_root, tmp_path):
+    from medseg_platform.engine import train_trial
+
+    stage = {"objective": "supervised", "max_steps": 4, "checkpoint_every": 2, "labelled_batch": 2, "unlabelled_batch": 0}
+    cfg = small_cfg(tiny_root, pretrain=[stage, stage])
+    reports = []
+
+    def where(metrics, ckpt):
+        reports.append((metrics["phase"], metrics["stage"], metrics["phase_step"], metrics["stage_cached"], ckpt is not None))
+
+    train_trial(cfg, tmp_path / "a", report=where, log=quiet, pretrain_cache=tmp_path / "cache")
+    assert reports == [("pretraining", 1, 2, False, False), ("pretraining", 1, 4, False, False),
+                       ("pretraining", 2, 2, False, False), ("pretraining", 2, 4, False, False),
+                       ("fine-tuning", 0, 2, False, False), ("fine-tuning", 0, 4, False, True),
+                       ("fine-tuning", 0, 6, False, False), ("fine-tuning", 0, 8, False, True)]
+    reports.clear()
+    train_trial(cfg.replace(**{"optim.max_steps": 2}), tmp_path / "b", report=where, log=quiet, pretrain_cache=tmp_path / "cache")
+    assert reports[:2] == [("pretraining", 1, 4, True, False), ("pretraining", 2, 4, True, False)]
+
+
+def test_progress_reports_reach_the_callback_through_tune(tiny_root, tmp_path, ray_address, monkeypatch):
+    from medseg_platform.profiles import PROFILES
+    from medseg_platform.study import Study, Variant
+
+    seen = []
+    original = ProgressCallback.on_trial_result
+
+    def spy(self, iteration, trials, trial, result, **info):
+        original(self, iteration, trials, trial, result, **info)
+        seen.append((result.get("phase"), result.get("phase_step"), self.doing(trial)))
+
+    monkeypatch.setattr(ProgressCallback, "on_trial_result", spy)  # the callback runs in this (the driver) process
+    stage = {"objective": "supervised", "max_steps": 2, "checkpoint_every": 1, "labelled_batch": 2, "unlabelled_batch": 0}
+    base = PROFILES["smoke"].trial.replace(**{"data.root": str(tiny_root), "data.labelled_batch": 2, "data.unlabelled_batch": 2,
+                                              "data.labelled": "1", "eval.log_every": 1, "pretrain": [stage]})
+    Study("progress", base, tmp_path / "results", variants=[Variant({"row": "Sup"}, {"objective": "supervised"})],
+          dashboard=False).run()
+    assert ("pretraining", 1, "pretraining stage 1/1 step 1/2") in seen
+    assert ("fine-tuning", 2, "fine-tuning step 2/6") in seen  # between the validations at steps 3 and 6
+    assert seen[-1][0] is None  # the final report (result files written) carries no progress
+
+
+def test_asha_counts_validations_not_the_progress_reports_between_them(tmp_path):
+    from ray import tune
+    from ray.tune.schedulers import TrialScheduler
+
+    from medseg_platform.study import ASHA_TIME, METRIC, Study
+
+    base = TrialConfig().replace(**{"optim.max_steps": 6, "eval.val_every": 3})  # 2 validations + the final report
+    scheduler = Study("s", base, tmp_path, search_space={"optim.lr": tune.loguniform(1e-3, 1e-1)}, asha=True)._tune_config("s").scheduler
+    good, bad = fake_trial("good"), fake_trial("bad")
+    for trial in (good, bad):
+        scheduler.on_trial_add(None, trial)
+
+    def result(trial, evaluations, dice):
+        return scheduler.on_trial_result(None, trial, {ASHA_TIME: evaluations, METRIC: dice})
+
+    assert result(good, 0, math.nan) == TrialScheduler.CONTINUE  # progress before any validation: no rung
+    assert result(good, 1, 0.9) == TrialScheduler.CONTINUE  # its first validation: recorded at the first rung
+    assert result(good, 1, 0.9) == TrialScheduler.CONTINUE  # a progress report after it changes nothing
+    assert result(bad, 0, math.nan) == TrialScheduler.CONTINUE
+    assert result(bad, 1, 0.1) == TrialScheduler.STOP  # ASHA decides at the validation, against the good trial
+    rung = scheduler._trial_info[good.trial_id]._rungs[-1][1]
+    assert rung == {good.trial_id: 0.9, bad.trial_id: 0.1}
+    assert result(good, 3, 0.9) == TrialScheduler.STOP  # the final report reaches max_t (the trial ends anyway)
