@@ -11,12 +11,13 @@ The per-fraction rows are variants (``data.labelled`` in their overrides, ``tags
 as a grid axis would record it) because the full-supervision row must not be crossed with the fractions.
 Pretraining stages are cached per chain, label fraction and seed (MONA and both ARCOs share theirs).
 
-Fractions per profile: ``paper`` and ``quick`` 1 / 3 / 7 patients (on the quick phantom's 14 training
-patients that is 7% / 21% / 50%), ``--smoke-test`` 1 patient (plus full supervision).
+Fractions per profile: ``paper`` and ``quick`` 1 / 3 / 7 patients (on the quick phantom's 28 training
+patients that is 4% / 11% / 25%), ``--smoke-test`` 1 patient (plus full supervision).
 
-Cost: ``quick`` 19 trials (6 methods x 3 fractions + 1), about 10-13 minutes on 2 cores: per fraction
-four contrastive fine-tunings of 300 steps (0.1-0.2 s per step) and three ISD stages of 80 steps (0.6 s
-per step), see ``benchmarks/RESULTS.md``. ``paper``: 3 seeds, sized for a GPU cluster.
+Cost: ``quick`` 19 trials per seed (6 methods x 3 fractions + 1), 3 seeds, trained for
+``QUICK_FRACTION_STEPS`` (500) fine-tuning steps instead of the profile's 250: at 250 steps supervised-only
+did not yet improve with more labelled patients (``medseg_platform/profiles.py``). Roughly 25-30 minutes
+on 2 cores, estimated from the step costs, not measured (``--seeds 1`` for a third of that). ``paper``: 3 seeds, sized for a GPU cluster.
 
     python studies/label_fractions.py               # quick profile on the embedded phantom (CPU)
     python studies/label_fractions.py --smoke-test  # tiny sizes, 1 patient + full supervision
@@ -29,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from medseg_platform.claims_spec import claim  # noqa: E402
-from medseg_platform.profiles import METHOD_LABELS, METHODS, method_overrides, run_study_main  # noqa: E402
+from medseg_platform.profiles import (METHOD_LABELS, METHODS, QUICK_FRACTION_STEPS, method_overrides, run_study_main,  # noqa: E402
+                                      with_steps)
 from medseg_platform.study import Study  # noqa: E402
 from medseg_platform.variants import VariantTable  # noqa: E402
 
@@ -50,6 +52,9 @@ def claims(fractions) -> list[dict]:
 
 
 def build(args, profile, base):
+    if profile.name == "quick":  # 3 and 7 patients need more steps than the profile's 1-patient schedule (see profiles)
+        profile = with_steps(profile, QUICK_FRACTION_STEPS)
+        base = base.replace(**{"optim.max_steps": QUICK_FRACTION_STEPS})
     table = VariantTable(base)
     # rows in ARCO Table 1's order: the upper bound first, then the methods (METHODS order)
     table.add(FULL_ROW, {**method_overrides("supervised", profile), "data.labelled": FULL}, axes={"data.labelled": FULL})

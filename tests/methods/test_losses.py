@@ -113,6 +113,23 @@ def test_pseudo_label_loss_threshold_changes_weight():
     assert pseudo_label_loss(logits, pseudo, conf, 0.7).item() == pytest.approx(math.log(2), rel=1e-6)
 
 
+def test_pseudo_label_loss_trains_unconfident_pixels_towards_the_teacher_with_the_confident_fraction():
+    """The mechanism behind ACTION's background collapse at a short schedule (medseg_platform/profiles.py):
+    a teacher that is confidently background on 95 of 100 pixels and unsure (but still background) on a
+    5-pixel structure gives the image weight 0.95, and the unsure pixels are pulled towards background
+    exactly as hard as the confident ones: nothing masks them out."""
+    logits = torch.zeros(1, 2, 10, 10, requires_grad=True)  # an undecided student
+    pseudo = torch.zeros(1, 10, 10, dtype=torch.int64)  # the teacher's argmax: background everywhere
+    conf = torch.full((1, 10, 10), 0.99)
+    conf[0, 4:5, 2:7] = 0.6  # the 5 unsure pixels (a thin foreground structure)
+    loss = pseudo_label_loss(logits, pseudo, conf, 0.97)
+    assert loss.item() == pytest.approx(0.95 * math.log(2), rel=1e-6)
+    loss.backward()
+    # d/dz_fg of w * CE / N = w * softmax_fg / N = 0.95 * 0.5 / 100 at every pixel, unsure ones included
+    assert torch.allclose(logits.grad[0, 1], torch.full((10, 10), 0.95 * 0.5 / 100))
+    assert torch.allclose(logits.grad[0, 0], torch.full((10, 10), -0.95 * 0.5 / 100))
+
+
 def test_pseudo_label_loss_all_ignored_is_zero_not_nan():
     logits = torch.randn(2, 3, 2, 2, requires_grad=True)
     pseudo = torch.full((2, 2, 2), -1, dtype=torch.int64)
