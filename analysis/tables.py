@@ -486,7 +486,8 @@ def settings_sentence(table: WideTable) -> str:
     if "patients" in settings:
         known = [p for p in settings["patients"] if p != UNKNOWN]
         listed = ", ".join(known[:-1]) + " or " + known[-1] if len(known) > 1 else "".join(known)
-        parts.append(f"{listed} labelled patients" if known else "labelled patients unknown")
+        plural = "" if known == ["1"] else "s"
+        parts.append(f"{listed} labelled patient{plural}" if known else "labelled patients unknown")
     if "empty_policy" in settings:
         parts.append(_policy_phrase(settings["empty_policy"], style))
     return "; ".join(parts) + "." if parts else ""

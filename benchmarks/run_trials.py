@@ -1,0 +1,103 @@
+"""Train single configurations in-process (no Ray) and print one JSON line each: the measurements behind the
+quick profile (``medseg_platform/profiles.py``, ``benchmarks/RESULTS.md`` "The quick profile").
+
+Each run is ``METHOD LABELLED SEED [KEY=VALUE ...]``: a table row of ``medseg_platform.profiles.METHODS`` at a
+label fraction and seed, on the quick profile, with dotted config overrides (``optim.lr=0.1``,
+``objective_params.sup_weight=1.0``, ``pretrain=[]`` for random initialisation) and profile overrides
+(``P.phantom.patients=40``, ``P.pretrain_steps=40``; ``optim.max_steps`` also rescales the schedules
+:func:`~medseg_platform.profiles.method_overrides` derives from it). Values are JSON where they parse as JSON.
+Runs come from the command line (one run) or, with ``--file F``, one run per line of ``F``; ``--jobs 2``
+runs two at a time (one torch thread each). Pretraining stages are cached under ``--work``.
+
+    python benchmarks/run_trials.py supervised 1 1 optim.lr=0.1
+    python benchmarks/run_trials.py --file runs.txt --jobs 2 > results.jsonl
+
+Output per run: name, overrides, wall seconds, the trial's timing, the best validation step, the validation
+curve and the test Dice (%) per class and averaged (NaN-aware means over cases, as the tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def run_one(words: list[str], work: Path) -> dict:
+    """Train one configuration (see the module docstring) and return its summary."""
+    from medseg_platform.engine import train_trial
+    from medseg_platform.profiles import PROFILES, method_overrides, resolve_data_root, with_steps
+    from medseg_platform.results import test_means
+
+    method, labelled, seed, *pairs = words
+    overrides, sizes, phantom = {}, {}, {}
+    for pair in pairs:
+        key, _, text = pair.partition("=")
+        if key.startswith("P.phantom."):
+            phantom[key[len("P.phantom."):]] = _value(text)
+        elif key.startswith("P."):
+            sizes[key[2:]] = _value(text)
+        else:
+            overrides[key] = _value(text)
+    profile = PROFILES["quick"]
+    profile = dataclasses.replace(profile, phantom={**profile.phantom, **phantom},
+                                  methods=dataclasses.replace(profile.methods, **sizes))
+    if "optim.max_steps" in overrides:
+        profile = with_steps(profile, overrides["optim.max_steps"])
+    root = resolve_data_root(argparse.Namespace(data_root=None), profile)
+    config = {**method_overrides(method, profile), "data.labelled": labelled, "seed": int(seed), **overrides}
+    cfg = profile.trial.replace(**{"data.root": str(root)}).replace(**config)
+    name = "-".join([method, f"l{labelled}", f"s{seed}", *(p.replace("/", "_") for p in pairs)])
+    start = time.perf_counter()
+    outcome = train_trial(cfg, work / "trials" / name, log=lambda msg: None, pretrain_cache=work / "pretrain-cache")
+    means = test_means(outcome.test_rows)
+    return {"name": name, "method": method, "labelled": labelled, "seed": int(seed), "overrides": pairs,
+            "wall_s": round(time.perf_counter() - start, 1), "timing": {k: round(v, 1) for k, v in outcome.timing.items()},
+            "best_step": outcome.best_step, "val_dice": [round(r["val_dice"], 3) for r in outcome.val_curve],
+            "test_dice": {k: round(100 * v["dice"], 1) for k, v in means.items()}}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", nargs="*", help="METHOD LABELLED SEED [KEY=VALUE ...]")
+    parser.add_argument("--file", type=Path, help="one run per line")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
+    parser.add_argument("--work", type=Path, default=Path("results/run_trials"), help="trial folders and the pretraining cache")
+    args = parser.parse_args(argv)
+    runs = [shlex.split(line) for line in args.file.read_text().splitlines() if line.strip()] if args.file else [args.run]
+    if not runs or any(len(r) < 3 for r in runs):
+        parser.error("give METHOD LABELLED SEED [KEY=VALUE ...] (or --file with one such run per line)")
+    if len(runs) == 1 and args.jobs == 1:
+        import torch
+
+        torch.set_num_threads(1)
+        print(json.dumps(run_one(runs[0], args.work)), flush=True)
+        return 0
+    command = [sys.executable, __file__, "--work", str(args.work)]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # one process per run: torch threads and RSS stay separate
+        for result in pool.map(lambda words: subprocess.run([*command, "--", *words], capture_output=True, text=True), runs):
+            if result.returncode == 0:
+                sys.stdout.write(result.stdout)
+            else:
+                print((result.stderr.strip().splitlines() or [f"failed with exit code {result.returncode}"])[-1], file=sys.stderr)
+            sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
