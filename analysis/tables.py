@@ -511,8 +511,8 @@ def flagged_note(table: WideTable) -> str:
         return ""
     trials = sum({(row, column): cell.n_flagged for (row, column, _), cell in table.cells.items()}.values())
     return (f"{FLAGGED_MARK} {len(marked)} of {len(table.cells)} cells include a trial whose validation Dice was "
-            f"still rising (the last validation its best and more than {RISING_MARGIN:.2f} above the previous one) or "
-            f"collapsed (the last more than {COLLAPSE_DROP:.2f} below the best) at the end of training: {trials} trial{'s' if trials != 1 else ''} "
+            f"still rising (the last validation its best and more than {100 * RISING_MARGIN:g} val Dice point{'s' if RISING_MARGIN != 0.01 else ''} above the previous one) or "
+            f"collapsed (the last more than {100 * COLLAPSE_DROP:g} points below the best) at the end of training: {trials} trial{'s' if trials != 1 else ''} "
             f"in all, listed under Trial health in report.md.")
 
 

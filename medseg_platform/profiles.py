@@ -3,38 +3,40 @@
 Profiles differ only in numbers, never in code paths:
 
 * ``smoke``  -- the ``--smoke-test`` flag: tiny phantom, 32x32 patches, a few steps; proves the path works.
-* ``quick``  -- a laptop CPU, sized so that the default study (``ablation_tailness.py``: 8 rows x 3 seeds at 1
-  labelled patient) fits in about 10 minutes on a 2-core machine whose supervised quick step is 40 ms
-  (``benchmarks/bench_methods.py``): the embedded phantom with 40 patients (so 8 test and 4 val patients,
-  16 and 8 volumes), 48x48 patches, a quarter-width UNet, 250 fine-tuning steps validated every 25, 40
-  pretraining steps per ISD stage, seeds 1, 2, 3. How it was chosen (``benchmarks/RESULTS.md``, "The quick
-  profile"; in-process trials on this phantom, test Dice averaged over seeds):
+* ``quick``  -- a laptop CPU, sized for the default study (``ablation_tailness.py``: 8 rows x 3 seeds at 1 labelled
+  patient) to take about 10 minutes on a 2-core machine whose supervised quick step is 40 ms
+  (``benchmarks/bench_methods.py``; measured 5.9-6.6 min on one whose step is 19 ms): the embedded phantom with 40
+  patients (so 8 test and 4 val patients, 16 and 8 volumes), 48x48 patches, a quarter-width UNet, 250 fine-tuning
+  steps validated every 25, 40 pretraining steps per ISD stage, seeds 1, 2, 3. How it was chosen
+  (``benchmarks/RESULTS.md``, "The quick profile"; in-process trials on this phantom, test Dice averaged over
+  seeds):
 
-  - learning rate 0.1 (10x the released 0.01, for a schedule 120x shorter): supervised at 1 patient and 250
-    steps scored 33.0 / 44.9 / 54.4 at 0.02 / 0.05 / 0.1 (4 seeds); at 0.1 every method trained without a
-    non-finite loss.
-  - 250 steps: what the budget pays for with 3 seeds. With the poly schedule the validation curves are flat
-    at the end (the report's trial health checks it), but the semi-supervised rows are not at their best:
-    at 600 steps (old profile, one seed) MONA, ARCO-SG and mean teacher overtook supervised-only, at 250 they
-    trail it. The quick table tests the pipeline and shows seed spread; it does not rank the methods.
-  - more labelled patients need more steps: at 250 steps supervised scored 54.4 / 55.5 / 48.0 at 1 / 3 / 7
-    patients (3 seeds), at 500 steps 7 patients scored 65.2 and 72.8 (2 seeds). ``label_fractions.py``
-    therefore trains the quick profile for :data:`QUICK_FRACTION_STEPS`.
-  - the 40-step pretraining stages neither clearly help nor hurt (fine-tuned from random initialisation
-    instead: MONA 39.3 vs 43.0, ARCO-SG 48.3 vs 46.3, ACTION 55.0 vs 52.5, 2-3 seeds, differences inside the
-    seed spread); they are kept because they are part of each method.
-  - **ACTION's collapse at 3 patients in the previous profile (lr 0.05, 300 steps) was the profile, not the
-    code.** ACTION as released trains ``0.5 (CE + Dice) + L_unsup`` with a resize-only weak view. L_unsup
-    weights every unlabelled pixel's cross-entropy to the teacher's pseudo-label by the fraction of
-    confident pixels in its image; early on the teacher is confidently background almost everywhere, so
-    that weight is near 1 and L_unsup pulls the student (and through the EMA the teacher) towards
-    background. With half the supervised weight and a slow learning rate the supervised signal lost that
-    race in 2 of 3 seeds (test Dice 13.7 / 8.1 / 49.8). The loss equals the released code's; with the full
-    supervised weight the same runs scored 66.1 / 70.6 / 56.3, and at this profile's learning rate the
-    released ACTION did not collapse (see RESULTS). ``tests/methods/test_losses.py`` pins the weighting that
-    drives it; the report flags any trial whose validation Dice collapses (``analysis/health.py``).
+  - learning rate 0.1 (10x the released 0.01, for a schedule 120x shorter): supervised at 1 patient and 250 steps
+    scored 33.0 / 44.9 / 54.4 at 0.02 / 0.05 / 0.1 (4 seeds); at 0.1 every method trained without a non-finite loss.
+  - 250 steps: what the budget pays for with 3 seeds. With the poly schedule the validation curves are flat at the
+    end (the report's trial health checks it), but the semi-supervised rows are not at their best: at 600 steps (old
+    profile, one seed) MONA, ARCO-SG and mean teacher overtook supervised-only, at 250 they trail it. The quick
+    table tests the pipeline and shows seed spread; it does not rank the methods.
+  - more labelled patients need more steps: at 250 steps supervised scored 54.4 / 55.5 / 48.0 at 1 / 3 / 7 patients
+    (3 seeds), at 500 steps 7 patients scored 65.2 and 72.8 (2 seeds, validated every 50 steps).
+    ``label_fractions.py`` therefore trains the quick profile for :data:`QUICK_FRACTION_STEPS`. That is not enough
+    yet: with 3 seeds at 500 steps supervised scored 55.7 / 68.2 / 60.6 at 1 / 3 / 7 patients (one 7-patient seed
+    selected a noisy early validation peak; the 4 val patients make model selection noisy).
+  - the 40-step pretraining stages neither clearly help nor hurt (fine-tuned from random initialisation instead:
+    MONA 39.3 vs 43.0, ARCO-SG 48.3 vs 46.3, ACTION 55.0 vs 52.5, 2-3 seeds, differences inside the seed spread);
+    they are kept because they are part of each method.
+  - **ACTION's collapse at 3 patients in the previous profile (lr 0.05, 300 steps) was the profile, not the code.**
+    ACTION as released trains ``0.5 (CE + Dice) + L_unsup`` with a resize-only weak view. L_unsup weights every
+    unlabelled pixel's cross-entropy to the teacher's pseudo-label by the fraction of confident pixels in its image;
+    early on the teacher is confidently background almost everywhere, so that weight is near 1 and L_unsup pulls the
+    student (and through the EMA the teacher) towards background. With half the supervised weight and a slow
+    learning rate the supervised signal lost that race in 2 of 3 seeds (test Dice 13.7 / 8.1 / 49.8). The loss
+    equals the released code's; with the full supervised weight the same runs scored 66.1 / 70.6 / 56.3, and at this
+    profile's learning rate the released ACTION at 3 patients (500 steps, as ``label_fractions.py`` trains it)
+    scored 74.0 / 75.9 / 76.3. ``tests/methods/test_losses.py`` pins the weighting that drives it; the report flags
+    any trial whose validation Dice collapses (``analysis/health.py``).
 * ``paper``  -- a GPU cluster: ACDC (``--data-root``) at 256x256, the released UNet and 30 000 steps
-  (methods-spec §1.2, §1.9), 3 seeds.
+  (``docs/methods.md``), 3 seeds.
 
 A study script declares its variants (table rows) and axes and calls :func:`run_study_main`.
 """
