@@ -17,16 +17,18 @@ from typing import Callable, Mapping, Sequence
 
 from ray.tune import Callback
 
-#: Prior cost of one optimisation step of each objective, in supervised steps. Measured at the quick size on the
-#: 2-core CI machine (``benchmarks/RESULTS.md``, "Sparse representations: step time, dense vs sparse": mean teacher
-#: 1.9x, MONA 6.5x, ARCO-SG/SAG 6.4-6.7x, ACTION 5.5x, ISD pretraining 9.0x; read as +-30%). Priors only: once a
-#: trial of an objective reports its step rate in this run, that rate replaces the prior (:class:`ProgressCallback`).
-STEP_COST = {"supervised": 1.0, "mean_teacher": 2.0, "mona": 6.5, "arco": 6.5, "action": 5.5, "isd_pretrain": 9.0}
+#: Prior cost of one optimisation step of each objective, in supervised steps: the in-trial step times of the default
+#: quick study (``benchmarks/RESULTS.md``, "The quick profile", run 1: fine-tuning seconds per step of each row over
+#: the supervised row's, two trials sharing the 2 cores; the pretraining stages' mean). The rows without the
+#: pixel-contrast term have their own keys (:func:`cost_key`). Priors only: once a trial reports its step rate in
+#: this run, that rate replaces the prior of its key (:class:`ProgressCallback`).
+STEP_COST = {"supervised": 1.0, "mean_teacher": 1.8, "mona": 5.4, "arco": 4.9, "action": 4.7, "isd_pretrain": 8.0,
+             "mona w/o contrast": 3.9, "arco w/o contrast": 3.9, "action w/o anco": 2.2}
 #: The prior of an objective missing from :data:`STEP_COST` (a newly registered one), until its rate is observed.
 UNKNOWN_STEP_COST = 1.0
-#: One evaluation pass (a validation, or the final test with the trial's set-up), in supervised steps: a rough
-#: prior (set-up, validation, checkpoints and test were about 1% of the quick study's trial time, ``benchmarks/RESULTS.md``).
-EVALUATION_COST = 5.0
+#: One evaluation pass (a validation, or the final test with the trial's set-up), in supervised steps: measured in
+#: the same run (a validation of the quick profile's 8 val volumes took 0.19 s, 7 supervised steps).
+EVALUATION_COST = 7.0
 #: The longest silence while trials run: a heartbeat line is printed when this many seconds passed since the last line.
 HEARTBEAT_S = 60.0
 #: ``TrialConfig.data`` fields a pretraining stage does not depend on (as in ``medseg_platform.engine.stage_key``).
@@ -66,6 +68,16 @@ class TrialPlan:
     existed: bool = False
 
 
+def cost_key(objective: str, params: Mapping) -> str:
+    """The :data:`STEP_COST` key of a fine-tuning objective with its parameters: a MONA/ARCO row without the pixel
+    contrast (``contrast_weight`` 0) or an ACTION row without L_anco (``anco_weight`` 0) skips that work."""
+    if objective in ("mona", "arco") and params.get("contrast_weight") == 0:
+        return f"{objective} w/o contrast"
+    if objective == "action" and params.get("anco_weight") == 0:
+        return "action w/o anco"
+    return objective
+
+
 def trial_plan(config: Mapping, key: str, existed: bool = False) -> TrialPlan:
     """The :class:`TrialPlan` of the trial of ``config`` (a ``TrialConfig.to_dict()``).
 
@@ -80,7 +92,8 @@ def trial_plan(config: Mapping, key: str, existed: bool = False) -> TrialPlan:
                                     sort_keys=True, default=str))
                    for i, stage in enumerate(pretrain))
     steps, val_every = int(config["optim"]["max_steps"]), int(config["eval"]["val_every"])
-    return TrialPlan(key, stages, Phase(str(config["objective"]), steps), -(-steps // val_every) + 1, existed)
+    fine_tuning = Phase(cost_key(str(config["objective"]), dict(config.get("objective_params") or {})), steps)
+    return TrialPlan(key, stages, fine_tuning, -(-steps // val_every) + 1, existed)
 
 
 class ProgressCallback(Callback):
@@ -276,14 +289,21 @@ class ProgressCallback(Callback):
         if phase not in ("pretraining", "fine-tuning"):
             return  # the final, skipped or errored report
         self.progress[trial.trial_id] = {key: result.get(key) for key in _PROGRESS_KEYS}
+        i = self.plan_index(trial)
+        stages = self.plans[i].stages if i is not None else ()
+        number = int(result.get("stage") or 0) if phase == "pretraining" else len(stages) + 1
         rate = result.get("steps_per_s")
         if isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0:
-            self.step_s[str(result.get("objective"))] = 1.0 / rate
-        i = self.plan_index(trial)
+            # keyed like the plan's phase (cost_key), so a row without the contrast term keeps its own rate
+            if i is None:
+                key = str(result.get("objective"))
+            elif phase == "fine-tuning":
+                key = self.plans[i].fine_tuning.objective
+            else:
+                key = stages[number - 1].objective if 1 <= number <= len(stages) else str(result.get("objective"))
+            self.step_s[key] = 1.0 / rate
         if i is None:
             return
-        stages = self.plans[i].stages
-        number = int(result.get("stage") or 0) if phase == "pretraining" else len(stages) + 1
         self.stage_done.update(stage.stage for stage in stages[: max(0, number - 1)])  # stages behind it are done
         if phase == "pretraining" and 1 <= number <= len(stages):
             stage = stages[number - 1].stage

@@ -7,8 +7,11 @@ progress reports reach the callback through Tune.
 import math
 from types import SimpleNamespace
 
+import pytest
+
+from medseg_platform import progress as progress_module
 from medseg_platform.config import TrialConfig
-from medseg_platform.progress import EVALUATION_COST, STEP_COST, ProgressCallback, trial_plan
+from medseg_platform.progress import STEP_COST, ProgressCallback, trial_plan
 from tests.test_engine import quiet, small_cfg
 
 ISD = {"objective": "isd_pretrain", "max_steps": 20}
@@ -46,12 +49,37 @@ def finish(callback, trials, trial, **result):
     trial.status = "TERMINATED"
 
 
+#: Round priors the hand computations below use (the shipped STEP_COST / EVALUATION_COST are measured values).
+HAND_PRIORS = {"supervised": 1.0, "mean_teacher": 2.0, "mona": 6.5, "arco": 6.5, "action": 5.5, "isd_pretrain": 9.0,
+               "mona w/o contrast": 4.0}
+
+
+@pytest.fixture(autouse=True)
+def hand_priors(monkeypatch):
+    for key, value in HAND_PRIORS.items():
+        monkeypatch.setitem(STEP_COST, key, value)
+    monkeypatch.setattr(progress_module, "EVALUATION_COST", 5.0)
+
+
 def test_every_registered_objective_has_a_prior_cost():
     from methods.registry import OBJECTIVES
 
     assert set(OBJECTIVES) <= set(STEP_COST)
-    assert (STEP_COST["supervised"], STEP_COST["mean_teacher"], STEP_COST["mona"], STEP_COST["arco"], STEP_COST["action"],
-            STEP_COST["isd_pretrain"], EVALUATION_COST) == (1.0, 2.0, 6.5, 6.5, 5.5, 9.0, 5.0)  # the numbers below use them
+    assert {"mona w/o contrast", "arco w/o contrast", "action w/o anco"} <= set(STEP_COST)
+
+
+def test_rows_without_the_contrast_term_have_their_own_cost_and_step_rate():
+    without = config("mona", steps=100, val_every=50)
+    without["objective_params"] = {"contrast_weight": 0.0}
+    plans = [trial_plan(config("mona", steps=100, val_every=50), "m"), trial_plan(without, "w")]
+    assert (plans[0].fine_tuning.objective, plans[1].fine_tuning.objective) == ("mona", "mona w/o contrast")
+    assert (plans[0].fine_tuning.units, plans[1].fine_tuning.units) == (650.0, 400.0)
+    callback = ProgressCallback(plans, clock=lambda: 0.0)
+    m, w = trials = [fake_trial("m"), fake_trial("w")]
+    start(callback, trials, m, w)
+    callback.on_trial_result(0, trials, m, progress("fine-tuning", 50, 100, 0.1, "mona", evaluations=1))
+    callback.on_trial_result(0, trials, w, progress("fine-tuning", 50, 100, 0.5, "mona", evaluations=1))
+    assert callback.step_s == {"mona": 10.0, "mona w/o contrast": 2.0}  # the cheaper row does not overwrite MONA's rate
 
 
 def test_trial_plan_counts_phases_and_identifies_shared_stages():
