@@ -39,8 +39,8 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from analysis.tables import (AVG, DEFAULT_CLASS_NAMES, build_table, column_label, column_order, metric_style,  # noqa: E402
-                             row_label, row_order, trial_class_values, trial_seed)
+from analysis.tables import (AVG, build_table, column_label, column_order, metric_style,  # noqa: E402
+                             row_label, row_order, study_class_names, trial_class_values, trial_seed)
 from medseg_platform.io import atomic_path  # noqa: E402
 from medseg_platform.results import read_csv  # noqa: E402
 
@@ -52,8 +52,9 @@ FIXED_COLOURS = {
 }
 _EXTRA = ["#ff7f0e", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
           "#31a354", "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7ba52", "#ad494a", "#de9ed6", "#6baed6"]
-#: Overlay colours of the classes (1 RV, 2 Myo, 3 LV), transparent background.
+#: Overlay colours of labels 1, 2, 3 (ACDC's RV, Myo, LV), transparent background; higher labels get OTHER_CLASS_COLOUR.
 CLASS_COLOURS = {1: "#e41a1c", 2: "#4daf4a", 3: "#377eb8"}
+OTHER_CLASS_COLOUR = "#ffff33"
 DPI = 120
 LEGEND_MAX_ROWS = 4
 
@@ -439,15 +440,18 @@ def crop_box(label: np.ndarray, margin: float = 0.5, min_size: int = 24) -> tupl
 def _overlay(ax, image: np.ndarray, labels: np.ndarray | None) -> None:
     ax.imshow(np.asarray(image, dtype=np.float32), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     if labels is not None:
-        colours = ListedColormap(["#00000000"] + [CLASS_COLOURS.get(c, "#ffff33") for c in range(1, 1 + max(3, int(labels.max(initial=0))))])
+        colours = ListedColormap(["#00000000"] + [CLASS_COLOURS.get(c, OTHER_CLASS_COLOUR) for c in range(1, 1 + max(3, int(labels.max(initial=0))))])
         ax.imshow(np.asarray(labels), cmap=colours, vmin=-0.5, vmax=colours.N - 0.5, alpha=0.55, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
 
 
-def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[int, str] = DEFAULT_CLASS_NAMES) -> Figure | Skipped:
+def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[int, str] | None = None) -> Figure | Skipped:
     """For the label fraction ``column``: the same test slices (rows) as image, ground truth and each
-    method's prediction (columns; the trial of the smallest seed), classes as coloured overlays."""
+    method's prediction (columns; the trial of the smallest seed), classes as coloured overlays named by
+    ``class_names`` (label -> name; default: the records' own, :func:`analysis.tables.study_class_names`)."""
+    if class_names is None:
+        class_names = study_class_names(records)
     chosen: dict[str, tuple[Any, dict]] = {}
     for record in records:
         if column_label(record) != column:
@@ -480,7 +484,7 @@ def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[in
         grid[0][j].set_title(_wrap(title, 14), fontsize="small")
     from matplotlib.patches import Patch
 
-    patches = [Patch(color=CLASS_COLOURS[c], alpha=0.7, label=class_names.get(c, str(c))) for c in sorted(CLASS_COLOURS)]
+    patches = [Patch(color=CLASS_COLOURS.get(c, OTHER_CLASS_COLOUR), alpha=0.7, label=class_names[c]) for c in sorted(class_names)]
     fig.legend(handles=patches, loc="outside lower center", ncol=len(patches), fontsize="small", frameon=False)
     fig.suptitle(f"Test predictions, {column} (middle slice of the first test cases, cropped around the ground "
                  f"truth; trial of the lowest seed)", fontsize="medium")
@@ -639,16 +643,20 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 
 def write_plots(records: Sequence, out_dir: str | Path, df: pd.DataFrame | None = None,
-                log=print, search_samples: Sequence | None = None) -> tuple[list[PlotFile], list[str]]:
+                log=print, search_samples: Sequence | None = None,
+                class_names: Mapping[int, str] | None = None) -> tuple[list[PlotFile], list[str]]:
     """Draw every plot that has data into ``out_dir``; returns the written plots and the skip reasons.
 
     ``df``: the long-form table (built from ``records`` when not given). ``search_samples``: a search's
-    history (see :func:`search_history`). Skip reasons are also passed to ``log``.
+    history (see :func:`search_history`). ``class_names``: label -> name (default: the records' own).
+    Skip reasons are also passed to ``log``.
     """
     out_dir = Path(out_dir)
     records = list(records)
+    if class_names is None:
+        class_names = study_class_names(records)
     if df is None:
-        df = build_table(records)
+        df = build_table(records, class_names=class_names)
     colours = palette([*row_order(records), *(str((r.result.get("tags") or {}).get("variant") or "") for r in records)])
     unit = distance_unit(records)
     jobs: list[tuple[str, str, Any]] = [
@@ -666,7 +674,7 @@ def write_plots(records: Sequence, out_dir: str | Path, df: pd.DataFrame | None 
                  lambda: training_curves(records, colours)))
     for column in column_order(records):
         jobs.append((f"qualitative_{slug(column)}.png", f"Test slices with each method's prediction, {column}",
-                     lambda column=column: qualitative_overlays(records, column)))
+                     lambda column=column: qualitative_overlays(records, column, class_names)))
     jobs += [("search_history.png", "Optuna search: best val Dice per trial and the running best", lambda: search_history(records, search_samples)),
              ("param_importances.png", "Optuna search: parameter importances", lambda: param_importances(records))]
     written, skipped = [], []

@@ -30,7 +30,7 @@ from analysis.claims import claims_section
 from analysis.plots import natural_key, PlotFile, write_plots
 from analysis.health import TrialHealth, health_problems, health_section, record_health
 from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, escape_markdown,
-                             print_summary, row_label, row_order, trial_seed, write_tables)
+                             print_summary, row_label, row_order, study_class_names, trial_seed, write_tables)
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_text_atomic
 from medseg_platform.results import TrialRecord, scan_study
@@ -175,8 +175,14 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
     ]
     if settings.get("command"):
         lines.append(f"- **Command**: `{settings['command']}`")
+    if settings.get("overrides"):
+        lines.append("- **Overrides** (`--set`, every trial): " + ", ".join(f"`{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}`"
+                                                                            for key, value in settings["overrides"].items()))
     lines += [
-        f"- **Dataset**: {_join(roots)}; {_join(available)} training patients, {_join(test_cases)} test cases",
+        f"- **Dataset**: {_join(roots)}; {_join(available)} training patients, {_join(test_cases)} test cases"
+        + (f"; classes {', '.join(study_class_names(records).values())}" if records else ""),
+        *([f"- **External test set** (`--test-root`): {settings['test_root']}; each trial's selected weights scored on its "
+           "test split, shown as its own block after each table"] if settings.get("test_root") else []),
         f"- **Seeds**: {_join(seeds)}",
         f"- **Iterations**: {_join(steps)} fine-tuning steps (validation every {_join(val_every)}; model selected on val); "
         f"pretraining: {_pretraining_phrase(records)}",
@@ -290,9 +296,10 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
     records, problems, missing = study_records(study_dir, info, {s.key for s in samples} if samples is not None else None)
     problems = [*problems, *search_problem, *health_problems(trial_health(records))]
     if records:
-        df = build_table(records)
-        tables = write_tables(records, study_dir) + tables
-        plots, _ = write_plots(records, study_dir / PLOTS_DIR, df=df, log=log, search_samples=samples)
+        class_names = study_class_names(records)  # before any table: trials on datasets with other classes are an error
+        df = build_table(records, class_names=class_names)
+        tables = write_tables(records, study_dir, class_names=class_names) + tables
+        plots, _ = write_plots(records, study_dir / PLOTS_DIR, df=df, log=log, search_samples=samples, class_names=class_names)
     report = study_dir / REPORT_FILE
     write_text_atomic(report, render_report(study_dir, info, settings, last_run, records, problems, tables, plots))
     return StudyReport(study_dir, report, tables, [p.path for p in plots], records, problems, missing)

@@ -27,9 +27,19 @@ Numbers, from the bottom up:
 Dice and Jaccard are reported in percent (x100, one decimal); HD95 and ASD keep the unit they were
 evaluated in (mm when the voxel spacing was known, voxels otherwise; two decimals).
 
+Class names come from the data: each trial's ``result.json`` records its dataset's ``class_names``
+(:func:`trial_class_names`; a result without them gets the defaults of its ``data.num_classes``: RV/Myo/LV
+for 4 classes, ``class 1``, ... otherwise). All trials of one table must agree (:func:`study_class_names`).
+
 The long form (:func:`build_table`, ``table.csv``) has one row per (row, column, class, metric); the
 renderers (:func:`to_markdown`, :func:`to_latex`) lay one metric out wide: methods down, label fractions
 across, each split into the classes and "Avg".
+
+External test sets (a study's ``--test-root``): trials scored on another dataset's test split keep those rows in
+``per_case_test_root.csv`` (:func:`medseg_platform.results.read_test_root`). Each such dataset gets its own block
+after the main table in ``table_<metric>.md`` / ``.tex``, built by the same code from those rows
+(:func:`external_test_sets`, :func:`external_blocks`); trials of the study without that evaluation are counted
+there as missing. ``table.csv`` holds the study's own test set only.
 """
 
 from __future__ import annotations
@@ -45,11 +55,13 @@ import pandas as pd
 
 from analysis.health import COLLAPSE_DROP, RISING_MARGIN, record_health
 from analysis.significance import ALPHA, NOT_SIGNIFICANT_MARK, caption_note, paired_case_values, seed_averaged, wilcoxon_test
+from medseg_platform.data.layout import ACDC_CLASS_NAMES, default_class_names
+from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_text_atomic
-from medseg_platform.results import TrialRecord, scan_study
+from medseg_platform.results import TrialRecord, read_test_root, scan_study
 
 DEFAULT_METRICS = ("dice", "jaccard", "hd95", "asd")
-DEFAULT_CLASS_NAMES = {1: "RV", 2: "Myo", 3: "LV"}
+DEFAULT_CLASS_NAMES = {label: name for label, name in enumerate(ACDC_CLASS_NAMES, 1)}  # results of 4-class data without names
 AVG = "Avg"
 UNDEFINED_MARK = "\u2020"  # dagger
 FLAGGED_MARK = "\u00a7"  # section sign: the cell includes a still-rising or collapsed trial (analysis.health)
@@ -216,13 +228,41 @@ def seed_statistics(values: Sequence[float]) -> tuple[float, float, int]:
     return float(finite.mean()), std, int(finite.size)
 
 
+def trial_class_names(record: TrialRecord) -> tuple[str, ...]:
+    """Names of labels 1..N-1 of a trial: ``result.json``'s ``class_names``, else the defaults of ``data.num_classes``."""
+    names = record.result.get("class_names")
+    if isinstance(names, list) and names:
+        return tuple(str(name) for name in names)
+    data = (record.result.get("config") or {}).get("data") or {}
+    return default_class_names(int(data.get("num_classes", 4)))
+
+
+def study_class_names(records: Iterable[TrialRecord]) -> dict[int, str]:
+    """``{label: name}`` shared by all ``records`` (the defaults when there are none).
+
+    One-line :class:`MedsegError` when two trials name their classes differently (trials on two datasets
+    with other classes cannot share one table).
+    """
+    first: tuple[TrialRecord, tuple[str, ...]] | None = None
+    for record in records:
+        names = trial_class_names(record)
+        if first is None:
+            first = (record, names)
+        elif names != first[1]:
+            raise MedsegError(f"{record.path}: class names {', '.join(names)} differ from {', '.join(first[1])} of trial "
+                              f"{first[0].path.name} (one study's trials must share one dataset's classes; report them as separate studies)")
+    if first is None:
+        return dict(DEFAULT_CLASS_NAMES)
+    return {label: name for label, name in enumerate(first[1], 1)}
+
+
 def _class_label(cls: int | str, class_names: Mapping[int, str]) -> str:
     """The name of a class column (``AVG`` stays as it is)."""
     return cls if isinstance(cls, str) else class_names.get(cls, str(cls))
 
 
 def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT_METRICS,
-                class_names: Mapping[int, str] = DEFAULT_CLASS_NAMES) -> pd.DataFrame:
+                class_names: Mapping[int, str] | None = None) -> pd.DataFrame:
     """The long-form table: one row per (row label, column label, class or "Avg", metric).
 
     Columns: ``row``, ``column``, ``class``, ``metric``, ``unit``, ``mean``, ``std`` (sample, ddof=1; 0.0
@@ -235,9 +275,12 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
     ``empty_policy`` (distinct fine-tuning steps, labelled patients and empty-mask policies of the cell's
     trials, comma-separated). Dice and Jaccard are in percent. Rows come
     in table order (methods, then label fractions, then ``metrics``, then classes); only (method, fraction)
-    pairs with trials appear. A trial folder passed twice counts once.
+    pairs with trials appear. A trial folder passed twice counts once. ``class_names`` (label -> name):
+    default :func:`study_class_names` of the records.
     """
     records = _unique_records(records)
+    if class_names is None:
+        class_names = study_class_names(records)
     for metric in metrics:
         metric_style(metric)
     classes = sorted({int(float(row["class"])) for r in records for row in r.per_case})
@@ -650,20 +693,59 @@ def to_csv(df: pd.DataFrame, path: str | Path | None = None) -> str:
     return text
 
 
+def external_test_sets(records: Iterable[TrialRecord]) -> dict[str, list[TrialRecord]]:
+    """Per external test root (sorted), the trials scored on it, each as a :class:`TrialRecord` whose ``per_case``
+    holds that set's rows (so the table code builds the block unchanged); {} when no trial has one."""
+    out: dict[str, list[TrialRecord]] = {}
+    for record in _unique_records(records):
+        found = read_test_root(record)
+        if found is not None:
+            out.setdefault(found[0], []).append(TrialRecord(record.path, record.result, found[1]))
+    return dict(sorted(out.items()))
+
+
+def external_blocks(records: Sequence[TrialRecord], metric: str, suffix: str,
+                    class_names: Mapping[int, str] | None = None) -> str:
+    """The external test set blocks of ``table_<metric>.<suffix>`` (``md`` or ``tex``), one per root; "" when none.
+
+    Each is the metric's table of that set's per-case rows, titled with the root, plus a line counting the study's
+    trials that have no evaluation on it (finished before ``--test-root`` was given and not scored since, e.g. their
+    checkpoint is gone; rerunning the study command with the flag scores those that still have a checkpoint).
+    """
+    records = _unique_records(records)
+    style = metric_style(metric)
+    text = ""
+    for index, (root, scored) in enumerate(external_test_sets(records).items(), 1):
+        df = build_table(scored, (metric,), class_names)
+        missing = len(records) - len(scored)
+        note = (f"{missing} of {len(records)} trials have no evaluation on this test set (rerun the study command with "
+                "--test-root to score those that still have a checkpoint).") if missing else ""
+        if suffix == "md":
+            block = to_markdown(df, metric).replace(f"### {style.label}", f"### {style.label}, external test set: {escape_markdown(root)}", 1)
+            text += "\n" + block + (f"\n_{escape_markdown(note)}_\n" if note else "")
+        else:
+            block = to_latex(df, metric, label=f"tab:{metric}-external-{index}")
+            block = block.replace(r"\caption{", rf"\caption{{External test set {escape_latex(root)}. ", 1)
+            text += "\n" + block + (f"% {escape_latex(note)}\n" if note else "")
+    return text
+
+
 def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
                  metrics: Sequence[str] = DEFAULT_METRICS,
-                 class_names: Mapping[int, str] = DEFAULT_CLASS_NAMES) -> list[Path]:
-    """Write ``table_<metric>.md`` and ``table_<metric>.tex`` per metric and ``table.csv`` (long form).
+                 class_names: Mapping[int, str] | None = None) -> list[Path]:
+    """Write ``table_<metric>.md`` and ``table_<metric>.tex`` per metric (each followed by its external test set
+    blocks, :func:`external_blocks`) and ``table.csv`` (long form).
 
     Every file is written atomically; returns the paths in that order (CSV last).
     """
     out_dir = Path(out_dir)
+    records = _unique_records(records)
     df = build_table(records, metrics, class_names)
     paths = []
     for metric in metrics:
         for suffix, render in (("md", to_markdown), ("tex", to_latex)):
             path = out_dir / f"table_{metric}.{suffix}"
-            write_text_atomic(path, render(df, metric))
+            write_text_atomic(path, render(df, metric) + external_blocks(records, metric, suffix, class_names))
             paths.append(path)
     csv_path = out_dir / "table.csv"
     to_csv(df, csv_path)

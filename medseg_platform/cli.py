@@ -28,6 +28,7 @@ def command_parser(subparsers, name: str, help: str, example: str, description: 
 
 def build_parser() -> argparse.ArgumentParser:
     from analysis import cli as report_cli
+    from medseg_platform import predict, train_cli
     from medseg_platform.data import cli as data_cli
     from medseg_platform.evaluation import cli as evaluation_cli
 
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.add_cli(subparsers)
     evaluation_cli.add_cli(subparsers)
     report_cli.add_cli(subparsers)
+    train_cli.add_cli(subparsers)
+    predict.add_cli(subparsers)
     return parser
 
 

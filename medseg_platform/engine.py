@@ -47,7 +47,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -306,7 +306,14 @@ def _make_optimizer(cfg: TrialConfig, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
-def evaluate_volumes(model: torch.nn.Module, volumes: list[Volume], cfg: TrialConfig, device: torch.device,
+def predict_case(model: torch.nn.Module, image: np.ndarray, cfg: TrialConfig, device: torch.device) -> np.ndarray:
+    """Label map (uint8 D×H×W) of one volume as the evaluation predicts it: slice-wise at ``cfg``'s patch size with
+    its test-time resize policy (``eval.resize``). ``medseg predict`` (:mod:`medseg_platform.predict`) uses it too,
+    so its files hold exactly what the trial's test Dice scored."""
+    return predict_volume(model, image, cfg.data.patch_size, device=device, resize=cfg.eval.resize)
+
+
+def evaluate_volumes(model: torch.nn.Module, volumes: Iterable[Volume], cfg: TrialConfig, device: torch.device,
                      on_prediction: Callable[[Volume, np.ndarray], None] | None = None) -> list[dict]:
     """Per-case, per-class metric rows of ``model`` on ``volumes`` (methods-spec §1.10, slice-wise at the patch size).
 
@@ -315,7 +322,7 @@ def evaluate_volumes(model: torch.nn.Module, volumes: list[Volume], cfg: TrialCo
     """
     rows = []
     for vol in volumes:
-        pred = predict_volume(model, vol.image, cfg.data.patch_size, device=device, resize=cfg.eval.resize)
+        pred = predict_case(model, vol.image, cfg, device)
         if on_prediction is not None:
             on_prediction(vol, pred)
         for row in evaluate_case(pred, vol.label, cfg.data.num_classes, vol.spacing, empty_policy=cfg.eval.empty_policy):
@@ -420,6 +427,27 @@ def _load_checkpoint(path: Path) -> dict:
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise MedsegError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                           "delete it to start this stage or trial over") from None
+
+
+def load_selected_model(cfg: TrialConfig, trial_dir: Path, device: torch.device, best_step: int | None = None) -> torch.nn.Module:
+    """The network of a trial trained by :func:`train_trial` with the weights selected on val (the ``best_state`` of
+    ``trial_dir/checkpoint/checkpoint.pt``, read with ``weights_only=True``), on ``device``, in eval mode.
+
+    ``best_step``: the step ``result.json`` recorded; a checkpoint that selected another step is an error (it is not the
+    finished trial's). One-line :class:`MedsegError` when the checkpoint or its selected state is missing.
+    """
+    path = Path(trial_dir) / "checkpoint" / CHECKPOINT_FILE
+    if not path.is_file():
+        raise MedsegError(f"{path}: missing, so the trial's selected weights are gone (rerun the trial to recreate them)")
+    state = _load_checkpoint(path)
+    if state.get("best_state") is None:
+        raise MedsegError(f"{path}: holds no weights selected on val yet (the trial has not validated; finish it first)")
+    if best_step is not None and int(state.get("best_step", -1)) != int(best_step):
+        raise MedsegError(f"{path}: selected step {state.get('best_step')} but result.json records step {best_step} "
+                          "(the checkpoint is not this finished trial's; rerun the trial)")
+    model = _build_model(cfg, device)
+    model.load_state_dict(state["best_state"])
+    return model.eval()
 
 
 @dataclass

@@ -54,6 +54,8 @@ from typing import Callable, Sequence
 from medseg_platform.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrialConfig, resolve_path
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_json_atomic
+from medseg_platform.overrides import (STUDY_FLAG_KEYS, apply_overrides, check_key, config_fields, parse_set_options, parse_value,
+                                      select_rows)
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,18 @@ def method_overrides(method: str, profile: Profile, without_contrast: bool = Fal
     raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
 
 
+def profile_with_overrides(profile: Profile, sets: dict[str, str], flags: dict[str, str] = STUDY_FLAG_KEYS) -> Profile:
+    """``profile`` with the ``--set`` overrides of its config's sections (``optim.max_steps``, ``data.patch_size``, ...;
+    not the objective's), so that what :func:`method_overrides` derives from them follows: the schedules from the
+    step count (mean teacher's ramp-up, the α_t epochs), the ISD stages' image and window sizes from the patch."""
+    values = {}
+    for key, text in sets.items():
+        if key != "objective" and not key.startswith("objective_params."):
+            check_key(key, flags)
+            values[key] = parse_value(key, text, config_fields()[key])
+    return replace(profile, trial=profile.trial.replace(**values)) if values else profile
+
+
 def default_cache_root() -> Path:
     """Where the embedded dataset is cached: ``$MEDSEG_CACHE`` or ``~/.cache/medseg-platform``."""
     return Path(os.environ.get("MEDSEG_CACHE", Path.home() / ".cache" / "medseg-platform")).expanduser().resolve()
@@ -199,6 +213,17 @@ def study_parser(description: str, default_name: str) -> argparse.ArgumentParser
                              "submission to the network and prints a warning: prefer an SSH tunnel)")
     parser.add_argument("--optuna-storage", default=None, metavar="PATH",
                         help="search studies only: also record the Optuna study in this journal file (optuna-dashboard PATH)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a config value of every trial, e.g. --set optim.lr=0.02 --set objective_params.temperature=0.2 "
+                             "(repeatable; typed like the config field; an error if a row sets the key itself or its objective lacks it)")
+    parser.add_argument("--rows", nargs="+", default=None, metavar="NAME",
+                        help="run only these table rows (names as the table prints them; quote names with spaces)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the trials (status, estimated cost) and the estimated wall time; start and train nothing")
+    parser.add_argument("--test-root", default=None, metavar="ROOT",
+                        help="also score every trial's selected weights on this dataset's test split (same classes as the "
+                             "study's data); tables and report show it as its own block. Trials finished without it are "
+                             "scored from their checkpoints, without training")
     return parser
 
 
@@ -216,7 +241,9 @@ def resolve_data_root(args, profile: Profile) -> Path:
 def run_study_main(description: str, default_name: str, build: Callable[[argparse.Namespace, Profile, TrialConfig], "object"],
                    argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     """Parse the shared flags, build the study with ``build(args, profile, base)``, run it, write ``settings.json``
-    (profile, dataset root, command line) and the report: tables, plots and ``report.md`` (:mod:`analysis.report`).
+    (profile, dataset root, command line, ``--set`` overrides, ``--test-root``) and the report: tables, plots and ``report.md``
+    (:mod:`analysis.report`). ``--rows`` and ``--set`` change the built study (:mod:`medseg_platform.overrides`);
+    ``--dry-run`` prints its plan instead of running it (:mod:`medseg_platform.plan`).
 
     ``parser``: a parser from :func:`study_parser` that a study script extended with its own flags
     (default: ``study_parser(description, default_name)``).
@@ -227,6 +254,8 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
     args = parser.parse_args(argv)
     profile = PROFILES["smoke" if args.smoke_test else args.profile]
     try:
+        sets = parse_set_options(args.overrides)
+        profile = profile_with_overrides(profile, sets)
         root = resolve_data_root(args, profile)
         base = profile.trial.replace(**{"data.root": str(root), "optim.amp": args.amp})
         study: Study = build(args, profile, base)
@@ -242,13 +271,23 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
         study.optuna_storage = resolve_path(args.optuna_storage, "--optuna-storage") if args.optuna_storage else None
         study.num_workers = args.num_workers
         study.max_retries = args.max_retries
+        study.test_root = resolve_path(args.test_root, "--test-root") if args.test_root else None
+        if args.rows:
+            select_rows(study, args.rows)
+        overrides = apply_overrides(study, sets)
+        if args.dry_run:
+            from medseg_platform.plan import format_plan, plan_study
+
+            print(format_plan(plan_study(study)))
+            return 0
         run = study.run()
         # the report's settings that the trial files do not hold (regenerated reports read them back)
         command = " ".join(shlex.quote(a) for a in ["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
         write_json_atomic(run.study_dir / "settings.json", {
             "profile": profile.name, "data_root": str(root), "command": command, "smoke_test": bool(args.smoke_test),
             "results_dir": str(study.results_dir), "address": args.address, "gpus_per_trial": study.gpus_per_trial,
-            "cpus_per_trial": study.cpus_per_trial, "num_workers": study.num_workers, "max_concurrent": study.max_concurrent})
+            "cpus_per_trial": study.cpus_per_trial, "num_workers": study.num_workers, "max_concurrent": study.max_concurrent,
+            "overrides": overrides, **({"test_root": str(study.test_root)} if study.test_root is not None else {})})
         from analysis.report import print_report, write_report
 
         report = write_report(run.study_dir)  # tables, plots/ and report.md, from the result files only

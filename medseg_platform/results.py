@@ -9,8 +9,11 @@ A study folder holds one folder per trial, named by the trial's key (a hash of i
         curves.csv       training curves: step, lr, steps_per_s, loss terms
         val_curve.csv    step, val_dice
         qualitative.npz  a few test slices for the overlay plots (below; written by the engine)
+        per_case_test_root.csv  only with a study's ``--test-root``: the selected weights' per-case metrics on that
+                         external dataset's test split (same columns as per_case.csv); result.json then records
+                         ``test_root``: {"root", "num_test_cases", "test" (means as "test")}
         result.json      written last: status, seed, labelled patients, best step, test means, timing,
-                         finished_at (epoch seconds),
+                         finished_at (epoch seconds), class_names (of labels 1..N-1, from the dataset),
                          attempts (how many times the trial started, retries and resumes included)
         attempts.json    one entry per start of the trial (pid, host, time), written before training
         error.json       only for an errored trial: the reason (kind, message, step/terms of a NaN loss)
@@ -118,6 +121,18 @@ def test_means(per_case: list[Mapping[str, Any]], metrics=("dice", "jaccard", "h
     return out
 
 
+def dataset_class_names_record(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``{"class_names": [...]}`` of the trial's dataset (``data.root``), so tables name the classes even when the
+    data folder is gone later; {} when the config names no existing dataset folder (the analysis then uses defaults)."""
+    data = config.get("data") or {}
+    root = data.get("root")
+    if not root or not Path(root).is_dir():
+        return {}
+    from medseg_platform.data.layout import dataset_class_names
+
+    return {"class_names": list(dataset_class_names(root, int(data.get("num_classes", 4))))}
+
+
 def write_trial_results(trial_dir: Path, *, config: Mapping[str, Any], tags: Mapping[str, Any], outcome, seed: int, extra: Mapping[str, Any] | None = None) -> dict:
     """Write every result file of a finished trial (``result.json`` last) and return the result record."""
     trial_dir = Path(trial_dir)
@@ -143,6 +158,7 @@ def write_trial_results(trial_dir: Path, *, config: Mapping[str, Any], tags: Map
         "resumed_from_step": outcome.resumed_from_step,
         "attempts": max(1, read_attempts(trial_dir)["attempts"]),  # 1 when run outside a study (no attempts.json)
         "finished_at": time.time(),  # epoch seconds: orders a search's trials in its history plot
+        **dataset_class_names_record(config),
         **dict(getattr(outcome, "extra", None) or {}),
         **dict(extra or {}),
     }
@@ -190,6 +206,41 @@ def start_attempt(trial_dir: Path) -> int:
     history = data["history"] + [{"attempt": count, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}]
     write_json_atomic(Path(trial_dir) / ATTEMPTS_FILE, {"attempts": count, "history": history})
     return count
+
+
+TEST_ROOT_PER_CASE = "per_case_test_root.csv"
+
+
+def write_test_root_results(trial_dir: Path, root: str | os.PathLike, rows: list[dict]) -> dict:
+    """Record a finished trial's evaluation on an external test set (``--test-root``): ``per_case_test_root.csv``,
+    then ``result.json`` rewritten with its ``test_root`` block (both atomically, result.json last); returns the block.
+
+    The trial must be finished (its ``result.json`` readable); a previous evaluation on another root is replaced.
+    """
+    trial_dir = Path(trial_dir)
+    record = read_trial(trial_dir)
+    if record is None:
+        raise FileNotFoundError(f"{trial_dir / RESULT_FILE}: the trial is not finished")
+    fields = list(PER_CASE_FIELDS) + [k for k in (rows[0] if rows else {}) if k not in PER_CASE_FIELDS]
+    write_text_atomic(trial_dir / TEST_ROOT_PER_CASE, _csv_text(rows, fields))
+    block = {"root": str(root), "num_test_cases": len({r["case"] for r in rows}), "test": test_means(rows)}
+    write_json_atomic(trial_dir / RESULT_FILE, {**record.result, "test_root": block})
+    return block
+
+
+def read_test_root(record: "TrialRecord") -> tuple[str, list[dict]] | None:
+    """``(root, per-case rows)`` of a finished trial's external test set evaluation; None when it has none (no
+    ``test_root`` block, or a per-case file that is missing or does not cover the block's cases: evaluated again)."""
+    block = record.result.get("test_root")
+    if not isinstance(block, dict) or not block.get("root"):
+        return None
+    try:
+        rows = read_csv(Path(record.path) / TEST_ROOT_PER_CASE)
+    except (OSError, csv.Error):
+        return None
+    if len({r.get("case") for r in rows}) != block.get("num_test_cases"):
+        return None
+    return str(block["root"]), rows
 
 
 @dataclass(frozen=True)

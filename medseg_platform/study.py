@@ -20,6 +20,10 @@ its result files (:mod:`medseg_platform.results`), which are the source of truth
 Failures (see :func:`run_trial_in_tune`): deterministic application errors (NaN loss, bad config/data)
 end the trial as errored without a retry; a dead worker is retried from its last checkpoint up to
 ``max_retries`` times; a killed driver or a corrupt result is handled by rerunning the same command.
+
+External test set (``Study.test_root``, the study scripts' ``--test-root``): checked before Ray starts (same classes
+as the study's data, data preflight) and scored by each trial after its own test evaluation; finished trials that
+lack it are scored at the next run from their checkpoints, without training (:mod:`medseg_platform.predict`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from medseg_platform.config import TrialConfig, resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_host, dashboard_message
 from medseg_platform.errors import ConfigError, MedsegError
 from medseg_platform.io import write_json_atomic
+from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.results import (ERROR_FILE, CorruptResult, read_trial, search_trial_key, start_attempt, trial_key, write_trial_error,
                                      write_trial_results)
 
@@ -82,6 +87,7 @@ class Study:
     optuna_storage: Path | None = None  # search only: Optuna journal file the searched trials go to (optuna-dashboard PATH)
     max_retries: int = 2  # Tune retries of a trial whose worker died (infrastructure failures only; see run_trial_in_tune)
     claims: Sequence[Mapping[str, Any]] = ()  # papers' claims the report tests (medseg_platform.claims_spec.claim); not in spec_hash
+    test_root: Path | None = None  # external test set: each trial's selected weights are also scored on its test split
 
     # -- expansion and validation (no Ray) ------------------------------------------------------
     def trial_params(self) -> list[dict]:
@@ -139,6 +145,8 @@ class Study:
                 "gpus": self.gpus_per_trial}
         if self.optuna_storage is not None:  # a restored experiment keeps its searcher: with its storage, or without
             spec["optuna_storage"] = str(resolve_path(self.optuna_storage, "--optuna-storage"))
+        if self.test_root is not None:  # a new external test set: a new experiment, whose finished trials only evaluate it
+            spec["test_root"] = str(resolve_path(self.test_root, "--test-root"))
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
 
     def description(self, trials: list[dict]) -> dict:
@@ -165,9 +173,12 @@ class Study:
         self._check_fault_tolerance_options(trials)
         if self.gpus_per_trial > 0:
             check_gpus_available(self.address)
+        test_datasets = self._check_test_root(trials)
+        preflight_datasets(datasets_of_trials(trials) + test_datasets, self.study_dir)  # every data file read, before Ray starts
         study_dir = self.study_dir
         (study_dir / "trials").mkdir(parents=True, exist_ok=True)
-        pending = [t for t in trials if not _finished(study_dir / "trials" / t["key"], warn=True)]
+        pending = [t for t in trials if not _finished(study_dir / "trials" / t["key"], warn=True)
+                   or self._lacks_test_root(study_dir / "trials" / t["key"])]
         write_json_atomic(study_dir / "study.json", self.description(trials))
         _log(f"study {self.name}: {len(trials)} trial(s), {len(trials) - len(pending)} already finished -> {study_dir}")
         timing = {"validate_s": time.perf_counter() - start}
@@ -177,7 +188,8 @@ class Study:
             # A restored experiment re-runs only what Tune itself left unfinished or errored. Trials it
             # marked finished that have no valid result (folder deleted, corrupt result, an application error
             # in an earlier run: Tune saw those end normally) run again here, in a fresh experiment.
-            left = [t for t in pending if not _finished(study_dir / "trials" / t["key"]) and not _errored_in_run(study_dir / "trials" / t["key"], run_id)]
+            left = [t for t in pending if (not _finished(study_dir / "trials" / t["key"]) or self._lacks_test_root(study_dir / "trials" / t["key"]))
+                    and not _errored_in_run(study_dir / "trials" / t["key"], run_id)]
             if restored and left and self.search_space is None:
                 _log(f"{len(left)} trial(s) that the restored experiment considers done have no result (lost, corrupt, or "
                      "errored in an earlier run): running them again")
@@ -187,6 +199,24 @@ class Study:
                                                         "concurrency_cpus": self.num_cpus, "cpus_per_trial": self.cpus_per_trial,
                                                         "num_workers": self.num_workers})
         return StudyRun(self, study_dir, [t["key"] for t in trials], timing)
+
+    def _check_test_root(self, trials: list[dict]) -> list[tuple[str, int]]:
+        """``test_root`` resolved and checked before Ray starts (a dataset root with the trials' classes and a test
+        split; one-line error otherwise); returns its ``(root, num_classes)`` for the data preflight ([] without one)."""
+        if self.test_root is None:
+            return []
+        from medseg_platform.predict import check_test_root
+
+        self.test_root = resolve_path(self.test_root, "--test-root")
+        return check_test_root(self.test_root, datasets_of_trials(trials))
+
+    def _lacks_test_root(self, trial_dir: Path) -> bool:
+        """A finished trial still to be scored on ``test_root`` (it finished before the flag was given, or with another root)."""
+        if self.test_root is None:
+            return False
+        from medseg_platform.predict import needs_test_root_evaluation
+
+        return needs_test_root_evaluation(trial_dir, self.test_root)
 
     def _check_fault_tolerance_options(self, trials: list[dict]) -> None:
         """``max_retries`` and a trial's fp16 autocast without a GPU, before Ray starts (one-line :class:`ConfigError`)."""
@@ -222,7 +252,8 @@ class Study:
             distributed = self.num_workers > 1
             trainable = tune.with_resources(
                 tune.with_parameters(run_trial_in_tune, study_dir=str(study_dir), num_workers=self.num_workers,
-                                     cpus_per_worker=self.cpus_per_trial, gpus_per_worker=self.gpus_per_trial, run_id=run_id),
+                                     cpus_per_worker=self.cpus_per_trial, gpus_per_worker=self.gpus_per_trial, run_id=run_id,
+                                     test_root=str(self.test_root) if self.test_root is not None else None),
                 {"cpu": TUNE_FUNCTION_CPU} if distributed else {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial},
             )
             name = f"{self.name}-{suffix}"
@@ -444,7 +475,7 @@ def trial_placement() -> dict:
 
 
 def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
-                      run_id: str = "") -> None:
+                      run_id: str = "", test_root: str | None = None) -> None:
     """The Tune function trainable: one trial, in-process (see the module docstring).
 
     Failures. An *application error* (a :class:`MedsegError`: NaN/inf loss, bad config or data, an unreadable
@@ -455,6 +486,8 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
     *infrastructure failure*: recorded (kind ``infrastructure``) and re-raised, so Tune restarts the trial
     from its last checkpoint while ``Study.max_retries`` lasts. Each start is counted in ``attempts.json``
     (before training) and ``result.json`` records the count. ``run_id`` marks this study run's error files.
+    ``test_root``: after the trial's own test evaluation (or, for a trial finished earlier, instead of training), its
+    selected weights are scored on that dataset's test split (:func:`_score_test_root`).
     """
     from ray import tune
 
@@ -477,7 +510,8 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
         existing = read_trial(trial_dir)
     except CorruptResult:
         existing = None
-    if existing is not None:  # finished before (e.g. the driver died before Tune saved its state)
+    if existing is not None:  # finished before (e.g. the driver died before Tune saved its state, or a new --test-root)
+        _score_test_root(trial_dir, test_root, key)
         tune.report({"step": cfg.optim.max_steps, METRIC: existing.result["best_val_dice"], "test_dice": existing.result["test"]["mean"]["dice"], "done": True, "skipped": True})
         return
 
@@ -516,8 +550,28 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         write_trial_error(trial_dir, config=config, tags=tags, seed=cfg.seed, error=message, kind="infrastructure", run=run_id)
         raise  # Tune retries it from the last checkpoint (FailureConfig), or marks it errored when no retry is left
+    _score_test_root(trial_dir, test_root, key)
     tune.report({"step": cfg.optim.max_steps, METRIC: record["best_val_dice"], "best_val_dice": record["best_val_dice"],
                  "test_dice": record["test"]["mean"]["dice"], "done": True, ASHA_TIME: -(-cfg.optim.max_steps // cfg.eval.val_every) + 1})
+
+
+def _score_test_root(trial_dir: Path, test_root: str | None, key: str) -> None:
+    """Score a finished trial's selected weights on the external test set ``test_root`` unless it already was
+    (:func:`medseg_platform.predict.evaluate_on_test_root`). A deterministic error (e.g. its checkpoint is gone) is
+    printed and the trial stays finished: the report lists it as missing from the external block."""
+    if test_root is None:
+        return
+    from medseg_platform.predict import evaluate_on_test_root, has_test_root_evaluation
+
+    if has_test_root_evaluation(trial_dir, test_root):
+        return
+    try:
+        block = evaluate_on_test_root(trial_dir, test_root)
+    except MedsegError as exc:
+        print(f"[{key}] external test set {test_root} not evaluated: {exc}", flush=True)
+        return
+    print(f"[{key}] external test set {test_root}: mean Dice {block['test']['mean']['dice']:.4f} "
+          f"over {block['num_test_cases']} cases", flush=True)
 
 
 def _end_errored(trial_dir: Path, config: dict, tags: dict, seed: int, exc: MedsegError, run_id: str) -> None:

@@ -94,15 +94,16 @@ def main(argv=None) -> int:
     from analysis.search import BEST_FILE, HISTORY_FILE, best_sample, load_samples
     from medseg_platform.errors import MedsegError
 
-    built = []
+    built, dry_run = [], []
 
     def build_and_keep(args, profile, base):  # run_study_main names and places the study: keep it to find its folder
         built.append(build(args, profile, base))
+        dry_run.append(args.dry_run)
         return built[-1]
 
     code = run_study_main(__doc__, "hparam_search", build_and_keep, argv=argv, parser=parser())
-    if code == 2 or not built or not (built[0].study_dir / "study.json").is_file():
-        return code  # a bad flag or config: nothing ran
+    if code == 2 or not built or any(dry_run) or not (built[0].study_dir / "study.json").is_file():
+        return code  # a bad flag or config, or a dry run: nothing ran
     try:  # run_study_main's report already wrote search_history.csv / best_config.json; print from the same data
         samples = load_samples(built[0].study_dir)
         best = best_sample(samples)

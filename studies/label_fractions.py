@@ -30,8 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from medseg_platform.claims_spec import claim  # noqa: E402
-from medseg_platform.profiles import (METHOD_LABELS, METHODS, QUICK_FRACTION_STEPS, method_overrides, run_study_main,  # noqa: E402
-                                      with_steps)
+from medseg_platform.profiles import (METHOD_LABELS, METHODS, QUICK_FRACTION_STEPS, QUICK_STEPS, method_overrides,  # noqa: E402
+                                      run_study_main, with_steps)
 from medseg_platform.study import Study  # noqa: E402
 from medseg_platform.variants import VariantTable  # noqa: E402
 
@@ -52,7 +52,8 @@ def claims(fractions) -> list[dict]:
 
 
 def build(args, profile, base):
-    if profile.name == "quick":  # 3 and 7 patients need more steps than the profile's 1-patient schedule (see profiles)
+    # 3 and 7 patients need more steps than the profile's 1-patient schedule (see profiles); --set optim.max_steps wins
+    if profile.name == "quick" and profile.trial.optim.max_steps == QUICK_STEPS:
         profile = with_steps(profile, QUICK_FRACTION_STEPS)
         base = base.replace(**{"optim.max_steps": QUICK_FRACTION_STEPS})
     table = VariantTable(base)

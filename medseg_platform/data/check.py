@@ -2,9 +2,11 @@
 
 Every listed slice and volume is opened and checked: the file exists and is readable HDF5, has
 ``image`` and ``label`` of equal shape (2-D slices, 3-D volumes), a floating-point image that is finite
-and within [0, 1], and integer labels within ``0 .. num_classes-1``. A bad file gives one line naming
-the file and the problem and the check goes on; the command exits non-zero if any problem was found.
-It also prints cases and slices per split and the voxel fraction of every class.
+and within [0, 1], and integer labels within ``0 .. num_classes-1``; the manifest's class names (if any)
+must name labels 1..num_classes-1. A bad file gives one line naming the file and the problem and the
+check goes on; the command exits non-zero if any problem was found. It also prints cases and slices per
+split and the voxel fraction of every class (by name). Studies run the same check before Ray starts
+(:mod:`medseg_platform.preflight`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_platform.data.layout import AcdcLayout, read_h5_pair
+from medseg_platform.data.layout import AcdcLayout, default_class_names, read_h5_pair
 from medseg_platform.errors import DataError
 
 
@@ -36,6 +38,7 @@ class CheckReport:
     num_classes: int
     splits: dict[str, SplitStats]
     problems: list[str]
+    class_names: tuple[str, ...] = ()  # labels 1..num_classes-1 (the manifest's, else the defaults)
 
     @property
     def ok(self) -> bool:
@@ -43,14 +46,16 @@ class CheckReport:
 
     def summary_lines(self) -> list[str]:
         lines = [f"dataset {self.root} ({self.num_classes} classes)"]
-        header = f"  {'split':<6} {'cases':>6} {'slices':>7}  " + " ".join(f"{'class ' + str(c):>9}" for c in range(self.num_classes))
+        names = ["background", *(self.class_names or default_class_names(self.num_classes))]
+        widths = [max(9, len(name)) for name in names]
+        header = f"  {'split':<6} {'cases':>6} {'slices':>7}  " + " ".join(f"{name:>{w}}" for name, w in zip(names, widths))
         lines.append(header)
         for stats in self.splits.values():
             total = stats.class_voxels.sum()
             fractions = stats.class_voxels / total if total else np.full(self.num_classes, np.nan)
             lines.append(
                 f"  {stats.name:<6} {stats.cases:>6} {stats.slices:>7}  "
-                + " ".join(f"{100 * f:>8.2f}%" for f in fractions)
+                + " ".join(f"{100 * f:>{w - 1}.2f}%" for f, w in zip(fractions, widths))
             )
         lines.append(f"{len(self.problems)} problem(s)" if self.problems else "OK: no problems found")
         return lines
@@ -99,6 +104,11 @@ def check_dataset(root: str | Path, num_classes: int = 4, progress: bool = False
     layout = AcdcLayout(root, num_classes)
     problems: list[str] = []
     splits: dict[str, SplitStats] = {}
+    try:
+        class_names = layout.class_names
+    except DataError as exc:  # the manifest names another number of classes than num_classes
+        problems.append(str(exc))
+        class_names = default_class_names(num_classes)
 
     train = SplitStats("train", class_voxels=np.zeros(num_classes, dtype=np.int64))
     train.cases = len(layout.train_cases)
@@ -123,7 +133,7 @@ def check_dataset(root: str | Path, num_classes: int = 4, progress: bool = False
     overlap |= set(layout.val_cases) & set(layout.test_cases)
     if overlap:
         problems.append(f"{layout.root}: case(s) {sorted(overlap)[:5]} appear in more than one split (train/val/test must be disjoint)")
-    return CheckReport(layout.root, num_classes, splits, problems)
+    return CheckReport(layout.root, num_classes, splits, problems, class_names)
 
 
 # ------------------------------------------------------------------------------------------ CLI

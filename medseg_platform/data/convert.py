@@ -10,6 +10,11 @@
 ``medseg data convert-nifti RAW_DIR OUT_DIR --image-glob GLOB --label-suffix SUFFIX``
     Any folder of image/label NIfTI pairs; a seeded random patient split.
 
+Both record the names of labels 1..N-1 in the manifest (``--class-names A,B,...``; ACDC's default is
+RV,Myo,LV, convert-nifti's ``class 1``, ``class 2``, ...); tables, plots and reports show them. Each case's
+``affine`` (the source image's, :func:`~medseg_platform.data.nifti.source_affine`) lets ``medseg predict`` write
+NIfTI predictions on the source grid.
+
 Both: per-volume min-max to [0,1] float32, no resampling, NIfTI ``(X, Y, Z)`` -> ``(D, H, W) = (Z, Y, X)``
 with spacing ``(dz, dy, dx)`` (see :mod:`medseg_platform.data.nifti`). Slices are written for training
 cases only, volumes for every case. Output is built in a hidden staging folder next to OUT_DIR and moved
@@ -33,13 +38,24 @@ from typing import Callable, Iterator, Mapping, Sequence
 from medseg_platform import __version__
 from medseg_platform.cli import command_parser
 from medseg_platform.data.acdc_split import Split, SplitSpec, make_split
-from medseg_platform.data.layout import MANIFEST, TRAIN_LIST, patient_of_case, write_case, write_lists, write_manifest
+from medseg_platform.data.layout import (
+    ACDC_CLASS_NAMES,
+    MANIFEST,
+    TRAIN_LIST,
+    check_class_names,
+    parse_class_names,
+    patient_of_case,
+    write_case,
+    write_lists,
+    write_manifest,
+)
 from medseg_platform.data.nifti import (
     check_same_shape,
     find_nifti_pairs,
     image_shape_text,
     load_pair,
     read_header,
+    source_affine,
 )
 from medseg_platform.errors import ConfigError, DataError
 
@@ -237,6 +253,7 @@ def write_cases(
                 "spacing": list(case.spacing),
                 "source_image": _relative(src.image, raw_dir),
                 "source_label": _relative(src.label, raw_dir),
+                "affine": source_affine(src.image),  # medseg predict writes NIfTI predictions on the source grid
                 "intensity_range": list(case.intensity_range),
                 **src.facts,
             }
@@ -261,14 +278,15 @@ def run_conversion(
     source_info: Mapping[str, object],
     num_classes: int,
     log: Log,
+    class_names: Sequence[str] | None = None,
 ) -> ConversionResult:
-    """Preflight, then write cases, lists and manifest into staging and move it to ``out_dir``."""
+    """Preflight, then write cases, lists and manifest (with ``class_names``) into staging and move it to ``out_dir``."""
     chosen = [src for src in sources if src.patient in set(split.patients)]
     preflight(chosen)
     with staged_output(out_dir) as staging:
         train_slices, facts = write_cases(staging, chosen, split, raw_dir, num_classes, log)
         write_lists(staging, train_slices, _cases_of(split.val, chosen), _cases_of(split.test, chosen))
-        write_manifest(staging, source_info, facts)
+        write_manifest(staging, source_info, facts, class_names)
     log(f"wrote {out_dir}: {len(split.train)}/{len(split.val)}/{len(split.test)} train/val/test patients, "
         f"{len(train_slices)} training slices, {len(chosen)} volumes")
     return ConversionResult(out_dir, split, len(train_slices), len(chosen))
@@ -310,13 +328,16 @@ def convert_acdc(
     overwrite: bool = False,
     log: Log = _quiet,
     warn: Log = _quiet,
+    class_names: Sequence[str] = ACDC_CLASS_NAMES,
 ) -> ConversionResult:
     """Convert the ACDC release under ``raw_dir`` to the SSL4MIS layout in ``out_dir`` (methods-spec §1.1).
 
     ``split.kind == "published"`` uses SSL4MIS's split and order restricted to the patients present (``warn``
-    reports missing and extra patients; extras are not converted). Raises :class:`DataError`/:class:`ConfigError`
-    with a one-line message naming the file for bad input; an existing ``out_dir`` is kept on failure.
+    reports missing and extra patients; extras are not converted). ``class_names``: names of labels 1..3 for
+    the manifest. Raises :class:`DataError`/:class:`ConfigError` with a one-line message naming the file for
+    bad input; an existing ``out_dir`` is kept on failure.
     """
+    class_names = check_class_names(class_names, ACDC_NUM_CLASSES, "--class-names")
     raw, out = _resolved_dirs(raw_dir, out_dir, overwrite)
     patient_dirs = find_acdc_patient_dirs(raw)
     chosen = make_split(list(patient_dirs), split)
@@ -330,7 +351,7 @@ def convert_acdc(
     info = _source_info("convert-acdc", raw, split, chosen, ACDC_NUM_CLASSES)
     if split.kind == "published":
         info.update(missing_published=len(chosen.missing), skipped_patients=list(skipped))
-    result = run_conversion(raw, out, sources, chosen, info, ACDC_NUM_CLASSES, log)
+    result = run_conversion(raw, out, sources, chosen, info, ACDC_NUM_CLASSES, log, class_names)
     return ConversionResult(result.out_dir, result.split, result.num_slices, result.num_cases, skipped)
 
 
@@ -344,22 +365,27 @@ def convert_nifti(
     overwrite: bool = False,
     log: Log = _quiet,
     warn: Log = _quiet,
+    class_names: Sequence[str] | None = None,
 ) -> ConversionResult:
     """Convert a folder of image/label NIfTI pairs to the SSL4MIS layout with a seeded random patient split.
 
-    Labels must be integers ``0..num_classes-1``. Same preprocessing, axis convention, manifest and
-    determinism as :func:`convert_acdc`.
+    Labels must be integers ``0..num_classes-1``; ``class_names`` names labels 1..num_classes-1 (default
+    ``class 1``, ``class 2``, ...: a generic dataset is not assumed to be cardiac). Same preprocessing, axis
+    convention, manifest and determinism as :func:`convert_acdc`.
     """
     if split.kind != "random":
         raise ConfigError(f"--split {split.kind}: convert-nifti supports only --split random (the published split is ACDC's)")
     if not isinstance(num_classes, int) or not 2 <= num_classes <= 256:
         raise ConfigError(f"--num-classes {num_classes!r}: must be an integer from 2 to 256 (background included)")
+    if class_names is None:
+        class_names = [f"class {k}" for k in range(1, num_classes)]
+    class_names = check_class_names(class_names, num_classes, "--class-names")
     raw, out = _resolved_dirs(raw_dir, out_dir, overwrite)
     sources = nifti_case_sources(raw, image_glob, label_suffix)
     chosen = make_split([src.patient for src in sources], split)
     info = _source_info("convert-nifti", raw, split, chosen, num_classes)
     info.update(image_glob=image_glob, label_suffix=label_suffix)
-    return run_conversion(raw, out, sources, chosen, info, num_classes, log)
+    return run_conversion(raw, out, sources, chosen, info, num_classes, log, class_names)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -402,13 +428,15 @@ def _warn(message: str) -> None:
 
 
 def _run_convert_acdc(args: argparse.Namespace) -> int:
-    convert_acdc(args.raw_dir, args.out_dir, split_spec_from_args(args), args.overwrite, _print, _warn)
+    names = ACDC_CLASS_NAMES if args.class_names is None else parse_class_names(args.class_names, ACDC_NUM_CLASSES)
+    convert_acdc(args.raw_dir, args.out_dir, split_spec_from_args(args), args.overwrite, _print, _warn, names)
     return 0
 
 
 def _run_convert_nifti(args: argparse.Namespace) -> int:
+    names = None if args.class_names is None else parse_class_names(args.class_names, args.num_classes)
     convert_nifti(args.raw_dir, args.out_dir, args.image_glob, args.label_suffix, args.num_classes,
-                  split_spec_from_args(args), args.overwrite, _print, _warn)
+                  split_spec_from_args(args), args.overwrite, _print, _warn, names)
     return 0
 
 
@@ -427,6 +455,8 @@ def add_cli(subparsers) -> None:
     )
     acdc.add_argument("raw_dir", metavar="RAW_DIR", help="folder holding the ACDC patientNNN folders (any depth)")
     acdc.add_argument("out_dir", metavar="OUT_DIR", help="output dataset root (created; must be empty unless --overwrite)")
+    acdc.add_argument("--class-names", metavar="A,B,C", default=None,
+                      help="comma-separated names of labels 1, 2, 3 for tables and plots (default: RV,Myo,LV)")
     _add_split_options(acdc, ("published", "random"), "published")
     acdc.add_argument("--overwrite", action="store_true", help="replace an existing converted dataset in OUT_DIR")
     acdc.set_defaults(func=_run_convert_acdc)
@@ -435,7 +465,7 @@ def add_cli(subparsers) -> None:
         subparsers,
         "convert-nifti",
         help="convert a folder of image/label NIfTI pairs to the SSL4MIS layout",
-        example="medseg data convert-nifti raw/ data/mine --image-glob '**/*.nii.gz' --label-suffix _gt --num-classes 3 --seed 1",
+        example="medseg data convert-nifti raw/ data/mine --image-glob '**/*.nii.gz' --label-suffix _gt --num-classes 3 --class-names liver,tumour --seed 1",
         description=(
             "Convert image/label NIfTI pairs (case.nii.gz + case<SUFFIX>.nii.gz) to the SSL4MIS layout with a\n"
             "seeded random patient split. Case id = image file stem; <patient>_frameNN cases share a patient."
@@ -446,6 +476,8 @@ def add_cli(subparsers) -> None:
     nifti.add_argument("--image-glob", default="*.nii.gz", help="images relative to RAW_DIR, '**' recurses (default: '*.nii.gz')")
     nifti.add_argument("--label-suffix", default="_gt", help="label = image name with this before the extension (default: _gt)")
     nifti.add_argument("--num-classes", type=int, default=ACDC_NUM_CLASSES, help="classes incl. background; labels 0..N-1 (default: 4)")
+    nifti.add_argument("--class-names", metavar="A,B,...", default=None,
+                       help="comma-separated names of labels 1..N-1 for tables and plots (default: 'class 1', 'class 2', ...)")
     _add_split_options(nifti, ("random",), "random")
     nifti.add_argument("--overwrite", action="store_true", help="replace an existing converted dataset in OUT_DIR")
     nifti.set_defaults(func=_run_convert_nifti)

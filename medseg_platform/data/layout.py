@@ -6,12 +6,14 @@ A dataset root holds::
     val.list, test.list        one case (volume) id per line, e.g. ``patient028_frame01``
     data/slices/<slice>.h5     ``image`` float32 H×W in [0, 1], ``label`` uint8 H×W
     data/<case>.h5             ``image`` float32 D×H×W in [0, 1], ``label`` uint8 D×H×W
-    manifest.json              (optional, written by our converters) spacing per case, checksums
+    manifest.json              (optional, written by our converters) spacing per case, checksums, class names
 
 Slices are for training, volumes for validation and test. A case id is ``<patient>_frame<NN>``
 (SSL4MIS renames ACDC's ED/ES frames to ``frame01``/``frame02``); a case id without a ``_frame``
 suffix is its own patient. Voxel spacing (mm, in D, H, W order) is stored as the ``spacing``
 attribute of a volume file and in the manifest; files without it are evaluated in voxel units.
+Class names (labels 1..N-1; 0 is background) belong to the dataset: the manifest's ``class_names``,
+else :func:`default_class_names` (ACDC's RV/Myo/LV for 4 classes, ``class 1``, ... otherwise).
 
 Writers produce byte-identical files for identical inputs (no HDF5 timestamps), so converting
 twice gives the same checksums.
@@ -40,6 +42,9 @@ TEST_LIST = "test.list"
 MANIFEST = "manifest.json"
 LAYOUT_FORMAT = "ssl4mis-acdc-h5/1"
 
+ACDC_CLASS_NAMES = ("RV", "Myo", "LV")  # labels 1, 2, 3 of ACDC (0 is background)
+RESERVED_CLASS_NAMES = ("Avg", "background")  # "Avg" is the tables' class-average column
+
 _SLICE_RE = re.compile(r"^(?P<case>.+)_slice_(?P<k>\d+)$")
 _FRAME_RE = re.compile(r"^(?P<patient>.+)_frame\d+$")
 
@@ -67,6 +72,67 @@ def patient_of_case(case: str) -> str:
 def unique_in_order(items: Iterable[str]) -> list[str]:
     """Distinct items in order of first appearance."""
     return list(dict.fromkeys(items))
+
+
+# -------------------------------------------------------------------------------- class names
+def default_class_names(num_classes: int) -> tuple[str, ...]:
+    """Names of labels 1..num_classes-1 for a dataset that records none: ACDC's for 4 classes, else ``class k``."""
+    if int(num_classes) == len(ACDC_CLASS_NAMES) + 1:
+        return ACDC_CLASS_NAMES
+    return tuple(f"class {k}" for k in range(1, int(num_classes)))
+
+
+def check_class_names(names: Sequence[object], num_classes: int, where: str) -> tuple[str, ...]:
+    """``names`` as a tuple of stripped strings, one per foreground label 1..num_classes-1; else a one-line DataError.
+
+    Names must be distinct, non-empty, without commas or line breaks, and not ``Avg``/``background``.
+    """
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
+        raise DataError(f"{where}: class names must be a list of strings, got {names!r}")
+    cleaned = tuple(str(name).strip() for name in names)
+    if len(cleaned) != int(num_classes) - 1:
+        raise DataError(f"{where}: {len(cleaned)} class name(s) {list(cleaned)} for {num_classes} classes "
+                        f"(give one name per label 1..{int(num_classes) - 1}; background 0 has none)")
+    for name in cleaned:
+        if not name or "," in name or "\n" in name:
+            raise DataError(f"{where}: class name {name!r} must be non-empty, without commas or line breaks")
+        if name in RESERVED_CLASS_NAMES:
+            raise DataError(f"{where}: class name {name!r} is reserved (the tables use 'Avg' and label 0 is 'background'); choose another")
+    if len(set(cleaned)) != len(cleaned):
+        raise DataError(f"{where}: class names {list(cleaned)} repeat a name (each label needs its own)")
+    return cleaned
+
+
+def parse_class_names(text: str, num_classes: int, where: str = "--class-names") -> tuple[str, ...]:
+    """``"RV,Myo,LV"`` -> ``("RV", "Myo", "LV")``, checked by :func:`check_class_names`."""
+    return check_class_names(text.split(","), num_classes, f"{where} {text!r}")
+
+
+def manifest_class_names(manifest: Mapping[str, object], num_classes: int, where: str) -> tuple[str, ...]:
+    """The class names a manifest records (checked against ``num_classes``), else :func:`default_class_names`."""
+    names = manifest.get("class_names")
+    if names is None:
+        return default_class_names(num_classes)
+    return check_class_names(names, num_classes, f"{where}: 'class_names'")
+
+
+def read_manifest(root: str | os.PathLike) -> dict:
+    """``<root>/manifest.json`` as a dict ({} when absent); one-line DataError when it is not a JSON object."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}); re-create it with the converter") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: not a JSON object; re-create it with the converter")
+    return manifest
+
+
+def dataset_class_names(root: str | os.PathLike, num_classes: int) -> tuple[str, ...]:
+    """Names of labels 1..num_classes-1 of the dataset at ``root`` (its manifest, else the defaults)."""
+    return manifest_class_names(read_manifest(root), num_classes, str(Path(root) / MANIFEST))
 
 
 # ------------------------------------------------------------------------------------- writers
@@ -144,10 +210,12 @@ def write_lists(root: str | os.PathLike, train_slices: Sequence[str], val_cases:
         write_text_atomic(root / name, "".join(f"{item}\n" for item in items))
 
 
-def write_manifest(root: str | os.PathLike, source: Mapping[str, object], cases: Mapping[str, Mapping[str, object]]) -> Path:
-    """Write ``manifest.json``: the layout format, how it was made, per-case facts and a SHA-256 per file.
+def write_manifest(root: str | os.PathLike, source: Mapping[str, object], cases: Mapping[str, Mapping[str, object]],
+                   class_names: Sequence[str] | None = None) -> Path:
+    """Write ``manifest.json``: the layout format, how it was made, per-case facts, class names and a SHA-256 per file.
 
     ``cases`` maps a case id to JSON-able facts (at least ``patient``; ``spacing`` when known).
+    ``class_names``: names of labels 1..N-1 (tables, plots and reports read them; omitted when None).
     Checksums cover the list files and every ``.h5`` under ``data/``, keyed by POSIX relative path.
     """
     root = Path(root)
@@ -159,6 +227,8 @@ def write_manifest(root: str | os.PathLike, source: Mapping[str, object], cases:
         "cases": {case: dict(facts) for case, facts in sorted(cases.items())},
         "sha256": {p.relative_to(root).as_posix(): sha256_file(p) for p in files if p.exists()},
     }
+    if class_names is not None:
+        manifest["class_names"] = list(class_names)
     path = root / MANIFEST
     write_json_atomic(path, manifest)
     return path
@@ -225,16 +295,12 @@ class AcdcLayout:
         self.test_cases = _read_list(self.root / TEST_LIST)
         self.train_cases = unique_in_order(case_of_slice(s) for s in self.train_slices)
         self.train_patients = unique_in_order(patient_of_case(c) for c in self.train_cases)
-        self.manifest = self._read_manifest()
+        self.manifest = read_manifest(self.root)
 
-    def _read_manifest(self) -> dict:
-        path = self.root / MANIFEST
-        if not path.is_file():
-            return {}
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}); re-create it with the converter") from None
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Names of labels 1..num_classes-1: the manifest's, else :func:`default_class_names`; DataError on a mismatch."""
+        return manifest_class_names(self.manifest, self.num_classes, str(self.root / MANIFEST))
 
     # paths
     def slice_path(self, sid: str) -> Path:

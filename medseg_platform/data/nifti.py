@@ -112,6 +112,16 @@ def read_header(path: str | Path) -> NiftiHeader:
     return NiftiHeader(path, (z, y, x), (dz, dy, dx))
 
 
+def source_affine(path: str | Path) -> list[list[float]]:
+    """The file's voxel-to-world affine (4×4, nibabel's ``affine``, for storage order (X, Y, Z)) as JSON-able rows.
+
+    The converters record it per case in the manifest, so predictions can be written back to NIfTI on the
+    source's grid (``medseg predict``: the (D, H, W) label map transposed to (X, Y, Z) with this affine).
+    """
+    affine = np.asarray(_load(Path(path)).affine, dtype=np.float64)
+    return [[float(value) for value in row] for row in affine]
+
+
 # -------------------------------------------------------------------------------------- arrays
 def to_dhw(array_xyz: np.ndarray) -> np.ndarray:
     """nibabel's ``(X, Y, Z)`` array -> ``(D, H, W) = (Z, Y, X)`` C-contiguous (SimpleITK's order)."""

@@ -60,6 +60,9 @@ MIN_SIZE = 32
 MAX_SIZE = 1024
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 _SPLIT_STREAM = 0x5B1
+#: Names of the labels the phantom draws (phantom_anatomy.LABEL_OF_TISSUE: 1 RV blood, 2 myocardium, 3 LV
+#: blood pool with papillary muscles), recorded in its manifest for tables and plots.
+PHANTOM_CLASS_NAMES = ("RV", "Myo", "LV")
 Progress = Callable[[str], None]
 
 
@@ -157,7 +160,7 @@ def _write_all(root: Path, params: PhantomParams, progress: Progress | None) -> 
             d, h, w = frames["ED"][0].shape
             progress(f"phantom: patient {index + 1}/{params.patients} {patient_id(index)} ({split}, {d} slices of {h}x{w})")
     layout.write_lists(root, slices, lists["val"], lists["test"])
-    layout.write_manifest(root, params.source(), cases)
+    layout.write_manifest(root, params.source(), cases, PHANTOM_CLASS_NAMES)
 
 
 def holds_phantom(root: str | os.PathLike, params: PhantomParams) -> bool:

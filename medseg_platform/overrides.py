@@ -1,0 +1,243 @@
+"""Command-line changes to a built study: ``--set KEY=VALUE`` config overrides and ``--rows`` row selection.
+
+``--set`` takes a dotted key of :class:`~medseg_platform.config.TrialConfig` (``optim.lr``, ``data.patch_size``,
+``eval.val_every``, ``threads``, ``objective``) or an objective parameter (``objective_params.temperature``).
+The value is parsed with the type of the field it sets: the dataclass field types of
+:mod:`medseg_platform.config`, and for ``objective_params.NAME`` the field of the objective's config class
+(:func:`methods.registry.objective_config`) of each row it applies to. Booleans are ``true``/``false``,
+tuples comma-separated (``data.patch_size=64,64``), optional values ``none``; an untyped field (e.g.
+``nn_pool_resolution``) takes a JSON value or else the text.
+
+An override applies to every trial of the study. It must not fight with what the study itself decides, so
+each of these is a one-line :class:`~medseg_platform.errors.ConfigError` before anything starts:
+
+* an unknown key (with the close matches), a section instead of a field (``--set optim``), a pretraining
+  stage's field (a row's ``pretrain`` list sets those), a value of the wrong type;
+* a key a command-line flag sets (``seed``: ``--seeds``, ...), a grid axis or a searched key of the study;
+* a key a row sets itself (its variant's overrides: the row would silently win), or an objective parameter
+  that a row's objective does not have; the message names the row (``--rows`` can leave it out).
+
+Fields of the config sections (``data``, ``model``, ``optim``, ``eval`` and the top-level numbers) change the
+study's base config, so everything that reads the base (an ASHA budget) sees them (study scripts and
+``medseg train`` also apply them to the profile before the rows are built:
+:func:`medseg_platform.profiles.profile_with_overrides`); ``objective`` and ``objective_params.*`` go into every
+row's overrides, on top of the row's own objective parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from functools import lru_cache
+from typing import Any, Mapping, Sequence
+
+from medseg_platform.config import TrialConfig
+from medseg_platform.errors import ConfigError
+
+#: Keys a study's own command-line flags set -> what sets them (an override of them is an error pointing there).
+STUDY_FLAG_KEYS = {"seed": "the flag --seeds", "workers": "the flag --num-workers", "data.root": "the flag --data-root",
+                   "optim.amp": "the flag --amp"}
+#: ``TrialConfig`` fields that are dataclass sections (their leaves are ``section.field``).
+_SECTIONS = ("data", "model", "optim", "eval")
+_OBJECTIVE_PREFIX = "objective_params."
+
+
+def parse_set_options(items: Sequence[str] | None) -> dict[str, str]:
+    """``["optim.lr=0.02", ...]`` -> ``{"optim.lr": "0.02"}`` in the order given; malformed or repeated keys are errors."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=0.02")
+        if key in out:
+            raise ConfigError(f"--set {key}: given twice ({out[key]!r} and {text!r}); give it once")
+        out[key] = text.strip()
+    return out
+
+
+@lru_cache(maxsize=None)
+def config_fields() -> dict[str, Any]:
+    """Every settable dotted key of :class:`TrialConfig` (not ``objective_params`` / ``pretrain``) -> its type."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(TrialConfig)
+    for f in dataclasses.fields(TrialConfig):
+        if f.name in _SECTIONS:
+            section = hints[f.name]
+            sub = typing.get_type_hints(section)
+            out.update({f"{f.name}.{g.name}": sub[g.name] for g in dataclasses.fields(section)})
+        elif f.name not in ("objective_params", "pretrain"):
+            out[f.name] = hints[f.name]
+    return out
+
+
+def objective_param_types(objective: str) -> dict[str, Any]:
+    """The parameters of ``objective``'s config class -> their types (empty for an unknown objective)."""
+    from methods.registry import OBJECTIVES
+
+    cls = OBJECTIVES.get(objective)
+    if cls is None:
+        return {}
+    hints = typing.get_type_hints(cls.config_class)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls.config_class)}
+
+
+def _all_objective_params() -> set[str]:
+    from methods.registry import OBJECTIVES
+
+    return {name for objective in OBJECTIVES for name in objective_param_types(objective)}
+
+
+def check_key(key: str, flags: Mapping[str, str] = STUDY_FLAG_KEYS) -> None:
+    """A one-line :class:`ConfigError` unless ``key`` is a settable leaf of the config that no flag sets."""
+    if key in flags:
+        raise ConfigError(f"--set {key}: set by {flags[key]}; use that instead")
+    if key == "pretrain" or key.startswith("pretrain.") or key.startswith("pretrain["):
+        raise ConfigError(f"--set {key}: pretraining stages cannot be set from the command line (each row's 'pretrain' list "
+                          "sets them; edit the study script, e.g. with medseg_platform.variants.with_stage_params)")
+    if key in _SECTIONS or key == "objective_params":
+        example = "objective_params.temperature" if key == "objective_params" else next(k for k in config_fields() if k.startswith(key + "."))
+        raise ConfigError(f"--set {key}: name one field of it, e.g. --set {example}=...")
+    if key.startswith(_OBJECTIVE_PREFIX):
+        if key[len(_OBJECTIVE_PREFIX):] in _all_objective_params():
+            return
+    elif key in config_fields():
+        return
+    raise ConfigError(f"--set {key}: unknown key; {_close_matches(key)}")
+
+
+def _close_matches(key: str) -> str:
+    known = sorted(set(config_fields()) | {_OBJECTIVE_PREFIX + name for name in _all_objective_params()})
+    close = difflib.get_close_matches(key, known, n=5, cutoff=0.6)
+    leaf = key.rsplit(".", 1)[-1]
+    close += [k for k in known if k not in close and difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1]], n=1, cutoff=0.8)]
+    if close:
+        return "close matches: " + ", ".join(close[:6])
+    return ("no close match; keys are " + ", ".join(f"{s}.NAME" for s in _SECTIONS)
+            + ", objective_params.NAME, objective, threads (see medseg_platform/config.py)")
+
+
+def parse_value(key: str, text: str, kind: Any) -> Any:
+    """``text`` as a value of type ``kind`` (a field type); a one-line :class:`ConfigError` naming ``key`` if it is not one."""
+    where = f"--set {key}={text}"
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if type(None) in args and text.strip().lower() in ("none", "null"):
+            return None
+        if len(options) == 1:
+            return parse_value(key, text, options[0])
+        return _json_or_text(text)
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("true", "yes", "1", "on"):
+            return True
+        if lowered in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a whole number") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number") from None
+    if kind is str:
+        return text
+    if origin is tuple:
+        parts = [p.strip() for p in text.strip().strip("[]()").split(",") if p.strip()]
+        fixed = args and args[-1] is not Ellipsis
+        if fixed and len(parts) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} comma-separated values, e.g. "
+                              f"{','.join('64' if a is int else 'x' for a in args)}")
+        if not parts:
+            raise ConfigError(f"{where}: expected comma-separated values")
+        return tuple(parse_value(key, p, args[i] if fixed else (args[0] if args else Any)) for i, p in enumerate(parts))
+    return _json_or_text(text)
+
+
+def _json_or_text(text: str) -> Any:
+    """An untyped field's value: a JSON number / boolean / null / list, else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _row_name(variant) -> str:
+    return str(variant.tags.get("row") or "(unnamed row)")
+
+
+def _keys_set_by(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A row's overrides as dotted leaf keys -> values (``{"objective_params": {"a": 1}}`` -> ``objective_params.a``)."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if (key in _SECTIONS or key == "objective_params") and isinstance(value, Mapping):
+            out.update({f"{key}.{name}": v for name, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = STUDY_FLAG_KEYS,
+                    rows_hint: str = "leave the row out with --rows") -> dict[str, Any]:
+    """Apply ``--set`` overrides (``{key: text}``) to every trial of ``study`` (a :class:`~medseg_platform.study.Study`,
+    changed in place: its ``base`` and ``variants``); returns ``{key: parsed value}`` for the study's settings.
+
+    Raises a one-line :class:`ConfigError` for every case of the module docstring; ``flags`` maps the keys that a
+    command-line flag sets to that flag; ``rows_hint`` ends the messages about a row ("" for none).
+    """
+    from medseg_platform.study import Variant
+
+    values: dict[str, Any] = {}
+    for key in texts:
+        check_key(key, flags)
+        if key in study.grid:
+            raise ConfigError(f"--set {key}: study {study.name} varies it as a grid axis ({', '.join(map(str, study.grid[key]))}); "
+                              "it cannot be fixed for every trial")
+        if key in (study.search_space or {}):
+            raise ConfigError(f"--set {key}: study {study.name} searches it; it cannot be fixed for every trial")
+        if not key.startswith(_OBJECTIVE_PREFIX):
+            values[key] = parse_value(key, texts[key], config_fields()[key])
+    for variant in study.variants:
+        row_keys = _keys_set_by(variant.overrides)
+        for key in texts:
+            if key in row_keys:
+                raise ConfigError(f"--set {key}: row {_row_name(variant)!r} sets it itself (to {row_keys[key]!r}); drop the --set"
+                                  + (f" or {rows_hint}" if rows_hint else ""))
+        objective = values.get("objective") or study.base.replace(**variant.overrides).objective
+        params = objective_param_types(objective)
+        for key in texts:
+            if not key.startswith(_OBJECTIVE_PREFIX):
+                continue
+            name = key[len(_OBJECTIVE_PREFIX):]
+            if name not in params:
+                raise ConfigError(f"--set {key}: row {_row_name(variant)!r} (objective {objective}) has no parameter {name!r} "
+                                  f"(its parameters: {', '.join(params) or 'none'})" + (f"; {rows_hint}" if rows_hint else ""))
+            values.setdefault(key, parse_value(key, texts[key], params[name]))
+    base_values = {k: v for k, v in values.items() if k != "objective" and not k.startswith(_OBJECTIVE_PREFIX)}
+    row_values = {k: v for k, v in values.items() if k not in base_values}
+    if base_values:
+        study.base = study.base.replace(**base_values)
+    if row_values:
+        study.variants = [Variant(v.tags, {**v.overrides, **row_values}) for v in study.variants]
+    return {key: values[key] for key in texts}
+
+
+def select_rows(study, names: Sequence[str]) -> None:
+    """Keep only the rows (variants) of ``study`` named ``names`` (``tags["row"]``, as the tables print them) and the
+    claims between two kept rows; an unknown name is a one-line :class:`ConfigError` listing the valid ones."""
+    valid = list(dict.fromkeys(_row_name(v) for v in study.variants))
+    unknown = [name for name in names if name not in valid]
+    if unknown:
+        raise ConfigError(f"--rows {', '.join(map(repr, unknown))}: no such row in study {study.name}; valid rows: "
+                          + ", ".join(map(repr, valid)))
+    wanted = set(names)
+    study.variants = [v for v in study.variants if _row_name(v) in wanted]
+    study.claims = [c for c in study.claims if c.get("a") in wanted and c.get("b") in wanted]

@@ -1,0 +1,231 @@
+"""The dry run of a study (``--dry-run``): which trials would run, what each costs, and the wall time to expect.
+
+:func:`plan_study` expands and validates the study's trials exactly as :meth:`Study.run` does (no Ray is
+started, nothing is trained or written) and gives each trial a status:
+
+* ``finished``: its folder holds a complete result (it would be skipped);
+* ``cached pretraining``: every pretraining stage it needs is in the study's pretraining cache
+  (:func:`medseg_platform.study.pretrain_cache_dir`, keyed by :func:`medseg_platform.engine.stage_key`,
+  which needs the trial's labelled subset: :func:`medseg_platform.data.splits.select_labelled`);
+* ``to run``: anything else.
+
+Cost is in *units* of one supervised fine-tuning step, from the priors the progress lines use
+(:func:`medseg_platform.progress.trial_plan`, :data:`~medseg_platform.progress.STEP_COST`,
+:data:`~medseg_platform.progress.EVALUATION_COST`): a trial's fine-tuning steps x its objective's step cost,
+its evaluation passes, and the pretraining stages it would train (a stage already cached costs nothing, one
+shared by several trials is charged once, to the first trial that starts). Seconds per unit are measured
+(:func:`measure_unit_seconds`: a few supervised steps of the study's first trial to run, on this machine) and
+the wall time is the progress lines' ETA rule: max(total / parallel trials, the largest trial). A search
+runs its one configuration ``num_samples`` times: its cost is an upper bound (ASHA stops weak samples early).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medseg_platform.config import TrialConfig
+
+FINISHED, CACHED, TO_RUN = "finished", "cached pretraining", "to run"
+#: :func:`measure_unit_seconds`: timed steps after one warm-up step, and the time after which it stops early.
+TIMED_STEPS, TIMING_BUDGET_S = 5, 2.0
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    """One trial of the dry run; ``runs``: the cost units of each run still to do (one per search sample)."""
+
+    row: str
+    labelled: str
+    seed: int
+    key: str
+    status: str
+    runs: tuple[float, ...]
+
+    @property
+    def units(self) -> float:
+        return sum(self.runs)
+
+
+@dataclass(frozen=True)
+class UnitSeconds:
+    """Wall seconds of one cost unit and how they were obtained (printed with the estimate)."""
+
+    seconds: float
+    source: str
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    name: str
+    study_dir: Path
+    trials: tuple[PlannedTrial, ...]
+    samples: int  # runs per trial: a search's num_samples, else 1
+    slots: int  # trials at once
+    slots_source: str
+    unit: UnitSeconds
+
+    @property
+    def total_units(self) -> float:
+        return sum(t.units for t in self.trials)
+
+    @property
+    def wall_s(self) -> float:
+        """The progress lines' ETA rule: max(total work / parallel trials, the largest single run)."""
+        runs = [r for t in self.trials for r in t.runs]
+        return self.unit.seconds * max(sum(runs) / self.slots, max(runs)) if runs else 0.0
+
+
+def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) -> StudyPlan:
+    """The dry run of ``study`` (a configured :class:`~medseg_platform.study.Study`); see the module docstring.
+
+    ``unit``: seconds per cost unit (default: :func:`measure_unit_seconds` on the first trial to run);
+    ``cpus``: this machine's CPUs (default: those this process may use).
+    """
+    from medseg_platform.engine import stage_key
+    from medseg_platform.progress import EVALUATION_COST, trial_plan
+    from medseg_platform.study import _finished, pretrain_cache_dir
+
+    trials = study.trial_params()  # validated as Study.run validates them, in the order Tune starts them
+    study_dir = study.study_dir
+    cache = pretrain_cache_dir(study_dir)
+    search = study.search_space is not None
+    samples = study.num_samples if search else 1
+    charged: set[str] = set()
+    subsets: dict[str, Any] = {}
+    planned = []
+    for index, trial in enumerate(trials):
+        cfg = TrialConfig.from_dict(trial["config"])
+        phases = trial_plan(trial["config"], trial["key"])
+        keys = [stage_key(cfg, i, _subset(cfg, subsets)) for i in range(len(cfg.pretrain))]
+        cached = [(cache / key / "final.pt").is_file() for key in keys]
+        if not search and _finished(study_dir / "trials" / trial["key"]):
+            status, runs = FINISHED, ()
+        else:
+            status = CACHED if keys and all(cached) else TO_RUN
+            stages = sum(phase.units for phase, key, hit in zip(phases.stages, keys, cached) if not hit and key not in charged)
+            charged.update(keys)
+            run = phases.fine_tuning.units + phases.evaluations * EVALUATION_COST
+            runs = (stages + run,) + (run,) * (samples - 1)
+        tags = trial["tags"]
+        planned.append((tags.get("order", math.inf), index, PlannedTrial(str(tags.get("row", cfg.objective)), cfg.data.labelled,
+                                                                           cfg.seed, trial["key"], status, runs)))
+    rows = tuple(p for _, _, p in sorted(planned, key=lambda item: item[:2]))  # the study's row order
+    slots, slots_source = trial_slots(study, cpus)
+    if unit is None:
+        first = next((trial for trial, (_, _, p) in zip(trials, planned) if p.runs), None)
+        unit = measure_unit_seconds(first["config"], "cuda" if study.gpus_per_trial > 0 else "cpu") if first else \
+            UnitSeconds(0.0, "not measured: nothing to run")
+    return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit)
+
+
+def _subset(cfg: TrialConfig, cache: dict):
+    """The trial's labelled subset (what the engine's stage keys hash), one dataset list read per root."""
+    from medseg_platform.data.layout import AcdcLayout
+    from medseg_platform.data.splits import select_labelled
+
+    root = str(cfg.data.root)
+    if root not in cache:
+        cache[root] = AcdcLayout(root, cfg.data.num_classes).train_slices
+    seed = cfg.seed if cfg.data.labelled_seed is None else cfg.data.labelled_seed
+    return select_labelled(cache[root], cfg.data.labelled, cfg.data.labelled_strategy, seed)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def trial_slots(study, cpus: int | None = None) -> tuple[int, str]:
+    """How many trials run at once, and why: this machine's CPUs (and GPUs) per trial's share, capped by
+    ``max_concurrent``; joining a cluster, ``max_concurrent`` alone when given (this machine says nothing of the cluster)."""
+    cpus = cpus or available_cpus()
+    per_trial = study.cpus_per_trial * study.num_workers
+    slots = max(1, int(cpus // per_trial))
+    source = f"{cpus} CPUs of this machine / {per_trial:g} per trial"
+    if study.gpus_per_trial > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        slots = min(slots, max(1, int(gpus // (study.gpus_per_trial * study.num_workers))))
+        source += f", {gpus} GPU(s) / {study.gpus_per_trial * study.num_workers:g} per trial"
+    if study.max_concurrent:
+        cluster = bool(study.address or os.environ.get("RAY_ADDRESS"))
+        slots = study.max_concurrent if cluster else min(slots, study.max_concurrent)
+        source = f"--max-concurrent {study.max_concurrent}" + ("" if cluster else f"; {source}")
+    elif study.address or os.environ.get("RAY_ADDRESS"):
+        source += "; joining a cluster: pass --max-concurrent for its size"
+    return slots, source
+
+
+def measure_unit_seconds(config: dict, device: str = "cpu", steps: int = TIMED_STEPS, budget_s: float = TIMING_BUDGET_S) -> UnitSeconds:
+    """Seconds of one supervised fine-tuning step (one cost unit) of ``config``'s data, model, batch, patch and
+    threads, measured with the engine's own training step on 1 labelled patient: one warm-up step, then up to
+    ``steps`` steps or ``budget_s`` seconds. Nothing is written; the torch thread count is restored."""
+    import torch
+
+    from medseg_platform import engine
+    from medseg_platform.data.datasets import SliceBank
+    from medseg_platform.data.layout import AcdcLayout
+    from medseg_platform.data.splits import select_labelled
+    from methods.registry import build_objective
+
+    cfg = TrialConfig.from_dict(config).replace(objective="supervised", objective_params={}, pretrain=[])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        target = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
+        layout = AcdcLayout(cfg.data.root, cfg.data.num_classes)
+        subset = select_labelled(layout.train_slices, "1", "published", cfg.seed)
+        bank = SliceBank(layout, subset.labelled_slices, cfg.data.patch_size, cfg.data.image_resize)
+        data = engine.TrainingData(layout, subset, bank, None)
+        objective = build_objective("supervised", engine._build_model(cfg, target), {}).to(target)
+        optimizer = engine._make_optimizer(cfg, list(objective.trainable_parameters()))
+        loop = engine.TrainLoop(cfg, objective, optimizer, data, torch.Generator().manual_seed(cfg.seed), target, None,
+                                steps + 1, cfg.data.labelled_batch, 0, cfg.optim.lr, cfg.optim.poly_power, "dry-run timing")
+        loop.step(0)  # warm-up: first-call allocations
+        sync = torch.cuda.synchronize if target.type == "cuda" else (lambda: None)
+        sync()
+        start, done = time.perf_counter(), 0
+        while done < steps and (done == 0 or time.perf_counter() - start < budget_s):
+            loop.step(done + 1)
+            done += 1
+        sync()
+        seconds = (time.perf_counter() - start) / done
+    finally:
+        torch.set_num_threads(previous)
+    return UnitSeconds(seconds, f"measured: {done} supervised step(s) of this study's first trial to run, on this machine "
+                                f"({target.type}, {cfg.threads} thread(s), 1 trial alone)")
+
+
+def format_plan(plan: StudyPlan) -> str:
+    """The dry run's text: one line per trial, the totals, the wall time and where the numbers come from."""
+    from medseg_platform.progress import EVALUATION_COST, _duration
+
+    per = f" (x{plan.samples} samples)" if plan.samples > 1 else ""
+    header = ("row", "labelled", "seed", "trial key", "status", "cost (units)", "est. time")
+    table = [header] + [(t.row + per, t.labelled, str(t.seed), t.key, t.status, f"{t.units:.1f}",
+                         _duration(t.units * plan.unit.seconds) if t.runs else "-") for t in plan.trials]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    right = {2, 5, 6}
+    lines = [f"Dry run of study {plan.name} (nothing is started or trained): {len(plan.trials)} trial(s), "
+             f"results would go to {plan.study_dir}"]
+    lines += ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
+              for r in table]
+    counts = {status: sum(t.status == status for t in plan.trials) for status in (FINISHED, CACHED, TO_RUN)}
+    lines.append(f"Totals: {len(plan.trials)} trial(s): " + ", ".join(f"{n} {status}" for status, n in counts.items())
+                 + f"; {plan.total_units:.1f} cost units to run")
+    lines.append(f"Estimated wall time: {_duration(plan.wall_s)} with {plan.slots} trial(s) at once ({plan.slots_source})")
+    if plan.samples > 1:
+        lines.append(f"Search: {plan.samples} samples of one configuration; an upper bound (ASHA stops weak samples early)")
+    lines.append(f"Cost units: supervised fine-tuning steps, from the step-cost priors of medseg_platform/progress.py (an "
+                 f"evaluation pass = {EVALUATION_COST:g} units; a cached pretraining stage costs nothing, a shared one is counted "
+                 f"once; Ray's start-up and each trial's set-up are not counted); 1 unit = {plan.unit.seconds * 1000:.1f} ms, {plan.unit.source}")
+    return "\n".join(lines)

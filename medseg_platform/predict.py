@@ -1,0 +1,251 @@
+"""A finished trial's selected weights applied to a dataset: ``medseg predict`` and a study's ``--test-root``.
+
+The weights are those the trial selected on val (the ``best_state`` of ``<trial>/checkpoint/checkpoint.pt``,
+:func:`medseg_platform.engine.load_selected_model`), the network is rebuilt from the trial's ``config.json``, and
+every volume is predicted exactly as the trial's own test evaluation predicts it
+(:func:`medseg_platform.engine.predict_case`: slice-wise at the trial's patch size, its ``eval.resize`` policy), so
+a prediction of the trial's own test split scores what its ``per_case.csv`` holds.
+
+``medseg predict --trial DIR --data-root ROOT --out OUT [--split test|val|all]`` writes per case:
+
+* ``OUT/<case>.h5``: dataset ``pred`` (uint8 D×H×W label map at the volume's native size) and, when known, the
+  ``spacing`` attribute (mm, D, H, W). ``medseg evaluate --pred OUT --gt ROOT`` scores the folder as it is.
+* ``OUT/nifti/<case>.nii.gz``: for cases converted from NIfTI (``medseg data convert-nifti`` / ``convert-acdc``
+  record each source image's affine in the manifest), the label map in the source file's storage order (x, y, z)
+  with its affine, so it overlays the original scan. Datasets converted before the affine was recorded, the
+  phantom and SSL4MIS downloads have no affine: h5 only (the command says so).
+* ``OUT/prediction.json``: the trial, data root, split, cases and selected step (no timestamps).
+
+``--test-root ROOT2`` of a study (:func:`evaluate_on_test_root`) scores the selected weights of each trial on ROOT2's
+test split right after the trial's own test evaluation and records it in the trial folder
+(:func:`medseg_platform.results.write_test_root_results`). A trial that finished before the flag was given (or
+with another root) is evaluated at the next run of the study command from its checkpoint, without training.
+
+Both refuse, with one line, an unfinished trial and a dataset whose classes differ from the trial's
+(:func:`check_same_classes`). Module import is light (no torch): the CLI parser imports it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from medseg_platform.errors import DataError, MedsegError
+
+SPLITS = ("test", "val", "all")
+NIFTI_DIR = "nifti"
+PREDICTION_FILE = "prediction.json"
+
+
+# ------------------------------------------------------------------------------------------ checks
+def finished_trial(trial_dir: str | Path):
+    """``(TrialRecord, TrialConfig)`` of a finished trial folder; one-line :class:`MedsegError` otherwise."""
+    from medseg_platform.config import TrialConfig
+    from medseg_platform.results import RESULT_FILE, CorruptResult, read_trial
+
+    trial_dir = Path(trial_dir).expanduser().resolve()
+    if not trial_dir.is_dir():
+        raise MedsegError(f"--trial {trial_dir}: no such folder (give a trial folder, <results>/<study>/trials/<key>)")
+    try:
+        record = read_trial(trial_dir)
+    except CorruptResult as exc:
+        raise MedsegError(f"--trial: {exc}; rerun the study command to finish the trial") from None
+    if record is None:
+        raise MedsegError(f"--trial {trial_dir}: unfinished trial (no {RESULT_FILE}); rerun its study command to finish it first")
+    try:
+        config = json.loads((trial_dir / "config.json").read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        config = record.result["config"]  # written by the same call as config.json
+    return record, TrialConfig.from_dict(config)
+
+
+def trial_class_names(result: dict, num_classes: int) -> tuple[str, ...]:
+    """Names of labels 1..N-1 the trial was trained on: its ``result.json``'s, else the defaults of ``num_classes``."""
+    from medseg_platform.data.layout import default_class_names
+
+    names = result.get("class_names")
+    return tuple(str(n) for n in names) if isinstance(names, list) and names else default_class_names(num_classes)
+
+
+def check_same_classes(root: str | Path, num_classes: int, class_names: Sequence[str], what: str, reference: str):
+    """The :class:`~medseg_platform.data.layout.AcdcLayout` of ``root`` if its classes are ``class_names`` (labels
+    1..num_classes-1); else one-line :class:`DataError` naming ``what`` (the flag) and ``reference`` (whose classes).
+
+    The number of classes is known from the manifest (its ``class_names``, or the converter's ``num_classes``); a
+    dataset without a manifest gets the default names of ``num_classes`` (its label values are checked when read).
+    """
+    from medseg_platform.data.layout import AcdcLayout
+
+    layout = AcdcLayout(root, num_classes)
+    ours = f"{num_classes} classes ({', '.join(class_names)} and background)"
+    recorded = layout.manifest.get("class_names")
+    source = layout.manifest.get("source")
+    counted = (len(recorded) + 1 if isinstance(recorded, list)
+               else source.get("num_classes") if isinstance(source, dict) and isinstance(source.get("num_classes"), int) else None)
+    if counted is not None and counted != num_classes:
+        raise DataError(f"{what} {layout.root}: a dataset of {counted} classes, but {reference} has {ours} "
+                        "(use a dataset labelled with the same classes)")
+    names = layout.class_names
+    if tuple(names) != tuple(class_names):
+        raise DataError(f"{what} {layout.root}: class names {', '.join(names)} differ from {', '.join(class_names)} of {reference} "
+                        "(labels must mean the same classes; if only the names differ, convert it again with --class-names)")
+    return layout
+
+
+def check_test_root(root: str | Path, datasets: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """A study's ``--test-root`` against its datasets (``(root, num_classes)`` of its trials): the same classes as each,
+    else one-line :class:`DataError`; returns the ``(test root, num_classes)`` pairs for the data preflight."""
+    from medseg_platform.data.layout import dataset_class_names
+
+    out = []
+    for data_root, num_classes in datasets:
+        names = dataset_class_names(data_root, num_classes)
+        layout = check_same_classes(root, num_classes, names, "--test-root", f"the study's data {data_root}")
+        if not layout.test_cases:
+            raise DataError(f"--test-root {layout.root}: its test.list names no case (nothing to evaluate)")
+        out.append((str(layout.root), num_classes))
+    return list(dict.fromkeys(out))
+
+
+# ---------------------------------------------------------------------------------------- predicting
+def split_cases(layout, split: str) -> list[str]:
+    """Case ids of ``split``: ``test``, ``val`` or ``all`` (training cases, then val, then test; file order)."""
+    if split == "all":
+        return list(dict.fromkeys([*layout.cases("train"), *layout.cases("val"), *layout.cases("test")]))
+    return layout.cases(split)
+
+
+def _nifti_bytes(prediction_dhw, affine) -> bytes:
+    """A gzipped NIfTI-1 of a (D, H, W) label map in storage order (x, y, z) = (W, H, D) with ``affine``; the gzip
+    header carries no time, so equal predictions give equal bytes."""
+    import nibabel as nib
+    import numpy as np
+
+    image = nib.Nifti1Image(np.ascontiguousarray(np.transpose(prediction_dhw, (2, 1, 0))).astype(np.uint8),
+                            np.asarray(affine, dtype=np.float64))
+    image.set_data_dtype(np.uint8)
+    return gzip.compress(image.to_bytes(), mtime=0)
+
+
+def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path, split: str = "test",
+                  log: Callable[[str], None] = print) -> dict:
+    """Write the predictions of a finished trial for ``split`` of ``data_root`` into ``out`` (see the module docstring);
+    returns what ``prediction.json`` records."""
+    import numpy as np
+
+    from medseg_platform.data.layout import _h5_write  # the layout's deterministic, atomic h5 writer
+    from medseg_platform.engine import load_selected_model, pick_device, predict_case
+    from medseg_platform.io import atomic_path, write_json_atomic
+
+    if split not in SPLITS:
+        raise MedsegError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    record, cfg = finished_trial(trial_dir)
+    names = trial_class_names(record.result, cfg.data.num_classes)
+    layout = check_same_classes(data_root, cfg.data.num_classes, names, "--data-root", f"trial {record.path.name}")
+    cases = split_cases(layout, split)
+    if not cases:
+        raise DataError(f"--data-root {layout.root}: the {split} split names no case")
+    out = Path(out).expanduser().resolve()
+    if out == layout.root or layout.root in out.parents:
+        raise MedsegError(f"--out {out}: inside the dataset {layout.root}; write predictions somewhere else")
+    device = pick_device()
+    model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
+    with_affine = []
+    for i, case in enumerate(cases, 1):
+        volume = layout.read_volume(case)
+        prediction = predict_case(model, volume.image, cfg, device)
+        attrs = {"spacing": np.asarray(volume.spacing, dtype=np.float64)} if volume.spacing is not None else {}
+        _h5_write(out / f"{case}.h5", {"pred": prediction}, attrs)
+        affine = (layout.manifest.get("cases") or {}).get(case, {}).get("affine")
+        if affine is not None:
+            with atomic_path(out / NIFTI_DIR / f"{case}.nii.gz") as tmp:
+                tmp.write_bytes(_nifti_bytes(prediction, affine))
+            with_affine.append(case)
+        log(f"[{i}/{len(cases)}] {case}")
+    summary = {"trial": str(record.path), "data_root": str(layout.root), "split": split, "cases": cases,
+               "best_step": record.result.get("best_step"), "num_classes": cfg.data.num_classes, "class_names": list(names),
+               "nifti": with_affine}
+    write_json_atomic(out / PREDICTION_FILE, summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------- external test set
+def has_test_root_evaluation(trial_dir: str | Path, root: str | Path) -> bool:
+    """True when the finished trial in ``trial_dir`` holds a complete evaluation on the test root ``root``."""
+    from medseg_platform.results import CorruptResult, read_test_root, read_trial
+
+    try:
+        record = read_trial(Path(trial_dir))
+    except CorruptResult:
+        return False
+    found = read_test_root(record) if record is not None else None
+    return found is not None and found[0] == str(Path(root).expanduser().resolve())
+
+
+def needs_test_root_evaluation(trial_dir: str | Path, root: str | Path) -> bool:
+    """True for a finished trial without an evaluation on ``root`` that can still make one (its checkpoint exists);
+    a trial whose checkpoint is gone is reported as missing from the external block instead of being retried."""
+    from medseg_platform.results import CorruptResult, read_trial
+
+    try:
+        finished = read_trial(Path(trial_dir)) is not None
+    except CorruptResult:
+        return False  # run again as a whole, which evaluates the test root too
+    return (finished and not has_test_root_evaluation(trial_dir, root)
+            and (Path(trial_dir) / "checkpoint" / "checkpoint.pt").is_file())  # engine.CHECKPOINT_FILE (no torch import here)
+
+
+def evaluate_on_test_root(trial_dir: str | Path, root: str | Path, device=None) -> dict:
+    """Score a finished trial's selected weights on the test split of ``root`` (per case and class, as its own test
+    evaluation) and record it (``per_case_test_root.csv``, ``result.json``'s ``test_root``); returns that block."""
+    from medseg_platform.engine import evaluate_volumes, load_selected_model, pick_device
+    from medseg_platform.results import write_test_root_results
+
+    record, cfg = finished_trial(trial_dir)
+    names = trial_class_names(record.result, cfg.data.num_classes)
+    layout = check_same_classes(root, cfg.data.num_classes, names, "--test-root", f"trial {record.path.name}")
+    device = device or pick_device()
+    model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
+    rows = evaluate_volumes(model, (layout.read_volume(case) for case in layout.test_cases), cfg, device)
+    return write_test_root_results(record.path, layout.root, rows)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_cli(subparsers) -> None:
+    from medseg_platform.cli import command_parser
+
+    parser = command_parser(
+        subparsers,
+        "predict",
+        help="apply a finished trial's selected weights to a dataset; one label file per case for medseg evaluate",
+        example="medseg predict --trial results/ablation_tailness-quick/trials/KEY --data-root data/acdc --out preds "
+                "&& medseg evaluate --pred preds --gt data/acdc",
+        description=(
+            "Apply a finished trial's weights selected on val (its checkpoint's best state, the network rebuilt from\n"
+            "its config.json) slice-wise to every volume of a split, exactly as the trial's test evaluation does.\n"
+            "Writes OUT/<case>.h5 (dataset 'pred', uint8, native size; 'medseg evaluate --pred OUT' reads it),\n"
+            "OUT/nifti/<case>.nii.gz with the source affine for cases converted from NIfTI, and OUT/prediction.json.\n"
+            "The dataset must have the trial's classes. Exit code 2 for bad input (unfinished trial, other classes)."
+        ),
+    )
+    parser.add_argument("--trial", required=True, metavar="DIR", help="a finished trial folder (<results>/<study>/trials/<key>)")
+    parser.add_argument("--data-root", required=True, metavar="ROOT", help="dataset root in the SSL4MIS/ACDC layout")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files of the same cases are replaced)")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="cases to predict: test (default), val, or all")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    summary = predict_trial(args.trial, args.data_root, args.out, args.split, log=progress)
+    out = Path(args.out).expanduser().resolve()
+    nifti = (f"; NIfTI with the source affine for {len(summary['nifti'])} of them in {out / NIFTI_DIR}" if summary["nifti"]
+             else "; h5 only (the dataset's manifest records no source NIfTI affine)")
+    print(f"wrote {len(summary['cases'])} prediction(s) of the {args.split} split to {out}{nifti}")
+    print(f"score them: medseg evaluate --pred {out} --gt {summary['data_root']} --num-classes {summary['num_classes']}")
+    return 0

@@ -1,0 +1,207 @@
+"""``medseg train``: one configuration trained as one trial, without writing a study script.
+
+The configuration is a method of :data:`medseg_platform.profiles.METHODS` at a profile's sizes
+(:func:`~medseg_platform.profiles.method_overrides`) or a JSON file holding a ``TrialConfig`` dict (a trial's
+``config.json`` or ``result.json``, a search's ``best_config.json``: their ``"config"`` is used; a partial dict is
+laid over the profile's config), plus ``--set`` overrides (:mod:`medseg_platform.overrides`; here they may also
+change what the method sets, since there is no table row to protect), ``--labelled`` and ``--seed``.
+
+It is run as a one-row :class:`~medseg_platform.study.Study` named ``train-<method>-<profile>``, so it gets what a
+study trial gets: the same folder ``<results>/<name>/trials/<key>/`` and result files, checkpoints, the shared
+pretraining cache, resume by rerunning the same command, retries and the progress lines (through Ray Tune).
+``--in-process`` calls :func:`medseg_platform.engine.train_trial` in this process instead (no Ray: a debugger
+and ``breakpoint()`` work) and writes the same files (:func:`medseg_platform.results.write_trial_results`);
+a rerun resumes from the trial's checkpoint as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import sys
+from pathlib import Path
+
+from medseg_platform.errors import ConfigError, MedsegError
+
+#: Keys the flags of ``medseg train`` set -> what sets them (``--set`` on them is an error pointing there).
+TRAIN_FLAG_KEYS = {"seed": "the flag --seed", "data.labelled": "the flag --labelled", "data.root": "the flag --data-root",
+                   "workers": "a study script's --num-workers (medseg train runs one process per trial)"}
+_SECTIONS = ("data", "model", "optim", "eval")
+
+
+def add_cli(subparsers) -> None:
+    from medseg_platform.cli import command_parser
+    from medseg_platform.profiles import METHODS, PROFILES
+
+    parser = command_parser(
+        subparsers,
+        "train",
+        help="train one configuration as one trial (a method plus --set overrides, or a JSON config)",
+        example="medseg train mona --profile quick --labelled 3 --set optim.lr=0.05",
+        description=(
+            "Train one configuration as one trial: a method at a profile's sizes, or a JSON TrialConfig (a trial's\n"
+            "config.json, a search's best_config.json), plus --set overrides, --labelled and --seed. It runs as a\n"
+            "one-row study train-<method>-<profile> under --results-dir: the same result files, checkpoints, pretraining\n"
+            "cache, resume (rerun the same command) and progress lines as a study trial, through Ray Tune; --in-process\n"
+            "trains in this process without Ray (for a debugger). Exit code 0 when the trial has a result, 1 when it\n"
+            "errored, 2 for bad input (nothing trained)."
+        ),
+    )
+    parser.add_argument("method", nargs="?", choices=METHODS, help="the method to train (or give --config)")
+    parser.add_argument("--config", metavar="FILE.json", default=None,
+                        help="a TrialConfig dict (or a file with one under \"config\", e.g. a trial's config.json) instead of a method")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a config value, e.g. --set optim.lr=0.02 --set objective_params.temperature=0.2 (repeatable)")
+    parser.add_argument("--profile", choices=tuple(PROFILES), default="quick", help="problem size (default: quick; smoke: tiny)")
+    parser.add_argument("--labelled", default=None, metavar="FRACTION",
+                        help="labelled patients ('3') or percent ('5%%') (default: the config file's, else the profile's first)")
+    parser.add_argument("--seed", type=int, default=None, help="seed (default: the config file's, else the profile's first)")
+    parser.add_argument("--data-root", default=None, help="dataset root (default: the config file's, else the embedded phantom)")
+    parser.add_argument("--results-dir", default="results", help="where results go (default: ./results)")
+    parser.add_argument("--name", default=None, help="study folder name (default: train-<method>-<profile>)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="train in this process without Ray (for debugging); same result files, resumes from the checkpoint")
+    parser.add_argument("--address", default=None, help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs for the trial through Ray (default 0: CPU)")
+    parser.set_defaults(func=run)
+
+
+def read_config_file(path: Path) -> dict:
+    """The TrialConfig dict of ``path``: the whole JSON object, or its ``"config"`` entry when it has one."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ConfigError(f"--config {path}: not valid JSON ({exc})") from None
+    if isinstance(values, dict) and isinstance(values.get("config"), dict):
+        values = values["config"]
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object holding a TrialConfig dict")
+    return values
+
+
+def flat_config(values: dict) -> dict:
+    """A (partial) TrialConfig dict as overrides of another config: section dicts become dotted keys, so a partial
+    section keeps the other config's values; ``objective_params`` and ``pretrain`` are taken whole."""
+    out = {}
+    for key, value in values.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            out.update({f"{key}.{name}": v for name, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def build_study(args):
+    """The one-row :class:`~medseg_platform.study.Study` of the command line, ``--set`` applied; returns (study, overrides)."""
+    from medseg_platform.config import resolve_path
+    from medseg_platform.overrides import apply_overrides, parse_set_options
+    from medseg_platform.profiles import (METHOD_LABELS, METHODS, PROFILES, method_overrides, profile_with_overrides,
+                                          resolve_data_root)
+    from medseg_platform.study import Study, Variant
+
+    if (args.method is None) == (args.config is None):
+        raise ConfigError(f"give a method ({', '.join(METHODS)}) or --config FILE.json" + (", not both" if args.method else ""))
+    sets = parse_set_options(args.overrides)
+    profile = profile_with_overrides(PROFILES[args.profile], sets, TRAIN_FLAG_KEYS)
+    if args.method is not None:
+        file_values, chosen = {}, method_overrides(args.method, profile)
+        name, row = args.method, METHOD_LABELS[args.method]
+    else:
+        path = resolve_path(args.config, "--config")
+        file_values = read_config_file(path)
+        chosen = flat_config(file_values)
+        name = str(file_values.get("objective", "supervised"))
+        row = f"{name} ({path.name})"
+    file_root = chosen.pop("data.root", None)
+    root = resolve_path(args.data_root, "--data-root") if args.data_root else (file_root or resolve_data_root(args, profile))
+    base = profile.trial.replace(**{**chosen, "data.root": str(root)})
+    labelled = args.labelled or (base.data.labelled if "data.labelled" in chosen else profile.labelled[0])
+    seed = args.seed if args.seed is not None else int(file_values.get("seed", profile.seeds[0]))
+    study = Study(name=args.name or f"train-{name}-{profile.name}", base=base, results_dir=resolve_path(args.results_dir, "--results-dir"),
+                  variants=[Variant({"row": row, "order": 0}, {})], grid={"data.labelled": [str(labelled)]}, seeds=(seed,),
+                  cpus_per_trial=profile.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
+                  dashboard=not args.no_dashboard)
+    return study, apply_overrides(study, sets, TRAIN_FLAG_KEYS, rows_hint="")
+
+
+def train_in_process(study) -> Path:
+    """Train the study's one trial in this process (no Ray) and write its result files; returns the trial folder.
+
+    A finished trial is not trained again; an unfinished one resumes from its checkpoint (as in a study).
+    """
+    from medseg_platform.config import TrialConfig
+    from medseg_platform.engine import train_trial
+    from medseg_platform.io import write_json_atomic
+    from medseg_platform.results import ERROR_FILE, start_attempt, write_trial_error, write_trial_results
+    from medseg_platform.study import _finished, pretrain_cache_dir
+
+    trials = study.trial_params()
+    trial, study_dir = trials[0], study.study_dir
+    trial_dir = study_dir / "trials" / trial["key"]
+    write_json_atomic(study_dir / "study.json", study.description(trials))
+    if _finished(trial_dir, warn=True):
+        print(f"trial {trial['key']}: already finished (delete its folder to train it again)", file=sys.stderr)
+        return trial_dir
+    cfg = TrialConfig.from_dict(trial["config"])
+    start_attempt(trial_dir)
+    write_json_atomic(trial_dir / "config.json", {"config": trial["config"], "tags": trial["tags"]})
+    (trial_dir / ERROR_FILE).unlink(missing_ok=True)
+    try:
+        outcome = train_trial(cfg, trial_dir, log=lambda msg: print(f"[{trial['key']}] {msg}", file=sys.stderr, flush=True),
+                              pretrain_cache=pretrain_cache_dir(study_dir))
+    except MedsegError as exc:
+        write_trial_error(trial_dir, config=trial["config"], tags=trial["tags"], seed=cfg.seed, error=str(exc), kind="application")
+        raise
+    write_trial_results(trial_dir, config=trial["config"], tags=trial["tags"], outcome=outcome, seed=cfg.seed,
+                        extra={"placement": {"hostname": socket.gethostname(), "pid": os.getpid(), "in_process": True}})
+    return trial_dir
+
+
+def command_line(args) -> str:
+    """The command as typed (rebuilt from the parsed flags), for ``settings.json``."""
+    parts = ["medseg", "train"] + ([args.method] if args.method else ["--config", args.config])
+    parts += [p for item in args.overrides for p in ("--set", item)]
+    for flag, value in (("--profile", args.profile), ("--labelled", args.labelled), ("--seed", args.seed),
+                        ("--data-root", args.data_root), ("--results-dir", args.results_dir), ("--name", args.name),
+                        ("--address", args.address), ("--gpus-per-trial", args.gpus_per_trial or None)):
+        if value is not None:
+            parts += [flag, str(value)]
+    parts += [flag for flag, on in (("--in-process", args.in_process), ("--no-dashboard", args.no_dashboard)) if on]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def run(args) -> int:
+    from medseg_platform.io import write_json_atomic
+    from medseg_platform.results import ERROR_FILE, CorruptResult, read_trial
+
+    study, overrides = build_study(args)
+    if args.in_process:
+        trial_dir = train_in_process(study)
+    else:
+        run_ = study.run()
+        trial_dir = run_.study_dir / "trials" / run_.trial_keys[0]
+    write_json_atomic(study.study_dir / "settings.json", {
+        "profile": args.profile, "data_root": str(study.base.data.root), "command": command_line(args),
+        "smoke_test": args.profile == "smoke", "results_dir": str(study.results_dir), "address": args.address,
+        "gpus_per_trial": study.gpus_per_trial, "cpus_per_trial": study.cpus_per_trial, "num_workers": 1, "max_concurrent": None,
+        "overrides": overrides, "in_process": bool(args.in_process)})
+    try:
+        record = read_trial(trial_dir)
+    except CorruptResult:
+        record = None
+    if record is None:
+        try:
+            reason = json.loads((trial_dir / ERROR_FILE).read_text(encoding="utf-8")).get("error", "no result")
+        except (OSError, ValueError, AttributeError):
+            reason = "no result"
+        print(f"trial {trial_dir.name} did not finish: {reason} ({trial_dir})", file=sys.stderr)
+        return 1
+    r = record.result
+    print(f"trial {trial_dir.name}: best val Dice {r['best_val_dice']:.4f} at step {r['best_step']}, test Dice "
+          f"{r['test']['mean']['dice']:.4f}; results in {trial_dir}")
+    return 0

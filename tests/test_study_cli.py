@@ -1,0 +1,173 @@
+"""The flags every study script shares for everyday use: ``--dry-run`` (:mod:`medseg_platform.plan`), ``--set`` and
+``--rows`` (:mod:`medseg_platform.overrides`). Bad input is one ``error:`` line, exit 2, before anything is trained."""
+
+import argparse
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from medseg_platform.engine import stage_key
+from medseg_platform.plan import CACHED, FINISHED, TO_RUN, UnitSeconds, format_plan, plan_study
+from medseg_platform.profiles import PROFILES, method_overrides, resolve_data_root, run_study_main
+from medseg_platform.progress import EVALUATION_COST, STEP_COST
+from medseg_platform.results import trial_key, write_trial_results
+from medseg_platform.study import pretrain_cache_dir
+from tests.test_studies import load_script
+
+SMOKE = PROFILES["smoke"]
+TAILNESS_ROWS = ("'Supervised only', 'Mean teacher', 'MONA', 'MONA/ARCO w/o L_contrast', 'ARCO-SG', 'ARCO-SAG', 'ACTION', "
+                 "'ACTION w/o L_anco'")
+
+
+@pytest.fixture
+def phantom_env(phantom_cache, monkeypatch):
+    """The session's phantom cache as $MEDSEG_CACHE; returns the smoke phantom's root as the scripts resolve it."""
+    monkeypatch.setenv("MEDSEG_CACHE", str(phantom_cache))
+    return str(resolve_data_root(argparse.Namespace(data_root=None), SMOKE))
+
+
+def study_main(name: str, results: Path, *extra: str) -> int:
+    module = load_script(name)
+    argv = ["--smoke-test", "--results-dir", str(results), "--no-dashboard", *extra]
+    return module.main(argv) if hasattr(module, "main") else run_study_main(module.__doc__, name, module.build, argv=argv)
+
+
+def expected_key(root: str, method: str, *, without_contrast: bool = False, **dotted) -> str:
+    """The trial key of a tailness smoke row at 1 patient, seed 1, with ``dotted`` overrides (built by hand here)."""
+    overrides = {"data.root": root, "optim.amp": "off", **method_overrides(method, SMOKE, without_contrast=without_contrast)}
+    cfg = SMOKE.trial.replace(**{**overrides, **dotted, "data.labelled": "1", "seed": 1, "workers": 1})
+    return trial_key(cfg.to_dict())
+
+
+@pytest.mark.parametrize("name, extra, message", [
+    ("ablation_tailness", ["--rows", "Nope", "MONA"], f"--rows 'Nope': no such row in study ablation_tailness-smoke; valid rows: {TAILNESS_ROWS}"),
+    ("ablation_tailness", ["--set", "optim.lrr=0.1"], "--set optim.lrr: unknown key; close matches: optim.lr,"),
+    ("ablation_tailness", ["--set", "lr=0.1"], "--set lr: unknown key; close matches: optim.lr"),
+    ("ablation_tailness", ["--rows", "MONA", "--set", "objective_params.tempreature=0.2"],
+     "--set objective_params.tempreature: unknown key; close matches: objective_params.temperature,"),
+    ("ablation_tailness", ["--set", "optim.lr=fast"], "--set optim.lr=fast: expected a number"),
+    ("ablation_tailness", ["--set", "eval.val_every=2.5"], "--set eval.val_every=2.5: expected a whole number"),
+    ("ablation_tailness", ["--set", "data.patch_size=48"], "--set data.patch_size=48: expected 2 comma-separated values"),
+    ("ablation_tailness", ["--set", "data.image_resize=nearest"],
+     "--set data.image_resize: row 'ACTION' sets it itself (to 'bicubic'); drop the --set or leave the row out with --rows"),
+    ("ablation_tailness", ["--set", "objective_params.temperature=0.2"],
+     "--set objective_params.temperature: row 'Supervised only' (objective supervised) has no parameter 'temperature' "
+     "(its parameters: sup_weight); leave the row out with --rows"),
+    ("ablation_temperature", ["--set", "objective_params.temperature=0.3"],
+     "--set objective_params.temperature: row 'ARCO-SG, τ = 0.1' sets it itself (to 0.1)"),
+    ("ablation_tailness", ["--set", "seed=2"], "--set seed: set by the flag --seeds; use that instead"),
+    ("ablation_tailness", ["--set", "data.labelled=3"], "--set data.labelled: study ablation_tailness-smoke varies it as a grid axis (1)"),
+    ("ablation_tailness", ["--set", "optim=1"], "--set optim: name one field of it, e.g. --set optim.optimizer=..."),
+    ("ablation_tailness", ["--set", "optim.lr"], "--set 'optim.lr': expected KEY=VALUE"),
+    ("ablation_tailness", ["--set", "optim.lr=0.1", "--set", "optim.lr=0.2"], "--set optim.lr: given twice ('0.1' and '0.2')"),
+    ("ablation_tailness", ["--set", "pretrain.0.lr=0.1"], "--set pretrain.0.lr: pretraining stages cannot be set from the command line"),
+    ("hparam_search", ["--set", "objective_params.contrast_weight=0.1"],
+     "--set objective_params.contrast_weight: study hparam_search-smoke searches it"),
+])
+def test_bad_rows_and_set_are_one_line_errors_before_anything_runs(tmp_path, phantom_env, capsys, name, extra, message):
+    results = tmp_path / "results"
+    assert study_main(name, results, *extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + message) and err.count("\n") == 1, err
+    assert not results.exists()  # no study folder: nothing validated into Ray, nothing trained
+
+
+def test_rows_and_set_select_and_change_exactly_those_trials_in_a_dry_run(tmp_path, phantom_env, capsys):
+    results = tmp_path / "results"
+    code = study_main("ablation_tailness", results, "--rows", "MONA", "ACTION w/o L_anco", "--set", "optim.lr=0.02",
+                      "--set", "objective_params.temperature=0.2", "--dry-run")
+    out = capsys.readouterr().out
+    assert code == 0
+    changed = {"optim.lr": 0.02, "objective_params.temperature": 0.2}
+    mona = expected_key(phantom_env, "mona", **changed)
+    action = expected_key(phantom_env, "action", without_contrast=True, **changed)
+    lines = [line.split() for line in out.splitlines() if "-l1-s1-" in line]
+    # row, labelled, seed, key, status (2 words), cost, time (2 words)
+    assert [(" ".join(line[:-8]), line[-6], line[-5:-3]) for line in lines] == [("MONA", mona, ["to", "run"]),
+                                                                                 ("ACTION w/o L_anco", action, ["to", "run"])]
+    assert mona != expected_key(phantom_env, "mona")  # the overrides changed the configuration
+    assert "Totals: 2 trial(s): 0 finished, 0 cached pretraining, 2 to run" in out
+    assert "supervised step(s) of this study's first trial to run, on this machine" in out
+    assert not results.exists()  # a dry run writes nothing
+
+
+def _finished_trial(trial_dir: Path, config: dict) -> None:
+    """A complete result (read_trial accepts it) without training."""
+    outcome = SimpleNamespace(labelled=SimpleNamespace(to_dict=lambda: {"patients": ["p1"]}), curves=[], val_curve=[],
+                              test_rows=[{"case": "c1", "class": 1, "dice": 0.5, "jaccard": 0.3, "hd95": 1.0, "asd": 1.0}],
+                              best_step=3, best_val_dice=0.5, timing={}, resumed_from_step=0)
+    write_trial_results(trial_dir, config=config, tags={}, outcome=outcome, seed=1)
+
+
+def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env):
+    from medseg_platform.config import TrialConfig
+    from medseg_platform.data.layout import AcdcLayout
+    from medseg_platform.data.splits import select_labelled
+
+    module = load_script("ablation_tailness")
+    base = SMOKE.trial.replace(**{"data.root": phantom_env})
+    study = module.build(argparse.Namespace(results_dir=str(tmp_path)), SMOKE, base)
+    study.name, study.results_dir, study.seeds = "tail", tmp_path, (1,)
+    trials = {t["tags"]["row"]: t for t in study.trial_params()}
+    _finished_trial(study.study_dir / "trials" / trials["Supervised only"]["key"], trials["Supervised only"]["config"])
+    mona = TrialConfig.from_dict(trials["MONA"]["config"])  # its one ISD stage is shared by the MONA/ARCO rows: cache it
+    subset = select_labelled(AcdcLayout(phantom_env).train_slices, "1", "published", 1)
+    stage = pretrain_cache_dir(study.study_dir) / stage_key(mona, 0, subset)
+    stage.mkdir(parents=True)
+    (stage / "final.pt").write_bytes(b"")
+
+    plan = plan_study(study, unit=UnitSeconds(0.01, "a test constant"), cpus=2)
+    evaluations = 3 * EVALUATION_COST  # 6 steps validated every 3 -> 2 validations + the test
+    steps, stage_steps = SMOKE.trial.optim.max_steps, SMOKE.methods.pretrain_steps
+    expected = {"Supervised only": (FINISHED, 0.0),
+                "Mean teacher": (TO_RUN, steps * STEP_COST["mean_teacher"] + evaluations),
+                "MONA": (CACHED, steps * STEP_COST["mona"] + evaluations),
+                "MONA/ARCO w/o L_contrast": (CACHED, steps * STEP_COST["mona w/o contrast"] + evaluations),
+                "ARCO-SG": (CACHED, steps * STEP_COST["arco"] + evaluations),
+                "ARCO-SAG": (CACHED, steps * STEP_COST["arco"] + evaluations),
+                # ACTION's two stages are charged once, to the trial that starts first
+                "ACTION": (TO_RUN, steps * STEP_COST["action"] + evaluations + 2 * stage_steps * STEP_COST["isd_pretrain"]),
+                "ACTION w/o L_anco": (TO_RUN, steps * STEP_COST["action w/o anco"] + evaluations)}
+    assert [(t.row, t.status) for t in plan.trials] == [(row, status) for row, (status, _) in expected.items()]
+    assert [t.units for t in plan.trials] == pytest.approx([units for _, units in expected.values()])
+    # by hand: 31.8 + 53.4 + 44.4 + 50.4 + 50.4 + 97.2 + 34.2 = 361.8 units; 2 slots: max(361.8 / 2, 97.2) x 0.01 s
+    assert plan.total_units == pytest.approx(361.8) and plan.wall_s == pytest.approx(1.809)
+    text = format_plan(plan)
+    assert "Totals: 8 trial(s): 1 finished, 4 cached pretraining, 3 to run; 361.8 cost units to run" in text
+    assert "Estimated wall time: 2 s with 2 trial(s) at once (2 CPUs of this machine / 1 per trial)" in text
+    assert text.rstrip().endswith("1 unit = 10.0 ms, a test constant")
+    study.max_concurrent = 1
+    assert plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2).wall_s == pytest.approx(3.618)
+    assert not (study.study_dir / "study.json").exists()
+
+
+def test_search_dry_run_counts_the_samples_and_prints_no_search_summary(tmp_path, phantom_env, capsys):
+    assert study_main("hparam_search", tmp_path / "results", "--num-samples", "3", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "ARCO-SAG (search samples) (x3 samples)" in out and "Search: 3 samples of one configuration" in out
+    assert "best configuration" not in out and not (tmp_path / "results").exists()
+
+
+def test_set_is_recorded_in_settings_and_report(tmp_path, phantom_env, ray_address):
+    results = tmp_path / "results"
+    code = study_main("ablation_tailness", results, "--address", ray_address, "--rows", "Supervised only", "--set", "optim.lr=0.02")
+    assert code == 0
+    study_dir = results / "ablation_tailness-smoke"
+    assert json.loads((study_dir / "settings.json").read_text())["overrides"] == {"optim.lr": 0.02}
+    keys = json.loads((study_dir / "study.json").read_text())["trials"]
+    assert keys == [expected_key(phantom_env, "supervised", **{"optim.lr": 0.02})]
+    result = json.loads((study_dir / "trials" / keys[0] / "result.json").read_text())
+    assert result["config"]["optim"]["lr"] == 0.02 and result["tags"]["row"] == "Supervised only"
+    assert "- **Overrides** (`--set`, every trial): `optim.lr=0.02`\n" in (study_dir / "report.md").read_text()
+
+
+def test_rows_keep_only_the_claims_between_kept_rows(tmp_path):
+    from medseg_platform.overrides import select_rows
+
+    module = load_script("ablation_tailness")
+    study = module.build(argparse.Namespace(results_dir=str(tmp_path)), SMOKE, SMOKE.trial)
+    select_rows(study, ["MONA/ARCO w/o L_contrast", "MONA"])
+    assert [v.tags["row"] for v in study.variants] == ["MONA", "MONA/ARCO w/o L_contrast"]  # the study's order
+    assert [(c["a"], c["b"]) for c in study.claims] == [("MONA", "MONA/ARCO w/o L_contrast")]
