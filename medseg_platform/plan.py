@@ -33,6 +33,12 @@ from medseg_platform.config import TrialConfig
 FINISHED, CACHED, TO_RUN = "finished", "cached pretraining", "to run"
 #: :func:`measure_unit_seconds`: timed steps after one warm-up step, and the time after which it stops early.
 TIMED_STEPS, TIMING_BUDGET_S = 5, 2.0
+#: How much slower a step runs when the study's trials share this machine's cores than alone: measured in the default
+#: quick study on 2 cores (supervised steps of 26.8 ms inside the trials vs 19 ms alone, ``benchmarks/RESULTS.md``,
+#: "The quick profile"); applied to a unit measured alone when more than one trial runs at once.
+SHARED_CORES_SLOWDOWN = 1.4
+#: A local Ray's start-up and the study's own set-up (about 10-20 s measured), printed beside the estimate.
+STARTUP_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,9 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
         first = next((trial for trial, (_, _, p) in zip(trials, planned) if p.runs), None)
         unit = measure_unit_seconds(first["config"], "cuda" if study.gpus_per_trial > 0 else "cpu") if first else \
             UnitSeconds(0.0, "not measured: nothing to run")
+        if first and slots > 1 and study.gpus_per_trial == 0 and study.address is None:
+            unit = UnitSeconds(unit.seconds * SHARED_CORES_SLOWDOWN,
+                               f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores")
     return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit)
 
 
@@ -222,10 +231,11 @@ def format_plan(plan: StudyPlan) -> str:
     counts = {status: sum(t.status == status for t in plan.trials) for status in (FINISHED, CACHED, TO_RUN)}
     lines.append(f"Totals: {len(plan.trials)} trial(s): " + ", ".join(f"{n} {status}" for status, n in counts.items())
                  + f"; {plan.total_units:.1f} cost units to run")
-    lines.append(f"Estimated wall time: {_duration(plan.wall_s)} with {plan.slots} trial(s) at once ({plan.slots_source})")
+    lines.append(f"Estimated wall time: {_duration(plan.wall_s)} with {plan.slots} trial(s) at once ({plan.slots_source}), "
+                 f"plus about {STARTUP_S:.0f} s of start-up")
     if plan.samples > 1:
         lines.append(f"Search: {plan.samples} samples of one configuration; an upper bound (ASHA stops weak samples early)")
     lines.append(f"Cost units: supervised fine-tuning steps, from the step-cost priors of medseg_platform/progress.py (an "
                  f"evaluation pass = {EVALUATION_COST:g} units; a cached pretraining stage costs nothing, a shared one is counted "
-                 f"once; Ray's start-up and each trial's set-up are not counted); 1 unit = {plan.unit.seconds * 1000:.1f} ms, {plan.unit.source}")
+                 f"once; each trial's set-up is not counted); 1 unit = {plan.unit.seconds * 1000:.1f} ms, {plan.unit.source}")
     return "\n".join(lines)
