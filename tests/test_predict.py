@@ -1,0 +1,159 @@
+"""``medseg predict`` (:mod:`medseg_platform.predict`): a finished trial's selected weights on a dataset, files that
+``medseg evaluate`` scores exactly as the trial scored its own test split; NIfTI on the source grid; bad input is
+one ``error:`` line, exit 2. The trial is trained once per module, in-process, on the tiny dataset (seconds)."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg_platform.cli import main
+from medseg_platform.data.layout import AcdcLayout, write_manifest
+from tests.conftest import make_tiny_dataset
+
+METRICS = ("dice", "jaccard", "hd95", "asd", "assd", "n_pred", "n_gt")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(dataset root, trial folder) of a supervised smoke trial on the tiny dataset, trained long enough to segment
+    (its test Dice is far from 0, so equal values mean equal predictions)."""
+    base = tmp_path_factory.mktemp("predict")
+    root = make_tiny_dataset(base / "tiny")
+    assert main(["train", "supervised", "--profile", "smoke", "--in-process", "--data-root", str(root), "--results-dir",
+                 str(base / "results"), "--set", "optim.lr=0.1", "--set", "optim.max_steps=20", "--set", "eval.val_every=10"]) == 0
+    (trial,) = (base / "results" / "train-supervised-smoke" / "trials").iterdir()
+    return root, trial
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_predictions_are_what_the_trial_scored_and_medseg_evaluate_reads_them(trained, tmp_path, capsys):
+    root, trial = trained
+    out = tmp_path / "pred"
+    assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert f"wrote 2 prediction(s) of the test split to {out}; h5 only" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["patient006_frame01.h5", "patient006_frame02.h5", "prediction.json"]
+    summary = json.loads((out / "prediction.json").read_text())
+    result = json.loads((trial / "result.json").read_text())
+    assert summary == {"trial": str(trial), "data_root": str(root), "split": "test", "cases": ["patient006_frame01", "patient006_frame02"],
+                       "best_step": result["best_step"], "num_classes": 4, "class_names": ["RV", "Myo", "LV"], "nifti": []}
+    with h5py.File(out / "patient006_frame01.h5") as fh:
+        prediction = fh["pred"][()]
+        assert prediction.dtype == np.uint8 and prediction.shape == (3, 12, 10)
+        assert fh.attrs["spacing"].tolist() == [5.0, 1.5, 1.25]
+    # the trial kept the middle slice of its test predictions: the same labels, pixel for pixel
+    kept = np.load(trial / "qualitative.npz")
+    assert list(kept["cases"]) == ["patient006_frame01", "patient006_frame02"]
+    np.testing.assert_array_equal(prediction[int(kept["slices"][0])], kept["prediction_0"])
+
+    assert main(["evaluate", "--pred", str(out), "--gt", str(root), "--quiet", "--out", str(tmp_path / "eval")]) == 0
+    ours, trials = read_rows(tmp_path / "eval" / "per_case.csv"), read_rows(trial / "per_case.csv")
+    assert [(r["case"], r["class"]) for r in ours] == [(r["case"], r["class"]) for r in trials]
+    assert [[r[m] for m in METRICS] for r in ours] == [[r[m] for m in METRICS] for r in trials]
+    assert 0.3 < result["test"]["mean"]["dice"] < 1.0  # a model that segments: the comparison above is not of empty maps
+
+
+def test_split_all_predicts_every_case_in_list_order(trained, tmp_path, capsys):
+    root, trial = trained
+    assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(tmp_path / "all"), "--split", "all"]) == 0
+    layout = AcdcLayout(root)
+    expected = layout.train_cases + layout.val_cases + layout.test_cases
+    assert json.loads((tmp_path / "all" / "prediction.json").read_text())["cases"] == expected
+    assert sorted(p.stem for p in (tmp_path / "all").glob("*.h5")) == sorted(expected) and len(expected) == 12
+
+
+def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+def test_cases_converted_from_nifti_get_a_nifti_on_the_source_grid(trained, tmp_path, capsys):
+    _, trial = trained
+    raw = tmp_path / "raw"
+    rng = np.random.default_rng(3)
+    # a rotated, shifted, anisotropic grid: what the prediction must keep
+    affine = np.array([[0.0, -1.25, 0.0, 40.0], [1.5, 0.0, 0.0, -12.5], [0.0, 0.0, 5.0, 7.0], [0.0, 0.0, 0.0, 1.0]])
+    for name in ("a", "b", "c", "d"):
+        label = rng.integers(0, 4, size=(10, 12, 3)).astype(np.uint8)  # (X, Y, Z)
+        save_nifti(raw / f"{name}.nii.gz", (label * 100 + rng.integers(0, 40, size=label.shape)).astype(np.int16), affine)
+        save_nifti(raw / f"{name}_gt.nii.gz", label, affine)
+    converted = tmp_path / "converted"
+    assert main(["data", "convert-nifti", str(raw), str(converted), "--num-classes", "4", "--class-names", "RV,Myo,LV"]) == 0
+    manifest = json.loads((converted / "manifest.json").read_text())
+    assert all(np.array_equal(facts["affine"], affine) for facts in manifest["cases"].values())
+
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    assert main(["predict", "--trial", str(trial), "--data-root", str(converted), "--out", str(out)]) == 0
+    cases = AcdcLayout(converted).test_cases
+    assert f"NIfTI with the source affine for {len(cases)} of them in {out / 'nifti'}" in capsys.readouterr().out
+    for case in cases:
+        image = nib.load(str(out / "nifti" / f"{case}.nii.gz"))
+        with h5py.File(out / f"{case}.h5") as fh:
+            prediction = fh["pred"][()]
+        np.testing.assert_array_equal(image.affine, affine)
+        assert image.shape == (10, 12, 3) and image.get_data_dtype() == np.uint8
+        np.testing.assert_array_equal(np.asarray(image.dataobj), prediction.transpose(2, 1, 0))
+    before = {p.name: p.read_bytes() for p in (out / "nifti").iterdir()}
+    assert main(["predict", "--trial", str(trial), "--data-root", str(converted), "--out", str(out)]) == 0
+    assert {p.name: p.read_bytes() for p in (out / "nifti").iterdir()} == before  # no timestamps in the gzip files
+    # the NIfTI folder is scored like the h5 one (medseg evaluate flips NIfTI axes against an h5 ground truth)
+    assert main(["evaluate", "--pred", str(out / "nifti"), "--gt", str(converted), "--quiet", "--out", str(tmp_path / "e1")]) == 0
+    assert main(["evaluate", "--pred", str(out), "--gt", str(converted), "--quiet", "--out", str(tmp_path / "e2")]) == 0
+    assert read_rows(tmp_path / "e1" / "per_case.csv") == read_rows(tmp_path / "e2" / "per_case.csv")
+
+
+def test_an_unfinished_trial_is_a_one_line_error(trained, tmp_path, capsys):
+    root, trial = trained
+    unfinished = tmp_path / "trial"
+    shutil.copytree(trial, unfinished)
+    (unfinished / "result.json").unlink()
+    out = tmp_path / "pred"
+    assert main(["predict", "--trial", str(unfinished), "--data-root", str(root), "--out", str(out)]) == 2
+    assert one_line_error(capsys) == (f"error: --trial {unfinished}: unfinished trial (no result.json); rerun its study command "
+                                      "to finish it first\n")
+    assert not out.exists()
+
+
+def test_a_trial_without_its_checkpoint_is_a_one_line_error(trained, tmp_path, capsys):
+    root, trial = trained
+    copy = tmp_path / "trial"
+    shutil.copytree(trial, copy)
+    shutil.rmtree(copy / "checkpoint")
+    assert main(["predict", "--trial", str(copy), "--data-root", str(root), "--out", str(tmp_path / "pred")]) == 2
+    assert one_line_error(capsys) == (f"error: {copy / 'checkpoint' / 'checkpoint.pt'}: missing, so the trial's selected "
+                                      "weights are gone (rerun the trial to recreate them)\n")
+
+
+@pytest.mark.parametrize("names, message", [
+    (("Liver", "Kidney", "Spleen"),
+     "class names Liver, Kidney, Spleen differ from RV, Myo, LV of trial {key} (labels must mean the same classes; if only "
+     "the names differ, convert it again with --class-names)"),
+    (("Liver", "Kidney"),
+     "a dataset of 3 classes, but trial {key} has 4 classes (RV, Myo, LV and background) (use a dataset labelled with the "
+     "same classes)"),
+])
+def test_a_dataset_with_other_classes_is_a_one_line_error(trained, tmp_path, capsys, names, message):
+    _, trial = trained
+    other = make_tiny_dataset(tmp_path / "other", seed=1)
+    write_manifest(other, {"converter": "a test"}, {}, names)
+    out = tmp_path / "pred"
+    assert main(["predict", "--trial", str(trial), "--data-root", str(other), "--out", str(out)]) == 2
+    assert one_line_error(capsys) == f"error: --data-root {other}: {message.format(key=trial.name)}\n"
+    assert not out.exists()

@@ -1,0 +1,124 @@
+"""A study's ``--test-root``: each trial's selected weights scored on a second dataset's test split
+(:func:`medseg_platform.predict.evaluate_on_test_root`), checked before Ray starts, shown as its own block in the
+tables and the report; trials finished without it are scored at the next run from their checkpoints."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from analysis.report import write_report
+from medseg_platform.cli import main
+from medseg_platform.data.layout import AcdcLayout, write_manifest
+from medseg_platform.data.phantom import ensure_phantom
+from medseg_platform.predict import evaluate_on_test_root, has_test_root_evaluation, needs_test_root_evaluation
+from medseg_platform.results import TEST_ROOT_PER_CASE
+from tests.conftest import make_tiny_dataset
+from tests.test_study_cli import phantom_env, study_main  # noqa: F401 - phantom_env is a fixture
+
+SMOKE_PHANTOM = {"patients": 6, "size": 40}  # the smoke profile's phantom; the external one differs in its seed only
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_scoring_a_trial_on_a_test_root_equals_predict_then_evaluate(tmp_path, capsys):
+    root = make_tiny_dataset(tmp_path / "tiny")
+    external = make_tiny_dataset(tmp_path / "external", seed=1)
+    results = tmp_path / "results"
+    assert main(["train", "supervised", "--profile", "smoke", "--in-process", "--data-root", str(root), "--results-dir", str(results),
+                 "--set", "optim.lr=0.1", "--set", "optim.max_steps=20", "--set", "eval.val_every=10"]) == 0
+    study_dir = results / "train-supervised-smoke"
+    (trial,) = (study_dir / "trials").iterdir()
+    assert needs_test_root_evaluation(trial, external) and not has_test_root_evaluation(trial, external)
+
+    block = evaluate_on_test_root(trial, external)
+    assert main(["predict", "--trial", str(trial), "--data-root", str(external), "--out", str(tmp_path / "pred")]) == 0
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(external), "--quiet", "--out", str(tmp_path / "eval")]) == 0
+    ours = read_rows(trial / TEST_ROOT_PER_CASE)
+    columns = ("case", "class", "dice", "jaccard", "hd95", "asd", "assd", "n_pred", "n_gt")
+    assert [[r[c] for c in columns] for r in ours] == [[r[c] for c in columns] for r in read_rows(tmp_path / "eval" / "per_case.csv")]
+    assert {r["case"] for r in ours} == set(AcdcLayout(external).test_cases) and len(ours) == 2 * 3
+    result = json.loads((trial / "result.json").read_text())
+    assert result["test_root"] == block and block["root"] == str(external) and block["num_test_cases"] == 2
+    assert 0.3 < block["test"]["mean"]["dice"] < 1.0  # a model that segments, on the other dataset too
+    assert has_test_root_evaluation(trial, external) and not needs_test_root_evaluation(trial, external)
+    assert needs_test_root_evaluation(trial, root)  # another root: to be scored
+
+    report = write_report(study_dir, log=lambda *_: None)
+    table = (study_dir / "table_dice.md").read_text()
+    assert table.count("### Dice (%)") == 2 and f"### Dice (%), external test set: {external}\n" in table
+    assert f"### Dice (%), external test set: {external}" in report.report.read_text()
+    tex = (study_dir / "table_dice.tex").read_text()
+    assert r"\label{tab:dice-external-1}" in tex and r"\caption{External test set " in tex
+
+
+@pytest.mark.parametrize("case, message", [
+    ("names", "error: --test-root {root}: class names Liver, Kidney, Spleen differ from RV, Myo, LV of the study's data "
+              "{data} (labels must mean the same classes; if only the names differ, convert it again with --class-names)\n"),
+    ("classes", "error: --test-root {root}: a dataset of 3 classes, but the study's data {data} has 4 classes (RV, Myo, LV and "
+                "background) (use a dataset labelled with the same classes)\n"),
+    ("missing", "error: {root}: dataset root does not exist"),
+    ("truncated", "error: data preflight, nothing started: {root}/data/{case}.h5: unreadable HDF5 file"),
+])
+def test_a_bad_test_root_is_one_line_before_anything_runs(tmp_path, phantom_env, capsys, case, message):  # noqa: F811
+    root = ensure_phantom(tmp_path / "cache", seed=1, **SMOKE_PHANTOM)
+    test_case = AcdcLayout(root).test_cases[0]
+    if case in ("names", "classes"):
+        root = make_tiny_dataset(tmp_path / "other")
+        write_manifest(root, {"converter": "a test"}, {}, ("Liver", "Kidney", "Spleen")[: 3 if case == "names" else 2])
+    elif case == "missing":
+        root = tmp_path / "nowhere"
+    else:
+        path = root / "data" / f"{test_case}.h5"
+        path.write_bytes(path.read_bytes()[:200])
+    results = tmp_path / "results"
+    assert study_main("ablation_tailness", results, "--rows", "Supervised only", "--test-root", str(root)) == 2
+    lines = capsys.readouterr().err.splitlines()  # the preflight may first say that the study's own data is fine
+    errors = [line for line in lines if line.startswith("error:")]
+    assert errors == lines[-1:] and (lines[-1] + "\n").startswith(message.format(root=root, data=phantom_env, case=test_case)), lines
+    assert not results.exists()  # nothing validated into Ray, nothing trained
+
+
+def test_a_study_with_a_test_root_scores_new_and_earlier_trials_and_reports_the_block(tmp_path, phantom_env, ray_address, capsys):  # noqa: F811
+    external = ensure_phantom(tmp_path / "cache", seed=1, **SMOKE_PHANTOM)
+    results = tmp_path / "results"
+    flags = ("--address", ray_address)
+    assert study_main("ablation_tailness", results, *flags, "--rows", "Supervised only") == 0  # before the flag was given
+    study_dir = results / "ablation_tailness-smoke"
+    (supervised,) = (study_dir / "trials").iterdir()
+    curves = (supervised / "curves.csv").read_bytes()
+    assert not (supervised / TEST_ROOT_PER_CASE).exists()
+
+    assert study_main("ablation_tailness", results, *flags, "--rows", "Supervised only", "Mean teacher", "--test-root", str(external)) == 0
+    trials = sorted((study_dir / "trials").iterdir())
+    assert len(trials) == 2 and supervised in trials
+    test_cases = AcdcLayout(external).test_cases
+    for trial in trials:
+        result = json.loads((trial / "result.json").read_text())
+        assert result["test_root"]["root"] == str(external) and result["test_root"]["num_test_cases"] == len(test_cases)
+        rows = read_rows(trial / TEST_ROOT_PER_CASE)
+        assert [(r["case"], r["class"]) for r in rows] == [(c, str(k)) for c in test_cases for k in (1, 2, 3)]
+        assert result["attempts"] == 1  # the earlier trial was scored from its checkpoint, not trained again
+    assert (supervised / "curves.csv").read_bytes() == curves
+    assert json.loads((study_dir / "settings.json").read_text())["test_root"] == str(external)
+    heading = f"### Dice (%), external test set: {external}\n"
+    table, report = (study_dir / "table_dice.md").read_text(), (study_dir / "report.md").read_text()
+    assert heading in table and heading in report and "trials have no evaluation" not in table
+    assert f"- **External test set** (`--test-root`): {external}; " in report
+    # the block sits after the main table, which keeps the study's own test set
+    assert report.index("### Test Dice (%)") < report.index(heading) < report.index("## Tables")
+
+    before = {p: p.read_bytes() for p in (study_dir / "report.md", study_dir / "table_dice.md", study_dir / "table_dice.tex")}
+    write_report(study_dir, log=lambda *_: None)
+    assert {p: p.read_bytes() for p in before} == before  # unchanged files: identical bytes
+    # a trial that lost its evaluation (and its checkpoint) is counted as missing from the block
+    (supervised / TEST_ROOT_PER_CASE).unlink()
+    shutil.rmtree(supervised / "checkpoint")
+    assert not needs_test_root_evaluation(supervised, external)  # nothing left to score it with: reported, not retried
+    write_report(study_dir, log=lambda *_: None)
+    assert "_1 of 2 trials have no evaluation on this test set" in (study_dir / "table_dice.md").read_text()
