@@ -12,7 +12,7 @@
 
 Inputs, all optional except the trial folders: ``study.json`` (written by :meth:`Study.run`: the trial
 keys, seeds, grid axes, variants, whether it is a search), ``settings.json`` (written by
-:func:`medseg_platform.profiles.run_study_main`: profile, dataset root, command line), ``last_run.json``
+:func:`analysis.study_cli.run_study_main`: profile, dataset root, command line), ``last_run.json``
 (the wall time of the last run of the study command) and every ``trials/<key>/`` folder. Nothing is
 timestamped, so regenerating an unchanged study rewrites identical files.
 """

@@ -1,6 +1,8 @@
-"""The ``medseg`` console command (also ``python -m medseg_platform``).
+"""What every ``medseg`` sub-command shares: :func:`command_parser`, the top-level parser, and :func:`run_cli`.
 
-Each command group lives next to the code it drives and exposes ``add_cli(subparsers)``, which adds
+The ``medseg`` console command itself is composed in :mod:`analysis.console` (``python -m analysis``): it includes
+``medseg report``, which lives one floor up, in :mod:`analysis`. The platform's own command groups are
+:func:`platform_groups`. Each command group lives next to the code it drives and exposes ``add_cli(subparsers)``, which adds
 its parsers and sets ``func(args) -> int`` on them. Errors of type :class:`MedsegError` are printed as
 one line (``error: ...``) with exit code 2; no traceback for bad input.
 """
@@ -26,12 +28,17 @@ def command_parser(subparsers, name: str, help: str, example: str, description: 
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from analysis import cli as report_cli
+def platform_groups() -> list:
+    """The platform's command-group modules (data, evaluate, train, predict), each with ``add_cli(subparsers)``."""
     from medseg_platform import predict, train_cli
     from medseg_platform.data import cli as data_cli
     from medseg_platform.evaluation import cli as evaluation_cli
 
+    return [data_cli, evaluation_cli, train_cli, predict]
+
+
+def top_parser() -> tuple[argparse.ArgumentParser, "argparse._SubParsersAction"]:
+    """The ``medseg`` parser (``--version``, the sub-command slot) and its sub-parsers, without any command."""
     parser = argparse.ArgumentParser(
         prog="medseg",
         description="Semi-supervised contrastive medical image segmentation: data, evaluation, studies.",
@@ -39,17 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"medseg-platform {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    data_cli.add_cli(subparsers)
-    evaluation_cli.add_cli(subparsers)
-    report_cli.add_cli(subparsers)
-    train_cli.add_cli(subparsers)
-    predict.add_cli(subparsers)
-    return parser
+    return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` with ``parser`` and run the chosen command: a :class:`MedsegError` is one line and exit 2."""
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
@@ -69,7 +70,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,7 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from medseg_platform.claims_spec import claim  # noqa: E402
-from medseg_platform.profiles import METHOD_LABELS, METHODS, method_overrides, run_study_main  # noqa: E402
+from analysis.study_cli import run_study_main  # noqa: E402
+from medseg_platform.profiles import METHOD_LABELS, METHODS, method_overrides  # noqa: E402
 from medseg_platform.study import Study, Variant  # noqa: E402
 
 WITHOUT_CONTRAST = {"mona": "MONA/ARCO w/o L_contrast", "action": "ACTION w/o L_anco"}

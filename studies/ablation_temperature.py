@@ -30,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from medseg_platform.profiles import METHOD_LABELS, method_overrides, run_study_main  # noqa: E402
+from analysis.study_cli import run_study_main  # noqa: E402
+from medseg_platform.profiles import METHOD_LABELS, method_overrides  # noqa: E402
 from medseg_platform.study import Study  # noqa: E402
 from medseg_platform.variants import VariantTable, with_objective_params, with_stage_params  # noqa: E402
 

@@ -42,7 +42,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from medseg_platform.errors import ConfigError  # noqa: E402
-from medseg_platform.profiles import METHOD_LABELS, method_overrides, run_study_main, study_parser  # noqa: E402
+from analysis.study_cli import run_study_main  # noqa: E402
+from medseg_platform.profiles import METHOD_LABELS, method_overrides, study_parser  # noqa: E402
 from medseg_platform.study import Study, Variant  # noqa: E402
 
 NUM_SAMPLES = {"smoke": 3, "quick": 16, "paper": 40}

@@ -15,7 +15,8 @@ from types import SimpleNamespace
 
 from medseg_platform.engine import NonFiniteLossError
 from medseg_platform.errors import ConfigError
-from medseg_platform.profiles import PROFILES, run_study_main
+from analysis.study_cli import run_study_main
+from medseg_platform.profiles import PROFILES
 from medseg_platform.results import read_attempts, read_trial, scan_study
 from medseg_platform.progress import ProgressCallback, trial_plan
 from medseg_platform.study import Study, Variant, application_error
@@ -244,7 +245,7 @@ def test_corrupt_results_are_reported_and_rerun_never_dropped(tiny_root, tmp_pat
 
 STUDY_SCRIPT = '''
 from pathlib import Path
-from medseg_platform.profiles import run_study_main
+from analysis.study_cli import run_study_main
 from medseg_platform.study import Study, Variant
 
 

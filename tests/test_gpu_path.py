@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from analysis.study_cli import run_study_main
 import medseg_platform.engine as engine
 from medseg_platform.config import TrialConfig
 from medseg_platform.errors import ConfigError
-from medseg_platform.profiles import run_study_main
 from medseg_platform.study import Study, Variant
 from tests.test_engine import quiet, small_cfg as engine_small_cfg
 

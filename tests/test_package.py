@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medseg_platform.cli import build_parser, main
+from analysis.console import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,6 +36,6 @@ def test_every_subcommand_has_help_with_an_example(path, capsys):
 
 
 def test_python_dash_m_and_console_script_agree():
-    proc = subprocess.run([sys.executable, "-m", "medseg_platform", "--version"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "analysis", "--version"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("medseg-platform ")
     assert main(["data"]) == 2  # a group without its sub-command prints the group's help

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg_platform.cli import main
+from analysis.console import main
 from medseg_platform.data.layout import AcdcLayout, write_manifest
 from tests.conftest import make_tiny_dataset
 

@@ -14,7 +14,8 @@ import medseg_platform.preflight as preflight
 import medseg_platform.study as study_module
 from medseg_platform.data.layout import AcdcLayout, write_manifest
 from medseg_platform.errors import DataError
-from medseg_platform.profiles import PROFILES, run_study_main
+from analysis.study_cli import run_study_main
+from medseg_platform.profiles import PROFILES
 from medseg_platform.study import Study, Variant
 
 

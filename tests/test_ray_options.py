@@ -9,7 +9,8 @@ import pytest
 import medseg_platform.study as study_module
 from medseg_platform.dashboard import check_dashboard_host, dashboard_message, token_hint
 from medseg_platform.errors import ConfigError
-from medseg_platform.profiles import PROFILES, run_study_main
+from analysis.study_cli import run_study_main
+from medseg_platform.profiles import PROFILES
 from medseg_platform.study import Study, Variant
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from medseg_platform.errors import ConfigError
-from medseg_platform.profiles import PROFILES, method_overrides, run_study_main
+from analysis.study_cli import run_study_main
+from medseg_platform.profiles import PROFILES, method_overrides
 from medseg_platform.results import read_trial
 from medseg_platform.variants import VariantTable, with_objective_params, with_stage_params
 

@@ -10,7 +10,8 @@ import pytest
 
 from medseg_platform.engine import stage_key
 from medseg_platform.plan import CACHED, FINISHED, TO_RUN, UnitSeconds, format_plan, plan_study
-from medseg_platform.profiles import PROFILES, method_overrides, resolve_data_root, run_study_main
+from analysis.study_cli import run_study_main
+from medseg_platform.profiles import PROFILES, method_overrides, resolve_data_root
 from medseg_platform.progress import EVALUATION_COST, STEP_COST
 from medseg_platform.results import trial_key, write_trial_results
 from medseg_platform.study import pretrain_cache_dir

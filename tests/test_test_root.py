@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from analysis.report import write_report
-from medseg_platform.cli import main
+from analysis.console import main
 from medseg_platform.data.layout import AcdcLayout, write_manifest
 from medseg_platform.data.phantom import ensure_phantom
 from medseg_platform.predict import evaluate_on_test_root, has_test_root_evaluation, needs_test_root_evaluation

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from medseg_platform.cli import main
+from analysis.console import main
 from medseg_platform.profiles import PROFILES, method_overrides, resolve_data_root
 from medseg_platform.results import trial_key
 

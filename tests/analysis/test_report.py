@@ -7,7 +7,7 @@ import re
 import pytest
 
 from analysis.report import write_report
-from medseg_platform.cli import main
+from analysis.console import main
 from tests.analysis.fakes import case_offset, make_fake_study, make_search_study, write_fake_trial
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from medseg_platform.cli import main
+from analysis.console import main
 from medseg_platform.data.check import check_dataset
 from medseg_platform.data.layout import AcdcLayout
 

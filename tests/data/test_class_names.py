@@ -12,7 +12,7 @@ import pytest
 from analysis.plots import qualitative_overlays
 from analysis.report import write_report
 from analysis.tables import build_table, column_label, study_class_names, trial_class_names, write_tables
-from medseg_platform.cli import main
+from analysis.console import main
 from medseg_platform.data import phantom
 from medseg_platform.data.check import check_dataset
 from medseg_platform.data.layout import AcdcLayout, dataset_class_names, default_class_names, write_manifest

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg_platform.cli import main
+from analysis.console import main
 from medseg_platform.data.acdc_split import (
     PUBLISHED_TEST,
     PUBLISHED_TRAIN,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg_platform import cli
+from analysis import console as cli
 from medseg_platform.data import phantom
 from medseg_platform.data.layout import AcdcLayout, case_of_slice
 from medseg_platform.errors import ConfigError

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from medpy.metric import binary as mb
 
-from medseg_platform.cli import main
+from analysis.console import main
 from medseg_platform.evaluation.metrics import evaluate_case
 
 TEST_CASES = ("patient006_frame01", "patient006_frame02")

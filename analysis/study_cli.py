@@ -1,0 +1,81 @@
+"""The command line of every study script: parse the shared flags, run the study, write its report.
+
+A study script (``studies/*.py``) builds its :class:`~medseg_platform.study.Study` from a profile
+(:mod:`medseg_platform.profiles`: the profiles, the table rows' configurations, :func:`study_parser`) and hands
+the builder to :func:`run_study_main`. It lives here, above the platform, because it ends with the report
+(:mod:`analysis.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Callable, Sequence
+
+from medseg_platform.config import TrialConfig, resolve_path
+from medseg_platform.errors import MedsegError
+from medseg_platform.io import write_json_atomic
+from medseg_platform.overrides import apply_overrides, parse_set_options, select_rows
+from medseg_platform.profiles import PROFILES, Profile, profile_with_overrides, resolve_data_root, study_parser
+
+
+def run_study_main(description: str, default_name: str, build: Callable[[argparse.Namespace, Profile, TrialConfig], "object"],
+                   argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse the shared flags, build the study with ``build(args, profile, base)``, run it, write ``settings.json``
+    (profile, dataset root, command line, ``--set`` overrides, ``--test-root``) and the report: tables, plots and ``report.md``
+    (:func:`analysis.report.write_report`). ``--rows`` and ``--set`` change the built study (:mod:`medseg_platform.overrides`);
+    ``--dry-run`` prints its plan instead of running it (:mod:`medseg_platform.plan`).
+
+    ``parser``: a parser from :func:`study_parser` that a study script extended with its own flags
+    (default: ``study_parser(description, default_name)``).
+    """
+    from medseg_platform.study import Study
+
+    parser = parser or study_parser(description, default_name)
+    args = parser.parse_args(argv)
+    profile = PROFILES["smoke" if args.smoke_test else args.profile]
+    try:
+        sets = parse_set_options(args.overrides)
+        profile = profile_with_overrides(profile, sets)
+        root = resolve_data_root(args, profile)
+        base = profile.trial.replace(**{"data.root": str(root), "optim.amp": args.amp})
+        study: Study = build(args, profile, base)
+        study.name = args.name if args.name != default_name else f"{default_name}-{profile.name}"
+        study.results_dir = resolve_path(args.results_dir, "--results-dir")
+        study.address = args.address
+        study.seeds = tuple(args.seeds) if args.seeds else profile.seeds
+        study.max_concurrent = args.max_concurrent
+        study.gpus_per_trial = args.gpus_per_trial
+        study.cpus_per_trial = args.cpus_per_trial or profile.cpus_per_trial
+        study.dashboard = not args.no_dashboard
+        study.dashboard_host = args.dashboard_host
+        study.optuna_storage = resolve_path(args.optuna_storage, "--optuna-storage") if args.optuna_storage else None
+        study.num_workers = args.num_workers
+        study.max_retries = args.max_retries
+        study.test_root = resolve_path(args.test_root, "--test-root") if args.test_root else None
+        if args.rows:
+            select_rows(study, args.rows)
+        overrides = apply_overrides(study, sets)
+        if args.dry_run:
+            from medseg_platform.plan import format_plan, plan_study
+
+            print(format_plan(plan_study(study)))
+            return 0
+        run = study.run()
+        # the report's settings that the trial files do not hold (regenerated reports read them back)
+        command = " ".join(shlex.quote(a) for a in ["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+        write_json_atomic(run.study_dir / "settings.json", {
+            "profile": profile.name, "data_root": str(root), "command": command, "smoke_test": bool(args.smoke_test),
+            "results_dir": str(study.results_dir), "address": args.address, "gpus_per_trial": study.gpus_per_trial,
+            "cpus_per_trial": study.cpus_per_trial, "num_workers": study.num_workers, "max_concurrent": study.max_concurrent,
+            "overrides": overrides, **({"test_root": str(study.test_root)} if study.test_root is not None else {})})
+        from analysis.report import print_report, write_report  # pandas and matplotlib: only once there are results
+
+        report = write_report(run.study_dir)  # tables, plots/ and report.md, from the result files only
+        print_report(report)
+        print(f"wall time {run.timing['total_s']:.1f} s; results in {run.study_dir}")
+        return 0 if report.records and not report.missing else 1
+    except MedsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
