@@ -28,9 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from medseg_platform.results import read_csv
-
-VAL_CURVE_FILE = "val_curve.csv"
+from medseg_platform.results import VAL_CURVE_FILE, read_csv
 
 RISING_MARGIN = 0.01
 """Absolute val Dice (0..1) the last validation must gain over the previous one to count as still rising.

@@ -42,14 +42,17 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from analysis.tables import (AVG, build_table, column_label, column_order, metric_style,  # noqa: E402
                              row_label, row_order, study_class_names, trial_class_values, trial_seed)
 from medseg_platform.io import atomic_path  # noqa: E402
-from medseg_platform.results import read_csv  # noqa: E402
+from medseg_platform.recipes import METHOD_LABELS, WITHOUT_CONTRAST_LABELS  # noqa: E402
+from medseg_platform.results import CURVES_FILE, QUALITATIVE_FILE, VAL_CURVE_FILE, read_csv  # noqa: E402
 
-#: Fixed colours of the platform's methods (the rows of ``studies/ablation_tailness.py``), so a method
-#: looks the same in every plot of every study. Other row labels get colours from :data:`_EXTRA`.
-FIXED_COLOURS = {
-    "Supervised only": "#7f7f7f", "Mean teacher": "#8c564b", "MONA": "#1f77b4", "ARCO-SG": "#2ca02c",
-    "ARCO-SAG": "#d62728", "ACTION": "#9467bd", "MONA/ARCO w/o L_contrast": "#17becf", "ACTION w/o L_anco": "#e377c2",
-}
+#: Colour of each method id (``medseg_platform.recipes``), and of its row without the contrast term.
+METHOD_COLOURS = {"supervised": "#7f7f7f", "mean_teacher": "#8c564b", "mona": "#1f77b4", "arco_sg": "#2ca02c",
+                  "arco_sag": "#d62728", "action": "#9467bd"}
+WITHOUT_CONTRAST_COLOURS = {"mona": "#17becf", "action": "#e377c2"}
+#: Fixed colours of the platform's rows by their printed label, so a method looks the same in every plot of
+#: every study. Other row labels get colours from :data:`_EXTRA`.
+FIXED_COLOURS = {**{METHOD_LABELS[m]: colour for m, colour in METHOD_COLOURS.items()},
+                 **{WITHOUT_CONTRAST_LABELS[m]: colour for m, colour in WITHOUT_CONTRAST_COLOURS.items()}}
 _EXTRA = ["#ff7f0e", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
           "#31a354", "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7ba52", "#ad494a", "#de9ed6", "#6baed6"]
 #: Overlay colours of labels 1, 2, 3 (ACDC's RV, Myo, LV), transparent background; higher labels get OTHER_CLASS_COLOUR.
@@ -120,10 +123,14 @@ def metric_axis_label(metric: str, unit: str | None = None) -> str:
 
 
 def distance_unit(records: Sequence) -> str | None:
-    """"mm" when the test volumes carried a voxel spacing (from ``qualitative.npz``), "voxels" when they did
-    not, None when unknown."""
+    """The unit of the trials' HD95/ASD: "voxels" when every trial's config sets ``eval.distance_units`` to
+    "voxel" (docs/evaluation.md, 'Units'), None when only some do (mixed units); otherwise "mm" when the test
+    volumes carried a voxel spacing (from ``qualitative.npz``), "voxels" when they did not, None when unknown."""
+    voxel = [((record.result.get("config") or {}).get("eval") or {}).get("distance_units") == "voxel" for record in records]
+    if any(voxel):
+        return "voxels" if all(voxel) else None
     for record in records:
-        path = Path(record.path) / "qualitative.npz"
+        path = Path(record.path) / QUALITATIVE_FILE
         if path.is_file():
             try:
                 with np.load(path) as data:
@@ -371,8 +378,8 @@ def training_curves(records: Sequence, colours: Mapping[str, str]) -> Figure | S
     by_cell: dict[tuple[str, str], list] = {}
     for record in records:
         by_cell.setdefault((column_label(record), row_label(record)), []).append(record)
-    loaded = {key: ([_read_curve(Path(r.path) / "curves.csv", "loss") for r in rs],
-                    [_read_curve(Path(r.path) / "val_curve.csv", "val_dice") for r in rs]) for key, rs in by_cell.items()}
+    loaded = {key: ([_read_curve(Path(r.path) / CURVES_FILE, "loss") for r in rs],
+                    [_read_curve(Path(r.path) / VAL_CURVE_FILE, "val_dice") for r in rs]) for key, rs in by_cell.items()}
     columns = [c for c in column_order(records) if any(any(l) or any(v) for (col, _), (l, v) in loaded.items() if col == c)]
     if not columns:
         return Skipped("training curves: no trial has curves.csv or val_curve.csv rows")
@@ -457,7 +464,7 @@ def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[in
         if column_label(record) != column:
             continue
         row = row_label(record)
-        data = load_qualitative(Path(record.path) / "qualitative.npz")
+        data = load_qualitative(Path(record.path) / QUALITATIVE_FILE)
         if data is None or not data["cases"]:
             continue
         if row not in chosen or natural_key(str(trial_seed(record))) < natural_key(str(trial_seed(chosen[row][0]))):

@@ -2,7 +2,7 @@
 
 Each :class:`PublishedTable` is one table of one paper: the mean foreground Dice (%, "Avg" over RV, Myo
 and LV) per row and label fraction. Rows carry the platform's table labels
-(:data:`medseg_platform.profiles.METHOD_LABELS` and the study scripts' rows); columns are the label
+(:data:`medseg_platform.recipes.METHOD_LABELS` and the study scripts' rows); columns are the label
 fraction as ``data.labelled`` writes it: 1, 3 and 7 of ACDC's 70 training patients are the papers' "1%",
 "5%" and "10%"; "100%" is full supervision. The papers' names for the rows:
 
@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from medseg_platform.recipes import FULL_SUPERVISION_LABEL, METHOD_LABELS, WITHOUT_CONTRAST_LABELS
+
 
 @dataclass(frozen=True)
 class PublishedTable:
@@ -39,23 +41,23 @@ ARCO = "ARCO (You et al., NeurIPS 2023, arXiv 2302.01735v5)"
 ARCO_TABLE_1 = PublishedTable(
     "ARCO Table 1", f"{ARCO}, Table 1: ACDC, DSC Avg; columns 1% / 5% / 10% labelled = 1 / 3 / 7 patients",
     {
-        "Supervised, all labels": {"100%": 91.5},
-        "Supervised only": {"1": 40.3, "3": 51.7, "7": 79.5},
-        "Mean teacher": {"1": 42.9, "3": 58.3, "7": 80.1},
-        "ACTION": {"1": 81.0, "3": 86.6, "7": 87.2},
-        "MONA": {"1": 82.6, "3": 86.9, "7": 87.7},
-        "ARCO-SAG": {"1": 84.9, "3": 87.1, "7": 88.5},
-        "ARCO-SG": {"1": 85.5, "3": 88.7, "7": 89.4},
+        FULL_SUPERVISION_LABEL: {"100%": 91.5},
+        METHOD_LABELS["supervised"]: {"1": 40.3, "3": 51.7, "7": 79.5},
+        METHOD_LABELS["mean_teacher"]: {"1": 42.9, "3": 58.3, "7": 80.1},
+        METHOD_LABELS["action"]: {"1": 81.0, "3": 86.6, "7": 87.2},
+        METHOD_LABELS["mona"]: {"1": 82.6, "3": 86.9, "7": 87.7},
+        METHOD_LABELS["arco_sag"]: {"1": 84.9, "3": 87.1, "7": 88.5},
+        METHOD_LABELS["arco_sg"]: {"1": 85.5, "3": 88.7, "7": 89.4},
     },
 )
 
 ARCO_TABLE_2 = PublishedTable(
     "ARCO Table 2", f"{ARCO}, Table 2: component ablation on ACDC at 1 labelled patient, DSC Avg",
     {
-        "MONA": {"1": 82.6},
-        "ARCO-SG": {"1": 85.5},
-        "ARCO-SAG": {"1": 84.9},
-        "MONA/ARCO w/o L_contrast": {"1": 60.9},
+        METHOD_LABELS["mona"]: {"1": 82.6},
+        METHOD_LABELS["arco_sg"]: {"1": 85.5},
+        METHOD_LABELS["arco_sag"]: {"1": 84.9},
+        WITHOUT_CONTRAST_LABELS["mona"]: {"1": 60.9},
     },
 )
 
@@ -64,8 +66,8 @@ ACTION_PAPER = PublishedTable(
     "ACTION (You et al., IPMI 2023, arXiv 2206.02307): ACDC results and ablation at 3 labelled patients, DSC Avg, "
     "quoted from a secondary summary, not checked against the paper",
     {
-        "ACTION": {"3": 87.5, "7": 89.7},
-        "ACTION w/o L_anco": {"3": 86.5},
+        METHOD_LABELS["action"]: {"3": 87.5, "7": 89.7},
+        WITHOUT_CONTRAST_LABELS["action"]: {"3": 86.5},
     },
 )
 

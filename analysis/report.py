@@ -4,15 +4,15 @@
 
 * the tables (:func:`analysis.tables.write_tables`: ``table_<metric>.md/.tex``, ``table.csv``);
 * the plots (:func:`analysis.plots.write_plots`) under ``plots/``;
-* ``report.md``: the settings (study, profile, command, dataset, seeds, iterations, label fractions,
-  trials finished / errored / corrupt / missing, wall time), the Dice table, the study's claims tested
+* ``report.md``: the settings (study, profile, command, evaluation protocol, dataset, seeds, iterations, label
+  fractions, trials finished / errored / corrupt / missing, wall time), the Dice table, the study's claims tested
   (:mod:`analysis.claims`), the trial health (trials whose validation Dice was still rising or collapsed
   at the end, :mod:`analysis.health`), links to every table and plot, and the problems found (one line
   sums up the flagged trials, if any).
 
 Inputs, all optional except the trial folders: ``study.json`` (written by :meth:`Study.run`: the trial
-keys, seeds, grid axes, variants, whether it is a search), ``settings.json`` (written by
-:func:`analysis.study_cli.run_study_main`: profile, dataset root, command line), ``last_run.json``
+keys, seeds, grid axes, variants, whether it is a search, the ``--protocol``), ``settings.json`` (written by
+:func:`analysis.study_cli.run_study_main`: profile, dataset root, command line, ``--protocol``), ``last_run.json``
 (the wall time of the last run of the study command) and every ``trials/<key>/`` folder. Nothing is
 timestamped, so regenerating an unchanged study rewrites identical files.
 """
@@ -33,10 +33,10 @@ from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_
                              print_summary, row_label, row_order, study_class_names, trial_seed, write_tables)
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_text_atomic
-from medseg_platform.results import TrialRecord, scan_study
+from medseg_platform.results import (ERROR_FILE, LAST_RUN_FILE, RESULT_FILE, SETTINGS_FILE, STUDY_FILE, TRIALS_DIR, TrialRecord,
+                                     scan_study, trial_folder)
 
 REPORT_FILE = "report.md"
-SETTINGS_FILE = "settings.json"
 PLOTS_DIR = "plots"
 
 
@@ -59,7 +59,7 @@ class StudyReport:
 
 def is_study_dir(path: Path) -> bool:
     """A study folder has ``study.json`` or a ``trials/`` folder."""
-    return (path / "study.json").is_file() or (path / "trials").is_dir()
+    return (path / STUDY_FILE).is_file() or (path / TRIALS_DIR).is_dir()
 
 
 def _read_json(path: Path) -> dict:
@@ -99,7 +99,7 @@ def study_records(study_dir: Path, info: dict, search_keys: set[str] | None = No
         problems = [p for p in problems if _problem_trial(p) in keep or _problem_trial(p) is None]
         found = {r.path.name for r in records}
         missing = [k for k in wanted if k not in found]
-        listed = {k for k in missing if any((study_dir / "trials" / k / f).is_file() for f in ("error.json", "result.json"))}
+        listed = {k for k in missing if any((trial_folder(study_dir, k) / f).is_file() for f in (ERROR_FILE, RESULT_FILE))}
         problems += [f"trial {k} has no result (not run yet or interrupted; rerun the study command to resume)"
                      for k in missing if k not in listed]  # errored and corrupt trials are listed by scan_study
     if not search:
@@ -149,6 +149,36 @@ def _join(values: Sequence[Any]) -> str:
     return ", ".join(str(v) for v in values) if values else "unknown"
 
 
+#: How the report words each evaluation choice of the trials' configs (docs/evaluation.md).
+SELECTION_TEXT = {"best_val": "model selected on val", "final": "final-iteration weights tested"}
+EMPTY_POLICY_TEXT = {"nan": "undefined values of empty masks left out (NaN)",
+                     "released": "an empty prediction scored as distance 0"}
+DISTANCE_UNITS_TEXT = {"mm": "HD95/ASD in mm where the volumes have a spacing (else voxels)", "voxel": "HD95/ASD in voxels"}
+LABELLED_TEXT = {"published": "whole patients in the published order", "random": "random whole patients per seed",
+                 "released_slices": "the released slice counts (23 slices for 1 ACDC patient)"}
+
+
+def _config_phrase(configs: Sequence[dict], section: str, key: str, default: str, texts: dict[str, str]) -> str:
+    """How the trials set ``section.key`` (configs without it count as ``default``), in words; "mixed: ..." if they differ."""
+    values = _distinct(str((c.get(section) or {}).get(key, default)) for c in configs) or [default]
+    words = [texts.get(v, v) for v in values]
+    return words[0] if len(words) == 1 else "mixed: " + "; ".join(words)
+
+
+def protocol_line(info: dict, settings: dict, configs: Sequence[dict]) -> str:
+    """The "Protocol" bullet: ``--protocol`` (``study.json``, else ``settings.json``; "corrected" when neither says) and
+    what the trials' configs did: model selection, empty masks, distance units, labelled slices."""
+    protocol = info.get("protocol") or settings.get("protocol") or "corrected"
+    labelled = _config_phrase(configs, "data", "labelled_strategy", "published", LABELLED_TEXT)
+    if protocol == "released" and LABELLED_TEXT["released_slices"] not in labelled:
+        labelled += " (the released slice counts exist only for the SSL4MIS ACDC list)"
+    parts = [_config_phrase(configs, "eval", "selection", "best_val", SELECTION_TEXT),
+             _config_phrase(configs, "eval", "empty_policy", "nan", EMPTY_POLICY_TEXT),
+             _config_phrase(configs, "eval", "distance_units", "mm", DISTANCE_UNITS_TEXT), f"labelled: {labelled}"]
+    return (f"- **Protocol**: {protocol} (`--protocol {protocol}`; docs/evaluation.md, 'Released evaluation protocol'): "
+            + "; ".join(parts))
+
+
 def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, records: Sequence[TrialRecord],
                    problems: Sequence[str]) -> list[str]:
     """The "Settings" bullet list of the report (every value read from the study's files)."""
@@ -179,12 +209,14 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         lines.append("- **Overrides** (`--set`, every trial): " + ", ".join(f"`{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}`"
                                                                             for key, value in settings["overrides"].items()))
     lines += [
+        protocol_line(info, settings, configs),
         f"- **Dataset**: {_join(roots)}; {_join(available)} training patients, {_join(test_cases)} test cases"
         + (f"; classes {', '.join(study_class_names(records).values())}" if records else ""),
         *([f"- **External test set** (`--test-root`): {settings['test_root']}; each trial's selected weights scored on its "
            "test split, shown as its own block after each table"] if settings.get("test_root") else []),
         f"- **Seeds**: {_join(seeds)}",
-        f"- **Iterations**: {_join(steps)} fine-tuning steps (validation every {_join(val_every)}; model selected on val); "
+        f"- **Iterations**: {_join(steps)} fine-tuning steps (validation every {_join(val_every)}; "
+        f"{_config_phrase(configs, 'eval', 'selection', 'best_val', SELECTION_TEXT)}); "
         f"pretraining: {_pretraining_phrase(records)}",
         f"- **Patch size / batch**: {_join(patches)}; {_join(batches)}",
         f"- **Label fractions**: {_join(column_order(records))}",
@@ -279,9 +311,9 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
     study_dir = Path(study_dir).resolve()
     if not is_study_dir(study_dir):
         raise MedsegError(f"{study_dir}: not a study folder (no study.json and no trials/; run a study script first)")
-    info = _read_json(study_dir / "study.json")
+    info = _read_json(study_dir / STUDY_FILE)
     settings = _read_json(study_dir / SETTINGS_FILE)
-    last_run = _read_json(study_dir / "last_run.json")
+    last_run = _read_json(study_dir / LAST_RUN_FILE)
     tables: list[Path] = []
     plots: list[PlotFile] = []
     samples, search_problem = None, []

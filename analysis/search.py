@@ -29,7 +29,7 @@ from analysis.tables import as_number
 from medseg_platform.config import TrialConfig
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_json_atomic, write_text_atomic
-from medseg_platform.results import CorruptResult, read_trial, search_trial_key
+from medseg_platform.results import ERROR_FILE, STUDY_FILE, CorruptResult, read_trial, search_trial_key, trial_folder, tune_storage
 
 HISTORY_FILE = "search_history.csv"
 BEST_FILE = "best_config.json"
@@ -56,14 +56,14 @@ class Sample:
 def experiment_path(study_dir: Path) -> Path:
     """The study's Tune experiment folder (named by ``study.json``'s ``name`` and ``spec_hash``)."""
     try:
-        spec = json.loads((Path(study_dir) / "study.json").read_text(encoding="utf-8"))
+        spec = json.loads((Path(study_dir) / STUDY_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise MedsegError(f"{study_dir}: no readable study.json ({exc})") from None
     if not spec.get("search"):
         raise MedsegError(f"{study_dir}: not a search study (study.json has no search)")
     if not spec.get("name") or not spec.get("spec_hash"):
         raise MedsegError(f"{study_dir}/study.json: no name/spec_hash, so the search's Tune experiment cannot be found")
-    path = Path(study_dir) / "ray" / f"{spec['name']}-{spec['spec_hash']}"
+    path = tune_storage(study_dir) / f"{spec['name']}-{spec['spec_hash']}"
     if not path.is_dir():
         raise MedsegError(f"{path}: the search's Tune experiment is missing (run the study first)")
     return path
@@ -96,10 +96,10 @@ def samples_from_trials(study_dir: Path, tune_trials: Sequence[Any]) -> list[Sam
         key = search_trial_key(config, str(trial.trial_id))  # the folder run_trial_in_tune writes this sample to
         last = trial.last_result or {}
         try:
-            record = read_trial(study_dir / "trials" / key)
+            record = read_trial(trial_folder(study_dir, key))
         except CorruptResult:
             record = None
-        error_file = study_dir / "trials" / key / "error.json"
+        error_file = trial_folder(study_dir, key) / ERROR_FILE
         error = ""
         if record is not None:
             status = "completed"

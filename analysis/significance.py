@@ -30,6 +30,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from medseg_platform.stats import nan_mean
+
 ALPHA = 0.05
 MIN_PAIRS = 6  # the two-sided exact test cannot reach p < 0.05 with 5 pairs (p >= 2/32)
 NOT_SIGNIFICANT_MARK = "\u2021"  # double dagger (the dagger marks undefined values)
@@ -60,16 +62,14 @@ def seed_averaged(per_case_tables: Sequence[Sequence[Mapping[str, Any]]], metric
     ``per_case_tables``: one ``per_case.csv`` row list per trial. Undefined values (None/NaN) are skipped;
     a (case, class) with no defined value is absent.
     """
-    sums: dict[str, dict[int, list[float]]] = {}
+    values: dict[str, dict[int, list[float]]] = {}
     for per_case in per_case_tables:
         for row in per_case:
             value = as_number(row.get(metric))
             if value is None or math.isnan(value):
                 continue
-            cell = sums.setdefault(str(row["case"]), {}).setdefault(int(float(row["class"])), [0.0, 0])
-            cell[0] += value
-            cell[1] += 1
-    return {case: {cls: total / n for cls, (total, n) in classes.items()} for case, classes in sums.items()}
+            values.setdefault(str(row["case"]), {}).setdefault(int(float(row["class"])), []).append(value)
+    return {case: {cls: nan_mean(cell) for cls, cell in classes.items()} for case, classes in values.items()}
 
 
 def paired_case_values(a: Mapping[str, Mapping[int, float]], b: Mapping[str, Mapping[int, float]],
@@ -81,8 +81,8 @@ def paired_case_values(a: Mapping[str, Mapping[int, float]], b: Mapping[str, Map
         if isinstance(cls, str):
             common = sorted(a[case].keys() & b[case].keys())
             if common:
-                xs.append(sum(a[case][k] for k in common) / len(common))
-                ys.append(sum(b[case][k] for k in common) / len(common))
+                xs.append(nan_mean(a[case][k] for k in common))
+                ys.append(nan_mean(b[case][k] for k in common))
         elif cls in a[case] and cls in b[case]:
             xs.append(a[case][cls])
             ys.append(b[case][cls])

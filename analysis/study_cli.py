@@ -1,9 +1,9 @@
 """The command line of every study script: parse the shared flags, run the study, write its report.
 
 A study script (``studies/*.py``) builds its :class:`~medseg_platform.study.Study` from a profile
-(:mod:`medseg_platform.profiles`: the profiles, the table rows' configurations, :func:`study_parser`) and hands
-the builder to :func:`run_study_main`. It lives here, above the platform, because it ends with the report
-(:mod:`analysis.report`).
+(:mod:`medseg_platform.profiles`, the table rows' :mod:`medseg_platform.recipes`, the flags of
+:func:`medseg_platform.study_flags.study_parser`) and hands the builder to :func:`run_study_main`. It lives here,
+above the platform, because it ends with the report (:mod:`analysis.report`).
 """
 
 from __future__ import annotations
@@ -11,21 +11,27 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from medseg_platform.config import TrialConfig, resolve_path
-from medseg_platform.errors import MedsegError
+from medseg_platform.errors import ConfigError, MedsegError
 from medseg_platform.io import write_json_atomic
 from medseg_platform.overrides import apply_overrides, parse_set_options, select_rows
-from medseg_platform.profiles import PROFILES, Profile, profile_with_overrides, resolve_data_root, study_parser
+from medseg_platform.profiles import PROFILES, Profile, profile_with_overrides
+from medseg_platform.protocol import check_protocol, protocol_overrides
+from medseg_platform.results import SETTINGS_FILE
+from medseg_platform.study_flags import resolve_data_root, study_parser
 
 
 def run_study_main(description: str, default_name: str, build: Callable[[argparse.Namespace, Profile, TrialConfig], "object"],
                    argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     """Parse the shared flags, build the study with ``build(args, profile, base)``, run it, write ``settings.json``
-    (profile, dataset root, command line, ``--set`` overrides, ``--test-root``) and the report: tables, plots and ``report.md``
-    (:func:`analysis.report.write_report`). ``--rows`` and ``--set`` change the built study (:mod:`medseg_platform.overrides`);
-    ``--dry-run`` prints its plan instead of running it (:mod:`medseg_platform.plan`).
+    (profile, dataset root, command line, ``--set`` overrides, ``--protocol``, ``--test-root``) and the report: tables,
+    plots and ``report.md`` (:func:`analysis.report.write_report`). ``--rows`` and ``--set`` change the built study
+    (:mod:`medseg_platform.overrides`); ``--protocol`` sets its config keys on the profile before the rows are built
+    (:func:`medseg_platform.protocol.protocol_overrides`; a ``--set`` of one of them, or a row or grid axis that sets one
+    to another value, is an error); ``--dry-run`` prints its plan instead of running it (:mod:`medseg_platform.plan`).
 
     ``parser``: a parser from :func:`study_parser` that a study script extended with its own flags
     (default: ``study_parser(description, default_name)``).
@@ -39,6 +45,13 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
         sets = parse_set_options(args.overrides)
         profile = profile_with_overrides(profile, sets)
         root = resolve_data_root(args, profile)
+        protocol = protocol_overrides(args.protocol, root)
+        for key in sets:
+            if key in protocol:
+                raise ConfigError(f"--set {key}: --protocol {args.protocol} sets it to {protocol[key]!r}; drop the --set "
+                                  "or use --protocol corrected")
+        if protocol:
+            profile = replace(profile, trial=profile.trial.replace(**protocol))
         base = profile.trial.replace(**{"data.root": str(root), "optim.amp": args.amp})
         study: Study = build(args, profile, base)
         study.name = args.name if args.name != default_name else f"{default_name}-{profile.name}"
@@ -56,6 +69,8 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
         study.test_root = resolve_path(args.test_root, "--test-root") if args.test_root else None
         if args.rows:
             select_rows(study, args.rows)
+        check_protocol(study, args.protocol, protocol)
+        study.protocol = args.protocol
         overrides = apply_overrides(study, sets)
         if args.dry_run:
             from medseg_platform.plan import format_plan, plan_study
@@ -65,11 +80,12 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
         run = study.run()
         # the report's settings that the trial files do not hold (regenerated reports read them back)
         command = " ".join(shlex.quote(a) for a in ["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
-        write_json_atomic(run.study_dir / "settings.json", {
+        write_json_atomic(run.study_dir / SETTINGS_FILE, {
             "profile": profile.name, "data_root": str(root), "command": command, "smoke_test": bool(args.smoke_test),
             "results_dir": str(study.results_dir), "address": args.address, "gpus_per_trial": study.gpus_per_trial,
             "cpus_per_trial": study.cpus_per_trial, "num_workers": study.num_workers, "max_concurrent": study.max_concurrent,
-            "overrides": overrides, **({"test_root": str(study.test_root)} if study.test_root is not None else {})})
+            "overrides": overrides, "protocol": args.protocol,
+            **({"test_root": str(study.test_root)} if study.test_root is not None else {})})
         from analysis.report import print_report, write_report  # pandas and matplotlib: only once there are results
 
         report = write_report(run.study_dir)  # tables, plots/ and report.md, from the result files only

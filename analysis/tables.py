@@ -50,7 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
 from analysis.health import COLLAPSE_DROP, RISING_MARGIN, record_health
@@ -58,7 +57,8 @@ from analysis.significance import ALPHA, NOT_SIGNIFICANT_MARK, caption_note, pai
 from medseg_platform.data.layout import ACDC_CLASS_NAMES, default_class_names
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_text_atomic
-from medseg_platform.results import TrialRecord, read_test_root, scan_study
+from medseg_platform.results import TrialRecord, read_test_root
+from medseg_platform.stats import defined, nan_mean
 
 DEFAULT_METRICS = ("dice", "jaccard", "hd95", "asd")
 DEFAULT_CLASS_NAMES = {label: name for label, name in enumerate(ACDC_CLASS_NAMES, 1)}  # results of 4-class data without names
@@ -210,22 +210,19 @@ def trial_class_values(per_case: Sequence[Mapping[str, Any]], metric: str) -> di
         by_class.setdefault(int(float(row["class"])), []).append(_per_case_value(row, metric))
     out: dict[int | str, tuple[float, int]] = {}
     for cls in sorted(by_class):
-        values = np.asarray(by_class[cls], dtype=float)
-        finite = values[~np.isnan(values)]
-        out[cls] = (float(finite.mean()) if finite.size else math.nan, int(np.isnan(values).sum()))
-    class_means = np.asarray([mean for mean, _ in out.values()], dtype=float)
-    finite_means = class_means[~np.isnan(class_means)]
-    out[AVG] = (float(finite_means.mean()) if finite_means.size else math.nan, sum(n for _, n in out.values()))
+        values = by_class[cls]
+        out[cls] = (nan_mean(values), len(values) - defined(values).size)
+    out[AVG] = (nan_mean(mean for mean, _ in out.values()), sum(n for _, n in out.values()))
     return out
 
 
 def seed_statistics(values: Sequence[float]) -> tuple[float, float, int]:
-    """(mean, sample std with ddof=1, n) over the finite ``values``; std 0.0 for n=1, NaNs for n=0."""
-    finite = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
-    if finite.size == 0:
+    """(mean, sample std with ddof=1, n) over the defined (not NaN) ``values``; std 0.0 for n=1, NaNs for n=0."""
+    kept = defined(values)
+    if kept.size == 0:
         return math.nan, math.nan, 0
-    std = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
-    return float(finite.mean()), std, int(finite.size)
+    std = float(kept.std(ddof=1)) if kept.size > 1 else 0.0
+    return nan_mean(kept), std, int(kept.size)
 
 
 def trial_class_names(record: TrialRecord) -> tuple[str, ...]:
@@ -751,12 +748,6 @@ def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
     to_csv(df, csv_path)
     paths.append(csv_path)
     return paths
-
-
-def summarize_study(study_dir: str | Path) -> tuple[list[TrialRecord], list[str]]:
-    """The finished trials of a study and its problems: corrupt or errored trials, duplicated seeds."""
-    records, problems = scan_study(Path(study_dir))
-    return records, problems + duplicate_seeds(records)
 
 
 def print_summary(paths: Sequence[str | Path], problems: Sequence[str], file=None) -> str:

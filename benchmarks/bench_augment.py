@@ -1,4 +1,4 @@
-"""Time the batched augmentations (methods-spec §1.3) on CPU: ms per batch of 8 slices of 256×256.
+"""Time the batched augmentations (docs/data.md, 'Strong view') on CPU: ms per batch of 8 slices of 256×256.
 
 Usage: python benchmarks/bench_augment.py [--batch 8] [--size 256] [--repeats 30] [--threads 2]
 """

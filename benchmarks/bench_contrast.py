@@ -1,4 +1,5 @@
-"""Benchmark: vectorised pixel InfoNCE vs a per-anchor Python loop at the paper size (methods-spec §2.2, §3.4).
+"""Benchmark: vectorised pixel InfoNCE vs a per-anchor Python loop at the paper size (docs/action.md,
+'Anatomical contrast'; docs/mona.md, 'U2PL contrast').
 
 Paper size, per class: 256 anchors x 512 negatives x 512-d (ACTION's head width; MONA's is 496), one
 shared positive (the class prototype), τ = 0.5; 4 classes (ACDC, background included), loss averaged over

@@ -40,14 +40,15 @@ def main() -> None:
 
     from isd_reference import use_dense_reference
     from medseg_platform.engine import StrongAugmentAdapter
-    from medseg_platform.profiles import PROFILES, _isd_stage, method_overrides
+    from medseg_platform.profiles import PROFILES
+    from medseg_platform.recipes import isd_stage, method_overrides
     from methods.objective import Batch
     from methods.registry import build_model, build_objective
 
     torch.set_num_threads(args.threads)
     profile = PROFILES[args.profile]
     h, w = profile.trial.data.patch_size
-    stage = _isd_stage(profile, args.preset)
+    stage = isd_stage(profile, args.preset)
     isd_params = dict(stage["objective_params"], **({"local_layout": args.layout} if args.layout else {}))
     sup = method_overrides("supervised", profile)
 

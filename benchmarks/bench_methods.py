@@ -84,7 +84,8 @@ def one(method: str, profile_name: str, steps: int, threads: int, representation
 
     sys.path.insert(0, str(REPO))
     from medseg_platform.engine import StrongAugmentAdapter, logs_after
-    from medseg_platform.profiles import PROFILES, _isd_stage, method_overrides
+    from medseg_platform.profiles import PROFILES
+    from medseg_platform.recipes import isd_stage, method_overrides
     from methods.registry import build_model, build_objective
 
     torch.set_num_threads(threads)
@@ -93,13 +94,15 @@ def one(method: str, profile_name: str, steps: int, threads: int, representation
     if method.startswith("passes:"):
         name, params, batch = method, {}, 4
     elif method == "isd_pretrain":
-        stage = _isd_stage(profile, "mona")
+        stage = isd_stage(profile, "mona")
         name, params, batch = stage["objective"], stage["objective_params"], 3
     else:
         overrides = method_overrides(method, profile)
         name, params, batch = overrides["objective"], overrides["objective_params"], 4
         if name in ("mona", "arco", "action"):
             params = {**params, "representation": representation}
+        if params.get("steps_per_epoch") == 0:  # a trial resolves it from its labelled set; the step cost does not depend on it
+            params = {**params, "steps_per_epoch": 322}
     h, w = profile.trial.data.patch_size
     model = build_model("unet", num_classes=4, channels=profile.trial.model.channels)
     objective = _Passes(model, *PASSES[name.split(":")[1]]) if name.startswith("passes:") else build_objective(name, model, params)
@@ -154,7 +157,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.one, args.profile, args.steps, args.threads, args.representation[0])))
         return
-    from medseg_platform.profiles import METHODS
+    from medseg_platform.recipes import METHODS
 
     every = (*METHODS, "isd_pretrain", *(f"passes:{m}" for m in PASSES))
     methods = ["supervised"] + [m for m in (args.methods or every) if m != "supervised"]

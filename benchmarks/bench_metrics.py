@@ -1,4 +1,4 @@
-"""Benchmark: our per-case metrics vs medpy on ACDC-like synthetic volumes (methods-spec §1.10).
+"""Benchmark: our per-case metrics vs medpy on ACDC-like synthetic volumes (docs/evaluation.md, 'Metrics').
 
 Each case is a (10, H, W) uint8 label volume, H×W drawn around 220×250, with three classes shaped like a
 short-axis cine-MRI stack: LV blood pool (3, filled ellipse), myocardium (2, ring around it), RV (1, crescent

@@ -1,4 +1,5 @@
-"""Benchmark: the ARCO samplers (methods-spec §4) at the released sizes, time per call and variance reduction.
+"""Benchmark: the ARCO samplers (docs/arco.md, 'Sampler interface') at the released sizes: time per call and
+variance reduction.
 
 Timed per call (median over ``--repeats`` calls after a warm-up), for each strategy (NS/SG/SAG) and grouping
 (flat = as released, spatial = as in the paper):

@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
+    from medseg_platform.results import LAST_RUN_FILE, scan_study
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke-test", action="store_true")
     args = parser.parse_args()
@@ -40,8 +42,8 @@ def main() -> None:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
         wall = time.perf_counter() - start
         study_dir = next(Path(tmp).iterdir())
-        last = json.loads((study_dir / "last_run.json").read_text())
-        results = [json.loads(p.read_text()) for p in study_dir.glob("trials/*/result.json")]
+        last = json.loads((study_dir / LAST_RUN_FILE).read_text())
+        results = [record.result for record in scan_study(study_dir)[0]]
     cpus = os.cpu_count() or 1
     slots = max(1, int(cpus // last["cpus_per_trial"]))
     keys = ("setup_s", "pretrain_s", "train_s", "val_s", "checkpoint_s", "test_s", "total_s")

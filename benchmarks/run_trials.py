@@ -1,11 +1,11 @@
 """Train single configurations in-process (no Ray) and print one JSON line each: the measurements behind the
 quick profile (``medseg_platform/profiles.py``, ``benchmarks/RESULTS.md`` "The quick profile").
 
-Each run is ``METHOD LABELLED SEED [KEY=VALUE ...]``: a table row of ``medseg_platform.profiles.METHODS`` at a
+Each run is ``METHOD LABELLED SEED [KEY=VALUE ...]``: a table row of ``medseg_platform.recipes.METHODS`` at a
 label fraction and seed, on the quick profile, with dotted config overrides (``optim.lr=0.1``,
 ``objective_params.sup_weight=1.0``, ``pretrain=[]`` for random initialisation) and profile overrides
 (``P.phantom.patients=40``, ``P.pretrain_steps=40``; ``optim.max_steps`` also rescales the schedules
-:func:`~medseg_platform.profiles.method_overrides` derives from it). Values are JSON where they parse as JSON.
+:func:`~medseg_platform.recipes.method_overrides` derives from it). Values are JSON where they parse as JSON.
 Runs come from the command line (one run) or, with ``--file F``, one run per line of ``F``; ``--jobs 2``
 runs two at a time (one torch thread each). Pretraining stages are cached under ``--work``.
 
@@ -41,8 +41,10 @@ def _value(text: str):
 def run_one(words: list[str], work: Path) -> dict:
     """Train one configuration (see the module docstring) and return its summary."""
     from medseg_platform.engine import train_trial
-    from medseg_platform.profiles import PROFILES, method_overrides, resolve_data_root, with_steps
-    from medseg_platform.results import test_means
+    from medseg_platform.profiles import PROFILES, with_steps
+    from medseg_platform.recipes import method_overrides
+    from medseg_platform.results import PRETRAIN_CACHE_DIR, test_means, trial_folder
+    from medseg_platform.study_flags import resolve_data_root
 
     method, labelled, seed, *pairs = words
     overrides, sizes, phantom = {}, {}, {}
@@ -64,7 +66,7 @@ def run_one(words: list[str], work: Path) -> dict:
     cfg = profile.trial.replace(**{"data.root": str(root)}).replace(**config)
     name = "-".join([method, f"l{labelled}", f"s{seed}", *(p.replace("/", "_") for p in pairs)])
     start = time.perf_counter()
-    outcome = train_trial(cfg, work / "trials" / name, log=lambda msg: None, pretrain_cache=work / "pretrain-cache")
+    outcome = train_trial(cfg, trial_folder(work, name), log=lambda msg: None, pretrain_cache=work / PRETRAIN_CACHE_DIR)
     means = test_means(outcome.test_rows)
     return {"name": name, "method": method, "labelled": labelled, "seed": int(seed), "overrides": pairs,
             "wall_s": round(time.perf_counter() - start, 1), "timing": {k: round(v, 1) for k, v in outcome.timing.items()},

@@ -6,8 +6,9 @@ evaluation and the seed. It is a frozen dataclass tree that round-trips through 
 (``"objective.consistency_weight"``, ``"optim.lr"``). :meth:`TrialConfig.validate` runs before Ray starts
 and raises one-line :class:`ConfigError` messages.
 
-Defaults are the released fine-tuning settings (methods-spec §1.2, §1.9): 4 labelled + 4 unlabelled
-per step, SGD lr 0.01 momentum 0.9 weight decay 1e-4 Nesterov, poly(0.9) schedule, 256×256 patches.
+Defaults are the released fine-tuning settings (docs/data.md, 'Batches and epochs'; docs/shared.md,
+'Optimiser and schedule'): 4 labelled + 4 unlabelled per step, SGD lr 0.01 momentum 0.9 weight decay 1e-4
+Nesterov, poly(0.9) schedule, 256×256 patches.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ from typing import Any, Mapping
 from medseg_platform.errors import ConfigError
 
 AMP_MODES = ("off", "bf16", "fp16")
+LR_STEPS = ("released", "aligned")  # OptimConfig.lr_step, StageConfig.lr_step
+SELECTIONS = ("best_val", "final")  # EvalConfig.selection
+DISTANCE_UNITS = ("mm", "voxel")  # EvalConfig.distance_units
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the data is and which part of it is labelled (methods-spec §1.1, §1.2)."""
+    """Where the data is (docs/data.md, 'ACDC layout') and which part of it is labelled (docs/data.md,
+    'Labelled subsets')."""
 
     root: str = ""
     num_classes: int = 4
@@ -36,15 +41,15 @@ class DataConfig:
     labelled_seed: int | None = None  # None: the trial seed (only used by strategy "random")
     labelled_batch: int = 4
     unlabelled_batch: int = 4
-    weak_rot90_flip_p: float = 0.5  # 0 and 0 = ACTION's resize-only weak view (§1.3)
+    weak_rot90_flip_p: float = 0.5  # 0 and 0 = ACTION's resize-only weak view (docs/data.md, 'Weak view')
     weak_rotate_p: float = 0.25
     strong_mix: str = "cutmix"
-    advmorph_p: float = 0.5  # random diffeomorphic warp of strong unlabelled views, once per batch (§1.3); 0 = off
+    advmorph_p: float = 0.5  # strong views' random warp, once per batch (docs/data.md, 'AdvMorph warp'); 0 = off
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The SSL4MIS 2D UNet (methods-spec §1.4); ``channels`` narrows it for fast CPU runs."""
+    """The SSL4MIS 2D UNet (docs/shared.md, 'UNet backbone'); ``channels`` narrows it for fast CPU runs."""
 
     name: str = "unet"
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
@@ -52,7 +57,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimiser and schedule (methods-spec §1.9)."""
+    """Optimiser and schedule (docs/shared.md, 'Optimiser and schedule')."""
 
     optimizer: str = "sgd"  # "sgd" (as released) or "adamw"
     lr: float = 0.01
@@ -60,6 +65,9 @@ class OptimConfig:
     weight_decay: float = 1e-4
     nesterov: bool = True
     poly_power: float = 0.9
+    # the step index of the poly rate set after each step: "released" (the step just taken, as the released scripts)
+    # or "aligned" (the next step's, one step ahead); see medseg_platform.engine.loop.lr_after_step
+    lr_step: str = "released"
     max_steps: int = 30000
     # mixed precision of the forward pass and losses (torch.autocast): "off", "bf16" (CPU or CUDA, no loss
     # scaling needed) or "fp16" (CUDA only, with a GradScaler whose state is checkpointed)
@@ -72,14 +80,21 @@ class EvalConfig:
 
     val_every: int = 1000
     val_cases: int = 0  # 0 = all val cases
-    empty_policy: str = "nan"  # "nan" or "released" (methods-spec §1.10)
-    resize: str = "zoom"  # slice resize at test time: "zoom" = scipy order-0 as released for all methods (§1.10)
+    empty_policy: str = "nan"  # "nan" or "released" (docs/evaluation.md, 'Empty masks')
+    # HD95/ASD units: "mm" (the volume's spacing when it has one, voxels otherwise) or "voxel" (no spacing, as the
+    # released evaluation; docs/evaluation.md, 'Units')
+    distance_units: str = "mm"
+    # test-time slice resize: "zoom" = scipy order 0, as released (docs/evaluation.md, 'Slice-wise prediction')
+    resize: str = "zoom"
     log_every: int = 50
+    # the state tested at the end: "best_val" (best val Dice, never the test split) or "final" (the last step's,
+    # as the released scripts report; docs/evaluation.md, 'Model selection')
+    selection: str = "best_val"
 
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One pretraining stage before fine-tuning (methods-spec §1.8: ACTION has two, MONA/ARCO one).
+    """One pretraining stage before fine-tuning (ACTION has two, MONA/ARCO one: docs/isd_pretraining.md, 'Stages').
 
     A stage trains ``objective`` (e.g. ``isd_pretrain``) for ``max_steps`` with its own batch sizes and
     optimiser (released pretraining: 3 labelled + 3 unlabelled, SGD 0.01, momentum 0.9, weight decay
@@ -100,6 +115,7 @@ class StageConfig:
     weight_decay: float = 1e-4
     nesterov: bool = False
     poly_power: float = 0.9
+    lr_step: str = "released"  # as OptimConfig.lr_step
     checkpoint_every: int = 1000
 
 
@@ -190,8 +206,14 @@ class TrialConfig:
             raise ConfigError(f"optim.amp {o.amp!r}: choose {', '.join(map(repr, AMP_MODES))}")
         if e.val_every < 1 or e.log_every < 1 or e.val_cases < 0:
             raise ConfigError("eval.val_every and eval.log_every must be >= 1, eval.val_cases >= 0")
+        if o.lr_step not in LR_STEPS:
+            raise ConfigError(f"optim.lr_step {o.lr_step!r}: choose {' or '.join(map(repr, LR_STEPS))}")
+        if e.selection not in SELECTIONS:
+            raise ConfigError(f"eval.selection {e.selection!r}: choose {' or '.join(map(repr, SELECTIONS))}")
         if e.empty_policy not in ("nan", "released"):
             raise ConfigError(f"eval.empty_policy {e.empty_policy!r}: choose 'nan' or 'released'")
+        if e.distance_units not in DISTANCE_UNITS:
+            raise ConfigError(f"eval.distance_units {e.distance_units!r}: choose {' or '.join(map(repr, DISTANCE_UNITS))}")
         if e.resize not in ("zoom", "nearest-exact", "nearest"):
             raise ConfigError(f"eval.resize {e.resize!r}: choose 'zoom' (as released), 'nearest-exact' or 'nearest'")
         if self.workers < 1:
@@ -212,6 +234,8 @@ class TrialConfig:
                 raise ConfigError(f"{where}: max_steps, labelled_batch and checkpoint_every must be >= 1, unlabelled_batch >= 0")
             if not stage.lr > 0 or stage.weight_decay < 0 or not 0 <= stage.momentum < 1 or stage.poly_power < 0:
                 raise ConfigError(f"{where}: lr must be > 0, weight_decay >= 0, momentum in [0, 1), poly_power >= 0")
+            if stage.lr_step not in LR_STEPS:
+                raise ConfigError(f"{where}.lr_step {stage.lr_step!r}: choose {' or '.join(map(repr, LR_STEPS))}")
             if OBJECTIVES[stage.objective].requires_unlabelled and stage.unlabelled_batch < 1:
                 raise ConfigError(f"{where}.unlabelled_batch: objective {stage.objective!r} needs unlabelled images (use >= 1)")
             params = objective_config(stage.objective, dict(stage.objective_params))

@@ -2,16 +2,11 @@
 
 Every error raised for bad input is a :class:`MedsegError` whose message is one line:
 ``<where>: <what is wrong> (<what to do>)``. The CLI prints it without a traceback and exits 2.
+
+The classes are defined in :mod:`methods.errors` (the bottom floor, so that objectives raise them too) and
+re-exported here unchanged: ``medseg_platform.errors.MedsegError is methods.errors.MedsegError``.
 """
 
+from methods.errors import ConfigError, DataError, MedsegError
 
-class MedsegError(Exception):
-    """Base class of user-facing errors (bad input, bad config); the message is one line."""
-
-
-class DataError(MedsegError):
-    """A dataset file, list or folder is missing or malformed."""
-
-
-class ConfigError(MedsegError):
-    """A configuration value or command-line argument is invalid."""
+__all__ = ["ConfigError", "DataError", "MedsegError"]

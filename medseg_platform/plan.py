@@ -5,7 +5,7 @@ started, nothing is trained or written) and gives each trial a status:
 
 * ``finished``: its folder holds a complete result (it would be skipped);
 * ``cached pretraining``: every pretraining stage it needs is in the study's pretraining cache
-  (:func:`medseg_platform.study.pretrain_cache_dir`, keyed by :func:`medseg_platform.engine.stage_key`,
+  (:func:`medseg_platform.results.pretrain_cache_dir`, keyed by :func:`medseg_platform.engine.stage_key`,
   which needs the trial's labelled subset: :func:`medseg_platform.data.splits.select_labelled`);
 * ``to run``: anything else.
 
@@ -94,7 +94,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     """
     from medseg_platform.engine import stage_key
     from medseg_platform.progress import EVALUATION_COST, trial_plan
-    from medseg_platform.study import _finished, pretrain_cache_dir
+    from medseg_platform.results import STAGE_FINAL_FILE, pretrain_cache_dir, stage_folder, trial_finished, trial_folder
 
     trials = study.trial_params()  # validated as Study.run validates them, in the order Tune starts them
     study_dir = study.study_dir
@@ -108,8 +108,8 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
         cfg = TrialConfig.from_dict(trial["config"])
         phases = trial_plan(trial["config"], trial["key"])
         keys = [stage_key(cfg, i, _subset(cfg, subsets)) for i in range(len(cfg.pretrain))]
-        cached = [(cache / key / "final.pt").is_file() for key in keys]
-        if not search and _finished(study_dir / "trials" / trial["key"]):
+        cached = [(stage_folder(cache, key) / STAGE_FINAL_FILE).is_file() for key in keys]
+        if not search and trial_finished(trial_folder(study_dir, trial["key"])):
             status, runs = FINISHED, ()
         else:
             status = CACHED if keys and all(cached) else TO_RUN

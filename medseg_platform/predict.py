@@ -28,7 +28,6 @@ Both refuse, with one line, an unfinished trial and a dataset whose classes diff
 from __future__ import annotations
 
 import gzip
-import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -44,7 +43,7 @@ PREDICTION_FILE = "prediction.json"
 def finished_trial(trial_dir: str | Path):
     """``(TrialRecord, TrialConfig)`` of a finished trial folder; one-line :class:`MedsegError` otherwise."""
     from medseg_platform.config import TrialConfig
-    from medseg_platform.results import RESULT_FILE, CorruptResult, read_trial
+    from medseg_platform.results import RESULT_FILE, CorruptResult, read_trial, read_trial_config
 
     trial_dir = Path(trial_dir).expanduser().resolve()
     if not trial_dir.is_dir():
@@ -56,7 +55,7 @@ def finished_trial(trial_dir: str | Path):
     if record is None:
         raise MedsegError(f"--trial {trial_dir}: unfinished trial (no {RESULT_FILE}); rerun its study command to finish it first")
     try:
-        config = json.loads((trial_dir / "config.json").read_text(encoding="utf-8"))["config"]
+        config = read_trial_config(trial_dir)
     except (OSError, ValueError, KeyError, TypeError):
         config = record.result["config"]  # written by the same call as config.json
     return record, TrialConfig.from_dict(config)
@@ -188,14 +187,14 @@ def has_test_root_evaluation(trial_dir: str | Path, root: str | Path) -> bool:
 def needs_test_root_evaluation(trial_dir: str | Path, root: str | Path) -> bool:
     """True for a finished trial without an evaluation on ``root`` that can still make one (its checkpoint exists);
     a trial whose checkpoint is gone is reported as missing from the external block instead of being retried."""
-    from medseg_platform.results import CorruptResult, read_trial
+    from medseg_platform.results import CorruptResult, checkpoint_path, read_trial
 
     try:
         finished = read_trial(Path(trial_dir)) is not None
     except CorruptResult:
         return False  # run again as a whole, which evaluates the test root too
     return (finished and not has_test_root_evaluation(trial_dir, root)
-            and (Path(trial_dir) / "checkpoint" / "checkpoint.pt").is_file())  # engine.CHECKPOINT_FILE (no torch import here)
+            and checkpoint_path(trial_dir).is_file())
 
 
 def evaluate_on_test_root(trial_dir: str | Path, root: str | Path, device=None) -> dict:

@@ -108,7 +108,7 @@ class ProgressCallback(Callback):
 
     Counts come from the ``trials`` list Tune passes to every hook (so a restored experiment's earlier trials
     count); the trial of the event is counted as what the event says (Tune updates its status only after the
-    hook). A trial that ended with an ``errored`` report (an application error, :func:`medseg_platform.study.run_trial_in_tune`)
+    hook). A trial that ended with an ``errored`` report (an application error, :func:`medseg_platform.study.trainable.run_trial_in_tune`)
     counts as errored.
 
     ETA. Work is in cost units (supervised steps, :data:`STEP_COST`). Each unfinished trial's remaining seconds =

@@ -1,6 +1,16 @@
-"""The on-disk results of a trial: the source of truth for every table and plot.
+"""The on-disk results of a study and its trials: the source of truth for every table and plot, and the one
+place that names the layout of a results directory (the constants and path functions below).
 
-A study folder holds one folder per trial, named by the trial's key (a hash of its resolved config)::
+A results directory holds one folder per study and the pretraining stages its studies share::
+
+    <results>/pretrain-cache/<stage key>/   a pretraining stage (medseg_platform.engine.pretrain): checkpoint.pt
+                                            while it trains, final.pt when done
+    <results>/<study>/
+        study.json       what the analysis needs besides the trial files (Study.description)
+        last_run.json    timing of the last run of the study command
+        settings.json    the study command's flags (written by the command line)
+        ray/             Tune's experiments; ray-train/: the Ray Train runs of multi-worker trials
+        trials/<key>/    one folder per trial, named by the trial's key (a hash of its resolved config)
 
     <results>/<study>/trials/<key>/
         config.json      the resolved TrialConfig (plus the study's tags for this trial)
@@ -17,7 +27,7 @@ A study folder holds one folder per trial, named by the trial's key (a hash of i
                          attempts (how many times the trial started, retries and resumes included)
         attempts.json    one entry per start of the trial (pid, host, time), written before training
         error.json       only for an errored trial: the reason (kind, message, step/terms of a NaN loss)
-        checkpoint/      the engine's resumable checkpoint
+        checkpoint/checkpoint.pt  the engine's resumable checkpoint (and the selected weights)
 
 ``qualitative.npz`` (``medseg_platform.engine.QualitativeSlices``) holds the middle slice of the first
 three test cases sorted by id (the same slices for every trial on a dataset), N <= 3: ``cases`` (N,)
@@ -42,14 +52,74 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from medseg_platform.io import write_json_atomic, write_text_atomic
+from medseg_platform.stats import nan_mean
 
 RESULT_SCHEMA = "medseg-trial-result/1"
+
+# ------------------------------------------------------------------------------------- folder layout
+STUDY_FILE = "study.json"
+LAST_RUN_FILE = "last_run.json"
+SETTINGS_FILE = "settings.json"
+TRIALS_DIR = "trials"
+TUNE_DIR = "ray"
+RAY_TRAIN_DIR = "ray-train"
+PRETRAIN_CACHE_DIR = "pretrain-cache"
+#: a trial's own files
+CONFIG_FILE = "config.json"
+LABELLED_FILE = "labelled.json"
+PER_CASE_FILE = "per_case.csv"
+CURVES_FILE = "curves.csv"
+VAL_CURVE_FILE = "val_curve.csv"
+TEST_ROOT_PER_CASE = "per_case_test_root.csv"
+QUALITATIVE_FILE = "qualitative.npz"
 RESULT_FILE = "result.json"
 ATTEMPTS_FILE = "attempts.json"
 ERROR_FILE = "error.json"
+CHECKPOINT_DIR = "checkpoint"
+#: a resumable training state: in a trial's ``checkpoint/`` and in a pretraining stage's folder
+CHECKPOINT_FILE = "checkpoint.pt"
+#: a finished pretraining stage's state, in its folder
+STAGE_FINAL_FILE = "final.pt"
+#: where a trial run outside a study (no shared cache) keeps its pretraining stages
+OWN_PRETRAIN_DIR = "pretrain"
+
+
+def trial_folder(study_dir: str | os.PathLike, key: str) -> Path:
+    """The folder of trial ``key`` of the study in ``study_dir``."""
+    return Path(study_dir) / TRIALS_DIR / key
+
+
+def checkpoint_folder(trial_dir: str | os.PathLike) -> Path:
+    """The folder of a trial's resumable checkpoint (what Tune's checkpoints copy)."""
+    return Path(trial_dir) / CHECKPOINT_DIR
+
+
+def checkpoint_path(trial_dir: str | os.PathLike) -> Path:
+    """A trial's resumable checkpoint, which also holds its selected weights."""
+    return checkpoint_folder(trial_dir) / CHECKPOINT_FILE
+
+
+def pretrain_cache_dir(study_dir: str | os.PathLike) -> Path:
+    """Finished pretraining stages, shared by every study under the same results directory."""
+    return Path(study_dir).parent / PRETRAIN_CACHE_DIR
+
+
+def stage_folder(cache_dir: str | os.PathLike, key: str) -> Path:
+    """The folder of the pretraining stage with cache key ``key`` (:func:`medseg_platform.engine.stage_key`)."""
+    return Path(cache_dir) / key
+
+
+def tune_storage(study_dir: str | os.PathLike) -> Path:
+    """Where the study's Tune experiments live (``<tune_storage>/<experiment name>``)."""
+    return Path(study_dir) / TUNE_DIR
+
+
+def ray_train_storage(study_dir: str | os.PathLike) -> Path:
+    """Where the Ray Train runs of the study's multi-worker trials live."""
+    return Path(study_dir) / RAY_TRAIN_DIR
 REQUIRED_KEYS = ("schema", "status", "trial_key", "config", "seed", "labelled", "tags")
 PER_CASE_FIELDS = ("case", "class", "dice", "jaccard", "hd95", "asd")
 
@@ -103,20 +173,15 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _nan_mean(values: Iterable[float]) -> float:
-    finite = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(finite) / len(finite) if finite else float("nan")
-
-
 def test_means(per_case: list[Mapping[str, Any]], metrics=("dice", "jaccard", "hd95", "asd")) -> dict[str, dict[str, float]]:
     """Per class and averaged: NaN-aware means over cases, plus the count of undefined values."""
     classes = sorted({int(r["class"]) for r in per_case})
     out: dict[str, dict[str, float]] = {}
     for c in classes:
         rows = [r for r in per_case if int(r["class"]) == c]
-        out[str(c)] = {m: _nan_mean(float(r[m]) for r in rows) for m in metrics}
+        out[str(c)] = {m: nan_mean(float(r[m]) for r in rows) for m in metrics}
         out[str(c)].update({f"{m}_undefined": sum(1 for r in rows if math.isnan(float(r[m]))) for m in metrics})
-    out["mean"] = {m: _nan_mean(out[str(c)][m] for c in classes) for m in metrics}
+    out["mean"] = {m: nan_mean(out[str(c)][m] for c in classes) for m in metrics}
     out["mean"].update({f"{m}_undefined": sum(out[str(c)][f"{m}_undefined"] for c in classes) for m in metrics})
     return out
 
@@ -133,15 +198,27 @@ def dataset_class_names_record(config: Mapping[str, Any]) -> dict[str, list[str]
     return {"class_names": list(dataset_class_names(root, int(data.get("num_classes", 4))))}
 
 
+def write_trial_config(trial_dir: Path, config: Mapping[str, Any], tags: Mapping[str, Any]) -> None:
+    """``config.json``: the trial's resolved config and its study tags (written when the trial starts, and again with
+    its results)."""
+    write_json_atomic(Path(trial_dir) / CONFIG_FILE, {"config": dict(config), "tags": dict(tags)})
+
+
+def read_trial_config(trial_dir: Path) -> dict:
+    """The resolved config in a trial's ``config.json``; ``OSError``/``ValueError``/``KeyError``/``TypeError`` when it is
+    missing or unreadable."""
+    return json.loads((Path(trial_dir) / CONFIG_FILE).read_text(encoding="utf-8"))["config"]
+
+
 def write_trial_results(trial_dir: Path, *, config: Mapping[str, Any], tags: Mapping[str, Any], outcome, seed: int, extra: Mapping[str, Any] | None = None) -> dict:
     """Write every result file of a finished trial (``result.json`` last) and return the result record."""
     trial_dir = Path(trial_dir)
-    write_json_atomic(trial_dir / "config.json", {"config": dict(config), "tags": dict(tags)})
-    write_json_atomic(trial_dir / "labelled.json", outcome.labelled.to_dict())
+    write_trial_config(trial_dir, config, tags)
+    write_json_atomic(trial_dir / LABELLED_FILE, outcome.labelled.to_dict())
     fields = list(PER_CASE_FIELDS) + [k for k in (outcome.test_rows[0] if outcome.test_rows else {}) if k not in PER_CASE_FIELDS]
-    write_text_atomic(trial_dir / "per_case.csv", _csv_text(outcome.test_rows, fields))
-    write_text_atomic(trial_dir / "curves.csv", _csv_text(outcome.curves))
-    write_text_atomic(trial_dir / "val_curve.csv", _csv_text(outcome.val_curve, ("step", "val_dice")))
+    write_text_atomic(trial_dir / PER_CASE_FILE, _csv_text(outcome.test_rows, fields))
+    write_text_atomic(trial_dir / CURVES_FILE, _csv_text(outcome.curves))
+    write_text_atomic(trial_dir / VAL_CURVE_FILE, _csv_text(outcome.val_curve, ("step", "val_dice")))
     record = {
         "schema": RESULT_SCHEMA,
         "status": "completed",
@@ -208,9 +285,6 @@ def start_attempt(trial_dir: Path) -> int:
     return count
 
 
-TEST_ROOT_PER_CASE = "per_case_test_root.csv"
-
-
 def write_test_root_results(trial_dir: Path, root: str | os.PathLike, rows: list[dict]) -> dict:
     """Record a finished trial's evaluation on an external test set (``--test-root``): ``per_case_test_root.csv``,
     then ``result.json`` rewritten with its ``test_root`` block (both atomically, result.json last); returns the block.
@@ -267,7 +341,7 @@ def read_trial(trial_dir: Path) -> TrialRecord | None:
         raise CorruptResult(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(result, dict) or result.get("schema") != RESULT_SCHEMA or any(k not in result for k in REQUIRED_KEYS):
         raise CorruptResult(f"{path}: not a {RESULT_SCHEMA} record (missing keys or wrong schema)")
-    per_case_path = Path(trial_dir) / "per_case.csv"
+    per_case_path = Path(trial_dir) / PER_CASE_FILE
     try:
         per_case = read_csv(per_case_path)
     except (OSError, csv.Error) as exc:
@@ -280,7 +354,7 @@ def read_trial(trial_dir: Path) -> TrialRecord | None:
 def scan_study(study_dir: Path) -> tuple[list[TrialRecord], list[str]]:
     """All finished trials of a study (sorted by key) and one line per corrupt or errored trial."""
     records, problems = [], []
-    trials_dir = Path(study_dir) / "trials"
+    trials_dir = Path(study_dir) / TRIALS_DIR
     for trial_dir in sorted(p for p in trials_dir.glob("*") if p.is_dir()) if trials_dir.is_dir() else []:
         try:
             record = read_trial(trial_dir)
@@ -289,10 +363,28 @@ def scan_study(study_dir: Path) -> tuple[list[TrialRecord], list[str]]:
             continue
         if record is not None:
             records.append(record)
-        elif (trial_dir / "error.json").is_file():
+        elif (trial_dir / ERROR_FILE).is_file():
             try:
-                error = json.loads((trial_dir / "error.json").read_text(encoding="utf-8")).get("error", "?")
+                error = json.loads((trial_dir / ERROR_FILE).read_text(encoding="utf-8")).get("error", "?")
             except json.JSONDecodeError:
                 error = "error.json unreadable"
             problems.append(f"errored trial {trial_dir.name}: {error}")
     return records, problems
+
+
+def trial_finished(trial_dir: Path, log: Callable[[str], None] | None = None) -> bool:
+    """True if ``trial_dir`` holds a complete result; a corrupt one is unfinished (``log``: told, naming the file)."""
+    try:
+        return read_trial(trial_dir) is not None
+    except CorruptResult as exc:
+        if log is not None:
+            log(f"warning: corrupt result {exc}; the trial will be run again")
+        return False
+
+
+def errored_in_run(trial_dir: Path, run_id: str) -> bool:
+    """True if the trial's ``error.json`` was written by study run ``run_id`` (not by an earlier run)."""
+    try:
+        return json.loads((Path(trial_dir) / ERROR_FILE).read_text(encoding="utf-8")).get("run") == run_id
+    except (OSError, ValueError, AttributeError):
+        return False

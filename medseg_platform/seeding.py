@@ -7,15 +7,17 @@ import random
 
 import numpy as np
 
+from medseg_platform.errors import ConfigError
+
 
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed Python ``random``, NumPy's legacy global RNG and torch (CPU and all CUDA devices).
 
     Returns a fresh ``numpy.random.Generator`` seeded with ``seed`` for code that prefers an explicit
-    generator. DataLoader workers are seeded with :func:`seed_worker`.
+    generator.
     """
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise ConfigError(f"seed {seed!r}: must be a non-negative int (set the trial's seed to 0 or more)")
     random.seed(seed)
     np.random.seed(seed % (2**32))
     os.environ["PYTHONHASHSEED"] = str(seed)
@@ -24,11 +26,3 @@ def seed_everything(seed: int) -> np.random.Generator:
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
 
-
-def seed_worker(worker_id: int) -> None:
-    """``DataLoader(worker_init_fn=seed_worker)``: derive each worker's NumPy/random seed from torch's."""
-    import torch
-
-    worker_seed = torch.initial_seed() % (2**32)
-    np.random.seed(worker_seed)
-    random.seed(worker_seed)

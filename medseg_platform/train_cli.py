@@ -1,7 +1,7 @@
 """``medseg train``: one configuration trained as one trial, without writing a study script.
 
-The configuration is a method of :data:`medseg_platform.profiles.METHODS` at a profile's sizes
-(:func:`~medseg_platform.profiles.method_overrides`) or a JSON file holding a ``TrialConfig`` dict (a trial's
+The configuration is a method of :data:`medseg_platform.recipes.METHODS` at a profile's sizes
+(:func:`~medseg_platform.recipes.method_overrides`) or a JSON file holding a ``TrialConfig`` dict (a trial's
 ``config.json`` or ``result.json``, a search's ``best_config.json``: their ``"config"`` is used; a partial dict is
 laid over the profile's config), plus ``--set`` overrides (:mod:`medseg_platform.overrides`; here they may also
 change what the method sets, since there is no table row to protect), ``--labelled`` and ``--seed``.
@@ -33,7 +33,8 @@ _SECTIONS = ("data", "model", "optim", "eval")
 
 def add_cli(subparsers) -> None:
     from medseg_platform.cli import command_parser
-    from medseg_platform.profiles import METHODS, PROFILES
+    from medseg_platform.profiles import PROFILES
+    from medseg_platform.recipes import METHODS
 
     parser = command_parser(
         subparsers,
@@ -100,8 +101,9 @@ def build_study(args):
     """The one-row :class:`~medseg_platform.study.Study` of the command line, ``--set`` applied; returns (study, overrides)."""
     from medseg_platform.config import resolve_path
     from medseg_platform.overrides import apply_overrides, parse_set_options
-    from medseg_platform.profiles import (METHOD_LABELS, METHODS, PROFILES, method_overrides, profile_with_overrides,
-                                          resolve_data_root)
+    from medseg_platform.profiles import PROFILES, profile_with_overrides
+    from medseg_platform.recipes import METHOD_LABELS, METHODS, method_overrides
+    from medseg_platform.study_flags import resolve_data_root
     from medseg_platform.study import Study, Variant
 
     if (args.method is None) == (args.config is None):
@@ -135,30 +137,29 @@ def train_in_process(study) -> Path:
     A finished trial is not trained again; an unfinished one resumes from its checkpoint (as in a study).
     """
     from medseg_platform.config import TrialConfig
-    from medseg_platform.engine import train_trial
     from medseg_platform.io import write_json_atomic
-    from medseg_platform.results import ERROR_FILE, start_attempt, write_trial_error, write_trial_results
-    from medseg_platform.study import _finished, pretrain_cache_dir
+    from medseg_platform.results import (ERROR_FILE, STUDY_FILE, pretrain_cache_dir, start_attempt, trial_finished, trial_folder,
+                                         write_trial_config, write_trial_error)
+    from medseg_platform.study.trainable import train_and_record
 
     trials = study.trial_params()
     trial, study_dir = trials[0], study.study_dir
-    trial_dir = study_dir / "trials" / trial["key"]
-    write_json_atomic(study_dir / "study.json", study.description(trials))
-    if _finished(trial_dir, warn=True):
+    trial_dir = trial_folder(study_dir, trial["key"])
+    write_json_atomic(study_dir / STUDY_FILE, study.description(trials))
+    if trial_finished(trial_dir, log=lambda msg: print(msg, file=sys.stderr, flush=True)):
         print(f"trial {trial['key']}: already finished (delete its folder to train it again)", file=sys.stderr)
         return trial_dir
     cfg = TrialConfig.from_dict(trial["config"])
     start_attempt(trial_dir)
-    write_json_atomic(trial_dir / "config.json", {"config": trial["config"], "tags": trial["tags"]})
+    write_trial_config(trial_dir, trial["config"], trial["tags"])
     (trial_dir / ERROR_FILE).unlink(missing_ok=True)
     try:
-        outcome = train_trial(cfg, trial_dir, log=lambda msg: print(f"[{trial['key']}] {msg}", file=sys.stderr, flush=True),
-                              pretrain_cache=pretrain_cache_dir(study_dir))
+        train_and_record(trial["config"], trial["tags"], trial_dir, pretrain_cache_dir(study_dir),
+                         log=lambda msg: print(f"[{trial['key']}] {msg}", file=sys.stderr, flush=True),
+                         extra={"placement": {"hostname": socket.gethostname(), "pid": os.getpid(), "in_process": True}})
     except MedsegError as exc:
         write_trial_error(trial_dir, config=trial["config"], tags=trial["tags"], seed=cfg.seed, error=str(exc), kind="application")
         raise
-    write_trial_results(trial_dir, config=trial["config"], tags=trial["tags"], outcome=outcome, seed=cfg.seed,
-                        extra={"placement": {"hostname": socket.gethostname(), "pid": os.getpid(), "in_process": True}})
     return trial_dir
 
 
@@ -177,15 +178,15 @@ def command_line(args) -> str:
 
 def run(args) -> int:
     from medseg_platform.io import write_json_atomic
-    from medseg_platform.results import ERROR_FILE, CorruptResult, read_trial
+    from medseg_platform.results import ERROR_FILE, SETTINGS_FILE, CorruptResult, read_trial, trial_folder
 
     study, overrides = build_study(args)
     if args.in_process:
         trial_dir = train_in_process(study)
     else:
         run_ = study.run()
-        trial_dir = run_.study_dir / "trials" / run_.trial_keys[0]
-    write_json_atomic(study.study_dir / "settings.json", {
+        trial_dir = trial_folder(run_.study_dir, run_.trial_keys[0])
+    write_json_atomic(study.study_dir / SETTINGS_FILE, {
         "profile": args.profile, "data_root": str(study.base.data.root), "command": command_line(args),
         "smoke_test": args.profile == "smoke", "results_dir": str(study.results_dir), "address": args.address,
         "gpus_per_trial": study.gpus_per_trial, "cpus_per_trial": study.cpus_per_trial, "num_workers": 1, "max_concurrent": None,

@@ -16,7 +16,7 @@ of variants. :class:`VariantTable` collects them:
   one-factor-at-a-time axis passes through, thereby appears once, carrying every axis.
 
 :func:`with_objective_params` and :func:`with_stage_params` copy a row's overrides (from
-:func:`medseg_platform.profiles.method_overrides`) with some objective / pretraining-stage parameters changed.
+:func:`medseg_platform.recipes.method_overrides`) with some objective / pretraining-stage parameters changed.
 """
 
 from __future__ import annotations

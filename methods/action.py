@@ -1,29 +1,30 @@
-"""``action``: ACTION stage iii fine-tuning with anatomical contrast (methods-spec §2.2, §2.3, §8.11, §9).
+"""``action``: ACTION stage iii fine-tuning with anatomical contrast (docs/action.md).
 
 Paper: You et al., "Bootstrapping Semi-supervised Medical Image Segmentation with Anatomical-aware
 Contrastive Distillation" (ACTION), IPMI 2023. Its pixel loss ``L_anco`` is ReCo's regional contrast (Liu
 et al., "Bootstrapping Semantic Segmentation with Regional Contrast", ICLR 2022). Stages i/ii (ISD
-pretraining, spec §1.8) are a separate objective; this one starts from their checkpoint (build it *after*
-loading the weights: the teacher is a copy of the student at construction, spec §1.5). ACTION++ (§2.4) is
-not implemented here.
+pretraining, docs/isd_pretraining.md, 'Stages') are a separate objective; this one starts from their checkpoint
+(build it *after* loading the weights: the teacher is a copy of the student at construction, docs/shared.md,
+'EMA teacher'). ACTION++ (docs/action.md, 'ACTION++ (not implemented)') is not implemented here.
 
 Modules: the student UNet (the model passed in), its EMA teacher (:class:`methods.ema.EMATeacher`) and the
 representation head ``g`` (:class:`methods.heads.ActionProjectionHead`: all 5 pyramid levels upsampled to
 the input size, concatenated, conv3x3 (no bias) -> conv1x1, ``repr_dim`` = 512 channels, not normalised).
 
-One step (spec §2.2 steps 1-8, ``C:code/train_2D_action.py:176-251``)::
+One step (docs/action.md, 'One fine-tuning step'; ``C:code/train_2D_action.py:176-251``)::
 
     1. teacher (no grad, train-mode BN as released) on the weak x_u -> q = max softmax, ŷ = argmax
-    2. strong view: strong_view(augment, x_u, ŷ, q) -> x_s, ŷ', q'   (CutMix + jitter/blur/AdvMorph, §1.3)
+    2. strong view: strong_view(augment, x_u, ŷ, q) -> x_s, ŷ', q'   (CutMix + jitter/blur/AdvMorph)
     3. student z_l, pyramid_l = f_s(x_l); z_u, pyramid_u = f_s(x_s)   (two passes: BN statistics per pass,
        as released)
     4. r = g([pyramid_l; pyramid_u])                                   (B_l + B_u, D, H, W)
-    5. L_sup = sup_weight (CE + Dice) on z_l (0.5, §1.6); L_unsup = pseudo_label_loss(z_u, ŷ', q', 0.97) (§1.7)
+    5. L_sup = sup_weight (CE + Dice) on z_l (0.5); L_unsup = pseudo_label_loss(z_u, ŷ', q', 0.97)
     6. L_anco = anatomical_contrast_loss(r, [y_l; ŷ'], [1; q' >= 0.7], softmax([z_l; z_u]))
     7. L = L_sup + unsup_weight L_unsup + anco_weight L_anco            (1 and k1 = 0.01)
+       with ``weak_bn_update``: the student runs on the weak x_u (train mode, no grad) for its BN statistics
     8. (engine) SGD step; after_optimizer_step: EMA of the teacher, twice with ``double_ema`` (below)
 
-``L_anco`` is :func:`anatomical_contrast_loss` (spec §2.2 step 6): prototypes ``μ_c`` = mean representation
+``L_anco`` is :func:`anatomical_contrast_loss` (docs/action.md, 'Anatomical contrast'): prototypes ``μ_c`` = mean representation
 of the valid pixels of class c (no grad); hard queries ``P_c < 0.97`` (student probability); 256 anchors per
 class drawn with replacement from the hard pool (through :func:`methods.samplers.sample_indices`; uniform as
 released); 512 negatives per anchor, classes drawn from the class-relation graph ``softmax_τ(cos(μ_i, μ_j))``
@@ -33,19 +34,31 @@ fewer than 2 classes are present.
 
 "As released" vs "as described in the paper" (defaults are as released everywhere):
 
-* ``double_ema`` (spec §2.2 step 8, §8.11). As released, the fine-tuning script calls the stage-ii ISD
-  module on ``(x_u, x_s)`` with ``T_s = T_t = 0`` and discards its outputs; the call (a) performs an extra
-  EMA update of the teacher, (b) runs the student on the weak ``x_u`` in train mode (updating its BatchNorm
-  running statistics, which the evaluated student uses) and (c) writes ISD queues nobody reads. Only (a)
-  is reproduced: ``double_ema=True`` applies two EMA updates per step (effective decay ``m^2 = 0.9801``);
-  ``False`` applies one (the paper's mean teacher, ``m = 0.99``). (b) and (c) are not reproduced. Timing:
-  the released extra update happens *before* the optimiser step (with the pre-step student), here both
-  happen after it: ``θ_t <- m^2 θ_t + (1 - m^2) θ_s^{new}`` instead of ``m^2 θ_t + m (1 - m) θ_s^{old} +
-  (1 - m) θ_s^{new}``, a difference of ``m (1 - m)`` (≈ 0.0099) times one SGD update per step. This keeps
-  :meth:`ActionObjective.loss` free of side effects on the teacher.
+* ``double_ema`` and ``weak_bn_update`` (docs/action.md, 'Double EMA'). As released, the fine-tuning script
+  calls the stage-ii ISD module on ``(x_u, x_s)`` with ``T_s = T_t = 0`` and discards its outputs; the call
+  (a) performs an extra EMA update of the teacher, (b) runs the student on the weak ``x_u`` in train mode
+  (updating its BatchNorm running statistics, which the evaluated student uses; the output has no part in
+  the loss) and (c) runs the teacher and writes ISD queues that nothing reads.
+
+  (a) ``double_ema=True`` applies two EMA updates per step (effective decay ``m^2 = 0.9801``); ``False``
+  applies one (the paper's mean teacher, ``m = 0.99``). Timing: the released extra update happens *before*
+  the optimiser step (with the pre-step student), here both happen after it: ``θ_t <- m^2 θ_t + (1 - m^2)
+  θ_s^{new}`` instead of ``m^2 θ_t + m (1 - m) θ_s^{old} + (1 - m) θ_s^{new}``, a difference of ``m (1 - m)``
+  (≈ 0.0099) times one SGD update per step. This keeps :meth:`ActionObjective.loss` free of side effects on
+  the teacher.
+
+  (b) ``weak_bn_update=True``: at the end of :meth:`ActionObjective.loss` (after the passes on ``x_l`` and
+  ``x_s``, as released) the student runs on the weak ``x_u`` under ``torch.no_grad()`` in the mode the engine
+  set (train: BN running statistics move, dropout draws random numbers); the output is dropped, so the loss
+  and its gradient are those of ``False``, but the running statistics (hence evaluation) and the random
+  stream of later steps differ. It runs whenever the batch has unlabelled images, also with both
+  unlabelled-term weights at 0 (the released call does not depend on them). ``False``: no such pass.
+
+  (c) is not reproduced: the teacher's own BN buffers are never read (it runs in train mode, or with
+  ``teacher_bn_mode="eval"`` copies the student's at every EMA update), and the queues are unused.
 * ``sampler`` (+ ``sampler_groups``, ``sampler_grouping``, ``sampler_allocation``): the anchor sampler.
   ``"uniform"`` is ACTION as released; ``"stratified"`` / ``"stratified_antithetic"`` are ARCO's SG / SAG
-  (spec §4), available here as an ablation (they are not part of ACTION). Negatives always follow the
+  (docs/arco.md), available here as an ablation (they are not part of ACTION). Negatives always follow the
   relation graph with uniform draws inside a class, as released.
 
 Ablations (ACTION paper "w/o L_anco", "w/o L_unsup"): **a weight of 0 removes the term**: it is not
@@ -84,6 +97,7 @@ from methods.contrast import (
     relation_negative_indices,
 )
 from methods.ema import BN_MODES, EMATeacher
+from methods.errors import ConfigError, DataError
 from methods.heads import ActionProjectionHead
 from methods.losses import IGNORE_INDEX, pseudo_label_loss, supervised_loss
 from methods.objective import (
@@ -96,13 +110,13 @@ from methods.objective import (
     logits_of,
     strong_view,
 )
-from methods.pixel_reps import REPRESENTATIONS, DenseReps, SparseActionReps
+from methods.pixel_reps import REPRESENTATIONS, DenseReps, SparseActionReps, true_positions
 from methods.samplers import ALLOCATIONS, GROUPINGS, SAMPLERS, sample_indices
 
 
 @dataclass(frozen=True)
 class ActionConfig:
-    """ACTION stage iii settings (defaults = the released code, spec §2.3); validated here.
+    """ACTION stage iii settings (defaults = the released code, docs/action.md, 'Defaults'); validated here.
 
     Loss weights (a weight of 0 removes the term entirely, see the module docstring):
 
@@ -118,7 +132,7 @@ class ActionConfig:
     * ``pseudo_valid_threshold``: unlabelled pixels take part in ``L_anco`` (prototypes, anchors, keys) only if
       the teacher confidence after mixing ``q' >= threshold`` (0.7, ``--weak_threshold``).
 
-    Anatomical contrast (spec §2.2 step 6):
+    Anatomical contrast (docs/action.md, 'Anatomical contrast'):
 
     * ``num_queries`` (int >= 1): anchors per class (256). ``num_negatives`` (int >= 1): per anchor (512).
     * ``temperature`` (> 0): τ of the InfoNCE *and* of the relation-graph softmax (0.5, ``--temp``).
@@ -132,8 +146,10 @@ class ActionConfig:
     Teacher:
 
     * ``ema_momentum`` in [0, 1): m (0.99).
-    * ``double_ema``: True (as released: two EMA updates per step, the side effect of the discarded ISD call,
-      spec §8.11) | False (one update per step).
+    * ``double_ema``: True (as released: two EMA updates per step, a side effect of the discarded ISD call,
+      docs/action.md, 'Double EMA') | False (one update per step).
+    * ``weak_bn_update``: True (as released: the student also runs on the weak ``x_u``, no gradient, updating
+      its BatchNorm running statistics, the other side effect of that call) | False (no such pass).
     * ``teacher_bn_mode``: ``"train"`` (as released: batch statistics, dropout on, the teacher keeps its own
       BN buffers) | ``"eval"`` (running statistics copied from the student at every EMA update).
 
@@ -160,6 +176,7 @@ class ActionConfig:
     sampler_allocation: str = "systematic"
     ema_momentum: float = 0.99
     double_ema: bool = True
+    weak_bn_update: bool = True
     teacher_bn_mode: str = "train"
     representation: str = "sparse"
 
@@ -176,21 +193,18 @@ class ActionConfig:
         check_choice(self, "sampler", SAMPLERS)
         check_number(self, "sampler_groups", minimum=1, integer=True)
         if math.isqrt(self.sampler_groups) ** 2 != self.sampler_groups:
-            raise ValueError(f"ActionConfig.sampler_groups must be a perfect square (9, 16, 25, ...), got {self.sampler_groups}")
+            raise ConfigError(f"ActionConfig.sampler_groups: must be a perfect square, got {self.sampler_groups} (use 9, 16 or 25)")
         check_choice(self, "sampler_grouping", GROUPINGS)
         check_choice(self, "sampler_allocation", ALLOCATIONS)
         check_number(self, "ema_momentum", minimum=0.0, maximum=1.0, max_inclusive=False)
-        if not isinstance(self.double_ema, bool):
-            raise ValueError(f"ActionConfig.double_ema must be a bool, got {self.double_ema!r}")
+        for field in ("double_ema", "weak_bn_update"):
+            if not isinstance(getattr(self, field), bool):
+                raise ConfigError(f"ActionConfig.{field}: must be a bool, got {getattr(self, field)!r} (use true or false)")
         check_choice(self, "teacher_bn_mode", BN_MODES)
         check_choice(self, "representation", REPRESENTATIONS)
 
 
-# -- anatomical contrast (spec §2.2 step 6) ---------------------------------------------------------------------
-
-def _true_positions(cumulative: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-    """Flat positions of the ``ranks``-th (0-based) True entries of a 1-D mask, given its int cumsum."""
-    return torch.searchsorted(cumulative, ranks + 1)
+# -- anatomical contrast (docs/action.md, 'Anatomical contrast') ------------------------------------------------
 
 
 def anatomical_contrast_loss(
@@ -208,7 +222,7 @@ def anatomical_contrast_loss(
     sampler_grouping: str = "flat",
     sampler_allocation: str = "systematic",
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """ACTION's anatomical contrast ``L_anco`` = ReCo's regional contrast (spec §2.2 step 6).
+    """ACTION's anatomical contrast ``L_anco`` = ReCo's regional contrast (docs/action.md, 'Anatomical contrast').
 
     Args:
         reps: float (N, D, H, W) student representations ``r = [r_l; r_u]``; gradients flow through the
@@ -244,16 +258,17 @@ def anatomical_contrast_loss(
     where = "anatomical_contrast_loss"
     if isinstance(reps, torch.Tensor):
         if reps.dim() != 4:
-            raise ValueError(f"{where}: reps must be (N, D, H, W), got {tuple(reps.shape)}")
+            raise DataError(f"{where}: reps must be (N, D, H, W), got {tuple(reps.shape)} (pass a 4-D map)")
         reps = DenseReps(reps)
     num_images, height, width = reps.num_images, reps.height, reps.width
     if probs.dim() != 4 or probs.shape[0] != num_images or tuple(probs.shape[2:]) != (height, width):
-        raise ValueError(f"{where}: probs must be (N, C, H, W) = ({num_images}, C, {height}, {width}), got {tuple(probs.shape)}")
+        raise DataError(f"{where}: probs must be (N, C, H, W) = ({num_images}, C, {height}, {width}), got {tuple(probs.shape)} "
+                        "(pass the softmax of the same images)")
     pixel_shape = (num_images, height, width)
     if labels.shape != pixel_shape or labels.dtype != torch.int64:
-        raise ValueError(f"{where}: labels must be int64 {pixel_shape}, got {labels.dtype} {tuple(labels.shape)}")
+        raise DataError(f"{where}: labels must be int64 {pixel_shape}, got {labels.dtype} {tuple(labels.shape)} (one class per pixel)")
     if valid.shape != pixel_shape:
-        raise ValueError(f"{where}: valid must be bool {pixel_shape}, got {tuple(valid.shape)}")
+        raise DataError(f"{where}: valid must be bool {pixel_shape}, got {tuple(valid.shape)} (one flag per pixel)")
     num_classes = probs.shape[1]
     device = labels.device
 
@@ -287,13 +302,13 @@ def anatomical_contrast_loss(
     for c in contrasted:
         extra: dict[str, Any] = {}
         if spatial:
-            every = _true_positions(hard_cum[c], torch.arange(hard_count[c], device=device)) % pixels
+            every = true_positions(hard_cum[c], torch.arange(hard_count[c], device=device)) % pixels
             extra = {"positions": torch.stack([every // width, every % width], 1), "grid_shape": (height, width)}
         ranks = sample_indices(
             hard_count[c], num_queries, sampler, groups=sampler_groups, grouping=sampler_grouping,
             allocation=sampler_allocation, device=device, **extra,
         )
-        flat = _true_positions(hard_cum[c], ranks)
+        flat = true_positions(hard_cum[c], ranks)
         info["anchor_indices"][c] = flat
         positions.append(flat)
     anchors = reps.rows(torch.cat(positions)).view(len(contrasted), num_queries, -1)
@@ -316,7 +331,7 @@ def anatomical_contrast_loss(
             # relation_graph_probs orders them) -> rank in the concatenation of all C pools -> pixel
             concat = relation_negative_indices(sizes, class_probs, num_queries, num_negatives)
             global_rank = concat + valid_count[c] * (concat >= offsets[c]).to(concat.dtype)
-            flat_negatives = _true_positions(member_cum, global_rank) % (num_images * pixels)
+            flat_negatives = true_positions(member_cum, global_rank) % (num_images * pixels)
             full_probs = torch.zeros(num_classes, device=device, dtype=class_probs.dtype)
             full_probs[others] = class_probs
         drawn.append(flat_negatives)
@@ -334,7 +349,7 @@ def anatomical_contrast_loss(
 # -- the objective ----------------------------------------------------------------------------------------------
 
 class ActionObjective(Objective):
-    """ACTION stage iii fine-tuning (module docstring; spec §2.2).
+    """ACTION stage iii fine-tuning (module docstring; docs/action.md, 'One fine-tuning step').
 
     Submodules: ``student``, ``teacher`` (:class:`EMATeacher`), ``head`` (:class:`ActionProjectionHead`,
     only when ``anco_weight > 0``; ``None`` otherwise). ``state_dict`` covers all of them; ``eval_model()``
@@ -357,7 +372,7 @@ class ActionObjective(Objective):
         cfg = self.config
         channels = getattr(model, "pyramid_channels", None)
         if channels is None:
-            raise ValueError(f"{type(self).__name__} needs a model with `pyramid_channels` (e.g. methods.unet.UNet)")
+            raise ConfigError(f"{type(self).__name__}: the model lacks `pyramid_channels` (use methods.unet.UNet, model.name 'unet')")
         self.teacher = EMATeacher(model, momentum=cfg.ema_momentum, copy_buffers=cfg.teacher_bn_mode == "eval")
         self.head = ActionProjectionHead(tuple(channels), cfg.repr_dim) if cfg.anco_weight > 0 else None
 
@@ -373,6 +388,7 @@ class ActionObjective(Objective):
         total = sup
         terms: dict[str, torch.Tensor] = {"sup": sup, **parts}
         if not (use_unsup or use_anco):
+            self._weak_bn_update(x_u)
             return LossOutput(total, detached(terms))
 
         # 1-2: pseudo-labels from the teacher on the weak view, then the strong view
@@ -393,7 +409,8 @@ class ActionObjective(Objective):
         if use_anco:
             # 4: representations of [l; u] in one head pass (the head is per-image: batching is exact). The
             # pyramid is made channels-last (a copy of the small pyramid only) so that the head's output is
-            # channels-last too and the sampled pixels are gathered as contiguous rows (:func:`_gather_pixels`).
+            # channels-last too and the sampled pixels are gathered as contiguous rows
+            # (:func:`methods.pixel_reps.gather_pixels`).
             pyramid = [
                 torch.cat(levels, 0).contiguous(memory_format=torch.channels_last)
                 for levels in zip(out_l.pyramid, out_u.pyramid)
@@ -419,10 +436,18 @@ class ActionObjective(Objective):
             total = total + cfg.anco_weight * anco
             terms["anco"] = anco
 
+        self._weak_bn_update(x_u)
         return LossOutput(total, detached(terms))
 
+    def _weak_bn_update(self, x_u: torch.Tensor | None) -> None:
+        """With ``weak_bn_update`` (as released): the student on the weak (B_u, 1, H, W) ``x_u`` without gradient,
+        in the current mode, for the BatchNorm running statistics only (docs/action.md, 'Double EMA')."""
+        if self.config.weak_bn_update and x_u is not None:
+            with torch.no_grad():
+                self.student(x_u)
+
     def after_optimizer_step(self, step: int) -> None:
-        """EMA update of the teacher: twice with ``double_ema`` (as released, spec §8.11), else once."""
+        """EMA update of the teacher: twice with ``double_ema`` (as released, docs/action.md, 'Double EMA'), else once."""
         self.teacher.update(self.student)
         if self.config.double_ema:
             self.teacher.update(self.student)

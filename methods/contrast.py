@@ -3,16 +3,16 @@
 Pure functions of tensors; they import only torch. None of them synchronises host and device in the hot
 path (no ``.item()``, no boolean indexing, no data-dependent shapes): sizes come from tensor shapes, so
 the functions are safe inside a CUDA training step. Hyperparameters are validated on the host and raise a
-``ValueError`` naming the argument (e.g. a temperature <= 0 fails at the call, not as NaN later).
+one-line :class:`methods.errors.ConfigError` naming the argument (e.g. a temperature <= 0 fails at the call, not
+as NaN later); tensors of the wrong shape or dtype raise a :class:`methods.errors.DataError`.
 
 * :func:`pixel_info_nce`: the InfoNCE over one positive and K negatives per anchor that both pixel losses
-  end in (ReCo's ``L_anco`` in ACTION, methods-spec §2.2 step 6; U2PL's ``L_contrast`` in MONA/ARCO,
-  spec §3.4).
+  end in (ReCo's ``L_anco`` in ACTION, docs/action.md, 'Anatomical contrast'; U2PL's ``L_contrast`` in
+  MONA/ARCO, docs/mona.md, 'U2PL contrast').
 * :func:`pixel_entropy`, :func:`entropy_percentile_masks`, :func:`alpha_schedule`: U2PL's entropy masks and
-  their linear schedule (MONA/ARCO, spec §3.4).
-* :func:`hard_query_mask`, :func:`relation_graph_probs`, :func:`relation_negative_indices`,
-  :func:`sample_relation_negatives`: ACTION's hard queries and class-relation-graph negative sampling
-  (spec §2.2 step 6).
+  their linear schedule (MONA/ARCO; docs/mona.md, 'Entropy masks and the alpha schedule').
+* :func:`hard_query_mask`, :func:`relation_graph_probs`, :func:`relation_negative_indices`: ACTION's hard
+  queries and class-relation-graph negative sampling (docs/action.md, 'Relation-graph negatives').
 * :func:`class_prototypes`: per-class mean representations (both methods' positive keys).
 
 Papers: ACTION = You et al., "Bootstrapping Semi-supervised Medical Image Segmentation with Anatomical-aware
@@ -22,8 +22,8 @@ Segmentation: A Variance-Reduction Perspective", NeurIPS 2023 (pixel loss from U
 
 Cosine similarity. ``cos(a, b) = a.b / (max(|a|, eps) max(|b|, eps))`` (``F.normalize`` semantics) with
 ``eps = 1e-8``: a zero vector has cosine 0 with everything, exactly like the released
-``torch.cosine_similarity`` (this matters for MONA's all-zero initial bank entry, spec §8 bug 3). The two
-differ only for vectors with norm below 1e-8.
+``torch.cosine_similarity`` (this matters for MONA's all-zero initial bank entry; docs/mona.md,
+'Negative mask'). The two differ only for vectors with norm below 1e-8.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from methods.errors import ConfigError, DataError
+
 COSINE_EPS = 1e-8
 ENTROPY_EPS = 1e-10  # U2PL: H = -sum p log(p + 1e-10)
 REDUCTIONS = ("mean", "sum", "none")
@@ -43,29 +45,30 @@ REDUCTIONS = ("mean", "sum", "none")
 
 def _check_float(where: str, name: str, value, *, minimum: float | None = None, maximum: float | None = None,
                  min_inclusive: bool = True) -> float:
-    """``value`` as a float if it is a finite number in range; ValueError naming ``where: name`` otherwise."""
+    """``value`` as a float if it is a finite number in range; :class:`ConfigError` naming ``where: name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{where}: {name} must be a finite number, got {value!r}")
+        raise ConfigError(f"{where}: {name} must be a finite number, got {value!r} (pass a finite number)")
     if minimum is not None and (value < minimum or (value == minimum and not min_inclusive)):
         bound = f">= {minimum:g}" if min_inclusive else f"> {minimum:g}"
-        raise ValueError(f"{where}: {name} must be {bound}, got {value!r}")
+        raise ConfigError(f"{where}: {name} must be {bound}, got {value!r} (pass a value {bound})")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{where}: {name} must be <= {maximum:g}, got {value!r}")
+        raise ConfigError(f"{where}: {name} must be <= {maximum:g}, got {value!r} (pass a value <= {maximum:g})")
     return float(value)
 
 
 def _check_int(where: str, name: str, value, *, minimum: int) -> int:
+    """``value`` if it is an int >= ``minimum``; :class:`ConfigError` naming ``where: name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
+        raise ConfigError(f"{where}: {name} must be an int >= {minimum}, got {value!r} (pass an int >= {minimum})")
     return value
 
 
 def check_temperature(value, where: str = "temperature") -> float:
-    """Return ``value`` as a float if it is a finite number > 0; ValueError naming ``where`` otherwise.
+    """Return ``value`` as a float if it is a finite number > 0; :class:`ConfigError` naming ``where`` otherwise.
 
     For objective configs and for the functions below (a temperature <= 0 would give inf/NaN logits)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{where} must be a finite number > 0, got {value!r}")
+        raise ConfigError(f"{where}: must be a finite number > 0, got {value!r} (pass a temperature > 0, e.g. 0.5)")
     return float(value)
 
 
@@ -86,7 +89,8 @@ def pixel_info_nce(
     eps: float = COSINE_EPS,
     negatives_normalized: bool = False,
 ) -> torch.Tensor:
-    """InfoNCE with one positive and K negatives per anchor, on cosine similarities (spec §2.2, §3.4).
+    """InfoNCE with one positive and K negatives per anchor, on cosine similarities (docs/action.md,
+    'Anatomical contrast'; docs/mona.md, 'U2PL contrast').
 
     ``loss_k = -log( exp(cos(a_k, p_k)/τ) / (exp(cos(a_k, p_k)/τ) + Σ_n exp(cos(a_k, n_{k,n})/τ)) )``,
     i.e. cross-entropy of the logits ``[cos(a_k, p_k), cos(a_k, n_{k,1..K})] / τ`` with target 0 — what the
@@ -98,7 +102,7 @@ def pixel_info_nce(
         positive: float (N, D), (1, D) or (D,): one positive key per anchor, or one shared by all anchors
             (the class prototype, as both methods use it).
         negatives: float (N, K, D), K >= 0 negatives per anchor (may be a non-contiguous view).
-        temperature: τ > 0 (ValueError otherwise).
+        temperature: τ > 0 (ConfigError otherwise).
         reduction: ``"mean"`` over anchors (default, as released), ``"sum"`` or ``"none"`` -> (N,).
         eps: norm floor of the cosine; a zero vector (e.g. MONA's all-zero bank entry) gives cosine 0.
         negatives_normalized: promise that every negative is a unit vector or zero (e.g. keys normalised
@@ -117,14 +121,14 @@ def pixel_info_nce(
     temperature = check_temperature(temperature, f"{where}: temperature")
     _check_float(where, "eps", eps, minimum=0.0, min_inclusive=False)
     if reduction not in REDUCTIONS:
-        raise ValueError(f"{where}: reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
+        raise ConfigError(f"{where}: reduction {reduction!r} is not a choice (use one of {list(REDUCTIONS)})")
     if anchors.dim() != 2 or anchors.shape[0] < 1:
-        raise ValueError(f"{where}: anchors must be (N, D) with N >= 1, got {tuple(anchors.shape)}")
+        raise DataError(f"{where}: anchors must be (N, D) with N >= 1, got {tuple(anchors.shape)} (pass one row per anchor)")
     n, d = anchors.shape
     if not (positive.shape == (d,) or (positive.dim() == 2 and positive.shape[1] == d and positive.shape[0] in (1, n))):
-        raise ValueError(f"{where}: positive must be ({n}, {d}), (1, {d}) or ({d},), got {tuple(positive.shape)}")
+        raise DataError(f"{where}: positive must be ({n}, {d}), (1, {d}) or ({d},), got {tuple(positive.shape)} (one key per anchor or one shared)")
     if negatives.dim() != 3 or negatives.shape[0] != n or negatives.shape[2] != d:
-        raise ValueError(f"{where}: negatives must be ({n}, K, {d}), got {tuple(negatives.shape)}")
+        raise DataError(f"{where}: negatives must be ({n}, K, {d}), got {tuple(negatives.shape)} (K keys per anchor, the anchors' D)")
 
     unit = F.normalize(anchors, dim=-1, eps=eps)                                      # (N, D)
     pos = (unit * positive).sum(-1) * _cosine_rows(positive, eps)                     # (N,)
@@ -147,7 +151,7 @@ def pixel_info_nce(
 def pixel_entropy(probs: torch.Tensor) -> torch.Tensor:
     """Per-pixel entropy ``H = -Σ_c p_c log(p_c + 1e-10)`` (U2PL's form); probs float (B, C, H, W) -> (B, H, W)."""
     if probs.dim() != 4:
-        raise ValueError(f"pixel_entropy: probs must be (B, C, H, W), got {tuple(probs.shape)}")
+        raise DataError(f"pixel_entropy: probs must be (B, C, H, W), got {tuple(probs.shape)} (pass softmax maps)")
     return -(probs * torch.log(probs + ENTROPY_EPS)).sum(dim=1)
 
 
@@ -163,18 +167,19 @@ def _sorted_percentile(values: torch.Tensor, percent: float) -> torch.Tensor:
 
 
 def entropy_percentile_masks(probs: torch.Tensor, alpha_percent: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """U2PL's reliable/unreliable pixel masks by entropy percentile (MONA/ARCO, spec §3.4).
+    """U2PL's reliable/unreliable pixel masks by entropy percentile (MONA/ARCO; docs/mona.md,
+    'Entropy masks and the alpha schedule').
 
     ``H`` = :func:`pixel_entropy` of ``probs``; over all pixels of the batch (flattened),
     ``low = H <= percentile_α(H)`` (reliable pixels: anchors and prototypes come from them) and
     ``high = H >= percentile_{100-α}(H)`` (unreliable pixels: memory-bank candidates). Percentiles use
     linear interpolation (``numpy.percentile``'s default, as U2PL). As released, MONA passes the *student*
-    softmax on the strong unlabelled view (spec §8 bug 5; U2PL uses the teacher's) and sets the labelled
-    images' masks to all ones itself.
+    softmax on the strong unlabelled view (known bug 5 of the release, docs/overview.md, 'Known bugs of the
+    released code'; U2PL uses the teacher's) and sets the labelled images' masks to all ones itself.
 
     Args:
         probs: float (B, C, H, W) softmax probabilities.
-        alpha_percent: α in [0, 100] (ValueError otherwise), e.g. :func:`alpha_schedule`.
+        alpha_percent: α in [0, 100] (ConfigError otherwise), e.g. :func:`alpha_schedule`.
 
     Returns ``(low, high)``, bool (B, H, W) each. Edge cases: α = 0 gives ``low`` = the pixels whose entropy
     equals the minimum and ``high`` = those equal to the maximum (never empty); α = 100 gives all pixels in
@@ -183,7 +188,7 @@ def entropy_percentile_masks(probs: torch.Tensor, alpha_percent: float) -> tuple
     """
     alpha = _check_float("entropy_percentile_masks", "alpha_percent", alpha_percent, minimum=0.0, maximum=100.0)
     if probs.dim() != 4 or probs.numel() == 0:
-        raise ValueError(f"entropy_percentile_masks: probs must be a non-empty (B, C, H, W), got {tuple(probs.shape)}")
+        raise DataError(f"entropy_percentile_masks: probs must be a non-empty (B, C, H, W), got {tuple(probs.shape)} (pass softmax maps)")
     with torch.no_grad():  # masks only: no graph through the entropy
         entropy = pixel_entropy(probs)
         ordered = entropy.flatten().sort().values
@@ -193,19 +198,20 @@ def entropy_percentile_masks(probs: torch.Tensor, alpha_percent: float) -> tuple
 
 
 def alpha_schedule(step: int, max_steps: int, steps_per_epoch: int, alpha0: float = 20.0) -> float:
-    """U2PL's linearly decaying entropy percentile (MONA/ARCO, spec §3.4, §7 "entropy schedule").
+    """U2PL's linearly decaying entropy percentile (MONA/ARCO; docs/mona.md, 'Entropy masks and the alpha
+    schedule').
 
     ``α_t = α0 (1 - e / E)`` with epoch ``e = step // steps_per_epoch`` and ``E = max_steps // steps_per_epoch + 1``
     (as released: ``epoch / max_epoch`` with ``max_epoch = max_iterations // len(loader) + 1``). ``step`` counts
     from 0; ``0 <= step <= max_steps``, ``max_steps >= 1``, ``steps_per_epoch >= 1``, ``alpha0`` in [0, 100]
-    (ValueError otherwise). α_0 = α0 at step 0 and stays > 0 (>= α0 / E) up to ``max_steps``.
+    (ConfigError otherwise). α_0 = α0 at step 0 and stays > 0 (>= α0 / E) up to ``max_steps``.
     """
     where = "alpha_schedule"
     max_steps = _check_int(where, "max_steps", max_steps, minimum=1)
     steps_per_epoch = _check_int(where, "steps_per_epoch", steps_per_epoch, minimum=1)
     step = _check_int(where, "step", step, minimum=0)
     if step > max_steps:
-        raise ValueError(f"{where}: step must be <= max_steps={max_steps}, got {step}")
+        raise ConfigError(f"{where}: step must be <= max_steps={max_steps}, got {step} (steps count from 0 to max_steps)")
     alpha0 = _check_float(where, "alpha0", alpha0, minimum=0.0, maximum=100.0)
     epoch = step // steps_per_epoch
     epochs = max_steps // steps_per_epoch + 1
@@ -215,10 +221,10 @@ def alpha_schedule(step: int, max_steps: int, steps_per_epoch: int, alpha0: floa
 # -- ACTION: hard queries and the class-relation graph ------------------------------------------------
 
 def hard_query_mask(class_prob: torch.Tensor, threshold: float = 0.97) -> torch.Tensor:
-    """ACTION/ReCo hard queries: ``P_c(p) < threshold`` (spec §2.2 step 6, ``--strong_threshold`` 0.97).
+    """ACTION/ReCo hard queries: ``P_c(p) < threshold``, 0.97 as released (docs/action.md, 'Anatomical contrast').
 
     class_prob: float (P,) (any shape works) — the student's softmax probability of each pixel's own class.
-    threshold in [0, 1] (ValueError otherwise). Returns bool of the same shape; the caller ANDs it with
+    threshold in [0, 1] (ConfigError otherwise). Returns bool of the same shape; the caller ANDs it with
     the class's valid-pixel mask.
     """
     threshold = _check_float("hard_query_mask", "threshold", threshold, minimum=0.0, maximum=1.0)
@@ -234,7 +240,8 @@ def relation_graph_probs(
     return_indices: bool = False,
     eps: float = COSINE_EPS,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """ACTION's class-relation graph: which other class to draw hard negatives from (spec §2.2 step 6).
+    """ACTION's class-relation graph: which other class to draw hard negatives from (docs/action.md,
+    'Relation-graph negatives').
 
     ``π_j = softmax_τ(cos(μ_i, μ_j))`` over the other classes ``j != i`` (i = ``anchor_class``): classes whose
     prototype is more similar to the anchor class's get more negatives. Computed under ``torch.no_grad``
@@ -258,12 +265,12 @@ def relation_graph_probs(
     where = "relation_graph_probs"
     temperature = check_temperature(temperature, f"{where}: temperature")
     if prototypes.dim() != 2 or prototypes.shape[0] < 2:
-        raise ValueError(f"{where}: prototypes must be (J, D) with J >= 2, got {tuple(prototypes.shape)}")
+        raise DataError(f"{where}: prototypes must be (J, D) with J >= 2, got {tuple(prototypes.shape)} (one row per class, at least 2)")
     count = prototypes.shape[0]
     if isinstance(anchor_class, bool) or not isinstance(anchor_class, int) or not 0 <= anchor_class < count:
-        raise ValueError(f"{where}: anchor_class must be an int in [0, {count}), got {anchor_class!r}")
+        raise ConfigError(f"{where}: anchor_class must be an int in [0, {count}), got {anchor_class!r} (a row of prototypes)")
     if present is not None and present.shape != (count,):
-        raise ValueError(f"{where}: present must be bool ({count},), got {tuple(present.shape)}")
+        raise DataError(f"{where}: present must be bool ({count},), got {tuple(present.shape)} (one flag per prototype row)")
     others = torch.cat([
         torch.arange(anchor_class, device=prototypes.device),
         torch.arange(anchor_class + 1, count, device=prototypes.device),
@@ -284,7 +291,8 @@ def relation_negative_indices(
     num_negatives: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Indices of relation-graph negatives into the concatenation of the key pools (spec §2.2 step 6).
+    """Indices of relation-graph negatives into the concatenation of the key pools (docs/action.md,
+    'Relation-graph negatives').
 
     For each of the ``num_anchors x num_negatives`` slots: a class ``j ~ Categorical(class_probs)`` (inverse
     CDF of one uniform), then a key uniformly with replacement from pool ``j`` (``offset_j + (r mod n_j)``
@@ -298,8 +306,8 @@ def relation_negative_indices(
         num_anchors, num_negatives: ints >= 1 and >= 0.
         generator: optional ``torch.Generator`` on ``class_probs.device``.
 
-    Returns int64 (num_anchors, num_negatives) on ``class_probs.device``. Use it with one concatenated key
-    tensor built once per step (cheaper than :func:`sample_relation_negatives`, which concatenates per call).
+    Returns int64 (num_anchors, num_negatives) on ``class_probs.device``: indices into one concatenated key
+    tensor built once per step.
     """
     where = "relation_negative_indices"
     num_anchors = _check_int(where, "num_anchors", num_anchors, minimum=1)
@@ -310,9 +318,9 @@ def relation_negative_indices(
     else:  # host ints: an asynchronous copy (a blocking one would wait for the device's queued work)
         sizes = torch.tensor(list(pool_sizes), dtype=torch.int64).to(device, non_blocking=True)
     if class_probs.dim() != 1 or class_probs.shape[0] < 1 or sizes.shape != class_probs.shape:
-        raise ValueError(
+        raise DataError(
             f"{where}: class_probs must be (J',) with J' >= 1 and match pool_sizes, got "
-            f"{tuple(class_probs.shape)} and {tuple(sizes.shape)}"
+            f"{tuple(class_probs.shape)} and {tuple(sizes.shape)} (one probability per key pool)"
         )
     slots = num_anchors * num_negatives
     offsets = torch.cumsum(sizes, 0) - sizes
@@ -326,60 +334,18 @@ def relation_negative_indices(
     return (offsets[labels] + within).view(num_anchors, num_negatives)
 
 
-def sample_relation_negatives(
-    key_pools: Sequence[torch.Tensor],
-    class_probs: torch.Tensor,
-    num_anchors: int,
-    num_negatives: int,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """ACTION's hard negatives drawn through the class-relation graph (spec §2.2 step 6).
-
-    Draws ``num_anchors x num_negatives`` class labels from ``Categorical(class_probs)`` and for every slot one
-    key uniformly (with replacement) from the chosen class's pool (:func:`relation_negative_indices`). Keys
-    are gathered here under ``torch.no_grad`` (as released: "keys and prototype are taken under no-grad"),
-    so the result carries no gradient.
-
-    Args:
-        key_pools: J' float tensors (n_j, D), one per other class, in the order of ``class_probs`` (e.g. the
-            order of :func:`relation_graph_probs`). Empty pools are allowed only with probability exactly 0.
-        class_probs: float (J',), e.g. :func:`relation_graph_probs`.
-        num_anchors, num_negatives: e.g. 256 and 512.
-        generator: optional ``torch.Generator`` on ``class_probs.device``.
-
-    Returns float (num_anchors, num_negatives, D), detached, on the pools' device. Memory: the pools are
-    concatenated once per call (a copy of all of them); with several anchor classes per step, concatenate
-    once and call :func:`relation_negative_indices` instead.
-    """
-    where = "sample_relation_negatives"
-    if len(key_pools) < 1:
-        raise ValueError(f"{where}: key_pools must hold at least one (n_j, D) tensor")
-    dim = key_pools[0].shape[-1] if key_pools[0].dim() == 2 else None
-    if dim is None or any(pool.dim() != 2 or pool.shape[1] != dim for pool in key_pools):
-        raise ValueError(f"{where}: key_pools must all be (n_j, D) with one D, got {[tuple(p.shape) for p in key_pools]}")
-    sizes = [pool.shape[0] for pool in key_pools]
-    if sum(sizes) == 0:
-        raise ValueError(f"{where}: every key pool is empty")
-    if class_probs.shape != (len(key_pools),):
-        raise ValueError(f"{where}: class_probs must be ({len(key_pools)},), got {tuple(class_probs.shape)}")
-    with torch.no_grad():
-        index = relation_negative_indices(sizes, class_probs, num_anchors, num_negatives, generator)
-        keys = key_pools[0] if len(key_pools) == 1 else torch.cat(list(key_pools), dim=0)
-        index = index.to(keys.device)
-        return keys.index_select(0, index.flatten()).view(num_anchors, num_negatives, dim)
-
-
 # -- prototypes ----------------------------------------------------------------------------------------
 
 def class_prototypes(
     reps: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean representation of each class over its valid pixels (positive keys; spec §2.2 ``μ_c``, §3.4).
+    """Mean representation of each class over its valid pixels: the positive keys ``μ_c`` of both methods
+    (docs/action.md, 'Anatomical contrast'; docs/mona.md, 'U2PL contrast').
 
     ``μ_c = mean_{p : labels(p) = c ∧ valid(p)} reps(p)``; ``present_c`` = that set is non-empty. Labels
     outside [0, num_classes) (e.g. the ignore index -1) count as invalid. Absent classes get a zero row.
     Gradients flow into ``reps``; ACTION's prototypes are taken under no-grad and MONA's come from the
-    teacher (spec §3.4 ``sg(r^t)``), so callers pass detached reps or wrap the call in ``torch.no_grad``.
+    teacher (``sg(r^t)``), so callers pass detached reps or wrap the call in ``torch.no_grad``.
 
     Args:
         reps: float (P, D) pixel representations, or (B, D, H, W) feature maps (no permuted copy is made).
@@ -397,13 +363,14 @@ def class_prototypes(
     elif reps.dim() == 4:
         pixel_shape = (reps.shape[0], *reps.shape[2:])
     else:
-        raise ValueError(f"{where}: reps must be (P, D) or (B, D, H, W), got {tuple(reps.shape)}")
+        raise DataError(f"{where}: reps must be (P, D) or (B, D, H, W), got {tuple(reps.shape)} (pixel rows or feature maps)")
     if labels.shape != pixel_shape or valid.shape != pixel_shape:
-        raise ValueError(
-            f"{where}: labels and valid must be {tuple(pixel_shape)}, got {tuple(labels.shape)} and {tuple(valid.shape)}"
+        raise DataError(
+            f"{where}: labels and valid must be {tuple(pixel_shape)}, got {tuple(labels.shape)} and {tuple(valid.shape)} "
+            f"(one entry per pixel of reps)"
         )
     if labels.dtype != torch.int64:
-        raise ValueError(f"{where}: labels must be int64, got {labels.dtype}")
+        raise DataError(f"{where}: labels must be int64, got {labels.dtype} (pass class indices)")
     classes = torch.arange(num_classes, device=labels.device)
     member = (labels.unsqueeze(-1) == classes) & valid.bool().unsqueeze(-1)         # (..., C) bool
     counts = member.flatten(0, -2).sum(0)                                          # (C,) int64

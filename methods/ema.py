@@ -1,4 +1,4 @@
-"""Exponential-moving-average (EMA) teacher (methods-spec §1.5, §9 item 3).
+"""Exponential-moving-average (EMA) teacher (docs/shared.md, 'EMA teacher').
 
 Update rule, parameters only: ``theta_t <- m * theta_t + (1 - m) * theta_s`` with ``m = 0.99`` (the
 released code hard-codes it; no warm-up, no bias correction). The teacher is a deep copy of the student
@@ -23,18 +23,20 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from methods.errors import ConfigError
+
 BN_MODES = ("train", "eval")
 
 
 def check_momentum(value: Any, field: str = "ema_momentum") -> float:
-    """Return ``value`` as a float if it is a number in [0, 1); ValueError naming ``field`` otherwise."""
+    """Return ``value`` as a float if it is a number in [0, 1); :class:`ConfigError` naming ``field`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{field} must be a number in [0, 1), got {value!r}")
+        raise ConfigError(f"{field}: must be a number in [0, 1), got {value!r} (e.g. 0.99)")
     return float(value)
 
 
 class EMATeacher(nn.Module):
-    """EMA copy of a student network (spec §1.5).
+    """EMA copy of a student network (docs/shared.md, 'EMA teacher').
 
     Args:
         student: the network to copy (any ``nn.Module``); it is deep-copied, not shared.
@@ -50,7 +52,7 @@ class EMATeacher(nn.Module):
         super().__init__()
         self.momentum = check_momentum(momentum, "ema momentum")
         if not isinstance(copy_buffers, bool):
-            raise ValueError(f"copy_buffers must be a bool, got {copy_buffers!r}")
+            raise ConfigError(f"EMATeacher: copy_buffers must be a bool, got {copy_buffers!r} (pass True or False)")
         self.copy_buffers = copy_buffers
         self.module = copy.deepcopy(student)
         self.module.requires_grad_(False)
@@ -82,6 +84,6 @@ class EMATeacher(nn.Module):
         """Run the teacher without gradient in ``bn_mode`` ("train": batch statistics and dropout, as
         released; "eval": running statistics, no dropout). Returns whatever the network returns."""
         if bn_mode not in BN_MODES:
-            raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+            raise ConfigError(f"EMATeacher.predict: bn_mode {bn_mode!r} is not a choice (use one of {list(BN_MODES)})")
         self.module.train(bn_mode == "train")
         return self.module(x)

@@ -1,12 +1,12 @@
-"""Representation heads on the UNet decoder pyramid (methods-spec §2.2 step 4, §3.2).
+"""Representation heads on the UNet decoder pyramid (docs/mona.md, 'Modules'; docs/action.md, 'Representation head').
 
 The pyramid is :attr:`methods.unet.UNetOutput.pyramid`, coarse to fine:
 ``[x4 (B, c4, H/16, W/16), d1 (B, c3, H/8, W/8), d2 (B, c2, H/4, W/4), d3 (B, c1, H/2, W/2), d4 (B, c0, H, W)]``
 (defaults 256, 128, 64, 32, 16 channels, 496 in all).
 
-* :class:`MonaFeatureExtractor` — MONA/ARCO's linear residual coarse-to-fine fusion ``FE`` (§3.2);
-* :class:`LinearPredictor` — MONA/ARCO's student predictor ``Pred`` (§3.2);
-* :class:`ActionProjectionHead` — ACTION's upsample-concat representation head (§2.2 step 4).
+* :class:`MonaFeatureExtractor` — MONA/ARCO's linear residual coarse-to-fine fusion ``FE``;
+* :class:`LinearPredictor` — MONA/ARCO's student predictor ``Pred``;
+* :class:`ActionProjectionHead` — ACTION's upsample-concat representation head.
 
 Interpolation is bilinear with ``align_corners=True`` everywhere, as released. Outputs are not normalised
 (the contrastive losses use cosine similarity). All convolutions use PyTorch's default initialisation, as
@@ -21,12 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.errors import ConfigError, DataError
+
 
 def _check_channels(where: str, channels: Sequence[int], minimum_levels: int) -> tuple[int, ...]:
     channels = tuple(channels)
     if len(channels) < minimum_levels or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels):
-        raise ValueError(
-            f"{where}: pyramid_channels must be >= {minimum_levels} positive ints (coarse to fine), got {channels!r}"
+        raise ConfigError(
+            f"{where}: pyramid_channels must be >= {minimum_levels} positive ints (coarse to fine), got {channels!r} "
+            f"(pass the model's pyramid_channels)"
         )
     return channels
 
@@ -34,10 +37,13 @@ def _check_channels(where: str, channels: Sequence[int], minimum_levels: int) ->
 def _check_pyramid(where: str, pyramid: Sequence[torch.Tensor], channels: tuple[int, ...]) -> None:
     got = [tuple(level.shape) for level in pyramid]
     if len(pyramid) != len(channels) or any(level.dim() != 4 or level.shape[1] != c for level, c in zip(pyramid, channels)):
-        raise ValueError(f"{where}: expected {len(channels)} maps (B, c, h, w) with c = {channels}, got shapes {got}")
+        raise DataError(
+            f"{where}: expected {len(channels)} maps (B, c, h, w) with c = {channels}, got shapes {got} "
+            f"(build the head with the model's pyramid_channels)"
+        )
     batch = pyramid[0].shape[0]
     if any(level.shape[0] != batch for level in pyramid):
-        raise ValueError(f"{where}: all pyramid levels must share the batch size, got shapes {got}")
+        raise DataError(f"{where}: all pyramid levels must share the batch size, got shapes {got} (pass one model output's pyramid)")
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -48,7 +54,8 @@ def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 class MonaFeatureExtractor(nn.Module):
-    """MONA/ARCO "FeatureExtractor" FE: linear, bias-free, residual coarse-to-fine fusion (spec §3.2).
+    """MONA/ARCO "FeatureExtractor" FE: linear, bias-free, residual coarse-to-fine fusion (docs/mona.md,
+    'Modules').
 
     With pyramid ``[p_0 (coarsest), .., p_{L-1} (finest)]`` and bias-free 1x1 convolutions ``W_i``::
 
@@ -61,8 +68,8 @@ class MonaFeatureExtractor(nn.Module):
     Concatenation order ``[upsampled coarse, finer level]`` as in the released ``FeatureExtractor.forward``
     (``M:code/model_2D.py:20-55``, checked against the ARCO snapshot). Defaults: 256 -> 384 -> 448 -> 480
     -> 496 channels, output 496 (the released fine-tuning builds it with ``output_dim = 496``). Purely
-    linear: there is no nonlinearity anywhere (as released; the papers describe a non-linear projector,
-    spec §8 item 18).
+    linear: there is no nonlinearity anywhere (as released; the papers describe a non-linear projector:
+    docs/mona.md, 'Paper versus code').
 
     Args:
         pyramid_channels: channels of the pyramid levels, coarse to fine (>= 2 levels), e.g.
@@ -80,7 +87,7 @@ class MonaFeatureExtractor(nn.Module):
         if out_channels is None:
             out_channels = total
         if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
-            raise ValueError(f"MonaFeatureExtractor: out_channels must be a positive int, got {out_channels!r}")
+            raise ConfigError(f"MonaFeatureExtractor: out_channels must be a positive int, got {out_channels!r} (default: sum of pyramid_channels)")
         self.pyramid_channels = channels
         self.out_channels = out_channels
         widths = [sum(channels[: i + 1]) for i in range(len(channels) - 1)]  # 256, 384, 448, 480
@@ -99,14 +106,14 @@ class MonaFeatureExtractor(nn.Module):
 
 class LinearPredictor(nn.Sequential):
     """MONA/ARCO student predictor ``Pred``: two bias-free 1x1 convolutions dim -> dim, no nonlinearity
-    (spec §3.2, ``M:code/train_arco_2d.py:231-234``). Student representation ``r = Pred(FE_s(pyramid))``.
+    (docs/mona.md, 'Modules'; ``M:code/train_arco_2d.py:231-234``). Student representation ``r = Pred(FE_s(pyramid))``.
 
     ``forward``: float (B, dim, H, W) -> float (B, dim, H, W).
     """
 
     def __init__(self, dim: int) -> None:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"LinearPredictor: dim must be a positive int, got {dim!r}")
+            raise ConfigError(f"LinearPredictor: dim must be a positive int, got {dim!r} (the representation width)")
         super().__init__(
             nn.Conv2d(dim, dim, kernel_size=1, bias=False),
             nn.Conv2d(dim, dim, kernel_size=1, bias=False),
@@ -115,7 +122,8 @@ class LinearPredictor(nn.Sequential):
 
 
 class ActionProjectionHead(nn.Module):
-    """ACTION representation head (spec §2.2 step 4, ``C:code/model.py:91-99``, ``train_2D_action.py:202-210``).
+    """ACTION representation head (docs/action.md, 'Representation head'; ``C:code/model.py:91-99``,
+    ``train_2D_action.py:202-210``).
 
     Every pyramid level is upsampled (bilinear, align_corners=True) to the finest level's size (= the
     input image size for the UNet pyramid), the levels are concatenated in pyramid order
@@ -134,7 +142,7 @@ class ActionProjectionHead(nn.Module):
         super().__init__()
         channels = _check_channels("ActionProjectionHead", pyramid_channels, minimum_levels=1)
         if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
-            raise ValueError(f"ActionProjectionHead: out_channels must be a positive int, got {out_channels!r}")
+            raise ConfigError(f"ActionProjectionHead: out_channels must be a positive int, got {out_channels!r} (e.g. 256)")
         self.pyramid_channels = channels
         self.out_channels = out_channels
         self.project = nn.Sequential(

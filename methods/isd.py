@@ -1,40 +1,43 @@
-"""ISD relational distillation: the global and local KL terms of the pretraining stages (methods-spec §1.8).
+"""ISD relational distillation: the global and local KL terms of the pretraining stages (docs/isd_pretraining.md).
 
 Relational (similarity-distribution) distillation in the style of ISD (Tejankar et al., "ISD:
 Self-Supervised Learning by Iterative Similarity Distillation", ICCV 2021) and CompRess (Abbasi
 Koohpayegani et al., NeurIPS 2020), as used by ACTION stages i/ii (You et al., "Bootstrapping
 Semi-supervised Medical Image Segmentation with Anatomical-aware Contrastive Distillation", IPMI 2023)
 and MONA/ARCO stage 1 (You et al., "Mine yOur owN Anatomy", TPAMI 2024; "Rethinking Semi-Supervised
-Medical Image Segmentation: A Variance-Reduction Perspective", NeurIPS 2023). Spec §9 item 6.
+Medical Image Segmentation: A Variance-Reduction Perspective", NeurIPS 2023); docs/isd_pretraining.md,
+'Defaults and flags'.
 
 There is no positive pair: the teacher's similarity distribution over K queued teacher embeddings of
 *earlier* images is the soft target of the student's distribution over the same K entries::
 
     L = (1/N) sum_n KL( softmax(cos(t_n, Q) / tau_t) || softmax(cos(s_n, Q) / tau_s) )
 
-which is ``F.kl_div(log_softmax(s/tau_s), softmax(t/tau_t), reduction="batchmean")`` (spec §1.8 step 3).
+which is ``F.kl_div(log_softmax(s/tau_s), softmax(t/tau_t), reduction="batchmean")`` (docs/isd_pretraining.md,
+'Global term').
 
 Pieces (all of :class:`ISDRelationalKL`, one instance per objective):
 
-* global (spec §1.8 step 3): projector ``Proj`` = GAP -> Linear(c4, c4) -> Linear(c4, D) on the
+* global (docs/isd_pretraining.md, 'Global term'): projector ``Proj`` = GAP -> Linear(c4, c4) -> Linear(c4, D) on the
   bottleneck (no nonlinearity, no BN), separate student and teacher projectors; the student adds a
   predictor Linear(D, D) -> Linear(D, D). Queue ``Q_g`` (K, D).
-* local (spec §1.8 step 4): windows of the *output logits*, each through ``h`` = AdaptiveAvgPool(pool)
+* local (docs/isd_pretraining.md, 'Local term'): windows of the *output logits*, each through ``h`` = AdaptiveAvgPool(pool)
   -> conv1x1 C -> 2C -> conv1x1 2C -> C (separate student/teacher heads); the student adds a predictor
   conv1x1 C -> C -> conv1x1 C -> C. Queue ``Q_l`` (K, P, C*pool*pool).
-* FIFO queues (spec §1.8 step 5): the teacher embeddings of the current batch replace the oldest B
+* FIFO queues (docs/isd_pretraining.md, 'Queues'): the teacher embeddings of the current batch replace the oldest B
   entries after both terms are computed; ``K % B == 0`` as released.
 
 Flags (the as-released value first; ``ISDConfig``):
 
 * ``local_windows``: "action" = window starts ``range(0, S - window, stride)`` per side, as
   ``C:code/model.py:221-224`` (on 256/64/32: starts 0..160, 6 x 6 = 36 windows, the last row and
-  column of windows never used, bug §8.8); "mona" = ``range(0, S - window + 1, stride)``, every window
-  that fits, as ``M:code/model_2D.py:265-268`` (7 x 7 = 49).
-* ``local_layout``: "as_coded_reshape" (as released, bug §8.8) or "per_patch" (as the papers describe).
+  column of windows never used, docs/isd_pretraining.md, 'Local term as released'); "mona" =
+  ``range(0, S - window + 1, stride)``, every window that fits, as ``M:code/model_2D.py:265-268`` (7 x 7 = 49).
+* ``local_layout``: "as_coded_reshape" (as released; docs/isd_pretraining.md, 'Local term as released') or
+  "per_patch" (as the papers describe).
   See :meth:`ISDRelationalKL.local_term`.
-* ``teacher_head_grad``: "as_released" (the teacher-side heads are trained through the KL *target*,
-  bug §8.9) or "stop_gradient" (the teacher heads get no gradient and are not trainable).
+* ``teacher_head_grad``: "as_released" (the teacher-side heads are trained through the KL *target*;
+  docs/isd_pretraining.md, 'Teacher-side heads') or "stop_gradient" (the teacher heads get no gradient and are not trainable).
 
 Numerics: :func:`relational_kl` is computed in log space. Its value equals ``F.kl_div`` (batchmean);
 its gradient with respect to the teacher logits is the exact chain-rule limit, which is 0 wherever
@@ -59,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.errors import ConfigError, DataError
 from methods.objective import check_choice, check_number
 
 LOCAL_WINDOWS = ("action", "mona")
@@ -70,34 +74,35 @@ TEACHER_HEAD_GRADS = ("as_released", "stop_gradient")
 
 
 def window_starts(size: int, window: int, stride: int, local_windows: str) -> range:
-    """Start offsets of the local windows along one side of a ``size`` x ``size`` map (spec §1.8 step 4).
+    """Start offsets of the local windows along one side of a ``size`` x ``size`` map (docs/isd_pretraining.md,
+    'Local term').
 
     "action": ``range(0, size - window, stride)`` (C as released: the last offset ``size - window`` is
     excluded, so 256/64/32 gives 0..160, 6 starts); "mona": ``range(0, size - window + 1, stride)``
     (M: 0..192, 7 starts). The windows are taken row-major (rows outer, columns inner).
     """
     if local_windows not in LOCAL_WINDOWS:
-        raise ValueError(f"local_windows must be one of {list(LOCAL_WINDOWS)}, got {local_windows!r}")
+        raise ConfigError(f"window_starts: local_windows must be one of {list(LOCAL_WINDOWS)}, got {local_windows!r} (pick one)")
     end = size - window if local_windows == "action" else size - window + 1
     return range(0, max(end, 0), stride)
 
 
 def relational_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """``(1/N) sum_n KL(softmax(t_n) || softmax(s_n))`` over rows; the KL of spec §1.8 steps 3-4.
+    """``(1/N) sum_n KL(softmax(t_n) || softmax(s_n))`` over rows; the KL of the global and local terms.
 
     Args:
         student_logits: float (N, M), already divided by ``tau_s``.
         teacher_logits: float (N, M), already divided by ``tau_t``; gradients flow into it (the
-            as-released "teacher head gradient", bug §8.9) unless the caller detaches it.
+            as-released "teacher head gradient") unless the caller detaches it.
 
     Returns a float scalar equal to ``F.kl_div(log_softmax(s), softmax(t), reduction="batchmean")``,
     computed as ``sum p (log p - log q) / N`` with ``log p = log_softmax(t)`` so that the gradient is
     finite (0 where p underflows; see the module docstring).
     """
     if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
-        raise ValueError(
+        raise DataError(
             "relational_kl: student and teacher logits must both be (N, M), got "
-            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)} (pass matching 2-D logits)"
         )
     log_q = torch.log_softmax(student_logits, dim=1)
     log_p = torch.log_softmax(teacher_logits, dim=1)
@@ -113,7 +118,7 @@ def cosine_logits(x: torch.Tensor, keys: torch.Tensor, tau: float) -> torch.Tens
 def queue_kl(
     student: torch.Tensor, teacher: torch.Tensor, queue: torch.Tensor, tau_student: float, tau_teacher: float
 ) -> torch.Tensor:
-    """The global ISD loss of spec §1.8 step 3 for plain matrices.
+    """The global ISD loss (docs/isd_pretraining.md, 'Global term') for plain matrices.
 
     student, teacher: float (N, d) embeddings; queue: float (K, d). Returns
     ``relational_kl(cos(student, Q) / tau_student, cos(teacher, Q) / tau_teacher)``, a float scalar.
@@ -240,9 +245,9 @@ def blocked_queue_kl(
     autocast the KL is computed in float32 (the dense path ran the GEMM in the autocast dtype).
     """
     if student.dim() != 2 or student.shape != teacher.shape or queue.dim() != 2 or queue.shape[1] != student.shape[1]:
-        raise ValueError(
+        raise DataError(
             "blocked_queue_kl: student and teacher must both be (N, d) and the queue (M, d), got "
-            f"{tuple(student.shape)}, {tuple(teacher.shape)} and {tuple(queue.shape)}"
+            f"{tuple(student.shape)}, {tuple(teacher.shape)} and {tuple(queue.shape)} (pass matching rows)"
         )
     grad_mode = torch.is_grad_enabled()
     if grad_mode and queue.requires_grad:
@@ -265,14 +270,16 @@ def fifo_enqueue_(queue: torch.Tensor, pointer: torch.Tensor, keys: torch.Tensor
     """Write ``keys`` (B, *queue.shape[1:]) over the B oldest rows of ``queue`` (K, ...) and advance
     ``pointer`` (0-dim int64, on the queue's device) by B modulo K; no host sync.
 
-    As released (spec §1.8 step 5) ``K`` must be a multiple of ``B``, so a batch never wraps; ValueError
-    otherwise (naming ``queue_size``).
+    As released (docs/isd_pretraining.md, 'Queues') ``K`` must be a multiple of ``B``, so a batch never wraps;
+    :class:`ConfigError` otherwise (naming ``queue_size``); keys of the wrong shape are a :class:`DataError`.
     """
     size, batch = queue.shape[0], keys.shape[0]
     if keys.shape[1:] != queue.shape[1:]:
-        raise ValueError(f"fifo_enqueue_: keys {tuple(keys.shape)} do not match queue rows {tuple(queue.shape)}")
+        raise DataError(f"fifo_enqueue_: keys {tuple(keys.shape)} do not match queue rows {tuple(queue.shape)} "
+                        "(enqueue the keys the terms returned)")
     if batch > size or size % batch:
-        raise ValueError(f"ISD queue_size ({size}) must be a multiple of the batch size ({batch}) (spec §1.8 step 5)")
+        raise ConfigError(f"ISD queue_size: {size} is not a multiple of the batch size {batch} "
+                          "(set queue_size to a multiple of B_l + B_u)")
     index = (pointer + torch.arange(batch, device=queue.device)) % size
     queue.index_copy_(0, index, keys.detach().to(queue.dtype))
     pointer.copy_((pointer + batch) % size)
@@ -282,7 +289,8 @@ def fifo_enqueue_(queue: torch.Tensor, pointer: torch.Tensor, keys: torch.Tensor
 
 
 class GlobalProjector(nn.Sequential):
-    """``Proj``: GAP -> Linear(c, c) -> Linear(c, D), no nonlinearity (spec §1.8; ``C:code/model.py:74-88``).
+    """``Proj``: GAP -> Linear(c, c) -> Linear(c, D), no nonlinearity (docs/isd_pretraining.md, 'Heads and queues';
+    ``C:code/model.py:74-88``).
 
     (B, c, h, w) -> (B, D).
     """
@@ -294,14 +302,16 @@ class GlobalProjector(nn.Sequential):
 
 
 class GlobalPredictor(nn.Sequential):
-    """Student predictor Linear(D, D) -> Linear(D, D), no nonlinearity (spec §1.8). (B, D) -> (B, D)."""
+    """Student predictor Linear(D, D) -> Linear(D, D), no nonlinearity (docs/isd_pretraining.md, 'Heads and queues').
+    (B, D) -> (B, D)."""
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__(nn.Linear(latent_dim, latent_dim), nn.Linear(latent_dim, latent_dim))
 
 
 class LocalHead(nn.Sequential):
-    """``h``: AdaptiveAvgPool(pool) -> conv1x1 C -> 2C -> conv1x1 2C -> C, no nonlinearity (spec §1.8).
+    """``h``: AdaptiveAvgPool(pool) -> conv1x1 C -> 2C -> conv1x1 2C -> C, no nonlinearity (docs/isd_pretraining.md,
+    'Heads and queues').
 
     (N, C, w, w) -> (N, C, pool, pool).
     """
@@ -315,7 +325,8 @@ class LocalHead(nn.Sequential):
 
 
 class LocalPredictor(nn.Sequential):
-    """Student local predictor conv1x1 C -> C -> conv1x1 C -> C (spec §1.8). (N, C, p, p) -> (N, C, p, p)."""
+    """Student local predictor conv1x1 C -> C -> conv1x1 C -> C (docs/isd_pretraining.md, 'Heads and queues').
+    (N, C, p, p) -> (N, C, p, p)."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__(nn.Conv2d(num_classes, num_classes, kernel_size=1), nn.Conv2d(num_classes, num_classes, kernel_size=1))
@@ -323,7 +334,7 @@ class LocalPredictor(nn.Sequential):
 
 def validate_isd_fields(config: Any) -> None:
     """Validate the relational-distillation fields of ``config`` (an :class:`ISDConfig` or an objective
-    config carrying the same fields); ValueError naming ``Config.field``."""
+    config carrying the same fields); :class:`ConfigError` naming ``Config.field``."""
     name = type(config).__name__
     for field in ("latent_dim", "queue_size", "image_size", "window", "stride", "pool_size"):
         check_number(config, field, minimum=1, integer=True)
@@ -333,19 +344,22 @@ def validate_isd_fields(config: Any) -> None:
     check_choice(config, "local_layout", LOCAL_LAYOUTS)
     check_choice(config, "teacher_head_grad", TEACHER_HEAD_GRADS)
     if config.window > config.image_size:
-        raise ValueError(f"{name}.window ({config.window}) must be <= {name}.image_size ({config.image_size})")
+        raise ConfigError(f"{name}.window: {config.window} is larger than {name}.image_size {config.image_size} "
+                          "(use a window <= image_size)")
     if config.pool_size > config.window:
-        raise ValueError(f"{name}.pool_size ({config.pool_size}) must be <= {name}.window ({config.window})")
+        raise ConfigError(f"{name}.pool_size: {config.pool_size} is larger than {name}.window {config.window} "
+                          "(use pool_size <= window)")
     if not window_starts(config.image_size, config.window, config.stride, config.local_windows):
-        raise ValueError(
-            f"{name}.window ({config.window}) leaves no {config.local_windows!r} window on a "
+        raise ConfigError(
+            f"{name}.window: {config.window} leaves no {config.local_windows!r} window on a "
             f"{config.image_size}-pixel side (\"action\" needs window < image_size)"
         )
 
 
 @dataclass(frozen=True)
 class ISDConfig:
-    """Settings of :class:`ISDRelationalKL` (defaults: the ACTION ACDC script, spec §1.8, §2.3).
+    """Settings of :class:`ISDRelationalKL` (defaults: the ACTION ACDC script, docs/isd_pretraining.md,
+    'Defaults and flags').
 
     * ``latent_dim`` D (512): global embedding size.
     * ``queue_size`` K (36): entries of both queues; a multiple of the batch size.
@@ -390,7 +404,7 @@ class RelationalTerm(NamedTuple):
 
 
 class ISDRelationalKL(nn.Module):
-    """Heads, predictors, queues and KL terms of ISD relational distillation (spec §1.8, §9 item 6).
+    """Heads, predictors, queues and KL terms of ISD relational distillation (docs/isd_pretraining.md).
 
     Args:
         num_classes: C, channels of the logit maps.
@@ -412,10 +426,10 @@ class ISDRelationalKL(nn.Module):
         super().__init__()
         config = ISDConfig() if config is None else config
         if not isinstance(config, ISDConfig):
-            raise ValueError(f"ISDRelationalKL needs an ISDConfig, got {type(config).__name__}")
+            raise ConfigError(f"ISDRelationalKL: config must be an ISDConfig, got {type(config).__name__} (build one)")
         for value, what in ((num_classes, "num_classes"), (bottleneck_channels, "bottleneck_channels")):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ISDRelationalKL.{what} must be a positive int, got {value!r}")
+                raise ConfigError(f"ISDRelationalKL.{what}: must be a positive int, got {value!r} (check the model)")
         self.config = config
         self.num_classes = num_classes
         self.starts = window_starts(config.image_size, config.window, config.stride, config.local_windows)
@@ -454,9 +468,9 @@ class ISDRelationalKL(nn.Module):
         """
         cfg = self.config
         if logits.dim() != 4 or logits.shape[1] != self.num_classes or tuple(logits.shape[2:]) != (cfg.image_size,) * 2:
-            raise ValueError(
-                f"ISD local term: logits must be (B, {self.num_classes}, {cfg.image_size}, {cfg.image_size}) "
-                f"(image_size = {cfg.image_size}), got {tuple(logits.shape)}"
+            raise DataError(
+                f"ISD local term: logits must be (B, {self.num_classes}, {cfg.image_size}, {cfg.image_size}), got "
+                f"{tuple(logits.shape)} (set image_size to the training patch side)"
             )
         n = len(self.starts)
         grid = logits.unfold(2, cfg.window, cfg.stride).unfold(3, cfg.window, cfg.stride)[:, :, :n, :n]
@@ -465,7 +479,7 @@ class ISDRelationalKL(nn.Module):
     # ------------------------------------------------------------------ terms
 
     def global_term(self, student_bottleneck: torch.Tensor, teacher_bottleneck: torch.Tensor) -> RelationalTerm:
-        """Global ISD term (spec §1.8 step 3).
+        """Global ISD term (docs/isd_pretraining.md, 'Global term').
 
         student_bottleneck, teacher_bottleneck: float (B, c4, h, w). ``s = Pred(Proj_s(e_s))``,
         ``t = Proj_t(e_t)`` (B, D); logits (B, K) against ``global_queue``; batchmean over B.
@@ -484,9 +498,9 @@ class ISDRelationalKL(nn.Module):
         (B, C, S, S) -> student ``Pred_l(h_s(window))``, teacher ``h_t(window)``, each float
         (P*B, C, pool, pool), window-major (:meth:`windows`)."""
         if teacher_logits.shape != student_logits.shape:
-            raise ValueError(
-                f"ISD local term: teacher logits {tuple(teacher_logits.shape)} must match student logits "
-                f"{tuple(student_logits.shape)}"
+            raise DataError(
+                f"ISD local term: teacher logits {tuple(teacher_logits.shape)} do not match student logits "
+                f"{tuple(student_logits.shape)} (pass both views of the same batch)"
             )
         student = self.student_local_predictor(self.student_local_head(self.windows(student_logits)))
         teacher = self._teacher(self.teacher_local_head, self.windows(teacher_logits))
@@ -510,14 +524,14 @@ class ISDRelationalKL(nn.Module):
         return cosine_logits(s_rows, queue_rows, cfg.tau_student), cosine_logits(t_rows, queue_rows, cfg.tau_teacher)
 
     def local_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> RelationalTerm:
-        """Local ISD term on windows of the output logits (spec §1.8 step 4).
+        """Local ISD term on windows of the output logits (docs/isd_pretraining.md, 'Local term').
 
         student_logits, teacher_logits: float (B, C, S, S). Each of the P windows goes through ``h``
         (the student's also through its predictor): embeddings (P*B, C, pool, pool), window-major
         (:meth:`local_embeddings`).
 
-        * "as_coded_reshape" (as released, bug §8.8): the window-major stack is flattened and cut into
-          consecutive chunks of P scalars: student/teacher matrices (B*C*pool^2, P); the queue (K, P,
+        * "as_coded_reshape" (as released; docs/isd_pretraining.md, 'Local term as released'): the window-major
+          stack is flattened and cut into consecutive chunks of P scalars: student/teacher matrices (B*C*pool^2, P); the queue (K, P,
           C*pool^2) is transposed to (P, K, C*pool^2) and cut the same way: (K*C*pool^2, P). Logits
           (B*C*pool^2, K*C*pool^2), e.g. 1536 x 9216 for C=4, B=6, K=36, P=36, pool=8. The enqueued
           keys are the window-major stack viewed (not permuted) as (B, P, C*pool^2), so a stored "row"
@@ -550,7 +564,7 @@ class ISDRelationalKL(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, global_keys: torch.Tensor, local_keys: torch.Tensor) -> None:
-        """FIFO-enqueue the teacher keys of one batch (spec §1.8 step 5): ``global_keys`` (B, D),
+        """FIFO-enqueue the teacher keys of one batch (docs/isd_pretraining.md, 'Queues'): ``global_keys`` (B, D),
         ``local_keys`` (B, P, C*pool^2), both as returned in :attr:`RelationalTerm.keys`."""
         fifo_enqueue_(self.global_queue, self.global_queue_ptr, global_keys)
         fifo_enqueue_(self.local_queue, self.local_queue_ptr, local_keys)
@@ -558,7 +572,8 @@ class ISDRelationalKL(nn.Module):
     @torch.no_grad()
     def ema_update_teacher_heads(self, momentum: float) -> None:
         """MONA's extra EMA of the teacher heads from the student heads, ``t <- m t + (1 - m) s``
-        (``Proj_t`` from ``Proj_s``, ``h_t`` from ``h_s``; spec §1.8 step 7, ``M:code/model_2D.py:179-182``)."""
+        (``Proj_t`` from ``Proj_s``, ``h_t`` from ``h_s``; docs/isd_pretraining.md, 'Teacher-side heads';
+        ``M:code/model_2D.py:179-182``)."""
         teacher = list(self.teacher_projector.parameters()) + list(self.teacher_local_head.parameters())
         student = list(self.student_projector.parameters()) + list(self.student_local_head.parameters())
         torch._foreach_mul_(teacher, momentum)

@@ -1,41 +1,50 @@
 """``isd_pretrain``: relational semi-supervised pretraining (ACTION stages i/ii, MONA/ARCO stage 1).
 
-Methods-spec §1.8 (ISD), §2.1/§2.3 (ACTION stages), §3.1 (MONA stage 1), §8 bugs 8-11 and 13; papers:
+docs/isd_pretraining.md (ISD, the ACTION and MONA stages) and docs/data.md, 'Pretraining views'; papers:
 ACTION (You et al., IPMI 2023), MONA (You et al., TPAMI 2024), ARCO (You et al., NeurIPS 2023); ISD
 (Tejankar et al., ICCV 2021). The relational pieces live in :mod:`methods.isd`.
 
-Batch (spec §1.2): 3 labelled + 3 unlabelled weak views per step (the engine's ``labelled_batch`` /
-``unlabelled_batch``); ``x = cat([x_l, x_u])`` (B = 6). One :meth:`ISDPretrainObjective.loss` call,
+Batch (docs/data.md, 'Batches and epochs'): 3 labelled + 3 unlabelled weak views per step (the engine's
+``labelled_batch`` / ``unlabelled_batch``); ``x = cat([x_l, x_u])`` (B = 6). One :meth:`ISDPretrainObjective.loss` call,
 in the released order (``C:code/model.py:187-262``, ``C:code/train_2D_pretrain.py:215-245``):
 
-1. views (spec §1.3 "Pretraining views"): ``v = strong_augment.pretrain_view(x)`` (jitter + blur);
-   ``teacher_view="teacher_strong"`` (as released): student sees ``x``, teacher ``v``;
-   "student_strong" (the ACTION paper's preferred weak-teacher/strong-student pairing, §6.4, bug §8.10):
-   student ``v``, teacher ``x`` (the supervised term then also sees ``v``: the view is photometric);
+1. views (docs/data.md, 'Pretraining views'): ``j, v = strong_augment.pretrain_views(x, view_coins)``, the
+   colour-jittered images ``j`` and the teacher view ``v`` (``j`` then blurred). With
+   ``view_coins="per_batch"`` (as released: one jitter coin and one blur coin, one blur sigma, per batch, the
+   blur through 8-bit grey levels) the pair is ``(j, v)``: the released jitter writes into the batch tensor the
+   student reads, so the student sees the jitter too and only the blur is the teacher's. With "per_image"
+   (the platform's earlier view: coins per image, continuous, nothing reaches the student) the pair is
+   ``(x, v)``. ``teacher_view="teacher_strong"`` (as released) gives the pair's first image to the student
+   and the second to the teacher; "student_strong" (the weak-teacher/strong-student pairing the ACTION paper
+   prefers; docs/published.md, 'ACTION paper (unverified)') swaps them (the supervised term then sees the
+   student's image: the views are photometric);
 2. student UNet on its view (train mode) -> logits ``z_s`` (B, C, H, W), bottleneck ``e_s``;
 3. EMA update of the teacher UNet (m = ``ema_momentum``, parameters only), and with
    ``teacher_head_ema`` (MONA) of the teacher heads from the student heads. As released this happens
    *inside the forward, before the teacher pass*; here it happens in :meth:`loss` at the same point and
-   :meth:`after_optimizer_step` does nothing. (So step n's teacher already includes the student after
-   optimiser step n-1, and the final teacher lacks the last step's update, as released.);
+   :meth:`after_optimizer_step` does nothing (docs/isd_pretraining.md, 'One pretraining step'). (So step
+   n's teacher already includes the student after optimiser step n-1, and the final teacher lacks the last
+   step's update, as released.);
 4. teacher UNet (no grad, train mode: batch BN statistics, dropout on) on its view -> ``z_t``, ``e_t``;
 5. ``L_global`` and ``L_local`` (:class:`methods.isd.ISDRelationalKL`), then FIFO enqueue of the
    teacher keys (B global rows, B x P local entries);
-6. ``L_sup = sup_weight (CE + Dice)`` on the student logits of the labelled images (spec §1.6);
+6. ``L_sup = sup_weight (CE + Dice)`` on the student logits of the labelled images (docs/shared.md,
+   'Supervised loss');
 7. ``L = L_sup + global_weight L_global + local_weight L_local``. A term whose weight is 0 is still
    computed (under no grad) and logged, and its queue still advances, as released.
 
 Logged terms: ``sup`` (weighted), ``ce``, ``dice``, ``global``, ``local`` (unweighted KLs), ``total``.
 
-Stage presets (:data:`PRESETS`, config dicts):
+Stage presets (:data:`PRESETS`, config dicts; docs/isd_pretraining.md, 'Stages'):
 
 * ``action_stage_i`` (``C:code/train_2D.sh:4-19``): ``train_decoder=False`` (decoder + output conv frozen
   at init), ``L = L_global`` (``local_weight=0``, ``sup_weight=0``), 30 000 steps;
 * ``action_stage_ii`` (``:22-38``; = the defaults): loads stage i's student *and* teacher, trains all,
   ``L = 0.5 L_sup + L_global + L_local``, 36 windows, tau_t = 0.01;
 * ``mona`` (``M:code/pretrain_2D.py``): one stage, ``L = L_sup + L_global + L_local``, 49 windows,
-  tau_s = tau_t = 0.1 (its code defaults; the ARCO paper states tau_t = 0.01, spec §6.3), teacher heads
-  also EMA-updated; 30 000 steps (bug §8.13).
+  tau_s = tau_t = 0.1 (its code defaults; the ARCO paper states tau_t = 0.01: docs/published.md, 'Settings
+  stated in the papers'), teacher heads also EMA-updated; 30 000 steps (its script's 6000 do not match the
+  checkpoint fine-tuning loads).
 
 Stage hand-off: ``state_dict`` holds the student, the teacher, heads, predictors and both queues with
 their pointers, so :meth:`load_state_dict` resumes a stage exactly and a stage-ii objective accepts a
@@ -47,8 +56,8 @@ Differences from the released code, on purpose:
 * the released discarded teacher pass before the EMA update (``ema_output_tmp``) is not run: it only
   moved the teacher's BN running statistics, which nothing reads (the teacher always runs in train mode);
 * no ShuffleBN permutation of the teacher batch: on one device BN statistics are permutation-invariant;
-* the in-place jitter that leaks into the student view (bug §8.10) is not reproduced (the engine's
-  ``pretrain_view`` returns a new tensor);
+* the released in-place jitter's leak into the student view is reproduced by handing the student the
+  jittered images (``view_coins="per_batch"``), not by writing into the batch;
 * the KL's target gradient is 0 (torch 1.12's value) where current ``F.kl_div`` gives NaN
   (:func:`methods.isd.relational_kl`);
 * the released code picks the loss from ``(train_encoder, train_decoder)``; here the weights say it,
@@ -65,11 +74,13 @@ import torch
 from torch import nn
 
 from methods.ema import EMATeacher
+from methods.errors import ConfigError, DataError
 from methods.isd import ISDConfig, ISDRelationalKL, validate_isd_fields
 from methods.losses import supervised_loss
 from methods.objective import Batch, LossOutput, Objective, check_choice, check_number, detached
 
 TEACHER_VIEWS = ("teacher_strong", "student_strong")
+PRETRAIN_COINS = ("per_batch", "per_image")  # ISDPretrainConfig.view_coins: as released, the platform's earlier view
 
 PRESETS: dict[str, dict[str, Any]] = {
     "action_stage_i": {"train_decoder": False, "local_weight": 0.0, "sup_weight": 0.0},
@@ -80,7 +91,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class ISDPretrainConfig:
-    """ISD pretraining settings (defaults: ACTION stage ii on ACDC, spec §1.8, §2.3; all validated).
+    """ISD pretraining settings (defaults: ACTION stage ii on ACDC, docs/isd_pretraining.md, 'Defaults and flags';
+    all validated).
 
     Relational distillation (see :class:`methods.isd.ISDConfig`): ``latent_dim`` (512), ``queue_size``
     (36, a multiple of the batch), ``tau_student`` (0.1), ``tau_teacher`` (0.01), ``image_size`` (256,
@@ -98,6 +110,9 @@ class ISDPretrainConfig:
       ``train_decoder=False`` requires ``local_weight == sup_weight == 0``.
     * ``teacher_head_ema``: False (ACTION) / True (MONA, as released there).
     * ``teacher_view``: "teacher_strong" (as released) | "student_strong" (as the ACTION paper prefers).
+    * ``view_coins``: "per_batch" (as released: one jitter and one blur decision per batch, one blur sigma,
+      blur on 8-bit grey levels, the jitter reaching the student's images too) | "per_image" (decisions per
+      image, continuous, the student's images untouched). See the module docstring, step 1.
     """
 
     latent_dim: int = 512
@@ -119,6 +134,7 @@ class ISDPretrainConfig:
     teacher_head_grad: str = "as_released"
     teacher_head_ema: bool = False
     teacher_view: str = "teacher_strong"
+    view_coins: str = "per_batch"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -127,15 +143,17 @@ class ISDPretrainConfig:
         for field in ("global_weight", "local_weight", "sup_weight"):
             check_number(self, field, minimum=0.0)
         if self.global_weight == self.local_weight == self.sup_weight == 0:
-            raise ValueError(f"{name}.global_weight, local_weight and sup_weight are all 0: nothing to train")
+            raise ConfigError(f"{name}.global_weight: global_weight, local_weight and sup_weight are all 0 "
+                              "(give at least one term a weight > 0)")
         for field in ("train_encoder", "train_decoder", "teacher_head_ema"):
             if not isinstance(getattr(self, field), bool):
-                raise ValueError(f"{name}.{field} must be a bool, got {getattr(self, field)!r}")
+                raise ConfigError(f"{name}.{field}: must be a bool, got {getattr(self, field)!r} (use true or false)")
         check_choice(self, "teacher_view", TEACHER_VIEWS)
+        check_choice(self, "view_coins", PRETRAIN_COINS)
         if not self.train_decoder and (self.local_weight or self.sup_weight):
-            raise ValueError(
-                f"{name}.train_decoder=False (ACTION stage i) trains L_global only: set local_weight=0 and "
-                f"sup_weight=0 (got {self.local_weight}, {self.sup_weight})"
+            raise ConfigError(
+                f"{name}.train_decoder: False (ACTION stage i) trains L_global only, but local_weight = "
+                f"{self.local_weight} and sup_weight = {self.sup_weight} (set both to 0)"
             )
 
     def isd_config(self) -> ISDConfig:
@@ -157,8 +175,8 @@ class ISDPretrainObjective(Objective):
     constructor sets ``requires_grad=False`` on those parts of ``model`` (in place), so
     :meth:`trainable_parameters` leaves them out.
 
-    ``loss`` raises ValueError (before any side effect) when the images are not ``image_size`` squared
-    or ``queue_size`` is not a multiple of ``B_l + B_u``.
+    ``loss`` raises (before any side effect) a :class:`DataError` when the images are not ``image_size``
+    squared and a :class:`ConfigError` when ``queue_size`` is not a multiple of ``B_l + B_u``.
     """
 
     name = "isd_pretrain"
@@ -171,7 +189,7 @@ class ISDPretrainObjective(Objective):
         cfg = self.config
         missing = [a for a in ("num_classes", "channels", "encoder", "decoder", "head") if not hasattr(model, a)]
         if missing:
-            raise ValueError(f"isd_pretrain needs a UNet-like model with {missing} (see methods.unet.UNet)")
+            raise ConfigError(f"isd_pretrain: the model lacks {missing} (use methods.unet.UNet, model.name 'unet')")
         if not cfg.train_encoder:
             model.encoder.requires_grad_(False)
         if not cfg.train_decoder:
@@ -186,8 +204,9 @@ class ISDPretrainObjective(Objective):
         n_labelled = batch.labelled_image.shape[0]
         images = torch.cat([batch.labelled_image, batch.unlabelled_image], dim=0)
         self._check_images(images)  # before any side effect (EMA, queues)
-        view = batch.strong_augment.pretrain_view(images)
-        student_in, teacher_in = (images, view) if cfg.teacher_view == "teacher_strong" else (view, images)
+        jittered, view = batch.strong_augment.pretrain_views(images, cfg.view_coins)
+        pair = (jittered if cfg.view_coins == "per_batch" else images, view)
+        student_in, teacher_in = pair if cfg.teacher_view == "teacher_strong" else pair[::-1]
 
         student = self.student(student_in)
         self.teacher.update(self.student)  # as released: inside the forward, before the teacher pass
@@ -214,14 +233,14 @@ class ISDPretrainObjective(Objective):
     def _check_images(self, images: torch.Tensor) -> None:
         cfg = self.config
         if tuple(images.shape[2:]) != (cfg.image_size, cfg.image_size):
-            raise ValueError(
-                f"ISDPretrainConfig.image_size is {cfg.image_size} but the batch holds "
-                f"{tuple(images.shape[2:])} images; set it to the training patch size"
+            raise DataError(
+                f"ISDPretrainConfig.image_size: {cfg.image_size}, but the batch holds "
+                f"{tuple(images.shape[2:])} images (set it to the training patch size)"
             )
         if cfg.queue_size % images.shape[0]:
-            raise ValueError(
-                f"ISDPretrainConfig.queue_size ({cfg.queue_size}) must be a multiple of the batch size "
-                f"B_l + B_u = {images.shape[0]} (spec §1.8 step 5)"
+            raise ConfigError(
+                f"ISDPretrainConfig.queue_size: {cfg.queue_size} is not a multiple of the batch size "
+                f"B_l + B_u = {images.shape[0]} (docs/isd_pretraining.md, 'Queues'; change either)"
             )
 
     def after_optimizer_step(self, step: int) -> None:

@@ -3,8 +3,9 @@
 Pure functions of tensors; no host-device synchronisation (no ``.item()``, no boolean indexing):
 results stay on the input's device, so they are safe inside a CUDA training step.
 
-* :func:`supervised_loss`: ``w (CE + batch Dice incl. background)`` (methods-spec §1.6).
-* :func:`pseudo_label_loss`: ReCo's confidence-fraction-weighted CE on strong views (spec §1.7).
+* :func:`supervised_loss`: ``w (CE + batch Dice incl. background)`` (docs/shared.md, 'Supervised loss').
+* :func:`pseudo_label_loss`: ReCo's confidence-fraction-weighted CE on strong views (docs/shared.md,
+  'Pseudo-label loss').
 * :func:`softmax_mse_consistency`: the mean-teacher consistency (SSL4MIS ``train_mean_teacher_2D``).
 * :func:`sigmoid_rampup`: the standard mean-teacher ramp-up ``exp(-5 (1 - t)^2)``.
 """
@@ -16,23 +17,27 @@ import math
 import torch
 import torch.nn.functional as F
 
+from methods.errors import ConfigError, DataError
+
 DICE_SMOOTH = 1e-5
 IGNORE_INDEX = -1
 
 
 def _check_logits_target(name: str, logits: torch.Tensor, target: torch.Tensor) -> None:
     if logits.dim() != 4:
-        raise ValueError(f"{name}: logits must be (B, C, H, W), got shape {tuple(logits.shape)}")
+        raise DataError(f"{name}: logits must be (B, C, H, W), got shape {tuple(logits.shape)} (pass the network's logits)")
     if target.dim() != 3 or target.shape != (logits.shape[0], *logits.shape[2:]):
-        raise ValueError(
-            f"{name}: target must be (B, H, W) = {(logits.shape[0], *logits.shape[2:])}, got {tuple(target.shape)}"
+        raise DataError(
+            f"{name}: target must be (B, H, W) = {(logits.shape[0], *logits.shape[2:])}, got {tuple(target.shape)} "
+            f"(labels must match the images' batch and size)"
         )
     if target.dtype != torch.int64:
-        raise ValueError(f"{name}: target must be int64 class indices, got {target.dtype}")
+        raise DataError(f"{name}: target must be int64 class indices, got {target.dtype} (convert labels with .long())")
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Batch-level soft Dice loss over softmax probabilities, background included (spec §1.6).
+    """Batch-level soft Dice loss over softmax probabilities, background included (docs/shared.md,
+    'Supervised loss').
 
     ``L = (1/C) sum_c [1 - (2 sum p_c y_c + 1e-5) / (sum p_c^2 + sum y_c^2 + 1e-5)]``, sums over all pixels of
     all images. logits float (B, C, H, W); target int64 (B, H, W) in [0, C). Returns a float scalar.
@@ -49,7 +54,7 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def supervised_loss(
     logits: torch.Tensor, target: torch.Tensor, weight: float = 1.0
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``L_sup = weight * (CE + Dice)`` on labelled images (spec §1.6).
+    """``L_sup = weight * (CE + Dice)`` on labelled images (docs/shared.md, 'Supervised loss').
 
     Args:
         logits: float (B_l, C, H, W) student logits.
@@ -71,7 +76,8 @@ def pseudo_label_loss(
     confidence: torch.Tensor,
     threshold: float = 0.97,
 ) -> torch.Tensor:
-    """ReCo's unsupervised loss on (mixed, strongly augmented) unlabelled images (spec §1.7).
+    """ReCo's unsupervised loss on (mixed, strongly augmented) unlabelled images (docs/shared.md,
+    'Pseudo-label loss').
 
     Per image b, ``w_b = |{valid p : q_p >= threshold}| / |{valid p}|`` (valid = pseudo-label != -1);
     per pixel ``l_p = CE(z_p, y_hat_p)`` (0 where ignored); ``L = mean over {p : l_p > 0} of w_b(p) l_p``.
@@ -90,8 +96,9 @@ def pseudo_label_loss(
     """
     _check_logits_target("pseudo_label_loss", student_logits, pseudo)
     if confidence.shape != pseudo.shape:
-        raise ValueError(
-            f"pseudo_label_loss: confidence must have the pseudo-label shape {tuple(pseudo.shape)}, got {tuple(confidence.shape)}"
+        raise DataError(
+            f"pseudo_label_loss: confidence must have the pseudo-label shape {tuple(pseudo.shape)}, got {tuple(confidence.shape)} "
+            f"(one confidence per pixel)"
         )
     batch = pseudo.shape[0]
     valid = pseudo.ne(IGNORE_INDEX)
@@ -110,9 +117,9 @@ def softmax_mse_consistency(student_logits: torch.Tensor, teacher_logits: torch.
     SSL4MIS ``train_mean_teacher_2D.py``. Returns a float scalar.
     """
     if student_logits.shape != teacher_logits.shape or student_logits.dim() != 4:
-        raise ValueError(
+        raise DataError(
             "softmax_mse_consistency: student and teacher logits must both be (B, C, H, W), got "
-            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)} (run both networks on the same batch)"
         )
     diff = torch.softmax(student_logits, dim=1) - torch.softmax(teacher_logits.detach(), dim=1)
     return (diff * diff).mean()
@@ -125,7 +132,7 @@ def sigmoid_rampup(step: int | float, length: int | float) -> float:
     ``length == 0`` means no ramp-up (1.0 always). Host-side float arithmetic only.
     """
     if length < 0:
-        raise ValueError(f"sigmoid_rampup: length must be >= 0, got {length!r}")
+        raise ConfigError(f"sigmoid_rampup: length must be >= 0, got {length!r} (0 disables the ramp-up)")
     if length == 0:
         return 1.0
     t = min(max(float(step), 0.0), float(length)) / float(length)

@@ -1,19 +1,20 @@
 """``mean_teacher``: supervised loss + ramped softmax-MSE consistency to an EMA teacher.
 
 Tarvainen & Valpola, "Mean teachers are better role models", NeurIPS 2017, in the form of SSL4MIS's
-``train_mean_teacher_2D.py`` (the baseline the MONA/ARCO/ACTION papers compare with), per step:
+``train_mean_teacher_2D.py`` (the baseline the MONA/ARCO/ACTION papers compare with; docs/baselines.md,
+'Mean teacher'), per step:
 
 1. student on ``cat([x_l, x_u])`` (one pass, so BN statistics cover both) -> ``z_l, z_u``;
-2. ``L_sup = sup_weight (CE + Dice)`` on ``z_l`` (methods-spec §1.6);
+2. ``L_sup = sup_weight (CE + Dice)`` on ``z_l`` (docs/shared.md, 'Supervised loss');
 3. teacher (no grad) on ``x_u + clamp(N(0, s^2), -2s, 2s)``, ``s = input_noise_std`` -> ``z_t``;
    the student sees the clean image; their dropout masks differ;
 4. ``L = L_sup + consistency_weight * sigmoid_rampup(step, rampup_steps) * mean((softmax z_u - softmax z_t)^2)``;
-5. after the optimiser step: EMA teacher update, ``m = ema_momentum`` (spec §1.5).
+5. after the optimiser step: EMA teacher update, ``m = ema_momentum`` (docs/shared.md, 'EMA teacher').
 
 Differences from SSL4MIS, on purpose: the ramp-up runs on the step itself (SSL4MIS quantises it,
 ``step // 150`` over 200 such units = 30 000 steps, the default ``rampup_steps``), and the EMA has no
-``min(1 - 1/(step+1), m)`` warm-up (as MONA/ARCO/ACTION, spec §1.5). SSL4MIS weighs ``L_sup`` by 0.5; the
-default here is 1.0 like the ``supervised`` baseline and MONA/ARCO.
+``min(1 - 1/(step+1), m)`` warm-up (as in MONA/ARCO/ACTION; docs/shared.md, 'EMA teacher'). SSL4MIS weighs
+``L_sup`` by 0.5; the default here is 1.0 like the ``supervised`` baseline and MONA/ARCO.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class MeanTeacherConfig:
     """Mean-teacher settings (all validated here).
 
     * ``sup_weight`` (> 0): ``w`` of ``w (CE + Dice)``.
-    * ``ema_momentum`` in [0, 1): teacher EMA momentum (0.99, spec §1.5).
+    * ``ema_momentum`` in [0, 1): teacher EMA momentum (0.99 as released).
     * ``consistency_weight`` (>= 0): final weight of the consistency term (0.1, SSL4MIS).
     * ``rampup_steps`` (int >= 0): sigmoid ramp-up length in steps; 0 = no ramp-up.
     * ``teacher_bn_mode``: "train" (as released in every code base: batch statistics, dropout on, the

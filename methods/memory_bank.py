@@ -1,19 +1,19 @@
-"""Per-class FIFO memory banks of negative keys for MONA/ARCO's U2PL contrast (methods-spec §3.2, §3.4).
+"""Per-class FIFO memory banks of negative keys for MONA/ARCO's U2PL contrast (docs/mona.md, 'Memory banks').
 
 As released (``M:code/train_arco_2d.py:147-154``, ``dequeue_and_enqueue``), each class c keeps a list of
 teacher representations of "unreliable" pixels: new keys are appended, and when the list reaches the
 capacity only the newest ``capacity`` keys are kept (30 000 per class, 50 000 for background). Every bank
-starts with one all-zero vector, which survives until the bank first overflows (spec §8 bug 3) and gives
-cosine 0 in the loss.
+starts with one all-zero vector, which survives until the bank first overflows (docs/mona.md, 'Negative
+mask') and gives cosine 0 in the loss.
 
 Differences from the release, none of which changes what the loss sees:
 
 * the banks are registered buffers on the module's device (the release keeps them on the CPU and copies
-  them to the GPU every step, spec §8 bug 19), so ``state_dict`` checkpoints them;
+  them to the GPU every step; docs/mona.md, 'Cost of the released code'), so ``state_dict`` checkpoints them;
 * a ring buffer replaces the concatenate-and-truncate list: an enqueue writes at most two contiguous
   slices (no Python loop over keys, no reallocation). :meth:`ClassMemoryBank.keys` returns the contents in
-  FIFO order (oldest first), the order the ARCO samplers stratify over (spec §4); :meth:`~ClassMemoryBank.gather`
-  reads FIFO positions straight from the ring without copying the bank;
+  FIFO order (oldest first), the order the ARCO samplers stratify over (docs/arco.md, 'What ARCO changes');
+  :meth:`~ClassMemoryBank.gather` reads FIFO positions straight from the ring without copying the bank;
 * ``init="empty"`` starts every bank empty, a fix for the zero vector (selected explicitly; the default
   ``"zero"`` is as released).
 
@@ -28,11 +28,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from methods.errors import ConfigError, DataError
+
 INITS = ("zero", "empty")
 
 
 class ClassMemoryBank(nn.Module):
-    """Per-class FIFO banks of D-dim keys (MONA/ARCO, methods-spec §3.2, §3.4).
+    """Per-class FIFO banks of D-dim keys (MONA/ARCO; docs/mona.md, 'Memory banks').
 
     Args:
         num_classes: C >= 1 (background included).
@@ -60,16 +62,17 @@ class ClassMemoryBank(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"ClassMemoryBank: num_classes must be an int >= 1, got {num_classes!r}")
+            raise ConfigError(f"ClassMemoryBank: num_classes must be an int >= 1, got {num_classes!r} (the model's class count)")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"ClassMemoryBank: dim must be an int >= 1, got {dim!r}")
+            raise ConfigError(f"ClassMemoryBank: dim must be an int >= 1, got {dim!r} (the representation width)")
         caps = (capacities,) * num_classes if isinstance(capacities, int) and not isinstance(capacities, bool) else tuple(capacities)
         if len(caps) != num_classes or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in caps):
-            raise ValueError(
-                f"ClassMemoryBank: capacities must be an int >= 1 or {num_classes} ints >= 1, got {capacities!r}"
+            raise ConfigError(
+                f"ClassMemoryBank: capacities must be an int >= 1 or {num_classes} ints >= 1, got {capacities!r} "
+                f"(set bank_capacity_background / bank_capacity_foreground >= 1)"
             )
         if init not in INITS:
-            raise ValueError(f"ClassMemoryBank: init must be one of {list(INITS)}, got {init!r}")
+            raise ConfigError(f"ClassMemoryBank: init {init!r} is not a choice (use one of {list(INITS)})")
         self.num_classes = num_classes
         self.dim = dim
         self.capacities = caps
@@ -86,7 +89,10 @@ class ClassMemoryBank(nn.Module):
 
     def _check_class(self, class_index: int) -> int:
         if isinstance(class_index, bool) or not isinstance(class_index, int) or not 0 <= class_index < self.num_classes:
-            raise ValueError(f"ClassMemoryBank: class_index must be an int in [0, {self.num_classes}), got {class_index!r}")
+            raise DataError(
+                f"ClassMemoryBank: class_index must be an int in [0, {self.num_classes}), got {class_index!r} "
+                f"(labels must lie in [0, num_classes))"
+            )
         return class_index
 
     def _bank(self, class_index: int) -> torch.Tensor:
@@ -114,7 +120,7 @@ class ClassMemoryBank(nn.Module):
         """
         c = self._check_class(class_index)
         if keys.dim() != 2 or keys.shape[1] != self.dim:
-            raise ValueError(f"ClassMemoryBank.enqueue: keys must be (M, {self.dim}), got {tuple(keys.shape)}")
+            raise DataError(f"ClassMemoryBank.enqueue: keys must be (M, {self.dim}), got {tuple(keys.shape)} (rows of the bank's width)")
         m = keys.shape[0]
         if m == 0:
             return
@@ -168,9 +174,9 @@ class ClassMemoryBank(nn.Module):
         pointer, count = self.pointer.tolist(), self.count.tolist()
         for c, cap in enumerate(self.capacities):
             if not (0 <= count[c] <= cap and 0 <= pointer[c] < cap):
-                raise ValueError(
+                raise DataError(
                     f"ClassMemoryBank: loaded state has pointer={pointer[c]}, count={count[c]} for class {c} "
-                    f"of capacity {cap}"
+                    f"of capacity {cap} (the checkpoint is from another bank configuration or corrupt; start over)"
                 )
         self._pointer, self._count = pointer, count
 

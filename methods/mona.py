@@ -1,19 +1,20 @@
-"""``mona`` and ``arco``: MONA/ARCO fine-tuning (methods-spec §3, §4, §8 bugs 1-7 and 19, §9).
+"""``mona``: MONA fine-tuning, the pipeline that ARCO shares (docs/mona.md; ARCO's samplers: docs/arco.md).
 
 Papers: MONA = You et al., "Mine yOur owN Anatomy: Revisiting Medical Image Segmentation with Extremely
 Limited Labels", TPAMI 2024; ARCO = You et al., "Rethinking Semi-Supervised Medical Image Segmentation: A
 Variance-Reduction Perspective", NeurIPS 2023. The released MONA repository *is* the ARCO repository
-(spec §0, §8.1): MONA fine-tuning is ARCO with the uniform sampler ("ARCO-NS"). One class implements both;
-``"mona"`` defaults to ``sampler="uniform"``, ``"arco"`` to ``sampler="stratified"`` (ARCO-SG, ``--func smc``;
-``"stratified_antithetic"`` = ARCO-SAG, ``asmc``).
+(docs/mona.md, 'MONA and ARCO share one code base'): MONA fine-tuning is ARCO with the uniform sampler
+("ARCO-NS"). :class:`MonaObjective` implements both; ``"mona"`` defaults to ``sampler="uniform"``, ``"arco"``
+(:mod:`methods.arco`) to ``sampler="stratified"`` (ARCO-SG, ``--func smc``; ``"stratified_antithetic"`` =
+ARCO-SAG, ``asmc``). The U2PL contrast ``L_contrast`` is in :mod:`methods.u2pl`.
 
-Modules (spec §3.2): the student UNet (the model passed in), its EMA teacher, the linear residual feature
-extractor ``FE_s`` (trained) and its EMA copy ``FE_t``, the student predictor ``Pred``; the student
+Modules (docs/mona.md, 'Modules'): the student UNet (the model passed in), its EMA teacher, the linear residual
+feature extractor ``FE_s`` (trained) and its EMA copy ``FE_t``, the student predictor ``Pred``; the student
 representation is ``r = Pred(FE_s(pyramid))``, the teacher's ``r^t = FE_t(pyramid^t)`` (full resolution,
 ``sum(pyramid_channels)`` = 496 channels as released); per-class FIFO memory banks of negative keys; the
 nearest-neighbour pool ``Π`` (K = 36 rows).
 
-One step (spec §3.3, steps 1-9)::
+One step (docs/mona.md, 'One fine-tuning step')::
 
     1. teacher (no grad) on the weak x_u -> confidence q, pseudo-label ŷ
     2. x_l^c = 8-bit re-quantised x_l (confidence 1), used only by L_eqv
@@ -30,22 +31,29 @@ One step (spec §3.3, steps 1-9)::
 
 Loss terms:
 
-* ``L_sup`` = CE + batch Dice incl. background (spec §1.6), weight ``sup_weight`` (1 as released).
-* ``L_unsup`` = :func:`methods.losses.pseudo_label_loss` on ``z_u`` with ``ŷ', q'`` (threshold 0.97, §1.7).
-* ``L_contrast`` = U2PL's memory-bank loss exactly as §3.4: see :func:`u2pl_masks`,
-  :func:`contrast_plan`, :func:`u2pl_contrast_loss`.
-* ``L_eqv`` = TPS equivariance/invariance KL (§3.6): :func:`equivariance_loss`, warps from :mod:`methods.tps`.
-* ``L_nn`` = nearest-neighbour loss against ``Π`` (§3.5): :func:`nn_loss`.
+* ``L_sup`` = CE + batch Dice incl. background (docs/shared.md, 'Supervised loss'), weight ``sup_weight``
+  (1 as released).
+* ``L_unsup`` = :func:`methods.losses.pseudo_label_loss` on ``z_u`` with ``ŷ', q'`` (threshold 0.97;
+  docs/shared.md, 'Pseudo-label loss').
+* ``L_contrast`` = U2PL's memory-bank loss exactly as released (docs/mona.md, 'U2PL contrast'): see
+  :func:`methods.u2pl.u2pl_masks`, :func:`methods.u2pl.contrast_plan`, :func:`methods.u2pl.u2pl_contrast_loss`.
+* ``L_eqv`` = TPS equivariance/invariance KL (docs/mona.md, 'Equivariance loss'): :func:`equivariance_loss`,
+  warps from :mod:`methods.tps`.
+* ``L_nn`` = nearest-neighbour loss against ``Π`` (docs/mona.md, 'Nearest-neighbour loss'): :func:`nn_loss`.
 
-"As released" vs "as described in the paper" (defaults are as released everywhere):
+"As released" vs "as described in the paper" (defaults are as released everywhere; docs/mona.md, 'Released
+versus described'):
 
-* ``entropy_source``: ``"student"`` (as released, spec §8.5) | ``"teacher"`` (U2PL: the teacher's prediction).
-* ``u2pl_negative_mask``: ``"as_coded"`` (spec §8.3: the labelled negatives are always empty and unlabelled
-  negatives need pseudo-label = c) | ``"paper"`` (U2PL's intent: see :func:`u2pl_masks`).
-* ``valid_class_indexing``: ``"as_coded"`` (spec §8.4: anchors/prototype of the j-th class *index*, bank of
-  the j-th *valid class*) | ``"fixed"`` (everything of the j-th valid class).
+* ``entropy_source``: ``"student"`` (as released; docs/mona.md, 'Entropy masks and the alpha schedule') |
+  ``"teacher"`` (U2PL: the teacher's prediction).
+* ``u2pl_negative_mask``: ``"as_coded"`` (docs/mona.md, 'Negative mask': the labelled negatives are always
+  empty and unlabelled negatives need pseudo-label = c) | ``"paper"`` (U2PL's intent: see
+  :func:`methods.u2pl.u2pl_masks`).
+* ``valid_class_indexing``: ``"as_coded"`` (docs/mona.md, 'Valid-class indexing': anchors/prototype of the
+  j-th class *index*, bank of the j-th *valid class*) | ``"fixed"`` (everything of the j-th valid class).
 * ``bank_init``: ``"zero"`` (as released: each bank starts with one all-zero key) | ``"empty"``.
-* ``nn_loss_grad``: ``"as_coded_none"`` (spec §8.2: L_nn carries no gradient and is only logged) |
+* ``nn_loss_grad``: ``"as_coded_none"`` (docs/mona.md, 'Nearest-neighbour loss': L_nn carries no gradient
+  and is only logged) |
   ``"student_pull"`` (the papers' "maximise the similarity to the K nearest bank entries": a gradient).
 * ``sampler_grouping``: ``"flat"`` (as released: strata over the flattened candidate list) | ``"spatial"``
   (the ARCO paper: strata are image cells). Spatial grouping applies to the anchor draws, whose candidates
@@ -86,33 +94,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.contrast import alpha_schedule, entropy_percentile_masks, pixel_info_nce
+from methods.contrast import alpha_schedule, entropy_percentile_masks
 from methods.ema import BN_MODES, EMATeacher
+from methods.errors import ConfigError, DataError
 from methods.heads import LinearPredictor, MonaFeatureExtractor
+from methods.intensity import round_trip_8bit
 from methods.losses import pseudo_label_loss, supervised_loss
 from methods.memory_bank import INITS as BANK_INITS
 from methods.memory_bank import ClassMemoryBank
 from methods.objective import Batch, LossOutput, Objective, check_choice, check_number, detached, logits_of
 from methods.pixel_reps import REPRESENTATIONS, DenseReps, SparseMonaReps
-from methods.samplers import ALLOCATIONS, GROUPINGS, SAMPLERS, SamplerConfig
+from methods.samplers import ALLOCATIONS, GROUPINGS, RELEASED_MIN_BLOCK_SIDE, SAMPLERS, SamplerConfig
 from methods.tps import TPSConfig, apply_warp, sample_tps_grid
+from methods.u2pl import NEGATIVE_MASKS, VALID_CLASS_INDEXINGS, u2pl_contrast_loss
 
 ENTROPY_SOURCES = ("student", "teacher")
-NEGATIVE_MASKS = ("as_coded", "paper")
-VALID_CLASS_INDEXINGS = ("as_coded", "fixed")
 NN_LOSS_GRADS = ("as_coded_none", "student_pull")
 EQV_EPS = 1e-7
 
 
 @dataclass(frozen=True)
 class MonaConfig:
-    """MONA/ARCO fine-tuning settings (defaults = the released code, spec §3.7); validated here.
+    """MONA/ARCO fine-tuning settings (defaults = the released code, docs/mona.md, 'Defaults'); validated here.
 
     Loss weights (a weight of 0 removes the term entirely, see the module docstring):
 
@@ -131,7 +140,7 @@ class MonaConfig:
 
     Pseudo-labels: ``unsup_threshold`` in [0, 1], ReCo's confidence threshold of ``L_unsup`` (0.97).
 
-    U2PL contrast (spec §3.4):
+    U2PL contrast (docs/mona.md, 'U2PL contrast'):
 
     * ``temperature`` (> 0): τ of the InfoNCE (0.5; the released ``--temp`` is ignored).
     * ``num_anchors`` (int >= 1): anchors per class (256). ``num_negatives`` (int >= 1): per anchor (512).
@@ -141,25 +150,30 @@ class MonaConfig:
       rank of c in the teacher's sorted probabilities in ``[low, high)``; labelled (paper mode) need c in
       the teacher's top ``low`` ((3, 20)).
     * ``alpha0`` in [0, 100]: the entropy percentile at step 0 (20); ``α_t = α0 (1 - e/E)``.
-    * ``steps_per_epoch`` (int >= 1): the epoch length of the α_t schedule. As released an epoch is
-      ``floor(N_u / B_u)`` steps (unlabelled slices / unlabelled batch); the engine does not know epochs, so
-      set it per dataset. Default 322 = ACDC with 1 labelled patient (23 labelled, 1289 unlabelled slices, 4
-      per batch, spec §1.2).
+    * ``steps_per_epoch`` (int >= 0): the epoch length of the α_t schedule. As released an epoch is
+      ``floor(N_u / B_u)`` steps (unlabelled slices / unlabelled batch). 0 = the trial's labelled set's own
+      epoch, as released: the platform's engine fills it in before building the objective (``loss`` raises a
+      :class:`ConfigError` while it is 0). Default 322 = ACDC with 1 labelled patient (23 labelled, 1289
+      unlabelled slices, 4 per batch; docs/data.md, 'Batches and epochs').
     * ``entropy_source``: ``"student"`` (as released) | ``"teacher"`` (U2PL).
-    * ``u2pl_negative_mask``: ``"as_coded"`` | ``"paper"`` (see :func:`u2pl_masks`).
-    * ``valid_class_indexing``: ``"as_coded"`` | ``"fixed"`` (see :func:`contrast_plan`).
+    * ``u2pl_negative_mask``: ``"as_coded"`` | ``"paper"`` (see :func:`methods.u2pl.u2pl_masks`).
+    * ``valid_class_indexing``: ``"as_coded"`` | ``"fixed"`` (see :func:`methods.u2pl.contrast_plan`).
     * ``bank_capacity_background``, ``bank_capacity_foreground`` (ints >= 1): FIFO capacities (50 000, 30 000).
     * ``bank_init``: ``"zero"`` (as released) | ``"empty"``.
 
-    Sampler (ARCO, spec §4), used for the anchor and the negative draws:
+    Sampler (ARCO; docs/arco.md, 'Sampler interface'), used for the anchor and the negative draws:
 
     * ``sampler``: one of ``SAMPLERS`` (``"uniform"`` = MONA; ARCO's default is ``"stratified"``).
     * ``sampler_groups`` (perfect square): strata (16 as released; the paper tries 9/16/25).
     * ``sampler_grouping``: ``"flat"`` (as released) | ``"spatial"`` (paper; anchors only, negatives flat).
     * ``sampler_allocation``: rounding of the spatial proportional allocation (``"systematic"``, exactly
       unbiased, or ``"largest_remainder"``); only used by ``sampler_grouping="spatial"``.
+    * ``sampler_min_block_side`` (int >= 1): the flat grid is used only when its blocks have side >= this
+      (docs/arco.md, 'Fallback for small pools'). Released 2: a block of one cell makes the released sampler
+      raise and fall back to the 1-D sampler, so pools of 13-56 candidates (16 groups) are sampled 1-D; 1 = the
+      grid whenever it exists (the platform before issue 13).
 
-    Nearest-neighbour loss (spec §3.5):
+    Nearest-neighbour loss (docs/mona.md, 'Nearest-neighbour loss'):
 
     * ``nn_pool_capacity`` (int >= 1): K rows of Π (36); must be >= the unlabelled batch.
     * ``nn_topk`` (int in [1, K]): neighbours (5).
@@ -174,7 +188,7 @@ class MonaConfig:
       full-resolution NN rows at the steps that need them) | ``"dense"`` (the reference: full maps, as
       released).
 
-    Equivariance loss (spec §3.6):
+    Equivariance loss (docs/mona.md, 'Equivariance loss'):
 
     * ``eqv_conf_threshold`` in [0, 1]: pixels need confidence >= this (``--weak_threshold`` 0.7).
     * ``tps_sigma``, ``tps_rotation_deg``, ``tps_scale_min``, ``tps_scale_max``, ``tps_translation``,
@@ -213,6 +227,7 @@ class MonaConfig:
     sampler_groups: int = 16
     sampler_grouping: str = "flat"
     sampler_allocation: str = "systematic"
+    sampler_min_block_side: int = RELEASED_MIN_BLOCK_SIDE
 
     nn_pool_capacity: int = 36
     nn_topk: int = 5
@@ -244,12 +259,12 @@ class MonaConfig:
         check_number(self, "negative_rank_low", minimum=1, integer=True)
         check_number(self, "negative_rank_high", minimum=2, integer=True)
         if self.negative_rank_high <= self.negative_rank_low:
-            raise ValueError(
-                f"MonaConfig.negative_rank_high must be > MonaConfig.negative_rank_low, got "
-                f"[{self.negative_rank_low}, {self.negative_rank_high})"
+            raise ConfigError(
+                f"{type(self).__name__}.negative_rank_high: must be > {type(self).__name__}.negative_rank_low, got "
+                f"[{self.negative_rank_low}, {self.negative_rank_high}) (raise negative_rank_high, default 20)"
             )
         check_number(self, "alpha0", minimum=0.0, maximum=100.0)
-        check_number(self, "steps_per_epoch", minimum=1, integer=True)
+        check_number(self, "steps_per_epoch", minimum=0, integer=True)
         check_choice(self, "entropy_source", ENTROPY_SOURCES)
         check_choice(self, "u2pl_negative_mask", NEGATIVE_MASKS)
         check_choice(self, "valid_class_indexing", VALID_CLASS_INDEXINGS)
@@ -259,9 +274,10 @@ class MonaConfig:
         check_choice(self, "sampler", SAMPLERS)
         check_number(self, "sampler_groups", minimum=1, integer=True)
         if math.isqrt(self.sampler_groups) ** 2 != self.sampler_groups:
-            raise ValueError(f"MonaConfig.sampler_groups must be a perfect square (9, 16, 25, ...), got {self.sampler_groups}")
+            raise ConfigError(f"{type(self).__name__}.sampler_groups: must be a perfect square, got {self.sampler_groups} (use 9, 16 or 25)")
         check_choice(self, "sampler_grouping", GROUPINGS)
         check_choice(self, "sampler_allocation", ALLOCATIONS)
+        check_number(self, "sampler_min_block_side", minimum=1, integer=True)
         check_number(self, "nn_pool_capacity", minimum=1, integer=True)
         check_number(self, "nn_topk", minimum=1, maximum=self.nn_pool_capacity, integer=True)
         check_choice(self, "nn_loss_grad", NN_LOSS_GRADS)
@@ -273,7 +289,10 @@ class MonaConfig:
         check_number(self, "tps_scale_min", minimum=0.0, min_inclusive=False)
         check_number(self, "tps_scale_max", minimum=0.0, min_inclusive=False)
         if self.tps_scale_min > self.tps_scale_max:
-            raise ValueError(f"MonaConfig.tps_scale_min must be <= MonaConfig.tps_scale_max, got {self.tps_scale_min} > {self.tps_scale_max}")
+            raise ConfigError(
+                f"{type(self).__name__}.tps_scale_min: must be <= {type(self).__name__}.tps_scale_max, got {self.tps_scale_min} > "
+                f"{self.tps_scale_max} (swap or widen the scale range)"
+            )
         check_number(self, "tps_translation", minimum=0.0)
         check_number(self, "tps_mirror_p", minimum=0.0, maximum=1.0)
 
@@ -286,214 +305,16 @@ class MonaConfig:
 
     @property
     def sampler_config(self) -> SamplerConfig:
-        return SamplerConfig(self.sampler, self.sampler_groups, self.sampler_grouping, self.sampler_allocation)
+        return SamplerConfig(
+            self.sampler, self.sampler_groups, self.sampler_grouping, self.sampler_allocation, self.sampler_min_block_side
+        )
 
 
-@dataclass(frozen=True)
-class ArcoConfig(MonaConfig):
-    """:class:`MonaConfig` with ARCO's released sampler, ``"stratified"`` (SG, ``--func smc``; spec §4)."""
-
-    sampler: str = "stratified"
-
-
-# -- U2PL contrast (spec §3.4) ----------------------------------------------------------------------------------
-
-class U2PLMasks(NamedTuple):
-    """bool (N, C, H, W) each: ``valid`` V_c, ``anchor`` A_c, ``negative`` N_c (spec §3.4)."""
-
-    valid: torch.Tensor
-    anchor: torch.Tensor
-    negative: torch.Tensor
-
-
-def u2pl_masks(
-    labels: torch.Tensor,
-    teacher_probs: torch.Tensor,
-    low: torch.Tensor,
-    high: torch.Tensor,
-    num_labelled: int,
-    *,
-    anchor_threshold: float = 0.3,
-    negative_threshold: float = 0.97,
-    rank_low: int = 3,
-    rank_high: int = 20,
-    negative_mask: str = "as_coded",
-) -> U2PLMasks:
-    """U2PL's per-class pixel masks (spec §3.4); the first ``num_labelled`` images are labelled.
-
-    Args:
-        labels: int64 (N, H, W): ``[y_l; ŷ']`` (-1 = ignore, belongs to no class).
-        teacher_probs: float (N, C, H, W): ``P^t`` = teacher softmax on the student's inputs.
-        low, high: bool (N, H, W): reliable / unreliable entropy masks (all ones on labelled images).
-
-    With ``Y_c = (labels == c)``, ``rank_c`` = position of c in the teacher's descending probabilities:
-
-    * ``valid``  ``V_c = Y_c ∧ low``;
-    * ``anchor`` ``A_c = V_c ∧ P^t_c > anchor_threshold``;
-    * ``negative`` ``N_c = H_c ∧ high ∧ P^t_c < negative_threshold ∧ G_c`` with
-      ``G_c`` = [labelled] ``rank_c < rank_low ∧ labels != c``, [unlabelled] ``rank_low <= rank_c < rank_high``, and
-
-      - ``"as_coded"`` (as released, spec §8.3): ``H_c = Y_c``. The labelled part needs ``labels = c`` and
-        ``labels != c`` at once and is always empty; the unlabelled part needs pseudo-label c while the
-        teacher (on the strong view) ranks c low.
-      - ``"paper"`` (U2PL's intent, the fix chosen here): ``H_c`` = every non-ignored pixel. Labelled negatives
-        of c are then pixels of *other* classes whose teacher top-``rank_low`` includes c (hard negatives);
-        unlabelled negatives are unreliable pixels that the teacher ranks c in ``[rank_low, rank_high)`` (for
-        4 classes: c least likely), whatever their pseudo-label.
-    """
-    num_classes = teacher_probs.shape[1]
-    classes = torch.arange(num_classes, device=labels.device).view(1, -1, 1, 1)
-    member = labels.unsqueeze(1) == classes                                  # Y_c (N, C, H, W)
-    valid = member & low.unsqueeze(1)
-    anchor = valid & (teacher_probs > anchor_threshold)
-    rank = teacher_probs.argsort(dim=1, descending=True).argsort(dim=1)     # rank of class c at each pixel
-    labelled = torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device)
-    labelled[:num_labelled] = True
-    labelled = labelled.view(-1, 1, 1, 1)
-    rank_ok = torch.where(labelled, (rank < rank_low) & ~member, (rank >= rank_low) & (rank < rank_high))
-    if negative_mask == "as_coded":
-        base = member
-    elif negative_mask == "paper":
-        base = labels.ne(-1).unsqueeze(1).expand_as(member)
-    else:
-        raise ValueError(f"negative_mask must be one of {list(NEGATIVE_MASKS)}, got {negative_mask!r}")
-    negative = base & high.unsqueeze(1) & (teacher_probs < negative_threshold) & rank_ok
-    return U2PLMasks(valid, anchor, negative)
-
-
-def contrast_plan(present: Sequence[bool], indexing: str = "as_coded") -> tuple[list[tuple[int, int]], int]:
-    """Which (anchor/prototype class, bank class) pairs the contrast visits, and the divisor (spec §3.4, §8.4).
-
-    ``present[c]`` = ``|V_c| > 0``; ``valid`` = the present classes in increasing order. If ``len(valid) <= 1``
-    the loss is 0 (empty plan). Otherwise, for j = 0 .. len(valid) - 1:
-
-    * ``"as_coded"`` (as released): anchors and prototype of class **j**, negatives from the bank of
-      class **valid[j]** — misaligned when a lower class is absent (U2PL issue #111);
-    * ``"fixed"``: anchors, prototype and bank all of class valid[j].
-
-    The loss is the sum over the plan divided by ``len(valid)`` (a pair whose anchor pool or bank is empty
-    contributes 0 but still counts, as released).
-    """
-    valid = [c for c, flag in enumerate(present) if flag]
-    if len(valid) <= 1:
-        return [], 0
-    if indexing == "as_coded":
-        return [(j, c) for j, c in enumerate(valid)], len(valid)
-    if indexing == "fixed":
-        return [(c, c) for c in valid], len(valid)
-    raise ValueError(f"indexing must be one of {list(VALID_CLASS_INDEXINGS)}, got {indexing!r}")
-
-
-def _true_positions(cumulative: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-    """Flat positions of the ``ranks``-th True entries (0-based, raster order) of a mask, from its cumsum."""
-    return torch.searchsorted(cumulative, ranks + 1)
-
-
-def _as_source(reps: Any) -> Any:
-    """A (N, D, H, W) tensor as :class:`methods.pixel_reps.DenseReps`; a row source as it is."""
-    return DenseReps(reps) if isinstance(reps, torch.Tensor) else reps
-
-
-def u2pl_contrast_loss(
-    reps: Any,
-    teacher_reps: Any,
-    labels: torch.Tensor,
-    teacher_probs: torch.Tensor,
-    low: torch.Tensor,
-    high: torch.Tensor,
-    num_labelled: int,
-    banks: ClassMemoryBank,
-    config: MonaConfig,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """U2PL memory-bank contrast of MONA/ARCO (spec §3.4, §4); updates ``banks``.
-
-    Args:
-        reps: float (N, D, H, W) student representations ``r`` (gradient flows through the anchors only), or a
-            row source of :mod:`methods.pixel_reps` (``rows``, ``class_means``) that gives the same numbers.
-        teacher_reps: float (N, D, H, W) ``r^t`` (treated as constants), or a row source.
-        labels, teacher_probs, low, high, num_labelled: as :func:`u2pl_masks`.
-        banks: the per-class FIFO banks (D-dim keys).
-        config: thresholds, ranks, counts, τ, flags and the sampler (:class:`MonaConfig`).
-
-    Steps: masks (:func:`u2pl_masks`); enqueue every class's negatives ``sg(r^t(N_c))`` in raster order
-    (only the newest ``capacity`` can survive, so only those are gathered) *before* the loss, as released;
-    prototypes ``μ_c = mean_{V_c} sg(r^t)``; for each pair of :func:`contrast_plan`: draw ``num_anchors``
-    anchors from ``A_j`` (raster order over (image, row, col); spatial grouping passes their (row, col))
-    and ``num_anchors x num_negatives`` negatives from the bank, ``L_j = InfoNCE(anchors, μ_j, negatives, τ)``;
-    ``L = Σ_j L_j / |valid|``. One host sync (all mask counts).
-
-    Returns ``(loss, info)``; info: ``plan`` (the visited pairs), ``contrasted`` (pairs that had anchors and
-    keys), ``anchor_indices`` {anchor class: sampled flat positions over (N, H, W)}, ``negative_indices``
-    {bank class: sampled FIFO positions, (num_anchors, num_negatives)}, ``counts`` (per class |V|, |A|, |N|).
-    """
-    cfg = config
-    reps, teacher_reps = _as_source(reps), _as_source(teacher_reps)
-    height, width = reps.height, reps.width
-    num_classes = teacher_probs.shape[1]
-    masks = u2pl_masks(
-        labels, teacher_probs, low, high, num_labelled,
-        anchor_threshold=cfg.anchor_threshold, negative_threshold=cfg.negative_threshold,
-        rank_low=cfg.negative_rank_low, rank_high=cfg.negative_rank_high, negative_mask=cfg.u2pl_negative_mask,
-    )
-    anchor_flat = masks.anchor.transpose(0, 1).reshape(num_classes, -1)      # (C, N*H*W), raster order
-    negative_flat = masks.negative.transpose(0, 1).reshape(num_classes, -1)
-    counts = torch.stack([masks.valid.sum((0, 2, 3)), anchor_flat.sum(1), negative_flat.sum(1)])
-    valid_count, anchor_count, negative_count = counts.tolist()             # the one host sync
-
-    # memory-bank insert (before the loss, as released)
-    negative_cum = negative_flat.cumsum(1)
-    for c in range(num_classes):
-        n = negative_count[c]
-        if n == 0:
-            continue
-        keep = min(n, banks.capacity(c))
-        ranks = torch.arange(n - keep, n, device=labels.device)
-        with torch.no_grad():
-            banks.enqueue(c, teacher_reps.rows(_true_positions(negative_cum[c], ranks)).detach())
-
-    info: dict[str, Any] = {"counts": (valid_count, anchor_count, negative_count), "anchor_indices": {}, "negative_indices": {}}
-    plan, divisor = contrast_plan([v > 0 for v in valid_count], cfg.valid_class_indexing)
-    info["plan"] = plan
-    active = [(a, b) for a, b in plan if anchor_count[a] > 0 and banks.size(b) > 0]
-    info["contrasted"] = active
-    if not active:
-        return teacher_probs.new_zeros(()), info
-
-    with torch.no_grad():
-        valid_pixels = low & labels.ge(0)
-        prototypes, _ = teacher_reps.class_means(labels.clamp_min(0), valid_pixels, num_classes)
-
-    sampler = cfg.sampler_config
-    anchor_cum = anchor_flat.cumsum(1)
-    pixels = height * width
-    positions = []
-    for anchor_class, _ in active:
-        count = anchor_count[anchor_class]
-        spatial = {}
-        if cfg.sampler != "uniform" and cfg.sampler_grouping == "spatial":
-            flat = _true_positions(anchor_cum[anchor_class], torch.arange(count, device=labels.device)) % pixels
-            spatial = {"positions": torch.stack([flat // width, flat % width], 1), "grid_shape": (height, width)}
-        ranks = sampler.sample(count, cfg.num_anchors, device=labels.device, **spatial)
-        flat_positions = _true_positions(anchor_cum[anchor_class], ranks)
-        info["anchor_indices"][anchor_class] = flat_positions
-        positions.append(flat_positions)
-    anchors = reps.rows(torch.cat(positions)).view(len(active), cfg.num_anchors, -1)  # one gather
-
-    flat_sampler = SamplerConfig(cfg.sampler, cfg.sampler_groups, "flat", cfg.sampler_allocation)
-    total = anchors.new_zeros(())
-    for k, (anchor_class, bank_class) in enumerate(active):
-        fifo = flat_sampler.sample(banks.size(bank_class), cfg.num_anchors * cfg.num_negatives, device=labels.device)
-        fifo = fifo.view(cfg.num_anchors, cfg.num_negatives)
-        info["negative_indices"][bank_class] = fifo
-        negatives = banks.gather(bank_class, fifo).to(anchors.dtype)
-        total = total + pixel_info_nce(anchors[k], prototypes[anchor_class], negatives, cfg.temperature)
-    return total / divisor, info
-
-
-# -- L_eqv (spec §3.6) and L_nn (spec §3.5) --------------------------------------------------------------------
+# -- L_eqv and L_nn (docs/mona.md, 'Equivariance loss' and 'Nearest-neighbour loss') ---------------------------
 
 def equivariance_loss(student_logits: torch.Tensor, target_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MONA's masked KL between the warped target and the student on the warped input (spec §3.6).
+    """MONA's masked KL between the warped target and the student on the warped input (docs/mona.md,
+    'Equivariance loss').
 
     ``ℓ(p) = Σ_c softmax(Z)_c [log softmax(Z)_c - log_softmax(z^e)_c]``,
     ``L = mean_b Σ_p m_b(p) ℓ_b(p) / (Σ_p m_b(p) + 1e-7)``.
@@ -512,7 +333,7 @@ def equivariance_loss(student_logits: torch.Tensor, target_logits: torch.Tensor,
 
 
 def nn_loss(student: torch.Tensor, teacher: torch.Tensor, pool: torch.Tensor, topk: int, grad: str = "as_coded_none") -> torch.Tensor:
-    """MONA's nearest-neighbour loss against the pool Π (spec §3.5).
+    """MONA's nearest-neighbour loss against the pool Π (docs/mona.md, 'Nearest-neighbour loss').
 
     Args:
         student: float (B, F) L2-normalised student rows ``u_b``; teacher: float (B, F) ``v_b``; pool: (K, F).
@@ -534,18 +355,14 @@ def nn_loss(student: torch.Tensor, teacher: torch.Tensor, pool: torch.Tensor, to
             index = (2 - 2 * teacher @ pool.T).topk(topk, dim=1, largest=False).indices
         neighbours = pool[index]                                              # (B, k, F)
         return (2 - 2 * torch.einsum("bf,bkf->bk", student, neighbours)).mean()
-    raise ValueError(f"grad must be one of {list(NN_LOSS_GRADS)}, got {grad!r}")
-
-
-def quantise_8bit(x: torch.Tensor) -> torch.Tensor:
-    """The released 8-bit PIL round trip of ``x_l^c`` (truncation to 1/255 steps, spec §3.3 step 2)."""
-    return torch.floor(x.clamp(0.0, 1.0) * 255.0) / 255.0
+    raise ConfigError(f"nn_loss: grad {grad!r} is not a choice (use one of {list(NN_LOSS_GRADS)})")
 
 
 # -- the objective -----------------------------------------------------------------------------------------------
 
 class MonaObjective(Objective):
-    """MONA fine-tuning = ARCO with the uniform sampler (module docstring; spec §3, §4).
+    """MONA fine-tuning = ARCO with the uniform sampler (module docstring; docs/mona.md, 'MONA and ARCO share
+    one code base').
 
     Submodules: ``student``, ``teacher`` (:class:`EMATeacher` of the UNet), ``fe_student`` (FE_s),
     ``fe_teacher`` (:class:`EMATeacher` of FE_s), ``predictor`` (Pred) — the heads exist only when
@@ -572,7 +389,10 @@ class MonaObjective(Objective):
         channels = getattr(model, "pyramid_channels", None)
         num_classes = getattr(model, "num_classes", None)
         if channels is None or not isinstance(num_classes, int):
-            raise ValueError(f"{type(self).__name__} needs a model with `pyramid_channels` and `num_classes` (e.g. methods.unet.UNet)")
+            raise ConfigError(
+                f"{type(self).__name__}: the model lacks `pyramid_channels` or `num_classes` (use a decoder-pyramid "
+                f"model such as methods.unet.UNet, model.name 'unet')"
+            )
         self.num_classes = num_classes
         self.rep_dim = int(sum(channels))
         self.teacher = EMATeacher(model, momentum=cfg.ema_momentum, copy_buffers=cfg.teacher_bn_mode == "eval")
@@ -628,9 +448,9 @@ class MonaObjective(Objective):
         if self.nn_pool.numel() == 0:
             self.nn_pool = self._random_pool(features, like.device, like.dtype)
         elif self.nn_pool.shape[1] != features:
-            raise ValueError(
+            raise DataError(
                 f"{type(self).__name__}: the NN pool holds {self.nn_pool.shape[1]}-dim rows but this step gives "
-                f"{features} (did the image size change? set nn_pool_resolution to an int)"
+                f"{features} (the image size changed: give all images one size or set nn_pool_resolution to an int)"
             )
 
     @torch.no_grad()
@@ -678,8 +498,16 @@ class MonaObjective(Objective):
         b_l, b_u = x_l.shape[0], x_u.shape[0]
         use_contrast, use_unsup = cfg.contrast_weight > 0, cfg.unsup_weight > 0
         use_eqv, use_nn = cfg.eqv_weight > 0, cfg.nn_weight > 0
+        if cfg.steps_per_epoch == 0:
+            raise ConfigError(
+                f"{type(cfg).__name__}.steps_per_epoch: 0 (the labelled set's own) was not resolved by the platform "
+                f"(set a number, or run through the engine)"
+            )
         if use_nn and b_u > cfg.nn_pool_capacity:
-            raise ValueError(f"MonaConfig.nn_pool_capacity={cfg.nn_pool_capacity} must be >= the unlabelled batch ({b_u})")
+            raise ConfigError(
+                f"{type(cfg).__name__}.nn_pool_capacity: {cfg.nn_pool_capacity} is smaller than the unlabelled batch ({b_u}) "
+                f"(raise nn_pool_capacity or lower the unlabelled batch size)"
+            )
 
         out_l = self.student(x_l)
         z_l = logits_of(out_l)
@@ -759,7 +587,8 @@ class MonaObjective(Objective):
         if use_eqv:
             x_s2 = augment.perturb(mixed.image)
             grid = sample_tps_grid(b_l + b_u, x_l.shape[2], x_l.shape[3], self.tps_config, device=x_l.device)
-            warped_input = apply_warp(torch.cat([quantise_8bit(x_l), x_s2]), grid)
+            # x_l^c: the labelled images through the released 8-bit round trip (docs/data.md, '8-bit round trip')
+            warped_input = apply_warp(torch.cat([round_trip_8bit(x_l), x_s2]), grid)
             z_e = logits_of(self.student(warped_input))
             target = apply_warp(torch.cat([z_l, z_u]).detach(), grid)
             with torch.no_grad():
@@ -775,11 +604,3 @@ class MonaObjective(Objective):
 
     def after_optimizer_step(self, step: int) -> None:
         self.teacher.update(self.student)
-
-
-class ArcoObjective(MonaObjective):
-    """ARCO (spec §4): the MONA pipeline with stratified sampling (default ``"stratified"`` = ARCO-SG;
-    ``sampler="stratified_antithetic"`` = ARCO-SAG). Config: :class:`ArcoConfig`."""
-
-    name = "arco"
-    config_class = ArcoConfig

@@ -12,17 +12,19 @@ the loss of one step. One step of the engine is::
 ``objective.state_dict()`` holds the student, the teacher and any queue/bank buffers, so a checkpoint of
 the objective (plus the optimiser and the engine's RNG state) resumes a run exactly.
 
-Strong views (methods-spec §1.3). Pseudo-labels must be computed by the teacher on the *weak* view
+Strong views (docs/data.md, 'Strong view'). Pseudo-labels must be computed by the teacher on the *weak* view
 before mixing and strong augmentation, so the engine cannot pre-compute the strong view. The batch
 therefore carries the weak views and a :class:`StrongAugment` (built by the data layer) that the
 objective calls after pseudo-labelling. It has two stages because MONA mixes once and then draws two
-independent photometric/deformation views that share the mixed pseudo-labels (spec §3.3):
+independent photometric/deformation views that share the mixed pseudo-labels (docs/mona.md, 'One fine-tuning
+step'):
 
 * ``mix(image, pseudo, confidence) -> StrongView``: CutMix/ClassMix/CutOut of images, pseudo-labels
-  and confidences with one mask (spec §1.3 step 2);
+  and confidences with one mask (step 2 of docs/data.md, 'Strong view');
 * ``perturb(image) -> image``: photometric jitter/blur and the optional AdvMorph warp, images only
-  (spec §1.3 step 3);
-* ``pretrain_view(image) -> image``: the ISD pretraining teacher view (spec §1.3 "Pretraining views").
+  (steps 3-4 of docs/data.md, 'Strong view');
+* ``pretrain_views(image, coins) -> (jittered, teacher)``: the ISD pretraining views (docs/data.md,
+  'Pretraining views').
 
 :func:`strong_view` chains both (one draw, as ACTION and the first MONA draw use).
 """
@@ -35,6 +37,8 @@ from typing import Any, Callable, ClassVar, Iterator, NamedTuple, Protocol, Sequ
 
 import torch
 from torch import nn
+
+from methods.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,8 +62,11 @@ class StrongAugment(Protocol):
 
     def perturb(self, image: torch.Tensor) -> torch.Tensor: ...
 
-    def pretrain_view(self, image: torch.Tensor) -> torch.Tensor:
-        """The ISD teacher view of pretraining (spec §1.3 "Pretraining views"): colour jitter then blur."""
+    def pretrain_views(self, image: torch.Tensor, coins: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ISD pretraining views of (B, 1, H, W) images (docs/data.md, 'Pretraining views'): ``(jittered,
+        teacher)``, (B, 1, H, W) each, new tensors; ``jittered`` = the images after the colour jitter only,
+        ``teacher`` = ``jittered`` then blurred. ``coins``: "per_batch" (as released: one jitter and one blur
+        decision per batch) or "per_image" (``methods.isd_pretrain.PRETRAIN_COINS``)."""
         ...
 
 
@@ -72,19 +79,20 @@ class IdentityStrongAugment:
     def perturb(self, image: torch.Tensor) -> torch.Tensor:
         return image
 
-    def pretrain_view(self, image: torch.Tensor) -> torch.Tensor:
-        return image
+    def pretrain_views(self, image: torch.Tensor, coins: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return image.clone(), image.clone()
 
 
 def strong_view(augment: StrongAugment, image: torch.Tensor, pseudo_label: torch.Tensor, confidence: torch.Tensor) -> StrongView:
-    """``mix`` then ``perturb`` the images: one strong draw (spec §1.3 steps 2-3)."""
+    """``mix`` then ``perturb`` the images: one strong draw (docs/data.md, 'Strong view')."""
     mixed = augment.mix(image, pseudo_label, confidence)
     return StrongView(augment.perturb(mixed.image), mixed.pseudo_label, mixed.confidence)
 
 
 @dataclass(frozen=True, eq=False)
 class Batch:
-    """One training step's input (spec §1.2: 4 labelled + 4 unlabelled as released).
+    """One training step's input (4 labelled + 4 unlabelled as released; docs/data.md,
+    'Batches and epochs').
 
     * ``labelled_image``: float (B_l, 1, H, W), weak view.
     * ``label``: int64 (B_l, H, W), classes in [0, C).
@@ -92,7 +100,7 @@ class Batch:
     * ``strong_augment``: :class:`StrongAugment` for objectives that pseudo-label then augment; None if
       the engine provides none (objectives that need one raise).
 
-    Shapes are checked here (host-side, no device sync).
+    Shapes are checked here (host-side, no device sync); a mismatch is a one-line :class:`DataError`.
     """
 
     labelled_image: torch.Tensor
@@ -103,17 +111,17 @@ class Batch:
     def __post_init__(self) -> None:
         image, label = self.labelled_image, self.label
         if image.dim() != 4:
-            raise ValueError(f"Batch.labelled_image must be (B_l, 1, H, W), got {tuple(image.shape)}")
+            raise DataError(f"Batch.labelled_image: must be (B_l, 1, H, W), got {tuple(image.shape)} (check the data loader)")
         if label.dtype != torch.int64 or label.shape != (image.shape[0], *image.shape[2:]):
-            raise ValueError(
-                f"Batch.label must be int64 (B_l, H, W) = {(image.shape[0], *image.shape[2:])}, "
-                f"got {label.dtype} {tuple(label.shape)}"
+            raise DataError(
+                f"Batch.label: must be int64 (B_l, H, W) = {(image.shape[0], *image.shape[2:])}, "
+                f"got {label.dtype} {tuple(label.shape)} (labels are class indices of the labelled images' size)"
             )
         unlabelled = self.unlabelled_image
         if unlabelled is not None and (unlabelled.dim() != 4 or unlabelled.shape[1:] != image.shape[1:]):
-            raise ValueError(
-                f"Batch.unlabelled_image must be (B_u, {image.shape[1]}, {image.shape[2]}, {image.shape[3]}), "
-                f"got {tuple(unlabelled.shape)}"
+            raise DataError(
+                f"Batch.unlabelled_image: must be (B_u, {image.shape[1]}, {image.shape[2]}, {image.shape[3]}), "
+                f"got {tuple(unlabelled.shape)} (unlabelled images must match the labelled ones' channels and size)"
             )
 
 
@@ -129,7 +137,8 @@ class Objective(nn.Module):
     """Base class of training objectives.
 
     Build the objective *after* loading any pretrained weights into ``model``: teachers are copies of
-    the student made at construction (spec §1.5: both start from the pretrained checkpoint).
+    the student made at construction (as released, both start from the pretrained checkpoint; docs/shared.md,
+    'EMA teacher').
 
     Subclasses set the class attributes, build their teacher/heads in ``__init__`` and implement
     :meth:`loss`. The student is ``self.student``; every other trained or stateful part must be a
@@ -152,7 +161,10 @@ class Objective(nn.Module):
         if config is None:
             config = self.config_class()
         if not isinstance(config, self.config_class):
-            raise ValueError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+            raise ConfigError(
+                f"{type(self).__name__}: needs a {self.config_class.__name__}, got {type(config).__name__} "
+                f"(build it with methods.registry.build_objective)"
+            )
         self.config = config
         self.student = model
         self.logged_steps: Callable[[int, int], bool] | None = None
@@ -173,7 +185,7 @@ class Objective(nn.Module):
         """Called once after every optimiser step (e.g. EMA update); nothing by default."""
 
     def eval_model(self) -> nn.Module:
-        """The network used for validation and test (the student, spec §1.9)."""
+        """The network used for validation and test (the student, as released; docs/shared.md, 'EMA teacher')."""
         return self.student
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
@@ -181,11 +193,11 @@ class Objective(nn.Module):
         return (p for p in self.parameters() if p.requires_grad)
 
     def check_batch(self, batch: Batch) -> None:
-        """ValueError when the batch lacks what this objective declares it needs."""
+        """A one-line :class:`DataError` when the batch lacks what this objective declares it needs."""
         if self.requires_unlabelled and batch.unlabelled_image is None:
-            raise ValueError(f"objective {self.name!r} needs Batch.unlabelled_image")
+            raise DataError(f"objective {self.name!r}: needs Batch.unlabelled_image (give the trial unlabelled data)")
         if self.requires_strong_augment and batch.strong_augment is None:
-            raise ValueError(f"objective {self.name!r} needs Batch.strong_augment")
+            raise DataError(f"objective {self.name!r}: needs Batch.strong_augment (the engine must attach a StrongAugment)")
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -199,7 +211,7 @@ def detached(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value.detach() for key, value in terms.items()}
 
 
-# -- config validation helpers (one-line ValueErrors naming ``Config.field``) -------------------------
+# -- config validation helpers (one-line ConfigErrors naming ``Config.field``) ------------------------
 
 def check_number(
     config: Any,
@@ -211,32 +223,32 @@ def check_number(
     max_inclusive: bool = True,
     integer: bool = False,
 ) -> None:
-    """Validate ``config.field`` as a (finite) number in the given range; ValueError naming the field."""
+    """Validate ``config.field`` as a (finite) number in the given range; :class:`ConfigError` naming the field."""
     value = getattr(config, field)
     where = f"{type(config).__name__}.{field}"
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{where} must be a finite {'int' if integer else 'number'}, got {value!r}")
+        raise ConfigError(f"{where}: must be a finite {'int' if integer else 'number'}, got {value!r} (fix the objective parameter)")
     low_ok = minimum is None or (value >= minimum if min_inclusive else value > minimum)
     high_ok = maximum is None or (value <= maximum if max_inclusive else value < maximum)
     if not (low_ok and high_ok):
         low = "(-inf" if minimum is None else ("[" if min_inclusive else "(") + f"{minimum:g}"
         high = "inf)" if maximum is None else f"{maximum:g}" + ("]" if max_inclusive else ")")
-        raise ValueError(f"{where} must be in {low}, {high}, got {value!r}")
+        raise ConfigError(f"{where}: must be in {low}, {high}, got {value!r} (fix the objective parameter)")
 
 
 def check_choice(config: Any, field: str, choices: Sequence[str]) -> None:
-    """Validate ``config.field`` as one of ``choices``; ValueError listing them."""
+    """Validate ``config.field`` as one of ``choices``; :class:`ConfigError` listing them."""
     value = getattr(config, field)
     if value not in choices:
-        raise ValueError(f"{type(config).__name__}.{field} must be one of {list(choices)}, got {value!r}")
+        raise ConfigError(f"{type(config).__name__}.{field}: {value!r} is not a choice (use one of {list(choices)})")
 
 
 def config_from_dict(config_class: type, values: dict[str, Any] | None) -> Any:
-    """Build ``config_class(**values)``; unknown keys raise a ValueError listing the valid ones."""
+    """Build ``config_class(**values)``; unknown keys raise a :class:`ConfigError` listing the valid ones."""
     values = dict(values or {})
     valid = [f.name for f in dataclasses.fields(config_class)]
     unknown = sorted(set(values) - set(valid))
     if unknown:
-        raise ValueError(f"unknown {config_class.__name__} keys {unknown}; valid keys: {valid}")
+        raise ConfigError(f"objective_params: unknown {config_class.__name__} keys {unknown} (valid keys: {valid})")
     return config_class(**values)

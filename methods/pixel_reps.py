@@ -31,6 +31,10 @@ Methods: ``rows(flat_positions)`` -> (M, D) representations at flat positions ov
 ``dense()`` -> the (N, D, H, W) map (the last two on :class:`DenseReps` and :class:`SparseMonaReps` only: MONA's
 NN pool reads pooled or full-resolution rows, ACTION reads neither). Gradients flow unless the caller runs
 under ``torch.no_grad``.
+
+Flat positions. :func:`true_positions` turns ranks of sampled pixels within a mask into flat positions
+(the samplers draw ranks), :func:`gather_pixels` reads a dense map at flat positions; both losses use these
+two and no other copy.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.contrast import class_prototypes
+from methods.errors import ConfigError
 
 REPRESENTATIONS = ("sparse", "dense")
 #: Gathered floats per chunk of point evaluations (bounds the temporary (M, taps, c) tensor: 64 MiB in float32).
@@ -114,7 +119,7 @@ class LevelOperators:
 
     def __init__(self, level_sizes: Sequence[tuple[int, int]], out_size: tuple[int, int], mode: str) -> None:
         if mode not in ("chain", "direct"):
-            raise ValueError(f"LevelOperators: mode must be 'chain' or 'direct', got {mode!r}")
+            raise ConfigError(f"LevelOperators: mode {mode!r} is not a choice (use 'chain' or 'direct')")
         self.level_sizes = [tuple(s) for s in level_sizes]
         self.out_size = tuple(out_size)
         self.rows, self.cols = [], []
@@ -339,6 +344,18 @@ def _decode(flat_positions: torch.Tensor, height: int, width: int) -> tuple[torc
     """Flat positions over (N, H, W) -> (image, raster position within the image)."""
     pixels = height * width
     return flat_positions // pixels, flat_positions % pixels
+
+
+def true_positions(cumulative: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+    """Flat positions of the ``ranks``-th (0-based) True entries of a 1-D mask, in raster order.
+
+    Args:
+        cumulative: int64 (P,) ``mask.cumsum(0)`` of a bool (P,) mask (computed once, reused for every draw).
+        ranks: int64 (M,) (or any shape) ranks in ``[0, mask.sum())`` (e.g. a sampler's draws).
+
+    Returns int64 of the shape of ``ranks``: ``nonzero(mask)[ranks]`` without the host sync of ``nonzero``
+    (a binary search in the cumsum)."""
+    return torch.searchsorted(cumulative, ranks + 1)
 
 
 def gather_pixels(maps: torch.Tensor, flat_positions: torch.Tensor) -> torch.Tensor:

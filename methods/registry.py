@@ -1,7 +1,7 @@
 """Names in configs -> code: objectives and models (conventions: "names in configs, not import paths").
 
 ``build_objective("mean_teacher", model, {"consistency_weight": 0.2})`` and ``build_model("unet",
-num_classes=4)``; an unknown name or key is a ValueError listing the valid ones. MONA, ARCO and ACTION
+num_classes=4)``; an unknown name or key is a one-line :class:`methods.errors.ConfigError` listing the valid ones. MONA, ARCO and ACTION
 and the ISD pretraining objective are registered here too.
 """
 
@@ -13,9 +13,11 @@ from typing import Any, Callable
 from torch import nn
 
 from methods.action import ActionObjective
+from methods.arco import ArcoObjective
+from methods.errors import ConfigError
 from methods.isd_pretrain import ISDPretrainObjective
 from methods.mean_teacher import MeanTeacherObjective
-from methods.mona import ArcoObjective, MonaObjective
+from methods.mona import MonaObjective
 from methods.objective import Objective, config_from_dict
 from methods.supervised import SupervisedObjective
 from methods.unet import UNet
@@ -36,7 +38,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 def _lookup(kind: str, table: dict[str, Any], name: str) -> Any:
     if name not in table:
-        raise ValueError(f"unknown {kind} {name!r}; known {kind}s: {sorted(table)}")
+        raise ConfigError(f"{kind} {name!r}: unknown {kind} (known {kind}s: {sorted(table)})")
     return table[name]
 
 
@@ -53,10 +55,10 @@ def build_objective(name: str, model: nn.Module, config_dict: dict[str, Any] | N
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Model ``name`` built with ``kwargs``; unknown keyword arguments raise a ValueError listing the valid ones."""
+    """Model ``name`` built with ``kwargs``; unknown keyword arguments raise a :class:`ConfigError` listing the valid ones."""
     factory = _lookup("model", MODELS, name)
     valid = [p for p in inspect.signature(factory).parameters if p != "self"]
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        raise ValueError(f"unknown arguments {unknown} for model {name!r}; valid arguments: {valid}")
+        raise ConfigError(f"model {name!r}: unknown arguments {unknown} (valid arguments: {valid})")
     return factory(**kwargs)

@@ -2,8 +2,8 @@
 
 Papers: MONA = You et al., "Mine yOur owN Anatomy: Revisiting Medical Image Segmentation with Extremely
 Limited Labels", TPAMI 2024; ARCO = You et al., "Rethinking Semi-Supervised Medical Image Segmentation: A
-Variance-Reduction Perspective", NeurIPS 2023. Reproduces methods-spec §4 (the sampler is the only thing
-that distinguishes ARCO from MONA, §0, §3.4, §9 "ARCO-specific").
+Variance-Reduction Perspective", NeurIPS 2023. The sampler is the only thing that distinguishes ARCO from
+MONA (docs/arco.md, 'What ARCO changes'; the interface: docs/arco.md, 'Sampler interface').
 
 A sampler draws ``num_samples`` indices (with replacement) into a candidate list of length
 ``num_candidates``: the anchor pool of a class (``n = 256``, list in (image, row, column) raster order) or
@@ -21,7 +21,9 @@ Strategies (:data:`SAMPLERS`, the papers' NS / SG / SAG; flag ``--func rand|smc|
 Groupings (:data:`GROUPINGS`) for the two stratified strategies:
 
 * ``"flat"`` -- **as released** (default): strata are blocks of a pseudo-square laid over the *flattened
-  candidate list* (not over the image), ``groups = 16`` fixed (spec §4 SG steps 1-5, SAG).
+  candidate list* (not over the image), ``groups = 16`` fixed (docs/arco.md, 'Stratified group sampling (SG)'
+  and 'Stratified antithetic sampling (SAG)'). Small pools fall back to a 1-D stratified sampler; as released
+  this happens whenever a block would have side < 2 (``min_block_side``; docs/arco.md, 'Fallback for small pools').
 * ``"spatial"`` -- **as described in the paper** ("partition the image ... into grids with the same size,
   then sample within the same grid"; paper Table 7 tries 9/16/25 grids): strata are ``sqrt(groups) x
   sqrt(groups)`` equal cells of the *image*, located through each candidate's pixel position, with the
@@ -33,6 +35,9 @@ synchronisation: the flat path is pure integer arithmetic on host-known sizes; t
 ``scatter_add_``/``cumsum``/``searchsorted``/``argsort`` only. A ``generator`` may live on another device than
 the output (e.g. a CPU generator for CUDA output): random numbers are then drawn on the generator's device and
 the result is moved once.
+
+Bad arguments raise :class:`methods.errors.ConfigError` (sizes, names, options) or
+:class:`methods.errors.DataError` (candidate positions).
 
 Public API: :data:`SAMPLERS`, :data:`GROUPINGS`, :data:`ALLOCATIONS`, :func:`sample_indices`,
 :class:`SamplerConfig`, and helpers used by tests and objectives: :func:`grid_edge`, :func:`sampler_quota`,
@@ -48,20 +53,25 @@ from typing import Sequence
 
 import torch
 
+from methods.errors import ConfigError, DataError
 from methods.objective import check_choice, check_number
 
 SAMPLERS = ("uniform", "stratified", "stratified_antithetic")  # the papers' NS / SG / SAG
 GROUPINGS = ("flat", "spatial")  # as released / as described in the paper
 ALLOCATIONS = ("systematic", "largest_remainder")  # rounding of proportional allocation (spatial only)
 
-RELEASED_GROUPS = 16  # cut_count = 4 -> 4 x 4 blocks, no CLI flag (spec §4, §7)
+RELEASED_GROUPS = 16  # cut_count = 4 -> 4 x 4 blocks, no CLI flag (docs/overview.md, 'Ablation axes and released values')
+# The released grid samplers index a NumPy array with a one-element torch tensor for every block; for a block of
+# a single cell that yields a scalar, the next indexing raises, and the released ``except`` falls back to the 1-D
+# sampler. So the grid is used only when its blocks have side >= 2 (pools of 57+ candidates for 16 groups).
+RELEASED_MIN_BLOCK_SIDE = 2
 
 
 # -- argument checks -------------------------------------------------------------------------------------------
 
 def _check_int(value: object, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise ConfigError(f"sampler: {name} must be an int >= {minimum}, got {value!r} (pass a whole number)")
     return int(value)
 
 
@@ -70,13 +80,13 @@ def _grid_side(groups: object, name: str = "groups") -> int:
     groups = _check_int(groups, name, 1)
     side = math.isqrt(groups)
     if side * side != groups:
-        raise ValueError(f"{name} must be a perfect square (g x g grid: 9, 16, 25, ...), got {groups}")
+        raise ConfigError(f"sampler: {name} must be a perfect square, got {groups} (use a g x g grid: 9, 16, 25, ...)")
     return side
 
 
 def _check_grid_shape(grid_shape: object) -> tuple[int, int]:
     if not isinstance(grid_shape, Sequence) or len(grid_shape) != 2:
-        raise ValueError(f"grid_shape must be (H, W), got {grid_shape!r}")
+        raise ConfigError(f"sampler: grid_shape must be (H, W), got {grid_shape!r} (pass the image's height and width)")
     height = _check_int(grid_shape[0], "grid_shape[0] (H)", 1)
     width = _check_int(grid_shape[1], "grid_shape[1] (W)", 1)
     return height, width
@@ -84,15 +94,17 @@ def _check_grid_shape(grid_shape: object) -> tuple[int, int]:
 
 def _check_positions(positions: object, num_candidates: int) -> torch.Tensor:
     if not isinstance(positions, torch.Tensor):
-        raise ValueError(
-            f"positions must be a (num_candidates, 2) tensor for grouping='spatial', got {type(positions).__name__}"
+        raise DataError(
+            f"sampler: positions must be a (num_candidates, 2) tensor for grouping='spatial', got "
+            f"{type(positions).__name__} (pass each candidate's (row, column))"
         )
     if positions.shape != (num_candidates, 2):
-        raise ValueError(
-            f"positions must have shape (num_candidates, 2) = ({num_candidates}, 2), got {tuple(positions.shape)}"
+        raise DataError(
+            f"sampler: positions must have shape (num_candidates, 2) = ({num_candidates}, 2), got "
+            f"{tuple(positions.shape)} (one (row, column) per candidate)"
         )
     if positions.dtype == torch.bool or positions.is_complex():
-        raise ValueError(f"positions must be a real (float or integer) tensor, got {positions.dtype}")
+        raise DataError(f"sampler: positions must be a real (float or integer) tensor, got {positions.dtype} (convert them)")
     return positions
 
 
@@ -126,7 +138,7 @@ def _uniform_int(u: torch.Tensor, size: torch.Tensor | int) -> torch.Tensor:
 # -- flat (as released) ----------------------------------------------------------------------------------------
 
 def grid_edge(num_candidates: int) -> int:
-    """``e = round(sqrt(N))`` computed exactly (spec §4 SG step 1); the flat grid is ``e x e``."""
+    """``e = round(sqrt(N))`` computed exactly (SG step 1); the flat grid is ``e x e``."""
     num_candidates = _check_int(num_candidates, "num_candidates", 1)
     edge = math.isqrt(num_candidates)
     # round half can't happen for integers: (e + 1/2)^2 = e^2 + e + 1/4
@@ -134,10 +146,11 @@ def grid_edge(num_candidates: int) -> int:
 
 
 def sampler_quota(num_candidates: int, num_samples: int, groups: int = RELEASED_GROUPS) -> int:
-    """Per-block quota of the flat SG grid, ``q = floor(floor(n e^2 / N) / groups)`` (spec §4 SG step 2).
+    """Per-block quota of the flat SG grid, ``q = floor(floor(n e^2 / N) / groups)`` (SG step 2).
 
     SAG draws ``floor(q / 2)`` per block plus as many partners. Returns 0 when the grid does not exist
-    (``floor(e / g) = 0``), where :func:`sample_indices` falls back to :func:`stratified_1d_indices`.
+    (``floor(e / g) = 0``); :func:`sample_indices` falls back to :func:`stratified_1d_indices` already when
+    ``floor(e / g) < min_block_side`` (2 as released).
     Examples (released sizes): ``sampler_quota(50_000, 256) == 16``; ``sampler_quota(30_000, 131_072) == 8172``.
     """
     num_candidates = _check_int(num_candidates, "num_candidates", 1)
@@ -176,7 +189,7 @@ def _finish(
     generator: torch.Generator | None,
     device: torch.device,
 ) -> torch.Tensor:
-    """Spec §4 SG step 4: drop draws ``>= N``, shuffle, top up with uniform draws to ``n``, truncate to ``n``.
+    """SG step 4: drop draws ``>= N``, shuffle, top up with uniform draws to ``n``, truncate to ``n``.
 
     ``max_invalid``: host-known bound on the number of draws ``>= N`` (0 when ``e^2 <= N``). Sync-free form:
     the kept draws are the first ``min(M, n)`` valid ones of a random permutation (``M`` = number of valid
@@ -211,7 +224,7 @@ def _flat_grid_indices(
     generator: torch.Generator | None,
     device: torch.device,
 ) -> torch.Tensor:
-    """SG / SAG over the flattened candidate list (spec §4 SG steps 1-4 and SAG), on ``device``."""
+    """SG / SAG over the flattened candidate list (SG steps 1-4 and SAG), on ``device``."""
     groups = side * side
     edge = grid_edge(num_candidates)
     block = edge // side
@@ -249,7 +262,7 @@ def stratified_1d_indices(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The released 1-D fallback sampler (spec §4 SG step 5 and SAG "fallback"); (n,) int64.
+    """The released 1-D fallback sampler (docs/arco.md, 'Fallback for small pools'); (n,) int64.
 
     Strata are ``B = floor(N / p)`` runs of ``p = stratum_size`` consecutive indices (the ``N mod p`` tail
     is no stratum); each stratum gets ``floor(n / B)`` uniform draws (antithetic: ``floor(floor(n / B) / 2)``
@@ -258,8 +271,10 @@ def stratified_1d_indices(
     ``N < p`` or ``floor(N / p) > n``, as released.
 
     The release hard-codes ``p = 16`` (independent of ``cut_count``); :func:`sample_indices` passes
-    ``p = groups`` (16 as released). Note that the grid fallback fires only when ``floor(e / g) = 0``, i.e.
-    ``N < (g - 1/2)^2 < groups``, so from there this sampler always reverts to uniform.
+    ``p = groups`` (16 as released). :func:`sample_indices` falls back here when the grid's blocks would have
+    side ``floor(e / g) < min_block_side``: as released (2) that is ``N <= 56`` for 16 groups, so pools of 16-56
+    candidates get 1-D strata and smaller ones uniform draws; with ``min_block_side=1`` only ``N <= 12``
+    (always uniform).
     """
     num_candidates = _check_int(num_candidates, "num_candidates", 1)
     num_samples = _check_int(num_samples, "num_samples", 1)
@@ -295,7 +310,8 @@ def spatial_cell_ids(
     side = _grid_side(groups)
     height, width = _check_grid_shape(grid_shape)
     if not isinstance(positions, torch.Tensor) or positions.dim() != 2 or positions.shape[1] != 2:
-        raise ValueError(f"positions must be an (N, 2) tensor, got {getattr(positions, 'shape', positions)!r}")
+        raise DataError(f"spatial_cell_ids: positions must be an (N, 2) tensor, got {getattr(positions, 'shape', positions)!r} "
+                        "(one (row, column) per candidate)")
     coords = positions.to(torch.float64)
     cell_rows = torch.floor(coords[:, 0] * side / height).clamp_(0, side - 1).to(torch.int64)
     cell_cols = torch.floor(coords[:, 1] * side / width).clamp_(0, side - 1).to(torch.int64)
@@ -322,7 +338,7 @@ def spatial_allocation(
       (ties: lower cell id). The plain mean then carries an O(1/n) rounding bias.
     """
     if allocation not in ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {list(ALLOCATIONS)}, got {allocation!r}")
+        raise ConfigError(f"sampler: allocation must be one of {list(ALLOCATIONS)}, got {allocation!r} (pick one of them)")
     num_samples = _check_int(num_samples, "num_samples", 1)
     counts = cell_counts.to(torch.int64)
     total = counts.sum()
@@ -394,8 +410,10 @@ def sample_indices(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     allocation: str = "systematic",
+    min_block_side: int = RELEASED_MIN_BLOCK_SIDE,
 ) -> torch.Tensor:
-    """(num_samples,) int64 indices into ``range(num_candidates)``, drawn with replacement (spec §4).
+    """(num_samples,) int64 indices into ``range(num_candidates)``, drawn with replacement (docs/arco.md,
+    'Sampler interface').
 
     Args:
         num_candidates: ``N >= 1``, length of the candidate list (anchor pool or memory bank).
@@ -414,15 +432,19 @@ def sample_indices(
         device: output device; default ``positions.device`` (spatial), else the generator's device, else CPU.
         allocation: spatial only, rounding of the proportional allocation, one of :data:`ALLOCATIONS`
             (see :func:`spatial_allocation`; default ``"systematic"``, exactly unbiased).
+        min_block_side: flat stratified only: the grid is used when its blocks have side ``floor(e / g) >=
+            min_block_side``, else the 1-D fallback. **2 as released** (:data:`RELEASED_MIN_BLOCK_SIDE`: the
+            released grid sampler raises on one-cell blocks and falls back, i.e. for ``N <= 56`` with 16
+            groups); 1 = the grid whenever it exists (``N >= 13`` with 16 groups).
 
-    Flat grouping (as released, spec §4): lay ``0..e^2-1`` (``e = round(sqrt N)``) row-major on an ``e x e``
+    Flat grouping (as released): lay ``0..e^2-1`` (``e = round(sqrt N)``) row-major on an ``e x e``
     grid; cut it into ``g x g`` blocks of side ``floor(e / g)``, the last block row/column extended to the
     border; draw ``q = floor(floor(n e^2 / N) / groups)`` indices per block uniformly with replacement (SAG:
     ``floor(q / 2)`` plus their point reflections through the block centre,
     ``(r, c) -> (r0 + r1 - r, c0 + c1 - c)``); drop draws ``>= N``; keep a random ``min(M, n)`` of the ``M``
-    valid draws; top up with uniform draws from ``[0, N)`` to ``n``; shuffle. If ``floor(e / g) = 0`` (``N``
-    too small for the grid) fall back to :func:`stratified_1d_indices` with strata of ``groups`` consecutive
-    indices (the release: 16), which then always reverts to uniform (``N < groups``).
+    valid draws; top up with uniform draws from ``[0, N)`` to ``n``; shuffle. If ``floor(e / g) <
+    min_block_side`` (``N`` too small for the grid) fall back to :func:`stratified_1d_indices` with strata of
+    ``groups`` consecutive indices (the release: 16), which reverts to uniform when ``N < groups``.
     As released this is only approximately unbiased: equal quotas for the larger last-row/column blocks, and
     when ``e^2 < N`` the tail ``[e^2, N)`` is reached only by the top-up draws.
 
@@ -442,18 +464,21 @@ def sample_indices(
     num_candidates = _check_int(num_candidates, "num_candidates", 1)
     num_samples = _check_int(num_samples, "num_samples", 1)
     if strategy not in SAMPLERS:
-        raise ValueError(f"strategy must be one of {list(SAMPLERS)}, got {strategy!r}")
+        raise ConfigError(f"sampler: strategy must be one of {list(SAMPLERS)}, got {strategy!r} (pick one of them)")
     if grouping not in GROUPINGS:
-        raise ValueError(f"grouping must be one of {list(GROUPINGS)}, got {grouping!r}")
+        raise ConfigError(f"sampler: grouping must be one of {list(GROUPINGS)}, got {grouping!r} (pick one of them)")
     if allocation not in ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {list(ALLOCATIONS)}, got {allocation!r}")
+        raise ConfigError(f"sampler: allocation must be one of {list(ALLOCATIONS)}, got {allocation!r} (pick one of them)")
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        raise ConfigError(f"sampler: generator must be a torch.Generator or None, got {type(generator).__name__} "
+                          "(pass a torch.Generator)")
     side = _grid_side(groups)
+    min_block_side = _check_int(min_block_side, "min_block_side", 1)
     spatial = strategy != "uniform" and grouping == "spatial"
     if spatial:
         if positions is None or grid_shape is None:
-            raise ValueError("positions and grid_shape are required for grouping='spatial' with a stratified strategy")
+            raise ConfigError("sampler: grouping='spatial' with a stratified strategy needs positions and grid_shape "
+                              "(pass both, or use grouping='flat')")
         positions = _check_positions(positions, num_candidates)
         grid_shape = _check_grid_shape(grid_shape)
     if device is not None:
@@ -470,7 +495,7 @@ def sample_indices(
     work = _draw_device(generator, out_device)
     if strategy == "uniform":
         return _randint(num_candidates, num_samples, generator, work).to(out_device)
-    if grid_edge(num_candidates) // side == 0:
+    if grid_edge(num_candidates) // side < min_block_side:
         return stratified_1d_indices(
             num_candidates, num_samples, side * side, antithetic=antithetic, generator=generator, device=out_device
         )
@@ -479,27 +504,31 @@ def sample_indices(
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Which sampler an objective uses for anchors and negatives (spec §4, §7 "sampler", "strata count").
+    """Which sampler an objective uses for anchors and negatives (docs/arco.md, 'Sampler interface').
 
     * ``strategy``: one of :data:`SAMPLERS`; MONA = ``"uniform"``, ARCO as released = ``"stratified"``
       (``smc``; ``"stratified_antithetic"`` = ``asmc``, the 3D default).
     * ``groups``: perfect square >= 1; 16 as released (paper Table 7: 9/16/25).
     * ``grouping``: ``"flat"`` (as released) or ``"spatial"`` (as described in the paper).
     * ``allocation``: spatial rounding, one of :data:`ALLOCATIONS`.
+    * ``min_block_side``: int >= 1; the flat grid's smallest block side before the 1-D fallback, 2 as released
+      (see :func:`sample_indices`).
     """
 
     strategy: str = "uniform"
     groups: int = RELEASED_GROUPS
     grouping: str = "flat"
     allocation: str = "systematic"
+    min_block_side: int = RELEASED_MIN_BLOCK_SIDE
 
     def __post_init__(self) -> None:
         check_choice(self, "strategy", SAMPLERS)
         check_number(self, "groups", minimum=1, integer=True)
         if math.isqrt(self.groups) ** 2 != self.groups:
-            raise ValueError(f"SamplerConfig.groups must be a perfect square (9, 16, 25, ...), got {self.groups}")
+            raise ConfigError(f"SamplerConfig.groups: must be a perfect square, got {self.groups} (use 9, 16 or 25)")
         check_choice(self, "grouping", GROUPINGS)
         check_choice(self, "allocation", ALLOCATIONS)
+        check_number(self, "min_block_side", minimum=1, integer=True)
 
     def sample(
         self,
@@ -523,4 +552,5 @@ class SamplerConfig:
             generator=generator,
             device=device,
             allocation=self.allocation,
+            min_block_side=self.min_block_side,
         )

@@ -1,4 +1,5 @@
-"""``supervised``: the labelled-only baseline, ``L = sup_weight (CE + Dice)`` (methods-spec §1.6).
+"""``supervised``: the labelled-only baseline, ``L = sup_weight (CE + Dice)`` (docs/baselines.md,
+'Supervised only').
 
 The student sees only ``Batch.labelled_image``; unlabelled images, if the batch has any, are ignored.
 """
@@ -14,7 +15,7 @@ from methods.objective import Batch, LossOutput, Objective, check_number, detach
 @dataclass(frozen=True)
 class SupervisedConfig:
     """``sup_weight``: ``w`` in ``w (CE + Dice)``, > 0; 1.0 as MONA/ARCO fine-tuning (the default), 0.5 as
-    ACTION (spec §1.6)."""
+    ACTION (docs/shared.md, 'Supervised loss')."""
 
     sup_weight: float = 1.0
 

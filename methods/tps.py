@@ -1,10 +1,10 @@
-"""Random thin-plate-spline (TPS) warps for MONA/ARCO's equivariance loss ``L_eqv`` (methods-spec §3.6).
+"""Random thin-plate-spline (TPS) warps for MONA/ARCO's equivariance loss ``L_eqv`` (docs/mona.md, 'TPS warp').
 
 MONA (You et al., "Mine yOur owN Anatomy", TPAMI 2024) and ARCO (You et al., NeurIPS 2023) borrow SCOPS'
 random-TPS equivariance: every image of the batch gets its own random warp ``T``, and the student's
 prediction on ``T(x)`` is pulled towards ``T(prediction on x)``. The warp is a map from *target*
 (output) coordinates to *source* (input) coordinates, in grid_sample's normalised units ``[-1, 1]``
-(``x`` along the width, ``y`` along the height, ``align_corners=True``). As released (spec §3.2, §3.6):
+(``x`` along the width, ``y`` along the height, ``align_corners=True``). As released (docs/mona.md, 'TPS warp'):
 
 1. a TPS displacement: a ``grid_points x grid_points`` (5 x 5) lattice of control points on ``[-1, 1]^2``,
    each moved by ``U(-sigma, sigma)`` per axis (``sigma = 0.01``); the TPS
@@ -32,12 +32,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from methods.errors import ConfigError, DataError
 from methods.objective import check_number
 
 
 @dataclass(frozen=True)
 class TPSConfig:
-    """Ranges of the random warp (defaults = as released, spec §3.2/§3.7).
+    """Ranges of the random warp (defaults = as released; docs/mona.md, 'Defaults').
 
     * ``sigma`` (>= 0): control-point jitter half-width in normalised units (``--tps_sigma`` 0.01).
     * ``rotation_deg`` in [0, 180]: rotation ``~ U(-rotation_deg, rotation_deg)`` degrees (60).
@@ -62,7 +63,7 @@ class TPSConfig:
         check_number(self, "scale_min", minimum=0.0, min_inclusive=False)
         check_number(self, "scale_max", minimum=0.0, min_inclusive=False)
         if self.scale_min > self.scale_max:
-            raise ValueError(f"TPSConfig.scale_min must be <= TPSConfig.scale_max, got {self.scale_min} > {self.scale_max}")
+            raise ConfigError(f"TPSConfig: scale_min must be <= scale_max, got {self.scale_min} > {self.scale_max} (swap or widen the scale range)")
         check_number(self, "translation", minimum=0.0)
         check_number(self, "mirror_p", minimum=0.0, maximum=1.0)
         check_number(self, "grid_points", minimum=2, integer=True)
@@ -126,7 +127,7 @@ def tps_displacement(offsets: torch.Tensor, height: int, width: int) -> torch.Te
     batch, n, _ = offsets.shape
     g = math.isqrt(n)
     if g * g != n or g < 2 or offsets.shape[-1] != 2:
-        raise ValueError(f"tps_displacement: offsets must be (B, g*g, 2) with g >= 2, got {tuple(offsets.shape)}")
+        raise DataError(f"tps_displacement: offsets must be (B, g*g, 2) with g >= 2, got {tuple(offsets.shape)} (one 2-D offset per control point)")
     weights = _tps_weights(g, height, width, str(offsets.device)).to(offsets.dtype)
     return torch.matmul(weights, offsets).reshape(batch, height, width, 2)
 
@@ -170,5 +171,8 @@ def apply_warp(tensor: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear")
     """Sample ``tensor`` (B, C, H, W) at ``grid`` (B, H', W', 2): bilinear (or ``mode``), zero padding,
     ``align_corners=True`` (as released). Returns (B, C, H', W') in the tensor's dtype."""
     if tensor.dim() != 4 or grid.dim() != 4 or grid.shape[0] != tensor.shape[0] or grid.shape[-1] != 2:
-        raise ValueError(f"apply_warp: need tensor (B, C, H, W) and grid (B, H', W', 2), got {tuple(tensor.shape)} and {tuple(grid.shape)}")
+        raise DataError(
+            f"apply_warp: need tensor (B, C, H, W) and grid (B, H', W', 2), got {tuple(tensor.shape)} and {tuple(grid.shape)} "
+            f"(one grid per image, from sample_tps_grid)"
+        )
     return F.grid_sample(tensor, grid.to(tensor.dtype), mode=mode, padding_mode="zeros", align_corners=True)

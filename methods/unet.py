@@ -1,4 +1,4 @@
-"""The SSL4MIS 2D UNet shared by MONA, ARCO and ACTION (methods-spec §1.4, §9 item 2).
+"""The SSL4MIS 2D UNet shared by MONA, ARCO and ACTION (docs/shared.md, 'UNet backbone').
 
 Architecture (defaults = the released code, ``M:code/networks/unetWithArgs.py``):
 
@@ -22,6 +22,8 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
+from methods.errors import ConfigError, DataError
+
 DEFAULT_CHANNELS: tuple[int, ...] = (16, 32, 64, 128, 256)
 DEFAULT_DROPOUT: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
 LEAKY_RELU_SLOPE = 0.01
@@ -29,7 +31,7 @@ DOWNSAMPLING = 16  # 4 max-pools of stride 2
 
 
 class UNetOutput(NamedTuple):
-    """What :meth:`UNet.forward` returns (spec §1.4).
+    """What :meth:`UNet.forward` returns (docs/shared.md, 'UNet backbone').
 
     * ``logits``: float (B, num_classes, H, W), before softmax.
     * ``bottleneck``: float (B, c4, H/16, W/16), the deepest encoder feature ``x4``.
@@ -85,7 +87,8 @@ class UpBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """SSL4MIS 2D UNet returning logits, bottleneck and the decoder pyramid (spec §1.4).
+    """SSL4MIS 2D UNet returning logits, bottleneck and the decoder pyramid (docs/shared.md,
+    'UNet backbone').
 
     Args:
         in_channels: image channels (ACDC: 1).
@@ -107,13 +110,13 @@ class UNet(nn.Module):
         channels = tuple(channels)
         dropout = tuple(dropout)
         if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
-            raise ValueError(f"UNet.in_channels must be a positive int, got {in_channels!r}")
+            raise ConfigError(f"UNet.in_channels: must be a positive int, got {in_channels!r} (1 for grey-level images)")
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-            raise ValueError(f"UNet.num_classes must be an int >= 2, got {num_classes!r}")
+            raise ConfigError(f"UNet.num_classes: must be an int >= 2, got {num_classes!r} (background plus the structures)")
         if len(channels) != 5 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels):
-            raise ValueError(f"UNet.channels must be 5 positive ints (c0..c4), got {channels!r}")
+            raise ConfigError(f"UNet.channels: must be 5 positive ints (c0..c4), got {channels!r} (default {DEFAULT_CHANNELS})")
         if len(dropout) != 5 or not all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p < 1.0 for p in dropout):
-            raise ValueError(f"UNet.dropout must be 5 probabilities in [0, 1), got {dropout!r}")
+            raise ConfigError(f"UNet.dropout: must be 5 probabilities in [0, 1), got {dropout!r} (default {DEFAULT_DROPOUT})")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.channels = channels
@@ -136,14 +139,15 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> UNetOutput:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"UNet expects input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            raise DataError(
+                f"UNet: expects input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)} "
+                f"(images must have in_channels={self.in_channels} channels)"
             )
         height, width = x.shape[-2:]
         if height % DOWNSAMPLING or width % DOWNSAMPLING:
-            raise ValueError(
-                f"UNet input height and width must be divisible by {DOWNSAMPLING} (4 max-pools), "
-                f"got {height}x{width}; resize or pad the image"
+            raise DataError(
+                f"UNet: input height and width must be divisible by {DOWNSAMPLING} (4 max-pools), "
+                f"got {height}x{width} (resize or pad the image)"
             )
         skips = []
         for block in self.encoder:

@@ -1,4 +1,4 @@
-"""Sampling ablation (ARCO, methods-spec §4, §6.3 Table 8, §7): sampler x group count x anchors/negatives.
+"""Sampling ablation (ARCO Table 8; docs/arco.md, 'Sampler interface'): sampler x groups x anchors/negatives.
 
 The MONA/ARCO pipeline (one shared ISD pretraining stage, U2PL memory-bank contrast) with
 
@@ -30,12 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from medseg_platform.claims_spec import claim  # noqa: E402
 from analysis.study_cli import run_study_main  # noqa: E402
-from medseg_platform.profiles import method_overrides  # noqa: E402
+from medseg_platform.recipes import METHOD_LABELS, SAMPLER_METHODS, method_overrides  # noqa: E402
 from medseg_platform.study import Study  # noqa: E402
 from medseg_platform.variants import VariantTable, with_objective_params  # noqa: E402
 
-#: (sampler, row prefix, plot line = the method that uses this sampler, so it keeps that method's colour)
-SAMPLERS = (("uniform", "NS (MONA)", "MONA"), ("stratified", "SG", "ARCO-SG"), ("stratified_antithetic", "SAG", "ARCO-SAG"))
+#: (sampler, row prefix); a row's plot line is the method that uses its sampler (``SAMPLER_METHODS``), so it keeps
+#: that method's colour
+SAMPLERS = (("uniform", "NS (MONA)"), ("stratified", "SG"), ("stratified_antithetic", "SAG"))
 GROUPED = {"stratified", "stratified_antithetic"}  # the samplers that use sampler_groups
 GROUPS = {"smoke": (9, 16), "quick": (9, 16, 25), "paper": (9, 16, 25)}
 SIZE_SCALES = {"smoke": (1.0,), "quick": (0.5, 1.0), "paper": (0.5, 1.0)}  # x the profile's anchors and negatives
@@ -46,14 +47,15 @@ def claims(profile) -> list[dict]:
     """ARCO Table 8 (ARCO framework, 1%): SG and SAG (16 groups, the released sizes) beat uniform sampling (NS = MONA)."""
     sizes = f"{profile.methods.anchors} anchors x {profile.methods.negatives} negatives"
     return [claim(f"{name}, 16 groups, {sizes}", f"NS (MONA), {sizes}", "1", "ARCO Table 8: stratified sampling beats "
-                  "uniform sampling (NS) at 1 patient", published_rows=(method, "MONA"))
-            for _, name, method in SAMPLERS if name != "NS (MONA)"]
+                  "uniform sampling (NS) at 1 patient",
+                  published_rows=(METHOD_LABELS[SAMPLER_METHODS[sampler]], METHOD_LABELS["mona"]))
+            for sampler, name in SAMPLERS if sampler != "uniform"]
 
 
 def build(args, profile, base):
     table = VariantTable(base)
     released = method_overrides("arco_sg", profile)  # the MONA/ARCO pipeline; the sampler is set per row
-    for sampler, name, method in SAMPLERS:
+    for sampler, name in SAMPLERS:
         for scale in SIZE_SCALES[profile.name]:
             anchors = max(1, round(profile.methods.anchors * scale))
             negatives = max(1, round(profile.methods.negatives * scale))
@@ -65,7 +67,7 @@ def build(args, profile, base):
                     params["sampler_groups"] = groups
                     axes["objective_params.sampler_groups"] = groups
                 row = f"{name}, {groups} groups, {sizes}" if groups is not None else f"{name}, {sizes}"
-                table.add(row, with_objective_params(released, **params), variant=method, axes=axes)
+                table.add(row, with_objective_params(released, **params), variant=METHOD_LABELS[SAMPLER_METHODS[sampler]], axes=axes)
     return Study(name="ablation_sampling", base=base, results_dir=Path(args.results_dir), variants=table.variants(),
                  grid={"data.labelled": list(LABELLED[profile.name])}, claims=claims(profile))
 

@@ -1,4 +1,4 @@
-"""The "tailness" ablation (ARCO Table 2, methods-spec §6.3): methods x label fractions, per class.
+"""The "tailness" ablation (ARCO Table 2; docs/published.md, 'ARCO ablations'): methods x label fractions.
 
 Rows: supervised-only, mean teacher, MONA, ARCO-SG, ARCO-SAG and ACTION, and each contrastive method
 without its pixel-contrast term (MONA/ARCO share one such row: without the contrast term their
@@ -18,18 +18,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from medseg_platform.claims_spec import claim  # noqa: E402
 from analysis.study_cli import run_study_main  # noqa: E402
-from medseg_platform.profiles import METHOD_LABELS, METHODS, method_overrides  # noqa: E402
+from medseg_platform.recipes import METHOD_LABELS, METHODS, WITHOUT_CONTRAST_LABELS, method_overrides  # noqa: E402
 from medseg_platform.study import Study, Variant  # noqa: E402
 
-WITHOUT_CONTRAST = {"mona": "MONA/ARCO w/o L_contrast", "action": "ACTION w/o L_anco"}
 SEMI_SUPERVISED = ("mean_teacher", "mona", "arco_sg", "arco_sag", "action")
 
 
 def claims() -> list[dict]:
     """The papers' claims this table tests, at 1 labelled patient (the report's "Claims" section)."""
-    out = [claim(METHOD_LABELS[m], WITHOUT_CONTRAST["mona"], "1", "ARCO Table 2: each contrastive method beats its row "
+    out = [claim(METHOD_LABELS[m], WITHOUT_CONTRAST_LABELS["mona"], "1", "ARCO Table 2: each contrastive method beats its row "
                  "without the contrast term at 1 patient") for m in ("mona", "arco_sg", "arco_sag")]
-    out.append(claim(METHOD_LABELS["action"], WITHOUT_CONTRAST["action"], "1",
+    out.append(claim(METHOD_LABELS["action"], WITHOUT_CONTRAST_LABELS["action"], "1",
                      "ACTION ablation: removing L_anco lowers Dice (published at 3 patients)"))
     out += [claim(METHOD_LABELS[m], METHOD_LABELS["supervised"], "1", "ARCO Table 1: every semi-supervised method beats "
                   "supervised-only (UNet-L) at 1 patient") for m in SEMI_SUPERVISED]
@@ -42,8 +41,8 @@ def build(args, profile, base):
     variants = []
     for method in METHODS:
         variants.append(Variant({"row": METHOD_LABELS[method], "order": len(variants)}, method_overrides(method, profile)))
-        if method in WITHOUT_CONTRAST:
-            variants.append(Variant({"row": WITHOUT_CONTRAST[method], "order": len(variants)},
+        if method in WITHOUT_CONTRAST_LABELS:
+            variants.append(Variant({"row": WITHOUT_CONTRAST_LABELS[method], "order": len(variants)},
                                     method_overrides(method, profile, without_contrast=True)))
     return Study(name="ablation_tailness", base=base, results_dir=Path(args.results_dir), variants=variants,
                  grid={"data.labelled": list(profile.labelled)}, claims=claims())

@@ -1,7 +1,8 @@
 """Temperature ablation: the pixel-contrast temperature and the ISD pretraining temperatures tau_s / tau_t.
 
-One factor at a time around the released setting (methods-spec §7), 1 labelled patient (the ARCO
-ablations' setting, §6.3), as a table with one row per setting:
+One factor at a time around the released setting (docs/overview.md, 'Ablation axes and released values'),
+1 labelled patient (the ARCO ablations' setting, docs/published.md, 'ARCO ablations'), as a table with one row
+per setting:
 
 * pixel-contrast temperature ``objective_params.temperature`` (released 0.5 in MONA/ARCO's U2PL contrast
   and ACTION's anatomical contrast): ARCO-SG and ACTION rows at 0.07 (ACTION++'s supervised-contrast
@@ -31,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from analysis.study_cli import run_study_main  # noqa: E402
-from medseg_platform.profiles import METHOD_LABELS, method_overrides  # noqa: E402
+from medseg_platform.recipes import METHOD_LABELS, method_overrides  # noqa: E402
 from medseg_platform.study import Study  # noqa: E402
 from medseg_platform.variants import VariantTable, with_objective_params, with_stage_params  # noqa: E402
 

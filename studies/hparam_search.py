@@ -4,14 +4,17 @@ One method (``--method``, default ARCO-SAG) at 1 labelled patient (ARCO App. N s
 seed, ``num_samples`` samples (``--num-samples``; smoke 3, quick 16, paper 40). Optuna's TPE proposes, ASHA
 (``Study(asha=True)``: time = reports, one per validation; grace period 1 and reduction factor 4 put its
 rungs at the 1st, 4th, 16th ... report, so quick stops the weak samples after their first validation and
-paper also after the 4th and 16th) stops the weak samples early; model selection uses the val split only. Search spaces (methods-spec §6.3 App. N, §7):
+paper also after the 4th and 16th) stops the weak samples early; model selection uses the val split only. Search
+spaces (App. N's grids: docs/published.md, 'ARCO ablations'; released values: docs/overview.md, 'Ablation axes and
+released values'):
 
 * MONA / ARCO-SG / ARCO-SAG: ``contrast_weight`` λ1 log-uniform over [0.001, 1] (App. N's grid {0.001, 0.005,
   0.01, 0.05, 0.1, 1.0}), ``unsup_weight`` λ2 and ``eqv_weight`` (the released code's k2 L_eqv) log-uniform
   over [0.1, 10] (App. N's λ2/λ3 grid {0.1, 0.2, 0.5, 1, 2, 10}), the pseudo-label threshold
   ``unsup_threshold`` in [0.85, 0.99] (released 0.97) and the U2PL anchor threshold ``anchor_threshold`` δ_p
   in [0.1, 0.5] (released 0.3). λ3 (``nn_weight``) is not searched: with the released
-  ``nn_loss_grad="as_coded_none"`` L_nn has no gradient, so its weight changes nothing (methods-spec §3.5);
+  ``nn_loss_grad="as_coded_none"`` L_nn has no gradient, so its weight changes nothing (docs/mona.md,
+  'Nearest-neighbour loss');
 * ACTION: ``anco_weight`` [0.001, 1], ``unsup_weight`` [0.1, 10] (log), ``unsup_threshold`` and the hard-query
   threshold ``hard_query_threshold`` in [0.85, 0.99] (both released 0.97);
 * mean teacher: ``consistency_weight`` [0.01, 10] (log; released 0.1), ``ema_momentum`` in [0.9, 0.999].
@@ -43,7 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from medseg_platform.errors import ConfigError  # noqa: E402
 from analysis.study_cli import run_study_main  # noqa: E402
-from medseg_platform.profiles import METHOD_LABELS, method_overrides, study_parser  # noqa: E402
+from medseg_platform.recipes import METHOD_LABELS, method_overrides  # noqa: E402
+from medseg_platform.results import STUDY_FILE  # noqa: E402
+from medseg_platform.study_flags import study_parser  # noqa: E402
 from medseg_platform.study import Study, Variant  # noqa: E402
 
 NUM_SAMPLES = {"smoke": 3, "quick": 16, "paper": 40}
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
         return built[-1]
 
     code = run_study_main(__doc__, "hparam_search", build_and_keep, argv=argv, parser=parser())
-    if code == 2 or not built or any(dry_run) or not (built[0].study_dir / "study.json").is_file():
+    if code == 2 or not built or any(dry_run) or not (built[0].study_dir / STUDY_FILE).is_file():
         return code  # a bad flag or config, or a dry run: nothing ran
     try:  # run_study_main's report already wrote search_history.csv / best_config.json; print from the same data
         samples = load_samples(built[0].study_dir)

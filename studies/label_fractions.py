@@ -1,4 +1,4 @@
-"""The main comparison (ARCO Table 1, methods-spec §6.1): every method at 1, 3 and 7 labelled patients.
+"""The main comparison (docs/published.md, 'ARCO Table 1'): every method at 1, 3 and 7 labelled patients.
 
 Laid out like ARCO Table 1: rows are the methods (supervised on all labels = ARCO's "UNet-F", supervised
 on the labelled patients only = "UNet-L", mean teacher, MONA, ARCO-SG, ARCO-SAG, ACTION), columns the label
@@ -32,14 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from medseg_platform.claims_spec import claim  # noqa: E402
 from analysis.study_cli import run_study_main  # noqa: E402
-from medseg_platform.profiles import (METHOD_LABELS, METHODS, QUICK_FRACTION_STEPS, QUICK_STEPS, method_overrides,  # noqa: E402
-                                      with_steps)
+from medseg_platform.profiles import QUICK_FRACTION_STEPS, QUICK_STEPS, with_steps  # noqa: E402
+from medseg_platform.recipes import FULL_SUPERVISION_LABEL, METHOD_LABELS, METHODS, method_overrides  # noqa: E402
 from medseg_platform.study import Study  # noqa: E402
 from medseg_platform.variants import VariantTable  # noqa: E402
 
 FRACTIONS = {"smoke": ("1",), "quick": ("1", "3", "7"), "paper": ("1", "3", "7")}  # labelled patients
 FULL = "100%"
-FULL_ROW = "Supervised, all labels"  # ARCO's "UNet-F"; METHOD_LABELS' "Supervised only" is its "UNet-L"
 
 
 def claims(fractions) -> list[dict]:
@@ -60,7 +59,7 @@ def build(args, profile, base):
         base = base.replace(**{"optim.max_steps": QUICK_FRACTION_STEPS})
     table = VariantTable(base)
     # rows in ARCO Table 1's order: the upper bound first, then the methods (METHODS order)
-    table.add(FULL_ROW, {**method_overrides("supervised", profile), "data.labelled": FULL}, axes={"data.labelled": FULL})
+    table.add(FULL_SUPERVISION_LABEL, {**method_overrides("supervised", profile), "data.labelled": FULL}, axes={"data.labelled": FULL})
     for method in METHODS:
         for fraction in FRACTIONS[profile.name]:
             table.add(METHOD_LABELS[method], {**method_overrides(method, profile), "data.labelled": fraction},

@@ -113,16 +113,18 @@ def test_pretraining_chain_is_cached_and_shared_between_trials(tiny_root, tmp_pa
 
 def test_fine_tuning_starts_from_the_pretrained_student(tiny_root, tmp_path, monkeypatch):
     import medseg_platform.engine as engine
+    from medseg_platform.engine import pretrain, trial
 
     cfg = pretrain_cfg(tiny_root)
     seen = {}
-    original = engine.build_objective
+    original = trial.build_objective
 
     def spy(name, model, params):
         seen[len(seen)] = {k: v.clone() for k, v in model.state_dict().items()}
         return original(name, model, params)
 
-    monkeypatch.setattr(engine, "build_objective", spy)
+    monkeypatch.setattr(pretrain, "build_objective", spy)
+    monkeypatch.setattr(trial, "build_objective", spy)
     final = engine.run_pretraining(cfg, engine.load_training_data(cfg, quiet), tmp_path / "cache", torch.device("cpu"), None, quiet)
     seen.clear()
     train_trial(cfg, tmp_path / "t", log=quiet, pretrain_cache=tmp_path / "cache")
@@ -150,3 +152,88 @@ def test_crashed_pretraining_stage_resumes_where_it_stopped(tiny_root, tmp_path,
     messages = []
     train_trial(cfg, tmp_path / "t", log=messages.append, pretrain_cache=tmp_path / "cache")
     assert "pretraining stage 0: resumed at step 2" in messages
+
+
+@pytest.mark.parametrize("lr_step, shift", [("released", 0), ("aligned", 1)])
+def test_lr_step_sets_the_poly_rate_of_the_released_or_the_next_step_index(tiny_root, tmp_path, lr_step, shift):
+    """Released: after step s (0-based) the rate is poly(s), so steps 0 and 1 both train at the base rate; "aligned":
+    poly(s + 1). The same flag for fine-tuning (optim.lr_step) and each pretraining stage (lr_step of the stage)."""
+    from medseg_platform.engine import poly_lr, run_pretraining, load_training_data
+
+    cfg = pretrain_cfg(tiny_root, **{"optim.lr_step": lr_step})
+    cfg = cfg.replace(pretrain=[{**cfg.to_dict()["pretrain"][0], "lr_step": lr_step}])
+    outcome = train_trial(cfg, tmp_path / "t", log=quiet, pretrain_cache=tmp_path / "cache")
+    o = cfg.optim
+    assert [row["lr"] for row in outcome.curves] == pytest.approx([poly_lr(o.lr, s - 1 + shift, o.max_steps, o.poly_power) for s in (2, 4, 6, 8)])
+    stage = cfg.pretrain[0]
+    final = run_pretraining(cfg, load_training_data(cfg, quiet), tmp_path / "cache", torch.device("cpu"), None, quiet)  # cached
+    assert [row["lr"] for row in final["curves"]] == pytest.approx([poly_lr(stage.lr, s - 1 + shift, stage.max_steps, stage.poly_power)
+                                                                    for s in (2, 4)])
+
+
+@pytest.mark.parametrize("selection, selected_step", [("best_val", 4), ("final", 8)])
+def test_eval_selection_tests_the_best_val_or_the_final_state(tiny_root, tmp_path, monkeypatch, selection, selected_step):
+    from medseg_platform.engine import load_selected_model, trial
+
+    val_dice = iter([0.9, 0.5])  # the first validation (step 4) is the best on val
+    monkeypatch.setattr(trial, "mean_dice", lambda rows: next(val_dice))
+    cfg = small_cfg(tiny_root, **{"eval.selection": selection})
+    outcome = train_trial(cfg, tmp_path / "t", log=quiet)
+    assert outcome.best_step == selected_step and outcome.best_val_dice == {4: 0.9, 8: 0.5}[selected_step]
+    checkpoint = torch.load(tmp_path / "t" / "checkpoint" / "checkpoint.pt", weights_only=True)
+    final = {k.removeprefix("student."): v for k, v in checkpoint["objective"].items() if k.startswith("student.")}
+    selected = load_selected_model(cfg, tmp_path / "t", torch.device("cpu"), outcome.best_step).state_dict()
+    same = all(torch.equal(selected[k], final[k]) for k in final)
+    assert same == (selection == "final")
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"optim.lr_step": "next"}, "optim.lr_step 'next': choose 'released' or 'aligned'"),
+    ({"eval.selection": "best_test"}, "eval.selection 'best_test': choose 'best_val' or 'final'"),
+    ({"pretrain": [{"objective": "supervised", "lr_step": "late"}]}, r"pretrain\[0\].lr_step 'late': choose 'released' or 'aligned'"),
+])
+def test_protocol_flags_are_validated(override, message):
+    from medseg_platform.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        TrialConfig.from_dict(override).validate(check_data=False)
+
+
+def test_steps_per_epoch_0_is_filled_with_the_labelled_sets_own_epoch(tiny_root, tmp_path, monkeypatch):
+    from medseg_platform.data.splits import epoch_steps
+    from medseg_platform.engine import load_training_data, trial
+
+    seen = []
+    original = trial.build_objective
+
+    def spy(name, model, params):  # records what the engine passes, trains a supervised objective
+        seen.append(dict(params))
+        return original("supervised", model, {})
+
+    monkeypatch.setattr(trial, "build_objective", spy)
+    cfg = small_cfg(tiny_root, objective="mona", objective_params={"steps_per_epoch": 0}, **{"optim.max_steps": 2, "eval.val_every": 2})
+    outcome = train_trial(cfg, tmp_path / "t", log=quiet)
+    expected = epoch_steps(load_training_data(cfg, quiet).subset, cfg.data.unlabelled_batch)
+    assert seen == [{"steps_per_epoch": expected}] and outcome.extra["steps_per_epoch"] == expected
+    assert expected == len(outcome.labelled.unlabelled_slices) // 2 > 1
+    seen.clear()
+    train_trial(cfg.replace(**{"objective_params.steps_per_epoch": 7}), tmp_path / "u", log=quiet)
+    assert seen == [{"steps_per_epoch": 7}]  # a number is kept
+
+
+def test_distance_units_voxel_measures_distances_in_voxels(tiny_root, monkeypatch):
+    import numpy as np
+
+    from medseg_platform.data.layout import AcdcLayout
+    from medseg_platform.engine import evaluate
+    from medseg_platform.evaluation.metrics import evaluate_case
+
+    volume = AcdcLayout(tiny_root, 4).read_volume("patient006_frame01")
+    prediction = np.roll(volume.label, 2, axis=2)
+    monkeypatch.setattr(evaluate, "predict_case", lambda model, image, cfg, device: prediction)
+    rows = {units: evaluate.evaluate_volumes(None, [volume], small_cfg(tiny_root, **{"eval.distance_units": units}), torch.device("cpu"))
+            for units in ("mm", "voxel")}
+    assert [r["dice"] for r in rows["mm"]] == [r["dice"] for r in rows["voxel"]]
+    assert [r["hd95"] for r in rows["mm"]] == [r["hd95"] for r in evaluate_case(prediction, volume.label, 4, volume.spacing)]
+    assert [r["hd95"] for r in rows["voxel"]] == [r["hd95"] for r in evaluate_case(prediction, volume.label, 4, None)]
+    assert [r["hd95"] for r in rows["mm"]] != [r["hd95"] for r in rows["voxel"]]

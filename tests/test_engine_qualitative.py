@@ -3,7 +3,8 @@
 import numpy as np
 
 from medseg_platform.data.layout import Volume
-from medseg_platform.engine import QUALITATIVE_FILE, QualitativeSlices, train_trial
+from medseg_platform.engine import QualitativeSlices, train_trial
+from medseg_platform.results import QUALITATIVE_FILE
 from tests.test_engine import quiet, small_cfg
 
 

@@ -71,7 +71,7 @@ def test_fp16_without_cuda_is_a_config_error_before_training(tiny_root, tmp_path
     with pytest.raises(ConfigError, match=r"optim.amp 'fp16': needs a CUDA device, but this trial runs on cpu"):
         engine.train_trial(small_cfg(tiny_root, **{"optim.amp": "fp16"}), tmp_path / "t", log=quiet, device=torch.device("cpu"))
     # a study: fp16 trials without a GPU per trial fail before Ray starts
-    import medseg_platform.study as study_module
+    import medseg_platform.study.runner as study_module
 
     monkeypatch.setattr(study_module, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
     study = Study("fp16", small_cfg(tiny_root, **{"optim.amp": "fp16"}), tmp_path / "results", variants=[Variant({"row": "Sup"})],
@@ -92,7 +92,7 @@ def _build(args, profile, base):
     (["--amp", "fp16", "--gpus-per-trial", "1"], "error: --gpus-per-trial > 0 but this machine has no CUDA GPU"),
 ])
 def test_gpu_requests_without_a_gpu_fail_before_ray_starts(tiny_root, tmp_path, monkeypatch, capsys, flags, message):
-    import medseg_platform.study as study_module
+    import medseg_platform.study.runner as study_module
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(study_module, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
@@ -155,7 +155,7 @@ def test_strong_views_are_computed_in_full_precision_inside_an_autocast_region()
     for amp in (False, True):
         adapter = engine.StrongAugmentAdapter(torch.Generator().manual_seed(5), "cutmix", num_classes=4, advmorph_p=1.0)
         with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=amp):
-            views.append((adapter.perturb(image), adapter.pretrain_view(image)))
+            views.append((adapter.perturb(image), adapter.pretrain_views(image, "per_batch")[1]))
     for full, under_amp in zip(*views):
         assert under_amp.dtype == torch.float32
         assert torch.equal(full, under_amp)

@@ -11,7 +11,7 @@ import h5py
 import pytest
 
 import medseg_platform.preflight as preflight
-import medseg_platform.study as study_module
+import medseg_platform.study.runner as runner
 from medseg_platform.data.layout import AcdcLayout, write_manifest
 from medseg_platform.errors import DataError
 from analysis.study_cli import run_study_main
@@ -32,8 +32,8 @@ def no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(study_module, "init_ray", refuse)
-    monkeypatch.setattr(Study, "_run_tune", refuse)
+    monkeypatch.setattr(runner, "init_ray", refuse)
+    monkeypatch.setattr(runner, "run_tune", refuse)
 
 
 def _log() -> tuple[list[str], Callable[[str], None]]:

@@ -249,9 +249,10 @@ def test_asha_counts_validations_not_the_progress_reports_between_them(tmp_path)
     from ray.tune.schedulers import TrialScheduler
 
     from medseg_platform.study import ASHA_TIME, METRIC, Study
+    from medseg_platform.study.runner import tune_config
 
     base = TrialConfig().replace(**{"optim.max_steps": 6, "eval.val_every": 3})  # 2 validations + the final report
-    scheduler = Study("s", base, tmp_path, search_space={"optim.lr": tune.loguniform(1e-3, 1e-1)}, asha=True)._tune_config("s").scheduler
+    scheduler = tune_config(Study("s", base, tmp_path, search_space={"optim.lr": tune.loguniform(1e-3, 1e-1)}, asha=True), "s").scheduler
     good, bad = fake_trial("good"), fake_trial("bad")
     for trial in (good, bad):
         scheduler.on_trial_add(None, trial)

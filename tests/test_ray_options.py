@@ -6,7 +6,8 @@ import types
 
 import pytest
 
-import medseg_platform.study as study_module
+import medseg_platform.study.runner as runner
+from medseg_platform.study.ray_runtime import init_ray
 from medseg_platform.dashboard import check_dashboard_host, dashboard_message, token_hint
 from medseg_platform.errors import ConfigError
 from analysis.study_cli import run_study_main
@@ -63,12 +64,12 @@ def test_local_ray_binds_the_dashboard_where_asked_and_prints_url_and_auth(monke
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", "/tmp/some-token")
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw) or types.SimpleNamespace(dashboard_url="127.0.0.1:8266"))
-    assert study_module.init_ray(None, 2, True) is True
+    assert init_ray(None, 2, True) is True
     assert calls[-1]["dashboard_host"] == "127.0.0.1" and calls[-1]["include_dashboard"] is True
     err = capsys.readouterr().err
     assert err.strip() == dashboard_message("127.0.0.1:8266")
     assert "http://127.0.0.1:8266" in err and "/tmp/some-token" in err and "Bearer" in err
-    study_module.init_ray(None, 2, True, "0.0.0.0")
+    init_ray(None, 2, True, "0.0.0.0")
     assert calls[-1]["dashboard_host"] == "0.0.0.0"
 
 
@@ -80,7 +81,7 @@ def test_dashboard_host_flag_reaches_ray_with_a_warning_and_bad_values_fail_befo
         seen.append(dashboard_host)
         raise ConfigError("stop here (test)")
 
-    monkeypatch.setattr(study_module, "init_ray", fake_init_ray)
+    monkeypatch.setattr(runner, "init_ray", fake_init_ray)
     argv = ["--smoke-test", "--data-root", str(tiny_root), "--results-dir", str(tmp_path / "r")]
 
     def build(args, profile, base):
@@ -107,7 +108,7 @@ def test_optuna_search_is_recorded_in_a_journal_file(tiny_root, tmp_path, ray_ad
     from ray import tune
 
     from medseg_platform.results import scan_study
-    from medseg_platform.study import optuna_journal
+    from medseg_platform.study.runner import optuna_journal
 
     journal = tmp_path / "optuna" / "journal.log"
     study = _study(tiny_root, tmp_path / "results", search_space={"optim.lr": tune.loguniform(1e-3, 1e-1)}, num_samples=2,

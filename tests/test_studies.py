@@ -10,7 +10,8 @@ import pytest
 
 from medseg_platform.errors import ConfigError
 from analysis.study_cli import run_study_main
-from medseg_platform.profiles import PROFILES, method_overrides
+from medseg_platform.profiles import PROFILES
+from medseg_platform.recipes import FULL_SUPERVISION_LABEL, method_overrides
 from medseg_platform.results import read_trial
 from medseg_platform.variants import VariantTable, with_objective_params, with_stage_params
 
@@ -102,10 +103,10 @@ def test_label_fractions_smoke(smoke):
     code, study_dir, records, module = smoke("label_fractions")
     assert code == 0 and all(records.values())
     rows = table_rows(study_dir)
-    assert len(rows) == 1 + 6 and module.FULL_ROW in rows
-    full = [r for r in records.values() if r.result["tags"]["row"] == module.FULL_ROW]
+    assert len(rows) == 1 + 6 and FULL_SUPERVISION_LABEL in rows
+    full = [r for r in records.values() if r.result["tags"]["row"] == FULL_SUPERVISION_LABEL]
     assert len(full) == 1 and full[0].result["labelled"]["percent_patients"] == 100.0
-    full_column = rows.pop(module.FULL_ROW)
+    full_column = rows.pop(FULL_SUPERVISION_LABEL)
     assert len(full_column) == 1  # the full-supervision column holds only that row
     assert all(columns.isdisjoint(full_column) and len(columns) == len(module.FRACTIONS["smoke"]) for columns in rows.values())
 

@@ -156,7 +156,7 @@ def test_optuna_search_with_asha_samples_and_records_the_searched_values(tiny_ro
 
 
 def test_start_order_starts_each_pretraining_stage_once_before_any_trial_waits_on_one():
-    from medseg_platform.study import start_order
+    from medseg_platform.study.spec import start_order
 
     def trial(name, stage=None, seed=1):
         config = {"pretrain": [{"objective": "isd_pretrain", "max_steps": stage}] if stage else [], "model": {}, "data": {}, "seed": seed, "workers": 1}

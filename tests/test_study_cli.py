@@ -11,10 +11,11 @@ import pytest
 from medseg_platform.engine import stage_key
 from medseg_platform.plan import CACHED, FINISHED, TO_RUN, UnitSeconds, format_plan, plan_study
 from analysis.study_cli import run_study_main
-from medseg_platform.profiles import PROFILES, method_overrides, resolve_data_root
+from medseg_platform.profiles import PROFILES
+from medseg_platform.recipes import method_overrides
+from medseg_platform.study_flags import resolve_data_root
 from medseg_platform.progress import EVALUATION_COST, STEP_COST
-from medseg_platform.results import trial_key, write_trial_results
-from medseg_platform.study import pretrain_cache_dir
+from medseg_platform.results import pretrain_cache_dir, read_csv, trial_key, write_trial_results
 from tests.test_studies import load_script
 
 SMOKE = PROFILES["smoke"]
@@ -64,6 +65,8 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
     ("ablation_tailness", ["--set", "optim.lr"], "--set 'optim.lr': expected KEY=VALUE"),
     ("ablation_tailness", ["--set", "optim.lr=0.1", "--set", "optim.lr=0.2"], "--set optim.lr: given twice ('0.1' and '0.2')"),
     ("ablation_tailness", ["--set", "pretrain.0.lr=0.1"], "--set pretrain.0.lr: pretraining stages cannot be set from the command line"),
+    ("ablation_tailness", ["--protocol", "released", "--set", "eval.empty_policy=nan"],
+     "--set eval.empty_policy: --protocol released sets it to 'released'; drop the --set or use --protocol corrected"),
     ("hparam_search", ["--set", "objective_params.contrast_weight=0.1"],
      "--set objective_params.contrast_weight: study hparam_search-smoke searches it"),
 ])
@@ -172,3 +175,83 @@ def test_rows_keep_only_the_claims_between_kept_rows(tmp_path):
     select_rows(study, ["MONA/ARCO w/o L_contrast", "MONA"])
     assert [v.tags["row"] for v in study.variants] == ["MONA", "MONA/ARCO w/o L_contrast"]  # the study's order
     assert [(c["a"], c["b"]) for c in study.claims] == [("MONA", "MONA/ARCO w/o L_contrast")]
+
+
+def _resolved_configs(name: str, results: Path, monkeypatch, *extra: str) -> dict[str, dict]:
+    """Row -> resolved trial config of a smoke study as the command line builds it (a dry run, planning skipped)."""
+    import medseg_platform.plan as plan
+
+    module, built = load_script(name), []
+
+    def build(args, profile, base):
+        built.append(module.build(args, profile, base))
+        return built[-1]
+
+    monkeypatch.setattr(plan, "plan_study", lambda study, **kwargs: study)
+    monkeypatch.setattr(plan, "format_plan", lambda planned: "")
+    argv = ["--smoke-test", "--results-dir", str(results), "--no-dashboard", "--dry-run", *extra]
+    assert run_study_main(module.__doc__, name, build, argv=argv) == 0
+    return {t["tags"]["row"]: t["config"] for t in built[-1].trial_params()}
+
+
+def _leaves(config: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and key != "objective_params":
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = json.dumps(value, sort_keys=True)
+    return out
+
+
+@pytest.mark.parametrize("name", ["ablation_tailness", "label_fractions"])
+def test_released_protocol_changes_only_the_protocol_keys_of_every_trial(tmp_path, phantom_env, monkeypatch, name):
+    corrected = _resolved_configs(name, tmp_path / "results", monkeypatch)
+    released = _resolved_configs(name, tmp_path / "results", monkeypatch, "--protocol", "released")
+    assert sorted(corrected) == sorted(released) and len(corrected) >= 2
+    for row in corrected:
+        before, after = _leaves(corrected[row]), _leaves(released[row])
+        changed = {key: json.loads(after[key]) for key in before if before[key] != after[key]}
+        # the phantom has no released slice counts: the labelled set (whole patients) and all training stay as they were
+        assert changed == {"eval.selection": "final", "eval.empty_policy": "released", "eval.distance_units": "voxel"}, row
+        assert json.loads(before["eval.selection"]) == "best_val" and json.loads(before["eval.distance_units"]) == "mm"
+
+
+def test_a_row_that_leaves_the_protocol_is_an_error(tmp_path):
+    from medseg_platform.study import Study, Variant
+    from medseg_platform.protocol import check_protocol
+    from medseg_platform.errors import ConfigError
+
+    keys = {"eval.empty_policy": "released"}
+    study = Study("s", SMOKE.trial, tmp_path, variants=[Variant({"row": "A"}, {"eval.empty_policy": "released"}),
+                                                         Variant({"row": "B"}, {"eval": {"empty_policy": "nan"}})])
+    with pytest.raises(ConfigError, match=r"--protocol released: row 'B' sets eval.empty_policy to 'nan', the protocol "
+                                          r"to 'released' \(leave the row out with --rows or use --protocol corrected\)"):
+        check_protocol(study, "released", keys)
+    study.variants = study.variants[:1]
+    check_protocol(study, "released", keys)  # the same value is no conflict
+    study.grid = {"eval.empty_policy": ["nan", "released"]}
+    with pytest.raises(ConfigError, match="study s varies eval.empty_policy"):
+        check_protocol(study, "released", keys)
+
+
+def test_released_protocol_smoke_run_differs_only_in_evaluation(tmp_path, phantom_env, ray_address):
+    """End to end on the smoke phantom (one row): the same training, evaluated as the protocol says."""
+    trials = {}
+    for protocol in ("corrected", "released"):
+        results = tmp_path / protocol
+        assert study_main("ablation_tailness", results, "--address", ray_address, "--rows", "Supervised only",
+                          "--protocol", protocol) == 0
+        study_dir = results / "ablation_tailness-smoke"
+        assert json.loads((study_dir / "settings.json").read_text())["protocol"] == protocol
+        assert f"- **Protocol**: {protocol} (`--protocol {protocol}`" in (study_dir / "report.md").read_text()
+        (key,) = json.loads((study_dir / "study.json").read_text())["trials"]
+        trials[protocol] = study_dir / "trials" / key
+    result = {p: json.loads((trials[p] / "result.json").read_text()) for p in trials}
+    before, after = _leaves(result["corrected"]["config"]), _leaves(result["released"]["config"])
+    assert {k for k in before if before[k] != after[k]} == {"eval.selection", "eval.empty_policy", "eval.distance_units"}
+    losses = {p: [row["loss"] for row in read_csv(trials[p] / "curves.csv")] for p in trials}
+    assert losses["corrected"] == losses["released"] and len(losses["released"]) >= 2  # the same training
+    assert result["released"]["best_step"] == SMOKE.trial.optim.max_steps  # the final iteration's weights
+    mean = result["released"]["test"]["mean"]  # the released empty-mask convention leaves no value undefined
+    assert [mean[f"{m}_undefined"] for m in ("dice", "jaccard", "hd95", "asd")] == [0, 0, 0, 0]

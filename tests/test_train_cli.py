@@ -6,7 +6,9 @@ import json
 import pytest
 
 from analysis.console import main
-from medseg_platform.profiles import PROFILES, method_overrides, resolve_data_root
+from medseg_platform.profiles import PROFILES
+from medseg_platform.recipes import method_overrides
+from medseg_platform.study_flags import resolve_data_root
 from medseg_platform.results import trial_key
 
 SMOKE = PROFILES["smoke"]

@@ -1,4 +1,4 @@
-"""Patient-level train/val/test splits for the converters (methods-spec §1.1).
+"""Patient-level train/val/test splits for the converters (docs/data.md, 'Splits').
 
 * ``published``: SSL4MIS's ACDC split of the 100 training-release patients, 70/10/20, with its
   training *order* (the order of ``train_slices.list`` defines which patients are "the first n labelled").

@@ -1,4 +1,4 @@
-"""Random ``AdvMorph`` diffeomorphic warp of the strong view (methods-spec §1.3, strong view step 3).
+"""Random ``AdvMorph`` diffeomorphic warp of the strong view (docs/data.md, 'AdvMorph warp').
 
 After mixing and the photometric jitter, the released code warps the unlabelled images **once per
 batch with probability p = 0.5** (one draw decides for the whole batch) with a random smooth
@@ -14,11 +14,11 @@ diffeomorphism, one field per image:
 6. bilinear ``grid_sample`` of the images.
 
 Only the images are warped, not the pseudo-labels or confidences: that is the released behaviour
-(methods-spec §8.6; it adds label noise of about a pixel and makes the two strong views differ
+(docs/data.md, 'AdvMorph warp'; it adds label noise of about a pixel and makes the two strong views differ
 geometrically inside ``L_eqv``).  Apply the returned image in place of the strong view and keep the
 labels as they are to reproduce it.
 
-Conventions chosen here (the spec does not fix them; each is documented where it is used):
+Conventions chosen here (the released warp's description leaves them open; each is documented where used):
 
 * **Coordinates.** Everything is in ``grid_sample``'s normalised [-1, 1] coordinates with
   ``align_corners=True``: -1 and +1 are the *centres* of the corner pixels, one normalised unit is
@@ -165,7 +165,7 @@ def _to_grid(displacement: torch.Tensor) -> torch.Tensor:
 
 
 def _scaling_and_squaring(velocity: torch.Tensor, steps: int) -> torch.Tensor:
-    """Displacement of exp(velocity) by scaling and squaring (methods-spec §1.3).
+    """Displacement of exp(velocity) by scaling and squaring (step 4 of docs/data.md, 'AdvMorph warp').
 
     ``phi = v / 2**steps``; then ``steps`` times ``phi(x) <- phi(x) + phi(x + phi(x))``, i.e. the map
     ``id + phi`` composed with itself.  The loop over the steps is the only Python loop.
@@ -184,7 +184,7 @@ def _scaling_and_squaring(velocity: torch.Tensor, steps: int) -> torch.Tensor:
 
 def _grid_from_velocity(velocity: torch.Tensor, height: int, width: int, epsilon: float, sigma: float,
                         kernel_size: int, steps: int) -> torch.Tensor:
-    """Steps 2-5 of the warp from raw U(-1, 1) coarse fields (methods-spec §1.3).
+    """Steps 2-5 of the warp from raw U(-1, 1) coarse fields (docs/data.md, 'AdvMorph warp').
 
     Args: velocity (B, 2, h, w) floating, on the target device.
     Returns: (B, H, W, 2) sampling grid in [-1, 1] (align_corners=True convention).
@@ -217,7 +217,7 @@ def diffeomorphic_grid(
     grid_factor: int = 8,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Random diffeomorphic sampling grids, one per image (methods-spec §1.3, AdvMorph).
+    """Random diffeomorphic sampling grids, one per image (docs/data.md, 'AdvMorph warp').
 
     Draws ``batch * 2 * h * w`` values U(-1, 1) from ``generator`` on CPU (h, w from
     :func:`coarse_field_size`, in the order (B, 2, h, w)), moves them to ``device`` and builds the grid
@@ -263,12 +263,13 @@ def random_diffeomorphic_warp(
     steps: int = 8,
     grid_factor: int = 8,
 ) -> torch.Tensor:
-    """Random ``AdvMorph`` warp of a batch of images, once per batch with probability ``p`` (§1.3).
+    """Random ``AdvMorph`` warp of a batch of images, once per batch with probability ``p`` (docs/data.md,
+    'AdvMorph warp').
 
     One u ~ U[0, 1) decides for the whole batch (``u < p`` fires); when it fires every image gets its
     own random diffeomorphism (:func:`diffeomorphic_grid`) and is resampled bilinearly
     (``align_corners=True``, zero padding -- never reached, the grid is clamped to [-1, 1]).  Images
-    only: warp neither pseudo-labels nor confidences, as released (methods-spec §8.6).
+    only: warp neither pseudo-labels nor confidences, as released (docs/data.md, 'AdvMorph warp').
 
     Random numbers: exactly ``1 + B * 2 * h * w`` values are drawn from ``generator`` on every call,
     whether the warp fires or not (h, w = :func:`coarse_field_size` (H, W, grid_factor)); with p = 0

@@ -1,4 +1,4 @@
-"""Augmentations as batched torch ops (methods-spec §1.3).
+"""Augmentations as batched torch ops (docs/data.md, 'Resizing', 'Weak view', 'Strong view').
 
 Three entry points, all vectorised over the batch and device-agnostic (every tensor they
 create lives on the input's device; random numbers come only from an explicit CPU
@@ -10,13 +10,15 @@ create lives on the input's device; random numbers come only from an explicit CP
   rotation, or identity).  ACTION's weak view has no geometric augmentation: call it with
   ``p_rot90_flip=0, p_rotate=0`` (or skip it), i.e. resize only.
 * :func:`strong_augment` -- the strong view of unlabelled images: CutMix / ClassMix / CutOut,
-  then brightness/contrast jitter and Gaussian blur, with the released 8-bit PIL round-trip as
-  an option.  The random ``AdvMorph`` diffeomorphic warp that the released code applies after
-  these steps (methods-spec §1.3, strong view step 3) lives in :mod:`medseg_platform.data.advmorph`;
-  the engine's strong-view adapter chains the two.
+  then brightness/contrast jitter and Gaussian blur, with the released 8-bit PIL round-trip
+  (:mod:`methods.intensity`) by default.  It is :func:`strong_mix` then :func:`strong_perturb`, the two
+  stages that training calls (the engine's strong-view adapter: one mix, then one perturbation per strong
+  draw).  The random ``AdvMorph`` diffeomorphic warp that the released code applies after these steps
+  (docs/data.md, 'AdvMorph warp') lives in :mod:`medseg_platform.data.advmorph`; the adapter
+  chains it after :func:`strong_perturb`.
 
 Nothing is modified in place: every function returns new tensors.  (The released pretraining
-jitter writes into the shared batch tensor, methods-spec §1.3 "Pretraining views" and §8.10;
+jitter writes into the shared batch tensor, docs/data.md, 'Pretraining views';
 that bug is not reproduced.)
 
 Errors for bad input are ``ValueError`` with a one-line message
@@ -31,6 +33,9 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from methods.intensity import round_trip_8bit, to_grey_levels
+from methods.isd_pretrain import PRETRAIN_COINS
 
 __all__ = [
     "WeakParams",
@@ -51,6 +56,9 @@ __all__ = [
     "gaussian_kernels",
     "gaussian_blur",
     "random_gaussian_blur",
+    "strong_mix",
+    "strong_perturb",
+    "pretrain_views",
     "strong_augment",
 ]
 
@@ -158,7 +166,7 @@ def _patch_hw(where: str, patch_size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def _nearest_zoom_indices(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source indices of ``scipy.ndimage.zoom(order=0)`` along one axis (methods-spec §1.3).
+    """Source indices of ``scipy.ndimage.zoom(order=0)`` along one axis (docs/data.md, 'Resizing').
 
     scipy's zoom (``grid_mode=False``) aligns the corner pixels: output index ``o`` samples input
     coordinate ``o * (n_in - 1) / (n_out - 1)``, rounded half up, computed in float64 as scipy does.
@@ -182,7 +190,7 @@ def resize_slice(
     patch_size: int | Sequence[int] = 256,
     image_mode: str = "nearest",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize one slice and its label to the patch size (methods-spec §1.3, weak view, first step).
+    """Resize one slice and its label to the patch size (docs/data.md, 'Resizing').
 
     As released in MONA/ARCO (``scipy.ndimage.zoom`` with order 0 for both), the image and the label
     are resized with corner-aligned nearest neighbour; the indices reproduce scipy's exactly.
@@ -235,7 +243,7 @@ def resize_to_patch(
     patch_size: int | Sequence[int] = 256,
     image_mode: str = "nearest",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize a list of differently sized slices and stack them (methods-spec §1.3).
+    """Resize a list of differently sized slices and stack them (docs/data.md, 'Resizing').
 
     Slices have native sizes (~150-430 px), so each is resized on its own with :func:`resize_slice`
     (a loop over the list is unavoidable); the results are stacked.
@@ -267,7 +275,7 @@ def resize_to_patch(
 
 @dataclass(frozen=True)
 class WeakParams:
-    """Per-sample weak-view parameters, all on CPU (methods-spec §1.3).
+    """Per-sample weak-view parameters, all on CPU (docs/data.md, 'Weak view').
 
     Attributes:
         kind: (B,) int64, 0 identity, 1 rot90 + flip, 2 rotation.
@@ -322,7 +330,7 @@ def sample_weak_params(
     p_rotate: float = 0.25,
     max_angle: int = 20,
 ) -> WeakParams:
-    """Draw the per-sample weak-view choices on CPU (methods-spec §1.3, M/A ``RandomGenerator``).
+    """Draw the per-sample weak-view choices on CPU (docs/data.md, 'Weak view', M/A ``RandomGenerator``).
 
     Probabilities are overall (unconditional): a single u ~ U[0,1) per sample selects rot90+flip if
     u < p_rot90_flip, a rotation if u < p_rot90_flip + p_rotate, identity otherwise.  The released
@@ -388,7 +396,7 @@ def _source_indices(matrix: torch.Tensor, height: int, width: int) -> tuple[torc
 
 
 def apply_weak(image: torch.Tensor, label: torch.Tensor, params: WeakParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply drawn weak-view parameters to a batch (methods-spec §1.3).
+    """Apply drawn weak-view parameters to a batch (docs/data.md, 'Weak view').
 
     Every pixel of image and label is read from the same source pixel (one ``gather`` with a
     per-sample index map), so image and label move identically.  rot90/flip are exact pixel
@@ -433,7 +441,7 @@ def weak_augment(
     p_rotate: float = 0.25,
     max_angle: int = 20,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weak view of a batch as released in MONA/ARCO (methods-spec §1.3, ``RandomGenerator``).
+    """Weak view of a batch as released in MONA/ARCO (docs/data.md, 'Weak view').
 
     Per sample: with overall probability ``p_rot90_flip`` a rot90 by k ~ U{0..3} followed by a flip on
     a random axis; else with overall probability ``p_rotate`` a rotation by an integer angle in
@@ -470,7 +478,7 @@ def weak_augment(
 
 
 def sample_boxes(batch_size: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
-    """Draw one CutMix/CutOut box per image on CPU (methods-spec §1.3, strong view step 2).
+    """Draw one CutMix/CutOut box per image on CPU (docs/data.md, 'Strong view', step 2).
 
     Box area ≈ HW/2: width w ~ U{floor(W/2)+1, ..., W-1}, height h = round(HW/2 / w) (half to even, as
     ``np.round``; at most H), top-left corner uniform over the positions that keep the box inside.
@@ -507,10 +515,9 @@ def classmix_keep_masks(pseudo_label: torch.Tensor, num_classes: int, generator:
     """ClassMix masks: pixels whose class is in a random half of the classes present in their image.
 
     Per image, floor(n/2) of its n present classes are chosen uniformly at random; pixels of those
-    classes are kept from the image itself, the others are taken from the partner.  The spec (§1.3)
-    does not say which side the class mask selects; keeping image i under the mask follows the
-    ReCo-style ``image_i * mask + partner * (1 - mask)`` blend (from memory, not re-checked against the
-    release).  Ignore pixels (-1) are never kept.
+    classes are kept from the image itself, the others are taken from the partner, as the released
+    ``image_i * mask + partner * (1 - mask)`` blend does with its class mask (docs/data.md, 'Strong view').
+    Ignore pixels (-1) are never kept.
 
     Args:
         pseudo_label: (B, H, W) integer in [-1, num_classes).
@@ -553,15 +560,15 @@ def mix_batch(
     mix: str = "cutmix",
     num_classes: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mix each image with its partner (i+1) mod B (methods-spec §1.3, strong view step 2).
+    """Mix each image with its partner (i+1) mod B (docs/data.md, 'Strong view', step 2).
 
     * ``cutmix``: a box of area ≈ HW/2 (:func:`sample_boxes`) is filled from the partner; image,
       pseudo-label and confidence use the same mask.
     * ``classmix``: pixels of a random half of the image's present classes are kept, the rest comes
       from the partner (:func:`classmix_keep_masks`).
-    * ``cutout``: the box is zeroed in the image and the pseudo-label set to -1 (ignore).  The spec
-      does not say what happens to the confidence; it is set to 0 here (the ReCo-style code multiplies
-      it by the keep mask, from memory, not re-checked), which is harmless as the pixels are ignored.
+    * ``cutout``: the box is zeroed in the image and the pseudo-label set to -1 (ignore); the confidence
+      is zeroed there too, as the released code multiplies it by the keep mask (harmless: the pixels are
+      ignored).
     * ``none``: copies.
 
     With B = 1 the partner is the image itself, so cutmix/classmix return copies.
@@ -604,25 +611,9 @@ def mix_batch(
 
 
 # --------------------------------------------------------------------------------------------
-# strong view, step 3: photometric (brightness/contrast jitter, Gaussian blur, 8-bit round trip)
+# strong view, step 3: photometric (brightness/contrast jitter, Gaussian blur; the 8-bit round trip is
+# methods.intensity's)
 # --------------------------------------------------------------------------------------------
-
-
-def _to_grey_levels(x: torch.Tensor) -> torch.Tensor:
-    """``to_pil_image`` of the released code: ``x.mul(255).byte()`` (truncation), kept as floats 0..255.
-
-    Values are clamped to [0, 1] first (the released uint8 cast would wrap around instead).
-    """
-    return torch.floor(x.clamp(0.0, 1.0) * 255.0)
-
-
-def round_trip_8bit(x: torch.Tensor) -> torch.Tensor:
-    """8-bit PIL round trip of the released code (methods-spec §1.3): truncate to 1/255 steps.
-
-    Args: x any shape, floating, nominally in [0, 1].
-    Returns: same shape/dtype, multiples of 1/255 in [0, 1].
-    """
-    return _to_grey_levels(x) / 255.0
 
 
 def _per_sample(factor: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -631,7 +622,7 @@ def _per_sample(factor: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_brightness(x: torch.Tensor, factor: torch.Tensor, levels: int | None = None) -> torch.Tensor:
-    """Brightness jitter, as ``ColorJitter``/PIL ``ImageEnhance.Brightness``: out = factor · x (§1.3).
+    """Brightness jitter, as ``ColorJitter``/PIL ``ImageEnhance.Brightness``: out = factor · x (docs/data.md, 'Strong view').
 
     Args:
         x: (B, C, H, W) floating in [0, hi], hi = ``levels`` or 1.
@@ -652,7 +643,7 @@ def adjust_contrast(x: torch.Tensor, factor: torch.Tensor, levels: int | None = 
     """Contrast jitter: blend with the per-image mean, out = mean + factor · (x − mean).
 
     This is torchvision's definition (factor·x + (1−factor)·mean over all pixels of the greyscale
-    image; for C > 1 the mean is taken over all channels, not over a luma conversion) (§1.3).  With
+    image; for C > 1 the mean is taken over all channels, not over a luma conversion) (docs/data.md, 'Strong view').  With
     ``levels=255`` it follows PIL ``ImageEnhance.Contrast`` on 8-bit images: the mean is rounded to an
     integer grey level and the output truncated.
 
@@ -676,7 +667,7 @@ def color_jitter(
     contrast: tuple[float, float] = (0.75, 1.25),
     levels: int | None = None,
 ) -> torch.Tensor:
-    """Per-image random brightness + contrast jitter (methods-spec §1.3, strong view step 3).
+    """Per-image random brightness + contrast jitter (docs/data.md, 'Strong view', step 3).
 
     With probability ``p`` per image: brightness factor ~ U[brightness], contrast factor ~ U[contrast],
     applied in a random order per image (``ColorJitter`` shuffles its operations; saturation and hue
@@ -759,7 +750,7 @@ def random_gaussian_blur(
     sigma_range: tuple[float, float] = (0.15, _SIGMA_MAX),
     levels: int | None = None,
 ) -> torch.Tensor:
-    """With probability ``p`` per image, blur with sigma ~ U(sigma_range) (methods-spec §1.3, step 3).
+    """With probability ``p`` per image, blur with sigma ~ U(sigma_range) (docs/data.md, 'Strong view', step 3).
 
     Args:
         image: (B, C, H, W) floating.
@@ -779,6 +770,55 @@ def random_gaussian_blur(
     sigma = torch.where(fire, sigma, torch.zeros_like(sigma))
     out = gaussian_blur(image, _to_device(sigma, image.device))
     return out if levels is None else torch.floor(out + 0.5)
+
+
+def pretrain_views(
+    image: torch.Tensor,
+    generator: torch.Generator,
+    coins: str = "per_batch",
+    p_jitter: float = 0.5,
+    p_blur: float = 0.5,
+    factors: tuple[float, float] = (0.8, 1.2),
+    sigma_range: tuple[float, float] = (0.15, _SIGMA_MAX),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ISD pretraining views of a batch: ``(jittered, teacher)`` (docs/data.md, 'Pretraining views').
+
+    ``jittered`` is the batch after the colour jitter only, ``teacher`` is ``jittered`` then blurred.
+
+    * ``coins="per_batch"`` (released): one jitter decision for the batch (``p_jitter``); when it fires, every
+      image gets its own brightness and contrast factors in ``factors`` in a random order, continuous (the
+      released jitter works on the float tensor); then one blur decision and one sigma ~ U(sigma_range) for the
+      batch (``p_blur``); when it fires the blur runs on 8-bit grey levels as the released PIL path does
+      (truncation to grey levels, blur, rounding, /255), otherwise ``teacher`` is ``jittered`` unchanged. The
+      released jitter writes in place into the batch the student reads; the caller reproduces that by giving
+      ``jittered`` to the student.
+    * ``coins="per_image"``: per-image jitter (``p_jitter``) then per-image blur (``p_blur``), both continuous.
+
+    Args:
+        image: (B, C, H, W) floating in [0, 1].
+        generator: CPU generator.
+    Returns: two new (B, C, H, W) tensors.
+    """
+    where = "pretrain_views"
+    _check_image_batch(where, "image", image)
+    _check_generator(where, generator)
+    _check_probability(where, "p_jitter", p_jitter)
+    _check_probability(where, "p_blur", p_blur)
+    _check_range_pair(where, "factors", factors)
+    _check_range_pair(where, "sigma_range", sigma_range)
+    if coins not in PRETRAIN_COINS:
+        raise _fail(where, f"coins must be one of {PRETRAIN_COINS}, got {coins!r}", "e.g. coins='per_batch'")
+    if coins == "per_image":
+        jittered = color_jitter(image, generator, p_jitter, brightness=factors, contrast=factors)
+        return jittered, random_gaussian_blur(jittered, generator, p_blur, sigma_range)
+    jitter = bool(torch.rand((), generator=generator) < p_jitter)  # a CPU draw: no device sync
+    jittered = color_jitter(image, generator, 1.0, brightness=factors, contrast=factors) if jitter else image.clone()
+    blur = bool(torch.rand((), generator=generator) < p_blur)
+    sigma = torch.empty((), dtype=torch.float64).uniform_(*sigma_range, generator=generator)
+    if not blur:
+        return jittered, jittered.clone()
+    sigmas = _to_device(sigma.expand(image.shape[0]).clone(), image.device)
+    return jittered, torch.floor(gaussian_blur(to_grey_levels(jittered), sigmas) + 0.5) / 255.0
 
 
 def _check_value_ranges(where: str, image: torch.Tensor, pseudo_label: torch.Tensor,
@@ -804,6 +844,62 @@ def _check_value_ranges(where: str, image: torch.Tensor, pseudo_label: torch.Ten
                     "pass argmax class ids (or -1 for ignore)")
 
 
+def strong_mix(
+    image: torch.Tensor,
+    pseudo_label: torch.Tensor,
+    confidence: torch.Tensor,
+    generator: torch.Generator,
+    mix: str = "cutmix",
+    quantise_8bit: bool = True,
+    num_classes: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """First stage of the strong view (docs/data.md, 'Strong view', step 2): mix, then the released 8-bit round trip.
+
+    :func:`mix_batch` with partner (i+1) mod B, then with ``quantise_8bit`` the mixed image and confidence go
+    through :func:`methods.intensity.round_trip_8bit` (the released code hands both to PIL as 8-bit images).
+    Training calls it once per step and :func:`strong_perturb` once per strong draw (MONA draws two from one
+    mix); :func:`strong_augment` chains the two.
+
+    Args: as :func:`mix_batch`; ``quantise_8bit``: False keeps everything continuous.
+    Returns: new image (B, C, H, W) (multiples of 1/255 with ``quantise_8bit``), pseudo_label (B, H, W),
+    confidence (B, H, W), with the input dtypes.
+    """
+    image, pseudo_label, confidence = mix_batch(image, pseudo_label, confidence, generator, mix, num_classes)
+    if quantise_8bit:
+        image, confidence = round_trip_8bit(image), round_trip_8bit(confidence)
+    return image, pseudo_label, confidence
+
+
+def strong_perturb(
+    image: torch.Tensor,
+    generator: torch.Generator,
+    p_jitter: float = 0.5,
+    p_blur: float = 0.5,
+    quantise_8bit: bool = True,
+) -> torch.Tensor:
+    """Second stage of the strong view (docs/data.md, 'Strong view', step 3): photometric jitter then blur, per image.
+
+    With ``p_jitter`` brightness and contrast factors ~ U[0.75, 1.25] in a random order (:func:`color_jitter`),
+    then with ``p_blur`` a Gaussian blur with sigma ~ U(0.15, 1.15) (:func:`random_gaussian_blur`).
+    With ``quantise_8bit`` (the released PIL path) the image is taken to grey levels 0..255 first
+    (:func:`methods.intensity.to_grey_levels`; exact for an image that :func:`strong_mix` already round-tripped),
+    jitter and blur compute on grey levels with PIL's integer rounding (truncation after each jitter operation,
+    rounding after the blur -- PIL's blur rounding is approximated), and the result is divided by 255.
+    Without it everything stays continuous.
+
+    Args:
+        image: (B, C, H, W) floating in [0, 1].
+        generator: CPU generator (6 values per image).
+    Returns: new (B, C, H, W) tensor (multiples of 1/255 with ``quantise_8bit``).
+    """
+    levels = 255 if quantise_8bit else None
+    if quantise_8bit:
+        image = to_grey_levels(image)
+    image = color_jitter(image, generator, p_jitter, levels=levels)
+    image = random_gaussian_blur(image, generator, p_blur, levels=levels)
+    return image / 255.0 if quantise_8bit else image
+
+
 def strong_augment(
     image: torch.Tensor,
     pseudo_label: torch.Tensor,
@@ -816,7 +912,8 @@ def strong_augment(
     num_classes: int | None = None,
     check_values: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Strong view of unlabelled images (methods-spec §1.3, strong view steps 2-3; used as in §1.7).
+    """Strong view of unlabelled images (docs/data.md, 'Strong view', steps 2-3; docs/shared.md, 'Pseudo-label loss'):
+    :func:`strong_mix` then :func:`strong_perturb`, with input checks.
 
     1. Mixing with partner (i+1) mod B (:func:`mix_batch`; ``cutmix`` in all released scripts).
     2. With ``quantise_8bit`` the mixed image and confidence go through the released 8-bit PIL round
@@ -827,9 +924,11 @@ def strong_augment(
        random order (:func:`color_jitter`), then with ``p_blur`` a Gaussian blur with sigma ~
        U(0.15, 1.15) (:func:`random_gaussian_blur`).  Only the image is changed.
 
-    Not part of this function: the random ``AdvMorph`` warp of the images that the released code applies
-    afterwards (once per batch with p=0.5; :func:`medseg_platform.data.advmorph.random_diffeomorphic_warp`);
-    crop/rescale are identities at the patch size and are not implemented.
+    Training runs the same two stages through the engine's strong-view adapter
+    (``medseg_platform.engine.augmentation.StrongAugmentAdapter``), which adds the random ``AdvMorph`` warp of
+    the images that the released code applies afterwards (once per batch with p=0.5;
+    :func:`medseg_platform.data.advmorph.random_diffeomorphic_warp`); crop/rescale are identities at the patch
+    size and are not implemented.
 
     Args:
         image: (B, C, H, W) floating in [0, 1] (the weak view).
@@ -857,13 +956,5 @@ def strong_augment(
     if check_values:
         _check_value_ranges(where, image, pseudo_label, confidence, num_classes)
 
-    image, pseudo_label, confidence = mix_batch(image, pseudo_label, confidence, generator, mix, num_classes)
-    levels = 255 if quantise_8bit else None
-    if quantise_8bit:
-        image = _to_grey_levels(image)
-        confidence = round_trip_8bit(confidence)
-    image = color_jitter(image, generator, p_jitter, levels=levels)
-    image = random_gaussian_blur(image, generator, p_blur, levels=levels)
-    if quantise_8bit:
-        image = image / 255.0
-    return image, pseudo_label, confidence
+    image, pseudo_label, confidence = strong_mix(image, pseudo_label, confidence, generator, mix, quantise_8bit, num_classes)
+    return strong_perturb(image, generator, p_jitter, p_blur, quantise_8bit), pseudo_label, confidence

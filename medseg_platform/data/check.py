@@ -1,4 +1,4 @@
-"""``medseg data check DIR``: validate a dataset in the SSL4MIS/ACDC layout (methods-spec §1.1).
+"""``medseg data check DIR``: validate a dataset in the SSL4MIS/ACDC layout (docs/data.md, 'ACDC layout').
 
 Every listed slice and volume is opened and checked: the file exists and is readable HDF5, has
 ``image`` and ``label`` of equal shape (2-D slices, 3-D volumes), a floating-point image that is finite

@@ -1,4 +1,4 @@
-"""Converters from raw NIfTI data to the SSL4MIS/ACDC layout (methods-spec §1.1).
+"""Converters from raw NIfTI data to the SSL4MIS/ACDC layout (docs/data.md, 'ACDC layout').
 
 ``medseg data convert-acdc RAW_DIR OUT_DIR``
     The ACDC challenge release: ``patientNNN/`` folders anywhere under RAW_DIR (e.g. ``training/`` and
@@ -330,7 +330,8 @@ def convert_acdc(
     warn: Log = _quiet,
     class_names: Sequence[str] = ACDC_CLASS_NAMES,
 ) -> ConversionResult:
-    """Convert the ACDC release under ``raw_dir`` to the SSL4MIS layout in ``out_dir`` (methods-spec §1.1).
+    """Convert the ACDC release under ``raw_dir`` to the SSL4MIS layout in ``out_dir`` (docs/data.md,
+    'ACDC layout').
 
     ``split.kind == "published"`` uses SSL4MIS's split and order restricted to the patients present (``warn``
     reports missing and extra patients; extras are not converted). ``class_names``: names of labels 1..3 for

@@ -1,8 +1,8 @@
-"""In-memory training slices for fast batching (methods-spec §1.1, §1.2).
+"""In-memory training slices for fast batching (docs/data.md, 'Batches and epochs').
 
 Training draws 4 labelled + 4 unlabelled slices per step from at most a few thousand slices (ACDC:
 1312 slices; at 256×256 that is 344 MB of float32 images and 86 MB of uint8 labels). We therefore read
-every slice once, resize it to the patch size (nearest, as released; methods-spec §1.3) and keep the
+every slice once, resize it to the patch size (nearest, as released; docs/data.md, 'Resizing') and keep the
 stack in memory; a batch is then one fancy-index into a tensor, with no per-step file I/O and no
 DataLoader worker processes (``benchmarks/bench_loader.py`` measures both paths).
 """
@@ -69,5 +69,6 @@ class SliceBank(Dataset):
         return self.images[indices], self.labels[indices].long()
 
     def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """B indices drawn uniformly with replacement (the released ``RandomSampler(replacement=True)``, §1.2)."""
+        """B indices drawn uniformly with replacement (the released ``RandomSampler(replacement=True)``; docs/data.md,
+        'Batches and epochs')."""
         return torch.randint(len(self.slice_ids), (batch_size,), generator=generator)

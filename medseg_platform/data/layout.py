@@ -1,4 +1,4 @@
-"""The SSL4MIS/ACDC processed dataset layout: reader and writer (methods-spec §1.1).
+"""The SSL4MIS/ACDC processed dataset layout: reader and writer (docs/data.md, 'ACDC layout').
 
 A dataset root holds::
 

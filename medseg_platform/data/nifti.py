@@ -1,4 +1,4 @@
-"""Reading NIfTI image/label pairs the way SSL4MIS preprocessed ACDC (methods-spec §1.1).
+"""Reading NIfTI image/label pairs the way SSL4MIS preprocessed ACDC (docs/data.md, 'Preprocessing').
 
 Axis convention (exact): nibabel returns a NIfTI array in file storage order ``(X, Y, Z)`` = ``(i, j, k)``
 without reorienting; SSL4MIS read the same files with SimpleITK's ``GetArrayFromImage``, which returns
@@ -133,7 +133,7 @@ def to_dhw(array_xyz: np.ndarray) -> np.ndarray:
 
 
 def minmax_normalise(image: np.ndarray, where: str | Path) -> np.ndarray:
-    """Per-volume min-max to ``[0, 1]``: any-dtype D×H×W -> float32 D×H×W (methods-spec §1.1).
+    """Per-volume min-max to ``[0, 1]``: any-dtype D×H×W -> float32 D×H×W (docs/data.md, 'Preprocessing').
 
     Raises :class:`DataError` naming ``where`` for NaN/inf voxels or a constant volume.
     """
@@ -186,7 +186,7 @@ class LoadedCase:
 
 
 def load_pair(image_path: str | Path, label_path: str | Path, num_classes: int) -> LoadedCase:
-    """Read, check and preprocess one image/label pair (methods-spec §1.1; axis mapping in the module doc).
+    """Read, check and preprocess one image/label pair (docs/data.md, 'Preprocessing'; axes: module doc).
 
     Errors name the offending file: shape mismatch (from the headers, before reading voxels), NaN/inf or
     constant image, label values outside ``0..num_classes-1``.

@@ -1,7 +1,7 @@
 """The embedded default dataset: a synthetic cardiac short-axis cine MRI phantom (``medseg data phantom``).
 
-The phantom is written in the SSL4MIS/ACDC layout (methods-spec §1.1) through the layout writers, so the
-platform's default path exercises the same reader as real ACDC. Each patient ``patientNNN`` (001, 002, ...)
+The phantom is written in the SSL4MIS/ACDC layout (docs/data.md, 'ACDC layout') through the layout writers, so
+the platform's default path exercises the same reader as real ACDC. Each patient ``patientNNN`` (001, 002, ...)
 has two frames, ``patientNNN_frame01`` (ED) and ``patientNNN_frame02`` (ES), of 6-10 base-to-apex slices.
 The anatomy (see :mod:`medseg_platform.data.phantom_anatomy`): a bright LV blood pool (label 3, papillary
 muscles included) inside a dark myocardial ring (2), a bright RV crescent on the septal side (1) that

@@ -2,7 +2,7 @@
 
 One patient is a :class:`PatientParams` drawn from a ``numpy.random.Generator``; :func:`synthesize_case`
 turns it into one frame (ED or ES) as ``image`` float32 D×H×W in [0, 1] and ``label`` uint8 D×H×W
-(0 background, 1 RV, 2 Myo, 3 LV; methods-spec §1.1).
+(0 background, 1 RV, 2 Myo, 3 LV; docs/data.md, 'ACDC layout').
 
 Geometry lives in millimetres: a pixel centre ``(i, j)`` of an ``H×W`` slice sits at
 ``x = (j - (W-1)/2)·s``, ``y = (i - (H-1)/2)·s`` (``s`` in-plane spacing; ``x`` to the image right,
@@ -324,7 +324,7 @@ def _downsample(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _normalise(image: np.ndarray) -> np.ndarray:
-    """Min-max normalise a whole volume to [0, 1] float32 (methods-spec §1.1)."""
+    """Min-max normalise a whole volume to [0, 1] float32 (docs/data.md, 'Preprocessing')."""
     lo, hi = float(image.min()), float(image.max())
     out = (image - lo) / max(hi - lo, 1e-12)
     return np.clip(out, 0.0, 1.0).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Labelled subsets by patient count (methods-spec §1.1 "Label fraction -> slices").
+"""Labelled subsets by patient count (docs/data.md, 'Labelled subsets').
 
 The ACDC literature names its settings in percent but means patients: 1 / 3 / 7 of the 70 training
 patients are called 1% / 5% / 10%. Here a label fraction is always resolved to a number of whole
@@ -17,11 +17,16 @@ Which patients (``strategy``):
 * ``random``: a seeded random subset of n patients (a different subset per seed).
 * ``released_slices``: as released (``patients_to_slices``): the first N *slices* of
   ``train_slices.list`` with N from the released table {1: 23, 3: 68, 7: 136, ...}. For 1 patient this
-  is 23 slices = patient099's ED frame plus 7 slices of its ES frame (a partial patient, bug §8.16);
-  for 3 and 7 it equals ``published``. Only meaningful on the SSL4MIS ACDC list.
+  is 23 slices = patient099's ED frame plus 7 slices of its ES frame (a partial patient); for 3 and 7 it
+  equals ``published``. The table belongs to the SSL4MIS ACDC list (1312 slices of 70 patients,
+  :func:`has_released_slices`); on any other list this strategy is a :class:`ConfigError` (the released
+  scripts have no count for it either: ``patients_to_slices`` fails on an unknown dataset).
 
 Zero patients, more patients than available, or a malformed fraction are :class:`ConfigError`.
 The labelled patient ids are part of every result (``LabelledSubset.to_dict``).
+
+:func:`epoch_steps` is the released fine-tuning "epoch" of a subset, ``floor(N_u / B_u)`` steps (docs/data.md,
+'Batches and epochs'), the unit of MONA/ARCO's α_t schedule.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from medseg_platform.errors import ConfigError
 
 STRATEGIES = ("published", "random", "released_slices")
 
-#: The published ACDC settings: percent -> patients out of 70 (dataset_split/README, methods-spec §1.1).
+#: The published ACDC settings: percent -> patients out of 70 (dataset_split/README; docs/data.md, 'Labelled subsets').
 PUBLISHED_PERCENT_TO_PATIENTS = {1.0: 1, 5.0: 3, 10.0: 7}
 PUBLISHED_TRAIN_PATIENTS = 70
 
@@ -157,8 +162,12 @@ def select_labelled(
                 f"(known: {sorted(RELEASED_ACDC_SLICES)}); use strategy 'published'"
             )
         n_slices = RELEASED_ACDC_SLICES[count.patients]
-        if n_slices > len(train_slices):
-            raise ConfigError(f"labelled strategy released_slices: needs {n_slices} slices but train_slices.list has {len(train_slices)}")
+        if not has_released_slices(train_slices):
+            raise ConfigError(
+                f"labelled strategy released_slices: the released slice counts belong to the SSL4MIS ACDC list "
+                f"({RELEASED_ACDC_SLICES[PUBLISHED_TRAIN_PATIENTS]} slices of {PUBLISHED_TRAIN_PATIENTS} patients), this "
+                f"train_slices.list has {len(train_slices)} slices of {len(ordering)} patients (use strategy 'published')"
+            )
         labelled = tuple(train_slices[:n_slices])
         unlabelled = tuple(train_slices[n_slices:])
         patients = tuple(unique_in_order(slice_patients[:n_slices]))
@@ -177,6 +186,22 @@ def select_labelled(
     labelled = tuple(s for s, m in zip(train_slices, mask) if m)
     unlabelled = tuple(s for s, m in zip(train_slices, mask) if not m)
     return LabelledSubset(count, strategy, seed, tuple(chosen), labelled, unlabelled)
+
+
+def has_released_slices(train_slices: Sequence[str]) -> bool:
+    """Whether ``train_slices`` (``train_slices.list`` in order) is the list the released slice counts were made for:
+    the SSL4MIS ACDC training list, 1312 slices of 70 patients (:data:`RELEASED_ACDC_SLICES`)."""
+    patients = unique_in_order(patient_of_case(case_of_slice(s)) for s in train_slices)
+    return len(train_slices) == RELEASED_ACDC_SLICES[PUBLISHED_TRAIN_PATIENTS] and len(patients) == PUBLISHED_TRAIN_PATIENTS
+
+
+def epoch_steps(subset: LabelledSubset, unlabelled_batch: int) -> int:
+    """The released fine-tuning epoch of ``subset``: ``max(1, floor(N_u / unlabelled_batch))`` steps, N_u = its
+    unlabelled slices (the length of the released unlabelled loader, ``drop_last``: 322 / 311 / 294 steps at
+    1 / 3 / 7 released ACDC patients with batch 4). Pass the effective batch (``B_u`` x data-parallel workers)."""
+    if isinstance(unlabelled_batch, bool) or not isinstance(unlabelled_batch, int) or unlabelled_batch < 1:
+        raise ConfigError(f"epoch_steps: unlabelled_batch must be an int >= 1, got {unlabelled_batch!r} (pass data.unlabelled_batch)")
+    return max(1, len(subset.unlabelled_slices) // unlabelled_batch)
 
 
 def select_labelled_from_layout(layout: AcdcLayout, fraction: str | int | float, strategy: str = "published", seed: int | None = None) -> LabelledSubset:

@@ -1,4 +1,4 @@
-"""Evaluation: per-case, per-class metrics, slice-wise volume prediction, folder scoring (methods-spec §1.10).
+"""Evaluation: per-case, per-class metrics, slice-wise volume prediction, folder scoring (docs/evaluation.md).
 
 Modules: :mod:`.metrics` (Dice/Jaccard/HD95/ASD, medpy-compatible), :mod:`.predict` (``predict_volume``,
 imports torch), :mod:`.scoring` (folders → per_case.csv/summary), :mod:`.cli` (``medseg evaluate``).
@@ -12,6 +12,7 @@ import importlib
 _EXPORTS = {
     "METRICS": "metrics",
     "binary_metrics": "metrics",
+    "distance_spacing": "metrics",
     "evaluate_case": "metrics",
     "summarize": "metrics",
     "surface": "metrics",

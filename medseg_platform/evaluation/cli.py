@@ -1,4 +1,5 @@
-"""``medseg evaluate``: score a folder of predicted volumes against ground truth (methods-spec §1.10).
+"""``medseg evaluate``: score a folder of predicted volumes against ground truth (docs/evaluation.md,
+'Evaluating outside a study').
 
 Imports nothing heavy at module level (no torch, no medpy); the work is in :mod:`.scoring`.
 """

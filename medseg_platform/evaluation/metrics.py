@@ -1,4 +1,4 @@
-"""Overlap and surface-distance metrics per case and foreground class (methods-spec §1.10).
+"""Overlap and surface-distance metrics per case and foreground class (docs/evaluation.md, 'Metrics').
 
 Metrics of a prediction ``P`` against ground truth ``G`` (binary masks of equal shape, any ndim):
 
@@ -16,7 +16,8 @@ minus its binary erosion by the connectivity-1 cross, with everything outside th
 background (``scipy.ndimage.binary_erosion``'s default ``border_value=0``), so mask voxels on the array
 border are surface voxels. d(P→G) is, for each surface voxel of P, the Euclidean distance (axes scaled by
 ``spacing``) to the nearest surface voxel of G. Units: voxels when ``spacing`` is None, else the spacing's
-unit (mm).
+unit (mm). A trial's ``eval.distance_units`` chooses between them (:func:`distance_spacing`; "voxel" is the
+released evaluation's, docs/evaluation.md, 'Units').
 
 Speed: distances are computed on the bounding box of P∪G only, one pass over the label volumes finds the
 boxes of all classes, and one histogram gives all overlaps. Cropping changes nothing: every surface voxel
@@ -27,7 +28,7 @@ same, complete set of surface voxels.
 Empty masks (``empty_policy``), for each foreground class:
 
 ===================  ==================================  ==========================
-case                 ``"nan"`` (default)                 ``"released"`` (§1.10)
+case                 ``"nan"`` (default)                 ``"released"``
 ===================  ==================================  ==========================
 both non-empty       computed                            computed
 G empty, P empty     all NaN (undefined)                 dice=jaccard=0, distances 0
@@ -35,25 +36,27 @@ G empty, P non-empty all NaN (undefined)                 dice=jaccard=1, distanc
 G non-empty, P empty dice=jaccard=0, distances NaN       dice=jaccard=0, distances 0
 ===================  ==================================  ==========================
 
-NaN means "undefined, excluded from means and counted" (see :func:`summarize`). No policy raises.
+NaN means "undefined, excluded from means and counted" (see :func:`summarize`; docs/evaluation.md, 'Empty
+masks'). No policy raises.
 This module does not import torch or medpy (medpy is imported only for ``backend="medpy"``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from medseg_platform.errors import ConfigError, DataError
+from medseg_platform.stats import defined, nan_mean
 
 METRICS = ("dice", "jaccard", "hd95", "asd", "assd")
 """Metric keys in every result row, in report order."""
 
 EMPTY_POLICIES = ("nan", "released")
 BACKENDS = ("ours", "medpy")
+DISTANCE_UNITS = ("mm", "voxel")  # EvalConfig.distance_units
 
 _NAN = float("nan")
 
@@ -77,6 +80,15 @@ def normalise_spacing(spacing: Sequence[float] | float | None, ndim: int, where:
     if values.size != ndim or not np.all(np.isfinite(values)) or not np.all(values > 0):
         raise DataError(f"{where}: expected {ndim} positive numbers (one per array axis), got {spacing!r}")
     return tuple(float(v) for v in values)
+
+
+def distance_spacing(spacing: Sequence[float] | float | None, units: str) -> Sequence[float] | float | None:
+    """The spacing to measure HD95/ASD with under ``eval.distance_units``: ``spacing`` itself for ``"mm"`` (so
+    volumes without one are measured in voxels anyway), None for ``"voxel"`` (the released evaluation passes no
+    spacing; docs/evaluation.md, 'Units'). An unknown ``units`` is a :class:`ConfigError`."""
+    if units not in DISTANCE_UNITS:
+        raise ConfigError(f"eval.distance_units: unknown value {units!r} (use one of {', '.join(DISTANCE_UNITS)})")
+    return spacing if units == "mm" else None
 
 
 # ------------------------------------------------------------------------------- core (crops)
@@ -267,12 +279,12 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing: S
 
 # ------------------------------------------------------------------------------------- summary
 def _nan_stats(values: np.ndarray) -> dict[str, float | int]:
-    defined = values[~np.isnan(values)]
+    kept = defined(values)
     return {
-        "mean": float(defined.mean()) if defined.size else _NAN,
-        "std": float(defined.std()) if defined.size else _NAN,
-        "n_defined": int(defined.size),
-        "n_undefined": int(values.size - defined.size),
+        "mean": nan_mean(kept),
+        "std": float(kept.std()) if kept.size else _NAN,
+        "n_defined": int(kept.size),
+        "n_undefined": int(values.size - kept.size),
     }
 
 
@@ -301,23 +313,12 @@ def summarize(rows: Iterable[Mapping], metrics: Sequence[str] = METRICS) -> dict
         for c, stats in per_class.items():
             summary["classes"].setdefault(c, {})[metric] = stats
         class_means = np.array([s["mean"] for s in per_class.values()], dtype=np.float64)
-        defined_rows = ~np.all(np.isnan(table), axis=1)
-        case_means = np.full(len(cases), np.nan)
-        if defined_rows.any():
-            masked = np.where(np.isnan(table[defined_rows]), 0.0, table[defined_rows])
-            counts = (~np.isnan(table[defined_rows])).sum(axis=1)
-            case_means[defined_rows] = masked.sum(axis=1) / counts
+        case_means = np.asarray([nan_mean(row) for row in table], dtype=np.float64)
         case_stats = _nan_stats(case_means)
-        defined_means = class_means[~np.isnan(class_means)]
         summary["mean"][metric] = {
-            "mean": float(defined_means.mean()) if defined_means.size else _NAN,
+            "mean": nan_mean(class_means),
             "std": case_stats["std"],
             "n_defined": int(np.count_nonzero(~np.isnan(table))),
             "n_undefined": int(np.count_nonzero(np.isnan(table))),
         }
     return summary
-
-
-def is_nan(value) -> bool:
-    """True for a float NaN (helper for writers that turn NaN into null/empty)."""
-    return isinstance(value, float) and math.isnan(value)

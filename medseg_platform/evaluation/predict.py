@@ -1,4 +1,4 @@
-"""Slice-wise prediction of a whole volume with a 2-D model (methods-spec §1.10).
+"""Slice-wise prediction of a whole volume with a 2-D model (docs/evaluation.md, 'Slice-wise prediction').
 
 For a volume ``image`` (D, H, W) float32 the D slices are, in batches: resized to ``patch_size`` by
 nearest neighbour, passed through the model in eval mode without gradients, reduced by argmax over the

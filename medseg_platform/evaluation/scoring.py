@@ -1,4 +1,5 @@
-"""Evaluate a folder of predicted volumes against ground truth (the engine of ``medseg evaluate``, §1.10).
+"""Evaluate a folder of predicted volumes against ground truth (the engine of ``medseg evaluate``;
+docs/evaluation.md, 'Evaluating outside a study').
 
 Inputs
 ------

@@ -14,9 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from medseg_platform.engine import QUALITATIVE_FILE, QualitativeSlices
+from medseg_platform.engine import QualitativeSlices
 from medseg_platform.data.layout import Volume
-from medseg_platform.results import trial_key, write_trial_error, write_trial_results
+from medseg_platform.results import QUALITATIVE_FILE, trial_key, write_trial_error, write_trial_results
 
 CASES = [f"patient{i:03d}_frame01" for i in range(8)]
 

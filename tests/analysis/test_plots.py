@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from matplotlib.figure import Figure
 
@@ -40,6 +42,19 @@ def test_class_bars_per_label_fraction(records, colours):
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["MONA", "Mean teacher", "ARCO-SG"]
     assert plots.class_bars(df, "hd95", colours, plots.distance_unit(records)).axes[0].get_ylabel() == "HD95 (mm)"
     assert isinstance(plots.class_bars(df.iloc[0:0], "dice", colours), plots.Skipped)
+
+
+def test_distance_unit_reads_eval_distance_units_before_the_volume_spacing(records):
+    def with_units(record, units):
+        config = {**record.result["config"], "eval": {**record.result["config"]["eval"], "distance_units": units}}
+        return dataclasses.replace(record, result={**record.result, "config": config})
+
+    assert plots.distance_unit(records) == "mm"  # the fake volumes carry a spacing, the configs say nothing
+    assert plots.distance_unit([with_units(r, "mm") for r in records]) == "mm"
+    assert plots.distance_unit([with_units(r, "voxel") for r in records]) == "voxels"  # spacing ignored
+    mixed = [with_units(r, "voxel" if i % 2 else "mm") for i, r in enumerate(records)]
+    assert plots.distance_unit(mixed) is None
+    assert plots.metric_axis_label("hd95", plots.distance_unit(mixed)) == "HD95 (mm or voxels, as evaluated)"
 
 
 def test_curves_vs_label_fraction_and_ablation_axis(records, colours, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -93,3 +94,23 @@ def test_report_lists_still_rising_and_collapsed_trials_and_marks_their_cells(st
     cells = [c.strip() for c in mona_line.split("|")[2:-1]]
     assert all(c.endswith("§") for c in cells[:4]) and not any("§" in c for c in cells[4:])
     assert "§ 4 of 24 cells include a trial whose validation Dice" in text and ": 2 trials in all" in text
+
+
+def test_report_states_the_protocol_and_what_the_trials_did(study):
+    head = "- **Protocol**: {0} (`--protocol {0}`; docs/evaluation.md, 'Released evaluation protocol'): "
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert (head.format("corrected") + "model selected on val; undefined values of empty masks left out (NaN); HD95/ASD in "
+            "mm where the volumes have a spacing (else voxels); labelled: whole patients in the published order\n") in text
+    for path in (study / "trials").glob("*/result.json"):  # what --protocol released gives on the phantom
+        if path.read_text(encoding="utf-8") == "{truncated":  # the fake study's corrupt trial
+            continue
+        result = json.loads(path.read_text(encoding="utf-8"))
+        result["config"]["eval"].update(selection="final", empty_policy="released", distance_units="voxel")
+        path.write_text(json.dumps(result), encoding="utf-8")
+    settings = json.loads((study / "settings.json").read_text(encoding="utf-8"))
+    (study / "settings.json").write_text(json.dumps({**settings, "protocol": "released"}), encoding="utf-8")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert (head.format("released") + "final-iteration weights tested; an empty prediction scored as distance 0; HD95/ASD "
+            "in voxels; labelled: whole patients in the published order (the released slice counts exist only for the "
+            "SSL4MIS ACDC list)\n") in text
+    assert "(validation every 20; final-iteration weights tested)" in text

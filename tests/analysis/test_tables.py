@@ -274,13 +274,14 @@ def test_write_tables_writes_every_file_atomically(records, tmp_path):
     assert tables.to_markdown(back, "dice") == paths[0].read_text(encoding="utf-8")  # CSV round trip keeps layout
 
 
-def test_summarize_and_print_summary(study, tmp_path, capsys):
+def test_problems_and_print_summary(study, tmp_path, capsys):
     root = make_study(tmp_path / "s")
     write_trial(root, MT, 0, FEW, 0, max_steps=200)  # same method, fraction, seed with a changed config
     write_trial_error(root / "trials" / "broken", config={"objective": "mona"}, tags={}, seed=3, error="CUDA OOM")
     (root / "trials" / "corrupt").mkdir()
     (root / "trials" / "corrupt" / "result.json").write_text("{trunc", encoding="utf-8")
-    records, problems = tables.summarize_study(root)
+    records, problems = scan_study(root)
+    problems += tables.duplicate_seeds(records)  # as the report lists them
     assert len(records) == 9
     assert any("CUDA OOM" in p for p in problems) and any(p.startswith("corrupt result") for p in problems)
     assert any(p.startswith("duplicate trials") and MT in p and "seed 0" in p for p in problems)

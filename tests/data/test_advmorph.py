@@ -1,4 +1,4 @@
-"""Tests for medseg_platform.data.advmorph (methods-spec §1.3 AdvMorph, §8.6)."""
+"""Tests for medseg_platform.data.advmorph (docs/data.md, 'AdvMorph warp')."""
 
 import pytest
 import torch

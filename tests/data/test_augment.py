@@ -1,4 +1,4 @@
-"""Tests for medseg_platform.data.augment (methods-spec §1.3)."""
+"""Tests for medseg_platform.data.augment (docs/data.md, 'Weak view', 'Strong view', '8-bit round trip')."""
 
 import numpy as np
 import pytest
@@ -354,6 +354,42 @@ def test_strong_seed_reproduces_and_does_not_modify_inputs():
     assert all(torch.equal(x, y) for x, y in zip((image, label, conf), copies))
 
 
+@pytest.mark.parametrize("mix", ["cutmix", "classmix"])
+def test_training_adapter_runs_strong_augment(mix):
+    """What training hands the objectives (engine StrongAugmentAdapter: mix, then perturb; no warp here) is
+    strong_augment's output, draw for draw, with the released 8-bit integer jitter and blur."""
+    from medseg_platform.engine import StrongAugmentAdapter
+
+    g = gen(0)
+    image, label = torch.rand(4, 1, 24, 24, generator=g), torch.randint(0, 4, (4, 24, 24), generator=g)
+    conf = torch.rand(4, 24, 24, generator=g)
+    adapter = StrongAugmentAdapter(gen(9), mix, num_classes=4, advmorph_p=0.0)
+    mixed = adapter.mix(image, label, conf)
+    view = adapter.perturb(mixed.image)
+    expected = A.strong_augment(image, label, conf, gen(9), mix=mix, num_classes=4)
+    assert torch.equal(view, expected[0]) and torch.equal(mixed.pseudo_label, expected[1])
+    assert torch.equal(mixed.confidence, expected[2])
+    assert not torch.equal(view, mixed.image)  # jitter/blur fired (8 draws at p = 0.5 each)
+    # the continuous variant of the same draws is a different view: the integer rounding is what training runs
+    continuous = A.strong_augment(image, label, conf, gen(9), mix=mix, num_classes=4, quantise_8bit=False)[0]
+    assert not torch.allclose(view, continuous, atol=1e-4)
+
+
+def test_perturb_draws_again_from_one_mix():
+    """MONA's two strong draws share one mix: each perturb is a new strong_perturb draw of the same mixed image."""
+    from medseg_platform.engine import StrongAugmentAdapter
+
+    image, label, conf = torch.rand(4, 1, 16, 16, generator=gen(1)), torch.zeros(4, 16, 16, dtype=torch.long), torch.rand(4, 16, 16)
+    adapter = StrongAugmentAdapter(gen(2), "cutmix", num_classes=4, advmorph_p=0.0)
+    mixed = adapter.mix(image, label, conf)
+    first, second = adapter.perturb(mixed.image), adapter.perturb(mixed.image)
+    reference = gen(2)
+    A.strong_mix(image, label, conf, reference, "cutmix", num_classes=4)
+    assert torch.equal(first, A.strong_perturb(mixed.image, reference))
+    assert torch.equal(second, A.strong_perturb(mixed.image, reference))
+    assert not torch.equal(first, second)
+
+
 @pytest.mark.parametrize("change", [
     dict(image=torch.rand(4, 16, 16)),
     dict(pseudo_label=torch.zeros(4, 16, 16)),
@@ -416,3 +452,36 @@ def test_cuda_matches_cpu():
     assert all(t.is_cuda for t in gpu_s)
     assert (gpu_s[0].cpu() - cpu_s[0]).abs().max() <= 1.5 / 255
     assert torch.equal(gpu_s[1].cpu(), cpu_s[1]) and torch.equal(gpu_s[2].cpu(), cpu_s[2])
+
+
+# ------------------------------------------------------------------------------------------ pretraining views
+
+
+def test_pretrain_views_per_batch_draws_one_jitter_and_one_blur_decision_for_the_batch():
+    image = torch.rand(1, 1, 16, 16, generator=gen(0)).expand(4, 1, 16, 16).clone()  # four copies of one image
+    fired = set()
+    for seed in range(40):
+        jittered, teacher = A.pretrain_views(image, gen(seed), "per_batch", p_jitter=0.5, p_blur=0.0)
+        changed = [not torch.equal(jittered[i], image[i]) for i in range(4)]
+        assert len(set(changed)) == 1  # all or none
+        fired.add(changed[0])
+        assert torch.equal(teacher, jittered)  # no blur: the teacher is the jittered batch, continuous
+    assert fired == {True, False}
+    jittered, teacher = A.pretrain_views(image, gen(1), "per_batch", p_jitter=0.0, p_blur=1.0)
+    assert torch.equal(jittered, image)
+    assert all(torch.equal(teacher[0], teacher[i]) for i in range(4))  # one sigma for the batch
+    assert torch.equal(teacher * 255, torch.round(teacher * 255))  # blurred on 8-bit grey levels
+    assert not torch.equal(teacher, A.round_trip_8bit(image))
+
+
+def test_pretrain_views_per_image_draws_per_image_and_stays_continuous():
+    image = torch.rand(1, 1, 16, 16, generator=gen(0)).expand(8, 1, 16, 16).clone()
+    jittered, teacher = A.pretrain_views(image, gen(2), "per_image", p_jitter=0.0, p_blur=1.0)
+    assert torch.equal(jittered, image)
+    assert not torch.equal(teacher[0], teacher[1])  # a sigma per image
+    assert not torch.equal(teacher * 255, torch.round(teacher * 255))
+    jittered, _ = A.pretrain_views(image, gen(3), "per_image", p_jitter=0.5, p_blur=0.0)
+    changed = {not torch.equal(jittered[i], image[i]) for i in range(8)}
+    assert changed == {True, False}
+    with pytest.raises(ValueError, match="pretrain_views: coins"):
+        A.pretrain_views(image, gen(0), "per_step")

@@ -1,4 +1,4 @@
-"""Tests of ``medseg data convert-acdc`` / ``convert-nifti`` on tiny fake raw data (methods-spec §1.1)."""
+"""``medseg data convert-acdc`` / ``convert-nifti`` on tiny fake raw data (docs/data.md, 'ACDC layout')."""
 
 from __future__ import annotations
 

@@ -1,10 +1,15 @@
 import pytest
 
-from medseg_platform.data.splits import resolve_patient_count, select_labelled
+from medseg_platform.data.splits import epoch_steps, has_released_slices, resolve_patient_count, select_labelled
 from medseg_platform.errors import ConfigError
 
 ACDC_ORDER = ["099", "038", "050", "100", "058", "021", "049", "020"] + [f"{i:03d}" for i in range(200, 262)]
 ACDC_SLICES = [f"patient{p}_frame{f}_slice_{k}" for p in ACDC_ORDER for f in ("01", "02") for k in range(8 if p == "099" else 10)]
+# shaped like the SSL4MIS ACDC list: 1312 slices of 70 patients; slices per frame of the first seven patients such that
+# 23 = all 16 of patient099_frame01 + 7 of frame02, 68 = 32 + 16 + 20 (099, 038, 050) and 136 = 7 whole patients
+_FRAME_SLICES = [16, 8, 10, 9, 8, 8, 9] + [10] * 21 + [9] * 42
+SSL4MIS_SLICES = [f"patient{p}_frame{f}_slice_{k}" for p, n in zip(ACDC_ORDER, _FRAME_SLICES) for f in ("01", "02")
+                  for k in range(n)]
 
 
 @pytest.mark.parametrize("fraction, expected", [("1%", 1), ("5%", 3), ("10%", 7), ("100%", 70), ("3", 3), (7, 7), ("20%", 14)])
@@ -46,12 +51,33 @@ def test_random_is_seeded_and_differs_across_seeds():
 
 
 def test_released_slices_reproduces_partial_patient():
-    subset = select_labelled(ACDC_SLICES, "1", "released_slices")
-    assert len(subset.labelled_slices) == 23  # 16 slices of patient099 (8 + 8 here) + 7 of the next patient
-    assert subset.labelled_slices == tuple(ACDC_SLICES[:23])
-    assert subset.patients == ("patient099", "patient038")
+    assert len(SSL4MIS_SLICES) == 1312 and has_released_slices(SSL4MIS_SLICES)
+    subset = select_labelled(SSL4MIS_SLICES, "1", "released_slices")
+    assert subset.labelled_slices == tuple(SSL4MIS_SLICES[:23])  # patient099's ED frame (16) + 7 of its ES frame
+    assert subset.labelled_slices[-1] == "patient099_frame02_slice_6" and subset.patients == ("patient099",)
+    for patients in ("3", "7"):  # whole patients: the same as published
+        assert select_labelled(SSL4MIS_SLICES, patients, "released_slices").labelled_slices == \
+            select_labelled(SSL4MIS_SLICES, patients).labelled_slices
     with pytest.raises(ConfigError, match="no released slice count"):
-        select_labelled(ACDC_SLICES, "2", "released_slices")
+        select_labelled(SSL4MIS_SLICES, "2", "released_slices")
+
+
+def test_released_slices_need_the_released_list():
+    # any other list (a phantom, another dataset): the released counts do not apply
+    assert not has_released_slices(ACDC_SLICES) and not has_released_slices(SSL4MIS_SLICES[:-1])
+    with pytest.raises(ConfigError, match=r"released_slices: the released slice counts belong to the SSL4MIS ACDC list "
+                                          r"\(1312 slices of 70 patients\), this train_slices.list has 1396 slices of 70 "
+                                          r"patients \(use strategy 'published'\)"):
+        select_labelled(ACDC_SLICES, "1", "released_slices")
+
+
+def test_epoch_steps_are_the_released_unlabelled_loader_lengths():
+    steps = [epoch_steps(select_labelled(SSL4MIS_SLICES, n, "released_slices"), 4) for n in ("1", "3", "7")]
+    assert steps == [322, 311, 294]  # floor((1312 - 23 / 68 / 136) / 4)
+    published = select_labelled(SSL4MIS_SLICES, "1")  # all 32 slices of patient099: 1280 unlabelled
+    assert (epoch_steps(published, 4), epoch_steps(published, 8), epoch_steps(published, 2000)) == (320, 160, 1)
+    with pytest.raises(ConfigError, match="epoch_steps: unlabelled_batch must be an int >= 1"):
+        epoch_steps(published, 0)
 
 
 def test_record_contains_patient_ids():

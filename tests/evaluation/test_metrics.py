@@ -10,7 +10,7 @@ from medpy.metric import binary as mb
 from scipy import ndimage
 
 from medseg_platform.errors import ConfigError, DataError
-from medseg_platform.evaluation.metrics import METRICS, binary_metrics, evaluate_case, summarize, surface
+from medseg_platform.evaluation.metrics import METRICS, binary_metrics, distance_spacing, evaluate_case, summarize, surface
 
 TOL = 1e-6
 
@@ -204,3 +204,19 @@ def test_summarize_nan_aware():
     assert s["mean"]["dice"]["n_undefined"] == 1
     # class 2 has no defined hd95: the class average uses class 1 only
     assert s["mean"]["hd95"]["mean"] == pytest.approx(3.0) and s["mean"]["hd95"]["n_undefined"] == 2
+
+
+def test_distance_units_choose_mm_or_voxels():
+    # a 2 x 10 x 10 volume, anisotropic spacing: "mm" keeps it, "voxel" drops it as the released evaluation does
+    gt = np.zeros((2, 10, 10), dtype=np.uint8)
+    gt[:, 2:6, 2:6] = 1
+    pred = np.roll(gt, 2, axis=2)
+    spacing = (5.0, 1.5, 1.5)
+    assert distance_spacing(spacing, "mm") == spacing and distance_spacing(None, "mm") is None
+    assert distance_spacing(spacing, "voxel") is None
+    mm = evaluate_case(pred, gt, 2, distance_spacing(spacing, "mm"))[0]
+    voxel = evaluate_case(pred, gt, 2, distance_spacing(spacing, "voxel"))[0]
+    assert voxel == evaluate_case(pred, gt, 2, None)[0]
+    assert mm["dice"] == voxel["dice"] and mm["hd95"] == pytest.approx(1.5 * voxel["hd95"]) and voxel["hd95"] == 2.0
+    with pytest.raises(ConfigError, match="eval.distance_units: unknown value 'px'"):
+        distance_spacing(spacing, "px")

@@ -1,4 +1,4 @@
-"""ACTION stage iii fine-tuning: anatomical contrast (ReCo) and the objective (methods-spec §2.2, §8.11)."""
+"""ACTION stage iii fine-tuning: anatomical contrast (ReCo) and the objective (docs/action.md)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from tests.methods import synthetic
 import methods.action as action
 from methods.action import ActionConfig, ActionObjective, anatomical_contrast_loss
 from methods.contrast import pixel_info_nce
+from methods.errors import ConfigError, DataError
 from methods.objective import Batch, IdentityStrongAugment, StrongView
 from methods.registry import OBJECTIVES, build_model, build_objective, objective_config
 
@@ -268,6 +269,9 @@ VARIATIONS = {
     "sampler_allocation": ({"sampler": "stratified", "sampler_grouping": "spatial"}, "largest_remainder"),
     "ema_momentum": ({}, 0.5),
     "double_ema": ({}, False),
+    # the student's BN running statistics reach the loss through an eval-mode teacher (it copies them at the EMA
+    # update), i.e. through its confidences: thresholds near 0.5 (2 classes) let small changes cross them
+    "weak_bn_update": ({"teacher_bn_mode": "eval", "unsup_threshold": 0.52, "pseudo_valid_threshold": 0.52}, False),
     "teacher_bn_mode": ({}, "eval"),
 }
 
@@ -311,7 +315,7 @@ def test_defaults_are_as_released():
     assert (cfg.unsup_threshold, cfg.hard_query_threshold, cfg.pseudo_valid_threshold) == (0.97, 0.97, 0.7)
     assert (cfg.num_queries, cfg.num_negatives, cfg.temperature, cfg.repr_dim) == (256, 512, 0.5, 512)
     assert (cfg.sampler, cfg.sampler_groups, cfg.sampler_grouping) == ("uniform", 16, "flat")
-    assert (cfg.ema_momentum, cfg.double_ema, cfg.teacher_bn_mode) == (0.99, True, "train")
+    assert (cfg.ema_momentum, cfg.double_ema, cfg.weak_bn_update, cfg.teacher_bn_mode) == (0.99, True, True, "train")
     assert OBJECTIVES["action"] is ActionObjective
     assert objective_config("action", {}) == cfg
 
@@ -385,6 +389,28 @@ def test_double_ema_moves_the_teacher_twice(double):
     assert moved > 0
 
 
+@pytest.mark.parametrize("weights", [{}, {"unsup_weight": 0.0, "anco_weight": 0.0}])
+def test_weak_bn_update_moves_only_the_students_bn_statistics_on_the_weak_view(weights):
+    batch = square_batch(torch.Generator().manual_seed(0))
+    on, off = make({**SMALL, **weights}), make({**SMALL, **weights, "weak_bn_update": False})
+    on.train(), off.train()
+    torch.manual_seed(7)
+    out_on = on.loss(batch, 0, 10)
+    torch.manual_seed(7)
+    out_off = off.loss(batch, 0, 10)
+    # the loss and its gradient are those without the pass
+    assert torch.equal(out_on.total, out_off.total)
+    out_on.total.backward(), out_off.total.backward()
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(on.student.parameters(), off.student.parameters()))
+    buffers = lambda o: [b for name, b in o.student.named_buffers() if "running" in name]  # noqa: E731
+    assert not all(torch.equal(a, b) for a, b in zip(buffers(on), buffers(off)))
+    # ... and the statistics are exactly one more train-mode pass of the student on the weak x_u, without gradient
+    with torch.no_grad():
+        off.student(batch.unlabelled_image)
+    assert all(torch.equal(a, b) for a, b in zip(buffers(on), buffers(off)))
+    assert all(torch.equal(a, b) for a, b in zip(on.teacher.state_dict().values(), off.teacher.state_dict().values()))
+
+
 def test_state_dict_round_trip_resumes_exactly():
     objective = make(SMALL)
     optimiser = torch.optim.SGD(objective.trainable_parameters(), lr=0.05)
@@ -443,7 +469,7 @@ def test_anco_alone_trains_the_representation():
 
 
 def test_requires_a_pyramid_model_and_a_strong_augment():
-    with pytest.raises(ValueError, match="pyramid_channels"):
+    with pytest.raises(ConfigError, match="ActionObjective: the model lacks `pyramid_channels`"):
         ActionObjective(torch.nn.Conv2d(1, 2, 1))
     objective = make(SMALL)
     batch = square_batch(torch.Generator().manual_seed(0))
@@ -470,9 +496,23 @@ def test_requires_a_pyramid_model_and_a_strong_augment():
         ({"sampler_allocation": "round"}, "sampler_allocation"),
         ({"ema_momentum": 1.0}, "ema_momentum"),
         ({"double_ema": 1}, "double_ema"),
+        ({"weak_bn_update": "yes"}, "weak_bn_update"),
         ({"teacher_bn_mode": "frozen"}, "teacher_bn_mode"),
     ],
 )
 def test_invalid_values_name_the_field(values, field):
-    with pytest.raises(ValueError, match=f"ActionConfig.{field}"):
+    with pytest.raises(ConfigError, match=f"ActionConfig.{field}"):
         ActionConfig(**values)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"reps": torch.zeros(1, 2, 2)}, "reps must be (N, D, H, W)"),
+    ({"probs": torch.zeros(1, 2, 2, 3)}, "probs must be (N, C, H, W)"),
+    ({"labels": torch.zeros(1, 2, 2, dtype=torch.int32)}, "labels must be int64"),
+    ({"valid": torch.ones(1, 2, 3, dtype=torch.bool)}, "valid must be bool"),
+])
+def test_bad_contrast_inputs_are_data_errors(kwargs, message):
+    args = {"reps": torch.zeros(1, 3, 2, 2), "labels": torch.zeros(1, 2, 2, dtype=torch.int64),
+            "valid": torch.ones(1, 2, 2, dtype=torch.bool), "probs": torch.zeros(1, 2, 2, 2), **kwargs}
+    with pytest.raises(DataError, match=r"anatomical_contrast_loss: " + message.replace("(", r"\(").replace(")", r"\)")):
+        anatomical_contrast_loss(args.pop("reps"), args.pop("labels"), args.pop("valid"), args.pop("probs"))

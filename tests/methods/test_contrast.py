@@ -1,4 +1,5 @@
-"""Pixel-contrast building blocks and the class memory bank (methods-spec §2.2, §3.2, §3.4)."""
+"""Pixel-contrast building blocks and the class memory bank (docs/action.md, 'Anatomical contrast';
+docs/mona.md, 'U2PL contrast' and docs/mona.md, 'Memory banks')."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from methods.contrast import (
     pixel_info_nce,
     relation_graph_probs,
     relation_negative_indices,
-    sample_relation_negatives,
 )
+from methods.errors import ConfigError, DataError
 from methods.memory_bank import ClassMemoryBank
 
 
@@ -264,19 +265,20 @@ def test_relation_graph_probs_validation():
         relation_graph_probs(torch.randn(1, 4), 0, 0.5)
 
 
-def _tagged_pools(sizes):
-    """Pool j holds rows [j, i] for i < n_j (so every key says where it came from)."""
-    return [torch.stack([torch.full((n,), float(j)), torch.arange(n, dtype=torch.float32)], 1) for j, n in enumerate(sizes)]
+def _pool_and_key(index, sizes):
+    """Split indices into the concatenation of pools of ``sizes`` into (pool id, key within the pool)."""
+    offsets = torch.tensor([0, *sizes]).cumsum(0)
+    pool_id = torch.bucketize(index, offsets[1:], right=True)
+    return pool_id, index - offsets[pool_id]
 
 
-def test_sample_relation_negatives_frequencies_and_membership():
+def test_relation_negative_indices_frequencies_and_membership():
     sizes, probs = [3, 5, 2], torch.tensor([0.2, 0.5, 0.3])
-    pools = _tagged_pools(sizes)
-    gen = torch.Generator().manual_seed(5)
-    keys = sample_relation_negatives(pools, probs, 400, 100, generator=gen)
-    assert keys.shape == (400, 100, 2)
-    pool_id, key_id = keys[..., 0].long(), keys[..., 1].long()
-    freq = torch.bincount(pool_id.flatten(), minlength=3).double() / pool_id.numel()
+    index = relation_negative_indices(sizes, probs, 400, 100, generator=torch.Generator().manual_seed(5))
+    assert index.shape == (400, 100) and index.dtype == torch.int64
+    assert index.min() >= 0 and index.max() < sum(sizes)
+    pool_id, key_id = _pool_and_key(index.flatten(), sizes)
+    freq = torch.bincount(pool_id, minlength=3).double() / pool_id.numel()
     assert torch.allclose(freq, probs.double(), atol=0.01)  # 40 000 draws: 4 sigma ~ 0.01
     for j, n in enumerate(sizes):
         chosen = key_id[pool_id == j]
@@ -284,31 +286,26 @@ def test_sample_relation_negatives_frequencies_and_membership():
         within = torch.bincount(chosen, minlength=n).double() / chosen.numel()
         assert torch.allclose(within, torch.full((n,), 1.0 / n, dtype=torch.float64), atol=0.02)
     # the generator makes it reproducible
-    again = sample_relation_negatives(pools, probs, 400, 100, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(keys, again)
+    again = relation_negative_indices(sizes, probs, 400, 100, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(index, again)
 
 
-def test_sample_relation_negatives_zero_probability_empty_pool_and_no_grad():
-    pools = _tagged_pools([3, 0, 2])
-    pools[0].requires_grad_(True)
-    keys = sample_relation_negatives(pools, torch.tensor([0.5, 0.0, 0.5]), 50, 20, generator=torch.Generator().manual_seed(6))
-    assert set(keys[..., 0].long().unique().tolist()) == {0, 2}
-    assert not keys.requires_grad
+def test_relation_negative_indices_zero_probability_and_empty_pool():
+    index = relation_negative_indices([3, 0, 2], torch.tensor([0.5, 0.0, 0.5]), 50, 20, generator=torch.Generator().manual_seed(6))
+    pool_id, _ = _pool_and_key(index.flatten(), [3, 0, 2])
+    assert set(pool_id.unique().tolist()) == {0, 2}
     idx = relation_negative_indices([3, 0, 2], torch.tensor([0.0, 0.0, 1.0]), 4, 8)
     assert idx.shape == (4, 8) and idx.dtype == torch.int64
     assert set(idx.unique().tolist()) <= {3, 4}  # offsets: pool 2 starts at 3
 
 
-def test_sample_relation_negatives_validation():
-    pools = _tagged_pools([3, 2])
-    with pytest.raises(ValueError, match="class_probs"):
-        sample_relation_negatives(pools, torch.tensor([1.0]), 2, 2)
-    with pytest.raises(ValueError, match="empty"):
-        sample_relation_negatives(_tagged_pools([0, 0]), torch.tensor([0.5, 0.5]), 2, 2)
-    with pytest.raises(ValueError, match="num_anchors"):
-        sample_relation_negatives(pools, torch.tensor([0.5, 0.5]), 0, 2)
-    with pytest.raises(ValueError, match="key_pools"):
-        sample_relation_negatives([torch.zeros(2, 2), torch.zeros(2, 3)], torch.tensor([0.5, 0.5]), 2, 2)
+def test_relation_negative_indices_validation():
+    with pytest.raises(ConfigError, match="num_anchors"):
+        relation_negative_indices([3, 2], torch.tensor([0.5, 0.5]), 0, 2)
+    with pytest.raises(ConfigError, match="num_negatives"):
+        relation_negative_indices([3, 2], torch.tensor([0.5, 0.5]), 2, -1)
+    with pytest.raises(DataError, match="class_probs"):
+        relation_negative_indices([3, 2], torch.tensor([1.0]), 2, 2)
 
 
 # -- prototypes ----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Representation heads on the UNet pyramid (methods-spec §2.2 step 4, §3.2)."""
+"""Representation heads on the UNet pyramid (docs/mona.md, 'Modules'; docs/action.md, 'Representation head')."""
 
 from __future__ import annotations
 

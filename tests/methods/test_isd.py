@@ -1,4 +1,4 @@
-"""ISD relational distillation (methods/isd.py) and the ``isd_pretrain`` objective (methods-spec §1.8)."""
+"""ISD relational distillation (methods/isd.py) and the ``isd_pretrain`` objective (docs/isd_pretraining.md)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from methods.isd import (
     relational_kl,
     window_starts,
 )
+from methods.errors import ConfigError, DataError
 from methods.isd_pretrain import PRESETS, ISDPretrainConfig, ISDPretrainObjective
 from methods.objective import Batch, IdentityStrongAugment
 from methods.registry import OBJECTIVES, build_model, build_objective, objective_config
@@ -28,10 +29,16 @@ SMALL = dict(image_size=64, window=16, stride=8, pool_size=4, latent_dim=16, que
 
 
 class GammaView(IdentityStrongAugment):
-    """A deterministic, non-affine pretraining view (so that the two views differ)."""
+    """Deterministic pretraining views: "jittered" = ``scale x``, teacher view = ``(scale x)^gamma`` (non-affine, so
+    the two views differ); ``coins`` records what the objective asked for. ``GammaView(1.0, 1.0)``: three equal views."""
 
-    def pretrain_view(self, image: torch.Tensor) -> torch.Tensor:
-        return image * image
+    def __init__(self, scale: float = 0.9, gamma: float = 2.0):
+        self.scale, self.gamma, self.coins = scale, gamma, []
+
+    def pretrain_views(self, image: torch.Tensor, coins: str) -> tuple[torch.Tensor, torch.Tensor]:
+        self.coins.append(coins)
+        jittered = image * self.scale
+        return jittered, jittered ** self.gamma
 
 
 def shapes_batch(generator: torch.Generator, b_l: int = 3, b_u: int = 3, size: int = 64, augment=None) -> Batch:
@@ -152,7 +159,7 @@ def test_fifo_enqueue_replaces_the_oldest_rows():
     assert pointer.item() == 0 and queue[3:].eq(2).all()
     fifo_enqueue_(queue, pointer, batches[2])
     assert pointer.item() == 3 and queue[:3].eq(3).all() and queue[3:].eq(2).all()
-    with pytest.raises(ValueError, match="queue_size"):
+    with pytest.raises(ConfigError, match="queue_size"):
         fifo_enqueue_(queue, pointer, torch.zeros(4, 2))
 
 
@@ -184,7 +191,7 @@ def test_local_layouts_shapes_and_values_differ():
 
 
 def window_major_embeddings(head, z, starts, window):
-    """Reference from the spec text: loop over windows (rows outer), stack window-major."""
+    """Reference from docs/isd_pretraining.md: loop over windows (rows outer), stack window-major."""
     out = []
     for i in starts:
         for j in starts:
@@ -239,9 +246,9 @@ def test_module_enqueue_global_and_local_fifo():
 
 
 def test_invalid_isd_config_values_name_the_field():
-    with pytest.raises(ValueError, match="ISDConfig.tau_teacher"):
+    with pytest.raises(ConfigError, match="ISDConfig.tau_teacher"):
         ISDConfig(tau_teacher=0.0)
-    with pytest.raises(ValueError, match="ISDConfig.window"):
+    with pytest.raises(ConfigError, match="ISDConfig.window"):
         ISDConfig(image_size=64, window=64)  # "action" excludes the only start
     assert ISDConfig(image_size=64, window=64, local_windows="mona").window == 64
 
@@ -272,10 +279,10 @@ def test_registry_presets_and_interface():
     batch = shapes_batch(torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="strong_augment"):
         objective.loss(Batch(batch.labelled_image, batch.label, batch.unlabelled_image), 0, 10)
-    with pytest.raises(ValueError, match="image_size"):
+    with pytest.raises(DataError, match="ISDPretrainConfig.image_size: 64, but the batch holds"):
         objective.loss(shapes_batch(torch.Generator().manual_seed(0), size=48), 0, 10)
     state = copy.deepcopy(objective.state_dict())
-    with pytest.raises(ValueError, match="queue_size"):  # K=12 is not a multiple of 4 + 3
+    with pytest.raises(ConfigError, match="ISDPretrainConfig.queue_size: 12 is not a multiple"):  # K=12, batch 4 + 3
         objective.loss(shapes_batch(torch.Generator().manual_seed(0), b_l=4), 0, 10)
     for key, value in objective.state_dict().items():  # rejected before the EMA update and the enqueue
         assert torch.equal(value, state[key]), key
@@ -290,7 +297,7 @@ def test_teacher_ema_happens_once_per_step_before_the_teacher_pass():
     s0 = [p.clone() for p in objective.student.parameters()]
     heads0 = [p.clone() for p in objective.isd.teacher_projector.parameters()]
     objective.train()
-    objective.loss(shapes_batch(torch.Generator().manual_seed(0), augment=IdentityStrongAugment()), 0, 10)
+    objective.loss(shapes_batch(torch.Generator().manual_seed(0), augment=GammaView(1.0, 1.0)), 0, 10)
     for t, a, b in zip(objective.teacher.module.parameters(), t0, s0):
         assert torch.allclose(t, 0.9 * a + 0.1 * b, atol=1e-6)
     for h, h0 in zip(objective.isd.teacher_projector.parameters(), heads0):  # no head EMA for ACTION
@@ -305,7 +312,7 @@ def test_teacher_ema_happens_once_per_step_before_the_teacher_pass():
     with torch.no_grad():
         for p in objective.student.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    batch = shapes_batch(torch.Generator().manual_seed(0), augment=IdentityStrongAugment())
+    batch = shapes_batch(torch.Generator().manual_seed(0), augment=GammaView(1.0, 1.0))
     objective.train()
     objective.loss(batch, 0, 10)
     with torch.no_grad():
@@ -376,6 +383,7 @@ FIELD_CHANGES = [
     ("teacher_head_grad", {}, "stop_gradient", "trainable"),
     ("teacher_head_ema", {}, True, "loss"),
     ("teacher_view", {}, "student_strong", "loss"),
+    ("view_coins", {}, "per_image", "loss"),
 ]
 
 
@@ -397,6 +405,26 @@ def test_every_config_field_changes_the_loss_or_what_is_trained(field, base, val
     totals_a, totals_b = [h["total"] for h in a], [h["total"] for h in b]
     assert all(math.isfinite(v) for v in totals_a + totals_b)
     assert totals_a != pytest.approx(totals_b, rel=1e-6, abs=1e-9), (totals_a, totals_b)
+
+
+@pytest.mark.parametrize("coins, teacher_view, student_sees, teacher_sees", [
+    ("per_batch", "teacher_strong", "jittered", "view"),   # as released: the jitter reaches the student too
+    ("per_image", "teacher_strong", "image", "view"),
+    ("per_batch", "student_strong", "view", "jittered"),
+    ("per_image", "student_strong", "view", "image"),
+])
+def test_view_coins_choose_the_views_and_reach_the_augment(coins, teacher_view, student_sees, teacher_sees):
+    objective = make({"view_coins": coins, "teacher_view": teacher_view})
+    augment = GammaView()
+    batch = shapes_batch(torch.Generator().manual_seed(0), augment=augment)
+    seen = {}
+    objective.student.register_forward_pre_hook(lambda module, args: seen.setdefault("student", args[0]))
+    objective.teacher.module.register_forward_pre_hook(lambda module, args: seen.setdefault("teacher", args[0]))
+    objective.loss(batch, 0, 10)
+    image = torch.cat([batch.labelled_image, batch.unlabelled_image])
+    views = {"image": image, "jittered": 0.9 * image, "view": (0.9 * image) ** 2}
+    assert augment.coins == [coins]
+    assert torch.equal(seen["student"], views[student_sees]) and torch.equal(seen["teacher"], views[teacher_sees])
 
 
 def test_a_few_sgd_steps_lower_the_total_loss():
@@ -461,6 +489,7 @@ def test_stage_i_state_loads_into_stage_ii_and_resumes_exactly():
         ({"local_layout": "reshape"}, "local_layout"),
         ({"teacher_head_grad": "none"}, "teacher_head_grad"),
         ({"teacher_view": "both"}, "teacher_view"),
+        ({"view_coins": "per_step"}, "view_coins"),
         ({"train_encoder": 1}, "train_encoder"),
         ({"teacher_head_ema": "yes"}, "teacher_head_ema"),
         ({"train_decoder": False}, "train_decoder"),  # with the default local/sup weights
@@ -468,5 +497,5 @@ def test_stage_i_state_loads_into_stage_ii_and_resumes_exactly():
     ],
 )
 def test_invalid_values_name_the_field(values, field):
-    with pytest.raises(ValueError, match=f"ISDPretrainConfig.{field}"):
+    with pytest.raises(ConfigError, match=f"ISDPretrainConfig.{field}"):
         ISDPretrainConfig(**values)

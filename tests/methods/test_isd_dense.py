@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import methods.isd as isd_module
+from methods.errors import DataError
 from methods.isd import ISDConfig, ISDRelationalKL, blocked_queue_kl
 from methods.isd_pretrain import PRESETS, ISDPretrainObjective
 from tests.methods.test_isd import GammaView, shapes_batch
@@ -93,7 +94,7 @@ def test_blocked_queue_kl_uses_the_dense_path_when_the_queue_needs_a_gradient_an
     value.backward()
     assert value.dtype == s.grad.dtype == torch.float32 and torch.isfinite(s.grad).all()
     torch.testing.assert_close(value, dense_queue_kl(student, teacher, queue.detach(), 0.1, 0.1), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match=r"\(N, d\)"):
+    with pytest.raises(DataError, match=r"\(N, d\)"):
         blocked_queue_kl(student, teacher[:5], queue, 0.1, 0.1)
 
 

@@ -1,4 +1,5 @@
-"""Loss formulas against hand computations with plain Python floats (methods-spec §1.6, §1.7)."""
+"""Loss formulas against hand computations with plain Python floats (docs/shared.md, 'Supervised loss' and
+docs/shared.md, 'Pseudo-label loss')."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MONA / ARCO fine-tuning (methods/mona.py; methods-spec §3, §4, §8 bugs 1-7, 19)."""
+"""MONA / ARCO fine-tuning (methods/mona.py, arco.py, u2pl.py; docs/mona.md and docs/arco.md)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,14 @@ import math
 import pytest
 import torch
 
+from methods.arco import ArcoConfig, ArcoObjective
+from methods.errors import ConfigError
 from methods.memory_bank import ClassMemoryBank
-from methods.mona import (
-    ArcoConfig,
-    ArcoObjective,
-    MonaConfig,
-    MonaObjective,
-    contrast_plan,
-    equivariance_loss,
-    nn_loss,
-    quantise_8bit,
-    u2pl_contrast_loss,
-    u2pl_masks,
-)
+from methods.mona import MonaConfig, MonaObjective, equivariance_loss, nn_loss
 from methods.objective import Batch, IdentityStrongAugment, StrongView
 from methods.registry import build_model, build_objective, objective_config
+from methods.samplers import stratified_1d_indices
+from methods.u2pl import contrast_plan, u2pl_contrast_loss, u2pl_masks
 
 TINY = dict(num_classes=4, channels=(4, 8, 8, 8, 8))
 # small sizes for every objective-level test; unsup_threshold 0 so that L_unsup is not 0 with a random teacher
@@ -110,7 +103,8 @@ def test_u2pl_masks_match_the_hand_computed_sets():
     masks = u2pl_masks(labels, probs, low, high, 1)
     assert as_set(masks.valid) == {(0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 1, 0)}  # Y_c and low
     assert as_set(masks.anchor) == {(0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 1, 0)}  # all have P_c > 0.3
-    # as coded (bug §8.3): no labelled negative; unlabelled needs pseudo-label c *and* rank(c) in [3, 20)
+    # as coded (docs/mona.md, 'Negative mask'): no labelled negative; unlabelled needs pseudo-label c *and*
+    # rank(c) in [3, 20)
     assert as_set(masks.negative) == {(1, 1, 1)}
     paper = u2pl_masks(labels, probs, low, high, 1, negative_mask="paper")
     assert as_set(paper.negative) == {
@@ -262,6 +256,37 @@ def test_sampler_fields_change_the_sampled_anchors():
 
 # -- L_eqv, L_nn ---------------------------------------------------------------------------------------------
 
+def test_sampler_min_block_side_picks_the_1d_fallback_or_the_grid():
+    # N = 20 candidates, 16 groups: e = round(sqrt 20) = 4, so the grid's blocks are single cells. Released
+    # (min_block_side 2): the 1-D fallback, whose one stratum 0..15 takes all draws (none >= 16). 1: the 4 x 4
+    # grid, 12 draws per cell (all < 16) plus 64 uniform top-ups over [0, 20), which reach 16..19.
+    def gen():
+        return torch.Generator().manual_seed(7)
+
+    released = MonaConfig(sampler="stratified").sampler_config
+    grid = MonaConfig(sampler="stratified", sampler_min_block_side=1).sampler_config
+    assert (released.min_block_side, grid.min_block_side) == (2, 1)
+    drawn = released.sample(20, 256, generator=gen())
+    assert torch.equal(drawn, stratified_1d_indices(20, 256, 16, generator=gen())) and int(drawn.max()) < 16
+    drawn = grid.sample(20, 256, generator=gen())
+    assert int(drawn.max()) >= 16 and bool((torch.bincount(drawn, minlength=20)[:16] >= 12).all())
+
+    # the U2PL negatives (drawn from the banks with the flat grouping) follow the field too
+    labels, probs, reps, ones = one_hot_case()
+
+    def negatives(**fields):
+        banks = ClassMemoryBank(4, 4, 32, init="empty")
+        for c in range(4):
+            banks.enqueue(c, torch.randn(20, 4, generator=torch.Generator().manual_seed(c)))
+        cfg = MonaConfig(num_anchors=16, num_negatives=16, sampler="stratified", valid_class_indexing="fixed", **fields)
+        torch.manual_seed(3)
+        _, info = u2pl_contrast_loss(reps, reps, labels, probs, ones, ~ones, 1, banks, cfg)  # high = False: no enqueue
+        return torch.cat(list(info["negative_indices"].values()))
+
+    assert int(negatives().max()) < 16
+    assert int(negatives(sampler_min_block_side=1).max()) >= 16
+
+
 def test_equivariance_loss_zero_on_match_and_hand_value():
     target = torch.randn(2, 3, 4, 4)
     mask = torch.rand(2, 4, 4)
@@ -325,7 +350,8 @@ def test_one_step_follows_the_released_order():
     objective.student.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     out = objective.loss(shape_batch(torch.Generator().manual_seed(0), augment=augment), 0, 10)
     assert set(out.terms) == {"sup", "ce", "dice", "unsup", "contrast", "alpha", "eqv", "nn"}
-    assert augment.mixes == 1 and augment.perturbs == 2  # mix once, perturb twice (§3.3 step 3)
+    # mix once, perturb twice (docs/mona.md, 'One fine-tuning step')
+    assert augment.mixes == 1 and augment.perturbs == 2
     assert calls == [2, 2, 4]  # student: x_l, x_u^{s1}, then the warped [x_l^c; x_u^{s2}]
     for before, teacher, student in zip(fe_before, objective.fe_teacher.module.parameters(), objective.fe_student.parameters()):
         assert torch.allclose(teacher, 0.5 * before + 0.5 * student)
@@ -389,11 +415,6 @@ def test_full_resolution_pool_is_lazy_and_checkpoints_round_trip():
         assert torch.equal(value, state[key]), key
 
 
-def test_quantise_8bit_truncates():
-    x = torch.tensor([0.0, 0.5, 1.0, 1.2, -0.1, 0.00393])
-    assert torch.equal(quantise_8bit(x) * 255, torch.tensor([0.0, 127.0, 255.0, 255.0, 0.0, 1.0]))
-
-
 # -- every config field changes the loss or the sampled set --------------------------------------------------
 
 PAPER = {"u2pl_negative_mask": "paper"}
@@ -430,6 +451,7 @@ FIELD_CASES = [
     ("sampler_groups", 9, STRAT),
     ("sampler_grouping", "spatial", STRAT),
     ("sampler_allocation", "largest_remainder", {**STRAT, "sampler_grouping": "spatial"}),
+    ("sampler_min_block_side", 1, STRAT),
     ("nn_pool_capacity", 6, {}),
     ("nn_topk", 1, {}),
     ("nn_loss_grad", "student_pull", {}),
@@ -503,17 +525,28 @@ def test_all_config_fields_are_covered_and_validated():
     ("sup_weight", 0.0), ("contrast_weight", -1.0), ("ema_momentum", 1.0), ("teacher_bn_mode", "x"),
     ("unsup_threshold", 1.5), ("anchor_threshold", -0.1), ("negative_threshold", 2.0), ("eqv_conf_threshold", 1.1),
     ("temperature", 0.0), ("num_anchors", 0), ("num_negatives", 1.5), ("negative_rank_low", 0),
-    ("negative_rank_high", 3), ("alpha0", 101.0), ("steps_per_epoch", 0), ("entropy_source", "both"),
+    ("negative_rank_high", 3), ("alpha0", 101.0), ("steps_per_epoch", -1), ("entropy_source", "both"),
     ("u2pl_negative_mask", "x"), ("valid_class_indexing", "x"), ("bank_capacity_background", 0),
     ("bank_capacity_foreground", -5), ("bank_init", "random"), ("sampler", "smc"), ("sampler_groups", 10),
-    ("sampler_grouping", "grid"), ("sampler_allocation", "x"), ("nn_pool_capacity", 0), ("nn_topk", 37),
+    ("sampler_grouping", "grid"), ("sampler_allocation", "x"), ("sampler_min_block_side", 0), ("nn_pool_capacity", 0), ("nn_topk", 37),
     ("nn_loss_grad", "x"), ("nn_pool_resolution", 0), ("nn_pool_resolution", "half"), ("tps_sigma", -0.1),
     ("tps_rotation_deg", 200.0), ("tps_scale_min", 0.0), ("tps_scale_max", 0.5), ("tps_translation", -1.0),
     ("tps_mirror_p", 2.0), ("fe_ema_momentum", -0.1),
 ])
 def test_invalid_config_raises_naming_the_field(field, value):
-    with pytest.raises(ValueError, match=f"MonaConfig.{field}"):
+    with pytest.raises(ConfigError, match=f"MonaConfig.{field}"):
         MonaConfig(**{field: value})
+
+
+def test_unresolved_steps_per_epoch_is_a_config_error_in_loss():
+    """0 = the labelled set's own epoch, which the platform's engine fills in; the objective alone cannot."""
+    assert MonaConfig(steps_per_epoch=0).steps_per_epoch == 0
+    objective = make({"steps_per_epoch": 0})
+    with pytest.raises(ConfigError, match=r"^MonaConfig\.steps_per_epoch: 0 \(the labelled set's own\) was not "
+                                          r"resolved by the platform \(set a number, or run through the engine\)$"):
+        objective.loss(shape_batch(torch.Generator().manual_seed(0)), 0, 4)
+    with pytest.raises(ConfigError, match=r"^ArcoConfig\.steps_per_epoch: 0 "):
+        make({"steps_per_epoch": 0}, ArcoObjective).loss(shape_batch(torch.Generator().manual_seed(0)), 0, 4)
 
 
 # -- training ------------------------------------------------------------------------------------------------

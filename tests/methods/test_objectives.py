@@ -150,6 +150,13 @@ def test_identity_strong_view_keeps_tensors():
     assert view.image is image and view.pseudo_label is pseudo and view.confidence is conf
 
 
+def test_identity_pretrain_views_are_unchanged_new_tensors():
+    image = torch.rand(2, 1, 4, 4)
+    jittered, teacher = IdentityStrongAugment().pretrain_views(image, "per_batch")
+    assert torch.equal(jittered, image) and torch.equal(teacher, image)
+    assert jittered.data_ptr() != image.data_ptr() and teacher.data_ptr() not in (image.data_ptr(), jittered.data_ptr())
+
+
 # ---------------------------------------------------------------- registry and config validation
 
 
@@ -160,7 +167,7 @@ def test_registry_names():
 
 
 def test_unknown_objective_lists_known_names():
-    with pytest.raises(ValueError, match=r"unknown objective 'mona_typo'.*mean_teacher.*supervised"):
+    with pytest.raises(ValueError, match=r"objective 'mona_typo': unknown objective.*mean_teacher.*supervised"):
         build_objective("mona_typo", build_model("unet", **TINY), {})
 
 
@@ -172,7 +179,7 @@ def test_unknown_config_key_lists_valid_keys():
 
 
 def test_unknown_model_and_model_argument():
-    with pytest.raises(ValueError, match=r"unknown model 'vnet'.*unet"):
+    with pytest.raises(ValueError, match=r"model 'vnet': unknown model.*unet"):
         build_model("vnet")
     with pytest.raises(ValueError, match=r"\['width'\].*channels"):
         build_model("unet", width=8)

@@ -1,4 +1,4 @@
-"""Samplers of methods-spec §4: uniform (NS, MONA), stratified (SG) and stratified-antithetic (SAG, ARCO)."""
+"""The samplers of docs/arco.md: uniform (NS, MONA), stratified (SG) and stratified-antithetic (SAG, ARCO)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from methods.errors import ConfigError, DataError
 from methods.samplers import (
     ALLOCATIONS,
     GROUPINGS,
@@ -153,7 +154,7 @@ def test_flat_antithetic_pairs_are_point_reflections():
 
 
 def _reference_flat(num_candidates, num_samples, antithetic, rng, side=4):
-    """Spec §4 SG/SAG steps 1-4 written as a plain loop (the reference for the vectorised sampler)."""
+    """SG/SAG steps 1-4 (docs/arco.md) written as a plain loop (the reference for the vectorised sampler)."""
     edge = round(math.sqrt(num_candidates))
     block = edge // side
     quota = (num_samples * edge * edge // num_candidates) // (side * side)
@@ -205,6 +206,37 @@ def test_tiny_n_falls_back_to_uniform(strategy):
     assert set(out.tolist()) == set(range(12))
     out = sample_indices(5, 40, strategy, groups=9, generator=_gen(6))
     assert torch.equal(out, torch.randint(5, (40,), generator=_gen(6)))
+
+
+@pytest.mark.parametrize("strategy", STRATIFIED)
+def test_pools_of_13_to_56_use_the_1d_fallback_as_released(strategy):
+    # e = round(sqrt N) in 4..7 gives blocks of one cell; the released grid sampler raises on those and falls back
+    antithetic = strategy == "stratified_antithetic"
+    for n_candidates in (13, 40, 56):
+        assert torch.equal(sample_indices(n_candidates, 256, strategy, generator=_gen(3)),
+                           stratified_1d_indices(n_candidates, 256, 16, antithetic=antithetic, generator=_gen(3)))
+    # N = 57: e = 8, blocks of side 2: the grid
+    assert not torch.equal(sample_indices(57, 256, strategy, generator=_gen(3)),
+                           stratified_1d_indices(57, 256, 16, antithetic=antithetic, generator=_gen(3)))
+    assert torch.equal(sample_indices(57, 256, strategy, generator=_gen(3)),
+                       sample_indices(57, 256, strategy, generator=_gen(3), min_block_side=1))
+
+
+def test_min_block_side_1_samples_the_grid_of_one_cell_blocks():
+    # N = 40, n = 256: released (min_block_side 2) -> 1-D strata 0-15 and 16-31, 128 draws each, none above 31;
+    # min_block_side 1 -> the 6 x 6 grid's 16 blocks, 14 draws each (+ 32 uniform top-ups), every block reached
+    released = sample_indices(40, 256, "stratified", generator=_gen(4))
+    assert int(released.max()) < 32 and torch.equal(torch.bincount(released // 16), torch.tensor([128, 128]))
+    grid = sample_indices(40, 256, "stratified", generator=_gen(4), min_block_side=1)
+    blocks = flat_block_ids(grid, 40)  # -1: the top-ups that landed in 36..39, beyond the 6 x 6 grid
+    assert bool((torch.bincount(blocks[blocks >= 0], minlength=16) >= 14).all())
+    config = SamplerConfig("stratified", min_block_side=1)
+    assert torch.equal(config.sample(40, 256, generator=_gen(4)), grid)
+    assert SamplerConfig().min_block_side == 2
+    with pytest.raises(ConfigError, match="SamplerConfig.min_block_side"):
+        SamplerConfig(min_block_side=0)
+    with pytest.raises(ConfigError, match="min_block_side must be an int >= 1"):
+        sample_indices(40, 8, "stratified", min_block_side=0)
 
 
 def test_1d_fallback_sampler():
@@ -368,7 +400,7 @@ def test_sampler_config():
     assert SamplerConfig().strategy == "uniform" and SamplerConfig().groups == 16
     for kwargs, field in (({"strategy": "smc"}, "strategy"), ({"groups": 15}, "groups"), ({"groups": 0}, "groups"),
                           ({"groups": True}, "groups"), ({"grouping": "grid"}, "grouping"), ({"allocation": "x"}, "allocation")):
-        with pytest.raises(ValueError, match=f"SamplerConfig.{field}"):
+        with pytest.raises(ConfigError, match=f"SamplerConfig.{field}"):
             SamplerConfig(**kwargs)
 
 
@@ -392,5 +424,6 @@ def test_sampler_config():
     ],
 )
 def test_invalid_arguments_raise(args, kwargs, name):
-    with pytest.raises(ValueError, match=name):
+    expected = DataError if name == "positions" and "positions" in kwargs else ConfigError
+    with pytest.raises(expected, match=name):
         sample_indices(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""Random TPS warps of MONA/ARCO's L_eqv (methods/tps.py, methods-spec §3.6)."""
+"""Random TPS warps of MONA/ARCO's L_eqv (methods/tps.py; docs/mona.md, 'TPS warp')."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""UNet (methods-spec §1.4) and EMA teacher (§1.5)."""
+"""UNet (docs/shared.md, 'UNet backbone') and EMA teacher (docs/shared.md, 'EMA teacher')."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_output_shapes(channels, size):
 def test_default_widths_match_released_network():
     model = UNet()
     assert model.channels == (16, 32, 64, 128, 256)
-    assert sum(model.pyramid_channels) == 496  # spec §1.4: the pyramid feeding every head
+    assert sum(model.pyramid_channels) == 496  # the pyramid feeding every head
     assert isinstance(model.head, nn.Conv2d) and model.head.kernel_size == (3, 3) and model.head.out_channels == 4
     ups = [block.up for block in model.decoder]
     assert all(isinstance(u, nn.ConvTranspose2d) and u.kernel_size == (2, 2) and u.stride == (2, 2) for u in ups)

@@ -1,0 +1,92 @@
+"""Training-state checkpoints: what a resumed stage or trial needs to continue exactly, and the selected weights.
+
+A checkpoint (objective, optimiser, every RNG state, the fp16 loss scaler's state, and for fine-tuning the selected
+state and the curves) is written atomically (:func:`medseg_platform.io.atomic_path`) at each validation of a
+fine-tuning run (``<trial>/checkpoint/checkpoint.pt``) and every ``checkpoint_every`` steps of a pretraining stage
+(``<stage folder>/checkpoint.pt``); :func:`medseg_platform.engine.train_trial` resumes from it. Checkpoints are read
+with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from medseg_platform.config import TrialConfig
+from medseg_platform.engine.ddp import DistContext
+from medseg_platform.engine.loop import _build_model
+from medseg_platform.errors import MedsegError
+from medseg_platform.io import atomic_path
+from medseg_platform.results import checkpoint_path
+
+
+def _cuda_rng_states() -> list[torch.Tensor]:
+    """The RNG state of every CUDA device (samplers, dropout and warps draw there), [] without CUDA."""
+    return torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+
+
+def _set_cuda_rng_states(states: list[torch.Tensor] | None) -> None:
+    if states and torch.cuda.is_available() and len(states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states)
+
+
+def training_state(step: int, objective, optimizer, generator: torch.Generator, scaler=None, **extra) -> dict:
+    """Everything a resumed run needs to continue exactly (objective, optimiser, every RNG, the fp16
+    ``GradScaler``'s plain-dict state or None) plus ``extra``."""
+    return {"step": step, "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(), "cuda_rng": _cuda_rng_states(), "data_rng": generator.get_state(),
+            "grad_scaler": scaler.state_dict() if scaler is not None else None, **extra}
+
+
+def restore_training_state(state: dict, objective, optimizer, generator: torch.Generator, seed: int,
+                           dist: DistContext | None, scaler=None) -> int:
+    """Load a :func:`training_state` (``seed``: the generator's seed before the rank offset); returns its step."""
+    objective.load_state_dict(state["objective"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    _set_cuda_rng_states(state.get("cuda_rng"))
+    generator.set_state(state["data_rng"])
+    if dist is not None and not dist.is_main:  # the checkpoint holds rank 0's data RNG: give this rank its own stream
+        generator.manual_seed(seed + 1_000_003 * dist.rank + int(state["step"]))
+    return int(state["step"])
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by :func:`save_checkpoint`; an unreadable one is a :class:`MedsegError` naming it
+    (deterministic: retrying the trial would fail the same way)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise MedsegError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                          "delete it to start this stage or trial over") from None
+
+
+def load_selected_model(cfg: TrialConfig, trial_dir: Path, device: torch.device, best_step: int | None = None) -> torch.nn.Module:
+    """The network of a trial trained by :func:`medseg_platform.engine.train_trial` with the weights it selected
+    (``eval.selection``: the best on val, or the final ones; the ``best_state`` of ``trial_dir/checkpoint/checkpoint.pt``,
+    read with ``weights_only=True``), on ``device``, in eval mode.
+
+    ``best_step``: the step ``result.json`` recorded; a checkpoint that selected another step is an error (it is not the
+    finished trial's). One-line :class:`MedsegError` when the checkpoint or its selected state is missing.
+    """
+    path = checkpoint_path(trial_dir)
+    if not path.is_file():
+        raise MedsegError(f"{path}: missing, so the trial's selected weights are gone (rerun the trial to recreate them)")
+    state = load_checkpoint(path)
+    if state.get("best_state") is None:
+        raise MedsegError(f"{path}: holds no selected weights yet (the trial has not validated; finish it first)")
+    if best_step is not None and int(state.get("best_step", -1)) != int(best_step):
+        raise MedsegError(f"{path}: selected step {state.get('best_step')} but result.json records step {best_step} "
+                          "(the checkpoint is not this finished trial's; rerun the trial)")
+    model = _build_model(cfg, device)
+    model.load_state_dict(state["best_state"])
+    return model.eval()

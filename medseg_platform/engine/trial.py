@@ -1,0 +1,201 @@
+"""One training trial in one process: [pretraining stages] -> fine-tuning -> validation -> test.
+
+:func:`train_trial` takes a :class:`TrialConfig`, a trial folder and an optional ``report(metrics, checkpoint_dir)``
+callback. Every ``val_every`` steps (and after the last) the student is evaluated on the **val** split (mean
+foreground Dice) and a state is selected (``eval.selection``): the best on val (the default), or the final one as
+the released scripts report it (``docs/evaluation.md``, 'Model selection'). Model selection never looks at the test
+split (the released scripts swept checkpoints on the test set). At the end the selected state is
+evaluated on the test split, per case and per class. A checkpoint is written at each validation; a crashed trial
+resumes from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from medseg_platform.config import TrialConfig
+from medseg_platform.data.splits import LabelledSubset, epoch_steps
+from medseg_platform.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
+from medseg_platform.engine.ddp import DistContext, agree, broadcast_state, replica_max_difference
+from medseg_platform.engine.evaluate import QualitativeSlices, evaluate_volumes, mean_dice
+from medseg_platform.engine.loop import TrainLoop, _build_model, _make_optimizer, autocast_dtype, data_generator, logs_after, pick_device
+from medseg_platform.engine.pretrain import run_pretraining
+from medseg_platform.engine.reports import Reporter, progress_fields
+from medseg_platform.engine.training_data import load_training_data
+from medseg_platform.errors import MedsegError
+from medseg_platform.results import OWN_PRETRAIN_DIR, QUALITATIVE_FILE, checkpoint_path
+from medseg_platform.seeding import seed_everything
+from methods.registry import build_objective
+
+
+@dataclass
+class TrialOutcome:
+    """What a finished trial produced (the results writer turns it into files).
+
+    ``best_step`` / ``best_val_dice``: the selected state's step and val Dice (``eval.selection``).
+    """
+
+    labelled: LabelledSubset
+    best_step: int
+    best_val_dice: float
+    test_rows: list[dict]
+    curves: list[dict]
+    val_curve: list[dict]
+    timing: dict[str, float]
+    resumed_from_step: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = None, log: Callable[[str], None] | None = None,
+                dist: DistContext | None = None, device: torch.device | None = None, pretrain_cache: Path | None = None) -> TrialOutcome:
+    """Pretrain (cached), fine-tune and evaluate one configuration; resumes from ``trial_dir/checkpoint/checkpoint.pt``.
+
+    ``pretrain_cache``: where finished pretraining stages are kept and shared between trials (default
+    ``trial_dir/pretrain``). With ``dist`` this is one rank of a data-parallel trial (see
+    :class:`~medseg_platform.engine.ddp.DistContext`); only rank 0's outcome carries validation and test results,
+    and every rank's ``extra`` has ``replica_param_max_diff``, the largest parameter difference between the ranks
+    after the last step, measured before the final broadcast of rank 0's state.
+    An objective parameter ``steps_per_epoch`` of 0 (MONA/ARCO's α_t epoch: the labelled set's own) is replaced by the
+    released epoch of the trial's labelled subset (:func:`medseg_platform.data.splits.epoch_steps` with the effective
+    unlabelled batch) and recorded in ``extra["steps_per_epoch"]``.
+    ``report(metrics, checkpoint_dir)`` gets one report with the checkpoint at each validation and progress-only
+    reports (``checkpoint_dir`` None) at the curve rows between and during pretraining
+    (:func:`~medseg_platform.engine.reports.progress_fields`).
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if (dist.world_size if dist else 1) != cfg.workers:
+        raise MedsegError(f"workers {cfg.workers}: the trial runs on {dist.world_size if dist else 1} process(es); set workers to match")
+    t_start = time.perf_counter()
+    timing = {"setup_s": 0.0, "pretrain_s": 0.0, "train_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0, "test_s": 0.0}
+    torch.set_num_threads(cfg.threads)
+    device = device or pick_device()
+    autocast_dtype(cfg.optim.amp, device)  # fp16 without CUDA: a ConfigError before any data is read
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch and batch sizes: let cuDNN pick its fastest kernels
+    main = dist is None or dist.is_main
+    trial_dir = Path(trial_dir)
+    ckpt_path = checkpoint_path(trial_dir)
+
+    data = load_training_data(cfg, log)
+    layout = data.layout
+    val_cases = layout.val_cases[: cfg.eval.val_cases] if cfg.eval.val_cases else layout.val_cases
+    val_volumes = [layout.read_volume(c) for c in val_cases] if main else []
+    timing["setup_s"] = time.perf_counter() - t_start
+
+    resuming = agree(ckpt_path.is_file(), dist, device)
+    pretrained = None
+    if cfg.pretrain and not resuming:  # a resumed fine-tune has the pretrained weights in its checkpoint already
+        t0 = time.perf_counter()
+        pretrained = run_pretraining(cfg, data, pretrain_cache or trial_dir / OWN_PRETRAIN_DIR, device, dist, log, report)
+        timing["pretrain_s"] = time.perf_counter() - t0
+
+    seed_everything(cfg.seed)
+    model = _build_model(cfg, device)
+    if pretrained is not None:
+        model.load_state_dict(pretrained["student"])  # student and (by copy) teacher start from the pretrained student
+    params = dict(cfg.objective_params)
+    filled = {}
+    if params.get("steps_per_epoch") == 0:  # "the labelled set's own epoch" (docs/mona.md, 'Entropy masks and the alpha schedule')
+        filled["steps_per_epoch"] = params["steps_per_epoch"] = epoch_steps(data.subset, cfg.data.unlabelled_batch * cfg.workers)
+        log(f"alpha_t epoch: {params['steps_per_epoch']} steps (floor(N_u / B_u), as released)")
+    objective = build_objective(cfg.objective, model, params).to(device)
+    optimizer = _make_optimizer(cfg, list(objective.trainable_parameters()))
+    generator = data_generator(cfg.seed, dist)
+    o = cfg.optim
+    loop = TrainLoop(cfg, objective, optimizer, data, generator, device, dist, o.max_steps, cfg.data.labelled_batch,
+                     cfg.data.unlabelled_batch, o.lr, o.poly_power, "fine-tuning", lr_step=o.lr_step)
+    row_every = (cfg.eval.log_every, cfg.eval.val_every)
+    objective.logged_steps = lambda step, max_steps: logs_after(step, max_steps, *row_every)
+
+    start_step, best = 0, {"step": -1, "val_dice": -math.inf, "state": None}
+    curves: list[dict] = []
+    val_curve: list[dict] = []
+    if resuming:
+        state = load_checkpoint(ckpt_path)
+        start_step = restore_training_state(state, objective, optimizer, generator, cfg.seed, dist, scaler=loop.scaler)
+        best = {"step": int(state["best_step"]), "val_dice": float(state["best_val_dice"]), "state": state["best_state"]}
+        curves, val_curve = list(state["curves"]), list(state["val_curve"])
+        log(f"resumed from step {start_step} ({ckpt_path})")
+    if dist is not None:
+        broadcast_state(objective)
+
+    def progress(step: int) -> dict:  # where fine-tuning is, for every report (see progress_fields)
+        return {"step": step, "loss": curves[-1]["loss"], "done": False,
+                **progress_fields(cfg.objective, "fine-tuning", 0, len(cfg.pretrain), step, o.max_steps, curves[-1]["steps_per_s"], len(val_curve))}
+
+    replica_diff = None
+    for step in range(start_step, o.max_steps):
+        loop.step(step)
+        last = step + 1 == o.max_steps
+        validate = (step + 1) % cfg.eval.val_every == 0 or last
+        if logs_after(step, o.max_steps, *row_every):
+            curves.append(loop.curve_row(step + 1))
+            if report is not None and not validate:  # progress only: the last known val Dice, no checkpoint
+                known = best["step"] >= 0
+                report({**progress(step + 1), "val_dice": val_curve[-1]["val_dice"] if known else math.nan,
+                        "best_val_dice": best["val_dice"] if known else math.nan}, None)
+        if not validate:
+            continue
+        if dist is not None:
+            if last:  # the evidence that averaged gradients kept the replicas equal: before the broadcast equalises them
+                replica_diff = replica_max_difference(objective)
+            broadcast_state(objective)  # BN running statistics: rank 0's are the model
+        if not main:
+            if report is not None:
+                report({**progress(step + 1), "val_dice": float("nan"), "best_val_dice": float("nan")}, None)
+            continue
+        t0 = time.perf_counter()
+        val_dice = mean_dice(evaluate_volumes(objective.eval_model(), val_volumes, cfg, device))
+        timing["val_s"] += time.perf_counter() - t0
+        val_curve.append({"step": step + 1, "val_dice": val_dice})
+        if _selects(cfg.eval.selection, val_dice, best):
+            best = {"step": step + 1, "val_dice": val_dice, "state": copy.deepcopy(objective.eval_model().state_dict())}
+        t0 = time.perf_counter()
+        save_checkpoint(ckpt_path, training_state(step + 1, objective, optimizer, generator, scaler=loop.scaler, best_step=best["step"],
+                                                  best_val_dice=best["val_dice"], best_state=best["state"],
+                                                  curves=curves, val_curve=val_curve))
+        timing["checkpoint_s"] += time.perf_counter() - t0
+        log(f"step {step + 1}/{o.max_steps}: loss {curves[-1]['loss']:.4f}, val Dice {val_dice:.4f} (selected {best['val_dice']:.4f} @ {best['step']})")
+        if report is not None:
+            report({**progress(step + 1), "val_dice": val_dice, "best_val_dice": best["val_dice"]}, ckpt_path.parent)
+    timing["train_s"] = loop.train_s
+
+    extra = dict(filled)
+    if dist is not None:
+        if replica_diff is None:  # resumed after the last step: the replicas hold rank 0's broadcast checkpoint state
+            replica_diff = replica_max_difference(objective)
+        extra.update(world_size=dist.world_size, replica_param_max_diff=replica_diff)
+        if loop.first_grad_norms is not None:
+            extra["first_step_grad_norm_per_rank"] = loop.first_grad_norms
+    if not main:
+        return TrialOutcome(data.subset, best["step"], best["val_dice"], [], curves, val_curve, timing, start_step, extra)
+    t0 = time.perf_counter()
+    model_for_test = objective.eval_model()
+    if best["state"] is not None:
+        model_for_test.load_state_dict(best["state"])
+    qualitative = QualitativeSlices(layout.test_cases)
+    test_rows = evaluate_volumes(model_for_test, [layout.read_volume(c) for c in layout.test_cases], cfg, device,
+                                 on_prediction=qualitative.keep)
+    qualitative.save(trial_dir / QUALITATIVE_FILE)
+    timing["test_s"] = time.perf_counter() - t0
+    timing["total_s"] = time.perf_counter() - t_start
+    return TrialOutcome(data.subset, best["step"], best["val_dice"], test_rows, curves, val_curve, timing, start_step, extra)
+
+
+def _selects(selection: str, val_dice: float, selected: dict) -> bool:
+    """Whether the state just validated with ``val_dice`` replaces the ``selected`` one (``eval.selection``).
+
+    ``"best_val"``: when its val Dice is higher (a NaN Dice, nothing defined, never wins against a number, but is
+    kept when nothing is selected yet); ``"final"``: always, so the last step's state is the one tested.
+    """
+    if selection == "final" or selected["state"] is None:
+        return True
+    return math.isfinite(val_dice) and (not math.isfinite(selected["val_dice"]) or val_dice > selected["val_dice"])

@@ -1,0 +1,243 @@
+"""Running a :class:`~medseg_platform.study.spec.Study` as a Ray Tune experiment (:func:`run_study`).
+
+1. expands and validates every trial config **before Ray starts** (one-line :class:`ConfigError`), checks the Ray
+   options, GPUs, ``--test-root`` and every data file the trials read (data preflight);
+2. skips Ray entirely when every trial already has a complete ``result.json`` (rerun = rebuild tables; a search
+   always restores its Tune experiment, whose samples Optuna decides);
+3. starts a local Ray (dashboard on ``dashboard_host``, 127.0.0.1 by default: :mod:`medseg_platform.dashboard`)
+   or joins ``address`` / ``RAY_ADDRESS`` (:mod:`medseg_platform.study.ray_runtime`);
+4. runs or, if the experiment exists, restores (``Tuner.can_restore`` / ``Tuner.restore``) the Tune experiment
+   ``<name>-<spec hash>`` under ``<results>/<name>/ray``, each trial being the function trainable
+   :func:`medseg_platform.study.trainable.run_trial_in_tune`.
+
+Failures: deterministic application errors (NaN loss, bad config/data) end the trial as errored without a retry;
+a dead worker is retried from its last checkpoint up to ``max_retries`` times (``FailureConfig``); a killed driver
+or a corrupt result is handled by rerunning the same command.
+
+External test set (``Study.test_root``, the study scripts' ``--test-root``): checked before Ray starts (same classes
+as the study's data, data preflight) and scored by each trial after its own test evaluation; finished trials that
+lack it are scored at the next run from their checkpoints, without training (:mod:`medseg_platform.predict`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg_platform.config import resolve_path
+from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_host
+from medseg_platform.errors import ConfigError
+from medseg_platform.io import write_json_atomic
+from medseg_platform.preflight import datasets_of_trials, preflight_datasets
+from medseg_platform.results import (LAST_RUN_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, trial_finished, trial_folder,
+                                     tune_storage)
+from medseg_platform.study.ray_runtime import check_gpus_available, init_ray
+from medseg_platform.study.spec import ASHA_TIME, Study
+
+
+@dataclass
+class StudyRun:
+    """What :meth:`Study.run` returns: the study, its folder, every trial key and the run's timing."""
+
+    study: Study
+    study_dir: Path
+    trial_keys: list[str]
+    timing: dict
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_study(study: Study) -> StudyRun:
+    """Validate, run (or restore) on Ray, and return what finished; see the module docstring."""
+    start = time.perf_counter()
+    trials = study.trial_params()
+    check_ray_options(study)
+    check_fault_tolerance_options(study, trials)
+    if study.gpus_per_trial > 0:
+        check_gpus_available(study.address)
+    test_datasets = check_test_root(study, trials)
+    preflight_datasets(datasets_of_trials(trials) + test_datasets, study.study_dir)  # every data file read, before Ray starts
+    study_dir = study.study_dir
+    (study_dir / TRIALS_DIR).mkdir(parents=True, exist_ok=True)
+
+    def to_run(trial: dict, warn: bool = False) -> bool:
+        folder = trial_folder(study_dir, trial["key"])
+        return not trial_finished(folder, _log if warn else None) or lacks_test_root(study, folder)
+
+    pending = [t for t in trials if to_run(t, warn=True)]
+    write_json_atomic(study_dir / STUDY_FILE, study.description(trials))
+    _log(f"study {study.name}: {len(trials)} trial(s), {len(trials) - len(pending)} already finished -> {study_dir}")
+    timing = {"validate_s": time.perf_counter() - start}
+    if pending or study.search_space is not None:
+        run_id = uuid.uuid4().hex[:12]  # marks the error.json files written by this run
+        restored = run_tune(study, trials, study_dir, timing, study.spec_hash(trials), run_id)
+        # A restored experiment re-runs only what Tune itself left unfinished or errored. Trials it
+        # marked finished that have no valid result (folder deleted, corrupt result, an application error
+        # in an earlier run: Tune saw those end normally) run again here, in a fresh experiment.
+        left = [t for t in pending if to_run(t) and not errored_in_run(trial_folder(study_dir, t["key"]), run_id)]
+        if restored and left and study.search_space is None:
+            _log(f"{len(left)} trial(s) that the restored experiment considers done have no result (lost, corrupt, or "
+                 "errored in an earlier run): running them again")
+            run_tune(study, left, study_dir, timing, f"rerun-{run_id}", run_id)
+    timing["total_s"] = time.perf_counter() - start
+    write_json_atomic(study_dir / LAST_RUN_FILE, {"timing": timing, "pending_at_start": len(pending), "trials": len(trials),
+                                                  "concurrency_cpus": study.num_cpus, "cpus_per_trial": study.cpus_per_trial,
+                                                  "num_workers": study.num_workers})
+    return StudyRun(study, study_dir, [t["key"] for t in trials], timing)
+
+
+# ----------------------------------------------------------------------------------- checks before Ray
+def check_test_root(study: Study, trials: list[dict]) -> list[tuple[str, int]]:
+    """``study.test_root`` resolved (in place) and checked before Ray starts (a dataset root with the trials' classes and
+    a test split; one-line error otherwise); returns its ``(root, num_classes)`` for the data preflight ([] without one)."""
+    if study.test_root is None:
+        return []
+    from medseg_platform.predict import check_test_root as check_root
+
+    study.test_root = resolve_path(study.test_root, "--test-root")
+    return check_root(study.test_root, datasets_of_trials(trials))
+
+
+def lacks_test_root(study: Study, trial_dir: Path) -> bool:
+    """A finished trial still to be scored on ``study.test_root`` (it finished before the flag was given, or with another root)."""
+    if study.test_root is None:
+        return False
+    from medseg_platform.predict import needs_test_root_evaluation
+
+    return needs_test_root_evaluation(trial_dir, study.test_root)
+
+
+def check_fault_tolerance_options(study: Study, trials: list[dict]) -> None:
+    """``max_retries`` and a trial's fp16 autocast without a GPU, before Ray starts (one-line :class:`ConfigError`)."""
+    if isinstance(study.max_retries, bool) or not isinstance(study.max_retries, int) or study.max_retries < 0:
+        raise ConfigError(f"--max-retries {study.max_retries!r}: must be a whole number >= 0")
+    if study.gpus_per_trial <= 0 and any(t["config"]["optim"].get("amp") == "fp16" for t in trials):
+        raise ConfigError("optim.amp 'fp16' needs a CUDA GPU per trial: pass --gpus-per-trial 1 (or use --amp bf16, which runs on CPU too)")
+
+
+def check_ray_options(study: Study) -> None:
+    """``dashboard_host`` and ``optuna_storage`` (resolved in place), checked before Ray starts (one-line :class:`ConfigError`)."""
+    warning = check_dashboard_host(study.dashboard_host)
+    if study.dashboard_host != DEFAULT_DASHBOARD_HOST and (not study.dashboard or study.address or os.environ.get("RAY_ADDRESS")):
+        raise ConfigError("--dashboard-host sets the dashboard of the local Ray this command starts; it has no effect with "
+                          "--no-dashboard or when joining a cluster (--address/RAY_ADDRESS: use `ray start --dashboard-host` there)")
+    if warning:
+        _log(warning)
+    if study.optuna_storage is not None:
+        if study.search_space is None:
+            raise ConfigError("--optuna-storage records an Optuna search; this study is a grid (it has no search space)")
+        path = resolve_path(study.optuna_storage, "--optuna-storage")
+        if path.is_dir():
+            raise ConfigError(f"--optuna-storage {path}: is a directory; give a file (e.g. {path / 'optuna.log'})")
+        study.optuna_storage = path
+
+
+# ---------------------------------------------------------------------------------------- Tune
+def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, suffix: str, run_id: str = "") -> bool:
+    """Run the trials as Tune experiment ``<name>-<suffix>``, restoring it if it exists; True if restored.
+
+    Fault tolerance: ``FailureConfig(max_failures=max_retries)`` restarts a trial whose worker process
+    died from its last checkpoint (a restored experiment keeps the limit it was started with);
+    :class:`~medseg_platform.progress.ProgressCallback` prints each retry.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # one checkpoint per validation is intended; Tune's "snapshotting triggered often" warning is noise here
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    t0 = time.perf_counter()
+    import ray
+    from ray import tune
+
+    from medseg_platform.progress import ProgressCallback, trial_plan
+    from medseg_platform.study.distributed import TUNE_FUNCTION_CPU
+    from medseg_platform.study.trainable import run_trial_in_tune
+
+    timing["import_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    started_here = init_ray(study.address, study.num_cpus, study.dashboard, study.dashboard_host)
+    timing["ray_init_s"] = time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        distributed = study.num_workers > 1
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial_in_tune, study_dir=str(study_dir), num_workers=study.num_workers,
+                                 cpus_per_worker=study.cpus_per_trial, gpus_per_worker=study.gpus_per_trial, run_id=run_id,
+                                 test_root=str(study.test_root) if study.test_root is not None else None),
+            {"cpu": TUNE_FUNCTION_CPU} if distributed else {"cpu": study.cpus_per_trial, "gpu": study.gpus_per_trial},
+        )
+        name = f"{study.name}-{suffix}"
+        storage = tune_storage(study_dir)
+        exp_path = storage / name
+        restored = tune.Tuner.can_restore(str(exp_path))
+        if restored:
+            _log(f"restoring Tune experiment {exp_path}")
+            tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
+        else:
+            # the progress lines' expected cost per trial; a search runs its base config num_samples times
+            plans = [trial_plan(t["config"], t["key"], existed=trial_finished(trial_folder(study_dir, t["key"]))) for t in trials]
+            plans = plans * (study.num_samples if study.search_space else 1)
+            tuner = tune.Tuner(trainable, param_space=param_space(study, trials), tune_config=tune_config(study, name),
+                               run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+                                                         callbacks=[ProgressCallback(plans)],
+                                                         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                                         failure_config=tune.FailureConfig(max_failures=study.max_retries)))
+        tuner.fit()
+        timing["tune_s"] = timing.get("tune_s", 0.0) + time.perf_counter() - t0
+    finally:
+        if started_here:
+            ray.shutdown()
+    return restored
+
+
+def param_space(study: Study, trials: list[dict]) -> dict:
+    """Tune's param space: a grid over the trials, or the first trial plus the search space's domains."""
+    from ray import tune
+
+    if study.search_space is None:
+        return {"trial": tune.grid_search(trials)}
+    return {"trial": trials[0], "search": dict(study.search_space)}
+
+
+def tune_config(study: Study, experiment: str):
+    """Tune's config; with a search, Optuna TPE whose study is named ``experiment`` (the Tune experiment's name)."""
+    from ray import tune
+
+    search_alg = scheduler = None
+    if study.search_space is not None:
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(metric=study.metric, mode=study.mode, seed=int(study.seeds[0]), study_name=experiment,
+                                  storage=optuna_journal(study.optuna_storage) if study.optuna_storage is not None else None)
+    if study.asha:
+        from ray.tune.schedulers import ASHAScheduler
+
+        # time = ASHA_TIME: one per validation, then the final report after the result files are written (the
+        # progress-only reports repeat the count of the last validation and its metric: ASHA records a rung once).
+        # ASHA ends a trial that reaches max_t, so max_t must count that final report too. The skipped and errored
+        # reports carry no ASHA_TIME: ASHA ignores them.
+        if {"optim.max_steps", "eval.val_every"} & set(study.search_space or {}):
+            raise ConfigError("asha: do not search optim.max_steps or eval.val_every (they set ASHA's time budget)")
+        validations = -(-study.base.optim.max_steps // study.base.eval.val_every)
+        scheduler = ASHAScheduler(metric=study.metric, mode=study.mode, time_attr=ASHA_TIME,
+                                  max_t=validations + 1, grace_period=1)
+    metric_mode = {} if (search_alg or scheduler) else {"metric": study.metric, "mode": study.mode}
+    return tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=study.num_samples if study.search_space else 1,
+                           max_concurrent_trials=study.max_concurrent, reuse_actors=True, **metric_mode)
+
+
+def optuna_journal(path: Path):
+    """Optuna's journal file storage at ``path`` (parent folders created): safe with parallel writers, unlike SQLite.
+
+    OptunaSearch (Ray 2.60) takes it as ``storage``; ``optuna-dashboard PATH`` shows the study.
+    """
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))

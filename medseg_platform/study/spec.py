@@ -1,0 +1,190 @@
+"""The study spec: what a :class:`Study` runs, frozen into validated trial configs before Ray starts.
+
+A :class:`Study` is a base :class:`TrialConfig`, a list of *variants* (rows of a table: a tag dict plus dotted-key
+overrides), grid axes (dotted key -> values), a seeds axis, optionally an Optuna TPE search space, the metric/mode,
+an optional ASHA scheduler and the resources per trial. :meth:`Study.trial_params` expands and validates every trial
+config (one-line :class:`ConfigError`), :meth:`Study.spec_hash` names the Tune experiment (a changed spec gets a
+new experiment; trials whose configs did not change are still reused from their result files) and
+:meth:`Study.description` is ``study.json``. :meth:`Study.run` hands the study to :mod:`medseg_platform.study.runner`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from medseg_platform.config import TrialConfig, resolve_path
+from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST
+from medseg_platform.errors import ConfigError
+from medseg_platform.protocol import PROTOCOLS
+from medseg_platform.results import trial_key
+
+if TYPE_CHECKING:
+    from medseg_platform.study.runner import StudyRun
+
+METRIC = "best_val_dice"
+#: ASHA's time attribute: the evaluations a trial reported (one per validation, one for the final test report).
+#: Not ``training_iteration``: the progress-only reports between validations advance that, and carry no new metric.
+ASHA_TIME = "evaluations"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of a study: ``tags`` (``row`` = its table label) and dotted-key config ``overrides``."""
+
+    tags: Mapping[str, Any]
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Study:
+    """A study: trials of ``base`` per variant x grid point x seed (or Optuna samples of ``search_space``), how Tune
+    runs them and where their folders go (``results_dir / name``); see the module docstring."""
+
+    name: str
+    base: TrialConfig
+    results_dir: Path
+    variants: Sequence[Variant] = (Variant({}),)
+    grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    seeds: Sequence[int] = (1337,)
+    search_space: Mapping[str, Any] | None = None  # Ray Tune domains, sampled by Optuna TPE
+    num_samples: int = 1
+    metric: str = METRIC
+    mode: str = "max"
+    asha: bool = False
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    num_workers: int = 1  # > 1: each trial is a data-parallel Ray Train run (cpus/gpus_per_trial are per worker)
+    max_concurrent: int | None = None
+    address: str | None = None
+    dashboard: bool = True
+    num_cpus: int | None = None  # for a local Ray; None = all cores
+    dashboard_host: str = DEFAULT_DASHBOARD_HOST  # local Ray only; not loopback = a warning (medseg_platform.dashboard)
+    optuna_storage: Path | None = None  # search only: Optuna journal file the searched trials go to (optuna-dashboard PATH)
+    max_retries: int = 2  # Tune retries of a trial whose worker died (infrastructure failures only; study.trainable)
+    claims: Sequence[Mapping[str, Any]] = ()  # papers' claims the report tests (medseg_platform.claims_spec.claim); not in spec_hash
+    test_root: Path | None = None  # external test set: each trial's selected weights are also scored on its test split
+    # the evaluation protocol the trial configs were built with (PROTOCOLS; set by the study command's --protocol):
+    # recorded in study.json for the report, not in spec_hash (the protocol's configs already differ)
+    protocol: str = "corrected"
+
+    def trial_params(self) -> list[dict]:
+        """Every grid trial as ``{"config": dict, "tags": dict, "key": str}``, validated, in :func:`start_order`."""
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name or ""):
+            raise ConfigError(f"study name {self.name!r}: use letters, digits, '-' and '_' only")
+        if not self.seeds:
+            raise ConfigError("seeds: give at least one seed")
+        if self.num_workers < 1 or self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+            raise ConfigError("num_workers must be >= 1, cpus_per_trial > 0 and gpus_per_trial >= 0")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"study protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
+        if self.asha and self.search_space is None:
+            raise ConfigError("asha: early stopping prunes trials for good; use it with a search space, not a grid")
+        if self.search_space is not None and (len(self.variants) != 1 or len(self.seeds) != 1 or any(len(v) != 1 for v in self.grid.values())):
+            raise ConfigError("an Optuna search runs over one variant and one seed; move other axes into the search space")
+        axes = list(self.grid.items())
+        trials, seen = [], set()
+        for variant in self.variants:
+            for values in itertools.product(*(v for _, v in axes)) if axes else [()]:
+                for seed in self.seeds:
+                    grid_values = dict(zip((k for k, _ in axes), values))
+                    overrides = {**variant.overrides, **grid_values, "seed": int(seed), "workers": self.num_workers}
+                    cfg = self.base.replace(**overrides)
+                    tags = dict(variant.tags)
+                    # the analysis reads "variant" (the row label before grid suffixes) and "axes" (every
+                    # grid axis, plus the non-grid axes a study script puts in the variant's own "axes")
+                    tags["variant"] = str(variant.tags.get("variant") or variant.tags.get("row", cfg.objective))
+                    tags["axes"] = {**dict(variant.tags.get("axes") or {}), **grid_values}
+                    # grid axes other than the label fraction (the tables' columns) are part of the row label,
+                    # so different settings are never averaged into one cell
+                    extra = [f"{k}={v}" for k, v in grid_values.items() if k != "data.labelled"]
+                    if extra:
+                        tags["row"] = f"{tags.get('row', cfg.objective)} ({', '.join(extra)})"
+                    config = cfg.to_dict()
+                    key = trial_key(config)
+                    if key in seen:
+                        raise ConfigError(f"study {self.name}: two trials resolve to the same config ({key}); remove the duplicate variant")
+                    seen.add(key)
+                    trials.append({"config": config, "tags": tags, "key": key})
+        checked = set()
+        for trial in trials:  # validation: data checks once per distinct data/labelled setting
+            cfg = TrialConfig.from_dict(trial["config"])
+            data_key = json.dumps([trial["config"]["data"], cfg.seed if cfg.data.labelled_strategy == "random" else 0], sort_keys=True)
+            cfg.validate(check_data=data_key not in checked)
+            checked.add(data_key)
+        if self.search_space is not None:  # one sample of every domain must give a valid config, before Ray starts
+            sample = {key: domain.sample() if hasattr(domain, "sample") else domain for key, domain in self.search_space.items()}
+            TrialConfig.from_dict({**trials[0]["config"], **sample}).validate(check_data=False)
+        return start_order(trials)
+
+    def spec_hash(self, trials: list[dict]) -> str:
+        """Names the Tune experiment: everything that changes what Tune would run or how."""
+        search = {key: describe_domain(domain) for key, domain in (self.search_space or {}).items()}
+        spec = {"trials": [t["key"] for t in trials], "search": search, "n": self.num_samples, "metric": self.metric,
+                "mode": self.mode, "asha": self.asha, "workers": self.num_workers, "cpus": self.cpus_per_trial,
+                "gpus": self.gpus_per_trial}
+        if self.optuna_storage is not None:  # a restored experiment keeps its searcher: with its storage, or without
+            spec["optuna_storage"] = str(resolve_path(self.optuna_storage, "--optuna-storage"))
+        if self.test_root is not None:  # a new external test set: a new experiment, whose finished trials only evaluate it
+            spec["test_root"] = str(resolve_path(self.test_root, "--test-root"))
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+
+    def description(self, trials: list[dict]) -> dict:
+        """``study.json``: what the analysis needs besides the trial files (axes, variants, search, seeds, claims, protocol)."""
+        return {"name": self.name, "trials": [t["key"] for t in trials], "seeds": list(self.seeds),
+                "spec_hash": self.spec_hash(trials), "search": self.search_space is not None,
+                "grid": {key: list(values) for key, values in self.grid.items()},
+                "variants": [dict(v.tags) for v in self.variants],
+                "search_space": {key: describe_domain(d) for key, d in (self.search_space or {}).items()},
+                "num_samples": self.num_samples if self.search_space is not None else 1,
+                "metric": self.metric, "mode": self.mode, "asha": self.asha,
+                "claims": [dict(c) for c in self.claims], "protocol": self.protocol}
+
+    @property
+    def study_dir(self) -> Path:
+        return resolve_path(self.results_dir, "results dir") / self.name
+
+    def run(self) -> "StudyRun":
+        """Validate, run (or restore) on Ray, and return what finished (:func:`medseg_platform.study.runner.run_study`)."""
+        from medseg_platform.study.runner import run_study
+
+        return run_study(self)
+
+
+def start_order(trials: list[dict]) -> list[dict]:
+    """The trials in the order Tune should start them (it starts a grid in list order).
+
+    Trials that share a first pretraining stage wait for each other on its cache lock (the first trains it,
+    the others then load it), so two of them started side by side leave a slot idle for the whole stage.
+    The order therefore starts the first trial of every distinct first stage (and every trial without
+    pretraining) before the second trial of any stage, keeping the study's order otherwise. The stage is
+    recognised by its settings, model, data, seed and workers (a superset of the cache key's fields: at
+    worst two trials that could share a stage are treated as distinct, which only costs ordering).
+    """
+    seen: dict[str, int] = {}
+    ranked = []
+    for index, trial in enumerate(trials):
+        config = trial["config"]
+        rank = 0
+        if config.get("pretrain"):
+            stage = json.dumps([config["pretrain"][0], config.get("model"), config.get("data"), config.get("seed"),
+                                config.get("workers")], sort_keys=True, default=str)
+            rank = seen[stage] = seen.get(stage, -1) + 1
+        ranked.append((rank, index, trial))
+    return [trial for _, _, trial in sorted(ranked, key=lambda item: item[:2])]
+
+
+def describe_domain(domain: Any) -> str:
+    """A stable text for a Tune search domain (type, bounds, sampler), for the experiment's name."""
+    if not hasattr(domain, "sample"):
+        return repr(domain)
+    parts = [type(domain).__name__] + [f"{k}={getattr(domain, k)!r}" for k in ("lower", "upper", "categories") if hasattr(domain, k)]
+    sampler = getattr(domain, "sampler", None)
+    if sampler is not None:
+        parts.append(type(sampler).__name__ + repr(sorted(vars(sampler).items(), key=str)))
+    return " ".join(parts)

@@ -1,0 +1,179 @@
+"""The Tune function trainable (:func:`run_trial_in_tune`) and the one function that trains a rank of a trial and
+writes its results (:func:`train_and_record`), shared by single-worker trials, every Ray Train worker of a
+multi-worker trial (:mod:`medseg_platform.study.distributed`) and ``medseg train --in-process``.
+
+A trial runs single-process in the Tune actor (no TorchTrainer start-up cost) unless it has several workers. It
+reports with ``ray.tune.report`` (with the engine's checkpoint) and writes its result files
+(:mod:`medseg_platform.results`), which are the source of truth.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable, Mapping
+
+from medseg_platform.config import TrialConfig
+from medseg_platform.errors import MedsegError
+from medseg_platform.results import (ERROR_FILE, CorruptResult, checkpoint_folder, checkpoint_path, pretrain_cache_dir,
+                                     ray_train_storage, read_trial, search_trial_key, start_attempt, trial_folder,
+                                     write_trial_config, write_trial_error, write_trial_results)
+from medseg_platform.study.spec import ASHA_TIME, METRIC
+
+
+def train_and_record(config: dict, tags: Mapping, trial_dir: Path, pretrain_cache: Path, *, report=None, dist=None,
+                     device=None, log: Callable[[str], None] | None = None, extra: Mapping | None = None) -> dict | None:
+    """Train this process's rank of the trial ``config`` in ``trial_dir`` (:func:`medseg_platform.engine.train_trial`:
+    pretraining stages shared through ``pretrain_cache``, resumed from the trial's checkpoint) and, on the main rank,
+    write its result files (:func:`medseg_platform.results.write_trial_results`, with ``extra``).
+
+    ``report``/``dist``/``device``/``log`` go to ``train_trial`` (``dist`` None: a single-process trial). Returns the
+    result record; None on the other ranks of a multi-worker trial. Errors propagate (the caller classifies them:
+    :func:`application_error`).
+    """
+    from medseg_platform.engine import train_trial
+
+    cfg = TrialConfig.from_dict(config)
+    outcome = train_trial(cfg, trial_dir, report=report, log=log, dist=dist, device=device, pretrain_cache=pretrain_cache)
+    if dist is not None and not dist.is_main:
+        return None
+    return write_trial_results(trial_dir, config=config, tags=tags, outcome=outcome, seed=cfg.seed, extra=extra)
+
+
+def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
+                      run_id: str = "", test_root: str | None = None) -> None:
+    """The Tune function trainable: one trial, in-process, or on ``num_workers`` Ray Train workers.
+
+    Failures. An *application error* (a :class:`MedsegError`, whichever floor raised it: NaN/inf loss, bad config or
+    data, an unreadable checkpoint) is deterministic: it is written to ``error.json`` (kind ``application``, with the
+    step and terms of a NaN) and the trial **ends normally** with an ``errored: True`` report, so Tune spends no retry
+    on it, the study goes on, and the progress line and the summary count it as errored. Anything else (an
+    exception of another type, or the worker process dying, which never reaches this code) is an
+    *infrastructure failure*: recorded (kind ``infrastructure``) and re-raised, so Tune restarts the trial
+    from its last checkpoint while ``Study.max_retries`` lasts. Each start is counted in ``attempts.json``
+    (before training) and ``result.json`` records the count. ``run_id`` marks this study run's error files.
+    ``test_root``: after the trial's own test evaluation (or, for a trial finished earlier, instead of training), its
+    selected weights are scored on that dataset's test split (:func:`score_test_root`).
+    """
+    from ray import tune
+
+    trial = params["trial"]
+    config = dict(trial["config"])
+    search = dict(params.get("search") or {})
+    if search:  # an Optuna sample: apply the sampled values, key the trial by the resulting config
+        config = TrialConfig.from_dict({**config, **search}).to_dict()
+    tags = {**trial["tags"], **({"search": search} if search else {})}
+    key = search_trial_key(config, tune.get_context().get_trial_id()) if search else trial["key"]
+    trial_dir = trial_folder(study_dir, key)
+    try:
+        cfg = TrialConfig.from_dict(config)
+        cfg.validate(check_data=False)
+    except MedsegError as exc:
+        end_errored(trial_dir, config, tags, int(config.get("seed", 0)), exc, run_id)
+        return
+
+    try:
+        existing = read_trial(trial_dir)
+    except CorruptResult:
+        existing = None
+    if existing is not None:  # finished before (e.g. the driver died before Tune saved its state, or a new --test-root)
+        score_test_root(trial_dir, test_root, key)
+        tune.report({"step": cfg.optim.max_steps, METRIC: existing.result["best_val_dice"], "test_dice": existing.result["test"]["mean"]["dice"], "done": True, "skipped": True})
+        return
+
+    attempt = start_attempt(trial_dir)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None and not checkpoint_path(trial_dir).is_file():
+        with checkpoint.as_directory() as src:
+            shutil.copytree(src, checkpoint_folder(trial_dir), dirs_exist_ok=True)
+
+    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        ckpt = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+        tune.report({**metrics, METRIC: metrics["best_val_dice"]}, checkpoint=ckpt)
+
+    write_trial_config(trial_dir, config, tags)
+    (trial_dir / ERROR_FILE).unlink(missing_ok=True)  # a retry of an errored trial starts clean
+    if attempt > 1:
+        print(f"[{key}] attempt {attempt}: resuming from the trial's last checkpoint", flush=True)
+    try:
+        if num_workers > 1:
+            from medseg_platform.study.distributed import run_distributed_trial
+
+            run_distributed_trial(config, tags, trial_dir, pretrain_cache_dir(study_dir), ray_train_storage(study_dir),
+                                  num_workers, cpus_per_worker, gpus_per_worker)
+            record = read_trial(trial_dir).result
+        else:
+            from medseg_platform.study.ray_runtime import trial_placement
+
+            record = train_and_record(config, tags, trial_dir, pretrain_cache_dir(study_dir), report=report,
+                                      log=lambda msg: print(f"[{key}] {msg}", flush=True), extra={"placement": trial_placement()})
+    except Exception as exc:  # the reason goes into the trial's files (Ray wraps workers' errors)
+        app = application_error(exc)
+        if app is not None:
+            end_errored(trial_dir, config, tags, cfg.seed, app, run_id)
+            return
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        write_trial_error(trial_dir, config=config, tags=tags, seed=cfg.seed, error=message, kind="infrastructure", run=run_id)
+        raise  # Tune retries it from the last checkpoint (FailureConfig), or marks it errored when no retry is left
+    score_test_root(trial_dir, test_root, key)
+    tune.report({"step": cfg.optim.max_steps, METRIC: record["best_val_dice"], "best_val_dice": record["best_val_dice"],
+                 "test_dice": record["test"]["mean"]["dice"], "done": True, ASHA_TIME: -(-cfg.optim.max_steps // cfg.eval.val_every) + 1})
+
+
+def application_error(exc: BaseException) -> MedsegError | None:
+    """The deterministic application error behind ``exc``, or None for an infrastructure failure.
+
+    An application error is any :class:`MedsegError` (:mod:`methods.errors`; the objectives' ``ConfigError`` and
+    ``DataError`` at run time included). Looks at ``exc`` itself, its cause/context chain, Ray's wrappers
+    (``RayTaskError.as_instanceof_cause``) and a Ray Train ``WorkerGroupError``'s per-rank ``worker_failures`` (a
+    multi-worker trial's NaN).
+    """
+    stack, seen = [exc], set()
+    while stack:
+        error = stack.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, MedsegError):
+            return error
+        stack += [error.__cause__, error.__context__, getattr(error, "cause", None)]
+        stack += list((getattr(error, "worker_failures", None) or {}).values())
+        unwrap = getattr(error, "as_instanceof_cause", None)
+        if callable(unwrap):
+            try:
+                stack.append(unwrap())
+            except Exception:  # noqa: BLE001 - a wrapper that cannot rebuild its cause is simply not unwrapped
+                pass
+    return None
+
+
+def score_test_root(trial_dir: Path, test_root: str | None, key: str) -> None:
+    """Score a finished trial's selected weights on the external test set ``test_root`` unless it already was
+    (:func:`medseg_platform.predict.evaluate_on_test_root`). A deterministic error (e.g. its checkpoint is gone) is
+    printed and the trial stays finished: the report lists it as missing from the external block."""
+    if test_root is None:
+        return
+    from medseg_platform.predict import evaluate_on_test_root, has_test_root_evaluation
+
+    if has_test_root_evaluation(trial_dir, test_root):
+        return
+    try:
+        block = evaluate_on_test_root(trial_dir, test_root)
+    except MedsegError as exc:
+        print(f"[{key}] external test set {test_root} not evaluated: {exc}", flush=True)
+        return
+    print(f"[{key}] external test set {test_root}: mean Dice {block['test']['mean']['dice']:.4f} "
+          f"over {block['num_test_cases']} cases", flush=True)
+
+
+def end_errored(trial_dir: Path, config: dict, tags: dict, seed: int, exc: MedsegError, run_id: str) -> None:
+    """Record an application error and end the Tune trial normally with an ``errored`` report (never retried)."""
+    from ray import tune
+
+    step = getattr(exc, "step", None)
+    details = {"step": step, "terms": list(getattr(exc, "terms", ()))} if step is not None else {}
+    write_trial_error(trial_dir, config=config, tags=tags, seed=seed, error=str(exc), kind="application", details=details, run=run_id)
+    print(f"[{trial_dir.name}] ERRORED (not retried: the error is deterministic): {exc}", flush=True)
+    nan = float("nan")
+    tune.report({"step": step if step is not None else 0, METRIC: nan, "best_val_dice": nan, "test_dice": nan, "done": True,
+                 "errored": True, "error": str(exc)})

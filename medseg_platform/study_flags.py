@@ -1,0 +1,82 @@
+"""The flags every study script shares (:func:`study_parser`) and the dataset ``--data-root`` resolves to
+(:func:`resolve_data_root`: the given root, or the embedded phantom of the profile, generated on first use).
+
+A study script declares its variants (table rows) and axes and calls :func:`analysis.study_cli.run_study_main`,
+which parses these flags, runs the study and writes its report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from medseg_platform.config import resolve_path
+from medseg_platform.errors import MedsegError
+from medseg_platform.profiles import Profile
+from medseg_platform.protocol import PROTOCOLS
+
+
+def default_cache_root() -> Path:
+    """Where the embedded dataset is cached: ``$MEDSEG_CACHE`` or ``~/.cache/medseg-platform``."""
+    return Path(os.environ.get("MEDSEG_CACHE", Path.home() / ".cache" / "medseg-platform")).expanduser().resolve()
+
+
+def study_parser(description: str, default_name: str) -> argparse.ArgumentParser:
+    """The parser of a study script's shared flags (profile, data, Ray and resources, ``--set``, ``--rows``,
+    ``--dry-run``, ``--protocol``, ``--test-root``); a script may add its own before handing it to
+    :func:`analysis.study_cli.run_study_main`."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=f"example:\n  python {sys.argv[0]} --smoke-test")
+    parser.add_argument("--profile", choices=("quick", "paper"), default="quick", help="problem size (default: quick, a laptop CPU)")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks the whole path in about a minute")
+    parser.add_argument("--address", default=None, help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--results-dir", default="results", help="where results go (default: ./results)")
+    parser.add_argument("--data-root", default=None, help="dataset root in the SSL4MIS/ACDC layout (default: the embedded phantom)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the profile's)")
+    parser.add_argument("--name", default=default_name, help=f"study name (default: {default_name}-<profile>)")
+    parser.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default 0: CPU)")
+    parser.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial (default: the profile's)")
+    parser.add_argument("--num-workers", type=int, default=1,
+                        help="processes per trial; > 1 trains data-parallel through Ray Train (CPUs/GPUs per trial are per worker)")
+    parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
+    parser.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                        help="mixed precision of the forward pass and losses (default off; bf16 runs on CPU and GPU, fp16 needs --gpus-per-trial)")
+    parser.add_argument("--max-retries", type=int, default=2, metavar="N",
+                        help="restart a trial whose worker process died up to N times from its last checkpoint (default 2; "
+                             "NaN losses and other deterministic errors are never retried)")
+    parser.add_argument("--dashboard-host", default="127.0.0.1", metavar="HOST",
+                        help="address the local Ray's dashboard binds to (default 127.0.0.1; anything else exposes job "
+                             "submission to the network and prints a warning: prefer an SSH tunnel)")
+    parser.add_argument("--optuna-storage", default=None, metavar="PATH",
+                        help="search studies only: also record the Optuna study in this journal file (optuna-dashboard PATH)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a config value of every trial, e.g. --set optim.lr=0.02 --set objective_params.temperature=0.2 "
+                             "(repeatable; typed like the config field; an error if a row sets the key itself or its objective lacks it)")
+    parser.add_argument("--rows", nargs="+", default=None, metavar="NAME",
+                        help="run only these table rows (names as the table prints them; quote names with spaces)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the trials (status, estimated cost) and the estimated wall time; start and train nothing")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="corrected",
+                        help="evaluation protocol of every trial (default corrected: model selected on val, undefined "
+                             "distances left out, mm where the spacing is known); released: as the released scripts "
+                             "(final iteration, empty prediction = distance 0, voxels, and the released labelled slices "
+                             "on ACDC), to compare a table with a published one")
+    parser.add_argument("--test-root", default=None, metavar="ROOT",
+                        help="also score every trial's selected weights on this dataset's test split (same classes as the "
+                             "study's data); tables and report show it as its own block. Trials finished without it are "
+                             "scored from their checkpoints, without training")
+    return parser
+
+
+def resolve_data_root(args, profile: Profile) -> Path:
+    """``--data-root`` resolved, or the cached phantom (generated on first use)."""
+    if args.data_root:
+        return resolve_path(args.data_root, "--data-root")
+    if profile.phantom is None:
+        raise MedsegError(f"profile {profile.name}: needs --data-root (an ACDC dataset converted with 'medseg data convert-acdc')")
+    from medseg_platform.data.phantom import ensure_phantom
+
+    return Path(ensure_phantom(default_cache_root(), **profile.phantom))

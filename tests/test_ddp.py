@@ -1,0 +1,227 @@
+"""Data-parallel training with real process groups: two forked processes on gloo, no Ray.
+
+* the collectives of ``medseg_platform.engine.ddp`` on their own (gradient averaging, state broadcast, the
+  replica difference);
+* the engine's training step on two ranks that see batches B_1 and B_2 ends with the parameters of one process
+  trained on B_1 + B_2, compared before any broadcast, and does not when gradient averaging is switched off.
+
+Why the equivalence is exact here: data-parallel training equals large-batch training when the loss is a mean over
+samples with equal shards per rank and nothing couples the samples of a batch. The platform's supervised loss has
+a batch-level Dice and the UNet has batch normalisation, both of which couple the samples (per-rank batch statistics
+and Dice sums differ from the concatenated batch's by construction), so the step is checked with a mean pixel
+cross-entropy objective on a small convolutional network without normalisation or dropout, in float64, with the
+platform's optimiser (SGD, Nesterov momentum, weight decay) and poly learning rate.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medseg_platform.config import TrialConfig
+from methods.objective import Batch, LossOutput, Objective
+
+WORLD = 2
+STEPS = 3
+PER_RANK = 2  # slices per rank and step
+SIZE = 12
+
+
+def _worker(rank: int, world: int, folder: str, fn, args) -> None:
+    """Join the gloo group of ``folder``, run ``fn(rank, *args)`` and save its result (or the traceback)."""
+    try:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        import torch.distributed as dist
+
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"file://{folder}/group", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=60))
+        try:
+            result = fn(rank, *args)
+        finally:
+            dist.destroy_process_group()
+        torch.save(result, f"{folder}/result{rank}.pt")
+    except BaseException:
+        Path(folder, f"error{rank}.txt").write_text(traceback.format_exc())
+        raise
+
+
+def run_ranks(tmp_path: Path, fn, *args, world: int = WORLD) -> list:
+    """``fn(rank, *args)`` on ``world`` new processes of one gloo group; their return values in rank order."""
+    folder = tmp_path / f"group-{fn.__name__}"
+    folder.mkdir()
+    ray = sys.modules.get("ray")  # fork is fast (the ranks inherit the imports), but Ray's threads do not survive it
+    context = multiprocessing.get_context("spawn" if ray is not None and ray.is_initialized() else "fork")
+    procs = [context.Process(target=_worker, args=(rank, world, str(folder), fn, args)) for rank in range(world)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    for proc in procs:
+        if proc.is_alive():  # a rank stuck in a collective: stop it (a hang fails the test, it does not block it)
+            proc.kill()
+            proc.join()
+    errors = [p.read_text() for p in sorted(folder.glob("error*.txt"))]
+    assert not errors and all(proc.exitcode == 0 for proc in procs), "\n".join(errors) or [proc.exitcode for proc in procs]
+    return [torch.load(folder / f"result{rank}.pt", weights_only=False) for rank in range(world)]
+
+
+# -------------------------------------------------------------------------------------- the collectives
+
+
+def _average(rank: int):
+    from medseg_platform.engine.ddp import average_gradients
+
+    a, b, c = (nn.Parameter(torch.zeros(3)) for _ in range(3))
+    a.grad = torch.full((3,), float(rank + 1))  # every rank: the mean of 1 and 2
+    if rank == 1:
+        b.grad = torch.tensor([2.0, 4.0, 6.0])  # one rank only: the mean with rank 0's zeros
+    average_gradients([a, b, c], WORLD)  # c: no rank has a gradient
+    return a.grad, b.grad, c.grad
+
+
+def test_average_gradients_is_the_mean_over_ranks(tmp_path):
+    for a, b, c in run_ranks(tmp_path, _average):
+        assert torch.equal(a, torch.full((3,), 1.5))
+        assert torch.equal(b, torch.tensor([1.0, 2.0, 3.0]))
+        assert c is None
+
+
+def _broadcast(rank: int):
+    from medseg_platform.engine.ddp import broadcast_state, replica_max_difference
+
+    torch.manual_seed(rank)  # different weights on each rank
+    module = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    module.register_buffer("own", torch.full((2,), float(rank)))  # a rank's own data (e.g. a memory bank)
+    module[1].running_mean.fill_(rank + 10.0)
+    before = replica_max_difference(module)
+    broadcast_state(module)
+    return before, replica_max_difference(module), module.state_dict()
+
+
+def test_broadcast_state_copies_rank_0_parameters_and_norm_statistics_only(tmp_path):
+    (before0, after0, state0), (before1, after1, state1) = run_ranks(tmp_path, _broadcast)
+    assert before0 == before1 > 0 and after0 == after1 == 0.0  # every rank measures the same difference
+    for key in ("0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"):
+        assert torch.equal(state0[key], state1[key]), key
+    assert torch.equal(state1["1.running_mean"], torch.full((2,), 10.0))
+    assert torch.equal(state0["own"], torch.zeros(2)) and torch.equal(state1["own"], torch.ones(2))
+
+
+# -------------------------------------------------------------------------------------- the training step
+
+
+@dataclass(frozen=True)
+class _NoConfig:
+    pass
+
+
+class _MeanCrossEntropy(Objective):
+    """Supervised: mean pixel cross-entropy of the student on the labelled batch (a mean over samples)."""
+
+    name = "test_mean_cross_entropy"
+    config_class = _NoConfig
+
+    def loss(self, batch: Batch, step: int, max_steps: int) -> LossOutput:
+        ce = F.cross_entropy(self.student(batch.labelled_image), batch.label)
+        return LossOutput(ce, {"ce": ce.detach()})
+
+
+class _FixedBatches:
+    """A slice bank that hands out step ``t``'s slices ``[t*WORLD*PER_RANK + offset, ... + count)`` in order."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, offset: int):
+        self.images, self.labels, self.offset, self.step = images, labels, offset, 0
+
+    def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        start = self.step * WORLD * PER_RANK + self.offset
+        self.step += 1
+        return torch.arange(start, start + batch_size)
+
+    def batch(self, indices: torch.Tensor):
+        return self.images[indices], self.labels[indices]
+
+
+def _network() -> nn.Module:
+    """The same initial weights on every rank (as ``seed_everything`` gives a trial's ranks), float64."""
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, 3, 3, padding=1)).double()
+
+
+def _train(rank: int | None, average: bool):
+    """STEPS engine steps on this rank's shard (``rank`` None: one process on the whole batch); the parameters."""
+    from medseg_platform.engine import loop as engine_loop
+    from medseg_platform.engine.ddp import DistContext
+    from medseg_platform.engine.training_data import TrainingData
+
+    if not average:
+        engine_loop.average_gradients = lambda params, world_size: None  # the failure the test must catch
+    cfg = TrialConfig.from_dict({"data.weak_rot90_flip_p": 0.0, "data.weak_rotate_p": 0.0, "optim.lr": 0.5,
+                                 "optim.max_steps": STEPS, "seed": 0})
+    g = torch.Generator().manual_seed(0)  # the same data on every rank
+    images = torch.rand(STEPS * WORLD * PER_RANK, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
+    labels = (images[:, 0] * 3).long()
+    objective = _MeanCrossEntropy(_network())
+    optimizer = engine_loop._make_optimizer(cfg, list(objective.trainable_parameters()))
+    single = rank is None
+    bank = _FixedBatches(images, labels, 0 if single else rank * PER_RANK)
+    data = TrainingData(layout=None, subset=None, labelled=bank, unlabelled=None)
+    loop = engine_loop.TrainLoop(cfg, objective, optimizer, data, torch.Generator(), torch.device("cpu"),
+                                 None if single else DistContext(rank, WORLD), STEPS, PER_RANK * (WORLD if single else 1), 0,
+                                 cfg.optim.lr, cfg.optim.poly_power, "test", lr_step=cfg.optim.lr_step)
+    for step in range(STEPS):
+        loop.step(step)
+    return torch.cat([p.detach().reshape(-1) for p in objective.parameters()])
+
+
+@pytest.mark.parametrize("average", [True, False], ids=["averaged", "not-averaged"])
+def test_two_ranks_train_like_one_process_on_the_concatenated_batch(tmp_path, average):
+    """Measured right after the last step: no broadcast ever ran. Without gradient averaging (the
+    "not-averaged" case, average_gradients replaced by a no-op) each rank trains on its own half and both the
+    replicas and the large-batch reference differ: the test can fail."""
+    reference = _train(None, True)
+    ranks = run_ranks(tmp_path, _train, average)
+    initial = torch.cat([p.detach().reshape(-1) for p in _network().parameters()])
+    assert (ranks[0] - initial).abs().max() > 1e-2  # the steps changed the weights
+    if average:
+        for params in ranks:
+            assert torch.allclose(params, reference, rtol=0, atol=1e-12), float((params - reference).abs().max())
+        assert torch.equal(ranks[0], ranks[1])
+    else:
+        assert (ranks[0] - reference).abs().max() > 1e-4 and (ranks[0] - ranks[1]).abs().max() > 1e-4
+
+
+
+def _trial(rank: int, root: str, folder: str, average: bool):
+    from medseg_platform.engine import DistContext, train_trial
+    from medseg_platform.engine import loop as engine_loop
+    from tests.test_engine import quiet, small_cfg
+
+    if not average:
+        engine_loop.average_gradients = lambda params, world_size: None
+    outcome = train_trial(small_cfg(Path(root), workers=WORLD), Path(folder), log=quiet, dist=DistContext(rank, WORLD))
+    return outcome.extra
+
+
+@pytest.mark.parametrize("average", [True, False], ids=["averaged", "not-averaged"])
+def test_trial_measures_the_replicas_before_the_final_broadcast(tiny_root, tmp_path, average):
+    """train_trial's replica_param_max_diff is measured after the last step and before rank 0's state is broadcast
+    (which would make it 0 by construction): 0 with gradient averaging, > 0 without."""
+    extras = run_ranks(tmp_path, _trial, str(tiny_root), str(tmp_path / "trial"), average)
+    assert extras[0]["replica_param_max_diff"] == extras[1]["replica_param_max_diff"]
+    norms = extras[0]["first_step_grad_norm_per_rank"]
+    assert norms[0] != pytest.approx(norms[1])  # each rank saw its own batch
+    if average:
+        assert extras[0]["replica_param_max_diff"] == 0.0
+    else:
+        assert extras[0]["replica_param_max_diff"] > 1e-4

@@ -1,0 +1,75 @@
+"""The Tune function trainable without Ray (``ray.tune``'s report/checkpoint calls replaced): an objective's
+:class:`~medseg_platform.errors.MedsegError` raised at run time ends the trial as an application error, never
+retried; anything else is an infrastructure failure that Tune retries (docs/ray.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import medseg_platform.study.ray_runtime as ray_runtime
+from medseg_platform.errors import ConfigError, DataError
+from medseg_platform.profiles import PROFILES
+from medseg_platform.results import ERROR_FILE, RESULT_FILE, read_attempts, trial_folder, trial_key
+from medseg_platform.study.trainable import run_trial_in_tune
+
+
+@pytest.fixture
+def reports(monkeypatch):
+    """``ray.tune.report`` collected in a list, no Tune checkpoint to restore, no Ray runtime for the placement."""
+    from ray import tune
+
+    sent: list[dict] = []
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: sent.append(dict(metrics)))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(ray_runtime, "trial_placement", lambda: {"hostname": "test"})
+    return sent
+
+
+def trial_params(root, objective: str, **objective_params) -> dict:
+    cfg = PROFILES["smoke"].trial.replace(**{"data.root": str(root), "data.labelled": "1", "data.labelled_batch": 2,
+                                             "data.unlabelled_batch": 2, "objective": objective,
+                                             "objective_params": objective_params})
+    config = cfg.to_dict()
+    return {"trial": {"config": config, "tags": {"row": objective}, "key": trial_key(config)}}
+
+
+def run(params: dict, study_dir) -> dict:
+    run_trial_in_tune(params, str(study_dir), run_id="run-1")
+    folder = trial_folder(study_dir, params["trial"]["key"])
+    return json.loads((folder / ERROR_FILE).read_text(encoding="utf-8"))
+
+
+def test_an_objectives_config_error_at_run_time_ends_the_trial_as_an_application_error(tiny_root, tmp_path, reports):
+    # valid as a config (nn_pool_capacity >= 1), but MONA's loss needs a pool that holds one unlabelled batch (2)
+    params = trial_params(tiny_root, "mona", nn_pool_capacity=1, nn_topk=1)
+    error = run(params, tmp_path / "study")  # returns normally: Tune sees a finished trial and spends no retry
+    folder = trial_folder(tmp_path / "study", params["trial"]["key"])
+    assert error["kind"] == "application" and error["run"] == "run-1" and error["attempts"] == 1
+    assert error["error"].startswith("MonaConfig.nn_pool_capacity: 1 is smaller than the unlabelled batch (2)")
+    assert read_attempts(folder)["attempts"] == 1 and not (folder / RESULT_FILE).exists()
+    assert reports[-1]["errored"] is True and reports[-1]["done"] is True and reports[-1]["error"] == error["error"]
+
+
+@pytest.mark.parametrize("raised, kind", [(DataError("Objective.check_batch: no strong view (pass one)"), "application"),
+                                          (ConfigError("Objective.steps: 0 (set one)"), "application"),
+                                          (RuntimeError("CUDA error: an illegal memory access"), "infrastructure")])
+def test_every_medseg_error_of_an_objective_is_an_application_error_and_nothing_else_is(tiny_root, tmp_path, reports, monkeypatch,
+                                                                                        raised, kind):
+    from methods.supervised import SupervisedObjective
+
+    def fail(self, batch, step, max_steps):
+        raise raised
+
+    monkeypatch.setattr(SupervisedObjective, "loss", fail)
+    params = trial_params(tiny_root, "supervised")
+    if kind == "application":
+        error = run(params, tmp_path / "study")
+        assert reports[-1]["errored"] is True
+    else:  # re-raised so that Tune retries it from the last checkpoint, and recorded for the report
+        with pytest.raises(RuntimeError, match="illegal memory access"):
+            run_trial_in_tune(params, str(tmp_path / "study"), run_id="run-1")
+        error = json.loads((trial_folder(tmp_path / "study", params["trial"]["key"]) / ERROR_FILE).read_text(encoding="utf-8"))
+        assert reports == []
+    assert error["kind"] == kind and error["attempts"] == 1 and str(raised) in error["error"]
