@@ -13,8 +13,9 @@ independent ones.
 
 The test is the two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, zero differences
 dropped as in Wilcoxon's original method; ``method="auto"``: the exact null distribution for small
-samples, a permutation test for small samples with ties, else the normal approximation with tie and
-continuity correction). With fewer than :data:`MIN_PAIRS` non-zero differences the cell is "not
+samples, an exact test over every sign pattern for small samples with ties or zeros (enumerated here,
+vectorised, with scipy's p-value to the last bit: :func:`_exact_signed_rank_p`), else the normal approximation
+with tie and continuity correction). With fewer than :data:`MIN_PAIRS` non-zero differences the cell is "not
 testable" (p NaN): 6 is the smallest number whose exact two-sided p-value can fall below 0.05 (2 / 2^6).
 If every paired difference is zero, the two cells are identical and p = 1. The best cell is chosen from
 the same data and every cell is tested against it without a multiple-comparison correction: read the
@@ -99,12 +100,51 @@ def wilcoxon_test(a: np.ndarray, b: np.ndarray, min_pairs: int = MIN_PAIRS) -> P
         return PairedTest(1.0, n)
     if int(np.count_nonzero(a != b)) < min_pairs:
         return PairedTest(math.nan, n)
+    exact = _exact_signed_rank_p(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    if exact is not None:
+        return PairedTest(exact, n)
     from scipy.stats import wilcoxon
 
     with warnings.catch_warnings():  # e.g. "sample size too small for the normal approximation"
         warnings.simplefilter("ignore")
         p = float(wilcoxon(a, b, zero_method="wilcox", alternative="two-sided", method="auto", correction=True).pvalue)
     return PairedTest(p if math.isfinite(p) else math.nan, n)
+
+
+#: Up to this many pairs, samples with ties or zero differences are tested by enumerating every sign pattern
+#: (scipy's ``method="auto"`` does the same, through a generic permutation test, 2^n statistic calls).
+EXACT_MAX_PAIRS = 13
+_RTOL = np.finfo(np.float64).eps * 100  # scipy's tolerance for null values equal to the observed statistic
+
+
+def _exact_signed_rank_p(d: np.ndarray) -> float | None:
+    """Two-sided p of the signed-rank test of differences ``d`` (shape (n,)) by full enumeration, or None.
+
+    Only where ``scipy.stats.wilcoxon(method="auto")`` runs its exact permutation test (ties or zeros among at
+    most :data:`EXACT_MAX_PAIRS` differences); elsewhere None (scipy's exact table or normal approximation is
+    already cheap). Same null, statistic and counting as scipy, vectorised: zeros are dropped (Wilcoxon's method;
+    flipping a zero changes nothing, so the proportions over 2^m sign patterns of the m non-zero differences are
+    those over 2^n), R+ is the sum of the average ranks of |d| over the positive differences, and
+    p = 2 min(#{R+* <= R+}, #{R+* >= R+}) / 2^m, capped at 1. Average ranks are multiples of 1/2, so every sum
+    is exact in float64 and p equals scipy's to the last bit (``tests/analysis/test_significance.py``).
+    """
+    n = d.size
+    nonzero = d[d != 0]
+    if n > EXACT_MAX_PAIRS or nonzero.size == 0:
+        return None
+    from scipy.stats import rankdata
+
+    magnitudes = np.abs(nonzero)
+    if nonzero.size == n and np.unique(magnitudes).size == n:
+        return None  # no tie, no zero: scipy's exact distribution
+    ranks = rankdata(magnitudes)
+    observed = float(ranks[nonzero > 0].sum())
+    m = nonzero.size
+    patterns = (np.arange(2 ** m)[:, None] >> np.arange(m)) & 1  # (2^m, m): which differences are positive
+    null = patterns @ ranks
+    gamma = abs(_RTOL * observed)
+    extreme = min(int(np.count_nonzero(null <= observed + gamma)), int(np.count_nonzero(null >= observed - gamma)))
+    return min(1.0, 2.0 * extreme / 2 ** m)
 
 
 def caption_note(any_tested: bool, any_untestable: bool) -> str:

@@ -171,7 +171,7 @@ def test_nan_trial_errors_without_retry_and_the_study_goes_on(tiny_root, tmp_pat
 
 
 def test_killed_trial_worker_is_retried_from_its_last_checkpoint(tiny_root, tmp_path, ray_address, capfd):
-    cfg = base_config(tiny_root, **{"optim.max_steps": 300, "eval.val_every": 10, "eval.log_every": 10})
+    cfg = base_config(tiny_root, **{"optim.max_steps": 150, "eval.val_every": 10, "eval.log_every": 10})
     study = Study("kill", cfg, tmp_path / "results", variants=[Variant({"row": "Sup"}, {"objective": "supervised"})], seeds=[1],
                   dashboard=False, max_retries=2)
     trial_dir = study.study_dir / "trials" / study.trial_params()[0]["key"]
@@ -194,7 +194,7 @@ def test_killed_trial_worker_is_retried_from_its_last_checkpoint(tiny_root, tmp_
     assert killed, "the trial finished before its worker could be killed"
     record = read_trial(trial_dir)
     assert record is not None and record.result["attempts"] == 2
-    assert 0 < record.result["resumed_from_step"] < 300 and record.result["resumed_from_step"] % 10 == 0
+    assert 0 < record.result["resumed_from_step"] < 150 and record.result["resumed_from_step"] % 10 == 0
     history = read_attempts(trial_dir)["history"]
     assert history[0]["pid"] == killed["pid"] and history[1]["pid"] != killed["pid"]
     err = capfd.readouterr().err

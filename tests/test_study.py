@@ -90,8 +90,9 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path, ra
     """Acceptance: interrupt after some trials finished, rerun, nothing re-run, nothing duplicated or lost."""
     results = tmp_path / "results"
     env = {**os.environ, "MEDSEG_CACHE": str(phantom_cache), "PYTHONUNBUFFERED": "1"}
+    chosen = ["Supervised only", "Mean teacher", "MONA"]  # the other rows run in tests/test_studies.py
     cmd = [sys.executable, str(SCRIPT), "--smoke-test", "--seeds", "1", "2", "--max-concurrent", "1",
-           "--results-dir", str(results), "--address", ray_address]
+           "--rows", *chosen, "--results-dir", str(results), "--address", ray_address]
     trials_dir = results / "ablation_tailness-smoke" / "trials"
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -103,7 +104,7 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path, ra
         if proc.poll() is None:
             proc.kill()
     finished_first = {p.parent.name: p.read_bytes() for p in trials_dir.glob("*/result.json")}
-    assert 1 <= len(finished_first) < 16
+    assert 1 <= len(finished_first) < 2 * len(chosen)
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
@@ -111,13 +112,13 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path, ra
     # finished trials were not run again: their result files are byte-identical
     assert {k: (trials_dir / k / "result.json").read_bytes() for k in finished_first} == finished_first
     records, problems = scan_study(results / "ablation_tailness-smoke")
-    assert problems == [] and len(records) == 16  # 8 table rows x 1 label fraction x 2 seeds
+    assert problems == [] and len(records) == 2 * len(chosen)  # 3 table rows x 1 label fraction x 2 seeds
     study = json.loads((results / "ablation_tailness-smoke" / "study.json").read_text())
     assert sorted(study["trials"]) == sorted(r.path.name for r in records)
     with open(results / "ablation_tailness-smoke" / "table.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     keys = [(r["row"], r["column"], r["class"], r["metric"]) for r in rows]
-    assert len(keys) == len(set(keys)) == 8 * 1 * 4 * 4  # rows x fractions x (3 classes + Avg) x metrics
+    assert len(keys) == len(set(keys)) == len(chosen) * 1 * 4 * 4  # rows x fractions x (3 classes + Avg) x metrics
     assert all(r["n_seeds"] == "2" for r in rows if r["metric"] == "dice")
     assert "table_dice.md" in rerun.stdout
 
@@ -125,7 +126,7 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path, ra
 def test_multi_worker_trial_runs_ddp_and_replicas_stay_in_sync(tiny_root, tmp_path, ray_address):
     """num_workers=2: a Ray Train TorchTrainer (gloo) launched from the Tune trial; gradients averaged."""
     study = tiny_study(tiny_root, tmp_path / "results", num_workers=2)
-    study.variants = [Variant({"row": "MT"}, {"objective": "mean_teacher"})]
+    study.variants = [Variant({"row": "Sup"}, {"objective": "supervised"})]
     study.grid = {"data.labelled": ["2"]}
     study.cpus_per_trial = 1.0
     run = study.run()

@@ -92,3 +92,29 @@ def test_too_few_pairs_are_not_tested_and_the_caption_says_so(tmp_path):
     mt = df[(df["row"] == "Mean teacher") & (df["class"] == "Avg")].set_index("column")
     assert mt.loc["1 patient (1.4%)", "n_pairs"] == 5 and math.isnan(mt.loc["1 patient (1.4%)", "p_vs_best"])
     assert mt.loc["3 patients (4.3%)", "n_pairs"] == 8 and mt.loc["3 patients (4.3%)", "p_vs_best"] < 0.05
+
+
+def test_exact_enumeration_equals_scipys_permutation_test_with_ties_and_zeros():
+    """Where scipy's ``method="auto"`` runs its (slow) exact permutation test, the vectorised enumeration gives
+    the same p-value to the last bit; without ties or zeros, or above 13 pairs, it defers to scipy."""
+    import warnings
+
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(0)
+    compared = 0
+    for _ in range(60):
+        n = int(rng.integers(6, 11))
+        a, b = np.round(rng.random(n) * 8) / 4, np.round(rng.random(n) * 8) / 4  # quarter steps: ties and zeros
+        exact = significance._exact_signed_rank_p(a - b)
+        if exact is None:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference = float(wilcoxon(a, b, zero_method="wilcox", alternative="two-sided", method="auto").pvalue)
+        assert exact == reference, (a - b, exact, reference)
+        compared += 1
+    assert compared >= 30
+    assert significance._exact_signed_rank_p(np.array([0.1, -0.25, 0.3, 0.45, -0.5, 0.7])) is None  # no tie, no zero
+    assert significance._exact_signed_rank_p(np.tile([0.5, -0.5], 7)) is None  # 14 pairs: scipy's approximation
+    assert significance._exact_signed_rank_p(np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.0])) == 2 / 32  # all positive
