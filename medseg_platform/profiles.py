@@ -7,9 +7,11 @@ Profiles differ only in numbers, never in code paths:
   patient) to take about 10 minutes on a 2-core machine whose supervised quick step is 40 ms
   (``benchmarks/bench_methods.py``; measured 5.9-6.6 min on one whose step is 19 ms): the embedded phantom with 40
   patients (so 8 test and 4 val patients, 16 and 8 volumes), 48x48 patches, a quarter-width UNet, 250 fine-tuning
-  steps validated every 25, 40 pretraining steps per ISD stage, seeds 1, 2, 3. How it was chosen
+  steps validated every 25, 40 pretraining steps per ISD stage, seeds 1, 2, 3 (after issue 13's released
+  defaults: 365 s on a machine whose step is 24 ms, 3 of 24 trials still rising). How it was chosen
   (``benchmarks/RESULTS.md``, "The quick profile"; in-process trials on this phantom, test Dice averaged over
-  seeds):
+  seeds; measured before issue 13 made the released learning-rate step, 8-bit strong view, α_t epoch, sampler
+  fallback and ISD views the defaults, and not re-measured since):
 
   - learning rate 0.1 (10x the released 0.01, for a schedule 120x shorter): supervised at 1 patient and 250 steps
     scored 33.0 / 44.9 / 54.4 at 0.02 / 0.05 / 0.1 (4 seeds); at 0.1 every method trained without a non-finite loss.
