@@ -195,8 +195,8 @@ def measure_unit_seconds(config: dict, device: str = "cpu", steps: int = TIMED_S
         subset = select_labelled(layout.train_slices, "1", "published", cfg.seed)
         bank = SliceBank(layout, subset.labelled_slices, cfg.data.patch_size, cfg.data.image_resize)
         data = engine.TrainingData(layout, subset, bank, None)
-        objective = build_objective("supervised", engine._build_model(cfg, target), {}).to(target)
-        optimizer = engine._make_optimizer(cfg, list(objective.trainable_parameters()))
+        objective = build_objective("supervised", engine.build_trial_model(cfg, target), {}).to(target)
+        optimizer = engine.make_optimizer(cfg, list(objective.trainable_parameters()))
         loop = engine.TrainLoop(cfg, objective, optimizer, data, torch.Generator().manual_seed(cfg.seed), target, None,
                                 steps + 1, cfg.data.labelled_batch, 0, cfg.optim.lr, cfg.optim.poly_power, "dry-run timing")
         loop.step(0)  # warm-up: first-call allocations

@@ -172,7 +172,7 @@ def _train(rank: int | None, average: bool):
     images = torch.rand(STEPS * WORLD * PER_RANK, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
     labels = (images[:, 0] * 3).long()
     objective = _MeanCrossEntropy(_network())
-    optimizer = engine_loop._make_optimizer(cfg, list(objective.trainable_parameters()))
+    optimizer = engine_loop.make_optimizer(cfg, list(objective.trainable_parameters()))
     single = rank is None
     bank = _FixedBatches(images, labels, 0 if single else rank * PER_RANK)
     data = TrainingData(layout=None, subset=None, labelled=bank, unlabelled=None)

@@ -16,7 +16,7 @@ import torch
 
 from medseg_platform.config import TrialConfig
 from medseg_platform.engine.ddp import DistContext
-from medseg_platform.engine.loop import _build_model
+from medseg_platform.engine.loop import build_trial_model
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import atomic_path
 from medseg_platform.results import checkpoint_path
@@ -87,6 +87,6 @@ def load_selected_model(cfg: TrialConfig, trial_dir: Path, device: torch.device,
     if best_step is not None and int(state.get("best_step", -1)) != int(best_step):
         raise MedsegError(f"{path}: selected step {state.get('best_step')} but result.json records step {best_step} "
                           "(the checkpoint is not this finished trial's; rerun the trial)")
-    model = _build_model(cfg, device)
+    model = build_trial_model(cfg, device)
     model.load_state_dict(state["best_state"])
     return model.eval()

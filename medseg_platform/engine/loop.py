@@ -125,7 +125,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def _make_optimizer(cfg: TrialConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrialConfig, params) -> torch.optim.Optimizer:
     """The fine-tuning optimiser of ``cfg.optim`` over ``params``."""
     o = cfg.optim
     if o.optimizer == "sgd":
@@ -133,7 +133,7 @@ def _make_optimizer(cfg: TrialConfig, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
-def _build_model(cfg: TrialConfig, device: torch.device) -> torch.nn.Module:
+def build_trial_model(cfg: TrialConfig, device: torch.device) -> torch.nn.Module:
     """A freshly initialised network of ``cfg.model`` (from torch's global RNG) on ``device``."""
     return build_model(cfg.model.name, num_classes=cfg.data.num_classes, channels=tuple(cfg.model.channels)).to(device)
 

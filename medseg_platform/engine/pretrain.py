@@ -22,7 +22,7 @@ from medseg_platform.config import TrialConfig
 from medseg_platform.data.splits import LabelledSubset
 from medseg_platform.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from medseg_platform.engine.ddp import DistContext, agree, broadcast_state
-from medseg_platform.engine.loop import TrainLoop, _build_model, data_generator, logs_after
+from medseg_platform.engine.loop import TrainLoop, build_trial_model, data_generator, logs_after
 from medseg_platform.engine.reports import Reporter, progress_fields
 from medseg_platform.engine.training_data import TrainingData
 from medseg_platform.results import CHECKPOINT_FILE, STAGE_FINAL_FILE, stage_folder
@@ -99,7 +99,7 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
     stage = cfg.pretrain[index]
     main = dist is None or dist.is_main
     seed_everything(cfg.seed + index)
-    model = _build_model(cfg, device)
+    model = build_trial_model(cfg, device)
     same_objective = index > 0 and cfg.pretrain[index - 1].objective == stage.objective
     if previous is not None and not same_objective:
         model.load_state_dict(previous["student"])

@@ -26,7 +26,7 @@ from medseg_platform.data.splits import LabelledSubset, epoch_steps
 from medseg_platform.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from medseg_platform.engine.ddp import DistContext, agree, broadcast_state, replica_max_difference
 from medseg_platform.engine.evaluate import QualitativeSlices, evaluate_volumes, mean_dice
-from medseg_platform.engine.loop import TrainLoop, _build_model, _make_optimizer, autocast_dtype, data_generator, logs_after, pick_device
+from medseg_platform.engine.loop import TrainLoop, build_trial_model, make_optimizer, autocast_dtype, data_generator, logs_after, pick_device
 from medseg_platform.engine.pretrain import run_pretraining
 from medseg_platform.engine.reports import Reporter, progress_fields
 from medseg_platform.engine.training_data import load_training_data
@@ -98,7 +98,7 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
         timing["pretrain_s"] = time.perf_counter() - t0
 
     seed_everything(cfg.seed)
-    model = _build_model(cfg, device)
+    model = build_trial_model(cfg, device)
     if pretrained is not None:
         model.load_state_dict(pretrained["student"])  # student and (by copy) teacher start from the pretrained student
     params = dict(cfg.objective_params)
@@ -107,7 +107,7 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
         filled["steps_per_epoch"] = params["steps_per_epoch"] = epoch_steps(data.subset, cfg.data.unlabelled_batch * cfg.workers)
         log(f"alpha_t epoch: {params['steps_per_epoch']} steps (floor(N_u / B_u), as released)")
     objective = build_objective(cfg.objective, model, params).to(device)
-    optimizer = _make_optimizer(cfg, list(objective.trainable_parameters()))
+    optimizer = make_optimizer(cfg, list(objective.trainable_parameters()))
     generator = data_generator(cfg.seed, dist)
     o = cfg.optim
     loop = TrainLoop(cfg, objective, optimizer, data, generator, device, dist, o.max_steps, cfg.data.labelled_batch,
