@@ -85,7 +85,7 @@ def one(method: str, profile_name: str, steps: int, threads: int, representation
     sys.path.insert(0, str(REPO))
     from medseg_platform.engine import StrongAugmentAdapter, logs_after
     from medseg_platform.profiles import PROFILES
-    from medseg_platform.recipes import isd_stage, method_overrides
+    from medseg_platform.recipes import isd_stage, method_overrides, with_epoch_length
     from methods.registry import build_model, build_objective
 
     torch.set_num_threads(threads)
@@ -101,8 +101,7 @@ def one(method: str, profile_name: str, steps: int, threads: int, representation
         name, params, batch = overrides["objective"], overrides["objective_params"], 4
         if name in ("mona", "arco", "action"):
             params = {**params, "representation": representation}
-        if params.get("steps_per_epoch") == 0:  # a trial resolves it from its labelled set; the step cost does not depend on it
-            params = {**params, "steps_per_epoch": 322}
+        params, _ = with_epoch_length(params, 322)  # a trial's is its labelled set's; the step cost does not depend on it
     h, w = profile.trial.data.patch_size
     model = build_model("unet", num_classes=4, channels=profile.trial.model.channels)
     objective = _Passes(model, *PASSES[name.split(":")[1]]) if name.startswith("passes:") else build_objective(name, model, params)

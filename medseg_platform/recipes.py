@@ -38,6 +38,21 @@ def isd_stage(profile: Profile, preset: str) -> dict:
             "checkpoint_every": max(1, min(1000, profile.methods.pretrain_steps // 3))}
 
 
+#: ``objective_params.steps_per_epoch`` of the MONA/ARCO rows: "the trial's labelled set's own epoch", which
+#: :func:`with_epoch_length` replaces before the objective is built (the engine does it for every trial).
+LABELLED_SET_EPOCH = 0
+
+
+def with_epoch_length(params: dict, steps: int) -> tuple[dict, bool]:
+    """``(params, filled)``: a copy of ``params`` whose ``steps_per_epoch`` of :data:`LABELLED_SET_EPOCH` is ``steps``
+    (``filled`` True), or ``params`` unchanged (False). The engine passes the trial's released epoch
+    (:func:`medseg_platform.data.splits.epoch_steps`); code that builds an objective outside a trial (benchmarks,
+    unit tests) passes a number of its own."""
+    if params.get("steps_per_epoch") != LABELLED_SET_EPOCH:
+        return params, False
+    return {**params, "steps_per_epoch": steps}, True
+
+
 def method_overrides(method: str, profile: Profile, without_contrast: bool = False) -> dict:
     """Dotted config overrides of one table row at a profile's sizes (released settings otherwise).
 
@@ -63,7 +78,7 @@ def method_overrides(method: str, profile: Profile, without_contrast: bool = Fal
         sampler = {m_id: s for s, m_id in SAMPLER_METHODS.items()}[method]
         params = {"num_anchors": m.anchors, "num_negatives": m.negatives, "bank_capacity_background": m.bank_background,
                   "bank_capacity_foreground": m.bank_foreground, "nn_pool_resolution": m.nn_pool_resolution,
-                  "steps_per_epoch": 0, "sampler": sampler}
+                  "steps_per_epoch": LABELLED_SET_EPOCH, "sampler": sampler}
         if without_contrast:
             params["contrast_weight"] = 0.0
         return {"objective": "arco" if method.startswith("arco") else "mona", "objective_params": params,

@@ -8,7 +8,7 @@ from medseg_platform.data.layout import AcdcLayout
 from medseg_platform.data.phantom import ensure_phantom
 from medseg_platform.engine import StrongAugmentAdapter
 from medseg_platform.profiles import PROFILES
-from medseg_platform.recipes import METHODS, isd_stage, method_overrides
+from medseg_platform.recipes import METHODS, isd_stage, method_overrides, with_epoch_length
 from methods.objective import Batch
 from methods.registry import build_model, build_objective
 
@@ -29,9 +29,7 @@ def phantom_batch(phantom_cache):
 def objectives():
     for method in METHODS:
         overrides = method_overrides(method, PROFILE)
-        params = dict(overrides["objective_params"])
-        if params.get("steps_per_epoch") == 0:  # a trial's engine resolves it from the labelled set (train_trial)
-            params["steps_per_epoch"] = 2
+        params, _ = with_epoch_length(overrides["objective_params"], 2)  # a trial's is its labelled set's epoch
         yield pytest.param(overrides["objective"], params, id=method)
     stage = isd_stage(PROFILE, "mona")
     yield pytest.param(stage["objective"], stage["objective_params"], id="isd_pretrain")

@@ -31,6 +31,7 @@ from medseg_platform.engine.pretrain import run_pretraining
 from medseg_platform.engine.reports import Reporter, progress_fields
 from medseg_platform.engine.training_data import load_training_data
 from medseg_platform.errors import MedsegError
+from medseg_platform.recipes import with_epoch_length
 from medseg_platform.results import OWN_PRETRAIN_DIR, QUALITATIVE_FILE, checkpoint_path
 from medseg_platform.seeding import seed_everything
 from methods.registry import build_objective
@@ -101,10 +102,10 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     model = build_trial_model(cfg, device)
     if pretrained is not None:
         model.load_state_dict(pretrained["student"])  # student and (by copy) teacher start from the pretrained student
-    params = dict(cfg.objective_params)
-    filled = {}
-    if params.get("steps_per_epoch") == 0:  # "the labelled set's own epoch" (docs/mona.md, 'Entropy masks and the alpha schedule')
-        filled["steps_per_epoch"] = params["steps_per_epoch"] = epoch_steps(data.subset, cfg.data.unlabelled_batch * cfg.workers)
+    # "the labelled set's own epoch" (docs/mona.md, 'Entropy masks and the alpha schedule')
+    params, epoch_filled = with_epoch_length(dict(cfg.objective_params), epoch_steps(data.subset, cfg.data.unlabelled_batch * cfg.workers))
+    filled = {"steps_per_epoch": params["steps_per_epoch"]} if epoch_filled else {}
+    if epoch_filled:
         log(f"alpha_t epoch: {params['steps_per_epoch']} steps (floor(N_u / B_u), as released)")
     objective = build_objective(cfg.objective, model, params).to(device)
     optimizer = make_optimizer(cfg, list(objective.trainable_parameters()))

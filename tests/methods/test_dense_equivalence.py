@@ -17,7 +17,7 @@ import torch
 
 from medseg_platform.engine import StrongAugmentAdapter, logs_after
 from medseg_platform.profiles import PROFILES
-from medseg_platform.recipes import method_overrides
+from medseg_platform.recipes import method_overrides, with_epoch_length
 from methods.objective import Batch, StrongView
 from methods.pixel_reps import DenseReps, SparseActionReps, SparseMonaReps
 from methods.registry import build_model, build_objective
@@ -29,9 +29,7 @@ RTOL = 1e-6
 
 def _profile_params(method: str, size: str) -> tuple[dict, int, tuple[int, ...]]:
     profile = PROFILES[size]
-    params = dict(method_overrides(method, profile)["objective_params"])
-    if params.get("steps_per_epoch") == 0:  # the engine resolves it from the labelled set; 2 gives several epochs in 3 steps
-        params["steps_per_epoch"] = 2
+    params, _ = with_epoch_length(method_overrides(method, profile)["objective_params"], 2)  # several epochs in 3 steps
     return params, profile.trial.data.patch_size[0], tuple(profile.trial.model.channels)
 
 
