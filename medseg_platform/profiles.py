@@ -15,10 +15,12 @@ Profiles differ only in numbers, never in code paths:
 
   - learning rate 0.1 (10x the released 0.01, for a schedule 120x shorter): supervised at 1 patient and 250 steps
     scored 33.0 / 44.9 / 54.4 at 0.02 / 0.05 / 0.1 (4 seeds); at 0.1 every method trained without a non-finite loss.
-  - 250 steps: what the budget pays for with 3 seeds. With the poly schedule the validation curves are flat at the
-    end (the report's trial health checks it), but the semi-supervised rows are not at their best: at 600 steps (old
-    profile, one seed) MONA, ARCO-SG and mean teacher overtook supervised-only, at 250 they trail it. The quick
-    table tests the pipeline and shows seed spread; it does not rank the methods.
+  - 250 steps: what the budget pays for with 3 seeds. The semi-supervised rows are not at their best: at 600 steps (old
+    profile, one seed) MONA, ARCO-SG and mean teacher overtook supervised-only, at 250 they trail it, and the report's
+    trial health flags 3 of 24 trials. At 500 steps (the whole study, 1.9x the wall time) most rows gain 2-12 points
+    and 3 of 24 trials are still flagged; ACTION's seed 2 does not learn at all there, with or without L_anco (the
+    released 0.5 supervised weight against L_unsup, see below). The quick table tests the pipeline and shows seed
+    spread; it does not rank the methods.
   - more labelled patients need more steps: at 250 steps supervised scored 54.4 / 55.5 / 48.0 at 1 / 3 / 7 patients
     (3 seeds), at 500 steps 7 patients scored 65.2 and 72.8 (2 seeds, validated every 50 steps).
     At 500 steps (3 seeds, validated every 25) supervised scored 55.7 / 68.2 / 60.6 at 1 / 3 / 7 patients (one

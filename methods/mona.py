@@ -79,10 +79,13 @@ step and the teacher pass still runs every step, so no RNG draw is skipped.
 
 Cost. Every contrasted class draws 256 x 512 negatives from its bank (≈ 260 MB gathered), and
 the NN pool holds K = 36 rows of 496 x 256 x 256 floats ≈ 4.7 GB (allocated on the first step, once the
-image size is known). ``nn_pool_resolution`` (an int g) average-pools the representation to g x g before it
-is flattened for L_nn and stored, e.g. g = 32 -> 36 x 496 x 1024 floats ≈ 73 MB; the default ``"full"`` is
-as released. The memory banks live on the model's device (the release keeps them on the CPU and copies
-them every step).
+image size is known; each initial row from its own seed, :func:`methods.nn_pool.random_row`). On the sparse
+path that pool is stored compactly, each row as its teacher pyramid and the ``FE_t`` weights of its step
+(:class:`methods.nn_pool.CompactNNPool`, about 0.4 GB at 256 x 256), and rebuilt one row at a time where
+L_nn reads it (``docs/methods.md``, 'A compact full-resolution NN pool'). ``nn_pool_resolution`` (an int g)
+average-pools the representation to g x g before it is flattened for L_nn and stored, e.g. g = 32 ->
+36 x 496 x 1024 floats ≈ 73 MB; the default ``"full"`` is as released. The memory banks live on the model's
+device (the release keeps them on the CPU and copies them every step).
 
 Host syncs per step: one (the per-class mask counts of the contrast, needed for the data-dependent
 anchor/bank sizes, read with a single ``tolist``), plus one when a sparse read deduplicates a long point list. The NN pool is a ring buffer with wrap-around writes, so
@@ -108,6 +111,7 @@ from methods.intensity import round_trip_8bit
 from methods.losses import pseudo_label_loss, supervised_loss
 from methods.memory_bank import INITS as BANK_INITS
 from methods.memory_bank import ClassMemoryBank
+from methods.nn_pool import CompactNNPool, compact_nn_loss, draw_base_seed, random_rows
 from methods.objective import Batch, LossOutput, Objective, check_choice, check_number, detached, logits_of
 from methods.pixel_reps import REPRESENTATIONS, DenseReps, SparseMonaReps
 from methods.samplers import ALLOCATIONS, GROUPINGS, RELEASED_MIN_BLOCK_SIDE, SAMPLERS, SamplerConfig
@@ -368,7 +372,9 @@ class MonaObjective(Objective):
     ``fe_teacher`` (:class:`EMATeacher` of FE_s), ``predictor`` (Pred) — the heads exist only when
     ``contrast_weight > 0`` or ``nn_weight > 0``; ``banks`` (:class:`ClassMemoryBank`, only with
     ``contrast_weight > 0``); buffers ``nn_pool`` (K, F) and ``nn_pool_pointer`` (only with ``nn_weight > 0``;
-    with ``nn_pool_resolution="full"`` the pool is allocated at the first step, F = D H W).
+    with ``nn_pool_resolution="full"`` the pool is allocated at the first step, F = D H W, and on the sparse
+    path it is the submodule ``nn_pool_compact``, a :class:`methods.nn_pool.CompactNNPool`, instead of
+    ``nn_pool``; :meth:`pool_rows` gives the (K, F) rows of either).
     ``state_dict`` covers all of them. ``eval_model()`` is the student UNet.
 
     The model must expose ``num_classes`` and ``pyramid_channels`` (as :class:`methods.unet.UNet`) and return
@@ -405,27 +411,44 @@ class MonaObjective(Objective):
             capacities = (cfg.bank_capacity_background,) + (cfg.bank_capacity_foreground,) * (num_classes - 1)
             self.banks = ClassMemoryBank(num_classes, self.rep_dim, capacities, init=cfg.bank_init)
         self._pool_pointer = 0
+        self.nn_pool_compact = None
         if cfg.nn_weight > 0:
-            if cfg.nn_pool_resolution == "full":
-                pool = torch.empty(0, 0)  # allocated at the first step, when H x W is known
+            if cfg.nn_pool_resolution == "full" and cfg.representation == "sparse":
+                # rows stored as (teacher pyramid, FE_t weights): methods/nn_pool.py; allocated at the first step
+                self.nn_pool_compact = CompactNNPool(cfg.nn_pool_capacity, len(channels))
             else:
-                pool = self._random_pool(self.rep_dim * cfg.nn_pool_resolution ** 2, torch.device("cpu"), torch.float32)
-            self.register_buffer("nn_pool", pool)
+                if cfg.nn_pool_resolution == "full":
+                    pool = torch.empty(0, 0)  # allocated at the first step, when H x W is known
+                else:
+                    pool = self._random_pool(self.rep_dim * cfg.nn_pool_resolution ** 2, torch.device("cpu"), torch.float32)
+                self.register_buffer("nn_pool", pool)
             self.register_buffer("nn_pool_pointer", torch.zeros((), dtype=torch.int64))
         self.tps_config = cfg.tps
 
     # -- NN pool ---------------------------------------------------------------------------------------------
 
     def _random_pool(self, features: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """K rows of N(0, 1), each L2-normalised (as released)."""
+        """K rows of N(0, 1) from the global RNG, each L2-normalised (as released; pooled rows only: a
+        full-resolution pool draws each row from its own seed, :func:`methods.nn_pool.random_row`)."""
         return F.normalize(torch.randn(self.config.nn_pool_capacity, features, device=device, dtype=dtype), dim=1)
 
     def _pool_rows(self, source: Any) -> torch.Tensor:
         """A row source of B images (:mod:`methods.pixel_reps`) -> L2-normalised (B, F) rows: the (B, D, H, W)
         map flattened ("full"), or average-pooled to g x g first (from the pyramid on the sparse path)."""
         g = self.config.nn_pool_resolution
-        maps = source.dense() if g == "full" else source.pooled(g)
-        return F.normalize(maps.flatten(1), dim=1)
+        if g != "full":
+            return F.normalize(source.pooled(g).flatten(1), dim=1)
+        # one image at a time into one (B, F) block: at 256 x 256 a map is 130 MB and FE's temporaries several
+        # times that (rows with a gradient, "student_pull", are joined by autograd-tracked concatenation)
+        parts = (F.normalize(source.dense(slice(b, b + 1)).flatten(1), dim=1) for b in range(source.num_images))
+        if torch.is_grad_enabled():
+            return torch.cat(list(parts))
+        first = next(parts)
+        rows = first.new_empty(source.num_images, first.shape[1])
+        rows[0] = first[0]
+        for b, part in enumerate(parts, start=1):
+            rows[b] = part[0]
+        return rows
 
     def _pool_rows_needed(self, step: int, max_steps: int, batch: int) -> bool:
         """Whether the rows enqueued at ``step`` can still be in the pool at a later step that computes L_nn.
@@ -444,9 +467,18 @@ class MonaObjective(Objective):
         g = self.config.nn_pool_resolution
         return image.shape[2] * image.shape[3] if g == "full" else g * g
 
-    def _ensure_pool(self, features: int, like: torch.Tensor) -> None:
+    def _ensure_pool(self, like: torch.Tensor, pyramid: list[torch.Tensor]) -> None:
+        """Allocate a full-resolution pool at the first step (its random rows from one base seed drawn from the
+        global RNG, dense and compact alike) and check that later steps give images of the same size."""
+        where = type(self).__name__
+        if self.nn_pool_compact is not None:
+            if not self.nn_pool_compact.initialised:
+                self.nn_pool_compact.initialise(draw_base_seed(like.device), pyramid, self.fe_teacher.module, like.dtype)
+            self.nn_pool_compact.check_pyramid(pyramid, where)
+            return
+        features = self.rep_dim * self._pool_cells(like)
         if self.nn_pool.numel() == 0:
-            self.nn_pool = self._random_pool(features, like.device, like.dtype)
+            self.nn_pool = random_rows(draw_base_seed(like.device), self.config.nn_pool_capacity, features, like.device, like.dtype)
         elif self.nn_pool.shape[1] != features:
             raise DataError(
                 f"{type(self).__name__}: the NN pool holds {self.nn_pool.shape[1]}-dim rows but this step gives "
@@ -454,15 +486,32 @@ class MonaObjective(Objective):
             )
 
     @torch.no_grad()
-    def _enqueue_pool(self, rows: torch.Tensor | None, count: int) -> None:
-        """Write ``rows`` (count, F) at the ring pointer, or only advance it by ``count`` when ``rows`` is None
-        (rows that no step will read, see :meth:`_pool_rows_needed`)."""
-        capacity = self.nn_pool.shape[0]
-        if rows is not None:
-            slots = (self._pool_pointer + torch.arange(count, device=rows.device)) % capacity
-            self.nn_pool.index_copy_(0, slots, rows.to(self.nn_pool.dtype))
+    def _enqueue_pool(self, rows: torch.Tensor | None, pyramid: list[torch.Tensor] | None, count: int) -> None:
+        """Write the step's ``count`` rows at the ring pointer: ``rows`` (count, F) into the dense pool, or the
+        teacher ``pyramid`` (with FE_t's current weights) into the compact one; ``None`` only advances the
+        pointer (rows that no step will read, see :meth:`_pool_rows_needed`)."""
+        capacity = self.config.nn_pool_capacity
+        slots = (self._pool_pointer + torch.arange(count, device=self.nn_pool_pointer.device)) % capacity
+        if self.nn_pool_compact is not None:
+            if pyramid is not None:
+                self.nn_pool_compact.write(slots.to(pyramid[0].device), pyramid, self.fe_teacher.module)
+        elif rows is not None:
+            self.nn_pool.index_copy_(0, slots.to(rows.device), rows.to(self.nn_pool.dtype))
         self._pool_pointer = (self._pool_pointer + count) % capacity
         self.nn_pool_pointer.fill_(self._pool_pointer)
+
+    def _nn_loss(self, student_rows: torch.Tensor, teacher_rows: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if self.nn_pool_compact is not None:
+            return compact_nn_loss(student_rows, teacher_rows, self.nn_pool_compact, self.fe_teacher.module, cfg.nn_topk,
+                                   cfg.nn_loss_grad)
+        return nn_loss(student_rows, teacher_rows, self.nn_pool, cfg.nn_topk, cfg.nn_loss_grad)
+
+    def pool_rows(self) -> torch.Tensor:
+        """The NN pool as (K, F) rows, whatever its storage (the compact one is rebuilt: 4.7 GB at the paper size)."""
+        if self.nn_pool_compact is not None:
+            return self.nn_pool_compact.materialise(self.fe_teacher.module, self.rep_dim)
+        return self.nn_pool
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         key = prefix + "nn_pool"
@@ -563,15 +612,16 @@ class MonaObjective(Objective):
                 terms["alpha"] = contrast.new_tensor(alpha)
 
             if use_nn:
-                self._ensure_pool(self.rep_dim * self._pool_cells(x_u), x_u)
+                self._ensure_pool(x_u, teacher_u.pyramid)
                 logged, rows_needed = self.is_logged_step(step, max_steps), self._pool_rows_needed(step, max_steps, b_u)
+                reads = logged or cfg.nn_loss_grad == "student_pull"
                 teacher_rows = None
-                if logged or rows_needed:
+                if reads or (rows_needed and self.nn_pool_compact is None):
                     with torch.no_grad():
                         teacher_rows = self._pool_rows(self._teacher_reps([teacher_u.pyramid]))
                 if cfg.nn_loss_grad == "student_pull":
                     student_rows = self._pool_rows(self._student_reps([out_u.pyramid]))
-                    near = nn_loss(student_rows, teacher_rows, self.nn_pool, cfg.nn_topk, cfg.nn_loss_grad)
+                    near = self._nn_loss(student_rows, teacher_rows)
                     total = total + cfg.nn_weight * near
                     terms["nn"] = near
                 elif logged:
@@ -579,10 +629,9 @@ class MonaObjective(Objective):
                     # kept out of `total` (it would add a constant); see the module docstring
                     with torch.no_grad():
                         student_rows = self._pool_rows(self._student_reps([out_u.pyramid]))
-                        terms["nn"] = nn_loss(student_rows, teacher_rows, self.nn_pool, cfg.nn_topk, cfg.nn_loss_grad)
-                if not rows_needed:
-                    teacher_rows = None
-                self._enqueue_pool(teacher_rows, b_u)  # 8: after the loss
+                        terms["nn"] = self._nn_loss(student_rows, teacher_rows)
+                # 8: after the loss
+                self._enqueue_pool(teacher_rows if rows_needed else None, teacher_u.pyramid if rows_needed else None, b_u)
 
         if use_eqv:
             x_s2 = augment.perturb(mixed.image)

@@ -28,7 +28,7 @@ Two interchangeable sources of rows, both with ``num_images``, ``height``, ``wid
 Methods: ``rows(flat_positions)`` -> (M, D) representations at flat positions over (N, H, W);
 ``class_means(labels, valid, num_classes)`` -> ``(prototypes (C, D), present (C,))`` as
 :func:`methods.contrast.class_prototypes`; ``pooled(g)`` -> (N, D, g, g) as ``F.adaptive_avg_pool2d``;
-``dense()`` -> the (N, D, H, W) map (the last two on :class:`DenseReps` and :class:`SparseMonaReps` only: MONA's
+``dense(images=None)`` -> the (N, D, H, W) map, or the images of a slice of it (the last two on :class:`DenseReps` and :class:`SparseMonaReps` only: MONA's
 NN pool reads pooled or full-resolution rows, ACTION reads neither). Gradients flow unless the caller runs
 under ``torch.no_grad``.
 
@@ -386,8 +386,8 @@ class DenseReps:
     def pooled(self, size: int) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.maps, size)
 
-    def dense(self) -> torch.Tensor:
-        return self.maps
+    def dense(self, images: slice | None = None) -> torch.Tensor:
+        return self.maps if images is None else self.maps[images]
 
 
 class _SparseReps:
@@ -447,8 +447,10 @@ class SparseMonaReps(_SparseReps):
         rows = self._head(pooled_levels(self.pyramid, self.ops, size))
         return rows.view(self.num_images, size, size, -1).permute(0, 3, 1, 2)
 
-    def dense(self) -> torch.Tensor:
-        maps = self.fe(self.pyramid)
+    def dense(self, images: slice | None = None) -> torch.Tensor:
+        """The full (N, D, H, W) map, or only ``images`` of it (per-image maps bound the temporaries of ``FE``)."""
+        pyramid = self.pyramid if images is None else [level[images] for level in self.pyramid]
+        maps = self.fe(pyramid)
         return self.predictor(maps) if self.predictor is not None else maps
 
 

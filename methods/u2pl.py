@@ -26,6 +26,7 @@ from methods.contrast import pixel_info_nce
 from methods.errors import ConfigError
 from methods.memory_bank import ClassMemoryBank
 from methods.pixel_reps import DenseReps, true_positions
+from methods.recompute import rebuilt_in_backward
 from methods.samplers import SamplerConfig
 
 if TYPE_CHECKING:
@@ -219,6 +220,10 @@ def u2pl_contrast_loss(
         fifo = flat_sampler.sample(banks.size(bank_class), cfg.num_anchors * cfg.num_negatives, device=labels.device)
         fifo = fifo.view(cfg.num_anchors, cfg.num_negatives)
         info["negative_indices"][bank_class] = fifo
-        negatives = banks.gather(bank_class, fifo).to(anchors.dtype)
-        total = total + pixel_info_nce(anchors[k], prototypes[anchor_class], negatives, cfg.temperature)
+        def gather(bank_class=bank_class, fifo=fifo, dtype=anchors.dtype) -> torch.Tensor:
+            return banks.gather(bank_class, fifo).to(dtype)
+
+        negatives = gather()
+        with rebuilt_in_backward(negatives, gather):  # backward gathers them again instead of keeping them
+            total = total + pixel_info_nce(anchors[k], prototypes[anchor_class], negatives, cfg.temperature)
     return total / divisor, info

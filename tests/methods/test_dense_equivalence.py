@@ -74,8 +74,13 @@ def _close(a: torch.Tensor, b: torch.Tensor, what: str, scale: float | None = No
 
 
 def _state(objective) -> dict[str, torch.Tensor]:
-    """Banks, pool and every other buffer (the teacher's included)."""
-    return {name: value for name, value in objective.state_dict().items() if value.is_floating_point() or "pointer" in name or "size" in name}
+    """Banks, pool and every other buffer (the teacher's included); the NN pool as its (K, F) rows, whatever
+    its storage (the sparse path keeps a full-resolution pool compact: methods/nn_pool.py)."""
+    state = {name: value for name, value in objective.state_dict().items()
+             if (value.is_floating_point() or "pointer" in name or "size" in name) and not name.startswith("nn_pool_compact.")}
+    if getattr(objective, "nn_pool_pointer", None) is not None:
+        state["nn_pool"] = objective.pool_rows()
+    return state
 
 
 def run_pair(objective: str, params: dict, patch: int, channels: tuple[int, ...], steps: int = STEPS,
@@ -131,6 +136,7 @@ MONA_FLAGS = [
     ("mona", {"valid_class_indexing": "fixed", "u2pl_negative_mask": "paper"}),
     ("mona", {"nn_loss_grad": "student_pull"}),
     ("mona", {"nn_pool_resolution": "full", "nn_loss_grad": "student_pull"}),
+    ("mona", {"nn_pool_resolution": "full"}),
     ("mona", {"contrast_weight": 0.0}),
     ("mona", {"nn_weight": 0.0}),
     ("mona", {"eqv_weight": 0.0, "unsup_weight": 0.0}),
@@ -171,12 +177,17 @@ def test_action_sparse_matches_dense(size, flags):
         assert any(row["anco"] != 0 for row in history), "L_anco never ran: the comparison would be vacuous"
 
 
-def test_nn_term_only_at_logged_steps_keeps_training_and_the_pool_read_identical_to_dense_every_step():
+@pytest.mark.parametrize("resolution", ["pooled", "full"])
+def test_nn_term_only_at_logged_steps_keeps_training_and_the_pool_read_identical_to_dense_every_step(resolution):
     """Released L_nn has no gradient: computed at logged steps only, with the pool rows those steps read.
     Pool of 8 rows, 4 unlabelled images per step: rows of step s are read at s+1 and s+2 at most; a log row
-    after step 5 only. Reference: dense, every step computed."""
+    after step 5 only. Reference: dense, every step computed. At full resolution the sparse path's pool is
+    compact (methods/nn_pool.py): it stores the teacher pyramids of steps 3 and 4 and builds no teacher rows
+    before the logged step."""
     params, patch, channels = _profile_params("mona", "smoke")
     params = {**params, "nn_pool_capacity": 8, "nn_topk": 3}
+    if resolution == "full":
+        params["nn_pool_resolution"] = "full"
     schedule = lambda step, max_steps: step == 5  # noqa: E731
     dense, sparse = _pair("mona", params, channels)
     sparse.logged_steps = schedule
@@ -203,9 +214,10 @@ def test_nn_term_only_at_logged_steps_keeps_training_and_the_pool_read_identical
         _close(outs[0].total, outs[1].total, f"step {step} total")
         assert ("nn" in outs[1].terms) == (step == 5)
         if step == 4:  # the pool as step 5 reads it
-            _close(dense.nn_pool, sparse.nn_pool, "pool read at the logged step")
+            _close(dense.pool_rows(), sparse.pool_rows(), "pool read at the logged step")
     _close(outs[0].terms["nn"], outs[1].terms["nn"], "L_nn at the logged step")
-    assert sorted(set(computed)) == [3, 4, 5], computed  # teacher rows for the pool (3, 4) and the term (5)
+    # rows for the pool (3, 4: pooled only) and for the term (5: student and teacher)
+    assert sorted(set(computed)) == ([3, 4, 5] if resolution == "pooled" else [5]), computed
 
 
 def test_logs_after_is_the_engine_schedule():

@@ -401,15 +401,20 @@ def test_nn_student_pull_trains_the_heads_and_pool_is_a_ring():
         make({"nn_pool_capacity": 2, "nn_topk": 1}).loss(shape_batch(torch.Generator().manual_seed(0), b_u=3), 0, 10)
 
 
-def test_full_resolution_pool_is_lazy_and_checkpoints_round_trip():
-    objective = make({"nn_pool_resolution": "full"})
-    assert objective.nn_pool.numel() == 0
+@pytest.mark.parametrize("representation", ["dense", "sparse"])
+def test_full_resolution_pool_is_lazy_and_checkpoints_round_trip(representation):
+    """Dense: a (K, D H W) buffer; sparse: the compact storage (methods/nn_pool.py). Both are allocated at the
+    first step and survive a state_dict round trip into a fresh objective."""
+    params = {"nn_pool_resolution": "full", "representation": representation}
+    objective = make(params)
+    stored = objective.nn_pool if representation == "dense" else objective.nn_pool_compact.seeds
+    assert stored.numel() == 0
     objective.loss(shape_batch(torch.Generator().manual_seed(0)), 0, 10)
-    assert objective.nn_pool.shape == (4, 36 * 32 * 32)
+    assert objective.pool_rows().shape == (4, 36 * 32 * 32)
     state = copy.deepcopy(objective.state_dict())
-    fresh = make({"nn_pool_resolution": "full"}, seed=1)
+    fresh = make(params, seed=1)
     fresh.load_state_dict(state)
-    assert torch.equal(fresh.nn_pool, objective.nn_pool) and fresh._pool_pointer == 2
+    assert torch.equal(fresh.pool_rows(), objective.pool_rows()) and fresh._pool_pointer == 2
     assert [fresh.banks.size(c) for c in range(4)] == [objective.banks.size(c) for c in range(4)]
     for key, value in fresh.state_dict().items():
         assert torch.equal(value, state[key]), key
