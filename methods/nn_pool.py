@@ -157,8 +157,8 @@ def _parameter_count(module: nn.Module) -> int:
 
 def compact_nn_loss(student: torch.Tensor, teacher: torch.Tensor, pool: CompactNNPool, fe_module: nn.Module, topk: int,
                     grad: str) -> torch.Tensor:
-    """:func:`methods.mona.nn_loss` on a :class:`CompactNNPool` (same arguments otherwise; the grad choice is
-    checked there).
+    """:func:`methods.mona.nn_loss` on a :class:`CompactNNPool` (``fe_module``: the ``FE_t`` network whose
+    architecture rebuilds the rows; the other arguments as there).
 
     * ``"as_coded_none"``: ``d^s`` and ``d^t`` from one pass over the rows; no gradient.
     * ``"student_pull"``: neighbours from ``d^t``; then ``mean_b (2 - 2 u_b · mean_k Π_k)``, which equals
