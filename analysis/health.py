@@ -1,10 +1,12 @@
-"""Trial health: did a trial's validation Dice plateau, or was it still rising or collapsed at the end?
+"""Trial health: did a trial's validation Dice plateau, or was it still rising, collapsed, or never learning?
 
 The test numbers of a trial come from the model selected on val (its best validation), so a table can
 look fine while the training behind a cell did not settle. Each finished trial's ``val_curve.csv``
 (``step``, ``val_dice``: one row per validation, written by ``medseg_platform.engine.train_trial``) is
 classified by :func:`classify_curve`:
 
+* :data:`NOT_LEARNED`: the best validation stays below :data:`LEARNED_FLOOR`: the model never segmented the
+  val cases (a seed that fails outright), whatever the shape of its curve; checked first;
 * :data:`STILL_RISING`: the last validation is the best (ties count) **and** it exceeds the previous
   validation by more than :data:`RISING_MARGIN`: more fine-tuning steps would probably still help, so the
   cell understates the method;
@@ -30,6 +32,16 @@ from typing import Any, Iterable, Sequence
 
 from medseg_platform.results import VAL_CURVE_FILE, read_csv
 
+LEARNED_FLOOR = 0.15
+"""Absolute val Dice (0..1) a trial's best validation must reach to count as having learned.
+
+Fifteen Dice points is about half of the lowest number the papers report at 1 labelled ACDC patient (the
+labelled-only UNet's RV, 29.0 in ARCO's Table 1) and several times what a constant prediction scores (a whole
+slice labelled as one structure covering a few % of it: a few Dice points). On the quick phantom the weakest
+trial that did learn peaked at 18.4 (supervised-only, seed 2, 250 steps; test 37.9), while released ACTION's
+seed 2 at 500 steps stayed at 1.8-12.9 for all 20 validations (``benchmarks/RESULTS.md``). A curve below it
+is neither rising to anything nor collapsing from anything."""
+
 RISING_MARGIN = 0.01
 """Absolute val Dice (0..1) the last validation must gain over the previous one to count as still rising.
 
@@ -45,8 +57,9 @@ contrastive terms, an over-confident teacher), not that the curve wobbles around
 HEALTHY = "healthy"
 STILL_RISING = "still rising"
 COLLAPSED = "collapsed"
+NOT_LEARNED = "did not learn"
 UNDETERMINED = "undetermined"  # fewer than 2 finite validations
-FLAGGED = (STILL_RISING, COLLAPSED)
+FLAGGED = (STILL_RISING, COLLAPSED, NOT_LEARNED)
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ class CurveHealth:
 
     @property
     def flagged(self) -> bool:
-        """True for a still-rising or collapsed curve."""
+        """True for a still-rising, collapsed or never-learning curve."""
         return self.verdict in FLAGGED
 
 
@@ -97,7 +110,9 @@ def classify_curve(points: Iterable[tuple[float, float]]) -> CurveHealth:
     if len(values) < 2:
         return CurveHealth(UNDETERMINED, last, math.nan, best, best_step, 1)
     previous = values[-2]
-    if last >= best and last - previous > RISING_MARGIN:
+    if best < LEARNED_FLOOR:
+        verdict = NOT_LEARNED
+    elif last >= best and last - previous > RISING_MARGIN:
         verdict = STILL_RISING
     elif best - last > COLLAPSE_DROP:
         verdict = COLLAPSED
@@ -135,10 +150,17 @@ def _cell(text: str) -> str:
 
 def criteria_sentence() -> str:
     """The rule, in one sentence, with the thresholds in Dice points."""
-    return (f"A trial is *{STILL_RISING}* when its last validation is its best and more than "
+    return (f"A trial *{NOT_LEARNED}* when its best validation stays below {100 * LEARNED_FLOOR:.1f} Dice points "
+            f"(checked first); otherwise it is *{STILL_RISING}* when its last validation is its best and more than "
             f"{100 * RISING_MARGIN:.1f} Dice points above the previous one (more steps would likely help), and "
             f"*{COLLAPSED}* when its last validation is more than {100 * COLLAPSE_DROP:.1f} points below its best "
             f"(training became unstable; the test model is still the best one on val).")
+
+
+def _verdict_counts(flagged: Sequence[TrialHealth]) -> str:
+    """"2 still rising, 1 did not learn": the count of each flag verdict that occurs, in :data:`FLAGGED` order."""
+    counts = [(sum(t.curve.verdict == verdict for t in flagged), verdict) for verdict in FLAGGED]
+    return ", ".join(f"{n} {verdict}" for n, verdict in counts if n)
 
 
 def health_section(trials: Sequence[TrialHealth]) -> list[str]:
@@ -156,12 +178,10 @@ def health_section(trials: Sequence[TrialHealth]) -> list[str]:
     not_judged = (f" {unjudged} trial{'s' if unjudged != 1 else ''} with fewer than 2 validations "
                   f"{'were' if unjudged != 1 else 'was'} not judged.") if unjudged else ""
     if not flagged:
-        lines += [(f"All {judged} judged trials plateaued (none still rising or collapsed)." if judged else
+        lines += [(f"All {judged} judged trials plateaued (none still rising, collapsed or failing to learn)." if judged else
                    "No trial had 2 or more validations to judge.") + not_judged, ""]
         return lines
-    rising = sum(t.curve.verdict == STILL_RISING for t in flagged)
-    lines += [f"{len(flagged)} of {judged} judged trials flagged: {rising} {STILL_RISING}, "
-              f"{len(flagged) - rising} {COLLAPSED}.{not_judged} Tables mark the cells that include one with \u00a7.", "",
+    lines += [f"{len(flagged)} of {judged} judged trials flagged: {_verdict_counts(flagged)}.{not_judged} Tables mark the cells that include one with \u00a7.", "",
               "| trial | method | label fraction | seed | verdict | last val Dice (%) | previous (%) | best (%) | best at step |",
               "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for t in flagged:
@@ -176,6 +196,4 @@ def health_problems(trials: Sequence[TrialHealth]) -> list[str]:
     flagged = [t for t in trials if t.curve.flagged]
     if not flagged:
         return []
-    rising = sum(t.curve.verdict == STILL_RISING for t in flagged)
-    return [f"trial health: {len(flagged)} of {len(trials)} trials flagged ({rising} {STILL_RISING}, "
-            f"{len(flagged) - rising} {COLLAPSED}); see Trial health"]
+    return [f"trial health: {len(flagged)} of {len(trials)} trials flagged ({_verdict_counts(flagged)}); see Trial health"]

@@ -7,7 +7,7 @@
 * ``report.md``: the settings (study, profile, command, evaluation protocol, dataset, seeds, iterations, label
   fractions, trials finished / errored / corrupt / missing, wall time), the Dice table, the study's claims tested
   (:mod:`analysis.claims`), the trial health (trials whose validation Dice was still rising or collapsed
-  at the end, :mod:`analysis.health`), links to every table and plot, and the problems found (one line
+  at the end, or never learned: :mod:`analysis.health`), links to every table and plot, and the problems found (one line
   sums up the flagged trials, if any).
 
 Inputs, all optional except the trial folders: ``study.json`` (written by :meth:`Study.run`: the trial

@@ -15,7 +15,7 @@ Numbers, from the bottom up:
   cell with no finite seed value has mean and std NaN. ``n_seeds`` counts the seeds with a finite value and
   ``n_undefined`` sums the undefined per-case values over all of the cell's seeds (for "Avg": over classes).
 * **trial health**: ``n_flagged`` counts the cell's trials whose validation curve was still rising or
-  collapsed at the end (:mod:`analysis.health`); such cells are marked with :data:`FLAGGED_MARK`.
+  collapsed at the end, or never learned (:mod:`analysis.health`); such cells are marked with :data:`FLAGGED_MARK`.
 * **settings** per cell, for the caption: fine-tuning steps (``steps``), labelled patients
   (``patients``) and the empty-mask policy (``empty_policy``, ``eval.empty_policy`` of the configs),
   each the distinct values of the cell's trials, comma-separated ("unknown" when a config lacks it).
@@ -52,7 +52,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from analysis.health import COLLAPSE_DROP, RISING_MARGIN, record_health
+from analysis.health import COLLAPSE_DROP, LEARNED_FLOOR, RISING_MARGIN, record_health
 from analysis.significance import ALPHA, NOT_SIGNIFICANT_MARK, caption_note, paired_case_values, seed_averaged, wilcoxon_test
 from medseg_platform.data.layout import ACDC_CLASS_NAMES, default_class_names
 from medseg_platform.errors import MedsegError
@@ -64,7 +64,7 @@ DEFAULT_METRICS = ("dice", "jaccard", "hd95", "asd")
 DEFAULT_CLASS_NAMES = {label: name for label, name in enumerate(ACDC_CLASS_NAMES, 1)}  # results of 4-class data without names
 AVG = "Avg"
 UNDEFINED_MARK = "\u2020"  # dagger
-FLAGGED_MARK = "\u00a7"  # section sign: the cell includes a still-rising or collapsed trial (analysis.health)
+FLAGGED_MARK = "\u00a7"  # section sign: the cell includes a flagged trial (analysis.health)
 UNKNOWN = "unknown"
 MISSING = "\u2013"  # en dash: no trial for this method and label fraction
 LONG_COLUMNS = ("row", "column", "class", "metric", "unit", "mean", "std", "n_seeds", "n_undefined", "seeds",
@@ -268,7 +268,7 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
     column, class and metric; NaN for that best cell and for cells with too few pairs), ``n_pairs``
     (the pairs it used), ``row_rank`` and ``column_rank`` (0-based table positions of the method and the
     label fraction, so the layout survives a CSV round trip), ``n_flagged`` (the cell's trials whose
-    validation curve was still rising or collapsed, :mod:`analysis.health`), ``steps``, ``patients`` and
+    validation curve was flagged, :mod:`analysis.health`), ``steps``, ``patients`` and
     ``empty_policy`` (distinct fine-tuning steps, labelled patients and empty-mask policies of the cell's
     trials, comma-separated). Dice and Jaccard are in percent. Rows come
     in table order (methods, then label fractions, then ``metrics``, then classes); only (method, fraction)
@@ -552,7 +552,8 @@ def flagged_note(table: WideTable) -> str:
     trials = sum({(row, column): cell.n_flagged for (row, column, _), cell in table.cells.items()}.values())
     return (f"{FLAGGED_MARK} {len(marked)} of {len(table.cells)} cells include a trial whose validation Dice was "
             f"still rising (the last validation its best and more than {100 * RISING_MARGIN:g} val Dice point{'s' if RISING_MARGIN != 0.01 else ''} above the previous one) or "
-            f"collapsed (the last more than {100 * COLLAPSE_DROP:g} points below the best) at the end of training: {trials} trial{'s' if trials != 1 else ''} "
+            f"collapsed (the last more than {100 * COLLAPSE_DROP:g} points below the best) at the end of training, or that "
+            f"did not learn (its best below {100 * LEARNED_FLOOR:g} points): {trials} trial{'s' if trials != 1 else ''} "
             f"in all, listed under Trial health in report.md.")
 
 

@@ -7,13 +7,27 @@ import math
 import pytest
 
 from analysis import health
-from analysis.health import COLLAPSED, HEALTHY, STILL_RISING, UNDETERMINED, CurveHealth, TrialHealth, classify_curve
+from analysis.health import COLLAPSED, HEALTHY, NOT_LEARNED, STILL_RISING, UNDETERMINED, CurveHealth, TrialHealth, classify_curve
 from medseg_platform.results import scan_study
 from tests.analysis.fakes import write_fake_trial
 
 
 def test_thresholds_are_absolute_dice():
-    assert health.RISING_MARGIN == 0.01 and health.COLLAPSE_DROP == 0.10
+    assert health.RISING_MARGIN == 0.01 and health.COLLAPSE_DROP == 0.10 and health.LEARNED_FLOOR == 0.15
+
+
+def test_a_curve_that_never_reaches_the_floor_did_not_learn():
+    # released ACTION, seed 2, 500 quick steps: 1.8-12.9 val Dice points for 20 validations, best at step 225
+    points = list(zip(range(25, 525, 25), [0.029, 0.040, 0.018, 0.117, 0.057, 0.114, 0.095, 0.085, 0.129, 0.121,
+                                           0.095, 0.078, 0.097, 0.116, 0.082, 0.107, 0.095, 0.114, 0.094, 0.124]))
+    verdict = classify_curve(points)
+    assert verdict == CurveHealth(NOT_LEARNED, 0.124, 0.094, 0.129, 225, 20) and verdict.flagged
+    # checked before the other rules: a low curve climbing to a new best, or dropping by more than 0.10
+    assert classify_curve([(20, 0.02), (40, 0.14)]).verdict == NOT_LEARNED
+    assert classify_curve([(20, 0.149), (40, 0.01)]).verdict == NOT_LEARNED
+    # the floor is the best validation, not the last: a curve that reached it and fell is collapsed
+    assert classify_curve([(20, 0.15), (40, 0.01)]).verdict == COLLAPSED
+    assert classify_curve([(20, 0.10), (40, 0.184), (60, 0.171)]).verdict == HEALTHY  # supervised seed 2's end
 
 
 def test_still_rising_when_the_last_validation_is_the_best_and_climbs():
@@ -83,21 +97,25 @@ def test_section_when_nothing_is_flagged():
     trials = [_trial("a", [(20, 0.6), (40, 0.6)]), _trial("b", [(20, 0.5), (40, 0.49)]), _trial("c", [(20, 0.5)])]
     lines = health.health_section(trials)
     assert lines[0] == "## Trial health" and lines[-1] == ""
-    assert lines[-2] == "All 2 judged trials plateaued (none still rising or collapsed). 1 trial with fewer than 2 validations was not judged."
+    assert lines[-2] == "All 2 judged trials plateaued (none still rising, collapsed or failing to learn). 1 trial with fewer than 2 validations was not judged."
     assert health.health_problems(trials) == [] and health.health_section([]) == []
 
 
 def test_section_lists_flagged_trials_with_their_numbers():
     trials = [_trial("mona-l1-s1-x", [(20, 0.50), (40, 0.62)]), _trial("mt|1", [(20, 0.3), (40, 0.8), (60, 0.65)], "Mean teacher", 2),
-              _trial("ok", [(20, 0.6), (40, 0.6)])]
+              _trial("ok", [(20, 0.6), (40, 0.6)]), _trial("action-l1-s2", [(20, 0.03), (40, 0.13), (60, 0.12)], "ACTION", 2)]
     text = "\n".join(health.health_section(trials))
     assert "more than 1.0 Dice points above the previous one" in text and "more than 10.0 points below its best" in text
-    assert "2 of 3 judged trials flagged: 1 still rising, 1 collapsed." in text
+    assert "A trial *did not learn* when its best validation stays below 15.0 Dice points" in text
+    assert "3 of 4 judged trials flagged: 1 still rising, 1 collapsed, 1 did not learn." in text
     assert "| mona-l1-s1-x | MONA | 1 patient (1.4%) | 1 | still rising | 62.0 | 50.0 | 62.0 | 40 |" in text
     assert "| mt\\|1 | Mean teacher | 1 patient (1.4%) | 2 | collapsed | 65.0 | 80.0 | 80.0 | 40 |" in text
+    assert "| action-l1-s2 | ACTION | 1 patient (1.4%) | 2 | did not learn | 12.0 | 13.0 | 13.0 | 40 |" in text
     assert "| ok |" not in text
     assert health.health_problems(trials) == [
-        "trial health: 2 of 3 trials flagged (1 still rising, 1 collapsed); see Trial health"]
+        "trial health: 3 of 4 trials flagged (1 still rising, 1 collapsed, 1 did not learn); see Trial health"]
+    # a verdict that does not occur is not counted
+    assert health.health_problems(trials[:1]) == ["trial health: 1 of 1 trials flagged (1 still rising); see Trial health"]
 
 
 @pytest.mark.parametrize("points", [[], [(20, 0.5)]])

@@ -71,7 +71,7 @@ def test_medseg_report_on_an_empty_or_missing_folder_is_a_clear_error(tmp_path, 
 def test_report_says_when_every_trial_plateaued(study):
     report = write_report(study, log=lambda m: None)
     text = report.report.read_text(encoding="utf-8")
-    assert "## Trial health" in text and "All 12 judged trials plateaued (none still rising or collapsed)." in text
+    assert "## Trial health" in text and "All 12 judged trials plateaued (none still rising, collapsed or failing to learn)." in text
     assert not any(p.startswith("trial health") for p in report.problems) and "§" not in text
 
 

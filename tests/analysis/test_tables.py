@@ -246,7 +246,7 @@ def test_cells_with_a_flagged_trial_are_marked_and_counted(tmp_path):
     assert all(c.endswith("§") for c in _body(md)[MONA][:4]) and not any("§" in c for c in _body(md)[MONA][4:] + _body(md)[MT])
     assert ("§ 4 of 16 cells include a trial whose validation Dice was still rising (the last validation its best "
             "and more than 1 val Dice point above the previous one) or collapsed (the last more than 10 points below the best) at the end "
-            "of training: 1 trial in all, listed under Trial health in report.md.") in md
+            "of training, or that did not learn (its best below 15 points): 1 trial in all, listed under Trial health in report.md.") in md
     tex = tables.to_latex(df_flagged, "dice")
     mona_line = next(line for line in tex.splitlines() if line.startswith("MONA"))
     assert mona_line.split(" & ")[1].endswith(r"}$^\S$") and r"$^\S$ 4 of 16 cells" in tex
