@@ -40,7 +40,9 @@ labelled-only UNet's RV, 29.0 in ARCO's Table 1) and several times what a consta
 slice labelled as one structure covering a few % of it: a few Dice points). On the quick phantom the weakest
 trial that did learn peaked at 18.4 (supervised-only, seed 2, 250 steps; test 37.9), while released ACTION's
 seed 2 at 500 steps stayed at 1.8-12.9 for all 20 validations (``benchmarks/RESULTS.md``). A curve below it
-is neither rising to anything nor collapsing from anything."""
+is neither rising to anything nor collapsing from anything, and the verdict takes precedence over both. The
+floor is absolute: on a dataset where trained models score below it, every trial would be flagged; lower it
+there."""
 
 RISING_MARGIN = 0.01
 """Absolute val Dice (0..1) the last validation must gain over the previous one to count as still rising.

@@ -82,6 +82,7 @@ class ClassMemoryBank(nn.Module):
         start = 1 if init == "zero" else 0  # the zero key already sits in slot 0 (the buffer is zeros)
         self._count = [start] * num_classes
         self._pointer = [start % cap for cap in caps]
+        self._writes = 0  # see `writes`
         self.register_buffer("pointer", torch.tensor(self._pointer, dtype=torch.int64, device=device))
         self.register_buffer("count", torch.tensor(self._count, dtype=torch.int64, device=device))
 
@@ -110,6 +111,12 @@ class ClassMemoryBank(nn.Module):
 
     def capacity(self, class_index: int) -> int:
         return self.capacities[self._check_class(class_index)]
+
+    @property
+    def writes(self) -> int:
+        """How many times the bank's contents have changed (enqueues and state-dict loads), a host int: a reader
+        that gathers again later (``methods.recompute``) compares it to know the keys are still the same."""
+        return self._writes
 
     @torch.no_grad()
     def enqueue(self, class_index: int, keys: torch.Tensor) -> None:
@@ -141,6 +148,7 @@ class ClassMemoryBank(nn.Module):
                 bank[: end - cap].copy_(keys[split:])
             pointer, count = end % cap, min(self._count[c] + m, cap)
         self._pointer[c], self._count[c] = pointer, count
+        self._writes += 1
         self.pointer[c] = pointer  # a device-side fill, no sync
         self.count[c] = count
 
@@ -179,6 +187,7 @@ class ClassMemoryBank(nn.Module):
                     f"of capacity {cap} (the checkpoint is from another bank configuration or corrupt; start over)"
                 )
         self._pointer, self._count = pointer, count
+        self._writes += 1
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -88,9 +88,12 @@ average-pools the representation to g x g before it is flattened for L_nn and st
 device (the release keeps them on the CPU and copies them every step).
 
 Host syncs per step: one (the per-class mask counts of the contrast, needed for the data-dependent
-anchor/bank sizes, read with a single ``tolist``), plus one when a sparse read deduplicates a long point list. The NN pool is a ring buffer with wrap-around writes, so
+anchor/bank sizes, read with a single ``tolist``), plus one when a sparse read deduplicates a long point list,
+plus, at a step that reads a compact pool, one for its row seeds (and one for the neighbour set with
+``"student_pull"``). The NN pool is a ring buffer with wrap-around writes, so
 any unlabelled batch size ``B_u <= K`` works (the release needs ``K mod B_u = 0``; the two agree then).
-Randomness (samplers, TPS, pool initialisation) comes from torch's global RNG on the step's device.
+Randomness (samplers, TPS, a pooled pool's rows, a full-resolution pool's base seed) comes from torch's global
+RNG on the step's device.
 """
 
 from __future__ import annotations
@@ -432,7 +435,7 @@ class MonaObjective(Objective):
         full-resolution pool draws each row from its own seed, :func:`methods.nn_pool.random_row`)."""
         return F.normalize(torch.randn(self.config.nn_pool_capacity, features, device=device, dtype=dtype), dim=1)
 
-    def _pool_rows(self, source: Any) -> torch.Tensor:
+    def _rows_for_pool(self, source: Any) -> torch.Tensor:
         """A row source of B images (:mod:`methods.pixel_reps`) -> L2-normalised (B, F) rows: the (B, D, H, W)
         map flattened ("full"), or average-pooled to g x g first (from the pyramid on the sparse path)."""
         g = self.config.nn_pool_resolution
@@ -515,6 +518,18 @@ class MonaObjective(Objective):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         key = prefix + "nn_pool"
+        if self.nn_pool_compact is not None and key in state_dict:
+            raise ConfigError(
+                f"{type(self).__name__}: the checkpoint holds the NN pool as dense rows, this objective stores it compactly "
+                f"(a checkpoint written before the compact pool, or with representation='dense'; resume it with "
+                f"representation='dense': the same numbers up to float rounding)"
+            )
+        stored = state_dict.get(key)
+        if stored is not None and stored.numel() and stored.shape[0] != self.config.nn_pool_capacity:
+            raise ConfigError(
+                f"{type(self).__name__}: the checkpoint holds {stored.shape[0]} NN pool rows but nn_pool_capacity is "
+                f"{self.config.nn_pool_capacity} (resume with the configuration the checkpoint was written with)"
+            )
         if getattr(self, "nn_pool", None) is not None and key in state_dict and state_dict[key].shape != self.nn_pool.shape:
             self.nn_pool = torch.empty_like(state_dict[key], device=self.nn_pool.device)  # a lazily allocated pool
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -618,9 +633,9 @@ class MonaObjective(Objective):
                 teacher_rows = None
                 if reads or (rows_needed and self.nn_pool_compact is None):
                     with torch.no_grad():
-                        teacher_rows = self._pool_rows(self._teacher_reps([teacher_u.pyramid]))
+                        teacher_rows = self._rows_for_pool(self._teacher_reps([teacher_u.pyramid]))
                 if cfg.nn_loss_grad == "student_pull":
-                    student_rows = self._pool_rows(self._student_reps([out_u.pyramid]))
+                    student_rows = self._rows_for_pool(self._student_reps([out_u.pyramid]))
                     near = self._nn_loss(student_rows, teacher_rows)
                     total = total + cfg.nn_weight * near
                     terms["nn"] = near
@@ -628,7 +643,7 @@ class MonaObjective(Objective):
                     # no gradient (as released): a logged value only, computed where a curve row records it and
                     # kept out of `total` (it would add a constant); see the module docstring
                     with torch.no_grad():
-                        student_rows = self._pool_rows(self._student_reps([out_u.pyramid]))
+                        student_rows = self._rows_for_pool(self._student_reps([out_u.pyramid]))
                         terms["nn"] = self._nn_loss(student_rows, teacher_rows)
                 # 8: after the loss
                 self._enqueue_pool(teacher_rows if rows_needed else None, teacher_u.pyramid if rows_needed else None, b_u)

@@ -37,7 +37,12 @@ def draw_base_seed(device: torch.device) -> int:
 
 
 def random_row(seed: int, features: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """One pool row at its initialisation: N(0, 1) from its own generator, L2-normalised -> (features,)."""
+    """One pool row at its initialisation: N(0, 1) from its own generator, L2-normalised -> (features,).
+
+    The numbers depend on the device's generator (CPU and CUDA draw different ones from one seed): a compact
+    pool keeps only the seed of such a row, so a checkpoint moved between devices rebuilds it differently.
+    Only rows not yet overwritten are affected: with the released logging, every row is written by the fill
+    steps before the first logged step reads the pool."""
     generator = torch.Generator(device=device).manual_seed(int(seed))
     return F.normalize(torch.randn(features, generator=generator, device=device, dtype=dtype), dim=0)
 
@@ -79,6 +84,11 @@ class CompactNNPool(nn.Module):
     def initialise(self, base_seed: int, pyramid: Sequence[torch.Tensor], fe_module: nn.Module, dtype: torch.dtype) -> None:
         """Every row at its random initialisation (seeds base_seed + k); storage in ``dtype`` (the images'),
         shaped like one image of ``pyramid`` and like ``fe_module``'s parameters."""
+        if any(True for _ in fe_module.buffers()):
+            raise ConfigError(
+                f"CompactNNPool: {type(fe_module).__name__} has buffers, which a row rebuilt from stored weights would "
+                f"read at their current values (use a buffer-free FE, or nn_pool_resolution=g or representation='dense')"
+            )
         device = pyramid[0].device
         self.seeds = base_seed + torch.arange(self.capacity, device=device)
         self.fe = torch.zeros(self.capacity, _parameter_count(fe_module), device=device, dtype=dtype)
@@ -104,6 +114,12 @@ class CompactNNPool(nn.Module):
         self.seeds.index_fill_(0, slots, -1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        stored = state_dict.get(prefix + "seeds")
+        if stored is not None and stored.numel() not in (0, self.capacity):
+            raise ConfigError(
+                f"CompactNNPool: the checkpoint holds {stored.numel()} pool rows but nn_pool_capacity is {self.capacity} "
+                f"(resume with the configuration the checkpoint was written with)"
+            )
         for name, value in list(self._buffers.items()):
             key = prefix + name
             if key in state_dict and state_dict[key].shape != value.shape:
@@ -112,9 +128,10 @@ class CompactNNPool(nn.Module):
 
     # -- reading ---------------------------------------------------------------------------------------------
 
-    def row(self, k: int, fe_module: nn.Module, features: int) -> torch.Tensor:
-        """Row k as the dense pool holds it -> (features,), L2-normalised."""
-        seed = int(self.seeds[k])
+    def row(self, k: int, fe_module: nn.Module, features: int, seed: int | None = None) -> torch.Tensor:
+        """Row k as the dense pool holds it -> (features,), L2-normalised. ``seed``: ``seeds[k]`` when the
+        caller already read the seeds to the host (one sync for all rows instead of one per row)."""
+        seed = int(self.seeds[k]) if seed is None else int(seed)
         if seed >= 0:
             return random_row(seed, features, self.fe.device, self.fe.dtype)
         params, start = {}, 0
@@ -129,8 +146,9 @@ class CompactNNPool(nn.Module):
         """``x @ Π^T`` for each x (B, F) of ``rows`` -> list of (B, K), rebuilding one pool row at a time."""
         features = rows[0].shape[1]
         out = [x.new_empty(x.shape[0], self.capacity) for x in rows]
+        seeds = self.seeds.tolist()
         for k in range(self.capacity):
-            pool_row = self.row(k, fe_module, features)
+            pool_row = self.row(k, fe_module, features, seeds[k])
             for x, o in zip(rows, out):
                 o[:, k] = x.detach() @ pool_row.to(x.dtype)
         return out
@@ -139,16 +157,18 @@ class CompactNNPool(nn.Module):
     def mean_rows(self, index: torch.Tensor, fe_module: nn.Module, features: int) -> torch.Tensor:
         """``mean_j Π[index[b, j]]`` for int64 index (B, k) -> (B, features), one distinct row built at a time."""
         out = torch.zeros(index.shape[0], features, device=self.fe.device, dtype=self.fe.dtype)
+        seeds = self.seeds.tolist()
         for k in torch.unique(index).tolist():
             weight = (index == k).sum(1).to(out.dtype) / index.shape[1]          # (B,)
-            out.addr_(weight, self.row(k, fe_module, features))
+            out.addr_(weight, self.row(k, fe_module, features, seeds[k]))
         return out
 
     @torch.no_grad()
     def materialise(self, fe_module: nn.Module, channels: int) -> torch.Tensor:
         """The dense (K, channels·H·W) pool (tests and inspection; 4.7 GB at the paper size)."""
         height, width = self.level(self.levels - 1).shape[2:]
-        return torch.stack([self.row(k, fe_module, channels * height * width) for k in range(self.capacity)])
+        seeds = self.seeds.tolist()
+        return torch.stack([self.row(k, fe_module, channels * height * width, seeds[k]) for k in range(self.capacity)])
 
 
 def _parameter_count(module: nn.Module) -> int:

@@ -35,7 +35,10 @@ def rebuilt_in_backward(tensor: torch.Tensor, rebuild: Callable[[], torch.Tensor
     def pack(saved: torch.Tensor):
         if saved.device == device and saved.untyped_storage().data_ptr() == storage:
             return (_REBUILT, tuple(saved.shape), tuple(saved.stride()), saved.storage_offset() - base_offset)
-        return saved
+        # detached: an op's own output saved with its grad_fn would form a cycle (output -> grad_fn -> output)
+        # that Python's collector cannot free, keeping the whole graph alive if backward never runs; the
+        # detached tensor shares storage and version counter, and autograd needs only its values
+        return saved.detach()
 
     def unpack(packed):
         if isinstance(packed, tuple) and packed[0] is _REBUILT:

@@ -220,7 +220,12 @@ def u2pl_contrast_loss(
         fifo = flat_sampler.sample(banks.size(bank_class), cfg.num_anchors * cfg.num_negatives, device=labels.device)
         fifo = fifo.view(cfg.num_anchors, cfg.num_negatives)
         info["negative_indices"][bank_class] = fifo
-        def gather(bank_class=bank_class, fifo=fifo, dtype=anchors.dtype) -> torch.Tensor:
+        def gather(bank_class=bank_class, fifo=fifo, dtype=anchors.dtype, writes=banks.writes) -> torch.Tensor:
+            if banks.writes != writes:  # backward would contrast against other keys than the loss did
+                raise RuntimeError(
+                    "u2pl_contrast_loss: the memory bank changed between this loss and its backward (a second "
+                    "loss() before backward?); call backward before the next loss"
+                )
             return banks.gather(bank_class, fifo).to(dtype)
 
         negatives = gather()

@@ -394,6 +394,20 @@ def test_bank_detaches_and_casts_keys():
     assert keys.tolist() == [[2.0, 2.0], [2.0, 2.0]]
 
 
+def test_bank_counts_every_change_of_its_contents():
+    bank = ClassMemoryBank(2, 3, (5, 3))
+    assert bank.writes == 0
+    bank.enqueue(0, _rows(1, 2))
+    bank.enqueue(1, _rows(1, 0))  # no keys: nothing changed
+    bank.gather(0, torch.tensor([0, 1])), bank.keys(0)  # reads change nothing
+    assert bank.writes == 1
+    bank.enqueue(1, _rows(1, 4))
+    assert bank.writes == 2
+    restored = ClassMemoryBank(2, 3, (5, 3))
+    restored.load_state_dict(bank.state_dict())
+    assert restored.writes == 1
+
+
 def test_bank_state_dict_round_trip():
     bank = ClassMemoryBank(2, 3, (5, 3))
     bank.enqueue(0, _rows(1, 7))

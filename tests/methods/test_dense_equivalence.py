@@ -192,13 +192,13 @@ def test_nn_term_only_at_logged_steps_keeps_training_and_the_pool_read_identical
     dense, sparse = _pair("mona", params, channels)
     sparse.logged_steps = schedule
     computed = []
-    original = sparse._pool_rows
+    original = sparse._rows_for_pool
 
     def spy(source):
         computed.append(current)
         return original(source)
 
-    sparse._pool_rows = spy
+    sparse._rows_for_pool = spy
     optimisers = [torch.optim.SGD(o.trainable_parameters(), lr=0.05) for o in (dense, sparse)]
     for step in range(6):
         current = step

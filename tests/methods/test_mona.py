@@ -420,6 +420,20 @@ def test_full_resolution_pool_is_lazy_and_checkpoints_round_trip(representation)
         assert torch.equal(value, state[key]), key
 
 
+def test_a_pool_checkpoint_that_does_not_fit_is_a_config_error():
+    """A dense full-resolution pool (written before the compact storage, or by representation="dense") into
+    a compact one, and a pool of another capacity: clear errors instead of a strict-load mismatch or wrong slots."""
+    from methods.errors import ConfigError
+
+    dense = make({"nn_pool_resolution": "full", "representation": "dense"})
+    dense.loss(shape_batch(torch.Generator().manual_seed(0)), 0, 10)
+    state = copy.deepcopy(dense.state_dict())
+    with pytest.raises(ConfigError, match="resume it with representation='dense'"):
+        make({"nn_pool_resolution": "full", "representation": "sparse"}).load_state_dict(state)
+    with pytest.raises(ConfigError, match="holds 4 NN pool rows but nn_pool_capacity is 8"):
+        make({"nn_pool_resolution": "full", "representation": "dense", "nn_pool_capacity": 8}).load_state_dict(state)
+
+
 # -- every config field changes the loss or the sampled set --------------------------------------------------
 
 PAPER = {"u2pl_negative_mask": "paper"}

@@ -102,3 +102,32 @@ def test_a_pyramid_of_another_size_is_a_data_error():
     pool, _, _, _ = _filled()
     with pytest.raises(DataError, match="image size changed"):
         pool.check_pyramid([level[:, :, :2, :2] for level in _pyramid(1, 0)], "MonaObjective")
+
+
+def test_a_write_that_wraps_around_the_ring_overwrites_only_its_slots():
+    """Slots [4, 0] (a capacity that is not a multiple of the batch): both rows rebuilt from their own pyramid
+    and weights, the other written rows untouched."""
+    pool, dense, fe, features = _filled()
+    later = _pyramid(2, 2)
+    pool.write(torch.tensor([4, 0]), later, fe)
+    dense[[4, 0]] = _dense_rows(fe, later)
+    torch.testing.assert_close(pool.materialise(fe, sum(CHANNELS)), dense, rtol=1e-12, atol=1e-12)
+    assert pool.seeds.tolist() == [-1, -1, -1, 10, -1]
+
+
+def test_a_checkpoint_of_another_capacity_is_a_config_error():
+    from methods.errors import ConfigError
+
+    pool, _, _, _ = _filled()
+    with pytest.raises(ConfigError, match="holds 5 pool rows but nn_pool_capacity is 6"):
+        CompactNNPool(6, len(CHANNELS)).load_state_dict(copy.deepcopy(pool.state_dict()))
+
+
+def test_an_fe_with_buffers_is_refused():
+    """A row rebuilt from stored weights would read a buffer (e.g. BatchNorm statistics) at its current value."""
+    from methods.errors import ConfigError
+
+    fe = MonaFeatureExtractor(CHANNELS).double()
+    fe.register_buffer("running", torch.zeros(1))
+    with pytest.raises(ConfigError, match="has buffers"):
+        CompactNNPool(5, len(CHANNELS)).initialise(7, _pyramid(1, 0), fe, torch.float64)
