@@ -11,19 +11,25 @@ A claim (:func:`medseg_platform.claims_spec.claim`) says "row A is better than (
   :func:`analysis.significance.paired_case_values`). A (case, seed) where either side has no defined
   value is dropped (pairwise) and counted. ``n`` = the (case, seed) pairs kept.
 * **difference**: the mean over the pairs of A - B, in points (x100: Dice points).
-* **95% CI**: paired bootstrap, :data:`N_RESAMPLES` resamples drawn by ``numpy.random.default_rng``
-  (:data:`BOOTSTRAP_SEED`, the same for every claim, so a regenerated report is byte-identical): each
-  resample draws the test cases with replacement and, when there are several seeds, the seeds with
-  replacement (a two-level bootstrap: a case under another seed is not an independent case); its
-  statistic is the mean of the kept pairs in the drawn cells; the interval is the 2.5th and 97.5th
-  percentiles (numpy's linear interpolation).
+* **95% CI**: ``Δ ± t · SE`` with ``SE² = var_seeds(Δ_j) / n_seeds + var_patients(Δ_p) / n_patients``, where
+  ``Δ_j`` is seed j's mean difference over the cases and ``Δ_p`` one patient's mean difference over its cases
+  (``patientXXX_frameNN`` volumes of one patient are one cluster: :func:`medseg_platform.data.layout.patient_of_case`)
+  and seeds; ``t`` is Student's quantile with Satterthwaite's degrees of freedom for the two terms. This is the
+  two-way (seeds x test patients) random-effects interval; it double-counts the seed-by-case interaction, so it
+  errs wide. A percentile bootstrap over cases and seeds (what this module used before) covered the true mean
+  63-87% of the time in simulations with 2-5 seeds (``docs/analysis.md``, 'How a claim is tested'); this
+  interval 89-96%.
+* **seeds**: training randomness is part of every difference, and one seed cannot measure it: with fewer than
+  :data:`MIN_SEEDS` seeds the interval holds the test-case term only and the verdict is "inconclusive at this n".
 * **p**: the test the tables use for their ‡ marker (:func:`analysis.significance.wilcoxon_test`,
   two-sided Wilcoxon signed-rank) on the per-case values averaged over the kept seeds; "n/a" when
-  fewer than :data:`~analysis.significance.MIN_PAIRS` cases differ. It is reported, not used for the verdict.
+  fewer than :data:`~analysis.significance.MIN_PAIRS` cases differ. It treats the trained models as fixed (test
+  cases are its only random unit), so it can be small while the interval, which also counts the variation
+  between seeds, crosses the bound. It is reported, not used for the verdict.
 * **verdict**, from the CI (low, high), for ``>``: "supported" if low > 0, "contradicted" if high < 0;
   for ``>=``: "supported" if low > -:data:`MARGIN`, "contradicted" if high < -:data:`MARGIN` (A is worse
-  by more than the margin); otherwise, or with fewer than ``MIN_PAIRS`` paired test cases (a bootstrap
-  of a handful of cases gives an interval too narrow to trust), "inconclusive at this n". A claim
+  by more than the margin); otherwise, or with fewer than ``MIN_PAIRS`` paired test cases or fewer than
+  ``MIN_SEEDS`` seeds, "inconclusive at this n". A claim
   whose row or label fraction has no finished trial is "not run" (never an error); one whose trials
   share no seed or no defined pair is "not run" too, with the reason.
 
@@ -38,17 +44,18 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 from analysis.published import published_difference
 from analysis.significance import MIN_PAIRS, TEST_NAME, paired_case_values, seed_averaged, wilcoxon_test
 from analysis.tables import AVG, MISSING, as_number, column_label, escape_markdown, metric_style, row_label, trial_seed
 from medseg_platform.claims_spec import check_claim
+from medseg_platform.data.layout import patient_of_case
 from medseg_platform.errors import ConfigError
 from medseg_platform.results import TrialRecord
 
-N_RESAMPLES = 5000
-BOOTSTRAP_SEED = 20240601
 CONFIDENCE = 0.95
+MIN_SEEDS = 2  # seeds a verdict needs: with one, the variation between training runs is unknown
 MARGIN = 1.0  # points (Dice points for Dice): how much worse A may be for ">=" ("not worse") to hold
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "supported", "contradicted", "inconclusive at this n", "not run"
 PAPER_PROFILE = "paper"
@@ -131,36 +138,44 @@ def paired_values(a_trials: Mapping[Any, Sequence[TrialRecord]], b_trials: Mappi
     return PairedValues(cases, seeds, a, b, dropped)
 
 
-def bootstrap_ci(differences: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-                 confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Percentile CI of the mean of ``differences`` (cases, seeds), NaN = dropped pair; see the module docstring.
+def confidence_interval(differences: np.ndarray, cases: Sequence[str],
+                        confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The interval of the mean of ``differences`` (cases, seeds), NaN = dropped pair; see the module docstring.
 
-    Cases and seeds are resampled with replacement (seeds only when there are several); (NaN, NaN) when
-    no pair is defined.
+    ``cases``: the case ids of the rows (their patients are the clusters). (NaN, NaN) when no pair is defined or
+    fewer than 2 patients have one; the point ``(Δ, Δ)`` when every seed and patient has the same mean difference.
     """
     d = np.asarray(differences, dtype=float)
     d = d.reshape(len(d), -1)
     defined = ~np.isnan(d)
-    d, defined = d[defined.any(axis=1)], defined[defined.any(axis=1)]
-    d, defined = d[:, defined.any(axis=0)], defined[:, defined.any(axis=0)]
+    rows, columns = defined.any(axis=1), defined.any(axis=0)
+    d, kept_cases = d[rows][:, columns], [case for case, keep in zip(cases, rows) if keep]
     if d.size == 0:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    n_cases, n_seeds = d.shape
-    cases = rng.integers(0, n_cases, size=(n_resamples, n_cases))
-    seeds = rng.integers(0, n_seeds, size=(n_resamples, n_seeds)) if n_seeds > 1 else np.zeros((n_resamples, 1), dtype=int)
-    cells = (cases[:, :, None], seeds[:, None, :])
-    sums = np.where(defined, d, 0.0)[cells].sum(axis=(1, 2))
-    counts = defined[cells].sum(axis=(1, 2))
-    means = sums[counts > 0] / counts[counts > 0]
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return float(low), float(high)
+    mean = float(np.nanmean(d))
+    seed_means = np.nanmean(d, axis=0)
+    clusters: dict[str, list[int]] = {}
+    for i, case in enumerate(kept_cases):
+        clusters.setdefault(patient_of_case(str(case)), []).append(i)
+    patient_means = np.array([np.nanmean(d[members]) for members in clusters.values()])
+    n_seeds, n_patients = len(seed_means), len(patient_means)
+    if n_patients < 2:
+        return math.nan, math.nan
+    seed_term = float(seed_means.var(ddof=1)) / n_seeds if n_seeds > 1 else 0.0
+    patient_term = float(patient_means.var(ddof=1)) / n_patients
+    variance = seed_term + patient_term
+    if variance == 0.0:
+        return mean, mean
+    # Satterthwaite: the degrees of freedom of a sum of two independent variance estimates
+    denominator = patient_term ** 2 / (n_patients - 1) + (seed_term ** 2 / (n_seeds - 1) if n_seeds > 1 else 0.0)
+    dof = variance ** 2 / denominator
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, dof)) * math.sqrt(variance)
+    return mean - half, mean + half
 
 
-def verdict(direction: str, low: float, high: float, n_cases: int, margin: float = MARGIN) -> str:
-    """The verdict from the CI (points) and the number of paired test cases; see the module docstring."""
-    if n_cases < MIN_PAIRS or math.isnan(low) or math.isnan(high):
+def verdict(direction: str, low: float, high: float, n_cases: int, n_seeds: int, margin: float = MARGIN) -> str:
+    """The verdict from the CI (points) and the numbers of paired test cases and seeds; see the module docstring."""
+    if n_cases < MIN_PAIRS or n_seeds < MIN_SEEDS or math.isnan(low) or math.isnan(high):
         return INCONCLUSIVE
     bound = 0.0 if direction == ">" else -margin
     if low > bound:
@@ -193,12 +208,13 @@ def evaluate_claim(claim: Mapping[str, Any], records: Sequence[TrialRecord]) -> 
                            dropped=pairs.dropped, **texts)
     scale = metric_style(metric).scale
     differences = pairs.differences * scale
-    low, high = bootstrap_ci(differences)
+    low, high = confidence_interval(differences, pairs.cases)
     kept = ~np.all(np.isnan(differences), axis=1)  # cases with at least one kept pair (a and b are NaN together)
     test = wilcoxon_test(np.nanmean(pairs.a[kept], axis=1), np.nanmean(pairs.b[kept], axis=1))
-    return ClaimResult(claim, verdict=verdict(claim.get("direction", ">"), low, high, pairs.n_cases),
+    n_seeds = int(np.count_nonzero(~np.all(np.isnan(differences), axis=0)))
+    return ClaimResult(claim, verdict=verdict(claim.get("direction", ">"), low, high, pairs.n_cases, n_seeds),
                        difference=float(np.nanmean(differences)), ci=(low, high), p_value=test.p_value,
-                       n_pairs=pairs.n_pairs, n_cases=pairs.n_cases, n_seeds=len(pairs.seeds), dropped=pairs.dropped, **texts)
+                       n_pairs=pairs.n_pairs, n_cases=pairs.n_cases, n_seeds=n_seeds, dropped=pairs.dropped, **texts)
 
 
 def read_claims(info: Mapping[str, Any]) -> list[dict]:
@@ -272,11 +288,14 @@ def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records
 
 def _caption(paper: bool, settings: Mapping[str, Any]) -> str:
     text = (f"\u0394 = A \u2212 B, the mean over test cases and seeds of the per-case value (Dice: mean over the classes "
-            f"defined for both rows), in points; 95% CI: paired bootstrap over test cases and seeds ({N_RESAMPLES} "
-            f"resamples, fixed seed); p: {TEST_NAME} on the per-case values averaged over seeds (as the tables' "
-            f"\u2021; n/a with fewer than {MIN_PAIRS} differing cases). Verdict from the CI: supported when it lies "
+            f"defined for both rows), in points; 95% CI: Student's t over two variance terms, between seeds (each seed's "
+            f"mean difference) and between test patients (a patient's volumes together), paired throughout; p: "
+            f"{TEST_NAME} on the per-case values averaged over seeds (the test of the tables' \u2021; n/a with fewer than "
+            f"{MIN_PAIRS} differing cases), which treats the trained models as fixed and can be small while the CI, "
+            f"which also counts the seeds' variation, crosses the bound. Verdict from the CI: supported when it lies "
             f"entirely above 0 (for \u2265: above \u2212{MARGIN:g} point, the margin), contradicted when it lies entirely "
-            f"below that bound, otherwise inconclusive at this n (also with fewer than {MIN_PAIRS} paired test cases).")
+            f"below that bound, otherwise inconclusive at this n (also with fewer than {MIN_PAIRS} paired test cases or "
+            f"fewer than {MIN_SEEDS} seeds). No correction for testing several claims.")
     if paper:
         return text + (" Published \u0394: the same two rows in the named paper table (other training runs: compare "
                        "sign and size, not digits).")
