@@ -99,6 +99,7 @@ class ClaimResult:
     n_pairs: int = 0
     n_cases: int = 0
     n_seeds: int = 0
+    per_seed: tuple[float, ...] = ()  # each kept seed's mean difference over its cases, in seed order
     dropped: int = 0
     reason: str = ""  # why not run
 
@@ -211,10 +212,11 @@ def evaluate_claim(claim: Mapping[str, Any], records: Sequence[TrialRecord]) -> 
     low, high = confidence_interval(differences, pairs.cases)
     kept = ~np.all(np.isnan(differences), axis=1)  # cases with at least one kept pair (a and b are NaN together)
     test = wilcoxon_test(np.nanmean(pairs.a[kept], axis=1), np.nanmean(pairs.b[kept], axis=1))
-    n_seeds = int(np.count_nonzero(~np.all(np.isnan(differences), axis=0)))
+    seeded = ~np.all(np.isnan(differences), axis=0)
+    n_seeds, per_seed = int(np.count_nonzero(seeded)), tuple(float(v) for v in np.nanmean(differences[:, seeded], axis=0))
     return ClaimResult(claim, verdict=verdict(claim.get("direction", ">"), low, high, pairs.n_cases, n_seeds),
                        difference=float(np.nanmean(differences)), ci=(low, high), p_value=test.p_value,
-                       n_pairs=pairs.n_pairs, n_cases=pairs.n_cases, n_seeds=n_seeds, dropped=pairs.dropped, **texts)
+                       n_pairs=pairs.n_pairs, n_cases=pairs.n_cases, n_seeds=n_seeds, per_seed=per_seed, dropped=pairs.dropped, **texts)
 
 
 def read_claims(info: Mapping[str, Any]) -> list[dict]:
@@ -271,15 +273,16 @@ def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records
     if not claims:
         return []
     paper = settings.get("profile") == PAPER_PROFILE
-    header = ["Claim", "Paper", "Measured \u0394 (points)", "95% CI", "p", "n (case \u00d7 seed pairs)", "Verdict"]
+    header = ["Claim", "Paper", "Measured \u0394 (points)", "Per seed \u0394", "95% CI", "p", "n (case \u00d7 seed pairs)", "Verdict"]
     header += ["Published \u0394"] if paper else []
-    lines = ["## Claims", "", "| " + " | ".join(header) + " |", "| " + " | ".join(["---", "---"] + ["---:"] * 4 + ["---"] * (1 + paper)) + " |"]
+    lines = ["## Claims", "", "| " + " | ".join(header) + " |", "| " + " | ".join(["---", "---"] + ["---:"] * 5 + ["---"] * (1 + paper)) + " |"]
     for claim in claims:
         result = evaluate_claim(claim, records)
         ci = MISSING if math.isnan(result.ci[0]) else f"[{result.ci[0]:+.1f}, {result.ci[1]:+.1f}]"
         verdict_text = f"{result.verdict} ({result.reason})" if result.reason else result.verdict
         p_text = MISSING if result.verdict == NOT_RUN else _p_text(result.p_value)
-        cells = [claim_text(result), claim["paper"], _signed(result.difference), ci, p_text, _n_text(result), verdict_text]
+        per_seed = " / ".join(_signed(v) for v in result.per_seed) or MISSING
+        cells = [claim_text(result), claim["paper"], _signed(result.difference), per_seed, ci, p_text, _n_text(result), verdict_text]
         cells += [_published_text(claim)] if paper else []
         lines.append("| " + " | ".join(escape_markdown(c) for c in cells) + " |")
     lines += ["", _caption(paper, settings), ""]
@@ -288,8 +291,9 @@ def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records
 
 def _caption(paper: bool, settings: Mapping[str, Any]) -> str:
     text = (f"\u0394 = A \u2212 B, the mean over test cases and seeds of the per-case value (Dice: mean over the classes "
-            f"defined for both rows), in points; 95% CI: Student's t over two variance terms, between seeds (each seed's "
-            f"mean difference) and between test patients (a patient's volumes together), paired throughout; p: "
+            f"defined for both rows), in points; per seed \u0394: that mean for each seed (seeds in order); 95% CI: "
+            f"Student's t over two variance terms, between seeds (each seed's mean difference) and between test patients "
+            f"(a patient's volumes together), paired throughout; p: "
             f"{TEST_NAME} on the per-case values averaged over seeds (the test of the tables' \u2021; n/a with fewer than "
             f"{MIN_PAIRS} differing cases), which treats the trained models as fixed and can be small while the CI, "
             f"which also counts the seeds' variation, crosses the bound. Verdict from the CI: supported when it lies "

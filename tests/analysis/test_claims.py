@@ -69,6 +69,7 @@ def test_seeds_are_paired_and_their_spread_widens_the_interval(tmp_path):
     records += trials(tmp_path, {"B": base}, seeds=(1, 2, 3))
     result = evaluate_claim(claim("A", "B", "1", "test"), records)
     assert result.difference == pytest.approx(15.0) and (result.n_pairs, result.n_seeds) == (16, 2)
+    assert result.per_seed == pytest.approx((10.0, 20.0))
     # every patient's mean difference is 15: only the seeds vary, SE^2 = var(10, 20) / 2 = 25, 1 degree of freedom
     half = stats.t.ppf(0.975, 1) * 5.0
     assert result.ci == pytest.approx((15.0 - half, 15.0 + half)) and result.verdict == INCONCLUSIVE
@@ -212,10 +213,11 @@ def test_report_has_a_claims_section_with_published_numbers_for_the_paper_profil
     text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
     first = (study / "report.md").read_bytes()
     section = text[text.index("## Claims"):text.index("## Tables")]
-    assert "| Claim | Paper | Measured Δ (points) | 95% CI | p | n (case × seed pairs) | Verdict | Published Δ |" in section
+    assert ("| Claim | Paper | Measured Δ (points) | Per seed Δ | 95% CI | p | n (case × seed pairs) | Verdict | "
+            "Published Δ |") in section
     # MONA is 15 points above mean teacher on every case and seed (fakes.py); ARCO-SG is within ±1 of MONA
-    assert ("| MONA > Mean teacher, 1 patient (1.4%) | ARCO Table 1: MONA beats MT | +15.0 | [+15.0, +15.0] | 0.008 | "
-            "16 (8 cases × 2 seeds) | supported | +39.7 (ARCO Table 1) |") in section
+    assert ("| MONA > Mean teacher, 1 patient (1.4%) | ARCO Table 1: MONA beats MT | +15.0 | +15.0 / +15.0 | [+15.0, +15.0] | "
+            "0.008 | 16 (8 cases × 2 seeds) | supported | +39.7 (ARCO Table 1) |") in section
     assert "| ARCO-SG ≥ MONA, 3 patients (4.3%) | ARCO Table 1: SG not worse | -0.1 |" in section
     assert "| supported | +1.8 (ARCO Table 1) |" in section
     assert "| not run (no finished trial of ACTION at 7 or MONA at 7) | -0.5 (ARCO Table 1) |" in section
@@ -285,3 +287,9 @@ def test_tailness_claims_at_one_patient_with_published_numbers():
     assert published[("ARCO-SAG", "MONA")].difference == pytest.approx(84.9 - 82.6)
     assert published[("ACTION", "ACTION w/o L_anco")] is None
     assert sum(c["direction"] == ">=" for c in claims) == 2
+    # the paper profile trains 3 patients too: ACTION's ablation is also tested where it was published
+    paper = _load_script("ablation_tailness").claims(PROFILES["paper"].labelled)
+    at_three = [c for c in paper if c["column"] == "3"]
+    assert len(paper) == 12 and [c for c in paper if c["column"] == "1"] == claims
+    assert [(c["a"], c["b"]) for c in at_three] == [("ACTION", "ACTION w/o L_anco")]
+    assert published_difference("ACTION", "ACTION w/o L_anco", "3").difference == pytest.approx(87.5 - 86.5)
