@@ -45,7 +45,7 @@ Profiles differ only in numbers, never in code paths:
     scored 74.0 / 75.9 / 76.3. ``tests/methods/test_losses.py`` pins the weighting that drives it; the report flags
     any trial whose validation Dice collapses or never learns (``analysis/health.py``).
 * ``paper``  -- a GPU cluster: ACDC (``--data-root``) at 256x256, the released UNet and 30 000 steps
-  (``docs/methods.md``), 3 seeds.
+  (docs/shared.md, 'UNet backbone' and 'Optimiser and schedule'), 3 seeds.
 
 The table rows' configurations at a profile's sizes are :mod:`medseg_platform.recipes`'s, the study scripts' flags
 :mod:`medseg_platform.study_flags`'s and the ``--protocol`` overrides :mod:`medseg_platform.protocol`'s.

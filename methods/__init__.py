@@ -39,10 +39,10 @@ Building blocks
 * :mod:`methods.recompute`: keeps the gathered bank negatives out of autograd's saved tensors (gathered
   again in backward).
 * :mod:`methods.nn_pool`: MONA's full-resolution NN pool stored as teacher pyramids and ``FE_t`` weights
-  (``docs/methods.md``, "A compact full-resolution NN pool").
+  (docs/methods.md, 'A compact full-resolution NN pool').
 * :mod:`methods.samplers`: uniform, stratified and stratified-antithetic index samplers.
 * :mod:`methods.pixel_reps`: pixel representations read where the losses need them (dense maps or straight
-  from the pyramid; ``docs/methods.md``, "Sparse representations"), and the one pixel gather.
+  from the pyramid; docs/methods.md, 'Sparse representations'), and the one pixel gather.
 * :mod:`methods.tps`: random thin-plate-spline warps of MONA's equivariance loss.
 * :mod:`methods.intensity`: the released 8-bit intensity round trip shared with the data layer.
 """

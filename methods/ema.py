@@ -85,5 +85,7 @@ class EMATeacher(nn.Module):
         released; "eval": running statistics, no dropout). Returns whatever the network returns."""
         if bn_mode not in BN_MODES:
             raise ConfigError(f"EMATeacher.predict: bn_mode {bn_mode!r} is not a choice (use one of {list(BN_MODES)})")
-        self.module.train(bn_mode == "train")
+        training = bn_mode == "train"
+        if self.module.training != training:  # train() walks every submodule; the teacher's are only set through here
+            self.module.train(training)
         return self.module(x)

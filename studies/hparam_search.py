@@ -3,8 +3,8 @@
 One method (``--method``, default ARCO-SAG) at 1 labelled patient (ARCO App. N searched on ACDC 1%), one
 seed, ``num_samples`` samples (``--num-samples``; smoke 3, quick 16, paper 40). Optuna's TPE proposes, ASHA
 (``Study(asha=True)``: time = reports, one per validation; grace period 1 and reduction factor 4 put its
-rungs at the 1st, 4th, 16th ... report, so quick stops the weak samples after their first validation and
-paper also after the 4th and 16th) stops the weak samples early; model selection uses the val split only. Search
+rungs at the 1st, 4th, 16th ... report, so quick (10 validations, every 25 steps) stops the weak samples after
+their 1st or 4th validation, at step 25 or 100, and paper (30) also after the 16th) stops the weak samples early; model selection uses the val split only. Search
 spaces (App. N's grids: docs/published.md, 'ARCO ablations'; released values: docs/overview.md, 'Ablation axes and
 released values'):
 
@@ -29,9 +29,9 @@ sampled values, status ``completed`` / ``stopped early`` / ``errored``, ``best_v
 and ``best_config.json`` (the completed sample with the best validation Dice), both in the study folder;
 the best configuration is also printed. See :mod:`analysis.search`.
 
-Cost: ``quick`` 16 samples of ARCO-SAG sharing one ISD pretraining stage, at most about 9 minutes on 2
-cores if no sample were stopped (0.2 s per ARCO step x 300 steps, ``benchmarks/RESULTS.md``); ASHA stops
-most samples after 100 steps, so typically 4-6 minutes. ``paper``: one seed (the profile's first, or
+Cost: ``quick`` 16 samples of ARCO-SAG sharing one ISD pretraining stage: 140 s measured on 2 cores, ASHA
+stopping 13 of the 16 at step 25 or 100 (``benchmarks/RESULTS.md``); about 6 minutes if none were stopped
+(16 x 250 ARCO steps of about 0.16 s on 2 slots). ``paper``: one seed (the profile's first, or
 ``--seeds S``), 40 samples.
 
     python studies/hparam_search.py                          # quick profile, ARCO-SAG

@@ -32,8 +32,8 @@ FORBIDDEN = re.compile("|".join([re.escape(s) for s in ("methods" + "-spec", "sp
 PAGE = r"docs/(?P<page>[\w./-]+\.md)"
 # docs/mona.md, 'Negative mask'   (optionally with backticks around the path, a line break and "#" after the comma)
 QUOTED_SINGLE = re.compile(PAGE + r"`{0,2},[\s#]*'(?P<title>[^'\n]+(?:\n[ \t]*#?[ \t]*[^'\n]+)*)'")
-# ``docs/methods.md`` "Sparse representations"
-QUOTED_DOUBLE = re.compile(PAGE + r"`{0,2}[ \t]*\"(?P<title>[^\"\n]+)\"")
+# ``docs/methods.md`` "Sparse representations"   (a comma after the path is allowed too)
+QUOTED_DOUBLE = re.compile(PAGE + r"`{0,2},?[ \t]*\"(?P<title>[^\"\n]+)\"")
 BARE = re.compile(PAGE)
 HEADING = re.compile(r"^#{1,6}[ \t]+(?P<title>.+?)[ \t]*#*[ \t]*$")
 
