@@ -128,10 +128,9 @@ class CompactNNPool(nn.Module):
 
     # -- reading ---------------------------------------------------------------------------------------------
 
-    def row(self, k: int, fe_module: nn.Module, features: int, seed: int | None = None) -> torch.Tensor:
-        """Row k as the dense pool holds it -> (features,), L2-normalised. ``seed``: ``seeds[k]`` when the
-        caller already read the seeds to the host (one sync for all rows instead of one per row)."""
-        seed = int(self.seeds[k]) if seed is None else int(seed)
+    def row(self, k: int, fe_module: nn.Module, features: int, seed: int) -> torch.Tensor:
+        """Row k as the dense pool holds it -> (features,), L2-normalised. ``seed``: ``seeds[k]``, read to the
+        host by the caller once for all rows (one sync instead of one per row)."""
         if seed >= 0:
             return random_row(seed, features, self.fe.device, self.fe.dtype)
         params, start = {}, 0
