@@ -42,6 +42,8 @@ def _timed_step(objective, optimizer, batch_of, step: int, max_steps: int) -> fl
     out = objective.loss(Batch(image, label, unlabelled, augment), step, max_steps)
     optimizer.zero_grad()
     out.total.backward()
+    if getattr(objective, "defer_logged_terms", False):
+        objective.after_backward(step)  # as the engine's loop does
     optimizer.step()
     objective.after_optimizer_step(step)
     return time.perf_counter() - t0
@@ -108,6 +110,7 @@ def one(method: str, profile_name: str, steps: int, threads: int, representation
     max_steps, every = profile.trial.optim.max_steps, (profile.trial.eval.log_every, profile.trial.eval.val_every)
     if not name.startswith("passes:"):
         objective.logged_steps = lambda step, total: logs_after(step, total, *every)
+        objective.defer_logged_terms = True  # as in training (the engine's loop calls after_backward)
     optimizer = torch.optim.SGD(objective.trainable_parameters(), lr=0.01, momentum=0.9)
     image = torch.rand(batch, 1, h, w)
     label = (image[:, 0] * 4).long().clamp(max=3)

@@ -25,7 +25,7 @@ One step (docs/mona.md, 'One fine-tuning step')::
     6. r = Pred(FE_s(.)), r^t = FE_t(.) for the 8 images [l; u] (read where the losses need them, below)
     7. L = sup_weight L_sup + k1 L_contrast + k3 L_unsup + k2 L_eqv + k4 L_nn
        (k1 = contrast_weight 0.01, k2 = eqv_weight 1, k3 = unsup_weight 1, k4 = nn_weight 1; as released L_nn
-       has no gradient and is logged, not added, see "Work skipped" below)
+       has no gradient and is logged, not added, see "Work skipped" below; with the engine it runs after backward)
     8. enqueue the normalised, flattened r_u^t rows into Π (FIFO)
     9. (engine) SGD step; after_optimizer_step: EMA of the teacher UNet
 
@@ -75,7 +75,10 @@ Work skipped (``docs/methods.md`` "Work skipped when it cannot change training")
 (:meth:`methods.objective.Objective.is_logged_step`), kept out of ``total`` and logged unweighted as ``nn``;
 the NN pool receives the teacher rows only at the ``ceil(K / B_u)`` steps before a logged step (the rows
 those steps read), otherwise its ring pointer just advances. The pool is still initialised at the first
-step and the teacher pass still runs every step, so no RNG draw is skipped.
+step and the teacher pass still runs every step, so no RNG draw is skipped. Where the caller calls
+:meth:`~methods.objective.Objective.after_backward` (``defer_logged_terms``: the engine), a logged step's L_nn
+and its pool write happen there, after the step's activations are freed (``docs/methods.md``, 'L_nn after the
+backward pass').
 
 Cost. Every contrasted class draws 256 x 512 negatives from its bank (≈ 260 MB gathered), and
 the NN pool holds K = 36 rows of 496 x 256 x 256 floats ≈ 4.7 GB (allocated on the first step, once the
@@ -110,6 +113,7 @@ from methods.contrast import alpha_schedule, entropy_percentile_masks
 from methods.ema import BN_MODES, EMATeacher
 from methods.errors import ConfigError, DataError
 from methods.heads import LinearPredictor, MonaFeatureExtractor
+from methods.heap import release_free_heap
 from methods.intensity import round_trip_8bit
 from methods.losses import pseudo_label_loss, supervised_loss
 from methods.memory_bank import INITS as BANK_INITS
@@ -414,6 +418,7 @@ class MonaObjective(Objective):
             capacities = (cfg.bank_capacity_background,) + (cfg.bank_capacity_foreground,) * (num_classes - 1)
             self.banks = ClassMemoryBank(num_classes, self.rep_dim, capacities, init=cfg.bank_init)
         self._pool_pointer = 0
+        self._deferred_nn: tuple | None = None  # a logged step's L_nn inputs, for after_backward
         self.nn_pool_compact = None
         if cfg.nn_weight > 0:
             if cfg.nn_pool_resolution == "full" and cfg.representation == "sparse":
@@ -510,6 +515,26 @@ class MonaObjective(Objective):
                                    cfg.nn_loss_grad)
         return nn_loss(student_rows, teacher_rows, self.nn_pool, cfg.nn_topk, cfg.nn_loss_grad)
 
+    def _rows_to_enqueue(self, teacher_pyramid: list[torch.Tensor], rows_needed: bool) -> torch.Tensor | None:
+        """The teacher rows a step writes into a dense pool (None: a compact pool stores the pyramid, or no later
+        step reads them)."""
+        if not rows_needed or self.nn_pool_compact is not None:
+            return None
+        with torch.no_grad():
+            return self._rows_for_pool(self._teacher_reps([teacher_pyramid]))
+
+    @torch.no_grad()
+    def _logged_nn(self, student_pyramid: list[torch.Tensor], teacher_pyramid: list[torch.Tensor], rows_needed: bool) -> torch.Tensor:
+        """``"as_coded_none"`` at a logged step: L_nn of the student's and the teacher's rows of the strong view
+        (kept out of ``total``: no gradient, it would add a constant; see the module docstring), then the step's
+        pool write (step 8, after the loss)."""
+        teacher_rows = self._rows_for_pool(self._teacher_reps([teacher_pyramid]))
+        student_rows = self._rows_for_pool(self._student_reps([student_pyramid]))
+        value = self._nn_loss(student_rows, teacher_rows)
+        del student_rows
+        self._enqueue_pool(teacher_rows if rows_needed else None, teacher_pyramid if rows_needed else None, teacher_rows.shape[0])
+        return value
+
     def pool_rows(self) -> torch.Tensor:
         """The NN pool as (K, F) rows, whatever its storage (the compact one is rebuilt: 4.7 GB at the paper size)."""
         if self.nn_pool_compact is not None:
@@ -557,6 +582,11 @@ class MonaObjective(Objective):
 
     def loss(self, batch: Batch, step: int, max_steps: int) -> LossOutput:
         self.check_batch(batch)
+        if self._deferred_nn is not None:
+            raise ConfigError(
+                f"{type(self).__name__}: the previous logged step's L_nn is still pending: with defer_logged_terms set, "
+                f"call after_backward after every backward pass (as the engine's TrainLoop does)"
+            )
         cfg = self.config
         x_l, y_l, x_u = batch.labelled_image, batch.label, batch.unlabelled_image
         b_l, b_u = x_l.shape[0], x_u.shape[0]
@@ -629,24 +659,21 @@ class MonaObjective(Objective):
             if use_nn:
                 self._ensure_pool(x_u, teacher_u.pyramid)
                 logged, rows_needed = self.is_logged_step(step, max_steps), self._pool_rows_needed(step, max_steps, b_u)
-                reads = logged or cfg.nn_loss_grad == "student_pull"
-                teacher_rows = None
-                if reads or (rows_needed and self.nn_pool_compact is None):
+                if cfg.nn_loss_grad == "student_pull":
                     with torch.no_grad():
                         teacher_rows = self._rows_for_pool(self._teacher_reps([teacher_u.pyramid]))
-                if cfg.nn_loss_grad == "student_pull":
                     student_rows = self._rows_for_pool(self._student_reps([out_u.pyramid]))
                     near = self._nn_loss(student_rows, teacher_rows)
                     total = total + cfg.nn_weight * near
                     terms["nn"] = near
+                    self._enqueue_pool(teacher_rows, teacher_u.pyramid, b_u)  # 8: after the loss
+                elif logged and self.defer_logged_terms:
+                    # no gradient (as released): computed in after_backward, when this step's activations are freed
+                    self._deferred_nn = ([p.detach() for p in out_u.pyramid], [p.detach() for p in teacher_u.pyramid], rows_needed)
                 elif logged:
-                    # no gradient (as released): a logged value only, computed where a curve row records it and
-                    # kept out of `total` (it would add a constant); see the module docstring
-                    with torch.no_grad():
-                        student_rows = self._rows_for_pool(self._student_reps([out_u.pyramid]))
-                        terms["nn"] = self._nn_loss(student_rows, teacher_rows)
-                # 8: after the loss
-                self._enqueue_pool(teacher_rows if rows_needed else None, teacher_u.pyramid if rows_needed else None, b_u)
+                    terms["nn"] = self._logged_nn(out_u.pyramid, teacher_u.pyramid, rows_needed)
+                else:
+                    self._enqueue_pool(self._rows_to_enqueue(teacher_u.pyramid, rows_needed), teacher_u.pyramid if rows_needed else None, b_u)
 
         if use_eqv:
             x_s2 = augment.perturb(mixed.image)
@@ -665,6 +692,19 @@ class MonaObjective(Objective):
             terms["eqv"] = eqv
 
         return LossOutput(total, detached(terms))
+
+    def after_backward(self, step: int) -> dict[str, torch.Tensor]:
+        """The logged step's gradient-free L_nn and its pool write, left by :meth:`loss` (docs/methods.md, 'L_nn
+        after the backward pass'): the weights are still the step's, so the value is the one :meth:`loss` would
+        have computed, while the step's activations are freed and, on the CPU, handed back to the OS first
+        (:func:`methods.heap.release_free_heap`) so that the full-resolution rows do not come on top of them."""
+        if self._deferred_nn is None:
+            return {}
+        student_pyramid, teacher_pyramid, rows_needed = self._deferred_nn
+        self._deferred_nn = None
+        if self.config.nn_pool_resolution == "full" and student_pyramid[0].device.type == "cpu":
+            release_free_heap()
+        return {"nn": self._logged_nn(student_pyramid, teacher_pyramid, rows_needed)}
 
     def after_optimizer_step(self, step: int) -> None:
         self.teacher.update(self.student)

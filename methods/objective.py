@@ -168,6 +168,9 @@ class Objective(nn.Module):
         self.config = config
         self.student = model
         self.logged_steps: Callable[[int, int], bool] | None = None
+        #: Set by a caller that calls :meth:`after_backward` every step (the engine's loop): gradient-free logged
+        #: terms may then be computed there, after the step's activations are freed, instead of in :meth:`loss`.
+        self.defer_logged_terms = False
 
     def is_logged_step(self, step: int, max_steps: int) -> bool:
         """Whether the engine records a curve row after ``step`` (``logged_steps(step, max_steps)``; every step
@@ -180,6 +183,12 @@ class Objective(nn.Module):
     def loss(self, batch: Batch, step: int, max_steps: int) -> LossOutput:
         """The loss of one step; ``step`` counts from 0 to ``max_steps - 1``."""
         raise NotImplementedError
+
+    def after_backward(self, step: int) -> dict[str, torch.Tensor]:
+        """Called once after every backward pass, before the optimiser step (the weights are still the step's),
+        when :attr:`defer_logged_terms` is set: the detached logging terms :meth:`loss` left for later (e.g.
+        MONA's gradient-free L_nn, docs/methods.md, 'L_nn after the backward pass'); {} by default."""
+        return {}
 
     def after_optimizer_step(self, step: int) -> None:
         """Called once after every optimiser step (e.g. EMA update); nothing by default."""

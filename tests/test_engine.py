@@ -237,3 +237,15 @@ def test_distance_units_voxel_measures_distances_in_voxels(tiny_root, monkeypatc
     assert [r["hd95"] for r in rows["mm"]] == [r["hd95"] for r in evaluate_case(prediction, volume.label, 4, volume.spacing)]
     assert [r["hd95"] for r in rows["voxel"]] == [r["hd95"] for r in evaluate_case(prediction, volume.label, 4, None)]
     assert [r["hd95"] for r in rows["mm"]] != [r["hd95"] for r in rows["voxel"]]
+
+
+def test_the_loop_logs_monas_deferred_nn_term_at_every_curve_row(tiny_root, tmp_path):
+    """The loop sets ``defer_logged_terms`` and calls ``after_backward``: MONA's gradient-free L_nn, computed there
+    (docs/methods.md, 'L_nn after the backward pass'), reaches every curve row, finite and positive; a loop
+    that skipped the call would stop at the next step (the term stays pending)."""
+    params = {"steps_per_epoch": 2, "nn_pool_capacity": 4, "nn_topk": 2, "nn_pool_resolution": "full",
+              "num_anchors": 8, "num_negatives": 16, "bank_capacity_background": 64, "bank_capacity_foreground": 32}
+    cfg = small_cfg(tiny_root, objective="mona", objective_params=params, **{"optim.max_steps": 6, "eval.val_every": 6})
+    outcome = train_trial(cfg, tmp_path / "t", log=quiet)
+    assert [row["step"] for row in outcome.curves] == [2, 4, 6]
+    assert all(math.isfinite(row["nn"]) and row["nn"] > 0 for row in outcome.curves), outcome.curves

@@ -1,4 +1,5 @@
-"""One optimisation step of any stage: batch -> weak view -> objective -> (all-reduce) -> optimiser -> learning rate.
+"""One optimisation step of any stage: batch -> weak view -> objective -> backward -> the objective's gradient-free
+logged terms (:meth:`methods.objective.Objective.after_backward`) -> (all-reduce) -> optimiser -> learning rate.
 
 Released behaviour (docs/data.md, 'Batches and epochs'; docs/shared.md, 'Optimiser and schedule'): each step
 draws ``labelled_batch`` labelled and ``unlabelled_batch`` unlabelled slices uniformly with replacement, applies the
@@ -164,6 +165,7 @@ class TrainLoop:
         self.monitor = NonFiniteMonitor(device)
         self.amp_dtype = autocast_dtype(cfg.optim.amp, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
+        objective.defer_logged_terms = True  # :meth:`step` calls after_backward every step
         self.pin_memory = device.type == "cuda"  # page-locked host batches make the non_blocking copies asynchronous
         self.term_sums: dict[str, torch.Tensor] = {}
         self.term_counts: dict[str, int] = {}
@@ -195,6 +197,9 @@ class TrainLoop:
             out = self.objective.loss(batch, step, self.max_steps)
         self.optimizer.zero_grad(set_to_none=True)
         (self.scaler.scale(out.total) if self.scaler is not None else out.total).backward()
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            late_terms = self.objective.after_backward(step)  # gradient-free logged terms, activations now freed
+        terms = {**out.terms, **late_terms}
         if self.dist is not None:
             if self.first_grad_norms is None:  # evidence for tests and logs: ranks see different data, so gradients differ before the sync
                 self.first_grad_norms = gather_scalar(torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in self.trainable if p.grad is not None)))
@@ -209,8 +214,8 @@ class TrainLoop:
         self.objective.after_optimizer_step(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_after_step(self.lr, step, self.max_steps, self.poly_power, self.lr_step)
-        self.monitor.update(step, out.total, out.terms)
-        for name, value in {"loss": out.total, **out.terms}.items():  # float32 sums: bf16 would lose the small terms
+        self.monitor.update(step, out.total, terms)
+        for name, value in {"loss": out.total, **terms}.items():  # float32 sums: bf16 would lose the small terms
             self.term_sums[name] = self.term_sums.get(name, 0.0) + value.detach().float()
             self.term_counts[name] = self.term_counts.get(name, 0) + 1
         self.interval_steps += 1

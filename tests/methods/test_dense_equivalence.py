@@ -258,3 +258,65 @@ def test_sparse_rows_means_and_pools_equal_the_dense_maps(g):
             assert (a is None) == (b is None)
             if a is not None:
                 _close(a, b, "gradient", scale)
+
+
+@pytest.mark.parametrize("representation, resolution", [("dense", "pooled"), ("sparse", "pooled"), ("dense", "full"), ("sparse", "full")])
+def test_nn_term_deferred_to_after_backward_equals_it_computed_in_loss(representation, resolution):
+    """With ``defer_logged_terms`` (set by the engine's loop) MONA computes the released, gradient-free L_nn of a
+    logged step in ``after_backward``, after the step's activations are freed, and writes that step's pool rows
+    there: the same term, gradients and pool as computing it inside ``loss`` (docs/methods.md, 'L_nn after the
+    backward pass'). Pool of 8 rows, 4 images a step, log rows after steps 2 and 5; dense and compact pools."""
+    params, patch, channels = _profile_params("mona", "smoke")
+    params = {**params, "nn_pool_capacity": 8, "nn_topk": 3, "representation": representation}
+    if resolution == "full":
+        params["nn_pool_resolution"] = "full"
+    torch.manual_seed(0)
+    model = build_model("unet", num_classes=4, channels=channels).double()
+    pair = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        pair.append(build_objective("mona", copy.deepcopy(model), params).double())
+    inline, deferred = pair
+    deferred.defer_logged_terms = True
+    for obj in pair:
+        obj.logged_steps = lambda step, max_steps: step in (2, 5)
+    optimisers = [torch.optim.SGD(o.trainable_parameters(), lr=0.05, momentum=0.9) for o in pair]
+    for step in range(6):
+        terms, grads = [], []
+        for obj, optimiser in zip(pair, optimisers):
+            torch.manual_seed(1000 + step)
+            out = obj.loss(_batch(step, patch), step, 20)
+            optimiser.zero_grad(set_to_none=True)
+            out.total.backward()
+            late = obj.after_backward(step)
+            if obj is deferred:
+                assert "nn" not in out.terms and set(late) == ({"nn"} if step in (2, 5) else set()), (step, sorted(out.terms), late)
+            else:
+                assert late == {}
+            terms.append({**out.terms, **late})
+            grads.append({name: p.grad for name, p in obj.named_parameters() if p.grad is not None})
+            optimiser.step()
+            obj.after_optimizer_step(step)
+        assert terms[0].keys() == terms[1].keys() and ("nn" in terms[0]) == (step in (2, 5))
+        for name in terms[0]:
+            _close(terms[0][name], terms[1][name], f"step {step} term {name}")
+        assert grads[0].keys() == grads[1].keys()
+        for name in grads[0]:
+            _close(grads[0][name], grads[1][name], f"step {step} grad {name}")
+        _close(inline.pool_rows(), deferred.pool_rows(), f"pool after step {step}")
+        assert int(inline.nn_pool_pointer) == int(deferred.nn_pool_pointer)
+    assert terms[0]["nn"] > 0
+
+
+def test_a_deferred_nn_term_left_pending_is_an_error():
+    """A caller that sets ``defer_logged_terms`` must call ``after_backward``: the next ``loss`` refuses to run
+    on a pool that lacks the logged step's rows."""
+    from methods.errors import ConfigError
+
+    params, patch, channels = _profile_params("mona", "smoke")
+    objective = build_objective("mona", build_model("unet", num_classes=4, channels=channels).double(),
+                                {**params, "nn_pool_capacity": 8}).double()
+    objective.defer_logged_terms = True
+    objective.loss(_batch(0, patch), 0, 20)  # no schedule set: every step is logged
+    with pytest.raises(ConfigError, match="after_backward"):
+        objective.loss(_batch(1, patch), 1, 20)
