@@ -162,6 +162,9 @@ def main() -> None:
     from medseg_platform.recipes import METHODS
 
     every = (*METHODS, "isd_pretrain", *(f"passes:{m}" for m in PASSES))
+    unknown = [m for m in args.methods or () if m not in every]
+    if unknown:
+        parser.error(f"--methods: unknown {' '.join(unknown)} (choose from {' '.join(every)})")
     methods = ["supervised"] + [m for m in (args.methods or every) if m != "supervised"]
     rows = []
     for method in methods:
@@ -170,7 +173,9 @@ def main() -> None:
             print(f"running {method} ({representation if contrastive else '-'}) ...", file=sys.stderr, flush=True)
             proc = subprocess.run([sys.executable, __file__, "--one", method, "--profile", args.profile, "--steps", str(args.steps),
                                    "--threads", str(args.threads), "--representation", representation],
-                                  capture_output=True, text=True, check=True)
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"{method} ({representation}) failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(f"  {json.dumps(rows[-1])}", file=sys.stderr, flush=True)  # kept if a long run is cut short
     print(f"profile {args.profile}, {args.threads} thread(s), median of {args.steps} steps (4+4 images; ISD 3+3); "

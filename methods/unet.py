@@ -5,7 +5,10 @@ Architecture (defaults = the released code, ``M:code/networks/unetWithArgs.py``)
 * encoder: ``ConvBlock(in -> c0)`` then 4 x [``MaxPool2d(2)`` + ``ConvBlock``] to ``c1 .. c4``,
   channels ``(16, 32, 64, 128, 256)``, dropout per level ``(0.05, 0.1, 0.2, 0.3, 0.5)``;
 * ``ConvBlock`` = conv3x3 - BN - LeakyReLU - Dropout(p) - conv3x3 - BN - LeakyReLU. The slope is
-  torch's default 0.01 (the released code calls ``nn.LeakyReLU()`` without arguments);
+  torch's default 0.01 (the released code calls ``nn.LeakyReLU()`` without arguments). The LeakyReLUs run
+  in place on the BatchNorm output, which backward does not read: the same numbers and gradients bit for bit
+  (``tests/methods/test_unet.py``) with one activation fewer kept per convolution (docs/shared.md, 'UNet
+  backbone');
 * decoder: 4 ``UpBlock``s, each ``ConvTranspose2d(k=2, s=2)`` to the skip's channels, concatenation
   ``[skip, up]`` and a ``ConvBlock`` without dropout, giving ``c3, c2, c1, c0`` channels;
 * head: conv3x3 ``c0 -> num_classes``.
@@ -56,11 +59,11 @@ class ConvBlock(nn.Sequential):
         super().__init__(
             nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
             nn.BatchNorm2d(out_channels),
-            nn.LeakyReLU(LEAKY_RELU_SLOPE),
+            nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True),
             nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
             nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1),
             nn.BatchNorm2d(out_channels),
-            nn.LeakyReLU(LEAKY_RELU_SLOPE),
+            nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True),
         )
 
 

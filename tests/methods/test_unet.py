@@ -57,6 +57,31 @@ def test_leaky_relu_slope_and_dropout_active_only_in_train():
         assert torch.equal(model(x).logits, model(x).logits)
 
 
+def test_in_place_leaky_relu_trains_exactly_like_the_released_out_of_place_one():
+    """The LeakyReLUs run in place (one activation fewer kept for backward per convolution): outputs, every
+    gradient and the BatchNorm running statistics equal the released ``nn.LeakyReLU()``'s bit for bit."""
+    import copy
+
+    torch.manual_seed(0)
+    fast = UNet(channels=(4, 8, 16, 32, 64))
+    assert all(m.inplace for m in fast.modules() if isinstance(m, nn.LeakyReLU))
+    released = copy.deepcopy(fast)
+    for module in released.modules():
+        if isinstance(module, nn.LeakyReLU):
+            module.inplace = False
+    x = torch.randn(3, 1, 48, 48)
+    outputs = []
+    for model in (released, fast):
+        torch.manual_seed(5)  # dropout
+        out = model(x)
+        (out.logits.square().mean() + sum(level.square().mean() for level in out.pyramid)).backward()
+        outputs.append((out, [p.grad for p in model.parameters()], list(model.buffers())))
+    (a, grads_a, buffers_a), (b, grads_b, buffers_b) = outputs
+    assert torch.equal(a.logits, b.logits) and all(torch.equal(p, q) for p, q in zip(a.pyramid, b.pyramid))
+    assert all(torch.equal(p, q) for p, q in zip(grads_a, grads_b))
+    assert all(torch.equal(p, q) for p, q in zip(buffers_a, buffers_b))
+
+
 @pytest.mark.parametrize("size", [(30, 32), (32, 40), (8, 8)])
 def test_sizes_not_divisible_by_16_rejected(size):
     with pytest.raises(ValueError, match="divisible by 16"):
