@@ -2,7 +2,7 @@
 
 On the CPU, PyTorch allocates tensors with the C allocator. glibc serves blocks below its mmap threshold (at most
 32 MiB) from its heap and keeps them there when they are freed, so after a paper-size MONA backward pass the
-process stays at 3.2-3.5 GiB resident although about 1.1 GiB is live. A later allocation of larger blocks (a
+process stays at 3.2-3.7 GiB resident although about 1.1 GiB is live. A later allocation of larger blocks (a
 130 MB full-resolution NN pool row) is mapped fresh on top of that. :func:`release_free_heap` calls glibc's
 ``malloc_trim(0)``, which returns the free pages anywhere in the heap; the next step faults them in again.
 Where the C library has no ``malloc_trim`` (macOS, musl) it does nothing.
