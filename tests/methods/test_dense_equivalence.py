@@ -33,12 +33,13 @@ def _profile_params(method: str, size: str) -> tuple[dict, int, tuple[int, ...]]
     return params, profile.trial.data.patch_size[0], tuple(profile.trial.model.channels)
 
 
-def _pair(objective: str, params: dict, channels: tuple[int, ...]):
-    """Dense and sparse objectives with identical weights, banks and pools (float64)."""
+def _pair(objective: str, params: dict, channels: tuple[int, ...], representations=("dense", "sparse")):
+    """Objectives with identical weights, banks and pools (float64), one per representation (default: dense and
+    sparse)."""
     built = []
     torch.manual_seed(0)
     model = build_model("unet", num_classes=4, channels=channels).double()
-    for representation in ("dense", "sparse"):
+    for representation in representations:
         torch.manual_seed(1)  # heads and the NN pool draw from the global RNG at construction
         built.append(build_objective(objective, copy.deepcopy(model), {**params, "representation": representation}).double())
     return built
@@ -267,15 +268,10 @@ def test_nn_term_deferred_to_after_backward_equals_it_computed_in_loss(represent
     there: the same term, gradients and pool as computing it inside ``loss`` (docs/methods.md, 'L_nn after the
     backward pass'). Pool of 8 rows, 4 images a step, log rows after steps 2 and 5; dense and compact pools."""
     params, patch, channels = _profile_params("mona", "smoke")
-    params = {**params, "nn_pool_capacity": 8, "nn_topk": 3, "representation": representation}
+    params = {**params, "nn_pool_capacity": 8, "nn_topk": 3}
     if resolution == "full":
         params["nn_pool_resolution"] = "full"
-    torch.manual_seed(0)
-    model = build_model("unet", num_classes=4, channels=channels).double()
-    pair = []
-    for _ in range(2):
-        torch.manual_seed(1)
-        pair.append(build_objective("mona", copy.deepcopy(model), params).double())
+    pair = _pair("mona", params, channels, representations=(representation, representation))
     inline, deferred = pair
     deferred.defer_logged_terms = True
     for obj in pair:
