@@ -4,8 +4,10 @@ quick profile (``medseg_platform/profiles.py``, ``benchmarks/RESULTS.md`` "The q
 Each run is ``METHOD LABELLED SEED [KEY=VALUE ...]``: a table row of ``medseg_platform.recipes.METHODS`` at a
 label fraction and seed, on the quick profile, with dotted config overrides (``optim.lr=0.1``,
 ``objective_params.sup_weight=1.0``, ``pretrain=[]`` for random initialisation) and profile overrides
-(``P.phantom.patients=40``, ``P.pretrain_steps=40``; ``optim.max_steps`` also rescales the schedules
-:func:`~medseg_platform.recipes.method_overrides` derives from it). Values are JSON where they parse as JSON.
+(``P.phantom.patients=40``, ``P.pretrain_steps=40``). As with a study's ``--set``, the config-section overrides
+also reach the profile, so that what :func:`~medseg_platform.recipes.method_overrides` derives follows them: the
+schedules from ``optim.max_steps``, the ISD stages' sizes from ``data.patch_size``. Values are JSON where they
+parse as JSON.
 Runs come from the command line (one run) or, with ``--file F``, one run per line of ``F``; ``--jobs 2``
 runs two at a time (one torch thread each). Pretraining stages are cached under ``--work``.
 
@@ -41,13 +43,14 @@ def _value(text: str):
 def run_one(words: list[str], work: Path) -> dict:
     """Train one configuration (see the module docstring) and return its summary."""
     from medseg_platform.engine import train_trial
-    from medseg_platform.profiles import PROFILES, with_steps
+    from medseg_platform.overrides import STUDY_FLAG_KEYS, config_fields
+    from medseg_platform.profiles import PROFILES, profile_with_overrides
     from medseg_platform.recipes import method_overrides
     from medseg_platform.results import PRETRAIN_CACHE_DIR, test_means, trial_folder
     from medseg_platform.study_flags import resolve_data_root
 
     method, labelled, seed, *pairs = words
-    overrides, sizes, phantom = {}, {}, {}
+    overrides, sections, sizes, phantom = {}, {}, {}, {}
     for pair in pairs:
         key, _, text = pair.partition("=")
         if key.startswith("P.phantom."):
@@ -56,11 +59,13 @@ def run_one(words: list[str], work: Path) -> dict:
             sizes[key[2:]] = _value(text)
         else:
             overrides[key] = _value(text)
+            if "." in key and key in config_fields() and key not in STUDY_FLAG_KEYS:
+                sections[key] = text
     profile = PROFILES["quick"]
     profile = dataclasses.replace(profile, phantom={**profile.phantom, **phantom},
                                   methods=dataclasses.replace(profile.methods, **sizes))
-    if "optim.max_steps" in overrides:
-        profile = with_steps(profile, overrides["optim.max_steps"])
+    # as a study's --set: what the recipes derive (schedules from the steps, ISD sizes from the patch) follows
+    profile = profile_with_overrides(profile, sections)
     root = resolve_data_root(argparse.Namespace(data_root=None), profile)
     config = {**method_overrides(method, profile), "data.labelled": labelled, "seed": int(seed), **overrides}
     cfg = profile.trial.replace(**{"data.root": str(root)}).replace(**config)

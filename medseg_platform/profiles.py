@@ -15,6 +15,8 @@ Profiles differ only in numbers, never in code paths:
 
   - learning rate 0.1 (10x the released 0.01, for a schedule 120x shorter): supervised at 1 patient and 250 steps
     scored 33.0 / 44.9 / 54.4 at 0.02 / 0.05 / 0.1 (4 seeds); at 0.1 every method trained without a non-finite loss.
+    Re-measured with the released defaults (3 seeds): at 0.2 and 0.3 supervised-only, mean teacher, MONA and ACTION
+    all lose 1-9 points of mean test Dice, and ACTION's seed 2 does not learn at 0.3.
   - 250 steps: what the budget pays for with 3 seeds. The semi-supervised rows are not at their best: at 600 steps (old
     profile, one seed) MONA, ARCO-SG and mean teacher overtook supervised-only, at 250 they trail it, and the report's
     trial health flags 3 of 24 trials. At 500 steps (the whole study, 1.9x the wall time) most rows gain 2-12 points
@@ -24,7 +26,8 @@ Profiles differ only in numbers, never in code paths:
     only with all of them together (see below for the same mechanism at 3 patients). At 750 steps (2.5x the
     default's wall time) every trial but ACTION's plateaus (3 of 24 flagged, all ACTION rows, still climbing) and
     every semi-supervised row is above supervised-only in the mean; that is the converged table, beyond the
-    budget. The quick table tests the pipeline and shows seed spread; it does not rank the methods.
+    budget. 3 labelled patients instead of 1 at 250 steps flag more trials, not fewer (11 of 24 still rising).
+    The quick table tests the pipeline and shows seed spread; it does not rank the methods.
   - more labelled patients need more steps: at 250 steps supervised scored 54.4 / 55.5 / 48.0 at 1 / 3 / 7 patients
     (3 seeds), at 500 steps 7 patients scored 65.2 and 72.8 (2 seeds, validated every 50 steps).
     At 500 steps (3 seeds, validated every 25) supervised scored 55.7 / 68.2 / 60.6 at 1 / 3 / 7 patients (one

@@ -261,6 +261,42 @@ def test_sparse_rows_means_and_pools_equal_the_dense_maps(g):
                 _close(a, b, "gradient", scale)
 
 
+@pytest.mark.parametrize("with_grad", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("coarse", ["points", "grid", "grid_in_chunks"])
+def test_action_rows_on_every_path_of_the_sparse_head_equal_the_dense_map(monkeypatch, coarse, with_grad):
+    """ACTION's head at many points (as its relation-graph keys): the coarse levels summed at the points or on
+    the whole output grid (in one piece or image by image), the fine levels' im2col in several chunks, with a
+    gradient (concatenated chunks) and without (chunks accumulated in place)."""
+    from methods import pixel_reps
+    from methods.heads import ActionProjectionHead
+
+    torch.manual_seed(4)
+    channels = (64, 32, 8, 4, 4)  # wide enough coarse levels to be projected first (SparseActionReps._projects_first)
+    pyramid = [torch.randn(3, c, 48 // 2 ** (4 - i), 48 // 2 ** (4 - i), dtype=torch.float64, requires_grad=with_grad)
+               for i, c in enumerate(channels)]
+    head = ActionProjectionHead(channels, 24).double().requires_grad_(with_grad)
+    positions = torch.cat([torch.tensor([0, 47, 48 * 47, 48 * 48 - 1, 2 * 48 * 48 + 47]), torch.randint(0, 3 * 48 * 48, (3000,))])
+    monkeypatch.setattr(pixel_reps, "_HEAD_CHUNK", 700)  # 5 chunks of fine-level columns
+    if coarse == "grid_in_chunks":
+        monkeypatch.setattr(pixel_reps, "_PROJECTED_FLOATS", 60_000)  # one 48 x 48 x 24 grid at a time
+    monkeypatch.setattr(SparseActionReps, "_grid_is_cheaper", lambda self, level, points: coarse != "points")
+    grids = []
+    footprint_grid = SparseActionReps._footprint_grid
+    monkeypatch.setattr(SparseActionReps, "_footprint_grid", lambda self, *a: grids.append(a[0]) or footprint_grid(self, *a))
+    dense_rows = DenseReps(head(pyramid, size=(48, 48))).rows(positions)
+    sparse_rows = SparseActionReps(pyramid, head, (48, 48)).rows(positions)
+    assert sorted(set(grids)) == ([] if coarse == "points" else [0, 1])  # the coarse levels took the path under test
+    _close(dense_rows, sparse_rows, "rows")
+    assert sparse_rows.requires_grad == with_grad
+    if with_grad:
+        weights = list(head.parameters()) + pyramid
+        d_grads = torch.autograd.grad((dense_rows ** 2).sum(), weights)
+        s_grads = torch.autograd.grad((sparse_rows ** 2).sum(), weights)
+        scale = max(float(a.abs().max()) for a in d_grads)
+        for a, b in zip(d_grads, s_grads):
+            _close(a, b, "gradient", scale)
+
+
 @pytest.mark.parametrize("representation, resolution", [("dense", "pooled"), ("sparse", "pooled"), ("dense", "full"), ("sparse", "full")])
 def test_nn_term_deferred_to_after_backward_equals_it_computed_in_loss(representation, resolution):
     """With ``defer_logged_terms`` (set by the engine's loop) MONA computes the released, gradient-free L_nn of a
