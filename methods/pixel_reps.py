@@ -627,13 +627,13 @@ class SparseActionReps(_SparseReps):
                 part = parts[0] if len(parts) == 1 else torch.cat(parts)
                 hidden = part if hidden is None else hidden + part
             else:  # no graph to keep: each chunk's product lands in its rows (no (M, D') concatenation or sum)
-                kernel = self._kernel(late).flatten(2).transpose(1, 2).flatten(1)             # (D', 9 c)
-                if hidden is None:
-                    hidden = upsampled.new_zeros(points, kernel.shape[0])
                 for start in range(0, slot.shape[0], _HEAD_CHUNK):
                     chunk = slot[start:start + _HEAD_CHUNK]
-                    columns = upsampled.index_select(0, chunk.reshape(-1)).view(chunk.shape[0], -1)
-                    hidden[start:start + chunk.shape[0]].addmm_(columns, kernel.t())
+                    columns = upsampled.index_select(0, chunk.reshape(-1)).view(chunk.shape[0], len(_SHIFTS), -1)
+                    product = self._conv3(columns, late)                  # F.linear: the dtype autocast gives it
+                    if hidden is None:
+                        hidden = product.new_zeros(points, product.shape[1])
+                    hidden[start:start + chunk.shape[0]] += product
         return self._project(hidden)
 
     def class_means(self, labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

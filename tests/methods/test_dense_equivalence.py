@@ -297,6 +297,28 @@ def test_action_rows_on_every_path_of_the_sparse_head_equal_the_dense_map(monkey
             _close(a, b, "gradient", scale)
 
 
+@pytest.mark.parametrize("coarse", ["points", "grid"])
+def test_action_rows_without_gradient_run_under_bf16_autocast_close_to_the_dense_map(monkeypatch, coarse):
+    """``--amp bf16`` on the CPU: the keys' rows (no gradient, several im2col chunks accumulated in place) mix the
+    autocast products' dtype with the accumulator's; they must run and stay within bf16 rounding of float32."""
+    from methods import pixel_reps
+    from methods.heads import ActionProjectionHead
+
+    torch.manual_seed(5)
+    channels = (64, 32, 8, 4, 4)
+    pyramid = [torch.randn(3, c, 48 // 2 ** (4 - i), 48 // 2 ** (4 - i)) for i, c in enumerate(channels)]
+    head = ActionProjectionHead(channels, 24)
+    positions = torch.randint(0, 3 * 48 * 48, (3000,))
+    monkeypatch.setattr(pixel_reps, "_HEAD_CHUNK", 700)
+    monkeypatch.setattr(SparseActionReps, "_grid_is_cheaper", lambda self, level, points: coarse == "grid")
+    with torch.no_grad():
+        reference = DenseReps(head(pyramid, size=(48, 48))).rows(positions)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the UNet's pyramid comes out in bf16 there
+            rows = SparseActionReps([level.bfloat16() for level in pyramid], head, (48, 48)).rows(positions)
+    scale = float(reference.abs().max())
+    torch.testing.assert_close(rows.float(), reference, rtol=0, atol=0.03 * scale)
+
+
 @pytest.mark.parametrize("representation, resolution", [("dense", "pooled"), ("sparse", "pooled"), ("dense", "full"), ("sparse", "full")])
 def test_nn_term_deferred_to_after_backward_equals_it_computed_in_loss(representation, resolution):
     """With ``defer_logged_terms`` (set by the engine's loop) MONA computes the released, gradient-free L_nn of a
