@@ -1,12 +1,13 @@
-"""ACTION's head read at many points (its relation-graph keys): each projected-first level summed at the points vs on
-the whole output grid (``methods.pixel_reps.SparseActionReps``; ``docs/methods.md``, "Sparse representations").
+"""ACTION's head read at many points, as its relation-graph keys are each step (``methods.pixel_reps.SparseActionReps``;
+``docs/methods.md``, "Sparse representations"): the time of one ``rows`` call with and without a gradient.
 
-For each size, a random pyramid of 8 images with the profile's UNet widths, the head at the profile's width, and
-``--points`` random flat positions (deduplicated, as ``rows`` does); per level, the median time of both orders
-(``--repeats``), their largest relative difference, and which one the cost model (``_grid_is_cheaper``) picks.
-Then the whole ``rows`` call under ``torch.no_grad`` (as for the keys). One torch thread.
+For each size, a random pyramid of 8 images with the profile's UNet widths, the head at the profile's width and
+``--points`` random flat positions (about the distinct key pixels of a training step there: 8 960 at quick,
+226 700 at the paper size); the median of ``--repeats`` calls. Without a gradient (the keys) the im2col chunks'
+products are added into their rows in place; with one (the anchors' path, here at the keys' size) they are
+concatenated. One torch thread.
 
-    python benchmarks/bench_action_head.py [--sizes quick paper] [--repeats 10]
+    python benchmarks/bench_action_head.py [--sizes quick paper] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-#: (patch, UNet widths fine to coarse, head width, random points): the quick and paper profiles' sizes; the points
-#: are about what ACTION's keys give there (8 960 and 226 700 distinct pixels per step, measured in training).
+#: (patch, UNet widths fine to coarse, head width, random draws): the quick and paper profiles' sizes.
 SIZES = {"quick": (48, (4, 8, 16, 32, 64), 64, 12_000), "paper": (256, (16, 32, 64, 128, 256), 512, 300_000)}
 
 
@@ -36,14 +36,13 @@ def _median_ms(fn, repeats: int) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["quick", "paper"])
-    parser.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (paper: at most 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (paper: at most 3)")
     args = parser.parse_args(argv)
 
     import torch
-    import torch.nn.functional as F
 
     from methods.heads import ActionProjectionHead
-    from methods.pixel_reps import SparseActionReps, _decode, interpolate_rows
+    from methods.pixel_reps import SparseActionReps
 
     torch.set_num_threads(1)
     for name in args.sizes:
@@ -54,25 +53,17 @@ def main(argv=None) -> int:
         pyramid = [torch.randn(8, c, size // 2 ** (4 - i), size // 2 ** (4 - i)) for i, c in enumerate(channels)]
         head = ActionProjectionHead(channels, dim)
         positions = torch.unique(torch.randint(0, 8 * size * size, (draws,)))
-        reps = SparseActionReps(pyramid, head, (size, size))
-        image, pixel = _decode(positions, size, size)
-        print(f"{name}: {size}x{size}, 8 images, head {sum(channels)} -> {dim}, {positions.numel()} distinct points")
-        with torch.no_grad():
-            for i, level in enumerate(pyramid[:3]):
-                kernel = reps._kernel([i]).permute(2, 3, 0, 1).reshape(-1, level.shape[1])
-                table = F.linear(reps.level_rows()[i], kernel).view(-1, dim)
-                at_points = interpolate_rows(table, reps.ops, i, image, pixel, kind="footprint")
-                on_grid = reps._footprint_grid(i, table, image, pixel)
-                error = float((at_points - on_grid).abs().max() / at_points.abs().max())
-                points_ms = _median_ms(lambda: interpolate_rows(table, reps.ops, i, image, pixel, kind="footprint"), repeats)
-                grid_ms = _median_ms(lambda: reps._footprint_grid(i, table, image, pixel), repeats)
-                first = reps._projects_first(level, reps.ops.row_taps[i].k * reps.ops.col_taps[i].k, positions.numel())
-                print(f"  level {i} ({level.shape[2]}x{level.shape[3]}, {level.shape[1]} ch): at the points {points_ms:8.2f} ms, "
-                      f"on the grid {grid_ms:8.2f} ms, max rel diff {error:.1e}; model picks "
-                      f"{'grid' if reps._grid_is_cheaper(i, positions.numel()) else 'points'}"
-                      f"{'' if first else ' (level not projected first: neither is used)'}")
-            rows_ms = _median_ms(lambda: SparseActionReps(pyramid, head, (size, size)).rows(positions), repeats)
-        print(f"  rows() without gradient: {rows_ms:.1f} ms")
+
+        def without_gradient():
+            with torch.no_grad():
+                SparseActionReps(pyramid, head, (size, size)).rows(positions)
+
+        def with_gradient():
+            SparseActionReps(pyramid, head, (size, size)).rows(positions).sum().backward()
+
+        print(f"{name}: {size}x{size}, 8 images, head {sum(channels)} -> {dim}, {positions.numel()} distinct points: "
+              f"rows() without gradient {_median_ms(without_gradient, repeats):.1f} ms, "
+              f"with gradient (forward + backward) {_median_ms(with_gradient, repeats):.1f} ms", flush=True)
     return 0
 
 

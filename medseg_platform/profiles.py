@@ -8,8 +8,7 @@ Profiles differ only in numbers, never in code paths:
   (``benchmarks/bench_methods.py``; measured 5.9-6.6 min on one whose step is 19 ms): the embedded phantom with 40
   patients (so 8 test and 4 val patients, 16 and 8 volumes), 48x48 patches, a quarter-width UNet, 250 fine-tuning
   steps validated every 25, 40 pretraining steps per ISD stage, seeds 1, 2, 3 (after issue 13's released
-  defaults: 365 s on a machine whose step is 24 ms, 3 of 24 trials still rising; 4 of 24 since ACTION's head sums
-  its coarse levels on the whole grid, which changed ACTION's row by float rounding). How it was chosen
+  defaults: 365 s on a machine whose step is 24 ms, 3 of 24 trials still rising). How it was chosen
   (``benchmarks/RESULTS.md``, "The quick profile"; in-process trials on this phantom, test Dice averaged over
   seeds; measured before issue 13 made the released learning-rate step, 8-bit strong view, α_t epoch, sampler
   fallback and ISD views the defaults, and not re-measured since):

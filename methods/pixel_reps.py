@@ -151,17 +151,6 @@ class LevelOperators:
             }
         return self._moved[key]
 
-    def shifted(self, level: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The level's row and column operators at the 3 offsets of a 3x3 kernel: float (H, 3, h) and (W, 3, w),
-        ``[y, k, r] = R[y + k - 1, r]``, zero where ``y + k - 1`` is off the output grid (the conv's zero padding).
-        Cached."""
-        moved = self.on(device, dtype)
-        key = ("shifted", level)
-        if key not in moved:
-            moved[key] = tuple(torch.stack([F.pad(m, (0, 0, 1, 1))[k:k + m.shape[0]] for k in range(3)], dim=1)
-                               for m in (moved["rows"][level], moved["cols"][level]))
-        return moved[key]
-
     def pixel_table(self, level: int, kind: str, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Per output pixel (raster order over (H, W)), the level pixels and weights that make it: int64 and
         float (H*W, T) for one image (add ``image * h * w`` to the indices, times 9 for ``kind="footprint"``).
@@ -473,10 +462,6 @@ _PROJECTED_FLOATS = 1 << 26
 #: Cost of one sparse (gathered) multiply-add relative to one GEMM multiply-add, measured on the CPU
 #: (``benchmarks/RESULTS.md``); decides which order ACTION's head uses per level.
 _SPARSE_COST = 7.0
-#: Cost of one multiply-add of :meth:`SparseActionReps._footprint_grid` relative to a GEMM's (its reshapes, the
-#: grid written out and read back at the points), fitted on the CPU to levels 0-2 at the quick and paper sizes
-#: (``benchmarks/RESULTS.md``, "ACTION's head on the whole grid").
-_GRID_COST = 3.0
 
 
 def _shift(masks: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -529,60 +514,11 @@ class SparseActionReps(_SparseReps):
         cheaper = taps * _SPARSE_COST + channels * cells / max(points, 1) < channels
         return cheaper and cells * len(_SHIFTS) * self.conv3.weight.shape[0] <= _PROJECTED_FLOATS
 
-    def _grid_is_cheaper(self, level: int, points: int) -> bool:
-        """Whether a projected-first level's ``Σ_δ upsample(Z_δ)(q + δ)`` is cheaper on the whole output grid
-        (:meth:`_footprint_grid`: two matrix products per image, ``9 h w W + 3 h H W`` multiply-adds per
-        channel, ``_GRID_COST`` times a GEMM's each) than at the points (``9 k^2`` sparse multiply-adds per point
-        and channel, ``_SPARSE_COST`` times a GEMM's each): when the points cover much of a small grid, as
-        ACTION's relation-graph keys do at the quick size (not at 256 x 256, where the grid is too large)."""
-        h, w = self.ops.level_sizes[level]
-        taps = self.ops.row_taps[level].k * self.ops.col_taps[level].k
-        grid = self.num_images * (9 * h * w * self.width + 3 * h * self.height * self.width)
-        return grid * _GRID_COST < points * len(_SHIFTS) * taps * _SPARSE_COST
-
-    def _footprint_grid(self, level: int, table: torch.Tensor, image: torch.Tensor, pixel: torch.Tensor) -> torch.Tensor:
-        """``Σ_δ upsample(Z_δ)(q + δ)`` at points, from the whole output grid: with the shifted operators
-        ``R_k`` (H, h), ``C_k`` (W, w) of :meth:`LevelOperators.shifted` the grid is
-        ``Σ_{j,k} R_j Z_{jk} C_k^T`` (zero padding included), two matrix products, read at the points.
-        ``table``: (B h w 9, D') = ``Z``; ``image``, ``pixel``: (M,). Returns (M, D'). Images are taken in
-        chunks so that no grid holds more than ``_PROJECTED_FLOATS`` floats."""
-        h, w = self.ops.level_sizes[level]
-        height, width = self.height, self.width
-        rows, cols = self.ops.shifted(level, table.device, table.dtype)                  # (H, 3, h), (W, 3, w)
-        rows, cols = rows.reshape(height, 3 * h), cols.reshape(width, 3 * w)              # columns (k, r), (k, c)
-        z = table.view(self.num_images, h, w, 3, 3, -1)                                  # (B, h, w, ky, kx, D')
-        dim = z.shape[-1]
-
-        def grid(first: int, stop: int) -> torch.Tensor:                                 # (H, W, b, D')
-            part = z[first:stop]
-            # Σ over (kx, c): (W, 3w) @ (3w, b h 3 D') -> (W, b, h, ky, D')
-            across = (cols @ part.permute(4, 2, 0, 1, 3, 5).reshape(3 * w, -1)).view(width, stop - first, h, 3, dim)
-            # Σ over (ky, r): (H, 3h) @ (3h, W b D') -> (H, W, b, D')
-            return (rows @ across.permute(3, 2, 0, 1, 4).reshape(3 * h, -1)).view(height, width, stop - first, dim)
-
-        def read(values: torch.Tensor, images: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-            return values.view(-1, dim).index_select(0, pixels * values.shape[2] + images)
-
-        per_chunk = max(1, _PROJECTED_FLOATS // (height * width * dim))
-        if per_chunk >= self.num_images:
-            return read(grid(0, self.num_images), image, pixel)
-        order = torch.argsort(image, stable=True)
-        bounds = torch.searchsorted(image[order], torch.arange(0, self.num_images + per_chunk, per_chunk,
-                                                               device=image.device)).tolist()
-        parts = []
-        for chunk, first in enumerate(range(0, self.num_images, per_chunk)):
-            taken = order[bounds[chunk]:bounds[chunk + 1]]
-            if taken.numel():
-                stop = min(first + per_chunk, self.num_images)
-                parts.append(read(grid(first, stop), image[taken] - first, pixel[taken]))
-        return torch.cat(parts).index_select(0, torch.argsort(order))
-
     def _rows(self, flat_positions: torch.Tensor) -> torch.Tensor:
         """Two exact orders of the same sums, chosen per level (``docs/methods.md`` "Sparse representations"):
 
         * coarse levels (fewer pixels than points): ``Z_δ = W_δ p`` at the level's own resolution for the 9
-          kernel positions δ, then ``Σ_δ upsample(Z_δ)(q + δ)`` at each point q (interpolating D'-vectors), or
-          on the whole output grid when the points cover much of it (:meth:`_grid_is_cheaper`);
+          kernel positions δ, then ``Σ_δ upsample(Z_δ)(q + δ)`` at each point q (interpolating D'-vectors);
         * fine levels: the upsampled level at the distinct pixels of the points' 3x3 footprints, then each
           point's 9 neighbours (im2col) times the kernel, accumulated in place when no gradient is taken.
         """
@@ -597,10 +533,7 @@ class SparseActionReps(_SparseReps):
             level = self.pyramid[i]
             kernel = self._kernel([i]).permute(2, 3, 0, 1).reshape(-1, level.shape[1])         # (9 D', c_i)
             table = F.linear(self.level_rows()[i], kernel).view(-1, kernel.shape[0] // len(_SHIFTS))  # (B h w 9, D')
-            if self._grid_is_cheaper(i, points):
-                part = self._footprint_grid(i, table, image, pixel)
-            else:
-                part = interpolate_rows(table, self.ops, i, image, pixel, kind="footprint")
+            part = interpolate_rows(table, self.ops, i, image, pixel, kind="footprint")
             hidden = part if hidden is None else hidden + part
         if late:
             y, x = pixel // width, pixel % width
@@ -618,22 +551,23 @@ class SparseActionReps(_SparseReps):
             slot_of = torch.full((self.num_images * pixels,), needed.shape[0], dtype=torch.int64, device=y.device)
             slot_of[needed] = torch.arange(needed.shape[0], device=y.device)
             slot = torch.where(inside, slot_of[neighbour], needed.shape[0])                   # (M, 9)
-            if torch.is_grad_enabled() and (upsampled.requires_grad or self.conv3.weight.requires_grad):
-                parts = []
-                for start in range(0, slot.shape[0], _HEAD_CHUNK):
-                    chunk = slot[start:start + _HEAD_CHUNK]
-                    columns = upsampled.index_select(0, chunk.reshape(-1)).view(chunk.shape[0], len(_SHIFTS), -1)
-                    parts.append(self._conv3(columns, late))                                   # (m, 9, c) columns
-                part = parts[0] if len(parts) == 1 else torch.cat(parts)
-                hidden = part if hidden is None else hidden + part
-            else:  # no graph to keep: each chunk's product lands in its rows (no (M, D') concatenation or sum)
-                for start in range(0, slot.shape[0], _HEAD_CHUNK):
-                    chunk = slot[start:start + _HEAD_CHUNK]
-                    columns = upsampled.index_select(0, chunk.reshape(-1)).view(chunk.shape[0], len(_SHIFTS), -1)
-                    product = self._conv3(columns, late)                  # F.linear: the dtype autocast gives it
+            # without a graph to keep, each chunk's product is added into its rows in place: no (M, D')
+            # concatenation and sum (the keys' reads, 464 MB each at 256 x 256)
+            keep_graph = torch.is_grad_enabled() and (upsampled.requires_grad or self.conv3.weight.requires_grad)
+            parts = []
+            for start in range(0, slot.shape[0], _HEAD_CHUNK):
+                chunk = slot[start:start + _HEAD_CHUNK]
+                columns = upsampled.index_select(0, chunk.reshape(-1)).view(chunk.shape[0], len(_SHIFTS), -1)
+                product = self._conv3(columns, late)           # (m, 9, c) columns; F.linear: autocast's dtype
+                if keep_graph:
+                    parts.append(product)
+                else:
                     if hidden is None:
                         hidden = product.new_zeros(points, product.shape[1])
                     hidden[start:start + chunk.shape[0]] += product
+            if keep_graph:
+                part = parts[0] if len(parts) == 1 else torch.cat(parts)
+                hidden = part if hidden is None else hidden + part
         return self._project(hidden)
 
     def class_means(self, labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -262,11 +262,10 @@ def test_sparse_rows_means_and_pools_equal_the_dense_maps(g):
 
 
 @pytest.mark.parametrize("with_grad", [True, False], ids=["grad", "no_grad"])
-@pytest.mark.parametrize("coarse", ["points", "grid", "grid_in_chunks"])
-def test_action_rows_on_every_path_of_the_sparse_head_equal_the_dense_map(monkeypatch, coarse, with_grad):
-    """ACTION's head at many points (as its relation-graph keys): the coarse levels summed at the points or on
-    the whole output grid (in one piece or image by image), the fine levels' im2col in several chunks, with a
-    gradient (concatenated chunks) and without (chunks accumulated in place)."""
+def test_action_rows_in_chunks_with_and_without_gradient_equal_the_dense_map(monkeypatch, with_grad):
+    """ACTION's head at many points (as its relation-graph keys), the fine levels' im2col in several chunks: with a
+    gradient (the chunks concatenated) and without (each chunk's product added into its rows in place), the coarse
+    levels projected first."""
     from methods import pixel_reps
     from methods.heads import ActionProjectionHead
 
@@ -277,15 +276,10 @@ def test_action_rows_on_every_path_of_the_sparse_head_equal_the_dense_map(monkey
     head = ActionProjectionHead(channels, 24).double().requires_grad_(with_grad)
     positions = torch.cat([torch.tensor([0, 47, 48 * 47, 48 * 48 - 1, 2 * 48 * 48 + 47]), torch.randint(0, 3 * 48 * 48, (3000,))])
     monkeypatch.setattr(pixel_reps, "_HEAD_CHUNK", 700)  # 5 chunks of fine-level columns
-    if coarse == "grid_in_chunks":
-        monkeypatch.setattr(pixel_reps, "_PROJECTED_FLOATS", 60_000)  # one 48 x 48 x 24 grid at a time
-    monkeypatch.setattr(SparseActionReps, "_grid_is_cheaper", lambda self, level, points: coarse != "points")
-    grids = []
-    footprint_grid = SparseActionReps._footprint_grid
-    monkeypatch.setattr(SparseActionReps, "_footprint_grid", lambda self, *a: grids.append(a[0]) or footprint_grid(self, *a))
     dense_rows = DenseReps(head(pyramid, size=(48, 48))).rows(positions)
-    sparse_rows = SparseActionReps(pyramid, head, (48, 48)).rows(positions)
-    assert sorted(set(grids)) == ([] if coarse == "points" else [0, 1])  # the coarse levels took the path under test
+    sparse = SparseActionReps(pyramid, head, (48, 48))
+    assert [i for i, p in enumerate(pyramid) if sparse._projects_first(p, 4, positions.numel())] == [0, 1]
+    sparse_rows = sparse.rows(positions)
     _close(dense_rows, sparse_rows, "rows")
     assert sparse_rows.requires_grad == with_grad
     if with_grad:
@@ -297,10 +291,9 @@ def test_action_rows_on_every_path_of_the_sparse_head_equal_the_dense_map(monkey
             _close(a, b, "gradient", scale)
 
 
-@pytest.mark.parametrize("coarse", ["points", "grid"])
-def test_action_rows_without_gradient_run_under_bf16_autocast_close_to_the_dense_map(monkeypatch, coarse):
-    """``--amp bf16`` on the CPU: the keys' rows (no gradient, several im2col chunks accumulated in place) mix the
-    autocast products' dtype with the accumulator's; they must run and stay within bf16 rounding of float32."""
+def test_action_rows_without_gradient_run_under_bf16_autocast_close_to_the_dense_map(monkeypatch):
+    """``--amp bf16`` on the CPU: the keys' rows (no gradient, several im2col chunks added in place) take the
+    autocast products' dtype; they must run and stay within bf16 rounding of float32."""
     from methods import pixel_reps
     from methods.heads import ActionProjectionHead
 
@@ -310,7 +303,6 @@ def test_action_rows_without_gradient_run_under_bf16_autocast_close_to_the_dense
     head = ActionProjectionHead(channels, 24)
     positions = torch.randint(0, 3 * 48 * 48, (3000,))
     monkeypatch.setattr(pixel_reps, "_HEAD_CHUNK", 700)
-    monkeypatch.setattr(SparseActionReps, "_grid_is_cheaper", lambda self, level, points: coarse == "grid")
     with torch.no_grad():
         reference = DenseReps(head(pyramid, size=(48, 48))).rows(positions)
         with torch.autocast("cpu", dtype=torch.bfloat16):  # the UNet's pyramid comes out in bf16 there
