@@ -2,8 +2,8 @@
 ``docs/methods.md``, "Sparse representations"): the time of one ``rows`` call with and without a gradient.
 
 For each size, a random pyramid of 8 images with the profile's UNet widths, the head at the profile's width and
-``--points`` random flat positions (about the distinct key pixels of a training step there: 8 960 at quick,
-226 700 at the paper size); the median of ``--repeats`` calls. Without a gradient (the keys) the im2col chunks'
+the distinct pixels among a fixed number of random draws (``SIZES``; about the distinct key pixels of a training
+step there: 8 960 at quick, 226 700 at the paper size); the median of ``--repeats`` calls. Without a gradient (the keys) the im2col chunks'
 products are added into their rows in place; with one (the anchors' path, here at the keys' size) they are
 concatenated. One torch thread.
 

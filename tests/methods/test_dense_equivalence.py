@@ -261,24 +261,32 @@ def test_sparse_rows_means_and_pools_equal_the_dense_maps(g):
                 _close(a, b, "gradient", scale)
 
 
+def _action_pyramid_and_head(seed: int, dtype: torch.dtype, requires_grad: bool):
+    """A 3-image, 48 x 48 pyramid whose two coarse levels are wide enough to be projected first
+    (``SparseActionReps._projects_first``), and ACTION's head (24 channels) on it."""
+    from methods.heads import ActionProjectionHead
+
+    torch.manual_seed(seed)
+    channels = (64, 32, 8, 4, 4)
+    pyramid = [torch.randn(3, c, 48 // 2 ** (4 - i), 48 // 2 ** (4 - i), dtype=dtype, requires_grad=requires_grad)
+               for i, c in enumerate(channels)]
+    return pyramid, ActionProjectionHead(channels, 24).to(dtype).requires_grad_(requires_grad)
+
+
 @pytest.mark.parametrize("with_grad", [True, False], ids=["grad", "no_grad"])
 def test_action_rows_in_chunks_with_and_without_gradient_equal_the_dense_map(monkeypatch, with_grad):
     """ACTION's head at many points (as its relation-graph keys), the fine levels' im2col in several chunks: with a
     gradient (the chunks concatenated) and without (each chunk's product added into its rows in place), the coarse
     levels projected first."""
     from methods import pixel_reps
-    from methods.heads import ActionProjectionHead
 
-    torch.manual_seed(4)
-    channels = (64, 32, 8, 4, 4)  # wide enough coarse levels to be projected first (SparseActionReps._projects_first)
-    pyramid = [torch.randn(3, c, 48 // 2 ** (4 - i), 48 // 2 ** (4 - i), dtype=torch.float64, requires_grad=with_grad)
-               for i, c in enumerate(channels)]
-    head = ActionProjectionHead(channels, 24).double().requires_grad_(with_grad)
+    pyramid, head = _action_pyramid_and_head(4, torch.float64, with_grad)
     positions = torch.cat([torch.tensor([0, 47, 48 * 47, 48 * 48 - 1, 2 * 48 * 48 + 47]), torch.randint(0, 3 * 48 * 48, (3000,))])
     monkeypatch.setattr(pixel_reps, "_HEAD_CHUNK", 700)  # 5 chunks of fine-level columns
     dense_rows = DenseReps(head(pyramid, size=(48, 48))).rows(positions)
     sparse = SparseActionReps(pyramid, head, (48, 48))
-    assert [i for i, p in enumerate(pyramid) if sparse._projects_first(p, 4, positions.numel())] == [0, 1]
+    taps = [sparse.ops.row_taps[i].k * sparse.ops.col_taps[i].k for i in range(len(pyramid))]
+    assert [i for i, p in enumerate(pyramid) if sparse._projects_first(p, taps[i], positions.numel())] == [0, 1]
     sparse_rows = sparse.rows(positions)
     _close(dense_rows, sparse_rows, "rows")
     assert sparse_rows.requires_grad == with_grad
@@ -295,12 +303,8 @@ def test_action_rows_without_gradient_run_under_bf16_autocast_close_to_the_dense
     """``--amp bf16`` on the CPU: the keys' rows (no gradient, several im2col chunks added in place) take the
     autocast products' dtype; they must run and stay within bf16 rounding of float32."""
     from methods import pixel_reps
-    from methods.heads import ActionProjectionHead
 
-    torch.manual_seed(5)
-    channels = (64, 32, 8, 4, 4)
-    pyramid = [torch.randn(3, c, 48 // 2 ** (4 - i), 48 // 2 ** (4 - i)) for i, c in enumerate(channels)]
-    head = ActionProjectionHead(channels, 24)
+    pyramid, head = _action_pyramid_and_head(5, torch.float32, False)
     positions = torch.randint(0, 3 * 48 * 48, (3000,))
     monkeypatch.setattr(pixel_reps, "_HEAD_CHUNK", 700)
     with torch.no_grad():
