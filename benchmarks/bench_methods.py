@@ -30,23 +30,40 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _timed_step(objective, optimizer, batch_of, step: int, max_steps: int) -> float:
+def _timed_step(objective, optimizer, batch_of, step: int, max_steps: int, amp_dtype=None, terms: dict | None = None) -> float:
+    """One full training step as the engine's loop runs it (loss under ``amp_dtype`` autocast, backward, the deferred
+    gradient-free terms, SGD, after-step hooks); seconds, with the GPU's queue drained before and after.
+    ``terms``: filled with the step's loss terms (read after the timing)."""
+    import torch
+
     from methods.objective import Batch
 
     image, label, unlabelled, augment = batch_of(step)
+    device = image.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    out = objective.loss(Batch(image, label, unlabelled, augment), step, max_steps)
+    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = objective.loss(Batch(image, label, unlabelled, augment), step, max_steps)
     optimizer.zero_grad()
     out.total.backward()
+    late = {}
     if getattr(objective, "defer_logged_terms", False):
-        objective.after_backward(step)  # as the engine's loop does
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            late = objective.after_backward(step)  # as the engine's loop does
     optimizer.step()
     objective.after_optimizer_step(step)
-    return time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    if terms is not None:
+        terms.update({name: float(value) for name, value in {"total": out.total, **out.terms, **(late or {})}.items()})
+    return seconds
 
 
 #: The network passes each method cannot avoid (its floor): batches of images through the student with
@@ -64,6 +81,10 @@ class _Passes:
         self.model, self.teacher = model, copy.deepcopy(model).requires_grad_(False)
         self.grad_batches, self.free_batches = grad_batches, free_batches
 
+    def to(self, device):
+        self.model.to(device), self.teacher.to(device)
+        return self
+
     def trainable_parameters(self):
         return self.model.parameters()
 
@@ -75,13 +96,18 @@ class _Passes:
         with torch.no_grad():
             for n in self.free_batches:
                 self.teacher(image[:1].expand(n, -1, -1, -1).contiguous())
-        return type("Out", (), {"total": total})()
+        return type("Out", (), {"total": total, "terms": {}})()
 
     def after_optimizer_step(self, step) -> None:
         pass
 
 
-def one(method: str, profile_name: str, steps: int, threads: int, representation: str) -> dict:
+def build(method: str, profile_name: str, representation: str, device: str = "cpu", threads: int = 1):
+    """A method's objective and SGD optimiser at a profile's sizes on ``device``, and its random batches.
+
+    Returns a namespace: ``name`` (the objective), ``params``, ``objective``, ``optimizer``, ``batch_of(step)``
+    (the same 4 + 4 images every step, ISD 3 + 3, with the engine's strong-view adapter), ``max_steps``, ``log_every``.
+    Seeds the global RNG with 0 first: two builds of one method start from the same weights."""
     import torch
 
     sys.path.insert(0, str(REPO))
@@ -107,41 +133,51 @@ def one(method: str, profile_name: str, steps: int, threads: int, representation
     h, w = profile.trial.data.patch_size
     model = build_model("unet", num_classes=4, channels=profile.trial.model.channels)
     objective = _Passes(model, *PASSES[name.split(":")[1]]) if name.startswith("passes:") else build_objective(name, model, params)
+    objective.to(device)
     max_steps, every = profile.trial.optim.max_steps, (profile.trial.eval.log_every, profile.trial.eval.val_every)
     if not name.startswith("passes:"):
         objective.logged_steps = lambda step, total: logs_after(step, total, *every)
         objective.defer_logged_terms = True  # as in training (the engine's loop calls after_backward)
     optimizer = torch.optim.SGD(objective.trainable_parameters(), lr=0.01, momentum=0.9)
-    image = torch.rand(batch, 1, h, w)
+    image = torch.rand(batch, 1, h, w).to(device)
     label = (image[:, 0] * 4).long().clamp(max=3)
-    unlabelled = torch.rand(batch, 1, h, w)
+    unlabelled = torch.rand(batch, 1, h, w).to(device)
+
     def batch_of(step: int):
         return image, label, unlabelled, StrongAugmentAdapter(torch.Generator().manual_seed(step), "cutmix", 4)
 
+    return SimpleNamespace(name=name, params=params, objective=objective, optimizer=optimizer, batch_of=batch_of,
+                           max_steps=max_steps, log_every=profile.trial.eval.log_every)
+
+
+def nn_interval(bench, step_s: float, amp_dtype=None) -> dict:
+    """MONA/ARCO with an NN term: one step that fills the NN pool for a coming log row, one logged step, and the
+    mean over a log interval (``log_every`` steps: one logged, ``ceil(K / B_u)`` filling, the rest typical)."""
+    if bench.name not in ("mona", "arco") or bench.params.get("nn_weight", 1.0) <= 0:
+        return {}
+    log_every = bench.log_every
+    reach = min(-(-int(bench.params.get("nn_pool_capacity", 36)) // 4), log_every - 1)  # pool-filling steps before a log row
+    fill = _timed_step(bench.objective, bench.optimizer, bench.batch_of, log_every - 2, bench.max_steps, amp_dtype)
+    logged = _timed_step(bench.objective, bench.optimizer, bench.batch_of, log_every - 1, bench.max_steps, amp_dtype)
+    return {"fill_step_s": fill, "logged_step_s": logged,
+            "interval_mean_s": (step_s * (log_every - 1 - reach) + fill * reach + logged) / log_every}
+
+
+def one(method: str, profile_name: str, steps: int, threads: int, representation: str) -> dict:
+    bench = build(method, profile_name, representation, threads=threads)
     # a supervised step interleaved with every step of the method, in the same process: the ratio holds even
     # when the machine's speed drifts (a shared 2-core machine varies by 1.5x between minutes)
-    reference = build_objective("supervised", build_model("unet", num_classes=4, channels=profile.trial.model.channels), {})
-    reference_optimizer = torch.optim.SGD(reference.trainable_parameters(), lr=0.01, momentum=0.9)
-    reference_batch = torch.rand(4, 1, h, w)
-    reference_label = (reference_batch[:, 0] * 4).long().clamp(max=3)
-
-    def reference_of(step: int):
-        return reference_batch, reference_label, None, None
-
+    reference = build("supervised", profile_name, representation, threads=threads)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # the first step warms up (lazy buffers, allocator); steps 0..steps are far from a log row
     times, reference_times = [], []
     for step in range(steps + 1):
-        reference_times.append(_timed_step(reference, reference_optimizer, reference_of, step, max_steps))
-        times.append(_timed_step(objective, optimizer, batch_of, step, max_steps))
-    row = {"method": method, "objective": name, "representation": representation if name in ("mona", "arco", "action") else "-",
+        reference_times.append(_timed_step(reference.objective, reference.optimizer, reference.batch_of, step, reference.max_steps))
+        times.append(_timed_step(bench.objective, bench.optimizer, bench.batch_of, step, bench.max_steps))
+    row = {"method": method, "objective": bench.name,
+           "representation": representation if bench.name in ("mona", "arco", "action") else "-",
            "step_s": statistics.median(times[1:]), "supervised_step_s": statistics.median(reference_times[1:])}
-    if name in ("mona", "arco") and params.get("nn_weight", 1.0) > 0:
-        log_every = profile.trial.eval.log_every
-        reach = -(-int(params.get("nn_pool_capacity", 36)) // 4)
-        row["fill_step_s"] = _timed_step(objective, optimizer, batch_of, log_every - 2, max_steps)
-        row["logged_step_s"] = _timed_step(objective, optimizer, batch_of, log_every - 1, max_steps)
-        row["interval_mean_s"] = (row["step_s"] * (log_every - 1 - reach) + row["fill_step_s"] * reach + row["logged_step_s"]) / log_every
+    row.update(nn_interval(bench, row["step_s"]))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {**row, "peak_rss_mib": peak / 1024, "rss_growth_mib": (peak - rss_before) / 1024}
 

@@ -22,6 +22,21 @@ def to_grey_levels(x: torch.Tensor) -> torch.Tensor:
     return torch.floor(x.clamp(0.0, 1.0) * 255.0)
 
 
+def from_grey_levels(levels: torch.Tensor) -> torch.Tensor:
+    """Grey levels 0..255 (floats) back to [0, 1]: the released ``to_tensor``'s division by 255, correctly rounded
+    on every device.
+
+    The divisor is a 0-dim tensor on the levels' device rather than a Python number: PyTorch's CUDA kernels divide
+    by a Python scalar as a multiplication by its reciprocal, one unit in the last place away from the division
+    for about half the levels (and in float64 a level below ``k`` after another :func:`to_grey_levels` for 24 of
+    them), so CPU and GPU strong views differed. On the CPU both forms are the same division (same bits).
+
+    Args: levels any shape, floating, whole numbers in [0, 255].
+    Returns: same shape/dtype, multiples of 1/255 in [0, 1].
+    """
+    return levels / levels.new_tensor(255.0)
+
+
 def round_trip_8bit(x: torch.Tensor) -> torch.Tensor:
     """The 8-bit PIL round trip: truncate to 1/255 steps.
 
@@ -31,4 +46,4 @@ def round_trip_8bit(x: torch.Tensor) -> torch.Tensor:
     Args: x any shape, floating, nominally in [0, 1].
     Returns: same shape/dtype, multiples of 1/255 in [0, 1].
     """
-    return to_grey_levels(x) / 255.0
+    return from_grey_levels(to_grey_levels(x))

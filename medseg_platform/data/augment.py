@@ -34,7 +34,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from methods.intensity import round_trip_8bit, to_grey_levels
+from methods.intensity import from_grey_levels, round_trip_8bit, to_grey_levels
 from methods.isd_pretrain import PRETRAIN_COINS
 
 __all__ = [
@@ -818,7 +818,7 @@ def pretrain_views(
     if not blur:
         return jittered, jittered.clone()
     sigmas = _to_device(sigma.expand(image.shape[0]).clone(), image.device)
-    return jittered, torch.floor(gaussian_blur(to_grey_levels(jittered), sigmas) + 0.5) / 255.0
+    return jittered, from_grey_levels(torch.floor(gaussian_blur(to_grey_levels(jittered), sigmas) + 0.5))
 
 
 def _check_value_ranges(where: str, image: torch.Tensor, pseudo_label: torch.Tensor,
@@ -897,7 +897,7 @@ def strong_perturb(
         image = to_grey_levels(image)
     image = color_jitter(image, generator, p_jitter, levels=levels)
     image = random_gaussian_blur(image, generator, p_blur, levels=levels)
-    return image / 255.0 if quantise_8bit else image
+    return from_grey_levels(image) if quantise_8bit else image
 
 
 def strong_augment(
