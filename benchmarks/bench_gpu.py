@@ -7,8 +7,10 @@ Three parts, each printing its table as it finishes and appending its rows to ``
    one GPU, for each ``--amp`` and each ``--representation`` of MONA/ARCO/ACTION: median step time over ``--steps``
    after ``--warmup`` steps (cuDNN autotuning, allocator), the ratio to a supervised step timed in the same
    process, MONA/ARCO's NN-pool fill and logged steps and their log-interval mean, and the peak GPU memory of the
-   steps after the warm-up (``torch.cuda.max_memory_allocated``/``max_memory_reserved``, reset after the warm-up)
-   beside the warm-up's peak allocation, which holds cuDNN's autotuning workspaces. One process per
+   typical steps after the warm-up (``torch.cuda.max_memory_allocated``/``max_memory_reserved``, reset after the
+   warm-up) beside the peak allocation of the warm-up (it holds cuDNN's autotuning workspaces) and of the fill and
+   logged steps (their first run: new shapes). ``--no-cudnn-benchmark`` and ``--no-tf32`` (TF32 off for cuDNN
+   convolutions and matrix products) test what those settings change. One process per
    ``--amp``: the methods run one after another (the caching allocator is emptied between them).
    Also the loss terms of the first timed step of each representation, which start from the same weights,
    batches and RNG state, so the sparse-vs-dense relative difference on this GPU is printed.
@@ -24,7 +26,7 @@ The suite's CUDA tests run with pytest (``tests/test_gpu_path.py`` and the ``cud
 Run:  python benchmarks/bench_gpu.py [--profile paper] [--steps 20] [--warmup 3] [--amp off bf16]
           [--methods mona action ...] [--representation sparse dense] [--concurrent 1 2 4 8]
           [--concurrent-method mona] [--concurrent-amp off] [--parts steps concurrent trace]
-          [--trace-methods mona action] [--trace-steps 5] [--json FILE]
+          [--trace-methods mona action] [--trace-steps 5] [--no-cudnn-benchmark] [--no-tf32] [--json FILE]
 
 ``--device cpu`` runs the same code on the CPU (to check the script itself, e.g. ``--profile smoke``); the GPU
 memory columns are then empty.
@@ -95,9 +97,13 @@ def measure_method(method: str, representation: str, args, device) -> dict:
     row = {"method": method, "objective": bench.name, "amp": args.amp[0],
            "representation": representation if bench.name in ("mona", "arco", "action") else "-",
            "step_s": statistics.median(times), "step_min_s": min(times), "step_max_s": max(times), "first_terms": terms}
-    row.update(nn_interval(bench, row["step_s"], amp_dtype))
-    row.update(_memory_peak(device))  # the steps after the warm-up, the fill and logged steps included
+    row.update(_memory_peak(device))  # the typical steps after the warm-up
     row.update({f"warmup_{name}": value for name, value in warmup_peak.items()})
+    _memory_reset(device)
+    interval = nn_interval(bench, row["step_s"], amp_dtype)
+    if interval:  # MONA/ARCO's first NN-pool fill and logged steps (new shapes: cuDNN autotunes them here)
+        row.update(interval)
+        row.update({f"nn_steps_{name}": value for name, value in _memory_peak(device).items()})
     del bench
     return row
 
@@ -118,16 +124,18 @@ def part_steps(args, device) -> list[dict]:
                        "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()[-3000:]}
                 print(row["traceback"], file=sys.stderr, flush=True)
             rows.append(row)
-            _emit(args, {"part": "steps", "profile": args.profile, "device": _device_name(device), **row})
+            _emit(args, {"part": "steps", "profile": args.profile, "device": _device_name(device),
+                         "cudnn_benchmark": not args.no_cudnn_benchmark, "tf32": not args.no_tf32, **row})
     return rows
 
 
 def print_steps(rows: list[dict], args, device) -> None:
     base = next((r["step_s"] for r in rows if r["method"] == "supervised" and "step_s" in r), None)
-    print(f"\n{_device_name(device)}; profile {args.profile}; amp {args.amp[0]}; median of {args.steps} steps after {args.warmup} "
+    settings = "".join(f"; {flag}" for flag, on in (("no cuDNN autotuning", args.no_cudnn_benchmark), ("no TF32", args.no_tf32)) if on)
+    print(f"\n{_device_name(device)}; profile {args.profile}; amp {args.amp[0]}{settings}; median of {args.steps} steps after {args.warmup} "
           f"warm-up (4+4 images; ISD 3+3); 'x sup.' = ratio to the supervised step of this process")
     print(f"{'method':<14} {'repr.':<7} {'step':>9} {'x sup.':>7} {'min-max':>15} {'fill':>9} {'logged':>9} {'interval':>9} "
-          f"{'x sup.':>7} {'peak alloc.':>12} {'peak reserved':>14} {'warm-up peak':>13}")
+          f"{'x sup.':>7} {'peak alloc.':>12} {'peak reserved':>14} {'warm-up peak':>13} {'fill+logged peak':>17}")
     for r in rows:
         if "error" in r:
             print(f"{r['method']:<14} {r['representation']:<7} FAILED: {r['error'][:160]}")
@@ -136,7 +144,8 @@ def print_steps(rows: list[dict], args, device) -> None:
         nn = (f" {1e3 * r['fill_step_s']:6.1f}ms {1e3 * r['logged_step_s']:6.1f}ms {1e3 * r['interval_mean_s']:6.1f}ms"
               f" {r['interval_mean_s'] / base:6.1f}x" if "interval_mean_s" in r and base else " " * 38)
         memory = ("" if r["peak_allocated_mib"] is None else
-                  f" {r['peak_allocated_mib']:8.0f} MiB {r['peak_reserved_mib']:10.0f} MiB {r['warmup_peak_allocated_mib']:9.0f} MiB")
+                  f" {r['peak_allocated_mib']:8.0f} MiB {r['peak_reserved_mib']:10.0f} MiB {r['warmup_peak_allocated_mib']:9.0f} MiB"
+                  + (f" {r['nn_steps_peak_allocated_mib']:13.0f} MiB" if r.get("nn_steps_peak_allocated_mib") is not None else ""))
         print(f"{r['method']:<14} {r['representation']:<7} {1e3 * r['step_s']:6.1f}ms {ratio} "
               f"{1e3 * r['step_min_s']:6.1f}-{1e3 * r['step_max_s']:5.1f}ms{nn}{memory}")
     pairs: dict = {}
@@ -306,6 +315,9 @@ def main() -> None:
     parser.add_argument("--concurrent", nargs="+", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--concurrent-method", choices=METHODS[:-len(PASSES)], default="mona")
     parser.add_argument("--concurrent-amp", choices=("off", "bf16"), default="off")
+    parser.add_argument("--no-cudnn-benchmark", action="store_true", help="cuDNN autotuning off (training turns it on)")
+    parser.add_argument("--no-tf32", action="store_true", help="TF32 off for cuDNN convolutions and CUDA matrix products "
+                        "(PyTorch allows it for convolutions by default)")
     parser.add_argument("--json", help="append every row to this file, one JSON object per line")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -316,7 +328,10 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: this machine has no CUDA GPU (use --device cpu to check the script, e.g. --profile smoke)")
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as a trial on a GPU runs (medseg_platform/engine/trial.py)
+        # as a trial on a GPU runs (medseg_platform/engine/trial.py), unless told otherwise
+        torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
+        if args.no_tf32:
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     if args.worker:
         worker(args, device)
         return

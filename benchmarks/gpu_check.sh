@@ -3,9 +3,11 @@
 # parts imports Ray): run from the repository root as  bash benchmarks/gpu_check.sh OUT_DIR
 # Parts, most important first, each under its own time limit so that one hang does not lose the others:
 #   1. bench_gpu.py steps: every method's paper-size step, fp32 and bf16, sparse and dense; peak GPU memory
-#   2. bench_gpu.py concurrent: 1, 2, 4, 8 MONA paper-size trials sharing the GPU
-#   3. the suite's CUDA tests (tests/test_gpu_path.py and the 'cuda' tests of samplers, AdvMorph, augment)
-#   4. two quick trials end to end on the GPU through `medseg train --in-process` (MONA fp32, ACTION bf16)
+#   2. the same for MONA and ARCO-SG in fp32 without TF32 and without cuDNN autotuning (their sparse-vs-dense
+#      agreement and MONA's dense fill-step peak: benchmarks/RESULTS.md, 'One GPU')
+#   3. bench_gpu.py concurrent: 1, 2, 4, 8 MONA paper-size trials sharing the GPU
+#   4. the suite's CUDA tests (tests/test_gpu_path.py and the 'cuda' tests of intensity, samplers, AdvMorph, augment)
+#   5. a quick MONA trial end to end on the GPU through `medseg train --in-process`
 # The tables and the status of each part go to OUT_DIR/summary.txt (and are printed); every log, JSON row and
 # trial result file goes to OUT_DIR/gpu_check.tar.gz. GPU_CHECK_DEVICE=cpu GPU_CHECK_PROFILE=smoke
 # GPU_CHECK_TRIAL_PROFILE=smoke checks the script itself on a machine without a GPU.
@@ -19,23 +21,26 @@ cd "$(dirname "$0")/.."
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"; } | tee "$work/gpu.txt"
 python3 -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__)" | tee -a "$work/gpu.txt"
 
-timeout 230 python3 benchmarks/bench_gpu.py --device "$device" --profile "$profile" --parts steps --steps 12 --warmup 3 --json "$work/steps.jsonl" >"$work/steps.txt" 2>"$work/steps.log"
+timeout 200 python3 benchmarks/bench_gpu.py --device "$device" --profile "$profile" --parts steps --steps 12 --warmup 3 --json "$work/steps.jsonl" >"$work/steps.txt" 2>"$work/steps.log"
 echo "steps: exit $?" | tee -a "$work/status.txt"
+timeout 60 python3 benchmarks/bench_gpu.py --device "$device" --profile "$profile" --parts steps --steps 8 --warmup 3 --amp off \
+    --methods supervised mona arco_sg --no-tf32 --no-cudnn-benchmark --json "$work/steps.jsonl" >"$work/steps-plain.txt" 2>>"$work/steps.log"
+echo "steps without TF32 and autotuning: exit $?" | tee -a "$work/status.txt"
 timeout 120 python3 benchmarks/bench_gpu.py --device "$device" --profile "$profile" --parts concurrent --concurrent 1 2 4 8 --steps 10 --warmup 3 \
     --json "$work/concurrent.jsonl" >"$work/concurrent.txt" 2>"$work/concurrent.log"
 echo "concurrent: exit $?" | tee -a "$work/status.txt"
-timeout 80 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_gpu_path.py tests/methods/test_samplers.py \
-    tests/data/test_advmorph.py tests/data/test_augment.py >"$work/pytest.txt" 2>&1
+timeout 80 python3 -m pytest -q -p no:cacheprovider -k "cuda or every_device" tests/test_gpu_path.py tests/methods/test_intensity.py \
+    tests/methods/test_samplers.py tests/data/test_advmorph.py tests/data/test_augment.py >"$work/pytest.txt" 2>&1
 echo "pytest: exit $?" | tee -a "$work/status.txt"
-for run in "mona off" "action bf16"; do
+for run in "mona off"; do
     set -- $run
     start=$SECONDS
-    timeout 50 python3 -m analysis.console train "$1" --profile "$trial_profile" --in-process --set "optim.amp=$2" \
+    timeout 90 python3 -m analysis.console train "$1" --profile "$trial_profile" --in-process --set "optim.amp=$2" \
         --results-dir "$work/trials" >"$work/trial-$1.log" 2>&1
     echo "trial $1 ($2): exit $?, $((SECONDS - start)) s" | tee -a "$work/status.txt"
 done
 {
-    cat "$work/gpu.txt" "$work/steps.txt" "$work/concurrent.txt"
+    cat "$work/gpu.txt" "$work/steps.txt" "$work/steps-plain.txt" "$work/concurrent.txt"
     tail -n 5 "$work/pytest.txt"
     grep -h "^trial " "$work"/trial-*.log
     cat "$work/status.txt"
