@@ -234,16 +234,43 @@ def footprint_taps(taps: tuple, size: tuple[int, int], out_size: tuple[int, int]
 def combine_rows(table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``out[m] = Σ_t weight[m, t] table[index[m, t]]``: (R, c), (M, T), (M, T) -> (M, c); gradients reach ``table``.
 
-    On the CPU a CSR sparse matrix times the table (about 15x faster than gather-multiply-sum, measured in
-    ``benchmarks/RESULTS.md``); elsewhere a chunked gather (coalesced on a GPU)."""
-    count, taps = index.shape
+    On the CPU a CSR sparse matrix times the table (:func:`_csr_rows`; about 15x faster than gather-multiply-sum,
+    measured in ``benchmarks/RESULTS.md``); on a GPU ``embedding_bag`` with per-sample weights
+    (:func:`_bag_rows`), which never writes the (M, T, c) gathered block; elsewhere a chunked gather-multiply-sum
+    (:func:`_gathered_rows`). The three are the same sums up to float rounding."""
     if table.device.type == "cpu" and table.dtype in (torch.float32, torch.float64):
-        rows = torch.arange(0, count * taps + 1, taps, device=index.device)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta": CSR @ dense is stable
-            matrix = torch.sparse_csr_tensor(rows, index.reshape(-1), weight.reshape(-1).to(table.dtype),
-                                             (count, table.shape[0]), check_invariants=False)
-            return matrix @ table
+        return _csr_rows(table, index, weight)
+    if table.device.type == "cuda":
+        return _bag_rows(table, index, weight)
+    return _gathered_rows(table, index, weight)
+
+
+def _csr_rows(table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """:func:`combine_rows` as a CSR matrix (M, R) with T entries a row, times the table."""
+    count, taps = index.shape
+    rows = torch.arange(0, count * taps + 1, taps, device=index.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta": CSR @ dense is stable
+        matrix = torch.sparse_csr_tensor(rows, index.reshape(-1), weight.reshape(-1).to(table.dtype),
+                                         (count, table.shape[0]), check_invariants=False)
+        return matrix @ table
+
+
+def _bag_rows(table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """:func:`combine_rows` as ``F.embedding_bag`` (bags of T rows, weighted sums): one kernel each way, reading
+    the table rows without materialising them. On an H200 an ACTION training step at the paper size is 1.3-1.4x
+    faster than with :func:`_gathered_rows` (MONA's about the same; ``benchmarks/RESULTS.md``, 'One GPU'); on the
+    CPU it is slower than :func:`_csr_rows`."""
+    if index.shape[0] == 0:
+        return table.new_zeros(0, table.shape[1])
+    return F.embedding_bag(index, table, mode="sum", per_sample_weights=weight.to(table.dtype))
+
+
+def _gathered_rows(table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """:func:`combine_rows` as gather, multiply and sum, in chunks of at most ``_CHUNK_FLOATS`` gathered floats."""
+    count, taps = index.shape
+    if count == 0:
+        return table.new_zeros(0, table.shape[1])
     chunk = max(1, _CHUNK_FLOATS // max(1, taps * table.shape[1]))
     parts = []
     for start in range(0, count, chunk):

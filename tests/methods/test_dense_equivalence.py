@@ -370,3 +370,32 @@ def test_a_deferred_nn_term_left_pending_is_an_error():
     objective.loss(_batch(0, patch), 0, 20)  # no schedule set: every step is logged
     with pytest.raises(ConfigError, match="after_backward"):
         objective.loss(_batch(1, patch), 1, 20)
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_combine_rows_csr_bag_and_gather_paths_equal_the_dense_weighted_sum(device, monkeypatch):
+    """The three implementations of ``combine_rows`` (CSR on the CPU, ``embedding_bag`` on a GPU, chunked gather
+    elsewhere) against the dense sum ``W @ table`` with W (M, R) built entry by entry: values and the table's
+    gradient, float64, repeated indices within a row included; and an empty point list."""
+    import methods.pixel_reps as pixel_reps
+
+    monkeypatch.setattr(pixel_reps, "_CHUNK_FLOATS", 40)  # several chunks in the gather path
+    generator = torch.Generator().manual_seed(3)
+    table = torch.randn(30, 5, dtype=torch.float64, generator=generator).to(device).requires_grad_(True)
+    index = torch.randint(0, 30, (17, 4), generator=generator).to(device)
+    index[0] = index[0, 0]  # one row reads the same table row four times
+    weight = torch.rand(17, 4, dtype=torch.float64, generator=generator).to(device)
+    dense = torch.zeros(17, 30, dtype=torch.float64, device=device)
+    dense.index_put_((torch.arange(17, device=device).repeat_interleave(4), index.reshape(-1)), weight.reshape(-1), accumulate=True)
+    expected = dense @ table
+    upstream = torch.randn(17, 5, dtype=torch.float64, generator=generator).to(device)
+    expected_grad, = torch.autograd.grad(expected, table, upstream)
+    paths = {"bag": pixel_reps._bag_rows, "gather": pixel_reps._gathered_rows, "dispatch": pixel_reps.combine_rows}
+    if device == "cpu":
+        paths["csr"] = pixel_reps._csr_rows
+    for name, rows in paths.items():
+        got = rows(table, index, weight)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        grad, = torch.autograd.grad(got, table, upstream)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name} gradient: {m}")
+        assert rows(table, index[:0], weight[:0]).shape == (0, 5)
