@@ -28,7 +28,7 @@ Run:  python benchmarks/bench_gpu.py [--profile paper] [--steps 20] [--warmup 3]
           [--concurrent-method mona] [--concurrent-amp off] [--parts steps concurrent trace]
           [--trace-methods mona action] [--trace-steps 5] [--no-cudnn-benchmark] [--no-tf32] [--json FILE]
 
-``--device cpu`` runs the same code on the CPU (to check the script itself, e.g. ``--profile smoke``); the GPU
+``--device cpu`` runs the same code on the CPU (to check the script itself, e.g. ``--profile quick``); the GPU
 memory columns are then empty.
 """
 
@@ -301,7 +301,8 @@ def part_trace(args, device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="paper")
+    parser.add_argument("--profile", choices=("quick", "paper"), default="paper",
+                        help="problem size (the smoke profile trains 6 steps: too few to time)")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (to check this script)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -326,7 +327,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: this machine has no CUDA GPU (use --device cpu to check the script, e.g. --profile smoke)")
+        parser.error("--device cuda: this machine has no CUDA GPU (use --device cpu to check the script, e.g. --profile quick)")
     if device.type == "cuda":
         # as a trial on a GPU runs (medseg_platform/engine/trial.py), unless told otherwise
         torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark

@@ -24,7 +24,8 @@ from bench_methods import REPO, _timed_step, build  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="paper")
+    parser.add_argument("--profile", choices=("quick", "paper"), default="paper",
+                        help="problem size (the smoke profile trains 6 steps: too few to time)")
     parser.add_argument("--methods", nargs="+", choices=("mona", "arco_sg", "arco_sag", "action"), default=["action", "mona"])
     parser.add_argument("--amp", nargs="+", choices=("off", "bf16"), default=["off"])
     parser.add_argument("--other", choices=("gather", "bag", "csr"), default="gather", help="the implementation to compare with")

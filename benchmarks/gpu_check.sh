@@ -9,7 +9,7 @@
 #   4. the suite's CUDA tests (tests/test_gpu_path.py and the 'cuda' tests of intensity, samplers, AdvMorph, augment)
 #   5. a quick MONA trial end to end on the GPU through `medseg train --in-process`
 # The tables and the status of each part go to OUT_DIR/summary.txt (and are printed); every log, JSON row and
-# trial result file goes to OUT_DIR/gpu_check.tar.gz. GPU_CHECK_DEVICE=cpu GPU_CHECK_PROFILE=smoke
+# trial result file goes to OUT_DIR/gpu_check.tar.gz. GPU_CHECK_DEVICE=cpu GPU_CHECK_PROFILE=quick
 # GPU_CHECK_TRIAL_PROFILE=smoke checks the script itself on a machine without a GPU.
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
