@@ -341,8 +341,7 @@ def main() -> None:
     if "steps" in args.parts:
         if len(args.amp) > 1:  # one process per autocast setting: each gets a clean allocator and cuDNN cache
             for amp in args.amp:
-                rest = [a for a in sys.argv[1:]]
-                command = [sys.executable, __file__, *_without(rest, "--amp", "--parts"), "--amp", amp, "--parts", "steps"]
+                command = [sys.executable, __file__, *_without(sys.argv[1:], "--amp", "--parts"), "--amp", amp, "--parts", "steps"]
                 if subprocess.run(command).returncode != 0:
                     print(f"[steps] amp {amp}: the process failed (its output is above)", file=sys.stderr, flush=True)
         else:
@@ -354,11 +353,14 @@ def main() -> None:
 
 
 def _without(argv: list[str], *flags: str) -> list[str]:
-    """``argv`` minus each of ``flags`` and the values that follow it (up to the next option)."""
+    """``argv`` minus each of ``flags`` and the values that follow it (up to the next option), or given inline
+    (``--amp=off``)."""
     kept, skipping = [], False
     for item in argv:
         if item in flags:
             skipping = True
+        elif item.partition("=")[0] in flags:
+            skipping = False
         elif skipping and item.startswith("--"):
             skipping = False
             kept.append(item)
