@@ -5,7 +5,7 @@ objective at a profile's sizes (``medseg_platform.profiles``), then time full st
 SGD, after-step hooks) on random 4 + 4 batches with the engine's strong-view adapter.
 
 Run:  python benchmarks/bench_methods.py [--profile quick|paper] [--steps 5] [--threads 1]
-          [--representation sparse dense] [--methods mona action ...]
+          [--representation sparse dense] [--methods mona action ...] [--glibc-default]
 
 ``--profile paper`` is 256x256 with the released UNet, 256 anchors x 512 negatives and the full-resolution
 NN pool: minutes per method on a CPU.
@@ -62,7 +62,8 @@ def _timed_step(objective, optimizer, batch_of, step: int, max_steps: int, amp_d
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     if terms is not None:
-        terms.update({name: float(value) for name, value in {"total": out.total, **out.terms, **(late or {})}.items()})
+        terms.update({name: float(value.detach() if isinstance(value, torch.Tensor) else value)
+                      for name, value in {"total": out.total, **out.terms, **(late or {})}.items()})
     return seconds
 
 
@@ -102,21 +103,27 @@ class _Passes:
         pass
 
 
-def build(method: str, profile_name: str, representation: str, device: str = "cpu", threads: int = 1):
+def build(method: str, profile_name: str, representation: str, device: str = "cpu", threads: int = 1,
+          keep_freed: bool = True):
     """A method's objective and SGD optimiser at a profile's sizes on ``device``, and its random batches.
 
     Returns a namespace: ``name`` (the objective), ``params``, ``objective``, ``optimizer``, ``batch_of(step)``
     (the same 4 + 4 images every step, ISD 3 + 3, with the engine's strong-view adapter), ``max_steps``, ``log_every``.
-    Seeds the global RNG with 0 first: two builds of one method start from the same weights."""
+    Seeds the global RNG with 0 first: two builds of one method start from the same weights. On the CPU it fixes
+    glibc's thresholds as a training process does (``methods.heap.keep_freed_blocks``) unless ``keep_freed`` is
+    False."""
     import torch
 
     sys.path.insert(0, str(REPO))
     from medseg_platform.engine import StrongAugmentAdapter, logs_after
     from medseg_platform.profiles import PROFILES
     from medseg_platform.recipes import isd_stage, method_overrides, with_epoch_length
+    from methods.heap import keep_freed_blocks
     from methods.registry import build_model, build_objective
 
     torch.set_num_threads(threads)
+    if keep_freed and torch.device(device).type != "cuda":
+        keep_freed_blocks()  # as a training process on the CPU does (medseg_platform/engine/trial.py)
     torch.manual_seed(0)
     profile = PROFILES[profile_name]
     if method.startswith("passes:"):
@@ -163,11 +170,11 @@ def nn_interval(bench, step_s: float, amp_dtype=None) -> dict:
             "interval_mean_s": (step_s * (log_every - 1 - reach) + fill * reach + logged) / log_every}
 
 
-def one(method: str, profile_name: str, steps: int, threads: int, representation: str) -> dict:
-    bench = build(method, profile_name, representation, threads=threads)
+def one(method: str, profile_name: str, steps: int, threads: int, representation: str, keep_freed: bool = True) -> dict:
+    bench = build(method, profile_name, representation, threads=threads, keep_freed=keep_freed)
     # a supervised step interleaved with every step of the method, in the same process: the ratio holds even
     # when the machine's speed drifts (a shared 2-core machine varies by 1.5x between minutes)
-    reference = build("supervised", profile_name, representation, threads=threads)
+    reference = build("supervised", profile_name, representation, threads=threads, keep_freed=keep_freed)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # the first step warms up (lazy buffers, allocator); steps 0..steps are far from a log row
     times, reference_times = [], []
@@ -190,10 +197,12 @@ def main() -> None:
     parser.add_argument("--representation", nargs="+", choices=("sparse", "dense"), default=["sparse", "dense"])
     parser.add_argument("--methods", nargs="+", help="methods to run (default: every method, isd_pretrain and the floors "
                         "passes:mona, passes:action, passes:isd_pretrain; supervised always)")
+    parser.add_argument("--glibc-default", action="store_true", help="leave glibc's allocator thresholds at their "
+                        "defaults instead of fixing them as a CPU training process does (methods/heap.py)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.profile, args.steps, args.threads, args.representation[0])))
+        print(json.dumps(one(args.one, args.profile, args.steps, args.threads, args.representation[0], not args.glibc_default)))
         return
     from medseg_platform.recipes import METHODS
 
@@ -208,14 +217,16 @@ def main() -> None:
         for representation in (args.representation if contrastive else args.representation[:1]):
             print(f"running {method} ({representation if contrastive else '-'}) ...", file=sys.stderr, flush=True)
             proc = subprocess.run([sys.executable, __file__, "--one", method, "--profile", args.profile, "--steps", str(args.steps),
-                                   "--threads", str(args.threads), "--representation", representation],
+                                   "--threads", str(args.threads), "--representation", representation,
+                                   *(["--glibc-default"] if args.glibc_default else [])],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.exit(f"{method} ({representation}) failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(f"  {json.dumps(rows[-1])}", file=sys.stderr, flush=True)  # kept if a long run is cut short
     print(f"profile {args.profile}, {args.threads} thread(s), median of {args.steps} steps (4+4 images; ISD 3+3); "
-          f"'x sup.' = ratio to a supervised step interleaved in the same process (its median: 'sup. step')")
+          f"'x sup.' = ratio to a supervised step interleaved in the same process (its median: 'sup. step'); glibc's "
+          f"thresholds {'at their defaults' if args.glibc_default else 'fixed as in training'}")
     print(f"{'method':<14} {'repr.':<7} {'step':>10} {'sup. step':>10} {'x sup.':>7} {'fill step':>10} {'logged step':>12} "
           f"{'interval mean':>14} {'x sup.':>7} {'peak RSS':>10}")
     for r in rows:

@@ -83,6 +83,7 @@ class ClassMemoryBank(nn.Module):
         self._count = [start] * num_classes
         self._pointer = [start % cap for cap in caps]
         self._writes = 0  # see `writes`
+        self._scratch: torch.Tensor | None = None  # see `gather_transient`
         self.register_buffer("pointer", torch.tensor(self._pointer, dtype=torch.int64, device=device))
         self.register_buffer("count", torch.tensor(self._count, dtype=torch.int64, device=device))
 
@@ -173,8 +174,33 @@ class ClassMemoryBank(nn.Module):
         """
         c = self._check_class(class_index)
         bank = self._bank(c)
-        ring = torch.remainder(positions.to(bank.device) + self._start(c), self.capacities[c])
-        return bank.index_select(0, ring.flatten()).view(*positions.shape, self.dim)
+        return bank.index_select(0, self._ring(c, positions)).view(*positions.shape, self.dim)
+
+    def gather_transient(self, class_index: int, positions: torch.Tensor) -> torch.Tensor:
+        """:meth:`gather` into one scratch buffer that this bank reuses: the result is valid only until the
+        next :meth:`gather_transient` call on this bank (of any class), which overwrites it.
+
+        For a reader that consumes the keys at once and keeps no reference, as MONA/ARCO's contrast does (its
+        autograd graph gathers them again in backward, ``methods.recompute``). The numbers are :meth:`gather`'s;
+        only the output block is reused, because on the CPU a fresh (num_anchors x num_negatives, D) block costs
+        more than the copy into it (docs/methods.md, 'Bank negatives are gathered into a reused buffer').
+        The scratch grows to the largest request and follows the bank's device and dtype; it is not part of
+        ``state_dict``.
+        """
+        c = self._check_class(class_index)
+        bank = self._bank(c)
+        ring = self._ring(c, positions)
+        size = ring.numel() * self.dim
+        scratch = self._scratch
+        if scratch is None or scratch.device != bank.device or scratch.dtype != bank.dtype or scratch.numel() < size:
+            scratch = self._scratch = torch.empty(size, device=bank.device, dtype=bank.dtype)
+        out = scratch[:size].view(ring.numel(), self.dim)
+        torch.index_select(bank, 0, ring, out=out)
+        return out.view(*positions.shape, self.dim)
+
+    def _ring(self, c: int, positions: torch.Tensor) -> torch.Tensor:
+        """Ring slots (flat int64) of FIFO positions of class ``c``."""
+        return torch.remainder(positions.to(self._bank(c).device) + self._start(c), self.capacities[c]).flatten()
 
     # -- checkpoints --------------------------------------------------------------------------------------
 

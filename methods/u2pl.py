@@ -226,9 +226,11 @@ def u2pl_contrast_loss(
                     "u2pl_contrast_loss: the memory bank changed between this loss and its backward (a second "
                     "loss() before backward?); call backward before the next loss"
                 )
-            return banks.gather(bank_class, fifo).to(dtype)
+            return banks.gather_transient(bank_class, fifo).to(dtype)
 
+        # the keys land in the banks' scratch buffer, which the next class's gather overwrites: nothing may keep
+        # them, and the block below makes autograd keep the gather instead (backward gathers them again)
         negatives = gather()
-        with rebuilt_in_backward(negatives, gather):  # backward gathers them again instead of keeping them
+        with rebuilt_in_backward(negatives, gather):
             total = total + pixel_info_nce(anchors[k], prototypes[anchor_class], negatives, cfg.temperature)
     return total / divisor, info

@@ -34,6 +34,7 @@ from medseg_platform.errors import MedsegError
 from medseg_platform.recipes import with_epoch_length
 from medseg_platform.results import OWN_PRETRAIN_DIR, QUALITATIVE_FILE, checkpoint_path
 from medseg_platform.seeding import seed_everything
+from methods.heap import keep_freed_blocks
 from methods.registry import build_objective
 
 
@@ -81,6 +82,8 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     autocast_dtype(cfg.optim.amp, device)  # fp16 without CUDA: a ConfigError before any data is read
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch and batch sizes: let cuDNN pick its fastest kernels
+    else:
+        keep_freed_blocks()  # every step reuses the last step's freed blocks instead of faulting in new ones
     main = dist is None or dist.is_main
     trial_dir = Path(trial_dir)
     ckpt_path = checkpoint_path(trial_dir)

@@ -375,6 +375,26 @@ def test_bank_fifo_against_list_reference():
                     assert torch.equal(bank.gather(k, positions), bank.keys(k)[positions])
 
 
+def test_bank_gather_transient_equals_gather_and_reuses_one_growing_buffer():
+    bank = ClassMemoryBank(2, 3, (7, 4), init="empty")
+    bank.enqueue(0, _rows(1, 9))  # wrapped ring: the oldest key sits mid-storage
+    bank.enqueue(1, _rows(50, 3))
+    small, large = torch.tensor([[0, 6], [3, 1]]), torch.tensor([[2, 0, 1], [1, 1, 0]])
+    first = bank.gather_transient(0, small)
+    assert torch.equal(first, bank.gather(0, small)) and first.shape == (2, 2, 3)
+    second = bank.gather_transient(1, large)  # larger: the buffer grows
+    assert torch.equal(second, bank.gather(1, large))
+    third = bank.gather_transient(0, small)  # smaller again: written into the front of the same buffer
+    assert torch.equal(third, bank.gather(0, small))
+    assert third.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
+    bank.gather_transient(1, torch.tensor([[0, 0], [0, 0]]))
+    assert not torch.equal(third, bank.gather(0, small))  # third is a view of the buffer: valid until the next call
+    assert torch.equal(third, bank.gather(1, torch.tensor([[0, 0], [0, 0]])))
+    assert "_scratch" not in str(bank.state_dict().keys())
+    bank.double()
+    assert bank.gather_transient(0, small).dtype == torch.float64  # follows the bank's dtype
+
+
 def test_bank_overflow_in_one_call_keeps_newest():
     bank = ClassMemoryBank(1, 3, 4, init="empty")
     assert bank.size(0) == 0 and bank.keys(0).shape == (0, 3)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from methods.contrast import pixel_info_nce
+from methods.memory_bank import ClassMemoryBank
 from methods.recompute import rebuilt_in_backward
 from tests.methods.test_mona import make, shape_batch
 
@@ -54,10 +55,13 @@ def test_without_the_block_the_graph_holds_them():
 
 
 def test_mona_gradients_are_unchanged_by_regathering_the_bank_negatives(monkeypatch):
+    """The reference keeps each class's negatives in the graph, so it also gathers them into fresh blocks: the
+    banks' reused scratch (``ClassMemoryBank.gather_transient``) is safe only with the regather."""
     grads = []
     for regather in (True, False):
         if not regather:
             monkeypatch.setattr("methods.u2pl.rebuilt_in_backward", lambda tensor, rebuild: contextlib.nullcontext())
+            monkeypatch.setattr(ClassMemoryBank, "gather_transient", ClassMemoryBank.gather)
         objective = make()
         torch.manual_seed(5)
         out = objective.loss(shape_batch(torch.Generator().manual_seed(0)), 3, 10)
@@ -67,6 +71,51 @@ def test_mona_gradients_are_unchanged_by_regathering_the_bank_negatives(monkeypa
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         assert torch.equal(grads[0][name], grads[1][name]), name
+
+
+def _four_class_contrast():
+    """A U2PL contrast in float64 where all 4 classes are contrasted -> (loss, student, info); the banks hold
+    9 random keys a class."""
+    from methods.mona import MonaConfig
+    from methods.u2pl import u2pl_contrast_loss
+
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 4, (2, 6, 6), generator=generator)
+    probs = torch.softmax(torch.randn(2, 4, 6, 6, generator=generator, dtype=torch.float64), dim=1)
+    low, high = torch.ones(2, 6, 6, dtype=torch.bool), torch.zeros(2, 6, 6, dtype=torch.bool)
+    reps = torch.randn(2, 5, 6, 6, generator=generator, dtype=torch.float64)
+    banks = ClassMemoryBank(4, 5, 12, init="empty", dtype=torch.float64)
+    for c in range(4):
+        banks.enqueue(c, torch.randn(9, 5, generator=generator, dtype=torch.float64))
+    student = reps.clone().requires_grad_(True)
+    cfg = MonaConfig(num_anchors=4, num_negatives=6, valid_class_indexing="fixed")
+    torch.manual_seed(0)
+    loss, info = u2pl_contrast_loss(student, reps, labels, probs, low, high, 1, banks, cfg)
+    assert len(info["contrasted"]) == 4
+    return loss, student
+
+
+def test_contrast_gradients_with_the_reused_gather_buffer_equal_fresh_blocks_kept_by_autograd(monkeypatch):
+    """The 4 classes share the banks' scratch buffer (each gather overwrites the previous class's keys) and
+    backward gathers each class again into it: the same loss and gradients, bit for bit, as fresh blocks that
+    autograd keeps."""
+    loss, student = _four_class_contrast()
+    loss.backward()
+    assert student.grad.abs().sum() > 0
+    monkeypatch.setattr("methods.u2pl.rebuilt_in_backward", lambda tensor, rebuild: contextlib.nullcontext())
+    monkeypatch.setattr(ClassMemoryBank, "gather_transient", ClassMemoryBank.gather)
+    expected_loss, expected_student = _four_class_contrast()
+    expected_loss.backward()
+    assert torch.equal(loss, expected_loss) and torch.equal(student.grad, expected_student.grad)
+
+
+def test_the_reused_gather_buffer_kept_by_autograd_is_an_error_not_other_gradients(monkeypatch):
+    """Without the regather, autograd would keep a class's keys in the reused buffer, which the next class's
+    gather overwrites; the buffer's version counter makes backward refuse instead of reading the wrong keys."""
+    monkeypatch.setattr("methods.u2pl.rebuilt_in_backward", lambda tensor, rebuild: contextlib.nullcontext())
+    loss, _ = _four_class_contrast()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
 
 
 def test_a_graph_that_is_never_backpropagated_is_freed():
