@@ -15,7 +15,9 @@ Differences from the release, none of which changes what the loss sees:
   FIFO order (oldest first), the order the ARCO samplers stratify over (docs/arco.md, 'What ARCO changes');
   :meth:`~ClassMemoryBank.gather` reads FIFO positions straight from the ring without copying the bank;
 * ``init="empty"`` starts every bank empty, a fix for the zero vector (selected explicitly; the default
-  ``"zero"`` is as released).
+  ``"zero"`` is as released);
+* :meth:`~ClassMemoryBank.gather_transient` reads into one reused scratch buffer for readers that keep nothing
+  (the contrast, whose backward gathers again), the same keys without a fresh block per gather.
 
 Multi-worker (DDP) training: each rank keeps its own banks (the release all-gathers keys before
 enqueueing in U2PL, not in MONA's single-GPU scripts); do not let DDP broadcast these buffers.
