@@ -6,7 +6,8 @@ Three parts, each printing its table as it finishes and appending its rows to ``
    autocast, backward, deferred gradient-free terms, SGD, after-step hooks; 4 + 4 random images, ISD 3 + 3) on
    one GPU, for each ``--amp`` and each ``--representation`` of MONA/ARCO/ACTION: median step time over ``--steps``
    after ``--warmup`` steps (cuDNN autotuning, allocator), the ratio to a supervised step timed in the same
-   process, MONA/ARCO's NN-pool fill and logged steps and their log-interval mean, and the peak GPU memory of the
+   process, MONA/ARCO's NN-pool fill and logged steps (timed twice: the first run tunes their new shapes, the
+   second is what every later log row costs) and their log-interval mean, and the peak GPU memory of the
    typical steps after the warm-up (``torch.cuda.max_memory_allocated``/``max_memory_reserved``, reset after the
    warm-up) beside the peak allocation of the warm-up (it holds cuDNN's autotuning workspaces) and of the fill and
    logged steps (their first run: new shapes). ``--no-cudnn-benchmark`` and ``--no-tf32`` (TF32 off for cuDNN
@@ -100,10 +101,11 @@ def measure_method(method: str, representation: str, args, device) -> dict:
     row.update(_memory_peak(device))  # the typical steps after the warm-up
     row.update({f"warmup_{name}": value for name, value in warmup_peak.items()})
     _memory_reset(device)
-    interval = nn_interval(bench, row["step_s"], amp_dtype)
-    if interval:  # MONA/ARCO's first NN-pool fill and logged steps (new shapes: cuDNN autotunes them here)
-        row.update(interval)
+    first = nn_interval(bench, row["step_s"], amp_dtype)
+    if first:  # MONA/ARCO's first NN-pool fill and logged steps (new shapes: cuDNN autotunes them here)
+        row.update({f"first_{name}": value for name, value in first.items()})
         row.update({f"nn_steps_{name}": value for name, value in _memory_peak(device).items()})
+        row.update(nn_interval(bench, row["step_s"], amp_dtype))  # again: the cost of every later log row
     del bench
     return row
 
@@ -134,15 +136,18 @@ def print_steps(rows: list[dict], args, device) -> None:
     settings = "".join(f"; {flag}" for flag, on in (("no cuDNN autotuning", args.no_cudnn_benchmark), ("no TF32", args.no_tf32)) if on)
     print(f"\n{_device_name(device)}; profile {args.profile}; amp {args.amp[0]}{settings}; median of {args.steps} steps after {args.warmup} "
           f"warm-up (4+4 images; ISD 3+3); 'x sup.' = ratio to the supervised step of this process")
+    print("'fill', 'logged', 'interval': the second run of MONA/ARCO's NN-pool fill and logged steps; "
+          "'1st logged': the first (cuDNN autotunes its new shapes there)")
     print(f"{'method':<14} {'repr.':<7} {'step':>9} {'x sup.':>7} {'min-max':>15} {'fill':>9} {'logged':>9} {'interval':>9} "
-          f"{'x sup.':>7} {'peak alloc.':>12} {'peak reserved':>14} {'warm-up peak':>13} {'fill+logged peak':>17}")
+          f"{'x sup.':>7} {'1st logged':>10} {'peak alloc.':>12} {'peak reserved':>14} {'warm-up peak':>13} {'fill+logged peak':>17}")
     for r in rows:
         if "error" in r:
             print(f"{r['method']:<14} {r['representation']:<7} FAILED: {r['error'][:160]}")
             continue
         ratio = f"{r['step_s'] / base:6.1f}x" if base else "      -"
         nn = (f" {1e3 * r['fill_step_s']:6.1f}ms {1e3 * r['logged_step_s']:6.1f}ms {1e3 * r['interval_mean_s']:6.1f}ms"
-              f" {r['interval_mean_s'] / base:6.1f}x" if "interval_mean_s" in r and base else " " * 38)
+              f" {r['interval_mean_s'] / base:6.1f}x {1e3 * r['first_logged_step_s']:8.1f}ms"
+              if "interval_mean_s" in r and base else " " * 49)
         memory = ("" if r["peak_allocated_mib"] is None else
                   f" {r['peak_allocated_mib']:8.0f} MiB {r['peak_reserved_mib']:10.0f} MiB {r['warmup_peak_allocated_mib']:9.0f} MiB"
                   + (f" {r['nn_steps_peak_allocated_mib']:13.0f} MiB" if r.get("nn_steps_peak_allocated_mib") is not None else ""))
