@@ -42,4 +42,3 @@ def test_keep_freed_blocks_sets_both_thresholds_on_glibc(monkeypatch):
 def test_keep_freed_blocks_reports_a_refused_threshold(monkeypatch):
     monkeypatch.setattr(heap, "_mallopt", lambda: lambda param, value: int(param != heap._M_TRIM_THRESHOLD))
     assert heap.keep_freed_blocks() is False
-
