@@ -39,14 +39,14 @@ def main() -> None:
                 ClassMemoryBank.gather_transient = gather
                 bench = build(method, args.profile, "sparse", device=args.device)
                 terms.append({})
-                _timed_step(bench.objective, bench.optimizer, bench.batch_of, 0, bench.max_steps, terms=terms[-1])
+                _timed_step(bench.objective, bench.optimizer, bench.batch_of, 0, bench.max_steps, terms=terms[-1], kernels=bench.kernels)
             if terms[0] != terms[1]:
                 raise SystemExit(f"{method}: the two ways gave different loss terms: {terms[0]} vs {terms[1]}")
             times = {name: [] for name in ways}
             for step in range(1, 1 + 2 * args.steps):
                 name = list(ways)[step % 2]
                 ClassMemoryBank.gather_transient = ways[name]
-                times[name].append(_timed_step(bench.objective, bench.optimizer, bench.batch_of, step, bench.max_steps))
+                times[name].append(_timed_step(bench.objective, bench.optimizer, bench.batch_of, step, bench.max_steps, kernels=bench.kernels))
             medians = {name: statistics.median(t) for name, t in times.items()}
             print(f"{method:9s} " + "  ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in medians.items())
                   + f"  ratio {medians['reused buffer'] / medians['fresh blocks']:.3f}  (loss terms equal: {sorted(terms[0])})",

@@ -17,7 +17,9 @@ fills the NN pool for a coming log row and one logged step, and report the mean 
 (``log_every`` steps: one logged, ``ceil(K / B_u)`` filling, the rest typical).
 
 Ratios are to a supervised step timed in the same process, interleaved step by step with the method's (the
-machine's speed drifts between minutes); the peak RSS includes that small supervised model.
+machine's speed drifts between minutes); the peak RSS includes that small supervised model. Each runs the CPU
+convolution kernels its trials run (column 'conv'; ``--conv-kernels`` overrides the method's,
+docs/methods.md, 'CPU convolution kernels').
 """
 
 from __future__ import annotations
@@ -35,10 +37,17 @@ from types import SimpleNamespace
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _timed_step(objective, optimizer, batch_of, step: int, max_steps: int, amp_dtype=None, terms: dict | None = None) -> float:
+def _timed_step(objective, optimizer, batch_of, step: int, max_steps: int, amp_dtype=None, terms: dict | None = None,
+                kernels: str | None = None) -> float:
     """One full training step as the engine's loop runs it (loss under ``amp_dtype`` autocast, backward, the deferred
     gradient-free terms, SGD, after-step hooks); seconds, with the GPU's queue drained before and after.
-    ``terms``: filled with the step's loss terms (read after the timing)."""
+    ``terms``: filled with the step's loss terms (read after the timing). ``kernels``: the CPU convolution kernels
+    of the step (``build``'s ``kernels``, as the method's trials run them; None: the process's setting)."""
+    if kernels is not None:
+        from medseg_platform.engine.conv_kernels import using_conv_kernels
+
+        with using_conv_kernels(kernels):
+            return _timed_step(objective, optimizer, batch_of, step, max_steps, amp_dtype, terms)
     import torch
 
     from methods.objective import Batch
@@ -104,11 +113,13 @@ class _Passes:
 
 
 def build(method: str, profile_name: str, representation: str, device: str = "cpu", threads: int = 1,
-          keep_freed: bool = True):
+          keep_freed: bool = True, conv_kernels: str = "auto"):
     """A method's objective and SGD optimiser at a profile's sizes on ``device``, and its random batches.
 
     Returns a namespace: ``name`` (the objective), ``params``, ``objective``, ``optimizer``, ``batch_of(step)``
-    (the same 4 + 4 images every step, ISD 3 + 3, with the engine's strong-view adapter), ``max_steps``, ``log_every``.
+    (the same 4 + 4 images every step, ISD 3 + 3, with the engine's strong-view adapter), ``max_steps``, ``log_every``,
+    ``kernels`` (the CPU convolution kernels the method's fine-tuning runs with ``conv_kernels``, for ``_timed_step``;
+    a ``passes:X`` floor runs X's).
     Seeds the global RNG with 0 first: two builds of one method start from the same weights. On the CPU it fixes
     glibc's thresholds as a training process does (``methods.heap.keep_freed_blocks``) unless ``keep_freed`` is
     False."""
@@ -116,6 +127,7 @@ def build(method: str, profile_name: str, representation: str, device: str = "cp
 
     sys.path.insert(0, str(REPO))
     from medseg_platform.engine import StrongAugmentAdapter, logs_after
+    from medseg_platform.engine.conv_kernels import resolve_conv_kernels
     from medseg_platform.profiles import PROFILES
     from medseg_platform.recipes import isd_stage, method_overrides, with_epoch_length
     from methods.heap import keep_freed_blocks
@@ -153,8 +165,9 @@ def build(method: str, profile_name: str, representation: str, device: str = "cp
     def batch_of(step: int):
         return image, label, unlabelled, StrongAugmentAdapter(torch.Generator().manual_seed(step), "cutmix", 4)
 
+    kernels = resolve_conv_kernels(conv_kernels, name.split(":")[-1], profile.trial.model.channels, (h, w), torch.device(device).type)
     return SimpleNamespace(name=name, params=params, objective=objective, optimizer=optimizer, batch_of=batch_of,
-                           max_steps=max_steps, log_every=profile.trial.eval.log_every)
+                           max_steps=max_steps, log_every=profile.trial.eval.log_every, kernels=kernels)
 
 
 def nn_interval(bench, step_s: float, amp_dtype=None) -> dict:
@@ -164,24 +177,27 @@ def nn_interval(bench, step_s: float, amp_dtype=None) -> dict:
         return {}
     log_every = bench.log_every
     reach = min(-(-int(bench.params.get("nn_pool_capacity", 36)) // 4), log_every - 1)  # pool-filling steps before a log row
-    fill = _timed_step(bench.objective, bench.optimizer, bench.batch_of, log_every - 2, bench.max_steps, amp_dtype)
-    logged = _timed_step(bench.objective, bench.optimizer, bench.batch_of, log_every - 1, bench.max_steps, amp_dtype)
+    fill = _timed_step(bench.objective, bench.optimizer, bench.batch_of, log_every - 2, bench.max_steps, amp_dtype, kernels=bench.kernels)
+    logged = _timed_step(bench.objective, bench.optimizer, bench.batch_of, log_every - 1, bench.max_steps, amp_dtype, kernels=bench.kernels)
     return {"fill_step_s": fill, "logged_step_s": logged,
             "interval_mean_s": (step_s * (log_every - 1 - reach) + fill * reach + logged) / log_every}
 
 
-def one(method: str, profile_name: str, steps: int, threads: int, representation: str, keep_freed: bool = True) -> dict:
-    bench = build(method, profile_name, representation, threads=threads, keep_freed=keep_freed)
+def one(method: str, profile_name: str, steps: int, threads: int, representation: str, keep_freed: bool = True,
+        conv_kernels: str = "auto") -> dict:
+    bench = build(method, profile_name, representation, threads=threads, keep_freed=keep_freed, conv_kernels=conv_kernels)
     # a supervised step interleaved with every step of the method, in the same process: the ratio holds even
-    # when the machine's speed drifts (a shared 2-core machine varies by 1.5x between minutes)
+    # when the machine's speed drifts (a shared 2-core machine varies by 1.5x between minutes); it runs the
+    # kernels a supervised trial runs, whatever --conv-kernels says
     reference = build("supervised", profile_name, representation, threads=threads, keep_freed=keep_freed)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # the first step warms up (lazy buffers, allocator); steps 0..steps are far from a log row
     times, reference_times = [], []
     for step in range(steps + 1):
-        reference_times.append(_timed_step(reference.objective, reference.optimizer, reference.batch_of, step, reference.max_steps))
-        times.append(_timed_step(bench.objective, bench.optimizer, bench.batch_of, step, bench.max_steps))
-    row = {"method": method, "objective": bench.name,
+        reference_times.append(_timed_step(reference.objective, reference.optimizer, reference.batch_of, step, reference.max_steps,
+                                           kernels=reference.kernels))
+        times.append(_timed_step(bench.objective, bench.optimizer, bench.batch_of, step, bench.max_steps, kernels=bench.kernels))
+    row = {"method": method, "objective": bench.name, "kernels": bench.kernels,
            "representation": representation if bench.name in ("mona", "arco", "action") else "-",
            "step_s": statistics.median(times[1:]), "supervised_step_s": statistics.median(reference_times[1:])}
     row.update(nn_interval(bench, row["step_s"]))
@@ -199,10 +215,14 @@ def main() -> None:
                         "passes:mona, passes:action, passes:isd_pretrain; supervised always)")
     parser.add_argument("--glibc-default", action="store_true", help="leave glibc's allocator thresholds at their "
                         "defaults instead of fixing them as a CPU training process does (methods/heap.py)")
+    parser.add_argument("--conv-kernels", choices=("auto", "onednn", "pytorch"), default="auto",
+                        help="CPU convolution kernels of each method's steps (default auto: the ones its trials run, "
+                        "medseg_platform/engine/conv_kernels.py); the supervised reference always runs its trials' own")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.profile, args.steps, args.threads, args.representation[0], not args.glibc_default)))
+        print(json.dumps(one(args.one, args.profile, args.steps, args.threads, args.representation[0], not args.glibc_default,
+                             args.conv_kernels)))
         return
     from medseg_platform.recipes import METHODS
 
@@ -218,7 +238,7 @@ def main() -> None:
             print(f"running {method} ({representation if contrastive else '-'}) ...", file=sys.stderr, flush=True)
             proc = subprocess.run([sys.executable, __file__, "--one", method, "--profile", args.profile, "--steps", str(args.steps),
                                    "--threads", str(args.threads), "--representation", representation,
-                                   *(["--glibc-default"] if args.glibc_default else [])],
+                                   "--conv-kernels", args.conv_kernels, *(["--glibc-default"] if args.glibc_default else [])],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.exit(f"{method} ({representation}) failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -226,8 +246,9 @@ def main() -> None:
             print(f"  {json.dumps(rows[-1])}", file=sys.stderr, flush=True)  # kept if a long run is cut short
     print(f"profile {args.profile}, {args.threads} thread(s), median of {args.steps} steps (4+4 images; ISD 3+3); "
           f"'x sup.' = ratio to a supervised step interleaved in the same process (its median: 'sup. step'); glibc's "
-          f"thresholds {'at their defaults' if args.glibc_default else 'fixed as in training'}")
-    print(f"{'method':<14} {'repr.':<7} {'step':>10} {'sup. step':>10} {'x sup.':>7} {'fill step':>10} {'logged step':>12} "
+          f"thresholds {'at their defaults' if args.glibc_default else 'fixed as in training'}; 'conv': the method's CPU "
+          f"convolution kernels (--conv-kernels {args.conv_kernels})")
+    print(f"{'method':<14} {'repr.':<7} {'conv':<7} {'step':>10} {'sup. step':>10} {'x sup.':>7} {'fill step':>10} {'logged step':>12} "
           f"{'interval mean':>14} {'x sup.':>7} {'peak RSS':>10}")
     for r in rows:
         base = r["supervised_step_s"]
@@ -235,7 +256,7 @@ def main() -> None:
             f" {1e3 * r['fill_step_s']:7.1f} ms {1e3 * r['logged_step_s']:9.1f} ms {1e3 * r['interval_mean_s']:11.1f} ms"
             f" {r['interval_mean_s'] / base:6.1f}x")
         pad = " " * 54 if not extra else ""
-        print(f"{r['method']:<14} {r['representation']:<7} {1e3 * r['step_s']:7.1f} ms {1e3 * base:7.1f} ms "
+        print(f"{r['method']:<14} {r['representation']:<7} {r['kernels']:<7} {1e3 * r['step_s']:7.1f} ms {1e3 * base:7.1f} ms "
               f"{r['step_s'] / base:6.1f}x{extra}{pad}"
               f" {r['peak_rss_mib']:7.0f} MiB")
 

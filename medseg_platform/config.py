@@ -23,6 +23,7 @@ from medseg_platform.errors import ConfigError
 
 AMP_MODES = ("off", "bf16", "fp16")
 LR_STEPS = ("released", "aligned")  # OptimConfig.lr_step, StageConfig.lr_step
+CONV_KERNELS = ("auto", "onednn", "pytorch")  # TrialConfig.conv_kernels (medseg_platform/engine/conv_kernels.py)
 SELECTIONS = ("best_val", "final")  # EvalConfig.selection
 DISTANCE_UNITS = ("mm", "voxel")  # EvalConfig.distance_units
 
@@ -131,6 +132,7 @@ class TrialConfig:
     workers: int = 1  # data-parallel processes (Ray Train); each draws its own batch: effective batch = workers x batch
     seed: int = 1337
     threads: int = 1  # torch threads per trial (Ray sets OMP_NUM_THREADS; we set torch explicitly)
+    conv_kernels: str = "auto"  # CPU convolution kernels, one of CONV_KERNELS (medseg_platform/engine/conv_kernels.py)
 
     # -- dict round trip ---------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -222,6 +224,8 @@ class TrialConfig:
             raise ConfigError(f"data.unlabelled_batch {d.unlabelled_batch}: objective {self.objective!r} needs unlabelled images (use >= 1)")
         if self.seed < 0 or self.threads < 1:
             raise ConfigError("seed must be >= 0 and threads >= 1")
+        if self.conv_kernels not in CONV_KERNELS:
+            raise ConfigError(f"conv_kernels {self.conv_kernels!r}: choose {', '.join(map(repr, CONV_KERNELS))}")
         for i, stage in enumerate(self.pretrain):
             where = f"pretrain[{i}]"
             if stage.objective not in OBJECTIVES:

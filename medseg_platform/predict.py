@@ -137,6 +137,7 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
 
     from medseg_platform.data.layout import _h5_write  # the layout's deterministic, atomic h5 writer
     from medseg_platform.engine import load_selected_model, pick_device, predict_case
+    from medseg_platform.engine.conv_kernels import recorded_conv_kernels, using_conv_kernels
     from medseg_platform.io import atomic_path, write_json_atomic
 
     if split not in SPLITS:
@@ -155,7 +156,8 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
     with_affine = []
     for i, case in enumerate(cases, 1):
         volume = layout.read_volume(case)
-        prediction = predict_case(model, volume.image, cfg, device)
+        with using_conv_kernels(recorded_conv_kernels(record.result, cfg, device.type)):  # the trial's own test's
+            prediction = predict_case(model, volume.image, cfg, device)
         attrs = {"spacing": np.asarray(volume.spacing, dtype=np.float64)} if volume.spacing is not None else {}
         _h5_write(out / f"{case}.h5", {"pred": prediction}, attrs)
         affine = (layout.manifest.get("cases") or {}).get(case, {}).get("affine")
@@ -201,6 +203,7 @@ def evaluate_on_test_root(trial_dir: str | Path, root: str | Path, device=None) 
     """Score a finished trial's selected weights on the test split of ``root`` (per case and class, as its own test
     evaluation) and record it (``per_case_test_root.csv``, ``result.json``'s ``test_root``); returns that block."""
     from medseg_platform.engine import evaluate_volumes, load_selected_model, pick_device
+    from medseg_platform.engine.conv_kernels import recorded_conv_kernels, using_conv_kernels
     from medseg_platform.results import write_test_root_results
 
     record, cfg = finished_trial(trial_dir)
@@ -208,7 +211,8 @@ def evaluate_on_test_root(trial_dir: str | Path, root: str | Path, device=None) 
     layout = check_same_classes(root, cfg.data.num_classes, names, "--test-root", f"trial {record.path.name}")
     device = device or pick_device()
     model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
-    rows = evaluate_volumes(model, (layout.read_volume(case) for case in layout.test_cases), cfg, device)
+    with using_conv_kernels(recorded_conv_kernels(record.result, cfg, device.type)):  # the kernels of its own test
+        rows = evaluate_volumes(model, (layout.read_volume(case) for case in layout.test_cases), cfg, device)
     return write_test_root_results(record.path, layout.root, rows)
 
 

@@ -8,7 +8,9 @@ Profiles differ only in numbers, never in code paths:
   (``benchmarks/bench_methods.py``; measured 5.7-6.6 min on one whose step is 19-21 ms): the embedded phantom with 40
   patients (so 8 test and 4 val patients, 16 and 8 volumes), 48x48 patches, a quarter-width UNet, 250 fine-tuning
   steps validated every 25, 40 pretraining steps per ISD stage, seeds 1, 2, 3 (after issue 13's released
-  defaults: 365 s on a machine whose step is 24 ms, 3 of 24 trials still rising). How it was chosen
+  defaults: 365 s on a machine whose step is 24 ms, 3 of 24 trials still rising; with PyTorch's own convolution
+  kernels for the contrastive rows, ``conv_kernels`` "auto": 284.6 s on one whose step is 17-19 ms, against 310.5 s
+  with oneDNN's, 7 of 24 still rising against 3). How it was chosen
   (``benchmarks/RESULTS.md``, "The quick profile"; in-process trials on this phantom, test Dice averaged over
   seeds; measured before issue 13 made the released learning-rate step, 8-bit strong view, α_t epoch, sampler
   fallback and ISD views the defaults, and not re-measured since):
@@ -19,7 +21,8 @@ Profiles differ only in numbers, never in code paths:
     all lose 1-9 points of mean test Dice, and ACTION's seed 2 does not learn at 0.3.
   - 250 steps: what the budget pays for with 3 seeds. The semi-supervised rows are not at their best: at 600 steps (old
     profile, one seed) MONA, ARCO-SG and mean teacher overtook supervised-only, at 250 they trail it, and the report's
-    trial health flags 3 of 24 trials. At 500 steps (the whole study, 1.9x the wall time) most rows gain 2-12 points
+    trial health flags 3 of 24 trials (7 with PyTorch's convolution kernels: float rounding moves curves that are
+    still climbing across the threshold). At 500 steps (the whole study, 1.9x the wall time) most rows gain 2-12 points
     and 4 of 24 trials are still flagged; ACTION's seed 2 does not learn there (best val Dice 12.9), with or without
     L_anco. Each of four changes alone lets it learn (test 23.2 -> 48.0-66.2): the full supervised weight, no L_unsup,
     MONA's weak view, or random initialisation instead of its cached stage; the released recipe fails that seed

@@ -128,8 +128,11 @@ def trial_key(config: Mapping[str, Any]) -> str:
     """A readable, unique folder name for a resolved config: ``<objective>-l<labelled>-s<seed>-<hash10>``.
 
     Only the config counts (not the study's display tags): renaming or reordering table rows never
-    makes a finished trial look new.
+    makes a finished trial look new. ``conv_kernels`` counts only when it is not ``"auto"``, its default: a config
+    keeps the key it had before the field existed (docs/methods.md, 'CPU convolution kernels').
     """
+    if config.get("conv_kernels") == "auto":
+        config = {k: v for k, v in config.items() if k != "conv_kernels"}
     canonical = json.dumps({"config": config}, sort_keys=True, default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
     labelled = str(config.get("data", {}).get("labelled", "")).replace("%", "pct")

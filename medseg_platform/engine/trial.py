@@ -23,6 +23,7 @@ import torch
 
 from medseg_platform.config import TrialConfig
 from medseg_platform.data.splits import LabelledSubset, epoch_steps
+from medseg_platform.engine.conv_kernels import set_conv_kernels, trial_conv_kernels, using_conv_kernels
 from medseg_platform.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from medseg_platform.engine.ddp import DistContext, agree, broadcast_state, replica_max_difference
 from medseg_platform.engine.evaluate import QualitativeSlices, evaluate_volumes, mean_dice
@@ -71,21 +72,34 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     ``report(metrics, checkpoint_dir)`` gets one report with the checkpoint at each validation and progress-only
     reports (``checkpoint_dir`` None) at the curve rows between and during pretraining
     (:func:`~medseg_platform.engine.reports.progress_fields`).
+    On the CPU, fine-tuning, validation and test run the convolution kernels of ``conv_kernels``
+    (:func:`~medseg_platform.engine.conv_kernels.resolve_conv_kernels`, recorded in ``extra["conv_kernels"]``) and the
+    pretraining stages oneDNN's; the process's previous setting is restored at the end.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    device = device or pick_device()
+    kernels = trial_conv_kernels(cfg, device.type)
+    with using_conv_kernels("onednn"):  # the stages; _train_trial switches to `kernels` after them
+        outcome = _train_trial(cfg, Path(trial_dir), report, log, dist, device, pretrain_cache, kernels)
+    outcome.extra["conv_kernels"] = kernels
+    return outcome
+
+
+def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log: Callable[[str], None], dist: DistContext | None,
+                 device: torch.device, pretrain_cache: Path | None, kernels: str) -> TrialOutcome:
+    """The body of :func:`train_trial`, on ``device``: the stages on oneDNN's kernels (set by :func:`train_trial`), then
+    fine-tuning, validation and test on ``kernels``."""
     if (dist.world_size if dist else 1) != cfg.workers:
         raise MedsegError(f"workers {cfg.workers}: the trial runs on {dist.world_size if dist else 1} process(es); set workers to match")
     t_start = time.perf_counter()
     timing = {"setup_s": 0.0, "pretrain_s": 0.0, "train_s": 0.0, "val_s": 0.0, "checkpoint_s": 0.0, "test_s": 0.0}
     torch.set_num_threads(cfg.threads)
-    device = device or pick_device()
     autocast_dtype(cfg.optim.amp, device)  # fp16 without CUDA: a ConfigError before any data is read
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch and batch sizes: let cuDNN pick its fastest kernels
     else:
         keep_freed_blocks()  # every step reuses the last step's freed blocks instead of faulting in new ones
     main = dist is None or dist.is_main
-    trial_dir = Path(trial_dir)
     ckpt_path = checkpoint_path(trial_dir)
 
     data = load_training_data(cfg, log)
@@ -101,6 +115,9 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
         pretrained = run_pretraining(cfg, data, pretrain_cache or trial_dir / OWN_PRETRAIN_DIR, device, dist, log, report)
         timing["pretrain_s"] = time.perf_counter() - t0
 
+    set_conv_kernels(kernels)  # the trial's own training and evaluation (train_trial restores the setting)
+    if device.type == "cpu":
+        log(f"convolution kernels of fine-tuning: {kernels} (conv_kernels {cfg.conv_kernels!r})")
     seed_everything(cfg.seed)
     model = build_trial_model(cfg, device)
     if pretrained is not None:
