@@ -153,10 +153,11 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
         raise MedsegError(f"--out {out}: inside the dataset {layout.root}; write predictions somewhere else")
     device = pick_device()
     model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
+    kernels = recorded_conv_kernels(record.result, cfg, device.type)  # the CPU kernels of the trial's own test
     with_affine = []
     for i, case in enumerate(cases, 1):
         volume = layout.read_volume(case)
-        with using_conv_kernels(recorded_conv_kernels(record.result, cfg, device.type)):  # the trial's own test's
+        with using_conv_kernels(kernels):
             prediction = predict_case(model, volume.image, cfg, device)
         attrs = {"spacing": np.asarray(volume.spacing, dtype=np.float64)} if volume.spacing is not None else {}
         _h5_write(out / f"{case}.h5", {"pred": prediction}, attrs)
