@@ -37,7 +37,7 @@ def test_auto_takes_pytorchs_kernels_only_for_contrastive_fine_tuning_of_a_thin_
 def test_an_explicit_choice_is_taken_as_given_and_anything_else_is_an_error():
     assert resolve_conv_kernels("onednn", "mona", QUARTER, (48, 48)) == "onednn"
     assert resolve_conv_kernels("pytorch", "supervised", (16, 32, 64, 128, 256), (256, 256)) == "pytorch"
-    with pytest.raises(ValueError, match="conv_kernels 'fast'"):
+    with pytest.raises(ConfigError, match="conv_kernels 'fast'"):
         resolve_conv_kernels("fast", "mona", QUARTER, (48, 48))
     with pytest.raises(ConfigError, match="conv_kernels 'fast'.*'auto', 'onednn', 'pytorch'"):
         TrialConfig(conv_kernels="fast").validate(check_data=False)

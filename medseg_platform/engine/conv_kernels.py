@@ -24,6 +24,7 @@ import contextlib
 from typing import Any, Iterator, Mapping, Sequence
 
 from medseg_platform.config import CONV_KERNELS, TrialConfig  # CONV_KERNELS: "auto" (the rule below), "onednn", "pytorch"
+from medseg_platform.errors import ConfigError
 
 AUTO_OBJECTIVES = ("mona", "arco", "action")
 """Objectives whose fine-tuning ``"auto"`` may run on PyTorch's kernels (measured: 0.89-0.91x the step time at the
@@ -46,9 +47,10 @@ def resolve_conv_kernels(choice: str, objective: str, channels: Sequence[int], p
     ``"auto"`` gives ``"pytorch"`` for an objective of :data:`AUTO_OBJECTIVES` in full precision (``amp`` "off": the
     rule was measured in float32 only) whose UNet's first width is below :data:`THIN_WIDTH`, on patches of at most
     :data:`SMALL_PATCH_PIXELS` (the quick and smoke profiles), and ``"onednn"`` otherwise; ``"onednn"`` and
-    ``"pytorch"`` are taken as given. ``ValueError`` for any other choice."""
+    ``"pytorch"`` are taken as given. :class:`ConfigError` for any other choice (the message of
+    ``TrialConfig.validate``)."""
     if choice not in CONV_KERNELS:
-        raise ValueError(f"conv_kernels {choice!r}: choose {', '.join(map(repr, CONV_KERNELS))}")
+        raise ConfigError(f"conv_kernels {choice!r}: choose {', '.join(map(repr, CONV_KERNELS))}")
     if device_type != "cpu":
         return device_type
     if choice != "auto":
@@ -87,4 +89,4 @@ def recorded_conv_kernels(result: Mapping[str, Any], cfg: TrialConfig, device_ty
     ones its ``result.json`` records for its fine-tuning, oneDNN's for a trial finished before they were recorded, and
     the config's rule when it ran on another device than the CPU."""
     recorded = result.get("conv_kernels", "onednn")
-    return recorded if recorded in ("onednn", "pytorch") else trial_conv_kernels(cfg, device_type)
+    return recorded if recorded in CONV_KERNELS and recorded != "auto" else trial_conv_kernels(cfg, device_type)
