@@ -110,7 +110,7 @@ from methods.objective import (
     logits_of,
     strong_view,
 )
-from methods.pixel_reps import REPRESENTATIONS, DenseReps, SparseActionReps, true_positions
+from methods.pixel_reps import REPRESENTATIONS, DenseReps, MaskRanks, SparseActionReps
 from methods.samplers import ALLOCATIONS, GROUPINGS, SAMPLERS, sample_indices
 
 
@@ -292,8 +292,8 @@ def anatomical_contrast_loss(
 
     with torch.no_grad():
         prototypes, present_mask = reps.class_means(labels, valid.bool(), num_classes)  # (C, D)
-        hard_cum = hard_flat.cumsum(1)
-        member_cum = member_flat.reshape(-1).cumsum(0)       # over the concatenation of the C class pools
+        hard_pools = {c: MaskRanks(hard_flat[c]) for c in contrasted}
+        member_pools = MaskRanks(member_flat.reshape(-1))       # over the concatenation of the C class pools
 
     # anchors: one gather for every anchor class (with gradient)
     spatial = sampler != "uniform" and sampler_grouping == "spatial"
@@ -302,13 +302,13 @@ def anatomical_contrast_loss(
     for c in contrasted:
         extra: dict[str, Any] = {}
         if spatial:
-            every = true_positions(hard_cum[c], torch.arange(hard_count[c], device=device)) % pixels
+            every = hard_pools[c].positions(torch.arange(hard_count[c], device=device)) % pixels
             extra = {"positions": torch.stack([every // width, every % width], 1), "grid_shape": (height, width)}
         ranks = sample_indices(
             hard_count[c], num_queries, sampler, groups=sampler_groups, grouping=sampler_grouping,
             allocation=sampler_allocation, device=device, **extra,
         )
-        flat = true_positions(hard_cum[c], ranks)
+        flat = hard_pools[c].positions(ranks)
         info["anchor_indices"][c] = flat
         positions.append(flat)
     anchors = reps.rows(torch.cat(positions)).view(len(contrasted), num_queries, -1)
@@ -331,7 +331,7 @@ def anatomical_contrast_loss(
             # relation_graph_probs orders them) -> rank in the concatenation of all C pools -> pixel
             concat = relation_negative_indices(sizes, class_probs, num_queries, num_negatives)
             global_rank = concat + valid_count[c] * (concat >= offsets[c]).to(concat.dtype)
-            flat_negatives = true_positions(member_cum, global_rank) % (num_images * pixels)
+            flat_negatives = member_pools.positions(global_rank) % (num_images * pixels)
             full_probs = torch.zeros(num_classes, device=device, dtype=class_probs.dtype)
             full_probs[others] = class_probs
         drawn.append(flat_negatives)

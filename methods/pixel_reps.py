@@ -32,7 +32,7 @@ Methods: ``rows(flat_positions)`` -> (M, D) representations at flat positions ov
 NN pool reads pooled or full-resolution rows, ACTION reads neither). Gradients flow unless the caller runs
 under ``torch.no_grad``.
 
-Flat positions. :func:`true_positions` turns ranks of sampled pixels within a mask into flat positions
+Flat positions. :class:`MaskRanks` turns ranks of sampled pixels within a mask into flat positions
 (the samplers draw ranks), :func:`gather_pixels` reads a dense map at flat positions; both losses use these
 two and no other copy.
 """
@@ -373,16 +373,29 @@ def _decode(flat_positions: torch.Tensor, height: int, width: int) -> tuple[torc
     return flat_positions // pixels, flat_positions % pixels
 
 
-def true_positions(cumulative: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-    """Flat positions of the ``ranks``-th (0-based) True entries of a 1-D mask, in raster order.
+class MaskRanks:
+    """The True entries of a 1-D bool mask, addressed by rank: ``positions(ranks)`` = ``nonzero(mask)[ranks]``, the
+    flat positions of the ``ranks``-th (0-based) True entries in raster order (the samplers draw ranks).
+
+    On the CPU the nonzero list is built once and indexed: at ACTION's quick negatives (4 x 64 x 128 ranks into a
+    73 728-entry mask) that is about 7x faster than a binary search (``benchmarks/RESULTS.md``, 'Positions of sampled
+    ranks and distinct pixels on the CPU'). Elsewhere a binary search in the mask's cumsum, which needs no host sync
+    (``nonzero`` would). Both give the same int64 positions.
 
     Args:
-        cumulative: int64 (P,) ``mask.cumsum(0)`` of a bool (P,) mask (computed once, reused for every draw).
-        ranks: int64 (M,) (or any shape) ranks in ``[0, mask.sum())`` (e.g. a sampler's draws).
+        mask: bool (P,). ``positions(ranks)``: int64 ranks of any shape, each in ``[0, mask.sum())``; returns int64
+        of the shape of ``ranks``.
+        search: the binary search (True) or the indexed list (False); None: by the mask's device, as above.
+    """
 
-    Returns int64 of the shape of ``ranks``: ``nonzero(mask)[ranks]`` without the host sync of ``nonzero``
-    (a binary search in the cumsum)."""
-    return torch.searchsorted(cumulative, ranks + 1)
+    def __init__(self, mask: torch.Tensor, search: bool | None = None) -> None:
+        self._search = mask.device.type != "cpu" if search is None else search
+        self._table = mask.cumsum(0) if self._search else mask.nonzero().squeeze(1)
+
+    def positions(self, ranks: torch.Tensor) -> torch.Tensor:
+        if self._search:
+            return torch.searchsorted(self._table, ranks + 1)
+        return self._table[ranks]
 
 
 def gather_pixels(maps: torch.Tensor, flat_positions: torch.Tensor) -> torch.Tensor:
@@ -436,10 +449,23 @@ class _SparseReps:
 
     def rows(self, flat_positions: torch.Tensor) -> torch.Tensor:
         if flat_positions.numel() >= _DEDUPLICATE_FROM:
-            unique, inverse = torch.unique(flat_positions, return_inverse=True)
+            unique, inverse = self._distinct(flat_positions.reshape(-1))
             if unique.numel() < flat_positions.numel():
-                return self._rows(unique).index_select(0, inverse.reshape(-1))
+                return self._rows(unique).index_select(0, inverse)
         return self._rows(flat_positions.reshape(-1))
+
+    def _distinct(self, flat_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``torch.unique(flat_positions, return_inverse=True)`` (sorted distinct positions, and each entry's index
+        among them) through a mark per pixel of the (N, H, W) grid instead of a sort: 3x faster on the CPU at
+        ACTION's quick negatives (``benchmarks/RESULTS.md``, 'Positions of sampled ranks and distinct pixels on the
+        CPU'). (M,) int64 -> (U,), (M,) int64."""
+        grid = self.num_images * self.height * self.width
+        used = torch.zeros(grid, dtype=torch.bool, device=flat_positions.device)
+        used[flat_positions] = True
+        unique = used.nonzero().squeeze(1)
+        slot = torch.empty(grid, dtype=torch.int64, device=flat_positions.device)
+        slot[unique] = torch.arange(unique.shape[0], device=flat_positions.device)
+        return unique, slot[flat_positions]
 
     def _rows(self, flat_positions: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

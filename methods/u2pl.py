@@ -25,7 +25,7 @@ import torch
 from methods.contrast import pixel_info_nce
 from methods.errors import ConfigError
 from methods.memory_bank import ClassMemoryBank
-from methods.pixel_reps import DenseReps, true_positions
+from methods.pixel_reps import DenseReps, MaskRanks
 from methods.recompute import rebuilt_in_backward
 from methods.samplers import SamplerConfig
 
@@ -176,7 +176,6 @@ def u2pl_contrast_loss(
     valid_count, anchor_count, negative_count = counts.tolist()             # the one host sync
 
     # memory-bank insert (before the loss, as released)
-    negative_cum = negative_flat.cumsum(1)
     for c in range(num_classes):
         n = negative_count[c]
         if n == 0:
@@ -184,7 +183,7 @@ def u2pl_contrast_loss(
         keep = min(n, banks.capacity(c))
         ranks = torch.arange(n - keep, n, device=labels.device)
         with torch.no_grad():
-            banks.enqueue(c, teacher_reps.rows(true_positions(negative_cum[c], ranks)).detach())
+            banks.enqueue(c, teacher_reps.rows(MaskRanks(negative_flat[c]).positions(ranks)).detach())
 
     info: dict[str, Any] = {"counts": (valid_count, anchor_count, negative_count), "anchor_indices": {}, "negative_indices": {}}
     plan, divisor = contrast_plan([v > 0 for v in valid_count], cfg.valid_class_indexing)
@@ -199,17 +198,17 @@ def u2pl_contrast_loss(
         prototypes, _ = teacher_reps.class_means(labels.clamp_min(0), valid_pixels, num_classes)
 
     sampler = cfg.sampler_config
-    anchor_cum = anchor_flat.cumsum(1)
     pixels = height * width
     positions = []
     for anchor_class, _ in active:
         count = anchor_count[anchor_class]
+        pool = MaskRanks(anchor_flat[anchor_class])
         spatial = {}
         if cfg.sampler != "uniform" and cfg.sampler_grouping == "spatial":
-            flat = true_positions(anchor_cum[anchor_class], torch.arange(count, device=labels.device)) % pixels
+            flat = pool.positions(torch.arange(count, device=labels.device)) % pixels
             spatial = {"positions": torch.stack([flat // width, flat % width], 1), "grid_shape": (height, width)}
         ranks = sampler.sample(count, cfg.num_anchors, device=labels.device, **spatial)
-        flat_positions = true_positions(anchor_cum[anchor_class], ranks)
+        flat_positions = pool.positions(ranks)
         info["anchor_indices"][anchor_class] = flat_positions
         positions.append(flat_positions)
     anchors = reps.rows(torch.cat(positions)).view(len(active), cfg.num_anchors, -1)  # one gather

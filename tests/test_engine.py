@@ -176,7 +176,7 @@ def test_eval_selection_tests_the_best_val_or_the_final_state(tiny_root, tmp_pat
     from medseg_platform.engine import load_selected_model, trial
 
     val_dice = iter([0.9, 0.5])  # the first validation (step 4) is the best on val
-    monkeypatch.setattr(trial, "mean_dice", lambda rows: next(val_dice))
+    monkeypatch.setattr(trial, "validation_dice", lambda *args: next(val_dice))
     cfg = small_cfg(tiny_root, **{"eval.selection": selection})
     outcome = train_trial(cfg, tmp_path / "t", log=quiet)
     assert outcome.best_step == selected_step and outcome.best_val_dice == {4: 0.9, 8: 0.5}[selected_step]
@@ -237,6 +237,24 @@ def test_distance_units_voxel_measures_distances_in_voxels(tiny_root, monkeypatc
     assert [r["hd95"] for r in rows["mm"]] == [r["hd95"] for r in evaluate_case(prediction, volume.label, 4, volume.spacing)]
     assert [r["hd95"] for r in rows["voxel"]] == [r["hd95"] for r in evaluate_case(prediction, volume.label, 4, None)]
     assert [r["hd95"] for r in rows["mm"]] != [r["hd95"] for r in rows["voxel"]]
+
+
+@pytest.mark.parametrize("empty_policy", ["nan", "released"])
+def test_validation_dice_is_the_mean_dice_of_the_full_evaluation(tiny_root, empty_policy):
+    """Validation skips the surface distances (``validation_dice``) and must score exactly what the full
+    evaluation's mean Dice scores, or model selection would change."""
+    from medseg_platform.data.layout import AcdcLayout
+    from medseg_platform.engine import evaluate_volumes, mean_dice, validation_dice
+    from methods.registry import build_model
+
+    cfg = small_cfg(tiny_root, **{"eval.empty_policy": empty_policy})
+    layout = AcdcLayout(tiny_root, 4)
+    volumes = [layout.read_volume(c) for c in layout.val_cases + layout.test_cases]
+    torch.manual_seed(0)
+    model = build_model("unet", num_classes=4, channels=cfg.model.channels).eval()
+    expected = mean_dice(evaluate_volumes(model, volumes, cfg, torch.device("cpu")))
+    assert validation_dice(model, volumes, cfg, torch.device("cpu")) == expected
+    assert 0.0 < expected < 1.0  # a model that predicts some of every volume: the comparison is not vacuous
 
 
 def test_the_loop_logs_monas_deferred_nn_term_at_every_curve_row(tiny_root, tmp_path):

@@ -24,7 +24,8 @@ This package re-exports the names the rest of the platform imports.
 from medseg_platform.engine.augmentation import StrongAugmentAdapter
 from medseg_platform.engine.checkpoint import load_selected_model
 from medseg_platform.engine.ddp import DistContext, average_gradients, broadcast_state, gather_scalar, replica_max_difference
-from medseg_platform.engine.evaluate import QUALITATIVE_CASES, QualitativeSlices, evaluate_volumes, mean_dice, predict_case
+from medseg_platform.engine.evaluate import (QUALITATIVE_CASES, QualitativeSlices, evaluate_volumes, mean_dice, predict_case,
+                                             validation_dice)
 from medseg_platform.engine.loop import (NonFiniteLossError, NonFiniteMonitor, TrainLoop, build_trial_model, make_optimizer,
                                          autocast_dtype, logs_after, lr_after_step, pick_device, poly_lr)
 from medseg_platform.engine.pretrain import STAGE_CACHE_VERSION, run_pretraining, stage_key
@@ -38,4 +39,5 @@ __all__ = [
     "autocast_dtype", "average_gradients", "broadcast_state", "evaluate_volumes", "gather_scalar", "load_selected_model",
     "load_training_data", "logs_after", "lr_after_step", "mean_dice", "pick_device", "poly_lr", "predict_case", "progress_fields",
     "replica_max_difference", "run_pretraining", "stage_key", "train_trial", "build_trial_model", "make_optimizer",
+    "validation_dice",
 ]

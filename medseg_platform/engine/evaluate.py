@@ -12,7 +12,7 @@ import torch
 
 from medseg_platform.config import TrialConfig
 from medseg_platform.data.layout import Volume
-from medseg_platform.evaluation.metrics import distance_spacing, evaluate_case
+from medseg_platform.evaluation.metrics import case_dice, distance_spacing, evaluate_case
 from medseg_platform.evaluation.predict import predict_volume
 from medseg_platform.io import atomic_path
 
@@ -49,7 +49,21 @@ def evaluate_volumes(model: torch.nn.Module, volumes: Iterable[Volume], cfg: Tri
 
 def mean_dice(rows: list[dict]) -> float:
     """Mean over cases and classes of the defined Dice values (NaN if none is defined)."""
-    values = np.array([r["dice"] for r in rows], dtype=float)
+    return _mean_defined([r["dice"] for r in rows])
+
+
+def validation_dice(model: torch.nn.Module, volumes: Iterable[Volume], cfg: TrialConfig, device: torch.device) -> float:
+    """The validation score: ``mean_dice(evaluate_volumes(model, volumes, cfg, device))`` to the last bit, without the
+    surface distances that model selection never reads (:func:`medseg_platform.evaluation.metrics.case_dice`)."""
+    values = []
+    for vol in volumes:
+        pred = predict_case(model, vol.image, cfg, device)
+        values.extend(case_dice(pred, vol.label, cfg.data.num_classes, empty_policy=cfg.eval.empty_policy))
+    return _mean_defined(values)
+
+
+def _mean_defined(dice: list[float]) -> float:
+    values = np.array(dice, dtype=float)
     values = values[np.isfinite(values)]
     return float(values.mean()) if values.size else float("nan")
 

@@ -26,7 +26,7 @@ from medseg_platform.data.splits import LabelledSubset, epoch_steps
 from medseg_platform.engine.conv_kernels import set_conv_kernels, trial_conv_kernels, using_conv_kernels
 from medseg_platform.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from medseg_platform.engine.ddp import DistContext, agree, broadcast_state, replica_max_difference
-from medseg_platform.engine.evaluate import QualitativeSlices, evaluate_volumes, mean_dice
+from medseg_platform.engine.evaluate import QualitativeSlices, evaluate_volumes, validation_dice
 from medseg_platform.engine.loop import TrainLoop, build_trial_model, make_optimizer, autocast_dtype, data_generator, logs_after, pick_device
 from medseg_platform.engine.pretrain import run_pretraining
 from medseg_platform.engine.reports import Reporter, progress_fields
@@ -174,7 +174,7 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
                 report({**progress(step + 1), "val_dice": float("nan"), "best_val_dice": float("nan")}, None)
             continue
         t0 = time.perf_counter()
-        val_dice = mean_dice(evaluate_volumes(objective.eval_model(), val_volumes, cfg, device))
+        val_dice = validation_dice(objective.eval_model(), val_volumes, cfg, device)
         timing["val_s"] += time.perf_counter() - t0
         val_curve.append({"step": step + 1, "val_dice": val_dice})
         if _selects(cfg.eval.selection, val_dice, best):

@@ -10,7 +10,7 @@ from medpy.metric import binary as mb
 from scipy import ndimage
 
 from medseg_platform.errors import ConfigError, DataError
-from medseg_platform.evaluation.metrics import METRICS, binary_metrics, distance_spacing, evaluate_case, summarize, surface
+from medseg_platform.evaluation.metrics import METRICS, binary_metrics, case_dice, distance_spacing, evaluate_case, summarize, surface
 
 TOL = 1e-6
 
@@ -220,3 +220,32 @@ def test_distance_units_choose_mm_or_voxels():
     assert mm["dice"] == voxel["dice"] and mm["hd95"] == pytest.approx(1.5 * voxel["hd95"]) and voxel["hd95"] == 2.0
     with pytest.raises(ConfigError, match="eval.distance_units: unknown value 'px'"):
         distance_spacing(spacing, "px")
+
+
+@pytest.mark.parametrize("empty_policy", ["nan", "released"])
+def test_case_dice_is_evaluate_cases_dice_to_the_last_bit(empty_policy):
+    """Validation's Dice-only path: the same floats as the full metrics, also for classes missing from the
+    prediction, the ground truth or both (each policy's empty cases)."""
+    rng = np.random.default_rng(11)
+    shape = (5, 24, 20)
+    for trial in range(6):
+        gt = rng.integers(0, 4, shape).astype(np.uint8)
+        pred = np.where(rng.random(shape) < 0.3, rng.integers(0, 4, shape), gt).astype(np.uint8)
+        if trial % 3 == 1:
+            gt[gt == 2] = 0  # class 2 absent from the ground truth
+        if trial % 3 == 2:
+            pred[pred == 3] = 1  # class 3 absent from the prediction
+            gt[gt == 2], pred[pred == 2] = 0, 0  # class 2 absent from both
+        expected = [row["dice"] for row in evaluate_case(pred, gt, 4, (8.0, 1.4, 1.4), empty_policy=empty_policy)]
+        got = case_dice(pred, gt, 4, empty_policy=empty_policy)
+        assert np.array_equal(np.array(got), np.array(expected), equal_nan=True), (trial, got, expected)
+    assert math.isnan(case_dice(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), 4)[0])
+
+
+def test_case_dice_rejects_what_evaluate_case_rejects():
+    with pytest.raises(DataError, match="case_dice: prediction shape"):
+        case_dice(np.zeros((3, 4), np.uint8), np.zeros((3, 5), np.uint8), 4)
+    with pytest.raises(ConfigError, match="num_classes"):
+        case_dice(np.zeros((3, 4), np.uint8), np.zeros((3, 4), np.uint8), 1)
+    with pytest.raises(ConfigError, match="empty_policy"):
+        case_dice(np.zeros((3, 4), np.uint8), np.zeros((3, 4), np.uint8), 4, empty_policy="zero")

@@ -399,3 +399,40 @@ def test_combine_rows_csr_bag_and_gather_paths_equal_the_dense_weighted_sum(devi
         grad, = torch.autograd.grad(got, table, upstream)
         torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name} gradient: {m}")
         assert rows(table, index[:0], weight[:0]).shape == (0, 5)
+
+
+@pytest.mark.parametrize("search", [False, True, None])
+def test_mask_ranks_give_the_nonzero_positions_on_both_paths(search):
+    """Ranks drawn within a mask become the same flat positions through the CPU's indexed nonzero list and the
+    accelerators' binary search in the cumsum (``methods.pixel_reps.MaskRanks``): every rank, repeated ranks, any
+    shape, and a mask whose first and last entries are set."""
+    from methods.pixel_reps import MaskRanks
+
+    generator = torch.Generator().manual_seed(5)
+    mask = torch.rand(4 * 9 * 7, generator=generator) < 0.3
+    mask[0] = mask[-1] = True
+    expected = mask.nonzero().squeeze(1)
+    ranks = torch.randint(0, expected.numel(), (6, 11), generator=generator)
+    pool = MaskRanks(mask, search=search)
+    assert torch.equal(pool.positions(torch.arange(expected.numel())), expected)
+    assert torch.equal(pool.positions(ranks), expected[ranks])
+
+
+def test_sparse_rows_deduplicate_long_point_lists_as_torch_unique():
+    """The per-pixel marks that deduplicate long point lists (``_SparseReps._distinct``) give ``torch.unique``'s
+    sorted positions and inverse; the rows read through them equal the rows read point by point."""
+    from methods.pixel_reps import _DEDUPLICATE_FROM
+
+    channels, size = (4, 8, 16, 32, 64), 32
+    torch.manual_seed(0)
+    model = build_model("unet", num_classes=4, channels=channels).double()
+    head = build_objective("action", model, {"repr_dim": 16}).head.double()
+    pyramid = model(torch.rand(3, 1, size, size, dtype=torch.float64)).pyramid
+    reps = SparseActionReps(pyramid, head, (size, size))
+    points = torch.randint(0, 3 * size * size, (_DEDUPLICATE_FROM + 17,), generator=torch.Generator().manual_seed(2))
+    unique, inverse = reps._distinct(points)
+    expected_unique, expected_inverse = torch.unique(points, return_inverse=True)
+    assert torch.equal(unique, expected_unique) and torch.equal(inverse, expected_inverse)
+    assert unique.numel() < points.numel()  # the list repeats pixels: the deduplicated read is the one under test
+    with torch.no_grad():
+        torch.testing.assert_close(reps.rows(points), reps._rows(points), rtol=1e-12, atol=1e-12)
