@@ -456,8 +456,8 @@ class _SparseReps:
 
     def _distinct(self, flat_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``torch.unique(flat_positions, return_inverse=True)`` (sorted distinct positions, and each entry's index
-        among them) through a mark per pixel of the (N, H, W) grid instead of a sort: 3x faster on the CPU at
-        ACTION's quick negatives (``benchmarks/RESULTS.md``, 'Positions of sampled ranks and distinct pixels on the
+        among them) through a mark per pixel of the (N, H, W) grid instead of a sort, for long point lists and
+        ACTION's footprint pixels; one host sync on a GPU (``nonzero``). 3x faster on the CPU at ACTION's quick negatives (``benchmarks/RESULTS.md``, 'Positions of sampled ranks and distinct pixels on the
         CPU'). (M,) int64 -> (U,), (M,) int64."""
         grid = self.num_images * self.height * self.width
         used = torch.zeros(grid, dtype=torch.bool, device=flat_positions.device)
@@ -595,15 +595,12 @@ class SparseActionReps(_SparseReps):
             ny, nx = y.unsqueeze(1) + dy, x.unsqueeze(1) + dx                                 # (M, 9)
             inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
             neighbour = image.unsqueeze(1) * pixels + ny.clamp(0, height - 1) * width + nx.clamp(0, width - 1)
-            used = torch.zeros(self.num_images * pixels, dtype=torch.bool, device=y.device)
-            used[neighbour[inside]] = True
-            needed = used.nonzero().squeeze(1)                                                 # sorted distinct pixels
+            needed, inside_slot = self._distinct(neighbour[inside])                           # sorted distinct pixels
             n_image, n_pixel = _decode(needed, height, width)
             upsampled = torch.cat(sample_levels(self.pyramid, self.ops, n_image, n_pixel, self.level_rows(), late), dim=1)
             upsampled = torch.cat([upsampled, upsampled.new_zeros(1, upsampled.shape[1])])    # last row: zero padding
-            slot_of = torch.full((self.num_images * pixels,), needed.shape[0], dtype=torch.int64, device=y.device)
-            slot_of[needed] = torch.arange(needed.shape[0], device=y.device)
-            slot = torch.where(inside, slot_of[neighbour], needed.shape[0])                   # (M, 9)
+            slot = torch.full_like(neighbour, needed.shape[0])                                 # (M, 9): outside -> padding
+            slot[inside] = inside_slot
             # without a graph to keep, each chunk's product is added into its rows in place: no (M, D')
             # concatenation and sum (the keys' reads, 464 MB each at 256 x 256)
             keep_graph = torch.is_grad_enabled() and (upsampled.requires_grad or self.conv3.weight.requires_grad)

@@ -302,6 +302,7 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing: S
     return rows
 
 
+# ------------------------------------------------------------------------------------- summary
 def _nan_stats(values: np.ndarray) -> dict[str, float | int]:
     kept = defined(values)
     return {
