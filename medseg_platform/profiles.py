@@ -39,6 +39,9 @@ Profiles differ only in numbers, never in code paths:
     7-patient seed selected a noisy early validation peak); at 750 steps 55.6 / 61.1 / 74.5, rising with the
     patients. ``label_fractions.py`` therefore trains the quick profile for :data:`QUICK_FRACTION_STEPS` (750). Per
     seed the order still breaks (seed 3: 56.1 / 48.5 / 75.6): with 4 val patients, model selection is noisy.
+  - 40 patients, not 60: a 60-patient phantom (6 val, 12 test patients) gives a val split closer to its test split
+    but harder test patients, wider claim intervals and as many trials still rising (4 of 24 against 3;
+    ``benchmarks/RESULTS.md``, "a 60-patient phantom does not make the default table more informative").
   - the 40-step pretraining stages neither clearly help nor hurt (fine-tuned from random initialisation instead:
     MONA 39.3 vs 43.0, ARCO-SG 48.3 vs 46.3, ACTION 55.0 vs 52.5, 2-3 seeds, differences inside the seed spread);
     they are kept because they are part of each method.
