@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -28,13 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _median_us(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6
+    """Median of ``repeats`` calls after a warm-up call, in microseconds."""
+    from bench_contrast import median_time
+
+    return median_time(fn, repeats) * 1e6
 
 
 def micro(repeats: int) -> None:
