@@ -6,7 +6,9 @@ writers into a temporary folder, then measures:
 1. reading one slice file (h5py, gzip) -- the cost of a naive per-step file read;
 2. building a :class:`SliceBank` (read + resize to 256×256 once), per slice;
 3. drawing a 4+4 batch from the bank (index + gather), the per-step cost in training;
-4. the same batch through a ``torch.utils.data.DataLoader`` over the bank (no workers).
+4. the same batch through a ``torch.utils.data.DataLoader`` over the bank (no workers);
+5. a second bank of the same slices at 48×48 in the same process, built from the process cache
+   (``medseg_platform.data.bank_cache``: what every trial after a worker's first pays), against the first.
 
 Run:  python benchmarks/bench_loader.py [--patients 20] [--repeats 200]
 """
@@ -82,11 +84,18 @@ def main() -> None:
                 return next(it)
 
         dl = timed(draw_loader, args.repeats)
+        small_first = SliceBank(ds, ds.train_slices, (48, 48))
+        small_again = SliceBank(ds, ds.train_slices, (48, 48))
+        if not small_again.from_cache:
+            raise SystemExit("bench_loader: the second 48x48 bank was not served from the process cache")
     print(f"dataset: {n} slices of 232x256 -> 256x256, torch threads {torch.get_num_threads()}")
     print(f"read one slice file (h5py, gzip):        median {1e3 * statistics.median(read):7.3f} ms")
     print(f"SliceBank build (read + resize), /slice: {1e3 * bank.load_seconds / n:7.3f} ms  (total {bank.load_seconds:.2f} s)")
     print(f"4+4 batch from SliceBank:                median {1e3 * statistics.median(batch):7.3f} ms")
     print(f"4-batch via DataLoader(num_workers=0):   median {1e3 * statistics.median(dl):7.3f} ms")
+    print(f"SliceBank 48x48, first in the process:   {small_first.load_seconds:7.3f} s")
+    print(f"SliceBank 48x48, again (process cache):  {small_again.load_seconds:7.3f} s  "
+          f"({small_first.load_seconds / small_again.load_seconds:.0f}x faster)")
 
 
 if __name__ == "__main__":

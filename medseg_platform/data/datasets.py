@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from medseg_platform.data import bank_cache
 from medseg_platform.data.layout import AcdcLayout
 
 
@@ -29,6 +30,10 @@ class SliceBank(Dataset):
 
     ``bank[i]`` returns ``{"image": (1,h,w) float32, "label": (h,w) int64, "index": i}`` so the bank also
     works with a ``torch.utils.data.DataLoader``; :meth:`batch` is the fast path.
+
+    Banks of the same slices, patch size and resize mode in one process share their stacks through
+    :mod:`medseg_platform.data.bank_cache` (``from_cache`` True when this one did not read the files): treat
+    ``images`` and ``labels`` as read-only.
     """
 
     def __init__(
@@ -46,9 +51,17 @@ class SliceBank(Dataset):
         self.slice_ids = list(slice_ids)
         self.patch_size = (int(patch_size[0]), int(patch_size[1]))
         h, w = self.patch_size
+        start = time.perf_counter()
+        key = bank_cache.bank_key(layout.root, self.slice_ids, self.patch_size, image_mode)
+        signature = bank_cache.file_signature([layout.slice_path(sid) for sid in self.slice_ids])
+        cached = bank_cache.lookup(key, signature)
+        self.from_cache = cached is not None
+        if cached is not None:
+            self.images, self.labels = cached
+            self.load_seconds = time.perf_counter() - start
+            return
         self.images = torch.empty((len(self.slice_ids), 1, h, w), dtype=torch.float32)
         self.labels = torch.empty((len(self.slice_ids), h, w), dtype=torch.uint8)
-        start = time.perf_counter()
         for i, sid in enumerate(self.slice_ids):
             image, label = layout.read_slice(sid)
             img_t, lab_t = resize_to_patch([torch.from_numpy(image)], [torch.from_numpy(label.astype("int64"))], self.patch_size, image_mode=image_mode)
@@ -57,12 +70,13 @@ class SliceBank(Dataset):
             if progress and (i + 1) % 500 == 0:
                 print(f"  loaded {i + 1}/{len(self.slice_ids)} slices ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
         self.load_seconds = time.perf_counter() - start
+        bank_cache.store(key, signature, self.images, self.labels)
 
     def __len__(self) -> int:
         return len(self.slice_ids)
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": self.images[index], "label": self.labels[index].long(), "index": index}
+        return {"image": self.images[index].clone(), "label": self.labels[index].long(), "index": index}
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images (B,1,h,w) float32, labels (B,h,w) int64)`` for a 1-D index tensor of length B."""
