@@ -3,16 +3,17 @@ read a dataset's slice files once (docs/data.md, 'Batches and epochs').
 
 A study runs its trials in a few long-lived Ray worker processes (one per concurrent trial); each trial builds
 its :class:`~medseg_platform.data.datasets.SliceBank` of the same slices at the same patch size. Reading and
-resizing 466 slice files of the quick phantom takes about 1.5 s per trial on a 2-core machine, about 2% of the
+resizing 466 slice files of the quick phantom takes about 1.5-2 s per trial on a 2-core machine, about 3% of the
 default study's trial time (``benchmarks/RESULTS.md``, 'Slice stacks cached per worker process').
 
 An entry is the (N, 1, h, w) float32 image stack and the (N, h, w) uint8 label stack of one ordered list of
 slice ids at one patch size and image resize mode. Banks built from an entry **share** its tensors; nothing
-writes into a bank's stacks (batches are copies made by indexing). An entry is valid while every one of its
-files has the inode, size and modification time it had when it was read (one ``stat`` per file per lookup),
-so a dataset rewritten in place (``medseg data phantom`` into the same folder, a re-run converter) is read
-again. Entries are evicted least recently used first beyond :data:`CACHE_BYTES`; a stack larger than that is
-never cached (ACDC at 256 x 256 is about 430 MB, read once per paper-size trial of 30 000 steps).
+writes into a bank's stacks (batches are copies made by indexing with a tensor). An entry is valid while every
+one of its files has the inode, size, modification time and status-change time it had when it was read (one
+``stat`` per file per lookup), so a dataset written again (``medseg data phantom`` into the same folder, a re-run
+converter, a file edited in place or touched) is read again. Entries are evicted least recently used first beyond
+:data:`CACHE_BYTES`; a stack larger than that is never cached (at the paper's label fractions, ACDC's unlabelled
+slices at 256 x 256 are about 420 MB, read once per paper-size trial of 30 000 steps).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ Key = tuple[str, tuple[str, ...], tuple[int, int], str]
 class _Entry:
     images: torch.Tensor  # (N, 1, h, w) float32
     labels: torch.Tensor  # (N, h, w) uint8
-    signature: tuple[tuple[int, int, int], ...]  # (inode, size, mtime_ns) per file, in slice order
+    signature: tuple[tuple[int, int, int, int], ...]  # (inode, size, mtime_ns, ctime_ns) per file, in slice order
 
     @property
     def nbytes(self) -> int:
@@ -52,16 +53,17 @@ def bank_key(root: Path, slice_ids: Sequence[str], patch_size: tuple[int, int], 
     return str(root), tuple(slice_ids), (int(patch_size[0]), int(patch_size[1])), str(image_mode)
 
 
-def file_signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int], ...] | None:
-    """``(inode, size, mtime_ns)`` of each file, or None when one cannot be stat'ed (then nothing is cached and
-    the reader reports the missing file)."""
+def file_signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int, int], ...] | None:
+    """``(inode, size, mtime_ns, ctime_ns)`` of each file, or None when one cannot be stat'ed (then nothing is
+    cached and the reader reports the missing file). The status-change time catches a same-size rewrite whose
+    modification time was set back (``cp -p``, ``touch -d``)."""
     out = []
     for path in paths:
         try:
             st = os.stat(path)
         except OSError:
             return None
-        out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(out)
 
 
