@@ -457,8 +457,9 @@ class _SparseReps:
     def _distinct(self, flat_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``torch.unique(flat_positions, return_inverse=True)`` (sorted distinct positions, and each entry's index
         among them) through a mark per pixel of the (N, H, W) grid instead of a sort, for long point lists and
-        ACTION's footprint pixels; one host sync on a GPU (``nonzero``). 3x faster on the CPU at ACTION's quick negatives (``benchmarks/RESULTS.md``, 'Positions of sampled ranks and distinct pixels on the
-        CPU'). (M,) int64 -> (U,), (M,) int64."""
+        ACTION's footprint pixels; one host sync on a GPU (``nonzero``). 3x faster on the CPU at ACTION's quick
+        negatives (``benchmarks/RESULTS.md``, 'Positions of sampled ranks and distinct pixels on the CPU').
+        (M,) int64 -> (U,), (M,) int64."""
         grid = self.num_images * self.height * self.width
         used = torch.zeros(grid, dtype=torch.bool, device=flat_positions.device)
         used[flat_positions] = True

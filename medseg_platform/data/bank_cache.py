@@ -41,7 +41,7 @@ class _Entry:
 
     @property
     def nbytes(self) -> int:
-        return self.images.nelement() * self.images.element_size() + self.labels.nelement() * self.labels.element_size()
+        return self.images.nbytes + self.labels.nbytes
 
 
 _entries: OrderedDict[Key, _Entry] = OrderedDict()
@@ -86,13 +86,15 @@ def lookup(key: Key, signature: tuple | None) -> tuple[torch.Tensor, torch.Tenso
 def store(key: Key, signature: tuple | None, images: torch.Tensor, labels: torch.Tensor) -> bool:
     """Keep ``(images, labels)`` under ``key``; evicts the least recently used entries beyond :data:`CACHE_BYTES`.
     Returns False (nothing kept) when the stacks alone exceed the budget or the files could not be stat'ed."""
-    entry = _Entry(images, labels, signature) if signature is not None else None
-    if entry is None or entry.nbytes > CACHE_BYTES:
+    if signature is None:
+        return False
+    entry = _Entry(images, labels, signature)
+    if entry.nbytes > CACHE_BYTES:
         return False
     with _lock:
         _entries.pop(key, None)
         _entries[key] = entry
-        while sum(e.nbytes for e in _entries.values()) > CACHE_BYTES:
+        while _held_bytes() > CACHE_BYTES:
             _entries.popitem(last=False)
     return True
 
@@ -106,4 +108,9 @@ def clear() -> None:
 def cached_bytes() -> int:
     """Bytes held by the cache now."""
     with _lock:
-        return sum(e.nbytes for e in _entries.values())
+        return _held_bytes()
+
+
+def _held_bytes() -> int:
+    """Bytes of every entry (the caller holds the lock)."""
+    return sum(e.nbytes for e in _entries.values())
