@@ -56,6 +56,18 @@ def phantom_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("medseg-cache")
 
 
+@pytest.fixture
+def phantom_env(phantom_cache, monkeypatch):
+    """The session's phantom cache as $MEDSEG_CACHE; returns the smoke phantom's root as the study scripts resolve it."""
+    import argparse
+
+    from medseg_platform.profiles import PROFILES
+    from medseg_platform.study_flags import resolve_data_root
+
+    monkeypatch.setenv("MEDSEG_CACHE", str(phantom_cache))
+    return str(resolve_data_root(argparse.Namespace(data_root=None), PROFILES["smoke"]))
+
+
 @pytest.fixture(scope="session")
 def ray_address(phantom_cache):
     """One Ray instance for the whole test session (2 CPUs, no dashboard); yields its GCS address.

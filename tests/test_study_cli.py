@@ -13,7 +13,6 @@ from medseg_platform.plan import CACHED, FINISHED, TO_RUN, UnitSeconds, format_p
 from analysis.study_cli import run_study_main
 from medseg_platform.profiles import PROFILES
 from medseg_platform.recipes import method_overrides
-from medseg_platform.study_flags import resolve_data_root
 from medseg_platform.progress import EVALUATION_COST, STEP_COST
 from medseg_platform.results import pretrain_cache_dir, read_csv, trial_key, write_trial_results
 from tests.test_studies import load_script
@@ -21,13 +20,6 @@ from tests.test_studies import load_script
 SMOKE = PROFILES["smoke"]
 TAILNESS_ROWS = ("'Supervised only', 'Mean teacher', 'MONA', 'MONA/ARCO w/o L_contrast', 'ARCO-SG', 'ARCO-SAG', 'ACTION', "
                  "'ACTION w/o L_anco'")
-
-
-@pytest.fixture
-def phantom_env(phantom_cache, monkeypatch):
-    """The session's phantom cache as $MEDSEG_CACHE; returns the smoke phantom's root as the scripts resolve it."""
-    monkeypatch.setenv("MEDSEG_CACHE", str(phantom_cache))
-    return str(resolve_data_root(argparse.Namespace(data_root=None), SMOKE))
 
 
 def study_main(name: str, results: Path, *extra: str) -> int:

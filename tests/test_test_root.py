@@ -16,7 +16,7 @@ from medseg_platform.data.phantom import ensure_phantom
 from medseg_platform.predict import evaluate_on_test_root, has_test_root_evaluation, needs_test_root_evaluation
 from medseg_platform.results import TEST_ROOT_PER_CASE
 from tests.conftest import make_tiny_dataset
-from tests.test_study_cli import phantom_env, study_main  # noqa: F401 - phantom_env is a fixture
+from tests.test_study_cli import study_main
 
 SMOKE_PHANTOM = {"patients": 6, "size": 40}  # the smoke profile's phantom; the external one differs in its seed only
 
