@@ -70,7 +70,9 @@ def phantom_env(phantom_cache, monkeypatch):
 
 @pytest.fixture(scope="session")
 def ray_address(phantom_cache):
-    """One Ray instance for the whole test session (2 CPUs, no dashboard); yields its GCS address.
+    """One Ray instance for the whole test session (2 CPUs, no dashboard); yields its GCS address. Under README's
+    ``-n 2`` each pytest-xdist worker is a session of its own and starts one at its first test that needs Ray
+    (benchmarks/RESULTS.md, "The test suite in two workers").
 
     Studies run in-process find it through ``ray.is_initialized()``; subprocess drivers join it with
     ``--address``. Shut down and its temp folder removed at the end: we stop only what we started.
