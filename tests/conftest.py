@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny datasets written with the layout writers (no phantom, no Ray)."""
+"""Shared fixtures: tiny datasets written with the layout writers, the session's phantom cache and its Ray instance."""
 
 from __future__ import annotations
 
