@@ -27,6 +27,8 @@ def find_studies(results_dir: Path) -> list[Path]:
 
 
 def run(args) -> int:
+    import sys
+
     from analysis.report import print_report, write_report
 
     studies = find_studies(Path(args.results_dir).expanduser().resolve())
@@ -35,7 +37,10 @@ def run(args) -> int:
         print(f"== {study_dir.name}")
         report = write_report(study_dir)
         print_report(report)
-        without_results += not report.records
+        if not report.records:
+            print(f"{study_dir.name}: no finished trial (no trials/*/result.json); run its study command to train them",
+                  file=sys.stderr)
+            without_results += 1
     return 1 if without_results else 0
 
 

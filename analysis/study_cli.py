@@ -40,6 +40,10 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
 
     parser = parser or study_parser(description, default_name)
     args = parser.parse_args(argv)
+    if args.seeds and len(set(args.seeds)) < len(args.seeds):
+        parser.error(f"argument --seeds: each seed once, got {' '.join(map(str, args.seeds))}")
+    if args.smoke_test and args.profile != "quick":
+        parser.error(f"--smoke-test runs the smoke profile; drop --profile {args.profile} (or --smoke-test)")
     profile = PROFILES["smoke" if args.smoke_test else args.profile]
     try:
         sets = parse_set_options(args.overrides)
@@ -60,7 +64,7 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
         study.seeds = tuple(args.seeds) if args.seeds else profile.seeds
         study.max_concurrent = args.max_concurrent
         study.gpus_per_trial = args.gpus_per_trial
-        study.cpus_per_trial = args.cpus_per_trial or profile.cpus_per_trial
+        study.cpus_per_trial = args.cpus_per_trial if args.cpus_per_trial is not None else profile.cpus_per_trial
         study.dashboard = not args.no_dashboard
         study.dashboard_host = args.dashboard_host
         study.optuna_storage = resolve_path(args.optuna_storage, "--optuna-storage") if args.optuna_storage else None

@@ -3,7 +3,7 @@
 A :class:`TrialConfig` is what one Ray Tune trial trains: data, model, objective, optimisation,
 evaluation and the seed. It is a frozen dataclass tree that round-trips through plain dicts
 (``to_dict`` / ``from_dict``), so Ray Tune search spaces can override any leaf with a dotted key
-(``"objective.consistency_weight"``, ``"optim.lr"``). :meth:`TrialConfig.validate` runs before Ray starts
+(``"optim.lr"``; an objective's parameters as ``"objective_params.consistency_weight"``). :meth:`TrialConfig.validate` runs before Ray starts
 and raises one-line :class:`ConfigError` messages.
 
 Defaults are the released fine-tuning settings (docs/data.md, 'Batches and epochs'; docs/shared.md,
@@ -154,10 +154,16 @@ class TrialConfig:
                 nested.setdefault("objective_params", {})[parts[1]] = value
                 continue
             target = nested
-            for part in parts[:-1]:
+            for depth, part in enumerate(parts[:-1]):
                 target = target.setdefault(part, {})
+                if not isinstance(target, dict):
+                    section = ".".join(parts[:depth + 1])
+                    raise ConfigError(f"{key}: {section} is a value, not a section with keys"
+                                      + ("; an objective's parameters are objective_params.<name>" if section == "objective" else ""))
             if isinstance(value, Mapping) and isinstance(target.get(parts[-1]), dict):
                 target[parts[-1]].update(value)
+            elif isinstance(target.get(parts[-1]), dict):
+                raise ConfigError(f"{key}: a section; set its keys ({key}.<name>) or give a dict, not {value!r}")
             else:
                 target[parts[-1]] = value
         return _build(cls, nested, "config")
@@ -200,8 +206,10 @@ class TrialConfig:
             raise ConfigError(f"data.strong_mix {d.strong_mix!r}: choose cutmix, classmix, cutout or none")
         if o.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"optim.optimizer {o.optimizer!r}: choose 'sgd' or 'adamw'")
-        if not o.lr > 0 or o.weight_decay < 0 or not 0 <= o.momentum < 1 or o.poly_power < 0:
-            raise ConfigError(f"optim: lr must be > 0, weight_decay >= 0, momentum in [0, 1), poly_power >= 0 (got {o})")
+        for name, ok, rule in (("lr", o.lr > 0, "> 0"), ("weight_decay", o.weight_decay >= 0, ">= 0"),
+                                ("momentum", 0 <= o.momentum < 1, "in [0, 1)"), ("poly_power", o.poly_power >= 0, ">= 0")):
+            if not ok:  # NaN fails every rule
+                raise ConfigError(f"optim.{name} {getattr(o, name)}: must be {rule}")
         if o.max_steps < 1:
             raise ConfigError(f"optim.max_steps {o.max_steps}: must be >= 1")
         if o.amp not in AMP_MODES:
@@ -222,8 +230,10 @@ class TrialConfig:
             raise ConfigError(f"workers {self.workers}: must be >= 1")
         if OBJECTIVES[self.objective].requires_unlabelled and d.unlabelled_batch < 1:
             raise ConfigError(f"data.unlabelled_batch {d.unlabelled_batch}: objective {self.objective!r} needs unlabelled images (use >= 1)")
-        if self.seed < 0 or self.threads < 1:
-            raise ConfigError("seed must be >= 0 and threads >= 1")
+        if self.seed < 0:
+            raise ConfigError(f"seed {self.seed}: must be >= 0")
+        if self.threads < 1:
+            raise ConfigError(f"threads {self.threads}: must be >= 1")
         if self.conv_kernels not in CONV_KERNELS:
             raise ConfigError(f"conv_kernels {self.conv_kernels!r}: choose {', '.join(map(repr, CONV_KERNELS))}")
         for i, stage in enumerate(self.pretrain):

@@ -15,6 +15,20 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def check_output_folder(path: str | os.PathLike, flag: str) -> None:
+    """An output folder that can be one, checked before any work: neither ``path`` nor the nearest existing folder
+    above it is a file (:class:`~medseg_platform.errors.ConfigError` naming ``flag`` otherwise)."""
+    from medseg_platform.errors import ConfigError
+
+    path = Path(path).expanduser().resolve()
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                where = "is a file" if existing == path else f"is inside {existing}, a file"
+                raise ConfigError(f"{flag} {path}: {where}, not a folder; give a folder")
+            return
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -1,7 +1,9 @@
 """The dry run of a study (``--dry-run``): which trials would run, what each costs, and the wall time to expect.
 
-:func:`plan_study` expands and validates the study's trials exactly as :meth:`Study.run` does (no Ray is
-started, nothing is trained or written) and gives each trial a status:
+:func:`plan_study` expands and validates the study's trials and makes every other check :meth:`Study.run` makes
+before Ray starts (:func:`medseg_platform.study.runner.check_before_ray`: Ray options, retries, the results folder,
+GPUs, the test root; no Ray is started, nothing is trained or written), so a clean dry run means the run accepts
+the command's settings. It gives each trial a status:
 
 * ``finished``: its folder holds a complete result (it would be skipped);
 * ``cached pretraining``: every pretraining stage it needs is in the study's pretraining cache
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +99,9 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     from medseg_platform.progress import EVALUATION_COST, trial_plan
     from medseg_platform.results import STAGE_FINAL_FILE, pretrain_cache_dir, stage_folder, trial_finished, trial_folder
 
-    trials = study.trial_params()  # validated as Study.run validates them, in the order Tune starts them
+    from medseg_platform.study.runner import check_before_ray
+
+    trials, _ = check_before_ray(study)  # validated as Study.run validates them, in the order Tune starts them
     study_dir = study.study_dir
     cache = pretrain_cache_dir(study_dir)
     search = study.search_space is not None
@@ -187,6 +192,9 @@ def measure_unit_seconds(config: dict, device: str = "cpu", steps: int = TIMED_S
     from methods.registry import build_objective
 
     cfg = TrialConfig.from_dict(config).replace(objective="supervised", objective_params={}, pretrain=[])
+    height, width = cfg.data.patch_size
+    print(f"dry run: timing up to {steps} supervised steps ({cfg.data.labelled_batch} x {height}x{width} patches) to price "
+          "the trials ...", file=sys.stderr, flush=True)  # a large patch makes this the slow part of a dry run
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:

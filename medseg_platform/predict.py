@@ -43,7 +43,7 @@ PREDICTION_FILE = "prediction.json"
 def finished_trial(trial_dir: str | Path):
     """``(TrialRecord, TrialConfig)`` of a finished trial folder; one-line :class:`MedsegError` otherwise."""
     from medseg_platform.config import TrialConfig
-    from medseg_platform.results import RESULT_FILE, CorruptResult, read_trial, read_trial_config
+    from medseg_platform.results import CONFIG_FILE, RESULT_FILE, STUDY_FILE, CorruptResult, read_trial, read_trial_config
 
     trial_dir = Path(trial_dir).expanduser().resolve()
     if not trial_dir.is_dir():
@@ -53,6 +53,11 @@ def finished_trial(trial_dir: str | Path):
     except CorruptResult as exc:
         raise MedsegError(f"--trial: {exc}; rerun the study command to finish the trial") from None
     if record is None:
+        if (trial_dir / STUDY_FILE).is_file():
+            raise MedsegError(f"--trial {trial_dir}: a study folder, not a trial; give one of its trials, {trial_dir}/trials/<key>")
+        if not (trial_dir / CONFIG_FILE).is_file():
+            raise MedsegError(f"--trial {trial_dir}: not a trial folder (no {CONFIG_FILE} or {RESULT_FILE}); give "
+                              "<results>/<study>/trials/<key>")
         raise MedsegError(f"--trial {trial_dir}: unfinished trial (no {RESULT_FILE}); rerun its study command to finish it first")
     try:
         config = read_trial_config(trial_dir)
@@ -138,7 +143,7 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
     from medseg_platform.data.layout import _h5_write  # the layout's deterministic, atomic h5 writer
     from medseg_platform.engine import load_selected_model, pick_device, predict_case
     from medseg_platform.engine.conv_kernels import recorded_conv_kernels, using_conv_kernels
-    from medseg_platform.io import atomic_path, write_json_atomic
+    from medseg_platform.io import atomic_path, check_output_folder, write_json_atomic
 
     if split not in SPLITS:
         raise MedsegError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
@@ -151,6 +156,7 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
     out = Path(out).expanduser().resolve()
     if out == layout.root or layout.root in out.parents:
         raise MedsegError(f"--out {out}: inside the dataset {layout.root}; write predictions somewhere else")
+    check_output_folder(out, "--out")
     device = pick_device()
     model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
     kernels = recorded_conv_kernels(record.result, cfg, device.type)  # the CPU kernels of the trial's own test

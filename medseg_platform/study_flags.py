@@ -8,6 +8,7 @@ which parses these flags, runs the study and writes its report.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,32 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("MEDSEG_CACHE", Path.home() / ".cache" / "medseg-platform")).expanduser().resolve()
 
 
+def count_at_least(minimum: int):
+    """An argparse ``type``: a whole number >= ``minimum`` (argparse names the flag in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def amount(positive: bool):
+    """An argparse ``type``: a finite number > 0 (``positive``) or >= 0."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be {'> 0' if positive else '>= 0'}, got {text}")
+        return value
+    return parse
+
+
 def study_parser(description: str, default_name: str) -> argparse.ArgumentParser:
     """The parser of a study script's shared flags (profile, data, Ray and resources, ``--set``, ``--rows``,
     ``--dry-run``, ``--protocol``, ``--test-root``); a script may add its own before handing it to
@@ -34,17 +61,17 @@ def study_parser(description: str, default_name: str) -> argparse.ArgumentParser
     parser.add_argument("--address", default=None, help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--results-dir", default="results", help="where results go (default: ./results)")
     parser.add_argument("--data-root", default=None, help="dataset root in the SSL4MIS/ACDC layout (default: the embedded phantom)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the profile's)")
+    parser.add_argument("--seeds", type=count_at_least(0), nargs="+", default=None, help="seeds, each >= 0 (default: the profile's)")
     parser.add_argument("--name", default=default_name, help=f"study name (default: {default_name}-<profile>)")
-    parser.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
-    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default 0: CPU)")
-    parser.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial (default: the profile's)")
-    parser.add_argument("--num-workers", type=int, default=1,
+    parser.add_argument("--max-concurrent", type=count_at_least(1), default=None, help="at most this many trials at once")
+    parser.add_argument("--gpus-per-trial", type=amount(positive=False), default=0.0, help="GPUs per trial (default 0: CPU)")
+    parser.add_argument("--cpus-per-trial", type=amount(positive=True), default=None, help="CPUs per trial (default: the profile's)")
+    parser.add_argument("--num-workers", type=count_at_least(1), default=1,
                         help="processes per trial; > 1 trains data-parallel through Ray Train (CPUs/GPUs per trial are per worker)")
     parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
     parser.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
                         help="mixed precision of the forward pass and losses (default off; bf16 runs on CPU and GPU, fp16 needs --gpus-per-trial)")
-    parser.add_argument("--max-retries", type=int, default=2, metavar="N",
+    parser.add_argument("--max-retries", type=count_at_least(0), default=2, metavar="N",
                         help="restart a trial whose worker process died up to N times from its last checkpoint (default 2; "
                              "NaN losses and other deterministic errors are never retried)")
     parser.add_argument("--dashboard-host", default="127.0.0.1", metavar="HOST",

@@ -35,6 +35,7 @@ def add_cli(subparsers) -> None:
     from medseg_platform.cli import command_parser
     from medseg_platform.profiles import PROFILES
     from medseg_platform.recipes import METHODS
+    from medseg_platform.study_flags import amount
 
     parser = command_parser(
         subparsers,
@@ -66,7 +67,7 @@ def add_cli(subparsers) -> None:
                         help="train in this process without Ray (for debugging); same result files, resumes from the checkpoint")
     parser.add_argument("--address", default=None, help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
-    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs for the trial through Ray (default 0: CPU)")
+    parser.add_argument("--gpus-per-trial", type=amount(positive=False), default=0.0, help="GPUs for the trial through Ray (default 0: CPU)")
     parser.set_defaults(func=run)
 
 
@@ -142,8 +143,11 @@ def train_in_process(study) -> Path:
                                          write_trial_config, write_trial_error)
     from medseg_platform.study.trainable import train_and_record
 
+    from medseg_platform.io import check_output_folder
+
     trials = study.trial_params()
     trial, study_dir = trials[0], study.study_dir
+    check_output_folder(study_dir, "--results-dir")
     trial_dir = trial_folder(study_dir, trial["key"])
     write_json_atomic(study_dir / STUDY_FILE, study.description(trials))
     if trial_finished(trial_dir, log=lambda msg: print(msg, file=sys.stderr, flush=True)):

@@ -27,7 +27,11 @@ def test_round_trip_and_dotted_overrides(tiny_root):
     ({"data.labelled_batch": 9}, "larger than the labelled set (6 slices of 1 patient(s))"),
     ({"data.labelled": "0"}, "0 labelled patients"),
     ({"data.patch_size": [30, 30]}, "multiples of 16"),
-    ({"optim.lr": 0}, "lr must be > 0"),
+    ({"optim.lr": 0}, "optim.lr 0.0: must be > 0"),
+    ({"optim.lr": float("nan")}, "optim.lr nan: must be > 0"),
+    ({"optim.momentum": 1.0}, "optim.momentum 1.0: must be in "),
+    ({"seed": -1}, "seed -1: must be >= 0"),
+    ({"threads": 0}, "threads 0: must be >= 1"),
     ({"eval.empty_policy": "zero"}, "choose 'nan' or 'released'"),
 ])
 def test_bad_values_are_one_line_errors(tiny_root, overrides, message):
@@ -41,3 +45,15 @@ def test_missing_data_root_and_unknown_keys(tmp_path):
         cfg(tmp_path / "missing").validate()
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lr'\]"):
         TrialConfig.from_dict({"data": {"lr": 1}})
+
+
+def test_a_dotted_key_through_a_value_is_a_config_error(tiny_root):
+    """``objective`` is a name, not a section: ``objective.x`` used to raise a bare TypeError."""
+    c = cfg(tiny_root, **{"objective": "mean_teacher"})
+    with pytest.raises(ConfigError, match="objective.consistency_weight: objective is a value, not a section with keys; "
+                                          "an objective's parameters are objective_params.<name>"):
+        c.replace(**{"objective.consistency_weight": 0.3})
+    with pytest.raises(ConfigError, match=r"seed.x: seed is a value"):
+        c.replace(**{"seed.x": 1})
+    with pytest.raises(ConfigError, match="optim: a section; set its keys"):
+        TrialConfig.from_dict({"optim.lr": 0.1, "optim": 0.1})

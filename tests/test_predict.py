@@ -131,6 +131,29 @@ def test_an_unfinished_trial_is_a_one_line_error(trained, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_folder_that_is_no_trial_is_a_one_line_error(trained, tmp_path, capsys):
+    root, trial = trained
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", "--trial", str(empty), "--data-root", str(root), "--out", str(tmp_path / "p")]) == 2
+    assert one_line_error(capsys) == (f"error: --trial {empty}: not a trial folder (no config.json or result.json); give "
+                                      "<results>/<study>/trials/<key>\n")
+    study = trial.parent.parent
+    assert main(["predict", "--trial", str(study), "--data-root", str(root), "--out", str(tmp_path / "p")]) == 2
+    assert one_line_error(capsys) == (f"error: --trial {study}: a study folder, not a trial; give one of its trials, "
+                                      f"{study}/trials/<key>\n")
+    assert not (tmp_path / "p").exists()
+
+
+def test_an_output_that_is_a_file_is_a_one_line_error(trained, tmp_path, capsys):
+    root, trial = trained
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(afile)]) == 2
+    assert one_line_error(capsys) == f"error: --out {afile}: is a file, not a folder; give a folder\n"
+    assert afile.read_text() == "x"
+
+
 def test_a_trial_without_its_checkpoint_is_a_one_line_error(trained, tmp_path, capsys):
     root, trial = trained
     copy = tmp_path / "trial"

@@ -53,6 +53,28 @@ def test_token_hint_names_where_the_token_is(env, expected):
         assert "Authorization: Bearer <token>" in hint
 
 
+@pytest.mark.parametrize("from_env", [False, True])
+def test_an_address_where_no_cluster_answers_is_a_one_line_config_error(monkeypatch, from_env):
+    """Ray 2.60 raises ConnectionError after about 25 s of retries; the command printed its traceback (fake ``ray``)."""
+    import ray
+
+    def refuse(**kw):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {kw['address']}")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    if from_env:
+        monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ConfigError) as info:
+        init_ray(None if from_env else "10.0.0.9:6379", 2, False)
+    source = "$RAY_ADDRESS" if from_env else "--address"
+    assert str(info.value).startswith(f"{source} 10.0.0.9:6379: no Ray cluster answers there (Failed to connect to Ray "
+                                      "cluster at 10.0.0.9:6379); start one with `ray start --head`")
+    assert "\n" not in str(info.value)
+
+
 def test_local_ray_binds_the_dashboard_where_asked_and_prints_url_and_auth(monkeypatch, capsys):
     """init_ray with a fake ``ray`` (no Ray starts): the host reaches ray.init, the message names URL and token."""
     import ray

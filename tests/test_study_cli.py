@@ -70,6 +70,62 @@ def test_bad_rows_and_set_are_one_line_errors_before_anything_runs(tmp_path, pha
     assert not results.exists()  # no study folder: nothing validated into Ray, nothing trained
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--max-concurrent", "0"], "argument --max-concurrent: must be >= 1, got 0"),
+    (["--max-concurrent", "-1"], "argument --max-concurrent: must be >= 1, got -1"),
+    (["--cpus-per-trial", "0"], "argument --cpus-per-trial: must be > 0, got 0"),
+    (["--cpus-per-trial", "nan"], "argument --cpus-per-trial: must be > 0, got nan"),
+    (["--gpus-per-trial", "-1"], "argument --gpus-per-trial: must be >= 0, got -1"),
+    (["--num-workers", "0"], "argument --num-workers: must be >= 1, got 0"),
+    (["--max-retries", "-1"], "argument --max-retries: must be >= 0, got -1"),
+    (["--seeds", "-1"], "argument --seeds: must be >= 0, got -1"),
+    (["--seeds", "1", "x"], "argument --seeds: expected a whole number, got 'x'"),
+    (["--seeds", "1", "2", "1"], "argument --seeds: each seed once, got 1 2 1"),
+    (["--profile", "paper"], "--smoke-test runs the smoke profile; drop --profile paper (or --smoke-test)"),
+])
+def test_bad_flag_values_are_argparse_errors_naming_the_flag(tmp_path, phantom_env, capsys, extra, message):
+    """Values that used to pass silently (``--cpus-per-trial 0`` fell back to the profile's 1, ``--max-concurrent 0``
+    started Ray) or gave a message that named no flag are rejected while parsing: usage, one error line, exit 2."""
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit) as exit_info:
+        study_main("ablation_tailness", results, "--dry-run", *extra)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("error: " + message)
+    assert not results.exists()
+
+
+@pytest.mark.parametrize("case", ["gpus", "results file", "results below a file", "dashboard host", "optuna storage", "test root",
+                                  "data root file"])
+def test_a_dry_run_rejects_what_the_run_rejects(tmp_path, phantom_env, capsys, monkeypatch, case):
+    """``--dry-run`` makes every check that the run makes before Ray starts (``check_before_ray``), so a clean dry run
+    means the command's settings are accepted."""
+    afile = tmp_path / "afile.txt"
+    afile.write_text("not a folder")
+    results, extra = tmp_path / "results", []
+    if case == "gpus":
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        extra, message = ["--gpus-per-trial", "1"], "--gpus-per-trial > 0 but this machine has no CUDA GPU"
+    elif case == "results file":
+        results, message = afile, f"--results-dir {afile / 'ablation_tailness-smoke'}: is inside {afile}, a file, not a folder"
+    elif case == "results below a file":
+        results = afile / "deeper"
+        message = f"--results-dir {results / 'ablation_tailness-smoke'}: is inside {afile}, a file, not a folder"
+    elif case == "dashboard host":
+        extra, message = ["--dashboard-host", "0.0.0.0"], "--dashboard-host sets the dashboard of the local Ray"  # with --no-dashboard
+    elif case == "optuna storage":
+        extra, message = ["--optuna-storage", str(tmp_path / "o.log")], "--optuna-storage records an Optuna search; this study is a grid"
+    elif case == "test root":
+        extra, message = ["--test-root", str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'}: dataset root does not exist"
+    else:
+        extra, message = ["--data-root", str(afile)], f"{afile}: is a file, not a dataset root folder (create one with"
+    assert study_main("ablation_tailness", results, "--dry-run", *extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + message) and err.count("\n") == 1, err
+    assert afile.read_text() == "not a folder" and not (tmp_path / "results").exists()
+
+
 def test_rows_and_set_select_and_change_exactly_those_trials_in_a_dry_run(tmp_path, phantom_env, capsys):
     results = tmp_path / "results"
     code = study_main("ablation_tailness", results, "--rows", "MONA", "ACTION w/o L_anco", "--set", "optim.lr=0.02",

@@ -288,7 +288,8 @@ class AcdcLayout:
     def __init__(self, root: str | os.PathLike, num_classes: int = 4):
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset root does not exist (create one with 'medseg data phantom --out DIR' or 'medseg data convert-acdc')")
+            problem = "is a file, not a dataset root folder" if self.root.exists() else "dataset root does not exist"
+            raise DataError(f"{self.root}: {problem} (create one with 'medseg data phantom --out DIR' or 'medseg data convert-acdc')")
         self.num_classes = int(num_classes)
         self.train_slices = _read_list(self.root / TRAIN_LIST)
         self.val_cases = _read_list(self.root / VAL_LIST)

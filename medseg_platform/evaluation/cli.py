@@ -48,6 +48,11 @@ def run(args) -> int:
     def progress(i: int, n: int, case: str) -> None:
         print(f"[{i}/{n}] {case}", file=sys.stderr, flush=True)
 
+    from medseg_platform.io import check_output_folder
+
+    out = Path(args.out) if args.out else Path(args.pred) / "evaluation"
+    if Path(args.pred).is_dir():  # a missing or wrong --pred gets evaluate_folder's own message
+        check_output_folder(out, "--out")
     result = scoring.evaluate_folder(
         args.pred,
         args.gt,
@@ -57,7 +62,6 @@ def run(args) -> int:
         empty_policy=args.empty_policy,
         progress=None if args.quiet else progress,
     )
-    out = Path(args.out) if args.out else Path(args.pred) / "evaluation"
     paths = scoring.write_results(result, out)
     n_cases = result.summary["num_cases"]
     print(f"{n_cases} cases, {args.num_classes - 1} foreground classes, distances in {result.units}, "

@@ -229,9 +229,11 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     pred_dir = Path(pred_dir).expanduser()
     gt = Path(gt).expanduser()
     if not pred_dir.is_dir():
-        raise DataError(f"--pred {pred_dir}: folder does not exist (give the folder holding the predicted volumes)")
+        problem = "is a file, not a folder" if pred_dir.exists() else "folder does not exist"
+        raise DataError(f"--pred {pred_dir}: {problem} (give the folder holding the predicted volumes)")
     if not gt.is_dir():
-        raise DataError(f"--gt {gt}: folder does not exist (give a ground-truth folder or a dataset root)")
+        problem = "is a file, not a folder" if gt.exists() else "folder does not exist"
+        raise DataError(f"--gt {gt}: {problem} (give a ground-truth folder or a dataset root)")
     preds = list_label_files(pred_dir, "pred")
     if not preds:
         raise DataError(f"--pred {pred_dir}: no prediction volumes (.h5, .nii, .nii.gz) found at its top level")

@@ -28,7 +28,12 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboa
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as exc:  # Ray 2.60 raises it after its own retries (about 25 s)
+            source = "--address" if address != os.environ.get("RAY_ADDRESS") else "$RAY_ADDRESS"
+            raise ConfigError(f"{source} {address}: no Ray cluster answers there ({exc}); start one with `ray start --head` "
+                              "on that machine, check the address and port, or drop the flag to run a local Ray") from None
         return True
     context = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
                        object_store_memory=1 << 30, log_to_driver=False, configure_logging=False)

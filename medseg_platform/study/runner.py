@@ -31,7 +31,7 @@ from pathlib import Path
 from medseg_platform.config import resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_host
 from medseg_platform.errors import ConfigError
-from medseg_platform.io import write_json_atomic
+from medseg_platform.io import check_output_folder, write_json_atomic
 from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.results import (LAST_RUN_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, trial_finished, trial_folder,
                                      tune_storage)
@@ -56,12 +56,7 @@ def _log(msg: str) -> None:
 def run_study(study: Study) -> StudyRun:
     """Validate, run (or restore) on Ray, and return what finished; see the module docstring."""
     start = time.perf_counter()
-    trials = study.trial_params()
-    check_ray_options(study)
-    check_fault_tolerance_options(study, trials)
-    if study.gpus_per_trial > 0:
-        check_gpus_available(study.address)
-    test_datasets = check_test_root(study, trials)
+    trials, test_datasets = check_before_ray(study)
     preflight_datasets(datasets_of_trials(trials) + test_datasets, study.study_dir)  # every data file read, before Ray starts
     study_dir = study.study_dir
     (study_dir / TRIALS_DIR).mkdir(parents=True, exist_ok=True)
@@ -93,6 +88,21 @@ def run_study(study: Study) -> StudyRun:
 
 
 # ----------------------------------------------------------------------------------- checks before Ray
+def check_before_ray(study: Study) -> tuple[list[dict], list[tuple[str, int]]]:
+    """Every check of the study's settings that :func:`run_study` (and ``--dry-run``, :func:`medseg_platform.plan.plan_study`)
+    makes before it writes or starts anything: the trials (:meth:`Study.trial_params`), the Ray options, retries and fp16,
+    the results folder, GPUs, the test root. Returns the trials in start order and the test root's datasets. One-line
+    :class:`ConfigError` / :class:`~medseg_platform.errors.MedsegError` otherwise. The data files themselves are read by
+    :func:`medseg_platform.preflight.preflight_datasets` afterwards (it writes its report into the study folder)."""
+    trials = study.trial_params()
+    check_ray_options(study)
+    check_fault_tolerance_options(study, trials)
+    check_output_folder(study.study_dir, "--results-dir")
+    if study.gpus_per_trial > 0:
+        check_gpus_available(study.address)
+    return trials, check_test_root(study, trials)
+
+
 def check_test_root(study: Study, trials: list[dict]) -> list[tuple[str, int]]:
     """``study.test_root`` resolved (in place) and checked before Ray starts (a dataset root with the trials' classes and
     a test split; one-line error otherwise); returns its ``(root, num_classes)`` for the data preflight ([] without one)."""

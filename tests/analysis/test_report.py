@@ -66,6 +66,10 @@ def test_medseg_report_on_an_empty_or_missing_folder_is_a_clear_error(tmp_path, 
     assert "no study here" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err
+    (tmp_path / "empty-study" / "trials").mkdir(parents=True)  # a study whose trials never finished: exit 1, and why
+    assert main(["report", str(tmp_path / "empty-study")]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == ("empty-study: no finished trial (no trials/*/result.json); "
+                                                                "run its study command to train them")
 
 
 def test_report_says_when_every_trial_plateaued(study):

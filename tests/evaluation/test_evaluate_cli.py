@@ -158,6 +158,13 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(tiny_root, tmp_path, 
     assert "nope" in msg and "does not exist" in msg
     msg = one_line_error(capsys, ["evaluate", "--pred", str(preds_dir), "--gt", str(tmp_path / "nogt")])
     assert "nogt" in msg
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    msg = one_line_error(capsys, ["evaluate", "--pred", str(afile), "--gt", str(tiny_root)])
+    assert msg == f"error: --pred {afile}: is a file, not a folder (give the folder holding the predicted volumes)"
+    msg = one_line_error(capsys, base + ["--pred", str(preds_dir), "--out", str(afile)])
+    assert msg == f"error: --out {afile}: is a file, not a folder; give a folder"
+    assert afile.read_text() == "x"
 
     with h5py.File(preds_dir / "patient999_frame01.h5", "w") as fh:
         fh["pred"] = np.zeros((3, 12, 10), np.uint8)
