@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -146,7 +148,8 @@ class TrialConfig:
         """Build from a nested dict; dotted keys (``"optim.lr"``) override nested ones. Unknown keys are errors."""
         values = copy.deepcopy(dict(values))  # never alias (and later mutate) the caller's dicts
         nested: dict[str, Any] = {}
-        for key, value in values.items():
+        # whole values first, then the dotted keys that override parts of them (whatever the caller's order)
+        for key, value in sorted(values.items(), key=lambda item: "." in item[0]):
             if key.startswith("pretrain."):
                 raise ConfigError(f"{key}: pretraining stages cannot be set with dotted keys; pass the whole 'pretrain' list")
             parts = key.split(".")
@@ -158,12 +161,10 @@ class TrialConfig:
                 target = target.setdefault(part, {})
                 if not isinstance(target, dict):
                     section = ".".join(parts[:depth + 1])
-                    raise ConfigError(f"{key}: {section} is a value, not a section with keys"
+                    raise ConfigError(f"{key}: {section} holds a value ({target!r}), not keys"
                                       + ("; an objective's parameters are objective_params.<name>" if section == "objective" else ""))
             if isinstance(value, Mapping) and isinstance(target.get(parts[-1]), dict):
                 target[parts[-1]].update(value)
-            elif isinstance(target.get(parts[-1]), dict):
-                raise ConfigError(f"{key}: a section; set its keys ({key}.<name>) or give a dict, not {value!r}")
             else:
                 target[parts[-1]] = value
         return _build(cls, nested, "config")
@@ -206,8 +207,10 @@ class TrialConfig:
             raise ConfigError(f"data.strong_mix {d.strong_mix!r}: choose cutmix, classmix, cutout or none")
         if o.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"optim.optimizer {o.optimizer!r}: choose 'sgd' or 'adamw'")
-        for name, ok, rule in (("lr", o.lr > 0, "> 0"), ("weight_decay", o.weight_decay >= 0, ">= 0"),
-                                ("momentum", 0 <= o.momentum < 1, "in [0, 1)"), ("poly_power", o.poly_power >= 0, ">= 0")):
+        for name, ok, rule in (("lr", 0 < o.lr < math.inf, "a finite number > 0"),
+                               ("weight_decay", 0 <= o.weight_decay < math.inf, "a finite number >= 0"),
+                               ("momentum", 0 <= o.momentum < 1, "in [0, 1)"),
+                               ("poly_power", 0 <= o.poly_power < math.inf, "a finite number >= 0")):
             if not ok:  # NaN fails every rule
                 raise ConfigError(f"optim.{name} {getattr(o, name)}: must be {rule}")
         if o.max_steps < 1:
@@ -289,6 +292,10 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     for key, value in values.items():
         f = names[key]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        if dataclasses.is_dataclass(default) and not isinstance(value, Mapping) and not dataclasses.is_dataclass(value):
+            raise ConfigError(f"{where}.{key}: a section; give a dict of its keys or set them as {key}.<name>, not {value!r}")
+        if isinstance(default, str) and isinstance(value, (Mapping, list, tuple)):
+            raise ConfigError(f"{where}.{key}: expected a name, got {value!r}")
         if key == "pretrain" and cls is TrialConfig:
             if not isinstance(value, (list, tuple)):
                 raise ConfigError(f"{where}.pretrain: expected a list of stages, got {type(value).__name__}")
@@ -304,17 +311,22 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
             kwargs[key] = value
-        elif isinstance(default, int) and f.type in ("int", int):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        elif isinstance(default, int) and f.type in ("int", int):  # Python or NumPy numbers, stored as Python's
+            if not _real(value) or not math.isfinite(value) or value != int(value):
                 raise ConfigError(f"{where}.{key}: expected a whole number, got {value!r}")
             kwargs[key] = int(value)
         elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if not _real(value):
                 raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
             kwargs[key] = float(value)
         else:
             kwargs[key] = value
     return cls(**kwargs)
+
+
+def _real(value: Any) -> bool:
+    """A real number (Python's or NumPy's), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # NumPy's bool is no Real
 
 
 def resolve_path(path: str | Path, what: str) -> Path:

@@ -1,9 +1,9 @@
 """The dry run of a study (``--dry-run``): which trials would run, what each costs, and the wall time to expect.
 
-:func:`plan_study` expands and validates the study's trials and makes every other check :meth:`Study.run` makes
-before Ray starts (:func:`medseg_platform.study.runner.check_before_ray`: Ray options, retries, the results folder,
-GPUs, the test root; no Ray is started, nothing is trained or written), so a clean dry run means the run accepts
-the command's settings. It gives each trial a status:
+:func:`plan_study` expands and validates the study's trials and checks the study's settings as :meth:`Study.run`
+does before Ray starts (:func:`medseg_platform.study.runner.check_before_ray`: Ray options, retries, the results
+folder, GPUs, the test root; no Ray is started, nothing is trained or written). Only the run reads every data file
+(:func:`medseg_platform.preflight.preflight_datasets`). It gives each trial a status:
 
 * ``finished``: its folder holds a complete result (it would be skipped);
 * ``cached pretraining``: every pretraining stage it needs is in the study's pretraining cache

@@ -35,7 +35,7 @@ def add_cli(subparsers) -> None:
     from medseg_platform.cli import command_parser
     from medseg_platform.profiles import PROFILES
     from medseg_platform.recipes import METHODS
-    from medseg_platform.study_flags import amount
+    from medseg_platform.study_flags import amount, count_at_least
 
     parser = command_parser(
         subparsers,
@@ -59,7 +59,7 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--profile", choices=tuple(PROFILES), default="quick", help="problem size (default: quick; smoke: tiny)")
     parser.add_argument("--labelled", default=None, metavar="FRACTION",
                         help="labelled patients ('3') or percent ('5%%') (default: the config file's, else the profile's first)")
-    parser.add_argument("--seed", type=int, default=None, help="seed (default: the config file's, else the profile's first)")
+    parser.add_argument("--seed", type=count_at_least(0), default=None, help="seed (default: the config file's, else the profile's first)")
     parser.add_argument("--data-root", default=None, help="dataset root (default: the config file's, else the embedded phantom)")
     parser.add_argument("--results-dir", default="results", help="where results go (default: ./results)")
     parser.add_argument("--name", default=None, help="study folder name (default: train-<method>-<profile>)")

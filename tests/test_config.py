@@ -27,8 +27,10 @@ def test_round_trip_and_dotted_overrides(tiny_root):
     ({"data.labelled_batch": 9}, "larger than the labelled set (6 slices of 1 patient(s))"),
     ({"data.labelled": "0"}, "0 labelled patients"),
     ({"data.patch_size": [30, 30]}, "multiples of 16"),
-    ({"optim.lr": 0}, "optim.lr 0.0: must be > 0"),
-    ({"optim.lr": float("nan")}, "optim.lr nan: must be > 0"),
+    ({"optim.lr": 0}, "optim.lr 0.0: must be a finite number > 0"),
+    ({"optim.lr": float("nan")}, "optim.lr nan: must be a finite number > 0"),
+    ({"optim.lr": float("inf")}, "optim.lr inf: must be a finite number > 0"),
+    ({"optim.max_steps": float("nan")}, "config.optim.max_steps: expected a whole number, got nan"),
     ({"optim.momentum": 1.0}, "optim.momentum 1.0: must be in "),
     ({"seed": -1}, "seed -1: must be >= 0"),
     ({"threads": 0}, "threads 0: must be >= 1"),
@@ -50,10 +52,15 @@ def test_missing_data_root_and_unknown_keys(tmp_path):
 def test_a_dotted_key_through_a_value_is_a_config_error(tiny_root):
     """``objective`` is a name, not a section: ``objective.x`` used to raise a bare TypeError."""
     c = cfg(tiny_root, **{"objective": "mean_teacher"})
-    with pytest.raises(ConfigError, match="objective.consistency_weight: objective is a value, not a section with keys; "
+    with pytest.raises(ConfigError, match=r"objective.consistency_weight: objective holds a value \('mean_teacher'\), not keys; "
                                           "an objective's parameters are objective_params.<name>"):
         c.replace(**{"objective.consistency_weight": 0.3})
-    with pytest.raises(ConfigError, match=r"seed.x: seed is a value"):
-        c.replace(**{"seed.x": 1})
-    with pytest.raises(ConfigError, match="optim: a section; set its keys"):
-        TrialConfig.from_dict({"optim.lr": 0.1, "optim": 0.1})
+    for values in ({"seed.x": 1, "seed": 3}, {"seed": 3, "seed.x": 1}):  # the same message in either order
+        with pytest.raises(ConfigError, match=r"seed.x: seed holds a value \(3\), not keys"):
+            TrialConfig.from_dict(values)
+    with pytest.raises(ConfigError, match=r"config.optim: a section; give a dict of its keys or set them as optim.<name>, not 0.1"):
+        TrialConfig.from_dict({"optim": 0.1})
+    with pytest.raises(ConfigError, match=r"config.objective: expected a name, got \{'x': 1\}"):
+        TrialConfig.from_dict({"objective.x": 1})
+    # a dotted key overrides the whole value whatever the order it is given in
+    assert TrialConfig.from_dict({"optim.lr": 0.3, "optim": {"lr": 0.2, "momentum": 0.5}}).optim.lr == 0.3

@@ -54,12 +54,36 @@ def test_study_runs_every_trial_once_and_rerun_skips_ray(tiny_root, tmp_path, ra
 
 
 def test_invalid_study_fails_before_ray(tiny_root, tmp_path):
+    from ray import tune
+
     study = tiny_study(tiny_root, tmp_path / "results")
     study.variants = [Variant({"row": "x"}, {"objective": "nope"})]
     with pytest.raises(ConfigError, match="unknown; known objectives"):
         study.run()
     for bad, message in ((dict(name=".."), "letters, digits"), (dict(asha=True), "with a search space"),
-                         (dict(search_space={"optim.lrr": 0.1}), r"unknown key\(s\) \['lrr'\]")):
+                         (dict(search_space={"optim.lrr": 0.1}), r"unknown key\(s\) \['lrr'\]"),
+                         # the Python API gets the checks the command line's argparse types make
+                         (dict(max_concurrent=0), "max_concurrent 0: must be None or a whole number >= 1"),
+                         (dict(num_workers=1.5), "num_workers 1.5: must be a whole number >= 1"),
+                         (dict(cpus_per_trial=0), "cpus_per_trial 0: must be a finite number > 0"),
+                         (dict(cpus_per_trial=float("nan")), "cpus_per_trial nan: must be a finite number > 0"),
+                         (dict(cpus_per_trial=float("inf")), "cpus_per_trial inf: must be a finite number > 0"),
+                         (dict(gpus_per_trial=-1), "gpus_per_trial -1: must be a finite number >= 0"),
+                         (dict(seeds=[1, 1]), r"seeds \[1, 1\]: whole numbers >= 0, each once"),
+                         (dict(seeds=[-2]), r"seeds \[-2\]: whole numbers >= 0, each once"),
+                         (dict(seeds=1), "seeds 1: give a list of at least one seed"),
+                         (dict(variants=[]), r"variants \[\]: give a list of at least one Variant"),
+                         (dict(variants=[{"row": "a"}]), r"variants\[0\] \{'row': 'a'\}: give Variant\(tags: dict"),
+                         (dict(grid={"data.labelled": "12"}), r"grid\['data.labelled'\] '12': give a non-empty list"),
+                         (dict(grid={"optim.lr": []}), r"grid\['optim.lr'\] \[\]: give a non-empty list"),
+                         (dict(mode="maximize"), "metric 'best_val_dice' / mode 'maximize': a reported metric name"),
+                         (dict(cpus_per_trial="1"), "cpus_per_trial '1': must be a number"),
+                         (dict(claims=[{"a": "Sup"}]), "claims\\[0\\]: claim needs a non-empty text 'b'"),
+                         (dict(search_space={"optim.lr": tune.uniform(0.2, 0.1)}), r"search_space\['optim.lr'\]: empty range"),
+                         (dict(search_space={"optim.momentum": tune.uniform(-0.5, 0.5)}),
+                          r"search_space\['optim.momentum'\] at -0.5: optim.momentum -0.5: must be in"),
+                         (dict(search_space={"optim.max_steps": tune.randint(5, 10)}, asha=True),
+                          "asha: do not search optim.max_steps")):
         broken = tiny_study(tiny_root, tmp_path / "results")
         broken.variants = broken.variants[:1]
         broken.grid = {}

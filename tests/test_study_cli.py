@@ -73,9 +73,10 @@ def test_bad_rows_and_set_are_one_line_errors_before_anything_runs(tmp_path, pha
 @pytest.mark.parametrize("extra, message", [
     (["--max-concurrent", "0"], "argument --max-concurrent: must be >= 1, got 0"),
     (["--max-concurrent", "-1"], "argument --max-concurrent: must be >= 1, got -1"),
-    (["--cpus-per-trial", "0"], "argument --cpus-per-trial: must be > 0, got 0"),
-    (["--cpus-per-trial", "nan"], "argument --cpus-per-trial: must be > 0, got nan"),
-    (["--gpus-per-trial", "-1"], "argument --gpus-per-trial: must be >= 0, got -1"),
+    (["--cpus-per-trial", "0"], "argument --cpus-per-trial: must be a finite number > 0, got 0"),
+    (["--cpus-per-trial", "nan"], "argument --cpus-per-trial: must be a finite number > 0, got nan"),
+    (["--cpus-per-trial", "inf"], "argument --cpus-per-trial: must be a finite number > 0, got inf"),
+    (["--gpus-per-trial", "-1"], "argument --gpus-per-trial: must be a finite number >= 0, got -1"),
     (["--num-workers", "0"], "argument --num-workers: must be >= 1, got 0"),
     (["--max-retries", "-1"], "argument --max-retries: must be >= 0, got -1"),
     (["--seeds", "-1"], "argument --seeds: must be >= 0, got -1"),
@@ -108,10 +109,11 @@ def test_a_dry_run_rejects_what_the_run_rejects(tmp_path, phantom_env, capsys, m
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
         extra, message = ["--gpus-per-trial", "1"], "--gpus-per-trial > 0 but this machine has no CUDA GPU"
     elif case == "results file":
-        results, message = afile, f"--results-dir {afile / 'ablation_tailness-smoke'}: is inside {afile}, a file, not a folder"
+        results = afile
+        message = f"--results-dir (Study.results_dir) {afile / 'ablation_tailness-smoke'}: is inside {afile}, a file, not a folder"
     elif case == "results below a file":
         results = afile / "deeper"
-        message = f"--results-dir {results / 'ablation_tailness-smoke'}: is inside {afile}, a file, not a folder"
+        message = f"--results-dir (Study.results_dir) {results / 'ablation_tailness-smoke'}: is inside {afile}, a file, not a folder"
     elif case == "dashboard host":
         extra, message = ["--dashboard-host", "0.0.0.0"], "--dashboard-host sets the dashboard of the local Ray"  # with --no-dashboard
     elif case == "optuna storage":

@@ -52,7 +52,7 @@ def run(args) -> int:
 
     out = Path(args.out) if args.out else Path(args.pred) / "evaluation"
     if Path(args.pred).is_dir():  # a missing or wrong --pred gets evaluate_folder's own message
-        check_output_folder(out, "--out")
+        check_output_folder(out, "--out" if args.out else "--out (default <pred>/evaluation)")
     result = scoring.evaluate_folder(
         args.pred,
         args.gt,

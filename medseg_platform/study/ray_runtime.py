@@ -26,14 +26,17 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboa
 
     if ray.is_initialized():
         return False
+    source, drop = ("--address", "drop the flag") if address else ("$RAY_ADDRESS", "unset RAY_ADDRESS")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         try:
             ray.init(address=address, log_to_driver=False)
         except ConnectionError as exc:  # Ray 2.60 raises it after its own retries (about 25 s)
-            source = "--address" if address != os.environ.get("RAY_ADDRESS") else "$RAY_ADDRESS"
             raise ConfigError(f"{source} {address}: no Ray cluster answers there ({exc}); start one with `ray start --head` "
-                              "on that machine, check the address and port, or drop the flag to run a local Ray") from None
+                              f"on that machine, check the address and port, or {drop} to run a local Ray") from None
+        except ValueError as exc:  # e.g. no port: Ray's "Invalid address format"
+            raise ConfigError(f"{source} {address}: not a Ray address ({exc}); give HOST:PORT of the head node's GCS "
+                              "(port 6379 by default) or 'auto'") from None
         return True
     context = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
                        object_store_memory=1 << 30, log_to_driver=False, configure_logging=False)

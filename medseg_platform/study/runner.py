@@ -97,7 +97,7 @@ def check_before_ray(study: Study) -> tuple[list[dict], list[tuple[str, int]]]:
     trials = study.trial_params()
     check_ray_options(study)
     check_fault_tolerance_options(study, trials)
-    check_output_folder(study.study_dir, "--results-dir")
+    check_output_folder(study.study_dir, "--results-dir (Study.results_dir)")
     if study.gpus_per_trial > 0:
         check_gpus_available(study.address)
     return trials, check_test_root(study, trials)
@@ -230,8 +230,6 @@ def tune_config(study: Study, experiment: str):
         # progress-only reports repeat the count of the last validation and its metric: ASHA records a rung once).
         # ASHA ends a trial that reaches max_t, so max_t must count that final report too. The skipped and errored
         # reports carry no ASHA_TIME: ASHA ignores them.
-        if {"optim.max_steps", "eval.val_every"} & set(study.search_space or {}):
-            raise ConfigError("asha: do not search optim.max_steps or eval.val_every (they set ASHA's time budget)")
         validations = -(-study.base.optim.max_steps // study.base.eval.val_every)
         scheduler = ASHAScheduler(metric=study.metric, mode=study.mode, time_attr=ASHA_TIME,
                                   max_t=validations + 1, grace_period=1)

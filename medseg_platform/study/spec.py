@@ -13,11 +13,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from medseg_platform.claims_spec import check_claim
 from medseg_platform.config import TrialConfig, resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST
 from medseg_platform.errors import ConfigError
@@ -73,20 +76,60 @@ class Study:
     # recorded in study.json for the report, not in spec_hash (the protocol's configs already differ)
     protocol: str = "corrected"
 
-    def trial_params(self) -> list[dict]:
-        """Every grid trial as ``{"config": dict, "tags": dict, "key": str}``, validated, in :func:`start_order`."""
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name or ""):
+    def check_settings(self) -> None:
+        """The study's own fields (not the trial configs), checked before anything is expanded, written or started;
+        a one-line :class:`ConfigError` naming the field. The command line's argparse types check the same values."""
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", self.name):
             raise ConfigError(f"study name {self.name!r}: use letters, digits, '-' and '_' only")
-        if not self.seeds:
-            raise ConfigError("seeds: give at least one seed")
-        if self.num_workers < 1 or self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
-            raise ConfigError("num_workers must be >= 1, cpus_per_trial > 0 and gpus_per_trial >= 0")
+        if not isinstance(self.base, TrialConfig):
+            raise ConfigError(f"base: a TrialConfig (e.g. PROFILES['quick'].trial.replace(...)), got {type(self.base).__name__}")
+        if not isinstance(self.seeds, (list, tuple)) or not self.seeds:
+            raise ConfigError(f"seeds {self.seeds!r}: give a list of at least one seed, e.g. [1, 2, 3]")
+        if any(not _whole(s) or s < 0 for s in self.seeds) or len(set(self.seeds)) < len(self.seeds):
+            raise ConfigError(f"seeds {list(self.seeds)}: whole numbers >= 0, each once")
+        if not isinstance(self.variants, (list, tuple)) or not self.variants:
+            raise ConfigError(f"variants {self.variants!r}: give a list of at least one Variant (a table row)")
+        for i, variant in enumerate(self.variants):
+            if not isinstance(variant, Variant) or not isinstance(variant.tags, Mapping) or not isinstance(variant.overrides, Mapping):
+                raise ConfigError(f"variants[{i}] {variant!r}: give Variant(tags: dict, overrides: dict), e.g. "
+                                  "Variant({'row': 'MONA'}, {'objective': 'mona'})")
+        if not isinstance(self.grid, Mapping):
+            raise ConfigError(f"grid {self.grid!r}: give a dict of config key -> list of values")
+        for key, values in self.grid.items():
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ConfigError(f"grid[{key!r}] {values!r}: give a non-empty list of values, e.g. [{values!r}]")
+        if self.search_space is not None and not isinstance(self.search_space, Mapping):
+            raise ConfigError(f"search_space: give a dict of config key -> Ray Tune domain, got {type(self.search_space).__name__}")
+        if not _whole(self.num_samples) or self.num_samples < 1:
+            raise ConfigError(f"num_samples {self.num_samples!r}: must be a whole number >= 1")
+        if not isinstance(self.metric, str) or not self.metric or self.mode not in ("max", "min"):
+            raise ConfigError(f"metric {self.metric!r} / mode {self.mode!r}: a reported metric name (default {METRIC!r}) "
+                              "and 'max' or 'min'")
+        for name, value, rule in (("num_workers", self.num_workers, "a whole number >= 1"),
+                                  ("max_concurrent", self.max_concurrent, "None or a whole number >= 1")):
+            if not (value is None and name == "max_concurrent") and (not _whole(value) or value < 1):
+                raise ConfigError(f"{name} {value!r}: must be {rule}")
+        for name, value in (("cpus_per_trial", self.cpus_per_trial), ("gpus_per_trial", self.gpus_per_trial)):
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise ConfigError(f"{name} {value!r}: must be a number")
+        if not 0 < self.cpus_per_trial < math.inf:
+            raise ConfigError(f"cpus_per_trial {self.cpus_per_trial!r}: must be a finite number > 0")
+        if not 0 <= self.gpus_per_trial < math.inf:
+            raise ConfigError(f"gpus_per_trial {self.gpus_per_trial!r}: must be a finite number >= 0")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"study protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
         if self.asha and self.search_space is None:
             raise ConfigError("asha: early stopping prunes trials for good; use it with a search space, not a grid")
         if self.search_space is not None and (len(self.variants) != 1 or len(self.seeds) != 1 or any(len(v) != 1 for v in self.grid.values())):
             raise ConfigError("an Optuna search runs over one variant and one seed; move other axes into the search space")
+        if self.asha and {"optim.max_steps", "eval.val_every"} & set(self.search_space or {}):
+            raise ConfigError("asha: do not search optim.max_steps or eval.val_every (they set ASHA's time budget)")
+        for i, spec in enumerate(self.claims):
+            check_claim(spec, f"claims[{i}]")
+
+    def trial_params(self) -> list[dict]:
+        """Every grid trial as ``{"config": dict, "tags": dict, "key": str}``, validated, in :func:`start_order`."""
+        self.check_settings()
         axes = list(self.grid.items())
         trials, seen = [], set()
         for variant in self.variants:
@@ -117,9 +160,14 @@ class Study:
             data_key = json.dumps([trial["config"]["data"], cfg.seed if cfg.data.labelled_strategy == "random" else 0], sort_keys=True)
             cfg.validate(check_data=data_key not in checked)
             checked.add(data_key)
-        if self.search_space is not None:  # one sample of every domain must give a valid config, before Ray starts
+        if self.search_space is not None:  # every domain's ends (or categories) must give a valid config, before Ray starts
             sample = {key: domain.sample() if hasattr(domain, "sample") else domain for key, domain in self.search_space.items()}
-            TrialConfig.from_dict({**trials[0]["config"], **sample}).validate(check_data=False)
+            for key, domain in self.search_space.items():
+                for value in domain_extremes(key, domain):
+                    try:
+                        TrialConfig.from_dict({**trials[0]["config"], **sample, key: value}).validate(check_data=False)
+                    except ConfigError as exc:
+                        raise ConfigError(f"search_space[{key!r}] at {value!r}: {exc}") from None
         return start_order(trials)
 
     def spec_hash(self, trials: list[dict]) -> str:
@@ -154,6 +202,27 @@ class Study:
         from medseg_platform.study.runner import run_study
 
         return run_study(self)
+
+
+def _whole(value) -> bool:
+    """An integer (Python's or NumPy's, as the config's whole-number fields accept), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def domain_extremes(key: str, domain: Any) -> list[Any]:
+    """The values of a search-space entry that bound what it can sample: a Ray Tune ``Float``/``Integer`` domain's
+    ends (ConfigError if empty or reversed), a ``Categorical``'s categories, a constant itself."""
+    if hasattr(domain, "categories"):
+        return list(domain.categories)
+    if hasattr(domain, "lower") and hasattr(domain, "upper"):
+        integer = type(domain).__name__ == "Integer"
+        # Tune's randint and uniform exclude their upper end: check the last value they can draw
+        lower, upper = domain.lower, (domain.upper - 1 if integer else math.nextafter(domain.upper, -math.inf))
+        if not lower <= upper:
+            raise ConfigError(f"search_space[{key!r}]: empty range [{domain.lower}, {domain.upper}"
+                              f"{')' if integer else ']'}; give lower < upper")
+        return [lower, upper]
+    return [domain.sample() if hasattr(domain, "sample") else domain]
 
 
 def start_order(trials: list[dict]) -> list[dict]:
