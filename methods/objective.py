@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -255,8 +255,10 @@ def check_choice(config: Any, field: str, choices: Sequence[str]) -> None:
 
 def config_from_dict(config_class: type, values: dict[str, Any] | None) -> Any:
     """Build ``config_class(**values)``; unknown keys raise a :class:`ConfigError` listing the valid ones."""
-    values = dict(values or {})
     valid = [f.name for f in dataclasses.fields(config_class)]
+    if values is not None and not isinstance(values, Mapping):
+        raise ConfigError(f"objective_params: a dict of {config_class.__name__} keys, got {values!r} (valid keys: {valid})")
+    values = dict(values or {})
     unknown = sorted(set(values) - set(valid))
     if unknown:
         raise ConfigError(f"objective_params: unknown {config_class.__name__} keys {unknown} (valid keys: {valid})")

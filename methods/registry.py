@@ -51,6 +51,9 @@ def build_objective(name: str, model: nn.Module, config_dict: dict[str, Any] | N
     """Objective ``name`` around the student ``model``, configured by ``config_dict`` (missing keys take
     the config class's defaults)."""
     cls = _lookup("objective", OBJECTIVES, name)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"objective {name!r}: the student model must be a torch.nn.Module (e.g. build_model('unet', ...)), "
+                          f"got {type(model).__name__}")
     return cls(model, config_from_dict(cls.config_class, config_dict))
 
 

@@ -22,6 +22,7 @@ twice gives the same checksums.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from typing import Iterable, Mapping, Sequence
 import h5py
 import numpy as np
 
-from medseg_platform.errors import DataError
+from medseg_platform.errors import ConfigError, DataError
 from medseg_platform.io import atomic_path, sha256_file, write_json_atomic, write_text_atomic
 
 SLICES_DIR = Path("data") / "slices"
@@ -286,6 +287,10 @@ class AcdcLayout:
     """
 
     def __init__(self, root: str | os.PathLike, num_classes: int = 4):
+        if not isinstance(root, (str, os.PathLike)) or not str(root):
+            raise ConfigError(f"dataset root {root!r}: give a folder path")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+            raise ConfigError(f"num_classes {num_classes!r}: a whole number >= 2 (background + at least one class)")
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             problem = "is a file, not a dataset root folder" if self.root.exists() else "dataset root does not exist"

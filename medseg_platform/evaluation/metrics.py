@@ -43,6 +43,7 @@ This module does not import torch or medpy (medpy is imported only for ``backend
 
 from __future__ import annotations
 
+import numbers
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -74,7 +75,10 @@ def normalise_spacing(spacing: Sequence[float] | float | None, ndim: int, where:
     """``spacing`` as a tuple of ``ndim`` positive finite floats (a scalar applies to all axes), or None."""
     if spacing is None:
         return None
-    values = np.atleast_1d(np.asarray(spacing, dtype=np.float64)).ravel()
+    try:
+        values = np.atleast_1d(np.asarray(spacing, dtype=np.float64)).ravel()
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: expected {ndim} positive numbers (one per array axis), got {spacing!r}") from None
     if values.size == 1 and ndim > 1:
         values = np.repeat(values, ndim)
     if values.size != ndim or not np.all(np.isfinite(values)) or not np.all(values > 0):
@@ -237,7 +241,7 @@ def check_label_map(labels: np.ndarray, num_classes: int, where: str) -> np.ndar
 def _label_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Checked label maps and their confusion matrix ``confusion[p, g]`` = #voxels predicted p with ground truth g
     (one histogram for all classes); :class:`ConfigError` / :class:`DataError` naming ``where`` on bad input."""
-    if int(num_classes) != num_classes or num_classes < 2:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Real) or int(num_classes) != num_classes or num_classes < 2:
         raise ConfigError(f"num_classes: expected an integer >= 2 (background + at least one class), got {num_classes!r}")
     num_classes = int(num_classes)
     pred = np.asarray(pred)
@@ -324,7 +328,12 @@ def summarize(rows: Iterable[Mapping], metrics: Sequence[str] = METRICS) -> dict
       order: cases first, then classes; classes with no defined value are skipped); ``std`` = std over cases
       of each case's mean over its defined classes; ``n_undefined`` = undefined (case, class) values in all.
     """
+    if isinstance(metrics, str) or not set(metrics) <= set(METRICS):
+        raise ConfigError(f"metrics {metrics!r}: give a list of names among {', '.join(METRICS)}")
     rows = list(rows)
+    missing = sorted({key for r in rows for key in ("case", "class", *metrics) if key not in r})
+    if missing:
+        raise DataError(f"summarize: rows lack {', '.join(missing)} (rows come from evaluate_case / evaluate_cases)")
     classes = sorted({int(r["class"]) for r in rows})
     cases = list(dict.fromkeys(str(r["case"]) for r in rows))
     case_index = {case: i for i, case in enumerate(cases)}

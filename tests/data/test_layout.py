@@ -53,6 +53,16 @@ def test_writer_rejects_bad_arrays(tmp_path: Path):
     assert not list(tmp_path.rglob("*.h5"))
 
 
+def test_reader_arguments_of_the_wrong_kind_are_config_errors(tiny_root: Path):
+    from medseg_platform.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="num_classes 'four': a whole number >= 2"):
+        layout.AcdcLayout(tiny_root, "four")
+    with pytest.raises(ConfigError, match="dataset root None: give a folder path"):
+        layout.AcdcLayout(None)
+    assert layout.AcdcLayout(tiny_root, np.int64(4)).num_classes == 4
+
+
 def test_reader_errors_name_the_file(tiny_root: Path, tmp_path: Path):
     with pytest.raises(DataError, match="does not exist"):
         layout.AcdcLayout(tmp_path / "nowhere")

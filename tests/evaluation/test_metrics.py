@@ -180,6 +180,18 @@ def test_bad_inputs_raise_one_line_errors():
         evaluate_case(np.zeros((1, 2, 2), np.uint8), np.zeros((1, 2, 2), np.uint8), 4, empty_policy="zero")
     with pytest.raises(ConfigError, match="backend"):
         binary_metrics(np.ones(3), np.ones(3), backend="monai")
+    # a notebook's slips are the project's one-line errors, not a bare TypeError / ValueError / KeyError
+    with pytest.raises(ConfigError, match="num_classes: expected an integer >= 2"):
+        evaluate_case(np.zeros((1, 2, 2), np.uint8), np.zeros((1, 2, 2), np.uint8), None)
+    with pytest.raises(DataError, match="spacing: expected 3 positive numbers .* got '1,1,1'"):
+        evaluate_case(np.zeros((1, 2, 2), np.uint8), np.zeros((1, 2, 2), np.uint8), 4, spacing="1,1,1")
+    row = {"case": "a", "class": 1, "dice": 1.0}
+    with pytest.raises(ConfigError, match=r"metrics \['dsc'\]: give a list of names among dice"):
+        summarize([row], metrics=["dsc"])
+    with pytest.raises(ConfigError, match="metrics 'dice': give a list"):
+        summarize([row], metrics="dice")
+    with pytest.raises(DataError, match="summarize: rows lack case"):
+        summarize([{"class": 1, "dice": 1.0}], metrics=["dice"])
     # integral floats (NIfTI label maps) are fine
     rows = evaluate_case(np.ones((1, 2, 2), np.float32), np.ones((1, 2, 2), np.float64), 2)
     assert rows[0]["dice"] == 1.0

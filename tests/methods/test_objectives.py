@@ -171,6 +171,15 @@ def test_unknown_objective_lists_known_names():
         build_objective("mona_typo", build_model("unet", **TINY), {})
 
 
+def test_a_model_or_params_of_the_wrong_kind_is_a_config_error():
+    from methods.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"objective 'mean_teacher': the student model must be a torch.nn.Module .* got str"):
+        build_objective("mean_teacher", "unet")
+    with pytest.raises(ConfigError, match=r"objective_params: a dict of SupervisedConfig keys, got \['x'\]"):
+        build_objective("supervised", build_model("unet", **TINY), ["x"])
+
+
 def test_unknown_config_key_lists_valid_keys():
     with pytest.raises(ValueError, match=r"\['consistancy_weight'\].*consistency_weight"):
         build_objective("mean_teacher", build_model("unet", **TINY), {"consistancy_weight": 0.1})
