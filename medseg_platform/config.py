@@ -312,11 +312,11 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
                 raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
             kwargs[key] = value
         elif isinstance(default, int) and f.type in ("int", int):  # Python or NumPy numbers, stored as Python's
-            if not _real(value) or not math.isfinite(value) or value != int(value):
+            if not is_whole(value):
                 raise ConfigError(f"{where}.{key}: expected a whole number, got {value!r}")
             kwargs[key] = int(value)
         elif isinstance(default, float):
-            if not _real(value):
+            if not is_real(value):
                 raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
             kwargs[key] = float(value)
         else:
@@ -324,9 +324,14 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
-def _real(value: Any) -> bool:
-    """A real number (Python's or NumPy's), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # NumPy's bool is no Real
+def is_real(value: Any) -> bool:
+    """A real number (Python's or NumPy's), not a bool (NumPy's bool is no Real)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_whole(value: Any) -> bool:
+    """A finite real number with no fractional part (``3``, ``3.0``, ``np.int64(3)``), not a bool."""
+    return is_real(value) and math.isfinite(value) and value == int(value)
 
 
 def resolve_path(path: str | Path, what: str) -> Path:

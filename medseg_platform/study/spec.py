@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from medseg_platform.claims_spec import check_claim
-from medseg_platform.config import TrialConfig, resolve_path
+from medseg_platform.config import TrialConfig, is_real, resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST
 from medseg_platform.errors import ConfigError
 from medseg_platform.protocol import PROTOCOLS
@@ -85,7 +85,7 @@ class Study:
             raise ConfigError(f"base: a TrialConfig (e.g. PROFILES['quick'].trial.replace(...)), got {type(self.base).__name__}")
         if not isinstance(self.seeds, (list, tuple)) or not self.seeds:
             raise ConfigError(f"seeds {self.seeds!r}: give a list of at least one seed, e.g. [1, 2, 3]")
-        if any(not _whole(s) or s < 0 for s in self.seeds) or len(set(self.seeds)) < len(self.seeds):
+        if any(not _count(s) or s < 0 for s in self.seeds) or len(set(self.seeds)) < len(self.seeds):
             raise ConfigError(f"seeds {list(self.seeds)}: whole numbers >= 0, each once")
         if not isinstance(self.variants, (list, tuple)) or not self.variants:
             raise ConfigError(f"variants {self.variants!r}: give a list of at least one Variant (a table row)")
@@ -100,22 +100,18 @@ class Study:
                 raise ConfigError(f"grid[{key!r}] {values!r}: give a non-empty list of values, e.g. [{values!r}]")
         if self.search_space is not None and not isinstance(self.search_space, Mapping):
             raise ConfigError(f"search_space: give a dict of config key -> Ray Tune domain, got {type(self.search_space).__name__}")
-        if not _whole(self.num_samples) or self.num_samples < 1:
+        if not _count(self.num_samples) or self.num_samples < 1:
             raise ConfigError(f"num_samples {self.num_samples!r}: must be a whole number >= 1")
         if not isinstance(self.metric, str) or not self.metric or self.mode not in ("max", "min"):
             raise ConfigError(f"metric {self.metric!r} / mode {self.mode!r}: a reported metric name (default {METRIC!r}) "
                               "and 'max' or 'min'")
-        for name, value, rule in (("num_workers", self.num_workers, "a whole number >= 1"),
-                                  ("max_concurrent", self.max_concurrent, "None or a whole number >= 1")):
-            if not (value is None and name == "max_concurrent") and (not _whole(value) or value < 1):
-                raise ConfigError(f"{name} {value!r}: must be {rule}")
-        for name, value in (("cpus_per_trial", self.cpus_per_trial), ("gpus_per_trial", self.gpus_per_trial)):
-            if not isinstance(value, numbers.Real) or isinstance(value, bool):
-                raise ConfigError(f"{name} {value!r}: must be a number")
-        if not 0 < self.cpus_per_trial < math.inf:
-            raise ConfigError(f"cpus_per_trial {self.cpus_per_trial!r}: must be a finite number > 0")
-        if not 0 <= self.gpus_per_trial < math.inf:
-            raise ConfigError(f"gpus_per_trial {self.gpus_per_trial!r}: must be a finite number >= 0")
+        if not _count(self.num_workers) or self.num_workers < 1:
+            raise ConfigError(f"num_workers {self.num_workers!r}: must be a whole number >= 1")
+        if self.max_concurrent is not None and (not _count(self.max_concurrent) or self.max_concurrent < 1):
+            raise ConfigError(f"max_concurrent {self.max_concurrent!r}: must be None or a whole number >= 1")
+        for name, value, positive in (("cpus_per_trial", self.cpus_per_trial, True), ("gpus_per_trial", self.gpus_per_trial, False)):
+            if not is_real(value) or not math.isfinite(value) or value < 0 or (positive and value == 0):
+                raise ConfigError(f"{name} {value!r}: must be a finite number {'> 0' if positive else '>= 0'}")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"study protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
         if self.asha and self.search_space is None:
@@ -204,8 +200,8 @@ class Study:
         return run_study(self)
 
 
-def _whole(value) -> bool:
-    """An integer (Python's or NumPy's, as the config's whole-number fields accept), not a bool."""
+def _count(value) -> bool:
+    """An integer (Python's or NumPy's), not a bool: a count or a seed (a float 2.0 is not one)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -215,7 +211,9 @@ def domain_extremes(key: str, domain: Any) -> list[Any]:
     if hasattr(domain, "categories"):
         return list(domain.categories)
     if hasattr(domain, "lower") and hasattr(domain, "upper"):
-        integer = type(domain).__name__ == "Integer"
+        from ray.tune.search.sample import Integer
+
+        integer = isinstance(domain, Integer)
         # Tune's randint and uniform exclude their upper end: check the last value they can draw
         lower, upper = domain.lower, (domain.upper - 1 if integer else math.nextafter(domain.upper, -math.inf))
         if not lower <= upper:
