@@ -63,14 +63,17 @@ def is_study_dir(path: Path) -> bool:
 
 
 def _read_json(path: Path) -> dict:
-    """A JSON object file, {} when missing; MedsegError when present but unreadable."""
+    """A JSON object file, {} when missing; MedsegError when present but unreadable or not an object."""
     if not path.is_file():
         return {}
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MedsegError(f"{path}: not valid JSON ({exc}); delete it or rerun the study command") from None
-    return value if isinstance(value, dict) else {}
+    if not isinstance(value, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+        raise MedsegError(f"{path}: holds {kind}, not a JSON object; delete it or rerun the study command")
+    return value
 
 
 def _problem_trial(problem: str) -> str | None:

@@ -235,6 +235,8 @@ class TrialConfig:
             raise ConfigError(f"data.unlabelled_batch {d.unlabelled_batch}: objective {self.objective!r} needs unlabelled images (use >= 1)")
         if self.seed < 0:
             raise ConfigError(f"seed {self.seed}: must be >= 0")
+        if d.labelled_seed is not None and d.labelled_seed < 0:
+            raise ConfigError(f"data.labelled_seed {d.labelled_seed}: must be >= 0 (or None: the trial seed)")
         if self.threads < 1:
             raise ConfigError(f"threads {self.threads}: must be >= 1")
         if self.conv_kernels not in CONV_KERNELS:
@@ -299,8 +301,20 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
         if key == "pretrain" and cls is TrialConfig:
             if not isinstance(value, (list, tuple)):
                 raise ConfigError(f"{where}.pretrain: expected a list of stages, got {type(value).__name__}")
+            for i, stage in enumerate(value):
+                if not isinstance(stage, (StageConfig, Mapping)):
+                    raise ConfigError(f"{where}.pretrain[{i}]: expected a stage, a dict like "
+                                      f"{{'objective': 'isd_pretrain', 'max_steps': 40}}, got {stage!r}")
             kwargs[key] = tuple(stage if isinstance(stage, StageConfig) else _build(StageConfig, stage, f"{where}.pretrain[{i}]")
                                 for i, stage in enumerate(value))
+        elif f.type == "Mapping[str, Any]":
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}.{key}: expected a dict of names to values, got {value!r}")
+            kwargs[key] = value
+        elif f.type == "int | None":
+            if value is not None and not is_whole(value):
+                raise ConfigError(f"{where}.{key}: expected a whole number or None, got {value!r}")
+            kwargs[key] = None if value is None else int(value)
         elif dataclasses.is_dataclass(default) and isinstance(value, Mapping):
             kwargs[key] = _build(type(default), value, f"{where}.{key}")
         elif isinstance(default, tuple):

@@ -2,7 +2,8 @@
 
 :func:`plan_study` expands and validates the study's trials and checks the study's settings as :meth:`Study.run`
 does before Ray starts (:func:`medseg_platform.study.runner.check_before_ray`: Ray options, retries, the results
-folder, GPUs, the test root; no Ray is started, nothing is trained or written). Only the run reads every data file
+folder, GPUs, the test root; no Ray is started, nothing is trained or written). It reads each dataset's lists and
+manifest (its class names against ``data.num_classes``), but only the run reads every data file
 (:func:`medseg_platform.preflight.preflight_datasets`). It gives each trial a status:
 
 * ``finished``: its folder holds a complete result (it would be skipped);
@@ -95,13 +96,17 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     ``unit``: seconds per cost unit (default: :func:`measure_unit_seconds` on the first trial to run);
     ``cpus``: this machine's CPUs (default: those this process may use).
     """
+    from medseg_platform.data.layout import dataset_class_names
     from medseg_platform.engine import stage_key
+    from medseg_platform.preflight import datasets_of_trials
     from medseg_platform.progress import EVALUATION_COST, trial_plan
     from medseg_platform.results import STAGE_FINAL_FILE, pretrain_cache_dir, stage_folder, trial_finished, trial_folder
 
     from medseg_platform.study.runner import check_before_ray
 
     trials, _ = check_before_ray(study)  # validated as Study.run validates them, in the order Tune starts them
+    for root, num_classes in datasets_of_trials(trials):  # the manifest's class names (no data file is read)
+        dataset_class_names(root, num_classes)
     study_dir = study.study_dir
     cache = pretrain_cache_dir(study_dir)
     search = study.search_space is not None

@@ -64,3 +64,26 @@ def test_a_dotted_key_through_a_value_is_a_config_error(tiny_root):
         TrialConfig.from_dict({"objective.x": 1})
     # a dotted key overrides the whole value whatever the order it is given in
     assert TrialConfig.from_dict({"optim.lr": 0.3, "optim": {"lr": 0.2, "momentum": 0.5}}).optim.lr == 0.3
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"pretrain": ["isd_pretrain"]},  # used to list the letters of the name as unknown keys
+     r"config.pretrain\[0\]: expected a stage, a dict like \{'objective': 'isd_pretrain', 'max_steps': 40\}, got 'isd_pretrain'"),
+    ({"data.labelled_seed": "7"}, r"config.data.labelled_seed: expected a whole number or None, got '7'"),  # was a TypeError
+    ({"data.labelled_seed": 2.5}, r"config.data.labelled_seed: expected a whole number or None, got 2.5"),
+    ({"objective_params": "x"}, r"config.objective_params: expected a dict of names to values, got 'x'"),
+    ({"objective_params": [1]}, r"config.objective_params: expected a dict of names to values, got \[1\]"),  # was a TypeError
+    ({"pretrain": [{"objective_params": "y"}]}, r"config.pretrain\[0\].objective_params: expected a dict of names to values, got 'y'"),
+])
+def test_a_value_of_the_wrong_kind_names_its_key(values, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        TrialConfig.from_dict(values)
+    assert "\n" not in str(info.value)
+
+
+def test_labelled_seed_is_a_seed_or_none(tiny_root):
+    assert cfg(tiny_root, **{"data.labelled_seed": None}).data.labelled_seed is None
+    c = cfg(tiny_root, **{"data.labelled_seed": 4})
+    assert c.data.labelled_seed == 4 and type(c.data.labelled_seed) is int
+    with pytest.raises(ConfigError, match=r"data.labelled_seed -3: must be >= 0 \(or None: the trial seed\)"):
+        cfg(tiny_root, **{"data.labelled_seed": -3}).validate(check_data=False)

@@ -96,7 +96,7 @@ def test_bad_flag_values_are_argparse_errors_naming_the_flag(tmp_path, phantom_e
 
 
 @pytest.mark.parametrize("case", ["gpus", "results file", "results below a file", "dashboard host", "optuna storage", "test root",
-                                  "data root file"])
+                                  "data root file", "num_classes"])
 def test_a_dry_run_rejects_what_the_run_rejects(tmp_path, phantom_env, capsys, monkeypatch, case):
     """``--dry-run`` makes every check that the run makes before Ray starts (``check_before_ray``), so a clean dry run
     means the command's settings are accepted."""
@@ -120,6 +120,9 @@ def test_a_dry_run_rejects_what_the_run_rejects(tmp_path, phantom_env, capsys, m
         extra, message = ["--optuna-storage", str(tmp_path / "o.log")], "--optuna-storage records an Optuna search; this study is a grid"
     elif case == "test root":
         extra, message = ["--test-root", str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'}: dataset root does not exist"
+    elif case == "num_classes":  # the manifest's 3 class names; a supervised-only row alone used to pass
+        extra = ["--set", "data.num_classes=5", "--rows", "Supervised only"]
+        message = f"{phantom_env}/manifest.json: 'class_names': 3 class name(s) ['RV', 'Myo', 'LV'] for 5 classes"
     else:
         extra, message = ["--data-root", str(afile)], f"{afile}: is a file, not a dataset root folder (create one with"
     assert study_main("ablation_tailness", results, "--dry-run", *extra) == 2

@@ -218,7 +218,8 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     """Evaluate every prediction in ``pred_dir`` against ``gt`` (a folder or an SSL4MIS dataset root).
 
     Raises :class:`DataError`/:class:`ConfigError` (one line) for missing folders, predictions without
-    ground truth, shape mismatches, label values outside ``[0, num_classes)``; ``progress(i, n, case)`` is
+    ground truth, shape mismatches, label values outside ``[0, num_classes)``, a ``num_classes`` whose top
+    classes appear in no volume (their rows would be all NaN); ``progress(i, n, case)`` is
     called before each case.
     """
     check_options(empty_policy, backend)
@@ -270,6 +271,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     # pass 2: read, validate, score
     start = time.perf_counter()
     rows: list[dict] = []
+    highest_label = 0
     for i, (case, pfile, gfile, mixed, spacing) in enumerate(plan, 1):
         if progress is not None:
             progress(i, len(plan), case)
@@ -277,8 +279,15 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
         truth = read_label_volume(gfile, reverse=mixed and gfile.kind == "nifti")
         pred = check_label_map(pred, num_classes, str(pfile.path))
         truth = check_label_map(truth, num_classes, str(gfile.path))
+        highest_label = max(highest_label, int(pred.max(initial=0)), int(truth.max(initial=0)))
         for row in evaluate_case(pred, truth, num_classes, spacing, empty_policy=empty_policy, backend=backend):
             rows.append({"case": case, "units": units, **row})
+    if highest_label < num_classes - 1:
+        absent = f"{highest_label + 1}" if highest_label + 1 == num_classes - 1 else f"{highest_label + 1}-{num_classes - 1}"
+        raise DataError(f"--num-classes {num_classes}: class(es) {absent} appear in no prediction and no ground truth "
+                        f"of the {len(plan)} cases (their rows would all be empty); "
+                        + (f"the labels go up to {highest_label}, so pass --num-classes {highest_label + 1}" if highest_label
+                           else "every volume is background only (check --pred and --gt)"))
     settings = {
         "pred": str(pred_dir.resolve()),
         "gt": str(gt.resolve()),

@@ -72,6 +72,16 @@ def test_medseg_report_on_an_empty_or_missing_folder_is_a_clear_error(tmp_path, 
                                                                 "run its study command to train them")
 
 
+@pytest.mark.parametrize("name, content, kind", [("study.json", "[1, 2]", "an array"), ("settings.json", '"x"', "a string")])
+def test_a_study_file_that_is_not_a_json_object_is_a_one_line_error(study, capsys, name, content, kind):
+    """It used to be read as empty, and the report was written without the study's trial list or settings."""
+    (study / name).write_text(content, encoding="utf-8")
+    assert main(["report", str(study)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {study / name}: holds {kind}, not a JSON object; delete it or rerun the study command"]
+    assert not (study / "report.md").exists() and not list(study.glob("table*"))
+
+
 def test_report_says_when_every_trial_plateaued(study):
     report = write_report(study, log=lambda m: None)
     text = report.report.read_text(encoding="utf-8")

@@ -172,6 +172,13 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(tiny_root, tmp_path, 
     assert "no ground truth for 1 prediction(s): patient999_frame01" in msg
     (preds_dir / "patient999_frame01.h5").unlink()
 
+    # more classes than the labels hold: the absent classes' rows would all be empty (they used to be NaN rows)
+    msg = one_line_error(capsys, base + ["--pred", str(preds_dir), "--num-classes", "9"])
+    assert msg == ("error: --num-classes 9: class(es) 4-8 appear in no prediction and no ground truth of the 2 cases "
+                   "(their rows would all be empty); the labels go up to 3, so pass --num-classes 4")
+    msg = one_line_error(capsys, base + ["--pred", str(preds_dir), "--num-classes", "5"])
+    assert "class(es) 4 appear" in msg and "pass --num-classes 4" in msg
+
     with h5py.File(preds_dir / f"{TEST_CASES[1]}.h5", "w") as fh:
         fh["pred"] = np.zeros((3, 10, 12), np.uint8)
     msg = one_line_error(capsys, base + ["--pred", str(preds_dir)])
