@@ -2,6 +2,11 @@
 
 Each writer writes to a temporary file in the destination folder, flushes and fsyncs it, then
 ``os.replace``-s it over the destination (atomic on POSIX within one filesystem).
+
+Folder writers (the phantom, the converters) build a hidden staging folder and rename it into place. A command that
+installs :func:`exit_on_sigterm` removes the staging folders registered with :func:`removed_if_terminated` when
+SIGTERM ends it (the handler removes them itself: an exception raised from a signal handler can land in a weakref
+callback and be ignored).
 """
 
 from __future__ import annotations
@@ -10,6 +15,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,6 +35,40 @@ def check_output_folder(path: str | os.PathLike, flag: str) -> None:
                 where = "is a file" if existing == path else f"is inside {existing}, a file"
                 raise ConfigError(f"{flag} {path}: {where}, not a folder; give a folder")
             return
+
+
+_STAGING: set[Path] = set()
+
+
+@contextlib.contextmanager
+def removed_if_terminated(path: Path) -> Iterator[Path]:
+    """Register the staging folder ``path`` for removal by :func:`exit_on_sigterm` while the block runs."""
+    _STAGING.add(path)
+    try:
+        yield path
+    finally:
+        _STAGING.discard(path)
+
+
+@contextlib.contextmanager
+def sigterm_deferred() -> Iterator[None]:
+    """Hold SIGTERM back while the block runs (a rename of a finished folder into place must not be cut in two)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM handler: remove the registered staging folders, say so, and exit with 143."""
+    for path in list(_STAGING):
+        shutil.rmtree(path, ignore_errors=True)
+    print("terminated", file=sys.stderr, flush=True)
+    os._exit(143)
 
 
 def _current_umask() -> int:

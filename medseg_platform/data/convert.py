@@ -40,17 +40,21 @@ from medseg_platform.cli import command_parser
 from medseg_platform.data.acdc_split import Split, SplitSpec, make_split
 from medseg_platform.data.layout import (
     ACDC_CLASS_NAMES,
+    LAYOUT_FORMAT,
     MANIFEST,
+    TEST_LIST,
     TRAIN_LIST,
+    VAL_LIST,
     check_class_names,
     parse_class_names,
     patient_of_case,
+    read_manifest,
     write_case,
     write_lists,
     write_manifest,
 )
 from medseg_platform.data.nifti import (
-    check_same_shape,
+    check_same_grid,
     find_nifti_pairs,
     image_shape_text,
     load_pair,
@@ -58,6 +62,7 @@ from medseg_platform.data.nifti import (
     source_affine,
 )
 from medseg_platform.errors import ConfigError, DataError
+from medseg_platform.io import check_output_folder, removed_if_terminated, sigterm_deferred
 
 ACDC_NUM_CLASSES = 4  # 0 background, 1 RV, 2 Myo, 3 LV
 ACDC_PHASES = (("ED", "frame01"), ("ES", "frame02"))
@@ -178,11 +183,28 @@ def check_output_dir(out_dir: Path, raw_dir: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise ConfigError(f"{out_dir}: OUT_DIR is not empty (pass --overwrite to replace it, or choose another folder)")
+    refuse = "refusing to replace it even with --overwrite (delete it yourself or choose another folder)"
     if not ((out_dir / MANIFEST).is_file() or (out_dir / TRAIN_LIST).is_file()):
-        raise ConfigError(
-            f"{out_dir}: OUT_DIR is not empty and has no {MANIFEST} or {TRAIN_LIST}, so it does not look like a "
-            f"converted dataset; refusing to replace it even with --overwrite (delete it yourself or choose another folder)"
-        )
+        raise ConfigError(f"{out_dir}: OUT_DIR is not empty and has no {MANIFEST} or {TRAIN_LIST}, so it does not look like a "
+                          f"converted dataset; {refuse}")
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in DATASET_ENTRIES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
+        raise ConfigError(f"{out_dir}: OUT_DIR holds entries a converted dataset does not have ({shown}), which --overwrite "
+                          f"would delete; {refuse}")
+    if (out_dir / MANIFEST).is_file():
+        try:
+            manifest = read_manifest(out_dir)
+        except DataError:
+            manifest = {}
+        if manifest.get("format") != LAYOUT_FORMAT:
+            raise ConfigError(f"{out_dir / MANIFEST}: not the manifest of a converted dataset (no \"format\": "
+                              f"\"{LAYOUT_FORMAT}\"); {refuse}")
+
+
+DATASET_ENTRIES = frozenset({"data", MANIFEST, TRAIN_LIST, VAL_LIST, TEST_LIST, "train.list"})
+"""Top-level entries of a dataset root (the converters' and the SSL4MIS release's, whose ``train.list``
+names volumes): the only ones ``--overwrite`` replaces."""
 
 
 def _umask() -> int:
@@ -195,27 +217,32 @@ def _umask() -> int:
 @contextlib.contextmanager
 def staged_output(out_dir: Path) -> Iterator[Path]:
     """Yield an empty staging folder next to ``out_dir``; on success it replaces ``out_dir``, on error it is removed."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    except OSError as exc:
+        raise ConfigError(f"OUT_DIR {out_dir}: cannot create the folder ({exc.strerror}); choose a writable place") from None
     try:
         os.chmod(staging, 0o777 & ~_umask())
-        yield staging
-        old = None
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old)
-        os.replace(staging, out_dir)
-        if old is not None:
-            shutil.rmtree(old)
+        with removed_if_terminated(staging):
+            yield staging
+            with sigterm_deferred():  # the old dataset is never left half-swapped
+                old = None
+                if out_dir.exists():
+                    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+                    os.replace(out_dir, old)
+                os.replace(staging, out_dir)
+                if old is not None:
+                    shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
 def preflight(sources: Sequence[CaseSource]) -> None:
-    """Cheap checks of every pair before any voxel is read: readable headers, equal (D, H, W) shapes."""
+    """Cheap checks of every pair before any voxel is read: readable headers, equal (D, H, W) shapes and voxel sizes."""
     for src in sources:
-        check_same_shape(read_header(src.image), read_header(src.label))
+        check_same_grid(read_header(src.image), read_header(src.label))
 
 
 def _relative(path: Path, raw_dir: Path) -> str:
@@ -312,10 +339,14 @@ def _source_info(converter: str, raw_dir: Path, spec: SplitSpec, split: Split, n
 
 def _resolved_dirs(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool) -> tuple[Path, Path]:
     """Absolute RAW_DIR (must be a folder) and OUT_DIR (checked by :func:`check_output_dir`)."""
+    for flag, value in (("RAW_DIR", raw_dir), ("OUT_DIR", out_dir)):
+        if not str(value).strip():
+            raise ConfigError(f"{flag} '': give a folder path")
     raw = Path(raw_dir).expanduser().resolve()
     out = Path(out_dir).expanduser().resolve()
     if not raw.is_dir():
         raise DataError(f"{raw}: RAW_DIR does not exist or is not a folder")
+    check_output_folder(out, "OUT_DIR")
     check_output_dir(out, raw, overwrite)
     return raw, out
 

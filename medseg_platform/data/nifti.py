@@ -16,6 +16,7 @@ Also here: finding image/label pairs in a user folder for ``medseg data convert-
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,16 +65,49 @@ class NiftiHeader:
 
 
 def _load(path: Path):
-    """``nibabel.load`` with a one-line :class:`DataError` for a missing or unreadable file."""
+    """``nibabel.load`` with a one-line :class:`DataError` for a missing or unreadable file.
+
+    nibabel's messages about header fields it repairs on load (zero or negative voxel sizes, ...) are not
+    printed: :func:`read_header` checks the stored values itself and names the file.
+    """
     import nibabel as nib
 
     if not path.is_file():
         raise DataError(f"{path}: file is missing (check the raw folder)")
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
         return nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for broken files
         first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise DataError(f"{path}: unreadable NIfTI file ({first_line}); re-download or re-export it") from None
+    finally:
+        logger.setLevel(level)
+
+
+def _voxels(path: Path, read):
+    """``read(image)`` of the file's voxel data, with a one-line :class:`DataError` for a truncated or corrupt file."""
+    image = _load(path)
+    try:
+        return read(image)
+    except Exception as exc:  # gzip's EOFError, zlib.error, a short read, ...
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{path}: voxel data unreadable ({type(exc).__name__}: {first_line}); the file is truncated or corrupt, "
+                        "re-download or re-export it") from None
+
+
+def _stored_voxel_sizes(path: Path, img) -> list[float]:
+    """The header's pixdim[1..3] as stored in the file (nibabel's load sets a zero size to 1 and makes a negative
+    one positive, which would hide a broken header)."""
+    from nibabel.openers import ImageOpener
+
+    zooms = [float(v) for v in img.header.get_zooms()[:3]]
+    if "pixdim" not in img.header:
+        return zooms
+    with ImageOpener(str(path)) as handle:
+        stored = type(img.header).from_fileobj(handle, check=False)
+    return [float(v) for v in stored["pixdim"][1:1 + len(zooms)]]
 
 
 def _clean_spacing(value) -> float:
@@ -104,10 +138,13 @@ def read_header(path: str | Path) -> NiftiHeader:
     path = Path(path)
     img = _load(path)
     x, y, z = _xyz_shape(img.shape, path)
+    if img.get_data_dtype().kind == "c":
+        raise DataError(f"{path}: complex voxel values ({img.get_data_dtype()}); export a real-valued (e.g. magnitude) volume")
+    stored = _stored_voxel_sizes(path, img)
+    if not all(np.isfinite(stored)) or min(stored, default=1.0) <= 0:
+        raise DataError(f"{path}: header voxel sizes (pixdim) must be positive, got {tuple(stored)} (fix the header)")
     zooms = list(img.header.get_zooms())[:3]
     zooms += [1.0] * (3 - len(zooms))  # a 2-D file has no slice thickness: use 1 mm
-    if not all(np.isfinite(zooms)) or min(zooms) <= 0:
-        raise DataError(f"{path}: header voxel sizes (pixdim) must be positive, got {tuple(float(v) for v in zooms)} (fix the header)")
     dx, dy, dz = (_clean_spacing(v) for v in zooms)
     return NiftiHeader(path, (z, y, x), (dz, dy, dx))
 
@@ -188,25 +225,31 @@ class LoadedCase:
 def load_pair(image_path: str | Path, label_path: str | Path, num_classes: int) -> LoadedCase:
     """Read, check and preprocess one image/label pair (docs/data.md, 'Preprocessing'; axes: module doc).
 
-    Errors name the offending file: shape mismatch (from the headers, before reading voxels), NaN/inf or
-    constant image, label values outside ``0..num_classes-1``.
+    Errors name the offending file: shape or voxel-size mismatch (from the headers, before reading voxels),
+    truncated voxel data, NaN/inf or constant image, label values outside ``0..num_classes-1``.
     """
     image_path, label_path = Path(image_path), Path(label_path)
     image_header = read_header(image_path)
     label_header = read_header(label_path)
-    check_same_shape(image_header, label_header)
-    raw = to_dhw(np.asarray(_load(image_path).get_fdata(dtype=np.float64)))
+    check_same_grid(image_header, label_header)
+    raw = to_dhw(np.asarray(_voxels(image_path, lambda img: img.get_fdata(dtype=np.float64))))
     image = minmax_normalise(raw, image_path)
-    label = check_label(to_dhw(np.asanyarray(_load(label_path).dataobj)), num_classes, label_path)
+    label = check_label(to_dhw(_voxels(label_path, lambda img: np.asanyarray(img.dataobj))), num_classes, label_path)
     return LoadedCase(image, label, image_header.spacing, (float(raw.min()), float(raw.max())))
 
 
-def check_same_shape(image: NiftiHeader, label: NiftiHeader) -> None:
-    """Raise :class:`DataError` naming the label file when its (D, H, W) shape differs from the image's."""
+def check_same_grid(image: NiftiHeader, label: NiftiHeader) -> None:
+    """Raise :class:`DataError` naming the label file when its (D, H, W) shape or voxel size differs from the image's
+    (the manifest records the image's spacing, so a label on another grid would be scored in the wrong units)."""
     if image.shape != label.shape:
         raise DataError(
             f"{label.path}: label shape {image_shape_text(label.shape)} differs from image "
             f"{image.path.name} shape {image_shape_text(image.shape)} (D×H×W; the pair must be voxel-aligned)"
+        )
+    if not np.allclose(image.spacing, label.spacing, rtol=1e-4, atol=0.0):
+        raise DataError(
+            f"{label.path}: label voxel size {label.spacing} mm differs from image {image.path.name}'s {image.spacing} "
+            "(D, H, W; the pair must be on one grid: fix the label's header or resample it)"
         )
 
 
@@ -236,9 +279,18 @@ def find_nifti_pairs(raw_dir: str | Path, image_glob: str, label_suffix: str) ->
     raw_dir = Path(raw_dir)
     if not label_suffix:
         raise DataError("--label-suffix: must not be empty (e.g. --label-suffix _gt)")
+    if "/" in label_suffix or "\\" in label_suffix:
+        raise DataError(f"--label-suffix {label_suffix!r}: a file-name suffix, not a path (the label lies next to its image)")
+    if not image_glob.strip():
+        raise DataError("--image-glob '': give a pattern relative to RAW_DIR (e.g. '**/*.nii.gz')")
     if Path(image_glob).is_absolute():
         raise DataError(f"--image-glob {image_glob!r}: must be relative to RAW_DIR (e.g. '**/*.nii.gz')")
-    matches = sorted(p for p in raw_dir.glob(image_glob) if p.is_file())
+    if ".." in Path(image_glob).parts:
+        raise DataError(f"--image-glob {image_glob!r}: must stay inside RAW_DIR (no '..'; point RAW_DIR higher instead)")
+    try:
+        matches = sorted(p for p in raw_dir.glob(image_glob) if p.is_file())
+    except ValueError as exc:
+        raise DataError(f"--image-glob {image_glob!r}: not a usable pattern ({exc})") from None
     images = [p for p in matches if not split_nifti_name(p)[0].endswith(label_suffix)]
     if not images:
         raise DataError(

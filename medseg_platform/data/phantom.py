@@ -48,7 +48,8 @@ import numpy as np
 
 from medseg_platform.data import layout
 from medseg_platform.data.phantom_anatomy import FRAMES, sample_patient, synthesize_case
-from medseg_platform.errors import ConfigError
+from medseg_platform.errors import ConfigError, DataError
+from medseg_platform.io import check_output_folder, removed_if_terminated, sha256_file
 
 PHANTOM_VERSION = 1  # bump whenever the generated data changes; it is part of the cache key
 DEFAULT_PATIENTS = 20
@@ -163,24 +164,35 @@ def _write_all(root: Path, params: PhantomParams, progress: Progress | None) -> 
     layout.write_manifest(root, params.source(), cases, PHANTOM_CLASS_NAMES)
 
 
+def _manifest(root: str | os.PathLike) -> dict | None:
+    """``root``'s manifest as a dict, or None when it is absent, unreadable or not a JSON object."""
+    try:
+        manifest = json.loads((Path(root) / layout.MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def holds_phantom(root: str | os.PathLike, params: PhantomParams) -> bool:
     """True if ``root`` holds a complete phantom made with exactly ``params`` (manifest matches, files exist)."""
-    manifest_path = Path(root) / layout.MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if not isinstance(manifest, dict) or manifest.get("source") != params.source():
+    manifest = _manifest(root)
+    if manifest is None or manifest.get("source") != params.source():
         return False
     return all((Path(root) / rel).is_file() for rel in manifest.get("sha256", {}))
 
 
+def changed_files(root: Path) -> list[str]:
+    """Files of ``root`` whose SHA-256 differs from the one its manifest records (relative paths, sorted)."""
+    recorded = (_manifest(root) or {}).get("sha256", {})
+    return sorted(rel for rel, digest in recorded.items() if sha256_file(root / rel) != digest)
+
+
 def _describe_existing(root: Path) -> str:
     """What a non-empty folder holds, for the refusal message."""
-    try:
-        source = json.loads((root / layout.MANIFEST).read_text(encoding="utf-8")).get("source", {})
-    except (OSError, ValueError, AttributeError):
+    manifest = _manifest(root)
+    if manifest is None:
         return "is not empty"
+    source = manifest.get("source", {})
     if isinstance(source, dict) and source.get("generator") == "phantom":
         p = source.get("params", {})
         return f"holds another phantom (version {source.get('version')}, patients={p.get('patients')}, size={p.get('size')}, seed={p.get('seed')})"
@@ -194,7 +206,11 @@ def _check_target(out: Path, params: PhantomParams) -> bool:
     if holds_phantom(out, params):
         return True
     if out.is_dir() and any(out.iterdir()):
-        raise ConfigError(f"{out}: folder {_describe_existing(out)}, not the phantom with {params} (choose an empty or new --out, or delete it)")
+        if (_manifest(out) or {}).get("source") == params.source():
+            raise ConfigError(f"{out}: holds an incomplete copy of the phantom with {params} (files its manifest lists are "
+                              "missing); delete the folder and rerun")
+        raise ConfigError(f"{out}: folder {_describe_existing(out)}, not the phantom with {params} "
+                          "(choose an empty or new --out, or delete it)")
     return False
 
 
@@ -211,19 +227,26 @@ def generate_phantom(
     raises :class:`ConfigError`. The data are built in a hidden sibling folder and renamed onto ``out``.
     """
     params = PhantomParams(patients, size, seed).validate()
+    if not str(out).strip():
+        raise ConfigError("--out '': give the folder to write the phantom into")
+    check_output_folder(out, "--out")
     out = Path(out).expanduser().absolute()
     if _check_target(out, params):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
     try:
-        _write_all(tmp, params, progress)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if not holds_phantom(out, params):  # a concurrent writer may have finished first
-                raise ConfigError(f"{out}: could not move the generated phantom into place (is the folder in use?)") from None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot create the folder ({exc.strerror}); choose a writable place") from None
+    try:
+        with removed_if_terminated(tmp):
+            _write_all(tmp, params, progress)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                if not holds_phantom(out, params):  # a concurrent writer may have finished first
+                    raise ConfigError(f"{out}: could not move the generated phantom into place (is the folder in use?)") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -252,9 +275,17 @@ def ensure_phantom(
 # --------------------------------------------------------------------------------------- CLI
 def _run(args) -> int:
     params = PhantomParams(args.patients, args.size, args.seed).validate()
+    if not args.out.strip():
+        raise ConfigError("--out '': give the folder to write the phantom into")
+    check_output_folder(args.out, "--out")
     out = Path(args.out).expanduser().absolute()
     if _check_target(out, params):
-        print(f"{out} already holds the phantom with {params}; nothing to do")
+        changed = changed_files(out)
+        if changed:
+            shown = ", ".join(changed[:3]) + (f", ... ({len(changed)} in all)" if len(changed) > 3 else "")
+            raise DataError(f"{out}: holds the phantom with {params}, but {shown} differ(s) from its manifest's checksums; "
+                            "delete the folder and rerun to write it again")
+        print(f"{out} already holds the phantom with {params} (checksums verified); nothing to do")
         return 0
     start = time.perf_counter()
     generate_phantom(out, params.patients, params.size, params.seed, progress=None if args.quiet else print)

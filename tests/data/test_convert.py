@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import nibabel as nib
@@ -242,6 +244,19 @@ def _replace(raw: Path, name: str, array: np.ndarray) -> None:
     save_nifti(next(raw.rglob(name)), array)
 
 
+def _zero_slice_thickness(raw: Path, name: str) -> None:
+    """pixdim[3] = 0 written into the file's bytes (nibabel's load would set it to 1 and say so on stderr)."""
+    path = next(raw.rglob(name))
+    data = bytearray(gzip.decompress(path.read_bytes()))
+    data[88:92] = struct.pack("<f", 0.0)  # NIfTI-1: pixdim (8 float32) at byte 76, pixdim[3] at 88
+    path.write_bytes(gzip.compress(bytes(data)))
+
+
+def _truncate(raw: Path, name: str) -> None:
+    path = next(raw.rglob(name))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 BAD_ACDC = {
     "info_missing": (lambda raw: next(raw.rglob("patient099/Info.cfg")).unlink(), "patient099/Info.cfg"),
     "info_without_es": (lambda raw: _rewrite_info(raw, "patient038", "ES"), "patient038/Info.cfg: no 'ES:'"),
@@ -256,6 +271,16 @@ BAD_ACDC = {
                   "patient011_frame07.nii.gz: image has 1 NaN/inf"),
     "constant_image": (lambda raw: _replace(raw, "patient099_frame01.nii.gz", np.full(SHAPE_XYZ, 7, np.int16)),
                        "patient099_frame01.nii.gz: image is constant"),
+    # these four used to convert silently (or end in a traceback), each now fails in the header pass or names the file
+    "complex_image": (lambda raw: _replace(raw, "patient038_frame09.nii.gz", np.ones(SHAPE_XYZ, np.complex64)),
+                      "patient038_frame09.nii.gz: complex voxel values (complex64)"),
+    "zero_pixdim": (lambda raw: _zero_slice_thickness(raw, "patient013_frame11.nii.gz"),
+                    "patient013_frame11.nii.gz: header voxel sizes (pixdim) must be positive, got (1.5, 1.25, 0.0)"),
+    "gt_grid": (lambda raw: save_nifti(next(raw.rglob("patient028_frame14_gt.nii.gz")), np.zeros(SHAPE_XYZ, np.uint8),
+                                       zooms=(3.0, 3.0, 10.0)),
+                "patient028_frame14_gt.nii.gz: label voxel size (10.0, 3.0, 3.0) mm differs from image"),
+    "truncated_image": (lambda raw: _truncate(raw, "patient099_frame12.nii.gz"),
+                        "patient099_frame12.nii.gz: voxel data unreadable (EOFError"),
 }
 
 
@@ -277,6 +302,17 @@ def test_no_patients_found(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     rc, _, err = run(capsys, "convert-acdc", tmp_path / "empty", tmp_path / "out")
     assert rc == 2 and "empty: no patientNNN folders found" in err
+
+
+def test_an_out_dir_that_cannot_be_one_is_a_one_line_error(acdc_raw, tmp_path, capsys):
+    """An OUT_DIR under a file used to end in FileExistsError, an empty one meant the current folder."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], afile / "sub")
+    assert rc == 2 and err.strip() == f"error: OUT_DIR {afile / 'sub'}: is inside {afile}, a file, not a folder; give a folder"
+    rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], "")
+    assert rc == 2 and err.strip() == "error: OUT_DIR '': give a folder path"
+    assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_out_dir_protection_and_failed_overwrite_keeps_old(acdc_raw, converted, tmp_path, capsys):
@@ -301,6 +337,17 @@ def test_out_dir_protection_and_failed_overwrite_keeps_old(acdc_raw, converted, 
     rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], stranger, "--overwrite")
     assert rc == 2 and "does not look like a converted dataset" in err
     assert (stranger / "notes.txt").read_text() == "keep me"
+    # a manifest.json alone does not make a folder a dataset (it used to be wiped with everything in it)
+    (stranger / "manifest.json").write_text("{}")
+    rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], stranger, "--overwrite")
+    assert rc == 2 and "OUT_DIR holds entries a converted dataset does not have (notes.txt), which --overwrite would delete" in err
+    (stranger / "notes.txt").unlink()
+    rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], stranger, "--overwrite")
+    assert rc == 2 and 'manifest.json: not the manifest of a converted dataset (no "format": "ssl4mis-acdc-h5/1")' in err
+    assert (stranger / "manifest.json").read_text() == "{}"
+    (out / "my_notes.txt").write_text("keep me")  # a file a user added to a converted dataset
+    rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], out, "--overwrite")
+    assert rc == 2 and "(my_notes.txt)" in err and (out / "my_notes.txt").read_text() == "keep me"
 
 
 # ------------------------------------------------------------------------------- generic NIfTI
@@ -359,8 +406,14 @@ def test_generic_non_recursive_glob_and_determinism(tmp_path):
         (lambda raw: make_generic(raw, []) or save_nifti(raw / "a_gt.nii.gz", np.zeros(SHAPE_XYZ, np.uint8)), [], "all labels ending in '_gt'"),
         (lambda raw: make_generic(raw, ["a", "b"]), ["--val-count", "1", "--test-count", "1"], "2 patient(s) cannot be split"),
         (lambda raw: make_generic(raw, ["a", "b", "c"]), ["--num-classes", "1"], "--num-classes 1"),
+        # these three used to end in a ValueError traceback or read files outside RAW_DIR
+        (lambda raw: make_generic(raw, ["a", "b", "c"]), ["--image-glob", ""], "--image-glob '': give a pattern relative to RAW_DIR"),
+        (lambda raw: make_generic(raw, ["a", "b", "c"]), ["--label-suffix", "/gt"], "--label-suffix '/gt': a file-name suffix, not a path"),
+        (lambda raw: make_generic(raw, ["a", "b", "c"]) or make_generic(raw.parent / "other", ["d", "e", "f"]),
+         ["--image-glob", "../other/*.nii.gz"], "must stay inside RAW_DIR (no '..'"),
     ],
-    ids=["duplicate_id", "label_missing", "label_range", "only_labels", "too_few", "num_classes"],
+    ids=["duplicate_id", "label_missing", "label_range", "only_labels", "too_few", "num_classes", "empty_glob", "suffix_path",
+         "glob_outside"],
 )
 def test_generic_bad_input(setup, argv, expected, tmp_path, capsys):
     raw = tmp_path / "mine"

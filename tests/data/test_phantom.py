@@ -243,6 +243,52 @@ def test_cli_refuses_non_empty_foreign_folder(medseg, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
+def test_cli_checks_an_existing_copy_and_the_out_folder(medseg, tmp_path, capsys):
+    """A changed or missing file used to pass as "already holds the phantom"; an --out under a file or an empty one
+    ended in a traceback or wrote into the current folder."""
+    out = tmp_path / "ph"
+    args = ["data", "phantom", "--out", str(out), "--patients", "3", "--size", "40", "--seed", "2", "--quiet"]
+    assert medseg(args) == 0
+    capsys.readouterr()
+    volume = out / "data" / "patient001_frame01.h5"
+    volume.write_bytes(volume.read_bytes()[:-10] + b"0123456789")
+    assert medseg(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {out}: holds the phantom with patients=3, size=40, seed=2, but data/patient001_frame01.h5 differ(s) from "
+        "its manifest's checksums; delete the folder and rerun to write it again")
+    volume.unlink()
+    assert medseg(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {out}: holds an incomplete copy of the phantom with patients=3, size=40, seed=2 (files its manifest lists "
+        "are missing); delete the folder and rerun")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert medseg(["data", "phantom", "--out", str(afile / "sub"), "--patients", "3", "--size", "40"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out {afile / 'sub'}: is inside {afile}, a file, not a folder; give a folder"
+    assert medseg(["data", "phantom", "--out", "", "--patients", "3", "--size", "40"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --out '': give the folder to write the phantom into"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "ph"]
+
+
+def test_sigterm_removes_the_half_written_phantom(tmp_path):
+    """``medseg data`` turns SIGTERM into a clean exit (143) that removes its hidden staging folder."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "ph"
+    proc = subprocess.Popen([sys.executable, "-m", "analysis", "data", "phantom", "--out", str(out), "--patients", "40",
+                             "--size", "128"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".ph.tmp-*/data/*.h5")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the phantom was written before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "terminated"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_help_ends_with_example(medseg, capsys):
     with pytest.raises(SystemExit):
         medseg(["data", "phantom", "--help"])
