@@ -12,13 +12,16 @@ split and the voxel fraction of every class (by name). Studies run the same chec
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from medseg_platform.data.layout import AcdcLayout, default_class_names, read_h5_pair
+from medseg_platform.data.layout import TEST_LIST, TRAIN_LIST, VAL_LIST, AcdcLayout, default_class_names, read_h5_pair, read_manifest
 from medseg_platform.errors import DataError
+
+MAX_CLASSES = 256  # labels are uint8, as the converters cap them
 
 
 @dataclass
@@ -129,6 +132,11 @@ def check_dataset(root: str | Path, num_classes: int = 4, progress: bool = False
     for name, stats in splits.items():
         if stats.cases == 0:
             problems.append(f"{layout.root}: split '{name}' lists no cases")
+    for list_name, ids in ((TRAIN_LIST, layout.train_slices), (VAL_LIST, layout.val_cases), (TEST_LIST, layout.test_cases)):
+        repeated = sorted(item for item, count in Counter(ids).items() if count > 1)
+        if repeated:
+            problems.append(f"{layout.root / list_name}: {len(repeated)} id(s) listed more than once, e.g. {repeated[0]!r} "
+                            "(each slice or case once; a repeat counts it twice)")
     overlap = set(layout.train_cases) & (set(layout.val_cases) | set(layout.test_cases))
     overlap |= set(layout.val_cases) & set(layout.test_cases)
     if overlap:
@@ -148,14 +156,32 @@ def add_cli(subparsers) -> None:
         description=__doc__.split("\n\n", 1)[1],
     )
     parser.add_argument("root", help="dataset root (SSL4MIS/ACDC layout)")
-    parser.add_argument("--num-classes", type=int, default=4, help="classes including background (default 4: ACDC)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="classes including background (default: the count its manifest records, else 4: ACDC)")
     parser.set_defaults(func=_run_cli)
 
 
+def manifest_num_classes(root: str | Path) -> int | None:
+    """The number of classes (background included) a dataset's manifest records: one more than its class names,
+    else the converter's ``source.num_classes``; None when it records neither (a released SSL4MIS folder)."""
+    root = Path(root).expanduser().resolve()
+    manifest = read_manifest(root) if root.is_dir() else {}
+    names = manifest.get("class_names")
+    if isinstance(names, list) and names:
+        return len(names) + 1
+    source = manifest.get("source")
+    count = source.get("num_classes") if isinstance(source, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
+
+
 def _run_cli(args) -> int:
-    if args.num_classes < 2:
-        raise DataError(f"--num-classes {args.num_classes}: need at least 2 (background and one structure)")
-    report = check_dataset(args.root, args.num_classes, progress=True)
+    num_classes = args.num_classes
+    if num_classes is None:
+        num_classes = manifest_num_classes(args.root) or 4
+    if not 2 <= num_classes <= MAX_CLASSES:
+        raise DataError(f"--num-classes {num_classes}: must be from 2 (background and one structure) to {MAX_CLASSES} "
+                        "(labels are stored as uint8)")
+    report = check_dataset(args.root, num_classes, progress=True)
     for problem in report.problems:
         print(f"problem: {problem}")
     for line in report.summary_lines():

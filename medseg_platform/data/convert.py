@@ -103,7 +103,8 @@ class ConversionResult:
 def read_info_cfg(path: Path) -> dict[str, str]:
     """Parse an ACDC ``Info.cfg`` (``Key: value`` lines) into a dict of stripped strings."""
     if not path.is_file():
-        raise DataError(f"{path}: Info.cfg is missing (each ACDC patient folder needs it for the ED/ES frame numbers)")
+        problem = "is not a file" if path.exists() else "is missing"
+        raise DataError(f"{path}: Info.cfg {problem} (each ACDC patient folder needs it for the ED/ES frame numbers)")
     info: dict[str, str] = {}
     for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
@@ -122,7 +123,7 @@ def info_frame(info: Mapping[str, str], key: str, path: Path) -> int:
     try:
         frame = int(info[key])
     except ValueError:
-        raise DataError(f"{path}: '{key}: {info[key]}' is not a frame number (expected e.g. '{key}: 1')") from None
+        raise DataError(f"{path}: {key}: {info[key]!r} is not a frame number (expected e.g. '{key}: 1')") from None
     if frame < 1:
         raise DataError(f"{path}: '{key}: {frame}' must be a frame number >= 1")
     return frame
@@ -138,6 +139,9 @@ def find_acdc_patient_dirs(raw_dir: Path) -> dict[str, Path]:
             raise DataError(f"{path}: patient {path.name} is also at {found[path.name]} (keep one copy)")
         found[path.name] = path
     if not found:
+        if _PATIENT_DIR_RE.fullmatch(raw_dir.name):
+            raise DataError(f"{raw_dir}: RAW_DIR is one patient's folder; point it at the folder that holds the patientNNN "
+                            f"folders (e.g. {raw_dir.parent})")
         raise DataError(f"{raw_dir}: no patientNNN folders found (point RAW_DIR at the unpacked ACDC release)")
     return dict(sorted(found.items()))
 

@@ -86,7 +86,8 @@ def default_class_names(num_classes: int) -> tuple[str, ...]:
 def check_class_names(names: Sequence[object], num_classes: int, where: str) -> tuple[str, ...]:
     """``names`` as a tuple of stripped strings, one per foreground label 1..num_classes-1; else a one-line DataError.
 
-    Names must be distinct, non-empty, without commas or line breaks, and not ``Avg``/``background``.
+    Names must be distinct, non-empty, without commas or line breaks, and not ``Avg``/``background`` (letter case
+    ignored in both rules).
     """
     if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
         raise DataError(f"{where}: class names must be a list of strings, got {names!r}")
@@ -97,10 +98,11 @@ def check_class_names(names: Sequence[object], num_classes: int, where: str) -> 
     for name in cleaned:
         if not name or "," in name or "\n" in name:
             raise DataError(f"{where}: class name {name!r} must be non-empty, without commas or line breaks")
-        if name in RESERVED_CLASS_NAMES:
-            raise DataError(f"{where}: class name {name!r} is reserved (the tables use 'Avg' and label 0 is 'background'); choose another")
-    if len(set(cleaned)) != len(cleaned):
-        raise DataError(f"{where}: class names {list(cleaned)} repeat a name (each label needs its own)")
+        if name.casefold() in {reserved.casefold() for reserved in RESERVED_CLASS_NAMES}:
+            raise DataError(f"{where}: class name {name!r} is reserved (the tables use 'Avg' and label 0 is 'background', in any "
+                            "letter case); choose another")
+    if len({name.casefold() for name in cleaned}) != len(cleaned):
+        raise DataError(f"{where}: class names {list(cleaned)} repeat a name (each label needs its own; letter case does not count)")
     return cleaned
 
 
@@ -126,6 +128,8 @@ def read_manifest(root: str | os.PathLike) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}); re-create it with the converter") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-create it with the converter") from None
     if not isinstance(manifest, dict):
         raise DataError(f"{path}: not a JSON object; re-create it with the converter")
     return manifest
@@ -236,10 +240,27 @@ def write_manifest(root: str | os.PathLike, source: Mapping[str, object], cases:
 
 
 # -------------------------------------------------------------------------------------- reader
-def _read_list(path: Path) -> list[str]:
+def _read_list(path: Path, slices: bool = False) -> list[str]:
+    """The ids a list file names, in order. Each is a file name under ``data/`` (or ``data/slices/`` for ``slices``,
+    then of the form ``<case>_slice_<k>``); an id with a folder part would read outside the dataset. One-line
+    :class:`DataError` naming the file and line otherwise. Repeated ids are kept (``medseg data check`` reports them)."""
     if not path.is_file():
         raise DataError(f"{path}: list file is missing (is this an SSL4MIS/ACDC dataset root?)")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-create it with the converter") from None
+    ids = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        item = line.strip()
+        if not item:
+            continue
+        if "/" in item or "\\" in item or item in (".", ".."):
+            raise DataError(f"{path}: line {lineno} {item!r} is not an id (ids are file names without a folder; fix the list)")
+        if slices and _SLICE_RE.match(item) is None:
+            raise DataError(f"{path}: line {lineno} {item!r} is not a slice id of the form <case>_slice_<k> (fix the list)")
+        ids.append(item)
+    return ids
 
 
 def read_h5_pair(path: Path, ndim: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -251,6 +272,9 @@ def read_h5_pair(path: Path, ndim: int) -> tuple[np.ndarray, np.ndarray, dict]:
             missing = [key for key in ("image", "label") if key not in fh]
             if missing:
                 raise DataError(f"{path}: missing dataset key(s) {missing} (expected 'image' and 'label')")
+            groups = [key for key in ("image", "label") if not isinstance(fh[key], h5py.Dataset)]
+            if groups:
+                raise DataError(f"{path}: {groups} hold(s) a group, not an array (expected 'image' and 'label' datasets)")
             image = fh["image"][()]
             label = fh["label"][()]
             attrs = {key: fh.attrs[key] for key in fh.attrs}
@@ -296,7 +320,7 @@ class AcdcLayout:
             problem = "is a file, not a dataset root folder" if self.root.exists() else "dataset root does not exist"
             raise DataError(f"{self.root}: {problem} (create one with 'medseg data phantom --out DIR' or 'medseg data convert-acdc')")
         self.num_classes = int(num_classes)
-        self.train_slices = _read_list(self.root / TRAIN_LIST)
+        self.train_slices = _read_list(self.root / TRAIN_LIST, slices=True)
         self.val_cases = _read_list(self.root / VAL_LIST)
         self.test_cases = _read_list(self.root / TEST_LIST)
         self.train_cases = unique_in_order(case_of_slice(s) for s in self.train_slices)

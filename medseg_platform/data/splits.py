@@ -32,6 +32,7 @@ The labelled patient ids are part of every result (``LabelledSubset.to_dict``).
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -79,6 +80,8 @@ def resolve_patient_count(fraction: str | int | float, available: int) -> Patien
     if match is None:
         raise ConfigError(f"label fraction {text!r}: expected a patient count like '3' or a percent like '5%'")
     value = float(match["value"])
+    if not math.isfinite(value):
+        raise ConfigError(f"label fraction {text[:40]!r}{'...' if len(text) > 40 else ''}: too large a number")
     if match["percent"]:
         if value <= 0 or value > 100:
             raise ConfigError(f"label fraction {text!r}: a percent must be in (0, 100]")
@@ -178,6 +181,8 @@ def select_labelled(
     else:
         if seed is None:
             raise ConfigError("labelled strategy random: a seed is required (pass --seed)")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ConfigError(f"labelled strategy random: the seed must be a whole number >= 0, got {seed!r}")
         rng = np.random.default_rng(seed)
         picked = rng.choice(len(ordering), size=count.patients, replace=False)
         chosen = [ordering[i] for i in sorted(picked)]
@@ -229,6 +234,8 @@ def add_cli(subparsers) -> None:
 
 
 def _run_cli(args) -> int:
+    if args.seed is not None and args.strategy != "random":
+        raise ConfigError(f"--seed: only used with --strategy random (the {args.strategy} strategy has no randomness)")
     layout = AcdcLayout(args.root)
     for fraction in args.labelled:
         print(select_labelled_from_layout(layout, fraction, args.strategy, args.seed).describe())

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import h5py
@@ -34,26 +35,67 @@ def test_every_bad_file_is_reported_and_check_continues(tiny_root: Path, capsys)
     # 4) truncated file
     path = ds.volume_path("patient006_frame02")
     path.write_bytes(path.read_bytes()[:100])
-    # 5) the list names a missing case
-    (tiny_root / "test.list").write_text("patient006_frame01\npatient006_frame02\npatient777_frame01\n")
+    # 5) the list names a missing case; 6) and one case twice (a repeat used to pass unnoticed)
+    (tiny_root / "test.list").write_text("patient006_frame01\npatient006_frame02\npatient777_frame01\npatient006_frame01\n")
+    # 7) an 'image' that is an HDF5 group (used to stop the whole check with a TypeError)
+    with h5py.File(ds.slice_path(ds.train_slices[2]), "w") as fh:
+        fh.create_group("image")
+        fh["label"] = np.zeros((12, 10), np.uint8)
 
     report = check_dataset(tiny_root)
     text = "\n".join(report.problems)
-    assert len(report.problems) == 5, text
+    assert len(report.problems) == 7, text
+    assert "test.list: 1 id(s) listed more than once, e.g. 'patient006_frame01'" in text
+    assert f"{ds.train_slices[2]}.h5: ['image'] hold(s) a group, not an array" in text
     assert f"{ds.train_slices[0]}.h5: missing dataset key(s) ['label']" in text
     assert f"{ds.train_slices[1]}.h5: 'label' has value(s) [7] outside 0..3" in text
     assert "patient005_frame01.h5: 'image' has 1 NaN/inf value(s)" in text
     assert "patient006_frame02.h5: unreadable HDF5 file" in text
     assert "patient777_frame01.h5: file is missing" in text
     assert all("\n" not in p for p in report.problems)
-    # every readable file was still counted (all but the one without `label`)
-    assert report.splits["train"].items == 23
+    # every readable file was still counted (all but the one without `label` and the group)
+    assert report.splits["train"].items == 22
     assert main(["data", "check", str(tiny_root)]) == 1
     out = capsys.readouterr().out
-    assert out.count("problem: ") == 5 and "5 problem(s)" in out
+    assert out.count("problem: ") == 7 and "7 problem(s)" in out
 
 
 def test_missing_root_is_a_one_line_error(tmp_path: Path, capsys):
     assert main(["data", "check", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "does not exist" in err and "\n" not in err
+
+
+def test_lists_that_would_read_elsewhere_or_are_not_text_are_one_line_errors(tiny_root: Path, capsys):
+    """A list line with a folder part used to read a file outside the dataset; bytes that are not UTF-8 were a
+    UnicodeDecodeError; a malformed slice id did not name its list or line."""
+    val = (tiny_root / "val.list").read_text()
+    (tiny_root / "val.list").write_text(val + "../../elsewhere/data/patient001_frame01\n")
+    assert main(["data", "check", str(tiny_root)]) == 2
+    lineno = len(val.splitlines()) + 1
+    assert capsys.readouterr().err.strip() == (f"error: {tiny_root / 'val.list'}: line {lineno} '../../elsewhere/data/patient001_frame01' "
+                                               "is not an id (ids are file names without a folder; fix the list)")
+    (tiny_root / "val.list").write_text(val)
+    train = (tiny_root / "train_slices.list").read_bytes()
+    (tiny_root / "train_slices.list").write_bytes(train + b"garbage id\n")
+    assert main(["data", "splits", str(tiny_root), "--labelled", "1"]) == 2
+    assert f"train_slices.list: line {len(train.splitlines()) + 1} 'garbage id' is not a slice id" in capsys.readouterr().err
+    (tiny_root / "train_slices.list").write_bytes(train + b"\xff\xfe\n")
+    assert main(["data", "check", str(tiny_root)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tiny_root / 'train_slices.list'}: not UTF-8 text (invalid start byte at "
+                                               f"byte {len(train)}); re-create it with the converter")
+
+
+def test_num_classes_comes_from_the_manifest_and_is_capped(tmp_path: Path, capsys):
+    """``check`` defaulted to 4 classes whatever the dataset recorded, and had no upper limit (10**12 hung)."""
+    from medseg_platform.data.phantom import generate_phantom
+
+    root = generate_phantom(tmp_path / "ph", patients=3, size=32, seed=1)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["class_names"] = ["a", "b", "c", "d", "e"]  # a dataset with 6 classes whose labels use only 0..3
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["data", "check", str(root)]) == 0
+    assert f"dataset {root} (6 classes)" in capsys.readouterr().out
+    assert main(["data", "check", str(root), "--num-classes", "1000000000000"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --num-classes 1000000000000: must be from 2 (background and one structure) "
+                                               "to 256 (labels are stored as uint8)")

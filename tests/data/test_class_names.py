@@ -71,6 +71,8 @@ def test_convert_nifti_without_names_records_generic_ones(tmp_path, capsys):
 @pytest.mark.parametrize("names, message", [("liver", "1 class name(s) ['liver'] for 3 classes"),
                                             ("liver,liver", "repeat a name"),
                                             ("liver,Avg", "'Avg' is reserved"),
+                                            ("liver,avg", "'avg' is reserved"),  # letter case used to get past the rules
+                                            ("Liver,liver", "repeat a name"),
                                             ("liver,", "must be non-empty")])
 def test_bad_class_names_are_a_one_line_error_before_anything_is_written(tmp_path, capsys, names, message):
     rc, err, out = _convert_generic(tmp_path, capsys, "--class-names", names)

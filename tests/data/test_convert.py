@@ -259,6 +259,8 @@ def _truncate(raw: Path, name: str) -> None:
 
 BAD_ACDC = {
     "info_missing": (lambda raw: next(raw.rglob("patient099/Info.cfg")).unlink(), "patient099/Info.cfg"),
+    "info_folder": (lambda raw: (lambda p: (p.unlink(), p.mkdir()))(next(raw.rglob("patient099/Info.cfg"))),
+                    "patient099/Info.cfg: Info.cfg is not a file"),
     "info_without_es": (lambda raw: _rewrite_info(raw, "patient038", "ES"), "patient038/Info.cfg: no 'ES:'"),
     "info_without_ed": (lambda raw: _rewrite_info(raw, "patient011", "ED"), "patient011/Info.cfg: no 'ED:'"),
     "frame_missing": (lambda raw: next(raw.rglob("patient013_frame11_gt.nii.gz")).unlink(), "patient013_frame11_gt.nii.gz"),
@@ -302,6 +304,10 @@ def test_no_patients_found(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     rc, _, err = run(capsys, "convert-acdc", tmp_path / "empty", tmp_path / "out")
     assert rc == 2 and "empty: no patientNNN folders found" in err
+    (tmp_path / "empty" / "patient001").mkdir()  # RAW_DIR one level too deep
+    rc, _, err = run(capsys, "convert-acdc", tmp_path / "empty" / "patient001", tmp_path / "out")
+    assert rc == 2 and err.strip() == (f"error: {tmp_path / 'empty' / 'patient001'}: RAW_DIR is one patient's folder; point it at "
+                                       f"the folder that holds the patientNNN folders (e.g. {tmp_path / 'empty'})")
 
 
 def test_an_out_dir_that_cannot_be_one_is_a_one_line_error(acdc_raw, tmp_path, capsys):

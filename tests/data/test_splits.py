@@ -24,7 +24,8 @@ def test_percent_scales_to_smaller_training_sets():
 
 
 @pytest.mark.parametrize("bad, message", [("0", "0 labelled"), ("71", "only 70"), ("0%", "percent"), ("abc", "expected"),
-                                          ("1.5", "whole number"), ("101%", "percent")])
+                                          ("1.5", "whole number"), ("101%", "percent"),
+                                          ("9" * 400, "too large a number")])  # was an OverflowError
 def test_bad_fractions(bad, message):
     with pytest.raises(ConfigError, match=message):
         resolve_patient_count(bad, 70)
@@ -48,6 +49,17 @@ def test_random_is_seeded_and_differs_across_seeds():
     assert all(s.split("_frame")[0] in a.patients for s in a.labelled_slices)
     with pytest.raises(ConfigError, match="seed is required"):
         select_labelled(ACDC_SLICES, "7", "random")
+    for seed in (-1, 2.5, "3"):  # -1 was numpy's ValueError
+        with pytest.raises(ConfigError, match=r"labelled strategy random: the seed must be a whole number >= 0, got "):
+            select_labelled(ACDC_SLICES, "7", "random", seed=seed)
+
+
+def test_splits_cli_rejects_a_seed_the_strategy_would_ignore(tiny_root, capsys):
+    from analysis.console import main
+
+    assert main(["data", "splits", str(tiny_root), "--labelled", "1", "--seed", "5"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --seed: only used with --strategy random (the published strategy has no randomness)"
+    assert main(["data", "splits", str(tiny_root), "--labelled", "1", "--strategy", "random", "--seed", "5"]) == 0
 
 
 def test_released_slices_reproduces_partial_patient():
