@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -56,18 +55,18 @@ def sigterm_deferred() -> Iterator[None]:
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def exit_on_sigterm(signum, frame) -> None:
     """SIGTERM handler: remove the registered staging folders, say so, and exit with 143."""
     for path in list(_STAGING):
         shutil.rmtree(path, ignore_errors=True)
-    print("terminated", file=sys.stderr, flush=True)
+    os.write(2, b"terminated\n")  # not print: the signal may have landed inside a write to sys.stderr
     os._exit(143)
 
 

@@ -3,8 +3,9 @@
 Every listed slice and volume is opened and checked: the file exists and is readable HDF5, has
 ``image`` and ``label`` of equal shape (2-D slices, 3-D volumes), a floating-point image that is finite
 and within [0, 1], and integer labels within ``0 .. num_classes-1``; the manifest's class names (if any)
-must name labels 1..num_classes-1. A bad file gives one line naming the file and the problem and the
-check goes on; the command exits non-zero if any problem was found. It also prints cases and slices per
+must name labels 1..num_classes-1, and no list may name an id twice. A bad file gives one line naming the file and
+the problem and the check goes on; the command exits non-zero if any problem was found. Without ``--num-classes``
+the count is the manifest's (its class names + 1, else the converter's ``num_classes``), else 4 (ACDC). It also prints cases and slices per
 split and the voxel fraction of every class (by name). Studies run the same check before Ray starts
 (:mod:`medseg_platform.preflight`).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_platform.data.layout import TEST_LIST, TRAIN_LIST, VAL_LIST, AcdcLayout, default_class_names, read_h5_pair, read_manifest
+from medseg_platform.data.layout import MANIFEST, TEST_LIST, TRAIN_LIST, VAL_LIST, AcdcLayout, default_class_names, read_h5_pair, read_manifest
 from medseg_platform.errors import DataError
 
 MAX_CLASSES = 256  # labels are uint8, as the converters cap them
@@ -175,11 +176,13 @@ def manifest_num_classes(root: str | Path) -> int | None:
 
 
 def _run_cli(args) -> int:
-    num_classes = args.num_classes
+    num_classes, source = args.num_classes, f"--num-classes {args.num_classes}"
     if num_classes is None:
-        num_classes = manifest_num_classes(args.root) or 4
+        recorded = manifest_num_classes(args.root)
+        num_classes = 4 if recorded is None else recorded
+        source = f"{Path(args.root).expanduser().resolve() / MANIFEST}: {num_classes} classes" if recorded is not None else "4"
     if not 2 <= num_classes <= MAX_CLASSES:
-        raise DataError(f"--num-classes {num_classes}: must be from 2 (background and one structure) to {MAX_CLASSES} "
+        raise DataError(f"{source}: the number of classes must be from 2 (background and one structure) to {MAX_CLASSES} "
                         "(labels are stored as uint8)")
     report = check_dataset(args.root, num_classes, progress=True)
     for problem in report.problems:

@@ -141,8 +141,10 @@ def read_header(path: str | Path) -> NiftiHeader:
     if img.get_data_dtype().kind == "c":
         raise DataError(f"{path}: complex voxel values ({img.get_data_dtype()}); export a real-valued (e.g. magnitude) volume")
     stored = _stored_voxel_sizes(path, img)
-    if not all(np.isfinite(stored)) or min(stored, default=1.0) <= 0:
-        raise DataError(f"{path}: header voxel sizes (pixdim) must be positive, got {tuple(stored)} (fix the header)")
+    lengths = (x, y, z)
+    # a negative size is taken as its magnitude (nibabel's rule, as before); a zero one only where the axis has one voxel
+    if not all(np.isfinite(stored)) or any(v == 0 and n > 1 for v, n in zip(stored, lengths)):
+        raise DataError(f"{path}: header voxel sizes (pixdim) must be non-zero numbers, got {tuple(stored)} (fix the header)")
     zooms = list(img.header.get_zooms())[:3]
     zooms += [1.0] * (3 - len(zooms))  # a 2-D file has no slice thickness: use 1 mm
     dx, dy, dz = (_clean_spacing(v) for v in zooms)

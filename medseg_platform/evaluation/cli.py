@@ -62,6 +62,8 @@ def run(args) -> int:
         empty_policy=args.empty_policy,
         progress=None if args.quiet else progress,
     )
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     paths = scoring.write_results(result, out)
     n_cases = result.summary["num_cases"]
     print(f"{n_cases} cases, {args.num_classes - 1} foreground classes, distances in {result.units}, "

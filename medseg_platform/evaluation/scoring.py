@@ -210,6 +210,7 @@ class FolderEvaluation:
     units: str
     settings: dict = field(default_factory=dict)
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # printed by the CLI, e.g. classes no volume contains
 
 
 def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, spacing_from: str = "gt",
@@ -218,9 +219,8 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     """Evaluate every prediction in ``pred_dir`` against ``gt`` (a folder or an SSL4MIS dataset root).
 
     Raises :class:`DataError`/:class:`ConfigError` (one line) for missing folders, predictions without
-    ground truth, shape mismatches, label values outside ``[0, num_classes)``, a ``num_classes`` whose top
-    classes appear in no volume (their rows would be all NaN); ``progress(i, n, case)`` is
-    called before each case.
+    ground truth, shape mismatches, label values outside ``[0, num_classes)``; ``progress(i, n, case)`` is
+    called before each case. Foreground classes that no volume contains are named in ``warnings``.
     """
     check_options(empty_policy, backend)
     if spacing_from not in SPACING_SOURCES:
@@ -271,7 +271,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     # pass 2: read, validate, score
     start = time.perf_counter()
     rows: list[dict] = []
-    highest_label = 0
+    present = np.zeros(int(num_classes), dtype=bool)  # classes seen in any prediction or ground truth
     for i, (case, pfile, gfile, mixed, spacing) in enumerate(plan, 1):
         if progress is not None:
             progress(i, len(plan), case)
@@ -279,15 +279,10 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
         truth = read_label_volume(gfile, reverse=mixed and gfile.kind == "nifti")
         pred = check_label_map(pred, num_classes, str(pfile.path))
         truth = check_label_map(truth, num_classes, str(gfile.path))
-        highest_label = max(highest_label, int(pred.max(initial=0)), int(truth.max(initial=0)))
+        present |= (np.bincount(pred.ravel(), minlength=present.size) > 0) | (np.bincount(truth.ravel(), minlength=present.size) > 0)
         for row in evaluate_case(pred, truth, num_classes, spacing, empty_policy=empty_policy, backend=backend):
             rows.append({"case": case, "units": units, **row})
-    if highest_label < num_classes - 1:
-        absent = f"{highest_label + 1}" if highest_label + 1 == num_classes - 1 else f"{highest_label + 1}-{num_classes - 1}"
-        raise DataError(f"--num-classes {num_classes}: class(es) {absent} appear in no prediction and no ground truth "
-                        f"of the {len(plan)} cases (their rows would all be empty); "
-                        + (f"the labels go up to {highest_label}, so pass --num-classes {highest_label + 1}" if highest_label
-                           else "every volume is background only (check --pred and --gt)"))
+    warnings = [absent_classes_warning(present, len(plan), empty_policy)] if not present[1:].all() else []
     settings = {
         "pred": str(pred_dir.resolve()),
         "gt": str(gt.resolve()),
@@ -297,7 +292,20 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
         "metric_backend": backend,
         "empty_policy": empty_policy,
     }
-    return FolderEvaluation(rows, summarize(rows), units, settings, time.perf_counter() - start)
+    return FolderEvaluation(rows, summarize(rows), units, settings, time.perf_counter() - start, warnings)
+
+
+def absent_classes_warning(present: np.ndarray, n_cases: int, empty_policy: str) -> str:
+    """The warning for foreground classes that no prediction and no ground truth contains (``present[c]`` False):
+    their rows measure nothing. When they are the top classes, ``--num-classes`` is probably too large."""
+    absent = [int(c) for c in np.flatnonzero(~present) if c > 0]
+    rows = "NaN" if empty_policy == "nan" else "the released empty-mask scores"
+    message = (f"class(es) {', '.join(map(str, absent))} appear in no prediction and no ground truth of the {n_cases} "
+               f"case(s), so their rows hold {rows}, not a measurement")
+    highest = int(np.flatnonzero(present).max(initial=0))
+    if highest >= 1 and all(c > highest for c in absent):
+        message += f"; if the data has {highest + 1} classes, pass --num-classes {highest + 1}"
+    return message
 
 
 # --------------------------------------------------------------------------------------- output

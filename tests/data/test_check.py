@@ -97,5 +97,10 @@ def test_num_classes_comes_from_the_manifest_and_is_capped(tmp_path: Path, capsy
     assert main(["data", "check", str(root)]) == 0
     assert f"dataset {root} (6 classes)" in capsys.readouterr().out
     assert main(["data", "check", str(root), "--num-classes", "1000000000000"]) == 2
-    assert capsys.readouterr().err.strip() == ("error: --num-classes 1000000000000: must be from 2 (background and one structure) "
-                                               "to 256 (labels are stored as uint8)")
+    assert capsys.readouterr().err.strip() == ("error: --num-classes 1000000000000: the number of classes must be from 2 (background "
+                                               "and one structure) to 256 (labels are stored as uint8)")
+    manifest["class_names"] = []
+    manifest["source"]["num_classes"] = 1  # a count the manifest records is checked too, and the message names it
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["data", "check", str(root)]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: {root / 'manifest.json'}: 1 classes: the number of classes must be")

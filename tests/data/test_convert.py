@@ -277,7 +277,7 @@ BAD_ACDC = {
     "complex_image": (lambda raw: _replace(raw, "patient038_frame09.nii.gz", np.ones(SHAPE_XYZ, np.complex64)),
                       "patient038_frame09.nii.gz: complex voxel values (complex64)"),
     "zero_pixdim": (lambda raw: _zero_slice_thickness(raw, "patient013_frame11.nii.gz"),
-                    "patient013_frame11.nii.gz: header voxel sizes (pixdim) must be positive, got (1.5, 1.25, 0.0)"),
+                    "patient013_frame11.nii.gz: header voxel sizes (pixdim) must be non-zero numbers, got (1.5, 1.25, 0.0)"),
     "gt_grid": (lambda raw: save_nifti(next(raw.rglob("patient028_frame14_gt.nii.gz")), np.zeros(SHAPE_XYZ, np.uint8),
                                        zooms=(3.0, 3.0, 10.0)),
                 "patient028_frame14_gt.nii.gz: label voxel size (10.0, 3.0, 3.0) mm differs from image"),
@@ -441,3 +441,20 @@ def test_nifti_name_helpers_and_2d_header(tmp_path):
     save_nifti(tmp_path / "flat.nii.gz", np.zeros((16, 20), np.int16), (0.7, 0.8))
     header = read_header(tmp_path / "flat.nii.gz")
     assert header.shape == (1, 20, 16) and header.spacing == (1.0, 0.8, 0.7)
+
+
+def test_stored_voxel_sizes_negative_counts_as_magnitude_and_zero_only_along_one_voxel(tmp_path):
+    """nibabel's loader repairs pixdim (|x|, 0 -> 1) and the header pass reads the stored bytes: a negative size stays
+    accepted as its magnitude, as before; a zero is refused unless its axis has one voxel."""
+    def patched(name: str, shape, index: int, value: float) -> Path:
+        path = tmp_path / name
+        save_nifti(path, np.zeros(shape, np.int16))
+        data = bytearray(gzip.decompress(path.read_bytes()))
+        data[76 + 4 * index:80 + 4 * index] = struct.pack("<f", value)  # NIfTI-1 pixdim[index]
+        path.write_bytes(gzip.compress(bytes(data)))
+        return path
+
+    assert read_header(patched("neg.nii.gz", SHAPE_XYZ, 1, -1.5)).spacing == (10.0, 1.25, 1.5)
+    assert read_header(patched("one_slice.nii.gz", (16, 20, 1), 3, 0.0)).spacing == (1.0, 1.25, 1.5)
+    with pytest.raises(DataError, match=r"pixdim\) must be non-zero numbers, got \(1.5, 0.0, 10.0\)"):
+        read_header(patched("zero.nii.gz", SHAPE_XYZ, 2, 0.0))
