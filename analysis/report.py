@@ -30,7 +30,7 @@ from analysis.claims import claims_section
 from analysis.plots import natural_key, PlotFile, write_plots
 from analysis.health import TrialHealth, health_problems, health_section, record_health
 from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, escape_markdown,
-                             print_summary, row_label, row_order, study_class_names, trial_seed, write_tables)
+                             incomplete_note, print_summary, row_label, row_order, study_class_names, trial_seed, write_tables)
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_text_atomic
 from medseg_platform.results import (ERROR_FILE, LAST_RUN_FILE, RESULT_FILE, SETTINGS_FILE, STUDY_FILE, TRIALS_DIR, TrialRecord,
@@ -333,7 +333,9 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
     if records:
         class_names = study_class_names(records)  # before any table: trials on datasets with other classes are an error
         df = build_table(records, class_names=class_names)
-        tables = write_tables(records, study_dir, class_names=class_names) + tables
+        expected = len(info.get("trials") or []) if not info.get("search") else 0
+        note = incomplete_note(expected - len(missing), expected) if expected else ""
+        tables = write_tables(records, study_dir, class_names=class_names, incomplete=note) + tables
         plots, _ = write_plots(records, study_dir / PLOTS_DIR, df=df, log=log, search_samples=samples, class_names=class_names)
     report = study_dir / REPORT_FILE
     write_text_atomic(report, render_report(study_dir, info, settings, last_run, records, problems, tables, plots))

@@ -99,3 +99,6 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
     except MedsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # e.g. while the phantom is generated, before Ray runs (Tune handles its own Ctrl-C)
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130

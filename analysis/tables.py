@@ -730,9 +730,10 @@ def external_blocks(records: Sequence[TrialRecord], metric: str, suffix: str,
 
 def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
                  metrics: Sequence[str] = DEFAULT_METRICS,
-                 class_names: Mapping[int, str] | None = None) -> list[Path]:
+                 class_names: Mapping[int, str] | None = None, incomplete: str = "") -> list[Path]:
     """Write ``table_<metric>.md`` and ``table_<metric>.tex`` per metric (each followed by its external test set
-    blocks, :func:`external_blocks`) and ``table.csv`` (long form).
+    blocks, :func:`external_blocks`) and ``table.csv`` (long form). ``incomplete``: a sentence saying which trials of
+    the study have no result yet (:func:`incomplete_note`), written under each Markdown table and as a LaTeX comment.
 
     Every file is written atomically; returns the paths in that order (CSV last).
     """
@@ -743,12 +744,23 @@ def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
     for metric in metrics:
         for suffix, render in (("md", to_markdown), ("tex", to_latex)):
             path = out_dir / f"table_{metric}.{suffix}"
-            write_text_atomic(path, render(df, metric) + external_blocks(records, metric, suffix, class_names))
+            text = render(df, metric)
+            if incomplete:
+                text += f"\n**{incomplete}**\n" if suffix == "md" else f"% {escape_latex(incomplete)}\n"
+            write_text_atomic(path, text + external_blocks(records, metric, suffix, class_names))
             paths.append(path)
     csv_path = out_dir / "table.csv"
     to_csv(df, csv_path)
     paths.append(csv_path)
     return paths
+
+
+def incomplete_note(finished: int, expected: int) -> str:
+    """The sentence under a table whose study has trials without a result ("" when all ``expected`` finished)."""
+    if finished >= expected:
+        return ""
+    return (f"Incomplete: {finished} of the study's {expected} trials have a result; the others' cells are missing or "
+            "average fewer seeds (rerun the study command to finish them).")
 
 
 def print_summary(paths: Sequence[str | Path], problems: Sequence[str], file=None) -> str:

@@ -4,17 +4,13 @@ The ``medseg`` console command itself is composed in :mod:`analysis.console` (``
 ``medseg report``, which lives one floor up, in :mod:`analysis`. The platform's own command groups are
 :func:`platform_groups`. Each command group lives next to the code it drives and exposes ``add_cli(subparsers)``, which adds
 its parsers and sets ``func(args) -> int`` on them. Errors of type :class:`MedsegError` are printed as
-one line (``error: ...``) with exit code 2; no traceback for bad input. A command group that sets
-``terminate_cleans_up=True`` (the data commands) exits on SIGTERM through :func:`medseg_platform.io.exit_on_sigterm`,
-so a killed conversion or phantom leaves no staging folder behind (exit 143).
+one line (``error: ...``) with exit code 2; no traceback for bad input.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from typing import Sequence
 
 from medseg_platform import __version__
@@ -61,11 +57,6 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) 
         # a group given without its sub-command: show that group's help
         (getattr(args, "group_parser", None) or parser).print_help(sys.stderr)
         return 2
-    previous = None
-    if getattr(args, "terminate_cleans_up", False) and threading.current_thread() is threading.main_thread():
-        from medseg_platform.io import exit_on_sigterm
-
-        previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         return int(func(args) or 0)
     except MedsegError as exc:
@@ -79,6 +70,3 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) 
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)

@@ -3,10 +3,9 @@
 Each writer writes to a temporary file in the destination folder, flushes and fsyncs it, then
 ``os.replace``-s it over the destination (atomic on POSIX within one filesystem).
 
-Folder writers (the phantom, the converters) build a hidden staging folder and rename it into place. A command that
-installs :func:`exit_on_sigterm` removes the staging folders registered with :func:`removed_if_terminated` when
-SIGTERM ends it (the handler removes them itself: an exception raised from a signal handler can land in a weakref
-callback and be ignored).
+Folder writers (the phantom, the converters) build a hidden staging folder and rename it into place. While one is
+registered with :func:`removed_if_terminated`, SIGTERM runs :func:`exit_on_sigterm`, which removes it and exits (the
+handler removes it itself: an exception raised from a signal handler can land in a weakref callback and be ignored).
 """
 
 from __future__ import annotations
@@ -41,12 +40,20 @@ _STAGING: set[Path] = set()
 
 @contextlib.contextmanager
 def removed_if_terminated(path: Path) -> Iterator[Path]:
-    """Register the staging folder ``path`` for removal by :func:`exit_on_sigterm` while the block runs."""
+    """Register the staging folder ``path`` for removal by :func:`exit_on_sigterm` while the block runs; in the main
+    thread, with SIGTERM at its default (nobody else handles it), that handler is installed for the block."""
+    import threading
+
+    install = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     _STAGING.add(path)
+    if install:
+        signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         yield path
     finally:
         _STAGING.discard(path)
+        if install:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """The single-process training loop: learning, exact resume, non-finite losses, result files."""
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,34 @@ def test_the_loop_logs_monas_deferred_nn_term_at_every_curve_row(tiny_root, tmp_
     outcome = train_trial(cfg, tmp_path / "t", log=quiet)
     assert [row["step"] for row in outcome.curves] == [2, 4, 6]
     assert all(math.isfinite(row["nn"]) and row["nn"] > 0 for row in outcome.curves), outcome.curves
+
+
+def test_a_stage_lock_held_elsewhere_is_reported_before_waiting(tmp_path):
+    """A trial that waits for another one training the same stage used to wait without a word."""
+    import fcntl
+    import threading
+
+    lock = tmp_path / "stage" / ".lock"
+    lock.parent.mkdir()
+    events = []
+    with open(lock, "a+") as other:  # another trial holds the lock
+        fcntl.flock(other, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: _run_locked(lock, events))
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while "waiting" not in events and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert events == ["waiting"]  # told, and not yet inside
+        fcntl.flock(other, fcntl.LOCK_UN)
+    waiter.join(timeout=10)
+    assert events == ["waiting", "inside"]
+    events.clear()
+    _run_locked(lock, events)  # a free lock: no message
+    assert events == ["inside"]
+
+
+def _run_locked(lock, events):
+    from medseg_platform.engine.pretrain import _exclusive
+
+    with _exclusive(lock, True, on_wait=lambda: events.append("waiting")):
+        events.append("inside")

@@ -283,6 +283,24 @@ def test_sigkill_of_the_driver_resumes_without_rerunning_losing_or_duplicating(t
     finished_first = {p.parent.name: p.read_bytes() for p in trials_dir.glob("*/result.json")}
     assert 1 <= len(finished_first) < len(seeds)
 
+    # a SIGTERM to the resumed run stops it like a Ctrl-C (it used to abort in Ray's handler; a Ctrl-C of a resumed run
+    # was swallowed: the trials it left were started again in a fresh experiment and the study ran to the end)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(trials_dir.glob("*/result.json"))) <= len(finished_first):
+            assert proc.poll() is None, f"study exited early with {proc.returncode}: {proc.stdout.read()[-2000:]}"
+            assert time.monotonic() < deadline, "no further trial finished in time"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out[-3000:]
+    assert "stopped by a signal:" in out and "rerun the same command to resume them" in out and "running them again" not in out
+    assert len(list(trials_dir.glob("*/result.json"))) < len(seeds)
+
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     # no finished trial was run again: byte-identical result files, one attempt each

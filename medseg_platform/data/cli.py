@@ -15,7 +15,7 @@ def add_cli(subparsers) -> None:
         epilog="example:\n  medseg data phantom --out data/phantom --patients 20 --size 128",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    group.set_defaults(group_parser=group, terminate_cleans_up=True)  # SIGTERM removes staging folders (medseg_platform.cli)
+    group.set_defaults(group_parser=group)
     commands = group.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     phantom.add_cli(commands)
     convert.add_cli(commands)

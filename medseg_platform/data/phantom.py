@@ -34,11 +34,13 @@ so a killed generation never leaves a folder that looks complete.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import secrets
 import shutil
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -233,9 +235,10 @@ def generate_phantom(
     out = Path(out).expanduser().absolute()
     if _check_target(out, params):
         return out
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = out.parent / f"{_staging_prefix(out)}{os.getpid()}-{secrets.token_hex(4)}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_staging(out)
         tmp.mkdir()
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot create the folder ({exc.strerror}); choose a writable place") from None
@@ -251,6 +254,35 @@ def generate_phantom(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _staging_prefix(out: Path) -> str:
+    """Staging folders of ``out`` are ``.<name>.tmp-<host>-<pid>-<random>`` beside it (the host: a cache folder may be
+    shared by the nodes of a cluster, and a process id means something only on its own host)."""
+    return f".{out.name}.tmp-{socket.gethostname()}-"
+
+
+def remove_dead_staging(out: Path) -> list[Path]:
+    """Remove this host's staging folders of ``out`` whose writer process is gone (a SIGKILLed generation); returns them."""
+    removed = []
+    prefix = _staging_prefix(out)
+    for path in out.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = path.name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def phantom_cache_path(cache_root: str | os.PathLike, patients: int, size: int, seed: int) -> Path:

@@ -49,8 +49,9 @@ def stage_key(cfg: TrialConfig, index: int, subset: LabelledSubset) -> str:
 
 
 @contextlib.contextmanager
-def _exclusive(path: Path, enabled: bool):
-    """An advisory file lock so concurrent trials on one machine train a shared stage once."""
+def _exclusive(path: Path, enabled: bool, on_wait: Callable[[], None] | None = None):
+    """An advisory file lock so concurrent trials on one machine train a shared stage once; ``on_wait()`` is called
+    when another process holds it (before waiting for it)."""
     if not enabled:
         yield
         return
@@ -58,7 +59,12 @@ def _exclusive(path: Path, enabled: bool):
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -76,7 +82,11 @@ def run_pretraining(cfg: TrialConfig, data: TrainingData, cache_dir: Path, devic
     for index, stage in enumerate(cfg.pretrain):
         folder = stage_folder(cache_dir, stage_key(cfg, index, data.subset))
         final_path = folder / STAGE_FINAL_FILE
-        with _exclusive(folder / ".lock", enabled=dist is None or dist.is_main):  # other ranks wait in agree()
+        def waiting(index=index, stage=stage, folder=folder) -> None:
+            log(f"pretraining stage {index} ({stage.objective}): waiting for another trial that holds {folder / '.lock'} "
+                "(it trains this stage; this trial then reads it from the cache)")
+
+        with _exclusive(folder / ".lock", enabled=dist is None or dist.is_main, on_wait=waiting):  # other ranks wait in agree()
             if agree(final_path.is_file(), dist, device):
                 log(f"pretraining stage {index} ({stage.objective}): cached at {folder}")
                 previous = load_checkpoint(final_path)

@@ -71,12 +71,15 @@ def run_study(study: Study) -> StudyRun:
     timing = {"validate_s": time.perf_counter() - start}
     if pending or study.search_space is not None:
         run_id = uuid.uuid4().hex[:12]  # marks the error.json files written by this run
-        restored = run_tune(study, trials, study_dir, timing, study.spec_hash(trials), run_id)
+        restored, stopped = run_tune(study, trials, study_dir, timing, study.spec_hash(trials), run_id)
         # A restored experiment re-runs only what Tune itself left unfinished or errored. Trials it
         # marked finished that have no valid result (folder deleted, corrupt result, an application error
-        # in an earlier run: Tune saw those end normally) run again here, in a fresh experiment.
+        # in an earlier run: Tune saw those end normally) run again here, in a fresh experiment; not after
+        # a Ctrl-C / SIGTERM, which stops the study (it used to start that experiment instead).
         left = [t for t in pending if to_run(t) and not errored_in_run(trial_folder(study_dir, t["key"]), run_id)]
-        if restored and left and study.search_space is None:
+        if stopped:
+            _log(f"stopped by a signal: {len(left)} trial(s) unfinished; rerun the same command to resume them")
+        elif restored and left and study.search_space is None:
             _log(f"{len(left)} trial(s) that the restored experiment considers done have no result (lost, corrupt, or "
                  "errored in an earlier run): running them again")
             run_tune(study, left, study_dir, timing, f"rerun-{run_id}", run_id)
@@ -149,8 +152,9 @@ def check_ray_options(study: Study) -> None:
 
 
 # ---------------------------------------------------------------------------------------- Tune
-def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, suffix: str, run_id: str = "") -> bool:
-    """Run the trials as Tune experiment ``<name>-<suffix>``, restoring it if it exists; True if restored.
+def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, suffix: str, run_id: str = "") -> tuple[bool, bool]:
+    """Run the trials as Tune experiment ``<name>-<suffix>``, restoring it if it exists; returns (restored, stopped by
+    a signal: :func:`fit_until_stopped`).
 
     Fault tolerance: ``FailureConfig(max_failures=max_retries)`` restarts a trial whose worker process
     died from its last checkpoint (a restored experiment keeps the limit it was started with);
@@ -196,12 +200,41 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
                                                          callbacks=[ProgressCallback(plans)],
                                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                                          failure_config=tune.FailureConfig(max_failures=study.max_retries)))
-        tuner.fit()
+        interrupted = fit_until_stopped(tuner)
         timing["tune_s"] = timing.get("tune_s", 0.0) + time.perf_counter() - t0
     finally:
         if started_here:
             ray.shutdown()
-    return restored
+    return restored, interrupted
+
+
+def fit_until_stopped(tuner) -> bool:
+    """``tuner.fit()``; True if a stop signal ended it early (Ctrl-C / SIGINT, or SIGTERM, which is turned into one).
+
+    Tune catches the first SIGINT itself: it ends the run, saves the experiment state and returns normally. Its handler
+    then puts back the SIGINT handler installed before ``fit`` (and only then), so a marker handler installed here and
+    found in place afterwards means the run was stopped. SIGTERM is mapped to SIGINT while Tune runs, so ``kill`` gets
+    the same clean stop (Ray's own handler would abort the driver). Outside the main thread, or with Tune's handler
+    disabled (``TUNE_DISABLE_SIGINT_HANDLER``), a Ctrl-C is a KeyboardInterrupt and this returns False.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")):
+        tuner.fit()
+        return False
+
+    def stop_marker(signum, frame):  # a Ctrl-C after Tune's own handler stepped aside: Python's default
+        raise KeyboardInterrupt
+
+    previous_int = signal.signal(signal.SIGINT, stop_marker)
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    try:
+        tuner.fit()
+        return signal.getsignal(signal.SIGINT) is stop_marker
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)
 
 
 def param_space(study: Study, trials: list[dict]) -> dict:

@@ -48,6 +48,9 @@ def test_report_states_settings_problems_and_links_that_exist(study):
                      "errored trial action-l1-s1-0000000000: non-finite loss at step 7 in term(s) anco",
                      "corrupt result:", "### Test Dice (%)", "Wilcoxon signed-rank"):
         assert expected in text, expected
+    # the tables themselves say that 2 of the 14 trials (one errored, one corrupt) are not in them
+    note = "Incomplete: 12 of the study's 14 trials have a result; the others' cells are missing or average fewer seeds"
+    assert f"**{note}" in (study / "table_dice.md").read_text() and f"% {note}" in (study / "table_dice.tex").read_text()
     links = re.findall(r"\]\(([^)]+)\)", text)
     assert "table_dice.tex" in links and "plots/training_curves.png" in links and len(links) >= 15
     assert all((study / link).is_file() for link in links)
@@ -58,6 +61,7 @@ def test_search_report_lists_the_best_configurations(tmp_path):
     report = write_report(study, log=lambda m: None)
     text = report.report.read_text(encoding="utf-8")
     assert "## Best configurations" in text and "(Optuna search)" in text
+    assert "Incomplete" not in (study / "table_dice.md").read_text()  # a search has no fixed trial list
     assert {p.name for p in report.plots} >= {"search_history.png", "param_importances.png"}
 
 

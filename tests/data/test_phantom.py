@@ -203,6 +203,24 @@ def test_killed_generation_leaves_nothing_that_looks_complete(tmp_path, monkeypa
     assert phantom.holds_phantom(path, phantom.PhantomParams(3, 40, 5))
 
 
+def test_a_dead_writers_staging_folder_is_removed_by_the_next_generation(tmp_path):
+    """A SIGKILLed generation leaves its hidden staging folder; the next one on this host removes it when its process
+    is gone, and leaves a live writer's folder (and other hosts') alone."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    host = socket.gethostname()
+    stale = tmp_path / f".ph.tmp-{host}-{dead}-0000abcd"
+    live = tmp_path / f".ph.tmp-{host}-1-0000abcd"  # pid 1 is alive
+    other_host = tmp_path / f".ph.tmp-elsewhere.example-{dead}-0000abcd"
+    for folder in (stale, live, other_host):
+        (folder / "data").mkdir(parents=True)
+    phantom.generate_phantom(tmp_path / "ph", patients=3, size=40, seed=5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other_host.name, "ph"])
+
+
 # ----------------------------------------------------------------------------------------- CLI
 @pytest.fixture
 def medseg():
