@@ -21,6 +21,7 @@ lack it are scored at the next run from their checkpoints, without training (:mo
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -220,6 +221,7 @@ def fit_until_stopped(tuner) -> bool:
     import signal
     import threading
 
+    quiet_tune_resume_advice()
     if threading.current_thread() is not threading.main_thread() or int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")):
         tuner.fit()
         return False
@@ -235,6 +237,29 @@ def fit_until_stopped(tuner) -> bool:
     finally:
         signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+def quiet_tune_resume_advice() -> None:
+    """Silence two Tune warnings that mislead here after a stop (once per process): "Experiment has been interrupted
+    ... Resume experiment with: Tuner.restore(...)" (this study resumes by rerunning its command, which
+    :func:`run_study` says), and "Failed to fetch metrics for N trial(s)" with a FileNotFoundError per trial that had
+    not reported yet (the study reads its own result files, never Tune's)."""
+    for name, prefix in (("ray.tune.tune", "Experiment has been interrupted"),
+                         ("ray.tune.analysis.experiment_analysis", "Failed to fetch metrics for")):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(prefix))
 
 
 def param_space(study: Study, trials: list[dict]) -> dict:
