@@ -206,9 +206,11 @@ def check_output_dir(out_dir: Path, raw_dir: Path, overwrite: bool) -> None:
                               f"\"{LAYOUT_FORMAT}\"); {refuse}")
 
 
-DATASET_ENTRIES = frozenset({"data", MANIFEST, TRAIN_LIST, VAL_LIST, TEST_LIST, "train.list"})
+DATASET_ENTRIES = frozenset({"data", MANIFEST, TRAIN_LIST, VAL_LIST, TEST_LIST, "train.list",
+                             ".DS_Store", "Thumbs.db", "desktop.ini"})
 """Top-level entries of a dataset root (the converters' and the SSL4MIS release's, whose ``train.list``
-names volumes): the only ones ``--overwrite`` replaces."""
+names volumes), and the folder-view files macOS and Windows drop into any folder: the only ones ``--overwrite``
+replaces."""
 
 
 def _umask() -> int:

@@ -351,6 +351,10 @@ def test_out_dir_protection_and_failed_overwrite_keeps_old(acdc_raw, converted, 
     rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], stranger, "--overwrite")
     assert rc == 2 and 'manifest.json: not the manifest of a converted dataset (no "format": "ssl4mis-acdc-h5/1")' in err
     assert (stranger / "manifest.json").read_text() == "{}"
+    (out / ".DS_Store").write_bytes(b"\0")  # a folder-view file does not block --overwrite
+    rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], out, "--overwrite")
+    assert rc == 0, err
+    assert all_files(out) == before
     (out / "my_notes.txt").write_text("keep me")  # a file a user added to a converted dataset
     rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], out, "--overwrite")
     assert rc == 2 and "(my_notes.txt)" in err and (out / "my_notes.txt").read_text() == "keep me"
