@@ -177,10 +177,10 @@ def manifest_num_classes(root: str | Path) -> int | None:
 
 def _run_cli(args) -> int:
     num_classes, source = args.num_classes, f"--num-classes {args.num_classes}"
-    if num_classes is None:
+    if num_classes is None:  # the manifest's count, else ACDC's 4 (always in range)
         recorded = manifest_num_classes(args.root)
         num_classes = 4 if recorded is None else recorded
-        source = f"{Path(args.root).expanduser().resolve() / MANIFEST}: {num_classes} classes" if recorded is not None else "4"
+        source = f"{Path(args.root).expanduser().resolve() / MANIFEST}: {num_classes} classes"
     if not 2 <= num_classes <= MAX_CLASSES:
         raise DataError(f"{source}: the number of classes must be from 2 (background and one structure) to {MAX_CLASSES} "
                         "(labels are stored as uint8)")

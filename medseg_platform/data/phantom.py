@@ -169,10 +169,9 @@ def _write_all(root: Path, params: PhantomParams, progress: Progress | None) -> 
 def _manifest(root: str | os.PathLike) -> dict | None:
     """``root``'s manifest as a dict, or None when it is absent, unreadable or not a JSON object."""
     try:
-        manifest = json.loads((Path(root) / layout.MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return layout.read_manifest(root) or None
+    except (DataError, OSError):
         return None
-    return manifest if isinstance(manifest, dict) else None
 
 
 def holds_phantom(root: str | os.PathLike, params: PhantomParams) -> bool:
