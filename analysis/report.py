@@ -328,6 +328,9 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
             tables += search_files
         except MedsegError as exc:
             search_problem = [f"search history: {exc}"]
+        wanted, ended = int(info.get("num_samples") or 0), sum(s.status != "unfinished" for s in samples or [])
+        if samples is not None and ended < wanted:  # stopped (Ctrl-C, SIGTERM): best_config.json is the best so far
+            search_problem.append(f"search unfinished: {ended} of {wanted} samples ended; rerun the study command to finish it")
     records, problems, missing = study_records(study_dir, info, {s.key for s in samples} if samples is not None else None)
     problems = [*problems, *search_problem, *health_problems(trial_health(records))]
     if records:

@@ -58,7 +58,8 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
             profile = replace(profile, trial=profile.trial.replace(**protocol))
         base = profile.trial.replace(**{"data.root": str(root), "optim.amp": args.amp})
         study: Study = build(args, profile, base)
-        study.name = args.name if args.name != default_name else f"{default_name}-{profile.name}"
+        # the default: the name the script built (e.g. hparam_search-<method>) plus the profile
+        study.name = args.name if args.name != default_name else f"{study.name}-{profile.name}"
         study.results_dir = resolve_path(args.results_dir, "--results-dir")
         study.address = args.address
         study.seeds = tuple(args.seeds) if args.seeds else profile.seeds
@@ -95,7 +96,7 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
         report = write_report(run.study_dir)  # tables, plots/ and report.md, from the result files only
         print_report(report)
         print(f"wall time {run.timing['total_s']:.1f} s; results in {run.study_dir}")
-        return 0 if report.records and not report.missing else 1
+        return 0 if report.records and not report.missing and not run.stopped else 1
     except MedsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

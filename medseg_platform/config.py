@@ -30,6 +30,10 @@ SELECTIONS = ("best_val", "final")  # EvalConfig.selection
 DISTANCE_UNITS = ("mm", "voxel")  # EvalConfig.distance_units
 
 
+#: The largest trial seed: NumPy's legacy seeding and torch keep 32 bits, so a larger seed would silently repeat
+#: ``seed % 2**32`` (``medseg_platform.seeding.seed_everything``).
+MAX_SEED = 2**32 - 1
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the data is (docs/data.md, 'ACDC layout') and which part of it is labelled (docs/data.md,
@@ -233,8 +237,9 @@ class TrialConfig:
             raise ConfigError(f"workers {self.workers}: must be >= 1")
         if OBJECTIVES[self.objective].requires_unlabelled and d.unlabelled_batch < 1:
             raise ConfigError(f"data.unlabelled_batch {d.unlabelled_batch}: objective {self.objective!r} needs unlabelled images (use >= 1)")
-        if self.seed < 0:
-            raise ConfigError(f"seed {self.seed}: must be >= 0")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed {self.seed}: must be in [0, 2**32 - 1] (NumPy's and torch's generators keep 32 bits "
+                              "of it, so larger seeds would repeat smaller ones)")
         if d.labelled_seed is not None and d.labelled_seed < 0:
             raise ConfigError(f"data.labelled_seed {d.labelled_seed}: must be >= 0 (or None: the trial seed)")
         if self.threads < 1:

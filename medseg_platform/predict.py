@@ -43,7 +43,8 @@ PREDICTION_FILE = "prediction.json"
 def finished_trial(trial_dir: str | Path):
     """``(TrialRecord, TrialConfig)`` of a finished trial folder; one-line :class:`MedsegError` otherwise."""
     from medseg_platform.config import TrialConfig
-    from medseg_platform.results import CONFIG_FILE, RESULT_FILE, STUDY_FILE, CorruptResult, read_trial, read_trial_config
+    from medseg_platform.results import (CONFIG_FILE, ERROR_FILE, RESULT_FILE, STUDY_FILE, CorruptResult, read_trial,
+                                         read_trial_config)
 
     trial_dir = Path(trial_dir).expanduser().resolve()
     if not trial_dir.is_dir():
@@ -58,12 +59,42 @@ def finished_trial(trial_dir: str | Path):
         if not (trial_dir / CONFIG_FILE).is_file():
             raise MedsegError(f"--trial {trial_dir}: not a trial folder (no {CONFIG_FILE} or {RESULT_FILE}); give "
                               "<results>/<study>/trials/<key>")
+        reason = _recorded_error(trial_dir / ERROR_FILE)
+        if reason:
+            raise MedsegError(f"--trial {trial_dir}: the trial errored ({reason}); fix the cause and rerun its study command")
         raise MedsegError(f"--trial {trial_dir}: unfinished trial (no {RESULT_FILE}); rerun its study command to finish it first")
     try:
         config = read_trial_config(trial_dir)
     except (OSError, ValueError, KeyError, TypeError):
         config = record.result["config"]  # written by the same call as config.json
     return record, TrialConfig.from_dict(config)
+
+
+def _recorded_error(path: Path) -> str:
+    """The ``error`` of a trial's ``error.json`` (its first line, at most 300 characters); "" when there is none."""
+    import json
+
+    try:
+        error = json.loads(path.read_text(encoding="utf-8")).get("error")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return str(error).strip().splitlines()[0][:300] if error else ""
+
+
+def check_prediction_folder(out: Path, trial_dir: Path, cases: Sequence[str]) -> None:
+    """``--out`` may not lie in the trial folder (it would mix predictions into the trial's result files) and may not
+    hold predictions of other cases (``medseg evaluate --pred OUT`` scores every file there, so a mixed folder scores
+    something else than this prediction): one-line :class:`MedsegError`. Files of the same cases are replaced."""
+    if out == trial_dir or trial_dir in out.parents:
+        raise MedsegError(f"--out {out}: inside the trial folder {trial_dir}; write predictions somewhere else")
+    if not out.is_dir():
+        return
+    ours = {f"{case}.h5" for case in cases}
+    others = sorted(p.name for p in out.iterdir() if p.suffix == ".h5" and p.name not in ours)
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise MedsegError(f"--out {out}: already holds predictions of other cases ({shown}), which medseg evaluate would score "
+                          "with these; use an empty folder, or delete them")
 
 
 def trial_class_names(result: dict, num_classes: int) -> tuple[str, ...]:
@@ -157,6 +188,7 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
     if out == layout.root or layout.root in out.parents:
         raise MedsegError(f"--out {out}: inside the dataset {layout.root}; write predictions somewhere else")
     check_output_folder(out, "--out")
+    check_prediction_folder(out, record.path.resolve(), cases)
     device = pick_device()
     model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
     kernels = recorded_conv_kernels(record.result, cfg, device.type)  # the CPU kernels of the trial's own test
@@ -175,7 +207,7 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
         log(f"[{i}/{len(cases)}] {case}")
     summary = {"trial": str(record.path), "data_root": str(layout.root), "split": split, "cases": cases,
                "best_step": record.result.get("best_step"), "num_classes": cfg.data.num_classes, "class_names": list(names),
-               "nifti": with_affine}
+               "nifti": with_affine, "distance_units": cfg.eval.distance_units, "empty_policy": cfg.eval.empty_policy}
     write_json_atomic(out / PREDICTION_FILE, summary)
     return summary
 
@@ -243,9 +275,24 @@ def add_cli(subparsers) -> None:
     )
     parser.add_argument("--trial", required=True, metavar="DIR", help="a finished trial folder (<results>/<study>/trials/<key>)")
     parser.add_argument("--data-root", required=True, metavar="ROOT", help="dataset root in the SSL4MIS/ACDC layout")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files of the same cases are replaced)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder (created; files of the same cases are replaced; one holding other cases' "
+                             "predictions is refused)")
     parser.add_argument("--split", choices=SPLITS, default="test", help="cases to predict: test (default), val, or all")
     parser.set_defaults(func=run)
+
+
+def evaluate_command(out: Path, summary: dict) -> str:
+    """The ``medseg evaluate`` line that scores a prediction folder with the trial's own evaluation settings (distance
+    units and empty-mask policy: ``eval.distance_units`` -> ``--spacing-from``, ``eval.empty_policy`` -> ``--empty-policy``)."""
+    import shlex
+
+    words = ["medseg", "evaluate", "--pred", str(out), "--gt", summary["data_root"], "--num-classes", str(summary["num_classes"])]
+    if summary.get("distance_units") == "voxel":
+        words += ["--spacing-from", "none"]
+    if summary.get("empty_policy", "nan") != "nan":
+        words += ["--empty-policy", summary["empty_policy"]]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def run(args) -> int:
@@ -257,5 +304,5 @@ def run(args) -> int:
     nifti = (f"; NIfTI with the source affine for {len(summary['nifti'])} of them in {out / NIFTI_DIR}" if summary["nifti"]
              else "; h5 only (the dataset's manifest records no source NIfTI affine)")
     print(f"wrote {len(summary['cases'])} prediction(s) of the {args.split} split to {out}{nifti}")
-    print(f"score them: medseg evaluate --pred {out} --gt {summary['data_root']} --num-classes {summary['num_classes']}")
+    print(f"score them as the trial did: {evaluate_command(out, summary)}")
     return 0

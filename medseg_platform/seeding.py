@@ -16,10 +16,12 @@ def seed_everything(seed: int) -> np.random.Generator:
     Returns a fresh ``numpy.random.Generator`` seeded with ``seed`` for code that prefers an explicit
     generator.
     """
-    if not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed {seed!r}: must be a non-negative int (set the trial's seed to 0 or more)")
+    from medseg_platform.config import MAX_SEED
+
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed {seed!r}: must be a whole number in [0, 2**32 - 1] (set the trial's seed in that range)")
     random.seed(seed)
-    np.random.seed(seed % (2**32))
+    np.random.seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
     import torch
 

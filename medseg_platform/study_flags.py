@@ -24,8 +24,9 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("MEDSEG_CACHE", Path.home() / ".cache" / "medseg-platform")).expanduser().resolve()
 
 
-def count_at_least(minimum: int):
-    """An argparse ``type``: a whole number >= ``minimum`` (argparse names the flag in its error)."""
+def count_at_least(minimum: int, maximum: int | None = None):
+    """An argparse ``type``: a whole number >= ``minimum`` (and <= ``maximum`` if given; argparse names the flag in its
+    error)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -33,8 +34,17 @@ def count_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
     return parse
+
+
+def seed_value():
+    """An argparse ``type`` for a seed: a whole number in [0, 2**32 - 1] (:data:`medseg_platform.config.MAX_SEED`)."""
+    from medseg_platform.config import MAX_SEED
+
+    return count_at_least(0, MAX_SEED)
 
 
 def amount(positive: bool):
@@ -61,7 +71,8 @@ def study_parser(description: str, default_name: str) -> argparse.ArgumentParser
     parser.add_argument("--address", default=None, help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--results-dir", default="results", help="where results go (default: ./results)")
     parser.add_argument("--data-root", default=None, help="dataset root in the SSL4MIS/ACDC layout (default: the embedded phantom)")
-    parser.add_argument("--seeds", type=count_at_least(0), nargs="+", default=None, help="seeds, each >= 0 (default: the profile's)")
+    parser.add_argument("--seeds", type=seed_value(), nargs="+", default=None,
+                        help="seeds, each in [0, 2**32 - 1] (default: the profile's)")
     parser.add_argument("--name", default=default_name, help=f"study name (default: {default_name}-<profile>)")
     parser.add_argument("--max-concurrent", type=count_at_least(1), default=None, help="at most this many trials at once")
     parser.add_argument("--gpus-per-trial", type=amount(positive=False), default=0.0, help="GPUs per trial (default 0: CPU)")

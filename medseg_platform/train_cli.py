@@ -12,6 +12,10 @@ pretraining cache, resume by rerunning the same command, retries and the progres
 ``--in-process`` calls :func:`medseg_platform.engine.train_trial` in this process instead (no Ray: a debugger
 and ``breakpoint()`` work) and writes the same files (:func:`medseg_platform.results.write_trial_results`);
 a rerun resumes from the trial's checkpoint as well.
+
+The folder collects the runs: each run adds its trial to the folder's ``study.json`` (``Study.accumulate``), and a
+run with ``--set`` overrides is its own table row (its label names them), so ``medseg report`` on the folder compares
+them. A folder that holds a study script's study or a search is refused (``--name`` picks another).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def add_cli(subparsers) -> None:
     from medseg_platform.cli import command_parser
     from medseg_platform.profiles import PROFILES
     from medseg_platform.recipes import METHODS
-    from medseg_platform.study_flags import amount, count_at_least
+    from medseg_platform.study_flags import amount, seed_value
 
     parser = command_parser(
         subparsers,
@@ -47,8 +51,9 @@ def add_cli(subparsers) -> None:
             "config.json, a search's best_config.json), plus --set overrides, --labelled and --seed. It runs as a\n"
             "one-row study train-<method>-<profile> under --results-dir: the same result files, checkpoints, pretraining\n"
             "cache, resume (rerun the same command) and progress lines as a study trial, through Ray Tune; --in-process\n"
-            "trains in this process without Ray (for a debugger). Exit code 0 when the trial has a result, 1 when it\n"
-            "errored, 2 for bad input (nothing trained)."
+            "trains in this process without Ray (for a debugger). Each run adds its trial to the folder's study.json\n"
+            "(medseg report compares them). Exit code 0 when the trial has a result, 1 when it errored or a Ctrl-C\n"
+            "stopped it on Ray, 2 for bad input (nothing trained), 130 for a Ctrl-C with --in-process."
         ),
     )
     parser.add_argument("method", nargs="?", choices=METHODS, help="the method to train (or give --config)")
@@ -59,7 +64,8 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--profile", choices=tuple(PROFILES), default="quick", help="problem size (default: quick; smoke: tiny)")
     parser.add_argument("--labelled", default=None, metavar="FRACTION",
                         help="labelled patients ('3') or percent ('5%%') (default: the config file's, else the profile's first)")
-    parser.add_argument("--seed", type=count_at_least(0), default=None, help="seed (default: the config file's, else the profile's first)")
+    parser.add_argument("--seed", type=seed_value(), default=None,
+                        help="seed in [0, 2**32 - 1] (default: the config file's, else the profile's first)")
     parser.add_argument("--data-root", default=None, help="dataset root (default: the config file's, else the embedded phantom)")
     parser.add_argument("--results-dir", default="results", help="where results go (default: ./results)")
     parser.add_argument("--name", default=None, help="study folder name (default: train-<method>-<profile>)")
@@ -69,6 +75,10 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
     parser.add_argument("--gpus-per-trial", type=amount(positive=False), default=0.0, help="GPUs for the trial through Ray (default 0: CPU)")
     parser.set_defaults(func=run)
+
+
+#: Keys of the other JSON files a results folder holds, which --config does not take (a hint names the right file).
+_NOT_A_CONFIG = {"claims", "spec_hash", "trials", "command", "smoke_test", "pending_at_start", "prediction", "cases"}
 
 
 def read_config_file(path: Path) -> dict:
@@ -83,6 +93,9 @@ def read_config_file(path: Path) -> dict:
         values = values["config"]
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a JSON object holding a TrialConfig dict")
+    if _NOT_A_CONFIG & set(values) or "config" in values:
+        raise ConfigError(f"--config {path}: not a trial config (give a trial's config.json or result.json, or a search's "
+                          "best_config.json)")
     return values
 
 
@@ -101,14 +114,19 @@ def flat_config(values: dict) -> dict:
 def build_study(args):
     """The one-row :class:`~medseg_platform.study.Study` of the command line, ``--set`` applied; returns (study, overrides)."""
     from medseg_platform.config import resolve_path
+    from medseg_platform.data.splits import canonical_fraction
     from medseg_platform.overrides import apply_overrides, parse_set_options
     from medseg_platform.profiles import PROFILES, profile_with_overrides
     from medseg_platform.recipes import METHOD_LABELS, METHODS, method_overrides
     from medseg_platform.study_flags import resolve_data_root
     from medseg_platform.study import Study, Variant
 
+    where = ""  # the config file, named in its errors
     if (args.method is None) == (args.config is None):
         raise ConfigError(f"give a method ({', '.join(METHODS)}) or --config FILE.json" + (", not both" if args.method else ""))
+    if getattr(args, "in_process", False) and (args.address or args.gpus_per_trial):
+        raise ConfigError("--in-process trains in this process on its CPU: --address and --gpus-per-trial are for the Ray "
+                          "path (drop --in-process, or those flags)")
     sets = parse_set_options(args.overrides)
     profile = profile_with_overrides(PROFILES[args.profile], sets, TRAIN_FLAG_KEYS)
     if args.method is not None:
@@ -119,35 +137,67 @@ def build_study(args):
         file_values = read_config_file(path)
         chosen = flat_config(file_values)
         name = str(file_values.get("objective", "supervised"))
-        row = f"{name} ({path.name})"
+        row, where = f"{name} ({path.name})", f"--config {path}: "
+        check_config_file_values(path, file_values, seed_given=args.seed is not None)
     file_root = chosen.pop("data.root", None)
-    root = resolve_path(args.data_root, "--data-root") if args.data_root else (file_root or resolve_data_root(args, profile))
-    base = profile.trial.replace(**{**chosen, "data.root": str(root)})
-    labelled = args.labelled or (base.data.labelled if "data.labelled" in chosen else profile.labelled[0])
+    chosen.pop("workers", None)  # checked above: one worker
+    if args.data_root:
+        root = resolve_path(args.data_root, "--data-root")
+    elif file_root is not None:
+        root = resolve_path(file_root, f"{where}data.root")
+    else:
+        root = resolve_data_root(args, profile)
+    try:
+        base = profile.trial.replace(**{**chosen, "data.root": str(root)})
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+    labelled = canonical_fraction(args.labelled if args.labelled is not None
+                                  else base.data.labelled if "data.labelled" in chosen else profile.labelled[0])
     seed = args.seed if args.seed is not None else int(file_values.get("seed", profile.seeds[0]))
     study = Study(name=args.name or f"train-{name}-{profile.name}", base=base, results_dir=resolve_path(args.results_dir, "--results-dir"),
-                  variants=[Variant({"row": row, "order": 0}, {})], grid={"data.labelled": [str(labelled)]}, seeds=(seed,),
+                  variants=[Variant({"row": row, "order": 0}, {})], grid={"data.labelled": [labelled]}, seeds=(seed,),
                   cpus_per_trial=profile.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
-                  dashboard=not args.no_dashboard)
-    return study, apply_overrides(study, sets, TRAIN_FLAG_KEYS, rows_hint="")
+                  dashboard=not args.no_dashboard, accumulate="medseg train")
+    overrides = apply_overrides(study, sets, TRAIN_FLAG_KEYS, rows_hint="")
+    if overrides:  # another configuration than the method's or the file's: its own table row in the folder's report
+        study.variants = [Variant({**v.tags, "row": f"{row} [{', '.join(args.overrides)}]"}, v.overrides) for v in study.variants]
+    return study, overrides
+
+
+def check_config_file_values(path: Path, values: dict, seed_given: bool) -> None:
+    """What ``medseg train`` cannot take over from a config file, named with the file: more than one worker (a
+    data-parallel trial belongs to a study script's --num-workers) and a seed outside [0, 2**32 - 1]."""
+    from medseg_platform.config import MAX_SEED
+
+    workers = values.get("workers", 1)
+    if workers != 1:
+        raise ConfigError(f"--config {path}: workers={workers!r}; medseg train runs one worker per trial, so this config "
+                          "would train with a smaller effective batch. Run it through a study script with --num-workers, "
+                          "or set \"workers\": 1 in a copy")
+    seed = values.get("seed", 0)
+    if not seed_given and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise ConfigError(f"--config {path}: seed {seed!r} must be a whole number in [0, 2**32 - 1] (or pass --seed)")
 
 
 def train_in_process(study) -> Path:
     """Train the study's one trial in this process (no Ray) and write its result files; returns the trial folder.
 
-    A finished trial is not trained again; an unfinished one resumes from its checkpoint (as in a study).
+    The checks a study makes before Ray starts come first (the config, the folder, fp16 without a GPU, every data file
+    the trial reads: :func:`medseg_platform.study.runner.check_before_ray`, :func:`medseg_platform.preflight.preflight_datasets`),
+    so bad input is reported before anything is written. A finished trial is not trained again; an unfinished one resumes
+    from its checkpoint (as in a study). An error while training is recorded in the trial's ``error.json``.
     """
     from medseg_platform.config import TrialConfig
     from medseg_platform.io import write_json_atomic
+    from medseg_platform.preflight import datasets_of_trials, preflight_datasets
     from medseg_platform.results import (ERROR_FILE, STUDY_FILE, pretrain_cache_dir, start_attempt, trial_finished, trial_folder,
                                          write_trial_config, write_trial_error)
+    from medseg_platform.study.runner import check_before_ray
     from medseg_platform.study.trainable import train_and_record
 
-    from medseg_platform.io import check_output_folder
-
-    trials = study.trial_params()
+    trials, _ = check_before_ray(study)
+    preflight_datasets(datasets_of_trials(trials), study.study_dir)
     trial, study_dir = trials[0], study.study_dir
-    check_output_folder(study_dir, "--results-dir")
     trial_dir = trial_folder(study_dir, trial["key"])
     write_json_atomic(study_dir / STUDY_FILE, study.description(trials))
     if trial_finished(trial_dir, log=lambda msg: print(msg, file=sys.stderr, flush=True)):
@@ -163,6 +213,10 @@ def train_in_process(study) -> Path:
                          extra={"placement": {"hostname": socket.gethostname(), "pid": os.getpid(), "in_process": True}})
     except MedsegError as exc:
         write_trial_error(trial_dir, config=trial["config"], tags=trial["tags"], seed=cfg.seed, error=str(exc), kind="application")
+        raise
+    except Exception as exc:  # a bug or an unforeseen input: recorded as a study trial's would be, then shown in full
+        write_trial_error(trial_dir, config=trial["config"], tags=trial["tags"], seed=cfg.seed,
+                          error=f"{type(exc).__name__}: {exc}", kind="exception")
         raise
     return trial_dir
 
@@ -182,19 +236,24 @@ def command_line(args) -> str:
 
 def run(args) -> int:
     from medseg_platform.io import write_json_atomic
-    from medseg_platform.results import ERROR_FILE, SETTINGS_FILE, CorruptResult, read_trial, trial_folder
+    from medseg_platform.results import ERROR_FILE, SETTINGS_FILE, CorruptResult, read_trial, trial_finished, trial_folder
 
     study, overrides = build_study(args)
+    finished_before = trial_finished(trial_folder(study.study_dir, study.trial_params()[0]["key"]))
     if args.in_process:
         trial_dir = train_in_process(study)
     else:
         run_ = study.run()
         trial_dir = trial_folder(run_.study_dir, run_.trial_keys[0])
-    write_json_atomic(study.study_dir / SETTINGS_FILE, {
-        "profile": args.profile, "data_root": str(study.base.data.root), "command": command_line(args),
-        "smoke_test": args.profile == "smoke", "results_dir": str(study.results_dir), "address": args.address,
-        "gpus_per_trial": study.gpus_per_trial, "cpus_per_trial": study.cpus_per_trial, "num_workers": 1, "max_concurrent": None,
-        "overrides": overrides, "in_process": bool(args.in_process)})
+        if run_.stopped:
+            print(f"trial {trial_dir.name}: stopped by a signal; rerun the same command to resume it", file=sys.stderr)
+            return 1
+    if not finished_before:  # the command that trained the folder's latest trial (a rerun that trained nothing keeps it)
+        write_json_atomic(study.study_dir / SETTINGS_FILE, {
+            "profile": args.profile, "data_root": str(study.base.data.root), "command": command_line(args),
+            "smoke_test": args.profile == "smoke", "results_dir": str(study.results_dir), "address": args.address,
+            "gpus_per_trial": study.gpus_per_trial, "cpus_per_trial": study.cpus_per_trial, "num_workers": 1, "max_concurrent": None,
+            "overrides": overrides, "in_process": bool(args.in_process)})
     try:
         record = read_trial(trial_dir)
     except CorruptResult:

@@ -26,8 +26,10 @@ would share one trial folder.
 Outputs besides the usual tables (which average all completed samples in one row: read them as "the
 search's samples", not as a method result): ``search_history.csv`` (every sample in proposal order:
 sampled values, status ``completed`` / ``stopped early`` / ``errored``, ``best_val_dice``, ``test_dice``)
-and ``best_config.json`` (the completed sample with the best validation Dice), both in the study folder;
-the best configuration is also printed. See :mod:`analysis.search`.
+and ``best_config.json`` (the completed sample with the best validation Dice), both in the study folder
+``hparam_search-<method>-<profile>`` (one per method, so a search of another method keeps this one's files);
+the best configuration is also printed. A stopped search (Ctrl-C) exits 1 and prints its best configuration "so
+far"; rerunning the same command (with the same ``--optuna-storage``, if any) resumes it. See :mod:`analysis.search`.
 
 Cost: ``quick`` 16 samples of ARCO-SAG sharing one ISD pretraining stage: 140 s measured on 2 cores, ASHA
 stopping 13 of the 16 at step 25 or 100 (``benchmarks/RESULTS.md``); about 6 minutes if none were stopped
@@ -91,7 +93,8 @@ def build(args, profile, base):
     # a search runs one seed: the profile's first unless --seeds names one (more is a ConfigError from Study)
     args.seeds = args.seeds or list(profile.seeds[:1])
     overrides = {**method_overrides(args.method, profile), "data.labelled": LABELLED}
-    return Study(name="hparam_search", base=base, results_dir=Path(args.results_dir),
+    # one folder per method: a search of another method does not replace this one's history and best config
+    return Study(name=f"hparam_search-{args.method}", base=base, results_dir=Path(args.results_dir),
                  variants=[Variant({"row": f"{METHOD_LABELS[args.method]} (search samples)", "order": 0}, overrides)],
                  search_space=search_space(args.method), num_samples=num_samples, asha=True)
 
@@ -118,10 +121,13 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     counts = {status: sum(s.status == status for s in samples) for status in ("completed", "stopped early", "errored", "unfinished")}
-    print(f"search: {len(samples)} samples (" + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ")")
+    wanted = built[0].num_samples
+    print(f"search: {len(samples)} of {wanted} samples (" + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ")")
+    partial = code != 0 or counts["unfinished"] or len(samples) < wanted  # stopped: rerun the command to finish it
     if best is not None:
         values = ", ".join(f"{key.split('.')[-1]}={value:.4g}" for key, value in best.values.items())
-        print(f"best configuration (val Dice {best.best_val_dice:.4f}, test Dice {best.test_dice:.4f}; sample {best.order}): {values}")
+        print(f"best configuration{' so far (the search is unfinished)' if partial else ''} (val Dice {best.best_val_dice:.4f}, "
+              f"test Dice {best.test_dice:.4f}; sample {best.order}): {values}")
     else:
         print("no sample completed: no best configuration")
     print("search files:\n" + "\n".join(f"  {p}" for p in paths))

@@ -32,7 +32,8 @@ def test_round_trip_and_dotted_overrides(tiny_root):
     ({"optim.lr": float("inf")}, "optim.lr inf: must be a finite number > 0"),
     ({"optim.max_steps": float("nan")}, "config.optim.max_steps: expected a whole number, got nan"),
     ({"optim.momentum": 1.0}, "optim.momentum 1.0: must be in "),
-    ({"seed": -1}, "seed -1: must be >= 0"),
+    ({"seed": -1}, "seed -1: must be in "),
+    ({"seed": 2**32}, "seed 4294967296: must be in "),
     ({"threads": 0}, "threads 0: must be >= 1"),
     ({"eval.empty_policy": "zero"}, "choose 'nan' or 'released'"),
 ])

@@ -52,7 +52,8 @@ def test_predictions_are_what_the_trial_scored_and_medseg_evaluate_reads_them(tr
     summary = json.loads((out / "prediction.json").read_text())
     result = json.loads((trial / "result.json").read_text())
     assert summary == {"trial": str(trial), "data_root": str(root), "split": "test", "cases": ["patient006_frame01", "patient006_frame02"],
-                       "best_step": result["best_step"], "num_classes": 4, "class_names": ["RV", "Myo", "LV"], "nifti": []}
+                       "best_step": result["best_step"], "num_classes": 4, "class_names": ["RV", "Myo", "LV"], "nifti": [],
+                       "distance_units": "mm", "empty_policy": "nan"}
     with h5py.File(out / "patient006_frame01.h5") as fh:
         prediction = fh["pred"][()]
         assert prediction.dtype == np.uint8 and prediction.shape == (3, 12, 10)
@@ -152,6 +153,44 @@ def test_an_output_that_is_a_file_is_a_one_line_error(trained, tmp_path, capsys)
     assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(afile)]) == 2
     assert one_line_error(capsys) == f"error: --out {afile}: is a file, not a folder; give a folder\n"
     assert afile.read_text() == "x"
+
+
+def test_an_errored_trial_is_named_with_its_recorded_error(trained, tmp_path, capsys):
+    root, trial = trained
+    errored = tmp_path / "trial"
+    shutil.copytree(trial, errored)
+    (errored / "result.json").unlink()
+    (errored / "error.json").write_text(json.dumps({"status": "error", "error": "non-finite loss at step 3\nmore detail"}))
+    assert main(["predict", "--trial", str(errored), "--data-root", str(root), "--out", str(tmp_path / "p")]) == 2
+    assert one_line_error(capsys) == (f"error: --trial {errored}: the trial errored (non-finite loss at step 3); fix the cause "
+                                      "and rerun its study command\n")
+
+
+def test_an_output_in_the_trial_or_holding_other_predictions_is_refused(trained, tmp_path, capsys):
+    """medseg evaluate scores every prediction file of a folder: one holding other cases' files would score a mix."""
+    root, trial = trained
+    for inside in (trial, trial / "preds"):
+        assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(inside)]) == 2
+        assert one_line_error(capsys) == f"error: --out {inside}: inside the trial folder {trial}; write predictions somewhere else\n"
+    assert not (trial / "preds").exists() and not (trial / "prediction.json").exists()
+    out = tmp_path / "p"
+    assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out), "--split", "val"]) == 0
+    before = sorted(p.name for p in out.iterdir())
+    capsys.readouterr()
+    assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out)]) == 2
+    assert one_line_error(capsys).startswith(f"error: --out {out}: already holds predictions of other cases (patient005_frame01.h5")
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out), "--split", "val"]) == 0  # the same cases
+
+
+def test_the_suggested_evaluation_uses_the_trial_s_distance_units_and_empty_policy():
+    from medseg_platform.predict import evaluate_command
+
+    summary = {"data_root": "/d", "num_classes": 4, "distance_units": "voxel", "empty_policy": "released"}
+    assert evaluate_command(Path("/p"), summary) == ("medseg evaluate --pred /p --gt /d --num-classes 4 --spacing-from none "
+                                                     "--empty-policy released")
+    assert evaluate_command(Path("/p"), {**summary, "distance_units": "mm", "empty_policy": "nan"}) == (
+        "medseg evaluate --pred /p --gt /d --num-classes 4")
 
 
 def test_a_trial_without_its_checkpoint_is_a_one_line_error(trained, tmp_path, capsys):

@@ -161,3 +161,32 @@ def test_optuna_search_is_recorded_in_a_journal_file(tiny_root, tmp_path, ray_ad
     expected = sorted((r.result["config"]["optim"]["lr"], r.result["best_val_dice"]) for r in records)
     assert [lr for lr, _ in recorded] == pytest.approx([lr for lr, _ in expected], rel=1e-12)
     assert [v for _, v in recorded] == pytest.approx([v for _, v in expected], rel=1e-12)
+    # the journal this search wrote is accepted again; leaving the flag out (or another file) would start the search
+    # over in a new Tune experiment: refused before Ray starts, naming the flag to resume with
+    from medseg_platform.study.runner import check_before_ray, is_optuna_journal
+
+    assert is_optuna_journal(journal)
+    for storage in (None, tmp_path / "other.log"):
+        rerun = _study(tiny_root, tmp_path / "results", search_space={"optim.lr": tune.loguniform(1e-3, 1e-1)}, num_samples=2,
+                       dashboard=False, optuna_storage=storage)
+        with pytest.raises(ConfigError, match=f"this search was started with --optuna-storage {journal}; rerun with the same"):
+            check_before_ray(rerun)
+
+
+def test_an_optuna_storage_that_is_no_journal_or_lies_below_a_file_is_refused(tiny_root, tmp_path):
+    from ray import tune
+
+    from medseg_platform.study.runner import check_ray_options
+
+    (tmp_path / "notes.txt").write_text("{not a journal\n")
+    (tmp_path / "afile").write_text("x")
+    for path, message in ((tmp_path / "notes.txt", "exists and is not an Optuna journal file"),
+                          (tmp_path / "afile" / "j.log", f"{tmp_path / 'afile'} is a file, not a folder")):
+        study = _study(tiny_root, tmp_path / "results", search_space={"optim.lr": tune.loguniform(1e-3, 1e-1)}, num_samples=2,
+                       dashboard=False, optuna_storage=path)
+        with pytest.raises(ConfigError, match=message):
+            check_ray_options(study)
+    (tmp_path / "empty.log").write_text("")
+    study = _study(tiny_root, tmp_path / "results", search_space={"optim.lr": tune.loguniform(1e-3, 1e-1)}, num_samples=2,
+                   dashboard=False, optuna_storage=tmp_path / "empty.log")
+    check_ray_options(study)  # an empty file is a journal Optuna starts

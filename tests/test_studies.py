@@ -35,7 +35,7 @@ def smoke(tmp_path, ray_address, phantom_cache, monkeypatch):
         module = load_script(name)
         argv = ["--smoke-test", "--results-dir", str(results), "--address", ray_address, "--no-dashboard", *extra]
         code = module.main(argv) if hasattr(module, "main") else run_study_main(module.__doc__, name, module.build, argv=argv)
-        study_dir = results / f"{name}-smoke"
+        study_dir = results / (f"{name}-arco_sag-smoke" if name == "hparam_search" else f"{name}-smoke")  # a search: per method
         keys = json.loads((study_dir / "study.json").read_text())["trials"]
         records = {key: read_trial(study_dir / "trials" / key) for key in keys}
         return code, study_dir, records, module

@@ -60,7 +60,7 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
     ("ablation_tailness", ["--protocol", "released", "--set", "eval.empty_policy=nan"],
      "--set eval.empty_policy: --protocol released sets it to 'released'; drop the --set or use --protocol corrected"),
     ("hparam_search", ["--set", "objective_params.contrast_weight=0.1"],
-     "--set objective_params.contrast_weight: study hparam_search-smoke searches it"),
+     "--set objective_params.contrast_weight: study hparam_search-arco_sag-smoke searches it"),
 ])
 def test_bad_rows_and_set_are_one_line_errors_before_anything_runs(tmp_path, phantom_env, capsys, name, extra, message):
     results = tmp_path / "results"

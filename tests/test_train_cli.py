@@ -39,7 +39,7 @@ def test_in_process_writes_a_study_trial_and_a_rerun_or_its_config_file_trains_n
     assert [name for name in TRIAL_FILES if not (trial_dir / name).is_file()] == []
     result = json.loads((trial_dir / "result.json").read_text())
     assert result["config"]["optim"]["lr"] == 0.05 and result["placement"]["in_process"] is True
-    assert result["tags"]["row"] == "Supervised only" and result["attempts"] == 1
+    assert result["tags"]["row"] == "Supervised only [optim.lr=0.05]" and result["attempts"] == 1  # its own row
     assert json.loads((study_dir / "study.json").read_text())["trials"] == [key]
     assert json.loads((study_dir / "settings.json").read_text())["overrides"] == {"optim.lr": 0.05}
     assert capsys.readouterr().out.startswith(f"trial {key}: best val Dice ")
@@ -70,8 +70,14 @@ def test_through_ray_the_same_configuration_gets_the_same_trial(tmp_path, phanto
     (["mona", "--config", "c.json"], "give a method (supervised, mean_teacher, mona, arco_sg, arco_sag, action) or --config FILE.json, not both"),
     (["--config", "missing.json"], "--config {tmp}/missing.json: cannot read it"),
     (["--config", "bad.json"], "--config {tmp}/bad.json: not valid JSON"),
-    (["--config", "unknown.json"], "config.optim: unknown key(s) ['lrr']"),
+    (["--config", "unknown.json"], "--config {tmp}/unknown.json: config.optim: unknown key(s) ['lrr']"),
     (["supervised", "--set", "seed=2"], "--set seed: set by the flag --seed; use that instead"),
+    (["--config", "workers.json"], "--config {tmp}/workers.json: workers=2; medseg train runs one worker per trial"),
+    (["--config", "seed.json"], "--config {tmp}/seed.json: seed 4294967296 must be a whole number in [0, 2**32 - 1]"),
+    (["--config", "study.json"], "--config {tmp}/study.json: not a trial config (give a trial's config.json"),
+    (["supervised", "--gpus-per-trial", "1"], "--in-process trains in this process on its CPU: --address and --gpus-per-trial"),
+    (["supervised", "--labelled", ""], "label fraction '': expected a patient count like '3' or a percent like '5%'"),
+    (["supervised", "--set", "optim.amp=fp16"], "optim.amp 'fp16' needs a CUDA GPU per trial"),
     (["supervised", "--set", "data.labelled=3"], "--set data.labelled: set by the flag --labelled; use that instead"),
     (["supervised", "--set", "optim.lr=x"], "--set optim.lr=x: expected a number"),
     (["supervised", "--set", "optim.lrr=1"], "--set optim.lrr: unknown key; close matches: optim.lr"),
@@ -83,11 +89,71 @@ def test_bad_input_is_one_line_and_trains_nothing(tmp_path, phantom_root, capsys
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "unknown.json").write_text(json.dumps({"optim": {"lrr": 1}}))
+    (tmp_path / "workers.json").write_text(json.dumps({"objective": "supervised", "workers": 2}))
+    (tmp_path / "seed.json").write_text(json.dumps({"objective": "supervised", "seed": 2**32}))
+    (tmp_path / "study.json").write_text(json.dumps({"name": "s", "trials": [], "claims": []}))
     results = tmp_path / "results"
     assert main(["train", *extra, "--profile", "smoke", "--in-process", "--results-dir", str(results)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: " + message.format(tmp=tmp_path.resolve())) and err.count("\n") == 1, err
     assert not results.exists()
+
+
+def test_seed_beyond_32_bits_is_refused_by_the_parser(capsys):
+    """NumPy and torch keep 32 bits of a seed: 2**32 would silently repeat seed 0 under another name."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "supervised", "--profile", "smoke", "--seed", str(2**32)])
+    assert exit_info.value.code == 2 and "argument --seed: must be <= 4294967295" in capsys.readouterr().err
+
+
+def test_runs_collect_in_one_folder_and_a_rerun_keeps_the_record(tmp_path, phantom_root, capsys):
+    """Each run adds its trial to the folder's study.json (its --set makes its own row); a rerun that trains nothing
+    leaves settings.json as the training run wrote it."""
+    results = tmp_path / "results"
+    base = ["train", "supervised", "--profile", "smoke", "--in-process", "--results-dir", str(results)]
+    assert main(base) == 0
+    assert main(base + ["--set", "optim.lr=0.05", "--labelled", "01"]) == 0  # "01" is fraction "1"
+    study_dir = results / "train-supervised-smoke"
+    first, second = expected_key(phantom_root, "supervised"), expected_key(phantom_root, "supervised", **{"optim.lr": 0.05})
+    assert json.loads((study_dir / "study.json").read_text())["trials"] == [first, second]
+    rows = {json.loads((study_dir / "trials" / key / "result.json").read_text())["tags"]["row"] for key in (first, second)}
+    assert rows == {"Supervised only", "Supervised only [optim.lr=0.05]"}
+    settings = (study_dir / "settings.json").read_bytes()
+    capsys.readouterr()
+    assert main(base) == 0 and "already finished" in capsys.readouterr().err
+    assert (study_dir / "settings.json").read_bytes() == settings  # still the command that trained the latest trial
+    assert json.loads((study_dir / "study.json").read_text())["trials"] == [second, first]
+
+
+def test_a_folder_of_another_study_is_refused(tmp_path, phantom_root, capsys):
+    """--name pointing at a study script's (or a search's) folder would replace its record and tables."""
+    study_dir = tmp_path / "results" / "ablation"
+    study_dir.mkdir(parents=True)
+    record = json.dumps({"name": "ablation", "trials": ["x"], "search": False})
+    (study_dir / "study.json").write_text(record)
+    (study_dir / "settings.json").write_text(json.dumps({"command": "python studies/ablation_tailness.py"}))
+    assert main(["train", "supervised", "--profile", "smoke", "--in-process", "--results-dir", str(tmp_path / "results"),
+                 "--name", "ablation"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {study_dir}: holds another study (study.json, made by python studies/ablation_tailness.py)" in err
+    assert (study_dir / "study.json").read_text() == record and not (study_dir / "trials").exists()
+
+
+def test_in_process_checks_the_data_before_training(tmp_path, phantom_root, capsys):
+    """The data preflight of the Ray path runs first: a manifest whose class names do not fit is reported before any
+    trial folder is written (it used to train every step and fail at the test evaluation)."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(phantom_root, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["class_names"] = ["A", "B"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    results = tmp_path / "results"
+    assert main(["train", "supervised", "--profile", "smoke", "--in-process", "--data-root", str(root),
+                 "--results-dir", str(results)]) == 2
+    assert "class_names" in capsys.readouterr().err
+    assert not (results / "train-supervised-smoke" / "trials").exists() or not any((results / "train-supervised-smoke" / "trials").iterdir())
 
 
 def test_unknown_method_is_refused_by_the_parser(capsys):

@@ -71,18 +71,33 @@ class PatientCount:
         return f"label fraction {self.requested} -> {self.patients} of {self.available} training patients ({self.percent:.1f}%; {self.rule})"
 
 
-def resolve_patient_count(fraction: str | int | float, available: int) -> PatientCount:
-    """Map ``"3"``/``3`` (patients) or ``"5%"`` (percent) to a number of patients out of ``available``."""
-    if available < 1:
-        raise ConfigError("training split: no training patients (the dataset's train_slices.list is empty)")
-    text = str(fraction)
+def _parse_fraction(text: str) -> tuple[float, bool, str]:
+    """``(value, is_percent, digits as written)`` of a label fraction's text; ConfigError for anything else."""
     match = _FRACTION_RE.match(text)
     if match is None:
         raise ConfigError(f"label fraction {text!r}: expected a patient count like '3' or a percent like '5%'")
     value = float(match["value"])
     if not math.isfinite(value):
         raise ConfigError(f"label fraction {text[:40]!r}{'...' if len(text) > 40 else ''}: too large a number")
-    if match["percent"]:
+    return value, bool(match["percent"]), match["value"]
+
+
+def canonical_fraction(fraction: str | int) -> str:
+    """A label fraction as one spelling: ``"01"``, ``" 1"`` -> ``"1"``; ``"5.0 %"`` -> ``"5%"``; the trial key carries it, so
+    two spellings of one fraction are one trial. ConfigError for text that is not a count or a percent."""
+    value, percent, digits = _parse_fraction(str(fraction))
+    if percent:
+        return f"{value:g}%"
+    return str(int(value)) if value == int(value) else digits
+
+
+def resolve_patient_count(fraction: str | int | float, available: int) -> PatientCount:
+    """Map ``"3"``/``3`` (patients) or ``"5%"`` (percent) to a number of patients out of ``available``."""
+    if available < 1:
+        raise ConfigError("training split: no training patients (the dataset's train_slices.list is empty)")
+    text = str(fraction)
+    value, percent, _ = _parse_fraction(text)
+    if percent:
         if value <= 0 or value > 100:
             raise ConfigError(f"label fraction {text!r}: a percent must be in (0, 100]")
         if value in PUBLISHED_PERCENT_TO_PATIENTS:

@@ -37,17 +37,19 @@ from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.results import (LAST_RUN_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, trial_finished, trial_folder,
                                      tune_storage)
 from medseg_platform.study.ray_runtime import check_gpus_available, init_ray
-from medseg_platform.study.spec import ASHA_TIME, Study
+from medseg_platform.study.spec import ASHA_TIME, Study, check_accumulating_folder
 
 
 @dataclass
 class StudyRun:
-    """What :meth:`Study.run` returns: the study, its folder, every trial key and the run's timing."""
+    """What :meth:`Study.run` returns: the study, its folder, every trial key, the run's timing, and whether a stop
+    signal (Ctrl-C, SIGTERM) ended it early."""
 
     study: Study
     study_dir: Path
     trial_keys: list[str]
     timing: dict
+    stopped: bool = False
 
 
 def _log(msg: str) -> None:
@@ -70,6 +72,7 @@ def run_study(study: Study) -> StudyRun:
     write_json_atomic(study_dir / STUDY_FILE, study.description(trials))
     _log(f"study {study.name}: {len(trials)} trial(s), {len(trials) - len(pending)} already finished -> {study_dir}")
     timing = {"validate_s": time.perf_counter() - start}
+    stopped = False
     if pending or study.search_space is not None:
         run_id = uuid.uuid4().hex[:12]  # marks the error.json files written by this run
         restored, stopped = run_tune(study, trials, study_dir, timing, study.spec_hash(trials), run_id)
@@ -78,7 +81,9 @@ def run_study(study: Study) -> StudyRun:
         # in an earlier run: Tune saw those end normally) run again here, in a fresh experiment; not after
         # a Ctrl-C / SIGTERM, which stops the study (it used to start that experiment instead).
         left = [t for t in pending if to_run(t) and not errored_in_run(trial_folder(study_dir, t["key"]), run_id)]
-        if stopped:
+        if stopped and study.search_space is not None:
+            _log("stopped by a signal: the search is unfinished; rerun the same command to resume it")
+        elif stopped:
             _log(f"stopped by a signal: {len(left)} trial(s) unfinished; rerun the same command to resume them")
         elif restored and left and study.search_space is None:
             _log(f"{len(left)} trial(s) that the restored experiment considers done have no result (lost, corrupt, or "
@@ -88,7 +93,7 @@ def run_study(study: Study) -> StudyRun:
     write_json_atomic(study_dir / LAST_RUN_FILE, {"timing": timing, "pending_at_start": len(pending), "trials": len(trials),
                                                   "concurrency_cpus": study.num_cpus, "cpus_per_trial": study.cpus_per_trial,
                                                   "num_workers": study.num_workers})
-    return StudyRun(study, study_dir, [t["key"] for t in trials], timing)
+    return StudyRun(study, study_dir, [t["key"] for t in trials], timing, stopped)
 
 
 # ----------------------------------------------------------------------------------- checks before Ray
@@ -99,7 +104,10 @@ def check_before_ray(study: Study) -> tuple[list[dict], list[tuple[str, int]]]:
     :class:`ConfigError` / :class:`~medseg_platform.errors.MedsegError` otherwise. The data files themselves are read by
     :func:`medseg_platform.preflight.preflight_datasets` afterwards (it writes its report into the study folder)."""
     trials = study.trial_params()
+    if study.accumulate:
+        check_accumulating_folder(study.study_dir, study.accumulate)
     check_ray_options(study)
+    check_search_storage(study, trials)
     check_fault_tolerance_options(study, trials)
     check_output_folder(study.study_dir, "--results-dir (Study.results_dir)")
     if study.gpus_per_trial > 0:
@@ -149,7 +157,60 @@ def check_ray_options(study: Study) -> None:
         path = resolve_path(study.optuna_storage, "--optuna-storage")
         if path.is_dir():
             raise ConfigError(f"--optuna-storage {path}: is a directory; give a file (e.g. {path / 'optuna.log'})")
+        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise ConfigError(f"--optuna-storage {path}: {blocking} is a file, not a folder; give a path in a folder")
+        if path.is_file() and not is_optuna_journal(path):
+            raise ConfigError(f"--optuna-storage {path}: exists and is not an Optuna journal file; give a new path (or the "
+                              "journal this search wrote)")
         study.optuna_storage = path
+
+
+def is_optuna_journal(path: Path) -> bool:
+    """Whether ``path`` is empty or starts like an Optuna journal file (one JSON object with an ``op_code`` per line)."""
+    import json
+
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(1 << 20)
+    except OSError:
+        return False
+    if not first.strip():
+        return True
+    try:
+        entry = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and "op_code" in entry
+
+
+def check_search_storage(study: Study, trials: list[dict]) -> None:
+    """A search rerun with another ``--optuna-storage`` (or without it) than the one it was started with would start the
+    whole search again in a new Tune experiment: refuse, naming the flag to resume with (one-line :class:`ConfigError`)."""
+    import json
+
+    if study.search_space is None:
+        return
+    try:
+        info = json.loads((study.study_dir / STUDY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(info, dict) or not info.get("search") or "optuna_storage" not in info:
+        return
+    recorded = info["optuna_storage"]
+    current = str(study.optuna_storage) if study.optuna_storage is not None else None
+    if recorded == current:
+        return
+    given = study.optuna_storage
+    study.optuna_storage = Path(recorded) if recorded is not None else None
+    try:
+        same_search = study.spec_hash(trials) == info.get("spec_hash")
+    finally:
+        study.optuna_storage = given
+    if same_search:
+        flag = f"--optuna-storage {recorded}" if recorded is not None else "no --optuna-storage"
+        raise ConfigError(f"study {study.name}: this search was started with {flag}; rerun with the same to resume it (a "
+                          "different storage would start the search again), or give --name for a new search")
 
 
 # ---------------------------------------------------------------------------------------- Tune
@@ -189,6 +250,7 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
         storage = tune_storage(study_dir)
         exp_path = storage / name
         restored = tune.Tuner.can_restore(str(exp_path))
+        quiet_tune_resume_advice()  # before Tuner.restore, which reads the metrics and warns as well
         if restored:
             _log(f"restoring Tune experiment {exp_path}")
             tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
@@ -254,7 +316,11 @@ def quiet_tune_resume_advice() -> None:
     """Silence two Tune warnings that mislead here after a stop (once per process): "Experiment has been interrupted
     ... Resume experiment with: Tuner.restore(...)" (this study resumes by rerunning its command, which
     :func:`run_study` says), and "Failed to fetch metrics for N trial(s)" with a FileNotFoundError per trial that had
-    not reported yet (the study reads its own result files, never Tune's)."""
+    not reported yet (the study reads its own result files, never Tune's). Also Optuna's "The reported value is ignored
+    because this step N is already reported", which a restored search prints for the samples it resumes."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this", category=UserWarning)
     for name, prefix in (("ray.tune.tune", "Experiment has been interrupted"),
                          ("ray.tune.analysis.experiment_analysis", "Failed to fetch metrics for")):
         logger = logging.getLogger(name)

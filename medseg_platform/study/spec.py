@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from medseg_platform.claims_spec import check_claim
-from medseg_platform.config import TrialConfig, is_real, resolve_path
+from medseg_platform.config import MAX_SEED, TrialConfig, is_real, resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST
 from medseg_platform.errors import ConfigError
 from medseg_platform.protocol import PROTOCOLS
@@ -75,6 +75,9 @@ class Study:
     # the evaluation protocol the trial configs were built with (PROTOCOLS; set by the study command's --protocol):
     # recorded in study.json for the report, not in spec_hash (the protocol's configs already differ)
     protocol: str = "corrected"
+    # the command whose runs the folder collects ("medseg train"): study.json also lists the earlier runs' trials whose
+    # folders are still there, and a folder that holds another kind of study is refused (check_accumulating_folder)
+    accumulate: str | None = None
 
     def check_settings(self) -> None:
         """The study's own fields (not the trial configs), checked before anything is expanded, written or started;
@@ -85,8 +88,8 @@ class Study:
             raise ConfigError(f"base: a TrialConfig (e.g. PROFILES['quick'].trial.replace(...)), got {type(self.base).__name__}")
         if not isinstance(self.seeds, (list, tuple)) or not self.seeds:
             raise ConfigError(f"seeds {self.seeds!r}: give a list of at least one seed, e.g. [1, 2, 3]")
-        if any(not _count(s) or s < 0 for s in self.seeds) or len(set(self.seeds)) < len(self.seeds):
-            raise ConfigError(f"seeds {list(self.seeds)}: whole numbers >= 0, each once")
+        if any(not _count(s) or not 0 <= s <= MAX_SEED for s in self.seeds) or len(set(self.seeds)) < len(self.seeds):
+            raise ConfigError(f"seeds {list(self.seeds)}: whole numbers in [0, 2**32 - 1], each once")
         if not isinstance(self.variants, (list, tuple)) or not self.variants:
             raise ConfigError(f"variants {self.variants!r}: give a list of at least one Variant (a table row)")
         for i, variant in enumerate(self.variants):
@@ -179,15 +182,23 @@ class Study:
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
 
     def description(self, trials: list[dict]) -> dict:
-        """``study.json``: what the analysis needs besides the trial files (axes, variants, search, seeds, claims, protocol)."""
-        return {"name": self.name, "trials": [t["key"] for t in trials], "seeds": list(self.seeds),
+        """``study.json``: what the analysis needs besides the trial files (axes, variants, search, seeds, claims, protocol).
+        With ``accumulate``, the trials and seeds of the folder's earlier runs come first (those whose folders exist)."""
+        keys, seeds = [t["key"] for t in trials], list(self.seeds)
+        if self.accumulate:
+            earlier = earlier_trials(self.study_dir)
+            keys = [k for k in earlier["trials"] if k not in keys] + keys
+            seeds = sorted(set(seeds) | set(earlier["seeds"]))
+        return {"name": self.name, "trials": keys, "seeds": seeds, **({"accumulates": self.accumulate} if self.accumulate else {}),
                 "spec_hash": self.spec_hash(trials), "search": self.search_space is not None,
                 "grid": {key: list(values) for key, values in self.grid.items()},
                 "variants": [dict(v.tags) for v in self.variants],
                 "search_space": {key: describe_domain(d) for key, d in (self.search_space or {}).items()},
                 "num_samples": self.num_samples if self.search_space is not None else 1,
                 "metric": self.metric, "mode": self.mode, "asha": self.asha,
-                "claims": [dict(c) for c in self.claims], "protocol": self.protocol}
+                "claims": [dict(c) for c in self.claims], "protocol": self.protocol,
+                **({"optuna_storage": str(self.optuna_storage) if self.optuna_storage is not None else None}
+                   if self.search_space is not None else {})}
 
     @property
     def study_dir(self) -> Path:
@@ -198,6 +209,49 @@ class Study:
         from medseg_platform.study.runner import run_study
 
         return run_study(self)
+
+
+def earlier_trials(study_dir: Path) -> dict:
+    """The ``trials`` (whose folders still exist) and ``seeds`` that ``study_dir``'s ``study.json`` lists; empty when it has
+    none or cannot be read (:meth:`Study.description` with ``accumulate``)."""
+    from medseg_platform.results import STUDY_FILE, trial_folder
+
+    try:
+        info = json.loads((study_dir / STUDY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"trials": [], "seeds": []}
+    if not isinstance(info, dict):
+        return {"trials": [], "seeds": []}
+    keys = [k for k in info.get("trials") or [] if isinstance(k, str) and trial_folder(study_dir, k).is_dir()]
+    return {"trials": keys, "seeds": [s for s in info.get("seeds") or [] if _count(s)]}
+
+
+def check_accumulating_folder(study_dir: Path, command: str) -> None:
+    """Refuse to add trials to a folder whose ``study.json`` belongs to another kind of study (a study script's or a
+    search's): ``command`` would otherwise replace its record, and its tables with it. A folder written by ``command``
+    (``"accumulates": command`` in its study.json, or ``settings.json``'s command, for folders from before that key) is
+    fine."""
+    from medseg_platform.results import SETTINGS_FILE, STUDY_FILE
+
+    path = study_dir / STUDY_FILE
+    if not path.exists():
+        return
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = None
+    if isinstance(info, dict) and info.get("accumulates") == command:
+        return
+    try:
+        settings = json.loads((study_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
+        made_by = settings.get("command", "") if isinstance(settings, dict) else ""
+    except (OSError, ValueError):
+        made_by = ""
+    if isinstance(made_by, str) and made_by.startswith(command + " ") and not (isinstance(info, dict) and info.get("search")):
+        return
+    what = "an Optuna search" if isinstance(info, dict) and info.get("search") else "another study"
+    raise ConfigError(f"{study_dir}: holds {what} ({path.name}{', made by ' + made_by.split(' --')[0] if made_by else ''}); "
+                      f"{command} would replace its record and tables. Give --name a new folder name")
 
 
 def _count(value) -> bool:
