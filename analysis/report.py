@@ -206,10 +206,12 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         f"- **Study**: {info.get('name') or study_dir.name}" + (" (Optuna search)" if info.get("search") else ""),
         f"- **Profile**: {settings.get('profile', 'unknown (no settings.json)')}",
     ]
+    collected = bool(info.get("accumulates"))  # a folder of several runs (medseg train): settings.json is the latest run's
     if settings.get("command"):
-        lines.append(f"- **Command**: `{settings['command']}`")
+        lines.append(f"- **{'Latest command' if collected else 'Command'}**: `{settings['command']}`")
     if settings.get("overrides"):
-        lines.append("- **Overrides** (`--set`, every trial): " + ", ".join(f"`{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}`"
+        lines.append(("- **Overrides** (`--set` of the latest run; each row names its own): " if collected
+                      else "- **Overrides** (`--set`, every trial): ") + ", ".join(f"`{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}`"
                                                                             for key, value in settings["overrides"].items()))
     lines += [
         protocol_line(info, settings, configs),

@@ -78,7 +78,8 @@ def _recorded_error(path: Path) -> str:
         error = json.loads(path.read_text(encoding="utf-8")).get("error")
     except (OSError, ValueError, AttributeError):
         return ""
-    return str(error).strip().splitlines()[0][:300] if error else ""
+    lines = str(error).strip().splitlines() if error else []
+    return lines[0][:300] if lines else ""
 
 
 def check_prediction_folder(out: Path, trial_dir: Path, cases: Sequence[str]) -> None:
@@ -87,10 +88,14 @@ def check_prediction_folder(out: Path, trial_dir: Path, cases: Sequence[str]) ->
     something else than this prediction): one-line :class:`MedsegError`. Files of the same cases are replaced."""
     if out == trial_dir or trial_dir in out.parents:
         raise MedsegError(f"--out {out}: inside the trial folder {trial_dir}; write predictions somewhere else")
+    from medseg_platform.evaluation.scoring import list_label_files
+
     if not out.is_dir():
         return
-    ours = {f"{case}.h5" for case in cases}
-    others = sorted(p.name for p in out.iterdir() if p.suffix == ".h5" and p.name not in ours)
+    ours = set(cases)
+    others = sorted(name for name in list_label_files(out, "pred") if name not in ours)
+    if (out / NIFTI_DIR).is_dir():
+        others += sorted(f"{NIFTI_DIR}/{name}" for name in list_label_files(out / NIFTI_DIR, "pred") if name not in ours)
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise MedsegError(f"--out {out}: already holds predictions of other cases ({shown}), which medseg evaluate would score "
@@ -274,7 +279,9 @@ def add_cli(subparsers) -> None:
         ),
     )
     parser.add_argument("--trial", required=True, metavar="DIR", help="a finished trial folder (<results>/<study>/trials/<key>)")
-    parser.add_argument("--data-root", required=True, metavar="ROOT", help="dataset root in the SSL4MIS/ACDC layout")
+    parser.add_argument("--data-root", required=True, metavar="ROOT",
+                        help="dataset root in the SSL4MIS/ACDC layout (all three list files present, even for --split test; "
+                             "medseg data convert-nifti writes them)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder (created; files of the same cases are replaced; one holding other cases' "
                              "predictions is refused)")

@@ -251,8 +251,9 @@ def write_trial_error(trial_dir: Path, *, config: Mapping[str, Any], tags: Mappi
     """Record why a trial failed (``error.json``); an errored trial has no ``result.json``.
 
     ``kind``: ``"application"`` (a deterministic :class:`~medseg_platform.errors.MedsegError` such as a
-    NaN loss: never retried) or ``"infrastructure"`` (anything else: retried by Tune from the last
-    checkpoint while retries are left). ``details``: structured fields (e.g. ``step`` and ``terms`` of a
+    NaN loss: never retried), ``"infrastructure"`` (anything else: retried by Tune from the last
+    checkpoint while retries are left) or ``"exception"`` (anything else in ``medseg train --in-process``, which
+    does not retry). ``details``: structured fields (e.g. ``step`` and ``terms`` of a
     non-finite loss). ``run``: the id of the study run that wrote it (a rerun of the command retries
     trials that errored in earlier runs, not those that errored in this one).
     """

@@ -60,10 +60,11 @@ def amount(positive: bool):
     return parse
 
 
-def study_parser(description: str, default_name: str) -> argparse.ArgumentParser:
+def study_parser(description: str, default_name: str, folder: str | None = None) -> argparse.ArgumentParser:
     """The parser of a study script's shared flags (profile, data, Ray and resources, ``--set``, ``--rows``,
     ``--dry-run``, ``--protocol``, ``--test-root``); a script may add its own before handing it to
-    :func:`analysis.study_cli.run_study_main`."""
+    :func:`analysis.study_cli.run_study_main`. ``folder``: how ``--name``'s help spells the default folder name
+    (default ``<default_name>-<profile>``)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=f"example:\n  python {sys.argv[0]} --smoke-test")
     parser.add_argument("--profile", choices=("quick", "paper"), default="quick", help="problem size (default: quick, a laptop CPU)")
@@ -73,7 +74,7 @@ def study_parser(description: str, default_name: str) -> argparse.ArgumentParser
     parser.add_argument("--data-root", default=None, help="dataset root in the SSL4MIS/ACDC layout (default: the embedded phantom)")
     parser.add_argument("--seeds", type=seed_value(), nargs="+", default=None,
                         help="seeds, each in [0, 2**32 - 1] (default: the profile's)")
-    parser.add_argument("--name", default=default_name, help=f"study name (default: {default_name}-<profile>)")
+    parser.add_argument("--name", default=default_name, help=f"study name (default: {folder or default_name + '-<profile>'})")
     parser.add_argument("--max-concurrent", type=count_at_least(1), default=None, help="at most this many trials at once")
     parser.add_argument("--gpus-per-trial", type=amount(positive=False), default=0.0, help="GPUs per trial (default 0: CPU)")
     parser.add_argument("--cpus-per-trial", type=amount(positive=True), default=None, help="CPUs per trial (default: the profile's)")

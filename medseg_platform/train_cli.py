@@ -125,8 +125,8 @@ def build_study(args):
     if (args.method is None) == (args.config is None):
         raise ConfigError(f"give a method ({', '.join(METHODS)}) or --config FILE.json" + (", not both" if args.method else ""))
     if getattr(args, "in_process", False) and (args.address or args.gpus_per_trial):
-        raise ConfigError("--in-process trains in this process on its CPU: --address and --gpus-per-trial are for the Ray "
-                          "path (drop --in-process, or those flags)")
+        raise ConfigError("--in-process trains in this process, on its GPU if it has one: --address and --gpus-per-trial "
+                          "are for the Ray path (drop --in-process, or those flags)")
     sets = parse_set_options(args.overrides)
     profile = profile_with_overrides(PROFILES[args.profile], sets, TRAIN_FLAG_KEYS)
     if args.method is not None:
@@ -179,13 +179,54 @@ def check_config_file_values(path: Path, values: dict, seed_given: bool) -> None
         raise ConfigError(f"--config {path}: seed {seed!r} must be a whole number in [0, 2**32 - 1] (or pass --seed)")
 
 
+def _setting(config: dict) -> str:
+    """What makes two trials rows of one table apart: the config without its seed and label fraction (those are a row's
+    seeds and columns)."""
+    import hashlib
+
+    data = {k: v for k, v in (config.get("data") or {}).items() if k not in ("labelled", "labelled_seed")}
+    rest = {k: v for k, v in config.items() if k not in ("seed", "data")}
+    return hashlib.sha256(json.dumps({"data": data, **rest}, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
+def settle_row(study, trial: dict) -> None:
+    """Keep the folder's table honest as runs collect in it (``Study.accumulate``): a run on another dataset than the
+    folder's earlier trials is refused (their classes could differ; ``--name`` gives it its own folder), and a run whose
+    row label an earlier trial of another configuration already carries (two config files of the same name, or the
+    same method on another setting) gets the label plus a short hash of its configuration, so the report never
+    averages different configurations as seeds of one row. Renames the study's variant in place."""
+    from medseg_platform.results import read_trial_config, trial_folder
+    from medseg_platform.study.spec import check_accumulating_folder, earlier_trials
+
+    check_accumulating_folder(study.study_dir, study.accumulate)  # another study's folder: refused before anything else
+    root, row, mine = trial["config"]["data"]["root"], trial["tags"]["row"], _setting(trial["config"])
+    clash = False
+    for key in earlier_trials(study.study_dir)["trials"]:
+        if key == trial["key"]:
+            continue
+        folder = trial_folder(study.study_dir, key)
+        try:
+            config = read_trial_config(folder)
+            tags = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("tags") or {}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if (config.get("data") or {}).get("root") != root:
+            raise ConfigError(f"{study.study_dir}: its trials train on {config['data'].get('root')}, this run on {root}; "
+                              "give --name a folder for runs on another dataset")
+        clash = clash or (tags.get("row") == row and _setting(config) != mine)
+    if clash:
+        study.variants = [type(v)({**v.tags, "row": f"{row} #{mine}"}, v.overrides) for v in study.variants]
+
+
 def train_in_process(study) -> Path:
     """Train the study's one trial in this process (no Ray) and write its result files; returns the trial folder.
 
     The checks a study makes before Ray starts come first (the config, the folder, fp16 without a GPU, every data file
     the trial reads: :func:`medseg_platform.study.runner.check_before_ray`, :func:`medseg_platform.preflight.preflight_datasets`),
     so bad input is reported before anything is written. A finished trial is not trained again; an unfinished one resumes
-    from its checkpoint (as in a study). An error while training is recorded in the trial's ``error.json``.
+    from its checkpoint (as in a study). An error while training is recorded in the trial's ``error.json`` (a
+    :class:`MedsegError`, e.g. a non-finite loss, then ends the call normally: the folder has no result; anything else
+    is raised).
     """
     from medseg_platform.config import TrialConfig
     from medseg_platform.io import write_json_atomic
@@ -195,7 +236,9 @@ def train_in_process(study) -> Path:
     from medseg_platform.study.runner import check_before_ray
     from medseg_platform.study.trainable import train_and_record
 
-    trials, _ = check_before_ray(study)
+    import torch
+
+    trials, _ = check_before_ray(study, in_process_cuda=torch.cuda.is_available())
     preflight_datasets(datasets_of_trials(trials), study.study_dir)
     trial, study_dir = trials[0], study.study_dir
     trial_dir = trial_folder(study_dir, trial["key"])
@@ -211,9 +254,11 @@ def train_in_process(study) -> Path:
         train_and_record(trial["config"], trial["tags"], trial_dir, pretrain_cache_dir(study_dir),
                          log=lambda msg: print(f"[{trial['key']}] {msg}", file=sys.stderr, flush=True),
                          extra={"placement": {"hostname": socket.gethostname(), "pid": os.getpid(), "in_process": True}})
-    except MedsegError as exc:
-        write_trial_error(trial_dir, config=trial["config"], tags=trial["tags"], seed=cfg.seed, error=str(exc), kind="application")
-        raise
+    except MedsegError as exc:  # recorded as a study's application error; run() reports it and exits 1
+        step = getattr(exc, "step", None)
+        details = {"step": step, "terms": list(getattr(exc, "terms", ()))} if step is not None else {}
+        write_trial_error(trial_dir, config=trial["config"], tags=trial["tags"], seed=cfg.seed, error=str(exc), kind="application",
+                          details=details)
     except Exception as exc:  # a bug or an unforeseen input: recorded as a study trial's would be, then shown in full
         write_trial_error(trial_dir, config=trial["config"], tags=trial["tags"], seed=cfg.seed,
                           error=f"{type(exc).__name__}: {exc}", kind="exception")
@@ -239,7 +284,9 @@ def run(args) -> int:
     from medseg_platform.results import ERROR_FILE, SETTINGS_FILE, CorruptResult, read_trial, trial_finished, trial_folder
 
     study, overrides = build_study(args)
-    finished_before = trial_finished(trial_folder(study.study_dir, study.trial_params()[0]["key"]))
+    trial = study.trial_params()[0]
+    settle_row(study, trial)
+    finished_before = trial_finished(trial_folder(study.study_dir, trial["key"]))
     if args.in_process:
         trial_dir = train_in_process(study)
     else:

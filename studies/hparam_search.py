@@ -27,7 +27,8 @@ Outputs besides the usual tables (which average all completed samples in one row
 search's samples", not as a method result): ``search_history.csv`` (every sample in proposal order:
 sampled values, status ``completed`` / ``stopped early`` / ``errored``, ``best_val_dice``, ``test_dice``)
 and ``best_config.json`` (the completed sample with the best validation Dice), both in the study folder
-``hparam_search-<method>-<profile>`` (one per method, so a search of another method keeps this one's files);
+``hparam_search-<method>-<profile>`` (one per method, so a search of another method keeps this one's files; a
+search started before this naming, in ``hparam_search-<profile>``, resumes with ``--name hparam_search-<profile>``);
 the best configuration is also printed. A stopped search (Ctrl-C) exits 1 and prints its best configuration "so
 far"; rerunning the same command (with the same ``--optuna-storage``, if any) resumes it. See :mod:`analysis.search`.
 
@@ -80,7 +81,7 @@ def search_space(method: str) -> dict:
 
 
 def parser():
-    p = study_parser(__doc__, "hparam_search")
+    p = study_parser(__doc__, "hparam_search", folder="hparam_search-<method>-<profile>")
     p.add_argument("--method", choices=SEARCHABLE, default="arco_sag", help="the method to tune (default: arco_sag)")
     p.add_argument("--num-samples", type=int, default=None, help="samples Optuna proposes (default: the profile's: quick 16, paper 40)")
     return p

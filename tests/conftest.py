@@ -33,6 +33,25 @@ def make_tiny_dataset(root: Path, train_patients=("patient004", "patient001", "p
     return root
 
 
+def poison_supervised_loss(monkeypatch, from_step: int) -> None:
+    """Make the supervised objective's loss NaN (its total and its ``ce`` term) from step ``from_step`` on: a trial that
+    must end with a non-finite-loss error."""
+    import torch
+
+    from methods.supervised import SupervisedObjective
+
+    original = SupervisedObjective.loss
+
+    def poisoned(self, batch, step, max_steps):
+        out = original(self, batch, step, max_steps)
+        if step >= from_step:
+            nan = torch.tensor(float("nan"))
+            return type(out)(out.total * nan, {**out.terms, "ce": nan})
+        return out
+
+    monkeypatch.setattr(SupervisedObjective, "loss", poisoned)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine thread contention

@@ -10,7 +10,6 @@ import torch
 from medseg_platform.config import TrialConfig
 from medseg_platform.engine import NonFiniteLossError, train_trial
 from medseg_platform.results import read_trial, write_trial_results
-from methods.supervised import SupervisedObjective
 
 
 def small_cfg(root: Path, **overrides) -> TrialConfig:
@@ -71,16 +70,9 @@ def test_interrupted_trial_resumes_exactly(tiny_root, tmp_path):
 
 
 def test_non_finite_loss_names_step_and_term(tiny_root, tmp_path, monkeypatch):
-    original = SupervisedObjective.loss
+    from tests.conftest import poison_supervised_loss
 
-    def poisoned(self, batch, step, max_steps):
-        out = original(self, batch, step, max_steps)
-        if step >= 3:
-            nan = torch.tensor(float("nan"))
-            return type(out)(out.total * nan, {**out.terms, "ce": nan})
-        return out
-
-    monkeypatch.setattr(SupervisedObjective, "loss", poisoned)
+    poison_supervised_loss(monkeypatch, from_step=3)
     with pytest.raises(NonFiniteLossError, match=r"step 3: loss is NaN/inf in term\(s\) ce"):
         train_trial(small_cfg(tiny_root), tmp_path / "nan", log=quiet)
 

@@ -178,7 +178,7 @@ def test_an_output_in_the_trial_or_holding_other_predictions_is_refused(trained,
     before = sorted(p.name for p in out.iterdir())
     capsys.readouterr()
     assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out)]) == 2
-    assert one_line_error(capsys).startswith(f"error: --out {out}: already holds predictions of other cases (patient005_frame01.h5")
+    assert one_line_error(capsys).startswith(f"error: --out {out}: already holds predictions of other cases (patient005_frame01, patient005_frame02)")
     assert sorted(p.name for p in out.iterdir()) == before
     assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out), "--split", "val"]) == 0  # the same cases
 

@@ -75,7 +75,7 @@ def test_through_ray_the_same_configuration_gets_the_same_trial(tmp_path, phanto
     (["--config", "workers.json"], "--config {tmp}/workers.json: workers=2; medseg train runs one worker per trial"),
     (["--config", "seed.json"], "--config {tmp}/seed.json: seed 4294967296 must be a whole number in [0, 2**32 - 1]"),
     (["--config", "study.json"], "--config {tmp}/study.json: not a trial config (give a trial's config.json"),
-    (["supervised", "--gpus-per-trial", "1"], "--in-process trains in this process on its CPU: --address and --gpus-per-trial"),
+    (["supervised", "--gpus-per-trial", "1"], "--in-process trains in this process, on its GPU if it has one: --address and --gpus-per-trial"),
     (["supervised", "--labelled", ""], "label fraction '': expected a patient count like '3' or a percent like '5%'"),
     (["supervised", "--set", "optim.amp=fp16"], "optim.amp 'fp16' needs a CUDA GPU per trial"),
     (["supervised", "--set", "data.labelled=3"], "--set data.labelled: set by the flag --labelled; use that instead"),
@@ -154,6 +154,42 @@ def test_in_process_checks_the_data_before_training(tmp_path, phantom_root, caps
                  "--results-dir", str(results)]) == 2
     assert "class_names" in capsys.readouterr().err
     assert not (results / "train-supervised-smoke" / "trials").exists() or not any((results / "train-supervised-smoke" / "trials").iterdir())
+
+
+def test_an_error_while_training_in_process_is_recorded_and_exits_1(tmp_path, phantom_root, capsys, monkeypatch):
+    """A non-finite loss ends the trial as errored, as in a study: error.json with its step, exit 1 (not 2: it trained)."""
+    from tests.conftest import poison_supervised_loss
+
+    poison_supervised_loss(monkeypatch, from_step=2)
+    results = tmp_path / "results"
+    assert main(["train", "supervised", "--profile", "smoke", "--in-process", "--results-dir", str(results)]) == 1
+    trial_dir = results / "train-supervised-smoke" / "trials" / expected_key(phantom_root, "supervised")
+    error = json.loads((trial_dir / "error.json").read_text())
+    assert error["kind"] == "application" and error["details"]["step"] == 2 and error["details"]["terms"] == ["ce"]
+    assert f"trial {trial_dir.name} did not finish: " in capsys.readouterr().err and not (trial_dir / "result.json").exists()
+
+
+def test_a_run_on_another_dataset_or_a_second_config_of_one_name_stays_apart(tmp_path, phantom_root, capsys):
+    """The folder's table never mixes datasets, and two configs that would get one row label get two rows."""
+    import shutil
+
+    results = tmp_path / "results"
+    first = tmp_path / "a" / "cfg.json"
+    second = tmp_path / "b" / "cfg.json"
+    for path, lr in ((first, 0.05), (second, 0.02)):
+        path.parent.mkdir()
+        path.write_text(json.dumps({"objective": "supervised", "optim": {"lr": lr}}))
+    run = ["train", "--profile", "smoke", "--in-process", "--results-dir", str(results), "--name", "cfgs"]
+    assert main(run + ["--config", str(first)]) == 0 and main(run + ["--config", str(second)]) == 0
+    study_dir = results / "cfgs"
+    rows = sorted(json.loads((study_dir / "trials" / key / "result.json").read_text())["tags"]["row"]
+                  for key in json.loads((study_dir / "study.json").read_text())["trials"])
+    assert rows[0] == "supervised (cfg.json)" and rows[1].startswith("supervised (cfg.json) #") and len(rows) == 2
+    other = tmp_path / "other"
+    shutil.copytree(phantom_root, other)
+    capsys.readouterr()
+    assert main(run + ["--config", str(first), "--data-root", str(other)]) == 2
+    assert f"its trials train on {phantom_root}, this run on {other}; give --name" in capsys.readouterr().err
 
 
 def test_unknown_method_is_refused_by_the_parser(capsys):

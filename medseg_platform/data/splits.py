@@ -85,10 +85,10 @@ def _parse_fraction(text: str) -> tuple[float, bool, str]:
 def canonical_fraction(fraction: str | int) -> str:
     """A label fraction as one spelling: ``"01"``, ``" 1"`` -> ``"1"``; ``"5.0 %"`` -> ``"5%"``; the trial key carries it, so
     two spellings of one fraction are one trial. ConfigError for text that is not a count or a percent."""
-    value, percent, digits = _parse_fraction(str(fraction))
-    if percent:
-        return f"{value:g}%"
-    return str(int(value)) if value == int(value) else digits
+    _, percent, digits = _parse_fraction(str(fraction))
+    whole, _, part = digits.partition(".")  # as text: no digit of the value is rounded away
+    number = (whole.lstrip("0") or "0") + ("." + part.rstrip("0") if part.rstrip("0") else "")
+    return number + ("%" if percent else "")
 
 
 def resolve_patient_count(fraction: str | int | float, available: int) -> PatientCount:

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from medseg_platform.config import TrialConfig
+from medseg_platform.config import MAX_SEED, TrialConfig
 from medseg_platform.data.splits import LabelledSubset
 from medseg_platform.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from medseg_platform.engine.ddp import DistContext, agree, broadcast_state
@@ -108,7 +108,7 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
                  device: torch.device, dist: DistContext | None, log: Callable[[str], None], report: Reporter | None = None) -> dict:
     stage = cfg.pretrain[index]
     main = dist is None or dist.is_main
-    seed_everything(cfg.seed + index)
+    seed_everything((cfg.seed + index) % (MAX_SEED + 1))  # stage i's seed; wraps at 2**32 as the generators do
     model = build_trial_model(cfg, device)
     same_objective = index > 0 and cfg.pretrain[index - 1].objective == stage.objective
     if previous is not None and not same_objective:

@@ -88,7 +88,9 @@ def run_study(study: Study) -> StudyRun:
         elif restored and left and study.search_space is None:
             _log(f"{len(left)} trial(s) that the restored experiment considers done have no result (lost, corrupt, or "
                  "errored in an earlier run): running them again")
-            run_tune(study, left, study_dir, timing, f"rerun-{run_id}", run_id)
+            _, stopped = run_tune(study, left, study_dir, timing, f"rerun-{run_id}", run_id)
+            if stopped:
+                _log("stopped by a signal; rerun the same command to resume the unfinished trials")
     timing["total_s"] = time.perf_counter() - start
     write_json_atomic(study_dir / LAST_RUN_FILE, {"timing": timing, "pending_at_start": len(pending), "trials": len(trials),
                                                   "concurrency_cpus": study.num_cpus, "cpus_per_trial": study.cpus_per_trial,
@@ -97,10 +99,11 @@ def run_study(study: Study) -> StudyRun:
 
 
 # ----------------------------------------------------------------------------------- checks before Ray
-def check_before_ray(study: Study) -> tuple[list[dict], list[tuple[str, int]]]:
+def check_before_ray(study: Study, in_process_cuda: bool = False) -> tuple[list[dict], list[tuple[str, int]]]:
     """Every check of the study's settings that :func:`run_study` (and ``--dry-run``, :func:`medseg_platform.plan.plan_study`)
     makes before it writes or starts anything: the trials (:meth:`Study.trial_params`), the Ray options, retries and fp16,
-    the results folder, GPUs, the test root. Returns the trials in start order and the test root's datasets. One-line
+    the results folder, GPUs, the test root (``in_process_cuda``: the trial runs in this process, which has a CUDA device,
+    as ``medseg train --in-process`` on a GPU machine). Returns the trials in start order and the test root's datasets. One-line
     :class:`ConfigError` / :class:`~medseg_platform.errors.MedsegError` otherwise. The data files themselves are read by
     :func:`medseg_platform.preflight.preflight_datasets` afterwards (it writes its report into the study folder)."""
     trials = study.trial_params()
@@ -108,7 +111,7 @@ def check_before_ray(study: Study) -> tuple[list[dict], list[tuple[str, int]]]:
         check_accumulating_folder(study.study_dir, study.accumulate)
     check_ray_options(study)
     check_search_storage(study, trials)
-    check_fault_tolerance_options(study, trials)
+    check_fault_tolerance_options(study, trials, in_process_cuda)
     check_output_folder(study.study_dir, "--results-dir (Study.results_dir)")
     if study.gpus_per_trial > 0:
         check_gpus_available(study.address)
@@ -135,11 +138,12 @@ def lacks_test_root(study: Study, trial_dir: Path) -> bool:
     return needs_test_root_evaluation(trial_dir, study.test_root)
 
 
-def check_fault_tolerance_options(study: Study, trials: list[dict]) -> None:
-    """``max_retries`` and a trial's fp16 autocast without a GPU, before Ray starts (one-line :class:`ConfigError`)."""
+def check_fault_tolerance_options(study: Study, trials: list[dict], in_process_cuda: bool = False) -> None:
+    """``max_retries`` and a trial's fp16 autocast without a GPU (none per trial, and not ``in_process_cuda``), before Ray
+    starts (one-line :class:`ConfigError`)."""
     if isinstance(study.max_retries, bool) or not isinstance(study.max_retries, int) or study.max_retries < 0:
         raise ConfigError(f"--max-retries {study.max_retries!r}: must be a whole number >= 0")
-    if study.gpus_per_trial <= 0 and any(t["config"]["optim"].get("amp") == "fp16" for t in trials):
+    if study.gpus_per_trial <= 0 and not in_process_cuda and any(t["config"]["optim"].get("amp") == "fp16" for t in trials):
         raise ConfigError("optim.amp 'fp16' needs a CUDA GPU per trial: pass --gpus-per-trial 1 (or use --amp bf16, which runs on CPU too)")
 
 
@@ -173,13 +177,13 @@ def is_optuna_journal(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
             first = fh.readline(1 << 20)
+            if not first.strip():
+                return not fh.read(1 << 20).strip()  # an empty (or blank) file; a journal never starts with a blank line
     except OSError:
         return False
-    if not first.strip():
-        return True
     try:
         entry = json.loads(first)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(entry, dict) and "op_code" in entry
 
@@ -197,6 +201,8 @@ def check_search_storage(study: Study, trials: list[dict]) -> None:
         return
     if not isinstance(info, dict) or not info.get("search") or "optuna_storage" not in info:
         return
+    if not (tune_storage(study.study_dir) / f"{study.name}-{info.get('spec_hash')}").is_dir():
+        return  # that run never started its Tune experiment: nothing to resume
     recorded = info["optuna_storage"]
     current = str(study.optuna_storage) if study.optuna_storage is not None else None
     if recorded == current:

@@ -212,16 +212,19 @@ class Study:
 
 
 def earlier_trials(study_dir: Path) -> dict:
-    """The ``trials`` (whose folders still exist) and ``seeds`` that ``study_dir``'s ``study.json`` lists; empty when it has
-    none or cannot be read (:meth:`Study.description` with ``accumulate``)."""
-    from medseg_platform.results import STUDY_FILE, trial_folder
+    """The ``trials`` (whose folders still exist) and ``seeds`` that ``study_dir``'s ``study.json`` lists (:meth:`Study.description`
+    with ``accumulate``). A study.json that cannot be read gives every trial folder with a ``config.json`` instead, so a
+    rewrite does not drop them; no study.json gives nothing."""
+    from medseg_platform.results import CONFIG_FILE, STUDY_FILE, TRIALS_DIR, trial_folder
 
+    path = study_dir / STUDY_FILE
     try:
-        info = json.loads((study_dir / STUDY_FILE).read_text(encoding="utf-8"))
+        info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {"trials": [], "seeds": []}
+        info = None
     if not isinstance(info, dict):
-        return {"trials": [], "seeds": []}
+        folders = sorted((study_dir / TRIALS_DIR).glob(f"*/{CONFIG_FILE}")) if path.exists() else []
+        return {"trials": [p.parent.name for p in folders], "seeds": []}
     keys = [k for k in info.get("trials") or [] if isinstance(k, str) and trial_folder(study_dir, k).is_dir()]
     return {"trials": keys, "seeds": [s for s in info.get("seeds") or [] if _count(s)]}
 
