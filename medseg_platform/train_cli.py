@@ -195,7 +195,7 @@ def settle_row(study, trial: dict) -> None:
     row label an earlier trial of another configuration already carries (two config files of the same name, or the
     same method on another setting) gets the label plus a short hash of its configuration, so the report never
     averages different configurations as seeds of one row. Renames the study's variant in place."""
-    from medseg_platform.results import read_trial_config, trial_folder
+    from medseg_platform.results import CONFIG_FILE, trial_folder
     from medseg_platform.study.spec import check_accumulating_folder, earlier_trials
 
     check_accumulating_folder(study.study_dir, study.accumulate)  # another study's folder: refused before anything else
@@ -204,11 +204,10 @@ def settle_row(study, trial: dict) -> None:
     for key in earlier_trials(study.study_dir)["trials"]:
         if key == trial["key"]:
             continue
-        folder = trial_folder(study.study_dir, key)
         try:
-            config = read_trial_config(folder)
-            tags = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("tags") or {}
-        except (OSError, ValueError, KeyError, TypeError):
+            written = json.loads((trial_folder(study.study_dir, key) / CONFIG_FILE).read_text(encoding="utf-8"))
+            config, tags = dict(written["config"]), dict(written.get("tags") or {})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
         if (config.get("data") or {}).get("root") != root:
             raise ConfigError(f"{study.study_dir}: its trials train on {config['data'].get('root')}, this run on {root}; "
