@@ -279,11 +279,18 @@ def command_line(args) -> str:
 
 
 def run(args) -> int:
+    from medseg_platform.config import resolve_path
     from medseg_platform.io import write_json_atomic
     from medseg_platform.results import ERROR_FILE, SETTINGS_FILE, CorruptResult, read_trial, trial_finished, trial_folder
 
     study, overrides = build_study(args)
-    trial = study.trial_params()[0]
+    try:
+        trial = study.trial_params()[0]  # validates the resolved config (a value the file or a --set gave)
+    except ConfigError as exc:
+        if args.config is None:
+            raise
+        source = f"--config {resolve_path(args.config, '--config')}" + (" with the --set values" if args.overrides else "")
+        raise ConfigError(f"{source}: {exc}") from None
     settle_row(study, trial)
     finished_before = trial_finished(trial_folder(study.study_dir, trial["key"]))
     if args.in_process:

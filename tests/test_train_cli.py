@@ -75,6 +75,7 @@ def test_through_ray_the_same_configuration_gets_the_same_trial(tmp_path, phanto
     (["--config", "workers.json"], "--config {tmp}/workers.json: workers=2; medseg train runs one worker per trial"),
     (["--config", "seed.json"], "--config {tmp}/seed.json: seed 4294967296 must be a whole number in [0, 2**32 - 1]"),
     (["--config", "study.json"], "--config {tmp}/study.json: not a trial config (give a trial's config.json"),
+    (["--config", "negative.json"], "--config {tmp}/negative.json: optim.lr -1.0: must be a finite number > 0"),
     (["supervised", "--gpus-per-trial", "1"], "--in-process trains in this process, on its GPU if it has one: --address and --gpus-per-trial"),
     (["supervised", "--labelled", ""], "label fraction '': expected a patient count like '3' or a percent like '5%'"),
     (["supervised", "--set", "optim.amp=fp16"], "optim.amp 'fp16' needs a CUDA GPU per trial"),
@@ -92,6 +93,7 @@ def test_bad_input_is_one_line_and_trains_nothing(tmp_path, phantom_root, capsys
     (tmp_path / "workers.json").write_text(json.dumps({"objective": "supervised", "workers": 2}))
     (tmp_path / "seed.json").write_text(json.dumps({"objective": "supervised", "seed": 2**32}))
     (tmp_path / "study.json").write_text(json.dumps({"name": "s", "trials": [], "claims": []}))
+    (tmp_path / "negative.json").write_text(json.dumps({"objective": "supervised", "optim": {"lr": -1}}))
     results = tmp_path / "results"
     assert main(["train", *extra, "--profile", "smoke", "--in-process", "--results-dir", str(results)]) == 2
     err = capsys.readouterr().err
