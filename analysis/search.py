@@ -121,6 +121,15 @@ def samples_from_trials(study_dir: Path, tune_trials: Sequence[Any]) -> list[Sam
     return samples
 
 
+def unfinished_search(samples: Sequence[Sample], num_samples: int) -> str:
+    """"" for a search whose ``num_samples`` samples have all ended (completed, stopped early or errored); else the line
+    that says it is unfinished (a stop signal ended the run: its best configuration is the best so far)."""
+    ended = sum(s.status != "unfinished" for s in samples)
+    if ended >= num_samples:
+        return ""
+    return f"search unfinished: {ended} of {num_samples} samples ended; rerun the study command to finish it"
+
+
 def best_sample(samples: list[Sample]) -> Sample | None:
     """The completed sample with the highest best_val_dice (ties: the earlier one); None if none completed."""
     done = [s for s in samples if s.status == "completed" and s.best_val_dice is not None]

@@ -101,7 +101,7 @@ def build(args, profile, base):
 
 
 def main(argv=None) -> int:
-    from analysis.search import BEST_FILE, HISTORY_FILE, best_sample, load_samples
+    from analysis.search import BEST_FILE, HISTORY_FILE, best_sample, load_samples, unfinished_search
     from medseg_platform.errors import MedsegError
 
     built, dry_run = [], []
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     counts = {status: sum(s.status == status for s in samples) for status in ("completed", "stopped early", "errored", "unfinished")}
     wanted = built[0].num_samples
     print(f"search: {len(samples)} of {wanted} samples (" + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ")")
-    partial = code != 0 or counts["unfinished"] or len(samples) < wanted  # stopped: rerun the command to finish it
+    partial = code != 0 or unfinished_search(samples, wanted)  # stopped: rerun the command to finish it
     if best is not None:
         values = ", ".join(f"{key.split('.')[-1]}={value:.4g}" for key, value in best.values.items())
         print(f"best configuration{' so far (the search is unfinished)' if partial else ''} (val Dice {best.best_val_dice:.4f}, "

@@ -132,3 +132,17 @@ def test_report_states_the_protocol_and_what_the_trials_did(study):
             "in voxels; labelled: whole patients in the published order (the released slice counts exist only for the "
             "SSL4MIS ACDC list)\n") in text
     assert "(validation every 20; final-iteration weights tested)" in text
+
+
+def test_a_search_with_samples_left_to_end_is_unfinished():
+    """A stopped search: its report lists it and hparam_search prints its best configuration as "so far"."""
+    from analysis.search import Sample, unfinished_search
+
+    def sample(order, status):
+        return Sample(order, f"t{order}", f"k{order}", status, {}, {}, None, None, None)
+
+    ended = [sample(1, "completed"), sample(2, "stopped early"), sample(3, "errored")]
+    assert unfinished_search(ended, 3) == ""
+    assert unfinished_search(ended + [sample(4, "unfinished")], 4) == ("search unfinished: 3 of 4 samples ended; rerun the "
+                                                                       "study command to finish it")
+    assert unfinished_search(ended, 6) == "search unfinished: 3 of 6 samples ended; rerun the study command to finish it"
