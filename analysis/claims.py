@@ -186,8 +186,10 @@ def verdict(direction: str, low: float, high: float, n_cases: int, n_seeds: int,
     return INCONCLUSIVE
 
 
-def _column_text(trials: Mapping[Any, Sequence[TrialRecord]], column: str) -> str:
-    first = next((t for group in trials.values() for t in group), None)
+def _column_text(records: Sequence[TrialRecord], column: str) -> str:
+    """The table's label of label fraction ``column`` ("1 patient (1.4%)"), from any finished trial at it (another
+    row's when the claim's row has none); "data.labelled <column>" when no trial has it."""
+    first = next((r for r in records if str(((r.result.get("config") or {}).get("data") or {}).get("labelled")) == column), None)
     return column_label(first) if first is not None else f"data.labelled {column}"
 
 
@@ -196,7 +198,7 @@ def evaluate_claim(claim: Mapping[str, Any], records: Sequence[TrialRecord]) -> 
     a_column, b_column = claim["column"], claim.get("b_column", claim["column"])
     metric = claim.get("metric", "dice")
     a_trials, b_trials = _trials(records, claim["a"], a_column), _trials(records, claim["b"], b_column)
-    texts = {"a_column": _column_text(a_trials, a_column), "b_column": _column_text(b_trials, b_column)}
+    texts = {"a_column": _column_text(records, a_column), "b_column": _column_text(records, b_column)}
     absent = [f"{row} at {column}" for row, column, trials in ((claim["a"], a_column, a_trials), (claim["b"], b_column, b_trials))
               if not trials]
     if absent:

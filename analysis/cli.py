@@ -1,8 +1,8 @@
 """``medseg report RESULTS_DIR``: regenerate tables, plots and ``report.md`` of finished studies (no training).
 
-RESULTS_DIR is one study folder (it has ``study.json`` or ``trials/``) or a results folder holding
-several studies (each sub-folder that is a study is regenerated, in name order). Nothing heavy is
-imported until the command runs.
+RESULTS_DIR is one study folder (it has ``study.json`` or trial folders in ``trials/``) or a results folder
+holding several studies (each sub-folder that is a study is regenerated, in name order; one that cannot be
+read is reported and the others are still regenerated). Nothing heavy is imported until the command runs.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def find_studies(results_dir: Path) -> list[Path]:
         return [results_dir]
     studies = sorted(p for p in results_dir.iterdir() if p.is_dir() and is_study_dir(p))
     if not studies:
-        raise MedsegError(f"{results_dir}: no study here (a study folder has study.json or trials/; run a study script first)")
+        raise MedsegError(f"{results_dir}: no study here (a study folder has study.json or trial folders in trials/; run a study script first)")
     return studies
 
 
@@ -32,16 +32,25 @@ def run(args) -> int:
     from analysis.report import print_report, write_report
 
     studies = find_studies(Path(args.results_dir).expanduser().resolve())
-    without_results = 0
+    failed = 0
     for study_dir in studies:
         print(f"== {study_dir.name}")
-        report = write_report(study_dir)
+        try:
+            report = write_report(study_dir)
+        except MedsegError as exc:  # one unreadable study of several does not stop the others
+            if len(studies) == 1:
+                raise  # exit 2, as for any bad input
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
         print_report(report)
         if not report.records:
             print(f"{study_dir.name}: no finished trial (no trials/*/result.json); run its study command to train them",
                   file=sys.stderr)
-            without_results += 1
-    return 1 if without_results else 0
+            failed += 1
+    if failed and len(studies) > 1:
+        print(f"{failed} of {len(studies)} studies not regenerated in full (see the errors above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def add_cli(subparsers) -> None:
@@ -54,9 +63,11 @@ def add_cli(subparsers) -> None:
         example="medseg report results/ablation_tailness-quick",
         description=(
             "Regenerate the tables (Markdown, LaTeX, CSV), the plots (plots/*.png) and report.md of a study from its\n"
-            "per-trial result files, without training. RESULTS_DIR is a study folder (with study.json or trials/)\n"
-            "or a results folder holding several studies (each is regenerated). Prints where everything is; exit\n"
-            "code 1 when a study has no finished trial, 2 when RESULTS_DIR holds no study."
+            "per-trial result files, without training. RESULTS_DIR is a study folder (with study.json or trial folders\n"
+            "in trials/) or a results folder holding several studies (each is regenerated; one that cannot be read is\n"
+            "reported and the others go on). Tables and plots that the trials no longer give are removed. Prints\n"
+            "where everything is; exit code 1 when a study has no finished trial or, among several, cannot be read;\n"
+            "2 when RESULTS_DIR holds no study or is one study that cannot be read."
         ),
     )
     parser.add_argument("results_dir", metavar="RESULTS_DIR", help="a study folder or a results folder of studies")

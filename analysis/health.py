@@ -12,7 +12,7 @@ classified by :func:`classify_curve`:
   cell understates the method;
 * :data:`COLLAPSED`: the last validation is more than :data:`COLLAPSE_DROP` below the best: training
   became unstable late (the test model is still the best one on val, but a rerun with another seed or
-  a shorter schedule may land elsewhere);
+  a shorter schedule may land elsewhere; with ``eval.selection="final"`` the tested model is the collapsed one);
 * :data:`HEALTHY` otherwise;
 * :data:`UNDETERMINED` with fewer than 2 finite validations (nothing to compare the last one with):
   not judged, and never flagged. Non-finite val Dice (NaN: no class defined on the val cases) carries
@@ -150,13 +150,22 @@ def _cell(text: str) -> str:
     return text
 
 
-def criteria_sentence() -> str:
-    """The rule, in one sentence, with the thresholds in Dice points."""
+#: what a collapse means for the tested model, by the trials' ``eval.selection`` ("mixed": trials differ)
+_COLLAPSE_CONSEQUENCE = {
+    "best_val": "the test model is still the best one on val",
+    "final": "the tested model is the last, collapsed one: these trials test their final weights",
+    "mixed": "the test model is the best one on val, or the last, collapsed one in trials that test their final weights",
+}
+
+
+def criteria_sentence(selection: str = "best_val") -> str:
+    """The rule, in one sentence, with the thresholds in Dice points; ``selection`` is the trials' model selection
+    (``eval.selection``: "best_val", "final", or "mixed" when they differ)."""
     return (f"A trial *{NOT_LEARNED}* when its best validation stays below {100 * LEARNED_FLOOR:.1f} Dice points "
             f"(checked first); otherwise it is *{STILL_RISING}* when its last validation is its best and more than "
             f"{100 * RISING_MARGIN:.1f} Dice points above the previous one (more steps would likely help), and "
             f"*{COLLAPSED}* when its last validation is more than {100 * COLLAPSE_DROP:.1f} points below its best "
-            f"(training became unstable; the test model is still the best one on val).")
+            f"(training became unstable; {_COLLAPSE_CONSEQUENCE[selection]}).")
 
 
 def _verdict_counts(flagged: Sequence[TrialHealth]) -> str:
@@ -165,18 +174,18 @@ def _verdict_counts(flagged: Sequence[TrialHealth]) -> str:
     return ", ".join(f"{n} {verdict}" for n, verdict in counts if n)
 
 
-def health_section(trials: Sequence[TrialHealth]) -> list[str]:
+def health_section(trials: Sequence[TrialHealth], selection: str = "best_val") -> list[str]:
     """The "Trial health" section of report.md (Markdown lines, ending with a blank line); [] for no trials.
 
     Flagged trials are listed in the order given, with last / previous / best val Dice (%) and the step of
-    the best; when none is flagged, one sentence says so.
+    the best; when none is flagged, one sentence says so. ``selection``: as for :func:`criteria_sentence`.
     """
     if not trials:
         return []
     flagged = [t for t in trials if t.curve.flagged]
     unjudged = sum(t.curve.verdict == UNDETERMINED for t in trials)
     judged = len(trials) - unjudged
-    lines = ["## Trial health", "", f"From each trial's validation Dice (`{VAL_CURVE_FILE}`). " + criteria_sentence(), ""]
+    lines = ["## Trial health", "", f"From each trial's validation Dice (`{VAL_CURVE_FILE}`). " + criteria_sentence(selection), ""]
     not_judged = (f" {unjudged} trial{'s' if unjudged != 1 else ''} with fewer than 2 validations "
                   f"{'were' if unjudged != 1 else 'was'} not judged.") if unjudged else ""
     if not flagged:
@@ -198,4 +207,5 @@ def health_problems(trials: Sequence[TrialHealth]) -> list[str]:
     flagged = [t for t in trials if t.curve.flagged]
     if not flagged:
         return []
-    return [f"trial health: {len(flagged)} of {len(trials)} trials flagged ({_verdict_counts(flagged)}); see Trial health"]
+    judged = sum(t.curve.verdict != UNDETERMINED for t in trials)  # the count the section gives
+    return [f"trial health: {len(flagged)} of {judged} judged trials flagged ({_verdict_counts(flagged)}); see Trial health"]

@@ -58,8 +58,9 @@ class StudyReport:
 
 
 def is_study_dir(path: Path) -> bool:
-    """A study folder has ``study.json`` or a ``trials/`` folder."""
-    return (path / STUDY_FILE).is_file() or (path / TRIALS_DIR).is_dir()
+    """A study folder has ``study.json`` or a ``trials/`` folder holding at least one trial folder."""
+    trials = path / TRIALS_DIR
+    return (path / STUDY_FILE).is_file() or (trials.is_dir() and any(p.is_dir() for p in trials.iterdir()))
 
 
 def _read_json(path: Path) -> dict:
@@ -98,6 +99,7 @@ def study_records(study_dir: Path, info: dict, search_keys: set[str] | None = No
         problems = [p for p in problems if _problem_trial(p) in search_keys or _problem_trial(p) is None]
     if wanted and not search:
         keep = set(wanted)
+        others = sum(1 for r in records if r.path.name not in keep)
         records = [r for r in records if r.path.name in keep]
         problems = [p for p in problems if _problem_trial(p) in keep or _problem_trial(p) is None]
         found = {r.path.name for r in records}
@@ -105,6 +107,10 @@ def study_records(study_dir: Path, info: dict, search_keys: set[str] | None = No
         listed = {k for k in missing if any((trial_folder(study_dir, k) / f).is_file() for f in (ERROR_FILE, RESULT_FILE))}
         problems += [f"trial {k} has no result (not run yet or interrupted; rerun the study command to resume)"
                      for k in missing if k not in listed]  # errored and corrupt trials are listed by scan_study
+        if others:  # e.g. a run with --rows or other --seeds into the folder of a larger study
+            problems.append(f"{others} finished trial(s) in {TRIALS_DIR}/ are not part of this study as its last command "
+                            "defined it (other rows, seeds or settings) and are left out of the tables; rerun the command "
+                            "that trained them to table them again (finished trials are not trained again)")
     if not search:
         problems += duplicate_seeds(records)
     return records, problems, missing
@@ -268,6 +274,14 @@ def trial_health(records: Sequence[TrialRecord]) -> list[TrialHealth]:
     return [TrialHealth(r.path.name, row_label(r), column_label(r), trial_seed(r), record_health(r)) for r in ordered]
 
 
+def model_selection(records: Sequence[TrialRecord]) -> str:
+    """The trials' ``eval.selection`` ("best_val", the default, or "final"); "mixed" when they differ."""
+    found = {str(((r.result.get("config") or {}).get("eval") or {}).get("selection", "best_val")) for r in records}
+    if not found:
+        return "best_val"
+    return found.pop() if found in ({"best_val"}, {"final"}) else "mixed"
+
+
 def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, records: Sequence[TrialRecord],
                   problems: Sequence[str], tables: Sequence[Path], plots: Sequence[PlotFile]) -> str:
     """The text of ``report.md``; links are relative to the study folder."""
@@ -280,7 +294,7 @@ def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, r
         lines += ["## Results", "", body.replace("### Dice (%)", "### Test Dice (%)", 1), ""]
     lines += claims_section(info, settings, records)
     lines += _best_search_lines(records)
-    lines += health_section(trial_health(records))
+    lines += health_section(trial_health(records), model_selection(records))
     if tables:
         lines += ["## Tables", ""]
         for metric in DEFAULT_METRICS:
@@ -307,15 +321,32 @@ def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, r
 # --------------------------------------------------------------------------------------------- entry points
 
 
+def report_outputs(study_dir: Path) -> list[Path]:
+    """The files an earlier :func:`write_report` may have left in ``study_dir``: the tables and the plots."""
+    names = [f"table_{metric}.{suffix}" for metric in DEFAULT_METRICS for suffix in ("md", "tex")] + ["table.csv"]
+    plots = sorted((study_dir / PLOTS_DIR).glob("*.png")) if (study_dir / PLOTS_DIR).is_dir() else []
+    return [study_dir / name for name in names] + plots
+
+
+def remove_stale_outputs(study_dir: Path, written_tables: Sequence[Path], written_plots: Sequence[Path]) -> None:
+    """Delete the tables and plots of an earlier report that this one did not write again (no finished trial any
+    more, or a plot without data now), so no file in the folder shows numbers its trials no longer give."""
+    keep = {Path(p).resolve() for p in [*written_tables, *written_plots]}
+    for path in report_outputs(study_dir):
+        if path.is_file() and path.resolve() not in keep:
+            path.unlink(missing_ok=True)
+
+
 def write_report(study_dir: str | Path, log=print) -> StudyReport:
     """Write the tables, the plots and ``report.md`` of one study folder; see the module docstring.
 
     Tables and plots are written only when at least one trial finished; ``report.md`` always (it then
-    lists the problems). MedsegError when ``study_dir`` is not a study folder.
+    lists the problems). Tables and plots of an earlier report that this one does not write are removed
+    (:func:`remove_stale_outputs`). MedsegError when ``study_dir`` is not a study folder.
     """
     study_dir = Path(study_dir).resolve()
     if not is_study_dir(study_dir):
-        raise MedsegError(f"{study_dir}: not a study folder (no study.json and no trials/; run a study script first)")
+        raise MedsegError(f"{study_dir}: not a study folder (no study.json and no trial folder in trials/; run a study script first)")
     info = _read_json(study_dir / STUDY_FILE)
     settings = _read_json(study_dir / SETTINGS_FILE)
     last_run = _read_json(study_dir / LAST_RUN_FILE)
@@ -344,6 +375,7 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
         plots, _ = write_plots(records, study_dir / PLOTS_DIR, df=df, log=log, search_samples=samples, class_names=class_names)
     report = study_dir / REPORT_FILE
     write_text_atomic(report, render_report(study_dir, info, settings, last_run, records, problems, tables, plots))
+    remove_stale_outputs(study_dir, tables, [p.path for p in plots])
     return StudyReport(study_dir, report, tables, [p.path for p in plots], records, problems, missing)
 
 

@@ -17,7 +17,8 @@ samples, an exact test over every sign pattern for small samples with ties or ze
 vectorised, with scipy's p-value to the last bit: :func:`_exact_signed_rank_p`), else the normal approximation
 with tie and continuity correction). With fewer than :data:`MIN_PAIRS` non-zero differences the cell is "not
 testable" (p NaN): 6 is the smallest number whose exact two-sided p-value can fall below 0.05 (2 / 2^6).
-If every paired difference is zero, the two cells are identical and p = 1. The best cell is chosen from
+If every paired difference is zero over at least :data:`MIN_PAIRS` pairs, the two cells are identical and
+p = 1 (over fewer pairs they are not testable either). The best cell is chosen from
 the same data and every cell is tested against it without a multiple-comparison correction: read the
 marker as a screen, not as a confirmatory test.
 """
@@ -93,10 +94,11 @@ def paired_case_values(a: Mapping[str, Mapping[int, float]], b: Mapping[str, Map
 def wilcoxon_test(a: np.ndarray, b: np.ndarray, min_pairs: int = MIN_PAIRS) -> PairedTest:
     """Two-sided Wilcoxon signed-rank test of paired samples ``a`` and ``b`` (shape (n,) each).
 
-    ``n_pairs`` is the number of pairs; the test needs ``min_pairs`` non-zero differences.
+    ``n_pairs`` is the number of pairs; the test needs ``min_pairs`` non-zero differences, or ``min_pairs`` pairs
+    that are all equal (p = 1).
     """
     n = int(len(a))
-    if n and np.all(a == b):
+    if n >= min_pairs and np.all(a == b):  # identical on enough cases; on fewer, "not testable" below
         return PairedTest(1.0, n)
     if int(np.count_nonzero(a != b)) < min_pairs:
         return PairedTest(math.nan, n)

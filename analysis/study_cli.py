@@ -57,6 +57,7 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
         if protocol:
             profile = replace(profile, trial=profile.trial.replace(**protocol))
         base = profile.trial.replace(**{"data.root": str(root), "optim.amp": args.amp})
+        base.validate(check_data=False)  # a bad --set names itself here, before a row derived from it fails less clearly
         study: Study = build(args, profile, base)
         # the default: the name the script built (e.g. hparam_search-<method>) plus the profile
         study.name = args.name if args.name != default_name else f"{study.name}-{profile.name}"

@@ -23,7 +23,9 @@ from typing import Any, Iterator
 
 def check_output_folder(path: str | os.PathLike, flag: str) -> None:
     """An output folder that can be one, checked before any work: neither ``path`` nor the nearest existing folder
-    above it is a file (:class:`~medseg_platform.errors.ConfigError` naming ``flag`` otherwise)."""
+    above it is a file, and a folder can be made in that nearest existing one (tried with a temporary folder, removed
+    at once: permissions alone miss read-only file systems and /proc-like trees); :class:`~medseg_platform.errors.ConfigError`
+    naming ``flag`` otherwise."""
     from medseg_platform.errors import ConfigError
 
     path = Path(path).expanduser().resolve()
@@ -32,6 +34,12 @@ def check_output_folder(path: str | os.PathLike, flag: str) -> None:
             if not existing.is_dir():
                 where = "is a file" if existing == path else f"is inside {existing}, a file"
                 raise ConfigError(f"{flag} {path}: {where}, not a folder; give a folder")
+            try:
+                os.rmdir(tempfile.mkdtemp(prefix=".medseg-write-check-", dir=existing))
+            except OSError as exc:
+                where = "" if existing == path else f" (its nearest existing folder is {existing})"
+                raise ConfigError(f"{flag} {path}: cannot write there{where}: {exc.strerror or exc}; give a folder you "
+                                  "can write to") from None
             return
 
 

@@ -36,8 +36,8 @@ per sample i ``image_i`` (H_i, W_i) float16 in [0, 1], ``label_i`` and ``predict
 uint8 class indices (the model selected on val). Shapes can differ between cases.
 
 Every file is written atomically and ``result.json`` last, so a folder whose ``result.json`` reads back
-complete is a finished trial; anything else (missing, truncated, wrong schema) is unfinished and the
-trial is run again. Ray's own experiment state is never read for tables.
+complete, beside a ``per_case.csv`` that gives the test means it records, is a finished trial; anything else
+(missing, truncated, wrong schema, per-case rows missing or changed) is unfinished and the trial is run again. Ray's own experiment state is never read for tables.
 """
 
 from __future__ import annotations
@@ -312,11 +312,11 @@ def read_test_root(record: "TrialRecord") -> tuple[str, list[dict]] | None:
     block = record.result.get("test_root")
     if not isinstance(block, dict) or not block.get("root"):
         return None
+    path = Path(record.path) / TEST_ROOT_PER_CASE
     try:
-        rows = read_csv(Path(record.path) / TEST_ROOT_PER_CASE)
-    except (OSError, csv.Error):
-        return None
-    if len({r.get("case") for r in rows}) != block.get("num_test_cases"):
+        rows = read_csv(path)
+        check_per_case(rows, block.get("num_test_cases"), block.get("test"), path)
+    except (OSError, csv.Error, UnicodeDecodeError, CorruptResult):
         return None
     return str(block["root"]), rows
 
@@ -331,7 +331,54 @@ class TrialRecord:
 
 
 class CorruptResult(Exception):
-    """A result file exists but cannot be used (truncated JSON, wrong schema, missing per-case rows)."""
+    """A result file exists but cannot be used (truncated JSON, wrong schema, per-case rows missing, cut short or
+    changed: :func:`check_per_case`)."""
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` are the same float (NaN equal to NaN) up to rounding."""
+    try:
+        a, b = float(a), float(b)
+    except (TypeError, ValueError):
+        return False
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def check_per_case(rows: list[dict], num_cases: Any, means: Any, path: Path) -> None:
+    """Raise :class:`CorruptResult` unless ``rows`` (read by :func:`read_csv`) are the per-case file its trial wrote.
+
+    Checks, naming the first offence: every row has a case, an integer class and a number (or ``nan``) in each
+    metric column; each (case, class) pair appears once and every case has the same classes; there are
+    ``num_cases`` cases; and the rows' means (:func:`test_means`) equal ``means``, the ``test`` block written beside
+    them (so a number changed or cut short after the trial finished is found too).
+    """
+    pairs: dict[str, set[int]] = {}
+    for line, row in enumerate(rows, 2):  # line 1 is the header
+        missing = [k for k in PER_CASE_FIELDS if row.get(k) in (None, "")]
+        if missing:
+            raise CorruptResult(f"{path}: line {line} has no {', '.join(missing)} (the file is cut short or edited)")
+        cls, case = row["class"], str(row["case"])
+        if not isinstance(cls, float) or not cls.is_integer() or cls < 0:
+            raise CorruptResult(f"{path}: line {line}: class {cls!r} is not a label number")
+        bad = [k for k in PER_CASE_FIELDS[2:] if not isinstance(row[k], float)]
+        if bad:
+            raise CorruptResult(f"{path}: line {line}: {bad[0]} {row[bad[0]]!r} is not a number")
+        if int(cls) in pairs.setdefault(case, set()):
+            raise CorruptResult(f"{path}: line {line}: case {case} class {int(cls)} appears twice")
+        pairs[case].add(int(cls))
+    if len(pairs) != num_cases:
+        raise CorruptResult(f"{path}: {len(pairs)} case(s) do not cover the {num_cases} test cases of result.json")
+    classes = set().union(*pairs.values()) if pairs else set()
+    short = sorted(case for case, seen in pairs.items() if seen != classes)
+    if short:
+        raise CorruptResult(f"{path}: case {short[0]} lacks rows of class(es) "
+                            f"{', '.join(map(str, sorted(classes - pairs[short[0]])))} (the file is cut short or edited)")
+    recomputed = test_means(rows)
+    if not isinstance(means, dict) or set(means) != set(recomputed) or any(
+            not isinstance(means[c], dict) or set(means[c]) != set(recomputed[c])
+            or not all(_same_number(means[c][k], v) for k, v in recomputed[c].items()) for c in recomputed):
+        raise CorruptResult(f"{path}: its values do not give the test means recorded beside it (the file was changed "
+                            "after the trial finished)")
 
 
 def read_trial(trial_dir: Path) -> TrialRecord | None:
@@ -348,10 +395,9 @@ def read_trial(trial_dir: Path) -> TrialRecord | None:
     per_case_path = Path(trial_dir) / PER_CASE_FILE
     try:
         per_case = read_csv(per_case_path)
-    except (OSError, csv.Error) as exc:
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise CorruptResult(f"{per_case_path}: unreadable ({exc})") from None
-    if len({r.get("case") for r in per_case}) != result.get("num_test_cases"):
-        raise CorruptResult(f"{per_case_path}: {len(per_case)} rows do not cover the {result.get('num_test_cases')} test cases of result.json")
+    check_per_case(per_case, result.get("num_test_cases"), result.get("test"), per_case_path)
     return TrialRecord(Path(trial_dir), result, per_case)
 
 
@@ -370,7 +416,7 @@ def scan_study(study_dir: Path) -> tuple[list[TrialRecord], list[str]]:
         elif (trial_dir / ERROR_FILE).is_file():
             try:
                 error = json.loads((trial_dir / ERROR_FILE).read_text(encoding="utf-8")).get("error", "?")
-            except json.JSONDecodeError:
+            except (OSError, ValueError, AttributeError):  # unreadable, not JSON or not UTF-8, not an object
                 error = "error.json unreadable"
             problems.append(f"errored trial {trial_dir.name}: {error}")
     return records, problems

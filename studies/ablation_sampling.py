@@ -14,9 +14,11 @@ sampler and value of the other axis) and ``tags["axes"]`` holds ``objective_para
 and ``objective_params.num_anchors``. Columns: the label fractions (quick 1 patient; paper 1/3/7 patients as
 in ARCO Table 8).
 
-Cost: ``quick`` 14 trials (2 NS + 6 SG + 6 SAG) at 1 labelled patient sharing one pretraining stage,
-about 8-11 minutes on 2 cores (``benchmarks/RESULTS.md``: about 0.2 s per ARCO step at 300 steps, 0.6 s
-per ISD step at 80). ``--smoke-test``: 9 and 16 groups, the smoke profile's sizes only (5 trials).
+Cost: ``quick`` 14 trials per seed (2 NS + 6 SG + 6 SAG) at 1 labelled patient sharing one pretraining stage,
+and the profile's 3 seeds, so 42 trials. One seed took 470 s on 2 cores with an earlier quick profile of 300 / 80
+steps (``benchmarks/RESULTS.md``, 'The main study end to end'); the 3 seeds of today's profile were not timed
+(expect about three times that; ``--seeds 1`` runs one seed). ``--smoke-test``: 9 and 16 groups, the smoke
+profile's sizes only (5 trials).
 
     python studies/ablation_sampling.py               # quick profile on the embedded phantom (CPU)
     python studies/ablation_sampling.py --smoke-test  # tiny sizes, two group counts, one size

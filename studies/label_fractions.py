@@ -31,8 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from medseg_platform.claims_spec import claim  # noqa: E402
+from medseg_platform.overrides import parse_set_options  # noqa: E402
 from analysis.study_cli import run_study_main  # noqa: E402
-from medseg_platform.profiles import QUICK_FRACTION_STEPS, QUICK_STEPS, with_steps  # noqa: E402
+from medseg_platform.profiles import QUICK_FRACTION_STEPS, with_steps  # noqa: E402
 from medseg_platform.recipes import FULL_SUPERVISION_LABEL, METHOD_LABELS, METHODS, method_overrides  # noqa: E402
 from medseg_platform.study import Study  # noqa: E402
 from medseg_platform.variants import VariantTable  # noqa: E402
@@ -53,8 +54,9 @@ def claims(fractions) -> list[dict]:
 
 
 def build(args, profile, base):
-    # 3 and 7 patients need more steps than the profile's 1-patient schedule (see profiles); --set optim.max_steps wins
-    if profile.name == "quick" and profile.trial.optim.max_steps == QUICK_STEPS:
+    # 3 and 7 patients need more steps than the profile's 1-patient schedule (see profiles); --set optim.max_steps wins,
+    # also when it gives the profile's own step count (the schedules derived below then follow it)
+    if profile.name == "quick" and "optim.max_steps" not in parse_set_options(getattr(args, "overrides", None)):
         profile = with_steps(profile, QUICK_FRACTION_STEPS)
         base = base.replace(**{"optim.max_steps": QUICK_FRACTION_STEPS})
     table = VariantTable(base)

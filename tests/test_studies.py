@@ -189,6 +189,25 @@ def test_quick_and_paper_studies_resolve_to_valid_configs(name, profile):
         assert args.seeds == [p.seeds[0]] and study.num_samples == module.NUM_SAMPLES[profile]
 
 
+@pytest.mark.parametrize("steps", [None, 250, 260])
+def test_label_fractions_schedules_follow_the_step_count_it_trains(steps):
+    """Quick trains 750 steps unless --set optim.max_steps gives a count, also the profile's own 250: mean teacher's
+    ramp-up then follows that count (with 250 it once stayed at 750, so the consistency weight never ramped up)."""
+    import argparse
+
+    from medseg_platform.profiles import QUICK_FRACTION_STEPS, profile_with_overrides
+
+    module = load_script("label_fractions")
+    sets = [] if steps is None else [f"optim.max_steps={steps}"]
+    profile = profile_with_overrides(PROFILES["quick"], {"optim.max_steps": str(steps)} if steps else {})
+    args = argparse.Namespace(results_dir="unused", seeds=None, overrides=sets)
+    study = module.build(args, profile, profile.trial.replace(**{"data.root": "/nonexistent"}))
+    expected = steps or QUICK_FRACTION_STEPS
+    assert study.base.optim.max_steps == expected
+    teacher = [v for v in study.variants if v.tags["row"] == "Mean teacher"]
+    assert teacher and all(v.overrides["objective_params"]["rampup_steps"] == expected for v in teacher)
+
+
 def test_search_history_statuses_and_order_from_tune_trials(tmp_path):
     """Stopped (ASHA), errored and unfinished samples keep their place, values and last metrics; the best
     is chosen among completed samples only (none here)."""

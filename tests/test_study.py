@@ -194,3 +194,22 @@ def test_start_order_starts_each_pretraining_stage_once_before_any_trial_waits_o
     # first of every stage (and the trial without pretraining) in study order, then the second ones, ...
     assert order == ["sup", "arco-t1", "isd-a", "arco-seed2", "isd-b", "arco-t2", "arco-t3"]
     assert sorted(order) == sorted(t["key"] for t in trials)
+
+
+def test_a_restored_experiment_says_which_new_limits_it_cannot_apply(tmp_path, capsys):
+    """Tuner.restore keeps --max-concurrent / --max-retries of the experiment's first run; a rerun with others said
+    nothing and ran 2 trials at once under --max-concurrent 1."""
+    from medseg_platform.study.runner import LIMITS_SUFFIX, note_kept_limits
+
+    path = tmp_path / f"exp-abc{LIMITS_SUFFIX}"
+    note_kept_limits(path, {"max_concurrent": 1, "max_retries": 2})  # an experiment from before the record: silent
+    path.write_text(json.dumps({"max_concurrent": None, "max_retries": 2}), encoding="utf-8")
+    note_kept_limits(path, {"max_concurrent": None, "max_retries": 2})  # the same limits: silent
+    assert capsys.readouterr().err == ""
+    note_kept_limits(path, {"max_concurrent": 1, "max_retries": 0})
+    err = capsys.readouterr().err
+    assert "keeps the limits it was started with (--max-concurrent unset, --max-retries 2)" in err
+    assert f"delete the experiment's folder {tmp_path / 'exp-abc'} and rerun" in err
+    note_kept_limits(path, {"max_concurrent": 1, "max_retries": 2}, search=True)  # a search's sampler lives there
+    err = capsys.readouterr().err
+    assert "(--max-concurrent unset)" in err and "delete" not in err

@@ -119,6 +119,32 @@ def _root_label_files(root: Path, cases: list[str]) -> dict[str, LabelFile]:
     return files
 
 
+def unpredicted_cases(gt: Path, root_mode: bool, gts: dict, preds: dict) -> str:
+    """A warning naming the ground-truth cases without a prediction ("" when there are none): a prediction run that
+    stopped halfway would otherwise score as a whole test set. A folder's cases are its label files; a dataset root's
+    are those of ``test.list`` or ``val.list``, whichever holds every prediction (the split that was predicted)."""
+    if root_mode:
+        from medseg_platform.data.layout import TEST_LIST, VAL_LIST, _read_list
+
+        expected, where = [], ""
+        for name in (TEST_LIST, VAL_LIST):
+            try:
+                cases = _read_list(gt / name)
+            except DataError:
+                continue
+            if set(preds) <= set(cases):
+                expected, where = cases, f"{gt / name}"
+                break
+    else:
+        expected, where = list(gts), str(gt)
+    missing = [case for case in dict.fromkeys(expected) if case not in preds]
+    if not missing:
+        return ""
+    shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
+    return (f"{len(missing)} of the {len(set(expected))} cases of {where} have no prediction and are not scored: {shown} "
+            "(the summary covers the predicted cases only)")
+
+
 # -------------------------------------------------------------------------------------- reading
 def _h5_key(path: Path, role: str) -> str:
     import h5py
@@ -246,6 +272,8 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
         shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
         raise DataError(f"--gt {where}: no ground truth for {len(missing)} prediction(s): {shown} (check the case names or the folder)")
 
+    unpredicted = unpredicted_cases(gt, root_mode, gts, preds)
+
     # pass 1: headers only (cheap), so a bad case fails before any metric is computed
     plan = []
     for case, pfile in preds.items():
@@ -283,6 +311,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
         for row in evaluate_case(pred, truth, num_classes, spacing, empty_policy=empty_policy, backend=backend):
             rows.append({"case": case, "units": units, **row})
     warnings = [absent_classes_warning(present, len(plan), empty_policy)] if not present[1:].all() else []
+    warnings += [unpredicted] if unpredicted else []
     settings = {
         "pred": str(pred_dir.resolve()),
         "gt": str(gt.resolve()),

@@ -21,6 +21,7 @@ lack it are scored at the next run from their checkpoints, without training (:mo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -172,8 +173,6 @@ def check_ray_options(study: Study) -> None:
 
 def is_optuna_journal(path: Path) -> bool:
     """Whether ``path`` is empty or starts like an Optuna journal file (one JSON object with an ``op_code`` per line)."""
-    import json
-
     try:
         with open(path, "rb") as fh:
             first = fh.readline(1 << 20)
@@ -191,7 +190,6 @@ def is_optuna_journal(path: Path) -> bool:
 def check_search_storage(study: Study, trials: list[dict]) -> None:
     """A search rerun with another ``--optuna-storage`` (or without it) than the one it was started with would start the
     whole search again in a new Tune experiment: refuse, naming the flag to resume with (one-line :class:`ConfigError`)."""
-    import json
 
     if study.search_space is None:
         return
@@ -257,10 +255,13 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
         exp_path = storage / name
         restored = tune.Tuner.can_restore(str(exp_path))
         quiet_tune_resume_advice()  # before Tuner.restore, which reads the metrics and warns as well
+        limits = {"max_concurrent": study.max_concurrent, "max_retries": study.max_retries}
         if restored:
             _log(f"restoring Tune experiment {exp_path}")
+            note_kept_limits(storage / f"{name}{LIMITS_SUFFIX}", limits, search=study.search_space is not None)
             tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
         else:
+            write_json_atomic(storage / f"{name}{LIMITS_SUFFIX}", limits)
             # the progress lines' expected cost per trial; a search runs its base config num_samples times
             plans = [trial_plan(t["config"], t["key"], existed=trial_finished(trial_folder(study_dir, t["key"]))) for t in trials]
             plans = plans * (study.num_samples if study.search_space else 1)
@@ -275,6 +276,33 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
         if started_here:
             ray.shutdown()
     return restored, interrupted
+
+
+#: beside a Tune experiment's folder: the limits it was started with, which ``Tuner.restore`` keeps (it takes no TuneConfig)
+LIMITS_SUFFIX = ".limits.json"
+_LIMIT_FLAGS = {"max_concurrent": "--max-concurrent", "max_retries": "--max-retries"}
+
+
+def note_kept_limits(path: Path, limits: dict, search: bool = False) -> None:
+    """Say which of ``limits`` (this command's) a restored experiment does not apply: Ray 2.60's ``Tuner.restore`` keeps
+    the concurrency and retry limits the experiment was started with (recorded at ``path``; nothing is said for an
+    experiment started before they were recorded). ``search``: a search's experiment holds its sampler's state, so
+    the note does not offer starting a new one."""
+    try:
+        started = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(started, dict):
+        return
+    kept = [f"{flag} {'unset' if started.get(key) is None else started[key]}" for key, flag in _LIMIT_FLAGS.items()
+            if key in started and started[key] != limits[key]]
+    if kept:
+        advice = "" if search else (
+            f"; to apply the new ones, delete the experiment's folder {path.with_name(path.name[:-len(LIMITS_SUFFIX)])} "
+            "and rerun: the unfinished trials then continue from their checkpoints in a new experiment, and finished "
+            "trials are kept")
+        _log(f"note: the restored experiment keeps the limits it was started with ({', '.join(kept)}); Tune cannot "
+             f"change them on a resume{advice}")
 
 
 def fit_until_stopped(tuner) -> bool:

@@ -14,7 +14,7 @@ import pytest
 
 from scipy import stats
 
-from analysis.claims import (CONTRADICTED, INCONCLUSIVE, NOT_RUN, SUPPORTED, claims_section, confidence_interval,
+from analysis.claims import (claim_text, CONTRADICTED, INCONCLUSIVE, NOT_RUN, SUPPORTED, claims_section, confidence_interval,
                              evaluate_claim, verdict)
 from analysis.published import ARCO_TABLE_1, ARCO_TABLE_2, published_difference
 from analysis.report import write_report
@@ -160,6 +160,9 @@ def test_a_claim_whose_row_or_column_was_not_run_says_so(tmp_path):
     assert column.a_column == "data.labelled 7" and math.isnan(column.difference)
     row = evaluate_claim(claim("A", "C", "1", "test"), records)
     assert row.verdict == NOT_RUN and row.reason == "no finished trial of C at 1"
+    # the missing row's column is named as the other row's (one column, not "A, <label> > C, data.labelled 1")
+    assert row.a_column == row.b_column and claim_text(row) == f"A > C, {row.a_column}"
+    assert not row.b_column.startswith("data.labelled")
     other_seed = trials(tmp_path / "seed", {"C": base}, seeds=(9,))
     assert evaluate_claim(claim("A", "C", "1", "test"), records + other_seed).reason == "the two rows share no seed"
 

@@ -113,9 +113,21 @@ def test_section_lists_flagged_trials_with_their_numbers():
     assert "| action-l1-s2 | ACTION | 1 patient (1.4%) | 2 | did not learn | 12.0 | 13.0 | 13.0 | 40 |" in text
     assert "| ok |" not in text
     assert health.health_problems(trials) == [
-        "trial health: 3 of 4 trials flagged (1 still rising, 1 collapsed, 1 did not learn); see Trial health"]
+        "trial health: 3 of 4 judged trials flagged (1 still rising, 1 collapsed, 1 did not learn); see Trial health"]
     # a verdict that does not occur is not counted
-    assert health.health_problems(trials[:1]) == ["trial health: 1 of 1 trials flagged (1 still rising); see Trial health"]
+    assert health.health_problems(trials[:1]) == ["trial health: 1 of 1 judged trials flagged (1 still rising); see Trial health"]
+    # a trial with one validation is not judged: the problem line counts as the section does
+    unjudged = trials + [_trial("one", [(20, 0.5)])]
+    assert "3 of 4 judged trials flagged" in "\n".join(health.health_section(unjudged))
+    assert health.health_problems(unjudged)[0].startswith("trial health: 3 of 4 judged trials flagged")
+
+
+def test_collapse_text_follows_the_model_selection():
+    trials = [_trial("mt", [(20, 0.3), (40, 0.8), (60, 0.65)])]
+    assert "the test model is still the best one on val" in "\n".join(health.health_section(trials))
+    final = "\n".join(health.health_section(trials, "final"))
+    assert "the tested model is the last, collapsed one" in final and "still the best one on val" not in final
+    assert "in trials that test their final weights" in health.criteria_sentence("mixed")
 
 
 @pytest.mark.parametrize("points", [[], [(20, 0.5)]])

@@ -70,7 +70,12 @@ def test_medseg_report_on_an_empty_or_missing_folder_is_a_clear_error(tmp_path, 
     assert "no study here" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err
-    (tmp_path / "empty-study" / "trials").mkdir(parents=True)  # a study whose trials never finished: exit 1, and why
+    notes = tmp_path / "notes"  # an empty trials/ folder is not a study: a report.md there is not replaced
+    (notes / "trials").mkdir(parents=True)
+    (notes / "report.md").write_text("my notes", encoding="utf-8")
+    assert main(["report", str(notes)]) == 2 and (notes / "report.md").read_text(encoding="utf-8") == "my notes"
+    assert "no study here" in capsys.readouterr().err
+    (tmp_path / "empty-study" / "trials" / "mona-l1-s1-x").mkdir(parents=True)  # a study whose trials never finished: exit 1, and why
     assert main(["report", str(tmp_path / "empty-study")]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == ("empty-study: no finished trial (no trials/*/result.json); "
                                                                 "run its study command to train them")
@@ -106,7 +111,7 @@ def test_report_lists_still_rising_and_collapsed_trials_and_marks_their_cells(st
     assert f"| {rising} | MONA | 1 patient (1.4%) | 1 | still rising | 62.0 | 50.0 | 62.0 | 40 |" in section
     assert f"| {collapsed} | MONA | 1 patient (1.4%) | 2 | collapsed | 55.0 | 80.0 | 80.0 | 20 |" in section
     assert section.count("| still rising |") + section.count("| collapsed |") == 2
-    problem = "trial health: 2 of 12 trials flagged (1 still rising, 1 collapsed); see Trial health"
+    problem = "trial health: 2 of 12 judged trials flagged (1 still rising, 1 collapsed); see Trial health"
     assert problem in report.problems and f"- {problem}" in text
     mona_line = next(line for line in text.splitlines() if line.startswith("| MONA "))
     cells = [c.strip() for c in mona_line.split("|")[2:-1]]
@@ -146,3 +151,36 @@ def test_a_search_with_samples_left_to_end_is_unfinished():
     assert unfinished_search(ended + [sample(4, "unfinished")], 4) == ("search unfinished: 3 of 4 samples ended; rerun the "
                                                                        "study command to finish it")
     assert unfinished_search(ended, 6) == "search unfinished: 3 of 6 samples ended; rerun the study command to finish it"
+
+
+def test_tables_and_plots_the_trials_no_longer_give_are_removed(study):
+    first = write_report(study, log=lambda m: None)
+    assert (study / "table.csv").is_file() and (study / "plots" / "bars_dice.png").is_file()
+    (study / "plots" / "notes.txt").write_text("kept", encoding="utf-8")  # not a report output
+    for trial in (study / "trials").glob("*/result.json"):
+        trial.unlink()
+    again = write_report(study, log=lambda m: None)
+    assert again.records == [] and again.tables == [] and again.plots == []
+    assert not [p for p in first.paths if p.is_file() and p.name != "report.md"]  # no table or plot with old numbers
+    assert (study / "plots" / "notes.txt").read_text(encoding="utf-8") == "kept" and "0 of 14 finished" in again.report.read_text()
+
+
+def test_finished_trials_left_out_of_the_study_as_last_defined_are_named(study):
+    """A run with --rows into the folder of a full study narrows study.json; the report says what it leaves out."""
+    info = json.loads((study / "study.json").read_text())
+    keep = [k for k in info["trials"] if (study / "trials" / k / "result.json").is_file()][:2]
+    (study / "study.json").write_text(json.dumps({**info, "trials": keep}), encoding="utf-8")
+    report = write_report(study, log=lambda m: None)
+    assert len(report.records) == 2
+    assert any(p.startswith("10 finished trial(s) in trials/ are not part of this study as its last command defined it")
+               for p in report.problems)
+
+
+def test_one_unreadable_study_does_not_stop_the_others(tmp_path, capsys):
+    bad = make_fake_study(tmp_path / "results", name="a-bad")
+    good = make_fake_study(tmp_path / "results", name="b-good")
+    (bad / "study.json").write_text("[]", encoding="utf-8")
+    assert main(["report", str(tmp_path / "results")]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {bad / 'study.json'}: holds an array" in err and "1 of 2 studies not regenerated in full" in err
+    assert (good / "report.md").is_file() and (good / "table_dice.md").is_file()

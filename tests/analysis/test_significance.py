@@ -18,6 +18,10 @@ def test_wilcoxon_on_known_samples():
     noisy = a + np.array([0.01, -0.012, 0.008, -0.009, 0.011, -0.01, 0.009, -0.011, 0.01, -0.008])
     assert significance.wilcoxon_test(a, noisy).not_significant
     assert significance.wilcoxon_test(a, a).p_value == 1.0  # identical cells
+    # equal on fewer than MIN_PAIRS cases is not "identical": such a cell gets no marker (it once got a ‡ from one pair)
+    assert not significance.wilcoxon_test(a[:1], a[:1]).testable
+    assert not significance.wilcoxon_test(a[:5], a[:5]).testable
+    assert significance.wilcoxon_test(a[:6], a[:6]).p_value == 1.0
     few = significance.wilcoxon_test(a[:5], a[:5] - 0.1)
     assert not few.testable and few.n_pairs == 5 and not few.not_significant
 

@@ -218,3 +218,25 @@ def test_classes_no_volume_contains_are_named_in_a_warning(tiny_root, tmp_path, 
     rc, _, err = run(["evaluate", "--pred", str(preds_dir), "--gt", str(tiny_root), "--quiet", "--out", str(tmp_path / "ev4")],
                      capsys)
     assert rc == 0 and err == ""
+
+
+def test_cases_without_a_prediction_are_named_in_a_warning(tiny_root, tmp_path, capsys):
+    """A prediction run that stopped halfway used to score as the whole test split, without a word."""
+    preds_dir = tmp_path / "preds"
+    write_h5_preds(tiny_root, preds_dir)
+    (preds_dir / f"{TEST_CASES[1]}.h5").unlink()
+    rc, _, err = run(["evaluate", "--pred", str(preds_dir), "--gt", str(tiny_root), "--quiet", "--out", str(tmp_path / "ev")],
+                     capsys)
+    assert rc == 0
+    assert err.strip().splitlines() == [
+        f"warning: 1 of the 2 cases of {tiny_root / 'test.list'} have no prediction and are not scored: {TEST_CASES[1]} "
+        "(the summary covers the predicted cases only)"]
+    # a ground-truth folder: its label files are the cases
+    gt_dir = tmp_path / "gt"
+    gt_dir.mkdir()
+    for case in TEST_CASES:
+        with h5py.File(gt_dir / f"{case}.h5", "w") as fh:
+            fh["label"] = gt_label(tiny_root, case)
+    rc, _, err = run(["evaluate", "--pred", str(preds_dir), "--gt", str(gt_dir), "--quiet", "--out", str(tmp_path / "ev2")],
+                     capsys)
+    assert rc == 0 and f"1 of the 2 cases of {gt_dir} have no prediction" in err

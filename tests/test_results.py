@@ -1,0 +1,74 @@
+"""A finished trial's files read back: a per-case file that is cut short, edited or unreadable is a corrupt result
+(listed as a problem, trained again by the study command), never a table's numbers; an error.json of any content
+is one problem line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medseg_platform.results import CorruptResult, read_trial, scan_study, trial_finished
+from tests.analysis.fakes import write_fake_trial
+
+
+@pytest.fixture
+def trial(tmp_path):
+    return write_fake_trial(tmp_path / "study", row="MONA", order=0, patients=1, seed=1,
+                            dice=lambda case, cls: 0.5 + 0.01 * cls + 0.001 * int(case[7:10]), qualitative_shift=None)
+
+
+def _edit(path, change):
+    path.write_bytes(change(path.read_bytes()))
+
+
+def _set_value(text: bytes, line: int, column: int, value: bytes) -> bytes:
+    lines = text.split(b"\n")
+    fields = lines[line].split(b",")
+    fields[column] = value
+    lines[line] = b",".join(fields)
+    return b"\n".join(lines)
+
+
+DAMAGE = {
+    # cut inside the last row, after its dice value: the other fields are missing
+    "cut mid-row": (lambda t: t.rstrip(b"\n").rsplit(b",", 3)[0], "has no jaccard, hd95, asd"),
+    # the last row holds only the case id (it crashed the table once)
+    "cut after the case": (lambda t: t.rstrip(b"\n").rsplit(b",", 5)[0], "has no class, dice"),
+    "a row missing": (lambda t: b"\n".join(t.split(b"\n")[:2] + t.split(b"\n")[3:]), "lacks rows of class(es) 2"),
+    "a row twice": (lambda t: t + t.split(b"\n")[1] + b"\n", "appears twice"),
+    "class not a number": (lambda t: _set_value(t, 1, 1, b"LV"), "class 'LV' is not a label number"),
+    "class nan": (lambda t: _set_value(t, 1, 1, b"nan"), "class nan is not a label number"),
+    "a metric not a number": (lambda t: _set_value(t, 2, 4, b"far"), "hd95 'far' is not a number"),
+    # a value changed (or its last digits cut) after the trial finished: the means beside it no longer agree
+    "a value changed": (lambda t: _set_value(t, 3, 2, b"0.123"), "do not give the test means"),
+    "not UTF-8": (lambda t: t + b"\xff\xfe\n", "unreadable"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_per_case_file_is_a_corrupt_result(trial, damage):
+    change, message = DAMAGE[damage]
+    assert read_trial(trial) is not None
+    _edit(trial / "per_case.csv", change)
+    with pytest.raises(CorruptResult, match="per_case.csv") as info:
+        read_trial(trial)
+    assert message in str(info.value)
+    assert not trial_finished(trial)  # the study command trains it again
+    records, problems = scan_study(trial.parent.parent)
+    assert records == [] and len(problems) == 1 and problems[0].startswith("corrupt result: ")
+
+
+def test_a_per_case_file_as_written_reads_back(trial):
+    record = read_trial(trial)
+    assert len(record.per_case) == 8 * 3 and trial_finished(trial)
+
+
+@pytest.mark.parametrize("content", [b"[1]", b"\xff\xfe{", b"", b'"text"'])
+def test_any_error_json_is_one_problem_line(tmp_path, content):
+    folder = tmp_path / "study" / "trials" / "mona-l1-s1-x"
+    folder.mkdir(parents=True)
+    (folder / "error.json").write_bytes(content)
+    assert scan_study(tmp_path / "study") == ([], ["errored trial mona-l1-s1-x: error.json unreadable"])
+    (folder / "error.json").write_text(json.dumps({"error": "NaN at step 3"}), encoding="utf-8")
+    assert scan_study(tmp_path / "study")[1] == ["errored trial mona-l1-s1-x: NaN at step 3"]
