@@ -649,6 +649,17 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return path
 
 
+#: the plots :func:`write_plots` draws under fixed names, and the prefixes of those named by an axis or a column
+PLOT_NAMES = ("bars_dice.png", "bars_hd95.png", "dice_vs_label_fraction.png", "training_curves.png",
+              "search_history.png", "param_importances.png")
+PLOT_PREFIXES = ("dice_vs_", "qualitative_")
+
+
+def is_plot_name(name: str) -> bool:
+    """Whether ``name`` is a file name :func:`write_plots` can write (so an earlier report's copy may be removed)."""
+    return name in PLOT_NAMES or (name.endswith(".png") and name.startswith(PLOT_PREFIXES))
+
+
 def write_plots(records: Sequence, out_dir: str | Path, df: pd.DataFrame | None = None,
                 log=print, search_samples: Sequence | None = None,
                 class_names: Mapping[int, str] | None = None) -> tuple[list[PlotFile], list[str]]:

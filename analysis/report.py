@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from analysis.claims import claims_section
-from analysis.plots import natural_key, PlotFile, write_plots
+from analysis.plots import is_plot_name, natural_key, PlotFile, write_plots
 from analysis.health import TrialHealth, health_problems, health_section, record_health
 from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, escape_markdown,
-                             incomplete_note, print_summary, row_label, row_order, study_class_names, trial_seed, write_tables)
+                             incomplete_note, print_summary, row_label, row_order, study_class_names, table_file_names,
+                             trial_seed, write_tables)
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_text_atomic
 from medseg_platform.results import (ERROR_FILE, LAST_RUN_FILE, RESULT_FILE, SETTINGS_FILE, STUDY_FILE, TRIALS_DIR, TrialRecord,
@@ -109,8 +110,9 @@ def study_records(study_dir: Path, info: dict, search_keys: set[str] | None = No
                      for k in missing if k not in listed]  # errored and corrupt trials are listed by scan_study
         if others:  # e.g. a run with --rows or other --seeds into the folder of a larger study
             problems.append(f"{others} finished trial(s) in {TRIALS_DIR}/ are not part of this study as its last command "
-                            "defined it (other rows, seeds or settings) and are left out of the tables; rerun the command "
-                            "that trained them to table them again (finished trials are not trained again)")
+                            "defined it (other rows, seeds or settings, or configurations of an earlier version of the "
+                            "code) and are left out of the tables; if a command with other rows or seeds trained them, "
+                            "rerun it to table them again (finished trials are not trained again)")
     if not search:
         problems += duplicate_seeds(records)
     return records, problems, missing
@@ -163,6 +165,8 @@ SELECTION_TEXT = {"best_val": "model selected on val", "final": "final-iteration
 EMPTY_POLICY_TEXT = {"nan": "undefined values of empty masks left out (NaN)",
                      "released": "an empty prediction scored as distance 0"}
 DISTANCE_UNITS_TEXT = {"mm": "HD95/ASD in mm where the volumes have a spacing (else voxels)", "voxel": "HD95/ASD in voxels"}
+AMP_TEXT = {"off": "full precision (float32)", "bf16": "mixed precision, bfloat16 (`--amp bf16`)",
+            "fp16": "mixed precision, float16 with a loss scaler (`--amp fp16`)"}
 LABELLED_TEXT = {"published": "whole patients in the published order", "random": "random whole patients per seed",
                  "released_slices": "the released slice counts (23 slices for 1 ACDC patient)"}
 
@@ -228,7 +232,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         f"- **Seeds**: {_join(seeds)}",
         f"- **Iterations**: {_join(steps)} fine-tuning steps (validation every {_join(val_every)}; "
         f"{_config_phrase(configs, 'eval', 'selection', 'best_val', SELECTION_TEXT)}); "
-        f"pretraining: {_pretraining_phrase(records)}",
+        f"pretraining: {_pretraining_phrase(records)}; {_config_phrase(configs, 'optim', 'amp', 'off', AMP_TEXT)}",
         f"- **Patch size / batch**: {_join(patches)}; {_join(batches)}",
         f"- **Label fractions**: {_join(column_order(records))}",
         f"- **Trials**: {finished} finished, {len(errored)} errored, {len(corrupt)} corrupt"
@@ -322,10 +326,11 @@ def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, r
 
 
 def report_outputs(study_dir: Path) -> list[Path]:
-    """The files an earlier :func:`write_report` may have left in ``study_dir``: the tables and the plots."""
-    names = [f"table_{metric}.{suffix}" for metric in DEFAULT_METRICS for suffix in ("md", "tex")] + ["table.csv"]
-    plots = sorted((study_dir / PLOTS_DIR).glob("*.png")) if (study_dir / PLOTS_DIR).is_dir() else []
-    return [study_dir / name for name in names] + plots
+    """The files an earlier :func:`write_report` may have left in ``study_dir``: its tables, and the files in
+    ``plots/`` named as :func:`analysis.plots.write_plots` names its plots (any other file there is the user's)."""
+    plots_dir = study_dir / PLOTS_DIR
+    plots = sorted(p for p in plots_dir.iterdir() if is_plot_name(p.name)) if plots_dir.is_dir() else []
+    return [study_dir / name for name in table_file_names()] + plots
 
 
 def remove_stale_outputs(study_dir: Path, written_tables: Sequence[Path], written_plots: Sequence[Path]) -> None:

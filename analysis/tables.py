@@ -728,6 +728,14 @@ def external_blocks(records: Sequence[TrialRecord], metric: str, suffix: str,
     return text
 
 
+TABLE_CSV = "table.csv"
+
+
+def table_file_names(metrics: Sequence[str] = DEFAULT_METRICS) -> list[str]:
+    """The files :func:`write_tables` writes, in its order: ``table_<metric>.md`` and ``.tex`` per metric, then the CSV."""
+    return [f"table_{metric}.{suffix}" for metric in metrics for suffix in ("md", "tex")] + [TABLE_CSV]
+
+
 def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
                  metrics: Sequence[str] = DEFAULT_METRICS,
                  class_names: Mapping[int, str] | None = None, incomplete: str = "") -> list[Path]:
@@ -740,16 +748,17 @@ def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
     out_dir = Path(out_dir)
     records = _unique_records(records)
     df = build_table(records, metrics, class_names)
+    names = iter(table_file_names(metrics))
     paths = []
     for metric in metrics:
         for suffix, render in (("md", to_markdown), ("tex", to_latex)):
-            path = out_dir / f"table_{metric}.{suffix}"
+            path = out_dir / next(names)
             text = render(df, metric)
             if incomplete:
                 text += f"\n**{incomplete}**\n" if suffix == "md" else f"% {escape_latex(incomplete)}\n"
             write_text_atomic(path, text + external_blocks(records, metric, suffix, class_names))
             paths.append(path)
-    csv_path = out_dir / "table.csv"
+    csv_path = out_dir / next(names)
     to_csv(df, csv_path)
     paths.append(csv_path)
     return paths

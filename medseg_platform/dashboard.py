@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 
 from medseg_platform.errors import ConfigError
 
@@ -49,6 +50,26 @@ def check_dashboard_host(host: str) -> str | None:
     return (f"WARNING: the Ray dashboard will listen on {where}. It accepts job submissions, so anyone who can "
             "reach that port and has the token can run code on this machine (anyone at all if RAY_AUTH_MODE=disabled). "
             "Prefer the default 127.0.0.1 and an SSH tunnel: ssh -L 8265:127.0.0.1:8265 <this host>")
+
+
+def check_dashboard_host_is_local(host: str) -> None:
+    """One-line :class:`ConfigError` unless this machine can listen on ``host`` (resolved, then a socket bound to it on
+    a free port and closed at once): Ray tries 50 ports for about a minute and then fails with a traceback."""
+    try:
+        addresses = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--dashboard-host {host!r}: cannot be resolved ({exc.strerror}); give an address of this "
+                          "machine (default 127.0.0.1)") from None
+    error = None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(address)
+                return
+            except OSError as exc:
+                error = exc
+    raise ConfigError(f"--dashboard-host {host}: this machine cannot listen there ({error.strerror if error else 'no address'}); "
+                      "give one of its own addresses, 127.0.0.1 (the default) or 0.0.0.0")
 
 
 def token_hint(environ: os._Environ | dict | None = None) -> str:

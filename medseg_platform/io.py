@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def check_output_folder(path: str | os.PathLike, flag: str) -> None:
+def check_output_folder(path: str | os.PathLike, flag: str, writes: str | None = "inside") -> None:
     """An output folder that can be one, checked before any work: neither ``path`` nor the nearest existing folder
-    above it is a file, and a folder can be made in that nearest existing one (tried with a temporary folder, removed
-    at once: permissions alone miss read-only file systems and /proc-like trees); :class:`~medseg_platform.errors.ConfigError`
-    naming ``flag`` otherwise."""
+    above it is a file, and (unless ``writes`` is None) the command can create what it will write
+    (:func:`check_folder_writable`). ``writes``: "inside" (files or folders inside ``path``), "beside" (a staging
+    folder next to ``path``, renamed onto it), None (nothing is written, e.g. a dry run).
+    :class:`~medseg_platform.errors.ConfigError` naming ``flag`` otherwise."""
     from medseg_platform.errors import ConfigError
 
     path = Path(path).expanduser().resolve()
@@ -34,13 +35,27 @@ def check_output_folder(path: str | os.PathLike, flag: str) -> None:
             if not existing.is_dir():
                 where = "is a file" if existing == path else f"is inside {existing}, a file"
                 raise ConfigError(f"{flag} {path}: {where}, not a folder; give a folder")
-            try:
-                os.rmdir(tempfile.mkdtemp(prefix=".medseg-write-check-", dir=existing))
-            except OSError as exc:
-                where = "" if existing == path else f" (its nearest existing folder is {existing})"
-                raise ConfigError(f"{flag} {path}: cannot write there{where}: {exc.strerror or exc}; give a folder you "
-                                  "can write to") from None
-            return
+            break
+    if writes is not None:
+        check_folder_writable(path, flag, beside=writes == "beside")
+
+
+def check_folder_writable(path: str | os.PathLike, flag: str, beside: bool = False) -> None:
+    """A folder can be made where the command will write: in the nearest existing folder from ``path`` up (from its
+    parent up with ``beside``: a staging folder made next to ``path``). Tried with a temporary folder, removed at once:
+    permissions alone miss read-only file systems and /proc-like trees. :class:`~medseg_platform.errors.ConfigError`
+    naming ``flag`` otherwise."""
+    from medseg_platform.errors import ConfigError
+
+    path = Path(path).expanduser().resolve()
+    start = path.parent if beside else path
+    existing = next(p for p in (start, *start.parents) if p.exists())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".medseg-write-check-", dir=existing))
+    except OSError as exc:
+        where = "" if existing == path else f" (the folder it would be written from is {existing})"
+        raise ConfigError(f"{flag} {path}: cannot write there{where}: {exc.strerror or exc}; give a folder you "
+                          "can write to") from None
 
 
 _STAGING: set[Path] = set()

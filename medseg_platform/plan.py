@@ -7,6 +7,8 @@ manifest (its class names against ``data.num_classes``), but only the run reads 
 (:func:`medseg_platform.preflight.preflight_datasets`). It gives each trial a status:
 
 * ``finished``: its folder holds a complete result (it would be skipped);
+* ``to score on --test-root``: finished, but its selected weights are still to be scored on the study's external
+  test set (a short evaluation; no training);
 * ``cached pretraining``: every pretraining stage it needs is in the study's pretraining cache
   (:func:`medseg_platform.results.pretrain_cache_dir`, keyed by :func:`medseg_platform.engine.stage_key`,
   which needs the trial's labelled subset: :func:`medseg_platform.data.splits.select_labelled`);
@@ -34,7 +36,7 @@ from typing import Any
 
 from medseg_platform.config import TrialConfig
 
-FINISHED, CACHED, TO_RUN = "finished", "cached pretraining", "to run"
+FINISHED, TO_SCORE, CACHED, TO_RUN = "finished", "to score on --test-root", "cached pretraining", "to run"
 #: :func:`measure_unit_seconds`: timed steps after one warm-up step, and the time after which it stops early.
 TIMED_STEPS, TIMING_BUDGET_S = 5, 2.0
 #: How much slower a step runs when the study's trials share this machine's cores than alone: measured in the default
@@ -102,9 +104,9 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     from medseg_platform.progress import EVALUATION_COST, trial_plan
     from medseg_platform.results import STAGE_FINAL_FILE, pretrain_cache_dir, stage_folder, trial_finished, trial_folder
 
-    from medseg_platform.study.runner import check_before_ray
+    from medseg_platform.study.runner import check_before_ray, lacks_test_root
 
-    trials, _ = check_before_ray(study)  # validated as Study.run validates them, in the order Tune starts them
+    trials, _ = check_before_ray(study, dry_run=True)  # validated as Study.run validates them, in the order Tune starts them
     for root, num_classes in datasets_of_trials(trials):  # the manifest's class names (no data file is read)
         dataset_class_names(root, num_classes)
     study_dir = study.study_dir
@@ -120,7 +122,8 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
         keys = [stage_key(cfg, i, _subset(cfg, subsets)) for i in range(len(cfg.pretrain))]
         cached = [(stage_folder(cache, key) / STAGE_FINAL_FILE).is_file() for key in keys]
         if not search and trial_finished(trial_folder(study_dir, trial["key"])):
-            status, runs = FINISHED, ()
+            status = TO_SCORE if lacks_test_root(study, trial_folder(study_dir, trial["key"])) else FINISHED
+            runs = (EVALUATION_COST,) if status == TO_SCORE else ()
         else:
             status = CACHED if keys and all(cached) else TO_RUN
             stages = sum(phase.units for phase, key, hit in zip(phases.stages, keys, cached) if not hit and key not in charged)
@@ -241,7 +244,9 @@ def format_plan(plan: StudyPlan) -> str:
              f"results would go to {plan.study_dir}"]
     lines += ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
               for r in table]
-    counts = {status: sum(t.status == status for t in plan.trials) for status in (FINISHED, CACHED, TO_RUN)}
+    counts = {status: sum(t.status == status for t in plan.trials) for status in (FINISHED, TO_SCORE, CACHED, TO_RUN)}
+    if not counts[TO_SCORE]:
+        del counts[TO_SCORE]
     lines.append(f"Totals: {len(plan.trials)} trial(s): " + ", ".join(f"{n} {status}" for status, n in counts.items())
                  + f"; {plan.total_units:.1f} cost units to run")
     lines.append(f"Estimated wall time: {_duration(plan.wall_s)} with {plan.slots} trial(s) at once ({plan.slots_source}), "

@@ -218,8 +218,30 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
 
 
 # ------------------------------------------------------------------------------- external test set
+def test_split_fingerprint(layout) -> str:
+    """SHA-256 over (name, size, mtime) of a dataset's ``test.list``, manifest and test volumes (an ``AcdcLayout``):
+    what an external test set evaluation scored. Cheap (no data read); a dataset written again at the same path,
+    or edited, gets another one."""
+    import hashlib
+    import json
+    import os
+
+    from medseg_platform.data.layout import MANIFEST, TEST_LIST
+
+    entries = []
+    for path in [layout.root / TEST_LIST, layout.root / MANIFEST, *(layout.volume_path(c) for c in layout.test_cases)]:
+        try:
+            st = os.stat(path)
+            entries.append([path.name, st.st_size, st.st_mtime_ns])
+        except OSError:
+            entries.append([path.name, None])
+    return hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()
+
+
 def has_test_root_evaluation(trial_dir: str | Path, root: str | Path) -> bool:
-    """True when the finished trial in ``trial_dir`` holds a complete evaluation on the test root ``root``."""
+    """True when the finished trial in ``trial_dir`` holds a complete evaluation on the test root ``root``, of the test
+    split as it is now (its recorded fingerprint; an evaluation recorded before fingerprints were kept counts by path)."""
+    from medseg_platform.data.layout import AcdcLayout
     from medseg_platform.results import CorruptResult, read_test_root, read_trial
 
     try:
@@ -227,7 +249,15 @@ def has_test_root_evaluation(trial_dir: str | Path, root: str | Path) -> bool:
     except CorruptResult:
         return False
     found = read_test_root(record) if record is not None else None
-    return found is not None and found[0] == str(Path(root).expanduser().resolve())
+    if found is None or found[0] != str(Path(root).expanduser().resolve()):
+        return False
+    recorded = record.result["test_root"].get("fingerprint")
+    if recorded is None:
+        return True
+    try:
+        return recorded == test_split_fingerprint(AcdcLayout(found[0]))
+    except MedsegError:
+        return False  # unreadable now: scoring it again gives the clear error
 
 
 def needs_test_root_evaluation(trial_dir: str | Path, root: str | Path) -> bool:
@@ -253,11 +283,12 @@ def evaluate_on_test_root(trial_dir: str | Path, root: str | Path, device=None) 
     record, cfg = finished_trial(trial_dir)
     names = trial_class_names(record.result, cfg.data.num_classes)
     layout = check_same_classes(root, cfg.data.num_classes, names, "--test-root", f"trial {record.path.name}")
+    fingerprint = test_split_fingerprint(layout)  # of the files as they are before they are read
     device = device or pick_device()
     model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
     with using_conv_kernels(recorded_conv_kernels(record.result, cfg, device.type)):  # the kernels of its own test
         rows = evaluate_volumes(model, (layout.read_volume(case) for case in layout.test_cases), cfg, device)
-    return write_test_root_results(record.path, layout.root, rows)
+    return write_test_root_results(record.path, layout.root, rows, fingerprint)
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -81,14 +81,15 @@ def cost_key(objective: str, params: Mapping) -> str:
 def trial_plan(config: Mapping, key: str, existed: bool = False) -> TrialPlan:
     """The :class:`TrialPlan` of the trial of ``config`` (a ``TrialConfig.to_dict()``).
 
-    A stage's identity is its chain up to it, the model, the data (less fine-tuning-only fields), the seed and
-    the workers: the inputs of ``medseg_platform.engine.stage_key`` but the labelled subset, which those
-    determine. Two trials with one identity share the stage: the ETA counts it once.
+    A stage's identity is its chain up to it, the model, the data (less fine-tuning-only fields), the seed, the
+    workers and the mixed precision: the inputs of ``medseg_platform.engine.stage_key`` but the labelled subset, which
+    those determine. Two trials with one identity share the stage: the ETA counts it once.
     """
     pretrain = list(config.get("pretrain") or [])
     data = {k: v for k, v in dict(config.get("data") or {}).items() if k not in _FINE_TUNE_ONLY_DATA}
+    amp = dict(config.get("optim") or {}).get("amp", "off")
     stages = tuple(Phase(str(stage["objective"]), int(stage["max_steps"]),
-                         json.dumps([pretrain[: i + 1], config.get("model"), data, config.get("seed"), config.get("workers")],
+                         json.dumps([pretrain[: i + 1], config.get("model"), data, config.get("seed"), config.get("workers"), amp],
                                     sort_keys=True, default=str))
                    for i, stage in enumerate(pretrain))
     steps, val_every = int(config["optim"]["max_steps"]), int(config["eval"]["val_every"])

@@ -21,9 +21,11 @@ A results directory holds one folder per study and the pretraining stages its st
         qualitative.npz  a few test slices for the overlay plots (below; written by the engine)
         per_case_test_root.csv  only with a study's ``--test-root``: the selected weights' per-case metrics on that
                          external dataset's test split (same columns as per_case.csv); result.json then records
-                         ``test_root``: {"root", "num_test_cases", "test" (means as "test")}
+                         ``test_root``: {"root", "num_test_cases", "test" (means as "test"), "fingerprint"}
+        test_root_error.json    only while scoring on the ``--test-root`` failed: {"root", "error"} (listed by the report)
         result.json      written last: status, seed, labelled patients, best step, test means, timing,
                          finished_at (epoch seconds), class_names (of labels 1..N-1, from the dataset),
+                         per_case_sha256 (of per_case.csv as written),
                          attempts (how many times the trial started, retries and resumes included)
         attempts.json    one entry per start of the trial (pid, host, time), written before training
         error.json       only for an errored trial: the reason (kind, message, step/terms of a NaN loss)
@@ -54,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from medseg_platform.io import write_json_atomic, write_text_atomic
+from medseg_platform.io import sha256_file, write_json_atomic, write_text_atomic
 from medseg_platform.stats import nan_mean
 
 RESULT_SCHEMA = "medseg-trial-result/1"
@@ -74,6 +76,7 @@ PER_CASE_FILE = "per_case.csv"
 CURVES_FILE = "curves.csv"
 VAL_CURVE_FILE = "val_curve.csv"
 TEST_ROOT_PER_CASE = "per_case_test_root.csv"
+TEST_ROOT_ERROR_FILE = "test_root_error.json"
 QUALITATIVE_FILE = "qualitative.npz"
 RESULT_FILE = "result.json"
 ATTEMPTS_FILE = "attempts.json"
@@ -234,6 +237,7 @@ def write_trial_results(trial_dir: Path, *, config: Mapping[str, Any], tags: Map
         "best_val_dice": outcome.best_val_dice,
         "test": test_means(outcome.test_rows),
         "num_test_cases": len({r["case"] for r in outcome.test_rows}),
+        "per_case_sha256": sha256_file(trial_dir / PER_CASE_FILE),  # read_trial compares the file with it
         "timing": outcome.timing,
         "resumed_from_step": outcome.resumed_from_step,
         "attempts": max(1, read_attempts(trial_dir)["attempts"]),  # 1 when run outside a study (no attempts.json)
@@ -289,9 +293,11 @@ def start_attempt(trial_dir: Path) -> int:
     return count
 
 
-def write_test_root_results(trial_dir: Path, root: str | os.PathLike, rows: list[dict]) -> dict:
+def write_test_root_results(trial_dir: Path, root: str | os.PathLike, rows: list[dict], fingerprint: str | None = None) -> dict:
     """Record a finished trial's evaluation on an external test set (``--test-root``): ``per_case_test_root.csv``,
     then ``result.json`` rewritten with its ``test_root`` block (both atomically, result.json last); returns the block.
+    ``fingerprint``: of the test split that was scored (:func:`medseg_platform.predict.test_split_fingerprint`), so a
+    dataset replaced at the same path is scored again.
 
     The trial must be finished (its ``result.json`` readable); a previous evaluation on another root is replaced.
     """
@@ -301,7 +307,8 @@ def write_test_root_results(trial_dir: Path, root: str | os.PathLike, rows: list
         raise FileNotFoundError(f"{trial_dir / RESULT_FILE}: the trial is not finished")
     fields = list(PER_CASE_FIELDS) + [k for k in (rows[0] if rows else {}) if k not in PER_CASE_FIELDS]
     write_text_atomic(trial_dir / TEST_ROOT_PER_CASE, _csv_text(rows, fields))
-    block = {"root": str(root), "num_test_cases": len({r["case"] for r in rows}), "test": test_means(rows)}
+    block = {"root": str(root), "num_test_cases": len({r["case"] for r in rows}), "test": test_means(rows),
+             **({"fingerprint": fingerprint} if fingerprint else {})}
     write_json_atomic(trial_dir / RESULT_FILE, {**record.result, "test_root": block})
     return block
 
@@ -347,16 +354,20 @@ def _same_number(a: Any, b: Any) -> bool:
 def check_per_case(rows: list[dict], num_cases: Any, means: Any, path: Path) -> None:
     """Raise :class:`CorruptResult` unless ``rows`` (read by :func:`read_csv`) are the per-case file its trial wrote.
 
-    Checks, naming the first offence: every row has a case, an integer class and a number (or ``nan``) in each
-    metric column; each (case, class) pair appears once and every case has the same classes; there are
-    ``num_cases`` cases; and the rows' means (:func:`test_means`) equal ``means``, the ``test`` block written beside
-    them (so a number changed or cut short after the trial finished is found too).
+    Checks, naming the first offence: every row has a value in every column of the header (and no more), an
+    integer class and a number (or ``nan``) in each metric column; each (case, class) pair appears once and every
+    case has the same classes; there are ``num_cases`` cases; and the rows' means (:func:`test_means`) equal
+    ``means``, the ``test`` block written beside them (so a metric changed after the trial finished is found also in
+    results written before :func:`read_trial` compared the file's checksum).
     """
     pairs: dict[str, set[int]] = {}
     for line, row in enumerate(rows, 2):  # line 1 is the header
-        missing = [k for k in PER_CASE_FIELDS if row.get(k) in (None, "")]
+        missing = [k for k in PER_CASE_FIELDS if row.get(k) in (None, "")] + [k for k, v in row.items()
+                                                                              if k not in PER_CASE_FIELDS and v is None]
         if missing:
             raise CorruptResult(f"{path}: line {line} has no {', '.join(missing)} (the file is cut short or edited)")
+        if None in row:  # csv.DictReader's key for fields beyond the header
+            raise CorruptResult(f"{path}: line {line} has more fields than the header (the file is edited)")
         cls, case = row["class"], str(row["case"])
         if not isinstance(cls, float) or not cls.is_integer() or cls < 0:
             raise CorruptResult(f"{path}: line {line}: class {cls!r} is not a label number")
@@ -398,7 +409,21 @@ def read_trial(trial_dir: Path) -> TrialRecord | None:
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise CorruptResult(f"{per_case_path}: unreadable ({exc})") from None
     check_per_case(per_case, result.get("num_test_cases"), result.get("test"), per_case_path)
+    if "per_case_sha256" in result and sha256_file(per_case_path) != result["per_case_sha256"]:
+        raise CorruptResult(f"{per_case_path}: its bytes differ from the file the trial wrote (changed or cut short "
+                            "after the trial finished)")
     return TrialRecord(Path(trial_dir), result, per_case)
+
+
+def _json_object(path: Path) -> dict | None:
+    """The JSON object in ``path``; None when the file is missing; {} when it is unreadable or not an object."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def scan_study(study_dir: Path) -> tuple[list[TrialRecord], list[str]]:
@@ -413,6 +438,10 @@ def scan_study(study_dir: Path) -> tuple[list[TrialRecord], list[str]]:
             continue
         if record is not None:
             records.append(record)
+            failed = _json_object(trial_dir / TEST_ROOT_ERROR_FILE)
+            if failed is not None:
+                problems.append(f"external test set not scored: {trial_dir / TEST_ROOT_ERROR_FILE}: {failed.get('root', '?')}: "
+                                f"{failed.get('error', '?')}")
         elif (trial_dir / ERROR_FILE).is_file():
             try:
                 error = json.loads((trial_dir / ERROR_FILE).read_text(encoding="utf-8")).get("error", "?")

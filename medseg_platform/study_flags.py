@@ -77,8 +77,8 @@ def study_parser(description: str, default_name: str, folder: str | None = None)
     parser.add_argument("--name", default=default_name, help=f"study name (default: {folder or default_name + '-<profile>'})")
     parser.add_argument("--max-concurrent", type=count_at_least(1), default=None, help="at most this many trials at once")
     parser.add_argument("--gpus-per-trial", type=amount(positive=False), default=0.0, help="GPUs per trial (default 0: CPU)")
-    parser.add_argument("--cpus-per-trial", type=amount(positive=True), default=None, help="CPUs Ray reserves per trial (default: the profile's); a trial computes with --set threads=N "
-                             "torch threads (default 1), so reserve as many CPUs as threads")
+    parser.add_argument("--cpus-per-trial", type=amount(positive=True), default=None, help="CPUs Ray reserves per trial (default: the profile's); a trial computes with the config's torch "
+                             "threads (quick 1, paper 4; --set threads=N), so reserve as many CPUs as threads")
     parser.add_argument("--num-workers", type=count_at_least(1), default=1,
                         help="processes per trial; > 1 trains data-parallel through Ray Train (CPUs/GPUs per trial are per worker)")
     parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")

@@ -291,3 +291,19 @@ def _run_locked(lock, events):
 
     with _exclusive(lock, True, on_wait=lambda: events.append("waiting")):
         events.append("inside")
+
+
+def test_a_pretraining_stage_trained_under_mixed_precision_has_its_own_cache_key():
+    """A bf16 stage was reused by a full-precision trial of the same key (and the reverse); full-precision stages keep
+    the key they had before amp was part of it (the pinned value)."""
+    from types import SimpleNamespace
+
+    from medseg_platform.engine import stage_key
+    from medseg_platform.profiles import PROFILES
+    from medseg_platform.recipes import method_overrides
+
+    smoke = PROFILES["smoke"]
+    cfg = smoke.trial.replace(**{**method_overrides("mona", smoke), "data.root": "/data/x"})
+    subset = SimpleNamespace(patients=("patient001",), labelled_slices=("a", "b"))
+    assert stage_key(cfg, 0, subset) == "stage0-isd_pretrain-002f4dd6e357a83b"
+    assert stage_key(cfg.replace(**{"optim.amp": "bf16"}), 0, subset) != stage_key(cfg, 0, subset)

@@ -1,13 +1,14 @@
-"""Output folders checked before any work (medseg_platform.io.check_output_folder)."""
+"""Output folders checked before any work (medseg_platform.io.check_output_folder / check_folder_writable)."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from medseg_platform.errors import ConfigError
-from medseg_platform.io import check_output_folder
+from medseg_platform.io import check_folder_writable, check_output_folder
 
 
 def test_a_folder_that_can_be_made_passes_and_nothing_is_left_behind(tmp_path):
@@ -18,15 +19,34 @@ def test_a_folder_that_can_be_made_passes_and_nothing_is_left_behind(tmp_path):
 
 def test_a_file_on_the_path_is_an_error(tmp_path):
     (tmp_path / "f").write_text("x")
-    with pytest.raises(ConfigError, match=r"--out .*/f: is a file, not a folder"):
-        check_output_folder(tmp_path / "f", "--out")
-    with pytest.raises(ConfigError, match=r"is inside .*/f, a file"):
-        check_output_folder(tmp_path / "f" / "sub", "--out")
+    for writes in ("inside", "beside", None):
+        with pytest.raises(ConfigError, match=r"--out .*/f: is a file, not a folder"):
+            check_output_folder(tmp_path / "f", "--out", writes=writes)
+        with pytest.raises(ConfigError, match=r"is inside .*/f, a file"):
+            check_output_folder(tmp_path / "f" / "sub", "--out", writes=writes)
+
+
+def test_the_write_is_tried_where_the_command_writes(tmp_path, monkeypatch):
+    """Inside the output folder for commands that write into it, in its parent for those that stage a folder next to
+    it and rename it (phantom, convert), and nowhere for a dry run."""
+    tried = []
+    real = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: tried.append(Path(kw["dir"])) or real(**kw))
+    out = tmp_path / "out"
+    out.mkdir()
+    check_output_folder(out, "--out")
+    check_output_folder(out, "--out", writes="beside")
+    check_output_folder(out / "new", "--out", writes="beside")
+    check_output_folder(out, "--out", writes=None)
+    assert tried == [out, tmp_path, out]
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_a_place_no_folder_can_be_made_is_an_error_before_any_work():
     """It used to pass, and the command failed with a traceback after its work (evaluate: after every metric)."""
-    with pytest.raises(ConfigError, match=r"--results-dir /proc/medseg-x: cannot write there \(its nearest existing "
-                                          r"folder is /proc\)"):
+    with pytest.raises(ConfigError, match=r"--results-dir /proc/medseg-x: cannot write there \(the folder it would be "
+                                          r"written from is /proc\)"):
         check_output_folder("/proc/medseg-x", "--results-dir")
+    with pytest.raises(ConfigError, match="cannot write there"):
+        check_folder_writable("/proc/medseg-x/y", "--out", beside=True)
+    check_output_folder("/proc/medseg-x", "--results-dir", writes=None)  # a dry run writes nothing: no error

@@ -130,7 +130,9 @@ def test_dashboard_host_flag_reaches_ray_with_a_warning_and_bad_values_fail_befo
     for flags, message in ((["--dashboard-host", "not a host"], "error: --dashboard-host 'not a host': not an IP address or host name"),
                            (["--dashboard-host", "10.0.0.1", "--no-dashboard"], "error: --dashboard-host sets the dashboard of the local Ray"),
                            (["--dashboard-host", "10.0.0.1", "--address", "127.0.0.1:6379"], "error: --dashboard-host sets the dashboard"),
-                           (["--optuna-storage", str(tmp_path / "j.log")], "error: --optuna-storage records an Optuna search; this study is a grid")):
+                           (["--optuna-storage", str(tmp_path / "j.log")], "error: --optuna-storage records an Optuna search; this study is a grid"),
+                           # a well-formed address that is not this machine's: Ray retried 50 ports for a minute, then a traceback
+                           (["--dashboard-host", "192.0.2.123"], "error: --dashboard-host 192.0.2.123: this machine cannot listen there")):
         assert run_study_main("opts", "opts", build, argv=argv + flags) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(message) and "\n" not in err

@@ -13,7 +13,13 @@ from tests.analysis.fakes import write_fake_trial
 
 
 @pytest.fixture
-def trial(tmp_path):
+def trial(tmp_path, monkeypatch):
+    """A finished trial written by the real writer; its per-case rows carry a count column after the metrics, as the
+    engine's do (assd, n_pred, n_gt)."""
+    import tests.analysis.fakes as fakes
+
+    rows = fakes.per_case_rows
+    monkeypatch.setattr(fakes, "per_case_rows", lambda *a, **k: [{**r, "n_gt": 100} for r in rows(*a, **k)])
     return write_fake_trial(tmp_path / "study", row="MONA", order=0, patients=1, seed=1,
                             dice=lambda case, cls: 0.5 + 0.01 * cls + 0.001 * int(case[7:10]), qualitative_shift=None)
 
@@ -32,9 +38,9 @@ def _set_value(text: bytes, line: int, column: int, value: bytes) -> bytes:
 
 DAMAGE = {
     # cut inside the last row, after its dice value: the other fields are missing
-    "cut mid-row": (lambda t: t.rstrip(b"\n").rsplit(b",", 3)[0], "has no jaccard, hd95, asd"),
+    "cut mid-row": (lambda t: t.rstrip(b"\n").rsplit(b",", 4)[0], "has no jaccard, hd95, asd, n_gt"),
     # the last row holds only the case id (it crashed the table once)
-    "cut after the case": (lambda t: t.rstrip(b"\n").rsplit(b",", 5)[0], "has no class, dice"),
+    "cut after the case": (lambda t: t.rstrip(b"\n").rsplit(b",", 6)[0], "has no class, dice"),
     "a row missing": (lambda t: b"\n".join(t.split(b"\n")[:2] + t.split(b"\n")[3:]), "lacks rows of class(es) 2"),
     "a row twice": (lambda t: t + t.split(b"\n")[1] + b"\n", "appears twice"),
     "class not a number": (lambda t: _set_value(t, 1, 1, b"LV"), "class 'LV' is not a label number"),
@@ -42,6 +48,9 @@ DAMAGE = {
     "a metric not a number": (lambda t: _set_value(t, 2, 4, b"far"), "hd95 'far' is not a number"),
     # a value changed (or its last digits cut) after the trial finished: the means beside it no longer agree
     "a value changed": (lambda t: _set_value(t, 3, 2, b"0.123"), "do not give the test means"),
+    # the last row cut after its metrics: the extra columns (assd, n_pred, n_gt in a real file) are missing
+    "cut in the extra columns": (lambda t: t.rstrip(b"\n").rsplit(b",", 1)[0], "has no n_gt"),
+    "a field too many": (lambda t: _set_value(t, 1, 6, b"7,8"), "more fields than the header"),
     "not UTF-8": (lambda t: t + b"\xff\xfe\n", "unreadable"),
 }
 
@@ -61,7 +70,18 @@ def test_a_damaged_per_case_file_is_a_corrupt_result(trial, damage):
 
 def test_a_per_case_file_as_written_reads_back(trial):
     record = read_trial(trial)
-    assert len(record.per_case) == 8 * 3 and trial_finished(trial)
+    assert len(record.per_case) == 8 * 3 and trial_finished(trial) and len(record.result["per_case_sha256"]) == 64
+
+
+def test_a_change_the_means_cannot_see_is_found_by_the_checksum(trial):
+    """The count column is in no mean; a count cut short (1234 -> 12) was read as a finished trial before the checksum."""
+    _edit(trial / "per_case.csv", lambda t: _set_value(t, 1, 6, b"10"))
+    with pytest.raises(CorruptResult, match="its bytes differ from the file the trial wrote"):
+        read_trial(trial)
+    result = json.loads((trial / "result.json").read_text())
+    del result["per_case_sha256"]  # a result written before the checksum: the rows and means are still checked
+    (trial / "result.json").write_text(json.dumps(result))
+    assert read_trial(trial) is not None
 
 
 @pytest.mark.parametrize("content", [b"[1]", b"\xff\xfe{", b"", b'"text"'])

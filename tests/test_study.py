@@ -131,9 +131,14 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path, ra
     finished_first = {p.parent.name: p.read_bytes() for p in trials_dir.glob("*/result.json")}
     assert 1 <= len(finished_first) < 2 * len(chosen)
 
-    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+    # the rerun asks for another --max-concurrent, which the restored Tune experiment cannot apply: it says so
+    rerun = subprocess.run([a if a != "1" or cmd[i - 1] != "--max-concurrent" else "2" for i, a in enumerate(cmd)],
+                           capture_output=True, text=True, env=env, timeout=400)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert time.monotonic() - started < 400
+    assert "restoring Tune experiment" in rerun.stderr
+    assert "the restored experiment keeps the limits it was started with (--max-concurrent 1)" in rerun.stderr
+    assert len(list((results / "ablation_tailness-smoke" / "ray").glob("*.limits.json"))) == 1
     # finished trials were not run again: their result files are byte-identical
     assert {k: (trials_dir / k / "result.json").read_bytes() for k in finished_first} == finished_first
     records, problems = scan_study(results / "ablation_tailness-smoke")
@@ -213,3 +218,29 @@ def test_a_restored_experiment_says_which_new_limits_it_cannot_apply(tmp_path, c
     note_kept_limits(path, {"max_concurrent": 1, "max_retries": 2}, search=True)  # a search's sampler lives there
     err = capsys.readouterr().err
     assert "(--max-concurrent unset)" in err and "delete" not in err
+
+
+def test_multi_worker_trials_start_only_as_many_as_the_cluster_holds(tmp_path, monkeypatch, capsys):
+    """Two trials of 2 one-CPU workers on 2 CPUs both started (their Tune functions reserve a token CPU), and their
+    worker groups waited for each other forever; now Tune starts what fits, and a trial that never fits is an error."""
+    import ray
+
+    from medseg_platform.study.runner import distributed_trials_that_fit, tune_config
+
+    study = tiny_study(tmp_path, tmp_path / "results", num_workers=2)
+    study.cpus_per_trial = 1.0
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    assert distributed_trials_that_fit(study) == 1 and "multi-worker trials: 1 at once" in capsys.readouterr().err
+    assert tune_config(study, "exp", 1).max_concurrent_trials == 1
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 9.0})
+    assert distributed_trials_that_fit(study) == 4
+    study.max_concurrent = 3
+    assert tune_config(study, "exp", 4).max_concurrent_trials == 3 and tune_config(study, "exp").max_concurrent_trials == 3
+    study.gpus_per_trial = 0.5
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 9.0, "GPU": 1.0})
+    assert distributed_trials_that_fit(study) == 1  # 2 workers x 0.5 GPU
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1.0, "GPU": 1.0})
+    with pytest.raises(ConfigError, match=r"--num-workers 2: a trial needs 2 CPUs \(2 workers x 1\), the Ray cluster has 1"):
+        distributed_trials_that_fit(study)
+    study.num_workers = 1
+    assert distributed_trials_that_fit(study) is None

@@ -4,6 +4,7 @@ tables and the report; trials finished without it are scored at the next run fro
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -48,6 +49,13 @@ def test_scoring_a_trial_on_a_test_root_equals_predict_then_evaluate(tmp_path, c
     assert 0.3 < block["test"]["mean"]["dice"] < 1.0  # a model that segments, on the other dataset too
     assert has_test_root_evaluation(trial, external) and not needs_test_root_evaluation(trial, external)
     assert needs_test_root_evaluation(trial, root)  # another root: to be scored
+    # the same path holding a dataset written again (a test volume changed): scored again, not tabled from the old one
+    volume = AcdcLayout(external).volume_path(AcdcLayout(external).test_cases[0])
+    stat = volume.stat()
+    os.utime(volume, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert needs_test_root_evaluation(trial, external)
+    os.utime(volume, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert has_test_root_evaluation(trial, external)
 
     report = write_report(study_dir, log=lambda *_: None)
     table = (study_dir / "table_dice.md").read_text()
@@ -55,6 +63,20 @@ def test_scoring_a_trial_on_a_test_root_equals_predict_then_evaluate(tmp_path, c
     assert f"### Dice (%), external test set: {external}" in report.report.read_text()
     tex = (study_dir / "table_dice.tex").read_text()
     assert r"\label{tab:dice-external-1}" in tex and r"\caption{External test set " in tex
+
+    # scoring that fails (an unreadable checkpoint) is recorded for the report, not only printed in a Ray worker's log
+    from medseg_platform.results import TEST_ROOT_ERROR_FILE, checkpoint_path, scan_study
+    from medseg_platform.study.trainable import score_test_root
+
+    checkpoint = checkpoint_path(trial)
+    kept = checkpoint.read_bytes()
+    checkpoint.write_bytes(kept[: len(kept) // 2])
+    score_test_root(trial, str(root), trial.name)
+    problems = scan_study(study_dir)[1]
+    assert len(problems) == 1 and problems[0].startswith(f"external test set not scored: {trial / TEST_ROOT_ERROR_FILE}: {root}: ")
+    checkpoint.write_bytes(kept)
+    score_test_root(trial, str(root), trial.name)  # scored now: the record of the failure goes
+    assert not (trial / TEST_ROOT_ERROR_FILE).exists() and scan_study(study_dir)[1] == []
 
 
 @pytest.mark.parametrize("case, message", [

@@ -352,7 +352,7 @@ def _resolved_dirs(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, overw
     out = Path(out_dir).expanduser().resolve()
     if not raw.is_dir():
         raise DataError(f"{raw}: RAW_DIR does not exist or is not a folder")
-    check_output_folder(out, "OUT_DIR")
+    check_output_folder(out, "OUT_DIR", writes="beside")  # staged next to OUT_DIR, then renamed onto it
     check_output_dir(out, raw, overwrite)
     return raw, out
 

@@ -240,7 +240,7 @@ def write_manifest(root: str | os.PathLike, source: Mapping[str, object], cases:
 
 
 # -------------------------------------------------------------------------------------- reader
-def _read_list(path: Path, slices: bool = False) -> list[str]:
+def read_list(path: Path, slices: bool = False) -> list[str]:
     """The ids a list file names, in order. Each is a file name under ``data/`` (or ``data/slices/`` for ``slices``,
     then of the form ``<case>_slice_<k>``); an id with a folder part would read outside the dataset. One-line
     :class:`DataError` naming the file and line otherwise. Repeated ids are kept (``medseg data check`` reports them)."""
@@ -320,9 +320,9 @@ class AcdcLayout:
             problem = "is a file, not a dataset root folder" if self.root.exists() else "dataset root does not exist"
             raise DataError(f"{self.root}: {problem} (create one with 'medseg data phantom --out DIR' or 'medseg data convert-acdc')")
         self.num_classes = int(num_classes)
-        self.train_slices = _read_list(self.root / TRAIN_LIST, slices=True)
-        self.val_cases = _read_list(self.root / VAL_LIST)
-        self.test_cases = _read_list(self.root / TEST_LIST)
+        self.train_slices = read_list(self.root / TRAIN_LIST, slices=True)
+        self.val_cases = read_list(self.root / VAL_LIST)
+        self.test_cases = read_list(self.root / TEST_LIST)
         self.train_cases = unique_in_order(case_of_slice(s) for s in self.train_slices)
         self.train_patients = unique_in_order(patient_of_case(c) for c in self.train_cases)
         self.manifest = read_manifest(self.root)

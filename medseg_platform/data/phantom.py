@@ -51,7 +51,7 @@ import numpy as np
 from medseg_platform.data import layout
 from medseg_platform.data.phantom_anatomy import FRAMES, sample_patient, synthesize_case
 from medseg_platform.errors import ConfigError, DataError
-from medseg_platform.io import check_output_folder, removed_if_terminated, sha256_file
+from medseg_platform.io import check_folder_writable, check_output_folder, removed_if_terminated, sha256_file
 
 PHANTOM_VERSION = 1  # bump whenever the generated data changes; it is part of the cache key
 DEFAULT_PATIENTS = 20
@@ -230,10 +230,11 @@ def generate_phantom(
     params = PhantomParams(patients, size, seed).validate()
     if not str(out).strip():
         raise ConfigError("--out '': give the folder to write the phantom into")
-    check_output_folder(out, "--out")
+    check_output_folder(out, "--out", writes=None)
     out = Path(out).expanduser().absolute()
     if _check_target(out, params):
         return out
+    check_folder_writable(out, "--out", beside=True)  # staged next to out (not needed when out already holds it)
     tmp = out.parent / f"{_staging_prefix(out)}{os.getpid()}-{secrets.token_hex(4)}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -308,7 +309,7 @@ def _run(args) -> int:
     params = PhantomParams(args.patients, args.size, args.seed).validate()
     if not args.out.strip():
         raise ConfigError("--out '': give the folder to write the phantom into")
-    check_output_folder(args.out, "--out")
+    check_output_folder(args.out, "--out", writes=None)  # generate_phantom checks the write once it has work to do
     out = Path(args.out).expanduser().absolute()
     if _check_target(out, params):
         changed = changed_files(out)

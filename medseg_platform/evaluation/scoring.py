@@ -124,13 +124,13 @@ def unpredicted_cases(gt: Path, root_mode: bool, gts: dict, preds: dict) -> str:
     stopped halfway would otherwise score as a whole test set. A folder's cases are its label files; a dataset root's
     are those of ``test.list`` or ``val.list``, whichever holds every prediction (the split that was predicted)."""
     if root_mode:
-        from medseg_platform.data.layout import TEST_LIST, VAL_LIST, _read_list
+        from medseg_platform.data.layout import TEST_LIST, VAL_LIST, read_list
 
         expected, where = [], ""
         for name in (TEST_LIST, VAL_LIST):
             try:
-                cases = _read_list(gt / name)
-            except DataError:
+                cases = read_list(gt / name)
+            except (DataError, OSError):  # missing or unreadable: that split is not the predicted one
                 continue
             if set(preds) <= set(cases):
                 expected, where = cases, f"{gt / name}"

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg_platform.config import resolve_path
-from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_host
+from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_host, check_dashboard_host_is_local
 from medseg_platform.errors import ConfigError
 from medseg_platform.io import check_output_folder, write_json_atomic
 from medseg_platform.preflight import datasets_of_trials, preflight_datasets
@@ -70,8 +70,11 @@ def run_study(study: Study) -> StudyRun:
         return not trial_finished(folder, _log if warn else None) or lacks_test_root(study, folder)
 
     pending = [t for t in trials if to_run(t, warn=True)]
+    to_score = sum(1 for t in pending if trial_finished(trial_folder(study_dir, t["key"])))  # finished, not on --test-root
     write_json_atomic(study_dir / STUDY_FILE, study.description(trials))
-    _log(f"study {study.name}: {len(trials)} trial(s), {len(trials) - len(pending)} already finished -> {study_dir}")
+    scoring = f" ({to_score} of them to score on --test-root only)" if to_score else ""
+    _log(f"study {study.name}: {len(trials)} trial(s), {len(trials) - len(pending) + to_score} already finished{scoring} "
+         f"-> {study_dir}")
     timing = {"validate_s": time.perf_counter() - start}
     stopped = False
     if pending or study.search_space is not None:
@@ -100,11 +103,12 @@ def run_study(study: Study) -> StudyRun:
 
 
 # ----------------------------------------------------------------------------------- checks before Ray
-def check_before_ray(study: Study, in_process_cuda: bool = False) -> tuple[list[dict], list[tuple[str, int]]]:
+def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool = False) -> tuple[list[dict], list[tuple[str, int]]]:
     """Every check of the study's settings that :func:`run_study` (and ``--dry-run``, :func:`medseg_platform.plan.plan_study`)
     makes before it writes or starts anything: the trials (:meth:`Study.trial_params`), the Ray options, retries and fp16,
     the results folder, GPUs, the test root (``in_process_cuda``: the trial runs in this process, which has a CUDA device,
-    as ``medseg train --in-process`` on a GPU machine). Returns the trials in start order and the test root's datasets. One-line
+    as ``medseg train --in-process`` on a GPU machine; ``dry_run``: nothing will be written, so the results folder need
+    not be writable). Returns the trials in start order and the test root's datasets. One-line
     :class:`ConfigError` / :class:`~medseg_platform.errors.MedsegError` otherwise. The data files themselves are read by
     :func:`medseg_platform.preflight.preflight_datasets` afterwards (it writes its report into the study folder)."""
     trials = study.trial_params()
@@ -113,7 +117,7 @@ def check_before_ray(study: Study, in_process_cuda: bool = False) -> tuple[list[
     check_ray_options(study)
     check_search_storage(study, trials)
     check_fault_tolerance_options(study, trials, in_process_cuda)
-    check_output_folder(study.study_dir, "--results-dir (Study.results_dir)")
+    check_output_folder(study.study_dir, "--results-dir (Study.results_dir)", writes=None if dry_run else "inside")
     if study.gpus_per_trial > 0:
         check_gpus_available(study.address)
     return trials, check_test_root(study, trials)
@@ -154,6 +158,8 @@ def check_ray_options(study: Study) -> None:
     if study.dashboard_host != DEFAULT_DASHBOARD_HOST and (not study.dashboard or study.address or os.environ.get("RAY_ADDRESS")):
         raise ConfigError("--dashboard-host sets the dashboard of the local Ray this command starts; it has no effect with "
                           "--no-dashboard or when joining a cluster (--address/RAY_ADDRESS: use `ray start --dashboard-host` there)")
+    if study.dashboard_host != DEFAULT_DASHBOARD_HOST:
+        check_dashboard_host_is_local(study.dashboard_host)
     if warning:
         _log(warning)
     if study.optuna_storage is not None:
@@ -265,7 +271,8 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
             # the progress lines' expected cost per trial; a search runs its base config num_samples times
             plans = [trial_plan(t["config"], t["key"], existed=trial_finished(trial_folder(study_dir, t["key"]))) for t in trials]
             plans = plans * (study.num_samples if study.search_space else 1)
-            tuner = tune.Tuner(trainable, param_space=param_space(study, trials), tune_config=tune_config(study, name),
+            tuner = tune.Tuner(trainable, param_space=param_space(study, trials),
+                               tune_config=tune_config(study, name, distributed_trials_that_fit(study)),
                                run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
                                                          callbacks=[ProgressCallback(plans)],
                                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -371,8 +378,38 @@ def param_space(study: Study, trials: list[dict]) -> dict:
     return {"trial": trials[0], "search": dict(study.search_space)}
 
 
-def tune_config(study: Study, experiment: str):
-    """Tune's config; with a search, Optuna TPE whose study is named ``experiment`` (the Tune experiment's name)."""
+def distributed_trials_that_fit(study: Study) -> int | None:
+    """How many multi-worker trials the connected Ray cluster holds at once (None for single-worker trials).
+
+    A multi-worker trial's Tune function reserves a token CPU (``TUNE_FUNCTION_CPU``) and asks Ray Train for its
+    workers only once it runs, so Tune would start as many trials as there are token CPUs, and their worker groups
+    then wait for each other's CPUs forever (2 trials of 2 one-CPU workers on 2 CPUs: neither starts). The cap is the
+    cluster's CPUs (and GPUs) over a trial's whole share, at least 1; ``--max-concurrent`` lowers it further.
+    One trial that does not fit at all is an error before any trial starts."""
+    if study.num_workers <= 1:
+        return None
+    import ray
+
+    resources = ray.cluster_resources()
+    needs = {"CPU": study.cpus_per_trial * study.num_workers, "GPU": study.gpus_per_trial * study.num_workers}
+    fits = [int(resources.get(kind, 0.0) // amount) for kind, amount in needs.items() if amount > 0]
+    slots = min(fits)
+    if slots < 1:
+        kind = next(k for k, a in needs.items() if a > 0 and resources.get(k, 0.0) < a)
+        raise ConfigError(f"--num-workers {study.num_workers}: a trial needs {needs[kind]:g} {kind}s "
+                          f"({study.num_workers} workers x {needs[kind] / study.num_workers:g}), the Ray cluster has "
+                          f"{resources.get(kind, 0.0):g}; use fewer workers or less per worker (--cpus-per-trial/--gpus-per-trial)")
+    if study.max_concurrent is None or study.max_concurrent > slots:
+        have = ", ".join(f"{resources.get(k, 0.0):g} {k}s" for k, a in needs.items() if a > 0)
+        need = ", ".join(f"{a:g} {k}s" for k, a in needs.items() if a > 0)
+        _log(f"multi-worker trials: {slots} at once (the cluster's {have} at {need} per trial)")
+    return slots
+
+
+def tune_config(study: Study, experiment: str, fits: int | None = None):
+    """Tune's config; with a search, Optuna TPE whose study is named ``experiment`` (the Tune experiment's name).
+    ``fits``: how many trials the cluster holds at once (:func:`distributed_trials_that_fit`), a cap on top of
+    ``max_concurrent``."""
     from ray import tune
 
     search_alg = scheduler = None
@@ -392,8 +429,9 @@ def tune_config(study: Study, experiment: str):
         scheduler = ASHAScheduler(metric=study.metric, mode=study.mode, time_attr=ASHA_TIME,
                                   max_t=validations + 1, grace_period=1)
     metric_mode = {} if (search_alg or scheduler) else {"metric": study.metric, "mode": study.mode}
+    limit = study.max_concurrent if fits is None else min(fits, study.max_concurrent or fits)
     return tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=study.num_samples if study.search_space else 1,
-                           max_concurrent_trials=study.max_concurrent, reuse_actors=True, **metric_mode)
+                           max_concurrent_trials=limit, reuse_actors=True, **metric_mode)
 
 
 def optuna_journal(path: Path):

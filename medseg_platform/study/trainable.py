@@ -15,9 +15,10 @@ from typing import Callable, Mapping
 
 from medseg_platform.config import TrialConfig
 from medseg_platform.errors import MedsegError
-from medseg_platform.results import (ERROR_FILE, CorruptResult, checkpoint_folder, checkpoint_path, pretrain_cache_dir,
-                                     ray_train_storage, read_trial, search_trial_key, start_attempt, trial_folder,
-                                     write_trial_config, write_trial_error, write_trial_results)
+from medseg_platform.io import write_json_atomic
+from medseg_platform.results import (ERROR_FILE, TEST_ROOT_ERROR_FILE, CorruptResult, checkpoint_folder, checkpoint_path,
+                                     pretrain_cache_dir, ray_train_storage, read_trial, search_trial_key, start_attempt,
+                                     trial_folder, write_trial_config, write_trial_error, write_trial_results)
 from medseg_platform.study.spec import ASHA_TIME, METRIC
 
 
@@ -149,8 +150,9 @@ def application_error(exc: BaseException) -> MedsegError | None:
 
 def score_test_root(trial_dir: Path, test_root: str | None, key: str) -> None:
     """Score a finished trial's selected weights on the external test set ``test_root`` unless it already was
-    (:func:`medseg_platform.predict.evaluate_on_test_root`). A deterministic error (e.g. its checkpoint is gone) is
-    printed and the trial stays finished: the report lists it as missing from the external block."""
+    (:func:`medseg_platform.predict.evaluate_on_test_root`). A deterministic error (e.g. its checkpoint is unreadable)
+    is recorded in ``test_root_error.json`` (the report lists it among the problems; Ray does not show the trial's
+    prints) and the trial stays finished; the next successful scoring removes the file."""
     if test_root is None:
         return
     from medseg_platform.predict import evaluate_on_test_root, has_test_root_evaluation
@@ -161,7 +163,9 @@ def score_test_root(trial_dir: Path, test_root: str | None, key: str) -> None:
         block = evaluate_on_test_root(trial_dir, test_root)
     except MedsegError as exc:
         print(f"[{key}] external test set {test_root} not evaluated: {exc}", flush=True)
+        write_json_atomic(Path(trial_dir) / TEST_ROOT_ERROR_FILE, {"root": str(test_root), "error": str(exc)})
         return
+    (Path(trial_dir) / TEST_ROOT_ERROR_FILE).unlink(missing_ok=True)
     print(f"[{key}] external test set {test_root}: mean Dice {block['test']['mean']['dice']:.4f} "
           f"over {block['num_test_cases']} cases", flush=True)
 

@@ -41,7 +41,7 @@ def test_report_states_settings_problems_and_links_that_exist(study):
     for expected in ("# Report: fake-quick", "- **Profile**: quick", "`python studies/fake.py --seeds 1 2`",
                      "- **Dataset**: /data/phantom; 70 training patients, 8 test cases", "- **Seeds**: 1, 2",
                      "- **Iterations**: 40 fine-tuning steps (validation every 20",
-                     "none: Mean teacher", "1 stage (10 steps): MONA, ARCO-SG",
+                     "none: Mean teacher", "1 stage (10 steps): MONA, ARCO-SG", "; full precision (float32)\n",
                      "- **Label fractions**: 1 patient (1.4%), 3 patients (4.3%)",
                      "- **Trials**: 12 of 14 finished, 1 errored, 1 corrupt",
                      "last run of the study command 5.3 min (321 s)",
@@ -156,13 +156,15 @@ def test_a_search_with_samples_left_to_end_is_unfinished():
 def test_tables_and_plots_the_trials_no_longer_give_are_removed(study):
     first = write_report(study, log=lambda m: None)
     assert (study / "table.csv").is_file() and (study / "plots" / "bars_dice.png").is_file()
-    (study / "plots" / "notes.txt").write_text("kept", encoding="utf-8")  # not a report output
+    (study / "plots" / "notes.txt").write_text("kept", encoding="utf-8")  # not report outputs: kept
+    (study / "plots" / "my_figure.png").write_bytes(b"png")
     for trial in (study / "trials").glob("*/result.json"):
         trial.unlink()
     again = write_report(study, log=lambda m: None)
     assert again.records == [] and again.tables == [] and again.plots == []
     assert not [p for p in first.paths if p.is_file() and p.name != "report.md"]  # no table or plot with old numbers
     assert (study / "plots" / "notes.txt").read_text(encoding="utf-8") == "kept" and "0 of 14 finished" in again.report.read_text()
+    assert (study / "plots" / "my_figure.png").read_bytes() == b"png"
 
 
 def test_finished_trials_left_out_of_the_study_as_last_defined_are_named(study):
@@ -184,3 +186,17 @@ def test_one_unreadable_study_does_not_stop_the_others(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"error: {bad / 'study.json'}: holds an array" in err and "1 of 2 studies not regenerated in full" in err
     assert (good / "report.md").is_file() and (good / "table_dice.md").is_file()
+
+
+def test_the_trials_model_selection_for_the_trial_health_text(study):
+    """The selection the report passes to the trial health section (whose text it changes: tests/analysis/test_health.py)."""
+    from analysis.report import model_selection
+    from medseg_platform.results import read_trial
+
+    records = [read_trial(p) for p in sorted((study / "trials").glob("mona-*"))]
+    assert model_selection(records) == "best_val" and model_selection([]) == "best_val"
+    for record in records:
+        record.result["config"]["eval"]["selection"] = "final"
+    assert model_selection(records) == "final"
+    records[0].result["config"]["eval"]["selection"] = "best_val"
+    assert model_selection(records) == "mixed"
