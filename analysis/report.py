@@ -232,7 +232,8 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         f"- **Seeds**: {_join(seeds)}",
         f"- **Iterations**: {_join(steps)} fine-tuning steps (validation every {_join(val_every)}; "
         f"{_config_phrase(configs, 'eval', 'selection', 'best_val', SELECTION_TEXT)}); "
-        f"pretraining: {_pretraining_phrase(records)}; {_config_phrase(configs, 'optim', 'amp', 'off', AMP_TEXT)}",
+        f"pretraining: {_pretraining_phrase(records)}",
+        f"- **Precision**: {_config_phrase(configs, 'optim', 'amp', 'off', AMP_TEXT)}",
         f"- **Patch size / batch**: {_join(patches)}; {_join(batches)}",
         f"- **Label fractions**: {_join(column_order(records))}",
         f"- **Trials**: {finished} finished, {len(errored)} errored, {len(corrupt)} corrupt"

@@ -219,23 +219,23 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
 
 # ------------------------------------------------------------------------------- external test set
 def test_split_fingerprint(layout) -> str:
-    """SHA-256 over (name, size, mtime) of a dataset's ``test.list``, manifest and test volumes (an ``AcdcLayout``):
-    what an external test set evaluation scored. Cheap (no data read); a dataset written again at the same path,
-    or edited, gets another one."""
+    """SHA-256 over the bytes of a dataset's ``test.list`` and manifest and the sizes of its test volumes (an
+    ``AcdcLayout``): what an external test set evaluation scored. Cheap (no volume is read) and the same on every node
+    holding a copy of the dataset (no file times). A dataset converted or generated again gets another one through its
+    manifest, which records each file's checksum; a volume edited in place to the same size, in a dataset without a
+    manifest, is not noticed."""
     import hashlib
-    import json
     import os
 
     from medseg_platform.data.layout import MANIFEST, TEST_LIST
 
-    entries = []
-    for path in [layout.root / TEST_LIST, layout.root / MANIFEST, *(layout.volume_path(c) for c in layout.test_cases)]:
-        try:
-            st = os.stat(path)
-            entries.append([path.name, st.st_size, st.st_mtime_ns])
-        except OSError:
-            entries.append([path.name, None])
-    return hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()
+    digest = hashlib.sha256()
+    for path in (layout.root / TEST_LIST, layout.root / MANIFEST):
+        digest.update(path.name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"(none)") + b"\0")
+    for case in layout.test_cases:
+        path = layout.volume_path(case)
+        digest.update(f"{path.name}:{os.path.getsize(path) if path.is_file() else None}\0".encode())
+    return digest.hexdigest()
 
 
 def has_test_root_evaluation(trial_dir: str | Path, root: str | Path) -> bool:

@@ -313,6 +313,20 @@ def write_test_root_results(trial_dir: Path, root: str | os.PathLike, rows: list
     return block
 
 
+def drop_test_root_results(trial_dir: Path) -> None:
+    """Remove a finished trial's external test set evaluation (``result.json``'s ``test_root`` block first, then
+    ``per_case_test_root.csv``); nothing to do when it has none or is not finished."""
+    trial_dir = Path(trial_dir)
+    try:
+        record = read_trial(trial_dir)
+    except CorruptResult:
+        return
+    if record is None or "test_root" not in record.result:
+        return
+    write_json_atomic(trial_dir / RESULT_FILE, {k: v for k, v in record.result.items() if k != "test_root"})
+    (trial_dir / TEST_ROOT_PER_CASE).unlink(missing_ok=True)
+
+
 def read_test_root(record: "TrialRecord") -> tuple[str, list[dict]] | None:
     """``(root, per-case rows)`` of a finished trial's external test set evaluation; None when it has none (no
     ``test_root`` block, or a per-case file that is missing or does not cover the block's cases: evaluated again)."""

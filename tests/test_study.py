@@ -225,8 +225,9 @@ def test_multi_worker_trials_start_only_as_many_as_the_cluster_holds(tmp_path, m
     worker groups waited for each other forever; now Tune starts what fits, and a trial that never fits is an error."""
     import ray
 
-    from medseg_platform.study.runner import distributed_trials_that_fit, tune_config
+    from medseg_platform.study.runner import check_local_resources, distributed_trials_that_fit, tune_config
 
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     study = tiny_study(tmp_path, tmp_path / "results", num_workers=2)
     study.cpus_per_trial = 1.0
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
@@ -242,5 +243,14 @@ def test_multi_worker_trials_start_only_as_many_as_the_cluster_holds(tmp_path, m
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1.0, "GPU": 1.0})
     with pytest.raises(ConfigError, match=r"--num-workers 2: a trial needs 2 CPUs \(2 workers x 1\), the Ray cluster has 1"):
         distributed_trials_that_fit(study)
+    capsys.readouterr()
+    study.address = "10.0.0.1:6379"  # a cluster may grow (autoscaling): one trial at a time, with a warning
+    assert distributed_trials_that_fit(study) == 1 and "warning: --num-workers 2: a trial needs 2 CPUs" in capsys.readouterr().err
+    check_local_resources(study)  # joining a cluster: its size is not this machine's
+    study.address, study.num_cpus = None, 1  # a local Ray of 1 CPU: refused before Ray starts
+    with pytest.raises(ConfigError, match=r"--num-workers 2: a trial needs 2 CPUs \(2 workers x 1\), the local Ray has 1"):
+        check_local_resources(study)
+    study.num_cpus = 2
+    check_local_resources(study)
     study.num_workers = 1
     assert distributed_trials_that_fit(study) is None

@@ -49,12 +49,14 @@ def test_scoring_a_trial_on_a_test_root_equals_predict_then_evaluate(tmp_path, c
     assert 0.3 < block["test"]["mean"]["dice"] < 1.0  # a model that segments, on the other dataset too
     assert has_test_root_evaluation(trial, external) and not needs_test_root_evaluation(trial, external)
     assert needs_test_root_evaluation(trial, root)  # another root: to be scored
-    # the same path holding a dataset written again (a test volume changed): scored again, not tabled from the old one
+    # the same path holding a dataset written again (its manifest, with each file's checksum, changed): scored again,
+    # not tabled from the old one; file times alone do not count (copies on other nodes have their own)
     volume = AcdcLayout(external).volume_path(AcdcLayout(external).test_cases[0])
-    stat = volume.stat()
-    os.utime(volume, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    os.utime(volume, ns=(volume.stat().st_atime_ns, volume.stat().st_mtime_ns + 1_000_000_000))
+    assert has_test_root_evaluation(trial, external)
+    write_manifest(external, {"generator": "again"}, {})  # this tiny dataset had none: a converter's run writes one
     assert needs_test_root_evaluation(trial, external)
-    os.utime(volume, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    (external / "manifest.json").unlink()
     assert has_test_root_evaluation(trial, external)
 
     report = write_report(study_dir, log=lambda *_: None)
@@ -71,12 +73,16 @@ def test_scoring_a_trial_on_a_test_root_equals_predict_then_evaluate(tmp_path, c
     checkpoint = checkpoint_path(trial)
     kept = checkpoint.read_bytes()
     checkpoint.write_bytes(kept[: len(kept) // 2])
-    score_test_root(trial, str(root), trial.name)
+    write_manifest(external, {"generator": "again"}, {})  # the external dataset written again
+    score_test_root(trial, str(external), trial.name)
     problems = scan_study(study_dir)[1]
-    assert len(problems) == 1 and problems[0].startswith(f"external test set not scored: {trial / TEST_ROOT_ERROR_FILE}: {root}: ")
+    assert len(problems) == 1 and problems[0].startswith(f"external test set not scored: {trial / TEST_ROOT_ERROR_FILE}: {external}: ")
+    # the evaluation of what the path held before is gone, not tabled as this dataset's
+    assert "test_root" not in json.loads((trial / "result.json").read_text()) and not (trial / TEST_ROOT_PER_CASE).exists()
     checkpoint.write_bytes(kept)
-    score_test_root(trial, str(root), trial.name)  # scored now: the record of the failure goes
+    score_test_root(trial, str(external), trial.name)  # scored now: the record of the failure goes
     assert not (trial / TEST_ROOT_ERROR_FILE).exists() and scan_study(study_dir)[1] == []
+    assert has_test_root_evaluation(trial, external)
 
 
 @pytest.mark.parametrize("case, message", [

@@ -69,6 +69,7 @@ def run_study(study: Study) -> StudyRun:
         folder = trial_folder(study_dir, trial["key"])
         return not trial_finished(folder, _log if warn else None) or lacks_test_root(study, folder)
 
+    forget_other_test_root_errors(study, trials)
     pending = [t for t in trials if to_run(t, warn=True)]
     to_score = sum(1 for t in pending if trial_finished(trial_folder(study_dir, t["key"])))  # finished, not on --test-root
     write_json_atomic(study_dir / STUDY_FILE, study.description(trials))
@@ -118,9 +119,26 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
     check_search_storage(study, trials)
     check_fault_tolerance_options(study, trials, in_process_cuda)
     check_output_folder(study.study_dir, "--results-dir (Study.results_dir)", writes=None if dry_run else "inside")
+    check_local_resources(study)
     if study.gpus_per_trial > 0:
         check_gpus_available(study.address)
     return trials, check_test_root(study, trials)
+
+
+def check_local_resources(study: Study) -> None:
+    """A local Ray (no ``--address``/RAY_ADDRESS) must hold one whole multi-worker trial: its CPUs are this machine's
+    (or ``num_cpus``), and such a trial reserves ``num_workers x cpus_per_trial`` of them; its worker group would
+    otherwise wait forever. One-line :class:`ConfigError` before Ray starts (also in ``--dry-run``)."""
+    if study.num_workers <= 1 or study.address or os.environ.get("RAY_ADDRESS"):
+        return
+    from medseg_platform.plan import available_cpus
+
+    cpus = study.num_cpus or available_cpus()
+    need = study.cpus_per_trial * study.num_workers
+    if need > cpus + 1e-9:
+        raise ConfigError(f"--num-workers {study.num_workers}: a trial needs {need:g} CPUs ({study.num_workers} workers x "
+                          f"{study.cpus_per_trial:g}), the local Ray has {cpus}; use fewer workers or less per worker "
+                          "(--cpus-per-trial)")
 
 
 def check_test_root(study: Study, trials: list[dict]) -> list[tuple[str, int]]:
@@ -132,6 +150,24 @@ def check_test_root(study: Study, trials: list[dict]) -> list[tuple[str, int]]:
 
     study.test_root = resolve_path(study.test_root, "--test-root")
     return check_root(study.test_root, datasets_of_trials(trials))
+
+
+def forget_other_test_root_errors(study: Study, trials: list[dict]) -> None:
+    """Remove the trials' records of a failed scoring on an external test set that this run does not score (no
+    ``--test-root``, or another one): the report would list them as this study's problems forever."""
+    from medseg_platform.results import TEST_ROOT_ERROR_FILE
+
+    current = str(study.test_root) if study.test_root is not None else None
+    for trial in trials:
+        path = trial_folder(study.study_dir, trial["key"]) / TEST_ROOT_ERROR_FILE
+        if not path.is_file():
+            continue
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8")).get("root")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if current is None or recorded != current:
+            path.unlink(missing_ok=True)
 
 
 def lacks_test_root(study: Study, trial_dir: Path) -> bool:
@@ -267,12 +303,13 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
             note_kept_limits(storage / f"{name}{LIMITS_SUFFIX}", limits, search=study.search_space is not None)
             tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
         else:
-            write_json_atomic(storage / f"{name}{LIMITS_SUFFIX}", limits)
+            fits = distributed_trials_that_fit(study)
+            write_json_atomic(storage / f"{name}{LIMITS_SUFFIX}", {**limits, "trials_that_fit": fits})
             # the progress lines' expected cost per trial; a search runs its base config num_samples times
             plans = [trial_plan(t["config"], t["key"], existed=trial_finished(trial_folder(study_dir, t["key"]))) for t in trials]
             plans = plans * (study.num_samples if study.search_space else 1)
             tuner = tune.Tuner(trainable, param_space=param_space(study, trials),
-                               tune_config=tune_config(study, name, distributed_trials_that_fit(study)),
+                               tune_config=tune_config(study, name, fits),
                                run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
                                                          callbacks=[ProgressCallback(plans)],
                                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -303,6 +340,8 @@ def note_kept_limits(path: Path, limits: dict, search: bool = False) -> None:
         return
     kept = [f"{flag} {'unset' if started.get(key) is None else started[key]}" for key, flag in _LIMIT_FLAGS.items()
             if key in started and started[key] != limits[key]]
+    if kept and started.get("trials_that_fit"):  # a multi-worker experiment also ran capped at what the cluster held
+        kept.append(f"at most {started['trials_that_fit']} multi-worker trial(s) at once")
     if kept:
         advice = "" if search else (
             f"; to apply the new ones, delete the experiment's folder {path.with_name(path.name[:-len(LIMITS_SUFFIX)])} "
@@ -384,21 +423,26 @@ def distributed_trials_that_fit(study: Study) -> int | None:
     A multi-worker trial's Tune function reserves a token CPU (``TUNE_FUNCTION_CPU``) and asks Ray Train for its
     workers only once it runs, so Tune would start as many trials as there are token CPUs, and their worker groups
     then wait for each other's CPUs forever (2 trials of 2 one-CPU workers on 2 CPUs: neither starts). The cap is the
-    cluster's CPUs (and GPUs) over a trial's whole share, at least 1; ``--max-concurrent`` lowers it further.
-    One trial that does not fit at all is an error before any trial starts."""
+    cluster's CPUs (and GPUs) over a trial's whole share, at least 1; ``--max-concurrent`` lowers it further. It
+    compares totals, not nodes: a trial whose workers fit in the totals but on no set of nodes still waits. A local
+    Ray too small for one trial was refused before it started (:func:`check_local_resources`); a cluster that holds
+    none yet (autoscaling) gets a warning and one trial at a time."""
     if study.num_workers <= 1:
         return None
     import ray
 
     resources = ray.cluster_resources()
     needs = {"CPU": study.cpus_per_trial * study.num_workers, "GPU": study.gpus_per_trial * study.num_workers}
-    fits = [int(resources.get(kind, 0.0) // amount) for kind, amount in needs.items() if amount > 0]
+    fits = [int(resources.get(kind, 0.0) / amount + 1e-9) for kind, amount in needs.items() if amount > 0]
     slots = min(fits)
     if slots < 1:
         kind = next(k for k, a in needs.items() if a > 0 and resources.get(k, 0.0) < a)
-        raise ConfigError(f"--num-workers {study.num_workers}: a trial needs {needs[kind]:g} {kind}s "
-                          f"({study.num_workers} workers x {needs[kind] / study.num_workers:g}), the Ray cluster has "
-                          f"{resources.get(kind, 0.0):g}; use fewer workers or less per worker (--cpus-per-trial/--gpus-per-trial)")
+        short = (f"--num-workers {study.num_workers}: a trial needs {needs[kind]:g} {kind}s ({study.num_workers} workers x "
+                 f"{needs[kind] / study.num_workers:g}), the Ray cluster has {resources.get(kind, 0.0):g}")
+        if study.address or os.environ.get("RAY_ADDRESS"):  # an autoscaling cluster may add nodes: Ray decides
+            _log(f"warning: {short} now; one trial at a time, waiting for the cluster to grow")
+            return 1
+        raise ConfigError(f"{short}; use fewer workers or less per worker (--cpus-per-trial/--gpus-per-trial)")
     if study.max_concurrent is None or study.max_concurrent > slots:
         have = ", ".join(f"{resources.get(k, 0.0):g} {k}s" for k, a in needs.items() if a > 0)
         need = ", ".join(f"{a:g} {k}s" for k, a in needs.items() if a > 0)

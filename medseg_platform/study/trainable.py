@@ -17,8 +17,9 @@ from medseg_platform.config import TrialConfig
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_json_atomic
 from medseg_platform.results import (ERROR_FILE, TEST_ROOT_ERROR_FILE, CorruptResult, checkpoint_folder, checkpoint_path,
-                                     pretrain_cache_dir, ray_train_storage, read_trial, search_trial_key, start_attempt,
-                                     trial_folder, write_trial_config, write_trial_error, write_trial_results)
+                                     drop_test_root_results, pretrain_cache_dir, ray_train_storage, read_trial,
+                                     search_trial_key, start_attempt, trial_folder, write_trial_config, write_trial_error,
+                                     write_trial_results)
 from medseg_platform.study.spec import ASHA_TIME, METRIC
 
 
@@ -94,6 +95,7 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
 
     write_trial_config(trial_dir, config, tags)
     (trial_dir / ERROR_FILE).unlink(missing_ok=True)  # a retry of an errored trial starts clean
+    (trial_dir / TEST_ROOT_ERROR_FILE).unlink(missing_ok=True)
     if attempt > 1:
         print(f"[{key}] attempt {attempt}: resuming from the trial's last checkpoint", flush=True)
     try:
@@ -157,15 +159,18 @@ def score_test_root(trial_dir: Path, test_root: str | None, key: str) -> None:
         return
     from medseg_platform.predict import evaluate_on_test_root, has_test_root_evaluation
 
+    error_file = Path(trial_dir) / TEST_ROOT_ERROR_FILE
     if has_test_root_evaluation(trial_dir, test_root):
+        error_file.unlink(missing_ok=True)
         return
     try:
         block = evaluate_on_test_root(trial_dir, test_root)
     except MedsegError as exc:
         print(f"[{key}] external test set {test_root} not evaluated: {exc}", flush=True)
-        write_json_atomic(Path(trial_dir) / TEST_ROOT_ERROR_FILE, {"root": str(test_root), "error": str(exc)})
+        drop_test_root_results(trial_dir)  # an evaluation of what the root held before is not tabled as this one's
+        write_json_atomic(error_file, {"root": str(test_root), "error": str(exc)})
         return
-    (Path(trial_dir) / TEST_ROOT_ERROR_FILE).unlink(missing_ok=True)
+    error_file.unlink(missing_ok=True)
     print(f"[{key}] external test set {test_root}: mean Dice {block['test']['mean']['dice']:.4f} "
           f"over {block['num_test_cases']} cases", flush=True)
 

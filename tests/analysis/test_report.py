@@ -41,7 +41,7 @@ def test_report_states_settings_problems_and_links_that_exist(study):
     for expected in ("# Report: fake-quick", "- **Profile**: quick", "`python studies/fake.py --seeds 1 2`",
                      "- **Dataset**: /data/phantom; 70 training patients, 8 test cases", "- **Seeds**: 1, 2",
                      "- **Iterations**: 40 fine-tuning steps (validation every 20",
-                     "none: Mean teacher", "1 stage (10 steps): MONA, ARCO-SG", "; full precision (float32)\n",
+                     "none: Mean teacher", "1 stage (10 steps): MONA, ARCO-SG", "- **Precision**: full precision (float32)\n",
                      "- **Label fractions**: 1 patient (1.4%), 3 patients (4.3%)",
                      "- **Trials**: 12 of 14 finished, 1 errored, 1 corrupt",
                      "last run of the study command 5.3 min (321 s)",
@@ -154,8 +154,14 @@ def test_a_search_with_samples_left_to_end_is_unfinished():
 
 
 def test_tables_and_plots_the_trials_no_longer_give_are_removed(study):
+    from analysis.plots import is_plot_name
+
     first = write_report(study, log=lambda m: None)
     assert (study / "table.csv").is_file() and (study / "plots" / "bars_dice.png").is_file()
+    assert first.plots and all(is_plot_name(p.name) for p in first.plots)  # every plot it writes is one it may remove
+    search = write_report(make_search_study(study.parent / "search"), log=lambda m: None)
+    assert {"search_history.png", "param_importances.png"} <= {p.name for p in search.plots}
+    assert all(is_plot_name(p.name) for p in search.plots)
     (study / "plots" / "notes.txt").write_text("kept", encoding="utf-8")  # not report outputs: kept
     (study / "plots" / "my_figure.png").write_bytes(b"png")
     for trial in (study / "trials").glob("*/result.json"):
