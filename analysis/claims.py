@@ -109,12 +109,16 @@ def _seed_sort_key(seed: Any) -> tuple:
     return (number is None, number or 0.0, str(seed))
 
 
+def _labelled(record: TrialRecord) -> str:
+    """The trial's label fraction as its config gives it (``data.labelled``, as text)."""
+    return str(((record.result.get("config") or {}).get("data") or {}).get("labelled"))
+
+
 def _trials(records: Sequence[TrialRecord], row: str, column: str) -> dict[Any, list[TrialRecord]]:
     """The finished trials of ``row`` at label fraction ``column`` (``data.labelled``), by seed."""
     out: dict[Any, list[TrialRecord]] = {}
     for record in records:
-        labelled = ((record.result.get("config") or {}).get("data") or {}).get("labelled")
-        if row_label(record) == row and str(labelled) == column:
+        if row_label(record) == row and _labelled(record) == column:
             out.setdefault(trial_seed(record), []).append(record)
     return out
 
@@ -189,7 +193,7 @@ def verdict(direction: str, low: float, high: float, n_cases: int, n_seeds: int,
 def _column_text(records: Sequence[TrialRecord], column: str) -> str:
     """The table's label of label fraction ``column`` ("1 patient (1.4%)"), from any finished trial at it (another
     row's when the claim's row has none); "data.labelled <column>" when no trial has it."""
-    first = next((r for r in records if str(((r.result.get("config") or {}).get("data") or {}).get("labelled")) == column), None)
+    first = next((r for r in records if _labelled(r) == column), None)
     return column_label(first) if first is not None else f"data.labelled {column}"
 
 

@@ -138,6 +138,19 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object in ``path`` for a file the platform wrote itself: None when the file is missing, {} when it is
+    unreadable, not JSON or not an object (the caller treats that as "nothing usable recorded")."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically (stable bytes for equal objects)."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from medseg_platform.io import sha256_file, write_json_atomic, write_text_atomic
+from medseg_platform.io import read_json_object, sha256_file, write_json_atomic, write_text_atomic
 from medseg_platform.stats import nan_mean
 
 RESULT_SCHEMA = "medseg-trial-result/1"
@@ -429,17 +429,6 @@ def read_trial(trial_dir: Path) -> TrialRecord | None:
     return TrialRecord(Path(trial_dir), result, per_case)
 
 
-def _json_object(path: Path) -> dict | None:
-    """The JSON object in ``path``; None when the file is missing; {} when it is unreadable or not an object."""
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def scan_study(study_dir: Path) -> tuple[list[TrialRecord], list[str]]:
     """All finished trials of a study (sorted by key) and one line per corrupt or errored trial."""
     records, problems = [], []
@@ -452,7 +441,7 @@ def scan_study(study_dir: Path) -> tuple[list[TrialRecord], list[str]]:
             continue
         if record is not None:
             records.append(record)
-            failed = _json_object(trial_dir / TEST_ROOT_ERROR_FILE)
+            failed = read_json_object(trial_dir / TEST_ROOT_ERROR_FILE)
             if failed is not None:
                 problems.append(f"external test set not scored: {trial_dir / TEST_ROOT_ERROR_FILE}: {failed.get('root', '?')}: "
                                 f"{failed.get('error', '?')}")

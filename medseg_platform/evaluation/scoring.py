@@ -119,6 +119,11 @@ def _root_label_files(root: Path, cases: list[str]) -> dict[str, LabelFile]:
     return files
 
 
+def first_few(names: list[str], limit: int = 5) -> str:
+    """``names`` for a message: the first ``limit``, then how many there are in all."""
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
 def unpredicted_cases(gt: Path, root_mode: bool, gts: dict, preds: dict) -> str:
     """A warning naming the ground-truth cases without a prediction ("" when there are none): a prediction run that
     stopped halfway would otherwise score as a whole test set. A folder's cases are its label files; a dataset root's
@@ -140,7 +145,7 @@ def unpredicted_cases(gt: Path, root_mode: bool, gts: dict, preds: dict) -> str:
     missing = [case for case in dict.fromkeys(expected) if case not in preds]
     if not missing:
         return ""
-    shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
+    shown = first_few(missing)
     return (f"{len(missing)} of the {len(set(expected))} cases of {where} have no prediction and are not scored: {shown} "
             "(the summary covers the predicted cases only)")
 
@@ -269,7 +274,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     missing = [case for case in preds if case not in gts]
     if missing:
         where = f"{gt}/data/<case>.h5" if root_mode else str(gt)
-        shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
+        shown = first_few(missing)
         raise DataError(f"--gt {where}: no ground truth for {len(missing)} prediction(s): {shown} (check the case names or the folder)")
 
     unpredicted = unpredicted_cases(gt, root_mode, gts, preds)

@@ -33,7 +33,7 @@ from pathlib import Path
 from medseg_platform.config import resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_host, check_dashboard_host_is_local
 from medseg_platform.errors import ConfigError
-from medseg_platform.io import check_output_folder, write_json_atomic
+from medseg_platform.io import check_output_folder, read_json_object, write_json_atomic
 from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.results import (LAST_RUN_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, trial_finished, trial_folder,
                                      tune_storage)
@@ -65,17 +65,17 @@ def run_study(study: Study) -> StudyRun:
     study_dir = study.study_dir
     (study_dir / TRIALS_DIR).mkdir(parents=True, exist_ok=True)
 
-    def to_run(trial: dict, warn: bool = False) -> bool:
+    def to_run(trial: dict) -> bool:
         folder = trial_folder(study_dir, trial["key"])
-        return not trial_finished(folder, _log if warn else None) or lacks_test_root(study, folder)
+        return not trial_finished(folder) or lacks_test_root(study, folder)
 
     forget_other_test_root_errors(study, trials)
-    pending = [t for t in trials if to_run(t, warn=True)]
-    to_score = sum(1 for t in pending if trial_finished(trial_folder(study_dir, t["key"])))  # finished, not on --test-root
+    done = {t["key"] for t in trials if trial_finished(trial_folder(study_dir, t["key"]), _log)}  # a corrupt one is told
+    pending = [t for t in trials if t["key"] not in done or lacks_test_root(study, trial_folder(study_dir, t["key"]))]
+    to_score = sum(1 for t in pending if t["key"] in done)  # finished, not yet scored on --test-root
     write_json_atomic(study_dir / STUDY_FILE, study.description(trials))
     scoring = f" ({to_score} of them to score on --test-root only)" if to_score else ""
-    _log(f"study {study.name}: {len(trials)} trial(s), {len(trials) - len(pending) + to_score} already finished{scoring} "
-         f"-> {study_dir}")
+    _log(f"study {study.name}: {len(trials)} trial(s), {len(done)} already finished{scoring} -> {study_dir}")
     timing = {"validate_s": time.perf_counter() - start}
     stopped = False
     if pending or study.search_space is not None:
@@ -160,13 +160,8 @@ def forget_other_test_root_errors(study: Study, trials: list[dict]) -> None:
     current = str(study.test_root) if study.test_root is not None else None
     for trial in trials:
         path = trial_folder(study.study_dir, trial["key"]) / TEST_ROOT_ERROR_FILE
-        if not path.is_file():
-            continue
-        try:
-            recorded = json.loads(path.read_text(encoding="utf-8")).get("root")
-        except (OSError, ValueError, AttributeError):
-            recorded = None
-        if current is None or recorded != current:
+        recorded = read_json_object(path)
+        if recorded is not None and (current is None or recorded.get("root") != current):
             path.unlink(missing_ok=True)
 
 
@@ -191,10 +186,10 @@ def check_fault_tolerance_options(study: Study, trials: list[dict], in_process_c
 def check_ray_options(study: Study) -> None:
     """``dashboard_host`` and ``optuna_storage`` (resolved in place), checked before Ray starts (one-line :class:`ConfigError`)."""
     warning = check_dashboard_host(study.dashboard_host)
-    if study.dashboard_host != DEFAULT_DASHBOARD_HOST and (not study.dashboard or study.address or os.environ.get("RAY_ADDRESS")):
-        raise ConfigError("--dashboard-host sets the dashboard of the local Ray this command starts; it has no effect with "
-                          "--no-dashboard or when joining a cluster (--address/RAY_ADDRESS: use `ray start --dashboard-host` there)")
     if study.dashboard_host != DEFAULT_DASHBOARD_HOST:
+        if not study.dashboard or study.address or os.environ.get("RAY_ADDRESS"):
+            raise ConfigError("--dashboard-host sets the dashboard of the local Ray this command starts; it has no effect with "
+                              "--no-dashboard or when joining a cluster (--address/RAY_ADDRESS: use `ray start --dashboard-host` there)")
         check_dashboard_host_is_local(study.dashboard_host)
     if warning:
         _log(warning)
@@ -332,12 +327,7 @@ def note_kept_limits(path: Path, limits: dict, search: bool = False) -> None:
     the concurrency and retry limits the experiment was started with (recorded at ``path``; nothing is said for an
     experiment started before they were recorded). ``search``: a search's experiment holds its sampler's state, so
     the note does not offer starting a new one."""
-    try:
-        started = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if not isinstance(started, dict):
-        return
+    started = read_json_object(path) or {}
     kept = [f"{flag} {'unset' if started.get(key) is None else started[key]}" for key, flag in _LIMIT_FLAGS.items()
             if key in started and started[key] != limits[key]]
     if kept and started.get("trials_that_fit"):  # a multi-worker experiment also ran capped at what the cluster held
