@@ -196,6 +196,7 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
     from medseg_platform.study import Variant
 
     values: dict[str, Any] = {}
+    row_defaults: list[dict[str, Any]] = []  # per variant: the objective parameters it trains with before --set
     for key in texts:
         check_key(key, flags)
         if key in study.grid:
@@ -211,7 +212,8 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
             if key in row_keys:
                 raise ConfigError(f"--set {key}: row {_row_name(variant)!r} sets it itself (to {row_keys[key]!r}); drop the --set"
                                   + (f" or {rows_hint}" if rows_hint else ""))
-        objective = values.get("objective") or study.base.replace(**variant.overrides).objective
+        resolved = study.base.replace(**variant.overrides)
+        objective = values.get("objective") or resolved.objective
         params = objective_param_types(objective)
         for key in texts:
             if not key.startswith(_OBJECTIVE_PREFIX):
@@ -221,13 +223,40 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
                 raise ConfigError(f"--set {key}: row {_row_name(variant)!r} (objective {objective}) has no parameter {name!r} "
                                   f"(its parameters: {', '.join(params) or 'none'})" + (f"; {rows_hint}" if rows_hint else ""))
             values.setdefault(key, parse_value(key, texts[key], params[name]))
+        row_defaults.append(_objective_values(objective, resolved.objective_params))
     base_values = {k: v for k, v in values.items() if k != "objective" and not k.startswith(_OBJECTIVE_PREFIX)}
     row_values = {k: v for k, v in values.items() if k not in base_values}
     if base_values:
         study.base = study.base.replace(**base_values)
     if row_values:
-        study.variants = [Variant(v.tags, {**v.overrides, **row_values}) for v in study.variants]
+        study.variants = [Variant(v.tags, {**v.overrides, **_changing(row_values, defaults)})
+                          for v, defaults in zip(study.variants, row_defaults)]
     return {key: values[key] for key in texts}
+
+
+def _objective_values(objective: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``objective``'s parameters as a row without ``--set`` trains them: ``{"objective_params.NAME": value}``."""
+    from methods.registry import objective_config
+
+    try:
+        resolved = objective_config(objective, dict(params))
+    except (ValueError, ConfigError):  # the row's own values are checked (with a better message) by TrialConfig.validate
+        return {}
+    return {_OBJECTIVE_PREFIX + f.name: getattr(resolved, f.name) for f in dataclasses.fields(resolved)}
+
+
+def _changing(row_values: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``--set`` values that change a row: an objective parameter set to the value the row already trains with
+    is left out, so the trial keeps its key (``results.trial_key`` hashes the config as written) and a finished trial
+    is found again instead of trained a second time."""
+    return {key: value for key, value in row_values.items()
+            if not (key.startswith(_OBJECTIVE_PREFIX) and key in current and _same_value(current[key], value))}
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    return isinstance(a, bool) == isinstance(b, bool) and a == b  # 1 == 1.0 trains the same; True == 1 is a typo
 
 
 def select_rows(study, names: Sequence[str]) -> None:

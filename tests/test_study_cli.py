@@ -150,6 +150,16 @@ def test_rows_and_set_select_and_change_exactly_those_trials_in_a_dry_run(tmp_pa
     assert not results.exists()  # a dry run writes nothing
 
 
+def test_set_to_the_value_a_row_already_trains_with_keeps_its_trial_key(tmp_path, phantom_env, capsys):
+    """MONA and ACTION train at temperature 0.5: --set it to 0.5 (spelled 5e-1) must find the same trials, not new ones."""
+    code = study_main("ablation_tailness", tmp_path / "results", "--rows", "MONA", "ACTION", "--set",
+                      "objective_params.temperature=5e-1", "--dry-run")
+    out = capsys.readouterr().out
+    assert code == 0
+    keys = [line.split()[-6] for line in out.splitlines() if "-l1-s1-" in line]
+    assert keys == [expected_key(phantom_env, "mona"), expected_key(phantom_env, "action")]
+
+
 def _finished_trial(trial_dir: Path, config: dict) -> None:
     """A complete result (read_trial accepts it) without training."""
     outcome = SimpleNamespace(labelled=SimpleNamespace(to_dict=lambda: {"patients": ["p1"]}), curves=[], val_curve=[],
