@@ -230,19 +230,34 @@ def test_multi_worker_trials_start_only_as_many_as_the_cluster_holds(tmp_path, m
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     study = tiny_study(tmp_path, tmp_path / "results", num_workers=2)
     study.cpus_per_trial = 1.0
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+
+    def cluster(*nodes):
+        monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": node} for node in nodes]
+                            + [{"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}])  # a dead node holds nothing
+
+    cluster({"CPU": 2.0})
     assert distributed_trials_that_fit(study) == 1 and "multi-worker trials: 1 at once" in capsys.readouterr().err
     assert tune_config(study, "exp", 1).max_concurrent_trials == 1
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 9.0})
+    cluster({"CPU": 9.0})
     assert distributed_trials_that_fit(study) == 4
     study.max_concurrent = 3
     assert tune_config(study, "exp", 4).max_concurrent_trials == 3 and tune_config(study, "exp").max_concurrent_trials == 3
     study.gpus_per_trial = 0.5
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 9.0, "GPU": 1.0})
+    cluster({"CPU": 9.0, "GPU": 1.0})
     assert distributed_trials_that_fit(study) == 1  # 2 workers x 0.5 GPU
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1.0, "GPU": 1.0})
-    with pytest.raises(ConfigError, match=r"--num-workers 2: a trial needs 2 CPUs \(2 workers x 1\), the Ray cluster has 1"):
+    cluster({"CPU": 1.0, "GPU": 1.0})
+    with pytest.raises(ConfigError, match=r"--num-workers 2: a trial needs 2 CPUs \(2 workers x 1\) and 1 GPUs \(2 workers x "
+                                          r"0.5\), the Ray cluster's nodes hold 1 such worker\(s\) \(its nodes: 1 CPUs, 1 GPUs\)"):
         distributed_trials_that_fit(study)
+    study.gpus_per_trial, study.cpus_per_trial = 0.0, 1.5
+    cluster({"CPU": 2.0}, {"CPU": 1.0})  # 3 CPUs in all, but a 1.5-CPU worker fits on one node only: it would wait forever
+    with pytest.raises(ConfigError, match=r"nodes hold 1 such worker\(s\) \(its nodes: 2 CPUs; 1 CPUs\)"):
+        distributed_trials_that_fit(study)
+    study.cpus_per_trial = 2.0
+    cluster({"CPU": 3.0}, {"CPU": 3.0}, {"CPU": 3.0})  # 9 CPUs would hold 2 trials of 4 CPUs; the nodes hold 3 workers
+    assert distributed_trials_that_fit(study) == 1 and "the cluster's 9 CPUs on 3 node(s) at 4 CPUs per trial" in capsys.readouterr().err
+    study.cpus_per_trial = 1.0
+    cluster({"CPU": 1.0})
     capsys.readouterr()
     study.address = "10.0.0.1:6379"  # a cluster may grow (autoscaling): one trial at a time, with a warning
     assert distributed_trials_that_fit(study) == 1 and "warning: --num-workers 2: a trial needs 2 CPUs" in capsys.readouterr().err

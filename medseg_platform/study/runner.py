@@ -412,31 +412,34 @@ def distributed_trials_that_fit(study: Study) -> int | None:
 
     A multi-worker trial's Tune function reserves a token CPU (``TUNE_FUNCTION_CPU``) and asks Ray Train for its
     workers only once it runs, so Tune would start as many trials as there are token CPUs, and their worker groups
-    then wait for each other's CPUs forever (2 trials of 2 one-CPU workers on 2 CPUs: neither starts). The cap is the
-    cluster's CPUs (and GPUs) over a trial's whole share, at least 1; ``--max-concurrent`` lowers it further. It
-    compares totals, not nodes: a trial whose workers fit in the totals but on no set of nodes still waits. A local
-    Ray too small for one trial was refused before it started (:func:`check_local_resources`); a cluster that holds
-    none yet (autoscaling) gets a warning and one trial at a time."""
+    then wait for each other's CPUs forever (2 trials of 2 one-CPU workers on 2 CPUs: neither starts). The cap counts
+    the workers each alive node holds (a worker's CPUs and GPUs lie on one node; a trial's workers may spread over
+    nodes) and divides by the workers of a trial, at least 1; ``--max-concurrent`` lowers it further. A local Ray too
+    small for one trial was refused before it started (:func:`check_local_resources`); a cluster that holds none yet
+    (autoscaling) gets a warning and one trial at a time."""
     if study.num_workers <= 1:
         return None
     import ray
 
-    resources = ray.cluster_resources()
-    needs = {"CPU": study.cpus_per_trial * study.num_workers, "GPU": study.gpus_per_trial * study.num_workers}
-    fits = [int(resources.get(kind, 0.0) / amount + 1e-9) for kind, amount in needs.items() if amount > 0]
-    slots = min(fits)
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    per_worker = {kind: amount for kind, amount in (("CPU", study.cpus_per_trial), ("GPU", study.gpus_per_trial)) if amount > 0}
+    workers = sum(min(int(node.get(kind, 0.0) / amount + 1e-9) for kind, amount in per_worker.items()) for node in nodes)
+    slots = workers // study.num_workers
+    totals = {kind: sum(node.get(kind, 0.0) for node in nodes) for kind in per_worker}
     if slots < 1:
-        kind = next(k for k, a in needs.items() if a > 0 and resources.get(k, 0.0) < a)
-        short = (f"--num-workers {study.num_workers}: a trial needs {needs[kind]:g} {kind}s ({study.num_workers} workers x "
-                 f"{needs[kind] / study.num_workers:g}), the Ray cluster has {resources.get(kind, 0.0):g}")
+        need = " and ".join(f"{amount * study.num_workers:g} {kind}s ({study.num_workers} workers x {amount:g})"
+                            for kind, amount in per_worker.items())
+        nodes_text = "; ".join(", ".join(f"{node.get(kind, 0.0):g} {kind}s" for kind in per_worker) for node in nodes) or "none"
+        short = (f"--num-workers {study.num_workers}: a trial needs {need}, the Ray cluster's nodes hold {workers} such "
+                 f"worker(s) (its nodes: {nodes_text})")
         if study.address or os.environ.get("RAY_ADDRESS"):  # an autoscaling cluster may add nodes: Ray decides
             _log(f"warning: {short} now; one trial at a time, waiting for the cluster to grow")
             return 1
         raise ConfigError(f"{short}; use fewer workers or less per worker (--cpus-per-trial/--gpus-per-trial)")
     if study.max_concurrent is None or study.max_concurrent > slots:
-        have = ", ".join(f"{resources.get(k, 0.0):g} {k}s" for k, a in needs.items() if a > 0)
-        need = ", ".join(f"{a:g} {k}s" for k, a in needs.items() if a > 0)
-        _log(f"multi-worker trials: {slots} at once (the cluster's {have} at {need} per trial)")
+        have = ", ".join(f"{totals[kind]:g} {kind}s" for kind in per_worker)
+        need = ", ".join(f"{amount * study.num_workers:g} {kind}s" for kind, amount in per_worker.items())
+        _log(f"multi-worker trials: {slots} at once (the cluster's {have} on {len(nodes)} node(s) at {need} per trial)")
     return slots
 
 
