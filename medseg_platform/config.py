@@ -189,7 +189,7 @@ class TrialConfig:
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective {self.objective!r}: unknown; known objectives: {', '.join(sorted(OBJECTIVES))}")
         try:
-            objective_config(self.objective, dict(self.objective_params))
+            params = objective_config(self.objective, dict(self.objective_params))
         except ValueError as exc:
             raise ConfigError(f"objective {self.objective!r}: {exc}") from None
         if self.model.name not in MODELS:
@@ -198,6 +198,16 @@ class TrialConfig:
             raise ConfigError(f"model.channels {self.model.channels!r}: need five positive widths (encoder levels)")
         if len(d.patch_size) != 2 or any(int(s) < 16 or int(s) % 16 for s in d.patch_size):
             raise ConfigError(f"data.patch_size {d.patch_size!r}: need two sizes that are multiples of 16 (the UNet pools 4 times)")
+        if d.patch_size[0] != d.patch_size[1]:
+            raise ConfigError(f"data.patch_size {d.patch_size!r}: must be square (the weak view's 90-degree rotations and the "
+                              "ISD pretraining windows need H = W, as in the released code's 256x256)")
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (*d.patch_size, *self.model.channels)):
+            raise ConfigError(f"data.patch_size {d.patch_size!r} / model.channels {self.model.channels!r}: sizes and widths must be "
+                              "whole numbers (e.g. [48, 48], [4, 8, 16, 32, 64])")
+        pool = getattr(params, "nn_pool_resolution", "full")
+        if pool != "full" and pool > min(d.patch_size):
+            raise ConfigError(f"objective_params.nn_pool_resolution {pool}: larger than the patch side {min(d.patch_size)} (the NN "
+                              "pool averages the representation map down to g x g; use g <= the patch side, or 'full')")
         if d.num_classes < 2:
             raise ConfigError(f"data.num_classes {d.num_classes}: need at least 2")
         if d.image_resize not in ("nearest", "bicubic"):
@@ -283,8 +293,19 @@ class TrialConfig:
         if self.data.labelled_batch > len(subset.labelled_slices):
             raise ConfigError(
                 f"data.labelled_batch {self.data.labelled_batch}: larger than the labelled set "
-                f"({len(subset.labelled_slices)} slices of {subset.count.patients} patient(s))"
+                f"({len(subset.labelled_slices)} slices of {subset.count.patients} patient(s)); lower it with --set "
+                f"data.labelled_batch={max(1, len(subset.labelled_slices))} or label more patients"
             )
+        if not subset.unlabelled_slices:
+            from methods.registry import OBJECTIVES
+
+            needing = [name for name in (self.objective, *(stage.objective for stage in self.pretrain))
+                       if OBJECTIVES[name].requires_unlabelled]
+            if needing:
+                raise ConfigError(
+                    f"data.labelled {self.data.labelled!r}: labels every training patient of {layout.root} "
+                    f"({subset.count.patients} patient(s), {len(subset.labelled_slices)} slices), so objective {needing[0]!r} has "
+                    "no unlabelled images; label fewer patients (--labelled) or train supervised")
         if not layout.val_cases or not layout.test_cases:
             raise ConfigError(f"{layout.root}: val.list and test.list must each name at least one case")
 

@@ -100,14 +100,15 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     """
     from medseg_platform.data.layout import dataset_class_names
     from medseg_platform.engine import stage_key
-    from medseg_platform.preflight import datasets_of_trials
+    from medseg_platform.preflight import check_class_count, datasets_of_trials
     from medseg_platform.progress import EVALUATION_COST, trial_plan
     from medseg_platform.results import STAGE_FINAL_FILE, pretrain_cache_dir, stage_folder, trial_finished, trial_folder
 
     from medseg_platform.study.runner import check_before_ray, lacks_test_root
 
     trials, _ = check_before_ray(study, dry_run=True)  # validated as Study.run validates them, in the order Tune starts them
-    for root, num_classes in datasets_of_trials(trials):  # the manifest's class names (no data file is read)
+    for root, num_classes in datasets_of_trials(trials):  # the manifest's class count and names (no data file is read)
+        check_class_count(root, num_classes)
         dataset_class_names(root, num_classes)
     study_dir = study.study_dir
     cache = pretrain_cache_dir(study_dir)

@@ -117,14 +117,12 @@ def check_same_classes(root: str | Path, num_classes: int, class_names: Sequence
     The number of classes is known from the manifest (its ``class_names``, or the converter's ``num_classes``); a
     dataset without a manifest gets the default names of ``num_classes`` (its label values are checked when read).
     """
+    from medseg_platform.data.check import manifest_num_classes
     from medseg_platform.data.layout import AcdcLayout
 
     layout = AcdcLayout(root, num_classes)
     ours = f"{num_classes} classes ({', '.join(class_names)} and background)"
-    recorded = layout.manifest.get("class_names")
-    source = layout.manifest.get("source")
-    counted = (len(recorded) + 1 if isinstance(recorded, list)
-               else source.get("num_classes") if isinstance(source, dict) and isinstance(source.get("num_classes"), int) else None)
+    counted = manifest_num_classes(layout.root)
     if counted is not None and counted != num_classes:
         raise DataError(f"{what} {layout.root}: a dataset of {counted} classes, but {reference} has {ours} "
                         "(use a dataset labelled with the same classes)")

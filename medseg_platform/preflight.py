@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from medseg_platform.data.check import check_dataset
+from medseg_platform.data.check import check_dataset, manifest_num_classes
 from medseg_platform.data.layout import MANIFEST, TEST_LIST, TRAIN_LIST, VAL_LIST, AcdcLayout
 from medseg_platform.errors import DataError
 from medseg_platform.io import write_json_atomic
@@ -91,6 +91,15 @@ def datasets_of_trials(trials: Iterable[Mapping]) -> list[tuple[str, int]]:
     return list(dict.fromkeys(pairs))
 
 
+def check_class_count(root: str, num_classes: int) -> None:
+    """A one-line :class:`DataError` when the dataset's manifest records another number of classes than the trials'
+    ``data.num_classes`` (4 unless set): the message says which ``--set`` trains on it."""
+    recorded = manifest_num_classes(root)
+    if recorded is not None and recorded != num_classes:
+        raise DataError(f"{root}: a dataset of {recorded} classes (background included; its {MANIFEST}), but the trials are set "
+                        f"up for data.num_classes = {num_classes}; train on it with --set data.num_classes={recorded}")
+
+
 def preflight_datasets(datasets: Sequence[tuple[str, int]], cache_dir: str | os.PathLike,
                        log: Callable[[str], None] = _stderr) -> None:
     """Check every (root, num_classes) once (cached in ``cache_dir/preflight.json``); one-line DataError on failure.
@@ -101,6 +110,7 @@ def preflight_datasets(datasets: Sequence[tuple[str, int]], cache_dir: str | os.
     cached = _read_cache(cache_path)
     passed: dict[str, dict] = {}
     for root, num_classes in datasets:
+        check_class_count(root, num_classes)
         start = time.perf_counter()
         layout = AcdcLayout(root, num_classes)
         key = dataset_fingerprint(layout)  # before reading: a file changed during the check changes the next key

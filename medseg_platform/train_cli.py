@@ -156,7 +156,8 @@ def build_study(args):
     seed = args.seed if args.seed is not None else int(file_values.get("seed", profile.seeds[0]))
     study = Study(name=args.name or f"train-{name}-{profile.name}", base=base, results_dir=resolve_path(args.results_dir, "--results-dir"),
                   variants=[Variant({"row": row, "order": 0}, {})], grid={"data.labelled": [labelled]}, seeds=(seed,),
-                  cpus_per_trial=profile.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
+                  cpus_per_trial=_cpus_per_trial(profile.cpus_per_trial, args.address), gpus_per_trial=args.gpus_per_trial,
+                  address=args.address,
                   dashboard=not args.no_dashboard, accumulate="medseg train")
     overrides = apply_overrides(study, sets, TRAIN_FLAG_KEYS, rows_hint="")
     if overrides:  # another configuration than the method's or the file's: its own table row in the folder's report
@@ -215,6 +216,16 @@ def settle_row(study, trial: dict) -> None:
         clash = clash or (tags.get("row") == row and _setting(config) != mine)
     if clash:
         study.variants = [type(v)({**v.tags, "row": f"{row} #{mine}"}, v.overrides) for v in study.variants]
+
+
+def _cpus_per_trial(profile_cpus: float, address: str | None) -> float:
+    """The profile's CPUs per trial, at most this machine's on a local Ray (one trial: the paper profile's 4 on a 2-CPU
+    machine would otherwise wait forever for CPUs; the trial still computes with the config's ``threads``)."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return profile_cpus
+    from medseg_platform.plan import available_cpus
+
+    return min(profile_cpus, float(available_cpus()))
 
 
 def train_in_process(study) -> Path:

@@ -26,7 +26,16 @@ def test_round_trip_and_dotted_overrides(tiny_root):
     ({"objective": "mean_teacher", "objective_params": {"ema_momentum": 1.5}}, "ema_momentum"),
     ({"data.labelled_batch": 9}, "larger than the labelled set (6 slices of 1 patient(s))"),
     ({"data.labelled": "0"}, "0 labelled patients"),
+    ({"objective": "mean_teacher", "data.labelled": "100%"}, "labels every training patient of "),  # found only in the trial
+    ({"pretrain": [{"objective": "isd_pretrain", "unlabelled_batch": 3, "objective_params": {"image_size": 32, "window": 16}}],
+      "data.labelled": "100%"},
+     "so objective 'isd_pretrain' has no unlabelled images; label fewer patients (--labelled) or train supervised"),
     ({"data.patch_size": [30, 30]}, "multiples of 16"),
+    ({"data.patch_size": [32, 64]}, "data.patch_size (32, 64): must be square"),  # used to fail inside every trial
+    ({"objective": "mona", "objective_params": {"nn_pool_resolution": 1000}}, "nn_pool_resolution 1000: larger than the patch "
+     "side 32"),  # its pool of 1000 x 1000 rows per entry exhausted the memory
+    ({"data.patch_size": ["32", "32"]}, "sizes and widths must be whole numbers"),
+    ({"model.channels": [4, 8, 16, 32, 64.5]}, "sizes and widths must be whole numbers"),
     ({"optim.lr": 0}, "optim.lr 0.0: must be a finite number > 0"),
     ({"optim.lr": float("nan")}, "optim.lr nan: must be a finite number > 0"),
     ({"optim.lr": float("inf")}, "optim.lr inf: must be a finite number > 0"),

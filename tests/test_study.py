@@ -269,3 +269,19 @@ def test_multi_worker_trials_start_only_as_many_as_the_cluster_holds(tmp_path, m
     check_local_resources(study)
     study.num_workers = 1
     assert distributed_trials_that_fit(study) is None
+
+
+def test_a_single_worker_trial_larger_than_the_local_ray_is_refused_before_ray(tmp_path, monkeypatch):
+    """--cpus-per-trial 4 (or the paper profile's 4 threads) on 2 CPUs: Tune waited forever for a trial it could not
+    start, while the dry run promised one trial at a time."""
+    from medseg_platform.study.runner import check_local_resources
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    study = tiny_study(tmp_path, tmp_path / "results")
+    study.cpus_per_trial, study.num_cpus = 4.0, 2
+    with pytest.raises(ConfigError, match=r"--cpus-per-trial 4: a trial needs 4 CPUs, the local Ray has 2; pass --cpus-per-trial 2"):
+        check_local_resources(study)
+    study.cpus_per_trial = 2.0
+    check_local_resources(study)
+    study.cpus_per_trial, study.address = 4.0, "10.0.0.1:6379"  # a cluster's nodes are not this machine
+    check_local_resources(study)

@@ -122,7 +122,8 @@ def test_a_dry_run_rejects_what_the_run_rejects(tmp_path, phantom_env, capsys, m
         extra, message = ["--test-root", str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'}: dataset root does not exist"
     elif case == "num_classes":  # the manifest's 3 class names; a supervised-only row alone used to pass
         extra = ["--set", "data.num_classes=5", "--rows", "Supervised only"]
-        message = f"{phantom_env}/manifest.json: 'class_names': 3 class name(s) ['RV', 'Myo', 'LV'] for 5 classes"
+        message = (f"{phantom_env}: a dataset of 4 classes (background included; its manifest.json), but the trials are set up "
+                   "for data.num_classes = 5; train on it with --set data.num_classes=4")
     else:
         extra, message = ["--data-root", str(afile)], f"{afile}: is a file, not a dataset root folder (create one with"
     assert study_main("ablation_tailness", results, "--dry-run", *extra) == 2

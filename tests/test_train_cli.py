@@ -154,7 +154,7 @@ def test_in_process_checks_the_data_before_training(tmp_path, phantom_root, caps
     results = tmp_path / "results"
     assert main(["train", "supervised", "--profile", "smoke", "--in-process", "--data-root", str(root),
                  "--results-dir", str(results)]) == 2
-    assert "class_names" in capsys.readouterr().err
+    assert "a dataset of 3 classes (background included; its manifest.json)" in capsys.readouterr().err
     assert not (results / "train-supervised-smoke" / "trials").exists() or not any((results / "train-supervised-smoke" / "trials").iterdir())
 
 

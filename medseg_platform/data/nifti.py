@@ -62,6 +62,9 @@ class NiftiHeader:
     path: Path
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
+    #: voxel (i, j, k) of the storage order -> world mm, 3x4 rows; None when the header records no orientation
+    #: (qform and sform codes 0: nibabel then makes up a diagonal affine, which says nothing about the scanner)
+    world: tuple[tuple[float, ...], ...] | None = None
 
 
 def _load(path: Path):
@@ -118,7 +121,7 @@ def _clean_spacing(value) -> float:
     return float(value)
 
 
-def _xyz_shape(shape: Sequence[int], path: Path) -> tuple[int, int, int]:
+def xyz_shape(shape: Sequence[int], path: Path) -> tuple[int, int, int]:
     """Storage shape as (X, Y, Z): 2-D files are one slice, trailing singleton dimensions are dropped."""
     dims = list(shape)
     while len(dims) > 3 and dims[-1] == 1:
@@ -130,14 +133,65 @@ def _xyz_shape(shape: Sequence[int], path: Path) -> tuple[int, int, int]:
     return int(dims[0]), int(dims[1]), int(dims[2])
 
 
-def read_header(path: str | Path) -> NiftiHeader:
-    """Shape and spacing from the header only (cheap: the voxel data is not read).
+#: millimetres per unit of the header's spatial unit (``xyzt_units``); "unknown" is read as mm, as ITK and SSL4MIS do
+MM_PER_UNIT = {"mm": 1.0, "unknown": 1.0, "micron": 1e-3, "meter": 1e3}
 
-    ``shape`` = (D, H, W) = storage (Z, Y, X); ``spacing`` = (dz, dy, dx) mm, all positive and finite.
+
+def mm_per_unit(img, path: Path) -> float:
+    """Millimetres per unit of ``img``'s spatial unit (ITK converts metres and microns to mm the same way)."""
+    unit = img.header.get_xyzt_units()[0] if hasattr(img.header, "get_xyzt_units") else "unknown"
+    if unit not in MM_PER_UNIT:
+        raise DataError(f"{path}: spatial unit {unit!r} in the header (xyzt_units) is not a length (fix the header)")
+    return MM_PER_UNIT[unit]
+
+
+def voxel_sizes_mm(img, path: Path) -> tuple[float, float, float]:
+    """The header's voxel sizes in mm, storage order (x, y, z); a 2-D file's missing slice thickness is 1 mm."""
+    zooms = list(img.header.get_zooms())[:3]
+    zooms += [1.0] * (3 - len(zooms))
+    scale = mm_per_unit(img, path)
+    return tuple(float(f"{_clean_spacing(v) * scale:.12g}") for v in zooms)  # 0.9 um -> 0.0009 mm, not 0.0009000000000000001
+
+
+def world_mm(img, path: Path) -> tuple[tuple[float, ...], ...] | None:
+    """The voxel-to-world map in mm (3x4 rows of nibabel's affine, scaled by the header's unit); None when the header
+    records no orientation (qform and sform codes both 0)."""
+    header = img.header
+    if not (hasattr(header, "get_qform") and (int(header["qform_code"]) > 0 or int(header["sform_code"]) > 0)):
+        return None
+    affine = np.asarray(img.affine, dtype=np.float64)[:3] * mm_per_unit(img, path)
+    return tuple(tuple(float(v) for v in row) for row in affine)
+
+
+def grid_offset_mm(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], shape_xyz: Sequence[int]) -> float:
+    """How far apart (mm) two voxel-to-world maps put the corners of one (x, y, z) voxel grid: 0 for the same grid, about
+    the volume's extent when one of them is flipped or permuted."""
+    corners = np.array(np.meshgrid(*[(0, n - 1) for n in shape_xyz], indexing="ij")).reshape(3, -1)
+    corners = np.vstack([corners, np.ones(corners.shape[1])])
+    return float(np.abs(np.asarray(a) @ corners - np.asarray(b) @ corners).max())
+
+
+def same_world_grid(a: NiftiHeader, b: NiftiHeader) -> bool:
+    """True unless both headers record an orientation and map the voxel grid to places a tenth of a voxel apart
+    (float rounding of exported headers is far below that; a flip or a reorientation is the whole extent)."""
+    if a.world is None or b.world is None:
+        return True
+    return grid_offset_mm(a.world, b.world, _reverse3(a.shape)) <= 0.1 * min(a.spacing)
+
+
+def _reverse3(shape: Sequence[int]) -> tuple[int, int, int]:
+    return int(shape[2]), int(shape[1]), int(shape[0])
+
+
+def read_header(path: str | Path) -> NiftiHeader:
+    """Shape, spacing and voxel-to-world map from the header only (cheap: the voxel data is not read).
+
+    ``shape`` = (D, H, W) = storage (Z, Y, X); ``spacing`` = (dz, dy, dx) mm, all positive and finite, converted from
+    the header's unit (``xyzt_units``: micron and meter are scaled, unknown is read as mm).
     """
     path = Path(path)
     img = _load(path)
-    x, y, z = _xyz_shape(img.shape, path)
+    x, y, z = xyz_shape(img.shape, path)
     if img.get_data_dtype().kind == "c":
         raise DataError(f"{path}: complex voxel values ({img.get_data_dtype()}); export a real-valued (e.g. magnitude) volume")
     stored = _stored_voxel_sizes(path, img)
@@ -145,10 +199,8 @@ def read_header(path: str | Path) -> NiftiHeader:
     # a negative size is taken as its magnitude (nibabel's rule, as before); a zero one only where the axis has one voxel
     if not all(np.isfinite(stored)) or any(v == 0 and n > 1 for v, n in zip(stored, lengths)):
         raise DataError(f"{path}: header voxel sizes (pixdim) must be non-zero numbers, got {tuple(stored)} (fix the header)")
-    zooms = list(img.header.get_zooms())[:3]
-    zooms += [1.0] * (3 - len(zooms))  # a 2-D file has no slice thickness: use 1 mm
-    dx, dy, dz = (_clean_spacing(v) for v in zooms)
-    return NiftiHeader(path, (z, y, x), (dz, dy, dx))
+    dx, dy, dz = voxel_sizes_mm(img, path)
+    return NiftiHeader(path, (z, y, x), (dz, dy, dx), world_mm(img, path))
 
 
 def source_affine(path: str | Path) -> list[list[float]]:
@@ -252,6 +304,13 @@ def check_same_grid(image: NiftiHeader, label: NiftiHeader) -> None:
         raise DataError(
             f"{label.path}: label voxel size {label.spacing} mm differs from image {image.path.name}'s {image.spacing} "
             "(D, H, W; the pair must be on one grid: fix the label's header or resample it)"
+        )
+    if not same_world_grid(image, label):
+        offset = grid_offset_mm(image.world, label.world, _reverse3(image.shape))
+        raise DataError(
+            f"{label.path}: label is stored in another orientation or position than image {image.path.name} (their affines "
+            f"put the grid's corners up to {offset:.1f} mm apart, e.g. a flipped axis); voxels are paired by index, so "
+            "resample or reorient the label onto the image's grid (same affine) first"
         )
 
 

@@ -22,13 +22,16 @@ def add_cli(subparsers) -> None:
             "Per-case, per-class Dice, Jaccard, HD95 and ASD (directed, prediction to ground truth, as medpy.asd) of\n"
             "predicted label volumes against ground truth. Predictions: .h5 (dataset 'pred' or 'label') or .nii/.nii.gz\n"
             "files; a '_pred' suffix is removed and '*_gt'/'*_img' files are ignored (the released test_2D.py output\n"
-            "folder works as is). Ground truth: such a folder ('_gt' suffix removed) or an SSL4MIS dataset root\n"
+            "folder works as is). Ground truth: such a folder ('_gt' suffix removed; beside a '_gt' file, an unsuffixed\n"
+            "one is its image, as in a convert-nifti raw folder) or an SSL4MIS dataset root\n"
             "(root/data/<case>.h5). Writes per_case.csv, summary.csv and summary.json."
         ),
     )
     parser.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted label volumes")
     parser.add_argument("--gt", required=True, metavar="DIR", help="ground-truth folder or SSL4MIS dataset root")
-    parser.add_argument("--num-classes", type=int, default=4, metavar="K", help="classes including background (default: 4, ACDC)")
+    parser.add_argument("--num-classes", type=int, default=None, metavar="K",
+                        help="classes including background (default: the count the --gt dataset root's manifest records, "
+                             "else 4: ACDC)")
     parser.add_argument("--spacing-from", choices=("gt", "none"), default="gt",
                         help="distances in mm using the ground truth's spacing (gt, default; voxels where it has none) "
                              "or in voxels (none, as the released code and papers)")
@@ -50,13 +53,18 @@ def run(args) -> int:
 
     from medseg_platform.io import check_output_folder
 
+    num_classes = args.num_classes
+    if num_classes is None:  # a dataset root knows its classes: scoring a 3-class dataset as 4 adds an empty class
+        from medseg_platform.data.check import manifest_num_classes
+
+        num_classes = (manifest_num_classes(args.gt) if scoring.is_dataset_root(Path(args.gt).expanduser()) else None) or 4
     out = Path(args.out) if args.out else Path(args.pred) / "evaluation"
     if Path(args.pred).is_dir():  # a missing or wrong --pred gets evaluate_folder's own message
         check_output_folder(out, "--out" if args.out else "--out (default <pred>/evaluation)")
     result = scoring.evaluate_folder(
         args.pred,
         args.gt,
-        num_classes=args.num_classes,
+        num_classes=num_classes,
         spacing_from=args.spacing_from,
         backend=args.metric_backend,
         empty_policy=args.empty_policy,
@@ -66,7 +74,7 @@ def run(args) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     paths = scoring.write_results(result, out)
     n_cases = result.summary["num_cases"]
-    print(f"{n_cases} cases, {args.num_classes - 1} foreground classes, distances in {result.units}, "
+    print(f"{n_cases} cases, {num_classes - 1} foreground classes, distances in {result.units}, "
           f"empty policy {args.empty_policy}, backend {args.metric_backend} ({result.seconds:.2f} s)")
     print(scoring.format_table(result))
     for path in paths.values():

@@ -11,8 +11,9 @@ Predictions: a folder of label volumes, one per case: ``.h5`` (dataset ``pred``,
 Case matching is by file stem (``.h5``/``.nii``/``.nii.gz`` removed). The released ``test_2D.py`` writes
 ``<case>_pred.nii.gz``, ``<case>_gt.nii.gz`` and ``<case>_img.nii.gz`` into one folder, so: in the
 prediction folder a ``_pred`` suffix is removed and ``*_gt``/``*_img`` files are ignored; in a ground-truth
-folder a ``_gt`` suffix is removed and ``*_pred``/``*_img`` files are ignored. The same folder can therefore
-be given as ``--pred`` and ``--gt``. Two files naming the same case are an error. Only the folder's top level
+folder a ``_gt`` suffix is removed and ``*_pred``/``*_img`` files are ignored, and a case with both ``<case>`` and
+``<case>_gt`` (the image and label of a ``medseg data convert-nifti`` raw folder) is scored against the ``_gt`` file.
+The same folder can therefore be given as ``--pred`` and ``--gt``. Two files naming the same case are an error. Only the folder's top level
 is read (the default output folder ``<pred>/evaluation`` is never mistaken for input).
 
 Axis order and spacing
@@ -41,6 +42,7 @@ from typing import Callable
 
 import numpy as np
 
+from medseg_platform.data.nifti import xyz_shape, grid_offset_mm, voxel_sizes_mm, world_mm
 from medseg_platform.errors import ConfigError, DataError
 from medseg_platform.evaluation.metrics import METRICS, check_label_map, check_options, evaluate_case, summarize
 from medseg_platform.io import write_json_atomic, write_text_atomic
@@ -76,6 +78,7 @@ def list_label_files(folder: Path, role: str) -> dict[str, LabelFile]:
     own = _ROLE_SUFFIX[role]
     found: dict[str, list[Path]] = {}
     kinds: dict[Path, str] = {}
+    suffixed: set[Path] = set()  # files named with the role's own suffix (<case>_gt, <case>_pred)
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue
@@ -89,6 +92,12 @@ def list_label_files(folder: Path, role: str) -> dict[str, LabelFile]:
         case = stem[: -len(own)] if companion == own else stem
         found.setdefault(case, []).append(path)
         kinds[path] = kind
+        if companion == own:
+            suffixed.add(path)
+    for case, paths in found.items():  # a raw NIfTI folder holds <case> (the image) beside <case>_gt: the label is the _gt one
+        labelled = [p for p in paths if p in suffixed]
+        if role == "gt" and len(paths) > 1 and len(labelled) == 1:
+            found[case] = labelled
     duplicates = {case: paths for case, paths in found.items() if len(paths) > 1}
     if duplicates:
         case, paths = next(iter(sorted(duplicates.items())))
@@ -97,7 +106,7 @@ def list_label_files(folder: Path, role: str) -> dict[str, LabelFile]:
     return {case: LabelFile(case, paths[0], kinds[paths[0]]) for case, paths in sorted(found.items())}
 
 
-def _is_dataset_root(folder: Path) -> bool:
+def is_dataset_root(folder: Path) -> bool:
     return (folder / "data").is_dir() and any((folder / name).is_file() for name in ("test.list", "val.list", "train_slices.list", "manifest.json"))
 
 
@@ -192,11 +201,27 @@ def _header(file: LabelFile, role: str, reverse: bool) -> tuple[LabelFile, tuple
         spacing_t = tuple(float(s) for s in np.atleast_1d(spacing)) if spacing is not None else None
         return LabelFile(file.case, file.path, file.kind, key, file.layout_spacing), shape, spacing_t
     img = _nifti(file.path)
-    shape = tuple(int(s) for s in img.shape)
-    spacing_t = tuple(float(z) for z in img.header.get_zooms()[: len(shape)])
+    shape = _nifti_shape(img.shape, file.path, as_volume=reverse)
+    spacing_t = (voxel_sizes_mm(img, file.path) + tuple(float(z) for z in img.header.get_zooms()[3:]))[: len(shape)]
     if reverse:
         shape, spacing_t = _reverse(shape), _reverse(spacing_t)
     return file, shape, spacing_t
+
+
+def _nifti_shape(shape: tuple, path: Path, as_volume: bool) -> tuple[int, ...]:
+    """A NIfTI label's array shape in storage order without trailing singleton axes (a (x, y, 1) prediction of a 2-D
+    (x, y) ground truth is the same grid); ``as_volume``: (x, y, z) as the converters store it, for comparing with h5."""
+    if as_volume:
+        return xyz_shape(shape, path)
+    dims = [int(s) for s in shape]
+    while len(dims) > 2 and dims[-1] == 1:
+        dims.pop()
+    return tuple(dims)
+
+
+def _world(file: LabelFile):
+    """A NIfTI file's voxel-to-world map in mm (None for h5, or a header without orientation)."""
+    return world_mm(_nifti(file.path), file.path) if file.kind == "nifti" else None
 
 
 def _nifti(path: Path):
@@ -226,6 +251,7 @@ def read_label_volume(file: LabelFile, reverse: bool = False) -> np.ndarray:
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{file.path}: unreadable NIfTI data ({first}); re-create it") from None
+    data = data.reshape(_nifti_shape(data.shape, file.path, as_volume=reverse))
     if reverse:
         data = np.ascontiguousarray(data.transpose(tuple(range(data.ndim))[::-1]))
     return data
@@ -269,7 +295,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     preds = list_label_files(pred_dir, "pred")
     if not preds:
         raise DataError(f"--pred {pred_dir}: no prediction volumes (.h5, .nii, .nii.gz) found at its top level")
-    root_mode = _is_dataset_root(gt)
+    root_mode = is_dataset_root(gt)
     gts = _root_label_files(gt, list(preds)) if root_mode else list_label_files(gt, "gt")
     missing = [case for case in preds if case not in gts]
     if missing:
@@ -289,6 +315,13 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
         if pshape != gshape:
             raise DataError(f"{case}: prediction {pfile.path.name} has shape {pshape} but ground truth {gfile.path.name} has {gshape} "
                             "(predictions must be at native resolution and in the same axis order)")
+        pworld, gworld = (_world(pfile), _world(gfile)) if pfile.kind == gfile.kind == "nifti" else (None, None)
+        if pworld is not None and gworld is not None:
+            offset = grid_offset_mm(pworld, gworld, xyz_shape(gshape, gfile.path))
+            if offset > 0.1 * min(voxel_sizes_mm(_nifti(gfile.path), gfile.path)):
+                raise DataError(f"{case}: prediction {pfile.path.name} lies on another voxel grid than ground truth {gfile.path.name} "
+                                f"(their affines put the grid's corners up to {offset:.1f} mm apart, e.g. a reoriented or flipped "
+                                "volume); voxels are compared by index, so write the prediction with the ground truth's affine")
         spacing = gt_spacing if spacing_from == "gt" else None
         if spacing is not None and (len(spacing) != len(gshape) or not all(math.isfinite(v) and v > 0 for v in spacing)):
             raise DataError(f"{gfile.path}: spacing {spacing} is not {len(gshape)} positive numbers for a {len(gshape)}-D volume "

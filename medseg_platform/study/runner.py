@@ -126,19 +126,23 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
 
 
 def check_local_resources(study: Study) -> None:
-    """A local Ray (no ``--address``/RAY_ADDRESS) must hold one whole multi-worker trial: its CPUs are this machine's
-    (or ``num_cpus``), and such a trial reserves ``num_workers x cpus_per_trial`` of them; its worker group would
-    otherwise wait forever. One-line :class:`ConfigError` before Ray starts (also in ``--dry-run``)."""
-    if study.num_workers <= 1 or study.address or os.environ.get("RAY_ADDRESS"):
+    """A local Ray (no ``--address``/RAY_ADDRESS) must hold one whole trial: its CPUs are this machine's (or
+    ``num_cpus``), and a trial reserves ``num_workers x cpus_per_trial`` of them; Tune would otherwise wait forever for
+    a trial it can never start (``--cpus-per-trial 4``, or the paper profile's 4 threads, on 2 CPUs). One-line
+    :class:`ConfigError` before Ray starts (also in ``--dry-run``)."""
+    if study.address or os.environ.get("RAY_ADDRESS"):
         return
     from medseg_platform.plan import available_cpus
 
     cpus = study.num_cpus or available_cpus()
     need = study.cpus_per_trial * study.num_workers
-    if need > cpus + 1e-9:
+    if need > cpus + 1e-9 and study.num_workers > 1:
         raise ConfigError(f"--num-workers {study.num_workers}: a trial needs {need:g} CPUs ({study.num_workers} workers x "
                           f"{study.cpus_per_trial:g}), the local Ray has {cpus}; use fewer workers or less per worker "
                           "(--cpus-per-trial)")
+    if need > cpus + 1e-9:
+        raise ConfigError(f"--cpus-per-trial {study.cpus_per_trial:g}: a trial needs {need:g} CPUs, the local Ray has {cpus}; "
+                          f"pass --cpus-per-trial {cpus} or less (a trial computes with --set threads=N threads)")
 
 
 def check_test_root(study: Study, trials: list[dict]) -> list[tuple[str, int]]:

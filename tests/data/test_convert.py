@@ -462,3 +462,32 @@ def test_stored_voxel_sizes_negative_counts_as_magnitude_and_zero_only_along_one
     assert read_header(patched("one_slice.nii.gz", (16, 20, 1), 3, 0.0)).spacing == (1.0, 1.25, 1.5)
     with pytest.raises(DataError, match=r"pixdim\) must be non-zero numbers, got \(1.5, 0.0, 10.0\)"):
         read_header(patched("zero.nii.gz", SHAPE_XYZ, 2, 0.0))
+
+
+def test_a_label_stored_in_another_orientation_is_refused_and_other_units_become_mm(tmp_path):
+    """Voxels of a pair are matched by index: a label stored x-flipped (with an affine that says so) is the same anatomy
+    in the world but a mirrored label map by index, and used to be converted as such. A header in microns used to be
+    recorded as mm (1000x distances)."""
+    image, label = fake_pair(np.random.default_rng(0))
+    raw = tmp_path / "raw"
+    for case in ("a", "b", "c"):
+        save_nifti(raw / f"{case}.nii.gz", image)
+    flipped = np.diag([*ZOOMS_XYZ, 1.0])
+    flipped[0, 0], flipped[0, 3] = -ZOOMS_XYZ[0], (SHAPE_XYZ[0] - 1) * ZOOMS_XYZ[0]  # index i lies where the image's 15 - i does
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(label[::-1]), flipped), raw / "a_gt.nii.gz")
+    save_nifti(raw / "b_gt.nii.gz", label)
+    save_nifti(raw / "c_gt.nii.gz", label)
+    with pytest.raises(DataError, match=r"a_gt.nii.gz: label is stored in another orientation or position than image a.nii.gz "
+                                        r"\(their affines put the grid's corners up to 22.5 mm apart"):
+        convert_nifti(raw, tmp_path / "out", "*.nii.gz", "_gt", 4, SplitSpec(kind="random", val_count=1, test_count=1))
+    assert not (tmp_path / "out").exists()
+    bare = nib.Nifti1Image(label, None)  # no orientation recorded (qform and sform codes 0): paired by index, as SSL4MIS did
+    bare.header.set_zooms(ZOOMS_XYZ)
+    nib.save(bare, raw / "a_gt.nii.gz")
+    assert read_header(raw / "a_gt.nii.gz").world is None and read_header(raw / "a.nii.gz").world is not None
+    convert_nifti(raw, tmp_path / "out", "*.nii.gz", "_gt", 4, SplitSpec(kind="random", val_count=1, test_count=1))
+    micron = nib.load(raw / "b.nii.gz")
+    micron.header.set_xyzt_units("micron")
+    nib.save(micron, tmp_path / "micron.nii.gz")
+    assert read_header(tmp_path / "micron.nii.gz").spacing == (0.01, 0.00125, 0.0015)
+    assert read_header(raw / "b.nii.gz").spacing == SPACING_DHW

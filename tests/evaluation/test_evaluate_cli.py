@@ -240,3 +240,63 @@ def test_cases_without_a_prediction_are_named_in_a_warning(tiny_root, tmp_path, 
     rc, _, err = run(["evaluate", "--pred", str(preds_dir), "--gt", str(gt_dir), "--quiet", "--out", str(tmp_path / "ev2")],
                      capsys)
     assert rc == 0 and f"1 of the 2 cases of {gt_dir} have no prediction" in err
+
+
+def test_nifti_grids_are_compared_in_the_world_and_a_2d_ground_truth_takes_a_one_slice_prediction(tmp_path, capsys):
+    """Both sides NIfTI: a prediction written in another voxel order (the same anatomy, as nibabel's as_closest_canonical
+    writes it) used to score Dice 0 silently; a (x, y, 1) prediction of a 2-D (x, y) label was refused for its shape."""
+    rng = np.random.default_rng(0)
+    gt = np.zeros((12, 10, 4), np.uint8)
+    gt[2:9, 3:8, 1:3] = 1
+    gt[4:7, 4:6, 1:3] = 2
+    affine = np.diag([1.5, 1.25, 5.0, 1.0])
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir(), pred_dir.mkdir()
+    nib.save(nib.Nifti1Image(gt, affine), gt_dir / "c1_gt.nii.gz")
+    flipped = affine.copy()
+    flipped[0, 0], flipped[0, 3] = -1.5, 11 * 1.5
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(gt[::-1]), flipped), pred_dir / "c1.nii.gz")  # perfect, stored x-reversed
+    err = one_line_error(capsys, ["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", "3"])
+    assert err.startswith("error: c1: prediction c1.nii.gz lies on another voxel grid than ground truth c1_gt.nii.gz (their "
+                          "affines put the grid's corners up to 16.5 mm apart")
+    nib.save(nib.Nifti1Image(gt, affine), pred_dir / "c1.nii.gz")
+    rc, out, err = run(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", "3", "--quiet"], capsys)
+    assert rc == 0 and [float(r["dice"]) for r in read_rows(pred_dir / "evaluation" / "per_case.csv")] == [1.0, 1.0]
+
+    nib.save(nib.Nifti1Image(gt.astype(np.float32) / 2, affine), gt_dir / "c1.nii.gz")  # a convert-nifti raw folder: image + _gt
+    rc, out, err = run(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", "3", "--quiet"], capsys)
+    assert rc == 0, err  # scored against c1_gt (it used to ask to keep one file per case)
+    (gt_dir / "c1.nii.gz").unlink()
+
+    flat = gt[:, :, 1]  # a 2-D label and the (x, y, 1) volume a converter's round trip writes for it
+    pred = flat.copy()
+    pred[rng.random(pred.shape) < 0.2] = 0
+    nib.save(nib.Nifti1Image(flat, affine), gt_dir / "c1_gt.nii.gz")
+    nib.save(nib.Nifti1Image(pred[:, :, None], affine), pred_dir / "c1.nii.gz")
+    rc, out, err = run(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", "3", "--quiet"], capsys)
+    assert rc == 0, err
+    row = read_rows(pred_dir / "evaluation" / "per_case.csv")[0]
+    assert float(row["hd95"]) == pytest.approx(mb.hd95(pred == 1, flat == 1, voxelspacing=(1.5, 1.25)), abs=1e-9)
+
+
+def test_the_number_of_classes_of_a_dataset_root_comes_from_its_manifest(tiny_root, tmp_path, capsys):
+    """A 3-class dataset scored with the default 4 classes got an empty class 3 (0 under --empty-policy released), which
+    pulled the mean down; a dataset root's manifest now sets the count unless --num-classes is given."""
+    from medseg_platform.data.layout import write_manifest
+
+    preds = write_h5_preds(tiny_root, tmp_path / "preds")
+    for case, pred in preds.items():
+        with h5py.File(tiny_root / "data" / f"{case}.h5", "r+") as fh:
+            label = fh["label"][()]
+            label[label == 3] = 0
+            fh["label"][...] = label
+        pred[pred == 3] = 0
+        with h5py.File(tmp_path / "preds" / f"{case}.h5", "w") as fh:
+            fh["pred"] = pred
+    write_manifest(tiny_root, {"converter": "test"}, {}, class_names=["liver", "tumour"])
+    rc, out, err = run(["evaluate", "--pred", str(tmp_path / "preds"), "--gt", str(tiny_root), "--empty-policy", "released",
+                        "--quiet"], capsys)
+    assert rc == 0, err
+    assert "2 cases, 2 foreground classes" in out
+    assert sorted({r["class"] for r in read_rows(tmp_path / "preds" / "evaluation" / "per_case.csv")}) == ["1", "2"]
+    assert json.loads((tmp_path / "preds" / "evaluation" / "summary.json").read_text())["num_classes"] == 3
