@@ -360,7 +360,7 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
     plots: list[PlotFile] = []
     samples, search_problem = None, []
     if info.get("search"):
-        from analysis.search import unfinished_search, write_search_summary
+        from analysis.search import missing_results, unfinished_search, write_search_summary
 
         try:
             search_files, _, samples = write_search_summary(study_dir)
@@ -370,6 +370,7 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
         unfinished = unfinished_search(samples or [], int(info.get("num_samples") or 0)) if samples is not None else ""
         if unfinished:  # stopped (Ctrl-C, SIGTERM): best_config.json is the best so far
             search_problem.append(unfinished)
+        search_problem += missing_results(samples or [])
     records, problems, missing = study_records(study_dir, info, {s.key for s in samples} if samples is not None else None)
     problems = [*problems, *search_problem, *health_problems(trial_health(records))]
     if records:

@@ -9,7 +9,7 @@ Outputs (written atomically into the study dir):
 
 * ``search_history.csv``: one row per sample: ``order`` (1-based, proposal order), ``trial_id`` (Tune's),
   ``trial_key`` (the trial folder), ``status`` (``completed`` | ``stopped early`` (ASHA) | ``errored`` |
-  ``unfinished``), one column per searched key (the sampled value), ``last_step`` (the last training step
+  ``unfinished`` | ``result missing``: it finished, but its ``result.json`` is gone or unreadable), one column per searched key (the sampled value), ``last_step`` (the last training step
   reported), ``best_val_dice`` (best validation mean Dice; for a stopped trial the best it reached before
   it was stopped), ``test_dice`` (test mean Dice of the selected weights; completed trials only),
   ``error`` (errored trials).
@@ -109,6 +109,8 @@ def samples_from_trials(study_dir: Path, tune_trials: Sequence[Any]) -> list[Sam
                 error = str(json.loads(error_file.read_text(encoding="utf-8")).get("error", ""))
             except (OSError, json.JSONDecodeError, AttributeError):
                 error = str(getattr(trial, "error_file", "") or "")
+        elif trial.status == "TERMINATED" and last.get("done"):  # its final report came after the result files were written
+            status = "result missing"
         elif trial.status == "TERMINATED":
             status = "stopped early"
         else:
@@ -128,6 +130,15 @@ def unfinished_search(samples: Sequence[Sample], num_samples: int) -> str:
     if ended >= num_samples:
         return ""
     return f"search unfinished: {ended} of {num_samples} samples ended; rerun the study command to finish it"
+
+
+def missing_results(samples: Sequence[Sample]) -> list[str]:
+    """Problem lines for samples that finished in Tune but whose result files are gone or unreadable: they are out of
+    the tables and the best configuration, and a rerun does not train them again (the restored experiment holds them
+    as ended)."""
+    return [f"search sample {s.order} ({s.key}) finished but its result.json is missing or unreadable: it is left out of "
+            "the tables and the best configuration; restore the trial folder, or run the search again under a new --name"
+            for s in samples if s.status == "result missing"]
 
 
 def best_sample(samples: list[Sample]) -> Sample | None:

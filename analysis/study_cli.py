@@ -36,6 +36,13 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
     ``parser``: a parser from :func:`study_parser` that a study script extended with its own flags
     (default: ``study_parser(description, default_name)``).
     """
+    from medseg_platform.study.ray_runtime import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # a kill at any moment (before Ray, while writing the report) takes the Ctrl-C path
+        return _run_study_main(description, default_name, build, argv, parser)
+
+
+def _run_study_main(description, default_name, build, argv, parser) -> int:
     from medseg_platform.study import Study
 
     parser = parser or study_parser(description, default_name)

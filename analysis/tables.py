@@ -483,6 +483,11 @@ def _seeds_sentence(table: WideTable) -> str:
         return "No cell has a value."
     if distinct == [1]:
         return "One seed per cell: the mean over its test cases (no std)."
+    seeds = [seed for seed in table.settings.get("seeds", []) if seed != UNKNOWN]
+    if seeds and distinct[-1] > len(seeds):  # more trials in a cell than seeds in the table: a search's samples
+        spread = f"{distinct[0]}" if len(distinct) == 1 else f"{distinct[0]}\u2013{distinct[-1]}"
+        return (f"Mean \u00b1 sample std (ddof=1) over the trials of a cell, {spread} per cell: search samples, whose "
+                "hyper-parameters differ (the std is their spread, not seed noise); per trial, the mean over test cases.")
     phrase = f"{distinct[0]} seeds per cell" if len(distinct) == 1 else f"{distinct[0]}\u2013{distinct[-1]} seeds per cell"
     if distinct[0] == 1:
         phrase += f"; a cell without \u00b1 is from a single seed ({counts.count(1)} of {len(counts)} cells)"

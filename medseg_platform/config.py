@@ -174,10 +174,15 @@ class TrialConfig:
         return _build(cls, nested, "config")
 
     def replace(self, **dotted: Any) -> "TrialConfig":
-        """A copy with dotted-key overrides, e.g. ``cfg.replace(**{"optim.lr": 0.1, "seed": 2})``."""
+        """A copy with dotted-key overrides, e.g. ``cfg.replace(**{"optim.lr": 0.1, "seed": 2})``. A section given as a
+        dict (``eval={"empty_policy": "nan"}``) changes only the fields it names, as the dotted keys do (it used to reset
+        the section's other fields to the dataclass defaults: the paper sizes, under a quick profile)."""
         merged = self.to_dict()
         for key, value in dotted.items():
-            merged[key] = value
+            if key in _SECTION_NAMES and isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
         return TrialConfig.from_dict(merged)
 
     # -- validation --------------------------------------------------------------------------
@@ -252,6 +257,10 @@ class TrialConfig:
                               "of it, so larger seeds would repeat smaller ones)")
         if d.labelled_seed is not None and d.labelled_seed < 0:
             raise ConfigError(f"data.labelled_seed {d.labelled_seed}: must be >= 0 (or None: the trial seed)")
+        if d.labelled_seed is not None and d.labelled_strategy != "random":
+            raise ConfigError(f"data.labelled_seed {d.labelled_seed}: only the 'random' labelled_strategy draws patients (this one "
+                              f"is {d.labelled_strategy!r}, which would train the same subset under a new trial key); set "
+                              "data.labelled_strategy=random or drop it")
         if self.threads < 1:
             raise ConfigError(f"threads {self.threads}: must be >= 1")
         if self.conv_kernels not in CONV_KERNELS:
@@ -263,7 +272,10 @@ class TrialConfig:
             try:
                 objective_config(stage.objective, dict(stage.objective_params))
             except ValueError as exc:
-                raise ConfigError(f"{where} ({stage.objective}): {exc}") from None
+                small = (f"; its sizes follow the patch (window a quarter of it): the contrastive methods need data.patch_size "
+                         f"of at least 32, not {d.patch_size[0]}" if stage.objective == "isd_pretrain" and d.patch_size
+                         and int(d.patch_size[0]) < 32 else "")
+                raise ConfigError(f"{where} ({stage.objective}): {exc}{small}") from None
             if stage.max_steps < 1 or stage.labelled_batch < 1 or stage.unlabelled_batch < 0 or stage.checkpoint_every < 1:
                 raise ConfigError(f"{where}: max_steps, labelled_batch and checkpoint_every must be >= 1, unlabelled_batch >= 0")
             if not stage.lr > 0 or stage.weight_decay < 0 or not 0 <= stage.momentum < 1 or stage.poly_power < 0:
@@ -308,6 +320,12 @@ class TrialConfig:
                     "no unlabelled images; label fewer patients (--labelled) or train supervised")
         if not layout.val_cases or not layout.test_cases:
             raise ConfigError(f"{layout.root}: val.list and test.list must each name at least one case")
+        if self.eval.val_cases > len(layout.val_cases):
+            raise ConfigError(f"eval.val_cases {self.eval.val_cases}: {layout.root} has {len(layout.val_cases)} val case(s); use 0 "
+                              f"(all of them) or at most {len(layout.val_cases)}")
+
+
+_SECTION_NAMES = ("data", "model", "optim", "eval")  # TrialConfig's dataclass sections
 
 
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:

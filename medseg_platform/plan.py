@@ -80,6 +80,7 @@ class StudyPlan:
     slots: int  # trials at once
     slots_source: str
     unit: UnitSeconds
+    samples_ended: int = 0  # a search: samples its Tune experiment already ended (a rerun does not train them)
 
     @property
     def total_units(self) -> float:
@@ -104,12 +105,13 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     from medseg_platform.progress import EVALUATION_COST, trial_plan
     from medseg_platform.results import STAGE_FINAL_FILE, pretrain_cache_dir, stage_folder, trial_finished, trial_folder
 
-    from medseg_platform.study.runner import check_before_ray, lacks_test_root
+    from medseg_platform.study.runner import check_before_ray, check_trained_on_this_data, lacks_test_root, searched_samples_ended
 
     trials, _ = check_before_ray(study, dry_run=True)  # validated as Study.run validates them, in the order Tune starts them
     for root, num_classes in datasets_of_trials(trials):  # the manifest's class count and names (no data file is read)
         check_class_count(root, num_classes)
         dataset_class_names(root, num_classes)
+    check_trained_on_this_data(study, trials)
     study_dir = study.study_dir
     cache = pretrain_cache_dir(study_dir)
     search = study.search_space is not None
@@ -117,6 +119,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     charged: set[str] = set()
     subsets: dict[str, Any] = {}
     planned = []
+    ended = searched_samples_ended(study, trials) if search else 0
     for index, trial in enumerate(trials):
         cfg = TrialConfig.from_dict(trial["config"])
         phases = trial_plan(trial["config"], trial["key"])
@@ -125,12 +128,14 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
         if not search and trial_finished(trial_folder(study_dir, trial["key"])):
             status = TO_SCORE if lacks_test_root(study, trial_folder(study_dir, trial["key"])) else FINISHED
             runs = (EVALUATION_COST,) if status == TO_SCORE else ()
+        elif search and ended >= samples:
+            status, runs = FINISHED, ()
         else:
             status = CACHED if keys and all(cached) else TO_RUN
             stages = sum(phase.units for phase, key, hit in zip(phases.stages, keys, cached) if not hit and key not in charged)
             charged.update(keys)
             run = phases.fine_tuning.units + phases.evaluations * EVALUATION_COST
-            runs = (stages + run,) + (run,) * (samples - 1)
+            runs = (stages + run,) + (run,) * (samples - ended - 1)
         tags = trial["tags"]
         planned.append((tags.get("order", math.inf), index, PlannedTrial(str(tags.get("row", cfg.objective)), cfg.data.labelled,
                                                                            cfg.seed, trial["key"], status, runs)))
@@ -143,7 +148,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
         if first and slots > 1 and study.gpus_per_trial == 0 and study.address is None:
             unit = UnitSeconds(unit.seconds * SHARED_CORES_SLOWDOWN,
                                f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores")
-    return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit)
+    return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit, ended)
 
 
 def _subset(cfg: TrialConfig, cache: dict):
@@ -253,7 +258,9 @@ def format_plan(plan: StudyPlan) -> str:
     lines.append(f"Estimated wall time: {_duration(plan.wall_s)} with {plan.slots} trial(s) at once ({plan.slots_source}), "
                  f"plus about {STARTUP_S:.0f} s of start-up")
     if plan.samples > 1:
-        lines.append(f"Search: {plan.samples} samples of one configuration; an upper bound (ASHA stops weak samples early)")
+        done = ("" if not plan.samples_ended else ", all of them already ended (a rerun only rebuilds the outputs)"
+                if plan.samples_ended >= plan.samples else f", {plan.samples_ended} of them already ended (a rerun resumes the rest)")
+        lines.append(f"Search: {plan.samples} samples of one configuration{done}; an upper bound (ASHA stops weak samples early)")
     lines.append(f"Cost units: supervised fine-tuning steps, from the step-cost priors of medseg_platform/progress.py (an "
                  f"evaluation pass = {EVALUATION_COST:g} units; a cached pretraining stage costs nothing, a shared one is counted "
                  f"once; each trial's set-up is not counted); 1 unit = {plan.unit.seconds * 1000:.1f} ms, {plan.unit.source}")

@@ -187,6 +187,10 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
     cases = split_cases(layout, split)
     if not cases:
         raise DataError(f"--data-root {layout.root}: the {split} split names no case")
+    absent = [case for case in cases if not layout.volume_path(case).is_file()]
+    if absent:  # before the model is loaded and any prediction written (a partial folder without prediction.json)
+        raise DataError(f"--data-root {layout.root}: {len(absent)} of the {split} split's {len(cases)} volume(s) are missing, e.g. "
+                        f"{layout.volume_path(absent[0])} ('medseg data check {layout.root}' lists every problem)")
     out = Path(out).expanduser().resolve()
     if out == layout.root or layout.root in out.parents:
         raise MedsegError(f"--out {out}: inside the dataset {layout.root}; write predictions somewhere else")

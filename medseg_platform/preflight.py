@@ -63,6 +63,32 @@ def dataset_fingerprint(layout: AcdcLayout) -> str:
     return hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()
 
 
+def dataset_identity(root: str | os.PathLike, num_classes: int = 4) -> str | None:
+    """What a trial trained on, recorded with its result and with each pretraining stage: the SHA-256 of the content
+    checksums a converter's or the phantom's manifest records (``sha256``, every data and list file) with its class
+    names, else (a released folder without them) of the three lists' bytes and the sizes of every file a trial reads.
+    No file times and no package version: a dataset converted or generated again with the same content keeps it on
+    every node, one converted again with other data gets another. None when ``root`` is no folder."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    layout = AcdcLayout(root, num_classes)
+    manifest = layout.manifest
+    if isinstance(manifest.get("sha256"), dict) and manifest["sha256"]:
+        content: object = {"sha256": manifest["sha256"], "class_names": manifest.get("class_names")}
+    else:
+        def size(path: Path) -> int | None:
+            try:
+                return os.stat(path).st_size
+            except OSError:
+                return None
+
+        lists = [(root / name).read_text(encoding="utf-8") if (root / name).is_file() else None
+                 for name in (TRAIN_LIST, VAL_LIST, TEST_LIST)]
+        content = {"lists": lists, "sizes": [[p.relative_to(root).as_posix(), size(p)] for p in files_read_by_trials(layout)]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def check_for_trials(layout: AcdcLayout) -> tuple[str, ...]:
     """Check one dataset with :func:`check_dataset`; returns its class names.
 

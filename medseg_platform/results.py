@@ -86,6 +86,7 @@ CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "checkpoint.pt"
 #: a finished pretraining stage's state, in its folder
 STAGE_FINAL_FILE = "final.pt"
+STAGE_DATA_FILE = "data.json"  # beside a stage's final.pt: the dataset root and identity it was trained on
 #: where a trial run outside a study (no shared cache) keeps its pretraining stages
 OWN_PRETRAIN_DIR = "pretrain"
 
@@ -204,6 +205,17 @@ def dataset_class_names_record(config: Mapping[str, Any]) -> dict[str, list[str]
     return {"class_names": list(dataset_class_names(root, int(data.get("num_classes", 4))))}
 
 
+def dataset_identity_record(config: Mapping[str, Any]) -> dict[str, str]:
+    """``{"data_identity": ...}`` of the trial's dataset (:func:`medseg_platform.preflight.dataset_identity`): a study
+    that finds a finished trial trained on another version of its dataset says so instead of mixing the two; {} when
+    the config names no existing dataset folder."""
+    from medseg_platform.preflight import dataset_identity
+
+    data = config.get("data") or {}
+    identity = dataset_identity(data["root"], int(data.get("num_classes", 4))) if data.get("root") else None
+    return {"data_identity": identity} if identity else {}
+
+
 def write_trial_config(trial_dir: Path, config: Mapping[str, Any], tags: Mapping[str, Any]) -> None:
     """``config.json``: the trial's resolved config and its study tags (written when the trial starts, and again with
     its results)."""
@@ -243,6 +255,7 @@ def write_trial_results(trial_dir: Path, *, config: Mapping[str, Any], tags: Map
         "attempts": max(1, read_attempts(trial_dir)["attempts"]),  # 1 when run outside a study (no attempts.json)
         "finished_at": time.time(),  # epoch seconds: orders a search's trials in its history plot
         **dataset_class_names_record(config),
+        **dataset_identity_record(config),
         **dict(getattr(outcome, "extra", None) or {}),
         **dict(extra or {}),
     }

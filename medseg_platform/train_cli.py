@@ -243,13 +243,14 @@ def train_in_process(study) -> Path:
     from medseg_platform.preflight import datasets_of_trials, preflight_datasets
     from medseg_platform.results import (ERROR_FILE, STUDY_FILE, pretrain_cache_dir, start_attempt, trial_finished, trial_folder,
                                          write_trial_config, write_trial_error)
-    from medseg_platform.study.runner import check_before_ray
+    from medseg_platform.study.runner import check_before_ray, check_trained_on_this_data
     from medseg_platform.study.trainable import train_and_record
 
     import torch
 
     trials, _ = check_before_ray(study, in_process_cuda=torch.cuda.is_available())
     preflight_datasets(datasets_of_trials(trials), study.study_dir)
+    check_trained_on_this_data(study, trials)
     trial, study_dir = trials[0], study.study_dir
     trial_dir = trial_folder(study_dir, trial["key"])
     write_json_atomic(study_dir / STUDY_FILE, study.description(trials))

@@ -112,8 +112,8 @@ def main(argv=None) -> int:
         return built[-1]
 
     code = run_study_main(__doc__, "hparam_search", build_and_keep, argv=argv, parser=parser())
-    if code == 2 or not built or any(dry_run) or not (built[0].study_dir / STUDY_FILE).is_file():
-        return code  # a bad flag or config, or a dry run: nothing ran
+    if code in (2, 130) or not built or any(dry_run) or not (built[0].study_dir / STUDY_FILE).is_file():
+        return code  # a bad flag or config, a dry run, or interrupted before Tune ran: no search to summarise
     try:  # run_study_main's report already wrote search_history.csv / best_config.json; print from the same data
         samples = load_samples(built[0].study_dir)
         best = best_sample(samples)
@@ -121,9 +121,13 @@ def main(argv=None) -> int:
     except MedsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    counts = {status: sum(s.status == status for s in samples) for status in ("completed", "stopped early", "errored", "unfinished")}
+    counts = {status: sum(s.status == status for s in samples)
+              for status in ("completed", "stopped early", "errored", "unfinished", "result missing")}
     wanted = built[0].num_samples
     print(f"search: {len(samples)} of {wanted} samples (" + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ")")
+    if counts["errored"]:  # unlike a grid study's: the restored experiment holds them as ended, its sampler has moved on
+        print(f"note: a rerun does not train the {counts['errored']} errored sample(s) again; after fixing the cause, run the "
+              "search again under a new --name (search_history.csv has each sample's error)")
     partial = code != 0 or unfinished_search(samples, wanted)  # stopped: rerun the command to finish it
     if best is not None:
         values = ", ".join(f"{key.split('.')[-1]}={value:.4g}" for key, value in best.values.items())

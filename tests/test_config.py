@@ -16,6 +16,10 @@ def test_round_trip_and_dotted_overrides(tiny_root):
     assert c.optim.lr == 0.1 and c.data.patch_size == (32, 32)
     assert TrialConfig.from_dict(c.to_dict()) == c
     assert c.replace(**{"objective_params.rampup_steps": 5}).objective_params == {"consistency_weight": 0.3, "rampup_steps": 5}
+    # a section as a dict changes the fields it names only (it used to reset the others to the paper defaults)
+    d = c.replace(data={"labelled": "3"}, eval={"empty_policy": "released"})
+    assert d.data.patch_size == (32, 32) and d.data.labelled == "3" and d.eval.empty_policy == "released"
+    assert d.eval.val_every == c.eval.val_every and d == c.replace(**{"data.labelled": "3", "eval.empty_policy": "released"})
     c.validate()
 
 
@@ -26,12 +30,16 @@ def test_round_trip_and_dotted_overrides(tiny_root):
     ({"objective": "mean_teacher", "objective_params": {"ema_momentum": 1.5}}, "ema_momentum"),
     ({"data.labelled_batch": 9}, "larger than the labelled set (6 slices of 1 patient(s))"),
     ({"data.labelled": "0"}, "0 labelled patients"),
+    ({"data.labelled_seed": 5}, "data.labelled_seed 5: only the 'random' labelled_strategy draws patients"),  # a dead knob
+    ({"eval.val_cases": 99}, "eval.val_cases 99: "),  # silently capped at the val cases there are, under a new key
     ({"objective": "mean_teacher", "data.labelled": "100%"}, "labels every training patient of "),  # found only in the trial
     ({"pretrain": [{"objective": "isd_pretrain", "unlabelled_batch": 3, "objective_params": {"image_size": 32, "window": 16}}],
       "data.labelled": "100%"},
      "so objective 'isd_pretrain' has no unlabelled images; label fewer patients (--labelled) or train supervised"),
     ({"data.patch_size": [30, 30]}, "multiples of 16"),
     ({"data.patch_size": [32, 64]}, "data.patch_size (32, 64): must be square"),  # used to fail inside every trial
+    ({"data.patch_size": [16, 16], "pretrain": [{"objective": "isd_pretrain", "unlabelled_batch": 3, "objective_params":
+      {"image_size": 16, "window": 4}}]}, "the contrastive methods need data.patch_size of at least 32, not 16"),
     ({"objective": "mona", "objective_params": {"nn_pool_resolution": 1000}}, "nn_pool_resolution 1000: larger than the patch "
      "side 32"),  # its pool of 1000 x 1000 rows per entry exhausted the memory
     ({"data.patch_size": ["32", "32"]}, "sizes and widths must be whole numbers"),

@@ -219,3 +219,18 @@ def test_a_dataset_with_other_classes_is_a_one_line_error(trained, tmp_path, cap
     assert main(["predict", "--trial", str(trial), "--data-root", str(other), "--out", str(out)]) == 2
     assert one_line_error(capsys) == f"error: --data-root {other}: {message.format(key=trial.name)}\n"
     assert not out.exists()
+
+
+def test_a_missing_volume_is_a_one_line_error_before_any_prediction(trained, tmp_path, capsys):
+    """It used to predict the cases before it, then fail, leaving a folder without prediction.json."""
+    import shutil
+
+    root, trial = trained
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy)
+    last = (copy / "test.list").read_text().split()[-1]
+    (copy / "data" / f"{last}.h5").unlink()
+    out = tmp_path / "preds"
+    assert main(["predict", "--trial", str(trial), "--data-root", str(copy), "--out", str(out)]) == 2
+    assert one_line_error(capsys).startswith(f"error: --data-root {copy}: 1 of the test split's ")
+    assert not out.exists()

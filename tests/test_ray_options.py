@@ -192,3 +192,28 @@ def test_an_optuna_storage_that_is_no_journal_or_lies_below_a_file_is_refused(ti
     study = _study(tiny_root, tmp_path / "results", search_space={"optim.lr": tune.loguniform(1e-3, 1e-1)}, num_samples=2,
                    dashboard=False, optuna_storage=tmp_path / "empty.log")
     check_ray_options(study)  # an empty file is a journal Optuna starts
+
+
+def test_a_kill_outside_tunes_run_takes_the_ctrl_c_path(monkeypatch):
+    """ray.init makes SIGTERM a silent sys.exit(15): a kill while Ray started (or while the report was written) ended
+    the study command with exit code 15 and no message. Now it is a KeyboardInterrupt (the command's Ctrl-C path)."""
+    import signal
+
+    import ray
+
+    from medseg_platform.study.ray_runtime import init_ray, sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with sigterm_as_interrupt():
+            signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before  # put back after the command
+
+    def killed_while_starting(**kwargs):
+        raise SystemExit(15)  # what Ray's handler does when SIGTERM arrives inside ray.init
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", killed_while_starting)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        init_ray(None, 2, dashboard=False)

@@ -131,6 +131,13 @@ def test_hparam_search_smoke(smoke, capsys):
     completed = [h for h in history if h["status"] == "completed"]
     assert best["best_val_dice"] == pytest.approx(max(float(h["best_val_dice"]) for h in completed), abs=1e-6)
     assert best["search"] == {k: best["config"]["objective_params"][k.split(".")[1]] for k in space}
+    # a dry run of the finished search trains nothing (it used to plan the whole search again); another sample count is
+    # refused instead of starting a new search that trains the same first samples again
+    code, _, _, _ = smoke("hparam_search", "--num-samples", "3", "--dry-run")
+    out = capsys.readouterr().out
+    assert code == 0 and "Search: 3 samples of one configuration, all of them already ended" in out and " 0.0 cost units" in out
+    code, _, _, _ = smoke("hparam_search", "--num-samples", "4")
+    assert code == 2 and "holds a search with --num-samples 3 (this run: 4)" in capsys.readouterr().err
 
 
 def test_hparam_search_flags(capsys):
@@ -213,7 +220,7 @@ def test_search_history_statuses_and_order_from_tune_trials(tmp_path):
     is chosen among completed samples only (none here)."""
     from types import SimpleNamespace
 
-    from analysis.search import best_sample, history_csv, samples_from_trials
+    from analysis.search import best_sample, history_csv, missing_results, samples_from_trials
     from medseg_platform.config import TrialConfig
     from medseg_platform.results import search_trial_key, write_trial_error
 
@@ -225,10 +232,15 @@ def test_search_history_statuses_and_order_from_tune_trials(tmp_path):
 
     errored = TrialConfig.from_dict({**base, "optim.lr": 0.3}).to_dict()
     write_trial_error(tmp_path / "trials" / search_trial_key(errored, "id3"), config=errored, tags={}, seed=1, error="loss is NaN at step 3")
-    trials = [fake(3, 0.3, "ERROR", step=3), fake(1, 0.1, "TERMINATED", step=3, best_val_dice=0.25), fake(2, 0.2, "RUNNING")]
+    trials = [fake(3, 0.3, "ERROR", step=3), fake(1, 0.1, "TERMINATED", step=3, best_val_dice=0.25), fake(2, 0.2, "RUNNING"),
+              fake(4, 0.4, "TERMINATED", step=6, best_val_dice=0.5, done=True)]  # finished, then its result.json was lost
     samples = samples_from_trials(tmp_path, trials)
     assert [(s.order, s.values["optim.lr"], s.status) for s in samples] == [
-        (1, 0.1, "stopped early"), (2, 0.2, "unfinished"), (3, 0.3, "errored")]
+        (1, 0.1, "stopped early"), (2, 0.2, "unfinished"), (3, 0.3, "errored"), (4, 0.4, "result missing")]
+    assert missing_results(samples) == [f"search sample 4 ({samples[3].key}) finished but its result.json is missing or "
+                                        "unreadable: it is left out of the tables and the best configuration; restore the "
+                                        "trial folder, or run the search again under a new --name"]
+    samples = samples[:3]
     assert samples[0].best_val_dice == 0.25 and samples[0].last_step == 3 and samples[0].test_dice is None
     assert samples[2].error == "loss is NaN at step 3" and samples[2].key == search_trial_key(errored, "id3")
     assert best_sample(samples) is None

@@ -285,3 +285,36 @@ def test_a_single_worker_trial_larger_than_the_local_ray_is_refused_before_ray(t
     check_local_resources(study)
     study.cpus_per_trial, study.address = 4.0, "10.0.0.1:6379"  # a cluster's nodes are not this machine
     check_local_resources(study)
+
+
+def test_a_search_folder_is_not_restarted_or_taken_over_silently(tiny_root, tmp_path):
+    """Another --num-samples started a new search that trained its first samples again and reported only its own; a
+    grid study's folder given to a search (or the reverse, through --name) was replaced."""
+    from ray import tune
+
+    from medseg_platform.io import write_json_atomic
+    from medseg_platform.results import tune_storage
+    from medseg_platform.study.runner import check_before_ray
+
+    def search(n: int) -> Study:
+        study = tiny_study(tiny_root, tmp_path / "results", search_space={"optim.lr": tune.loguniform(1e-3, 1e-1)}, num_samples=n)
+        study.grid, study.variants = {}, study.variants[:1]
+        return study
+
+    first = search(6)
+    trials = first.trial_params()
+    write_json_atomic(first.study_dir / "study.json", first.description(trials))
+    (tune_storage(first.study_dir) / f"{first.name}-{first.spec_hash(trials)}").mkdir(parents=True)
+    check_before_ray(search(6), dry_run=True)  # the same search: resumed or rebuilt
+    with pytest.raises(ConfigError, match=r"holds a search with --num-samples 6 \(this run: 8\); a search cannot be extended "
+                                          r"or changed in place"):
+        check_before_ray(search(8), dry_run=True)
+    with pytest.raises(ConfigError, match=r"holds an Optuna search \(study.json\); this study would replace its record"):
+        check_before_ray(tiny_study(tiny_root, tmp_path / "results"), dry_run=True)
+    grid = tiny_study(tiny_root, tmp_path / "grid")
+    grid.name = first.name = "shared"
+    write_json_atomic(grid.study_dir / "study.json", grid.description(grid.trial_params()))
+    taker = search(6)
+    taker.results_dir, taker.name = tmp_path / "grid", "shared"
+    with pytest.raises(ConfigError, match=r"holds a grid study \(study.json\); this search would replace its record"):
+        check_before_ray(taker, dry_run=True)

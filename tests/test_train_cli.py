@@ -215,3 +215,35 @@ def test_config_file_is_laid_over_the_profile(tmp_path, phantom_root):
     assert (config["objective"], config["optim"]["lr"], config["seed"], config["eval"]["val_every"]) == ("mean_teacher", 0.03, 4, 2)
     assert config["optim"]["max_steps"] == SMOKE.trial.optim.max_steps and tuple(config["data"]["patch_size"]) == (32, 32)
     assert config["data"]["root"] == phantom_root and config["data"]["labelled"] == SMOKE.labelled[0]
+
+
+def test_results_of_another_version_of_the_dataset_are_refused_not_mixed(tmp_path, phantom_root, capsys):
+    """Keys hash the dataset's path: a dataset converted again into the same folder with other data found its old
+    finished trials (and cached pretraining stages) and tabled them beside new ones. Each result and stage records the
+    dataset's identity (its manifest's checksums), and a changed one stops the run before anything trains."""
+    import shutil
+
+    from medseg_platform.io import write_json_atomic
+    from medseg_platform.preflight import dataset_identity
+
+    root = tmp_path / "data"
+    shutil.copytree(phantom_root, root)
+    results = tmp_path / "results"
+    argv = ["train", "supervised", "--profile", "smoke", "--in-process", "--data-root", str(root), "--results-dir", str(results)]
+    assert main(argv) == 0
+    (trial,) = (results / "train-supervised-smoke" / "trials").iterdir()
+    identity = json.loads((trial / "result.json").read_text())["data_identity"]
+    assert identity == dataset_identity(root) and identity == dataset_identity(phantom_root)  # content, not path
+    capsys.readouterr()
+    assert main(argv) == 0 and "already finished" in capsys.readouterr().err
+
+    stage = results / "pretrain-cache" / "isd-stage"  # a stage trained on this dataset before it changed
+    write_json_atomic(stage / "data.json", {"root": str(root.resolve()), "data_identity": identity})
+    manifest = json.loads((root / "manifest.json").read_text())
+    first = sorted(manifest["sha256"])[0]
+    manifest["sha256"][first] = "0" * 64  # converted again: other content
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after the data preflight's line
+    assert err.startswith(f"error: {root.resolve()}: 2 finished trial(s) or cached pretraining stage(s) of this results folder "
+                          "were trained on another version of this dataset"), err

@@ -25,7 +25,8 @@ from medseg_platform.engine.ddp import DistContext, agree, broadcast_state
 from medseg_platform.engine.loop import TrainLoop, build_trial_model, data_generator, logs_after
 from medseg_platform.engine.reports import Reporter, progress_fields
 from medseg_platform.engine.training_data import TrainingData
-from medseg_platform.results import CHECKPOINT_FILE, STAGE_FINAL_FILE, stage_folder
+from medseg_platform.io import write_json_atomic
+from medseg_platform.results import CHECKPOINT_FILE, STAGE_DATA_FILE, STAGE_FINAL_FILE, dataset_identity_record, stage_folder
 from medseg_platform.seeding import seed_everything
 from methods.registry import build_objective
 
@@ -153,6 +154,8 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
     final = {"objective": objective.state_dict(), "student": objective.eval_model().state_dict(), "curves": curves,
              "train_s": loop.train_s}
     if main:
+        identity = dataset_identity_record(cfg.to_dict())  # a study refuses the stage once the dataset changes
+        write_json_atomic(folder / STAGE_DATA_FILE, {"root": str(Path(cfg.data.root).expanduser().resolve()), **identity})
         save_checkpoint(folder / STAGE_FINAL_FILE, final)
         ckpt_path.unlink(missing_ok=True)
     log(f"pretraining stage {index} done: loss {curves[-1]['loss']:.4f}")

@@ -3,6 +3,7 @@ where a trial ran (docs/ray.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -37,12 +38,52 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboa
         except ValueError as exc:  # e.g. no port: Ray's "Invalid address format"
             raise ConfigError(f"{source} {address}: not a Ray address ({exc}); give HOST:PORT of the head node's GCS "
                               "(port 6379 by default) or 'auto'") from None
+        term_as_interrupt()
         return True
-    context = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
-                       object_store_memory=1 << 30, log_to_driver=False, configure_logging=False)
+    try:
+        context = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
+                           object_store_memory=1 << 30, log_to_driver=False, configure_logging=False)
+    except SystemExit as exc:  # a kill while Ray starts: its own SIGTERM handler's sys.exit(15)
+        if exc.code == 15:
+            raise KeyboardInterrupt from None
+        raise
+    term_as_interrupt()
     if dashboard and getattr(context, "dashboard_url", None):
         print(dashboard_message(context.dashboard_url), file=sys.stderr, flush=True)
     return True
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt inside the block (main thread only), the previous handler is back after it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def term_as_interrupt() -> None:
+    """``ray.init`` makes SIGTERM a silent ``sys.exit(15)``; outside Tune's run (starting it, writing the report) a
+    ``kill`` then left no message and exit code 15. A KeyboardInterrupt instead takes the command's Ctrl-C path (its
+    ``finally`` shuts Ray down; the study command says how to resume). While Tune runs,
+    :func:`medseg_platform.study.runner.fit_until_stopped` maps SIGTERM to Tune's own stop and puts this handler back
+    afterwards; :func:`sigterm_as_interrupt` around the study command puts back the one from before it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def trial_placement() -> dict:

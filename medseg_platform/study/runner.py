@@ -32,13 +32,13 @@ from pathlib import Path
 
 from medseg_platform.config import resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_host, check_dashboard_host_is_local
-from medseg_platform.errors import ConfigError
+from medseg_platform.errors import ConfigError, DataError
 from medseg_platform.io import check_output_folder, read_json_object, write_json_atomic
 from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.results import (LAST_RUN_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, trial_finished, trial_folder,
                                      tune_storage)
 from medseg_platform.study.ray_runtime import check_gpus_available, init_ray
-from medseg_platform.study.spec import ASHA_TIME, Study, check_accumulating_folder
+from medseg_platform.study.spec import ASHA_TIME, Study, check_accumulating_folder, check_study_folder
 
 
 @dataclass
@@ -62,6 +62,7 @@ def run_study(study: Study) -> StudyRun:
     start = time.perf_counter()
     trials, test_datasets = check_before_ray(study)
     preflight_datasets(datasets_of_trials(trials) + test_datasets, study.study_dir)  # every data file read, before Ray starts
+    check_trained_on_this_data(study, trials)
     study_dir = study.study_dir
     (study_dir / TRIALS_DIR).mkdir(parents=True, exist_ok=True)
 
@@ -75,7 +76,11 @@ def run_study(study: Study) -> StudyRun:
     to_score = sum(1 for t in pending if t["key"] in done)  # finished, not yet scored on --test-root
     write_json_atomic(study_dir / STUDY_FILE, study.description(trials))
     scoring = f" ({to_score} of them to score on --test-root only)" if to_score else ""
-    _log(f"study {study.name}: {len(trials)} trial(s), {len(done)} already finished{scoring} -> {study_dir}")
+    if study.search_space is not None:
+        _log(f"study {study.name}: a search of {study.num_samples} sample(s), {searched_samples_ended(study, trials)} already "
+             f"ended -> {study_dir}")
+    else:
+        _log(f"study {study.name}: {len(trials)} trial(s), {len(done)} already finished{scoring} -> {study_dir}")
     timing = {"validate_s": time.perf_counter() - start}
     stopped = False
     if pending or study.search_space is not None:
@@ -117,12 +122,63 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
         check_accumulating_folder(study.study_dir, study.accumulate)
     check_ray_options(study)
     check_search_storage(study, trials)
+    check_study_folder(study, trials)
     check_fault_tolerance_options(study, trials, in_process_cuda)
     check_output_folder(study.study_dir, "--results-dir (Study.results_dir)", writes=None if dry_run else "inside")
     check_local_resources(study)
     if study.gpus_per_trial > 0:
         check_gpus_available(study.address)
     return trials, check_test_root(study, trials)
+
+
+def check_trained_on_this_data(study: Study, trials: list[dict]) -> None:
+    """A one-line :class:`DataError` when finished trials of the study, or cached pretraining stages under its results
+    folder, were trained on another version of a dataset the trials use (``data_identity`` recorded with them differs
+    from :func:`medseg_platform.preflight.dataset_identity` now: a dataset converted again into the same folder with other
+    data). Keys hash the dataset's path, not its content: the study would otherwise table old results beside new ones
+    and fine-tune from stages of the old data. Results and stages from before the identity was recorded pass."""
+    from medseg_platform.io import read_json_object
+    from medseg_platform.preflight import dataset_identity
+    from medseg_platform.results import RESULT_FILE, STAGE_DATA_FILE, pretrain_cache_dir
+
+    identities: dict[str, str | None] = {}
+    for trial in trials:
+        data = trial["config"]["data"]
+        root = str(Path(data["root"]).expanduser().resolve())
+        if root not in identities:
+            identities[root] = dataset_identity(root, int(data.get("num_classes", 4)))
+    stale = []
+    for trial in trials:
+        recorded = (read_json_object(trial_folder(study.study_dir, trial["key"]) / RESULT_FILE) or {}).get("data_identity")
+        now = identities[str(Path(trial["config"]["data"]["root"]).expanduser().resolve())]
+        if recorded and now and recorded != now:
+            stale.append(trial_folder(study.study_dir, trial["key"]))
+    cache = pretrain_cache_dir(study.study_dir)
+    for stage in sorted(cache.iterdir()) if cache.is_dir() else []:
+        record = read_json_object(stage / STAGE_DATA_FILE) or {}
+        now = identities.get(str(record.get("root")))
+        if record.get("data_identity") and now and record["data_identity"] != now:
+            stale.append(stage)
+    if stale:
+        roots = ", ".join(root for root in identities)
+        raise DataError(f"{roots}: {len(stale)} finished trial(s) or cached pretraining stage(s) of this results folder were "
+                        f"trained on another version of this dataset (converted or generated again with other data), e.g. "
+                        f"{stale[0]}; give --results-dir a new folder, or move those folders away to train them again")
+
+
+def searched_samples_ended(study: Study, trials: list[dict]) -> int:
+    """How many samples of the study's search its Tune experiment has ended (finished, stopped early or errored; a rerun
+    resumes only the others); 0 before the experiment exists. Reads the experiment's state files, starts nothing."""
+    path = tune_storage(study.study_dir) / f"{study.name}-{study.spec_hash(trials)}"
+    if study.search_space is None or not path.is_dir():
+        return 0
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(path)):
+        return 0
+    from ray.tune import ExperimentAnalysis
+
+    return sum(trial.status in ("TERMINATED", "ERROR") for trial in ExperimentAnalysis(str(path)).trials)
 
 
 def check_local_resources(study: Study) -> None:
@@ -297,6 +353,12 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
         restored = tune.Tuner.can_restore(str(exp_path))
         quiet_tune_resume_advice()  # before Tuner.restore, which reads the metrics and warns as well
         limits = {"max_concurrent": study.max_concurrent, "max_retries": study.max_retries}
+        if study.asha:
+            from medseg_platform.study.asha import STATE_SUFFIX, bind_state_file
+
+            bind_state_file(name, storage / f"{name}{STATE_SUFFIX}")
+            if not restored:  # a new experiment of this name (its folder deleted): the old trials' rungs are not its own
+                (storage / f"{name}{STATE_SUFFIX}").unlink(missing_ok=True)
         if restored:
             _log(f"restoring Tune experiment {exp_path}")
             note_kept_limits(storage / f"{name}{LIMITS_SUFFIX}", limits, search=study.search_space is not None)
@@ -460,15 +522,15 @@ def tune_config(study: Study, experiment: str, fits: int | None = None):
         search_alg = OptunaSearch(metric=study.metric, mode=study.mode, seed=int(study.seeds[0]), study_name=experiment,
                                   storage=optuna_journal(study.optuna_storage) if study.optuna_storage is not None else None)
     if study.asha:
-        from ray.tune.schedulers import ASHAScheduler
+        from medseg_platform.study.asha import ResumableASHA
 
         # time = ASHA_TIME: one per validation, then the final report after the result files are written (the
         # progress-only reports repeat the count of the last validation and its metric: ASHA records a rung once).
         # ASHA ends a trial that reaches max_t, so max_t must count that final report too. The skipped and errored
         # reports carry no ASHA_TIME: ASHA ignores them.
         validations = -(-study.base.optim.max_steps // study.base.eval.val_every)
-        scheduler = ASHAScheduler(metric=study.metric, mode=study.mode, time_attr=ASHA_TIME,
-                                  max_t=validations + 1, grace_period=1)
+        scheduler = ResumableASHA(experiment, metric=study.metric, mode=study.mode, time_attr=ASHA_TIME,
+                                  max_t=validations + 1, grace_period=1)  # its rungs survive a resume (study/asha.py)
     metric_mode = {} if (search_alg or scheduler) else {"metric": study.metric, "mode": study.mode}
     limit = study.max_concurrent if fits is None else min(fits, study.max_concurrent or fits)
     return tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=study.num_samples if study.search_space else 1,

@@ -120,7 +120,8 @@ class Study:
         if self.asha and self.search_space is None:
             raise ConfigError("asha: early stopping prunes trials for good; use it with a search space, not a grid")
         if self.search_space is not None and (len(self.variants) != 1 or len(self.seeds) != 1 or any(len(v) != 1 for v in self.grid.values())):
-            raise ConfigError("an Optuna search runs over one variant and one seed; move other axes into the search space")
+            raise ConfigError(f"an Optuna search runs over one variant and one seed (this one: {len(self.variants)} variant(s), seeds "
+                              f"{', '.join(map(str, self.seeds))}; --seeds takes one); move other axes into the search space")
         if self.asha and {"optim.max_steps", "eval.val_every"} & set(self.search_space or {}):
             raise ConfigError("asha: do not search optim.max_steps or eval.val_every (they set ASHA's time budget)")
         for i, spec in enumerate(self.claims):
@@ -255,6 +256,37 @@ def check_accumulating_folder(study_dir: Path, command: str) -> None:
     what = "an Optuna search" if isinstance(info, dict) and info.get("search") else "another study"
     raise ConfigError(f"{study_dir}: holds {what} ({path.name}{', made by ' + made_by.split(' --')[0] if made_by else ''}); "
                       f"{command} would replace its record and tables. Give --name a new folder name")
+
+
+def check_study_folder(study, trials: list[dict]) -> None:
+    """Refuse a study script's run that would silently replace what its folder holds (``--name`` can point anywhere):
+    a grid study's folder taken by a search or the reverse, or a search's folder by a search with other settings.
+
+    Tune cannot extend or change a search in place: another ``--num-samples`` (or search space, method, ``--set``)
+    names another experiment, whose sampler proposes the same first samples again (the same seed), trains them again,
+    and the tables and report then show only the new experiment's samples. A grid study may run other rows or seeds in
+    its folder: its trials are found again by their keys."""
+    from medseg_platform.io import read_json_object
+    from medseg_platform.results import SETTINGS_FILE, STUDY_FILE, tune_storage
+
+    info = read_json_object(study.study_dir / STUDY_FILE)
+    if not info or study.accumulate:
+        return
+    settings = read_json_object(study.study_dir / SETTINGS_FILE) or {}
+    made_by = str(settings.get("command", "")).split(" --")[0]
+    was_search, is_search = bool(info.get("search")), study.search_space is not None
+    if was_search != is_search:
+        held = "an Optuna search" if was_search else "a grid study"
+        raise ConfigError(f"{study.study_dir}: holds {held} ({STUDY_FILE}{', made by ' + made_by if made_by else ''}); this "
+                          f"{'search' if is_search else 'study'} would replace its record and tables. Give --name a new folder name")
+    old_hash = info.get("spec_hash")
+    if is_search and old_hash and old_hash != study.spec_hash(trials) and (tune_storage(study.study_dir) / f"{study.name}-{old_hash}").exists():
+        samples = info.get("num_samples")
+        other = (f"--num-samples {samples} (this run: {study.num_samples})" if samples != study.num_samples
+                 else "other settings (search space, method, --set values, seeds, resources or Optuna storage)")
+        raise ConfigError(f"{study.study_dir}: holds a search with {other}; a search cannot be extended or changed in place "
+                          "(a new one would propose and train the same first samples again, and the report would show only "
+                          "its own). Rerun with that search's settings to resume or rebuild it, or give --name a new folder name")
 
 
 def _count(value) -> bool:

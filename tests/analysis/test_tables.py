@@ -302,3 +302,16 @@ def test_analysis_imports_neither_ray_nor_torch():
     import sys
     code = "import sys, analysis.tables; print(any(m.split('.')[0] in ('ray', 'torch') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_a_search_table_calls_its_cells_samples_not_seeds():
+    """A search's row averages samples of one seed: "over seeds, 6 seeds per cell" misread their spread as seed noise."""
+    from analysis.tables import Cell, WideTable, _seeds_sentence
+
+    def table(n: int, seeds: list[str]) -> WideTable:
+        cell = Cell(mean=50.0, std=3.0, n_seeds=n, n_undefined=0, best=True)
+        return WideTable("dice", ["R"], ["1"], ["Avg"], {("R", "1", "Avg"): cell}, settings={"seeds": seeds})
+
+    assert _seeds_sentence(table(6, ["1"])).startswith("Mean \u00b1 sample std (ddof=1) over the trials of a cell, 6 per cell: "
+                                                       "search samples, whose hyper-parameters differ")
+    assert _seeds_sentence(table(3, ["1", "2", "3"])).startswith("Mean \u00b1 sample std (ddof=1) over seeds, 3 seeds per cell")
