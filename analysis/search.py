@@ -109,8 +109,8 @@ def samples_from_trials(study_dir: Path, tune_trials: Sequence[Any]) -> list[Sam
                 error = str(json.loads(error_file.read_text(encoding="utf-8")).get("error", ""))
             except (OSError, json.JSONDecodeError, AttributeError):
                 error = str(getattr(trial, "error_file", "") or "")
-        elif trial.status == "TERMINATED" and last.get("done"):  # its final report came after the result files were written
-            status = "result missing"
+        elif trial.status == "TERMINATED" and "test_dice" in last:  # its final report, sent after the result files were written
+            status = "result missing"  # (an ASHA stop also ends with done=True, set by Tune; only the final report has test_dice)
         elif trial.status == "TERMINATED":
             status = "stopped early"
         else:

@@ -67,8 +67,9 @@ def dataset_identity(root: str | os.PathLike, num_classes: int = 4) -> str | Non
     """What a trial trained on, recorded with its result and with each pretraining stage: the SHA-256 of the content
     checksums a converter's or the phantom's manifest records (``sha256``, every data and list file) with its class
     names, else (a released folder without them) of the three lists' bytes and the sizes of every file a trial reads.
-    No file times and no package version: a dataset converted or generated again with the same content keeps it on
-    every node, one converted again with other data gets another. None when ``root`` is no folder."""
+    No file times and no package version: a dataset generated or converted again into the same bytes keeps it on every
+    node; other data (or the same data written into other bytes, e.g. by another HDF5/zlib version) gets another. None
+    when ``root`` is no folder."""
     root = Path(root)
     if not root.is_dir():
         return None

@@ -232,8 +232,9 @@ def test_search_history_statuses_and_order_from_tune_trials(tmp_path):
 
     errored = TrialConfig.from_dict({**base, "optim.lr": 0.3}).to_dict()
     write_trial_error(tmp_path / "trials" / search_trial_key(errored, "id3"), config=errored, tags={}, seed=1, error="loss is NaN at step 3")
-    trials = [fake(3, 0.3, "ERROR", step=3), fake(1, 0.1, "TERMINATED", step=3, best_val_dice=0.25), fake(2, 0.2, "RUNNING"),
-              fake(4, 0.4, "TERMINATED", step=6, best_val_dice=0.5, done=True)]  # finished, then its result.json was lost
+    trials = [fake(3, 0.3, "ERROR", step=3), fake(1, 0.1, "TERMINATED", step=3, best_val_dice=0.25, done=True),  # Tune sets done
+              fake(2, 0.2, "RUNNING"),  # on an ASHA stop; the final report (after the result files) has test_dice
+              fake(4, 0.4, "TERMINATED", step=6, best_val_dice=0.5, test_dice=0.4, done=True)]  # then its result.json was lost
     samples = samples_from_trials(tmp_path, trials)
     assert [(s.order, s.values["optim.lr"], s.status) for s in samples] == [
         (1, 0.1, "stopped early"), (2, 0.2, "unfinished"), (3, 0.3, "errored"), (4, 0.4, "result missing")]

@@ -262,6 +262,7 @@ def test_multi_worker_trials_start_only_as_many_as_the_cluster_holds(tmp_path, m
     study.address = "10.0.0.1:6379"  # a cluster may grow (autoscaling): one trial at a time, with a warning
     assert distributed_trials_that_fit(study) == 1 and "warning: --num-workers 2: a trial needs 2 CPUs" in capsys.readouterr().err
     check_local_resources(study)  # joining a cluster: its size is not this machine's
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # this test process's session Ray is not the one checked
     study.address, study.num_cpus = None, 1  # a local Ray of 1 CPU: refused before Ray starts
     with pytest.raises(ConfigError, match=r"--num-workers 2: a trial needs 2 CPUs \(2 workers x 1\), the local Ray has 1"):
         check_local_resources(study)
@@ -276,7 +277,10 @@ def test_a_single_worker_trial_larger_than_the_local_ray_is_refused_before_ray(t
     start, while the dry run promised one trial at a time."""
     from medseg_platform.study.runner import check_local_resources
 
+    import ray
+
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # this test process's session Ray is not the one checked
     study = tiny_study(tmp_path, tmp_path / "results")
     study.cpus_per_trial, study.num_cpus = 4.0, 2
     with pytest.raises(ConfigError, match=r"--cpus-per-trial 4: a trial needs 4 CPUs, the local Ray has 2; pass --cpus-per-trial 2"):
@@ -284,6 +288,9 @@ def test_a_single_worker_trial_larger_than_the_local_ray_is_refused_before_ray(t
     study.cpus_per_trial = 2.0
     check_local_resources(study)
     study.cpus_per_trial, study.address = 4.0, "10.0.0.1:6379"  # a cluster's nodes are not this machine
+    check_local_resources(study)
+    study.address = None
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # a Ray already started by this process: Tune asks it
     check_local_resources(study)
 
 

@@ -139,7 +139,10 @@ MM_PER_UNIT = {"mm": 1.0, "unknown": 1.0, "micron": 1e-3, "meter": 1e3}
 
 def mm_per_unit(img, path: Path) -> float:
     """Millimetres per unit of ``img``'s spatial unit (ITK converts metres and microns to mm the same way)."""
-    unit = img.header.get_xyzt_units()[0] if hasattr(img.header, "get_xyzt_units") else "unknown"
+    try:
+        unit = img.header.get_xyzt_units()[0] if hasattr(img.header, "get_xyzt_units") else "unknown"
+    except KeyError:  # a code nibabel does not name (5-7)
+        unit = f"code {int(img.header['xyzt_units']) & 0x07}"
     if unit not in MM_PER_UNIT:
         raise DataError(f"{path}: spatial unit {unit!r} in the header (xyzt_units) is not a length (fix the header)")
     return MM_PER_UNIT[unit]
@@ -163,24 +166,30 @@ def world_mm(img, path: Path) -> tuple[tuple[float, ...], ...] | None:
     return tuple(tuple(float(v) for v in row) for row in affine)
 
 
-def grid_offset_mm(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], shape_xyz: Sequence[int]) -> float:
-    """How far apart (mm) two voxel-to-world maps put the corners of one (x, y, z) voxel grid: 0 for the same grid, about
-    the volume's extent when one of them is flipped or permuted."""
-    corners = np.array(np.meshgrid(*[(0, n - 1) for n in shape_xyz], indexing="ij")).reshape(3, -1)
-    corners = np.vstack([corners, np.ones(corners.shape[1])])
-    return float(np.abs(np.asarray(a) @ corners - np.asarray(b) @ corners).max())
+def orientation_mismatch(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> str:
+    """"" when two voxel-to-world maps (3x4 rows) point every voxel axis (i, j, k) the same way; else what differs, e.g.
+    "axis i points the other way" (a flipped copy) or "axes i, j point elsewhere" (permuted or rotated).
+
+    Only the directions count: voxels are paired by index, which a flip or a permutation breaks, while scale and
+    origin do not (and do differ between valid files: ACDC's released headers keep unit scales in the sform and the
+    spacing in the qform, where tools built on ITK write both with the spacing)."""
+    def directions(world) -> np.ndarray:
+        linear = np.asarray(world, dtype=np.float64)[:, :3]
+        norms = np.linalg.norm(linear, axis=0)
+        return linear / np.where(norms > 0, norms, 1.0)
+
+    cosines = np.sum(directions(a) * directions(b), axis=0)
+    flipped = [name for name, c in zip("ijk", cosines) if c < -0.99]
+    elsewhere = [name for name, c in zip("ijk", cosines) if -0.99 <= c < 0.99]
+    parts = ([f"ax{'es' if len(flipped) > 1 else 'is'} {', '.join(flipped)} point{'' if len(flipped) > 1 else 's'} the other way"]
+             if flipped else []) + ([f"ax{'es' if len(elsewhere) > 1 else 'is'} {', '.join(elsewhere)} point"
+                                     f"{'' if len(elsewhere) > 1 else 's'} elsewhere"] if elsewhere else [])
+    return "; ".join(parts)
 
 
-def same_world_grid(a: NiftiHeader, b: NiftiHeader) -> bool:
-    """True unless both headers record an orientation and map the voxel grid to places a tenth of a voxel apart
-    (float rounding of exported headers is far below that; a flip or a reorientation is the whole extent)."""
-    if a.world is None or b.world is None:
-        return True
-    return grid_offset_mm(a.world, b.world, _reverse3(a.shape)) <= 0.1 * min(a.spacing)
-
-
-def _reverse3(shape: Sequence[int]) -> tuple[int, int, int]:
-    return int(shape[2]), int(shape[1]), int(shape[0])
+def same_orientation(a: NiftiHeader, b: NiftiHeader) -> bool:
+    """True unless both headers record an orientation and point some voxel axis another way (:func:`orientation_mismatch`)."""
+    return a.world is None or b.world is None or not orientation_mismatch(a.world, b.world)
 
 
 def read_header(path: str | Path) -> NiftiHeader:
@@ -305,12 +314,11 @@ def check_same_grid(image: NiftiHeader, label: NiftiHeader) -> None:
             f"{label.path}: label voxel size {label.spacing} mm differs from image {image.path.name}'s {image.spacing} "
             "(D, H, W; the pair must be on one grid: fix the label's header or resample it)"
         )
-    if not same_world_grid(image, label):
-        offset = grid_offset_mm(image.world, label.world, _reverse3(image.shape))
+    if not same_orientation(image, label):
         raise DataError(
-            f"{label.path}: label is stored in another orientation or position than image {image.path.name} (their affines "
-            f"put the grid's corners up to {offset:.1f} mm apart, e.g. a flipped axis); voxels are paired by index, so "
-            "resample or reorient the label onto the image's grid (same affine) first"
+            f"{label.path}: label is stored in another orientation than image {image.path.name} (by their affines, voxel "
+            f"{orientation_mismatch(image.world, label.world)}); voxels are paired by index, so reorient the label onto the "
+            "image's grid (same voxel order) first"
         )
 
 

@@ -42,7 +42,7 @@ from typing import Callable
 
 import numpy as np
 
-from medseg_platform.data.nifti import xyz_shape, grid_offset_mm, voxel_sizes_mm, world_mm
+from medseg_platform.data.nifti import orientation_mismatch, voxel_sizes_mm, world_mm, xyz_shape
 from medseg_platform.errors import ConfigError, DataError
 from medseg_platform.evaluation.metrics import METRICS, check_label_map, check_options, evaluate_case, summarize
 from medseg_platform.io import write_json_atomic, write_text_atomic
@@ -209,11 +209,15 @@ def _header(file: LabelFile, role: str, reverse: bool) -> tuple[LabelFile, tuple
 
 
 def _nifti_shape(shape: tuple, path: Path, as_volume: bool) -> tuple[int, ...]:
-    """A NIfTI label's array shape in storage order without trailing singleton axes (a (x, y, 1) prediction of a 2-D
-    (x, y) ground truth is the same grid); ``as_volume``: (x, y, z) as the converters store it, for comparing with h5."""
-    if as_volume:
-        return xyz_shape(shape, path)
-    dims = [int(s) for s in shape]
+    """A NIfTI label's array shape in storage order; ``as_volume``: (x, y, z) as the converters store it (trailing
+    singleton axes dropped, a 2-D file one slice), for comparing with h5."""
+    return xyz_shape(shape, path) if as_volume else tuple(int(s) for s in shape)
+
+
+def _without_trailing_ones(shape: tuple) -> tuple[int, ...]:
+    """``(40, 36, 1)`` -> ``(40, 36)``: two NIfTI files that differ only there hold the same grid (a (x, y, 1) prediction
+    of a 2-D label); the pair is then scored in the shorter shape."""
+    dims = list(shape)
     while len(dims) > 2 and dims[-1] == 1:
         dims.pop()
     return tuple(dims)
@@ -234,7 +238,7 @@ def _nifti(path: Path):
         raise DataError(f"{path}: unreadable NIfTI file ({first}); re-create it") from None
 
 
-def read_label_volume(file: LabelFile, reverse: bool = False) -> np.ndarray:
+def read_label_volume(file: LabelFile, reverse: bool = False, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """The label array of a file (h5 dataset ``file.key``, or NIfTI data); ``reverse`` flips NIfTI axes to (z, y, x)."""
     if file.kind == "h5":
         import h5py
@@ -251,7 +255,7 @@ def read_label_volume(file: LabelFile, reverse: bool = False) -> np.ndarray:
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{file.path}: unreadable NIfTI data ({first}); re-create it") from None
-    data = data.reshape(_nifti_shape(data.shape, file.path, as_volume=reverse))
+    data = data.reshape(shape if shape is not None and not reverse else _nifti_shape(data.shape, file.path, as_volume=reverse))
     if reverse:
         data = np.ascontiguousarray(data.transpose(tuple(range(data.ndim))[::-1]))
     return data
@@ -312,24 +316,27 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
         mixed = pfile.kind != gfile.kind
         pfile, pshape, _ = _header(pfile, "pred", reverse=mixed and pfile.kind == "nifti")
         gfile, gshape, gt_spacing = _header(gfile, "gt", reverse=mixed and gfile.kind == "nifti")
+        shape = None
+        if pshape != gshape and not mixed and pfile.kind == "nifti" and _without_trailing_ones(pshape) == _without_trailing_ones(gshape):
+            shape = pshape = gshape = _without_trailing_ones(gshape)
+            gt_spacing = gt_spacing[: len(shape)] if gt_spacing is not None else None
         if pshape != gshape:
             raise DataError(f"{case}: prediction {pfile.path.name} has shape {pshape} but ground truth {gfile.path.name} has {gshape} "
                             "(predictions must be at native resolution and in the same axis order)")
         pworld, gworld = (_world(pfile), _world(gfile)) if pfile.kind == gfile.kind == "nifti" else (None, None)
-        if pworld is not None and gworld is not None:
-            offset = grid_offset_mm(pworld, gworld, xyz_shape(gshape, gfile.path))
-            if offset > 0.1 * min(voxel_sizes_mm(_nifti(gfile.path), gfile.path)):
-                raise DataError(f"{case}: prediction {pfile.path.name} lies on another voxel grid than ground truth {gfile.path.name} "
-                                f"(their affines put the grid's corners up to {offset:.1f} mm apart, e.g. a reoriented or flipped "
-                                "volume); voxels are compared by index, so write the prediction with the ground truth's affine")
+        mismatch = orientation_mismatch(pworld, gworld) if pworld is not None and gworld is not None else ""
+        if mismatch:
+            raise DataError(f"{case}: prediction {pfile.path.name} is stored in another orientation than ground truth "
+                            f"{gfile.path.name} (by their affines, voxel {mismatch}: e.g. reoriented to a canonical frame); "
+                            "voxels are compared by index, so write the prediction in the ground truth's voxel order")
         spacing = gt_spacing if spacing_from == "gt" else None
         if spacing is not None and (len(spacing) != len(gshape) or not all(math.isfinite(v) and v > 0 for v in spacing)):
             raise DataError(f"{gfile.path}: spacing {spacing} is not {len(gshape)} positive numbers for a {len(gshape)}-D volume "
                             "(fix the spacing or pass --spacing-from none)")
-        plan.append((case, pfile, gfile, mixed, spacing))
-    with_spacing = [case for case, *_, spacing in plan if spacing is not None]
+        plan.append((case, pfile, gfile, mixed, spacing, shape))
+    with_spacing = [case for case, _, _, _, spacing, _ in plan if spacing is not None]
     if with_spacing and len(with_spacing) != len(plan):
-        without = next(case for case, *_, spacing in plan if spacing is None)
+        without = next(case for case, _, _, _, spacing, _ in plan if spacing is None)
         raise DataError(f"--gt {gt}: {len(with_spacing)} of {len(plan)} cases have a spacing but e.g. {without} has none "
                         "(units would mix mm and voxels; add the spacing or pass --spacing-from none)")
     units = "mm" if with_spacing else "voxel"
@@ -338,11 +345,11 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     start = time.perf_counter()
     rows: list[dict] = []
     present = np.zeros(int(num_classes), dtype=bool)  # classes seen in any prediction or ground truth
-    for i, (case, pfile, gfile, mixed, spacing) in enumerate(plan, 1):
+    for i, (case, pfile, gfile, mixed, spacing, shape) in enumerate(plan, 1):
         if progress is not None:
             progress(i, len(plan), case)
-        pred = read_label_volume(pfile, reverse=mixed and pfile.kind == "nifti")
-        truth = read_label_volume(gfile, reverse=mixed and gfile.kind == "nifti")
+        pred = read_label_volume(pfile, reverse=mixed and pfile.kind == "nifti", shape=shape)
+        truth = read_label_volume(gfile, reverse=mixed and gfile.kind == "nifti", shape=shape)
         pred = check_label_map(pred, num_classes, str(pfile.path))
         truth = check_label_map(truth, num_classes, str(gfile.path))
         present |= (np.bincount(pred.ravel(), minlength=present.size) > 0) | (np.bincount(truth.ravel(), minlength=present.size) > 0)

@@ -147,23 +147,24 @@ def check_trained_on_this_data(study: Study, trials: list[dict]) -> None:
         root = str(Path(data["root"]).expanduser().resolve())
         if root not in identities:
             identities[root] = dataset_identity(root, int(data.get("num_classes", 4)))
-    stale = []
+    stale: list[tuple[str, Path]] = []  # (dataset root, folder)
     for trial in trials:
+        root = str(Path(trial["config"]["data"]["root"]).expanduser().resolve())
         recorded = (read_json_object(trial_folder(study.study_dir, trial["key"]) / RESULT_FILE) or {}).get("data_identity")
-        now = identities[str(Path(trial["config"]["data"]["root"]).expanduser().resolve())]
-        if recorded and now and recorded != now:
-            stale.append(trial_folder(study.study_dir, trial["key"]))
+        if recorded and identities[root] and recorded != identities[root]:
+            stale.append((root, trial_folder(study.study_dir, trial["key"])))
     cache = pretrain_cache_dir(study.study_dir)
     for stage in sorted(cache.iterdir()) if cache.is_dir() else []:
         record = read_json_object(stage / STAGE_DATA_FILE) or {}
         now = identities.get(str(record.get("root")))
         if record.get("data_identity") and now and record["data_identity"] != now:
-            stale.append(stage)
+            stale.append((str(record["root"]), stage))
     if stale:
-        roots = ", ".join(root for root in identities)
-        raise DataError(f"{roots}: {len(stale)} finished trial(s) or cached pretraining stage(s) of this results folder were "
-                        f"trained on another version of this dataset (converted or generated again with other data), e.g. "
-                        f"{stale[0]}; give --results-dir a new folder, or move those folders away to train them again")
+        root, example = stale[0]
+        raise DataError(f"{root}: {len(stale)} finished trial(s) or cached pretraining stage(s) of this results folder were "
+                        f"trained on another version of this dataset (its files' checksums, or lists and sizes, differ: "
+                        f"converted or generated again), e.g. {example}; give --results-dir a new folder, or move those "
+                        "folders away to train them again")
 
 
 def searched_samples_ended(study: Study, trials: list[dict]) -> int:
@@ -174,6 +175,7 @@ def searched_samples_ended(study: Study, trials: list[dict]) -> int:
         return 0
     from ray import tune
 
+    quiet_tune_resume_advice()  # before the experiment's state is read: Tune warns about trials that never reported
     if not tune.Tuner.can_restore(str(path)):
         return 0
     from ray.tune import ExperimentAnalysis
@@ -187,6 +189,8 @@ def check_local_resources(study: Study) -> None:
     a trial it can never start (``--cpus-per-trial 4``, or the paper profile's 4 threads, on 2 CPUs). One-line
     :class:`ConfigError` before Ray starts (also in ``--dry-run``)."""
     if study.address or os.environ.get("RAY_ADDRESS"):
+        return
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # a Ray this process started already: Tune asks it
         return
     from medseg_platform.plan import available_cpus
 

@@ -283,7 +283,8 @@ def check_study_folder(study, trials: list[dict]) -> None:
     if is_search and old_hash and old_hash != study.spec_hash(trials) and (tune_storage(study.study_dir) / f"{study.name}-{old_hash}").exists():
         samples = info.get("num_samples")
         other = (f"--num-samples {samples} (this run: {study.num_samples})" if samples != study.num_samples
-                 else "other settings (search space, method, --set values, seeds, resources or Optuna storage)")
+                 else "other settings (search space, method, --set values, seeds, resources, Optuna storage, data root, "
+                       "--protocol or --test-root: a search scores a test root only when it runs with it from its start)")
         raise ConfigError(f"{study.study_dir}: holds a search with {other}; a search cannot be extended or changed in place "
                           "(a new one would propose and train the same first samples again, and the report would show only "
                           "its own). Rerun with that search's settings to resume or rebuild it, or give --name a new folder name")

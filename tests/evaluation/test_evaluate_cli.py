@@ -257,11 +257,17 @@ def test_nifti_grids_are_compared_in_the_world_and_a_2d_ground_truth_takes_a_one
     flipped[0, 0], flipped[0, 3] = -1.5, 11 * 1.5
     nib.save(nib.Nifti1Image(np.ascontiguousarray(gt[::-1]), flipped), pred_dir / "c1.nii.gz")  # perfect, stored x-reversed
     err = one_line_error(capsys, ["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", "3"])
-    assert err.startswith("error: c1: prediction c1.nii.gz lies on another voxel grid than ground truth c1_gt.nii.gz (their "
-                          "affines put the grid's corners up to 16.5 mm apart")
-    nib.save(nib.Nifti1Image(gt, affine), pred_dir / "c1.nii.gz")
+    assert err.startswith("error: c1: prediction c1.nii.gz is stored in another orientation than ground truth c1_gt.nii.gz "
+                          "(by their affines, voxel axis i points the other way")
+    # the same voxel order with other scales and origin is no mismatch: ACDC's released headers keep unit scales in the
+    # sform (nibabel's affine), where a prediction written by ITK carries the spacing
+    nib.save(nib.Nifti1Image(gt, np.diag([-1.0, -1.0, 1.0, 1.0])), gt_dir / "c1_gt.nii.gz")
+    nib.save(nib.Nifti1Image(gt, np.array([[-1.5, 0, 0, 20.0], [0, -1.25, 0, 7.0], [0, 0, 5.0, -3.0], [0, 0, 0, 1]])),
+             pred_dir / "c1.nii.gz")
     rc, out, err = run(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", "3", "--quiet"], capsys)
     assert rc == 0 and [float(r["dice"]) for r in read_rows(pred_dir / "evaluation" / "per_case.csv")] == [1.0, 1.0]
+    nib.save(nib.Nifti1Image(gt, affine), gt_dir / "c1_gt.nii.gz")
+    nib.save(nib.Nifti1Image(gt, affine), pred_dir / "c1.nii.gz")
 
     nib.save(nib.Nifti1Image(gt.astype(np.float32) / 2, affine), gt_dir / "c1.nii.gz")  # a convert-nifti raw folder: image + _gt
     rc, out, err = run(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", "3", "--quiet"], capsys)
