@@ -24,7 +24,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from analysis.claims import claims_section
 from analysis.plots import is_plot_name, natural_key, PlotFile, write_plots
@@ -250,14 +250,16 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
     return lines
 
 
-def _best_search_lines(records: Sequence[TrialRecord], top: int = 5) -> list[str]:
-    """A Markdown table of the best searched configurations by best val Dice (searches only)."""
+def _best_search_lines(records: Sequence[TrialRecord], top: int = 5, order: Mapping[str, int] | None = None) -> list[str]:
+    """A Markdown table of the best searched configurations by best val Dice (searches only); ties go to the earlier
+    sample (``order``: trial folder -> proposal order), as ``best_config.json``'s do, else by folder name."""
     searched = [r for r in records if (r.result.get("tags") or {}).get("search")]
     searched = [r for r in searched if isinstance(r.result.get("best_val_dice"), (int, float))
                 and math.isfinite(r.result["best_val_dice"])]
     if not searched:
         return []
-    best = sorted(searched, key=lambda r: (-float(r.result["best_val_dice"]), r.path.name))[:top]
+    order = order or {}
+    best = sorted(searched, key=lambda r: (-float(r.result["best_val_dice"]), order.get(r.path.name, math.inf), r.path.name))[:top]
     names = sorted({k for r in best for k in r.result["tags"]["search"]})
     lines = ["## Best configurations", "",
              "| trial | best val Dice (%) | test Dice (%) | " + " | ".join(escape_markdown(n) for n in names) + " |",
@@ -288,8 +290,10 @@ def model_selection(records: Sequence[TrialRecord]) -> str:
 
 
 def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, records: Sequence[TrialRecord],
-                  problems: Sequence[str], tables: Sequence[Path], plots: Sequence[PlotFile]) -> str:
-    """The text of ``report.md``; links are relative to the study folder."""
+                  problems: Sequence[str], tables: Sequence[Path], plots: Sequence[PlotFile],
+                  sample_order: Mapping[str, int] | None = None) -> str:
+    """The text of ``report.md``; links are relative to the study folder. ``sample_order``: a search's trial folders
+    -> proposal order (ties in its best configurations)."""
     name = info.get("name") or study_dir.name
     lines = [f"# Report: {name}", "", "Regenerate tables, plots and this file with `medseg report` on this folder (no training).", "",
              "## Settings", "", *settings_lines(study_dir, info, settings, last_run, records, problems), ""]
@@ -298,7 +302,7 @@ def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, r
         body = dice.read_text(encoding="utf-8").rstrip("\n")
         lines += ["## Results", "", body.replace("### Dice (%)", "### Test Dice (%)", 1), ""]
     lines += claims_section(info, settings, records)
-    lines += _best_search_lines(records)
+    lines += _best_search_lines(records, order=sample_order)
     lines += health_section(trial_health(records), model_selection(records))
     if tables:
         lines += ["## Tables", ""]
@@ -381,7 +385,8 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
         tables = write_tables(records, study_dir, class_names=class_names, incomplete=note) + tables
         plots, _ = write_plots(records, study_dir / PLOTS_DIR, df=df, log=log, search_samples=samples, class_names=class_names)
     report = study_dir / REPORT_FILE
-    write_text_atomic(report, render_report(study_dir, info, settings, last_run, records, problems, tables, plots))
+    order = {sample.key: sample.order for sample in samples or []}
+    write_text_atomic(report, render_report(study_dir, info, settings, last_run, records, problems, tables, plots, order))
     remove_stale_outputs(study_dir, tables, [p.path for p in plots])
     return StudyReport(study_dir, report, tables, [p.path for p in plots], records, problems, missing)
 

@@ -61,7 +61,9 @@ def add_cli(subparsers) -> None:
                         help="a TrialConfig dict (or a file with one under \"config\", e.g. a trial's config.json) instead of a method")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config value, e.g. --set optim.lr=0.02 --set objective_params.temperature=0.2 (repeatable)")
-    parser.add_argument("--profile", choices=tuple(PROFILES), default="quick", help="problem size (default: quick; smoke: tiny)")
+    parser.add_argument("--profile", choices=tuple(PROFILES), default=None,
+                        help="problem size (default: quick; smoke: tiny; with --config, the profile whose patch size and UNet "
+                             "widths the file has, else quick): the folder name, CPUs per trial, default dataset")
     parser.add_argument("--labelled", default=None, metavar="FRACTION",
                         help="labelled patients ('3') or percent ('5%%') (default: the config file's, else the profile's first)")
     parser.add_argument("--seed", type=seed_value(), default=None,
@@ -79,6 +81,18 @@ def add_cli(subparsers) -> None:
 
 #: Keys of the other JSON files a results folder holds, which --config does not take (a hint names the right file).
 _NOT_A_CONFIG = {"claims", "spec_hash", "trials", "command", "smoke_test", "pending_at_start", "prediction", "cases"}
+
+
+def profile_of(values: dict) -> str:
+    """The profile whose patch size and UNet widths a config file has (its folder name and CPUs per trial), else quick."""
+    from medseg_platform.profiles import PROFILES
+
+    data, model = values.get("data") or {}, values.get("model") or {}
+    for name, profile in PROFILES.items():
+        if (list(data.get("patch_size") or []) == list(profile.trial.data.patch_size)
+                and list(model.get("channels") or []) == list(profile.trial.model.channels)):
+            return name
+    return "quick"
 
 
 def read_config_file(path: Path) -> dict:
@@ -128,13 +142,16 @@ def build_study(args):
         raise ConfigError("--in-process trains in this process, on its GPU if it has one: --address and --gpus-per-trial "
                           "are for the Ray path (drop --in-process, or those flags)")
     sets = parse_set_options(args.overrides)
+    if args.config is not None:
+        path = resolve_path(args.config, "--config")
+        file_values = read_config_file(path)
+    if args.profile is None:  # a search's best_config.json at smoke sizes used to land in train-<method>-quick
+        args.profile = profile_of(file_values) if args.config is not None else "quick"
     profile = profile_with_overrides(PROFILES[args.profile], sets, TRAIN_FLAG_KEYS)
     if args.method is not None:
         file_values, chosen = {}, method_overrides(args.method, profile)
         name, row = args.method, METHOD_LABELS[args.method]
     else:
-        path = resolve_path(args.config, "--config")
-        file_values = read_config_file(path)
         chosen = flat_config(file_values)
         name = str(file_values.get("objective", "supervised"))
         row, where = f"{name} ({path.name})", f"--config {path}: "

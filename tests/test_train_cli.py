@@ -47,9 +47,9 @@ def test_in_process_writes_a_study_trial_and_a_rerun_or_its_config_file_trains_n
     before = (trial_dir / "result.json").read_bytes()
     assert main(argv) == 0  # finished: not trained again
     assert "already finished" in capsys.readouterr().err and (trial_dir / "result.json").read_bytes() == before
-    # the trial's own config.json reproduces the same trial (same key): nothing to train
-    assert main(["train", "--config", str(trial_dir / "config.json"), "--profile", "smoke", "--in-process",
-                 "--results-dir", str(results)]) == 0
+    # the trial's own config.json reproduces the same trial (same key): nothing to train. Without --profile, the file's
+    # smoke sizes name the profile (it used to default to quick: another folder, train-supervised-quick)
+    assert main(["train", "--config", str(trial_dir / "config.json"), "--in-process", "--results-dir", str(results)]) == 0
     assert f"trial {key}: already finished" in capsys.readouterr().err
     assert (trial_dir / "result.json").read_bytes() == before
 

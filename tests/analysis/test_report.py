@@ -206,3 +206,19 @@ def test_the_trials_model_selection_for_the_trial_health_text(study):
     assert model_selection(records) == "final"
     records[0].result["config"]["eval"]["selection"] = "best_val"
     assert model_selection(records) == "mixed"
+
+
+def test_best_configurations_break_ties_as_the_best_config_file_does():
+    """All samples at val Dice 0: the table's top row was the first folder name, best_config.json the earliest sample."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from analysis.report import _best_search_lines
+
+    def sample(name: str) -> SimpleNamespace:
+        return SimpleNamespace(path=Path("trials") / name, result={"tags": {"search": {"optim.lr": 0.1}}, "best_val_dice": 0.0,
+                                                                   "test": {"mean": {"dice": 0.0}}})
+
+    records = [sample("k-aaa"), sample("k-zzz")]
+    assert _best_search_lines(records)[4].startswith("| k-aaa |")  # no order known: by folder name
+    assert _best_search_lines(records, order={"k-zzz": 1, "k-aaa": 2})[4].startswith("| k-zzz |")
