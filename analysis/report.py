@@ -370,7 +370,11 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
             search_files, _, samples = write_search_summary(study_dir)
             tables += search_files
         except MedsegError as exc:
-            search_problem = [f"search history: {exc}"]
+            from analysis.search import BEST_FILE, HISTORY_FILE
+
+            kept = [name for name in (HISTORY_FILE, BEST_FILE) if (study_dir / name).is_file()]
+            search_problem = [f"search history: {exc}" + (f" ({' and '.join(kept)} in the folder are from an earlier report, "
+                                                          "kept as they were)" if kept else "")]
         unfinished = unfinished_search(samples or [], int(info.get("num_samples") or 0)) if samples is not None else ""
         if unfinished:  # stopped (Ctrl-C, SIGTERM): best_config.json is the best so far
             search_problem.append(unfinished)

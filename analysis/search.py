@@ -65,7 +65,9 @@ def experiment_path(study_dir: Path) -> Path:
         raise MedsegError(f"{study_dir}/study.json: no name/spec_hash, so the search's Tune experiment cannot be found")
     path = tune_storage(study_dir) / f"{spec['name']}-{spec['spec_hash']}"
     if not path.is_dir():
-        raise MedsegError(f"{path}: the search's Tune experiment is missing (run the study first)")
+        raise MedsegError(f"{path}: the search's Tune experiment is missing (not run yet, or a results folder copied "
+                          "without ray/): the history and best configuration cannot be built, and the tables hold every "
+                          "sample folder found; a run of the study starts the search again")
     return path
 
 
