@@ -9,10 +9,10 @@ Outputs (written atomically into the study dir):
 
 * ``search_history.csv``: one row per sample: ``order`` (1-based, proposal order), ``trial_id`` (Tune's),
   ``trial_key`` (the trial folder), ``status`` (``completed`` | ``stopped early`` (ASHA) | ``errored`` |
-  ``unfinished`` | ``result missing``: it finished, but its ``result.json`` is gone or unreadable), one column per searched key (the sampled value), ``last_step`` (the last training step
-  reported), ``best_val_dice`` (best validation mean Dice; for a stopped trial the best it reached before
-  it was stopped), ``test_dice`` (test mean Dice of the selected weights; completed trials only),
-  ``error`` (errored trials).
+  ``unfinished`` | ``result missing``: it finished, but its ``result.json`` is gone or unreadable), one column
+  per searched key (the sampled value), ``last_step`` (the last training step reported), ``best_val_dice``
+  (best validation mean Dice; for a stopped trial the best it reached before it was stopped), ``test_dice``
+  (test mean Dice of the selected weights; completed trials only), ``error`` (errored trials).
 * ``best_config.json``: the completed sample with the highest ``best_val_dice`` (model selection on the
   val split, never on test): its sampled values, full trial config, trial key, ``best_val_dice`` and
   ``test_dice``.
@@ -31,6 +31,8 @@ from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_json_atomic, write_text_atomic
 from medseg_platform.results import ERROR_FILE, STUDY_FILE, CorruptResult, read_trial, search_trial_key, trial_folder, tune_storage
 
+#: a sample's status in search_history.csv (module docstring), in the order the summary counts them
+STATUSES = ("completed", "stopped early", "errored", "unfinished", "result missing")
 HISTORY_FILE = "search_history.csv"
 BEST_FILE = "best_config.json"
 FIXED_COLUMNS = ("order", "trial_id", "trial_key", "status")

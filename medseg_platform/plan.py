@@ -119,7 +119,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     charged: set[str] = set()
     subsets: dict[str, Any] = {}
     planned = []
-    ended = searched_samples_ended(study, trials) if search else 0
+    ended = searched_samples_ended(study, trials)  # 0 for a grid
     for index, trial in enumerate(trials):
         cfg = TrialConfig.from_dict(trial["config"])
         phases = trial_plan(trial["config"], trial["key"])

@@ -53,14 +53,18 @@ def dataset_fingerprint(layout: AcdcLayout) -> str:
     A missing file enters as ``None`` (the check then reports it, and a failed check is not cached).
     """
     paths = [layout.root / name for name in (TRAIN_LIST, VAL_LIST, TEST_LIST, MANIFEST)] + files_read_by_trials(layout)
-    entries: list[object] = [PREFLIGHT_VERSION, layout.num_classes]
-    for path in paths:
-        try:
-            st = os.stat(path)
-            entries.append([path.relative_to(layout.root).as_posix(), st.st_size, st.st_mtime_ns])
-        except OSError:
-            entries.append([path.relative_to(layout.root).as_posix(), None])
+    entries: list[object] = [PREFLIGHT_VERSION, layout.num_classes, *(_stat_entry(layout.root, p, with_time=True) for p in paths)]
     return hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()
+
+
+def _stat_entry(root: Path, path: Path, with_time: bool) -> list:
+    """``[name relative to root, size(, mtime_ns)]``, or ``[name, None]`` for a missing file."""
+    name = path.relative_to(root).as_posix()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [name, None]
+    return [name, st.st_size, st.st_mtime_ns] if with_time else [name, st.st_size]
 
 
 def dataset_identity(root: str | os.PathLike, num_classes: int = 4) -> str | None:
@@ -78,15 +82,9 @@ def dataset_identity(root: str | os.PathLike, num_classes: int = 4) -> str | Non
     if isinstance(manifest.get("sha256"), dict) and manifest["sha256"]:
         content: object = {"sha256": manifest["sha256"], "class_names": manifest.get("class_names")}
     else:
-        def size(path: Path) -> int | None:
-            try:
-                return os.stat(path).st_size
-            except OSError:
-                return None
-
         lists = [(root / name).read_text(encoding="utf-8") if (root / name).is_file() else None
                  for name in (TRAIN_LIST, VAL_LIST, TEST_LIST)]
-        content = {"lists": lists, "sizes": [[p.relative_to(root).as_posix(), size(p)] for p in files_read_by_trials(layout)]}
+        content = {"lists": lists, "sizes": [_stat_entry(layout.root, p, with_time=False) for p in files_read_by_trials(layout)]}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
 

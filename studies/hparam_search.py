@@ -101,7 +101,7 @@ def build(args, profile, base):
 
 
 def main(argv=None) -> int:
-    from analysis.search import BEST_FILE, HISTORY_FILE, best_sample, load_samples, unfinished_search
+    from analysis.search import BEST_FILE, HISTORY_FILE, STATUSES, best_sample, load_samples, unfinished_search
     from medseg_platform.errors import MedsegError
 
     built, dry_run = [], []
@@ -121,8 +121,7 @@ def main(argv=None) -> int:
     except MedsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    counts = {status: sum(s.status == status for s in samples)
-              for status in ("completed", "stopped early", "errored", "unfinished", "result missing")}
+    counts = {status: sum(s.status == status for s in samples) for status in STATUSES}
     wanted = built[0].num_samples
     print(f"search: {len(samples)} of {wanted} samples (" + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ")")
     if counts["errored"]:  # unlike a grid study's: the restored experiment holds them as ended, its sampler has moved on

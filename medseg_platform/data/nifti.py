@@ -166,30 +166,29 @@ def world_mm(img, path: Path) -> tuple[tuple[float, ...], ...] | None:
     return tuple(tuple(float(v) for v in row) for row in affine)
 
 
-def orientation_mismatch(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> str:
-    """"" when two voxel-to-world maps (3x4 rows) point every voxel axis (i, j, k) the same way; else what differs, e.g.
-    "axis i points the other way" (a flipped copy) or "axes i, j point elsewhere" (permuted or rotated).
+def orientation_mismatch(a: Sequence[Sequence[float]] | None, b: Sequence[Sequence[float]] | None) -> str:
+    """"" when two voxel-to-world maps (3x4 rows) point every voxel axis (i, j, k) the same way, or when either is None
+    (a header without orientation: paired by index); else what differs, e.g. "axis i points the other way" (a flipped
+    copy) or "axes i, j point elsewhere" (permuted or rotated).
 
     Only the directions count: voxels are paired by index, which a flip or a permutation breaks, while scale and
     origin do not (and do differ between valid files: ACDC's released headers keep unit scales in the sform and the
     spacing in the qform, where tools built on ITK write both with the spacing)."""
+    if a is None or b is None:
+        return ""
+
     def directions(world) -> np.ndarray:
         linear = np.asarray(world, dtype=np.float64)[:, :3]
         norms = np.linalg.norm(linear, axis=0)
         return linear / np.where(norms > 0, norms, 1.0)
 
+    def axes(names: list[str], where: str) -> list[str]:
+        return [f"axes {', '.join(names)} point {where}" if len(names) > 1 else f"axis {names[0]} points {where}"] if names else []
+
     cosines = np.sum(directions(a) * directions(b), axis=0)
     flipped = [name for name, c in zip("ijk", cosines) if c < -0.99]
     elsewhere = [name for name, c in zip("ijk", cosines) if -0.99 <= c < 0.99]
-    parts = ([f"ax{'es' if len(flipped) > 1 else 'is'} {', '.join(flipped)} point{'' if len(flipped) > 1 else 's'} the other way"]
-             if flipped else []) + ([f"ax{'es' if len(elsewhere) > 1 else 'is'} {', '.join(elsewhere)} point"
-                                     f"{'' if len(elsewhere) > 1 else 's'} elsewhere"] if elsewhere else [])
-    return "; ".join(parts)
-
-
-def same_orientation(a: NiftiHeader, b: NiftiHeader) -> bool:
-    """True unless both headers record an orientation and point some voxel axis another way (:func:`orientation_mismatch`)."""
-    return a.world is None or b.world is None or not orientation_mismatch(a.world, b.world)
+    return "; ".join(axes(flipped, "the other way") + axes(elsewhere, "elsewhere"))
 
 
 def read_header(path: str | Path) -> NiftiHeader:
@@ -314,11 +313,11 @@ def check_same_grid(image: NiftiHeader, label: NiftiHeader) -> None:
             f"{label.path}: label voxel size {label.spacing} mm differs from image {image.path.name}'s {image.spacing} "
             "(D, H, W; the pair must be on one grid: fix the label's header or resample it)"
         )
-    if not same_orientation(image, label):
+    mismatch = orientation_mismatch(image.world, label.world)
+    if mismatch:
         raise DataError(
             f"{label.path}: label is stored in another orientation than image {image.path.name} (by their affines, voxel "
-            f"{orientation_mismatch(image.world, label.world)}); voxels are paired by index, so reorient the label onto the "
-            "image's grid (same voxel order) first"
+            f"{mismatch}); voxels are paired by index, so reorient the label onto the image's grid (same voxel order) first"
         )
 
 

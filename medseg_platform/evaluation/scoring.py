@@ -255,7 +255,7 @@ def read_label_volume(file: LabelFile, reverse: bool = False, shape: tuple[int, 
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{file.path}: unreadable NIfTI data ({first}); re-create it") from None
-    data = data.reshape(shape if shape is not None and not reverse else _nifti_shape(data.shape, file.path, as_volume=reverse))
+    data = data.reshape(shape or _nifti_shape(data.shape, file.path, as_volume=reverse))  # shape: set for NIfTI pairs only
     if reverse:
         data = np.ascontiguousarray(data.transpose(tuple(range(data.ndim))[::-1]))
     return data
@@ -323,8 +323,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
         if pshape != gshape:
             raise DataError(f"{case}: prediction {pfile.path.name} has shape {pshape} but ground truth {gfile.path.name} has {gshape} "
                             "(predictions must be at native resolution and in the same axis order)")
-        pworld, gworld = (_world(pfile), _world(gfile)) if pfile.kind == gfile.kind == "nifti" else (None, None)
-        mismatch = orientation_mismatch(pworld, gworld) if pworld is not None and gworld is not None else ""
+        mismatch = orientation_mismatch(_world(pfile), _world(gfile)) if pfile.kind == gfile.kind == "nifti" else ""
         if mismatch:
             raise DataError(f"{case}: prediction {pfile.path.name} is stored in another orientation than ground truth "
                             f"{gfile.path.name} (by their affines, voxel {mismatch}: e.g. reoriented to a canonical frame); "

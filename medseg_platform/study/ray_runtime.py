@@ -66,7 +66,8 @@ def sigterm_as_interrupt():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.getsignal(signal.SIGTERM)
+    term_as_interrupt()
     try:
         yield
     finally:

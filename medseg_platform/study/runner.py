@@ -141,18 +141,17 @@ def check_trained_on_this_data(study: Study, trials: list[dict]) -> None:
     from medseg_platform.preflight import dataset_identity
     from medseg_platform.results import RESULT_FILE, STAGE_DATA_FILE, pretrain_cache_dir
 
-    identities: dict[str, str | None] = {}
+    identities: dict[str, str | None] = {}  # resolved dataset root -> its identity now
+    stale: list[tuple[str, Path]] = []  # (dataset root, folder)
     for trial in trials:
         data = trial["config"]["data"]
         root = str(Path(data["root"]).expanduser().resolve())
         if root not in identities:
             identities[root] = dataset_identity(root, int(data.get("num_classes", 4)))
-    stale: list[tuple[str, Path]] = []  # (dataset root, folder)
-    for trial in trials:
-        root = str(Path(trial["config"]["data"]["root"]).expanduser().resolve())
-        recorded = (read_json_object(trial_folder(study.study_dir, trial["key"]) / RESULT_FILE) or {}).get("data_identity")
+        folder = trial_folder(study.study_dir, trial["key"])
+        recorded = (read_json_object(folder / RESULT_FILE) or {}).get("data_identity")
         if recorded and identities[root] and recorded != identities[root]:
-            stale.append((root, trial_folder(study.study_dir, trial["key"])))
+            stale.append((root, folder))
     cache = pretrain_cache_dir(study.study_dir)
     for stage in sorted(cache.iterdir()) if cache.is_dir() else []:
         record = read_json_object(stage / STAGE_DATA_FILE) or {}
@@ -196,13 +195,14 @@ def check_local_resources(study: Study) -> None:
 
     cpus = study.num_cpus or available_cpus()
     need = study.cpus_per_trial * study.num_workers
-    if need > cpus + 1e-9 and study.num_workers > 1:
+    if need <= cpus + 1e-9:
+        return
+    if study.num_workers > 1:
         raise ConfigError(f"--num-workers {study.num_workers}: a trial needs {need:g} CPUs ({study.num_workers} workers x "
                           f"{study.cpus_per_trial:g}), the local Ray has {cpus}; use fewer workers or less per worker "
                           "(--cpus-per-trial)")
-    if need > cpus + 1e-9:
-        raise ConfigError(f"--cpus-per-trial {study.cpus_per_trial:g}: a trial needs {need:g} CPUs, the local Ray has {cpus}; "
-                          f"pass --cpus-per-trial {cpus} or less (a trial computes with --set threads=N threads)")
+    raise ConfigError(f"--cpus-per-trial {study.cpus_per_trial:g}: a trial needs {need:g} CPUs, the local Ray has {cpus}; "
+                      f"pass --cpus-per-trial {cpus} or less (a trial computes with --set threads=N threads)")
 
 
 def check_test_root(study: Study, trials: list[dict]) -> list[tuple[str, int]]:

@@ -230,32 +230,36 @@ def earlier_trials(study_dir: Path) -> dict:
     return {"trials": keys, "seeds": [s for s in info.get("seeds") or [] if _count(s)]}
 
 
+def _folder_record(study_dir: Path) -> tuple[dict | None, str]:
+    """A study folder's ``study.json`` (None when absent, {} when unreadable) and the command its ``settings.json``
+    records ("" when none)."""
+    from medseg_platform.io import read_json_object
+    from medseg_platform.results import SETTINGS_FILE, STUDY_FILE
+
+    command = (read_json_object(study_dir / SETTINGS_FILE) or {}).get("command", "")
+    return read_json_object(study_dir / STUDY_FILE), command if isinstance(command, str) else ""
+
+
+def _made_by(command: str) -> str:
+    """", made by medseg train mona" from a recorded command line (its flags left out), "" without one."""
+    return f", made by {command.split(' --')[0]}" if command else ""
+
+
 def check_accumulating_folder(study_dir: Path, command: str) -> None:
     """Refuse to add trials to a folder whose ``study.json`` belongs to another kind of study (a study script's or a
     search's): ``command`` would otherwise replace its record, and its tables with it. A folder written by ``command``
     (``"accumulates": command`` in its study.json, or ``settings.json``'s command, for folders from before that key) is
     fine."""
-    from medseg_platform.results import SETTINGS_FILE, STUDY_FILE
+    from medseg_platform.results import STUDY_FILE
 
-    path = study_dir / STUDY_FILE
-    if not path.exists():
+    info, made_by = _folder_record(study_dir)
+    if info is None or info.get("accumulates") == command:
         return
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        info = None
-    if isinstance(info, dict) and info.get("accumulates") == command:
+    if made_by.startswith(command + " ") and not info.get("search"):
         return
-    try:
-        settings = json.loads((study_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
-        made_by = settings.get("command", "") if isinstance(settings, dict) else ""
-    except (OSError, ValueError):
-        made_by = ""
-    if isinstance(made_by, str) and made_by.startswith(command + " ") and not (isinstance(info, dict) and info.get("search")):
-        return
-    what = "an Optuna search" if isinstance(info, dict) and info.get("search") else "another study"
-    raise ConfigError(f"{study_dir}: holds {what} ({path.name}{', made by ' + made_by.split(' --')[0] if made_by else ''}); "
-                      f"{command} would replace its record and tables. Give --name a new folder name")
+    what = "an Optuna search" if info.get("search") else "another study"
+    raise ConfigError(f"{study_dir}: holds {what} ({STUDY_FILE}{_made_by(made_by)}); {command} would replace its record and "
+                      "tables. Give --name a new folder name")
 
 
 def check_study_folder(study, trials: list[dict]) -> None:
@@ -266,18 +270,15 @@ def check_study_folder(study, trials: list[dict]) -> None:
     names another experiment, whose sampler proposes the same first samples again (the same seed), trains them again,
     and the tables and report then show only the new experiment's samples. A grid study may run other rows or seeds in
     its folder: its trials are found again by their keys."""
-    from medseg_platform.io import read_json_object
-    from medseg_platform.results import SETTINGS_FILE, STUDY_FILE, tune_storage
+    from medseg_platform.results import STUDY_FILE, tune_storage
 
-    info = read_json_object(study.study_dir / STUDY_FILE)
+    info, made_by = _folder_record(study.study_dir)
     if not info or study.accumulate:
         return
-    settings = read_json_object(study.study_dir / SETTINGS_FILE) or {}
-    made_by = str(settings.get("command", "")).split(" --")[0]
     was_search, is_search = bool(info.get("search")), study.search_space is not None
     if was_search != is_search:
         held = "an Optuna search" if was_search else "a grid study"
-        raise ConfigError(f"{study.study_dir}: holds {held} ({STUDY_FILE}{', made by ' + made_by if made_by else ''}); this "
+        raise ConfigError(f"{study.study_dir}: holds {held} ({STUDY_FILE}{_made_by(made_by)}); this "
                           f"{'search' if is_search else 'study'} would replace its record and tables. Give --name a new folder name")
     old_hash = info.get("spec_hash")
     if is_search and old_hash and old_hash != study.spec_hash(trials) and (tune_storage(study.study_dir) / f"{study.name}-{old_hash}").exists():
