@@ -305,7 +305,8 @@ def _caption(paper: bool, settings: Mapping[str, Any]) -> str:
             f"which also counts the seeds' variation, crosses the bound. Verdict from the CI: supported when it lies "
             f"entirely above 0 (for \u2265: above \u2212{MARGIN:g} point, the margin), contradicted when it lies entirely "
             f"below that bound, otherwise inconclusive at this n (also with fewer than {MIN_PAIRS} paired test cases or "
-            f"fewer than {MIN_SEEDS} seeds). No correction for testing several claims.")
+            f"fewer than {MIN_SEEDS} seeds, whose CI holds the test patients' term only: one seed cannot measure the "
+            f"seeds' variation). No correction for testing several claims.")
     if paper:
         return text + (" Published \u0394: the same two rows in the named paper table (other training runs: compare "
                        "sign and size, not digits).")

@@ -26,6 +26,17 @@ def find_studies(results_dir: Path) -> list[Path]:
     return studies
 
 
+def no_result_reason(study_dir: Path) -> str:
+    """Why a study folder gave no table: no result file at all, or result files that none could be read."""
+    from medseg_platform.results import RESULT_FILE, TRIALS_DIR
+
+    unreadable = sum(1 for _ in (study_dir / TRIALS_DIR).glob(f"*/{RESULT_FILE}"))
+    if not unreadable:
+        return f"no finished trial (no {TRIALS_DIR}/*/{RESULT_FILE}); run its study command to train them"
+    return (f"no readable result: {unreadable} {TRIALS_DIR}/*/{RESULT_FILE} file(s) could not be read (the problems above and "
+            f"in report.md say why); restore them from a copy, or rerun the study command to train those trials again")
+
+
 def run(args) -> int:
     import sys
 
@@ -45,8 +56,7 @@ def run(args) -> int:
             continue
         print_report(report)
         if not report.records:
-            print(f"{study_dir.name}: no finished trial (no trials/*/result.json); run its study command to train them",
-                  file=sys.stderr)
+            print(f"{study_dir.name}: {no_result_reason(study_dir)}", file=sys.stderr)
             failed += 1
     if failed and len(studies) > 1:
         print(f"{failed} of {len(studies)} studies not regenerated in full (see the errors above)", file=sys.stderr)

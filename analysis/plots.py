@@ -39,10 +39,10 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from analysis.tables import (AVG, build_table, column_label, column_order, metric_style,  # noqa: E402
+from analysis.tables import (AVG, build_table, column_label, column_order, distance_unit, metric_style,  # noqa: E402
                              row_label, row_order, study_class_names, trial_class_values, trial_seed)
 from medseg_platform.io import atomic_path  # noqa: E402
-from medseg_platform.recipes import METHOD_LABELS, WITHOUT_CONTRAST_LABELS  # noqa: E402
+from medseg_platform.recipes import FULL_SUPERVISION_LABEL, METHOD_LABELS, WITHOUT_CONTRAST_LABELS  # noqa: E402
 from medseg_platform.results import CURVES_FILE, QUALITATIVE_FILE, VAL_CURVE_FILE, read_csv  # noqa: E402
 
 #: Colour of each method id (``medseg_platform.recipes``), and of its row without the contrast term.
@@ -50,9 +50,10 @@ METHOD_COLOURS = {"supervised": "#7f7f7f", "mean_teacher": "#8c564b", "mona": "#
                   "arco_sag": "#d62728", "action": "#9467bd"}
 WITHOUT_CONTRAST_COLOURS = {"mona": "#17becf", "action": "#e377c2"}
 #: Fixed colours of the platform's rows by their printed label, so a method looks the same in every plot of
-#: every study. Other row labels get colours from :data:`_EXTRA`.
+#: every study. Other row labels get colours from :data:`_EXTRA`, or shades of their method's (:func:`palette`).
 FIXED_COLOURS = {**{METHOD_LABELS[m]: colour for m, colour in METHOD_COLOURS.items()},
-                 **{WITHOUT_CONTRAST_LABELS[m]: colour for m, colour in WITHOUT_CONTRAST_COLOURS.items()}}
+                 **{WITHOUT_CONTRAST_LABELS[m]: colour for m, colour in WITHOUT_CONTRAST_COLOURS.items()},
+                 FULL_SUPERVISION_LABEL: "#252525"}
 _EXTRA = ["#ff7f0e", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
           "#31a354", "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7ba52", "#ad494a", "#de9ed6", "#6baed6"]
 #: Overlay colours of labels 1, 2, 3 (ACDC's RV, Myo, LV), transparent background; higher labels get OTHER_CLASS_COLOUR.
@@ -73,33 +74,54 @@ class Skipped:
 
 
 def palette(labels: Iterable[str]) -> dict[str, str]:
-    """A colour per label: the fixed colour of a known method, else a stable colour picked by hash.
+    """A colour per label, all distinct within one call (while the palette lasts).
 
-    Labels of a method with a suffix ("MONA (x=1)") start from that method's colour; collisions within
-    one call are resolved by probing, so the colours of one study are all distinct (while the palette lasts).
+    A known row ("MONA", "ACTION w/o L_anco", :data:`FIXED_COLOURS`) takes its fixed colour. A known row's label with
+    a suffix after a space, comma or parenthesis ("ARCO-SG, τ = 0.5", "MONA (x=1)") takes a shade of that row's
+    colour, darker to lighter in the order given, so a method's variants read as one family in every study. Any other
+    label takes a stable colour picked by hash from :data:`_EXTRA`, never another method's fixed colour unless
+    :data:`_EXTRA` is used up.
     """
     labels = list(dict.fromkeys(labels))
-    colours: dict[str, str] = {}
-    used = set()
+    colours = {label: FIXED_COLOURS[label] for label in labels if label in FIXED_COLOURS}
+    used = set(colours.values())
+    families: dict[str, list[str]] = {}
     for label in labels:
-        if label in FIXED_COLOURS:
-            colours[label] = FIXED_COLOURS[label]
-            used.add(FIXED_COLOURS[label])
-    choices = _EXTRA + [c for c in FIXED_COLOURS.values()]
+        base = _known_prefix(label) if label not in colours else None
+        if base is not None:
+            families.setdefault(base, []).append(label)
+    for base, members in families.items():
+        for label, colour in zip(members, _shades(FIXED_COLOURS[base], len(members), skip_base=base in colours)):
+            colours[label] = colour
+            used.add(colour)
+    reserved = [c for c in FIXED_COLOURS.values() if c not in used]
     for label in labels:
         if label in colours:
             continue
-        start = int(hashlib.sha256(label.encode()).hexdigest(), 16) % len(choices)
-        for i in range(len(choices)):
-            colour = choices[(start + i) % len(choices)]
-            if colour not in used:
-                break
-        colours[label] = colour
-        used.add(colour)
+        start = int(hashlib.sha256(label.encode()).hexdigest(), 16) % len(_EXTRA)
+        free = [c for c in _EXTRA[start:] + _EXTRA[:start] + reserved if c not in used]
+        colours[label] = free[0] if free else _EXTRA[start]
+        used.add(colours[label])
     return colours
 
 
-# --------------------------------------------------------------------------------------------- helpers
+def _known_prefix(label: str) -> str | None:
+    """The longest fixed-colour row label that ``label`` starts with, followed by a space, comma or "(", else None."""
+    known = [k for k in FIXED_COLOURS if label.startswith(k) and label[len(k):len(k) + 1] in (" ", ",", "(")]
+    return max(known, key=len) if known else None
+
+
+def _shades(colour: str, n: int, skip_base: bool) -> list[str]:
+    """``n`` distinct shades of ``colour``, from darker to lighter; the colour itself is left out when ``skip_base``
+    (its row is in the plot too)."""
+    from matplotlib.colors import to_hex, to_rgb
+
+    count = n + 1 if skip_base else n
+    steps = [0.0] if count == 1 else list(np.linspace(-0.45, 0.55, count))
+    if skip_base:
+        steps.remove(min(steps, key=abs))
+    rgb = np.asarray(to_rgb(colour))
+    return [to_hex(rgb * (1 + t) if t < 0 else rgb + (1 - rgb) * t) for t in steps]
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -120,26 +142,6 @@ def metric_axis_label(metric: str, unit: str | None = None) -> str:
     if style.scale != 1.0:
         return style.label
     return f"{style.label} ({unit or 'mm or voxels, as evaluated'})"
-
-
-def distance_unit(records: Sequence) -> str | None:
-    """The unit of the trials' HD95/ASD: "voxels" when every trial's config sets ``eval.distance_units`` to
-    "voxel" (docs/evaluation.md, 'Units'), None when only some do (mixed units); otherwise "mm" when the test
-    volumes carried a voxel spacing (from ``qualitative.npz``), "voxels" when they did not, None when unknown."""
-    voxel = [((record.result.get("config") or {}).get("eval") or {}).get("distance_units") == "voxel" for record in records]
-    if any(voxel):
-        return "voxels" if all(voxel) else None
-    for record in records:
-        path = Path(record.path) / QUALITATIVE_FILE
-        if path.is_file():
-            try:
-                with np.load(path) as data:
-                    spacing = np.asarray(data["spacing"], dtype=float)
-            except (OSError, KeyError, ValueError):
-                continue
-            if spacing.size:
-                return "mm" if np.isfinite(spacing).all() else "voxels"
-    return None
 
 
 def trial_value(record, metric: str) -> float:
@@ -177,12 +179,13 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
 
     ``df`` is the long form of :func:`analysis.tables.build_table`.
     """
-    frame = df[(df["metric"] == metric) & df["mean"].notna()]
+    every_cell = df[df["metric"] == metric]  # with the cells undefined in every case: they are marked "n/a"
+    frame = every_cell[every_cell["mean"].notna()]
     if frame.empty:
         return Skipped(f"{metric} bars: no finished trial has a value")
-    columns = list(dict.fromkeys(frame.sort_values("column_rank", kind="stable")["column"]))
-    rows = list(dict.fromkeys(frame.sort_values("row_rank", kind="stable")["row"]))
-    classes = list(dict.fromkeys(frame["class"]))
+    columns = list(dict.fromkeys(every_cell.sort_values("column_rank", kind="stable")["column"]))
+    rows = list(dict.fromkeys(every_cell.sort_values("row_rank", kind="stable")["row"]))
+    classes = list(dict.fromkeys(every_cell["class"]))
     width_per_panel = max(3.5, 0.22 * len(rows) * len(classes) + 1.0)
     fig = _new_figure(min(24.0, max(7.0, width_per_panel * len(columns) + 0.8)), 4.6)
     axes = fig.subplots(1, len(columns), sharey=True, squeeze=False)[0]
@@ -192,7 +195,7 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
     for ax, column in zip(axes, columns):
         cells = frame[frame["column"] == column].set_index(["row", "class"])
         # cells that exist but have no value: undefined in every case (e.g. HD95 of an empty prediction)
-        every = df[(df["metric"] == metric) & (df["column"] == column)]
+        every = every_cell[every_cell["column"] == column]
         undefined = {(r, c) for r, c, m in zip(every["row"], every["class"], every["mean"]) if pd.isna(m)}
         for i, row in enumerate(rows):
             means = [cells.loc[(row, c), "mean"] if (row, c) in cells.index else np.nan for c in classes]
@@ -263,7 +266,8 @@ def _errorbar_lines(ax, series: Mapping[str, Mapping[float, list[float]]], colou
         stats = [_mean_std(points[x]) for x in xs]
         colour, linestyle = styles.get(label, (colours.get(label, "#333333"), "-"))
         handles[label] = ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], color=colour,
-                                     linestyle=linestyle, marker="o", markersize=4, capsize=3, label=label)
+                                     linestyle=linestyle, marker="o", markersize=4, capsize=3, label=label,
+                                     clip_on=False)  # a point at 0 (the axis starts there) is drawn whole
     return handles
 
 
@@ -401,6 +405,7 @@ def training_curves(records: Sequence, colours: Mapping[str, str]) -> Figure | S
                                            markersize=3, linewidth=1.3, label=row)[0]
         loss_ax.set_ylabel("training loss")
         val_ax.set_ylabel("val Dice (%)")
+        _non_negative(val_ax)  # an all-zero curve (a model that never learnt) would otherwise get negative ticks
         for ax in (loss_ax, val_ax):
             ax.set_title(f"{column}", fontsize="medium")
             ax.grid(alpha=0.3)

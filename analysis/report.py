@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from analysis.claims import claims_section
+from analysis.claims import claims_section, read_claims
 from analysis.plots import is_plot_name, natural_key, PlotFile, write_plots
 from analysis.health import TrialHealth, health_problems, health_section, record_health
 from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, escape_markdown,
@@ -100,7 +100,7 @@ def study_records(study_dir: Path, info: dict, search_keys: set[str] | None = No
         problems = [p for p in problems if _problem_trial(p) in search_keys or _problem_trial(p) is None]
     if wanted and not search:
         keep = set(wanted)
-        others = sum(1 for r in records if r.path.name not in keep)
+        others = sorted(r.path.name for r in records if r.path.name not in keep)
         records = [r for r in records if r.path.name in keep]
         problems = [p for p in problems if _problem_trial(p) in keep or _problem_trial(p) is None]
         found = {r.path.name for r in records}
@@ -109,7 +109,8 @@ def study_records(study_dir: Path, info: dict, search_keys: set[str] | None = No
         problems += [f"trial {k} has no result (not run yet or interrupted; rerun the study command to resume)"
                      for k in missing if k not in listed]  # errored and corrupt trials are listed by scan_study
         if others:  # e.g. a run with --rows or other --seeds into the folder of a larger study
-            problems.append(f"{others} finished trial(s) in {TRIALS_DIR}/ are not part of this study as its last command "
+            named = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            problems.append(f"{len(others)} finished trial(s) in {TRIALS_DIR}/ ({named}) are not part of this study as its last command "
                             "defined it (other rows, seeds or settings, or configurations of an earlier version of the "
                             "code) and are left out of the tables; if a command with other rows or seeds trained them, "
                             "rerun it to table them again (finished trials are not trained again)")
@@ -139,7 +140,12 @@ def _pretraining_phrase(records: Sequence[TrialRecord]) -> str:
             text = ("none" if not chain else
                     f"{len(chain)} stage{'s' if len(chain) > 1 else ''} ({' + '.join(str(s) for s in chain)} steps)")
             by_chain.setdefault(text, []).append(row)
-    return "; ".join(f"{text}: {', '.join(rows)}" for text, rows in by_chain.items()) or "unknown"
+    return "; ".join(f"{text}: {_row_list(rows)}" for text, rows in by_chain.items()) or "unknown"
+
+
+def _row_list(rows: Sequence[str]) -> str:
+    """Row labels joined by commas; each in backticks when a label has a comma itself ("ARCO-SG, τ = 0.5")."""
+    return ", ".join(f"`{row}`" for row in rows) if any("," in row for row in rows) else ", ".join(rows)
 
 
 def _seconds(value: Any) -> str:
@@ -358,6 +364,9 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
     if not is_study_dir(study_dir):
         raise MedsegError(f"{study_dir}: not a study folder (no study.json and no trial folder in trials/; run a study script first)")
     info = _read_json(study_dir / STUDY_FILE)
+    read_claims(info)  # a bad claim (an edited study.json) is an error before any table or plot is rewritten
+    if (study_dir / PLOTS_DIR).exists() and not (study_dir / PLOTS_DIR).is_dir():
+        raise MedsegError(f"{study_dir / PLOTS_DIR}: not a folder; the plots go there (move that file away)")
     settings = _read_json(study_dir / SETTINGS_FILE)
     last_run = _read_json(study_dir / LAST_RUN_FILE)
     tables: list[Path] = []

@@ -25,7 +25,8 @@ Numbers, from the bottom up:
   not significant is marked with :data:`~analysis.significance.NOT_SIGNIFICANT_MARK`.
 
 Dice and Jaccard are reported in percent (x100, one decimal); HD95 and ASD keep the unit they were
-evaluated in (mm when the voxel spacing was known, voxels otherwise; two decimals).
+evaluated in (mm when the voxel spacing was known, voxels otherwise; two decimals), which each cell's ``unit``
+and the caption name (:func:`distance_unit`; "voxels or mm as evaluated" where it cannot be told).
 
 Class names come from the data: each trial's ``result.json`` records its dataset's ``class_names``
 (:func:`trial_class_names`; a result without them gets the defaults of its ``data.num_classes``: RV/Myo/LV
@@ -45,11 +46,14 @@ there as missing. ``table.csv`` holds the study's own test set only.
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from analysis.health import COLLAPSE_DROP, LEARNED_FLOOR, RISING_MARGIN, record_health
@@ -57,7 +61,7 @@ from analysis.significance import ALPHA, NOT_SIGNIFICANT_MARK, caption_note, pai
 from medseg_platform.data.layout import ACDC_CLASS_NAMES, default_class_names
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_text_atomic
-from medseg_platform.results import TrialRecord, read_test_root
+from medseg_platform.results import QUALITATIVE_FILE, TrialRecord, read_test_root
 from medseg_platform.stats import defined, nan_mean
 
 DEFAULT_METRICS = ("dice", "jaccard", "hd95", "asd")
@@ -68,7 +72,7 @@ FLAGGED_MARK = "\u00a7"  # section sign: the cell includes a flagged trial (anal
 UNKNOWN = "unknown"
 MISSING = "\u2013"  # en dash: no trial for this method and label fraction
 LONG_COLUMNS = ("row", "column", "class", "metric", "unit", "mean", "std", "n_seeds", "n_undefined", "seeds",
-                "p_vs_best", "n_pairs", "row_rank", "column_rank", "n_flagged", "steps", "patients", "empty_policy")
+                "p_vs_best", "n_pairs", "row_rank", "column_rank", "n_flagged", "steps", "patients", "empty_policy", "search")
 
 
 @dataclass(frozen=True)
@@ -327,6 +331,7 @@ def _cell_rows(row: str, column: str, trials: Sequence[TrialRecord], metrics: Se
     seeds = ",".join(str(trial_seed(t)) for t in trials)
     settings = {"n_flagged": sum(record_health(t).flagged for t in trials), **trial_settings(trials)}
     out = []
+    distances_in = distance_unit(trials) or metric_style("hd95").unit  # the unit HD95/ASD were evaluated in
     for metric in metrics:
         style = metric_style(metric)
         per_trial = [trial_class_values(t.per_case, metric) for t in trials]
@@ -334,7 +339,7 @@ def _cell_rows(row: str, column: str, trials: Sequence[TrialRecord], metrics: Se
             values = [v.get(cls, (math.nan, 0)) for v in per_trial]
             mean, std, n = seed_statistics([value * style.scale for value, _ in values])
             out.append({"row": row, "column": column, "class": _class_label(cls, class_names), "metric": metric,
-                        "unit": style.unit, "mean": mean, "std": std, "n_seeds": n,
+                        "unit": style.unit if style.scale != 1.0 else distances_in, "mean": mean, "std": std, "n_seeds": n,
                         "n_undefined": int(sum(undefined for _, undefined in values)), "seeds": seeds, **settings})
     return out
 
@@ -344,12 +349,34 @@ def _distinct_text(values: Iterable[Any]) -> str:
     return ",".join(dict.fromkeys(UNKNOWN if v is None else str(v) for v in values))
 
 
+def distance_unit(records: Sequence) -> str | None:
+    """The unit of the trials' HD95/ASD: "voxels" when every trial's config sets ``eval.distance_units`` to
+    "voxel" (docs/evaluation.md, 'Units'), None when only some do (mixed units); otherwise "mm" when the test
+    volumes carried a voxel spacing (from ``qualitative.npz``), "voxels" when they did not, None when unknown."""
+    voxel = [((record.result.get("config") or {}).get("eval") or {}).get("distance_units") == "voxel" for record in records]
+    if any(voxel):
+        return "voxels" if all(voxel) else None
+    for record in records:
+        path = Path(record.path) / QUALITATIVE_FILE
+        if path.is_file():
+            try:
+                with np.load(path) as data:
+                    spacing = np.asarray(data["spacing"], dtype=float)
+            except (OSError, KeyError, ValueError):
+                continue
+            if spacing.size:
+                return "mm" if np.isfinite(spacing).all() else "voxels"
+    return None
+
+
 def trial_settings(trials: Sequence[TrialRecord]) -> dict[str, str]:
-    """``steps``, ``patients`` and ``empty_policy`` of a cell's trials, read from their result records."""
+    """``steps``, ``patients`` and ``empty_policy`` of a cell's trials, read from their result records, and ``search``:
+    "yes" when they are samples of an Optuna search (``tags["search"]``), whose hyper-parameters differ."""
     configs = [t.result.get("config") or {} for t in trials]
     return {"steps": _distinct_text((c.get("optim") or {}).get("max_steps") for c in configs),
             "patients": _distinct_text((t.result.get("labelled") or {}).get("num_patients") for t in trials),
-            "empty_policy": _distinct_text((c.get("eval") or {}).get("empty_policy") for c in configs)}
+            "empty_policy": _distinct_text((c.get("eval") or {}).get("empty_policy") for c in configs),
+            "search": "yes" if any((t.result.get("tags") or {}).get("search") for t in trials) else "no"}
 
 
 def duplicate_seeds(records: Iterable[TrialRecord]) -> list[str]:
@@ -401,11 +428,12 @@ def _rounded(value: float, decimals: int) -> float:
 
 
 def _best_means(frame: pd.DataFrame, style: MetricStyle) -> dict[tuple[str, str], float]:
-    """Per (column, class): the best displayed mean, only where at least two methods have a value."""
+    """Per (column, class): the best displayed mean, only where at least two methods have a value and not all of them
+    show the same one (a column of ties has no best: nothing bold, nothing compared)."""
     best = {}
     for (column, cls), group in frame.groupby(["column", "class"], sort=False):
         shown = [_rounded(m, style.decimals) for m in group["mean"] if not math.isnan(m)]
-        if len(shown) >= 2:
+        if len(set(shown)) >= 2:
             best[(column, cls)] = max(shown) if style.higher_is_better else min(shown)
     return best
 
@@ -430,7 +458,7 @@ def wide_table(df: pd.DataFrame, metric: str) -> WideTable:
                      cells, tested, untestable, _table_settings(frame))
 
 
-_SETTING_FIELDS = ("seeds", "steps", "patients", "empty_policy")
+_SETTING_FIELDS = ("seeds", "steps", "patients", "empty_policy", "unit", "search")
 
 
 def _setting_text(value: Any) -> str:
@@ -484,7 +512,7 @@ def _seeds_sentence(table: WideTable) -> str:
     if distinct == [1]:
         return "One seed per cell: the mean over its test cases (no std)."
     seeds = [seed for seed in table.settings.get("seeds", []) if seed != UNKNOWN]
-    if seeds and distinct[-1] > len(seeds):  # more trials in a cell than seeds in the table: a search's samples
+    if "yes" in table.settings.get("search", []):  # a search's samples (a grid's duplicated seed is a problem line instead)
         spread = f"{distinct[0]}" if len(distinct) == 1 else f"{distinct[0]}\u2013{distinct[-1]}"
         return (f"Mean \u00b1 sample std (ddof=1) over the trials of a cell, {spread} per cell: search samples, whose "
                 "hyper-parameters differ (the std is their spread, not seed noise); per trial, the mean over test cases.")
@@ -572,7 +600,9 @@ def caption(table: WideTable) -> str:
     if settings:
         text += f" {settings}"
     if style.scale == 1.0:
-        text += f" {style.label} in {style.unit}."
+        units = table.settings.get("unit") or [style.unit]
+        text += (f" {style.label} in {units[0]}." if len(units) == 1 else
+                 f" {style.label} in {' or '.join(units)}: the cells differ (table.csv's unit column gives each cell's).")
     text += f" Bold: best per column ({'higher' if style.higher_is_better else 'lower'} is better)."
     if table.any_tested or table.any_untestable:
         text += " " + caption_note(table.any_tested, table.any_untestable)
@@ -638,9 +668,31 @@ _LATEX_ESCAPES = {
 }
 
 
+_GREEK = re.compile(r"([\u0391-\u03a1\u03a3-\u03a9\u03b1-\u03c9])(?:_([A-Za-z0-9]+))?")
+_LATEX_GREEK_CAPITALS = {"Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi", "Psi", "Omega"}
+_LATIN_GREEK_CAPITALS = {"Alpha": "A", "Beta": "B", "Epsilon": "E", "Zeta": "Z", "Eta": "H", "Iota": "I", "Kappa": "K",
+                         "Mu": "M", "Nu": "N", "Omicron": "O", "Rho": "P", "Tau": "T", "Chi": "X"}  # no LaTeX command
+
+
+def _latex_greek(match: re.Match) -> str:
+    """A Greek letter, with a subscript written ``_t`` after it, as math: "τ_t" -> ``$\\tau_{t}$``."""
+    letter, subscript = match.groups()
+    name = unicodedata.name(letter).split()[-1].capitalize().replace("Lamda", "Lambda")  # "GREEK SMALL LETTER TAU"
+    if letter.islower():
+        symbol = "o" if name == "Omicron" else "\\" + name.lower()
+    else:
+        symbol = "\\" + name if name in _LATEX_GREEK_CAPITALS else _LATIN_GREEK_CAPITALS[name]
+    return f"${symbol}_{{{subscript}}}$" if subscript else f"${symbol}$"
+
+
 def escape_latex(text: str) -> str:
-    """``text`` as LaTeX source: special characters escaped, ± and † as math, – as ``--``."""
-    return "".join(_LATEX_ESCAPES.get(char, char) for char in text)
+    """``text`` as LaTeX source: special characters escaped, ± and † as math, – as ``--``, Greek letters as math
+    (with a ``_x`` after one as its subscript: "τ_t = 0.1" -> ``$\\tau_{t}$ = 0.1``)."""
+    out, at = [], 0
+    for match in _GREEK.finditer(text):
+        out += [_LATEX_ESCAPES.get(char, char) for char in text[at:match.start()]] + [_latex_greek(match)]
+        at = match.end()
+    return "".join(out + [_LATEX_ESCAPES.get(char, char) for char in text[at:]])
 
 
 def _latex_cell(cell: Cell | None, decimals: int) -> str:

@@ -62,6 +62,10 @@ class VariantTable:
         kept["axes"].update(axes)
         return kept["row"]
 
+    def resolved(self, overrides: Mapping[str, Any]) -> dict:
+        """The full configuration of a row with ``overrides`` (objective and stage parameters with their defaults)."""
+        return _resolved(self.base, overrides)
+
     def variants(self) -> list[Variant]:
         """The rows as variants, ``tags["order"]`` = insertion order."""
         return [Variant({"row": r["row"], "order": i, "variant": r["variant"], "axes": dict(r["axes"])}, r["overrides"])

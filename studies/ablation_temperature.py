@@ -11,7 +11,8 @@ per setting:
   defaults): tau_t in 0.01 (ARCO/ACTION on ACDC), 0.1, 0.6 (the released LA setting); tau_s in 0.07
   (ACTION++), 0.1, 0.2.
 
-The released setting (ARCO-SG, tau = 0.5, tau_s = tau_t = 0.1) is one row shared by all three axes; every
+The released setting (ARCO-SG, tau = 0.5, tau_s = tau_t = 0.1) is one row shared by all three axes, first among
+ARCO-SG's rows and labelled with all three values ("ARCO-SG, released: τ = 0.5, ISD τ_t = 0.1, τ_s = 0.1"); every
 other row changes one value. Rows carry ``tags["axes"]`` (``objective_params.temperature``,
 ``isd.tau_student``, ``isd.tau_teacher``) and ``tags["variant"]`` (the method: one plot line per method).
 Each ISD setting trains its own pretraining stage; rows with the same stage share it through the cache.
@@ -48,6 +49,10 @@ LABELLED = "1"  # patients; the ARCO ablations use 1 labelled patient
 
 def build(args, profile, base):
     table = VariantTable(base)  # merges the rows that are the released setting into one
+    label, released = METHOD_LABELS[ISD_METHOD], method_overrides(ISD_METHOD, profile)
+    config = table.resolved(released)  # the three axes' released rows merge into this one (the pixel axis's overrides: its key)
+    table.add(released_label(label, config), with_objective_params(released, temperature=config["objective_params"]["temperature"]),
+              variant=label)
     for method in PIXEL_METHODS:
         label, released = METHOD_LABELS[method], method_overrides(method, profile)
         for tau in PIXEL_TEMPERATURE[profile.name]:
@@ -60,6 +65,13 @@ def build(args, profile, base):
                       axes={f"isd.{field}": tau})
     return Study(name="ablation_temperature", base=base, results_dir=Path(args.results_dir), variants=table.variants(),
                  grid={"data.labelled": [LABELLED]})
+
+
+def released_label(method_label: str, config: dict) -> str:
+    """The row label of the released setting, which every axis shares: its pixel-contrast and ISD temperatures."""
+    isd = config["pretrain"][0]["objective_params"]
+    return (f"{method_label}, released: τ = {config['objective_params']['temperature']:g}, "
+            f"ISD τ_t = {isd['tau_teacher']:g}, τ_s = {isd['tau_student']:g}")
 
 
 def main(argv=None) -> int:

@@ -50,7 +50,7 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
      "--set objective_params.temperature: row 'Supervised only' (objective supervised) has no parameter 'temperature' "
      "(its parameters: sup_weight); leave the row out with --rows"),
     ("ablation_temperature", ["--set", "objective_params.temperature=0.3"],
-     "--set objective_params.temperature: row 'ARCO-SG, τ = 0.1' sets it itself (to 0.1)"),
+     "--set objective_params.temperature: row 'ARCO-SG, released: τ = 0.5, ISD τ_t = 0.1, τ_s = 0.1' sets it itself (to 0.5)"),
     ("ablation_tailness", ["--set", "seed=2"], "--set seed: set by the flag --seeds; use that instead"),
     ("ablation_tailness", ["--set", "data.labelled=3"], "--set data.labelled: study ablation_tailness-smoke varies it as a grid axis (1)"),
     ("ablation_tailness", ["--set", "optim=1"], "--set optim: name one field of it, e.g. --set optim.optimizer=..."),

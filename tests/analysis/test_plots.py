@@ -31,6 +31,25 @@ def test_palette_is_fixed_for_known_methods_and_distinct_otherwise():
     second = plots.palette(["other variant", "my variant", "MONA"])
     assert first["MONA"] == second["MONA"] == plots.FIXED_COLOURS["MONA"]
     assert len(set(first.values())) == 4 and first["my variant"] == second["my variant"]
+    assert not set(first.values()) & (set(plots.FIXED_COLOURS.values()) - {first["MONA"], first["ACTION"]})
+
+
+def test_palette_gives_a_methods_variants_shades_of_its_colour_and_no_one_elses():
+    from matplotlib.colors import to_rgb
+
+    labels = ["ARCO-SG, τ = 0.1", "ARCO-SG, τ = 0.5", "ACTION, τ = 0.1", "ARCO-SAG (x=1)", "Supervised, all labels"]
+    colours = plots.palette(labels)
+    assert len(set(colours.values())) == len(labels)
+    assert colours["ACTION, τ = 0.1"] == plots.FIXED_COLOURS["ACTION"]  # the only ACTION row: its own colour
+    assert colours["ARCO-SAG (x=1)"] == plots.FIXED_COLOURS["ARCO-SAG"]  # not ARCO-SG's: the longest known prefix
+    assert colours["Supervised, all labels"] == plots.FIXED_COLOURS["Supervised, all labels"]
+    green = to_rgb(plots.FIXED_COLOURS["ARCO-SG"])
+    for label in labels[:2]:  # ARCO-SG's two rows: shades of its green (the same hue), darker first
+        shade = to_rgb(colours[label])
+        assert shade[1] == max(shade) and shade != green
+    assert sum(to_rgb(colours[labels[0]])) < sum(to_rgb(colours[labels[1]]))
+    with_base = plots.palette(["MONA", "MONA (x=1)"])
+    assert with_base["MONA"] == plots.FIXED_COLOURS["MONA"] != with_base["MONA (x=1)"]
 
 
 def test_class_bars_per_label_fraction(records, colours):
@@ -42,6 +61,19 @@ def test_class_bars_per_label_fraction(records, colours):
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["MONA", "Mean teacher", "ARCO-SG"]
     assert plots.class_bars(df, "hd95", colours, plots.distance_unit(records)).axes[0].get_ylabel() == "HD95 (mm)"
     assert isinstance(plots.class_bars(df.iloc[0:0], "dice", colours), plots.Skipped)
+
+
+def test_class_bars_keep_rows_classes_and_panels_undefined_everywhere_marked_na(records, colours):
+    df = tables.build_table(records)
+    hd95 = df["metric"] == "hd95"
+    undefined = hd95 & ((df["row"] == "Mean teacher") | (df["class"] == "Myo") | (df["column"] == "3 patients (4.3%)"))
+    df.loc[undefined, ["mean", "std"]] = float("nan")  # as for trials whose predictions are all empty
+    fig = plots.class_bars(df, "hd95", colours, "mm")
+    assert [ax.get_title() for ax in fig.axes] == ["1 patient (1.4%)", "3 patients (4.3%)"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["RV", "Myo", "LV", "Avg"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["MONA", "Mean teacher", "ARCO-SG"]
+    assert sum(t.get_text() == "n/a" for t in fig.axes[1].texts) == 3 * 4  # every bar of the undefined panel
+    assert "n/a: undefined in every test case" in fig._suptitle.get_text()
 
 
 def test_distance_unit_reads_eval_distance_units_before_the_volume_spacing(records):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 
@@ -79,6 +80,33 @@ def test_medseg_report_on_an_empty_or_missing_folder_is_a_clear_error(tmp_path, 
     assert main(["report", str(tmp_path / "empty-study")]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == ("empty-study: no finished trial (no trials/*/result.json); "
                                                                 "run its study command to train them")
+
+
+def test_a_study_whose_every_result_is_unreadable_says_so_instead_of_no_result(study, capsys):
+    results = list(study.glob("trials/*/result.json"))
+    for path in results:
+        path.write_text("{", encoding="utf-8")  # truncated
+    assert main(["report", str(study)]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"{study.name}: no readable result: {len(results)} trials/*/result.json file(s) could not be read")
+
+
+def test_a_bad_claim_or_a_plots_file_is_an_error_before_anything_is_rewritten(study, capsys):
+    write_report(study, log=lambda m: None)
+    before = _outputs(study)
+    info = json.loads((study / "study.json").read_text(encoding="utf-8"))
+    info["claims"] = [{"a": "MONA", "b": "Mean teacher", "direction": "<"}]
+    (study / "study.json").write_text(json.dumps(info), encoding="utf-8")
+    mtimes = {p: p.stat().st_mtime_ns for p in study.rglob("*.png")}
+    assert main(["report", str(study)]) == 2
+    assert "study.json claims[0]" in capsys.readouterr().err
+    assert _outputs(study) == before and {p: p.stat().st_mtime_ns for p in study.rglob("*.png")} == mtimes
+    del info["claims"]
+    (study / "study.json").write_text(json.dumps(info), encoding="utf-8")
+    shutil.rmtree(study / "plots")
+    (study / "plots").write_text("not a folder", encoding="utf-8")
+    assert main(["report", str(study)]) == 2
+    assert "plots: not a folder" in capsys.readouterr().err and _outputs(study) == before
 
 
 @pytest.mark.parametrize("name, content, kind", [("study.json", "[1, 2]", "an array"), ("settings.json", '"x"', "a string")])
@@ -180,8 +208,10 @@ def test_finished_trials_left_out_of_the_study_as_last_defined_are_named(study):
     (study / "study.json").write_text(json.dumps({**info, "trials": keep}), encoding="utf-8")
     report = write_report(study, log=lambda m: None)
     assert len(report.records) == 2
-    assert any(p.startswith("10 finished trial(s) in trials/ are not part of this study as its last command defined it")
-               for p in report.problems)
+    left_out = sorted(k.name for k in (study / "trials").iterdir() if (k / "result.json").is_file() and k.name not in keep)
+    named = f"{', '.join(left_out[:3])} and 7 more"
+    assert any(p.startswith(f"10 finished trial(s) in trials/ ({named}) are not part of this study as its last command "
+                            "defined it") for p in report.problems)
 
 
 def test_one_unreadable_study_does_not_stop_the_others(tmp_path, capsys):

@@ -308,10 +308,47 @@ def test_a_search_table_calls_its_cells_samples_not_seeds():
     """A search's row averages samples of one seed: "over seeds, 6 seeds per cell" misread their spread as seed noise."""
     from analysis.tables import Cell, WideTable, _seeds_sentence
 
-    def table(n: int, seeds: list[str]) -> WideTable:
+    def table(n: int, seeds: list[str], search: str = "yes") -> WideTable:
         cell = Cell(mean=50.0, std=3.0, n_seeds=n, n_undefined=0, best=True)
-        return WideTable("dice", ["R"], ["1"], ["Avg"], {("R", "1", "Avg"): cell}, settings={"seeds": seeds})
+        return WideTable("dice", ["R"], ["1"], ["Avg"], {("R", "1", "Avg"): cell}, settings={"seeds": seeds, "search": [search]})
 
     assert _seeds_sentence(table(6, ["1"])).startswith("Mean \u00b1 sample std (ddof=1) over the trials of a cell, 6 per cell: "
                                                        "search samples, whose hyper-parameters differ")
-    assert _seeds_sentence(table(3, ["1", "2", "3"])).startswith("Mean \u00b1 sample std (ddof=1) over seeds, 3 seeds per cell")
+    assert _seeds_sentence(table(3, ["1", "2", "3"], "no")).startswith("Mean \u00b1 sample std (ddof=1) over seeds, 3 seeds per cell")
+    # a grid study with a seed reported twice (a problem line says so) is still a table over seeds
+    assert _seeds_sentence(table(4, ["1", "2", "3"], "no")).startswith("Mean \u00b1 sample std (ddof=1) over seeds, 4 seeds per cell")
+
+
+def test_hd95_and_asd_tables_name_the_unit_they_were_evaluated_in(tmp_path):
+    """The caption used to say "voxels or mm as evaluated" whatever the trials did; the plots already knew."""
+    import dataclasses
+
+    from tests.analysis.fakes import make_fake_study
+
+    records = scan_study(make_fake_study(tmp_path))[0]  # the fake test volumes carry a spacing
+
+    def units(records, metric):
+        df = tables.build_table(records)
+        return set(df[df["metric"] == metric]["unit"]), tables.caption(tables.wide_table(df, metric))
+
+    assert units(records, "dice")[0] == {"%"}
+    unit, text = units(records, "hd95")
+    assert unit == {"mm"} and " HD95 in mm. " in text and "as evaluated" not in text
+
+    def in_voxels(record):
+        config = {**record.result["config"], "eval": {**record.result["config"]["eval"], "distance_units": "voxel"}}
+        return dataclasses.replace(record, result={**record.result, "config": config})
+
+    unit, text = units([in_voxels(r) for r in records], "asd")
+    assert unit == {"voxels"} and " ASD in voxels. " in text
+    mona_in_voxels = [in_voxels(r) if tables.row_label(r) == "MONA" else r for r in records]
+    unit, text = units(mona_in_voxels, "hd95")
+    assert unit == {"mm", "voxels"} and "HD95 in mm or voxels: the cells differ" in text
+
+
+def test_latex_writes_greek_letters_and_their_subscripts_as_math():
+    """The temperature study's rows ("ARCO-SG, ISD τ_t = 0.01") went into the .tex raw: pdflatex stops at "τ"."""
+    assert tables.escape_latex("ARCO-SG, ISD τ_t = 0.01") == r"ARCO-SG, ISD $\tau_{t}$ = 0.01"
+    assert tables.escape_latex("ACTION, τ = 0.1 ± 2") == r"ACTION, $\tau$ = 0.1 $\pm$ 2"
+    assert tables.escape_latex("λ Λ Α ο") == r"$\lambda$ $\Lambda$ $A$ $o$"  # Unicode's "LAMDA"; no \Alpha in LaTeX
+    assert tables.escape_latex("MONA w/o L_contrast") == r"MONA w/o L\_contrast"  # a subscript only after a Greek letter
