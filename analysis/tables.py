@@ -511,7 +511,6 @@ def _seeds_sentence(table: WideTable) -> str:
         return "No cell has a value."
     if distinct == [1]:
         return "One seed per cell: the mean over its test cases (no std)."
-    seeds = [seed for seed in table.settings.get("seeds", []) if seed != UNKNOWN]
     if "yes" in table.settings.get("search", []):  # a search's samples (a grid's duplicated seed is a problem line instead)
         spread = f"{distinct[0]}" if len(distinct) == 1 else f"{distinct[0]}\u2013{distinct[-1]}"
         return (f"Mean \u00b1 sample std (ddof=1) over the trials of a cell, {spread} per cell: search samples, whose "
