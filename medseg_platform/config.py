@@ -301,7 +301,10 @@ class TrialConfig:
             raise ConfigError("data.root: no dataset given (pass --data-root, or omit it to use the embedded phantom)")
         layout = AcdcLayout(self.data.root, self.data.num_classes)
         seed = self.seed if self.data.labelled_seed is None else self.data.labelled_seed
-        subset = select_labelled(layout.train_slices, self.data.labelled, self.data.labelled_strategy, seed)
+        try:
+            subset = select_labelled(layout.train_slices, self.data.labelled, self.data.labelled_strategy, seed)
+        except ConfigError as exc:  # say which dataset: a fraction that fits ACDC may not fit a small one
+            raise ConfigError(f"data.labelled on {layout.root}: {exc}") from None
         if self.data.labelled_batch > len(subset.labelled_slices):
             raise ConfigError(
                 f"data.labelled_batch {self.data.labelled_batch}: larger than the labelled set "

@@ -6,6 +6,9 @@ Each writer writes to a temporary file in the destination folder, flushes and fs
 Folder writers (the phantom, the converters) build a hidden staging folder and rename it into place. While one is
 registered with :func:`removed_if_terminated`, SIGTERM runs :func:`exit_on_sigterm`, which removes it and exits (the
 handler removes it itself: an exception raised from a signal handler can land in a weakref callback and be ignored).
+Ctrl-C raises KeyboardInterrupt as usual, and is also recorded: a writer calls :func:`raise_if_interrupted` between
+items and before it renames its folder into place, so an interrupt that Python swallowed (the same weakref callbacks,
+e.g. h5py freeing an object) still stops it instead of replacing the old output.
 """
 
 from __future__ import annotations
@@ -67,25 +70,49 @@ def removed_if_terminated(path: Path) -> Iterator[Path]:
     thread, with SIGTERM at its default (nobody else handles it), that handler is installed for the block."""
     import threading
 
-    install = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    main = threading.current_thread() is threading.main_thread()
+    install = main and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    record_interrupts = main and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     _STAGING.add(path)
+    _INTERRUPTED.clear()
     if install:
         signal.signal(signal.SIGTERM, exit_on_sigterm)
+    if record_interrupts:
+        signal.signal(signal.SIGINT, _recorded_interrupt)
     try:
         yield path
     finally:
         _STAGING.discard(path)
         if install:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if record_interrupts:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_INTERRUPTED: set[int] = set()  # holds SIGINT once Ctrl-C came while a staging folder is registered
+
+
+def _recorded_interrupt(signum, frame) -> None:
+    """SIGINT handler while a folder is staged: Python's KeyboardInterrupt, remembered (:func:`raise_if_interrupted`)."""
+    _INTERRUPTED.add(signum)
+    raise KeyboardInterrupt
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt when Ctrl-C came during the current :func:`removed_if_terminated` block, also one whose
+    exception Python ignored; a folder writer calls it between items and before renaming its folder into place."""
+    if _INTERRUPTED:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def sigterm_deferred() -> Iterator[None]:
-    """Hold SIGTERM back while the block runs (a rename of a finished folder into place must not be cut in two)."""
+    """Hold SIGTERM and SIGINT back while the block runs (a rename of a finished folder into place must not be cut in
+    two); the caller checks :func:`raise_if_interrupted` just before it."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         yield
     finally:

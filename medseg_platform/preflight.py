@@ -34,7 +34,7 @@ from medseg_platform.errors import DataError
 from medseg_platform.io import write_json_atomic
 
 PREFLIGHT_FILE = "preflight.json"
-PREFLIGHT_VERSION = 2  # 2: repeated list ids and HDF5 groups are problems. Bump when the check itself changes, so cached verdicts are not trusted any more
+PREFLIGHT_VERSION = 3  # 2: repeated list ids and HDF5 groups are problems; 3: patients in two splits, changed checksums. Bump when the check itself changes, so cached verdicts are not trusted any more
 
 
 def _stderr(message: str) -> None:

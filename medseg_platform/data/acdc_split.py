@@ -79,7 +79,7 @@ class SplitSpec:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
                 raise ConfigError(f"--{name.replace('_', '-')} {value!r}: must be a number strictly between 0 and 1")
-        if self.val_fraction + self.test_fraction >= 1.0:
+        if self.val_count is None and self.test_count is None and self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError(
                 f"--val-fraction {self.val_fraction} + --test-fraction {self.test_fraction}: must sum to less than 1 "
                 f"(the rest is the training set)"

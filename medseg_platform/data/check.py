@@ -3,7 +3,8 @@
 Every listed slice and volume is opened and checked: the file exists and is readable HDF5, has
 ``image`` and ``label`` of equal shape (2-D slices, 3-D volumes), a floating-point image that is finite
 and within [0, 1], and integer labels within ``0 .. num_classes-1``; the manifest's class names (if any)
-must name labels 1..num_classes-1, and no list may name an id twice. A bad file gives one line naming the file and
+must name labels 1..num_classes-1, no list may name an id twice, no patient may have cases in two splits, and every
+file the manifest records a SHA-256 for must still have it. A bad file gives one line naming the file and
 the problem and the check goes on; the command exits non-zero if any problem was found. Without ``--num-classes``
 the count is the manifest's (its class names + 1, else the converter's ``num_classes``), else 4 (ACDC). It also prints cases and slices per
 split and the voxel fraction of every class (by name). Studies run the same check before Ray starts
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_platform.data.layout import MANIFEST, TEST_LIST, TRAIN_LIST, VAL_LIST, AcdcLayout, default_class_names, read_h5_pair, read_manifest
+from medseg_platform.data.layout import (MANIFEST, TEST_LIST, TRAIN_LIST, VAL_LIST, AcdcLayout, changed_files, default_class_names,
+                                         patient_of_case, read_h5_pair, read_manifest)
 from medseg_platform.errors import DataError
 
 MAX_CLASSES = 256  # labels are uint8, as the converters cap them
@@ -112,7 +114,7 @@ def check_dataset(root: str | Path, num_classes: int = 4, progress: bool = False
         class_names = layout.class_names
     except DataError as exc:  # the manifest names another number of classes than num_classes
         problems.append(str(exc))
-        class_names = default_class_names(num_classes)
+        class_names = tuple(f"class {label}" for label in range(1, num_classes))  # not ACDC's names: they are unknown
 
     train = SplitStats("train", class_voxels=np.zeros(num_classes, dtype=np.int64))
     train.cases = len(layout.train_cases)
@@ -142,7 +144,31 @@ def check_dataset(root: str | Path, num_classes: int = 4, progress: bool = False
     overlap |= set(layout.val_cases) & set(layout.test_cases)
     if overlap:
         problems.append(f"{layout.root}: case(s) {sorted(overlap)[:5]} appear in more than one split (train/val/test must be disjoint)")
+    else:
+        problems += _patients_in_two_splits(layout)
+    changed = changed_files(layout.root)
+    if changed:
+        problems.append(f"{layout.root / MANIFEST}: {len(changed)} file(s) differ from the SHA-256 it records, e.g. "
+                        f"{changed[0]} (changed after the dataset was written, and results could not tell the two versions "
+                        "apart: convert or generate it again, restore the file, or delete the manifest's \"sha256\" entry to "
+                        "accept the change)")
     return CheckReport(layout.root, num_classes, splits, problems, class_names)
+
+
+def _patients_in_two_splits(layout: AcdcLayout) -> list[str]:
+    """A problem line when one patient's cases (``patientXXX_frameNN``) sit in two splits: splits are by patient, and a
+    test frame of a training patient leaks (docs/data.md, 'Splits')."""
+    split_of: dict[str, set[str]] = {}
+    for name, cases in (("train", layout.train_cases), ("val", layout.val_cases), ("test", layout.test_cases)):
+        for case in cases:
+            split_of.setdefault(patient_of_case(case), set()).add(name)
+    shared = sorted(patient for patient, names in split_of.items() if len(names) > 1)
+    if not shared:
+        return []
+    example = shared[0]
+    where = " and ".join(name for name in ("train", "val", "test") if name in split_of[example])
+    return [f"{layout.root}: {len(shared)} patient(s) have cases in more than one split, e.g. {example} in {where} (splits are "
+            "by patient: the other frames of a training patient are not a test of generalisation); fix the list files"]
 
 
 # ------------------------------------------------------------------------------------------ CLI

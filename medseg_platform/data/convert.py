@@ -62,7 +62,7 @@ from medseg_platform.data.nifti import (
     source_affine,
 )
 from medseg_platform.errors import ConfigError, DataError
-from medseg_platform.io import check_output_folder, removed_if_terminated, sigterm_deferred
+from medseg_platform.io import check_output_folder, raise_if_interrupted, removed_if_terminated, sigterm_deferred
 
 ACDC_NUM_CLASSES = 4  # 0 background, 1 RV, 2 Myo, 3 LV
 ACDC_PHASES = (("ED", "frame01"), ("ES", "frame02"))
@@ -191,7 +191,7 @@ def check_output_dir(out_dir: Path, raw_dir: Path, overwrite: bool) -> None:
     if not ((out_dir / MANIFEST).is_file() or (out_dir / TRAIN_LIST).is_file()):
         raise ConfigError(f"{out_dir}: OUT_DIR is not empty and has no {MANIFEST} or {TRAIN_LIST}, so it does not look like a "
                           f"converted dataset; {refuse}")
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in DATASET_ENTRIES)
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in DATASET_ENTRIES) + foreign_data_entries(out_dir)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
         raise ConfigError(f"{out_dir}: OUT_DIR holds entries a converted dataset does not have ({shown}), which --overwrite "
@@ -213,6 +213,29 @@ names volumes), and the folder-view files macOS and Windows drop into any folder
 replaces."""
 
 
+def foreign_data_entries(out_dir: Path) -> list[str]:
+    """Entries of ``out_dir/data`` that a converted dataset does not write (anything but ``<case>.h5`` files and a
+    ``slices`` folder of ``.h5`` files, and folder-view files), as paths relative to ``out_dir``; ``--overwrite``
+    would delete them with the folder."""
+    data = out_dir / "data"
+    if not data.is_dir():
+        return []
+    ignored = DATASET_ENTRIES - {"data"}
+
+    def odd(folder: Path, sub_folder_ok: bool) -> list[str]:
+        out = []
+        for entry in sorted(folder.iterdir()):
+            if entry.name in ignored or (entry.suffix == ".h5" and entry.is_file() and not entry.is_symlink()):
+                continue
+            if sub_folder_ok and entry.name == "slices" and entry.is_dir() and not entry.is_symlink():
+                out += odd(entry, False)
+            else:
+                out.append(entry.relative_to(out_dir).as_posix())
+        return out
+
+    return odd(data, True)
+
+
 def _umask() -> int:
     """The process umask (read by setting and restoring it)."""
     mask = os.umask(0o022)
@@ -232,6 +255,7 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
         os.chmod(staging, 0o777 & ~_umask())
         with removed_if_terminated(staging):
             yield staging
+            raise_if_interrupted()  # a Ctrl-C that Python swallowed must not replace the old dataset
             with sigterm_deferred():  # the old dataset is never left half-swapped
                 old = None
                 if out_dir.exists():
@@ -277,6 +301,7 @@ def write_cases(
         part = split.of(patient)
         notes = []
         for src in by_patient[patient]:
+            raise_if_interrupted()
             case = load_pair(src.image, src.label, num_classes)
             train_slices += write_case(root, src.case, case.image, case.label, case.spacing, with_slices=part == "train")
             facts[src.case] = {

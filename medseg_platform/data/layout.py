@@ -135,6 +135,19 @@ def read_manifest(root: str | os.PathLike) -> dict:
     return manifest
 
 
+def changed_files(root: str | os.PathLike) -> list[str]:
+    """Files of ``root`` whose SHA-256 differs from the one its manifest records (relative paths, sorted); files that
+    are missing, and a manifest that is unreadable or records no checksums, are other checks' business ([])."""
+    try:
+        recorded = read_manifest(root).get("sha256") or {}
+    except (DataError, OSError):
+        return []
+    if not isinstance(recorded, dict):
+        return []
+    root = Path(root)
+    return sorted(rel for rel, digest in recorded.items() if (root / rel).is_file() and sha256_file(root / rel) != digest)
+
+
 def dataset_class_names(root: str | os.PathLike, num_classes: int) -> tuple[str, ...]:
     """Names of labels 1..num_classes-1 of the dataset at ``root`` (its manifest, else the defaults)."""
     return manifest_class_names(read_manifest(root), num_classes, str(Path(root) / MANIFEST))

@@ -51,7 +51,7 @@ import numpy as np
 from medseg_platform.data import layout
 from medseg_platform.data.phantom_anatomy import FRAMES, sample_patient, synthesize_case
 from medseg_platform.errors import ConfigError, DataError
-from medseg_platform.io import check_folder_writable, check_output_folder, removed_if_terminated, sha256_file
+from medseg_platform.io import check_folder_writable, check_output_folder, raise_if_interrupted, removed_if_terminated
 
 PHANTOM_VERSION = 1  # bump whenever the generated data changes; it is part of the cache key
 DEFAULT_PATIENTS = 20
@@ -149,6 +149,7 @@ def _write_all(root: Path, params: PhantomParams, progress: Progress | None) -> 
     lists: dict[str, list[str]] = {"val": [], "test": []}
     cases: dict[str, dict] = {}
     for index in range(params.patients):
+        raise_if_interrupted()
         split = split_of[index]
         frames = make_patient(params, index)
         for frame, (image, label, spacing) in frames.items():
@@ -180,12 +181,6 @@ def holds_phantom(root: str | os.PathLike, params: PhantomParams) -> bool:
     if manifest is None or manifest.get("source") != params.source():
         return False
     return all((Path(root) / rel).is_file() for rel in manifest.get("sha256", {}))
-
-
-def changed_files(root: Path) -> list[str]:
-    """Files of ``root`` whose SHA-256 differs from the one its manifest records (relative paths, sorted)."""
-    recorded = (_manifest(root) or {}).get("sha256", {})
-    return sorted(rel for rel, digest in recorded.items() if sha256_file(root / rel) != digest)
 
 
 def _describe_existing(root: Path) -> str:
@@ -245,6 +240,7 @@ def generate_phantom(
     try:
         with removed_if_terminated(tmp):
             _write_all(tmp, params, progress)
+            raise_if_interrupted()  # a Ctrl-C that Python swallowed: no phantom moved into place
             try:
                 os.replace(tmp, out)
             except OSError:
@@ -312,7 +308,7 @@ def _run(args) -> int:
     check_output_folder(args.out, "--out", writes=None)  # generate_phantom checks the write once it has work to do
     out = Path(args.out).expanduser().absolute()
     if _check_target(out, params):
-        changed = changed_files(out)
+        changed = layout.changed_files(out)
         if changed:
             shown = ", ".join(changed[:3]) + (f", ... ({len(changed)} in all)" if len(changed) > 3 else "")
             raise DataError(f"{out}: holds the phantom with {params}, but {shown} differ(s) from its manifest's checksums; "
@@ -324,7 +320,7 @@ def _run(args) -> int:
     n_train, n_val, n_test = split_counts(params.patients)
     n_slices = len(layout.AcdcLayout(out).train_slices)
     print(
-        f"wrote phantom ({params}) to {out}: {n_train} train patients ({n_slices} slices), "
+        f"wrote phantom ({params}) to {out}: {n_train} train patient{'s' if n_train != 1 else ''} ({n_slices} slices), "
         f"{n_val} val, {n_test} test, in {time.perf_counter() - start:.1f} s"
     )
     return 0

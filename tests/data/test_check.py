@@ -104,3 +104,41 @@ def test_num_classes_comes_from_the_manifest_and_is_capped(tmp_path: Path, capsy
     (root / "manifest.json").write_text(json.dumps(manifest))
     assert main(["data", "check", str(root)]) == 2
     assert capsys.readouterr().err.strip().startswith(f"error: {root / 'manifest.json'}: 1 classes: the number of classes must be")
+
+
+def test_a_patient_in_two_splits_and_a_file_changed_after_writing_are_problems(tmp_path: Path, capsys):
+    """Both passed as "OK": a test frame of a training patient leaks, and an edited file keeps the dataset's identity."""
+    from medseg_platform.data.phantom import generate_phantom
+
+    root = generate_phantom(tmp_path / "ph", patients=5, size=32, seed=0)
+    assert check_dataset(root).ok
+    ds = AcdcLayout(root)
+    test_case = ds.test_cases[0]
+    with h5py.File(ds.volume_path(test_case), "r+") as fh:  # a label edited in place
+        fh["label"][0, 0, 0] = 1 - fh["label"][0, 0, 0]
+    report = check_dataset(root)
+    assert len(report.problems) == 1 and report.problems[0].startswith(
+        f"{root / 'manifest.json'}: 1 file(s) differ from the SHA-256 it records, e.g. data/{test_case}.h5")
+    assert main(["data", "check", str(root)]) == 1 and "1 problem(s)" in capsys.readouterr().out
+    manifest = json.loads((root / "manifest.json").read_text())
+    del manifest["sha256"]  # what the message offers, to accept edits (lists edited by hand below)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert check_dataset(root).ok
+    other_frame = test_case[:-2] + ("02" if test_case.endswith("01") else "01")  # the same patient's other frame
+    (root / "test.list").write_text("\n".join(c for c in ds.test_cases if c != other_frame) + "\n")
+    (root / "val.list").write_text("\n".join([*ds.val_cases, other_frame]) + "\n")
+    report = check_dataset(root)
+    assert report.problems == [f"{root}: 1 patient(s) have cases in more than one split, e.g. {test_case.split('_')[0]} in "
+                               "val and test (splits are by patient: the other frames of a training patient are not a "
+                               "test of generalisation); fix the list files"]
+    (root / "val.list").write_text("\n".join([*ds.val_cases, ds.test_cases[0]]) + "\n")  # one case in two splits
+    assert [p for p in check_dataset(root).problems if "more than one split" in p] == [
+        f"{root}: case(s) {[ds.test_cases[0]]} appear in more than one split (train/val/test must be disjoint)"]
+
+
+def test_class_names_are_not_acdcs_when_the_manifest_disagrees_with_num_classes(tmp_path: Path):
+    from medseg_platform.data.phantom import generate_phantom
+
+    root = generate_phantom(tmp_path / "ph", patients=5, size=32, seed=0)  # 4 classes, named
+    report = check_dataset(root, num_classes=3)
+    assert report.problems and report.class_names == ("class 1", "class 2")

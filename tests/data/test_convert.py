@@ -230,6 +230,10 @@ def test_split_counts_and_errors():
         published_split(["patient099", "patient011"])
     with pytest.raises(ConfigError, match="--val-fraction"):
         SplitSpec(kind="random", val_fraction=0.6, test_fraction=0.5)
+    # a count replaces its fraction: the default --val-fraction is not blamed (the split itself still must leave a train set)
+    assert split_counts(100, SplitSpec(kind="random", val_count=2, test_fraction=0.95)) == (3, 2, 95)
+    with pytest.raises(DataError, match="cannot be split into 2 val"):
+        split_counts(40, SplitSpec(kind="random", val_count=2, test_fraction=0.95))
     ids = [f"p{i}" for i in range(10)]
     assert random_split(ids, SplitSpec(kind="random", seed=5)) == random_split(list(reversed(ids)), SplitSpec(kind="random", seed=5))
 
@@ -358,6 +362,40 @@ def test_out_dir_protection_and_failed_overwrite_keeps_old(acdc_raw, converted, 
     (out / "my_notes.txt").write_text("keep me")  # a file a user added to a converted dataset
     rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], out, "--overwrite")
     assert rc == 2 and "(my_notes.txt)" in err and (out / "my_notes.txt").read_text() == "keep me"
+    (out / "my_notes.txt").unlink()
+    (out / "data" / "mine").mkdir()  # inside data/ too (it used to be deleted without a word)
+    (out / "data" / "mine" / "keep.txt").write_text("keep me")
+    (out / "data" / "slices" / "notes.md").write_text("keep me")
+    rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], out, "--overwrite")
+    assert rc == 2 and "(data/mine, data/slices/notes.md)" in err and (out / "data" / "mine" / "keep.txt").is_file()
+
+
+def test_a_ctrl_c_that_python_swallowed_still_keeps_the_old_dataset(acdc_raw, converted, tmp_path):
+    """Python ignores a KeyboardInterrupt raised inside a weakref callback (h5py freeing an object): the conversion
+    went on and replaced OUT_DIR after Ctrl-C. The interrupt is now recorded and checked before the swap."""
+    import signal
+
+    from medseg_platform.data.convert import staged_output
+
+    out = tmp_path / "out"
+    shutil.copytree(converted[0], out)
+    before = all_files(out)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a command (a test runner may differ)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with staged_output(out) as staging:
+                (staging / "new.txt").write_text("new")
+                try:
+                    signal.raise_signal(signal.SIGINT)
+                except KeyboardInterrupt:  # swallowed, as Python does in a weakref callback
+                    pass
+                (staging / "more.txt").write_text("the work went on")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert all_files(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with staged_output(tmp_path / "next") as staging:  # the record ends with its block: the next write is not refused
+        (staging / "new.txt").write_text("new")
+    assert (tmp_path / "next" / "new.txt").is_file()
 
 
 # ------------------------------------------------------------------------------- generic NIfTI
