@@ -45,6 +45,9 @@ TIMED_STEPS, TIMING_BUDGET_S = 5, 2.0
 SHARED_CORES_SLOWDOWN = 1.4
 #: A local Ray's start-up and the study's own set-up (about 10-20 s measured), printed beside the estimate.
 STARTUP_S = 15.0
+#: What a multi-worker trial's Ray Train worker group costs besides its steps: 17-20 s from ``fit()`` to the first
+#: worker step and 6-7 s of teardown (docs/ray.md, 'Measured'); added to every run of a trial with ``num_workers > 1``.
+WORKER_GROUP_S = 25.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class StudyPlan:
     slots_source: str
     unit: UnitSeconds
     samples_ended: int = 0  # a search: samples its Tune experiment already ended (a rerun does not train them)
+    run_overhead_s: float = 0.0  # seconds each run costs besides its units (a multi-worker trial's worker group)
 
     @property
     def total_units(self) -> float:
@@ -89,8 +93,8 @@ class StudyPlan:
     @property
     def wall_s(self) -> float:
         """The progress lines' ETA rule: max(total work / parallel trials, the largest single run)."""
-        runs = [r for t in self.trials for r in t.runs]
-        return self.unit.seconds * max(sum(runs) / self.slots, max(runs)) if runs else 0.0
+        runs = [self.unit.seconds * r + self.run_overhead_s for t in self.trials for r in t.runs]
+        return max(sum(runs) / self.slots, max(runs)) if runs else 0.0
 
 
 def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) -> StudyPlan:
@@ -145,10 +149,11 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
         first = next((trial for trial, (_, _, p) in zip(trials, planned) if p.runs), None)
         unit = measure_unit_seconds(first["config"], "cuda" if study.gpus_per_trial > 0 else "cpu") if first else \
             UnitSeconds(0.0, "not measured: nothing to run")
-        if first and slots > 1 and study.gpus_per_trial == 0 and study.address is None:
+        if first and slots > 1 and study.gpus_per_trial == 0 and not (study.address or os.environ.get("RAY_ADDRESS")):
             unit = UnitSeconds(unit.seconds * SHARED_CORES_SLOWDOWN,
                                f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores")
-    return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit, ended)
+    return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit, ended,
+                     WORKER_GROUP_S if study.num_workers > 1 else 0.0)
 
 
 def _subset(cfg: TrialConfig, cache: dict):
@@ -243,7 +248,7 @@ def format_plan(plan: StudyPlan) -> str:
     per = f" (x{plan.samples} samples)" if plan.samples > 1 else ""
     header = ("row", "labelled", "seed", "trial key", "status", "cost (units)", "est. time")
     table = [header] + [(t.row + per, t.labelled, str(t.seed), t.key, t.status, f"{t.units:.1f}",
-                         _duration(t.units * plan.unit.seconds) if t.runs else "-") for t in plan.trials]
+                         _duration(t.units * plan.unit.seconds + len(t.runs) * plan.run_overhead_s) if t.runs else "-") for t in plan.trials]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     right = {2, 5, 6}
     lines = [f"Dry run of study {plan.name} (nothing is started or trained): {len(plan.trials)} trial(s), "
@@ -255,8 +260,10 @@ def format_plan(plan: StudyPlan) -> str:
         del counts[TO_SCORE]
     lines.append(f"Totals: {len(plan.trials)} trial(s): " + ", ".join(f"{n} {status}" for status, n in counts.items())
                  + f"; {plan.total_units:.1f} cost units to run")
-    lines.append(f"Estimated wall time: {_duration(plan.wall_s)} with {plan.slots} trial(s) at once ({plan.slots_source}), "
-                 f"plus about {STARTUP_S:.0f} s of start-up")
+    workers = (f", each run with {plan.run_overhead_s:.0f} s of Ray Train worker-group start and teardown"
+               if plan.run_overhead_s else "")
+    lines.append(f"Estimated wall time: {_duration(plan.wall_s)} with {plan.slots} trial(s) at once ({plan.slots_source}"
+                 f"{workers}), plus about {STARTUP_S:.0f} s of start-up")
     if plan.samples > 1:
         done = ("" if not plan.samples_ended else ", all of them already ended (a rerun only rebuilds the outputs)"
                 if plan.samples_ended >= plan.samples else f", {plan.samples_ended} of them already ended (a rerun resumes the rest)")

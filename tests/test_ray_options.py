@@ -7,6 +7,7 @@ import types
 import pytest
 
 import medseg_platform.study.runner as runner
+import medseg_platform.study.ray_runtime as ray_runtime
 from medseg_platform.study.ray_runtime import init_ray
 from medseg_platform.dashboard import check_dashboard_host, dashboard_message, token_hint
 from medseg_platform.errors import ConfigError
@@ -63,6 +64,7 @@ def test_an_address_where_no_cluster_answers_is_a_one_line_config_error(monkeypa
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray_runtime, "check_address_answers", lambda *a: None)  # the port answers TCP (e.g. a token mismatch)
     if from_env:
         monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
     else:
@@ -70,9 +72,48 @@ def test_an_address_where_no_cluster_answers_is_a_one_line_config_error(monkeypa
     with pytest.raises(ConfigError) as info:
         init_ray(None if from_env else "10.0.0.9:6379", 2, False)
     source, drop = ("$RAY_ADDRESS", "unset RAY_ADDRESS") if from_env else ("--address", "drop the flag")
-    assert str(info.value) == (f"{source} 10.0.0.9:6379: no Ray cluster answers there (Failed to connect to Ray cluster at "
-                               f"10.0.0.9:6379); start one with `ray start --head` on that machine, check the address and "
-                               f"port, or {drop} to run a local Ray")
+    assert str(info.value).startswith(f"{source} 10.0.0.9:6379: no Ray cluster answers there, or it refused this driver "
+                                      f"(Failed to connect to Ray cluster at 10.0.0.9:6379); start one with `ray start --head`")
+    assert "RAY_AUTH_MODE=token" in str(info.value) and str(info.value).endswith(f"or {drop} to run a local Ray")
+
+
+def test_an_address_whose_port_takes_no_connection_fails_in_seconds_not_minutes(monkeypatch):
+    """ray.init retried a refused port for about 14 minutes (20 tries of about 40 s in Ray 2.60) before its error."""
+    import socket
+    import time
+
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("ray.init must not be reached"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.socket() as sock:  # a port nobody listens on: bound, then closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"^--address 127.0.0.1:{port}: no Ray cluster answers there \(TCP connection: "):
+        init_ray(f"127.0.0.1:{port}", 2, False)
+    assert time.perf_counter() - start < ray_runtime.ADDRESS_PROBE_S + 1
+    with socket.socket() as listening:  # a port that answers: left to ray.init
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        ray_runtime.check_address_answers(f"127.0.0.1:{listening.getsockname()[1]}")
+    ray_runtime.check_address_answers("auto")  # not probed
+
+
+def test_a_kill_while_joining_a_cluster_takes_the_ctrl_c_path(monkeypatch):
+    """Ray's driver turns SIGTERM into sys.exit(15); joining a cluster exited 15 without a word (a local start did not)."""
+    import ray
+
+    def killed(**kw):
+        raise SystemExit(15)
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", killed)
+    monkeypatch.setattr(ray_runtime, "check_address_answers", lambda *a: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        init_ray("10.0.0.9:6379", 2, False)
 
 
 def test_an_address_without_a_port_is_a_one_line_config_error(monkeypatch):
@@ -131,6 +172,8 @@ def test_dashboard_host_flag_reaches_ray_with_a_warning_and_bad_values_fail_befo
                            (["--dashboard-host", "10.0.0.1", "--no-dashboard"], "error: --dashboard-host sets the dashboard of the local Ray"),
                            (["--dashboard-host", "10.0.0.1", "--address", "127.0.0.1:6379"], "error: --dashboard-host sets the dashboard"),
                            (["--optuna-storage", str(tmp_path / "j.log")], "error: --optuna-storage records an Optuna search; this study is a grid"),
+                           # --address "$HEAD" with HEAD unset used to run a local Ray without a word
+                           (["--address", ""], "error: --address '': empty; give HOST:PORT of the head node's GCS or 'auto'"),
                            # a well-formed address that is not this machine's: Ray retried 50 ports for a minute, then a traceback
                            (["--dashboard-host", "192.0.2.123"], "error: --dashboard-host 192.0.2.123: this machine cannot listen there")):
         assert run_study_main("opts", "opts", build, argv=argv + flags) == 2

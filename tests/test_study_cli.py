@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from medseg_platform.engine import stage_key
-from medseg_platform.plan import CACHED, FINISHED, TO_RUN, UnitSeconds, format_plan, plan_study
+from medseg_platform.plan import CACHED, FINISHED, TO_RUN, WORKER_GROUP_S, UnitSeconds, format_plan, plan_study
 from analysis.study_cli import run_study_main
 from medseg_platform.profiles import PROFILES
 from medseg_platform.recipes import method_overrides
@@ -208,6 +208,12 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env):
     assert text.rstrip().endswith("1 unit = 10.0 ms, a test constant")
     study.max_concurrent = 1
     assert plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2).wall_s == pytest.approx(3.618)
+    # multi-worker trials: each of the 7 runs also pays its Ray Train worker group (the dry run said 2 s; a run took 95)
+    study.max_concurrent, study.num_workers = None, 2
+    workers = plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2)
+    runs = [r for t in workers.trials for r in t.runs]  # every trial again: the worker count is part of the keys
+    assert workers.slots == 1 and workers.wall_s == pytest.approx(0.01 * sum(runs) + len(runs) * WORKER_GROUP_S)
+    assert f"each run with {WORKER_GROUP_S:.0f} s of Ray Train worker-group start and teardown" in format_plan(workers)
     assert not (study.study_dir / "study.json").exists()
 
 

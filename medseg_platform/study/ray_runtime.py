@@ -28,29 +28,60 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboa
     if ray.is_initialized():
         return False
     source, drop = ("--address", "drop the flag") if address else ("$RAY_ADDRESS", "unset RAY_ADDRESS")
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")  # an empty --address was refused before (check_ray_options)
     if address:
+        check_address_answers(address, source, drop)
         try:
-            ray.init(address=address, log_to_driver=False)
-        except ConnectionError as exc:  # Ray 2.60 raises it after its own retries (about 25 s)
-            raise ConfigError(f"{source} {address}: no Ray cluster answers there ({exc}); start one with `ray start --head` "
-                              f"on that machine, check the address and port, or {drop} to run a local Ray") from None
+            _init_as_interruptible(ray, address=address, log_to_driver=False, configure_logging=False)
+        except ConnectionError as exc:  # a GCS that answers TCP but not this driver: Ray's own retries, then this
+            raise ConfigError(f"{source} {address}: no Ray cluster answers there, or it refused this driver ({exc}); start "
+                              f"one with `ray start --head` on that machine, check the address and port and, for a cluster "
+                              f"started with a token, set RAY_AUTH_MODE=token here with that token (~/.ray/auth_token or "
+                              f"RAY_AUTH_TOKEN_PATH; README, 'Authentication'), or {drop} to run a local Ray") from None
         except ValueError as exc:  # e.g. no port: Ray's "Invalid address format"
             raise ConfigError(f"{source} {address}: not a Ray address ({exc}); give HOST:PORT of the head node's GCS "
                               "(port 6379 by default) or 'auto'") from None
         term_as_interrupt()
         return True
-    try:
-        context = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
-                           object_store_memory=1 << 30, log_to_driver=False, configure_logging=False)
-    except SystemExit as exc:  # a kill while Ray starts: its own SIGTERM handler's sys.exit(15)
-        if exc.code == 15:
-            raise KeyboardInterrupt from None
-        raise
+    context = _init_as_interruptible(ray, num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
+                                     object_store_memory=1 << 30, log_to_driver=False, configure_logging=False)
     term_as_interrupt()
     if dashboard and getattr(context, "dashboard_url", None):
         print(dashboard_message(context.dashboard_url), file=sys.stderr, flush=True)
     return True
+
+
+ADDRESS_PROBE_S = 5.0  # how long the TCP probe of --address waits for the head's GCS port
+
+
+def check_address_answers(address: str, source: str = "--address", drop: str = "drop the flag") -> None:
+    """A HOST:PORT address whose port takes no TCP connection is a one-line :class:`ConfigError` within
+    :data:`ADDRESS_PROBE_S`: ``ray.init`` would retry for about 14 minutes first (Ray 2.60: 20 tries of its GCS client,
+    each blocking about 40 s on a refused or silent port). ``auto`` and ``ray://`` addresses are left to Ray."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in address or not host:
+        return  # "auto", "ray://...", or no port: Ray's own message (ValueError above)
+    host = host.strip("[]")  # [IPv6]:port
+    try:
+        socket.create_connection((host, int(port)), timeout=ADDRESS_PROBE_S).close()
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        raise ConfigError(f"{source} {address}: no Ray cluster answers there (TCP connection: {why}); start one with "
+                          f"`ray start --head` on that machine, check the address and port (the head's GCS port, 6379 by "
+                          f"default), or {drop} to run a local Ray") from None
+
+
+def _init_as_interruptible(ray, **kwargs):
+    """``ray.init(**kwargs)``, where a kill while Ray starts or connects (its own SIGTERM handler's ``sys.exit(15)``)
+    becomes a KeyboardInterrupt: the command's Ctrl-C path, with its message and exit code 130."""
+    try:
+        return ray.init(**kwargs)
+    except SystemExit as exc:
+        if exc.code == 15:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def _interrupt(signum, frame):

@@ -248,7 +248,11 @@ def check_fault_tolerance_options(study: Study, trials: list[dict], in_process_c
 
 
 def check_ray_options(study: Study) -> None:
-    """``dashboard_host`` and ``optuna_storage`` (resolved in place), checked before Ray starts (one-line :class:`ConfigError`)."""
+    """``address``, ``dashboard_host`` and ``optuna_storage`` (resolved in place), checked before Ray starts (one-line
+    :class:`ConfigError`)."""
+    if study.address is not None and not study.address.strip():
+        raise ConfigError("--address '': empty; give HOST:PORT of the head node's GCS or 'auto', or drop the flag to run a "
+                          "local Ray")
     warning = check_dashboard_host(study.dashboard_host)
     if study.dashboard_host != DEFAULT_DASHBOARD_HOST:
         if not study.dashboard or study.address or os.environ.get("RAY_ADDRESS"):
@@ -503,7 +507,8 @@ def distributed_trials_that_fit(study: Study) -> int | None:
         short = (f"--num-workers {study.num_workers}: a trial needs {need}, the Ray cluster's nodes hold {workers} such "
                  f"worker(s) (its nodes: {nodes_text})")
         if study.address or os.environ.get("RAY_ADDRESS"):  # an autoscaling cluster may add nodes: Ray decides
-            _log(f"warning: {short} now; one trial at a time, waiting for the cluster to grow")
+            _log(f"warning: {short} now; one trial at a time, waiting for the cluster to grow. A cluster that cannot grow "
+                 "never starts it: stop with Ctrl-C and use fewer workers or less per worker (--cpus-per-trial/--gpus-per-trial)")
             return 1
         raise ConfigError(f"{short}; use fewer workers or less per worker (--cpus-per-trial/--gpus-per-trial)")
     if study.max_concurrent is None or study.max_concurrent > slots:
