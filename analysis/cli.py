@@ -27,14 +27,19 @@ def find_studies(results_dir: Path) -> list[Path]:
 
 
 def no_result_reason(study_dir: Path) -> str:
-    """Why a study folder gave no table: no result file at all, or result files that none could be read."""
-    from medseg_platform.results import RESULT_FILE, TRIALS_DIR
+    """Why a study folder gave no table: no result file, result files none of which could be read, or readable results
+    that are not part of the study as its last command defined it (the problem lines above name them)."""
+    from medseg_platform.results import RESULT_FILE, TRIALS_DIR, trial_finished
 
-    unreadable = sum(1 for _ in (study_dir / TRIALS_DIR).glob(f"*/{RESULT_FILE}"))
-    if not unreadable:
+    folders = [path.parent for path in (study_dir / TRIALS_DIR).glob(f"*/{RESULT_FILE}")]
+    if not folders:
         return f"no finished trial (no {TRIALS_DIR}/*/{RESULT_FILE}); run its study command to train them"
-    return (f"no readable result: {unreadable} {TRIALS_DIR}/*/{RESULT_FILE} file(s) could not be read (the problems above and "
-            f"in report.md say why); restore them from a copy, or rerun the study command to train those trials again")
+    readable = sum(trial_finished(folder) for folder in folders)
+    if readable:
+        return (f"no finished trial of this study: the {readable} readable {TRIALS_DIR}/*/{RESULT_FILE} file(s) are not part "
+                "of it as its last command defined it (the problems above say which); run its study command to train them")
+    return (f"no readable result: {len(folders)} {TRIALS_DIR}/*/{RESULT_FILE} file(s) could not be read (the problems above "
+            f"and in report.md say why); restore them from a copy, or rerun the study command to train those trials again")
 
 
 def run(args) -> int:

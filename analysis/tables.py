@@ -51,7 +51,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -263,7 +263,8 @@ def _class_label(cls: int | str, class_names: Mapping[int, str]) -> str:
 
 
 def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT_METRICS,
-                class_names: Mapping[int, str] | None = None) -> pd.DataFrame:
+                class_names: Mapping[int, str] | None = None,
+                distances: Callable[[Sequence[TrialRecord]], str | None] | None = None) -> pd.DataFrame:
     """The long-form table: one row per (row label, column label, class or "Avg", metric).
 
     Columns: ``row``, ``column``, ``class``, ``metric``, ``unit``, ``mean``, ``std`` (sample, ddof=1; 0.0
@@ -274,7 +275,8 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
     label fraction, so the layout survives a CSV round trip), ``n_flagged`` (the cell's trials whose
     validation curve was flagged, :mod:`analysis.health`), ``steps``, ``patients`` and
     ``empty_policy`` (distinct fine-tuning steps, labelled patients and empty-mask policies of the cell's
-    trials, comma-separated). Dice and Jaccard are in percent. Rows come
+    trials, comma-separated), ``search`` ("yes" when the cell's trials are an Optuna search's samples).
+    ``unit`` of HD95/ASD: ``distances(trials)`` of the cell (default :func:`distance_unit`), else the generic words. Dice and Jaccard are in percent. Rows come
     in table order (methods, then label fractions, then ``metrics``, then classes); only (method, fraction)
     pairs with trials appear. A trial folder passed twice counts once. ``class_names`` (label -> name):
     default :func:`study_class_names` of the records.
@@ -293,7 +295,7 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
         for column_rank, column in enumerate(column_order(records)):
             trials = groups.get((row, column))
             if trials:
-                cell_rows = _cell_rows(row, column, trials, metrics, classes, class_names)
+                cell_rows = _cell_rows(row, column, trials, metrics, classes, class_names, distances or distance_unit)
                 rows += [{**r, "row_rank": row_rank, "column_rank": column_rank} for r in cell_rows]
     _add_significance(rows, groups, {_class_label(c, class_names): c for c in classes})
     return pd.DataFrame(rows, columns=list(LONG_COLUMNS))
@@ -304,7 +306,7 @@ def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str
     """Set ``p_vs_best`` and ``n_pairs`` of every long-form row (in place); see :mod:`analysis.significance`.
 
     The best cell of a (column, class, metric) is the one with the best (unrounded) mean, needing at least
-    two cells with a mean; it is always shown bold.
+    two cells with a mean; it is shown bold unless every cell of the column shows the same mean (:func:`_best_means`).
     """
     by_key: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for rec in rows:
@@ -325,13 +327,13 @@ def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str
                 cell["p_vs_best"], cell["n_pairs"] = test.p_value, test.n_pairs
 
 
-def _cell_rows(row: str, column: str, trials: Sequence[TrialRecord], metrics: Sequence[str],
-               classes: Sequence[int], class_names: Mapping[int, str]) -> list[dict[str, Any]]:
+def _cell_rows(row: str, column: str, trials: Sequence[TrialRecord], metrics: Sequence[str], classes: Sequence[int],
+               class_names: Mapping[int, str], distances: Callable[[Sequence[TrialRecord]], str | None]) -> list[dict[str, Any]]:
     """The long-form rows of one (method, label fraction) pair: every class and "Avg" for every metric."""
     seeds = ",".join(str(trial_seed(t)) for t in trials)
     settings = {"n_flagged": sum(record_health(t).flagged for t in trials), **trial_settings(trials)}
     out = []
-    distances_in = distance_unit(trials) or metric_style("hd95").unit  # the unit HD95/ASD were evaluated in
+    distances_in = distances(trials) or metric_style("hd95").unit  # the unit HD95/ASD were evaluated in
     for metric in metrics:
         style = metric_style(metric)
         per_trial = [trial_class_values(t.per_case, metric) for t in trials]
@@ -353,7 +355,7 @@ def distance_unit(records: Sequence) -> str | None:
     """The unit of the trials' HD95/ASD: "voxels" when every trial's config sets ``eval.distance_units`` to
     "voxel" (docs/evaluation.md, 'Units'), None when only some do (mixed units); otherwise "mm" when the test
     volumes carried a voxel spacing (from ``qualitative.npz``), "voxels" when they did not, None when unknown."""
-    voxel = [((record.result.get("config") or {}).get("eval") or {}).get("distance_units") == "voxel" for record in records]
+    voxel = _set_to_voxels(records)
     if any(voxel):
         return "voxels" if all(voxel) else None
     for record in records:
@@ -367,6 +369,18 @@ def distance_unit(records: Sequence) -> str | None:
             if spacing.size:
                 return "mm" if np.isfinite(spacing).all() else "voxels"
     return None
+
+
+def configured_distance_unit(records: Sequence) -> str | None:
+    """"voxels" when every trial's config sets ``eval.distance_units`` to "voxel", else None (unknown): the unit of
+    an external test set's HD95/ASD, whose volumes' spacing the trials' ``qualitative.npz`` (own test set) does not show."""
+    voxel = _set_to_voxels(records)
+    return "voxels" if voxel and all(voxel) else None
+
+
+def _set_to_voxels(records: Sequence) -> list[bool]:
+    """Per trial: does its config set ``eval.distance_units`` to "voxel"?"""
+    return [((record.result.get("config") or {}).get("eval") or {}).get("distance_units") == "voxel" for record in records]
 
 
 def trial_settings(trials: Sequence[TrialRecord]) -> dict[str, str]:
@@ -600,8 +614,10 @@ def caption(table: WideTable) -> str:
         text += f" {settings}"
     if style.scale == 1.0:
         units = table.settings.get("unit") or [style.unit]
-        text += (f" {style.label} in {units[0]}." if len(units) == 1 else
-                 f" {style.label} in {' or '.join(units)}: the cells differ (table.csv's unit column gives each cell's).")
+        if len(units) == 1 or style.unit in units:  # one unit, or some cell's is unknown: the generic words
+            text += f" {style.label} in {units[0] if len(units) == 1 else style.unit}."
+        else:
+            text += f" {style.label} in {' or '.join(units)}: the cells differ (table.csv's unit column gives each cell's)."
     text += f" Bold: best per column ({'higher' if style.higher_is_better else 'lower'} is better)."
     if table.any_tested or table.any_untestable:
         text += " " + caption_note(table.any_tested, table.any_untestable)
@@ -770,7 +786,7 @@ def external_blocks(records: Sequence[TrialRecord], metric: str, suffix: str,
     style = metric_style(metric)
     text = ""
     for index, (root, scored) in enumerate(external_test_sets(records).items(), 1):
-        df = build_table(scored, (metric,), class_names)
+        df = build_table(scored, (metric,), class_names, configured_distance_unit)  # not the own test set's spacing
         missing = len(records) - len(scored)
         note = (f"{missing} of {len(records)} trials have no evaluation on this test set (rerun the study command with "
                 "--test-root to score those that still have a checkpoint).") if missing else ""

@@ -304,7 +304,7 @@ class TrialConfig:
         try:
             subset = select_labelled(layout.train_slices, self.data.labelled, self.data.labelled_strategy, seed)
         except ConfigError as exc:  # say which dataset: a fraction that fits ACDC may not fit a small one
-            raise ConfigError(f"data.labelled on {layout.root}: {exc}") from None
+            raise ConfigError(f"dataset {layout.root}: {exc}") from None
         if self.data.labelled_batch > len(subset.labelled_slices):
             raise ConfigError(
                 f"data.labelled_batch {self.data.labelled_batch}: larger than the labelled set "

@@ -74,6 +74,7 @@ def removed_if_terminated(path: Path) -> Iterator[Path]:
     install = main and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     record_interrupts = main and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     _STAGING.add(path)
+    outer = set(_INTERRUPTED)  # a block inside another keeps the outer one's record (and hands its own up)
     _INTERRUPTED.clear()
     if install:
         signal.signal(signal.SIGTERM, exit_on_sigterm)
@@ -87,6 +88,9 @@ def removed_if_terminated(path: Path) -> Iterator[Path]:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if record_interrupts:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        if not _STAGING:  # the outermost block: the record ends with it
+            _INTERRUPTED.clear()
+        _INTERRUPTED.update(outer)
 
 
 _INTERRUPTED: set[int] = set()  # holds SIGINT once Ctrl-C came while a staging folder is registered
@@ -106,17 +110,28 @@ def raise_if_interrupted() -> None:
 
 
 @contextlib.contextmanager
-def sigterm_deferred() -> Iterator[None]:
-    """Hold SIGTERM and SIGINT back while the block runs (a rename of a finished folder into place must not be cut in
-    two); the caller checks :func:`raise_if_interrupted` just before it."""
-    if not hasattr(signal, "pthread_sigmask"):
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while the block runs (a rename of a finished folder into place must not be cut in
+    two; the caller checks :func:`raise_if_interrupted` just before it): in the main thread their handlers only record
+    them, and a recorded one is raised again after the block, through the handler it had before. A blocked signal mask
+    would not do: a signal that lands on another thread still runs Python's handler in the main thread."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    held: list[int] = []
+    signums = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in signums}
+    for signum in signums:
+        signal.signal(signum, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum in signums:
+            signal.signal(signum, previous[signum] if previous[signum] is not None else signal.SIG_DFL)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)
 
 
 def exit_on_sigterm(signum, frame) -> None:

@@ -46,7 +46,7 @@ SHARED_CORES_SLOWDOWN = 1.4
 #: A local Ray's start-up and the study's own set-up (about 10-20 s measured), printed beside the estimate.
 STARTUP_S = 15.0
 #: What a multi-worker trial's Ray Train worker group costs besides its steps: 17-20 s from ``fit()`` to the first
-#: worker step and 6-7 s of teardown (docs/ray.md, 'Measured'); added to every run of a trial with ``num_workers > 1``.
+#: worker step and 6-7 s of teardown (docs/ray.md, 'Costs on two cores'); added to every run of a trial with ``num_workers > 1``.
 WORKER_GROUP_S = 25.0
 
 
@@ -84,7 +84,7 @@ class StudyPlan:
     slots_source: str
     unit: UnitSeconds
     samples_ended: int = 0  # a search: samples its Tune experiment already ended (a rerun does not train them)
-    run_overhead_s: float = 0.0  # seconds each run costs besides its units (a multi-worker trial's worker group)
+    run_overhead_s: float = 0.0  # seconds each training run costs besides its units (a multi-worker trial's worker group)
 
     @property
     def total_units(self) -> float:
@@ -92,9 +92,14 @@ class StudyPlan:
 
     @property
     def wall_s(self) -> float:
-        """The progress lines' ETA rule: max(total work / parallel trials, the largest single run)."""
-        runs = [self.unit.seconds * r + self.run_overhead_s for t in self.trials for r in t.runs]
+        """The progress lines' ETA rule, max(total work / parallel trials, the largest single run), with each training
+        run's ``run_overhead_s`` (a scoring-only run on ``--test-root`` starts no worker group)."""
+        runs = [self.run_seconds(t, r) for t in self.trials for r in t.runs]
         return max(sum(runs) / self.slots, max(runs)) if runs else 0.0
+
+    def run_seconds(self, trial: PlannedTrial, units: float) -> float:
+        """Wall seconds of one run of ``trial`` that costs ``units``."""
+        return self.unit.seconds * units + (self.run_overhead_s if trial.status != TO_SCORE else 0.0)
 
 
 def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) -> StudyPlan:
@@ -248,7 +253,7 @@ def format_plan(plan: StudyPlan) -> str:
     per = f" (x{plan.samples} samples)" if plan.samples > 1 else ""
     header = ("row", "labelled", "seed", "trial key", "status", "cost (units)", "est. time")
     table = [header] + [(t.row + per, t.labelled, str(t.seed), t.key, t.status, f"{t.units:.1f}",
-                         _duration(t.units * plan.unit.seconds + len(t.runs) * plan.run_overhead_s) if t.runs else "-") for t in plan.trials]
+                         _duration(sum(plan.run_seconds(t, r) for r in t.runs)) if t.runs else "-") for t in plan.trials]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     right = {2, 5, 6}
     lines = [f"Dry run of study {plan.name} (nothing is started or trained): {len(plan.trials)} trial(s), "

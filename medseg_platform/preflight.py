@@ -7,13 +7,14 @@ preflight finds it first and stops the study with one line naming the file, befo
 
 The check is ``medseg data check`` (:func:`medseg_platform.data.check.check_dataset`): keys, dtypes,
 shape agreement of image and label, finite images in [0, 1], labels in ``0..num_classes-1``, disjoint
-splits, and the manifest's class names against ``data.num_classes``. It runs once per distinct
+splits (by case and by patient), the manifest's class names against ``data.num_classes``, and the files against the
+SHA-256 the manifest records (an edited file would keep the dataset's identity). It runs once per distinct
 (dataset root, number of classes) of the study's trials; the trials of one study must also agree on
 the class names (its tables have one set of class columns).
 
 A passed check is cached in ``<study folder>/preflight.json``, keyed by a fingerprint of the dataset:
-the number of classes and the size and modification time of the list files, the manifest and every
-file the trials read (a few thousand ``stat`` calls, milliseconds). A rerun of an unchanged study skips
+the number of classes and the size and modification time of the list files, the manifest, every
+file the trials read and every file the manifest records a checksum for (a few thousand ``stat`` calls, milliseconds). A rerun of an unchanged study skips
 the reading; any change to a file (rewritten, truncated, replaced) changes its fingerprint and the
 dataset is checked again. Failed checks are never cached, and nothing is written when the check fails.
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from medseg_platform.data.check import check_dataset, manifest_num_classes
-from medseg_platform.data.layout import MANIFEST, TEST_LIST, TRAIN_LIST, VAL_LIST, AcdcLayout
+from medseg_platform.data.layout import MANIFEST, TEST_LIST, TRAIN_LIST, VAL_LIST, AcdcLayout, inside_root
 from medseg_platform.errors import DataError
 from medseg_platform.io import write_json_atomic
 
@@ -48,11 +49,15 @@ def files_read_by_trials(layout: AcdcLayout) -> list[Path]:
 
 
 def dataset_fingerprint(layout: AcdcLayout) -> str:
-    """SHA-256 over the check's version, ``num_classes`` and (name, size, mtime) of the lists, manifest and data files.
+    """SHA-256 over the check's version, ``num_classes`` and (name, size, mtime) of the lists, manifest and data files
+    (those the trials read, then the others the manifest records a checksum for, e.g. training volumes).
 
     A missing file enters as ``None`` (the check then reports it, and a failed check is not cached).
     """
     paths = [layout.root / name for name in (TRAIN_LIST, VAL_LIST, TEST_LIST, MANIFEST)] + files_read_by_trials(layout)
+    recorded = layout.manifest.get("sha256") if isinstance(layout.manifest.get("sha256"), dict) else {}
+    seen = set(paths)
+    paths += [layout.root / rel for rel in sorted(recorded) if inside_root(rel) and layout.root / rel not in seen]
     entries: list[object] = [PREFLIGHT_VERSION, layout.num_classes, *(_stat_entry(layout.root, p, with_time=True) for p in paths)]
     return hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()
 

@@ -54,7 +54,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from medseg_platform.io import read_json_object, sha256_file, write_json_atomic, write_text_atomic
 from medseg_platform.stats import nan_mean
@@ -214,6 +214,29 @@ def dataset_identity_record(config: Mapping[str, Any]) -> dict[str, str]:
     data = config.get("data") or {}
     identity = dataset_identity(data["root"], int(data.get("num_classes", 4))) if data.get("root") else None
     return {"data_identity": identity} if identity else {}
+
+
+def retag_finished_trials(study_dir: Path, trials: Sequence[Mapping[str, Any]]) -> int:
+    """Give each finished trial of ``trials`` (``key``, ``tags``) the study's current display tags where they differ (row
+    label, order, variant, axes), in ``result.json`` and ``config.json``; returns how many were rewritten. Keys hash the
+    config only, so a renamed or reordered row keeps its results, and the tables read the tags from ``result.json``:
+    without this, old results kept the old label and a seed added later made a second row of one configuration.
+    Not for a search's samples (their folders are not ``trials``' keys)."""
+    from medseg_platform.io import read_json_object
+
+    rewritten = 0
+    for trial in trials:
+        folder = trial_folder(Path(study_dir), trial["key"])
+        result = read_json_object(folder / RESULT_FILE)
+        tags = dict(trial["tags"])
+        if not result or result.get("tags") == tags or not trial_finished(folder):
+            continue
+        write_json_atomic(folder / RESULT_FILE, {**result, "tags": tags})
+        config = read_json_object(folder / CONFIG_FILE)
+        if config:
+            write_json_atomic(folder / CONFIG_FILE, {**config, "tags": tags})
+        rewritten += 1
+    return rewritten
 
 
 def write_trial_config(trial_dir: Path, config: Mapping[str, Any], tags: Mapping[str, Any]) -> None:

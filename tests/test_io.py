@@ -50,3 +50,42 @@ def test_a_place_no_folder_can_be_made_is_an_error_before_any_work():
     with pytest.raises(ConfigError, match="cannot write there"):
         check_folder_writable("/proc/medseg-x/y", "--out", beside=True)
     check_output_folder("/proc/medseg-x", "--results-dir", writes=None)  # a dry run writes nothing: no error
+
+
+def test_signals_deferred_holds_ctrl_c_until_the_block_is_done_then_raises_it():
+    """A rename pair of a finished folder must not be cut in two; a mask would not do (a signal landing on another
+    thread still runs Python's handler in the main thread)."""
+    import signal
+
+    from medseg_platform.io import signals_deferred
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    done = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                signal.raise_signal(signal.SIGINT)
+                done.append("the block went on")
+        assert done == ["the block went on"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupt_recorded_in_a_nested_staged_block_reaches_the_outer_one(tmp_path):
+    import signal
+
+    from medseg_platform.io import raise_if_interrupted, removed_if_terminated
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with removed_if_terminated(tmp_path / "outer"):
+            with removed_if_terminated(tmp_path / "inner"):
+                try:
+                    signal.raise_signal(signal.SIGINT)
+                except KeyboardInterrupt:  # swallowed
+                    pass
+            with pytest.raises(KeyboardInterrupt):
+                raise_if_interrupted()  # the outer block still knows
+        raise_if_interrupted()  # after the outermost block the record is gone
+    finally:
+        signal.signal(signal.SIGINT, previous)

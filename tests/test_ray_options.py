@@ -98,7 +98,8 @@ def test_an_address_whose_port_takes_no_connection_fails_in_seconds_not_minutes(
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         ray_runtime.check_address_answers(f"127.0.0.1:{listening.getsockname()[1]}")
-    ray_runtime.check_address_answers("auto")  # not probed
+    for left_to_ray in ("auto", "::1", "2001:db8::1:6379", "ray://head:10001"):  # not probed: Ray's own message
+        ray_runtime.check_address_answers(left_to_ray)
 
 
 def test_a_kill_while_joining_a_cluster_takes_the_ctrl_c_path(monkeypatch):

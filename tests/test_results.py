@@ -92,3 +92,20 @@ def test_any_error_json_is_one_problem_line(tmp_path, content):
     assert scan_study(tmp_path / "study") == ([], ["errored trial mona-l1-s1-x: error.json unreadable"])
     (folder / "error.json").write_text(json.dumps({"error": "NaN at step 3"}), encoding="utf-8")
     assert scan_study(tmp_path / "study")[1] == ["errored trial mona-l1-s1-x: NaN at step 3"]
+
+
+def test_finished_trials_take_the_studys_current_row_tags(trial):
+    """Keys hash the config only: a renamed row kept its old label in the tables, and a seed added later made a second
+    row of the same configuration (the temperature study's released row, renamed)."""
+    from medseg_platform.results import retag_finished_trials, trial_folder
+
+    study_dir, key = trial.parent.parent, trial.name
+    old = json.loads((trial / "result.json").read_text())
+    tags = {**old["tags"], "row": "MONA, released", "order": 3}
+    assert retag_finished_trials(study_dir, [{"key": key, "tags": tags}, {"key": "never-ran", "tags": tags}]) == 1
+    new = json.loads((trial / "result.json").read_text())
+    assert new["tags"] == tags and {k: v for k, v in new.items() if k != "tags"} == {k: v for k, v in old.items() if k != "tags"}
+    assert json.loads((trial / "config.json").read_text())["tags"] == tags
+    assert read_trial(trial).result["tags"]["row"] == "MONA, released"  # still a valid finished trial
+    assert retag_finished_trials(study_dir, [{"key": key, "tags": tags}]) == 0  # nothing to change: nothing written
+    assert not trial_folder(study_dir, "never-ran").exists()

@@ -2,6 +2,7 @@
 ``--rows`` (:mod:`medseg_platform.overrides`). Bad input is one ``error:`` line, exit 2, before anything is trained."""
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from medseg_platform.engine import stage_key
-from medseg_platform.plan import CACHED, FINISHED, TO_RUN, WORKER_GROUP_S, UnitSeconds, format_plan, plan_study
+from medseg_platform.plan import CACHED, FINISHED, TO_RUN, TO_SCORE, WORKER_GROUP_S, UnitSeconds, format_plan, plan_study
 from analysis.study_cli import run_study_main
 from medseg_platform.profiles import PROFILES
 from medseg_platform.recipes import method_overrides
@@ -214,6 +215,8 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env):
     runs = [r for t in workers.trials for r in t.runs]  # every trial again: the worker count is part of the keys
     assert workers.slots == 1 and workers.wall_s == pytest.approx(0.01 * sum(runs) + len(runs) * WORKER_GROUP_S)
     assert f"each run with {WORKER_GROUP_S:.0f} s of Ray Train worker-group start and teardown" in format_plan(workers)
+    scoring = dataclasses.replace(workers.trials[0], status=TO_SCORE, runs=(7.0,))  # scored on --test-root: no worker group
+    assert dataclasses.replace(workers, trials=(scoring,)).wall_s == pytest.approx(0.07)
     assert not (study.study_dir / "study.json").exists()
 
 

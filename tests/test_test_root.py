@@ -140,6 +140,9 @@ def test_a_study_with_a_test_root_scores_new_and_earlier_trials_and_reports_the_
     assert f"- **External test set** (`--test-root`): {external}; " in report
     # the block sits after the main table, which keeps the study's own test set
     assert report.index("### Test Dice (%)") < report.index(heading) < report.index("## Tables")
+    # the own test set's spacing names the main table's unit; the external block's volumes are not the trials' own
+    hd95 = (study_dir / "table_hd95.md").read_text()
+    assert hd95.count(" HD95 in mm. ") == 1 and hd95.index(" HD95 in mm. ") < hd95.index(" HD95 in voxels or mm as evaluated. ")
 
     before = {p: p.read_bytes() for p in (study_dir / "report.md", study_dir / "table_dice.md", study_dir / "table_dice.tex")}
     write_report(study_dir, log=lambda *_: None)

@@ -223,7 +223,9 @@ def test_results_of_another_version_of_the_dataset_are_refused_not_mixed(tmp_pat
     dataset's identity (its manifest's checksums), and a changed one stops the run before anything trains."""
     import shutil
 
-    from medseg_platform.io import write_json_atomic
+    import h5py
+
+    from medseg_platform.io import sha256_file, write_json_atomic
     from medseg_platform.preflight import dataset_identity
 
     root = tmp_path / "data"
@@ -240,8 +242,10 @@ def test_results_of_another_version_of_the_dataset_are_refused_not_mixed(tmp_pat
     stage = results / "pretrain-cache" / "isd-stage"  # a stage trained on this dataset before it changed
     write_json_atomic(stage / "data.json", {"root": str(root.resolve()), "data_identity": identity})
     manifest = json.loads((root / "manifest.json").read_text())
-    first = sorted(manifest["sha256"])[0]
-    manifest["sha256"][first] = "0" * 64  # converted again: other content
+    test_case = (root / "test.list").read_text().split()[0]
+    with h5py.File(root / "data" / f"{test_case}.h5", "r+") as fh:  # converted again: other content, and its checksum
+        fh["label"][0, 0, 0] = 1 - fh["label"][0, 0, 0]
+    manifest["sha256"][f"data/{test_case}.h5"] = sha256_file(root / "data" / f"{test_case}.h5")
     (root / "manifest.json").write_text(json.dumps(manifest))
     assert main(argv) == 2
     err = capsys.readouterr().err.splitlines()[-1]  # after the data preflight's line

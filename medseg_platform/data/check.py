@@ -151,7 +151,8 @@ def check_dataset(root: str | Path, num_classes: int = 4, progress: bool = False
         problems.append(f"{layout.root / MANIFEST}: {len(changed)} file(s) differ from the SHA-256 it records, e.g. "
                         f"{changed[0]} (changed after the dataset was written, and results could not tell the two versions "
                         "apart: convert or generate it again, restore the file, or delete the manifest's \"sha256\" entry to "
-                        "accept the change)")
+                        "accept the change; either way it is then another version of the dataset, whose earlier results and "
+                        "cached pretraining stages are refused)")
     return CheckReport(layout.root, num_classes, splits, problems, class_names)
 
 

@@ -62,7 +62,7 @@ from medseg_platform.data.nifti import (
     source_affine,
 )
 from medseg_platform.errors import ConfigError, DataError
-from medseg_platform.io import check_output_folder, raise_if_interrupted, removed_if_terminated, sigterm_deferred
+from medseg_platform.io import check_output_folder, raise_if_interrupted, removed_if_terminated, signals_deferred
 
 ACDC_NUM_CLASSES = 4  # 0 background, 1 RV, 2 Myo, 3 LV
 ACDC_PHASES = (("ED", "frame01"), ("ES", "frame02"))
@@ -220,7 +220,7 @@ def foreign_data_entries(out_dir: Path) -> list[str]:
     data = out_dir / "data"
     if not data.is_dir():
         return []
-    ignored = DATASET_ENTRIES - {"data"}
+    ignored = {".DS_Store", "Thumbs.db", "desktop.ini"}  # folder-view files (DATASET_ENTRIES' others are top-level only)
 
     def odd(folder: Path, sub_folder_ok: bool) -> list[str]:
         out = []
@@ -256,12 +256,17 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
         with removed_if_terminated(staging):
             yield staging
             raise_if_interrupted()  # a Ctrl-C that Python swallowed must not replace the old dataset
-            with sigterm_deferred():  # the old dataset is never left half-swapped
+            with signals_deferred():  # the old dataset is never left half-swapped
                 old = None
                 if out_dir.exists():
                     old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
                     os.replace(out_dir, old)
-                os.replace(staging, out_dir)
+                try:
+                    os.replace(staging, out_dir)
+                except BaseException:
+                    if old is not None:
+                        os.replace(old, out_dir)  # the old dataset back where it was
+                    raise
                 if old is not None:
                     shutil.rmtree(old)
     except BaseException:

@@ -145,7 +145,14 @@ def changed_files(root: str | os.PathLike) -> list[str]:
     if not isinstance(recorded, dict):
         return []
     root = Path(root)
-    return sorted(rel for rel, digest in recorded.items() if (root / rel).is_file() and sha256_file(root / rel) != digest)
+    return sorted(rel for rel, digest in recorded.items()
+                  if inside_root(rel) and (root / rel).is_file() and sha256_file(root / rel) != digest)
+
+
+def inside_root(relative: str) -> bool:
+    """A manifest's relative path that stays inside the dataset root (no ``..``, not absolute)."""
+    path = Path(relative)
+    return not path.is_absolute() and ".." not in path.parts
 
 
 def dataset_class_names(root: str | os.PathLike, num_classes: int) -> tuple[str, ...]:

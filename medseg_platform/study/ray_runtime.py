@@ -63,6 +63,8 @@ def check_address_answers(address: str, source: str = "--address", drop: str = "
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or "/" in address or not host:
         return  # "auto", "ray://...", or no port: Ray's own message (ValueError above)
+    if ":" in host and not host.startswith("["):
+        return  # an IPv6 address without brackets (its port cannot be told apart): Ray's own message
     host = host.strip("[]")  # [IPv6]:port
     try:
         socket.create_connection((host, int(port)), timeout=ADDRESS_PROBE_S).close()

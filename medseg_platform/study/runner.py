@@ -35,8 +35,8 @@ from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_ho
 from medseg_platform.errors import ConfigError, DataError
 from medseg_platform.io import check_output_folder, read_json_object, write_json_atomic
 from medseg_platform.preflight import datasets_of_trials, preflight_datasets
-from medseg_platform.results import (LAST_RUN_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, trial_finished, trial_folder,
-                                     tune_storage)
+from medseg_platform.results import (LAST_RUN_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, retag_finished_trials, trial_finished,
+                                     trial_folder, tune_storage)
 from medseg_platform.study.ray_runtime import check_gpus_available, init_ray
 from medseg_platform.study.spec import ASHA_TIME, Study, check_accumulating_folder, check_study_folder
 
@@ -65,6 +65,11 @@ def run_study(study: Study) -> StudyRun:
     check_trained_on_this_data(study, trials)
     study_dir = study.study_dir
     (study_dir / TRIALS_DIR).mkdir(parents=True, exist_ok=True)
+    if study.search_space is None:
+        retagged = retag_finished_trials(study_dir, trials)
+        if retagged:
+            _log(f"{retagged} finished trial(s) take this study's current row labels and order (their configurations, and "
+                 "so their results, are unchanged)")
 
     def to_run(trial: dict) -> bool:
         folder = trial_folder(study_dir, trial["key"])

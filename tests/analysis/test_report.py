@@ -91,6 +91,15 @@ def test_a_study_whose_every_result_is_unreadable_says_so_instead_of_no_result(s
     assert last.startswith(f"{study.name}: no readable result: {len(results)} trials/*/result.json file(s) could not be read")
 
 
+def test_a_study_whose_readable_results_are_all_left_out_says_so(study, capsys):
+    info = json.loads((study / "study.json").read_text(encoding="utf-8"))
+    (study / "study.json").write_text(json.dumps({**info, "trials": ["mona-l9-s9-0000000000"]}), encoding="utf-8")
+    assert main(["report", str(study)]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"{study.name}: no finished trial of this study: the ") and "readable" in last
+    assert "could not be read" not in last
+
+
 def test_a_bad_claim_or_a_plots_file_is_an_error_before_anything_is_rewritten(study, capsys):
     write_report(study, log=lambda m: None)
     before = _outputs(study)
@@ -208,7 +217,9 @@ def test_finished_trials_left_out_of_the_study_as_last_defined_are_named(study):
     (study / "study.json").write_text(json.dumps({**info, "trials": keep}), encoding="utf-8")
     report = write_report(study, log=lambda m: None)
     assert len(report.records) == 2
-    left_out = sorted(k.name for k in (study / "trials").iterdir() if (k / "result.json").is_file() and k.name not in keep)
+    from medseg_platform.results import scan_study
+
+    left_out = sorted(r.path.name for r in scan_study(study)[0] if r.path.name not in keep)
     named = f"{', '.join(left_out[:3])} and 7 more"
     assert any(p.startswith(f"10 finished trial(s) in trials/ ({named}) are not part of this study as its last command "
                             "defined it") for p in report.problems)

@@ -366,8 +366,10 @@ def test_out_dir_protection_and_failed_overwrite_keeps_old(acdc_raw, converted, 
     (out / "data" / "mine").mkdir()  # inside data/ too (it used to be deleted without a word)
     (out / "data" / "mine" / "keep.txt").write_text("keep me")
     (out / "data" / "slices" / "notes.md").write_text("keep me")
+    (out / "data" / "manifest.json").write_text("{}")  # a top-level name is no excuse inside data/
     rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], out, "--overwrite")
-    assert rc == 2 and "(data/mine, data/slices/notes.md)" in err and (out / "data" / "mine" / "keep.txt").is_file()
+    assert rc == 2 and "(data/manifest.json, data/mine, data/slices/notes.md)" in err
+    assert (out / "data" / "mine" / "keep.txt").is_file()
 
 
 def test_a_ctrl_c_that_python_swallowed_still_keeps_the_old_dataset(acdc_raw, converted, tmp_path):
