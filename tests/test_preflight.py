@@ -110,3 +110,30 @@ def test_datasets_of_one_study_must_share_their_class_names(tiny_root, tmp_path)
     assert str(info.value) == (f"{other}: class names a, b, c differ from RV, Myo, LV of {tiny_root} "
                                "(one study's trials must share one dataset's classes; run them as separate studies)")
     assert not (tmp_path / "study").exists()
+
+
+def test_a_search_checks_every_sample_in_its_folder_against_the_dataset_now(tmp_path):
+    """Samples are keyed by their sampled config, not by the study's trial list: a search resumed on a dataset converted
+    again used to table the old samples beside the new ones."""
+    import types
+
+    from medseg_platform.data.phantom import generate_phantom
+    from medseg_platform.errors import DataError
+    from medseg_platform.io import write_json_atomic
+    from medseg_platform.preflight import dataset_identity
+    from medseg_platform.study.runner import check_trained_on_this_data
+
+    root = generate_phantom(tmp_path / "ph", patients=5, size=32, seed=0)
+    study_dir = tmp_path / "study"
+    trials = [{"key": "mona-l1-s1-0000000000", "config": {"data": {"root": str(root), "num_classes": 4}}}]
+    sample = study_dir / "trials" / "mona-l1-s1-sampled0001"
+    sample.mkdir(parents=True)
+    record = {"config": {"data": {"root": str(root)}}, "data_identity": dataset_identity(root)}
+    write_json_atomic(sample / "result.json", record)
+    search = types.SimpleNamespace(search_space={"optim.lr": object()}, study_dir=study_dir)
+    grid = types.SimpleNamespace(search_space=None, study_dir=study_dir)
+    check_trained_on_this_data(search, trials)  # the same version: passes
+    write_json_atomic(sample / "result.json", {**record, "data_identity": "0" * 64})  # trained on another version
+    with pytest.raises(DataError, match=r"1 finished trial\(s\) or cached pretraining stage\(s\) .* another version"):
+        check_trained_on_this_data(search, trials)
+    check_trained_on_this_data(grid, trials)  # a grid tables only its own trials' folders

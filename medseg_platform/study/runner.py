@@ -137,26 +137,33 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
 
 
 def check_trained_on_this_data(study: Study, trials: list[dict]) -> None:
-    """A one-line :class:`DataError` when finished trials of the study, or cached pretraining stages under its results
-    folder, were trained on another version of a dataset the trials use (``data_identity`` recorded with them differs
-    from :func:`medseg_platform.preflight.dataset_identity` now: a dataset converted again into the same folder with other
-    data). Keys hash the dataset's path, not its content: the study would otherwise table old results beside new ones
-    and fine-tune from stages of the old data. Results and stages from before the identity was recorded pass."""
+    """A one-line :class:`DataError` when finished trials of the study (a search: every sample in its folder), or cached
+    pretraining stages under its results folder, were trained on another version of a dataset the trials use
+    (``data_identity`` recorded with them differs from :func:`medseg_platform.preflight.dataset_identity` now: a dataset
+    converted again into the same folder with other data). Keys hash the dataset's path, not its content: the study
+    would otherwise table old results beside new ones and fine-tune from stages of the old data. Results and stages
+    from before the identity was recorded pass."""
     from medseg_platform.io import read_json_object
     from medseg_platform.preflight import dataset_identity
     from medseg_platform.results import RESULT_FILE, STAGE_DATA_FILE, pretrain_cache_dir
 
-    identities: dict[str, str | None] = {}  # resolved dataset root -> its identity now
-    stale: list[tuple[str, Path]] = []  # (dataset root, folder)
+    identities: dict[str, str | None] = {}  # resolved dataset root of the trials -> its identity now
     for trial in trials:
         data = trial["config"]["data"]
         root = str(Path(data["root"]).expanduser().resolve())
         if root not in identities:
             identities[root] = dataset_identity(root, int(data.get("num_classes", 4)))
-        folder = trial_folder(study.study_dir, trial["key"])
-        recorded = (read_json_object(folder / RESULT_FILE) or {}).get("data_identity")
-        if recorded and identities[root] and recorded != identities[root]:
-            stale.append((root, folder))
+    if study.search_space is None:
+        folders = [trial_folder(study.study_dir, trial["key"]) for trial in trials]
+    else:  # samples are keyed by their sampled config: every one in the folder is part of the search's tables
+        folders = sorted(path for path in (study.study_dir / TRIALS_DIR).glob("*") if path.is_dir())
+    stale: list[tuple[str, Path]] = []  # (dataset root, folder)
+    for folder in folders:
+        result = read_json_object(folder / RESULT_FILE) or {}
+        root = ((result.get("config") or {}).get("data") or {}).get("root")
+        now = identities.get(str(Path(root).expanduser().resolve())) if isinstance(root, str) else None
+        if result.get("data_identity") and now and result["data_identity"] != now:
+            stale.append((str(Path(root).expanduser().resolve()), folder))
     cache = pretrain_cache_dir(study.study_dir)
     for stage in sorted(cache.iterdir()) if cache.is_dir() else []:
         record = read_json_object(stage / STAGE_DATA_FILE) or {}
