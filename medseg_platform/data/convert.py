@@ -59,6 +59,7 @@ from medseg_platform.data.nifti import (
     image_shape_text,
     load_pair,
     read_header,
+    read_label,
     source_affine,
 )
 from medseg_platform.errors import ConfigError, DataError
@@ -274,10 +275,14 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
         raise
 
 
-def preflight(sources: Sequence[CaseSource]) -> None:
-    """Cheap checks of every pair before any voxel is read: readable headers, equal (D, H, W) shapes and voxel sizes."""
+def preflight(sources: Sequence[CaseSource], num_classes: int) -> None:
+    """Checks of every pair before anything is written: readable headers, equal (D, H, W) shapes, voxel sizes and
+    orientations (headers only), then every label's values (label files are small: a bad value in the last patient
+    used to stop the conversion only after every other patient was converted)."""
     for src in sources:
         check_same_grid(read_header(src.image), read_header(src.label))
+    for src in sources:
+        read_label(src.label, num_classes)
 
 
 def _relative(path: Path, raw_dir: Path) -> str:
@@ -345,7 +350,7 @@ def run_conversion(
 ) -> ConversionResult:
     """Preflight, then write cases, lists and manifest (with ``class_names``) into staging and move it to ``out_dir``."""
     chosen = [src for src in sources if src.patient in set(split.patients)]
-    preflight(chosen)
+    preflight(chosen, num_classes)
     with staged_output(out_dir) as staging:
         train_slices, facts = write_cases(staging, chosen, split, raw_dir, num_classes, log)
         write_lists(staging, train_slices, _cases_of(split.val, chosen), _cases_of(split.test, chosen))

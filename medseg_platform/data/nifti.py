@@ -296,8 +296,13 @@ def load_pair(image_path: str | Path, label_path: str | Path, num_classes: int) 
     check_same_grid(image_header, label_header)
     raw = to_dhw(np.asarray(_voxels(image_path, lambda img: img.get_fdata(dtype=np.float64))))
     image = minmax_normalise(raw, image_path)
-    label = check_label(to_dhw(_voxels(label_path, lambda img: np.asanyarray(img.dataobj))), num_classes, label_path)
+    label = read_label(label_path, num_classes)
     return LoadedCase(image, label, image_header.spacing, (float(raw.min()), float(raw.max())))
+
+
+def read_label(label_path: str | Path, num_classes: int) -> np.ndarray:
+    """A label file's voxels as uint8 D×H×W, checked (:func:`check_label`; a truncated file is a one-line error)."""
+    return check_label(to_dhw(_voxels(Path(label_path), lambda img: np.asanyarray(img.dataobj))), num_classes, label_path)
 
 
 def check_same_grid(image: NiftiHeader, label: NiftiHeader) -> None:

@@ -333,9 +333,9 @@ def test_out_dir_protection_and_failed_overwrite_keeps_old(acdc_raw, converted, 
     assert rc == 2 and "not empty" in err and "--overwrite" in err
     raw = tmp_path / "ACDC"
     shutil.copytree(acdc_raw[0], raw)
-    BAD_ACDC["label_value"][0](raw)  # fails in the last patient, after others were written to staging
-    rc, _, err = run(capsys, "convert-acdc", raw, out, "--overwrite")
-    assert rc == 2 and "outside 0..3" in err
+    BAD_ACDC["label_value"][0](raw)  # a bad label in the last patient: found before any patient is converted
+    rc, printed, err = run(capsys, "convert-acdc", raw, out, "--overwrite")
+    assert rc == 2 and "outside 0..3" in err and "[1/" not in printed
     assert all_files(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ACDC", "out"]
     rc, _, err = run(capsys, "convert-acdc", acdc_raw[0], out, "--overwrite")
