@@ -333,7 +333,8 @@ def _cell_rows(row: str, column: str, trials: Sequence[TrialRecord], metrics: Se
     seeds = ",".join(str(trial_seed(t)) for t in trials)
     settings = {"n_flagged": sum(record_health(t).flagged for t in trials), **trial_settings(trials)}
     out = []
-    distances_in = distances(trials) or metric_style("hd95").unit  # the unit HD95/ASD were evaluated in
+    distances_in = (distances(trials) or metric_style("hd95").unit  # the unit HD95/ASD were evaluated in
+                    if any(metric_style(m).scale == 1.0 for m in metrics) else None)
     for metric in metrics:
         style = metric_style(metric)
         per_trial = [trial_class_values(t.per_case, metric) for t in trials]

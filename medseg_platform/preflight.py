@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from medseg_platform.data.check import check_dataset, manifest_num_classes
-from medseg_platform.data.layout import MANIFEST, TEST_LIST, TRAIN_LIST, VAL_LIST, AcdcLayout, inside_root
+from medseg_platform.data.layout import MANIFEST, TEST_LIST, TRAIN_LIST, VAL_LIST, AcdcLayout, recorded_checksums
 from medseg_platform.errors import DataError
 from medseg_platform.io import write_json_atomic
 
@@ -55,9 +55,8 @@ def dataset_fingerprint(layout: AcdcLayout) -> str:
     A missing file enters as ``None`` (the check then reports it, and a failed check is not cached).
     """
     paths = [layout.root / name for name in (TRAIN_LIST, VAL_LIST, TEST_LIST, MANIFEST)] + files_read_by_trials(layout)
-    recorded = layout.manifest.get("sha256") if isinstance(layout.manifest.get("sha256"), dict) else {}
     seen = set(paths)
-    paths += [layout.root / rel for rel in sorted(recorded) if inside_root(rel) and layout.root / rel not in seen]
+    paths += [layout.root / rel for rel in sorted(recorded_checksums(layout.manifest)) if layout.root / rel not in seen]
     entries: list[object] = [PREFLIGHT_VERSION, layout.num_classes, *(_stat_entry(layout.root, p, with_time=True) for p in paths)]
     return hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()
 

@@ -222,8 +222,6 @@ def retag_finished_trials(study_dir: Path, trials: Sequence[Mapping[str, Any]]) 
     config only, so a renamed or reordered row keeps its results, and the tables read the tags from ``result.json``:
     without this, old results kept the old label and a seed added later made a second row of one configuration.
     Not for a search's samples (their folders are not ``trials``' keys)."""
-    from medseg_platform.io import read_json_object
-
     rewritten = 0
     for trial in trials:
         folder = trial_folder(Path(study_dir), trial["key"])

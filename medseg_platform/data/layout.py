@@ -139,20 +139,21 @@ def changed_files(root: str | os.PathLike) -> list[str]:
     """Files of ``root`` whose SHA-256 differs from the one its manifest records (relative paths, sorted); files that
     are missing, and a manifest that is unreadable or records no checksums, are other checks' business ([])."""
     try:
-        recorded = read_manifest(root).get("sha256") or {}
+        recorded = recorded_checksums(read_manifest(root))
     except (DataError, OSError):
         return []
-    if not isinstance(recorded, dict):
-        return []
     root = Path(root)
-    return sorted(rel for rel, digest in recorded.items()
-                  if inside_root(rel) and (root / rel).is_file() and sha256_file(root / rel) != digest)
+    return sorted(rel for rel, digest in recorded.items() if (root / rel).is_file() and sha256_file(root / rel) != digest)
 
 
-def inside_root(relative: str) -> bool:
-    """A manifest's relative path that stays inside the dataset root (no ``..``, not absolute)."""
-    path = Path(relative)
-    return not path.is_absolute() and ".." not in path.parts
+def recorded_checksums(manifest: Mapping[str, object]) -> dict[str, str]:
+    """A manifest's ``sha256`` entries (relative path -> digest) whose paths stay inside the dataset root (no ``..``,
+    not absolute); {} when it records none."""
+    recorded = manifest.get("sha256")
+    if not isinstance(recorded, dict):
+        return {}
+    return {rel: digest for rel, digest in recorded.items()
+            if not Path(rel).is_absolute() and ".." not in Path(rel).parts}
 
 
 def dataset_class_names(root: str | os.PathLike, num_classes: int) -> tuple[str, ...]:

@@ -143,7 +143,6 @@ def check_trained_on_this_data(study: Study, trials: list[dict]) -> None:
     converted again into the same folder with other data). Keys hash the dataset's path, not its content: the study
     would otherwise table old results beside new ones and fine-tune from stages of the old data. Results and stages
     from before the identity was recorded pass."""
-    from medseg_platform.io import read_json_object
     from medseg_platform.preflight import dataset_identity
     from medseg_platform.results import RESULT_FILE, STAGE_DATA_FILE, pretrain_cache_dir
 
@@ -161,9 +160,10 @@ def check_trained_on_this_data(study: Study, trials: list[dict]) -> None:
     for folder in folders:
         result = read_json_object(folder / RESULT_FILE) or {}
         root = ((result.get("config") or {}).get("data") or {}).get("root")
-        now = identities.get(str(Path(root).expanduser().resolve())) if isinstance(root, str) else None
+        root = str(Path(root).expanduser().resolve()) if isinstance(root, str) else None
+        now = identities.get(root) if root else None
         if result.get("data_identity") and now and result["data_identity"] != now:
-            stale.append((str(Path(root).expanduser().resolve()), folder))
+            stale.append((root, folder))
     cache = pretrain_cache_dir(study.study_dir)
     for stage in sorted(cache.iterdir()) if cache.is_dir() else []:
         record = read_json_object(stage / STAGE_DATA_FILE) or {}
