@@ -33,8 +33,8 @@ A claim (:func:`medseg_platform.claims_spec.claim`) says "row A is better than (
   whose row or label fraction has no finished trial is "not run" (never an error); one whose trials
   share no seed or no defined pair is "not run" too, with the reason.
 
-:func:`claims_section` renders the Markdown section; for the ``paper`` profile it adds the published
-difference of the same two rows (:mod:`analysis.published`). See ``docs/analysis.md``.
+:func:`claims_section` renders the Markdown section; for the ``paper`` profile on ACDC (:func:`on_published_data`)
+it adds the published difference of the same two rows (:mod:`analysis.published`). See ``docs/analysis.md``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ from analysis.published import published_difference
 from analysis.significance import MIN_PAIRS, TEST_NAME, paired_case_values, seed_averaged, wilcoxon_test
 from analysis.tables import AVG, MISSING, as_number, column_label, escape_markdown, metric_style, row_label, trial_seed
 from medseg_platform.claims_spec import check_claim
-from medseg_platform.data.layout import patient_of_case
+from medseg_platform.data.layout import ACDC_CLASS_NAMES, patient_of_case
+from medseg_platform.data.splits import PUBLISHED_TRAIN_PATIENTS
 from medseg_platform.errors import ConfigError
 from medseg_platform.results import TrialRecord
 
@@ -273,12 +274,30 @@ def _published_text(claim: Mapping[str, Any]) -> str:
     return f"{found.difference:+.1f} ({found.table.source})" if found else "n/a (not published)"
 
 
+def on_published_data(settings: Mapping[str, Any], records: Sequence[TrialRecord]) -> tuple[bool, str]:
+    """Whether the published differences compare with these trials, and the run in words if not: the ``paper``
+    profile on ACDC's published split, i.e. every trial trained on 70 training patients (so "3 patients" is the
+    papers' 5%) of a dataset whose classes are ACDC's (RV, Myo, LV; results written before class names were recorded
+    do not say). Read from the results (``labelled``, ``class_names``), not the data."""
+    profile = settings.get("profile", "unknown profile")
+    if profile != PAPER_PROFILE:
+        return False, f"{profile} profile"
+    available = sorted({int(r.result["labelled"]["available_patients"]) for r in records
+                        if isinstance(r.result.get("labelled"), Mapping) and "available_patients" in r.result["labelled"]})
+    names = {tuple(r.result["class_names"]) for r in records if r.result.get("class_names")}  # older results: none
+    if available != [PUBLISHED_TRAIN_PATIENTS] or names - {ACDC_CLASS_NAMES}:
+        patients = "/".join(map(str, available)) or "an unknown number of"
+        classes = "; ".join(", ".join(n) for n in sorted(names))
+        return False, f"{PAPER_PROFILE} profile on {patients} training patients" + (f", classes {classes}" if classes else "")
+    return True, ""
+
+
 def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records: Sequence[TrialRecord]) -> list[str]:
     """The report's "Claims" section as Markdown lines ([] when the study declares no claim)."""
     claims = read_claims(info)
     if not claims:
         return []
-    paper = settings.get("profile") == PAPER_PROFILE
+    paper, run = on_published_data(settings, records)
     header = ["Claim", "Paper", "Measured \u0394 (points)", "Per seed \u0394", "95% CI", "p", "n (case \u00d7 seed pairs)", "Verdict"]
     header += ["Published \u0394"] if paper else []
     lines = ["## Claims", "", "| " + " | ".join(header) + " |", "| " + " | ".join(["---", "---"] + ["---:"] * 5 + ["---"] * (1 + paper)) + " |"]
@@ -291,11 +310,12 @@ def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records
         cells = [claim_text(result), claim["paper"], _signed(result.difference), per_seed, ci, p_text, _n_text(result), verdict_text]
         cells += [_published_text(claim)] if paper else []
         lines.append("| " + " | ".join(escape_markdown(c) for c in cells) + " |")
-    lines += ["", _caption(paper, settings), ""]
+    lines += ["", _caption(paper, run), ""]
     return lines
 
 
-def _caption(paper: bool, settings: Mapping[str, Any]) -> str:
+def _caption(paper: bool, run: str) -> str:
+    """The section's caption; ``run``: why the published differences are left out (:func:`on_published_data`)."""
     text = (f"\u0394 = A \u2212 B, the mean over test cases and seeds of the per-case value (Dice: mean over the classes "
             f"defined for both rows), in points; per seed \u0394: that mean for each seed (seeds in order); 95% CI: "
             f"Student's t over two variance terms, between seeds (each seed's mean difference) and between test patients "
@@ -310,5 +330,5 @@ def _caption(paper: bool, settings: Mapping[str, Any]) -> str:
     if paper:
         return text + (" Published \u0394: the same two rows in the named paper table (other training runs: compare "
                        "sign and size, not digits).")
-    return text + f" Published differences are shown for the {PAPER_PROFILE} profile on ACDC only (this run: " \
-                  f"{settings.get('profile', 'unknown profile')})."
+    return text + (f" Published differences are shown for the {PAPER_PROFILE} profile on ACDC's {PUBLISHED_TRAIN_PATIENTS} "
+                   f"training patients only (this run: {run}).")

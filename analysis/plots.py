@@ -49,13 +49,21 @@ from medseg_platform.results import CURVES_FILE, QUALITATIVE_FILE, VAL_CURVE_FIL
 METHOD_COLOURS = {"supervised": "#7f7f7f", "mean_teacher": "#8c564b", "mona": "#1f77b4", "arco_sg": "#2ca02c",
                   "arco_sag": "#d62728", "action": "#9467bd"}
 WITHOUT_CONTRAST_COLOURS = {"mona": "#17becf", "action": "#e377c2"}
-#: Fixed colours of the platform's rows by their printed label, so a method looks the same in every plot of
-#: every study. Other row labels get colours from :data:`_EXTRA`, or shades of their method's (:func:`palette`).
-FIXED_COLOURS = {**{METHOD_LABELS[m]: colour for m, colour in METHOD_COLOURS.items()},
-                 **{WITHOUT_CONTRAST_LABELS[m]: colour for m, colour in WITHOUT_CONTRAST_COLOURS.items()},
-                 FULL_SUPERVISION_LABEL: "#252525"}
 _EXTRA = ["#ff7f0e", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
           "#31a354", "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7ba52", "#ad494a", "#de9ed6", "#6baed6"]
+#: Fixed colours of the platform's rows by their printed label, so a method looks the same in every plot of
+#: every study. A method of ``medseg_platform.recipes`` without an entry in :data:`METHOD_COLOURS` (a new one) takes
+#: the next colour of :data:`_EXTRA` in the recipes' order, so its variants still read as its family. Other row
+#: labels get colours from :data:`_EXTRA`, or shades of their method's (:func:`palette`).
+def fixed_colours(method_labels: Mapping[str, str]) -> dict[str, str]:
+    """:data:`FIXED_COLOURS` for the methods ``method_labels`` (method id -> row label, in the recipes' order)."""
+    spare = iter(_EXTRA)
+    return {**{label: METHOD_COLOURS.get(m) or next(spare) for m, label in method_labels.items()},
+            **{WITHOUT_CONTRAST_LABELS[m]: colour for m, colour in WITHOUT_CONTRAST_COLOURS.items()},
+            FULL_SUPERVISION_LABEL: "#252525"}
+
+
+FIXED_COLOURS = fixed_colours(METHOD_LABELS)
 #: Overlay colours of labels 1, 2, 3 (ACDC's RV, Myo, LV), transparent background; higher labels get OTHER_CLASS_COLOUR.
 CLASS_COLOURS = {1: "#e41a1c", 2: "#4daf4a", 3: "#377eb8"}
 OTHER_CLASS_COLOUR = "#ffff33"

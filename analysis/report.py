@@ -5,10 +5,10 @@
 * the tables (:func:`analysis.tables.write_tables`: ``table_<metric>.md/.tex``, ``table.csv``);
 * the plots (:func:`analysis.plots.write_plots`) under ``plots/``;
 * ``report.md``: the settings (study, profile, command, evaluation protocol, dataset, seeds, iterations, label
-  fractions, trials finished / errored / corrupt / missing, wall time), the Dice table, the study's claims tested
-  (:mod:`analysis.claims`), the trial health (trials whose validation Dice was still rising or collapsed
-  at the end, or never learned: :mod:`analysis.health`), links to every table and plot, and the problems found (one line
-  sums up the flagged trials, if any).
+  fractions, the machines that computed the trials, trials finished / errored / corrupt / missing, wall time), the
+  Dice table, the study's claims tested (:mod:`analysis.claims`), the trial health (trials whose validation Dice was
+  still rising or collapsed at the end, or never learned: :mod:`analysis.health`), links to every table and plot, and
+  the problems found (one line sums up the flagged trials, if any).
 
 Inputs, all optional except the trial folders: ``study.json`` (written by :meth:`Study.run`: the trial
 keys, seeds, grid axes, variants, whether it is a search, the ``--protocol``), ``settings.json`` (written by
@@ -32,6 +32,7 @@ from analysis.health import TrialHealth, health_problems, health_section, record
 from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, escape_markdown,
                              incomplete_note, print_summary, row_label, row_order, study_class_names, table_file_names,
                              trial_seed, write_tables)
+from medseg_platform.environment import environment_text
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_text_atomic
 from medseg_platform.results import (ERROR_FILE, LAST_RUN_FILE, RESULT_FILE, SETTINGS_FILE, STUDY_FILE, TRIALS_DIR, TrialRecord,
@@ -198,6 +199,22 @@ def protocol_line(info: dict, settings: dict, configs: Sequence[dict]) -> str:
             + "; ".join(parts))
 
 
+def machines_line(records: Sequence[TrialRecord]) -> str:
+    """The "Machines" bullet: what computed the trials (``result.json``'s ``environment``: accelerator, processor,
+    torch), with counts and a warning when the trials ran on more than one (docs/analysis.md, 'Reproducibility across
+    machines')."""
+    counts: dict[str, int] = {}
+    for record in records:
+        text = environment_text(record.result.get("environment"))
+        counts[text] = counts.get(text, 0) + 1
+    if len(counts) <= 1:
+        return f"- **Machines**: {next(iter(counts), 'no finished trial')}"
+    groups = "; ".join(f"{text} ({count} trial{'s' * (count != 1)})" for text, count in counts.items())
+    return (f"- **Machines**: mixed: {groups}. The same configuration and seed trains to other numbers on another "
+            "processor or torch version (float rounding, amplified by training), so a difference between rows computed "
+            "on different machines is partly the machines' (docs/analysis.md, 'Reproducibility across machines')")
+
+
 def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, records: Sequence[TrialRecord],
                    problems: Sequence[str]) -> list[str]:
     """The "Settings" bullet list of the report (every value read from the study's files)."""
@@ -240,6 +257,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         f"{_config_phrase(configs, 'eval', 'selection', 'best_val', SELECTION_TEXT)}); "
         f"pretraining: {_pretraining_phrase(records)}",
         f"- **Precision**: {_config_phrase(configs, 'optim', 'amp', 'off', AMP_TEXT)}",
+        machines_line(records),
         f"- **Patch size / batch**: {_join(patches)}; {_join(batches)}",
         f"- **Label fractions**: {_join(column_order(records))}",
         f"- **Trials**: {finished} finished, {len(errored)} errored, {len(corrupt)} corrupt"

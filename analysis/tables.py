@@ -17,7 +17,8 @@ Numbers, from the bottom up:
 * **trial health**: ``n_flagged`` counts the cell's trials whose validation curve was still rising or
   collapsed at the end, or never learned (:mod:`analysis.health`); such cells are marked with :data:`FLAGGED_MARK`.
 * **settings** per cell, for the caption: fine-tuning steps (``steps``), labelled patients
-  (``patients``) and the empty-mask policy (``empty_policy``, ``eval.empty_policy`` of the configs),
+  (``patients``), the tested weights (``selection``, ``eval.selection``: "best_val" or "final") and the empty-mask
+  policy (``empty_policy``, ``eval.empty_policy`` of the configs),
   each the distinct values of the cell's trials, comma-separated ("unknown" when a config lacks it).
 * **significance**: each cell is compared with the best cell (best mean) of its label fraction and
   class by a paired test over test cases on the seed-averaged per-case values (:mod:`analysis.significance`);
@@ -72,7 +73,8 @@ FLAGGED_MARK = "\u00a7"  # section sign: the cell includes a flagged trial (anal
 UNKNOWN = "unknown"
 MISSING = "\u2013"  # en dash: no trial for this method and label fraction
 LONG_COLUMNS = ("row", "column", "class", "metric", "unit", "mean", "std", "n_seeds", "n_undefined", "seeds",
-                "p_vs_best", "n_pairs", "row_rank", "column_rank", "n_flagged", "steps", "patients", "empty_policy", "search")
+                "p_vs_best", "n_pairs", "row_rank", "column_rank", "n_flagged", "steps", "patients", "empty_policy", "search",
+                "selection")
 
 
 @dataclass(frozen=True)
@@ -391,7 +393,8 @@ def trial_settings(trials: Sequence[TrialRecord]) -> dict[str, str]:
     return {"steps": _distinct_text((c.get("optim") or {}).get("max_steps") for c in configs),
             "patients": _distinct_text((t.result.get("labelled") or {}).get("num_patients") for t in trials),
             "empty_policy": _distinct_text((c.get("eval") or {}).get("empty_policy") for c in configs),
-            "search": "yes" if any((t.result.get("tags") or {}).get("search") for t in trials) else "no"}
+            "search": "yes" if any((t.result.get("tags") or {}).get("search") for t in trials) else "no",
+            "selection": _distinct_text((c.get("eval") or {}).get("selection", "best_val") for c in configs)}
 
 
 def duplicate_seeds(records: Iterable[TrialRecord]) -> list[str]:
@@ -473,7 +476,7 @@ def wide_table(df: pd.DataFrame, metric: str) -> WideTable:
                      cells, tested, untestable, _table_settings(frame))
 
 
-_SETTING_FIELDS = ("seeds", "steps", "patients", "empty_policy", "unit", "search")
+_SETTING_FIELDS = ("seeds", "steps", "patients", "empty_policy", "unit", "search", "selection")
 
 
 def _setting_text(value: Any) -> str:
@@ -563,7 +566,8 @@ def _policy_phrase(policies: Sequence[str], style: MetricStyle) -> str:
 
 
 def settings_sentence(table: WideTable) -> str:
-    """Seeds, fine-tuning steps, labelled patients and the empty-mask policy of the table's trials ("" if unknown)."""
+    """Seeds, fine-tuning steps, labelled patients, the tested weights and the empty-mask policy of the table's trials ("" if
+    unknown)."""
     settings, style = table.settings, metric_style(table.metric)
     parts = []
     if settings.get("seeds"):
@@ -575,9 +579,23 @@ def settings_sentence(table: WideTable) -> str:
         listed = ", ".join(known[:-1]) + " or " + known[-1] if len(known) > 1 else "".join(known)
         plural = "" if known == ["1"] else "s"
         parts.append(f"{listed} labelled patient{plural}" if known else "labelled patients unknown")
+    if "selection" in settings:
+        parts.append(_selection_phrase(settings["selection"]))
     if "empty_policy" in settings:
         parts.append(_policy_phrase(settings["empty_policy"], style))
     return "; ".join(parts) + "." if parts else ""
+
+
+#: The tested weights of each ``eval.selection`` (docs/evaluation.md, 'Model selection').
+SELECTION_PHRASES = {"best_val": "the weights of the best validation Dice tested", "final": "the final iteration's weights tested"}
+
+
+def _selection_phrase(selections: Sequence[str]) -> str:
+    """Which weights the trials tested (``eval.selection``): val-selected (the corrected protocol) or final (released)."""
+    known = [SELECTION_PHRASES.get(s, s) for s in selections if s != UNKNOWN]
+    if len(known) == 1 and len(selections) == 1:
+        return known[0]
+    return f"tested weights mixed ({', '.join(selections)})" if known else "tested weights unknown"
 
 
 def undefined_note(table: WideTable) -> str:

@@ -220,6 +220,11 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
                 continue
             name = key[len(_OBJECTIVE_PREFIX):]
             if name not in params:
+                stages = [stage.objective for stage in resolved.pretrain if name in objective_param_types(stage.objective)]
+                if stages:  # e.g. tau_teacher: the ISD stages', which no --set reaches
+                    raise ConfigError(f"--set {key}: a parameter of the pretraining stage ({stages[0]}) of row "
+                                      f"{_row_name(variant)!r}, not of its fine-tuning objective; stages cannot be set from the command line (edit the "
+                                      "study script, e.g. with medseg_platform.variants.with_stage_params)")
                 raise ConfigError(f"--set {key}: row {_row_name(variant)!r} (objective {objective}) has no parameter {name!r} "
                                   f"(its parameters: {', '.join(params) or 'none'})" + (f"; {rows_hint}" if rows_hint else ""))
             values.setdefault(key, parse_value(key, texts[key], params[name]))

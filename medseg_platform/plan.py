@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -39,10 +40,15 @@ from medseg_platform.config import TrialConfig
 FINISHED, TO_SCORE, CACHED, TO_RUN = "finished", "to score on --test-root", "cached pretraining", "to run"
 #: :func:`measure_unit_seconds`: timed steps after one warm-up step, and the time after which it stops early.
 TIMED_STEPS, TIMING_BUDGET_S = 5, 2.0
+#: Steps timed whatever the budget: the median of 3 steps, where a single slow step (another process on the cores, a
+#: late allocation) priced a paper-size dry run 7x too high.
+MIN_TIMED_STEPS = 3
 #: How much slower a step runs when the study's trials share this machine's cores than alone: measured in the default
 #: quick study on 2 cores (supervised steps of 26.8 ms inside the trials vs 19 ms alone, ``benchmarks/RESULTS.md``,
 #: "The quick profile"); applied to a unit measured alone when more than one trial runs at once.
 SHARED_CORES_SLOWDOWN = 1.4
+#: A CPU-only estimate above this many seconds gets a line saying the study is sized for GPUs (the paper profile).
+CPU_DAY_S = 24 * 3600.0
 #: A local Ray's start-up and the study's own set-up (about 10-20 s measured), printed beside the estimate.
 STARTUP_S = 15.0
 #: What a multi-worker trial's Ray Train worker group costs besides its steps: 17-20 s from ``fit()`` to the first
@@ -85,6 +91,8 @@ class StudyPlan:
     unit: UnitSeconds
     samples_ended: int = 0  # a search: samples its Tune experiment already ended (a rerun does not train them)
     run_overhead_s: float = 0.0  # seconds each training run costs besides its units (a multi-worker trial's worker group)
+    unpriced: tuple[str, ...] = ()  # objectives to run without a step-cost prior (priced at UNKNOWN_STEP_COST)
+    on_gpus: bool = False  # the trials would train on GPUs (--gpus-per-trial)
 
     @property
     def total_units(self) -> float:
@@ -111,7 +119,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     from medseg_platform.data.layout import dataset_class_names
     from medseg_platform.engine import stage_key
     from medseg_platform.preflight import check_class_count, datasets_of_trials
-    from medseg_platform.progress import EVALUATION_COST, trial_plan
+    from medseg_platform.progress import EVALUATION_COST, STEP_COST, trial_plan
     from medseg_platform.results import STAGE_FINAL_FILE, pretrain_cache_dir, stage_folder, trial_finished, trial_folder
 
     from medseg_platform.study.runner import check_before_ray, check_trained_on_this_data, lacks_test_root, searched_samples_ended
@@ -128,6 +136,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     charged: set[str] = set()
     subsets: dict[str, Any] = {}
     planned = []
+    unpriced: list[str] = []
     ended = searched_samples_ended(study, trials)  # 0 for a grid
     for index, trial in enumerate(trials):
         cfg = TrialConfig.from_dict(trial["config"])
@@ -145,6 +154,8 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
             charged.update(keys)
             run = phases.fine_tuning.units + phases.evaluations * EVALUATION_COST
             runs = (stages + run,) + (run,) * (samples - ended - 1)
+            unpriced += [phase.objective for phase in (*phases.stages, phases.fine_tuning)
+                         if phase.objective not in STEP_COST and phase.objective not in unpriced]
         tags = trial["tags"]
         planned.append((tags.get("order", math.inf), index, PlannedTrial(str(tags.get("row", cfg.objective)), cfg.data.labelled,
                                                                            cfg.seed, trial["key"], status, runs)))
@@ -158,7 +169,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
             unit = UnitSeconds(unit.seconds * SHARED_CORES_SLOWDOWN,
                                f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores")
     return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit, ended,
-                     WORKER_GROUP_S if study.num_workers > 1 else 0.0)
+                     WORKER_GROUP_S if study.num_workers > 1 else 0.0, tuple(unpriced), study.gpus_per_trial > 0)
 
 
 def _subset(cfg: TrialConfig, cache: dict):
@@ -206,7 +217,8 @@ def trial_slots(study, cpus: int | None = None) -> tuple[int, str]:
 def measure_unit_seconds(config: dict, device: str = "cpu", steps: int = TIMED_STEPS, budget_s: float = TIMING_BUDGET_S) -> UnitSeconds:
     """Seconds of one supervised fine-tuning step (one cost unit) of ``config``'s data, model, batch, patch and
     threads, measured with the engine's own training step on 1 labelled patient: one warm-up step, then up to
-    ``steps`` steps or ``budget_s`` seconds. Nothing is written; the torch thread count is restored."""
+    ``steps`` steps or ``budget_s`` seconds (at least :data:`MIN_TIMED_STEPS`); the median step. Nothing is written;
+    the torch thread count is restored."""
     import torch
 
     from medseg_platform import engine
@@ -234,21 +246,22 @@ def measure_unit_seconds(config: dict, device: str = "cpu", steps: int = TIMED_S
         loop.step(0)  # warm-up: first-call allocations
         sync = torch.cuda.synchronize if target.type == "cuda" else (lambda: None)
         sync()
-        start, done = time.perf_counter(), 0
-        while done < steps and (done == 0 or time.perf_counter() - start < budget_s):
-            loop.step(done + 1)
-            done += 1
-        sync()
-        seconds = (time.perf_counter() - start) / done
+        start, times = time.perf_counter(), []
+        while len(times) < steps and (len(times) < min(steps, MIN_TIMED_STEPS) or time.perf_counter() - start < budget_s):
+            began = time.perf_counter()
+            loop.step(len(times) + 1)
+            sync()
+            times.append(time.perf_counter() - began)
+        seconds, done = statistics.median(times), len(times)
     finally:
         torch.set_num_threads(previous)
-    return UnitSeconds(seconds, f"measured: {done} supervised step(s) of this study's first trial to run, on this machine "
+    return UnitSeconds(seconds, f"measured: the median of {done} supervised step(s) of this study's first trial to run, on this machine "
                                 f"({target.type}, {cfg.threads} thread(s), 1 trial alone)")
 
 
 def format_plan(plan: StudyPlan) -> str:
     """The dry run's text: one line per trial, the totals, the wall time and where the numbers come from."""
-    from medseg_platform.progress import EVALUATION_COST, _duration
+    from medseg_platform.progress import EVALUATION_COST, UNKNOWN_STEP_COST, _duration
 
     per = f" (x{plan.samples} samples)" if plan.samples > 1 else ""
     header = ("row", "labelled", "seed", "trial key", "status", "cost (units)", "est. time")
@@ -267,8 +280,13 @@ def format_plan(plan: StudyPlan) -> str:
                  + f"; {plan.total_units:.1f} cost units to run")
     workers = (f", each run with {plan.run_overhead_s:.0f} s of Ray Train worker-group start and teardown"
                if plan.run_overhead_s else "")
-    lines.append(f"Estimated wall time: {_duration(plan.wall_s)} with {plan.slots} trial(s) at once ({plan.slots_source}"
+    at_once = min(plan.slots, max(1, sum(1 for t in plan.trials for _ in t.runs)))  # never more than there is to run
+    lines.append(f"Estimated wall time: {_duration(plan.wall_s)} with {at_once} trial(s) at once ({plan.slots_source}"
                  f"{workers}), plus about {STARTUP_S:.0f} s of start-up")
+    if not plan.on_gpus and plan.wall_s > CPU_DAY_S:
+        lines.append(f"That is more than {CPU_DAY_S / 3600:.0f} h of CPU training: a study of this size is meant for GPUs "
+                     "(--gpus-per-trial N here, or --address of a GPU cluster; README, 'Running on a cluster'), or "
+                     "fewer rows, seeds or steps (--rows, --seeds, --set optim.max_steps=N)")
     if plan.samples > 1:
         done = ("" if not plan.samples_ended else ", all of them already ended (a rerun only rebuilds the outputs)"
                 if plan.samples_ended >= plan.samples else f", {plan.samples_ended} of them already ended (a rerun resumes the rest)")
@@ -276,4 +294,8 @@ def format_plan(plan: StudyPlan) -> str:
     lines.append(f"Cost units: supervised fine-tuning steps, from the step-cost priors of medseg_platform/progress.py (an "
                  f"evaluation pass = {EVALUATION_COST:g} units; a cached pretraining stage costs nothing, a shared one is counted "
                  f"once; each trial's set-up is not counted); 1 unit = {plan.unit.seconds * 1000:.1f} ms, {plan.unit.source}")
+    if plan.unpriced:
+        lines.append(f"No step-cost prior for objective(s) {', '.join(plan.unpriced)}: each step priced at "
+                     f"{UNKNOWN_STEP_COST:g} unit(s), so the estimate may be low (measure one with benchmarks/bench_methods.py "
+                     "and add it to STEP_COST in medseg_platform/progress.py; docs/methods.md, 'Adding a method')")
     return "\n".join(lines)

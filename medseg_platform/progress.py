@@ -24,7 +24,9 @@ from ray.tune import Callback
 #: this run, that rate replaces the prior of its key (:class:`ProgressCallback`).
 STEP_COST = {"supervised": 1.0, "mean_teacher": 1.8, "mona": 5.4, "arco": 4.9, "action": 4.7, "isd_pretrain": 8.0,
              "mona w/o contrast": 3.9, "arco w/o contrast": 3.9, "action w/o anco": 2.2}
-#: The prior of an objective missing from :data:`STEP_COST` (a newly registered one), until its rate is observed.
+#: The prior of an objective missing from :data:`STEP_COST` (a newly registered one), until its rate is observed; the
+#: dry run names such objectives. ``tests/test_progress.py`` asks every registered objective for a measured entry
+#: (docs/methods.md, 'Adding a method').
 UNKNOWN_STEP_COST = 1.0
 #: One evaluation pass (a validation, or the final test with the trial's set-up), in supervised steps: measured in
 #: the same run (a validation of the quick profile's 8 val volumes took 0.19 s, 7 supervised steps).

@@ -11,8 +11,12 @@ from __future__ import annotations
 from medseg_platform.errors import MedsegError
 from medseg_platform.profiles import Profile
 
-#: The methods, in the order of ARCO's tables (the rows of ``studies/ablation_tailness.py``).
-METHODS = ("supervised", "mean_teacher", "mona", "arco_sg", "arco_sag", "action")
+#: The methods the papers' tables compare, in the order of ARCO's tables: the rows of ``studies/ablation_tailness.py``
+#: and ``studies/label_fractions.py``.
+PAPER_METHODS = ("supervised", "mean_teacher", "mona", "arco_sg", "arco_sag", "action")
+#: Every method a recipe exists for (``medseg train METHOD``, ``benchmarks/``): the papers' methods, then any other
+#: (docs/methods.md, 'Adding a method': a new one is trainable by name without joining the papers' tables).
+METHODS = PAPER_METHODS
 #: The table row label of each method.
 METHOD_LABELS = {"supervised": "Supervised only", "mean_teacher": "Mean teacher", "mona": "MONA", "arco_sg": "ARCO-SG",
                  "arco_sag": "ARCO-SAG", "action": "ACTION"}

@@ -94,7 +94,8 @@ def study_parser(description: str, default_name: str, folder: str | None = None)
                         help="search studies only: also record the Optuna study in this journal file (optuna-dashboard PATH)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config value of every trial, e.g. --set optim.lr=0.02 --set objective_params.temperature=0.2 "
-                             "(repeatable; typed like the config field; an error if a row sets the key itself or its objective lacks it)")
+                             "(repeatable; typed like the config field, every key in docs/config.md; an error if a row sets the key itself or its "
+                             "objective lacks it)")
     parser.add_argument("--rows", nargs="+", default=None, metavar="NAME",
                         help="run only these table rows (names as the table prints them; quote names with spaces)")
     parser.add_argument("--dry-run", action="store_true",

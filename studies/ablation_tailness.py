@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from medseg_platform.claims_spec import claim  # noqa: E402
 from analysis.study_cli import run_study_main  # noqa: E402
-from medseg_platform.recipes import METHOD_LABELS, METHODS, WITHOUT_CONTRAST_LABELS, method_overrides  # noqa: E402
+from medseg_platform.recipes import METHOD_LABELS, PAPER_METHODS, WITHOUT_CONTRAST_LABELS, method_overrides  # noqa: E402
 from medseg_platform.study import Study, Variant  # noqa: E402
 
 SEMI_SUPERVISED = ("mean_teacher", "mona", "arco_sg", "arco_sag", "action")
@@ -43,7 +43,7 @@ def claims(labelled: tuple[str, ...] = ("1",)) -> list[dict]:
 
 def build(args, profile, base):
     variants = []
-    for method in METHODS:
+    for method in PAPER_METHODS:
         variants.append(Variant({"row": METHOD_LABELS[method], "order": len(variants)}, method_overrides(method, profile)))
         if method in WITHOUT_CONTRAST_LABELS:
             variants.append(Variant({"row": WITHOUT_CONTRAST_LABELS[method], "order": len(variants)},

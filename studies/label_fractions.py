@@ -34,7 +34,7 @@ from medseg_platform.claims_spec import claim  # noqa: E402
 from medseg_platform.overrides import parse_set_options  # noqa: E402
 from analysis.study_cli import run_study_main  # noqa: E402
 from medseg_platform.profiles import QUICK_FRACTION_STEPS, with_steps  # noqa: E402
-from medseg_platform.recipes import FULL_SUPERVISION_LABEL, METHOD_LABELS, METHODS, method_overrides  # noqa: E402
+from medseg_platform.recipes import FULL_SUPERVISION_LABEL, METHOD_LABELS, PAPER_METHODS, method_overrides  # noqa: E402
 from medseg_platform.study import Study  # noqa: E402
 from medseg_platform.variants import VariantTable  # noqa: E402
 
@@ -49,7 +49,7 @@ def claims(fractions) -> list[dict]:
     out = [claim(supervised, supervised, more, "ARCO Table 1: supervised-only (UNet-L) improves with more labelled patients",
                  b_column=fewer) for fewer, more in zip(fractions, fractions[1:])]
     out += [claim(METHOD_LABELS[m], supervised, fraction, "ARCO Table 1: every semi-supervised method beats supervised-only "
-                  "(UNet-L) at each label fraction") for fraction in fractions for m in METHODS if m != "supervised"]
+                  "(UNet-L) at each label fraction") for fraction in fractions for m in PAPER_METHODS if m != "supervised"]
     return out
 
 
@@ -60,9 +60,9 @@ def build(args, profile, base):
         profile = with_steps(profile, QUICK_FRACTION_STEPS)
         base = base.replace(**{"optim.max_steps": QUICK_FRACTION_STEPS})
     table = VariantTable(base)
-    # rows in ARCO Table 1's order: the upper bound first, then the methods (METHODS order)
+    # rows in ARCO Table 1's order: the upper bound first, then the methods (PAPER_METHODS order)
     table.add(FULL_SUPERVISION_LABEL, {**method_overrides("supervised", profile), "data.labelled": FULL}, axes={"data.labelled": FULL})
-    for method in METHODS:
+    for method in PAPER_METHODS:
         for fraction in FRACTIONS[profile.name]:
             table.add(METHOD_LABELS[method], {**method_overrides(method, profile), "data.labelled": fraction},
                       axes={"data.labelled": fraction})

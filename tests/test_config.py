@@ -35,13 +35,22 @@ def test_round_trip_and_dotted_overrides(tiny_root):
     ({"objective": "mean_teacher", "data.labelled": "100%"}, "labels every training patient of "),  # found only in the trial
     ({"pretrain": [{"objective": "isd_pretrain", "unlabelled_batch": 3, "objective_params": {"image_size": 32, "window": 16}}],
       "data.labelled": "100%"},
-     "so objective 'isd_pretrain' has no unlabelled images; label fewer patients (--labelled) or train supervised"),
+     "so objective 'isd_pretrain' has no unlabelled images; label fewer patients (data.labelled; `medseg train --labelled`) or train supervised"),
     ({"data.patch_size": [30, 30]}, "multiples of 16"),
     ({"data.patch_size": [32, 64]}, "data.patch_size (32, 64): must be square"),  # used to fail inside every trial
     ({"data.patch_size": [16, 16], "pretrain": [{"objective": "isd_pretrain", "unlabelled_batch": 3, "objective_params":
       {"image_size": 16, "window": 4}}]}, "the contrastive methods need data.patch_size of at least 32, not 16"),
     ({"objective": "mona", "objective_params": {"nn_pool_resolution": 1000}}, "nn_pool_resolution 1000: larger than the patch "
      "side 32"),  # its pool of 1000 x 1000 rows per entry exhausted the memory
+    # refused at the objective's first step, after its pretraining, before these checks: MONA's NN pool must hold one
+    # unlabelled batch while L_nn is on; ISD pretraining as the trial's own objective needs the patch side and a queue
+    # that a batch divides, as its stages do
+    ({"objective": "mona", "objective_params": {"nn_pool_capacity": 2, "nn_topk": 1}, "data.unlabelled_batch": 3},
+     "objective_params (mona).nn_pool_capacity 2: smaller than the unlabelled batch 3"),
+    ({"objective": "isd_pretrain", "objective_params": {"image_size": 256}}, "objective_params (isd_pretrain).image_size 256: "
+     "must equal the patch side 32"),
+    ({"objective": "isd_pretrain", "objective_params": {"image_size": 32, "window": 8, "stride": 4, "queue_size": 35}},
+     "objective_params (isd_pretrain).queue_size 35: must be a multiple of the batch"),
     ({"data.patch_size": ["32", "32"]}, "sizes and widths must be whole numbers"),
     ({"model.channels": [4, 8, 16, 32, 64.5]}, "sizes and widths must be whole numbers"),
     ({"optim.lr": 0}, "optim.lr 0.0: must be a finite number > 0"),
@@ -58,6 +67,11 @@ def test_bad_values_are_one_line_errors(tiny_root, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
         cfg(tiny_root, **{"data.labelled": "1", **overrides}).validate()
     assert "\n" not in str(info.value)
+
+
+def test_a_small_nn_pool_is_valid_without_l_nn(tiny_root):
+    cfg(tiny_root, **{"data.labelled": "1", "objective": "mona", "data.unlabelled_batch": 3,
+                      "objective_params": {"nn_pool_capacity": 2, "nn_topk": 1, "nn_weight": 0.0}}).validate()
 
 
 def test_missing_data_root_and_unknown_keys(tmp_path):

@@ -137,3 +137,44 @@ def test_no_file_cites_the_reference_document_outside_the_repository():
                  for path in scanned_files() for text in [path.read_text(encoding="utf-8")]
                  for m in FORBIDDEN.finditer(text)]
     assert not offenders, f"{len(offenders)} citations of a document outside the repository:\n" + "\n".join(offenders)
+
+
+def _dotted_fields(cls, prefix: str = "") -> list[str]:
+    """Every field of a config dataclass as a dotted key (nested sections expanded, as ``--set`` names them)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            keys += _dotted_fields(kind, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def test_every_trial_config_field_is_in_the_config_reference():
+    from medseg_platform.config import TrialConfig
+
+    text = (DOCS / "config.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `([\w.]+)` \|", text, flags=re.MULTILINE))
+    keys = _dotted_fields(TrialConfig)
+    assert len(keys) > 30 and "optim.poly_power" in keys
+    assert [key for key in keys if key not in listed] == []
+    assert sorted(listed - set(keys)) == []  # and no field the config does not have
+    # the default column is the dataclasses' default (as config.json writes it)
+    import json
+
+    defaults = TrialConfig().to_dict()
+    for key, cell in re.findall(r"^\| `([\w.]+)` \| ([^|]+) \|", text, flags=re.MULTILINE):
+        value = defaults
+        for part in key.split("."):
+            value = value[part]
+        written = cell.strip().strip("`")
+        try:
+            documented = json.loads(written)
+        except ValueError:
+            documented = written
+        assert documented == (list(value) if isinstance(value, tuple) else value), key

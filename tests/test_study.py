@@ -294,6 +294,21 @@ def test_a_single_worker_trial_larger_than_the_local_ray_is_refused_before_ray(t
     check_local_resources(study)
 
 
+def test_more_threads_than_reserved_cpus_is_a_warning(tmp_path, capsys):
+    """Following the error above (--cpus-per-trial 2) left the paper profile's 4 torch threads on 2 reserved CPUs."""
+    from medseg_platform.study.runner import warn_oversubscribed_threads
+
+    study = tiny_study(tmp_path, tmp_path / "results")
+    trials = [{"config": {"threads": 4}}, {"config": {"threads": 1}}]
+    study.cpus_per_trial = 2.0
+    warn_oversubscribed_threads(study, trials)
+    assert ("warning: the trials compute with 4 torch threads each but reserve 2 CPU(s) (--cpus-per-trial); trials "
+            "sharing a node's cores slow each other down: pass --set threads=2 to match") in capsys.readouterr().err
+    study.cpus_per_trial = 4.0
+    warn_oversubscribed_threads(study, trials)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_search_folder_is_not_restarted_or_taken_over_silently(tiny_root, tmp_path):
     """Another --num-samples started a new search that trained its first samples again and reported only its own; a
     grid study's folder given to a search (or the reverse, through --name) was replaced."""

@@ -58,6 +58,9 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
     ("ablation_tailness", ["--set", "optim.lr"], "--set 'optim.lr': expected KEY=VALUE"),
     ("ablation_tailness", ["--set", "optim.lr=0.1", "--set", "optim.lr=0.2"], "--set optim.lr: given twice ('0.1' and '0.2')"),
     ("ablation_tailness", ["--set", "pretrain.0.lr=0.1"], "--set pretrain.0.lr: pretraining stages cannot be set from the command line"),
+    ("ablation_tailness", ["--rows", "MONA", "--set", "objective_params.tau_teacher=0.1"],
+     "--set objective_params.tau_teacher: a parameter of the pretraining stage (isd_pretrain) of row 'MONA', not of its "
+     "fine-tuning objective; stages cannot be set from the command line"),
     ("ablation_tailness", ["--protocol", "released", "--set", "eval.empty_policy=nan"],
      "--set eval.empty_policy: --protocol released sets it to 'released'; drop the --set or use --protocol corrected"),
     ("hparam_search", ["--set", "objective_params.contrast_weight=0.1"],
@@ -170,7 +173,7 @@ def _finished_trial(trial_dir: Path, config: dict) -> None:
     write_trial_results(trial_dir, config=config, tags={}, outcome=outcome, seed=1)
 
 
-def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env):
+def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch):
     from medseg_platform.config import TrialConfig
     from medseg_platform.data.layout import AcdcLayout
     from medseg_platform.data.splits import select_labelled
@@ -217,6 +220,16 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env):
     assert f"each run with {WORKER_GROUP_S:.0f} s of Ray Train worker-group start and teardown" in format_plan(workers)
     scoring = dataclasses.replace(workers.trials[0], status=TO_SCORE, runs=(7.0,))  # scored on --test-root: no worker group
     assert dataclasses.replace(workers, trials=(scoring,)).wall_s == pytest.approx(0.07)
+    assert "with 1 trial(s) at once" in format_plan(dataclasses.replace(plan, trials=plan.trials[1:2]))  # not 2 for 1
+    assert "No step-cost prior" not in text and plan.unpriced == ()
+    assert "CPU training" not in text  # a paper-sized study on this machine's CPUs says what it is sized for
+    slow = dataclasses.replace(plan, unit=UnitSeconds(1000.0, "x"))  # 1000 s a unit: about 50 h
+    assert "That is more than 24 h of CPU training: a study of this size is meant for GPUs" in format_plan(slow)
+    assert "CPU training" not in format_plan(dataclasses.replace(slow, on_gpus=True))
+    monkeypatch.delitem(STEP_COST, "mean_teacher")  # as for an objective registered without a measured prior
+    unpriced = plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2)
+    assert unpriced.unpriced == ("mean_teacher",)
+    assert "No step-cost prior for objective(s) mean_teacher: each step priced at 1 unit(s)" in format_plan(unpriced)
     assert not (study.study_dir / "study.json").exists()
 
 

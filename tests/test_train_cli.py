@@ -7,7 +7,7 @@ import pytest
 
 from analysis.console import main
 from medseg_platform.profiles import PROFILES
-from medseg_platform.recipes import method_overrides
+from medseg_platform.recipes import METHODS, method_overrides
 from medseg_platform.study_flags import resolve_data_root
 from medseg_platform.results import trial_key
 
@@ -39,6 +39,9 @@ def test_in_process_writes_a_study_trial_and_a_rerun_or_its_config_file_trains_n
     assert [name for name in TRIAL_FILES if not (trial_dir / name).is_file()] == []
     result = json.loads((trial_dir / "result.json").read_text())
     assert result["config"]["optim"]["lr"] == 0.05 and result["placement"]["in_process"] is True
+    import torch  # what computed it (docs/analysis.md, 'Reproducibility across machines')
+    assert result["environment"]["torch"] == torch.__version__ and result["environment"]["accelerator"] is None
+    assert result["environment"]["cpu"] and result["environment"]["cpu"] != "unknown"
     assert result["tags"]["row"] == "Supervised only [optim.lr=0.05]" and result["attempts"] == 1  # its own row
     assert json.loads((study_dir / "study.json").read_text())["trials"] == [key]
     assert json.loads((study_dir / "settings.json").read_text())["overrides"] == {"optim.lr": 0.05}
@@ -54,6 +57,16 @@ def test_in_process_writes_a_study_trial_and_a_rerun_or_its_config_file_trains_n
     assert (trial_dir / "result.json").read_bytes() == before
 
 
+def test_supervised_training_without_an_unlabelled_batch_trains(tmp_path, phantom_root):
+    # data.unlabelled_batch=0 is valid for an objective that reads no unlabelled image; the engine used to compute the
+    # alpha_t epoch (which divides by it) for every objective and failed inside the trial
+    argv = ["train", "supervised", "--profile", "smoke", "--in-process", "--results-dir", str(tmp_path), "--set",
+            "data.unlabelled_batch=0"]
+    assert main(argv) == 0
+    (result,) = (tmp_path / "train-supervised-smoke" / "trials").glob("*/result.json")
+    assert json.loads(result.read_text())["config"]["data"]["unlabelled_batch"] == 0
+
+
 def test_through_ray_the_same_configuration_gets_the_same_trial(tmp_path, phantom_root, ray_address, capsys):
     results = tmp_path / "results"
     assert main(["train", "supervised", "--profile", "smoke", "--results-dir", str(results), "--address", ray_address,
@@ -66,8 +79,8 @@ def test_through_ray_the_same_configuration_gets_the_same_trial(tmp_path, phanto
 
 
 @pytest.mark.parametrize("extra, message", [
-    ([], "give a method (supervised, mean_teacher, mona, arco_sg, arco_sag, action) or --config FILE.json"),
-    (["mona", "--config", "c.json"], "give a method (supervised, mean_teacher, mona, arco_sg, arco_sag, action) or --config FILE.json, not both"),
+    ([], f"give a method ({', '.join(METHODS)}) or --config FILE.json"),
+    (["mona", "--config", "c.json"], f"give a method ({', '.join(METHODS)}) or --config FILE.json, not both"),
     (["--config", "missing.json"], "--config {tmp}/missing.json: cannot read it"),
     (["--config", "bad.json"], "--config {tmp}/bad.json: not valid JSON"),
     (["--config", "unknown.json"], "--config {tmp}/unknown.json: config.optim: unknown key(s) ['lrr']"),

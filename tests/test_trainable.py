@@ -41,14 +41,15 @@ def run(params: dict, study_dir) -> dict:
     return json.loads((folder / ERROR_FILE).read_text(encoding="utf-8"))
 
 
-def test_an_objectives_config_error_at_run_time_ends_the_trial_as_an_application_error(tiny_root, tmp_path, reports):
-    # valid as a config (nn_pool_capacity >= 1), but MONA's loss needs a pool that holds one unlabelled batch (2)
+def test_a_config_error_in_a_trial_ends_it_as_an_application_error_before_it_trains(tiny_root, tmp_path, reports):
+    # MONA's loss needs a pool that holds one unlabelled batch (2): refused by the config's checks, before any stage
+    # trains (it used to pass them and fail at the first fine-tuning step, after the pretraining)
     params = trial_params(tiny_root, "mona", nn_pool_capacity=1, nn_topk=1)
     error = run(params, tmp_path / "study")  # returns normally: Tune sees a finished trial and spends no retry
     folder = trial_folder(tmp_path / "study", params["trial"]["key"])
-    assert error["kind"] == "application" and error["run"] == "run-1" and error["attempts"] == 1
-    assert error["error"].startswith("MonaConfig.nn_pool_capacity: 1 is smaller than the unlabelled batch (2)")
-    assert read_attempts(folder)["attempts"] == 1 and not (folder / RESULT_FILE).exists()
+    assert error["kind"] == "application" and error["run"] == "run-1"
+    assert error["error"].startswith("objective_params (mona).nn_pool_capacity 1: smaller than the unlabelled batch 2")
+    assert not (folder / RESULT_FILE).exists() and not (folder / "checkpoint").exists()
     assert reports[-1]["errored"] is True and reports[-1]["done"] is True and reports[-1]["error"] == error["error"]
 
 

@@ -266,7 +266,8 @@ def read_list(path: Path, slices: bool = False) -> list[str]:
     then of the form ``<case>_slice_<k>``); an id with a folder part would read outside the dataset. One-line
     :class:`DataError` naming the file and line otherwise. Repeated ids are kept (``medseg data check`` reports them)."""
     if not path.is_file():
-        raise DataError(f"{path}: list file is missing (is this an SSL4MIS/ACDC dataset root?)")
+        raise DataError(f"{path}: list file is missing (is this an SSL4MIS/ACDC dataset root? Raw ACDC patient folders are "
+                        "converted with `medseg data convert-acdc RAW OUT`, NIfTI pairs with `medseg data convert-nifti`)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -31,8 +31,9 @@ from medseg_platform.engine.loop import TrainLoop, build_trial_model, make_optim
 from medseg_platform.engine.pretrain import run_pretraining
 from medseg_platform.engine.reports import Reporter, progress_fields
 from medseg_platform.engine.training_data import load_training_data
+from medseg_platform.environment import trial_environment
 from medseg_platform.errors import MedsegError
-from medseg_platform.recipes import with_epoch_length
+from medseg_platform.recipes import LABELLED_SET_EPOCH, with_epoch_length
 from medseg_platform.results import OWN_PRETRAIN_DIR, QUALITATIVE_FILE, checkpoint_path
 from medseg_platform.seeding import seed_everything
 from methods.heap import keep_freed_blocks
@@ -75,6 +76,9 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     On the CPU, fine-tuning, validation and test run the convolution kernels of ``conv_kernels``
     (:func:`~medseg_platform.engine.conv_kernels.resolve_conv_kernels`, recorded in ``extra["conv_kernels"]``) and the
     pretraining stages oneDNN's; the process's previous setting is restored at the end.
+    ``extra["environment"]``: the processor, accelerator and versions of the process that finished the trial
+    (:func:`~medseg_platform.environment.trial_environment`; a trial resumed elsewhere trained partly on the machine
+    before it, which ``attempts.json`` names).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     device = device or pick_device()
@@ -82,6 +86,7 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     with using_conv_kernels("onednn"):  # the stages; _train_trial switches to `kernels` after them
         outcome = _train_trial(cfg, Path(trial_dir), report, log, dist, device, pretrain_cache, kernels)
     outcome.extra["conv_kernels"] = kernels
+    outcome.extra["environment"] = trial_environment(device)
     return outcome
 
 
@@ -123,7 +128,9 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
     if pretrained is not None:
         model.load_state_dict(pretrained["student"])  # student and (by copy) teacher start from the pretrained student
     # "the labelled set's own epoch" (docs/mona.md, 'Entropy masks and the alpha schedule')
-    params, epoch_filled = with_epoch_length(dict(cfg.objective_params), epoch_steps(data.subset, cfg.data.unlabelled_batch * cfg.workers))
+    params, epoch_filled = dict(cfg.objective_params), False
+    if params.get("steps_per_epoch") == LABELLED_SET_EPOCH:  # only MONA/ARCO rows ask; a supervised row may have no B_u
+        params, epoch_filled = with_epoch_length(params, epoch_steps(data.subset, cfg.data.unlabelled_batch * cfg.workers))
     filled = {"steps_per_epoch": params["steps_per_epoch"]} if epoch_filled else {}
     if epoch_filled:
         log(f"alpha_t epoch: {params['steps_per_epoch']} steps (floor(N_u / B_u), as released)")

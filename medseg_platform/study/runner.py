@@ -131,6 +131,7 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
     check_fault_tolerance_options(study, trials, in_process_cuda)
     check_output_folder(study.study_dir, "--results-dir (Study.results_dir)", writes=None if dry_run else "inside")
     check_local_resources(study)
+    warn_oversubscribed_threads(study, trials)
     if study.gpus_per_trial > 0:
         check_gpus_available(study.address)
     return trials, check_test_root(study, trials)
@@ -214,7 +215,19 @@ def check_local_resources(study: Study) -> None:
                           f"{study.cpus_per_trial:g}), the local Ray has {cpus}; use fewer workers or less per worker "
                           "(--cpus-per-trial)")
     raise ConfigError(f"--cpus-per-trial {study.cpus_per_trial:g}: a trial needs {need:g} CPUs, the local Ray has {cpus}; "
-                      f"pass --cpus-per-trial {cpus} or less (a trial computes with --set threads=N threads)")
+                      f"pass --cpus-per-trial {cpus} or less, with --set threads={cpus} or less to match (a trial computes "
+                      "with the config's threads, whatever Ray reserves)")
+
+
+def warn_oversubscribed_threads(study: Study, trials: list[dict]) -> None:
+    """Print a warning when the trials compute with more torch threads than Ray reserves CPUs for each worker
+    (``--cpus-per-trial`` below the config's ``threads``, e.g. the paper profile's 4 on 2): Ray then places more busy
+    threads on a node than it has cores, and trials slow each other down."""
+    threads = max((int(t["config"].get("threads", 1)) for t in trials), default=1)
+    if threads > study.cpus_per_trial + 1e-9:
+        _log(f"warning: the trials compute with {threads} torch threads each but reserve {study.cpus_per_trial:g} CPU(s) "
+             f"(--cpus-per-trial); trials sharing a node's cores slow each other down: pass --set threads="
+             f"{max(1, int(study.cpus_per_trial))} to match, or more CPUs per trial")
 
 
 def check_test_root(study: Study, trials: list[dict]) -> list[tuple[str, int]]:
@@ -256,7 +269,8 @@ def check_fault_tolerance_options(study: Study, trials: list[dict], in_process_c
     if isinstance(study.max_retries, bool) or not isinstance(study.max_retries, int) or study.max_retries < 0:
         raise ConfigError(f"--max-retries {study.max_retries!r}: must be a whole number >= 0")
     if study.gpus_per_trial <= 0 and not in_process_cuda and any(t["config"]["optim"].get("amp") == "fp16" for t in trials):
-        raise ConfigError("optim.amp 'fp16' needs a CUDA GPU per trial: pass --gpus-per-trial 1 (or use --amp bf16, which runs on CPU too)")
+        raise ConfigError("optim.amp 'fp16' needs a CUDA GPU per trial: pass --gpus-per-trial 1 on a machine or cluster with "
+                          "GPUs, or use --amp bf16 (optim.amp=bf16), which runs on CPUs too")
 
 
 def check_ray_options(study: Study) -> None:

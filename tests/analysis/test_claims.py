@@ -238,7 +238,29 @@ def test_claim_p_is_the_tables_p_and_other_profiles_have_no_published_column(tmp
     result = evaluate_claim(claim("Mean teacher", "MONA", "1", "x"), report.records)
     assert result.p_value == pytest.approx(float(row["p_vs_best"])) and result.verdict == CONTRADICTED
     text = report.report.read_text(encoding="utf-8")
-    assert "## Claims" in text and "Published Δ" not in text and "(this run: quick)" in text
+    assert "## Claims" in text and "Published Δ" not in text and "(this run: quick profile)" in text
+
+
+def test_the_paper_profile_on_another_dataset_gets_no_published_numbers(tmp_path):
+    # ARCO's numbers are differences on ACDC's 70 training patients: "3 patients" of a 10-patient dataset is 30%, not 5%
+    study = make_fake_study(tmp_path / "results")
+    _with_claims(study, [claim("MONA", "Mean teacher", "1", "ARCO Table 1: MONA beats MT")], "paper")
+    for path in (study / "trials").glob("*/result.json"):
+        if path.read_text(encoding="utf-8") == "{truncated":  # the fake study's corrupt trial
+            continue
+        result = json.loads(path.read_text(encoding="utf-8"))
+        path.write_text(json.dumps({**result, "labelled": {**result["labelled"], "available_patients": 10}}), encoding="utf-8")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    section = text[text.index("## Claims"):text.index("## Tables")]
+    assert "Published Δ" not in section and "| MONA > Mean teacher, 1 patient" in section
+    assert "(this run: paper profile on 10 training patients)" in section
+    for path in (study / "trials").glob("*/result.json"):  # 70 patients, but of a dataset with other classes
+        if path.read_text(encoding="utf-8") != "{truncated":
+            result = json.loads(path.read_text(encoding="utf-8"))
+            path.write_text(json.dumps({**result, "labelled": {**result["labelled"], "available_patients": 70},
+                                        "class_names": ["CSF", "GM", "WM"]}), encoding="utf-8")
+    section = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert "Published Δ" not in section and "(this run: paper profile on 70 training patients, classes CSF, GM, WM)" in section
 
 
 def test_no_claims_no_section(tmp_path):

@@ -52,6 +52,18 @@ def test_palette_gives_a_methods_variants_shades_of_its_colour_and_no_one_elses(
     assert with_base["MONA"] == plots.FIXED_COLOURS["MONA"] != with_base["MONA (x=1)"]
 
 
+def test_a_new_method_of_the_recipes_gets_a_fixed_colour_and_its_variants_shades_of_it(monkeypatch):
+    from medseg_platform.recipes import METHOD_LABELS
+
+    fixed = plots.fixed_colours({**METHOD_LABELS, "entmin": "Entropy minimisation"})
+    assert {label: fixed[label] for label in plots.FIXED_COLOURS} == plots.FIXED_COLOURS  # the others keep theirs
+    assert fixed["Entropy minimisation"] == plots._EXTRA[0] not in plots.FIXED_COLOURS.values()
+    monkeypatch.setattr(plots, "FIXED_COLOURS", fixed)
+    colours = plots.palette(["Entropy minimisation", "Entropy minimisation (w=0.5)", "Mean teacher"])
+    assert colours["Entropy minimisation"] == plots._EXTRA[0] != colours["Entropy minimisation (w=0.5)"]
+    assert plots._known_prefix("Entropy minimisation (w=0.5)") == "Entropy minimisation"  # shaded as its family
+
+
 def test_class_bars_per_label_fraction(records, colours):
     df = tables.build_table(records)
     fig = plots.class_bars(df, "dice", colours)

@@ -176,6 +176,33 @@ def test_report_states_the_protocol_and_what_the_trials_did(study):
     assert "(validation every 20; final-iteration weights tested)" in text
 
 
+def _set_environment(path, environment):
+    result = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**result, "environment": environment}), encoding="utf-8")
+
+
+def test_report_names_the_machines_and_warns_when_the_trials_ran_on_several(study):
+    results = sorted(p for p in (study / "trials").glob("*/result.json") if p.read_text(encoding="utf-8") != "{truncated")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert "- **Machines**: not recorded\n" in text  # results of earlier code say so
+    xeon = {"cpu": "Intel(R) Xeon(R) Processor", "accelerator": None, "torch": "2.13.0+cpu", "python": "3.11.7",
+            "platform": "Linux-x86_64"}
+    for path in results:
+        _set_environment(path, xeon)
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert "- **Machines**: Intel(R) Xeon(R) Processor, torch 2.13.0+cpu\n" in text
+    _set_environment(results[0], {**xeon, "python": "3.12.1"})  # versions that do not decide the numbers: one machine
+    assert "- **Machines**: Intel(R) Xeon(R) Processor, torch 2.13.0+cpu\n" in write_report(study, log=lambda m: None).report.read_text()
+    _set_environment(results[0], {**xeon, "cpu": "AMD EPYC Processor"})
+    _set_environment(results[1], {**xeon, "accelerator": "NVIDIA H100 80GB HBM3", "torch": "2.13.0+cu128"})
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    line = next(line for line in text.splitlines() if line.startswith("- **Machines**"))
+    assert line.startswith("- **Machines**: mixed: AMD EPYC Processor, torch 2.13.0+cpu (1 trial); NVIDIA H100 80GB HBM3, "
+                           f"Intel(R) Xeon(R) Processor, torch 2.13.0+cu128 (1 trial); Intel(R) Xeon(R) Processor, torch "
+                           f"2.13.0+cpu ({len(results) - 2} trials). ")
+    assert "docs/analysis.md, 'Reproducibility across machines'" in line
+
+
 def test_a_search_with_samples_left_to_end_is_unfinished():
     """A stopped search: its report lists it and hparam_search prints its best configuration as "so far"."""
     from analysis.search import Sample, unfinished_search

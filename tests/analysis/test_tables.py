@@ -58,13 +58,15 @@ def case_rows(method: int, many: int, seed: int) -> list[dict]:
 
 
 def write_trial(study: Path, row: str, method: int, column: str, seed: int, order: int | None = 0,
-                max_steps: int = 100, empty_policy: str | None = None, val_curve: list | None = None) -> Path:
-    """One trial; ``empty_policy`` adds ``eval.empty_policy`` to its config, ``val_curve`` replaces its
-    (single-validation, hence never flagged) val curve with (step, val Dice) pairs."""
+                max_steps: int = 100, empty_policy: str | None = None, val_curve: list | None = None,
+                selection: str | None = None) -> Path:
+    """One trial; ``empty_policy`` / ``selection`` add ``eval.empty_policy`` / ``eval.selection`` to its config,
+    ``val_curve`` replaces its (single-validation, hence never flagged) val curve with (step, val Dice) pairs."""
     config = {"objective": "mona" if method else "mean_teacher", "data": {"labelled": str(FRACTIONS[column])},
               "seed": seed, "optim": {"max_steps": max_steps}}
-    if empty_policy is not None:
-        config["eval"] = {"empty_policy": empty_policy}
+    evaluation = {k: v for k, v in (("empty_policy", empty_policy), ("selection", selection)) if v is not None}
+    if evaluation:
+        config["eval"] = evaluation
     tags = {"row": row} if order is None else {"row": row, "order": order}
     trial_dir = study / "trials" / trial_key({**config, "row": row})  # distinct rows may share a fake config
     outcome = FakeOutcome(FakeLabelled(FRACTIONS[column]), case_rows(method, int(column == MANY), seed))
@@ -212,22 +214,29 @@ def test_cells_mixing_one_and_several_seeds_say_which_is_which(records):
 
 def test_caption_states_seeds_steps_patients_and_empty_policy(df, tmp_path):
     md = tables.to_markdown(df, "dice")
-    assert "Seeds 0, 1; 100 fine-tuning steps; 3 or 14 labelled patients; empty-mask policy unknown." in md
+    assert ("Seeds 0, 1; 100 fine-tuning steps; 3 or 14 labelled patients; the weights of the best validation Dice "
+            "tested; empty-mask policy unknown.") in md
     root = tmp_path / "mixed"
     write_trial(root, MT, 0, FEW, 0, max_steps=100, empty_policy="nan")
     write_trial(root, MONA, 1, FEW, 0, max_steps=100, empty_policy="nan")
     records, _ = scan_study(root)
     same = tables.build_table(records, metrics=("dice", "hd95"))
-    assert ("Seed 0; 100 fine-tuning steps; 3 labelled patients; empty-mask policy \"nan\" (a case where the ground "
+    assert ("Seed 0; 100 fine-tuning steps; 3 labelled patients; the weights of the best validation Dice tested; "
+            "empty-mask policy \"nan\" (a case where the ground "
             "truth is empty is left out of that class's mean; an empty prediction scores 0).") in tables.to_markdown(same, "dice")
     assert ("empty-mask policy \"nan\" (a case where prediction or ground truth is empty is left out of that "
             "class's mean).") in tables.to_markdown(same, "hd95")
-    write_trial(root, MONA, 1, FEW, 1, max_steps=200, empty_policy="released")
+    write_trial(root, MONA, 1, FEW, 1, max_steps=200, empty_policy="released", selection="final")
     records, _ = scan_study(root)
     mixed = tables.build_table(records, metrics=("dice",))
     assert list(mixed["empty_policy"][mixed["row"] == MONA].unique()) == ["nan,released"]
-    assert "Seeds 0, 1; fine-tuning steps mixed (100, 200); 3 labelled patients; empty-mask policy mixed (nan, released)." \
-        in tables.to_markdown(mixed, "dice")
+    assert list(mixed["selection"][mixed["row"] == MONA].unique()) == ["best_val,final"]
+    assert ("Seeds 0, 1; fine-tuning steps mixed (100, 200); 3 labelled patients; tested weights mixed (best_val, final); "
+            "empty-mask policy mixed (nan, released).") in tables.to_markdown(mixed, "dice")
+    released = tables.build_table([r for r in records if r.result["config"].get("eval", {}).get("selection") == "final"],
+                                  metrics=("dice",))  # --protocol released: the final iteration's weights
+    assert "; 3 labelled patients; the final iteration's weights tested; empty-mask policy \"released\"" in \
+        tables.to_markdown(released, "dice")
     back = pd.read_csv(io.StringIO(tables.to_csv(mixed)))  # "nan" comes back as NaN, 100 as a number
     assert tables.to_markdown(back, "dice") == tables.to_markdown(mixed, "dice")
 
