@@ -51,18 +51,19 @@ METHOD_COLOURS = {"supervised": "#7f7f7f", "mean_teacher": "#8c564b", "mona": "#
 WITHOUT_CONTRAST_COLOURS = {"mona": "#17becf", "action": "#e377c2"}
 _EXTRA = ["#ff7f0e", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
           "#31a354", "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7ba52", "#ad494a", "#de9ed6", "#6baed6"]
-#: Fixed colours of the platform's rows by their printed label, so a method looks the same in every plot of
-#: every study. A method of ``medseg_platform.recipes`` without an entry in :data:`METHOD_COLOURS` (a new one) takes
-#: the next colour of :data:`_EXTRA` in the recipes' order, so its variants still read as its family. Other row
-#: labels get colours from :data:`_EXTRA`, or shades of their method's (:func:`palette`).
 def fixed_colours(method_labels: Mapping[str, str]) -> dict[str, str]:
-    """:data:`FIXED_COLOURS` for the methods ``method_labels`` (method id -> row label, in the recipes' order)."""
+    """:data:`FIXED_COLOURS` for the methods ``method_labels`` (method id -> row label, in the recipes' order). A method
+    without an entry in :data:`METHOD_COLOURS` (a new one) takes the next colour of :data:`_EXTRA`, so its variants
+    still read as its family."""
     spare = iter(_EXTRA)
     return {**{label: METHOD_COLOURS.get(m) or next(spare) for m, label in method_labels.items()},
             **{WITHOUT_CONTRAST_LABELS[m]: colour for m, colour in WITHOUT_CONTRAST_COLOURS.items()},
             FULL_SUPERVISION_LABEL: "#252525"}
 
 
+#: Fixed colours of the platform's rows by their printed label, so a method looks the same in every plot of
+#: every study. Other row labels get colours from :data:`_EXTRA` (none of these), or shades of their method's
+#: (:func:`palette`).
 FIXED_COLOURS = fixed_colours(METHOD_LABELS)
 #: Overlay colours of labels 1, 2, 3 (ACDC's RV, Myo, LV), transparent background; higher labels get OTHER_CLASS_COLOUR.
 CLASS_COLOURS = {1: "#e41a1c", 2: "#4daf4a", 3: "#377eb8"}
@@ -107,7 +108,8 @@ def palette(labels: Iterable[str]) -> dict[str, str]:
         if label in colours:
             continue
         start = int(hashlib.sha256(label.encode()).hexdigest(), 16) % len(_EXTRA)
-        free = [c for c in _EXTRA[start:] + _EXTRA[:start] + reserved if c not in used]
+        fixed = set(FIXED_COLOURS.values())  # a new method's colour comes from _EXTRA: keep it its own
+        free = [c for c in _EXTRA[start:] + _EXTRA[:start] if c not in used and c not in fixed] + [c for c in reserved if c not in used]
         colours[label] = free[0] if free else _EXTRA[start]
         used.add(colours[label])
     return colours

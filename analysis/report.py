@@ -204,15 +204,24 @@ def machines_line(records: Sequence[TrialRecord]) -> str:
     torch), with counts and a warning when the trials ran on more than one (docs/analysis.md, 'Reproducibility across
     machines')."""
     counts: dict[str, int] = {}
+    unrecorded = 0  # results written before environments were recorded: no evidence of another machine
     for record in records:
         text = environment_text(record.result.get("environment"))
-        counts[text] = counts.get(text, 0) + 1
-    if len(counts) <= 1:
-        return f"- **Machines**: {next(iter(counts), 'no finished trial')}"
+        if text == environment_text(None):
+            unrecorded += 1
+        else:
+            counts[text] = counts.get(text, 0) + 1
+    if not records:
+        return "- **Machines**: no finished trial"
     groups = "; ".join(f"{text} ({count} trial{'s' * (count != 1)})" for text, count in counts.items())
-    return (f"- **Machines**: mixed: {groups}. The same configuration and seed trains to other numbers on another "
-            "processor or torch version (float rounding, amplified by training), so a difference between rows computed "
-            "on different machines is partly the machines' (docs/analysis.md, 'Reproducibility across machines')")
+    rest = f"{unrecorded} trial{'s' * (unrecorded != 1)} not recorded"
+    if len(counts) <= 1:
+        named = next(iter(counts), "")
+        return f"- **Machines**: {named}{'; ' + rest if named and unrecorded else rest if unrecorded else ''}"
+    return (f"- **Machines**: mixed: {groups}" + (f"; {rest}" if unrecorded else "") + ". The same configuration and seed "
+            "trains to other numbers on another processor or torch version (float rounding, amplified by training), so a "
+            "difference between rows computed on different machines is partly the machines' (docs/analysis.md, "
+            "'Reproducibility across machines')")
 
 
 def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, records: Sequence[TrialRecord],

@@ -49,6 +49,8 @@ def _run_study_main(description, default_name, build, argv, parser) -> int:
     args = parser.parse_args(argv)
     if args.seeds and len(set(args.seeds)) < len(args.seeds):
         parser.error(f"argument --seeds: each seed once, got {' '.join(map(str, args.seeds))}")
+    if args.labelled and len(set(args.labelled)) < len(args.labelled):
+        parser.error(f"argument --labelled: each label fraction once, got {' '.join(args.labelled)}")
     if args.smoke_test and args.profile != "quick":
         parser.error(f"--smoke-test runs the smoke profile; drop --profile {args.profile} (or --smoke-test)")
     profile = PROFILES["smoke" if args.smoke_test else args.profile]

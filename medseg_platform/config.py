@@ -209,7 +209,8 @@ class TrialConfig:
         if any(isinstance(v, bool) or not isinstance(v, int) for v in (*d.patch_size, *self.model.channels)):
             raise ConfigError(f"data.patch_size {d.patch_size!r} / model.channels {self.model.channels!r}: sizes and widths must be "
                               "whole numbers (e.g. [48, 48], [4, 8, 16, 32, 64])")
-        _check_batch_sized(f"objective_params ({self.objective})", params, d.patch_size[0], d.labelled_batch, d.unlabelled_batch)
+        _check_batch_sized("objective_params", f" (objective {self.objective})", params, d.patch_size[0], d.labelled_batch,
+                           d.unlabelled_batch)
         pool = getattr(params, "nn_pool_resolution", "full")
         if pool != "full" and pool > min(d.patch_size):
             raise ConfigError(f"objective_params.nn_pool_resolution {pool}: larger than the patch side {min(d.patch_size)} (the NN "
@@ -285,7 +286,7 @@ class TrialConfig:
                 raise ConfigError(f"{where}.lr_step {stage.lr_step!r}: choose {' or '.join(map(repr, LR_STEPS))}")
             if OBJECTIVES[stage.objective].requires_unlabelled and stage.unlabelled_batch < 1:
                 raise ConfigError(f"{where}.unlabelled_batch: objective {stage.objective!r} needs unlabelled images (use >= 1)")
-            _check_batch_sized(f"{where}.objective_params", objective_config(stage.objective, dict(stage.objective_params)),
+            _check_batch_sized(f"{where}.objective_params", "", objective_config(stage.objective, dict(stage.objective_params)),
                                d.patch_size[0], stage.labelled_batch, stage.unlabelled_batch)
         if check_data:
             self._validate_data()
@@ -317,7 +318,7 @@ class TrialConfig:
                 raise ConfigError(
                     f"data.labelled {self.data.labelled!r}: labels every training patient of {layout.root} "
                     f"({subset.count.patients} patient(s), {len(subset.labelled_slices)} slices), so objective {needing[0]!r} has "
-                    "no unlabelled images; label fewer patients (data.labelled; `medseg train --labelled`) or train supervised")
+                    "no unlabelled images; label fewer patients (--labelled) or train supervised")
         if not layout.val_cases or not layout.test_cases:
             raise ConfigError(f"{layout.root}: val.list and test.list must each name at least one case")
         if self.eval.val_cases > len(layout.val_cases):
@@ -328,19 +329,20 @@ class TrialConfig:
 _SECTION_NAMES = ("data", "model", "optim", "eval")  # TrialConfig's dataclass sections
 
 
-def _check_batch_sized(where: str, params: Any, patch_side: int, labelled_batch: int, unlabelled_batch: int) -> None:
+def _check_batch_sized(where: str, owner: str, params: Any, patch_side: int, labelled_batch: int, unlabelled_batch: int) -> None:
     """The objective parameters whose valid values depend on the patch and batch sizes, checked before Ray starts
     (the objectives check them again at their first step): ISD pretraining's ``image_size`` (the patch side) and
     ``queue_size`` (a multiple of B_l + B_u, docs/isd_pretraining.md, 'Queues'), whether it is a stage or the trial's
     own objective, and MONA/ARCO's ``nn_pool_capacity`` (at least B_u while L_nn is on, docs/mona.md,
-    'Nearest-neighbour loss'). ``where``: the config path of ``params`` in the message."""
+    'Nearest-neighbour loss'). ``where``: the config path of ``params`` in the message; ``owner``: text after the value
+    (the objective)."""
     if hasattr(params, "image_size") and params.image_size != patch_side:
-        raise ConfigError(f"{where}.image_size {params.image_size}: must equal the patch side {patch_side}")
+        raise ConfigError(f"{where}.image_size {params.image_size}{owner}: must equal the patch side {patch_side}")
     if hasattr(params, "queue_size") and params.queue_size % (labelled_batch + unlabelled_batch):
-        raise ConfigError(f"{where}.queue_size {params.queue_size}: must be a multiple of the batch "
+        raise ConfigError(f"{where}.queue_size {params.queue_size}{owner}: must be a multiple of the batch "
                           f"({labelled_batch} + {unlabelled_batch})")
     if getattr(params, "nn_weight", 0) > 0 and unlabelled_batch > params.nn_pool_capacity:
-        raise ConfigError(f"{where}.nn_pool_capacity {params.nn_pool_capacity}: smaller than the unlabelled batch "
+        raise ConfigError(f"{where}.nn_pool_capacity {params.nn_pool_capacity}{owner}: smaller than the unlabelled batch "
                           f"{unlabelled_batch} (the NN pool keeps at least one batch of rows; raise it, lower "
                           "data.unlabelled_batch, or set nn_weight=0)")
 

@@ -39,7 +39,7 @@ from medseg_platform.errors import ConfigError
 
 #: Keys a study's own command-line flags set -> what sets them (an override of them is an error pointing there).
 STUDY_FLAG_KEYS = {"seed": "the flag --seeds", "workers": "the flag --num-workers", "data.root": "the flag --data-root",
-                   "optim.amp": "the flag --amp"}
+                   "optim.amp": "the flag --amp", "data.labelled": "the flag --labelled"}
 #: ``TrialConfig`` fields that are dataclass sections (their leaves are ``section.field``).
 _SECTIONS = ("data", "model", "optim", "eval")
 _OBJECTIVE_PREFIX = "objective_params."
@@ -185,6 +185,23 @@ def _keys_set_by(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _refuse_stage_parameters(study, texts: Mapping[str, str], objective: str | None) -> None:
+    """A one-line :class:`ConfigError` for an ``objective_params.NAME`` that no row's fine-tuning objective has but a
+    row's pretraining stage does (``tau_teacher``: the ISD stages'), which no ``--set`` reaches; checked over every row
+    before the per-row "has no parameter" errors, whose "leave the row out" hint would lead nowhere for it."""
+    resolved = [study.base.replace(**variant.overrides) for variant in study.variants]
+    fine_tuning = {name for cfg in resolved for name in objective_param_types(objective or cfg.objective)}
+    for key in texts:
+        name = key[len(_OBJECTIVE_PREFIX):] if key.startswith(_OBJECTIVE_PREFIX) else None
+        if name is None or name in fine_tuning:
+            continue
+        stages = [stage.objective for cfg in resolved for stage in cfg.pretrain if name in objective_param_types(stage.objective)]
+        if stages:
+            raise ConfigError(f"--set {key}: a parameter of the pretraining stages ({stages[0]}), not of any row's fine-tuning "
+                              "objective; stages cannot be set from the command line (edit the study script, e.g. with "
+                              "medseg_platform.variants.with_stage_params)")
+
+
 def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = STUDY_FLAG_KEYS,
                     rows_hint: str = "leave the row out with --rows") -> dict[str, Any]:
     """Apply ``--set`` overrides (``{key: text}``) to every trial of ``study`` (a :class:`~medseg_platform.study.Study`,
@@ -206,6 +223,7 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
             raise ConfigError(f"--set {key}: study {study.name} searches it; it cannot be fixed for every trial")
         if not key.startswith(_OBJECTIVE_PREFIX):
             values[key] = parse_value(key, texts[key], config_fields()[key])
+    _refuse_stage_parameters(study, texts, values.get("objective"))
     for variant in study.variants:
         row_keys = _keys_set_by(variant.overrides)
         for key in texts:
@@ -220,11 +238,6 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
                 continue
             name = key[len(_OBJECTIVE_PREFIX):]
             if name not in params:
-                stages = [stage.objective for stage in resolved.pretrain if name in objective_param_types(stage.objective)]
-                if stages:  # e.g. tau_teacher: the ISD stages', which no --set reaches
-                    raise ConfigError(f"--set {key}: a parameter of the pretraining stage ({stages[0]}) of row "
-                                      f"{_row_name(variant)!r}, not of its fine-tuning objective; stages cannot be set from the command line (edit the "
-                                      "study script, e.g. with medseg_platform.variants.with_stage_params)")
                 raise ConfigError(f"--set {key}: row {_row_name(variant)!r} (objective {objective}) has no parameter {name!r} "
                                   f"(its parameters: {', '.join(params) or 'none'})" + (f"; {rows_hint}" if rows_hint else ""))
             values.setdefault(key, parse_value(key, texts[key], params[name]))

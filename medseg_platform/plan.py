@@ -154,8 +154,8 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
             charged.update(keys)
             run = phases.fine_tuning.units + phases.evaluations * EVALUATION_COST
             runs = (stages + run,) + (run,) * (samples - ended - 1)
-            unpriced += [phase.objective for phase in (*phases.stages, phases.fine_tuning)
-                         if phase.objective not in STEP_COST and phase.objective not in unpriced]
+            to_train = [phase for phase, hit in zip(phases.stages, cached) if not hit] + [phases.fine_tuning]
+            unpriced += [phase.objective for phase in to_train if phase.objective not in STEP_COST and phase.objective not in unpriced]
         tags = trial["tags"]
         planned.append((tags.get("order", math.inf), index, PlannedTrial(str(tags.get("row", cfg.objective)), cfg.data.labelled,
                                                                            cfg.seed, trial["key"], status, runs)))
@@ -165,7 +165,8 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
         first = next((trial for trial, (_, _, p) in zip(trials, planned) if p.runs), None)
         unit = measure_unit_seconds(first["config"], "cuda" if study.gpus_per_trial > 0 else "cpu") if first else \
             UnitSeconds(0.0, "not measured: nothing to run")
-        if first and slots > 1 and study.gpus_per_trial == 0 and not (study.address or os.environ.get("RAY_ADDRESS")):
+        running = sum(1 for _, _, p in planned for _ in p.runs)  # runs to do: one alone shares no core
+        if first and min(slots, running) > 1 and study.gpus_per_trial == 0 and not (study.address or os.environ.get("RAY_ADDRESS")):
             unit = UnitSeconds(unit.seconds * SHARED_CORES_SLOWDOWN,
                                f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores")
     return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit, ended,
@@ -285,7 +286,7 @@ def format_plan(plan: StudyPlan) -> str:
                  f"{workers}), plus about {STARTUP_S:.0f} s of start-up")
     if not plan.on_gpus and plan.wall_s > CPU_DAY_S:
         lines.append(f"That is more than {CPU_DAY_S / 3600:.0f} h of CPU training: a study of this size is meant for GPUs "
-                     "(--gpus-per-trial N here, or --address of a GPU cluster; README, 'Running on a cluster'), or "
+                     "(--gpus-per-trial N, here or with --address of a GPU cluster; README, 'Running on a cluster'), or "
                      "fewer rows, seeds or steps (--rows, --seeds, --set optim.max_steps=N)")
     if plan.samples > 1:
         done = ("" if not plan.samples_ended else ", all of them already ended (a rerun only rebuilds the outputs)"

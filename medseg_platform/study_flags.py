@@ -47,6 +47,24 @@ def seed_value():
     return count_at_least(0, MAX_SEED)
 
 
+def label_fraction(text: str) -> str:
+    """An argparse ``type``: a label fraction, patients ("3") or percent ("5%"), in one spelling
+    (:func:`medseg_platform.data.splits.canonical_fraction`)."""
+    from medseg_platform.data.splits import canonical_fraction
+
+    try:
+        return canonical_fraction(text)
+    except MedsegError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def study_fractions(args: argparse.Namespace, default) -> tuple[str, ...]:
+    """The label fractions (table columns) a study script trains: ``--labelled`` if given, else the study's own
+    ``default`` (its profile's, e.g. 1 / 3 / 7 patients at ``paper``)."""
+    given = getattr(args, "labelled", None)
+    return tuple(given) if given else tuple(default)
+
+
 def amount(positive: bool):
     """An argparse ``type``: a finite number > 0 (``positive``) or >= 0."""
     def parse(text: str) -> float:
@@ -74,6 +92,9 @@ def study_parser(description: str, default_name: str, folder: str | None = None)
     parser.add_argument("--data-root", default=None, help="dataset root in the SSL4MIS/ACDC layout (default: the embedded phantom)")
     parser.add_argument("--seeds", type=seed_value(), nargs="+", default=None,
                         help="seeds, each in [0, 2**32 - 1] (default: the profile's)")
+    parser.add_argument("--labelled", type=label_fraction, nargs="+", default=None, metavar="FRACTION",
+                        help="the label fractions (table columns) to train: labelled patients ('3') or percent ('5%%') "
+                             "(default: the study's own, e.g. 1 / 3 / 7 patients at --profile paper)")
     parser.add_argument("--name", default=default_name, help=f"study name (default: {folder or default_name + '-<profile>'})")
     parser.add_argument("--max-concurrent", type=count_at_least(1), default=None, help="at most this many trials at once")
     parser.add_argument("--gpus-per-trial", type=amount(positive=False), default=0.0, help="GPUs per trial (default 0: CPU)")
@@ -94,8 +115,8 @@ def study_parser(description: str, default_name: str, folder: str | None = None)
                         help="search studies only: also record the Optuna study in this journal file (optuna-dashboard PATH)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config value of every trial, e.g. --set optim.lr=0.02 --set objective_params.temperature=0.2 "
-                             "(repeatable; typed like the config field, every key in docs/config.md; an error if a row sets the key itself or its "
-                             "objective lacks it)")
+                             "(repeatable; typed like the config field: the keys of docs/config.md but those a flag sets; an error if a row "
+                             "sets the key itself or its objective lacks it)")
     parser.add_argument("--rows", nargs="+", default=None, metavar="NAME",
                         help="run only these table rows (names as the table prints them; quote names with spaces)")
     parser.add_argument("--dry-run", action="store_true",

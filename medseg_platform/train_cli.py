@@ -61,7 +61,7 @@ def add_cli(subparsers) -> None:
                         help="a TrialConfig dict (or a file with one under \"config\", e.g. a trial's config.json) instead of a method")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config value, e.g. --set optim.lr=0.02 --set objective_params.temperature=0.2 (repeatable; "
-                             "every key in docs/config.md)")
+                             "the keys of docs/config.md but those a flag sets)")
     parser.add_argument("--profile", choices=tuple(PROFILES), default=None,
                         help="problem size (default: quick; smoke: tiny; with --config, the profile whose patch size and UNet "
                              "widths the file has, else quick): the folder name, CPUs per trial, default dataset")

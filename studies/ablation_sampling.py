@@ -35,6 +35,7 @@ from analysis.study_cli import run_study_main  # noqa: E402
 from medseg_platform.recipes import METHOD_LABELS, SAMPLER_METHODS, method_overrides  # noqa: E402
 from medseg_platform.study import Study  # noqa: E402
 from medseg_platform.variants import VariantTable, with_objective_params  # noqa: E402
+from medseg_platform.study_flags import study_fractions  # noqa: E402
 
 #: (sampler, row prefix); a row's plot line is the method that uses its sampler (``SAMPLER_METHODS``), so it keeps
 #: that method's colour
@@ -71,7 +72,7 @@ def build(args, profile, base):
                 row = f"{name}, {groups} groups, {sizes}" if groups is not None else f"{name}, {sizes}"
                 table.add(row, with_objective_params(released, **params), variant=METHOD_LABELS[SAMPLER_METHODS[sampler]], axes=axes)
     return Study(name="ablation_sampling", base=base, results_dir=Path(args.results_dir), variants=table.variants(),
-                 grid={"data.labelled": list(LABELLED[profile.name])}, claims=claims(profile))
+                 grid={"data.labelled": list(study_fractions(args, LABELLED[profile.name]))}, claims=claims(profile))
 
 
 def main(argv=None) -> int:

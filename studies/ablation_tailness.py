@@ -20,6 +20,7 @@ from medseg_platform.claims_spec import claim  # noqa: E402
 from analysis.study_cli import run_study_main  # noqa: E402
 from medseg_platform.recipes import METHOD_LABELS, PAPER_METHODS, WITHOUT_CONTRAST_LABELS, method_overrides  # noqa: E402
 from medseg_platform.study import Study, Variant  # noqa: E402
+from medseg_platform.study_flags import study_fractions  # noqa: E402
 
 SEMI_SUPERVISED = ("mean_teacher", "mona", "arco_sg", "arco_sag", "action")
 
@@ -48,8 +49,9 @@ def build(args, profile, base):
         if method in WITHOUT_CONTRAST_LABELS:
             variants.append(Variant({"row": WITHOUT_CONTRAST_LABELS[method], "order": len(variants)},
                                     method_overrides(method, profile, without_contrast=True)))
+    labelled = study_fractions(args, profile.labelled)  # --labelled, else the profile's
     return Study(name="ablation_tailness", base=base, results_dir=Path(args.results_dir), variants=variants,
-                 grid={"data.labelled": list(profile.labelled)}, claims=claims(profile.labelled))
+                 grid={"data.labelled": list(labelled)}, claims=claims(labelled))
 
 
 if __name__ == "__main__":

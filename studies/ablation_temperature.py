@@ -37,6 +37,7 @@ from analysis.study_cli import run_study_main  # noqa: E402
 from medseg_platform.recipes import METHOD_LABELS, method_overrides  # noqa: E402
 from medseg_platform.study import Study  # noqa: E402
 from medseg_platform.variants import VariantTable, with_objective_params, with_stage_params  # noqa: E402
+from medseg_platform.study_flags import study_fractions  # noqa: E402
 
 #: Axis values per profile (the released values must be among them: that row is shared by every axis).
 PIXEL_TEMPERATURE = {"smoke": (0.1, 0.5), "quick": (0.07, 0.1, 0.5, 1.0), "paper": (0.07, 0.1, 0.5, 1.0)}
@@ -64,7 +65,7 @@ def build(args, profile, base):
             table.add(f"{label}, ISD {symbol} = {tau:g}", with_stage_params(released, 0, **{field: tau}), variant=label,
                       axes={f"isd.{field}": tau})
     return Study(name="ablation_temperature", base=base, results_dir=Path(args.results_dir), variants=table.variants(),
-                 grid={"data.labelled": [LABELLED]})
+                 grid={"data.labelled": list(study_fractions(args, (LABELLED,)))})
 
 
 def released_label(method_label: str, config: dict) -> str:

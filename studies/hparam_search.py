@@ -53,6 +53,7 @@ from medseg_platform.recipes import METHOD_LABELS, method_overrides  # noqa: E40
 from medseg_platform.results import STUDY_FILE  # noqa: E402
 from medseg_platform.study_flags import study_parser  # noqa: E402
 from medseg_platform.study import Study, Variant  # noqa: E402
+from medseg_platform.study_flags import study_fractions  # noqa: E402
 
 NUM_SAMPLES = {"smoke": 3, "quick": 16, "paper": 40}
 SEARCHABLE = ("mona", "arco_sg", "arco_sag", "action", "mean_teacher")
@@ -93,7 +94,10 @@ def build(args, profile, base):
         raise ConfigError(f"--num-samples {num_samples}: need at least 1")
     # a search runs one seed: the profile's first unless --seeds names one (more is a ConfigError from Study)
     args.seeds = args.seeds or list(profile.seeds[:1])
-    overrides = {**method_overrides(args.method, profile), "data.labelled": LABELLED}
+    fractions = study_fractions(args, (LABELLED,))
+    if len(fractions) != 1:
+        raise ConfigError(f"--labelled {' '.join(fractions)}: a search tunes at one label fraction; give one")
+    overrides = {**method_overrides(args.method, profile), "data.labelled": fractions[0]}
     # one folder per method: a search of another method does not replace this one's history and best config
     return Study(name=f"hparam_search-{args.method}", base=base, results_dir=Path(args.results_dir),
                  variants=[Variant({"row": f"{METHOD_LABELS[args.method]} (search samples)", "order": 0}, overrides)],

@@ -37,6 +37,7 @@ from medseg_platform.profiles import QUICK_FRACTION_STEPS, with_steps  # noqa: E
 from medseg_platform.recipes import FULL_SUPERVISION_LABEL, METHOD_LABELS, PAPER_METHODS, method_overrides  # noqa: E402
 from medseg_platform.study import Study  # noqa: E402
 from medseg_platform.variants import VariantTable  # noqa: E402
+from medseg_platform.study_flags import study_fractions  # noqa: E402
 
 FRACTIONS = {"smoke": ("1",), "quick": ("1", "3", "7"), "paper": ("1", "3", "7")}  # labelled patients
 FULL = "100%"
@@ -61,13 +62,14 @@ def build(args, profile, base):
         base = base.replace(**{"optim.max_steps": QUICK_FRACTION_STEPS})
     table = VariantTable(base)
     # rows in ARCO Table 1's order: the upper bound first, then the methods (PAPER_METHODS order)
+    fractions = study_fractions(args, FRACTIONS[profile.name])  # --labelled, else the profile's
     table.add(FULL_SUPERVISION_LABEL, {**method_overrides("supervised", profile), "data.labelled": FULL}, axes={"data.labelled": FULL})
     for method in PAPER_METHODS:
-        for fraction in FRACTIONS[profile.name]:
+        for fraction in fractions:
             table.add(METHOD_LABELS[method], {**method_overrides(method, profile), "data.labelled": fraction},
                       axes={"data.labelled": fraction})
     return Study(name="label_fractions", base=base, results_dir=Path(args.results_dir), variants=table.variants(),
-                 claims=claims(FRACTIONS[profile.name]))
+                 claims=claims(fractions))
 
 
 def main(argv=None) -> int:

@@ -35,7 +35,7 @@ def test_round_trip_and_dotted_overrides(tiny_root):
     ({"objective": "mean_teacher", "data.labelled": "100%"}, "labels every training patient of "),  # found only in the trial
     ({"pretrain": [{"objective": "isd_pretrain", "unlabelled_batch": 3, "objective_params": {"image_size": 32, "window": 16}}],
       "data.labelled": "100%"},
-     "so objective 'isd_pretrain' has no unlabelled images; label fewer patients (data.labelled; `medseg train --labelled`) or train supervised"),
+     "so objective 'isd_pretrain' has no unlabelled images; label fewer patients (--labelled) or train supervised"),
     ({"data.patch_size": [30, 30]}, "multiples of 16"),
     ({"data.patch_size": [32, 64]}, "data.patch_size (32, 64): must be square"),  # used to fail inside every trial
     ({"data.patch_size": [16, 16], "pretrain": [{"objective": "isd_pretrain", "unlabelled_batch": 3, "objective_params":
@@ -46,11 +46,11 @@ def test_round_trip_and_dotted_overrides(tiny_root):
     # unlabelled batch while L_nn is on; ISD pretraining as the trial's own objective needs the patch side and a queue
     # that a batch divides, as its stages do
     ({"objective": "mona", "objective_params": {"nn_pool_capacity": 2, "nn_topk": 1}, "data.unlabelled_batch": 3},
-     "objective_params (mona).nn_pool_capacity 2: smaller than the unlabelled batch 3"),
-    ({"objective": "isd_pretrain", "objective_params": {"image_size": 256}}, "objective_params (isd_pretrain).image_size 256: "
-     "must equal the patch side 32"),
+     "objective_params.nn_pool_capacity 2 (objective mona): smaller than the unlabelled batch 3"),
+    ({"objective": "isd_pretrain", "objective_params": {"image_size": 256}}, "objective_params.image_size 256 (objective "
+     "isd_pretrain): must equal the patch side 32"),
     ({"objective": "isd_pretrain", "objective_params": {"image_size": 32, "window": 8, "stride": 4, "queue_size": 35}},
-     "objective_params (isd_pretrain).queue_size 35: must be a multiple of the batch"),
+     "objective_params.queue_size 35 (objective isd_pretrain): must be a multiple of the batch"),
     ({"data.patch_size": ["32", "32"]}, "sizes and widths must be whole numbers"),
     ({"model.channels": [4, 8, 16, 32, 64.5]}, "sizes and widths must be whole numbers"),
     ({"optim.lr": 0}, "optim.lr 0.0: must be a finite number > 0"),

@@ -53,13 +53,14 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
     ("ablation_temperature", ["--set", "objective_params.temperature=0.3"],
      "--set objective_params.temperature: row 'ARCO-SG, released: τ = 0.5, ISD τ_t = 0.1, τ_s = 0.1' sets it itself (to 0.5)"),
     ("ablation_tailness", ["--set", "seed=2"], "--set seed: set by the flag --seeds; use that instead"),
-    ("ablation_tailness", ["--set", "data.labelled=3"], "--set data.labelled: study ablation_tailness-smoke varies it as a grid axis (1)"),
+    ("ablation_tailness", ["--set", "data.labelled=3"], "--set data.labelled: set by the flag --labelled; use that instead"),
+    ("hparam_search", ["--labelled", "1", "3"], "--labelled 1 3: a search tunes at one label fraction; give one"),
     ("ablation_tailness", ["--set", "optim=1"], "--set optim: name one field of it, e.g. --set optim.optimizer=..."),
     ("ablation_tailness", ["--set", "optim.lr"], "--set 'optim.lr': expected KEY=VALUE"),
     ("ablation_tailness", ["--set", "optim.lr=0.1", "--set", "optim.lr=0.2"], "--set optim.lr: given twice ('0.1' and '0.2')"),
     ("ablation_tailness", ["--set", "pretrain.0.lr=0.1"], "--set pretrain.0.lr: pretraining stages cannot be set from the command line"),
-    ("ablation_tailness", ["--rows", "MONA", "--set", "objective_params.tau_teacher=0.1"],
-     "--set objective_params.tau_teacher: a parameter of the pretraining stage (isd_pretrain) of row 'MONA', not of its "
+    ("ablation_tailness", ["--set", "objective_params.tau_teacher=0.1"],  # before "row 'Supervised only' has no parameter"
+     "--set objective_params.tau_teacher: a parameter of the pretraining stages (isd_pretrain), not of any row's "
      "fine-tuning objective; stages cannot be set from the command line"),
     ("ablation_tailness", ["--protocol", "released", "--set", "eval.empty_policy=nan"],
      "--set eval.empty_policy: --protocol released sets it to 'released'; drop the --set or use --protocol corrected"),
@@ -86,6 +87,8 @@ def test_bad_rows_and_set_are_one_line_errors_before_anything_runs(tmp_path, pha
     (["--seeds", "-1"], "argument --seeds: must be >= 0, got -1"),
     (["--seeds", "1", "x"], "argument --seeds: expected a whole number, got 'x'"),
     (["--seeds", "1", "2", "1"], "argument --seeds: each seed once, got 1 2 1"),
+    (["--labelled", "1", "01"], "argument --labelled: each label fraction once, got 1 1"),  # one fraction, two spellings
+    (["--labelled", "three"], "argument --labelled: label fraction 'three': expected a patient count like '3' or a percent like '5%'"),
     (["--profile", "paper"], "--smoke-test runs the smoke profile; drop --profile paper (or --smoke-test)"),
 ])
 def test_bad_flag_values_are_argparse_errors_naming_the_flag(tmp_path, phantom_env, capsys, extra, message):
@@ -251,6 +254,21 @@ def test_set_is_recorded_in_settings_and_report(tmp_path, phantom_env, ray_addre
     result = json.loads((study_dir / "trials" / keys[0] / "result.json").read_text())
     assert result["config"]["optim"]["lr"] == 0.02 and result["tags"]["row"] == "Supervised only"
     assert "- **Overrides** (`--set`, every trial): `optim.lr=0.02`\n" in (study_dir / "report.md").read_text()
+
+
+def test_labelled_chooses_the_label_fractions_of_every_study(tmp_path):
+    """The studies' fractions were fixed per profile (1 / 3 / 7 patients at paper): a dataset with fewer training
+    patients had no way to run them."""
+    args = argparse.Namespace(results_dir=str(tmp_path), labelled=["2", "5%"])
+    for name in ("ablation_tailness", "ablation_sampling", "ablation_temperature"):
+        study = load_script(name).build(args, SMOKE, SMOKE.trial)
+        assert study.grid["data.labelled"] == ["2", "5%"], name
+    study = load_script("label_fractions").build(args, SMOKE, SMOKE.trial)
+    fractions = {v.overrides["data.labelled"] for v in study.variants}
+    assert fractions == {"2", "5%", "100%"}  # and the full-supervision row
+    assert ("Supervised only", "5%", "2") in {(c["a"], c["column"], c.get("b_column")) for c in study.claims}
+    default = load_script("ablation_tailness").build(argparse.Namespace(results_dir=str(tmp_path)), SMOKE, SMOKE.trial)
+    assert default.grid["data.labelled"] == list(SMOKE.labelled)  # without the flag: the profile's
 
 
 def test_rows_keep_only_the_claims_between_kept_rows(tmp_path):

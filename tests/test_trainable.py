@@ -11,7 +11,7 @@ import pytest
 import medseg_platform.study.ray_runtime as ray_runtime
 from medseg_platform.errors import ConfigError, DataError
 from medseg_platform.profiles import PROFILES
-from medseg_platform.results import ERROR_FILE, RESULT_FILE, read_attempts, trial_folder, trial_key
+from medseg_platform.results import ERROR_FILE, RESULT_FILE, trial_folder, trial_key
 from medseg_platform.study.trainable import run_trial_in_tune
 
 
@@ -48,7 +48,7 @@ def test_a_config_error_in_a_trial_ends_it_as_an_application_error_before_it_tra
     error = run(params, tmp_path / "study")  # returns normally: Tune sees a finished trial and spends no retry
     folder = trial_folder(tmp_path / "study", params["trial"]["key"])
     assert error["kind"] == "application" and error["run"] == "run-1"
-    assert error["error"].startswith("objective_params (mona).nn_pool_capacity 1: smaller than the unlabelled batch 2")
+    assert error["error"].startswith("objective_params.nn_pool_capacity 1 (objective mona): smaller than the unlabelled batch 2")
     assert not (folder / RESULT_FILE).exists() and not (folder / "checkpoint").exists()
     assert reports[-1]["errored"] is True and reports[-1]["done"] is True and reports[-1]["error"] == error["error"]
 

@@ -62,6 +62,8 @@ def test_a_new_method_of_the_recipes_gets_a_fixed_colour_and_its_variants_shades
     colours = plots.palette(["Entropy minimisation", "Entropy minimisation (w=0.5)", "Mean teacher"])
     assert colours["Entropy minimisation"] == plots._EXTRA[0] != colours["Entropy minimisation (w=0.5)"]
     assert plots._known_prefix("Entropy minimisation (w=0.5)") == "Entropy minimisation"  # shaded as its family
+    others = plots.palette([f"row{i}" for i in range(10)])  # rows of other studies never take the new method's colour
+    assert plots._EXTRA[0] not in others.values() and len(set(others.values())) == 10
 
 
 def test_class_bars_per_label_fraction(records, colours):

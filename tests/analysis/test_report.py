@@ -184,7 +184,10 @@ def _set_environment(path, environment):
 def test_report_names_the_machines_and_warns_when_the_trials_ran_on_several(study):
     results = sorted(p for p in (study / "trials").glob("*/result.json") if p.read_text(encoding="utf-8") != "{truncated")
     text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
-    assert "- **Machines**: not recorded\n" in text  # results of earlier code say so
+    assert f"- **Machines**: {len(results)} trials not recorded\n" in text  # results of earlier code say so
+    _set_environment(results[0], {"cpu": "Intel(R) Xeon(R) Processor", "accelerator": None, "torch": "2.13.0+cpu"})
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")  # a seed added later: no warning
+    assert f"- **Machines**: Intel(R) Xeon(R) Processor, torch 2.13.0+cpu; {len(results) - 1} trials not recorded\n" in text
     xeon = {"cpu": "Intel(R) Xeon(R) Processor", "accelerator": None, "torch": "2.13.0+cpu", "python": "3.11.7",
             "platform": "Linux-x86_64"}
     for path in results:
