@@ -193,9 +193,11 @@ def verdict(direction: str, low: float, high: float, n_cases: int, n_seeds: int,
 
 def _column_text(records: Sequence[TrialRecord], column: str) -> str:
     """The table's label of label fraction ``column`` ("1 patient (1.4%)"), from any finished trial at it (another
-    row's when the claim's row has none); "data.labelled <column>" when no trial has it."""
+    row's when the claim's row has none); "1 patient" / "5%" when no trial has it (the percent of patients needs one)."""
     first = next((r for r in records if _labelled(r) == column), None)
-    return column_label(first) if first is not None else f"data.labelled {column}"
+    if first is not None:
+        return column_label(first)
+    return f"{column} patient{'s' * (column != '1')}" if column.isdigit() else column
 
 
 def evaluate_claim(claim: Mapping[str, Any], records: Sequence[TrialRecord]) -> ClaimResult:

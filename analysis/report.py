@@ -72,10 +72,11 @@ def _read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MedsegError(f"{path}: not valid JSON ({exc}); delete it or rerun the study command") from None
+        raise MedsegError(f"{path}: not valid JSON ({exc}); rerun the study command, which writes it again (without it a "
+                          "report would table every trial in the folder, whatever command trained it)") from None
     if not isinstance(value, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
-        raise MedsegError(f"{path}: holds {kind}, not a JSON object; delete it or rerun the study command")
+        raise MedsegError(f"{path}: holds {kind}, not a JSON object; rerun the study command, which writes it again")
     return value
 
 
@@ -112,9 +113,10 @@ def study_records(study_dir: Path, info: dict, search_keys: set[str] | None = No
         if others:  # e.g. a run with --rows or other --seeds into the folder of a larger study
             named = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
             problems.append(f"{len(others)} finished trial(s) in {TRIALS_DIR}/ ({named}) are not part of this study as its last command "
-                            "defined it (other rows, seeds or settings, or configurations of an earlier version of the "
-                            "code) and are left out of the tables; if a command with other rows or seeds trained them, "
-                            "rerun it to table them again (finished trials are not trained again)")
+                            "defined it (other rows, seeds, label fractions or settings, or configurations of an earlier "
+                            "version of the code) and are left out of the tables; if a command with other --rows, --seeds "
+                            "or --labelled trained them, rerun it to table them again (finished trials are not trained "
+                            "again)")
     if not search:
         problems += duplicate_seeds(records)
     return records, problems, missing
@@ -271,8 +273,10 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         f"- **Label fractions**: {_join(column_order(records))}",
         f"- **Trials**: {finished} finished, {len(errored)} errored, {len(corrupt)} corrupt"
         + (f", {len(not_run)} not run or interrupted" if not_run else "") + " (see Problems)" * bool(problems),
-        f"- **Wall time**: last run of the study command {_seconds((last_run.get('timing') or {}).get('total_s'))}"
-        + (f" ({last_run['pending_at_start']} trial(s) to run at its start)" if "pending_at_start" in last_run else "")
+        ("- **Wall time**: the last run of the study command had nothing to train (every trial had finished)"
+         if last_run.get("pending_at_start") == 0 else
+         f"- **Wall time**: last run of the study command {_seconds((last_run.get('timing') or {}).get('total_s'))}"
+         + (f" ({last_run['pending_at_start']} trial(s) to run at its start)" if "pending_at_start" in last_run else ""))
         + f"; training time summed over the finished trials {_seconds(compute)}",
     ]
     if info.get("search"):

@@ -46,10 +46,10 @@ there as missing. ``table.csv`` holds the study's own test set only.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import unicodedata
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -401,11 +401,35 @@ def duplicate_seeds(records: Iterable[TrialRecord]) -> list[str]:
     """One line per (method, label fraction, seed) that more than one distinct trial reports.
 
     Such trials (e.g. a study re-run with a changed config into the same folder) would all be averaged
-    into one cell; the line says so, so the user can clean the study folder.
+    into one cell; the line says so, and names the config fields in which they differ, so the user can clean the
+    study folder.
     """
-    counts = Counter((row_label(r), column_label(r), str(trial_seed(r))) for r in _unique_records(records))
-    return [f"duplicate trials: {row} / {column} / seed {seed} is reported by {n} trials (all averaged)"
-            for (row, column, seed), n in counts.items() if n > 1]
+    groups: dict[tuple[str, str, str], list[TrialRecord]] = {}
+    for r in _unique_records(records):
+        groups.setdefault((row_label(r), column_label(r), str(trial_seed(r))), []).append(r)
+    lines = []
+    for (row, column, seed), group in groups.items():
+        if len(group) < 2:
+            continue
+        differ = _differing_fields([r.result.get("config") or {} for r in group])
+        lines.append(f"duplicate trials: {row} / {column} / seed {seed} is reported by {len(group)} trials (all averaged)"
+                     + (f"; their configs differ in {', '.join(differ[:4])}{' and more' if len(differ) > 4 else ''}" if differ else ""))
+    return lines
+
+
+def _differing_fields(configs: Sequence[Mapping]) -> list[str]:
+    """The dotted config fields whose values are not the same in all ``configs`` (sorted)."""
+    def flat(config: Mapping, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in config.items():
+            if isinstance(value, Mapping):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True, default=str)
+        return out
+    flats = [flat(c) for c in configs]
+    keys = sorted(set().union(*flats))
+    return [k for k in keys if len({f.get(k) for f in flats}) > 1]
 
 
 # --------------------------------------------------------------------------------------------- layout

@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -36,7 +37,7 @@ def _median_ms(fn, repeats: int) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["quick", "paper"])
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (paper: at most 3)")
+    parser.add_argument("--repeats", type=count_at_least(1), default=5, help="timed calls per measurement (paper: at most 3)")
     args = parser.parse_args(argv)
 
     import torch

@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_methods import REPO, _timed_step, build  # noqa: E402
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 
 def main() -> None:
@@ -24,7 +25,7 @@ def main() -> None:
     parser.add_argument("--profile", choices=("quick", "paper"), default="quick",
                         help="problem size (the smoke profile trains 6 steps: too few to time)")
     parser.add_argument("--methods", nargs="+", choices=("mona", "arco_sg", "arco_sag"), default=["mona", "arco_sg"])
-    parser.add_argument("--steps", type=int, default=40, help="timed steps of each way (paper: try 3)")
+    parser.add_argument("--steps", type=count_at_least(1), default=40, help="timed steps of each way (paper: try 3)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))

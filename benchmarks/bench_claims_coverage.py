@@ -2,7 +2,7 @@
 seeds (what ``analysis/claims.py`` used before), on simulated studies.
 
 Each simulated study draws paired differences ``d[case, seed] = seed effect + patient effect + frame effect +
-noise`` (true mean 0) for 8 test patients x 2 frames (the quick phantom's test split) and ``--seeds`` seeds, under
+noise`` (true mean 0) for 8 test patients x 2 frames (the quick phantom's test split) and 2, 3 or 5 seeds, under
 several variance settings (Dice points), and counts the studies whose interval contains 0.
 
 Run:  python benchmarks/bench_claims_coverage.py [--studies 800] [--resamples 2000]
@@ -19,6 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.claims import confidence_interval  # noqa: E402
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 PATIENTS, FRAMES = 8, 2
 #: (seed, patient, frame, noise) standard deviations in Dice points
@@ -38,8 +39,8 @@ def percentile_bootstrap(d: np.ndarray, resamples: int, seed: int) -> tuple[floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--studies", type=int, default=800)
-    parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--studies", type=count_at_least(1), default=800)
+    parser.add_argument("--resamples", type=count_at_least(1), default=2000)
     args = parser.parse_args()
     cases = [f"patient{p:03d}_frame{f:02d}" for p in range(PATIENTS) for f in range(1, FRAMES + 1)]
     patient = np.repeat(np.arange(PATIENTS), FRAMES)

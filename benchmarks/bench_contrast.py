@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from methods.contrast import pixel_info_nce, relation_graph_probs, relation_negative_indices  # noqa: E402
 from methods.memory_bank import ClassMemoryBank  # noqa: E402
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 TAU = 0.5
 
@@ -115,12 +116,12 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: bool = True) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--anchors", type=int, default=256)
     parser.add_argument("--negatives", type=int, default=512)
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=count_at_least(1), default=5)
     parser.add_argument("--loop-repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: stable numbers on a shared 2-core machine, where 2 threads "

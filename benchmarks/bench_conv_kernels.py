@@ -19,7 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_contrast import median_time  # noqa: E402
-from bench_methods import REPO, _timed_step, build  # noqa: E402
+from bench_methods import PASSES, REPO, _timed_step, build  # noqa: E402
+from medseg_platform.recipes import METHODS  # noqa: E402
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 #: (UNet widths, patch sizes): the quick profile's quarter width, half width, the released width.
 UNET_GRID = (
@@ -77,8 +79,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", nargs="+", choices=("unet", "steps"), default=["unet", "steps"])
     parser.add_argument("--methods", nargs="+", default=["supervised", "mean_teacher", "mona", "arco_sg", "action", "isd_pretrain"],
-                        help="methods of bench_methods.py for the steps part")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps of each backend per method")
+                        choices=(*METHODS, "isd_pretrain", *(f"passes:{m}" for m in PASSES)), metavar="METHOD",
+                        help="methods of bench_methods.py for the steps part (its --methods names)")
+    parser.add_argument("--steps", type=count_at_least(1), default=30, help="timed steps of each backend per method")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     import torch

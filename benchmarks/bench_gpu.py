@@ -45,6 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_methods import PASSES, REPO, _timed_step, build, nn_interval  # noqa: E402
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 CONTRASTIVE = ("mona", "arco_sg", "arco_sag", "action")
 METHODS = ("supervised", "mean_teacher", *CONTRASTIVE, "isd_pretrain", *(f"passes:{m}" for m in PASSES))
@@ -309,8 +310,8 @@ def main() -> None:
     parser.add_argument("--profile", choices=("quick", "paper"), default="paper",
                         help="problem size (the smoke profile trains 6 steps: too few to time)")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (to check this script)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=count_at_least(1), default=20)
+    parser.add_argument("--warmup", type=count_at_least(0), default=3)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process (torch.set_num_threads)")
     parser.add_argument("--amp", nargs="+", choices=("off", "bf16"), default=["off", "bf16"])
     parser.add_argument("--representation", nargs="+", choices=("sparse", "dense"), default=["sparse", "dense"])

@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -30,9 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick")
-    parser.add_argument("--preset", default="mona", help="ISD stage preset (methods.isd_pretrain.PRESETS); default mona")
+    from methods.isd_pretrain import PRESETS
+
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="mona", help="ISD stage preset (methods.isd_pretrain.PRESETS); default mona")
     parser.add_argument("--layout", choices=("as_coded_reshape", "per_patch"), default=None, help="local_layout (default: the preset's)")
-    parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--steps", type=count_at_least(1), default=7)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
@@ -107,9 +110,12 @@ def main() -> None:
     median = {key: statistics.median(v) for key, v in times.items()}
     cfg = runs["blocked (new)"][0].isd.config
     isd = runs["blocked (new)"][0].isd
-    n_rows = 6 * 4 * cfg.pool_size**2
+    if cfg.local_layout == "per_patch":  # (B*P, K) (methods/isd.py, ISDRelationalKL.local_logits)
+        logits = f"{6 * isd.num_windows} x {cfg.queue_size}"
+    else:  # as released: (B*C*pool^2, K*C*pool^2), C = 4 channels of the windows' embedding
+        logits = f"{6 * 4 * cfg.pool_size**2} x {cfg.queue_size * 4 * cfg.pool_size**2}"
     print(f"profile {args.profile} ({h}x{w}), preset {args.preset}, local_layout {cfg.local_layout}, {args.threads} thread(s), "
-          f"median of {args.steps} steps; P = {isd.num_windows} windows, local logits {n_rows} x {cfg.queue_size * 4 * cfg.pool_size**2}")
+          f"median of {args.steps} steps; P = {isd.num_windows} windows, local logits {logits}")
     print(f"{'step':<20} {'ms':>9} {'x supervised':>13}")
     for key, seconds in median.items():
         print(f"{key:<20} {1e3 * seconds:9.1f} {seconds / median['supervised']:12.1f}x")

@@ -26,6 +26,7 @@ import torch
 
 from medseg_platform.data import layout
 from medseg_platform.data.datasets import SliceBank
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 
 def write_dataset(root: Path, patients: int, depth: int = 10, shape=(232, 256)) -> None:
@@ -55,8 +56,8 @@ def timed(fn, repeats: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--patients", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--patients", type=count_at_least(1), default=20)
+    parser.add_argument("--repeats", type=count_at_least(1), default=200)
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:

@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -208,7 +209,7 @@ def one(method: str, profile_name: str, steps: int, threads: int, representation
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=count_at_least(1), default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--representation", nargs="+", choices=("sparse", "dense"), default=["sparse", "dense"])
     parser.add_argument("--methods", nargs="+", help="methods to run (default: every method, isd_pretrain and the floors "

@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from medseg_platform.evaluation.metrics import evaluate_case
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 SPACING = (10.0, 1.5, 1.5)  # mm, (D, H, W): ACDC-like slice thickness and in-plane pixel size
 
@@ -93,15 +94,16 @@ def medpy_case(pred: np.ndarray, gt: np.ndarray, spacing) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=12)
+    parser.add_argument("--cases", type=count_at_least(1), default=12)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     from medpy.metric import binary as mb
 
     rng = np.random.default_rng(args.seed)
     cases = [make_case(rng) for _ in range(args.cases)]
-    shapes = sorted({c[1].shape for c in cases})
-    print(f"{len(cases)} cases, shapes {shapes[0]}..{shapes[-1]}, "
+    sizes = np.array([c[1].shape for c in cases])  # the range of each axis, not the first and last shape
+    shapes = "(" + ", ".join(f"{lo}..{hi}" if lo != hi else f"{lo}" for lo, hi in zip(sizes.min(0), sizes.max(0))) + ")"
+    print(f"{len(cases)} cases, shapes {shapes}, "
           f"voxels per class (gt, mean): {[int(np.mean([np.count_nonzero(g == c) for _, g in cases])) for c in (1, 2, 3)]}")
     for spacing in (None, SPACING):
         ours_t, medpy_t, worst, worst_assd = [], [], 0.0, 0.0

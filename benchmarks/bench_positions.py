@@ -21,6 +21,7 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -96,8 +97,8 @@ def steps(method: str, count: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=count_at_least(1), default=50)
+    parser.add_argument("--steps", type=count_at_least(1), default=60)
     args = parser.parse_args()
     import torch
 

@@ -4,7 +4,8 @@ the device's default implementation against another one, alternated step by step
 ``combine_rows`` takes ``out[m] = Σ_t w[m, t] table[index[m, t]]`` through a CSR matrix on the CPU, through
 ``embedding_bag`` on a GPU, and as a chunked gather-multiply-sum elsewhere. This script times whole training
 steps (``bench_methods.build``/``_timed_step``) of each method with the default and with ``--other``, switching
-every step after a warm-up of each, and checks that one step's loss terms agree between the two.
+every step after a warm-up of each (the two are the same sums up to float rounding, which
+``tests/methods/test_dense_equivalence.py`` checks; this script only times them).
 
 Run:  python benchmarks/bench_row_sums.py [--device cuda] [--profile paper] [--methods action mona]
           [--amp off bf16] [--other gather] [--steps 10] [--warmup 3]
@@ -19,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_methods import REPO, _timed_step, build  # noqa: E402
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 
 def main() -> None:
@@ -29,8 +31,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=("mona", "arco_sg", "arco_sag", "action"), default=["action", "mona"])
     parser.add_argument("--amp", nargs="+", choices=("off", "bf16"), default=["off"])
     parser.add_argument("--other", choices=("gather", "bag", "csr"), default="gather", help="the implementation to compare with")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps of each implementation")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=count_at_least(1), default=10, help="timed steps of each implementation")
+    parser.add_argument("--warmup", type=count_at_least(0), default=3)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     import torch

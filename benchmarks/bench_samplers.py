@@ -6,7 +6,7 @@ Timed per call (median over ``--repeats`` calls after a warm-up), for each strat
 
 * anchors: ``N = 50 000`` candidate pixels, ``n = 256`` (spatial: their pixel positions in 8 images of 256 x 256);
 * negatives: ``N = 30 000`` bank entries, ``n = 256 * 512 = 131 072`` (spatial timing only as a what-if: the
-  released bank stores no positions; positions are taken on a 173 x 173 grid).
+  released bank stores no positions; positions are taken on a 174 x 174 grid).
 
 Variance reduction: ``Var(sample mean)`` over ``--reps`` independent draws, reported as ``Var NS / Var SG`` and
 ``Var NS / Var SAG`` (higher is better; 1 = no gain), on two synthetic populations:
@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from methods.samplers import GROUPINGS, SAMPLERS, sample_indices  # noqa: E402
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 SHORT = {"uniform": "NS", "stratified": "SG", "stratified_antithetic": "SAG"}
 
@@ -92,11 +93,11 @@ def _variance(values, positions, grid, strategy, grouping, n, reps, device) -> f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=30, help="timed calls per configuration")
-    parser.add_argument("--reps", type=int, default=1000, help="independent draws per variance estimate (n = 256)")
-    parser.add_argument("--reps-negatives", type=int, default=100, help="independent draws per variance estimate (n = 131 072)")
+    parser.add_argument("--repeats", type=count_at_least(1), default=30, help="timed calls per configuration")
+    parser.add_argument("--reps", type=count_at_least(1), default=1000, help="independent draws per variance estimate (n = 256)")
+    parser.add_argument("--reps-negatives", type=count_at_least(1), default=100, help="independent draws per variance estimate (n = 131 072)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: on a shared, loaded machine more threads spin)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -39,9 +39,10 @@ def main() -> None:
         if args.smoke_test:
             cmd.append("--smoke-test")
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
+        # the study's progress lines and errors go to stderr: a failed study says why
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
         wall = time.perf_counter() - start
-        study_dir = next(Path(tmp).iterdir())
+        study_dir = Path(tmp) / f"ablation_tailness-{'smoke' if args.smoke_test else 'quick'}"  # beside it: pretrain-cache/
         last = json.loads((study_dir / LAST_RUN_FILE).read_text())
         results = [record.result for record in scan_study(study_dir)[0]]
     cpus = os.cpu_count() or 1

@@ -20,13 +20,14 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=count_at_least(1), default=7)
     parser.add_argument("--checkpoint", type=Path, default=None, help="a trial's checkpoint.pt (its best_state is loaded)")
     args = parser.parse_args()
 

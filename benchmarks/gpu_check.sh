@@ -15,6 +15,11 @@ set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
 device=${GPU_CHECK_DEVICE:-cuda} profile=${GPU_CHECK_PROFILE:-paper} trial_profile=${GPU_CHECK_TRIAL_PROFILE:-quick}
 out=$(mkdir -p "$out" && cd "$out" && pwd) || exit 2
+if [ "$device" = cuda ] && ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    echo "gpu_check.sh: no CUDA GPU here (torch.cuda.is_available() is False, or torch is missing); on a machine without one, check the script" \
+         "itself with GPU_CHECK_DEVICE=cpu GPU_CHECK_PROFILE=quick GPU_CHECK_TRIAL_PROFILE=smoke" >&2
+    exit 2
+fi
 work=$(mktemp -d /tmp/gpu_check.XXXXXX)
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 MEDSEG_CACHE="$work/cache"
 cd "$(dirname "$0")/.."
@@ -48,3 +53,4 @@ done
 tar -czf "$out/gpu_check.tar.gz" -C "$work" --exclude=cache --exclude=pretrain-cache --exclude='*.pt' .
 rm -rf "$work"
 cat "$out/summary.txt"
+echo "(every log and result file: $out/gpu_check.tar.gz)"

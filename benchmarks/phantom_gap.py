@@ -1,6 +1,6 @@
 """How hard is the phantom? Supervised Dice with few vs all labelled patients (CPU, a few minutes).
 
-Trains a small self-contained UNet (written here, ~50k parameters) on the training slices of the first
+Trains a small self-contained UNet (written here, about 57 000 parameters) on the training slices of the first
 ``k`` training patients (for each ``k`` in ``--labelled``, ``all`` = every training patient) for the same
 number of steps, then reports the mean foreground Dice (RV, Myo, LV averaged; per volume, then over the
 test volumes) on the phantom's test split. A large gap between 1 patient and all patients means the
@@ -8,7 +8,7 @@ phantom leaves room for semi-supervised methods; a high "all" score means it is 
 
 Usage::
 
-    .venv/bin/python benchmarks/phantom_gap.py                       # default phantom, 1 vs all
+    .venv/bin/python benchmarks/phantom_gap.py                       # its default phantom (20 x 128 px), 1 vs all
     .venv/bin/python benchmarks/phantom_gap.py --labelled 1 3 all --steps 800
 
 Slices are resized to ``--input`` px square (bilinear image, nearest label) as the platform does for
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medseg_platform.data.layout import AcdcLayout  # noqa: E402
 from medseg_platform.data.phantom import ensure_phantom  # noqa: E402
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 NUM_CLASSES = 4
 
@@ -142,11 +143,11 @@ def evaluate(model: TinyUNet, data: AcdcLayout, size: int) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=int, default=20)
+    parser.add_argument("--patients", type=count_at_least(1), default=20)
     parser.add_argument("--size", type=int, default=128, help="phantom size")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed")
     parser.add_argument("--labelled", nargs="+", default=["1", "all"], help="labelled patient counts, or 'all'")
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=count_at_least(1), default=400)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--input", type=int, default=96, help="training resolution (square)")
     parser.add_argument("--train-seed", type=int, default=0)

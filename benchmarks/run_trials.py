@@ -86,24 +86,36 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     parser.add_argument("--work", type=Path, default=Path("results/run_trials"), help="trial folders and the pretraining cache")
     args = parser.parse_args(argv)
-    runs = [shlex.split(line) for line in args.file.read_text().splitlines() if line.strip()] if args.file else [args.run]
+    runs = ([shlex.split(line) for line in args.file.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+            if args.file else [args.run])  # a line starting with # is a comment
     if not runs or any(len(r) < 3 for r in runs):
         parser.error("give METHOD LABELLED SEED [KEY=VALUE ...] (or --file with one such run per line)")
     if len(runs) == 1 and args.jobs == 1:
         import torch
 
+        from medseg_platform.errors import MedsegError
+
         torch.set_num_threads(1)
-        print(json.dumps(run_one(runs[0], args.work)), flush=True)
+        try:
+            print(json.dumps(run_one(runs[0], args.work)), flush=True)
+        except MedsegError as exc:  # a bad method, fraction or KEY=VALUE: one line, as the study commands print it
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     command = [sys.executable, __file__, "--work", str(args.work)]
+    failed = 0
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # one process per run: torch threads and RSS stay separate
-        for result in pool.map(lambda words: subprocess.run([*command, "--", *words], capture_output=True, text=True), runs):
+        for words, result in zip(runs, pool.map(lambda words: subprocess.run([*command, "--", *words], capture_output=True, text=True), runs)):
             if result.returncode == 0:
                 sys.stdout.write(result.stdout)
             else:
-                print((result.stderr.strip().splitlines() or [f"failed with exit code {result.returncode}"])[-1], file=sys.stderr)
+                failed += 1
+                last = (result.stderr.strip().splitlines() or [f"failed with exit code {result.returncode}"])[-1]
+                print(f"run {' '.join(words)!r} failed: {last}", file=sys.stderr)
             sys.stdout.flush()
-    return 0
+    if failed:
+        print(f"{failed} of {len(runs)} run(s) failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

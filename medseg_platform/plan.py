@@ -93,6 +93,7 @@ class StudyPlan:
     run_overhead_s: float = 0.0  # seconds each training run costs besides its units (a multi-worker trial's worker group)
     unpriced: tuple[str, ...] = ()  # objectives to run without a step-cost prior (priced at UNKNOWN_STEP_COST)
     on_gpus: bool = False  # the trials would train on GPUs (--gpus-per-trial)
+    left_out: int = 0  # finished trials in the study's folder that this command does not list (the tables leave them out)
 
     @property
     def total_units(self) -> float:
@@ -120,7 +121,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     from medseg_platform.engine import stage_key
     from medseg_platform.preflight import check_class_count, datasets_of_trials
     from medseg_platform.progress import EVALUATION_COST, STEP_COST, trial_plan
-    from medseg_platform.results import STAGE_FINAL_FILE, pretrain_cache_dir, stage_folder, trial_finished, trial_folder
+    from medseg_platform.results import STAGE_FINAL_FILE, TRIALS_DIR, pretrain_cache_dir, stage_folder, trial_finished, trial_folder
 
     from medseg_platform.study.runner import check_before_ray, check_trained_on_this_data, lacks_test_root, searched_samples_ended
 
@@ -170,7 +171,16 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
             unit = UnitSeconds(unit.seconds * SHARED_CORES_SLOWDOWN,
                                f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores")
     return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit, ended,
-                     WORKER_GROUP_S if study.num_workers > 1 else 0.0, tuple(unpriced), study.gpus_per_trial > 0)
+                     WORKER_GROUP_S if study.num_workers > 1 else 0.0, tuple(unpriced), study.gpus_per_trial > 0,
+                     0 if search else _left_out(study_dir / TRIALS_DIR, {trial["key"] for trial in trials}, trial_finished))
+
+
+def _left_out(trials_dir: Path, keys: set[str], finished) -> int:
+    """Finished trials under ``trials_dir`` whose keys this command does not list (another run's rows, seeds, label
+    fractions or settings): the report leaves them out of the tables."""
+    if not trials_dir.is_dir():
+        return 0
+    return sum(1 for folder in trials_dir.iterdir() if folder.is_dir() and folder.name not in keys and finished(folder))
 
 
 def _subset(cfg: TrialConfig, cache: dict):
@@ -263,6 +273,7 @@ def measure_unit_seconds(config: dict, device: str = "cpu", steps: int = TIMED_S
 def format_plan(plan: StudyPlan) -> str:
     """The dry run's text: one line per trial, the totals, the wall time and where the numbers come from."""
     from medseg_platform.progress import EVALUATION_COST, UNKNOWN_STEP_COST, _duration
+    from medseg_platform.results import TRIALS_DIR
 
     per = f" (x{plan.samples} samples)" if plan.samples > 1 else ""
     header = ("row", "labelled", "seed", "trial key", "status", "cost (units)", "est. time")
@@ -281,9 +292,17 @@ def format_plan(plan: StudyPlan) -> str:
                  + f"; {plan.total_units:.1f} cost units to run")
     workers = (f", each run with {plan.run_overhead_s:.0f} s of Ray Train worker-group start and teardown"
                if plan.run_overhead_s else "")
-    at_once = min(plan.slots, max(1, sum(1 for t in plan.trials for _ in t.runs)))  # never more than there is to run
-    lines.append(f"Estimated wall time: {_duration(plan.wall_s)} with {at_once} trial(s) at once ({plan.slots_source}"
-                 f"{workers}), plus about {STARTUP_S:.0f} s of start-up")
+    runs = sum(1 for t in plan.trials for _ in t.runs)
+    at_once = min(plan.slots, max(1, runs))  # never more than there is to run
+    if runs:
+        lines.append(f"Estimated wall time: {_duration(plan.wall_s)} with {at_once} trial(s) at once ({plan.slots_source}"
+                     f"{workers}), plus about {STARTUP_S:.0f} s of start-up")
+    else:
+        lines.append("Estimated wall time: nothing to train (a run only rebuilds the tables, plots and report)")
+    if plan.left_out:
+        lines.append(f"{plan.left_out} finished trial(s) in {plan.study_dir / TRIALS_DIR} are not part of this command (other "
+                     "rows, seeds, label fractions or settings): its tables will leave them out; they stay on disk, and the "
+                     "command that trained them tables them again without training")
     if not plan.on_gpus and plan.wall_s > CPU_DAY_S:
         lines.append(f"That is more than {CPU_DAY_S / 3600:.0f} h of CPU training: a study of this size is meant for GPUs "
                      "(--gpus-per-trial N, here or with --address of a GPU cluster; README, 'Running on a cluster'), or "

@@ -318,6 +318,9 @@ class ProgressCallback(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started.setdefault(trial.trial_id, self.clock())
+        i = self.plan_index(trial)
+        if i is not None and self.plans[i].existed:  # Tune only skips it: its "finished (result existed)" line says so
+            return
         attempt = f" (attempt {trial.num_failures + 1})" if getattr(trial, "num_failures", 0) else ""
         self._print(self.line(f"started{attempt}", trial, trials, now="running"))
 

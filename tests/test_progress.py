@@ -151,7 +151,9 @@ def test_a_cached_stage_costs_nothing_and_results_that_existed_do_not_feed_the_r
     start(callback, trials, old, m1)
     now[0] = 1.0
     finish(callback, trials, old, skipped=True)
-    assert "ETA ? (no step rate yet)" in capsys.readouterr().err and callback.finished_work == []
+    err = capsys.readouterr().err
+    assert "ETA ? (no step rate yet)" in err and callback.finished_work == []
+    assert "started old" not in err and "finished (result existed) old" in err and "started m1" in err
     callback.on_trial_result(0, trials, m1, progress("pretraining", 20, 20, math.nan, "isd_pretrain", stage=1, stages=1, cached=True))
     callback.on_trial_result(0, trials, m1, progress("fine-tuning", 50, 100, 0.5, "mona", stages=1, evaluations=1))
     # 2 s per MONA step; seconds per unit from that rate alone: 2 / 6.5. m1: 50 x 2 + 10 / 3.25 = 103.08 s;

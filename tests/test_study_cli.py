@@ -224,6 +224,8 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch
     scoring = dataclasses.replace(workers.trials[0], status=TO_SCORE, runs=(7.0,))  # scored on --test-root: no worker group
     assert dataclasses.replace(workers, trials=(scoring,)).wall_s == pytest.approx(0.07)
     assert "with 1 trial(s) at once" in format_plan(dataclasses.replace(plan, trials=plan.trials[1:2]))  # not 2 for 1
+    finished_only = format_plan(dataclasses.replace(plan, trials=plan.trials[:1]))  # it said "0 s ... plus 15 s of start-up"
+    assert "Estimated wall time: nothing to train (a run only rebuilds the tables, plots and report)" in finished_only
     assert "No step-cost prior" not in text and plan.unpriced == ()
     assert "CPU training" not in text  # a paper-sized study on this machine's CPUs says what it is sized for
     slow = dataclasses.replace(plan, unit=UnitSeconds(1000.0, "x"))  # 1000 s a unit: about 50 h
@@ -233,6 +235,13 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch
     unpriced = plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2)
     assert unpriced.unpriced == ("mean_teacher",)
     assert "No step-cost prior for objective(s) mean_teacher: each step priced at 1 unit(s)" in format_plan(unpriced)
+    assert plan.left_out == 0 and "are not part of this command" not in text
+    study.num_workers = 1  # (with 2 workers, the finished 1-worker trial is another configuration: it would count too)
+    other = dict(trials["Supervised only"]["config"], seed=7)  # a finished trial of another run's --seeds
+    _finished_trial(study.study_dir / "trials" / trial_key(other), other)
+    extra = plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2)
+    assert extra.left_out == 1 and "1 finished trial(s) in " in format_plan(extra)
+    assert "are not part of this command (other rows, seeds, label fractions or settings): its tables will leave them out" in format_plan(extra)
     assert not (study.study_dir / "study.json").exists()
 
 

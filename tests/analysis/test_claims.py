@@ -157,7 +157,7 @@ def test_a_claim_whose_row_or_column_was_not_run_says_so(tmp_path):
     records = trials(tmp_path, {"A": lambda c, k, s: base(c, k) + 0.1, "B": lambda c, k, s: base(c, k)})
     column = evaluate_claim(claim("A", "B", "7", "test"), records)
     assert column.verdict == NOT_RUN and column.reason == "no finished trial of A at 7 or B at 7"
-    assert column.a_column == "data.labelled 7" and math.isnan(column.difference)
+    assert column.a_column == "7 patients" and math.isnan(column.difference)
     row = evaluate_claim(claim("A", "C", "1", "test"), records)
     assert row.verdict == NOT_RUN and row.reason == "no finished trial of C at 1"
     # the missing row's column is named as the other row's (one column, not "A, <label> > C, data.labelled 1")

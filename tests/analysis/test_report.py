@@ -124,7 +124,7 @@ def test_a_study_file_that_is_not_a_json_object_is_a_one_line_error(study, capsy
     (study / name).write_text(content, encoding="utf-8")
     assert main(["report", str(study)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: {study / name}: holds {kind}, not a JSON object; delete it or rerun the study command"]
+        f"error: {study / name}: holds {kind}, not a JSON object; rerun the study command, which writes it again"]
     assert not (study / "report.md").exists() and not list(study.glob("table*"))
 
 
@@ -174,6 +174,13 @@ def test_report_states_the_protocol_and_what_the_trials_did(study):
             "in voxels; labelled: whole patients in the published order (the released slice counts exist only for the "
             "SSL4MIS ACDC list)\n") in text
     assert "(validation every 20; final-iteration weights tested)" in text
+
+
+def test_a_run_that_trained_nothing_says_so_instead_of_its_wall_time(study):
+    (study / "last_run.json").write_text(json.dumps({"timing": {"total_s": 0.018}, "pending_at_start": 0}), encoding="utf-8")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert "- **Wall time**: the last run of the study command had nothing to train (every trial had finished); " in text
+    assert "0.0 s" not in text
 
 
 def _set_environment(path, environment):

@@ -294,6 +294,8 @@ def test_problems_and_print_summary(study, tmp_path, capsys):
     assert len(records) == 9
     assert any("CUDA OOM" in p for p in problems) and any(p.startswith("corrupt result") for p in problems)
     assert any(p.startswith("duplicate trials") and MT in p and "seed 0" in p for p in problems)
+    # which settings the averaged trials do not share (a --set run into the same folder, a study.json deleted)
+    assert any(p.endswith("is reported by 2 trials (all averaged); their configs differ in optim.max_steps") for p in problems)
     paths = tables.write_tables(records, tmp_path / "tables")
     text = tables.print_summary(paths, problems)
     assert capsys.readouterr().out == text
