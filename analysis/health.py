@@ -2,7 +2,8 @@
 
 The test numbers of a trial come from the model selected on val (its best validation), so a table can
 look fine while the training behind a cell did not settle. Each finished trial's ``val_curve.csv``
-(``step``, ``val_dice``: one row per validation, written by ``medseg_platform.engine.train_trial``) is
+(``step``, ``val_dice``: one row per validation of ``medseg_platform.engine.train_trial``, written by
+``medseg_platform.results.write_trial_results``) is
 classified by :func:`classify_curve`:
 
 * :data:`NOT_LEARNED`: the best validation stays below :data:`LEARNED_FLOOR`: the model never segmented the
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from analysis.markdown import escape_markdown
 from medseg_platform.results import VAL_CURVE_FILE, read_csv
 
 LEARNED_FLOOR = 0.15
@@ -143,13 +145,6 @@ def _dice(value: float) -> str:
     return "\u2013" if math.isnan(value) else f"{100 * value:.1f}"
 
 
-def _cell(text: str) -> str:
-    """``text`` safe inside a Markdown table cell."""
-    for char in ("\\", "|", "*", "`"):
-        text = text.replace(char, "\\" + char)
-    return text
-
-
 #: what a collapse means for the tested model, by the trials' ``eval.selection`` ("mixed": trials differ)
 _COLLAPSE_CONSEQUENCE = {
     "best_val": "the test model is still the best one on val",
@@ -197,7 +192,7 @@ def health_section(trials: Sequence[TrialHealth], selection: str = "best_val") -
               "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for t in flagged:
         c = t.curve
-        lines.append(f"| {_cell(t.key)} | {_cell(t.row)} | {_cell(t.column)} | {_cell(str(t.seed))} | {c.verdict} | "
+        lines.append(f"| {escape_markdown(t.key)} | {escape_markdown(t.row)} | {escape_markdown(t.column)} | {escape_markdown(str(t.seed))} | {c.verdict} | "
                      f"{_dice(c.last)} | {_dice(c.previous)} | {_dice(c.best)} | {c.best_step} |")
     return lines + [""]
 

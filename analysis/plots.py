@@ -40,7 +40,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.tables import (AVG, build_table, column_label, column_order, distance_unit, metric_style,  # noqa: E402
-                             row_label, row_order, study_class_names, trial_class_values, trial_seed)
+                             row_label, row_order, seed_statistics, study_class_names, trial_class_values, trial_seed)
 from medseg_platform.io import atomic_path  # noqa: E402
 from medseg_platform.recipes import FULL_SUPERVISION_LABEL, METHOD_LABELS, WITHOUT_CONTRAST_LABELS  # noqa: E402
 from medseg_platform.results import CURVES_FILE, QUALITATIVE_FILE, VAL_CURVE_FILE, read_csv  # noqa: E402
@@ -159,13 +159,6 @@ def trial_value(record, metric: str) -> float:
     return trial_class_values(record.per_case, metric)[AVG][0] * metric_style(metric).scale
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    finite = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
-    if finite.size == 0:
-        return math.nan, math.nan
-    return float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else 0.0
-
-
 def _as_float(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -249,7 +242,7 @@ def _wants_log_scale(xs: Sequence[float]) -> bool:
 
 def _non_negative(ax) -> None:
     """Every metric here is >= 0 (Dice, Jaccard in %, distances): start the y axis at 0, never below."""
-    bottom, top = ax.get_ylim()
+    _, top = ax.get_ylim()
     ax.set_ylim(0.0, top if top > 0 else 1.0)
 
 
@@ -273,7 +266,7 @@ def _errorbar_lines(ax, series: Mapping[str, Mapping[float, list[float]]], colou
     handles = {}
     for label, points in series.items():
         xs = sorted(points)
-        stats = [_mean_std(points[x]) for x in xs]
+        stats = [seed_statistics(points[x])[:2] for x in xs]
         colour, linestyle = styles.get(label, (colours.get(label, "#333333"), "-"))
         handles[label] = ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], color=colour,
                                      linestyle=linestyle, marker="o", markersize=4, capsize=3, label=label,

@@ -12,7 +12,8 @@
 
 Inputs, all optional except the trial folders: ``study.json`` (written by :meth:`Study.run`: the trial
 keys, seeds, grid axes, variants, whether it is a search, the ``--protocol``), ``settings.json`` (written by
-:func:`analysis.study_cli.run_study_main`: profile, dataset root, command line, ``--protocol``), ``last_run.json``
+:func:`analysis.study_cli.run_study_main` and ``medseg train``: profile, dataset root, command line, ``--protocol``),
+``last_run.json``
 (the wall time of the last run of the study command) and every ``trials/<key>/`` folder. Nothing is
 timestamped, so regenerating an unchanged study rewrites identical files.
 """

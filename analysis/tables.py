@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.health import COLLAPSE_DROP, LEARNED_FLOOR, RISING_MARGIN, record_health
+from analysis.markdown import escape_markdown
 from analysis.significance import ALPHA, NOT_SIGNIFICANT_MARK, caption_note, paired_case_values, seed_averaged, wilcoxon_test
 from medseg_platform.data.layout import ACDC_CLASS_NAMES, default_class_names
 from medseg_platform.errors import MedsegError
@@ -669,13 +670,6 @@ def caption(table: WideTable) -> str:
 
 
 # --------------------------------------------------------------------------------------------- Markdown
-
-
-def escape_markdown(text: str) -> str:
-    """``text`` safe inside a Markdown table cell (pipes, asterisks and backticks escaped)."""
-    for char in ("\\", "|", "*", "`"):
-        text = text.replace(char, "\\" + char)
-    return text
 
 
 def _markdown_cell(cell: Cell | None, decimals: int) -> str:

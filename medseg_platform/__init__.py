@@ -14,6 +14,11 @@ Modules (the flow of a study runs top to bottom):
     medseg_platform.data        the ACDC/SSL4MIS layout reader, converters, phantom data, splits, augmentations
     medseg_platform.evaluation  per-case, per-class Dice/Jaccard/HD95/ASD and volume prediction
     medseg_platform.cli         what the ``medseg`` sub-commands share (the command is analysis.console)
+
+Beside the flow: overrides and variants (``--set``, ``--rows`` and the studies' rows), plan (``--dry-run``),
+progress (the terminal lines and ETA), preflight (the data check before Ray), predict (``medseg predict``,
+``--test-root``), train_cli (``medseg train``), dashboard, environment (what computed a trial), claims_spec (the
+papers' claims a study declares), seeding (the one seeding function), io (atomic writes, signals) and errors.
 """
 
 __version__ = "0.1.0"

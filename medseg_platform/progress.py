@@ -1,7 +1,8 @@
-"""The terminal progress of a running study: a Ray Tune callback (imports ``ray.tune``; :mod:`medseg_platform.study`
-imports this module only when it starts Tune, so study scripts' ``--help`` and validation stay free of Ray).
+"""The terminal progress of a running study: a Ray Tune callback. The module imports ``ray.tune`` (about 2 s), so
+the study scripts' ``--help`` and validation import it only where they need it: when Tune starts, and in
+``--dry-run`` (:mod:`medseg_platform.plan`, for :func:`trial_plan` and :data:`STEP_COST`).
 
-Two parts: the expected cost of a trial (:func:`trial_plan`, :data:`STEP_COST`; no Ray) and
+Two parts: the expected cost of a trial (:func:`trial_plan`, :data:`STEP_COST`) and
 :class:`ProgressCallback`, which prints an event line per trial start/finish/error/retry and, while trials run, a
 heartbeat line at least every :data:`HEARTBEAT_S` seconds, each with an ETA weighted by the remaining trials' cost.
 """

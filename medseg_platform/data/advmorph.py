@@ -135,10 +135,9 @@ def identity_grid(height: int, width: int, device: torch.device | str = "cpu",
     pixel centre) to +1 (last pixel centre).  A size of 1 gives -1, which ``align_corners=True`` maps to
     that single pixel.
     """
-    ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype)
-    xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype)
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([gx, gy], dim=-1).unsqueeze(0)
+    from methods.tps import identity_grid as single
+
+    return single(height, width, device, dtype).unsqueeze(0)
 
 
 def _smooth(field: torch.Tensor, sigma: float, kernel_size: int) -> torch.Tensor:

@@ -437,7 +437,6 @@ def convert_nifti(
     split: SplitSpec = SplitSpec(kind="random"),
     overwrite: bool = False,
     log: Log = _quiet,
-    warn: Log = _quiet,
     class_names: Sequence[str] | None = None,
 ) -> ConversionResult:
     """Convert a folder of image/label NIfTI pairs to the SSL4MIS layout with a seeded random patient split.
@@ -509,7 +508,7 @@ def _run_convert_acdc(args: argparse.Namespace) -> int:
 def _run_convert_nifti(args: argparse.Namespace) -> int:
     names = None if args.class_names is None else parse_class_names(args.class_names, args.num_classes)
     convert_nifti(args.raw_dir, args.out_dir, args.image_glob, args.label_suffix, args.num_classes,
-                  split_spec_from_args(args), args.overwrite, _print, _warn, names)
+                  split_spec_from_args(args), args.overwrite, _print, class_names=names)
     return 0
 
 

@@ -15,6 +15,7 @@ from medseg_platform.data.layout import Volume
 from medseg_platform.evaluation.metrics import case_dice, distance_spacing, evaluate_case
 from medseg_platform.evaluation.predict import predict_volume
 from medseg_platform.io import atomic_path
+from medseg_platform.stats import nan_mean
 
 QUALITATIVE_CASES = 3
 
@@ -49,7 +50,7 @@ def evaluate_volumes(model: torch.nn.Module, volumes: Iterable[Volume], cfg: Tri
 
 def mean_dice(rows: list[dict]) -> float:
     """Mean over cases and classes of the defined Dice values (NaN if none is defined)."""
-    return _mean_defined([r["dice"] for r in rows])
+    return nan_mean([r["dice"] for r in rows])
 
 
 def validation_dice(model: torch.nn.Module, volumes: Iterable[Volume], cfg: TrialConfig, device: torch.device) -> float:
@@ -59,13 +60,8 @@ def validation_dice(model: torch.nn.Module, volumes: Iterable[Volume], cfg: Tria
     for vol in volumes:
         pred = predict_case(model, vol.image, cfg, device)
         values.extend(case_dice(pred, vol.label, cfg.data.num_classes, empty_policy=cfg.eval.empty_policy))
-    return _mean_defined(values)
+    return nan_mean(values)
 
-
-def _mean_defined(dice: list[float]) -> float:
-    values = np.array(dice, dtype=float)
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if values.size else float("nan")
 
 
 class QualitativeSlices:

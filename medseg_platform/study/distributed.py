@@ -4,7 +4,8 @@ A trial with ``num_workers > 1`` (several GPUs, or several nodes) runs :func:`wo
 ``num_workers`` Ray Train workers; Ray Train sets up the torch process group (gloo on CPU, NCCL on GPU)
 and each worker trains its rank with the trainable's own
 :func:`~medseg_platform.study.trainable.train_and_record` (data-parallel: :mod:`medseg_platform.engine.ddp`).
-Every rank calls ``ray.train.report`` at each validation (rank 0 with the checkpoint); the
+Every rank calls ``ray.train.report`` at each validation (rank 0 with the checkpoint) and with progress only at every
+curve row and during pretraining; the
 ``TuneReportCallback`` passes rank 0's metrics to the Tune trial. Rank 0 writes the result files, which
 therefore need a results directory every node can reach.
 
@@ -61,7 +62,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if (dist.is_main and checkpoint_dir is not None) else None
-        ray.train.report({**metrics, "best_val_dice": metrics["best_val_dice"]}, checkpoint=checkpoint)
+        ray.train.report(dict(metrics), checkpoint=checkpoint)
 
     train_and_record(loop_config["config"], loop_config["tags"], Path(loop_config["trial_dir"]), Path(loop_config["pretrain_cache"]),
                      report=report, dist=dist, device=device, extra={"placement": trial_placement()},
