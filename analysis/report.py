@@ -33,7 +33,7 @@ from analysis.health import TrialHealth, health_problems, health_section, record
 from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, escape_markdown,
                              incomplete_note, print_summary, row_label, row_order, study_class_names, table_file_names,
                              trial_seed, write_tables)
-from medseg_platform.environment import environment_text
+from medseg_platform.environment import NOT_RECORDED, environment_text
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_text_atomic
 from medseg_platform.results import (ERROR_FILE, LAST_RUN_FILE, RESULT_FILE, SETTINGS_FILE, STUDY_FILE, TRIALS_DIR, TrialRecord,
@@ -210,18 +210,17 @@ def machines_line(records: Sequence[TrialRecord]) -> str:
     unrecorded = 0  # results written before environments were recorded: no evidence of another machine
     for record in records:
         text = environment_text(record.result.get("environment"))
-        if text == environment_text(None):
+        if text == NOT_RECORDED:
             unrecorded += 1
         else:
             counts[text] = counts.get(text, 0) + 1
     if not records:
         return "- **Machines**: no finished trial"
-    groups = "; ".join(f"{text} ({count} trial{'s' * (count != 1)})" for text, count in counts.items())
-    rest = f"{unrecorded} trial{'s' * (unrecorded != 1)} not recorded"
+    rest = [f"{unrecorded} trial{'s' * (unrecorded != 1)} {NOT_RECORDED}"] if unrecorded else []
     if len(counts) <= 1:
-        named = next(iter(counts), "")
-        return f"- **Machines**: {named}{'; ' + rest if named and unrecorded else rest if unrecorded else ''}"
-    return (f"- **Machines**: mixed: {groups}" + (f"; {rest}" if unrecorded else "") + ". The same configuration and seed "
+        return "- **Machines**: " + "; ".join([*counts, *rest])
+    groups = [f"{text} ({count} trial{'s' * (count != 1)})" for text, count in counts.items()]
+    return ("- **Machines**: mixed: " + "; ".join([*groups, *rest]) + ". The same configuration and seed "
             "trains to other numbers on another processor or torch version (float rounding, amplified by training), so a "
             "difference between rows computed on different machines is partly the machines' (docs/analysis.md, "
             "'Reproducibility across machines')")

@@ -41,12 +41,16 @@ def trial_environment(device) -> dict[str, Any]:
             "python": platform.python_version(), "platform": f"{platform.system()}-{platform.machine()}"}
 
 
+#: :func:`environment_text` of a result without an environment (written before environments were recorded).
+NOT_RECORDED = "not recorded"
+
+
 def environment_text(environment: Mapping[str, Any] | None) -> str:
     """One environment in words, e.g. "Intel(R) Xeon(R) Processor, torch 2.13.0+cpu" (the accelerator first when there
     is one); "not recorded" for a result written before environments were recorded."""
     if not isinstance(environment, Mapping) or not environment:
-        return "not recorded"
+        return NOT_RECORDED
     parts = [str(environment[key]) for key in ("accelerator", "cpu") if environment.get(key)]
     if environment.get("torch"):
         parts.append(f"torch {environment['torch']}")
-    return ", ".join(parts) or "not recorded"
+    return ", ".join(parts) or NOT_RECORDED

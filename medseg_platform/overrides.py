@@ -185,11 +185,11 @@ def _keys_set_by(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _refuse_stage_parameters(study, texts: Mapping[str, str], objective: str | None) -> None:
+def _refuse_stage_parameters(resolved: Sequence, texts: Mapping[str, str], objective: str | None) -> None:
     """A one-line :class:`ConfigError` for an ``objective_params.NAME`` that no row's fine-tuning objective has but a
     row's pretraining stage does (``tau_teacher``: the ISD stages'), which no ``--set`` reaches; checked over every row
-    before the per-row "has no parameter" errors, whose "leave the row out" hint would lead nowhere for it."""
-    resolved = [study.base.replace(**variant.overrides) for variant in study.variants]
+    before the per-row "has no parameter" errors, whose "leave the row out" hint would lead nowhere for it.
+    ``resolved``: every row's configuration (:class:`~medseg_platform.config.TrialConfig`) before ``--set``."""
     fine_tuning = {name for cfg in resolved for name in objective_param_types(objective or cfg.objective)}
     for key in texts:
         name = key[len(_OBJECTIVE_PREFIX):] if key.startswith(_OBJECTIVE_PREFIX) else None
@@ -223,14 +223,14 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
             raise ConfigError(f"--set {key}: study {study.name} searches it; it cannot be fixed for every trial")
         if not key.startswith(_OBJECTIVE_PREFIX):
             values[key] = parse_value(key, texts[key], config_fields()[key])
-    _refuse_stage_parameters(study, texts, values.get("objective"))
-    for variant in study.variants:
+    rows = [study.base.replace(**variant.overrides) for variant in study.variants]  # each row's config before --set
+    _refuse_stage_parameters(rows, texts, values.get("objective"))
+    for variant, resolved in zip(study.variants, rows):
         row_keys = _keys_set_by(variant.overrides)
         for key in texts:
             if key in row_keys:
                 raise ConfigError(f"--set {key}: row {_row_name(variant)!r} sets it itself (to {row_keys[key]!r}); drop the --set"
                                   + (f" or {rows_hint}" if rows_hint else ""))
-        resolved = study.base.replace(**variant.overrides)
         objective = values.get("objective") or resolved.objective
         params = objective_param_types(objective)
         for key in texts:
