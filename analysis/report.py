@@ -14,7 +14,8 @@ Inputs, all optional except the trial folders: ``study.json`` (written by :meth:
 keys, seeds, grid axes, variants, whether it is a search, the ``--protocol``), ``settings.json`` (written by
 :func:`analysis.study_cli.run_study_main` and ``medseg train``: profile, dataset root, command line, ``--protocol``),
 ``last_run.json``
-(the wall time of the last run of the study command) and every ``trials/<key>/`` folder. Nothing is
+(the wall time of the last run of the study command, the trials it had to run and those it scored from finished
+trials' checkpoints) and every ``trials/<key>/`` folder. Nothing is
 timestamped, so regenerating an unchanged study rewrites identical files.
 """
 
@@ -245,6 +246,8 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
     corrupt = [p for p in problems if p.startswith("corrupt result")]
     not_run = [p for p in problems if p.startswith("trial ") and "has no result" in p]
     compute = sum(float((r.result.get("timing") or {}).get("total_s", 0.0) or 0.0) for r in records)
+    scored = sum(1 for r in records if r.result.get("scored_from"))  # medseg_platform.rescore: an evaluation, no training
+    scored_in_run = last_run.get("scored_from_finished") if isinstance(last_run.get("scored_from_finished"), int) else 0
     finished = f"{len(records)}" + (f" of {expected}" if expected else "")
     lines = [
         f"- **Study**: {info.get('name') or study_dir.name}" + (" (Optuna search)" if info.get("search") else ""),
@@ -272,12 +275,18 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         f"- **Patch size / batch**: {_join(patches)}; {_join(batches)}",
         f"- **Label fractions**: {_join(column_order(records))}",
         f"- **Trials**: {finished} finished, {len(errored)} errored, {len(corrupt)} corrupt"
-        + (f", {len(not_run)} not run or interrupted" if not_run else "") + " (see Problems)" * bool(problems),
-        ("- **Wall time**: the last run of the study command had nothing to train (every trial had finished)"
+        + (f", {len(not_run)} not run or interrupted" if not_run else "") + " (see Problems)" * bool(problems)
+        + (f"; {scored} of the finished scored from the checkpoint of a finished trial that trained alike "
+           "(`scored_from` in result.json; docs/evaluation.md, 'Scoring a finished trial again')" if scored else ""),
+        (f"- **Wall time**: the last run of the study command had nothing to train; it scored {scored_in_run} trial(s) from "
+         f"finished trials' checkpoints in {_seconds((last_run.get('timing') or {}).get('total_s'))}"
+         if last_run.get("pending_at_start") == 0 and scored_in_run else
+         "- **Wall time**: the last run of the study command had nothing to train (every trial had finished)"
          if last_run.get("pending_at_start") == 0 else
          f"- **Wall time**: last run of the study command {_seconds((last_run.get('timing') or {}).get('total_s'))}"
          + (f" ({last_run['pending_at_start']} trial(s) to run at its start)" if "pending_at_start" in last_run else ""))
-        + f"; training time summed over the finished trials {_seconds(compute)}",
+        + f"; training time summed over the finished trials {_seconds(compute)}"
+        + (" (a scored trial's is its evaluation's)" if scored else ""),
     ]
     if info.get("search"):
         space = info.get("search_space") or {}

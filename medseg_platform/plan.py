@@ -3,12 +3,15 @@
 :func:`plan_study` expands and validates the study's trials and checks the study's settings as :meth:`Study.run`
 does before Ray starts (:func:`medseg_platform.study.runner.check_before_ray`: Ray options, retries, the results
 folder, GPUs, the test root; no Ray is started, nothing is trained or written). It reads each dataset's lists and
-manifest (its class names against ``data.num_classes``), but only the run reads every data file
-(:func:`medseg_platform.preflight.preflight_datasets`). It gives each trial a status:
+manifest (its class names against ``data.num_classes``) and, for a trial to score from a finished one under another
+empty-mask policy, the val labels (:func:`medseg_platform.rescore.validated_cases_hold_every_class`), but only the
+run reads every data file (:func:`medseg_platform.preflight.preflight_datasets`). It gives each trial a status:
 
 * ``finished``: its folder holds a complete result (it would be skipped);
 * ``to score on --test-root``: finished, but its selected weights are still to be scored on the study's external
   test set (a short evaluation; no training);
+* ``to score from a finished trial``: it differs from a finished trial of the study folder only in how it is scored
+  (:mod:`medseg_platform.rescore`): that trial's checkpoint is evaluated instead of training (a short evaluation);
 * ``cached pretraining``: every pretraining stage it needs is in the study's pretraining cache
   (:func:`medseg_platform.results.pretrain_cache_dir`, keyed by :func:`medseg_platform.engine.stage_key`,
   which needs the trial's labelled subset: :func:`medseg_platform.data.splits.select_labelled`);
@@ -37,7 +40,8 @@ from typing import Any
 
 from medseg_platform.config import TrialConfig
 
-FINISHED, TO_SCORE, CACHED, TO_RUN = "finished", "to score on --test-root", "cached pretraining", "to run"
+FINISHED, TO_SCORE, TO_RESCORE, CACHED, TO_RUN = ("finished", "to score on --test-root", "to score from a finished trial",
+                                                  "cached pretraining", "to run")
 #: :func:`measure_unit_seconds`: timed steps after one warm-up step, and the time after which it stops early.
 TIMED_STEPS, TIMING_BUDGET_S = 5, 2.0
 #: Steps timed whatever the budget: the median of 3 steps, where a single slow step (another process on the cores, a
@@ -102,13 +106,13 @@ class StudyPlan:
     @property
     def wall_s(self) -> float:
         """The progress lines' ETA rule, max(total work / parallel trials, the largest single run), with each training
-        run's ``run_overhead_s`` (a scoring-only run on ``--test-root`` starts no worker group)."""
+        run's ``run_overhead_s`` (a scoring-only run, on ``--test-root`` or from a finished trial, starts no worker group)."""
         runs = [self.run_seconds(t, r) for t in self.trials for r in t.runs]
         return max(sum(runs) / self.slots, max(runs)) if runs else 0.0
 
     def run_seconds(self, trial: PlannedTrial, units: float) -> float:
         """Wall seconds of one run of ``trial`` that costs ``units``."""
-        return self.unit.seconds * units + (self.run_overhead_s if trial.status != TO_SCORE else 0.0)
+        return self.unit.seconds * units + (self.run_overhead_s if trial.status in (TO_RUN, CACHED) else 0.0)
 
 
 def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) -> StudyPlan:
@@ -121,6 +125,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     from medseg_platform.engine import stage_key
     from medseg_platform.preflight import check_class_count, datasets_of_trials
     from medseg_platform.progress import EVALUATION_COST, STEP_COST, trial_plan
+    from medseg_platform.rescore import scoring_sources
     from medseg_platform.results import STAGE_FINAL_FILE, TRIALS_DIR, pretrain_cache_dir, stage_folder, trial_finished, trial_folder
 
     from medseg_platform.study.runner import check_before_ray, check_trained_on_this_data, lacks_test_root, searched_samples_ended
@@ -139,6 +144,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     planned = []
     unpriced: list[str] = []
     ended = searched_samples_ended(study, trials)  # 0 for a grid
+    sources = {} if search else scoring_sources(study_dir, [t for t in trials if not trial_finished(trial_folder(study_dir, t["key"]))])
     for index, trial in enumerate(trials):
         cfg = TrialConfig.from_dict(trial["config"])
         phases = trial_plan(trial["config"], trial["key"])
@@ -149,6 +155,8 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
             runs = (EVALUATION_COST,) if status == TO_SCORE else ()
         elif search and ended >= samples:
             status, runs = FINISHED, ()
+        elif trial["key"] in sources:
+            status, runs = TO_RESCORE, (EVALUATION_COST,)
         else:
             status = CACHED if keys and all(cached) else TO_RUN
             stages = sum(phase.units for phase, key, hit in zip(phases.stages, keys, cached) if not hit and key not in charged)
@@ -285,9 +293,10 @@ def format_plan(plan: StudyPlan) -> str:
              f"results would go to {plan.study_dir}"]
     lines += ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
               for r in table]
-    counts = {status: sum(t.status == status for t in plan.trials) for status in (FINISHED, TO_SCORE, CACHED, TO_RUN)}
-    if not counts[TO_SCORE]:
-        del counts[TO_SCORE]
+    counts = {status: sum(t.status == status for t in plan.trials) for status in (FINISHED, TO_SCORE, TO_RESCORE, CACHED, TO_RUN)}
+    for optional in (TO_SCORE, TO_RESCORE):
+        if not counts[optional]:
+            del counts[optional]
     lines.append(f"Totals: {len(plan.trials)} trial(s): " + ", ".join(f"{n} {status}" for status, n in counts.items())
                  + f"; {plan.total_units:.1f} cost units to run")
     workers = (f", each run with {plan.run_overhead_s:.0f} s of Ray Train worker-group start and teardown"

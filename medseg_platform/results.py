@@ -26,7 +26,9 @@ A results directory holds one folder per study and the pretraining stages its st
         result.json      written last: status, seed, labelled patients, best step, test means, timing,
                          finished_at (epoch seconds), class_names (of labels 1..N-1, from the dataset),
                          per_case_sha256 (of per_case.csv as written),
-                         attempts (how many times the trial started, retries and resumes included)
+                         attempts (how many times the trial started, retries and resumes included), and for a
+                         trial scored from a finished trial's checkpoint instead of trained, scored_from
+                         (medseg_platform.rescore)
         attempts.json    one entry per start of the trial (pid, host, time), written before training
         error.json       only for an errored trial: the reason (kind, message, step/terms of a NaN loss)
         checkpoint/checkpoint.pt  the engine's resumable checkpoint (and the selected weights)

@@ -251,14 +251,16 @@ def train_in_process(study) -> Path:
 
     The checks a study makes before Ray starts come first (the config, the folder, fp16 without a GPU, every data file
     the trial reads: :func:`medseg_platform.study.runner.check_before_ray`, :func:`medseg_platform.preflight.preflight_datasets`),
-    so bad input is reported before anything is written. A finished trial is not trained again; an unfinished one resumes
-    from its checkpoint (as in a study). An error while training is recorded in the trial's ``error.json`` (a
-    :class:`MedsegError`, e.g. a non-finite loss, then ends the call normally: the folder has no result; anything else
-    is raised).
+    so bad input is reported before anything is written. A finished trial is not trained again; one that differs from a
+    finished trial of the folder only in how it is scored is scored from that trial's checkpoint
+    (:mod:`medseg_platform.rescore`); an unfinished one resumes from its checkpoint (as in a study). An error while
+    training is recorded in the trial's ``error.json`` (a :class:`MedsegError`, e.g. a non-finite loss, then ends the
+    call normally: the folder has no result; anything else is raised).
     """
     from medseg_platform.config import TrialConfig
     from medseg_platform.io import write_json_atomic
     from medseg_platform.preflight import datasets_of_trials, preflight_datasets
+    from medseg_platform.rescore import score_from_sources
     from medseg_platform.results import (ERROR_FILE, STUDY_FILE, pretrain_cache_dir, start_attempt, trial_finished, trial_folder,
                                          write_trial_config, write_trial_error)
     from medseg_platform.study.runner import check_before_ray, check_trained_on_this_data
@@ -275,6 +277,8 @@ def train_in_process(study) -> Path:
     if trial_finished(trial_dir, log=lambda msg: print(msg, file=sys.stderr, flush=True)):
         print(f"trial {trial['key']}: already finished (delete its folder to train it again)", file=sys.stderr)
         return trial_dir
+    if score_from_sources(study_dir, [trial], lambda msg: print(msg, file=sys.stderr, flush=True)):
+        return trial_dir  # it differs from a finished trial only in how it is scored: not trained
     cfg = TrialConfig.from_dict(trial["config"])
     start_attempt(trial_dir)
     write_trial_config(trial_dir, trial["config"], trial["tags"])

@@ -348,8 +348,9 @@ def test_a_row_that_leaves_the_protocol_is_an_error(tmp_path):
         check_protocol(study, "released", keys)
 
 
-def test_released_protocol_smoke_run_differs_only_in_evaluation(tmp_path, phantom_env, ray_address):
-    """End to end on the smoke phantom (one row): the same training, evaluated as the protocol says."""
+def test_released_protocol_smoke_run_differs_only_in_evaluation(tmp_path, phantom_env, ray_address, capsys):
+    """End to end on the smoke phantom (one row): the same training, evaluated as the protocol says; and the released
+    protocol in the corrected run's folder scores that run's trial instead of training it."""
     trials = {}
     for protocol in ("corrected", "released"):
         results = tmp_path / protocol
@@ -368,3 +369,48 @@ def test_released_protocol_smoke_run_differs_only_in_evaluation(tmp_path, phanto
     assert result["released"]["best_step"] == SMOKE.trial.optim.max_steps  # the final iteration's weights
     mean = result["released"]["test"]["mean"]  # the released empty-mask convention leaves no value undefined
     assert [mean[f"{m}_undefined"] for m in ("dice", "jaccard", "hd95", "asd")] == [0, 0, 0, 0]
+
+    # --protocol released in the corrected run's folder trains nothing: the trial is scored from its corrected
+    # sibling's checkpoint (medseg_platform.rescore), with the files the released run of its own wrote
+    study_dir, corrected_key = tmp_path / "corrected" / "ablation_tailness-smoke", trials["corrected"].name
+    capsys.readouterr()
+    assert study_main("ablation_tailness", tmp_path / "corrected", "--rows", "Supervised only", "--protocol", "released",
+                      "--dry-run") == 0
+    dry = capsys.readouterr().out
+    assert "1 to score from a finished trial" in dry and "1 finished trial(s) in " in dry
+    # no --address: a run that trains nothing starts no Ray
+    assert study_main("ablation_tailness", tmp_path / "corrected", "--rows", "Supervised only", "--protocol", "released") == 0
+    err = capsys.readouterr().err
+    (key,) = json.loads((study_dir / "study.json").read_text())["trials"]
+    assert f"[{key}] scored from finished trial {corrected_key} (differs in eval.selection, eval.empty_policy, " \
+           "eval.distance_units)" in err and "study ablation_tailness-smoke: 1 trial(s), 1 already finished" in err
+    scored, trained = study_dir / "trials" / key, trials["released"]
+    for name in ("per_case.csv", "val_curve.csv", "labelled.json", "config.json"):
+        assert (scored / name).read_bytes() == (trained / name).read_bytes(), name
+    curves = [[{k: v for k, v in row.items() if k != "steps_per_s"} for row in read_csv(folder / "curves.csv")]
+              for folder in (scored, trained)]  # the scored trial's curves are its sibling's: the same but for the timing
+    assert curves[0] == curves[1] and len(curves[0]) >= 2
+    import numpy as np
+
+    with np.load(scored / "qualitative.npz") as a, np.load(trained / "qualitative.npz") as b:
+        assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[f], b[f]) for f in a.files)
+    result, reference = (json.loads((folder / "result.json").read_text()) for folder in (scored, trained))
+    assert result["scored_from"] == {"trial_key": corrected_key, "fields": {"eval.selection": ["best_val", "final"],
+                                                                             "eval.empty_policy": ["nan", "released"],
+                                                                             "eval.distance_units": ["mm", "voxel"]}}
+    for field in ("best_step", "best_val_dice", "test", "labelled", "conv_kernels", "steps_per_epoch"):
+        assert result.get(field) == reference.get(field), field
+    # its checkpoint holds the weights it tested: medseg predict and --test-root read them
+    from medseg_platform.config import TrialConfig
+    from medseg_platform.engine import load_selected_model
+
+    import torch
+
+    model = load_selected_model(TrialConfig.from_dict(result["config"]), scored, torch.device("cpu"), best_step=result["best_step"])
+    reference_model = load_selected_model(TrialConfig.from_dict(reference["config"]), trained, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference_model.state_dict().values()))
+    report = (study_dir / "report.md").read_text()
+    assert "- **Protocol**: released (`--protocol released`" in report
+    assert "- **Trials**: 1 of 1 finished, 0 errored, 0 corrupt (see Problems); 1 of the finished scored from the checkpoint " \
+           "of a finished trial that trained alike" in report
+    assert "- **Wall time**: the last run of the study command had nothing to train; it scored 1 trial(s) from" in report

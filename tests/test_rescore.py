@@ -1,0 +1,109 @@
+"""Scoring a trial from a finished sibling's checkpoint when the two differ only in how they are scored
+(:mod:`medseg_platform.rescore`); the end-to-end check against a trained reference is
+``tests/test_study_cli.py::test_released_protocol_smoke_run_differs_only_in_evaluation``."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from analysis.console import main
+from medseg_platform.data import layout
+from medseg_platform.rescore import score_from_sources, scoring_sources
+from medseg_platform.results import checkpoint_path, read_csv, trial_key
+from tests.conftest import make_tiny_dataset
+
+TRAIN = ["--profile", "smoke", "--in-process", "--set", "optim.lr=0.1", "--set", "optim.max_steps=20", "--set", "eval.val_every=5"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A tiny dataset and a study folder holding one finished supervised trial (best on val, empty policy "nan", mm)."""
+    base = tmp_path_factory.mktemp("rescore")
+    root = make_tiny_dataset(base / "tiny")
+    results = base / "results"
+    assert main(["train", "supervised", *TRAIN, "--data-root", str(root), "--results-dir", str(results)]) == 0
+    study_dir = results / "train-supervised-smoke"
+    (trial,) = (study_dir / "trials").iterdir()
+    return root, results, study_dir, trial
+
+
+def _config(trial, **dotted) -> dict:
+    """The finished trial's config with ``dotted`` fields changed."""
+    config = json.loads((trial / "result.json").read_text())["config"]
+    config = json.loads(json.dumps(config))
+    for key, value in dotted.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config
+
+
+def _pending(config: dict) -> dict:
+    return {"key": trial_key(config), "config": config, "tags": {}}
+
+
+def test_another_distance_unit_is_scored_from_the_finished_trial(finished, capsys):
+    root, results, study_dir, source = finished
+    capsys.readouterr()
+    assert main(["train", "supervised", *TRAIN, "--set", "eval.distance_units=voxel", "--data-root", str(root),
+                 "--results-dir", str(results)]) == 0
+    err = capsys.readouterr().err
+    scored = study_dir / "trials" / trial_key(_config(source, **{"eval.distance_units": "voxel"}))
+    assert f"[{scored.name}] scored from finished trial {source.name} (differs in eval.distance_units)" in err
+    result, reference = (json.loads((p / "result.json").read_text()) for p in (scored, source))
+    assert result["scored_from"] == {"trial_key": source.name, "fields": {"eval.distance_units": ["mm", "voxel"]}}
+    assert (result["best_step"], result["best_val_dice"]) == (reference["best_step"], reference["best_val_dice"])
+    assert (scored / "val_curve.csv").read_bytes() == (source / "val_curve.csv").read_bytes()
+    ours, theirs = read_csv(scored / "per_case.csv"), read_csv(source / "per_case.csv")
+    assert [(r["case"], r["class"], r["dice"], r["jaccard"]) for r in ours] == [(r["case"], r["class"], r["dice"], r["jaccard"])
+                                                                                for r in theirs]
+    # the same surfaces measured in voxels instead of mm (spacing 1.5 x 1.25 in-plane, 5 between slices): other numbers
+    defined = [(a["hd95"], b["hd95"]) for a, b in zip(ours, theirs) if np.isfinite(a["hd95"])]
+    assert defined and any(a != b for a, b in defined)
+    assert result["timing"]["total_s"] < reference["timing"]["total_s"]  # an evaluation, not a training
+    # a second run finds it finished
+    assert main(["train", "supervised", *TRAIN, "--set", "eval.distance_units=voxel", "--data-root", str(root),
+                 "--results-dir", str(results)]) == 0
+    assert "already finished" in capsys.readouterr().err
+
+
+def test_a_trial_that_trains_differently_or_tests_unheld_weights_is_not_scored(finished, tmp_path):
+    root, _, study_dir, source = finished
+    assert scoring_sources(study_dir, [_pending(_config(source, **{"eval.distance_units": "voxel"}))])  # the control
+    assert not scoring_sources(study_dir, [_pending(_config(source, **{"optim.lr": 0.05}))])  # another training
+    assert not scoring_sources(study_dir, [_pending(_config(source, **{"eval.val_every": 10}))])  # another selection
+    # a finished trial that tested its final weights holds no best-on-val state for a trial that selects on val
+    final_dir = tmp_path / "study"
+    final_config = _config(source, **{"eval.selection": "final"})
+    assert scoring_sources(study_dir, [_pending(final_config)])  # final weights: every finished state holds them
+    (final_dir / "trials").mkdir(parents=True)
+    assert score_from_sources(study_dir, [_pending(final_config)], lambda _: None) == {trial_key(final_config)}
+    shutil.move(str(study_dir / "trials" / trial_key(final_config)), final_dir / "trials")
+    assert not scoring_sources(final_dir, [_pending(_config(source, **{"eval.distance_units": "voxel"}))])
+    assert scoring_sources(final_dir, [_pending(_config(source, **{"eval.selection": "final", "eval.distance_units": "voxel"}))])
+
+
+def test_another_empty_policy_needs_every_class_in_every_validated_case(tmp_path):
+    root = make_tiny_dataset(tmp_path / "tiny")
+    results = tmp_path / "results"
+    assert main(["train", "supervised", *TRAIN, "--data-root", str(root), "--results-dir", str(results)]) == 0
+    study_dir = results / "train-supervised-smoke"
+    (source,) = (study_dir / "trials").iterdir()
+    released = _pending(_config(source, **{"eval.empty_policy": "released"}))
+    assert scoring_sources(study_dir, [released])  # every class in every val slice: Dice is the same under both policies
+    case = layout.AcdcLayout(root).val_cases[0]
+    volume = layout.AcdcLayout(root).read_volume(case)
+    label = volume.label.copy()
+    label[label == 3] = 2  # class 3 absent from this val case: the released policy would score its Dice otherwise
+    layout.write_case(root, case, volume.image, label, spacing=volume.spacing, with_slices=False)
+    assert not scoring_sources(study_dir, [released])
+    assert scoring_sources(study_dir, [_pending(_config(source, **{"eval.distance_units": "voxel"}))])  # the same policy
+    # a checkpoint that cannot be read: logged, and the trial is left to be trained
+    kept = checkpoint_path(source).read_bytes()
+    checkpoint_path(source).write_bytes(kept[: len(kept) // 2])
+    lines = []
+    voxel = _pending(_config(source, **{"eval.distance_units": "voxel"}))
+    assert score_from_sources(study_dir, [voxel], lines.append) == set()
+    assert lines[-1].startswith(f"[{voxel['key']}] not scored from {source.name} (") and lines[-1].endswith("it will be trained")
+    assert not (study_dir / "trials" / voxel["key"] / "result.json").exists()
