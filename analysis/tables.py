@@ -60,10 +60,10 @@ import pandas as pd
 from analysis.health import COLLAPSE_DROP, LEARNED_FLOOR, RISING_MARGIN, record_health
 from analysis.markdown import escape_markdown
 from analysis.significance import ALPHA, NOT_SIGNIFICANT_MARK, caption_note, paired_case_values, seed_averaged, wilcoxon_test
-from medseg_platform.data.layout import ACDC_CLASS_NAMES, default_class_names
+from medseg_platform.data.layout import ACDC_CLASS_NAMES
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_text_atomic
-from medseg_platform.results import QUALITATIVE_FILE, TrialRecord, read_test_root
+from medseg_platform.results import QUALITATIVE_FILE, TrialRecord, read_test_root, recorded_class_names
 from medseg_platform.stats import defined, nan_mean
 
 DEFAULT_METRICS = ("dice", "jaccard", "hd95", "asd")
@@ -233,12 +233,9 @@ def seed_statistics(values: Sequence[float]) -> tuple[float, float, int]:
 
 
 def trial_class_names(record: TrialRecord) -> tuple[str, ...]:
-    """Names of labels 1..N-1 of a trial: ``result.json``'s ``class_names``, else the defaults of ``data.num_classes``."""
-    names = record.result.get("class_names")
-    if isinstance(names, list) and names:
-        return tuple(str(name) for name in names)
-    data = (record.result.get("config") or {}).get("data") or {}
-    return default_class_names(int(data.get("num_classes", 4)))
+    """Names of labels 1..N-1 of a trial: ``result.json``'s ``class_names``, else the defaults of ``data.num_classes``
+    (:func:`medseg_platform.results.recorded_class_names`)."""
+    return recorded_class_names(record.result)
 
 
 def study_class_names(records: Iterable[TrialRecord]) -> dict[int, str]:

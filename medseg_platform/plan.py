@@ -4,14 +4,15 @@
 does before Ray starts (:func:`medseg_platform.study.runner.check_before_ray`: Ray options, retries, the results
 folder, GPUs, the test root; no Ray is started, nothing is trained or written). It reads each dataset's lists and
 manifest (its class names against ``data.num_classes``) and, for a trial to score from a finished one under another
-empty-mask policy, the val labels (:func:`medseg_platform.rescore.validated_cases_hold_every_class`), but only the
+empty-mask policy, the val volumes (:func:`medseg_platform.rescore.validated_cases_hold_every_class`), but only the
 run reads every data file (:func:`medseg_platform.preflight.preflight_datasets`). It gives each trial a status:
 
 * ``finished``: its folder holds a complete result (it would be skipped);
 * ``to score on --test-root``: finished, but its selected weights are still to be scored on the study's external
   test set (a short evaluation; no training);
-* ``to score from a finished trial``: it differs from a finished trial of the study folder only in how it is scored
-  (:mod:`medseg_platform.rescore`): that trial's checkpoint is evaluated instead of training (a short evaluation);
+* ``to score from a finished trial``: it differs from a finished trial of the results folder only in how it is scored
+  (:mod:`medseg_platform.rescore`): that trial's checkpoint is evaluated instead of training (a short evaluation, in
+  the driver before Ray starts, one trial after another);
 * ``cached pretraining``: every pretraining stage it needs is in the study's pretraining cache
   (:func:`medseg_platform.results.pretrain_cache_dir`, keyed by :func:`medseg_platform.engine.stage_key`,
   which needs the trial's labelled subset: :func:`medseg_platform.data.splits.select_labelled`);
@@ -106,9 +107,11 @@ class StudyPlan:
     @property
     def wall_s(self) -> float:
         """The progress lines' ETA rule, max(total work / parallel trials, the largest single run), with each training
-        run's ``run_overhead_s`` (a scoring-only run, on ``--test-root`` or from a finished trial, starts no worker group)."""
-        runs = [self.run_seconds(t, r) for t in self.trials for r in t.runs]
-        return max(sum(runs) / self.slots, max(runs)) if runs else 0.0
+        run's ``run_overhead_s`` (a scoring-only run, on ``--test-root`` or from a finished trial, starts no worker group),
+        after the scorings from finished trials, which the driver runs one after another before Ray starts."""
+        first = sum(self.run_seconds(t, r) for t in self.trials if t.status == TO_RESCORE for r in t.runs)
+        runs = [self.run_seconds(t, r) for t in self.trials if t.status != TO_RESCORE for r in t.runs]
+        return first + (max(sum(runs) / self.slots, max(runs)) if runs else 0.0)
 
     def run_seconds(self, trial: PlannedTrial, units: float) -> float:
         """Wall seconds of one run of ``trial`` that costs ``units``."""
@@ -155,8 +158,8 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
             runs = (EVALUATION_COST,) if status == TO_SCORE else ()
         elif search and ended >= samples:
             status, runs = FINISHED, ()
-        elif trial["key"] in sources:
-            status, runs = TO_RESCORE, (EVALUATION_COST,)
+        elif trial["key"] in sources:  # and, with --test-root, scored on it afterwards
+            status, runs = TO_RESCORE, (EVALUATION_COST * (2 if study.test_root is not None else 1),)
         else:
             status = CACHED if keys and all(cached) else TO_RUN
             stages = sum(phase.units for phase, key, hit in zip(phases.stages, keys, cached) if not hit and key not in charged)
@@ -301,11 +304,16 @@ def format_plan(plan: StudyPlan) -> str:
                  + f"; {plan.total_units:.1f} cost units to run")
     workers = (f", each run with {plan.run_overhead_s:.0f} s of Ray Train worker-group start and teardown"
                if plan.run_overhead_s else "")
-    runs = sum(1 for t in plan.trials for _ in t.runs)
+    runs = sum(1 for t in plan.trials if t.status != TO_RESCORE for _ in t.runs)
     at_once = min(plan.slots, max(1, runs))  # never more than there is to run
+    scorings = sum(1 for t in plan.trials if t.status == TO_RESCORE)
+    first = f", after {scorings} scoring(s) from finished trials one after another" if scorings else ""
     if runs:
         lines.append(f"Estimated wall time: {_duration(plan.wall_s)} with {at_once} trial(s) at once ({plan.slots_source}"
-                     f"{workers}), plus about {STARTUP_S:.0f} s of start-up")
+                     f"{workers}){first}, plus about {STARTUP_S:.0f} s of start-up")
+    elif scorings:
+        lines.append(f"Estimated wall time: {_duration(plan.wall_s)} for {scorings} scoring(s) from finished trials' checkpoints, "
+                     "one after another (nothing to train)")
     else:
         lines.append("Estimated wall time: nothing to train (a run only rebuilds the tables, plots and report)")
     if plan.left_out:

@@ -102,14 +102,6 @@ def check_prediction_folder(out: Path, trial_dir: Path, cases: Sequence[str]) ->
                           "with these; use an empty folder, or delete them")
 
 
-def trial_class_names(result: dict, num_classes: int) -> tuple[str, ...]:
-    """Names of labels 1..N-1 the trial was trained on: its ``result.json``'s, else the defaults of ``num_classes``."""
-    from medseg_platform.data.layout import default_class_names
-
-    names = result.get("class_names")
-    return tuple(str(n) for n in names) if isinstance(names, list) and names else default_class_names(num_classes)
-
-
 def check_same_classes(root: str | Path, num_classes: int, class_names: Sequence[str], what: str, reference: str):
     """The :class:`~medseg_platform.data.layout.AcdcLayout` of ``root`` if its classes are ``class_names`` (labels
     1..num_classes-1); else one-line :class:`DataError` naming ``what`` (the flag) and ``reference`` (whose classes).
@@ -178,11 +170,12 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
     from medseg_platform.engine import load_selected_model, pick_device, predict_case
     from medseg_platform.engine.conv_kernels import recorded_conv_kernels, using_conv_kernels
     from medseg_platform.io import atomic_path, check_output_folder, write_json_atomic
+    from medseg_platform.results import recorded_class_names
 
     if split not in SPLITS:
         raise MedsegError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     record, cfg = finished_trial(trial_dir)
-    names = trial_class_names(record.result, cfg.data.num_classes)
+    names = recorded_class_names(record.result)
     layout = check_same_classes(data_root, cfg.data.num_classes, names, "--data-root", f"trial {record.path.name}")
     cases = split_cases(layout, split)
     if not cases:
@@ -280,10 +273,10 @@ def evaluate_on_test_root(trial_dir: str | Path, root: str | Path, device=None) 
     evaluation) and record it (``per_case_test_root.csv``, ``result.json``'s ``test_root``); returns that block."""
     from medseg_platform.engine import evaluate_volumes, load_selected_model, pick_device
     from medseg_platform.engine.conv_kernels import recorded_conv_kernels, using_conv_kernels
-    from medseg_platform.results import write_test_root_results
+    from medseg_platform.results import recorded_class_names, write_test_root_results
 
     record, cfg = finished_trial(trial_dir)
-    names = trial_class_names(record.result, cfg.data.num_classes)
+    names = recorded_class_names(record.result)
     layout = check_same_classes(root, cfg.data.num_classes, names, "--test-root", f"trial {record.path.name}")
     fingerprint = test_split_fingerprint(layout)  # of the files as they are before they are read
     device = device or pick_device()

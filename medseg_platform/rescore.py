@@ -21,9 +21,11 @@ of the study under ``--name``, which may even hold the same configuration). The 
 curves, labelled subset and training record, its own test rows (the selected weights evaluated with its own
 settings, on the convolution kernels and thread count the finished trial ran, as its own test evaluation would) and
 a checkpoint of its own (the finished trial's, with the selected state the trial tests), so ``medseg predict`` and
-``--test-root`` work on it. ``result.json`` records ``scored_from`` (the finished trial's key and the fields that
-differ); its ``timing`` is the scoring's own. Predictions on another device than the one the finished trial was
-tested on may differ by float rounding. The checkpoint is a full copy (teacher, memory banks and NN pool included,
+``--test-root`` work on it. ``result.json`` records ``scored_from`` (the finished trial's key and study, the fields
+that differ, and the environment that computed the test rows); its ``timing`` is the scoring's own. The scoring runs
+on the device the study's trials test on (:func:`scoring_device`); where that is a GPU the driver cannot see, on the
+CPU, whose predictions may differ from the GPU's by float rounding. A finished trial trained on another version of
+the dataset (its recorded ``data_identity``) is never a source. The checkpoint is a full copy (teacher, memory banks and NN pool included,
 so it can be the source of a later scoring), as large as the finished trial's.
 
 :func:`scoring_sources` finds the trials that qualify (the dry run lists them); :func:`score_from_sources` scores
@@ -115,10 +117,30 @@ def _finished_candidates(study_dir: Path):
                 yield folder, result
 
 
+def _same_data(result: Mapping, config: Mapping, cache: dict) -> bool:
+    """Whether a finished trial trained on the dataset as it is now: the ``data_identity`` its ``result.json`` records
+    equals :func:`medseg_platform.preflight.dataset_identity` now (a result from before identities were recorded
+    passes, as the study's own check lets it). Weights of another version of the data are never scored on this one."""
+    from medseg_platform.preflight import dataset_identity
+
+    recorded = result.get("data_identity")
+    if not recorded:
+        return True
+    key = (str(config["data"]["root"]), int(config["data"]["num_classes"]))
+    if key not in cache:
+        try:
+            cache[key] = dataset_identity(*key)
+        except (MedsegError, OSError):
+            cache[key] = None
+    return cache[key] == recorded
+
+
 def scoring_sources(study_dir: Path, pending: Iterable[dict]) -> dict[str, ScoringSource]:
     """``{trial key: ScoringSource}`` for the ``pending`` trials (``{"key", "config", ...}`` dicts of unfinished trials)
-    that a finished trial can score (the module docstring's conditions): one of ``study_dir``'s own, else one of another
-    study in the same results folder, the first by key. Its checkpoint must exist; it is read only when scoring."""
+    that a finished trial can score (the module docstring's conditions), trained on the dataset as it is now: the one
+    that differs in the fewest fields, then ``study_dir``'s own before another study's of the same results folder, then
+    by key. Its checkpoint must exist;
+    it is read only when scoring."""
     from medseg_platform.results import CorruptResult, read_trial
 
     pending = list(pending)
@@ -130,32 +152,34 @@ def scoring_sources(study_dir: Path, pending: Iterable[dict]) -> dict[str, Scori
         wanted[trial["key"]] = (json.dumps(identity, sort_keys=True), scoring)
     identities = {identity for identity, _ in wanted.values()}
     matches: dict[str, list] = {}
+    data_now: dict[tuple[str, int], str | None] = {}
     for folder, result in _finished_candidates(study_dir):
         try:
             identity, scoring = _split(result["config"])
-        except (MedsegError, TypeError, KeyError, ValueError):
+        except (MedsegError, TypeError, KeyError, ValueError, AttributeError):
             continue  # a config this code cannot read: not a source
-        identity = json.dumps(identity, sort_keys=True)
-        if identity in identities:
+        identity_text = json.dumps(identity, sort_keys=True)
+        if identity_text in identities and _same_data(result, identity, data_now):
             try:
                 if read_trial(folder) is None:
                     continue
             except CorruptResult:
                 continue
-            matches.setdefault(identity, []).append((folder, scoring))
+            matches.setdefault(identity_text, []).append((folder, scoring))
     sources: dict[str, ScoringSource] = {}
     data_checks: dict = {}
     for trial in pending:
         identity, scoring = wanted[trial["key"]]
+        qualifying = []
         for folder, source_scoring in matches.get(identity, []):
             if not _tests_a_held_state(scoring, source_scoring):
                 continue
             if scoring["eval.empty_policy"] != source_scoring["eval.empty_policy"] and \
                     not validated_cases_hold_every_class(trial["config"], data_checks):
                 continue
-            fields = tuple(f for f in SCORING_FIELDS if scoring[f] != source_scoring[f])
-            sources[trial["key"]] = ScoringSource(folder, fields)
-            break
+            qualifying.append(ScoringSource(folder, tuple(f for f in SCORING_FIELDS if scoring[f] != source_scoring[f])))
+        if qualifying:  # the fewest differing fields first (the same configuration elsewhere), then the candidates' order
+            sources[trial["key"]] = min(qualifying, key=lambda source: len(source.fields))
     return sources
 
 
@@ -169,16 +193,18 @@ class _RecordedSubset:
         return dict(self.record)
 
 
-def score_trial(source: ScoringSource, trial: Mapping, trial_dir: Path, device=None) -> dict:
+def score_trial(source: ScoringSource, trial: Mapping, trial_dir: Path, device) -> dict:
     """Write the results of the pending ``trial`` (``{"key", "config", "tags"}``) into ``trial_dir`` from ``source``'s
-    checkpoint (module docstring); returns its result record. A :class:`MedsegError` when the checkpoint is unreadable or
-    is not the finished trial's last state."""
+    checkpoint (module docstring), evaluating on ``device`` (the one the trial would train on); returns its result
+    record. A :class:`MedsegError` when the checkpoint is unreadable or is not the finished trial's last state. Every
+    file is written after the evaluation, ``result.json`` last: a failure leaves the folder as it was."""
     import torch
 
     from medseg_platform.data.layout import AcdcLayout
-    from medseg_platform.engine import QualitativeSlices, TrialOutcome, build_trial_model, evaluate_volumes, pick_device
+    from medseg_platform.engine import QualitativeSlices, TrialOutcome, build_trial_model, evaluate_volumes
     from medseg_platform.engine.checkpoint import load_checkpoint, save_checkpoint
     from medseg_platform.engine.conv_kernels import recorded_conv_kernels, using_conv_kernels
+    from medseg_platform.environment import trial_environment
     from medseg_platform.results import (QUALITATIVE_FILE, CorruptResult, checkpoint_path, read_trial, write_trial_config,
                                          write_trial_results)
 
@@ -203,20 +229,18 @@ def score_trial(source: ScoringSource, trial: Mapping, trial_dir: Path, device=N
         selected, best_step, best_val_dice = state["best_state"], int(state["best_step"]), float(state["best_val_dice"])
         if best_step != int(record.result.get("best_step", best_step)):
             raise MedsegError(f"{path}: selected step {best_step} but its result.json records {record.result.get('best_step')}")
-    device = device or pick_device()
+    device = torch.device(device)
     model = build_trial_model(cfg, device)
     try:
         model.load_state_dict(selected)
     except RuntimeError as exc:  # missing or mismatched weights: not this configuration's network
         raise MedsegError(f"{path}: its weights do not fit the trial's network ({str(exc).splitlines()[0]})") from None
     model.eval()
-    write_trial_config(trial_dir, trial["config"], trial["tags"])
-    save_checkpoint(checkpoint_path(trial_dir), {**state, "best_state": selected, "best_step": best_step,
-                                                 "best_val_dice": best_val_dice, "scored_from": source.folder.name})
     layout = AcdcLayout(cfg.data.root, cfg.data.num_classes)
     qualitative = QualitativeSlices(layout.test_cases)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)  # as the trial's own test evaluation runs
+    threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    torch.set_num_threads(cfg.threads)  # as the trial's own test evaluation runs (engine.trial)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     t0 = time.perf_counter()
     try:
         with using_conv_kernels(recorded_conv_kernels(record.result, cfg, device.type)):
@@ -224,13 +248,22 @@ def score_trial(source: ScoringSource, trial: Mapping, trial_dir: Path, device=N
                                     on_prediction=qualitative.keep)
     finally:
         torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = benchmark
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the study's trials share this GPU
+    test_s = time.perf_counter() - t0
+    write_trial_config(trial_dir, trial["config"], trial["tags"])
+    save_checkpoint(checkpoint_path(trial_dir), {**state, "best_state": selected, "best_step": best_step,
+                                                 "best_val_dice": best_val_dice, "scored_from": source.folder.name})
     qualitative.save(trial_dir / QUALITATIVE_FILE)
-    timing = {"test_s": time.perf_counter() - t0, "total_s": time.perf_counter() - t_start}
+    timing = {"test_s": test_s, "total_s": time.perf_counter() - t_start}
     outcome = TrialOutcome(_RecordedSubset(record.result["labelled"]), best_step, best_val_dice, rows, list(state["curves"]),
                            val_curve, timing)
     kept = {name: value for name, value in record.result.items() if name not in _OWN_FIELDS}
-    scored_from = {"trial_key": source.folder.name, "fields": {f: [_value(record.result["config"], f), _value(trial["config"], f)]
-                                                               for f in source.fields}}
+    scored_from = {"trial_key": source.folder.name, "study": source.folder.parent.parent.name,
+                   "fields": {f: [_value(record.result["config"], f), _value(trial["config"], f)] for f in source.fields},
+                   "environment": trial_environment(device)}  # what computed the test rows (`environment`: the training)
     return write_trial_results(trial_dir, config=trial["config"], tags=trial["tags"], outcome=outcome, seed=cfg.seed,
                                extra={**kept, "resumed_from_step": int(record.result.get("resumed_from_step", 0)),
                                       "scored_from": scored_from})
@@ -242,9 +275,20 @@ def _value(config: Mapping, dotted: str):
     return getattr(getattr(TrialConfig.from_dict(dict(config)), section), name)
 
 
-def score_from_sources(study_dir: Path, pending: Iterable[dict], log: Callable[[str], None]) -> set[str]:
-    """Score every ``pending`` trial that a finished trial of the study can score (:func:`scoring_sources`,
-    :func:`score_trial`), logging one line each; returns the keys that are now finished. A scoring that fails is logged
+def scoring_device(gpus_per_trial: float) -> str:
+    """The device a study's trials test on, for scoring them in the driver: the CPU for CPU-only trials (Ray hides the
+    GPUs from them), a GPU when they get one and this process sees one (else the CPU, which may round differently)."""
+    if gpus_per_trial <= 0:
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def score_from_sources(study_dir: Path, pending: Iterable[dict], log: Callable[[str], None], device="cpu") -> set[str]:
+    """Score every ``pending`` trial that a finished trial can score (:func:`scoring_sources`, :func:`score_trial`) on
+    ``device`` (the trials' own: a study's CPU-only trials are scored on the CPU even where the driver sees a GPU),
+    logging one line each; returns the keys that are now finished. A scoring that fails, for whatever reason, is logged
     and leaves its trial to be trained."""
     from medseg_platform.results import ERROR_FILE, trial_folder
 
@@ -261,9 +305,10 @@ def score_from_sources(study_dir: Path, pending: Iterable[dict], log: Callable[[
             continue
         trial_dir = trial_folder(study_dir, trial["key"])
         try:
-            result = score_trial(source, trial, trial_dir)
-        except MedsegError as exc:
-            log(f"[{trial['key']}] not scored from {source.folder.name} ({exc}); it will be trained")
+            result = score_trial(source, trial, trial_dir, device)
+        except Exception as exc:  # noqa: BLE001 - any failure (unreadable checkpoint, memory, disk): train it instead
+            reason = str(exc).splitlines()[0] if str(exc) else ""
+            log(f"[{trial['key']}] not scored from {source.folder.name} ({type(exc).__name__}: {reason}); it will be trained")
             continue
         (trial_dir / ERROR_FILE).unlink(missing_ok=True)  # an error of an earlier attempt is not this result's
         done.add(trial["key"])

@@ -207,6 +207,18 @@ def dataset_class_names_record(config: Mapping[str, Any]) -> dict[str, list[str]
     return {"class_names": list(dataset_class_names(root, int(data.get("num_classes", 4))))}
 
 
+def recorded_class_names(result: Mapping[str, Any]) -> tuple[str, ...]:
+    """Names of labels 1..N-1 a finished trial was trained on: its ``result.json``'s ``class_names``, else the defaults
+    of its ``data.num_classes`` (a result written before class names were recorded)."""
+    names = result.get("class_names")
+    if isinstance(names, list) and names:
+        return tuple(str(name) for name in names)
+    from medseg_platform.data.layout import default_class_names
+
+    data = (result.get("config") or {}).get("data") or {}
+    return default_class_names(int(data.get("num_classes", 4)))
+
+
 def dataset_identity_record(config: Mapping[str, Any]) -> dict[str, str]:
     """``{"data_identity": ...}`` of the trial's dataset (:func:`medseg_platform.preflight.dataset_identity`): a study
     that finds a finished trial trained on another version of its dataset says so instead of mixing the two; {} when

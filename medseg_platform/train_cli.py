@@ -277,7 +277,7 @@ def train_in_process(study) -> Path:
     if trial_finished(trial_dir, log=lambda msg: print(msg, file=sys.stderr, flush=True)):
         print(f"trial {trial['key']}: already finished (delete its folder to train it again)", file=sys.stderr)
         return trial_dir
-    if score_from_sources(study_dir, [trial], lambda msg: print(msg, file=sys.stderr, flush=True)):
+    if score_from_sources(study_dir, [trial], lambda msg: print(msg, file=sys.stderr, flush=True), "cuda" if torch.cuda.is_available() else "cpu"):
         return trial_dir  # it differs from a finished trial only in how it is scored: not trained
     cfg = TrialConfig.from_dict(trial["config"])
     start_attempt(trial_dir)

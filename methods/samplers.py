@@ -228,7 +228,7 @@ def _flat_grid_indices(
     groups = side * side
     edge = grid_edge(num_candidates)
     block = edge // side
-    quota = (num_samples * edge * edge // num_candidates) // groups
+    quota = sampler_quota(num_candidates, num_samples, groups)  # the grid exists here: block >= min_block_side
     per_block = quota // 2 if antithetic else quota
     # block geometry along one axis: side-1 blocks of `block` cells, the last extended to the border;
     # block b = (b // side, b % side); columns of `geometry`: row start, row size, column start, column size

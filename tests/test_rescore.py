@@ -7,9 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from analysis.console import main
 from medseg_platform.data import layout
+from medseg_platform.environment import trial_environment
 from medseg_platform.rescore import score_from_sources, scoring_sources
 from medseg_platform.results import checkpoint_path, read_csv, trial_key
 from tests.conftest import make_tiny_dataset
@@ -52,7 +54,9 @@ def test_another_distance_unit_is_scored_from_the_finished_trial(finished, capsy
     scored = study_dir / "trials" / trial_key(_config(source, **{"eval.distance_units": "voxel"}))
     assert f"[{scored.name}] scored from finished trial {source.name} (differs in eval.distance_units)" in err
     result, reference = (json.loads((p / "result.json").read_text()) for p in (scored, source))
-    assert result["scored_from"] == {"trial_key": source.name, "fields": {"eval.distance_units": ["mm", "voxel"]}}
+    assert result["scored_from"] == {"trial_key": source.name, "study": study_dir.name,
+                                     "fields": {"eval.distance_units": ["mm", "voxel"]},
+                                     "environment": trial_environment(torch.device("cpu"))}  # what computed its test rows
     assert (result["best_step"], result["best_val_dice"]) == (reference["best_step"], reference["best_val_dice"])
     assert (scored / "val_curve.csv").read_bytes() == (source / "val_curve.csv").read_bytes()
     ours, theirs = read_csv(scored / "per_case.csv"), read_csv(source / "per_case.csv")
@@ -66,11 +70,19 @@ def test_another_distance_unit_is_scored_from_the_finished_trial(finished, capsy
     assert main(["train", "supervised", *TRAIN, "--set", "eval.distance_units=voxel", "--data-root", str(root),
                  "--results-dir", str(results)]) == 0
     assert "already finished" in capsys.readouterr().err
+    # a copy of the study under another name: its trial is scored from the first study's
+    assert main(["train", "supervised", *TRAIN, "--name", "copy", "--data-root", str(root), "--results-dir", str(results)]) == 0
+    assert f"[{source.name}] scored from finished trial {source.name} of study {study_dir.name} (the same configuration)" in \
+        capsys.readouterr().err
+    copy = json.loads((results / "copy" / "trials" / source.name / "result.json").read_text())
+    assert copy["test"] == reference["test"] and copy["scored_from"]["study"] == study_dir.name
 
 
 def test_a_trial_that_trains_differently_or_tests_unheld_weights_is_not_scored(finished, tmp_path):
     root, _, study_dir, source = finished
     assert scoring_sources(study_dir, [_pending(_config(source, **{"eval.distance_units": "voxel"}))])  # the control
+    # every class in every val slice of this dataset: the two empty-mask policies give the same val Dice
+    assert scoring_sources(study_dir, [_pending(_config(source, **{"eval.empty_policy": "released"}))])
     assert not scoring_sources(study_dir, [_pending(_config(source, **{"optim.lr": 0.05}))])  # another training
     assert not scoring_sources(study_dir, [_pending(_config(source, **{"eval.val_every": 10}))])  # another selection
     # a finished trial that tested its final weights holds no best-on-val state for a trial that selects on val
@@ -86,24 +98,55 @@ def test_a_trial_that_trains_differently_or_tests_unheld_weights_is_not_scored(f
 
 def test_another_empty_policy_needs_every_class_in_every_validated_case(tmp_path):
     root = make_tiny_dataset(tmp_path / "tiny")
-    results = tmp_path / "results"
-    assert main(["train", "supervised", *TRAIN, "--data-root", str(root), "--results-dir", str(results)]) == 0
-    study_dir = results / "train-supervised-smoke"
-    (source,) = (study_dir / "trials").iterdir()
-    released = _pending(_config(source, **{"eval.empty_policy": "released"}))
-    assert scoring_sources(study_dir, [released])  # every class in every val slice: Dice is the same under both policies
     case = layout.AcdcLayout(root).val_cases[0]
     volume = layout.AcdcLayout(root).read_volume(case)
     label = volume.label.copy()
     label[label == 3] = 2  # class 3 absent from this val case: the released policy would score its Dice otherwise
     layout.write_case(root, case, volume.image, label, spacing=volume.spacing, with_slices=False)
-    assert not scoring_sources(study_dir, [released])
-    assert scoring_sources(study_dir, [_pending(_config(source, **{"eval.distance_units": "voxel"}))])  # the same policy
-    # a checkpoint that cannot be read: logged, and the trial is left to be trained
+    results = tmp_path / "results"
+    assert main(["train", "supervised", *TRAIN, "--data-root", str(root), "--results-dir", str(results)]) == 0
+    study_dir = results / "train-supervised-smoke"
+    (source,) = (study_dir / "trials").iterdir()
+    assert not scoring_sources(study_dir, [_pending(_config(source, **{"eval.empty_policy": "released"}))])
+    voxel = _pending(_config(source, **{"eval.distance_units": "voxel"}))
+    assert scoring_sources(study_dir, [voxel])  # the same policy: the same val Dice whatever the labels hold
+    # a checkpoint that cannot be read: logged, nothing written, and the trial is left to be trained
     kept = checkpoint_path(source).read_bytes()
     checkpoint_path(source).write_bytes(kept[: len(kept) // 2])
     lines = []
-    voxel = _pending(_config(source, **{"eval.distance_units": "voxel"}))
     assert score_from_sources(study_dir, [voxel], lines.append) == set()
-    assert lines[-1].startswith(f"[{voxel['key']}] not scored from {source.name} (") and lines[-1].endswith("it will be trained")
-    assert not (study_dir / "trials" / voxel["key"] / "result.json").exists()
+    assert lines[-1].startswith(f"[{voxel['key']}] not scored from {source.name} (MedsegError: ")
+    assert lines[-1].endswith("it will be trained") and not (study_dir / "trials" / voxel["key"]).exists()
+
+
+def test_a_trial_trained_on_another_version_of_the_dataset_is_no_source(tmp_path):
+    root = make_tiny_dataset(tmp_path / "tiny")
+    results = tmp_path / "results"
+    assert main(["train", "supervised", *TRAIN, "--data-root", str(root), "--results-dir", str(results)]) == 0
+    study_dir = results / "train-supervised-smoke"
+    (source,) = (study_dir / "trials").iterdir()
+    voxel = _pending(_config(source, **{"eval.distance_units": "voxel"}))
+    assert scoring_sources(study_dir, [voxel])
+    make_tiny_dataset(root, seed=7, depth=4)  # the same folder written again with other data
+    assert not scoring_sources(study_dir, [voxel])  # its weights are not scored on the new data
+
+
+@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "mona", "arco_sg", "action"])
+def test_the_final_weights_are_the_students_entries_of_every_objectives_state(method):
+    """``eval.selection="final"`` is scored from the ``student.*`` entries of the checkpoint's objective state: for every
+    method that is exactly the network the engine validates and tests (``Objective.eval_model``)."""
+    from medseg_platform.profiles import PROFILES
+    from medseg_platform.recipes import method_overrides, with_epoch_length
+    from methods.registry import build_model, build_objective
+
+    profile = PROFILES["smoke"]
+    overrides = method_overrides(method, profile)
+    params, _ = with_epoch_length(dict(overrides["objective_params"]), 10)
+    torch.manual_seed(0)
+    objective = build_objective(overrides["objective"], build_model("unet", num_classes=4, channels=profile.trial.model.channels), params)
+    for p in objective.eval_model().parameters():  # weights that differ from any copy (teacher) made at construction
+        p.data.add_(torch.randn_like(p))
+    state = objective.state_dict()
+    student = {name[len("student."):]: value for name, value in state.items() if name.startswith("student.")}
+    expected = objective.eval_model().state_dict()
+    assert list(student) == list(expected) and all(torch.equal(student[k], expected[k]) for k in expected)

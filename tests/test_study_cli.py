@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from medseg_platform.engine import stage_key
-from medseg_platform.plan import CACHED, FINISHED, TO_RUN, TO_SCORE, WORKER_GROUP_S, UnitSeconds, format_plan, plan_study
+from medseg_platform.plan import CACHED, FINISHED, TO_RESCORE, TO_RUN, TO_SCORE, WORKER_GROUP_S, UnitSeconds, format_plan, plan_study
 from analysis.study_cli import run_study_main
 from medseg_platform.profiles import PROFILES
 from medseg_platform.recipes import method_overrides
@@ -223,6 +223,10 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch
     assert f"each run with {WORKER_GROUP_S:.0f} s of Ray Train worker-group start and teardown" in format_plan(workers)
     scoring = dataclasses.replace(workers.trials[0], status=TO_SCORE, runs=(7.0,))  # scored on --test-root: no worker group
     assert dataclasses.replace(workers, trials=(scoring,)).wall_s == pytest.approx(0.07)
+    # scored from a finished trial: in the driver, one after another before Ray starts, then the rest in parallel
+    rescoring = dataclasses.replace(plan.trials[1], status=TO_RESCORE, runs=(7.0,))
+    rest = dataclasses.replace(plan, trials=plan.trials[2:])
+    assert dataclasses.replace(plan, trials=(rescoring, rescoring, *rest.trials)).wall_s == pytest.approx(0.14 + rest.wall_s)
     assert "with 1 trial(s) at once" in format_plan(dataclasses.replace(plan, trials=plan.trials[1:2]))  # not 2 for 1
     finished_only = format_plan(dataclasses.replace(plan, trials=plan.trials[:1]))  # it said "0 s ... plus 15 s of start-up"
     assert "Estimated wall time: nothing to train (a run only rebuilds the tables, plots and report)" in finished_only
@@ -378,6 +382,7 @@ def test_released_protocol_smoke_run_differs_only_in_evaluation(tmp_path, phanto
                       "--dry-run") == 0
     dry = capsys.readouterr().out
     assert "1 to score from a finished trial" in dry and "1 finished trial(s) in " in dry
+    assert "for 1 scoring(s) from finished trials' checkpoints, one after another (nothing to train)" in dry
     # no --address: a run that trains nothing starts no Ray
     assert study_main("ablation_tailness", tmp_path / "corrected", "--rows", "Supervised only", "--protocol", "released") == 0
     err = capsys.readouterr().err
@@ -395,9 +400,10 @@ def test_released_protocol_smoke_run_differs_only_in_evaluation(tmp_path, phanto
     with np.load(scored / "qualitative.npz") as a, np.load(trained / "qualitative.npz") as b:
         assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[f], b[f]) for f in a.files)
     result, reference = (json.loads((folder / "result.json").read_text()) for folder in (scored, trained))
-    assert result["scored_from"] == {"trial_key": corrected_key, "fields": {"eval.selection": ["best_val", "final"],
-                                                                             "eval.empty_policy": ["nan", "released"],
-                                                                             "eval.distance_units": ["mm", "voxel"]}}
+    assert {k: v for k, v in result["scored_from"].items() if k != "environment"} == {
+        "trial_key": corrected_key, "study": "ablation_tailness-smoke",
+        "fields": {"eval.selection": ["best_val", "final"], "eval.empty_policy": ["nan", "released"],
+                   "eval.distance_units": ["mm", "voxel"]}}
     for field in ("best_step", "best_val_dice", "test", "labelled", "conv_kernels", "steps_per_epoch"):
         assert result.get(field) == reference.get(field), field
     # its checkpoint holds the weights it tested: medseg predict and --test-root read them

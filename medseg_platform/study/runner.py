@@ -2,7 +2,7 @@
 
 1. expands and validates every trial config **before Ray starts** (one-line :class:`ConfigError`), checks the Ray
    options, GPUs, ``--test-root`` and every data file the trials read (data preflight);
-2. scores, without training, every trial that differs from a finished trial of the study folder only in how it is
+2. scores, without training, every trial that differs from a finished trial of the results folder only in how it is
    scored (``--protocol``, ``eval.distance_units``: :mod:`medseg_platform.rescore`), and skips Ray entirely when every
    trial then has a complete ``result.json`` (rerun = rebuild tables; a search always restores its Tune experiment,
    whose samples Optuna decides);
@@ -37,7 +37,7 @@ from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_ho
 from medseg_platform.errors import ConfigError, DataError
 from medseg_platform.io import check_output_folder, read_json_object, write_json_atomic
 from medseg_platform.preflight import datasets_of_trials, preflight_datasets
-from medseg_platform.rescore import score_from_sources
+from medseg_platform.rescore import score_from_sources, scoring_device
 from medseg_platform.results import (LAST_RUN_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, retag_finished_trials, trial_finished,
                                      trial_folder, tune_storage)
 from medseg_platform.study.ray_runtime import check_gpus_available, init_ray
@@ -81,7 +81,8 @@ def run_study(study: Study) -> StudyRun:
     forget_other_test_root_errors(study, trials)
     done = {t["key"] for t in trials if trial_finished(trial_folder(study_dir, t["key"]), _log)}  # a corrupt one is told
     # trials that train as a finished one did and differ at most in how they are scored: scored, not trained
-    scored = score_from_sources(study_dir, [t for t in trials if t["key"] not in done], _log) if study.search_space is None else set()
+    scored = (score_from_sources(study_dir, [t for t in trials if t["key"] not in done], _log, scoring_device(study.gpus_per_trial))
+              if study.search_space is None else set())
     done |= scored
     pending = [t for t in trials if t["key"] not in done or lacks_test_root(study, trial_folder(study_dir, t["key"]))]
     to_score = sum(1 for t in pending if t["key"] in done)  # finished, not yet scored on --test-root
