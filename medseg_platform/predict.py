@@ -157,6 +157,7 @@ def _nifti_bytes(prediction_dhw, affine) -> bytes:
     image = nib.Nifti1Image(np.ascontiguousarray(np.transpose(prediction_dhw, (2, 1, 0))).astype(np.uint8),
                             np.asarray(affine, dtype=np.float64))
     image.set_data_dtype(np.uint8)
+    image.header.set_xyzt_units("mm")  # the manifest's affines are in mm (medseg_platform.data.nifti.source_affine)
     return gzip.compress(image.to_bytes(), mtime=0)
 
 

@@ -35,7 +35,9 @@ from medseg_platform.errors import DataError
 from medseg_platform.io import write_json_atomic
 
 PREFLIGHT_FILE = "preflight.json"
-PREFLIGHT_VERSION = 3  # 2: repeated list ids and HDF5 groups are problems; 3: patients in two splits, changed checksums. Bump when the check itself changes, so cached verdicts are not trusted any more
+#: Bump when the check itself changes, so cached verdicts are not trusted any more. 2: repeated list ids and HDF5 groups
+#: are problems; 3: patients in two splits, changed checksums; 4: a split without any foreground label.
+PREFLIGHT_VERSION = 4
 
 
 def _stderr(message: str) -> None:
@@ -92,12 +94,15 @@ def dataset_identity(root: str | os.PathLike, num_classes: int = 4) -> str | Non
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def check_for_trials(layout: AcdcLayout) -> tuple[str, ...]:
-    """Check one dataset with :func:`check_dataset`; returns its class names.
+def check_for_trials(layout: AcdcLayout, log: Callable[[str], None] | None = None) -> tuple[str, ...]:
+    """Check one dataset with :func:`check_dataset`; returns its class names, and ``log``s its notes (classes a split
+    never holds).
 
     Raises a one-line :class:`DataError` naming the first bad file (and how many more problems there are).
     """
     report = check_dataset(layout.root, layout.num_classes)
+    for note in report.notes if log is not None else ():
+        log(f"data preflight: {layout.root}: note: {note}")
     if not report.ok:
         more = f" ({len(report.problems) - 1} more problem(s))" if len(report.problems) > 1 else ""
         raise DataError(f"data preflight, nothing started: {report.problems[0]}{more}; "
@@ -147,7 +152,7 @@ def preflight_datasets(datasets: Sequence[tuple[str, int]], cache_dir: str | os.
         if isinstance(verdict, dict) and isinstance(verdict.get("class_names"), list):
             log(f"data preflight: {layout.root} unchanged since its last check ({verdict.get('files')} files)")
         else:
-            names = check_for_trials(layout)
+            names = check_for_trials(layout, log)
             files = len(files_read_by_trials(layout))
             verdict = {"root": str(layout.root), "num_classes": num_classes, "class_names": list(names), "files": files}
             log(f"data preflight: {files} files of {layout.root} OK ({time.perf_counter() - start:.1f} s)")

@@ -109,6 +109,7 @@ def test_cases_converted_from_nifti_get_a_nifti_on_the_source_grid(trained, tmp_
         with h5py.File(out / f"{case}.h5") as fh:
             prediction = fh["pred"][()]
         np.testing.assert_array_equal(image.affine, affine)
+        assert image.header.get_xyzt_units()[0] == "mm"  # the manifest's affines are in mm (it used to say "unknown")
         assert image.shape == (10, 12, 3) and image.get_data_dtype() == np.uint8
         np.testing.assert_array_equal(np.asarray(image.dataobj), prediction.transpose(2, 1, 0))
     before = {p.name: p.read_bytes() for p in (out / "nifti").iterdir()}

@@ -3,8 +3,10 @@
 Every listed slice and volume is opened and checked: the file exists and is readable HDF5, has
 ``image`` and ``label`` of equal shape (2-D slices, 3-D volumes), a floating-point image that is finite
 and within [0, 1], and integer labels within ``0 .. num_classes-1``; the manifest's class names (if any)
-must name labels 1..num_classes-1, no list may name an id twice, no patient may have cases in two splits, and every
-file the manifest records a SHA-256 for must still have it. A bad file gives one line naming the file and
+must name labels 1..num_classes-1, no list may name an id twice, no patient may have cases in two splits, every
+file the manifest records a SHA-256 for must still have it, and every split must hold some foreground label (a val
+split without one leaves validation Dice undefined, and no model could be selected). A foreground class that a split
+never holds is a note, not a problem. A bad file gives one line naming the file and
 the problem and the check goes on; the command exits non-zero if any problem was found. Without ``--num-classes``
 the count is the manifest's (its class names + 1, else the converter's ``num_classes``), else 4 (ACDC). It also prints cases and slices per
 split and the voxel fraction of every class (by name). Studies run the same check before Ray starts
@@ -25,6 +27,10 @@ from medseg_platform.data.layout import (MANIFEST, TEST_LIST, TRAIN_LIST, VAL_LI
 from medseg_platform.errors import DataError
 
 MAX_CLASSES = 256  # labels are uint8, as the converters cap them
+#: Why a split without any foreground label is a problem, and the list file that names its files.
+_UNLABELLED_SPLIT = {"train": "there is nothing to learn", "val": "validation Dice is undefined and cannot select a model",
+                     "test": "every test metric is undefined"}
+_LIST_OF_SPLIT = {"train": TRAIN_LIST, "val": VAL_LIST, "test": TEST_LIST}
 
 
 @dataclass
@@ -45,6 +51,7 @@ class CheckReport:
     splits: dict[str, SplitStats]
     problems: list[str]
     class_names: tuple[str, ...] = ()  # labels 1..num_classes-1 (the manifest's, else the defaults)
+    notes: list[str] = field(default_factory=list)  # not problems: foreground classes that a split never holds
 
     @property
     def ok(self) -> bool:
@@ -63,6 +70,7 @@ class CheckReport:
                 f"  {stats.name:<6} {stats.cases:>6} {stats.slices:>7}  "
                 + " ".join(f"{100 * f:>{w - 1}.2f}%" for f, w in zip(fractions, widths))
             )
+        lines += [f"note: {note}" for note in self.notes]
         lines.append(f"{len(self.problems)} problem(s)" if self.problems else "OK: no problems found")
         return lines
 
@@ -132,9 +140,19 @@ def check_dataset(root: str | Path, num_classes: int = 4, progress: bool = False
             _check_item(layout.volume_path(case), 3, num_classes, stats, problems)
         splits[name] = stats
 
+    notes: list[str] = []
     for name, stats in splits.items():
         if stats.cases == 0:
             problems.append(f"{layout.root}: split '{name}' lists no cases")
+        elif stats.items and not stats.class_voxels[1:].any():
+            problems.append(f"{layout.root}: split '{name}' has no foreground label in any of its files, so "
+                            f"{_UNLABELLED_SPLIT[name]} (check its label files and {_LIST_OF_SPLIT[name]})")
+        elif stats.items:
+            absent = [class_names[c - 1] if c - 1 < len(class_names) else f"class {c}"
+                      for c in range(1, num_classes) if not stats.class_voxels[c]]
+            if absent:
+                notes.append(f"split '{name}' never holds {', '.join(absent)}: {'its' if len(absent) == 1 else 'their'} "
+                             f"Dice is undefined there and left out of the {name} means")
     for list_name, ids in ((TRAIN_LIST, layout.train_slices), (VAL_LIST, layout.val_cases), (TEST_LIST, layout.test_cases)):
         repeated = sorted(item for item, count in Counter(ids).items() if count > 1)
         if repeated:
@@ -153,7 +171,7 @@ def check_dataset(root: str | Path, num_classes: int = 4, progress: bool = False
                         "apart: convert or generate it again, restore the file, or delete the manifest's \"sha256\" entry to "
                         "accept the change; either way it is then another version of the dataset, whose earlier results and "
                         "cached pretraining stages are refused)")
-    return CheckReport(layout.root, num_classes, splits, problems, class_names)
+    return CheckReport(layout.root, num_classes, splits, problems, class_names, notes)
 
 
 def _patients_in_two_splits(layout: AcdcLayout) -> list[str]:

@@ -107,7 +107,7 @@ def read_info_cfg(path: Path) -> dict[str, str]:
         problem = "is not a file" if path.exists() else "is missing"
         raise DataError(f"{path}: Info.cfg {problem} (each ACDC patient folder needs it for the ED/ES frame numbers)")
     info: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         key, sep, value = line.partition(":")

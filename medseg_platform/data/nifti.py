@@ -212,12 +212,17 @@ def read_header(path: str | Path) -> NiftiHeader:
 
 
 def source_affine(path: str | Path) -> list[list[float]]:
-    """The file's voxel-to-world affine (4×4, nibabel's ``affine``, for storage order (X, Y, Z)) as JSON-able rows.
+    """The file's voxel-to-world affine in mm (4×4, nibabel's ``affine`` for storage order (X, Y, Z), its rotation,
+    scales and origin converted from the header's unit, as :func:`world_mm`) as JSON-able rows.
 
     The converters record it per case in the manifest, so predictions can be written back to NIfTI on the
-    source's grid (``medseg predict``: the (D, H, W) label map transposed to (X, Y, Z) with this affine).
+    source's grid (``medseg predict``: the (D, H, W) label map transposed to (X, Y, Z) with this affine, units mm):
+    they overlay the source in world space also when its header counts in microns or metres.
     """
-    affine = np.asarray(_load(Path(path)).affine, dtype=np.float64)
+    path = Path(path)
+    img = _load(path)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    affine[:3] *= mm_per_unit(img, path)
     return [[float(value) for value in row] for row in affine]
 
 
@@ -266,7 +271,7 @@ def check_label(label: np.ndarray, num_classes: int, where: str | Path) -> np.nd
             values = ", ".join(f"{v:g}" for v in bad.astype(np.float64))
             raise DataError(
                 f"{where}: label value(s) {values} outside 0..{num_classes - 1} "
-                f"(fix the label file, or pass --num-classes if the dataset has more classes)"
+                f"(fix the label file; a dataset with more classes is converted with convert-nifti --num-classes)"
             )
     return label.astype(np.uint8)
 
@@ -306,14 +311,17 @@ def read_label(label_path: str | Path, num_classes: int) -> np.ndarray:
 
 
 def check_same_grid(image: NiftiHeader, label: NiftiHeader) -> None:
-    """Raise :class:`DataError` naming the label file when its (D, H, W) shape or voxel size differs from the image's
-    (the manifest records the image's spacing, so a label on another grid would be scored in the wrong units)."""
+    """Raise :class:`DataError` naming the label file when its (D, H, W) shape or voxel size (along the axes of more
+    than one voxel) differs from the image's (the manifest records the image's spacing, so a label on another grid
+    would be scored in the wrong units)."""
     if image.shape != label.shape:
         raise DataError(
             f"{label.path}: label shape {image_shape_text(label.shape)} differs from image "
             f"{image.path.name} shape {image_shape_text(image.shape)} (D×H×W; the pair must be voxel-aligned)"
         )
-    if not np.allclose(image.spacing, label.spacing, rtol=1e-4, atol=0.0):
+    # along an axis of one voxel the thickness measures nothing (a 2-D label on a one-slice image has none: 1 mm here)
+    compared = [i for i, n in enumerate(image.shape) if n > 1]
+    if not np.allclose([image.spacing[i] for i in compared], [label.spacing[i] for i in compared], rtol=1e-4, atol=0.0):
         raise DataError(
             f"{label.path}: label voxel size {label.spacing} mm differs from image {image.path.name}'s {image.spacing} "
             "(D, H, W; the pair must be on one grid: fix the label's header or resample it)"
@@ -346,8 +354,8 @@ def find_nifti_pairs(raw_dir: str | Path, image_glob: str, label_suffix: str) ->
 
     Images are the files matching ``image_glob`` (relative to ``raw_dir``; ``**`` recurses). A match whose
     stem ends with ``label_suffix`` is a label and is skipped. Each image needs its label next to it
-    (``a.nii.gz`` -> ``a<label_suffix>.nii.gz``). Errors: no images, a missing label, two images whose
-    sanitised stems collide.
+    (``a.nii.gz`` -> ``a<label_suffix>.nii.gz``). Errors: no images, a missing label, a label without its image (a
+    case would be dropped silently), two images whose sanitised stems collide.
     """
     raw_dir = Path(raw_dir)
     if not label_suffix:
@@ -370,6 +378,12 @@ def find_nifti_pairs(raw_dir: str | Path, image_glob: str, label_suffix: str) ->
             f"{raw_dir}: no image files match --image-glob {image_glob!r} "
             f"({len(matches)} match(es), all labels ending in {label_suffix!r}; check the glob, use '**/' to recurse)"
         )
+    paired = {label_path_for(image, label_suffix) for image in images}
+    orphans = [p for p in matches if split_nifti_name(p)[0].endswith(label_suffix) and p not in paired]
+    if orphans:
+        raise DataError(f"{orphans[0]}: a label without its image ({len(orphans)} such label(s) under {raw_dir}; expected "
+                        f"{split_nifti_name(orphans[0])[0][: -len(label_suffix)]} beside it): add the image, or move the "
+                        "label out of RAW_DIR")
     by_case: dict[str, NiftiPair] = {}
     for image in images:
         label = label_path_for(image, label_suffix)

@@ -8,7 +8,9 @@ Predictions: a folder of label volumes, one per case: ``.h5`` (dataset ``pred``,
 ``label``) or a dataset root in the SSL4MIS layout (``root/data/<case>.h5``; spacing from the file's
 ``spacing`` attribute, else ``manifest.json``).
 
-Case matching is by file stem (``.h5``/``.nii``/``.nii.gz`` removed). The released ``test_2D.py`` writes
+Case matching is by file stem (``.h5``/``.nii``/``.nii.gz`` removed), taken as the converters take a case id from
+it (characters outside ``[A-Za-z0-9_-]`` become ``_``), so ``medseg predict``'s ``case_02`` matches a raw
+``case 02.nii.gz``. The released ``test_2D.py`` writes
 ``<case>_pred.nii.gz``, ``<case>_gt.nii.gz`` and ``<case>_img.nii.gz`` into one folder, so: in the
 prediction folder a ``_pred`` suffix is removed and ``*_gt``/``*_img`` files are ignored; in a ground-truth
 folder a ``_gt`` suffix is removed and ``*_pred``/``*_img`` files are ignored, and a case with both ``<case>`` and
@@ -42,7 +44,7 @@ from typing import Callable
 
 import numpy as np
 
-from medseg_platform.data.nifti import orientation_mismatch, voxel_sizes_mm, world_mm, xyz_shape
+from medseg_platform.data.nifti import orientation_mismatch, sanitize_case_id, voxel_sizes_mm, world_mm, xyz_shape
 from medseg_platform.errors import ConfigError, DataError
 from medseg_platform.evaluation.metrics import METRICS, check_label_map, check_options, evaluate_case, summarize
 from medseg_platform.io import write_json_atomic, write_text_atomic
@@ -89,7 +91,7 @@ def list_label_files(folder: Path, role: str) -> dict[str, LabelFile]:
         companion = next((s for s in _COMPANIONS if stem.endswith(s)), None)
         if companion is not None and companion != own:
             continue
-        case = stem[: -len(own)] if companion == own else stem
+        case = sanitize_case_id(stem[: -len(own)] if companion == own else stem)  # the converters' ids ("a b" -> "a_b")
         found.setdefault(case, []).append(path)
         kinds[path] = kind
         if companion == own:

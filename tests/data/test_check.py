@@ -142,3 +142,34 @@ def test_class_names_are_not_acdcs_when_the_manifest_disagrees_with_num_classes(
     root = generate_phantom(tmp_path / "ph", patients=5, size=32, seed=0)  # 4 classes, named
     report = check_dataset(root, num_classes=3)
     assert report.problems and report.class_names == ("class 1", "class 2")
+
+
+def test_a_split_without_foreground_is_a_problem_and_an_absent_class_a_note(tmp_path: Path, capsys):
+    """A val split whose labels are all background leaves validation Dice undefined: training used to select the first
+    validated state silently (every val Dice NaN) and test it."""
+    from medseg_platform.data import layout as layout_module
+    from tests.conftest import make_tiny_dataset
+
+    root = make_tiny_dataset(tmp_path / "tiny")
+    layout = AcdcLayout(root)
+    (case,) = layout.val_cases[:1]
+    volume = layout.read_volume(case)
+    label = volume.label.copy()
+    label[label == 3] = 0  # LV absent from this val case: a note
+    layout_module.write_case(root, case, volume.image, label, spacing=volume.spacing, with_slices=False)
+    report = check_dataset(root)
+    assert report.ok and report.notes == []  # the other val case still holds LV
+    for other in layout.val_cases:
+        volume = layout.read_volume(other)
+        layout_module.write_case(root, other, volume.image, np.where(volume.label == 3, 0, volume.label).astype(np.uint8),
+                                 spacing=volume.spacing, with_slices=False)
+    report = check_dataset(root)
+    assert report.ok and report.notes == ["split 'val' never holds LV: its Dice is undefined there and left out of the val means"]
+    assert main(["data", "check", str(root)]) == 0
+    assert "note: split 'val' never holds LV" in capsys.readouterr().out
+    for other in layout.val_cases:
+        volume = layout.read_volume(other)
+        layout_module.write_case(root, other, volume.image, np.zeros_like(volume.label), spacing=volume.spacing, with_slices=False)
+    report = check_dataset(root)
+    assert report.problems == [f"{root}: split 'val' has no foreground label in any of its files, so validation Dice is "
+                               "undefined and cannot select a model (check its label files and val.list)"]

@@ -26,7 +26,7 @@ from medseg_platform.data.acdc_split import (
 )
 from medseg_platform.data.convert import convert_acdc, convert_nifti
 from medseg_platform.data.layout import AcdcLayout
-from medseg_platform.data.nifti import read_header, sanitize_case_id, split_nifti_name
+from medseg_platform.data.nifti import read_header, sanitize_case_id, source_affine, split_nifti_name
 from medseg_platform.errors import ConfigError, DataError
 
 SHAPE_XYZ = (16, 20, 3)  # nibabel (X, Y, Z) -> (D, H, W) = (3, 20, 16)
@@ -461,9 +461,12 @@ def test_generic_non_recursive_glob_and_determinism(tmp_path):
         (lambda raw: make_generic(raw, ["a", "b", "c"]), ["--label-suffix", "/gt"], "--label-suffix '/gt': a file-name suffix, not a path"),
         (lambda raw: make_generic(raw, ["a", "b", "c"]) or make_generic(raw.parent / "other", ["d", "e", "f"]),
          ["--image-glob", "../other/*.nii.gz"], "must stay inside RAW_DIR (no '..'"),
+        # a label without its image used to be dropped silently (5 of 6 cases converted, exit 0)
+        (lambda raw: make_generic(raw, ["a", "b", "c"]) or save_nifti(raw / "d_gt.nii.gz", np.zeros(SHAPE_XYZ, np.uint8)), [],
+         "d_gt.nii.gz: a label without its image (1 such label(s) under"),
     ],
     ids=["duplicate_id", "label_missing", "label_range", "only_labels", "too_few", "num_classes", "empty_glob", "suffix_path",
-         "glob_outside"],
+         "glob_outside", "label_without_image"],
 )
 def test_generic_bad_input(setup, argv, expected, tmp_path, capsys):
     raw = tmp_path / "mine"
@@ -485,6 +488,29 @@ def test_nifti_name_helpers_and_2d_header(tmp_path):
     save_nifti(tmp_path / "flat.nii.gz", np.zeros((16, 20), np.int16), (0.7, 0.8))
     header = read_header(tmp_path / "flat.nii.gz")
     assert header.shape == (1, 20, 16) and header.spacing == (1.0, 0.8, 0.7)
+
+
+def test_a_2d_label_fits_a_one_slice_image_whatever_its_slice_thickness(tmp_path):
+    """A 2-D file has no slice thickness (read as 1 mm); along an axis of one voxel the sizes measure nothing, so a 2-D
+    label on an 8 mm one-slice image used to be refused with a voxel size it never recorded."""
+    from medseg_platform.data.nifti import check_same_grid
+
+    save_nifti(tmp_path / "image.nii.gz", np.ones((16, 20, 1), np.int16), (1.5, 1.25, 8.0))
+    save_nifti(tmp_path / "label.nii.gz", np.zeros((16, 20), np.uint8), (1.5, 1.25))
+    save_nifti(tmp_path / "other.nii.gz", np.zeros((16, 20), np.uint8), (1.4, 1.25))
+    check_same_grid(read_header(tmp_path / "image.nii.gz"), read_header(tmp_path / "label.nii.gz"))
+    with pytest.raises(DataError, match=r"other.nii.gz: label voxel size \(1.0, 1.25, 1.4\) mm differs"):
+        check_same_grid(read_header(tmp_path / "image.nii.gz"), read_header(tmp_path / "other.nii.gz"))
+
+
+def test_an_info_cfg_saved_with_a_byte_order_mark_is_read(acdc_raw, tmp_path, capsys):
+    """Windows editors save UTF-8 with a BOM; its first key used to read as '\ufeffED' ('no ED: line')."""
+    raw = tmp_path / "ACDC"
+    shutil.copytree(acdc_raw[0], raw)
+    info = next(raw.rglob("patient099/Info.cfg"))
+    info.write_bytes(b"\xef\xbb\xbf" + info.read_bytes())
+    rc, _, err = run(capsys, "convert-acdc", raw, tmp_path / "out")
+    assert rc == 0, err
 
 
 def test_stored_voxel_sizes_negative_counts_as_magnitude_and_zero_only_along_one_voxel(tmp_path):
@@ -530,6 +556,8 @@ def test_a_label_stored_in_another_orientation_is_refused_and_other_units_become
     micron.header.set_xyzt_units("micron")
     nib.save(micron, tmp_path / "micron.nii.gz")
     assert read_header(tmp_path / "micron.nii.gz").spacing == (0.01, 0.00125, 0.0015)
+    # the affine medseg predict writes predictions with is in mm too (with units mm), so they overlay the source
+    np.testing.assert_allclose(source_affine(tmp_path / "micron.nii.gz"), np.diag([0.0015, 0.00125, 0.01, 1.0]))
     micron.header["xyzt_units"] = 5  # a code nibabel does not name: a one-line error, not its KeyError
     nib.save(micron, tmp_path / "odd.nii.gz")
     with pytest.raises(DataError, match=r"odd.nii.gz: spatial unit 'code 5' in the header \(xyzt_units\) is not a length"):

@@ -273,6 +273,14 @@ def test_nifti_grids_are_compared_in_the_world_and_a_2d_ground_truth_takes_a_one
     rc, out, err = run(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", "3", "--quiet"], capsys)
     assert rc == 0, err  # scored against c1_gt (it used to ask to keep one file per case)
     (gt_dir / "c1.nii.gz").unlink()
+    # a raw file name with a space: convert-nifti's case id (and so medseg predict's file) is "c_1"
+    (gt_dir / "c1_gt.nii.gz").rename(gt_dir / "c 1_gt.nii.gz")
+    (pred_dir / "c1.nii.gz").rename(pred_dir / "c_1.nii.gz")
+    rc, out, err = run(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", "3", "--quiet"], capsys)
+    assert rc == 0, err  # it used to say "no ground truth for 1 prediction(s): c_1"
+    assert {r["case"] for r in read_rows(pred_dir / "evaluation" / "per_case.csv")} == {"c_1"}
+    (gt_dir / "c 1_gt.nii.gz").rename(gt_dir / "c1_gt.nii.gz")
+    (pred_dir / "c_1.nii.gz").rename(pred_dir / "c1.nii.gz")
 
     flat = gt[:, :, 1]  # a 2-D label and the (x, y, 1) volume a converter's round trip writes for it
     pred = flat.copy()
