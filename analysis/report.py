@@ -228,7 +228,7 @@ def machines_line(records: Sequence[TrialRecord]) -> str:
 
 
 def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, records: Sequence[TrialRecord],
-                   problems: Sequence[str]) -> list[str]:
+                   problems: Sequence[str], search_statuses: Mapping[str, int] | None = None) -> list[str]:
     """The "Settings" bullet list of the report (every value read from the study's files)."""
     configs = [r.result.get("config") or {} for r in records]
     data = [c.get("data") or {} for c in configs]
@@ -292,9 +292,11 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
     ]
     if info.get("search"):
         space = info.get("search_space") or {}
+        statuses = ", ".join(f"{count} {status}" for status, count in (search_statuses or {}).items() if count)
         lines.append(f"- **Search**: {info.get('num_samples', '?')} samples of {_join(sorted(space))} "
                      f"({info.get('metric', 'best_val_dice')}, {info.get('mode', 'max')}"
-                     + (", ASHA early stopping" if info.get("asha") else "") + ")")
+                     + (", ASHA early stopping" if info.get("asha") else "") + ")"
+                     + (f": {statuses} (search_history.csv)" if statuses else ""))
     return lines
 
 
@@ -339,12 +341,13 @@ def model_selection(records: Sequence[TrialRecord]) -> str:
 
 def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, records: Sequence[TrialRecord],
                   problems: Sequence[str], tables: Sequence[Path], plots: Sequence[PlotFile],
-                  sample_order: Mapping[str, int] | None = None) -> str:
+                  sample_order: Mapping[str, int] | None = None, search_statuses: Mapping[str, int] | None = None) -> str:
     """The text of ``report.md``; links are relative to the study folder. ``sample_order``: a search's trial folders
-    -> proposal order (ties in its best configurations)."""
+    -> proposal order (ties in its best configurations); ``search_statuses``: its samples per status
+    (:data:`analysis.search.STATUSES`)."""
     name = info.get("name") or study_dir.name
     lines = [f"# Report: {name}", "", "Regenerate tables, plots and this file with `medseg report` on this folder (no training).", "",
-             "## Settings", "", *settings_lines(study_dir, info, settings, last_run, records, problems), ""]
+             "## Settings", "", *settings_lines(study_dir, info, settings, last_run, records, problems, search_statuses), ""]
     dice = next((p for p in tables if p.name == "table_dice.md"), None)
     if dice is not None:
         body = dice.read_text(encoding="utf-8").rstrip("\n")
@@ -441,7 +444,12 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
         plots, _ = write_plots(records, study_dir / PLOTS_DIR, df=df, log=log, search_samples=samples, class_names=class_names)
     report = study_dir / REPORT_FILE
     order = {sample.key: sample.order for sample in samples or []}
-    write_text_atomic(report, render_report(study_dir, info, settings, last_run, records, problems, tables, plots, order))
+    statuses = None
+    if samples is not None:
+        from analysis.search import STATUSES
+
+        statuses = {status: sum(1 for sample in samples if sample.status == status) for status in STATUSES}
+    write_text_atomic(report, render_report(study_dir, info, settings, last_run, records, problems, tables, plots, order, statuses))
     remove_stale_outputs(study_dir, tables, [p.path for p in plots])
     return StudyReport(study_dir, report, tables, [p.path for p in plots], records, problems, missing)
 

@@ -29,7 +29,8 @@ the dataset (its recorded ``data_identity``) is never a source. The checkpoint i
 so it can be the source of a later scoring), as large as the finished trial's.
 
 :func:`scoring_sources` finds the trials that qualify (the dry run lists them); :func:`score_from_sources` scores
-them (a study run and ``medseg train``, before anything is trained).
+them (a study run and ``medseg train``, before anything is trained). An Optuna search's samples are scored one by one
+when Tune starts them (:func:`medseg_platform.study.trainable.score_sample_from_finished`).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ released values'):
 * mean teacher: ``consistency_weight`` [0.01, 10] (log; released 0.1), ``ema_momentum`` in [0.9, 0.999].
 
 The domains are continuous ranges spanning App. N's grids rather than the grids themselves: with a
-categorical space, Optuna can propose the same configuration twice, and two samples of one configuration
-would share one trial folder.
+categorical space, Optuna can propose the same configuration twice, and the second sample would teach it nothing (it is
+scored from the first's checkpoint once that has finished, or trains the same steps again).
 
 Outputs besides the usual tables (which average all completed samples in one row: read them as "the
 search's samples", not as a method result): ``search_history.csv`` (every sample in proposal order:
@@ -30,7 +30,10 @@ and ``best_config.json`` (the completed sample with the best validation Dice), b
 ``hparam_search-<method>-<profile>`` (one per method, so a search of another method keeps this one's files; a
 search started before this naming, in ``hparam_search-<profile>``, resumes with ``--name hparam_search-<profile>``);
 the best configuration is also printed. A stopped search (Ctrl-C) exits 1 and prints its best configuration "so
-far"; rerunning the same command (with the same ``--optuna-storage``, if any) resumes it. See :mod:`analysis.search`.
+far"; rerunning the same command (with the same ``--optuna-storage``, if any) resumes it. A search cannot grow in
+place: a larger ``--num-samples`` under a new ``--name`` proposes the same first samples (Optuna's sampler is seeded with
+the study's first seed) and scores them from this search's finished samples instead of training them. See
+:mod:`analysis.search`.
 
 Cost: ``quick`` 16 samples of ARCO-SAG sharing one ISD pretraining stage: 140 s measured on 2 cores, ASHA
 stopping 13 of the 16 at step 25 or 100 (``benchmarks/RESULTS.md``); about 6 minutes if none were stopped
@@ -84,7 +87,7 @@ def search_space(method: str) -> dict:
 def parser():
     p = study_parser(__doc__, "hparam_search", folder="hparam_search-<method>-<profile>")
     p.add_argument("--method", choices=SEARCHABLE, default="arco_sag", help="the method to tune (default: arco_sag)")
-    p.add_argument("--num-samples", type=int, default=None, help="samples Optuna proposes (default: the profile's: quick 16, paper 40)")
+    p.add_argument("--num-samples", type=int, default=None, help="samples Optuna proposes (default: the profile's: smoke 3, quick 16, paper 40)")
     return p
 
 

@@ -133,6 +133,11 @@ def test_hparam_search_smoke(smoke, capsys):
     completed = [h for h in history if h["status"] == "completed"]
     assert best["best_val_dice"] == pytest.approx(max(float(h["best_val_dice"]) for h in completed), abs=1e-6)
     assert best["search"] == {k: best["config"]["objective_params"][k.split(".")[1]] for k in space}
+    statuses = ", ".join(f"{n} {status}" for status in ("completed", "stopped early")
+                         if (n := sum(h["status"] == status for h in history)))
+    report = (study_dir / "report.md").read_text()
+    assert f"ASHA early stopping): {statuses} (search_history.csv)" in report  # ASHA's stops were in the history only
+    assert "(3 trial(s) to run at its start)" in report  # the samples to start: it said 1 (the configuration's key)
     # a dry run of the finished search trains nothing (it used to plan the whole search again); another sample count is
     # refused instead of starting a new search that trains the same first samples again
     code, _, _, _ = smoke("hparam_search", "--num-samples", "3", "--dry-run")

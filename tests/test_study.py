@@ -186,6 +186,32 @@ def test_optuna_search_with_asha_samples_and_records_the_searched_values(tiny_ro
     assert all(r.result["tags"]["search"]["optim.lr"] == r.result["config"]["optim"]["lr"] for r in records)
 
 
+def test_a_larger_search_under_another_name_scores_the_samples_it_shares_with_a_finished_one(tiny_root, tmp_path, ray_address):
+    """A search cannot grow in place, and one under --name proposes the same first samples (Optuna is seeded with the
+    study's first seed): those are scored from the finished search's samples instead of trained again."""
+    from ray import tune
+
+    def search(name: str, n: int) -> Study:
+        study = tiny_study(tiny_root, tmp_path / "results", search_space={"optim.lr": tune.loguniform(1e-3, 1e-1)}, num_samples=n)
+        study.name, study.grid, study.variants = name, {}, study.variants[:1]
+        return study
+
+    first = scan_study(search("small", 2).run().study_dir)[0]
+    bigger, problems = scan_study(search("bigger", 3).run().study_dir)
+    assert problems == [] and len(first) == 2 and len(bigger) == 3
+    by_config = {json.dumps(r.result["config"], sort_keys=True): r for r in first}
+    scored = [r for r in bigger if r.result.get("scored_from")]
+    assert len(scored) == 2 and all(json.dumps(r.result["config"], sort_keys=True) in by_config for r in scored)
+    for record in scored:
+        source = by_config[json.dumps(record.result["config"], sort_keys=True)]
+        assert record.result["scored_from"]["trial_key"] == source.path.name and record.result["scored_from"]["fields"] == {}
+        assert record.result["scored_from"]["study"] == "small"
+        assert (record.result["best_val_dice"], record.result["test"]) == (source.result["best_val_dice"], source.result["test"])
+        assert (record.path / "per_case.csv").read_bytes() == (source.path / "per_case.csv").read_bytes()
+    (trained,) = [r for r in bigger if not r.result.get("scored_from")]  # the third proposal: new, so trained
+    assert json.dumps(trained.result["config"], sort_keys=True) not in by_config
+
+
 def test_start_order_starts_each_pretraining_stage_once_before_any_trial_waits_on_one():
     from medseg_platform.study.spec import start_order
 

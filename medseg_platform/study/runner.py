@@ -89,9 +89,11 @@ def run_study(study: Study) -> StudyRun:
     write_json_atomic(study_dir / STUDY_FILE, study.description(trials))
     scoring = f" ({to_score} of them to score on --test-root only)" if to_score else ""
     if study.search_space is not None:
-        _log(f"study {study.name}: a search of {study.num_samples} sample(s), {searched_samples_ended(study, trials)} already "
-             f"ended -> {study_dir}")
+        ended = searched_samples_ended(study, trials)
+        to_start = max(0, study.num_samples - ended)  # samples live in <key>-<trial id> folders, not under `pending`'s key
+        _log(f"study {study.name}: a search of {study.num_samples} sample(s), {ended} already ended -> {study_dir}")
     else:
+        to_start = len(pending)
         _log(f"study {study.name}: {len(trials)} trial(s), {len(done)} already finished{scoring} -> {study_dir}")
     timing = {"validate_s": time.perf_counter() - start}
     stopped = False
@@ -114,7 +116,7 @@ def run_study(study: Study) -> StudyRun:
             if stopped:
                 _log("stopped by a signal; rerun the same command to resume the unfinished trials")
     timing["total_s"] = time.perf_counter() - start
-    write_json_atomic(study_dir / LAST_RUN_FILE, {"timing": timing, "pending_at_start": len(pending), "trials": len(trials),
+    write_json_atomic(study_dir / LAST_RUN_FILE, {"timing": timing, "pending_at_start": to_start, "trials": len(trials),
                                                   "scored_from_finished": len(scored),
                                                   "concurrency_cpus": study.num_cpus, "cpus_per_trial": study.cpus_per_trial,
                                                   "num_workers": study.num_workers})

@@ -267,9 +267,10 @@ def check_study_folder(study, trials: list[dict]) -> None:
     a grid study's folder taken by a search or the reverse, or a search's folder by a search with other settings.
 
     Tune cannot extend or change a search in place: another ``--num-samples`` (or search space, method, ``--set``)
-    names another experiment, whose sampler proposes the same first samples again (the same seed), trains them again,
-    and the tables and report then show only the new experiment's samples. A grid study may run other rows or seeds in
-    its folder: its trials are found again by their keys."""
+    names another experiment, whose sampler proposes the same first samples again (the same seed), and the tables and
+    report would then show only the new experiment's samples. Under another ``--name`` that is a new search, whose
+    samples that train as finished ones did are scored from their checkpoints (:mod:`medseg_platform.rescore`). A grid
+    study may run other rows or seeds in its folder: its trials are found again by their keys."""
     from medseg_platform.results import STUDY_FILE, tune_storage
 
     info, made_by = _folder_record(study.study_dir)
@@ -287,8 +288,9 @@ def check_study_folder(study, trials: list[dict]) -> None:
                  else "other settings (search space, method, --set values, seeds, resources, Optuna storage, data root, "
                        "--protocol or --test-root: a search scores a test root only when it runs with it from its start)")
         raise ConfigError(f"{study.study_dir}: holds a search with {other}; a search cannot be extended or changed in place "
-                          "(a new one would propose and train the same first samples again, and the report would show only "
-                          "its own). Rerun with that search's settings to resume or rebuild it, or give --name a new folder name")
+                          "(the report would show only the new one's samples). Rerun with that search's settings to resume or "
+                          "rebuild it, or give --name a new folder name: that search proposes the same first samples (the same "
+                          "seed) and scores those it shares with this one from their checkpoints instead of training them")
 
 
 def _count(value) -> bool:

@@ -56,6 +56,9 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
     (before training) and ``result.json`` records the count. ``run_id`` marks this study run's error files.
     ``test_root``: after the trial's own test evaluation (or, for a trial finished earlier, instead of training), its
     selected weights are scored on that dataset's test split (:func:`score_test_root`).
+    An Optuna sample that trains as a finished trial of the results folder did (the same configuration in another
+    search under ``--name``, or a value proposed twice; :mod:`medseg_platform.rescore`) is scored from that trial's
+    checkpoint instead of trained (:func:`score_sample_from_finished`).
     """
     from ray import tune
 
@@ -82,6 +85,14 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
         score_test_root(trial_dir, test_root, key)
         tune.report({"step": cfg.optim.max_steps, METRIC: existing.result["best_val_dice"], "test_dice": existing.result["test"]["mean"]["dice"], "done": True, "skipped": True})
         return
+    if search:  # a sample that trains as a finished trial did (another search's under --name, a proposal made twice)
+        record = score_sample_from_finished(study_dir, key, config, tags, trial_dir)
+        if record is not None:
+            score_test_root(trial_dir, test_root, key)
+            tune.report({"step": cfg.optim.max_steps, METRIC: record["best_val_dice"], "best_val_dice": record["best_val_dice"],
+                         "test_dice": record["test"]["mean"]["dice"], "done": True,
+                         ASHA_TIME: -(-cfg.optim.max_steps // cfg.eval.val_every) + 1})
+            return
 
     attempt = start_attempt(trial_dir)
     checkpoint = tune.get_checkpoint()
@@ -121,6 +132,27 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
     score_test_root(trial_dir, test_root, key)
     tune.report({"step": cfg.optim.max_steps, METRIC: record["best_val_dice"], "best_val_dice": record["best_val_dice"],
                  "test_dice": record["test"]["mean"]["dice"], "done": True, ASHA_TIME: -(-cfg.optim.max_steps // cfg.eval.val_every) + 1})
+
+
+def score_sample_from_finished(study_dir: str, key: str, config: dict, tags: dict, trial_dir: Path) -> dict | None:
+    """An Optuna sample scored from a finished trial of the results folder that trains alike
+    (:mod:`medseg_platform.rescore`; the search's samples cannot be scored before Tune proposes them): its result record,
+    or None when there is none or the scoring failed (the sample then trains)."""
+    from medseg_platform.engine import pick_device
+    from medseg_platform.rescore import score_trial, scoring_sources
+
+    sample = {"key": key, "config": config, "tags": tags}
+    source = scoring_sources(Path(study_dir), [sample]).get(key)
+    if source is None:
+        return None
+    try:
+        record = score_trial(source, sample, trial_dir, pick_device())
+    except Exception as exc:  # noqa: BLE001 - any failure: the sample trains instead
+        print(f"[{key}] not scored from {source.folder.name} ({type(exc).__name__}: {exc}); it will be trained", flush=True)
+        return None
+    print(f"[{key}] scored from finished trial {source.folder.name} of study {source.folder.parent.parent.name}: "
+          f"test mean Dice {record['test']['mean']['dice']:.4f}", flush=True)
+    return record
 
 
 def application_error(exc: BaseException) -> MedsegError | None:
