@@ -357,6 +357,15 @@ def test_a_search_folder_is_not_restarted_or_taken_over_silently(tiny_root, tmp_
     with pytest.raises(ConfigError, match=r"holds a search with --num-samples 6 \(this run: 8\); a search cannot be extended "
                                           r"or changed in place"):
         check_before_ray(search(8), dry_run=True)
+    relabelled = search(6)  # the refusal names what differs (its list used to leave out the label fraction)
+    relabelled.base = relabelled.base.replace(**{"data.labelled": "2"})
+    with pytest.raises(ConfigError, match=r"holds a search with other settings: the searched configuration \(--method, "
+                                          r"--labelled, --set values, --seeds, the data root or --protocol\); a search cannot"):
+        check_before_ray(relabelled, dry_run=True)
+    wider = search(6)
+    wider.search_space = {"optim.lr": tune.loguniform(1e-4, 1e-1)}
+    with pytest.raises(ConfigError, match=r"holds a search with other settings: the search space; a search cannot"):
+        check_before_ray(wider, dry_run=True)
     with pytest.raises(ConfigError, match=r"holds an Optuna search \(study.json\); this study would replace its record"):
         check_before_ray(tiny_study(tiny_root, tmp_path / "results"), dry_run=True)
     grid = tiny_study(tiny_root, tmp_path / "grid")

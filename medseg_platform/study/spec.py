@@ -285,12 +285,28 @@ def check_study_folder(study, trials: list[dict]) -> None:
     if is_search and old_hash and old_hash != study.spec_hash(trials) and (tune_storage(study.study_dir) / f"{study.name}-{old_hash}").exists():
         samples = info.get("num_samples")
         other = (f"--num-samples {samples} (this run: {study.num_samples})" if samples != study.num_samples
-                 else "other settings (search space, method, --set values, seeds, resources, Optuna storage, data root, "
-                       "--protocol or --test-root: a search scores a test root only when it runs with it from its start)")
+                 else f"other settings: {_search_differences(info, study.description(trials))}")
         raise ConfigError(f"{study.study_dir}: holds a search with {other}; a search cannot be extended or changed in place "
                           "(the report would show only the new one's samples). Rerun with that search's settings to resume or "
                           "rebuild it, or give --name a new folder name: that search proposes the same first samples (the same "
                           "seed) and scores those it shares with this one from their checkpoints instead of training them")
+
+
+def _search_differences(old: dict, new: dict) -> str:
+    """What differs between a search folder's ``study.json`` (``old``) and this run's description (``new``), in the
+    words of the flags that set it; what study.json does not record (resources, --test-root) when nothing it records
+    differs."""
+    found = []
+    if old.get("trials") != new.get("trials") or old.get("seeds") != new.get("seeds"):
+        found.append("the searched configuration (--method, --labelled, --set values, --seeds, the data root or --protocol)")
+    if old.get("search_space") != new.get("search_space"):
+        found.append("the search space")
+    if (old.get("metric"), old.get("mode"), old.get("asha")) != (new.get("metric"), new.get("mode"), new.get("asha")):
+        found.append("the metric or ASHA")
+    if old.get("optuna_storage") != new.get("optuna_storage"):
+        found.append(f"--optuna-storage ({old.get('optuna_storage') or 'none'} before, {new.get('optuna_storage') or 'none'} now)")
+    return "; ".join(found) or ("resources (--cpus-per-trial, --gpus-per-trial, --num-workers) or --test-root (a search "
+                                "scores a test root only when it runs with it from its start)")
 
 
 def _count(value) -> bool:
