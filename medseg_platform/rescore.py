@@ -277,8 +277,9 @@ def _value(config: Mapping, dotted: str):
 
 
 def scoring_device(gpus_per_trial: float) -> str:
-    """The device a study's trials test on, for scoring them in the driver: the CPU for CPU-only trials (Ray hides the
-    GPUs from them), a GPU when they get one and this process sees one (else the CPU, which may round differently)."""
+    """The device a study's trials test on, for scoring them outside their own process: the CPU for CPU-only trials
+    (``gpus_per_trial`` 0), a GPU when they get one and this process sees one (else the CPU, which may round
+    differently)."""
     if gpus_per_trial <= 0:
         return "cpu"
     import torch

@@ -32,8 +32,9 @@ search started before this naming, in ``hparam_search-<profile>``, resumes with 
 the best configuration is also printed. A stopped search (Ctrl-C) exits 1 and prints its best configuration "so
 far"; rerunning the same command (with the same ``--optuna-storage``, if any) resumes it. A search cannot grow in
 place: a larger ``--num-samples`` under a new ``--name`` proposes the same first samples (Optuna's sampler is seeded with
-the study's first seed) and scores them from this search's finished samples instead of training them. See
-:mod:`analysis.search`.
+the study's first seed; TPE's first 10 proposals are random draws from that seed, later ones depend on the results told
+so far) and scores those this search completed from their checkpoints instead of training them (those ASHA stopped have
+no weights, and train again). See :mod:`analysis.search`.
 
 Cost: ``quick`` 16 samples of ARCO-SAG sharing one ISD pretraining stage: 140 s measured on 2 cores, ASHA
 stopping 13 of the 16 at step 25 or 100 (``benchmarks/RESULTS.md``); about 6 minutes if none were stopped

@@ -14,7 +14,7 @@ import pytest
 
 from medseg_platform.errors import ConfigError
 from medseg_platform.profiles import PROFILES
-from medseg_platform.results import scan_study
+from medseg_platform.results import read_csv, scan_study
 from medseg_platform.study import Study, Variant
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,7 +209,22 @@ def test_a_larger_search_under_another_name_scores_the_samples_it_shares_with_a_
         assert (record.result["best_val_dice"], record.result["test"]) == (source.result["best_val_dice"], source.result["test"])
         assert (record.path / "per_case.csv").read_bytes() == (source.path / "per_case.csv").read_bytes()
     (trained,) = [r for r in bigger if not r.result.get("scored_from")]  # the third proposal: new, so trained
+    assert json.loads((tmp_path / "results" / "bigger" / "last_run.json").read_text())["scored_from_finished"] == 2
     assert json.dumps(trained.result["config"], sort_keys=True) not in by_config
+    # before scoring, the sample replays its source's validations to Tune, so ASHA meets it at every rung as it would
+    # have met its training (one report at the end put it on the top rung only)
+    from medseg_platform.study.trainable import score_sample_from_finished
+
+    reports = []
+    source = first[0]
+    record = score_sample_from_finished(str(tmp_path / "results" / "bigger"), "again", source.result["config"], {},
+                                        tmp_path / "results" / "bigger" / "trials" / "again", "cpu", report=reports.append)
+    curve = read_csv(source.path / "val_curve.csv")
+    best = [max(float(r["val_dice"]) for r in curve[: i + 1]) for i in range(len(curve))]
+    assert [(r["evaluations"], r["step"], r["val_dice"], r["best_val_dice"]) for r in reports] == [
+        (i + 1, int(row["step"]), float(row["val_dice"]), best[i]) for i, row in enumerate(curve)]
+    # (its source is the bigger search's own copy of that sample: the study's own trials come first)
+    assert record["scored_from"]["fields"] == {} and record["best_val_dice"] == source.result["best_val_dice"]
 
 
 def test_start_order_starts_each_pretraining_stage_once_before_any_trial_waits_on_one():

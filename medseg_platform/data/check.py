@@ -4,9 +4,9 @@ Every listed slice and volume is opened and checked: the file exists and is read
 ``image`` and ``label`` of equal shape (2-D slices, 3-D volumes), a floating-point image that is finite
 and within [0, 1], and integer labels within ``0 .. num_classes-1``; the manifest's class names (if any)
 must name labels 1..num_classes-1, no list may name an id twice, no patient may have cases in two splits, every
-file the manifest records a SHA-256 for must still have it, and every split must hold some foreground label (a val
-split without one leaves validation Dice undefined, and no model could be selected). A foreground class that a split
-never holds is a note, not a problem. A bad file gives one line naming the file and
+file the manifest records a SHA-256 for must still have it, and the train split must hold some foreground label. A val
+or test split without any, and a foreground class that a split never holds, are notes (a trial that selects on val
+refuses a val split without foreground itself: :func:`medseg_platform.engine.trial.train_trial`). A bad file gives one line naming the file and
 the problem and the check goes on; the command exits non-zero if any problem was found. Without ``--num-classes``
 the count is the manifest's (its class names + 1, else the converter's ``num_classes``), else 4 (ACDC). It also prints cases and slices per
 split and the voxel fraction of every class (by name). Studies run the same check before Ray starts
@@ -28,8 +28,9 @@ from medseg_platform.errors import DataError
 
 MAX_CLASSES = 256  # labels are uint8, as the converters cap them
 #: Why a split without any foreground label is a problem, and the list file that names its files.
-_UNLABELLED_SPLIT = {"train": "there is nothing to learn", "val": "validation Dice is undefined and cannot select a model",
-                     "test": "every test metric is undefined"}
+_UNLABELLED_SPLIT = {"train": "there is nothing to learn",
+                     "val": "validation Dice cannot tell models apart (a trial that selects on val refuses to start)",
+                     "test": "the test metrics score no structure (undefined, or 0/1 under the released empty-mask policy)"}
 _LIST_OF_SPLIT = {"train": TRAIN_LIST, "val": VAL_LIST, "test": TEST_LIST}
 
 
@@ -145,14 +146,16 @@ def check_dataset(root: str | Path, num_classes: int = 4, progress: bool = False
         if stats.cases == 0:
             problems.append(f"{layout.root}: split '{name}' lists no cases")
         elif stats.items and not stats.class_voxels[1:].any():
-            problems.append(f"{layout.root}: split '{name}' has no foreground label in any of its files, so "
-                            f"{_UNLABELLED_SPLIT[name]} (check its label files and {_LIST_OF_SPLIT[name]})")
+            found = (f"split '{name}' has no foreground label in any of its files, so {_UNLABELLED_SPLIT[name]} (check its "
+                     f"label files and {_LIST_OF_SPLIT[name]})")
+            (problems.append(f"{layout.root}: {found}") if name == "train" else notes.append(found))
         elif stats.items:
             absent = [class_names[c - 1] if c - 1 < len(class_names) else f"class {c}"
                       for c in range(1, num_classes) if not stats.class_voxels[c]]
             if absent:
-                notes.append(f"split '{name}' never holds {', '.join(absent)}: {'its' if len(absent) == 1 else 'their'} "
-                             f"Dice is undefined there and left out of the {name} means")
+                notes.append(f"split '{name}' never holds {', '.join(absent)}: "
+                             + ("no trial learns to segment it" if name == "train" else
+                                f"{'its' if len(absent) == 1 else 'their'} Dice is undefined there and left out of the {name} means"))
     for list_name, ids in ((TRAIN_LIST, layout.train_slices), (VAL_LIST, layout.val_cases), (TEST_LIST, layout.test_cases)):
         repeated = sorted(item for item, count in Counter(ids).items() if count > 1)
         if repeated:

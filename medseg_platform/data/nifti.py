@@ -378,12 +378,6 @@ def find_nifti_pairs(raw_dir: str | Path, image_glob: str, label_suffix: str) ->
             f"{raw_dir}: no image files match --image-glob {image_glob!r} "
             f"({len(matches)} match(es), all labels ending in {label_suffix!r}; check the glob, use '**/' to recurse)"
         )
-    paired = {label_path_for(image, label_suffix) for image in images}
-    orphans = [p for p in matches if split_nifti_name(p)[0].endswith(label_suffix) and p not in paired]
-    if orphans:
-        raise DataError(f"{orphans[0]}: a label without its image ({len(orphans)} such label(s) under {raw_dir}; expected "
-                        f"{split_nifti_name(orphans[0])[0][: -len(label_suffix)]} beside it): add the image, or move the "
-                        "label out of RAW_DIR")
     by_case: dict[str, NiftiPair] = {}
     for image in images:
         label = label_path_for(image, label_suffix)
@@ -396,4 +390,10 @@ def find_nifti_pairs(raw_dir: str | Path, image_glob: str, label_suffix: str) ->
                 f"(ids are file stems with characters outside [A-Za-z0-9_-] replaced by '_'; rename one file)"
             )
         by_case[case] = NiftiPair(case, image, label)
+    paired = {pair.label for pair in by_case.values()}
+    orphans = [p for p in matches if split_nifti_name(p)[0].endswith(label_suffix) and p not in paired]
+    if orphans:  # after every image found its label: a label whose image has another extension is named there
+        stem, ext = split_nifti_name(orphans[0])
+        raise DataError(f"{orphans[0]}: a label without its image ({len(orphans)} such label(s) under {raw_dir}; expected "
+                        f"{stem[: -len(label_suffix)]}{ext} beside it): add the image, or move the label out of RAW_DIR")
     return [by_case[c] for c in sorted(by_case)]

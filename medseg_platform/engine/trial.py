@@ -111,6 +111,11 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
     layout = data.layout
     val_cases = layout.val_cases[: cfg.eval.val_cases] if cfg.eval.val_cases else layout.val_cases
     val_volumes = [layout.read_volume(c) for c in val_cases] if main else []
+    if main and cfg.eval.selection == "best_val" and not any(volume.label.any() for volume in val_volumes):
+        # every val Dice would be NaN (0 or 1 under the released policy): the first validated state would be tested
+        raise MedsegError(f"{layout.root}: no val case the trial validates on has a foreground label, so validation Dice "
+                          "cannot select a model; label them (val.list names them), or test the final weights with "
+                          "--set eval.selection=final")
     timing["setup_s"] = time.perf_counter() - t_start
 
     resuming = agree(ckpt_path.is_file(), dist, device)

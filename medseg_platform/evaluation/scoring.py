@@ -8,9 +8,9 @@ Predictions: a folder of label volumes, one per case: ``.h5`` (dataset ``pred``,
 ``label``) or a dataset root in the SSL4MIS layout (``root/data/<case>.h5``; spacing from the file's
 ``spacing`` attribute, else ``manifest.json``).
 
-Case matching is by file stem (``.h5``/``.nii``/``.nii.gz`` removed), taken as the converters take a case id from
-it (characters outside ``[A-Za-z0-9_-]`` become ``_``), so ``medseg predict``'s ``case_02`` matches a raw
-``case 02.nii.gz``. The released ``test_2D.py`` writes
+Case matching is by file stem (``.h5``/``.nii``/``.nii.gz`` removed); against a ground-truth folder, a prediction
+without a file of its own stem takes the one file whose stem the converters turn into its id (characters outside
+``[A-Za-z0-9_-]`` become ``_``), so ``medseg predict``'s ``case_02`` matches a raw ``case 02.nii.gz``. The released ``test_2D.py`` writes
 ``<case>_pred.nii.gz``, ``<case>_gt.nii.gz`` and ``<case>_img.nii.gz`` into one folder, so: in the
 prediction folder a ``_pred`` suffix is removed and ``*_gt``/``*_img`` files are ignored; in a ground-truth
 folder a ``_gt`` suffix is removed and ``*_pred``/``*_img`` files are ignored, and a case with both ``<case>`` and
@@ -91,7 +91,7 @@ def list_label_files(folder: Path, role: str) -> dict[str, LabelFile]:
         companion = next((s for s in _COMPANIONS if stem.endswith(s)), None)
         if companion is not None and companion != own:
             continue
-        case = sanitize_case_id(stem[: -len(own)] if companion == own else stem)  # the converters' ids ("a b" -> "a_b")
+        case = stem[: -len(own)] if companion == own else stem
         found.setdefault(case, []).append(path)
         kinds[path] = kind
         if companion == own:
@@ -106,6 +106,21 @@ def list_label_files(folder: Path, role: str) -> dict[str, LabelFile]:
         names = ", ".join(p.name for p in paths)
         raise DataError(f"{folder}: {len(duplicates)} case(s) have several files, e.g. {case}: {names} (keep one file per case)")
     return {case: LabelFile(case, paths[0], kinds[paths[0]]) for case, paths in sorted(found.items())}
+
+
+def _with_converted_ids(gts: dict[str, LabelFile], preds: dict[str, LabelFile]) -> dict[str, LabelFile]:
+    """A ground-truth folder's files keyed by their stems, plus, for a prediction without a file of its own stem, the one
+    file whose stem the converters turn into its id (``case 02_gt.nii.gz`` for ``medseg predict``'s ``case_02``:
+    characters outside ``[A-Za-z0-9_-]`` become ``_``). Exact stems always win; an id two stems share is not guessed."""
+    by_id: dict[str, list[str]] = {}
+    for stem in gts:
+        by_id.setdefault(sanitize_case_id(stem), []).append(stem)
+    out = dict(gts)
+    for case in preds:
+        stems = by_id.get(case, [])
+        if case not in gts and len(stems) == 1 and stems[0] not in preds:
+            out[case] = out.pop(stems[0])  # under the prediction's name (its cases without a prediction stay as they are)
+    return out
 
 
 def is_dataset_root(folder: Path) -> bool:
@@ -302,7 +317,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     if not preds:
         raise DataError(f"--pred {pred_dir}: no prediction volumes (.h5, .nii, .nii.gz) found at its top level")
     root_mode = is_dataset_root(gt)
-    gts = _root_label_files(gt, list(preds)) if root_mode else list_label_files(gt, "gt")
+    gts = _root_label_files(gt, list(preds)) if root_mode else _with_converted_ids(list_label_files(gt, "gt"), preds)
     missing = [case for case in preds if case not in gts]
     if missing:
         where = f"{gt}/data/<case>.h5" if root_mode else str(gt)

@@ -38,7 +38,7 @@ from medseg_platform.errors import ConfigError, DataError
 from medseg_platform.io import check_output_folder, read_json_object, write_json_atomic
 from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.rescore import score_from_sources, scoring_device
-from medseg_platform.results import (LAST_RUN_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, retag_finished_trials, trial_finished,
+from medseg_platform.results import (LAST_RUN_FILE, RESULT_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, retag_finished_trials, trial_finished,
                                      trial_folder, tune_storage)
 from medseg_platform.study.ray_runtime import check_gpus_available, init_ray
 from medseg_platform.study.spec import ASHA_TIME, Study, check_accumulating_folder, check_study_folder
@@ -62,7 +62,7 @@ def _log(msg: str) -> None:
 
 def run_study(study: Study) -> StudyRun:
     """Validate, run (or restore) on Ray, and return what finished; see the module docstring."""
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     trials, test_datasets = check_before_ray(study)
     preflight_datasets(datasets_of_trials(trials) + test_datasets, study.study_dir)  # every data file read, before Ray starts
     check_trained_on_this_data(study, trials)
@@ -116,11 +116,20 @@ def run_study(study: Study) -> StudyRun:
             if stopped:
                 _log("stopped by a signal; rerun the same command to resume the unfinished trials")
     timing["total_s"] = time.perf_counter() - start
+    if study.search_space is not None:  # its samples are scored in their Tune trials (study.trainable)
+        scored = {folder.name for folder in (study_dir / TRIALS_DIR).iterdir() if _scored_since(folder, started_at)}
     write_json_atomic(study_dir / LAST_RUN_FILE, {"timing": timing, "pending_at_start": to_start, "trials": len(trials),
                                                   "scored_from_finished": len(scored),
                                                   "concurrency_cpus": study.num_cpus, "cpus_per_trial": study.cpus_per_trial,
                                                   "num_workers": study.num_workers})
     return StudyRun(study, study_dir, [t["key"] for t in trials], timing, stopped)
+
+
+def _scored_since(folder: Path, since: float) -> bool:
+    """Whether the trial in ``folder`` was scored from a finished trial's checkpoint (``scored_from``) at or after
+    ``since`` (epoch seconds)."""
+    result = read_json_object(folder / RESULT_FILE) or {}
+    return bool(result.get("scored_from")) and float(result.get("finished_at") or 0.0) >= since
 
 
 # ----------------------------------------------------------------------------------- checks before Ray
@@ -155,7 +164,7 @@ def check_trained_on_this_data(study: Study, trials: list[dict]) -> None:
     would otherwise table old results beside new ones and fine-tune from stages of the old data. Results and stages
     from before the identity was recorded pass."""
     from medseg_platform.preflight import dataset_identity
-    from medseg_platform.results import RESULT_FILE, STAGE_DATA_FILE, pretrain_cache_dir
+    from medseg_platform.results import STAGE_DATA_FILE, pretrain_cache_dir
 
     identities: dict[str, str | None] = {}  # resolved dataset root of the trials -> its identity now
     for trial in trials:

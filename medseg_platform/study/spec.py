@@ -284,12 +284,14 @@ def check_study_folder(study, trials: list[dict]) -> None:
     old_hash = info.get("spec_hash")
     if is_search and old_hash and old_hash != study.spec_hash(trials) and (tune_storage(study.study_dir) / f"{study.name}-{old_hash}").exists():
         samples = info.get("num_samples")
-        other = (f"--num-samples {samples} (this run: {study.num_samples})" if samples != study.num_samples
+        more = samples != study.num_samples
+        other = (f"--num-samples {samples} (this run: {study.num_samples})" if more
                  else f"other settings: {_search_differences(info, study.description(trials))}")
+        reuse = (": that search proposes the same first samples (the same seed) and scores those this one completed from "
+                 "their checkpoints instead of training them" if more else "")
         raise ConfigError(f"{study.study_dir}: holds a search with {other}; a search cannot be extended or changed in place "
                           "(the report would show only the new one's samples). Rerun with that search's settings to resume or "
-                          "rebuild it, or give --name a new folder name: that search proposes the same first samples (the same "
-                          "seed) and scores those it shares with this one from their checkpoints instead of training them")
+                          f"rebuild it, or give --name a new folder name{reuse}")
 
 
 def _search_differences(old: dict, new: dict) -> str:

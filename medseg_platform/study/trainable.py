@@ -86,7 +86,11 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
         tune.report({"step": cfg.optim.max_steps, METRIC: existing.result["best_val_dice"], "test_dice": existing.result["test"]["mean"]["dice"], "done": True, "skipped": True})
         return
     if search:  # a sample that trains as a finished trial did (another search's under --name, a proposal made twice)
-        record = score_sample_from_finished(study_dir, key, config, tags, trial_dir)
+        from medseg_platform.rescore import scoring_device
+
+        device = scoring_device(gpus_per_worker if num_workers == 1 else 0.0)  # the Tune function of a multi-worker trial holds no GPU
+        record = score_sample_from_finished(study_dir, key, config, tags, trial_dir, device,
+                                            report=lambda metrics: tune.report({**metrics, METRIC: metrics["best_val_dice"]}))
         if record is not None:
             score_test_root(trial_dir, test_root, key)
             tune.report({"step": cfg.optim.max_steps, METRIC: record["best_val_dice"], "best_val_dice": record["best_val_dice"],
@@ -134,19 +138,33 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
                  "test_dice": record["test"]["mean"]["dice"], "done": True, ASHA_TIME: -(-cfg.optim.max_steps // cfg.eval.val_every) + 1})
 
 
-def score_sample_from_finished(study_dir: str, key: str, config: dict, tags: dict, trial_dir: Path) -> dict | None:
+def score_sample_from_finished(study_dir: str, key: str, config: dict, tags: dict, trial_dir: Path, device,
+                               report: Callable[[dict], None]) -> dict | None:
     """An Optuna sample scored from a finished trial of the results folder that trains alike
     (:mod:`medseg_platform.rescore`; the search's samples cannot be scored before Tune proposes them): its result record,
-    or None when there is none or the scoring failed (the sample then trains)."""
-    from medseg_platform.engine import pick_device
+    or None when there is none or the scoring failed (the sample then trains). ``device``: the one the sample tests on.
+
+    First ``report`` replays the finished trial's validations (val Dice and the selected one so far, ``evaluations``
+    1, 2, ...), as the sample's own training would report them, so ASHA meets it at every rung and can stop it there
+    as it would have stopped the training; Tune ends a stopped function at its report, before anything is written."""
+    import math
+
     from medseg_platform.rescore import score_trial, scoring_sources
+    from medseg_platform.results import VAL_CURVE_FILE, read_csv
 
     sample = {"key": key, "config": config, "tags": tags}
     source = scoring_sources(Path(study_dir), [sample]).get(key)
     if source is None:
         return None
+    final = TrialConfig.from_dict(config).eval.selection == "final"
+    selected = None
+    for count, row in enumerate(read_csv(source.folder / VAL_CURVE_FILE), start=1):  # engine.trial's selection rule
+        value = float(row["val_dice"])
+        if final or selected is None or (math.isfinite(value) and (not math.isfinite(selected) or value > selected)):
+            selected = value
+        report({"step": int(row["step"]), "val_dice": value, "best_val_dice": selected, "done": False, ASHA_TIME: count})
     try:
-        record = score_trial(source, sample, trial_dir, pick_device())
+        record = score_trial(source, sample, trial_dir, device)
     except Exception as exc:  # noqa: BLE001 - any failure: the sample trains instead
         print(f"[{key}] not scored from {source.folder.name} ({type(exc).__name__}: {exc}); it will be trained", flush=True)
         return None

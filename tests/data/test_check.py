@@ -171,5 +171,22 @@ def test_a_split_without_foreground_is_a_problem_and_an_absent_class_a_note(tmp_
         volume = layout.read_volume(other)
         layout_module.write_case(root, other, volume.image, np.zeros_like(volume.label), spacing=volume.spacing, with_slices=False)
     report = check_dataset(root)
-    assert report.problems == [f"{root}: split 'val' has no foreground label in any of its files, so validation Dice is "
-                               "undefined and cannot select a model (check its label files and val.list)"]
+    assert report.ok and report.notes == ["split 'val' has no foreground label in any of its files, so validation Dice "
+                                          "cannot tell models apart (a trial that selects on val refuses to start) (check "
+                                          "its label files and val.list)"]
+    # such a trial stops before it trains: it used to select its first validated state silently (every val Dice NaN)
+    results = tmp_path / "results"
+    capsys.readouterr()
+    assert main(["train", "supervised", "--profile", "smoke", "--in-process", "--data-root", str(root),
+                 "--results-dir", str(results)]) == 1
+    error = json.loads(next((results / "train-supervised-smoke" / "trials").iterdir()).joinpath("error.json").read_text())
+    assert "no val case the trial validates on has a foreground label, so validation Dice cannot select a model" in error["error"]
+    assert main(["train", "supervised", "--profile", "smoke", "--in-process", "--data-root", str(root), "--results-dir",
+                 str(results), "--set", "eval.selection=final"]) == 0  # the final weights need no selection
+    for slice_id in layout.train_slices:  # nothing to learn: a problem
+        path = layout.slice_path(slice_id)
+        with h5py.File(path, "r+") as fh:
+            fh["label"][...] = 0
+    problems = check_dataset(root).problems
+    assert problems[-1] == (f"{root}: split 'train' has no foreground label in any of its files, so there is nothing to "
+                            "learn (check its label files and train_slices.list)")

@@ -464,9 +464,13 @@ def test_generic_non_recursive_glob_and_determinism(tmp_path):
         # a label without its image used to be dropped silently (5 of 6 cases converted, exit 0)
         (lambda raw: make_generic(raw, ["a", "b", "c"]) or save_nifti(raw / "d_gt.nii.gz", np.zeros(SHAPE_XYZ, np.uint8)), [],
          "d_gt.nii.gz: a label without its image (1 such label(s) under"),
+        # ... but where the image is there with another extension, the missing label is what is named
+        (lambda raw: make_generic(raw, ["b", "c", "d"]) or save_nifti(raw / "a.nii", np.ones(SHAPE_XYZ, np.int16))
+         or save_nifti(raw / "a_gt.nii.gz", np.zeros(SHAPE_XYZ, np.uint8)), ["--image-glob", "*.nii*"],
+         "a_gt.nii: label file for image a.nii is missing"),
     ],
     ids=["duplicate_id", "label_missing", "label_range", "only_labels", "too_few", "num_classes", "empty_glob", "suffix_path",
-         "glob_outside", "label_without_image"],
+         "glob_outside", "label_without_image", "label_of_another_extension"],
 )
 def test_generic_bad_input(setup, argv, expected, tmp_path, capsys):
     raw = tmp_path / "mine"

@@ -278,7 +278,12 @@ def test_nifti_grids_are_compared_in_the_world_and_a_2d_ground_truth_takes_a_one
     (pred_dir / "c1.nii.gz").rename(pred_dir / "c_1.nii.gz")
     rc, out, err = run(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", "3", "--quiet"], capsys)
     assert rc == 0, err  # it used to say "no ground truth for 1 prediction(s): c_1"
-    assert {r["case"] for r in read_rows(pred_dir / "evaluation" / "per_case.csv")} == {"c_1"}
+    assert {r["case"] for r in read_rows(pred_dir / "evaluation" / "per_case.csv")} == {"c_1"} and "no prediction" not in err
+    # an exact stem wins over a converted one; names the converters would merge are not guessed between
+    nib.save(nib.Nifti1Image(np.zeros_like(gt), affine), gt_dir / "c_1_gt.nii.gz")
+    rc, out, err = run(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", "3", "--quiet"], capsys)
+    assert rc == 0 and "1 of the 2 cases of" in err  # scored against c_1_gt; "c 1" has no prediction
+    (gt_dir / "c_1_gt.nii.gz").unlink()
     (gt_dir / "c 1_gt.nii.gz").rename(gt_dir / "c1_gt.nii.gz")
     (pred_dir / "c_1.nii.gz").rename(pred_dir / "c1.nii.gz")
 
@@ -314,3 +319,19 @@ def test_the_number_of_classes_of_a_dataset_root_comes_from_its_manifest(tiny_ro
     assert "2 cases, 2 foreground classes" in out
     assert sorted({r["class"] for r in read_rows(tmp_path / "preds" / "evaluation" / "per_case.csv")}) == ["1", "2"]
     assert json.loads((tmp_path / "preds" / "evaluation" / "summary.json").read_text())["num_classes"] == 3
+
+
+def test_a_dataset_roots_own_ids_are_matched_as_they_are(tmp_path, capsys):
+    """A list line may hold any file name: ids outside [A-Za-z0-9_-] are matched by their own stems (sanitising every
+    stem made 'patient.6_frame01' unmatchable against its own dataset root)."""
+    from tests.conftest import make_tiny_dataset
+
+    root = make_tiny_dataset(tmp_path / "root", test_patients=("patient.6",))
+    out = tmp_path / "pred"
+    out.mkdir()
+    for case in ("patient.6_frame01", "patient.6_frame02"):
+        with h5py.File(out / f"{case}.h5", "w") as fh:
+            fh["pred"] = gt_label(root, case)
+    rc, _, err = run(["evaluate", "--pred", str(out), "--gt", str(root), "--quiet"], capsys)
+    assert rc == 0, err
+    assert {r["case"] for r in read_rows(out / "evaluation" / "per_case.csv")} == {"patient.6_frame01", "patient.6_frame02"}
