@@ -301,23 +301,46 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
     return pd.DataFrame(rows, columns=list(LONG_COLUMNS))
 
 
+def partial_averages(rows: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, str]]:
+    """``(row, column, metric)`` of the cells whose "Avg" leaves out a class that another row of the same column and
+    metric defines (long-form rows: ``row``, ``column``, ``class``, ``metric``, ``mean``).
+
+    A method that misses a structure in every test case has no HD95 or ASD for it, and its average over the remaining
+    classes is an easier number than the other rows' (a probe's method that never predicted the LV got the lowest Avg
+    HD95, bold). Such a cell is shown with its † but is never the best of its column (:func:`_best_means`,
+    :func:`_add_significance`)."""
+    covered: dict[tuple[str, str, str], set[str]] = {}
+    for rec in rows:
+        if rec["class"] != AVG:
+            classes = covered.setdefault((rec["row"], rec["column"], rec["metric"]), set())
+            if not math.isnan(rec["mean"]):
+                classes.add(rec["class"])
+    union: dict[tuple[str, str], set[str]] = {}
+    for (_, column, metric), classes in covered.items():
+        union.setdefault((column, metric), set()).update(classes)
+    return {key for key, classes in covered.items() if classes < union[(key[1], key[2])]}
+
+
 def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str], Sequence[TrialRecord]],
                       class_ids: Mapping[str, int]) -> None:
     """Set ``p_vs_best`` and ``n_pairs`` of every long-form row (in place); see :mod:`analysis.significance`.
 
     The best cell of a (column, class, metric) is the one with the best (unrounded) mean, needing at least
-    two cells with a mean; it is shown bold unless every cell of the column shows the same mean (:func:`_best_means`).
+    two cells with a mean (an "Avg" over fewer classes than its column's, :func:`partial_averages`, is never the best);
+    it is shown bold unless every cell of the column shows the same mean (:func:`_best_means`).
     """
+    partial = partial_averages(rows)
     by_key: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for rec in rows:
         rec["p_vs_best"], rec["n_pairs"] = math.nan, 0
         by_key.setdefault((rec["column"], rec["class"], rec["metric"]), []).append(rec)
     for (column, cls, metric), cells in by_key.items():
         finite = [c for c in cells if not math.isnan(c["mean"])]
-        if len(finite) < 2:
+        candidates = [c for c in finite if cls != AVG or (c["row"], column, metric) not in partial]
+        if len(finite) < 2 or not candidates:
             continue
         sign = 1.0 if metric_style(metric).higher_is_better else -1.0
-        best = max(finite, key=lambda c: sign * c["mean"])
+        best = max(candidates, key=lambda c: sign * c["mean"])
         class_key = class_ids.get(cls, cls)
         reference = seed_averaged([t.per_case for t in groups[(best["row"], column)]], metric, as_number)
         for cell in finite:
@@ -446,6 +469,7 @@ class Cell:
     best: bool
     not_significant: bool = False
     n_flagged: int = 0
+    partial: bool = False  # an "Avg" over fewer classes than its column's (partial_averages): never the best
 
 
 @dataclass(frozen=True)
@@ -469,12 +493,16 @@ def _rounded(value: float, decimals: int) -> float:
 
 def _best_means(frame: pd.DataFrame, style: MetricStyle) -> dict[tuple[str, str], float]:
     """Per (column, class): the best displayed mean, only where at least two methods have a value and not all of them
-    show the same one (a column of ties has no best: nothing bold, nothing compared)."""
+    show the same one (a column of ties has no best: nothing bold, nothing compared); an "Avg" over fewer classes than
+    its column's (:func:`partial_averages`) is never the best."""
+    partial = {(row, column) for row, column, _ in partial_averages(frame.to_dict("records"))}
     best = {}
     for (column, cls), group in frame.groupby(["column", "class"], sort=False):
         shown = [_rounded(m, style.decimals) for m in group["mean"] if not math.isnan(m)]
-        if len(set(shown)) >= 2:
-            best[(column, cls)] = max(shown) if style.higher_is_better else min(shown)
+        eligible = [_rounded(m, style.decimals) for row, m in zip(group["row"], group["mean"])
+                    if not math.isnan(m) and (cls != AVG or (row, column) not in partial)]
+        if len(set(shown)) >= 2 and eligible:
+            best[(column, cls)] = max(eligible) if style.higher_is_better else min(eligible)
     return best
 
 
@@ -483,17 +511,21 @@ def wide_table(df: pd.DataFrame, metric: str) -> WideTable:
     style = metric_style(metric)
     frame = df[df["metric"] == metric]
     best = _best_means(frame, style)
+    records = frame.to_dict("records")
+    partial = {(row, column, AVG) for row, column, _ in partial_averages(records)}
     cells, tested, untestable = {}, False, False
-    for rec in frame.to_dict("records"):
+    for rec in records:
         key = (rec["row"], rec["column"], rec["class"])
         target = best.get(key[1:])
-        is_best = target is not None and not math.isnan(rec["mean"]) and _rounded(rec["mean"], style.decimals) == target
+        is_best = (target is not None and not math.isnan(rec["mean"]) and _rounded(rec["mean"], style.decimals) == target
+                   and key not in partial)
         p_value = float(rec.get("p_vs_best", math.nan))
         compared = target is not None and not math.isnan(rec["mean"]) and not is_best
         tested |= compared and not math.isnan(p_value)
         untestable |= compared and math.isnan(p_value)
         cells[key] = Cell(rec["mean"], rec["std"], int(rec["n_seeds"]), int(rec["n_undefined"]), is_best,
-                          not_significant=compared and p_value >= ALPHA, n_flagged=int(rec.get("n_flagged", 0)))
+                          not_significant=compared and p_value >= ALPHA, n_flagged=int(rec.get("n_flagged", 0)),
+                          partial=key in partial)
     return WideTable(metric, _by_rank(frame, "row"), _by_rank(frame, "column"), list(dict.fromkeys(frame["class"])),
                      cells, tested, untestable, _table_settings(frame))
 
@@ -626,9 +658,12 @@ def undefined_note(table: WideTable) -> str:
     if not marked:
         return ""
     values = sum(cell.n_undefined for (_, _, cls), cell in table.cells.items() if cls != AVG)
+    partial = sum(cell.partial for cell in table.cells.values())
     return (f"{UNDEFINED_MARK} {len(marked)} of {len(table.cells)} cells include undefined per-case values (empty "
             f"prediction or empty ground truth), excluded from their means: {values} value{'s' if values != 1 else ''} "
-            f"over all seeds and classes.")
+            f"over all seeds and classes."
+            + (f" {partial} Avg cell{'s' if partial != 1 else ''} leave{'' if partial != 1 else 's'} out a class that other "
+               "rows of the column define (no defined value in any test case): not comparable, never bold." if partial else ""))
 
 
 def flagged_note(table: WideTable) -> str:

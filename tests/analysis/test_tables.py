@@ -363,3 +363,33 @@ def test_latex_writes_greek_letters_and_their_subscripts_as_math():
     assert tables.escape_latex("ACTION, τ = 0.1 ± 2") == r"ACTION, $\tau$ = 0.1 $\pm$ 2"
     assert tables.escape_latex("λ Λ Α ο") == r"$\lambda$ $\Lambda$ $A$ $o$"  # Unicode's "LAMDA"; no \Alpha in LaTeX
     assert tables.escape_latex("MONA w/o L_contrast") == r"MONA w/o L\_contrast"  # a subscript only after a Greek letter
+
+
+def test_an_average_over_fewer_classes_is_never_the_best(tmp_path):
+    """A method that never predicts the LV has no LV HD95; its Avg over RV and Myo was the lowest, hence bold, though it
+    was the worst on both classes it shares with the other row (a probe of the tables)."""
+    for method, row in ((0, MT), (1, MONA)):
+        for seed in (1, 0):
+            trial_dir = write_trial(tmp_path, row, method, FEW, seed, order=method)
+            rows = [dict(r) for r in case_rows(method, 0, seed)]
+            for r in rows:  # MT: HD95 5 on RV/Myo and no LV at all; MONA: 8 on every class
+                r["hd95"] = (math.nan if r["class"] == 3 else 5.0 + r["class"]) if method == 0 else 8.0
+            write_trial_results(trial_dir, config=json_config(trial_dir), tags={"row": row, "order": method},
+                                outcome=FakeOutcome(FakeLabelled(3), rows), seed=seed)
+    records, problems = scan_study(tmp_path)
+    assert problems == []
+    frame = tables.build_table(records, metrics=("hd95",))
+    assert tables.partial_averages(frame.to_dict("records")) == {(MT, FEW, "hd95")}
+    hd = tables.to_markdown(frame, "hd95")
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in hd.splitlines() if line.startswith("| M") and not line.startswith("| Method")}
+    assert cells[MT][3] == "6.50 ± 0.00†" and cells[MONA][3] == "**8.00 ± 0.00**"  # MT's 6.5 covers RV and Myo only
+    assert cells[MT][0] == "**6.00 ± 0.00**" and cells[MONA][0] == "8.00 ± 0.00"  # the classes themselves as before
+    assert cells[MONA][2] == "8.00 ± 0.00"  # LV: one row only defines it, so no best
+    assert "1 Avg cell leaves out a class that other rows of the column define" in hd
+
+
+def json_config(trial_dir: Path) -> dict:
+    import json
+
+    return json.loads((trial_dir / "config.json").read_text())["config"]
