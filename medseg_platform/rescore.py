@@ -140,8 +140,7 @@ def scoring_sources(study_dir: Path, pending: Iterable[dict]) -> dict[str, Scori
     """``{trial key: ScoringSource}`` for the ``pending`` trials (``{"key", "config", ...}`` dicts of unfinished trials)
     that a finished trial can score (the module docstring's conditions), trained on the dataset as it is now: the one
     that differs in the fewest fields, then ``study_dir``'s own before another study's of the same results folder, then
-    by key. Its checkpoint must exist;
-    it is read only when scoring."""
+    by key. Its checkpoint must exist; it is read only when scoring."""
     from medseg_platform.results import CorruptResult, read_trial
 
     pending = list(pending)
