@@ -284,7 +284,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
          "- **Wall time**: the last run of the study command had nothing to train (every trial had finished)"
          if last_run.get("pending_at_start") == 0 else
          f"- **Wall time**: last run of the study command {_seconds((last_run.get('timing') or {}).get('total_s'))}"
-         + (f" ({last_run['pending_at_start']} trial(s) to run at its start"
+         + (f" ({last_run['pending_at_start']} {'sample(s) not yet ended' if info.get('search') else 'trial(s) to run'} at its start"
             + (f"; {scored_in_run} scored from finished trials' checkpoints" if scored_in_run else "") + ")"
             if "pending_at_start" in last_run else ""))
         + f"; training time summed over the finished trials {_seconds(compute)}"

@@ -137,7 +137,7 @@ def test_hparam_search_smoke(smoke, capsys):
                          if (n := sum(h["status"] == status for h in history)))
     report = (study_dir / "report.md").read_text()
     assert f"ASHA early stopping): {statuses} (search_history.csv)" in report  # ASHA's stops were in the history only
-    assert "(3 trial(s) to run at its start)" in report  # the samples to start: it said 1 (the configuration's key)
+    assert "(3 sample(s) not yet ended at its start)" in report  # it said "1 trial(s) to run" (the configuration's key)
     # a dry run of the finished search trains nothing (it used to plan the whole search again); another sample count is
     # refused instead of starting a new search that trains the same first samples again
     code, _, _, _ = smoke("hparam_search", "--num-samples", "3", "--dry-run")
