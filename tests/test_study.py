@@ -188,7 +188,7 @@ def test_optuna_search_with_asha_samples_and_records_the_searched_values(tiny_ro
 
 def test_a_larger_search_under_another_name_scores_the_samples_it_shares_with_a_finished_one(tiny_root, tmp_path, ray_address):
     """A search cannot grow in place, and one under --name proposes the same first samples (Optuna is seeded with the
-    study's first seed): those are scored from the finished search's samples instead of trained again."""
+    study's first seed): those are scored from the finished search's samples instead of trained again (here 1 of 2)."""
     from ray import tune
 
     def search(name: str, n: int) -> Study:
@@ -196,20 +196,20 @@ def test_a_larger_search_under_another_name_scores_the_samples_it_shares_with_a_
         study.name, study.grid, study.variants = name, {}, study.variants[:1]
         return study
 
-    first = scan_study(search("small", 2).run().study_dir)[0]
-    bigger, problems = scan_study(search("bigger", 3).run().study_dir)
-    assert problems == [] and len(first) == 2 and len(bigger) == 3
+    first = scan_study(search("small", 1).run().study_dir)[0]
+    bigger, problems = scan_study(search("bigger", 2).run().study_dir)
+    assert problems == [] and len(first) == 1 and len(bigger) == 2
     by_config = {json.dumps(r.result["config"], sort_keys=True): r for r in first}
     scored = [r for r in bigger if r.result.get("scored_from")]
-    assert len(scored) == 2 and all(json.dumps(r.result["config"], sort_keys=True) in by_config for r in scored)
+    assert len(scored) == 1 and all(json.dumps(r.result["config"], sort_keys=True) in by_config for r in scored)
     for record in scored:
         source = by_config[json.dumps(record.result["config"], sort_keys=True)]
         assert record.result["scored_from"]["trial_key"] == source.path.name and record.result["scored_from"]["fields"] == {}
         assert record.result["scored_from"]["study"] == "small"
         assert (record.result["best_val_dice"], record.result["test"]) == (source.result["best_val_dice"], source.result["test"])
         assert (record.path / "per_case.csv").read_bytes() == (source.path / "per_case.csv").read_bytes()
-    (trained,) = [r for r in bigger if not r.result.get("scored_from")]  # the third proposal: new, so trained
-    assert json.loads((tmp_path / "results" / "bigger" / "last_run.json").read_text())["scored_from_finished"] == 2
+    (trained,) = [r for r in bigger if not r.result.get("scored_from")]  # the second proposal: new, so trained
+    assert json.loads((tmp_path / "results" / "bigger" / "last_run.json").read_text())["scored_from_finished"] == 1
     assert json.dumps(trained.result["config"], sort_keys=True) not in by_config
     # before scoring, the sample replays its source's validations to Tune, so ASHA meets it at every rung as it would
     # have met its training (one report at the end put it on the top rung only)
