@@ -247,7 +247,6 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
     not_run = [p for p in problems if p.startswith("trial ") and "has no result" in p]
     compute = sum(float((r.result.get("timing") or {}).get("total_s", 0.0) or 0.0) for r in records)
     scored = sum(1 for r in records if r.result.get("scored_from"))  # medseg_platform.rescore: an evaluation, no training
-    scored_in_run = last_run.get("scored_from_finished") if isinstance(last_run.get("scored_from_finished"), int) else 0
     finished = f"{len(records)}" + (f" of {expected}" if expected else "")
     lines = [
         f"- **Study**: {info.get('name') or study_dir.name}" + (" (Optuna search)" if info.get("search") else ""),
@@ -278,15 +277,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         + (f", {len(not_run)} not run or interrupted" if not_run else "") + " (see Problems)" * bool(problems)
         + (f"; {scored} of the finished scored from the checkpoint of a finished trial that trained alike "
            "(`scored_from` in result.json; docs/evaluation.md, 'Scoring a finished trial again')" if scored else ""),
-        (f"- **Wall time**: the last run of the study command had nothing to train; it scored {scored_in_run} trial(s) from "
-         f"finished trials' checkpoints in {_seconds((last_run.get('timing') or {}).get('total_s'))}"
-         if last_run.get("pending_at_start") == 0 and scored_in_run else
-         "- **Wall time**: the last run of the study command had nothing to train (every trial had finished)"
-         if last_run.get("pending_at_start") == 0 else
-         f"- **Wall time**: last run of the study command {_seconds((last_run.get('timing') or {}).get('total_s'))}"
-         + (f" ({last_run['pending_at_start']} {'sample(s) not yet ended' if info.get('search') else 'trial(s) to run'} at its start"
-            + (f"; {scored_in_run} scored from finished trials' checkpoints" if scored_in_run else "") + ")"
-            if "pending_at_start" in last_run else ""))
+        _last_run_phrase(last_run, bool(info.get("search")))
         + f"; training time summed over the finished trials {_seconds(compute)}"
         + (" (a scored trial's is its evaluation's)" if scored else ""),
     ]
@@ -337,6 +328,22 @@ def model_selection(records: Sequence[TrialRecord]) -> str:
     if not found:
         return "best_val"
     return found.pop() if found in ({"best_val"}, {"final"}) else "mixed"
+
+
+def _last_run_phrase(last_run: Mapping, search: bool) -> str:
+    """The "Wall time" bullet's start: what the last run of the study command had to do (``last_run.json``: the trials
+    to run, or a search's samples not yet ended, at its start, and those it scored from finished trials) and took."""
+    scored = last_run.get("scored_from_finished") if isinstance(last_run.get("scored_from_finished"), int) else 0
+    took = _seconds((last_run.get("timing") or {}).get("total_s"))
+    if last_run.get("pending_at_start") == 0:
+        return (f"- **Wall time**: the last run of the study command had nothing to train; it scored {scored} trial(s) from "
+                f"finished trials' checkpoints in {took}" if scored else
+                "- **Wall time**: the last run of the study command had nothing to train (every trial had finished)")
+    if "pending_at_start" not in last_run:
+        return f"- **Wall time**: last run of the study command {took}"
+    scored_text = f"; {scored} scored from finished trials' checkpoints" if scored else ""
+    return (f"- **Wall time**: last run of the study command {took} ({last_run['pending_at_start']} "
+            f"{'sample(s) not yet ended' if search else 'trial(s) to run'} at its start{scored_text})")
 
 
 def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, records: Sequence[TrialRecord],

@@ -491,11 +491,10 @@ def _rounded(value: float, decimals: int) -> float:
     return round(value, decimals)
 
 
-def _best_means(frame: pd.DataFrame, style: MetricStyle) -> dict[tuple[str, str], float]:
+def _best_means(frame: pd.DataFrame, style: MetricStyle, partial: set[tuple[str, str]]) -> dict[tuple[str, str], float]:
     """Per (column, class): the best displayed mean, only where at least two methods have a value and not all of them
-    show the same one (a column of ties has no best: nothing bold, nothing compared); an "Avg" over fewer classes than
-    its column's (:func:`partial_averages`) is never the best."""
-    partial = {(row, column) for row, column, _ in partial_averages(frame.to_dict("records"))}
+    show the same one (a column of ties has no best: nothing bold, nothing compared); the "Avg" of a (row, column) in
+    ``partial`` (over fewer classes than its column's, :func:`partial_averages`) is never the best."""
     best = {}
     for (column, cls), group in frame.groupby(["column", "class"], sort=False):
         shown = [_rounded(m, style.decimals) for m in group["mean"] if not math.isnan(m)]
@@ -510,9 +509,10 @@ def wide_table(df: pd.DataFrame, metric: str) -> WideTable:
     """Lay out ``metric`` of a long-form table; methods and fractions in rank order, classes as they come."""
     style = metric_style(metric)
     frame = df[df["metric"] == metric]
-    best = _best_means(frame, style)
     records = frame.to_dict("records")
-    partial = {(row, column, AVG) for row, column, _ in partial_averages(records)}
+    partial_cells = {(row, column) for row, column, _ in partial_averages(records)}
+    best = _best_means(frame, style, partial_cells)
+    partial = {(row, column, AVG) for row, column in partial_cells}
     cells, tested, untestable = {}, False, False
     for rec in records:
         key = (rec["row"], rec["column"], rec["class"])

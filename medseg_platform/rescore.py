@@ -291,7 +291,7 @@ def score_from_sources(study_dir: Path, pending: Iterable[dict], log: Callable[[
     ``device`` (the trials' own: a study's CPU-only trials are scored on the CPU even where the driver sees a GPU),
     logging one line each; returns the keys that are now finished. A scoring that fails, for whatever reason, is logged
     and leaves its trial to be trained."""
-    from medseg_platform.results import ERROR_FILE, trial_folder
+    from medseg_platform.results import trial_folder
 
     pending = list(pending)
     sources = scoring_sources(study_dir, pending)
@@ -302,20 +302,26 @@ def score_from_sources(study_dir: Path, pending: Iterable[dict], log: Callable[[
     done = set()
     for trial in pending:
         source = sources.get(trial["key"])
-        if source is None:
-            continue
-        trial_dir = trial_folder(study_dir, trial["key"])
-        try:
-            result = score_trial(source, trial, trial_dir, device)
-        except Exception as exc:  # noqa: BLE001 - any failure (unreadable checkpoint, memory, disk): train it instead
-            reason = str(exc).splitlines()[0] if str(exc) else ""
-            log(f"[{trial['key']}] not scored from {source.folder.name} ({type(exc).__name__}: {reason}); it will be trained")
-            continue
-        (trial_dir / ERROR_FILE).unlink(missing_ok=True)  # an error of an earlier attempt is not this result's
-        done.add(trial["key"])
-        study = source.folder.parent.parent
-        where = "" if study == Path(study_dir) else f" of study {study.name}"
-        differs = f"differs in {', '.join(source.fields)}" if source.fields else "the same configuration"
-        log(f"[{trial['key']}] scored from finished trial {source.folder.name}{where} ({differs}): "
-            f"test mean Dice {result['test']['mean']['dice']:.4f}")
+        if source is not None and score_logged(source, trial, trial_folder(study_dir, trial["key"]), device, log) is not None:
+            done.add(trial["key"])
     return done
+
+
+def score_logged(source: ScoringSource, trial: Mapping, trial_dir: Path, device, log: Callable[[str], None]) -> dict | None:
+    """:func:`score_trial`, with one log line saying what was scored from what; None, logged, when the scoring fails for
+    whatever reason (an unreadable checkpoint, memory, disk): the trial is then trained."""
+    from medseg_platform.results import ERROR_FILE
+
+    try:
+        result = score_trial(source, trial, trial_dir, device)
+    except Exception as exc:  # noqa: BLE001 - any failure: the trial trains instead
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        log(f"[{trial['key']}] not scored from {source.folder.name} ({type(exc).__name__}: {reason}); it will be trained")
+        return None
+    (Path(trial_dir) / ERROR_FILE).unlink(missing_ok=True)  # an error of an earlier attempt is not this result's
+    study = source.folder.parent.parent
+    where = "" if study == Path(trial_dir).parent.parent else f" of study {study.name}"
+    differs = f"differs in {', '.join(source.fields)}" if source.fields else "the same configuration"
+    log(f"[{trial['key']}] scored from finished trial {source.folder.name}{where} ({differs}): "
+        f"test mean Dice {result['test']['mean']['dice']:.4f}")
+    return result

@@ -148,7 +148,10 @@ def check_dataset(root: str | Path, num_classes: int = 4, progress: bool = False
         elif stats.items and not stats.class_voxels[1:].any():
             found = (f"split '{name}' has no foreground label in any of its files, so {_UNLABELLED_SPLIT[name]} (check its "
                      f"label files and {_LIST_OF_SPLIT[name]})")
-            (problems.append(f"{layout.root}: {found}") if name == "train" else notes.append(found))
+            if name == "train":
+                problems.append(f"{layout.root}: {found}")
+            else:
+                notes.append(found)
         elif stats.items:
             absent = [class_names[c - 1] if c - 1 < len(class_names) else f"class {c}"
                       for c in range(1, num_classes) if not stats.class_voxels[c]]

@@ -189,7 +189,7 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
         val_dice = validation_dice(objective.eval_model(), val_volumes, cfg, device)
         timing["val_s"] += time.perf_counter() - t0
         val_curve.append({"step": step + 1, "val_dice": val_dice})
-        if _selects(cfg.eval.selection, val_dice, best):
+        if selects(cfg.eval.selection, val_dice, best):
             best = {"step": step + 1, "val_dice": val_dice, "state": copy.deepcopy(objective.eval_model().state_dict())}
         t0 = time.perf_counter()
         save_checkpoint(ckpt_path, training_state(step + 1, objective, optimizer, generator, scaler=loop.scaler, best_step=best["step"],
@@ -223,7 +223,7 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
     return TrialOutcome(data.subset, best["step"], best["val_dice"], test_rows, curves, val_curve, timing, start_step, extra)
 
 
-def _selects(selection: str, val_dice: float, selected: dict) -> bool:
+def selects(selection: str, val_dice: float, selected: dict) -> bool:
     """Whether the state just validated with ``val_dice`` replaces the ``selected`` one (``eval.selection``).
 
     ``"best_val"``: when its val Dice is higher (a NaN Dice, nothing defined, never wins against a number, but is

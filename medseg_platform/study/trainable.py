@@ -93,9 +93,7 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
                                             report=lambda metrics: tune.report({**metrics, METRIC: metrics["best_val_dice"]}))
         if record is not None:
             score_test_root(trial_dir, test_root, key)
-            tune.report({"step": cfg.optim.max_steps, METRIC: record["best_val_dice"], "best_val_dice": record["best_val_dice"],
-                         "test_dice": record["test"]["mean"]["dice"], "done": True,
-                         ASHA_TIME: -(-cfg.optim.max_steps // cfg.eval.val_every) + 1})
+            tune.report(final_report(cfg, record))
             return
 
     attempt = start_attempt(trial_dir)
@@ -134,8 +132,14 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
         write_trial_error(trial_dir, config=config, tags=tags, seed=cfg.seed, error=message, kind="infrastructure", run=run_id)
         raise  # Tune retries it from the last checkpoint (FailureConfig), or marks it errored when no retry is left
     score_test_root(trial_dir, test_root, key)
-    tune.report({"step": cfg.optim.max_steps, METRIC: record["best_val_dice"], "best_val_dice": record["best_val_dice"],
-                 "test_dice": record["test"]["mean"]["dice"], "done": True, ASHA_TIME: -(-cfg.optim.max_steps // cfg.eval.val_every) + 1})
+    tune.report(final_report(cfg, record))
+
+
+def final_report(cfg: TrialConfig, record: Mapping) -> dict:
+    """The last report of a trial whose result files are written (trained or scored): its selected val Dice and test
+    Dice, ``done``, and ASHA's time one past the last validation (ASHA ends a trial that reaches ``max_t``)."""
+    return {"step": cfg.optim.max_steps, METRIC: record["best_val_dice"], "best_val_dice": record["best_val_dice"],
+            "test_dice": record["test"]["mean"]["dice"], "done": True, ASHA_TIME: -(-cfg.optim.max_steps // cfg.eval.val_every) + 1}
 
 
 def score_sample_from_finished(study_dir: str, key: str, config: dict, tags: dict, trial_dir: Path, device,
@@ -147,30 +151,23 @@ def score_sample_from_finished(study_dir: str, key: str, config: dict, tags: dic
     First ``report`` replays the finished trial's validations (val Dice and the selected one so far, ``evaluations``
     1, 2, ...), as the sample's own training would report them, so ASHA meets it at every rung and can stop it there
     as it would have stopped the training; Tune ends a stopped function at its report, before anything is written."""
-    import math
-
-    from medseg_platform.rescore import score_trial, scoring_sources
+    from medseg_platform.engine.trial import selects
+    from medseg_platform.rescore import score_logged, scoring_sources
     from medseg_platform.results import VAL_CURVE_FILE, read_csv
 
     sample = {"key": key, "config": config, "tags": tags}
     source = scoring_sources(Path(study_dir), [sample]).get(key)
     if source is None:
         return None
-    final = TrialConfig.from_dict(config).eval.selection == "final"
-    selected = None
-    for count, row in enumerate(read_csv(source.folder / VAL_CURVE_FILE), start=1):  # engine.trial's selection rule
+    selection = TrialConfig.from_dict(config).eval.selection
+    selected = {"state": None, "val_dice": float("nan")}
+    for count, row in enumerate(read_csv(source.folder / VAL_CURVE_FILE), start=1):
         value = float(row["val_dice"])
-        if final or selected is None or (math.isfinite(value) and (not math.isfinite(selected) or value > selected)):
-            selected = value
-        report({"step": int(row["step"]), "val_dice": value, "best_val_dice": selected, "done": False, ASHA_TIME: count})
-    try:
-        record = score_trial(source, sample, trial_dir, device)
-    except Exception as exc:  # noqa: BLE001 - any failure: the sample trains instead
-        print(f"[{key}] not scored from {source.folder.name} ({type(exc).__name__}: {exc}); it will be trained", flush=True)
-        return None
-    print(f"[{key}] scored from finished trial {source.folder.name} of study {source.folder.parent.parent.name}: "
-          f"test mean Dice {record['test']['mean']['dice']:.4f}", flush=True)
-    return record
+        if selects(selection, value, selected):  # the engine's own selection rule
+            selected = {"state": count, "val_dice": value}
+        report({"step": int(row["step"]), "val_dice": value, "best_val_dice": selected["val_dice"], "done": False,
+                ASHA_TIME: count})
+    return score_logged(source, sample, trial_dir, device, lambda message: print(message, flush=True))
 
 
 def application_error(exc: BaseException) -> MedsegError | None:
