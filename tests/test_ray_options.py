@@ -219,6 +219,29 @@ def test_optuna_search_is_recorded_in_a_journal_file(tiny_root, tmp_path, ray_ad
             check_before_ray(rerun)
 
 
+def test_an_errored_sample_is_an_optuna_failure_without_the_nan_warning(caplog):
+    """An application error ends the trial with an ``errored`` report whose metric is NaN; Ray's OptunaSearch told
+    Optuna that NaN, which logged "The value nan is not acceptable" for every such sample. TPESearch records the
+    same outcome (FAIL, no value) silently, and a normal completion still carries its value."""
+    import logging
+
+    import optuna
+    from ray import tune
+
+    from medseg_platform.study.tpe import TPESearch
+
+    search = TPESearch(space={"lr": tune.uniform(0.0, 1.0)}, metric="val_dice", mode="max", seed=1)
+    search.suggest("errored")
+    search.suggest("finished")
+    with caplog.at_level(logging.WARNING):
+        search.on_trial_complete("errored", {"val_dice": float("nan"), "errored": True, "error": "step 1: loss is NaN"})
+        search.on_trial_complete("finished", {"val_dice": 0.5})
+    trials = search._ot_study.trials  # noqa: SLF001 (Ray keeps the Optuna study there)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert trials[0].value is None and trials[1].value == 0.5
+    assert not [r for r in caplog.records if "nan" in r.getMessage().lower()]
+
+
 def test_an_optuna_storage_that_is_no_journal_or_lies_below_a_file_is_refused(tiny_root, tmp_path):
     from ray import tune
 

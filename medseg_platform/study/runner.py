@@ -571,9 +571,9 @@ def tune_config(study: Study, experiment: str, fits: int | None = None):
 
     search_alg = scheduler = None
     if study.search_space is not None:
-        from ray.tune.search.optuna import OptunaSearch
+        from medseg_platform.study.tpe import TPESearch
 
-        search_alg = OptunaSearch(metric=study.metric, mode=study.mode, seed=int(study.seeds[0]), study_name=experiment,
+        search_alg = TPESearch(metric=study.metric, mode=study.mode, seed=int(study.seeds[0]), study_name=experiment,
                                   storage=optuna_journal(study.optuna_storage) if study.optuna_storage is not None else None)
     if study.asha:
         from medseg_platform.study.asha import ResumableASHA

@@ -1,0 +1,25 @@
+"""Optuna TPE through Tune, with a sample that ended in an application error told to Optuna as *failed*
+(docs/ray.md, 'Optuna through Tune').
+
+A trial that hits an application error (a NaN loss, bad data) ends normally with an ``errored`` report whose metric
+is NaN (:func:`medseg_platform.study.trainable.end_errored`), so that Tune spends no retry on it. Ray 2.60's
+``OptunaSearch`` passes that NaN on to ``Study.tell``, where Optuna marks the trial failed and logs a bare
+"The value nan is not acceptable" warning for each such sample. :class:`TPESearch` tells Optuna the same outcome
+directly (state ``FAIL``, no value), without the warning; every other completion is Ray's.
+"""
+
+from __future__ import annotations
+
+from ray.tune.search.optuna import OptunaSearch
+
+#: the report key an application error sets (trainable.end_errored)
+ERRORED_KEY = "errored"
+
+
+class TPESearch(OptunaSearch):
+    """``OptunaSearch`` (same arguments) that records an errored sample as an Optuna ``FAIL`` without a value."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and result.get(ERRORED_KEY):
+            result, error = None, True  # Ray's path for a trial that raised: state FAIL, nothing told as a value
+        super().on_trial_complete(trial_id, result, error)
