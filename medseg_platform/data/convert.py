@@ -57,6 +57,7 @@ from medseg_platform.data.nifti import (
     check_same_grid,
     find_nifti_pairs,
     image_shape_text,
+    nifti_files_left_out,
     load_pair,
     read_header,
     read_label,
@@ -438,12 +439,14 @@ def convert_nifti(
     overwrite: bool = False,
     log: Log = _quiet,
     class_names: Sequence[str] | None = None,
+    warn: Log = _quiet,
 ) -> ConversionResult:
     """Convert a folder of image/label NIfTI pairs to the SSL4MIS layout with a seeded random patient split.
 
     Labels must be integers ``0..num_classes-1``; ``class_names`` names labels 1..num_classes-1 (default
     ``class 1``, ``class 2``, ...: a generic dataset is not assumed to be cardiac). Same preprocessing, axis
-    convention, manifest and determinism as :func:`convert_acdc`.
+    convention, manifest and determinism as :func:`convert_acdc`. NIfTI files under ``raw_dir`` that are neither a
+    matched image nor its label are left out, with one ``warn`` line (the default glob does not recurse).
     """
     if split.kind != "random":
         raise ConfigError(f"--split {split.kind}: convert-nifti supports only --split random (the published split is ACDC's)")
@@ -454,6 +457,11 @@ def convert_nifti(
     class_names = check_class_names(class_names, num_classes, "--class-names")
     raw, out = _resolved_dirs(raw_dir, out_dir, overwrite)
     sources = nifti_case_sources(raw, image_glob, label_suffix)
+    left_out = nifti_files_left_out(raw, [path for src in sources for path in (src.image, src.label)])
+    if left_out:
+        warn(f"{len(left_out)} NIfTI file(s) under {raw} are not converted: neither an image that --image-glob "
+             f"{image_glob!r} matches nor its label (e.g. {left_out[0].relative_to(raw)}); to include them, widen the glob "
+             "('**/*.nii.gz' also reads subfolders)")
     chosen = make_split([src.patient for src in sources], split)
     info = _source_info("convert-nifti", raw, split, chosen, num_classes)
     info.update(image_glob=image_glob, label_suffix=label_suffix)
@@ -508,7 +516,7 @@ def _run_convert_acdc(args: argparse.Namespace) -> int:
 def _run_convert_nifti(args: argparse.Namespace) -> int:
     names = None if args.class_names is None else parse_class_names(args.class_names, args.num_classes)
     convert_nifti(args.raw_dir, args.out_dir, args.image_glob, args.label_suffix, args.num_classes,
-                  split_spec_from_args(args), args.overwrite, _print, class_names=names)
+                  split_spec_from_args(args), args.overwrite, _print, class_names=names, warn=_warn)
     return 0
 
 

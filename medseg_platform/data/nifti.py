@@ -349,6 +349,13 @@ class NiftiPair:
     label: Path
 
 
+def nifti_files_left_out(raw_dir: str | Path, used: Iterable[Path]) -> list[Path]:
+    """NIfTI files anywhere under ``raw_dir`` (any depth, ``.nii``/``.nii.gz`` in any letter case) that are not in
+    ``used``, sorted: what a conversion whose ``--image-glob`` missed them leaves out."""
+    used = {Path(p) for p in used}
+    return sorted(p for p in Path(raw_dir).rglob("*") if p.name.lower().endswith(NIFTI_EXTENSIONS) and p not in used and p.is_file())
+
+
 def find_nifti_pairs(raw_dir: str | Path, image_glob: str, label_suffix: str) -> list[NiftiPair]:
     """Image/label pairs under ``raw_dir``, sorted by case id.
 

@@ -439,9 +439,14 @@ def test_generic_recursive_with_label_skipping_and_patients(tmp_path, capsys):
 def test_generic_non_recursive_glob_and_determinism(tmp_path):
     raw = tmp_path / "mine"
     make_generic(raw, GENERIC)
-    first = convert_nifti(raw, tmp_path / "o1", "*.nii.gz", "_gt", 3, SplitSpec(kind="random", seed=2))
+    warnings = []
+    first = convert_nifti(raw, tmp_path / "o1", "*.nii.gz", "_gt", 3, SplitSpec(kind="random", seed=2), warn=warnings.append)
     convert_nifti(raw, tmp_path / "o2", "*.nii.gz", "_gt", 3, SplitSpec(kind="random", seed=2))
     assert first.num_cases == 7  # top level only: a, pat1 x2, d, e, f, g
+    # the two subfolders' pairs are left out, and the warning says so (it used to be dropped without a word)
+    assert warnings == [f"4 NIfTI file(s) under {raw} are not converted: neither an image that --image-glob '*.nii.gz' "
+                        f"matches nor its label (e.g. {Path('sub/b.nii.gz')}); to include them, widen the glob "
+                        "('**/*.nii.gz' also reads subfolders)"]
     assert all_files(tmp_path / "o1") == all_files(tmp_path / "o2")
     other = convert_nifti(raw, tmp_path / "o3", "*.nii.gz", "_gt", 3, SplitSpec(kind="random", seed=3))
     assert other.split != first.split
