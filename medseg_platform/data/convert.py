@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
+import numpy as np
+
 from medseg_platform import __version__
 from medseg_platform.cli import command_parser
 from medseg_platform.data.acdc_split import Split, SplitSpec, make_split
@@ -276,14 +278,17 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
         raise
 
 
-def preflight(sources: Sequence[CaseSource], num_classes: int) -> None:
+def preflight(sources: Sequence[CaseSource], num_classes: int) -> list[int]:
     """Checks of every pair before anything is written: readable headers, equal (D, H, W) shapes, voxel sizes and
     orientations (headers only), then every label's values (label files are small: a bad value in the last patient
-    used to stop the conversion only after every other patient was converted)."""
+    used to stop the conversion only after every other patient was converted). Returns the foreground classes
+    (1..num_classes-1) that no label holds."""
     for src in sources:
         check_same_grid(read_header(src.image), read_header(src.label))
+    voxels = np.zeros(num_classes, dtype=np.int64)
     for src in sources:
-        read_label(src.label, num_classes)
+        voxels += np.bincount(read_label(src.label, num_classes).ravel(), minlength=num_classes)
+    return [c for c in range(1, num_classes) if voxels[c] == 0]
 
 
 def _relative(path: Path, raw_dir: Path) -> str:
@@ -348,10 +353,17 @@ def run_conversion(
     num_classes: int,
     log: Log,
     class_names: Sequence[str] | None = None,
+    warn: Log = _quiet,
 ) -> ConversionResult:
-    """Preflight, then write cases, lists and manifest (with ``class_names``) into staging and move it to ``out_dir``."""
+    """Preflight, then write cases, lists and manifest (with ``class_names``) into staging and move it to ``out_dir``.
+    A foreground class that no label holds is a ``warn`` line (most often a ``--num-classes`` above the data's)."""
     chosen = [src for src in sources if src.patient in set(split.patients)]
-    preflight(chosen, num_classes)
+    absent = preflight(chosen, num_classes)
+    if absent:
+        names = [class_names[c - 1] if class_names else f"class {c}" for c in absent]
+        warn(f"{', '.join(f'label {c} ({name})' for c, name in zip(absent, names))}: in no label of the {len(chosen)} "
+             f"volume(s): no trial learns to segment it. Check --num-classes {num_classes} (background included) if the data "
+             "holds fewer classes")
     with staged_output(out_dir) as staging:
         train_slices, facts = write_cases(staging, chosen, split, raw_dir, num_classes, log)
         write_lists(staging, train_slices, _cases_of(split.val, chosen), _cases_of(split.test, chosen))
@@ -425,7 +437,7 @@ def convert_acdc(
     info = _source_info("convert-acdc", raw, split, chosen, ACDC_NUM_CLASSES)
     if split.kind == "published":
         info.update(missing_published=len(chosen.missing), skipped_patients=list(skipped))
-    result = run_conversion(raw, out, sources, chosen, info, ACDC_NUM_CLASSES, log, class_names)
+    result = run_conversion(raw, out, sources, chosen, info, ACDC_NUM_CLASSES, log, class_names, warn)
     return ConversionResult(result.out_dir, result.split, result.num_slices, result.num_cases, skipped)
 
 
@@ -465,7 +477,7 @@ def convert_nifti(
     chosen = make_split([src.patient for src in sources], split)
     info = _source_info("convert-nifti", raw, split, chosen, num_classes)
     info.update(image_glob=image_glob, label_suffix=label_suffix)
-    return run_conversion(raw, out, sources, chosen, info, num_classes, log, class_names)
+    return run_conversion(raw, out, sources, chosen, info, num_classes, log, class_names, warn)
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -417,7 +417,7 @@ def test_generic_recursive_with_label_skipping_and_patients(tmp_path, capsys):
     make_generic(raw, GENERIC)
     rc, out_text, err = run(capsys, "convert-nifti", raw, tmp_path / "out", "--image-glob", "**/*.nii.gz",
                             "--label-suffix", "_gt", "--num-classes", "3", "--seed", "4")
-    assert rc == 0, err
+    assert rc == 0 and err == "", err  # every file used, every class present: no warning
     layout = AcdcLayout(tmp_path / "out", num_classes=3)
     cases = layout.train_cases + layout.val_cases + layout.test_cases
     assert sorted(cases) == ["a", "b", "c_v2", "d", "e", "f", "g", "pat1_frame01", "pat1_frame02"]
@@ -450,6 +450,16 @@ def test_generic_non_recursive_glob_and_determinism(tmp_path):
     assert all_files(tmp_path / "o1") == all_files(tmp_path / "o2")
     other = convert_nifti(raw, tmp_path / "o3", "*.nii.gz", "_gt", 3, SplitSpec(kind="random", seed=3))
     assert other.split != first.split
+
+
+def test_a_class_in_no_label_is_a_warning_naming_num_classes(tmp_path, capsys):
+    """--num-classes above the data's: the conversion goes on (a dataset may lack a class), with one warning line."""
+    raw = tmp_path / "mine"
+    make_generic(raw, ["a", "b", "c"], num_classes=3)
+    rc, _, err = run(capsys, "convert-nifti", raw, tmp_path / "out", "--num-classes", "4", "--class-names", "RV,Myo,LV")
+    assert rc == 0 and AcdcLayout(tmp_path / "out", num_classes=4).test_cases
+    assert err == ("warning: label 3 (LV): in no label of the 3 volume(s): no trial learns to segment it. Check "
+                   "--num-classes 4 (background included) if the data holds fewer classes\n")
 
 
 @pytest.mark.parametrize(
