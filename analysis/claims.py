@@ -40,6 +40,7 @@ it adds the published difference of the same two rows (:mod:`analysis.published`
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -240,7 +241,8 @@ def read_claims(info: Mapping[str, Any]) -> list[dict]:
 
 
 def _signed(value: float) -> str:
-    return MISSING if math.isnan(value) else f"{value:+.1f}"
+    """``value`` with its sign to one decimal; a value that rounds to zero prints "+0.0", never "-0.0"."""
+    return MISSING if math.isnan(value) else f"{round(value, 1) + 0.0:+.1f}"
 
 
 def _p_text(p: float) -> str:
@@ -273,7 +275,7 @@ def _published_text(claim: Mapping[str, Any]) -> str:
         return "n/a (Dice only)"
     a, b = claim.get("published_rows") or (claim["a"], claim["b"])
     found = published_difference(a, b, claim["column"], claim.get("b_column"))
-    return f"{found.difference:+.1f} ({found.table.source})" if found else "n/a (not published)"
+    return f"{_signed(found.difference)} ({found.table.source})" if found else "n/a (not published)"
 
 
 def on_published_data(settings: Mapping[str, Any], records: Sequence[TrialRecord]) -> tuple[bool, str]:
@@ -294,18 +296,31 @@ def on_published_data(settings: Mapping[str, Any], records: Sequence[TrialRecord
     return True, ""
 
 
-def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records: Sequence[TrialRecord]) -> list[str]:
-    """The report's "Claims" section as Markdown lines ([] when the study declares no claim)."""
-    claims = read_claims(info)
-    if not claims:
+def claim_results(info: Mapping[str, Any], records: Sequence[TrialRecord]) -> list[tuple[dict, ClaimResult]]:
+    """Each claim the study declares (``study.json``) with its result on ``records``."""
+    return [(claim, evaluate_claim(claim, records)) for claim in read_claims(info)]
+
+
+def verdict_counts(results: Sequence[tuple[dict, ClaimResult]]) -> str:
+    """The verdicts in one line ("2 supported, 9 inconclusive at this n"); "" without claims."""
+    counts = Counter(result.verdict for _, result in results)
+    order = (SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN)
+    return ", ".join(f"{counts[verdict]} {verdict}" for verdict in order if counts[verdict])
+
+
+def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records: Sequence[TrialRecord],
+                   results: Sequence[tuple[dict, ClaimResult]] | None = None) -> list[str]:
+    """The report's "Claims" section as Markdown lines ([] when the study declares no claim); ``results``: those of
+    :func:`claim_results` on the same records, when already computed."""
+    results = claim_results(info, records) if results is None else results
+    if not results:
         return []
     paper, run = on_published_data(settings, records)
     header = ["Claim", "Paper", "Measured \u0394 (points)", "Per seed \u0394", "95% CI", "p", "n (case \u00d7 seed pairs)", "Verdict"]
     header += ["Published \u0394"] if paper else []
     lines = ["## Claims", "", "| " + " | ".join(header) + " |", "| " + " | ".join(["---", "---"] + ["---:"] * 5 + ["---"] * (1 + paper)) + " |"]
-    for claim in claims:
-        result = evaluate_claim(claim, records)
-        ci = MISSING if math.isnan(result.ci[0]) else f"[{result.ci[0]:+.1f}, {result.ci[1]:+.1f}]"
+    for claim, result in results:
+        ci = MISSING if math.isnan(result.ci[0]) else f"[{_signed(result.ci[0])}, {_signed(result.ci[1])}]"
         verdict_text = f"{result.verdict} ({result.reason})" if result.reason else result.verdict
         p_text = MISSING if result.verdict == NOT_RUN else _p_text(result.p_value)
         per_seed = " / ".join(_signed(v) for v in result.per_seed) or MISSING

@@ -40,7 +40,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.tables import (AVG, build_table, column_label, column_order, distance_unit, metric_style,  # noqa: E402
-                             row_label, row_order, seed_statistics, study_class_names, trial_class_values, trial_seed)
+                             partial_averages, row_label, row_order, seed_statistics, study_class_names, trial_class_values,
+                             trial_seed)
 from medseg_platform.io import atomic_path  # noqa: E402
 from medseg_platform.recipes import FULL_SUPERVISION_LABEL, METHOD_LABELS, WITHOUT_CONTRAST_LABELS  # noqa: E402
 from medseg_platform.results import CURVES_FILE, QUALITATIVE_FILE, VAL_CURVE_FILE, read_csv  # noqa: E402
@@ -66,8 +67,26 @@ def fixed_colours(method_labels: Mapping[str, str]) -> dict[str, str]:
 #: (:func:`palette`).
 FIXED_COLOURS = fixed_colours(METHOD_LABELS)
 #: Overlay colours of labels 1, 2, 3 (ACDC's RV, Myo, LV), transparent background; higher labels get OTHER_CLASS_COLOUR.
-CLASS_COLOURS = {1: "#e41a1c", 2: "#4daf4a", 3: "#377eb8"}
-OTHER_CLASS_COLOUR = "#ffff33"
+#: Okabe and Ito's colour-blind-safe set: orange, bluish green, blue (red next to green was hard to tell apart).
+CLASS_COLOURS = {1: "#E69F00", 2: "#009E73", 3: "#0072B2"}
+OTHER_CLASS_COLOUR = "#CC79A7"
+#: Axis names of the platform's ablation axes (``tags["axes"]`` keys) as the tables write them; others print as they are.
+AXIS_NAMES = {"objective_params.temperature": "pixel-contrast temperature \u03c4",
+              "isd.tau_teacher": "ISD teacher temperature \u03c4_t", "isd.tau_student": "ISD student temperature \u03c4_s",
+              "objective_params.num_anchors": "anchors per class", "objective_params.sampler_groups": "sampler groups"}
+PARTIAL_HATCH = "////"  # an "Avg" bar over fewer classes than its column's (analysis.tables.partial_averages)
+SINGLE_SEED_NOTE = "no error bar: a single seed"
+
+
+def axis_name(axis: str) -> str:
+    """How a plot names the ablation axis ``axis`` (:data:`AXIS_NAMES`, else the key itself)."""
+    return AXIS_NAMES.get(axis, axis)
+
+
+def _spread(std: float, n_seeds: int) -> float:
+    """The error bar of a mean over ``n_seeds`` seeds: its std, none (NaN) for a single seed (a std of 0.0 would
+    read as seeds that agree)."""
+    return std if n_seeds >= 2 else math.nan
 DPI = 120
 LEGEND_MAX_ROWS = 4
 
@@ -194,7 +213,8 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
     axes = fig.subplots(1, len(columns), sharey=True, squeeze=False)[0]
     bar = 0.8 / len(rows)
     handles = {}
-    undefined_any = False
+    undefined_any = single_any = partial_any = False
+    partial = {(row, column) for row, column, _ in partial_averages(every_cell.to_dict("records"))}
     for ax, column in zip(axes, columns):
         cells = frame[frame["column"] == column].set_index(["row", "class"])
         # cells that exist but have no value: undefined in every case (e.g. HD95 of an empty prediction)
@@ -202,14 +222,22 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
         undefined = {(r, c) for r, c, m in zip(every["row"], every["class"], every["mean"]) if pd.isna(m)}
         for i, row in enumerate(rows):
             means = [cells.loc[(row, c), "mean"] if (row, c) in cells.index else np.nan for c in classes]
-            stds = [cells.loc[(row, c), "std"] if (row, c) in cells.index else np.nan for c in classes]
+            seeds = [int(cells.loc[(row, c), "n_seeds"]) if (row, c) in cells.index else 0 for c in classes]
+            stds = [_spread(cells.loc[(row, c), "std"], n) if (row, c) in cells.index else np.nan for c, n in zip(classes, seeds)]
+            single_any |= any(n == 1 for n in seeds)
             x = np.arange(len(classes)) - 0.4 + bar * (i + 0.5)
             handles[row] = ax.bar(x, means, bar, yerr=stds, capsize=2, color=colours[row], label=row,
                                   error_kw={"elinewidth": 0.8, "ecolor": "#333333"})
+            if (row, column) in partial and AVG in classes:
+                patch = handles[row].patches[classes.index(AVG)]
+                patch.set_hatch(PARTIAL_HATCH)
+                patch.set_edgecolor("#333333")
+                patch.set_alpha(0.6)
+                partial_any = True
             for xi, c in zip(x, classes):
                 if (row, c) in undefined:
                     undefined_any = True
-                    ax.text(xi, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize="xx-small", color=colours[row])
+                    ax.text(xi, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize="x-small", color="#333333")
         ax.set_xticks(np.arange(len(classes)), classes)
         ax.set_xlim(-0.5, len(classes) - 0.5)  # the same in every panel, also where a class has no bar
         ax.set_xlabel("class")
@@ -219,9 +247,12 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
     axes[0].set_ylabel(metric_axis_label(metric, unit))
     if metric_style(metric).scale == 100.0:
         axes[0].set_ylim(0, 100)
-    title = f"Test {metric_style(metric).label.split(' ')[0]} per class and method (mean \u00b1 std over seeds)"
+    title = (f"Test {metric_style(metric).label.split(' ')[0]} per class and method (mean \u00b1 std over seeds"
+             + (f"; {SINGLE_SEED_NOTE})" if single_any else ")"))
     if undefined_any:
         title += "\nn/a: undefined in every test case (an empty prediction or ground truth)"
+    if partial_any:
+        title += f"\nhatched {AVG}: over fewer classes than other rows' in some seed (not comparable)"
     fig.suptitle(title, fontsize="medium")
     _legend_below(fig, [handles[r] for r in rows if r in handles], [r for r in rows if r in handles])
     return fig
@@ -262,13 +293,14 @@ def numeric_axes(records: Sequence) -> list[str]:
 
 def _errorbar_lines(ax, series: Mapping[str, Mapping[float, list[float]]], colours: Mapping[str, str],
                     styles: Mapping[str, tuple[str, str]]) -> dict:
-    """One line with error bars (mean ± std over the values at each x) per series; returns the handles."""
+    """One line with error bars (mean ± std over the values at each x; none for a single value) per series; returns
+    the handles."""
     handles = {}
     for label, points in series.items():
         xs = sorted(points)
-        stats = [seed_statistics(points[x])[:2] for x in xs]
+        stats = [seed_statistics(points[x]) for x in xs]
         colour, linestyle = styles.get(label, (colours.get(label, "#333333"), "-"))
-        handles[label] = ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], color=colour,
+        handles[label] = ax.errorbar(xs, [m for m, _, _ in stats], yerr=[_spread(s, n) for _, s, n in stats], color=colour,
                                      linestyle=linestyle, marker="o", markersize=4, capsize=3, label=label,
                                      clip_on=False)  # a point at 0 (the axis starts there) is drawn whole
     return handles
@@ -315,8 +347,8 @@ def axis_curves(records: Sequence, axis: str, metric: str, colours: Mapping[str,
     if sum(len(points) for points in series.values()) < 2:
         return Skipped(f"{metric} vs {axis}: fewer than two values of the axis have results")
     xs = sorted({x for points in series.values() for x in points})
-    return _metric_curves(series, colours, _series_styles(variants, colours), xs, [f"{x:g}" for x in xs], axis,
-                          metric, unit, axis.split(".")[-1])
+    return _metric_curves(series, colours, _series_styles(variants, colours), xs, [f"{x:g}" for x in xs], axis_name(axis),
+                          metric, unit, axis_name(axis))
 
 
 def label_fraction_curves(records: Sequence, metric: str, colours: Mapping[str, str], unit: str | None = None) -> Figure | Skipped:
@@ -346,6 +378,7 @@ def _metric_curves(series: Mapping[str, Mapping[float, list[float]]], colours: M
     fig = _new_figure(7.0, 4.6)
     ax = fig.subplots()
     handles = _errorbar_lines(ax, series, colours, styles)
+    single = any(seed_statistics(values)[2] == 1 for points in series.values() for values in points.values())
     if _wants_log_scale(xs):
         ax.set_xscale("log")
     ax.set_xticks(xs, tick_labels, rotation=45 if len(xs) > 6 else 0)
@@ -353,8 +386,11 @@ def _metric_curves(series: Mapping[str, Mapping[float, list[float]]], colours: M
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric_axis_label(metric, unit) + ", class average")
     _non_negative(ax)
+    if metric_style(metric).scale == 100.0:  # percent: values of 0 to 0.05 points must not look like differences
+        ax.set_ylim(0.0, max(ax.get_ylim()[1], 10.0))
     ax.grid(alpha=0.3)
-    ax.set_title(f"Test {metric_style(metric).label.split(' ')[0]} vs {versus} (mean \u00b1 std over seeds)")
+    ax.set_title(f"Test {metric_style(metric).label.split(' ')[0]} vs {versus} (mean \u00b1 std over seeds"
+                 + (f";\n{SINGLE_SEED_NOTE})" if single else ")"))
     _legend_below(fig, list(handles.values()), list(handles))
     return fig
 
@@ -406,7 +442,7 @@ def training_curves(records: Sequence, colours: Mapping[str, str]) -> Figure | S
                 steps, mean = _seed_mean_curve([c for c in vals if c])
                 handles[row] = val_ax.plot(steps, [100.0 * v for v in mean], color=colours[row], marker="o",
                                            markersize=3, linewidth=1.3, label=row)[0]
-        loss_ax.set_ylabel("training loss")
+        loss_ax.set_ylabel("training loss (each method's objective)")
         val_ax.set_ylabel("val Dice (%)")
         _non_negative(val_ax)  # an all-zero curve (a model that never learnt) would otherwise get negative ticks
         for ax in (loss_ax, val_ax):
@@ -417,7 +453,10 @@ def training_curves(records: Sequence, colours: Mapping[str, str]) -> Figure | S
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle("Training loss and validation Dice (mean over seeds)")
     ordered = [r for r in rows if r in handles]
-    _legend_below(fig, [handles[r] for r in ordered], ordered)
+    from matplotlib.lines import Line2D
+
+    # plain lines: the loss panels have no markers, the val panels do (the last-drawn handle's style was shown)
+    _legend_below(fig, [Line2D([], [], color=colours[r], linewidth=1.3) for r in ordered], ordered)
     return fig
 
 
@@ -507,7 +546,9 @@ def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[in
 
 
 def _wrap(text: str, width: int) -> str:
-    """``text`` broken at spaces into lines of about ``width`` characters (for narrow panel titles)."""
+    """``text`` broken at spaces into lines of about ``width`` characters (for narrow panel titles); never inside
+    "τ = 0.1" (the spaces around "=" are kept as no-break spaces)."""
+    text = text.replace(" = ", "\u00a0=\u00a0")
     lines, line = [], ""
     for word in text.split(" "):
         if line and len(line) + 1 + len(word) > width:
@@ -694,7 +735,7 @@ def write_plots(records: Sequence, out_dir: str | Path, df: pd.DataFrame | None 
          lambda: label_fraction_curves(records, "dice", colours)),
     ]
     for axis in numeric_axes(records):
-        jobs.append((f"dice_vs_{slug(axis)}.png", f"Test Dice (class average) vs {axis}, one line per variant",
+        jobs.append((f"dice_vs_{slug(axis)}.png", f"Test Dice (class average) vs {axis_name(axis)}, one line per variant",
                      lambda axis=axis: axis_curves(records, axis, "dice", colours)))
     jobs.append(("training_curves.png", "Training loss and val Dice vs training step (mean over seeds)",
                  lambda: training_curves(records, colours)))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from analysis.claims import claims_section, read_claims
+from analysis.claims import claim_results, claims_section, read_claims, verdict_counts
 from analysis.plots import is_plot_name, natural_key, PlotFile, write_plots
 from analysis.health import TrialHealth, health_problems, health_section, record_health
 from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, escape_markdown,
@@ -55,6 +55,7 @@ class StudyReport:
     records: list[TrialRecord] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # trial keys of study.json without a result
+    claims: str = ""  # the claims' verdicts in one line (analysis.claims.verdict_counts); "" without claims
 
     @property
     def paths(self) -> list[Path]:
@@ -348,10 +349,12 @@ def _last_run_phrase(last_run: Mapping, search: bool) -> str:
 
 def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, records: Sequence[TrialRecord],
                   problems: Sequence[str], tables: Sequence[Path], plots: Sequence[PlotFile],
-                  sample_order: Mapping[str, int] | None = None, search_statuses: Mapping[str, int] | None = None) -> str:
+                  sample_order: Mapping[str, int] | None = None, search_statuses: Mapping[str, int] | None = None,
+                  claims: Sequence | None = None) -> str:
     """The text of ``report.md``; links are relative to the study folder. ``sample_order``: a search's trial folders
     -> proposal order (ties in its best configurations); ``search_statuses``: its samples per status
-    (:data:`analysis.search.STATUSES`)."""
+    (:data:`analysis.search.STATUSES`); ``claims``: :func:`analysis.claims.claim_results` of ``records`` when
+    already computed."""
     name = info.get("name") or study_dir.name
     lines = [f"# Report: {name}", "", "Regenerate tables, plots and this file with `medseg report` on this folder (no training).", "",
              "## Settings", "", *settings_lines(study_dir, info, settings, last_run, records, problems, search_statuses), ""]
@@ -359,7 +362,7 @@ def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, r
     if dice is not None:
         body = dice.read_text(encoding="utf-8").rstrip("\n")
         lines += ["## Results", "", body.replace("### Dice (%)", "### Test Dice (%)", 1), ""]
-    lines += claims_section(info, settings, records)
+    lines += claims_section(info, settings, records, claims)
     lines += _best_search_lines(records, order=sample_order)
     lines += health_section(trial_health(records), model_selection(records))
     if tables:
@@ -456,15 +459,20 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
         from analysis.search import STATUSES
 
         statuses = {status: sum(1 for sample in samples if sample.status == status) for status in STATUSES}
-    write_text_atomic(report, render_report(study_dir, info, settings, last_run, records, problems, tables, plots, order, statuses))
+    claims = claim_results(info, records)
+    write_text_atomic(report, render_report(study_dir, info, settings, last_run, records, problems, tables, plots, order, statuses,
+                                            claims))
     remove_stale_outputs(study_dir, tables, [p.path for p in plots])
-    return StudyReport(study_dir, report, tables, [p.path for p in plots], records, problems, missing)
+    return StudyReport(study_dir, report, tables, [p.path for p in plots], records, problems, missing, verdict_counts(claims))
 
 
 def print_report(report: StudyReport, file=None) -> str:
     """Print (and return) the Dice table, where the report, tables and plots are, and the problems."""
     text = print_summary(report.tables, report.problems, file=file)
-    lines = [f"Plots ({len(report.plots)} files):", *(f"  {p}" for p in report.plots), f"Report: {report.report}"]
+    lines = [f"Plots ({len(report.plots)} files):", *(f"  {p}" for p in report.plots)]
+    if report.claims:
+        lines.append(f"Claims: {report.claims} (report.md, 'Claims')")
+    lines.append(f"Report: {report.report}")
     extra = "\n".join(lines) + "\n"
     print(extra, end="", file=file)
     return text + extra

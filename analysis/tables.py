@@ -75,7 +75,7 @@ UNKNOWN = "unknown"
 MISSING = "\u2013"  # en dash: no trial for this method and label fraction
 LONG_COLUMNS = ("row", "column", "class", "metric", "unit", "mean", "std", "n_seeds", "n_undefined", "seeds",
                 "p_vs_best", "n_pairs", "row_rank", "column_rank", "n_flagged", "steps", "patients", "empty_policy", "search",
-                "selection")
+                "selection", "avg_classes")
 
 
 @dataclass(frozen=True)
@@ -275,8 +275,10 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
     label fraction, so the layout survives a CSV round trip), ``n_flagged`` (the cell's trials whose
     validation curve was flagged, :mod:`analysis.health`), ``steps``, ``patients`` and
     ``empty_policy`` (distinct fine-tuning steps, labelled patients and empty-mask policies of the cell's
-    trials, comma-separated), ``search`` ("yes" when the cell's trials are an Optuna search's samples).
-    ``unit`` of HD95/ASD: ``distances(trials)`` of the cell (default :func:`distance_unit`), else the generic words. Dice and Jaccard are in percent. Rows come
+    trials, comma-separated; read the CSV with ``keep_default_na=False`` to keep the policy "nan" as text),
+    ``search`` ("yes" when the cell's trials are an Optuna search's samples), ``selection`` (the tested weights),
+    ``avg_classes`` (Avg rows: the fewest classes any seed's average covers, :func:`partial_averages`; empty on
+    class rows). ``seeds`` lists the cell's trials, ``n_seeds`` those with a value. ``unit`` of HD95/ASD: ``distances(trials)`` of the cell (default :func:`distance_unit`), else the generic words. Dice and Jaccard are in percent. Rows come
     in table order (methods, then label fractions, then ``metrics``, then classes); only (method, fraction)
     pairs with trials appear. A trial folder passed twice counts once. ``class_names`` (label -> name):
     default :func:`study_class_names` of the records.
@@ -302,13 +304,16 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
 
 
 def partial_averages(rows: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, str]]:
-    """``(row, column, metric)`` of the cells whose "Avg" leaves out a class that another row of the same column and
-    metric defines (long-form rows: ``row``, ``column``, ``class``, ``metric``, ``mean``).
+    """``(row, column, metric)`` of the cells with a defined "Avg" that leaves out, in some seed, a class that another
+    row of the same column and metric defines (long-form rows: ``row``, ``column``, ``class``, ``metric``, ``mean``,
+    and ``avg_classes`` of the Avg rows where present).
 
     A method that misses a structure in every test case has no HD95 or ASD for it, and its average over the remaining
     classes is an easier number than the other rows' (a probe's method that never predicted the LV got the lowest Avg
-    HD95, bold). Such a cell is shown with its † but is never the best of its column (:func:`_best_means`,
-    :func:`_add_significance`)."""
+    HD95, bold). The same holds for one seed of a cell: a seed that missed the RV averages Myo and LV only, so the
+    cell's Avg mixes seeds over different classes even where every class has a value from some seed. Such a cell is
+    shown with its † but is never the best of its column (:func:`_best_means`, :func:`_add_significance`)."""
+    rows = list(rows)
     covered: dict[tuple[str, str, str], set[str]] = {}
     for rec in rows:
         if rec["class"] != AVG:
@@ -318,7 +323,16 @@ def partial_averages(rows: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, s
     union: dict[tuple[str, str], set[str]] = {}
     for (_, column, metric), classes in covered.items():
         union.setdefault((column, metric), set()).update(classes)
-    return {key for key, classes in covered.items() if classes < union[(key[1], key[2])]}
+    partial = set()
+    for rec in rows:
+        key = (rec["row"], rec["column"], rec["metric"])
+        if rec["class"] != AVG or math.isnan(rec["mean"]):
+            continue  # an Avg without a value is shown as such, not as a partial one
+        fewest = rec.get("avg_classes", math.nan)
+        fewest = len(covered.get(key, ())) if fewest is None or math.isnan(fewest) else min(fewest, len(covered.get(key, ())))
+        if fewest < len(union.get(key[1:], ())):
+            partial.add(key)
+    return partial
 
 
 def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str], Sequence[TrialRecord]],
@@ -366,8 +380,18 @@ def _cell_rows(row: str, column: str, trials: Sequence[TrialRecord], metrics: Se
             mean, std, n = seed_statistics([value * style.scale for value, _ in values])
             out.append({"row": row, "column": column, "class": _class_label(cls, class_names), "metric": metric,
                         "unit": style.unit if style.scale != 1.0 else distances_in, "mean": mean, "std": std, "n_seeds": n,
-                        "n_undefined": int(sum(undefined for _, undefined in values)), "seeds": seeds, **settings})
+                        "n_undefined": int(sum(undefined for _, undefined in values)), "seeds": seeds, **settings,
+                        "avg_classes": _fewest_averaged(per_trial, classes) if cls == AVG else math.nan})
     return out
+
+
+def _fewest_averaged(per_trial: Sequence[Mapping[int | str, tuple[float, int]]], classes: Sequence[int]) -> float:
+    """The fewest classes that any seed's "Avg" averages (classes with a defined mean in that seed), over the seeds
+    whose Avg is defined; NaN when none is. Each seed's Avg is the mean of its own defined classes, so a cell's Avg
+    can mix seeds that miss different classes (:func:`partial_averages`)."""
+    counts = [sum(not math.isnan(values.get(c, (math.nan, 0))[0]) for c in classes)
+              for values in per_trial if not math.isnan(values[AVG][0])]
+    return float(min(counts)) if counts else math.nan
 
 
 def _distinct_text(values: Iterable[Any]) -> str:
@@ -663,7 +687,8 @@ def undefined_note(table: WideTable) -> str:
             f"prediction or empty ground truth), excluded from their means: {values} value{'s' if values != 1 else ''} "
             f"over all seeds and classes."
             + (f" {partial} Avg cell{'s' if partial != 1 else ''} leave{'' if partial != 1 else 's'} out a class that other "
-               "rows of the column define (no defined value in any test case): not comparable, never bold." if partial else ""))
+               "rows of the column define (in some seed, no defined value in any test case): not comparable, never bold."
+               if partial else ""))
 
 
 def flagged_note(table: WideTable) -> str:

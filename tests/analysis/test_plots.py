@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
@@ -57,13 +58,15 @@ def test_a_new_method_of_the_recipes_gets_a_fixed_colour_and_its_variants_shades
 
     fixed = plots.fixed_colours({**METHOD_LABELS, "entmin": "Entropy minimisation"})
     assert {label: fixed[label] for label in plots.FIXED_COLOURS} == plots.FIXED_COLOURS  # the others keep theirs
-    assert fixed["Entropy minimisation"] == plots._EXTRA[0] not in plots.FIXED_COLOURS.values()
+    # the next spare colour: methods of the recipes without a METHOD_COLOURS entry (a newcomer's) took the first ones
+    spare = plots._EXTRA[sum(m not in plots.METHOD_COLOURS for m in METHOD_LABELS)]
+    assert fixed["Entropy minimisation"] == spare not in plots.FIXED_COLOURS.values()
     monkeypatch.setattr(plots, "FIXED_COLOURS", fixed)
     colours = plots.palette(["Entropy minimisation", "Entropy minimisation (w=0.5)", "Mean teacher"])
-    assert colours["Entropy minimisation"] == plots._EXTRA[0] != colours["Entropy minimisation (w=0.5)"]
+    assert colours["Entropy minimisation"] == spare != colours["Entropy minimisation (w=0.5)"]
     assert plots._known_prefix("Entropy minimisation (w=0.5)") == "Entropy minimisation"  # shaded as its family
     others = plots.palette([f"row{i}" for i in range(10)])  # rows of other studies never take the new method's colour
-    assert plots._EXTRA[0] not in others.values() and len(set(others.values())) == 10
+    assert spare not in others.values() and len(set(others.values())) == 10
 
 
 def test_class_bars_per_label_fraction(records, colours):
@@ -88,6 +91,28 @@ def test_class_bars_keep_rows_classes_and_panels_undefined_everywhere_marked_na(
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["MONA", "Mean teacher", "ARCO-SG"]
     assert sum(t.get_text() == "n/a" for t in fig.axes[1].texts) == 3 * 4  # every bar of the undefined panel
     assert "n/a: undefined in every test case" in fig._suptitle.get_text()
+
+
+def test_class_bars_hatch_a_partial_average_and_draw_no_error_bar_for_a_single_seed(records, colours):
+    """The tables never bold an Avg over fewer classes than its column's; the bars drew it like any other. A cell of
+    one seed had a zero-length error bar, as if two seeds agreed (a probe of the outputs)."""
+    df = tables.build_table(records)
+    first = df["column"] == "1 patient (1.4%)"
+    df.loc[(df["metric"] == "hd95") & first & (df["row"] == "MONA") & (df["class"] == "LV"), ["mean", "std"]] = float("nan")
+    fig = plots.class_bars(df, "hd95", colours, "mm")
+    hatched = [(i, patch.get_hatch()) for i, patch in enumerate(fig.axes[0].patches) if patch.get_hatch()]
+    assert hatched == [(3, plots.PARTIAL_HATCH)]  # MONA's Avg bar (its bars come first: RV, Myo, LV, Avg)
+    assert not any(patch.get_hatch() for patch in fig.axes[1].patches)
+    assert "hatched Avg" in fig._suptitle.get_text() and plots.SINGLE_SEED_NOTE not in fig._suptitle.get_text()
+    single = (df["row"] == "ARCO-SG") & first
+    df.loc[single, "n_seeds"] = 1
+    fig = plots.class_bars(df, "dice", colours)
+    assert plots.SINGLE_SEED_NOTE in fig._suptitle.get_text()
+    from matplotlib.container import BarContainer
+
+    bars = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]  # per row: MONA, Mean teacher, ARCO-SG
+    drawn = [sum(np.asarray(segment).size > 0 for segment in bar.errorbar.lines[2][0].get_segments()) for bar in bars]
+    assert drawn == [4, 4, 0]  # an error bar on every class of the 2-seed rows, none on the single-seed row
 
 
 def test_distance_unit_reads_eval_distance_units_before_the_volume_spacing(records):
@@ -116,15 +141,16 @@ def test_curves_vs_label_fraction_and_ablation_axis(records, colours, tmp_path):
     axis_records = scan_study(tmp_path)[0]
     assert plots.numeric_axes(axis_records) == ["objective_params.temperature"]
     fig = plots.axis_curves(axis_records, "objective_params.temperature", "dice", plots.palette(["MONA"]))
-    assert _labels(fig) == [("objective_params.temperature", "Dice (%), class average")]
+    assert _labels(fig) == [("pixel-contrast temperature τ", "Dice (%), class average")]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["MONA"]
     assert plots.numeric_axes(records) == []
 
 
 def test_training_curves_and_qualitative_overlays(records, colours):
     fig = plots.training_curves(records, colours)
-    assert _labels(fig) == [("", "training loss"), ("", "val Dice (%)"), ("training step", "training loss"),
-                            ("training step", "val Dice (%)")]
+    loss = "training loss (each method's objective)"
+    assert _labels(fig) == [("", loss), ("", "val Dice (%)"), ("training step", loss), ("training step", "val Dice (%)")]
+    assert all(handle.get_marker() == "None" for handle in fig.legends[0].legend_handles)  # the loss lines have none
     overlay = plots.qualitative_overlays(records, "1 patient (1.4%)")
     assert len(overlay.axes) == 3 * (2 + 3)  # 3 slices x (image, ground truth, 3 methods)
     assert [ax.get_title() for ax in overlay.axes[:5]] == ["image", "ground truth", "MONA", "Mean teacher", "ARCO-SG"]

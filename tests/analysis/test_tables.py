@@ -389,6 +389,33 @@ def test_an_average_over_fewer_classes_is_never_the_best(tmp_path):
     assert "1 Avg cell leaves out a class that other rows of the column define" in hd
 
 
+def test_an_average_whose_seeds_cover_different_classes_is_partial_and_an_empty_one_is_not(tmp_path):
+    """Each seed's Avg averages its own defined classes: MT's seed 1 has no RV HD95 and seed 0 no LV HD95, so every
+    class has a value from some seed, yet its Avg mixes (Myo, LV) with (RV, Myo); it was bold as the lowest (a probe of
+    the outputs). A row whose Avg has no value at all is not counted as a partial average."""
+    empty = "Empty"
+    for method, row in ((0, MT), (1, MONA), (2, empty)):
+        for seed in (1, 0):
+            trial_dir = write_trial(tmp_path, row, method, FEW, seed, order=method)
+            rows = [dict(r) for r in case_rows(method, 0, seed)]
+            for r in rows:
+                missing = {1: 1, 0: 3}[seed] if method == 0 else None
+                r["hd95"] = {0: math.nan if r["class"] == missing else 5.0, 1: 8.0, 2: math.nan}[method]
+            write_trial_results(trial_dir, config=json_config(trial_dir), tags={"row": row, "order": method},
+                                outcome=FakeOutcome(FakeLabelled(3), rows), seed=seed)
+    records, problems = scan_study(tmp_path)
+    assert problems == []
+    frame = tables.build_table(records, metrics=("hd95",))
+    avg = frame[frame["class"] == tables.AVG].set_index("row")
+    assert avg.loc[MT, "avg_classes"] == 2 and avg.loc[MONA, "avg_classes"] == 3 and math.isnan(avg.loc[empty, "avg_classes"])
+    assert tables.partial_averages(frame.to_dict("records")) == {(MT, FEW, "hd95")}
+    hd = tables.to_markdown(frame, "hd95")
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in hd.splitlines() if line.startswith("| ") and not line.startswith("| Method")}
+    assert cells[MT][3] == "5.00 ± 0.00†" and cells[MONA][3] == "**8.00 ± 0.00**"
+    assert "1 Avg cell leaves out a class that other rows of the column define" in hd
+
+
 def json_config(trial_dir: Path) -> dict:
     import json
 
