@@ -91,8 +91,10 @@ def _all_objective_params() -> set[str]:
     return {name for objective in OBJECTIVES for name in objective_param_types(objective)}
 
 
-def check_key(key: str, flags: Mapping[str, str] = STUDY_FLAG_KEYS) -> None:
-    """A one-line :class:`ConfigError` unless ``key`` is a settable leaf of the config that no flag sets."""
+def check_key(key: str, flags: Mapping[str, str] = STUDY_FLAG_KEYS, objective: str | None = None) -> None:
+    """A one-line :class:`ConfigError` unless ``key`` is a settable leaf of the config that no flag sets. ``objective``:
+    the one objective every row trains, if so; an objective parameter that no objective has is then answered with
+    that objective's parameters (close matches among every objective's would name other methods' parameters)."""
     if key in flags:
         raise ConfigError(f"--set {key}: set by {flags[key]}; use that instead")
     if key == "pretrain" or key.startswith("pretrain.") or key.startswith("pretrain["):
@@ -102,8 +104,15 @@ def check_key(key: str, flags: Mapping[str, str] = STUDY_FLAG_KEYS) -> None:
         example = "objective_params.temperature" if key == "objective_params" else next(k for k in config_fields() if k.startswith(key + "."))
         raise ConfigError(f"--set {key}: name one field of it, e.g. --set {example}=...")
     if key.startswith(_OBJECTIVE_PREFIX):
-        if key[len(_OBJECTIVE_PREFIX):] in _all_objective_params():
+        name = key[len(_OBJECTIVE_PREFIX):]
+        if name in _all_objective_params():
             return
+        if objective is not None:
+            params = list(objective_param_types(objective))
+            close = difflib.get_close_matches(name, params, n=3, cutoff=0.6)
+            listed = f"objective {objective}'s parameters: {', '.join(params) or 'none'}"
+            raise ConfigError(f"--set {key}: unknown key; " + (f"close matches: {', '.join(_OBJECTIVE_PREFIX + c for c in close)} "
+                                                                f"({listed})" if close else listed))
     elif key in config_fields():
         return
     raise ConfigError(f"--set {key}: unknown key; {_close_matches(key)}")
@@ -214,8 +223,10 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
 
     values: dict[str, Any] = {}
     row_defaults: list[dict[str, Any]] = []  # per variant: the objective parameters it trains with before --set
+    rows = [study.base.replace(**variant.overrides) for variant in study.variants]  # each row's config before --set
+    objectives = {row.objective for row in rows}
     for key in texts:
-        check_key(key, flags)
+        check_key(key, flags, next(iter(objectives)) if len(objectives) == 1 and "objective" not in texts else None)
         if key in study.grid:
             raise ConfigError(f"--set {key}: study {study.name} varies it as a grid axis ({', '.join(map(str, study.grid[key]))}); "
                               "it cannot be fixed for every trial")
@@ -223,7 +234,6 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
             raise ConfigError(f"--set {key}: study {study.name} searches it; it cannot be fixed for every trial")
         if not key.startswith(_OBJECTIVE_PREFIX):
             values[key] = parse_value(key, texts[key], config_fields()[key])
-    rows = [study.base.replace(**variant.overrides) for variant in study.variants]  # each row's config before --set
     _refuse_stage_parameters(rows, texts, values.get("objective"))
     for variant, resolved in zip(study.variants, rows):
         row_keys = _keys_set_by(variant.overrides)

@@ -147,6 +147,13 @@ def test_hparam_search_smoke(smoke, capsys):
     assert code == 2 and "holds a search with --num-samples 3 (this run: 4)" in capsys.readouterr().err
 
 
+def test_every_study_script_has_a_smoke_test():
+    """This module's docstring promises a --smoke-test run of every script in studies/: a new script needs its own."""
+    source = Path(__file__).read_text(encoding="utf-8")
+    untested = sorted(p.stem for p in STUDIES.glob("*.py") if f'smoke("{p.stem}"' not in source)
+    assert not untested, f"studies/{untested[0]}.py has no smoke run here: add a test that calls smoke(\"{untested[0]}\")"
+
+
 def test_hparam_search_flags(capsys):
     module = load_script("hparam_search")
     with pytest.raises(SystemExit) as exit_info:

@@ -41,7 +41,8 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
     ("ablation_tailness", ["--set", "optim.lrr=0.1"], "--set optim.lrr: unknown key; close matches: optim.lr,"),
     ("ablation_tailness", ["--set", "lr=0.1"], "--set lr: unknown key; close matches: optim.lr"),
     ("ablation_tailness", ["--rows", "MONA", "--set", "objective_params.tempreature=0.2"],
-     "--set objective_params.tempreature: unknown key; close matches: objective_params.temperature,"),
+     "--set objective_params.tempreature: unknown key; close matches: objective_params.temperature (objective mona's "
+     "parameters: sup_weight, contrast_weight,"),  # the rows' one objective: its own parameters, not every method's
     ("ablation_tailness", ["--set", "optim.lr=fast"], "--set optim.lr=fast: expected a number"),
     ("ablation_tailness", ["--set", "eval.val_every=2.5"], "--set eval.val_every=2.5: expected a whole number"),
     ("ablation_tailness", ["--set", "data.patch_size=48"], "--set data.patch_size=48: expected 2 comma-separated values"),

@@ -95,6 +95,12 @@ def test_through_ray_the_same_configuration_gets_the_same_trial(tmp_path, phanto
     (["supervised", "--set", "data.labelled=3"], "--set data.labelled: set by the flag --labelled; use that instead"),
     (["supervised", "--set", "optim.lr=x"], "--set optim.lr=x: expected a number"),
     (["supervised", "--set", "optim.lrr=1"], "--set optim.lrr: unknown key; close matches: optim.lr"),
+    # a parameter no objective has: the trained objective's own (close matches came from every method's)
+    (["mean_teacher", "--set", "objective_params.consistency=1"], "--set objective_params.consistency: unknown key; "
+     "close matches: objective_params.consistency_weight (objective mean_teacher's parameters: sup_weight, ema_momentum, "
+     "consistency_weight, rampup_steps, teacher_bn_mode, input_noise_std)"),
+    (["supervised", "--set", "objective_params.lambda=1"],
+     "--set objective_params.lambda: unknown key; objective supervised's parameters: sup_weight"),
     (["supervised", "--set", "objective_params.temperature=0.2"],
      "--set objective_params.temperature: row 'Supervised only' (objective supervised) has no parameter 'temperature' "
      "(its parameters: sup_weight)\n"),
