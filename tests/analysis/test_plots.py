@@ -151,6 +151,7 @@ def test_training_curves_and_qualitative_overlays(records, colours):
     loss = "training loss (each method's objective)"
     assert _labels(fig) == [("", loss), ("", "val Dice (%)"), ("training step", loss), ("training step", "val Dice (%)")]
     assert all(handle.get_marker() == "None" for handle in fig.legends[0].legend_handles)  # the loss lines have none
+    assert plots._wrap("ARCO-SG, τ = 0.1", 14) == "ARCO-SG,\nτ\u00a0=\u00a00.1"  # was "ARCO-SG, τ =" / "0.1"
     overlay = plots.qualitative_overlays(records, "1 patient (1.4%)")
     assert len(overlay.axes) == 3 * (2 + 3)  # 3 slices x (image, ground truth, 3 methods)
     assert [ax.get_title() for ax in overlay.axes[:5]] == ["image", "ground truth", "MONA", "Mean teacher", "ARCO-SG"]
