@@ -275,7 +275,7 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
     label fraction, so the layout survives a CSV round trip), ``n_flagged`` (the cell's trials whose
     validation curve was flagged, :mod:`analysis.health`), ``steps``, ``patients`` and
     ``empty_policy`` (distinct fine-tuning steps, labelled patients and empty-mask policies of the cell's
-    trials, comma-separated; read the CSV with ``keep_default_na=False`` to keep the policy "nan" as text),
+    trials, comma-separated; :func:`read_table_csv` keeps the policy "nan" as text),
     ``search`` ("yes" when the cell's trials are an Optuna search's samples), ``selection`` (the tested weights),
     ``avg_classes`` (Avg rows: the fewest classes any seed's average covers, :func:`partial_averages`; empty on
     class rows). ``seeds`` lists the cell's trials, ``n_seeds`` those with a value. ``unit`` of HD95/ASD: ``distances(trials)`` of the cell (default :func:`distance_unit`), else the generic words. Dice and Jaccard are in percent. Rows come
@@ -855,6 +855,18 @@ def to_csv(df: pd.DataFrame, path: str | Path | None = None) -> str:
     if path is not None:
         write_text_atomic(path, text)
     return text
+
+
+#: the number columns of the long form; the others are text
+NUMBER_COLUMNS = ("mean", "std", "n_seeds", "n_undefined", "p_vs_best", "n_pairs", "row_rank", "column_rank", "n_flagged",
+                  "avg_classes")
+
+
+def read_table_csv(path: str | Path) -> pd.DataFrame:
+    """``table.csv`` back as the long form: "nan" is a missing number in the number columns and stays text elsewhere
+    (the empty-mask policy named "nan"; ``pandas.read_csv``'s defaults made it a missing value)."""
+    return pd.read_csv(path, keep_default_na=False, na_values={name: ["nan", ""] for name in NUMBER_COLUMNS},
+                       dtype={name: str for name in LONG_COLUMNS if name not in NUMBER_COLUMNS})
 
 
 def external_test_sets(records: Iterable[TrialRecord]) -> dict[str, list[TrialRecord]]:

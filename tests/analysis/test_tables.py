@@ -239,6 +239,12 @@ def test_caption_states_seeds_steps_patients_and_empty_policy(df, tmp_path):
         tables.to_markdown(released, "dice")
     back = pd.read_csv(io.StringIO(tables.to_csv(mixed)))  # "nan" comes back as NaN, 100 as a number
     assert tables.to_markdown(back, "dice") == tables.to_markdown(mixed, "dice")
+    csv_path = tmp_path / "table.csv"
+    tables.to_csv(mixed, csv_path)
+    read = tables.read_table_csv(csv_path)  # the policy "nan" stays a name, a missing number stays NaN
+    assert list(read["empty_policy"].unique()) == list(mixed["empty_policy"].unique()) and "nan" in read["empty_policy"].iloc[0]
+    assert read["mean"].dtype == float and read["p_vs_best"].isna().sum() == mixed["p_vs_best"].isna().sum()
+    assert tables.to_markdown(read, "dice") == tables.to_markdown(mixed, "dice")
 
 
 def test_cells_with_a_flagged_trial_are_marked_and_counted(tmp_path):
