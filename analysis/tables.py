@@ -57,7 +57,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.health import COLLAPSE_DROP, LEARNED_FLOOR, RISING_MARGIN, record_health
+from analysis.health import COLLAPSE_DROP, COLLAPSED, FLAGGED, LEARNED_FLOOR, NOT_LEARNED, RISING_MARGIN, STILL_RISING, record_health
 from analysis.markdown import escape_markdown
 from analysis.significance import ALPHA, NOT_SIGNIFICANT_MARK, caption_note, paired_case_values, seed_averaged, wilcoxon_test
 from medseg_platform.data.layout import ACDC_CLASS_NAMES
@@ -75,7 +75,7 @@ UNKNOWN = "unknown"
 MISSING = "\u2013"  # en dash: no trial for this method and label fraction
 LONG_COLUMNS = ("row", "column", "class", "metric", "unit", "mean", "std", "n_seeds", "n_undefined", "seeds",
                 "p_vs_best", "n_pairs", "row_rank", "column_rank", "n_flagged", "steps", "patients", "empty_policy", "search",
-                "selection", "avg_classes")
+                "selection", "avg_classes", "flags")
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,7 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
     trials, comma-separated; :func:`read_table_csv` keeps the policy "nan" as text),
     ``search`` ("yes" when the cell's trials are an Optuna search's samples), ``selection`` (the tested weights),
     ``avg_classes`` (Avg rows: the fewest classes any seed's average covers, :func:`partial_averages`; empty on
-    class rows). ``seeds`` lists the cell's trials, ``n_seeds`` those with a value. ``unit`` of HD95/ASD: ``distances(trials)`` of the cell (default :func:`distance_unit`), else the generic words. Dice and Jaccard are in percent. Rows come
+    class rows), ``flags`` (the flagged trials per verdict, "still rising: 1; did not learn: 2", :mod:`analysis.health`). ``seeds`` lists the cell's trials, ``n_seeds`` those with a value. ``unit`` of HD95/ASD: ``distances(trials)`` of the cell (default :func:`distance_unit`), else the generic words. Dice and Jaccard are in percent. Rows come
     in table order (methods, then label fractions, then ``metrics``, then classes); only (method, fraction)
     pairs with trials appear. A trial folder passed twice counts once. ``class_names`` (label -> name):
     default :func:`study_class_names` of the records.
@@ -368,7 +368,9 @@ def _cell_rows(row: str, column: str, trials: Sequence[TrialRecord], metrics: Se
                class_names: Mapping[int, str], distances: Callable[[Sequence[TrialRecord]], str | None]) -> list[dict[str, Any]]:
     """The long-form rows of one (method, label fraction) pair: every class and "Avg" for every metric."""
     seeds = ",".join(str(trial_seed(t)) for t in trials)
-    settings = {"n_flagged": sum(record_health(t).flagged for t in trials), **trial_settings(trials)}
+    verdicts = [record_health(t).verdict for t in trials]
+    settings = {"n_flagged": sum(v in FLAGGED for v in verdicts), **trial_settings(trials),
+                "flags": "; ".join(f"{verdict}: {verdicts.count(verdict)}" for verdict in FLAGGED if verdict in verdicts)}
     out = []
     distances_in = (distances(trials) or metric_style("hd95").unit  # the unit HD95/ASD were evaluated in
                     if any(metric_style(m).scale == 1.0 for m in metrics) else None)
@@ -493,6 +495,7 @@ class Cell:
     best: bool
     not_significant: bool = False
     n_flagged: int = 0
+    flags: str = ""  # the flagged trials per verdict ("did not learn: 2"), :func:`flagged_note`
     partial: bool = False  # an "Avg" over fewer classes than its column's (partial_averages): never the best
 
 
@@ -549,6 +552,7 @@ def wide_table(df: pd.DataFrame, metric: str) -> WideTable:
         untestable |= compared and math.isnan(p_value)
         cells[key] = Cell(rec["mean"], rec["std"], int(rec["n_seeds"]), int(rec["n_undefined"]), is_best,
                           not_significant=compared and p_value >= ALPHA, n_flagged=int(rec.get("n_flagged", 0)),
+                          flags=rec["flags"] if isinstance(rec.get("flags"), str) else "",  # NaN: a CSV's empty cell
                           partial=key in partial)
     return WideTable(metric, _by_rank(frame, "row"), _by_rank(frame, "column"), list(dict.fromkeys(frame["class"])),
                      cells, tested, untestable, _table_settings(frame))
@@ -691,11 +695,39 @@ def undefined_note(table: WideTable) -> str:
                if partial else ""))
 
 
+#: What each trial-health verdict means, as the tables' footnote words it (analysis.health has the rules).
+VERDICT_CRITERIA = {
+    STILL_RISING: f"the last validation its best and more than {100 * RISING_MARGIN:g} val Dice "
+                  f"point{'s' if RISING_MARGIN != 0.01 else ''} above the previous one",
+    COLLAPSED: f"the last validation more than {100 * COLLAPSE_DROP:g} points below the best",
+    NOT_LEARNED: f"the best validation below {100 * LEARNED_FLOOR:g} points",
+}
+
+
+def _flag_counts(table: WideTable) -> dict[str, int]:
+    """Flagged trials per verdict over the table's (row, column) cells, from the cells' ``flags`` text."""
+    counts: dict[str, int] = {}
+    cells = {(row, column): cell.flags for (row, column, _), cell in table.cells.items()}
+    for text in cells.values():
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            verdict, _, count = part.rpartition(":")
+            counts[verdict.strip()] = counts.get(verdict.strip(), 0) + int(count)
+    return counts
+
+
 def flagged_note(table: WideTable) -> str:
-    """The footnote for cells marked with :data:`FLAGGED_MARK` (counts of cells and trials); "" when none."""
+    """The footnote for cells marked with :data:`FLAGGED_MARK`: counts of cells, and of trials per verdict with what the
+    verdict means (all three criteria where the cells carry no verdicts, e.g. an older ``table.csv``); "" when none."""
     marked = [cell for cell in table.cells.values() if cell.n_flagged > 0]
     if not marked:
         return ""
+    counts = _flag_counts(table)
+    if counts:
+        listed = "; ".join(f"{n} {verdict} ({VERDICT_CRITERIA.get(verdict, 'analysis.health')})"
+                           for verdict, n in sorted(counts.items(), key=lambda kv: list(FLAGGED).index(kv[0])
+                                                    if kv[0] in FLAGGED else len(FLAGGED)))
+        return (f"{FLAGGED_MARK} {len(marked)} of {len(table.cells)} cells include a trial flagged at the end of training: "
+                f"{listed}; listed under Trial health in report.md.")
     trials = sum({(row, column): cell.n_flagged for (row, column, _), cell in table.cells.items()}.values())
     return (f"{FLAGGED_MARK} {len(marked)} of {len(table.cells)} cells include a trial whose validation Dice was "
             f"still rising (the last validation its best and more than {100 * RISING_MARGIN:g} val Dice point{'s' if RISING_MARGIN != 0.01 else ''} above the previous one) or "
@@ -859,7 +891,7 @@ def to_csv(df: pd.DataFrame, path: str | Path | None = None) -> str:
 
 #: the number columns of the long form; the others are text
 NUMBER_COLUMNS = ("mean", "std", "n_seeds", "n_undefined", "p_vs_best", "n_pairs", "row_rank", "column_rank", "n_flagged",
-                  "avg_classes")
+                  "avg_classes")  # "flags" is text ("did not learn: 2")
 
 
 def read_table_csv(path: str | Path) -> pd.DataFrame:

@@ -153,7 +153,9 @@ def test_report_lists_still_rising_and_collapsed_trials_and_marks_their_cells(st
     mona_line = next(line for line in text.splitlines() if line.startswith("| MONA "))
     cells = [c.strip() for c in mona_line.split("|")[2:-1]]
     assert all(c.endswith("§") for c in cells[:4]) and not any("§" in c for c in cells[4:])
-    assert "§ 4 of 24 cells include a trial whose validation Dice" in text and ": 2 trials in all" in text
+    assert ("§ 4 of 24 cells include a trial flagged at the end of training: 1 still rising (the last validation its best "
+            "and more than 1 val Dice point above the previous one); 1 collapsed (the last validation more than 10 points "
+            "below the best); listed under Trial health in report.md.") in text
 
 
 def test_report_states_the_protocol_and_what_the_trials_did(study):

@@ -259,9 +259,15 @@ def test_cells_with_a_flagged_trial_are_marked_and_counted(tmp_path):
     assert len(flagged) == 2 * 4  # every class and Avg of both metrics
     md = tables.to_markdown(df_flagged, "dice")
     assert all(c.endswith("§") for c in _body(md)[MONA][:4]) and not any("§" in c for c in _body(md)[MONA][4:] + _body(md)[MT])
+    # the footnote names the verdicts that occur (it repeated all three criteria, whichever had flagged the trials)
+    assert ("§ 4 of 16 cells include a trial flagged at the end of training: 1 collapsed (the last validation more than "
+            "10 points below the best); listed under Trial health in report.md.") in md
+    assert set(df_flagged["flags"][df_flagged["n_flagged"] > 0]) == {"collapsed: 1"} and set(df_flagged["flags"]) == {"collapsed: 1", ""}
+    older = df_flagged.drop(columns=["flags"])  # a table.csv written before the column: all three criteria, as before
     assert ("§ 4 of 16 cells include a trial whose validation Dice was still rising (the last validation its best "
             "and more than 1 val Dice point above the previous one) or collapsed (the last more than 10 points below the best) at the end "
-            "of training, or that did not learn (its best below 15 points): 1 trial in all, listed under Trial health in report.md.") in md
+            "of training, or that did not learn (its best below 15 points): 1 trial in all, listed under Trial health in report.md.") in \
+        tables.to_markdown(older, "dice")
     tex = tables.to_latex(df_flagged, "dice")
     mona_line = next(line for line in tex.splitlines() if line.startswith("MONA"))
     assert mona_line.split(" & ")[1].endswith(r"}$^\S$") and r"$^\S$ 4 of 16 cells" in tex
