@@ -320,7 +320,8 @@ def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records
     header += ["Published \u0394"] if paper else []
     lines = ["## Claims", "", "| " + " | ".join(header) + " |", "| " + " | ".join(["---", "---"] + ["---:"] * 5 + ["---"] * (1 + paper)) + " |"]
     for claim, result in results:
-        ci = MISSING if math.isnan(result.ci[0]) else f"[{_signed(result.ci[0])}, {_signed(result.ci[1])}]"
+        # the bounds keep their sign even when they round to zero: "-0.0" says the interval reaches below 0
+        ci = MISSING if math.isnan(result.ci[0]) else f"[{result.ci[0]:+.1f}, {result.ci[1]:+.1f}]"
         verdict_text = f"{result.verdict} ({result.reason})" if result.reason else result.verdict
         p_text = MISSING if result.verdict == NOT_RUN else _p_text(result.p_value)
         per_seed = " / ".join(_signed(v) for v in result.per_seed) or MISSING

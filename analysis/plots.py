@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.tables import (AVG, build_table, column_label, column_order, distance_unit, metric_style,  # noqa: E402
@@ -70,12 +71,16 @@ FIXED_COLOURS = fixed_colours(METHOD_LABELS)
 #: Okabe and Ito's colour-blind-safe set: orange, bluish green, blue (red next to green was hard to tell apart).
 CLASS_COLOURS = {1: "#E69F00", 2: "#009E73", 3: "#0072B2"}
 OTHER_CLASS_COLOUR = "#CC79A7"
-#: Axis names of the platform's ablation axes (``tags["axes"]`` keys) as the tables write them; others print as they are.
+#: Axis names of the study scripts' ablation axes (``tags["axes"]`` keys), with the symbols their row labels use;
+#: other keys print as they are.
 AXIS_NAMES = {"objective_params.temperature": "pixel-contrast temperature \u03c4",
               "isd.tau_teacher": "ISD teacher temperature \u03c4_t", "isd.tau_student": "ISD student temperature \u03c4_s",
-              "objective_params.num_anchors": "anchors per class", "objective_params.sampler_groups": "sampler groups"}
+              "objective_params.num_anchors": "anchors per class (negatives scaled alike)",
+              "objective_params.sampler_groups": "sampler groups"}
 PARTIAL_HATCH = "////"  # an "Avg" bar over fewer classes than its column's (analysis.tables.partial_averages)
 SINGLE_SEED_NOTE = "no error bar: a single seed"
+DPI = 120
+LEGEND_MAX_ROWS = 4
 
 
 def axis_name(axis: str) -> str:
@@ -87,8 +92,6 @@ def _spread(std: float, n_seeds: int) -> float:
     """The error bar of a mean over ``n_seeds`` seeds: its std, none (NaN) for a single seed (a std of 0.0 would
     read as seeds that agree)."""
     return std if n_seeds >= 2 else math.nan
-DPI = 120
-LEGEND_MAX_ROWS = 4
 
 
 @dataclass(frozen=True)
@@ -252,7 +255,7 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
     if undefined_any:
         title += "\nn/a: undefined in every test case (an empty prediction or ground truth)"
     if partial_any:
-        title += f"\nhatched {AVG}: over fewer classes than other rows' in some seed (not comparable)"
+        title += f"\nhatched {AVG}: in some seed over fewer classes than the column's other values (not comparable)"
     fig.suptitle(title, fontsize="medium")
     _legend_below(fig, [handles[r] for r in rows if r in handles], [r for r in rows if r in handles])
     return fig
@@ -279,16 +282,29 @@ def _non_negative(ax) -> None:
 
 def numeric_axes(records: Sequence) -> list[str]:
     """The ablation axes (``tags["axes"]`` keys, label fraction excluded) with at least two numeric values."""
-    values: dict[str, set[float]] = {}
-    non_numeric = set()
+    numbers, texts = _axis_values(records)
+    return sorted(k for k, v in numbers.items() if k not in texts and len(v) >= 2)
+
+
+def text_axes(records: Sequence) -> list[str]:
+    """The ablation axes (label fraction excluded) with a value that is not a number: no curve is drawn over them."""
+    return sorted(_axis_values(records)[1])
+
+
+def _axis_values(records: Sequence) -> tuple[dict[str, set[float]], set[str]]:
+    """Per ablation axis (``tags["axes"]``, ``data.labelled`` left out): its numeric values; and the axes with text."""
+    numbers: dict[str, set[float]] = {}
+    texts = set()
     for record in records:
         for key, value in ((record.result.get("tags") or {}).get("axes") or {}).items():
+            if key == "data.labelled":
+                continue
             number = _as_float(value)
             if number is None:
-                non_numeric.add(key)
+                texts.add(key)
             else:
-                values.setdefault(key, set()).add(number)
-    return sorted(k for k, v in values.items() if k != "data.labelled" and k not in non_numeric and len(v) >= 2)
+                numbers.setdefault(key, set()).add(number)
+    return numbers, texts
 
 
 def _errorbar_lines(ax, series: Mapping[str, Mapping[float, list[float]]], colours: Mapping[str, str],
@@ -299,8 +315,10 @@ def _errorbar_lines(ax, series: Mapping[str, Mapping[float, list[float]]], colou
     for label, points in series.items():
         xs = sorted(points)
         stats = [seed_statistics(points[x]) for x in xs]
+        spreads = [_spread(s, n) for _, s, n in stats]
+        below = [min(s, m) for (m, _, _), s in zip(stats, spreads)]  # never below 0, where the axis starts (metrics >= 0)
         colour, linestyle = styles.get(label, (colours.get(label, "#333333"), "-"))
-        handles[label] = ax.errorbar(xs, [m for m, _, _ in stats], yerr=[_spread(s, n) for _, s, n in stats], color=colour,
+        handles[label] = ax.errorbar(xs, [m for m, _, _ in stats], yerr=[below, spreads], color=colour,
                                      linestyle=linestyle, marker="o", markersize=4, capsize=3, label=label,
                                      clip_on=False)  # a point at 0 (the axis starts there) is drawn whole
     return handles
@@ -453,8 +471,6 @@ def training_curves(records: Sequence, colours: Mapping[str, str]) -> Figure | S
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle("Training loss and validation Dice (mean over seeds)")
     ordered = [r for r in rows if r in handles]
-    from matplotlib.lines import Line2D
-
     # plain lines: the loss panels have no markers, the val panels do (the last-drawn handle's style was shown)
     _legend_below(fig, [Line2D([], [], color=colours[r], linewidth=1.3) for r in ordered], ordered)
     return fig
@@ -737,6 +753,9 @@ def write_plots(records: Sequence, out_dir: str | Path, df: pd.DataFrame | None 
     for axis in numeric_axes(records):
         jobs.append((f"dice_vs_{slug(axis)}.png", f"Test Dice (class average) vs {axis_name(axis)}, one line per variant",
                      lambda axis=axis: axis_curves(records, axis, "dice", colours)))
+    for axis in text_axes(records):
+        jobs.append((f"dice_vs_{slug(axis)}.png", "", lambda axis=axis: Skipped(
+            f"dice vs {axis}: its values are not all numbers, so no curve (the table's rows compare them)")))
     jobs.append(("training_curves.png", "Training loss and val Dice vs training step (mean over seeds)",
                  lambda: training_curves(records, colours)))
     for column in column_order(records):

@@ -304,8 +304,8 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
 
 
 def partial_averages(rows: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, str]]:
-    """``(row, column, metric)`` of the cells with a defined "Avg" that leaves out, in some seed, a class that another
-    row of the same column and metric defines (long-form rows: ``row``, ``column``, ``class``, ``metric``, ``mean``,
+    """``(row, column, metric)`` of the cells with a defined "Avg" that leaves out, in some seed, a class that the cell's
+    other seeds or another row of the same column and metric define (long-form rows: ``row``, ``column``, ``class``, ``metric``, ``mean``,
     and ``avg_classes`` of the Avg rows where present).
 
     A method that misses a structure in every test case has no HD95 or ASD for it, and its average over the remaining
@@ -690,8 +690,8 @@ def undefined_note(table: WideTable) -> str:
     return (f"{UNDEFINED_MARK} {len(marked)} of {len(table.cells)} cells include undefined per-case values (empty "
             f"prediction or empty ground truth), excluded from their means: {values} value{'s' if values != 1 else ''} "
             f"over all seeds and classes."
-            + (f" {partial} Avg cell{'s' if partial != 1 else ''} leave{'' if partial != 1 else 's'} out a class that other "
-               "rows of the column define (in some seed, no defined value in any test case): not comparable, never bold."
+            + (f" {partial} Avg cell{'s' if partial != 1 else ''} leave{'' if partial != 1 else 's'} out a class that its other "
+               "seeds or other rows of the column define (in some seed, no defined value in any test case): not comparable, never bold."
                if partial else ""))
 
 

@@ -9,8 +9,8 @@ memory-bank and pool states are in it). Prints, per method, the step it resumed 
     python benchmarks/check_exact_resume.py                      # every method of the recipes
     python benchmarks/check_exact_resume.py mona action --work /tmp/resume
 
-A trial that finishes before its first checkpoint is seen is reported as not interrupted (raise the steps with
-``--steps``). Exit code 1 when any method's files differ.
+A trial that finishes before its first checkpoint is seen is reported as not interrupted and counts as a failure
+(raise the steps with ``--steps``). Exit code 1 when any method was not interrupted or its files differ.
 """
 
 from __future__ import annotations
@@ -50,9 +50,17 @@ def curves_without_rate(path: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "steps_per_s"} for row in csv.DictReader(fh)]
 
 
+def run(command: list[str], env: dict) -> None:
+    """Run a training command; its output is shown only when it fails."""
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+        raise SystemExit(f"{' '.join(command[2:])}: exit code {done.returncode}")
+
+
 def check(method: str, work: Path, steps: int, val_every: int, env: dict) -> dict:
     straight, killed = work / method / "straight", work / method / "killed"
-    subprocess.run(train_command(method, straight, steps, val_every), env=env, check=True, capture_output=True)
+    run(train_command(method, straight, steps, val_every), env)
     proc = subprocess.Popen(train_command(method, killed, steps, val_every), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     interrupted = False
@@ -68,7 +76,7 @@ def check(method: str, work: Path, steps: int, val_every: int, env: dict) -> dic
         if proc.poll() is None and not interrupted:
             proc.kill()
         proc.wait()
-    subprocess.run(train_command(method, killed, steps, val_every), env=env, check=True, capture_output=True)
+    run(train_command(method, killed, steps, val_every), env)
     a, b = trial_folder(straight), trial_folder(killed)
     result = json.loads((b / "result.json").read_text(encoding="utf-8"))
     same = {name: filecmp.cmp(a / name, b / name, shallow=False) for name in COMPARED}
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for method in args.methods or METHODS:
         outcome = check(method, work, args.steps, args.val_every, env)
-        failed |= not all(outcome["identical"].values())
+        failed |= not (outcome["interrupted"] and all(outcome["identical"].values()))
         print(json.dumps(outcome), flush=True)
     print(f"runs in {work}")
     return 1 if failed else 0

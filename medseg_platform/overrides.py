@@ -107,12 +107,11 @@ def check_key(key: str, flags: Mapping[str, str] = STUDY_FLAG_KEYS, objective: s
         name = key[len(_OBJECTIVE_PREFIX):]
         if name in _all_objective_params():
             return
-        if objective is not None:
+        if objective is not None:  # close matches among its own parameters first, else among every key
             params = list(objective_param_types(objective))
             close = difflib.get_close_matches(name, params, n=3, cutoff=0.6)
-            listed = f"objective {objective}'s parameters: {', '.join(params) or 'none'}"
-            raise ConfigError(f"--set {key}: unknown key; " + (f"close matches: {', '.join(_OBJECTIVE_PREFIX + c for c in close)} "
-                                                                f"({listed})" if close else listed))
+            matches = f"close matches: {', '.join(_OBJECTIVE_PREFIX + c for c in close)}" if close else _close_matches(key)
+            raise ConfigError(f"--set {key}: unknown key; {matches} (objective {objective}'s parameters: {', '.join(params) or 'none'})")
     elif key in config_fields():
         return
     raise ConfigError(f"--set {key}: unknown key; {_close_matches(key)}")
@@ -120,8 +119,9 @@ def check_key(key: str, flags: Mapping[str, str] = STUDY_FLAG_KEYS, objective: s
 
 def _close_matches(key: str) -> str:
     known = sorted(set(config_fields()) | {_OBJECTIVE_PREFIX + name for name in _all_objective_params()})
-    close = difflib.get_close_matches(key, known, n=5, cutoff=0.6)
     leaf = key.rsplit(".", 1)[-1]
+    close = [k for k in known if k.rsplit(".", 1)[-1] == leaf]  # the right name in another section first (optim.lr)
+    close += [k for k in difflib.get_close_matches(key, known, n=5, cutoff=0.6) if k not in close]
     close += [k for k in known if k not in close and difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1]], n=1, cutoff=0.8)]
     if close:
         return "close matches: " + ", ".join(close[:6])
@@ -223,10 +223,13 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
 
     values: dict[str, Any] = {}
     row_defaults: list[dict[str, Any]] = []  # per variant: the objective parameters it trains with before --set
+    from methods.registry import OBJECTIVES
+
     rows = [study.base.replace(**variant.overrides) for variant in study.variants]  # each row's config before --set
-    objectives = {row.objective for row in rows}
+    objectives = {texts["objective"]} if "objective" in texts else {row.objective for row in rows}
+    trained = next(iter(objectives)) if len(objectives) == 1 and next(iter(objectives)) in OBJECTIVES else None
     for key in texts:
-        check_key(key, flags, next(iter(objectives)) if len(objectives) == 1 and "objective" not in texts else None)
+        check_key(key, flags, trained)
         if key in study.grid:
             raise ConfigError(f"--set {key}: study {study.name} varies it as a grid axis ({', '.join(map(str, study.grid[key]))}); "
                               "it cannot be fixed for every trial")

@@ -99,8 +99,11 @@ def test_through_ray_the_same_configuration_gets_the_same_trial(tmp_path, phanto
     (["mean_teacher", "--set", "objective_params.consistency=1"], "--set objective_params.consistency: unknown key; "
      "close matches: objective_params.consistency_weight (objective mean_teacher's parameters: sup_weight, ema_momentum, "
      "consistency_weight, rampup_steps, teacher_bn_mode, input_noise_std)"),
-    (["supervised", "--set", "objective_params.lambda=1"],
-     "--set objective_params.lambda: unknown key; objective supervised's parameters: sup_weight"),
+    (["supervised", "--set", "objective_params.lr=1"],  # no parameter of its own is close: every key's close matches
+     "--set objective_params.lr: unknown key; close matches: optim.lr, "),
+    (["supervised", "--set", "objective=mean_teacher", "--set", "objective_params.consistency=1"],  # the objective set
+     "--set objective_params.consistency: unknown key; close matches: objective_params.consistency_weight (objective "
+     "mean_teacher's parameters:"),
     (["supervised", "--set", "objective_params.temperature=0.2"],
      "--set objective_params.temperature: row 'Supervised only' (objective supervised) has no parameter 'temperature' "
      "(its parameters: sup_weight)\n"),

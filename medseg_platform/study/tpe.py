@@ -3,9 +3,10 @@
 
 A trial that hits an application error (a NaN loss, bad data) ends normally with an ``errored`` report whose metric
 is NaN (:func:`medseg_platform.study.trainable.end_errored`), so that Tune spends no retry on it. Ray 2.60's
-``OptunaSearch`` passes that NaN on to ``Study.tell``, where Optuna marks the trial failed and logs a bare
-"The value nan is not acceptable" warning for each such sample. :class:`TPESearch` tells Optuna the same outcome
-directly (state ``FAIL``, no value), without the warning; every other completion is Ray's.
+``OptunaSearch`` tells Optuna that NaN as a COMPLETE value; Optuna refuses it, Ray logs the refusal ("The value nan
+is not acceptable") and the Optuna trial stays RUNNING in the study and its journal for good. :class:`TPESearch`
+tells Optuna such a sample as ``FAIL`` with no value, without the warning; every other completion is Ray's. (A search
+started before this class existed restores Ray's ``OptunaSearch`` with its experiment: Tune pickles the searcher.)
 """
 
 from __future__ import annotations

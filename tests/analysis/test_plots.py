@@ -143,7 +143,20 @@ def test_curves_vs_label_fraction_and_ablation_axis(records, colours, tmp_path):
     fig = plots.axis_curves(axis_records, "objective_params.temperature", "dice", plots.palette(["MONA"]))
     assert _labels(fig) == [("pixel-contrast temperature τ", "Dice (%), class average")]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["MONA"]
-    assert plots.numeric_axes(records) == []
+    assert plots.numeric_axes(records) == [] and plots.text_axes(axis_records) == []
+    # the error bars stop at 0, where the axis starts (a whisker crossed the tick labels below it): mean 15, std 21.2
+    ax = Figure().subplots()
+    plots._errorbar_lines(ax, {"A": {1.0: [0.0, 30.0], 2.0: [40.0, 50.0]}}, {}, {})
+    whiskers = [segment[:, 1] for segment in ax.collections[0].get_segments() if len(segment)]
+    assert [float(w.min()) for w in whiskers] == pytest.approx([0.0, 45.0 - np.std([40.0, 50.0], ddof=1)])
+    for sampler in ("uniform", "stratified"):  # an axis of names: no curve, and the skip is said
+        write_fake_trial(tmp_path, row=f"ARCO ({sampler})", order=1, patients=1, seed=1, axes={"objective_params.sampler": sampler},
+                         dice=lambda c, k: 0.6, qualitative_shift=None)
+    records_with_text = scan_study(tmp_path)[0]
+    assert plots.text_axes(records_with_text) == ["objective_params.sampler"]
+    said = []
+    plots.write_plots(records_with_text, tmp_path / "plots", log=said.append)
+    assert "plot skipped: dice vs objective_params.sampler: its values are not all numbers, so no curve" in "\n".join(said)
 
 
 def test_training_curves_and_qualitative_overlays(records, colours):
