@@ -46,7 +46,6 @@ there as missing. ``table.csv`` holds the study's own test set only.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import unicodedata
@@ -60,6 +59,7 @@ import pandas as pd
 from analysis.health import COLLAPSE_DROP, COLLAPSED, FLAGGED, LEARNED_FLOOR, NOT_LEARNED, RISING_MARGIN, STILL_RISING, record_health
 from analysis.markdown import escape_markdown
 from analysis.significance import ALPHA, NOT_SIGNIFICANT_MARK, caption_note, paired_case_values, seed_averaged, wilcoxon_test
+from medseg_platform.config import differing_fields
 from medseg_platform.data.layout import ACDC_CLASS_NAMES
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_text_atomic
@@ -458,25 +458,10 @@ def duplicate_seeds(records: Iterable[TrialRecord]) -> list[str]:
     for (row, column, seed), group in groups.items():
         if len(group) < 2:
             continue
-        differ = _differing_fields([r.result.get("config") or {} for r in group])
+        differ = differing_fields([r.result.get("config") or {} for r in group])
         lines.append(f"duplicate trials: {row} / {column} / seed {seed} is reported by {len(group)} trials (all averaged)"
                      + (f"; their configs differ in {', '.join(differ[:4])}{' and more' if len(differ) > 4 else ''}" if differ else ""))
     return lines
-
-
-def _differing_fields(configs: Sequence[Mapping]) -> list[str]:
-    """The dotted config fields whose values are not the same in all ``configs`` (sorted)."""
-    def flat(config: Mapping, prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in config.items():
-            if isinstance(value, Mapping):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True, default=str)
-        return out
-    flats = [flat(c) for c in configs]
-    keys = sorted(set().union(*flats))
-    return [k for k in keys if len({f.get(k) for f in flats}) > 1]
 
 
 # --------------------------------------------------------------------------------------------- layout

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -399,6 +400,22 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
         else:
             kwargs[key] = value
     return cls(**kwargs)
+
+
+def differing_fields(configs: list[Mapping] | tuple[Mapping, ...]) -> list[str]:
+    """The dotted fields (``optim.lr``, ``objective_params.unsup_weight``) whose values are not the same in all
+    ``configs`` (``TrialConfig.to_dict()`` dicts), sorted."""
+    def flat(config: Mapping, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in config.items():
+            if isinstance(value, Mapping):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True, default=str)
+        return out
+    flats = [flat(c) for c in configs]
+    keys = sorted(set().union(*flats))
+    return [k for k in keys if len({f.get(k) for f in flats}) > 1]
 
 
 def is_real(value: Any) -> bool:

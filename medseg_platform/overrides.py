@@ -238,6 +238,12 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
         if not key.startswith(_OBJECTIVE_PREFIX):
             values[key] = parse_value(key, texts[key], config_fields()[key])
     _refuse_stage_parameters(rows, texts, values.get("objective"))
+    set_by_rows = [_keys_set_by(variant.overrides) for variant in study.variants]
+    for key in texts:
+        if len(study.variants) > 1 and all(key in keys for keys in set_by_rows):  # "leave the row out" would leave none
+            shown = ", ".join(dict.fromkeys(repr(keys[key]) for keys in set_by_rows))
+            raise ConfigError(f"--set {key}: every row of study {study.name} sets it itself (to {shown}): it is what the "
+                              "rows vary; drop the --set")
     for variant, resolved in zip(study.variants, rows):
         row_keys = _keys_set_by(variant.overrides)
         for key in texts:

@@ -13,7 +13,11 @@ of variants. :class:`VariantTable` collects them:
 * two rows that resolve to the same configuration (the base config with their overrides; an override
   equal to a default counts as that default) are one row: the second is merged into the first (its axes
   are added), so the study never trains the same configuration twice. The released setting, which every
-  one-factor-at-a-time axis passes through, thereby appears once, carrying every axis.
+  one-factor-at-a-time axis passes through, thereby appears once, carrying every axis. The kept row's overrides
+  stay as written, and a trial's key hashes them (:func:`medseg_platform.results.trial_key`): a default written out
+  gives another key than the same row without it (its results are not shared with such a row of another study);
+* a whole number given to a real-valued objective or stage parameter (``unsup_weight=1``) is stored as a float
+  (``1.0``), as ``--set`` parses it, so the two spellings are one configuration with one key.
 
 :func:`with_objective_params` and :func:`with_stage_params` copy a row's overrides (from
 :func:`medseg_platform.recipes.method_overrides`) with some objective / pretraining-stage parameters changed.
@@ -43,9 +47,10 @@ class VariantTable:
         """Add a row (or merge it into the row of the same configuration); returns the label that is kept.
 
         ``variant`` defaults to ``row``. Merging a row whose axis value contradicts the kept row's value
-        for the same axis is a ValueError (two labels would claim one configuration). The overrides are
+        for the same axis is a :class:`ConfigError` (two labels would claim one configuration). The overrides are
         resolved against ``base`` here: an invalid key or value is a ConfigError before anything runs.
         """
+        overrides = _declared_types(self.base, overrides)
         try:
             key = json.dumps(_resolved(self.base, overrides), sort_keys=True, default=repr)
         except ValueError as exc:
@@ -53,12 +58,12 @@ class VariantTable:
         axes = dict(axes or {})
         kept = self._rows.get(key)
         if kept is None:
-            self._rows[key] = {"row": row, "variant": variant or row, "axes": axes, "overrides": copy.deepcopy(dict(overrides))}
+            self._rows[key] = {"row": row, "variant": variant or row, "axes": axes, "overrides": overrides}
             return row
         for name, value in axes.items():
             if kept["axes"].get(name, value) != value:
-                raise ValueError(f"rows {kept['row']!r} and {row!r} are the same configuration but give {name} = "
-                                 f"{kept['axes'][name]} and {value}")
+                raise ConfigError(f"rows {kept['row']!r} and {row!r} are the same configuration but give {name} = "
+                                  f"{kept['axes'][name]} and {value} (a row's overrides do not set the axis it names)")
         kept["axes"].update(axes)
         return kept["row"]
 
@@ -84,8 +89,28 @@ def with_stage_params(overrides: Mapping[str, Any], stage: int, **params: Any) -
     out = copy.deepcopy(dict(overrides))
     stages = out.get("pretrain") or []
     if not 0 <= stage < len(stages):
-        raise ValueError(f"pretraining stage {stage}: the row has {len(stages)} stage(s)")
+        raise ConfigError(f"pretraining stage {stage}: the row has {len(stages)} stage(s)")
     stages[stage]["objective_params"] = {**stages[stage].get("objective_params", {}), **params}
+    return out
+
+
+def _declared_types(base: TrialConfig, overrides: Mapping[str, Any]) -> dict:
+    """A deep copy of ``overrides`` whose objective and stage parameters that are declared real-valued hold floats where
+    they were given whole numbers (a bool stays: it is no number here)."""
+    from medseg_platform.overrides import objective_param_types
+
+    def typed(objective: str, params: Mapping[str, Any]) -> dict:
+        types = objective_param_types(objective)
+        return {k: float(v) if types.get(k) is float and isinstance(v, int) and not isinstance(v, bool) else v
+                for k, v in params.items()}
+
+    out = copy.deepcopy(dict(overrides))
+    if isinstance(out.get("objective_params"), Mapping):
+        out["objective_params"] = typed(str(out.get("objective", base.objective)), out["objective_params"])
+    if isinstance(out.get("pretrain"), (list, tuple)):
+        out["pretrain"] = [{**stage, "objective_params": typed(str(stage.get("objective")), stage["objective_params"])}
+                           if isinstance(stage, Mapping) and isinstance(stage.get("objective_params"), Mapping) else stage
+                           for stage in out["pretrain"]]
     return out
 
 

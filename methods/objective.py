@@ -32,6 +32,7 @@ step'):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
@@ -261,5 +262,7 @@ def config_from_dict(config_class: type, values: dict[str, Any] | None) -> Any:
     values = dict(values or {})
     unknown = sorted(set(values) - set(valid))
     if unknown:
-        raise ConfigError(f"objective_params: unknown {config_class.__name__} keys {unknown} (valid keys: {valid})")
+        close = sorted({match for key in unknown for match in difflib.get_close_matches(key, valid, n=2, cutoff=0.6)})
+        raise ConfigError(f"objective_params: unknown {config_class.__name__} keys {unknown}"
+                          + (f" (close: {', '.join(close)})" if close else "") + f" (valid keys: {valid})")
     return config_class(**values)

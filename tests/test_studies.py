@@ -12,7 +12,7 @@ from medseg_platform.errors import ConfigError
 from analysis.study_cli import run_study_main
 from medseg_platform.profiles import PROFILES
 from medseg_platform.recipes import FULL_SUPERVISION_LABEL, method_overrides
-from medseg_platform.results import read_trial
+from medseg_platform.results import read_trial, trial_key
 from medseg_platform.variants import VariantTable, with_objective_params, with_stage_params
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
@@ -177,10 +177,28 @@ def test_variant_table_merges_the_same_configuration_and_keeps_axes():
     assert [v.tags["row"] for v in variants] == ["τ = 0.5", "τ_s = 0.07"] and [v.tags["order"] for v in variants] == [0, 1]
     assert variants[0].tags["axes"] == {"t": 0.5, "tau_s": 0.1} and variants[0].tags["variant"] == "ARCO-SG"
     assert released["pretrain"][0]["objective_params"].get("tau_student") is None  # the helpers copy, never mutate
-    with pytest.raises(ValueError, match="same configuration"):
+    with pytest.raises(ConfigError, match="same configuration"):
         table.add("clash", released, axes={"t": 1.0})
     with pytest.raises(ConfigError, match="row 'bad'"):
         table.add("bad", with_objective_params(released, temperature=-1.0))
+
+
+def test_a_whole_number_for_a_real_parameter_is_the_same_row_and_key_as_its_float():
+    """A study author wrote unsup_weight 1 where the sweep's other value was 1.0: the rows merged, but the kept row's
+    overrides (so its trial key) depended on the spelling, and a sweep written with 1 retrained what 1.0 had trained."""
+    profile = PROFILES["smoke"]
+    base = profile.trial.replace(**{"data.root": "/nonexistent"})
+    mona = method_overrides("mona", profile)
+    keys = []
+    for weight in (1, 1.0):
+        table = VariantTable(base)
+        table.add("MONA, w = 1", with_objective_params(mona, unsup_weight=weight, num_anchors=2), axes={"w": weight})
+        (variant,) = table.variants()
+        params = variant.overrides["objective_params"]
+        assert params["unsup_weight"] == 1.0 and isinstance(params["unsup_weight"], float)
+        assert isinstance(params["num_anchors"], int)  # an integer parameter keeps its integer
+        keys.append(trial_key(base.replace(**variant.overrides).to_dict()))
+    assert keys[0] == keys[1]
 
 
 QUICK_TRIALS = {"ablation_temperature": 12, "ablation_sampling": 14, "label_fractions": 19, "hparam_search": 1}

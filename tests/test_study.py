@@ -92,6 +92,21 @@ def test_invalid_study_fails_before_ray(tiny_root, tmp_path):
             setattr(broken, field, value)
         with pytest.raises(ConfigError, match=message):
             broken.run()
+    # a study author's mistakes (a probe): one-line errors naming the rows, before anything runs
+    sup, mt = Variant({"row": "Sup"}, {"objective": "supervised"}), Variant({"row": "MT"}, {"objective": "mean_teacher"})
+    for variants, claims, message in (
+            ([sup, Variant({"row": "Sup"}, {"objective": "mean_teacher"})], [],  # were averaged into one cell
+             r"two rows are labelled 'Sup' but train different configurations \(they differ in objective\); give each row"),
+            ([sup, Variant({"row": "Sup again"}, {"objective": "supervised"})], [],
+             "rows 'Sup' and 'Sup again' resolve to the same configuration"),
+            ([sup, mt], [{"a": "MT ", "b": "Sup", "column": "1", "paper": "p"}],  # was "not run" after training
+             r"claims\[0\] \(MT  vs Sup\): study tiny has no row 'MT ' \(its rows: 'Sup', 'MT'"),
+            ([sup, Variant({"row": "MT"}, {"objective": "mean_teacher", "objective_params": {"consistency_wieght": 0.2}})], [],
+             r"row 'MT': .*unknown MeanTeacherConfig keys \['consistency_wieght'\] \(close: consistency_weight\)")):
+        broken = tiny_study(tiny_root, tmp_path / "results", claims=claims)
+        broken.variants = variants
+        with pytest.raises(ConfigError, match=message):
+            broken.run()
     assert not (tmp_path / "results").exists()  # nothing written, no Ray started
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke-test", "--data-root", str(tmp_path / "missing"),

@@ -53,6 +53,9 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
      "(its parameters: sup_weight); leave the row out with --rows"),
     ("ablation_temperature", ["--set", "objective_params.temperature=0.3"],
      "--set objective_params.temperature: row 'ARCO-SG, released: τ = 0.5, ISD τ_t = 0.1, τ_s = 0.1' sets it itself (to 0.5)"),
+    ("ablation_sampling", ["--set", "objective_params.sampler=uniform"],  # its axis: --rows would leave no row
+     "--set objective_params.sampler: every row of study ablation_sampling-smoke sets it itself (to 'uniform', 'stratified', "
+     "'stratified_antithetic'): it is what the rows vary; drop the --set"),
     ("ablation_tailness", ["--set", "seed=2"], "--set seed: set by the flag --seeds; use that instead"),
     ("ablation_tailness", ["--set", "data.labelled=3"], "--set data.labelled: set by the flag --labelled; use that instead"),
     ("hparam_search", ["--labelled", "1", "3"], "--labelled 1 3: a search tunes at one label fraction; give one"),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from medseg_platform.claims_spec import check_claim
-from medseg_platform.config import MAX_SEED, TrialConfig, is_real, resolve_path
+from medseg_platform.config import MAX_SEED, TrialConfig, differing_fields, is_real, resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST
 from medseg_platform.errors import ConfigError
 from medseg_platform.protocol import PROTOCOLS
@@ -131,7 +131,7 @@ class Study:
         """Every grid trial as ``{"config": dict, "tags": dict, "key": str}``, validated, in :func:`start_order`."""
         self.check_settings()
         axes = list(self.grid.items())
-        trials, seen = [], set()
+        trials, seen, slots = [], {}, {}
         for variant in self.variants:
             for values in itertools.product(*(v for _, v in axes)) if axes else [()]:
                 for seed in self.seeds:
@@ -150,15 +150,31 @@ class Study:
                         tags["row"] = f"{tags.get('row', cfg.objective)} ({', '.join(extra)})"
                     config = cfg.to_dict()
                     key = trial_key(config)
+                    row = str(tags.get("row", cfg.objective))
                     if key in seen:
-                        raise ConfigError(f"study {self.name}: two trials resolve to the same config ({key}); remove the duplicate variant")
-                    seen.add(key)
+                        raise ConfigError(f"study {self.name}: rows {seen[key]!r} and {row!r} resolve to the same configuration "
+                                          f"({key}); remove one (medseg_platform.variants.VariantTable merges such rows)")
+                    seen[key] = row
+                    # one table cell per (row, label fraction) and seed: a label shared by two configurations averaged
+                    # two methods into one cell
+                    slot = (row, json.dumps(config["data"]["labelled"]), int(seed))
+                    if slot in slots:
+                        differ = differing_fields([slots[slot], config])
+                        raise ConfigError(f"study {self.name}: two rows are labelled {row!r} but train different configurations "
+                                          f"(they differ in {', '.join(differ[:4])}{' and more' if len(differ) > 4 else ''}); "
+                                          "give each row its own label")
+                    slots[slot] = config
                     trials.append({"config": config, "tags": tags, "key": key})
         checked = set()
         for trial in trials:  # validation: data checks once per distinct data/labelled setting
             cfg = TrialConfig.from_dict(trial["config"])
             data_key = json.dumps([trial["config"]["data"], cfg.seed if cfg.data.labelled_strategy == "random" else 0], sort_keys=True)
-            cfg.validate(check_data=data_key not in checked)
+            try:
+                cfg.validate(check_data=data_key not in checked)
+            except ConfigError as exc:  # name the row: a study script's overrides are wrong for it
+                if len(self.variants) < 2 or str(exc).startswith("row "):
+                    raise
+                raise ConfigError(f"row {trial['tags'].get('row')!r}: {exc}") from None
             checked.add(data_key)
         if self.search_space is not None:  # every domain's ends (or categories) must give a valid config, before Ray starts
             sample = {key: domain.sample() if hasattr(domain, "sample") else domain for key, domain in self.search_space.items()}
@@ -168,7 +184,18 @@ class Study:
                         TrialConfig.from_dict({**trials[0]["config"], **sample, key: value}).validate(check_data=False)
                     except ConfigError as exc:
                         raise ConfigError(f"search_space[{key!r}] at {value!r}: {exc}") from None
+        self._check_claim_rows(trials)
         return start_order(trials)
+
+    def _check_claim_rows(self, trials: list[dict]) -> None:
+        """Every claim names rows the study has (a typo or a row merged away made it "not run" after training)."""
+        rows = list(dict.fromkeys(str(t["tags"].get("row")) for t in trials))
+        for i, spec in enumerate(self.claims):
+            missing = [spec[side] for side in ("a", "b") if spec[side] not in rows]
+            if missing:
+                raise ConfigError(f"claims[{i}] ({spec['a']} vs {spec['b']}): study {self.name} has no row "
+                                  f"{' and no row '.join(map(repr, missing))} (its rows: {', '.join(map(repr, rows))}; a row "
+                                  "label is written as the tables print it, and VariantTable keeps the first label of merged rows)")
 
     def spec_hash(self, trials: list[dict]) -> str:
         """Names the Tune experiment: everything that changes what Tune would run or how."""
