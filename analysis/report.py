@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 from analysis.claims import claim_results, claims_section, read_claims, verdict_counts
 from analysis.plots import is_plot_name, natural_key, PlotFile, write_plots
 from analysis.health import TrialHealth, health_problems, health_section, record_health
-from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, escape_markdown,
+from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, escape_markdown, identical_rows,
                              incomplete_note, print_summary, row_label, row_order, study_class_names, table_file_names,
                              trial_seed, write_tables)
 from medseg_platform.environment import NOT_RECORDED, environment_text
@@ -121,7 +121,7 @@ def study_records(study_dir: Path, info: dict, search_keys: set[str] | None = No
                             "or --labelled trained them, rerun it to table them again (finished trials are not trained "
                             "again)")
     if not search:
-        problems += duplicate_seeds(records)
+        problems += duplicate_seeds(records) + identical_rows(records)
     return records, problems, missing
 
 

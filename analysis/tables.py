@@ -46,6 +46,7 @@ there as missing. ``table.csv`` holds the study's own test set only.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import unicodedata
@@ -442,6 +443,37 @@ def trial_settings(trials: Sequence[TrialRecord]) -> dict[str, str]:
             "empty_policy": _distinct_text((c.get("eval") or {}).get("empty_policy") for c in configs),
             "search": "yes" if any((t.result.get("tags") or {}).get("search") for t in trials) else "no",
             "selection": _distinct_text((c.get("eval") or {}).get("selection", "best_val") for c in configs)}
+
+
+def identical_rows(records: Iterable[TrialRecord]) -> list[str]:
+    """One line per group of rows of one label fraction whose trials gave the same per-case test results, value for
+    value, for each of the same seeds (at least one), and segmented something (two models that predict nothing agree
+    without training alike).
+
+    Two configurations that train the same numbers mean that what differs between them did not reach training at
+    this length: a term whose weight multiplies a value that stays zero (L_unsup before the teacher passes its
+    confidence threshold), a parameter the objective ignores, a sampler that falls back to another one on small
+    pools. The table would compare a row with itself; the line says so (a probe's smoke sweep of a loss weight
+    printed three equal rows and a claim of +0.0)."""
+    results: dict[tuple[str, str], dict[str, str]] = {}
+    empty = set()  # cells with a trial that segmented nothing (every Dice 0 or undefined): models that predict nothing agree
+    for r in _unique_records(records):
+        cell = (column_label(r), row_label(r))
+        results.setdefault(cell, {})[str(trial_seed(r))] = json.dumps(r.per_case, sort_keys=True, default=str)
+        if not any(_per_case_value(row, "dice") > 0 for row in r.per_case):
+            empty.add(cell)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for (column, row), by_seed in results.items():
+        if (column, row) not in empty:
+            groups.setdefault((column, json.dumps(by_seed, sort_keys=True)), []).append(row)
+    lines = []
+    for (column, fingerprint), rows in groups.items():
+        if len(rows) > 1:
+            seeds = ", ".join(sorted(json.loads(fingerprint), key=_natural))
+            lines.append(f"identical results: rows {', '.join(map(repr, rows))} at {column} gave the same per-case test "
+                         f"results for every seed ({seeds}): what differs between them did not change training at this "
+                         "length (e.g. a loss term that stays zero, a parameter the objective ignores)")
+    return lines
 
 
 def duplicate_seeds(records: Iterable[TrialRecord]) -> list[str]:

@@ -432,3 +432,19 @@ def json_config(trial_dir: Path) -> dict:
     import json
 
     return json.loads((trial_dir / "config.json").read_text())["config"]
+
+
+def test_rows_with_identical_results_are_named_unless_they_segmented_nothing(tmp_path):
+    """A smoke sweep of L_unsup's weight trained three identical rows (the term stays zero before the teacher passes
+    its threshold) and the table compared them as if they differed (a probe). Rows that predict nothing agree
+    without training alike, so they are not named."""
+    from tests.analysis.fakes import write_fake_trial
+
+    for row, order, dice in (("w = 0", 0, 0.6), ("w = 1", 1, 0.6), ("w = 2", 2, 0.7), ("blank a", 3, 0.0), ("blank b", 4, 0.0)):
+        for seed in (1, 2):
+            write_fake_trial(tmp_path, row=row, order=order, patients=1, seed=seed, dice=lambda c, k, d=dice, s=seed: d and d + 0.01 * s,
+                             qualitative_shift=None)
+    records, _ = scan_study(tmp_path)
+    (line,) = tables.identical_rows(records)
+    assert line.startswith("identical results: rows 'w = 0', 'w = 1' at 1 patient") and "for every seed (1, 2)" in line
+    assert tables.identical_rows([r for r in records if r.result["seed"] == 1 or r.result["tags"]["row"] != "w = 1"]) == []
