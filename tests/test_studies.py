@@ -117,6 +117,7 @@ def test_hparam_search_smoke(smoke, capsys):
     code, study_dir, _, module = smoke("hparam_search", "--num-samples", "3")
     out = capsys.readouterr().out
     assert code == 0 and "best configuration" in out
+    assert "Configuration for experiment" not in out and "tensorboard --logdir" not in out  # Tune's box: the study's own lines
     with open(study_dir / "search_history.csv", newline="") as fh:
         history = list(csv.DictReader(fh))
     space = module.search_space("arco_sag")

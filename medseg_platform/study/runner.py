@@ -502,7 +502,7 @@ class _DropMessages(logging.Filter):
 
 
 def quiet_tune_resume_advice() -> None:
-    """Silence two Tune warnings that mislead here after a stop (once per process): "Experiment has been interrupted
+    """Silence Tune's per-start console box (see the body) and two Tune warnings that mislead here after a stop (once per process): "Experiment has been interrupted
     ... Resume experiment with: Tuner.restore(...)" (this study resumes by rerunning its command, which
     :func:`run_study` says), and "Failed to fetch metrics for N trial(s)" with a FileNotFoundError per trial that had
     not reported yet (the study reads its own result files, never Tune's). Also Optuna's "The reported value is ignored
@@ -510,6 +510,10 @@ def quiet_tune_resume_advice() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message="The reported value is ignored because this", category=UserWarning)
+    # Tune's newer console output prints a configuration box and a TensorBoard hint into Ray's session folder at each
+    # start, whatever the verbosity; its older output is silent at verbose=0, and the study prints its own progress
+    # lines (progress.ProgressCallback). RAY_AIR_NEW_OUTPUT=1 in the environment keeps Tune's.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     for name, prefix in (("ray.tune.tune", "Experiment has been interrupted"),
                          ("ray.tune.analysis.experiment_analysis", "Failed to fetch metrics for")):
         logger = logging.getLogger(name)
