@@ -157,6 +157,7 @@ def _nifti_bytes(prediction_dhw, affine) -> bytes:
     image = nib.Nifti1Image(np.ascontiguousarray(np.transpose(prediction_dhw, (2, 1, 0))).astype(np.uint8),
                             np.asarray(affine, dtype=np.float64))
     image.set_data_dtype(np.uint8)
+    image.set_qform(image.affine, code=2)  # both transforms (nibabel writes the sform only): every viewer reads the grid
     image.header.set_xyzt_units("mm")  # the manifest's affines are in mm (medseg_platform.data.nifti.source_affine)
     return gzip.compress(image.to_bytes(), mtime=0)
 
@@ -168,6 +169,7 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
     import numpy as np
 
     from medseg_platform.data.layout import _h5_write  # the layout's deterministic, atomic h5 writer
+    from medseg_platform.data.nifti import with_voxel_sizes
     from medseg_platform.engine import load_selected_model, pick_device, predict_case
     from medseg_platform.engine.conv_kernels import recorded_conv_kernels, using_conv_kernels
     from medseg_platform.io import atomic_path, check_output_folder, write_json_atomic
@@ -201,6 +203,8 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
         attrs = {"spacing": np.asarray(volume.spacing, dtype=np.float64)} if volume.spacing is not None else {}
         _h5_write(out / f"{case}.h5", {"pred": prediction}, attrs)
         affine = (layout.manifest.get("cases") or {}).get(case, {}).get("affine")
+        if affine is not None and volume.spacing is not None:  # a manifest of earlier code: a unit-scale sform kept
+            affine = with_voxel_sizes(affine, list(volume.spacing)[::-1])
         if affine is not None:
             with atomic_path(out / NIFTI_DIR / f"{case}.nii.gz") as tmp:
                 tmp.write_bytes(_nifti_bytes(prediction, affine))

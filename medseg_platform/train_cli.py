@@ -268,7 +268,7 @@ def train_in_process(study) -> Path:
 
     import torch
 
-    trials, _ = check_before_ray(study, in_process_cuda=torch.cuda.is_available())
+    trials, _ = check_before_ray(study, in_process_cuda=torch.cuda.is_available(), in_process=True)
     preflight_datasets(datasets_of_trials(trials), study.study_dir)
     check_trained_on_this_data(study, trials)
     trial, study_dir = trials[0], study.study_dir

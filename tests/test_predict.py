@@ -121,6 +121,44 @@ def test_cases_converted_from_nifti_get_a_nifti_on_the_source_grid(trained, tmp_
     assert read_rows(tmp_path / "e1" / "per_case.csv") == read_rows(tmp_path / "e2" / "per_case.csv")
 
 
+def test_a_unit_scale_sform_with_the_spacing_in_the_qform_gives_predictions_of_the_source_voxel_size(trained, tmp_path):
+    """ACDC's released headers keep unit scales in the sform and the spacing in the qform; nibabel's affine is the
+    sform, so predictions were written with 1 x 1 x 1 mm voxels that overlay nothing (a probe on ACDC-style files)."""
+    _, trial = trained
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    spacing = (1.5625, 1.5625, 10.0)
+    qform = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    qform[:3, 3] = (120.0, 90.0, -30.0)
+    rng = np.random.default_rng(4)
+    for name in ("a", "b", "c", "d"):
+        label = rng.integers(0, 4, size=(10, 12, 3)).astype(np.uint8)
+        for path, array in ((raw / f"{name}.nii.gz", (label * 100).astype(np.int16)), (raw / f"{name}_gt.nii.gz", label)):
+            image = nib.Nifti1Image(array, np.diag([-1.0, -1.0, 1.0, 1.0]))  # the unit-scale sform
+            image.set_qform(qform, code=1)
+            image.header.set_zooms(spacing)
+            nib.save(image, str(path))
+    converted = tmp_path / "converted"
+    assert main(["data", "convert-nifti", str(raw), str(converted), "--num-classes", "4", "--class-names", "RV,Myo,LV"]) == 0
+    manifest = json.loads((converted / "manifest.json").read_text())
+    assert all(np.allclose(facts["affine"], qform) for facts in manifest["cases"].values())
+    out = tmp_path / "pred"
+    assert main(["predict", "--trial", str(trial), "--data-root", str(converted), "--out", str(out)]) == 0
+    for case in AcdcLayout(converted).test_cases:
+        image = nib.load(str(out / "nifti" / f"{case}.nii.gz"))
+        assert image.header.get_zooms() == pytest.approx(spacing) and np.allclose(image.affine, qform)
+        assert int(image.header["qform_code"]) > 0 and np.allclose(image.header.get_qform(), qform)
+    # a manifest written by earlier code kept the unit-scale sform: predict rescales it to the recorded spacing
+    for facts in manifest["cases"].values():
+        facts["affine"] = np.diag([-1.0, -1.0, 1.0, 1.0]).tolist()
+    (converted / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["predict", "--trial", str(trial), "--data-root", str(converted), "--out", str(tmp_path / "old")]) == 0
+    for case in AcdcLayout(converted).test_cases:
+        image = nib.load(str(tmp_path / "old" / "nifti" / f"{case}.nii.gz"))
+        assert image.header.get_zooms() == pytest.approx(spacing)
+        assert np.allclose(image.affine[:3, :3], np.diag([-spacing[0], -spacing[1], spacing[2]]))
+
+
 def test_an_unfinished_trial_is_a_one_line_error(trained, tmp_path, capsys):
     root, trial = trained
     unfinished = tmp_path / "trial"

@@ -218,12 +218,40 @@ def source_affine(path: str | Path) -> list[list[float]]:
     The converters record it per case in the manifest, so predictions can be written back to NIfTI on the
     source's grid (``medseg predict``: the (D, H, W) label map transposed to (X, Y, Z) with this affine, units mm):
     they overlay the source in world space also when its header counts in microns or metres.
+
+    Where nibabel's affine (the sform, when the header has one) scales the voxel axes by other sizes than the header's
+    voxel sizes while the qform matches them (ACDC's released headers: a unit-scale sform, the spacing in the qform),
+    the qform is taken; where neither matches, nibabel's affine with its columns scaled to the voxel sizes
+    (:func:`with_voxel_sizes`). A prediction written with it then has the source's voxel size (it had 1 mm voxels).
     """
     path = Path(path)
     img = _load(path)
+    zooms = [float(v) for v in img.header.get_zooms()[:3]]
     affine = np.asarray(img.affine, dtype=np.float64)
+    if not _scales_match(affine, zooms):
+        qform = img.header.get_qform(coded=True)[0] if hasattr(img.header, "get_qform") else None
+        affine = (np.asarray(qform, dtype=np.float64) if qform is not None and _scales_match(qform, zooms)
+                  else np.asarray(with_voxel_sizes(affine, zooms), dtype=np.float64))
     affine[:3] *= mm_per_unit(img, path)
     return [[float(value) for value in row] for row in affine]
+
+
+def _scales_match(affine, voxel_sizes: Sequence[float]) -> bool:
+    """Whether the affine's voxel axes (its first columns) are as long as ``voxel_sizes`` (storage order)."""
+    lengths = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, : len(voxel_sizes)], axis=0)
+    return bool(np.allclose(lengths, np.abs(voxel_sizes), rtol=1e-4, atol=0.0))
+
+
+def with_voxel_sizes(affine, voxel_sizes: Sequence[float]) -> list[list[float]]:
+    """``affine`` (4x4, storage order) with each voxel axis's column rescaled to length ``voxel_sizes[i]`` (its
+    direction and the origin kept); the affine itself where they already match (or a column is zero)."""
+    out = np.asarray(affine, dtype=np.float64).copy()
+    if not _scales_match(out, voxel_sizes):
+        for i, size in enumerate(voxel_sizes):
+            length = float(np.linalg.norm(out[:3, i]))
+            if length > 0 and size > 0:
+                out[:3, i] *= size / length
+    return [[float(value) for value in row] for row in out]
 
 
 # -------------------------------------------------------------------------------------- arrays

@@ -115,7 +115,8 @@ def resolve_patient_count(fraction: str | int | float, available: int) -> Patien
         if n == 0:
             raise ConfigError(f"label fraction {text!r}: 0 labelled patients leaves nothing to supervise (use at least 1)")
     if n > available:
-        raise ConfigError(f"label fraction {text!r}: {n} patients requested but the training split has only {available}")
+        raise ConfigError(f"label fraction {text!r}: {n} patients requested but the training split has only {available} "
+                          "(a study's --labelled sets the fractions it trains)")
     return PatientCount(text, n, available, rule)
 
 

@@ -133,12 +133,13 @@ def _scored_since(folder: Path, since: float) -> bool:
 
 
 # ----------------------------------------------------------------------------------- checks before Ray
-def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool = False) -> tuple[list[dict], list[tuple[str, int]]]:
+def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool = False,
+                     in_process: bool = False) -> tuple[list[dict], list[tuple[str, int]]]:
     """Every check of the study's settings that :func:`run_study` (and ``--dry-run``, :func:`medseg_platform.plan.plan_study`)
     makes before it writes or starts anything: the trials (:meth:`Study.trial_params`), the Ray options, retries and fp16,
     the results folder, GPUs, the test root (``in_process_cuda``: the trial runs in this process, which has a CUDA device,
-    as ``medseg train --in-process`` on a GPU machine; ``dry_run``: nothing will be written, so the results folder need
-    not be writable). Returns the trials in start order and the test root's datasets. One-line
+    as ``medseg train --in-process`` on a GPU machine; ``in_process``: it runs in this process, without Ray's CPU
+    reservations; ``dry_run``: nothing will be written, so the results folder need not be writable). Returns the trials in start order and the test root's datasets. One-line
     :class:`ConfigError` / :class:`~medseg_platform.errors.MedsegError` otherwise. The data files themselves are read by
     :func:`medseg_platform.preflight.preflight_datasets` afterwards (it writes its report into the study folder)."""
     trials = study.trial_params()
@@ -150,7 +151,8 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
     check_fault_tolerance_options(study, trials, in_process_cuda)
     check_output_folder(study.study_dir, "--results-dir (Study.results_dir)", writes=None if dry_run else "inside")
     check_local_resources(study)
-    warn_oversubscribed_threads(study, trials)
+    if not in_process:  # Ray reserves CPUs per trial; a trial in this process reserves none
+        warn_oversubscribed_threads(study, trials)
     if study.gpus_per_trial > 0:
         check_gpus_available(study.address)
     return trials, check_test_root(study, trials)
