@@ -20,8 +20,10 @@ from medseg_platform.protocol import PROTOCOLS
 
 
 def default_cache_root() -> Path:
-    """Where the embedded dataset is cached: ``$MEDSEG_CACHE`` or ``~/.cache/medseg-platform``."""
-    return Path(os.environ.get("MEDSEG_CACHE", Path.home() / ".cache" / "medseg-platform")).expanduser().resolve()
+    """Where the embedded dataset is cached: ``$MEDSEG_CACHE`` or ``~/.cache/medseg-platform`` (an empty
+    ``MEDSEG_CACHE`` counts as unset: it used to put the phantom into the current folder; the home folder is looked up
+    only when it is needed)."""
+    return Path(os.environ.get("MEDSEG_CACHE") or Path.home() / ".cache" / "medseg-platform").expanduser().resolve()
 
 
 def count_at_least(minimum: int, maximum: int | None = None):

@@ -151,6 +151,38 @@ def test_local_ray_binds_the_dashboard_where_asked_and_prints_url_and_auth(monke
     assert calls[-1]["dashboard_host"] == "0.0.0.0"
 
 
+def test_a_local_ray_that_cannot_start_is_a_one_line_error_naming_the_folder(monkeypatch, tmp_path):
+    """A long TMPDIR (cluster job folders) overflowed Ray's 107-byte socket paths, and an unwritable temp folder or HOME
+    failed inside ray.init: Ray's tracebacks after the preflight (a probe of user environments)."""
+    import ray
+
+    calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw) or types.SimpleNamespace(dashboard_url=None))
+    long_dir = tmp_path / ("x" * 60)
+    monkeypatch.setenv("RAY_TMPDIR", str(long_dir))
+    with pytest.raises(ConfigError, match=r"Ray's temporary folder .*xxxx/ray is too long for its socket paths .*RAY_TMPDIR=/tmp"):
+        init_ray(None, 2, False)
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(dir="/tmp", prefix="rt") as a_file:  # short, and not a folder: cannot hold Ray's
+        monkeypatch.setenv("RAY_TMPDIR", a_file.name)
+        with pytest.raises(ConfigError, match=rf"{a_file.name}/ray: cannot write there .*set RAY_TMPDIR to a writable folder"):
+            init_ray(None, 2, False)
+    assert calls == []  # Ray was not started either time
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp")
+
+    def refuse(**kw):
+        raise PermissionError(13, "Permission denied", "/home/user/.ray/auth_token")
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(ConfigError, match=r"a local Ray could not start: Permission denied \(/home/user/.ray/auth_token\);"):
+        init_ray(None, 2, False)
+    monkeypatch.delenv("RAY_TMPDIR")
+    monkeypatch.setenv("TMPDIR", "/tmp")
+    assert ray_runtime.ray_temp_dir() == "/tmp/ray"  # Ray's rule: RAY_TMPDIR, else TMPDIR on Linux
+
+
 def test_dashboard_host_flag_reaches_ray_with_a_warning_and_bad_values_fail_before_ray(tiny_root, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     seen = []

@@ -216,20 +216,22 @@ def generate_phantom(
     size: int = DEFAULT_SIZE,
     seed: int = DEFAULT_SEED,
     progress: Progress | None = None,
+    what: str = "--out",
 ) -> Path:
-    """Write the phantom into ``out`` (absent or empty folder) atomically; returns ``out``.
+    """Write the phantom into ``out`` (absent or empty folder) atomically; returns ``out``. ``what``: how errors name
+    the folder (the CLI's flag, or the cache a study reads it from).
 
     If ``out`` already holds the same phantom nothing is done. A non-empty ``out`` holding anything else
     raises :class:`ConfigError`. The data are built in a hidden sibling folder and renamed onto ``out``.
     """
     params = PhantomParams(patients, size, seed).validate()
     if not str(out).strip():
-        raise ConfigError("--out '': give the folder to write the phantom into")
-    check_output_folder(out, "--out", writes=None)
+        raise ConfigError(f"{what} '': give the folder to write the phantom into")
+    check_output_folder(out, what, writes=None)
     out = Path(out).expanduser().absolute()
     if _check_target(out, params):
         return out
-    check_folder_writable(out, "--out", beside=True)  # staged next to out (not needed when out already holds it)
+    check_folder_writable(out, what, beside=True)  # staged next to out (not needed when out already holds it)
     tmp = out.parent / f"{_staging_prefix(out)}{os.getpid()}-{secrets.token_hex(4)}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -297,7 +299,8 @@ def ensure_phantom(
     path = phantom_cache_path(cache_root, patients, size, seed)
     if holds_phantom(path, PhantomParams(patients, size, seed)):
         return path
-    return generate_phantom(path, patients, size, seed, progress)
+    return generate_phantom(path, patients, size, seed, progress,
+                            what="the phantom's cache folder ($MEDSEG_CACHE, default ~/.cache/medseg-platform)")
 
 
 # --------------------------------------------------------------------------------------- CLI

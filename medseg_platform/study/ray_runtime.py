@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, dashboard_message
 from medseg_platform.errors import ConfigError
@@ -43,8 +44,15 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboa
                               "(port 6379 by default) or 'auto'") from None
         term_as_interrupt()
         return True
-    context = _init_as_interruptible(ray, num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
-                                     object_store_memory=1 << 30, log_to_driver=False, configure_logging=False)
+    temp = check_local_ray_temp_dir()
+    try:
+        context = _init_as_interruptible(ray, num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
+                                         object_store_memory=1 << 30, log_to_driver=False, configure_logging=False)
+    except OSError as exc:  # e.g. an unwritable HOME, where Ray writes its token (~/.ray/auth_token)
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        raise ConfigError(f"a local Ray could not start: {exc.strerror or exc}{where}; Ray writes its session under {temp} "
+                          "(RAY_TMPDIR sets it) and, with token authentication, a token under ~/.ray (RAY_AUTH_TOKEN_PATH "
+                          "sets it): point them at writable folders") from None
     term_as_interrupt()
     if dashboard and getattr(context, "dashboard_url", None):
         print(dashboard_message(context.dashboard_url), file=sys.stderr, flush=True)
@@ -52,6 +60,34 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboa
 
 
 ADDRESS_PROBE_S = 5.0  # how long the TCP probe of --address waits for the head's GCS port
+#: Unix socket paths are at most 107 bytes on Linux; Ray puts "/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store"
+#: (up to 64 bytes) under its temporary folder.
+SOCKET_PATH_MAX, RAY_SOCKET_SUFFIX = 107, 64
+
+
+def ray_temp_dir() -> str:
+    """The folder a local Ray starts its session in: $RAY_TMPDIR, else $TMPDIR on Linux, else /tmp, plus "ray" (Ray
+    2.60's rule, ``ray._common.utils.get_default_ray_temp_dir``)."""
+    base = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None) or "/tmp"
+    return os.path.join(base, "ray")
+
+
+def check_local_ray_temp_dir() -> str:
+    """A one-line :class:`ConfigError` when a local Ray cannot start in :func:`ray_temp_dir`: a folder too long for its
+    socket paths (a long TMPDIR, common in cluster job folders, stopped the study with Ray's own traceback) or one it
+    cannot write; returns the folder."""
+    temp = ray_temp_dir()
+    if len(temp.encode()) + RAY_SOCKET_SUFFIX > SOCKET_PATH_MAX:
+        raise ConfigError(f"Ray's temporary folder {temp} is too long for its socket paths ({len(temp.encode())} bytes; "
+                          f"at most {SOCKET_PATH_MAX - RAY_SOCKET_SUFFIX}): set RAY_TMPDIR to a short folder, e.g. RAY_TMPDIR=/tmp")
+    try:
+        os.makedirs(temp, exist_ok=True)
+        with tempfile.TemporaryFile(dir=temp):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"Ray's temporary folder {temp}: cannot write there ({exc.strerror or exc}); set RAY_TMPDIR "
+                          "to a writable folder") from None
+    return temp
 
 
 def check_address_answers(address: str, source: str = "--address", drop: str = "drop the flag") -> None:

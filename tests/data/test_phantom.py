@@ -317,3 +317,18 @@ def test_slice_ids_belong_to_training_cases(tiny):
     data = AcdcLayout(tiny[0])
     assert {case_of_slice(s) for s in data.train_slices} == set(data.train_cases)
     assert not set(data.train_cases) & set(data.val_cases + data.test_cases)
+
+
+def test_the_cache_folder_from_the_environment_and_its_errors_name_it(tmp_path, monkeypatch):
+    """An empty MEDSEG_CACHE put the phantom into the current folder, and a bad cache folder's error named --out, a
+    flag studies do not have (a probe of user environments)."""
+    from medseg_platform.study_flags import default_cache_root
+
+    monkeypatch.setenv("MEDSEG_CACHE", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_root() == (tmp_path / "home" / ".cache" / "medseg-platform").resolve()
+    monkeypatch.setenv("MEDSEG_CACHE", str(tmp_path / "cache"))
+    assert default_cache_root() == (tmp_path / "cache").resolve()
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ConfigError, match=r"^the phantom's cache folder \(\$MEDSEG_CACHE, default ~/.cache/medseg-platform\) .*a_file"):
+        phantom.ensure_phantom(tmp_path / "a_file", patients=4, size=32)
