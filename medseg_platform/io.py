@@ -198,6 +198,46 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
+#: the lock file a running study holds in its folder (:func:`folder_lock`)
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive, non-blocking ``flock`` on ``folder/.lock`` (created with its parents) for the block; the file
+    names this process (pid, host, start). A second holder is a one-line :class:`ConfigError` naming the first (``what``
+    is the command's subject, e.g. "study ablation_tailness-quick"). The kernel drops the lock when the holder dies, so a
+    killed run never leaves a stale one; where the filesystem has no ``flock`` (some network mounts), nothing is held."""
+    import datetime
+    import fcntl
+    import socket
+
+    from medseg_platform.errors import ConfigError
+
+    path = Path(folder) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise ConfigError(f"{folder}: {what} is running there already ({holder}); wait for it to end, or run this one "
+                              "into another folder (--name or --results-dir)") from None
+        except OSError:  # no flock on this filesystem: run unlocked, as before
+            yield
+            return
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
+                 f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()

@@ -258,7 +258,7 @@ def train_in_process(study) -> Path:
     call normally: the folder has no result; anything else is raised).
     """
     from medseg_platform.config import TrialConfig
-    from medseg_platform.io import write_json_atomic
+    from medseg_platform.io import folder_lock, write_json_atomic
     from medseg_platform.preflight import datasets_of_trials, preflight_datasets
     from medseg_platform.rescore import score_from_sources
     from medseg_platform.results import (ERROR_FILE, STUDY_FILE, pretrain_cache_dir, start_attempt, trial_finished, trial_folder,
@@ -271,32 +271,33 @@ def train_in_process(study) -> Path:
     trials, _ = check_before_ray(study, in_process_cuda=torch.cuda.is_available(), in_process=True)
     preflight_datasets(datasets_of_trials(trials), study.study_dir)
     check_trained_on_this_data(study, trials)
-    trial, study_dir = trials[0], study.study_dir
-    trial_dir = trial_folder(study_dir, trial["key"])
-    write_json_atomic(study_dir / STUDY_FILE, study.description(trials))
-    if trial_finished(trial_dir, log=lambda msg: print(msg, file=sys.stderr, flush=True)):
-        print(f"trial {trial['key']}: already finished (delete its folder to train it again)", file=sys.stderr)
+    with folder_lock(study.study_dir, f"study {study.name}"):  # as a study run: one run of a folder at a time
+        trial, study_dir = trials[0], study.study_dir
+        trial_dir = trial_folder(study_dir, trial["key"])
+        write_json_atomic(study_dir / STUDY_FILE, study.description(trials))
+        if trial_finished(trial_dir, log=lambda msg: print(msg, file=sys.stderr, flush=True)):
+            print(f"trial {trial['key']}: already finished (delete its folder to train it again)", file=sys.stderr)
+            return trial_dir
+        if score_from_sources(study_dir, [trial], lambda msg: print(msg, file=sys.stderr, flush=True), "cuda" if torch.cuda.is_available() else "cpu"):
+            return trial_dir  # it differs from a finished trial only in how it is scored: not trained
+        cfg = TrialConfig.from_dict(trial["config"])
+        start_attempt(trial_dir)
+        write_trial_config(trial_dir, trial["config"], trial["tags"])
+        (trial_dir / ERROR_FILE).unlink(missing_ok=True)
+        try:
+            train_and_record(trial["config"], trial["tags"], trial_dir, pretrain_cache_dir(study_dir),
+                             log=lambda msg: print(f"[{trial['key']}] {msg}", file=sys.stderr, flush=True),
+                             extra={"placement": {"hostname": socket.gethostname(), "pid": os.getpid(), "in_process": True}})
+        except MedsegError as exc:  # recorded as a study's application error; run() reports it and exits 1
+            step = getattr(exc, "step", None)
+            details = {"step": step, "terms": list(getattr(exc, "terms", ()))} if step is not None else {}
+            write_trial_error(trial_dir, config=trial["config"], tags=trial["tags"], seed=cfg.seed, error=str(exc), kind="application",
+                              details=details)
+        except Exception as exc:  # a bug or an unforeseen input: recorded as a study trial's would be, then shown in full
+            write_trial_error(trial_dir, config=trial["config"], tags=trial["tags"], seed=cfg.seed,
+                              error=f"{type(exc).__name__}: {exc}", kind="exception")
+            raise
         return trial_dir
-    if score_from_sources(study_dir, [trial], lambda msg: print(msg, file=sys.stderr, flush=True), "cuda" if torch.cuda.is_available() else "cpu"):
-        return trial_dir  # it differs from a finished trial only in how it is scored: not trained
-    cfg = TrialConfig.from_dict(trial["config"])
-    start_attempt(trial_dir)
-    write_trial_config(trial_dir, trial["config"], trial["tags"])
-    (trial_dir / ERROR_FILE).unlink(missing_ok=True)
-    try:
-        train_and_record(trial["config"], trial["tags"], trial_dir, pretrain_cache_dir(study_dir),
-                         log=lambda msg: print(f"[{trial['key']}] {msg}", file=sys.stderr, flush=True),
-                         extra={"placement": {"hostname": socket.gethostname(), "pid": os.getpid(), "in_process": True}})
-    except MedsegError as exc:  # recorded as a study's application error; run() reports it and exits 1
-        step = getattr(exc, "step", None)
-        details = {"step": step, "terms": list(getattr(exc, "terms", ()))} if step is not None else {}
-        write_trial_error(trial_dir, config=trial["config"], tags=trial["tags"], seed=cfg.seed, error=str(exc), kind="application",
-                          details=details)
-    except Exception as exc:  # a bug or an unforeseen input: recorded as a study trial's would be, then shown in full
-        write_trial_error(trial_dir, config=trial["config"], tags=trial["tags"], seed=cfg.seed,
-                          error=f"{type(exc).__name__}: {exc}", kind="exception")
-        raise
-    return trial_dir
 
 
 def command_line(args) -> str:

@@ -108,6 +108,15 @@ def test_invalid_study_fails_before_ray(tiny_root, tmp_path):
         with pytest.raises(ConfigError, match=message):
             broken.run()
     assert not (tmp_path / "results").exists()  # nothing written, no Ray started
+    # a second run of a study while one runs: two copies of a command trained the same trials in one folder at once
+    from medseg_platform.io import LOCK_FILE, folder_lock
+
+    running = tiny_study(tiny_root, tmp_path / "locked")
+    with folder_lock(running.study_dir, "study tiny"):
+        with pytest.raises(ConfigError, match=rf"{running.study_dir}: study tiny is running there already \(pid {os.getpid()} on "):
+            running.run()
+    assert sorted(p.name for p in running.study_dir.iterdir()) == [LOCK_FILE, "preflight.json"]  # no trial, no study.json
+    shutil.rmtree(tmp_path / "locked")
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke-test", "--data-root", str(tmp_path / "missing"),
                            "--results-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=120, env=env)

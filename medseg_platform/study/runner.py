@@ -35,7 +35,7 @@ from pathlib import Path
 from medseg_platform.config import resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_host, check_dashboard_host_is_local
 from medseg_platform.errors import ConfigError, DataError
-from medseg_platform.io import check_output_folder, read_json_object, write_json_atomic
+from medseg_platform.io import check_output_folder, folder_lock, read_json_object, write_json_atomic
 from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.rescore import score_from_sources, scoring_device
 from medseg_platform.results import (LAST_RUN_FILE, RESULT_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, retag_finished_trials, trial_finished,
@@ -61,11 +61,19 @@ def _log(msg: str) -> None:
 
 
 def run_study(study: Study) -> StudyRun:
-    """Validate, run (or restore) on Ray, and return what finished; see the module docstring."""
+    """Validate, run (or restore) on Ray, and return what finished; see the module docstring. The study folder is
+    locked while it runs (:func:`medseg_platform.io.folder_lock`): two copies of one command used to train the same
+    trials in one folder at once."""
     start, started_at = time.perf_counter(), time.time()
     trials, test_datasets = check_before_ray(study)
     preflight_datasets(datasets_of_trials(trials) + test_datasets, study.study_dir)  # every data file read, before Ray starts
     check_trained_on_this_data(study, trials)
+    with folder_lock(study.study_dir, f"study {study.name}"):  # after the checks: a refused command writes nothing
+        return _run_checked_study(study, trials, start, started_at)
+
+
+def _run_checked_study(study: Study, trials: list[dict], start: float, started_at: float) -> StudyRun:
+    """:func:`run_study` after its checks, with the study folder locked."""
     study_dir = study.study_dir
     (study_dir / TRIALS_DIR).mkdir(parents=True, exist_ok=True)
     if study.search_space is None:
