@@ -42,6 +42,16 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
         return _run_study_main(description, default_name, build, argv, parser)
 
 
+def import_report():
+    """:mod:`analysis.report` (pandas, matplotlib), or a one-line :class:`ConfigError` saying how to repair the install."""
+    try:
+        import analysis.report as report
+    except ImportError as exc:
+        raise ConfigError(f"the report cannot be written: {exc} (its libraries come with the project: pip install -c "
+                          "constraints.txt -e . in the checkout)") from None
+    return report
+
+
 def _run_study_main(description, default_name, build, argv, parser) -> int:
     from medseg_platform.study import Study
 
@@ -92,6 +102,7 @@ def _run_study_main(description, default_name, build, argv, parser) -> int:
 
             print(format_plan(plan_study(study)))
             return 0
+        report_module = import_report()  # before training: a broken install used to lose the tables after it
         run = study.run()
         # the report's settings that the trial files do not hold (regenerated reports read them back)
         command = " ".join(shlex.quote(a) for a in ["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
@@ -101,10 +112,13 @@ def _run_study_main(description, default_name, build, argv, parser) -> int:
             "cpus_per_trial": study.cpus_per_trial, "num_workers": study.num_workers, "max_concurrent": study.max_concurrent,
             "overrides": overrides, "protocol": args.protocol,
             **({"test_root": str(study.test_root)} if study.test_root is not None else {})})
-        from analysis.report import print_report, write_report  # pandas and matplotlib: only once there are results
-
-        report = write_report(run.study_dir)  # tables, plots/ and report.md, from the result files only
-        print_report(report)
+        try:
+            report = report_module.write_report(run.study_dir)  # tables, plots/ and report.md, from the result files only
+        except OSError as exc:  # e.g. a full disk: every file is written atomically, so the earlier ones are intact
+            raise MedsegError(f"{run.study_dir}: the report could not be written ({exc.strerror or exc}"
+                              f"{': ' + str(exc.filename) if getattr(exc, 'filename', None) else ''}); the trials' results "
+                              "are safe: free space (or fix the folder) and rerun the same command to write it") from None
+        report_module.print_report(report)
         print(f"wall time {run.timing['total_s']:.1f} s; results in {run.study_dir}")
         return 0 if report.records and not report.missing and not run.stopped else 1
     except MedsegError as exc:

@@ -33,6 +33,10 @@ def check_output_folder(path: str | os.PathLike, flag: str, writes: str | None =
     from medseg_platform.errors import ConfigError
 
     path = Path(path).expanduser().resolve()
+    too_long = [part for part in path.parts if len(part.encode()) > 255]
+    if too_long:  # each name in a path has at most 255 bytes (a later mkdir failed with a traceback)
+        raise ConfigError(f"{flag} {path}: the name {too_long[0][:40]}... has {len(too_long[0].encode())} bytes; a file "
+                          "system takes at most 255 per name: give a shorter one")
     for existing in (path, *path.parents):
         if existing.exists():
             if not existing.is_dir():

@@ -302,3 +302,33 @@ def test_best_configurations_break_ties_as_the_best_config_file_does():
     records = [sample("k-aaa"), sample("k-zzz")]
     assert _best_search_lines(records)[4].startswith("| k-aaa |")  # no order known: by folder name
     assert _best_search_lines(records, order={"k-zzz": 1, "k-aaa": 2})[4].startswith("| k-zzz |")
+
+
+def test_a_report_that_cannot_be_written_or_imported_is_one_line(study, capsys, monkeypatch):
+    """A full disk (or a read-only copy) ended `medseg report` in a traceback, and a broken matplotlib let a study train
+    to its end and then lose even its tables (a probe of user environments)."""
+    import sys
+
+    import analysis.report as report_module
+    from analysis.study_cli import import_report
+    from medseg_platform.errors import ConfigError
+
+    def full_disk(study_dir, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(report_module, "write_report", full_disk)
+    assert main(["report", str(study)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {study}: the report could not be written (No space left on device); "
+                                               "its files are as they were: free space and run it again")
+    monkeypatch.delitem(sys.modules, "analysis.report")
+    monkeypatch.delitem(sys.modules, "analysis.plots")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    with pytest.raises(ConfigError, match=r"^the report cannot be written: .*matplotlib.*pip install -c constraints.txt -e \."):
+        import_report()
+
+
+def test_a_path_name_longer_than_a_file_system_takes_is_one_line(tmp_path):
+    from medseg_platform.errors import ConfigError
+    from medseg_platform.io import check_output_folder
+
+    with pytest.raises(ConfigError, match=r"--results-dir .*: the name x{40}\.\.\. has 300 bytes; a file system takes at most 255"):
+        check_output_folder(tmp_path / ("x" * 300) / "study", "--results-dir")
