@@ -120,6 +120,17 @@ def test_application_errors_are_found_behind_ray_wrappers():
     except RuntimeError as outer:
         assert isinstance(application_error(outer), ConfigError)
     assert application_error(RuntimeError("worker died")) is None
+    # a full disk is not retried (each retry failed the same way; a probe): a rerun after freeing space resumes
+    try:
+        try:
+            raise OSError(28, "No space left on device", "/results/trials/k/checkpoint.pt")
+        except OSError as inner:
+            raise RuntimeError("checkpoint") from inner
+    except RuntimeError as outer:
+        found = application_error(outer)
+    assert str(found) == ("no space left on the device (/results/trials/k/checkpoint.pt): free space, then rerun the same "
+                          "command to resume the trial from its last checkpoint")
+    assert application_error(OSError(13, "Permission denied")) is None  # other OS errors stay infrastructure failures
     import pickle
 
     again = pickle.loads(pickle.dumps(nan))  # Ray pickles errors across processes: step and terms survive

@@ -176,8 +176,11 @@ def application_error(exc: BaseException) -> MedsegError | None:
     An application error is any :class:`MedsegError` (:mod:`methods.errors`; the objectives' ``ConfigError`` and
     ``DataError`` at run time included). Looks at ``exc`` itself, its cause/context chain, Ray's wrappers
     (``RayTaskError.as_instanceof_cause``) and a Ray Train ``WorkerGroupError``'s per-rank ``worker_failures`` (a
-    multi-worker trial's NaN).
+    multi-worker trial's NaN). A full disk (``ENOSPC``, ``EDQUOT``) counts as one: a retry fails the same way (a probe's
+    trial was retried twice, then the driver died on Ray's empty error file), while a rerun after freeing space resumes.
     """
+    import errno
+
     stack, seen = [exc], set()
     while stack:
         error = stack.pop()
@@ -186,6 +189,10 @@ def application_error(exc: BaseException) -> MedsegError | None:
         seen.add(id(error))
         if isinstance(error, MedsegError):
             return error
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" ({error.filename})" if error.filename else ""
+            return MedsegError(f"no space left on the device{where}: free space, then rerun the same command to resume the "
+                               "trial from its last checkpoint")
         stack += [error.__cause__, error.__context__, getattr(error, "cause", None)]
         stack += list((getattr(error, "worker_failures", None) or {}).values())
         unwrap = getattr(error, "as_instanceof_cause", None)
@@ -228,7 +235,11 @@ def end_errored(trial_dir: Path, config: dict, tags: dict, seed: int, exc: Medse
 
     step = getattr(exc, "step", None)
     details = {"step": step, "terms": list(getattr(exc, "terms", ()))} if step is not None else {}
-    write_trial_error(trial_dir, config=config, tags=tags, seed=seed, error=str(exc), kind="application", details=details, run=run_id)
+    try:
+        write_trial_error(trial_dir, config=config, tags=tags, seed=seed, error=str(exc), kind="application", details=details,
+                          run=run_id)
+    except OSError:  # a full disk takes no error file either: the report below carries the reason
+        pass
     print(f"[{trial_dir.name}] ERRORED (not retried: the error is deterministic): {exc}", flush=True)
     nan = float("nan")
     tune.report({"step": step if step is not None else 0, METRIC: nan, "best_val_dice": nan, "test_dice": nan, "done": True,
