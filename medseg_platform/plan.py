@@ -99,6 +99,7 @@ class StudyPlan:
     unpriced: tuple[str, ...] = ()  # objectives to run without a step-cost prior (priced at UNKNOWN_STEP_COST)
     on_gpus: bool = False  # the trials would train on GPUs (--gpus-per-trial)
     left_out: int = 0  # finished trials in the study's folder that this command does not list (the tables leave them out)
+    other_roots: tuple[str, ...] = ()  # the data roots of those trials that this command does not train on
 
     @property
     def total_units(self) -> float:
@@ -183,15 +184,24 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
                                f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores")
     return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit, ended,
                      WORKER_GROUP_S if study.num_workers > 1 else 0.0, tuple(unpriced), study.gpus_per_trial > 0,
-                     0 if search else _left_out(study_dir / TRIALS_DIR, {trial["key"] for trial in trials}, trial_finished))
+                     *((0, ()) if search else _left_out(study_dir / TRIALS_DIR, trials, trial_finished)))
 
 
-def _left_out(trials_dir: Path, keys: set[str], finished) -> int:
-    """Finished trials under ``trials_dir`` whose keys this command does not list (another run's rows, seeds, label
-    fractions or settings): the report leaves them out of the tables."""
+def _left_out(trials_dir: Path, trials: list[dict], finished) -> tuple[int, tuple[str, ...]]:
+    """How many finished trials under ``trials_dir`` this command does not list (another run's rows, seeds, label
+    fractions or settings: the report leaves them out of the tables), and the data roots among them that no trial of
+    this command reads (a trial's key hashes its data root: a moved dataset, or another ``$MEDSEG_CACHE`` for the
+    embedded phantom, gives every trial a new key)."""
     if not trials_dir.is_dir():
-        return 0
-    return sum(1 for folder in trials_dir.iterdir() if folder.is_dir() and folder.name not in keys and finished(folder))
+        return 0, ()
+    from medseg_platform.io import read_json_object
+    from medseg_platform.results import CONFIG_FILE
+
+    keys = {trial["key"] for trial in trials}
+    roots = {str(trial["config"]["data"]["root"]) for trial in trials}
+    left = [folder for folder in trials_dir.iterdir() if folder.is_dir() and folder.name not in keys and finished(folder)]
+    other = {str(((read_json_object(folder / CONFIG_FILE) or {}).get("config") or {}).get("data", {}).get("root")) for folder in left}
+    return len(left), tuple(sorted(other - roots - {"None"}))
 
 
 def _subset(cfg: TrialConfig, cache: dict):
@@ -319,7 +329,10 @@ def format_plan(plan: StudyPlan) -> str:
     if plan.left_out:
         lines.append(f"{plan.left_out} finished trial(s) in {plan.study_dir / TRIALS_DIR} are not part of this command (other "
                      "rows, seeds, label fractions or settings): its tables will leave them out; they stay on disk, and the "
-                     "command that trained them tables them again without training")
+                     "command that trained them tables them again without training"
+                     + (f". Some trained on another data root ({', '.join(plan.other_roots[:2])}): a trial's key includes its "
+                        "data root, so a moved dataset (or another $MEDSEG_CACHE for the embedded phantom) trains anew; "
+                        "--data-root that folder finds them again" if plan.other_roots else ""))
     if not plan.on_gpus and plan.wall_s > CPU_DAY_S:
         lines.append(f"That is more than {CPU_DAY_S / 3600:.0f} h of CPU training: a study of this size is meant for GPUs "
                      "(--gpus-per-trial N, here or with --address of a GPU cluster; README, 'Running on a cluster'), or "

@@ -250,6 +250,12 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch
     extra = plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2)
     assert extra.left_out == 1 and "1 finished trial(s) in " in format_plan(extra)
     assert "are not part of this command (other rows, seeds, label fractions or settings): its tables will leave them out" in format_plan(extra)
+    assert extra.other_roots == () and "another data root" not in format_plan(extra)
+    moved = dict(trials["Supervised only"]["config"], data={**trials["Supervised only"]["config"]["data"], "root": "/old/phantom"})
+    _finished_trial(study.study_dir / "trials" / trial_key(moved), moved)  # the same trial before MEDSEG_CACHE moved
+    again = plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2)
+    assert again.left_out == 2 and again.other_roots == ("/old/phantom",)
+    assert "Some trained on another data root (/old/phantom): a trial's key includes its data root" in format_plan(again)
     assert not (study.study_dir / "study.json").exists()
 
 
