@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 
 from medseg_platform.engine import NonFiniteLossError
 from medseg_platform.errors import ConfigError
@@ -324,3 +325,22 @@ def test_sigkill_of_the_driver_resumes_without_rerunning_losing_or_duplicating(t
     keys = [(r["row"], r["column"], r["class"], r["metric"]) for r in table]
     assert len(keys) == len(set(keys)) == 1 * 1 * 4 * 4  # rows x fractions x (3 classes + Avg) x metrics: no duplicate
     assert all(r["n_seeds"] == "4" for r in table if r["metric"] == "dice")
+
+
+def test_tune_failing_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    """A full disk under Tune's own files ended the driver in Ray's EOFError on an empty error.pkl (a probe)."""
+    import collections
+    import errno
+
+    from medseg_platform.errors import MedsegError
+    from medseg_platform.study import runner
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr("shutil.disk_usage", lambda path: usage(10 << 30, 10 << 30, 1 << 20))  # 1 MiB free
+    with pytest.raises(MedsegError, match=r"Ray Tune stopped on a full disk \(1 MiB free; EOFError: Ran out of input\); the "
+                                          r"finished trials are safe: free space and rerun the same command to resume"):
+        runner.raise_if_disk_full(tmp_path, EOFError("Ran out of input"))
+    monkeypatch.setattr("shutil.disk_usage", lambda path: usage(10 << 30, 1 << 30, 9 << 30))  # room: another failure
+    runner.raise_if_disk_full(tmp_path, EOFError("Ran out of input"))  # returns: the caller re-raises Tune's error
+    with pytest.raises(MedsegError, match="full disk"):
+        runner.raise_if_disk_full(tmp_path, OSError(errno.ENOSPC, "No space left on device"))

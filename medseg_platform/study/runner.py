@@ -34,7 +34,7 @@ from pathlib import Path
 
 from medseg_platform.config import resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_host, check_dashboard_host_is_local
-from medseg_platform.errors import ConfigError, DataError
+from medseg_platform.errors import ConfigError, DataError, MedsegError
 from medseg_platform.io import check_output_folder, folder_lock, read_json_object, write_json_atomic
 from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.rescore import score_from_sources, scoring_device
@@ -438,12 +438,35 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
                                                          callbacks=[ProgressCallback(plans)],
                                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                                          failure_config=tune.FailureConfig(max_failures=study.max_retries)))
-        interrupted = fit_until_stopped(tuner)
+        try:
+            interrupted = fit_until_stopped(tuner)
+        except (OSError, EOFError) as exc:  # Tune's own files on a full disk (an empty error.pkl reads as EOFError)
+            raise_if_disk_full(storage, exc)
+            raise
         timing["tune_s"] = timing.get("tune_s", 0.0) + time.perf_counter() - t0
     finally:
         if started_here:
             ray.shutdown()
     return restored, interrupted
+
+
+#: Free space below which a failure of Tune's own files is put down to a full disk (its error files are then empty)
+LOW_DISK_BYTES = 64 << 20
+
+
+def raise_if_disk_full(storage: Path, exc: BaseException) -> None:
+    """A one-line :class:`MedsegError` when ``exc`` (raised by Tune) comes from a full disk under ``storage``: an
+    ``ENOSPC``/``EDQUOT`` error, or any failure while the disk holds less than :data:`LOW_DISK_BYTES`."""
+    import errno
+    import shutil
+
+    try:
+        free = shutil.disk_usage(storage).free
+    except OSError:
+        return
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < LOW_DISK_BYTES:
+        raise MedsegError(f"{storage}: Ray Tune stopped on a full disk ({free >> 20} MiB free; {type(exc).__name__}: {exc}); "
+                          "the finished trials are safe: free space and rerun the same command to resume") from None
 
 
 #: beside a Tune experiment's folder: the limits it was started with, which ``Tuner.restore`` keeps (it takes no TuneConfig)
