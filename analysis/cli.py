@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from medseg_platform.errors import MedsegError
-from medseg_platform.io import check_folder_writable
 
 
 def find_studies(results_dir: Path) -> list[Path]:
@@ -53,12 +52,7 @@ def run(args) -> int:
     for study_dir in studies:
         print(f"== {study_dir.name}")
         try:
-            check_folder_writable(study_dir, "the study folder")  # a read-only copy failed in its first table's write
-            try:
-                report = write_report(study_dir)
-            except OSError as exc:  # e.g. a full disk: every file is written atomically, so the earlier ones are intact
-                raise MedsegError(f"{study_dir}: the report could not be written ({exc.strerror or exc}); its files are "
-                                  "as they were: free space and run it again") from None
+            report = write_report(study_dir)
         except MedsegError as exc:  # one unreadable study of several does not stop the others
             if len(studies) == 1:
                 raise  # exit 2, as for any bad input

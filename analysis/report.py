@@ -36,7 +36,7 @@ from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_
                              trial_seed, write_tables)
 from medseg_platform.environment import NOT_RECORDED, environment_text
 from medseg_platform.errors import MedsegError
-from medseg_platform.io import write_text_atomic
+from medseg_platform.io import check_folder_writable, write_text_atomic
 from medseg_platform.results import (ERROR_FILE, LAST_RUN_FILE, RESULT_FILE, SETTINGS_FILE, STUDY_FILE, TRIALS_DIR, TrialRecord,
                                      scan_study, trial_folder)
 
@@ -413,11 +413,24 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
 
     Tables and plots are written only when at least one trial finished; ``report.md`` always (it then
     lists the problems). Tables and plots of an earlier report that this one does not write are removed
-    (:func:`remove_stale_outputs`). MedsegError when ``study_dir`` is not a study folder.
+    (:func:`remove_stale_outputs`). MedsegError when ``study_dir`` is not a study folder, or when the report cannot
+    be written there (a read-only folder, a full disk: every file is written atomically, so the earlier ones stay).
     """
     study_dir = Path(study_dir).resolve()
     if not is_study_dir(study_dir):
         raise MedsegError(f"{study_dir}: not a study folder (no study.json and no trial folder in trials/; run a study script first)")
+    check_folder_writable(study_dir, "the study folder")  # a read-only copy failed in its first table's write
+    try:
+        return _write_report(study_dir, log)
+    except OSError as exc:
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        raise MedsegError(f"{study_dir}: the report could not be written ({exc.strerror or exc}{where}); the trials' results "
+                          "and the files written before are intact: free space (or fix the folder) and write it again "
+                          "(medseg report on the folder, or rerun the study command)") from None
+
+
+def _write_report(study_dir: Path, log) -> StudyReport:
+    """:func:`write_report` of a study folder that can be written to."""
     info = _read_json(study_dir / STUDY_FILE)
     read_claims(info)  # a bad claim (an edited study.json) is an error before any table or plot is rewritten
     if (study_dir / PLOTS_DIR).exists() and not (study_dir / PLOTS_DIR).is_dir():

@@ -112,12 +112,7 @@ def _run_study_main(description, default_name, build, argv, parser) -> int:
             "cpus_per_trial": study.cpus_per_trial, "num_workers": study.num_workers, "max_concurrent": study.max_concurrent,
             "overrides": overrides, "protocol": args.protocol,
             **({"test_root": str(study.test_root)} if study.test_root is not None else {})})
-        try:
-            report = report_module.write_report(run.study_dir)  # tables, plots/ and report.md, from the result files only
-        except OSError as exc:  # e.g. a full disk: every file is written atomically, so the earlier ones are intact
-            raise MedsegError(f"{run.study_dir}: the report could not be written ({exc.strerror or exc}"
-                              f"{': ' + str(exc.filename) if getattr(exc, 'filename', None) else ''}); the trials' results "
-                              "are safe: free space (or fix the folder) and rerun the same command to write it") from None
+        report = report_module.write_report(run.study_dir)  # tables, plots/ and report.md, from the result files only
         report_module.print_report(report)
         print(f"wall time {run.timing['total_s']:.1f} s; results in {run.study_dir}")
         return 0 if report.records and not report.missing and not run.stopped else 1

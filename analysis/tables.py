@@ -279,7 +279,9 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
     trials, comma-separated; :func:`read_table_csv` keeps the policy "nan" as text),
     ``search`` ("yes" when the cell's trials are an Optuna search's samples), ``selection`` (the tested weights),
     ``avg_classes`` (Avg rows: the fewest classes any seed's average covers, :func:`partial_averages`; empty on
-    class rows), ``flags`` (the flagged trials per verdict, "still rising: 1; did not learn: 2", :mod:`analysis.health`). ``seeds`` lists the cell's trials, ``n_seeds`` those with a value. ``unit`` of HD95/ASD: ``distances(trials)`` of the cell (default :func:`distance_unit`), else the generic words. Dice and Jaccard are in percent. Rows come
+    class rows), ``flags`` (the flagged trials per verdict, "still rising: 1; did not learn: 2", :mod:`analysis.health`).
+    ``seeds`` lists the cell's trials, ``n_seeds`` those with a value. ``unit`` of HD95/ASD: ``distances(trials)`` of
+    the cell (default :func:`distance_unit`), else the generic words. Dice and Jaccard are in percent. Rows come
     in table order (methods, then label fractions, then ``metrics``, then classes); only (method, fraction)
     pairs with trials appear. A trial folder passed twice counts once. ``class_names`` (label -> name):
     default :func:`study_class_names` of the records.
@@ -329,8 +331,12 @@ def partial_averages(rows: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, s
         key = (rec["row"], rec["column"], rec["metric"])
         if rec["class"] != AVG or math.isnan(rec["mean"]):
             continue  # an Avg without a value is shown as such, not as a partial one
-        fewest = rec.get("avg_classes", math.nan)
-        fewest = len(covered.get(key, ())) if fewest is None or math.isnan(fewest) else min(fewest, len(covered.get(key, ())))
+        # the fewer of the classes the cell's rows define and those its least-covered seed averages (avg_classes;
+        # absent from an older table.csv)
+        fewest = len(covered.get(key, ()))
+        per_seed = rec.get("avg_classes")
+        if per_seed is not None and not math.isnan(per_seed):
+            fewest = min(fewest, per_seed)
         if fewest < len(union.get(key[1:], ())):
             partial.add(key)
     return partial

@@ -147,7 +147,8 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
     makes before it writes or starts anything: the trials (:meth:`Study.trial_params`), the Ray options, retries and fp16,
     the results folder, GPUs, the test root (``in_process_cuda``: the trial runs in this process, which has a CUDA device,
     as ``medseg train --in-process`` on a GPU machine; ``in_process``: it runs in this process, without Ray's CPU
-    reservations; ``dry_run``: nothing will be written, so the results folder need not be writable). Returns the trials in start order and the test root's datasets. One-line
+    reservations; ``dry_run``: nothing will be written, so the results folder need not be writable). Returns the
+    trials in start order and the test root's datasets. One-line
     :class:`ConfigError` / :class:`~medseg_platform.errors.MedsegError` otherwise. The data files themselves are read by
     :func:`medseg_platform.preflight.preflight_datasets` afterwards (it writes its report into the study folder)."""
     trials = study.trial_params()
@@ -535,7 +536,8 @@ class _DropMessages(logging.Filter):
 
 
 def quiet_tune_resume_advice() -> None:
-    """Silence Tune's per-start console box (see the body) and two Tune warnings that mislead here after a stop (once per process): "Experiment has been interrupted
+    """Silence Tune's per-start console box (see the body) and two Tune warnings that mislead here after a stop (once
+    per process): "Experiment has been interrupted
     ... Resume experiment with: Tuner.restore(...)" (this study resumes by rerunning its command, which
     :func:`run_study` says), and "Failed to fetch metrics for N trial(s)" with a FileNotFoundError per trial that had
     not reported yet (the study reads its own result files, never Tune's). Also Optuna's "The reported value is ignored

@@ -313,12 +313,18 @@ def test_a_report_that_cannot_be_written_or_imported_is_one_line(study, capsys, 
     from analysis.study_cli import import_report
     from medseg_platform.errors import ConfigError
 
-    def full_disk(study_dir, **kwargs):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(report_module, "write_report", full_disk)
+    write_report(study, log=lambda m: None)  # an earlier report, which a failed one must leave as it was
+    before = _outputs(study)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(study / "table_dice.md"))
+    monkeypatch.setattr(report_module, "write_tables", full_disk)
     assert main(["report", str(study)]) == 2
-    assert capsys.readouterr().err.strip() == (f"error: {study}: the report could not be written (No space left on device); "
-                                               "its files are as they were: free space and run it again")
+    assert capsys.readouterr().err.strip() == (
+        f"error: {study}: the report could not be written (No space left on device: {study / 'table_dice.md'}); the "
+        "trials' results and the files written before are intact: free space (or fix the folder) and write it again "
+        "(medseg report on the folder, or rerun the study command)")
+    assert _outputs(study) == before  # nothing already written was lost
     monkeypatch.delitem(sys.modules, "analysis.report")
     monkeypatch.delitem(sys.modules, "analysis.plots")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
