@@ -16,6 +16,12 @@ a prediction of the trial's own test split scores what its ``per_case.csv`` hold
   phantom and SSL4MIS downloads have no affine: h5 only (the command says so).
 * ``OUT/prediction.json``: the trial, data root, split, cases and selected step (no timestamps).
 
+``medseg predict --trial DIR --images PATH [PATH ...] --out OUT`` predicts NIfTI scans that were never converted
+(:func:`predict_images`; no labels, no list files): each file, or every NIfTI file directly in each folder (label
+files ``*_gt`` and earlier predictions ``*_pred`` left out), is preprocessed as the converters preprocess
+(``docs/data.md``, 'Preprocessing': per-volume min-max to [0, 1], no resampling) and written as above, ``OUT/<case>.h5``
+and ``OUT/nifti/<case>.nii.gz`` on the file's own grid, with the case ids ``medseg data convert-nifti`` would give.
+
 ``--test-root ROOT2`` of a study (:func:`evaluate_on_test_root`) scores the selected weights of each trial on ROOT2's
 test split right after the trial's own test evaluation and records it in the trial folder
 (:func:`medseg_platform.results.write_test_root_results`). A trial that finished before the flag was given (or
@@ -217,6 +223,121 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
     return summary
 
 
+# ------------------------------------------------------------------------------- scans never converted
+#: Name endings (before the extension) of the files a folder of --images leaves out: label files (``medseg data
+#: convert-nifti``'s default ``--label-suffix``) and predictions (``medseg evaluate`` reads both beside the images).
+NOT_IMAGES = ("_gt", "_pred")
+
+
+def _time_series(path: Path) -> bool:
+    """Whether a NIfTI file holds more than one 3-D volume (a 4-D cine or time series, ACDC's ``*_4d.nii.gz``)."""
+    from medseg_platform.data.nifti import _load
+
+    dims = list(_load(path).shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    return len(dims) > 3
+
+
+def image_files(paths: Sequence[str | Path]) -> tuple[dict[str, Path], list[str]]:
+    """``({case id: NIfTI file}, notes)`` of ``--images``: each file as given, and every ``.nii``/``.nii.gz`` file directly
+    in each folder (sorted by name) except ``*_gt``/``*_pred`` files (:data:`NOT_IMAGES`) and 4-D files, which the notes
+    count per folder.
+    Case ids are the converters' (:func:`medseg_platform.data.nifti.sanitize_case_id` of the name without extension).
+    One-line :class:`DataError` for a path that does not exist, a file without a NIfTI name, a folder without images
+    and two files of one case id."""
+    from medseg_platform.data.nifti import NIFTI_EXTENSIONS, sanitize_case_id, split_nifti_name
+
+    def nifti_name(path: Path) -> bool:
+        return any(path.name.lower().endswith(ext) and len(path.name) > len(ext) for ext in NIFTI_EXTENSIONS)
+
+    found: dict[str, Path] = {}
+    told: list[str] = []
+    for given in paths:
+        path = Path(given).expanduser().resolve()
+        if path.is_dir():
+            names = sorted(p for p in path.iterdir() if p.is_file() and nifti_name(p))
+            labels = [p for p in names if split_nifti_name(p)[0].endswith(NOT_IMAGES)]
+            series = [p for p in names if p not in labels and _time_series(p)]
+            chosen = [p for p in names if p not in labels and p not in series]
+            notes = ([f"{len(labels)} label or prediction file(s) (names ending in {' or '.join(NOT_IMAGES)})"] if labels else []) + \
+                ([f"{len(series)} 4-D file(s), e.g. {series[0].name} (give its 3-D frames)"] if series else [])
+            if not chosen:
+                left_out = f"; left out {' and '.join(notes)}" if notes else ""
+                raise DataError(f"--images {path}: no NIfTI image (.nii or .nii.gz) directly in this folder{left_out} "
+                                "(give the files, or the folder that holds them)")
+            told += [f"{path}: left out {note}" for note in notes]
+        elif path.is_file():
+            if not nifti_name(path):
+                raise DataError(f"--images {path}: not a NIfTI file name (expected .nii or .nii.gz)")
+            chosen = [path]
+        else:
+            raise DataError(f"--images {path}: no such file or folder")
+        for image in chosen:
+            case = sanitize_case_id(split_nifti_name(image)[0])
+            if case in found and found[case] != image:
+                raise DataError(f"--images: {found[case]} and {image} are both case {case!r} (predictions are named by case; "
+                                "give them in separate runs)")
+            found[case] = image
+    return found, told
+
+
+def predict_images(trial_dir: str | Path, images: Sequence[str | Path], out: str | Path,
+                   log: Callable[[str], None] = print) -> dict:
+    """Write the predictions of a finished trial for NIfTI scans never converted (see the module docstring): every
+    header is read and checked before the model is loaded. Returns what ``prediction.json`` records: ``images``
+    ({case: file}) in place of ``data_root`` and ``split``."""
+    import numpy as np
+
+    from medseg_platform.data.layout import _h5_write
+    from medseg_platform.data.nifti import _voxels, minmax_normalise, read_header, source_affine, to_dhw
+    from medseg_platform.engine import load_selected_model, pick_device, predict_case
+    from medseg_platform.engine.conv_kernels import recorded_conv_kernels, using_conv_kernels
+    from medseg_platform.io import atomic_path, check_output_folder, write_json_atomic
+    from medseg_platform.results import recorded_class_names
+
+    record, cfg = finished_trial(trial_dir)
+    files, notes = image_files(images)
+    headers = {case: read_header(path) for case, path in files.items()}  # a broken header stops here, before any work
+    out = Path(out).expanduser().resolve()
+    if any(out == path.parent for path in files.values()):
+        raise MedsegError(f"--out {out}: the folder of the scans; write predictions somewhere else")
+    check_output_folder(out, "--out")
+    check_prediction_folder(out, record.path.resolve(), list(files))
+    device = pick_device()
+    model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
+    kernels = recorded_conv_kernels(record.result, cfg, device.type)
+    for note in notes:  # after every check: an error is the only line
+        log(note)
+    for i, (case, path) in enumerate(files.items(), 1):
+        image = minmax_normalise(to_dhw(np.asarray(_voxels(path, lambda img: img.get_fdata(dtype=np.float64)))), path)
+        with using_conv_kernels(kernels):
+            prediction = predict_case(model, image, cfg, device)
+        _h5_write(out / f"{case}.h5", {"pred": prediction}, {"spacing": np.asarray(headers[case].spacing, dtype=np.float64)})
+        with atomic_path(out / NIFTI_DIR / f"{case}.nii.gz") as tmp:
+            tmp.write_bytes(_nifti_bytes(prediction, source_affine(path)))
+        log(f"[{i}/{len(files)}] {case} ({path.name}, {'x'.join(map(str, image.shape))})")
+    summary = {"trial": str(record.path), "images": {case: str(path) for case, path in files.items()}, "cases": list(files),
+               "best_step": record.result.get("best_step"), "num_classes": cfg.data.num_classes,
+               "class_names": list(recorded_class_names(record.result)), "nifti": list(files),
+               "distance_units": cfg.eval.distance_units, "empty_policy": cfg.eval.empty_policy}
+    write_json_atomic(out / PREDICTION_FILE, summary)
+    return summary
+
+
+def label_folder(summary: dict) -> Path | None:
+    """The one folder that holds every predicted scan and, beside each, its label file ``<name>_gt`` (a
+    ``medseg data convert-nifti`` raw folder), which ``medseg evaluate --gt`` can score the predictions against;
+    None otherwise."""
+    from medseg_platform.data.nifti import label_path_for
+
+    paths = [Path(p) for p in summary.get("images", {}).values()]
+    folders = {p.parent for p in paths}
+    if len(folders) != 1 or not all(label_path_for(p, "_gt").is_file() for p in paths):
+        return None
+    return folders.pop()
+
+
 # ------------------------------------------------------------------------------- external test set
 def test_split_fingerprint(layout) -> str:
     """SHA-256 over the bytes of a dataset's ``test.list`` and manifest and the sizes of its test volumes (an
@@ -298,25 +419,33 @@ def add_cli(subparsers) -> None:
     parser = command_parser(
         subparsers,
         "predict",
-        help="apply a finished trial's selected weights to a dataset; one label file per case for medseg evaluate",
+        help="apply a finished trial's selected weights to a dataset or to NIfTI scans; one label file per case",
         example="medseg predict --trial results/ablation_tailness-quick/trials/KEY --data-root data/acdc --out preds "
-                "&& medseg evaluate --pred preds --gt data/acdc",
+                "&& medseg evaluate --pred preds --gt data/acdc\n"
+                "  medseg predict --trial results/ablation_tailness-quick/trials/KEY --images scans/ new.nii.gz --out preds",
         description=(
             "Apply a finished trial's weights selected on val (its checkpoint's best state, the network rebuilt from\n"
             "its config.json) slice-wise to every volume of a split, exactly as the trial's test evaluation does.\n"
             "Writes OUT/<case>.h5 (dataset 'pred', uint8, native size; 'medseg evaluate --pred OUT' reads it),\n"
             "OUT/nifti/<case>.nii.gz with the source affine for cases converted from NIfTI, and OUT/prediction.json.\n"
-            "The dataset must have the trial's classes. Exit code 2 for bad input (unfinished trial, other classes)."
+            "The dataset must have the trial's classes. Exit code 2 for bad input (unfinished trial, other classes).\n"
+            "--images instead predicts NIfTI scans that were never converted: no labels needed; each is preprocessed as\n"
+            "the converters do (per-volume min-max to [0, 1], no resampling) and gets its NIfTI on its own grid."
         ),
     )
     parser.add_argument("--trial", required=True, metavar="DIR", help="a finished trial folder (<results>/<study>/trials/<key>)")
-    parser.add_argument("--data-root", required=True, metavar="ROOT",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-root", metavar="ROOT",
                         help="dataset root in the SSL4MIS/ACDC layout (all three list files present, even for --split test; "
                              "medseg data convert-nifti writes them)")
+    source.add_argument("--images", nargs="+", metavar="PATH",
+                        help="NIfTI scans never converted: .nii/.nii.gz files, or folders (every NIfTI file directly in "
+                             "them but *_gt/*_pred label or prediction files and 4-D files); case ids as convert-nifti's")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder (created; files of the same cases are replaced; one holding other cases' "
                              "predictions is refused)")
-    parser.add_argument("--split", choices=SPLITS, default="test", help="cases to predict: test (default), val, or all")
+    parser.add_argument("--split", choices=SPLITS, default=None,
+                        help="cases of --data-root to predict: test (default), val, or all")
     parser.set_defaults(func=run)
 
 
@@ -337,10 +466,20 @@ def run(args) -> int:
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    summary = predict_trial(args.trial, args.data_root, args.out, args.split, log=progress)
     out = Path(args.out).expanduser().resolve()
+    if args.images is not None:
+        if args.split is not None:
+            raise MedsegError("--split: chooses cases of --data-root; with --images every scan given is predicted (drop --split)")
+        summary = predict_images(args.trial, args.images, args.out, log=progress)
+        print(f"wrote {len(summary['cases'])} prediction(s) to {out}, NIfTI on each scan's grid in {out / NIFTI_DIR}")
+        labels = label_folder(summary)
+        if labels is not None:
+            print(f"score them against the label files beside the scans: {evaluate_command(out, {**summary, 'data_root': str(labels)})}")
+        return 0
+    split = args.split or "test"
+    summary = predict_trial(args.trial, args.data_root, args.out, split, log=progress)
     nifti = (f"; NIfTI with the source affine for {len(summary['nifti'])} of them in {out / NIFTI_DIR}" if summary["nifti"]
              else "; h5 only (the dataset's manifest records no source NIfTI affine)")
-    print(f"wrote {len(summary['cases'])} prediction(s) of the {args.split} split to {out}{nifti}")
+    print(f"wrote {len(summary['cases'])} prediction(s) of the {split} split to {out}{nifti}")
     print(f"score them as the trial did: {evaluate_command(out, summary)}")
     return 0

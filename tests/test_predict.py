@@ -273,3 +273,97 @@ def test_a_missing_volume_is_a_one_line_error_before_any_prediction(trained, tmp
     assert main(["predict", "--trial", str(trial), "--data-root", str(copy), "--out", str(out)]) == 2
     assert one_line_error(capsys).startswith(f"error: --data-root {copy}: 1 of the test split's ")
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ --images
+def raw_scans(folder: Path, names=("a", "b", "c", "d"), seed: int = 5) -> np.ndarray:
+    """NIfTI scans with labels beside them (``<name>_gt``) in ``folder`` on a rotated, anisotropic grid; returns the
+    affine."""
+    rng = np.random.default_rng(seed)
+    affine = np.array([[0.0, -1.25, 0.0, 40.0], [1.5, 0.0, 0.0, -12.5], [0.0, 0.0, 5.0, 7.0], [0.0, 0.0, 0.0, 1.0]])
+    for name in names:
+        label = rng.integers(0, 4, size=(10, 12, 3)).astype(np.uint8)  # (X, Y, Z)
+        save_nifti(folder / f"{name}.nii.gz", (label * 100 + rng.integers(0, 40, size=label.shape)).astype(np.int16), affine)
+        save_nifti(folder / f"{name}_gt.nii.gz", label, affine)
+    return affine
+
+
+def test_scans_never_converted_are_predicted_as_their_converted_copies(trained, tmp_path, capsys):
+    """--images preprocesses as the converters do: each scan's prediction equals its converted copy's, byte for byte, and
+    the suggested evaluation against the labels beside the scans scores what the converted dataset's would."""
+    _, trial = trained
+    raw = tmp_path / "raw"
+    affine = raw_scans(raw)
+    converted = tmp_path / "converted"
+    assert main(["data", "convert-nifti", str(raw), str(converted), "--num-classes", "4", "--class-names", "RV,Myo,LV"]) == 0
+    assert main(["predict", "--trial", str(trial), "--data-root", str(converted), "--out", str(tmp_path / "via"), "--split", "all"]) == 0
+    save_nifti(raw / "cine_4d.nii.gz", np.zeros((10, 12, 3, 2), dtype=np.int16), affine)  # a time series: left out
+    capsys.readouterr()
+
+    out = tmp_path / "pred"
+    assert main(["predict", "--trial", str(trial), "--images", str(raw), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"{raw}: left out 4 label or prediction file(s) (names ending in _gt or _pred)" in captured.err
+    assert f"{raw}: left out 1 4-D file(s), e.g. cine_4d.nii.gz (give its 3-D frames)" in captured.err
+    assert "[4/4] d (d.nii.gz, 3x12x10)" in captured.err
+    assert f"wrote 4 prediction(s) to {out}, NIfTI on each scan's grid in {out / 'nifti'}" in captured.out
+    evaluate = f"medseg evaluate --pred {out} --gt {raw} --num-classes 4"
+    assert f"score them against the label files beside the scans: {evaluate}" in captured.out
+    summary = json.loads((out / "prediction.json").read_text())
+    assert summary["cases"] == ["a", "b", "c", "d"] and summary["images"]["a"] == str(raw / "a.nii.gz")
+    for case in "abcd":
+        with h5py.File(out / f"{case}.h5") as ours, h5py.File(tmp_path / "via" / f"{case}.h5") as theirs:
+            np.testing.assert_array_equal(ours["pred"][()], theirs["pred"][()])
+            assert ours.attrs["spacing"].tolist() == theirs.attrs["spacing"].tolist() == [5.0, 1.25, 1.5]
+        assert (out / "nifti" / f"{case}.nii.gz").read_bytes() == (tmp_path / "via" / "nifti" / f"{case}.nii.gz").read_bytes()
+        np.testing.assert_array_equal(nib.load(str(out / "nifti" / f"{case}.nii.gz")).affine, affine)
+    assert main(evaluate.split()[1:] + ["--quiet", "--out", str(tmp_path / "e1")]) == 0
+    assert main(["evaluate", "--pred", str(tmp_path / "via"), "--gt", str(converted), "--quiet", "--out", str(tmp_path / "e2")]) == 0
+    assert read_rows(tmp_path / "e1" / "per_case.csv") == read_rows(tmp_path / "e2" / "per_case.csv")
+    # files named one by one are predicted the same; without labels beside them no evaluation is suggested
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(raw / "b.nii.gz", alone / "b.nii.gz")
+    assert main(["predict", "--trial", str(trial), "--images", str(alone / "b.nii.gz"), str(raw / "a.nii.gz"),
+                 "--out", str(tmp_path / "two")]) == 0
+    assert "score them" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "two" / "prediction.json").read_text())["cases"] == ["b", "a"]
+    assert (tmp_path / "two" / "b.h5").read_bytes() == (out / "b.h5").read_bytes()
+
+
+@pytest.mark.parametrize("images, extra, message", [
+    (["{raw}/missing.nii.gz"], [], "--images {raw}/missing.nii.gz: no such file or folder"),
+    (["{raw}/notes.txt"], [], "--images {raw}/notes.txt: not a NIfTI file name (expected .nii or .nii.gz)"),
+    (["{raw}/labels"], [], "--images {raw}/labels: no NIfTI image (.nii or .nii.gz) directly in this folder; left out 1 label "
+                          "or prediction file(s) (names ending in _gt or _pred) (give the files, or the folder that holds them)"),
+    (["{raw}/a.nii.gz", "{raw}/copy"], [], "--images: {raw}/a.nii.gz and {raw}/copy/a.nii are both case 'a' (predictions are "
+                                        "named by case; give them in separate runs)"),
+    (["{raw}/copy"], ["--split", "val"], "--split: chooses cases of --data-root; with --images every scan given is predicted (drop "
+                                    "--split)"),
+    (["{raw}/broken.nii.gz"], [], "{raw}/broken.nii.gz: unreadable NIfTI file"),
+])
+def test_bad_images_are_one_line_errors_before_any_prediction(trained, tmp_path, capsys, images, extra, message):
+    _, trial = trained
+    raw = tmp_path / "raw"
+    raw_scans(raw, names=("a",))
+    (raw / "notes.txt").write_text("x")
+    raw_scans(raw / "labels", names=("z",))
+    for path in (raw / "labels").glob("z.*"):
+        path.unlink()  # only its label is left
+    scan = nib.load(str(raw / "a.nii.gz"))
+    save_nifti(raw / "copy" / "a.nii", np.asarray(scan.dataobj), scan.affine)  # the same case, uncompressed elsewhere
+    (raw / "broken.nii.gz").write_bytes(b"not a nifti")
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    assert main(["predict", "--trial", str(trial), "--images", *[i.format(raw=raw) for i in images], "--out", str(out), *extra]) == 2
+    assert one_line_error(capsys).startswith("error: " + message.format(raw=raw))
+    assert not out.exists()
+
+
+def test_predictions_into_the_scans_folder_are_refused(trained, tmp_path, capsys):
+    _, trial = trained
+    raw = tmp_path / "raw"
+    raw_scans(raw, names=("a",))
+    assert main(["predict", "--trial", str(trial), "--images", str(raw), "--out", str(raw)]) == 2
+    assert one_line_error(capsys) == f"error: --out {raw}: the folder of the scans; write predictions somewhere else\n"
+    assert sorted(p.name for p in raw.iterdir()) == ["a.nii.gz", "a_gt.nii.gz"]
