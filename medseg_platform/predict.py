@@ -326,16 +326,27 @@ def predict_images(trial_dir: str | Path, images: Sequence[str | Path], out: str
 
 
 def label_folder(summary: dict) -> Path | None:
-    """The one folder that holds every predicted scan and, beside each, its label file ``<name>_gt`` (a
-    ``medseg data convert-nifti`` raw folder), which ``medseg evaluate --gt`` can score the predictions against;
-    None otherwise."""
+    """The folder ``medseg evaluate --gt`` can score ``--images`` predictions in: where every scan has its label file
+    ``<name>_gt`` beside it, their one folder, or the one folder above their folders (read one level down,
+    :func:`medseg_platform.evaluation.scoring.ground_truth_files`: the raw ACDC release's ``training/``). None
+    otherwise."""
     from medseg_platform.data.nifti import label_path_for
+    from medseg_platform.evaluation.scoring import ground_truth_files
 
     paths = [Path(p) for p in summary.get("images", {}).values()]
-    folders = {p.parent for p in paths}
-    if len(folders) != 1 or not all(label_path_for(p, "_gt").is_file() for p in paths):
+    if not paths or not all(label_path_for(p, "_gt").is_file() for p in paths):
         return None
-    return folders.pop()
+    folders = {p.parent for p in paths}
+    candidates = folders if len(folders) == 1 else {f.parent for f in folders}
+    if len(candidates) != 1:
+        return None
+    folder = candidates.pop()
+    try:
+        found = ground_truth_files(folder)
+    except (DataError, OSError):
+        return None
+    labels = {file.path for file in found.values()}
+    return folder if all(label_path_for(p, "_gt") in labels for p in paths) else None
 
 
 # ------------------------------------------------------------------------------- external test set

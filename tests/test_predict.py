@@ -367,3 +367,25 @@ def test_predictions_into_the_scans_folder_are_refused(trained, tmp_path, capsys
     assert main(["predict", "--trial", str(trial), "--images", str(raw), "--out", str(raw)]) == 2
     assert one_line_error(capsys) == f"error: --out {raw}: the folder of the scans; write predictions somewhere else\n"
     assert sorted(p.name for p in raw.iterdir()) == ["a.nii.gz", "a_gt.nii.gz"]
+
+
+def test_scans_of_the_raw_acdc_release_are_scored_against_its_training_folder(trained, tmp_path, capsys):
+    """ACDC keeps each patient's frames, their _gt labels and a 4-D cine in training/patientNNN/: predicting the patient
+    folders suggests the evaluation against training/, which reads it one level down."""
+    _, trial = trained
+    training = tmp_path / "training"
+    for seed, patient in enumerate(("patient001", "patient002")):
+        affine = raw_scans(training / patient, names=(f"{patient}_frame01", f"{patient}_frame12"), seed=seed)
+        save_nifti(training / patient / f"{patient}_4d.nii.gz", np.zeros((10, 12, 3, 2), dtype=np.int16), affine)
+    out = tmp_path / "pred"
+    assert main(["predict", "--trial", str(trial), "--images", str(training / "patient001"), str(training / "patient002"),
+                 "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("left out 1 4-D file(s)") == 2
+    assert json.loads((out / "prediction.json").read_text())["cases"] == [
+        "patient001_frame01", "patient001_frame12", "patient002_frame01", "patient002_frame12"]
+    evaluate = f"medseg evaluate --pred {out} --gt {training} --num-classes 4"
+    assert f"score them against the label files beside the scans: {evaluate}" in captured.out
+    assert main(evaluate.split()[1:] + ["--quiet", "--out", str(tmp_path / "e")]) == 0
+    assert len(read_rows(tmp_path / "e" / "per_case.csv")) == 4 * 3
+    assert "have no prediction" not in capsys.readouterr().err

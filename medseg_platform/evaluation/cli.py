@@ -23,7 +23,8 @@ def add_cli(subparsers) -> None:
             "predicted label volumes against ground truth. Predictions: .h5 (dataset 'pred' or 'label') or .nii/.nii.gz\n"
             "files; a '_pred' suffix is removed and '*_gt'/'*_img' files are ignored (the released test_2D.py output\n"
             "folder works as is). Ground truth: such a folder ('_gt' suffix removed; beside a '_gt' file, an unsuffixed\n"
-            "one is its image, as in a convert-nifti raw folder) or an SSL4MIS dataset root\n"
+            "one is its image, as in a convert-nifti raw folder; a folder without label files reads the '_gt' files\n"
+            "of its subfolders, as the raw ACDC release's training/patientNNN/) or an SSL4MIS dataset root\n"
             "(root/data/<case>.h5). Writes per_case.csv, summary.csv and summary.json."
         ),
     )

@@ -16,7 +16,9 @@ prediction folder a ``_pred`` suffix is removed and ``*_gt``/``*_img`` files are
 folder a ``_gt`` suffix is removed and ``*_pred``/``*_img`` files are ignored, and a case with both ``<case>`` and
 ``<case>_gt`` (the image and label of a ``medseg data convert-nifti`` raw folder) is scored against the ``_gt`` file.
 The same folder can therefore be given as ``--pred`` and ``--gt``. Two files naming the same case are an error. Only the folder's top level
-is read (the default output folder ``<pred>/evaluation`` is never mistaken for input).
+is read (the default output folder ``<pred>/evaluation`` is never mistaken for input), except that a ground-truth folder
+without label files there is read one level down, its subfolders' ``*_gt`` files (:func:`ground_truth_files`: the raw
+ACDC release's ``training/`` folder of ``patientNNN/`` folders).
 
 Axis order and spacing
 ----------------------
@@ -106,6 +108,26 @@ def list_label_files(folder: Path, role: str) -> dict[str, LabelFile]:
         names = ", ".join(p.name for p in paths)
         raise DataError(f"{folder}: {len(duplicates)} case(s) have several files, e.g. {case}: {names} (keep one file per case)")
     return {case: LabelFile(case, paths[0], kinds[paths[0]]) for case, paths in sorted(found.items())}
+
+
+def ground_truth_files(folder: Path) -> dict[str, LabelFile]:
+    """The label volumes of a ground-truth folder keyed by case: its top level (:func:`list_label_files`), or, where that
+    holds none, the ``*_gt`` files of its subfolders, one level down (the raw ACDC release's
+    ``training/patientNNN/patientNNN_frameXX_gt.nii.gz``; their images and 4-D files are not labels). A case found in
+    two subfolders is a one-line :class:`DataError`."""
+    top = list_label_files(folder, "gt")
+    if top:
+        return top
+    found: dict[str, LabelFile] = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for case, file in list_label_files(sub, "gt").items():
+            if not _split_name(file.path.name)[0].endswith(_ROLE_SUFFIX["gt"]):
+                continue
+            if case in found:
+                raise DataError(f"{folder}: case {case} has a label file in two subfolders, {found[case].path} and {file.path} "
+                                "(keep one file per case)")
+            found[case] = file
+    return found
 
 
 def _with_converted_ids(gts: dict[str, LabelFile], preds: dict[str, LabelFile]) -> dict[str, LabelFile]:
@@ -317,7 +339,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     if not preds:
         raise DataError(f"--pred {pred_dir}: no prediction volumes (.h5, .nii, .nii.gz) found at its top level")
     root_mode = is_dataset_root(gt)
-    gts = _root_label_files(gt, list(preds)) if root_mode else _with_converted_ids(list_label_files(gt, "gt"), preds)
+    gts = _root_label_files(gt, list(preds)) if root_mode else _with_converted_ids(ground_truth_files(gt), preds)
     missing = [case for case in preds if case not in gts]
     if missing:
         where = f"{gt}/data/<case>.h5" if root_mode else str(gt)

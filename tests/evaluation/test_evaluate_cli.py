@@ -335,3 +335,39 @@ def test_a_dataset_roots_own_ids_are_matched_as_they_are(tmp_path, capsys):
     rc, _, err = run(["evaluate", "--pred", str(out), "--gt", str(root), "--quiet"], capsys)
     assert rc == 0, err
     assert {r["case"] for r in read_rows(out / "evaluation" / "per_case.csv")} == {"patient.6_frame01", "patient.6_frame02"}
+
+
+def test_a_ground_truth_folder_of_patient_folders_is_read_one_level_down(tmp_path, capsys):
+    """The raw ACDC release keeps each patient's frames, their _gt labels and a 4-D cine in training/patientNNN/: its
+    training/ folder is a ground truth (its _gt files; images and cines are not labels)."""
+    rng = np.random.default_rng(0)
+    affine = np.diag([1.5, 1.5, 10.0, 1.0])
+    training, preds, labels = tmp_path / "training", tmp_path / "preds", {}
+    preds.mkdir()
+    for patient in ("patient001", "patient002"):
+        folder = training / patient
+        folder.mkdir(parents=True)
+        (folder / "Info.cfg").write_text("ED: 1\nES: 12\n")
+        nib.save(nib.Nifti1Image(rng.integers(0, 99, size=(8, 9, 3, 4)).astype(np.int16), affine), str(folder / f"{patient}_4d.nii.gz"))
+        for frame in ("frame01", "frame12"):
+            case = f"{patient}_{frame}"
+            labels[case] = rng.integers(0, 4, size=(8, 9, 3)).astype(np.uint8)
+            nib.save(nib.Nifti1Image(labels[case] * 50, affine), str(folder / f"{case}.nii.gz"))
+            nib.save(nib.Nifti1Image(labels[case], affine), str(folder / f"{case}_gt.nii.gz"))
+            if case != "patient002_frame12":  # one case without a prediction: the warning counts the _gt files only
+                nib.save(nib.Nifti1Image(perturbed(labels[case], 1), affine), str(preds / f"{case}.nii.gz"))
+    code, out, err = run(["evaluate", "--pred", str(preds), "--gt", str(training), "--out", str(tmp_path / "e")], capsys)
+    assert code == 0, err
+    assert f"1 of the 4 cases of {training} have no prediction and are not scored: patient002_frame12" in err
+    rows = read_rows(tmp_path / "e" / "per_case.csv")
+    assert sorted({r["case"] for r in rows}) == ["patient001_frame01", "patient001_frame12", "patient002_frame01"]
+    expected = evaluate_case(perturbed(labels["patient001_frame12"], 1), labels["patient001_frame12"], 4, (1.5, 1.5, 10.0))
+    ours = [r for r in rows if r["case"] == "patient001_frame12"]
+    assert [float(r["dice"]) for r in ours] == pytest.approx([e["dice"] for e in expected], abs=1e-6)
+    # one case in two patient folders is refused, naming both files
+    (training / "copy").mkdir()
+    nib.save(nib.Nifti1Image(labels["patient001_frame01"], affine), str(training / "copy" / "patient001_frame01_gt.nii.gz"))
+    error = one_line_error(capsys, ["evaluate", "--pred", str(preds), "--gt", str(training), "--out", str(tmp_path / "e2")])
+    assert error == (f"error: {training}: case patient001_frame01 has a label file in two subfolders, "
+                     f"{training / 'copy' / 'patient001_frame01_gt.nii.gz'} and {training / 'patient001' / 'patient001_frame01_gt.nii.gz'} "
+                     "(keep one file per case)")
