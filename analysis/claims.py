@@ -19,9 +19,10 @@ A claim (:func:`medseg_platform.claims_spec.claim`) says "row A is better than (
   errs wide. A percentile bootstrap over cases and seeds (what this module used before) covered the true mean
   63-87% of the time in simulations with 2-5 seeds (``docs/analysis.md``, 'How a claim is tested'); this
   interval 89-96%.
-* **seeds**: training randomness is part of every difference, and one seed cannot measure it: with fewer than
-  :data:`MIN_SEEDS` seeds the interval holds the test-case term only and the verdict is "inconclusive at this n".
-* **p**: the test the tables use for their ‡ marker (:func:`analysis.significance.wilcoxon_test`,
+* **seeds**: training randomness is part of every difference, and one seed cannot measure it (the interval then holds
+  the test-case term only); two seeds measure it poorly. With fewer than :data:`MIN_SEEDS` seeds the verdict is
+  "inconclusive at this n". Seeds only one side has are left out and named in the ``n`` cell.
+* **p**: ``table.csv``'s ``p_vs_best`` test (:func:`analysis.significance.wilcoxon_test`,
   two-sided Wilcoxon signed-rank) on the per-case values averaged over the kept seeds; "n/a" when
   fewer than :data:`~analysis.significance.MIN_PAIRS` cases differ. It treats the trained models as fixed (test
   cases are its only random unit), so it can be small while the interval, which also counts the variation
@@ -45,19 +46,20 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy import stats
 
 from analysis.published import published_difference
-from analysis.significance import MIN_PAIRS, TEST_NAME, paired_case_values, seed_averaged, wilcoxon_test
+from analysis.significance import MIN_PAIRS, TEST_NAME, confidence_interval, seed_case_pairs, wilcoxon_test
 from analysis.tables import AVG, MISSING, as_number, column_label, escape_markdown, metric_style, row_label, trial_seed
 from medseg_platform.claims_spec import check_claim
-from medseg_platform.data.layout import ACDC_CLASS_NAMES, patient_of_case
+from medseg_platform.data.layout import ACDC_CLASS_NAMES
 from medseg_platform.data.splits import PUBLISHED_TRAIN_PATIENTS
 from medseg_platform.errors import ConfigError
 from medseg_platform.results import TrialRecord
 
-CONFIDENCE = 0.95
-MIN_SEEDS = 2  # seeds a verdict needs: with one, the variation between training runs is unknown
+#: Seeds a verdict needs: with one, the variation between training runs is unknown; with two, the interval's
+#: Satterthwaite degrees of freedom grow large when the two seeds happen to agree, and it covered 89-90% of the time
+#: in benchmarks/bench_claims_coverage.py's settings where the seeds vary most (93.8-96.1% at 3).
+MIN_SEEDS = 3
 MARGIN = 1.0  # points (Dice points for Dice): how much worse A may be for ">=" ("not worse") to hold
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "supported", "contradicted", "inconclusive at this n", "not run"
 PAPER_PROFILE = "paper"
@@ -72,6 +74,7 @@ class PairedValues:
     a: np.ndarray
     b: np.ndarray
     dropped: int  # (case, seed) pairs with a trial on both sides but no defined value on one of them
+    absent: int = 0  # (case, seed) pairs whose case one side's trial of the seed did not test
 
     @property
     def differences(self) -> np.ndarray:
@@ -102,7 +105,10 @@ class ClaimResult:
     n_cases: int = 0
     n_seeds: int = 0
     per_seed: tuple[float, ...] = ()  # each kept seed's mean difference over its cases, in seed order
+    seeds: tuple[Any, ...] = ()  # the kept seeds, in the order of per_seed
     dropped: int = 0
+    absent: int = 0  # (case, seed) pairs whose case one side did not test
+    unpaired: str = ""  # seeds only one side has, left out (unpaired_seeds)
     reason: str = ""  # why not run
 
 
@@ -129,55 +135,21 @@ def paired_values(a_trials: Mapping[Any, Sequence[TrialRecord]], b_trials: Mappi
                   metric: str = "dice") -> PairedValues:
     """Pair the trials of two sides (by seed, then test case); see the module docstring. Values are raw (not x100)."""
     seeds = sorted(a_trials.keys() & b_trials.keys(), key=_seed_sort_key)
-    cases = sorted({str(row["case"]) for side in (a_trials, b_trials) for seed in seeds for t in side[seed] for row in t.per_case})
-    a = np.full((len(cases), len(seeds)), np.nan)
-    b = np.full((len(cases), len(seeds)), np.nan)
-    dropped = 0
-    for j, seed in enumerate(seeds):
-        values_a = seed_averaged([t.per_case for t in a_trials[seed]], metric, as_number)
-        values_b = seed_averaged([t.per_case for t in b_trials[seed]], metric, as_number)
-        for i, case in enumerate(cases):
-            xs, ys = paired_case_values({case: values_a.get(case, {})}, {case: values_b.get(case, {})}, AVG)
-            if len(xs):
-                a[i, j], b[i, j] = xs[0], ys[0]
-            else:
-                dropped += 1
-    return PairedValues(cases, seeds, a, b, dropped)
+    cases, a, b, dropped, absent = seed_case_pairs({s: [t.per_case for t in a_trials[s]] for s in seeds},
+                                                   {s: [t.per_case for t in b_trials[s]] for s in seeds}, seeds, metric, AVG,
+                                                   as_number)
+    return PairedValues(cases, seeds, a, b, dropped, absent)
 
 
-def confidence_interval(differences: np.ndarray, cases: Sequence[str],
-                        confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """The interval of the mean of ``differences`` (cases, seeds), NaN = dropped pair; see the module docstring.
-
-    ``cases``: the case ids of the rows (their patients are the clusters). (NaN, NaN) when no pair is defined or
-    fewer than 2 patients have one; the point ``(Δ, Δ)`` when every seed and patient has the same mean difference.
-    """
-    d = np.asarray(differences, dtype=float)
-    d = d.reshape(len(d), -1)
-    defined = ~np.isnan(d)
-    rows, columns = defined.any(axis=1), defined.any(axis=0)
-    d, kept_cases = d[rows][:, columns], [case for case, keep in zip(cases, rows) if keep]
-    if d.size == 0:
-        return math.nan, math.nan
-    mean = float(np.nanmean(d))
-    seed_means = np.nanmean(d, axis=0)
-    clusters: dict[str, list[int]] = {}
-    for i, case in enumerate(kept_cases):
-        clusters.setdefault(patient_of_case(str(case)), []).append(i)
-    patient_means = np.array([np.nanmean(d[members]) for members in clusters.values()])
-    n_seeds, n_patients = len(seed_means), len(patient_means)
-    if n_patients < 2:
-        return math.nan, math.nan
-    seed_term = float(seed_means.var(ddof=1)) / n_seeds if n_seeds > 1 else 0.0
-    patient_term = float(patient_means.var(ddof=1)) / n_patients
-    variance = seed_term + patient_term
-    if variance == 0.0:
-        return mean, mean
-    # Satterthwaite: the degrees of freedom of a sum of two independent variance estimates
-    denominator = patient_term ** 2 / (n_patients - 1) + (seed_term ** 2 / (n_seeds - 1) if n_seeds > 1 else 0.0)
-    dof = variance ** 2 / denominator
-    half = float(stats.t.ppf(0.5 + confidence / 2.0, dof)) * math.sqrt(variance)
-    return mean - half, mean + half
+def unpaired_seeds(claim: Mapping[str, Any], a_trials: Mapping[Any, Any], b_trials: Mapping[Any, Any]) -> str:
+    """The seeds only one side has, which the claim leaves out ("seed 3 of MONA"; "" when every seed is paired): the
+    table's cells average them, so the claim's Δ may differ from the difference of the two cells."""
+    parts = []
+    for row, ours, theirs in ((claim["a"], a_trials, b_trials), (claim["b"], b_trials, a_trials)):
+        alone = sorted(ours.keys() - theirs.keys(), key=_seed_sort_key)
+        if alone:
+            parts.append(f"seed{'s' if len(alone) > 1 else ''} {', '.join(map(str, alone))} of {row}")
+    return " and ".join(parts)
 
 
 def verdict(direction: str, low: float, high: float, n_cases: int, n_seeds: int, margin: float = MARGIN) -> str:
@@ -226,7 +198,9 @@ def evaluate_claim(claim: Mapping[str, Any], records: Sequence[TrialRecord]) -> 
     n_seeds, per_seed = int(np.count_nonzero(seeded)), tuple(float(v) for v in np.nanmean(differences[:, seeded], axis=0))
     return ClaimResult(claim, verdict=verdict(claim.get("direction", ">"), low, high, pairs.n_cases, n_seeds),
                        difference=float(np.nanmean(differences)), ci=(low, high), p_value=test.p_value,
-                       n_pairs=pairs.n_pairs, n_cases=pairs.n_cases, n_seeds=n_seeds, per_seed=per_seed, dropped=pairs.dropped, **texts)
+                       n_pairs=pairs.n_pairs, n_cases=pairs.n_cases, n_seeds=n_seeds, per_seed=per_seed,
+                       seeds=tuple(seed for seed, kept in zip(pairs.seeds, seeded) if kept), dropped=pairs.dropped,
+                       absent=pairs.absent, unpaired=unpaired_seeds(claim, a_trials, b_trials), **texts)
 
 
 def read_claims(info: Mapping[str, Any]) -> list[dict]:
@@ -256,8 +230,18 @@ def _n_text(result: ClaimResult) -> str:
         return "0"
     text = f"{result.n_pairs} ({result.n_cases} cases \u00d7 {result.n_seeds} seed{'s' if result.n_seeds != 1 else ''}"
     if result.dropped:
-        text += f"; {result.dropped} dropped: undefined"
+        text += f"; {result.dropped} dropped: undefined on one side"
+    if result.absent:
+        text += f"; {result.absent} not tested by both"
+    if result.unpaired:
+        text += f"; unpaired, left out: {result.unpaired}"
     return text + ")"
+
+
+def per_seed_text(result: ClaimResult) -> str:
+    """Each kept seed's Δ with its seed ("s1 +2.0 / s2 -1.5"), so a reader sees which seeds the claim pairs."""
+    seeds = result.seeds or ("?",) * len(result.per_seed)
+    return " / ".join(f"s{seed} {_signed(value)}" for seed, value in zip(seeds, result.per_seed)) or MISSING
 
 
 def claim_text(result: ClaimResult) -> str:
@@ -324,7 +308,7 @@ def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records
         ci = MISSING if math.isnan(result.ci[0]) else f"[{result.ci[0]:+.1f}, {result.ci[1]:+.1f}]"
         verdict_text = f"{result.verdict} ({result.reason})" if result.reason else result.verdict
         p_text = MISSING if result.verdict == NOT_RUN else _p_text(result.p_value)
-        per_seed = " / ".join(_signed(v) for v in result.per_seed) or MISSING
+        per_seed = per_seed_text(result)
         cells = [claim_text(result), claim["paper"], _signed(result.difference), per_seed, ci, p_text, _n_text(result), verdict_text]
         cells += [_published_text(claim)] if paper else []
         lines.append("| " + " | ".join(escape_markdown(c) for c in cells) + " |")
@@ -335,16 +319,16 @@ def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records
 def _caption(paper: bool, run: str) -> str:
     """The section's caption; ``run``: why the published differences are left out (:func:`on_published_data`)."""
     text = (f"\u0394 = A \u2212 B, the mean over test cases and seeds of the per-case value (Dice: mean over the classes "
-            f"defined for both rows), in points; per seed \u0394: that mean for each seed (seeds in order); 95% CI: "
+            f"defined for both rows), in points; per seed \u0394: that mean for each seed (s1: seed 1); 95% CI: "
             f"Student's t over two variance terms, between seeds (each seed's mean difference) and between test patients "
             f"(a patient's volumes together), paired throughout; p: "
-            f"{TEST_NAME} on the per-case values averaged over seeds (the test of the tables' \u2021; n/a with fewer than "
+            f"{TEST_NAME} on the per-case values averaged over seeds (table.csv's p_vs_best; n/a with fewer than "
             f"{MIN_PAIRS} differing cases), which treats the trained models as fixed and can be small while the CI, "
             f"which also counts the seeds' variation, crosses the bound. Verdict from the CI: supported when it lies "
             f"entirely above 0 (for \u2265: above \u2212{MARGIN:g} point, the margin), contradicted when it lies entirely "
             f"below that bound, otherwise inconclusive at this n (also with fewer than {MIN_PAIRS} paired test cases or "
-            f"fewer than {MIN_SEEDS} seeds, whose CI holds the test patients' term only: one seed cannot measure the "
-            f"seeds' variation). No correction for testing several claims.")
+            f"fewer than {MIN_SEEDS} seeds: one seed cannot measure the seeds' variation, two measure it poorly). Seeds "
+            f"only one row has are left out (the n column names them). No correction for testing several claims.")
     if paper:
         return text + (" Published \u0394: the same two rows in the named paper table (other training runs: compare "
                        "sign and size, not digits).")

@@ -21,9 +21,10 @@ Numbers, from the bottom up:
   policy (``empty_policy``, ``eval.empty_policy`` of the configs),
   each the distinct values of the cell's trials, comma-separated ("unknown" when a config lacks it).
 * **significance**: each cell is compared with the best cell (best mean) of its label fraction and
-  class by a paired test over test cases on the seed-averaged per-case values (:mod:`analysis.significance`);
-  ``p_vs_best`` and ``n_pairs`` are kept in the long form, and a cell whose difference to the best is
-  not significant is marked with :data:`~analysis.significance.NOT_SIGNIFICANT_MARK`.
+  class (:mod:`analysis.significance`): ``ci_low``/``ci_high``, the 95% seeds-and-patients interval of its mean
+  difference to the best (:func:`difference_interval`, the claims' interval), decide the marker
+  :data:`~analysis.significance.NOT_SIGNIFICANT_MARK` (interval contains 0, or cannot be formed); ``p_vs_best`` and
+  ``n_pairs``, a Wilcoxon test over test cases on the seed-averaged values, are kept beside them.
 
 Dice and Jaccard are reported in percent (x100, one decimal); HD95 and ASD keep the unit they were
 evaluated in (mm when the voxel spacing was known, voxels otherwise; two decimals), which each cell's ``unit``
@@ -59,7 +60,8 @@ import pandas as pd
 
 from analysis.health import COLLAPSE_DROP, COLLAPSED, FLAGGED, LEARNED_FLOOR, NOT_LEARNED, RISING_MARGIN, STILL_RISING, record_health
 from analysis.markdown import escape_markdown
-from analysis.significance import ALPHA, NOT_SIGNIFICANT_MARK, caption_note, paired_case_values, seed_averaged, wilcoxon_test
+from analysis.significance import (ALPHA, NOT_SIGNIFICANT_MARK, caption_note, confidence_interval, paired_case_values, seed_averaged,
+                                   seed_case_pairs, wilcoxon_test)
 from medseg_platform.config import differing_fields
 from medseg_platform.data.layout import ACDC_CLASS_NAMES
 from medseg_platform.errors import MedsegError
@@ -75,7 +77,7 @@ FLAGGED_MARK = "\u00a7"  # section sign: the cell includes a flagged trial (anal
 UNKNOWN = "unknown"
 MISSING = "\u2013"  # en dash: no trial for this method and label fraction
 LONG_COLUMNS = ("row", "column", "class", "metric", "unit", "mean", "std", "n_seeds", "n_undefined", "seeds",
-                "p_vs_best", "n_pairs", "row_rank", "column_rank", "n_flagged", "steps", "patients", "empty_policy", "search",
+                "p_vs_best", "n_pairs", "ci_low", "ci_high", "row_rank", "column_rank", "n_flagged", "steps", "patients", "empty_policy", "search",
                 "selection", "avg_classes", "flags")
 
 
@@ -272,7 +274,8 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
     for one seed), ``n_seeds``, ``n_undefined`` (undefined per-case values over all seeds), ``seeds``
     (comma-separated), ``p_vs_best`` (p-value of the paired test against the best cell of the same
     column, class and metric; NaN for that best cell and for cells with too few pairs), ``n_pairs``
-    (the pairs it used), ``row_rank`` and ``column_rank`` (0-based table positions of the method and the
+    (the pairs it used), ``ci_low`` and ``ci_high`` (the 95% interval of the mean difference to that best cell, in
+    display units, :func:`difference_interval`; NaN for the best cell and where none can be formed), ``row_rank`` and ``column_rank`` (0-based table positions of the method and the
     label fraction, so the layout survives a CSV round trip), ``n_flagged`` (the cell's trials whose
     validation curve was flagged, :mod:`analysis.health`), ``steps``, ``patients`` and
     ``empty_policy`` (distinct fine-tuning steps, labelled patients and empty-mask policies of the cell's
@@ -353,7 +356,7 @@ def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str
     partial = partial_averages(rows)
     by_key: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for rec in rows:
-        rec["p_vs_best"], rec["n_pairs"] = math.nan, 0
+        rec["p_vs_best"], rec["n_pairs"], rec["ci_low"], rec["ci_high"] = math.nan, 0, math.nan, math.nan
         by_key.setdefault((rec["column"], rec["class"], rec["metric"]), []).append(rec)
     for (column, cls, metric), cells in by_key.items():
         finite = [c for c in cells if not math.isnan(c["mean"])]
@@ -363,12 +366,36 @@ def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str
         sign = 1.0 if metric_style(metric).higher_is_better else -1.0
         best = max(candidates, key=lambda c: sign * c["mean"])
         class_key = class_ids.get(cls, cls)
-        reference = seed_averaged([t.per_case for t in groups[(best["row"], column)]], metric, as_number)
+        best_trials = groups[(best["row"], column)]
+        reference = seed_averaged([t.per_case for t in best_trials], metric, as_number)
         for cell in finite:
             if cell is not best:
-                values = seed_averaged([t.per_case for t in groups[(cell["row"], column)]], metric, as_number)
+                trials = groups[(cell["row"], column)]
+                values = seed_averaged([t.per_case for t in trials], metric, as_number)
                 test = wilcoxon_test(*paired_case_values(values, reference, class_key))
                 cell["p_vs_best"], cell["n_pairs"] = test.p_value, test.n_pairs
+                cell["ci_low"], cell["ci_high"] = difference_interval(trials, best_trials, metric, class_key)
+
+
+def _by_seed(trials: Sequence[TrialRecord]) -> dict[Any, list[Sequence[Mapping[str, Any]]]]:
+    out: dict[Any, list[Sequence[Mapping[str, Any]]]] = {}
+    for trial in trials:
+        out.setdefault(str(trial_seed(trial)), []).append(trial.per_case)
+    return out
+
+
+def difference_interval(trials: Sequence[TrialRecord], best_trials: Sequence[TrialRecord], metric: str,
+                        class_key: int | str) -> tuple[float, float]:
+    """The 95% seeds-and-patients interval (:func:`analysis.significance.confidence_interval`, the claims' interval) of
+    a cell's mean difference to the best cell of its column, in display units (x100 for Dice), over the seeds both
+    cells have; class ``class_key`` or, for a str ("Avg"), per case the classes both define. (NaN, NaN) when they
+    share no seed or fewer than 2 test patients have a pair."""
+    ours, theirs = _by_seed(trials), _by_seed(best_trials)
+    seeds = sorted(ours.keys() & theirs.keys())
+    if not seeds:
+        return math.nan, math.nan
+    cases, a, b, _, _ = seed_case_pairs(ours, theirs, seeds, metric, class_key, as_number)
+    return confidence_interval((a - b) * metric_style(metric).scale, cases)
 
 
 def _cell_rows(row: str, column: str, trials: Sequence[TrialRecord], metrics: Sequence[str], classes: Sequence[int],
@@ -508,7 +535,8 @@ def duplicate_seeds(records: Iterable[TrialRecord]) -> list[str]:
 @dataclass(frozen=True)
 class Cell:
     """One shown cell: mean and std in display units, seeds, undefined values, whether it is the best,
-    whether its difference to the best is not significant (tested and p >= alpha; never for a best cell),
+    whether its difference to the best is not significant (its interval contains 0 or cannot be formed; never for a
+    best cell),
     and how many of its trials were flagged by their validation curve (:mod:`analysis.health`)."""
 
     mean: float
@@ -534,6 +562,7 @@ class WideTable:
     any_tested: bool = False  # some cell was tested against the best of its column
     any_untestable: bool = False  # some cell other than a best one had too few pairs to test
     settings: dict[str, list[str]] = field(default_factory=dict)  # seeds/steps/patients/empty_policy: distinct values
+    by_interval: bool = True  # the marker comes from the interval (False: an older table.csv's Wilcoxon p)
 
 
 def _rounded(value: float, decimals: int) -> float:
@@ -569,16 +598,22 @@ def wide_table(df: pd.DataFrame, metric: str) -> WideTable:
         target = best.get(key[1:])
         is_best = (target is not None and not math.isnan(rec["mean"]) and _rounded(rec["mean"], style.decimals) == target
                    and key not in partial)
-        p_value = float(rec.get("p_vs_best", math.nan))
         compared = target is not None and not math.isnan(rec["mean"]) and not is_best
-        tested |= compared and not math.isnan(p_value)
-        untestable |= compared and math.isnan(p_value)
+        if "ci_low" in rec:  # the interval of the difference to the best (docs/analysis.md, 'Significance in the tables')
+            low, high = float(rec["ci_low"]), float(rec["ci_high"])
+            formed = not (math.isnan(low) or math.isnan(high))
+            similar = not formed or low <= 0.0 <= high
+        else:  # a table.csv written before the interval: its Wilcoxon p
+            p_value = float(rec.get("p_vs_best", math.nan))
+            formed, similar = not math.isnan(p_value), p_value >= ALPHA
+        tested |= compared and formed
+        untestable |= compared and not formed
         cells[key] = Cell(rec["mean"], rec["std"], int(rec["n_seeds"]), int(rec["n_undefined"]), is_best,
-                          not_significant=compared and p_value >= ALPHA, n_flagged=int(rec.get("n_flagged", 0)),
+                          not_significant=compared and similar, n_flagged=int(rec.get("n_flagged", 0)),
                           flags=rec["flags"] if isinstance(rec.get("flags"), str) else "",  # NaN: a CSV's empty cell
                           partial=key in partial)
     return WideTable(metric, _by_rank(frame, "row"), _by_rank(frame, "column"), list(dict.fromkeys(frame["class"])),
-                     cells, tested, untestable, _table_settings(frame))
+                     cells, tested, untestable, _table_settings(frame), by_interval="ci_low" in frame.columns)
 
 
 _SETTING_FIELDS = ("seeds", "steps", "patients", "empty_policy", "unit", "search", "selection")
@@ -710,8 +745,11 @@ def undefined_note(table: WideTable) -> str:
         return ""
     values = sum(cell.n_undefined for (_, _, cls), cell in table.cells.items() if cls != AVG)
     partial = sum(cell.partial for cell in table.cells.values())
-    return (f"{UNDEFINED_MARK} {len(marked)} of {len(table.cells)} cells include undefined per-case values (empty "
-            f"prediction or empty ground truth), excluded from their means: {values} value{'s' if values != 1 else ''} "
+    # under the "nan" policy an empty ground truth leaves every metric undefined; an empty prediction of a present
+    # structure scores Dice and Jaccard 0 and leaves only the distances undefined (evaluation.metrics)
+    why = "empty ground truth" if metric_style(table.metric).scale != 1.0 else "empty prediction or empty ground truth"
+    return (f"{UNDEFINED_MARK} {len(marked)} of {len(table.cells)} cells include undefined per-case values ({why}), "
+            f"excluded from their means: {values} value{'s' if values != 1 else ''} "
             f"over all seeds and classes."
             + (f" {partial} Avg cell{'s' if partial != 1 else ''} leave{'' if partial != 1 else 's'} out a class that its other "
                "seeds or other rows of the column define (in some seed, no defined value in any test case): not comparable, never bold."
@@ -776,7 +814,7 @@ def caption(table: WideTable) -> str:
             text += f" {style.label} in {' or '.join(units)}: the cells differ (table.csv's unit column gives each cell's)."
     text += f" Bold: best per column ({'higher' if style.higher_is_better else 'lower'} is better)."
     if table.any_tested or table.any_untestable:
-        text += " " + caption_note(table.any_tested, table.any_untestable)
+        text += " " + caption_note(table.any_tested, table.any_untestable, table.by_interval)
     notes = [note for note in (undefined_note(table), flagged_note(table)) if note]
     return " ".join([text, *notes])
 
@@ -913,7 +951,7 @@ def to_csv(df: pd.DataFrame, path: str | Path | None = None) -> str:
 
 
 #: the number columns of the long form; the others are text
-NUMBER_COLUMNS = ("mean", "std", "n_seeds", "n_undefined", "p_vs_best", "n_pairs", "row_rank", "column_rank", "n_flagged",
+NUMBER_COLUMNS = ("mean", "std", "n_seeds", "n_undefined", "p_vs_best", "n_pairs", "ci_low", "ci_high", "row_rank", "column_rank", "n_flagged",
                   "avg_classes")  # "flags" is text ("did not learn: 2")
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.claims import confidence_interval  # noqa: E402
+from analysis.significance import confidence_interval  # noqa: E402
 from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 PATIENTS, FRAMES = 8, 2

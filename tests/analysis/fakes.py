@@ -101,8 +101,8 @@ def case_offset(case: str) -> float:
     return 0.01 * int(case[7:10])
 
 
-def make_fake_study(root: Path, name: str = "fake-quick") -> Path:
-    """Three methods x two label fractions x two seeds x eight test cases, plus an errored and a corrupt trial.
+def make_fake_study(root: Path, name: str = "fake-quick", seeds=(1, 2)) -> Path:
+    """Three methods x two label fractions x ``seeds`` x eight test cases, plus an errored and a corrupt trial.
 
     Dice: "MONA" best; "Mean teacher" 0.15 lower everywhere (significantly worse); "ARCO-SG" within
     +-0.01 of MONA alternating by case (not significantly different). More labels: +0.05.
@@ -112,7 +112,7 @@ def make_fake_study(root: Path, name: str = "fake-quick") -> Path:
     methods = [("MONA", 0.0), ("Mean teacher", -0.15), ("ARCO-SG", None)]
     for order, (row, delta) in enumerate(methods):
         for patients in (1, 3):
-            for seed in (1, 2):
+            for seed in seeds:
                 def dice(case, cls, delta=delta, patients=patients, seed=seed):
                     base = 0.6 + 0.05 * (patients == 3) + 0.02 * seed + case_offset(case) + 0.01 * (cls - 2)
                     if delta is None:  # ARCO-SG: tiny differences of both signs
@@ -129,7 +129,7 @@ def make_fake_study(root: Path, name: str = "fake-quick") -> Path:
     corrupt.mkdir(parents=True)
     (corrupt / "result.json").write_text("{truncated", encoding="utf-8")
     keys += [errored.name, corrupt.name]
-    (study / "study.json").write_text(json.dumps({"name": name, "trials": keys, "seeds": [1, 2], "search": False,
+    (study / "study.json").write_text(json.dumps({"name": name, "trials": keys, "seeds": list(seeds), "search": False,
                                                   "grid": {"data.labelled": ["1", "3"]}}), encoding="utf-8")
     (study / "settings.json").write_text(json.dumps({"profile": "quick", "data_root": "/data/phantom",
                                                      "command": "python studies/fake.py --seeds 1 2"}), encoding="utf-8")

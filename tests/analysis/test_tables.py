@@ -448,3 +448,13 @@ def test_rows_with_identical_results_are_named_unless_they_segmented_nothing(tmp
     (line,) = tables.identical_rows(records)
     assert line.startswith("identical results: rows 'w = 0', 'w = 1' at 1 patient") and "for every seed (1, 2)" in line
     assert tables.identical_rows([r for r in records if r.result["seed"] == 1 or r.result["tags"]["row"] != "w = 1"]) == []
+
+
+def test_the_undefined_footnote_names_what_makes_each_metric_undefined():
+    """Under the "nan" policy an empty prediction of a present structure scores Dice 0: only an empty ground truth
+    leaves Dice undefined, while the distances are undefined for either (the statistics probe)."""
+    cells = {("MONA", "1", "RV"): tables.Cell(50.0, 1.0, 2, 1, False)}
+    for metric, why in (("dice", "(empty ground truth)"), ("jaccard", "(empty ground truth)"),
+                        ("hd95", "(empty prediction or empty ground truth)")):
+        table = tables.WideTable(metric, ["MONA"], ["1"], ["RV"], cells)
+        assert f"† 1 of 1 cells include undefined per-case values {why}, excluded" in tables.undefined_note(table)
