@@ -69,6 +69,46 @@ def test_interrupted_trial_resumes_exactly(tiny_root, tmp_path):
     assert [r["dice"] for r in resumed.test_rows] == pytest.approx([r["dice"] for r in straight.test_rows], rel=1e-6, nan_ok=True)
 
 
+def test_a_resumed_trial_reports_its_recorded_validations_again_before_it_trains_on(tiny_root, tmp_path):
+    """A driver stopped between a trial's checkpoint at a validation and its handling of that report never passed it
+    to ASHA: the resumed trial's first report used to be its next validation, recorded at the earlier rung with a later
+    value (the HPO probe). Now the validations reported by the resumed trial are the uninterrupted trial's, one per
+    evaluation, in order."""
+    cfg = small_cfg(tiny_root, objective="mean_teacher", **{"optim.max_steps": 12, "optim.lr": 0.1})
+
+    def validations(reports):  # the first report at each evaluation count: (evaluations, step, val, selected)
+        out, seen = [], set()
+        for metrics in reports:
+            k = metrics.get("evaluations", 0)
+            if k and k not in seen:
+                seen.add(k)
+                out.append((k, metrics["step"], metrics["val_dice"], metrics["best_val_dice"]))
+        return out
+
+    straight = []
+    train_trial(cfg, tmp_path / "straight", report=lambda metrics, ckpt: straight.append(metrics), log=quiet)
+
+    class Interrupt(Exception):
+        pass
+
+    checkpoints = []
+
+    def stop_at_second_validation(metrics, ckpt):
+        if ckpt is not None:
+            checkpoints.append(metrics["step"])
+            if len(checkpoints) == 2:  # the checkpoint is written; the report is lost with the driver
+                raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_trial(cfg, tmp_path / "resumed", report=stop_at_second_validation, log=quiet)
+    resumed = []
+    outcome = train_trial(cfg, tmp_path / "resumed", report=lambda metrics, ckpt: resumed.append(metrics), log=quiet)
+    assert outcome.resumed_from_step == checkpoints[1] == 8
+    assert [m["evaluations"] for m in resumed[:2]] == [1, 2] and all(m.get("replayed") for m in resumed[:2])
+    assert validations(resumed) == validations(straight)  # exact resume: the same numbers
+    assert len(validations(straight)) == 3 and len({v[2] for v in validations(straight)}) == 3  # three distinct val Dice
+
+
 def test_non_finite_loss_names_step_and_term(tiny_root, tmp_path, monkeypatch):
     from tests.conftest import poison_supervised_loss
 

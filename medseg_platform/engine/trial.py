@@ -164,6 +164,9 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
         return {"step": step, "loss": curves[-1]["loss"], "done": False,
                 **progress_fields(cfg.objective, "fine-tuning", 0, len(cfg.pretrain), step, o.max_steps, curves[-1]["steps_per_s"], len(val_curve))}
 
+    if resuming and report is not None:
+        replay_validations(val_curve, curves, cfg, report)
+
     replica_diff = None
     for step in range(start_step, o.max_steps):
         loop.step(step)
@@ -221,6 +224,26 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
     timing["test_s"] = time.perf_counter() - t0
     timing["total_s"] = time.perf_counter() - t_start
     return TrialOutcome(data.subset, best["step"], best["val_dice"], test_rows, curves, val_curve, timing, start_step, extra)
+
+
+def replay_validations(val_curve: list[dict], curves: list[dict], cfg: TrialConfig, report: Reporter) -> None:
+    """Report a resumed trial's recorded validations again, before it trains on: each with its val Dice, the selected
+    one so far and ``evaluations`` 1, 2, ... (no checkpoint), as the uninterrupted trial reported them.
+
+    A study's driver stopped between a trial's checkpoint at a validation and its own handling of that report (one
+    Ctrl-C) never passed the report to ASHA or Optuna; without the replay the resumed trial's first report was its
+    next validation, which ASHA recorded at the earlier rung with a later value (the HPO probe's sample 4: step 50's
+    0.1158 where the uninterrupted search recorded step 25's 0.1013). A scheduler that did see them skips them: Ray's
+    ASHA records a trial once per rung (:mod:`medseg_platform.study.asha`)."""
+    selected = {"state": None, "val_dice": math.nan}
+    for count, row in enumerate(val_curve, start=1):
+        if selects(cfg.eval.selection, row["val_dice"], selected):
+            selected = {"state": count, "val_dice": row["val_dice"]}
+        logged = [r for r in curves if r["step"] <= row["step"]] or curves[:1]
+        report({"step": row["step"], "loss": logged[-1]["loss"] if logged else math.nan, "done": False, "replayed": True,
+                **progress_fields(cfg.objective, "fine-tuning", 0, len(cfg.pretrain), row["step"], cfg.optim.max_steps,
+                                  logged[-1]["steps_per_s"] if logged else math.nan, count),
+                "val_dice": row["val_dice"], "best_val_dice": selected["val_dice"]}, None)
 
 
 def selects(selection: str, val_dice: float, selected: dict) -> bool:
