@@ -663,6 +663,9 @@ def param_importances(records: Sequence) -> Figure | Skipped:
         return Skipped(f"parameter importances: {len(trials)} completed search trial(s), need at least 2")
     import optuna
 
+    scores = {float(r.result["best_val_dice"]) for r in trials}
+    if len(scores) == 1:  # Optuna would warn and share the importance out equally: no information to plot
+        return Skipped(f"parameter importances: all {len(trials)} completed search trials scored val Dice {scores.pop():.4f}")
     params = [dict(r.result["tags"]["search"]) for r in trials]
     names = sorted({k for p in params for k in p})
     distributions = {name: _distribution([p[name] for p in params if name in p]) for name in names}

@@ -61,8 +61,9 @@ def _run_study_main(description, default_name, build, argv, parser) -> int:
         parser.error(f"argument --seeds: each seed once, got {' '.join(map(str, args.seeds))}")
     if args.labelled and len(set(args.labelled)) < len(args.labelled):
         parser.error(f"argument --labelled: each label fraction once, got {' '.join(args.labelled)}")
-    if args.smoke_test and args.profile != "quick":
+    if args.smoke_test and args.profile not in ("quick", "smoke"):
         parser.error(f"--smoke-test runs the smoke profile; drop --profile {args.profile} (or --smoke-test)")
+    args.smoke_test = args.smoke_test or args.profile == "smoke"  # `medseg train --profile smoke` spells it so too
     profile = PROFILES["smoke" if args.smoke_test else args.profile]
     try:
         sets = parse_set_options(args.overrides)

@@ -68,12 +68,29 @@ def finished_trial(trial_dir: str | Path):
         reason = _recorded_error(trial_dir / ERROR_FILE)
         if reason:
             raise MedsegError(f"--trial {trial_dir}: the trial errored ({reason}); fix the cause and rerun its study command")
+        if _stopped_early(trial_dir):
+            raise MedsegError(f"--trial {trial_dir}: a search sample that ASHA stopped early (search_history.csv): it was never "
+                              "tested and a rerun does not finish it; give a completed sample (best_config.json names the best "
+                              "one's trial_key)")
         raise MedsegError(f"--trial {trial_dir}: unfinished trial (no {RESULT_FILE}); rerun its study command to finish it first")
     try:
         config = read_trial_config(trial_dir)
     except (OSError, ValueError, KeyError, TypeError):
         config = record.result["config"]  # written by the same call as config.json
     return record, TrialConfig.from_dict(config)
+
+
+def _stopped_early(trial_dir: Path) -> bool:
+    """Whether the search history of the trial's study (``search_history.csv`` two folders up) lists it as stopped early
+    by ASHA."""
+    import csv
+
+    history = trial_dir.parent.parent / "search_history.csv"  # analysis.search.HISTORY_FILE (analysis is not imported here)
+    try:
+        with open(history, newline="", encoding="utf-8") as fh:
+            return any(row.get("trial_key") == trial_dir.name and row.get("status") == "stopped early" for row in csv.DictReader(fh))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return False
 
 
 def _recorded_error(path: Path) -> str:

@@ -87,7 +87,8 @@ def study_parser(description: str, default_name: str, folder: str | None = None)
     (default ``<default_name>-<profile>``)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=f"example:\n  python {sys.argv[0]} --smoke-test")
-    parser.add_argument("--profile", choices=("quick", "paper"), default="quick", help="problem size (default: quick, a laptop CPU)")
+    parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick",
+                        help="problem size (default: quick, a laptop CPU; smoke: as --smoke-test)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks the whole path in about 30 seconds")
     parser.add_argument("--address", default=None, help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--results-dir", default="results", help="where results go (default: ./results)")

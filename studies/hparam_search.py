@@ -109,8 +109,11 @@ def build(args, profile, base):
 
 
 def main(argv=None) -> int:
+    import shlex
+
     from analysis.search import BEST_FILE, HISTORY_FILE, STATUSES, best_sample, load_samples, unfinished_search
     from medseg_platform.errors import MedsegError
+    from medseg_platform.results import trial_folder
 
     built, dry_run = [], []
 
@@ -131,7 +134,7 @@ def main(argv=None) -> int:
         return 2
     counts = {status: sum(s.status == status for s in samples) for status in STATUSES}
     wanted = built[0].num_samples
-    print(f"search: {len(samples)} of {wanted} samples (" + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ")")
+    print(f"search: {len(samples)} of {wanted} samples proposed (" + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ")")
     if counts["errored"]:  # unlike a grid study's: the restored experiment holds them as ended, its sampler has moved on
         print(f"note: a rerun does not train the {counts['errored']} errored sample(s) again; after fixing the cause, run the "
               "search again under a new --name (search_history.csv has each sample's error)")
@@ -140,6 +143,14 @@ def main(argv=None) -> int:
         values = ", ".join(f"{key.split('.')[-1]}={value:.4g}" for key, value in best.values.items())
         print(f"best configuration{' so far (the search is unfinished)' if partial else ''} (val Dice {best.best_val_dice:.4f}, "
               f"test Dice {best.test_dice:.4f}; sample {best.order}): {values}")
+        tied = [s for s in samples if s.status == "completed" and s.best_val_dice == best.best_val_dice]
+        if len(tied) > 1:
+            print(f"note: {len(tied)} completed samples tie at val Dice {best.best_val_dice:.4f}: the search could not tell them "
+                  "apart (the earliest is named; a longer profile or more val cases separates them)")
+        folder = trial_folder(built[0].study_dir, best.key)
+        print(f"  its trial folder (weights, per-case results): {folder}\n"
+              f"  predict with it: medseg predict --trial {shlex.quote(str(folder))} --data-root DATA --out PREDICTIONS\n"
+              f"  train it again: medseg train --config {shlex.quote(str(built[0].study_dir / BEST_FILE))}")
     else:
         print("no sample completed: no best configuration")
     print("search files:\n" + "\n".join(f"  {p}" for p in paths))

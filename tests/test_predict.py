@@ -171,6 +171,19 @@ def test_an_unfinished_trial_is_a_one_line_error(trained, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_search_sample_asha_stopped_is_named_so(trained, tmp_path, capsys):
+    """The HPO probe was told to rerun the study command to finish it, which never finishes a stopped sample."""
+    root, trial = trained
+    stopped = tmp_path / "search" / "trials" / "sample-key"
+    shutil.copytree(trial, stopped)
+    (stopped / "result.json").unlink()
+    (tmp_path / "search" / "search_history.csv").write_text("order,trial_id,trial_key,status\n1,t1,sample-key,stopped early\n")
+    assert main(["predict", "--trial", str(stopped), "--data-root", str(root), "--out", str(tmp_path / "p")]) == 2
+    assert one_line_error(capsys) == (f"error: --trial {stopped}: a search sample that ASHA stopped early (search_history.csv): "
+                                      "it was never tested and a rerun does not finish it; give a completed sample "
+                                      "(best_config.json names the best one's trial_key)\n")
+
+
 def test_a_folder_that_is_no_trial_is_a_one_line_error(trained, tmp_path, capsys):
     root, trial = trained
     empty = tmp_path / "empty"

@@ -273,3 +273,15 @@ def test_asha_counts_validations_not_the_progress_reports_between_them(tmp_path)
     rung = scheduler._trial_info[good.trial_id]._rungs[-1][1]
     assert rung == {good.trial_id: 0.9, bad.trial_id: 0.1}
     assert result(good, 3, 0.9) == TrialScheduler.STOP  # the final report reaches max_t (the trial ends anyway)
+
+
+def test_a_sample_asha_stopped_is_named_so_not_finished(capsys):
+    """The HPO probe's search printed "[6/6] finished" six times where the summary said 4 of them stopped early."""
+    callback = ProgressCallback([trial_plan(config(), "a"), trial_plan(config(), "b")], clock=lambda: 0.0)
+    a, b = trials = [fake_trial(key) for key in ("a", "b")]
+    start(callback, trials, a, b)
+    stopped = {**progress("fine-tuning", 25, 100, 2.0, "supervised", evaluations=1), "step": 25, "val_dice": 0.1}
+    finish(callback, trials, a, **stopped)  # its last report a validation: Tune ends it at ASHA's STOP
+    finish(callback, trials, b, step=100, best_val_dice=0.4, test_dice=0.5, evaluations=3)  # the final report
+    err = capsys.readouterr().err
+    assert "stopped early (ASHA, step 25) a" in err and "finished a" not in err and "finished b" in err

@@ -131,6 +131,11 @@ def test_hparam_search_smoke(smoke, capsys):
         if record is not None:  # the history's values are the ones the trial trained with
             assert all(record.result["config"]["objective_params"][k.split(".")[1]] == pytest.approx(float(h[k])) for k in space)
     best = json.loads((study_dir / "best_config.json").read_text())
+    folder = study_dir / "trials" / best["trial_key"]
+    assert f"its trial folder (weights, per-case results): {folder}\n" in out  # the probe had to guess it
+    assert f"predict with it: medseg predict --trial {folder} --data-root DATA" in out
+    assert f"train it again: medseg train --config {study_dir / 'best_config.json'}\n" in out
+    assert "search: 3 of 3 samples proposed (" in out
     completed = [h for h in history if h["status"] == "completed"]
     assert best["best_val_dice"] == pytest.approx(max(float(h["best_val_dice"]) for h in completed), abs=1e-6)
     assert best["search"] == {k: best["config"]["objective_params"][k.split(".")[1]] for k in space}

@@ -61,7 +61,14 @@ def test_invalid_study_fails_before_ray(tiny_root, tmp_path):
     with pytest.raises(ConfigError, match="unknown; known objectives"):
         study.run()
     for bad, message in ((dict(name=".."), "letters, digits"), (dict(asha=True), "with a search space"),
-                         (dict(search_space={"optim.lrr": 0.1}), r"unknown key\(s\) \['lrr'\]"),
+                         (dict(search_space={"optim.lrr": tune.uniform(0.1, 0.2)}), r"unknown key\(s\) \['lrr'\]"),
+                         # the HPO probe: these failed inside Ray, with its traceback, after the first validation
+                         (dict(search_space={"optim.lr": tune.uniform(0.1, 0.2)}, metric="best_val_dise"),
+                          "metric 'best_val_dise' / mode 'max': a metric every validation reports \\('best_val_dice' or 'val_dice'"),
+                         (dict(search_space={"optim.lr": tune.uniform(0.1, 0.2)}, metric="test_dice"), "metric 'test_dice'"),
+                         (dict(search_space={}), r"search_space \{\}: no Ray Tune domain to search"),
+                         (dict(search_space={"objective_params.contrast_weight": 0.1}), "no Ray Tune domain to search"),
+                         (dict(search_space={"optim.lr": tune.choice([])}), r"tune.choice\(\[\]\) has nothing to choose"),
                          # the Python API gets the checks the command line's argparse types make
                          (dict(max_concurrent=0), "max_concurrent 0: must be None or a whole number >= 1"),
                          (dict(num_workers=1.5), "num_workers 1.5: must be a whole number >= 1"),
@@ -77,7 +84,7 @@ def test_invalid_study_fails_before_ray(tiny_root, tmp_path):
                          (dict(variants=[{"row": "a"}]), r"variants\[0\] \{'row': 'a'\}: give Variant\(tags: dict"),
                          (dict(grid={"data.labelled": "12"}), r"grid\['data.labelled'\] '12': give a non-empty list"),
                          (dict(grid={"optim.lr": []}), r"grid\['optim.lr'\] \[\]: give a non-empty list"),
-                         (dict(mode="maximize"), "metric 'best_val_dice' / mode 'maximize': a reported metric name"),
+                         (dict(mode="maximize"), "metric 'best_val_dice' / mode 'maximize': a metric every validation reports"),
                          (dict(cpus_per_trial="1"), "cpus_per_trial '1': must be a finite number > 0"),
                          (dict(claims=[{"a": "Sup"}]), "claims\\[0\\]: claim needs a non-empty text 'b'"),
                          (dict(search_space={"optim.lr": tune.uniform(0.2, 0.1)}), r"search_space\['optim.lr'\]: empty range"),
@@ -393,6 +400,10 @@ def test_a_search_folder_is_not_restarted_or_taken_over_silently(tiny_root, tmp_
     write_json_atomic(first.study_dir / "study.json", first.description(trials))
     (tune_storage(first.study_dir) / f"{first.name}-{first.spec_hash(trials)}").mkdir(parents=True)
     check_before_ray(search(6), dry_run=True)  # the same search: resumed or rebuilt
+    check_before_ray(search(8), dry_run=True)  # no sample ended (a search that crashed in Ray): nothing a new one hides
+    ended = first.study_dir / "trials" / "sample-1"
+    ended.mkdir(parents=True)
+    (ended / "error.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"holds a search with --num-samples 6 \(this run: 8\); a search cannot be extended "
                                           r"or changed in place"):
         check_before_ray(search(8), dry_run=True)

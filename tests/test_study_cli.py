@@ -4,6 +4,7 @@
 import argparse
 import dataclasses
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -430,3 +431,17 @@ def test_released_protocol_smoke_run_differs_only_in_evaluation(tmp_path, phanto
     assert "- **Trials**: 1 of 1 finished, 0 errored, 0 corrupt (see Problems); 1 of the finished scored from the checkpoint " \
            "of a finished trial that trained alike" in report
     assert "- **Wall time**: the last run of the study command had nothing to train; it scored 1 trial(s) from" in report
+
+
+def test_profile_smoke_is_the_smoke_test(tmp_path, phantom_env, capsys):
+    """`medseg train --profile smoke` exists, the folders are named `-smoke`, but a study script refused `--profile smoke`
+    (the HPO probe): it now runs what --smoke-test runs."""
+    module = load_script("ablation_tailness")
+    outputs = []
+    for flags in (["--smoke-test"], ["--profile", "smoke"], ["--smoke-test", "--profile", "smoke"]):
+        results = tmp_path / "-".join(flags)
+        code = run_study_main(module.__doc__, "ablation_tailness", module.build,
+                              argv=[*flags, "--results-dir", str(results), "--no-dashboard", "--dry-run"])
+        outputs.append(re.sub(r"\d+(\.\d+)? (ms|s|min|h)\b", "T", capsys.readouterr().out.replace(str(results), "RESULTS")))  # timings vary
+        assert code == 0
+    assert outputs[0] == outputs[1] == outputs[2] and "ablation_tailness-smoke" in outputs[0]

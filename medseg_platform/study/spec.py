@@ -34,6 +34,9 @@ METRIC = "best_val_dice"
 #: ASHA's time attribute: the evaluations a trial reported (one per validation, one for the final test report).
 #: Not ``training_iteration``: the progress-only reports between validations advance that, and carry no new metric.
 ASHA_TIME = "evaluations"
+#: What every validation of a trial reports (medseg_platform.engine.train_trial): a search's or ASHA's metric must be
+#: one of them (a metric reported only at the end, or a typo, failed inside Ray after the first validation)
+REPORTED_METRICS = (METRIC, "val_dice")
 
 
 @dataclass(frozen=True)
@@ -103,11 +106,18 @@ class Study:
                 raise ConfigError(f"grid[{key!r}] {values!r}: give a non-empty list of values, e.g. [{values!r}]")
         if self.search_space is not None and not isinstance(self.search_space, Mapping):
             raise ConfigError(f"search_space: give a dict of config key -> Ray Tune domain, got {type(self.search_space).__name__}")
+        if self.search_space is not None:
+            for key, domain in self.search_space.items():
+                if hasattr(domain, "categories") and not list(domain.categories):
+                    raise ConfigError(f"search_space[{key!r}]: tune.choice([]) has nothing to choose; give at least one value")
+            if not any(hasattr(domain, "sample") for domain in self.search_space.values()):
+                raise ConfigError(f"search_space {dict(self.search_space)!r}: no Ray Tune domain to search (give at least one, e.g. "
+                                  "{'optim.lr': tune.loguniform(1e-3, 1e-1)}; fixed values belong in the base config or --set)")
         if not _count(self.num_samples) or self.num_samples < 1:
             raise ConfigError(f"num_samples {self.num_samples!r}: must be a whole number >= 1")
-        if not isinstance(self.metric, str) or not self.metric or self.mode not in ("max", "min"):
-            raise ConfigError(f"metric {self.metric!r} / mode {self.mode!r}: a reported metric name (default {METRIC!r}) "
-                              "and 'max' or 'min'")
+        if self.metric not in REPORTED_METRICS or self.mode not in ("max", "min"):
+            raise ConfigError(f"metric {self.metric!r} / mode {self.mode!r}: a metric every validation reports "
+                              f"({' or '.join(map(repr, REPORTED_METRICS))}, default {METRIC!r}) and 'max' or 'min'")
         if not _count(self.num_workers) or self.num_workers < 1:
             raise ConfigError(f"num_workers {self.num_workers!r}: must be a whole number >= 1")
         if self.max_concurrent is not None and (not _count(self.max_concurrent) or self.max_concurrent < 1):
@@ -309,7 +319,8 @@ def check_study_folder(study, trials: list[dict]) -> None:
         raise ConfigError(f"{study.study_dir}: holds {held} ({STUDY_FILE}{_made_by(made_by)}); this "
                           f"{'search' if is_search else 'study'} would replace its record and tables. Give --name a new folder name")
     old_hash = info.get("spec_hash")
-    if is_search and old_hash and old_hash != study.spec_hash(trials) and (tune_storage(study.study_dir) / f"{study.name}-{old_hash}").exists():
+    if (is_search and old_hash and old_hash != study.spec_hash(trials)
+            and (tune_storage(study.study_dir) / f"{study.name}-{old_hash}").exists() and _any_sample_ended(study.study_dir)):
         samples = info.get("num_samples")
         more = samples != study.num_samples
         other = (f"--num-samples {samples} (this run: {study.num_samples})" if more
@@ -319,6 +330,17 @@ def check_study_folder(study, trials: list[dict]) -> None:
         raise ConfigError(f"{study.study_dir}: holds a search with {other}; a search cannot be extended or changed in place "
                           "(the report would show only the new one's samples). Rerun with that search's settings to resume or "
                           f"rebuild it, or give --name a new folder name{reuse}")
+
+
+def _any_sample_ended(study_dir: Path) -> bool:
+    """Whether a trial of the folder ended, finished or errored (its ``result.json`` or ``error.json``): a search that
+    crashed before any sample ended (in Ray, say) has nothing a changed search would hide, so its corrected rerun may
+    start a new one in the folder."""
+    from medseg_platform.results import ERROR_FILE, RESULT_FILE, TRIALS_DIR
+
+    trials = study_dir / TRIALS_DIR
+    return trials.is_dir() and any((folder / RESULT_FILE).exists() or (folder / ERROR_FILE).exists()
+                                   for folder in trials.iterdir() if folder.is_dir())
 
 
 def _search_differences(old: dict, new: dict) -> str:

@@ -182,6 +182,10 @@ def test_search_history_and_importances(tmp_path):
     assert names == {"optim.lr", "objective_params.contrast_weight", "objective_params.sampler"}
     assert isinstance(plots.param_importances(records[:1]), plots.Skipped)
     assert isinstance(plots.search_history([r for r in records if False]), plots.Skipped)
+    for record in records:  # every sample scored the same (the HPO probe's smoke search): nothing to attribute
+        record.result["best_val_dice"] = 0.0
+    tied = plots.param_importances(records)
+    assert isinstance(tied, plots.Skipped) and "all 6 completed search trials scored val Dice 0.0000" in tied.reason
 
 
 def test_write_plots_writes_non_empty_pngs_and_skips_empty_ones(records, tmp_path):
