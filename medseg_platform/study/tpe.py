@@ -18,7 +18,15 @@ ERRORED_KEY = "errored"
 
 
 class TPESearch(OptunaSearch):
-    """``OptunaSearch`` (same arguments) that records an errored sample as an Optuna ``FAIL`` without a value."""
+    """``OptunaSearch`` (same arguments) that records an errored sample as an Optuna ``FAIL`` without a value; Optuna's
+    INFO lines ("A new study created in memory ...", at every start) are left out of the study's console, its warnings
+    kept."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        super().__init__(*args, **kwargs)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and result.get(ERRORED_KEY):
