@@ -219,6 +219,12 @@ def _signed(value: float) -> str:
     return MISSING if math.isnan(value) else f"{round(value, 1) + 0.0:+.1f}"
 
 
+def _bound(value: float) -> str:
+    """A CI bound with its sign, even when it rounds to zero ("-0.0" says the interval reaches below 0); with two
+    decimals where one would show the ">=" margin itself (-0.96, supported, and -1.04, inconclusive, both read "-1.0")."""
+    return f"{value:+.2f}" if round(value, 1) == -MARGIN else f"{value:+.1f}"
+
+
 def _p_text(p: float) -> str:
     if math.isnan(p):
         return "n/a"
@@ -304,8 +310,7 @@ def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records
     header += ["Published \u0394"] if paper else []
     lines = ["## Claims", "", "| " + " | ".join(header) + " |", "| " + " | ".join(["---", "---"] + ["---:"] * 5 + ["---"] * (1 + paper)) + " |"]
     for claim, result in results:
-        # the bounds keep their sign even when they round to zero: "-0.0" says the interval reaches below 0
-        ci = MISSING if math.isnan(result.ci[0]) else f"[{result.ci[0]:+.1f}, {result.ci[1]:+.1f}]"
+        ci = MISSING if math.isnan(result.ci[0]) else f"[{_bound(result.ci[0])}, {_bound(result.ci[1])}]"
         verdict_text = f"{result.verdict} ({result.reason})" if result.reason else result.verdict
         p_text = MISSING if result.verdict == NOT_RUN else _p_text(result.p_value)
         per_seed = per_seed_text(result)

@@ -246,9 +246,12 @@ def test_report_has_a_claims_section_with_published_numbers_for_the_paper_profil
 
 
 def test_a_difference_that_rounds_to_zero_prints_without_a_minus_sign():
-    from analysis.claims import _signed
+    from analysis.claims import _bound, _signed
 
     assert [_signed(v) for v in (-0.0006, -0.04, 0.0, -0.05001, 0.06)] == ["+0.0", "+0.0", "+0.0", "-0.1", "+0.1"]
+    # a bound keeps its sign; at the >= margin it gets two decimals: -0.96 (supported) and -1.04 (not) both read -1.0
+    assert [_bound(v) for v in (-0.04, -0.96, -1.04, -1.2, 3.14)] == ["-0.0", "-0.96", "-1.04", "-1.2", "+3.1"]
+    assert verdict(">=", -0.96, 2.0, 8, 3) == SUPPORTED and verdict(">=", -1.04, 2.0, 8, 3) == INCONCLUSIVE
 
 
 def test_claim_p_is_the_tables_p_and_other_profiles_have_no_published_column(tmp_path):
