@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from functools import lru_cache
@@ -151,7 +152,14 @@ def parse_value(key: str, text: str, kind: Any) -> Any:
         try:
             return int(text)
         except ValueError:
-            raise ConfigError(f"{where}: expected a whole number") from None
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number) and number.is_integer():  # "32.0", "1e3": whole numbers written as reals
+            return int(number)
+        raise ConfigError(f"{where}: expected a whole number") from None
     if kind is float:
         try:
             return float(text)
