@@ -119,3 +119,19 @@ def test_labelled_seed_is_a_seed_or_none(tiny_root):
     assert c.data.labelled_seed == 4 and type(c.data.labelled_seed) is int
     with pytest.raises(ConfigError, match=r"data.labelled_seed -3: must be >= 0 \(or None: the trial seed\)"):
         cfg(tiny_root, **{"data.labelled_seed": -3}).validate(check_data=False)
+
+
+@pytest.mark.parametrize("text, expected", [("32", 32), ("32.0", 32), ("1e3", 1000), (" 7 ", 7)])
+def test_a_whole_number_field_takes_a_whole_number_written_as_a_real(text, expected):
+    """`--set objective_params.num_negatives=32.0` said "expected a whole number" (a known item)."""
+    from medseg_platform.overrides import parse_value
+
+    assert parse_value("optim.max_steps", text, int) == expected and isinstance(parse_value("k", text, int), int)
+
+
+@pytest.mark.parametrize("text", ["2.5", "nan", "inf", "x", ""])
+def test_a_whole_number_field_refuses_other_values(text):
+    from medseg_platform.overrides import parse_value
+
+    with pytest.raises(ConfigError, match=f"--set optim.max_steps={text}: expected a whole number"):
+        parse_value("optim.max_steps", text, int)
