@@ -14,13 +14,16 @@ a prediction of the trial's own test split scores what its ``per_case.csv`` hold
   record each source image's affine in the manifest), the label map in the source file's storage order (x, y, z)
   with its affine, so it overlays the original scan. Datasets converted before the affine was recorded, the
   phantom and SSL4MIS downloads have no affine: h5 only (the command says so).
-* ``OUT/prediction.json``: the trial, data root, split, cases and selected step (no timestamps).
+* ``OUT/prediction.json``: the trial, data root, split, cases and selected step (no timestamps); written first with
+  ``complete`` false, so a rerun after a stop replaces the files of its cases, and again at the end. A file of a case
+  that no ``prediction.json`` there lists (an original scan kept in ``OUT/nifti``, say) is never replaced.
 
 ``medseg predict --trial DIR --images PATH [PATH ...] --out OUT`` predicts NIfTI scans that were never converted
 (:func:`predict_images`; no labels, no list files): each file, or every NIfTI file directly in each folder (label
 files ``*_gt`` and earlier predictions ``*_pred`` left out), is preprocessed as the converters preprocess
 (``docs/data.md``, 'Preprocessing': per-volume min-max to [0, 1], no resampling) and written as above, ``OUT/<case>.h5``
-and ``OUT/nifti/<case>.nii.gz`` on the file's own grid, with the case ids ``medseg data convert-nifti`` would give.
+and ``OUT/nifti/<case>.nii.gz`` with the scan's own header (both transforms and their codes, units, shape; uint8),
+with the case ids ``medseg data convert-nifti`` would give. ``--label-suffix`` names the label files (default ``_gt``).
 
 ``--test-root ROOT2`` of a study (:func:`evaluate_on_test_root`) scores the selected weights of each trial on ROOT2's
 test split right after the trial's own test evaluation and records it in the trial folder
@@ -215,9 +218,17 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
         raise MedsegError(f"--out {out}: inside the dataset {layout.root}; write predictions somewhere else")
     check_output_folder(out, "--out")
     check_prediction_folder(out, record.path.resolve(), cases)
+    affines = {case: (layout.manifest.get("cases") or {}).get(case, {}).get("affine") for case in cases}
+    check_own_outputs(out, [out / f"{case}.h5" for case in cases]
+                      + [out / NIFTI_DIR / f"{case}.nii.gz" for case in cases if affines[case] is not None])
     device = pick_device()
     model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
     kernels = recorded_conv_kernels(record.result, cfg, device.type)  # the CPU kernels of the trial's own test
+    summary = {"trial": str(record.path), "data_root": str(layout.root), "split": split, "cases": cases,
+               "best_step": record.result.get("best_step"), "num_classes": cfg.data.num_classes, "class_names": list(names),
+               "nifti": [case for case in cases if affines[case] is not None], "distance_units": cfg.eval.distance_units,
+               "empty_policy": cfg.eval.empty_policy}
+    write_json_atomic(out / PREDICTION_FILE, {**summary, "complete": False})  # its cases are this run's to replace
     with_affine = []
     for i, case in enumerate(cases, 1):
         volume = layout.read_volume(case)
@@ -225,7 +236,7 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
             prediction = predict_case(model, volume.image, cfg, device)
         attrs = {"spacing": np.asarray(volume.spacing, dtype=np.float64)} if volume.spacing is not None else {}
         _h5_write(out / f"{case}.h5", {"pred": prediction}, attrs)
-        affine = (layout.manifest.get("cases") or {}).get(case, {}).get("affine")
+        affine = affines[case]
         if affine is not None and volume.spacing is not None:  # a manifest of earlier code: a unit-scale sform kept
             affine = with_voxel_sizes(affine, list(volume.spacing)[::-1])
         if affine is not None:
@@ -233,17 +244,17 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
                 tmp.write_bytes(_nifti_bytes(prediction, affine))
             with_affine.append(case)
         log(f"[{i}/{len(cases)}] {case}")
-    summary = {"trial": str(record.path), "data_root": str(layout.root), "split": split, "cases": cases,
-               "best_step": record.result.get("best_step"), "num_classes": cfg.data.num_classes, "class_names": list(names),
-               "nifti": with_affine, "distance_units": cfg.eval.distance_units, "empty_policy": cfg.eval.empty_policy}
-    write_json_atomic(out / PREDICTION_FILE, summary)
+    summary["nifti"] = with_affine
+    write_json_atomic(out / PREDICTION_FILE, {**summary, "complete": True})
     return summary
 
 
 # ------------------------------------------------------------------------------- scans never converted
-#: Name endings (before the extension) of the files a folder of --images leaves out: label files (``medseg data
-#: convert-nifti``'s default ``--label-suffix``) and predictions (``medseg evaluate`` reads both beside the images).
-NOT_IMAGES = ("_gt", "_pred")
+#: The default ``--label-suffix``: names ending in it (before the extension) are label files, which a folder of --images
+#: leaves out, as ``medseg data convert-nifti``'s default and ``medseg evaluate`` read them; ``_pred`` files are
+#: predictions (``medseg evaluate``'s naming) and are left out too.
+LABEL_SUFFIX = "_gt"
+PREDICTION_SUFFIX = "_pred"
 
 
 def _time_series(path: Path) -> bool:
@@ -256,37 +267,46 @@ def _time_series(path: Path) -> bool:
     return len(dims) > 3
 
 
-def image_files(paths: Sequence[str | Path]) -> tuple[dict[str, Path], list[str]]:
+def _nifti_name(path: Path) -> bool:
+    from medseg_platform.data.nifti import NIFTI_EXTENSIONS
+
+    return any(path.name.lower().endswith(ext) and len(path.name) > len(ext) for ext in NIFTI_EXTENSIONS)
+
+
+def image_files(paths: Sequence[str | Path], label_suffix: str = LABEL_SUFFIX) -> tuple[dict[str, Path], list[str]]:
     """``({case id: NIfTI file}, notes)`` of ``--images``: each file as given, and every ``.nii``/``.nii.gz`` file directly
-    in each folder (sorted by name) except ``*_gt``/``*_pred`` files (:data:`NOT_IMAGES`) and 4-D files, which the notes
-    count per folder.
+    in each folder (sorted by name) except label files (names ending in ``label_suffix``), predictions (``_pred``) and
+    4-D files, which the notes count per folder.
     Case ids are the converters' (:func:`medseg_platform.data.nifti.sanitize_case_id` of the name without extension).
-    One-line :class:`DataError` for a path that does not exist, a file without a NIfTI name, a folder without images
-    and two files of one case id."""
-    from medseg_platform.data.nifti import NIFTI_EXTENSIONS, sanitize_case_id, split_nifti_name
+    One-line :class:`DataError` for a path that does not exist, a file without a NIfTI name, a label or prediction file
+    named on its own, a folder without images and two files of one case id."""
+    from medseg_platform.data.nifti import sanitize_case_id, split_nifti_name
 
-    def nifti_name(path: Path) -> bool:
-        return any(path.name.lower().endswith(ext) and len(path.name) > len(ext) for ext in NIFTI_EXTENSIONS)
-
+    not_images = (label_suffix, PREDICTION_SUFFIX)
     found: dict[str, Path] = {}
     told: list[str] = []
     for given in paths:
         path = Path(given).expanduser().resolve()
         if path.is_dir():
-            names = sorted(p for p in path.iterdir() if p.is_file() and nifti_name(p))
-            labels = [p for p in names if split_nifti_name(p)[0].endswith(NOT_IMAGES)]
+            names = sorted(p for p in path.iterdir() if p.is_file() and _nifti_name(p))
+            labels = [p for p in names if split_nifti_name(p)[0].endswith(not_images)]
             series = [p for p in names if p not in labels and _time_series(p)]
             chosen = [p for p in names if p not in labels and p not in series]
-            notes = ([f"{len(labels)} label or prediction file(s) (names ending in {' or '.join(NOT_IMAGES)})"] if labels else []) + \
+            notes = ([f"{len(labels)} label or prediction file(s) (names ending in {' or '.join(not_images)})"] if labels else []) + \
                 ([f"{len(series)} 4-D file(s), e.g. {series[0].name} (give its 3-D frames)"] if series else [])
             if not chosen:
                 left_out = f"; left out {' and '.join(notes)}" if notes else ""
-                raise DataError(f"--images {path}: no NIfTI image (.nii or .nii.gz) directly in this folder{left_out} "
-                                "(give the files, or the folder that holds them)")
+                below = sorted(p.name for p in path.iterdir() if p.is_dir() and any(_nifti_name(f) for f in p.iterdir() if f.is_file()))
+                hint = (f"its subfolders {', '.join(below[:3])}{' ...' if len(below) > 3 else ''} hold some: give them, e.g. "
+                        f"--images {path}/*/" if below else "give the files, or the folder that holds them")
+                raise DataError(f"--images {path}: no NIfTI image (.nii or .nii.gz) directly in this folder{left_out} ({hint})")
             told += [f"{path}: left out {note}" for note in notes]
         elif path.is_file():
-            if not nifti_name(path):
+            if not _nifti_name(path):
                 raise DataError(f"--images {path}: not a NIfTI file name (expected .nii or .nii.gz)")
+            if split_nifti_name(path)[0].endswith(not_images):
+                raise DataError(f"--images {path}: a label or prediction file by its name (ending in {' or '.join(not_images)}); "
+                                "give the image, or --label-suffix if your labels are named otherwise")
             chosen = [path]
         else:
             raise DataError(f"--images {path}: no such file or folder")
@@ -299,46 +319,101 @@ def image_files(paths: Sequence[str | Path]) -> tuple[dict[str, Path], list[str]
     return found, told
 
 
+def _nifti_like(prediction_dhw, source: Path) -> bytes:
+    """A gzipped NIfTI of a (D, H, W) label map with the header of the scan it was predicted from: its qform and sform
+    with their codes, its units and its shape, the data type uint8 without scaling, so the prediction lands on the
+    scan in every viewer whatever the scan's header says (the converters record one affine: :func:`_nifti_bytes`).
+    The gzip header carries no time."""
+    import nibabel as nib
+    import numpy as np
+
+    from medseg_platform.data.nifti import _load
+
+    scan = _load(source)
+    data = np.ascontiguousarray(np.transpose(prediction_dhw, (2, 1, 0))).astype(np.uint8)
+    data = data.reshape(scan.shape) if data.size == int(np.prod(scan.shape)) else data  # a 2-D or (x, y, z, 1) scan
+    kind = nib.Nifti2Image if isinstance(scan, nib.Nifti2Image) else nib.Nifti1Image
+    header = scan.header.copy() if isinstance(scan, (nib.Nifti1Image, nib.Nifti2Image)) else None
+    if header is None:  # another format nibabel reads (Analyze): the affine as read, in both transforms
+        image = nib.Nifti1Image(data, scan.affine)
+        image.set_qform(scan.affine, code=2)
+    else:
+        image = kind(data, None, header=header)  # no affine given: nibabel keeps the header's qform and sform as they are
+    image.set_data_dtype(np.uint8)
+    image.header.set_slope_inter(1.0, 0.0)
+    return gzip.compress(image.to_bytes(), mtime=0)
+
+
+def check_own_outputs(out: Path, writes: Sequence[Path], inputs: Sequence[Path] = ()) -> None:
+    """Refuse, with one line, a prediction that would replace a file it reads or one that is not an earlier prediction
+    of the same folder (listed by its ``prediction.json``): a scan folder named ``nifti`` under ``--out`` lost its scans
+    to their predictions (the data-flow probe)."""
+    import json
+
+    resolved_inputs = {Path(p).resolve() for p in inputs}
+    listed: set[str] = set()
+    try:
+        listed = set(json.loads((out / PREDICTION_FILE).read_text(encoding="utf-8")).get("cases") or [])
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    for path in writes:
+        if path.resolve() in resolved_inputs:
+            raise MedsegError(f"--out {out}: the prediction {path} would replace the scan it is made from; write predictions "
+                              "somewhere else")
+        case = path.name.split(".")[0]
+        if path.exists() and case not in listed:
+            raise MedsegError(f"--out {out}: {path} exists and is not a prediction of an earlier medseg predict here (its "
+                              f"{PREDICTION_FILE} does not list {case}), e.g. an original scan; use another --out or move it")
+
+
 def predict_images(trial_dir: str | Path, images: Sequence[str | Path], out: str | Path,
-                   log: Callable[[str], None] = print) -> dict:
-    """Write the predictions of a finished trial for NIfTI scans never converted (see the module docstring): every
-    header is read and checked before the model is loaded. Returns what ``prediction.json`` records: ``images``
-    ({case: file}) in place of ``data_root`` and ``split``."""
+                   log: Callable[[str], None] = print, label_suffix: str = LABEL_SUFFIX) -> dict:
+    """Write the predictions of a finished trial for NIfTI scans never converted (see the module docstring). Every
+    header and every scan's voxels are read and checked before the model is loaded and anything is written; the
+    folder's ``prediction.json`` is written first (``complete`` false) and again at the end. Returns what
+    ``prediction.json`` records: ``images`` ({case: file}) in place of ``data_root`` and ``split``."""
     import numpy as np
 
     from medseg_platform.data.layout import _h5_write
-    from medseg_platform.data.nifti import _voxels, minmax_normalise, read_header, source_affine, to_dhw
+    from medseg_platform.data.nifti import _voxels, minmax_normalise, read_header, to_dhw
     from medseg_platform.engine import load_selected_model, pick_device, predict_case
     from medseg_platform.engine.conv_kernels import recorded_conv_kernels, using_conv_kernels
     from medseg_platform.io import atomic_path, check_output_folder, write_json_atomic
     from medseg_platform.results import recorded_class_names
 
+    def scan(path: Path) -> np.ndarray:
+        return minmax_normalise(to_dhw(np.asarray(_voxels(path, lambda img: img.get_fdata(dtype=np.float64)))), path)
+
     record, cfg = finished_trial(trial_dir)
-    files, notes = image_files(images)
+    files, notes = image_files(images, label_suffix)
     headers = {case: read_header(path) for case, path in files.items()}  # a broken header stops here, before any work
     out = Path(out).expanduser().resolve()
     if any(out == path.parent for path in files.values()):
         raise MedsegError(f"--out {out}: the folder of the scans; write predictions somewhere else")
     check_output_folder(out, "--out")
     check_prediction_folder(out, record.path.resolve(), list(files))
+    check_own_outputs(out, [p for case in files for p in (out / f"{case}.h5", out / NIFTI_DIR / f"{case}.nii.gz")], list(files.values()))
+    for path in files.values():  # NaN or constant voxels stop here too: a half-written folder helps nobody
+        scan(path)
     device = pick_device()
     model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
     kernels = recorded_conv_kernels(record.result, cfg, device.type)
-    for note in notes:  # after every check: an error is the only line
-        log(note)
-    for i, (case, path) in enumerate(files.items(), 1):
-        image = minmax_normalise(to_dhw(np.asarray(_voxels(path, lambda img: img.get_fdata(dtype=np.float64)))), path)
-        with using_conv_kernels(kernels):
-            prediction = predict_case(model, image, cfg, device)
-        _h5_write(out / f"{case}.h5", {"pred": prediction}, {"spacing": np.asarray(headers[case].spacing, dtype=np.float64)})
-        with atomic_path(out / NIFTI_DIR / f"{case}.nii.gz") as tmp:
-            tmp.write_bytes(_nifti_bytes(prediction, source_affine(path)))
-        log(f"[{i}/{len(files)}] {case} ({path.name}, {'x'.join(map(str, image.shape))})")
     summary = {"trial": str(record.path), "images": {case: str(path) for case, path in files.items()}, "cases": list(files),
                "best_step": record.result.get("best_step"), "num_classes": cfg.data.num_classes,
                "class_names": list(recorded_class_names(record.result)), "nifti": list(files),
                "distance_units": cfg.eval.distance_units, "empty_policy": cfg.eval.empty_policy}
-    write_json_atomic(out / PREDICTION_FILE, summary)
+    write_json_atomic(out / PREDICTION_FILE, {**summary, "complete": False})  # its cases are this run's to replace
+    for note in notes:  # after every check: an error is the only line
+        log(note)
+    for i, (case, path) in enumerate(files.items(), 1):
+        image = scan(path)
+        with using_conv_kernels(kernels):
+            prediction = predict_case(model, image, cfg, device)
+        _h5_write(out / f"{case}.h5", {"pred": prediction}, {"spacing": np.asarray(headers[case].spacing, dtype=np.float64)})
+        with atomic_path(out / NIFTI_DIR / f"{case}.nii.gz") as tmp:
+            tmp.write_bytes(_nifti_like(prediction, path))
+        log(f"[{i}/{len(files)}] {case} ({path.name}, {'x'.join(map(str, image.shape))})")
+    write_json_atomic(out / PREDICTION_FILE, {**summary, "complete": True})
     return summary
 
 
@@ -351,7 +426,7 @@ def label_folder(summary: dict) -> Path | None:
     from medseg_platform.evaluation.scoring import ground_truth_files
 
     paths = [Path(p) for p in summary.get("images", {}).values()]
-    if not paths or not all(label_path_for(p, "_gt").is_file() for p in paths):
+    if not paths or not all(label_path_for(p, LABEL_SUFFIX).is_file() for p in paths):
         return None
     folders = {p.parent for p in paths}
     candidates = folders if len(folders) == 1 else {f.parent for f in folders}
@@ -363,7 +438,7 @@ def label_folder(summary: dict) -> Path | None:
     except (DataError, OSError):
         return None
     labels = {file.path for file in found.values()}
-    return folder if all(label_path_for(p, "_gt") in labels for p in paths) else None
+    return folder if all(label_path_for(p, LABEL_SUFFIX) in labels for p in paths) else None
 
 
 # ------------------------------------------------------------------------------- external test set
@@ -474,6 +549,9 @@ def add_cli(subparsers) -> None:
                              "predictions is refused)")
     parser.add_argument("--split", choices=SPLITS, default=None,
                         help="cases of --data-root to predict: test (default), val, or all")
+    parser.add_argument("--label-suffix", default=None, metavar="SUFFIX",
+                        help=f"with --images: label files are named <image>SUFFIX (default {LABEL_SUFFIX}, as convert-nifti's); "
+                             "a folder's label files are left out")
     parser.set_defaults(func=run)
 
 
@@ -498,12 +576,15 @@ def run(args) -> int:
     if args.images is not None:
         if args.split is not None:
             raise MedsegError("--split: chooses cases of --data-root; with --images every scan given is predicted (drop --split)")
-        summary = predict_images(args.trial, args.images, args.out, log=progress)
+        suffix = LABEL_SUFFIX if args.label_suffix is None else args.label_suffix
+        summary = predict_images(args.trial, args.images, args.out, log=progress, label_suffix=suffix)
         print(f"wrote {len(summary['cases'])} prediction(s) to {out}, NIfTI on each scan's grid in {out / NIFTI_DIR}")
-        labels = label_folder(summary)
+        labels = label_folder(summary) if suffix == LABEL_SUFFIX else None  # medseg evaluate reads <case>_gt labels
         if labels is not None:
             print(f"score them against the label files beside the scans: {evaluate_command(out, {**summary, 'data_root': str(labels)})}")
         return 0
+    if args.label_suffix is not None:
+        raise MedsegError("--label-suffix: names the label files beside --images scans; a --data-root dataset knows its own")
     split = args.split or "test"
     summary = predict_trial(args.trial, args.data_root, args.out, split, log=progress)
     nifti = (f"; NIfTI with the source affine for {len(summary['nifti'])} of them in {out / NIFTI_DIR}" if summary["nifti"]

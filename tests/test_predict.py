@@ -53,7 +53,7 @@ def test_predictions_are_what_the_trial_scored_and_medseg_evaluate_reads_them(tr
     result = json.loads((trial / "result.json").read_text())
     assert summary == {"trial": str(trial), "data_root": str(root), "split": "test", "cases": ["patient006_frame01", "patient006_frame02"],
                        "best_step": result["best_step"], "num_classes": 4, "class_names": ["RV", "Myo", "LV"], "nifti": [],
-                       "distance_units": "mm", "empty_policy": "nan"}
+                       "distance_units": "mm", "empty_policy": "nan", "complete": True}
     with h5py.File(out / "patient006_frame01.h5") as fh:
         prediction = fh["pred"][()]
         assert prediction.dtype == np.uint8 and prediction.shape == (3, 12, 10)
@@ -328,8 +328,17 @@ def test_scans_never_converted_are_predicted_as_their_converted_copies(trained, 
         with h5py.File(out / f"{case}.h5") as ours, h5py.File(tmp_path / "via" / f"{case}.h5") as theirs:
             np.testing.assert_array_equal(ours["pred"][()], theirs["pred"][()])
             assert ours.attrs["spacing"].tolist() == theirs.attrs["spacing"].tolist() == [5.0, 1.25, 1.5]
-        assert (out / "nifti" / f"{case}.nii.gz").read_bytes() == (tmp_path / "via" / "nifti" / f"{case}.nii.gz").read_bytes()
-        np.testing.assert_array_equal(nib.load(str(out / "nifti" / f"{case}.nii.gz")).affine, affine)
+        ours, theirs = nib.load(str(out / "nifti" / f"{case}.nii.gz")), nib.load(str(tmp_path / "via" / "nifti" / f"{case}.nii.gz"))
+        np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj))
+        np.testing.assert_array_equal(ours.affine, affine)
+        scan = nib.load(str(raw / f"{case}.nii.gz"))  # the scan's own header: both transforms with their codes
+        assert ours.get_data_dtype() == np.uint8 and ours.shape == scan.shape
+        for get in ("get_qform", "get_sform"):
+            transform, code = getattr(ours.header, get)(coded=True)
+            source, source_code = getattr(scan.header, get)(coded=True)
+            assert int(code) == int(source_code) and (transform is None) == (source is None)
+            if transform is not None:
+                np.testing.assert_array_equal(transform, source)
     assert main(evaluate.split()[1:] + ["--quiet", "--out", str(tmp_path / "e1")]) == 0
     assert main(["evaluate", "--pred", str(tmp_path / "via"), "--gt", str(converted), "--quiet", "--out", str(tmp_path / "e2")]) == 0
     assert read_rows(tmp_path / "e1" / "per_case.csv") == read_rows(tmp_path / "e2" / "per_case.csv")
@@ -342,6 +351,7 @@ def test_scans_never_converted_are_predicted_as_their_converted_copies(trained, 
     assert "score them" not in capsys.readouterr().out
     assert json.loads((tmp_path / "two" / "prediction.json").read_text())["cases"] == ["b", "a"]
     assert (tmp_path / "two" / "b.h5").read_bytes() == (out / "b.h5").read_bytes()
+    assert (tmp_path / "two" / "nifti" / "b.nii.gz").read_bytes() == (out / "nifti" / "b.nii.gz").read_bytes()  # no time in it
 
 
 @pytest.mark.parametrize("images, extra, message", [
@@ -402,3 +412,86 @@ def test_scans_of_the_raw_acdc_release_are_scored_against_its_training_folder(tr
     assert main(evaluate.split()[1:] + ["--quiet", "--out", str(tmp_path / "e")]) == 0
     assert len(read_rows(tmp_path / "e" / "per_case.csv")) == 4 * 3
     assert "have no prediction" not in capsys.readouterr().err
+
+
+def test_a_scan_header_is_kept_whatever_its_transforms_say(trained, tmp_path):
+    """The data-flow probe: a scan whose qform and sform disagree, or that records no orientation, got a prediction with
+    one chosen affine in both transforms (code 2), which ITK-based viewers place elsewhere than the scan."""
+    _, trial = trained
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(6)
+    data = (rng.integers(0, 4, size=(10, 12, 3)) * 100).astype(np.int16)
+    qform = np.diag([1.5, 1.25, 5.0, 1.0])
+    sform = qform.copy()
+    sform[:3, 3] = (30.0, -10.0, 4.0)  # 30 mm away from the qform
+    both = nib.Nifti1Image(data, sform)
+    both.set_qform(qform, code=1)
+    both.set_sform(sform, code=2)
+    nib.save(both, str(raw / "both.nii.gz"))
+    bare = nib.Nifti1Image(data, np.eye(4))
+    bare.set_qform(None, code=0)
+    bare.set_sform(None, code=0)
+    nib.save(bare, str(raw / "bare.nii"))
+    assert main(["predict", "--trial", str(trial), "--images", str(raw), "--out", str(tmp_path / "p")]) == 0
+    for name, source in (("both", raw / "both.nii.gz"), ("bare", raw / "bare.nii")):
+        ours, scan = nib.load(str(tmp_path / "p" / "nifti" / f"{name}.nii.gz")), nib.load(str(source))
+        for get in ("get_qform", "get_sform"):
+            (transform, code), (expected, expected_code) = getattr(ours.header, get)(coded=True), getattr(scan.header, get)(coded=True)
+            assert int(code) == int(expected_code)
+            assert (transform is None and expected is None) or np.array_equal(transform, expected)
+        np.testing.assert_array_equal(ours.header.get_zooms(), scan.header.get_zooms())
+
+
+def test_predictions_never_replace_a_scan_or_a_file_no_earlier_prediction_wrote(trained, tmp_path, capsys):
+    """The data-flow probe lost its scans: kept in <project>/nifti, they were replaced by their predictions with
+    --out <project>, in both modes."""
+    root, trial = trained
+    project = tmp_path / "project"
+    raw_scans(project / "nifti", names=("a",))
+    before = (project / "nifti" / "a.nii.gz").read_bytes()
+    assert main(["predict", "--trial", str(trial), "--images", str(project / "nifti"), "--out", str(project)]) == 2
+    assert one_line_error(capsys) == (f"error: --out {project}: the prediction {project / 'nifti' / 'a.nii.gz'} would replace the "
+                                      "scan it is made from; write predictions somewhere else\n")
+    converted = tmp_path / "converted"
+    raw_scans(tmp_path / "raw", names=("p1", "p2", "p3", "p4"))
+    assert main(["data", "convert-nifti", str(tmp_path / "raw"), str(converted), "--num-classes", "4", "--class-names", "RV,Myo,LV"]) == 0
+    assert (project / "nifti" / "a.nii.gz").read_bytes() == before and not (project / "prediction.json").exists()
+    (project / "nifti" / "a.nii.gz").unlink()
+    case = AcdcLayout(converted).test_cases[0]
+    shutil.copy(tmp_path / "raw" / f"{case}.nii.gz", project / "nifti" / f"{case}.nii.gz")  # a scan of the dataset kept there
+    before = (project / "nifti" / f"{case}.nii.gz").read_bytes()
+    capsys.readouterr()
+    assert main(["predict", "--trial", str(trial), "--data-root", str(converted), "--out", str(project)]) == 2
+    assert one_line_error(capsys).startswith(f"error: --out {project}: {project / 'nifti' / (case + '.nii.gz')} exists and is not a "
+                                             f"prediction of an earlier medseg predict here (its prediction.json does not list {case})")
+    assert (project / "nifti" / f"{case}.nii.gz").read_bytes() == before and not (project / "prediction.json").exists()
+    # an earlier prediction's own files are replaced, also after a run that stopped half-way (prediction.json comes first)
+    out = tmp_path / "out"
+    assert main(["predict", "--trial", str(trial), "--data-root", str(converted), "--out", str(out)]) == 0
+    summary = json.loads((out / "prediction.json").read_text())
+    (out / "prediction.json").write_text(json.dumps({**summary, "complete": False}))
+    assert main(["predict", "--trial", str(trial), "--data-root", str(converted), "--out", str(out)]) == 0
+    assert json.loads((out / "prediction.json").read_text())["complete"] is True
+
+
+def test_labels_named_otherwise_and_bad_voxels(trained, tmp_path, capsys):
+    _, trial = trained
+    raw = tmp_path / "raw"
+    raw_scans(raw, names=("a", "b"))
+    for name in ("a", "b"):  # labels named <image>_seg
+        (raw / f"{name}_gt.nii.gz").rename(raw / f"{name}_seg.nii.gz")
+    assert main(["predict", "--trial", str(trial), "--images", str(raw), "--label-suffix", "_seg", "--out", str(tmp_path / "p")]) == 0
+    assert json.loads((tmp_path / "p" / "prediction.json").read_text())["cases"] == ["a", "b"]
+    assert "score them" not in capsys.readouterr().out  # medseg evaluate reads _gt labels only
+    assert main(["predict", "--trial", str(trial), "--images", str(raw / "a_seg.nii.gz"), "--label-suffix", "_seg",
+                 "--out", str(tmp_path / "q")]) == 2
+    assert one_line_error(capsys).startswith(f"error: --images {raw / 'a_seg.nii.gz'}: a label or prediction file by its name")
+    # a constant scan after a good one: nothing is written (it used to leave the first prediction and no prediction.json)
+    save_nifti(raw / "flat.nii.gz", np.zeros((10, 12, 3), dtype=np.int16), np.eye(4))
+    out = tmp_path / "r"
+    assert main(["predict", "--trial", str(trial), "--images", str(raw / "a.nii.gz"), str(raw / "flat.nii.gz"), "--out", str(out)]) == 2
+    assert "image is constant" in one_line_error(capsys) and not out.exists()
+    # a folder of patient folders: the error names them
+    assert main(["predict", "--trial", str(trial), "--images", str(tmp_path), "--out", str(tmp_path / "s")]) == 2
+    assert "its subfolders raw hold some: give them, e.g. --images" in one_line_error(capsys)
