@@ -12,6 +12,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Iterable
 
 from medseg_platform.config import resolve_path
 from medseg_platform.errors import MedsegError
@@ -134,6 +135,22 @@ def study_parser(description: str, default_name: str, folder: str | None = None)
                              "study's data); tables and report show it as its own block. Trials finished without it are "
                              "scored from their checkpoints, without training")
     return parser
+
+
+def dataset_num_classes(root: str | Path, set_keys: Iterable[str], current: int) -> dict[str, int]:
+    """``{"data.num_classes": n}`` when ``root``'s manifest records n classes, the trials are set up for another count
+    and neither ``--set`` nor a config file names it (``set_keys``): a converted dataset of 3 classes trains with 3
+    (the data-flow probe had to pass ``--set data.num_classes=3`` after an error); a note on stderr says so. {} else."""
+    from medseg_platform.data.check import manifest_num_classes
+
+    if "data.num_classes" in set(set_keys):
+        return {}
+    recorded = manifest_num_classes(root)
+    if recorded is None or recorded == current:
+        return {}
+    print(f"note: data.num_classes = {recorded}, the class count {root}'s manifest records (background included; the "
+          f"profile's is {current})", file=sys.stderr, flush=True)
+    return {"data.num_classes": recorded}
 
 
 def resolve_data_root(args, profile: Profile) -> Path:

@@ -133,7 +133,7 @@ def build_study(args):
     from medseg_platform.overrides import apply_overrides, parse_set_options
     from medseg_platform.profiles import PROFILES, profile_with_overrides
     from medseg_platform.recipes import METHOD_LABELS, METHODS, method_overrides
-    from medseg_platform.study_flags import resolve_data_root
+    from medseg_platform.study_flags import dataset_num_classes, resolve_data_root
     from medseg_platform.study import Study, Variant
 
     where = ""  # the config file, named in its errors
@@ -166,7 +166,8 @@ def build_study(args):
     else:
         root = resolve_data_root(args, profile)
     try:
-        base = profile.trial.replace(**{**chosen, "data.root": str(root)})
+        base = profile.trial.replace(**{**chosen, "data.root": str(root),
+                                        **dataset_num_classes(root, [*sets, *chosen], profile.trial.data.num_classes)})
     except ConfigError as exc:
         raise ConfigError(f"{where}{exc}") from None
     labelled = canonical_fraction(args.labelled if args.labelled is not None

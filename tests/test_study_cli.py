@@ -445,3 +445,20 @@ def test_profile_smoke_is_the_smoke_test(tmp_path, phantom_env, capsys):
         outputs.append(re.sub(r"\d+(\.\d+)? (ms|s|min|h)\b", "T", capsys.readouterr().out.replace(str(results), "RESULTS")))  # timings vary
         assert code == 0
     assert outputs[0] == outputs[1] == outputs[2] and "ablation_tailness-smoke" in outputs[0]
+
+
+def test_the_class_count_a_dataset_records_is_taken_without_a_set(tmp_path, capsys):
+    """The data-flow probe had to pass --set data.num_classes=3 after an error, on a dataset whose manifest records 3."""
+    from medseg_platform.data.layout import write_manifest
+    from analysis.console import main as medseg
+    from tests.conftest import make_tiny_dataset
+
+    root = make_tiny_dataset(tmp_path / "five")
+    write_manifest(root, {"converter": "a test"}, {}, ("A", "B", "C", "D"))  # 4 foreground classes: 5 in all
+    assert study_main("ablation_tailness", tmp_path / "results", "--dry-run", "--data-root", str(root), "--rows", "Supervised only") == 0
+    assert (f"note: data.num_classes = 5, the class count {root}'s manifest records (background included; the profile's is 4)"
+            in capsys.readouterr().err)
+    assert medseg(["train", "supervised", "--profile", "smoke", "--in-process", "--data-root", str(root), "--results-dir",
+                       str(tmp_path / "r"), "--set", "optim.max_steps=2", "--set", "eval.val_every=2"]) == 0
+    (result,) = (tmp_path / "r").glob("train-supervised-smoke/trials/*/result.json")
+    assert json.loads(result.read_text())["config"]["data"]["num_classes"] == 5
