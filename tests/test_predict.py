@@ -340,6 +340,14 @@ def test_scans_never_converted_are_predicted_as_their_converted_copies(trained, 
             if transform is not None:
                 np.testing.assert_array_equal(transform, source)
     assert main(evaluate.split()[1:] + ["--quiet", "--out", str(tmp_path / "e1")]) == 0
+    without = ["evaluate", "--pred", str(out), "--gt", str(raw), "--quiet", "--out", str(tmp_path / "e0")]
+    assert main(without) == 0  # the class count from prediction.json, not ACDC's 4 by default
+    assert read_rows(tmp_path / "e0" / "per_case.csv") == read_rows(tmp_path / "e1" / "per_case.csv")
+    five = tmp_path / "five"
+    shutil.copytree(out, five, ignore=shutil.ignore_patterns("evaluation"))
+    (five / "prediction.json").write_text(json.dumps({**json.loads((five / "prediction.json").read_text()), "num_classes": 5}))
+    assert main(["evaluate", "--pred", str(five), "--gt", str(raw), "--quiet", "--out", str(tmp_path / "e5")]) == 0
+    assert {r["class"] for r in read_rows(tmp_path / "e5" / "per_case.csv")} == {"1", "2", "3", "4"}
     assert main(["evaluate", "--pred", str(tmp_path / "via"), "--gt", str(converted), "--quiet", "--out", str(tmp_path / "e2")]) == 0
     assert read_rows(tmp_path / "e1" / "per_case.csv") == read_rows(tmp_path / "e2" / "per_case.csv")
     # files named one by one are predicted the same; without labels beside them no evaluation is suggested

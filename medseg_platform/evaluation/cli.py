@@ -32,7 +32,7 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--gt", required=True, metavar="DIR", help="ground-truth folder or SSL4MIS dataset root")
     parser.add_argument("--num-classes", type=int, default=None, metavar="K",
                         help="classes including background (default: the count the --gt dataset root's manifest records, "
-                             "else 4: ACDC)")
+                             "else the --pred folder's prediction.json (medseg predict's), else 4: ACDC)")
     parser.add_argument("--spacing-from", choices=("gt", "none"), default="gt",
                         help="distances in mm using the ground truth's spacing (gt, default; voxels where it has none) "
                              "or in voxels (none, as the released code and papers)")
@@ -44,6 +44,17 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--out", metavar="DIR", default=None, help="output folder (default: <pred>/evaluation)")
     parser.add_argument("--quiet", action="store_true", help="no per-case progress lines")
     parser.set_defaults(func=run)
+
+
+def predicted_num_classes(pred: Path) -> int | None:
+    """The class count a ``medseg predict`` folder's ``prediction.json`` records (the trial's), else None."""
+    import json
+
+    try:
+        value = json.loads((pred / "prediction.json").read_text(encoding="utf-8")).get("num_classes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 2 else None
 
 
 def run(args) -> int:
@@ -58,7 +69,8 @@ def run(args) -> int:
     if num_classes is None:  # a dataset root knows its classes: scoring a 3-class dataset as 4 adds an empty class
         from medseg_platform.data.check import manifest_num_classes
 
-        num_classes = (manifest_num_classes(args.gt) if scoring.is_dataset_root(Path(args.gt).expanduser()) else None) or 4
+        num_classes = ((manifest_num_classes(args.gt) if scoring.is_dataset_root(Path(args.gt).expanduser()) else None)
+                       or predicted_num_classes(Path(args.pred).expanduser()) or 4)
     out = Path(args.out) if args.out else Path(args.pred) / "evaluation"
     if Path(args.pred).is_dir():  # a missing or wrong --pred gets evaluate_folder's own message
         check_output_folder(out, "--out" if args.out else "--out (default <pred>/evaluation)")
