@@ -220,9 +220,13 @@ def _signed(value: float) -> str:
 
 
 def _bound(value: float) -> str:
-    """A CI bound with its sign, even when it rounds to zero ("-0.0" says the interval reaches below 0); with two
-    decimals where one would show the ">=" margin itself (-0.96, supported, and -1.04, inconclusive, both read "-1.0")."""
-    return f"{value:+.2f}" if round(value, 1) == -MARGIN else f"{value:+.1f}"
+    """A CI bound with its sign, even when it rounds to zero ("-0.0" says the interval reaches below 0); with as many
+    decimals (up to 4) as it takes not to show the ">=" margin itself (-0.96, supported, and -1.04, inconclusive, both
+    read "-1.0")."""
+    for decimals in (1, 2, 3):
+        if round(value, decimals) != -MARGIN:
+            return f"{value:+.{decimals}f}"
+    return f"{value:+.4f}"
 
 
 def _p_text(p: float) -> str:
@@ -236,7 +240,7 @@ def _n_text(result: ClaimResult) -> str:
         return "0"
     text = f"{result.n_pairs} ({result.n_cases} cases \u00d7 {result.n_seeds} seed{'s' if result.n_seeds != 1 else ''}"
     if result.dropped:
-        text += f"; {result.dropped} dropped: undefined on one side"
+        text += f"; {result.dropped} dropped: undefined on either side"
     if result.absent:
         text += f"; {result.absent} not tested by both"
     if result.unpaired:

@@ -286,7 +286,7 @@ def image_files(paths: Sequence[str | Path], label_suffix: str = LABEL_SUFFIX) -
     found: dict[str, Path] = {}
     told: list[str] = []
     for given in paths:
-        path = Path(given).expanduser().resolve()
+        path = Path(given).expanduser().absolute()  # not resolved: a link is named as given (git-annex, DVC checkouts)
         if path.is_dir():
             names = sorted(p for p in path.iterdir() if p.is_file() and _nifti_name(p))
             labels = [p for p in names if split_nifti_name(p)[0].endswith(not_images)]
@@ -312,7 +312,7 @@ def image_files(paths: Sequence[str | Path], label_suffix: str = LABEL_SUFFIX) -
             raise DataError(f"--images {path}: no such file or folder")
         for image in chosen:
             case = sanitize_case_id(split_nifti_name(image)[0])
-            if case in found and found[case] != image:
+            if case in found and found[case].resolve() != image.resolve():
                 raise DataError(f"--images: {found[case]} and {image} are both case {case!r} (predictions are named by case; "
                                 "give them in separate runs)")
             found[case] = image
@@ -388,8 +388,9 @@ def predict_images(trial_dir: str | Path, images: Sequence[str | Path], out: str
     files, notes = image_files(images, label_suffix)
     headers = {case: read_header(path) for case, path in files.items()}  # a broken header stops here, before any work
     out = Path(out).expanduser().resolve()
-    if any(out == path.parent for path in files.values()):
-        raise MedsegError(f"--out {out}: the folder of the scans; write predictions somewhere else")
+    if any(out == path.parent or out in path.parents or out == path.resolve().parent for path in files.values()):
+        # (one folder above: `medseg evaluate --gt` would then read the predictions there as the labels)
+        raise MedsegError(f"--out {out}: the folder of the scans, or one they lie in; write predictions somewhere else")
     check_output_folder(out, "--out")
     check_prediction_folder(out, record.path.resolve(), list(files))
     check_own_outputs(out, [p for case in files for p in (out / f"{case}.h5", out / NIFTI_DIR / f"{case}.nii.gz")], list(files.values()))

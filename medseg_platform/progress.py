@@ -333,7 +333,8 @@ class ProgressCallback(Callback):
             self.finished_work.append((self.clock() - began, self._spent_units(self.plans[i], trial.trial_id)))
         if result.get("errored"):
             self._print(self.line("ERRORED", trial, trials, now="errored") + f": {result.get('error', '?')}")
-        elif result.get("phase") is not None:  # its last report was a validation, not the final one: ASHA stopped it
+        elif "test_dice" not in result and not result.get("skipped"):  # only the final report has it: ASHA stopped it
+            # (Tune sets done=True on a stopped trial too; analysis.search tells them apart the same way)
             self._print(self.line(f"stopped early (ASHA, step {result.get('step', '?')})", trial, trials, now="finished"))
         else:
             self._print(self.line("finished" + (" (result existed)" if result.get("skipped") else ""), trial, trials, now="finished"))

@@ -14,6 +14,7 @@ import pytest
 
 from analysis.console import main
 from medseg_platform.data.layout import AcdcLayout, write_manifest
+from medseg_platform.errors import MedsegError
 from tests.conftest import make_tiny_dataset
 
 METRICS = ("dice", "jaccard", "hd95", "asd", "assd", "n_pred", "n_gt")
@@ -339,7 +340,9 @@ def test_scans_never_converted_are_predicted_as_their_converted_copies(trained, 
             assert int(code) == int(source_code) and (transform is None) == (source is None)
             if transform is not None:
                 np.testing.assert_array_equal(transform, source)
+    capsys.readouterr()
     assert main(evaluate.split()[1:] + ["--quiet", "--out", str(tmp_path / "e1")]) == 0
+    assert "no prediction" not in capsys.readouterr().err  # the 4-D cine beside the labels is no ground-truth case
     without = ["evaluate", "--pred", str(out), "--gt", str(raw), "--quiet", "--out", str(tmp_path / "e0")]
     assert main(without) == 0  # the class count from prediction.json, not ACDC's 4 by default
     assert read_rows(tmp_path / "e0" / "per_case.csv") == read_rows(tmp_path / "e1" / "per_case.csv")
@@ -396,8 +399,26 @@ def test_predictions_into_the_scans_folder_are_refused(trained, tmp_path, capsys
     raw = tmp_path / "raw"
     raw_scans(raw, names=("a",))
     assert main(["predict", "--trial", str(trial), "--images", str(raw), "--out", str(raw)]) == 2
-    assert one_line_error(capsys) == f"error: --out {raw}: the folder of the scans; write predictions somewhere else\n"
+    assert one_line_error(capsys) == f"error: --out {raw}: the folder of the scans, or one they lie in; write predictions somewhere else\n"
     assert sorted(p.name for p in raw.iterdir()) == ["a.nii.gz", "a_gt.nii.gz"]
+    # one folder above the scans: `medseg evaluate --gt` there would read the predictions as the labels (the review)
+    assert main(["predict", "--trial", str(trial), "--images", str(raw), "--out", str(tmp_path)]) == 2
+    assert one_line_error(capsys).startswith(f"error: --out {tmp_path}: the folder of the scans, or one they lie in")
+
+
+def test_a_linked_scan_is_named_as_given_not_as_its_target(trained, tmp_path):
+    """git-annex and DVC checkouts link each scan to a hash-named file: the case was named after the target."""
+    _, trial = trained
+    store, links = tmp_path / "store", tmp_path / "links"
+    raw_scans(store, names=("3f9a0c",))
+    links.mkdir()
+    (links / "patientA.nii.gz").symlink_to(store / "3f9a0c.nii.gz")
+    (links / "patientA_gt.nii.gz").symlink_to(store / "3f9a0c_gt.nii.gz")
+    for given in (links, links / "patientA.nii.gz"):
+        out = tmp_path / f"p-{given.name}"
+        assert main(["predict", "--trial", str(trial), "--images", str(given), "--out", str(out)]) == 0
+        summary = json.loads((out / "prediction.json").read_text())
+        assert summary["cases"] == ["patientA"] and summary["images"]["patientA"] == str(links / "patientA.nii.gz")
 
 
 def test_scans_of_the_raw_acdc_release_are_scored_against_its_training_folder(trained, tmp_path, capsys):
@@ -459,8 +480,11 @@ def test_predictions_never_replace_a_scan_or_a_file_no_earlier_prediction_wrote(
     raw_scans(project / "nifti", names=("a",))
     before = (project / "nifti" / "a.nii.gz").read_bytes()
     assert main(["predict", "--trial", str(trial), "--images", str(project / "nifti"), "--out", str(project)]) == 2
-    assert one_line_error(capsys) == (f"error: --out {project}: the prediction {project / 'nifti' / 'a.nii.gz'} would replace the "
-                                      "scan it is made from; write predictions somewhere else\n")
+    assert one_line_error(capsys) == f"error: --out {project}: the folder of the scans, or one they lie in; write predictions somewhere else\n"
+    from medseg_platform.predict import check_own_outputs  # the same guard, for outputs that are inputs in any folder
+
+    with pytest.raises(MedsegError, match="would replace the scan it is made from"):
+        check_own_outputs(project, [project / "nifti" / "a.nii.gz"], [project / "nifti" / "a.nii.gz"])
     converted = tmp_path / "converted"
     raw_scans(tmp_path / "raw", names=("p1", "p2", "p3", "p4"))
     assert main(["data", "convert-nifti", str(tmp_path / "raw"), str(converted), "--num-classes", "4", "--class-names", "RV,Myo,LV"]) == 0

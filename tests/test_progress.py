@@ -44,7 +44,8 @@ def start(callback, trials, *started):
 
 
 def finish(callback, trials, trial, **result):
-    trial.last_result = {"done": True, **result}
+    """The trial's final report (its test Dice: a trial ASHA stopped has none) unless ``result`` says otherwise."""
+    trial.last_result = {"done": True, "test_dice": 0.5, **result}
     callback.on_trial_complete(0, trials, trial)
     trial.status = "TERMINATED"
 
@@ -280,8 +281,14 @@ def test_a_sample_asha_stopped_is_named_so_not_finished(capsys):
     callback = ProgressCallback([trial_plan(config(), "a"), trial_plan(config(), "b")], clock=lambda: 0.0)
     a, b = trials = [fake_trial(key) for key in ("a", "b")]
     start(callback, trials, a, b)
-    stopped = {**progress("fine-tuning", 25, 100, 2.0, "supervised", evaluations=1), "step": 25, "val_dice": 0.1}
-    finish(callback, trials, a, **stopped)  # its last report a validation: Tune ends it at ASHA's STOP
-    finish(callback, trials, b, step=100, best_val_dice=0.4, test_dice=0.5, evaluations=3)  # the final report
+    # its last report a validation (done=True: Tune sets it on a stopped trial too), or a replayed one of a sample scored
+    # from a finished trial, which carries no progress fields
+    a.last_result = {**progress("fine-tuning", 25, 100, 2.0, "supervised", evaluations=1), "step": 25, "done": True}
+    callback.on_trial_complete(0, trials, a)
+    c = fake_trial("c")
+    c.last_result = {"step": 50, "val_dice": 0.2, "best_val_dice": 0.2, "evaluations": 2, "done": True}
+    callback.on_trial_complete(0, trials + [c], c)
+    finish(callback, trials, b, step=100, best_val_dice=0.4, evaluations=3)  # the final report
     err = capsys.readouterr().err
-    assert "stopped early (ASHA, step 25) a" in err and "finished a" not in err and "finished b" in err
+    assert "stopped early (ASHA, step 25) a" in err and "stopped early (ASHA, step 50) c" in err
+    assert "finished a" not in err and "finished b" in err

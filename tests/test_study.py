@@ -64,7 +64,9 @@ def test_invalid_study_fails_before_ray(tiny_root, tmp_path):
                          (dict(search_space={"optim.lrr": tune.uniform(0.1, 0.2)}), r"unknown key\(s\) \['lrr'\]"),
                          # the HPO probe: these failed inside Ray, with its traceback, after the first validation
                          (dict(search_space={"optim.lr": tune.uniform(0.1, 0.2)}, metric="best_val_dise"),
-                          "metric 'best_val_dise' / mode 'max': a metric every validation reports \\('best_val_dice' or 'val_dice'"),
+                          "metric 'best_val_dise' / mode 'max': a metric every report of a trial carries \\('best_val_dice'\\)"),
+                         # reported at validations only: Tune checks every result, the final one too (the review)
+                         (dict(search_space={"optim.lr": tune.uniform(0.1, 0.2)}, metric="val_dice"), "metric 'val_dice'"),
                          (dict(search_space={"optim.lr": tune.uniform(0.1, 0.2)}, metric="test_dice"), "metric 'test_dice'"),
                          (dict(search_space={}), r"search_space \{\}: no Ray Tune domain to search"),
                          (dict(search_space={"objective_params.contrast_weight": 0.1}), "no Ray Tune domain to search"),
@@ -84,7 +86,7 @@ def test_invalid_study_fails_before_ray(tiny_root, tmp_path):
                          (dict(variants=[{"row": "a"}]), r"variants\[0\] \{'row': 'a'\}: give Variant\(tags: dict"),
                          (dict(grid={"data.labelled": "12"}), r"grid\['data.labelled'\] '12': give a non-empty list"),
                          (dict(grid={"optim.lr": []}), r"grid\['optim.lr'\] \[\]: give a non-empty list"),
-                         (dict(mode="maximize"), "metric 'best_val_dice' / mode 'maximize': a metric every validation reports"),
+                         (dict(mode="maximize"), "metric 'best_val_dice' / mode 'maximize': a metric every report of a trial carries"),
                          (dict(cpus_per_trial="1"), "cpus_per_trial '1': must be a finite number > 0"),
                          (dict(claims=[{"a": "Sup"}]), "claims\\[0\\]: claim needs a non-empty text 'b'"),
                          (dict(search_space={"optim.lr": tune.uniform(0.2, 0.1)}), r"search_space\['optim.lr'\]: empty range"),
@@ -401,6 +403,11 @@ def test_a_search_folder_is_not_restarted_or_taken_over_silently(tiny_root, tmp_
     (tune_storage(first.study_dir) / f"{first.name}-{first.spec_hash(trials)}").mkdir(parents=True)
     check_before_ray(search(6), dry_run=True)  # the same search: resumed or rebuilt
     check_before_ray(search(8), dry_run=True)  # no sample ended (a search that crashed in Ray): nothing a new one hides
+    history = first.study_dir / "search_history.csv"
+    history.write_text("order,trial_id,trial_key,status\n1,t1,k1,stopped early\n")  # an ASHA stop leaves no result files
+    with pytest.raises(ConfigError, match=r"holds a search with --num-samples 6 \(this run: 8\)"):
+        check_before_ray(search(8), dry_run=True)
+    history.unlink()
     ended = first.study_dir / "trials" / "sample-1"
     ended.mkdir(parents=True)
     (ended / "error.json").write_text("{}")

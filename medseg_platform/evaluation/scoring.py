@@ -13,8 +13,9 @@ without a file of its own stem takes the one file whose stem the converters turn
 ``[A-Za-z0-9_-]`` become ``_``), so ``medseg predict``'s ``case_02`` matches a raw ``case 02.nii.gz``. The released ``test_2D.py`` writes
 ``<case>_pred.nii.gz``, ``<case>_gt.nii.gz`` and ``<case>_img.nii.gz`` into one folder, so: in the
 prediction folder a ``_pred`` suffix is removed and ``*_gt``/``*_img`` files are ignored; in a ground-truth
-folder a ``_gt`` suffix is removed and ``*_pred``/``*_img`` files are ignored, and a case with both ``<case>`` and
-``<case>_gt`` (the image and label of a ``medseg data convert-nifti`` raw folder) is scored against the ``_gt`` file.
+folder a ``_gt`` suffix is removed and ``*_pred``/``*_img`` files are ignored, and where it holds ``_gt`` files those
+are its labels (a ``medseg data convert-nifti`` raw folder keeps ``<case>``, the image, beside ``<case>_gt``; an image
+without a label there, such as a 4-D cine, is not a ground-truth case).
 The same folder can therefore be given as ``--pred`` and ``--gt``. Two files naming the same case are an error. Only the folder's top level
 is read (the default output folder ``<pred>/evaluation`` is never mistaken for input), except that a ground-truth folder
 without label files there is read one level down, its subfolders' ``*_gt`` files (:func:`ground_truth_files`: the raw
@@ -98,10 +99,10 @@ def list_label_files(folder: Path, role: str) -> dict[str, LabelFile]:
         kinds[path] = kind
         if companion == own:
             suffixed.add(path)
-    for case, paths in found.items():  # a raw NIfTI folder holds <case> (the image) beside <case>_gt: the label is the _gt one
-        labelled = [p for p in paths if p in suffixed]
-        if role == "gt" and len(paths) > 1 and len(labelled) == 1:
-            found[case] = labelled
+    if role == "gt" and suffixed:
+        # a raw NIfTI folder holds <case> (the image) beside <case>_gt: the labels are the _gt files, and an unsuffixed
+        # file without one (a 4-D cine, an image whose label is elsewhere) is no ground truth
+        found = {case: labelled for case, paths in found.items() if (labelled := [p for p in paths if p in suffixed])}
     duplicates = {case: paths for case, paths in found.items() if len(paths) > 1}
     if duplicates:
         case, paths = next(iter(sorted(duplicates.items())))

@@ -10,6 +10,7 @@ new experiment; trials whose configs did not change are still reused from their 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import itertools
 import json
@@ -34,9 +35,10 @@ METRIC = "best_val_dice"
 #: ASHA's time attribute: the evaluations a trial reported (one per validation, one for the final test report).
 #: Not ``training_iteration``: the progress-only reports between validations advance that, and carry no new metric.
 ASHA_TIME = "evaluations"
-#: What every validation of a trial reports (medseg_platform.engine.train_trial): a search's or ASHA's metric must be
-#: one of them (a metric reported only at the end, or a typo, failed inside Ray after the first validation)
-REPORTED_METRICS = (METRIC, "val_dice")
+#: What every report of a trial carries, its validations' and its final, skipped and errored ones
+#: (medseg_platform.engine.train_trial, medseg_platform.study.trainable): Tune checks a search's metric on every result,
+#: so a metric reported only at some of them ("val_dice", "test_dice") or a typo failed inside Ray
+REPORTED_METRICS = (METRIC,)
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,8 @@ class Study:
         if not _count(self.num_samples) or self.num_samples < 1:
             raise ConfigError(f"num_samples {self.num_samples!r}: must be a whole number >= 1")
         if self.metric not in REPORTED_METRICS or self.mode not in ("max", "min"):
-            raise ConfigError(f"metric {self.metric!r} / mode {self.mode!r}: a metric every validation reports "
-                              f"({' or '.join(map(repr, REPORTED_METRICS))}, default {METRIC!r}) and 'max' or 'min'")
+            raise ConfigError(f"metric {self.metric!r} / mode {self.mode!r}: a metric every report of a trial carries "
+                              f"({' or '.join(map(repr, REPORTED_METRICS))}) and 'max' or 'min'")
         if not _count(self.num_workers) or self.num_workers < 1:
             raise ConfigError(f"num_workers {self.num_workers!r}: must be a whole number >= 1")
         if self.max_concurrent is not None and (not _count(self.max_concurrent) or self.max_concurrent < 1):
@@ -333,14 +335,21 @@ def check_study_folder(study, trials: list[dict]) -> None:
 
 
 def _any_sample_ended(study_dir: Path) -> bool:
-    """Whether a trial of the folder ended, finished or errored (its ``result.json`` or ``error.json``): a search that
+    """Whether a trial of the folder ended, finished, errored or stopped by ASHA (its ``result.json`` or ``error.json``, or
+    the search history's status): a search that
     crashed before any sample ended (in Ray, say) has nothing a changed search would hide, so its corrected rerun may
     start a new one in the folder."""
     from medseg_platform.results import ERROR_FILE, RESULT_FILE, TRIALS_DIR
 
     trials = study_dir / TRIALS_DIR
-    return trials.is_dir() and any((folder / RESULT_FILE).exists() or (folder / ERROR_FILE).exists()
-                                   for folder in trials.iterdir() if folder.is_dir())
+    if trials.is_dir() and any((folder / RESULT_FILE).exists() or (folder / ERROR_FILE).exists()
+                               for folder in trials.iterdir() if folder.is_dir()):
+        return True
+    try:  # a sample ASHA stopped writes no result: the search's history (analysis.search.HISTORY_FILE) lists it
+        with open(study_dir / "search_history.csv", newline="", encoding="utf-8") as fh:
+            return any(row.get("status") in ("completed", "stopped early", "errored") for row in csv.DictReader(fh))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return False
 
 
 def _search_differences(old: dict, new: dict) -> str:
