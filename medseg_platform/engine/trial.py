@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -226,6 +226,17 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
     return TrialOutcome(data.subset, best["step"], best["val_dice"], test_rows, curves, val_curve, timing, start_step, extra)
 
 
+def recorded_validations(val_curve: Iterable[Mapping], selection: str) -> Iterator[tuple[int, int, float, float]]:
+    """``(evaluations, step, val Dice, selected val Dice so far)`` of each recorded validation (``val_curve.csv`` rows or
+    a checkpoint's), in order, the selection by the engine's own rule (:func:`selects`, ``eval.selection``)."""
+    selected = {"state": None, "val_dice": math.nan}
+    for count, row in enumerate(val_curve, start=1):
+        value = float(row["val_dice"])
+        if selects(selection, value, selected):
+            selected = {"state": count, "val_dice": value}
+        yield count, int(row["step"]), value, selected["val_dice"]
+
+
 def replay_validations(val_curve: list[dict], curves: list[dict], cfg: TrialConfig, report: Reporter) -> None:
     """Report a resumed trial's recorded validations again, before it trains on: each with its val Dice, the selected
     one so far and ``evaluations`` 1, 2, ... (no checkpoint), as the uninterrupted trial reported them.
@@ -235,15 +246,12 @@ def replay_validations(val_curve: list[dict], curves: list[dict], cfg: TrialConf
     next validation, which ASHA recorded at the earlier rung with a later value (the HPO probe's sample 4: step 50's
     0.1158 where the uninterrupted search recorded step 25's 0.1013). A scheduler that did see them skips them: Ray's
     ASHA records a trial once per rung (:mod:`medseg_platform.study.asha`)."""
-    selected = {"state": None, "val_dice": math.nan}
-    for count, row in enumerate(val_curve, start=1):
-        if selects(cfg.eval.selection, row["val_dice"], selected):
-            selected = {"state": count, "val_dice": row["val_dice"]}
-        logged = [r for r in curves if r["step"] <= row["step"]] or curves[:1]
-        report({"step": row["step"], "loss": logged[-1]["loss"] if logged else math.nan, "done": False, "replayed": True,
-                **progress_fields(cfg.objective, "fine-tuning", 0, len(cfg.pretrain), row["step"], cfg.optim.max_steps,
+    for count, step, value, selected in recorded_validations(val_curve, cfg.eval.selection):
+        logged = [r for r in curves if r["step"] <= step] or curves[:1]
+        report({"step": step, "loss": logged[-1]["loss"] if logged else math.nan, "done": False, "replayed": True,
+                **progress_fields(cfg.objective, "fine-tuning", 0, len(cfg.pretrain), step, cfg.optim.max_steps,
                                   logged[-1]["steps_per_s"] if logged else math.nan, count),
-                "val_dice": row["val_dice"], "best_val_dice": selected["val_dice"]}, None)
+                "val_dice": value, "best_val_dice": selected}, None)
 
 
 def selects(selection: str, val_dice: float, selected: dict) -> bool:

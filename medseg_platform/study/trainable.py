@@ -151,7 +151,7 @@ def score_sample_from_finished(study_dir: str, key: str, config: dict, tags: dic
     First ``report`` replays the finished trial's validations (val Dice and the selected one so far, ``evaluations``
     1, 2, ...), as the sample's own training would report them, so ASHA meets it at every rung and can stop it there
     as it would have stopped the training; Tune ends a stopped function at its report, before anything is written."""
-    from medseg_platform.engine.trial import selects
+    from medseg_platform.engine.trial import recorded_validations
     from medseg_platform.rescore import score_logged, scoring_sources
     from medseg_platform.results import VAL_CURVE_FILE, read_csv
 
@@ -160,13 +160,8 @@ def score_sample_from_finished(study_dir: str, key: str, config: dict, tags: dic
     if source is None:
         return None
     selection = TrialConfig.from_dict(config).eval.selection
-    selected = {"state": None, "val_dice": float("nan")}
-    for count, row in enumerate(read_csv(source.folder / VAL_CURVE_FILE), start=1):
-        value = float(row["val_dice"])
-        if selects(selection, value, selected):  # the engine's own selection rule
-            selected = {"state": count, "val_dice": value}
-        report({"step": int(row["step"]), "val_dice": value, "best_val_dice": selected["val_dice"], "done": False,
-                ASHA_TIME: count})
+    for count, step, value, selected in recorded_validations(read_csv(source.folder / VAL_CURVE_FILE), selection):
+        report({"step": step, "val_dice": value, "best_val_dice": selected, "done": False, ASHA_TIME: count})
     return score_logged(source, sample, trial_dir, device, lambda message: print(message, flush=True))
 
 
