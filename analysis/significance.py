@@ -105,31 +105,46 @@ def paired_case_values(a: Mapping[str, Mapping[int, float]], b: Mapping[str, Map
     return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
 
 
-def seed_case_pairs(a_by_seed: Mapping[Any, Sequence[Sequence[Mapping[str, Any]]]],
-                    b_by_seed: Mapping[Any, Sequence[Sequence[Mapping[str, Any]]]], seeds: Sequence[Any], metric: str,
-                    cls: int | str, as_number: Callable[[Any], float | None]) -> tuple[list[str], np.ndarray, np.ndarray, int, int]:
-    """Per test case and seed, the two sides' values of class ``cls`` (or the average over the classes both define,
-    :func:`paired_case_values`): ``(cases, a, b, dropped, absent)`` with ``a``, ``b`` of shape (cases, seeds), NaN where
-    the pair is left out: ``dropped`` (case, seed) pairs because one side has no defined value there, ``absent`` because
-    one side's trials of the seed did not test the case at all.
-    ``a_by_seed[seed]``: the ``per_case.csv`` row lists of that side's trials of the seed (one per trial)."""
-    cases = sorted({str(row["case"]) for side in (a_by_seed, b_by_seed) for seed in seeds for table in side[seed] for row in table})
-    a = np.full((len(cases), len(seeds)), np.nan)
-    b = np.full((len(cases), len(seeds)), np.nan)
+SeedValues = Mapping[Any, tuple[dict[str, dict[int, float]], set[str]]]
+
+
+def seed_values(by_seed: Mapping[Any, Sequence[Sequence[Mapping[str, Any]]]], metric: str,
+                as_number: Callable[[Any], float | None]) -> dict[Any, tuple[dict[str, dict[int, float]], set[str]]]:
+    """Per seed, the :func:`seed_averaged` values of ``metric`` of that seed's trials and the cases they tested.
+    ``by_seed[seed]``: the ``per_case.csv`` row lists of the seed's trials (one per trial)."""
+    return {seed: (seed_averaged(tables, metric, as_number), {str(row["case"]) for table in tables for row in table})
+            for seed, tables in by_seed.items()}
+
+
+def pair_seed_values(a: SeedValues, b: SeedValues, seeds: Sequence[Any], cls: int | str
+                     ) -> tuple[list[str], np.ndarray, np.ndarray, int, int]:
+    """Per test case and seed, the two sides' values (:func:`seed_values`) of class ``cls`` (or the average over the
+    classes both define, :func:`paired_case_values`): ``(cases, a, b, dropped, absent)`` with ``a``, ``b`` of shape
+    (cases, seeds), NaN where the pair is left out: ``dropped`` (case, seed) pairs because one side has no defined
+    value there, ``absent`` because one side's trials of the seed did not test the case at all."""
+    cases = sorted({case for side in (a, b) for seed in seeds for case in side[seed][1]})
+    out_a = np.full((len(cases), len(seeds)), np.nan)
+    out_b = np.full((len(cases), len(seeds)), np.nan)
     dropped = absent = 0
     for j, seed in enumerate(seeds):
-        values_a = seed_averaged(a_by_seed[seed], metric, as_number)
-        values_b = seed_averaged(b_by_seed[seed], metric, as_number)
-        tested = [{str(row["case"]) for table in side[seed] for row in table} for side in (a_by_seed, b_by_seed)]
+        (values_a, tested_a), (values_b, tested_b) = a[seed], b[seed]
         for i, case in enumerate(cases):
             xs, ys = paired_case_values({case: values_a.get(case, {})}, {case: values_b.get(case, {})}, cls)
             if len(xs):
-                a[i, j], b[i, j] = xs[0], ys[0]
-            elif case in tested[0] and case in tested[1]:
+                out_a[i, j], out_b[i, j] = xs[0], ys[0]
+            elif case in tested_a and case in tested_b:
                 dropped += 1
             else:
                 absent += 1
-    return cases, a, b, dropped, absent
+    return cases, out_a, out_b, dropped, absent
+
+
+def seed_case_pairs(a_by_seed: Mapping[Any, Sequence[Sequence[Mapping[str, Any]]]],
+                    b_by_seed: Mapping[Any, Sequence[Sequence[Mapping[str, Any]]]], seeds: Sequence[Any], metric: str,
+                    cls: int | str, as_number: Callable[[Any], float | None]) -> tuple[list[str], np.ndarray, np.ndarray, int, int]:
+    """:func:`pair_seed_values` of the two sides' trials' ``per_case.csv`` rows by seed (:func:`seed_values`)."""
+    return pair_seed_values(seed_values({s: a_by_seed[s] for s in seeds}, metric, as_number),
+                            seed_values({s: b_by_seed[s] for s in seeds}, metric, as_number), seeds, cls)
 
 
 def confidence_interval(differences: np.ndarray, cases: Sequence[str],

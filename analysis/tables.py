@@ -47,6 +47,7 @@ there as missing. ``table.csv`` holds the study's own test set only.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -60,8 +61,8 @@ import pandas as pd
 
 from analysis.health import COLLAPSE_DROP, COLLAPSED, FLAGGED, LEARNED_FLOOR, NOT_LEARNED, RISING_MARGIN, STILL_RISING, record_health
 from analysis.markdown import escape_markdown
-from analysis.significance import (ALPHA, NOT_SIGNIFICANT_MARK, caption_note, confidence_interval, paired_case_values, seed_averaged,
-                                   seed_case_pairs, wilcoxon_test)
+from analysis.significance import (ALPHA, NOT_SIGNIFICANT_MARK, SeedValues, caption_note, confidence_interval, pair_seed_values,
+                                   paired_case_values, seed_averaged, seed_values, wilcoxon_test)
 from medseg_platform.config import differing_fields
 from medseg_platform.data.layout import ACDC_CLASS_NAMES
 from medseg_platform.errors import MedsegError
@@ -354,6 +355,15 @@ def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str
     it is shown bold unless every cell of the column shows the same mean (:func:`_best_means`).
     """
     partial = partial_averages(rows)
+
+    @functools.lru_cache(maxsize=None)  # a cell's values, read once for every class it is compared in
+    def averaged(row: str, column: str, metric: str) -> dict[str, dict[int, float]]:
+        return seed_averaged([t.per_case for t in groups[(row, column)]], metric, as_number)
+
+    @functools.lru_cache(maxsize=None)
+    def per_seed(row: str, column: str, metric: str) -> SeedValues:
+        return seed_values(_by_seed(groups[(row, column)]), metric, as_number)
+
     by_key: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for rec in rows:
         rec["p_vs_best"], rec["n_pairs"], rec["ci_low"], rec["ci_high"] = math.nan, 0, math.nan, math.nan
@@ -366,15 +376,14 @@ def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str
         sign = 1.0 if metric_style(metric).higher_is_better else -1.0
         best = max(candidates, key=lambda c: sign * c["mean"])
         class_key = class_ids.get(cls, cls)
-        best_trials = groups[(best["row"], column)]
-        reference = seed_averaged([t.per_case for t in best_trials], metric, as_number)
+        reference = averaged(best["row"], column, metric)
         for cell in finite:
             if cell is not best:
-                trials = groups[(cell["row"], column)]
-                values = seed_averaged([t.per_case for t in trials], metric, as_number)
+                values = averaged(cell["row"], column, metric)
                 test = wilcoxon_test(*paired_case_values(values, reference, class_key))
                 cell["p_vs_best"], cell["n_pairs"] = test.p_value, test.n_pairs
-                cell["ci_low"], cell["ci_high"] = difference_interval(trials, best_trials, metric, class_key)
+                cell["ci_low"], cell["ci_high"] = difference_interval(per_seed(cell["row"], column, metric),
+                                                                      per_seed(best["row"], column, metric), metric, class_key)
 
 
 def _by_seed(trials: Sequence[TrialRecord]) -> dict[Any, list[Sequence[Mapping[str, Any]]]]:
@@ -384,17 +393,15 @@ def _by_seed(trials: Sequence[TrialRecord]) -> dict[Any, list[Sequence[Mapping[s
     return out
 
 
-def difference_interval(trials: Sequence[TrialRecord], best_trials: Sequence[TrialRecord], metric: str,
-                        class_key: int | str) -> tuple[float, float]:
+def difference_interval(ours: SeedValues, theirs: SeedValues, metric: str, class_key: int | str) -> tuple[float, float]:
     """The 95% seeds-and-patients interval (:func:`analysis.significance.confidence_interval`, the claims' interval) of
     a cell's mean difference to the best cell of its column, in display units (x100 for Dice), over the seeds both
-    cells have; class ``class_key`` or, for a str ("Avg"), per case the classes both define. (NaN, NaN) when they
-    share no seed or fewer than 2 test patients have a pair."""
-    ours, theirs = _by_seed(trials), _by_seed(best_trials)
+    cells have (each side's :func:`analysis.significance.seed_values`); class ``class_key`` or, for a str ("Avg"), per
+    case the classes both define. (NaN, NaN) when they share no seed or fewer than 2 test patients have a pair."""
     seeds = sorted(ours.keys() & theirs.keys())
     if not seeds:
         return math.nan, math.nan
-    cases, a, b, _, _ = seed_case_pairs(ours, theirs, seeds, metric, class_key, as_number)
+    cases, a, b, _, _ = pair_seed_values(ours, theirs, seeds, class_key)
     return confidence_interval((a - b) * metric_style(metric).scale, cases)
 
 
