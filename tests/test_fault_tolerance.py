@@ -63,7 +63,7 @@ def test_progress_line_counts_statuses_and_estimates_the_rest(capsys):
     assert line == "[0/6] started key-b (0 finished, 2 running, 4 pending, 0 errored; 0 s elapsed, ETA ? (no step rate yet))"
 
     now[0] = 160.0
-    a.last_result = {"done": True}
+    a.last_result = {"done": True, "test_dice": 0.5}  # its final report (an ASHA stop has no test Dice)
     callback.on_trial_complete(0, trials, a)  # still RUNNING in Tune when the hook runs
     a.status = "TERMINATED"
     line = capsys.readouterr().err.strip()

@@ -175,8 +175,13 @@ def test_in_process_checks_the_data_before_training(tmp_path, phantom_root, caps
     (root / "manifest.json").write_text(json.dumps(manifest))
     results = tmp_path / "results"
     assert main(["train", "supervised", "--profile", "smoke", "--in-process", "--data-root", str(root),
-                 "--results-dir", str(results)]) == 2
+                 "--results-dir", str(results), "--set", "data.num_classes=4"]) == 2
     assert "a dataset of 3 classes (background included; its manifest.json)" in capsys.readouterr().err
+    # without the --set the manifest's count is taken (a note), and the labels above it are refused before training
+    assert main(["train", "supervised", "--profile", "smoke", "--in-process", "--data-root", str(root),
+                 "--results-dir", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("note: data.num_classes = 3, the class count") and "error: " in err and "--num-classes 3' lists" in err
     assert not (results / "train-supervised-smoke" / "trials").exists() or not any((results / "train-supervised-smoke" / "trials").iterdir())
 
 
