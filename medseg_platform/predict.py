@@ -37,9 +37,10 @@ Both refuse, with one line, an unfinished trial and a dataset whose classes diff
 from __future__ import annotations
 
 import gzip
+import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from medseg_platform.errors import DataError, MedsegError
 
@@ -219,8 +220,7 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
     check_output_folder(out, "--out")
     check_prediction_folder(out, record.path.resolve(), cases)
     affines = {case: (layout.manifest.get("cases") or {}).get(case, {}).get("affine") for case in cases}
-    check_own_outputs(out, [out / f"{case}.h5" for case in cases]
-                      + [out / NIFTI_DIR / f"{case}.nii.gz" for case in cases if affines[case] is not None])
+    check_own_outputs(out, own_outputs(out, cases, [case for case in cases if affines[case] is not None]))
     device = pick_device()
     model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
     kernels = recorded_conv_kernels(record.result, cfg, device.type)  # the CPU kernels of the trial's own test
@@ -286,9 +286,10 @@ def image_files(paths: Sequence[str | Path], label_suffix: str = LABEL_SUFFIX) -
     found: dict[str, Path] = {}
     told: list[str] = []
     for given in paths:
-        path = Path(given).expanduser().absolute()  # not resolved: a link is named as given (git-annex, DVC checkouts)
+        # '..' removed, links not followed: a link is named as given (git-annex, DVC checkouts)
+        path = Path(os.path.abspath(Path(given).expanduser()))
         if path.is_dir():
-            names = sorted(p for p in path.iterdir() if p.is_file() and _nifti_name(p))
+            names = sorted(p for p in path.iterdir() if p.is_file() and _nifti_name(p) and not p.name.startswith("."))
             labels = [p for p in names if split_nifti_name(p)[0].endswith(not_images)]
             series = [p for p in names if p not in labels and _time_series(p)]
             chosen = [p for p in names if p not in labels and p not in series]
@@ -323,7 +324,8 @@ def _nifti_like(prediction_dhw, source: Path) -> bytes:
     """A gzipped NIfTI of a (D, H, W) label map with the header of the scan it was predicted from: its qform and sform
     with their codes, its units and its shape, the data type uint8 without scaling, so the prediction lands on the
     scan in every viewer whatever the scan's header says (the converters record one affine: :func:`_nifti_bytes`).
-    The gzip header carries no time."""
+    The scan's display window (``cal_min``/``cal_max``), intent, description and extensions are not copied: the intent is
+    "label". The gzip header carries no time."""
     import nibabel as nib
     import numpy as np
 
@@ -340,30 +342,47 @@ def _nifti_like(prediction_dhw, source: Path) -> bytes:
     else:
         image = kind(data, None, header=header)  # no affine given: nibabel keeps the header's qform and sform as they are
     image.set_data_dtype(np.uint8)
-    image.header.set_slope_inter(1.0, 0.0)
+    header = image.header
+    header.set_slope_inter(1.0, 0.0)
+    # what described the scan's intensities does not describe a label map: display window, intent, notes, extensions
+    header["cal_min"], header["cal_max"] = 0, 0
+    header.set_intent("label")
+    header["descrip"], header["aux_file"] = b"medseg predict: labels", b""
+    header.extensions.clear()
     return gzip.compress(image.to_bytes(), mtime=0)
 
 
-def check_own_outputs(out: Path, writes: Sequence[Path], inputs: Sequence[Path] = ()) -> None:
-    """Refuse, with one line, a prediction that would replace a file it reads or one that is not an earlier prediction
-    of the same folder (listed by its ``prediction.json``): a scan folder named ``nifti`` under ``--out`` lost its scans
-    to their predictions (the data-flow probe)."""
+def own_outputs(out: Path, cases: Iterable[str], nifti: Iterable[str] = ()) -> list[tuple[str, Path]]:
+    """``(case, path)`` of the files a prediction of ``cases`` writes: ``OUT/<case>.h5``, and ``OUT/nifti/<case>.nii.gz``
+    for the cases in ``nifti``."""
+    return [(case, out / f"{case}.h5") for case in cases] + [(case, out / NIFTI_DIR / f"{case}.nii.gz") for case in nifti]
+
+
+def check_own_outputs(out: Path, writes: Sequence[tuple[str, Path]], inputs: Sequence[Path] = ()) -> None:
+    """Refuse, with one line, a prediction that would replace a file it reads, or a file that no earlier prediction of the
+    same folder wrote (its ``prediction.json`` lists the case, and for a NIfTI file among its ``nifti``): a scan folder
+    named ``nifti`` under ``--out`` lost its scans to their predictions (the data-flow probe). ``writes``:
+    :func:`own_outputs`."""
     import json
 
     resolved_inputs = {Path(p).resolve() for p in inputs}
-    listed: set[str] = set()
+    listed: dict = {}
     try:
-        listed = set(json.loads((out / PREDICTION_FILE).read_text(encoding="utf-8")).get("cases") or [])
-    except (OSError, ValueError, AttributeError, TypeError):
+        listed = json.loads((out / PREDICTION_FILE).read_text(encoding="utf-8"))
+        listed = listed if isinstance(listed, dict) else {}
+    except (OSError, ValueError):
         pass
-    for path in writes:
+    cases = set(listed.get("cases") or []) if isinstance(listed.get("cases"), list) else set()
+    nifti = set(listed.get("nifti") or []) if isinstance(listed.get("nifti"), list) else cases
+    for case, path in writes:
         if path.resolve() in resolved_inputs:
             raise MedsegError(f"--out {out}: the prediction {path} would replace the scan it is made from; write predictions "
                               "somewhere else")
-        case = path.name.split(".")[0]
-        if path.exists() and case not in listed:
+        wrote = nifti if path.parent.name == NIFTI_DIR and path.parent.parent == out else cases
+        if path.exists() and case not in wrote:
             raise MedsegError(f"--out {out}: {path} exists and is not a prediction of an earlier medseg predict here (its "
-                              f"{PREDICTION_FILE} does not list {case}), e.g. an original scan; use another --out or move it")
+                              f"{PREDICTION_FILE} does not list it for {case}), e.g. an original scan; use another --out or "
+                              "move it")
 
 
 def predict_images(trial_dir: str | Path, images: Sequence[str | Path], out: str | Path,
@@ -393,7 +412,7 @@ def predict_images(trial_dir: str | Path, images: Sequence[str | Path], out: str
         raise MedsegError(f"--out {out}: the folder of the scans, or one they lie in; write predictions somewhere else")
     check_output_folder(out, "--out")
     check_prediction_folder(out, record.path.resolve(), list(files))
-    check_own_outputs(out, [p for case in files for p in (out / f"{case}.h5", out / NIFTI_DIR / f"{case}.nii.gz")], list(files.values()))
+    check_own_outputs(out, own_outputs(out, files, files), list(files.values()))
     for path in files.values():  # NaN or constant voxels stop here too: a half-written folder helps nobody
         scan(path)
     device = pick_device()
@@ -546,14 +565,22 @@ def add_cli(subparsers) -> None:
                         help="NIfTI scans never converted: .nii/.nii.gz files, or folders (every NIfTI file directly in "
                              "them but *_gt/*_pred label or prediction files and 4-D files); case ids as convert-nifti's")
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output folder (created; files of the same cases are replaced; one holding other cases' "
-                             "predictions is refused)")
+                        help="output folder (created; an earlier prediction's files of the same cases are replaced; one "
+                             "holding other cases' predictions, or files no earlier prediction there wrote, is refused)")
     parser.add_argument("--split", choices=SPLITS, default=None,
                         help="cases of --data-root to predict: test (default), val, or all")
-    parser.add_argument("--label-suffix", default=None, metavar="SUFFIX",
+    parser.add_argument("--label-suffix", default=None, metavar="SUFFIX", type=_suffix,
                         help=f"with --images: label files are named <image>SUFFIX (default {LABEL_SUFFIX}, as convert-nifti's); "
                              "a folder's label files are left out")
     parser.set_defaults(func=run)
+
+
+def _suffix(text: str) -> str:
+    import argparse
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give the ending of the label files' names, e.g. _seg")
+    return text
 
 
 def evaluate_command(out: Path, summary: dict) -> str:

@@ -484,7 +484,16 @@ def test_predictions_never_replace_a_scan_or_a_file_no_earlier_prediction_wrote(
     from medseg_platform.predict import check_own_outputs  # the same guard, for outputs that are inputs in any folder
 
     with pytest.raises(MedsegError, match="would replace the scan it is made from"):
-        check_own_outputs(project, [project / "nifti" / "a.nii.gz"], [project / "nifti" / "a.nii.gz"])
+        check_own_outputs(project, [("a", project / "nifti" / "a.nii.gz")], [project / "nifti" / "a.nii.gz"])
+    # a case id with a dot (an SSL4MIS list may name one) is an earlier prediction's when prediction.json lists it
+    dotted = tmp_path / "dotted"
+    (dotted / "nifti").mkdir(parents=True)
+    (dotted / "patient006.frame01.h5").write_bytes(b"x")
+    (dotted / "nifti" / "patient006.frame01.nii.gz").write_bytes(b"x")
+    (dotted / "prediction.json").write_text(json.dumps({"cases": ["patient006.frame01"], "nifti": []}))
+    check_own_outputs(dotted, [("patient006.frame01", dotted / "patient006.frame01.h5")])
+    with pytest.raises(MedsegError, match="does not list it for patient006.frame01"):  # that run wrote no NIfTI of it
+        check_own_outputs(dotted, [("patient006.frame01", dotted / "nifti" / "patient006.frame01.nii.gz")])
     converted = tmp_path / "converted"
     raw_scans(tmp_path / "raw", names=("p1", "p2", "p3", "p4"))
     assert main(["data", "convert-nifti", str(tmp_path / "raw"), str(converted), "--num-classes", "4", "--class-names", "RV,Myo,LV"]) == 0
@@ -496,13 +505,17 @@ def test_predictions_never_replace_a_scan_or_a_file_no_earlier_prediction_wrote(
     capsys.readouterr()
     assert main(["predict", "--trial", str(trial), "--data-root", str(converted), "--out", str(project)]) == 2
     assert one_line_error(capsys).startswith(f"error: --out {project}: {project / 'nifti' / (case + '.nii.gz')} exists and is not a "
-                                             f"prediction of an earlier medseg predict here (its prediction.json does not list {case})")
+                                             f"prediction of an earlier medseg predict here (its prediction.json does not list it for {case})")
     assert (project / "nifti" / f"{case}.nii.gz").read_bytes() == before and not (project / "prediction.json").exists()
     # an earlier prediction's own files are replaced, also after a run that stopped half-way (prediction.json comes first)
     out = tmp_path / "out"
     assert main(["predict", "--trial", str(trial), "--data-root", str(converted), "--out", str(out)]) == 0
     summary = json.loads((out / "prediction.json").read_text())
     (out / "prediction.json").write_text(json.dumps({**summary, "complete": False}))
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(out), "--gt", str(converted), "--quiet", "--out", str(tmp_path / "e")]) == 0
+    assert (f"warning: {out / 'prediction.json'}: the medseg predict run that wrote this folder did not finish, so some of its "
+            "files may be an earlier run's" in capsys.readouterr().err)  # the review: a mixed folder was scored silently
     assert main(["predict", "--trial", str(trial), "--data-root", str(converted), "--out", str(out)]) == 0
     assert json.loads((out / "prediction.json").read_text())["complete"] is True
 
@@ -527,3 +540,33 @@ def test_labels_named_otherwise_and_bad_voxels(trained, tmp_path, capsys):
     # a folder of patient folders: the error names them
     assert main(["predict", "--trial", str(trial), "--images", str(tmp_path), "--out", str(tmp_path / "s")]) == 2
     assert "its subfolders raw hold some: give them, e.g. --images" in one_line_error(capsys)
+
+
+def test_a_prediction_does_not_carry_the_scan_s_display_window_intent_or_extensions(trained, tmp_path):
+    """The second review: cal_min/cal_max of a scan (a display window) shows labels 0-3 as black; a statistic intent
+    makes FSL/AFNI-style tools read the labels as z scores; an extension describes the scan's bricks."""
+    _, trial = trained
+    raw = tmp_path / "raw"
+    raw_scans(raw, names=("a",))
+    scan = nib.load(str(raw / "a.nii.gz"))
+    header = scan.header.copy()
+    header["cal_min"], header["cal_max"] = 0, 4000
+    header.set_intent("z score")
+    header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"scanner notes"))
+    nib.save(nib.Nifti1Image(np.asarray(scan.dataobj), None, header=header), str(raw / "a.nii.gz"))
+    (raw / "._a.nii.gz").write_bytes(b"\x00\x05\x16\x07")  # a macOS resource fork beside it: not a scan
+    (tmp_path / "elsewhere").mkdir()
+    out = tmp_path / "elsewhere" / ".." / "p"  # '..' is removed from the recorded paths, links are not followed
+    assert main(["predict", "--trial", str(trial), "--images", str(tmp_path / "elsewhere" / ".." / "raw"), "--out", str(out)]) == 0
+    prediction = nib.load(str(tmp_path / "p" / "nifti" / "a.nii.gz"))
+    assert (float(prediction.header["cal_min"]), float(prediction.header["cal_max"])) == (0.0, 0.0)
+    assert prediction.header.get_intent()[0] == "label" and len(prediction.header.extensions) == 0
+    assert prediction.get_data_dtype() == np.uint8 and np.array_equal(prediction.affine, scan.affine)
+    assert json.loads((tmp_path / "p" / "prediction.json").read_text())["images"] == {"a": str(raw / "a.nii.gz")}
+
+
+def test_an_empty_label_suffix_is_refused(trained, tmp_path, capsys):
+    _, trial = trained
+    with pytest.raises(SystemExit):
+        main(["predict", "--trial", str(trial), "--images", str(tmp_path), "--label-suffix", " ", "--out", str(tmp_path / "p")])
+    assert "give the ending of the label files' names, e.g. _seg" in capsys.readouterr().err

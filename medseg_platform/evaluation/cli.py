@@ -46,15 +46,31 @@ def add_cli(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def predicted_num_classes(pred: Path) -> int | None:
-    """The class count a ``medseg predict`` folder's ``prediction.json`` records (the trial's), else None."""
+def _prediction_record(pred: Path) -> dict:
+    """A ``medseg predict`` folder's ``prediction.json`` ({} when there is none or it cannot be read)."""
     import json
 
     try:
-        value = json.loads((pred / "prediction.json").read_text(encoding="utf-8")).get("num_classes")
-    except (OSError, ValueError, AttributeError):
-        return None
+        record = json.loads((pred / "prediction.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def predicted_num_classes(pred: Path) -> int | None:
+    """The class count a ``medseg predict`` folder's ``prediction.json`` records (the trial's), else None."""
+    value = _prediction_record(pred).get("num_classes")
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 2 else None
+
+
+def unfinished_prediction(pred: Path) -> str:
+    """A warning when the ``medseg predict`` run that wrote the folder did not finish (its ``prediction.json`` says
+    ``complete`` false): some files may then be an earlier run's, of another trial even. "" otherwise (older folders
+    have no such key)."""
+    if _prediction_record(pred).get("complete") is not False:
+        return ""
+    return (f"{pred / 'prediction.json'}: the medseg predict run that wrote this folder did not finish, so some of its files "
+            "may be an earlier run's; rerun that medseg predict command before trusting these numbers")
 
 
 def run(args) -> int:
@@ -83,7 +99,7 @@ def run(args) -> int:
         empty_policy=args.empty_policy,
         progress=None if args.quiet else progress,
     )
-    for warning in result.warnings:
+    for warning in [*result.warnings, *filter(None, [unfinished_prediction(Path(args.pred).expanduser())])]:
         print(f"warning: {warning}", file=sys.stderr)
     paths = scoring.write_results(result, out)
     n_cases = result.summary["num_cases"]

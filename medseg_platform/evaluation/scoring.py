@@ -13,9 +13,9 @@ without a file of its own stem takes the one file whose stem the converters turn
 ``[A-Za-z0-9_-]`` become ``_``), so ``medseg predict``'s ``case_02`` matches a raw ``case 02.nii.gz``. The released ``test_2D.py`` writes
 ``<case>_pred.nii.gz``, ``<case>_gt.nii.gz`` and ``<case>_img.nii.gz`` into one folder, so: in the
 prediction folder a ``_pred`` suffix is removed and ``*_gt``/``*_img`` files are ignored; in a ground-truth
-folder a ``_gt`` suffix is removed and ``*_pred``/``*_img`` files are ignored, and where it holds ``_gt`` files those
-are its labels (a ``medseg data convert-nifti`` raw folder keeps ``<case>``, the image, beside ``<case>_gt``; an image
-without a label there, such as a 4-D cine, is not a ground-truth case).
+folder a ``_gt`` suffix is removed and ``*_pred``/``*_img`` files are ignored, a case with both ``<case>`` and
+``<case>_gt`` (the image and label of a ``medseg data convert-nifti`` raw folder) is scored against the ``_gt`` file,
+and beside ``_gt`` files a 4-D NIfTI file (ACDC's cine) is an image, not a ground-truth case.
 The same folder can therefore be given as ``--pred`` and ``--gt``. Two files naming the same case are an error. Only the folder's top level
 is read (the default output folder ``<pred>/evaluation`` is never mistaken for input), except that a ground-truth folder
 without label files there is read one level down, its subfolders' ``*_gt`` files (:func:`ground_truth_files`: the raw
@@ -99,16 +99,30 @@ def list_label_files(folder: Path, role: str) -> dict[str, LabelFile]:
         kinds[path] = kind
         if companion == own:
             suffixed.add(path)
-    if role == "gt" and suffixed:
-        # a raw NIfTI folder holds <case> (the image) beside <case>_gt: the labels are the _gt files, and an unsuffixed
-        # file without one (a 4-D cine, an image whose label is elsewhere) is no ground truth
-        found = {case: labelled for case, paths in found.items() if (labelled := [p for p in paths if p in suffixed])}
+    for case, paths in found.items():  # a raw NIfTI folder holds <case> (the image) beside <case>_gt: the label is the _gt one
+        labelled = [p for p in paths if p in suffixed]
+        if role == "gt" and len(paths) > 1 and len(labelled) == 1:
+            found[case] = labelled
+    if role == "gt" and suffixed:  # beside _gt labels, a 4-D file (ACDC's cine) is an image, never a label
+        found = {case: paths for case, paths in found.items()
+                 if len(paths) > 1 or paths[0] in suffixed or kinds[paths[0]] != "nifti" or not _more_than_3d(paths[0])}
     duplicates = {case: paths for case, paths in found.items() if len(paths) > 1}
     if duplicates:
         case, paths = next(iter(sorted(duplicates.items())))
         names = ", ".join(p.name for p in paths)
         raise DataError(f"{folder}: {len(duplicates)} case(s) have several files, e.g. {case}: {names} (keep one file per case)")
     return {case: LabelFile(case, paths[0], kinds[paths[0]]) for case, paths in sorted(found.items())}
+
+
+def _more_than_3d(path: Path) -> bool:
+    """Whether a NIfTI file's header holds more than one 3-D volume (trailing axes of one voxel aside)."""
+    try:
+        dims = list(_nifti(path).shape)
+    except DataError:
+        return False  # an unreadable file gets its own error where it is read
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    return len(dims) > 3
 
 
 def ground_truth_files(folder: Path) -> dict[str, LabelFile]:

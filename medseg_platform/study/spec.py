@@ -336,7 +336,7 @@ def check_study_folder(study, trials: list[dict]) -> None:
 
 def _any_sample_ended(study_dir: Path) -> bool:
     """Whether a trial of the folder ended, finished, errored or stopped by ASHA (its ``result.json`` or ``error.json``, or
-    the search history's status): a search that
+    the search history's status, which the report writes after a run: a driver killed mid-search leaves none): a search that
     crashed before any sample ended (in Ray, say) has nothing a changed search would hide, so its corrected rerun may
     start a new one in the folder."""
     from medseg_platform.results import ERROR_FILE, RESULT_FILE, TRIALS_DIR
@@ -347,7 +347,7 @@ def _any_sample_ended(study_dir: Path) -> bool:
         return True
     try:  # a sample ASHA stopped writes no result: the search's history (analysis.search.HISTORY_FILE) lists it
         with open(study_dir / "search_history.csv", newline="", encoding="utf-8") as fh:
-            return any(row.get("status") in ("completed", "stopped early", "errored") for row in csv.DictReader(fh))
+            return any(row.get("status") in ("completed", "stopped early", "errored", "result missing") for row in csv.DictReader(fh))
     except (OSError, csv.Error, UnicodeDecodeError):
         return False
 

@@ -371,3 +371,22 @@ def test_a_ground_truth_folder_of_patient_folders_is_read_one_level_down(tmp_pat
     assert error == (f"error: {training}: case patient001_frame01 has a label file in two subfolders, "
                      f"{training / 'copy' / 'patient001_frame01_gt.nii.gz'} and {training / 'patient001' / 'patient001_frame01_gt.nii.gz'} "
                      "(keep one file per case)")
+
+
+def test_a_ground_truth_folder_of_both_namings_scores_both_and_skips_a_cine(tmp_path, capsys):
+    """A label named <case> beside others named <case>_gt is still ground truth; a 4-D cine beside them is not (it was
+    counted as a case without a prediction)."""
+    rng = np.random.default_rng(1)
+    affine = np.diag([1.5, 1.5, 10.0, 1.0])
+    gt, preds = tmp_path / "gt", tmp_path / "preds"
+    gt.mkdir(), preds.mkdir()
+    labels = {case: rng.integers(0, 4, size=(8, 9, 3)).astype(np.uint8) for case in ("caseA", "caseB")}
+    nib.save(nib.Nifti1Image(labels["caseA"], affine), str(gt / "caseA.nii.gz"))
+    nib.save(nib.Nifti1Image(labels["caseB"], affine), str(gt / "caseB_gt.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((8, 9, 3, 4), dtype=np.int16), affine), str(gt / "cine_4d.nii.gz"))
+    for case, label in labels.items():
+        nib.save(nib.Nifti1Image(perturbed(label, 2), affine), str(preds / f"{case}.nii.gz"))
+    code, _, err = run(["evaluate", "--pred", str(preds), "--gt", str(gt), "--quiet", "--out", str(tmp_path / "e")], capsys)
+    assert code == 0, err
+    assert sorted({r["case"] for r in read_rows(tmp_path / "e" / "per_case.csv")}) == ["caseA", "caseB"]
+    assert "no prediction" not in err
