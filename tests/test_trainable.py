@@ -74,3 +74,24 @@ def test_every_medseg_error_of_an_objective_is_an_application_error_and_nothing_
         error = json.loads((trial_folder(tmp_path / "study", params["trial"]["key"]) / ERROR_FILE).read_text(encoding="utf-8"))
         assert reports == []
     assert error["kind"] == kind and error["attempts"] == 1 and str(raised) in error["error"]
+
+
+@pytest.mark.parametrize("gpus, expected", [(0.0, "cpu"), (0.5, "cuda"), (1.0, "cuda")])
+def test_a_trial_trains_on_the_gpu_only_when_ray_gave_it_one(tiny_root, tmp_path, reports, monkeypatch, gpus, expected):
+    """Ray 2.60 does not hide a machine's GPUs from a trial that asked for none: every trial without --gpus-per-trial
+    trained on GPU 0, beside what Ray counted as free (the GPU-path audit)."""
+    import torch
+
+    import medseg_platform.study.trainable as trainable
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    seen = []
+
+    def capture(*args, device=None, **kwargs):
+        seen.append(torch.device(device).type)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(trainable, "train_and_record", capture)
+    with pytest.raises(RuntimeError, match="stop here"):
+        run_trial_in_tune(trial_params(tiny_root, "supervised"), str(tmp_path / "study"), gpus_per_worker=gpus, run_id="r")
+    assert seen == [expected]

@@ -70,6 +70,7 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
     tags = {**trial["tags"], **({"search": search} if search else {})}
     key = search_trial_key(config, tune.get_context().get_trial_id()) if search else trial["key"]
     trial_dir = trial_folder(study_dir, key)
+    own_device = trial_device(gpus_per_worker if num_workers == 1 else 0.0)  # the Tune function of a multi-worker trial holds no GPU
     try:
         cfg = TrialConfig.from_dict(config)
         cfg.validate(check_data=False)
@@ -82,17 +83,14 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
     except CorruptResult:
         existing = None
     if existing is not None:  # finished before (e.g. the driver died before Tune saved its state, or a new --test-root)
-        score_test_root(trial_dir, test_root, key)
+        score_test_root(trial_dir, test_root, key, own_device)
         tune.report({"step": cfg.optim.max_steps, METRIC: existing.result["best_val_dice"], "test_dice": existing.result["test"]["mean"]["dice"], "done": True, "skipped": True})
         return
     if search:  # a sample that trains as a finished trial did (another search's under --name, a proposal made twice)
-        from medseg_platform.rescore import scoring_device
-
-        device = scoring_device(gpus_per_worker if num_workers == 1 else 0.0)  # the Tune function of a multi-worker trial holds no GPU
-        record = score_sample_from_finished(study_dir, key, config, tags, trial_dir, device,
+        record = score_sample_from_finished(study_dir, key, config, tags, trial_dir, own_device.type,
                                             report=lambda metrics: tune.report({**metrics, METRIC: metrics["best_val_dice"]}))
         if record is not None:
-            score_test_root(trial_dir, test_root, key)
+            score_test_root(trial_dir, test_root, key, own_device)
             tune.report(final_report(cfg, record))
             return
 
@@ -122,7 +120,8 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
             from medseg_platform.study.ray_runtime import trial_placement
 
             record = train_and_record(config, tags, trial_dir, pretrain_cache_dir(study_dir), report=report,
-                                      log=lambda msg: print(f"[{key}] {msg}", flush=True), extra={"placement": trial_placement()})
+                                      device=own_device, log=lambda msg: print(f"[{key}] {msg}", flush=True),
+                                      extra={"placement": trial_placement()})
     except Exception as exc:  # the reason goes into the trial's files (Ray wraps workers' errors)
         app = application_error(exc)
         if app is not None:
@@ -131,8 +130,20 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         write_trial_error(trial_dir, config=config, tags=tags, seed=cfg.seed, error=message, kind="infrastructure", run=run_id)
         raise  # Tune retries it from the last checkpoint (FailureConfig), or marks it errored when no retry is left
-    score_test_root(trial_dir, test_root, key)
+    score_test_root(trial_dir, test_root, key, own_device)
     tune.report(final_report(cfg, record))
+
+
+def trial_device(gpus_per_worker: float):
+    """The device a single-worker trial trains and tests on: a GPU when Ray gave it one, else the CPU. Ray 2.60 no
+    longer hides a machine's GPUs from an actor that asked for none (``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO`` is off), so
+    ``torch.cuda.is_available()`` said nothing about the trial: every trial of a study without ``--gpus-per-trial``
+    trained on GPU 0, crowding it beside what Ray counted as free (the GPU-path audit)."""
+    import torch
+
+    from medseg_platform.rescore import scoring_device
+
+    return torch.device(scoring_device(gpus_per_worker))
 
 
 def final_report(cfg: TrialConfig, record: Mapping) -> dict:
@@ -199,7 +210,7 @@ def application_error(exc: BaseException) -> MedsegError | None:
     return None
 
 
-def score_test_root(trial_dir: Path, test_root: str | None, key: str) -> None:
+def score_test_root(trial_dir: Path, test_root: str | None, key: str, device=None) -> None:
     """Score a finished trial's selected weights on the external test set ``test_root`` unless it already was
     (:func:`medseg_platform.predict.evaluate_on_test_root`). A deterministic error (e.g. its checkpoint is unreadable)
     is recorded in ``test_root_error.json`` (the report lists it among the problems; Ray does not show the trial's
@@ -213,7 +224,7 @@ def score_test_root(trial_dir: Path, test_root: str | None, key: str) -> None:
         error_file.unlink(missing_ok=True)
         return
     try:
-        block = evaluate_on_test_root(trial_dir, test_root)
+        block = evaluate_on_test_root(trial_dir, test_root, device=device)
     except MedsegError as exc:
         print(f"[{key}] external test set {test_root} not evaluated: {exc}", flush=True)
         drop_test_root_results(trial_dir)  # an evaluation of what the root held before is not tabled as this one's
