@@ -103,7 +103,9 @@ def pseudo_label_loss(
     batch = pseudo.shape[0]
     valid = pseudo.ne(IGNORE_INDEX)
     confident = (confidence.detach() >= threshold) & valid
-    weight = confident.reshape(batch, -1).sum(1).to(student_logits.dtype) / valid.reshape(batch, -1).sum(1).clamp_min(1)
+    # the counts in float32 at least: a 256 x 256 image's 65 536 pixels are inf in half precision (--amp fp16)
+    count_dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    weight = confident.reshape(batch, -1).sum(1).to(count_dtype) / valid.reshape(batch, -1).sum(1).clamp_min(1)
     pixel_loss = F.cross_entropy(student_logits, pseudo, reduction="none", ignore_index=IGNORE_INDEX)
     selected = (pixel_loss > 0).to(pixel_loss.dtype)
     total = (weight[:, None, None] * pixel_loss * selected).sum()

@@ -39,6 +39,7 @@ two and no other copy.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from functools import lru_cache
 from typing import Sequence
@@ -410,6 +411,23 @@ def gather_pixels(maps: torch.Tensor, flat_positions: torch.Tensor) -> torch.Ten
     return maps.flatten(2)[flat_positions // pixels, :, flat_positions % pixels]
 
 
+def sum_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums over a class's pixels are taken in: float32, or float64 for float64 inputs (never half: a class
+    of a 256 x 256 batch sums more than half precision's largest number, 65 504)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def summed_in_full_precision(method):
+    """Run a row source's ``class_means`` with autocast off (its inputs cast by :func:`sum_dtype`): under ``--amp fp16``
+    the sums of pyramid features over every pixel of a class, taken before the head, overflowed to inf at the paper
+    size (the GPU-path audit: 1984 of MONA's 1984 prototype entries). Full-precision runs are unchanged."""
+    @functools.wraps(method)
+    def wrapped(self, labels: torch.Tensor, *args, **kwargs):
+        with torch.autocast(labels.device.type, enabled=False):
+            return method(self, labels, *args, **kwargs)
+    return wrapped
+
+
 class DenseReps:
     """Rows of a materialised float (N, D, H, W) map (the reference path)."""
 
@@ -420,8 +438,9 @@ class DenseReps:
     def rows(self, flat_positions: torch.Tensor) -> torch.Tensor:
         return gather_pixels(self.maps, flat_positions)
 
+    @summed_in_full_precision
     def class_means(self, labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return class_prototypes(self.maps, labels, valid, num_classes)
+        return class_prototypes(self.maps.to(sum_dtype(self.maps.dtype)), labels, valid, num_classes)
 
     def pooled(self, size: int) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.maps, size)
@@ -489,12 +508,13 @@ class SparseMonaReps(_SparseReps):
         image, pixel = _decode(flat_positions, self.height, self.width)
         return self._head(sample_levels(self.pyramid, self.ops, image, pixel, self.level_rows()))
 
+    @summed_in_full_precision
     def class_means(self, labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = self.pyramid[0].dtype
+        pyramid = [level.to(sum_dtype(level.dtype)) for level in self.pyramid]
         classes = torch.arange(num_classes, device=labels.device).view(1, -1, 1, 1)
         member = (labels.unsqueeze(1) == classes) & valid.bool().unsqueeze(1)          # (B, C, H, W)
         counts = member.sum((0, 2, 3))
-        sums = self._head(masked_level_sums(self.pyramid, self.ops, member.to(dtype)))  # (C, D)
+        sums = self._head(masked_level_sums(pyramid, self.ops, member.to(pyramid[0].dtype)))  # (C, D)
         return sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype), counts > 0
 
     def pooled(self, size: int) -> torch.Tensor:
@@ -621,15 +641,16 @@ class SparseActionReps(_SparseReps):
                 hidden = part if hidden is None else hidden + part
         return self._project(hidden)
 
+    @summed_in_full_precision
     def class_means(self, labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = self.pyramid[0].dtype
+        pyramid = [level.to(sum_dtype(level.dtype)) for level in self.pyramid]
         classes = torch.arange(num_classes, device=labels.device).view(1, -1, 1, 1)
         member = (labels.unsqueeze(1) == classes) & valid.bool().unsqueeze(1)           # (B, C, H, W)
         counts = member.sum((0, 2, 3))
-        masks = member.to(dtype)
+        masks = member.to(pyramid[0].dtype)
         # Σ_p m(p) u(p + δ) = Σ_q m(q - δ) u(q): the mask shifted by +δ, pulled back to every level (one call)
         shifted = torch.cat([_shift(masks, dy, dx) for dy, dx in _SHIFTS], dim=1)            # (B, 9 C, H, W)
-        sums = torch.cat(masked_level_sums(self.pyramid, self.ops, shifted), dim=1)         # (9 C, c)
+        sums = torch.cat(masked_level_sums(pyramid, self.ops, shifted), dim=1)              # (9 C, c)
         columns = sums.view(len(_SHIFTS), num_classes, -1).transpose(0, 1)                  # (C, 9, c)
         sums = self._head(columns, counts)
         return sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype), counts > 0

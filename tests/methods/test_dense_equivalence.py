@@ -436,3 +436,36 @@ def test_sparse_rows_deduplicate_long_point_lists_as_torch_unique():
     assert unique.numel() < points.numel()  # the list repeats pixels: the deduplicated read is the one under test
     with torch.no_grad():
         torch.testing.assert_close(reps.rows(points), reps._rows(points), rtol=1e-12, atol=1e-12)
+
+
+def test_class_means_and_the_pseudo_label_weight_stay_finite_under_fp16_autocast():
+    """``--amp fp16`` at the paper size: the sparse class means summed pyramid features over every pixel of a class
+    before the head, in half precision, and a 256 x 256 image's 65 536 confident pixels were counted in half precision:
+    both overflowed to inf, so MONA, ARCO and ACTION stopped at their first log row with a NaN loss (the GPU-path
+    audit). CPU autocast stands in for CUDA's here."""
+    from methods.heads import ActionProjectionHead, LinearPredictor, MonaFeatureExtractor
+    from methods.losses import pseudo_label_loss
+
+    torch.manual_seed(0)
+    channels, size = (8, 4, 4, 4, 4), 256
+    pyramid = [torch.rand(2, c, size // 2 ** (4 - i), size // 2 ** (4 - i)) + 1.0 for i, c in enumerate(channels)]
+    labels = torch.zeros(2, size, size, dtype=torch.int64)  # one class over all 131 072 pixels
+    valid = torch.ones(2, size, size, dtype=torch.bool)
+    fe, predictor, head = MonaFeatureExtractor(channels), LinearPredictor(sum(channels)), ActionProjectionHead(channels, 16)
+    with torch.no_grad():
+        reference = [SparseMonaReps(pyramid, fe).class_means(labels, valid, 2)[0],
+                     SparseActionReps(pyramid, head, (size, size)).class_means(labels, valid, 2)[0],
+                     DenseReps(predictor(fe(pyramid))).class_means(labels, valid, 2)[0]]
+        with torch.autocast("cpu", dtype=torch.float16):
+            half = [level.half() for level in pyramid]  # the UNet's pyramid comes out in half precision there
+            means = [SparseMonaReps(half, fe).class_means(labels, valid, 2)[0],
+                     SparseActionReps(half, head, (size, size)).class_means(labels, valid, 2)[0],
+                     DenseReps(predictor(fe(half)).half()).class_means(labels, valid, 2)[0]]
+    for mean, expected in zip(means, reference):
+        assert torch.isfinite(mean).all()
+        torch.testing.assert_close(mean.float(), expected, rtol=0.02, atol=0.02)
+    logits = torch.randn(2, 4, size, size).half()
+    pseudo = torch.zeros(2, size, size, dtype=torch.int64)
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = pseudo_label_loss(logits, pseudo, torch.ones(2, size, size), 0.97)
+    assert torch.isfinite(loss) and float(loss) == pytest.approx(float(pseudo_label_loss(logits.float(), pseudo, torch.ones(2, size, size), 0.97)), rel=1e-2)
