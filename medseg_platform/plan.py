@@ -267,6 +267,8 @@ def measure_unit_seconds(config: dict, device: str = "cpu", steps: int = TIMED_S
     torch.set_num_threads(cfg.threads)
     try:
         target = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
+        if target.type == "cpu" and cfg.optim.amp == "fp16":  # a CUDA-only setting, timed in full precision on a driver without one
+            cfg = cfg.replace(**{"optim.amp": "off"})
         layout = AcdcLayout(cfg.data.root, cfg.data.num_classes)
         subset = select_labelled(layout.train_slices, "1", "published", cfg.seed)
         bank = SliceBank(layout, subset.labelled_slices, cfg.data.patch_size, cfg.data.image_resize)

@@ -78,6 +78,8 @@ def test_invalid_study_fails_before_ray(tiny_root, tmp_path):
                          (dict(cpus_per_trial=float("nan")), "cpus_per_trial nan: must be a finite number > 0"),
                          (dict(cpus_per_trial=float("inf")), "cpus_per_trial inf: must be a finite number > 0"),
                          (dict(gpus_per_trial=-1), "gpus_per_trial -1: must be a finite number >= 0"),
+                         # two NCCL ranks on one GPU (the GPU-path audit): refused before Ray starts
+                         (dict(num_workers=2, gpus_per_trial=0.5), "--num-workers 2 with --gpus-per-trial 0.5: Ray packs fractional"),
                          (dict(seeds=[1, 1]), r"seeds \[1, 1\]: whole numbers in \[0, 2\*\*32 - 1\], each once"),
                          (dict(seeds=[-2]), r"seeds \[-2\]: whole numbers in \[0, 2\*\*32 - 1\], each once"),
                          (dict(seeds=[2**32]), r"seeds \[4294967296\]: whole numbers in \[0, 2\*\*32 - 1\], each once"),
@@ -380,6 +382,20 @@ def test_more_threads_than_reserved_cpus_is_a_warning(tmp_path, capsys):
             "sharing a node's cores slow each other down: pass --set threads=2 to match") in capsys.readouterr().err
     study.cpus_per_trial = 4.0
     warn_oversubscribed_threads(study, trials)
+    assert capsys.readouterr().err == ""
+
+
+def test_more_gpus_than_a_one_worker_trial_uses_is_a_warning(tmp_path, capsys):
+    from medseg_platform.study.runner import warn_idle_gpus
+
+    study = tiny_study(tmp_path, tmp_path / "results")
+    study.gpus_per_trial = 2.0
+    warn_idle_gpus(study)
+    assert "warning: --gpus-per-trial 2 reserves 2 GPUs per trial, but a trial of one worker trains on one of them" in capsys.readouterr().err
+    study.num_workers = 2
+    warn_idle_gpus(study)
+    study.num_workers, study.gpus_per_trial = 1, 1.0
+    warn_idle_gpus(study)
     assert capsys.readouterr().err == ""
 
 

@@ -462,3 +462,16 @@ def test_the_class_count_a_dataset_records_is_taken_without_a_set(tmp_path, caps
                        str(tmp_path / "r"), "--set", "optim.max_steps=2", "--set", "eval.val_every=2"]) == 0
     (result,) = (tmp_path / "r").glob("train-supervised-smoke/trials/*/result.json")
     assert json.loads(result.read_text())["config"]["data"]["num_classes"] == 5
+
+
+def test_a_dry_run_of_an_fp16_study_on_a_driver_without_cuda_times_full_precision(phantom_env, monkeypatch):
+    """A dry run from a CPU-only head node of `--gpus-per-trial 1 --amp fp16` failed with fp16's "needs a CUDA device"
+    (the GPU-path audit): the timing falls back to the CPU, and so to full precision."""
+    import torch
+
+    from medseg_platform.plan import measure_unit_seconds
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = SMOKE.trial.replace(**{"data.root": phantom_env, "optim.amp": "fp16"}).to_dict()
+    unit = measure_unit_seconds(config, "cuda", steps=2, budget_s=0.5)
+    assert unit.seconds > 0 and "(cpu," in unit.source

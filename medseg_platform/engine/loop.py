@@ -202,7 +202,9 @@ class TrainLoop:
         terms = {**out.terms, **late_terms}
         if self.dist is not None:
             if self.first_grad_norms is None:  # evidence for tests and logs: ranks see different data, so gradients differ before the sync
-                self.first_grad_norms = gather_scalar(torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in self.trainable if p.grad is not None)))
+                norm = torch.sqrt(sum((p.grad.detach().float() ** 2).sum() for p in self.trainable if p.grad is not None))
+                # fp16: the gradients are still scaled here; the norm is recorded unscaled, as in full precision
+                self.first_grad_norms = gather_scalar(norm / self.scaler.get_scale() if self.scaler is not None else norm)
             # fp16: the gradients are scaled by the same factor on every rank (the scalers see the same averaged
             # gradients, so they skip steps and update their scale identically)
             average_gradients(self.trainable, self.dist.world_size)

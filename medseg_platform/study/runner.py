@@ -164,7 +164,16 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
         warn_oversubscribed_threads(study, trials)
     if study.gpus_per_trial > 0:
         check_gpus_available(study.address)
+    warn_idle_gpus(study)
     return trials, check_test_root(study, trials)
+
+
+def warn_idle_gpus(study: Study) -> None:
+    """Print a warning when a trial of one worker reserves more than one GPU: it trains on one of them (the GPU-path
+    audit), and the others sit reserved and idle."""
+    if study.gpus_per_trial > 1 and study.num_workers == 1:
+        _log(f"warning: --gpus-per-trial {study.gpus_per_trial:g} reserves {study.gpus_per_trial:g} GPUs per trial, but a trial "
+             "of one worker trains on one of them; use --num-workers to train a trial on several GPUs, or 1 GPU per trial")
 
 
 def check_trained_on_this_data(study: Study, trials: list[dict]) -> None:

@@ -127,6 +127,10 @@ class Study:
         for name, value, positive in (("cpus_per_trial", self.cpus_per_trial, True), ("gpus_per_trial", self.gpus_per_trial, False)):
             if not is_real(value) or not math.isfinite(value) or value < 0 or (positive and value == 0):
                 raise ConfigError(f"{name} {value!r}: must be a finite number {'> 0' if positive else '>= 0'}")
+        if self.num_workers > 1 and 0 < self.gpus_per_trial < 1:
+            raise ConfigError(f"--num-workers {self.num_workers} with --gpus-per-trial {self.gpus_per_trial:g}: Ray packs fractional "
+                              "GPUs onto one device, and NCCL refuses two ranks of a data-parallel trial on one GPU; give each "
+                              "worker a whole GPU (--gpus-per-trial 1), or run one worker per trial")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"study protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
         if self.asha and self.search_space is None:
