@@ -267,8 +267,9 @@ def measure_unit_seconds(config: dict, device: str = "cpu", steps: int = TIMED_S
     torch.set_num_threads(cfg.threads)
     try:
         target = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
+        fallback = ""
         if target.type == "cpu" and cfg.optim.amp == "fp16":  # a CUDA-only setting, timed in full precision on a driver without one
-            cfg = cfg.replace(**{"optim.amp": "off"})
+            cfg, fallback = cfg.replace(**{"optim.amp": "off"}), ", full precision: fp16 needs CUDA"
         layout = AcdcLayout(cfg.data.root, cfg.data.num_classes)
         subset = select_labelled(layout.train_slices, "1", "published", cfg.seed)
         bank = SliceBank(layout, subset.labelled_slices, cfg.data.patch_size, cfg.data.image_resize)
@@ -290,7 +291,7 @@ def measure_unit_seconds(config: dict, device: str = "cpu", steps: int = TIMED_S
     finally:
         torch.set_num_threads(previous)
     return UnitSeconds(seconds, f"measured: the median of {done} supervised step(s) of this study's first trial to run, on this machine "
-                                f"({target.type}, {cfg.threads} thread(s), 1 trial alone)")
+                                f"({target.type}, {cfg.threads} thread(s), 1 trial alone{fallback})")
 
 
 def format_plan(plan: StudyPlan) -> str:

@@ -79,7 +79,7 @@ def test_invalid_study_fails_before_ray(tiny_root, tmp_path):
                          (dict(cpus_per_trial=float("inf")), "cpus_per_trial inf: must be a finite number > 0"),
                          (dict(gpus_per_trial=-1), "gpus_per_trial -1: must be a finite number >= 0"),
                          # two NCCL ranks on one GPU (the GPU-path audit): refused before Ray starts
-                         (dict(num_workers=2, gpus_per_trial=0.5), "--num-workers 2 with --gpus-per-trial 0.5: Ray packs fractional"),
+                         (dict(num_workers=2, gpus_per_trial=0.5), "--num-workers 2 with --gpus-per-trial 0.5: Ray may pack fractional"),
                          (dict(seeds=[1, 1]), r"seeds \[1, 1\]: whole numbers in \[0, 2\*\*32 - 1\], each once"),
                          (dict(seeds=[-2]), r"seeds \[-2\]: whole numbers in \[0, 2\*\*32 - 1\], each once"),
                          (dict(seeds=[2**32]), r"seeds \[4294967296\]: whole numbers in \[0, 2\*\*32 - 1\], each once"),

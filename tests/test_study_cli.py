@@ -474,4 +474,4 @@ def test_a_dry_run_of_an_fp16_study_on_a_driver_without_cuda_times_full_precisio
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     config = SMOKE.trial.replace(**{"data.root": phantom_env, "optim.amp": "fp16"}).to_dict()
     unit = measure_unit_seconds(config, "cuda", steps=2, budget_s=0.5)
-    assert unit.seconds > 0 and "(cpu," in unit.source
+    assert unit.seconds > 0 and "(cpu," in unit.source and "full precision: fp16 needs CUDA)" in unit.source

@@ -95,3 +95,21 @@ def test_a_trial_trains_on_the_gpu_only_when_ray_gave_it_one(tiny_root, tmp_path
     with pytest.raises(RuntimeError, match="stop here"):
         run_trial_in_tune(trial_params(tiny_root, "supervised"), str(tmp_path / "study"), gpus_per_worker=gpus, run_id="r")
     assert seen == [expected]
+
+
+def test_a_cpu_trial_on_a_gpu_machine_does_not_start_cuda_for_its_checkpoints(monkeypatch):
+    """Reading the CUDA RNG states initialises CUDA: a CPU trial that sees the machine's GPUs (as Ray shows them) opened a
+    CUDA context on GPU 0 at every checkpoint (the review of the GPU fixes)."""
+    import torch
+
+    from medseg_platform.engine import checkpoint
+
+    def started_cuda(*args):
+        raise AssertionError("CUDA was started")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", started_cuda)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", started_cuda)
+    assert checkpoint._cuda_rng_states() == []
+    checkpoint._set_cuda_rng_states([torch.zeros(4, dtype=torch.uint8)])  # an older checkpoint's states: not restored

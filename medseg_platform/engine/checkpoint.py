@@ -23,12 +23,15 @@ from medseg_platform.results import checkpoint_path
 
 
 def _cuda_rng_states() -> list[torch.Tensor]:
-    """The RNG state of every CUDA device (samplers, dropout and warps draw there), [] without CUDA."""
-    return torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    """The RNG state of every CUDA device (samplers, dropout and warps draw there); [] where this process has not
+    started CUDA: a CPU trial on a GPU machine (Ray shows it the GPUs) would start a CUDA context on GPU 0 just to read
+    them (``get_rng_state_all`` initialises CUDA), outside Ray's accounting."""
+    return torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
 
 
 def _set_cuda_rng_states(states: list[torch.Tensor] | None) -> None:
-    if states and torch.cuda.is_available() and len(states) == torch.cuda.device_count():
+    """Restore :func:`_cuda_rng_states` where this process trains on CUDA (its model is there, so CUDA is started)."""
+    if states and torch.cuda.is_available() and torch.cuda.is_initialized() and len(states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states)
 
 

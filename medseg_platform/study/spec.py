@@ -128,7 +128,7 @@ class Study:
             if not is_real(value) or not math.isfinite(value) or value < 0 or (positive and value == 0):
                 raise ConfigError(f"{name} {value!r}: must be a finite number {'> 0' if positive else '>= 0'}")
         if self.num_workers > 1 and 0 < self.gpus_per_trial < 1:
-            raise ConfigError(f"--num-workers {self.num_workers} with --gpus-per-trial {self.gpus_per_trial:g}: Ray packs fractional "
+            raise ConfigError(f"--num-workers {self.num_workers} with --gpus-per-trial {self.gpus_per_trial:g}: Ray may pack fractional "
                               "GPUs onto one device, and NCCL refuses two ranks of a data-parallel trial on one GPU; give each "
                               "worker a whole GPU (--gpus-per-trial 1), or run one worker per trial")
         if self.protocol not in PROTOCOLS:
