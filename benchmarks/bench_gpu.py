@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -54,7 +55,9 @@ METHODS = ("supervised", "mean_teacher", *CONTRASTIVE, "isd_pretrain", *(f"passe
 def _amp_dtype(amp: str):
     import torch
 
-    return {"off": None, "bf16": torch.bfloat16}[amp]
+    # fp16 runs with a GradScaler, as the engine's training does (_steps); its first timed step's loss terms show whether
+    # they stay finite, which a class sum overflowing half precision broke at the paper size (docs/methods.md)
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 def _memory_reset(device) -> None:
@@ -75,6 +78,10 @@ def _memory_peak(device) -> dict:
 
 
 def _steps(bench, first: int, count: int, amp_dtype, terms: dict | None = None) -> list[float]:
+    import torch
+
+    if amp_dtype is torch.float16 and getattr(bench, "scaler", None) is None:  # kept from the warm-up on, as in training
+        bench.scaler = torch.amp.GradScaler(next(iter(bench.objective.trainable_parameters())).device.type)
     times = []
     for step in range(first, first + count):
         if step == first and terms is not None:
@@ -82,7 +89,7 @@ def _steps(bench, first: int, count: int, amp_dtype, terms: dict | None = None) 
 
             torch.manual_seed(1234)  # dropout and samplers: the same stream for every representation's first step
         times.append(_timed_step(bench.objective, bench.optimizer, bench.batch_of, step, bench.max_steps, amp_dtype,
-                                 terms if step == first else None))
+                                 terms if step == first else None, scaler=getattr(bench, "scaler", None)))
     return times
 
 
@@ -154,6 +161,10 @@ def print_steps(rows: list[dict], args, device) -> None:
                   + (f" {r['nn_steps_peak_allocated_mib']:13.0f} MiB" if r.get("nn_steps_peak_allocated_mib") is not None else ""))
         print(f"{r['method']:<14} {r['representation']:<7} {1e3 * r['step_s']:6.1f}ms {ratio} "
               f"{1e3 * r['step_min_s']:6.1f}-{1e3 * r['step_max_s']:5.1f}ms{nn}{memory}")
+    for r in rows:  # a NaN or inf term of the first timed step (fp16's overflow, say)
+        bad = sorted(k for k, v in (r.get("first_terms") or {}).items() if not math.isfinite(v))
+        if bad:
+            print(f"  {r['method']} ({r['representation']}, amp {r.get('amp')}): non-finite loss term(s) {', '.join(bad)}")
     pairs: dict = {}
     for r in rows:
         if r.get("representation") in ("sparse", "dense") and "first_terms" in r:
@@ -313,7 +324,8 @@ def main() -> None:
     parser.add_argument("--steps", type=count_at_least(1), default=20)
     parser.add_argument("--warmup", type=count_at_least(0), default=3)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process (torch.set_num_threads)")
-    parser.add_argument("--amp", nargs="+", choices=("off", "bf16"), default=["off", "bf16"])
+    parser.add_argument("--amp", nargs="+", choices=("off", "bf16", "fp16"), default=["off", "bf16"],
+                        help="precisions, one process each (fp16 with a GradScaler, as in training)")
     parser.add_argument("--representation", nargs="+", choices=("sparse", "dense"), default=["sparse", "dense"])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--parts", nargs="+", choices=("steps", "concurrent", "trace"), default=["steps", "concurrent"])

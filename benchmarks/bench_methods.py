@@ -39,16 +39,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _timed_step(objective, optimizer, batch_of, step: int, max_steps: int, amp_dtype=None, terms: dict | None = None,
-                kernels: str | None = None) -> float:
+                kernels: str | None = None, scaler=None) -> float:
     """One full training step as the engine's loop runs it (loss under ``amp_dtype`` autocast, backward, the deferred
     gradient-free terms, SGD, after-step hooks); seconds, with the GPU's queue drained before and after.
     ``terms``: filled with the step's loss terms (read after the timing). ``kernels``: the CPU convolution kernels
-    of the step (``build``'s ``kernels``, as the method's trials run them; None: the process's setting)."""
+    of the step (``build``'s ``kernels``, as the method's trials run them; None: the process's setting). ``scaler``: a
+    ``torch.amp.GradScaler`` for fp16, as the engine's loop uses one (without it fp16 gradients overflow)."""
     if kernels is not None:
         from medseg_platform.engine.conv_kernels import using_conv_kernels
 
         with using_conv_kernels(kernels):
-            return _timed_step(objective, optimizer, batch_of, step, max_steps, amp_dtype, terms)
+            return _timed_step(objective, optimizer, batch_of, step, max_steps, amp_dtype, terms, scaler=scaler)
     import torch
 
     from methods.objective import Batch
@@ -61,12 +62,16 @@ def _timed_step(objective, optimizer, batch_of, step: int, max_steps: int, amp_d
     with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = objective.loss(Batch(image, label, unlabelled, augment), step, max_steps)
     optimizer.zero_grad()
-    out.total.backward()
+    (scaler.scale(out.total) if scaler is not None else out.total).backward()
     late = {}
     if getattr(objective, "defer_logged_terms", False):
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             late = objective.after_backward(step)  # as the engine's loop does
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     objective.after_optimizer_step(step)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -180,8 +185,11 @@ def nn_interval(bench, step_s: float, amp_dtype=None) -> dict:
         return {}
     log_every = bench.log_every
     reach = min(-(-int(bench.params.get("nn_pool_capacity", 36)) // 4), log_every - 1)  # pool-filling steps before a log row
-    fill = _timed_step(bench.objective, bench.optimizer, bench.batch_of, log_every - 2, bench.max_steps, amp_dtype, kernels=bench.kernels)
-    logged = _timed_step(bench.objective, bench.optimizer, bench.batch_of, log_every - 1, bench.max_steps, amp_dtype, kernels=bench.kernels)
+    scaler = getattr(bench, "scaler", None)  # fp16 (bench_gpu.py): the run's GradScaler
+    fill = _timed_step(bench.objective, bench.optimizer, bench.batch_of, log_every - 2, bench.max_steps, amp_dtype, kernels=bench.kernels,
+                       scaler=scaler)
+    logged = _timed_step(bench.objective, bench.optimizer, bench.batch_of, log_every - 1, bench.max_steps, amp_dtype, kernels=bench.kernels,
+                         scaler=scaler)
     return {"fill_step_s": fill, "logged_step_s": logged,
             "interval_mean_s": (step_s * (log_every - 1 - reach) + fill * reach + logged) / log_every}
 

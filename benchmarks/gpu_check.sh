@@ -4,7 +4,8 @@
 # Parts, most important first, each under its own time limit so that one hang does not lose the others:
 #   1. bench_gpu.py steps: every method's paper-size step, fp32 and bf16, sparse and dense; peak GPU memory
 #   2. the same for MONA and ARCO-SG in fp32 without TF32 and without cuDNN autotuning (their sparse-vs-dense
-#      agreement and MONA's dense fill-step peak: benchmarks/RESULTS.md, 'One GPU')
+#      agreement and MONA's dense fill-step peak: benchmarks/RESULTS.md, 'One GPU'), and MONA / ACTION under fp16
+#      autocast (finite loss terms at the paper size: docs/methods.md, 'Class means in full precision')
 #   3. bench_gpu.py concurrent: 1, 2, 4, 8 MONA paper-size trials sharing the GPU
 #   4. the suite's CUDA tests (tests/test_gpu_path.py and the 'cuda' tests of intensity, samplers, AdvMorph, augment)
 #   5. a quick MONA trial end to end on the GPU through `medseg train --in-process`
@@ -31,6 +32,9 @@ echo "steps: exit $?" | tee -a "$work/status.txt"
 timeout 60 python3 benchmarks/bench_gpu.py --device "$device" --profile "$profile" --parts steps --steps 8 --warmup 3 --amp off \
     --methods supervised mona arco_sg --no-tf32 --no-cudnn-benchmark --json "$work/steps.jsonl" >"$work/steps-plain.txt" 2>>"$work/steps.log"
 echo "steps without TF32 and autotuning: exit $?" | tee -a "$work/status.txt"
+timeout 60 python3 benchmarks/bench_gpu.py --device "$device" --profile "$profile" --parts steps --steps 3 --warmup 1 --amp fp16 \
+    --representation sparse --methods supervised mona action --json "$work/steps.jsonl" >"$work/steps-fp16.txt" 2>>"$work/steps.log"
+echo "fp16 steps (finite terms: steps-fp16.txt): exit $?" | tee -a "$work/status.txt"
 timeout 120 python3 benchmarks/bench_gpu.py --device "$device" --profile "$profile" --parts concurrent --concurrent 1 2 4 8 --steps 10 --warmup 3 \
     --json "$work/concurrent.jsonl" >"$work/concurrent.txt" 2>"$work/concurrent.log"
 echo "concurrent: exit $?" | tee -a "$work/status.txt"
@@ -45,7 +49,7 @@ for run in "mona off"; do
     echo "trial $1 ($2): exit $?, $((SECONDS - start)) s" | tee -a "$work/status.txt"
 done
 {
-    cat "$work/gpu.txt" "$work/steps.txt" "$work/steps-plain.txt" "$work/concurrent.txt"
+    cat "$work/gpu.txt" "$work/steps.txt" "$work/steps-plain.txt" "$work/steps-fp16.txt" "$work/concurrent.txt"
     tail -n 5 "$work/pytest.txt"
     grep -h "^trial " "$work"/trial-*.log
     cat "$work/status.txt"

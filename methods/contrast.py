@@ -73,8 +73,12 @@ def check_temperature(value, where: str = "temperature") -> float:
 
 
 def _cosine_rows(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """``1 / max(|x|, eps)`` over the last dimension (reads ``x`` once; no normalised copy of ``x``)."""
-    return torch.linalg.vector_norm(x, dim=-1).clamp_min(eps).reciprocal()
+    """``1 / max(|x|, eps)`` over the last dimension (reads ``x`` once; no normalised copy of ``x``), in float32 at
+    least: in half precision ``eps`` rounds to 0, so an all-zero key (MONA's empty bank entries) gave 1/0 = inf and a
+    NaN cosine under fp16 autocast where the norm is not promoted (the CPU's)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    norm = torch.linalg.vector_norm(x, dim=-1) if x.dtype == dtype else torch.linalg.vector_norm(x, dim=-1, dtype=dtype)
+    return norm.clamp_min(eps).reciprocal()
 
 
 # -- InfoNCE -------------------------------------------------------------------------------------------

@@ -469,3 +469,19 @@ def test_class_means_and_the_pseudo_label_weight_stay_finite_under_fp16_autocast
     with torch.autocast("cpu", dtype=torch.float16):
         loss = pseudo_label_loss(logits, pseudo, torch.ones(2, size, size), 0.97)
     assert torch.isfinite(loss) and float(loss) == pytest.approx(float(pseudo_label_loss(logits.float(), pseudo, torch.ones(2, size, size), 0.97)), rel=1e-2)
+
+
+def test_an_all_zero_key_gives_a_finite_contrast_under_fp16_autocast():
+    """MONA's bank starts with all-zero entries; in half precision the cosine's norm floor (1e-8) rounds to 0 and such a
+    key gave 1/0 and a NaN loss under fp16 autocast wherever the norm is not promoted (found with
+    `bench_gpu.py --device cpu --amp fp16`). Full precision is unchanged."""
+    from methods.contrast import pixel_info_nce
+
+    torch.manual_seed(0)
+    anchors, prototype = torch.randn(8, 16), torch.randn(16)
+    negatives = torch.randn(8, 32, 16)
+    negatives[:, :5] = 0.0  # empty bank entries
+    reference = pixel_info_nce(anchors, prototype, negatives, 0.5)
+    with torch.autocast("cpu", dtype=torch.float16):
+        half = pixel_info_nce(anchors.half(), prototype, negatives.half(), 0.5)
+    assert torch.isfinite(half) and float(half) == pytest.approx(float(reference), rel=1e-2)
