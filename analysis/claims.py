@@ -48,7 +48,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from analysis.published import published_difference
-from analysis.significance import MIN_PAIRS, TEST_NAME, confidence_interval, seed_case_pairs, wilcoxon_test
+from analysis.significance import MIN_PAIRS, TEST_NAME, confidence_interval, pair_seed_values, seed_values, wilcoxon_test
 from analysis.tables import AVG, MISSING, as_number, column_label, escape_markdown, metric_style, row_label, trial_seed
 from medseg_platform.claims_spec import check_claim
 from medseg_platform.data.layout import ACDC_CLASS_NAMES
@@ -135,9 +135,10 @@ def paired_values(a_trials: Mapping[Any, Sequence[TrialRecord]], b_trials: Mappi
                   metric: str = "dice") -> PairedValues:
     """Pair the trials of two sides (by seed, then test case); see the module docstring. Values are raw (not x100)."""
     seeds = sorted(a_trials.keys() & b_trials.keys(), key=_seed_sort_key)
-    cases, a, b, dropped, absent = seed_case_pairs({s: [t.per_case for t in a_trials[s]] for s in seeds},
-                                                   {s: [t.per_case for t in b_trials[s]] for s in seeds}, seeds, metric, AVG,
-                                                   as_number)
+    def values(side: Mapping[Any, Sequence[TrialRecord]]):
+        return seed_values({s: [t.per_case for t in side[s]] for s in seeds}, metric, as_number)
+
+    cases, a, b, dropped, absent = pair_seed_values(values(a_trials), values(b_trials), seeds, AVG)
     return PairedValues(cases, seeds, a, b, dropped, absent)
 
 

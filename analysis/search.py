@@ -29,11 +29,12 @@ from analysis.tables import as_number
 from medseg_platform.config import TrialConfig
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_json_atomic, write_text_atomic
-from medseg_platform.results import ERROR_FILE, STUDY_FILE, CorruptResult, read_trial, search_trial_key, trial_folder, tune_storage
+from medseg_platform.results import (ERROR_FILE, SEARCH_HISTORY_FILE, STUDY_FILE, CorruptResult, read_trial, search_trial_key,
+                                    trial_folder, tune_storage)
 
 #: a sample's status in search_history.csv (module docstring), in the order the summary counts them
 STATUSES = ("completed", "stopped early", "errored", "unfinished", "result missing")
-HISTORY_FILE = "search_history.csv"
+HISTORY_FILE = SEARCH_HISTORY_FILE
 BEST_FILE = "best_config.json"
 FIXED_COLUMNS = ("order", "trial_id", "trial_key", "status")
 METRIC_COLUMNS = ("last_step", "best_val_dice", "test_dice", "error")

@@ -139,14 +139,6 @@ def pair_seed_values(a: SeedValues, b: SeedValues, seeds: Sequence[Any], cls: in
     return cases, out_a, out_b, dropped, absent
 
 
-def seed_case_pairs(a_by_seed: Mapping[Any, Sequence[Sequence[Mapping[str, Any]]]],
-                    b_by_seed: Mapping[Any, Sequence[Sequence[Mapping[str, Any]]]], seeds: Sequence[Any], metric: str,
-                    cls: int | str, as_number: Callable[[Any], float | None]) -> tuple[list[str], np.ndarray, np.ndarray, int, int]:
-    """:func:`pair_seed_values` of the two sides' trials' ``per_case.csv`` rows by seed (:func:`seed_values`)."""
-    return pair_seed_values(seed_values({s: a_by_seed[s] for s in seeds}, metric, as_number),
-                            seed_values({s: b_by_seed[s] for s in seeds}, metric, as_number), seeds, cls)
-
-
 def confidence_interval(differences: np.ndarray, cases: Sequence[str],
                         confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The interval of the mean of ``differences`` (cases, seeds), NaN = dropped pair (docs/analysis.md, 'How a claim

@@ -85,16 +85,10 @@ def finished_trial(trial_dir: str | Path):
 
 
 def _stopped_early(trial_dir: Path) -> bool:
-    """Whether the search history of the trial's study (``search_history.csv`` two folders up) lists it as stopped early
-    by ASHA."""
-    import csv
+    """Whether the search history of the trial's study (two folders up) lists it as stopped early by ASHA."""
+    from medseg_platform.results import search_history_statuses
 
-    history = trial_dir.parent.parent / "search_history.csv"  # analysis.search.HISTORY_FILE (analysis is not imported here)
-    try:
-        with open(history, newline="", encoding="utf-8") as fh:
-            return any(row.get("trial_key") == trial_dir.name and row.get("status") == "stopped early" for row in csv.DictReader(fh))
-    except (OSError, csv.Error, UnicodeDecodeError):
-        return False
+    return search_history_statuses(trial_dir.parent.parent).get(trial_dir.name) == "stopped early"
 
 
 def _recorded_error(path: Path) -> str:
@@ -257,16 +251,6 @@ LABEL_SUFFIX = "_gt"
 PREDICTION_SUFFIX = "_pred"
 
 
-def _time_series(path: Path) -> bool:
-    """Whether a NIfTI file holds more than one 3-D volume (a 4-D cine or time series, ACDC's ``*_4d.nii.gz``)."""
-    from medseg_platform.data.nifti import _load
-
-    dims = list(_load(path).shape)
-    while len(dims) > 3 and dims[-1] == 1:
-        dims.pop()
-    return len(dims) > 3
-
-
 def _nifti_name(path: Path) -> bool:
     from medseg_platform.data.nifti import NIFTI_EXTENSIONS
 
@@ -280,7 +264,7 @@ def image_files(paths: Sequence[str | Path], label_suffix: str = LABEL_SUFFIX) -
     Case ids are the converters' (:func:`medseg_platform.data.nifti.sanitize_case_id` of the name without extension).
     One-line :class:`DataError` for a path that does not exist, a file without a NIfTI name, a label or prediction file
     named on its own, a folder without images and two files of one case id."""
-    from medseg_platform.data.nifti import sanitize_case_id, split_nifti_name
+    from medseg_platform.data.nifti import is_time_series, sanitize_case_id, split_nifti_name
 
     not_images = (label_suffix, PREDICTION_SUFFIX)
     found: dict[str, Path] = {}
@@ -291,7 +275,7 @@ def image_files(paths: Sequence[str | Path], label_suffix: str = LABEL_SUFFIX) -
         if path.is_dir():
             names = sorted(p for p in path.iterdir() if p.is_file() and _nifti_name(p) and not p.name.startswith("."))
             labels = [p for p in names if split_nifti_name(p)[0].endswith(not_images)]
-            series = [p for p in names if p not in labels and _time_series(p)]
+            series = [p for p in names if p not in labels and is_time_series(p)]
             chosen = [p for p in names if p not in labels and p not in series]
             notes = ([f"{len(labels)} label or prediction file(s) (names ending in {' or '.join(not_images)})"] if labels else []) + \
                 ([f"{len(series)} 4-D file(s), e.g. {series[0].name} (give its 3-D frames)"] if series else [])

@@ -67,6 +67,7 @@ RESULT_SCHEMA = "medseg-trial-result/1"
 STUDY_FILE = "study.json"
 LAST_RUN_FILE = "last_run.json"
 SETTINGS_FILE = "settings.json"
+SEARCH_HISTORY_FILE = "search_history.csv"  # an Optuna search's samples (analysis.search writes it with the report)
 TRIALS_DIR = "trials"
 TUNE_DIR = "ray"
 RAY_TRAIN_DIR = "ray-train"
@@ -165,6 +166,16 @@ def _csv_text(rows: Iterable[Mapping[str, Any]], fields: Iterable[str] | None = 
     for row in rows:
         writer.writerow({k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
     return buffer.getvalue()
+
+
+def search_history_statuses(study_dir: Path) -> dict[str, str]:
+    """``{trial_key: status}`` of a search's ``search_history.csv`` (``analysis.search.STATUSES``; the only record of a
+    sample ASHA stopped early, which writes no result files); {} when there is none or it cannot be read."""
+    try:
+        with open(Path(study_dir) / SEARCH_HISTORY_FILE, newline="", encoding="utf-8") as fh:
+            return {str(row.get("trial_key")): str(row.get("status")) for row in csv.DictReader(fh)}
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return {}
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:

@@ -133,6 +133,15 @@ def xyz_shape(shape: Sequence[int], path: Path) -> tuple[int, int, int]:
     return int(dims[0]), int(dims[1]), int(dims[2])
 
 
+def is_time_series(path: str | Path) -> bool:
+    """Whether a NIfTI file holds more than one 3-D volume (a 4-D cine or time series, ACDC's ``*_4d.nii.gz``;
+    trailing axes of one voxel aside), from its header; one-line :class:`DataError` for an unreadable file."""
+    dims = list(_load(Path(path)).shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    return len(dims) > 3
+
+
 #: millimetres per unit of the header's spatial unit (``xyzt_units``); "unknown" is read as mm, as ITK and SSL4MIS do
 MM_PER_UNIT = {"mm": 1.0, "unknown": 1.0, "micron": 1e-3, "meter": 1e3}
 

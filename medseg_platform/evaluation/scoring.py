@@ -47,7 +47,8 @@ from typing import Callable
 
 import numpy as np
 
-from medseg_platform.data.nifti import orientation_mismatch, sanitize_case_id, voxel_sizes_mm, world_mm, xyz_shape
+from medseg_platform.data.nifti import (is_time_series, orientation_mismatch, sanitize_case_id, voxel_sizes_mm, world_mm,
+                                         xyz_shape)
 from medseg_platform.errors import ConfigError, DataError
 from medseg_platform.evaluation.metrics import METRICS, check_label_map, check_options, evaluate_case, summarize
 from medseg_platform.io import write_json_atomic, write_text_atomic
@@ -115,14 +116,12 @@ def list_label_files(folder: Path, role: str) -> dict[str, LabelFile]:
 
 
 def _more_than_3d(path: Path) -> bool:
-    """Whether a NIfTI file's header holds more than one 3-D volume (trailing axes of one voxel aside)."""
+    """:func:`medseg_platform.data.nifti.is_time_series`; False for an unreadable file (its own error comes where it is
+    read)."""
     try:
-        dims = list(_nifti(path).shape)
+        return is_time_series(path)
     except DataError:
-        return False  # an unreadable file gets its own error where it is read
-    while len(dims) > 3 and dims[-1] == 1:
-        dims.pop()
-    return len(dims) > 3
+        return False
 
 
 def ground_truth_files(folder: Path) -> dict[str, LabelFile]:

@@ -10,7 +10,6 @@ new experiment; trials whose configs did not change are still reused from their 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
 import json
@@ -343,17 +342,14 @@ def _any_sample_ended(study_dir: Path) -> bool:
     the search history's status, which the report writes after a run: a driver killed mid-search leaves none): a search that
     crashed before any sample ended (in Ray, say) has nothing a changed search would hide, so its corrected rerun may
     start a new one in the folder."""
-    from medseg_platform.results import ERROR_FILE, RESULT_FILE, TRIALS_DIR
+    from medseg_platform.results import ERROR_FILE, RESULT_FILE, TRIALS_DIR, search_history_statuses
 
     trials = study_dir / TRIALS_DIR
     if trials.is_dir() and any((folder / RESULT_FILE).exists() or (folder / ERROR_FILE).exists()
                                for folder in trials.iterdir() if folder.is_dir()):
         return True
-    try:  # a sample ASHA stopped writes no result: the search's history (analysis.search.HISTORY_FILE) lists it
-        with open(study_dir / "search_history.csv", newline="", encoding="utf-8") as fh:
-            return any(row.get("status") in ("completed", "stopped early", "errored", "result missing") for row in csv.DictReader(fh))
-    except (OSError, csv.Error, UnicodeDecodeError):
-        return False
+    ended = {"completed", "stopped early", "errored", "result missing"}  # a sample ASHA stopped writes no result files
+    return bool(ended & set(search_history_statuses(study_dir).values()))
 
 
 def _search_differences(old: dict, new: dict) -> str:
