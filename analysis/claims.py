@@ -322,8 +322,23 @@ def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records
         cells = [claim_text(result), claim["paper"], _signed(result.difference), per_seed, ci, p_text, _n_text(result), verdict_text]
         cells += [_published_text(claim)] if paper else []
         lines.append("| " + " | ".join(escape_markdown(c) for c in cells) + " |")
-    lines += ["", _caption(paper, run), ""]
+    lines += ["", _caption(paper, run) + (_recipe_note(settings) if paper else ""), ""]
     return lines
+
+
+def _recipe_note(settings: Mapping[str, Any]) -> str:
+    """Where a paper-profile run departs from the papers' runs (``--set`` overrides, the corrected protocol), said
+    beside the published differences: "" when it does not (or when ``settings.json`` does not say)."""
+    changes = []
+    overrides = settings.get("overrides") or {}
+    if overrides:
+        changes.append("--set " + ", ".join(f"{key}={value}" for key, value in sorted(overrides.items())))
+    if settings.get("protocol") not in (None, "released"):
+        changes.append(f"--protocol {settings['protocol']} (the papers report the released protocol: docs/evaluation.md)")
+    if not changes:
+        return ""
+    return (f" This run departs from the papers' recipe ({'; '.join(changes)}): its Δ and the published one are not like "
+            "for like.")
 
 
 def _caption(paper: bool, run: str) -> str:

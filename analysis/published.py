@@ -86,11 +86,27 @@ class PublishedDifference:
 def published_difference(a: str, b: str, column: str, b_column: str | None = None,
                          tables: tuple[PublishedTable, ...] = ACDC_TABLES) -> PublishedDifference | None:
     """Published Dice of row ``a`` at ``column`` minus row ``b`` at ``b_column`` (default ``column``), from the
-    first table that has both; None when no single table has both."""
-    b_column = column if b_column is None else b_column
+    first table that has both; None when no single table has both. A column may be spelled as the papers name it
+    ("5%": the 3 of ACDC's 70 training patients, :func:`published_column`)."""
+    b_column = published_column(column if b_column is None else b_column)
+    column = published_column(column)
     for table in tables:
         value_a = table.dice.get(a, {}).get(column)
         value_b = table.dice.get(b, {}).get(b_column)
         if value_a is not None and value_b is not None:
             return PublishedDifference(round(value_a - value_b, 6), table)
     return None
+
+
+def published_column(column: str) -> str:
+    """A label fraction as the tables' columns spell it: the papers' "1%", "5%" and "10%" as the 1, 3 and 7 patients
+    they are of ACDC's 70 training patients; "100%" and patient counts as given."""
+    from medseg_platform.data.splits import PUBLISHED_PERCENT_TO_PATIENTS, canonical_fraction
+
+    try:
+        text = canonical_fraction(column)
+    except ValueError:
+        return column
+    if text.endswith("%") and float(text[:-1]) in PUBLISHED_PERCENT_TO_PATIENTS:
+        return str(PUBLISHED_PERCENT_TO_PATIENTS[float(text[:-1])])
+    return text

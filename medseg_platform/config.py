@@ -402,6 +402,20 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def labelled_subset(cfg: TrialConfig, train_slices: dict | None = None):
+    """The trial's labelled subset: :func:`medseg_platform.data.splits.select_labelled` on its dataset's
+    ``train_slices.list``. ``train_slices``: a cache of each root's list, shared by the calls that pass it."""
+    from medseg_platform.data.layout import AcdcLayout
+    from medseg_platform.data.splits import select_labelled
+
+    cache = {} if train_slices is None else train_slices
+    root = str(cfg.data.root)
+    if root not in cache:
+        cache[root] = AcdcLayout(root, cfg.data.num_classes).train_slices
+    seed = cfg.seed if cfg.data.labelled_seed is None else cfg.data.labelled_seed
+    return select_labelled(cache[root], cfg.data.labelled, cfg.data.labelled_strategy, seed)
+
+
 def differing_fields(configs: list[Mapping] | tuple[Mapping, ...]) -> list[str]:
     """The dotted fields (``optim.lr``, ``objective_params.unsup_weight``) whose values are not the same in all
     ``configs`` (``TrialConfig.to_dict()`` dicts), sorted."""

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medseg_platform.config import TrialConfig
+from medseg_platform.config import TrialConfig, labelled_subset
 
 FINISHED, TO_SCORE, TO_RESCORE, CACHED, TO_RUN = ("finished", "to score on --test-root", "to score from a finished trial",
                                                   "cached pretraining", "to run")
@@ -83,6 +83,7 @@ class UnitSeconds:
 
     seconds: float
     source: str
+    device: str = "cpu"  # where the unit was timed ("cuda": on this machine's GPU)
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
         running = sum(1 for _, _, p in planned for _ in p.runs)  # runs to do: one alone shares no core
         if first and min(slots, running) > 1 and study.gpus_per_trial == 0 and not (study.address or os.environ.get("RAY_ADDRESS")):
             unit = UnitSeconds(unit.seconds * SHARED_CORES_SLOWDOWN,
-                               f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores")
+                               f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores", unit.device)
     return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit, ended,
                      WORKER_GROUP_S if study.num_workers > 1 else 0.0, tuple(unpriced), study.gpus_per_trial > 0,
                      *((0, ()) if search else _left_out(study_dir / TRIALS_DIR, trials, trial_finished)))
@@ -206,14 +207,7 @@ def _left_out(trials_dir: Path, trials: list[dict], finished) -> tuple[int, tupl
 
 def _subset(cfg: TrialConfig, cache: dict):
     """The trial's labelled subset (what the engine's stage keys hash), one dataset list read per root."""
-    from medseg_platform.data.layout import AcdcLayout
-    from medseg_platform.data.splits import select_labelled
-
-    root = str(cfg.data.root)
-    if root not in cache:
-        cache[root] = AcdcLayout(root, cfg.data.num_classes).train_slices
-    seed = cfg.seed if cfg.data.labelled_seed is None else cfg.data.labelled_seed
-    return select_labelled(cache[root], cfg.data.labelled, cfg.data.labelled_strategy, seed)
+    return labelled_subset(cfg, cache)
 
 
 def available_cpus() -> int:
@@ -291,7 +285,7 @@ def measure_unit_seconds(config: dict, device: str = "cpu", steps: int = TIMED_S
     finally:
         torch.set_num_threads(previous)
     return UnitSeconds(seconds, f"measured: the median of {done} supervised step(s) of this study's first trial to run, on this machine "
-                                f"({target.type}, {cfg.threads} thread(s), 1 trial alone{fallback})")
+                                f"({target.type}, {cfg.threads} thread(s), 1 trial alone{fallback})", target.type)
 
 
 def format_plan(plan: StudyPlan) -> str:
@@ -336,6 +330,10 @@ def format_plan(plan: StudyPlan) -> str:
                      + (f". Some trained on another data root ({', '.join(plan.other_roots[:2])}): a trial's key includes its "
                         "data root, so a moved dataset (or another $MEDSEG_CACHE for the embedded phantom) trains anew; "
                         "--data-root that folder finds them again" if plan.other_roots else ""))
+    if plan.on_gpus and plan.unit.device != "cuda" and runs:
+        lines.append("The trials would train on GPUs (--gpus-per-trial), but the unit was timed on this machine's CPU, which has "
+                     "no CUDA GPU: the estimate is CPU time, typically tens of times a GPU's (README: a paper-size supervised step on "
+                     "one H200 takes 11-14 ms). For a GPU estimate, dry-run on a GPU machine of the cluster")
     if not plan.on_gpus and plan.wall_s > CPU_DAY_S:
         lines.append(f"That is more than {CPU_DAY_S / 3600:.0f} h of CPU training: a study of this size is meant for GPUs "
                      "(--gpus-per-trial N, here or with --address of a GPU cluster; README, 'Running on a cluster'), or "

@@ -68,6 +68,36 @@ def study_fractions(args: argparse.Namespace, default) -> tuple[str, ...]:
     return tuple(given) if given else tuple(default)
 
 
+def fractions_as_patients(fractions: Iterable[str], root, num_classes: int) -> tuple[str, ...]:
+    """``--labelled``'s fractions resolved on the training patients of the dataset at ``root``, as patient counts in
+    increasing order (:func:`medseg_platform.data.splits.resolve_patient_count`).
+
+    A percent such as the papers' "5%" then trains, is tabled and is claimed as the "3" patients it selects of ACDC's 70
+    (a note on stderr says so): the studies' claims and the published numbers name patient counts, and a study's
+    "improves with more patients" claims pair its fractions in this order, not in the order they were typed. Two
+    fractions that select the same number of patients (e.g. '1' and '5%' on a dataset of 6 training patients) are
+    refused: they would train every row twice and average the copies as two seeds of one column."""
+    from medseg_platform.data.layout import AcdcLayout
+    from medseg_platform.data.splits import resolve_patient_count
+    from medseg_platform.errors import ConfigError
+
+    layout = AcdcLayout(root, num_classes)
+    available = len(layout.train_patients)
+    counts: dict[int, str] = {}
+    for fraction in fractions:
+        try:
+            count = resolve_patient_count(fraction, available)
+        except ConfigError as exc:
+            raise ConfigError(f"--labelled, dataset {layout.root}: {exc}") from None
+        if count.patients in counts:
+            raise ConfigError(f"--labelled {counts[count.patients]} and {fraction}: both select {count.patients} of the {available} "
+                              f"training patients of {layout.root}; give each fraction once")
+        counts[count.patients] = fraction
+        if str(count.patients) != fraction:
+            print(f"note: {count.describe()}; trained and tabled as {count.patients}", file=sys.stderr)
+    return tuple(str(n) for n in sorted(counts))
+
+
 def amount(positive: bool):
     """An argparse ``type``: a finite number > 0 (``positive``) or >= 0."""
     def parse(text: str) -> float:

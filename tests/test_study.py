@@ -359,7 +359,7 @@ def test_a_single_worker_trial_larger_than_the_local_ray_is_refused_before_ray(t
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # this test process's session Ray is not the one checked
     study = tiny_study(tmp_path, tmp_path / "results")
     study.cpus_per_trial, study.num_cpus = 4.0, 2
-    with pytest.raises(ConfigError, match=r"--cpus-per-trial 4: a trial needs 4 CPUs, the local Ray has 2; pass --cpus-per-trial 2"):
+    with pytest.raises(ConfigError, match=r"--cpus-per-trial 4 \(given, or the profile.s default\): a trial needs 4 CPUs, the local Ray has 2; pass --cpus-per-trial 2"):
         check_local_resources(study)
     study.cpus_per_trial = 2.0
     check_local_resources(study)
@@ -448,3 +448,15 @@ def test_a_search_folder_is_not_restarted_or_taken_over_silently(tiny_root, tmp_
     taker.results_dir, taker.name = tmp_path / "grid", "shared"
     with pytest.raises(ConfigError, match=r"holds a grid study \(study.json\); this search would replace its record"):
         check_before_ray(taker, dry_run=True)
+
+
+def test_two_label_fractions_that_select_the_same_patients_are_refused_before_ray(tiny_root, tmp_path):
+    """The paper-path probe: on a small dataset '1' and '5%' both select 1 patient; both were trained and their copies
+    averaged as two seeds of one column (``n_seeds`` 2, seeds "1,1")."""
+    study = tiny_study(tiny_root, tmp_path / "results")
+    study.grid = {"data.labelled": ["1", "5%"]}
+    with pytest.raises(ConfigError, match=r"row 'Sup': label fractions '1' and '5%' select the same 1 of the 4 training patients"):
+        study.trial_params()
+    study.grid = {"data.labelled": ["1", "50%"]}  # 2 of 4: distinct
+    assert len(study.trial_params()) == 4
+    assert not (tmp_path / "results").exists()

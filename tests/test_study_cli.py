@@ -240,6 +240,10 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch
     slow = dataclasses.replace(plan, unit=UnitSeconds(1000.0, "x"))  # 1000 s a unit: about 50 h
     assert "That is more than 24 h of CPU training: a study of this size is meant for GPUs" in format_plan(slow)
     assert "CPU training" not in format_plan(dataclasses.replace(slow, on_gpus=True))
+    # the paper-path probe: GPU trials priced on a CPU-only driver read as a GPU estimate (2758 h)
+    assert "but the unit was timed on this machine's CPU" in format_plan(dataclasses.replace(slow, on_gpus=True))
+    assert "timed on this machine's CPU" not in format_plan(dataclasses.replace(slow, on_gpus=True, unit=UnitSeconds(1000.0, "x", "cuda")))
+    assert "timed on this machine's CPU" not in text
     monkeypatch.delitem(STEP_COST, "mean_teacher")  # as for an objective registered without a measured prior
     unpriced = plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2)
     assert unpriced.unpriced == ("mean_teacher",)
@@ -475,3 +479,20 @@ def test_a_dry_run_of_an_fp16_study_on_a_driver_without_cuda_times_full_precisio
     config = SMOKE.trial.replace(**{"data.root": phantom_env, "optim.amp": "fp16"}).to_dict()
     unit = measure_unit_seconds(config, "cuda", steps=2, budget_s=0.5)
     assert unit.seconds > 0 and "(cpu," in unit.source and "full precision: fp16 needs CUDA)" in unit.source
+
+
+def test_label_fractions_are_trained_as_patient_counts_in_increasing_order(tiny_root, capsys):
+    """The paper-path probe: '--labelled 1% 5% 10%' (the papers' column names) lost every published number, which are
+    keyed by patients, and label_fractions paired its "improves with more patients" claims in the order typed."""
+    from medseg_platform.errors import ConfigError
+    from medseg_platform.study_flags import fractions_as_patients
+
+    assert fractions_as_patients(["3", "1"], tiny_root, 4) == ("1", "3")
+    assert fractions_as_patients(["50%", "1"], tiny_root, 4) == ("1", "2")
+    assert "label fraction 50% -> 2 of 4 training patients (50.0%; round(4 x 50/100)); trained and tabled as 2" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"--labelled 1 and 5%: both select 1 of the 4 training patients of .*; give each fraction once"):
+        fractions_as_patients(["1", "5%"], tiny_root, 4)
+    with pytest.raises(ConfigError, match=r"--labelled, dataset .*: label fraction '7': 7 patients requested but the training split has only 4"):
+        fractions_as_patients(["7"], tiny_root, 4)
+    claims = load_script("label_fractions").claims(fractions_as_patients(["3", "1"], tiny_root, 4))
+    assert [(c["b_column"], c["column"]) for c in claims if c.get("b_column")] == [("1", "3")]  # fewer -> more patients

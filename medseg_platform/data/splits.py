@@ -242,8 +242,8 @@ def add_cli(subparsers) -> None:
         description=__doc__.split("\n\n")[1] + "\n\nPatients (e.g. 3) or percent (e.g. 5%) -> labelled patients and slices.",
     )
     parser.add_argument("root", help="dataset root (SSL4MIS/ACDC layout)")
-    parser.add_argument("--labelled", action="append", required=True, metavar="FRACTION",
-                        help="patients ('3') or percent ('5%%'); repeat for several")
+    parser.add_argument("--labelled", action="extend", nargs="+", required=True, metavar="FRACTION",
+                        help="patients ('3') or percent ('5%%'); several after one flag (as the study scripts take them) or repeated")
     parser.add_argument("--strategy", choices=STRATEGIES, default="published", help="which patients (default: published ordering)")
     parser.add_argument("--seed", type=int, default=None, help="seed for --strategy random")
     parser.set_defaults(func=_run_cli)

@@ -253,7 +253,8 @@ def check_local_resources(study: Study) -> None:
         raise ConfigError(f"--num-workers {study.num_workers}: a trial needs {need:g} CPUs ({study.num_workers} workers x "
                           f"{study.cpus_per_trial:g}), the local Ray has {cpus}; use fewer workers or less per worker "
                           "(--cpus-per-trial)")
-    raise ConfigError(f"--cpus-per-trial {study.cpus_per_trial:g}: a trial needs {need:g} CPUs, the local Ray has {cpus}; "
+    raise ConfigError(f"--cpus-per-trial {study.cpus_per_trial:g} (given, or the profile's default): a trial needs {need:g} CPUs, "
+                      f"the local Ray has {cpus}; "
                       f"pass --cpus-per-trial {cpus} or less, with --set threads={cpus} or less to match (a trial computes "
                       "with the config's threads, whatever Ray reserves)")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from medseg_platform.claims_spec import check_claim
-from medseg_platform.config import MAX_SEED, TrialConfig, differing_fields, is_real, resolve_path
+from medseg_platform.config import MAX_SEED, TrialConfig, differing_fields, is_real, labelled_subset, resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST
 from medseg_platform.errors import ConfigError
 from medseg_platform.protocol import PROTOCOLS
@@ -191,6 +191,7 @@ class Study:
                     raise
                 raise ConfigError(f"row {trial['tags'].get('row')!r}: {exc}") from None
             checked.add(data_key)
+        self._check_distinct_fractions(trials)
         if self.search_space is not None:  # every domain's ends (or categories) must give a valid config, before Ray starts
             sample = {key: domain.sample() if hasattr(domain, "sample") else domain for key, domain in self.search_space.items()}
             for key, domain in self.search_space.items():
@@ -201,6 +202,21 @@ class Study:
                         raise ConfigError(f"search_space[{key!r}] at {value!r}: {exc}") from None
         self._check_claim_rows(trials)
         return start_order(trials)
+
+    def _check_distinct_fractions(self, trials: list[dict]) -> None:
+        """Two label fractions of one configuration that select the same patients ('1' and '5%' on a dataset of 6
+        training patients) would train it twice and average the copies as two seeds of one table column."""
+        lists: dict = {}
+        seen: dict = {}
+        for trial in trials:
+            config = trial["config"]
+            subset = labelled_subset(TrialConfig.from_dict(config), lists)
+            rest = {**config, "data": {k: v for k, v in config["data"].items() if k != "labelled"}}
+            first = seen.setdefault((json.dumps(rest, sort_keys=True, default=str), subset.patients), config["data"]["labelled"])
+            if first != config["data"]["labelled"]:
+                raise ConfigError(f"study {self.name}, row {trial['tags'].get('row')!r}: label fractions {first!r} and "
+                                  f"{config['data']['labelled']!r} select the same {subset.count.patients} of the "
+                                  f"{subset.count.available} training patients; give each fraction once")
 
     def _check_claim_rows(self, trials: list[dict]) -> None:
         """Every claim names rows the study has (a typo or a row merged away made it "not run" after training)."""

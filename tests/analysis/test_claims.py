@@ -209,6 +209,9 @@ def test_published_differences_come_from_one_table():
     assert versus_supervised.difference == pytest.approx(85.5 - 40.3) and versus_supervised.table is ARCO_TABLE_1
     assert published_difference("Supervised only", "Supervised only", "3", "1").difference == pytest.approx(51.7 - 40.3)
     assert published_difference("ACTION", "ACTION w/o L_anco", "1") is None  # ACTION's ablation is at 3 patients only
+    # the papers' own column names (results of a run with '--labelled 5%' before studies resolved it to 3 patients)
+    assert published_difference("Supervised only", "Supervised only", "5%", "1%").difference == pytest.approx(51.7 - 40.3)
+    assert published_difference("ARCO-SG", "Supervised only", "01.0%") == versus_supervised
 
 
 # --------------------------------------------------------------------------------------------- report and study.json
@@ -243,6 +246,13 @@ def test_report_has_a_claims_section_with_published_numbers_for_the_paper_profil
     printed = io.StringIO()
     print_report(report, file=printed)
     assert "\nClaims: 2 supported, 1 not run (report.md, 'Claims')\nReport: " in printed.getvalue()
+    assert "departs from the papers' recipe" not in section
+    # the paper-path probe: published differences stood beside a 20-step run scored with the corrected protocol, unremarked
+    settings = json.loads((study / "settings.json").read_text())
+    (study / "settings.json").write_text(json.dumps({**settings, "overrides": {"optim.max_steps": 20}, "protocol": "corrected"}))
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert ("This run departs from the papers' recipe (--set optim.max_steps=20; --protocol corrected (the papers report the "
+            "released protocol: docs/evaluation.md)): its Δ and the published one are not like for like.") in text
 
 
 def test_a_difference_that_rounds_to_zero_prints_without_a_minus_sign():

@@ -60,6 +60,12 @@ def test_splits_cli_rejects_a_seed_the_strategy_would_ignore(tiny_root, capsys):
     assert main(["data", "splits", str(tiny_root), "--labelled", "1", "--seed", "5"]) == 2
     assert capsys.readouterr().err.strip() == "error: --seed: only used with --strategy random (the published strategy has no randomness)"
     assert main(["data", "splits", str(tiny_root), "--labelled", "1", "--strategy", "random", "--seed", "5"]) == 0
+    capsys.readouterr()
+    # several fractions after one flag, as the study scripts take them (argparse refused '5%' as an unrecognized argument)
+    assert main(["data", "splits", str(tiny_root), "--labelled", "1", "50%", "--labelled", "3"]) == 0
+    assert [line.split(";")[0] for line in capsys.readouterr().out.splitlines()] == [
+        "label fraction 1 -> 1 of 4 training patients (25.0%", "label fraction 50% -> 2 of 4 training patients (50.0%",
+        "label fraction 3 -> 3 of 4 training patients (75.0%"]
 
 
 def test_released_slices_reproduces_partial_patient():
