@@ -19,8 +19,8 @@ run reads every data file (:func:`medseg_platform.preflight.preflight_datasets`)
 * ``to run``: anything else.
 
 Cost is in *units* of one supervised fine-tuning step, from the priors the progress lines use
-(:func:`medseg_platform.progress.trial_plan`, :data:`~medseg_platform.progress.STEP_COST`,
-:data:`~medseg_platform.progress.EVALUATION_COST`): a trial's fine-tuning steps x its objective's step cost,
+(:func:`medseg_platform.step_costs.trial_plan`, :data:`~medseg_platform.step_costs.STEP_COST`,
+:data:`~medseg_platform.step_costs.EVALUATION_COST`): a trial's fine-tuning steps x its objective's step cost,
 its evaluation passes, and the pretraining stages it would train (a stage already cached costs nothing, one
 shared by several trials is charged once, to the first trial that starts). Seconds per unit are measured
 (:func:`measure_unit_seconds`: a few supervised steps of the study's first trial to run, on this machine) and
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg_platform.config import TrialConfig, labelled_subset
+from medseg_platform.step_costs import EVALUATION_COST, STEP_COST, UNKNOWN_STEP_COST, format_duration, trial_plan
 
 FINISHED, TO_SCORE, TO_RESCORE, CACHED, TO_RUN = ("finished", "to score on --test-root", "to score from a finished trial",
                                                   "cached pretraining", "to run")
@@ -129,7 +130,6 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     from medseg_platform.data.layout import dataset_class_names
     from medseg_platform.engine import stage_key
     from medseg_platform.preflight import check_class_count, datasets_of_trials
-    from medseg_platform.progress import EVALUATION_COST, STEP_COST, trial_plan
     from medseg_platform.rescore import scoring_sources
     from medseg_platform.results import STAGE_FINAL_FILE, TRIALS_DIR, pretrain_cache_dir, stage_folder, trial_finished, trial_folder
 
@@ -290,13 +290,12 @@ def measure_unit_seconds(config: dict, device: str = "cpu", steps: int = TIMED_S
 
 def format_plan(plan: StudyPlan) -> str:
     """The dry run's text: one line per trial, the totals, the wall time and where the numbers come from."""
-    from medseg_platform.progress import EVALUATION_COST, UNKNOWN_STEP_COST, _duration
     from medseg_platform.results import TRIALS_DIR
 
     per = f" (x{plan.samples} samples)" if plan.samples > 1 else ""
     header = ("row", "labelled", "seed", "trial key", "status", "cost (units)", "est. time")
     table = [header] + [(t.row + per, t.labelled, str(t.seed), t.key, t.status, f"{t.units:.1f}",
-                         _duration(sum(plan.run_seconds(t, r) for r in t.runs)) if t.runs else "-") for t in plan.trials]
+                         format_duration(sum(plan.run_seconds(t, r) for r in t.runs)) if t.runs else "-") for t in plan.trials]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     right = {2, 5, 6}
     lines = [f"Dry run of study {plan.name} (nothing is started or trained): {len(plan.trials)} trial(s), "
@@ -316,10 +315,10 @@ def format_plan(plan: StudyPlan) -> str:
     scorings = sum(1 for t in plan.trials if t.status == TO_RESCORE)
     first = f", after {scorings} scoring(s) from finished trials one after another" if scorings else ""
     if runs:
-        lines.append(f"Estimated wall time: {_duration(plan.wall_s)} with {at_once} trial(s) at once ({plan.slots_source}"
+        lines.append(f"Estimated wall time: {format_duration(plan.wall_s)} with {at_once} trial(s) at once ({plan.slots_source}"
                      f"{workers}){first}, plus about {STARTUP_S:.0f} s of start-up")
     elif scorings:
-        lines.append(f"Estimated wall time: {_duration(plan.wall_s)} for {scorings} scoring(s) from finished trials' checkpoints, "
+        lines.append(f"Estimated wall time: {format_duration(plan.wall_s)} for {scorings} scoring(s) from finished trials' checkpoints, "
                      "one after another (nothing to train)")
     else:
         lines.append("Estimated wall time: nothing to train (a run only rebuilds the tables, plots and report)")
@@ -342,11 +341,11 @@ def format_plan(plan: StudyPlan) -> str:
         done = ("" if not plan.samples_ended else ", all of them already ended (a rerun only rebuilds the outputs)"
                 if plan.samples_ended >= plan.samples else f", {plan.samples_ended} of them already ended (a rerun resumes the rest)")
         lines.append(f"Search: {plan.samples} samples of one configuration{done}; an upper bound (ASHA stops weak samples early)")
-    lines.append(f"Cost units: supervised fine-tuning steps, from the step-cost priors of medseg_platform/progress.py (an "
+    lines.append(f"Cost units: supervised fine-tuning steps, from the step-cost priors of medseg_platform/step_costs.py (an "
                  f"evaluation pass = {EVALUATION_COST:g} units; a cached pretraining stage costs nothing, a shared one is counted "
                  f"once; each trial's set-up is not counted); 1 unit = {plan.unit.seconds * 1000:.1f} ms, {plan.unit.source}")
     if plan.unpriced:
         lines.append(f"No step-cost prior for objective(s) {', '.join(plan.unpriced)}: each step priced at "
                      f"{UNKNOWN_STEP_COST:g} unit(s), so the estimate may be low (measure one with benchmarks/bench_methods.py "
-                     "and add it to STEP_COST in medseg_platform/progress.py; docs/methods.md, 'Adding a method')")
+                     "and add it to STEP_COST in medseg_platform/step_costs.py; docs/methods.md, 'Adding a method')")
     return "\n".join(lines)

@@ -1,103 +1,28 @@
-"""The terminal progress of a running study: a Ray Tune callback. The module imports ``ray.tune`` (about 2 s), so
-the study scripts' ``--help`` and validation import it only where they need it: when Tune starts, and in
-``--dry-run`` (:mod:`medseg_platform.plan`, for :func:`trial_plan` and :data:`STEP_COST`).
-
-Two parts: the expected cost of a trial (:func:`trial_plan`, :data:`STEP_COST`) and
-:class:`ProgressCallback`, which prints an event line per trial start/finish/error/retry and, while trials run, a
-heartbeat line at least every :data:`HEARTBEAT_S` seconds, each with an ETA weighted by the remaining trials' cost.
+"""The terminal progress of a running study: :class:`ProgressCallback`, a Ray Tune callback, prints an event line
+per trial start/finish/error/retry and, while trials run, a heartbeat line at least every :data:`HEARTBEAT_S` seconds,
+each with an ETA weighted by the remaining trials' expected cost (:mod:`medseg_platform.step_costs`). The module
+imports ``ray.tune`` (about 2 s), so the study scripts' ``--help`` and validation import it only when Tune starts.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from ray.tune import Callback
 
-#: Prior cost of one optimisation step of each objective, in supervised steps: the in-trial step times of the default
-#: quick study (``benchmarks/RESULTS.md``, "The quick profile", run 1: fine-tuning seconds per step of each row over
-#: the supervised row's, two trials sharing the 2 cores; the pretraining stages' mean). The rows without the
-#: pixel-contrast term have their own keys (:func:`cost_key`). Priors only: once a trial reports its step rate in
-#: this run, that rate replaces the prior of its key (:class:`ProgressCallback`).
-STEP_COST = {"supervised": 1.0, "mean_teacher": 1.8, "mona": 5.4, "arco": 4.9, "action": 4.7, "isd_pretrain": 8.0,
-             "mona w/o contrast": 3.9, "arco w/o contrast": 3.9, "action w/o anco": 2.2}
-#: The prior of an objective missing from :data:`STEP_COST` (a newly registered one), until its rate is observed; the
-#: dry run names such objectives. ``tests/test_progress.py`` asks every registered objective for a measured entry
-#: (docs/methods.md, 'Adding a method').
-UNKNOWN_STEP_COST = 1.0
-#: One evaluation pass (a validation, or the final test with the trial's set-up), in supervised steps: measured in
-#: the same run (a validation of the quick profile's 8 val volumes took 0.19 s, 7 supervised steps).
-EVALUATION_COST = 7.0
+from medseg_platform.step_costs import EVALUATION_COST, STEP_COST, UNKNOWN_STEP_COST, Phase, TrialPlan, format_duration
+
 #: The longest silence while trials run: a heartbeat line is printed when this many seconds passed since the last line.
 HEARTBEAT_S = 60.0
-#: ``TrialConfig.data`` fields a pretraining stage does not depend on (as in ``medseg_platform.engine.stage_key``).
-_FINE_TUNE_ONLY_DATA = ("labelled_batch", "unlabelled_batch", "strong_mix")
 #: The report fields the callback keeps per trial (written by ``medseg_platform.engine.progress_fields``).
 _PROGRESS_KEYS = ("phase", "objective", "stage", "stages", "phase_step", "phase_steps", "stage_cached", "evaluations")
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-@dataclass(frozen=True)
-class Phase:
-    """A training phase of a trial: ``steps`` of ``objective``. ``stage`` identifies a pretraining stage (trials with
-    the same identity share its cache entry); None for the fine-tuning."""
-
-    objective: str
-    steps: int
-    stage: str | None = None
-
-    @property
-    def units(self) -> float:
-        """Expected cost in supervised steps (:data:`STEP_COST`)."""
-        return self.steps * STEP_COST.get(self.objective, UNKNOWN_STEP_COST)
-
-
-@dataclass(frozen=True)
-class TrialPlan:
-    """The expected work of one trial: its pretraining stages, its fine-tuning and its evaluation passes
-    (validations + the test). ``existed``: its result existed when the study started (Tune only skips it)."""
-
-    key: str
-    stages: tuple[Phase, ...]
-    fine_tuning: Phase
-    evaluations: int
-    existed: bool = False
-
-
-def cost_key(objective: str, params: Mapping) -> str:
-    """The :data:`STEP_COST` key of a fine-tuning objective with its parameters: a MONA/ARCO row without the pixel
-    contrast (``contrast_weight`` 0) or an ACTION row without L_anco (``anco_weight`` 0) skips that work."""
-    if objective in ("mona", "arco") and params.get("contrast_weight") == 0:
-        return f"{objective} w/o contrast"
-    if objective == "action" and params.get("anco_weight") == 0:
-        return "action w/o anco"
-    return objective
-
-
-def trial_plan(config: Mapping, key: str, existed: bool = False) -> TrialPlan:
-    """The :class:`TrialPlan` of the trial of ``config`` (a ``TrialConfig.to_dict()``).
-
-    A stage's identity is its chain up to it, the model, the data (less fine-tuning-only fields), the seed, the
-    workers and the mixed precision: the inputs of ``medseg_platform.engine.stage_key`` but the labelled subset, which
-    those determine. Two trials with one identity share the stage: the ETA counts it once.
-    """
-    pretrain = list(config.get("pretrain") or [])
-    data = {k: v for k, v in dict(config.get("data") or {}).items() if k not in _FINE_TUNE_ONLY_DATA}
-    amp = dict(config.get("optim") or {}).get("amp", "off")
-    stages = tuple(Phase(str(stage["objective"]), int(stage["max_steps"]),
-                         json.dumps([pretrain[: i + 1], config.get("model"), data, config.get("seed"), config.get("workers"), amp],
-                                    sort_keys=True, default=str))
-                   for i, stage in enumerate(pretrain))
-    steps, val_every = int(config["optim"]["max_steps"]), int(config["eval"]["val_every"])
-    fine_tuning = Phase(cost_key(str(config["objective"]), dict(config.get("objective_params") or {})), steps)
-    return TrialPlan(key, stages, fine_tuning, -(-steps // val_every) + 1, existed)
 
 
 class ProgressCallback(Callback):
@@ -250,14 +175,14 @@ class ProgressCallback(Callback):
         if not c["running"] + c["pending"]:
             return "done"
         seconds = self.eta_s(trials, trial, now)
-        return "ETA ? (no step rate yet)" if seconds is None else "ETA " + _duration(seconds)
+        return "ETA ? (no step rate yet)" if seconds is None else "ETA " + format_duration(seconds)
 
     def line(self, what: str, trial, trials, now: str | None = None) -> str:
         c = self.counts(trials, trial, now)
         eta = self._eta_text(trials, trial, now)
         done = c["finished"] + c["errored"]
         return (f"[{done}/{sum(c.values())}] {what} {_trial_name(trial)} ({c['finished']} finished, {c['running']} running, "
-                f"{c['pending']} pending, {c['errored']} errored; {_duration(self.clock() - self.start)} elapsed, {eta})")
+                f"{c['pending']} pending, {c['errored']} errored; {format_duration(self.clock() - self.start)} elapsed, {eta})")
 
     def doing(self, trial) -> str:
         """Where a running trial is, from its last progress report: ``fine-tuning step 120/300``, ``pretraining stage
@@ -275,7 +200,7 @@ class ProgressCallback(Callback):
         c = self.counts(trials)
         eta = self._eta_text(trials)
         running = ", ".join(f"{_trial_name(t)} {self.doing(t)}" for t in trials if self.category(t) == "running")
-        return f"[{c['finished'] + c['errored']}/{sum(c.values())}] running: {running} ({_duration(self.clock() - self.start)} elapsed, {eta})"
+        return f"[{c['finished'] + c['errored']}/{sum(c.values())}] running: {running} ({format_duration(self.clock() - self.start)} elapsed, {eta})"
 
     def _print(self, msg: str) -> None:
         self.last_line = self.clock()
@@ -356,12 +281,3 @@ def _trial_name(trial) -> str:
     grid_trial = config.get("trial") if not config.get("search") else None
     key = grid_trial.get("key") if isinstance(grid_trial, Mapping) else None
     return key or str(getattr(trial, "trial_id", "?"))
-
-
-def _duration(seconds: float) -> str:
-    """``45 s``, ``2.5 min``, ``2.5 h``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"

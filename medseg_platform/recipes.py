@@ -74,6 +74,8 @@ def method_overrides(method: str, profile: Profile, without_contrast: bool = Fal
     docs/mona.md, 'Entropy masks and the alpha schedule').
     """
     m, steps = profile.methods, profile.trial.optim.max_steps
+    if without_contrast and method in ("supervised", "mean_teacher"):
+        raise MedsegError(f"method {method!r}: has no contrast term to leave out (without_contrast is for MONA, ARCO and ACTION)")
     if method == "supervised":
         return {"objective": "supervised", "objective_params": {}}
     if method == "mean_teacher":

@@ -4,6 +4,7 @@ import pytest
 
 from medseg_platform.config import TrialConfig
 from medseg_platform.errors import ConfigError, MedsegError
+from methods.registry import OBJECTIVES
 
 
 def cfg(root: Path, **overrides) -> TrialConfig:
@@ -24,7 +25,8 @@ def test_round_trip_and_dotted_overrides(tiny_root):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"objective": "mona2"}, "unknown; known objectives: action, arco, isd_pretrain, mean_teacher, mona, supervised"),
+    # every registered objective, so that a newcomer's added method keeps this test green
+    ({"objective": "mona2"}, "unknown; known objectives: " + ", ".join(sorted(OBJECTIVES))),
     ({"objective_params": {"sup_weight": -1}}, "sup_weight"),
     ({"objective_params": {"temperature": 0.1}}, "unknown SupervisedConfig keys"),
     ({"objective": "mean_teacher", "objective_params": {"ema_momentum": 1.5}}, "ema_momentum"),

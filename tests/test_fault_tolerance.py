@@ -19,7 +19,8 @@ from medseg_platform.errors import ConfigError
 from analysis.study_cli import run_study_main
 from medseg_platform.profiles import PROFILES
 from medseg_platform.results import read_attempts, read_trial, scan_study
-from medseg_platform.progress import ProgressCallback, trial_plan
+from medseg_platform.progress import ProgressCallback
+from medseg_platform.step_costs import trial_plan
 from medseg_platform.study import Study, Variant
 from medseg_platform.study.trainable import application_error
 

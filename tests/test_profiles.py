@@ -28,6 +28,13 @@ def test_profile_method_configs_validate(profile, method, without_contrast):
         assert params.get("contrast_weight", params.get("anco_weight")) == 0.0
 
 
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in CONTRASTIVE])
+def test_a_row_without_contrast_of_a_method_without_one_is_an_error(method):
+    """The newcomer probe: ``without_contrast=True`` was ignored for the baselines, giving the method's own row."""
+    with pytest.raises(MedsegError, match=rf"method '{method}': has no contrast term to leave out"):
+        method_overrides(method, PROFILES["quick"], without_contrast=True)
+
+
 def test_paper_profile_is_the_released_setting():
     p = PROFILES["paper"]
     cfg = p.trial.replace(**method_overrides("mona", p))

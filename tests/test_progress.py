@@ -11,7 +11,8 @@ import pytest
 
 from medseg_platform import progress as progress_module
 from medseg_platform.config import TrialConfig
-from medseg_platform.progress import STEP_COST, ProgressCallback, trial_plan
+from medseg_platform.progress import ProgressCallback
+from medseg_platform.step_costs import STEP_COST, trial_plan
 from tests.test_engine import quiet, small_cfg
 
 ISD = {"objective": "isd_pretrain", "max_steps": 20}
@@ -66,7 +67,7 @@ def test_every_registered_objective_has_a_prior_cost():
     from methods.registry import OBJECTIVES
 
     missing = sorted(set(OBJECTIVES) - set(STEP_COST))
-    assert not missing, (f"objective(s) {missing} have no STEP_COST entry in medseg_platform/progress.py: measure the step "
+    assert not missing, (f"objective(s) {missing} have no STEP_COST entry in medseg_platform/step_costs.py: measure the step "
                          "with `python benchmarks/bench_methods.py --profile quick --steps 20 --methods supervised ID` "
                          "and add its multiple of a supervised step")
     assert {"mona w/o contrast", "arco w/o contrast", "action w/o anco"} <= set(STEP_COST)

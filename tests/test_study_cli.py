@@ -15,7 +15,7 @@ from medseg_platform.plan import CACHED, FINISHED, TO_RESCORE, TO_RUN, TO_SCORE,
 from analysis.study_cli import run_study_main
 from medseg_platform.profiles import PROFILES
 from medseg_platform.recipes import method_overrides
-from medseg_platform.progress import EVALUATION_COST, STEP_COST
+from medseg_platform.step_costs import EVALUATION_COST, STEP_COST
 from medseg_platform.results import pretrain_cache_dir, read_csv, trial_key, write_trial_results
 from tests.test_studies import load_script
 

@@ -404,7 +404,8 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
     import ray
     from ray import tune
 
-    from medseg_platform.progress import ProgressCallback, trial_plan
+    from medseg_platform.progress import ProgressCallback
+    from medseg_platform.step_costs import trial_plan
     from medseg_platform.study.distributed import TUNE_FUNCTION_CPU
     from medseg_platform.study.trainable import run_trial_in_tune
 

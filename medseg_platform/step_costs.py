@@ -1,0 +1,93 @@
+"""The expected cost of a study's trials, in supervised fine-tuning steps: the step-cost priors of each objective
+(:data:`STEP_COST`) and a trial's phases (:func:`trial_plan`). The progress lines' ETA
+(:class:`medseg_platform.progress.ProgressCallback`) and the dry run (:mod:`medseg_platform.plan`) price trials with
+them; this module imports no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Mapping
+
+#: Prior cost of one optimisation step of each objective, in supervised steps: the in-trial step times of the default
+#: quick study (``benchmarks/RESULTS.md``, "The quick profile", run 1: fine-tuning seconds per step of each row over
+#: the supervised row's, two trials sharing the 2 cores; the pretraining stages' mean). The rows without the
+#: pixel-contrast term have their own keys (:func:`cost_key`). Priors only: once a trial reports its step rate in
+#: this run, that rate replaces the prior of its key (:class:`medseg_platform.progress.ProgressCallback`).
+STEP_COST = {"supervised": 1.0, "mean_teacher": 1.8, "mona": 5.4, "arco": 4.9, "action": 4.7, "isd_pretrain": 8.0,
+             "mona w/o contrast": 3.9, "arco w/o contrast": 3.9, "action w/o anco": 2.2}
+#: The prior of an objective missing from :data:`STEP_COST` (a newly registered one), until its rate is observed; the
+#: dry run names such objectives. ``tests/test_progress.py`` asks every registered objective for a measured entry
+#: (docs/methods.md, 'Adding a method').
+UNKNOWN_STEP_COST = 1.0
+#: One evaluation pass (a validation, or the final test with the trial's set-up), in supervised steps: measured in
+#: the same run (a validation of the quick profile's 8 val volumes took 0.19 s, 7 supervised steps).
+EVALUATION_COST = 7.0
+#: ``TrialConfig.data`` fields a pretraining stage does not depend on (as in ``medseg_platform.engine.stage_key``).
+_FINE_TUNE_ONLY_DATA = ("labelled_batch", "unlabelled_batch", "strong_mix")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A training phase of a trial: ``steps`` of ``objective``. ``stage`` identifies a pretraining stage (trials with
+    the same identity share its cache entry); None for the fine-tuning."""
+
+    objective: str
+    steps: int
+    stage: str | None = None
+
+    @property
+    def units(self) -> float:
+        """Expected cost in supervised steps (:data:`STEP_COST`)."""
+        return self.steps * STEP_COST.get(self.objective, UNKNOWN_STEP_COST)
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """The expected work of one trial: its pretraining stages, its fine-tuning and its evaluation passes
+    (validations + the test). ``existed``: its result existed when the study started (Tune only skips it)."""
+
+    key: str
+    stages: tuple[Phase, ...]
+    fine_tuning: Phase
+    evaluations: int
+    existed: bool = False
+
+
+def cost_key(objective: str, params: Mapping) -> str:
+    """The :data:`STEP_COST` key of a fine-tuning objective with its parameters: a MONA/ARCO row without the pixel
+    contrast (``contrast_weight`` 0) or an ACTION row without L_anco (``anco_weight`` 0) skips that work."""
+    if objective in ("mona", "arco") and params.get("contrast_weight") == 0:
+        return f"{objective} w/o contrast"
+    if objective == "action" and params.get("anco_weight") == 0:
+        return "action w/o anco"
+    return objective
+
+
+def trial_plan(config: Mapping, key: str, existed: bool = False) -> TrialPlan:
+    """The :class:`TrialPlan` of the trial of ``config`` (a ``TrialConfig.to_dict()``).
+
+    A stage's identity is its chain up to it, the model, the data (less fine-tuning-only fields), the seed, the
+    workers and the mixed precision: the inputs of ``medseg_platform.engine.stage_key`` but the labelled subset, which
+    those determine. Two trials with one identity share the stage: the ETA counts it once.
+    """
+    pretrain = list(config.get("pretrain") or [])
+    data = {k: v for k, v in dict(config.get("data") or {}).items() if k not in _FINE_TUNE_ONLY_DATA}
+    amp = dict(config.get("optim") or {}).get("amp", "off")
+    stages = tuple(Phase(str(stage["objective"]), int(stage["max_steps"]),
+                         json.dumps([pretrain[: i + 1], config.get("model"), data, config.get("seed"), config.get("workers"), amp],
+                                    sort_keys=True, default=str))
+                   for i, stage in enumerate(pretrain))
+    steps, val_every = int(config["optim"]["max_steps"]), int(config["eval"]["val_every"])
+    fine_tuning = Phase(cost_key(str(config["objective"]), dict(config.get("objective_params") or {})), steps)
+    return TrialPlan(key, stages, fine_tuning, -(-steps // val_every) + 1, existed)
+
+
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``2.5 min``, ``2.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
