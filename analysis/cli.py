@@ -17,7 +17,8 @@ def find_studies(results_dir: Path) -> list[Path]:
     from analysis.report import is_study_dir
 
     if not results_dir.is_dir():
-        raise MedsegError(f"{results_dir}: no such folder (give a study folder or the --results-dir of a study)")
+        problem = "a file, not a folder" if results_dir.exists() else "no such folder"
+        raise MedsegError(f"{results_dir}: {problem} (give a study folder or the --results-dir of a study)")
     if is_study_dir(results_dir):
         return [results_dir]
     studies = sorted(p for p in results_dir.iterdir() if p.is_dir() and is_study_dir(p))
@@ -29,10 +30,14 @@ def find_studies(results_dir: Path) -> list[Path]:
 def no_result_reason(study_dir: Path) -> str:
     """Why a study folder gave no table: no result file, result files none of which could be read, or readable results
     that are not part of the study as its last command defined it (the problem lines above name them)."""
-    from medseg_platform.results import RESULT_FILE, TRIALS_DIR, trial_finished
+    from medseg_platform.results import ERROR_FILE, RESULT_FILE, TRIALS_DIR, trial_finished
 
     folders = [path.parent for path in (study_dir / TRIALS_DIR).glob(f"*/{RESULT_FILE}")]
     if not folders:
+        errored = len(list((study_dir / TRIALS_DIR).glob(f"*/{ERROR_FILE}")))
+        if errored:  # an application error (a NaN loss, bad data) recurs: a rerun trains them again into the same error
+            return (f"no finished trial: {errored} errored (the problems above and {TRIALS_DIR}/*/{ERROR_FILE} say why); fix the "
+                    "cause first (e.g. a lower --set optim.lr), then rerun the study command, which trains them again")
         return f"no finished trial (no {TRIALS_DIR}/*/{RESULT_FILE}); run its study command to train them"
     readable = sum(trial_finished(folder) for folder in folders)
     if readable:

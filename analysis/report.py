@@ -36,7 +36,7 @@ from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_
                              trial_seed, write_tables)
 from medseg_platform.environment import NOT_RECORDED, environment_text
 from medseg_platform.errors import MedsegError
-from medseg_platform.io import check_folder_writable, write_text_atomic
+from medseg_platform.io import check_folder_writable, folder_holder, write_text_atomic
 from medseg_platform.results import (ERROR_FILE, LAST_RUN_FILE, RESULT_FILE, SETTINGS_FILE, STUDY_FILE, TRIALS_DIR, TrialRecord,
                                      scan_study, trial_folder)
 
@@ -111,8 +111,10 @@ def study_records(study_dir: Path, info: dict, search_keys: set[str] | None = No
         found = {r.path.name for r in records}
         missing = [k for k in wanted if k not in found]
         listed = {k for k in missing if any((trial_folder(study_dir, k) / f).is_file() for f in (ERROR_FILE, RESULT_FILE))}
-        problems += [f"trial {k} has no result (not run yet or interrupted; rerun the study command to resume)"
-                     for k in missing if k not in listed]  # errored and corrupt trials are listed by scan_study
+        holder = folder_holder(study_dir) if missing else None  # a report of a running study: its trials are not lost
+        why = (f"yet: the study is running there ({holder}); this report is a snapshot" if holder
+               else "(not run yet or interrupted; rerun the study command to resume)")
+        problems += [f"trial {k} has no result {why}" for k in missing if k not in listed]  # errored, corrupt: scan_study's
         if others:  # e.g. a run with --rows or other --seeds into the folder of a larger study
             named = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
             problems.append(f"{len(others)} finished trial(s) in {TRIALS_DIR}/ ({named}) are not part of this study as its last command "
@@ -275,7 +277,8 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         f"- **Patch size / batch**: {_join(patches)}; {_join(batches)}",
         f"- **Label fractions**: {_join(column_order(records))}",
         f"- **Trials**: {finished} finished, {len(errored)} errored, {len(corrupt)} corrupt"
-        + (f", {len(not_run)} not run or interrupted" if not_run else "") + " (see Problems)" * bool(problems)
+        + (f", {len(not_run)} " + ("still to finish (the study is running)" if any("the study is running" in p for p in not_run)
+                                   else "not run or interrupted") if not_run else "") + " (see Problems)" * bool(problems)
         + (f"; {scored} of the finished scored from the checkpoint of a finished trial that trained alike "
            "(`scored_from` in result.json; docs/evaluation.md, 'Scoring a finished trial again')" if scored else ""),
         _last_run_phrase(last_run, bool(info.get("search")))

@@ -54,6 +54,7 @@ def import_report():
 
 def _run_study_main(description, default_name, build, argv, parser) -> int:
     from medseg_platform.study import Study
+    from medseg_platform.study.spec import check_script_folder
 
     parser = parser or study_parser(description, default_name)
     args = parser.parse_args(argv)
@@ -101,6 +102,7 @@ def _run_study_main(description, default_name, build, argv, parser) -> int:
         check_protocol(study, args.protocol, protocol)
         study.protocol = args.protocol
         overrides = apply_overrides(study, sets)
+        check_script_folder(study.study_dir, default_name)
         if args.dry_run:
             from medseg_platform.plan import format_plan, plan_study
 
@@ -111,7 +113,7 @@ def _run_study_main(description, default_name, build, argv, parser) -> int:
         # the report's settings that the trial files do not hold (regenerated reports read them back)
         command = " ".join(shlex.quote(a) for a in ["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
         write_json_atomic(run.study_dir / SETTINGS_FILE, {
-            "profile": profile.name, "data_root": str(root), "command": command, "smoke_test": bool(args.smoke_test),
+            "script": default_name, "profile": profile.name, "data_root": str(root), "command": command, "smoke_test": bool(args.smoke_test),
             "results_dir": str(study.results_dir), "address": args.address, "gpus_per_trial": study.gpus_per_trial,
             "cpus_per_trial": study.cpus_per_trial, "num_workers": study.num_workers, "max_concurrent": study.max_concurrent,
             "overrides": overrides, "protocol": args.protocol,

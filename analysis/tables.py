@@ -487,8 +487,8 @@ def trial_settings(trials: Sequence[TrialRecord]) -> dict[str, str]:
 
 def identical_rows(records: Iterable[TrialRecord]) -> list[str]:
     """One line per group of rows of one label fraction whose trials gave the same per-case test results, value for
-    value, for each of the same seeds (at least one), and segmented something (two models that predict nothing agree
-    without training alike).
+    value, for each of the same seeds (at least one), and segmented something in at least one seed (two models that
+    predict nothing agree without training alike).
 
     Two configurations that train the same numbers mean that what differs between them did not reach training at
     this length: a term whose weight multiplies a value that stays zero (L_unsup before the teacher passes its
@@ -496,15 +496,17 @@ def identical_rows(records: Iterable[TrialRecord]) -> list[str]:
     pools. The table would compare a row with itself; the line says so (a probe's smoke sweep of a loss weight
     printed three equal rows and a claim of +0.0)."""
     results: dict[tuple[str, str], dict[str, str]] = {}
-    empty = set()  # cells with a trial that segmented nothing (every Dice 0 or undefined): models that predict nothing agree
+    # cells with a trial that segmented something (a Dice above 0): in a cell whose every seed predicts nothing, models
+    # agree without training alike; one seed's empty prediction does not hide that the others trained the same
+    segmented = set()
     for r in _unique_records(records):
         cell = (column_label(r), row_label(r))
         results.setdefault(cell, {})[str(trial_seed(r))] = json.dumps(r.per_case, sort_keys=True, default=str)
-        if not any(_per_case_value(row, "dice") > 0 for row in r.per_case):
-            empty.add(cell)
+        if any(_per_case_value(row, "dice") > 0 for row in r.per_case):
+            segmented.add(cell)
     groups: dict[tuple[str, str], list[str]] = {}
     for (column, row), by_seed in results.items():
-        if (column, row) not in empty:
+        if (column, row) in segmented:
             groups.setdefault((column, json.dumps(by_seed, sort_keys=True)), []).append(row)
     lines = []
     for (column, fingerprint), rows in groups.items():
@@ -819,7 +821,7 @@ def caption(table: WideTable) -> str:
             text += f" {style.label} in {units[0] if len(units) == 1 else style.unit}."
         else:
             text += f" {style.label} in {' or '.join(units)}: the cells differ (table.csv's unit column gives each cell's)."
-    text += f" Bold: best per column ({'higher' if style.higher_is_better else 'lower'} is better)."
+    text += f" Bold: best per column ({'higher' if style.higher_is_better else 'lower'} is better; every row that shows the best value)."
     if table.any_tested or table.any_untestable:
         text += " " + caption_note(table.any_tested, table.any_untestable, table.by_interval)
     notes = [note for note in (undefined_note(table), flagged_note(table)) if note]
@@ -901,7 +903,14 @@ def escape_latex(text: str) -> str:
     for match in _GREEK.finditer(text):
         out += [_LATEX_ESCAPES.get(char, char) for char in text[at:match.start()]] + [_latex_greek(match)]
         at = match.end()
-    return "".join(out + [_LATEX_ESCAPES.get(char, char) for char in text[at:]])
+    return _latex_quotes("".join(out + [_LATEX_ESCAPES.get(char, char) for char in text[at:]]))
+
+
+def _latex_quotes(text: str) -> str:
+    """Straight double quotes as LaTeX's opening and closing ones (``...''), in turn: TeX sets a straight " as a
+    closing quote on both sides (the caption's "nan" policy read ”nan”)."""
+    parts = text.split('"')
+    return "".join(part + ("``" if i % 2 == 0 else "''") for i, part in enumerate(parts[:-1])) + parts[-1]
 
 
 def _latex_cell(cell: Cell | None, decimals: int) -> str:

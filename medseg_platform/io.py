@@ -242,6 +242,26 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def folder_holder(folder: str | os.PathLike) -> str | None:
+    """Who holds ``folder``'s :func:`folder_lock` now ("pid 123 on host, since ..."), or None when no process does (or
+    where the filesystem has no ``flock``). Never creates the lock file; tries a shared lock for an instant."""
+    import fcntl
+
+    try:
+        fh = open(Path(folder) / LOCK_FILE, encoding="utf-8")
+    except OSError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return fh.read().strip() or "another process"
+        except OSError:
+            return None
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()

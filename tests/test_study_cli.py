@@ -496,3 +496,22 @@ def test_label_fractions_are_trained_as_patient_counts_in_increasing_order(tiny_
         fractions_as_patients(["7"], tiny_root, 4)
     claims = load_script("label_fractions").claims(fractions_as_patients(["3", "1"], tiny_root, 4))
     assert [(c["b_column"], c["column"]) for c in claims if c.get("b_column")] == [("1", "3")]  # fewer -> more patients
+
+
+def test_a_study_script_does_not_take_over_another_scripts_folder(tmp_path, phantom_env, capsys):
+    """The reports probe: ``ablation_temperature.py --name ablation_tailness-smoke`` exited 0 and replaced the tailness
+    study's record, tables and report with its own; ``medseg train`` into that folder was refused already."""
+    folder = tmp_path / "results" / "ablation_tailness-smoke"
+    folder.mkdir(parents=True)
+    (folder / "study.json").write_text(json.dumps({"name": folder.name, "trials": [], "seeds": [1]}))
+    (folder / "settings.json").write_text(json.dumps({"script": "ablation_tailness", "command": "python studies/ablation_tailness.py --smoke-test"}))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert study_main("ablation_temperature", tmp_path / "results", "--name", folder.name, "--dry-run") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {folder}: holds a study of ablation_tailness (settings.json, made by python studies/ablation_tailness.py); "
+        "ablation_temperature would replace its record, tables and report. Give --name a new folder name")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert study_main("ablation_tailness", tmp_path / "results", "--dry-run", "--rows", "Supervised only") == 0  # its own script
+    (folder / "study.json").write_text(json.dumps({"name": folder.name, "trials": [], "seeds": [1], "accumulates": "medseg train"}))
+    assert study_main("ablation_tailness", tmp_path / "results", "--dry-run") == 2
+    assert "holds the trials of medseg train (study.json); ablation_tailness would replace its record" in capsys.readouterr().err

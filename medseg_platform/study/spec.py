@@ -320,6 +320,24 @@ def check_accumulating_folder(study_dir: Path, command: str) -> None:
                       "tables. Give --name a new folder name")
 
 
+def check_script_folder(study_dir: Path, script: str) -> None:
+    """Refuse a study script's run into a folder that another study script (``settings.json``'s ``script``) or
+    ``medseg train`` (study.json's ``accumulates``) wrote: ``--name`` can point anywhere, and the run would replace the
+    folder's record, tables and report with its own (the reports probe: ablation_temperature.py ``--name
+    ablation_tailness-smoke`` exited 0 with the temperature study's report under the tailness study's title)."""
+    from medseg_platform.io import read_json_object
+    from medseg_platform.results import SETTINGS_FILE, STUDY_FILE
+
+    info, made_by = _folder_record(study_dir)
+    if info and info.get("accumulates"):
+        raise ConfigError(f"{study_dir}: holds the trials of {info['accumulates']} ({STUDY_FILE}); {script} would replace its record "
+                          "and tables. Give --name a new folder name")
+    recorded = (read_json_object(study_dir / SETTINGS_FILE) or {}).get("script")
+    if info and isinstance(recorded, str) and recorded != script:
+        raise ConfigError(f"{study_dir}: holds a study of {recorded} ({SETTINGS_FILE}{_made_by(made_by)}); {script} would replace "
+                          "its record, tables and report. Give --name a new folder name")
+
+
 def check_study_folder(study, trials: list[dict]) -> None:
     """Refuse a study script's run that would silently replace what its folder holds (``--name`` can point anywhere):
     a grid study's folder taken by a search or the reverse, or a search's folder by a search with other settings.

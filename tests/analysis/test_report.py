@@ -80,6 +80,35 @@ def test_medseg_report_on_an_empty_or_missing_folder_is_a_clear_error(tmp_path, 
     assert main(["report", str(tmp_path / "empty-study")]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == ("empty-study: no finished trial (no trials/*/result.json); "
                                                                 "run its study command to train them")
+    # every trial errored (the reports probe: "run its study command" retrains them into the same NaN)
+    (tmp_path / "empty-study" / "trials" / "mona-l1-s1-x" / "error.json").write_text('{"error": "non-finite loss"}', encoding="utf-8")
+    assert main(["report", str(tmp_path / "empty-study")]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "empty-study: no finished trial: 1 errored (the problems above and trials/*/error.json say why); fix the cause first "
+        "(e.g. a lower --set optim.lr), then rerun the study command, which trains them again")
+    afile = tmp_path / "afile"
+    afile.write_text("x", encoding="utf-8")
+    assert main(["report", str(afile)]) == 2
+    assert f"{afile}: a file, not a folder (give a study folder" in capsys.readouterr().err
+
+
+def test_a_report_of_a_running_study_says_its_missing_trials_are_running(study):
+    """The reports probe: ``medseg report`` beside a running study said each pending trial was "not run yet or
+    interrupted; rerun the study command to resume"."""
+    import fcntl
+
+    info = json.loads((study / "study.json").read_text(encoding="utf-8"))
+    (study / "study.json").write_text(json.dumps({**info, "trials": [*info["trials"], "mona-l7-s1-0000000000"]}), encoding="utf-8")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert "trial mona-l7-s1-0000000000 has no result (not run yet or interrupted" in text and ", 1 not run or interrupted" in text
+    with open(study / ".lock", "a+", encoding="utf-8") as held:  # as medseg_platform.io.folder_lock holds it for a run
+        held.write("pid 4242 on node1, since 2026-12-06T08:00:00+00:00\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert ("trial mona-l7-s1-0000000000 has no result yet: the study is running there (pid 4242 on node1, since "
+            "2026-12-06T08:00:00+00:00); this report is a snapshot") in text
+    assert ", 1 still to finish (the study is running)" in text and "interrupted" not in text
 
 
 def test_a_study_whose_every_result_is_unreadable_says_so_instead_of_no_result(study, capsys):

@@ -375,6 +375,7 @@ def test_latex_writes_greek_letters_and_their_subscripts_as_math():
     assert tables.escape_latex("ACTION, τ = 0.1 ± 2") == r"ACTION, $\tau$ = 0.1 $\pm$ 2"
     assert tables.escape_latex("λ Λ Α ο") == r"$\lambda$ $\Lambda$ $A$ $o$"  # Unicode's "LAMDA"; no \Alpha in LaTeX
     assert tables.escape_latex("MONA w/o L_contrast") == r"MONA w/o L\_contrast"  # a subscript only after a Greek letter
+    assert tables.escape_latex('policy "nan" and "released"') == "policy ``nan'' and ``released''"  # not ”nan” (the reports probe)
 
 
 def test_an_average_over_fewer_classes_is_never_the_best(tmp_path):
@@ -448,6 +449,15 @@ def test_rows_with_identical_results_are_named_unless_they_segmented_nothing(tmp
     (line,) = tables.identical_rows(records)
     assert line.startswith("identical results: rows 'w = 0', 'w = 1' at 1 patient") and "for every seed (1, 2)" in line
     assert tables.identical_rows([r for r in records if r.result["seed"] == 1 or r.result["tags"]["row"] != "w = 1"]) == []
+    # one seed that predicts nothing (the reports probe: seed 1 of two identical rows segmented nothing, seed 2 did, and
+    # the rows were never named)
+    for row, order in (("half a", 5), ("half b", 6)):
+        for seed in (1, 2):
+            write_fake_trial(tmp_path, row=row, order=order, patients=1, seed=seed, dice=lambda c, k, s=seed: 0.3 * (s - 1),
+                             qualitative_shift=None)
+    records, _ = scan_study(tmp_path)
+    lines = tables.identical_rows(records)
+    assert len(lines) == 2 and any(line.startswith("identical results: rows 'half a', 'half b' at 1 patient") for line in lines)
 
 
 def test_the_undefined_footnote_names_what_makes_each_metric_undefined():
