@@ -37,7 +37,7 @@ PER_RANK = 2  # slices per rank and step
 SIZE = 12
 
 
-def _worker(rank: int, world: int, folder: str, fn, args) -> None:
+def _worker(rank: int, world: int, folder: str, fn, args, group_timeout_s: float = 60.0) -> None:
     """Join the gloo group of ``folder``, run ``fn(rank, *args)`` and save its result (or the traceback)."""
     try:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -45,7 +45,7 @@ def _worker(rank: int, world: int, folder: str, fn, args) -> None:
 
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=f"file://{folder}/group", rank=rank, world_size=world,
-                                timeout=timedelta(seconds=60))
+                                timeout=timedelta(seconds=group_timeout_s))
         try:
             result = fn(rank, *args)
         finally:
@@ -56,13 +56,14 @@ def _worker(rank: int, world: int, folder: str, fn, args) -> None:
         raise
 
 
-def run_ranks(tmp_path: Path, fn, *args, world: int = WORLD) -> list:
-    """``fn(rank, *args)`` on ``world`` new processes of one gloo group; their return values in rank order."""
+def run_ranks(tmp_path: Path, fn, *args, world: int = WORLD, group_timeout_s: float = 60.0) -> list:
+    """``fn(rank, *args)`` on ``world`` new processes of one gloo group (collectives time out after ``group_timeout_s``);
+    their return values in rank order."""
     folder = tmp_path / f"group-{fn.__name__}"
     folder.mkdir()
     ray = sys.modules.get("ray")  # fork is fast (the ranks inherit the imports), but Ray's threads do not survive it
     context = multiprocessing.get_context("spawn" if ray is not None and ray.is_initialized() else "fork")
-    procs = [context.Process(target=_worker, args=(rank, world, str(folder), fn, args)) for rank in range(world)]
+    procs = [context.Process(target=_worker, args=(rank, world, str(folder), fn, args, group_timeout_s)) for rank in range(world)]
     for proc in procs:
         proc.start()
     for proc in procs:
@@ -107,6 +108,36 @@ def _broadcast(rank: int):
     before = replica_max_difference(module)
     broadcast_state(module)
     return before, replica_max_difference(module), module.state_dict()
+
+
+def _wait_for_stage_lock(rank: int, lock: str):
+    import time
+
+    from medseg_platform.engine.ddp import DistContext
+    from medseg_platform.engine.pretrain import _exclusive
+
+    start = time.monotonic()
+    with _exclusive(Path(lock), DistContext(rank, WORLD), torch.device("cpu"), poll_s=0.2):
+        return time.monotonic() - start
+
+
+def test_ranks_wait_for_a_stage_lock_longer_than_the_collective_timeout(tmp_path):
+    """The cluster audit: rank 0 waited for a stage another trial trained while the other ranks sat in one broadcast,
+    which Ray Train's collective timeout (30 min) failed; here the timeout is 2 s and the lock is held for 5 s."""
+    import fcntl
+    import threading
+
+    lock = tmp_path / "stage" / ".lock"
+    lock.parent.mkdir()
+    with open(lock, "a+") as other:  # another trial trains the stage
+        fcntl.flock(other, fcntl.LOCK_EX)
+        release = threading.Timer(5.0, lambda: fcntl.flock(other, fcntl.LOCK_UN))
+        release.start()
+        try:
+            waited = run_ranks(tmp_path, _wait_for_stage_lock, str(lock), group_timeout_s=2.0)
+        finally:
+            release.cancel()
+    assert all(4.0 < seconds < 30.0 for seconds in waited), waited
 
 
 def test_broadcast_state_copies_rank_0_parameters_and_norm_statistics_only(tmp_path):

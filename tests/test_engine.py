@@ -329,8 +329,28 @@ def test_a_stage_lock_held_elsewhere_is_reported_before_waiting(tmp_path):
 def _run_locked(lock, events):
     from medseg_platform.engine.pretrain import _exclusive
 
-    with _exclusive(lock, True, on_wait=lambda: events.append("waiting")):
+    with _exclusive(lock, None, torch.device("cpu"), on_wait=lambda: events.append("waiting"), poll_s=0.05):
         events.append("inside")
+
+
+def test_a_stage_lock_on_a_filesystem_without_flock_runs_unlocked(tmp_path, monkeypatch):
+    """The cluster audit: on NFS without a lock daemon ``flock`` raises ENOLCK, which failed every trial with a
+    pretraining stage (retried as an infrastructure error), while a study folder's lock runs unlocked there."""
+    import errno
+    import fcntl
+
+    from medseg_platform.engine.pretrain import _exclusive
+
+    def no_locks(fh, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    said, events = [], []
+    with _exclusive(tmp_path / "stage" / ".lock", None, torch.device("cpu"), log=said.append):
+        events.append("inside")
+    assert events == ["inside"] and len(said) == 1
+    assert said[0].endswith("no file locks on this filesystem (No locks available); this stage runs unlocked, so another "
+                            "trial may train it at the same time")
 
 
 def test_a_pretraining_stage_trained_under_mixed_precision_has_its_own_cache_key():

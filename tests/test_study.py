@@ -345,7 +345,13 @@ def test_multi_worker_trials_start_only_as_many_as_the_cluster_holds(tmp_path, m
     study.num_cpus = 2
     check_local_resources(study)
     study.num_workers = 1
+    capsys.readouterr()
+    assert distributed_trials_that_fit(study) is None and capsys.readouterr().err == ""  # 1 CPU on a 1-CPU node
+    study.gpus_per_trial = 1.0  # the cluster audit: a single-worker trial no node holds waited without a word of the study's
+    cluster({"CPU": 2.0}, {"CPU": 4.0})
     assert distributed_trials_that_fit(study) is None
+    assert ("warning: a trial needs 1 CPUs and 1 GPUs on one node, and no node of the Ray cluster holds that now (its nodes: "
+            "2 CPUs, 0 GPUs; 4 CPUs, 0 GPUs); waiting for the cluster to grow") in capsys.readouterr().err
 
 
 def test_a_single_worker_trial_larger_than_the_local_ray_is_refused_before_ray(tmp_path, monkeypatch):
@@ -392,8 +398,10 @@ def test_more_gpus_than_a_one_worker_trial_uses_is_a_warning(tmp_path, capsys):
     study.gpus_per_trial = 2.0
     warn_idle_gpus(study)
     assert "warning: --gpus-per-trial 2 reserves 2 GPUs per trial, but a trial of one worker trains on one of them" in capsys.readouterr().err
-    study.num_workers = 2
+    study.num_workers = 2  # each worker reserves 2 and trains on one (the cluster audit: this said nothing)
     warn_idle_gpus(study)
+    assert ("warning: --gpus-per-trial 2 with --num-workers 2 reserves 2 GPUs per worker, but each worker trains on one of "
+            "them; use --gpus-per-trial 1 and --num-workers 4 to train on all of them") in capsys.readouterr().err
     study.num_workers, study.gpus_per_trial = 1, 1.0
     warn_idle_gpus(study)
     assert capsys.readouterr().err == ""
@@ -460,3 +468,33 @@ def test_two_label_fractions_that_select_the_same_patients_are_refused_before_ra
     study.grid = {"data.labelled": ["1", "50%"]}  # 2 of 4: distinct
     assert len(study.trial_params()) == 4
     assert not (tmp_path / "results").exists()
+
+
+def test_every_node_of_a_cluster_must_see_the_study_and_data_folders(tmp_path, ray_address):
+    """The cluster audit: on a node without the shared filesystem a trial wrote its files to that node's disk, and Tune
+    failed only at its first checkpoint, hours in at the paper size. One task per node compares the files' bytes."""
+    from medseg_platform.errors import DataError
+    from medseg_platform.study.ray_runtime import check_nodes_see
+
+    held = tmp_path / ".lock"
+    held.write_text("pid 1 on driver, since now\n")
+    check_nodes_see({str(held): ("the study folder's lock file", held.read_bytes())})
+    with pytest.raises(DataError, match=r"node .* of the Ray cluster: the study folder's lock file .*/\.lock holds other bytes "
+                                        r"there \(another filesystem at the same path\); every node must reach"):
+        check_nodes_see({str(held): ("the study folder's lock file", b"pid 2 on another driver\n")})
+    with pytest.raises(DataError, match=r"the dataset's list .*/nowhere/train_slices.list cannot be read there \(No such file"):
+        check_nodes_see({str(tmp_path / "nowhere" / "train_slices.list"): ("the dataset's list", b"")})
+
+
+def test_a_multi_worker_trial_removes_the_train_runs_of_its_earlier_attempts(tmp_path):
+    """The cluster audit: every attempt and rerun of a multi-worker trial left a Ray Train run with a full checkpoint
+    copy under ray-train/; the engine resumes from the trial folder, never from them."""
+    from medseg_platform.study.distributed import remove_earlier_train_runs
+
+    storage = tmp_path / "ray-train"
+    for name in ("mona-l1-s1-abc-0a1b2c3d", "mona-l1-s1-abc-ffffffff", "mona-l1-s1-abcd-0a1b2c3d", "mona-l1-s1-abc-0a1b2c3d-x",
+                 "other-0a1b2c3d"):
+        (storage / name / "checkpoint").mkdir(parents=True)
+    remove_earlier_train_runs(storage, "mona-l1-s1-abc")
+    assert sorted(p.name for p in storage.iterdir()) == ["mona-l1-s1-abc-0a1b2c3d-x", "mona-l1-s1-abcd-0a1b2c3d", "other-0a1b2c3d"]
+    remove_earlier_train_runs(tmp_path / "none", "x")  # no storage yet: nothing to do

@@ -113,3 +113,18 @@ def test_a_cpu_trial_on_a_gpu_machine_does_not_start_cuda_for_its_checkpoints(mo
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", started_cuda)
     assert checkpoint._cuda_rng_states() == []
     checkpoint._set_cuda_rng_states([torch.zeros(4, dtype=torch.uint8)])  # an older checkpoint's states: not restored
+
+
+def test_a_multi_worker_trials_result_is_looked_up_again_before_it_counts_as_missing(tmp_path, monkeypatch):
+    """The cluster audit: rank 0 writes result.json on another node; a network filesystem may still answer "missing" to
+    the Tune function, which had looked the file up before the trial (an AttributeError, retried as an infrastructure
+    failure)."""
+    import medseg_platform.study.trainable as trainable
+
+    answers = [None, None, "the record"]
+    monkeypatch.setattr(trainable, "read_trial", lambda trial_dir: answers.pop(0))
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    assert trainable._read_written_trial(tmp_path, wait_s=30.0) == "the record" and answers == []
+    monkeypatch.setattr(trainable, "read_trial", lambda trial_dir: None)
+    with pytest.raises(RuntimeError, match="the multi-worker trial ended without its result.json"):
+        trainable._read_written_trial(tmp_path, wait_s=0.0)

@@ -52,27 +52,57 @@ def stage_key(cfg: TrialConfig, index: int, subset: LabelledSubset) -> str:
     return f"stage{index}-{cfg.pretrain[index].objective}-{digest}"
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path, enabled: bool, on_wait: Callable[[], None] | None = None):
-    """An advisory file lock so concurrent trials on one machine train a shared stage once; ``on_wait()`` is called
-    when another process holds it (before waiting for it)."""
-    if not enabled:
-        yield
-        return
-    import fcntl
+#: Seconds between two tries of a stage's lock while another trial holds it: a data-parallel trial's ranks meet in one
+#: short collective per try (:func:`_exclusive`).
+LOCK_POLL_S = 2.0
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+
+@contextlib.contextmanager
+def _exclusive(path: Path, dist: DistContext | None, device: torch.device, on_wait: Callable[[], None] | None = None,
+               log: Callable[[str], None] | None = None, poll_s: float = LOCK_POLL_S):
+    """An advisory file lock so that concurrent trials on one machine (or on a shared filesystem) train a shared stage
+    once; ``on_wait()`` is called when another process holds it, before waiting for it.
+
+    Rank 0 of a data-parallel trial takes the lock and tries again every ``poll_s`` seconds; each try ends in one
+    broadcast of whether it holds the lock (:func:`~medseg_platform.engine.ddp.agree`), so that the other ranks wait
+    in short collectives. They used to wait in one broadcast for as long as another trial trained the stage, and Ray
+    Train's collective timeout (30 minutes) failed them. Where the filesystem has no ``flock`` (``ENOLCK`` on NFS
+    without a lock daemon), the stage runs unlocked, as a study folder does (:func:`medseg_platform.io.folder_lock`):
+    two trials may then train it at the same time, which wastes work but loses nothing (``final.pt`` is written
+    atomically)."""
+    import fcntl
+    import time
+
+    handle = None
+    if dist is None or dist.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+    try:
+        held, told = handle is None, False  # ranks > 0 hold nothing: rank 0's answer decides
+        while True:
+            if handle is not None and not held:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held = True
+                except BlockingIOError:
+                    if not told and on_wait is not None:
+                        on_wait()
+                    told = True
+                except OSError as exc:
+                    if log is not None:
+                        log(f"{path}: no file locks on this filesystem ({exc.strerror or exc}); this stage runs unlocked, so "
+                            "another trial may train it at the same time")
+                    handle.close()
+                    handle, held = None, True
+            if agree(held, dist, device):
+                break
+            time.sleep(poll_s)
+        yield
+    finally:
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
 
 def run_pretraining(cfg: TrialConfig, data: TrainingData, cache_dir: Path, device: torch.device, dist: DistContext | None,
@@ -90,7 +120,7 @@ def run_pretraining(cfg: TrialConfig, data: TrainingData, cache_dir: Path, devic
             log(f"pretraining stage {index} ({stage.objective}): waiting for another trial that holds {folder / '.lock'} "
                 "(it trains this stage; this trial then reads it from the cache)")
 
-        with _exclusive(folder / ".lock", enabled=dist is None or dist.is_main, on_wait=waiting):  # other ranks wait in agree()
+        with _exclusive(folder / ".lock", dist, device, on_wait=waiting, log=log):
             if agree(final_path.is_file(), dist, device):
                 log(f"pretraining stage {index} ({stage.objective}): cached at {folder}")
                 previous = load_checkpoint(final_path)

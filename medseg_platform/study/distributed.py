@@ -32,6 +32,7 @@ def run_distributed_trial(config: dict, tags: dict, trial_dir: Path, pretrain_ca
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    remove_earlier_train_runs(storage, Path(trial_dir).name)
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"config": config, "tags": tags, "trial_dir": str(trial_dir), "pretrain_cache": str(pretrain_cache)},
@@ -45,6 +46,20 @@ def run_distributed_trial(config: dict, tags: dict, trial_dir: Path, pretrain_ca
                              callbacks=[TuneReportCallback()], checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     trainer.fit()
+
+
+def remove_earlier_train_runs(storage: Path, trial_name: str) -> None:
+    """Delete the Ray Train runs an earlier attempt or run of the trial left under ``storage`` (``<trial>-<8 hex>``, each
+    with a full checkpoint copy): the engine resumes from the trial folder, never from them, and every retry used to add
+    one (the cluster audit)."""
+    import re
+    import shutil
+
+    pattern = re.compile(re.escape(trial_name) + r"-[0-9a-f]{8}")
+    if storage.is_dir():
+        for run in storage.iterdir():
+            if run.is_dir() and pattern.fullmatch(run.name):
+                shutil.rmtree(run, ignore_errors=True)
 
 
 def worker_loop(loop_config: dict[str, Any]) -> None:

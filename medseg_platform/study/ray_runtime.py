@@ -33,7 +33,7 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboa
     if address:
         check_address_answers(address, source, drop)
         try:
-            _init_as_interruptible(ray, address=address, log_to_driver=False, configure_logging=False)
+            context = _init_as_interruptible(ray, address=address, log_to_driver=False, configure_logging=False)
         except ConnectionError as exc:  # a GCS that answers TCP but not this driver: Ray's own retries, then this
             raise ConfigError(f"{source} {address}: no Ray cluster answers there, or it refused this driver ({exc}); start "
                               f"one with `ray start --head` on that machine, check the address and port and, for a cluster "
@@ -43,6 +43,9 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboa
             raise ConfigError(f"{source} {address}: not a Ray address ({exc}); give HOST:PORT of the head node's GCS "
                               "(port 6379 by default) or 'auto'") from None
         term_as_interrupt()
+        if getattr(context, "dashboard_url", None):  # the cluster's, on its head node (README, 'Dashboard')
+            print(dashboard_message(context.dashboard_url) + "; on the cluster's head node: from another machine, tunnel "
+                  "to it (README, 'Running on a cluster', the dashboard)", file=sys.stderr, flush=True)
         return True
     temp = check_local_ray_temp_dir()
     try:
@@ -57,6 +60,48 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboa
     if dashboard and getattr(context, "dashboard_url", None):
         print(dashboard_message(context.dashboard_url), file=sys.stderr, flush=True)
     return True
+
+
+def check_nodes_see(paths: dict, timeout_s: float = 120.0) -> None:
+    """On a joined Ray cluster: every alive node sees each of ``paths`` (path -> (what it is, the bytes it holds here)) as
+    this machine does, checked by one zero-CPU task per node, pinned to it. A one-line :class:`DataError`
+    names the first node that does not. Without a shared filesystem a trial on such a node wrote its checkpoints and
+    results to that node's own disk, and Tune's own check failed only at the first checkpoint, after the pretraining
+    (the cluster audit; README, 'Running on a cluster')."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from medseg_platform.errors import DataError
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def differing(paths: dict) -> list:
+        out = []
+        for path, (what, content) in paths.items():
+            try:
+                with open(path, "rb") as fh:
+                    if fh.read() != content:
+                        out.append(f"{what} {path} holds other bytes there (another filesystem at the same path)")
+            except OSError as exc:
+                out.append(f"{what} {path} cannot be read there ({exc.strerror or exc})")
+        return out
+
+    resources = ("CPU", "GPU")  # the nodes trials can run on (a head node started with --num-cpus 0 runs none)
+    nodes = [node for node in ray.nodes() if node.get("Alive") and any(node.get("Resources", {}).get(r, 0) > 0 for r in resources)]
+    pending = {differing.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(paths):
+               node for node in nodes}
+    try:
+        answers = ray.get(list(pending), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        print(f"warning: could not check within {timeout_s:.0f} s that every node of the cluster sees the results and data "
+              "folders (a busy or growing cluster); going on", file=sys.stderr, flush=True)
+        return
+    for node, problems in zip(pending.values(), answers):
+        if problems:
+            raise DataError(f"node {node.get('NodeManagerAddress', '?')} ({node.get('NodeManagerHostname', '?')}) of the Ray cluster: "
+                            f"{problems[0]}; every node must reach the data and --results-dir at the same absolute path (a "
+                            "shared filesystem: README, 'Running on a cluster')")
 
 
 ADDRESS_PROBE_S = 5.0  # how long the TCP probe of --address waits for the head's GCS port

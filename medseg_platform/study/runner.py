@@ -40,7 +40,7 @@ from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.rescore import score_from_sources, scoring_device
 from medseg_platform.results import (LAST_RUN_FILE, RESULT_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, retag_finished_trials, trial_finished,
                                      trial_folder, tune_storage)
-from medseg_platform.study.ray_runtime import check_gpus_available, init_ray
+from medseg_platform.study.ray_runtime import check_gpus_available, check_nodes_see, init_ray
 from medseg_platform.study.spec import ASHA_TIME, Study, check_accumulating_folder, check_study_folder
 
 
@@ -174,6 +174,10 @@ def warn_idle_gpus(study: Study) -> None:
     if study.gpus_per_trial > 1 and study.num_workers == 1:
         _log(f"warning: --gpus-per-trial {study.gpus_per_trial:g} reserves {study.gpus_per_trial:g} GPUs per trial, but a trial "
              "of one worker trains on one of them; use --num-workers to train a trial on several GPUs, or 1 GPU per trial")
+    elif study.gpus_per_trial > 1:  # each worker reserves that many and trains on one (ray.train.torch.get_device)
+        _log(f"warning: --gpus-per-trial {study.gpus_per_trial:g} with --num-workers {study.num_workers} reserves "
+             f"{study.gpus_per_trial:g} GPUs per worker, but each worker trains on one of them; use --gpus-per-trial 1 and "
+             f"--num-workers {study.num_workers * int(study.gpus_per_trial)} to train on all of them")
 
 
 def check_trained_on_this_data(study: Study, trials: list[dict]) -> None:
@@ -388,6 +392,22 @@ def check_search_storage(study: Study, trials: list[dict]) -> None:
                           "different storage would start the search again), or give --name for a new search")
 
 
+def shared_paths(study: Study, trials: list[dict], study_dir: Path) -> dict:
+    """What every node of a cluster must see as this machine does (:func:`~medseg_platform.study.ray_runtime.check_nodes_see`),
+    path -> (what it is, its bytes here): the study folder's lock file (it names this driver's process), each dataset's
+    training list, and the external test root's."""
+    from medseg_platform.data.layout import TRAIN_LIST, TEST_LIST
+    from medseg_platform.io import LOCK_FILE
+
+    lock = study_dir / LOCK_FILE  # written by this run's folder_lock (empty where the filesystem has no flock)
+    paths = {str(lock): ("the study folder's lock file", lock.read_bytes())} if lock.is_file() else {}
+    for root in sorted({str(Path(t["config"]["data"]["root"]).expanduser().resolve()) for t in trials}):
+        paths[str(Path(root) / TRAIN_LIST)] = ("the dataset's list", (Path(root) / TRAIN_LIST).read_bytes())
+    if study.test_root is not None:
+        paths[str(Path(study.test_root) / TEST_LIST)] = ("--test-root's list", (Path(study.test_root) / TEST_LIST).read_bytes())
+    return paths
+
+
 # ---------------------------------------------------------------------------------------- Tune
 def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, suffix: str, run_id: str = "") -> tuple[bool, bool]:
     """Run the trials as Tune experiment ``<name>-<suffix>``, restoring it if it exists; returns (restored, stopped by
@@ -414,6 +434,8 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
     started_here = init_ray(study.address, study.num_cpus, study.dashboard, study.dashboard_host)
     timing["ray_init_s"] = time.perf_counter() - t0
     try:
+        if study.address or os.environ.get("RAY_ADDRESS"):  # a cluster: its nodes must share the folders with this one
+            check_nodes_see(shared_paths(study, trials, study_dir))
         t0 = time.perf_counter()
         distributed = study.num_workers > 1
         trainable = tune.with_resources(
@@ -586,12 +608,19 @@ def distributed_trials_that_fit(study: Study) -> int | None:
     nodes) and divides by the workers of a trial, at least 1; ``--max-concurrent`` lowers it further. A local Ray too
     small for one trial was refused before it started (:func:`check_local_resources`); a cluster that holds none yet
     (autoscaling) gets a warning and one trial at a time."""
-    if study.num_workers <= 1:
-        return None
     import ray
 
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
     per_worker = {kind: amount for kind, amount in (("CPU", study.cpus_per_trial), ("GPU", study.gpus_per_trial)) if amount > 0}
+    if study.num_workers <= 1:
+        if not any(all(node.get(kind, 0.0) + 1e-9 >= amount for kind, amount in per_worker.items()) for node in nodes):
+            # a joined cluster (a local Ray too small was refused before it started): Tune waits for one to appear
+            nodes_text = "; ".join(", ".join(f"{node.get(kind, 0.0):g} {kind}s" for kind in per_worker) for node in nodes) or "none"
+            _log("warning: a trial needs " + " and ".join(f"{amount:g} {kind}s" for kind, amount in per_worker.items())
+                 + f" on one node, and no node of the Ray cluster holds that now (its nodes: {nodes_text}); waiting for the "
+                 "cluster to grow. A cluster that cannot grow never starts a trial: stop with Ctrl-C and ask for less "
+                 "(--cpus-per-trial/--gpus-per-trial)")
+        return None
     workers = sum(min(int(node.get(kind, 0.0) / amount + 1e-9) for kind, amount in per_worker.items()) for node in nodes)
     slots = workers // study.num_workers
     totals = {kind: sum(node.get(kind, 0.0) for node in nodes) for kind in per_worker}

@@ -115,7 +115,7 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
 
             run_distributed_trial(config, tags, trial_dir, pretrain_cache_dir(study_dir), ray_train_storage(study_dir),
                                   num_workers, cpus_per_worker, gpus_per_worker)
-            record = read_trial(trial_dir).result
+            record = _read_written_trial(trial_dir).result
         else:
             from medseg_platform.study.ray_runtime import trial_placement
 
@@ -233,6 +233,23 @@ def score_test_root(trial_dir: Path, test_root: str | None, key: str, device=Non
     error_file.unlink(missing_ok=True)
     print(f"[{key}] external test set {test_root}: mean Dice {block['test']['mean']['dice']:.4f} "
           f"over {block['num_test_cases']} cases", flush=True)
+
+
+def _read_written_trial(trial_dir: Path, wait_s: float = 30.0):
+    """The trial record rank 0 of a multi-worker trial just wrote, maybe on another node: a network filesystem may
+    answer "no such file" for a while after this process looked the file up as missing (NFS caches a negative
+    lookup for up to ``acdirmax``, 60 s by default), so a missing record is looked up again for ``wait_s`` seconds
+    before it counts as missing (the cluster audit)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        record = read_trial(trial_dir)
+        if record is not None or time.monotonic() >= deadline:
+            if record is None:
+                raise RuntimeError(f"{trial_dir}: the multi-worker trial ended without its result.json (rank 0 writes it)")
+            return record
+        time.sleep(1.0)
 
 
 def end_errored(trial_dir: Path, config: dict, tags: dict, seed: int, exc: MedsegError, run_id: str) -> None:
