@@ -478,7 +478,8 @@ def _write_report(study_dir: Path, log) -> StudyReport:
     claims = claim_results(info, records)
     write_text_atomic(report, render_report(study_dir, info, settings, last_run, records, problems, tables, plots, order, statuses,
                                             claims))
-    remove_stale_outputs(study_dir, tables, [p.path for p in plots])
+    if folder_holder(study_dir) is None:  # a running study writes its own report at its end: nothing of it is removed now
+        remove_stale_outputs(study_dir, tables, [p.path for p in plots])
     return StudyReport(study_dir, report, tables, [p.path for p in plots], records, problems, missing, verdict_counts(claims))
 
 

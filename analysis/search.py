@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from analysis.tables import as_number
+from medseg_platform.study.experiment_state import tune_trial_states
 from medseg_platform.config import TrialConfig
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_json_atomic, write_text_atomic
@@ -83,9 +84,7 @@ def _order_key(trial: Any, position: int) -> tuple[int, int]:
 
 def load_samples(study_dir: Path) -> list[Sample]:
     """Every sample of the search, in proposal order (see the module docstring)."""
-    from ray.tune import ExperimentAnalysis
-
-    return samples_from_trials(study_dir, ExperimentAnalysis(str(experiment_path(study_dir))).trials)
+    return samples_from_trials(study_dir, tune_trial_states(experiment_path(study_dir)))
 
 
 def samples_from_trials(study_dir: Path, tune_trials: Sequence[Any]) -> list[Sample]:

@@ -46,7 +46,12 @@ def check_dashboard_host(host: str) -> str | None:
             raise ConfigError(f"--dashboard-host {host!r}: not an IP address or host name (default 127.0.0.1)") from None
     if is_loopback(host):
         return None
-    where = "every network interface" if host in ("0.0.0.0", "::") else host
+    try:  # every spelling of the unspecified address (0.0.0.0, ::, 0000::, ::ffff:0.0.0.0)
+        address = ipaddress.ip_address(host)
+        unspecified = address.is_unspecified or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_unspecified)
+    except ValueError:
+        unspecified = False
+    where = "every network interface" if unspecified else host
     return (f"WARNING: the Ray dashboard will listen on {where}. It accepts job submissions, so anyone who can "
             "reach that port and has the token can run code on this machine (anyone at all if RAY_AUTH_MODE=disabled). "
             "Prefer the default 127.0.0.1 and an SSH tunnel: ssh -L 8265:127.0.0.1:8265 <this host>")
@@ -77,7 +82,8 @@ def token_hint(environ: os._Environ | dict | None = None) -> str:
     env = os.environ if environ is None else environ
     mode = (env.get("RAY_AUTH_MODE") or "").lower()
     if mode == "disabled":
-        return "token auth is DISABLED (RAY_AUTH_MODE=disabled): anyone who can reach the port can submit jobs"
+        return ("token auth is DISABLED (RAY_AUTH_MODE=disabled): anyone who can reach the port can submit jobs, and Ray's "
+                "other ports (GCS, raylet), which listen on every interface, are open to the network too")
     if env.get("RAY_AUTH_TOKEN"):
         where = "the token is in $RAY_AUTH_TOKEN"
     elif env.get("RAY_AUTH_TOKEN_PATH"):

@@ -184,6 +184,31 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def write_texts_atomic(files: dict) -> None:
+    """Write several text files (path -> text, UTF-8) as one set: every file is written and synced to a temporary
+    file beside it first, and only then do they replace the earlier versions, one rename each; on an error before the
+    renames nothing is replaced and the temporary files are removed."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, text in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((Path(tmp_name), path))
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp_name, 0o666 & ~_current_umask())
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
+
+
 def read_json_object(path: str | os.PathLike) -> dict | None:
     """The JSON object in ``path`` for a file the platform wrote itself: None when the file is missing, {} when it is
     unreadable, not JSON or not an object (the caller treats that as "nothing usable recorded")."""
@@ -225,9 +250,7 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise ConfigError(f"{folder}: {what} is running there already ({holder}); wait for it to end, or run this one "
-                              "into another folder (--name or --results-dir)") from None
+            raise ConfigError(_running_there(folder, what, fh.read().strip() or "another process")) from None
         except OSError:  # no flock on this filesystem: run unlocked, as before
             yield
             return
@@ -240,6 +263,21 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _running_there(folder, what: str, holder: str) -> str:
+    return (f"{folder}: {what} is running there already ({holder}); wait for it to end, or run this one into another "
+            "folder (--name or --results-dir)")
+
+
+def check_folder_free(folder: str | os.PathLike, what: str) -> None:
+    """The :class:`ConfigError` :func:`folder_lock` would raise, now: for checks that come before the lock is taken and
+    take long (a study's data preflight reads every file of its datasets)."""
+    from medseg_platform.errors import ConfigError
+
+    holder = folder_holder(folder)
+    if holder is not None:
+        raise ConfigError(_running_there(folder, what, holder))
 
 
 def folder_holder(folder: str | os.PathLike) -> str | None:

@@ -193,7 +193,7 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
     from medseg_platform.data.nifti import with_voxel_sizes
     from medseg_platform.engine import load_selected_model, pick_device, predict_case
     from medseg_platform.engine.conv_kernels import recorded_conv_kernels, using_conv_kernels
-    from medseg_platform.io import atomic_path, check_output_folder, write_json_atomic
+    from medseg_platform.io import atomic_path, check_output_folder, folder_lock, write_json_atomic
     from medseg_platform.results import recorded_class_names
 
     if split not in SPLITS:
@@ -212,38 +212,41 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
     if out == layout.root or layout.root in out.parents:
         raise MedsegError(f"--out {out}: inside the dataset {layout.root}; write predictions somewhere else")
     check_output_folder(out, "--out")
-    check_prediction_folder(out, record.path.resolve(), cases)
     affines = {case: (layout.manifest.get("cases") or {}).get(case, {}).get("affine") for case in cases}
+    check_prediction_folder(out, record.path.resolve(), cases)  # a refused run creates nothing; both checked again under the lock
     check_own_outputs(out, own_outputs(out, cases, [case for case in cases if affines[case] is not None]))
-    device = pick_device()
-    model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
-    kernels = recorded_conv_kernels(record.result, cfg, device.type)  # the CPU kernels of the trial's own test
-    summary = {"trial": str(record.path), "data_root": str(layout.root), "split": split, "cases": cases,
-               "best_step": record.result.get("best_step"), "num_classes": cfg.data.num_classes, "class_names": list(names),
-               "nifti": [case for case in cases if affines[case] is not None], "distance_units": cfg.eval.distance_units,
-               "empty_policy": cfg.eval.empty_policy}
-    write_json_atomic(out / PREDICTION_FILE, {**summary, "complete": False})  # its cases are this run's to replace
-    with_affine = []
-    for i, case in enumerate(cases, 1):
-        volume = layout.read_volume(case)
-        with using_conv_kernels(kernels):
-            prediction = predict_case(model, volume.image, cfg, device)
-        attrs = {"spacing": np.asarray(volume.spacing, dtype=np.float64)} if volume.spacing is not None else {}
-        _h5_write(out / f"{case}.h5", {"pred": prediction}, attrs)
-        affine = affines[case]
-        if affine is not None and volume.spacing is not None:  # a manifest of earlier code: a unit-scale sform kept
-            affine = with_voxel_sizes(affine, list(volume.spacing)[::-1])
-        if affine is not None:
-            with atomic_path(out / NIFTI_DIR / f"{case}.nii.gz") as tmp:
-                tmp.write_bytes(_nifti_bytes(prediction, affine))
-            with_affine.append(case)
-        log(f"[{i}/{len(cases)}] {case}")
-    summary["nifti"] = with_affine
-    write_json_atomic(out / PREDICTION_FILE, {**summary, "complete": True})
-    return summary
+    with folder_lock(out, "medseg predict"):  # two runs into one --out mixed their cases (the security audit)
+        check_prediction_folder(out, record.path.resolve(), cases)
+        check_own_outputs(out, own_outputs(out, cases, [case for case in cases if affines[case] is not None]))
+        device = pick_device()
+        model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
+        kernels = recorded_conv_kernels(record.result, cfg, device.type)  # the CPU kernels of the trial's own test
+        summary = {"trial": str(record.path), "data_root": str(layout.root), "split": split, "cases": cases,
+                   "best_step": record.result.get("best_step"), "num_classes": cfg.data.num_classes, "class_names": list(names),
+                   "nifti": [case for case in cases if affines[case] is not None], "distance_units": cfg.eval.distance_units,
+                   "empty_policy": cfg.eval.empty_policy}
+        write_json_atomic(out / PREDICTION_FILE, {**summary, "complete": False})  # its cases are this run's to replace
+        with_affine = []
+        for i, case in enumerate(cases, 1):
+            volume = layout.read_volume(case)
+            with using_conv_kernels(kernels):
+                prediction = predict_case(model, volume.image, cfg, device)
+            attrs = {"spacing": np.asarray(volume.spacing, dtype=np.float64)} if volume.spacing is not None else {}
+            _h5_write(out / f"{case}.h5", {"pred": prediction}, attrs)
+            affine = affines[case]
+            if affine is not None and volume.spacing is not None:  # a manifest of earlier code: a unit-scale sform kept
+                affine = with_voxel_sizes(affine, list(volume.spacing)[::-1])
+            if affine is not None:
+                with atomic_path(out / NIFTI_DIR / f"{case}.nii.gz") as tmp:
+                    tmp.write_bytes(_nifti_bytes(prediction, affine))
+                with_affine.append(case)
+            log(f"[{i}/{len(cases)}] {case}")
+        summary["nifti"] = with_affine
+        write_json_atomic(out / PREDICTION_FILE, {**summary, "complete": True})
+        return summary
 
 
-# ------------------------------------------------------------------------------- scans never converted
+    # ------------------------------------------------------------------------------- scans never converted
 #: The default ``--label-suffix``: names ending in it (before the extension) are label files, which a folder of --images
 #: leaves out, as ``medseg data convert-nifti``'s default and ``medseg evaluate`` read them; ``_pred`` files are
 #: predictions (``medseg evaluate``'s naming) and are left out too.
@@ -381,7 +384,7 @@ def predict_images(trial_dir: str | Path, images: Sequence[str | Path], out: str
     from medseg_platform.data.nifti import _voxels, minmax_normalise, read_header, to_dhw
     from medseg_platform.engine import load_selected_model, pick_device, predict_case
     from medseg_platform.engine.conv_kernels import recorded_conv_kernels, using_conv_kernels
-    from medseg_platform.io import atomic_path, check_output_folder, write_json_atomic
+    from medseg_platform.io import atomic_path, check_output_folder, folder_lock, write_json_atomic
     from medseg_platform.results import recorded_class_names
 
     def scan(path: Path) -> np.ndarray:
@@ -395,30 +398,33 @@ def predict_images(trial_dir: str | Path, images: Sequence[str | Path], out: str
         # (one folder above: `medseg evaluate --gt` would then read the predictions there as the labels)
         raise MedsegError(f"--out {out}: the folder of the scans, or one they lie in; write predictions somewhere else")
     check_output_folder(out, "--out")
-    check_prediction_folder(out, record.path.resolve(), list(files))
+    check_prediction_folder(out, record.path.resolve(), list(files))  # a refused run creates nothing; both checked again under the lock
     check_own_outputs(out, own_outputs(out, files, files), list(files.values()))
     for path in files.values():  # NaN or constant voxels stop here too: a half-written folder helps nobody
         scan(path)
-    device = pick_device()
-    model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
-    kernels = recorded_conv_kernels(record.result, cfg, device.type)
-    summary = {"trial": str(record.path), "images": {case: str(path) for case, path in files.items()}, "cases": list(files),
-               "best_step": record.result.get("best_step"), "num_classes": cfg.data.num_classes,
-               "class_names": list(recorded_class_names(record.result)), "nifti": list(files),
-               "distance_units": cfg.eval.distance_units, "empty_policy": cfg.eval.empty_policy}
-    write_json_atomic(out / PREDICTION_FILE, {**summary, "complete": False})  # its cases are this run's to replace
-    for note in notes:  # after every check: an error is the only line
-        log(note)
-    for i, (case, path) in enumerate(files.items(), 1):
-        image = scan(path)
-        with using_conv_kernels(kernels):
-            prediction = predict_case(model, image, cfg, device)
-        _h5_write(out / f"{case}.h5", {"pred": prediction}, {"spacing": np.asarray(headers[case].spacing, dtype=np.float64)})
-        with atomic_path(out / NIFTI_DIR / f"{case}.nii.gz") as tmp:
-            tmp.write_bytes(_nifti_like(prediction, path))
-        log(f"[{i}/{len(files)}] {case} ({path.name}, {'x'.join(map(str, image.shape))})")
-    write_json_atomic(out / PREDICTION_FILE, {**summary, "complete": True})
-    return summary
+    with folder_lock(out, "medseg predict"):  # two runs into one --out mixed their cases (the security audit)
+        check_prediction_folder(out, record.path.resolve(), list(files))
+        check_own_outputs(out, own_outputs(out, files, files), list(files.values()))
+        device = pick_device()
+        model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
+        kernels = recorded_conv_kernels(record.result, cfg, device.type)
+        summary = {"trial": str(record.path), "images": {case: str(path) for case, path in files.items()}, "cases": list(files),
+                   "best_step": record.result.get("best_step"), "num_classes": cfg.data.num_classes,
+                   "class_names": list(recorded_class_names(record.result)), "nifti": list(files),
+                   "distance_units": cfg.eval.distance_units, "empty_policy": cfg.eval.empty_policy}
+        write_json_atomic(out / PREDICTION_FILE, {**summary, "complete": False})  # its cases are this run's to replace
+        for note in notes:  # after every check: an error is the only line
+            log(note)
+        for i, (case, path) in enumerate(files.items(), 1):
+            image = scan(path)
+            with using_conv_kernels(kernels):
+                prediction = predict_case(model, image, cfg, device)
+            _h5_write(out / f"{case}.h5", {"pred": prediction}, {"spacing": np.asarray(headers[case].spacing, dtype=np.float64)})
+            with atomic_path(out / NIFTI_DIR / f"{case}.nii.gz") as tmp:
+                tmp.write_bytes(_nifti_like(prediction, path))
+            log(f"[{i}/{len(files)}] {case} ({path.name}, {'x'.join(map(str, image.shape))})")
+        write_json_atomic(out / PREDICTION_FILE, {**summary, "complete": True})
+        return summary
 
 
 def label_folder(summary: dict) -> Path | None:

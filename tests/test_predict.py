@@ -49,7 +49,8 @@ def test_predictions_are_what_the_trial_scored_and_medseg_evaluate_reads_them(tr
     assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert f"wrote 2 prediction(s) of the test split to {out}; h5 only" in stdout
-    assert sorted(p.name for p in out.iterdir()) == ["patient006_frame01.h5", "patient006_frame02.h5", "prediction.json"]
+    # .lock: the folder's lock while a prediction writes there (medseg_platform.io.folder_lock)
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "patient006_frame01.h5", "patient006_frame02.h5", "prediction.json"]
     summary = json.loads((out / "prediction.json").read_text())
     result = json.loads((trial / "result.json").read_text())
     assert summary == {"trial": str(trial), "data_root": str(root), "split": "test", "cases": ["patient006_frame01", "patient006_frame02"],
@@ -234,6 +235,14 @@ def test_an_output_in_the_trial_or_holding_other_predictions_is_refused(trained,
     assert one_line_error(capsys).startswith(f"error: --out {out}: already holds predictions of other cases (patient005_frame01, patient005_frame02)")
     assert sorted(p.name for p in out.iterdir()) == before
     assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out), "--split", "val"]) == 0  # the same cases
+    import fcntl
+
+    with open(out / ".lock", "a+") as held:  # another medseg predict writing there (the security audit: two runs mixed)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        capsys.readouterr()
+        assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out), "--split", "val"]) == 2
+        assert one_line_error(capsys).startswith(f"error: {out}: medseg predict is running there already")
+    assert sorted(p.name for p in out.iterdir()) == before
 
 
 def test_the_suggested_evaluation_uses_the_trial_s_distance_units_and_empty_policy():
@@ -254,6 +263,23 @@ def test_a_trial_without_its_checkpoint_is_a_one_line_error(trained, tmp_path, c
     assert main(["predict", "--trial", str(copy), "--data-root", str(root), "--out", str(tmp_path / "pred")]) == 2
     assert one_line_error(capsys) == (f"error: {copy / 'checkpoint' / 'checkpoint.pt'}: missing, so the trial's selected "
                                       "weights are gone (rerun the trial to recreate them)\n")
+    # the security audit: a tensor, a truncated file and another network's weights were tracebacks, and an unreadable
+    # checkpoint said "delete it", which loses the weights predict needs
+    import torch
+
+    (copy / "checkpoint").mkdir()
+    for content, message in ((None, "not a checkpoint of this platform (a Tensor, not a dict of states); the trial's selected "
+                                    "weights are in it: restore it from a copy, or rerun the trial"),
+                             (b"truncated", "unreadable checkpoint ("),
+                             ({"best_state": {"nope": torch.zeros(1)}, "best_step": json.loads((trial / "result.json").read_text())["best_step"]},
+                              "its selected weights do not fit the trial's network (")):
+        if isinstance(content, bytes):
+            (copy / "checkpoint" / "checkpoint.pt").write_bytes(content)
+        else:
+            torch.save(torch.zeros(2) if content is None else content, copy / "checkpoint" / "checkpoint.pt")
+        assert main(["predict", "--trial", str(copy), "--data-root", str(root), "--out", str(tmp_path / "pred")]) == 2
+        error = one_line_error(capsys)
+        assert error.startswith(f"error: {copy / 'checkpoint' / 'checkpoint.pt'}: {message}") and "delete it" not in error, error
 
 
 @pytest.mark.parametrize("names, message", [

@@ -27,6 +27,8 @@ def test_loopback_hosts_pass_silently(host):
 
 
 @pytest.mark.parametrize("host, where", [("0.0.0.0", "every network interface"), ("::", "every network interface"),
+                                         # other spellings of them named the raw text (the security audit)
+                                         ("0000::", "every network interface"), ("::ffff:0.0.0.0", "every network interface"),
                                          ("10.1.2.3", "10.1.2.3"), ("head-node.example.org", "head-node.example.org")])
 def test_other_hosts_warn_about_job_submission_and_suggest_a_tunnel(host, where):
     warning = check_dashboard_host(host)

@@ -286,3 +286,40 @@ def test_search_history_statuses_and_order_from_tune_trials(tmp_path):
     lines = history_csv(samples).splitlines()
     assert lines[0] == "order,trial_id,trial_key,status,optim.lr,last_step,best_val_dice,test_dice,error" and len(lines) == 4
     assert lines[1].startswith("1,id1,") and ",stopped early,0.1,3,0.250000,," in lines[1]
+
+
+class _Payload:
+    """A pickle that writes a file when loaded (what a planted results folder could carry)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_tune_experiment_is_read_without_unpickling_anything(tmp_path):
+    """The security audit: Ray's ExperimentAnalysis unpickles fields of experiment_state-*.json, so `medseg report` of a
+    copied search folder ran a payload planted there; the history reads only plain JSON fields."""
+    import pickle
+
+    from medseg_platform.errors import MedsegError
+    from medseg_platform.study.experiment_state import tune_trial_states
+
+    planted = tmp_path / "payload-ran"
+    hexed = pickle.dumps(_Payload(str(planted))).hex()
+    state = {"trial_id": "ab12", "experiment_tag": "2_x=1", "status": "TERMINATED", "config": {"search": {"x": 1}},
+             "results": hexed, "storage": {"_type": "CLOUDPICKLE_FALLBACK", "value": hexed}}
+    runtime = {"last_result": {"step": 4, "best_val_dice": 0.5}, "error_filename": None,
+               "checkpoint_manager": {"_type": "CLOUDPICKLE_FALLBACK", "value": hexed}}
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    (experiment / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [["{}", "{}"]]}))
+    (experiment / "experiment_state-2026-01-02_00-00-00.json").write_text(  # the newest is read
+        json.dumps({"trial_data": [[json.dumps(state), json.dumps(runtime)]]}))
+    (trial,) = tune_trial_states(experiment)
+    assert (trial.trial_id, trial.experiment_tag, trial.status, trial.config, trial.last_result, trial.error_file) == (
+        "ab12", "2_x=1", "TERMINATED", {"search": {"x": 1}}, {"step": 4, "best_val_dice": 0.5}, "")
+    assert not planted.exists()
+    with pytest.raises(MedsegError, match="no experiment_state"):
+        tune_trial_states(tmp_path)

@@ -126,7 +126,8 @@ def test_invalid_study_fails_before_ray(tiny_root, tmp_path):
     with folder_lock(running.study_dir, "study tiny"):
         with pytest.raises(ConfigError, match=rf"{running.study_dir}: study tiny is running there already \(pid {os.getpid()} on "):
             running.run()
-    assert sorted(p.name for p in running.study_dir.iterdir()) == [LOCK_FILE, "preflight.json"]  # no trial, no study.json
+    # no trial, no study.json, and no preflight: it is refused before it reads the data (the security audit)
+    assert sorted(p.name for p in running.study_dir.iterdir()) == [LOCK_FILE]
     shutil.rmtree(tmp_path / "locked")
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke-test", "--data-root", str(tmp_path / "missing"),

@@ -128,3 +128,25 @@ def test_a_multi_worker_trials_result_is_looked_up_again_before_it_counts_as_mis
     monkeypatch.setattr(trainable, "read_trial", lambda trial_dir: None)
     with pytest.raises(RuntimeError, match="the multi-worker trial ended without its result.json"):
         trainable._read_written_trial(tmp_path, wait_s=0.0)
+
+
+def test_tunes_checkpoint_is_copied_in_with_the_checkpoint_file_renamed_last(tmp_path, monkeypatch):
+    """The security audit: a kill during ``shutil.copytree`` into the trial's checkpoint folder left a truncated
+    checkpoint.pt, which failed every resume after it."""
+    import os
+
+    import medseg_platform.study.trainable as trainable
+
+    src = tmp_path / "tune-copy"
+    (src / "extra").mkdir(parents=True)
+    for name in ("checkpoint.pt", "a.json", "extra/b.bin"):
+        (src / name).write_bytes(name.encode())
+    moved = []
+    replace = os.replace
+    monkeypatch.setattr(trainable.os, "replace", lambda a, b: (moved.append(os.path.basename(b)), replace(a, b)))
+    dest = tmp_path / "trial" / "checkpoint"
+    trainable.copy_checkpoint_in(src, dest)
+    assert moved[-1] == "checkpoint.pt" and sorted(moved) == ["a.json", "b.bin", "checkpoint.pt"]
+    assert {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*") if p.is_file()} == {
+        "checkpoint.pt": b"checkpoint.pt", "a.json": b"a.json", "extra/b.bin": b"extra/b.bin"}
+    assert sorted(p.name for p in (tmp_path / "trial").iterdir()) == ["checkpoint"]  # no staging folder left

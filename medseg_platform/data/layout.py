@@ -132,6 +132,15 @@ def read_manifest(root: str | os.PathLike) -> dict:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-create it with the converter") from None
     if not isinstance(manifest, dict):
         raise DataError(f"{path}: not a JSON object; re-create it with the converter")
+    cases = manifest.get("cases")
+    if cases is not None and not (isinstance(cases, dict) and all(isinstance(v, dict) for v in cases.values())):
+        raise DataError(f"{path}: 'cases' must map each case id to an object (it was a traceback in predict and evaluate); "
+                        "re-create the manifest with the converter")
+    for case, entry in (cases or {}).items():  # read as a volume's voxel size when its file has none
+        if entry.get("spacing") is not None:
+            from medseg_platform.evaluation.metrics import normalise_spacing
+
+            normalise_spacing(entry["spacing"], 3, f"{path}: cases[{case!r}].spacing")
     return manifest
 
 
@@ -297,6 +306,8 @@ def read_h5_pair(path: Path, ndim: int) -> tuple[np.ndarray, np.ndarray, dict]:
             groups = [key for key in ("image", "label") if not isinstance(fh[key], h5py.Dataset)]
             if groups:
                 raise DataError(f"{path}: {groups} hold(s) a group, not an array (expected 'image' and 'label' datasets)")
+            for key in ("image", "label"):  # from the header, before anything is read
+                _check_declared(path, key, fh[key].shape, fh[key].dtype.itemsize)
             image = fh["image"][()]
             label = fh["label"][()]
             attrs = {key: fh.attrs[key] for key in fh.attrs}
@@ -307,7 +318,27 @@ def read_h5_pair(path: Path, ndim: int) -> tuple[np.ndarray, np.ndarray, dict]:
         raise DataError(f"{path}: unreadable HDF5 file ({first_line}); the file is truncated or corrupt, re-create it") from None
     if image.ndim != ndim or image.shape != label.shape:
         raise DataError(f"{path}: expected {ndim}-D 'image' and 'label' of equal shape, got {image.shape} and {label.shape}")
+    if "spacing" in attrs and ndim == 3:  # read as the volume's voxel size (mm) by training, scoring and predictions
+        from medseg_platform.evaluation.metrics import normalise_spacing
+
+        normalise_spacing(attrs["spacing"], 3, f"{path}: attribute 'spacing'")
     return image, label, attrs
+
+
+#: The largest array an h5 file of a dataset may declare (bytes): a header that declares more (a corrupt or hostile
+#: file) is an error before the read tries to allocate it (the security audit: a 1.6 KB file declaring 4000^3 floats).
+MAX_ARRAY_BYTES = 4 << 30
+
+
+def _check_declared(path: Path, key: str, shape: tuple, itemsize: int) -> None:
+    """One-line :class:`DataError` for an array the header declares empty or larger than :data:`MAX_ARRAY_BYTES`."""
+    if not shape or 0 in shape:
+        raise DataError(f"{path}: '{key}' is empty (shape {tuple(shape)}); re-create the file from a scan with voxels")
+    size = int(np.prod(shape, dtype=np.float64)) * itemsize
+    if size > MAX_ARRAY_BYTES:
+        raise DataError(f"{path}: '{key}' declares a {'x'.join(map(str, shape))} array of {size / (1 << 30):.1f} GiB, more than the "
+                        f"{MAX_ARRAY_BYTES >> 30} GiB an array of a dataset may hold (a corrupt header, or a volume to crop or "
+                        "resample first)")
 
 
 @dataclass(frozen=True)

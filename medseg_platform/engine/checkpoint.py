@@ -63,14 +63,18 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint written by :func:`save_checkpoint`; an unreadable one is a :class:`MedsegError` naming it
-    (deterministic: retrying the trial would fail the same way)."""
+def load_checkpoint(path: Path, remedy: str = "delete it to start this stage or trial over") -> dict:
+    """A checkpoint written by :func:`save_checkpoint`; an unreadable one, or one that is not a dict of states, is a
+    :class:`MedsegError` naming it and ``remedy`` (deterministic: retrying the trial would fail the same way)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, IndexError, KeyError, TypeError, AttributeError) as exc:
+        # (the weights-only unpickler raises IndexError on a truncated legacy file: the security audit)
         raise MedsegError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                          "delete it to start this stage or trial over") from None
+                          f"{remedy}") from None
+    if not isinstance(state, dict):
+        raise MedsegError(f"{path}: not a checkpoint of this platform (a {type(state).__name__}, not a dict of states); {remedy}")
+    return state
 
 
 def load_selected_model(cfg: TrialConfig, trial_dir: Path, device: torch.device, best_step: int | None = None) -> torch.nn.Module:
@@ -84,12 +88,16 @@ def load_selected_model(cfg: TrialConfig, trial_dir: Path, device: torch.device,
     path = checkpoint_path(trial_dir)
     if not path.is_file():
         raise MedsegError(f"{path}: missing, so the trial's selected weights are gone (rerun the trial to recreate them)")
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, remedy="the trial's selected weights are in it: restore it from a copy, or rerun the trial")
     if state.get("best_state") is None:
         raise MedsegError(f"{path}: holds no selected weights yet (the trial has not validated; finish it first)")
     if best_step is not None and int(state.get("best_step", -1)) != int(best_step):
         raise MedsegError(f"{path}: selected step {state.get('best_step')} but result.json records step {best_step} "
                           "(the checkpoint is not this finished trial's; rerun the trial)")
     model = build_trial_model(cfg, device)
-    model.load_state_dict(state["best_state"])
+    try:
+        model.load_state_dict(state["best_state"])
+    except (RuntimeError, TypeError, AttributeError) as exc:  # another network's weights (a config edited after training)
+        raise MedsegError(f"{path}: its selected weights do not fit the trial's network ({str(exc).splitlines()[0]}); the "
+                          "checkpoint is not this trial's, or its config.json was edited: rerun the trial") from None
     return model.eval()

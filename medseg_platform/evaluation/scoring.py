@@ -49,9 +49,9 @@ import numpy as np
 
 from medseg_platform.data.nifti import (is_time_series, orientation_mismatch, sanitize_case_id, voxel_sizes_mm, world_mm,
                                          xyz_shape)
-from medseg_platform.errors import ConfigError, DataError
+from medseg_platform.errors import ConfigError, DataError, MedsegError
 from medseg_platform.evaluation.metrics import METRICS, check_label_map, check_options, evaluate_case, summarize
-from medseg_platform.io import write_json_atomic, write_text_atomic
+from medseg_platform.io import write_texts_atomic
 
 SPACING_SOURCES = ("gt", "none")
 _SUFFIXES = (".nii.gz", ".nii", ".h5")
@@ -251,7 +251,10 @@ def _header(file: LabelFile, role: str, reverse: bool) -> tuple[LabelFile, tuple
             raise DataError(f"{file.path}: unreadable HDF5 file ({first}); re-create it") from None
         if spacing is None:
             spacing = file.layout_spacing
-        spacing_t = tuple(float(s) for s in np.atleast_1d(spacing)) if spacing is not None else None
+        try:
+            spacing_t = tuple(float(s) for s in np.atleast_1d(np.asarray(spacing, dtype=np.float64))) if spacing is not None else None
+        except (TypeError, ValueError):  # an attribute of text: it was a traceback
+            raise DataError(f"{file.path}: spacing {spacing!r} is not numbers (fix the spacing or pass --spacing-from none)") from None
         return LabelFile(file.case, file.path, file.kind, key, file.layout_spacing), shape, spacing_t
     img = _nifti(file.path)
     shape = _nifti_shape(img.shape, file.path, as_volume=reverse)
@@ -296,9 +299,13 @@ def read_label_volume(file: LabelFile, reverse: bool = False, shape: tuple[int, 
     if file.kind == "h5":
         import h5py
 
+        from medseg_platform.data.layout import _check_declared
+
         try:
             with h5py.File(file.path, "r") as fh:
-                return fh[file.key or _h5_key(file.path, "pred")][()]
+                dataset = fh[file.key or _h5_key(file.path, "pred")]
+                _check_declared(file.path, dataset.name.lstrip("/"), dataset.shape, dataset.dtype.itemsize)  # before the read
+                return dataset[()]
         except (OSError, KeyError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DataError(f"{file.path}: unreadable HDF5 file ({first}); re-create it") from None
@@ -474,13 +481,14 @@ def summary_table(result: FolderEvaluation) -> tuple[list[str], list[list]]:
 
 
 def write_results(result: FolderEvaluation, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``per_case.csv``, ``summary.csv`` and ``summary.json`` atomically into ``out_dir``; returns their paths."""
+    """Write ``per_case.csv``, ``summary.csv`` and ``summary.json`` into ``out_dir`` as one set: each is written to a
+    temporary file first and the three replace the earlier ones only when all three are written (a full disk used to
+    leave two files of the new run beside the old run's ``summary.json``: the security audit). Returns their paths;
+    one-line :class:`MedsegError` when they cannot be written (the earlier files are then intact)."""
     out_dir = Path(out_dir).expanduser()
     paths = {"per_case": out_dir / "per_case.csv", "summary_csv": out_dir / "summary.csv", "summary_json": out_dir / "summary.json"}
     per_case = [[row[col] for col in PER_CASE_COLUMNS] for row in result.rows]
-    write_text_atomic(paths["per_case"], _csv(list(PER_CASE_COLUMNS), per_case))
     header, rows = summary_table(result)
-    write_text_atomic(paths["summary_csv"], _csv(header, rows))
     document = {
         **result.settings,
         "units": result.units,
@@ -491,7 +499,13 @@ def write_results(result: FolderEvaluation, out_dir: str | Path) -> dict[str, Pa
         "classes": result.summary["classes"],
         "mean": result.summary["mean"],
     }
-    write_json_atomic(paths["summary_json"], _json_safe(document))
+    texts = {paths["per_case"]: _csv(list(PER_CASE_COLUMNS), per_case), paths["summary_csv"]: _csv(header, rows),
+             paths["summary_json"]: json.dumps(_json_safe(document), indent=2, sort_keys=True, allow_nan=True) + "\n"}
+    try:
+        write_texts_atomic(texts)
+    except OSError as exc:
+        raise MedsegError(f"--out {out_dir}: the results could not be written ({exc.strerror or exc}); the files of an earlier "
+                          "evaluation there are intact: free space (or fix the folder) and run it again") from None
     return paths
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from medseg_platform.config import resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_host, check_dashboard_host_is_local
 from medseg_platform.errors import ConfigError, DataError, MedsegError
-from medseg_platform.io import check_output_folder, folder_lock, read_json_object, write_json_atomic
+from medseg_platform.io import check_folder_free, check_output_folder, folder_lock, read_json_object, write_json_atomic
 from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.rescore import score_from_sources, scoring_device
 from medseg_platform.results import (LAST_RUN_FILE, RESULT_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, retag_finished_trials, trial_finished,
@@ -66,6 +66,7 @@ def run_study(study: Study) -> StudyRun:
     trials in one folder at once."""
     start, started_at = time.perf_counter(), time.time()
     trials, test_datasets = check_before_ray(study)
+    check_folder_free(study.study_dir, f"study {study.name}")  # before the preflight's reads and its preflight.json
     preflight_datasets(datasets_of_trials(trials) + test_datasets, study.study_dir)  # every data file read, before Ray starts
     check_trained_on_this_data(study, trials)
     with folder_lock(study.study_dir, f"study {study.name}"):  # after the checks: a refused command writes nothing
@@ -233,9 +234,9 @@ def searched_samples_ended(study: Study, trials: list[dict]) -> int:
     quiet_tune_resume_advice()  # before the experiment's state is read: Tune warns about trials that never reported
     if not tune.Tuner.can_restore(str(path)):
         return 0
-    from ray.tune import ExperimentAnalysis
+    from medseg_platform.study.experiment_state import tune_trial_states
 
-    return sum(trial.status in ("TERMINATED", "ERROR") for trial in ExperimentAnalysis(str(path)).trials)
+    return sum(trial.status in ("TERMINATED", "ERROR") for trial in tune_trial_states(path))
 
 
 def check_local_resources(study: Study) -> None:

@@ -9,6 +9,7 @@ reports with ``ray.tune.report`` (with the engine's checkpoint) and writes its r
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, Mapping
@@ -16,7 +17,7 @@ from typing import Callable, Mapping
 from medseg_platform.config import TrialConfig
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_json_atomic
-from medseg_platform.results import (ERROR_FILE, TEST_ROOT_ERROR_FILE, CorruptResult, checkpoint_folder, checkpoint_path,
+from medseg_platform.results import (CHECKPOINT_FILE, ERROR_FILE, TEST_ROOT_ERROR_FILE, CorruptResult, checkpoint_folder, checkpoint_path,
                                      drop_test_root_results, pretrain_cache_dir, ray_train_storage, read_trial,
                                      search_trial_key, start_attempt, trial_folder, write_trial_config, write_trial_error,
                                      write_trial_results)
@@ -98,7 +99,7 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None and not checkpoint_path(trial_dir).is_file():
         with checkpoint.as_directory() as src:
-            shutil.copytree(src, checkpoint_folder(trial_dir), dirs_exist_ok=True)
+            copy_checkpoint_in(Path(src), checkpoint_folder(trial_dir))
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         ckpt = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
@@ -233,6 +234,25 @@ def score_test_root(trial_dir: Path, test_root: str | None, key: str, device=Non
     error_file.unlink(missing_ok=True)
     print(f"[{key}] external test set {test_root}: mean Dice {block['test']['mean']['dice']:.4f} "
           f"over {block['num_test_cases']} cases", flush=True)
+
+
+def copy_checkpoint_in(src: Path, dest: Path) -> None:
+    """Copy Tune's copy of a trial checkpoint (``src``) into the trial's checkpoint folder ``dest``: into a staging folder
+    beside it first, then each file renamed into place, the checkpoint itself last. A kill during the copy used to
+    leave a truncated ``checkpoint.pt``, which then failed every resume (the security audit)."""
+    import tempfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-incoming-", dir=dest.parent))  # not inside: Tune copies dest
+    try:
+        shutil.copytree(src, staging, dirs_exist_ok=True)
+        files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == CHECKPOINT_FILE)
+        for path in files:
+            target = dest / path.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _read_written_trial(trial_dir: Path, wait_s: float = 30.0):

@@ -109,6 +109,14 @@ def test_a_report_of_a_running_study_says_its_missing_trials_are_running(study):
     assert ("trial mona-l7-s1-0000000000 has no result yet: the study is running there (pid 4242 on node1, since "
             "2026-12-06T08:00:00+00:00); this report is a snapshot") in text
     assert ", 1 still to finish (the study is running)" in text and "interrupted" not in text
+    # and it removes no output of the running study that it does not write itself (the security audit)
+    (study / "plots" / "qualitative_99 patients.png").write_bytes(b"png")
+    with open(study / ".lock", "a+", encoding="utf-8") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        write_report(study, log=lambda m: None)
+    assert (study / "plots" / "qualitative_99 patients.png").exists()
+    write_report(study, log=lambda m: None)  # the study ended: a stale plot goes
+    assert not (study / "plots" / "qualitative_99 patients.png").exists()
 
 
 def test_a_study_whose_every_result_is_unreadable_says_so_instead_of_no_result(study, capsys):

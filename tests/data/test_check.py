@@ -3,6 +3,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from analysis.console import main
 from medseg_platform.data.check import check_dataset
@@ -190,3 +191,39 @@ def test_a_split_without_foreground_is_a_problem_and_an_absent_class_a_note(tmp_
     problems = check_dataset(root).problems
     assert problems[-1] == (f"{root}: split 'train' has no foreground label in any of its files, so there is nothing to "
                             "learn (check its label files and train_slices.list)")
+
+
+def test_empty_huge_and_badly_spaced_volumes_are_problems_before_any_read(tiny_root: Path, capsys):
+    """The security audit: a volume of 0 slices, a 'spacing' attribute of text or NaN passed the check and the preflight
+    and failed after training; a 1.6 KB file declaring 4000^3 floats ended in a 238 GiB allocation traceback."""
+    ds = AcdcLayout(tiny_root)
+    with h5py.File(ds.volume_path("patient005_frame01"), "w") as fh:  # an empty volume
+        fh["image"] = np.zeros((0, 12, 10), np.float32)
+        fh["label"] = np.zeros((0, 12, 10), np.uint8)
+    with h5py.File(ds.volume_path("patient005_frame02"), "r+") as fh:
+        fh.attrs["spacing"] = "abc"
+    with h5py.File(ds.volume_path("patient006_frame01"), "r+") as fh:
+        fh.attrs["spacing"] = np.array([np.nan, 1.0, 1.0])
+    with h5py.File(ds.volume_path("patient006_frame02"), "w") as fh:  # declared, never written: the file stays small
+        fh.create_dataset("image", shape=(4000, 4000, 4000), dtype=np.float32)
+        fh.create_dataset("label", shape=(4000, 4000, 4000), dtype=np.uint8)
+    assert ds.volume_path("patient006_frame02").stat().st_size < 10_000
+    problems = check_dataset(tiny_root).problems
+    assert len(problems) == 4, problems
+    assert "patient005_frame01.h5: 'image' is empty (shape (0, 12, 10)); re-create the file from a scan with voxels" in problems[0]
+    assert "patient005_frame02.h5: attribute 'spacing': expected 3 positive numbers (one per array axis), got 'abc'" in problems[1]
+    assert "patient006_frame01.h5: attribute 'spacing': expected 3 positive numbers" in problems[2]
+    assert ("patient006_frame02.h5: 'image' declares a 4000x4000x4000 array of 238.4 GiB, more than the 4 GiB an array of a "
+            "dataset may hold") in problems[3]
+
+
+def test_a_manifest_whose_cases_are_not_objects_or_spacings_not_numbers_is_a_one_line_error(tiny_root: Path):
+    from medseg_platform.data.layout import read_manifest
+    from medseg_platform.errors import DataError
+
+    path = tiny_root / "manifest.json"
+    for cases, message in (([], "'cases' must map each case id to an object"),
+                           ({"patient005_frame01": {"spacing": [5, "x", 1]}}, r"cases\['patient005_frame01'\].spacing: expected 3 positive")):
+        path.write_text(json.dumps({"cases": cases}))
+        with pytest.raises(DataError, match=message):
+            read_manifest(tiny_root)

@@ -390,3 +390,29 @@ def test_a_ground_truth_folder_of_both_namings_scores_both_and_skips_a_cine(tmp_
     assert code == 0, err
     assert sorted({r["case"] for r in read_rows(tmp_path / "e" / "per_case.csv")}) == ["caseA", "caseB"]
     assert "no prediction" not in err
+
+
+def test_a_failed_write_keeps_the_earlier_evaluation_whole(tiny_root, tmp_path, capsys, monkeypatch):
+    """The security audit: a full disk after the first two files left per_case.csv and summary.csv of the new run beside
+    the old run's summary.json (and a traceback)."""
+    import medseg_platform.io as io
+
+    write_h5_preds(tiny_root, tmp_path / "preds")
+    out = tmp_path / "eval"
+    assert run(["evaluate", "--pred", str(tmp_path / "preds"), "--gt", str(tiny_root), "--quiet", "--out", str(out)], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    calls = []
+    real_fsync = io.os.fsync
+
+    def fsync(fd):  # the third file's fsync fails: no space left
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(io.os, "fsync", fsync)
+    rc, _, err = run(["evaluate", "--pred", str(tmp_path / "preds"), "--gt", str(tiny_root), "--quiet", "--out", str(out),
+                      "--empty-policy", "released"], capsys)
+    assert rc == 2 and err.strip() == (f"error: --out {out}: the results could not be written (No space left on device); the files "
+                                       "of an earlier evaluation there are intact: free space (or fix the folder) and run it again")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
