@@ -34,6 +34,7 @@ from analysis.health import TrialHealth, health_problems, health_section, record
 from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, escape_markdown, identical_rows,
                              incomplete_note, print_summary, row_label, row_order, study_class_names, table_file_names,
                              trial_seed, write_tables)
+from medseg_platform.data.layout import patient_of_case
 from medseg_platform.environment import NOT_RECORDED, environment_text
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import check_folder_writable, folder_holder, write_text_atomic
@@ -239,6 +240,8 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
     roots = _distinct(str(d.get("root")) for d in data if d.get("root")) or ([str(settings["data_root"])] if settings.get("data_root") else [])
     available = _distinct(int(lab["available_patients"]) for lab in labelled if "available_patients" in lab)
     test_cases = _distinct(int(r.result["num_test_cases"]) for r in records if "num_test_cases" in r.result)
+    # a patient's frames are one unit of the significance tests (analysis.significance): the report says how many
+    test_patients = _distinct(len({patient_of_case(str(row.get("case"))) for row in r.per_case}) for r in records if r.per_case)
     seeds = sorted(_distinct(trial_seed(r) for r in records), key=lambda seed: natural_key(str(seed))) or info.get("seeds") or []
     steps = _distinct(int((c.get("optim") or {}).get("max_steps", 0)) for c in configs)
     patches = _distinct("x".join(str(p) for p in d.get("patch_size", [])) for d in data)
@@ -265,6 +268,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
     lines += [
         protocol_line(info, settings, configs),
         f"- **Dataset**: {_join(roots)}; {_join(available)} training patients, {_join(test_cases)} test cases"
+        + (f" of {_join(test_patients)} patient{'' if test_patients == [1] else 's'}" if test_patients and test_patients != test_cases else "")
         + (f"; classes {', '.join(study_class_names(records).values())}" if records else ""),
         *([f"- **External test set** (`--test-root`): {settings['test_root']}; each trial's selected weights scored on its "
            "test split, shown as its own block after each table"] if settings.get("test_root") else []),

@@ -248,8 +248,9 @@ def caption_note(any_tested: bool, any_untestable: bool, interval: bool = True) 
         if any_untestable:
             text += "; cells with fewer than 2 test patients or no seed in common with the best are ‡ too (untested)"
         if not any_tested:
-            text = (f"No cell shares a seed and 2 test patients with the best of its column, so none was tested "
-                    f"({NOT_SIGNIFICANT_MARK} on every compared cell)")
+            text = (f"No cell could be compared with the best of its column, so none was tested ({NOT_SIGNIFICANT_MARK} on every "
+                    "compared cell): the interval needs 2 or more test patients (a patient's volumes count as one) and a seed "
+                    "in common with the best")
         return text + "."
     text = (f"{NOT_SIGNIFICANT_MARK} the difference to the best of its column is not significant "
             f"({TEST_NAME} over test cases, seeds averaged per case, p \u2265 {ALPHA:g})")

@@ -375,3 +375,17 @@ def test_a_path_name_longer_than_a_file_system_takes_is_one_line(tmp_path):
 
     with pytest.raises(ConfigError, match=r"--results-dir .*: the name x{40}\.\.\. has 300 bytes; a file system takes at most 255"):
         check_output_folder(tmp_path / ("x" * 300) / "study", "--results-dir")
+
+
+def test_the_dataset_line_counts_test_patients_when_they_have_several_volumes(tmp_path):
+    """The reports probe: at the smoke size the tables said no cell could be tested while the report's Dataset line
+    said "2 test cases", which hid that they were one patient's two frames (the unit of the significance tests)."""
+    from tests.analysis.fakes import write_fake_trial
+
+    study = tmp_path / "s"
+    frames = ["patient001_frame01", "patient001_frame02", "patient002_frame01", "patient002_frame02"]
+    for seed in (1, 2):
+        write_fake_trial(study, row="MONA", order=0, patients=1, seed=seed, dice=lambda c, k: 0.5, cases=frames)
+    (study / "study.json").write_text(json.dumps({"name": "s", "trials": [p.name for p in (study / "trials").iterdir()]}))
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert "test cases of 2 patients" in text and "4 test cases" in text
