@@ -63,6 +63,19 @@ def predicted_num_classes(pred: Path) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 2 else None
 
 
+def recorded_class_names(gt: Path, pred: Path, num_classes: int) -> dict[int, str]:
+    """Label -> name for the printed table, from what the data record: the ground-truth dataset's manifest
+    (``class_names``), else the ``medseg predict`` folder's ``prediction.json`` (the trial's); {} when neither names
+    ``num_classes - 1`` classes (the table then shows the labels; ACDC's names are never assumed)."""
+    from medseg_platform.data.layout import read_manifest
+    from medseg_platform.evaluation.scoring import is_dataset_root
+
+    for names in (read_manifest(gt).get("class_names") if is_dataset_root(gt) else None, _prediction_record(pred).get("class_names")):
+        if isinstance(names, list) and len(names) == num_classes - 1 and all(isinstance(n, str) for n in names):
+            return dict(enumerate(names, start=1))
+    return {}
+
+
 def unfinished_prediction(pred: Path) -> str:
     """A warning when the ``medseg predict`` run that wrote the folder did not finish (its ``prediction.json`` says
     ``complete`` false): some files may then be an earlier run's, of another trial even. "" otherwise (older folders
@@ -105,7 +118,7 @@ def run(args) -> int:
     n_cases = result.summary["num_cases"]
     print(f"{n_cases} cases, {num_classes - 1} foreground classes, distances in {result.units}, "
           f"empty policy {args.empty_policy}, backend {args.metric_backend} ({result.seconds:.2f} s)")
-    print(scoring.format_table(result))
+    print(scoring.format_table(result, recorded_class_names(Path(args.gt).expanduser(), Path(args.pred).expanduser(), num_classes)))
     for path in paths.values():
         print(f"wrote {path}")
     return 0

@@ -43,7 +43,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -509,15 +509,18 @@ def write_results(result: FolderEvaluation, out_dir: str | Path) -> dict[str, Pa
     return paths
 
 
-def format_table(result: FolderEvaluation) -> str:
-    """A short text table: per class and mean, Dice/Jaccard in %, distances in the result's units."""
-    lines = [f"{'class':>6} {'Dice %':>14} {'Jaccard %':>14} {'HD95 ' + result.units:>16} {'ASD ' + result.units:>16}  undefined d/j/h/a"]
-    groups = [(str(c), stats) for c, stats in result.summary["classes"].items()] + [("mean", result.summary["mean"])]
+def format_table(result: FolderEvaluation, names: Mapping[int, str] | None = None) -> str:
+    """A short text table: per class (its label, or ``names[label]``) and mean, Dice/Jaccard in %, distances in the
+    result's units."""
+    names = names or {}
+    width = max([6, *(len(n) for n in names.values())])
+    lines = [f"{'class':>{width}} {'Dice %':>14} {'Jaccard %':>14} {'HD95 ' + result.units:>16} {'ASD ' + result.units:>16}  undefined d/j/h/a"]
+    groups = [(names.get(int(c), str(c)), stats) for c, stats in result.summary["classes"].items()] + [("mean", result.summary["mean"])]
     for name, stats in groups:
         cells = []
         for metric, scale in (("dice", 100.0), ("jaccard", 100.0), ("hd95", 1.0), ("asd", 1.0)):
             mean, std = stats[metric]["mean"], stats[metric]["std"]
             cells.append(f"{mean * scale:.2f}±{std * scale:.2f}" if not math.isnan(mean) else "n/a")
         undefined = "/".join(str(stats[m]["n_undefined"]) for m in ("dice", "jaccard", "hd95", "asd"))
-        lines.append(f"{name:>6} {cells[0]:>14} {cells[1]:>14} {cells[2]:>16} {cells[3]:>16}  {undefined}")
+        lines.append(f"{name:>{width}} {cells[0]:>14} {cells[1]:>14} {cells[2]:>16} {cells[3]:>16}  {undefined}")
     return "\n".join(lines)

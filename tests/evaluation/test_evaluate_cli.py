@@ -317,6 +317,8 @@ def test_the_number_of_classes_of_a_dataset_root_comes_from_its_manifest(tiny_ro
                         "--quiet"], capsys)
     assert rc == 0, err
     assert "2 cases, 2 foreground classes" in out
+    # the printed table names the classes the dataset records (the reports probe: it printed 1/2/3)
+    assert [line.split()[0] for line in out.splitlines()[1:5]] == ["class", "liver", "tumour", "mean"]
     assert sorted({r["class"] for r in read_rows(tmp_path / "preds" / "evaluation" / "per_case.csv")}) == ["1", "2"]
     assert json.loads((tmp_path / "preds" / "evaluation" / "summary.json").read_text())["num_classes"] == 3
 
