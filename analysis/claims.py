@@ -52,7 +52,7 @@ from analysis.significance import MIN_PAIRS, TEST_NAME, confidence_interval, pai
 from analysis.tables import AVG, MISSING, as_number, column_label, escape_markdown, metric_style, row_label, trial_seed
 from medseg_platform.claims_spec import check_claim
 from medseg_platform.data.layout import ACDC_CLASS_NAMES
-from medseg_platform.data.splits import PUBLISHED_TRAIN_PATIENTS
+from medseg_platform.data.splits import PUBLISHED_TRAIN_PATIENTS, resolve_patient_count
 from medseg_platform.errors import ConfigError
 from medseg_platform.results import TrialRecord
 
@@ -122,11 +122,25 @@ def _labelled(record: TrialRecord) -> str:
     return str(((record.result.get("config") or {}).get("data") or {}).get("labelled"))
 
 
+def at_fraction(record: TrialRecord, column: str) -> bool:
+    """Whether the trial trained at label fraction ``column`` as a claim names it ("3", "100%"): its own
+    ``data.labelled`` spelled so, or the patients ``column`` selects of its training patients (its ``labelled``
+    record), so that a trial of ``--labelled 5%`` answers a claim at "3" on ACDC's 70 patients (the paper-path
+    probe: every published number was lost)."""
+    if _labelled(record) == column:
+        return True
+    labelled = record.result.get("labelled") or {}
+    try:
+        return resolve_patient_count(column, int(labelled["available_patients"])).patients == int(labelled["num_patients"])
+    except (KeyError, TypeError, ValueError):  # an older result without the counts, or a column that is no fraction
+        return False
+
+
 def _trials(records: Sequence[TrialRecord], row: str, column: str) -> dict[Any, list[TrialRecord]]:
-    """The finished trials of ``row`` at label fraction ``column`` (``data.labelled``), by seed."""
+    """The finished trials of ``row`` at label fraction ``column`` (:func:`at_fraction`), by seed."""
     out: dict[Any, list[TrialRecord]] = {}
     for record in records:
-        if row_label(record) == row and _labelled(record) == column:
+        if row_label(record) == row and at_fraction(record, column):
             out.setdefault(trial_seed(record), []).append(record)
     return out
 
@@ -168,7 +182,7 @@ def verdict(direction: str, low: float, high: float, n_cases: int, n_seeds: int,
 def _column_text(records: Sequence[TrialRecord], column: str) -> str:
     """The table's label of label fraction ``column`` ("1 patient (1.4%)"), from any finished trial at it (another
     row's when the claim's row has none); "1 patient" / "5%" when no trial has it (the percent of patients needs one)."""
-    first = next((r for r in records if _labelled(r) == column), None)
+    first = next((r for r in records if at_fraction(r, column)), None)
     if first is not None:
         return column_label(first)
     return f"{column} patient{'s' * (column != '1')}" if column.isdigit() else column

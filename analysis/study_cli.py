@@ -21,7 +21,7 @@ from medseg_platform.overrides import apply_overrides, parse_set_options, select
 from medseg_platform.profiles import PROFILES, Profile, profile_with_overrides
 from medseg_platform.protocol import check_protocol, protocol_overrides
 from medseg_platform.results import SETTINGS_FILE
-from medseg_platform.study_flags import dataset_num_classes, fractions_as_patients, resolve_data_root, study_parser
+from medseg_platform.study_flags import dataset_num_classes, fractions_in_patient_order, resolve_data_root, study_parser
 
 
 def run_study_main(description: str, default_name: str, build: Callable[[argparse.Namespace, Profile, TrialConfig], "object"],
@@ -80,8 +80,8 @@ def _run_study_main(description, default_name, build, argv, parser) -> int:
         base = profile.trial.replace(**{"data.root": str(root), "optim.amp": args.amp,
                                         **dataset_num_classes(root, sets, profile.trial.data.num_classes)})
         base.validate(check_data=False)  # a bad --set names itself here, before a row derived from it fails less clearly
-        if args.labelled:  # as patient counts of this dataset, in increasing order (the claims and published numbers name counts)
-            args.labelled = list(fractions_as_patients(args.labelled, root, base.data.num_classes))
+        if args.labelled:  # in increasing order of the patients they select of this dataset; each selection once
+            args.labelled = list(fractions_in_patient_order(args.labelled, root, base.data.num_classes))
         study: Study = build(args, profile, base)
         # the default: the name the script built (e.g. hparam_search-<method>) plus the profile
         study.name = args.name if args.name != default_name else f"{study.name}-{profile.name}"

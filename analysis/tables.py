@@ -910,7 +910,8 @@ def _latex_quotes(text: str) -> str:
     """Straight double quotes as LaTeX's opening and closing ones (``...''), in turn: TeX sets a straight " as a
     closing quote on both sides (the caption's "nan" policy read ”nan”)."""
     parts = text.split('"')
-    return "".join(part + ("``" if i % 2 == 0 else "''") for i, part in enumerate(parts[:-1])) + parts[-1]
+    paired = len(parts) - 1 - (len(parts) - 1) % 2  # quotes that have a partner; an odd last one stays straight
+    return "".join(part + (('``' if i % 2 == 0 else "''") if i < paired else '"') for i, part in enumerate(parts[:-1])) + parts[-1]
 
 
 def _latex_cell(cell: Cell | None, decimals: int) -> str:

@@ -187,7 +187,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_texts_atomic(files: dict) -> None:
     """Write several text files (path -> text, UTF-8) as one set: every file is written and synced to a temporary
     file beside it first, and only then do they replace the earlier versions, one rename each; on an error before the
-    renames nothing is replaced and the temporary files are removed."""
+    renames nothing is replaced and the temporary files are removed. (A crash between two renames, an instant, can
+    still leave a mixed set.)"""
     staged: list[tuple[Path, Path]] = []
     try:
         for path, text in files.items():
@@ -232,11 +233,12 @@ LOCK_FILE = ".lock"
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
+def folder_lock(folder: str | os.PathLike, what: str, keep: bool = True) -> Iterator[None]:
     """Hold an exclusive, non-blocking ``flock`` on ``folder/.lock`` (created with its parents) for the block; the file
     names this process (pid, host, start). A second holder is a one-line :class:`ConfigError` naming the first (``what``
     is the command's subject, e.g. "study ablation_tailness-quick"). The kernel drops the lock when the holder dies, so a
-    killed run never leaves a stale one; where the filesystem has no ``flock`` (some network mounts), nothing is held."""
+    killed run never leaves a stale one; where the filesystem has no ``flock`` (some network mounts), nothing is held.
+    ``keep=False`` removes the file when the block ends (a folder of outputs others copy: ``medseg predict``'s)."""
     import datetime
     import fcntl
     import socket
@@ -259,9 +261,12 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
                  f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n")
         fh.flush()
+        os.fsync(fh.fileno())  # other nodes of a cluster read it (study.ray_runtime.check_nodes_see): NFS shows synced data
         try:
             yield
         finally:
+            if not keep:  # while still held: a run that starts now creates a new file and locks that
+                path.unlink(missing_ok=True)
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 

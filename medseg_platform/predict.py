@@ -215,7 +215,7 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
     affines = {case: (layout.manifest.get("cases") or {}).get(case, {}).get("affine") for case in cases}
     check_prediction_folder(out, record.path.resolve(), cases)  # a refused run creates nothing; both checked again under the lock
     check_own_outputs(out, own_outputs(out, cases, [case for case in cases if affines[case] is not None]))
-    with folder_lock(out, "medseg predict"):  # two runs into one --out mixed their cases (the security audit)
+    with folder_lock(out, "medseg predict", keep=False):  # two runs into one --out mixed their cases (the security audit)
         check_prediction_folder(out, record.path.resolve(), cases)
         check_own_outputs(out, own_outputs(out, cases, [case for case in cases if affines[case] is not None]))
         device = pick_device()
@@ -246,7 +246,7 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
         return summary
 
 
-    # ------------------------------------------------------------------------------- scans never converted
+# ------------------------------------------------------------------------------- scans never converted
 #: The default ``--label-suffix``: names ending in it (before the extension) are label files, which a folder of --images
 #: leaves out, as ``medseg data convert-nifti``'s default and ``medseg evaluate`` read them; ``_pred`` files are
 #: predictions (``medseg evaluate``'s naming) and are left out too.
@@ -402,7 +402,7 @@ def predict_images(trial_dir: str | Path, images: Sequence[str | Path], out: str
     check_own_outputs(out, own_outputs(out, files, files), list(files.values()))
     for path in files.values():  # NaN or constant voxels stop here too: a half-written folder helps nobody
         scan(path)
-    with folder_lock(out, "medseg predict"):  # two runs into one --out mixed their cases (the security audit)
+    with folder_lock(out, "medseg predict", keep=False):  # two runs into one --out mixed their cases (the security audit)
         check_prediction_folder(out, record.path.resolve(), list(files))
         check_own_outputs(out, own_outputs(out, files, files), list(files.values()))
         device = pick_device()

@@ -68,15 +68,16 @@ def study_fractions(args: argparse.Namespace, default) -> tuple[str, ...]:
     return tuple(given) if given else tuple(default)
 
 
-def fractions_as_patients(fractions: Iterable[str], root, num_classes: int) -> tuple[str, ...]:
-    """``--labelled``'s fractions resolved on the training patients of the dataset at ``root``, as patient counts in
-    increasing order (:func:`medseg_platform.data.splits.resolve_patient_count`).
+def fractions_in_patient_order(fractions: Iterable[str], root, num_classes: int) -> tuple[str, ...]:
+    """``--labelled``'s fractions, as typed, in increasing order of the patients they select of the dataset at ``root``
+    (:func:`medseg_platform.data.splits.resolve_patient_count`; a note on stderr says what a percent selects).
 
-    A percent such as the papers' "5%" then trains, is tabled and is claimed as the "3" patients it selects of ACDC's 70
-    (a note on stderr says so): the studies' claims and the published numbers name patient counts, and a study's
-    "improves with more patients" claims pair its fractions in this order, not in the order they were typed. Two
-    fractions that select the same number of patients (e.g. '1' and '5%' on a dataset of 6 training patients) are
-    refused: they would train every row twice and average the copies as two seeds of one column."""
+    A study's "improves with more patients" claims pair its fractions in this order, not in the order they were typed,
+    and its claims and the published numbers compare fractions by the patients they select (the papers' "5%" is the "3"
+    patients of ACDC's 70: :func:`analysis.claims.at_fraction`). The spelling is kept: it is part of the trials'
+    keys, so a folder trained with "5%" is found again. Two fractions that select the same number of patients (e.g.
+    '1' and '5%' on a dataset of 6 training patients) are refused: they would train every row twice and average the
+    copies as two seeds of one column."""
     from medseg_platform.data.layout import AcdcLayout
     from medseg_platform.data.splits import resolve_patient_count
     from medseg_platform.errors import ConfigError
@@ -94,8 +95,27 @@ def fractions_as_patients(fractions: Iterable[str], root, num_classes: int) -> t
                               f"training patients of {layout.root}; give each fraction once")
         counts[count.patients] = fraction
         if str(count.patients) != fraction:
-            print(f"note: {count.describe()}; trained and tabled as {count.patients}", file=sys.stderr)
-    return tuple(str(n) for n in sorted(counts))
+            print(f"note: {count.describe()}", file=sys.stderr)
+    return tuple(counts[n] for n in sorted(counts))
+
+
+def selected_patients(fraction: str, base=None) -> int | None:
+    """The number of patients ``fraction`` selects on the dataset of ``base`` (a TrialConfig), or None where that is not
+    known (no ``base`` or no dataset, e.g. a study built without one); a patient count as written needs no dataset."""
+    from medseg_platform.data.splits import resolve_patient_count
+    from medseg_platform.errors import MedsegError
+
+    text = str(fraction)
+    if text.isdigit():
+        return int(text)
+    if base is None:
+        return None
+    try:
+        from medseg_platform.data.layout import AcdcLayout
+
+        return resolve_patient_count(text, len(AcdcLayout(base.data.root, base.data.num_classes).train_patients)).patients
+    except (MedsegError, TypeError):
+        return None
 
 
 def amount(positive: bool):

@@ -259,7 +259,7 @@ def train_in_process(study) -> Path:
     call normally: the folder has no result; anything else is raised).
     """
     from medseg_platform.config import TrialConfig
-    from medseg_platform.io import folder_lock, write_json_atomic
+    from medseg_platform.io import check_folder_free, folder_lock, write_json_atomic
     from medseg_platform.preflight import datasets_of_trials, preflight_datasets
     from medseg_platform.rescore import score_from_sources
     from medseg_platform.results import (ERROR_FILE, STUDY_FILE, pretrain_cache_dir, start_attempt, trial_finished, trial_folder,
@@ -270,6 +270,7 @@ def train_in_process(study) -> Path:
     import torch
 
     trials, _ = check_before_ray(study, in_process_cuda=torch.cuda.is_available(), in_process=True)
+    check_folder_free(study.study_dir, f"study {study.name}")  # before the preflight's reads and its preflight.json
     preflight_datasets(datasets_of_trials(trials), study.study_dir)
     check_trained_on_this_data(study, trials)
     with folder_lock(study.study_dir, f"study {study.name}"):  # as a study run: one run of a folder at a time

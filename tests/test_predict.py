@@ -49,8 +49,8 @@ def test_predictions_are_what_the_trial_scored_and_medseg_evaluate_reads_them(tr
     assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert f"wrote 2 prediction(s) of the test split to {out}; h5 only" in stdout
-    # .lock: the folder's lock while a prediction writes there (medseg_platform.io.folder_lock)
-    assert sorted(p.name for p in out.iterdir()) == [".lock", "patient006_frame01.h5", "patient006_frame02.h5", "prediction.json"]
+    # (the folder's .lock, held while a prediction writes there, is gone: medseg_platform.io.folder_lock)
+    assert sorted(p.name for p in out.iterdir()) == ["patient006_frame01.h5", "patient006_frame02.h5", "prediction.json"]
     summary = json.loads((out / "prediction.json").read_text())
     result = json.loads((trial / "result.json").read_text())
     assert summary == {"trial": str(trial), "data_root": str(root), "split": "test", "cases": ["patient006_frame01", "patient006_frame02"],
@@ -242,6 +242,7 @@ def test_an_output_in_the_trial_or_holding_other_predictions_is_refused(trained,
         capsys.readouterr()
         assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out), "--split", "val"]) == 2
         assert one_line_error(capsys).startswith(f"error: {out}: medseg predict is running there already")
+    (out / ".lock").unlink()  # as the other run does when it ends
     assert sorted(p.name for p in out.iterdir()) == before
 
 

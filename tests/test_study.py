@@ -403,6 +403,9 @@ def test_more_gpus_than_a_one_worker_trial_uses_is_a_warning(tmp_path, capsys):
     warn_idle_gpus(study)
     assert ("warning: --gpus-per-trial 2 with --num-workers 2 reserves 2 GPUs per worker, but each worker trains on one of "
             "them; use --gpus-per-trial 1 and --num-workers 4 to train on all of them") in capsys.readouterr().err
+    study.gpus_per_trial = 1.5  # no worker count to suggest (the review: it suggested the user's own 2 workers)
+    warn_idle_gpus(study)
+    assert capsys.readouterr().err.strip().endswith("each worker trains on one of them; use --gpus-per-trial 1")
     study.num_workers, study.gpus_per_trial = 1, 1.0
     warn_idle_gpus(study)
     assert capsys.readouterr().err == ""
@@ -468,6 +471,11 @@ def test_two_label_fractions_that_select_the_same_patients_are_refused_before_ra
         study.trial_params()
     study.grid = {"data.labelled": ["1", "50%"]}  # 2 of 4: distinct
     assert len(study.trial_params()) == 4
+    # two rows may: label_fractions' full-supervision row ('100%') beside its supervised row at every patient (the review)
+    study.grid = {}
+    study.variants = [Variant({"row": "Sup, all labels"}, {"objective": "supervised", "data.labelled": "100%"}),
+                      Variant({"row": "Sup"}, {"objective": "supervised", "data.labelled": "4"})]
+    assert len(study.trial_params()) == 2
     assert not (tmp_path / "results").exists()
 
 

@@ -481,21 +481,27 @@ def test_a_dry_run_of_an_fp16_study_on_a_driver_without_cuda_times_full_precisio
     assert unit.seconds > 0 and "(cpu," in unit.source and "full precision: fp16 needs CUDA)" in unit.source
 
 
-def test_label_fractions_are_trained_as_patient_counts_in_increasing_order(tiny_root, capsys):
-    """The paper-path probe: '--labelled 1% 5% 10%' (the papers' column names) lost every published number, which are
-    keyed by patients, and label_fractions paired its "improves with more patients" claims in the order typed."""
+def test_label_fractions_are_ordered_by_the_patients_they_select_and_each_selection_given_once(tiny_root, capsys):
+    """The paper-path probe: label_fractions paired its "improves with more patients" claims in the order typed, and
+    '1' and '5%' on a small dataset both trained (the copies averaged as seeds). The spelling is kept: it is in the
+    trials' keys, so a folder trained with '5%' is found again (the review)."""
     from medseg_platform.errors import ConfigError
-    from medseg_platform.study_flags import fractions_as_patients
+    from medseg_platform.study_flags import fractions_in_patient_order, selected_patients
 
-    assert fractions_as_patients(["3", "1"], tiny_root, 4) == ("1", "3")
-    assert fractions_as_patients(["50%", "1"], tiny_root, 4) == ("1", "2")
-    assert "label fraction 50% -> 2 of 4 training patients (50.0%; round(4 x 50/100)); trained and tabled as 2" in capsys.readouterr().err
+    assert fractions_in_patient_order(["3", "1"], tiny_root, 4) == ("1", "3")
+    assert fractions_in_patient_order(["50%", "1"], tiny_root, 4) == ("1", "50%")
+    assert "note: label fraction 50% -> 2 of 4 training patients (50.0%; round(4 x 50/100))" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"--labelled 1 and 5%: both select 1 of the 4 training patients of .*; give each fraction once"):
-        fractions_as_patients(["1", "5%"], tiny_root, 4)
+        fractions_in_patient_order(["1", "5%"], tiny_root, 4)
     with pytest.raises(ConfigError, match=r"--labelled, dataset .*: label fraction '7': 7 patients requested but the training split has only 4"):
-        fractions_as_patients(["7"], tiny_root, 4)
-    claims = load_script("label_fractions").claims(fractions_as_patients(["3", "1"], tiny_root, 4))
+        fractions_in_patient_order(["7"], tiny_root, 4)
+    claims = load_script("label_fractions").claims(fractions_in_patient_order(["3", "1"], tiny_root, 4))
     assert [(c["b_column"], c["column"]) for c in claims if c.get("b_column")] == [("1", "3")]  # fewer -> more patients
+    base = SMOKE.trial.replace(**{"data.root": str(tiny_root)})
+    assert [selected_patients(f, base) for f in ("3", "75%")] == [3, 3] and selected_patients("75%") is None
+    tailness = load_script("ablation_tailness")
+    at_three = [c for c in tailness.claims(("1", "75%"), base) if c["column"] == "3"]
+    assert len(at_three) == 1 and not [c for c in tailness.claims(("1", "75%")) if c["column"] == "3"]
 
 
 def test_a_study_script_does_not_take_over_another_scripts_folder(tmp_path, phantom_env, capsys):
@@ -512,6 +518,11 @@ def test_a_study_script_does_not_take_over_another_scripts_folder(tmp_path, phan
         "ablation_temperature would replace its record, tables and report. Give --name a new folder name")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert study_main("ablation_tailness", tmp_path / "results", "--dry-run", "--rows", "Supervised only") == 0  # its own script
+    # a folder written before settings.json named its script: the recorded command's (the review)
+    (folder / "settings.json").write_text(json.dumps({"command": "python studies/ablation_tailness.py --smoke-test"}))
+    assert study_main("ablation_temperature", tmp_path / "results", "--name", folder.name, "--dry-run") == 2
+    assert "holds a study of ablation_tailness (settings.json, made by python studies/ablation_tailness.py)" in capsys.readouterr().err
+    assert study_main("ablation_tailness", tmp_path / "results", "--dry-run", "--rows", "Supervised only") == 0
     (folder / "study.json").write_text(json.dumps({"name": folder.name, "trials": [], "seeds": [1], "accumulates": "medseg train"}))
     assert study_main("ablation_tailness", tmp_path / "results", "--dry-run") == 2
     assert "holds the trials of medseg train (study.json); ablation_tailness would replace its record" in capsys.readouterr().err

@@ -163,6 +163,22 @@ def test_a_folder_of_another_study_is_refused(tmp_path, phantom_root, capsys):
     assert (study_dir / "study.json").read_text() == record and not (study_dir / "trials").exists()
 
 
+
+def test_a_running_folder_is_refused_before_the_data_preflight(tmp_path, phantom_root, capsys):
+    """The review: medseg train read every data file and wrote preflight.json before its lock refused it."""
+    import fcntl
+
+    study_dir = tmp_path / "results" / "train-supervised-smoke"
+    study_dir.mkdir(parents=True)
+    with open(study_dir / ".lock", "a+") as held:
+        held.write("pid 1 on elsewhere\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(["train", "supervised", "--profile", "smoke", "--in-process", "--results-dir", str(tmp_path / "results")]) == 2
+    assert f"error: {study_dir}: study train-supervised-smoke is running there already (pid 1 on elsewhere)" in capsys.readouterr().err
+    assert sorted(p.name for p in study_dir.iterdir()) == [".lock"]
+
+
 def test_in_process_checks_the_data_before_training(tmp_path, phantom_root, capsys):
     """The data preflight of the Ray path runs first: a manifest whose class names do not fit is reported before any
     trial folder is written (it used to train every step and fail at the test evaluation)."""

@@ -176,9 +176,10 @@ def warn_idle_gpus(study: Study) -> None:
         _log(f"warning: --gpus-per-trial {study.gpus_per_trial:g} reserves {study.gpus_per_trial:g} GPUs per trial, but a trial "
              "of one worker trains on one of them; use --num-workers to train a trial on several GPUs, or 1 GPU per trial")
     elif study.gpus_per_trial > 1:  # each worker reserves that many and trains on one (ray.train.torch.get_device)
+        whole = float(study.gpus_per_trial).is_integer()
         _log(f"warning: --gpus-per-trial {study.gpus_per_trial:g} with --num-workers {study.num_workers} reserves "
-             f"{study.gpus_per_trial:g} GPUs per worker, but each worker trains on one of them; use --gpus-per-trial 1 and "
-             f"--num-workers {study.num_workers * int(study.gpus_per_trial)} to train on all of them")
+             f"{study.gpus_per_trial:g} GPUs per worker, but each worker trains on one of them; use --gpus-per-trial 1"
+             + (f" and --num-workers {study.num_workers * int(study.gpus_per_trial)} to train on all of them" if whole else ""))
 
 
 def check_trained_on_this_data(study: Study, trials: list[dict]) -> None:

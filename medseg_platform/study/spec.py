@@ -204,15 +204,17 @@ class Study:
         return start_order(trials)
 
     def _check_distinct_fractions(self, trials: list[dict]) -> None:
-        """Two label fractions of one configuration that select the same patients ('1' and '5%' on a dataset of 6
-        training patients) would train it twice and average the copies as two seeds of one table column."""
+        """Two label fractions of one row that select the same patients ('1' and '5%' on a dataset of 6 training
+        patients) would train it twice and average the copies as two seeds of one table column. Rows differ: the
+        full-supervision row's '100%' and a row's fraction of every patient are two rows of the table."""
         lists: dict = {}
         seen: dict = {}
         for trial in trials:
             config = trial["config"]
             subset = labelled_subset(TrialConfig.from_dict(config), lists)
             rest = {**config, "data": {k: v for k, v in config["data"].items() if k != "labelled"}}
-            first = seen.setdefault((json.dumps(rest, sort_keys=True, default=str), subset.patients), config["data"]["labelled"])
+            slot = (str(trial["tags"].get("row")), json.dumps(rest, sort_keys=True, default=str), subset.patients)
+            first = seen.setdefault(slot, config["data"]["labelled"])
             if first != config["data"]["labelled"]:
                 raise ConfigError(f"study {self.name}, row {trial['tags'].get('row')!r}: label fractions {first!r} and "
                                   f"{config['data']['labelled']!r} select the same {subset.count.patients} of the "
@@ -332,7 +334,11 @@ def check_script_folder(study_dir: Path, script: str) -> None:
     if info and info.get("accumulates"):
         raise ConfigError(f"{study_dir}: holds the trials of {info['accumulates']} ({STUDY_FILE}); {script} would replace its record "
                           "and tables. Give --name a new folder name")
-    recorded = (read_json_object(study_dir / SETTINGS_FILE) or {}).get("script")
+    settings = read_json_object(study_dir / SETTINGS_FILE) or {}
+    recorded = settings.get("script")
+    if recorded is None and isinstance(settings.get("command"), str):  # written before 'script' was: the command's script
+        words = settings["command"].split()
+        recorded = Path(words[1]).stem if len(words) > 1 and words[1].endswith(".py") else None
     if info and isinstance(recorded, str) and recorded != script:
         raise ConfigError(f"{study_dir}: holds a study of {recorded} ({SETTINGS_FILE}{_made_by(made_by)}); {script} would replace "
                           "its record, tables and report. Give --name a new folder name")

@@ -243,6 +243,8 @@ def copy_checkpoint_in(src: Path, dest: Path) -> None:
     import tempfile
 
     dest.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{dest.name}-incoming-*"):  # a copy killed before: never read, removed now
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-incoming-", dir=dest.parent))  # not inside: Tune copies dest
     try:
         shutil.copytree(src, staging, dirs_exist_ok=True)

@@ -365,3 +365,23 @@ def test_cases_one_row_did_not_test_are_counted_apart_from_undefined_values(tmp_
     assert (result.n_pairs, result.dropped, result.absent) == (18, 0, 6)
     section = "\n".join(claims_section({"claims": [claim("A", "B", "1", "test")]}, {"profile": "quick"}, records))
     assert "| 18 (6 cases × 3 seeds; 6 not tested by both) |" in section
+
+
+def test_a_claim_at_a_patient_count_reads_the_trials_of_a_percent_that_selects_it(tmp_path):
+    """The paper-path probe: with ``--labelled 1% 5%`` (the papers' column names) every claim at "1" / "3" was "not run"
+    and no published number was shown; a trial answers a claim by the patients its fraction selected."""
+    study = make_fake_study(tmp_path / "results", seeds=(1, 2, 3))
+    for path in (study / "trials").glob("*/result.json"):
+        if path.read_text(encoding="utf-8") == "{truncated":
+            continue
+        result = json.loads(path.read_text(encoding="utf-8"))
+        spelled = {"1": "1%", "3": "5%"}[result["config"]["data"]["labelled"]]  # 1 and 3 of 70: the papers' 1% and 5%
+        result["config"]["data"]["labelled"] = spelled
+        path.write_text(json.dumps(result), encoding="utf-8")
+    _with_claims(study, [claim("MONA", "Mean teacher", "1", "ARCO Table 1: MONA beats MT"),
+                         claim("MONA", "Mean teacher", "3", "ARCO Table 1: MONA beats MT")], "paper")
+    section = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    section = section[section.index("## Claims"):section.index("## Tables")]
+    assert "| MONA > Mean teacher, 1 patient (1.4%) | ARCO Table 1: MONA beats MT | +15.0 |" in section
+    assert "| MONA > Mean teacher, 3 patients (4.3%) |" in section and "not run" not in section
+    assert "+39.7 (ARCO Table 1)" in section

@@ -376,6 +376,7 @@ def test_latex_writes_greek_letters_and_their_subscripts_as_math():
     assert tables.escape_latex("λ Λ Α ο") == r"$\lambda$ $\Lambda$ $A$ $o$"  # Unicode's "LAMDA"; no \Alpha in LaTeX
     assert tables.escape_latex("MONA w/o L_contrast") == r"MONA w/o L\_contrast"  # a subscript only after a Greek letter
     assert tables.escape_latex('policy "nan" and "released"') == "policy ``nan'' and ``released''"  # not ”nan” (the reports probe)
+    assert tables.escape_latex('say "a" or "') == "say ``a'' or \""  # an unpaired last quote stays straight
 
 
 def test_an_average_over_fewer_classes_is_never_the_best(tmp_path):
