@@ -821,7 +821,7 @@ def caption(table: WideTable) -> str:
             text += f" {style.label} in {units[0] if len(units) == 1 else style.unit}."
         else:
             text += f" {style.label} in {' or '.join(units)}: the cells differ (table.csv's unit column gives each cell's)."
-    text += f" Bold: best per column ({'higher' if style.higher_is_better else 'lower'} is better; every row that shows the best value)."
+    text += f" Bold: best per column ({'higher' if style.higher_is_better else 'lower'} is better; every row that shows the best value; a column of ties has none)."
     if table.any_tested or table.any_untestable:
         text += " " + caption_note(table.any_tested, table.any_untestable, table.by_interval)
     notes = [note for note in (undefined_note(table), flagged_note(table)) if note]

@@ -65,8 +65,8 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `medseg ... | head`: the reader went away, not an error of ours
+    except BrokenPipeError:  # e.g. `medseg ... | head`: the reader went away while the command still worked
         import os
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 141  # the shell's code for a command SIGPIPE stopped: the work is unfinished (it returned 0)

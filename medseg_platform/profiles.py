@@ -5,7 +5,7 @@ Profiles differ only in numbers, never in code paths:
 * ``smoke``  -- the ``--smoke-test`` flag: tiny phantom, 32x32 patches, a few steps; proves the path works.
 * ``quick``  -- a laptop CPU, sized for the default study (``ablation_tailness.py``: 8 rows x 3 seeds at 1 labelled
   patient) to take about 10 minutes on a 2-core machine whose supervised quick step is 40 ms
-  (``benchmarks/bench_methods.py``; measured 4.6-5.0 min on ones whose step is 12-19 ms, but 11.3-15.6 min on one
+  (``benchmarks/bench_methods.py``; measured 4.6-6.1 min on ones whose step is 12-19 ms, but 11.3-15.6 min on one
   whose step is 37-46 ms, where the contrastive steps cost more per supervised step: that budget is not met,
   ``benchmarks/RESULTS.md``, "The main study on a machine whose supervised quick step is 39-41 ms"): the embedded phantom with 40
   patients (so 8 test and 4 val patients, 16 and 8 volumes), 48x48 patches, a quarter-width UNet, 250 fine-tuning

@@ -148,7 +148,7 @@ def study_parser(description: str, default_name: str, folder: str | None = None)
                         help="seeds, each in [0, 2**32 - 1] (default: the profile's)")
     parser.add_argument("--labelled", type=label_fraction, nargs="+", default=None, metavar="FRACTION",
                         help="the label fractions (table columns) to train: labelled patients ('3') or percent ('5%%') "
-                             "(default: the study's own, e.g. 1 / 3 / 7 patients at --profile paper)")
+                             "(default: the study's own, e.g. 1 / 3 / 7 patients at --profile paper; hparam_search.py takes one)")
     parser.add_argument("--name", default=default_name, help=f"study name (default: {folder or default_name + '-<profile>'})")
     parser.add_argument("--max-concurrent", type=count_at_least(1), default=None, help="at most this many trials at once")
     parser.add_argument("--gpus-per-trial", type=amount(positive=False), default=0.0, help="GPUs per trial (default 0: CPU)")

@@ -331,7 +331,15 @@ def run(args) -> int:
     settle_row(study, trial)
     finished_before = trial_finished(trial_folder(study.study_dir, trial["key"]))
     if args.in_process:
-        trial_dir = train_in_process(study)
+        from medseg_platform.study.ray_runtime import sigterm_as_interrupt
+
+        try:
+            with sigterm_as_interrupt():  # a kill ends as Ctrl-C does (it exited 143 without a word: the README audit)
+                trial_dir = train_in_process(study)
+        except KeyboardInterrupt:
+            print(f"trial {trial['key']}: stopped by a signal; rerun the same command to resume it (from its last "
+                  "checkpoint)", file=sys.stderr)
+            return 130
     else:
         run_ = study.run()
         trial_dir = trial_folder(run_.study_dir, run_.trial_keys[0])

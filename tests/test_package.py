@@ -39,3 +39,14 @@ def test_python_dash_m_and_console_script_agree():
     proc = subprocess.run([sys.executable, "-m", "analysis", "--version"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("medseg-platform ")
     assert main(["data"]) == 2  # a group without its sub-command prints the group's help
+
+
+def test_a_command_whose_reader_went_away_does_not_exit_0():
+    """The README audit: `medseg predict ... | head -1` stopped after one prediction (its folder marked unfinished) and
+    exited 0, as if it had finished. A real run: the reader closes the pipe after one line."""
+    script = ("import sys; from medseg_platform.cli import run_cli; import argparse\n"
+              "p = argparse.ArgumentParser(); p.set_defaults(func=lambda a: [print(i, flush=True) for i in range(100000)])\n"
+              "sys.exit(run_cli(p, []))")
+    proc = subprocess.run(f"{sys.executable} -c '{script}' | head -1; exit ${{PIPESTATUS[0]}}", shell=True, executable="/bin/bash",
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert proc.returncode == 141 and proc.stdout == "0\n", (proc.returncode, proc.stderr[-500:])
