@@ -429,6 +429,8 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
     check_folder_writable(study_dir, "the study folder")  # a read-only copy failed in its first table's write
     try:
         return _write_report(study_dir, log)
+    except BrokenPipeError:  # the reader of its progress lines went away (`medseg report | head`): not the disk
+        raise
     except OSError as exc:
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
         raise MedsegError(f"{study_dir}: the report could not be written ({exc.strerror or exc}{where}); the trials' results "

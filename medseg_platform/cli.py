@@ -65,8 +65,23 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `medseg ... | head`: the reader went away while the command still worked
-        import os
+    except BrokenPipeError as exc:
+        if _stdout_reader_gone():  # `medseg ... | head`: the reader of its output went away, and its output with it
+            import os
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
-        return 141  # the shell's code for a command SIGPIPE stopped: the work is unfinished (it returned 0)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+            return 141  # the shell's code for a command SIGPIPE stopped (it returned 0, as if nothing were missing)
+        print(f"error: {exc}", file=sys.stderr)  # another pipe broke (a worker's, a socket's): not the reader's doing
+        return 1
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reading end is closed (``poll`` reports an error on its writing end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a captured stream), or no poll
+        return False

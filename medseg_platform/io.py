@@ -247,27 +247,44 @@ def folder_lock(folder: str | os.PathLike, what: str, keep: bool = True) -> Iter
 
     path = Path(folder) / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as fh:
+    while True:
+        fh = open(path, "a+", encoding="utf-8")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            raise ConfigError(_running_there(folder, what, fh.read().strip() or "another process")) from None
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise ConfigError(_running_there(folder, what, holder)) from None
         except OSError:  # no flock on this filesystem: run unlocked, as before
+            fh.close()
             yield
             return
+        if _same_file(fh, path):
+            break
+        fh.close()  # a run with keep=False removed the file between our open and our lock: lock the one there now
+    with fh:
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
                  f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n")
         fh.flush()
-        os.fsync(fh.fileno())  # other nodes of a cluster read it (study.ray_runtime.check_nodes_see): NFS shows synced data
+        with contextlib.suppress(OSError):  # some FUSE mounts have no fsync
+            os.fsync(fh.fileno())  # other nodes of a cluster read it (study.ray_runtime.check_nodes_see): NFS shows synced data
         try:
             yield
         finally:
-            if not keep:  # while still held: a run that starts now creates a new file and locks that
+            if not keep:  # while still held; a run that opened it meanwhile sees it gone and locks a new one (_same_file)
                 path.unlink(missing_ok=True)
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _same_file(fh, path: Path) -> bool:
+    """Whether the open file ``fh`` is still the file at ``path`` (not removed or replaced since it was opened)."""
+    try:
+        return os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _running_there(folder, what: str, holder: str) -> str:

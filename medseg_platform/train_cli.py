@@ -338,7 +338,7 @@ def run(args) -> int:
                 trial_dir = train_in_process(study)
         except KeyboardInterrupt:
             print(f"trial {trial['key']}: stopped by a signal; rerun the same command to resume it (from its last "
-                  "checkpoint)", file=sys.stderr)
+                  "checkpoint, if it reached one)", file=sys.stderr)
             return 130
     else:
         run_ = study.run()

@@ -89,3 +89,29 @@ def test_an_interrupt_recorded_in_a_nested_staged_block_reaches_the_outer_one(tm
         raise_if_interrupted()  # after the outermost block the record is gone
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_lock_removed_between_open_and_lock_is_not_held_twice(tmp_path, monkeypatch):
+    """The review: with keep=False, run A removes .lock and unlocks while run B has opened the old file; B then locked
+    the removed file, and a run C created a new .lock and locked it too: two predictions wrote into one folder."""
+    import builtins
+
+    import medseg_platform.io as io
+    from medseg_platform.errors import ConfigError
+
+    folder = tmp_path / "out"
+    a = io.folder_lock(folder, "medseg predict", keep=False)
+    a.__enter__()
+    real_open = builtins.open
+
+    def open_then_let_a_finish(*args, **kwargs):  # A ends between B's open and B's lock
+        fh = real_open(*args, **kwargs)
+        monkeypatch.setattr(io, "open", real_open, raising=False)
+        a.__exit__(None, None, None)
+        return fh
+
+    monkeypatch.setattr(io, "open", open_then_let_a_finish, raising=False)
+    with io.folder_lock(folder, "medseg predict", keep=False):
+        with pytest.raises(ConfigError, match="medseg predict is running there already"):
+            with io.folder_lock(folder, "medseg predict", keep=False):
+                pass

@@ -50,3 +50,19 @@ def test_a_command_whose_reader_went_away_does_not_exit_0():
     proc = subprocess.run(f"{sys.executable} -c '{script}' | head -1; exit ${{PIPESTATUS[0]}}", shell=True, executable="/bin/bash",
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
     assert proc.returncode == 141 and proc.stdout == "0\n", (proc.returncode, proc.stderr[-500:])
+
+
+
+def test_a_broken_pipe_that_is_not_the_readers_is_an_error(capsys):
+    """The review: every BrokenPipeError (a worker's, a socket's) ended silently with 141 as if the reader had gone."""
+    import argparse
+
+    from medseg_platform.cli import run_cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=broken)
+    assert run_cli(parser, []) == 1
+    assert capsys.readouterr().err.strip() == "error: [Errno 32] Broken pipe"

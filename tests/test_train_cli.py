@@ -310,11 +310,18 @@ def test_a_kill_of_an_in_process_trial_says_how_to_resume_and_exits_130(tmp_path
     proc = subprocess.Popen([sys.executable, "-m", "analysis", "train", "supervised", "--profile", "smoke", "--in-process",
                              "--results-dir", str(tmp_path / "r"), "--set", "optim.max_steps=100000"],
                             cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not list((tmp_path / "r").glob("*/trials/*/attempts.json")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    time.sleep(1.0)  # into the training steps
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "r").glob("*/trials/*/attempts.json")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert proc.poll() is None and list((tmp_path / "r").glob("*/trials/*/attempts.json")), "the trial did not start"
+        time.sleep(1.0)  # into the training steps
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err[-1500:]
-    assert err.strip().splitlines()[-1].endswith(": stopped by a signal; rerun the same command to resume it (from its last checkpoint)")
+    assert err.strip().splitlines()[-1].endswith(": stopped by a signal; rerun the same command to resume it (from its last "
+                                                 "checkpoint, if it reached one)")

@@ -10,6 +10,7 @@ new experiment; trials whose configs did not change are still reused from their 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -337,8 +338,12 @@ def check_script_folder(study_dir: Path, script: str) -> None:
     settings = read_json_object(study_dir / SETTINGS_FILE) or {}
     recorded = settings.get("script")
     if recorded is None and isinstance(settings.get("command"), str):  # written before 'script' was: the command's script
-        words = settings["command"].split()
-        recorded = Path(words[1]).stem if len(words) > 1 and words[1].endswith(".py") else None
+        import shlex
+
+        with contextlib.suppress(ValueError):  # an unbalanced quote: nothing recognised
+            words = shlex.split(settings["command"])
+            named = Path(words[1]).stem if len(words) > 1 and words[1].endswith(".py") else None
+            recorded = named if named != "__main__" else None  # `python -m pytest` and the like name no study script
     if info and isinstance(recorded, str) and recorded != script:
         raise ConfigError(f"{study_dir}: holds a study of {recorded} ({SETTINGS_FILE}{_made_by(made_by)}); {script} would replace "
                           "its record, tables and report. Give --name a new folder name")

@@ -212,6 +212,8 @@ def test_published_differences_come_from_one_table():
     # the papers' own column names (results of a run with '--labelled 5%' before studies resolved it to 3 patients)
     assert published_difference("Supervised only", "Supervised only", "5%", "1%").difference == pytest.approx(51.7 - 40.3)
     assert published_difference("ARCO-SG", "Supervised only", "01.0%") == versus_supervised
+    # any percent selects its patients of ACDC's 70 (the review: "4%" and "2%" select 3 and 1 but found nothing)
+    assert published_difference("Supervised only", "Supervised only", "4%", "2%").difference == pytest.approx(51.7 - 40.3)
 
 
 # --------------------------------------------------------------------------------------------- report and study.json

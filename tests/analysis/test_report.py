@@ -389,3 +389,17 @@ def test_the_dataset_line_counts_test_patients_when_they_have_several_volumes(tm
     (study / "study.json").write_text(json.dumps({"name": "s", "trials": [p.name for p in (study / "trials").iterdir()]}))
     text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
     assert "test cases of 2 patients" in text and "4 test cases" in text
+
+
+
+def test_medseg_report_piped_into_head_exits_141_not_blaming_the_disk(study):
+    """The review: `medseg report DIR | head -1` exited 2 with "the report could not be written (Broken pipe) ... free
+    space": write_report turned the reader's going away into a disk error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run(f"{sys.executable} -m analysis report {study} | head -1; exit ${{PIPESTATUS[0]}}", shell=True,
+                          executable="/bin/bash", capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 141 and "free space" not in proc.stderr, (proc.returncode, proc.stderr[-800:])
