@@ -30,22 +30,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import matplotlib
+# No backend is chosen here: the figures below are matplotlib.figure.Figure objects that never touch pyplot, and
+# Figure.savefig renders a PNG without one (`matplotlib.use("Agg")` at import switched a notebook's inline backend: the
+# notebook probe).
+import numpy as np
+import pandas as pd
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # no display needed; the figures below never touch pyplot's global state
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from analysis.tables import (AVG, build_table, column_label, column_order, distance_unit, metric_style,  # noqa: E402
+from analysis.tables import (AVG, build_table, column_label, column_order, distance_unit, metric_style,
                              partial_averages, row_label, row_order, seed_statistics, study_class_names, trial_class_values,
                              trial_seed)
-from medseg_platform.io import atomic_path  # noqa: E402
-from medseg_platform.recipes import FULL_SUPERVISION_LABEL, METHOD_LABELS, WITHOUT_CONTRAST_LABELS  # noqa: E402
-from medseg_platform.results import CURVES_FILE, QUALITATIVE_FILE, VAL_CURVE_FILE, read_csv  # noqa: E402
+from medseg_platform.io import atomic_path
+from medseg_platform.recipes import FULL_SUPERVISION_LABEL, METHOD_LABELS, WITHOUT_CONTRAST_LABELS
+from medseg_platform.results import CURVES_FILE, QUALITATIVE_FILE, VAL_CURVE_FILE, read_csv
 
 #: Colour of each method id (``medseg_platform.recipes``), and of its row without the contrast term.
 METHOD_COLOURS = {"supervised": "#7f7f7f", "mean_teacher": "#8c564b", "mona": "#1f77b4", "arco_sg": "#2ca02c",

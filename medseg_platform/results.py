@@ -489,7 +489,9 @@ def read_trial(trial_dir: Path) -> TrialRecord | None:
 
 
 def scan_study(study_dir: Path) -> tuple[list[TrialRecord], list[str]]:
-    """All finished trials of a study (sorted by key) and one line per corrupt or errored trial."""
+    """All finished trials in a study folder (sorted by key) and one line per corrupt or errored trial: every trial the
+    folder holds, also those of earlier commands with other rows or settings. The study as its last command defined it
+    (``study.json``'s trials) is :func:`analysis.report.study_records`, which the tables and report read."""
     records, problems = [], []
     trials_dir = Path(study_dir) / TRIALS_DIR
     for trial_dir in sorted(p for p in trials_dir.glob("*") if p.is_dir()) if trials_dir.is_dir() else []:

@@ -73,6 +73,8 @@ def test_invalid_study_fails_before_ray(tiny_root, tmp_path):
                          (dict(search_space={"optim.lr": tune.choice([])}), r"tune.choice\(\[\]\) has nothing to choose"),
                          # the Python API gets the checks the command line's argparse types make
                          (dict(max_concurrent=0), "max_concurrent 0: must be None or a whole number >= 1"),
+                         # the notebook probe: 0 started a local Ray of no CPU that waited forever
+                         (dict(num_cpus=0), r"num_cpus 0: must be None \(every core\) or a whole number >= 1"),
                          (dict(num_workers=1.5), "num_workers 1.5: must be a whole number >= 1"),
                          (dict(cpus_per_trial=0), "cpus_per_trial 0: must be a finite number > 0"),
                          (dict(cpus_per_trial=float("nan")), "cpus_per_trial nan: must be a finite number > 0"),
@@ -507,3 +509,32 @@ def test_a_multi_worker_trial_removes_the_train_runs_of_its_earlier_attempts(tmp
     remove_earlier_train_runs(storage, "mona-l1-s1-abc")
     assert sorted(p.name for p in storage.iterdir()) == ["mona-l1-s1-abc-0a1b2c3d-x", "mona-l1-s1-abcd-0a1b2c3d", "other-0a1b2c3d"]
     remove_earlier_train_runs(tmp_path / "none", "x")  # no storage yet: nothing to do
+
+
+
+_RUN_AND_READ_SIGTERM = """
+import signal, sys
+from pathlib import Path
+from medseg_platform.profiles import PROFILES
+from medseg_platform.study import Study, Variant
+
+def mine(signum, frame):
+    pass
+
+signal.signal(signal.SIGTERM, mine)
+root, results = sys.argv[1], sys.argv[2]
+base = PROFILES["smoke"].trial.replace(**{"data.root": root, "data.labelled_batch": 2, "data.unlabelled_batch": 2})
+Study("sig", base, Path(results), variants=[Variant({"row": "Sup"}, {"objective": "supervised"})], grid={"data.labelled": ["1"]},
+      seeds=[1], dashboard=False, num_cpus=1).run()
+caught = int([l for l in open("/proc/self/status") if l.startswith("SigCgt:")][0].split()[1], 16)
+print("handler", signal.getsignal(signal.SIGTERM) is mine, "caught", bool(caught >> (signal.SIGTERM - 1) & 1))
+"""
+
+
+def test_a_study_that_starts_its_own_ray_gives_back_the_callers_sigterm_handler(tiny_root, tmp_path):
+    """The notebook probe: after Study.run() Python named the platform's SIGTERM handler while ray.shutdown had set the
+    OS's action to the default, so the next kill ended the notebook at once."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", _RUN_AND_READ_SIGTERM, str(tiny_root), str(tmp_path / "r")], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.stdout.strip().splitlines()[-1] == "handler True caught True", (proc.stdout[-500:], proc.stderr[-1500:])

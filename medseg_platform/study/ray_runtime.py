@@ -157,14 +157,23 @@ def check_address_answers(address: str, source: str = "--address", drop: str = "
 
 
 def _init_as_interruptible(ray, **kwargs):
-    """``ray.init(**kwargs)``, where a kill while Ray starts or connects (its own SIGTERM handler's ``sys.exit(15)``)
-    becomes a KeyboardInterrupt: the command's Ctrl-C path, with its message and exit code 130."""
+    """``ray.init(**kwargs)``, where Ctrl-C or a kill while Ray starts or connects (its own SIGTERM handler's
+    ``sys.exit(15)``) shuts the started Ray down and becomes a KeyboardInterrupt: the command's Ctrl-C path, with its
+    message and exit code 130."""
+    from medseg_platform.io import signals_deferred
+
     try:
-        return ray.init(**kwargs)
-    except SystemExit as exc:
-        if exc.code == 15:
-            raise KeyboardInterrupt from None
-        raise
+        # Ctrl-C or a kill while Ray starts is raised once it has started, so that it can be shut down: cut in the
+        # middle, its GCS, raylet and dashboard kept running as children of the process, which ray.shutdown no longer
+        # reached, and a second start in a notebook ran a second cluster beside them (the notebook probe)
+        with signals_deferred():
+            return ray.init(**kwargs)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if isinstance(exc, SystemExit) and exc.code != 15:
+            raise
+        if ray.is_initialized():
+            ray.shutdown()
+        raise KeyboardInterrupt from None
 
 
 def _interrupt(signum, frame):

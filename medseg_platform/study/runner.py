@@ -251,7 +251,7 @@ def check_local_resources(study: Study) -> None:
         return
     from medseg_platform.plan import available_cpus
 
-    cpus = study.num_cpus or available_cpus()
+    cpus = study.num_cpus if study.num_cpus is not None else available_cpus()
     need = study.cpus_per_trial * study.num_workers
     if need <= cpus + 1e-9:
         return
@@ -433,6 +433,9 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
 
     timing["import_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    import signal
+
+    sigterm_before = signal.getsignal(signal.SIGTERM)  # init_ray sets its own; ray.shutdown resets the OS's to the default
     started_here = init_ray(study.address, study.num_cpus, study.dashboard, study.dashboard_host)
     timing["ray_init_s"] = time.perf_counter() - t0
     try:
@@ -483,7 +486,19 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
     finally:
         if started_here:
             ray.shutdown()
+            restore_sigterm(sigterm_before)
     return restored, interrupted
+
+
+def restore_sigterm(handler) -> None:
+    """Put back the SIGTERM handler from before Ray started, for Python and the OS alike: ``ray.shutdown`` sets the OS's
+    action to the default behind Python's back, so a notebook's next ``kill -TERM`` killed it although
+    ``signal.getsignal`` named the platform's handler (the notebook probe)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
 
 
 #: Free space below which a failure of Tune's own files is put down to a full disk (its error files are then empty)

@@ -122,6 +122,8 @@ class Study:
                               f"({' or '.join(map(repr, REPORTED_METRICS))}) and 'max' or 'min'")
         if not _count(self.num_workers) or self.num_workers < 1:
             raise ConfigError(f"num_workers {self.num_workers!r}: must be a whole number >= 1")
+        if self.num_cpus is not None and (not _count(self.num_cpus) or self.num_cpus < 1):  # 0 started a Ray that ran nothing
+            raise ConfigError(f"num_cpus {self.num_cpus!r}: must be None (every core) or a whole number >= 1")
         if self.max_concurrent is not None and (not _count(self.max_concurrent) or self.max_concurrent < 1):
             raise ConfigError(f"max_concurrent {self.max_concurrent!r}: must be None or a whole number >= 1")
         for name, value, positive in (("cpus_per_trial", self.cpus_per_trial, True), ("gpus_per_trial", self.gpus_per_trial, False)):

@@ -206,3 +206,16 @@ def test_crowded_or_wide_positive_axes_get_a_log_scale():
     assert plots._wants_log_scale([0.01, 0.1, 0.6])  # a wide range
     assert not plots._wants_log_scale([9, 16, 25]) and not plots._wants_log_scale([1, 3, 7])
     assert not plots._wants_log_scale([0.0, 0.5, 1.0])  # zero has no log
+
+
+def test_importing_the_plots_leaves_the_users_matplotlib_backend_alone():
+    """The notebook probe: `matplotlib.use("Agg")` at import replaced a notebook's backend for the user's own plots."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import matplotlib; matplotlib.use('svg'); import analysis.report, analysis.plots; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "svg", out.stderr[-500:]

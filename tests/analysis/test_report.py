@@ -364,6 +364,8 @@ def test_a_report_that_cannot_be_written_or_imported_is_one_line(study, capsys, 
     assert _outputs(study) == before  # nothing already written was lost
     monkeypatch.delitem(sys.modules, "analysis.report")
     monkeypatch.delitem(sys.modules, "analysis.plots")
+    for name in [m for m in sys.modules if m.startswith("matplotlib.")]:  # as if never imported: analysis.plots imports them
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
     with pytest.raises(ConfigError, match=r"^the report cannot be written: .*matplotlib.*pip install -c constraints.txt -e \."):
         import_report()
