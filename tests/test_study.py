@@ -28,9 +28,14 @@ def tiny_study(root: Path, results: Path, **kwargs) -> Study:
     return Study("tiny", base, results, variants=variants, grid={"data.labelled": ["1", "2"]}, seeds=[1], dashboard=False, **kwargs)
 
 
-def test_study_runs_every_trial_once_and_rerun_skips_ray(tiny_root, tmp_path, ray_address):
+def test_study_runs_every_trial_once_and_rerun_skips_ray(tiny_root, tmp_path, ray_address, monkeypatch):
+    from medseg_platform.study.runner import TUNE_ENVIRONMENT
+
+    for name in TUNE_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
     study = tiny_study(tiny_root, tmp_path / "results")
     run = study.run()
+    assert not set(TUNE_ENVIRONMENT) & set(os.environ)  # the notebook probe: they stayed set for the session's own Tune runs
     records, problems = scan_study(run.study_dir)
     assert problems == []
     assert sorted(r.path.name for r in records) == sorted(run.trial_keys) and len(records) == 4

@@ -419,6 +419,21 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
     died from its last checkpoint (a restored experiment keeps the limit it was started with);
     :class:`~medseg_platform.progress.ProgressCallback` prints each retry.
     """
+    added = [name for name in TUNE_ENVIRONMENT if name not in os.environ]
+    try:
+        return _run_tune(study, trials, study_dir, timing, suffix, run_id)
+    finally:  # a notebook's own Tune runs after a study get Ray's defaults back
+        for name in added:
+            os.environ.pop(name, None)
+
+
+#: Environment variables a study sets for its Tune run when they are unset, and removes again after it (the notebook
+#: probe: RAY_AIR_NEW_OUTPUT=0 changed the console of the session's later Tune runs of its own).
+TUNE_ENVIRONMENT = ("RAY_USAGE_STATS_ENABLED", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "RAY_AIR_NEW_OUTPUT")
+
+
+def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, suffix: str, run_id: str = "") -> tuple[bool, bool]:
+    """:func:`run_tune` with the environment it restores afterwards."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # one checkpoint per validation is intended; Tune's "snapshotting triggered often" warning is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
