@@ -36,6 +36,8 @@ def test_study_runs_every_trial_once_and_rerun_skips_ray(tiny_root, tmp_path, ra
     study = tiny_study(tiny_root, tmp_path / "results")
     run = study.run()
     assert not set(TUNE_ENVIRONMENT) & set(os.environ)  # the notebook probe: they stayed set for the session's own Tune runs
+    tune_copies = [p.name for p in (run.study_dir / "ray").rglob("*") if p.name.startswith(("progress.csv", "events.out.tfevents"))]
+    assert tune_copies == []  # Tune's per-trial loggers are off: the study reads its own files
     records, problems = scan_study(run.study_dir)
     assert problems == []
     assert sorted(r.path.name for r in records) == sorted(run.trial_keys) and len(records) == 4

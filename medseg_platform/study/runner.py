@@ -429,7 +429,8 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
 
 #: Environment variables a study sets for its Tune run when they are unset, and removes again after it (the notebook
 #: probe: RAY_AIR_NEW_OUTPUT=0 changed the console of the session's later Tune runs of its own).
-TUNE_ENVIRONMENT = ("RAY_USAGE_STATS_ENABLED", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "RAY_AIR_NEW_OUTPUT")
+TUNE_ENVIRONMENT = ("RAY_USAGE_STATS_ENABLED", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "RAY_AIR_NEW_OUTPUT",
+                    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
 
 
 def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, suffix: str, run_id: str = "") -> tuple[bool, bool]:
@@ -437,6 +438,9 @@ def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, s
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # one checkpoint per validation is intended; Tune's "snapshotting triggered often" warning is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # no CSV, JSON or TensorBoard copy of every report per trial in ray/: the study reads its own result files, and the
+    # TensorBoard writer's threads outlived an interrupted run in a notebook (the notebook probe)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     t0 = time.perf_counter()
     import ray
     from ray import tune
