@@ -90,6 +90,10 @@ def _problem_trial(problem: str) -> str | None:
     return match.group(1) if match else None
 
 
+#: How a missing trial's problem line says that the study is still running (the Settings line counts such trials apart)
+STUDY_RUNNING = "the study is running"
+
+
 def study_records(study_dir: Path, info: dict, search_keys: set[str] | None = None) -> tuple[list[TrialRecord], list[str], list[str]]:
     """The study's finished trials, its problems and the keys of expected trials without a result.
 
@@ -113,7 +117,7 @@ def study_records(study_dir: Path, info: dict, search_keys: set[str] | None = No
         missing = [k for k in wanted if k not in found]
         listed = {k for k in missing if any((trial_folder(study_dir, k) / f).is_file() for f in (ERROR_FILE, RESULT_FILE))}
         holder = folder_holder(study_dir) if missing else None  # a report of a running study: its trials are not lost
-        why = (f"yet: the study is running there ({holder}); this report is a snapshot" if holder
+        why = (f"yet: {STUDY_RUNNING} there ({holder}); this report is a snapshot" if holder
                else "(not run yet or interrupted; rerun the study command to resume)")
         problems += [f"trial {k} has no result {why}" for k in missing if k not in listed]  # errored, corrupt: scan_study's
         if others:  # e.g. a run with --rows or other --seeds into the folder of a larger study
@@ -281,7 +285,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         f"- **Patch size / batch**: {_join(patches)}; {_join(batches)}",
         f"- **Label fractions**: {_join(column_order(records))}",
         f"- **Trials**: {finished} finished, {len(errored)} errored, {len(corrupt)} corrupt"
-        + (f", {len(not_run)} " + ("still to finish (the study is running)" if any("the study is running" in p for p in not_run)
+        + (f", {len(not_run)} " + (f"still to finish ({STUDY_RUNNING})" if any(STUDY_RUNNING in p for p in not_run)
                                    else "not run or interrupted") if not_run else "") + " (see Problems)" * bool(problems)
         + (f"; {scored} of the finished scored from the checkpoint of a finished trial that trained alike "
            "(`scored_from` in result.json; docs/evaluation.md, 'Scoring a finished trial again')" if scored else ""),

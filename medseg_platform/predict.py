@@ -213,11 +213,14 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
         raise MedsegError(f"--out {out}: inside the dataset {layout.root}; write predictions somewhere else")
     check_output_folder(out, "--out")
     affines = {case: (layout.manifest.get("cases") or {}).get(case, {}).get("affine") for case in cases}
-    check_prediction_folder(out, record.path.resolve(), cases)  # a refused run creates nothing; both checked again under the lock
-    check_own_outputs(out, own_outputs(out, cases, [case for case in cases if affines[case] is not None]))
-    with folder_lock(out, "medseg predict", keep=False):  # two runs into one --out mixed their cases (the security audit)
+
+    def refusals() -> None:  # before the lock (a refused run creates nothing) and again under it
         check_prediction_folder(out, record.path.resolve(), cases)
         check_own_outputs(out, own_outputs(out, cases, [case for case in cases if affines[case] is not None]))
+
+    refusals()
+    with folder_lock(out, "medseg predict", keep=False):  # two runs into one --out mixed their cases (the security audit)
+        refusals()
         device = pick_device()
         model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
         kernels = recorded_conv_kernels(record.result, cfg, device.type)  # the CPU kernels of the trial's own test
@@ -398,13 +401,16 @@ def predict_images(trial_dir: str | Path, images: Sequence[str | Path], out: str
         # (one folder above: `medseg evaluate --gt` would then read the predictions there as the labels)
         raise MedsegError(f"--out {out}: the folder of the scans, or one they lie in; write predictions somewhere else")
     check_output_folder(out, "--out")
-    check_prediction_folder(out, record.path.resolve(), list(files))  # a refused run creates nothing; both checked again under the lock
-    check_own_outputs(out, own_outputs(out, files, files), list(files.values()))
+
+    def refusals() -> None:  # before the lock (a refused run creates nothing) and again under it
+        check_prediction_folder(out, record.path.resolve(), list(files))
+        check_own_outputs(out, own_outputs(out, files, files), list(files.values()))
+
+    refusals()
     for path in files.values():  # NaN or constant voxels stop here too: a half-written folder helps nobody
         scan(path)
     with folder_lock(out, "medseg predict", keep=False):  # two runs into one --out mixed their cases (the security audit)
-        check_prediction_folder(out, record.path.resolve(), list(files))
-        check_own_outputs(out, own_outputs(out, files, files), list(files.values()))
+        refusals()
         device = pick_device()
         model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
         kernels = recorded_conv_kernels(record.result, cfg, device.type)

@@ -75,28 +75,23 @@ def fractions_in_patient_order(fractions: Iterable[str], root, num_classes: int)
     A study's "improves with more patients" claims pair its fractions in this order, not in the order they were typed,
     and its claims and the published numbers compare fractions by the patients they select (the papers' "5%" is the "3"
     patients of ACDC's 70: :func:`analysis.claims.at_fraction`). The spelling is kept: it is part of the trials'
-    keys, so a folder trained with "5%" is found again. Two fractions that select the same number of patients (e.g.
-    '1' and '5%' on a dataset of 6 training patients) are refused: they would train every row twice and average the
-    copies as two seeds of one column."""
+    keys, so a folder trained with "5%" is found again. Two fractions that select the same patients are refused with
+    the study's other checks (:meth:`medseg_platform.study.Study.trial_params`)."""
     from medseg_platform.data.layout import AcdcLayout
     from medseg_platform.data.splits import resolve_patient_count
     from medseg_platform.errors import ConfigError
 
     layout = AcdcLayout(root, num_classes)
-    available = len(layout.train_patients)
-    counts: dict[int, str] = {}
+    patients: dict[str, int] = {}
     for fraction in fractions:
         try:
-            count = resolve_patient_count(fraction, available)
+            count = resolve_patient_count(fraction, len(layout.train_patients))
         except ConfigError as exc:
             raise ConfigError(f"--labelled, dataset {layout.root}: {exc}") from None
-        if count.patients in counts:
-            raise ConfigError(f"--labelled {counts[count.patients]} and {fraction}: both select {count.patients} of the {available} "
-                              f"training patients of {layout.root}; give each fraction once")
-        counts[count.patients] = fraction
+        patients[fraction] = count.patients
         if str(count.patients) != fraction:
             print(f"note: {count.describe()}", file=sys.stderr)
-    return tuple(counts[n] for n in sorted(counts))
+    return tuple(sorted(patients, key=patients.__getitem__))
 
 
 def selected_patients(fraction: str, base=None) -> int | None:

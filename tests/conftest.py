@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,18 @@ def make_tiny_dataset(root: Path, train_patients=("patient004", "patient001", "p
     test = [f"{p}_{f}" for p in test_patients for f in ("frame01", "frame02")]
     layout.write_lists(root, train_slices, val, test)
     return root
+
+
+@contextlib.contextmanager
+def reaped(proc):
+    """The block's subprocess ``proc``, killed and waited for if it still runs when the block ends (a failed assertion or
+    a timeout leaves no process behind)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def poison_supervised_loss(monkeypatch, from_step: int) -> None:

@@ -23,6 +23,7 @@ from medseg_platform.progress import ProgressCallback
 from medseg_platform.step_costs import trial_plan
 from medseg_platform.study import Study, Variant
 from medseg_platform.study.trainable import application_error
+from tests.conftest import reaped
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -281,8 +282,7 @@ def test_sigkill_of_the_driver_resumes_without_rerunning_losing_or_duplicating(t
     cmd = [sys.executable, str(script), "--smoke-test", "--data-root", str(tiny_root), "--seeds", *seeds, "--max-concurrent", "1",
            "--results-dir", str(results), "--address", ray_address]
     trials_dir = results / "killed-smoke" / "trials"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
+    with reaped(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)) as proc:
         deadline = time.monotonic() + 240
         while not list(trials_dir.glob("*/result.json")):
             assert proc.poll() is None, f"study exited early with {proc.returncode}: {proc.stdout.read()[-2000:]}"
@@ -290,16 +290,12 @@ def test_sigkill_of_the_driver_resumes_without_rerunning_losing_or_duplicating(t
             time.sleep(0.1)
         proc.send_signal(signal.SIGKILL)  # no clean-up of any kind in the driver
         proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     finished_first = {p.parent.name: p.read_bytes() for p in trials_dir.glob("*/result.json")}
     assert 1 <= len(finished_first) < len(seeds)
 
     # a SIGTERM to the resumed run stops it like a Ctrl-C (it used to abort in Ray's handler; a Ctrl-C of a resumed run
     # was swallowed: the trials it left were started again in a fresh experiment and the study ran to the end)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
+    with reaped(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)) as proc:
         deadline = time.monotonic() + 240
         while len(list(trials_dir.glob("*/result.json"))) <= len(finished_first):
             assert proc.poll() is None, f"study exited early with {proc.returncode}: {proc.stdout.read()[-2000:]}"
@@ -307,9 +303,6 @@ def test_sigkill_of_the_driver_resumes_without_rerunning_losing_or_duplicating(t
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 1, out[-3000:]
     assert "stopped by a signal:" in out and "rerun the same command to resume them" in out and "running them again" not in out
     assert "Tuner.restore" not in out and "Failed to fetch metrics" not in out  # Tune's advice, which misleads here

@@ -341,24 +341,22 @@ print("children:", [k for k in kids if k != "ps"], flush=True)
 def test_ctrl_c_while_a_local_ray_starts_leaves_no_ray_process_behind(tmp_path):
     """The notebook probe: Ctrl-C during ray.init left its GCS, raylet and dashboard running as children of the process
     (ray.shutdown no longer reached them), and the next run started a second cluster beside them."""
+    import os
     import signal
     import subprocess
     import sys
     import time
     from pathlib import Path
 
-    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-c", _INIT_THEN_LIST_CHILDREN], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, cwd=Path(__file__).resolve().parents[1], env=env)
-    try:
+    from tests.conftest import reaped
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with reaped(subprocess.Popen([sys.executable, "-c", _INIT_THEN_LIST_CHILDREN], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 text=True, cwd=Path(__file__).resolve().parents[1], env=env)) as proc:
         assert proc.stdout.readline().strip() == "starting"
         time.sleep(0.5)  # inside ray.init (it takes seconds to start the node)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     if "started fully" in out:
         pytest.skip("Ray started before the signal arrived")
     assert "interrupted" in out and "children: []" in out, out

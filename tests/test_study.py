@@ -16,6 +16,7 @@ from medseg_platform.errors import ConfigError
 from medseg_platform.profiles import PROFILES
 from medseg_platform.results import read_csv, scan_study
 from medseg_platform.study import Study, Variant
+from tests.conftest import reaped
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "studies" / "ablation_tailness.py"
@@ -165,14 +166,10 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path, ra
            "--rows", *chosen, "--results-dir", str(results), "--address", ray_address]
     trials_dir = results / "ablation_tailness-smoke" / "trials"
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
+    with reaped(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)) as proc:
         _wait_for_results(trials_dir, 1, proc, timeout=240)
         proc.send_signal(signal.SIGINT)  # Ctrl-C in the middle of the study
         proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     finished_first = {p.parent.name: p.read_bytes() for p in trials_dir.glob("*/result.json")}
     assert 1 <= len(finished_first) < 2 * len(chosen)
 

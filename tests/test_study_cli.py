@@ -491,8 +491,7 @@ def test_label_fractions_are_ordered_by_the_patients_they_select_and_each_select
     assert fractions_in_patient_order(["3", "1"], tiny_root, 4) == ("1", "3")
     assert fractions_in_patient_order(["50%", "1"], tiny_root, 4) == ("1", "50%")
     assert "note: label fraction 50% -> 2 of 4 training patients (50.0%; round(4 x 50/100))" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match=r"--labelled 1 and 5%: both select 1 of the 4 training patients of .*; give each fraction once"):
-        fractions_in_patient_order(["1", "5%"], tiny_root, 4)
+    assert fractions_in_patient_order(["5%", "1"], tiny_root, 4) == ("5%", "1")  # a tie: refused by the study (below)
     with pytest.raises(ConfigError, match=r"--labelled, dataset .*: label fraction '7': 7 patients requested but the training split has only 4"):
         fractions_in_patient_order(["7"], tiny_root, 4)
     claims = load_script("label_fractions").claims(fractions_in_patient_order(["3", "1"], tiny_root, 4))
@@ -526,3 +525,15 @@ def test_a_study_script_does_not_take_over_another_scripts_folder(tmp_path, phan
     (folder / "study.json").write_text(json.dumps({"name": folder.name, "trials": [], "seeds": [1], "accumulates": "medseg train"}))
     assert study_main("ablation_tailness", tmp_path / "results", "--dry-run") == 2
     assert "holds the trials of medseg train (study.json); ablation_tailness would replace its record" in capsys.readouterr().err
+
+
+def test_two_label_fractions_selecting_the_same_patients_are_one_error_before_anything_runs(tmp_path, phantom_env, capsys):
+    """The paper-path probe: '1' and '5%' on the 4-patient smoke phantom both trained, and the copies were averaged as
+    two seeds of one column."""
+    results = tmp_path / "results"
+    assert study_main("label_fractions", results, "--labelled", "1", "5%") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "note: label fraction 5% -> 1 of 4 training patients (25.0%; published ACDC mapping 5% = 3/70 patients)",
+        "error: study label_fractions-smoke, row 'Supervised only': label fractions '1' and '5%' select the same 1 of the 4 "
+        "training patients; give each fraction once"]
+    assert not results.exists()

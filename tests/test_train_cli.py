@@ -299,18 +299,17 @@ def test_results_of_another_version_of_the_dataset_are_refused_not_mixed(tmp_pat
 def test_a_kill_of_an_in_process_trial_says_how_to_resume_and_exits_130(tmp_path, phantom_root):
     """The README audit: README says a stop of `medseg train --in-process` exits 130 and says what is unfinished; SIGTERM
     exited 143 without a word."""
-    import os
     import signal
     import subprocess
     import sys
     import time
     from pathlib import Path
 
-    env = {**os.environ, "MEDSEG_CACHE": os.environ["MEDSEG_CACHE"]}
-    proc = subprocess.Popen([sys.executable, "-m", "analysis", "train", "supervised", "--profile", "smoke", "--in-process",
-                             "--results-dir", str(tmp_path / "r"), "--set", "optim.max_steps=100000"],
-                            cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    from tests.conftest import reaped
+
+    with reaped(subprocess.Popen([sys.executable, "-m", "analysis", "train", "supervised", "--profile", "smoke", "--in-process",
+                                  "--results-dir", str(tmp_path / "r"), "--set", "optim.max_steps=100000"],  # MEDSEG_CACHE: phantom_root's
+                                 cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)) as proc:
         deadline = time.monotonic() + 60
         while not list((tmp_path / "r").glob("*/trials/*/attempts.json")) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
@@ -318,10 +317,6 @@ def test_a_kill_of_an_in_process_trial_says_how_to_resume_and_exits_130(tmp_path
         time.sleep(1.0)  # into the training steps
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130, err[-1500:]
     assert err.strip().splitlines()[-1].endswith(": stopped by a signal; rerun the same command to resume it (from its last "
                                                  "checkpoint, if it reached one)")

@@ -181,8 +181,11 @@ def _interrupt(signum, frame):
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt inside the block (main thread only), the previous handler is back after it."""
+def sigterm_handler_kept():
+    """The SIGTERM handler from before the block is back after it (main thread only), for Python and the OS alike:
+    ``ray.init`` installs its own, and ``ray.shutdown`` resets the OS's action to the default behind Python's back, so a
+    notebook's next ``kill -TERM`` killed it although ``signal.getsignal`` named the platform's handler (the notebook
+    probe)."""
     import signal
     import threading
 
@@ -190,11 +193,18 @@ def sigterm_as_interrupt():
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)
-    term_as_interrupt()
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt inside the block (main thread only), the previous handler is back after it."""
+    with sigterm_handler_kept():
+        term_as_interrupt()
+        yield
 
 
 def term_as_interrupt() -> None:

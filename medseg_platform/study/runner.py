@@ -40,7 +40,7 @@ from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.rescore import score_from_sources, scoring_device
 from medseg_platform.results import (LAST_RUN_FILE, RESULT_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, retag_finished_trials, trial_finished,
                                      trial_folder, tune_storage)
-from medseg_platform.study.ray_runtime import check_gpus_available, check_nodes_see, init_ray
+from medseg_platform.study.ray_runtime import check_gpus_available, check_nodes_see, init_ray, sigterm_handler_kept
 from medseg_platform.study.spec import ASHA_TIME, Study, check_accumulating_folder, check_study_folder
 
 
@@ -421,7 +421,8 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
     """
     added = [name for name in TUNE_ENVIRONMENT if name not in os.environ]
     try:
-        return _run_tune(study, trials, study_dir, timing, suffix, run_id)
+        with sigterm_handler_kept():  # Ray's start and shutdown change it
+            return _run_tune(study, trials, study_dir, timing, suffix, run_id)
     finally:  # a notebook's own Tune runs after a study get Ray's defaults back
         for name in added:
             os.environ.pop(name, None)
@@ -452,9 +453,6 @@ def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, s
 
     timing["import_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    import signal
-
-    sigterm_before = signal.getsignal(signal.SIGTERM)  # init_ray sets its own; ray.shutdown resets the OS's to the default
     started_here = init_ray(study.address, study.num_cpus, study.dashboard, study.dashboard_host)
     timing["ray_init_s"] = time.perf_counter() - t0
     try:
@@ -505,19 +503,7 @@ def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, s
     finally:
         if started_here:
             ray.shutdown()
-            restore_sigterm(sigterm_before)
     return restored, interrupted
-
-
-def restore_sigterm(handler) -> None:
-    """Put back the SIGTERM handler from before Ray started, for Python and the OS alike: ``ray.shutdown`` sets the OS's
-    action to the default behind Python's back, so a notebook's next ``kill -TERM`` killed it although
-    ``signal.getsignal`` named the platform's handler (the notebook probe)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
 
 
 #: Free space below which a failure of Tune's own files is put down to a full disk (its error files are then empty)

@@ -265,13 +265,11 @@ def _read_written_trial(trial_dir: Path, wait_s: float = 30.0):
     import time
 
     deadline = time.monotonic() + wait_s
-    while True:
-        record = read_trial(trial_dir)
-        if record is not None or time.monotonic() >= deadline:
-            if record is None:
-                raise RuntimeError(f"{trial_dir}: the multi-worker trial ended without its result.json (rank 0 writes it)")
-            return record
+    while (record := read_trial(trial_dir)) is None:
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"{trial_dir}: the multi-worker trial ended without its result.json (rank 0 writes it)")
         time.sleep(1.0)
+    return record
 
 
 def end_errored(trial_dir: Path, config: dict, tags: dict, seed: int, exc: MedsegError, run_id: str) -> None:
