@@ -49,7 +49,8 @@ import numpy as np
 
 from analysis.published import published_difference
 from analysis.significance import MIN_PAIRS, TEST_NAME, confidence_interval, pair_seed_values, seed_values, wilcoxon_test
-from analysis.tables import AVG, MISSING, as_number, column_label, escape_markdown, metric_style, row_label, trial_seed
+from analysis.tables import (AVG, MISSING, as_number, column_label, escape_markdown, metric_style, row_label, set_options_text,
+                             trial_seed)
 from medseg_platform.claims_spec import check_claim
 from medseg_platform.data.layout import ACDC_CLASS_NAMES
 from medseg_platform.data.splits import PUBLISHED_TRAIN_PATIENTS, resolve_patient_count
@@ -344,9 +345,8 @@ def _recipe_note(settings: Mapping[str, Any]) -> str:
     """Where a paper-profile run departs from the papers' runs (``--set`` overrides, the corrected protocol), said
     beside the published differences: "" when it does not (or when ``settings.json`` does not say)."""
     changes = []
-    overrides = settings.get("overrides") or {}
-    if overrides:
-        changes.append("--set " + ", ".join(f"{key}={value}" for key, value in sorted(overrides.items())))
+    if settings.get("overrides"):
+        changes.append(set_options_text(settings["overrides"]))
     if settings.get("protocol") not in (None, "released"):
         changes.append(f"--protocol {settings['protocol']} (the papers report the released protocol: docs/evaluation.md)")
     if not changes:

@@ -32,7 +32,7 @@ from analysis.claims import claim_results, claims_section, read_claims, verdict_
 from analysis.plots import is_plot_name, natural_key, PlotFile, write_plots
 from analysis.health import TrialHealth, health_problems, health_section, record_health
 from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, escape_markdown, identical_rows,
-                             incomplete_note, print_summary, row_label, row_order, study_class_names, table_file_names,
+                             incomplete_note, print_summary, recipe_sentence, row_label, row_order, study_class_names, table_file_names,
                              trial_seed, write_tables)
 from medseg_platform.data.layout import patient_of_case
 from medseg_platform.environment import NOT_RECORDED, environment_text
@@ -476,7 +476,9 @@ def _write_report(study_dir: Path, log) -> StudyReport:
         df = build_table(records, class_names=class_names)
         expected = len(info.get("trials") or []) if not info.get("search") else 0
         note = incomplete_note(expected - len(missing), expected) if expected else ""
-        tables = write_tables(records, study_dir, class_names=class_names, incomplete=note) + tables
+        # a folder of several `medseg train` runs: settings.json's overrides are only its latest run's
+        recipe = "" if info.get("accumulates") else recipe_sentence(settings.get("overrides") or {})
+        tables = write_tables(records, study_dir, class_names=class_names, incomplete=note, recipe=recipe) + tables
         plots, _ = write_plots(records, study_dir / PLOTS_DIR, df=df, log=log, search_samples=samples, class_names=class_names)
     report = study_dir / REPORT_FILE
     order = {sample.key: sample.order for sample in samples or []}

@@ -806,8 +806,25 @@ def flagged_note(table: WideTable) -> str:
             f"in all, listed under Trial health in report.md.")
 
 
-def caption(table: WideTable) -> str:
-    """Plain-text caption of a wide table: what is shown, over how many seeds, units, bold, footnote."""
+def set_options_text(overrides: Mapping[str, Any]) -> str:
+    """A study's ``--set`` overrides (settings.json's ``overrides``) as typed: ``"--set optim.lr=0.05, seed=2"``
+    (sorted by key; lists and dicts as JSON); "" when there are none."""
+    if not overrides:
+        return ""
+    return "--set " + ", ".join(f"{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}"
+                                for key, value in sorted(overrides.items()))
+
+
+def recipe_sentence(overrides: Mapping[str, Any]) -> str:
+    """The caption's sentence for a study whose every trial ran with ``--set`` overrides ("" without any): a table
+    copied out of its report still says that its recipe is not the profile's."""
+    text = set_options_text(overrides)
+    return f"Every trial ran with {text} (the profile's recipe changed)." if text else ""
+
+
+def caption(table: WideTable, recipe: str = "") -> str:
+    """Plain-text caption of a wide table: what is shown, over how many seeds, units, bold, footnote.
+    ``recipe``: :func:`recipe_sentence` of the study's ``--set`` overrides, said after the settings."""
     style = metric_style(table.metric)
     classes = [c for c in table.classes if c != AVG]
     text = (f"Test {style.label} per class ({', '.join(classes)}) and their average ({AVG}), by method and "
@@ -815,6 +832,8 @@ def caption(table: WideTable) -> str:
     settings = settings_sentence(table)
     if settings:
         text += f" {settings}"
+    if recipe:
+        text += f" {recipe}"
     if style.scale == 1.0:
         units = table.settings.get("unit") or [style.unit]
         if len(units) == 1 or style.unit in units:  # one unit, or some cell's is unknown: the generic words
@@ -857,8 +876,9 @@ def _markdown_lines(grid: list[list[str]]) -> list[str]:
     return [pad(grid[0]), rule, *(pad(line) for line in grid[1:])]
 
 
-def to_markdown(df: pd.DataFrame, metric: str) -> str:
-    """``metric`` as a Markdown table (methods x "fraction: class" columns) followed by its caption."""
+def to_markdown(df: pd.DataFrame, metric: str, recipe: str = "") -> str:
+    """``metric`` as a Markdown table (methods x "fraction: class" columns) followed by its caption (``recipe``: as
+    :func:`caption`'s)."""
     table = wide_table(df, metric)
     style = metric_style(metric)
     if not table.rows:
@@ -866,7 +886,7 @@ def to_markdown(df: pd.DataFrame, metric: str) -> str:
     header = ["Method"] + [escape_markdown(f"{column}: {cls}") for column in table.columns for cls in table.classes]
     body = [[escape_markdown(row)] + [_markdown_cell(table.cells.get((row, column, cls)), style.decimals)
                                       for column in table.columns for cls in table.classes] for row in table.rows]
-    lines = [f"### {style.label}", "", *_markdown_lines([header, *body]), "", caption(table)]
+    lines = [f"### {style.label}", "", *_markdown_lines([header, *body]), "", caption(table, recipe)]
     return "\n".join(lines) + "\n"
 
 
@@ -931,15 +951,16 @@ def _latex_header(table: WideTable) -> list[str]:
     return [rf" & {spans} \\", rules, rf"Method & {classes} \\"]
 
 
-def to_latex(df: pd.DataFrame, metric: str, float_env: bool = True, label: str | None = None) -> str:
+def to_latex(df: pd.DataFrame, metric: str, float_env: bool = True, label: str | None = None, recipe: str = "") -> str:
     """``metric`` as a complete booktabs ``tabular`` (needs ``\\usepackage{booktabs}``).
 
     With ``float_env`` (default) it is wrapped in a ``table`` float with ``\\caption`` and ``\\label``
     (``tab:<metric>`` unless given); without, the caption is written as a comment above the tabular.
+    ``recipe``: as :func:`caption`'s.
     """
     table = wide_table(df, metric)
     style = metric_style(metric)
-    text_caption = escape_latex(caption(table)) if table.rows else escape_latex(f"{style.label}: no finished trials.")
+    text_caption = escape_latex(caption(table, recipe)) if table.rows else escape_latex(f"{style.label}: no finished trials.")
     ncols = 1 + len(table.columns) * len(table.classes)
     lines = [rf"\begin{{tabular}}{{l{'c' * (ncols - 1)}}}", r"\toprule"]
     if table.rows:
@@ -991,12 +1012,13 @@ def external_test_sets(records: Iterable[TrialRecord]) -> dict[str, list[TrialRe
 
 
 def external_blocks(records: Sequence[TrialRecord], metric: str, suffix: str,
-                    class_names: Mapping[int, str] | None = None) -> str:
+                    class_names: Mapping[int, str] | None = None, recipe: str = "") -> str:
     """The external test set blocks of ``table_<metric>.<suffix>`` (``md`` or ``tex``), one per root; "" when none.
 
     Each is the metric's table of that set's per-case rows, titled with the root, plus a line counting the study's
     trials that have no evaluation on it (finished before ``--test-root`` was given and not scored since, e.g. their
     checkpoint is gone; rerunning the study command with the flag scores those that still have a checkpoint).
+    ``recipe``: as :func:`caption`'s.
     """
     records = _unique_records(records)
     style = metric_style(metric)
@@ -1007,10 +1029,10 @@ def external_blocks(records: Sequence[TrialRecord], metric: str, suffix: str,
         note = (f"{missing} of {len(records)} trials have no evaluation on this test set (rerun the study command with "
                 "--test-root to score those that still have a checkpoint).") if missing else ""
         if suffix == "md":
-            block = to_markdown(df, metric).replace(f"### {style.label}", f"### {style.label}, external test set: {escape_markdown(root)}", 1)
+            block = to_markdown(df, metric, recipe).replace(f"### {style.label}", f"### {style.label}, external test set: {escape_markdown(root)}", 1)
             text += "\n" + block + (f"\n_{escape_markdown(note)}_\n" if note else "")
         else:
-            block = to_latex(df, metric, label=f"tab:{metric}-external-{index}")
+            block = to_latex(df, metric, label=f"tab:{metric}-external-{index}", recipe=recipe)
             block = block.replace(r"\caption{", rf"\caption{{External test set {escape_latex(root)}. ", 1)
             text += "\n" + block + (f"% {escape_latex(note)}\n" if note else "")
     return text
@@ -1026,10 +1048,11 @@ def table_file_names(metrics: Sequence[str] = DEFAULT_METRICS) -> list[str]:
 
 def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
                  metrics: Sequence[str] = DEFAULT_METRICS,
-                 class_names: Mapping[int, str] | None = None, incomplete: str = "") -> list[Path]:
+                 class_names: Mapping[int, str] | None = None, incomplete: str = "", recipe: str = "") -> list[Path]:
     """Write ``table_<metric>.md`` and ``table_<metric>.tex`` per metric (each followed by its external test set
     blocks, :func:`external_blocks`) and ``table.csv`` (long form). ``incomplete``: a sentence saying which trials of
     the study have no result yet (:func:`incomplete_note`), written under each Markdown table and as a LaTeX comment.
+    ``recipe``: :func:`recipe_sentence` of the study's ``--set`` overrides, in every caption.
 
     Every file is written atomically; returns the paths in that order (CSV last).
     """
@@ -1041,10 +1064,10 @@ def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
     for metric in metrics:
         for suffix, render in (("md", to_markdown), ("tex", to_latex)):
             path = out_dir / next(names)
-            text = render(df, metric)
+            text = render(df, metric, recipe=recipe)
             if incomplete:
                 text += f"\n**{incomplete}**\n" if suffix == "md" else f"% {escape_latex(incomplete)}\n"
-            write_text_atomic(path, text + external_blocks(records, metric, suffix, class_names))
+            write_text_atomic(path, text + external_blocks(records, metric, suffix, class_names, recipe))
             paths.append(path)
     csv_path = out_dir / next(names)
     to_csv(df, csv_path)

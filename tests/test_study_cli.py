@@ -282,6 +282,10 @@ def test_set_is_recorded_in_settings_and_report(tmp_path, phantom_env, ray_addre
     result = json.loads((study_dir / "trials" / keys[0] / "result.json").read_text())
     assert result["config"]["optim"]["lr"] == 0.02 and result["tags"]["row"] == "Supervised only"
     assert "- **Overrides** (`--set`, every trial): `optim.lr=0.02`\n" in (study_dir / "report.md").read_text()
+    # the tables say it too: a table copied out of the report read as the profile's recipe
+    sentence = "Every trial ran with --set optim.lr=0.02 (the profile's recipe changed)."
+    assert sentence in (study_dir / "table_dice.md").read_text(encoding="utf-8")
+    assert sentence in (study_dir / "table_hd95.tex").read_text(encoding="utf-8")
 
 
 def test_labelled_chooses_the_label_fractions_of_every_study(tmp_path):

@@ -255,6 +255,7 @@ def test_report_has_a_claims_section_with_published_numbers_for_the_paper_profil
     text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
     assert ("This run departs from the papers' recipe (--set optim.max_steps=20; --protocol corrected (the papers report the "
             "released protocol: docs/evaluation.md)): its Δ and the published one are not like for like.") in text
+    assert "Every trial ran with --set optim.max_steps=20 (the profile's recipe changed)." in (study / "table_dice.md").read_text(encoding="utf-8")
 
 
 def test_a_difference_that_rounds_to_zero_prints_without_a_minus_sign():

@@ -184,6 +184,11 @@ def test_latex_escapes_and_booktabs(df):
     assert mona_line.split(" & ")[1] == r"\textbf{72.0 $\pm$ 2.8}" and mona_line.endswith(r"\\")
     hd = tables.to_latex(df, "hd95", float_env=False)
     assert r"$^\dagger$" in hd and r"\begin{table}" not in hd and hd.startswith("% requires")
+    recipe = tables.recipe_sentence({"objective_params.temperature": 0.2, "data.patch_size": [32, 32]})
+    assert recipe == "Every trial ran with --set data.patch_size=[32, 32], objective_params.temperature=0.2 (the profile's recipe changed)."
+    assert (r"Every trial ran with --set data.patch\_size=[32, 32], objective\_params.temperature=0.2 (the profile's recipe "
+            "changed).") in tables.to_latex(df, "dice", recipe=recipe)
+    assert tables.recipe_sentence({}) == "" and tables.to_latex(df, "dice", recipe="") == tex
     assert tables.escape_latex("a_b%c&d#e$f{g}h~i^j\\") == r"a\_b\%c\&d\#e\$f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}"
 
 
