@@ -33,10 +33,10 @@ def _time_ms(fn, repeats: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=count_at_least(1), default=8)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=count_at_least(1), default=30)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=count_at_least(1), default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeats", type=count_at_least(1), default=5)
     parser.add_argument("--loop-repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=count_at_least(1), default=1,
                         help="torch threads (1: stable numbers on a shared 2-core machine, where 2 threads "
                              "oversubscribe as soon as another process runs)")
     parser.add_argument("--seed", type=int, default=0)

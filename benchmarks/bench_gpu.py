@@ -323,7 +323,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (to check this script)")
     parser.add_argument("--steps", type=count_at_least(1), default=20)
     parser.add_argument("--warmup", type=count_at_least(0), default=3)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads per process (torch.set_num_threads)")
+    parser.add_argument("--threads", type=count_at_least(1), default=1, help="CPU threads per process (torch.set_num_threads)")
     parser.add_argument("--amp", nargs="+", choices=("off", "bf16", "fp16"), default=["off", "bf16"],
                         help="precisions, one process each (fp16 with a GradScaler, as in training)")
     parser.add_argument("--representation", nargs="+", choices=("sparse", "dense"), default=["sparse", "dense"])

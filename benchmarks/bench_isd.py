@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="mona", help="ISD stage preset (methods.isd_pretrain.PRESETS); default mona")
     parser.add_argument("--layout", choices=("as_coded_reshape", "per_patch"), default=None, help="local_layout (default: the preset's)")
     parser.add_argument("--steps", type=count_at_least(1), default=7)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=count_at_least(1), default=1)
     args = parser.parse_args()
 
     import torch

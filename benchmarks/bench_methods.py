@@ -220,7 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick")
     parser.add_argument("--steps", type=count_at_least(1), default=5)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=count_at_least(1), default=1)
     parser.add_argument("--representation", nargs="+", choices=("sparse", "dense"), default=["sparse", "dense"])
     parser.add_argument("--methods", nargs="+", help="methods to run (default: every method, isd_pretrain and the floors "
                         "passes:mona, passes:action, passes:isd_pretrain; supervised always)")

@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.significance import confidence_interval, wilcoxon_test  # noqa: E402
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 
 def unmarked_shares(rows: int, patients: int, seeds: int, run_sd: float, studies: int, rng) -> tuple[float, float]:
@@ -49,8 +50,8 @@ def unmarked_shares(rows: int, patients: int, seeds: int, run_sd: float, studies
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--studies", type=int, default=400)
-    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--studies", type=count_at_least(1), default=400)
+    parser.add_argument("--rows", type=count_at_least(2), default=8)
     parser.add_argument("--patients", type=int, nargs="+", default=[8, 20])
     parser.add_argument("--seeds", type=int, nargs="+", default=[3])
     parser.add_argument("--run-sd", type=float, nargs="+", default=[0.0, 1.0, 2.0, 5.0])

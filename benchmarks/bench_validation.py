@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=count_at_least(1), default=7)
     parser.add_argument("--checkpoint", type=Path, default=None, help="a trial's checkpoint.pt (its best_state is loaded)")
     args = parser.parse_args()
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        parser.error(f"--checkpoint {args.checkpoint}: no such file (give a trial's checkpoint/checkpoint.pt)")
 
     import torch
 
@@ -49,7 +51,12 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model("unet", num_classes=cfg.data.num_classes, channels=cfg.model.channels)
     if args.checkpoint is not None:
-        model.load_state_dict(torch.load(args.checkpoint, weights_only=True)["best_state"])
+        from medseg_platform.engine.checkpoint import load_checkpoint
+
+        state = load_checkpoint(args.checkpoint, remedy="give a trial's checkpoint/checkpoint.pt")
+        if "best_state" not in state:
+            parser.error(f"--checkpoint {args.checkpoint}: holds no best_state (a stage's checkpoint? give a fine-tuning trial's)")
+        model.load_state_dict(state["best_state"])
     model.eval()
     device = torch.device("cpu")
 

@@ -10,7 +10,9 @@ memory-bank and pool states are in it). Prints, per method, the step it resumed 
     python benchmarks/check_exact_resume.py mona action --work /tmp/resume
 
 A trial that finishes before its first checkpoint is seen is reported as not interrupted and counts as a failure
-(raise the steps with ``--steps``). Exit code 1 when any method was not interrupted or its files differ.
+(raise the steps with ``--steps``). Exit code 1 when any method was not interrupted or its files differ. A ``--work``
+folder that already holds a method's runs is refused: the rerun would find finished trials and compare old files
+with themselves.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from medseg_platform.recipes import METHODS  # noqa: E402
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 COMPARED = ("per_case.csv", "val_curve.csv")
 
@@ -41,7 +44,10 @@ def train_command(method: str, results: Path, steps: int, val_every: int) -> lis
 
 
 def trial_folder(results: Path) -> Path | None:
+    """The one trial folder under a run's results folder (None before it exists; an error if there are several)."""
     found = [p for p in results.glob("train-*/trials/*") if p.is_dir()]
+    if len(found) > 1:
+        raise SystemExit(f"{results}: {len(found)} trial folders, expected one (use an empty --work)")
     return found[0] if found else None
 
 
@@ -55,11 +61,14 @@ def run(command: list[str], env: dict) -> None:
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
-        raise SystemExit(f"{' '.join(command[2:])}: exit code {done.returncode}")
+        raise SystemExit(f"medseg {' '.join(command[3:])}: exit code {done.returncode}")
 
 
 def check(method: str, work: Path, steps: int, val_every: int, env: dict) -> dict:
     straight, killed = work / method / "straight", work / method / "killed"
+    if (work / method).exists() and any((work / method).iterdir()):
+        raise SystemExit(f"{work / method} already holds runs: the rerun would find them finished and compare old files "
+                         "with themselves (give an empty --work, or remove that folder)")
     run(train_command(method, straight, steps, val_every), env)
     proc = subprocess.Popen(train_command(method, killed, steps, val_every), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -89,21 +98,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("methods", nargs="*", metavar="METHOD",
                         help=f"methods to check (default: all of {', '.join(METHODS)})")
-    parser.add_argument("--steps", type=int, default=120, help="fine-tuning steps (default: 120)")
-    parser.add_argument("--val-every", type=int, default=20, help="validation (and checkpoint) interval (default: 20)")
+    parser.add_argument("--steps", type=count_at_least(2), default=120, help="fine-tuning steps (default: 120)")
+    parser.add_argument("--val-every", type=count_at_least(1), default=20,
+                        help="validation (and checkpoint) interval, below --steps (default: 20)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a new temporary folder)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
+    if args.val_every >= args.steps:
+        parser.error(f"--val-every {args.val_every} must be below --steps {args.steps}: the run is killed at its first "
+                     "checkpoint, written at the first validation")
     work = args.work or Path(tempfile.mkdtemp(prefix="exact-resume-"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     failed = False
-    for method in args.methods or METHODS:
-        outcome = check(method, work, args.steps, args.val_every, env)
-        failed |= not (outcome["interrupted"] and all(outcome["identical"].values()))
-        print(json.dumps(outcome), flush=True)
-    print(f"runs in {work}")
+    try:
+        for method in args.methods or METHODS:
+            outcome = check(method, work, args.steps, args.val_every, env)
+            failed |= not (outcome["interrupted"] and all(outcome["identical"].values()))
+            print(json.dumps(outcome), flush=True)
+    finally:
+        print(f"runs in {work}")
     return 1 if failed else 0
 
 

@@ -14,13 +14,17 @@
 # GPU_CHECK_TRIAL_PROFILE=smoke checks the script itself on a machine without a GPU.
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
+case "$out" in
+    -h|--help) sed -n '2,/^set -u/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "gpu_check.sh: unknown option $out (usage: bash benchmarks/gpu_check.sh OUT_DIR)" >&2; exit 2 ;;
+esac
 device=${GPU_CHECK_DEVICE:-cuda} profile=${GPU_CHECK_PROFILE:-paper} trial_profile=${GPU_CHECK_TRIAL_PROFILE:-quick}
-out=$(mkdir -p "$out" && cd "$out" && pwd) || exit 2
 if [ "$device" = cuda ] && ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
     echo "gpu_check.sh: no CUDA GPU here (torch.cuda.is_available() is False, or torch is missing); on a machine without one, check the script" \
          "itself with GPU_CHECK_DEVICE=cpu GPU_CHECK_PROFILE=quick GPU_CHECK_TRIAL_PROFILE=smoke" >&2
     exit 2
 fi
+out=$(mkdir -p -- "$out" && cd -- "$out" && pwd) || exit 2
 work=$(mktemp -d /tmp/gpu_check.XXXXXX)
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 MEDSEG_CACHE="$work/cache"
 cd "$(dirname "$0")/.."

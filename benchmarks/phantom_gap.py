@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medseg_platform.data.layout import AcdcLayout  # noqa: E402
 from medseg_platform.data.phantom import ensure_phantom  # noqa: E402
-from medseg_platform.study_flags import count_at_least  # noqa: E402
+from medseg_platform.study_flags import count_at_least, default_cache_root  # noqa: E402
 
 NUM_CLASSES = 4
 
@@ -141,24 +140,37 @@ def evaluate(model: TinyUNet, data: AcdcLayout, size: int) -> np.ndarray:
     return np.array(rows)
 
 
+def _patients(text: str) -> str:
+    """An argparse ``type`` for ``--labelled``: 'all' or a whole number >= 1 (kept as text)."""
+    if text == "all" or (text.isdigit() and int(text) >= 1):
+        return text
+    raise argparse.ArgumentTypeError(f"expected 'all' or a whole number >= 1, got {text!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=count_at_least(1), default=20)
     parser.add_argument("--size", type=int, default=128, help="phantom size")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed")
-    parser.add_argument("--labelled", nargs="+", default=["1", "all"], help="labelled patient counts, or 'all'")
+    parser.add_argument("--labelled", nargs="+", type=_patients, default=["1", "all"],
+                        help="labelled patient counts (at most the phantom's training patients), or 'all'")
     parser.add_argument("--steps", type=count_at_least(1), default=400)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=count_at_least(1), default=8)
     parser.add_argument("--input", type=int, default=96, help="training resolution (square)")
     parser.add_argument("--train-seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "medseg-phantom-cache"))
+    parser.add_argument("--threads", type=count_at_least(1), default=2)
+    parser.add_argument("--cache", default=None,
+                        help="phantom cache folder (default: $MEDSEG_CACHE, else ~/.cache/medseg-platform, as the studies')")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    root = ensure_phantom(args.cache, args.patients, args.size, args.seed)
+    root = ensure_phantom(args.cache or default_cache_root(), args.patients, args.size, args.seed)
     data = AcdcLayout(root)
+    too_many = [k for k in args.labelled if k != "all" and int(k) > len(data.train_patients)]
+    if too_many:
+        parser.error(f"--labelled {' '.join(too_many)}: the phantom has {len(data.train_patients)} training patients "
+                     f"(of --patients {args.patients}); give at most that many, or 'all'")
     print(f"phantom: {data} ({time.perf_counter() - start:.1f} s); model params: {sum(p.numel() for p in TinyUNet().parameters())}")
     for k in args.labelled:
         patients = data.train_patients if k == "all" else data.train_patients[: int(k)]
