@@ -11,18 +11,29 @@ from __future__ import annotations
 
 import argparse
 import sys
+import re
 from typing import Sequence
 
 from medseg_platform import __version__
 from medseg_platform.errors import MedsegError
 
 
+_ROLE = re.compile(r":(?:func|meth|class|mod|data|attr|obj):`~?([^`]+)`")
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain_help(text: str) -> str:
+    """A docstring as ``--help`` prints it: reStructuredText roles and literals as plain words
+    (":func:`a.b`" -> "a.b", "``x``" -> "x"); the rest as written."""
+    return _LITERAL.sub(r"\1", _ROLE.sub(r"\1", text))
+
+
 def command_parser(subparsers, name: str, help: str, example: str, description: str | None = None) -> argparse.ArgumentParser:
-    """Add a sub-command whose ``--help`` ends with a copy-paste example."""
+    """Add a sub-command whose ``--help`` ends with a copy-paste example (the description in :func:`plain_help`)."""
     return subparsers.add_parser(
         name,
         help=help,
-        description=description or help,
+        description=plain_help(description or help),
         epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

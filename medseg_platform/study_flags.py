@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
+from medseg_platform.cli import plain_help
 from medseg_platform.config import resolve_path
 from medseg_platform.errors import MedsegError
 from medseg_platform.profiles import Profile
@@ -131,7 +132,7 @@ def study_parser(description: str, default_name: str, folder: str | None = None)
     ``--dry-run``, ``--protocol``, ``--test-root``); a script may add its own before handing it to
     :func:`analysis.study_cli.run_study_main`. ``folder``: how ``--name``'s help spells the default folder name
     (default ``<default_name>-<profile>``)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = argparse.ArgumentParser(description=plain_help(description), formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=f"example:\n  python {sys.argv[0]} --smoke-test")
     parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick",
                         help="problem size (default: quick, a laptop CPU; smoke: as --smoke-test)")

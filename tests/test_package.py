@@ -33,6 +33,7 @@ def test_every_subcommand_has_help_with_an_example(path, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "example:" in out and f"medseg {' '.join(path)}" in out.split("example:")[1]
+    assert "``" not in out and ":func:`" not in out and ":mod:`" not in out  # `data check` printed its docstring's markup
 
 
 def test_python_dash_m_and_console_script_agree():

@@ -164,7 +164,9 @@ def test_hparam_search_flags(capsys):
     module = load_script("hparam_search")
     with pytest.raises(SystemExit) as exit_info:
         module.main(["--help"])
-    assert exit_info.value.code == 0 and "--method" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--method" in out
+    assert "``" not in out and ":class:`" not in out and "Study(asha=True)" in out  # the docstring's markup, as plain words
     assert set(module.search_space("action")) >= {"objective_params.anco_weight", "objective_params.hard_query_threshold"}
     with pytest.raises(ConfigError, match="no search space"):
         module.search_space("supervised")

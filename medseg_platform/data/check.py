@@ -226,6 +226,10 @@ def manifest_num_classes(root: str | Path) -> int | None:
     return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
+#: Problems `medseg data check` prints before counting the rest (a wrong --num-classes made one line per file).
+PRINTED_PROBLEMS = 20
+
+
 def _run_cli(args) -> int:
     num_classes, source = args.num_classes, f"--num-classes {args.num_classes}"
     if num_classes is None:  # the manifest's count, else ACDC's 4 (always in range)
@@ -236,8 +240,11 @@ def _run_cli(args) -> int:
         raise DataError(f"{source}: the number of classes must be from 2 (background and one structure) to {MAX_CLASSES} "
                         "(labels are stored as uint8)")
     report = check_dataset(args.root, num_classes, progress=True)
-    for problem in report.problems:
+    for problem in report.problems[:PRINTED_PROBLEMS]:
         print(f"problem: {problem}")
+    if len(report.problems) > PRINTED_PROBLEMS:
+        print(f"problem: ... and {len(report.problems) - PRINTED_PROBLEMS} more ({len(report.problems)} in all; "
+              "fix the ones above and check again)")
     for line in report.summary_lines():
         print(line)
     return 0 if report.ok else 1

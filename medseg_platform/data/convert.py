@@ -278,17 +278,17 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
         raise
 
 
-def preflight(sources: Sequence[CaseSource], num_classes: int) -> list[int]:
+def preflight(sources: Sequence[CaseSource], num_classes: int, split: Split) -> dict[str, np.ndarray]:
     """Checks of every pair before anything is written: readable headers, equal (D, H, W) shapes, voxel sizes and
     orientations (headers only), then every label's values (label files are small: a bad value in the last patient
-    used to stop the conversion only after every other patient was converted). Returns the foreground classes
-    (1..num_classes-1) that no label holds."""
+    used to stop the conversion only after every other patient was converted). Returns the label voxels per class
+    (int64 (num_classes,)) of each part of ``split`` ("train", "val", "test")."""
     for src in sources:
         check_same_grid(read_header(src.image), read_header(src.label))
-    voxels = np.zeros(num_classes, dtype=np.int64)
+    voxels = {part: np.zeros(num_classes, dtype=np.int64) for part in ("train", "val", "test")}
     for src in sources:
-        voxels += np.bincount(read_label(src.label, num_classes).ravel(), minlength=num_classes)
-    return [c for c in range(1, num_classes) if voxels[c] == 0]
+        voxels[split.of(src.patient)] += np.bincount(read_label(src.label, num_classes).ravel(), minlength=num_classes)
+    return voxels
 
 
 def _relative(path: Path, raw_dir: Path) -> str:
@@ -358,7 +358,18 @@ def run_conversion(
     """Preflight, then write cases, lists and manifest (with ``class_names``) into staging and move it to ``out_dir``.
     A foreground class that no label holds is a ``warn`` line (most often a ``--num-classes`` above the data's)."""
     chosen = [src for src in sources if src.patient in set(split.patients)]
-    absent = preflight(chosen, num_classes)
+    voxels = preflight(chosen, num_classes, split)
+    if not voxels["train"][1:].any():  # `medseg data check` and every trial would refuse the dataset
+        raise DataError(f"{raw_dir}: the labels of the {len(split.train)} training patient(s) hold no foreground (every voxel is "
+                        "background), so there is nothing to learn; check the label files and --label-suffix"
+                        + (", or draw another split (--seed)" if any(v[1:].any() for v in voxels.values()) else ""))
+    for part in ("val", "test"):
+        if getattr(split, part) and not voxels[part][1:].any():
+            warn(f"the labels of the {len(getattr(split, part))} {part} patient(s) hold no foreground: "
+                 + ("validation Dice cannot tell models apart" if part == "val" else "the test metrics score no structure")
+                 + " (check the label files, or draw another split with --seed)")
+    total = sum(voxels.values())
+    absent = [c for c in range(1, num_classes) if total[c] == 0]
     if absent:
         names = [class_names[c - 1] if class_names else f"class {c}" for c in absent]
         warn(f"{', '.join(f'label {c} ({name})' for c, name in zip(absent, names))}: in no label of the {len(chosen)} "

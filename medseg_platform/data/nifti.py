@@ -306,9 +306,10 @@ def check_label(label: np.ndarray, num_classes: int, where: str | Path) -> np.nd
         if low < 0 or high > num_classes - 1:
             bad = np.unique(label[(label < 0) | (label > num_classes - 1)])[:5]
             values = ", ".join(f"{v:g}" for v in bad.astype(np.float64))
+            more = f" {int(high) + 1}" if low >= 0 and high < 256 else ""  # the count that holds the largest value
             raise DataError(
                 f"{where}: label value(s) {values} outside 0..{num_classes - 1} "
-                f"(fix the label file; a dataset with more classes is converted with convert-nifti --num-classes)"
+                f"(fix the label file; a dataset with more classes is converted with convert-nifti --num-classes{more})"
             )
     return label.astype(np.uint8)
 
@@ -393,6 +394,18 @@ def nifti_files_left_out(raw_dir: str | Path, used: Iterable[Path]) -> list[Path
     return sorted(p for p in Path(raw_dir).rglob("*") if p.name.lower().endswith(NIFTI_EXTENSIONS) and p not in used and p.is_file())
 
 
+def _nifti_hint(raw_dir: Path) -> str:
+    """What NIfTI files ``raw_dir`` does hold, and a glob that finds them (for a glob that matched nothing)."""
+    found = nifti_files_left_out(raw_dir, ())
+    if not found:
+        return "the folder holds no .nii or .nii.gz file at any depth (point RAW_DIR at the dataset's images and labels)"
+    nested = any(len(p.relative_to(raw_dir).parts) > 1 for p in found)
+    kinds = {".nii.gz" if p.name.lower().endswith(".nii.gz") else ".nii" for p in found}
+    extension = f"*{kinds.pop()}" if len(kinds) == 1 else "*.nii*"
+    glob = ("**/" if nested else "") + extension
+    return (f"it holds {len(found)} NIfTI file(s) (e.g. {found[0].relative_to(raw_dir)}): try --image-glob '{glob}'")
+
+
 def find_nifti_pairs(raw_dir: str | Path, image_glob: str, label_suffix: str) -> list[NiftiPair]:
     """Image/label pairs under ``raw_dir``, sorted by case id.
 
@@ -417,6 +430,8 @@ def find_nifti_pairs(raw_dir: str | Path, image_glob: str, label_suffix: str) ->
     except ValueError as exc:
         raise DataError(f"--image-glob {image_glob!r}: not a usable pattern ({exc})") from None
     images = [p for p in matches if not split_nifti_name(p)[0].endswith(label_suffix)]
+    if not matches:
+        raise DataError(f"{raw_dir}: no file matches --image-glob {image_glob!r}; {_nifti_hint(raw_dir)}")
     if not images:
         raise DataError(
             f"{raw_dir}: no image files match --image-glob {image_glob!r} "

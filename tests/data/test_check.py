@@ -107,6 +107,21 @@ def test_num_classes_comes_from_the_manifest_and_is_capped(tmp_path: Path, capsy
     assert capsys.readouterr().err.strip().startswith(f"error: {root / 'manifest.json'}: 1 classes: the number of classes must be")
 
 
+def test_a_wrong_num_classes_prints_twenty_problems_and_counts_the_rest(tmp_path: Path, capsys):
+    """One problem line per file (91 on the data probe's dataset) buried the summary."""
+    from medseg_platform.data.check import PRINTED_PROBLEMS
+    from medseg_platform.data.phantom import generate_phantom
+
+    root = generate_phantom(tmp_path / "ph", patients=5, size=32, seed=0)
+    problems = check_dataset(root, 2).problems
+    assert len(problems) > PRINTED_PROBLEMS == 20
+    assert main(["data", "check", str(root), "--num-classes", "2"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("problem: ") == PRINTED_PROBLEMS + 1
+    assert f"problem: ... and {len(problems) - 20} more ({len(problems)} in all; fix the ones above and check again)\n" in out
+    assert f"{len(problems)} problem(s)" in out
+
+
 def test_a_patient_in_two_splits_and_a_file_changed_after_writing_are_problems(tmp_path: Path, capsys):
     """Both passed as "OK": a test frame of a training patient leaks, and an edited file keeps the dataset's identity."""
     from medseg_platform.data.phantom import generate_phantom

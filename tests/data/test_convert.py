@@ -462,12 +462,48 @@ def test_a_class_in_no_label_is_a_warning_naming_num_classes(tmp_path, capsys):
                    "--num-classes 4 (background included) if the data holds fewer classes\n")
 
 
+def test_labels_without_foreground_in_the_training_patients_are_refused_before_writing(tmp_path, capsys):
+    """All-background labels converted with exit 0 and a class warning; then `medseg data check` and every trial refused
+    the dataset (the data probe)."""
+    raw = tmp_path / "mine"
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        save_nifti(raw / f"{name}.nii.gz", rng.integers(0, 500, SHAPE_XYZ).astype(np.int16))
+        save_nifti(raw / f"{name}_gt.nii.gz", np.zeros(SHAPE_XYZ, np.uint8))
+    rc, _, err = run(capsys, "convert-nifti", raw, tmp_path / "out")
+    assert rc == 2 and not (tmp_path / "out").exists()
+    assert err.strip().endswith("the labels of the 1 training patient(s) hold no foreground (every voxel is background), so "
+                                "there is nothing to learn; check the label files and --label-suffix"), err
+    # foreground in one patient only: the split decides, and --seed is the way out
+    label = np.zeros(SHAPE_XYZ, np.uint8)
+    label[1:3, 1:3, :] = 1
+    save_nifti(raw / "a_gt.nii.gz", label)
+    outcomes = {}
+    for seed in (0, 1):  # train patient c, then a (medseg_platform.data.acdc_split.make_split)
+        warnings = []
+        try:
+            result = convert_nifti(raw, tmp_path / f"o{seed}", "*.nii.gz", "_gt", 2, SplitSpec(kind="random", seed=seed),
+                                   warn=warnings.append)
+        except DataError as exc:
+            outcomes["refused"] = str(exc)
+            assert not (tmp_path / f"o{seed}").exists()
+        else:
+            assert result.split.train == ("a",)
+            outcomes["converted"] = warnings
+    assert outcomes["refused"].endswith("check the label files and --label-suffix, or draw another split (--seed)")
+    assert outcomes["converted"] == [
+        "the labels of the 1 val patient(s) hold no foreground: validation Dice cannot tell models apart (check the label "
+        "files, or draw another split with --seed)",
+        "the labels of the 1 test patient(s) hold no foreground: the test metrics score no structure (check the label "
+        "files, or draw another split with --seed)"]
+
+
 @pytest.mark.parametrize(
     "setup, argv, expected",
     [
         (lambda raw: make_generic(raw, ["x.y", "x_y", "z", "w"]), [], "case id 'x_y' is also the id of"),
         (lambda raw: (make_generic(raw, ["a", "b", "c"]), (raw / "b_gt.nii.gz").unlink()), [], "b_gt.nii.gz: label file for image b.nii.gz is missing"),
-        (lambda raw: make_generic(raw, ["a", "b", "c"], num_classes=4), ["--num-classes", "2"], "_gt.nii.gz: label value(s)"),
+        (lambda raw: make_generic(raw, ["a", "b", "c"], num_classes=4), ["--num-classes", "2"], "converted with convert-nifti --num-classes 4)"),
         (lambda raw: make_generic(raw, []) or save_nifti(raw / "a_gt.nii.gz", np.zeros(SHAPE_XYZ, np.uint8)), [], "all labels ending in '_gt'"),
         (lambda raw: make_generic(raw, ["a", "b"]), ["--val-count", "1", "--test-count", "1"], "2 patient(s) cannot be split"),
         (lambda raw: make_generic(raw, ["a", "b", "c"]), ["--num-classes", "1"], "--num-classes 1"),
@@ -483,9 +519,13 @@ def test_a_class_in_no_label_is_a_warning_naming_num_classes(tmp_path, capsys):
         (lambda raw: make_generic(raw, ["b", "c", "d"]) or save_nifti(raw / "a.nii", np.ones(SHAPE_XYZ, np.int16))
          or save_nifti(raw / "a_gt.nii.gz", np.zeros(SHAPE_XYZ, np.uint8)), ["--image-glob", "*.nii*"],
          "a_gt.nii: label file for image a.nii is missing"),
+        # a glob that matched nothing said "all labels ending in '_gt'" and hid which files are there
+        (lambda raw: None, [], "no file matches --image-glob '*.nii.gz'; the folder holds no .nii or .nii.gz file at any depth"),
+        (lambda raw: make_generic(raw / "sub", ["a", "b", "c"]), [],
+         "it holds 6 NIfTI file(s) (e.g. sub/a.nii.gz): try --image-glob '**/*.nii.gz'"),
     ],
     ids=["duplicate_id", "label_missing", "label_range", "only_labels", "too_few", "num_classes", "empty_glob", "suffix_path",
-         "glob_outside", "label_without_image", "label_of_another_extension"],
+         "glob_outside", "label_without_image", "label_of_another_extension", "empty_folder", "pairs_in_a_subfolder"],
 )
 def test_generic_bad_input(setup, argv, expected, tmp_path, capsys):
     raw = tmp_path / "mine"
