@@ -5,7 +5,7 @@
 #   1. bench_gpu.py steps: every method's paper-size step, fp32 and bf16, sparse and dense; peak GPU memory
 #   2. the same for MONA and ARCO-SG in fp32 without TF32 and without cuDNN autotuning (their sparse-vs-dense
 #      agreement and MONA's dense fill-step peak: benchmarks/RESULTS.md, 'One GPU'), and MONA / ACTION under fp16
-#      autocast (finite loss terms at the paper size: docs/methods.md, 'Class means in full precision')
+#      autocast (finite loss terms at the paper size: docs/methods.md, 'Class means in full precision under mixed precision')
 #   3. bench_gpu.py concurrent: 1, 2, 4, 8 MONA paper-size trials sharing the GPU
 #   4. the suite's CUDA tests (tests/test_gpu_path.py and the 'cuda' tests of intensity, samplers, AdvMorph, augment)
 #   5. a quick MONA trial end to end on the GPU through `medseg train --in-process`

@@ -29,6 +29,9 @@ One step (docs/mona.md, 'One fine-tuning step')::
     8. enqueue the normalised, flattened r_u^t rows into Π (FIFO)
     9. (engine) SGD step; after_optimizer_step: EMA of the teacher UNet
 
+    The steps give the data flow, not the order of the random draws: x_u^{s2} is drawn where L_eqv needs it, after
+    steps 5-8 (docs/mona.md, 'One fine-tuning step').
+
 Loss terms:
 
 * ``L_sup`` = CE + batch Dice incl. background (docs/shared.md, 'Supervised loss'), weight ``sup_weight``
@@ -181,7 +184,8 @@ class MonaConfig:
       unbiased, or ``"largest_remainder"``); only used by ``sampler_grouping="spatial"``.
     * ``sampler_min_block_side`` (int >= 1): the flat grid is used only when its blocks have side >= this
       (docs/arco.md, 'Fallback for small pools'). Released 2: a block of one cell makes the released sampler
-      raise and fall back to the 1-D sampler, so pools of 13-56 candidates (16 groups) are sampled 1-D; 1 = the
+      raise and fall back to the 1-D sampler, so pools of 16-56 candidates (16 groups) are sampled in 1-D strata and
+      pools of 13-15 uniformly (the 1-D sampler reverts below 16); 1 = the
       grid whenever it exists (the platform before issue 13).
 
     Nearest-neighbour loss (docs/mona.md, 'Nearest-neighbour loss'):

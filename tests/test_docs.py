@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SCANNED = ("medseg_platform", "methods", "analysis", "studies", "benchmarks", "tests", "docs", "README.md")
-SUFFIXES = {".py", ".md", ".cfg", ".toml"}
+SUFFIXES = {".py", ".md", ".cfg", ".toml", ".sh"}
 SKIPPED_PARTS = {"__pycache__", ".venv", "results"}
 
 # Citations of a reference document that is not in the repository.
