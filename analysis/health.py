@@ -15,7 +15,7 @@ classified by :func:`classify_curve`:
   became unstable late (the test model is still the best one on val, but a rerun with another seed or
   a shorter schedule may land elsewhere; with ``eval.selection="final"`` the tested model is the collapsed one);
 * :data:`HEALTHY` otherwise;
-* :data:`UNDETERMINED` with fewer than 2 finite validations (nothing to compare the last one with):
+* :data:`UNDETERMINED` with one finite validation at or above the floor (nothing to compare it with), or none:
   not judged, and never flagged. Non-finite val Dice (NaN: no class defined on the val cases) carries
   no trend and is left out before judging.
 
@@ -62,7 +62,7 @@ HEALTHY = "healthy"
 STILL_RISING = "still rising"
 COLLAPSED = "collapsed"
 NOT_LEARNED = "did not learn"
-UNDETERMINED = "undetermined"  # fewer than 2 finite validations
+UNDETERMINED = "undetermined"  # no finite validation, or one at or above LEARNED_FLOOR
 FLAGGED = (STILL_RISING, COLLAPSED, NOT_LEARNED)
 
 
@@ -111,12 +111,12 @@ def classify_curve(points: Iterable[tuple[float, float]]) -> CurveHealth:
     best = max(values)
     best_step = int(steps[values.index(best)])
     last = values[-1]
+    if best < LEARNED_FLOOR:  # first: a single validation below the floor is judged too (a run shorter than val_every)
+        return CurveHealth(NOT_LEARNED, last, values[-2] if len(values) > 1 else math.nan, best, best_step, len(values))
     if len(values) < 2:
         return CurveHealth(UNDETERMINED, last, math.nan, best, best_step, 1)
     previous = values[-2]
-    if best < LEARNED_FLOOR:
-        verdict = NOT_LEARNED
-    elif last >= best and last - previous > RISING_MARGIN:
+    if last >= best and last - previous > RISING_MARGIN:
         verdict = STILL_RISING
     elif best - last > COLLAPSE_DROP:
         verdict = COLLAPSED
@@ -181,11 +181,11 @@ def health_section(trials: Sequence[TrialHealth], selection: str = "best_val") -
     unjudged = sum(t.curve.verdict == UNDETERMINED for t in trials)
     judged = len(trials) - unjudged
     lines = ["## Trial health", "", f"From each trial's validation Dice (`{VAL_CURVE_FILE}`). " + criteria_sentence(selection), ""]
-    not_judged = (f" {unjudged} trial{'s' if unjudged != 1 else ''} with fewer than 2 validations "
+    not_judged = (f" {unjudged} trial{'s' if unjudged != 1 else ''} with fewer than 2 validations, none below the floor, "
                   f"{'were' if unjudged != 1 else 'was'} not judged.") if unjudged else ""
     if not flagged:
         lines += [(f"All {judged} judged trials plateaued (none still rising, collapsed or failing to learn)." if judged else
-                   "No trial had 2 or more validations to judge.") + not_judged, ""]
+                   "No trial had 2 or more validations to judge (nor one below the floor).") + not_judged, ""]
         return lines
     lines += [f"{len(flagged)} of {judged} judged trials flagged: {_verdict_counts(flagged)}.{not_judged} Tables mark the cells that include one with \u00a7.", "",
               "| trial | method | label fraction | seed | verdict | last val Dice (%) | previous (%) | best (%) | best at step |",

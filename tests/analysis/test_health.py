@@ -69,6 +69,9 @@ def test_fewer_than_two_validations_are_undetermined_and_not_flagged():
     one = classify_curve([(20, 0.5)])
     assert one.verdict == UNDETERMINED and not one.flagged and one.n_validations == 1 and one.best_step == 20
     assert math.isnan(one.previous) and one.last == 0.5
+    # ... unless the one validation is below the floor: a 20-step run validated every 25 scored 0 and read "Problems: none"
+    failed = classify_curve([(20, 0.0)])
+    assert failed.verdict == NOT_LEARNED and failed.flagged and failed.n_validations == 1 and math.isnan(failed.previous)
     none = classify_curve([(20, math.nan)])
     assert none.verdict == UNDETERMINED and none.n_validations == 0 and none.best_step is None
 
@@ -97,7 +100,7 @@ def test_section_when_nothing_is_flagged():
     trials = [_trial("a", [(20, 0.6), (40, 0.6)]), _trial("b", [(20, 0.5), (40, 0.49)]), _trial("c", [(20, 0.5)])]
     lines = health.health_section(trials)
     assert lines[0] == "## Trial health" and lines[-1] == ""
-    assert lines[-2] == "All 2 judged trials plateaued (none still rising, collapsed or failing to learn). 1 trial with fewer than 2 validations was not judged."
+    assert lines[-2] == "All 2 judged trials plateaued (none still rising, collapsed or failing to learn). 1 trial with fewer than 2 validations, none below the floor, was not judged."
     assert health.health_problems(trials) == [] and health.health_section([]) == []
 
 
@@ -133,4 +136,4 @@ def test_collapse_text_follows_the_model_selection():
 @pytest.mark.parametrize("points", [[], [(20, 0.5)]])
 def test_section_with_no_judged_trial(points):
     lines = health.health_section([_trial("a", points)])
-    assert lines[-2].startswith("No trial had 2 or more validations to judge.")
+    assert lines[-2].startswith("No trial had 2 or more validations to judge (nor one below the floor).")
