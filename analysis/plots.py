@@ -104,21 +104,23 @@ class Skipped:
 # --------------------------------------------------------------------------------------------- colours
 
 
-def palette(labels: Iterable[str]) -> dict[str, str]:
+def palette(labels: Iterable[str], family: Mapping[str, str] | None = None) -> dict[str, str]:
     """A colour per label, all distinct within one call (while the palette lasts).
 
     A known row ("MONA", "ACTION w/o L_anco", :data:`FIXED_COLOURS`) takes its fixed colour. A known row's label with
-    a suffix after a space, comma or parenthesis ("ARCO-SG, τ = 0.5", "MONA (x=1)") takes a shade of that row's
-    colour, darker to lighter in the order given, so a method's variants read as one family in every study. Any other
-    label takes a stable colour picked by hash from :data:`_EXTRA`, never another method's fixed colour unless
-    :data:`_EXTRA` is used up.
+    a suffix after a space, comma or parenthesis ("ARCO-SG, τ = 0.5", "MONA (x=1)"), or a label that ``family`` maps
+    to a known row (a row's ``tags["variant"]``: "SG, 9 groups" -> "ARCO-SG"), takes a shade of that row's colour,
+    darker to lighter in the order given, so a method's variants read as one family in every study. Any other label
+    takes a stable colour picked by hash from :data:`_EXTRA`, never another method's fixed colour unless :data:`_EXTRA`
+    is used up.
     """
     labels = list(dict.fromkeys(labels))
+    family = {label: base for label, base in (family or {}).items() if base in FIXED_COLOURS}
     colours = {label: FIXED_COLOURS[label] for label in labels if label in FIXED_COLOURS}
     used = set(colours.values())
     families: dict[str, list[str]] = {}
     for label in labels:
-        base = _known_prefix(label) if label not in colours else None
+        base = (_known_prefix(label) or family.get(label)) if label not in colours else None
         if base is not None:
             families.setdefault(base, []).append(label)
     for base, members in families.items():
@@ -250,7 +252,8 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
     axes[0].set_ylabel(metric_axis_label(metric, unit))
     if metric_style(metric).scale == 100.0:
         axes[0].set_ylim(0, 100)
-    title = (f"Test {metric_style(metric).label.split(' ')[0]} per class and method (mean \u00b1 std over seeds"
+    over = spread_words("search" in every_cell and bool((every_cell["search"] == "yes").any()))
+    title = (f"Test {metric_style(metric).label.split(' ')[0]} per class and method (mean \u00b1 std over {over}"
              + (f"; {SINGLE_SEED_NOTE})" if single_any else ")"))
     if undefined_any:
         title += "\nn/a: undefined in every test case (an empty prediction or ground truth)"
@@ -274,6 +277,17 @@ def _wants_log_scale(xs: Sequence[float]) -> bool:
     return ratio >= 20 or (ratio >= 5 and closest < 0.05 * (xs[-1] - xs[0]))
 
 
+def is_search(records: Sequence) -> bool:
+    """Whether ``records`` are samples of an Optuna search (``tags["search"]``): their spread is the samples'
+    hyper-parameters, not seed noise, and the plots say so."""
+    return any((r.result.get("tags") or {}).get("search") for r in records)
+
+
+def spread_words(search: bool) -> str:
+    """What a plot's mean and std are taken over: "seeds", or "search samples" for a search's trials."""
+    return "search samples" if search else "seeds"
+
+
 def _non_negative(ax) -> None:
     """Every metric here is >= 0 (Dice, Jaccard in %, distances): start the y axis at 0, never below."""
     _, top = ax.get_ylim()
@@ -284,6 +298,13 @@ def numeric_axes(records: Sequence) -> list[str]:
     """The ablation axes (``tags["axes"]`` keys, label fraction excluded) with at least two numeric values."""
     numbers, texts = _axis_values(records)
     return sorted(k for k, v in numbers.items() if k not in texts and len(v) >= 2)
+
+
+def single_value_axes(records: Sequence) -> dict[str, float]:
+    """The numeric ablation axes whose trials all sit at one value (e.g. after ``--rows`` kept one row per axis): no
+    curve, and the plot's skip is said."""
+    numbers, texts = _axis_values(records)
+    return {k: next(iter(v)) for k, v in sorted(numbers.items()) if k not in texts and len(v) == 1}
 
 
 def text_axes(records: Sequence) -> list[str]:
@@ -364,6 +385,12 @@ def axis_curves(records: Sequence, axis: str, metric: str, colours: Mapping[str,
         series.setdefault(label, {}).setdefault(x, []).append(trial_value(record, metric))
     if sum(len(points) for points in series.values()) < 2:
         return Skipped(f"{metric} vs {axis}: fewer than two values of the axis have results")
+    rank = {row: i for i, row in enumerate(row_order([r for r, _ in on_axis]))}
+    first: dict[str, int] = {}  # a variant's place: its first row in the table's order
+    for record, tags in on_axis:
+        variant = str(tags.get("variant") or row_label(record))
+        first[variant] = min(first.get(variant, len(rank)), rank.get(row_label(record), len(rank)))
+    series = dict(sorted(series.items(), key=lambda item: (first[variants[item[0]]], natural_key(item[0]))))
     xs = sorted({x for points in series.values() for x in points})
     return _metric_curves(series, colours, _series_styles(variants, colours), xs, [f"{x:g}" for x in xs], axis_name(axis),
                           metric, unit, axis_name(axis))
@@ -401,7 +428,7 @@ def _metric_curves(series: Mapping[str, Mapping[float, list[float]]], colours: M
         ax.set_xscale("log")
     ax.set_xticks(xs, tick_labels, rotation=45 if len(xs) > 6 else 0)
     ax.minorticks_off()
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel(xlabel + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel(metric_axis_label(metric, unit) + ", class average")
     _non_negative(ax)
     if metric_style(metric).scale == 100.0:  # percent: values of 0 to 0.05 points must not look like differences
@@ -469,7 +496,7 @@ def training_curves(records: Sequence, colours: Mapping[str, str]) -> Figure | S
     for ax in grid[-1]:
         ax.set_xlabel("training step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle("Training loss and validation Dice (mean over seeds)")
+    fig.suptitle(f"Training loss and validation Dice (mean over {spread_words(is_search(records))})")
     ordered = [r for r in rows if r in handles]
     # plain lines: the loss panels have no markers, the val panels do (the last-drawn handle's style was shown)
     _legend_below(fig, [Line2D([], [], color=colours[r], linewidth=1.3) for r in ordered], ordered)
@@ -516,9 +543,16 @@ def _overlay(ax, image: np.ndarray, labels: np.ndarray | None) -> None:
     ax.set_yticks([])
 
 
+def _qualitative_rank(record) -> tuple:
+    """Which trial of a row a qualitative figure shows, smallest first: the lowest seed, then the best val Dice (the
+    samples of a search share one seed: the best one, as ``best_config.json`` picks, not the first folder)."""
+    best = _as_float(record.result.get("best_val_dice"))
+    return natural_key(str(trial_seed(record))), -(best if best is not None else -math.inf), record.path.name
+
+
 def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[int, str] | None = None) -> Figure | Skipped:
     """For the label fraction ``column``: the same test slices (rows) as image, ground truth and each
-    method's prediction (columns; the trial of the smallest seed), classes as coloured overlays named by
+    method's prediction (columns; the trial of the smallest seed, of a search the sample of the best val Dice), classes as coloured overlays named by
     ``class_names`` (label -> name; default: the records' own, :func:`analysis.tables.study_class_names`)."""
     if class_names is None:
         class_names = study_class_names(records)
@@ -530,7 +564,7 @@ def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[in
         data = load_qualitative(Path(record.path) / QUALITATIVE_FILE)
         if data is None or not data["cases"]:
             continue
-        if row not in chosen or natural_key(str(trial_seed(record))) < natural_key(str(trial_seed(chosen[row][0]))):
+        if row not in chosen or _qualitative_rank(record) < _qualitative_rank(chosen[row][0]):
             chosen[row] = (record, data)
     if not chosen:
         return Skipped(f"qualitative overlays ({column}): no trial has qualitative.npz")
@@ -556,8 +590,9 @@ def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[in
 
     patches = [Patch(color=CLASS_COLOURS.get(c, OTHER_CLASS_COLOUR), alpha=0.7, label=class_names[c]) for c in sorted(class_names)]
     fig.legend(handles=patches, loc="outside lower center", ncol=len(patches), fontsize="small", frameon=False)
+    which = "the search sample of the best val Dice" if is_search(records) else "trial of the lowest seed"
     fig.suptitle(f"Test predictions, {column} (middle slice of the first test cases, cropped around the ground "
-                 f"truth; trial of the lowest seed)", fontsize="medium")
+                 f"truth; {which})", fontsize="medium")
     return fig
 
 
@@ -619,7 +654,9 @@ def search_history(records: Sequence, samples: Sequence | None = None) -> Figure
         x = np.arange(1, len(values) + 1)
         stopped = np.zeros(len(values), dtype=bool)
         xlabel = "trial (in order of completion)"
-    running = list(np.maximum.accumulate(values))
+    # the best so far among completed trials only: a stopped or errored one is never the search's best configuration
+    running = np.maximum.accumulate(np.where(stopped, -np.inf, values))
+    running = np.where(np.isfinite(running), running, np.nan)
     fig = _new_figure(7.0, 4.4)
     ax = fig.subplots()
     ys = np.array(values)
@@ -629,9 +666,10 @@ def search_history(records: Sequence, samples: Sequence | None = None) -> Figure
         handles.append(ax.scatter(x[stopped], ys[stopped], facecolors="none", edgecolors="#7f7f7f", zorder=3))
         labels.append("trial stopped early (ASHA) or errored")
     handles.append(ax.step(x, running, where="post", color="#d62728")[0])
-    labels.append("best so far")
+    labels.append("best so far (completed trials)" if stopped.any() else "best so far")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("best val Dice (%)")
+    _non_negative(ax)
     ax.set_xticks(x if len(x) <= 20 else np.linspace(x.min(), x.max(), 10, dtype=int))
     ax.grid(alpha=0.3)
     ax.set_title("Optimisation history")
@@ -743,12 +781,14 @@ def write_plots(records: Sequence, out_dir: str | Path, df: pd.DataFrame | None 
         class_names = study_class_names(records)
     if df is None:
         df = build_table(records, class_names=class_names)
-    colours = palette([*row_order(records), *(str((r.result.get("tags") or {}).get("variant") or "") for r in records)])
+    variants = {row_label(r): str((r.result.get("tags") or {}).get("variant") or "") for r in records}
+    colours = palette([*row_order(records), *variants.values()], family=variants)  # e.g. "SG, 9 groups, ..." as ARCO-SG
     unit = distance_unit(records)
+    over = spread_words(is_search(records))
     jobs: list[tuple[str, str, Any]] = [
-        ("bars_dice.png", "Test Dice per class and method (mean \u00b1 std over seeds), one panel per label fraction",
+        ("bars_dice.png", f"Test Dice per class and method (mean \u00b1 std over {over}), one panel per label fraction",
          lambda: class_bars(df, "dice", colours)),
-        ("bars_hd95.png", "Test HD95 per class and method (mean \u00b1 std over seeds), one panel per label fraction",
+        ("bars_hd95.png", f"Test HD95 per class and method (mean \u00b1 std over {over}), one panel per label fraction",
          lambda: class_bars(df, "hd95", colours, unit)),
         ("dice_vs_label_fraction.png", "Test Dice (class average) vs labelled patients, one line per method",
          lambda: label_fraction_curves(records, "dice", colours)),
@@ -756,10 +796,14 @@ def write_plots(records: Sequence, out_dir: str | Path, df: pd.DataFrame | None 
     for axis in numeric_axes(records):
         jobs.append((f"dice_vs_{slug(axis)}.png", f"Test Dice (class average) vs {axis_name(axis)}, one line per variant",
                      lambda axis=axis: axis_curves(records, axis, "dice", colours)))
+    for axis, value in single_value_axes(records).items():
+        jobs.append((f"dice_vs_{slug(axis)}.png", "", lambda axis=axis, value=value: Skipped(
+            f"dice vs {axis}: every finished trial has {axis_name(axis)} {value:g}, so no curve (a --rows choice or "
+            "unfinished trials left one value)")))
     for axis in text_axes(records):
         jobs.append((f"dice_vs_{slug(axis)}.png", "", lambda axis=axis: Skipped(
             f"dice vs {axis}: its values are not all numbers, so no curve (the table's rows compare them)")))
-    jobs.append(("training_curves.png", "Training loss and val Dice vs training step (mean over seeds)",
+    jobs.append(("training_curves.png", f"Training loss and val Dice vs training step (mean over {over})",
                  lambda: training_curves(records, colours)))
     for column in column_order(records):
         jobs.append((f"qualitative_{slug(column)}.png", f"Test slices with each method's prediction, {column}",

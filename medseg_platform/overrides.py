@@ -38,6 +38,9 @@ from typing import Any, Mapping, Sequence
 from medseg_platform.config import TrialConfig
 from medseg_platform.errors import ConfigError
 
+#: The objective of the recipes' pretraining stages (:func:`medseg_platform.recipes.isd_stage`).
+PRETRAIN_OBJECTIVE = "isd_pretrain"
+
 #: Keys a study's own command-line flags set -> what sets them (an override of them is an error pointing there).
 STUDY_FLAG_KEYS = {"seed": "the flag --seeds", "workers": "the flag --num-workers", "data.root": "the flag --data-root",
                    "optim.amp": "the flag --amp", "data.labelled": "the flag --labelled"}
@@ -112,10 +115,21 @@ def check_key(key: str, flags: Mapping[str, str] = STUDY_FLAG_KEYS, objective: s
             params = list(objective_param_types(objective))
             close = difflib.get_close_matches(name, params, n=3, cutoff=0.6)
             matches = f"close matches: {', '.join(_OBJECTIVE_PREFIX + c for c in close)}" if close else _close_matches(key)
-            raise ConfigError(f"--set {key}: unknown key; {matches} (objective {objective}'s parameters: {', '.join(params) or 'none'})")
+            raise ConfigError(f"--set {key}: unknown key; {matches} (objective {objective}'s parameters: {', '.join(params) or 'none'})"
+                              + _stage_hint(key, params))
     elif key in config_fields():
         return
-    raise ConfigError(f"--set {key}: unknown key; {_close_matches(key)}")
+    raise ConfigError(f"--set {key}: unknown key; {_close_matches(key)}" + _stage_hint(key, ()))
+
+
+def _stage_hint(key: str, own: Sequence[str]) -> str:
+    """Where a pretraining stage's parameter (``--set isd.tau_teacher``, ``objective_params.tau_teacher``) is set,
+    unless the rows' own objective has it ("" otherwise): the close matches alone named a key that is refused too."""
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf in own or leaf not in objective_param_types(PRETRAIN_OBJECTIVE):
+        return ""
+    return (f"; {leaf} is a parameter of the ISD pretraining stages, which --set cannot reach: a study script sets it per "
+            "row with medseg_platform.variants.with_stage_params (as studies/ablation_temperature.py does)")
 
 
 def _close_matches(key: str) -> str:

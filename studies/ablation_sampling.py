@@ -9,8 +9,9 @@ The MONA/ARCO pipeline (one shared ISD pretraining stage, U2PL memory-bank contr
 * anchors per class x negatives per anchor, scaled together: half and all of the profile's sizes
   (quick 32 x 64 and 64 x 128; paper 128 x 256 and the released 256 x 512).
 
-Rows (``tags["row"]``) name all three; ``tags["variant"]`` is the sampler (the plots draw one line per
-sampler and value of the other axis) and ``tags["axes"]`` holds ``objective_params.sampler_groups`` (SG/SAG)
+Rows (``tags["row"]``) name all three; ``tags["variant"]`` is the method that uses the row's sampler (MONA for NS,
+ARCO-SG for SG, ARCO-SAG for SAG: the plots draw one line per sampler and value of the other axis, in that method's
+colour, and the rows in shades of it) and ``tags["axes"]`` holds ``objective_params.sampler_groups`` (SG/SAG)
 and ``objective_params.num_anchors``. Columns: the label fractions (quick 1 patient; paper 1/3/7 patients as
 in ARCO Table 8).
 

@@ -17,7 +17,7 @@ other row changes one value. Rows carry ``tags["axes"]`` (``objective_params.tem
 ``isd.tau_student``, ``isd.tau_teacher``) and ``tags["variant"]`` (the method: one plot line per method).
 Each ISD setting trains its own pretraining stage; rows with the same stage share it through the cache.
 
-Cost: ``quick`` 12 trials per seed (8 ARCO-SG, 4 ACTION; 3 ARCO-SG pretraining stages, ACTION's 2) and the
+Cost: ``quick`` 12 trials per seed (8 ARCO-SG, 4 ACTION; 5 ARCO-SG pretraining stages, the released one and one per other ISD value, and ACTION's 2) and the
 profile's 3 seeds, so 36 trials. One seed took 549 s on 2 cores with an earlier quick profile of 300 / 80 steps
 (``benchmarks/RESULTS.md``, 'The main study end to end'); the 3 seeds of today's profile were not timed (expect
 about three times that; ``--seeds 1`` runs one seed). ``--smoke-test`` uses two values per axis (6 trials);

@@ -67,6 +67,10 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
     ("ablation_tailness", ["--set", "objective_params.tau_teacher=0.1"],  # before "row 'Supervised only' has no parameter"
      "--set objective_params.tau_teacher: a parameter of the pretraining stages (isd_pretrain), not of any row's "
      "fine-tuning objective; stages cannot be set from the command line"),
+    ("ablation_temperature", ["--set", "isd.tau_teacher=0.5"],  # its close match alone was a key refused in turn
+     "--set isd.tau_teacher: unknown key; close matches: objective_params.tau_teacher; tau_teacher is a parameter of the "
+     "ISD pretraining stages, which --set cannot reach: a study script sets it per row with "
+     "medseg_platform.variants.with_stage_params"),
     ("ablation_tailness", ["--protocol", "released", "--set", "eval.empty_policy=nan"],
      "--set eval.empty_policy: --protocol released sets it to 'released'; drop the --set or use --protocol corrected"),
     ("hparam_search", ["--set", "objective_params.contrast_weight=0.1"],

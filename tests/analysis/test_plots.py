@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from analysis import plots, tables
 from medseg_platform.results import scan_study
+from tests.analysis import fakes
 from tests.analysis.fakes import make_fake_study, make_search_study, write_fake_trial
 
 
@@ -51,6 +52,14 @@ def test_palette_gives_a_methods_variants_shades_of_its_colour_and_no_one_elses(
     assert sum(to_rgb(colours[labels[0]])) < sum(to_rgb(colours[labels[1]]))
     with_base = plots.palette(["MONA", "MONA (x=1)"])
     assert with_base["MONA"] == plots.FIXED_COLOURS["MONA"] != with_base["MONA (x=1)"]
+    # the sampling study's rows name their sampler (NS, SG, SAG): their variant tag says whose family they are (they
+    # took hash colours, the two NS rows blue and olive, "SAG, 9 groups" a purple next to ACTION's: the studies probe)
+    rows = {"NS (MONA), 32 anchors": "MONA", "NS (MONA), 64 anchors": "MONA", "SG, 9 groups": "ARCO-SG", "SAG, 9 groups": "ARCO-SAG"}
+    sampling = plots.palette([*rows, *rows.values()], family=rows)
+    for row, method in rows.items():
+        shade, base = to_rgb(sampling[row]), to_rgb(plots.FIXED_COLOURS[method])
+        assert shade != base and int(np.argmax(shade)) == int(np.argmax(base)), (row, shade, base)
+    assert len(set(sampling.values())) == len(sampling)
 
 
 def test_a_new_method_of_the_recipes_gets_a_fixed_colour_and_its_variants_shades_of_it(monkeypatch):
@@ -143,6 +152,11 @@ def test_curves_vs_label_fraction_and_ablation_axis(records, colours, tmp_path):
     assert plots.numeric_axes(axis_records) == ["objective_params.temperature"]
     fig = plots.axis_curves(axis_records, "objective_params.temperature", "dice", plots.palette(["MONA"]))
     assert _labels(fig) == [("pixel-contrast temperature τ", "Dice (%), class average")]
+    write_fake_trial(tmp_path / "wide", row="MONA (tau=0.01)", order=0, patients=1, seed=1, axes={"objective_params.temperature": 0.01},
+                     dice=lambda c, k: 0.6, qualitative_shift=None)
+    wide = plots.axis_curves(axis_records + scan_study(tmp_path / "wide")[0], "objective_params.temperature", "dice",
+                             plots.palette(["MONA"]))
+    assert wide.axes[0].get_xscale() == "log" and wide.axes[0].get_xlabel() == "pixel-contrast temperature τ (log scale)"
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["MONA"]
     assert plots.numeric_axes(records) == [] and plots.text_axes(axis_records) == []
     # the error bars stop at 0, where the axis starts (a whisker crossed the tick labels below it): mean 15, std 21.2
@@ -158,6 +172,11 @@ def test_curves_vs_label_fraction_and_ablation_axis(records, colours, tmp_path):
     said = []
     plots.write_plots(records_with_text, tmp_path / "plots", log=said.append)
     assert "plot skipped: dice vs objective_params.sampler: its values are not all numbers, so no curve" in "\n".join(said)
+    one_value = [r for r in axis_records if r.result["tags"]["axes"]["objective_params.temperature"] == 0.1]
+    said.clear()  # --rows kept one row of the axis: its plot went away without a word (the studies probe)
+    plots.write_plots(one_value, tmp_path / "plots-one", log=said.append)
+    assert ("plot skipped: dice vs objective_params.temperature: every finished trial has pixel-contrast temperature τ "
+            "0.1, so no curve") in "\n".join(said)
 
 
 def test_training_curves_and_qualitative_overlays(records, colours):
@@ -187,6 +206,34 @@ def test_search_history_and_importances(tmp_path):
         record.result["best_val_dice"] = 0.0
     tied = plots.param_importances(records)
     assert isinstance(tied, plots.Skipped) and "all 6 completed search trials scored val Dice 0.0000" in tied.reason
+
+
+def test_a_search_is_plotted_over_its_samples_and_shows_its_best_sample(tmp_path):
+    """The studies probe: a search's plots said "over seeds" of one seed's samples, its qualitative figure showed the
+    first folder's sample as "the trial of the lowest seed", and its history's best-so-far counted stopped samples."""
+    from analysis.search import Sample
+
+    study = make_search_study(tmp_path, n=4)
+    for trial in (study / "trials").iterdir():  # the fake search writes no qualitative.npz
+        fakes.write_qualitative(trial, 0)
+    records = scan_study(study)[0]
+    bars = plots.class_bars(tables.build_table(records), "dice", plots.palette(["MONA"]))
+    assert "(mean \u00b1 std over search samples" in bars._suptitle.get_text()
+    assert plots.training_curves(records, plots.palette(["MONA"]))._suptitle.get_text() == (
+        "Training loss and validation Dice (mean over search samples)")
+    best = max(records, key=lambda r: r.result["best_val_dice"])
+    assert min(records, key=plots._qualitative_rank) is best
+    overlay = plots.qualitative_overlays(records, "1 patient (1.4%)")
+    assert "the search sample of the best val Dice" in overlay._suptitle.get_text()
+    written, _ = plots.write_plots(records, tmp_path / "plots", log=lambda m: None)
+    assert {p.path.name: p.description for p in written}["bars_dice.png"].startswith(
+        "Test Dice per class and method (mean \u00b1 std over search samples)")
+    samples = [Sample(i, f"t{i}", f"k{i}", status, {}, {}, 10, value, None)
+               for i, (status, value) in enumerate([("completed", 0.0), ("stopped", 0.3), ("completed", 0.002)], 1)]
+    history = plots.search_history(records, samples)
+    line = history.axes[0].lines[0]
+    assert list(line.get_ydata()) == [0.0, 0.0, 0.2]  # the stopped sample's 30 is never the best so far
+    assert history.axes[0].get_ylim()[0] == 0.0
 
 
 def test_write_plots_writes_non_empty_pngs_and_skips_empty_ones(records, tmp_path):
