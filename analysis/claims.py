@@ -280,12 +280,26 @@ def claim_text(result: ClaimResult) -> str:
     return f"{claim['a']}, {result.a_column} {direction} {claim['b']}, {result.b_column}{metric}"
 
 
+def _published(claim: Mapping[str, Any]):
+    """The claim's published difference (:class:`~analysis.published.PublishedDifference`), or None (none published,
+    or not a Dice claim)."""
+    if claim.get("metric", "dice") != "dice":
+        return None
+    a, b = claim.get("published_rows") or (claim["a"], claim["b"])
+    return published_difference(a, b, claim["column"], claim.get("b_column"))
+
+
 def _published_text(claim: Mapping[str, Any]) -> str:
     if claim.get("metric", "dice") != "dice":
         return "n/a (Dice only)"
-    a, b = claim.get("published_rows") or (claim["a"], claim["b"])
-    found = published_difference(a, b, claim["column"], claim.get("b_column"))
+    found = _published(claim)
     return f"{_signed(found.difference)} ({found.table.source})" if found else "n/a (not published)"
+
+
+def _sources_note(claims: Sequence[Mapping[str, Any]]) -> str:
+    """" Sources: ARCO Table 1: <citation>; ..." for the paper tables the Published Δ column quotes ("" when none)."""
+    cited = {found.table.source: found.table.citation for found in map(_published, claims) if found is not None}
+    return (" Sources: " + "; ".join(f"{source}: {citation}" for source, citation in cited.items()) + ".") if cited else ""
 
 
 def on_published_data(settings: Mapping[str, Any], records: Sequence[TrialRecord]) -> tuple[bool, str]:
@@ -337,7 +351,7 @@ def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records
         cells = [claim_text(result), claim["paper"], _signed(result.difference), per_seed, ci, p_text, _n_text(result), verdict_text]
         cells += [_published_text(claim)] if paper else []
         lines.append("| " + " | ".join(escape_markdown(c) for c in cells) + " |")
-    lines += ["", _caption(paper, run) + (_recipe_note(settings) if paper else ""), ""]
+    lines += ["", _caption(paper, run) + (_recipe_note(settings) + _sources_note([c for c, _ in results]) if paper else ""), ""]
     return lines
 
 

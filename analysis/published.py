@@ -28,7 +28,8 @@ from medseg_platform.recipes import FULL_SUPERVISION_LABEL, METHOD_LABELS, WITHO
 
 @dataclass(frozen=True)
 class PublishedTable:
-    """One paper table: ``source`` (short, shown in the report), ``citation`` (where exactly) and
+    """One paper table: ``source`` (short, in the claims' Published Δ column), ``citation`` (where exactly, in the
+    claims' caption) and
     ``dice``: row label -> {label fraction (``data.labelled``) -> mean foreground Dice in %}."""
 
     source: str

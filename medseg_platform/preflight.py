@@ -165,7 +165,3 @@ def preflight_datasets(datasets: Sequence[tuple[str, int]], cache_dir: str | os.
     if passed != cached:
         write_json_atomic(cache_path, {"version": PREFLIGHT_VERSION, "passed": passed})
 
-
-def preflight_trials(trials: Sequence[Mapping], study_dir: str | os.PathLike, log: Callable[[str], None] = _stderr) -> None:
-    """The preflight of a study's expanded trials (``{"config": ..., ...}``, see ``Study.trial_params``)."""
-    preflight_datasets(datasets_of_trials(trials), study_dir, log)

@@ -72,7 +72,8 @@ class StrongAugment(Protocol):
 
 
 class IdentityStrongAugment:
-    """A :class:`StrongAugment` that changes nothing (tests, and ablations without strong views)."""
+    """A :class:`StrongAugment` that changes nothing, for tests of an objective's arithmetic (a trial without strong
+    views sets ``data.strong_mix="none"``, which the engine's adapter runs)."""
 
     def mix(self, image: torch.Tensor, pseudo_label: torch.Tensor, confidence: torch.Tensor) -> StrongView:
         return StrongView(image, pseudo_label, confidence)

@@ -40,8 +40,9 @@ Bad arguments raise :class:`methods.errors.ConfigError` (sizes, names, options) 
 :class:`methods.errors.DataError` (candidate positions).
 
 Public API: :data:`SAMPLERS`, :data:`GROUPINGS`, :data:`ALLOCATIONS`, :func:`sample_indices`,
-:class:`SamplerConfig`, and helpers used by tests and objectives: :func:`grid_edge`, :func:`sampler_quota`,
-:func:`flat_block_ids`, :func:`stratified_1d_indices`, :func:`spatial_cell_ids`, :func:`spatial_allocation`.
+:class:`SamplerConfig`, and helpers used by the samplers and their tests: :func:`grid_edge`, :func:`sampler_quota`,
+:func:`stratified_1d_indices`, :func:`spatial_cell_ids`, :func:`spatial_allocation`; :func:`flat_block_ids` (the blocks of
+the flat grid, for tests and inspection).
 """
 
 from __future__ import annotations

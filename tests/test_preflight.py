@@ -106,7 +106,7 @@ def test_datasets_of_one_study_must_share_their_class_names(tiny_root, tmp_path)
               {"config": {"data": {"root": str(tiny_root), "num_classes": 4}}}]
     assert preflight.datasets_of_trials(trials) == [(str(tiny_root), 4), (str(other), 4)]
     with pytest.raises(DataError) as info:
-        preflight.preflight_trials(trials, tmp_path / "study", lambda m: None)
+        preflight.preflight_datasets(preflight.datasets_of_trials(trials), tmp_path / "study", lambda m: None)
     assert str(info.value) == (f"{other}: class names a, b, c differ from RV, Myo, LV of {tiny_root} "
                                "(one study's trials must share one dataset's classes; run them as separate studies)")
     assert not (tmp_path / "study").exists()
