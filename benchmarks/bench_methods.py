@@ -89,6 +89,10 @@ def _timed_step(objective, optimizer, batch_of, step: int, max_steps: int, amp_d
 #: copy of the network (the teacher's cost is the student's).
 PASSES = {"mona": ((4, 4, 8), (4, 4, 4)), "action": ((4, 4), (4, 4)), "isd_pretrain": ((6,), (6,))}
 
+#: The ISD pretraining stages timed (``methods.isd_pretrain.PRESETS``): MONA/ARCO's one stage, ACTION's two (its
+#: teacher temperature 0.01 is the one that makes denormal probabilities, docs/methods.md).
+ISD_STAGES = {"isd_pretrain": "mona", "isd_action_i": "action_stage_i", "isd_action_ii": "action_stage_ii"}
+
 
 class _Passes:
     """A stand-in objective that runs only a method's network passes (``PASSES``), in training mode."""
@@ -148,8 +152,8 @@ def build(method: str, profile_name: str, representation: str, device: str = "cp
     profile = PROFILES[profile_name]
     if method.startswith("passes:"):
         name, params, batch = method, {}, 4
-    elif method == "isd_pretrain":
-        stage = isd_stage(profile, "mona")
+    elif method in ISD_STAGES:
+        stage = isd_stage(profile, ISD_STAGES[method])
         name, params, batch = stage["objective"], stage["objective_params"], 3
     else:
         overrides = method_overrides(method, profile)
@@ -222,8 +226,9 @@ def main() -> None:
     parser.add_argument("--steps", type=count_at_least(1), default=5)
     parser.add_argument("--threads", type=count_at_least(1), default=1)
     parser.add_argument("--representation", nargs="+", choices=("sparse", "dense"), default=["sparse", "dense"])
-    parser.add_argument("--methods", nargs="+", help="methods to run (default: every method, isd_pretrain and the floors "
-                        "passes:mona, passes:action, passes:isd_pretrain; supervised always)")
+    parser.add_argument("--methods", nargs="+", help="methods to run (default: every method, the ISD stages isd_pretrain "
+                        "(MONA/ARCO's), isd_action_i and isd_action_ii (ACTION's) and the floors passes:mona, passes:action, "
+                        "passes:isd_pretrain; supervised always)")
     parser.add_argument("--glibc-default", action="store_true", help="leave glibc's allocator thresholds at their "
                         "defaults instead of fixing them as a CPU training process does (methods/heap.py)")
     parser.add_argument("--conv-kernels", choices=("auto", "onednn", "pytorch"), default="auto",
@@ -237,7 +242,7 @@ def main() -> None:
         return
     from medseg_platform.recipes import METHODS
 
-    every = (*METHODS, "isd_pretrain", *(f"passes:{m}" for m in PASSES))
+    every = (*METHODS, *ISD_STAGES, *(f"passes:{m}" for m in PASSES))
     unknown = [m for m in args.methods or () if m not in every]
     if unknown:
         parser.error(f"--methods: unknown {' '.join(unknown)} (choose from {' '.join(every)})")

@@ -55,8 +55,9 @@ Only torch; no host syncs (queue pointers stay on the device); windows by ``unfo
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +135,32 @@ BLOCK_ELEMENTS = {"cpu": 2**19}
 BLOCK_ELEMENTS_OTHER = 2**25
 
 
+def _flushing_denormals() -> bool:
+    """Whether this thread's CPU already flushes denormal floats to zero (a denormal times 1 reads as 0)."""
+    return float(torch.full((1,), 1e-39, dtype=torch.float32).mul_(1.0)[0]) == 0.0
+
+
+@contextlib.contextmanager
+def flushed_denormals(device: torch.device) -> Iterator[None]:
+    """Run the block with the CPU's flush-to-zero and denormals-are-zero modes on (``torch.set_flush_denormal``), and
+    put the mode back after; a no-op off the CPU, where the mode is already on, or on a CPU without the modes.
+
+    Why (``docs/methods.md``, 'ISD pretraining: denormal probabilities'): with ACTION's teacher temperature 0.01 most
+    of a row's softmax probabilities fall below float32's smallest normal number (1.2e-38, e^-87.3 of the row's
+    largest), and an x86 CPU computes with such denormal numbers up to about 100x slower: ACTION's stage ii step took
+    4x as long on an Intel Xeon (``benchmarks/RESULTS.md``). Flushed, such a probability counts as 0; each adds at most
+    1.2e-38 |D| to sums of order 1e-3 and above, far below half a float32 ulp, so the loss and the gradients come out
+    the same numbers (the tests compare them bit for bit). The mode is per thread: torch sets it for the calling
+    thread only, so intra-op worker threads (``threads`` > 1) keep computing with denormals."""
+    if device.type != "cpu" or _flushing_denormals() or not torch.set_flush_denormal(True):
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 class _BlockedQueueKL(torch.autograd.Function):
     """Autograd wrapper of :func:`_blocked_queue_kl_forward`: the gradients with respect to the (N, d)
     student and teacher rows are computed in the forward pass (they need the same N x M softmax blocks,
@@ -165,6 +192,15 @@ def _blocked_queue_kl_forward(
     keys: (M, d) L2-normalised. Returns the loss (0-dim) and dL/d(student_rows), dL/d(teacher_rows)
     (N, d) (zeros where not needed), all in the compute dtype (float32 at least).
     """
+    with flushed_denormals(student_rows.device):
+        return _blocked_queue_kl_blocks(student_rows, teacher_rows, keys, need_student, need_teacher, block_rows)
+
+
+def _blocked_queue_kl_blocks(
+    student_rows: torch.Tensor, teacher_rows: torch.Tensor, keys: torch.Tensor, need_student: bool, need_teacher: bool,
+    block_rows: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_blocked_queue_kl_forward`'s loop over row blocks (in the caller's denormal mode)."""
     dtype = torch.promote_types(torch.promote_types(student_rows.dtype, teacher_rows.dtype), keys.dtype)
     dtype = torch.promote_types(dtype, torch.float32)
     s_rows, t_rows = student_rows.to(dtype), teacher_rows.to(dtype)

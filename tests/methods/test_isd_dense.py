@@ -194,3 +194,86 @@ def test_isd_pretrain_step_matches_dense_reference(preset, layout, monkeypatch):
                 assert torch.equal(state_n[name], state_o[name]), f"step {step} state {name}"
     final = history_new[-1][2]
     assert int(final["isd.local_queue_ptr"]) == int(final["isd.global_queue_ptr"]) == (3 * 6) % 12
+
+
+# ------------------------------------------------------------------ denormal probabilities (docs/methods.md)
+
+
+def _kept_denormals(monkeypatch):
+    """The blocked KL as before the flush: denormal probabilities computed as such (slowly, on an x86 CPU)."""
+    import contextlib
+
+    monkeypatch.setattr(isd_module, "flushed_denormals", lambda device: contextlib.nullcontext())
+
+
+def test_blocked_queue_kl_flushes_denormal_probabilities_and_gives_the_same_float32_numbers(monkeypatch):
+    """ACTION's tau_t = 0.01 puts most teacher probabilities of a row below float32's smallest normal number; an Intel
+    CPU computed ACTION's stage ii 4x slower with them. Flushed to zero they change no float32 number here."""
+    torch.manual_seed(0)
+    n, m, d = 64, 2048, 36
+    student, teacher, queue = torch.randn(n, d), torch.randn(n, d), torch.randn(m, d)
+    p = torch.softmax(dense_cosine_logits(teacher, queue, 0.01), 1)
+    tiny = torch.finfo(torch.float32).tiny
+    assert ((p > 0) & (p < tiny)).sum() > 1000  # the case exists: denormal probabilities
+
+    def run():
+        s, t = student.clone().requires_grad_(), teacher.clone().requires_grad_()
+        value = blocked_queue_kl(s, t, queue, 0.1, 0.01, block_rows=16)
+        value.backward()
+        return value.detach(), s.grad, t.grad
+
+    assert not isd_module._flushing_denormals()
+    flushed = run()
+    assert not isd_module._flushing_denormals()  # the mode is put back
+    with monkeypatch.context() as patch:
+        _kept_denormals(patch)
+        kept = run()
+    for a, b, what in zip(flushed, kept, ("loss", "student gradient", "teacher gradient")):
+        assert torch.equal(a, b), what
+    if torch.set_flush_denormal(True):  # a caller that flushes denormals itself keeps its mode
+        try:
+            run()
+            assert isd_module._flushing_denormals()
+        finally:
+            torch.set_flush_denormal(False)
+
+
+def test_actions_stage_ii_trains_to_the_same_state_with_denormals_flushed(monkeypatch):
+    """Three quick-size steps of ACTION's stage ii (tau_t = 0.01), flushed and not: every logged term and every state
+    entry (weights, queues, BatchNorm statistics) equal bit for bit."""
+    from medseg_platform.profiles import PROFILES
+    from medseg_platform.recipes import isd_stage
+    from medseg_platform.engine import StrongAugmentAdapter
+    from methods.objective import Batch
+
+    profile = PROFILES["quick"]
+    stage = isd_stage(profile, "action_stage_ii")
+    h, w = profile.trial.data.patch_size
+
+    def train():
+        torch.manual_seed(0)
+        model = build_model("unet", num_classes=4, channels=profile.trial.model.channels)
+        objective = build_objective(stage["objective"], model, stage["objective_params"])
+        optimizer = torch.optim.SGD(objective.trainable_parameters(), lr=0.01, momentum=0.9)
+        data = torch.Generator().manual_seed(1)
+        terms = []
+        for step in range(3):
+            image, unlabelled = torch.rand(3, 1, h, w, generator=data), torch.rand(3, 1, h, w, generator=data)
+            label = (image[:, 0] * 4).long().clamp(max=3)
+            out = objective.loss(Batch(image, label, unlabelled, StrongAugmentAdapter(torch.Generator().manual_seed(step), "cutmix", 4)),
+                                 step, 100)
+            optimizer.zero_grad()
+            out.total.backward()
+            optimizer.step()
+            objective.after_optimizer_step(step)
+            terms.append({k: float(v) for k, v in out.terms.items()})
+        return terms, objective.state_dict()
+
+    flushed_terms, flushed_state = train()
+    with monkeypatch.context() as patch:
+        _kept_denormals(patch)
+        kept_terms, kept_state = train()
+    assert flushed_terms == kept_terms
+    assert flushed_state.keys() == kept_state.keys()
+    for key, value in flushed_state.items():
+        assert torch.equal(value, kept_state[key]), key
