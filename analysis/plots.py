@@ -798,8 +798,8 @@ def write_plots(records: Sequence, out_dir: str | Path, df: pd.DataFrame | None 
                      lambda axis=axis: axis_curves(records, axis, "dice", colours)))
     for axis, value in single_value_axes(records).items():
         jobs.append((f"dice_vs_{slug(axis)}.png", "", lambda axis=axis, value=value: Skipped(
-            f"dice vs {axis}: every finished trial has {axis_name(axis)} {value:g}, so no curve (a --rows choice or "
-            "unfinished trials left one value)")))
+            f"dice vs {axis}: every finished trial has {axis_name(axis)} {value:g}, so no curve (one value of the axis "
+            "among the finished trials)")))
     for axis in text_axes(records):
         jobs.append((f"dice_vs_{slug(axis)}.png", "", lambda axis=axis: Skipped(
             f"dice vs {axis}: its values are not all numbers, so no curve (the table's rows compare them)")))

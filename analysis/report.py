@@ -268,7 +268,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
     if settings.get("overrides"):
         lines.append(("- **Overrides** (`--set` of the latest run; each row names its own): " if collected
                       else "- **Overrides** (`--set`, every trial): ") + ", ".join(f"`{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}`"
-                                                                            for key, value in settings["overrides"].items()))
+                                                                            for key, value in sorted(settings["overrides"].items())))
     lines += [
         protocol_line(info, settings, configs),
         f"- **Dataset**: {_join(roots)}; {_join(available)} training patients, {_join(test_cases)} test cases"

@@ -70,9 +70,7 @@ def main() -> None:
             "supervised": build(sup["objective"], sup["objective_params"])}
     import contextlib
 
-    import methods.isd as isd_module
-
-    flushed = isd_module.flushed_denormals
+    from methods.isd import denormals_kept
     data = torch.Generator().manual_seed(0)
     batches = {n: (torch.rand(n, 1, h, w, generator=data), torch.rand(n, 1, h, w, generator=data)) for n in (3, 4)}
 
@@ -82,9 +80,9 @@ def main() -> None:
         label = (image[:, 0] * 4).long().clamp(max=3)
         augment = StrongAugmentAdapter(torch.Generator().manual_seed(index), "cutmix", 4)
         torch.manual_seed(100 + index)  # dropout: the same masks for both ISD objectives
-        isd_module.flushed_denormals = (lambda device: contextlib.nullcontext()) if key == "denormals kept" else flushed
         t0 = time.perf_counter()
-        out = objective.loss(Batch(image, label, unlabelled, augment), index, 1000)
+        with denormals_kept() if key == "denormals kept" else contextlib.nullcontext():
+            out = objective.loss(Batch(image, label, unlabelled, augment), index, 1000)
         optimizer.zero_grad()
         out.total.backward()
         optimizer.step()

@@ -66,9 +66,6 @@ def run(command: list[str], env: dict) -> None:
 
 def check(method: str, work: Path, steps: int, val_every: int, env: dict) -> dict:
     straight, killed = work / method / "straight", work / method / "killed"
-    if (work / method).exists() and any((work / method).iterdir()):
-        raise SystemExit(f"{work / method} already holds runs: the rerun would find them finished and compare old files "
-                         "with themselves (give an empty --work, or remove that folder)")
     run(train_command(method, straight, steps, val_every), env)
     proc = subprocess.Popen(train_command(method, killed, steps, val_every), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -109,11 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.val_every >= args.steps:
         parser.error(f"--val-every {args.val_every} must be below --steps {args.steps}: the run is killed at its first "
                      "checkpoint, written at the first validation")
+    methods = list(dict.fromkeys(args.methods or METHODS))
+    held = [args.work / m for m in methods if args.work is not None and (args.work / m).exists() and any((args.work / m).iterdir())]
+    if held:  # before any run: the rerun would find them finished and compare old files with themselves
+        parser.exit(1, f"{held[0]} already holds runs: the rerun would find them finished and compare old files with "
+                       "themselves (give an empty --work, or remove that folder)\n")
     work = args.work or Path(tempfile.mkdtemp(prefix="exact-resume-"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     failed = False
     try:
-        for method in args.methods or METHODS:
+        for method in methods:
             outcome = check(method, work, args.steps, args.val_every, env)
             failed |= not (outcome["interrupted"] and all(outcome["identical"].values()))
             print(json.dumps(outcome), flush=True)

@@ -116,17 +116,21 @@ def check_key(key: str, flags: Mapping[str, str] = STUDY_FLAG_KEYS, objective: s
             close = difflib.get_close_matches(name, params, n=3, cutoff=0.6)
             matches = f"close matches: {', '.join(_OBJECTIVE_PREFIX + c for c in close)}" if close else _close_matches(key)
             raise ConfigError(f"--set {key}: unknown key; {matches} (objective {objective}'s parameters: {', '.join(params) or 'none'})"
-                              + _stage_hint(key, params))
+                              + _stage_hint(key))
     elif key in config_fields():
         return
-    raise ConfigError(f"--set {key}: unknown key; {_close_matches(key)}" + _stage_hint(key, ()))
+    raise ConfigError(f"--set {key}: unknown key; {_close_matches(key)}" + _stage_hint(key))
 
 
-def _stage_hint(key: str, own: Sequence[str]) -> str:
-    """Where a pretraining stage's parameter (``--set isd.tau_teacher``, ``objective_params.tau_teacher``) is set,
-    unless the rows' own objective has it ("" otherwise): the close matches alone named a key that is refused too."""
+def _stage_hint(key: str) -> str:
+    """Where a parameter that only the pretraining stages have is set (``--set isd.tau_teacher``): the close matches
+    alone named ``objective_params.tau_teacher``, which is refused in turn; "" for any other key (``ema_momentum`` is
+    also a fine-tuning objective's parameter, which ``objective_params.ema_momentum`` does reach)."""
+    from methods.registry import OBJECTIVES
+
     leaf = key.rsplit(".", 1)[-1]
-    if leaf in own or leaf not in objective_param_types(PRETRAIN_OBJECTIVE):
+    fine_tuning = any(leaf in objective_param_types(name) for name in OBJECTIVES if name != PRETRAIN_OBJECTIVE)
+    if fine_tuning or leaf not in objective_param_types(PRETRAIN_OBJECTIVE):
         return ""
     return (f"; {leaf} is a parameter of the ISD pretraining stages, which --set cannot reach: a study script sets it per "
             "row with medseg_platform.variants.with_stage_params (as studies/ablation_temperature.py does)")

@@ -135,30 +135,50 @@ BLOCK_ELEMENTS = {"cpu": 2**19}
 BLOCK_ELEMENTS_OTHER = 2**25
 
 
+#: Set by :func:`denormals_kept` only.
+_KEEP_DENORMALS = False
+
+
 def _flushing_denormals() -> bool:
     """Whether this thread's CPU already flushes denormal floats to zero (a denormal times 1 reads as 0)."""
-    return float(torch.full((1,), 1e-39, dtype=torch.float32).mul_(1.0)[0]) == 0.0
+    return float(torch.full((1,), 1e-39, dtype=torch.float32, device="cpu").mul_(1.0)[0]) == 0.0
 
 
 @contextlib.contextmanager
 def flushed_denormals(device: torch.device) -> Iterator[None]:
     """Run the block with the CPU's flush-to-zero and denormals-are-zero modes on (``torch.set_flush_denormal``), and
-    put the mode back after; a no-op off the CPU, where the mode is already on, or on a CPU without the modes.
+    put the mode back after; a no-op off the CPU, with more than one intra-op thread, where the mode is already on,
+    or on a CPU without the modes.
 
-    Why (``docs/methods.md``, 'ISD pretraining: denormal probabilities'): with ACTION's teacher temperature 0.01 most
+    Why (``docs/methods.md``, 'ISD pretraining: denormal probabilities'): with ACTION's teacher temperature 0.01 many
     of a row's softmax probabilities fall below float32's smallest normal number (1.2e-38, e^-87.3 of the row's
-    largest), and an x86 CPU computes with such denormal numbers up to about 100x slower: ACTION's stage ii step took
-    4x as long on an Intel Xeon (``benchmarks/RESULTS.md``). Flushed, such a probability counts as 0; each adds at most
-    1.2e-38 |D| to sums of order 1e-3 and above, far below half a float32 ulp, so the loss and the gradients come out
-    the same numbers (the tests compare them bit for bit). The mode is per thread: torch sets it for the calling
-    thread only, so intra-op worker threads (``threads`` > 1) keep computing with denormals."""
-    if device.type != "cpu" or _flushing_denormals() or not torch.set_flush_denormal(True):
+    largest), and an Intel x86 CPU computes with such denormal numbers up to about 100x slower: ACTION's stage ii step
+    took 4x as long on an Intel Xeon (``benchmarks/RESULTS.md``). Flushed, such a probability counts as 0; each adds at
+    most 1.2e-38 |D| to sums of order 1e-3 and above, far below half a float32 ulp, so the loss and the gradients come
+    out the same numbers (the tests compare them bit for bit). The mode belongs to a thread and torch sets the calling
+    thread's only: with intra-op worker threads (``threads`` > 1) the workers would keep computing with denormals (a
+    parallel region waits for the slowest), and a worker created inside the block would inherit the mode for good, so
+    the block then runs as it is."""
+    if (_KEEP_DENORMALS or device.type != "cpu" or torch.get_num_threads() != 1 or _flushing_denormals()
+            or not torch.set_flush_denormal(True)):
         yield
         return
     try:
         yield
     finally:
         torch.set_flush_denormal(False)
+
+
+@contextlib.contextmanager
+def denormals_kept() -> Iterator[None]:
+    """Within the block :func:`flushed_denormals` does nothing, so :func:`blocked_queue_kl` computes denormal
+    probabilities as such: the computation before 2026-12-06, for ``benchmarks/bench_isd.py`` and the tests."""
+    global _KEEP_DENORMALS
+    before, _KEEP_DENORMALS = _KEEP_DENORMALS, True
+    try:
+        yield
+    finally:
+        _KEEP_DENORMALS = before
 
 
 class _BlockedQueueKL(torch.autograd.Function):

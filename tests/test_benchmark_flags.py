@@ -35,11 +35,12 @@ def test_a_bad_flag_is_one_usage_error(script, flags, message):
 
 def test_exact_resume_refuses_a_work_folder_with_earlier_runs(tmp_path):
     (tmp_path / "supervised" / "straight").mkdir(parents=True)
-    done = _run(sys.executable, "benchmarks/check_exact_resume.py", "--work", str(tmp_path), "supervised")
+    # refused before any run: mona, listed first and with an empty folder, is not trained either
+    done = _run(sys.executable, "benchmarks/check_exact_resume.py", "--work", str(tmp_path), "mona", "supervised", "mona")
     assert done.returncode == 1, done.stderr[-2000:]
-    assert f"{tmp_path / 'supervised'} already holds runs" in done.stderr
-    assert f"runs in {tmp_path}" in done.stdout
-    assert sorted(p.name for p in (tmp_path / "supervised").iterdir()) == ["straight"]  # nothing trained
+    assert f"{tmp_path / 'supervised'} already holds runs" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["supervised"]  # nothing trained
+    assert sorted(p.name for p in (tmp_path / "supervised").iterdir()) == ["straight"]
 
 
 def test_gpu_check_prints_its_help_and_refuses_without_a_gpu_before_making_its_folder(tmp_path):

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from medseg_platform.engine import stage_key
+from medseg_platform.errors import ConfigError
 from medseg_platform.plan import CACHED, FINISHED, TO_RESCORE, TO_RUN, TO_SCORE, WORKER_GROUP_S, UnitSeconds, format_plan, plan_study
 from analysis.study_cli import run_study_main
 from medseg_platform.profiles import PROFILES
@@ -360,7 +361,6 @@ def test_released_protocol_changes_only_the_protocol_keys_of_every_trial(tmp_pat
 def test_a_row_that_leaves_the_protocol_is_an_error(tmp_path):
     from medseg_platform.study import Study, Variant
     from medseg_platform.protocol import check_protocol
-    from medseg_platform.errors import ConfigError
 
     keys = {"eval.empty_policy": "released"}
     study = Study("s", SMOKE.trial, tmp_path, variants=[Variant({"row": "A"}, {"eval.empty_policy": "released"}),
@@ -545,3 +545,15 @@ def test_two_label_fractions_selecting_the_same_patients_are_one_error_before_an
         "error: study label_fractions-smoke, row 'Supervised only': label fractions '1' and '5%' select the same 1 of the 4 "
         "training patients; give each fraction once"]
     assert not results.exists()
+
+
+def test_the_stage_hint_is_only_for_parameters_no_fine_tuning_objective_has():
+    """The review: `--set ema_momentum=0.9` was told that ema_momentum is a pretraining stage's parameter, which --set
+    cannot reach, while objective_params.ema_momentum is every fine-tuning objective's."""
+    from medseg_platform.overrides import check_key
+
+    with pytest.raises(ConfigError) as info:
+        check_key("ema_momentum", objective="mona")
+    assert "close matches: objective_params.ema_momentum" in str(info.value) and "pretraining stages" not in str(info.value)
+    with pytest.raises(ConfigError, match="window is a parameter of the ISD pretraining stages"):
+        check_key("model.window", objective="mona")

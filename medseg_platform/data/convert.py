@@ -359,15 +359,17 @@ def run_conversion(
     A foreground class that no label holds is a ``warn`` line (most often a ``--num-classes`` above the data's)."""
     chosen = [src for src in sources if src.patient in set(split.patients)]
     voxels = preflight(chosen, num_classes, split)
+    # another split: another --seed of the random split; the published split has none (`--split random --seed N`)
+    redraw = "--seed" if source_info.get("split") == "random" else "--split random --seed N"
     if not voxels["train"][1:].any():  # `medseg data check` and every trial would refuse the dataset
         raise DataError(f"{raw_dir}: the labels of the {len(split.train)} training patient(s) hold no foreground (every voxel is "
                         "background), so there is nothing to learn; check the label files and --label-suffix"
-                        + (", or draw another split (--seed)" if any(v[1:].any() for v in voxels.values()) else ""))
+                        + (f", or draw another split ({redraw})" if any(v[1:].any() for v in voxels.values()) else ""))
     for part in ("val", "test"):
         if getattr(split, part) and not voxels[part][1:].any():
             warn(f"the labels of the {len(getattr(split, part))} {part} patient(s) hold no foreground: "
                  + ("validation Dice cannot tell models apart" if part == "val" else "the test metrics score no structure")
-                 + " (check the label files, or draw another split with --seed)")
+                 + f" (check the label files, or draw another split with {redraw})")
     total = sum(voxels.values())
     absent = [c for c in range(1, num_classes) if total[c] == 0]
     if absent:

@@ -400,8 +400,8 @@ def _nifti_hint(raw_dir: Path) -> str:
     if not found:
         return "the folder holds no .nii or .nii.gz file at any depth (point RAW_DIR at the dataset's images and labels)"
     nested = any(len(p.relative_to(raw_dir).parts) > 1 for p in found)
-    kinds = {".nii.gz" if p.name.lower().endswith(".nii.gz") else ".nii" for p in found}
-    extension = f"*{kinds.pop()}" if len(kinds) == 1 else "*.nii*"
+    kinds = {next(p.name[-len(e):] for e in NIFTI_EXTENSIONS if p.name.lower().endswith(e)) for p in found}  # as spelt
+    extension = f"*{kinds.pop()}" if len(kinds) == 1 else "*.nii*"  # (Path.glob is case-sensitive)
     glob = ("**/" if nested else "") + extension
     return (f"it holds {len(found)} NIfTI file(s) (e.g. {found[0].relative_to(raw_dir)}): try --image-glob '{glob}'")
 

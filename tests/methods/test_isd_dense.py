@@ -199,15 +199,38 @@ def test_isd_pretrain_step_matches_dense_reference(preset, layout, monkeypatch):
 # ------------------------------------------------------------------ denormal probabilities (docs/methods.md)
 
 
-def _kept_denormals(monkeypatch):
-    """The blocked KL as before the flush: denormal probabilities computed as such (slowly, on an x86 CPU)."""
-    import contextlib
+@pytest.fixture
+def one_thread():
+    """The mode is only set with one intra-op thread (methods.isd.flushed_denormals)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
-    monkeypatch.setattr(isd_module, "flushed_denormals", lambda device: contextlib.nullcontext())
+
+@pytest.fixture
+def mode_inside(monkeypatch):
+    """Records, at each call of the blocked KL's loop, whether this thread flushes denormals there."""
+    seen = []
+    blocks = isd_module._blocked_queue_kl_blocks
+
+    def spy(*args):
+        seen.append(isd_module._flushing_denormals())
+        return blocks(*args)
+
+    monkeypatch.setattr(isd_module, "_blocked_queue_kl_blocks", spy)
+    return seen
 
 
-def test_blocked_queue_kl_flushes_denormal_probabilities_and_gives_the_same_float32_numbers(monkeypatch):
-    """ACTION's tau_t = 0.01 puts most teacher probabilities of a row below float32's smallest normal number; an Intel
+def _cpu_flushes() -> bool:
+    """Whether this CPU has the modes at all (x86 with SSE3, recent ARM); the test of the speed-up's cause needs them."""
+    supported = torch.set_flush_denormal(True)
+    torch.set_flush_denormal(False)
+    return supported
+
+
+def test_blocked_queue_kl_flushes_denormal_probabilities_and_gives_the_same_float32_numbers(one_thread, mode_inside):
+    """ACTION's tau_t = 0.01 puts many teacher probabilities of a row below float32's smallest normal number; an Intel
     CPU computed ACTION's stage ii 4x slower with them. Flushed to zero they change no float32 number here."""
     torch.manual_seed(0)
     n, m, d = 64, 2048, 36
@@ -224,21 +247,35 @@ def test_blocked_queue_kl_flushes_denormal_probabilities_and_gives_the_same_floa
 
     assert not isd_module._flushing_denormals()
     flushed = run()
-    assert not isd_module._flushing_denormals()  # the mode is put back
-    with monkeypatch.context() as patch:
-        _kept_denormals(patch)
+    assert mode_inside == [_cpu_flushes()]  # flushed inside, where the CPU can
+    assert not isd_module._flushing_denormals()  # and put back
+    with isd_module.denormals_kept():
         kept = run()
+    assert mode_inside[-1] is False
     for a, b, what in zip(flushed, kept, ("loss", "student gradient", "teacher gradient")):
         assert torch.equal(a, b), what
+
+
+def test_the_denormal_mode_is_put_back_after_an_error_and_left_alone_where_it_cannot_be_scoped(one_thread, mode_inside):
+    cpu = torch.device("cpu")
+    with pytest.raises(RuntimeError, match="inside"):
+        with isd_module.flushed_denormals(cpu):
+            assert isd_module._flushing_denormals() == _cpu_flushes()
+            raise RuntimeError("inside")
+    assert not isd_module._flushing_denormals()
     if torch.set_flush_denormal(True):  # a caller that flushes denormals itself keeps its mode
         try:
-            run()
+            with isd_module.flushed_denormals(cpu):
+                pass
             assert isd_module._flushing_denormals()
         finally:
             torch.set_flush_denormal(False)
+    torch.set_num_threads(2)  # workers would keep denormals, and one created inside would inherit the mode for good
+    blocked_queue_kl(torch.randn(8, 4), torch.randn(8, 4), torch.randn(20, 4), 0.1, 0.01)
+    assert mode_inside == [False] and not isd_module._flushing_denormals()
 
 
-def test_actions_stage_ii_trains_to_the_same_state_with_denormals_flushed(monkeypatch):
+def test_actions_stage_ii_trains_to_the_same_state_with_denormals_flushed(one_thread, mode_inside):
     """Three quick-size steps of ACTION's stage ii (tau_t = 0.01), flushed and not: every logged term and every state
     entry (weights, queues, BatchNorm statistics) equal bit for bit."""
     from medseg_platform.profiles import PROFILES
@@ -270,9 +307,10 @@ def test_actions_stage_ii_trains_to_the_same_state_with_denormals_flushed(monkey
         return terms, objective.state_dict()
 
     flushed_terms, flushed_state = train()
-    with monkeypatch.context() as patch:
-        _kept_denormals(patch)
+    assert mode_inside == [_cpu_flushes()] * 3
+    with isd_module.denormals_kept():
         kept_terms, kept_state = train()
+    assert mode_inside[3:] == [False] * 3
     assert flushed_terms == kept_terms
     assert flushed_state.keys() == kept_state.keys()
     for key, value in flushed_state.items():
