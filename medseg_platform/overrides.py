@@ -322,14 +322,29 @@ def _same_value(a: Any, b: Any) -> bool:
     return isinstance(a, bool) == isinstance(b, bool) and a == b  # 1 == 1.0 trains the same; True == 1 is a typo
 
 
+#: Greek letters of row names and the ASCII a shell user types for them (``--rows "ARCO-SG, tau = 0.1"``).
+_ASCII_GREEK = {"τ": "tau", "λ": "lambda", "α": "alpha", "δ": "delta"}
+
+
+def _typed(name: str) -> str:
+    """A row name as it can be typed: its Greek letters spelt out (see :data:`_ASCII_GREEK`)."""
+    for letter, ascii_name in _ASCII_GREEK.items():
+        name = name.replace(letter, ascii_name)
+    return name
+
+
 def select_rows(study, names: Sequence[str]) -> None:
-    """Keep only the rows (variants) of ``study`` named ``names`` (``tags["row"]``, as the tables print them) and the
-    claims between two kept rows; an unknown name is a one-line :class:`ConfigError` listing the valid ones."""
+    """Keep only the rows (variants) of ``study`` named ``names`` (``tags["row"]``, as the tables print them, or with
+    their Greek letters spelt out: "tau" for "τ") and the claims between two kept rows; an unknown name is a one-line
+    :class:`ConfigError` listing the valid ones."""
     valid = list(dict.fromkeys(_row_name(v) for v in study.variants))
+    spelt = {_typed(row): row for row in valid}
+    names = [name if name in valid else spelt.get(_typed(name), name) for name in names]
     unknown = [name for name in names if name not in valid]
     if unknown:
         raise ConfigError(f"--rows {', '.join(map(repr, unknown))}: no such row in study {study.name}; valid rows: "
-                          + ", ".join(map(repr, valid)))
+                          + ", ".join(map(repr, valid)) + (" (Greek letters may be spelt out: tau for τ)"
+                                                           if any(_typed(row) != row for row in valid) else ""))
     wanted = set(names)
     study.variants = [v for v in study.variants if _row_name(v) in wanted]
     study.claims = [c for c in study.claims if c.get("a") in wanted and c.get("b") in wanted]

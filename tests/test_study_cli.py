@@ -557,3 +557,17 @@ def test_the_stage_hint_is_only_for_parameters_no_fine_tuning_objective_has():
     assert "close matches: objective_params.ema_momentum" in str(info.value) and "pretraining stages" not in str(info.value)
     with pytest.raises(ConfigError, match="window is a parameter of the ISD pretraining stages"):
         check_key("model.window", objective="mona")
+
+
+def test_rows_with_greek_letters_can_be_typed_spelt_out():
+    """The studies probe: `--rows "ARCO-SG, tau = 0.1"` was refused; only a typed τ selected the row."""
+    from medseg_platform.overrides import select_rows
+    from medseg_platform.study import Variant
+
+    rows = ["ARCO-SG, τ = 0.1", "ARCO-SG, τ = 0.5", "ACTION, τ = 0.1"]
+    study = SimpleNamespace(name="ablation_temperature-smoke", variants=[Variant({"row": r}, {}) for r in rows],
+                            claims=[{"a": rows[0], "b": rows[1]}, {"a": rows[0], "b": rows[2]}])
+    select_rows(study, ["ARCO-SG, tau = 0.1", "ARCO-SG, τ = 0.5"])
+    assert [v.tags["row"] for v in study.variants] == rows[:2] and study.claims == [{"a": rows[0], "b": rows[1]}]
+    with pytest.raises(ConfigError, match=r"no such row .*\(Greek letters may be spelt out: tau for τ\)"):
+        select_rows(study, ["ARCO-SG, tau = 0.2"])
