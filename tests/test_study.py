@@ -383,6 +383,20 @@ def test_a_single_worker_trial_larger_than_the_local_ray_is_refused_before_ray(t
     check_local_resources(study)
 
 
+def test_a_run_shorter_than_its_validation_interval_is_a_warning(capsys):
+    """The studies probe: 20 steps under the quick profile's val_every 25 validated once, at the end, while the report
+    said 'model selected on val'."""
+    from medseg_platform.study.runner import warn_single_validation
+
+    trial = lambda steps, every: {"config": {"optim": {"max_steps": steps}, "eval": {"val_every": every}}}  # noqa: E731
+    warn_single_validation([trial(20, 25), trial(250, 25)])
+    assert capsys.readouterr().err == ("warning: 1 trial(s) train for 20 steps with eval.val_every 25: each validates once, "
+                                       "at its last step, so the tested weights are the final ones and its validation curve "
+                                       "has one point; pass e.g. --set eval.val_every=5 to validate during training\n")
+    warn_single_validation([trial(26, 25), trial(6, 3)])  # two validations each: nothing to say
+    assert capsys.readouterr().err == ""
+
+
 def test_more_threads_than_reserved_cpus_is_a_warning(tmp_path, capsys):
     """Following the error above (--cpus-per-trial 2) left the paper profile's 4 torch threads on 2 reserved CPUs."""
     from medseg_platform.study.runner import warn_oversubscribed_threads

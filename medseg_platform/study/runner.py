@@ -163,6 +163,7 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
     check_local_resources(study)
     if not in_process:  # Ray reserves CPUs per trial; a trial in this process reserves none
         warn_oversubscribed_threads(study, trials)
+    warn_single_validation(trials)
     if study.gpus_per_trial > 0:
         check_gpus_available(study.address)
     warn_idle_gpus(study)
@@ -274,6 +275,18 @@ def warn_oversubscribed_threads(study: Study, trials: list[dict]) -> None:
         _log(f"warning: the trials compute with {threads} torch threads each but reserve {study.cpus_per_trial:g} CPU(s) "
              f"(--cpus-per-trial); trials sharing a node's cores slow each other down: pass --set threads="
              f"{max(1, int(study.cpus_per_trial))} to match, or more CPUs per trial")
+
+
+def warn_single_validation(trials: list[dict]) -> None:
+    """Print a warning when trials train for no more steps than their validation interval (``--set
+    optim.max_steps=20`` under the quick profile's ``eval.val_every`` 25): each then validates once, at its last step,
+    so the val-selected weights are the final ones, trial health has no curve to judge and ASHA one report."""
+    short = [t for t in trials if -(-int(t["config"]["optim"]["max_steps"]) // int(t["config"]["eval"]["val_every"])) < 2]
+    if short:
+        steps, every = int(short[0]["config"]["optim"]["max_steps"]), int(short[0]["config"]["eval"]["val_every"])
+        _log(f"warning: {len(short)} trial(s) train for {steps} steps with eval.val_every {every}: each validates once, "
+             "at its last step, so the tested weights are the final ones and its validation curve has one point; "
+             f"pass e.g. --set eval.val_every={max(1, steps // 4)} to validate during training")
 
 
 def check_test_root(study: Study, trials: list[dict]) -> list[tuple[str, int]]:
