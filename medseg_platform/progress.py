@@ -276,8 +276,11 @@ class ProgressCallback(Callback):
 
 
 def _trial_name(trial) -> str:
-    """The trial's key (grid trials) or Tune's trial id (searched trials get their key inside the trial)."""
+    """The trial's key (grid trials), or "sample" and Tune's trial id (searched trials get their key inside the trial;
+    the id is the one ``search_history.csv`` lists in its ``trial_id`` column)."""
     config = getattr(trial, "config", None) or {}
-    grid_trial = config.get("trial") if not config.get("search") else None
+    if config.get("search"):
+        return f"sample {getattr(trial, 'trial_id', '?')}"
+    grid_trial = config.get("trial")
     key = grid_trial.get("key") if isinstance(grid_trial, Mapping) else None
     return key or str(getattr(trial, "trial_id", "?"))

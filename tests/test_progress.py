@@ -293,3 +293,12 @@ def test_a_sample_asha_stopped_is_named_so_not_finished(capsys):
     err = capsys.readouterr().err
     assert "stopped early (ASHA, step 25) a" in err and "stopped early (ASHA, step 50) c" in err
     assert "finished a" not in err and "finished b" in err
+
+
+def test_a_search_sample_is_named_as_one_with_the_id_its_history_lists():
+    """The studies probe: a search's lines read "started 5eb5213d" where a grid study's name trial keys."""
+    callback = ProgressCallback([trial_plan(config(), "base")], clock=lambda: 0.0)
+    sample = fake_trial("base")
+    sample.config = {"trial": {"key": "base"}, "search": {"optim.lr": 0.01}}
+    assert " started sample id-base (" in callback.line("started", sample, [sample], now="running")
+    assert " started base (" in callback.line("started", fake_trial("base"), [fake_trial("base")], now="running")
