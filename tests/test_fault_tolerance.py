@@ -107,7 +107,7 @@ def test_progress_eta_ignores_trials_whose_result_existed_and_names_search_trial
     callback.on_trial_complete(0, [old, new], old)
     assert "finished (result existed) key-t1" in capsys.readouterr().err and callback.finished_work == []
     callback.on_trial_start(0, [old, new], new)
-    assert "started t2 (" in capsys.readouterr().err  # a searched trial's key is only known inside the trial
+    assert "started sample t2 (" in capsys.readouterr().err  # a searched trial's key is only known inside the trial
 
 
 def test_application_errors_are_found_behind_ray_wrappers():
