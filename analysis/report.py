@@ -32,7 +32,7 @@ from analysis.claims import claim_results, claims_section, read_claims, verdict_
 from analysis.plots import is_plot_name, natural_key, PlotFile, write_plots
 from analysis.health import TrialHealth, health_problems, health_section, record_health
 from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, escape_markdown, identical_rows,
-                             incomplete_note, print_summary, recipe_sentence, row_label, row_order, study_class_names, table_file_names,
+                             incomplete_note, print_summary, recipe_sentence, row_label, set_option_items, row_order, study_class_names, table_file_names,
                              trial_seed, write_tables)
 from medseg_platform.data.layout import patient_of_case
 from medseg_platform.environment import NOT_RECORDED, environment_text
@@ -267,8 +267,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         lines.append(f"- **{'Latest command' if collected else 'Command'}**: `{settings['command']}`")
     if settings.get("overrides"):
         lines.append(("- **Overrides** (`--set` of the latest run; each row names its own): " if collected
-                      else "- **Overrides** (`--set`, every trial): ") + ", ".join(f"`{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}`"
-                                                                            for key, value in sorted(settings["overrides"].items())))
+                      else "- **Overrides** (`--set`, every trial): ") + ", ".join(f"`{item}`" for item in set_option_items(settings["overrides"])))
     lines += [
         protocol_line(info, settings, configs),
         f"- **Dataset**: {_join(roots)}; {_join(available)} training patients, {_join(test_cases)} test cases"

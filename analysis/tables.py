@@ -806,13 +806,15 @@ def flagged_note(table: WideTable) -> str:
             f"in all, listed under Trial health in report.md.")
 
 
+def set_option_items(overrides: Mapping[str, Any]) -> list[str]:
+    """A study's ``--set`` overrides (settings.json's ``overrides``) as typed, ``["optim.lr=0.05", "seed=2"]``: sorted by
+    key, lists and dicts as JSON."""
+    return [f"{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}" for key, value in sorted(overrides.items())]
+
+
 def set_options_text(overrides: Mapping[str, Any]) -> str:
-    """A study's ``--set`` overrides (settings.json's ``overrides``) as typed: ``"--set optim.lr=0.05, seed=2"``
-    (sorted by key; lists and dicts as JSON); "" when there are none."""
-    if not overrides:
-        return ""
-    return "--set " + ", ".join(f"{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}"
-                                for key, value in sorted(overrides.items()))
+    """``"--set optim.lr=0.05, seed=2"`` (:func:`set_option_items`); "" when there are none."""
+    return "--set " + ", ".join(set_option_items(overrides)) if overrides else ""
 
 
 def recipe_sentence(overrides: Mapping[str, Any]) -> str:

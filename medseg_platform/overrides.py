@@ -40,6 +40,8 @@ from medseg_platform.errors import ConfigError
 
 #: The objective of the recipes' pretraining stages (:func:`medseg_platform.recipes.isd_stage`).
 PRETRAIN_OBJECTIVE = "isd_pretrain"
+#: Where a pretraining stage's parameters are set instead of --set.
+STAGE_REMEDY = "edit the study script, e.g. with medseg_platform.variants.with_stage_params"
 
 #: Keys a study's own command-line flags set -> what sets them (an override of them is an error pointing there).
 STUDY_FLAG_KEYS = {"seed": "the flag --seeds", "workers": "the flag --num-workers", "data.root": "the flag --data-root",
@@ -103,7 +105,7 @@ def check_key(key: str, flags: Mapping[str, str] = STUDY_FLAG_KEYS, objective: s
         raise ConfigError(f"--set {key}: set by {flags[key]}; use that instead")
     if key == "pretrain" or key.startswith("pretrain.") or key.startswith("pretrain["):
         raise ConfigError(f"--set {key}: pretraining stages cannot be set from the command line (each row's 'pretrain' list "
-                          "sets them; edit the study script, e.g. with medseg_platform.variants.with_stage_params)")
+                          f"sets them; {STAGE_REMEDY})")
     if key in _SECTIONS or key == "objective_params":
         example = "objective_params.temperature" if key == "objective_params" else next(k for k in config_fields() if k.startswith(key + "."))
         raise ConfigError(f"--set {key}: name one field of it, e.g. --set {example}=...")
@@ -132,8 +134,8 @@ def _stage_hint(key: str) -> str:
     fine_tuning = any(leaf in objective_param_types(name) for name in OBJECTIVES if name != PRETRAIN_OBJECTIVE)
     if fine_tuning or leaf not in objective_param_types(PRETRAIN_OBJECTIVE):
         return ""
-    return (f"; {leaf} is a parameter of the ISD pretraining stages, which --set cannot reach: a study script sets it per "
-            "row with medseg_platform.variants.with_stage_params (as studies/ablation_temperature.py does)")
+    return (f"; {leaf} is a parameter of the ISD pretraining stages, which --set cannot reach ({STAGE_REMEDY}, as "
+            "studies/ablation_temperature.py does)")
 
 
 def _close_matches(key: str) -> str:
@@ -233,8 +235,7 @@ def _refuse_stage_parameters(resolved: Sequence, texts: Mapping[str, str], objec
         stages = [stage.objective for cfg in resolved for stage in cfg.pretrain if name in objective_param_types(stage.objective)]
         if stages:
             raise ConfigError(f"--set {key}: a parameter of the pretraining stages ({stages[0]}), not of any row's fine-tuning "
-                              "objective; stages cannot be set from the command line (edit the study script, e.g. with "
-                              "medseg_platform.variants.with_stage_params)")
+                              f"objective; stages cannot be set from the command line ({STAGE_REMEDY})")
 
 
 def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = STUDY_FLAG_KEYS,

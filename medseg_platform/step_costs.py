@@ -65,6 +65,12 @@ def cost_key(objective: str, params: Mapping) -> str:
     return objective
 
 
+def validations(config: Mapping) -> int:
+    """How many validations a trial of ``config`` (a ``TrialConfig.to_dict()``) runs: every ``eval.val_every`` steps and
+    after the last (``medseg_platform.engine.trial``), ceil(max_steps / val_every)."""
+    return -(-int(config["optim"]["max_steps"]) // int(config["eval"]["val_every"]))
+
+
 def trial_plan(config: Mapping, key: str, existed: bool = False) -> TrialPlan:
     """The :class:`TrialPlan` of the trial of ``config`` (a ``TrialConfig.to_dict()``).
 
@@ -79,9 +85,9 @@ def trial_plan(config: Mapping, key: str, existed: bool = False) -> TrialPlan:
                          json.dumps([pretrain[: i + 1], config.get("model"), data, config.get("seed"), config.get("workers"), amp],
                                     sort_keys=True, default=str))
                    for i, stage in enumerate(pretrain))
-    steps, val_every = int(config["optim"]["max_steps"]), int(config["eval"]["val_every"])
+    steps = int(config["optim"]["max_steps"])
     fine_tuning = Phase(cost_key(str(config["objective"]), dict(config.get("objective_params") or {})), steps)
-    return TrialPlan(key, stages, fine_tuning, -(-steps // val_every) + 1, existed)
+    return TrialPlan(key, stages, fine_tuning, validations(config) + 1, existed)
 
 
 def format_duration(seconds: float) -> str:

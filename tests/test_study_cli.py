@@ -70,8 +70,8 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
      "fine-tuning objective; stages cannot be set from the command line"),
     ("ablation_temperature", ["--set", "isd.tau_teacher=0.5"],  # its close match alone was a key refused in turn
      "--set isd.tau_teacher: unknown key; close matches: objective_params.tau_teacher; tau_teacher is a parameter of the "
-     "ISD pretraining stages, which --set cannot reach: a study script sets it per row with "
-     "medseg_platform.variants.with_stage_params"),
+     "ISD pretraining stages, which --set cannot reach (edit the study script, e.g. with "
+     "medseg_platform.variants.with_stage_params, as studies/ablation_temperature.py does)"),
     ("ablation_tailness", ["--protocol", "released", "--set", "eval.empty_policy=nan"],
      "--set eval.empty_policy: --protocol released sets it to 'released'; drop the --set or use --protocol corrected"),
     ("hparam_search", ["--set", "objective_params.contrast_weight=0.1"],

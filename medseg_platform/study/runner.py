@@ -281,7 +281,9 @@ def warn_single_validation(trials: list[dict]) -> None:
     """Print a warning when trials train for no more steps than their validation interval (``--set
     optim.max_steps=20`` under the quick profile's ``eval.val_every`` 25): each then validates once, at its last step,
     so the val-selected weights are the final ones, trial health has no curve to judge and ASHA one report."""
-    short = [t for t in trials if -(-int(t["config"]["optim"]["max_steps"]) // int(t["config"]["eval"]["val_every"])) < 2]
+    from medseg_platform.step_costs import validations
+
+    short = [t for t in trials if validations(t["config"]) < 2]
     if short:
         steps, every = int(short[0]["config"]["optim"]["max_steps"]), int(short[0]["config"]["eval"]["val_every"])
         _log(f"warning: {len(short)} trial(s) train for {steps} steps with eval.val_every {every}: each validates once, "
