@@ -278,13 +278,42 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
         raise
 
 
-def preflight(sources: Sequence[CaseSource], num_classes: int, split: Split) -> dict[str, np.ndarray]:
+#: Voxel sizes (mm, after the header's unit) a conversion accepts without a warning. Clinical CT and MRI voxels are
+#: about 0.2-10 mm (ACDC: 0.7-1.9 mm in plane, 5-10 mm between slices); a size outside this wide range is most often
+#: a unit error (metres or microns written as mm, or the unit code missing), and HD95 and ASD, reported in mm, scale
+#: with it.
+PLAUSIBLE_SPACING_MM = (0.01, 100.0)
+
+
+def implausible_spacing_warning(spacings: Mapping[Path, Sequence[float]]) -> str | None:
+    """The warning for the volumes whose voxel sizes (mm, (dz, dy, dx)) fall outside :data:`PLAUSIBLE_SPACING_MM`,
+    naming the first and counting the rest; None when every size is inside it."""
+    low, high = PLAUSIBLE_SPACING_MM
+    odd = [(path, spacing) for path, spacing in spacings.items() if any(not low <= s <= high for s in spacing)]
+    if not odd:
+        return None
+    path, spacing = odd[0]
+    more = f" and {len(odd) - 1} more" if len(odd) > 1 else ""
+    return (f"voxel sizes outside {low:g}-{high:g} mm: {path} has (dz, dy, dx) = "
+            f"({', '.join(f'{s:g}' for s in spacing)}) mm{more} ({len(odd)} of {len(spacings)} volume(s)). HD95 and ASD are "
+            "reported in mm and scale with these sizes: if the header's pixdim is in metres or microns, set its unit "
+            "(xyzt_units), which the conversion reads and converts")
+
+
+def preflight(sources: Sequence[CaseSource], num_classes: int, split: Split, warn: Log = _quiet) -> dict[str, np.ndarray]:
     """Checks of every pair before anything is written: readable headers, equal (D, H, W) shapes, voxel sizes and
     orientations (headers only), then every label's values (label files are small: a bad value in the last patient
-    used to stop the conversion only after every other patient was converted). Returns the label voxels per class
-    (int64 (num_classes,)) of each part of ``split`` ("train", "val", "test")."""
+    used to stop the conversion only after every other patient was converted). Voxel sizes outside
+    :data:`PLAUSIBLE_SPACING_MM` are one ``warn`` line. Returns the label voxels per class (int64 (num_classes,)) of
+    each part of ``split`` ("train", "val", "test")."""
+    spacings = {}
     for src in sources:
-        check_same_grid(read_header(src.image), read_header(src.label))
+        image = read_header(src.image)
+        check_same_grid(image, read_header(src.label))
+        spacings[src.image] = image.spacing
+    message = implausible_spacing_warning(spacings)
+    if message:
+        warn(message)
     voxels = {part: np.zeros(num_classes, dtype=np.int64) for part in ("train", "val", "test")}
     for src in sources:
         voxels[split.of(src.patient)] += np.bincount(read_label(src.label, num_classes).ravel(), minlength=num_classes)
@@ -358,7 +387,7 @@ def run_conversion(
     """Preflight, then write cases, lists and manifest (with ``class_names``) into staging and move it to ``out_dir``.
     A foreground class that no label holds is a ``warn`` line (most often a ``--num-classes`` above the data's)."""
     chosen = [src for src in sources if src.patient in set(split.patients)]
-    voxels = preflight(chosen, num_classes, split)
+    voxels = preflight(chosen, num_classes, split, warn)
     # another split: another --seed of the random split; the published split has none (`--split random --seed N`)
     redraw = "--seed" if source_info.get("split") == "random" else "--split random --seed N"
     if not voxels["train"][1:].any():  # `medseg data check` and every trial would refuse the dataset

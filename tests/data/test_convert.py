@@ -24,7 +24,7 @@ from medseg_platform.data.acdc_split import (
     random_split,
     split_counts,
 )
-from medseg_platform.data.convert import convert_acdc, convert_nifti
+from medseg_platform.data.convert import convert_acdc, convert_nifti, implausible_spacing_warning
 from medseg_platform.data.layout import AcdcLayout
 from medseg_platform.data.nifti import read_header, sanitize_case_id, source_affine, split_nifti_name
 from medseg_platform.errors import ConfigError, DataError
@@ -460,6 +460,29 @@ def test_a_class_in_no_label_is_a_warning_naming_num_classes(tmp_path, capsys):
     assert rc == 0 and AcdcLayout(tmp_path / "out", num_classes=4).test_cases
     assert err == ("warning: label 3 (LV): in no label of the 3 volume(s): no trial learns to segment it. Check "
                    "--num-classes 4 (background included) if the data holds fewer classes\n")
+
+
+def test_voxel_sizes_a_unit_error_away_from_millimetres_are_one_warning(tmp_path, capsys):
+    """Sizes in metres written as mm (1.5 mm stored as 0.0015, unit code missing) converted without a word, and every
+    HD95/ASD of the dataset came out 1000x too small (the data probe). Now one warning names the first such volume and
+    counts them; the conversion goes on (the sizes may be right), and sizes of real scans stay silent."""
+    raw = tmp_path / "mine"
+    make_generic(raw, ["a", "b", "c"])
+    rc, _, err = run(capsys, "convert-nifti", raw, tmp_path / "ok", "--num-classes", "3")
+    assert rc == 0 and err == ""  # ZOOMS_XYZ: clinical sizes
+    rng = np.random.default_rng(3)
+    for name in ("a", "b"):
+        image, label = fake_pair(rng, 3)
+        save_nifti(raw / f"{name}.nii.gz", image, zooms=(0.0015, 0.0015, 0.01))
+        save_nifti(raw / f"{name}_gt.nii.gz", label, zooms=(0.0015, 0.0015, 0.01))
+    rc, _, err = run(capsys, "convert-nifti", raw, tmp_path / "out", "--num-classes", "3")
+    assert rc == 0 and AcdcLayout(tmp_path / "out", num_classes=3).test_cases
+    assert err == (f"warning: voxel sizes outside 0.01-100 mm: {raw / 'a.nii.gz'} has (dz, dy, dx) = (0.01, 0.0015, 0.0015) "
+                   "mm and 1 more (2 of 3 volume(s)). HD95 and ASD are reported in mm and scale with these sizes: if the "
+                   "header's pixdim is in metres or microns, set its unit (xyzt_units), which the conversion reads and "
+                   "converts\n")
+    assert implausible_spacing_warning({Path("x"): (10.0, 1.5, 1.5)}) is None
+    assert implausible_spacing_warning({Path("x"): (150.0, 1.5, 1.5)}).startswith("voxel sizes outside 0.01-100 mm: x has")
 
 
 def test_labels_without_foreground_in_the_training_patients_are_refused_before_writing(tmp_path, capsys):
