@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from medseg_platform.errors import ConfigError
+from medseg_platform.errors import ConfigError, DataError
 
 AMP_MODES = ("off", "bf16", "fp16")
 LR_STEPS = ("released", "aligned")  # OptimConfig.lr_step, StageConfig.lr_step
@@ -299,6 +299,10 @@ class TrialConfig:
         if not self.data.root:
             raise ConfigError("data.root: no dataset given (pass --data-root, or omit it to use the embedded phantom)")
         layout = AcdcLayout(self.data.root, self.data.num_classes)
+        if self.eval.distance_units == "mm":  # the test's distances, before any step is trained
+            mixed = layout.mixed_spacing(layout.test_cases)
+            if mixed:
+                raise DataError(mixed)
         seed = self.seed if self.data.labelled_seed is None else self.data.labelled_seed
         try:
             subset = select_labelled(layout.train_slices, self.data.labelled, self.data.labelled_strategy, seed)

@@ -170,6 +170,9 @@ def check_dataset(root: str | Path, num_classes: int = 4, progress: bool = False
         problems.append(f"{layout.root}: case(s) {sorted(overlap)[:5]} appear in more than one split (train/val/test must be disjoint)")
     else:
         problems += _patients_in_two_splits(layout)
+    mixed = layout.mixed_spacing([*layout.val_cases, *layout.test_cases])
+    if mixed:
+        problems.append(mixed)
     changed = changed_files(layout.root)
     if changed:
         problems.append(f"{layout.root / MANIFEST}: {len(changed)} file(s) differ from the SHA-256 it records, e.g. "

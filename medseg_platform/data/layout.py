@@ -424,6 +424,36 @@ class AcdcLayout:
         spacing_t = tuple(float(s) for s in spacing) if spacing is not None else None
         return Volume(case, image.astype(np.float32, copy=False), label.astype(np.uint8, copy=False), spacing_t)
 
+    def has_spacing(self, case: str) -> bool | None:
+        """Whether :meth:`read_volume` gives ``case`` a spacing (the h5 attribute, else the manifest's), from the file's
+        attributes only (cheap: no voxel is read); None when the file is missing or unreadable, or its spacing is not
+        three positive numbers (reading it names that problem)."""
+        from medseg_platform.evaluation.metrics import normalise_spacing
+
+        if self.manifest.get("cases", {}).get(case, {}).get("spacing") is not None:
+            return True
+        try:
+            with h5py.File(self.volume_path(case), "r") as fh:
+                if "spacing" not in fh.attrs:
+                    return False
+                normalise_spacing(fh.attrs["spacing"], 3, "spacing")
+                return True
+        except (OSError, DataError, ConfigError):
+            return None
+
+    def mixed_spacing(self, cases: Sequence[str]) -> str | None:
+        """A problem text when some of ``cases`` have a spacing and others none (their HD95 and ASD would average mm
+        with voxels: docs/evaluation.md, 'Units'); None when all or none of the readable ones have one."""
+        known = {case: self.has_spacing(case) for case in cases}
+        known = {case: spaced for case, spaced in known.items() if spaced is not None}
+        without = [case for case, spaced in known.items() if not spaced]
+        if not without or len(without) == len(known):
+            return None
+        return (f"{self.root}: {len(known) - len(without)} of {len(known)} evaluated cases have a voxel spacing but "
+                f"{len(without)} have none (e.g. {without[0]}), so HD95 and ASD would average mm with voxels; add the "
+                "missing spacing (the volume's 'spacing' attribute or the manifest's), or score in voxels "
+                "(--set eval.distance_units=voxel)")
+
     def __repr__(self) -> str:
         return (
             f"AcdcLayout({str(self.root)!r}: {len(self.train_slices)} train slices of "

@@ -242,3 +242,37 @@ def test_a_manifest_whose_cases_are_not_objects_or_spacings_not_numbers_is_a_one
         path.write_text(json.dumps({"cases": cases}))
         with pytest.raises(DataError, match=message):
             read_manifest(tiny_root)
+
+
+def test_test_cases_with_and_without_a_spacing_are_refused_before_training(tiny_root: Path):
+    """A trial scored HD95 in mm where a test volume had a spacing and in voxels where it had none, averaged the two and
+    labelled the table "mm" (the evaluation probe); `medseg evaluate` refused the same data. Now `data check` names it,
+    a trial's config check refuses it before any step (in voxels it is fine), and the evaluation itself refuses it."""
+    import torch
+
+    from medseg_platform.config import TrialConfig
+    from medseg_platform.engine.evaluate import evaluate_volumes
+    from medseg_platform.errors import DataError
+
+    ds = AcdcLayout(tiny_root)
+    assert check_dataset(tiny_root).ok and not ds.manifest  # every volume has a spacing attribute
+    unspaced = ds.test_cases[1]
+    with h5py.File(ds.volume_path(unspaced), "r+") as fh:
+        del fh.attrs["spacing"]
+    cases = len(ds.val_cases) + len(ds.test_cases)
+    message = (f"{ds.root}: {cases - 1} of {cases} evaluated cases have a voxel spacing but 1 have none (e.g. {unspaced}), so "
+               "HD95 and ASD would average mm with voxels; add the missing spacing (the volume's 'spacing' attribute or the "
+               "manifest's), or score in voxels (--set eval.distance_units=voxel)")
+    assert check_dataset(tiny_root).problems == [message]
+    cfg = TrialConfig().replace(**{"data.root": str(tiny_root), "data.patch_size": (32, 32), "data.labelled": "2",
+                                   "data.labelled_batch": 2, "data.unlabelled_batch": 2})
+    cfg.validate(check_data=False)
+    with pytest.raises(DataError, match=r"1 of 2 evaluated cases have a voxel spacing but 1 have none \(e.g. patient006_frame02\)"):
+        cfg.validate()
+    cfg.replace(**{"eval.distance_units": "voxel"}).validate()
+    model = torch.nn.Conv2d(1, 4, 1)
+    volumes = [ds.read_volume(case) for case in ds.test_cases]
+    with pytest.raises(DataError, match=rf"1 of 2 evaluated cases have a voxel spacing but e.g. {ds.test_cases[1]} has none"):
+        evaluate_volumes(model, volumes, cfg, torch.device("cpu"))
+    rows = evaluate_volumes(model, volumes, cfg.replace(**{"eval.distance_units": "voxel"}), torch.device("cpu"))
+    assert {row["case"] for row in rows} == set(ds.test_cases)
