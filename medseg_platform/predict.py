@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from medseg_platform.errors import DataError, MedsegError
+from medseg_platform.evaluation.cli import EVALUATION_DIR
 
 SPLITS = ("test", "val", "all")
 NIFTI_DIR = "nifti"
@@ -114,13 +115,14 @@ def check_prediction_folder(out: Path, trial_dir: Path, cases: Sequence[str]) ->
     if not out.is_dir():
         return
     ours = set(cases)
-    others = sorted(name for name in list_label_files(out, "pred") if name not in ours)
-    if (out / NIFTI_DIR).is_dir():
-        others += sorted(f"{NIFTI_DIR}/{name}" for name in list_label_files(out / NIFTI_DIR, "pred") if name not in ours)
+    others = set(name for name in list_label_files(out, "pred") if name not in ours)
+    if (out / NIFTI_DIR).is_dir():  # a case's NIfTI beside its h5 is the same case, counted once
+        others |= set(name for name in list_label_files(out / NIFTI_DIR, "pred") if name not in ours)
     if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        raise MedsegError(f"--out {out}: already holds predictions of other cases ({shown}), which medseg evaluate would score "
-                          "with these; use an empty folder, or delete them")
+        names = sorted(others)
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise MedsegError(f"--out {out}: already holds predictions of {len(names)} other case(s) ({shown}), which medseg evaluate "
+                          "would score with these; use an empty folder, or delete them")
 
 
 def check_same_classes(root: str | Path, num_classes: int, class_names: Sequence[str], what: str, reference: str):
@@ -597,6 +599,9 @@ def run(args) -> int:
         print(message, file=sys.stderr, flush=True)
 
     out = Path(args.out).expanduser().resolve()
+    earlier_scores = (out / EVALUATION_DIR).is_dir()  # medseg evaluate's default output, of the predictions replaced here
+    stale = (f"note: {out / EVALUATION_DIR} holds the scores of the predictions this run replaced; the command above "
+             "scores these anew")
     if args.images is not None:
         if args.split is not None:
             raise MedsegError("--split: chooses cases of --data-root; with --images every scan given is predicted (drop --split)")
@@ -606,6 +611,8 @@ def run(args) -> int:
         labels = label_folder(summary) if suffix == LABEL_SUFFIX else None  # medseg evaluate reads <case>_gt labels
         if labels is not None:
             print(f"score them against the label files beside the scans: {evaluate_command(out, {**summary, 'data_root': str(labels)})}")
+        if earlier_scores:
+            print(stale if labels is not None else stale.replace("the command above scores", "medseg evaluate scores"))
         return 0
     if args.label_suffix is not None:
         raise MedsegError("--label-suffix: names the label files beside --images scans; a --data-root dataset knows its own")
@@ -615,4 +622,6 @@ def run(args) -> int:
              else "; h5 only (the dataset's manifest records no source NIfTI affine)")
     print(f"wrote {len(summary['cases'])} prediction(s) of the {split} split to {out}{nifti}")
     print(f"score them as the trial did: {evaluate_command(out, summary)}")
+    if earlier_scores:
+        print(stale)
     return 0

@@ -121,6 +121,17 @@ def test_cases_converted_from_nifti_get_a_nifti_on_the_source_grid(trained, tmp_
     assert main(["evaluate", "--pred", str(out / "nifti"), "--gt", str(converted), "--quiet", "--out", str(tmp_path / "e1")]) == 0
     assert main(["evaluate", "--pred", str(out), "--gt", str(converted), "--quiet", "--out", str(tmp_path / "e2")]) == 0
     assert read_rows(tmp_path / "e1" / "per_case.csv") == read_rows(tmp_path / "e2" / "per_case.csv")
+    # medseg evaluate's own folder beside the predictions: a rerun says its scores are of the predictions it replaced
+    assert main(["evaluate", "--pred", str(out), "--gt", str(converted), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--trial", str(trial), "--data-root", str(converted), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (f"note: {out / 'evaluation'} holds the scores of the predictions this "
+                                                        "run replaced; the command above scores these anew")
+    # the val split's predictions beside them: each other case named and counted once, though an h5 and a NIfTI hold it
+    assert main(["predict", "--trial", str(trial), "--data-root", str(converted), "--out", str(out), "--split", "val"]) == 2
+    shown = ", ".join(cases[:3]) + (f" and {len(cases) - 3} more" if len(cases) > 3 else "")
+    assert one_line_error(capsys) == (f"error: --out {out}: already holds predictions of {len(cases)} other case(s) ({shown}), "
+                                      "which medseg evaluate would score with these; use an empty folder, or delete them\n")
 
 
 def test_a_unit_scale_sform_with_the_spacing_in_the_qform_gives_predictions_of_the_source_voxel_size(trained, tmp_path):
@@ -232,7 +243,8 @@ def test_an_output_in_the_trial_or_holding_other_predictions_is_refused(trained,
     before = sorted(p.name for p in out.iterdir())
     capsys.readouterr()
     assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out)]) == 2
-    assert one_line_error(capsys).startswith(f"error: --out {out}: already holds predictions of other cases (patient005_frame01, patient005_frame02)")
+    assert one_line_error(capsys).startswith(f"error: --out {out}: already holds predictions of 2 other case(s) (patient005_frame01, "
+                                             "patient005_frame02)")
     assert sorted(p.name for p in out.iterdir()) == before
     assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out), "--split", "val"]) == 0  # the same cases
     import fcntl

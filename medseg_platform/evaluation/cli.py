@@ -9,6 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+#: the folder under ``--pred`` that ``medseg evaluate`` writes to without ``--out``
+EVALUATION_DIR = "evaluation"
+
 
 def add_cli(subparsers) -> None:
     from medseg_platform.cli import command_parser
@@ -100,7 +103,7 @@ def run(args) -> int:
 
         num_classes = ((manifest_num_classes(args.gt) if scoring.is_dataset_root(Path(args.gt).expanduser()) else None)
                        or predicted_num_classes(Path(args.pred).expanduser()) or 4)
-    out = Path(args.out) if args.out else Path(args.pred) / "evaluation"
+    out = Path(args.out) if args.out else Path(args.pred) / EVALUATION_DIR
     if Path(args.pred).is_dir():  # a missing or wrong --pred gets evaluate_folder's own message
         check_output_folder(out, "--out" if args.out else "--out (default <pred>/evaluation)")
     result = scoring.evaluate_folder(

@@ -6,14 +6,14 @@ class axis, and the label maps resized back to (H, W) by nearest neighbour. No T
 
 Resize conventions (``resize``):
 
-* ``"nearest-exact"`` (default): ``torch.nn.functional.interpolate(mode="nearest-exact")``, pixel-centre
+* ``"nearest-exact"``: ``torch.nn.functional.interpolate(mode="nearest-exact")``, pixel-centre
   aligned (source index ``floor((i + 0.5) * in / out)``). Up- then down-sampling returns every pixel to itself,
   so a model that is exact at 256×256 is exact at native size.
 * ``"nearest"``: torch's legacy ``mode="nearest"`` (source index ``floor(i * in / out)``); its round trip can
   move a pixel by one (e.g. native 200 → 256 → 200 maps column 1 to column 0), a half-pixel shift.
-* ``"zoom"``: ``scipy.ndimage.zoom(order=0)`` per slice, exactly what the released ``test_2D.py`` does
-  (corner-aligned rounding; it can also zero the last row/column when the computed coordinate rounds past the
-  edge). Use it to reproduce released numbers.
+* ``"zoom"`` (default, as ``eval.resize``'s, so a direct call predicts as a trial does): ``scipy.ndimage.zoom(order=0)``
+  per slice, exactly what the released ``test_2D.py`` does (corner-aligned rounding; it can also zero the last
+  row/column when the computed coordinate rounds past the edge).
 
 The model receives a float32 tensor (B, 1, ph, pw) and may return logits (B, C, ph, pw), a tuple/list whose
 first element is the logits, or a mapping with a ``"logits"`` entry. torch is imported when this module is.
@@ -66,7 +66,7 @@ def _resize(batch: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tens
 
 def predict_volume(model: torch.nn.Module, image: np.ndarray, patch_size: Sequence[int] = (256, 256),
                    batch_size: int = 16, device: str | torch.device | None = None,
-                   resize: str = "nearest-exact") -> np.ndarray:
+                   resize: str = "zoom") -> np.ndarray:
     """Label map (D, H, W) uint8 of a volume ``image`` (D, H, W) float32, predicted slice by slice.
 
     ``device``: where the model runs (default: the device of its first parameter, else CPU); the model is

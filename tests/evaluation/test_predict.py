@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
+from medseg_platform.config import EvalConfig
 from medseg_platform.errors import ConfigError, DataError
 from medseg_platform.evaluation.predict import predict_volume
 
@@ -45,7 +48,7 @@ def volume(shape, seed=0) -> np.ndarray:
 def test_round_trip_is_exact_when_native_fits_the_patch(output):
     image = volume((5, 37, 53))  # non-square, smaller than the patch
     model = ThresholdModel(output).train()
-    pred = predict_volume(model, image, patch_size=(64, 60), batch_size=2)
+    pred = predict_volume(model, image, patch_size=(64, 60), batch_size=2, resize="nearest-exact")
     assert pred.dtype == np.uint8 and pred.shape == image.shape
     np.testing.assert_array_equal(pred, classify(image))
     # batches of 2, 2, 1 at patch size, in eval mode without gradients; the train mode comes back
@@ -56,7 +59,7 @@ def test_round_trip_is_exact_when_native_fits_the_patch(output):
 
 def test_each_slice_is_resized_down_and_back_by_nearest_neighbour():
     image = volume((3, 90, 41), seed=1)  # taller than the patch: information is lost, positions are not
-    pred = predict_volume(ThresholdModel(), image, patch_size=(32, 48), batch_size=8)
+    pred = predict_volume(ThresholdModel(), image, patch_size=(32, 48), batch_size=8, resize="nearest-exact")
     # expected from torch's documented nearest-exact rule, source index floor((i + 0.5) * in / out)
     def index(n_out, n_in):
         return np.minimum(np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(int), n_in - 1)
@@ -65,7 +68,8 @@ def test_each_slice_is_resized_down_and_back_by_nearest_neighbour():
     cols = index(48, 41)[index(41, 48)]
     np.testing.assert_array_equal(pred, classify(image[:, rows][:, :, cols]))
     # a batch size that does not divide D gives the same volume
-    np.testing.assert_array_equal(pred, predict_volume(ThresholdModel(), image, patch_size=(32, 48), batch_size=2))
+    np.testing.assert_array_equal(pred, predict_volume(ThresholdModel(), image, patch_size=(32, 48), batch_size=2,
+                                                       resize="nearest-exact"))
 
 
 def test_legacy_nearest_and_released_zoom_modes():
@@ -81,6 +85,9 @@ def test_legacy_nearest_and_released_zoom_modes():
         ndimage.zoom(classify(ndimage.zoom(s, (64 / 30, 64 / 45), order=0)), (30 / 64, 45 / 64), order=0) for s in image
     ])
     np.testing.assert_array_equal(zoomed, expected)
+    # the function's default is the trials' (eval.resize): a direct call used to predict with another resize
+    np.testing.assert_array_equal(predict_volume(ThresholdModel(), image, patch_size=(64, 64)), zoomed)
+    assert inspect.signature(predict_volume).parameters["resize"].default == EvalConfig().resize
 
 
 def test_bad_inputs():
