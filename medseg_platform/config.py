@@ -6,9 +6,10 @@ evaluation and the seed. It is a frozen dataclass tree that round-trips through 
 (``"optim.lr"``; an objective's parameters as ``"objective_params.consistency_weight"``). :meth:`TrialConfig.validate` runs before Ray starts
 and raises one-line :class:`ConfigError` messages.
 
-Defaults are the released fine-tuning settings (docs/data.md, 'Batches and epochs'; docs/shared.md,
+Training defaults are the released fine-tuning settings (docs/data.md, 'Batches and epochs'; docs/shared.md,
 'Optimiser and schedule'): 4 labelled + 4 unlabelled per step, SGD lr 0.01 momentum 0.9 weight decay 1e-4
-Nesterov, poly(0.9) schedule, 256×256 patches.
+Nesterov, poly(0.9) schedule, 256×256 patches. Evaluation defaults (:class:`EvalConfig`) are the corrected protocol
+(docs/evaluation.md, 'Model selection'; ``--protocol released`` gives the released one).
 """
 
 from __future__ import annotations

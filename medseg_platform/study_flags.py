@@ -127,11 +127,12 @@ def amount(positive: bool):
     return parse
 
 
-def study_parser(description: str, default_name: str, folder: str | None = None) -> argparse.ArgumentParser:
+def study_parser(description: str, default_name: str, folder: str | None = None,
+                 seeds_help: str = "seeds, each in [0, 2**32 - 1] (default: the profile's)") -> argparse.ArgumentParser:
     """The parser of a study script's shared flags (profile, data, Ray and resources, ``--set``, ``--rows``,
     ``--dry-run``, ``--protocol``, ``--test-root``); a script may add its own before handing it to
     :func:`analysis.study_cli.run_study_main`. ``folder``: how ``--name``'s help spells the default folder name
-    (default ``<default_name>-<profile>``)."""
+    (default ``<default_name>-<profile>``); ``seeds_help``: ``--seeds``'s help (a search takes one)."""
     parser = argparse.ArgumentParser(description=plain_help(description), formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=f"example:\n  python {sys.argv[0]} --smoke-test")
     parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick",
@@ -140,8 +141,7 @@ def study_parser(description: str, default_name: str, folder: str | None = None)
     parser.add_argument("--address", default=None, help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--results-dir", default="results", help="where results go (default: ./results)")
     parser.add_argument("--data-root", default=None, help="dataset root in the SSL4MIS/ACDC layout (default: the embedded phantom)")
-    parser.add_argument("--seeds", type=seed_value(), nargs="+", default=None,
-                        help="seeds, each in [0, 2**32 - 1] (default: the profile's)")
+    parser.add_argument("--seeds", type=seed_value(), nargs="+", default=None, help=seeds_help)
     parser.add_argument("--labelled", type=label_fraction, nargs="+", default=None, metavar="FRACTION",
                         help="the label fractions (table columns) to train: labelled patients ('3') or percent ('5%%') "
                              "(default: the study's own, e.g. 1 / 3 / 7 patients at --profile paper; hparam_search.py takes one)")

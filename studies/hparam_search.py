@@ -86,7 +86,8 @@ def search_space(method: str) -> dict:
 
 
 def parser():
-    p = study_parser(__doc__, "hparam_search", folder="hparam_search-<method>-<profile>")
+    p = study_parser(__doc__, "hparam_search", folder="hparam_search-<method>-<profile>",
+                     seeds_help="the one seed the search trains, in [0, 2**32 - 1] (default: the profile's first)")
     p.add_argument("--method", choices=SEARCHABLE, default="arco_sag", help="the method to tune (default: arco_sag)")
     p.add_argument("--num-samples", type=int, default=None, help="samples Optuna proposes (default: the profile's: smoke 3, quick 16, paper 40)")
     return p

@@ -124,6 +124,24 @@ def test_every_docs_citation_names_an_existing_page_and_section():
     assert not problems, "\n".join(problems)
 
 
+# README, 'Running on a cluster'   (the repository's README.md; not docs/README.md, which the patterns above check)
+README_CITATION = re.compile(r"(?<![\w/.`])README(?:\.md)?`{0,2},[\s#]*'(?P<title>[^'\n]+(?:\n[ \t]*#?[ \t]*[^'\n]+)*)'")
+
+
+def test_every_readme_citation_names_an_existing_section():
+    """An error message sent users to "README, 'Authentication'", a bold paragraph and no section (the docs probe)."""
+    assert [m["title"] for m in README_CITATION.finditer("see README, 'Studies' and docs" "/README.md, 'Index'")] == ["Studies"]
+    sections = headings(ROOT / "README.md")
+    problems = []
+    for path in scanned_files():
+        text = path.read_text(encoding="utf-8")
+        for match in README_CITATION.finditer(text):
+            title = re.sub(r"\s*\n[ \t]*#?[ \t]*", " ", match["title"]).strip()
+            if title not in sections:
+                problems.append(f"{path.relative_to(ROOT)} line {_line(text, match.start())}: README.md has no section '{title}'")
+    assert not problems, "\n".join(problems)
+
+
 def test_forbidden_pattern_matches_the_old_citation_forms():
     for text in ("methods" + "-spec", "(spec" + " §" + "8 bug 3)", "(ray" + "-stack.md)", "../shared" + "/reference/x",
                  "(§" + "1.10)"):

@@ -43,7 +43,7 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboa
             raise ConfigError(f"{source} {address}: not a Ray address ({exc}); give HOST:PORT of the head node's GCS "
                               "(port 6379 by default) or 'auto'") from None
         term_as_interrupt()
-        if getattr(context, "dashboard_url", None):  # the cluster's, on its head node (README, 'Dashboard')
+        if getattr(context, "dashboard_url", None):  # the cluster's, on its head node (README, 'Running on a cluster')
             print(dashboard_message(context.dashboard_url) + "; on the cluster's head node: from another machine, tunnel "
                   "to it (README, 'Running on a cluster', the dashboard)", file=sys.stderr, flush=True)
         return True
