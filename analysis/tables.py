@@ -701,8 +701,8 @@ def _values_phrase(values: Sequence[str], what: str) -> str:
 def _policy_phrase(policies: Sequence[str], style: MetricStyle) -> str:
     """The empty-mask policy (``eval.empty_policy``) and what it does to this metric's means."""
     if policies == ["nan"]:
-        return ('empty-mask policy "nan" (a case where the ground truth is empty is left out of that class\'s '
-                "mean; an empty prediction scores 0)" if style.higher_is_better else
+        return ('empty-mask policy "nan" (a case where prediction and ground truth are both empty is left out of that '
+                "class's mean; where one of them is empty the case scores 0)" if style.higher_is_better else
                 'empty-mask policy "nan" (a case where prediction or ground truth is empty is left out of that '
                 "class's mean)")
     if policies == ["released"]:

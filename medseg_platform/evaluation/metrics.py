@@ -32,12 +32,14 @@ case                 ``"nan"`` (default)                 ``"released"``
 ===================  ==================================  ==========================
 both non-empty       computed                            computed
 G empty, P empty     all NaN (undefined)                 dice=jaccard=0, distances 0
-G empty, P non-empty all NaN (undefined)                 dice=jaccard=1, distances 0
+G empty, P non-empty dice=jaccard=0, distances NaN       dice=jaccard=1, distances 0
 G non-empty, P empty dice=jaccard=0, distances NaN       dice=jaccard=0, distances 0
 ===================  ==================================  ==========================
 
 NaN means "undefined, excluded from means and counted" (see :func:`summarize`; docs/evaluation.md, 'Empty
-masks'). No policy raises.
+masks'). Under ``"nan"`` Dice and Jaccard are NaN only where they are 0/0 (both masks empty): a prediction of a class
+the ground truth lacks is a false positive and scores 0 (it used to be NaN, which hid it from every mean); the
+distances are NaN whenever a mask has no surface to measure from or to. No policy raises.
 This module does not import torch or medpy (medpy is imported only for ``backend="medpy"``).
 """
 
@@ -154,9 +156,9 @@ def _empty_values(n_pred: int, n_gt: int, empty_policy: str) -> dict[str, float]
     if empty_policy == "released":
         overlap = 1.0 if (n_pred > 0 and n_gt == 0) else 0.0
         return {"dice": overlap, "jaccard": overlap, "hd95": 0.0, "asd": 0.0, "assd": 0.0}
-    if n_gt == 0:
+    if n_gt == 0 and n_pred == 0:  # 0/0: nothing to score
         return dict.fromkeys(METRICS, _NAN)
-    # gt non-empty, prediction empty: no overlap, no prediction surface to measure from
+    # one mask empty: no overlap (a missed class, or a false positive of an absent one), no surface on one side
     return {"dice": 0.0, "jaccard": 0.0, "hd95": _NAN, "asd": _NAN, "assd": _NAN}
 
 

@@ -227,8 +227,8 @@ def test_caption_states_seeds_steps_patients_and_empty_policy(df, tmp_path):
     records, _ = scan_study(root)
     same = tables.build_table(records, metrics=("dice", "hd95"))
     assert ("Seed 0; 100 fine-tuning steps; 3 labelled patients; the weights of the best validation Dice tested; "
-            "empty-mask policy \"nan\" (a case where the ground "
-            "truth is empty is left out of that class's mean; an empty prediction scores 0).") in tables.to_markdown(same, "dice")
+            "empty-mask policy \"nan\" (a case where prediction and ground truth are both empty is left out of that "
+            "class's mean; where one of them is empty the case scores 0).") in tables.to_markdown(same, "dice")
     assert ("empty-mask policy \"nan\" (a case where prediction or ground truth is empty is left out of that "
             "class's mean).") in tables.to_markdown(same, "hd95")
     write_trial(root, MONA, 1, FEW, 1, max_steps=200, empty_policy="released", selection="final")

@@ -153,7 +153,9 @@ NAN = float("nan")
     "pred, gt, nan_expected, released_expected",
     [
         (_EMPTY, _EMPTY, (NAN, NAN, NAN, NAN), (0.0, 0.0, 0.0, 0.0)),
-        (_FULL, _EMPTY, (NAN, NAN, NAN, NAN), (1.0, 1.0, 0.0, 0.0)),
+        # a prediction of a class the case lacks: Dice 2*0 / (|P| + 0) = 0 is defined (it used to be NaN, which left
+        # such false positives out of every mean: the evaluation probe)
+        (_FULL, _EMPTY, (0.0, 0.0, NAN, NAN), (1.0, 1.0, 0.0, 0.0)),
         (_EMPTY, _FULL, (0.0, 0.0, NAN, NAN), (0.0, 0.0, 0.0, 0.0)),
     ],
     ids=["both-empty", "gt-empty", "pred-empty"],
