@@ -72,8 +72,12 @@ def test_bad_values_are_one_line_errors(tiny_root, overrides, message):
 
 
 def test_a_small_nn_pool_is_valid_without_l_nn(tiny_root):
-    cfg(tiny_root, **{"data.labelled": "1", "objective": "mona", "data.unlabelled_batch": 3,
-                      "objective_params": {"nn_pool_capacity": 2, "nn_topk": 1, "nn_weight": 0.0}}).validate()
+    """A pool smaller than the unlabelled batch is refused while L_nn reads it, and valid with nn_weight 0."""
+    params = {"nn_pool_capacity": 2, "nn_topk": 1, "nn_weight": 0.0}
+    cfg(tiny_root, **{"data.labelled": "1", "objective": "mona", "data.unlabelled_batch": 3, "objective_params": params}).validate()
+    with pytest.raises(ConfigError, match=r"nn_pool_capacity 2.*smaller than the unlabelled batch"):
+        cfg(tiny_root, **{"data.labelled": "1", "objective": "mona", "data.unlabelled_batch": 3,
+                          "objective_params": {**params, "nn_weight": 1.0}}).validate()
 
 
 def test_missing_data_root_and_unknown_keys(tmp_path):

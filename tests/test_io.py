@@ -115,3 +115,55 @@ def test_a_lock_removed_between_open_and_lock_is_not_held_twice(tmp_path, monkey
         with pytest.raises(ConfigError, match="medseg predict is running there already"):
             with io.folder_lock(folder, "medseg predict", keep=False):
                 pass
+
+
+def test_atomic_path_writes_beside_the_file_and_replaces_it_only_on_success(tmp_path):
+    """The test audit: writing in place, or leaving the temporary file behind on an error, passed every test."""
+    import os
+
+    from medseg_platform.io import atomic_path
+
+    target = tmp_path / "result.json"
+    target.write_text("old")
+    with atomic_path(target) as tmp:
+        assert tmp != target and tmp.parent == target.parent and tmp.name.startswith(".result.json.")
+        tmp.write_text("new")
+        assert target.read_text() == "old"  # nothing replaced before the block ends
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+def test_write_texts_atomic_replaces_no_file_when_any_write_fails(tmp_path, monkeypatch):
+    """The set is staged first: a failure writing the second file leaves the first file's old version in place."""
+    import os
+
+    from medseg_platform import io
+
+    first, second = tmp_path / "per_case.csv", tmp_path / "summary.csv"
+    first.write_text("old 1")
+    second.write_text("old 2")
+    io.write_texts_atomic({first: "new 1", second: "new 2"})
+    assert (first.read_text(), second.read_text()) == ("new 1", "new 2")
+
+    real_fdopen, calls = os.fdopen, []
+
+    def failing_second(fd, *args, **kwargs):
+        calls.append(fd)
+        if len(calls) == 2:
+            os.close(fd)
+            raise OSError(28, "No space left on device")
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(io.os, "fdopen", failing_second)
+    with pytest.raises(OSError, match="No space left"):
+        io.write_texts_atomic({first: "newer 1", second: "newer 2"})
+    assert (first.read_text(), second.read_text()) == ("new 1", "new 2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["per_case.csv", "summary.csv"]

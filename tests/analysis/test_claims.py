@@ -164,6 +164,8 @@ def test_mixed_signs_or_too_few_cases_are_inconclusive(tmp_path):
     assert verdict(">", 0.5, 3.0, 6, 3) == SUPPORTED and verdict(">=", -1.5, 3.0, 6, 3) == INCONCLUSIVE
     assert verdict(">=", -3.0, -1.2, 6, 3) == CONTRADICTED and verdict(">", 0.5, 3.0, 5, 3) == INCONCLUSIVE
     assert verdict(">", 0.5, 3.0, 6, 2) == INCONCLUSIVE and verdict(">", 0.5, 3.0, 6, 1) == INCONCLUSIVE  # 2 seeds, 1 seed
+    # an interval that ends at the bound does not exclude it: "supported" needs low > 0, "contradicted" high < 0
+    assert verdict(">", 0.0, 3.0, 6, 3) == INCONCLUSIVE and verdict(">", -3.0, 0.0, 6, 3) == INCONCLUSIVE
 
 
 def test_a_claim_whose_row_or_column_was_not_run_says_so(tmp_path):

@@ -53,6 +53,16 @@ def test_a_moderate_drop_or_a_recovery_below_the_best_is_healthy():
     assert classify_curve([(20, 0.80), (40, 0.50), (60, 0.60)]).verdict == COLLAPSED
 
 
+def test_a_change_of_exactly_the_margin_is_not_more_than_it():
+    """0.8 - 0.7 is 0.10000000000000009 in floats: a drop of exactly 10 points was "collapsed" and a last gain of
+    exactly 1 point "still rising", though both rules say "more than" (the test audit)."""
+    assert 0.8 - 0.7 > health.COLLAPSE_DROP and 0.61 - 0.60 > health.RISING_MARGIN  # what the rounding guards against
+    assert classify_curve([(20, 0.80), (40, 0.70)]).verdict == HEALTHY
+    assert classify_curve([(20, 0.50), (40, 0.60), (60, 0.61)]).verdict == HEALTHY
+    assert classify_curve([(20, 0.80), (40, 0.6999)]).verdict == COLLAPSED
+    assert classify_curve([(20, 0.50), (40, 0.60), (60, 0.6101)]).verdict == STILL_RISING
+
+
 def test_ties_keep_the_first_best_step_like_the_engine():
     verdict = classify_curve([(20, 0.70), (40, 0.70)])
     assert verdict.verdict == HEALTHY and verdict.best_step == 20

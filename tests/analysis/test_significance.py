@@ -86,6 +86,17 @@ def test_marker_only_where_the_difference_to_the_best_is_not_significant(df):
     assert all(c.endswith(mark) for c in hd["ARCO-SG"]) and not any(mark in c for c in hd["Mean teacher"])
 
 
+def test_an_interval_that_ends_at_zero_contains_it(df):
+    """"Contains 0" includes an end at 0: such a cell is not shown as differing (no test had the boundary: the test
+    audit)."""
+    frame = df.copy()
+    mt = (frame["metric"] == "dice") & (frame["row"] == "Mean teacher")
+    frame.loc[mt, "ci_high"] = 0.0
+    assert all(c.endswith(significance.NOT_SIGNIFICANT_MARK) for c in _cells(tables.to_markdown(frame, "dice"))["Mean teacher"])
+    frame.loc[mt, "ci_high"] = -1e-9
+    assert not any(significance.NOT_SIGNIFICANT_MARK in c for c in _cells(tables.to_markdown(frame, "dice"))["Mean teacher"])
+
+
 def test_a_cell_without_an_interval_is_marked_untested_and_the_caption_says_so(tmp_path):
     """A cell that cannot be shown to differ is not shown as differing: with one test patient (no interval) it gets
     the marker, and the caption says why (a cell with too few pairs used to be left unmarked, reading as significant)."""

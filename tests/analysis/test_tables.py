@@ -290,7 +290,8 @@ def test_missing_method_fraction_pair_is_a_dash(records):
     assert [c.strip() for c in mt_line.split("|")[2:-1]][:4] == ["–"] * 4
 
 
-def test_write_tables_writes_every_file_atomically(records, tmp_path):
+def test_write_tables_writes_every_file_and_no_temporary_one_is_left(records, tmp_path):
+    """(the atomic replacement itself: tests/test_io.py)"""
     paths = tables.write_tables(records, tmp_path / "out", metrics=("dice", "hd95"))
     assert [p.name for p in paths] == ["table_dice.md", "table_dice.tex", "table_hd95.md", "table_hd95.tex", "table.csv"]
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)

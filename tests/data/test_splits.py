@@ -46,6 +46,9 @@ def test_random_is_seeded_and_differs_across_seeds():
     c = select_labelled(ACDC_SLICES, "7", "random", seed=2)
     assert a.patients == b.patients and len(set(a.patients)) == 7
     assert a.patients != c.patients
+    # recorded in file order (train_slices.list's), not in the order drawn: the record of a seed is one text
+    ordering = list(dict.fromkeys(s.split("_frame")[0] for s in ACDC_SLICES))
+    assert list(a.patients) == sorted(a.patients, key=ordering.index)
     assert all(s.split("_frame")[0] in a.patients for s in a.labelled_slices)
     with pytest.raises(ConfigError, match="seed is required"):
         select_labelled(ACDC_SLICES, "7", "random")

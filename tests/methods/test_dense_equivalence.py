@@ -84,47 +84,91 @@ def _state(objective) -> dict[str, torch.Tensor]:
     return state
 
 
+class _BuiltReps:
+    """Counts the representation sources the objectives build (``methods.mona`` / ``methods.action`` construct them
+    by these names), per kind, while it is entered."""
+
+    KINDS = {"SparseMonaReps": "sparse", "SparseActionReps": "sparse", "DenseReps": "dense"}
+
+    def __init__(self, monkeypatch) -> None:
+        import methods.action
+        import methods.mona
+
+        self.counts = {"sparse": 0, "dense": 0}
+        for module in (methods.mona, methods.action):
+            for name, kind in self.KINDS.items():
+                if hasattr(module, name):
+                    monkeypatch.setattr(module, name, self._counting(getattr(module, name), kind))
+
+    def _counting(self, cls, kind):
+        def build(*args, **kwargs):
+            self.counts[kind] += 1
+            return cls(*args, **kwargs)
+
+        return build
+
+    def taken(self) -> dict[str, int]:
+        """The counts since the last call, then zero."""
+        counts, self.counts = self.counts, {"sparse": 0, "dense": 0}
+        return counts
+
+
 def run_pair(objective: str, params: dict, patch: int, channels: tuple[int, ...], steps: int = STEPS,
              logged_steps=None) -> list[dict[str, float]]:
-    """Train the dense and the sparse objective side by side; assert equality; return the dense terms."""
+    """Train the dense and the sparse objective side by side; assert equality; return the dense terms.
+
+    Each step also asserts that the sparse objective built sparse representation sources and no dense one wherever
+    the dense objective built any (the test audit: with the sparse branch disabled, every comparison here was dense
+    against dense and passed)."""
     dense, sparse = _pair(objective, params, channels)
     sparse.logged_steps = logged_steps
     optimisers = [torch.optim.SGD(o.trainable_parameters(), lr=0.05, momentum=0.9) for o in (dense, sparse)]
     history = []
-    for step in range(steps):
-        outs = []
-        for obj, optimiser in zip((dense, sparse), optimisers):
-            torch.manual_seed(1000 + step)  # samplers, TPS, dropout: the same stream on both paths
-            out = obj.loss(_batch(step, patch), step, 20)
-            optimiser.zero_grad(set_to_none=True)
-            out.total.backward()
-            outs.append(out)
-        (d_out, s_out) = outs
-        _close(d_out.total, s_out.total, f"step {step} total")
-        expected_terms = set(d_out.terms) if logged_steps is None or sparse.is_logged_step(step, 20) else set(d_out.terms) - {"nn"}
-        assert set(s_out.terms) == expected_terms, (step, sorted(d_out.terms), sorted(s_out.terms))
-        for name in s_out.terms:
-            _close(d_out.terms[name], s_out.terms[name], f"step {step} term {name}")
-        d_params, s_params = dict(dense.named_parameters()), dict(sparse.named_parameters())
-        assert d_params.keys() == s_params.keys()
-        # relative to the largest gradient entry of the model: a conv bias before BatchNorm has an exactly-0
-        # gradient, so its float noise (1e-17) has no relative precision of its own
-        scale = max(float(p.grad.abs().max()) for p in d_params.values() if p.grad is not None)
-        for name, p in d_params.items():
-            q = s_params[name]
-            assert (p.grad is None) == (q.grad is None), (step, name)
-            if p.grad is not None:
-                _close(p.grad, q.grad, f"step {step} grad {name}", scale)
-        for obj, optimiser in zip((dense, sparse), optimisers):
-            optimiser.step()
-            obj.after_optimizer_step(step)
-        if logged_steps is None:  # every buffer equal after every step (skipped pool rows are only compared where read)
-            d_state, s_state = _state(dense), _state(sparse)
-            assert d_state.keys() == s_state.keys()
-            for name, value in d_state.items():
-                _close(value.double(), s_state[name].double(), f"after step {step}: buffer {name}")
-        history.append({name: float(value) for name, value in d_out.terms.items()})
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        built = _BuiltReps(monkeypatch)
+        for step in range(steps):
+            _compare_step(dense, sparse, optimisers, built, step, patch, logged_steps, history)
     return history
+
+
+def _compare_step(dense, sparse, optimisers, built: _BuiltReps, step: int, patch: int, logged_steps, history: list) -> None:
+    """One step of :func:`run_pair`: both objectives on the same batch and RNG stream, then every comparison."""
+    outs, counts = [], []
+    for obj, optimiser in zip((dense, sparse), optimisers):
+        torch.manual_seed(1000 + step)  # samplers, TPS, dropout: the same stream on both paths
+        out = obj.loss(_batch(step, patch), step, 20)
+        optimiser.zero_grad(set_to_none=True)
+        out.total.backward()
+        outs.append(out)
+        counts.append(built.taken())
+    (d_built, s_built) = counts
+    assert d_built["sparse"] == 0, (step, d_built)
+    assert s_built["dense"] == 0 and (s_built["sparse"] > 0) == (d_built["dense"] > 0), (step, d_built, s_built)
+    (d_out, s_out) = outs
+    _close(d_out.total, s_out.total, f"step {step} total")
+    expected_terms = set(d_out.terms) if logged_steps is None or sparse.is_logged_step(step, 20) else set(d_out.terms) - {"nn"}
+    assert set(s_out.terms) == expected_terms, (step, sorted(d_out.terms), sorted(s_out.terms))
+    for name in s_out.terms:
+        _close(d_out.terms[name], s_out.terms[name], f"step {step} term {name}")
+    d_params, s_params = dict(dense.named_parameters()), dict(sparse.named_parameters())
+    assert d_params.keys() == s_params.keys()
+    # relative to the largest gradient entry of the model: a conv bias before BatchNorm has an exactly-0
+    # gradient, so its float noise (1e-17) has no relative precision of its own
+    scale = max(float(p.grad.abs().max()) for p in d_params.values() if p.grad is not None)
+    for name, p in d_params.items():
+        q = s_params[name]
+        assert (p.grad is None) == (q.grad is None), (step, name)
+        if p.grad is not None:
+            _close(p.grad, q.grad, f"step {step} grad {name}", scale)
+    for obj, optimiser in zip((dense, sparse), optimisers):
+        optimiser.step()
+        obj.after_optimizer_step(step)
+    if logged_steps is None:  # every buffer equal after every step (skipped pool rows are only compared where read)
+        d_state, s_state = _state(dense), _state(sparse)
+        assert d_state.keys() == s_state.keys()
+        for name, value in d_state.items():
+            _close(value.double(), s_state[name].double(), f"after step {step}: buffer {name}")
+    history.append({name: float(value) for name, value in d_out.terms.items()})
 
 
 MONA_FLAGS = [

@@ -427,3 +427,13 @@ def test_invalid_arguments_raise(args, kwargs, name):
     expected = DataError if name == "positions" and "positions" in kwargs else ConfigError
     with pytest.raises(expected, match=name):
         sample_indices(*args, **kwargs)
+
+
+def test_a_uniform_draw_of_one_stays_in_range():
+    """A draw u = 1.0 (a generator whose range includes its upper end) gives floor(u * size) = size, one past the
+    pool: ``_uniform_int`` clamps it to size - 1 (a guard no test reached: the test audit)."""
+    from methods.samplers import _uniform_int
+
+    u = torch.tensor([1.0, 1.0 - 2.0 ** -24, 0.0], dtype=torch.float32)
+    assert _uniform_int(u, 1000).tolist() == [999, 999, 0]
+    assert _uniform_int(u, torch.tensor([1000, 1000, 7])).tolist() == [999, 999, 0]
