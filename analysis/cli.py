@@ -47,6 +47,19 @@ def no_result_reason(study_dir: Path) -> str:
             f"and in report.md say why); restore them from a copy, or rerun the study command to train those trials again")
 
 
+def train_then_report(args) -> int:
+    """``medseg train`` as the console runs it: the trial (``medseg_platform.train_cli.train``), then the folder's
+    tables, plots and ``report.md`` rebuilt with it, as a study script does after its run (they used to stay as the
+    last ``medseg report`` left them: the workflow probe)."""
+    from analysis.report import print_report, write_report
+    from medseg_platform.train_cli import train
+
+    status, study_dir = train(args)
+    if status == 0 and study_dir is not None:
+        print_report(write_report(study_dir))
+    return status
+
+
 def run(args) -> int:
     import sys
 

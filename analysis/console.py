@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser, subparsers = top_parser()
     for group in [*platform_groups(), report_cli]:
         group.add_cli(subparsers)
+    subparsers.choices["train"].set_defaults(func=report_cli.train_then_report)  # the folder's report follows its trial
     return parser
 
 

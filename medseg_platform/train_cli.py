@@ -71,7 +71,8 @@ def add_cli(subparsers) -> None:
                         help="seed in [0, 2**32 - 1] (default: the config file's, else the profile's first)")
     parser.add_argument("--data-root", default=None, help="dataset root (default: the config file's, else the embedded phantom)")
     parser.add_argument("--results-dir", default="results", help="where results go (default: ./results)")
-    parser.add_argument("--name", default=None, help="study folder name (default: train-<method>-<profile>)")
+    parser.add_argument("--name", default=None, help="study folder name (default: train-<method>-<profile>); give runs of "
+                        "several methods one --name to table them together")
     parser.add_argument("--in-process", action="store_true",
                         help="train in this process without Ray (for debugging); same result files, resumes from the checkpoint")
     parser.add_argument("--address", default=None, help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
@@ -316,6 +317,13 @@ def command_line(args) -> str:
 
 
 def run(args) -> int:
+    """``medseg train``: train (or reuse) the trial; the exit status. The console (``analysis.console``) runs
+    :func:`train` instead and then rebuilds the folder's tables and report."""
+    return train(args)[0]
+
+
+def train(args) -> tuple[int, Path | None]:
+    """Train (or reuse) the trial of ``args``: the exit status and the study folder (None when it stopped or failed)."""
     from medseg_platform.config import resolve_path
     from medseg_platform.io import write_json_atomic
     from medseg_platform.results import ERROR_FILE, SETTINGS_FILE, CorruptResult, read_trial, trial_finished, trial_folder
@@ -339,13 +347,13 @@ def run(args) -> int:
         except KeyboardInterrupt:
             print(f"trial {trial['key']}: stopped by a signal; rerun the same command to resume it (from its last "
                   "checkpoint, if it reached one)", file=sys.stderr)
-            return 130
+            return 130, None
     else:
         run_ = study.run()
         trial_dir = trial_folder(run_.study_dir, run_.trial_keys[0])
         if run_.stopped:
             print(f"trial {trial_dir.name}: stopped by a signal; rerun the same command to resume it", file=sys.stderr)
-            return 1
+            return 1, None
     if not finished_before:  # the command that trained the folder's latest trial (a rerun that trained nothing keeps it)
         write_json_atomic(study.study_dir / SETTINGS_FILE, {
             "profile": args.profile, "data_root": str(study.base.data.root), "command": command_line(args),
@@ -362,8 +370,8 @@ def run(args) -> int:
         except (OSError, ValueError, AttributeError):
             reason = "no result"
         print(f"trial {trial_dir.name} did not finish: {reason} ({trial_dir})", file=sys.stderr)
-        return 1
+        return 1, None
     r = record.result
     print(f"trial {trial_dir.name}: best val Dice {r['best_val_dice']:.4f} at step {r['best_step']}, test Dice "
           f"{r['test']['mean']['dice']:.4f}; results in {trial_dir}")
-    return 0
+    return 0, study.study_dir

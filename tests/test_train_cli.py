@@ -142,6 +142,11 @@ def test_runs_collect_in_one_folder_and_a_rerun_keeps_the_record(tmp_path, phant
     assert json.loads((study_dir / "study.json").read_text())["trials"] == [first, second]
     rows = {json.loads((study_dir / "trials" / key / "result.json").read_text())["tags"]["row"] for key in (first, second)}
     assert rows == {"Supervised only", "Supervised only [optim.lr=0.05]"}
+    # each run rebuilds the folder's tables and report (they stayed as the last `medseg report` left them: the
+    # workflow probe), and prints the table
+    table = (study_dir / "table_dice.md").read_text()
+    assert all(f"| {row} " in table for row in rows) and (study_dir / "report.md").is_file()
+    assert "| Supervised only [optim.lr=0.05] " in capsys.readouterr().out
     settings = (study_dir / "settings.json").read_bytes()
     capsys.readouterr()
     assert main(base) == 0 and "already finished" in capsys.readouterr().err
