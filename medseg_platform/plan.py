@@ -13,6 +13,8 @@ run reads every data file (:func:`medseg_platform.preflight.preflight_datasets`)
 * ``to score from a finished trial``: it differs from a finished trial of the results folder only in how it is scored
   (:mod:`medseg_platform.rescore`): that trial's checkpoint is evaluated instead of training (a short evaluation, in
   the driver before Ray starts, one trial after another);
+* ``to resume``: its folder holds the checkpoint of an interrupted fine-tuning (its pretraining done), at the step
+  the table names: only the steps and validations after it are charged (:func:`resume_point`);
 * ``cached pretraining``: every pretraining stage it needs is in the study's pretraining cache
   (:func:`medseg_platform.results.pretrain_cache_dir`, keyed by :func:`medseg_platform.engine.stage_key`,
   which needs the trial's labelled subset: :func:`medseg_platform.data.splits.select_labelled`);
@@ -42,8 +44,8 @@ from typing import Any
 from medseg_platform.config import TrialConfig, labelled_subset
 from medseg_platform.step_costs import EVALUATION_COST, STEP_COST, UNKNOWN_STEP_COST, format_duration, trial_plan
 
-FINISHED, TO_SCORE, TO_RESCORE, CACHED, TO_RUN = ("finished", "to score on --test-root", "to score from a finished trial",
-                                                  "cached pretraining", "to run")
+FINISHED, TO_SCORE, TO_RESCORE, TO_RESUME, CACHED, TO_RUN = (
+    "finished", "to score on --test-root", "to score from a finished trial", "to resume", "cached pretraining", "to run")
 #: :func:`measure_unit_seconds`: timed steps after one warm-up step, and the time after which it stops early.
 TIMED_STEPS, TIMING_BUDGET_S = 5, 2.0
 #: Steps timed whatever the budget: the median of 3 steps, where a single slow step (another process on the cores, a
@@ -72,10 +74,16 @@ class PlannedTrial:
     key: str
     status: str
     runs: tuple[float, ...]
+    resume_from: tuple[int, int] | None = None  # ``to resume``: (checkpoint step, fine-tuning steps)
 
     @property
     def units(self) -> float:
         return sum(self.runs)
+
+    @property
+    def status_text(self) -> str:
+        """The status as the table prints it (``to resume at step 105/200``)."""
+        return f"{self.status} at step {self.resume_from[0]}/{self.resume_from[1]}" if self.resume_from else self.status
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,25 @@ class StudyPlan:
 
     def run_seconds(self, trial: PlannedTrial, units: float) -> float:
         """Wall seconds of one run of ``trial`` that costs ``units``."""
-        return self.unit.seconds * units + (self.run_overhead_s if trial.status in (TO_RUN, CACHED) else 0.0)
+        return self.unit.seconds * units + (self.run_overhead_s if trial.status in (TO_RUN, CACHED, TO_RESUME) else 0.0)
+
+
+def resume_point(trial_dir: Path) -> tuple[int, int] | None:
+    """``(step, validations done)`` of an interrupted trial's fine-tuning checkpoint (``checkpoint/checkpoint.pt``, read
+    memory-mapped with ``weights_only``: its arrays are not loaded), or None when there is none or it cannot be read
+    (the run then says why)."""
+    from medseg_platform.results import checkpoint_path
+
+    path = checkpoint_path(trial_dir)
+    if not path.is_file():
+        return None
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["step"]), len(state.get("val_curve") or ())
+    except Exception:  # noqa: BLE001 - any unreadable checkpoint: priced as a fresh trial
+        return None
 
 
 def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) -> StudyPlan:
@@ -155,6 +181,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
         phases = trial_plan(trial["config"], trial["key"])
         keys = [stage_key(cfg, i, _subset(cfg, subsets)) for i in range(len(cfg.pretrain))]
         cached = [(stage_folder(cache, key) / STAGE_FINAL_FILE).is_file() for key in keys]
+        resume_from = None
         if not search and trial_finished(trial_folder(study_dir, trial["key"])):
             status = TO_SCORE if lacks_test_root(study, trial_folder(study_dir, trial["key"])) else FINISHED
             runs = (EVALUATION_COST,) if status == TO_SCORE else ()
@@ -162,6 +189,11 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
             status, runs = FINISHED, ()
         elif trial["key"] in sources:  # and, with --test-root, scored on it afterwards
             status, runs = TO_RESCORE, (EVALUATION_COST * (2 if study.test_root is not None else 1),)
+        elif not search and (point := resume_point(trial_folder(study_dir, trial["key"]))) is not None:
+            step, validated = point  # its stages are done (the fine-tuning checkpoint is written after them)
+            status, resume_from = TO_RESUME, (step, phases.fine_tuning.steps)
+            left = max(0, phases.fine_tuning.steps - step) * phases.fine_tuning.units / max(1, phases.fine_tuning.steps)
+            runs = (left + max(1, phases.evaluations - validated) * EVALUATION_COST,)
         else:
             status = CACHED if keys and all(cached) else TO_RUN
             stages = sum(phase.units for phase, key, hit in zip(phases.stages, keys, cached) if not hit and key not in charged)
@@ -172,7 +204,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
             unpriced += [phase.objective for phase in to_train if phase.objective not in STEP_COST and phase.objective not in unpriced]
         tags = trial["tags"]
         planned.append((tags.get("order", math.inf), index, PlannedTrial(str(tags.get("row", cfg.objective)), cfg.data.labelled,
-                                                                           cfg.seed, trial["key"], status, runs)))
+                                                                           cfg.seed, trial["key"], status, runs, resume_from)))
     rows = tuple(p for _, _, p in sorted(planned, key=lambda item: item[:2]))  # the study's row order
     slots, slots_source = trial_slots(study, cpus)
     if unit is None:
@@ -294,7 +326,7 @@ def format_plan(plan: StudyPlan) -> str:
 
     per = f" (x{plan.samples} samples)" if plan.samples > 1 else ""
     header = ("row", "labelled", "seed", "trial key", "status", "cost (units)", "est. time")
-    table = [header] + [(t.row + per, t.labelled, str(t.seed), t.key, t.status, f"{t.units:.1f}",
+    table = [header] + [(t.row + per, t.labelled, str(t.seed), t.key, t.status_text, f"{t.units:.1f}",
                          format_duration(sum(plan.run_seconds(t, r) for r in t.runs)) if t.runs else "-") for t in plan.trials]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     right = {2, 5, 6}
@@ -302,8 +334,9 @@ def format_plan(plan: StudyPlan) -> str:
              f"results would go to {plan.study_dir}"]
     lines += ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
               for r in table]
-    counts = {status: sum(t.status == status for t in plan.trials) for status in (FINISHED, TO_SCORE, TO_RESCORE, CACHED, TO_RUN)}
-    for optional in (TO_SCORE, TO_RESCORE):
+    counts = {status: sum(t.status == status for t in plan.trials)
+              for status in (FINISHED, TO_SCORE, TO_RESCORE, TO_RESUME, CACHED, TO_RUN)}
+    for optional in (TO_SCORE, TO_RESCORE, TO_RESUME):
         if not counts[optional]:
             del counts[optional]
     lines.append(f"Totals: {len(plan.trials)} trial(s): " + ", ".join(f"{n} {status}" for status, n in counts.items())

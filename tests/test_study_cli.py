@@ -149,6 +149,16 @@ def test_a_dry_run_rejects_what_the_run_rejects(tmp_path, phantom_env, capsys, m
     assert afile.read_text() == "not a folder" and not (tmp_path / "results").exists()
 
 
+def test_a_dry_run_warns_of_a_results_folder_the_run_cannot_write(phantom_env, capsys):
+    """A read-only --results-dir passed the dry run silently, and the run then refused it (the workflow probe). The dry
+    run writes nothing, so it prices the study and warns (/proc: no folder can be made there, even by root)."""
+    assert study_main("ablation_tailness", Path("/proc/medseg-dry-run"), "--dry-run", "--rows", "Supervised only") == 0
+    err = capsys.readouterr().err
+    assert ("warning: the run would stop before training: --results-dir (Study.results_dir) "
+            "/proc/medseg-dry-run/ablation_tailness-smoke: cannot") in err, err
+    assert not Path("/proc/medseg-dry-run").exists()
+
+
 def test_rows_and_set_select_and_change_exactly_those_trials_in_a_dry_run(tmp_path, phantom_env, capsys):
     results = tmp_path / "results"
     code = study_main("ablation_tailness", results, "--rows", "MONA", "ACTION w/o L_anco", "--set", "optim.lr=0.02",
@@ -267,6 +277,33 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch
     assert again.left_out == 2 and again.other_roots == ("/old/phantom",)
     assert "Some trained on another data root (/old/phantom): a trial's key includes its data root" in format_plan(again)
     assert not (study.study_dir / "study.json").exists()
+
+
+def test_a_dry_run_prices_an_interrupted_trial_from_its_checkpoint(tmp_path, phantom_env):
+    """A trial interrupted at step 3 of 6 was priced as a whole trial, "to run" (the workflow probe): it resumes from
+    its checkpoint, so only the steps and validations after it are charged."""
+    import torch
+
+    from medseg_platform.plan import TO_RESUME
+    from medseg_platform.results import checkpoint_path
+
+    module = load_script("ablation_tailness")
+    base = SMOKE.trial.replace(**{"data.root": phantom_env})
+    study = module.build(argparse.Namespace(results_dir=str(tmp_path)), SMOKE, base)
+    study.name, study.results_dir, study.seeds = "tail", tmp_path, (1,)
+    trials = {t["tags"]["row"]: t for t in study.trial_params()}
+    path = checkpoint_path(study.study_dir / "trials" / trials["Mean teacher"]["key"])
+    path.parent.mkdir(parents=True)
+    torch.save({"step": 3, "val_curve": [{"step": 3, "val_dice": 0.1}], "objective": {"w": torch.zeros(2)}}, path)
+    plan = plan_study(study, unit=UnitSeconds(0.01, "a test constant"), cpus=2)
+    mt = next(t for t in plan.trials if t.row == "Mean teacher")
+    # 3 of 6 steps left at 1.8 units, one validation left (at step 6) and the test
+    assert (mt.status, mt.status_text) == (TO_RESUME, "to resume at step 3/6")
+    assert mt.units == pytest.approx(3 * STEP_COST["mean_teacher"] + 2 * EVALUATION_COST)
+    text = format_plan(plan)
+    assert "to resume at step 3/6" in text and "1 to resume" in text
+    path.write_bytes(b"not a checkpoint")  # unreadable: priced as a fresh trial (the run says what is wrong)
+    assert next(t for t in plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2).trials if t.row == "Mean teacher").status == TO_RUN
 
 
 def test_search_dry_run_counts_the_samples_and_prints_no_search_summary(tmp_path, phantom_env, capsys):

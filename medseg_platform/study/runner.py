@@ -35,7 +35,7 @@ from pathlib import Path
 from medseg_platform.config import resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_host, check_dashboard_host_is_local
 from medseg_platform.errors import ConfigError, DataError, MedsegError
-from medseg_platform.io import check_folder_free, check_output_folder, folder_lock, read_json_object, write_json_atomic
+from medseg_platform.io import check_folder_free, check_folder_writable, check_output_folder, folder_lock, read_json_object, write_json_atomic
 from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.rescore import score_from_sources, scoring_device
 from medseg_platform.results import (LAST_RUN_FILE, RESULT_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, retag_finished_trials, trial_finished,
@@ -160,6 +160,11 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
     check_study_folder(study, trials)
     check_fault_tolerance_options(study, trials, in_process_cuda)
     check_output_folder(study.study_dir, "--results-dir (Study.results_dir)", writes=None if dry_run else "inside")
+    if dry_run:  # nothing is written now, but the run would stop there: say so (the dry run passed a read-only folder)
+        try:
+            check_folder_writable(study.study_dir, "--results-dir (Study.results_dir)")
+        except ConfigError as exc:
+            print(f"warning: the run would stop before training: {exc}", file=sys.stderr, flush=True)
     check_local_resources(study)
     if not in_process:  # Ray reserves CPUs per trial; a trial in this process reserves none
         warn_oversubscribed_threads(study, trials)
