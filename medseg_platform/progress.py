@@ -53,8 +53,10 @@ class ProgressCallback(Callback):
     remaining trial); "?" until a trial finished or reported a step rate.
     """
 
-    def __init__(self, plans: Sequence[TrialPlan], clock: Callable[[], float] = time.monotonic, heartbeat_s: float = HEARTBEAT_S):
+    def __init__(self, plans: Sequence[TrialPlan], clock: Callable[[], float] = time.monotonic, heartbeat_s: float = HEARTBEAT_S,
+                 study_dir: str | None = None):
         self.plans = list(plans)
+        self.study_dir = study_dir  # where the trial folders are: a start line names the checkpoint a trial resumes from
         self.total = len(self.plans)
         self.clock = clock  # tests pass a fake clock
         self.heartbeat_s = heartbeat_s
@@ -177,11 +179,12 @@ class ProgressCallback(Callback):
         seconds = self.eta_s(trials, trial, now)
         return "ETA ? (no step rate yet)" if seconds is None else "ETA " + format_duration(seconds)
 
-    def line(self, what: str, trial, trials, now: str | None = None) -> str:
+    def line(self, what: str, trial, trials, now: str | None = None, after: str = "") -> str:
+        """``[done/total] <what> <trial><after> (counts; elapsed, ETA)``."""
         c = self.counts(trials, trial, now)
         eta = self._eta_text(trials, trial, now)
         done = c["finished"] + c["errored"]
-        return (f"[{done}/{sum(c.values())}] {what} {_trial_name(trial)} ({c['finished']} finished, {c['running']} running, "
+        return (f"[{done}/{sum(c.values())}] {what} {_trial_name(trial)}{after} ({c['finished']} finished, {c['running']} running, "
                 f"{c['pending']} pending, {c['errored']} errored; {format_duration(self.clock() - self.start)} elapsed, {eta})")
 
     def doing(self, trial) -> str:
@@ -248,7 +251,18 @@ class ProgressCallback(Callback):
         if i is not None and self.plans[i].existed:  # Tune only skips it: its "finished (result existed)" line says so
             return
         attempt = f" (attempt {trial.num_failures + 1})" if getattr(trial, "num_failures", 0) else ""
-        self._print(self.line(f"started{attempt}", trial, trials, now="running"))
+        self._print(self.line(f"started{attempt}", trial, trials, now="running", after=self._resuming(i)))
+
+    def _resuming(self, i: int | None) -> str:
+        """``, resuming at step N/M`` when the trial of plan ``i`` has an interrupted fine-tuning's checkpoint (a rerun
+        after Ctrl-C said only "started": the workflow probe); "" otherwise."""
+        if i is None or getattr(self, "study_dir", None) is None:
+            return ""
+        from medseg_platform.plan import resume_point
+        from medseg_platform.results import trial_folder
+
+        point = resume_point(trial_folder(self.study_dir, self.plans[i].key))
+        return f", resuming at step {point[0]}/{self.plans[i].fine_tuning.steps}" if point else ""
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = getattr(trial, "last_result", None) or {}

@@ -156,7 +156,7 @@ def build_study(args):
     else:
         chosen = flat_config(file_values)
         name = str(file_values.get("objective", "supervised"))
-        row, where = f"{name} ({path.name})", f"--config {path}: "
+        row, where = f"{config_method_label(file_values)} ({path.name})", f"--config {path}: "
         check_config_file_values(path, file_values, seed_given=args.seed is not None)
     file_root = chosen.pop("data.root", None)
     chosen.pop("workers", None)  # checked above: one worker
@@ -183,6 +183,18 @@ def build_study(args):
     if overrides:  # another configuration than the method's or the file's: its own table row in the folder's report
         study.variants = [Variant({**v.tags, "row": f"{row} [{', '.join(args.overrides)}]"}, v.overrides) for v in study.variants]
     return study, overrides
+
+
+def config_method_label(values: dict) -> str:
+    """The table label of the method a config file trains: MONA/ARCO by their sampler (an ARCO-SAG search's
+    best_config.json was tabled as "arco"), else the objective's label, else its name."""
+    from medseg_platform.recipes import METHOD_LABELS, SAMPLER_METHODS
+
+    objective = str(values.get("objective", "supervised"))
+    method = objective
+    if objective in ("mona", "arco"):
+        method = SAMPLER_METHODS.get(str((values.get("objective_params") or {}).get("sampler", "")), objective)
+    return METHOD_LABELS.get(method, objective)
 
 
 def check_config_file_values(path: Path, values: dict, seed_given: bool) -> None:

@@ -151,7 +151,8 @@ def main(argv=None) -> int:
         folder = trial_folder(built[0].study_dir, best.key)
         print(f"  its trial folder (weights, per-case results): {folder}\n"
               f"  predict with it: medseg predict --trial {shlex.quote(str(folder))} --data-root DATA --out PREDICTIONS\n"
-              f"  train it again: medseg train --config {shlex.quote(str(built[0].study_dir / BEST_FILE))}")
+              f"  train it with another seed: medseg train --config {shlex.quote(str(built[0].study_dir / BEST_FILE))} --seed 2 "
+              "(its own seed gives the trial above, which medseg train reuses)")
     else:
         print("no sample completed: no best configuration")
     print("search files:\n" + "\n".join(f"  {p}" for p in paths))

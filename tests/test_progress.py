@@ -302,3 +302,20 @@ def test_a_search_sample_is_named_as_one_with_the_id_its_history_lists():
     sample.config = {"trial": {"key": "base"}, "search": {"optim.lr": 0.01}}
     assert " started sample id-base (" in callback.line("started", sample, [sample], now="running")
     assert " started base (" in callback.line("started", fake_trial("base"), [fake_trial("base")], now="running")
+
+
+def test_a_trial_started_from_an_interrupted_checkpoint_says_where_it_resumes(tmp_path, capsys):
+    """A rerun after Ctrl-C said only "started" though the trial went on from step 153 of 300 (the workflow probe)."""
+    import torch
+
+    from medseg_platform.results import checkpoint_path, trial_folder
+
+    plans = [trial_plan(config(steps=300), "resumed"), trial_plan(config(steps=300), "fresh")]
+    path = checkpoint_path(trial_folder(tmp_path, "resumed"))
+    path.parent.mkdir(parents=True)
+    torch.save({"step": 153, "val_curve": []}, path)
+    callback = ProgressCallback(plans, clock=lambda: 0.0, study_dir=str(tmp_path))
+    resumed, fresh = trials = [fake_trial("resumed"), fake_trial("fresh")]
+    start(callback, trials, resumed, fresh)
+    err = capsys.readouterr().err
+    assert "] started resumed, resuming at step 153/300 (0 finished, " in err and "] started fresh (0 finished, " in err

@@ -7,7 +7,7 @@ import pytest
 
 from analysis.console import main
 from medseg_platform.profiles import PROFILES
-from medseg_platform.recipes import METHODS, method_overrides
+from medseg_platform.recipes import METHOD_LABELS, METHODS, method_overrides
 from medseg_platform.study_flags import resolve_data_root
 from medseg_platform.results import trial_key
 
@@ -325,3 +325,13 @@ def test_a_kill_of_an_in_process_trial_says_how_to_resume_and_exits_130(tmp_path
     assert proc.returncode == 130, err[-1500:]
     assert err.strip().splitlines()[-1].endswith(": stopped by a signal; rerun the same command to resume it (from its last "
                                                  "checkpoint, if it reached one)")
+
+
+def test_a_config_file_row_is_labelled_by_its_method():
+    """An ARCO-SAG search's best_config.json was tabled as "arco (best_config.json)" (the workflow probe): MONA and
+    the ARCOs share the objective, their sampler names the method."""
+    from medseg_platform.train_cli import config_method_label
+
+    for method in ("mona", "arco_sg", "arco_sag", "action", "mean_teacher"):
+        assert config_method_label(SMOKE.trial.replace(**method_overrides(method, SMOKE)).to_dict()) == METHOD_LABELS[method]
+    assert config_method_label({"objective": "my_method"}) == "my_method"  # registered without a label

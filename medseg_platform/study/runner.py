@@ -511,7 +511,7 @@ def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, s
             tuner = tune.Tuner(trainable, param_space=param_space(study, trials),
                                tune_config=tune_config(study, name, fits),
                                run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
-                                                         callbacks=[ProgressCallback(plans)],
+                                                         callbacks=[ProgressCallback(plans, study_dir=str(study_dir))],
                                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                                          failure_config=tune.FailureConfig(max_failures=study.max_retries)))
         try:
