@@ -497,7 +497,7 @@ def _write_report(study_dir: Path, log) -> StudyReport:
 def print_report(report: StudyReport, file=None) -> str:
     """Print (and return) the Dice table, where the report, tables and plots are, and the problems."""
     text = print_summary(report.tables, report.problems, file=file)
-    lines = [f"Plots ({len(report.plots)} files):", *(f"  {p}" for p in report.plots)]
+    lines = [f"Plots ({len(report.plots)} files):", *(f"  {p}" for p in report.plots)] if report.plots else ["Plots: none"]
     if report.claims:
         lines.append(f"Claims: {report.claims} (report.md, 'Claims')")
     lines.append(f"Report: {report.report}")

@@ -1090,8 +1090,7 @@ def print_summary(paths: Sequence[str | Path], problems: Sequence[str], file=Non
     paths = [Path(p) for p in paths]
     main = next((p for p in paths if p.name == "table_dice.md"), next((p for p in paths if p.suffix == ".md"), None))
     lines = [main.read_text(encoding="utf-8").rstrip("\n"), ""] if main is not None and main.is_file() else []
-    lines.append(f"Tables written ({len(paths)} files):")
-    lines += [f"  {p}" for p in paths]
+    lines += [f"Tables written ({len(paths)} files):", *(f"  {p}" for p in paths)] if paths else ["Tables written: none"]
     if problems:
         lines.append(f"Problems ({len(problems)}):")
         lines += [f"  - {problem}" for problem in problems]

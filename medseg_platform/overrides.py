@@ -32,6 +32,7 @@ import json
 import math
 import types
 import typing
+from collections import Counter
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
@@ -343,9 +344,15 @@ def select_rows(study, names: Sequence[str]) -> None:
     names = [name if name in valid else spelt.get(_typed(name), name) for name in names]
     unknown = [name for name in names if name not in valid]
     if unknown:
-        raise ConfigError(f"--rows {', '.join(map(repr, unknown))}: no such row in study {study.name}; valid rows: "
+        folded = {row.casefold(): row for row in valid}  # "Mona" for "MONA": the close match --set's keys get too
+        close = [folded.get(name.casefold()) or next(iter(difflib.get_close_matches(name, valid, n=1)), None) for name in unknown]
+        hint = " (did you mean " + ", ".join(repr(c) for c in dict.fromkeys(close) if c) + "?)" if any(close) else ""
+        raise ConfigError(f"--rows {', '.join(map(repr, unknown))}: no such row in study {study.name}{hint}; valid rows: "
                           + ", ".join(map(repr, valid)) + (" (Greek letters may be spelt out: tau for τ)"
                                                            if any(_typed(row) != row for row in valid) else ""))
+    repeated = [name for name, count in Counter(names).items() if count > 1]
+    if repeated:  # as --seeds and --labelled refuse a value given twice
+        raise ConfigError(f"--rows: each row once, got {', '.join(map(repr, repeated))} more than once")
     wanted = set(names)
     study.variants = [v for v in study.variants if _row_name(v) in wanted]
     study.claims = [c for c in study.claims if c.get("a") in wanted and c.get("b") in wanted]

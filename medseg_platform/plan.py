@@ -324,13 +324,14 @@ def format_plan(plan: StudyPlan) -> str:
     """The dry run's text: one line per trial, the totals, the wall time and where the numbers come from."""
     from medseg_platform.results import TRIALS_DIR
 
-    per = f" (x{plan.samples} samples)" if plan.samples > 1 else ""
+    per = f" x{plan.samples}" if plan.samples > 1 else ""
     header = ("row", "labelled", "seed", "trial key", "status", "cost (units)", "est. time")
     table = [header] + [(t.row + per, t.labelled, str(t.seed), t.key, t.status_text, f"{t.units:.1f}",
                          format_duration(sum(plan.run_seconds(t, r) for r in t.runs)) if t.runs else "-") for t in plan.trials]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     right = {2, 5, 6}
-    lines = [f"Dry run of study {plan.name} (nothing is started or trained): {len(plan.trials)} trial(s), "
+    runs_of = f" of {plan.samples} samples each" if plan.samples > 1 else ""
+    lines = [f"Dry run of study {plan.name} (nothing is started or trained): {len(plan.trials)} trial(s){runs_of}, "
              f"results would go to {plan.study_dir}"]
     lines += ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
               for r in table]
@@ -339,7 +340,7 @@ def format_plan(plan: StudyPlan) -> str:
     for optional in (TO_SCORE, TO_RESCORE, TO_RESUME):
         if not counts[optional]:
             del counts[optional]
-    lines.append(f"Totals: {len(plan.trials)} trial(s): " + ", ".join(f"{n} {status}" for status, n in counts.items())
+    lines.append(f"Totals: {len(plan.trials)} trial(s){runs_of}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
                  + f"; {plan.total_units:.1f} cost units to run")
     workers = (f", each run with {plan.run_overhead_s:.0f} s of Ray Train worker-group start and teardown"
                if plan.run_overhead_s else "")
@@ -376,7 +377,8 @@ def format_plan(plan: StudyPlan) -> str:
         lines.append(f"Search: {plan.samples} samples of one configuration{done}; an upper bound (ASHA stops weak samples early)")
     lines.append(f"Cost units: supervised fine-tuning steps, from the step-cost priors of medseg_platform/step_costs.py (an "
                  f"evaluation pass = {EVALUATION_COST:g} units; a cached pretraining stage costs nothing, a shared one is counted "
-                 f"once; each trial's set-up is not counted); 1 unit = {plan.unit.seconds * 1000:.1f} ms, {plan.unit.source}")
+                 f"once; each trial's set-up is not counted)"
+                 + (f"; 1 unit = {plan.unit.seconds * 1000:.1f} ms, {plan.unit.source}" if plan.unit.seconds > 0 else ""))
     if plan.unpriced:
         lines.append(f"No step-cost prior for objective(s) {', '.join(plan.unpriced)}: each step priced at "
                      f"{UNKNOWN_STEP_COST:g} unit(s), so the estimate may be low (measure one with benchmarks/bench_methods.py "

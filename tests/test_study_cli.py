@@ -40,6 +40,10 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
 
 @pytest.mark.parametrize("name, extra, message", [
     ("ablation_tailness", ["--rows", "Nope", "MONA"], f"--rows 'Nope': no such row in study ablation_tailness-smoke; valid rows: {TAILNESS_ROWS}"),
+    # the workflow probe: no close match was offered (--set's keys get one), and a row named twice passed
+    ("ablation_tailness", ["--rows", "Mona", "ARCO-SGG"], "--rows 'Mona', 'ARCO-SGG': no such row in study ablation_tailness-smoke "
+                                                         "(did you mean 'MONA', 'ARCO-SG'?); valid rows: "),
+    ("ablation_tailness", ["--rows", "MONA", "MONA"], "--rows: each row once, got 'MONA' more than once"),
     ("ablation_tailness", ["--set", "optim.lrr=0.1"], "--set optim.lrr: unknown key; close matches: optim.lr,"),
     ("ablation_tailness", ["--set", "lr=0.1"], "--set lr: unknown key; close matches: optim.lr"),
     ("ablation_tailness", ["--rows", "MONA", "--set", "objective_params.tempreature=0.2"],
@@ -250,6 +254,8 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch
     assert "with 1 trial(s) at once" in format_plan(dataclasses.replace(plan, trials=plan.trials[1:2]))  # not 2 for 1
     finished_only = format_plan(dataclasses.replace(plan, trials=plan.trials[:1]))  # it said "0 s ... plus 15 s of start-up"
     assert "Estimated wall time: nothing to train (a run only rebuilds the tables, plots and report)" in finished_only
+    nothing = format_plan(dataclasses.replace(plan, trials=plan.trials[:1], unit=UnitSeconds(0.0, "not measured: nothing to run")))
+    assert "1 unit =" not in nothing and nothing.rstrip().endswith("each trial's set-up is not counted)")  # "1 unit = 0.0 ms"
     assert "No step-cost prior" not in text and plan.unpriced == ()
     assert "CPU training" not in text  # a paper-sized study on this machine's CPUs says what it is sized for
     slow = dataclasses.replace(plan, unit=UnitSeconds(1000.0, "x"))  # 1000 s a unit: about 50 h
@@ -309,7 +315,8 @@ def test_a_dry_run_prices_an_interrupted_trial_from_its_checkpoint(tmp_path, pha
 def test_search_dry_run_counts_the_samples_and_prints_no_search_summary(tmp_path, phantom_env, capsys):
     assert study_main("hparam_search", tmp_path / "results", "--num-samples", "3", "--dry-run") == 0
     out = capsys.readouterr().out
-    assert "ARCO-SAG (search samples) (x3 samples)" in out and "Search: 3 samples of one configuration" in out
+    assert "ARCO-SAG (search samples) x3 " in out and "Search: 3 samples of one configuration" in out
+    assert "1 trial(s) of 3 samples each, results would go to" in out and "Totals: 1 trial(s) of 3 samples each: " in out
     assert "best configuration" not in out and not (tmp_path / "results").exists()
 
 

@@ -119,6 +119,23 @@ def test_a_report_of_a_running_study_says_its_missing_trials_are_running(study):
     assert not (study / "plots" / "qualitative_99 patients.png").exists()
 
 
+def test_a_running_study_without_a_finished_trial_is_not_told_to_run_its_command(tmp_path):
+    """`medseg report` beside a running study listed the running trials, then ended with "no finished trial ...; run its
+    study command to train them" (the workflow probe)."""
+    import fcntl
+
+    from analysis.cli import no_result_reason
+
+    (tmp_path / "trials").mkdir()
+    assert no_result_reason(tmp_path).endswith("run its study command to train them")
+    with open(tmp_path / ".lock", "a+", encoding="utf-8") as held:
+        held.write("pid 4242 on node1, since 2026-12-06T08:00:00+00:00\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert no_result_reason(tmp_path) == ("no finished trial yet: the study is running; its command writes the report "
+                                              "when it ends")
+
+
 def test_a_study_whose_every_result_is_unreadable_says_so_instead_of_no_result(study, capsys):
     results = list(study.glob("trials/*/result.json"))
     for path in results:

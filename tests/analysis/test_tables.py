@@ -475,3 +475,9 @@ def test_the_undefined_footnote_names_what_makes_each_metric_undefined():
                         ("hd95", "(empty prediction or empty ground truth)")):
         table = tables.WideTable(metric, ["MONA"], ["1"], ["RV"], cells)
         assert f"† 1 of 1 cells include undefined per-case values {why}, excluded" in tables.undefined_note(table)
+
+
+def test_a_summary_without_tables_says_none_instead_of_an_empty_list(capsys):
+    """An interrupted run printed "Tables written (0 files):" and "Plots (0 files):" over nothing (the workflow probe)."""
+    text = tables.print_summary([], ["no finished trial"])
+    assert text == "Tables written: none\nProblems (1):\n  - no finished trial\n" and capsys.readouterr().out == text
