@@ -179,10 +179,32 @@ def build_study(args):
                   cpus_per_trial=_cpus_per_trial(profile.cpus_per_trial, args.address), gpus_per_trial=args.gpus_per_trial,
                   address=args.address,
                   dashboard=not args.no_dashboard, accumulate="medseg train")
+    plain = PROFILES[args.profile]  # the configuration without --set, whose values a --set may only repeat
+    before = plain.trial.replace(**(method_overrides(args.method, plain) if args.method is not None else chosen)).to_dict()
     overrides = apply_overrides(study, sets, TRAIN_FLAG_KEYS, rows_hint="")
-    if overrides:  # another configuration than the method's or the file's: its own table row in the folder's report
-        study.variants = [Variant({**v.tags, "row": f"{row} [{', '.join(args.overrides)}]"}, v.overrides) for v in study.variants]
+    after = study.base.replace(**study.variants[0].overrides).to_dict()
+    # the values that change the configuration, written one way: a --set of the value the method already trains with
+    # (or 0.050 for 0.05) relabelled the folder's earlier row of the same trial (the workflow probe)
+    changed = [f"{key}={_shown(value)}" for key, value in overrides.items() if _value_at(before, key) != _value_at(after, key)]
+    if changed:  # another configuration than the method's or the file's: its own table row, after the plain one
+        study.variants = [Variant({**v.tags, "row": f"{row} [{', '.join(changed)}]", "order": 1}, v.overrides)
+                          for v in study.variants]
     return study, overrides
+
+
+def _value_at(config: dict, dotted: str):
+    """The value of ``dotted`` (``optim.lr``, ``objective_params.temperature``) in a config dict; None when absent."""
+    value = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _shown(value) -> str:
+    """A ``--set`` value as a row label writes it: numbers as Python prints them (0.05, not 0.050), lists with commas."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def config_method_label(values: dict) -> str:

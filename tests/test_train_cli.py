@@ -234,7 +234,7 @@ def test_a_run_on_another_dataset_or_a_second_config_of_one_name_stays_apart(tmp
     study_dir = results / "cfgs"
     rows = sorted(json.loads((study_dir / "trials" / key / "result.json").read_text())["tags"]["row"]
                   for key in json.loads((study_dir / "study.json").read_text())["trials"])
-    assert rows[0] == "supervised (cfg.json)" and rows[1].startswith("supervised (cfg.json) #") and len(rows) == 2
+    assert rows[0] == "Supervised only (cfg.json)" and rows[1].startswith("Supervised only (cfg.json) #") and len(rows) == 2
     other = tmp_path / "other"
     shutil.copytree(phantom_root, other)
     capsys.readouterr()
@@ -335,3 +335,21 @@ def test_a_config_file_row_is_labelled_by_its_method():
     for method in ("mona", "arco_sg", "arco_sag", "action", "mean_teacher"):
         assert config_method_label(SMOKE.trial.replace(**method_overrides(method, SMOKE)).to_dict()) == METHOD_LABELS[method]
     assert config_method_label({"objective": "my_method"}) == "my_method"  # registered without a label
+
+
+def test_a_set_row_is_labelled_by_what_it_changes_written_one_way(tmp_path, phantom_root):
+    """`--set optim.lr=0.01` (the smoke value) labelled the plain trial "MONA [optim.lr=0.01]", and `optim.lr=0.050`
+    renamed the row of `optim.lr=0.05` (the workflow probe): the label names only values that differ from the
+    method's, as Python prints them, and such rows sort after the plain one."""
+    from analysis.console import build_parser
+    from medseg_platform.train_cli import build_study
+
+    def row(*sets: str) -> tuple[str, int]:
+        args = build_parser().parse_args(["train", "mona", "--profile", "smoke", "--results-dir", str(tmp_path),
+                                          *[p for item in sets for p in ("--set", item)]])
+        tags = build_study(args)[0].variants[0].tags
+        return tags["row"], tags["order"]
+
+    assert row() == ("MONA", 0) and row("optim.lr=0.01") == ("MONA", 0)
+    assert row("optim.lr=0.050") == row("optim.lr=0.05") == ("MONA [optim.lr=0.05]", 1)
+    assert row("optim.lr=0.01", "objective_params.temperature=0.2") == ("MONA [objective_params.temperature=0.2]", 1)
