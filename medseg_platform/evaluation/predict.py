@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg_platform.errors import ConfigError, DataError
+from methods.class_max import class_argmax
 
 RESIZE_MODES = ("nearest-exact", "nearest", "zoom")
 
@@ -93,7 +94,11 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray, patch_size: Sequen
     depth = image.shape[0]
     out = np.empty(image.shape, dtype=np.uint8)
     was_training = model.training
-    model.eval()
+    # set eval mode only where a module trains: ``Module.train`` walks every submodule through ``__setattr__`` (1.4 ms a
+    # call for the quick UNet, 10% of a quick validation), and a caller that predicts several volumes sets it once
+    toggled = any(module.training for module in model.modules())
+    if toggled:
+        model.eval()
     try:
         with torch.inference_mode():
             for start in range(0, depth, int(batch_size)):
@@ -105,9 +110,10 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray, patch_size: Sequen
                     raise ConfigError(f"predict_volume: model output shape {tuple(logits.shape)}, expected ({x.shape[0]}, C, {patch[0]}, {patch[1]})")
                 if logits.shape[1] > 256:
                     raise ConfigError(f"predict_volume: {logits.shape[1]} classes do not fit uint8 labels")
-                labels = logits.argmax(dim=1, keepdim=True).to(torch.float32).cpu()
+                labels = class_argmax(logits).unsqueeze(1).to(torch.float32).cpu()  # torch.argmax's, faster on the CPU
                 labels = _resize(labels, native, resize)
                 out[start:stop] = labels[:, 0].numpy().astype(np.uint8)
     finally:
-        model.train(was_training)
+        if toggled:
+            model.train(was_training)
     return out
