@@ -239,10 +239,12 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
                 patch.set_edgecolor("#333333")
                 patch.set_alpha(0.6)
                 partial_any = True
-            for xi, c in zip(x, classes):
+            for xi, c, mean in zip(x, classes, means):
                 if (row, c) in undefined:
                     undefined_any = True
                     ax.text(xi, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize="x-small", color="#333333")
+                elif mean == 0:  # a bar of height 0 looked like a missing cell (the workflow probe)
+                    ax.text(xi, 0, "0", ha="center", va="bottom", fontsize="x-small", color=colours[row])
         ax.set_xticks(np.arange(len(classes)), classes)
         ax.set_xlim(-0.5, len(classes) - 0.5)  # the same in every panel, also where a class has no bar
         ax.set_xlabel("class")
@@ -256,7 +258,9 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
     title = (f"Test {metric_style(metric).label.split(' ')[0]} per class and method (mean \u00b1 std over {over}"
              + (f"; {SINGLE_SEED_NOTE})" if single_any else ")"))
     if undefined_any:
-        title += "\nn/a: undefined in every test case (an empty prediction or ground truth)"
+        title += ("\nn/a: undefined in every test case (" + ("prediction and ground truth both empty)"
+                                                             if metric_style(metric).higher_is_better
+                                                             else "an empty prediction or ground truth)"))
     if partial_any:
         title += f"\nhatched {AVG}: in some seed over fewer classes than the column's other values (not comparable)"
     fig.suptitle(title, fontsize="medium")

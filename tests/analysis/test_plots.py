@@ -100,7 +100,20 @@ def test_class_bars_keep_rows_classes_and_panels_undefined_everywhere_marked_na(
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["RV", "Myo", "LV", "Avg"]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["MONA", "Mean teacher", "ARCO-SG"]
     assert sum(t.get_text() == "n/a" for t in fig.axes[1].texts) == 3 * 4  # every bar of the undefined panel
-    assert "n/a: undefined in every test case" in fig._suptitle.get_text()
+    assert "n/a: undefined in every test case (an empty prediction or ground truth)" in fig._suptitle.get_text()
+
+
+def test_a_dice_of_zero_is_marked_so_it_does_not_read_as_a_missing_bar(records, colours):
+    """A 0.0 bar looked exactly like a cell with no trial (the workflow probe): it gets a "0" at its foot."""
+    df = tables.build_table(records)
+    zero = (df["metric"] == "dice") & (df["row"] == "Mean teacher") & (df["column"] == "3 patients (4.3%)")
+    df.loc[zero, "mean"] = 0.0
+    fig = plots.class_bars(df, "dice", colours)
+    assert [t.get_text() for t in fig.axes[1].texts] == ["0"] * int(zero.sum()) and not fig.axes[0].texts
+    undefined = (df["metric"] == "dice") & (df["row"] == "MONA")
+    df.loc[undefined, ["mean", "std"]] = float("nan")
+    assert "n/a: undefined in every test case (prediction and ground truth both empty)" in \
+        plots.class_bars(df, "dice", colours)._suptitle.get_text()
 
 
 def test_class_bars_hatch_a_partial_average_and_draw_no_error_bar_for_a_single_seed(records, colours):
