@@ -125,6 +125,19 @@ def check_prediction_folder(out: Path, trial_dir: Path, cases: Sequence[str]) ->
                           "would score with these; use an empty folder, or delete them")
 
 
+def note_replaced_trial(out: Path, trial_dir: Path, log: Callable[[str], None]) -> None:
+    """Log a line when ``out``'s ``prediction.json`` names another trial than ``trial_dir``: its predictions of these
+    cases are about to be replaced (it happened without a word: the workflow probe)."""
+    import json
+
+    try:
+        earlier = json.loads((out / PREDICTION_FILE).read_text(encoding="utf-8")).get("trial")
+    except (OSError, ValueError, AttributeError):
+        return
+    if earlier and Path(earlier) != Path(trial_dir):
+        log(f"note: {out} holds predictions of trial {earlier}; those of these cases are replaced by trial {Path(trial_dir).name}'s")
+
+
 def check_same_classes(root: str | Path, num_classes: int, class_names: Sequence[str], what: str, reference: str):
     """The :class:`~medseg_platform.data.layout.AcdcLayout` of ``root`` if its classes are ``class_names`` (labels
     1..num_classes-1); else one-line :class:`DataError` naming ``what`` (the flag) and ``reference`` (whose classes).
@@ -230,6 +243,7 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
                    "best_step": record.result.get("best_step"), "num_classes": cfg.data.num_classes, "class_names": list(names),
                    "nifti": [case for case in cases if affines[case] is not None], "distance_units": cfg.eval.distance_units,
                    "empty_policy": cfg.eval.empty_policy}
+        note_replaced_trial(out, record.path, log)
         write_json_atomic(out / PREDICTION_FILE, {**summary, "complete": False})  # its cases are this run's to replace
         with_affine = []
         for i, case in enumerate(cases, 1):
@@ -420,6 +434,7 @@ def predict_images(trial_dir: str | Path, images: Sequence[str | Path], out: str
                    "best_step": record.result.get("best_step"), "num_classes": cfg.data.num_classes,
                    "class_names": list(recorded_class_names(record.result)), "nifti": list(files),
                    "distance_units": cfg.eval.distance_units, "empty_policy": cfg.eval.empty_policy}
+        note_replaced_trial(out, record.path, log)
         write_json_atomic(out / PREDICTION_FILE, {**summary, "complete": False})  # its cases are this run's to replace
         for note in notes:  # after every check: an error is the only line
             log(note)

@@ -609,3 +609,16 @@ def test_an_empty_label_suffix_is_refused(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--trial", str(trial), "--images", str(tmp_path), "--label-suffix", " ", "--out", str(tmp_path / "p")])
     assert "give the ending of the label files' names, e.g. _seg" in capsys.readouterr().err
+
+
+def test_predictions_of_another_trial_in_out_are_replaced_with_a_note(trained, tmp_path, capsys):
+    """Another trial's predictions of the same cases were replaced without a word (the workflow probe)."""
+    root, trial = trained
+    other = tmp_path / "other-trial"
+    shutil.copytree(trial, other)
+    out = tmp_path / "p"
+    assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out)]) == 0
+    assert "holds predictions of trial" not in capsys.readouterr().err
+    assert main(["predict", "--trial", str(other), "--data-root", str(root), "--out", str(out)]) == 0
+    assert (f"note: {out} holds predictions of trial {trial}; those of these cases are replaced by trial other-trial's"
+            in capsys.readouterr().err)
