@@ -116,7 +116,7 @@ def resolve_patient_count(fraction: str | int | float, available: int) -> Patien
             raise ConfigError(f"label fraction {text!r}: 0 labelled patients leaves nothing to supervise (use at least 1)")
     if n > available:
         raise ConfigError(f"label fraction {text!r}: {n} patients requested but the training split has only {available} "
-                          "(a study's --labelled sets the fractions it trains)")
+                          "(--labelled sets the fractions a study or medseg train trains)")
     return PatientCount(text, n, available, rule)
 
 
