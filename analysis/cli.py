@@ -54,12 +54,20 @@ def train_then_report(args) -> int:
     """``medseg train`` as the console runs it: the trial (``medseg_platform.train_cli.train``), then the folder's
     tables, plots and ``report.md`` rebuilt with it, as a study script does after its run (they used to stay as the
     last ``medseg report`` left them: the workflow probe)."""
-    from analysis.report import print_report, write_report
+    import sys
+
+    from analysis.study_cli import import_report
     from medseg_platform.train_cli import train
 
+    report = import_report()  # before training: a broken install is a one-line error, not a lost report after it
     status, study_dir = train(args)
     if status == 0 and study_dir is not None:
-        print_report(write_report(study_dir))
+        try:
+            report.print_report(report.write_report(study_dir))
+        except Exception as exc:  # noqa: BLE001 - the trial is done and recorded: say so, exit 0
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            print(f"the trial finished and its results are in its folder, but the folder's tables and report could not "
+                  f"be rebuilt ({type(exc).__name__}: {first}); fix that and run: medseg report {study_dir}", file=sys.stderr)
     return status
 
 

@@ -255,7 +255,8 @@ class ProgressCallback(Callback):
 
     def _resuming(self, i: int | None) -> str:
         """``, resuming at step N/M`` when the trial of plan ``i`` has an interrupted fine-tuning's checkpoint (a rerun
-        after Ctrl-C said only "started": the workflow probe); "" otherwise."""
+        after Ctrl-C said only "started": the workflow probe); "" otherwise. A retry on a node whose trial folder lacks the
+        checkpoint (restored from Tune's copy once the trial runs) says only "started"."""
         if i is None or getattr(self, "study_dir", None) is None:
             return ""
         from medseg_platform.plan import resume_point

@@ -179,8 +179,10 @@ def build_study(args):
                   cpus_per_trial=_cpus_per_trial(profile.cpus_per_trial, args.address), gpus_per_trial=args.gpus_per_trial,
                   address=args.address,
                   dashboard=not args.no_dashboard, accumulate="medseg train")
-    plain = PROFILES[args.profile]  # the configuration without --set, whose values a --set may only repeat
-    before = plain.trial.replace(**(method_overrides(args.method, plain) if args.method is not None else chosen)).to_dict()
+    plain = PROFILES[args.profile]  # the configuration without --set (built as base is), whose values a --set may repeat
+    plain_chosen = method_overrides(args.method, plain) if args.method is not None else chosen
+    before = plain.trial.replace(**{**plain_chosen, "data.root": str(root),
+                                    **dataset_num_classes(root, list(plain_chosen), plain.trial.data.num_classes)}).to_dict()
     overrides = apply_overrides(study, sets, TRAIN_FLAG_KEYS, rows_hint="")
     after = study.base.replace(**study.variants[0].overrides).to_dict()
     # the values that change the configuration, written one way: a --set of the value the method already trains with
@@ -211,11 +213,16 @@ def config_method_label(values: dict) -> str:
     """The table label of the method a config file trains: MONA/ARCO by their sampler (an ARCO-SAG search's
     best_config.json was tabled as "arco"), else the objective's label, else its name."""
     from medseg_platform.recipes import METHOD_LABELS, SAMPLER_METHODS
+    from methods.registry import objective_config
 
     objective = str(values.get("objective", "supervised"))
     method = objective
     if objective in ("mona", "arco"):
-        method = SAMPLER_METHODS.get(str((values.get("objective_params") or {}).get("sampler", "")), objective)
+        try:  # the sampler the file names, else the objective's default one (ARCO's: stratified, ARCO-SG)
+            sampler = objective_config(objective, dict(values.get("objective_params") or {})).sampler
+        except MedsegError:  # the file's own error is named when its config is validated
+            sampler = ""
+        method = SAMPLER_METHODS.get(str(sampler), objective)
     return METHOD_LABELS.get(method, objective)
 
 

@@ -6,7 +6,11 @@ the strided class axis element by element): ``torch.argmax(dim=1)`` of quick-siz
 (``python benchmarks/bench_class_max.py``). :func:`class_max` gets the same numbers from fast reductions: the values
 are ``amax``; the index is the first class whose score equals the maximum (the first of tied classes, as
 ``torch.max`` and ``torch.argmax`` return). Where a score is NaN no class equals the maximum, and the result is
-``torch.max``'s own, so NaN handling is torch's. Off the CPU it is ``torch.max``.
+``torch.max``'s own, so NaN handling is torch's. Off the CPU it is ``torch.max`` / ``torch.argmax`` themselves.
+
+For predictions and pseudo-labels, not for autograd: the values equal ``torch.max``'s under ``==`` (``amax`` may
+return -0.0 where ``torch.max`` returns 0.0), and their gradient would spread over tied classes where
+``torch.max``'s goes to one.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import torch
 
 
 def class_max(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(values, indices)`` of the maximum over dim 1 of ``scores`` (B, C, ...), float; equal to ``torch.max(scores,
-    dim=1)`` element for element (indices int64, the first maximal class on ties)."""
+    """``(values, indices)`` of the maximum over dim 1 of ``scores`` (B, C, ...): the indices equal ``torch.max(scores,
+    dim=1)``'s element for element (int64, the first maximal class on ties), the values under ``==``."""
     if scores.device.type != "cpu" or scores.dim() < 2 or scores.shape[1] > 32767 or not scores.is_floating_point():
         return torch.max(scores, dim=1)
     values = scores.amax(dim=1)
@@ -30,5 +34,7 @@ def class_max(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def class_argmax(scores: torch.Tensor) -> torch.Tensor:
-    """``torch.argmax(scores, dim=1)``, exactly (see :func:`class_max`)."""
+    """``torch.argmax(scores, dim=1)``, exactly (see :func:`class_max`; off the CPU, ``torch.argmax`` itself)."""
+    if scores.device.type != "cpu":
+        return scores.argmax(dim=1)
     return class_max(scores)[1]

@@ -264,7 +264,7 @@ def test_distance_units_voxel_measures_distances_in_voxels(tiny_root, monkeypatc
     volume = AcdcLayout(tiny_root, 4).read_volume("patient006_frame01")
     prediction = np.roll(volume.label, 2, axis=2)
     monkeypatch.setattr(evaluate, "predict_case", lambda model, image, cfg, device: prediction)
-    rows = {units: evaluate.evaluate_volumes(None, [volume], small_cfg(tiny_root, **{"eval.distance_units": units}), torch.device("cpu"))
+    rows = {units: evaluate.evaluate_volumes(torch.nn.Identity(), [volume], small_cfg(tiny_root, **{"eval.distance_units": units}), torch.device("cpu"))
             for units in ("mm", "voxel")}
     assert [r["dice"] for r in rows["mm"]] == [r["dice"] for r in rows["voxel"]]
     assert [r["hd95"] for r in rows["mm"]] == [r["hd95"] for r in evaluate_case(prediction, volume.label, 4, volume.spacing)]

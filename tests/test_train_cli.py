@@ -335,6 +335,8 @@ def test_a_config_file_row_is_labelled_by_its_method():
     for method in ("mona", "arco_sg", "arco_sag", "action", "mean_teacher"):
         assert config_method_label(SMOKE.trial.replace(**method_overrides(method, SMOKE)).to_dict()) == METHOD_LABELS[method]
     assert config_method_label({"objective": "my_method"}) == "my_method"  # registered without a label
+    assert config_method_label({"objective": "arco"}) == "ARCO-SG"  # ARCO's default sampler (the review)
+    assert config_method_label({"objective": "arco", "objective_params": {"sampler": "nope"}}) == "arco"  # refused later
 
 
 def test_a_set_row_is_labelled_by_what_it_changes_written_one_way(tmp_path, phantom_root):
@@ -353,3 +355,38 @@ def test_a_set_row_is_labelled_by_what_it_changes_written_one_way(tmp_path, phan
     assert row() == ("MONA", 0) and row("optim.lr=0.01") == ("MONA", 0)
     assert row("optim.lr=0.050") == row("optim.lr=0.05") == ("MONA [optim.lr=0.05]", 1)
     assert row("optim.lr=0.01", "objective_params.temperature=0.2") == ("MONA [objective_params.temperature=0.2]", 1)
+    # a value the dataset's manifest gives (3 classes where the profile says 4) is no change either (the review)
+    import shutil
+
+    three = tmp_path / "three-classes"
+    shutil.copytree(phantom_root, three)
+    manifest = json.loads((three / "manifest.json").read_text())
+    manifest["class_names"] = manifest["class_names"][:2]
+    manifest.setdefault("source", {})["num_classes"] = 3
+    (three / "manifest.json").write_text(json.dumps(manifest))
+
+    def row_on(root, *sets: str) -> str:
+        args = build_parser().parse_args(["train", "mona", "--profile", "smoke", "--results-dir", str(tmp_path), "--data-root",
+                                          str(root), *[p for item in sets for p in ("--set", item)]])
+        return build_study(args)[0].variants[0].tags["row"]
+
+    assert row_on(three) == row_on(three, "data.num_classes=3") == "MONA"
+    assert row_on(three, "data.num_classes=4") == "MONA [data.num_classes=4]"
+
+
+def test_a_report_that_fails_after_training_keeps_the_exit_status_and_says_so(tmp_path, phantom_root, capsys, monkeypatch):
+    """The review: a failing report after a finished trial ended `medseg train` with a traceback (exit 1) or exit 2,
+    which a script reads as a failed training."""
+    import analysis.report
+
+    def broken(study_dir, log=print):
+        raise RuntimeError("matplotlib could not draw\nmore")
+
+    monkeypatch.setattr(analysis.report, "write_report", broken)
+    results = tmp_path / "results"
+    assert main(["train", "supervised", "--profile", "smoke", "--in-process", "--results-dir", str(results)]) == 0
+    study_dir = results / "train-supervised-smoke"
+    err = capsys.readouterr().err
+    assert ("the trial finished and its results are in its folder, but the folder's tables and report could not be rebuilt "
+            f"(RuntimeError: matplotlib could not draw); fix that and run: medseg report {study_dir}") in err
+    assert list(study_dir.glob("trials/*/result.json"))

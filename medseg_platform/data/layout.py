@@ -341,6 +341,14 @@ def _check_declared(path: Path, key: str, shape: tuple, itemsize: int) -> None:
                         "resample first)")
 
 
+def mixed_spacing_text(with_spacing: int, cases: int, example: str) -> str:
+    """Why evaluated cases of which some have a voxel spacing and others none are refused in mm, and what to do."""
+    without = cases - with_spacing
+    return (f"{with_spacing} of {cases} evaluated cases have a voxel spacing but {without} {'has' if without == 1 else 'have'} "
+            f"none (e.g. {example}), so HD95 and ASD in mm would average mm with voxels; add the missing spacing (the "
+            "volume's 'spacing' attribute or the manifest's), or score in voxels (--set eval.distance_units=voxel)")
+
+
 @dataclass(frozen=True)
 class Volume:
     """A whole case: ``image`` float32 D×H×W, ``label`` uint8 D×H×W, ``spacing`` (mm, D,H,W) or None."""
@@ -449,10 +457,7 @@ class AcdcLayout:
         without = [case for case, spaced in known.items() if not spaced]
         if not without or len(without) == len(known):
             return None
-        return (f"{self.root}: {len(known) - len(without)} of {len(known)} evaluated cases have a voxel spacing but "
-                f"{len(without)} have none (e.g. {without[0]}), so HD95 and ASD would average mm with voxels; add the "
-                "missing spacing (the volume's 'spacing' attribute or the manifest's), or score in voxels "
-                "(--set eval.distance_units=voxel)")
+        return f"{self.root}: " + mixed_spacing_text(len(known) - len(without), len(known), without[0])
 
     def __repr__(self) -> str:
         return (

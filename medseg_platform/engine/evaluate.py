@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from medseg_platform.config import TrialConfig
-from medseg_platform.data.layout import Volume
+from medseg_platform.data.layout import Volume, mixed_spacing_text
 from medseg_platform.errors import DataError
 from medseg_platform.evaluation.metrics import case_dice, distance_spacing, evaluate_case
 from medseg_platform.evaluation.predict import predict_volume
@@ -52,16 +52,14 @@ def evaluate_volumes(model: torch.nn.Module, volumes: Iterable[Volume], cfg: Tri
     predicted label volume (uint8 D×H×W) before it is dropped (the test evaluation keeps a few slices of it with
     :class:`QualitativeSlices`).
     """
-    volumes = list(volumes)
-    with_spacing = sum(vol.spacing is not None for vol in volumes)
-    if cfg.eval.distance_units == "mm" and 0 < with_spacing < len(volumes):  # a --test-root, or files changed since
-        without = next(vol.case for vol in volumes if vol.spacing is None)
-        raise DataError(f"{with_spacing} of {len(volumes)} evaluated cases have a voxel spacing but e.g. {without} has none, "
-                        "so HD95 and ASD would average mm with voxels; add the missing spacing, or score in voxels "
-                        "(--set eval.distance_units=voxel)")
-    rows = []
+    rows, first = [], None
     with eval_mode(model):
-        for vol in volumes:
+        for index, vol in enumerate(volumes):  # read one at a time (a --test-root passes a generator)
+            first = vol if first is None else first
+            if cfg.eval.distance_units == "mm" and (vol.spacing is None) != (first.spacing is None):
+                # the first volume that differs from the first one (data changed since the checks before training)
+                with_spacing, unspaced = (index, vol.case) if first.spacing is not None else (1, first.case)
+                raise DataError(mixed_spacing_text(with_spacing, index + 1, unspaced))
             pred = predict_case(model, vol.image, cfg, device)
             if on_prediction is not None:
                 on_prediction(vol, pred)

@@ -304,7 +304,15 @@ def check_test_root(study: Study, trials: list[dict]) -> list[tuple[str, int]]:
     from medseg_platform.predict import check_test_root as check_root
 
     study.test_root = resolve_path(study.test_root, "--test-root")
-    return check_root(study.test_root, datasets_of_trials(trials))
+    checked = check_root(study.test_root, datasets_of_trials(trials))
+    if any(t["config"]["eval"]["distance_units"] == "mm" for t in trials):  # refused before training, not after
+        from medseg_platform.data.layout import AcdcLayout
+
+        layout = AcdcLayout(study.test_root)
+        mixed = layout.mixed_spacing(layout.test_cases)
+        if mixed:
+            raise DataError(f"--test-root {mixed}")
+    return checked
 
 
 def forget_other_test_root_errors(study: Study, trials: list[dict]) -> None:

@@ -180,7 +180,8 @@ def test_a_split_without_foreground_is_a_problem_and_an_absent_class_a_note(tmp_
         layout_module.write_case(root, other, volume.image, np.where(volume.label == 3, 0, volume.label).astype(np.uint8),
                                  spacing=volume.spacing, with_slices=False)
     report = check_dataset(root)
-    assert report.ok and report.notes == ["split 'val' never holds LV: its Dice is undefined there and left out of the val means"]
+    assert report.ok and report.notes == ["split 'val' never holds LV: its Dice is undefined where nothing predicts it (left "
+                                          "out of the val means) and 0 where something does"]
     assert main(["data", "check", str(root)]) == 0
     assert "note: split 'val' never holds LV" in capsys.readouterr().out
     for other in layout.val_cases:
@@ -244,15 +245,20 @@ def test_a_manifest_whose_cases_are_not_objects_or_spacings_not_numbers_is_a_one
             read_manifest(tiny_root)
 
 
-def test_test_cases_with_and_without_a_spacing_are_refused_before_training(tiny_root: Path):
+def test_test_cases_with_and_without_a_spacing_are_refused_before_training_in_mm(tiny_root: Path):
     """A trial scored HD95 in mm where a test volume had a spacing and in voxels where it had none, averaged the two and
-    labelled the table "mm" (the evaluation probe); `medseg evaluate` refused the same data. Now `data check` names it,
-    a trial's config check refuses it before any step (in voxels it is fine), and the evaluation itself refuses it."""
+    labelled the table "mm" (the evaluation probe); `medseg evaluate` refused the same data. Now `data check` notes it
+    (a trial in voxels uses the dataset as it is, so it is no problem of the data's), a trial in mm refuses it in its
+    config check before any step, a --test-root is refused before training, and the evaluation itself refuses it."""
+    from types import SimpleNamespace
+
     import torch
 
     from medseg_platform.config import TrialConfig
     from medseg_platform.engine.evaluate import evaluate_volumes
     from medseg_platform.errors import DataError
+    from medseg_platform.preflight import preflight_datasets
+    from medseg_platform.study.runner import check_test_root
 
     ds = AcdcLayout(tiny_root)
     assert check_dataset(tiny_root).ok and not ds.manifest  # every volume has a spacing attribute
@@ -260,19 +266,26 @@ def test_test_cases_with_and_without_a_spacing_are_refused_before_training(tiny_
     with h5py.File(ds.volume_path(unspaced), "r+") as fh:
         del fh.attrs["spacing"]
     cases = len(ds.val_cases) + len(ds.test_cases)
-    message = (f"{ds.root}: {cases - 1} of {cases} evaluated cases have a voxel spacing but 1 have none (e.g. {unspaced}), so "
-               "HD95 and ASD would average mm with voxels; add the missing spacing (the volume's 'spacing' attribute or the "
-               "manifest's), or score in voxels (--set eval.distance_units=voxel)")
-    assert check_dataset(tiny_root).problems == [message]
+    message = (f"{ds.root}: {cases - 1} of {cases} evaluated cases have a voxel spacing but 1 has none (e.g. {unspaced}), so "
+               "HD95 and ASD in mm would average mm with voxels; add the missing spacing (the volume's 'spacing' attribute "
+               "or the manifest's), or score in voxels (--set eval.distance_units=voxel)")
+    report = check_dataset(tiny_root)
+    assert report.ok and message in report.notes
     cfg = TrialConfig().replace(**{"data.root": str(tiny_root), "data.patch_size": (32, 32), "data.labelled": "2",
                                    "data.labelled_batch": 2, "data.unlabelled_batch": 2})
+    voxel = cfg.replace(**{"eval.distance_units": "voxel"})
     cfg.validate(check_data=False)
-    with pytest.raises(DataError, match=r"1 of 2 evaluated cases have a voxel spacing but 1 have none \(e.g. patient006_frame02\)"):
+    with pytest.raises(DataError, match=r"1 of 2 evaluated cases have a voxel spacing but 1 has none \(e.g. patient006_frame02\)"):
         cfg.validate()
-    cfg.replace(**{"eval.distance_units": "voxel"}).validate()
+    voxel.validate()
+    preflight_datasets([(str(tiny_root), 4)], tiny_root.parent / "preflight", log=lambda m: None)  # a voxel trial's passes
+    study = SimpleNamespace(test_root=str(tiny_root))
+    with pytest.raises(DataError, match=r"--test-root .*1 of 2 evaluated cases have a voxel spacing"):
+        check_test_root(study, [{"config": cfg.to_dict()}])
+    assert check_test_root(study, [{"config": voxel.to_dict()}]) == [(str(tiny_root), 4)]
     model = torch.nn.Conv2d(1, 4, 1)
-    volumes = [ds.read_volume(case) for case in ds.test_cases]
-    with pytest.raises(DataError, match=rf"1 of 2 evaluated cases have a voxel spacing but e.g. {ds.test_cases[1]} has none"):
+    volumes = (ds.read_volume(case) for case in ds.test_cases)  # streamed, as a --test-root passes them
+    with pytest.raises(DataError, match=rf"1 of 2 evaluated cases have a voxel spacing but 1 has none \(e.g. {unspaced}\)"):
         evaluate_volumes(model, volumes, cfg, torch.device("cpu"))
-    rows = evaluate_volumes(model, volumes, cfg.replace(**{"eval.distance_units": "voxel"}), torch.device("cpu"))
+    rows = evaluate_volumes(model, (ds.read_volume(case) for case in ds.test_cases), voxel, torch.device("cpu"))
     assert {row["case"] for row in rows} == set(ds.test_cases)

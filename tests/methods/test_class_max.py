@@ -31,3 +31,17 @@ def test_nan_and_signed_zero_follow_torch():
 def test_integer_scores_use_torch_max():
     scores = torch.randint(0, 5, (2, 3, 4))
     assert torch.equal(class_max(scores)[1], torch.max(scores, dim=1)[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_scores(dtype):
+    scores = torch.randint(-2, 3, (3, 4, 5, 6)).to(dtype)  # ties in every pixel's classes
+    assert torch.equal(class_max(scores)[1], torch.max(scores, dim=1)[1])
+
+
+def test_non_contiguous_empty_and_wide_inputs():
+    base = torch.randn(5, 6, 7, 4)
+    for scores in (base.permute(0, 3, 1, 2), base.permute(0, 3, 1, 2)[:, :, ::2], torch.randn(0, 4, 3, 3),
+                   torch.randn(2, 200, 3, 3), torch.randn(2, 1, 3, 3)):
+        assert torch.equal(class_max(scores)[1], torch.max(scores, dim=1)[1])
+        assert torch.equal(class_argmax(scores), scores.argmax(dim=1))
