@@ -561,14 +561,14 @@ def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[in
     if class_names is None:
         class_names = study_class_names(records)
     chosen: dict[str, tuple[Any, dict]] = {}
-    for record in records:
-        if column_label(record) != column:
-            continue
+    # each row's trials in rank order, and only the first whose file loads is read (every file used to be read and
+    # decompressed to draw one per row: the analysis scaling probe)
+    for record in sorted((r for r in records if column_label(r) == column), key=_qualitative_rank):
         row = row_label(record)
-        data = load_qualitative(Path(record.path) / QUALITATIVE_FILE)
-        if data is None or not data["cases"]:
+        if row in chosen:
             continue
-        if row not in chosen or _qualitative_rank(record) < _qualitative_rank(chosen[row][0]):
+        data = load_qualitative(Path(record.path) / QUALITATIVE_FILE)
+        if data is not None and data["cases"]:
             chosen[row] = (record, data)
     if not chosen:
         return Skipped(f"qualitative overlays ({column}): no trial has qualitative.npz")

@@ -1050,17 +1050,20 @@ def table_file_names(metrics: Sequence[str] = DEFAULT_METRICS) -> list[str]:
 
 def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
                  metrics: Sequence[str] = DEFAULT_METRICS,
-                 class_names: Mapping[int, str] | None = None, incomplete: str = "", recipe: str = "") -> list[Path]:
+                 class_names: Mapping[int, str] | None = None, incomplete: str = "", recipe: str = "",
+                 table: pd.DataFrame | None = None) -> list[Path]:
     """Write ``table_<metric>.md`` and ``table_<metric>.tex`` per metric (each followed by its external test set
     blocks, :func:`external_blocks`) and ``table.csv`` (long form). ``incomplete``: a sentence saying which trials of
     the study have no result yet (:func:`incomplete_note`), written under each Markdown table and as a LaTeX comment.
     ``recipe``: :func:`recipe_sentence` of the study's ``--set`` overrides, in every caption.
 
-    Every file is written atomically; returns the paths in that order (CSV last).
+    Every file is written atomically; returns the paths in that order (CSV last). ``table``: the
+    :func:`build_table` of ``records``, ``metrics`` and ``class_names`` when the caller has it already (the report
+    builds it for the plots too: building it twice was 15-20% of a paper-size report).
     """
     out_dir = Path(out_dir)
     records = _unique_records(records)
-    df = build_table(records, metrics, class_names)
+    df = build_table(records, metrics, class_names) if table is None else table
     names = iter(table_file_names(metrics))
     paths = []
     for metric in metrics:
