@@ -46,10 +46,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_methods import PASSES, REPO, _timed_step, build, nn_interval  # noqa: E402
+from medseg_platform.recipes import CONTRASTIVE_METHODS as CONTRASTIVE  # noqa: E402
+from medseg_platform.recipes import METHODS as RECIPES  # noqa: E402
 from medseg_platform.study_flags import count_at_least  # noqa: E402
 
-CONTRASTIVE = ("mona", "arco_sg", "arco_sag", "action")
-METHODS = ("supervised", "mean_teacher", *CONTRASTIVE, "isd_pretrain", *(f"passes:{m}" for m in PASSES))
+METHODS = (*RECIPES, "isd_pretrain", *(f"passes:{m}" for m in PASSES))  # every method with a recipe, a new one too
 
 
 def _amp_dtype(amp: str):

@@ -240,7 +240,7 @@ def main() -> None:
         print(json.dumps(one(args.one, args.profile, args.steps, args.threads, args.representation[0], not args.glibc_default,
                              args.conv_kernels)))
         return
-    from medseg_platform.recipes import METHODS
+    from medseg_platform.recipes import CONTRASTIVE_METHODS, METHODS
 
     every = (*METHODS, *ISD_STAGES, *(f"passes:{m}" for m in PASSES))
     unknown = [m for m in args.methods or () if m not in every]
@@ -249,7 +249,7 @@ def main() -> None:
     methods = ["supervised"] + [m for m in (args.methods or every) if m != "supervised"]
     rows = []
     for method in methods:
-        contrastive = method in ("mona", "arco_sg", "arco_sag", "action")
+        contrastive = method in CONTRASTIVE_METHODS
         for representation in (args.representation if contrastive else args.representation[:1]):
             print(f"running {method} ({representation if contrastive else '-'}) ...", file=sys.stderr, flush=True)
             proc = subprocess.run([sys.executable, __file__, "--one", method, "--profile", args.profile, "--steps", str(args.steps),

@@ -20,6 +20,9 @@ METHODS = PAPER_METHODS
 #: The table row label of each method.
 METHOD_LABELS = {"supervised": "Supervised only", "mean_teacher": "Mean teacher", "mona": "MONA", "arco_sg": "ARCO-SG",
                  "arco_sag": "ARCO-SAG", "action": "ACTION"}
+#: The methods with a pixel-contrast term a row can leave out (``method_overrides(..., without_contrast=True)``); any
+#: other method, a newly added one included, refuses such a row.
+CONTRASTIVE_METHODS = ("mona", "arco_sg", "arco_sag", "action")
 #: The row of supervised training on every label (ARCO's "UNet-F"; ``METHOD_LABELS["supervised"]`` is its "UNet-L").
 FULL_SUPERVISION_LABEL = "Supervised, all labels"
 #: The row labels of the methods without their pixel-contrast term (``method_overrides(..., without_contrast=True)``).
@@ -74,7 +77,7 @@ def method_overrides(method: str, profile: Profile, without_contrast: bool = Fal
     docs/mona.md, 'Entropy masks and the alpha schedule').
     """
     m, steps = profile.methods, profile.trial.optim.max_steps
-    if without_contrast and method in ("supervised", "mean_teacher"):
+    if without_contrast and method not in CONTRASTIVE_METHODS:  # a new method too (it got its own row: the newcomer probe)
         raise MedsegError(f"method {method!r}: has no contrast term to leave out (without_contrast is for MONA, ARCO and ACTION)")
     if method == "supervised":
         return {"objective": "supervised", "objective_params": {}}

@@ -5,12 +5,11 @@ import pytest
 from medseg_platform.errors import MedsegError
 from medseg_platform.profiles import PROFILES
 from medseg_platform.protocol import RELEASED_EVALUATION, protocol_overrides
+from medseg_platform.recipes import CONTRASTIVE_METHODS as CONTRASTIVE
 from medseg_platform.recipes import METHODS, method_overrides
 from methods.registry import objective_config
 from tests.data.test_splits import ACDC_SLICES, SSL4MIS_SLICES
 
-
-CONTRASTIVE = ("mona", "arco_sg", "arco_sag", "action")
 ROWS = [(m, False) for m in METHODS] + [(m, True) for m in CONTRASTIVE]
 
 
@@ -33,6 +32,9 @@ def test_a_row_without_contrast_of_a_method_without_one_is_an_error(method):
     """The newcomer probe: ``without_contrast=True`` was ignored for the baselines, giving the method's own row."""
     with pytest.raises(MedsegError, match=rf"method '{method}': has no contrast term to leave out"):
         method_overrides(method, PROFILES["quick"], without_contrast=True)
+    # a method the recipes do not know as contrastive (a newly added one) is refused too, before its recipe is read
+    with pytest.raises(MedsegError, match=r"method 'entmin': has no contrast term to leave out"):
+        method_overrides("entmin", PROFILES["quick"], without_contrast=True)
 
 
 def test_paper_profile_is_the_released_setting():
