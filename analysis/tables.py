@@ -1088,11 +1088,35 @@ def incomplete_note(finished: int, expected: int) -> str:
             "average fewer seeds (rerun the study command to finish them).")
 
 
+#: A terminal table wider than this many characters is printed with its average columns only (the file keeps all).
+TERMINAL_TABLE_WIDTH = 160
+
+
+def terminal_table(markdown: str, path: Path | str, width: int = TERMINAL_TABLE_WIDTH) -> str:
+    """A Markdown table file's text for the terminal: as it is, or, when its table lines are wider than ``width``, with
+    the method column and the "...: Avg" columns only and a line naming ``path`` for the rest (a paper-size table's
+    17 columns made 460-character lines: the analysis scaling probe)."""
+    lines = markdown.rstrip("\n").splitlines()
+    rows = [i for i, line in enumerate(lines) if line.startswith("| ")]
+    if not rows or max(len(lines[i]) for i in rows) <= width:
+        return "\n".join(lines)
+    split = {i: [cell.strip() for cell in lines[i].strip("|").split("|")] for i in rows}
+    header = split[rows[0]]
+    keep = [0] + [k for k, cell in enumerate(header) if k and cell.endswith(f": {AVG}")]
+    if len(keep) == 1:  # no average column to show
+        return "\n".join(lines)
+    grid = [[split[i][k] for k in keep] for i in rows if not set(split[i][1]) <= {"-", ":"}]
+    compact = _markdown_lines(grid)
+    out = lines[: rows[0]] + compact + lines[rows[-1] + 1:]
+    return "\n".join(out + [f"(the {AVG} columns of {len(header) - 1}; every class in {path})"])
+
+
 def print_summary(paths: Sequence[str | Path], problems: Sequence[str], file=None) -> str:
-    """Print (and return) a short terminal summary: the Dice table, the files written, the problems."""
+    """Print (and return) a short terminal summary: the Dice table (its average columns when it is wide,
+    :func:`terminal_table`), the files written, the problems."""
     paths = [Path(p) for p in paths]
     main = next((p for p in paths if p.name == "table_dice.md"), next((p for p in paths if p.suffix == ".md"), None))
-    lines = [main.read_text(encoding="utf-8").rstrip("\n"), ""] if main is not None and main.is_file() else []
+    lines = [terminal_table(main.read_text(encoding="utf-8"), main), ""] if main is not None and main.is_file() else []
     lines += [f"Tables written ({len(paths)} files):", *(f"  {p}" for p in paths)] if paths else ["Tables written: none"]
     if problems:
         lines.append(f"Problems ({len(problems)}):")

@@ -481,3 +481,19 @@ def test_a_summary_without_tables_says_none_instead_of_an_empty_list(capsys):
     """An interrupted run printed "Tables written (0 files):" and "Plots (0 files):" over nothing (the workflow probe)."""
     text = tables.print_summary([], ["no finished trial"])
     assert text == "Tables written: none\nProblems (1):\n  - no finished trial\n" and capsys.readouterr().out == text
+
+
+def test_a_wide_table_is_printed_with_its_average_columns_only(tmp_path):
+    """A paper-size Dice table (17 columns) printed 460-character lines in the terminal (the analysis scaling probe);
+    the file keeps every column."""
+    header = ["Method", *[f"{p} patients: {c}" for p in (1, 3, 7, 70) for c in ("RV", "Myo", "LV", "Avg")]]
+    body = [["MONA", *[f"{v:.1f} ± 1.0‡" for v in range(16)]], ["Mean teacher", *[f"{v:.1f} ± 2.0" for v in range(16)]]]
+    markdown = "\n".join(["### Dice (%)", "", *tables._markdown_lines([header, *body]), "", "Caption."]) + "\n"
+    text = tables.terminal_table(markdown, tmp_path / "table_dice.md")
+    lines = text.splitlines()
+    assert lines[2].split("|")[1:-1] == [" Method       ", " 1 patients: Avg ", " 3 patients: Avg ", " 7 patients: Avg ",
+                                          " 70 patients: Avg "]
+    assert "|" in lines[3] and "3.0 ± 1.0‡" in lines[4] and "15.0 ± 2.0" in lines[5] and "0.0 ±" not in text
+    assert lines[-2] == "Caption." and lines[-1] == f"(the Avg columns of 16; every class in {tmp_path / 'table_dice.md'})"
+    narrow = "\n".join(["### Dice (%)", "", *tables._markdown_lines([header[:5], *(row[:5] for row in body)]), "", "Caption."])
+    assert tables.terminal_table(narrow, "x") == narrow  # the default study's 4 columns: as written
