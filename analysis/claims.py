@@ -47,6 +47,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from analysis.health import NOT_LEARNED, record_health
 from analysis.published import published_difference
 from analysis.significance import MIN_PAIRS, TEST_NAME, confidence_interval, pair_seed_values, seed_values, wilcoxon_test
 from analysis.tables import (AVG, MISSING, as_number, column_label, escape_markdown, metric_style, row_label, set_options_text,
@@ -110,7 +111,7 @@ class ClaimResult:
     dropped: int = 0
     absent: int = 0  # (case, seed) pairs whose case one side did not test
     unpaired: str = ""  # seeds only one side has, left out (unpaired_seeds)
-    reason: str = ""  # why not run
+    reason: str = ""  # why not run, or what the verdict rests on (no trial of either row learned)
 
 
 def _seed_sort_key(seed: Any) -> tuple:
@@ -212,11 +213,15 @@ def evaluate_claim(claim: Mapping[str, Any], records: Sequence[TrialRecord]) -> 
     test = wilcoxon_test(np.nanmean(pairs.a[kept], axis=1), np.nanmean(pairs.b[kept], axis=1))
     seeded = ~np.all(np.isnan(differences), axis=0)
     n_seeds, per_seed = int(np.count_nonzero(seeded)), tuple(float(v) for v in np.nanmean(differences[:, seeded], axis=0))
+    # two rows none of whose trials learned compare two failures: the verdict says so (a smoke run's Δ +0.0 read as a
+    # finding: the newcomer probe)
+    failed = all(record_health(r).verdict == NOT_LEARNED for trials in (*a_trials.values(), *b_trials.values()) for r in trials)
     return ClaimResult(claim, verdict=verdict(claim.get("direction", ">"), low, high, pairs.n_cases, n_seeds),
                        difference=float(np.nanmean(differences)), ci=(low, high), p_value=test.p_value,
                        n_pairs=pairs.n_pairs, n_cases=pairs.n_cases, n_seeds=n_seeds, per_seed=per_seed,
                        seeds=tuple(seed for seed, kept in zip(pairs.seeds, seeded) if kept), dropped=pairs.dropped,
-                       absent=pairs.absent, unpaired=unpaired_seeds(claim, a_trials, b_trials), **texts)
+                       absent=pairs.absent, unpaired=unpaired_seeds(claim, a_trials, b_trials),
+                       reason="no trial of either row learned (Trial health)" if failed else "", **texts)
 
 
 def read_claims(info: Mapping[str, Any]) -> list[dict]:

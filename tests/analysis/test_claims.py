@@ -393,3 +393,20 @@ def test_a_claim_at_a_patient_count_reads_the_trials_of_a_percent_that_selects_i
     assert "| MONA > Mean teacher, 1 patient (1.4%) | ARCO Table 1: MONA beats MT | +15.0 |" in section
     assert "| MONA > Mean teacher, 3 patients (4.3%) |" in section and "not run" not in section
     assert "+39.7 (ARCO Table 1)" in section
+
+
+def test_a_claim_between_two_rows_that_did_not_learn_says_so(tmp_path):
+    """A smoke run's claim between two rows scoring 0 read "inconclusive at this n" with Δ +0.0, as if measured (the
+    newcomer probe): the verdict names that no trial of either row learned."""
+    from analysis.claims import evaluate_claim
+
+    records = []
+    for order, row in enumerate(("A", "B")):
+        for seed in (1, 2, 3):
+            folder = write_fake_trial(tmp_path, row=row, order=order, patients=1, seed=seed, dice=lambda c, k: 0.0,
+                                      qualitative_shift=None, val_curve=[(20, 0.01), (40, 0.02)])
+            records.append(read_trial(folder))
+    result = evaluate_claim(claim("A", "B", "1", "test"), records)
+    assert result.reason == "no trial of either row learned (Trial health)" and result.verdict == INCONCLUSIVE
+    learned = trials(tmp_path / "learned", {"A": lambda c, k, s: base(c, k), "B": lambda c, k, s: base(c, k)}, seeds=(1, 2, 3))
+    assert evaluate_claim(claim("A", "B", "1", "test"), learned).reason == ""
