@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_validation, beside this file
 
 from medseg_platform.study_flags import count_at_least  # noqa: E402
 
@@ -55,19 +56,10 @@ def validation(repeats: int) -> None:
 
     import medseg_platform.engine.evaluate as evaluate
     import medseg_platform.evaluation.predict as predict
-    from medseg_platform.data.layout import AcdcLayout
-    from medseg_platform.data.phantom import ensure_phantom
-    from medseg_platform.profiles import PROFILES
-    from medseg_platform.study_flags import default_cache_root
-    from methods.registry import build_model
+    from bench_validation import quick_validation
 
-    profile = PROFILES["quick"]
-    root = ensure_phantom(default_cache_root(), **profile.phantom)
-    cfg = profile.trial.replace(**{"data.root": str(root)})
-    layout = AcdcLayout(root, cfg.data.num_classes)
-    volumes = [layout.read_volume(c) for c in layout.val_cases]
-    torch.manual_seed(0)
-    model = build_model("unet", num_classes=cfg.data.num_classes, channels=cfg.model.channels).train()
+    cfg, volumes, model = quick_validation()
+    model.train()
     device = torch.device("cpu")
     fast_argmax, fast_eval_mode = predict.class_argmax, evaluate.eval_mode
 

@@ -20,9 +20,30 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from medseg_platform.study_flags import count_at_least  # noqa: E402
+
+
+def quick_validation():
+    """``(cfg, val volumes, model)``: the quick profile's config on the embedded phantom (generated into
+    ``$MEDSEG_CACHE`` if missing), its val volumes, and a quarter-width UNet seeded with 0."""
+    import torch
+
+    from medseg_platform.data.layout import AcdcLayout
+    from medseg_platform.data.phantom import ensure_phantom
+    from medseg_platform.profiles import PROFILES
+    from medseg_platform.study_flags import default_cache_root
+    from methods.registry import build_model
+
+    profile = PROFILES["quick"]
+    root = ensure_phantom(default_cache_root(), **profile.phantom)
+    cfg = profile.trial.replace(**{"data.root": str(root)})
+    layout = AcdcLayout(root, cfg.data.num_classes)
+    torch.manual_seed(0)
+    model = build_model("unet", num_classes=cfg.data.num_classes, channels=cfg.model.channels)
+    return cfg, [layout.read_volume(c) for c in layout.val_cases], model
 
 
 def main() -> None:
@@ -35,21 +56,10 @@ def main() -> None:
 
     import torch
 
-    from medseg_platform.data.layout import AcdcLayout
-    from medseg_platform.data.phantom import ensure_phantom
     from medseg_platform.engine import evaluate_volumes, mean_dice, validation_dice
-    from medseg_platform.profiles import PROFILES
-    from medseg_platform.study_flags import default_cache_root
-    from methods.registry import build_model
 
     torch.set_num_threads(1)
-    profile = PROFILES["quick"]
-    root = ensure_phantom(default_cache_root(), **profile.phantom)
-    cfg = profile.trial.replace(**{"data.root": str(root)})
-    layout = AcdcLayout(root, cfg.data.num_classes)
-    volumes = [layout.read_volume(c) for c in layout.val_cases]
-    torch.manual_seed(0)
-    model = build_model("unet", num_classes=cfg.data.num_classes, channels=cfg.model.channels)
+    cfg, volumes, model = quick_validation()
     if args.checkpoint is not None:
         from medseg_platform.engine.checkpoint import load_checkpoint
 
