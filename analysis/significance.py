@@ -92,17 +92,16 @@ def paired_case_values(a: Mapping[str, Mapping[int, float]], b: Mapping[str, Map
                        cls: int | str) -> tuple[np.ndarray, np.ndarray]:
     """The pairs of two :func:`seed_averaged` tables for class ``cls`` (an int) or the class average (a
     str, e.g. "Avg", over the classes defined in both), in case order: two (n,) arrays."""
-    xs, ys = [], []
-    for case in sorted(a.keys() & b.keys()):
-        if isinstance(cls, str):
-            common = sorted(a[case].keys() & b[case].keys())
-            if common:
-                xs.append(nan_mean(a[case][k] for k in common))
-                ys.append(nan_mean(b[case][k] for k in common))
-        elif cls in a[case] and cls in b[case]:
-            xs.append(a[case][cls])
-            ys.append(b[case][cls])
-    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    pairs = [pair for case in sorted(a.keys() & b.keys()) if (pair := _case_pair(a[case], b[case], cls)) is not None]
+    return np.asarray([x for x, _ in pairs], dtype=float), np.asarray([y for _, y in pairs], dtype=float)
+
+
+def _case_pair(a: Mapping[int, float], b: Mapping[int, float], cls: int | str) -> tuple[float, float] | None:
+    """One case's pair of :func:`paired_case_values` (its per-class values on each side), None when it has none."""
+    if isinstance(cls, str):
+        common = sorted(a.keys() & b.keys())
+        return (nan_mean(a[k] for k in common), nan_mean(b[k] for k in common)) if common else None
+    return (a[cls], b[cls]) if cls in a and cls in b else None
 
 
 SeedValues = Mapping[Any, tuple[dict[str, dict[int, float]], set[str]]]
@@ -128,10 +127,10 @@ def pair_seed_values(a: SeedValues, b: SeedValues, seeds: Sequence[Any], cls: in
     dropped = absent = 0
     for j, seed in enumerate(seeds):
         (values_a, tested_a), (values_b, tested_b) = a[seed], b[seed]
-        for i, case in enumerate(cases):
-            xs, ys = paired_case_values({case: values_a.get(case, {})}, {case: values_b.get(case, {})}, cls)
-            if len(xs):
-                out_a[i, j], out_b[i, j] = xs[0], ys[0]
+        for i, case in enumerate(cases):  # one case at a time (paired_case_values' arrays per case were most of a big report)
+            pair = _case_pair(values_a.get(case, {}), values_b.get(case, {}), cls)
+            if pair is not None:
+                out_a[i, j], out_b[i, j] = pair
             elif case in tested_a and case in tested_b:
                 dropped += 1
             else:
