@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 from medseg_platform.config import TrialConfig, resolve_path
 from medseg_platform.errors import ConfigError, MedsegError
 from medseg_platform.io import write_json_atomic
-from medseg_platform.overrides import apply_overrides, parse_set_options, select_rows
+from medseg_platform.overrides import apply_overrides, parse_set_options, select_rows, validate_with_sets
 from medseg_platform.profiles import PROFILES, Profile, profile_with_overrides
 from medseg_platform.protocol import check_protocol, protocol_overrides
 from medseg_platform.results import SETTINGS_FILE
@@ -79,7 +79,7 @@ def _run_study_main(description, default_name, build, argv, parser) -> int:
             profile = replace(profile, trial=profile.trial.replace(**protocol))
         base = profile.trial.replace(**{"data.root": str(root), "optim.amp": args.amp,
                                         **dataset_num_classes(root, sets, profile.trial.data.num_classes)})
-        base.validate(check_data=False)  # a bad --set names itself here, before a row derived from it fails less clearly
+        validate_with_sets(base, sets)  # a bad --set names itself here, before a row derived from it fails less clearly
         if args.labelled:  # in increasing order of the patients they select of this dataset; each selection once
             args.labelled = list(fractions_in_patient_order(args.labelled, root, base.data.num_classes))
         study: Study = build(args, profile, base)

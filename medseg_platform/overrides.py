@@ -34,7 +34,7 @@ import types
 import typing
 from collections import Counter
 from functools import lru_cache
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from medseg_platform.config import TrialConfig
 from medseg_platform.errors import ConfigError
@@ -293,10 +293,25 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
     row_values = {k: v for k, v in values.items() if k not in base_values}
     if base_values:
         study.base = study.base.replace(**base_values)
+        validate_with_sets(study.base, base_values, quiet=True)
     if row_values:
         study.variants = [Variant(v.tags, {**v.overrides, **_changing(row_values, defaults)})
                           for v, defaults in zip(study.variants, row_defaults)]
     return {key: values[key] for key in texts}
+
+
+def validate_with_sets(base: TrialConfig, keys: Iterable[str], quiet: bool = False) -> None:
+    """``base.validate(check_data=False)``, its error named as a ``--set`` one when it is about one of ``keys`` (the
+    ``--set`` keys): "--set optim.lr -1.0: must be ..." (the message did not name the flag: the workflow probe).
+    ``quiet``: another error of ``base`` is left to the trials' checks, which name their row."""
+    keys = tuple(keys)
+    try:
+        base.validate(check_data=False)
+    except ConfigError as exc:
+        if any(str(exc).startswith((f"{key} ", f"{key}:", f"{key}.")) for key in keys):
+            raise ConfigError(f"--set {exc}") from None
+        if not quiet:
+            raise
 
 
 def _objective_values(objective: str, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -50,6 +50,9 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
      "--set objective_params.tempreature: unknown key; close matches: objective_params.temperature (objective mona's "
      "parameters: sup_weight, contrast_weight,"),  # the rows' one objective: its own parameters, not every method's
     ("ablation_tailness", ["--set", "optim.lr=fast"], "--set optim.lr=fast: expected a number"),
+    # a value of the right type that the config's own checks refuse names the flag too (the workflow probe)
+    ("ablation_tailness", ["--set", "optim.lr=-1"], "--set optim.lr -1.0: must be a finite number > 0"),
+    ("ablation_tailness", ["--set", "optim.optimizer=adamm"], "--set optim.optimizer 'adamm': choose 'sgd' or 'adamw'"),
     ("ablation_tailness", ["--set", "eval.val_every=2.5"], "--set eval.val_every=2.5: expected a whole number"),
     ("ablation_tailness", ["--set", "data.patch_size=48"], "--set data.patch_size=48: expected 2 comma-separated values"),
     ("ablation_tailness", ["--set", "data.image_resize=nearest"],
