@@ -25,6 +25,8 @@ def _run(*command: str, timeout: float = 120) -> subprocess.CompletedProcess:
     ("bench_augment.py", ["--batch", "0"], "argument --batch: must be >= 1, got 0"),
     ("phantom_gap.py", ["--labelled", "0"], "argument --labelled: expected 'all' or a whole number >= 1, got '0'"),
     ("bench_validation.py", ["--checkpoint", "no/such.pt"], "--checkpoint no/such.pt: no such file"),
+    ("val_noise.py", ["no/such/study"], "no/such/study: no trials/ folder"),
+    ("val_noise.py", [".", "--steps", "1"], "argument --steps: must be >= 2, got 1"),
     ("check_exact_resume.py", ["--steps", "5", "--val-every", "5", "supervised"], "--val-every 5 must be below --steps 5"),
 ])
 def test_a_bad_flag_is_one_usage_error(script, flags, message):
