@@ -25,26 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_validation, be
 from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 
-def _median_us(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6
-
-
 def reductions(repeats: int) -> None:
     import torch
 
+    from bench_contrast import median_time
     from methods.class_max import class_max
 
     print("shape                 argmax(dim=1)   max(dim=1)   class_max   same")
     for shape in ((8, 4, 48, 48), (16, 4, 48, 48), (4, 4, 256, 256), (16, 4, 256, 256)):
         scores = torch.randn(*shape)
-        times = [_median_us(lambda f=f: f(scores), repeats) for f in (lambda s: s.argmax(1), lambda s: torch.max(s, 1),
-                                                                      class_max)]
+        times = [median_time(lambda f=f: f(scores), repeats) * 1e6 for f in (lambda s: s.argmax(1), lambda s: torch.max(s, 1),
+                                                                             class_max)]
         values, index = torch.max(scores, 1)
         fast_values, fast_index = class_max(scores)
         same = torch.equal(index, scores.argmax(1)) and torch.equal(index, fast_index) and torch.equal(values, fast_values)
