@@ -77,8 +77,9 @@ Work skipped (``docs/methods.md`` "Work skipped when it cannot change training")
 (``nn_loss_grad="as_coded_none"``) L_nn has no gradient: it is computed only at the steps the engine logs
 (:meth:`methods.objective.Objective.is_logged_step`), kept out of ``total`` and logged unweighted as ``nn``;
 the NN pool receives the teacher rows only at the ``ceil(K / B_u)`` steps before a logged step (the rows
-those steps read), otherwise its ring pointer just advances. The pool is still initialised at the first
-step and the teacher pass still runs every step, so no RNG draw is skipped. Where the caller calls
+those steps read), otherwise its ring pointer just advances. The pool's random rows are still drawn (at
+construction for a pooled pool, at the first step for a full-resolution one) and the teacher pass still runs
+every step, so no RNG draw is skipped. Where the caller calls
 :meth:`~methods.objective.Objective.after_backward` (``defer_logged_terms``: the engine), a logged step's L_nn
 and its pool write happen there, after the step's activations are freed (``docs/methods.md``, 'L_nn after the
 backward pass').
