@@ -36,6 +36,10 @@ DISTANCE_UNITS = ("mm", "voxel")  # EvalConfig.distance_units
 #: ``seed % 2**32`` (``medseg_platform.seeding.seed_everything``).
 MAX_SEED = 2**32 - 1
 
+#: ``data.image_resize`` values (:func:`medseg_platform.data.augment.resize_slice`).
+IMAGE_RESIZE_MODES = ("nearest", "cubic", "bicubic")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the data is (docs/data.md, 'ACDC layout') and which part of it is labelled (docs/data.md,
@@ -44,7 +48,9 @@ class DataConfig:
     root: str = ""
     num_classes: int = 4
     patch_size: tuple[int, int] = (256, 256)
-    image_resize: str = "nearest"  # "nearest" as MONA/ARCO released; "bicubic" as ACTION trains
+    # the training slices' image zoom to the patch (docs/data.md, 'Resizing'): "nearest" as MONA/ARCO released, "cubic"
+    # as ACTION released (scipy's order-3 spline zoom), or "bicubic" (torch's bicubic convolution, another interpolant)
+    image_resize: str = "nearest"
     labelled: str = "3"  # patients ("3") or percent ("5%"), see medseg_platform.data.splits
     labelled_strategy: str = "published"
     labelled_seed: int | None = None  # None: the trial seed (only used by strategy "random")
@@ -219,8 +225,8 @@ class TrialConfig:
                               "pool averages the representation map down to g x g; use g <= the patch side, or 'full')")
         if d.num_classes < 2:
             raise ConfigError(f"data.num_classes {d.num_classes}: need at least 2")
-        if d.image_resize not in ("nearest", "bicubic"):
-            raise ConfigError(f"data.image_resize {d.image_resize!r}: choose 'nearest' or 'bicubic'")
+        if d.image_resize not in IMAGE_RESIZE_MODES:
+            raise ConfigError(f"data.image_resize {d.image_resize!r}: choose one of {', '.join(map(repr, IMAGE_RESIZE_MODES))}")
         if d.labelled_batch < 1 or d.unlabelled_batch < 0:
             raise ConfigError("data.labelled_batch must be >= 1 and data.unlabelled_batch >= 0")
         for name in ("weak_rot90_flip_p", "weak_rotate_p", "advmorph_p"):

@@ -99,5 +99,5 @@ def method_overrides(method: str, profile: Profile, without_contrast: bool = Fal
         return {"objective": "action", "objective_params": params,
                 "pretrain": [isd_stage(profile, "action_stage_i"), isd_stage(profile, "action_stage_ii")],
                 # ACTION's weak view: resize only, cubic image zoom (docs/action.md, 'Weak view and resizing')
-                "data.image_resize": "bicubic", "data.weak_rot90_flip_p": 0.0, "data.weak_rotate_p": 0.0}
+                "data.image_resize": "cubic", "data.weak_rot90_flip_p": 0.0, "data.weak_rotate_p": 0.0}
     raise MedsegError(f"method {method!r}: unknown (known: {', '.join(METHODS)})")

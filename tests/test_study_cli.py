@@ -56,7 +56,7 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
     ("ablation_tailness", ["--set", "eval.val_every=2.5"], "--set eval.val_every=2.5: expected a whole number"),
     ("ablation_tailness", ["--set", "data.patch_size=48"], "--set data.patch_size=48: expected 2 comma-separated values"),
     ("ablation_tailness", ["--set", "data.image_resize=nearest"],
-     "--set data.image_resize: row 'ACTION' sets it itself (to 'bicubic'); drop the --set or leave the row out with --rows"),
+     "--set data.image_resize: row 'ACTION' sets it itself (to 'cubic'); drop the --set or leave the row out with --rows"),
     ("ablation_tailness", ["--set", "objective_params.temperature=0.2"],
      "--set objective_params.temperature: row 'Supervised only' (objective supervised) has no parameter 'temperature' "
      "(its parameters: sup_weight); leave the row out with --rows"),

@@ -5,7 +5,7 @@ create lives on the input's device; random numbers come only from an explicit CP
 ``torch.Generator`` and are moved to the device afterwards):
 
 * :func:`resize_slice` / :func:`resize_to_patch` -- the dataloader resize to the patch size
-  (nearest for image and label as in MONA/ARCO; optional cubic image zoom as in ACTION).
+  (nearest for image and label as in MONA/ARCO; the cubic spline image zoom as in ACTION).
 * :func:`weak_augment` -- the MONA/ARCO ``RandomGenerator`` weak view (rot90 + flip, or a small
   rotation, or identity).  ACTION's weak view has no geometric augmentation: call it with
   ``p_rot90_flip=0, p_rotate=0`` (or skip it), i.e. resize only.
@@ -31,9 +31,11 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medseg_platform.config import IMAGE_RESIZE_MODES
 from methods.intensity import from_grey_levels, round_trip_8bit, to_grey_levels
 from methods.isd_pretrain import PRETRAIN_COINS
 
@@ -194,16 +196,19 @@ def resize_slice(
 
     As released in MONA/ARCO (``scipy.ndimage.zoom`` with order 0 for both), the image and the label
     are resized with corner-aligned nearest neighbour; the indices reproduce scipy's exactly.
-    ``image_mode="bicubic"`` gives ACTION's cubic image zoom (the label stays nearest).  Note: the
-    released cubic zoom is scipy's order-3 B-spline with mirror boundaries; here it is torch's Keys
-    bicubic convolution (``align_corners=True``, the same corner-aligned grid), clamped to [0, 1]
-    (the released spline output is not clamped), so values differ slightly near edges.
+    ``image_mode="cubic"`` is ACTION's released image zoom (the label stays nearest): ``scipy.ndimage.zoom`` with
+    order 3 (a prefiltered cubic B-spline) and scipy's default boundary handling, called as the released loader
+    calls it, so the values are scipy's (not clamped: a spline can overshoot the input's range).
+    ``image_mode="bicubic"`` is torch's Keys bicubic convolution on the same corner-aligned grid
+    (``align_corners=True``), clamped to [0, 1]: another interpolant, not the released one (on noise it differs from
+    the spline by up to about 0.2, everywhere in the image, not only near edges), kept because ACTION trials trained
+    before ``"cubic"`` existed recorded it (docs/data.md, 'Resizing').
 
     Args:
         image: (H, W) floating tensor (values in [0, 1] for the bicubic clamp to be meaningful).
         label: (H, W) integer tensor (e.g. uint8 class ids), same shape and device as ``image``.
         patch_size: output size, int or (h, w).
-        image_mode: ``"nearest"`` (MONA/ARCO) or ``"bicubic"`` (ACTION).
+        image_mode: ``"nearest"`` (MONA/ARCO), ``"cubic"`` (ACTION) or ``"bicubic"`` (see above).
 
     Returns:
         image (1, h, w) float32 and label (h, w) int64, on the input's device.
@@ -222,8 +227,9 @@ def resize_slice(
         raise _fail(where, f"label must be an integer tensor, got {label.dtype}", "convert with .long()")
     if label.device != image.device:
         raise _fail(where, f"label is on {label.device} but image is on {image.device}", "move both to one device")
-    if image_mode not in ("nearest", "bicubic"):
-        raise _fail(where, f"image_mode must be 'nearest' or 'bicubic', got {image_mode!r}", "pick one of the two")
+    if image_mode not in IMAGE_RESIZE_MODES:
+        raise _fail(where, f"image_mode must be one of {', '.join(map(repr, IMAGE_RESIZE_MODES))}, got {image_mode!r}",
+                    "pick one of them")
 
     rows, row_ok = _nearest_zoom_indices(image.shape[0], h, image.device)
     cols, col_ok = _nearest_zoom_indices(image.shape[1], w, image.device)
@@ -231,6 +237,12 @@ def resize_slice(
     label_out = label.index_select(0, rows).index_select(1, cols).to(torch.int64) * inside
     if image_mode == "nearest":
         image_out = image.index_select(0, rows).index_select(1, cols).to(torch.float32) * inside
+    elif image_mode == "cubic":
+        from scipy import ndimage
+
+        source = image.detach().cpu().numpy()
+        zoomed = ndimage.zoom(source, (h / source.shape[0], w / source.shape[1]), order=3)
+        image_out = torch.from_numpy(zoomed.astype(np.float32, copy=False)).to(image.device)
     else:
         image_out = F.interpolate(image.to(torch.float32)[None, None], size=(h, w), mode="bicubic",
                                   align_corners=True)[0, 0].clamp_(0.0, 1.0)
@@ -252,7 +264,7 @@ def resize_to_patch(
         images: sequence of (H_i, W_i) floating tensors.
         labels: sequence of (H_i, W_i) integer tensors, one per image.
         patch_size: output size, int or (h, w).
-        image_mode: ``"nearest"`` (MONA/ARCO) or ``"bicubic"`` (ACTION).
+        image_mode: ``"nearest"`` (MONA/ARCO), ``"cubic"`` (ACTION) or ``"bicubic"`` (:func:`resize_slice`).
 
     Returns:
         images (B, 1, h, w) float32 and labels (B, h, w) int64.

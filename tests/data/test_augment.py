@@ -64,6 +64,26 @@ def test_resize_to_patch_stacks_and_bicubic_is_clamped():
     assert torch.allclose(imc[0, 0, 0, 0], images[0][0, 0]) and torch.allclose(imc[0, 0, -1, -1], images[0][-1, -1])
 
 
+@pytest.mark.parametrize("shape, out", [((20, 30), (16, 24)), ((9, 13), (48, 48)), ((96, 96), (48, 48))])
+def test_cubic_resize_is_scipys_order_3_zoom_as_released(shape, out):
+    """ACTION's released loader zooms the image with ``scipy.ndimage.zoom(image, (h/H, w/W), order=3)``: the values are
+    scipy's to the bit (not torch's bicubic convolution, not clamped) and the label stays nearest."""
+    from scipy import ndimage
+
+    g = gen(3)
+    image = torch.rand(shape, generator=g)
+    label = torch.randint(0, 4, shape, generator=g, dtype=torch.uint8)
+    im, lb = A.resize_slice(image, label, out, image_mode="cubic")
+    expected = ndimage.zoom(image.numpy(), (out[0] / shape[0], out[1] / shape[1]), order=3)
+    assert im.shape == (1, *out) and im.dtype == torch.float32
+    np.testing.assert_array_equal(im[0].numpy(), expected)
+    assert torch.equal(lb, A.resize_slice(image, label, out)[1])
+    bicubic = A.resize_slice(image, label, out, image_mode="bicubic")[0]
+    assert not torch.equal(im, bicubic)  # another interpolant
+    if out[0] > shape[0]:  # upsampling noise: the spline overshoots [0, 1], as the release's does
+        assert im.min() < 0 or im.max() > 1
+
+
 @pytest.mark.parametrize("call", [
     lambda: A.resize_slice(torch.rand(1, 8, 8), torch.zeros(8, 8, dtype=torch.long), 4),
     lambda: A.resize_slice(torch.rand(8, 8), torch.zeros(8, 9, dtype=torch.long), 4),
