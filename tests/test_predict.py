@@ -274,16 +274,19 @@ def test_a_trial_without_its_checkpoint_is_a_one_line_error(trained, tmp_path, c
     shutil.copytree(trial, copy)
     shutil.rmtree(copy / "checkpoint")
     assert main(["predict", "--trial", str(copy), "--data-root", str(root), "--out", str(tmp_path / "pred")]) == 2
+    retrain = f"to train it again, delete the folder {copy} and rerun the command that trained it"
     assert one_line_error(capsys) == (f"error: {copy / 'checkpoint' / 'checkpoint.pt'}: missing, so the trial's selected "
-                                      "weights are gone (rerun the trial to recreate them)\n")
+                                      f"weights are gone ({retrain})\n")
     # the security audit: a tensor, a truncated file and another network's weights were tracebacks, and an unreadable
     # checkpoint said "delete it", which loses the weights predict needs
     import torch
 
     (copy / "checkpoint").mkdir()
+    whole = (trial / "checkpoint" / "checkpoint.pt").read_bytes()
     for content, message in ((None, "not a checkpoint of this platform (a Tensor, not a dict of states); the trial's selected "
-                                    "weights are in it: restore it from a copy, or rerun the trial"),
+                                    f"weights are in it: restore it from a copy, or {retrain}"),
                              (b"truncated", "unreadable checkpoint ("),
+                             (whole[:50_000], "unreadable checkpoint ("),  # an OSError in torch.load: a traceback before
                              ({"best_state": {"nope": torch.zeros(1)}, "best_step": json.loads((trial / "result.json").read_text())["best_step"]},
                               "its selected weights do not fit the trial's network (")):
         if isinstance(content, bytes):

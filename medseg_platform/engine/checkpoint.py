@@ -68,13 +68,24 @@ def load_checkpoint(path: Path, remedy: str = "delete it to start this stage or 
     :class:`MedsegError` naming it and ``remedy`` (deterministic: retrying the trial would fail the same way)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, IndexError, KeyError, TypeError, AttributeError) as exc:
-        # (the weights-only unpickler raises IndexError on a truncated legacy file: the security audit)
+    except (FileNotFoundError, PermissionError) as exc:
+        raise MedsegError(f"{path}: cannot be opened ({exc.strerror or type(exc).__name__}); check that the file is there "
+                          "and readable") from None
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, IndexError, KeyError, TypeError, AttributeError,
+            OSError) as exc:
+        # (the weights-only unpickler raises IndexError on a truncated legacy file: the security audit; a zip cut
+        # shorter than its end-of-directory search window is an OSError "Invalid argument")
         raise MedsegError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                           f"{remedy}") from None
     if not isinstance(state, dict):
         raise MedsegError(f"{path}: not a checkpoint of this platform (a {type(state).__name__}, not a dict of states); {remedy}")
     return state
+
+
+def retrain_remedy(trial_dir: Path) -> str:
+    """How to train a finished trial again: a study skips a trial whose ``result.json`` is complete, so rerunning the
+    command alone does not."""
+    return f"to train it again, delete the folder {trial_dir} and rerun the command that trained it"
 
 
 def load_selected_model(cfg: TrialConfig, trial_dir: Path, device: torch.device, best_step: int | None = None) -> torch.nn.Module:
@@ -86,18 +97,19 @@ def load_selected_model(cfg: TrialConfig, trial_dir: Path, device: torch.device,
     finished trial's). One-line :class:`MedsegError` when the checkpoint or its selected state is missing.
     """
     path = checkpoint_path(trial_dir)
+    retrain = retrain_remedy(trial_dir)
     if not path.is_file():
-        raise MedsegError(f"{path}: missing, so the trial's selected weights are gone (rerun the trial to recreate them)")
-    state = load_checkpoint(path, remedy="the trial's selected weights are in it: restore it from a copy, or rerun the trial")
+        raise MedsegError(f"{path}: missing, so the trial's selected weights are gone ({retrain})")
+    state = load_checkpoint(path, remedy=f"the trial's selected weights are in it: restore it from a copy, or {retrain}")
     if state.get("best_state") is None:
         raise MedsegError(f"{path}: holds no selected weights yet (the trial has not validated; finish it first)")
     if best_step is not None and int(state.get("best_step", -1)) != int(best_step):
         raise MedsegError(f"{path}: selected step {state.get('best_step')} but result.json records step {best_step} "
-                          "(the checkpoint is not this finished trial's; rerun the trial)")
+                          f"(the checkpoint is not this finished trial's; {retrain})")
     model = build_trial_model(cfg, device)
     try:
         model.load_state_dict(state["best_state"])
     except (RuntimeError, TypeError, AttributeError) as exc:  # another network's weights (a config edited after training)
         raise MedsegError(f"{path}: its selected weights do not fit the trial's network ({str(exc).splitlines()[0]}); the "
-                          "checkpoint is not this trial's, or its config.json was edited: rerun the trial") from None
+                          f"checkpoint is not this trial's, or its config.json was edited; {retrain}") from None
     return model.eval()
