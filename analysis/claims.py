@@ -50,8 +50,9 @@ import numpy as np
 from analysis.health import NOT_LEARNED, record_health
 from analysis.published import published_difference
 from analysis.significance import MIN_PAIRS, TEST_NAME, confidence_interval, pair_seed_values, seed_values, wilcoxon_test
-from analysis.tables import (AVG, MISSING, as_number, column_label, escape_markdown, metric_style, row_label, set_options_text,
-                             trial_seed)
+from analysis.markdown import escape_markdown
+from analysis.table_render import set_options_text
+from analysis.tables import AVG, MISSING, as_number, column_label, metric_style, row_label, trial_seed
 from medseg_platform.claims_spec import check_claim
 from medseg_platform.data.layout import ACDC_CLASS_NAMES
 from medseg_platform.data.splits import PUBLISHED_TRAIN_PATIENTS, resolve_patient_count

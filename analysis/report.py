@@ -2,7 +2,7 @@
 
 :func:`write_report` reads a study folder (``<results>/<study>/``) and writes:
 
-* the tables (:func:`analysis.tables.write_tables`: ``table_<metric>.md/.tex``, ``table.csv``);
+* the tables (:func:`analysis.table_files.write_tables`: ``table_<metric>.md/.tex``, ``table.csv``);
 * the plots (:func:`analysis.plots.write_plots`) under ``plots/``;
 * ``report.md``: the settings (study, profile, command, evaluation protocol, dataset, seeds, iterations, label
   fractions, the machines that computed the trials, trials finished / errored / corrupt / missing, wall time), the
@@ -31,9 +31,11 @@ from typing import Any, Mapping, Sequence
 from analysis.claims import claim_results, claims_section, read_claims, verdict_counts
 from analysis.plots import is_plot_name, natural_key, PlotFile, write_plots
 from analysis.health import TrialHealth, health_problems, health_section, record_health
-from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, escape_markdown, identical_rows,
-                             incomplete_note, print_summary, recipe_sentence, row_label, set_option_items, row_order, study_class_names, table_file_names,
-                             trial_seed, write_tables)
+from analysis.markdown import escape_markdown
+from analysis.table_files import incomplete_note, print_summary, table_file_names, write_tables
+from analysis.table_render import recipe_sentence, set_option_items
+from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, identical_rows,
+                             row_label, row_order, study_class_names, trial_seed)
 from medseg_platform.data.layout import patient_of_case
 from medseg_platform.environment import NOT_RECORDED, environment_text
 from medseg_platform.errors import MedsegError

@@ -219,7 +219,7 @@ def test_killed_trial_worker_is_retried_from_its_last_checkpoint(tiny_root, tmp_
 
 
 def test_corrupt_results_are_reported_and_rerun_never_dropped(tiny_root, tmp_path, ray_address, capfd):
-    from analysis.tables import write_tables
+    from analysis.table_files import write_tables
 
     study = Study("corrupt", base_config(tiny_root), tmp_path / "results", seeds=[1], dashboard=False,
                   variants=[Variant({"row": "Sup"}, {"objective": "supervised"})], grid={"data.labelled": ["1", "2"]})

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis import significance, tables
+from analysis import significance, table_render, tables
 from medseg_platform.results import scan_study
 from tests.analysis.fakes import make_fake_study, write_fake_trial
 
@@ -66,7 +66,7 @@ def _cells(markdown: str) -> dict[str, list[str]]:
 
 
 def test_marker_only_where_the_difference_to_the_best_is_not_significant(df):
-    md = tables.to_markdown(df, "dice")
+    md = table_render.to_markdown(df, "dice")
     cells = _cells(md)
     mark = significance.NOT_SIGNIFICANT_MARK
     # 8 test cases (2 seeds averaged) per cell; MONA best, ARCO-SG within +-1 point (not significant), MT -15 points
@@ -80,9 +80,9 @@ def test_marker_only_where_the_difference_to_the_best_is_not_significant(df):
     arco = df[(df["metric"] == "dice") & (df["row"] == "ARCO-SG")]
     assert ((arco["ci_low"] <= 0) & (arco["ci_high"] >= 0)).all()
     assert df[df["row"] == "MONA"]["ci_low"].isna().all()  # the best cells are not compared
-    tex = tables.to_latex(df, "dice")
+    tex = table_render.to_latex(df, "dice")
     assert r"$^\ddagger$" in tex and "contains 0" in tex
-    hd = _cells(tables.to_markdown(df, "hd95"))  # lower is better: MONA best again, same verdicts
+    hd = _cells(table_render.to_markdown(df, "hd95"))  # lower is better: MONA best again, same verdicts
     assert all(c.endswith(mark) for c in hd["ARCO-SG"]) and not any(mark in c for c in hd["Mean teacher"])
 
 
@@ -92,9 +92,9 @@ def test_an_interval_that_ends_at_zero_contains_it(df):
     frame = df.copy()
     mt = (frame["metric"] == "dice") & (frame["row"] == "Mean teacher")
     frame.loc[mt, "ci_high"] = 0.0
-    assert all(c.endswith(significance.NOT_SIGNIFICANT_MARK) for c in _cells(tables.to_markdown(frame, "dice"))["Mean teacher"])
+    assert all(c.endswith(significance.NOT_SIGNIFICANT_MARK) for c in _cells(table_render.to_markdown(frame, "dice"))["Mean teacher"])
     frame.loc[mt, "ci_high"] = -1e-9
-    assert not any(significance.NOT_SIGNIFICANT_MARK in c for c in _cells(tables.to_markdown(frame, "dice"))["Mean teacher"])
+    assert not any(significance.NOT_SIGNIFICANT_MARK in c for c in _cells(table_render.to_markdown(frame, "dice"))["Mean teacher"])
 
 
 def test_a_cell_without_an_interval_is_marked_untested_and_the_caption_says_so(tmp_path):
@@ -108,7 +108,7 @@ def test_a_cell_without_an_interval_is_marked_untested_and_the_caption_says_so(t
             write_fake_trial(tmp_path, row=row, order=0, patients=3, seed=seed, dice=lambda c, k, d=delta, s=seed: 0.7 + d + 0.01 * s,
                              qualitative_shift=None)
     df = tables.build_table(scan_study(tmp_path)[0], metrics=("dice",))
-    md = tables.to_markdown(df, "dice")
+    md = table_render.to_markdown(df, "dice")
     cells = _cells(md)
     mark = significance.NOT_SIGNIFICANT_MARK
     assert all(c.endswith(mark) for c in cells["Mean teacher"][:4])  # 1 patient: untested, marked
@@ -132,7 +132,7 @@ def test_seeds_that_disagree_leave_the_difference_not_significant_where_the_case
     mt = df[(df["row"] == "Mean teacher") & (df["class"] == "Avg")].iloc[0]
     assert mt["p_vs_best"] < 0.05  # every case 1 point lower, averaged over the seeds: the case test calls it
     assert mt["ci_low"] < 0 < mt["ci_high"]
-    assert _cells(tables.to_markdown(df, "dice"))["Mean teacher"][-1].endswith(significance.NOT_SIGNIFICANT_MARK)
+    assert _cells(table_render.to_markdown(df, "dice"))["Mean teacher"][-1].endswith(significance.NOT_SIGNIFICANT_MARK)
 
 
 def test_exact_enumeration_equals_scipys_permutation_test_with_ties_and_zeros():

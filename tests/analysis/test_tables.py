@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import tables
+from analysis import table_files, table_render, tables
 from medseg_platform.results import TrialRecord, scan_study, trial_key, write_trial_error, write_trial_results
 
 MT, MONA = "Mean teacher", "MONA w/o L_contrast"
@@ -143,7 +143,7 @@ def test_row_and_column_order(records, df):
     assert list(dict.fromkeys(df["row"])) == [MT, MONA]  # tags["order"]: MT 0, MONA 1 (alphabetical would flip)
     assert list(dict.fromkeys(df["column"])) == [FEW, MANY]  # by patients (alphabetical would flip)
     assert list(dict.fromkeys(df["class"])) == ["RV", "Myo", "LV", "Avg"]
-    lines = tables.to_markdown(df, "dice").splitlines()
+    lines = table_render.to_markdown(df, "dice").splitlines()
     header = next(line for line in lines if line.startswith("| Method"))
     assert header.index("3 patients (4.3%): RV") < header.index("3 patients (4.3%): Avg") < header.index("14 patients (20.0%): RV")
     body = [line for line in lines if line.startswith("| M") and not line.startswith("| Method")]
@@ -156,14 +156,14 @@ def test_rows_sorted_alphabetically_without_order_tags(tmp_path):
 
 
 def test_markdown_bold_on_best_cell_and_undefined_marker(df):
-    table = tables.to_markdown(df, "dice")
+    table = table_render.to_markdown(df, "dice")
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in table.splitlines() if line.startswith("| M") and not line.startswith("| Method")}
     # RV, few labels: MONA 72.0 beats MT 62.0; many labels: MT 62.0 beats MONA 52.0
     assert rows[MONA][0] == "**72.0 ± 2.8**" and rows[MT][0] == "62.0 ± 2.8"
     assert rows[MT][4] == "**62.0 ± 2.8**" and rows[MONA][4] == "52.0 ± 2.8"
     assert "†" not in table  # no undefined Dice
-    hd = tables.to_markdown(df, "hd95")
+    hd = table_render.to_markdown(df, "hd95")
     hd_rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
                for line in hd.splitlines() if line.startswith("| M") and not line.startswith("| Method")}
     assert hd_rows[MONA][2] == "**8.75 ± 0.35**†"  # lower is better, and one NaN excluded
@@ -175,21 +175,21 @@ def test_markdown_bold_on_best_cell_and_undefined_marker(df):
 
 
 def test_latex_escapes_and_booktabs(df):
-    tex = tables.to_latex(df, "dice")
+    tex = table_render.to_latex(df, "dice")
     assert r"MONA w/o L\_contrast" in tex and r"3 patients (4.3\%)" in tex and "L_contrast" not in tex
     for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\cmidrule(lr){2-5}", r"\cmidrule(lr){6-9}"):
         assert rule in tex
     assert r"\begin{tabular}{lcccccccc}" in tex and tex.count(r"\begin{table}") == 1 and r"\caption{Test Dice (\%)" in tex
     mona_line = next(line for line in tex.splitlines() if line.startswith("MONA"))
     assert mona_line.split(" & ")[1] == r"\textbf{72.0 $\pm$ 2.8}" and mona_line.endswith(r"\\")
-    hd = tables.to_latex(df, "hd95", float_env=False)
+    hd = table_render.to_latex(df, "hd95", float_env=False)
     assert r"$^\dagger$" in hd and r"\begin{table}" not in hd and hd.startswith("% requires")
-    recipe = tables.recipe_sentence({"objective_params.temperature": 0.2, "data.patch_size": [32, 32]})
+    recipe = table_render.recipe_sentence({"objective_params.temperature": 0.2, "data.patch_size": [32, 32]})
     assert recipe == "Every trial ran with --set data.patch_size=[32, 32], objective_params.temperature=0.2 (the profile's recipe changed)."
     assert (r"Every trial ran with --set data.patch\_size=[32, 32], objective\_params.temperature=0.2 (the profile's recipe "
-            "changed).") in tables.to_latex(df, "dice", recipe=recipe)
-    assert tables.recipe_sentence({}) == "" and tables.to_latex(df, "dice", recipe="") == tex
-    assert tables.escape_latex("a_b%c&d#e$f{g}h~i^j\\") == r"a\_b\%c\&d\#e\$f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}"
+            "changed).") in table_render.to_latex(df, "dice", recipe=recipe)
+    assert table_render.recipe_sentence({}) == "" and table_render.to_latex(df, "dice", recipe="") == tex
+    assert table_render.escape_latex("a_b%c&d#e$f{g}h~i^j\\") == r"a\_b\%c\&d\#e\$f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}"
 
 
 def _body(markdown: str) -> dict[str, list[str]]:
@@ -202,23 +202,23 @@ def test_single_seed_cell_shows_the_mean_alone(records):
     one = [r for r in records if r.result["seed"] == 0]
     df1 = tables.build_table(one, metrics=("dice",))
     assert (df1["n_seeds"] == 1).all() and (df1["std"] == 0.0).all()  # the long form keeps std 0.0
-    md = tables.to_markdown(df1, "dice")
+    md = table_render.to_markdown(df1, "dice")
     assert "±" not in md.split("\n\n")[1]  # the table itself
     assert _body(md)[MT][:2] == ["60.0", "61.0"] and _body(md)[MONA][0] == "**70.0**"
     assert "One seed per cell: the mean over its test cases (no std). Seed 0;" in md
-    assert r"\textbf{70.0} & " in tables.to_latex(df1, "dice")
+    assert r"\textbf{70.0} & " in table_render.to_latex(df1, "dice")
 
 
 def test_cells_mixing_one_and_several_seeds_say_which_is_which(records):
     mixed = [r for r in records if not (r.result["seed"] == 1 and tables.row_label(r) == MT)]
-    md = tables.to_markdown(tables.build_table(mixed, metrics=("dice",)), "dice")
+    md = table_render.to_markdown(tables.build_table(mixed, metrics=("dice",)), "dice")
     assert _body(md)[MT][0] == "60.0" and _body(md)[MONA][0] == "**72.0 ± 2.8**"
     assert ("Mean ± sample std (ddof=1) over seeds, 1–2 seeds per cell; a cell without ± is from a single seed "
             "(8 of 16 cells); per seed, the mean over test cases. Seeds 0, 1;") in md
 
 
 def test_caption_states_seeds_steps_patients_and_empty_policy(df, tmp_path):
-    md = tables.to_markdown(df, "dice")
+    md = table_render.to_markdown(df, "dice")
     assert ("Seeds 0, 1; 100 fine-tuning steps; 3 or 14 labelled patients; the weights of the best validation Dice "
             "tested; empty-mask policy unknown.") in md
     root = tmp_path / "mixed"
@@ -228,28 +228,28 @@ def test_caption_states_seeds_steps_patients_and_empty_policy(df, tmp_path):
     same = tables.build_table(records, metrics=("dice", "hd95"))
     assert ("Seed 0; 100 fine-tuning steps; 3 labelled patients; the weights of the best validation Dice tested; "
             "empty-mask policy \"nan\" (a case where prediction and ground truth are both empty is left out of that "
-            "class's mean; where one of them is empty the case scores 0).") in tables.to_markdown(same, "dice")
+            "class's mean; where one of them is empty the case scores 0).") in table_render.to_markdown(same, "dice")
     assert ("empty-mask policy \"nan\" (a case where prediction or ground truth is empty is left out of that "
-            "class's mean).") in tables.to_markdown(same, "hd95")
+            "class's mean).") in table_render.to_markdown(same, "hd95")
     write_trial(root, MONA, 1, FEW, 1, max_steps=200, empty_policy="released", selection="final")
     records, _ = scan_study(root)
     mixed = tables.build_table(records, metrics=("dice",))
     assert list(mixed["empty_policy"][mixed["row"] == MONA].unique()) == ["nan,released"]
     assert list(mixed["selection"][mixed["row"] == MONA].unique()) == ["best_val,final"]
     assert ("Seeds 0, 1; fine-tuning steps mixed (100, 200); 3 labelled patients; tested weights mixed (best_val, final); "
-            "empty-mask policy mixed (nan, released).") in tables.to_markdown(mixed, "dice")
+            "empty-mask policy mixed (nan, released).") in table_render.to_markdown(mixed, "dice")
     released = tables.build_table([r for r in records if r.result["config"].get("eval", {}).get("selection") == "final"],
                                   metrics=("dice",))  # --protocol released: the final iteration's weights
     assert "; 3 labelled patients; the final iteration's weights tested; empty-mask policy \"released\"" in \
-        tables.to_markdown(released, "dice")
-    back = pd.read_csv(io.StringIO(tables.to_csv(mixed)))  # "nan" comes back as NaN, 100 as a number
-    assert tables.to_markdown(back, "dice") == tables.to_markdown(mixed, "dice")
+        table_render.to_markdown(released, "dice")
+    back = pd.read_csv(io.StringIO(table_files.to_csv(mixed)))  # "nan" comes back as NaN, 100 as a number
+    assert table_render.to_markdown(back, "dice") == table_render.to_markdown(mixed, "dice")
     csv_path = tmp_path / "table.csv"
-    tables.to_csv(mixed, csv_path)
-    read = tables.read_table_csv(csv_path)  # the policy "nan" stays a name, a missing number stays NaN
+    table_files.to_csv(mixed, csv_path)
+    read = table_files.read_table_csv(csv_path)  # the policy "nan" stays a name, a missing number stays NaN
     assert list(read["empty_policy"].unique()) == list(mixed["empty_policy"].unique()) and "nan" in read["empty_policy"].iloc[0]
     assert read["mean"].dtype == float and read["p_vs_best"].isna().sum() == mixed["p_vs_best"].isna().sum()
-    assert tables.to_markdown(read, "dice") == tables.to_markdown(mixed, "dice")
+    assert table_render.to_markdown(read, "dice") == table_render.to_markdown(mixed, "dice")
 
 
 def test_cells_with_a_flagged_trial_are_marked_and_counted(tmp_path):
@@ -262,7 +262,7 @@ def test_cells_with_a_flagged_trial_are_marked_and_counted(tmp_path):
     flagged = df_flagged[df_flagged["n_flagged"] > 0]
     assert set(zip(flagged["row"], flagged["column"])) == {(MONA, FEW)} and (flagged["n_flagged"] == 1).all()
     assert len(flagged) == 2 * 4  # every class and Avg of both metrics
-    md = tables.to_markdown(df_flagged, "dice")
+    md = table_render.to_markdown(df_flagged, "dice")
     assert all(c.endswith("§") for c in _body(md)[MONA][:4]) and not any("§" in c for c in _body(md)[MONA][4:] + _body(md)[MT])
     # the footnote names the verdicts that occur (it repeated all three criteria, whichever had flagged the trials)
     assert ("§ 4 of 16 cells include a trial flagged at the end of training: 1 collapsed (the last validation more than "
@@ -272,18 +272,18 @@ def test_cells_with_a_flagged_trial_are_marked_and_counted(tmp_path):
     assert ("§ 4 of 16 cells include a trial whose validation Dice was still rising (the last validation its best "
             "and more than 1 val Dice point above the previous one) or collapsed (the last more than 10 points below the best) at the end "
             "of training, or that did not learn (its best below 15 points): 1 trial in all, listed under Trial health in report.md.") in \
-        tables.to_markdown(older, "dice")
-    tex = tables.to_latex(df_flagged, "dice")
+        table_render.to_markdown(older, "dice")
+    tex = table_render.to_latex(df_flagged, "dice")
     mona_line = next(line for line in tex.splitlines() if line.startswith("MONA"))
     assert mona_line.split(" & ")[1].endswith(r"}$^\S$") and r"$^\S$ 4 of 16 cells" in tex
-    assert "n_flagged" in tables.to_csv(df_flagged).splitlines()[0].split(",")
+    assert "n_flagged" in table_files.to_csv(df_flagged).splitlines()[0].split(",")
 
 
 def test_missing_method_fraction_pair_is_a_dash(records):
     partial = [r for r in records if not (tables.row_label(r) == MT and tables.column_label(r) == FEW)]
     df_partial = tables.build_table(partial, metrics=("dice",))
     assert list(dict.fromkeys(df_partial["column"])) == [MANY, FEW]  # MT (first row) has only MANY
-    md = tables.to_markdown(df_partial, "dice")
+    md = table_render.to_markdown(df_partial, "dice")
     mt_line = next(line for line in md.splitlines() if line.startswith("| Mean teacher"))
     header = next(line for line in md.splitlines() if line.startswith("| Method"))
     assert header.index(FEW) < header.index(MANY)  # layout follows column_rank, not long-form order
@@ -292,13 +292,13 @@ def test_missing_method_fraction_pair_is_a_dash(records):
 
 def test_write_tables_writes_every_file_and_no_temporary_one_is_left(records, tmp_path):
     """(the atomic replacement itself: tests/test_io.py)"""
-    paths = tables.write_tables(records, tmp_path / "out", metrics=("dice", "hd95"))
+    paths = table_files.write_tables(records, tmp_path / "out", metrics=("dice", "hd95"))
     assert [p.name for p in paths] == ["table_dice.md", "table_dice.tex", "table_hd95.md", "table_hd95.tex", "table.csv"]
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     assert not list((tmp_path / "out").glob(".*.tmp"))
     back = pd.read_csv(paths[-1])
     assert len(back) == 2 * 2 * 4 * 2 and not back.duplicated(["row", "column", "class", "metric"]).any()
-    assert tables.to_markdown(back, "dice") == paths[0].read_text(encoding="utf-8")  # CSV round trip keeps layout
+    assert table_render.to_markdown(back, "dice") == paths[0].read_text(encoding="utf-8")  # CSV round trip keeps layout
 
 
 def test_problems_and_print_summary(study, tmp_path, capsys):
@@ -314,8 +314,8 @@ def test_problems_and_print_summary(study, tmp_path, capsys):
     assert any(p.startswith("duplicate trials") and MT in p and "seed 0" in p for p in problems)
     # which settings the averaged trials do not share (a --set run into the same folder, a study.json deleted)
     assert any(p.endswith("is reported by 2 trials (all averaged); their configs differ in optim.max_steps") for p in problems)
-    paths = tables.write_tables(records, tmp_path / "tables")
-    text = tables.print_summary(paths, problems)
+    paths = table_files.write_tables(records, tmp_path / "tables")
+    text = table_files.print_summary(paths, problems)
     assert capsys.readouterr().out == text
     assert "### Dice (%)" in text and str(paths[-1]) in text and "Problems (3):" in text and "CUDA OOM" in text
     assert "### HD95" not in text
@@ -335,7 +335,7 @@ def test_analysis_imports_neither_ray_nor_torch():
 
 def test_a_search_table_calls_its_cells_samples_not_seeds():
     """A search's row averages samples of one seed: "over seeds, 6 seeds per cell" misread their spread as seed noise."""
-    from analysis.tables import Cell, WideTable, _seeds_sentence
+    from analysis.table_render import Cell, WideTable, _seeds_sentence
 
     def table(n: int, seeds: list[str], search: str = "yes") -> WideTable:
         cell = Cell(mean=50.0, std=3.0, n_seeds=n, n_undefined=0, best=True)
@@ -358,7 +358,7 @@ def test_hd95_and_asd_tables_name_the_unit_they_were_evaluated_in(tmp_path):
 
     def units(records, metric):
         df = tables.build_table(records)
-        return set(df[df["metric"] == metric]["unit"]), tables.caption(tables.wide_table(df, metric))
+        return set(df[df["metric"] == metric]["unit"]), table_render.caption(table_render.wide_table(df, metric))
 
     assert units(records, "dice")[0] == {"%"}
     unit, text = units(records, "hd95")
@@ -377,12 +377,12 @@ def test_hd95_and_asd_tables_name_the_unit_they_were_evaluated_in(tmp_path):
 
 def test_latex_writes_greek_letters_and_their_subscripts_as_math():
     """The temperature study's rows ("ARCO-SG, ISD τ_t = 0.01") went into the .tex raw: pdflatex stops at "τ"."""
-    assert tables.escape_latex("ARCO-SG, ISD τ_t = 0.01") == r"ARCO-SG, ISD $\tau_{t}$ = 0.01"
-    assert tables.escape_latex("ACTION, τ = 0.1 ± 2") == r"ACTION, $\tau$ = 0.1 $\pm$ 2"
-    assert tables.escape_latex("λ Λ Α ο") == r"$\lambda$ $\Lambda$ $A$ $o$"  # Unicode's "LAMDA"; no \Alpha in LaTeX
-    assert tables.escape_latex("MONA w/o L_contrast") == r"MONA w/o L\_contrast"  # a subscript only after a Greek letter
-    assert tables.escape_latex('policy "nan" and "released"') == "policy ``nan'' and ``released''"  # not ”nan” (the reports probe)
-    assert tables.escape_latex('say "a" or "') == "say ``a'' or \""  # an unpaired last quote stays straight
+    assert table_render.escape_latex("ARCO-SG, ISD τ_t = 0.01") == r"ARCO-SG, ISD $\tau_{t}$ = 0.01"
+    assert table_render.escape_latex("ACTION, τ = 0.1 ± 2") == r"ACTION, $\tau$ = 0.1 $\pm$ 2"
+    assert table_render.escape_latex("λ Λ Α ο") == r"$\lambda$ $\Lambda$ $A$ $o$"  # Unicode's "LAMDA"; no \Alpha in LaTeX
+    assert table_render.escape_latex("MONA w/o L_contrast") == r"MONA w/o L\_contrast"  # a subscript only after a Greek letter
+    assert table_render.escape_latex('policy "nan" and "released"') == "policy ``nan'' and ``released''"  # not ”nan” (the reports probe)
+    assert table_render.escape_latex('say "a" or "') == "say ``a'' or \""  # an unpaired last quote stays straight
 
 
 def test_an_average_over_fewer_classes_is_never_the_best(tmp_path):
@@ -400,7 +400,7 @@ def test_an_average_over_fewer_classes_is_never_the_best(tmp_path):
     assert problems == []
     frame = tables.build_table(records, metrics=("hd95",))
     assert tables.partial_averages(frame.to_dict("records")) == {(MT, FEW, "hd95")}
-    hd = tables.to_markdown(frame, "hd95")
+    hd = table_render.to_markdown(frame, "hd95")
     cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
              for line in hd.splitlines() if line.startswith("| M") and not line.startswith("| Method")}
     assert cells[MT][3] == "6.50 ± 0.00†" and cells[MONA][3] == "**8.00 ± 0.00**"  # MT's 6.5 covers RV and Myo only
@@ -429,7 +429,7 @@ def test_an_average_whose_seeds_cover_different_classes_is_partial_and_an_empty_
     avg = frame[frame["class"] == tables.AVG].set_index("row")
     assert avg.loc[MT, "avg_classes"] == 2 and avg.loc[MONA, "avg_classes"] == 3 and math.isnan(avg.loc[empty, "avg_classes"])
     assert tables.partial_averages(frame.to_dict("records")) == {(MT, FEW, "hd95")}
-    hd = tables.to_markdown(frame, "hd95")
+    hd = table_render.to_markdown(frame, "hd95")
     cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
              for line in hd.splitlines() if line.startswith("| ") and not line.startswith("| Method")}
     assert cells[MT][3] == "5.00 ± 0.00†" and cells[MONA][3] == "**8.00 ± 0.00**"
@@ -470,16 +470,16 @@ def test_rows_with_identical_results_are_named_unless_they_segmented_nothing(tmp
 def test_the_undefined_footnote_names_what_makes_each_metric_undefined():
     """Under the "nan" policy an empty prediction of a present structure scores Dice 0: only an empty ground truth
     leaves Dice undefined, while the distances are undefined for either (the statistics probe)."""
-    cells = {("MONA", "1", "RV"): tables.Cell(50.0, 1.0, 2, 1, False)}
+    cells = {("MONA", "1", "RV"): table_render.Cell(50.0, 1.0, 2, 1, False)}
     for metric, why in (("dice", "(empty ground truth)"), ("jaccard", "(empty ground truth)"),
                         ("hd95", "(empty prediction or empty ground truth)")):
-        table = tables.WideTable(metric, ["MONA"], ["1"], ["RV"], cells)
-        assert f"† 1 of 1 cells include undefined per-case values {why}, excluded" in tables.undefined_note(table)
+        table = table_render.WideTable(metric, ["MONA"], ["1"], ["RV"], cells)
+        assert f"† 1 of 1 cells include undefined per-case values {why}, excluded" in table_render.undefined_note(table)
 
 
 def test_a_summary_without_tables_says_none_instead_of_an_empty_list(capsys):
     """An interrupted run printed "Tables written (0 files):" and "Plots (0 files):" over nothing (the workflow probe)."""
-    text = tables.print_summary([], ["no finished trial"])
+    text = table_files.print_summary([], ["no finished trial"])
     assert text == "Tables written: none\nProblems (1):\n  - no finished trial\n" and capsys.readouterr().out == text
 
 
@@ -488,12 +488,12 @@ def test_a_wide_table_is_printed_with_its_average_columns_only(tmp_path):
     the file keeps every column."""
     header = ["Method", *[f"{p} patients: {c}" for p in (1, 3, 7, 70) for c in ("RV", "Myo", "LV", "Avg")]]
     body = [["MONA", *[f"{v:.1f} ± 1.0‡" for v in range(16)]], ["Mean teacher", *[f"{v:.1f} ± 2.0" for v in range(16)]]]
-    markdown = "\n".join(["### Dice (%)", "", *tables._markdown_lines([header, *body]), "", "Caption."]) + "\n"
-    text = tables.terminal_table(markdown, tmp_path / "table_dice.md")
+    markdown = "\n".join(["### Dice (%)", "", *table_render._markdown_lines([header, *body]), "", "Caption."]) + "\n"
+    text = table_render.terminal_table(markdown, tmp_path / "table_dice.md")
     lines = text.splitlines()
     assert lines[2].split("|")[1:-1] == [" Method       ", " 1 patients: Avg ", " 3 patients: Avg ", " 7 patients: Avg ",
                                           " 70 patients: Avg "]
     assert "|" in lines[3] and "3.0 ± 1.0‡" in lines[4] and "15.0 ± 2.0" in lines[5] and "0.0 ±" not in text
     assert lines[-2] == "Caption." and lines[-1] == f"(the Avg columns of 16; every class in {tmp_path / 'table_dice.md'})"
-    narrow = "\n".join(["### Dice (%)", "", *tables._markdown_lines([header[:5], *(row[:5] for row in body)]), "", "Caption."])
-    assert tables.terminal_table(narrow, "x") == narrow  # the default study's 4 columns: as written
+    narrow = "\n".join(["### Dice (%)", "", *table_render._markdown_lines([header[:5], *(row[:5] for row in body)]), "", "Caption."])
+    assert table_render.terminal_table(narrow, "x") == narrow  # the default study's 4 columns: as written

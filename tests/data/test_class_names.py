@@ -11,7 +11,8 @@ import pytest
 
 from analysis.plots import qualitative_overlays
 from analysis.report import write_report
-from analysis.tables import build_table, column_label, study_class_names, trial_class_names, write_tables
+from analysis.table_files import write_tables
+from analysis.tables import build_table, column_label, study_class_names, trial_class_names
 from analysis.console import main
 from medseg_platform.data import phantom
 from medseg_platform.data.check import check_dataset
