@@ -7,10 +7,13 @@ diffeomorphism, one field per image:
 1. velocity ``v ~ U(-1, 1)`` of shape (2, H/8, W/8) per image (channel 0: x = column, channel 1:
    y = row displacement);
 2. L2-normalised over the whole field of each image, times ``epsilon`` = 1.5;
-3. Gaussian-smoothed (sigma 1, kernel forced to 7 taps), bilinearly upsampled to H x W;
-4. integrated by scaling and squaring (8 steps): ``phi = v / 2**8``, then 8 times
-   ``phi <- phi + phi o (id + phi)`` (the displacement composed with itself via ``grid_sample``);
-5. composed with the identity grid, smoothed again, clamped to [-1, 1];
+3. Gaussian-smoothed (sigma 1, kernel forced to 7 taps, zero padding), bilinearly upsampled to H x W
+   (``align_corners=False``);
+4. integrated by scaling and squaring (8 steps): the map ``phi = id + v / 2**8`` composed with itself 8 times
+   (``grid_sample`` with edge values outside); the displacement is ``phi - (id + v / 2**8)`` (the release moves its
+   identity grid in place, so its displacement is short by ``v / 2**8``: reproduced);
+5. the identity read at ``id + displacement`` (which clamps the positions to the image), its displacement smoothed
+   again (zero padding), clamped to [-1, 1];
 6. bilinear ``grid_sample`` of the images.
 
 Only the images are warped, not the pseudo-labels or confidences: that is the released behaviour
@@ -18,7 +21,9 @@ Only the images are warped, not the pseudo-labels or confidences: that is the re
 geometrically inside ``L_eqv``).  Apply the returned image in place of the strong view and keep the
 labels as they are to reproduce it.
 
-Conventions chosen here (the released warp's description leaves them open; each is documented where used):
+Conventions, as the released ``DemonsCompose`` fixes them (until 2026-12-06 the smoothing padded by replication, the
+upsampling was corner-aligned and the second smoothing preceded the clamp; a review of the data pipeline against
+the release found it: mean grid difference 0.2 px at 256 x 256):
 
 * **Coordinates.** Everything is in ``grid_sample``'s normalised [-1, 1] coordinates with
   ``align_corners=True``: -1 and +1 are the *centres* of the corner pixels, one normalised unit is
@@ -32,21 +37,20 @@ Conventions chosen here (the released warp's description leaves them open; each 
   ``~ epsilon * grid_factor / (2 sqrt 2)`` pixels, independent of the resolution: ~4.2 px for the
   released epsilon 1.5 and grid factor 8.  The first smoothing (sigma = 1 coarse cell) shrinks the
   white-noise field by about 1 / (2 sqrt(pi) sigma) ~ 0.28, so the final displacement is ~1 px RMS
-  at 64 x 64 and at 256 x 256 (measured over 16 fields: mean |displacement| per axis 0.95 px at 64 x 64,
-  0.90 px at 256 x 256, max ~5-6 px).  Scaling and squaring changes the magnitude little at this size
+  at 64 x 64 and at 256 x 256 (measured over 16 fields: mean |displacement| per axis 0.78 px at 64 x 64,
+  0.85 px at 256 x 256, max 3-5 px; 0.95 and 0.90 px with the conventions before 2026-12-06).  Scaling and squaring changes the magnitude little at this size
   (the exponential of a small field is close to the field).
 * **Clamp.** The final clamp to [-1, 1] (released) flattens the map where the displacement points out
-  of the image: about 6 % of the pixels at 64 x 64 and 1.4 % at 256 x 256 have a clamped coordinate
-  (they repeat edge pixels; the Jacobian determinant is ~0 there).  Elsewhere the map is
-  orientation-preserving (det > 0 at every unclamped pixel in the tests).
-* **Smoothing.** Separable normalised Gaussian, ``kernel_size`` taps, replicate padding.  The second
-  smoothing is applied to the displacement ``phi`` rather than to ``id + phi``: the Gaussian keeps a
-  linear function unchanged, so both agree away from a (kernel_size // 2)-pixel border, while
-  smoothing the identity itself with zero or replicate padding would pull the border inwards.
-* **Composition.** Inside scaling and squaring the displacement is resampled with bilinear
-  ``grid_sample``, ``align_corners=True`` and ``padding_mode="border"`` (a field is continued by its
-  edge value, not by zero).  The upsampling in step 3 is bilinear with ``align_corners=True`` too
-  (the coarse field's corner cells sit on the image's corner pixels).
+  of the image: 3.1 % of the pixels at 64 x 64 and 0.8 % at 256 x 256 have a coordinate at the bound, the border
+  rows included (they repeat edge pixels; the Jacobian determinant is ~0 there).  Elsewhere the map is
+  orientation-preserving at the released size (the tests check det > 0 almost everywhere, also for a 10x field).
+* **Smoothing.** Normalised ``kernel_size`` x ``kernel_size`` Gaussian with zero padding (the release's depthwise
+  convolution), computed as two 1-D passes. Zero padding pulls a field towards 0 within (kernel_size // 2) pixels of
+  the border. The second smoothing is applied to the displacement of the clamped map (the map minus the identity),
+  so the identity itself is not smoothed.
+* **Composition.** Inside scaling and squaring the map is resampled with bilinear ``grid_sample``,
+  ``align_corners=True`` and ``padding_mode="border"`` (continued by its edge value). The upsampling in step 3 is
+  bilinear with ``align_corners=False`` (the coarse cells' centres, not their corners, sit on the pixel grid).
 * **Value range.** Bilinear sampling inside the image is a convex combination, so the output lies in
   the per-(image, channel) [min, max] of the input; the result is clamped to that range to remove
   float round-off (a [0, 1] image stays in [0, 1]; no extra device synchronisation).  The output is
@@ -141,7 +145,9 @@ def identity_grid(height: int, width: int, device: torch.device | str = "cpu",
 
 
 def _smooth(field: torch.Tensor, sigma: float, kernel_size: int) -> torch.Tensor:
-    """Separable Gaussian smoothing of every channel, replicate padding.
+    """Gaussian smoothing of every channel with zero padding, as released (a depthwise ``nn.Conv2d`` with
+    ``padding=kernel_size // 2`` and a normalised ``kernel_size`` x ``kernel_size`` Gaussian), computed as two 1-D
+    passes (the same kernel: the 2-D Gaussian is the outer product of the 1-D one; equal up to float rounding).
 
     Args: field (B, K, H, W) floating; sigma in pixels (0 = identity); kernel_size odd.
     Returns: new (B, K, H, W).
@@ -152,50 +158,58 @@ def _smooth(field: torch.Tensor, sigma: float, kernel_size: int) -> torch.Tensor
     r = kernel_size // 2
     kern = gaussian_kernels(torch.tensor([float(sigma)], dtype=torch.float64), half_width=r)
     kern = kern.to(device=field.device, dtype=field.dtype).view(-1)
-    x = F.pad(field.reshape(1, b * k, h, w), (r, r, r, r), mode="replicate")
-    x = F.conv2d(x, kern.view(1, 1, -1, 1).expand(b * k, 1, -1, 1), groups=b * k)
-    x = F.conv2d(x, kern.view(1, 1, 1, -1).expand(b * k, 1, 1, -1), groups=b * k)
+    x = F.conv2d(field.reshape(1, b * k, h, w), kern.view(1, 1, -1, 1).expand(b * k, 1, -1, 1), padding=(r, 0), groups=b * k)
+    x = F.conv2d(x, kern.view(1, 1, 1, -1).expand(b * k, 1, 1, -1), padding=(0, r), groups=b * k)
     return x.view(b, k, h, w)
 
 
-def _to_grid(displacement: torch.Tensor) -> torch.Tensor:
-    """(B, 2, H, W) displacement (channel 0 = x) -> (B, H, W, 2) grid offsets."""
-    return displacement.permute(0, 2, 3, 1)
+def _identity_map(batch: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """The identity map (B, 2, H, W), channel 0 = x, in [-1, 1] (``align_corners=True`` coordinates)."""
+    return identity_grid(height, width, like.device, like.dtype).permute(0, 3, 1, 2).expand(batch, 2, height, width)
+
+
+def _compose(field: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """``field`` (B, 2, H, W) read at the positions ``at`` (B, 2, H, W): bilinear, edge values outside, as the released
+    ``applyComposition2D`` (``grid_sample(..., padding_mode="border", align_corners=True)``)."""
+    return F.grid_sample(field, at.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def _scaling_and_squaring(velocity: torch.Tensor, steps: int) -> torch.Tensor:
-    """Displacement of exp(velocity) by scaling and squaring (step 4 of docs/data.md, 'AdvMorph warp').
+    """Displacement of exp(velocity) by scaling and squaring, as released (step 4 of docs/data.md, 'AdvMorph warp').
 
-    ``phi = v / 2**steps``; then ``steps`` times ``phi(x) <- phi(x) + phi(x + phi(x))``, i.e. the map
-    ``id + phi`` composed with itself.  The loop over the steps is the only Python loop.
+    The map ``phi = id + v / 2**steps`` is composed with itself ``steps`` times (``phi <- phi o phi``, the map read
+    at its own positions with edge values outside). The displacement is then ``phi - (id + v / 2**steps)``: the
+    released code adds the scaled velocity to its identity grid in place and subtracts that grid at the end, so its
+    displacement is short of ``phi - id`` by ``v / 2**steps`` (kept: it is the warp the methods trained with).
 
     Args: velocity (B, 2, H, W) in normalised units (channel 0 = x); steps >= 0.
     Returns: new (B, 2, H, W) displacement in normalised units.
     """
-    _, _, h, w = velocity.shape
-    ident = identity_grid(h, w, velocity.device, velocity.dtype)
-    phi = velocity / float(2 ** steps)
+    b, _, h, w = velocity.shape
+    start = _identity_map(b, h, w, velocity) + velocity / float(2 ** steps)
+    phi = start
     for _ in range(steps):
-        phi = phi + F.grid_sample(phi, ident + _to_grid(phi), mode="bilinear", padding_mode="border",
-                                  align_corners=True)
-    return phi
+        phi = _compose(phi, phi)
+    return phi - start
 
 
 def _grid_from_velocity(velocity: torch.Tensor, height: int, width: int, epsilon: float, sigma: float,
                         kernel_size: int, steps: int) -> torch.Tensor:
-    """Steps 2-5 of the warp from raw U(-1, 1) coarse fields (docs/data.md, 'AdvMorph warp').
+    """Steps 2-5 of the warp from raw U(-1, 1) coarse fields, as the released ``DemonsCompose`` (docs/data.md,
+    'AdvMorph warp').
 
     Args: velocity (B, 2, h, w) floating, on the target device.
     Returns: (B, H, W, 2) sampling grid in [-1, 1] (align_corners=True convention).
     """
     b = velocity.shape[0]
-    norm = velocity.reshape(b, -1).norm(dim=1).clamp_min(1e-12).view(b, 1, 1, 1)
-    v = velocity / norm * float(epsilon)
+    norm = velocity.reshape(b, -1).norm(dim=1).view(b, 1, 1, 1)
+    v = velocity / (norm + 1e-20) * float(epsilon)
     v = _smooth(v, sigma, kernel_size)
-    v = F.interpolate(v, size=(height, width), mode="bilinear", align_corners=True)
-    phi = _smooth(_scaling_and_squaring(v, steps), sigma, kernel_size)
-    ident = identity_grid(height, width, velocity.device, velocity.dtype)
-    return (ident + _to_grid(phi)).clamp(-1.0, 1.0)
+    v = F.interpolate(v, size=(height, width), mode="bilinear", align_corners=False)
+    ident = _identity_map(b, height, width, v)
+    composed = _compose(ident, _scaling_and_squaring(v, steps) + ident)  # the identity read there: clamped positions
+    composed = _smooth(composed - ident, sigma, kernel_size) + ident
+    return composed.clamp(-1.0, 1.0).permute(0, 2, 3, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +235,7 @@ def diffeomorphic_grid(
     Draws ``batch * 2 * h * w`` values U(-1, 1) from ``generator`` on CPU (h, w from
     :func:`coarse_field_size`, in the order (B, 2, h, w)), moves them to ``device`` and builds the grid
     as described in the module docstring (normalise to norm ``epsilon``, smooth, upsample, scaling and
-    squaring, add identity, smooth the displacement, clamp).
+    squaring, read the identity there, smooth the displacement, clamp).
 
     Args:
         batch, height, width: B, H, W of the grids (positive ints).
@@ -229,7 +243,7 @@ def diffeomorphic_grid(
         device: where the grid is built.
         epsilon: L2 norm of each coarse velocity field in normalised units (0 gives the identity).
         sigma, kernel_size: Gaussian smoothing (in pixels of the grid it is applied to); released 1.0, 7.
-        steps: scaling-and-squaring steps (0 uses the velocity as the displacement).
+        steps: scaling-and-squaring steps (0 gives the identity, as released: see step 4 above).
         grid_factor: downsampling of the velocity field relative to H x W.
         dtype: floating dtype of the grid (float32 or float64).
 
