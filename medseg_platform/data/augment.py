@@ -18,8 +18,8 @@ create lives on the input's device; random numbers come only from an explicit CP
   chains it after :func:`strong_perturb`.
 
 Nothing is modified in place: every function returns new tensors.  (The released pretraining
-jitter writes into the shared batch tensor, docs/data.md, 'Pretraining views';
-that bug is not reproduced.)
+jitter writes into the shared batch tensor, docs/data.md, 'Pretraining views': :func:`pretrain_views` reproduces its
+effect by returning the jittered images for the student too, not by writing in place.)
 
 Errors for bad input are ``ValueError`` with a one-line message
 ``<function>: <what is wrong> (<what to do>)`` naming the offending argument.
@@ -57,6 +57,7 @@ __all__ = [
     "color_jitter",
     "gaussian_kernels",
     "gaussian_blur",
+    "pil_gaussian_blur",
     "random_gaussian_blur",
     "strong_mix",
     "strong_perturb",
@@ -755,6 +756,32 @@ def gaussian_blur(image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return x.view(b, c, h, w)
 
 
+def pil_gaussian_blur(levels: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The released 8-bit blur: each image through Pillow's ``ImageFilter.GaussianBlur(radius=sigma)`` as an 8-bit
+    greyscale ("L") image, as the released strong view and pretraining views run it after ``to_pil_image``
+    (docs/data.md, 'Strong view'). Pillow approximates the Gaussian with three box blurs, each rounded to whole grey
+    levels, with its own edge handling: the values are Pillow's, which no torch convolution reproduces.
+
+    Runs on the CPU (an image on another device makes the round trip, as the release's did).
+
+    Args:
+        levels: (B, C, H, W) floating, whole grey levels in [0, 255] (:func:`methods.intensity.to_grey_levels`).
+        sigma: (B,) radii in pixels; an image with sigma 0 is returned unchanged.
+    Returns: new (B, C, H, W) tensor of whole grey levels, ``levels``' dtype and device.
+    """
+    from PIL import Image, ImageFilter
+
+    _check_image_batch("pil_gaussian_blur", "levels", levels)
+    grey = levels.detach().to("cpu", torch.uint8).numpy()
+    radii = sigma.detach().to("cpu", torch.float64).view(-1).tolist()
+    out = grey.copy()
+    for i, radius in enumerate(radii):
+        if radius > 0:
+            for c in range(grey.shape[1]):
+                out[i, c] = np.asarray(Image.fromarray(grey[i, c], mode="L").filter(ImageFilter.GaussianBlur(radius=radius)))
+    return torch.from_numpy(out).to(device=levels.device, dtype=levels.dtype)
+
+
 def random_gaussian_blur(
     image: torch.Tensor,
     generator: torch.Generator,
@@ -767,7 +794,8 @@ def random_gaussian_blur(
     Args:
         image: (B, C, H, W) floating.
         generator: CPU generator (draws 2 values per image).
-        levels: None, or 255 for 8-bit grey levels (result rounded to integers, as PIL's blur output).
+        levels: None (continuous: :func:`gaussian_blur`), or 255 for 8-bit grey levels, blurred by Pillow as released
+            (:func:`pil_gaussian_blur`).
 
     Returns: new (B, C, H, W) tensor; images that do not fire are unchanged.
     """
@@ -780,8 +808,9 @@ def random_gaussian_blur(
     fire = torch.rand(b, generator=generator) < p
     sigma = torch.empty(b, dtype=torch.float64).uniform_(*sigma_range, generator=generator)
     sigma = torch.where(fire, sigma, torch.zeros_like(sigma))
-    out = gaussian_blur(image, _to_device(sigma, image.device))
-    return out if levels is None else torch.floor(out + 0.5)
+    if levels is not None:
+        return pil_gaussian_blur(image, sigma)
+    return gaussian_blur(image, _to_device(sigma, image.device))
 
 
 def pretrain_views(
@@ -801,7 +830,7 @@ def pretrain_views(
       image gets its own brightness and contrast factors in ``factors`` in a random order, continuous (the
       released jitter works on the float tensor); then one blur decision and one sigma ~ U(sigma_range) for the
       batch (``p_blur``); when it fires the blur runs on 8-bit grey levels as the released PIL path does
-      (truncation to grey levels, blur, rounding, /255), otherwise ``teacher`` is ``jittered`` unchanged. The
+      (truncation to grey levels, Pillow's blur, /255: :func:`pil_gaussian_blur`), otherwise ``teacher`` is ``jittered`` unchanged. The
       released jitter writes in place into the batch the student reads; the caller reproduces that by giving
       ``jittered`` to the student.
     * ``coins="per_image"``: per-image jitter (``p_jitter``) then per-image blur (``p_blur``), both continuous.
@@ -829,8 +858,7 @@ def pretrain_views(
     sigma = torch.empty((), dtype=torch.float64).uniform_(*sigma_range, generator=generator)
     if not blur:
         return jittered, jittered.clone()
-    sigmas = _to_device(sigma.expand(image.shape[0]).clone(), image.device)
-    return jittered, from_grey_levels(torch.floor(gaussian_blur(to_grey_levels(jittered), sigmas) + 0.5))
+    return jittered, from_grey_levels(pil_gaussian_blur(to_grey_levels(jittered), sigma.expand(image.shape[0])))
 
 
 def _check_value_ranges(where: str, image: torch.Tensor, pseudo_label: torch.Tensor,
@@ -895,8 +923,8 @@ def strong_perturb(
     then with ``p_blur`` a Gaussian blur with sigma ~ U(0.15, 1.15) (:func:`random_gaussian_blur`).
     With ``quantise_8bit`` (the released PIL path) the image is taken to grey levels 0..255 first
     (:func:`methods.intensity.to_grey_levels`; exact for an image that :func:`strong_mix` already round-tripped),
-    jitter and blur compute on grey levels with PIL's integer rounding (truncation after each jitter operation,
-    rounding after the blur -- PIL's blur rounding is approximated), and the result is divided by 255.
+    jitter and blur compute on grey levels with PIL's integer rounding (truncation after each jitter operation; the
+    blur is Pillow's own, :func:`pil_gaussian_blur`), and the result is divided by 255.
     Without it everything stays continuous.
 
     Args:

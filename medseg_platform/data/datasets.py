@@ -2,9 +2,9 @@
 
 Training draws 4 labelled + 4 unlabelled slices per step from at most a few thousand slices (ACDC:
 1312 slices; at 256×256 that is 344 MB of float32 images and 86 MB of uint8 labels). We therefore read
-every slice once, resize it to the patch size (nearest, as released; docs/data.md, 'Resizing') and keep the
-stack in memory; a batch is then one fancy-index into a tensor, with no per-step file I/O and no
-DataLoader worker processes (``benchmarks/bench_loader.py`` measures both paths).
+every slice once, resize it to the patch size (``data.image_resize``: nearest for MONA/ARCO, scipy's cubic zoom for
+ACTION, as released; docs/data.md, 'Resizing') and keep the stack in memory; a batch is then one fancy-index into
+a tensor, with no per-step file I/O and no DataLoader worker processes (``benchmarks/bench_loader.py`` measures both paths).
 """
 
 from __future__ import annotations

@@ -505,3 +505,24 @@ def test_pretrain_views_per_image_draws_per_image_and_stays_continuous():
     assert changed == {True, False}
     with pytest.raises(ValueError, match="pretrain_views: coins"):
         A.pretrain_views(image, gen(0), "per_step")
+
+
+def test_the_8bit_blur_is_pillows_gaussian_blur_as_released():
+    """A data-pipeline review: the released strong view blurs the 8-bit PIL image with
+    ``ImageFilter.GaussianBlur(radius=sigma)`` (three rounded box blurs), which differed from the exact Gaussian used
+    before by up to 13 grey levels. The 8-bit path is Pillow's call now, image by image; the continuous path stays."""
+    from PIL import Image, ImageFilter
+
+    g = gen(5)
+    levels = torch.floor(torch.rand(4, 1, 20, 27, generator=g) * 256).clamp_max(255)
+    sigma = torch.tensor([0.15, 0.6, 1.15, 0.0], dtype=torch.float64)
+    out = A.pil_gaussian_blur(levels, sigma)
+    for i in range(3):
+        expected = Image.fromarray(levels[i, 0].numpy().astype(np.uint8), mode="L").filter(ImageFilter.GaussianBlur(radius=float(sigma[i])))
+        np.testing.assert_array_equal(out[i, 0].numpy(), np.asarray(expected).astype(np.float32))
+    assert torch.equal(out[3], levels[3])  # sigma 0: not blurred
+    assert not torch.equal(out[:3], torch.floor(A.gaussian_blur(levels, sigma.float()) + 0.5)[:3])
+    # the strong view's random blur fires per image and blurs the fired ones with Pillow
+    fired = A.random_gaussian_blur(levels, gen(9), p=1.0, levels=255)
+    assert fired.dtype == levels.dtype and not torch.equal(fired, levels)
+    assert torch.equal(fired, fired.round()) and fired.min() >= 0 and fired.max() <= 255
