@@ -84,10 +84,11 @@ def _timed_step(objective, optimizer, batch_of, step: int, max_steps: int, amp_d
 
 #: The network passes each method cannot avoid (its floor): batches of images through the student with
 #: gradients, and without (MONA/ARCO: labelled, strong, warped 4 + 4 / the teacher on the weak, labelled and strong
-#: views; ACTION: labelled, strong / the teacher on the weak view and, as released (``weak_bn_update``), the student
-#: on it for its BatchNorm statistics; ISD: 3 + 3 student / 3 + 3 teacher). The passes without gradients run on a
-#: copy of the network (the teacher's cost is the student's).
-PASSES = {"mona": ((4, 4, 8), (4, 4, 4)), "action": ((4, 4), (4, 4)), "isd_pretrain": ((6,), (6,))}
+#: views and, as released (``copy_bn_update``), the student on the labelled copy for its BatchNorm statistics; ACTION:
+#: labelled, strong / the teacher on the weak view and, as released (``weak_bn_update``), the student on it for its
+#: BatchNorm statistics; ISD: 3 + 3 student / 3 + 3 teacher). The passes without gradients run on a copy of the
+#: network (the teacher's cost is the student's).
+PASSES = {"mona": ((4, 4, 8), (4, 4, 4, 4)), "action": ((4, 4), (4, 4)), "isd_pretrain": ((6,), (6,))}
 
 #: The ISD pretraining stages timed (``methods.isd_pretrain.PRESETS``): MONA/ARCO's one stage, ACTION's two (its
 #: teacher temperature 0.01 is the one that makes denormal probabilities, docs/methods.md).

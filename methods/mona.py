@@ -152,6 +152,10 @@ class MonaConfig:
     * ``fe_ema_momentum`` in [0, 1): ``FE_t`` EMA of ``FE_s`` at the start of every step (0.99).
     * ``teacher_bn_mode``: ``"train"`` (as released: batch statistics, dropout on) or ``"eval"``
       (running statistics copied from the student at every EMA update).
+    * ``copy_bn_update``: True (as released: the student also runs on the labelled copy ``x_l^c``, between its
+      passes on ``x_l`` and ``x_u^{s1}``, in train mode; the release discards the output, but the pass moves the
+      student's BatchNorm running statistics, which validation and test read, and draws dropout masks; here it
+      runs without gradient) or False (no such pass). docs/mona.md, 'One fine-tuning step', step 5.
 
     Pseudo-labels: ``unsup_threshold`` in [0, 1], ReCo's confidence threshold of ``L_unsup`` (0.97).
 
@@ -220,6 +224,7 @@ class MonaConfig:
     ema_momentum: float = 0.99
     fe_ema_momentum: float = 0.99
     teacher_bn_mode: str = "train"
+    copy_bn_update: bool = True
 
     unsup_threshold: float = 0.97
 
@@ -267,6 +272,8 @@ class MonaConfig:
         check_number(self, "ema_momentum", minimum=0.0, maximum=1.0, max_inclusive=False)
         check_number(self, "fe_ema_momentum", minimum=0.0, maximum=1.0, max_inclusive=False)
         check_choice(self, "teacher_bn_mode", BN_MODES)
+        if not isinstance(self.copy_bn_update, bool):
+            raise ConfigError(f"{type(self).__name__}.copy_bn_update: must be a bool, got {self.copy_bn_update!r} (use true or false)")
         for field in ("unsup_threshold", "anchor_threshold", "negative_threshold", "eqv_conf_threshold"):
             check_number(self, field, minimum=0.0, maximum=1.0)
         check_number(self, "temperature", minimum=0.0, min_inclusive=False)
@@ -610,6 +617,9 @@ class MonaObjective(Objective):
 
         out_l = self.student(x_l)
         z_l = logits_of(out_l)
+        if cfg.copy_bn_update:  # the release's discarded student pass on x_l^c: BatchNorm statistics and dropout draws
+            with torch.no_grad():
+                self.student(round_trip_8bit(x_l))
         sup, parts = supervised_loss(z_l, y_l, cfg.sup_weight)
         total = sup
         terms: dict[str, torch.Tensor] = {"sup": sup, **parts}

@@ -352,7 +352,7 @@ def test_one_step_follows_the_released_order():
     assert set(out.terms) == {"sup", "ce", "dice", "unsup", "contrast", "alpha", "eqv", "nn"}
     # mix once, perturb twice (docs/mona.md, 'One fine-tuning step')
     assert augment.mixes == 1 and augment.perturbs == 2
-    assert calls == [2, 2, 4]  # student: x_l, x_u^{s1}, then the warped [x_l^c; x_u^{s2}]
+    assert calls == [2, 2, 2, 4]  # student: x_l, x_l^c (discarded, copy_bn_update), x_u^{s1}, the warped [x_l^c; x_u^{s2}]
     for before, teacher, student in zip(fe_before, objective.fe_teacher.module.parameters(), objective.fe_student.parameters()):
         assert torch.allclose(teacher, 0.5 * before + 0.5 * student)
     assert out.terms["alpha"].item() == 20.0
@@ -375,7 +375,7 @@ def test_zero_weight_removes_the_term(weight, term):
     if term == "nn":
         assert not hasattr(objective, "nn_pool")
     if term == "eqv":
-        assert calls == [2, 2]  # no warped pass
+        assert calls == [2, 2, 2]  # no warped pass
     other = {"contrast", "unsup", "nn", "eqv"} - {term}
     assert other <= set(out.terms)
 
@@ -484,6 +484,7 @@ FIELD_CASES = [
     ("ema_momentum", 0.5, {}),
     ("fe_ema_momentum", 0.5, {}),
     ("teacher_bn_mode", "eval", {}),
+    ("copy_bn_update", False, {}),
     ("unsup_threshold", 0.5, {}),
     ("temperature", 0.1, {}),
     ("num_anchors", 5, {}),
@@ -544,7 +545,7 @@ def class_1_absent_batches() -> tuple[dict, list[Batch]]:
         label = batch.label.clone()
         label[label == 1] = 0
         batches.append(Batch(batch.labelled_image, label, batch.unlabelled_image, batch.strong_augment))
-    return {"alpha0": 0.0}, batches
+    return {"alpha0": 0.0, "copy_bn_update": False}, batches  # (checked without the x_l^c pass's dropout draws)
 
 
 _REFERENCES: dict[tuple, list[dict[str, float]]] = {}  # reference runs shared by cases with the same base
@@ -623,3 +624,18 @@ def test_a_few_sgd_steps_lower_the_total_loss(name):
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.8 * first, losses
     assert sum(sups[-3:]) < 0.8 * sum(sups[:3]), sups
+
+
+@pytest.mark.parametrize("copy_bn_update, passes", [(True, 4), (False, 3)])
+def test_the_release_s_discarded_x_l_copy_pass_moves_the_student_s_batchnorm_statistics(copy_bn_update, passes):
+    """The released script runs the student on the labelled copy x_l^c in train mode and discards the output
+    (docs/mona.md, 'One fine-tuning step', step 5): the pass still counts in every BatchNorm's running statistics,
+    which validation and test read. With the default it is reproduced (no gradient); False leaves it out."""
+    objective = make({"copy_bn_update": copy_bn_update})
+    norms = [m for m in objective.student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    before = int(norms[0].num_batches_tracked)
+    out = objective.loss(shape_batch(torch.Generator().manual_seed(0)), 0, 4)
+    # student passes in train mode: x_l, (x_l^c), x_u^{s1}, the warped [x_l^c; x_u^{s2}]
+    assert int(norms[0].num_batches_tracked) - before == passes
+    out.total.backward()  # the discarded pass took no part in the graph
