@@ -486,11 +486,13 @@ def identical_rows(records: Iterable[TrialRecord]) -> list[str]:
     confidence threshold), a parameter the objective ignores, a sampler that falls back to another one on small
     pools. The table would compare a row with itself; the line says so (a probe's smoke sweep of a loss weight
     printed three equal rows and a claim of +0.0)."""
+    records = unique_records(records)
+    position = {row: i for i, row in enumerate(row_order(records))}  # rows named in the table's order
     results: dict[tuple[str, str], dict[str, str]] = {}
     # cells with a trial that segmented something (a Dice above 0): in a cell whose every seed predicts nothing, models
     # agree without training alike; one seed's empty prediction does not hide that the others trained the same
     segmented = set()
-    for r in unique_records(records):
+    for r in records:
         cell = (column_label(r), row_label(r))
         results.setdefault(cell, {})[str(trial_seed(r))] = json.dumps(r.per_case, sort_keys=True, default=str)
         if any(_per_case_value(row, "dice") > 0 for row in r.per_case):
@@ -503,6 +505,7 @@ def identical_rows(records: Iterable[TrialRecord]) -> list[str]:
     for (column, fingerprint), rows in groups.items():
         if len(rows) > 1:
             seeds = ", ".join(sorted(json.loads(fingerprint), key=natural_sort_key))
+            rows = sorted(rows, key=lambda row: position.get(row, len(position)))
             lines.append(f"identical results: rows {', '.join(map(repr, rows))} at {column} gave the same per-case test "
                          f"results for every seed ({seeds}): what differs between them did not change training at this "
                          "length (e.g. a loss term that stays zero, a parameter the objective ignores)")

@@ -131,16 +131,26 @@ REQUIRED_KEYS = ("schema", "status", "trial_key", "config", "seed", "labelled", 
 PER_CASE_FIELDS = ("case", "class", "dice", "jaccard", "hd95", "asd")
 
 
+#: Part of the trial key of an objective's trials: bump an objective's number when a change to the platform changes
+#: what its trials train with an unchanged config, so that a results folder's trials of the earlier code are not
+#: taken for this code's (they stay in the folder; the tables leave them out). An objective not listed keeps the keys
+#: it always had. 2 (2026-12-06): the released AdvMorph conventions and Pillow's blur in the strong view, and
+#: MONA/ARCO's discarded student pass on x_l^c (``copy_bn_update``).
+KEY_REVISIONS = {"mona": 2, "arco": 2, "action": 2}
+
+
 def trial_key(config: Mapping[str, Any]) -> str:
     """A readable, unique folder name for a resolved config: ``<objective>-l<labelled>-s<seed>-<hash10>``.
 
-    Only the config counts (not the study's display tags): renaming or reordering table rows never
-    makes a finished trial look new. ``conv_kernels`` counts only when it is not ``"auto"``, its default: a config
-    keeps the key it had before the field existed (docs/methods.md, 'CPU convolution kernels').
+    Only the config counts (not the study's display tags), and the objective's :data:`KEY_REVISIONS` entry where it
+    has one: renaming or reordering table rows never makes a finished trial look new. ``conv_kernels`` counts only
+    when it is not ``"auto"``, its default: a config keeps the key it had before the field existed
+    (docs/methods.md, 'CPU convolution kernels').
     """
     if config.get("conv_kernels") == "auto":
         config = {k: v for k, v in config.items() if k != "conv_kernels"}
-    canonical = json.dumps({"config": config}, sort_keys=True, default=str)
+    revision = KEY_REVISIONS.get(str(config.get("objective")))
+    canonical = json.dumps({"config": config, **({"revision": revision} if revision else {})}, sort_keys=True, default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
     labelled = str(config.get("data", {}).get("labelled", "")).replace("%", "pct")
     return f"{config.get('objective', 'trial')}-l{labelled}-s{config.get('seed', 0)}-{digest}"

@@ -109,3 +109,24 @@ def test_finished_trials_take_the_studys_current_row_tags(trial):
     assert read_trial(trial).result["tags"]["row"] == "MONA, released"  # still a valid finished trial
     assert retag_finished_trials(study_dir, [{"key": key, "tags": tags}]) == 0  # nothing to change: nothing written
     assert not trial_folder(study_dir, "never-ran").exists()
+
+
+def test_a_key_revision_renames_only_its_objectives_trials():
+    """``KEY_REVISIONS``: when the platform changes what an objective's trials train, their keys change (a results
+    folder's earlier trials are not taken for this code's); other objectives keep the keys they always had."""
+    import hashlib
+    import json
+
+    from medseg_platform.results import KEY_REVISIONS, trial_key
+
+    def unrevised(config):
+        digest = hashlib.sha256(json.dumps({"config": config}, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        return f"{config['objective']}-l{config['data']['labelled']}-s{config['seed']}-{digest}"
+
+    for objective in ("supervised", "mean_teacher", "mona", "arco", "action"):
+        config = {"objective": objective, "seed": 1, "data": {"labelled": "1"}, "objective_params": {}}
+        if objective in KEY_REVISIONS:
+            assert trial_key(config) != unrevised(config)
+        else:
+            assert trial_key(config) == unrevised(config)
+    assert {"mona", "arco", "action"} <= set(KEY_REVISIONS)

@@ -33,8 +33,8 @@ from methods.registry import build_objective
 #: Part of every stage key: bump it when a change to the engine or the pretraining objectives changes what a stage
 #: trains, so that stages cached before it are not reused. 2: the released learning-rate step index
 #: (``StageConfig.lr_step``) and the released ISD views (one jitter and one blur decision per batch, the blur on 8-bit
-#: grey levels: ``isd_pretrain``'s ``view_coins``).
-STAGE_CACHE_VERSION = 2
+#: grey levels: ``isd_pretrain``'s ``view_coins``). 3: that blur is Pillow's, as released (it was an exact Gaussian).
+STAGE_CACHE_VERSION = 3
 
 
 def stage_key(cfg: TrialConfig, index: int, subset: LabelledSubset) -> str:
