@@ -68,6 +68,9 @@ class ModelConfig:
 
     name: str = "unet"
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    # the decoder's up-path: "bilinear" (conv1x1 then bilinear x2, as released) or "transposed" (ConvTranspose2d, the
+    # platform's until 2026-12-06); docs/shared.md, 'UNet backbone'
+    upsample: str = "bilinear"
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,8 @@ class TrialConfig:
             raise ConfigError(f"objective {self.objective!r}: {exc}") from None
         if self.model.name not in MODELS:
             raise ConfigError(f"model.name {self.model.name!r}: unknown; known models: {', '.join(sorted(MODELS))}")
+        if self.model.upsample not in ("bilinear", "transposed"):
+            raise ConfigError(f"model.upsample {self.model.upsample!r}: choose 'bilinear' (as released) or 'transposed'")
         if len(self.model.channels) != 5 or any(int(c) < 1 for c in self.model.channels):
             raise ConfigError(f"model.channels {self.model.channels!r}: need five positive widths (encoder levels)")
         if len(d.patch_size) != 2 or any(int(s) < 16 or int(s) % 16 for s in d.patch_size):

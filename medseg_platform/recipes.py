@@ -98,6 +98,8 @@ def method_overrides(method: str, profile: Profile, without_contrast: bool = Fal
             params["anco_weight"] = 0.0
         return {"objective": "action", "objective_params": params,
                 "pretrain": [isd_stage(profile, "action_stage_i"), isd_stage(profile, "action_stage_ii")],
-                # ACTION's weak view: resize only, cubic image zoom (docs/action.md, 'Weak view and resizing')
-                "data.image_resize": "cubic", "data.weak_rot90_flip_p": 0.0, "data.weak_rotate_p": 0.0}
+                # ACTION's weak view: resize only, cubic image zoom (docs/action.md, 'Weak view and resizing'); its
+                # fine-tuning script sets the poly rate after incrementing the step (docs/shared.md, 'Optimiser and schedule')
+                "data.image_resize": "cubic", "data.weak_rot90_flip_p": 0.0, "data.weak_rotate_p": 0.0,
+                "optim.lr_step": "aligned"}
     raise MedsegError(f"method {method!r}: unknown (known: {', '.join(METHODS)})")

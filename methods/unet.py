@@ -9,8 +9,13 @@ Architecture (defaults = the released code, ``M:code/networks/unetWithArgs.py``)
   in place on the BatchNorm output, which backward does not read: the same numbers and gradients bit for bit
   (``tests/methods/test_unet.py``) with one activation fewer kept per convolution (docs/shared.md, 'UNet
   backbone');
-* decoder: 4 ``UpBlock``s, each ``ConvTranspose2d(k=2, s=2)`` to the skip's channels, concatenation
-  ``[skip, up]`` and a ``ConvBlock`` without dropout, giving ``c3, c2, c1, c0`` channels;
+* decoder: 4 ``UpBlock``s, each taking the coarser map to the skip's channels and resolution, concatenation
+  ``[skip, up]`` and a ``ConvBlock`` without dropout, giving ``c3, c2, c1, c0`` channels. As released
+  (``upsample="bilinear"``): a conv1x1 (with bias) to the skip's channels, then ``Upsample(scale_factor=2,
+  mode="bilinear", align_corners=True)``. The released network file sets ``'bilinear': False`` in its parameters but
+  never passes it to its up-blocks, whose own default is bilinear; ``upsample="transposed"`` is the
+  ``ConvTranspose2d(k=2, s=2)`` that setting names, which the platform used until 2026-12-06 (docs/shared.md,
+  'UNet backbone');
 * head: conv3x3 ``c0 -> num_classes``.
 
 Weights use PyTorch's default initialisation (the released code does not re-initialise the 2D UNet).
@@ -31,6 +36,8 @@ DEFAULT_CHANNELS: tuple[int, ...] = (16, 32, 64, 128, 256)
 DEFAULT_DROPOUT: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
 LEAKY_RELU_SLOPE = 0.01
 DOWNSAMPLING = 16  # 4 max-pools of stride 2
+#: ``UNet(upsample=...)``: the decoder's up-path (module docstring); "bilinear" is the released one.
+UPSAMPLING = ("bilinear", "transposed")
 
 
 class UNetOutput(NamedTuple):
@@ -75,14 +82,20 @@ class DownBlock(nn.Sequential):
 
 
 class UpBlock(nn.Module):
-    """ConvTranspose2d(k=2, s=2) to the skip's channels, concat ``[skip, up]``, ConvBlock without dropout.
+    """The coarser map to the skip's channels and resolution (``upsample="bilinear"``: conv1x1 with bias, then
+    bilinear x2 with ``align_corners=True``, as released; ``"transposed"``: ConvTranspose2d(k=2, s=2)), concat
+    ``[skip, up]``, ConvBlock without dropout.
 
     ``forward(x (B, in, h, w), skip (B, skip_ch, 2h, 2w)) -> (B, out, 2h, 2w)``.
     """
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, upsample: str = "bilinear") -> None:
         super().__init__()
-        self.up = nn.ConvTranspose2d(in_channels, skip_channels, kernel_size=2, stride=2)
+        if upsample == "bilinear":
+            self.up = nn.Sequential(nn.Conv2d(in_channels, skip_channels, kernel_size=1),
+                                    nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True))
+        else:
+            self.up = nn.ConvTranspose2d(in_channels, skip_channels, kernel_size=2, stride=2)
         self.conv = ConvBlock(2 * skip_channels, out_channels, dropout=0.0)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -98,6 +111,7 @@ class UNet(nn.Module):
         num_classes: output classes including background (ACDC: 4).
         channels: five encoder widths ``(c0, .., c4)``; default ``(16, 32, 64, 128, 256)``.
         dropout: five encoder dropout probabilities in [0, 1); default ``(0.05, 0.1, 0.2, 0.3, 0.5)``.
+        upsample: the decoder's up-path, ``"bilinear"`` (as released) or ``"transposed"`` (module docstring).
 
     Input: float (B, in_channels, H, W) with H and W divisible by 16. Output: :class:`UNetOutput`.
     """
@@ -108,6 +122,7 @@ class UNet(nn.Module):
         num_classes: int = 4,
         channels: Sequence[int] = DEFAULT_CHANNELS,
         dropout: Sequence[float] = DEFAULT_DROPOUT,
+        upsample: str = "bilinear",
     ) -> None:
         super().__init__()
         channels = tuple(channels)
@@ -120,10 +135,13 @@ class UNet(nn.Module):
             raise ConfigError(f"UNet.channels: must be 5 positive ints (c0..c4), got {channels!r} (default {DEFAULT_CHANNELS})")
         if len(dropout) != 5 or not all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p < 1.0 for p in dropout):
             raise ConfigError(f"UNet.dropout: must be 5 probabilities in [0, 1), got {dropout!r} (default {DEFAULT_DROPOUT})")
+        if upsample not in UPSAMPLING:
+            raise ConfigError(f"UNet.upsample: {upsample!r} is not one of {', '.join(map(repr, UPSAMPLING))} ('bilinear' as released)")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.channels = channels
         self.dropout = tuple(float(p) for p in dropout)
+        self.upsample = upsample
 
         self.encoder = nn.ModuleList(
             [ConvBlock(in_channels, channels[0], self.dropout[0])]
@@ -131,7 +149,7 @@ class UNet(nn.Module):
         )
         # up1: c4 -> c3 (skip x3), up2: c3 -> c2 (skip x2), up3: c2 -> c1 (skip x1), up4: c1 -> c0 (skip x0)
         self.decoder = nn.ModuleList(
-            [UpBlock(channels[i], channels[i - 1], channels[i - 1]) for i in range(4, 0, -1)]
+            [UpBlock(channels[i], channels[i - 1], channels[i - 1], upsample) for i in range(4, 0, -1)]
         )
         self.head = nn.Conv2d(channels[0], num_classes, kernel_size=3, padding=1)
 

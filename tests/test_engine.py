@@ -283,7 +283,7 @@ def test_validation_dice_is_the_mean_dice_of_the_full_evaluation(tiny_root, empt
     cfg = small_cfg(tiny_root, **{"eval.empty_policy": empty_policy})
     layout = AcdcLayout(tiny_root, 4)
     volumes = [layout.read_volume(c) for c in layout.val_cases + layout.test_cases]
-    torch.manual_seed(0)
+    torch.manual_seed(1)  # an untrained network that predicts some foreground here (seed 0's predicts none)
     model = build_model("unet", num_classes=4, channels=cfg.model.channels).eval()
     expected = mean_dice(evaluate_volumes(model, volumes, cfg, torch.device("cpu")))
     assert validation_dice(model, volumes, cfg, torch.device("cpu")) == expected
@@ -365,5 +365,5 @@ def test_a_pretraining_stage_trained_under_mixed_precision_has_its_own_cache_key
     smoke = PROFILES["smoke"]
     cfg = smoke.trial.replace(**{**method_overrides("mona", smoke), "data.root": "/data/x"})
     subset = SimpleNamespace(patients=("patient001",), labelled_slices=("a", "b"))
-    assert stage_key(cfg, 0, subset) == "stage0-isd_pretrain-f1dc6bcd56ccdf5e"  # (STAGE_CACHE_VERSION 3)
+    assert stage_key(cfg, 0, subset) == "stage0-isd_pretrain-06639835f3c2ff88"  # (STAGE_CACHE_VERSION 3, model.upsample)
     assert stage_key(cfg.replace(**{"optim.amp": "bf16"}), 0, subset) != stage_key(cfg, 0, subset)

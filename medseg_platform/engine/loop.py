@@ -136,7 +136,8 @@ def make_optimizer(cfg: TrialConfig, params) -> torch.optim.Optimizer:
 
 def build_trial_model(cfg: TrialConfig, device: torch.device) -> torch.nn.Module:
     """A freshly initialised network of ``cfg.model`` (from torch's global RNG) on ``device``."""
-    return build_model(cfg.model.name, num_classes=cfg.data.num_classes, channels=tuple(cfg.model.channels)).to(device)
+    return build_model(cfg.model.name, num_classes=cfg.data.num_classes, channels=tuple(cfg.model.channels),
+                       upsample=cfg.model.upsample).to(device)
 
 
 def data_generator(seed: int, dist: DistContext | None) -> torch.Generator:

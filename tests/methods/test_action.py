@@ -271,7 +271,7 @@ VARIATIONS = {
     "double_ema": ({}, False),
     # the student's BN running statistics reach the loss through an eval-mode teacher (it copies them at the EMA
     # update), i.e. through its confidences: thresholds near 0.5 (2 classes) let small changes cross them
-    "weak_bn_update": ({"teacher_bn_mode": "eval", "unsup_threshold": 0.52, "pseudo_valid_threshold": 0.52}, False),
+    "weak_bn_update": ({"teacher_bn_mode": "eval", "unsup_threshold": 0.51, "pseudo_valid_threshold": 0.51}, False),
     "teacher_bn_mode": ({}, "eval"),
 }
 

@@ -490,7 +490,7 @@ FIELD_CASES = [
     ("num_anchors", 5, {}),
     ("num_negatives", 3, {}),
     ("anchor_threshold", 0.6, {}),
-    ("negative_threshold", 0.3, PAPER),
+    ("negative_threshold", 0.2, PAPER),
     ("negative_rank_low", 2, PAPER),
     ("negative_rank_high", 2, {**PAPER, "negative_rank_low": 1}),
     ("alpha0", 60.0, {}),

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from methods.ema import EMATeacher
+from methods.errors import ConfigError
 from methods.unet import DEFAULT_DROPOUT, UNet, UNetOutput
 
 TINY = (4, 8, 8, 8, 8)
@@ -33,9 +34,30 @@ def test_default_widths_match_released_network():
     assert model.channels == (16, 32, 64, 128, 256)
     assert sum(model.pyramid_channels) == 496  # the pyramid feeding every head
     assert isinstance(model.head, nn.Conv2d) and model.head.kernel_size == (3, 3) and model.head.out_channels == 4
+    # the released up-path: conv1x1 (with bias) to the skip's channels, then bilinear x2 with align_corners=True (its
+    # UpBlock's default: the released UNet never passes its 'bilinear': False on; a fidelity review found the
+    # ConvTranspose2d that setting names, which the platform used before)
     ups = [block.up for block in model.decoder]
-    assert all(isinstance(u, nn.ConvTranspose2d) and u.kernel_size == (2, 2) and u.stride == (2, 2) for u in ups)
-    assert [u.out_channels for u in ups] == [128, 64, 32, 16]
+    for up, skip in zip(ups, (128, 64, 32, 16)):
+        conv, upsample = up
+        assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.bias is not None and conv.out_channels == skip
+        assert isinstance(upsample, nn.Upsample) and upsample.mode == "bilinear" and upsample.align_corners and upsample.scale_factor == 2
+    assert sum(p.numel() for p in model.parameters()) == 1_813_764  # the released network's count at 4 classes
+    transposed = UNet(upsample="transposed")
+    assert all(isinstance(block.up, nn.ConvTranspose2d) and block.up.kernel_size == (2, 2) for block in transposed.decoder)
+    assert sum(p.numel() for p in transposed.parameters()) == 1_944_324
+
+
+def test_the_released_up_path_is_a_pointwise_convolution_then_bilinear_upsampling():
+    model = UNet(channels=TINY).eval()
+    block = model.decoder[0]
+    x = torch.randn(2, TINY[4], 3, 5)
+    conv = block.up[0]
+    expected = nn.functional.interpolate(nn.functional.conv2d(x, conv.weight, conv.bias), scale_factor=2, mode="bilinear",
+                                         align_corners=True)
+    torch.testing.assert_close(block.up(x), expected, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="UNet.upsample"):
+        UNet(upsample="nearest")
 
 
 def test_dropout_per_encoder_level_and_none_in_decoder():
