@@ -170,8 +170,8 @@ class MonaConfig:
       the teacher's top ``low`` ((3, 20)).
     * ``alpha0`` in [0, 100]: the entropy percentile at step 0 (20); ``α_t = α0 (1 - e/E)``.
     * ``steps_per_epoch`` (int >= 0): the epoch length of the α_t schedule. As released an epoch is
-      ``floor(N_u / B_u)`` steps (unlabelled slices / unlabelled batch). 0 = the trial's labelled set's own
-      epoch, as released: the platform's engine fills it in before building the objective (``loss`` raises a
+      ``floor(N_u / B_u)`` steps (unlabelled slices / unlabelled batch). 0 = the epoch of the trial's own split
+      (its unlabelled slices, those its labelled subset leaves), as released: the platform's engine fills it in before building the objective (``loss`` raises a
       :class:`ConfigError` while it is 0). Default 322 = ACDC with 1 labelled patient (23 labelled, 1289
       unlabelled slices, 4 per batch; docs/data.md, 'Batches and epochs').
     * ``entropy_source``: ``"student"`` (as released) | ``"teacher"`` (U2PL).
@@ -606,7 +606,7 @@ class MonaObjective(Objective):
         use_eqv, use_nn = cfg.eqv_weight > 0, cfg.nn_weight > 0
         if cfg.steps_per_epoch == 0:
             raise ConfigError(
-                f"{type(cfg).__name__}.steps_per_epoch: 0 (the labelled set's own) was not resolved by the platform "
+                f"{type(cfg).__name__}.steps_per_epoch: 0 (the trial's own epoch) was not resolved by the platform "
                 f"(set a number, or run through the engine)"
             )
         if use_nn and b_u > cfg.nn_pool_capacity:
