@@ -45,7 +45,7 @@ def isd_stage(profile: Profile, preset: str) -> dict:
             "checkpoint_every": max(1, min(1000, profile.methods.pretrain_steps // 3))}
 
 
-#: ``objective_params.steps_per_epoch`` of the MONA/ARCO rows: "the trial's labelled set's own epoch", which
+#: ``objective_params.steps_per_epoch`` of the MONA/ARCO rows: "the trial's own epoch" (floor(N_u / B_u) of its split), which
 #: :func:`with_epoch_length` replaces before the objective is built (the engine does it for every trial).
 LABELLED_SET_EPOCH = 0
 

@@ -132,7 +132,7 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
     model = build_trial_model(cfg, device)
     if pretrained is not None:
         model.load_state_dict(pretrained["student"])  # student and (by copy) teacher start from the pretrained student
-    # "the labelled set's own epoch" (docs/mona.md, 'Entropy masks and the alpha schedule')
+    # "the trial's own epoch" (docs/mona.md, 'Entropy masks and the alpha schedule')
     params, epoch_filled = dict(cfg.objective_params), False
     if params.get("steps_per_epoch") == LABELLED_SET_EPOCH:  # only MONA/ARCO rows ask; a supervised row may have no B_u
         params, epoch_filled = with_epoch_length(params, epoch_steps(data.subset, cfg.data.unlabelled_batch * cfg.workers))

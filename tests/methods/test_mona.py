@@ -593,10 +593,10 @@ def test_invalid_config_raises_naming_the_field(field, value):
 
 
 def test_unresolved_steps_per_epoch_is_a_config_error_in_loss():
-    """0 = the labelled set's own epoch, which the platform's engine fills in; the objective alone cannot."""
+    """0 = the trial's own epoch, which the platform's engine fills in; the objective alone cannot."""
     assert MonaConfig(steps_per_epoch=0).steps_per_epoch == 0
     objective = make({"steps_per_epoch": 0})
-    with pytest.raises(ConfigError, match=r"^MonaConfig\.steps_per_epoch: 0 \(the labelled set's own\) was not "
+    with pytest.raises(ConfigError, match=r"^MonaConfig\.steps_per_epoch: 0 \(the trial's own epoch\) was not "
                                           r"resolved by the platform \(set a number, or run through the engine\)$"):
         objective.loss(shape_batch(torch.Generator().manual_seed(0)), 0, 4)
     with pytest.raises(ConfigError, match=r"^ArcoConfig\.steps_per_epoch: 0 "):
