@@ -5,9 +5,9 @@ a table compares like for like with a published one: the final iteration's weigh
 empty prediction scored as distance 0 (``eval.empty_policy=released``), HD95/ASD in voxels
 (``eval.distance_units=voxel``) and, on the SSL4MIS ACDC list, the released labelled slices
 (``data.labelled_strategy=released_slices``: 23 slices for "1 patient", part of patient099, where ``corrected``
-keeps the default whole patients, all 32 of its slices; docs/data.md, 'Labelled subsets'). Other datasets (the phantom included) have
-no released slice counts (the released ``patients_to_slices`` knows only its own datasets' lists), so there the
-labelled set stays whole patients and the report says so.
+keeps the default whole patients, all 32 of its slices; docs/data.md, 'Labelled subsets'). Other datasets (the
+phantom included) have no released slice counts (the released ``patients_to_slices`` knows only its own datasets'
+lists), so there the labelled set stays whole patients and the report says so.
 """
 
 from __future__ import annotations

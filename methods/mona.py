@@ -171,8 +171,8 @@ class MonaConfig:
     * ``alpha0`` in [0, 100]: the entropy percentile at step 0 (20); ``α_t = α0 (1 - e/E)``.
     * ``steps_per_epoch`` (int >= 0): the epoch length of the α_t schedule. As released an epoch is
       ``floor(N_u / B_u)`` steps (unlabelled slices / unlabelled batch). 0 = the epoch of the trial's own split
-      (its unlabelled slices, those its labelled subset leaves), as released: the platform's engine fills it in before building the objective (``loss`` raises a
-      :class:`ConfigError` while it is 0). Default 322 = ACDC with 1 labelled patient (23 labelled, 1289
+      (its unlabelled slices, those its labelled subset leaves), as released: the platform's engine fills it in
+      before building the objective (``loss`` raises a :class:`ConfigError` while it is 0). Default 322 = ACDC with 1 labelled patient (23 labelled, 1289
       unlabelled slices, 4 per batch; docs/data.md, 'Batches and epochs').
     * ``entropy_source``: ``"student"`` (as released) | ``"teacher"`` (U2PL).
     * ``u2pl_negative_mask``: ``"as_coded"`` | ``"paper"`` (see :func:`methods.u2pl.u2pl_masks`).

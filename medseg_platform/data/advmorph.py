@@ -38,7 +38,8 @@ the release found it: mean grid difference 0.2 px at 256 x 256):
   released epsilon 1.5 and grid factor 8.  The first smoothing (sigma = 1 coarse cell) shrinks the
   white-noise field by about 1 / (2 sqrt(pi) sigma) ~ 0.28, so the final displacement is ~1 px RMS
   at 64 x 64 and at 256 x 256 (measured over 16 fields: mean |displacement| per axis 0.78 px at 64 x 64,
-  0.85 px at 256 x 256, max 3-5 px; 0.95 and 0.90 px with the conventions before 2026-12-06).  Scaling and squaring changes the magnitude little at this size
+  0.85 px at 256 x 256, max 3-5 px; 0.95 and 0.90 px with the conventions before 2026-12-06).  Scaling and
+  squaring changes the magnitude little at this size
   (the exponential of a small field is close to the field).
 * **Clamp.** The final clamp to [-1, 1] (released) flattens the map where the displacement points out
   of the image: 3.1 % of the pixels at 64 x 64 and 0.8 % at 256 x 256 have a coordinate at the bound, the border

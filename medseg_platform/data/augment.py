@@ -830,9 +830,9 @@ def pretrain_views(
       image gets its own brightness and contrast factors in ``factors`` in a random order, continuous (the
       released jitter works on the float tensor); then one blur decision and one sigma ~ U(sigma_range) for the
       batch (``p_blur``); when it fires the blur runs on 8-bit grey levels as the released PIL path does
-      (truncation to grey levels, Pillow's blur, /255: :func:`pil_gaussian_blur`), otherwise ``teacher`` is ``jittered`` unchanged. The
-      released jitter writes in place into the batch the student reads; the caller reproduces that by giving
-      ``jittered`` to the student.
+      (truncation to grey levels, Pillow's blur, /255: :func:`pil_gaussian_blur`), otherwise ``teacher`` is
+      ``jittered`` unchanged. The released jitter writes in place into the batch the student reads; the caller
+      reproduces that by giving ``jittered`` to the student.
     * ``coins="per_image"``: per-image jitter (``p_jitter``) then per-image blur (``p_blur``), both continuous.
 
     Args:

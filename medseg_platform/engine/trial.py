@@ -67,8 +67,8 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     :class:`~medseg_platform.engine.ddp.DistContext`); only rank 0's outcome carries validation and test results,
     and every rank's ``extra`` has ``replica_param_max_diff``, the largest parameter difference between the ranks
     after the last step, measured before the final broadcast of rank 0's state.
-    An objective parameter ``steps_per_epoch`` of 0 (MONA/ARCO's α_t epoch: the trial's own, floor(N_u / B_u) of the unlabelled slices its labelled subset leaves) is replaced by the
-    released epoch of the trial's labelled subset (:func:`medseg_platform.data.splits.epoch_steps` with the effective
+    An objective parameter ``steps_per_epoch`` of 0 (MONA/ARCO's α_t epoch: the trial's own, floor(N_u / B_u) of the
+    unlabelled slices its labelled subset leaves) is replaced by the released epoch of the trial's labelled subset (:func:`medseg_platform.data.splits.epoch_steps` with the effective
     unlabelled batch) and recorded in ``extra["steps_per_epoch"]``.
     ``report(metrics, checkpoint_dir)`` gets one report with the checkpoint at each validation and progress-only
     reports (``checkpoint_dir`` None) at the curve rows between and during pretraining
