@@ -16,9 +16,10 @@ Profiles differ only in numbers, never in code paths:
   (``benchmarks/RESULTS.md``, "The quick profile"; in-process trials on this phantom, test Dice averaged over
   seeds; measured before issue 13 made the released learning-rate step, 8-bit strong view, α_t epoch, sampler
   fallback and ISD views the defaults, and with ACTION's rows on torch's bicubic zoom before they took the released
-  cubic spline and before the released strong view and MONA/ARCO's discarded pass, and not re-measured since; with
-  them the default table's contrastive rows moved by up to 8.5 points and 5 of 24 trials ended still rising,
-  ``benchmarks/RESULTS.md``, "The strong view and MONA's discarded pass as released"):
+  cubic spline, before the released strong view and MONA/ARCO's discarded pass and on the platform's earlier UNet
+  up-path (transposed convolutions), and not re-measured since; with all of them as released the default table's
+  rows moved by up to 12 points and 7 of 24 trials ended still rising, ``benchmarks/RESULTS.md``, "The released
+  UNet up-path"):
 
   - learning rate 0.1 (10x the released 0.01, for a schedule 120x shorter): supervised at 1 patient and 250 steps
     scored 33.0 / 44.9 / 54.4 at 0.02 / 0.05 / 0.1 (4 seeds); at 0.1 every method trained without a non-finite loss.
