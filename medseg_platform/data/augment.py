@@ -778,7 +778,7 @@ def pil_gaussian_blur(levels: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor
     for i, radius in enumerate(radii):
         if radius > 0:
             for c in range(grey.shape[1]):
-                out[i, c] = np.asarray(Image.fromarray(grey[i, c], mode="L").filter(ImageFilter.GaussianBlur(radius=radius)))
+                out[i, c] = np.asarray(Image.fromarray(grey[i, c]).filter(ImageFilter.GaussianBlur(radius=radius)))
     return torch.from_numpy(out).to(device=levels.device, dtype=levels.dtype)
 
 

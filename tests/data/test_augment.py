@@ -518,7 +518,7 @@ def test_the_8bit_blur_is_pillows_gaussian_blur_as_released():
     sigma = torch.tensor([0.15, 0.6, 1.15, 0.0], dtype=torch.float64)
     out = A.pil_gaussian_blur(levels, sigma)
     for i in range(3):
-        expected = Image.fromarray(levels[i, 0].numpy().astype(np.uint8), mode="L").filter(ImageFilter.GaussianBlur(radius=float(sigma[i])))
+        expected = Image.fromarray(levels[i, 0].numpy().astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius=float(sigma[i])))
         np.testing.assert_array_equal(out[i, 0].numpy(), np.asarray(expected).astype(np.float32))
     assert torch.equal(out[3], levels[3])  # sigma 0: not blurred
     assert not torch.equal(out[:3], torch.floor(A.gaussian_blur(levels, sigma.float()) + 0.5)[:3])
