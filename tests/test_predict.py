@@ -625,3 +625,29 @@ def test_predictions_of_another_trial_in_out_are_replaced_with_a_note(trained, t
     assert main(["predict", "--trial", str(other), "--data-root", str(root), "--out", str(out)]) == 0
     assert (f"note: {out} holds predictions of trial {trial}; those of these cases are replaced by trial other-trial's"
             in capsys.readouterr().err)
+
+
+def test_a_trial_of_the_earlier_transposed_unet_is_predicted_with_its_own_network(trained, tmp_path):
+    """Trials trained before 2026-12-06 used transposed-convolution up-paths, and their configs do not name
+    ``model.upsample``: predict builds the network their weights are of (it refused them as another trial's)."""
+    import torch
+
+    from medseg_platform.config import TrialConfig
+    from medseg_platform.engine import load_selected_model
+    from methods.unet import UNet
+
+    _, trial = trained
+    config = json.loads((trial / "result.json").read_text())["config"]
+    config["model"].pop("upsample", None)  # as written before the field existed
+    cfg = TrialConfig.from_dict(config)
+    assert cfg.model.upsample == "bilinear"
+    copy = tmp_path / "trial"
+    shutil.copytree(trial, copy)
+    path = copy / "checkpoint" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    old = UNet(num_classes=cfg.data.num_classes, channels=tuple(cfg.model.channels), upsample="transposed")
+    state["best_state"] = old.state_dict()
+    torch.save(state, path)
+    model = load_selected_model(cfg, copy, torch.device("cpu"))
+    assert model.upsample == "transposed"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), old.state_dict().values()))

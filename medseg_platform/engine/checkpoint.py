@@ -106,6 +106,10 @@ def load_selected_model(cfg: TrialConfig, trial_dir: Path, device: torch.device,
     if best_step is not None and int(state.get("best_step", -1)) != int(best_step):
         raise MedsegError(f"{path}: selected step {state.get('best_step')} but result.json records step {best_step} "
                           f"(the checkpoint is not this finished trial's; {retrain})")
+    if cfg.model.upsample == "bilinear" and _transposed_up_path(state["best_state"]):
+        # a trial trained before model.upsample existed (2026-12-06): its config does not name the transposed
+        # up-paths its weights have (docs/shared.md, 'UNet backbone'); the weights decide the network
+        cfg = cfg.replace(**{"model.upsample": "transposed"})
     model = build_trial_model(cfg, device)
     try:
         model.load_state_dict(state["best_state"])
@@ -113,3 +117,10 @@ def load_selected_model(cfg: TrialConfig, trial_dir: Path, device: torch.device,
         raise MedsegError(f"{path}: its selected weights do not fit the trial's network ({str(exc).splitlines()[0]}); the "
                           f"checkpoint is not this trial's, or its config.json was edited; {retrain}") from None
     return model.eval()
+
+
+def _transposed_up_path(weights) -> bool:
+    """Whether a UNet state dict has the 2 x 2 transposed-convolution up-paths (``model.upsample="transposed"``); the
+    released up-path's first weight is a 1 x 1 convolution's."""
+    weight = weights.get("decoder.0.up.weight") if isinstance(weights, dict) else None
+    return isinstance(weight, torch.Tensor) and weight.dim() == 4 and tuple(weight.shape[-2:]) == (2, 2)
