@@ -200,6 +200,7 @@ class TrialConfig:
     def validate(self, check_data: bool = True) -> None:
         """Raise :class:`ConfigError` (one line) for any invalid value; cheap, runs before Ray starts."""
         from methods.registry import MODELS, OBJECTIVES, objective_config
+        from methods.unet import UPSAMPLING
 
         d, o, e = self.data, self.optim, self.eval
         if self.objective not in OBJECTIVES:
@@ -210,8 +211,9 @@ class TrialConfig:
             raise ConfigError(f"objective {self.objective!r}: {exc}") from None
         if self.model.name not in MODELS:
             raise ConfigError(f"model.name {self.model.name!r}: unknown; known models: {', '.join(sorted(MODELS))}")
-        if self.model.upsample not in ("bilinear", "transposed"):
-            raise ConfigError(f"model.upsample {self.model.upsample!r}: choose 'bilinear' (as released) or 'transposed'")
+        if self.model.upsample not in UPSAMPLING:
+            raise ConfigError(f"model.upsample {self.model.upsample!r}: choose one of {', '.join(map(repr, UPSAMPLING))} "
+                              "('bilinear' as released)")
         if len(self.model.channels) != 5 or any(int(c) < 1 for c in self.model.channels):
             raise ConfigError(f"model.channels {self.model.channels!r}: need five positive widths (encoder levels)")
         if len(d.patch_size) != 2 or any(int(s) < 16 or int(s) % 16 for s in d.patch_size):

@@ -617,9 +617,11 @@ class MonaObjective(Objective):
 
         out_l = self.student(x_l)
         z_l = logits_of(out_l)
+        # x_l^c: the labelled images through the released 8-bit round trip (docs/data.md, '8-bit round trip')
+        x_lc = round_trip_8bit(x_l) if cfg.copy_bn_update or use_eqv else None
         if cfg.copy_bn_update:  # the release's discarded student pass on x_l^c: BatchNorm statistics and dropout draws
             with torch.no_grad():
-                self.student(round_trip_8bit(x_l))
+                self.student(x_lc)
         sup, parts = supervised_loss(z_l, y_l, cfg.sup_weight)
         total = sup
         terms: dict[str, torch.Tensor] = {"sup": sup, **parts}
@@ -693,8 +695,7 @@ class MonaObjective(Objective):
         if use_eqv:
             x_s2 = augment.perturb(mixed.image)
             grid = sample_tps_grid(b_l + b_u, x_l.shape[2], x_l.shape[3], self.tps_config, device=x_l.device)
-            # x_l^c: the labelled images through the released 8-bit round trip (docs/data.md, '8-bit round trip')
-            warped_input = apply_warp(torch.cat([round_trip_8bit(x_l), x_s2]), grid)
+            warped_input = apply_warp(torch.cat([x_lc, x_s2]), grid)
             z_e = logits_of(self.student(warped_input))
             target = apply_warp(torch.cat([z_l, z_u]).detach(), grid)
             with torch.no_grad():

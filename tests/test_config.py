@@ -141,3 +141,8 @@ def test_a_whole_number_field_refuses_other_values(text):
 
     with pytest.raises(ConfigError, match=f"--set optim.max_steps={text}: expected a whole number"):
         parse_value("optim.max_steps", text, int)
+
+
+def test_an_unknown_up_path_is_a_one_line_config_error():
+    with pytest.raises(ConfigError, match=r"^model\.upsample 'nearest': choose one of 'bilinear', 'transposed' \('bilinear' as released\)$"):
+        TrialConfig.from_dict({"model": {"upsample": "nearest"}}).validate(check_data=False)
