@@ -138,18 +138,24 @@ PER_CASE_FIELDS = ("case", "class", "dice", "jaccard", "hd95", "asd")
 #: MONA/ARCO's discarded student pass on x_l^c (``copy_bn_update``).
 KEY_REVISIONS = {"mona": 2, "arco": 2, "action": 2}
 
+#: A revision that replaces :data:`KEY_REVISIONS`' entry for one strong-view mix (``data.strong_mix``) of an objective:
+#: the change touched only the trials with that mix. 3 (2026-12-06): MONA/ARCO's entropy percentiles over the pixels
+#: whose mixed pseudo-label is kept, as released (``cutout`` ignores a box; the other mixes keep every pixel).
+KEY_REVISIONS_BY_MIX = {("mona", "cutout"): 3, ("arco", "cutout"): 3}
+
 
 def trial_key(config: Mapping[str, Any]) -> str:
     """A readable, unique folder name for a resolved config: ``<objective>-l<labelled>-s<seed>-<hash10>``.
 
     Only the config counts (not the study's display tags), and the objective's :data:`KEY_REVISIONS` entry where it
-    has one: renaming or reordering table rows never makes a finished trial look new. ``conv_kernels`` counts only
-    when it is not ``"auto"``, its default: a config keeps the key it had before the field existed
-    (docs/methods.md, 'CPU convolution kernels').
+    has one (:data:`KEY_REVISIONS_BY_MIX`' for its strong-view mix, where that has one): renaming or reordering table
+    rows never makes a finished trial look new. ``conv_kernels`` counts only when it is not ``"auto"``, its default: a
+    config keeps the key it had before the field existed (docs/methods.md, 'CPU convolution kernels').
     """
     if config.get("conv_kernels") == "auto":
         config = {k: v for k, v in config.items() if k != "conv_kernels"}
-    revision = KEY_REVISIONS.get(str(config.get("objective")))
+    objective, mix = str(config.get("objective")), (config.get("data") or {}).get("strong_mix")
+    revision = KEY_REVISIONS_BY_MIX.get((objective, mix), KEY_REVISIONS.get(objective))
     canonical = json.dumps({"config": config, **({"revision": revision} if revision else {})}, sort_keys=True, default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
     labelled = str(config.get("data", {}).get("labelled", "")).replace("%", "pct")

@@ -170,7 +170,21 @@ def _sorted_percentile(values: torch.Tensor, percent: float) -> torch.Tensor:
     return torch.lerp(lo, hi, position - low).clamp(lo, hi)
 
 
-def entropy_percentile_masks(probs: torch.Tensor, alpha_percent: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _sorted_prefix_percentile(values: torch.Tensor, count: torch.Tensor, percent: float) -> torch.Tensor:
+    """:func:`_sorted_percentile` of the first ``count`` entries of an ascending 1-D tensor, with ``count`` a 0-d int64
+    tensor on the device (no host sync; ``count >= 1``). The same arithmetic in float64 (the host's Python floats), so
+    with ``count = len(values)`` the result is the same number."""
+    position = count.double().sub(1).mul(percent / 100.0)
+    low = torch.minimum(position.floor().long(), count - 1)
+    high = torch.minimum(low + 1, count - 1)
+    lo, hi = values[low], values[high]
+    weight = (position - low.double()).to(values.dtype)
+    return torch.lerp(lo, hi, weight).clamp(lo, hi)
+
+
+def entropy_percentile_masks(
+    probs: torch.Tensor, alpha_percent: float, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """U2PL's reliable/unreliable pixel masks by entropy percentile (MONA/ARCO; docs/mona.md,
     'Entropy masks and the alpha schedule').
 
@@ -184,6 +198,10 @@ def entropy_percentile_masks(probs: torch.Tensor, alpha_percent: float) -> tuple
     Args:
         probs: float (B, C, H, W) softmax probabilities.
         alpha_percent: α in [0, 100] (ConfigError otherwise), e.g. :func:`alpha_schedule`.
+        valid: optional bool (B, H, W): the pixels whose mixed pseudo-label is not ignored (``>= 0``). As
+            released, the percentiles are then taken over these pixels only and both masks are False elsewhere
+            (they differ from the unmasked ones only where a pixel is ignored: ``data.strong_mix="cutout"``).
+            No valid pixel at all gives two empty masks (the release's ``numpy.percentile`` raises there).
 
     Returns ``(low, high)``, bool (B, H, W) each. Edge cases: α = 0 gives ``low`` = the pixels whose entropy
     equals the minimum and ``high`` = those equal to the maximum (never empty); α = 100 gives all pixels in
@@ -193,12 +211,22 @@ def entropy_percentile_masks(probs: torch.Tensor, alpha_percent: float) -> tuple
     alpha = _check_float("entropy_percentile_masks", "alpha_percent", alpha_percent, minimum=0.0, maximum=100.0)
     if probs.dim() != 4 or probs.numel() == 0:
         raise DataError(f"entropy_percentile_masks: probs must be a non-empty (B, C, H, W), got {tuple(probs.shape)} (pass softmax maps)")
+    if valid is not None and (valid.dtype != torch.bool or valid.shape != probs[:, 0].shape):
+        raise DataError(f"entropy_percentile_masks: valid must be a bool (B, H, W) = {tuple(probs[:, 0].shape)}, got "
+                        f"{valid.dtype} {tuple(valid.shape)} (pass pseudo_label >= 0)")
     with torch.no_grad():  # masks only: no graph through the entropy
         entropy = pixel_entropy(probs)
-        ordered = entropy.flatten().sort().values
-        low_threshold = _sorted_percentile(ordered, alpha)
-        high_threshold = _sorted_percentile(ordered, 100.0 - alpha)
-        return entropy <= low_threshold, entropy >= high_threshold
+        if valid is None:
+            ordered = entropy.flatten().sort().values
+            low_threshold = _sorted_percentile(ordered, alpha)
+            high_threshold = _sorted_percentile(ordered, 100.0 - alpha)
+            return entropy <= low_threshold, entropy >= high_threshold
+        # ignored pixels sort after every valid one (+inf): the valid entropies are the sorted prefix
+        ordered = entropy.masked_fill(~valid, math.inf).flatten().sort().values
+        count = valid.sum().clamp_min(1)
+        low_threshold = _sorted_prefix_percentile(ordered, count, alpha)
+        high_threshold = _sorted_prefix_percentile(ordered, count, 100.0 - alpha)
+        return (entropy <= low_threshold) & valid, (entropy >= high_threshold) & valid
 
 
 def alpha_schedule(step: int, max_steps: int, steps_per_epoch: int, alpha0: float = 20.0) -> float:

@@ -661,7 +661,9 @@ class MonaObjective(Objective):
                 alpha = alpha_schedule(step, max_steps, cfg.steps_per_epoch, cfg.alpha0)
                 with torch.no_grad():
                     entropy_logits = z_u if cfg.entropy_source == "student" else logits_of(teacher_u)
-                    low_u, high_u = entropy_percentile_masks(torch.softmax(entropy_logits.detach(), dim=1), alpha)
+                    # over the pixels whose mixed pseudo-label is kept, as released (all of them unless cutout)
+                    low_u, high_u = entropy_percentile_masks(torch.softmax(entropy_logits.detach(), dim=1), alpha,
+                                                             valid=pseudo_mixed.ge(0))
                     ones = torch.ones_like(y_l, dtype=torch.bool)
                     low, high = torch.cat([ones, low_u]), torch.cat([ones, high_u])
                     teacher_probs = torch.softmax(torch.cat([logits_of(teacher_l), logits_of(teacher_u)]), dim=1)

@@ -130,3 +130,27 @@ def test_a_key_revision_renames_only_its_objectives_trials():
         else:
             assert trial_key(config) == unrevised(config)
     assert {"mona", "arco", "action"} <= set(KEY_REVISIONS)
+
+
+def test_a_mix_revision_renames_only_the_trials_with_that_mix():
+    """``KEY_REVISIONS_BY_MIX``: MONA/ARCO trials with the cutout strong view train otherwise since their entropy
+    percentiles skip the ignored box; their keys change, those with CutMix (every default) keep theirs."""
+    from medseg_platform.results import KEY_REVISIONS, KEY_REVISIONS_BY_MIX, trial_key
+
+    def config(objective, mix):
+        return {"objective": objective, "seed": 1, "data": {"labelled": "1", "strong_mix": mix}, "objective_params": {}}
+
+    def with_revision(cfg, revision):
+        from unittest import mock
+
+        with mock.patch.dict(KEY_REVISIONS_BY_MIX, clear=True), mock.patch.dict(KEY_REVISIONS, {cfg["objective"]: revision}):
+            return trial_key(cfg)
+
+    for objective in ("mona", "arco"):
+        assert KEY_REVISIONS_BY_MIX[(objective, "cutout")] != KEY_REVISIONS[objective]
+        cutout, cutmix = config(objective, "cutout"), config(objective, "cutmix")
+        assert trial_key(cutmix) == with_revision(cutmix, KEY_REVISIONS[objective])  # unchanged
+        assert trial_key(cutout) != with_revision(cutout, KEY_REVISIONS[objective])  # renamed
+        assert trial_key(cutout) == with_revision(cutout, KEY_REVISIONS_BY_MIX[(objective, "cutout")])
+    action = config("action", "cutout")
+    assert trial_key(action) == with_revision(action, KEY_REVISIONS["action"])  # ACTION has no entropy masks

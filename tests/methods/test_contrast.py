@@ -203,6 +203,41 @@ def test_entropy_values_and_numpy_percentile_agree():
         assert abs(low.float().mean().item() - alpha / 100) < 1.5 / h.numel() + 1e-6
 
 
+def test_entropy_masks_over_valid_pixels_as_released():
+    """With ``valid`` (the mixed pseudo-label is not ignored, e.g. outside a cutout box) the percentiles are taken over
+    the valid pixels only and both masks are False elsewhere, as the release's ``np.percentile(entropy[label >= 0])``
+    and its masks times ``label >= 0``; all pixels valid gives exactly the unmasked masks (CutMix: unchanged)."""
+    gen = torch.Generator().manual_seed(11)
+    for trial in range(200):
+        probs = torch.softmax(torch.randn(3, 4, 6, 5, generator=gen) * 3, dim=1)
+        if trial % 4 == 0:  # many ties
+            probs = torch.softmax((torch.randn(3, 4, 6, 5, generator=gen) * 2).round(), dim=1)
+        alpha = float(torch.rand((), generator=gen) * 100) if trial % 5 else float(trial % 101)
+        everything = torch.ones(3, 6, 5, dtype=torch.bool)
+        plain, masked_all = entropy_percentile_masks(probs, alpha), entropy_percentile_masks(probs, alpha, everything)
+        assert torch.equal(plain[0], masked_all[0]) and torch.equal(plain[1], masked_all[1])
+        valid = torch.rand(3, 6, 5, generator=gen) < 0.6
+        valid[0, 0, 0] = True
+        h = pixel_entropy(probs)
+        kept = h[valid].double().numpy()
+        low, high = entropy_percentile_masks(probs, alpha, valid)
+        assert torch.equal(low, (h <= torch.tensor(np.percentile(kept, alpha), dtype=torch.float32)) & valid)
+        assert torch.equal(high, (h >= torch.tensor(np.percentile(kept, 100 - alpha), dtype=torch.float32)) & valid)
+    # the thresholds differ from the unmasked ones: a confident ignored box would pull the low threshold down
+    probs = torch.softmax(torch.randn(1, 2, 4, 4, generator=gen), dim=1)
+    probs[0, :, :2, :2] = torch.tensor([1.0, 0.0]).view(2, 1, 1)  # entropy 0 in the box
+    box = torch.ones(1, 4, 4, dtype=torch.bool)
+    box[0, :2, :2] = False
+    low_all, _ = entropy_percentile_masks(probs, 20.0)
+    low_valid, _ = entropy_percentile_masks(probs, 20.0, box)
+    assert low_all[0, :2, :2].all() and low_all[box].sum() == 0  # unmasked: only the box is "reliable"
+    assert not low_valid[0, :2, :2].any() and low_valid[box].sum() >= 2  # as released: the valid pixels' lowest 20%
+    none = entropy_percentile_masks(probs, 20.0, torch.zeros(1, 4, 4, dtype=torch.bool))
+    assert not none[0].any() and not none[1].any()
+    with pytest.raises(DataError, match="valid must be a bool"):
+        entropy_percentile_masks(probs, 20.0, box.float())
+
+
 @pytest.mark.parametrize("bad", [-1, 100.5, float("nan"), None])
 def test_entropy_masks_reject_bad_alpha(bad):
     with pytest.raises(ValueError, match="alpha_percent"):

@@ -11,6 +11,7 @@ import torch
 
 from methods.arco import ArcoConfig, ArcoObjective
 from methods.errors import ConfigError
+from methods.contrast import entropy_percentile_masks
 from methods.memory_bank import ClassMemoryBank
 from methods.mona import MonaConfig, MonaObjective, equivariance_loss, nn_loss
 from methods.objective import Batch, IdentityStrongAugment, StrongView
@@ -639,3 +640,36 @@ def test_the_release_s_discarded_x_l_copy_pass_moves_the_student_s_batchnorm_sta
     # student passes in train mode: x_l, (x_l^c), x_u^{s1}, the warped [x_l^c; x_u^{s2}]
     assert int(norms[0].num_batches_tracked) - before == passes
     out.total.backward()  # the discarded pass took no part in the graph
+
+
+class BoxIgnoredAugment(NoisyAugment):
+    """A cutout-like mix: the pseudo-label of a box of each image is -1 (ignored)."""
+
+    def mix(self, image, pseudo_label, confidence) -> StrongView:
+        pseudo_label = pseudo_label.clone()
+        pseudo_label[:, 4:20, 4:20] = -1
+        return StrongView(image, pseudo_label, confidence)
+
+
+def test_the_entropy_percentiles_skip_ignored_pixels_as_released(monkeypatch):
+    """MONA/ARCO pass the mixed pseudo-label's kept pixels to the entropy masks (docs/mona.md, 'Entropy masks and the
+    alpha schedule'): with a cutout box the percentiles are over the pixels outside it and the masks are empty in it."""
+    import methods.mona as mona
+
+    seen = []
+
+    def spy(probs, alpha, valid=None):
+        masks = entropy_percentile_masks(probs, alpha, valid)
+        seen.append((valid, masks))
+        return masks
+
+    monkeypatch.setattr(mona, "entropy_percentile_masks", spy)
+    objective = make()
+    objective.loss(shape_batch(torch.Generator().manual_seed(0), augment=BoxIgnoredAugment()), 0, 4)
+    ((valid, (low, high)),) = seen
+    expected = torch.ones(2, 32, 32, dtype=torch.bool)
+    expected[:, 4:20, 4:20] = False
+    assert torch.equal(valid, expected)
+    assert not low[:, 4:20, 4:20].any() and not high[:, 4:20, 4:20].any()
+    kept = int(expected.sum())  # the masks hold about alpha_0 = 20% of the kept pixels each (ties: at least that)
+    assert 0.2 * kept - 1 <= int(low.sum()) and 0.2 * kept - 1 <= int(high.sum()) < 0.5 * kept
