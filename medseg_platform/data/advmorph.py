@@ -72,14 +72,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from medseg_platform.data.augment import (
-    _check_generator,
-    _check_image_batch,
-    _check_probability,
-    _fail,
-    _to_device,
-    gaussian_kernels,
-)
+from medseg_platform.data.augment_checks import _check_generator, _check_image_batch, _check_probability, _fail, _to_device
+from medseg_platform.data.photometric import gaussian_kernels
 
 __all__ = [
     "coarse_field_size",
