@@ -24,7 +24,10 @@ Profiles differ only in numbers, never in code paths:
   - learning rate 0.1 (10x the released 0.01, for a schedule 120x shorter): supervised at 1 patient and 250 steps
     scored 33.0 / 44.9 / 54.4 at 0.02 / 0.05 / 0.1 (4 seeds); at 0.1 every method trained without a non-finite loss.
     Re-measured with the released defaults (3 seeds): at 0.2 and 0.3 supervised-only, mean teacher, MONA and ACTION
-    all lose 1-9 points of mean test Dice, and ACTION's seed 2 does not learn at 0.3. AdamW at 0.003 helps only
+    all lose 1-9 points of mean test Dice, and ACTION's seed 2 does not learn at 0.3. Re-measured with every
+    method as released (2026-12-06): at 0.05 ACTION's rows do not learn on two seeds of three (9 of 24 flagged); at
+    0.2 4 of 24 are flagged against 7 at 0.1, but rows move both ways by up to 11 points (``benchmarks/RESULTS.md``,
+    "the learning rate again, with the released network"); 0.1 stays. AdamW at 0.003 helps only
     MONA (from its pretrained stage) and leaves 4 of 12 trials not learning; a half-width UNet (channels 8-128) lifts
     three of four rows by 5-8 points at 1.1-1.4x the time, with as many trials still rising (``benchmarks/RESULTS.md``,
     "neither AdamW nor a half-width UNet buys a converged table either").
