@@ -172,14 +172,17 @@ def _sorted_percentile(values: torch.Tensor, percent: float) -> torch.Tensor:
 
 def _sorted_prefix_percentile(values: torch.Tensor, count: torch.Tensor, percent: float) -> torch.Tensor:
     """:func:`_sorted_percentile` of the first ``count`` entries of an ascending 1-D tensor, with ``count`` a 0-d int64
-    tensor on the device (no host sync; ``count >= 1``). The same arithmetic in float64 (the host's Python floats), so
-    with ``count = len(values)`` the result is the same number."""
+    tensor on the device (``count >= 1``). No host sync: the ranks are gathered, not used as Python indices. The
+    position is computed in float64 (the host's Python floats) and the interpolation in float32 at least (as
+    ``torch.lerp`` with a Python weight computes it), so with ``count = len(values)`` the result is the same number,
+    in half precision too. Needs float64 on the device (CPU and CUDA have it)."""
     position = count.double().sub(1).mul(percent / 100.0)
     low = torch.minimum(position.floor().long(), count - 1)
     high = torch.minimum(low + 1, count - 1)
-    lo, hi = values[low], values[high]
-    weight = (position - low.double()).to(values.dtype)
-    return torch.lerp(lo, hi, weight).clamp(lo, hi)
+    lo, hi = values.gather(0, low.view(1)).squeeze(0), values.gather(0, high.view(1)).squeeze(0)
+    compute = torch.promote_types(values.dtype, torch.float32)
+    weight = (position - low.double()).to(compute)
+    return torch.lerp(lo.to(compute), hi.to(compute), weight).to(values.dtype).clamp(lo, hi)
 
 
 def entropy_percentile_masks(
@@ -199,14 +202,16 @@ def entropy_percentile_masks(
         probs: float (B, C, H, W) softmax probabilities.
         alpha_percent: α in [0, 100] (ConfigError otherwise), e.g. :func:`alpha_schedule`.
         valid: optional bool (B, H, W): the pixels whose mixed pseudo-label is not ignored (``>= 0``). As
-            released, the percentiles are then taken over these pixels only and both masks are False elsewhere
-            (they differ from the unmasked ones only where a pixel is ignored: ``data.strong_mix="cutout"``).
-            No valid pixel at all gives two empty masks (the release's ``numpy.percentile`` raises there).
+            released, the percentiles are then taken over these pixels only and both masks are False elsewhere.
+            The masks differ from the unmasked ones only when some pixel is ignored (``data.strong_mix="cutout"``),
+            and then at valid pixels too (the thresholds move). No valid pixel at all gives two empty masks (the
+            release's ``numpy.percentile`` raises there); a single one is in both masks.
 
-    Returns ``(low, high)``, bool (B, H, W) each. Edge cases: α = 0 gives ``low`` = the pixels whose entropy
-    equals the minimum and ``high`` = those equal to the maximum (never empty); α = 100 gives all pixels in
-    both; α = 50 splits at the median (a pixel exactly at the median is in both). Ties at a threshold are
-    included. The schedule never reaches 0 (its last value is α0/E). The sort is on the device, no sync.
+    Returns ``(low, high)``, bool (B, H, W) each. Edge cases (with at least one valid pixel): α = 0 gives ``low`` =
+    the pixels whose entropy equals the minimum and ``high`` = those equal to the maximum (never empty); α = 100
+    gives all (valid) pixels in both; α = 50 splits at the median (a pixel exactly at the median is in both). Ties
+    at a threshold are included. The schedule never reaches 0 (its last value is α0/E). The sort is on the device,
+    no sync.
     """
     alpha = _check_float("entropy_percentile_masks", "alpha_percent", alpha_percent, minimum=0.0, maximum=100.0)
     if probs.dim() != 4 or probs.numel() == 0:

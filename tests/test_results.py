@@ -5,6 +5,7 @@ is one problem line."""
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 
@@ -141,8 +142,6 @@ def test_a_mix_revision_renames_only_the_trials_with_that_mix():
         return {"objective": objective, "seed": 1, "data": {"labelled": "1", "strong_mix": mix}, "objective_params": {}}
 
     def with_revision(cfg, revision):
-        from unittest import mock
-
         with mock.patch.dict(KEY_REVISIONS_BY_MIX, clear=True), mock.patch.dict(KEY_REVISIONS, {cfg["objective"]: revision}):
             return trial_key(cfg)
 

@@ -234,8 +234,26 @@ def test_entropy_masks_over_valid_pixels_as_released():
     assert not low_valid[0, :2, :2].any() and low_valid[box].sum() >= 2  # as released: the valid pixels' lowest 20%
     none = entropy_percentile_masks(probs, 20.0, torch.zeros(1, 4, 4, dtype=torch.bool))
     assert not none[0].any() and not none[1].any()
+    single = torch.zeros(1, 4, 4, dtype=torch.bool)
+    single[0, 3, 1] = True
+    for alpha in (0.0, 20.0, 100.0):  # one valid pixel: it is both the reliable and the unreliable one
+        low_one, high_one = entropy_percentile_masks(probs, alpha, single)
+        assert torch.equal(low_one, single) and torch.equal(high_one, single)
     with pytest.raises(DataError, match="valid must be a bool"):
         entropy_percentile_masks(probs, 20.0, box.float())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_entropy_masks_with_every_pixel_valid_equal_the_unmasked_ones_in_every_dtype(dtype):
+    """The masked percentile interpolates in float32 at least, as ``torch.lerp`` with a Python weight does: with every
+    pixel valid its masks equal the unmasked path's under autocast's half precision too (the CPU's bf16 softmax)."""
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(300):
+        probs = torch.softmax(torch.randn(2, 4, 7, 6, generator=gen) * 3, dim=1).to(dtype)
+        alpha = float(torch.rand((), generator=gen) * 100)
+        plain = entropy_percentile_masks(probs, alpha)
+        masked = entropy_percentile_masks(probs, alpha, torch.ones(2, 7, 6, dtype=torch.bool))
+        assert torch.equal(plain[0], masked[0]) and torch.equal(plain[1], masked[1])
 
 
 @pytest.mark.parametrize("bad", [-1, 100.5, float("nan"), None])

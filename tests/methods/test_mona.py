@@ -6,12 +6,13 @@ import copy
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from methods.arco import ArcoConfig, ArcoObjective
+from methods.contrast import entropy_percentile_masks, pixel_entropy
 from methods.errors import ConfigError
-from methods.contrast import entropy_percentile_masks
 from methods.memory_bank import ClassMemoryBank
 from methods.mona import MonaConfig, MonaObjective, equivariance_loss, nn_loss
 from methods.objective import Batch, IdentityStrongAugment, StrongView
@@ -660,16 +661,19 @@ def test_the_entropy_percentiles_skip_ignored_pixels_as_released(monkeypatch):
 
     def spy(probs, alpha, valid=None):
         masks = entropy_percentile_masks(probs, alpha, valid)
-        seen.append((valid, masks))
+        seen.append((probs, alpha, valid, masks))
         return masks
 
     monkeypatch.setattr(mona, "entropy_percentile_masks", spy)
     objective = make()
     objective.loss(shape_batch(torch.Generator().manual_seed(0), augment=BoxIgnoredAugment()), 0, 4)
-    ((valid, (low, high)),) = seen
+    ((probs, alpha, valid, (low, high)),) = seen
     expected = torch.ones(2, 32, 32, dtype=torch.bool)
     expected[:, 4:20, 4:20] = False
     assert torch.equal(valid, expected)
     assert not low[:, 4:20, 4:20].any() and not high[:, 4:20, 4:20].any()
-    kept = int(expected.sum())  # the masks hold about alpha_0 = 20% of the kept pixels each (ties: at least that)
-    assert 0.2 * kept - 1 <= int(low.sum()) and 0.2 * kept - 1 <= int(high.sum()) < 0.5 * kept
+    # the thresholds are numpy's percentiles of the kept pixels' entropies (the release's np.percentile call)
+    entropy = pixel_entropy(probs)
+    kept = entropy[expected].double().numpy()
+    assert torch.equal(low, (entropy <= torch.tensor(np.percentile(kept, alpha), dtype=entropy.dtype)) & expected)
+    assert torch.equal(high, (entropy >= torch.tensor(np.percentile(kept, 100 - alpha), dtype=entropy.dtype)) & expected)
