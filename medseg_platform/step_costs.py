@@ -10,14 +10,18 @@ import json
 from dataclasses import dataclass
 from typing import Mapping
 
-#: Prior cost of one optimisation step of each objective, in supervised steps: the in-trial step times of the default
-#: quick study (``benchmarks/RESULTS.md``, "The released UNet up-path", the run of 2026-12-06 in a fresh clone:
-#: fine-tuning seconds per step of each row over the supervised row's, 3 trials a row, two trials sharing the 2 cores;
-#: ARCO the mean of SG and SAG; the pretraining stages' mean). The rows without the pixel-contrast term have their
-#: own keys (:func:`cost_key`). Priors only: once a trial reports its step rate in this run, that rate replaces the
-#: prior of its key (:class:`medseg_platform.progress.ProgressCallback`).
-STEP_COST = {"supervised": 1.0, "mean_teacher": 1.9, "mona": 6.2, "arco": 5.8, "action": 4.7, "isd_pretrain": 8.0,
-             "mona w/o contrast": 4.4, "arco w/o contrast": 4.4, "action w/o anco": 2.4}
+#: Prior cost of one optimisation step of each objective, in supervised steps, measured as the ETA uses them
+#: (``benchmarks/RESULTS.md``, "Step-cost priors"): in the default quick study with the methods as released (a fresh
+#: clone of 3a773b6, 3 trials a row, two sharing the 2 cores), the cost unit is the supervised-only trials' seconds
+#: (start to end) over their cost units (steps, and :data:`EVALUATION_COST` per evaluation); a row's prior is its
+#: trials' seconds less their pretraining, in units, less their evaluations, per fine-tuning step. So a trial's
+#: start-up is priced into every row as it is into the unit the ETA learns from the first finished trials. ARCO is
+#: the mean of SG and SAG; ``isd_pretrain`` the stages' pretraining units per stage step (MONA/ARCO's and ACTION's
+#: together). The rows without the pixel-contrast term have their own keys (:func:`cost_key`). Priors only: once a
+#: trial reports its step rate in this run, that rate replaces the prior of its key
+#: (:class:`medseg_platform.progress.ProgressCallback`).
+STEP_COST = {"supervised": 1.0, "mean_teacher": 1.5, "mona": 4.9, "arco": 5.3, "action": 3.9, "isd_pretrain": 6.7,
+             "mona w/o contrast": 3.9, "arco w/o contrast": 3.9, "action w/o anco": 2.1}
 #: The prior of an objective missing from :data:`STEP_COST` (a newly registered one), until its rate is observed; the
 #: dry run names such objectives. ``tests/test_progress.py`` asks every registered objective for a measured entry
 #: (docs/methods.md, 'Adding a method').

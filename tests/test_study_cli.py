@@ -234,14 +234,14 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch
                 "ACTION w/o L_anco": (TO_RUN, steps * STEP_COST["action w/o anco"] + evaluations)}
     assert [(t.row, t.status) for t in plan.trials] == [(row, status) for row, (status, _) in expected.items()]
     assert [t.units for t in plan.trials] == pytest.approx([units for _, units in expected.values()])
-    # by hand: 32.4 + 58.2 + 47.4 + 55.8 + 55.8 + 97.2 + 35.4 = 382.2 units; 2 slots: max(382.2 / 2, 97.2) x 0.01 s
-    assert plan.total_units == pytest.approx(382.2) and plan.wall_s == pytest.approx(1.911)
+    # by hand: 30.0 + 50.4 + 44.4 + 52.8 + 52.8 + 84.6 + 33.6 = 348.6 units; 2 slots: max(348.6 / 2, 84.6) x 0.01 s
+    assert plan.total_units == pytest.approx(348.6) and plan.wall_s == pytest.approx(1.743)
     text = format_plan(plan)
-    assert "Totals: 8 trial(s): 1 finished, 4 cached pretraining, 3 to run; 382.2 cost units to run" in text
+    assert "Totals: 8 trial(s): 1 finished, 4 cached pretraining, 3 to run; 348.6 cost units to run" in text
     assert "Estimated wall time: 2 s with 2 trial(s) at once (2 CPUs of this machine / 1 per trial)" in text
     assert text.rstrip().endswith("1 unit = 10.0 ms, a test constant")
     study.max_concurrent = 1
-    assert plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2).wall_s == pytest.approx(3.822)
+    assert plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2).wall_s == pytest.approx(3.486)
     # multi-worker trials: each of the 7 runs also pays its Ray Train worker group (the dry run said 2 s; a run took 95)
     study.max_concurrent, study.num_workers = None, 2
     workers = plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2)
