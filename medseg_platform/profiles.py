@@ -25,9 +25,9 @@ Profiles differ only in numbers, never in code paths:
     scored 33.0 / 44.9 / 54.4 at 0.02 / 0.05 / 0.1 (4 seeds); at 0.1 every method trained without a non-finite loss.
     Re-measured with the released defaults (3 seeds): at 0.2 and 0.3 supervised-only, mean teacher, MONA and ACTION
     all lose 1-9 points of mean test Dice, and ACTION's seed 2 does not learn at 0.3. Re-measured with every
-    method as released (2026-12-06): at 0.05 ACTION's rows do not learn on two seeds of three (9 of 24 flagged); at
-    0.2 4 of 24 are flagged against 7 at 0.1, but rows move both ways by up to 11 points (``benchmarks/RESULTS.md``,
-    "the learning rate again, with the released network"); 0.1 stays. AdamW at 0.003 helps only
+    method as released (2026-12-06): at 0.05 ACTION's rows do not learn on two seeds of three (9 of 24 flagged) while
+    the MONA/ARCO rows gain 9-12 points; at 0.2 4 of 24 are flagged against 7 at 0.1, but rows move both ways by up
+    to 11 points (``benchmarks/RESULTS.md``, "the learning rate again, with the released network"); 0.1 stays. AdamW at 0.003 helps only
     MONA (from its pretrained stage) and leaves 4 of 12 trials not learning; a half-width UNet (channels 8-128) lifts
     three of four rows by 5-8 points at 1.1-1.4x the time, with as many trials still rising (``benchmarks/RESULTS.md``,
     "neither AdamW nor a half-width UNet buys a converged table either").
@@ -43,8 +43,8 @@ Profiles differ only in numbers, never in code paths:
     every semi-supervised row was above supervised-only in the mean. Re-measured with every method as released
     (2026-12-06, 3.1x the default's wall time): 2 of 24 flagged (mean teacher seed 3 still rising, ACTION seed 2
     collapsed) and no semi-supervised row above supervised-only (``benchmarks/RESULTS.md``, "Three times the steps
-    with the released methods"): the settled table, beyond the budget, where the papers' ordering does not appear
-    at this scale. 3 labelled patients instead of 1 at 250 steps flag more trials, not fewer (11 of 24 still rising).
+    with the released methods"): the longer run, beyond the budget, where the papers' ordering does not appear at
+    this scale. 3 labelled patients instead of 1 at 250 steps flag more trials, not fewer (11 of 24 still rising).
     The quick table tests the pipeline and shows seed spread; it does not rank the methods.
   - more labelled patients need more steps: at 250 steps supervised scored 54.4 / 55.5 / 48.0 at 1 / 3 / 7 patients
     (3 seeds), at 500 steps 7 patients scored 65.2 and 72.8 (2 seeds, validated every 50 steps).
