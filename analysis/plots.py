@@ -577,7 +577,8 @@ def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[in
     cases = reference["cases"]
     methods = [m for m in methods if chosen[m][1]["cases"] == cases]  # only trials that kept the same slices
     ncols = 2 + len(methods)
-    fig = _new_figure(min(26.0, 1.9 * ncols + 0.6), 1.9 * len(cases) + 1.3)
+    width = min(26.0, 1.9 * ncols + 0.6)
+    fig = _new_figure(width, 1.9 * len(cases) + 1.3)
     grid = fig.subplots(len(cases), ncols, squeeze=False)
     titles = ["image", "ground truth"] + methods
     for i, case in enumerate(cases):  # every panel of a row shows the same window around the ground truth
@@ -595,8 +596,9 @@ def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[in
     patches = [Patch(color=CLASS_COLOURS.get(c, OTHER_CLASS_COLOUR), alpha=0.7, label=class_names[c]) for c in sorted(class_names)]
     fig.legend(handles=patches, loc="outside lower center", ncol=len(patches), fontsize="small", frameon=False)
     which = "the search sample of the best val Dice" if is_search(records) else "trial of the lowest seed"
-    fig.suptitle(f"Test predictions, {column} (middle slice of the first test cases, cropped around the ground "
-                 f"truth; {which})", fontsize="medium")
+    title = (f"Test predictions, {column} (middle slice of the first test cases, cropped around the ground truth; "
+             f"{which})")
+    fig.suptitle(_wrap(title, int(width * 10)), fontsize="medium")  # about 10 characters an inch: it fits a narrow figure
     return fig
 
 

@@ -202,6 +202,14 @@ def test_training_curves_and_qualitative_overlays(records, colours):
     assert len(overlay.axes) == 3 * (2 + 3)  # 3 slices x (image, ground truth, 3 methods)
     assert [ax.get_title() for ax in overlay.axes[:5]] == ["image", "ground truth", "MONA", "Mean teacher", "ARCO-SG"]
     assert overlay.axes[0].get_ylabel() == "patient000_frame01\nslice 2"
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    narrow = plots.qualitative_overlays([r for r in records if r.result["tags"]["row"] == "MONA"], "1 patient (1.4%)")
+    for fig in (overlay, narrow):  # the title was one line, cut at both edges of a figure of one or two methods
+        FigureCanvasAgg(fig).draw()
+        box = fig._suptitle.get_window_extent()
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.width, (box, fig.bbox.width)
+    assert len(narrow.axes) == 3 * 3 and "\n" in narrow._suptitle.get_text()
     assert isinstance(plots.qualitative_overlays(records, "7 patients (10.0%)"), plots.Skipped)
 
 
@@ -237,7 +245,7 @@ def test_a_search_is_plotted_over_its_samples_and_shows_its_best_sample(tmp_path
     best = max(records, key=lambda r: r.result["best_val_dice"])
     assert min(records, key=plots._qualitative_rank) is best
     overlay = plots.qualitative_overlays(records, "1 patient (1.4%)")
-    assert "the search sample of the best val Dice" in overlay._suptitle.get_text()
+    assert "the search sample of the best val Dice" in overlay._suptitle.get_text().replace("\n", " ")  # wrapped to fit
     written, _ = plots.write_plots(records, tmp_path / "plots", log=lambda m: None)
     assert {p.path.name: p.description for p in written}["bars_dice.png"].startswith(
         "Test Dice per class and method (mean \u00b1 std over search samples)")
