@@ -6,7 +6,8 @@ every volume is predicted exactly as the trial's own test evaluation predicts it
 (:func:`medseg_platform.engine.predict_case`: slice-wise at the trial's patch size, its ``eval.resize`` policy), so
 a prediction of the trial's own test split scores what its ``per_case.csv`` holds.
 
-``medseg predict --trial DIR --data-root ROOT --out OUT [--split test|val|all]`` writes per case:
+``medseg predict --trial DIR [--data-root ROOT] --out OUT [--split test|val|all]`` writes per case (``--data-root``
+defaults to the dataset the trial trained on, its ``config.json``'s ``data.root``):
 
 * ``OUT/<case>.h5``: dataset ``pred`` (uint8 D×H×W label map at the volume's native size) and, when known, the
   ``spacing`` attribute (mm, D, H, W). ``medseg evaluate --pred OUT --gt ROOT`` scores the folder as it is.
@@ -570,10 +571,11 @@ def add_cli(subparsers) -> None:
         ),
     )
     parser.add_argument("--trial", required=True, metavar="DIR", help="a finished trial folder (<results>/<study>/trials/<key>)")
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--data-root", metavar="ROOT",
                         help="dataset root in the SSL4MIS/ACDC layout (all three list files present, even for --split test; "
-                             "medseg data convert-nifti writes them)")
+                             "medseg data convert-nifti writes them); default: the dataset the trial trained on (its "
+                             "config.json's data.root, e.g. the embedded phantom)")
     source.add_argument("--images", nargs="+", metavar="PATH",
                         help="NIfTI scans never converted: .nii/.nii.gz files, or folders (every NIfTI file directly in "
                              "them but *_gt/*_pred label or prediction files and 4-D files); case ids as convert-nifti's")
@@ -594,6 +596,24 @@ def _suffix(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("give the ending of the label files' names, e.g. _seg")
     return text
+
+
+def trained_data_root(trial_dir: str | Path) -> str:
+    """The dataset root a trial trained on (its ``config.json``'s ``data.root``): ``medseg predict``'s default
+    ``--data-root``. :class:`MedsegError` (one line, naming what to pass) when the trial folder has no readable config or
+    the dataset is no longer there."""
+    import json
+
+    path = Path(trial_dir).expanduser() / "config.json"
+    try:
+        root = json.loads(path.read_text())["config"]["data"]["root"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise MedsegError(f"--data-root: not given, and {path} does not say which dataset the trial trained on "
+                          f"({type(err).__name__}); pass --data-root ROOT or --images") from None
+    if not root or not Path(root).is_dir():
+        raise MedsegError(f"--data-root: not given, and the dataset the trial trained on, {root}, is not there any more; "
+                          "pass --data-root ROOT (or --images)")
+    return str(root)
 
 
 def evaluate_command(out: Path, summary: dict) -> str:
@@ -632,7 +652,10 @@ def run(args) -> int:
     if args.label_suffix is not None:
         raise MedsegError("--label-suffix: names the label files beside --images scans; a --data-root dataset knows its own")
     split = args.split or "test"
-    summary = predict_trial(args.trial, args.data_root, args.out, split, log=progress)
+    data_root = args.data_root if args.data_root is not None else trained_data_root(args.trial)
+    if args.data_root is None:
+        progress(f"--data-root: the trial's own dataset, {data_root}")
+    summary = predict_trial(args.trial, data_root, args.out, split, log=progress)
     nifti = (f"; NIfTI with the source affine for {len(summary['nifti'])} of them in {out / NIFTI_DIR}" if summary["nifti"]
              else "; h5 only (the dataset's manifest records no source NIfTI affine)")
     print(f"wrote {len(summary['cases'])} prediction(s) of the {split} split to {out}{nifti}")

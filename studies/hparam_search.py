@@ -150,7 +150,8 @@ def main(argv=None) -> int:
                   "apart (the earliest is named; a longer profile or more val cases separates them)")
         folder = trial_folder(built[0].study_dir, best.key)
         print(f"  its trial folder (weights, per-case results): {folder}\n"
-              f"  predict with it: medseg predict --trial {shlex.quote(str(folder))} --data-root DATA --out PREDICTIONS\n"
+              f"  predict with it: medseg predict --trial {shlex.quote(str(folder))} --out PREDICTIONS (its own test split; "
+              "--data-root DATA for another dataset)\n"
               f"  train it with another seed: medseg train --config {shlex.quote(str(built[0].study_dir / BEST_FILE))} --seed 2 "
               "(its own seed gives the trial above, which medseg train reuses)")
     else:

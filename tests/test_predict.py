@@ -651,3 +651,22 @@ def test_a_trial_of_the_earlier_transposed_unet_is_predicted_with_its_own_networ
     model = load_selected_model(cfg, copy, torch.device("cpu"))
     assert model.upsample == "transposed"
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), old.state_dict().values()))
+
+
+def test_without_data_root_the_trial_s_own_dataset_is_predicted(trained, tmp_path, capsys):
+    """The walkthrough: a phantom trial needed its cache path typed out, though its config.json records it. Without
+    --data-root the trial's data.root is used (and named); a trial whose dataset is gone is a one-line error."""
+    root, trial = trained
+    out = tmp_path / "own"
+    assert main(["predict", "--trial", str(trial), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"--data-root: the trial's own dataset, {root}" in captured.err
+    assert json.loads((out / "prediction.json").read_text())["data_root"] == str(root)
+    moved = tmp_path / "moved"
+    shutil.copytree(trial, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["config"]["data"]["root"] = str(tmp_path / "gone")
+    (moved / "config.json").write_text(json.dumps(config))
+    assert main(["predict", "--trial", str(moved), "--out", str(tmp_path / "none")]) == 2
+    assert "is not there any more; pass --data-root ROOT" in one_line_error(capsys)
+    assert not (tmp_path / "none").exists()

@@ -133,7 +133,7 @@ def test_hparam_search_smoke(smoke, capsys):
     best = json.loads((study_dir / "best_config.json").read_text())
     folder = study_dir / "trials" / best["trial_key"]
     assert f"its trial folder (weights, per-case results): {folder}\n" in out  # the probe had to guess it
-    assert f"predict with it: medseg predict --trial {folder} --data-root DATA" in out
+    assert f"predict with it: medseg predict --trial {folder} --out PREDICTIONS (its own test split; " in out
     assert (f"train it with another seed: medseg train --config {study_dir / 'best_config.json'} --seed 2 (its own seed "
             "gives the trial above, which medseg train reuses)\n") in out  # "train it again" only reused that trial
     assert "search: 3 of 3 samples proposed (" in out
