@@ -74,7 +74,8 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--name", default=None, help="study folder name (default: train-<method>-<profile>); give runs of "
                         "several methods one --name to table them together")
     parser.add_argument("--in-process", action="store_true",
-                        help="train in this process without Ray (for debugging); same result files, resumes from the checkpoint")
+                        help="train in this process without Ray (for debugging); same result files, resumes from the checkpoint; "
+                        "a finished trial of the same configuration is reused, not trained again (delete its folder to retrain)")
     parser.add_argument("--address", default=None, help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
     parser.add_argument("--gpus-per-trial", type=amount(positive=False), default=0.0, help="GPUs for the trial through Ray (default 0: CPU)")
@@ -155,7 +156,7 @@ def build_study(args):
         name, row = args.method, METHOD_LABELS[args.method]
     else:
         chosen = flat_config(file_values)
-        name = str(file_values.get("objective", "supervised"))
+        name = config_method(file_values)  # the folder is train-<method>-<profile>, as for `medseg train METHOD`
         row, where = f"{config_method_label(file_values)} ({path.name})", f"--config {path}: "
         check_config_file_values(path, file_values, seed_given=args.seed is not None)
     file_root = chosen.pop("data.root", None)
@@ -209,21 +210,28 @@ def _shown(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def config_method_label(values: dict) -> str:
-    """The table label of the method a config file trains: MONA/ARCO by their sampler (an ARCO-SAG search's
-    best_config.json was tabled as "arco"), else the objective's label, else its name."""
-    from medseg_platform.recipes import METHOD_LABELS, SAMPLER_METHODS
+def config_method(values: dict) -> str:
+    """The method (``medseg train METHOD``'s name) a config file trains: MONA/ARCO by their sampler (an ARCO-SAG
+    search's best_config.json is ``arco_sag``, not its objective ``arco``), else the objective's name."""
+    from medseg_platform.recipes import SAMPLER_METHODS
     from methods.registry import objective_config
 
     objective = str(values.get("objective", "supervised"))
-    method = objective
-    if objective in ("mona", "arco"):
-        try:  # the sampler the file names, else the objective's default one (ARCO's: stratified, ARCO-SG)
-            sampler = objective_config(objective, dict(values.get("objective_params") or {})).sampler
-        except MedsegError:  # the file's own error is named when its config is validated
-            sampler = ""
-        method = SAMPLER_METHODS.get(str(sampler), objective)
-    return METHOD_LABELS.get(method, objective)
+    if objective not in ("mona", "arco"):
+        return objective
+    try:  # the sampler the file names, else the objective's default one (ARCO's: stratified, ARCO-SG)
+        sampler = objective_config(objective, dict(values.get("objective_params") or {})).sampler
+    except MedsegError:  # the file's own error is named when its config is validated
+        sampler = ""
+    return SAMPLER_METHODS.get(str(sampler), objective)
+
+
+def config_method_label(values: dict) -> str:
+    """The table label of the method a config file trains (:func:`config_method`; an ARCO-SAG search's best_config.json
+    was tabled as "arco"), else the objective's name."""
+    from medseg_platform.recipes import METHOD_LABELS
+
+    return METHOD_LABELS.get(config_method(values), str(values.get("objective", "supervised")))
 
 
 def check_config_file_values(path: Path, values: dict, seed_given: bool) -> None:

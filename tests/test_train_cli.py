@@ -339,6 +339,22 @@ def test_a_config_file_row_is_labelled_by_its_method():
     assert config_method_label({"objective": "arco", "objective_params": {"sampler": "nope"}}) == "arco"  # refused later
 
 
+def test_a_config_file_trains_into_its_method_s_folder(tmp_path, phantom_root):
+    """`medseg train --config best_config.json` of an ARCO-SAG search went to train-arco-<profile> (the objective), where
+    `medseg train arco_sag` goes to train-arco_sag-<profile> (the walkthrough): the folder names the method."""
+    import json
+
+    from analysis.console import build_parser
+    from medseg_platform.train_cli import build_study
+
+    for method in ("arco_sag", "mona", "action"):
+        path = tmp_path / f"{method}.json"
+        path.write_text(json.dumps({"config": SMOKE.trial.replace(**method_overrides(method, SMOKE)).to_dict()}))
+        args = build_parser().parse_args(["train", "--config", str(path), "--results-dir", str(tmp_path / "results"),
+                                          "--data-root", str(phantom_root)])
+        assert build_study(args)[0].name == f"train-{method}-smoke"
+
+
 def test_a_set_row_is_labelled_by_what_it_changes_written_one_way(tmp_path, phantom_root):
     """`--set optim.lr=0.01` (the smoke value) labelled the plain trial "MONA [optim.lr=0.01]", and `optim.lr=0.050`
     renamed the row of `optim.lr=0.05` (the workflow probe): the label names only values that differ from the
