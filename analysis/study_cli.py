@@ -120,7 +120,8 @@ def _run_study_main(description, default_name, build, argv, parser) -> int:
             **({"test_root": str(study.test_root)} if study.test_root is not None else {})})
         report = report_module.write_report(run.study_dir)  # tables, plots/ and report.md, from the result files only
         report_module.print_report(report)
-        print(f"wall time {run.timing['total_s']:.1f} s; results in {run.study_dir}")
+        rebuilt = " (nothing left to train)" if run.pending_at_start == 0 else ""  # it printed "wall time 0.0 s" alone
+        print(f"wall time {run.timing['total_s']:.1f} s{rebuilt}; results in {run.study_dir}")
         return 0 if report.records and not report.missing and not run.stopped else 1
     except MedsegError as exc:
         print(f"error: {exc}", file=sys.stderr)

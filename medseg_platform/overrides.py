@@ -362,9 +362,11 @@ def select_rows(study, names: Sequence[str]) -> None:
         folded = {row.casefold(): row for row in valid}  # "Mona" for "MONA": the close match --set's keys get too
         close = [folded.get(name.casefold()) or next(iter(difflib.get_close_matches(name, valid, n=1)), None) for name in unknown]
         hint = " (did you mean " + ", ".join(repr(c) for c in dict.fromkeys(close) if c) + "?)" if any(close) else ""
+        searched = (" (a search has one row, the method it samples: pick another with --method)"
+                    if getattr(study, "search_space", None) is not None else "")
         raise ConfigError(f"--rows {', '.join(map(repr, unknown))}: no such row in study {study.name}{hint}; valid rows: "
                           + ", ".join(map(repr, valid)) + (" (Greek letters may be spelt out: tau for τ)"
-                                                           if any(_typed(row) != row for row in valid) else ""))
+                                                           if any(_typed(row) != row for row in valid) else "") + searched)
     repeated = [name for name, count in Counter(names).items() if count > 1]
     if repeated:  # as --seeds and --labelled refuse a value given twice
         raise ConfigError(f"--rows: each row once, got {', '.join(map(repr, repeated))} more than once")

@@ -341,7 +341,7 @@ def format_plan(plan: StudyPlan) -> str:
         if not counts[optional]:
             del counts[optional]
     lines.append(f"Totals: {len(plan.trials)} trial(s){runs_of}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
-                 + f"; {plan.total_units:.1f} cost units to run")
+                 + f"; {plan.total_units:.1f} cost units of training left (fine-tuning and uncached pretraining)")
     workers = (f", each run with {plan.run_overhead_s:.0f} s of Ray Train worker-group start and teardown"
                if plan.run_overhead_s else "")
     runs = sum(1 for t in plan.trials if t.status != TO_RESCORE for _ in t.runs)

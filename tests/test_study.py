@@ -45,18 +45,19 @@ def test_study_runs_every_trial_once_and_rerun_skips_ray(tiny_root, tmp_path, ra
     assert {(r.result["config"]["objective"], r.result["config"]["data"]["labelled"]) for r in records} == {
         ("supervised", "1"), ("supervised", "2"), ("mean_teacher", "1"), ("mean_teacher", "2")}
     assert all(r.result["seed"] == 1 and r.result["labelled"]["patients"] for r in records)
-    assert "tune_s" in run.timing
+    assert "tune_s" in run.timing and run.pending_at_start == 4
 
     before = {r.path.name: (r.path / "result.json").stat().st_mtime_ns for r in records}
     again = study.run()
     assert "tune_s" not in again.timing  # every trial finished: Ray is not even started
+    assert again.pending_at_start == 0  # the study scripts say "nothing left to train" (it said "wall time 0.0 s")
     assert {k: (run.study_dir / "trials" / k / "result.json").stat().st_mtime_ns for k in before} == before
 
     # a result deleted by hand: the restored experiment thinks the trial is done, the study runs it again
     removed = sorted(before)[0]
     shutil.rmtree(run.study_dir / "trials" / removed)
     third = study.run()
-    assert (third.study_dir / "trials" / removed / "result.json").is_file()
+    assert (third.study_dir / "trials" / removed / "result.json").is_file() and third.pending_at_start == 1
     unchanged = {k: v for k, v in before.items() if k != removed}
     assert {k: (run.study_dir / "trials" / k / "result.json").stat().st_mtime_ns for k in unchanged} == unchanged
 

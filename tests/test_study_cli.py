@@ -68,6 +68,10 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
     ("ablation_tailness", ["--set", "seed=2"], "--set seed: set by the flag --seeds; use that instead"),
     ("ablation_tailness", ["--set", "data.labelled=3"], "--set data.labelled: set by the flag --labelled; use that instead"),
     ("hparam_search", ["--labelled", "1", "3"], "--labelled 1 3: a search tunes at one label fraction; give one"),
+    # the walkthrough: a search's --rows listed its one row and no way to search another method
+    ("hparam_search", ["--rows", "MONA"], "--rows 'MONA': no such row in study hparam_search-arco_sag-smoke; valid rows: "
+                                          "'ARCO-SAG (search samples)' (a search has one row, the method it samples: pick "
+                                          "another with --method)"),
     ("ablation_tailness", ["--set", "optim=1"], "--set optim: name one field of it, e.g. --set optim.optimizer=..."),
     ("ablation_tailness", ["--set", "optim.lr"], "--set 'optim.lr': expected KEY=VALUE"),
     ("ablation_tailness", ["--set", "optim.lr=0.1", "--set", "optim.lr=0.2"], "--set optim.lr: given twice ('0.1' and '0.2')"),
@@ -237,7 +241,7 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch
     # by hand: 30.0 + 50.4 + 44.4 + 52.8 + 52.8 + 84.6 + 33.6 = 348.6 units; 2 slots: max(348.6 / 2, 84.6) x 0.01 s
     assert plan.total_units == pytest.approx(348.6) and plan.wall_s == pytest.approx(1.743)
     text = format_plan(plan)
-    assert "Totals: 8 trial(s): 1 finished, 4 cached pretraining, 3 to run; 348.6 cost units to run" in text
+    assert "Totals: 8 trial(s): 1 finished, 4 cached pretraining, 3 to run; 348.6 cost units of training left (fine-tuning and uncached pretraining)" in text
     assert "Estimated wall time: 2 s with 2 trial(s) at once (2 CPUs of this machine / 1 per trial)" in text
     assert text.rstrip().endswith("1 unit = 10.0 ms, a test constant")
     study.max_concurrent = 1
@@ -455,7 +459,8 @@ def test_released_protocol_smoke_run_differs_only_in_evaluation(tmp_path, phanto
     assert "for 1 scoring(s) from finished trials' checkpoints, one after another (nothing to train)" in dry
     # no --address: a run that trains nothing starts no Ray
     assert study_main("ablation_tailness", tmp_path / "corrected", "--rows", "Supervised only", "--protocol", "released") == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert " (nothing left to train); results in " in out
     (key,) = json.loads((study_dir / "study.json").read_text())["trials"]
     assert f"[{key}] scored from finished trial {corrected_key} (differs in eval.selection, eval.empty_policy, " \
            "eval.distance_units)" in err and "study ablation_tailness-smoke: 1 trial(s), 1 already finished" in err

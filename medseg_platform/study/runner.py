@@ -46,14 +46,16 @@ from medseg_platform.study.spec import ASHA_TIME, Study, check_accumulating_fold
 
 @dataclass
 class StudyRun:
-    """What :meth:`Study.run` returns: the study, its folder, every trial key, the run's timing, and whether a stop
-    signal (Ctrl-C, SIGTERM) ended it early."""
+    """What :meth:`Study.run` returns: the study, its folder, every trial key, the run's timing, whether a stop
+    signal (Ctrl-C, SIGTERM) ended it early, and how many trials (a search: samples) were left to run at its start
+    (None where unknown)."""
 
     study: Study
     study_dir: Path
     trial_keys: list[str]
     timing: dict
     stopped: bool = False
+    pending_at_start: int | None = None
 
 
 def _log(msg: str) -> None:
@@ -131,7 +133,7 @@ def _run_checked_study(study: Study, trials: list[dict], start: float, started_a
                                                   "scored_from_finished": len(scored),
                                                   "concurrency_cpus": study.num_cpus, "cpus_per_trial": study.cpus_per_trial,
                                                   "num_workers": study.num_workers})
-    return StudyRun(study, study_dir, [t["key"] for t in trials], timing, stopped)
+    return StudyRun(study, study_dir, [t["key"] for t in trials], timing, stopped, to_start)
 
 
 def _scored_since(folder: Path, since: float) -> bool:
