@@ -110,6 +110,7 @@ class StudyPlan:
     on_gpus: bool = False  # the trials would train on GPUs (--gpus-per-trial)
     left_out: int = 0  # finished trials in the study's folder that this command does not list (the tables leave them out)
     other_roots: tuple[str, ...] = ()  # the data roots of those trials that this command does not train on
+    warnings: tuple[str, ...] = ()  # what the run would warn about first (a corrupt result.json: that trial runs again)
 
     @property
     def total_units(self) -> float:
@@ -174,6 +175,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     subsets: dict[str, Any] = {}
     planned = []
     unpriced: list[str] = []
+    warnings: list[str] = []  # as the run's own warnings word them (medseg_platform.results.trial_finished)
     ended = searched_samples_ended(study, trials)  # 0 for a grid
     sources = {} if search else scoring_sources(study_dir, [t for t in trials if not trial_finished(trial_folder(study_dir, t["key"]))])
     for index, trial in enumerate(trials):
@@ -182,7 +184,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
         keys = [stage_key(cfg, i, _subset(cfg, subsets)) for i in range(len(cfg.pretrain))]
         cached = [(stage_folder(cache, key) / STAGE_FINAL_FILE).is_file() for key in keys]
         resume_from = None
-        if not search and trial_finished(trial_folder(study_dir, trial["key"])):
+        if not search and trial_finished(trial_folder(study_dir, trial["key"]), log=warnings.append):
             status = TO_SCORE if lacks_test_root(study, trial_folder(study_dir, trial["key"])) else FINISHED
             runs = (EVALUATION_COST,) if status == TO_SCORE else ()
         elif search and ended >= samples:
@@ -217,7 +219,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
                                f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores", unit.device)
     return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit, ended,
                      WORKER_GROUP_S if study.num_workers > 1 else 0.0, tuple(unpriced), study.gpus_per_trial > 0,
-                     *((0, ()) if search else _left_out(study_dir / TRIALS_DIR, trials, trial_finished)))
+                     *((0, ()) if search else _left_out(study_dir / TRIALS_DIR, trials, trial_finished)), tuple(warnings))
 
 
 def _left_out(trials_dir: Path, trials: list[dict], finished) -> tuple[int, tuple[str, ...]]:
@@ -379,6 +381,7 @@ def format_plan(plan: StudyPlan) -> str:
                  f"evaluation pass = {EVALUATION_COST:g} units; a cached pretraining stage costs nothing, a shared one is counted "
                  f"once; each trial's set-up is not counted)"
                  + (f"; 1 unit = {plan.unit.seconds * 1000:.1f} ms, {plan.unit.source}" if plan.unit.seconds > 0 else ""))
+    lines += list(plan.warnings)  # the run prints them too, before it starts; the table lists such a trial to run again
     if plan.unpriced:
         lines.append(f"No step-cost prior for objective(s) {', '.join(plan.unpriced)}: each step priced at "
                      f"{UNKNOWN_STEP_COST:g} unit(s), so the estimate may be low (measure one with benchmarks/bench_methods.py "

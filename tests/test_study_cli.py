@@ -497,6 +497,23 @@ def test_released_protocol_smoke_run_differs_only_in_evaluation(tmp_path, phanto
     assert "- **Wall time**: the last run of the study command had nothing to train; it scored 1 trial(s) from" in report
 
 
+def test_the_dry_run_warns_of_a_corrupt_result_as_the_run_does(tmp_path, phantom_env):
+    """The walkthrough: the dry run listed a trial whose result.json was corrupt without a word (the run warns first)."""
+    module = load_script("ablation_tailness")
+    base = SMOKE.trial.replace(**{"data.root": phantom_env})
+    study = module.build(argparse.Namespace(results_dir=str(tmp_path)), SMOKE, base)
+    study.name, study.results_dir, study.seeds = "tail", tmp_path, (1,)
+    trials = {t["tags"]["row"]: t for t in study.trial_params()}
+    folder = study.study_dir / "trials" / trials["Mean teacher"]["key"]
+    _finished_trial(folder, trials["Mean teacher"]["config"])
+    (folder / "result.json").write_text((folder / "result.json").read_text()[:40])  # cut short
+    plan = plan_study(study, unit=UnitSeconds(0.01, "a test constant"), cpus=2)
+    (warning,) = plan.warnings
+    assert warning.startswith("warning: corrupt result ") and str(folder / "result.json") in warning
+    assert warning.endswith("the trial will be run again") and warning in format_plan(plan)
+    assert {t.row: t.status for t in plan.trials}["Mean teacher"] != FINISHED
+
+
 def test_profile_smoke_is_the_smoke_test(tmp_path, phantom_env, capsys):
     """`medseg train --profile smoke` exists, the folders are named `-smoke`, but a study script refused `--profile smoke`
     (the HPO probe): it now runs what --smoke-test runs."""
