@@ -159,23 +159,13 @@ def pixel_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * torch.log(probs + ENTROPY_EPS)).sum(dim=1)
 
 
-def _sorted_percentile(values: torch.Tensor, percent: float) -> torch.Tensor:
-    """The ``percent``-th percentile of an ascending 1-D tensor with linear interpolation between the two
-    nearest ranks (``numpy.percentile``'s default method, which U2PL calls). 0-d tensor on the device."""
-    count = values.shape[0]
-    position = percent / 100.0 * (count - 1)
-    low = min(int(math.floor(position)), count - 1)
-    high = min(low + 1, count - 1)
-    lo, hi = values[low], values[high]
-    return torch.lerp(lo, hi, position - low).clamp(lo, hi)
-
-
-def _sorted_prefix_percentile(values: torch.Tensor, count: torch.Tensor, percent: float) -> torch.Tensor:
-    """:func:`_sorted_percentile` of the first ``count`` entries of an ascending 1-D tensor, with ``count`` a 0-d int64
+def _sorted_percentile(values: torch.Tensor, count: torch.Tensor, percent: float) -> torch.Tensor:
+    """The ``percent``-th percentile of the first ``count`` entries of an ascending 1-D tensor, with linear interpolation
+    between the two nearest ranks (``numpy.percentile``'s default method, which U2PL calls); ``count`` a 0-d int64
     tensor on the device (``count >= 1``). No host sync: the ranks are gathered, not used as Python indices. The
-    position is computed in float64 (the host's Python floats) and the interpolation in float32 at least (as
-    ``torch.lerp`` with a Python weight computes it), so with ``count = len(values)`` the result is the same number,
-    in half precision too. Needs float64 on the device (CPU and CUDA have it)."""
+    position is computed in float64 (as the host's Python floats) and the interpolation in float32 at least (as
+    ``torch.lerp`` with a Python weight computes it): the same thresholds as the host-index form this replaced, in half
+    precision too (``tests/methods/test_contrast.py``). Needs float64 on the device (CPU and CUDA have it). 0-d tensor."""
     position = count.double().sub(1).mul(percent / 100.0)
     low = torch.minimum(position.floor().long(), count - 1)
     high = torch.minimum(low + 1, count - 1)
@@ -221,17 +211,13 @@ def entropy_percentile_masks(
                         f"{valid.dtype} {tuple(valid.shape)} (pass pseudo_label >= 0)")
     with torch.no_grad():  # masks only: no graph through the entropy
         entropy = pixel_entropy(probs)
-        if valid is None:
-            ordered = entropy.flatten().sort().values
-            low_threshold = _sorted_percentile(ordered, alpha)
-            high_threshold = _sorted_percentile(ordered, 100.0 - alpha)
-            return entropy <= low_threshold, entropy >= high_threshold
-        # ignored pixels sort after every valid one (+inf): the valid entropies are the sorted prefix
-        ordered = entropy.masked_fill(~valid, math.inf).flatten().sort().values
-        count = valid.sum().clamp_min(1)
-        low_threshold = _sorted_prefix_percentile(ordered, count, alpha)
-        high_threshold = _sorted_prefix_percentile(ordered, count, 100.0 - alpha)
-        return (entropy <= low_threshold) & valid, (entropy >= high_threshold) & valid
+        keep = torch.ones_like(entropy, dtype=torch.bool) if valid is None else valid
+        # ignored pixels sort after every kept one (+inf): the kept entropies are the sorted prefix
+        ordered = entropy.masked_fill(~keep, math.inf).flatten().sort().values
+        count = keep.sum().clamp_min(1)
+        low_threshold = _sorted_percentile(ordered, count, alpha)
+        high_threshold = _sorted_percentile(ordered, count, 100.0 - alpha)
+        return (entropy <= low_threshold) & keep, (entropy >= high_threshold) & keep
 
 
 def alpha_schedule(step: int, max_steps: int, steps_per_epoch: int, alpha0: float = 20.0) -> float:

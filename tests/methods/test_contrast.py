@@ -203,6 +203,21 @@ def test_entropy_values_and_numpy_percentile_agree():
         assert abs(low.float().mean().item() - alpha / 100) < 1.5 / h.numel() + 1e-6
 
 
+def host_index_masks(probs: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entropy masks as the platform computed them until 2026-12-06 (the percentile's ranks as Python indices, the
+    lerp weight a Python float): the thresholds every earlier trial trained with, which the sync-free form must keep."""
+    entropy = pixel_entropy(probs)
+    ordered = entropy.flatten().sort().values
+
+    def percentile(percent: float) -> torch.Tensor:
+        position = percent / 100.0 * (ordered.shape[0] - 1)
+        low = min(int(math.floor(position)), ordered.shape[0] - 1)
+        lo, hi = ordered[low], ordered[min(low + 1, ordered.shape[0] - 1)]
+        return torch.lerp(lo, hi, position - low).clamp(lo, hi)
+
+    return entropy <= percentile(alpha), entropy >= percentile(100.0 - alpha)
+
+
 def test_entropy_masks_over_valid_pixels_as_released():
     """With ``valid`` (the mixed pseudo-label is not ignored, e.g. outside a cutout box) the percentiles are taken over
     the valid pixels only and both masks are False elsewhere, as the release's ``np.percentile(entropy[label >= 0])``
@@ -214,8 +229,9 @@ def test_entropy_masks_over_valid_pixels_as_released():
             probs = torch.softmax((torch.randn(3, 4, 6, 5, generator=gen) * 2).round(), dim=1)
         alpha = float(torch.rand((), generator=gen) * 100) if trial % 5 else float(trial % 101)
         everything = torch.ones(3, 6, 5, dtype=torch.bool)
-        plain, masked_all = entropy_percentile_masks(probs, alpha), entropy_percentile_masks(probs, alpha, everything)
-        assert torch.equal(plain[0], masked_all[0]) and torch.equal(plain[1], masked_all[1])
+        before = host_index_masks(probs, alpha)
+        for masks in (entropy_percentile_masks(probs, alpha), entropy_percentile_masks(probs, alpha, everything)):
+            assert torch.equal(masks[0], before[0]) and torch.equal(masks[1], before[1])
         valid = torch.rand(3, 6, 5, generator=gen) < 0.6
         valid[0, 0, 0] = True
         h = pixel_entropy(probs)
@@ -244,16 +260,18 @@ def test_entropy_masks_over_valid_pixels_as_released():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
-def test_entropy_masks_with_every_pixel_valid_equal_the_unmasked_ones_in_every_dtype(dtype):
-    """The masked percentile interpolates in float32 at least, as ``torch.lerp`` with a Python weight does: with every
-    pixel valid its masks equal the unmasked path's under autocast's half precision too (the CPU's bf16 softmax)."""
+def test_entropy_masks_equal_the_host_index_form_in_every_dtype(dtype):
+    """The sync-free percentile interpolates in float32 at least, as ``torch.lerp`` with a Python weight does: with every
+    pixel valid (or no mask) its masks equal the host-index form's under autocast's half precision too (the CPU's bf16
+    softmax)."""
     gen = torch.Generator().manual_seed(5)
     for _ in range(300):
         probs = torch.softmax(torch.randn(2, 4, 7, 6, generator=gen) * 3, dim=1).to(dtype)
         alpha = float(torch.rand((), generator=gen) * 100)
-        plain = entropy_percentile_masks(probs, alpha)
-        masked = entropy_percentile_masks(probs, alpha, torch.ones(2, 7, 6, dtype=torch.bool))
-        assert torch.equal(plain[0], masked[0]) and torch.equal(plain[1], masked[1])
+        before = host_index_masks(probs, alpha)
+        everything = torch.ones(2, 7, 6, dtype=torch.bool)
+        for masks in (entropy_percentile_masks(probs, alpha), entropy_percentile_masks(probs, alpha, everything)):
+            assert torch.equal(masks[0], before[0]) and torch.equal(masks[1], before[1])
 
 
 @pytest.mark.parametrize("bad", [-1, 100.5, float("nan"), None])
