@@ -29,6 +29,14 @@ FULL_SUPERVISION_LABEL = "Supervised, all labels"
 #: MONA and both ARCOs share one such row, keyed ``mona``: without the contrast term their pipelines are identical,
 #: the sampler being the only difference.
 WITHOUT_CONTRAST_LABELS = {"mona": "MONA/ARCO w/o L_contrast", "action": "ACTION w/o L_anco"}
+
+
+def without_term_label(method: str, term: str) -> str:
+    """The row label of ``method`` trained without one loss term, e.g. "ARCO-SG w/o L_unsup" (ARCO Table 3's rows:
+    ``studies/ablation_losses.py`` and :data:`analysis.published.ARCO_TABLE_3`)."""
+    return f"{METHOD_LABELS[method]} w/o {term}"
+
+
 #: The method of each MONA/ARCO pixel sampler (``objective_params.sampler``): the pipeline is the same, the sampler
 #: names the method (docs/arco.md, 'What ARCO changes').
 SAMPLER_METHODS = {"uniform": "mona", "stratified": "arco_sg", "stratified_antithetic": "arco_sag"}

@@ -101,6 +101,34 @@ def test_sampling_smoke(smoke):
         assert (expected in record.result["tags"]["row"]) if expected else ("groups" not in record.result["tags"]["row"])
 
 
+def test_losses_smoke(smoke):
+    """ARCO Table 3's rows: each leaves out exactly its term, in fine-tuning or in the pretraining stage."""
+    code, study_dir, records, module = smoke("ablation_losses")
+    assert code == 0 and all(records.values())
+    rows = table_rows(study_dir)
+    by_row = {r.result["tags"]["row"]: r.result["config"] for r in records.values()}
+    assert set(rows) == set(by_row) and len(by_row) == len(records) == 7
+    full = by_row["ARCO-SG"]
+    weights = ("contrast_weight", "unsup_weight", "eqv_weight", "nn_weight")
+
+    def changed(config):  # (fine-tuning weights at 0, stage weights at 0); the full row leaves them at their defaults (> 0)
+        params, stage = config["objective_params"], config["pretrain"][0]["objective_params"]
+        return ({w for w in weights if params.get(w) == 0.0}, {w for w in ("global_weight", "local_weight") if stage.get(w) == 0.0})
+
+    assert changed(full) == (set(), set()) and full["objective_params"]["sampler"] == "stratified"
+    assert changed(by_row["ARCO-SG w/o L_unsup"]) == ({"unsup_weight"}, set())
+    assert changed(by_row["ARCO-SG w/o L_eqv"]) == ({"eqv_weight"}, set())
+    assert changed(by_row["ARCO-SG w/o L_global_inst"]) == (set(), {"global_weight"})
+    assert changed(by_row["ARCO-SG w/o L_local_inst"]) == (set(), {"local_weight"})
+    assert changed(by_row[module.SUP_ONLY_LABEL]) == (set(weights), set())
+    assert by_row["Supervised only"]["objective"] == "supervised" and not by_row["Supervised only"]["pretrain"]
+    # the rows that keep the released stage share one pretraining config; the two stage ablations have their own
+    stages = {json.dumps(c["pretrain"], sort_keys=True) for row, c in by_row.items() if c["pretrain"]}
+    assert len(stages) == 3
+    assert {(c["a"], c["b"]) for c in module.claims()} == {
+        ("ARCO-SG", f"ARCO-SG w/o {term}") for term in ("L_unsup", "L_global_inst", "L_local_inst")}
+
+
 def test_label_fractions_smoke(smoke):
     code, study_dir, records, module = smoke("label_fractions")
     assert code == 0 and all(records.values())
@@ -210,7 +238,7 @@ def test_a_whole_number_for_a_real_parameter_is_the_same_row_and_key_as_its_floa
     assert keys[0] == keys[1]
 
 
-QUICK_TRIALS = {"ablation_temperature": 12, "ablation_sampling": 14, "label_fractions": 19, "hparam_search": 1}
+QUICK_TRIALS = {"ablation_temperature": 12, "ablation_sampling": 14, "ablation_losses": 7, "label_fractions": 19, "hparam_search": 1}
 
 
 @pytest.mark.parametrize("profile", ["quick", "paper"])

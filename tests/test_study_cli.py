@@ -348,7 +348,7 @@ def test_labelled_chooses_the_label_fractions_of_every_study(tmp_path):
     """The studies' fractions were fixed per profile (1 / 3 / 7 patients at paper): a dataset with fewer training
     patients had no way to run them."""
     args = argparse.Namespace(results_dir=str(tmp_path), labelled=["2", "5%"])
-    for name in ("ablation_tailness", "ablation_sampling", "ablation_temperature"):
+    for name in ("ablation_tailness", "ablation_sampling", "ablation_temperature", "ablation_losses"):
         study = load_script(name).build(args, SMOKE, SMOKE.trial)
         assert study.grid["data.labelled"] == ["2", "5%"], name
     study = load_script("label_fractions").build(args, SMOKE, SMOKE.trial)

@@ -17,7 +17,7 @@ from scipy import stats
 
 from analysis.claims import (claim_text, CONTRADICTED, INCONCLUSIVE, NOT_RUN, SUPPORTED, claims_section, confidence_interval,
                              evaluate_claim, verdict)
-from analysis.published import ARCO_TABLE_1, ARCO_TABLE_2, published_difference
+from analysis.published import ARCO_TABLE_1, ARCO_TABLE_2, ARCO_TABLE_3, published_difference
 from analysis.report import print_report, write_report
 from medseg_platform.claims_spec import claim
 from medseg_platform.errors import ConfigError
@@ -337,7 +337,7 @@ def _load_script(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["ablation_tailness", "label_fractions", "ablation_sampling"])
+@pytest.mark.parametrize("name", ["ablation_tailness", "label_fractions", "ablation_sampling", "ablation_losses"])
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_study_claims_name_rows_and_fractions_the_study_runs(name, profile, tmp_path):
     study = _load_script(name).build(argparse.Namespace(results_dir=str(tmp_path)), PROFILES[profile], PROFILES[profile].trial)
@@ -363,6 +363,17 @@ def test_tailness_claims_at_one_patient_with_published_numbers():
     assert len(paper) == 12 and [c for c in paper if c["column"] == "1"] == claims
     assert [(c["a"], c["b"]) for c in at_three] == [("ACTION", "ACTION w/o L_anco")]
     assert published_difference("ACTION", "ACTION w/o L_anco", "3").difference == pytest.approx(87.5 - 86.5)
+
+
+def test_loss_ablation_claims_read_arco_table_3():
+    claims = _load_script("ablation_losses").claims()
+    published = {c["b"]: published_difference(c["a"], c["b"], c["column"]) for c in claims}
+    assert {c["column"] for c in claims} == {"1"} and all(p.table is ARCO_TABLE_3 for p in published.values())
+    assert published["ARCO-SG w/o L_unsup"].difference == pytest.approx(85.5 - 81.9)
+    assert published["ARCO-SG w/o L_global_inst"].difference == pytest.approx(85.5 - 84.1)
+    assert published["ARCO-SG w/o L_local_inst"].difference == pytest.approx(85.5 - 83.8)
+    # Table 3 is looked in only where the earlier tables lack a pair: Table 1's comparisons are unchanged
+    assert published_difference("ARCO-SG", "ARCO-SAG", "1").table is ARCO_TABLE_1
 
 
 def test_cases_one_row_did_not_test_are_counted_apart_from_undefined_values(tmp_path):

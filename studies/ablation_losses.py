@@ -1,0 +1,83 @@
+"""Loss-term ablation (ARCO Table 3; docs/published.md, 'ARCO ablations'): which of ARCO-SG's terms help.
+
+The ARCO-SG pipeline (one ISD pretraining stage, then fine-tuning with the U2PL memory-bank contrast and stratified
+sampling, docs/arco.md) with one term left out at a time; a weight of 0 removes a term (it is not computed):
+
+* ``w/o L_unsup``: the pseudo-label loss on the strong view (ARCO Table 3);
+* ``w/o L_global_inst`` / ``w/o L_local_inst``: the global / local instance-discrimination KL of the ISD pretraining
+  stage (ARCO Table 3); each row trains its own stage;
+* ``w/o L_eqv``: the TPS equivariance KL of the released code, which the ARCO paper's loss does not have
+  (docs/mona.md, 'Equivariance loss'): this row trains ARCO's loss as the paper writes it;
+* ``pretraining + L_sup only``: every unlabelled fine-tuning term at 0 (contrast, pseudo-label, equivariance,
+  nearest-neighbour): the pretrained network fine-tuned on the labelled patients alone, as the pipeline runs it
+  (its learning rate, and the release's discarded pass on the labelled copy);
+* ``Supervised only``: the same network from random initialisation, the table's floor.
+
+Not a row: "w/o L_nn" (ARCO Table 2's "w/o diversity"): as released L_nn has no gradient, so leaving it out changes
+only what is logged (docs/mona.md, 'Nearest-neighbour loss').
+
+Claims (ARCO Table 3, 1 patient): ARCO-SG beats each of its rows without L_unsup, L_global_inst and L_local_inst.
+The L_eqv and L_sup-only rows are there to measure, not to test a published claim: the papers report none for them.
+
+Cost: ``quick`` 7 trials per seed at 1 labelled patient (21 with the profile's 3 seeds) and three 40-step pretraining
+stages per seed: 255 s of study wall on the 2-core machine whose supervised quick step measures 14.6 ms, about as
+long as ``ablation_tailness.py`` (``benchmarks/RESULTS.md``, 'The loss terms at the quick profile', with the table).
+``--smoke-test``: the same rows at the smoke sizes.
+
+    python studies/ablation_losses.py               # quick profile on the embedded phantom (CPU)
+    python studies/ablation_losses.py --smoke-test  # tiny sizes, every row
+    python studies/ablation_losses.py --profile paper --data-root /data/ACDC --address auto
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from medseg_platform.claims_spec import claim  # noqa: E402
+from analysis.study_cli import run_study_main  # noqa: E402
+from medseg_platform.recipes import METHOD_LABELS, method_overrides, without_term_label  # noqa: E402
+from medseg_platform.study import Study  # noqa: E402
+from medseg_platform.variants import VariantTable, with_objective_params, with_stage_params  # noqa: E402
+from medseg_platform.study_flags import study_fractions  # noqa: E402
+
+METHOD = "arco_sg"
+#: Fine-tuning terms left out one at a time: (term as the row names it, objective parameter set to 0).
+FINE_TUNING_TERMS = (("L_unsup", "unsup_weight"), ("L_eqv", "eqv_weight"))
+#: Pretraining-stage terms left out one at a time: (term as the row names it, stage parameter set to 0).
+PRETRAINING_TERMS = (("L_global_inst", "global_weight"), ("L_local_inst", "local_weight"))
+#: Every weighted unlabelled term of the fine-tuning objective (docs/mona.md, 'Total loss'); the L_sup-only row zeroes them all.
+UNLABELLED_WEIGHTS = ("contrast_weight", "unsup_weight", "eqv_weight", "nn_weight")
+SUP_ONLY_LABEL = f"{METHOD_LABELS[METHOD]} pretraining + L_sup only"
+#: The terms whose removal ARCO Table 3 reports (a claim each).
+PUBLISHED_TERMS = ("L_unsup", "L_global_inst", "L_local_inst")
+
+
+def claims() -> list[dict]:
+    """ARCO Table 3: the full ARCO-SG beats each row without a term the table ablates, at 1 patient."""
+    return [claim(METHOD_LABELS[METHOD], without_term_label(METHOD, term), "1",
+                  f"ARCO Table 3: removing {term} lowers Dice at 1 patient") for term in PUBLISHED_TERMS]
+
+
+def build(args, profile, base):
+    released = method_overrides(METHOD, profile)
+    arco = METHOD_LABELS[METHOD]
+    table = VariantTable(base)
+    table.add(arco, released, variant=arco)
+    for term, weight in FINE_TUNING_TERMS:
+        table.add(without_term_label(METHOD, term), with_objective_params(released, **{weight: 0.0}), variant=arco)
+    for term, weight in PRETRAINING_TERMS:
+        table.add(without_term_label(METHOD, term), with_stage_params(released, 0, **{weight: 0.0}), variant=arco)
+    table.add(SUP_ONLY_LABEL, with_objective_params(released, **{w: 0.0 for w in UNLABELLED_WEIGHTS}), variant=arco)
+    table.add(METHOD_LABELS["supervised"], method_overrides("supervised", profile))
+    labelled = study_fractions(args, ("1",))  # ARCO Table 3's fraction, unless --labelled says otherwise
+    return Study(name="ablation_losses", base=base, results_dir=Path(args.results_dir), variants=table.variants(),
+                 grid={"data.labelled": list(labelled)}, claims=claims())
+
+
+def main(argv=None) -> int:
+    return run_study_main(__doc__, "ablation_losses", build, argv=argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
