@@ -17,7 +17,8 @@ MONA's own paper (arXiv 2209.13476) is not quoted: MONA's numbers here are MONA 
 tables. The ACTION paper's numbers were taken from a secondary summary and are marked unverified.
 
 :func:`published_difference` gives the published A - B of two rows from one table (never across tables:
-different tables are different training runs). Only numbers are copied here; see ``docs/analysis.md``.
+different tables are different training runs). One stated exception: :data:`ARCO_TABLE_3` holds the full ARCO rows of
+Tables 1-2, the reference its ablated rows are read against. Only numbers are copied here; see ``docs/analysis.md``.
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ Profiles differ only in numbers, never in code paths:
     this scale. 3 labelled patients instead of 1 at 250 steps flag more trials, not fewer (11 of 24 still rising).
     The quick table tests the pipeline and shows seed spread; it does not rank the methods. Why MONA/ARCO trail
     supervised-only at this scale (``studies/ablation_losses.py``; ``benchmarks/RESULTS.md``, "The loss terms at the
-    quick profile"): the pretraining stage helps (its network fine-tuned on L_sup alone scores 9 points above random
-    initialisation), the unlabelled terms cost, the released L_eqv most (about 10 points at 250 steps, 8 at 750).
+    quick profile"): their unlabelled fine-tuning terms cost, the released L_eqv most (ARCO-SG without it 10.3 points
+    higher at 250 steps; MONA/ARCO w/o L_contrast without it 8.1 points higher at 750, ``benchmarks/run_trials.py``).
   - more labelled patients need more steps: at 250 steps supervised scored 54.4 / 55.5 / 48.0 at 1 / 3 / 7 patients
     (3 seeds), at 500 steps 7 patients scored 65.2 and 72.8 (2 seeds, validated every 50 steps).
     At 500 steps (3 seeds, validated every 25) supervised scored 55.7 / 68.2 / 60.6 at 1 / 3 / 7 patients (one

@@ -20,8 +20,19 @@ from typing import Mapping
 #: together). The rows without the pixel-contrast term have their own keys (:func:`cost_key`). Priors only: once a
 #: trial reports its step rate in this run, that rate replaces the prior of its key
 #: (:class:`medseg_platform.progress.ProgressCallback`).
+#:
+#: The rows of ``studies/ablation_losses.py`` that skip more work were measured the same way in its quick run and a
+#: ``benchmarks/run_trials.py`` run of MONA's rows (``benchmarks/RESULTS.md``, "The loss terms at the quick profile"),
+#: each scaled by its run's full (or w/o contrast) row to this table's: MONA/ARCO without L_eqv (no warped pass) 0.73x
+#: the full row, without L_contrast and L_eqv 0.69x the row w/o contrast, and with every unlabelled term at 0
+#: ("L_sup only": the supervised pass and the release's discarded pass) 0.23x the full row. Without L_unsup alone a
+#: row costs what the full row does (5.87 against 5.79 supervised steps of ``train_s``): no key of its own.
 STEP_COST = {"supervised": 1.0, "mean_teacher": 1.5, "mona": 4.9, "arco": 5.3, "action": 3.9, "isd_pretrain": 6.7,
-             "mona w/o contrast": 3.9, "arco w/o contrast": 3.9, "action w/o anco": 2.1}
+             "mona w/o contrast": 3.9, "arco w/o contrast": 3.9, "action w/o anco": 2.1,
+             "mona w/o eqv": 3.6, "arco w/o eqv": 3.8, "mona w/o contrast and eqv": 2.7, "arco w/o contrast and eqv": 2.7,
+             "mona L_sup only": 1.2, "arco L_sup only": 1.2}
+#: MONA/ARCO's weights of the unlabelled fine-tuning terms (all 0: the row trains on L_sup alone).
+_MONA_UNLABELLED_WEIGHTS = ("contrast_weight", "unsup_weight", "eqv_weight", "nn_weight")
 #: The prior of an objective missing from :data:`STEP_COST` (a newly registered one), until its rate is observed; the
 #: dry run names such objectives. ``tests/test_progress.py`` asks every registered objective for a measured entry
 #: (docs/methods.md, 'Adding a method').
@@ -62,9 +73,13 @@ class TrialPlan:
 
 def cost_key(objective: str, params: Mapping) -> str:
     """The :data:`STEP_COST` key of a fine-tuning objective with its parameters: a MONA/ARCO row without the pixel
-    contrast (``contrast_weight`` 0) or an ACTION row without L_anco (``anco_weight`` 0) skips that work."""
-    if objective in ("mona", "arco") and params.get("contrast_weight") == 0:
-        return f"{objective} w/o contrast"
+    contrast (``contrast_weight`` 0), without L_eqv (``eqv_weight`` 0), without both, or with every unlabelled term
+    at 0 ("L_sup only"), or an ACTION row without L_anco (``anco_weight`` 0), skips that work."""
+    if objective in ("mona", "arco"):
+        if all(params.get(name) == 0 for name in _MONA_UNLABELLED_WEIGHTS):
+            return f"{objective} L_sup only"
+        left_out = [term for term, name in (("contrast", "contrast_weight"), ("eqv", "eqv_weight")) if params.get(name) == 0]
+        return f"{objective} w/o {' and '.join(left_out)}" if left_out else objective
     if objective == "action" and params.get("anco_weight") == 0:
         return "action w/o anco"
     return objective

@@ -1,16 +1,20 @@
 """Loss-term ablation (ARCO Table 3; docs/published.md, 'ARCO ablations'): which of ARCO-SG's terms help.
 
 The ARCO-SG pipeline (one ISD pretraining stage, then fine-tuning with the U2PL memory-bank contrast and stratified
-sampling, docs/arco.md) with one term left out at a time; a weight of 0 removes a term (it is not computed):
+sampling, docs/arco.md) with one term left out at a time, by its weight at 0. A fine-tuning term at 0 is not computed;
+a pretraining term at 0 is still computed without a gradient and its queue still advances, as released
+(docs/isd_pretraining.md):
 
 * ``w/o L_unsup``: the pseudo-label loss on the strong view (ARCO Table 3);
 * ``w/o L_global_inst`` / ``w/o L_local_inst``: the global / local instance-discrimination KL of the ISD pretraining
   stage (ARCO Table 3); each row trains its own stage;
 * ``w/o L_eqv``: the TPS equivariance KL of the released code, which the ARCO paper's loss does not have
-  (docs/mona.md, 'Equivariance loss'): this row trains ARCO's loss as the paper writes it;
-* ``pretraining + L_sup only``: every unlabelled fine-tuning term at 0 (contrast, pseudo-label, equivariance,
+  (docs/mona.md, 'Equivariance loss'): this row trains the paper's terms, its L_nn as released (no gradient);
+* ``MONA/ARCO pretraining + L_sup only``: every unlabelled fine-tuning term at 0 (contrast, pseudo-label, equivariance,
   nearest-neighbour): the pretrained network fine-tuned on the labelled patients alone, as the pipeline runs it
-  (its learning rate, and the release's discarded pass on the labelled copy);
+  (with the release's discarded student pass on the labelled copy, which moves BatchNorm's running statistics).
+  The stage itself has an L_sup term on the labelled images (MONA's preset), so this row has seen the labels for
+  the stage's steps too. Without a contrast term the sampler does nothing: the row is MONA's as much as ARCO's;
 * ``Supervised only``: the same network from random initialisation, the table's floor.
 
 Not a row: "w/o L_nn" (ARCO Table 2's "w/o diversity"): as released L_nn has no gradient, so leaving it out changes
@@ -48,7 +52,7 @@ FINE_TUNING_TERMS = (("L_unsup", "unsup_weight"), ("L_eqv", "eqv_weight"))
 PRETRAINING_TERMS = (("L_global_inst", "global_weight"), ("L_local_inst", "local_weight"))
 #: Every weighted unlabelled term of the fine-tuning objective (docs/mona.md, 'Total loss'); the L_sup-only row zeroes them all.
 UNLABELLED_WEIGHTS = ("contrast_weight", "unsup_weight", "eqv_weight", "nn_weight")
-SUP_ONLY_LABEL = f"{METHOD_LABELS[METHOD]} pretraining + L_sup only"
+SUP_ONLY_LABEL = "MONA/ARCO pretraining + L_sup only"
 #: The terms whose removal ARCO Table 3 reports (a claim each).
 PUBLISHED_TERMS = ("L_unsup", "L_global_inst", "L_local_inst")
 

@@ -12,7 +12,7 @@ import pytest
 from medseg_platform import progress as progress_module
 from medseg_platform.config import TrialConfig
 from medseg_platform.progress import ProgressCallback
-from medseg_platform.step_costs import STEP_COST, trial_plan
+from medseg_platform.step_costs import STEP_COST, cost_key, trial_plan
 from tests.test_engine import quiet, small_cfg
 
 ISD = {"objective": "isd_pretrain", "max_steps": 20}
@@ -85,6 +85,23 @@ def test_rows_without_the_contrast_term_have_their_own_cost_and_step_rate():
     callback.on_trial_result(0, trials, m, progress("fine-tuning", 50, 100, 0.1, "mona", evaluations=1))
     callback.on_trial_result(0, trials, w, progress("fine-tuning", 50, 100, 0.5, "mona", evaluations=1))
     assert callback.step_s == {"mona": 10.0, "mona w/o contrast": 2.0}  # the cheaper row does not overwrite MONA's rate
+
+
+def test_mona_rows_without_more_terms_are_priced_by_the_work_they_skip():
+    """studies/ablation_losses.py's rows: the dry run priced its L_sup-only row as a row without the contrast (3.9
+    supervised steps a step, where it trains at 1.4) and its row without L_eqv as the full row."""
+    def key(**params):
+        return cost_key("arco", params)
+
+    unlabelled = {"contrast_weight": 0.0, "unsup_weight": 0.0, "eqv_weight": 0.0, "nn_weight": 0.0}
+    assert key() == "arco" and key(unsup_weight=0.0) == "arco"  # L_unsup alone skips no pass
+    assert key(contrast_weight=0.0) == "arco w/o contrast" and key(eqv_weight=0.0) == "arco w/o eqv"
+    assert key(contrast_weight=0.0, eqv_weight=0.0) == "arco w/o contrast and eqv"
+    assert key(**unlabelled) == "arco L_sup only" and cost_key("mona", unlabelled) == "mona L_sup only"
+    assert key(**{**unlabelled, "nn_weight": 1.0}) == "arco w/o contrast and eqv"  # L_nn's teacher pass still runs
+    for objective in ("mona", "arco"):
+        costs = [STEP_COST[f"{objective}{suffix}"] for suffix in ("", " w/o eqv", " w/o contrast", " w/o contrast and eqv", " L_sup only")]
+        assert costs[0] > max(costs[1:3]) and min(costs[1:3]) > costs[3] > costs[4] > STEP_COST["supervised"], costs
 
 
 def test_trial_plan_counts_phases_and_identifies_shared_stages():

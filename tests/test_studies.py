@@ -111,7 +111,7 @@ def test_losses_smoke(smoke):
     full = by_row["ARCO-SG"]
     weights = ("contrast_weight", "unsup_weight", "eqv_weight", "nn_weight")
 
-    def changed(config):  # (fine-tuning weights at 0, stage weights at 0); the full row leaves them at their defaults (> 0)
+    def changed(config):  # (fine-tuning weights at 0, stage weights at 0); the full row does not set them
         params, stage = config["objective_params"], config["pretrain"][0]["objective_params"]
         return ({w for w in weights if params.get(w) == 0.0}, {w for w in ("global_weight", "local_weight") if stage.get(w) == 0.0})
 
@@ -122,6 +122,12 @@ def test_losses_smoke(smoke):
     assert changed(by_row["ARCO-SG w/o L_local_inst"]) == (set(), {"local_weight"})
     assert changed(by_row[module.SUP_ONLY_LABEL]) == (set(weights), set())
     assert by_row["Supervised only"]["objective"] == "supervised" and not by_row["Supervised only"]["pretrain"]
+    # the terms at 0 were not computed: they are missing from the logged curves
+    logged = {r.result["tags"]["row"]: set((study_dir / "trials" / key / "curves.csv").read_text().splitlines()[0].split(","))
+              for key, r in records.items()}
+    assert {"unsup", "contrast", "eqv", "nn"} <= logged["ARCO-SG"]
+    assert "unsup" not in logged["ARCO-SG w/o L_unsup"] and "eqv" not in logged["ARCO-SG w/o L_eqv"]
+    assert not {"unsup", "contrast", "eqv", "nn"} & logged[module.SUP_ONLY_LABEL] and "sup" in logged[module.SUP_ONLY_LABEL]
     # the rows that keep the released stage share one pretraining config; the two stage ablations have their own
     stages = {json.dumps(c["pretrain"], sort_keys=True) for row, c in by_row.items() if c["pretrain"]}
     assert len(stages) == 3
