@@ -35,7 +35,8 @@ def smoke(tmp_path, ray_address, phantom_cache, monkeypatch):
         module = load_script(name)
         argv = ["--smoke-test", "--results-dir", str(results), "--address", ray_address, "--no-dashboard", *extra]
         code = module.main(argv) if hasattr(module, "main") else run_study_main(module.__doc__, name, module.build, argv=argv)
-        study_dir = results / (f"{name}-arco_sag-smoke" if name == "hparam_search" else f"{name}-smoke")  # a search: per method
+        # a search and the loss ablation: one folder per method (their defaults: ARCO-SAG, ARCO-SG)
+        study_dir = results / {"hparam_search": "hparam_search-arco_sag-smoke", "ablation_losses": "ablation_losses-arco_sg-smoke"}.get(name, f"{name}-smoke")
         keys = json.loads((study_dir / "study.json").read_text())["trials"]
         records = {key: read_trial(study_dir / "trials" / key) for key in keys}
         return code, study_dir, records, module
@@ -133,6 +134,25 @@ def test_losses_smoke(smoke):
     assert len(stages) == 3
     assert {(c["a"], c["b"]) for c in module.claims()} == {
         ("ARCO-SG", f"ARCO-SG w/o {term}") for term in ("L_unsup", "L_global_inst", "L_local_inst")}
+
+
+def test_loss_ablation_of_arco_sag_has_its_own_rows_folder_and_claims(tmp_path):
+    import argparse
+
+    module = load_script("ablation_losses")
+    profile = PROFILES["quick"]
+    base = profile.trial.replace(**{"data.root": "/nonexistent"})
+    studies = {m: module.build(argparse.Namespace(results_dir=str(tmp_path), method=m), profile, base) for m in module.METHODS}
+    sag = studies["arco_sag"]
+    assert sag.name == "ablation_losses-arco_sag" and studies["arco_sg"].name == "ablation_losses-arco_sg"
+    rows = [v.tags["row"] for v in sag.variants]
+    assert rows[:2] == ["ARCO-SAG", "ARCO-SAG w/o L_unsup"] and module.SUP_ONLY_LABEL in rows and "Supervised only" in rows
+    assert {v.overrides["objective_params"]["sampler"] for v in sag.variants if v.overrides.get("objective") == "arco"} == {
+        "stratified_antithetic"}
+    assert {(c["a"], c["b"]) for c in sag.claims} == {("ARCO-SAG", f"ARCO-SAG w/o {t}") for t in module.PUBLISHED_TERMS}
+    assert module.parser().parse_args(["--method", "arco_sag"]).method == "arco_sag"
+    with pytest.raises(SystemExit):
+        module.parser().parse_args(["--method", "mona"])
 
 
 def test_label_fractions_smoke(smoke):
