@@ -14,8 +14,9 @@ still computed without a gradient and its queue still advances, as released (doc
   nearest-neighbour): the pretrained network fine-tuned on the labelled patients alone, as the pipeline runs it
   (with the release's discarded student pass on the labelled copy, which moves BatchNorm's running statistics).
   The stage itself has an L_sup term on the labelled images (MONA's preset), so this row has seen the labels for
-  the stage's steps too. Without a contrast term the sampler does nothing: the row is MONA's as much as ARCO's;
-* ``Supervised only``: the same network from random initialisation, the table's floor.
+  the stage's steps too. Without a contrast term the sampler does nothing: the row is MONA's as much as ARCO's, and
+  it is ARCO-SG's configuration whatever ``--method`` says, so a run of the other ARCO reuses its finished trials;
+* ``Supervised only``: the same network from random initialisation, the reference row.
 
 Not a row: "w/o L_nn" (ARCO Table 2's "w/o diversity"): as released L_nn has no gradient, so leaving it out changes
 only what is logged (docs/mona.md, 'Nearest-neighbour loss').
@@ -78,7 +79,9 @@ def build(args, profile, base):
         table.add(without_term_label(method, term), with_objective_params(released, **{weight: 0.0}), variant=arco)
     for term, weight in PRETRAINING_TERMS:
         table.add(without_term_label(method, term), with_stage_params(released, 0, **{weight: 0.0}), variant=arco)
-    table.add(SUP_ONLY_LABEL, with_objective_params(released, **{w: 0.0 for w in UNLABELLED_WEIGHTS}), variant=arco)
+    # without an unlabelled term the sampler is unused: one configuration (ARCO-SG's) for every --method
+    sup_only = with_objective_params(method_overrides(DEFAULT_METHOD, profile), **{w: 0.0 for w in UNLABELLED_WEIGHTS})
+    table.add(SUP_ONLY_LABEL, sup_only, variant=arco)
     table.add(METHOD_LABELS["supervised"], method_overrides("supervised", profile))
     labelled = study_fractions(args, ("1",))  # ARCO Table 3's fraction, unless --labelled says otherwise
     # one folder per method: the other ARCO's ablation keeps its files
