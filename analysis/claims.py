@@ -199,6 +199,13 @@ def evaluate_claim(claim: Mapping[str, Any], records: Sequence[TrialRecord]) -> 
     texts = {"a_column": _column_text(records, a_column), "b_column": _column_text(records, b_column)}
     absent = [f"{row} at {column}" for row, column, trials in ((claim["a"], a_column, a_trials), (claim["b"], b_column, b_trials))
               if not trials]
+    # a label fraction the study trained no trial at (e.g. its --labelled left the claim's fraction out): say that,
+    # rather than name the rows, which a reader then looks for in vain among the trials of the other fractions
+    untrained = [column for column in dict.fromkeys((a_column, b_column)) if not any(at_fraction(r, column) for r in records)]
+    if untrained:
+        where = " or ".join(texts["a_column" if column == a_column else "b_column"] for column in untrained)
+        return ClaimResult(claim, verdict=NOT_RUN, reason=f"the study has no finished trial at {where}, the claim's label "
+                                                          "fraction", **texts)
     if absent:
         return ClaimResult(claim, verdict=NOT_RUN, reason="no finished trial of " + " or ".join(absent), **texts)
     pairs = paired_values(a_trials, b_trials, metric)

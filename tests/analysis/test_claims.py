@@ -171,7 +171,8 @@ def test_mixed_signs_or_too_few_cases_are_inconclusive(tmp_path):
 def test_a_claim_whose_row_or_column_was_not_run_says_so(tmp_path):
     records = trials(tmp_path, {"A": lambda c, k, s: base(c, k) + 0.1, "B": lambda c, k, s: base(c, k)})
     column = evaluate_claim(claim("A", "B", "7", "test"), records)
-    assert column.verdict == NOT_RUN and column.reason == "no finished trial of A at 7 or B at 7"
+    # no trial of the study is at 7 patients (a --labelled that leaves the claim's fraction out): the fraction is named
+    assert column.verdict == NOT_RUN and column.reason == "the study has no finished trial at 7 patients, the claim's label fraction"
     assert column.a_column == "7 patients" and math.isnan(column.difference)
     row = evaluate_claim(claim("A", "C", "1", "test"), records)
     assert row.verdict == NOT_RUN and row.reason == "no finished trial of C at 1"
@@ -243,7 +244,7 @@ def test_report_has_a_claims_section_with_published_numbers_for_the_paper_profil
             "[+15.0, +15.0] | 0.008 | 24 (8 cases × 3 seeds) | supported | +39.7 (ARCO Table 1) |") in section
     assert "| ARCO-SG ≥ MONA, 3 patients (4.3%) | ARCO Table 1: SG not worse | -0.1 |" in section
     assert "| supported | +1.8 (ARCO Table 1) |" in section
-    assert "| not run (no finished trial of ACTION at 7 or MONA at 7) | -0.5 (ARCO Table 1) |" in section
+    assert "| not run (the study has no finished trial at 7 patients, the claim's label fraction) | -0.5 (ARCO Table 1) |" in section
     # the exact source of every quoted table (PublishedTable.citation was written but never shown: the dead-code audit)
     assert (" Sources: ARCO Table 1: ARCO (You et al., NeurIPS 2023, arXiv 2302.01735v5), Table 1: ACDC, DSC Avg; columns "
             "1% / 5% / 10% labelled = 1 / 3 / 7 patients.") in section
