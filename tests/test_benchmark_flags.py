@@ -28,6 +28,8 @@ def _run(*command: str, timeout: float = 120) -> subprocess.CompletedProcess:
     ("val_noise.py", ["no/such/study"], "no/such/study: no trials/ folder"),
     ("val_noise.py", [".", "--steps", "1"], "argument --steps: must be >= 2, got 1"),
     ("check_exact_resume.py", ["--steps", "5", "--val-every", "5", "supervised"], "--val-every 5 must be below --steps 5"),
+    ("eqv_batchnorm.py", ["mona", "1", "1"], "the following arguments are required: --work"),
+    ("eqv_batchnorm.py", ["--work", "unused", "mona", "1"], "give METHOD LABELLED SEED [KEY=VALUE ...]"),
 ])
 def test_a_bad_flag_is_one_usage_error(script, flags, message):
     done = _run(sys.executable, f"benchmarks/{script}", *flags)
