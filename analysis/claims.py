@@ -203,7 +203,7 @@ def evaluate_claim(claim: Mapping[str, Any], records: Sequence[TrialRecord]) -> 
     # rather than name the rows, which a reader then looks for in vain among the trials of the other fractions
     untrained = [column for column in dict.fromkeys((a_column, b_column)) if not any(at_fraction(r, column) for r in records)]
     if untrained:
-        where = " or ".join(texts["a_column" if column == a_column else "b_column"] for column in untrained)
+        where = " or ".join(_column_text(records, column) for column in untrained)
         return ClaimResult(claim, verdict=NOT_RUN, reason=f"the study has no finished trial at {where}, the claim's label "
                                                           "fraction", **texts)
     if absent:

@@ -138,6 +138,30 @@ def signals_deferred() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
+_STOP_SIGNALS: set[int] = set()  # signals :func:`interrupt_on_signal` turned into a KeyboardInterrupt, until forgotten
+
+
+def interrupt_on_signal(signum, frame) -> None:
+    """Signal handler: KeyboardInterrupt, and the signal remembered (:func:`raise_if_stopped`). A handler's exception
+    lands wherever the main thread is; inside a callback that Python calls from C (a weakref's, at a garbage
+    collection) it is printed as "Exception ignored" and lost, and a killed ``medseg train --in-process`` went on
+    training (the SIGTERM test's flake)."""
+    _STOP_SIGNALS.add(signum)
+    raise KeyboardInterrupt
+
+
+def raise_if_stopped() -> None:
+    """KeyboardInterrupt when :func:`interrupt_on_signal` ran and its signal was not forgotten since: a training loop
+    calls it every step, so a stop whose exception Python ignored still stops (one set lookup)."""
+    if _STOP_SIGNALS:
+        raise KeyboardInterrupt
+
+
+def forget_stop_signals() -> None:
+    """End the record of :func:`interrupt_on_signal` (the block that installed it is over)."""
+    _STOP_SIGNALS.clear()
+
+
 def exit_on_sigterm(signum, frame) -> None:
     """SIGTERM handler: remove the registered staging folders, say so, and exit with 143."""
     for path in list(_STAGING):

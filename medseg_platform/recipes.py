@@ -29,6 +29,9 @@ FULL_SUPERVISION_LABEL = "Supervised, all labels"
 #: MONA and both ARCOs share one such row, keyed ``mona``: without the contrast term their pipelines are identical,
 #: the sampler being the only difference.
 WITHOUT_CONTRAST_LABELS = {"mona": "MONA/ARCO w/o L_contrast", "action": "ACTION w/o L_anco"}
+#: MONA/ARCO's weights of the unlabelled fine-tuning terms (docs/mona.md, 'Total loss'): a row with all of them at 0
+#: trains on L_sup alone (``studies/ablation_losses.py``; priced as such by :func:`medseg_platform.step_costs.cost_key`).
+MONA_UNLABELLED_WEIGHTS = ("contrast_weight", "unsup_weight", "eqv_weight", "nn_weight")
 
 
 def without_term_label(method: str, term: str) -> str:

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Mapping
 
+from medseg_platform.recipes import MONA_UNLABELLED_WEIGHTS
+
 #: Prior cost of one optimisation step of each objective, in supervised steps, measured as the ETA uses them
 #: (``benchmarks/RESULTS.md``, "Step-cost priors"): in the default quick study with the methods as released (a fresh
 #: clone of 3a773b6, 3 trials a row, two sharing the 2 cores), the cost unit is the supervised-only trials' seconds
@@ -31,8 +33,6 @@ STEP_COST = {"supervised": 1.0, "mean_teacher": 1.5, "mona": 4.9, "arco": 5.3, "
              "mona w/o contrast": 3.9, "arco w/o contrast": 3.9, "action w/o anco": 2.1,
              "mona w/o eqv": 3.6, "arco w/o eqv": 3.8, "mona w/o contrast and eqv": 2.7, "arco w/o contrast and eqv": 2.7,
              "mona L_sup only": 1.2, "arco L_sup only": 1.2}
-#: MONA/ARCO's weights of the unlabelled fine-tuning terms (all 0: the row trains on L_sup alone).
-_MONA_UNLABELLED_WEIGHTS = ("contrast_weight", "unsup_weight", "eqv_weight", "nn_weight")
 #: The prior of an objective missing from :data:`STEP_COST` (a newly registered one), until its rate is observed; the
 #: dry run names such objectives. ``tests/test_progress.py`` asks every registered objective for a measured entry
 #: (docs/methods.md, 'Adding a method').
@@ -76,7 +76,7 @@ def cost_key(objective: str, params: Mapping) -> str:
     contrast (``contrast_weight`` 0), without L_eqv (``eqv_weight`` 0), without both, or with every unlabelled term
     at 0 ("L_sup only"), or an ACTION row without L_anco (``anco_weight`` 0), skips that work."""
     if objective in ("mona", "arco"):
-        if all(params.get(name) == 0 for name in _MONA_UNLABELLED_WEIGHTS):
+        if all(params.get(name) == 0 for name in MONA_UNLABELLED_WEIGHTS):
             return f"{objective} L_sup only"
         left_out = [term for term, name in (("contrast", "contrast_weight"), ("eqv", "eqv_weight")) if params.get(name) == 0]
         return f"{objective} w/o {' and '.join(left_out)}" if left_out else objective

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from medseg_platform.claims_spec import claim  # noqa: E402
 from analysis.study_cli import run_study_main  # noqa: E402
-from medseg_platform.recipes import METHOD_LABELS, method_overrides, without_term_label  # noqa: E402
+from medseg_platform.recipes import METHOD_LABELS, MONA_UNLABELLED_WEIGHTS, method_overrides, without_term_label  # noqa: E402
 from medseg_platform.study import Study  # noqa: E402
 from medseg_platform.variants import VariantTable, with_objective_params, with_stage_params  # noqa: E402
 from medseg_platform.study_flags import study_fractions, study_parser  # noqa: E402
@@ -56,8 +56,6 @@ DEFAULT_METHOD = "arco_sg"
 FINE_TUNING_TERMS = (("L_unsup", "unsup_weight"), ("L_eqv", "eqv_weight"))
 #: Pretraining-stage terms left out one at a time: (term as the row names it, stage parameter set to 0).
 PRETRAINING_TERMS = (("L_global_inst", "global_weight"), ("L_local_inst", "local_weight"))
-#: Every weighted unlabelled term of the fine-tuning objective (docs/mona.md, 'Total loss'); the L_sup-only row zeroes them all.
-UNLABELLED_WEIGHTS = ("contrast_weight", "unsup_weight", "eqv_weight", "nn_weight")
 SUP_ONLY_LABEL = "MONA/ARCO pretraining + L_sup only"
 #: The terms whose removal ARCO Table 3 reports (a claim each).
 PUBLISHED_TERMS = ("L_unsup", "L_global_inst", "L_local_inst")
@@ -80,7 +78,7 @@ def build(args, profile, base):
     for term, weight in PRETRAINING_TERMS:
         table.add(without_term_label(method, term), with_stage_params(released, 0, **{weight: 0.0}), variant=arco)
     # without an unlabelled term the sampler is unused: one configuration (ARCO-SG's) for every --method
-    sup_only = with_objective_params(method_overrides(DEFAULT_METHOD, profile), **{w: 0.0 for w in UNLABELLED_WEIGHTS})
+    sup_only = with_objective_params(method_overrides(DEFAULT_METHOD, profile), **{w: 0.0 for w in MONA_UNLABELLED_WEIGHTS})
     table.add(SUP_ONLY_LABEL, sup_only, variant=arco)
     table.add(METHOD_LABELS["supervised"], method_overrides("supervised", profile))
     labelled = study_fractions(args, ("1",))  # ARCO Table 3's fraction, unless --labelled says otherwise

@@ -36,6 +36,7 @@ from medseg_platform.engine.augmentation import StrongAugmentAdapter
 from medseg_platform.engine.ddp import DistContext, average_gradients, gather_scalar
 from medseg_platform.engine.training_data import TrainingData
 from medseg_platform.errors import ConfigError, MedsegError
+from medseg_platform.io import raise_if_stopped
 from methods.objective import Batch
 from methods.registry import build_model
 
@@ -187,6 +188,7 @@ class TrainLoop:
 
     def step(self, step: int) -> None:
         """One optimisation step; no host sync (see the module docstring for the exceptions)."""
+        raise_if_stopped()  # a kill whose KeyboardInterrupt Python ignored (medseg_platform.io.interrupt_on_signal)
         t0 = time.perf_counter()
         self.objective.train()
         image, label = self._weak(self.data.labelled, self.labelled_batch)

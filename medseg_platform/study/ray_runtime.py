@@ -176,10 +176,6 @@ def _init_as_interruptible(ray, **kwargs):
         raise KeyboardInterrupt from None
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 @contextlib.contextmanager
 def sigterm_handler_kept():
     """The SIGTERM handler from before the block is back after it (main thread only), for Python and the OS alike:
@@ -201,10 +197,17 @@ def sigterm_handler_kept():
 
 @contextlib.contextmanager
 def sigterm_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt inside the block (main thread only), the previous handler is back after it."""
-    with sigterm_handler_kept():
-        term_as_interrupt()
-        yield
+    """SIGTERM raises KeyboardInterrupt inside the block (main thread only), the previous handler is back after it. A
+    SIGTERM whose exception Python ignored stops the training loop at its next step
+    (:func:`medseg_platform.io.raise_if_stopped`) until the block ends."""
+    from medseg_platform.io import forget_stop_signals
+
+    try:
+        with sigterm_handler_kept():
+            term_as_interrupt()
+            yield
+    finally:
+        forget_stop_signals()
 
 
 def term_as_interrupt() -> None:
@@ -216,8 +219,10 @@ def term_as_interrupt() -> None:
     import signal
     import threading
 
+    from medseg_platform.io import interrupt_on_signal
+
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGTERM, interrupt_on_signal)
 
 
 def trial_placement() -> dict:
