@@ -322,7 +322,10 @@ def test_a_kill_of_an_in_process_trial_says_how_to_resume_and_exits_130(tmp_path
         time.sleep(1.0)  # into the training steps
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-1500:]
+    # 130, or killed by SIGINT, which a shell reports as 130 too: now and then CPython, after the command caught the
+    # KeyboardInterrupt and returned 130, signals itself with SIGINT at exit (strace: kill(pid, SIGINT) once its handlers
+    # are reset), its exit for a KeyboardInterrupt it counted as unhandled; about 1 kill in 8, cause not found
+    assert proc.returncode in (130, -signal.SIGINT), err[-1500:]
     assert err.strip().splitlines()[-1].endswith(": stopped by a signal; rerun the same command to resume it (from its last "
                                                  "checkpoint, if it reached one)")
 
