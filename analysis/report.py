@@ -304,9 +304,12 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
     return lines
 
 
-def _best_search_lines(records: Sequence[TrialRecord], top: int = 5, order: Mapping[str, int] | None = None) -> list[str]:
+def _best_search_lines(records: Sequence[TrialRecord], top: int = 5, order: Mapping[str, int] | None = None,
+                       study_dir: Path | None = None) -> list[str]:
     """A Markdown table of the best searched configurations by best val Dice (searches only); ties go to the earlier
-    sample (``order``: trial folder -> proposal order), as ``best_config.json``'s do, else by folder name."""
+    sample (``order``: trial folder -> proposal order), as ``best_config.json``'s do, else by folder name. Below it,
+    which one the search chose, whether others tie with it, and the commands that use it (the console said so, the
+    report did not: the search walkthrough)."""
     searched = [r for r in records if (r.result.get("tags") or {}).get("search")]
     searched = [r for r in searched if isinstance(r.result.get("best_val_dice"), (int, float))
                 and math.isfinite(r.result["best_val_dice"])]
@@ -323,6 +326,19 @@ def _best_search_lines(records: Sequence[TrialRecord], top: int = 5, order: Mapp
         values = [r.result["tags"]["search"].get(n, "") for n in names]
         lines.append(f"| {r.path.name} | {100 * r.result['best_val_dice']:.1f} | {100 * float(test):.1f} | "
                      + " | ".join(f"{v:.4g}" if isinstance(v, float) else escape_markdown(str(v)) for v in values) + " |")
+    tied = sum(float(r.result["best_val_dice"]) == float(best[0].result["best_val_dice"]) for r in searched)
+    lines += ["", "The first row is the search's choice, `best_config.json`"
+              + (f" ({tied} samples tie at its val Dice: the search could not tell them apart, and the earliest is "
+                 "chosen; a longer profile or more val cases separates them)" if tied > 1 else "") + "."]
+    if study_dir is not None:
+        import shlex
+
+        from analysis.search import BEST_FILE
+
+        config, folder = shlex.quote(str(study_dir / BEST_FILE)), shlex.quote(str(best[0].path))
+        lines += ["", f"- train it with another seed: `medseg train --config {config} --seed 2 --results-dir "
+                      f"{shlex.quote(str(study_dir.parent))}`",
+                  f"- predict with its weights: `medseg predict --trial {folder} --out PREDICTIONS`"]
     return lines + [""]
 
 
@@ -375,7 +391,7 @@ def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, r
         body = dice.read_text(encoding="utf-8").rstrip("\n")
         lines += ["## Results", "", body.replace("### Dice (%)", "### Test Dice (%)", 1), ""]
     lines += claims_section(info, settings, records, claims)
-    lines += _best_search_lines(records, order=sample_order)
+    lines += _best_search_lines(records, order=sample_order, study_dir=study_dir)
     lines += health_section(trial_health(records), model_selection(records))
     if tables:
         lines += ["## Tables", ""]

@@ -69,6 +69,14 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) 
         (getattr(args, "group_parser", None) or parser).print_help(sys.stderr)
         return 2
     try:
+        return _run_command(func, args)
+    finally:
+        forget_handled_interrupts()
+
+
+def _run_command(func, args) -> int:
+    """``func(args)``'s exit code; the one-line errors and exit codes of :func:`run_cli`."""
+    try:
         return int(func(args) or 0)
     except MedsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -86,6 +94,16 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) 
         return 1
 
 
+def forget_handled_interrupts() -> None:
+    """Clear CPython's record of a KeyboardInterrupt that left code run by ``exec``/``eval`` of a string, once the
+    command has handled it: CPython (3.8 on) keeps that record even when an outer ``except`` catches the interrupt, and
+    under ``python -m`` (``python -m analysis``) it then ends the process by SIGINT at exit instead of returning the
+    command's exit code. Dataclasses and typing run generated code that way, e.g. while torch imports its optimiser's
+    helpers at the first training steps, so a stop signal landing there made a killed ``medseg train --in-process``
+    die by SIGINT (about 1 kill in 12) rather than exit 130. Any later exec of a string that succeeds clears it."""
+    exec("None")  # noqa: S102 - a constant: resets CPython's unhandled-KeyboardInterrupt flag (pythonrun.c)
+
+
 def _stdout_reader_gone() -> bool:
     """Whether standard output is a pipe whose reading end is closed (``poll`` reports an error on its writing end)."""
     import select
@@ -96,3 +114,8 @@ def _stdout_reader_gone() -> bool:
         return any(event & select.POLLERR for _, event in poller.poll(0))
     except (OSError, ValueError, AttributeError):  # no file descriptor (a captured stream), or no poll
         return False
+
+
+if __name__ == "__main__":  # `python -m medseg_platform.cli predict ...` ran nothing and exited 0 (the walkthrough)
+    sys.exit("medseg_platform.cli holds what the medseg commands share; the command is `medseg` (installed) or "
+             "`python -m analysis`")

@@ -46,6 +46,7 @@ from medseg_platform.step_costs import EVALUATION_COST, STEP_COST, UNKNOWN_STEP_
 
 FINISHED, TO_SCORE, TO_RESCORE, TO_RESUME, CACHED, TO_RUN = (
     "finished", "to score on --test-root", "to score from a finished trial", "to resume", "cached pretraining", "to run")
+STATUSES = (FINISHED, TO_SCORE, TO_RESCORE, TO_RESUME, CACHED, TO_RUN)
 #: :func:`measure_unit_seconds`: timed steps after one warm-up step, and the time after which it stops early.
 TIMED_STEPS, TIMING_BUDGET_S = 5, 2.0
 #: Steps timed whatever the budget: the median of 3 steps, where a single slow step (another process on the cores, a
@@ -111,6 +112,7 @@ class StudyPlan:
     left_out: int = 0  # finished trials in the study's folder that this command does not list (the tables leave them out)
     other_roots: tuple[str, ...] = ()  # the data roots of those trials that this command does not train on
     warnings: tuple[str, ...] = ()  # what the run would warn about first (a corrupt result.json: that trial runs again)
+    samples_resuming: tuple[tuple[int, int], ...] = ()  # a search: (step, of steps) where stopped samples resume
 
     @property
     def total_units(self) -> float:
@@ -219,7 +221,26 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
                                f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores", unit.device)
     return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit, ended,
                      WORKER_GROUP_S if study.num_workers > 1 else 0.0, tuple(unpriced), study.gpus_per_trial > 0,
-                     *((0, ()) if search else _left_out(study_dir / TRIALS_DIR, trials, trial_finished)), tuple(warnings))
+                     *((0, ()) if search else _left_out(study_dir / TRIALS_DIR, trials, trial_finished)), tuple(warnings),
+                     _samples_resuming(study_dir / TRIALS_DIR, trials) if search and ended < samples else ())
+
+
+def _samples_resuming(trials_dir: Path, trials: list[dict]) -> tuple[tuple[int, int], ...]:
+    """``(step, fine-tuning steps)`` where a search's samples stopped mid-way resume: the sample folders (a search's
+    folder holds its own samples only: one with other settings is refused) with a checkpoint and neither a result nor
+    an error (a rerun does not train an errored sample again). The dry run of a stopped search said nothing of them."""
+    from medseg_platform.io import read_json_object
+    from medseg_platform.results import CONFIG_FILE, ERROR_FILE, RESULT_FILE
+
+    if not trials_dir.is_dir() or not trials:
+        return ()
+    found = []
+    for folder in sorted(f for f in trials_dir.iterdir() if f.is_dir()):
+        if (folder / RESULT_FILE).is_file() or (folder / ERROR_FILE).is_file() or (point := resume_point(folder)) is None:
+            continue
+        optim = ((read_json_object(folder / CONFIG_FILE) or {}).get("config") or {}).get("optim") or {}
+        found.append((point[0], int(optim.get("max_steps", trials[0]["config"]["optim"]["max_steps"]))))
+    return tuple(found)
 
 
 def _left_out(trials_dir: Path, trials: list[dict], finished) -> tuple[int, tuple[str, ...]]:
@@ -337,12 +358,13 @@ def format_plan(plan: StudyPlan) -> str:
              f"results would go to {plan.study_dir}"]
     lines += ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
               for r in table]
-    counts = {status: sum(t.status == status for t in plan.trials)
-              for status in (FINISHED, TO_SCORE, TO_RESCORE, TO_RESUME, CACHED, TO_RUN)}
-    for optional in (TO_SCORE, TO_RESCORE, TO_RESUME):
-        if not counts[optional]:
-            del counts[optional]
-    lines.append(f"Totals: {len(plan.trials)} trial(s){runs_of}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+    count = {status: sum(t.status == status for t in plan.trials) for status in STATUSES}
+    # every trial that trains counts as "to run" (a search's trial on cached pretraining read "0 to run": the walkthrough)
+    detail = ", ".join(f"{count[status]} {label}" for status, label in ((TO_RESUME, "resuming"), (CACHED, "on cached pretraining"))
+                       if count[status])
+    parts = [f"{count[FINISHED]} finished"] + [f"{count[status]} {status}" for status in (TO_SCORE, TO_RESCORE) if count[status]]
+    parts.append(f"{count[TO_RESUME] + count[CACHED] + count[TO_RUN]} to run" + (f" ({detail})" if detail else ""))
+    lines.append(f"Totals: {len(plan.trials)} trial(s){runs_of}: " + ", ".join(parts)
                  + f"; {plan.total_units:.1f} cost units of training left (fine-tuning and uncached pretraining)")
     workers = (f", each run with {plan.run_overhead_s:.0f} s of Ray Train worker-group start and teardown"
                if plan.run_overhead_s else "")
@@ -376,6 +398,10 @@ def format_plan(plan: StudyPlan) -> str:
     if plan.samples > 1:
         done = ("" if not plan.samples_ended else ", all of them already ended (a rerun only rebuilds the outputs)"
                 if plan.samples_ended >= plan.samples else f", {plan.samples_ended} of them already ended (a rerun resumes the rest)")
+        if plan.samples_resuming:
+            at = ", ".join(f"{step}/{steps}" for step, steps in plan.samples_resuming)
+            done += (f", {len(plan.samples_resuming)} stopped mid-way resume from their checkpoints (at step {at}; priced in "
+                     "full)")
         lines.append(f"Search: {plan.samples} samples of one configuration{done}; an upper bound (ASHA stops weak samples early)")
     lines.append(f"Cost units: supervised fine-tuning steps, from the step-cost priors of medseg_platform/step_costs.py (an "
                  f"evaluation pass = {EVALUATION_COST:g} units; a cached pretraining stage costs nothing, a shared one is counted "

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from medseg_platform.errors import DataError, MedsegError
-from medseg_platform.evaluation.cli import EVALUATION_DIR
+from medseg_platform.evaluation.cli import EVALUATION_DIR, LABEL_SUFFIX, PREDICTION_SUFFIX, label_suffix
 
 SPLITS = ("test", "val", "all")
 NIFTI_DIR = "nifti"
@@ -267,17 +267,35 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
 
 
 # ------------------------------------------------------------------------------- scans never converted
-#: The default ``--label-suffix``: names ending in it (before the extension) are label files, which a folder of --images
-#: leaves out, as ``medseg data convert-nifti``'s default and ``medseg evaluate`` read them; ``_pred`` files are
-#: predictions (``medseg evaluate``'s naming) and are left out too.
-LABEL_SUFFIX = "_gt"
-PREDICTION_SUFFIX = "_pred"
-
-
 def _nifti_name(path: Path) -> bool:
     from medseg_platform.data.nifti import NIFTI_EXTENSIONS
 
     return any(path.name.lower().endswith(ext) and len(path.name) > len(ext) for ext in NIFTI_EXTENSIONS)
+
+
+def labels_by_another_name(images: Sequence[Path]) -> str:
+    """A note when some of a folder's ``images`` are named as another of them plus a suffix (``a_seg.nii.gz`` beside
+    ``a.nii.gz``): most likely label files named otherwise than ``--label-suffix``, which would be predicted as scans
+    (the walkthrough); "" otherwise. Names the most common such suffix and one pair."""
+    from collections import Counter
+
+    from medseg_platform.data.nifti import split_nifti_name
+
+    stems = {split_nifti_name(p)[0]: p for p in images}
+    pairs = {}
+    for stem in stems:
+        parts = stem.split("_")
+        for cut in range(1, len(parts)):
+            base = "_".join(parts[:cut])
+            if base in stems:
+                pairs.setdefault("_" + "_".join(parts[cut:]), []).append((stems[base].name, stems[stem].name))
+                break
+    if not pairs:
+        return ""
+    suffix, count = Counter({suffix: len(found) for suffix, found in pairs.items()}).most_common(1)[0]
+    base, named = pairs[suffix][0]
+    return (f"{count} file(s) are named as another plus {suffix!r} (e.g. {named} beside {base}) and are predicted as scans; "
+            f"if they are labels, rerun with --label-suffix {suffix}")
 
 
 def image_files(paths: Sequence[str | Path], label_suffix: str = LABEL_SUFFIX) -> tuple[dict[str, Path], list[str]]:
@@ -309,6 +327,7 @@ def image_files(paths: Sequence[str | Path], label_suffix: str = LABEL_SUFFIX) -
                         f"--images {path}/*/" if below else "give the files, or the folder that holds them")
                 raise DataError(f"--images {path}: no NIfTI image (.nii or .nii.gz) directly in this folder{left_out} ({hint})")
             told += [f"{path}: left out {note}" for note in notes]
+            told += [f"{path}: {note}" for note in [labels_by_another_name(chosen)] if note]
         elif path.is_file():
             if not _nifti_name(path):
                 raise DataError(f"--images {path}: not a NIfTI file name (expected .nii or .nii.gz)")
@@ -451,16 +470,16 @@ def predict_images(trial_dir: str | Path, images: Sequence[str | Path], out: str
         return summary
 
 
-def label_folder(summary: dict) -> Path | None:
+def label_folder(summary: dict, label_suffix: str = LABEL_SUFFIX) -> Path | None:
     """The folder ``medseg evaluate --gt`` can score ``--images`` predictions in: where every scan has its label file
-    ``<name>_gt`` beside it, their one folder, or the one folder above their folders (read one level down,
+    ``<name><label_suffix>`` beside it, their one folder, or the one folder above their folders (read one level down,
     :func:`medseg_platform.evaluation.scoring.ground_truth_files`: the raw ACDC release's ``training/``). None
     otherwise."""
     from medseg_platform.data.nifti import label_path_for
     from medseg_platform.evaluation.scoring import ground_truth_files
 
     paths = [Path(p) for p in summary.get("images", {}).values()]
-    if not paths or not all(label_path_for(p, LABEL_SUFFIX).is_file() for p in paths):
+    if not paths or not all(label_path_for(p, label_suffix).is_file() for p in paths):
         return None
     folders = {p.parent for p in paths}
     candidates = folders if len(folders) == 1 else {f.parent for f in folders}
@@ -468,11 +487,11 @@ def label_folder(summary: dict) -> Path | None:
         return None
     folder = candidates.pop()
     try:
-        found = ground_truth_files(folder)
+        found = ground_truth_files(folder, label_suffix)
     except (DataError, OSError):
         return None
     labels = {file.path for file in found.values()}
-    return folder if all(label_path_for(p, LABEL_SUFFIX) in labels for p in paths) else None
+    return folder if all(label_path_for(p, label_suffix) in labels for p in paths) else None
 
 
 # ------------------------------------------------------------------------------- external test set
@@ -584,18 +603,10 @@ def add_cli(subparsers) -> None:
                              "holding other cases' predictions, or files no earlier prediction there wrote, is refused)")
     parser.add_argument("--split", choices=SPLITS, default=None,
                         help="cases of --data-root to predict: test (default), val, or all")
-    parser.add_argument("--label-suffix", default=None, metavar="SUFFIX", type=_suffix,
+    parser.add_argument("--label-suffix", default=None, metavar="SUFFIX", type=label_suffix,
                         help=f"with --images: label files are named <image>SUFFIX (default {LABEL_SUFFIX}, as convert-nifti's); "
                              "a folder's label files are left out")
     parser.set_defaults(func=run)
-
-
-def _suffix(text: str) -> str:
-    import argparse
-
-    if not text.strip():
-        raise argparse.ArgumentTypeError("give the ending of the label files' names, e.g. _seg")
-    return text
 
 
 def trained_data_root(trial_dir: str | Path) -> str:
@@ -616,12 +627,15 @@ def trained_data_root(trial_dir: str | Path) -> str:
     return str(root)
 
 
-def evaluate_command(out: Path, summary: dict) -> str:
+def evaluate_command(out: Path, summary: dict, label_suffix: str = LABEL_SUFFIX) -> str:
     """The ``medseg evaluate`` line that scores a prediction folder with the trial's own evaluation settings (distance
-    units and empty-mask policy: ``eval.distance_units`` -> ``--spacing-from``, ``eval.empty_policy`` -> ``--empty-policy``)."""
+    units and empty-mask policy: ``eval.distance_units`` -> ``--spacing-from``, ``eval.empty_policy`` -> ``--empty-policy``),
+    against labels named ``<case><label_suffix>`` in a folder."""
     import shlex
 
     words = ["medseg", "evaluate", "--pred", str(out), "--gt", summary["data_root"], "--num-classes", str(summary["num_classes"])]
+    if label_suffix != LABEL_SUFFIX:
+        words += ["--label-suffix", label_suffix]
     if summary.get("distance_units") == "voxel":
         words += ["--spacing-from", "none"]
     if summary.get("empty_policy", "nan") != "nan":
@@ -630,6 +644,28 @@ def evaluate_command(out: Path, summary: dict) -> str:
 
 
 def run(args) -> int:
+    """``medseg predict``; a Ctrl-C or a kill (SIGTERM, which exited 143 without a word: the data walkthrough) leaves the
+    folder marked unfinished and says how to finish it."""
+    from medseg_platform.study.ray_runtime import sigterm_as_interrupt
+
+    try:
+        with sigterm_as_interrupt():
+            return _predict(args)
+    except KeyboardInterrupt:
+        import json
+
+        record = Path(args.out).expanduser().resolve() / PREDICTION_FILE
+        try:
+            unfinished = json.loads(record.read_text(encoding="utf-8")).get("complete") is False
+        except (OSError, ValueError, AttributeError):
+            unfinished = False
+        started = (f"{record.parent} is unfinished ({record.name} says so; medseg evaluate warns)" if unfinished else
+                   f"no prediction was written to {record.parent}")
+        print(f"stopped by a signal: {started}; rerun the same command to predict", file=sys.stderr)
+        return 130
+
+
+def _predict(args) -> int:
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
@@ -643,15 +679,18 @@ def run(args) -> int:
         suffix = LABEL_SUFFIX if args.label_suffix is None else args.label_suffix
         summary = predict_images(args.trial, args.images, args.out, log=progress, label_suffix=suffix)
         print(f"wrote {len(summary['cases'])} prediction(s) to {out}, NIfTI on each scan's grid in {out / NIFTI_DIR}")
-        labels = label_folder(summary) if suffix == LABEL_SUFFIX else None  # medseg evaluate reads <case>_gt labels
+        labels = label_folder(summary, suffix)
         if labels is not None:
-            print(f"score them against the label files beside the scans: {evaluate_command(out, {**summary, 'data_root': str(labels)})}")
+            command = evaluate_command(out, {**summary, "data_root": str(labels)}, suffix)
+            print(f"score them against the label files beside the scans: {command}")
         if earlier_scores:
             print(stale if labels is not None else stale.replace("the command above scores", "medseg evaluate scores"))
         return 0
     if args.label_suffix is not None:
         raise MedsegError("--label-suffix: names the label files beside --images scans; a --data-root dataset knows its own")
     split = args.split or "test"
+    if args.data_root is None:
+        finished_trial(args.trial)  # a wrong --trial is named as such, not as a dataset it does not record (the walkthrough)
     data_root = args.data_root if args.data_root is not None else trained_data_root(args.trial)
     if args.data_root is None:
         progress(f"--data-root: the trial's own dataset, {data_root}")

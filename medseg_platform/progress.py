@@ -65,6 +65,7 @@ class ProgressCallback(Callback):
     def setup(self, **info) -> None:  # Tune calls it when an experiment starts, restored ones included (this object is unpickled)
         self.start = self.last_line = self.clock()
         self.started: dict[str, float] = {}  # trial id -> first start in this run (a retry keeps it)
+        self.stopped_early: set[str] = set()  # trial ids ASHA stopped (Tune counts them as terminated, like finished ones)
         self.finished_work: list[tuple[float, float]] = []  # (seconds, cost units) of each trial that ran to the end
         self.peak_running = 0
         self.assigned: dict[str, int] = {}  # trial id -> index in plans
@@ -84,11 +85,13 @@ class ProgressCallback(Callback):
         return {"TERMINATED": "finished", "RUNNING": "running"}.get(status, "pending")
 
     def counts(self, trials, trial=None, now: str | None = None) -> dict[str, int]:
-        counts = dict.fromkeys(("finished", "running", "pending", "errored"), 0)
-        for t in trials:
-            counts[now if (trial is not None and now and t is trial) else self.category(t)] += 1
-        if trial is not None and now and not any(t is trial for t in trials):
-            counts[now] += 1
+        """Trials per category; ``stopped early`` (ASHA, a search's samples) apart from ``finished`` (the search
+        walkthrough: "3 finished" counted a stopped sample)."""
+        counts = dict.fromkeys(("finished", "stopped early", "running", "pending", "errored"), 0)
+        listed = list(trials) + ([trial] if trial is not None and now and not any(t is trial for t in trials) else [])
+        for t in listed:
+            category = now if (trial is not None and now and t is trial) else self.category(t)
+            counts["stopped early" if category == "finished" and t.trial_id in self.stopped_early else category] += 1
         counts["pending"] += max(0, self.total - sum(counts.values()))  # trials Tune has not created yet
         return counts
 
@@ -183,9 +186,11 @@ class ProgressCallback(Callback):
         """``[done/total] <what> <trial><after> (counts; elapsed, ETA)``."""
         c = self.counts(trials, trial, now)
         eta = self._eta_text(trials, trial, now)
-        done = c["finished"] + c["errored"]
-        return (f"[{done}/{sum(c.values())}] {what} {_trial_name(trial)}{after} ({c['finished']} finished, {c['running']} running, "
-                f"{c['pending']} pending, {c['errored']} errored; {format_duration(self.clock() - self.start)} elapsed, {eta})")
+        done = c["finished"] + c["stopped early"] + c["errored"]
+        stopped = f"{c['stopped early']} stopped early, " if c["stopped early"] else ""
+        return (f"[{done}/{sum(c.values())}] {what} {_trial_name(trial)}{after} ({c['finished']} finished, {stopped}"
+                f"{c['running']} running, {c['pending']} pending, {c['errored']} errored; "
+                f"{format_duration(self.clock() - self.start)} elapsed, {eta})")
 
     def doing(self, trial) -> str:
         """Where a running trial is, from its last progress report: ``fine-tuning step 120/300``, ``pretraining stage
@@ -203,7 +208,8 @@ class ProgressCallback(Callback):
         c = self.counts(trials)
         eta = self._eta_text(trials)
         running = ", ".join(f"{_trial_name(t)} {self.doing(t)}" for t in trials if self.category(t) == "running")
-        return f"[{c['finished'] + c['errored']}/{sum(c.values())}] running: {running} ({format_duration(self.clock() - self.start)} elapsed, {eta})"
+        done = c["finished"] + c["stopped early"] + c["errored"]
+        return f"[{done}/{sum(c.values())}] running: {running} ({format_duration(self.clock() - self.start)} elapsed, {eta})"
 
     def _print(self, msg: str) -> None:
         self.last_line = self.clock()
@@ -251,18 +257,27 @@ class ProgressCallback(Callback):
         if i is not None and self.plans[i].existed:  # Tune only skips it: its "finished (result existed)" line says so
             return
         attempt = f" (attempt {trial.num_failures + 1})" if getattr(trial, "num_failures", 0) else ""
-        self._print(self.line(f"started{attempt}", trial, trials, now="running", after=self._resuming(i)))
+        self._print(self.line(f"started{attempt}", trial, trials, now="running", after=self._resuming(i, trial)))
 
-    def _resuming(self, i: int | None) -> str:
+    def _resuming(self, i: int | None, trial) -> str:
         """``, resuming at step N/M`` when the trial of plan ``i`` has an interrupted fine-tuning's checkpoint (a rerun
-        after Ctrl-C said only "started": the workflow probe); "" otherwise. A retry on a node whose trial folder lacks the
-        checkpoint (restored from Tune's copy once the trial runs) says only "started"."""
+        after Ctrl-C said only "started": the workflow probe); "" otherwise. A searched sample's folder is keyed by its
+        sampled config and Tune's trial id, not by the plan (its resume went unsaid: the search walkthrough). A retry on a
+        node whose trial folder lacks the checkpoint (restored from Tune's copy once the trial runs) says only "started"."""
         if i is None or getattr(self, "study_dir", None) is None:
             return ""
         from medseg_platform.plan import resume_point
         from medseg_platform.results import trial_folder
+        from medseg_platform.study.trainable import trial_config_and_key
 
-        point = resume_point(trial_folder(self.study_dir, self.plans[i].key))
+        key = self.plans[i].key
+        params = getattr(trial, "config", None) or {}
+        if params.get("search") and isinstance(params.get("trial"), Mapping):
+            try:
+                key = trial_config_and_key(params, trial.trial_id)[1]
+            except Exception:  # noqa: BLE001 - a sample the trainable will refuse: it says why; no resume to tell
+                return ""
+        point = resume_point(trial_folder(self.study_dir, key))
         return f", resuming at step {point[0]}/{self.plans[i].fine_tuning.steps}" if point else ""
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -275,6 +290,7 @@ class ProgressCallback(Callback):
             self._print(self.line("ERRORED", trial, trials, now="errored") + f": {result.get('error', '?')}")
         elif "test_dice" not in result and not result.get("skipped"):  # only the final report has it: ASHA stopped it
             # (Tune sets done=True on a stopped trial too; analysis.search tells them apart the same way)
+            self.stopped_early.add(trial.trial_id)
             self._print(self.line(f"stopped early (ASHA, step {result.get('step', '?')})", trial, trials, now="finished"))
         else:
             self._print(self.line("finished" + (" (result existed)" if result.get("skipped") else ""), trial, trials, now="finished"))

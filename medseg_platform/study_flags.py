@@ -183,10 +183,11 @@ def study_parser(description: str, default_name: str, folder: str | None = None,
     return parser
 
 
-def dataset_num_classes(root: str | Path, set_keys: Iterable[str], current: int) -> dict[str, int]:
+def dataset_num_classes(root: str | Path, set_keys: Iterable[str], current: int, note: bool = True) -> dict[str, int]:
     """``{"data.num_classes": n}`` when ``root``'s manifest records n classes, the trials are set up for another count
     and neither ``--set`` nor a config file names it (``set_keys``): a converted dataset of 3 classes trains with 3
-    (the data-flow probe had to pass ``--set data.num_classes=3`` after an error); a note on stderr says so. {} else."""
+    (the data-flow probe had to pass ``--set data.num_classes=3`` after an error); a note on stderr says so (with
+    ``note``; a second lookup for the same command passes False: it printed twice). {} else."""
     from medseg_platform.data.check import manifest_num_classes
 
     if "data.num_classes" in set(set_keys):
@@ -194,8 +195,9 @@ def dataset_num_classes(root: str | Path, set_keys: Iterable[str], current: int)
     recorded = manifest_num_classes(root)
     if recorded is None or recorded == current:
         return {}
-    print(f"note: data.num_classes = {recorded}, the class count {root}'s manifest records (background included; the "
-          f"profile's is {current})", file=sys.stderr, flush=True)
+    if note:
+        print(f"note: data.num_classes = {recorded}, the class count {root}'s manifest records (background included; the "
+              f"profile's is {current})", file=sys.stderr, flush=True)
     return {"data.num_classes": recorded}
 
 

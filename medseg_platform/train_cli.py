@@ -65,6 +65,8 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--profile", choices=tuple(PROFILES), default=None,
                         help="problem size (default: quick; smoke: tiny; with --config, the profile whose patch size and UNet "
                              "widths the file has, else quick): the folder name, CPUs per trial, default dataset")
+    parser.add_argument("--smoke-test", dest="profile", action="store_const", const="smoke",
+                        help="as --profile smoke (the study scripts' flag)")
     parser.add_argument("--labelled", default=None, metavar="FRACTION",
                         help="labelled patients ('3') or percent ('5%%') (default: the config file's, else the profile's first)")
     parser.add_argument("--seed", type=seed_value(), default=None,
@@ -183,7 +185,7 @@ def build_study(args):
     plain = PROFILES[args.profile]  # the configuration without --set (built as base is), whose values a --set may repeat
     plain_chosen = method_overrides(args.method, plain) if args.method is not None else chosen
     before = plain.trial.replace(**{**plain_chosen, "data.root": str(root),
-                                    **dataset_num_classes(root, list(plain_chosen), plain.trial.data.num_classes)}).to_dict()
+                                    **dataset_num_classes(root, list(plain_chosen), plain.trial.data.num_classes, note=False)}).to_dict()
     overrides = apply_overrides(study, sets, TRAIN_FLAG_KEYS, rows_hint="")
     after = study.base.replace(**study.variants[0].overrides).to_dict()
     # the values that change the configuration, written one way: a --set of the value the method already trains with

@@ -25,7 +25,8 @@ scored from the first's checkpoint once that has finished, or trains the same st
 
 Outputs besides the usual tables (which average all completed samples in one row: read them as "the
 search's samples", not as a method result): ``search_history.csv`` (every sample in proposal order:
-sampled values, status ``completed`` / ``stopped early`` / ``errored``, ``best_val_dice``, ``test_dice``)
+sampled values, status ``completed`` / ``stopped early`` / ``errored`` / ``unfinished`` (a stop ended the run
+while it trained: a rerun resumes it) / ``result missing``, ``best_val_dice``, ``test_dice``)
 and ``best_config.json`` (the completed sample with the best validation Dice), both in the study folder
 ``hparam_search-<method>-<profile>`` (one per method, so a search of another method keeps this one's files; a
 search started before this naming, in ``hparam_search-<profile>``, resumes with ``--name hparam_search-<profile>``);
@@ -153,7 +154,8 @@ def main(argv=None) -> int:
               f"  predict with it: medseg predict --trial {shlex.quote(str(folder))} --out PREDICTIONS (its own test split; "
               "--data-root DATA for another dataset)\n"
               f"  train it with another seed: medseg train --config {shlex.quote(str(built[0].study_dir / BEST_FILE))} --seed 2 "
-              "(its own seed gives the trial above, which medseg train reuses)")
+              f"--results-dir {shlex.quote(str(built[0].results_dir))} (its own seed gives the trial above, which medseg train "
+              "reuses; this results folder's pretraining cache serves the other seeds)")
     else:
         print("no sample completed: no best configuration")
     print("search files:\n" + "\n".join(f"  {p}" for p in paths))

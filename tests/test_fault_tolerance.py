@@ -88,7 +88,7 @@ def test_progress_line_counts_statuses_and_estimates_the_rest(capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("[2/6] ERRORED key-c (1 finished, 0 running, 4 pending, 1 errored;")
     assert lines[-1].endswith("ETA 2.0 min): step 1: loss is NaN/inf in term(s) ce")  # errored trials do not enter the mean
-    assert callback.counts(trials) == {"finished": 1, "running": 0, "pending": 4, "errored": 1}
+    assert callback.counts(trials) == {"finished": 1, "stopped early": 0, "running": 0, "pending": 4, "errored": 1}
 
     b.status = "ERROR"
     b.num_failures = 3

@@ -1,5 +1,6 @@
 """The package as a user meets it: imports from the repo root, the console command and its help texts."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,39 @@ def test_a_command_whose_reader_went_away_does_not_exit_0():
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
     assert proc.returncode == 141 and proc.stdout == "0\n", (proc.returncode, proc.stderr[-500:])
 
+
+
+@pytest.mark.parametrize("handled_by", ["command", "run_cli"])
+def test_an_interrupt_that_left_exec_generated_code_still_exits_130_under_python_m(tmp_path, handled_by):
+    """The flaky kill test: a stop signal whose KeyboardInterrupt left code that exec() ran from a string (dataclasses
+    build their methods that way, e.g. while torch imports its optimiser's helpers) made `python -m analysis train
+    --in-process` die by SIGINT at exit (CPython's record of an unhandled interrupt) after it had printed how to resume
+    and returned 130."""
+    module = tmp_path / "stopped_command.py"
+    module.write_text(
+        "import argparse, sys\n"
+        "from medseg_platform.cli import run_cli\n"
+        "def stop(args):\n"
+        "    if args.handled_by == 'run_cli':\n"
+        "        exec('raise KeyboardInterrupt')\n"
+        "    try:\n"
+        "        exec('raise KeyboardInterrupt')\n"
+        "    except KeyboardInterrupt:\n"
+        "        print('stopped; rerun to resume', file=sys.stderr)\n"
+        "        return 130\n"
+        "p = argparse.ArgumentParser(); p.add_argument('handled_by'); p.set_defaults(func=stop)\n"
+        "raise SystemExit(run_cli(p))\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "stopped_command", handled_by], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-800:])  # -2 (killed by SIGINT) before the fix
+
+
+def test_the_shared_cli_module_run_on_its_own_names_the_command():
+    """The data walkthrough: `python -m medseg_platform.cli predict --bogus` ran nothing and exited 0."""
+    proc = subprocess.run([sys.executable, "-m", "medseg_platform.cli", "predict", "--bogus"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert proc.returncode == 1 and "`python -m analysis`" in proc.stderr, (proc.returncode, proc.stderr[-500:])
 
 
 def test_a_broken_pipe_that_is_not_the_readers_is_an_error(capsys):

@@ -209,6 +209,9 @@ def test_a_folder_that_is_no_trial_is_a_one_line_error(trained, tmp_path, capsys
     assert one_line_error(capsys) == (f"error: --trial {study}: a study folder, not a trial; give one of its trials, "
                                       f"{study}/trials/<key>\n")
     assert not (tmp_path / "p").exists()
+    # without --data-root a wrong --trial is named as such, not as a trial that records no dataset (the data walkthrough)
+    assert main(["predict", "--trial", str(tmp_path / "nope"), "--out", str(tmp_path / "p")]) == 2
+    assert one_line_error(capsys).startswith(f"error: --trial {tmp_path / 'nope'}: no such folder")
 
 
 def test_an_output_that_is_a_file_is_a_one_line_error(trained, tmp_path, capsys):
@@ -568,9 +571,20 @@ def test_labels_named_otherwise_and_bad_voxels(trained, tmp_path, capsys):
     raw_scans(raw, names=("a", "b"))
     for name in ("a", "b"):  # labels named <image>_seg
         (raw / f"{name}_gt.nii.gz").rename(raw / f"{name}_seg.nii.gz")
+    # without --label-suffix the labels are predicted as scans: a note says so and names the flag (the data walkthrough)
+    assert main(["predict", "--trial", str(trial), "--images", str(raw), "--out", str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o" / "prediction.json").read_text())["cases"] == ["a", "a_seg", "b", "b_seg"]
+    assert (f"{raw}: 2 file(s) are named as another plus '_seg' (e.g. a_seg.nii.gz beside a.nii.gz) and are predicted as "
+            "scans; if they are labels, rerun with --label-suffix _seg") in capsys.readouterr().err
     assert main(["predict", "--trial", str(trial), "--images", str(raw), "--label-suffix", "_seg", "--out", str(tmp_path / "p")]) == 0
     assert json.loads((tmp_path / "p" / "prediction.json").read_text())["cases"] == ["a", "b"]
-    assert "score them" not in capsys.readouterr().out  # medseg evaluate reads _gt labels only
+    captured = capsys.readouterr()
+    assert "are named as another plus" not in captured.err
+    command = captured.out.split("score them against the label files beside the scans: ")[1].splitlines()[0]
+    assert command.endswith(f"--gt {raw} --num-classes 4 --label-suffix _seg"), command  # evaluate reads them too
+    assert main(command.split()[1:]) == 0, capsys.readouterr().err
+    assert len(read_rows(tmp_path / "p" / "evaluation" / "per_case.csv")) == 2 * 3
+    capsys.readouterr()
     assert main(["predict", "--trial", str(trial), "--images", str(raw / "a_seg.nii.gz"), "--label-suffix", "_seg",
                  "--out", str(tmp_path / "q")]) == 2
     assert one_line_error(capsys).startswith(f"error: --images {raw / 'a_seg.nii.gz'}: a label or prediction file by its name")
@@ -670,3 +684,26 @@ def test_without_data_root_the_trial_s_own_dataset_is_predicted(trained, tmp_pat
     assert main(["predict", "--trial", str(moved), "--out", str(tmp_path / "none")]) == 2
     assert "is not there any more; pass --data-root ROOT" in one_line_error(capsys)
     assert not (tmp_path / "none").exists()
+
+
+def test_a_stopped_prediction_says_whether_its_folder_is_unfinished(trained, tmp_path, capsys, monkeypatch):
+    """The data walkthrough: a killed medseg predict exited 143 without a word; now a stop (Ctrl-C, or SIGTERM taken as
+    one) exits 130 and says whether the folder holds an unfinished prediction."""
+    import medseg_platform.predict as predict
+
+    root, trial = trained
+    out = tmp_path / "p"
+
+    def stopped(trial_dir, data_root, out_dir, split, log):
+        if split == "val":  # stopped after the folder was marked unfinished
+            Path(out_dir).mkdir()
+            (Path(out_dir) / predict.PREDICTION_FILE).write_text(json.dumps({"complete": False}))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "predict_trial", stopped)
+    assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out)]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (f"stopped by a signal: no prediction was written to {out}; "
+                                                                "rerun the same command to predict")
+    assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out), "--split", "val"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (f"stopped by a signal: {out} is unfinished (prediction.json "
+                                                                "says so; medseg evaluate warns); rerun the same command to predict")

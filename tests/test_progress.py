@@ -303,6 +303,7 @@ def test_a_sample_asha_stopped_is_named_so_not_finished(capsys):
     # from a finished trial, which carries no progress fields
     a.last_result = {**progress("fine-tuning", 25, 100, 2.0, "supervised", evaluations=1), "step": 25, "done": True}
     callback.on_trial_complete(0, trials, a)
+    a.status = "TERMINATED"  # as Tune sets it after the hook
     c = fake_trial("c")
     c.last_result = {"step": 50, "val_dice": 0.2, "best_val_dice": 0.2, "evaluations": 2, "done": True}
     callback.on_trial_complete(0, trials + [c], c)
@@ -310,6 +311,9 @@ def test_a_sample_asha_stopped_is_named_so_not_finished(capsys):
     err = capsys.readouterr().err
     assert "stopped early (ASHA, step 25) a" in err and "stopped early (ASHA, step 50) c" in err
     assert "finished a" not in err and "finished b" in err
+    # and counted apart from the finished ones (the search walkthrough: "3 finished" counted a stopped sample)
+    assert "] stopped early (ASHA, step 25) a (0 finished, 1 stopped early, 1 running, " in err, err
+    assert "] finished b (1 finished, 1 stopped early, 0 running, " in err, err
 
 
 def test_a_search_sample_is_named_as_one_with_the_id_its_history_lists():
@@ -336,3 +340,28 @@ def test_a_trial_started_from_an_interrupted_checkpoint_says_where_it_resumes(tm
     start(callback, trials, resumed, fresh)
     err = capsys.readouterr().err
     assert "] started resumed, resuming at step 153/300 (0 finished, " in err and "] started fresh (0 finished, " in err
+
+
+def test_a_search_sample_started_from_its_checkpoint_says_where_it_resumes(tmp_path, capsys):
+    """The search walkthrough: a resumed sample printed only "started sample ..." (its result.json said resumed_from_step
+    24): the progress line looked for the plan's key, where a sample trains in the folder of its sampled config and
+    Tune's trial id."""
+    import torch
+
+    from medseg_platform.results import checkpoint_path, search_trial_key, trial_folder
+
+    base = config(steps=60)
+    plans = [trial_plan(base, "base"), trial_plan(base, "base")]
+    sampled = {"optim.lr": 0.05}
+    folder_config = TrialConfig.from_dict({**base, **sampled}).to_dict()
+    path = checkpoint_path(trial_folder(tmp_path, search_trial_key(folder_config, "id-resumed")))
+    path.parent.mkdir(parents=True)
+    torch.save({"step": 24, "val_curve": []}, path)
+    callback = ProgressCallback(plans, clock=lambda: 0.0, study_dir=str(tmp_path))
+    resumed, fresh = trials = [fake_trial("resumed"), fake_trial("fresh")]
+    for sample in trials:
+        sample.config = {"trial": {"key": "base", "config": base}, "search": sampled}
+    start(callback, trials, resumed, fresh)
+    err = capsys.readouterr().err
+    assert "] started sample id-resumed, resuming at step 24/60 (0 finished, " in err, err
+    assert "] started sample id-fresh (0 finished, " in err

@@ -466,8 +466,19 @@ def test_a_search_folder_is_not_restarted_or_taken_over_silently(tiny_root, tmp_
     relabelled = search(6)  # the refusal names what differs (its list used to leave out the label fraction)
     relabelled.base = relabelled.base.replace(**{"data.labelled": "2"})
     with pytest.raises(ConfigError, match=r"holds a search with other settings: the searched configuration \(--method, "
-                                          r"--labelled, --set values, --seeds, the data root or --protocol\); a search cannot"):
+                                          r"--labelled, --set values or the data root\); a search cannot"):
         check_before_ray(relabelled, dry_run=True)
+    # --protocol and --seeds, which study.json records apart, are named (the search walkthrough: every flag was listed)
+    from medseg_platform.protocol import RELEASED_EVALUATION
+
+    released = search(6)
+    released.protocol, released.base = "released", released.base.replace(**RELEASED_EVALUATION)
+    with pytest.raises(ConfigError, match=r"holds a search with other settings: --protocol \(corrected before, released now\); "):
+        check_before_ray(released, dry_run=True)
+    reseeded = search(6)
+    reseeded.seeds = (2,)
+    with pytest.raises(ConfigError, match=r"holds a search with other settings: --seeds \(1 before, 2 now\); "):
+        check_before_ray(reseeded, dry_run=True)
     wider = search(6)
     wider.search_space = {"optim.lr": tune.loguniform(1e-4, 1e-1)}
     with pytest.raises(ConfigError, match=r"holds a search with other settings: the search space; a search cannot"):

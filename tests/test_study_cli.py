@@ -184,7 +184,7 @@ def test_rows_and_set_select_and_change_exactly_those_trials_in_a_dry_run(tmp_pa
     assert [(" ".join(line[:-8]), line[-6], line[-5:-3]) for line in lines] == [("MONA", mona, ["to", "run"]),
                                                                                  ("ACTION w/o L_anco", action, ["to", "run"])]
     assert mona != expected_key(phantom_env, "mona")  # the overrides changed the configuration
-    assert "Totals: 2 trial(s): 0 finished, 0 cached pretraining, 2 to run" in out
+    assert "Totals: 2 trial(s): 0 finished, 2 to run;" in out
     assert "supervised step(s) of this study's first trial to run, on this machine" in out
     assert not results.exists()  # a dry run writes nothing
 
@@ -241,7 +241,7 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch
     # by hand: 30.0 + 50.4 + 44.4 + 52.8 + 52.8 + 84.6 + 33.6 = 348.6 units; 2 slots: max(348.6 / 2, 84.6) x 0.01 s
     assert plan.total_units == pytest.approx(348.6) and plan.wall_s == pytest.approx(1.743)
     text = format_plan(plan)
-    assert "Totals: 8 trial(s): 1 finished, 4 cached pretraining, 3 to run; 348.6 cost units of training left (fine-tuning and uncached pretraining)" in text
+    assert "Totals: 8 trial(s): 1 finished, 7 to run (4 on cached pretraining); 348.6 cost units of training left (fine-tuning and uncached pretraining)" in text
     assert "Estimated wall time: 2 s with 2 trial(s) at once (2 CPUs of this machine / 1 per trial)" in text
     assert text.rstrip().endswith("1 unit = 10.0 ms, a test constant")
     study.max_concurrent = 1
@@ -314,7 +314,7 @@ def test_a_dry_run_prices_an_interrupted_trial_from_its_checkpoint(tmp_path, pha
     assert (mt.status, mt.status_text) == (TO_RESUME, "to resume at step 3/6")
     assert mt.units == pytest.approx(3 * STEP_COST["mean_teacher"] + 2 * EVALUATION_COST)
     text = format_plan(plan)
-    assert "to resume at step 3/6" in text and "1 to resume" in text
+    assert "to resume at step 3/6" in text and " to run (1 resuming" in text
     path.write_bytes(b"not a checkpoint")  # unreadable: priced as a fresh trial (the run says what is wrong)
     assert next(t for t in plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2).trials if t.row == "Mean teacher").status == TO_RUN
 
@@ -325,6 +325,24 @@ def test_search_dry_run_counts_the_samples_and_prints_no_search_summary(tmp_path
     assert "ARCO-SAG (search samples) x3 " in out and "Search: 3 samples of one configuration" in out
     assert "1 trial(s) of 3 samples each, results would go to" in out and "Totals: 1 trial(s) of 3 samples each: " in out
     assert "best configuration" not in out and not (tmp_path / "results").exists()
+    # samples a stop left mid-way are named with their steps (the search walkthrough: "0 to run", nothing about them)
+    import json
+
+    import torch
+
+    from medseg_platform.results import checkpoint_path
+
+    for name, step, done in (("arco-l1-s1-0123456789-aaaa", 4, False), ("arco-l1-s1-0123456789-bbbb", 7, True)):
+        folder = tmp_path / "results" / "hparam_search-arco_sag-smoke" / "trials" / name
+        checkpoint_path(folder).parent.mkdir(parents=True)
+        torch.save({"step": step, "val_curve": []}, checkpoint_path(folder))
+        (folder / "config.json").write_text(json.dumps({"config": {"optim": {"max_steps": 9}}}))
+        if done:
+            (folder / "result.json").write_text("{}")
+    assert study_main("hparam_search", tmp_path / "results", "--num-samples", "3", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "Search: 3 samples of one configuration, 1 stopped mid-way resume from their checkpoints (at step 4/9; " in out
+    assert "Totals: 1 trial(s) of 3 samples each: 0 finished, 1 to run" in out
 
 
 def test_set_is_recorded_in_settings_and_report(tmp_path, phantom_env, ray_address):

@@ -11,6 +11,22 @@ from pathlib import Path
 
 #: the folder under ``--pred`` that ``medseg evaluate`` writes to without ``--out``
 EVALUATION_DIR = "evaluation"
+#: Ground-truth label files are ``<case>_gt`` unless ``--label-suffix`` says otherwise: ``medseg data convert-nifti``'s
+#: default, ``medseg predict --images``'s and the released ``test_2D.py``'s naming.
+LABEL_SUFFIX = "_gt"
+#: Prediction files may be named ``<case>_pred`` (the released ``test_2D.py``'s naming): the suffix is not part of the case.
+PREDICTION_SUFFIX = "_pred"
+
+
+def label_suffix(text: str) -> str:
+    """``--label-suffix``'s argparse type (``medseg evaluate``, ``medseg predict``): the ending of the label files' names."""
+    import argparse
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give the ending of the label files' names, e.g. _seg")
+    if "/" in text or "\\" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: the ending of a file name, not a path (e.g. _seg)")
+    return text
 
 
 def add_cli(subparsers) -> None:
@@ -25,17 +41,19 @@ def add_cli(subparsers) -> None:
             "Per-case, per-class Dice, Jaccard, HD95 and ASD (directed, prediction to ground truth, as medpy.asd) of\n"
             "predicted label volumes against ground truth. Predictions: .h5 (dataset 'pred' or 'label') or .nii/.nii.gz\n"
             "files; a '_pred' suffix is removed and '*_gt'/'*_img' files are ignored (the released test_2D.py output\n"
-            "folder works as is). Ground truth: such a folder ('_gt' suffix removed; beside a '_gt' file, an unsuffixed\n"
-            "one is its image, as in a convert-nifti raw folder; a folder without label files reads the '_gt' files\n"
-            "of its subfolders, as the raw ACDC release's training/patientNNN/) or an SSL4MIS dataset root\n"
-            "(root/data/<case>.h5). Writes per_case.csv, summary.csv and summary.json."
+            "folder works as is). Ground truth: such a folder ('_gt' suffix removed, or --label-suffix's; beside a\n"
+            "'_gt' file, an unsuffixed one is its image, as in a convert-nifti raw folder; a folder without label files\n"
+            "reads the '_gt' files of its subfolders, as the raw ACDC release's training/patientNNN/) or an SSL4MIS\n"
+            "dataset root (root/data/<case>.h5; a warning when the predicted cases are not its test or val split\n"
+            "alone). Writes per_case.csv, summary.csv and summary.json."
         ),
     )
     parser.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted label volumes")
     parser.add_argument("--gt", required=True, metavar="DIR", help="ground-truth folder or SSL4MIS dataset root")
     parser.add_argument("--num-classes", type=int, default=None, metavar="K",
                         help="classes including background (default: the count the --gt dataset root's manifest records, "
-                             "else the --pred folder's prediction.json (medseg predict's), else 4: ACDC)")
+                             "which a --gt root requires, else the --pred folder's prediction.json (medseg predict's), "
+                             "else 4: ACDC)")
     parser.add_argument("--spacing-from", choices=("gt", "none"), default="gt",
                         help="distances in mm using the ground truth's spacing (gt, default; voxels where it has none) "
                              "or in voxels (none, as the released code and papers)")
@@ -44,6 +62,9 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--empty-policy", choices=("nan", "released"), default="nan",
                         help="nan (default): undefined metrics are NaN, excluded and counted; released: the released "
                              "code's (1,1,0,0) / (0,0,0,0) for empty masks")
+    parser.add_argument("--label-suffix", default=LABEL_SUFFIX, metavar="SUFFIX", type=label_suffix,
+                        help=f"in a ground-truth folder, label files are named <case>SUFFIX (default {LABEL_SUFFIX}, as "
+                             "convert-nifti's and predict's; e.g. _seg)")
     parser.add_argument("--out", metavar="DIR", default=None, help="output folder (default: <pred>/evaluation)")
     parser.add_argument("--quiet", action="store_true", help="no per-case progress lines")
     parser.set_defaults(func=run)
@@ -97,12 +118,18 @@ def run(args) -> int:
 
     from medseg_platform.io import check_output_folder
 
-    num_classes = args.num_classes
-    if num_classes is None:  # a dataset root knows its classes: scoring a 3-class dataset as 4 adds an empty class
-        from medseg_platform.data.check import manifest_num_classes
+    from medseg_platform.data.check import manifest_num_classes
 
-        num_classes = ((manifest_num_classes(args.gt) if scoring.is_dataset_root(Path(args.gt).expanduser()) else None)
-                       or predicted_num_classes(Path(args.pred).expanduser()) or 4)
+    # a dataset root knows its classes: scoring a 3-class dataset as 4 adds an empty class
+    recorded = manifest_num_classes(args.gt) if scoring.is_dataset_root(Path(args.gt).expanduser()) else None
+    num_classes = args.num_classes
+    if num_classes is None:
+        num_classes = recorded or predicted_num_classes(Path(args.pred).expanduser()) or 4
+    elif recorded is not None and num_classes != recorded:  # more added always-empty classes to the table (the walkthrough)
+        from medseg_platform.errors import ConfigError
+
+        raise ConfigError(f"--num-classes {num_classes}: the dataset root {args.gt} records {recorded} classes, background "
+                          f"included (its manifest.json); drop --num-classes or give {recorded}")
     out = Path(args.out) if args.out else Path(args.pred) / EVALUATION_DIR
     if Path(args.pred).is_dir():  # a missing or wrong --pred gets evaluate_folder's own message
         check_output_folder(out, "--out" if args.out else "--out (default <pred>/evaluation)")
@@ -114,6 +141,7 @@ def run(args) -> int:
         backend=args.metric_backend,
         empty_policy=args.empty_policy,
         progress=None if args.quiet else progress,
+        label_suffix=args.label_suffix,
     )
     for warning in [*result.warnings, *filter(None, [unfinished_prediction(Path(args.pred).expanduser())])]:
         print(f"warning: {warning}", file=sys.stderr)

@@ -50,13 +50,13 @@ import numpy as np
 from medseg_platform.data.nifti import (is_time_series, orientation_mismatch, sanitize_case_id, voxel_sizes_mm, world_mm,
                                          xyz_shape)
 from medseg_platform.errors import ConfigError, DataError, MedsegError
+from medseg_platform.evaluation.cli import LABEL_SUFFIX, PREDICTION_SUFFIX
 from medseg_platform.evaluation.metrics import METRICS, check_label_map, check_options, evaluate_case, summarize
 from medseg_platform.io import write_texts_atomic
 
 SPACING_SOURCES = ("gt", "none")
 _SUFFIXES = (".nii.gz", ".nii", ".h5")
-_ROLE_SUFFIX = {"pred": "_pred", "gt": "_gt"}
-_COMPANIONS = ("_pred", "_gt", "_img")
+_IMAGE_SUFFIX = "_img"
 PER_CASE_COLUMNS = ("case", "class", *METRICS, "units", "n_pred", "n_gt")
 
 
@@ -79,9 +79,11 @@ def _split_name(name: str) -> tuple[str, str] | None:
     return None
 
 
-def list_label_files(folder: Path, role: str) -> dict[str, LabelFile]:
-    """Label volumes at the top level of ``folder`` keyed by case (see the module doc for the naming rules)."""
-    own = _ROLE_SUFFIX[role]
+def list_label_files(folder: Path, role: str, label_suffix: str = LABEL_SUFFIX) -> dict[str, LabelFile]:
+    """Label volumes at the top level of ``folder`` keyed by case (see the module doc for the naming rules; ground-truth
+    labels are named ``<case><label_suffix>``, ``_gt`` by default)."""
+    own = PREDICTION_SUFFIX if role == "pred" else label_suffix
+    companions = (PREDICTION_SUFFIX, label_suffix, _IMAGE_SUFFIX)
     found: dict[str, list[Path]] = {}
     kinds: dict[Path, str] = {}
     suffixed: set[Path] = set()  # files named with the role's own suffix (<case>_gt, <case>_pred)
@@ -92,7 +94,7 @@ def list_label_files(folder: Path, role: str) -> dict[str, LabelFile]:
         if split is None:
             continue
         stem, kind = split
-        companion = next((s for s in _COMPANIONS if stem.endswith(s)), None)
+        companion = next((s for s in companions if stem.endswith(s)), None)
         if companion is not None and companion != own:
             continue
         case = stem[: -len(own)] if companion == own else stem
@@ -124,18 +126,18 @@ def _more_than_3d(path: Path) -> bool:
         return False
 
 
-def ground_truth_files(folder: Path) -> dict[str, LabelFile]:
+def ground_truth_files(folder: Path, label_suffix: str = LABEL_SUFFIX) -> dict[str, LabelFile]:
     """The label volumes of a ground-truth folder keyed by case: its top level (:func:`list_label_files`), or, where that
-    holds none, the ``*_gt`` files of its subfolders, one level down (the raw ACDC release's
+    holds none, the ``*<label_suffix>`` files of its subfolders, one level down (the raw ACDC release's
     ``training/patientNNN/patientNNN_frameXX_gt.nii.gz``; their images and 4-D files are not labels). A case found in
     two subfolders is a one-line :class:`DataError`."""
-    top = list_label_files(folder, "gt")
+    top = list_label_files(folder, "gt", label_suffix)
     if top:
         return top
     found: dict[str, LabelFile] = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for case, file in list_label_files(sub, "gt").items():
-            if not _split_name(file.path.name)[0].endswith(_ROLE_SUFFIX["gt"]):
+        for case, file in list_label_files(sub, "gt", label_suffix).items():
+            if not _split_name(file.path.name)[0].endswith(label_suffix):
                 continue
             if case in found:
                 raise DataError(f"{folder}: case {case} has a label file in two subfolders, {found[case].path} and {file.path} "
@@ -189,19 +191,24 @@ def first_few(names: list[str], limit: int = 5) -> str:
 def unpredicted_cases(gt: Path, root_mode: bool, gts: dict, preds: dict) -> str:
     """A warning naming the ground-truth cases without a prediction ("" when there are none): a prediction run that
     stopped halfway would otherwise score as a whole test set. A folder's cases are its label files; a dataset root's
-    are those of ``test.list`` or ``val.list``, whichever holds every prediction (the split that was predicted)."""
+    are those of ``test.list`` or ``val.list``, whichever holds every prediction (the split that was predicted). When
+    neither does, the warning says how the predicted cases spread over the root's splits instead: a summary over
+    training cases too (``medseg predict --split all``) is no test result."""
     if root_mode:
         from medseg_platform.data.layout import TEST_LIST, VAL_LIST, read_list
 
-        expected, where = [], ""
+        expected, where, splits = [], "", {}
         for name in (TEST_LIST, VAL_LIST):
             try:
                 cases = read_list(gt / name)
             except (DataError, OSError):  # missing or unreadable: that split is not the predicted one
                 continue
+            splits[name] = set(cases)
             if set(preds) <= set(cases):
                 expected, where = cases, f"{gt / name}"
                 break
+        else:
+            return mixed_splits(gt, preds, splits)
     else:
         expected, where = list(gts), str(gt)
     missing = [case for case in dict.fromkeys(expected) if case not in preds]
@@ -210,6 +217,18 @@ def unpredicted_cases(gt: Path, root_mode: bool, gts: dict, preds: dict) -> str:
     shown = first_few(missing)
     return (f"{len(missing)} of the {len(set(expected))} cases of {where} have no prediction and are not scored: {shown} "
             "(the summary covers the predicted cases only)")
+
+
+def mixed_splits(gt: Path, preds: Mapping[str, object], splits: Mapping[str, set[str]]) -> str:
+    """The warning for predicted cases of a dataset root that no one of its ``splits`` ({list file name: cases}) holds:
+    how many are in each, and how many in none (training cases); "" when there are no splits to compare with."""
+    if not splits:
+        return ""
+    counts = [(len(set(preds) & cases), name.removesuffix(".list")) for name, cases in splits.items()]
+    others = len(set(preds) - set().union(*splits.values()))
+    spread = ", ".join([f"{n} {split}" for n, split in counts if n] + ([f"{others} in neither (training cases)"] if others else []))
+    return (f"the {len(preds)} predicted cases are not those of {gt}'s test or val split alone: {spread}; a summary over "
+            "them is no test result (score one split's predictions, e.g. medseg predict --split test)")
 
 
 # -------------------------------------------------------------------------------------- reading
@@ -336,8 +355,10 @@ class FolderEvaluation:
 
 def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, spacing_from: str = "gt",
                     backend: str = "ours", empty_policy: str = "nan",
-                    progress: Callable[[int, int, str], None] | None = None) -> FolderEvaluation:
-    """Evaluate every prediction in ``pred_dir`` against ``gt`` (a folder or an SSL4MIS dataset root).
+                    progress: Callable[[int, int, str], None] | None = None,
+                    label_suffix: str = LABEL_SUFFIX) -> FolderEvaluation:
+    """Evaluate every prediction in ``pred_dir`` against ``gt`` (a folder or an SSL4MIS dataset root; in a folder the
+    labels are named ``<case><label_suffix>``, ``_gt`` by default).
 
     Raises :class:`DataError`/:class:`ConfigError` (one line) for missing folders, predictions without
     ground truth, shape mismatches, label values outside ``[0, num_classes)``; ``progress(i, n, case)`` is
@@ -356,11 +377,11 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     if not gt.is_dir():
         problem = "is a file, not a folder" if gt.exists() else "folder does not exist"
         raise DataError(f"--gt {gt}: {problem} (give a ground-truth folder or a dataset root)")
-    preds = list_label_files(pred_dir, "pred")
+    preds = list_label_files(pred_dir, "pred", label_suffix)
     if not preds:
         raise DataError(f"--pred {pred_dir}: no prediction volumes (.h5, .nii, .nii.gz) found at its top level")
     root_mode = is_dataset_root(gt)
-    gts = _root_label_files(gt, list(preds)) if root_mode else _with_converted_ids(ground_truth_files(gt), preds)
+    gts = _root_label_files(gt, list(preds)) if root_mode else _with_converted_ids(ground_truth_files(gt, label_suffix), preds)
     missing = [case for case in preds if case not in gts]
     if missing:
         where = f"{gt}/data/<case>.h5" if root_mode else str(gt)
@@ -410,7 +431,14 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
         pred = read_label_volume(pfile, reverse=mixed and pfile.kind == "nifti", shape=shape)
         truth = read_label_volume(gfile, reverse=mixed and gfile.kind == "nifti", shape=shape)
         pred = check_label_map(pred, num_classes, str(pfile.path))
-        truth = check_label_map(truth, num_classes, str(gfile.path))
+        try:
+            truth = check_label_map(truth, num_classes, str(gfile.path))
+        except DataError as exc:
+            if root_mode or _split_name(gfile.path.name)[0].endswith(label_suffix):
+                raise
+            # an unsuffixed file read as the label: often the image, its label named otherwise (the walkthrough)
+            raise DataError(f"{exc}; if it is an image and its label is named otherwise, pass --label-suffix "
+                            f"(e.g. _seg; now {label_suffix})") from None
         present |= (np.bincount(pred.ravel(), minlength=present.size) > 0) | (np.bincount(truth.ravel(), minlength=present.size) > 0)
         for row in evaluate_case(pred, truth, num_classes, spacing, empty_policy=empty_policy, backend=backend):
             rows.append({"case": case, "units": units, **row})

@@ -404,8 +404,14 @@ def _search_differences(old: dict, new: dict) -> str:
     words of the flags that set it; what study.json does not record (resources, --test-root) when nothing it records
     differs."""
     found = []
-    if old.get("trials") != new.get("trials") or old.get("seeds") != new.get("seeds"):
-        found.append("the searched configuration (--method, --labelled, --set values, --seeds, the data root or --protocol)")
+    named = [f"{flag} ({before} before, {now} now)" for flag, before, now in (
+        ("--protocol", old.get("protocol", "corrected"), new.get("protocol", "corrected")),
+        ("--seeds", " ".join(map(str, old.get("seeds") or [])), " ".join(map(str, new.get("seeds") or []))))
+        if before != now]  # the ones study.json records apart (the search walkthrough: it listed every flag)
+    if named:
+        found.append(", ".join(named))
+    if old.get("trials") != new.get("trials") and not named:
+        found.append("the searched configuration (--method, --labelled, --set values or the data root)")
     if old.get("search_space") != new.get("search_space"):
         found.append("the search space")
     if (old.get("metric"), old.get("mode"), old.get("asha")) != (new.get("metric"), new.get("mode"), new.get("asha")):

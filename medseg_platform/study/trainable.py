@@ -43,6 +43,19 @@ def train_and_record(config: dict, tags: Mapping, trial_dir: Path, pretrain_cach
     return write_trial_results(trial_dir, config=config, tags=tags, outcome=outcome, seed=cfg.seed, extra=extra)
 
 
+def trial_config_and_key(params: Mapping, tune_trial_id: str) -> tuple[dict, str]:
+    """The configuration a Tune trial trains and its folder key, from its Tune params (``{"trial": {...}, "search":
+    {...}}``): a grid trial's own; an Optuna sample's config with the sampled values applied, keyed by
+    :func:`medseg_platform.results.search_trial_key` with Tune's trial id (the progress lines find its folder so too)."""
+    trial = params["trial"]
+    config = dict(trial["config"])
+    search = dict(params.get("search") or {})
+    if not search:
+        return config, trial["key"]
+    config = TrialConfig.from_dict({**config, **search}).to_dict()
+    return config, search_trial_key(config, tune_trial_id)
+
+
 def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
                       run_id: str = "", test_root: str | None = None) -> None:
     """The Tune function trainable: one trial, in-process, or on ``num_workers`` Ray Train workers.
@@ -64,12 +77,9 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
     from ray import tune
 
     trial = params["trial"]
-    config = dict(trial["config"])
     search = dict(params.get("search") or {})
-    if search:  # an Optuna sample: apply the sampled values, key the trial by the resulting config
-        config = TrialConfig.from_dict({**config, **search}).to_dict()
+    config, key = trial_config_and_key(params, tune.get_context().get_trial_id())
     tags = {**trial["tags"], **({"search": search} if search else {})}
-    key = search_trial_key(config, tune.get_context().get_trial_id()) if search else trial["key"]
     trial_dir = trial_folder(study_dir, key)
     own_device = trial_device(gpus_per_worker if num_workers == 1 else 0.0)  # the Tune function of a multi-worker trial holds no GPU
     try:

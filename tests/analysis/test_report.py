@@ -62,6 +62,13 @@ def test_search_report_lists_the_best_configurations(tmp_path):
     report = write_report(study, log=lambda m: None)
     text = report.report.read_text(encoding="utf-8")
     assert "## Best configurations" in text and "(Optuna search)" in text
+    # the search walkthrough: the report never said which row is best_config.json's, nor how to use it
+    section = text.split("## Best configurations")[1].split("\n## ")[0]
+    first = section.split("\n| ")[3].split(" |")[0]  # the first row after the header and its rule
+    assert "The first row is the search's choice, `best_config.json`." in section
+    assert (f"- train it with another seed: `medseg train --config {study / 'best_config.json'} --seed 2 --results-dir "
+            f"{study.parent}`") in section
+    assert f"- predict with its weights: `medseg predict --trial {study / 'trials' / first} --out PREDICTIONS`" in section
     assert "Incomplete" not in (study / "table_dice.md").read_text()  # a search has no fixed trial list
     assert {p.name for p in report.plots} >= {"search_history.png", "param_importances.png"}
 

@@ -418,3 +418,62 @@ def test_a_failed_write_keeps_the_earlier_evaluation_whole(tiny_root, tmp_path, 
     assert rc == 2 and err.strip() == (f"error: --out {out}: the results could not be written (No space left on device); the files "
                                        "of an earlier evaluation there are intact: free space (or fix the folder) and run it again")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_predictions_that_span_a_roots_splits_are_named_in_a_warning(tiny_root, tmp_path, capsys):
+    """The data walkthrough: `medseg predict --split all` printed an evaluate line against the dataset root, which then
+    scored training cases with the test cases without a word (a training-set Dice read as a test result)."""
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for case in ("patient006_frame01", "patient005_frame01", "patient004_frame01", "patient004_frame02"):  # test, val, 2 train
+        with h5py.File(preds / f"{case}.h5", "w") as fh:
+            fh["pred"] = gt_label(tiny_root, case)
+    rc, _, err = run(["evaluate", "--pred", str(preds), "--gt", str(tiny_root), "--quiet"], capsys)
+    assert rc == 0, err
+    assert err.strip().splitlines() == [
+        f"warning: the 4 predicted cases are not those of {tiny_root}'s test or val split alone: 1 test, 1 val, 2 in neither "
+        "(training cases); a summary over them is no test result (score one split's predictions, e.g. medseg predict "
+        "--split test)"]
+    assert len({r["case"] for r in read_rows(preds / "evaluation" / "per_case.csv")}) == 4  # scored all the same
+
+
+def test_a_num_classes_other_than_the_roots_is_refused(tiny_root, tmp_path, capsys):
+    """The data walkthrough: --num-classes 6 against a 4-class dataset root added two always-empty classes to the table
+    (and dropped the class names), where `medseg data check` calls the same mismatch a problem."""
+    from medseg_platform.data.layout import write_manifest
+
+    write_h5_preds(tiny_root, tmp_path / "preds")
+    write_manifest(tiny_root, {"converter": "test"}, {}, class_names=["RV", "Myo", "LV"])
+    error = one_line_error(capsys, ["evaluate", "--pred", str(tmp_path / "preds"), "--gt", str(tiny_root), "--num-classes", "6"])
+    assert error == (f"error: --num-classes 6: the dataset root {tiny_root} records 4 classes, background included (its "
+                     "manifest.json); drop --num-classes or give 4")
+    assert not (tmp_path / "preds" / "evaluation").exists()
+    rc, out, err = run(["evaluate", "--pred", str(tmp_path / "preds"), "--gt", str(tiny_root), "--num-classes", "4", "--quiet"], capsys)
+    assert rc == 0 and "2 cases, 3 foreground classes" in out, err
+
+
+def test_labels_named_with_another_suffix_are_read_with_label_suffix(tmp_path, capsys):
+    """The data walkthrough: convert-nifti and predict take --label-suffix, evaluate did not; with labels named _seg it
+    took the images beside them for the ground truth ("label values must lie in [0, 3] ... found range [-34, 554])."""
+    rng = np.random.default_rng(3)
+    affine = np.diag([1.5, 1.5, 10.0, 1.0])
+    raw, preds = tmp_path / "raw", tmp_path / "preds"
+    raw.mkdir(), preds.mkdir()
+    labels = {}
+    for case in ("caseA", "caseB"):
+        labels[case] = rng.integers(0, 4, size=(8, 9, 3)).astype(np.uint8)
+        nib.save(nib.Nifti1Image(rng.integers(-40, 600, size=(8, 9, 3)).astype(np.int16), affine), str(raw / f"{case}.nii.gz"))
+        nib.save(nib.Nifti1Image(labels[case], affine), str(raw / f"{case}_seg.nii.gz"))
+        nib.save(nib.Nifti1Image(perturbed(labels[case], 4), affine), str(preds / f"{case}.nii.gz"))
+    error = one_line_error(capsys, ["evaluate", "--pred", str(preds), "--gt", str(raw), "--quiet", "--out", str(tmp_path / "e0")])
+    assert error.startswith(f"error: {raw / 'caseA.nii.gz'}: label values must lie in [0, 3]")  # the images, read as labels
+    assert error.endswith("; if it is an image and its label is named otherwise, pass --label-suffix (e.g. _seg; now _gt)")
+    rc, _, err = run(["evaluate", "--pred", str(preds), "--gt", str(raw), "--label-suffix", "_seg", "--quiet",
+                      "--out", str(tmp_path / "e")], capsys)
+    assert rc == 0, err
+    rows = [r for r in read_rows(tmp_path / "e" / "per_case.csv") if r["case"] == "caseB"]
+    expected = evaluate_case(perturbed(labels["caseB"], 4), labels["caseB"], 4, (1.5, 1.5, 10.0))
+    assert [float(r["dice"]) for r in rows] == pytest.approx([e["dice"] for e in expected], abs=1e-6)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--pred", str(preds), "--gt", str(raw), "--label-suffix", "a/b"])
+    assert "the ending of a file name, not a path" in capsys.readouterr().err
