@@ -402,7 +402,9 @@ def format_plan(plan: StudyPlan) -> str:
             at = ", ".join(f"{step}/{steps}" for step, steps in plan.samples_resuming)
             done += (f", {len(plan.samples_resuming)} stopped mid-way resume from their checkpoints (at step {at}; priced in "
                      "full)")
-        lines.append(f"Search: {plan.samples} samples of one configuration{done}; an upper bound (ASHA stops weak samples early)")
+        lines.append(f"Search: {plan.samples} samples of one configuration{done}; an upper bound (ASHA stops weak samples early, "
+                     "and a sample that trains as a finished trial of this results folder did is scored from its checkpoint "
+                     "instead)")
     lines.append(f"Cost units: supervised fine-tuning steps, from the step-cost priors of medseg_platform/step_costs.py (an "
                  f"evaluation pass = {EVALUATION_COST:g} units; a cached pretraining stage costs nothing, a shared one is counted "
                  f"once; each trial's set-up is not counted)"

@@ -284,7 +284,7 @@ class ProgressCallback(Callback):
         result = getattr(trial, "last_result", None) or {}
         began = self.started.pop(trial.trial_id, None)
         i = self.plan_index(trial)
-        if began is not None and i is not None and not result.get("skipped") and not result.get("errored"):
+        if began is not None and i is not None and not any(result.get(k) for k in ("skipped", "errored", "rescored")):
             self.finished_work.append((self.clock() - began, self._spent_units(self.plans[i], trial.trial_id)))
         if result.get("errored"):
             self._print(self.line("ERRORED", trial, trials, now="errored") + f": {result.get('error', '?')}")
@@ -293,7 +293,9 @@ class ProgressCallback(Callback):
             self.stopped_early.add(trial.trial_id)
             self._print(self.line(f"stopped early (ASHA, step {result.get('step', '?')})", trial, trials, now="finished"))
         else:
-            self._print(self.line("finished" + (" (result existed)" if result.get("skipped") else ""), trial, trials, now="finished"))
+            how = (" (result existed)" if result.get("skipped") else
+                   " (scored from a finished trial's checkpoint, not trained)" if result.get("rescored") else "")
+            self._print(self.line("finished" + how, trial, trials, now="finished"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.started.pop(trial.trial_id, None)

@@ -108,6 +108,13 @@ def test_progress_eta_ignores_trials_whose_result_existed_and_names_search_trial
     assert "finished (result existed) key-t1" in capsys.readouterr().err and callback.finished_work == []
     callback.on_trial_start(0, [old, new], new)
     assert "started sample t2 (" in capsys.readouterr().err  # a searched trial's key is only known inside the trial
+    # a sample scored from a finished trial's checkpoint says so, and its seconds do not price training (the search
+    # walkthrough: "finished sample" alone, for a --protocol released search that trained nothing)
+    now[0] = 3.0
+    new.last_result = {"done": True, "test_dice": 0.4, "rescored": True}
+    callback.on_trial_complete(0, [old, new], new)
+    assert "finished (scored from a finished trial's checkpoint, not trained) sample t2" in capsys.readouterr().err
+    assert callback.finished_work == []
 
 
 def test_application_errors_are_found_behind_ray_wrappers():

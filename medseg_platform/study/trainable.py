@@ -102,7 +102,7 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
                                             report=lambda metrics: tune.report({**metrics, METRIC: metrics["best_val_dice"]}))
         if record is not None:
             score_test_root(trial_dir, test_root, key, own_device)
-            tune.report(final_report(cfg, record))
+            tune.report({**final_report(cfg, record), "rescored": True})  # its progress line says so (the search walkthrough)
             return
 
     attempt = start_attempt(trial_dir)
