@@ -76,7 +76,8 @@ def removed_if_terminated(path: Path) -> Iterator[Path]:
 
     main = threading.current_thread() is threading.main_thread()
     install = main and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    record_interrupts = main and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    previous_int = signal.getsignal(signal.SIGINT)
+    record_interrupts = main and previous_int in (signal.default_int_handler, interrupt_on_signal)
     _STAGING.add(path)
     outer = set(_INTERRUPTED)  # a block inside another keeps the outer one's record (and hands its own up)
     _INTERRUPTED.clear()
@@ -91,7 +92,7 @@ def removed_if_terminated(path: Path) -> Iterator[Path]:
         if install:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if record_interrupts:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, previous_int)
         if not _STAGING:  # the outermost block: the record ends with it
             _INTERRUPTED.clear()
         _INTERRUPTED.update(outer)
@@ -160,6 +161,25 @@ def raise_if_stopped() -> None:
 def forget_stop_signals() -> None:
     """End the record of :func:`interrupt_on_signal` (the block that installed it is over)."""
     _STOP_SIGNALS.clear()
+
+
+@contextlib.contextmanager
+def ctrl_c_recorded() -> Iterator[None]:
+    """Ctrl-C (SIGINT) through :func:`interrupt_on_signal` inside the block, Python's own handler again after it (main
+    thread, where Python's handler is in place; elsewhere the block changes nothing): a Ctrl-C whose KeyboardInterrupt
+    Python ignored (it landed in a weakref's callback) still stops the training loop at its next step, as a SIGTERM
+    does. For training in this process (``medseg train --in-process``); Tune handles a study's Ctrl-C itself."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, interrupt_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        forget_stop_signals()
 
 
 def exit_on_sigterm(signum, frame) -> None:

@@ -390,10 +390,13 @@ def train(args) -> tuple[int, Path | None]:
     settle_row(study, trial)
     finished_before = trial_finished(trial_folder(study.study_dir, trial["key"]))
     if args.in_process:
+        from medseg_platform.io import ctrl_c_recorded
         from medseg_platform.study.ray_runtime import sigterm_as_interrupt
 
         try:
-            with sigterm_as_interrupt():  # a kill ends as Ctrl-C does (it exited 143 without a word: the README audit)
+            # a kill ends as Ctrl-C does (it exited 143 without a word: the README audit); either stops the training loop
+            # at its next step even when its KeyboardInterrupt landed where Python ignores it
+            with sigterm_as_interrupt(), ctrl_c_recorded():
                 trial_dir = train_in_process(study)
         except KeyboardInterrupt:
             print(f"trial {trial['key']}: stopped by a signal; rerun the same command to resume it (from its last "

@@ -192,3 +192,33 @@ def test_a_sigterm_whose_interrupt_python_ignored_still_stops_the_training_loop(
         with pytest.raises(KeyboardInterrupt):
             raise_if_stopped()
     raise_if_stopped()  # forgotten with the block: a notebook's next run is not stopped by it
+
+
+def test_a_ctrl_c_python_ignored_still_stops_an_in_process_training_loop():
+    """As for SIGTERM above: a Ctrl-C whose KeyboardInterrupt lands in a weakref's callback is printed and lost, and an
+    in-process trial went on training; inside ``ctrl_c_recorded`` the loop's next step raises it again, and staging
+    blocks inside it still record their own Ctrl-C and give the handler back."""
+    import signal
+    import weakref
+
+    from medseg_platform.io import ctrl_c_recorded, interrupt_on_signal, raise_if_interrupted, raise_if_stopped, removed_if_terminated
+
+    class Thing:
+        pass
+
+    with ctrl_c_recorded():
+        assert signal.getsignal(signal.SIGINT) is interrupt_on_signal
+        with removed_if_terminated(Path("/nonexistent-staging")):
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
+            with pytest.raises(KeyboardInterrupt):
+                raise_if_interrupted()  # the staging block's own record
+        assert signal.getsignal(signal.SIGINT) is interrupt_on_signal  # given back, not Python's default
+        thing = Thing()
+        ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGINT))
+        del thing
+        assert ref() is None  # reached: the KeyboardInterrupt did not get out of the callback
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_stopped()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    raise_if_stopped()  # forgotten with the block
