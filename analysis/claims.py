@@ -347,10 +347,14 @@ def verdict_counts(results: Sequence[tuple[dict, ClaimResult]]) -> str:
 
 def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records: Sequence[TrialRecord],
                    results: Sequence[tuple[dict, ClaimResult]] | None = None) -> list[str]:
-    """The report's "Claims" section as Markdown lines ([] when the study declares no claim); ``results``: those of
-    :func:`claim_results` on the same records, when already computed."""
+    """The report's "Claims" section as Markdown lines; ``results``: those of :func:`claim_results` on the same records,
+    when already computed. A study script that declares no claim gets one line saying so (a reader looked for the
+    section: the studies walkthrough); a search or a ``medseg train`` folder, none."""
     results = claim_results(info, records) if results is None else results
     if not results:
+        if settings.get("script") and not info.get("search") and not info.get("claims"):
+            return ["## Claims", "", "This study declares no claim of the papers to test (a study script declares them: "
+                    "docs/studies.md, 'Claims').", ""]
         return []
     paper, run = on_published_data(settings, records)
     header = ["Claim", "Paper", "Measured \u0394 (points)", "Per seed \u0394", "95% CI", "p", "n (case \u00d7 seed pairs)", "Verdict"]

@@ -32,7 +32,7 @@ from analysis.claims import claim_results, claims_section, read_claims, verdict_
 from analysis.plots import is_plot_name, natural_key, PlotFile, write_plots
 from analysis.health import TrialHealth, health_problems, health_section, record_health
 from analysis.markdown import escape_markdown
-from analysis.table_files import incomplete_note, print_summary, table_file_names, write_tables
+from analysis.table_files import external_test_sets, incomplete_note, print_summary, table_file_names, write_tables
 from analysis.table_render import recipe_sentence, set_option_items
 from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, identical_rows,
                              row_label, row_order, study_class_names, trial_seed)
@@ -126,9 +126,9 @@ def study_records(study_dir: Path, info: dict, search_keys: set[str] | None = No
             named = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
             problems.append(f"{len(others)} finished trial(s) in {TRIALS_DIR}/ ({named}) are not part of this study as its last command "
                             "defined it (other rows, seeds, label fractions or settings, or configurations of an earlier "
-                            "version of the code) and are left out of the tables; if a command with other --rows, --seeds "
-                            "or --labelled trained them, rerun it to table them again (finished trials are not trained "
-                            "again)")
+                            "version of the code) and are left out of the tables; if a command with other --rows, --seeds, "
+                            "--labelled, --set or --protocol made them, rerun it to table them again (finished trials are "
+                            "not trained again)")
     if not search:
         problems += duplicate_seeds(records) + identical_rows(records)
     return records, problems, missing
@@ -275,8 +275,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         f"- **Dataset**: {_join(roots)}; {_join(available)} training patients, {_join(test_cases)} test cases"
         + (f" of {_join(test_patients)} patient{'' if test_patients == [1] else 's'}" if test_patients and test_patients != test_cases else "")
         + (f"; classes {', '.join(study_class_names(records).values())}" if records else ""),
-        *([f"- **External test set** (`--test-root`): {settings['test_root']}; each trial's selected weights scored on its "
-           "test split, shown as its own block after each table"] if settings.get("test_root") else []),
+        *_external_lines(settings, records),
         f"- **Seeds**: {_join(seeds)}",
         f"- **Iterations**: {_join(steps)} fine-tuning steps (validation every {_join(val_every)}; "
         f"{_config_phrase(configs, 'eval', 'selection', 'best_val', SELECTION_TEXT)}); "
@@ -359,11 +358,28 @@ def model_selection(records: Sequence[TrialRecord]) -> str:
     return found.pop() if found in ({"best_val"}, {"final"}) else "mixed"
 
 
+def _external_lines(settings: Mapping, records: Sequence[TrialRecord]) -> list[str]:
+    """The "External test set" bullet: the latest run's ``--test-root``, else the roots the trials were scored on by an
+    earlier run (their blocks stay in the tables: a run without the flag left them unexplained, the studies walkthrough)."""
+    if settings.get("test_root"):
+        return [f"- **External test set** (`--test-root`): {settings['test_root']}; each trial's selected weights scored on "
+                "its test split, shown as its own block after each table"]
+    roots = list(external_test_sets(records))
+    if not roots:
+        return []
+    return [f"- **External test set** (`--test-root` of an earlier run of the study command): {', '.join(roots)}; the trials' "
+            "selected weights scored on its test split then, shown as its own block after each table"]
+
+
 def _last_run_phrase(last_run: Mapping, search: bool) -> str:
     """The "Wall time" bullet's start: what the last run of the study command had to do (``last_run.json``: the trials
     to run, or a search's samples not yet ended, at its start, and those it scored from finished trials) and took."""
     scored = last_run.get("scored_from_finished") if isinstance(last_run.get("scored_from_finished"), int) else 0
     took = _seconds((last_run.get("timing") or {}).get("total_s"))
+    test_root_only = last_run.get("test_root_only_at_start") if isinstance(last_run.get("test_root_only_at_start"), int) else 0
+    if test_root_only and last_run.get("pending_at_start") == test_root_only:  # it said "7 trial(s) to run" (the walkthrough)
+        return (f"- **Wall time**: the last run of the study command had nothing to train; it scored {test_root_only} finished "
+                f"trial(s) on --test-root in {took}")
     if last_run.get("pending_at_start") == 0:
         return (f"- **Wall time**: the last run of the study command had nothing to train; it scored {scored} trial(s) from "
                 f"finished trials' checkpoints in {took}" if scored else
@@ -371,6 +387,7 @@ def _last_run_phrase(last_run: Mapping, search: bool) -> str:
     if "pending_at_start" not in last_run:
         return f"- **Wall time**: last run of the study command {took}"
     scored_text = f"; {scored} scored from finished trials' checkpoints" if scored else ""
+    scored_text += f"; {test_root_only} of them finished, to score on --test-root only" if test_root_only else ""
     return (f"- **Wall time**: last run of the study command {took} ({last_run['pending_at_start']} "
             f"{'sample(s) not yet ended' if search else 'trial(s) to run'} at its start{scored_text})")
 

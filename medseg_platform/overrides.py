@@ -350,6 +350,15 @@ def _typed(name: str) -> str:
     return name
 
 
+def _row_holding(name: str, valid: Sequence[str]) -> str | None:
+    """The one valid row whose name holds every comma-separated part of ``name`` ("ARCO-SG, tau = 0.5" for the merged
+    "ARCO-SG, released: τ = 0.5, ISD τ_t = 0.1, τ_s = 0.1"; the closest spelling suggested τ = 0.1's row: the studies
+    walkthrough); None when no row or several do."""
+    parts = [part.strip().casefold() for part in _typed(name).split(",") if part.strip()]
+    holding = [row for row in valid if all(part in _typed(row).casefold() for part in parts)]
+    return holding[0] if len(holding) == 1 else None
+
+
 def select_rows(study, names: Sequence[str]) -> None:
     """Keep only the rows (variants) of ``study`` named ``names`` (``tags["row"]``, as the tables print them, or with
     their Greek letters spelt out: "tau" for "τ") and the claims between two kept rows; an unknown name is a one-line
@@ -360,7 +369,8 @@ def select_rows(study, names: Sequence[str]) -> None:
     unknown = [name for name in names if name not in valid]
     if unknown:
         folded = {row.casefold(): row for row in valid}  # "Mona" for "MONA": the close match --set's keys get too
-        close = [folded.get(name.casefold()) or next(iter(difflib.get_close_matches(name, valid, n=1)), None) for name in unknown]
+        close = [folded.get(name.casefold()) or _row_holding(name, valid)
+                 or next(iter(difflib.get_close_matches(name, valid, n=1)), None) for name in unknown]
         hint = " (did you mean " + ", ".join(repr(c) for c in dict.fromkeys(close) if c) + "?)" if any(close) else ""
         searched = (" (a search has one row, the method it samples: pick another with --method)"
                     if getattr(study, "search_space", None) is not None else "")

@@ -43,6 +43,10 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
     # the workflow probe: no close match was offered (--set's keys get one), and a row named twice passed
     ("ablation_tailness", ["--rows", "Mona", "ARCO-SGG"], "--rows 'Mona', 'ARCO-SGG': no such row in study ablation_tailness-smoke "
                                                          "(did you mean 'MONA', 'ARCO-SG'?); valid rows: "),
+    # the studies walkthrough: the closest spelling (τ = 0.1's row) was offered for the released row that holds τ = 0.5
+    ("ablation_temperature", ["--rows", "ARCO-SG, tau = 0.5"], "--rows 'ARCO-SG, tau = 0.5': no such row in study "
+                                                              "ablation_temperature-smoke (did you mean 'ARCO-SG, released: "
+                                                              "τ = 0.5, ISD τ_t = 0.1, τ_s = 0.1'?); valid rows: "),
     ("ablation_tailness", ["--rows", "MONA", "MONA"], "--rows: each row once, got 'MONA' more than once"),
     ("ablation_tailness", ["--set", "optim.lrr=0.1"], "--set optim.lrr: unknown key; close matches: optim.lr,"),
     ("ablation_tailness", ["--set", "lr=0.1"], "--set lr: unknown key; close matches: optim.lr"),

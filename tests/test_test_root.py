@@ -147,6 +147,15 @@ def test_a_study_with_a_test_root_scores_new_and_earlier_trials_and_reports_the_
     before = {p: p.read_bytes() for p in (study_dir / "report.md", study_dir / "table_dice.md", study_dir / "table_dice.tex")}
     write_report(study_dir, log=lambda *_: None)
     assert {p: p.read_bytes() for p in before} == before  # unchanged files: identical bytes
+    # the latest run without --test-root: the block stays, and the report still says where it comes from (the studies
+    # walkthrough: the settings line went with the flag)
+    settings = json.loads((study_dir / "settings.json").read_text())
+    (study_dir / "settings.json").write_text(json.dumps({k: v for k, v in settings.items() if k != "test_root"}))
+    write_report(study_dir, log=lambda *_: None)
+    assert (f"- **External test set** (`--test-root` of an earlier run of the study command): {external}; "
+            in (study_dir / "report.md").read_text())
+    (study_dir / "settings.json").write_text(json.dumps(settings))
+    write_report(study_dir, log=lambda *_: None)
     # a trial that lost its evaluation (and its checkpoint) is counted as missing from the block
     (supervised / TEST_ROOT_PER_CASE).unlink()
     shutil.rmtree(supervised / "checkpoint")

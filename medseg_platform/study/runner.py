@@ -130,6 +130,7 @@ def _run_checked_study(study: Study, trials: list[dict], start: float, started_a
     if study.search_space is not None:  # its samples are scored in their Tune trials (study.trainable)
         scored = {folder.name for folder in (study_dir / TRIALS_DIR).iterdir() if _scored_since(folder, started_at)}
     write_json_atomic(study_dir / LAST_RUN_FILE, {"timing": timing, "pending_at_start": to_start, "trials": len(trials),
+                                                  "test_root_only_at_start": to_score if study.search_space is None else 0,
                                                   "scored_from_finished": len(scored),
                                                   "concurrency_cpus": study.num_cpus, "cpus_per_trial": study.cpus_per_trial,
                                                   "num_workers": study.num_workers})

@@ -244,6 +244,16 @@ def test_a_run_that_trained_nothing_says_so_instead_of_its_wall_time(study):
     text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
     assert "- **Wall time**: the last run of the study command had nothing to train (every trial had finished); " in text
     assert "0.0 s" not in text
+    # a run that only scored finished trials on --test-root said "7 trial(s) to run at its start" (the studies walkthrough)
+    (study / "last_run.json").write_text(json.dumps({"timing": {"total_s": 16.9}, "pending_at_start": 7,
+                                                     "test_root_only_at_start": 7}), encoding="utf-8")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert ("- **Wall time**: the last run of the study command had nothing to train; it scored 7 finished trial(s) on "
+            "--test-root in 16.9 s") in text
+    (study / "last_run.json").write_text(json.dumps({"timing": {"total_s": 16.9}, "pending_at_start": 7,
+                                                     "test_root_only_at_start": 2}), encoding="utf-8")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert "(7 trial(s) to run at its start; 2 of them finished, to score on --test-root only)" in text
 
 
 def _set_environment(path, environment):
