@@ -325,20 +325,32 @@ def _best_search_lines(records: Sequence[TrialRecord], top: int = 5, order: Mapp
         values = [r.result["tags"]["search"].get(n, "") for n in names]
         lines.append(f"| {r.path.name} | {100 * r.result['best_val_dice']:.1f} | {100 * float(test):.1f} | "
                      + " | ".join(f"{v:.4g}" if isinstance(v, float) else escape_markdown(str(v)) for v in values) + " |")
+    if study_dir is None:
+        return lines + [""]
+    import shlex
+
+    from analysis.search import BEST_FILE
+    from medseg_platform.io import read_json_object
+
+    chosen = (read_json_object(study_dir / BEST_FILE) or {}).get("trial_key")
+    if chosen != best[0].path.name:  # no best_config.json, or an earlier report's (its summary could not be rewritten)
+        return lines + [""]
     tied = sum(float(r.result["best_val_dice"]) == float(best[0].result["best_val_dice"]) for r in searched)
-    lines += ["", "The first row is the search's choice, `best_config.json`"
-              + (f" ({tied} samples tie at its val Dice: the search could not tell them apart, and the earliest is "
-                 "chosen; a longer profile or more val cases separates them)" if tied > 1 else "") + "."]
-    if study_dir is not None:
-        import shlex
+    seed = another_seed(trial_seed(best[0]))
+    config, folder = shlex.quote(str(study_dir / BEST_FILE)), shlex.quote(str(best[0].path))
+    return lines + [
+        "", "The first row is the search's choice, `best_config.json`"
+        + (f" ({tied} samples tie at its val Dice: the search could not tell them apart, and the earliest is chosen; a "
+           "longer profile or more val cases separates them)" if tied > 1 else "") + ".",
+        "", f"- train it with another seed: `medseg train --config {config} --seed {seed} --results-dir "
+            f"{shlex.quote(str(study_dir.parent))}` (its own seed gives the trial above, which medseg train reuses)",
+        f"- predict with its weights: `medseg predict --trial {folder} --out PREDICTIONS`", ""]
 
-        from analysis.search import BEST_FILE
 
-        config, folder = shlex.quote(str(study_dir / BEST_FILE)), shlex.quote(str(best[0].path))
-        lines += ["", f"- train it with another seed: `medseg train --config {config} --seed 2 --results-dir "
-                      f"{shlex.quote(str(study_dir.parent))}`",
-                  f"- predict with its weights: `medseg predict --trial {folder} --out PREDICTIONS`"]
-    return lines + [""]
+def another_seed(seed) -> int:
+    """A seed other than a search's ``seed`` for the rerun its outputs suggest (the next one; 2 for a seed that is not an
+    integer): with the search's own, ``medseg train`` reuses the trial instead of training it."""
+    return seed + 1 if isinstance(seed, int) and not isinstance(seed, bool) else 2
 
 
 def trial_health(records: Sequence[TrialRecord]) -> list[TrialHealth]:
@@ -378,8 +390,9 @@ def _last_run_phrase(last_run: Mapping, search: bool) -> str:
     took = _seconds((last_run.get("timing") or {}).get("total_s"))
     test_root_only = last_run.get("test_root_only_at_start") if isinstance(last_run.get("test_root_only_at_start"), int) else 0
     if test_root_only and last_run.get("pending_at_start") == test_root_only:  # it said "7 trial(s) to run" (the walkthrough)
+        also = f" ({scored} of them first from finished trials' checkpoints)" if scored else ""
         return (f"- **Wall time**: the last run of the study command had nothing to train; it scored {test_root_only} finished "
-                f"trial(s) on --test-root in {took}")
+                f"trial(s) on --test-root{also} in {took}")
     if last_run.get("pending_at_start") == 0:
         return (f"- **Wall time**: the last run of the study command had nothing to train; it scored {scored} trial(s) from "
                 f"finished trials' checkpoints in {took}" if scored else

@@ -27,11 +27,11 @@ from typing import Any, Sequence
 
 from analysis.tables import as_number
 from medseg_platform.study.experiment_state import tune_trial_states
-from medseg_platform.config import TrialConfig
+from medseg_platform.study.trainable import trial_config_and_key
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_json_atomic, write_text_atomic
-from medseg_platform.results import (ERROR_FILE, SEARCH_HISTORY_FILE, STUDY_FILE, CorruptResult, read_trial, search_trial_key,
-                                    trial_folder, tune_storage)
+from medseg_platform.results import (ERROR_FILE, SEARCH_HISTORY_FILE, STUDY_FILE, CorruptResult, read_trial, trial_folder,
+                                    tune_storage)
 
 #: a sample's status in search_history.csv (module docstring), in the order the summary counts them
 STATUSES = ("completed", "stopped early", "errored", "unfinished", "result missing")
@@ -96,8 +96,7 @@ def samples_from_trials(study_dir: Path, tune_trials: Sequence[Any]) -> list[Sam
     for order, (_, trial) in enumerate(trials, start=1):
         params = trial.config or {}
         values = dict(params.get("search") or {})
-        config = TrialConfig.from_dict({**params["trial"]["config"], **values}).to_dict()
-        key = search_trial_key(config, str(trial.trial_id))  # the folder run_trial_in_tune writes this sample to
+        config, key = trial_config_and_key(params, str(trial.trial_id))  # the folder run_trial_in_tune writes it to
         last = trial.last_result or {}
         try:
             record = read_trial(trial_folder(study_dir, key))

@@ -162,7 +162,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     from medseg_platform.rescore import scoring_sources
     from medseg_platform.results import STAGE_FINAL_FILE, TRIALS_DIR, pretrain_cache_dir, stage_folder, trial_finished, trial_folder
 
-    from medseg_platform.study.runner import check_before_ray, check_trained_on_this_data, lacks_test_root, searched_samples_ended
+    from medseg_platform.study.runner import check_before_ray, check_trained_on_this_data, ended_sample_ids, lacks_test_root
 
     trials, _ = check_before_ray(study, dry_run=True)  # validated as Study.run validates them, in the order Tune starts them
     for root, num_classes in datasets_of_trials(trials):  # the manifest's class count and names (no data file is read)
@@ -178,7 +178,8 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     planned = []
     unpriced: list[str] = []
     warnings: list[str] = []  # as the run's own warnings word them (medseg_platform.results.trial_finished)
-    ended = searched_samples_ended(study, trials)  # 0 for a grid
+    ended_ids = ended_sample_ids(study, trials)  # none for a grid
+    ended = len(ended_ids)
     sources = {} if search else scoring_sources(study_dir, [t for t in trials if not trial_finished(trial_folder(study_dir, t["key"]))])
     for index, trial in enumerate(trials):
         cfg = TrialConfig.from_dict(trial["config"])
@@ -222,21 +223,27 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit, ended,
                      WORKER_GROUP_S if study.num_workers > 1 else 0.0, tuple(unpriced), study.gpus_per_trial > 0,
                      *((0, ()) if search else _left_out(study_dir / TRIALS_DIR, trials, trial_finished)), tuple(warnings),
-                     _samples_resuming(study_dir / TRIALS_DIR, trials) if search and ended < samples else ())
+                     _samples_resuming(study_dir, trials, ended_ids) if search and ended < samples else ())
 
 
-def _samples_resuming(trials_dir: Path, trials: list[dict]) -> tuple[tuple[int, int], ...]:
+def _samples_resuming(study_dir: Path, trials: list[dict], ended_ids: set[str]) -> tuple[tuple[int, int], ...]:
     """``(step, fine-tuning steps)`` where a search's samples stopped mid-way resume: the sample folders (a search's
-    folder holds its own samples only: one with other settings is refused) with a checkpoint and neither a result nor
-    an error (a rerun does not train an errored sample again). The dry run of a stopped search said nothing of them."""
+    folder holds its own samples only: one with other settings is refused) with a checkpoint, neither a result nor an
+    error (a rerun does not train an errored sample again), and not ended in the Tune experiment (``ended_ids``: a
+    sample ASHA stopped keeps the checkpoint of its last validation and writes nothing else) nor in the search
+    history. The dry run of a stopped search said nothing of them."""
     from medseg_platform.io import read_json_object
-    from medseg_platform.results import CONFIG_FILE, ERROR_FILE, RESULT_FILE
+    from medseg_platform.results import CONFIG_FILE, ERROR_FILE, RESULT_FILE, TRIALS_DIR, search_history_statuses
 
+    trials_dir = study_dir / TRIALS_DIR
     if not trials_dir.is_dir() or not trials:
         return ()
+    history = search_history_statuses(study_dir)
     found = []
     for folder in sorted(f for f in trials_dir.iterdir() if f.is_dir()):
-        if (folder / RESULT_FILE).is_file() or (folder / ERROR_FILE).is_file() or (point := resume_point(folder)) is None:
+        if (folder / RESULT_FILE).is_file() or (folder / ERROR_FILE).is_file() or folder.name.rsplit("-", 1)[-1] in ended_ids:
+            continue
+        if history.get(folder.name, "unfinished") != "unfinished" or (point := resume_point(folder)) is None:
             continue
         optim = ((read_json_object(folder / CONFIG_FILE) or {}).get("config") or {}).get("optim") or {}
         found.append((point[0], int(optim.get("max_steps", trials[0]["config"]["optim"]["max_steps"]))))

@@ -91,7 +91,7 @@ class ProgressCallback(Callback):
         listed = list(trials) + ([trial] if trial is not None and now and not any(t is trial for t in trials) else [])
         for t in listed:
             category = now if (trial is not None and now and t is trial) else self.category(t)
-            counts["stopped early" if category == "finished" and t.trial_id in self.stopped_early else category] += 1
+            counts["stopped early" if category == "finished" and self._stopped_early(t) else category] += 1
         counts["pending"] += max(0, self.total - sum(counts.values()))  # trials Tune has not created yet
         return counts
 
@@ -181,6 +181,14 @@ class ProgressCallback(Callback):
             return "done"
         seconds = self.eta_s(trials, trial, now)
         return "ETA ? (no step rate yet)" if seconds is None else "ETA " + format_duration(seconds)
+
+    def _stopped_early(self, trial) -> bool:
+        """Whether ASHA stopped the trial: this run saw it (``stopped_early``), or its last result, restored with the
+        experiment, is a done report without the test Dice that only a trial's final report carries (as
+        ``analysis.search`` tells them apart; a restored search counted them as finished: the review)."""
+        result = getattr(trial, "last_result", None) or {}
+        return trial.trial_id in self.stopped_early or bool(
+            result.get("done") and "test_dice" not in result and not result.get("errored") and not result.get("skipped"))
 
     def line(self, what: str, trial, trials, now: str | None = None, after: str = "") -> str:
         """``[done/total] <what> <trial><after> (counts; elapsed, ETA)``."""

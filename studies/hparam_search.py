@@ -114,6 +114,7 @@ def main(argv=None) -> int:
     import shlex
 
     from analysis.search import BEST_FILE, HISTORY_FILE, STATUSES, best_sample, load_samples, unfinished_search
+    from analysis.report import another_seed
     from medseg_platform.errors import MedsegError
     from medseg_platform.results import trial_folder
 
@@ -153,7 +154,8 @@ def main(argv=None) -> int:
         print(f"  its trial folder (weights, per-case results): {folder}\n"
               f"  predict with it: medseg predict --trial {shlex.quote(str(folder))} --out PREDICTIONS (its own test split; "
               "--data-root DATA for another dataset)\n"
-              f"  train it with another seed: medseg train --config {shlex.quote(str(built[0].study_dir / BEST_FILE))} --seed 2 "
+              f"  train it with another seed: medseg train --config {shlex.quote(str(built[0].study_dir / BEST_FILE))} "
+              f"--seed {another_seed(built[0].seeds[0])} "
               f"--results-dir {shlex.quote(str(built[0].results_dir))} (its own seed gives the trial above, which medseg train "
               "reuses; this results folder's pretraining cache serves the other seeds)")
     else:

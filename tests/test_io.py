@@ -199,12 +199,29 @@ def test_a_ctrl_c_python_ignored_still_stops_an_in_process_training_loop():
     in-process trial went on training; inside ``ctrl_c_recorded`` the loop's next step raises it again, and staging
     blocks inside it still record their own Ctrl-C and give the handler back."""
     import signal
-    import weakref
 
-    from medseg_platform.io import ctrl_c_recorded, interrupt_on_signal, raise_if_interrupted, raise_if_stopped, removed_if_terminated
+    from medseg_platform.io import ctrl_c_recorded
 
     class Thing:
         pass
+
+    # Python's own handler, as in a terminal (a process started in the background inherits SIGINT ignored, and the block
+    # then leaves it so: the first fresh-clone CI run of this test, started under nohup)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_python_ignored(Thing)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with ctrl_c_recorded():  # an ignored Ctrl-C stays ignored
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
+def _ctrl_c_python_ignored(Thing) -> None:
+    import signal
+    import weakref
+
+    from medseg_platform.io import ctrl_c_recorded, interrupt_on_signal, raise_if_interrupted, raise_if_stopped, removed_if_terminated
 
     with ctrl_c_recorded():
         assert signal.getsignal(signal.SIGINT) is interrupt_on_signal

@@ -314,6 +314,10 @@ def test_a_sample_asha_stopped_is_named_so_not_finished(capsys):
     # and counted apart from the finished ones (the search walkthrough: "3 finished" counted a stopped sample)
     assert "] stopped early (ASHA, step 25) a (0 finished, 1 stopped early, 1 running, " in err, err
     assert "] finished b (1 finished, 1 stopped early, 0 running, " in err, err
+    # a restored experiment (Tune calls setup again): its stopped samples still count apart (the review)
+    callback.setup()
+    b.status = "TERMINATED"
+    assert callback.counts(trials)["stopped early"] == 1 and callback.counts(trials)["finished"] == 1
 
 
 def test_a_search_sample_is_named_as_one_with_the_id_its_history_lists():

@@ -473,11 +473,11 @@ def test_a_search_folder_is_not_restarted_or_taken_over_silently(tiny_root, tmp_
 
     released = search(6)
     released.protocol, released.base = "released", released.base.replace(**RELEASED_EVALUATION)
-    with pytest.raises(ConfigError, match=r"holds a search with other settings: --protocol \(corrected before, released now\); "):
+    with pytest.raises(ConfigError, match=r"holds a search with other settings: --protocol \(corrected before, released now\) \(perhaps also "):
         check_before_ray(released, dry_run=True)
     reseeded = search(6)
     reseeded.seeds = (2,)
-    with pytest.raises(ConfigError, match=r"holds a search with other settings: --seeds \(1 before, 2 now\); "):
+    with pytest.raises(ConfigError, match=r"holds a search with other settings: --seeds \(1 before, 2 now\) \(perhaps also --method, "):
         check_before_ray(reseeded, dry_run=True)
     wider = search(6)
     wider.search_space = {"optim.lr": tune.loguniform(1e-4, 1e-1)}

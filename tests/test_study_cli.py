@@ -336,7 +336,12 @@ def test_search_dry_run_counts_the_samples_and_prints_no_search_summary(tmp_path
 
     from medseg_platform.results import checkpoint_path
 
-    for name, step, done in (("arco-l1-s1-0123456789-aaaa", 4, False), ("arco-l1-s1-0123456789-bbbb", 7, True)):
+    # (an ASHA stop keeps its last validation's checkpoint and writes nothing else: the search history says it ended)
+    history = tmp_path / "results" / "hparam_search-arco_sag-smoke" / "search_history.csv"
+    history.parent.mkdir(parents=True)
+    history.write_text("order,trial_id,trial_key,status\n1,cccc,arco-l1-s1-0123456789-cccc,stopped early\n")
+    for name, step, done in (("arco-l1-s1-0123456789-aaaa", 4, False), ("arco-l1-s1-0123456789-bbbb", 7, True),
+                             ("arco-l1-s1-0123456789-cccc", 5, False)):
         folder = tmp_path / "results" / "hparam_search-arco_sag-smoke" / "trials" / name
         checkpoint_path(folder).parent.mkdir(parents=True)
         torch.save({"step": step, "val_curve": []}, checkpoint_path(folder))

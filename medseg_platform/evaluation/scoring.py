@@ -83,7 +83,8 @@ def list_label_files(folder: Path, role: str, label_suffix: str = LABEL_SUFFIX) 
     """Label volumes at the top level of ``folder`` keyed by case (see the module doc for the naming rules; ground-truth
     labels are named ``<case><label_suffix>``, ``_gt`` by default)."""
     own = PREDICTION_SUFFIX if role == "pred" else label_suffix
-    companions = (PREDICTION_SUFFIX, label_suffix, _IMAGE_SUFFIX)
+    # a prediction folder ignores _gt files whatever --label-suffix names (the released test_2D.py writes them there)
+    companions = (PREDICTION_SUFFIX, label_suffix, _IMAGE_SUFFIX) + ((LABEL_SUFFIX,) if role == "pred" else ())
     found: dict[str, list[Path]] = {}
     kinds: dict[Path, str] = {}
     suffixed: set[Path] = set()  # files named with the role's own suffix (<case>_gt, <case>_pred)
@@ -381,6 +382,9 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     if not preds:
         raise DataError(f"--pred {pred_dir}: no prediction volumes (.h5, .nii, .nii.gz) found at its top level")
     root_mode = is_dataset_root(gt)
+    if root_mode and label_suffix != LABEL_SUFFIX:  # it went unused (the review); predict refuses it with --data-root too
+        raise ConfigError(f"--label-suffix {label_suffix}: names the label files of a ground-truth folder; the dataset root "
+                          f"{gt} keeps its labels in data/<case>.h5 (drop --label-suffix)")
     gts = _root_label_files(gt, list(preds)) if root_mode else _with_converted_ids(ground_truth_files(gt, label_suffix), preds)
     missing = [case for case in preds if case not in gts]
     if missing:

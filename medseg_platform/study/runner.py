@@ -236,17 +236,23 @@ def check_trained_on_this_data(study: Study, trials: list[dict]) -> None:
 def searched_samples_ended(study: Study, trials: list[dict]) -> int:
     """How many samples of the study's search its Tune experiment has ended (finished, stopped early or errored; a rerun
     resumes only the others); 0 before the experiment exists. Reads the experiment's state files, starts nothing."""
+    return len(ended_sample_ids(study, trials))
+
+
+def ended_sample_ids(study: Study, trials: list[dict]) -> set[str]:
+    """The Tune trial ids of the samples :func:`searched_samples_ended` counts (a sample's folder ends in its id:
+    :func:`medseg_platform.results.search_trial_key`); empty for a grid or before the experiment exists."""
     path = tune_storage(study.study_dir) / f"{study.name}-{study.spec_hash(trials)}"
     if study.search_space is None or not path.is_dir():
-        return 0
+        return set()
     from ray import tune
 
     quiet_tune_resume_advice()  # before the experiment's state is read: Tune warns about trials that never reported
     if not tune.Tuner.can_restore(str(path)):
-        return 0
+        return set()
     from medseg_platform.study.experiment_state import tune_trial_states
 
-    return sum(trial.status in ("TERMINATED", "ERROR") for trial in tune_trial_states(path))
+    return {trial.trial_id for trial in tune_trial_states(path) if trial.status in ("TERMINATED", "ERROR")}
 
 
 def check_local_resources(study: Study) -> None:

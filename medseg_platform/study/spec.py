@@ -408,9 +408,10 @@ def _search_differences(old: dict, new: dict) -> str:
         ("--protocol", old.get("protocol", "corrected"), new.get("protocol", "corrected")),
         ("--seeds", " ".join(map(str, old.get("seeds") or [])), " ".join(map(str, new.get("seeds") or []))))
         if before != now]  # the ones study.json records apart (the search walkthrough: it listed every flag)
-    if named:
-        found.append(", ".join(named))
-    if old.get("trials") != new.get("trials") and not named:
+    if named:  # they change the trials' keys too: other differences cannot be told apart from them (the review)
+        found.append(", ".join(named) + (" (perhaps also --method, --labelled, --set values or the data root)"
+                                         if old.get("trials") != new.get("trials") else ""))
+    elif old.get("trials") != new.get("trials"):
         found.append("the searched configuration (--method, --labelled, --set values or the data root)")
     if old.get("search_space") != new.get("search_space"):
         found.append("the search space")

@@ -62,13 +62,20 @@ def test_search_report_lists_the_best_configurations(tmp_path):
     report = write_report(study, log=lambda m: None)
     text = report.report.read_text(encoding="utf-8")
     assert "## Best configurations" in text and "(Optuna search)" in text
-    # the search walkthrough: the report never said which row is best_config.json's, nor how to use it
+    # the search walkthrough: the report never said which row is best_config.json's, nor how to use it; it says so when
+    # best_config.json names that row (this fake search has no Tune experiment, so its summary is not rewritten)
     section = text.split("## Best configurations")[1].split("\n## ")[0]
     first = section.split("\n| ")[3].split(" |")[0]  # the first row after the header and its rule
+    assert "search's choice" not in section  # no best_config.json: nothing to name
+    (study / "best_config.json").write_text(json.dumps({"trial_key": first}), encoding="utf-8")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    section = text.split("## Best configurations")[1].split("\n## ")[0]
     assert "The first row is the search's choice, `best_config.json`." in section
     assert (f"- train it with another seed: `medseg train --config {study / 'best_config.json'} --seed 2 --results-dir "
-            f"{study.parent}`") in section
+            f"{study.parent}` (its own seed gives the trial above, which medseg train reuses)") in section
     assert f"- predict with its weights: `medseg predict --trial {study / 'trials' / first} --out PREDICTIONS`" in section
+    (study / "best_config.json").write_text(json.dumps({"trial_key": "another"}), encoding="utf-8")  # an earlier report's
+    assert "search's choice" not in write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
     assert "Incomplete" not in (study / "table_dice.md").read_text()  # a search has no fixed trial list
     assert {p.name for p in report.plots} >= {"search_history.png", "param_importances.png"}
 

@@ -450,6 +450,8 @@ def test_a_num_classes_other_than_the_roots_is_refused(tiny_root, tmp_path, caps
     assert not (tmp_path / "preds" / "evaluation").exists()
     rc, out, err = run(["evaluate", "--pred", str(tmp_path / "preds"), "--gt", str(tiny_root), "--num-classes", "4", "--quiet"], capsys)
     assert rc == 0 and "2 cases, 3 foreground classes" in out, err
+    error = one_line_error(capsys, ["evaluate", "--pred", str(tmp_path / "preds"), "--gt", str(tiny_root), "--label-suffix", "_seg"])
+    assert error.startswith("error: --label-suffix _seg: names the label files of a ground-truth folder; the dataset root ")
 
 
 def test_labels_named_with_another_suffix_are_read_with_label_suffix(tmp_path, capsys):
@@ -474,6 +476,15 @@ def test_labels_named_with_another_suffix_are_read_with_label_suffix(tmp_path, c
     rows = [r for r in read_rows(tmp_path / "e" / "per_case.csv") if r["case"] == "caseB"]
     expected = evaluate_case(perturbed(labels["caseB"], 4), labels["caseB"], 4, (1.5, 1.5, 10.0))
     assert [float(r["dice"]) for r in rows] == pytest.approx([e["dice"] for e in expected], abs=1e-6)
+    # a released test_2D.py output folder as --pred keeps ignoring its _gt and _img files (the review)
+    for case in ("caseA", "caseB"):
+        (preds / f"{case}.nii.gz").rename(preds / f"{case}_pred.nii.gz")
+        nib.save(nib.Nifti1Image(labels[case], affine), str(preds / f"{case}_gt.nii.gz"))
+        nib.save(nib.Nifti1Image(labels[case] * 9, affine), str(preds / f"{case}_img.nii.gz"))
+    rc, _, err = run(["evaluate", "--pred", str(preds), "--gt", str(raw), "--label-suffix", "_seg", "--quiet",
+                      "--out", str(tmp_path / "e2")], capsys)
+    assert rc == 0, err
+    assert read_rows(tmp_path / "e2" / "per_case.csv") == read_rows(tmp_path / "e" / "per_case.csv")
     with pytest.raises(SystemExit):
         main(["evaluate", "--pred", str(preds), "--gt", str(raw), "--label-suffix", "a/b"])
     assert "the ending of a file name, not a path" in capsys.readouterr().err
