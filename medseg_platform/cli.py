@@ -100,7 +100,7 @@ def forget_handled_interrupts() -> None:
     under ``python -m`` (``python -m analysis``) it then ends the process by SIGINT at exit instead of returning the
     command's exit code. Dataclasses and typing run generated code that way, e.g. while torch imports its optimiser's
     helpers at the first training steps, so a stop signal landing there made a killed ``medseg train --in-process``
-    die by SIGINT (about 1 kill in 12) rather than exit 130. Any later exec of a string that succeeds clears it."""
+    die by SIGINT (2 of 40 timed kills) rather than exit 130. Any later exec of a string that succeeds clears it."""
     exec("None")  # noqa: S102 - a constant: resets CPython's unhandled-KeyboardInterrupt flag (pythonrun.c)
 
 
