@@ -239,8 +239,10 @@ def machines_line(records: Sequence[TrialRecord]) -> str:
 
 def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, records: Sequence[TrialRecord],
                    problems: Sequence[str], search_statuses: Mapping[str, int] | None = None) -> list[str]:
-    """The "Settings" bullet list of the report (every value read from the study's files)."""
-    configs = [r.result.get("config") or {} for r in records]
+    """The "Settings" bullet list of the report (every value read from the study's files; before any trial finished,
+    the configurations of those that started, where a stopped run's report said "unknown" for each: the search
+    walkthrough)."""
+    configs = [r.result.get("config") or {} for r in records] or started_configs(study_dir)
     data = [c.get("data") or {} for c in configs]
     labelled = [r.result.get("labelled") or {} for r in records]
     roots = _distinct(str(d.get("root")) for d in data if d.get("root")) or ([str(settings["data_root"])] if settings.get("data_root") else [])
@@ -283,7 +285,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         f"- **Precision**: {_config_phrase(configs, 'optim', 'amp', 'off', AMP_TEXT)}",
         machines_line(records),
         f"- **Patch size / batch**: {_join(patches)}; {_join(batches)}",
-        f"- **Label fractions**: {_join(column_order(records))}",
+        f"- **Label fractions**: {_join(column_order(records) or _distinct(str(d['labelled']) for d in data if 'labelled' in d))}",
         f"- **Trials**: {finished} finished, {len(errored)} errored, {len(corrupt)} corrupt"
         + (f", {len(not_run)} " + (f"still to finish ({STUDY_RUNNING})" if any(STUDY_RUNNING in p for p in not_run)
                                    else "not run or interrupted") if not_run else "") + " (see Problems)" * bool(problems)
@@ -368,6 +370,17 @@ def model_selection(records: Sequence[TrialRecord]) -> str:
     if not found:
         return "best_val"
     return found.pop() if found in ({"best_val"}, {"final"}) else "mixed"
+
+
+def started_configs(study_dir: Path) -> list[dict]:
+    """The configurations of the study's trials that started (``trials/*/config.json``, written before a trial trains),
+    for the settings of a report written before any trial finished; unreadable files are left out."""
+    from medseg_platform.io import read_json_object
+    from medseg_platform.results import CONFIG_FILE, TRIALS_DIR
+
+    folder = study_dir / TRIALS_DIR
+    found = [read_json_object(path) or {} for path in sorted(folder.glob(f"*/{CONFIG_FILE}"))] if folder.is_dir() else []
+    return [record["config"] for record in found if isinstance(record.get("config"), dict)]
 
 
 def _external_lines(settings: Mapping, records: Sequence[TrialRecord]) -> list[str]:

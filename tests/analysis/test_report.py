@@ -446,3 +446,21 @@ def test_medseg_report_piped_into_head_exits_141_not_blaming_the_disk(study):
                           executable="/bin/bash", capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 141 and "free space" not in proc.stderr, (proc.returncode, proc.stderr[-800:])
+
+
+def test_a_report_before_any_trial_finished_reads_the_started_trials_settings(study):
+    """The search walkthrough: a run stopped before any trial finished reported "unknown" steps, patch size and label
+    fractions, though each started trial's config.json holds them."""
+    for result in study.glob("trials/*/result.json"):
+        try:
+            config = json.loads(result.read_text(encoding="utf-8"))["config"]
+        except ValueError:  # the fake study's corrupt one
+            config = None
+        if config is not None:
+            (result.parent / "config.json").write_text(json.dumps({"config": config}), encoding="utf-8")
+        result.unlink()
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert "- **Iterations**: 40 fine-tuning steps (validation every 20; " in text
+    assert "- **Patch size / batch**: 32x32; 4 labelled + 4 unlabelled" in text
+    assert "- **Label fractions**: 1, 3" in text and "- **Dataset**: /data/phantom; " in text
+    assert "unknown fine-tuning steps" not in text
