@@ -65,7 +65,6 @@ class ProgressCallback(Callback):
     def setup(self, **info) -> None:  # Tune calls it when an experiment starts, restored ones included (this object is unpickled)
         self.start = self.last_line = self.clock()
         self.started: dict[str, float] = {}  # trial id -> first start in this run (a retry keeps it)
-        self.stopped_early: set[str] = set()  # trial ids ASHA stopped (Tune counts them as terminated, like finished ones)
         self.finished_work: list[tuple[float, float]] = []  # (seconds, cost units) of each trial that ran to the end
         self.peak_running = 0
         self.assigned: dict[str, int] = {}  # trial id -> index in plans
@@ -91,7 +90,8 @@ class ProgressCallback(Callback):
         listed = list(trials) + ([trial] if trial is not None and now and not any(t is trial for t in trials) else [])
         for t in listed:
             category = now if (trial is not None and now and t is trial) else self.category(t)
-            counts["stopped early" if category == "finished" and self._stopped_early(t) else category] += 1
+            stopped = category == "finished" and _asha_stopped(getattr(t, "last_result", None) or {})
+            counts["stopped early" if stopped else category] += 1
         counts["pending"] += max(0, self.total - sum(counts.values()))  # trials Tune has not created yet
         return counts
 
@@ -181,14 +181,6 @@ class ProgressCallback(Callback):
             return "done"
         seconds = self.eta_s(trials, trial, now)
         return "ETA ? (no step rate yet)" if seconds is None else "ETA " + format_duration(seconds)
-
-    def _stopped_early(self, trial) -> bool:
-        """Whether ASHA stopped the trial: this run saw it (``stopped_early``), or its last result, restored with the
-        experiment, is a done report without the test Dice that only a trial's final report carries (as
-        ``analysis.search`` tells them apart; a restored search counted them as finished: the review)."""
-        result = getattr(trial, "last_result", None) or {}
-        return trial.trial_id in self.stopped_early or bool(
-            result.get("done") and "test_dice" not in result and not result.get("errored") and not result.get("skipped"))
 
     def line(self, what: str, trial, trials, now: str | None = None, after: str = "") -> str:
         """``[done/total] <what> <trial><after> (counts; elapsed, ETA)``."""
@@ -296,9 +288,7 @@ class ProgressCallback(Callback):
             self.finished_work.append((self.clock() - began, self._spent_units(self.plans[i], trial.trial_id)))
         if result.get("errored"):
             self._print(self.line("ERRORED", trial, trials, now="errored") + f": {result.get('error', '?')}")
-        elif "test_dice" not in result and not result.get("skipped"):  # only the final report has it: ASHA stopped it
-            # (Tune sets done=True on a stopped trial too; analysis.search tells them apart the same way)
-            self.stopped_early.add(trial.trial_id)
+        elif _asha_stopped(result):
             self._print(self.line(f"stopped early (ASHA, step {result.get('step', '?')})", trial, trials, now="finished"))
         else:
             how = (" (result existed)" if result.get("skipped") else
@@ -314,6 +304,13 @@ class ProgressCallback(Callback):
         # the retry resumes from the trial's last checkpoint: its start time and last progress report stay
         self._print(self.line(f"retry {trial.num_failures}/{trial.max_failures} of", trial, trials, now="pending")
                     + ": its worker failed, resuming from its last checkpoint")
+
+
+def _asha_stopped(result: Mapping) -> bool:
+    """Whether a terminated trial's last result is that of a trial ASHA stopped: a report without the test Dice that only
+    a trial's final report carries (Tune sets done=True on a stopped trial too; ``analysis.search`` tells them apart the
+    same way). Read from the result, so a restored experiment's stopped samples count as such too (the review)."""
+    return bool(result) and not result.get("errored") and not result.get("skipped") and "test_dice" not in result
 
 
 def _trial_name(trial) -> str:
