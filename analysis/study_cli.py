@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from dataclasses import replace
 from typing import Callable, Sequence
 
@@ -25,7 +26,8 @@ from medseg_platform.study_flags import dataset_num_classes, fractions_in_patien
 
 
 def run_study_main(description: str, default_name: str, build: Callable[[argparse.Namespace, Profile, TrialConfig], "object"],
-                   argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+                   argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None,
+                   labelled_default=None) -> int:
     """Parse the shared flags, build the study with ``build(args, profile, base)``, run it, write ``settings.json``
     (profile, dataset root, command line, ``--set`` overrides, ``--protocol``, ``--test-root``) and the report: tables,
     plots and ``report.md`` (:func:`analysis.report.write_report`). ``--rows`` and ``--set`` change the built study
@@ -34,12 +36,15 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
     to another value, is an error); ``--dry-run`` prints its plan instead of running it (:mod:`medseg_platform.plan`).
 
     ``parser``: a parser from :func:`study_parser` that a study script extended with its own flags
-    (default: ``study_parser(description, default_name)``).
+    (default: ``study_parser(description, default_name, labelled_default=labelled_default)``); ``labelled_default``:
+    the study's own label fractions, for ``--labelled``'s help (:func:`medseg_platform.study_flags.fractions_help`).
     """
     from medseg_platform.study.ray_runtime import sigterm_as_interrupt
 
+    started = time.perf_counter()  # the closing line's command time (the phantom, Ray's start, the report included)
     with sigterm_as_interrupt():  # a kill at any moment (before Ray, while writing the report) takes the Ctrl-C path
-        return _run_study_main(description, default_name, build, argv, parser)
+        return _run_study_main(description, default_name, build, argv,
+                               parser or study_parser(description, default_name, labelled_default=labelled_default), started)
 
 
 def import_report():
@@ -52,11 +57,10 @@ def import_report():
     return report
 
 
-def _run_study_main(description, default_name, build, argv, parser) -> int:
+def _run_study_main(description, default_name, build, argv, parser, started: float) -> int:
     from medseg_platform.study import Study
     from medseg_platform.study.spec import check_script_folder
 
-    parser = parser or study_parser(description, default_name)
     args = parser.parse_args(argv)
     if args.seeds and len(set(args.seeds)) < len(args.seeds):
         parser.error(f"argument --seeds: each seed once, got {' '.join(map(str, args.seeds))}")
@@ -121,7 +125,9 @@ def _run_study_main(description, default_name, build, argv, parser) -> int:
         report = report_module.write_report(run.study_dir)  # tables, plots/ and report.md, from the result files only
         report_module.print_report(report)
         rebuilt = " (nothing left to train)" if run.pending_at_start == 0 else ""  # it printed "wall time 0.0 s" alone
-        print(f"wall time {run.timing['total_s']:.1f} s{rebuilt}; results in {run.study_dir}")
+        # the study's run alone read as the command's time: the phantom's generation and the report were left out
+        print(f"wall time {run.timing['total_s']:.1f} s for the trials{rebuilt}, {time.perf_counter() - started:.1f} s for the "
+              f"command; results in {run.study_dir}")
         return 0 if report.records and not report.missing and not run.stopped else 1
     except MedsegError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -22,6 +22,12 @@ _ROLE = re.compile(r":(?:func|meth|class|mod|data|attr|obj):`~?([^`]+)`")
 _LITERAL = re.compile(r"``([^`]+)``")
 
 
+def log_line(msg: str) -> None:
+    """One line for the person at the terminal (progress, notes, warnings): on stderr, flushed at once, so that it
+    shows between Ray's own lines and stays out of a redirected stdout (the tables)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 def plain_help(text: str) -> str:
     """A docstring as ``--help`` prints it: reStructuredText roles and literals as plain words
     (":func:`a.b`" -> "a.b", "``x``" -> "x"); the rest as written."""

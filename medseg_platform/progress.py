@@ -7,22 +7,18 @@ imports ``ray.tune`` (about 2 s), so the study scripts' ``--help`` and validatio
 from __future__ import annotations
 
 import math
-import sys
 import time
 from typing import Callable, Mapping, Sequence
 
 from ray.tune import Callback
 
+from medseg_platform.cli import log_line
 from medseg_platform.step_costs import EVALUATION_COST, STEP_COST, UNKNOWN_STEP_COST, Phase, TrialPlan, format_duration
 
 #: The longest silence while trials run: a heartbeat line is printed when this many seconds passed since the last line.
 HEARTBEAT_S = 60.0
 #: The report fields the callback keeps per trial (written by ``medseg_platform.engine.progress_fields``).
 _PROGRESS_KEYS = ("phase", "objective", "stage", "stages", "phase_step", "phase_steps", "stage_cached", "evaluations")
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 class ProgressCallback(Callback):
@@ -213,7 +209,7 @@ class ProgressCallback(Callback):
 
     def _print(self, msg: str) -> None:
         self.last_line = self.clock()
-        _log(msg)
+        log_line(msg)
 
     # -- Tune hooks ----------------------------------------------------------------------------
     def on_step_end(self, iteration, trials, **info):

@@ -1,8 +1,11 @@
 """The one NaN-aware mean of the platform and the analysis: test means of a trial, table cells, summaries.
 
 An undefined value (NaN, e.g. HD95 of a class that is absent from both masks; ``None`` from a table cell) is left
-out; the mean of no defined value is NaN. Every mean over cases, classes or seeds that may hold undefined values
-goes through :func:`nan_mean` (or :func:`defined` where it also needs the spread), so they agree to the last bit.
+out; the mean of no defined value is NaN. Every mean over cases, classes or seeds that a result file or a table cell
+shows goes through :func:`nan_mean` (or :func:`defined` where it also needs the spread), so they agree to the last bit.
+The claims' paired statistics (:mod:`analysis.claims`, :mod:`analysis.significance`) average arrays of paired
+differences along an axis with ``np.nanmean`` instead; they drop the all-undefined rows and columns first, and no
+table shows those means.
 """
 
 from __future__ import annotations

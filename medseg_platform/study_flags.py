@@ -12,12 +12,12 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 from medseg_platform.cli import plain_help
 from medseg_platform.config import resolve_path
 from medseg_platform.errors import MedsegError
-from medseg_platform.profiles import Profile
+from medseg_platform.profiles import PROFILES, Profile
 from medseg_platform.protocol import PROTOCOLS
 
 
@@ -127,12 +127,38 @@ def amount(positive: bool):
     return parse
 
 
+def fractions_help(default: Mapping[str, Sequence[str]] | Sequence[str] | str | None) -> str:
+    """How ``--labelled``'s help states a study's default fractions: ``{"smoke": ("1",), "quick": ("1",), "paper": ("1",
+    "3", "7")}`` reads "1 patient at --profile smoke and quick, 1 / 3 / 7 patients at paper"; one tuple for every
+    profile reads "1 patient"; a string is the help's words as they are; None reads the profiles' own
+    (``Profile.labelled``)."""
+    if isinstance(default, str):
+        return default
+    if default is None:
+        default = {name: profile.labelled for name, profile in PROFILES.items()}
+
+    def spelled(fractions: Sequence[str]) -> str:
+        noun = "patient" if list(fractions) == ["1"] else "patients"
+        return " / ".join(fractions) + (f" {noun}" if not any(str(f).endswith("%") for f in fractions) else "")
+
+    if not isinstance(default, Mapping):
+        return spelled(default)
+    profiles_by_fractions: dict[tuple[str, ...], list[str]] = {}
+    for name, fractions in default.items():
+        profiles_by_fractions.setdefault(tuple(fractions), []).append(name)
+    parts = [f"{spelled(fractions)} at {' and '.join(names)}" for fractions, names in profiles_by_fractions.items()]
+    return ", ".join(parts).replace(" at ", " at --profile ", 1)
+
+
 def study_parser(description: str, default_name: str, folder: str | None = None,
-                 seeds_help: str = "seeds, each in [0, 2**32 - 1] (default: the profile's)") -> argparse.ArgumentParser:
+                 seeds_help: str = "seeds, each in [0, 2**32 - 1] (default: the profile's)",
+                 labelled_default: Mapping[str, Sequence[str]] | Sequence[str] | str | None = None) -> argparse.ArgumentParser:
     """The parser of a study script's shared flags (profile, data, Ray and resources, ``--set``, ``--rows``,
     ``--dry-run``, ``--protocol``, ``--test-root``); a script may add its own before handing it to
     :func:`analysis.study_cli.run_study_main`. ``folder``: how ``--name``'s help spells the default folder name
-    (default ``<default_name>-<profile>``); ``seeds_help``: ``--seeds``'s help (a search takes one)."""
+    (default ``<default_name>-<profile>``); ``seeds_help``: ``--seeds``'s help (a search takes one);
+    ``labelled_default``: the study's own label fractions, by profile name or one for every profile, for
+    ``--labelled``'s help (:func:`fractions_help`; None: the profiles' own, ``Profile.labelled``)."""
     parser = argparse.ArgumentParser(description=plain_help(description), formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=f"example:\n  python {sys.argv[0]} --smoke-test")
     parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick",
@@ -140,11 +166,11 @@ def study_parser(description: str, default_name: str, folder: str | None = None,
     parser.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks the whole path in about 30 seconds")
     parser.add_argument("--address", default=None, help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--results-dir", default="results", help="where results go (default: ./results)")
-    parser.add_argument("--data-root", default=None, help="dataset root in the SSL4MIS/ACDC layout (default: the embedded phantom)")
+    parser.add_argument("--data-root", default=None, help="dataset root in the SSL4MIS/ACDC layout (default: the embedded phantom at --profile smoke and quick; --profile paper needs one)")
     parser.add_argument("--seeds", type=seed_value(), nargs="+", default=None, help=seeds_help)
     parser.add_argument("--labelled", type=label_fraction, nargs="+", default=None, metavar="FRACTION",
                         help="the label fractions (table columns) to train: labelled patients ('3') or percent ('5%%') "
-                             "(default: the study's own, e.g. 1 / 3 / 7 patients at --profile paper; hparam_search.py takes one)")
+                             f"(default: {fractions_help(labelled_default)})")
     parser.add_argument("--name", default=default_name, help=f"study name (default: {folder or default_name + '-<profile>'})")
     parser.add_argument("--max-concurrent", type=count_at_least(1), default=None, help="at most this many trials at once")
     parser.add_argument("--gpus-per-trial", type=amount(positive=False), default=0.0, help="GPUs per trial (default 0: CPU)")

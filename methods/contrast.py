@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.errors import ConfigError, DataError
+from methods.objective import check_int_argument
 
 COSINE_EPS = 1e-8
 ENTROPY_EPS = 1e-10  # U2PL: H = -sum p log(p + 1e-10)
@@ -54,13 +55,6 @@ def _check_float(where: str, name: str, value, *, minimum: float | None = None, 
     if maximum is not None and value > maximum:
         raise ConfigError(f"{where}: {name} must be <= {maximum:g}, got {value!r} (pass a value <= {maximum:g})")
     return float(value)
-
-
-def _check_int(where: str, name: str, value, *, minimum: int) -> int:
-    """``value`` if it is an int >= ``minimum``; :class:`ConfigError` naming ``where: name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{where}: {name} must be an int >= {minimum}, got {value!r} (pass an int >= {minimum})")
-    return value
 
 
 def check_temperature(value, where: str = "temperature") -> float:
@@ -230,9 +224,9 @@ def alpha_schedule(step: int, max_steps: int, steps_per_epoch: int, alpha0: floa
     (ConfigError otherwise). α_0 = α0 at step 0 and stays > 0 (>= α0 / E) up to ``max_steps``.
     """
     where = "alpha_schedule"
-    max_steps = _check_int(where, "max_steps", max_steps, minimum=1)
-    steps_per_epoch = _check_int(where, "steps_per_epoch", steps_per_epoch, minimum=1)
-    step = _check_int(where, "step", step, minimum=0)
+    max_steps = check_int_argument(where, "max_steps", max_steps, 1)
+    steps_per_epoch = check_int_argument(where, "steps_per_epoch", steps_per_epoch, 1)
+    step = check_int_argument(where, "step", step, 0)
     if step > max_steps:
         raise ConfigError(f"{where}: step must be <= max_steps={max_steps}, got {step} (steps count from 0 to max_steps)")
     alpha0 = _check_float(where, "alpha0", alpha0, minimum=0.0, maximum=100.0)
@@ -333,8 +327,8 @@ def relation_negative_indices(
     tensor built once per step.
     """
     where = "relation_negative_indices"
-    num_anchors = _check_int(where, "num_anchors", num_anchors, minimum=1)
-    num_negatives = _check_int(where, "num_negatives", num_negatives, minimum=0)
+    num_anchors = check_int_argument(where, "num_anchors", num_anchors, 1)
+    num_negatives = check_int_argument(where, "num_negatives", num_negatives, 0)
     device = class_probs.device
     if isinstance(pool_sizes, torch.Tensor):
         sizes = pool_sizes.to(device=device, dtype=torch.int64)
@@ -380,7 +374,7 @@ def class_prototypes(
     (P, D) weighted copy), no host sync.
     """
     where = "class_prototypes"
-    num_classes = _check_int(where, "num_classes", num_classes, minimum=1)
+    num_classes = check_int_argument(where, "num_classes", num_classes, 1)
     if reps.dim() == 2:
         pixel_shape = reps.shape[:1]
     elif reps.dim() == 4:

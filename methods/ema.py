@@ -35,6 +35,14 @@ def check_momentum(value: Any, field: str = "ema_momentum") -> float:
     return float(value)
 
 
+@torch.no_grad()
+def ema_update_(teacher: list[torch.Tensor], student: list[torch.Tensor], momentum: float) -> None:
+    """``t <- m t + (1 - m) s`` for each pair of tensors, in place, vectorised (``torch._foreach_*``), no host syncs."""
+    if teacher:
+        torch._foreach_mul_(teacher, momentum)
+        torch._foreach_add_(teacher, [s.detach() for s in student], alpha=1.0 - momentum)
+
+
 class EMATeacher(nn.Module):
     """EMA copy of a student network (docs/shared.md, 'EMA teacher').
 
@@ -66,9 +74,7 @@ class EMATeacher(nn.Module):
             raise ValueError(
                 f"EMA update: student has {len(student_params)} parameter tensors, teacher {len(teacher_params)}"
             )
-        if teacher_params:
-            torch._foreach_mul_(teacher_params, self.momentum)
-            torch._foreach_add_(teacher_params, [p.detach() for p in student_params], alpha=1.0 - self.momentum)
+        ema_update_(teacher_params, student_params, self.momentum)
         if self.copy_buffers:
             teacher_buffers = list(self.module.buffers())
             student_buffers = list(student.buffers())

@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.ema import ema_update_
 from methods.errors import ConfigError, DataError
 from methods.objective import check_choice, check_number
 
@@ -268,7 +269,8 @@ def blocked_queue_kl(
     tau_teacher: float,
     block_rows: int | None = None,
 ) -> torch.Tensor:
-    """:func:`queue_kl` (value and gradients) without materialising the (N, M) logits (``docs/methods.md`` "ISD pretraining").
+    """:func:`queue_kl` (value and gradients) without materialising the (N, M) logits (docs/methods.md,
+    'ISD pretraining: the released local term in blocks').
 
     student, teacher: float (N, d); queue: float (M, d), a constant (no gradient flows into it; if it
     requires one, :func:`queue_kl` is used). Returns the float scalar
@@ -550,9 +552,9 @@ class ISDRelationalKL(nn.Module):
         return RelationalTerm(relational_kl(s_logits, t_logits), s_logits, t_logits, teacher.detach())
 
     def local_embeddings(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Window embeddings of the local term (``docs/methods.md`` "ISD pretraining"): student_logits, teacher_logits float
-        (B, C, S, S) -> student ``Pred_l(h_s(window))``, teacher ``h_t(window)``, each float
-        (P*B, C, pool, pool), window-major (:meth:`windows`)."""
+        """Window embeddings of the local term (docs/methods.md, 'ISD pretraining: the released local term in
+        blocks'): student_logits, teacher_logits float (B, C, S, S) -> student ``Pred_l(h_s(window))``, teacher
+        ``h_t(window)``, each float (P*B, C, pool, pool), window-major (:meth:`windows`)."""
         if teacher_logits.shape != student_logits.shape:
             raise DataError(
                 f"ISD local term: teacher logits {tuple(teacher_logits.shape)} do not match student logits "
@@ -632,5 +634,4 @@ class ISDRelationalKL(nn.Module):
         ``M:code/model_2D.py:179-182``)."""
         teacher = list(self.teacher_projector.parameters()) + list(self.teacher_local_head.parameters())
         student = list(self.student_projector.parameters()) + list(self.student_local_head.parameters())
-        torch._foreach_mul_(teacher, momentum)
-        torch._foreach_add_(teacher, [p.detach() for p in student], alpha=1.0 - momentum)
+        ema_update_(teacher, student, momentum)

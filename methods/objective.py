@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
@@ -246,6 +247,14 @@ def check_number(
         low = "(-inf" if minimum is None else ("[" if min_inclusive else "(") + f"{minimum:g}"
         high = "inf)" if maximum is None else f"{maximum:g}" + ("]" if max_inclusive else ")")
         raise ConfigError(f"{where}: must be in {low}, {high}, got {value!r} (fix the objective parameter)")
+
+
+def check_int_argument(where: str, name: str, value: Any, minimum: int) -> int:
+    """A function argument (not a config field) checked as a whole number >= ``minimum`` (Python or NumPy ints, not
+    bools); returned as an int; :class:`ConfigError` naming ``where: name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        raise ConfigError(f"{where}: {name} must be an int >= {minimum}, got {value!r} (pass a whole number >= {minimum})")
+    return int(value)
 
 
 def check_choice(config: Any, field: str, choices: Sequence[str]) -> None:

@@ -48,14 +48,13 @@ the flat grid, for tests and inspection).
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from methods.errors import ConfigError, DataError
-from methods.objective import check_choice, check_number
+from methods.objective import check_choice, check_int_argument, check_number
 
 SAMPLERS = ("uniform", "stratified", "stratified_antithetic")  # the papers' NS / SG / SAG
 GROUPINGS = ("flat", "spatial")  # as released / as described in the paper
@@ -70,15 +69,9 @@ RELEASED_MIN_BLOCK_SIDE = 2
 
 # -- argument checks -------------------------------------------------------------------------------------------
 
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise ConfigError(f"sampler: {name} must be an int >= {minimum}, got {value!r} (pass a whole number)")
-    return int(value)
-
-
 def _grid_side(groups: object, name: str = "groups") -> int:
     """``g = sqrt(groups)``; ``groups`` must be a perfect square >= 1 (9, 16, 25, ...)."""
-    groups = _check_int(groups, name, 1)
+    groups = check_int_argument("sampler", name, groups, 1)
     side = math.isqrt(groups)
     if side * side != groups:
         raise ConfigError(f"sampler: {name} must be a perfect square, got {groups} (use a g x g grid: 9, 16, 25, ...)")
@@ -88,8 +81,8 @@ def _grid_side(groups: object, name: str = "groups") -> int:
 def _check_grid_shape(grid_shape: object) -> tuple[int, int]:
     if not isinstance(grid_shape, Sequence) or len(grid_shape) != 2:
         raise ConfigError(f"sampler: grid_shape must be (H, W), got {grid_shape!r} (pass the image's height and width)")
-    height = _check_int(grid_shape[0], "grid_shape[0] (H)", 1)
-    width = _check_int(grid_shape[1], "grid_shape[1] (W)", 1)
+    height = check_int_argument("sampler", "grid_shape[0] (H)", grid_shape[0], 1)
+    width = check_int_argument("sampler", "grid_shape[1] (W)", grid_shape[1], 1)
     return height, width
 
 
@@ -140,7 +133,7 @@ def _uniform_int(u: torch.Tensor, size: torch.Tensor | int) -> torch.Tensor:
 
 def grid_edge(num_candidates: int) -> int:
     """``e = round(sqrt(N))`` computed exactly (SG step 1); the flat grid is ``e x e``."""
-    num_candidates = _check_int(num_candidates, "num_candidates", 1)
+    num_candidates = check_int_argument("sampler", "num_candidates", num_candidates, 1)
     edge = math.isqrt(num_candidates)
     # round half can't happen for integers: (e + 1/2)^2 = e^2 + e + 1/4
     return edge + 1 if num_candidates - edge * edge > edge else edge
@@ -154,8 +147,8 @@ def sampler_quota(num_candidates: int, num_samples: int, groups: int = RELEASED_
     ``floor(e / g) < min_block_side`` (2 as released).
     Examples (released sizes): ``sampler_quota(50_000, 256) == 16``; ``sampler_quota(30_000, 131_072) == 8172``.
     """
-    num_candidates = _check_int(num_candidates, "num_candidates", 1)
-    num_samples = _check_int(num_samples, "num_samples", 1)
+    num_candidates = check_int_argument("sampler", "num_candidates", num_candidates, 1)
+    num_samples = check_int_argument("sampler", "num_samples", num_samples, 1)
     side = _grid_side(groups)
     edge = grid_edge(num_candidates)
     if edge // side == 0:
@@ -169,7 +162,7 @@ def flat_block_ids(indices: torch.Tensor, num_candidates: int, groups: int = REL
     indices: int64 tensor (any shape) in ``[0, N)``. Returns int64, same shape; -1 for indices outside the
     ``e x e`` grid (``>= e^2``, possible when ``e^2 < N``) or when the grid does not exist (``floor(e/g) = 0``).
     """
-    num_candidates = _check_int(num_candidates, "num_candidates", 1)
+    num_candidates = check_int_argument("sampler", "num_candidates", num_candidates, 1)
     side = _grid_side(groups)
     edge = grid_edge(num_candidates)
     block = edge // side
@@ -277,9 +270,9 @@ def stratified_1d_indices(
     candidates get 1-D strata and smaller ones uniform draws; with ``min_block_side=1`` only ``N <= 12``
     (always uniform).
     """
-    num_candidates = _check_int(num_candidates, "num_candidates", 1)
-    num_samples = _check_int(num_samples, "num_samples", 1)
-    stratum_size = _check_int(stratum_size, "stratum_size", 1)
+    num_candidates = check_int_argument("sampler", "num_candidates", num_candidates, 1)
+    num_samples = check_int_argument("sampler", "num_samples", num_samples, 1)
+    stratum_size = check_int_argument("sampler", "stratum_size", stratum_size, 1)
     if device is not None:
         out_device = torch.device(device)
     else:
@@ -340,7 +333,7 @@ def spatial_allocation(
     """
     if allocation not in ALLOCATIONS:
         raise ConfigError(f"sampler: allocation must be one of {list(ALLOCATIONS)}, got {allocation!r} (pick one of them)")
-    num_samples = _check_int(num_samples, "num_samples", 1)
+    num_samples = check_int_argument("sampler", "num_samples", num_samples, 1)
     counts = cell_counts.to(torch.int64)
     total = counts.sum()
     if allocation == "systematic":
@@ -462,8 +455,8 @@ def sample_indices(
 
     Returns int64 (num_samples,) on the output device. No host synchronisation.
     """
-    num_candidates = _check_int(num_candidates, "num_candidates", 1)
-    num_samples = _check_int(num_samples, "num_samples", 1)
+    num_candidates = check_int_argument("sampler", "num_candidates", num_candidates, 1)
+    num_samples = check_int_argument("sampler", "num_samples", num_samples, 1)
     if strategy not in SAMPLERS:
         raise ConfigError(f"sampler: strategy must be one of {list(SAMPLERS)}, got {strategy!r} (pick one of them)")
     if grouping not in GROUPINGS:
@@ -474,7 +467,7 @@ def sample_indices(
         raise ConfigError(f"sampler: generator must be a torch.Generator or None, got {type(generator).__name__} "
                           "(pass a torch.Generator)")
     side = _grid_side(groups)
-    min_block_side = _check_int(min_block_side, "min_block_side", 1)
+    min_block_side = check_int_argument("sampler", "min_block_side", min_block_side, 1)
     spatial = strategy != "uniform" and grouping == "spatial"
     if spatial:
         if positions is None or grid_shape is None:

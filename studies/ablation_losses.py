@@ -52,6 +52,7 @@ from medseg_platform.study_flags import study_fractions, study_parser  # noqa: E
 #: The methods ARCO Table 3 ablates, and the default of ``--method``.
 METHODS = ("arco_sg", "arco_sag")
 DEFAULT_METHOD = "arco_sg"
+LABELLED = ("1",)  # patients: ARCO Table 3's fraction
 #: Fine-tuning terms left out one at a time: (term as the row names it, objective parameter set to 0).
 FINE_TUNING_TERMS = (("L_unsup", "unsup_weight"), ("L_eqv", "eqv_weight"))
 #: Pretraining-stage terms left out one at a time: (term as the row names it, stage parameter set to 0).
@@ -81,14 +82,14 @@ def build(args, profile, base):
     sup_only = with_objective_params(method_overrides(DEFAULT_METHOD, profile), **{w: 0.0 for w in MONA_UNLABELLED_WEIGHTS})
     table.add(SUP_ONLY_LABEL, sup_only, variant=arco)
     table.add(METHOD_LABELS["supervised"], method_overrides("supervised", profile))
-    labelled = study_fractions(args, ("1",))  # ARCO Table 3's fraction, unless --labelled says otherwise
+    labelled = study_fractions(args, LABELLED)  # ARCO Table 3's fraction, unless --labelled says otherwise
     # one folder per method: the other ARCO's ablation keeps its files
     return Study(name=f"ablation_losses-{method}", base=base, results_dir=Path(args.results_dir), variants=table.variants(),
                  grid={"data.labelled": list(labelled)}, claims=claims(method))
 
 
 def parser():
-    p = study_parser(__doc__, "ablation_losses", folder="ablation_losses-<method>-<profile>")
+    p = study_parser(__doc__, "ablation_losses", folder="ablation_losses-<method>-<profile>", labelled_default=LABELLED)
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help=f"the ARCO whose terms are left out (default: {DEFAULT_METHOD})")
     return p
 

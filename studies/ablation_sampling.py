@@ -77,7 +77,7 @@ def build(args, profile, base):
 
 
 def main(argv=None) -> int:
-    return run_study_main(__doc__, "ablation_sampling", build, argv=argv)
+    return run_study_main(__doc__, "ablation_sampling", build, argv=argv, labelled_default=LABELLED)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def released_label(method_label: str, config: dict) -> str:
 
 
 def main(argv=None) -> int:
-    return run_study_main(__doc__, "ablation_temperature", build, argv=argv)
+    return run_study_main(__doc__, "ablation_temperature", build, argv=argv, labelled_default=(LABELLED,))
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ def search_space(method: str) -> dict:
 
 def parser():
     p = study_parser(__doc__, "hparam_search", folder="hparam_search-<method>-<profile>",
-                     seeds_help="the one seed the search trains, in [0, 2**32 - 1] (default: the profile's first)")
+                     seeds_help="the one seed the search trains, in [0, 2**32 - 1] (default: the profile's first)",
+                     labelled_default=f"{LABELLED} patient; a search tunes at one fraction")
     p.add_argument("--method", choices=SEARCHABLE, default="arco_sag", help="the method to tune (default: arco_sag)")
     p.add_argument("--num-samples", type=int, default=None, help="samples Optuna proposes (default: the profile's: smoke 3, quick 16, paper 40)")
     return p
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
               f"  train it with another seed: medseg train --config {shlex.quote(str(built[0].study_dir / BEST_FILE))} "
               f"--seed {another_seed(built[0].seeds[0])} "
               f"--results-dir {shlex.quote(str(built[0].results_dir))} (its own seed gives the trial above, which medseg train "
-              "reuses; this results folder's pretraining cache serves the other seeds)")
+              "reuses; another seed trains its own pretraining stages first and keeps them in this results folder's cache)")
     else:
         print("no sample completed: no best configuration")
     print("search files:\n" + "\n".join(f"  {p}" for p in paths))

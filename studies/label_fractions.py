@@ -76,7 +76,7 @@ def build(args, profile, base):
 
 
 def main(argv=None) -> int:
-    return run_study_main(__doc__, "label_fractions", build, argv=argv)
+    return run_study_main(__doc__, "label_fractions", build, argv=argv, labelled_default=FRACTIONS)
 
 
 if __name__ == "__main__":

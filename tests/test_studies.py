@@ -192,8 +192,8 @@ def test_hparam_search_smoke(smoke, capsys):
     assert f"its trial folder (weights, per-case results): {folder}\n" in out  # the probe had to guess it
     assert f"predict with it: medseg predict --trial {folder} --out PREDICTIONS (its own test split; " in out
     assert (f"train it with another seed: medseg train --config {study_dir / 'best_config.json'} --seed 2 --results-dir "
-            f"{study_dir.parent} (its own seed gives the trial above, which medseg train reuses; this results folder's "
-            "pretraining cache serves the other seeds)\n") in out  # "train it again" only reused that trial; run from
+            f"{study_dir.parent} (its own seed gives the trial above, which medseg train reuses; another seed trains its "
+            "own pretraining stages first and keeps them in this results folder's cache)\n") in out  # "train it again" only reused that trial; run from
     # elsewhere without --results-dir it trained the trial and its pretraining stage again (the search walkthrough)
     assert "search: 3 of 3 samples proposed (" in out
     completed = [h for h in history if h["status"] == "completed"]

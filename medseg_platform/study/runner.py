@@ -32,6 +32,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from medseg_platform.cli import log_line
 from medseg_platform.config import resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_host, check_dashboard_host_is_local
 from medseg_platform.errors import ConfigError, DataError, MedsegError
@@ -58,10 +59,6 @@ class StudyRun:
     pending_at_start: int | None = None
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def run_study(study: Study) -> StudyRun:
     """Validate, run (or restore) on Ray, and return what finished; see the module docstring. The study folder is
     locked while it runs (:func:`medseg_platform.io.folder_lock`): two copies of one command used to train the same
@@ -82,7 +79,7 @@ def _run_checked_study(study: Study, trials: list[dict], start: float, started_a
     if study.search_space is None:
         retagged = retag_finished_trials(study_dir, trials)
         if retagged:
-            _log(f"{retagged} finished trial(s) take this study's current row labels and order (their configurations, and "
+            log_line(f"{retagged} finished trial(s) take this study's current row labels and order (their configurations, and "
                  "so their results, are unchanged)")
 
     def to_run(trial: dict) -> bool:
@@ -90,9 +87,9 @@ def _run_checked_study(study: Study, trials: list[dict], start: float, started_a
         return not trial_finished(folder) or lacks_test_root(study, folder)
 
     forget_other_test_root_errors(study, trials)
-    done = {t["key"] for t in trials if trial_finished(trial_folder(study_dir, t["key"]), _log)}  # a corrupt one is told
+    done = {t["key"] for t in trials if trial_finished(trial_folder(study_dir, t["key"]), log_line)}  # a corrupt one is told
     # trials that train as a finished one did and differ at most in how they are scored: scored, not trained
-    scored = (score_from_sources(study_dir, [t for t in trials if t["key"] not in done], _log, scoring_device(study.gpus_per_trial))
+    scored = (score_from_sources(study_dir, [t for t in trials if t["key"] not in done], log_line, scoring_device(study.gpus_per_trial))
               if study.search_space is None else set())
     done |= scored
     pending = [t for t in trials if t["key"] not in done or lacks_test_root(study, trial_folder(study_dir, t["key"]))]
@@ -102,10 +99,10 @@ def _run_checked_study(study: Study, trials: list[dict], start: float, started_a
     if study.search_space is not None:
         ended = searched_samples_ended(study, trials)
         to_start = max(0, study.num_samples - ended)  # samples live in <key>-<trial id> folders, not under `pending`'s key
-        _log(f"study {study.name}: a search of {study.num_samples} sample(s), {ended} already ended -> {study_dir}")
+        log_line(f"study {study.name}: a search of {study.num_samples} sample(s), {ended} already ended -> {study_dir}")
     else:
         to_start = len(pending)
-        _log(f"study {study.name}: {len(trials)} trial(s), {len(done)} already finished{scoring} -> {study_dir}")
+        log_line(f"study {study.name}: {len(trials)} trial(s), {len(done)} already finished{scoring} -> {study_dir}")
     timing = {"validate_s": time.perf_counter() - start}
     stopped = False
     if pending or study.search_space is not None:
@@ -117,15 +114,15 @@ def _run_checked_study(study: Study, trials: list[dict], start: float, started_a
         # a Ctrl-C / SIGTERM, which stops the study (it used to start that experiment instead).
         left = [t for t in pending if to_run(t) and not errored_in_run(trial_folder(study_dir, t["key"]), run_id)]
         if stopped and study.search_space is not None:
-            _log("stopped by a signal: the search is unfinished; rerun the same command to resume it")
+            log_line("stopped by a signal: the search is unfinished; rerun the same command to resume it")
         elif stopped:
-            _log(f"stopped by a signal: {len(left)} trial(s) unfinished; rerun the same command to resume them")
+            log_line(f"stopped by a signal: {len(left)} trial(s) unfinished; rerun the same command to resume them")
         elif restored and left and study.search_space is None:
-            _log(f"{len(left)} trial(s) that the restored experiment considers done have no result (lost, corrupt, or "
+            log_line(f"{len(left)} trial(s) that the restored experiment considers done have no result (lost, corrupt, or "
                  "errored in an earlier run): running them again")
             _, stopped = run_tune(study, left, study_dir, timing, f"rerun-{run_id}", run_id)
             if stopped:
-                _log("stopped by a signal; rerun the same command to resume the unfinished trials")
+                log_line("stopped by a signal; rerun the same command to resume the unfinished trials")
     timing["total_s"] = time.perf_counter() - start
     if study.search_space is not None:  # its samples are scored in their Tune trials (study.trainable)
         scored = {folder.name for folder in (study_dir / TRIALS_DIR).iterdir() if _scored_since(folder, started_at)}
@@ -182,11 +179,11 @@ def warn_idle_gpus(study: Study) -> None:
     """Print a warning when a trial of one worker reserves more than one GPU: it trains on one of them (the GPU-path
     audit), and the others sit reserved and idle."""
     if study.gpus_per_trial > 1 and study.num_workers == 1:
-        _log(f"warning: --gpus-per-trial {study.gpus_per_trial:g} reserves {study.gpus_per_trial:g} GPUs per trial, but a trial "
+        log_line(f"warning: --gpus-per-trial {study.gpus_per_trial:g} reserves {study.gpus_per_trial:g} GPUs per trial, but a trial "
              "of one worker trains on one of them; use --num-workers to train a trial on several GPUs, or 1 GPU per trial")
     elif study.gpus_per_trial > 1:  # each worker reserves that many and trains on one (ray.train.torch.get_device)
         whole = float(study.gpus_per_trial).is_integer()
-        _log(f"warning: --gpus-per-trial {study.gpus_per_trial:g} with --num-workers {study.num_workers} reserves "
+        log_line(f"warning: --gpus-per-trial {study.gpus_per_trial:g} with --num-workers {study.num_workers} reserves "
              f"{study.gpus_per_trial:g} GPUs per worker, but each worker trains on one of them; use --gpus-per-trial 1"
              + (f" and --num-workers {study.num_workers * int(study.gpus_per_trial)} to train on all of them" if whole else ""))
 
@@ -286,7 +283,7 @@ def warn_oversubscribed_threads(study: Study, trials: list[dict]) -> None:
     threads on a node than it has cores, and trials slow each other down."""
     threads = max((int(t["config"].get("threads", 1)) for t in trials), default=1)
     if threads > study.cpus_per_trial + 1e-9:
-        _log(f"warning: the trials compute with {threads} torch threads each but reserve {study.cpus_per_trial:g} CPU(s) "
+        log_line(f"warning: the trials compute with {threads} torch threads each but reserve {study.cpus_per_trial:g} CPU(s) "
              f"(--cpus-per-trial); trials sharing a node's cores slow each other down: pass --set threads="
              f"{max(1, int(study.cpus_per_trial))} to match, or more CPUs per trial")
 
@@ -300,7 +297,7 @@ def warn_single_validation(trials: list[dict]) -> None:
     short = [t for t in trials if validations(t["config"]) < 2]
     if short:
         steps, every = int(short[0]["config"]["optim"]["max_steps"]), int(short[0]["config"]["eval"]["val_every"])
-        _log(f"warning: {len(short)} trial(s) train for {steps} steps with eval.val_every {every}: each validates once, "
+        log_line(f"warning: {len(short)} trial(s) train for {steps} steps with eval.val_every {every}: each validates once, "
              "at its last step, so the tested weights are the final ones and its validation curve has one point; "
              f"pass e.g. --set eval.val_every={max(1, steps // 4)} to validate during training")
 
@@ -369,7 +366,7 @@ def check_ray_options(study: Study) -> None:
                               "--no-dashboard or when joining a cluster (--address/RAY_ADDRESS: use `ray start --dashboard-host` there)")
         check_dashboard_host_is_local(study.dashboard_host)
     if warning:
-        _log(warning)
+        log_line(warning)
     if study.optuna_storage is not None:
         if study.search_space is None:
             raise ConfigError("--optuna-storage records an Optuna search; this study is a grid (it has no search space)")
@@ -516,7 +513,7 @@ def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, s
             if not restored:  # a new experiment of this name (its folder deleted): the old trials' rungs are not its own
                 (storage / f"{name}{STATE_SUFFIX}").unlink(missing_ok=True)
         if restored:
-            _log(f"restoring Tune experiment {exp_path}")
+            log_line(f"restoring Tune experiment {exp_path}")
             note_kept_limits(storage / f"{name}{LIMITS_SUFFIX}", limits, search=study.search_space is not None)
             tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
         else:
@@ -582,7 +579,7 @@ def note_kept_limits(path: Path, limits: dict, search: bool = False) -> None:
             f"; to apply the new ones, delete the experiment's folder {path.with_name(path.name[:-len(LIMITS_SUFFIX)])} "
             "and rerun: the unfinished trials then continue from their checkpoints in a new experiment, and finished "
             "trials are kept")
-        _log(f"note: the restored experiment keeps the limits it was started with ({', '.join(kept)}); Tune cannot "
+        log_line(f"note: the restored experiment keeps the limits it was started with ({', '.join(kept)}); Tune cannot "
              f"change them on a resume{advice}")
 
 
@@ -675,7 +672,7 @@ def distributed_trials_that_fit(study: Study) -> int | None:
         if not any(all(node.get(kind, 0.0) + 1e-9 >= amount for kind, amount in per_worker.items()) for node in nodes):
             # a joined cluster (a local Ray too small was refused before it started): Tune waits for one to appear
             nodes_text = "; ".join(", ".join(f"{node.get(kind, 0.0):g} {kind}s" for kind in per_worker) for node in nodes) or "none"
-            _log("warning: a trial needs " + " and ".join(f"{amount:g} {kind}s" for kind, amount in per_worker.items())
+            log_line("warning: a trial needs " + " and ".join(f"{amount:g} {kind}s" for kind, amount in per_worker.items())
                  + f" on one node, and no node of the Ray cluster holds that now (its nodes: {nodes_text}); waiting for the "
                  "cluster to grow. A cluster that cannot grow never starts a trial: stop with Ctrl-C and ask for less "
                  "(--cpus-per-trial/--gpus-per-trial)")
@@ -690,14 +687,14 @@ def distributed_trials_that_fit(study: Study) -> int | None:
         short = (f"--num-workers {study.num_workers}: a trial needs {need}, the Ray cluster's nodes hold {workers} such "
                  f"worker(s) (its nodes: {nodes_text})")
         if study.address or os.environ.get("RAY_ADDRESS"):  # an autoscaling cluster may add nodes: Ray decides
-            _log(f"warning: {short} now; one trial at a time, waiting for the cluster to grow. A cluster that cannot grow "
+            log_line(f"warning: {short} now; one trial at a time, waiting for the cluster to grow. A cluster that cannot grow "
                  "never starts it: stop with Ctrl-C and use fewer workers or less per worker (--cpus-per-trial/--gpus-per-trial)")
             return 1
         raise ConfigError(f"{short}; use fewer workers or less per worker (--cpus-per-trial/--gpus-per-trial)")
     if study.max_concurrent is None or study.max_concurrent > slots:
         have = ", ".join(f"{totals[kind]:g} {kind}s" for kind in per_worker)
         need = ", ".join(f"{amount * study.num_workers:g} {kind}s" for kind, amount in per_worker.items())
-        _log(f"multi-worker trials: {slots} at once (the cluster's {have} on {len(nodes)} node(s) at {need} per trial)")
+        log_line(f"multi-worker trials: {slots} at once (the cluster's {have} on {len(nodes)} node(s) at {need} per trial)")
     return slots
 
 

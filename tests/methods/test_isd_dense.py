@@ -4,7 +4,7 @@ The reference (``benchmarks/isd_reference.py``) is the released-layout code as i
 item 3): the (N, M) cosine logits materialised twice (``queue.clone()``, ``cosine_logits`` then divided
 by tau), ``relational_kl`` by autograd. Everything is compared in float64 at rtol 1e-6: loss terms,
 the gradient of every parameter, and the queues after several SGD steps, for both ``local_layout``
-values and the three stage presets (``docs/methods.md`` "ISD pretraining").
+values and the three stage presets (docs/methods.md, 'ISD pretraining: the released local term in blocks').
 """
 
 from __future__ import annotations
