@@ -17,10 +17,10 @@ patients that is 4% / 11% / 25%), ``--smoke-test`` 1 patient (plus full supervis
 Cost: ``quick`` 19 trials per seed (6 methods x 3 fractions + 1), 3 seeds, trained for
 ``QUICK_FRACTION_STEPS`` (750) fine-tuning steps instead of the profile's 250: at 250 and 500 steps supervised-only
 did not yet improve with more labelled patients, at 750 it did with the earlier UNet up-path; with the released one
-it rises from 1 to 3 patients on every seed but not from 3 to 7 in the mean, where one seed's model selection picked a
-noisy validation peak (``medseg_platform/profiles.py``). About an hour on 2
-cores by ``--dry-run`` (64 minutes where the supervised quick step is about 31 ms, README; an estimate, not measured;
-``--seeds 1`` for a third of that). ``paper``: 3 seeds, sized
+it rose from 1 to 3 patients on every seed but not from 3 to 7 in the mean on an Intel Xeon, where one seed's model
+selection picked a noisy validation peak, and from 1 to 3 to 7 on every seed on an AMD EPYC
+(``medseg_platform/profiles.py``). About 40 minutes on 2 cores by ``--dry-run`` (where the supervised quick step is
+17 ms; an estimate, not measured; ``--seeds 1`` for a third of that). ``paper``: 3 seeds, sized
 for a GPU cluster.
 
     python studies/label_fractions.py               # quick profile on the embedded phantom (CPU)
