@@ -113,6 +113,7 @@ class ClaimResult:
     absent: int = 0  # (case, seed) pairs whose case one side did not test
     unpaired: str = ""  # seeds only one side has, left out (unpaired_seeds)
     reason: str = ""  # why not run, or what the verdict rests on (no trial of either row learned)
+    flagged: tuple[str, ...] = ()  # the compared trials that Trial health flags, e.g. "ACTION s3 did not learn"
 
 
 def _seed_sort_key(seed: Any) -> tuple:
@@ -223,13 +224,30 @@ def evaluate_claim(claim: Mapping[str, Any], records: Sequence[TrialRecord]) -> 
     n_seeds, per_seed = int(np.count_nonzero(seeded)), tuple(float(v) for v in np.nanmean(differences[:, seeded], axis=0))
     # two rows none of whose trials learned compare two failures: the verdict says so (a smoke run's Δ +0.0 read as a
     # finding: the newcomer probe)
-    failed = all(record_health(r).verdict == NOT_LEARNED for trials in (*a_trials.values(), *b_trials.values()) for r in trials)
+    health = {id(r): record_health(r) for trials in (*a_trials.values(), *b_trials.values()) for r in trials}
+    failed = all(curve.verdict == NOT_LEARNED for curve in health.values())
+    kept_seeds = [seed for seed, kept in zip(pairs.seeds, seeded) if kept]
+    # a flagged trial behind a claim's numbers (a seed that did not learn drives its Δ and p): the verdict says which
+    flagged = _flagged_texts([(row, seed, health[id(r)].verdict) for row, trials in ((claim["a"], a_trials), (claim["b"], b_trials))
+                              for seed in kept_seeds for r in trials.get(seed, ()) if health[id(r)].flagged])
     return ClaimResult(claim, verdict=verdict(claim.get("direction", ">"), low, high, pairs.n_cases, n_seeds),
                        difference=float(np.nanmean(differences)), ci=(low, high), p_value=test.p_value,
                        n_pairs=pairs.n_pairs, n_cases=pairs.n_cases, n_seeds=n_seeds, per_seed=per_seed,
                        seeds=tuple(seed for seed, kept in zip(pairs.seeds, seeded) if kept), dropped=pairs.dropped,
                        absent=pairs.absent, unpaired=unpaired_seeds(claim, a_trials, b_trials),
-                       reason="no trial of either row learned (Trial health)" if failed else "", **texts)
+                       reason="no trial of either row learned (Trial health)" if failed else "", flagged=flagged, **texts)
+
+
+def _flagged_texts(flags: Sequence[tuple[str, Any, str]]) -> tuple[str, ...]:
+    """(row, seed, verdict) of flagged trials -> one text per row: "ACTION w/o L_anco s1/s2 still rising, s3 did not
+    learn"."""
+    by_row: dict[str, dict[str, list[str]]] = {}
+    for row, seed, verdict_ in flags:
+        seeds = by_row.setdefault(row, {}).setdefault(verdict_, [])
+        if f"s{seed}" not in seeds:
+            seeds.append(f"s{seed}")
+    return tuple(f"{row} " + ", ".join(f"{'/'.join(seeds)} {verdict_}" for verdict_, seeds in verdicts.items())
+                 for row, verdicts in by_row.items())
 
 
 def read_claims(info: Mapping[str, Any]) -> list[dict]:
@@ -363,6 +381,8 @@ def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records
     for claim, result in results:
         ci = MISSING if math.isnan(result.ci[0]) else f"[{_bound(result.ci[0])}, {_bound(result.ci[1])}]"
         verdict_text = f"{result.verdict} ({result.reason})" if result.reason else result.verdict
+        if result.flagged and not result.reason:
+            verdict_text += " \u00a7 (" + "; ".join(result.flagged) + ")"
         p_text = MISSING if result.verdict == NOT_RUN else _p_text(result.p_value)
         per_seed = per_seed_text(result)
         cells = [claim_text(result), claim["paper"], _signed(result.difference), per_seed, ci, p_text, _n_text(result), verdict_text]
@@ -392,13 +412,17 @@ def _caption(paper: bool, run: str) -> str:
             f"defined for both rows), in points; per seed \u0394: that mean for each seed (s1: seed 1); 95% CI: "
             f"Student's t over two variance terms, between seeds (each seed's mean difference) and between test patients "
             f"(a patient's volumes together), paired throughout; p: "
-            f"{TEST_NAME} on the per-case values averaged over seeds (table.csv's p_vs_best; n/a with fewer than "
-            f"{MIN_PAIRS} differing cases), which treats the trained models as fixed and can be small while the CI, "
-            f"which also counts the seeds' variation, crosses the bound. Verdict from the CI: supported when it lies "
+            f"{TEST_NAME} on the per-case values averaged over seeds (the test of table.csv's p_vs_best, which there "
+            f"compares each cell with its column's best; n/a with fewer than {MIN_PAIRS} differing cases), which treats "
+            f"the trained models as fixed and can be small while the CI, which also counts the seeds' variation, crosses "
+            f"the bound; two-sided, so a small p beside a \u0394 against the claim says the rows differ the other way. "
+            f"Verdict from the CI: supported when it lies "
             f"entirely above 0 (for \u2265: above \u2212{MARGIN:g} point, the margin), contradicted when it lies entirely "
             f"below that bound, otherwise inconclusive at this n (also with fewer than {MIN_PAIRS} paired test cases or "
             f"fewer than {MIN_SEEDS} seeds: one seed cannot measure the seeds' variation, two measure it poorly). Seeds "
-            f"only one row has are left out (the n column names them). No correction for testing several claims.")
+            f"only one row has are left out (the n column names them). \u00a7: the compared trials include one that Trial "
+            f"health flags, named beside the verdict (a seed that did not learn can decide \u0394 and p alone). No "
+            f"correction for testing several claims.")
     if paper:
         return text + (" Published \u0394: the same two rows in the named paper table (other training runs: compare "
                        "sign and size, not digits).")

@@ -791,10 +791,13 @@ def write_plots(records: Sequence, out_dir: str | Path, df: pd.DataFrame | None 
     colours = palette([*row_order(records), *variants.values()], family=variants)  # e.g. "SG, 9 groups, ..." as ARCO-SG
     unit = distance_unit(records)
     over = spread_words(is_search(records))
+    columns = column_order(records)
+    # "one panel per label fraction" under a figure of one panel (a report review): name the fraction instead
+    panels = "one panel per label fraction" if len(columns) > 1 else (columns[0] if columns else "")
     jobs: list[tuple[str, str, Any]] = [
-        ("bars_dice.png", f"Test Dice per class and method (mean \u00b1 std over {over}), one panel per label fraction",
+        ("bars_dice.png", f"Test Dice per class and method (mean \u00b1 std over {over}), {panels}",
          lambda: class_bars(df, "dice", colours)),
-        ("bars_hd95.png", f"Test HD95 per class and method (mean \u00b1 std over {over}), one panel per label fraction",
+        ("bars_hd95.png", f"Test HD95 per class and method (mean \u00b1 std over {over}), {panels}",
          lambda: class_bars(df, "hd95", colours, unit)),
         ("dice_vs_label_fraction.png", "Test Dice (class average) vs labelled patients, one line per method",
          lambda: label_fraction_curves(records, "dice", colours)),
@@ -811,8 +814,10 @@ def write_plots(records: Sequence, out_dir: str | Path, df: pd.DataFrame | None 
             f"dice vs {axis}: its values are not all numbers, so no curve (the table's rows compare them)")))
     jobs.append(("training_curves.png", f"Training loss and val Dice vs training step (mean over {over})",
                  lambda: training_curves(records, colours)))
-    for column in column_order(records):
-        jobs.append((f"qualitative_{slug(column)}.png", f"Test slices with each method's prediction, {column}",
+    for column in columns:
+        shown = "its best sample by val Dice" if is_search(records) else "its lowest seed's"  # as _qualitative_rank picks
+        jobs.append((f"qualitative_{slug(column)}.png", f"Test slices with each method's prediction (one trial per method: "
+                     f"{shown}), {column}",
                      lambda column=column: qualitative_overlays(records, column, class_names)))
     jobs += [("search_history.png", "Optuna search: best val Dice per trial and the running best", lambda: search_history(records, search_samples)),
              ("param_importances.png", "Optuna search: parameter importances", lambda: param_importances(records))]

@@ -237,6 +237,100 @@ def machines_line(records: Sequence[TrialRecord]) -> str:
             "'Reproducibility across machines')")
 
 
+def _val_split_phrase(roots: Sequence[str]) -> str:
+    """"; 8 val cases of 4 patients (model selection)" from the one dataset root's ``val.list``; "" when the study has
+    several roots or the list cannot be read (the dataset moved). A reader compared a trial's best validation with its
+    test Dice and could not find what the validation ran on."""
+    from medseg_platform.data.layout import VAL_LIST
+
+    if len(roots) != 1:
+        return ""
+    try:
+        cases = [line.strip() for line in (Path(roots[0]) / VAL_LIST).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return ""
+    patients = len({patient_of_case(case) for case in cases})
+    return (f", {len(cases)} val case{'s' * (len(cases) != 1)}" + (f" of {patients} patient{'s' * (patients != 1)}" if patients != len(cases) else "")
+            + " (model selection: a trial's val Dice is on these, its test Dice on the test cases)")
+
+
+def code_line(records: Sequence[TrialRecord]) -> str:
+    """The "Code" bullet: which code computed the trials (``environment.code``, :func:`medseg_platform.environment.
+    code_version`), with counts when they differ; "" when no result records it (written before it was recorded)."""
+    counts: dict[str, int] = {}
+    for record in records:
+        code = (record.result.get("environment") or {}).get("code")
+        if code:
+            counts[str(code)] = counts.get(str(code), 0) + 1
+    unrecorded = len(records) - sum(counts.values())
+    if not counts:
+        return ""
+    if len(counts) == 1 and not unrecorded:
+        return f"- **Code**: {next(iter(counts))}"
+    groups = [f"{code} ({n} trial{'s' * (n != 1)})" for code, n in counts.items()]
+    groups += [f"{unrecorded} trial{'s' * (unrecorded != 1)} {NOT_RECORDED}"] if unrecorded else []
+    return ("- **Code**: mixed: " + "; ".join(groups) + ". A change of the training code can move every number of the rows "
+            "it touches; trials of one code version compare like for like")
+
+
+#: How the report names a trial's convolution kernels (``result.json``'s ``conv_kernels``;
+#: docs/methods.md, 'CPU convolution kernels').
+KERNELS_TEXT = {"onednn": "oneDNN", "pytorch": "PyTorch's own", "cuda": "CUDA (cuDNN)"}
+
+
+def kernels_line(records: Sequence[TrialRecord]) -> str:
+    """The "Convolution kernels" bullet: which rows ran which kernels; "" when no result records them. The baselines
+    and the contrastive rows run different CPU kernels at the quick size, which round differently (a report review
+    found it in result.json only)."""
+    rows_by_kernels: dict[str, list[str]] = {}
+    for row in row_order(records):
+        for kernels in _distinct(r.result.get("conv_kernels") for r in records if row_label(r) == row):
+            if kernels:
+                rows_by_kernels.setdefault(KERNELS_TEXT.get(str(kernels), str(kernels)), []).append(row)
+    if not rows_by_kernels:
+        return ""
+    if len(rows_by_kernels) == 1:
+        return f"- **Convolution kernels**: {next(iter(rows_by_kernels))}"
+    return ("- **Convolution kernels**: " + "; ".join(f"{kernels}: {_row_list(rows)}" for kernels, rows in rows_by_kernels.items())
+            + " (`conv_kernels`; the two round differently: docs/methods.md, 'CPU convolution kernels')")
+
+
+def labelled_line(records: Sequence[TrialRecord]) -> str:
+    """The "Labelled patients" bullet: which patients each label fraction trained on (``result.json``'s ``labelled``),
+    and whether the seeds share them; "" without finished trials. A reader could not tell that every seed of a
+    published-order study trains on the same patient (the seeds vary the training only)."""
+    parts = []
+    for column in column_order(records):
+        by_patients: dict[tuple, list[Any]] = {}
+        slices: dict[tuple, Any] = {}
+        available = None
+        for record in records:
+            if column_label(record) != column:
+                continue
+            labelled = record.result.get("labelled") or {}
+            patients = tuple(labelled.get("patients") or ())
+            seeds = by_patients.setdefault(patients, [])
+            if trial_seed(record) not in seeds:
+                seeds.append(trial_seed(record))
+            slices[patients] = labelled.get("num_labelled_slices")
+            available = labelled.get("available_patients", available)
+        texts = []
+        for patients, seeds in by_patients.items():
+            if not patients:
+                names = "not recorded"
+            elif available and len(patients) == available:
+                names = f"all {available} training patients"
+            elif len(patients) > 8:
+                names = ", ".join(patients[:8]) + f", ... ({len(patients)} patients)"
+            else:
+                names = ", ".join(patients)
+            names += f" ({slices[patients]} slices)" if slices.get(patients) is not None and patients else ""
+            who = "every seed" if len(by_patients) == 1 else "seed" + "s" * (len(seeds) != 1) + " " + ", ".join(str(s) for s in seeds)
+            texts.append(f"{names}, {who}")
+        parts.append(f"{column}: " + "; ".join(texts))
+    return "- **Labelled patients**: " + " | ".join(parts) if parts else ""
+
+
 def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, records: Sequence[TrialRecord],
                    problems: Sequence[str], search_statuses: Mapping[str, int] | None = None) -> list[str]:
     """The "Settings" bullet list of the report (every value read from the study's files; before any trial finished,
@@ -268,7 +362,8 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
     ]
     collected = bool(info.get("accumulates"))  # a folder of several runs (medseg train): settings.json is the latest run's
     if settings.get("command"):
-        lines.append(f"- **{'Latest command' if collected else 'Command'}**: `{settings['command']}`")
+        lines.append(f"- **{'Latest command' if collected else 'Command'}**: `{settings['command']}`"
+                     + (f" (run in `{settings['cwd']}`: relative paths and the default `./results` start there)" if settings.get("cwd") else ""))
     if settings.get("overrides"):
         lines.append(("- **Overrides** (`--set` of the latest run; each row names its own): " if collected
                       else "- **Overrides** (`--set`, every trial): ") + ", ".join(f"`{item}`" for item in set_option_items(settings["overrides"])))
@@ -276,6 +371,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         protocol_line(info, settings, configs),
         f"- **Dataset**: {_join(roots)}; {_join(available)} training patients, {_join(test_cases)} test cases"
         + (f" of {_join(test_patients)} patient{'' if test_patients == [1] else 's'}" if test_patients and test_patients != test_cases else "")
+        + _val_split_phrase(roots)
         + (f"; classes {', '.join(study_class_names(records).values())}" if records else ""),
         *_external_lines(settings, records),
         f"- **Seeds**: {_join(seeds)}",
@@ -284,15 +380,17 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         f"pretraining: {_pretraining_phrase(records)}",
         f"- **Precision**: {_config_phrase(configs, 'optim', 'amp', 'off', AMP_TEXT)}",
         machines_line(records),
+        *[line for line in (code_line(records), kernels_line(records)) if line],
         f"- **Patch size / batch**: {_join(patches)}; {_join(batches)}",
         f"- **Label fractions**: {_join(column_order(records) or _distinct(str(d['labelled']) for d in data if 'labelled' in d))}",
+        *[line for line in (labelled_line(records),) if line],
         f"- **Trials**: {finished} finished, {len(errored)} errored, {len(corrupt)} corrupt"
         + (f", {len(not_run)} " + (f"still to finish ({STUDY_RUNNING})" if any(STUDY_RUNNING in p for p in not_run)
                                    else "not run or interrupted") if not_run else "") + " (see Problems)" * bool(problems)
         + (f"; {scored} of the finished scored from the checkpoint of a finished trial that trained alike "
            "(`scored_from` in result.json; docs/evaluation.md, 'Scoring a finished trial again')" if scored else ""),
         _last_run_phrase(last_run, bool(info.get("search")))
-        + f"; training time summed over the finished trials {_seconds(compute)}"
+        + f"; trial time summed over the finished trials (pretraining, fine-tuning, validation and test) {_seconds(compute)}"
         + (" (a scored trial's is its evaluation's)" if scored else ""),
     ]
     if info.get("search"):

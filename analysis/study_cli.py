@@ -9,6 +9,7 @@ above the platform, because it ends with the report (:mod:`analysis.report`).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -117,7 +118,8 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
         # the report's settings that the trial files do not hold (regenerated reports read them back)
         command = " ".join(shlex.quote(a) for a in ["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
         write_json_atomic(run.study_dir / SETTINGS_FILE, {
-            "script": default_name, "profile": profile.name, "data_root": str(root), "command": command, "smoke_test": bool(args.smoke_test),
+            "script": default_name, "profile": profile.name, "data_root": str(root), "command": command, "cwd": os.getcwd(),
+            "smoke_test": bool(args.smoke_test),
             "results_dir": str(study.results_dir), "address": args.address, "gpus_per_trial": study.gpus_per_trial,
             "cpus_per_trial": study.cpus_per_trial, "num_workers": study.num_workers, "max_concurrent": study.max_concurrent,
             "overrides": overrides, "protocol": args.protocol,

@@ -410,7 +410,7 @@ def train(args) -> tuple[int, Path | None]:
             return 1, None
     if not finished_before:  # the command that trained the folder's latest trial (a rerun that trained nothing keeps it)
         write_json_atomic(study.study_dir / SETTINGS_FILE, {
-            "profile": args.profile, "data_root": str(study.base.data.root), "command": command_line(args),
+            "profile": args.profile, "data_root": str(study.base.data.root), "command": command_line(args), "cwd": os.getcwd(),
             "smoke_test": args.profile == "smoke", "results_dir": str(study.results_dir), "address": args.address,
             "gpus_per_trial": study.gpus_per_trial, "cpus_per_trial": study.cpus_per_trial, "num_workers": 1, "max_concurrent": None,
             "overrides": overrides, "in_process": bool(args.in_process)})

@@ -425,3 +425,24 @@ def test_a_claim_between_two_rows_that_did_not_learn_says_so(tmp_path):
     assert result.reason == "no trial of either row learned (Trial health)" and result.verdict == INCONCLUSIVE
     learned = trials(tmp_path / "learned", {"A": lambda c, k, s: base(c, k), "B": lambda c, k, s: base(c, k)}, seeds=(1, 2, 3))
     assert evaluate_claim(claim("A", "B", "1", "test"), learned).reason == ""
+
+
+def test_a_claim_over_a_flagged_trial_names_it_beside_the_verdict(tmp_path):
+    """A seed that did not learn decided a claim's Δ and p (ACTION vs ACTION w/o L_anco: +16.4, p < 0.001), and the
+    claims table showed nothing of it (the report review): the verdict names the flagged trials, by row and seed."""
+    from analysis.claims import evaluate_claim
+
+    records = []
+    for order, row in enumerate(("A", "B")):
+        for seed in (1, 2, 3):
+            curve = [(20, 0.01), (40, 0.02)] if (row, seed) == ("B", 3) else [(20, 0.3), (40, 0.35)] if (row, seed) == ("A", 1) else None
+            folder = write_fake_trial(tmp_path, row=row, order=order, patients=1, seed=seed, qualitative_shift=None, val_curve=curve,
+                                      dice=lambda c, k, row=row: base(c, k) + (0.05 if row == "A" else 0.0))
+            records.append(read_trial(folder))
+    result = evaluate_claim(claim("A", "B", "1", "test"), records)
+    assert result.flagged == ("A s1 still rising", "B s3 did not learn")
+    section = "\n".join(claims_section({"claims": [claim("A", "B", "1", "test")]}, {"profile": "quick"}, records))
+    assert "| supported \u00a7 (A s1 still rising; B s3 did not learn) |" in section
+    assert "\u00a7: the compared trials include one that Trial health flags" in section
+    healthy = trials(tmp_path / "healthy", {"A": lambda c, k, s: base(c, k) + 0.05, "B": lambda c, k, s: base(c, k)}, seeds=(1, 2, 3))
+    assert evaluate_claim(claim("A", "B", "1", "test"), healthy).flagged == ()

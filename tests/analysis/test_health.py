@@ -110,7 +110,9 @@ def test_section_when_nothing_is_flagged():
     trials = [_trial("a", [(20, 0.6), (40, 0.6)]), _trial("b", [(20, 0.5), (40, 0.49)]), _trial("c", [(20, 0.5)])]
     lines = health.health_section(trials)
     assert lines[0] == "## Trial health" and lines[-1] == ""
-    assert lines[-2] == "All 2 judged trials plateaued (none still rising, collapsed or failing to learn). 1 trial with fewer than 2 validations, none below the floor, was not judged."
+    assert lines[-2] == ("All 2 judged trials plateaued (none still rising, collapsed or failing to learn). 1 trial with fewer than 2 "
+                         "validations, none below the floor, was not judged. 1 trial ended at its best validation, gaining at "
+                         "most 1.0 point at the last one: more steps might still move it.")
     assert health.health_problems(trials) == [] and health.health_section([]) == []
 
 
@@ -133,6 +135,19 @@ def test_section_lists_flagged_trials_with_their_numbers():
     unjudged = trials + [_trial("one", [(20, 0.5)])]
     assert "3 of 4 judged trials flagged" in "\n".join(health.health_section(unjudged))
     assert health.health_problems(unjudged)[0].startswith("trial health: 3 of 4 judged trials flagged")
+
+
+def test_unflagged_trials_that_ended_at_their_best_are_counted():
+    """A report review counted 9 of 24 trials best at their last validation where the section named the 6 flagged ones:
+    the trials that gained at most the margin at the end are counted beside them, not listed or marked."""
+    trials = [_trial("rising", [(20, 0.50), (40, 0.62)]), _trial("flat-top", [(20, 0.60), (40, 0.605)]),
+              _trial("tie", [(20, 0.6), (40, 0.6)]), _trial("down", [(20, 0.6), (40, 0.58)])]
+    text = "\n".join(health.health_section(trials))
+    assert ("1 of 4 judged trials flagged: 1 still rising. 2 unflagged trials also ended at their best validation, gaining at "
+            "most 1.0 point at the last one: more steps might still move them too (3 of the judged trials ended at their "
+            "best). Tables mark") in text
+    assert "| flat-top |" not in text and "| tie |" not in text
+    assert "ended at" not in "\n".join(health.health_section([trials[0], trials[3]]))
 
 
 def test_collapse_text_follows_the_model_selection():

@@ -464,3 +464,48 @@ def test_a_report_before_any_trial_finished_reads_the_started_trials_settings(st
     assert "- **Patch size / batch**: 32x32; 4 labelled + 4 unlabelled" in text
     assert "- **Label fractions**: 1, 3" in text and "- **Dataset**: /data/phantom; " in text
     assert "unknown fine-tuning steps" not in text
+
+
+def test_report_states_the_code_kernels_labelled_patients_and_working_folder(study, tmp_path):
+    """A report review could not tell from report.md which code computed the trials, that the baselines ran other CPU
+    convolution kernels than the contrastive rows, that every seed trained on the same labelled patient, what the
+    validation ran on, or where the command ran (its ./results and relative paths)."""
+    from analysis.report import _val_split_phrase
+
+    results = sorted(p for p in (study / "trials").glob("*/result.json") if p.read_text(encoding="utf-8") != "{truncated")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert "- **Labelled patients**: 1 patient (1.4%): p0, every seed | 3 patients (4.3%): p0, p1, p2, every seed\n" in text
+    assert "**Code**" not in text and "**Convolution kernels**" not in text  # results of earlier code record neither
+    for path in results:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        kernels = "onednn" if result["tags"]["row"] == "Mean teacher" else "pytorch"
+        path.write_text(json.dumps({**result, "conv_kernels": kernels,
+                                    "environment": {"cpu": "AMD EPYC", "code": "medseg-platform 0.1.0, git abc1234"}}), encoding="utf-8")
+    settings = json.loads((study / "settings.json").read_text(encoding="utf-8"))
+    (study / "settings.json").write_text(json.dumps({**settings, "cwd": "/home/me/project"}), encoding="utf-8")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert "- **Code**: medseg-platform 0.1.0, git abc1234\n" in text
+    assert ("- **Convolution kernels**: PyTorch's own: MONA, ARCO-SG; oneDNN: Mean teacher (`conv_kernels`; the two round "
+            "differently: docs/methods.md, 'CPU convolution kernels')\n") in text
+    assert "(run in `/home/me/project`: relative paths and the default `./results` start there)" in text
+    result = json.loads(results[0].read_text(encoding="utf-8"))
+    results[0].write_text(json.dumps({**result, "environment": {"code": "medseg-platform 0.1.0, git def5678 + local changes"}}))
+    line = next(line for line in write_report(study, log=lambda m: None).report.read_text().splitlines() if line.startswith("- **Code**"))
+    assert line.startswith(f"- **Code**: mixed: medseg-platform 0.1.0, git def5678 + local changes (1 trial); medseg-platform "
+                           f"0.1.0, git abc1234 ({len(results) - 1} trials)")
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "val.list").write_text("patient021_frame01\npatient021_frame02\npatient023_frame01\n", encoding="utf-8")
+    assert _val_split_phrase([str(root)]).startswith(", 3 val cases of 2 patients (model selection")
+    assert _val_split_phrase([str(tmp_path / "moved")]) == "" and _val_split_phrase([str(root), str(root) + "2"]) == ""
+
+
+def test_the_environment_names_the_code_that_computed_a_trial():
+    import torch
+
+    from medseg_platform import __version__
+    from medseg_platform.environment import code_version, trial_environment
+
+    code = trial_environment(torch.device("cpu"))["code"]
+    assert code == code_version() and code.startswith(f"medseg-platform {__version__}")
+    assert re.fullmatch(rf"medseg-platform {re.escape(__version__)}(, git [0-9a-f]{{7,}}( \+ local changes)?)?", code)
