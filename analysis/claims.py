@@ -375,7 +375,7 @@ def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records
                     "docs/studies.md, 'Claims').", ""]
         return []
     paper, run = on_published_data(settings, records)
-    header = ["Claim", "Paper", "Measured \u0394 (points)", "Per seed \u0394", "95% CI", "p", "n (case \u00d7 seed pairs)", "Verdict"]
+    header = ["Claim", "The paper says", "Measured \u0394 (points)", "Per seed \u0394", "95% CI", "p", "n (case \u00d7 seed pairs)", "Verdict"]
     header += ["Published \u0394"] if paper else []
     lines = ["## Claims", "", "| " + " | ".join(header) + " |", "| " + " | ".join(["---", "---"] + ["---:"] * 5 + ["---"] * (1 + paper)) + " |"]
     for claim, result in results:

@@ -516,6 +516,24 @@ def _last_run_phrase(last_run: Mapping, search: bool) -> str:
             f"{'sample(s) not yet ended' if search else 'trial(s) to run'} at its start{scored_text})")
 
 
+def _distance_note(tables: Sequence[Path], records: Sequence[TrialRecord]) -> list[str]:
+    """A paragraph under the table links when the distance tables leave out or zero the cases of an empty prediction,
+    which favours a row that misses a structure: a report review found a failed seed's HD95 looking fine beside its
+    Dice, with the dagger explained only in table_hd95.md. [] otherwise."""
+    policies = _distinct(str(((r.result.get("config") or {}).get("eval") or {}).get("empty_policy", "nan")) for r in records)
+    daggers = any("\u2020" in p.read_text(encoding="utf-8") for p in tables if p.name in ("table_hd95.md", "table_asd.md"))
+    if "released" in policies:
+        text = ("HD95 and ASD score an empty prediction as distance 0 (the released protocol's empty-mask policy): a row "
+                "that misses a structure gets its best distance there. Read its distances beside its Dice.")
+    elif daggers:
+        text = ("HD95 and ASD leave out a case where a class's prediction or ground truth is empty (\u2020 in their tables): "
+                "a row that misses a structure gets no distance for those cases rather than a bad one. Read its distances "
+                "beside its Dice.")
+    else:
+        return []
+    return [text, ""]
+
+
 def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, records: Sequence[TrialRecord],
                   problems: Sequence[str], tables: Sequence[Path], plots: Sequence[PlotFile],
                   sample_order: Mapping[str, int] | None = None, search_statuses: Mapping[str, int] | None = None,
@@ -546,7 +564,7 @@ def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, r
         csv = [p for p in tables if p.name == "table.csv"]
         if csv:
             lines.append(f"- long form (every metric, class, method and label fraction, with p-values): [{csv[0].name}]({csv[0].name})")
-        lines.append("")
+        lines += ["", *_distance_note(tables, records)]
     if plots:
         lines += ["## Plots", ""]
         for plot in plots:

@@ -237,7 +237,7 @@ def test_report_has_a_claims_section_with_published_numbers_for_the_paper_profil
     text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
     first = (study / "report.md").read_bytes()
     section = text[text.index("## Claims"):text.index("## Tables")]
-    assert ("| Claim | Paper | Measured Δ (points) | Per seed Δ | 95% CI | p | n (case × seed pairs) | Verdict | "
+    assert ("| Claim | The paper says | Measured Δ (points) | Per seed Δ | 95% CI | p | n (case × seed pairs) | Verdict | "
             "Published Δ |") in section
     # MONA is 15 points above mean teacher on every case and seed (fakes.py); ARCO-SG is within ±1 of MONA
     assert ("| MONA > Mean teacher, 1 patient (1.4%) | ARCO Table 1: MONA beats MT | +15.0 | s1 +15.0 / s2 +15.0 / s3 +15.0 | "

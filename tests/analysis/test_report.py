@@ -509,3 +509,21 @@ def test_the_environment_names_the_code_that_computed_a_trial():
     code = trial_environment(torch.device("cpu"))["code"]
     assert code == code_version() and code.startswith(f"medseg-platform {__version__}")
     assert re.fullmatch(rf"medseg-platform {re.escape(__version__)}(, git [0-9a-f]{{7,}}( \+ local changes)?)?", code)
+
+
+def test_a_note_says_when_the_distances_leave_out_or_zero_empty_predictions(tmp_path):
+    """A report review found a seed that did not learn looking fine in HD95 (its empty predictions were left out), with
+    the dagger explained only inside table_hd95.md."""
+    from types import SimpleNamespace
+
+    from analysis.report import _distance_note
+
+    def record(policy):
+        return SimpleNamespace(result={"config": {"eval": {"empty_policy": policy}}})
+
+    hd95 = tmp_path / "table_hd95.md"
+    hd95.write_text("| MONA | 12.0 ± 1.0 |\n", encoding="utf-8")
+    assert _distance_note([hd95], [record("nan")]) == []
+    hd95.write_text("| MONA | 12.0 ± 1.0\u2020 |\n", encoding="utf-8")
+    assert _distance_note([hd95], [record("nan")])[0].startswith("HD95 and ASD leave out a case where a class's prediction")
+    assert _distance_note([hd95], [record("released")])[0].startswith("HD95 and ASD score an empty prediction as distance 0")
