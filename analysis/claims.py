@@ -228,8 +228,12 @@ def evaluate_claim(claim: Mapping[str, Any], records: Sequence[TrialRecord]) -> 
     failed = all(curve.verdict == NOT_LEARNED for curve in health.values())
     kept_seeds = [seed for seed, kept in zip(pairs.seeds, seeded) if kept]
     # a flagged trial behind a claim's numbers (a seed that did not learn drives its Δ and p): the verdict says which
-    flagged = _flagged_texts([(row, seed, health[id(r)].verdict) for row, trials in ((claim["a"], a_trials), (claim["b"], b_trials))
-                              for seed in kept_seeds for r in trials.get(seed, ()) if health[id(r)].flagged])
+    # a row against itself at two fractions (label_fractions.py) names the fraction of each flagged trial
+    sides = ((claim["a"], texts["a_column"], a_trials), (claim["b"], texts["b_column"], b_trials))
+    two_columns = texts["a_column"] != texts["b_column"]
+    flagged = _flagged_texts([(f"{row}, {column}" if two_columns else row, seed, health[id(r)].verdict)
+                              for row, column, trials in sides for seed in kept_seeds for r in trials.get(seed, ())
+                              if health[id(r)].flagged])
     return ClaimResult(claim, verdict=verdict(claim.get("direction", ">"), low, high, pairs.n_cases, n_seeds),
                        difference=float(np.nanmean(differences)), ci=(low, high), p_value=test.p_value,
                        n_pairs=pairs.n_pairs, n_cases=pairs.n_cases, n_seeds=n_seeds, per_seed=per_seed,

@@ -178,11 +178,10 @@ def _ended_at_best(trials: Sequence[TrialHealth]) -> str:
     quiet = sum(t.curve.verdict == HEALTHY and t.curve.last >= t.curve.best for t in trials)
     if not quiet:
         return ""
-    rising = sum(t.curve.verdict == STILL_RISING for t in trials)
-    who = f"{quiet} unflagged trial{'s' * (quiet != 1)} also" if rising else f"{quiet} trial{'s' * (quiet != 1)}"
-    return (f" {who} ended at {'their' if quiet != 1 else 'its'} best validation, gaining at most {100 * RISING_MARGIN:.1f} "
-            f"point at the last one: more steps might still move {'them' if quiet != 1 else 'it'}"
-            + (f" too ({quiet + rising} of the judged trials ended at their best)." if rising else "."))
+    at_best = sum(t.curve.verdict != UNDETERMINED and t.curve.last >= t.curve.best for t in trials)  # flagged ones too
+    return (f" {quiet} unflagged trial{'s' * (quiet != 1)} ended at {'their' if quiet != 1 else 'its'} best validation, "
+            f"gaining at most {100 * RISING_MARGIN:.1f} point at the last one: more steps might still move "
+            f"{'them' if quiet != 1 else 'it'}" + (f" ({at_best} of the judged trials ended at their best)." if at_best > quiet else "."))
 
 
 def health_section(trials: Sequence[TrialHealth], selection: str = "best_val") -> list[str]:

@@ -815,7 +815,8 @@ def write_plots(records: Sequence, out_dir: str | Path, df: pd.DataFrame | None 
     jobs.append(("training_curves.png", f"Training loss and val Dice vs training step (mean over {over})",
                  lambda: training_curves(records, colours)))
     for column in columns:
-        shown = "its best sample by val Dice" if is_search(records) else "its lowest seed's"  # as _qualitative_rank picks
+        # as _qualitative_rank picks, among the trials with qualitative.npz
+        shown = "its best sample by val Dice" if is_search(records) else "its lowest seed's with prediction slices"
         jobs.append((f"qualitative_{slug(column)}.png", f"Test slices with each method's prediction (one trial per method: "
                      f"{shown}), {column}",
                      lambda column=column: qualitative_overlays(records, column, class_names)))

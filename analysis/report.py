@@ -237,10 +237,11 @@ def machines_line(records: Sequence[TrialRecord]) -> str:
             "'Reproducibility across machines')")
 
 
-def _val_split_phrase(roots: Sequence[str]) -> str:
-    """"; 8 val cases of 4 patients (model selection)" from the one dataset root's ``val.list``; "" when the study has
-    several roots or the list cannot be read (the dataset moved). A reader compared a trial's best validation with its
-    test Dice and could not find what the validation ran on."""
+def _val_split_phrase(roots: Sequence[str], val_cases: Sequence[int] = (0,)) -> str:
+    """", 8 val cases of 4 patients (model selection: ...)" from the one dataset root's ``val.list``, and how many of
+    them the trials validate on (``eval.val_cases``: 0 is all, n the first n); "" when the study has several roots or
+    the list cannot be read (the dataset moved). A reader compared a trial's best validation with its test Dice and
+    could not find what the validation ran on."""
     from medseg_platform.data.layout import VAL_LIST
 
     if len(roots) != 1:
@@ -250,8 +251,11 @@ def _val_split_phrase(roots: Sequence[str]) -> str:
     except (OSError, UnicodeDecodeError):
         return ""
     patients = len({patient_of_case(case) for case in cases})
+    used = _distinct(min(int(n), len(cases)) if n else len(cases) for n in val_cases) or [len(cases)]
+    which = ("these" if used == [len(cases)] else f"the first {used[0]} of them (`eval.val_cases`)" if len(used) == 1
+             else "the first `eval.val_cases` of them, " + " or ".join(str(n) for n in used) + " by trial")
     return (f", {len(cases)} val case{'s' * (len(cases) != 1)}" + (f" of {patients} patient{'s' * (patients != 1)}" if patients != len(cases) else "")
-            + " (model selection: a trial's val Dice is on these, its test Dice on the test cases)")
+            + f" (model selection: a trial's val Dice is on {which}, its test Dice on the test cases)")
 
 
 def code_line(records: Sequence[TrialRecord]) -> str:
@@ -289,33 +293,39 @@ def kernels_line(records: Sequence[TrialRecord]) -> str:
                 rows_by_kernels.setdefault(KERNELS_TEXT.get(str(kernels), str(kernels)), []).append(row)
     if not rows_by_kernels:
         return ""
+    scope = " (fine-tuning, validation and test; CPU pretraining stages run oneDNN)"
     if len(rows_by_kernels) == 1:
-        return f"- **Convolution kernels**: {next(iter(rows_by_kernels))}"
+        return f"- **Convolution kernels**: {next(iter(rows_by_kernels))}{scope}"
     return ("- **Convolution kernels**: " + "; ".join(f"{kernels}: {_row_list(rows)}" for kernels, rows in rows_by_kernels.items())
-            + " (`conv_kernels`; the two round differently: docs/methods.md, 'CPU convolution kernels')")
+            + f"{scope}; the two round differently (`conv_kernels`; docs/methods.md, 'CPU convolution kernels')")
 
 
 def labelled_line(records: Sequence[TrialRecord]) -> str:
     """The "Labelled patients" bullet: which patients each label fraction trained on (``result.json``'s ``labelled``),
-    and whether the seeds share them; "" without finished trials. A reader could not tell that every seed of a
-    published-order study trains on the same patient (the seeds vary the training only)."""
+    which seeds share them, and which rows where the rows differ (two datasets, two selection rules); "" without
+    finished trials. A reader could not tell that every seed of a published-order study trains on the same patient (the
+    seeds vary the training only)."""
     parts = []
+    order = {row: i for i, row in enumerate(row_order(records))}
     for column in column_order(records):
-        by_patients: dict[tuple, list[Any]] = {}
+        groups: dict[tuple, dict[str, list]] = {}
         slices: dict[tuple, Any] = {}
         available = None
-        for record in records:
-            if column_label(record) != column:
-                continue
+        at_column = sorted((r for r in records if column_label(r) == column),  # the table's row order, then seeds
+                           key=lambda r: (order.get(row_label(r), len(order)), natural_key(str(trial_seed(r)))))
+        for record in at_column:
             labelled = record.result.get("labelled") or {}
             patients = tuple(labelled.get("patients") or ())
-            seeds = by_patients.setdefault(patients, [])
-            if trial_seed(record) not in seeds:
-                seeds.append(trial_seed(record))
+            group = groups.setdefault(patients, {"seeds": [], "rows": []})
+            for key, value in (("seeds", trial_seed(record)), ("rows", row_label(record))):
+                if value not in group[key]:
+                    group[key].append(value)
             slices[patients] = labelled.get("num_labelled_slices")
             available = labelled.get("available_patients", available)
+        all_seeds = set(_distinct(trial_seed(r) for r in at_column))
+        all_rows = set(_distinct(row_label(r) for r in at_column))
         texts = []
-        for patients, seeds in by_patients.items():
+        for patients, group in groups.items():
             if not patients:
                 names = "not recorded"
             elif available and len(patients) == available:
@@ -325,8 +335,11 @@ def labelled_line(records: Sequence[TrialRecord]) -> str:
             else:
                 names = ", ".join(patients)
             names += f" ({slices[patients]} slices)" if slices.get(patients) is not None and patients else ""
-            who = "every seed" if len(by_patients) == 1 else "seed" + "s" * (len(seeds) != 1) + " " + ", ".join(str(s) for s in seeds)
-            texts.append(f"{names}, {who}")
+            rows = "" if set(group["rows"]) == all_rows else f", {_row_list(group['rows'])}"
+            seeds = group["seeds"]
+            who = ("every seed" if set(seeds) == all_seeds else
+                   "seed" + "s" * (len(seeds) != 1) + " " + ", ".join(str(seed) for seed in seeds))
+            texts.append(f"{names}{rows}, {who}")
         parts.append(f"{column}: " + "; ".join(texts))
     return "- **Labelled patients**: " + " | ".join(parts) if parts else ""
 
@@ -371,7 +384,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         protocol_line(info, settings, configs),
         f"- **Dataset**: {_join(roots)}; {_join(available)} training patients, {_join(test_cases)} test cases"
         + (f" of {_join(test_patients)} patient{'' if test_patients == [1] else 's'}" if test_patients and test_patients != test_cases else "")
-        + _val_split_phrase(roots)
+        + _val_split_phrase(roots, [int((c.get("eval") or {}).get("val_cases", 0) or 0) for c in configs])
         + (f"; classes {', '.join(study_class_names(records).values())}" if records else ""),
         *_external_lines(settings, records),
         f"- **Seeds**: {_join(seeds)}",
@@ -520,11 +533,15 @@ def _distance_note(tables: Sequence[Path], records: Sequence[TrialRecord]) -> li
     """A paragraph under the table links when the distance tables leave out or zero the cases of an empty prediction,
     which favours a row that misses a structure: a report review found a failed seed's HD95 looking fine beside its
     Dice, with the dagger explained only in table_hd95.md. [] otherwise."""
-    policies = _distinct(str(((r.result.get("config") or {}).get("eval") or {}).get("empty_policy", "nan")) for r in records)
+    def policy(record) -> str:
+        return str(((record.result.get("config") or {}).get("eval") or {}).get("empty_policy", "nan"))
+
+    released = _distinct(row_label(r) for r in records if policy(r) == "released")
     daggers = any("\u2020" in p.read_text(encoding="utf-8") for p in tables if p.name in ("table_hd95.md", "table_asd.md"))
-    if "released" in policies:
-        text = ("HD95 and ASD score an empty prediction as distance 0 (the released protocol's empty-mask policy): a row "
-                "that misses a structure gets its best distance there. Read its distances beside its Dice.")
+    if released:
+        where = "" if len(released) == len(_distinct(row_label(r) for r in records)) else f" in rows {_row_list(released)}"
+        text = (f"HD95 and ASD score an empty prediction as distance 0{where} (the released protocol's empty-mask policy): a "
+                "row that misses a structure gets its best distance there. Read its distances beside its Dice.")
     elif daggers:
         text = ("HD95 and ASD leave out a case where a class's prediction or ground truth is empty (\u2020 in their tables): "
                 "a row that misses a structure gets no distance for those cases rather than a bad one. Read its distances "

@@ -9,7 +9,6 @@ above the platform, because it ends with the report (:mod:`analysis.report`).
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Callable, Sequence
 
 from medseg_platform.config import TrialConfig, resolve_path
 from medseg_platform.errors import ConfigError, MedsegError
-from medseg_platform.io import write_json_atomic
+from medseg_platform.io import working_folder, write_json_atomic
 from medseg_platform.overrides import apply_overrides, parse_set_options, select_rows, validate_with_sets
 from medseg_platform.profiles import PROFILES, Profile, profile_with_overrides
 from medseg_platform.protocol import check_protocol, protocol_overrides
@@ -118,7 +117,7 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
         # the report's settings that the trial files do not hold (regenerated reports read them back)
         command = " ".join(shlex.quote(a) for a in ["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
         write_json_atomic(run.study_dir / SETTINGS_FILE, {
-            "script": default_name, "profile": profile.name, "data_root": str(root), "command": command, "cwd": os.getcwd(),
+            "script": default_name, "profile": profile.name, "data_root": str(root), "command": command, "cwd": working_folder(),
             "smoke_test": bool(args.smoke_test),
             "results_dir": str(study.results_dir), "address": args.address, "gpus_per_trial": study.gpus_per_trial,
             "cpus_per_trial": study.cpus_per_trial, "num_workers": study.num_workers, "max_concurrent": study.max_concurrent,

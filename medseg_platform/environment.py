@@ -29,31 +29,55 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+#: The folders whose files decide what a trial computes and how it is reported (docs, tests and benchmarks do not).
+CODE_FOLDERS = ("medseg_platform", "methods", "analysis", "studies")
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """The platform's code that computed a result: "medseg-platform 0.1.0, git 8527c1f" (the checkout's commit, with
-    "+ local changes" when tracked files differ from it), or the package version alone outside a git checkout or where
-    git cannot say. A researcher comparing two tables needs to know whether one code computed both (a report review
-    found no code version in any result file)."""
-    import subprocess
-
+    """The platform's code that computes this process's results (:func:`describe_checkout` of the package's checkout),
+    read once per process: :func:`medseg_platform.engine.train_trial` asks at its start, so a commit made while a trial
+    trains does not relabel the code it imported. A researcher comparing two tables needs to know whether one code
+    computed both (a report review found no code version in any result file)."""
     from medseg_platform import __version__
 
-    text = f"medseg-platform {__version__}"
-    root = Path(__file__).resolve().parents[1]
+    return describe_checkout(Path(__file__).resolve().parents[1], f"medseg-platform {__version__}")
+
+
+def describe_checkout(root: Path, version: str) -> str:
+    """``version`` and the git commit of the checkout at ``root``: "medseg-platform 0.1.0, git 8527c1f", with "+ local
+    changes 3f2a9c1e" when files of :data:`CODE_FOLDERS` differ from the commit (tracked edits or untracked files; the
+    8 hex digits hash the differences, so two different edits of one commit read differently); ``version`` alone
+    outside a git checkout or where git cannot say (not installed, a repository owned by another user).
+
+    Fixed arguments, no user input; the caller's ``GIT_*`` variables are dropped (an inherited ``GIT_DIR`` would
+    describe another repository), ``GIT_OPTIONAL_LOCKS=0`` keeps ``status`` from taking the index lock a git command
+    of the user's may need at the same moment, and no fsmonitor hook runs."""
+    import hashlib
+    import subprocess
+
     if not (root / ".git").exists():
-        return text
-    # fixed arguments, no user input; GIT_OPTIONAL_LOCKS=0: status must not take the index lock that a git command the
-    # user runs at the same moment needs; a missing or slow git leaves the version alone
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+        return version
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
+    env["GIT_OPTIONAL_LOCKS"] = "0"
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", "-c", "core.fsmonitor=false", "-C", str(root), *args], capture_output=True,
+                              timeout=10, check=True, env=env).stdout
+
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True, env=env).stdout.strip()
-        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                 capture_output=True, text=True, timeout=10, check=True, env=env).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return text
-    return f"{text}, git {commit}" + (" + local changes" if changed else "") if commit else text
+        commit = git("rev-parse", "--short=7", "HEAD").decode().strip()
+        entries = [e for e in git("status", "--porcelain", "-z", "--untracked-files=all", "--", *CODE_FOLDERS).split(b"\0") if e]
+        digest = hashlib.sha256(git("diff", "HEAD", "--", *CODE_FOLDERS)) if entries else None
+        for entry in sorted(entries):
+            if digest is not None and entry.startswith(b"?? "):  # an untracked file: its name and its bytes
+                path = root / entry[3:].decode(errors="surrogateescape")
+                digest.update(entry + (path.read_bytes() if path.is_file() else b""))
+    except (OSError, subprocess.SubprocessError, UnicodeError):
+        return version
+    if not commit:
+        return version
+    return f"{version}, git {commit}" + (f" + local changes {digest.hexdigest()[:8]}" if digest is not None else "")
 
 
 def trial_environment(device) -> dict[str, Any]:

@@ -254,6 +254,16 @@ def write_texts_atomic(files: dict) -> None:
         os.replace(tmp, path)
 
 
+def working_folder() -> str | None:
+    """The process's working folder, for a settings file to record where a command ran (its relative paths and
+    ``./results`` start there); None when it was deleted while the command ran (``os.getcwd`` raises then, and the
+    settings and the report after a finished study must still be written)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
 def read_json_object(path: str | os.PathLike) -> dict | None:
     """The JSON object in ``path`` for a file the platform wrote itself: None when the file is missing, {} when it is
     unreadable, not JSON or not an object (the caller treats that as "nothing usable recorded")."""

@@ -376,7 +376,7 @@ def run(args) -> int:
 def train(args) -> tuple[int, Path | None]:
     """Train (or reuse) the trial of ``args``: the exit status and the study folder (None when it stopped or failed)."""
     from medseg_platform.config import resolve_path
-    from medseg_platform.io import write_json_atomic
+    from medseg_platform.io import working_folder, write_json_atomic
     from medseg_platform.results import ERROR_FILE, SETTINGS_FILE, CorruptResult, read_trial, trial_finished, trial_folder
 
     study, overrides = build_study(args)
@@ -410,7 +410,7 @@ def train(args) -> tuple[int, Path | None]:
             return 1, None
     if not finished_before:  # the command that trained the folder's latest trial (a rerun that trained nothing keeps it)
         write_json_atomic(study.study_dir / SETTINGS_FILE, {
-            "profile": args.profile, "data_root": str(study.base.data.root), "command": command_line(args), "cwd": os.getcwd(),
+            "profile": args.profile, "data_root": str(study.base.data.root), "command": command_line(args), "cwd": working_folder(),
             "smoke_test": args.profile == "smoke", "results_dir": str(study.results_dir), "address": args.address,
             "gpus_per_trial": study.gpus_per_trial, "cpus_per_trial": study.cpus_per_trial, "num_workers": 1, "max_concurrent": None,
             "overrides": overrides, "in_process": bool(args.in_process)})

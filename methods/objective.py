@@ -252,6 +252,8 @@ def check_number(
 def check_int_argument(where: str, name: str, value: Any, minimum: int) -> int:
     """A function argument (not a config field) checked as a whole number >= ``minimum`` (Python or NumPy ints, not
     bools); returned as an int; :class:`ConfigError` naming ``where: name`` otherwise."""
+    if type(value) is int and value >= minimum:  # the common case, per training step: a plain int
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
         raise ConfigError(f"{where}: {name} must be an int >= {minimum}, got {value!r} (pass a whole number >= {minimum})")
     return int(value)

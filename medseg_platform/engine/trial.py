@@ -31,7 +31,7 @@ from medseg_platform.engine.loop import TrainLoop, build_trial_model, make_optim
 from medseg_platform.engine.pretrain import run_pretraining
 from medseg_platform.engine.reports import Reporter, progress_fields
 from medseg_platform.engine.training_data import load_training_data
-from medseg_platform.environment import trial_environment
+from medseg_platform.environment import code_version, trial_environment
 from medseg_platform.errors import MedsegError
 from medseg_platform.recipes import LABELLED_SET_EPOCH, with_epoch_length
 from medseg_platform.results import OWN_PRETRAIN_DIR, QUALITATIVE_FILE, checkpoint_path
@@ -82,6 +82,7 @@ def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = Non
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     device = device or pick_device()
+    code_version()  # read now, cached for the environment below: the code this process imported, not a later commit's
     kernels = trial_conv_kernels(cfg, device.type)
     with using_conv_kernels("onednn"):  # the stages; _train_trial switches to `kernels` after them
         outcome = _train_trial(cfg, Path(trial_dir), report, log, dist, device, pretrain_cache, kernels)

@@ -446,3 +446,14 @@ def test_a_claim_over_a_flagged_trial_names_it_beside_the_verdict(tmp_path):
     assert "\u00a7: the compared trials include one that Trial health flags" in section
     healthy = trials(tmp_path / "healthy", {"A": lambda c, k, s: base(c, k) + 0.05, "B": lambda c, k, s: base(c, k)}, seeds=(1, 2, 3))
     assert evaluate_claim(claim("A", "B", "1", "test"), healthy).flagged == ()
+    # a row against itself at two fractions: each flagged trial with its fraction (the review: "S s1 did not learn, s1
+    # still rising" did not say which side was which)
+    own = []
+    for patients in (1, 3):
+        for seed in (1, 2, 3):
+            curve = [(20, 0.3), (40, 0.35)] if (patients, seed) == (1, 1) else [(20, 0.01), (40, 0.02)] if (patients, seed) == (3, 1) else None
+            folder = write_fake_trial(tmp_path / "own", row="S", order=0, patients=patients, seed=seed, qualitative_shift=None,
+                                      val_curve=curve, dice=lambda c, k, patients=patients: base(c, k) + 0.02 * patients)
+            own.append(read_trial(folder))
+    result = evaluate_claim(claim("S", "S", "3", "test", b_column="1"), own)
+    assert result.flagged == ("S, 3 patients (4.3%) s1 did not learn", "S, 1 patient (1.4%) s1 still rising")

@@ -111,7 +111,7 @@ def test_section_when_nothing_is_flagged():
     lines = health.health_section(trials)
     assert lines[0] == "## Trial health" and lines[-1] == ""
     assert lines[-2] == ("All 2 judged trials plateaued (none still rising, collapsed or failing to learn). 1 trial with fewer than 2 "
-                         "validations, none below the floor, was not judged. 1 trial ended at its best validation, gaining at "
+                         "validations, none below the floor, was not judged. 1 unflagged trial ended at its best validation, gaining at "
                          "most 1.0 point at the last one: more steps might still move it.")
     assert health.health_problems(trials) == [] and health.health_section([]) == []
 
@@ -143,9 +143,14 @@ def test_unflagged_trials_that_ended_at_their_best_are_counted():
     trials = [_trial("rising", [(20, 0.50), (40, 0.62)]), _trial("flat-top", [(20, 0.60), (40, 0.605)]),
               _trial("tie", [(20, 0.6), (40, 0.6)]), _trial("down", [(20, 0.6), (40, 0.58)])]
     text = "\n".join(health.health_section(trials))
-    assert ("1 of 4 judged trials flagged: 1 still rising. 2 unflagged trials also ended at their best validation, gaining at "
-            "most 1.0 point at the last one: more steps might still move them too (3 of the judged trials ended at their "
+    assert ("1 of 4 judged trials flagged: 1 still rising. 2 unflagged trials ended at their best validation, gaining at "
+            "most 1.0 point at the last one: more steps might still move them (3 of the judged trials ended at their "
             "best). Tables mark") in text
+    # a trial that did not learn and ended at its best counts in the total; "unflagged" whatever the flags are
+    other = [_trial("flat-top", [(20, 0.60), (40, 0.605)]), _trial("failed", [(20, 0.01), (40, 0.05)]),
+             _trial("collapsed", [(20, 0.8), (40, 0.6)])]
+    assert ("1 unflagged trial ended at its best validation, gaining at most 1.0 point at the last one: more steps might "
+            "still move it (2 of the judged trials ended at their best).") in "\n".join(health.health_section(other))
     assert "| flat-top |" not in text and "| tie |" not in text
     assert "ended at" not in "\n".join(health.health_section([trials[0], trials[3]]))
 

@@ -485,18 +485,27 @@ def test_report_states_the_code_kernels_labelled_patients_and_working_folder(stu
     (study / "settings.json").write_text(json.dumps({**settings, "cwd": "/home/me/project"}), encoding="utf-8")
     text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
     assert "- **Code**: medseg-platform 0.1.0, git abc1234\n" in text
-    assert ("- **Convolution kernels**: PyTorch's own: MONA, ARCO-SG; oneDNN: Mean teacher (`conv_kernels`; the two round "
-            "differently: docs/methods.md, 'CPU convolution kernels')\n") in text
+    kernels_doc = "docs/methods.md, 'CPU convolution kernels'"
+    assert ("- **Convolution kernels**: PyTorch's own: MONA, ARCO-SG; oneDNN: Mean teacher (fine-tuning, validation and test; "
+            f"CPU pretraining stages run oneDNN); the two round differently (`conv_kernels`; {kernels_doc})\n") in text
     assert "(run in `/home/me/project`: relative paths and the default `./results` start there)" in text
     result = json.loads(results[0].read_text(encoding="utf-8"))
     results[0].write_text(json.dumps({**result, "environment": {"code": "medseg-platform 0.1.0, git def5678 + local changes"}}))
     line = next(line for line in write_report(study, log=lambda m: None).report.read_text().splitlines() if line.startswith("- **Code**"))
     assert line.startswith(f"- **Code**: mixed: medseg-platform 0.1.0, git def5678 + local changes (1 trial); medseg-platform "
                            f"0.1.0, git abc1234 ({len(results) - 1} trials)")
+    for path in results:  # rows on another dataset: the patients' rows are named (the review)
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if result["tags"]["row"] == "Mean teacher" and result["labelled"]["num_patients"] == 1:
+            path.write_text(json.dumps({**result, "labelled": {**result["labelled"], "patients": ["q0"]}}), encoding="utf-8")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert "- **Labelled patients**: 1 patient (1.4%): p0, MONA, ARCO-SG, every seed; q0, Mean teacher, every seed | 3 " in text
     root = tmp_path / "data"
     root.mkdir()
     (root / "val.list").write_text("patient021_frame01\npatient021_frame02\npatient023_frame01\n", encoding="utf-8")
-    assert _val_split_phrase([str(root)]).startswith(", 3 val cases of 2 patients (model selection")
+    assert _val_split_phrase([str(root)]).startswith(", 3 val cases of 2 patients (model selection: a trial's val Dice is on these,")
+    assert "val Dice is on the first 2 of them (`eval.val_cases`)," in _val_split_phrase([str(root)], [2, 2])
+    assert "the first `eval.val_cases` of them, 2 or 3 by trial" in _val_split_phrase([str(root)], [2, 0])
     assert _val_split_phrase([str(tmp_path / "moved")]) == "" and _val_split_phrase([str(root), str(root) + "2"]) == ""
 
 
@@ -508,7 +517,47 @@ def test_the_environment_names_the_code_that_computed_a_trial():
 
     code = trial_environment(torch.device("cpu"))["code"]
     assert code == code_version() and code.startswith(f"medseg-platform {__version__}")
-    assert re.fullmatch(rf"medseg-platform {re.escape(__version__)}(, git [0-9a-f]{{7,}}( \+ local changes)?)?", code)
+
+
+def test_a_checkout_is_described_by_its_commit_and_a_hash_of_its_local_changes(tmp_path, monkeypatch):
+    """Two different uncommitted states of one commit read alike ("+ local changes"), an untracked new module was not
+    seen, and an inherited GIT_DIR described another repository (the session's review)."""
+    import shutil
+    import subprocess
+
+    from medseg_platform.environment import describe_checkout
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    assert describe_checkout(tmp_path, "v") == "v"  # not a checkout
+    repo = tmp_path / "repo"
+    (repo / "methods").mkdir(parents=True)
+    (repo / "methods" / "a.py").write_text("x = 1\n", encoding="utf-8")
+    (repo / "README.md").write_text("docs\n", encoding="utf-8")
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "one")
+    commit = git("rev-parse", "--short=7", "HEAD")
+    assert describe_checkout(repo, "v") == f"v, git {commit}"
+    (repo / "README.md").write_text("other docs\n", encoding="utf-8")  # docs are not code
+    assert describe_checkout(repo, "v") == f"v, git {commit}"
+    (repo / "methods" / "a.py").write_text("x = 2\n", encoding="utf-8")
+    first = describe_checkout(repo, "v")
+    (repo / "methods" / "a.py").write_text("x = 3\n", encoding="utf-8")
+    second = describe_checkout(repo, "v")
+    assert re.fullmatch(rf"v, git {commit} \+ local changes [0-9a-f]{{8}}", first) and first != second
+    (repo / "methods" / "a.py").write_text("x = 1\n", encoding="utf-8")
+    (repo / "methods" / "new.py").write_text("y = 1\n", encoding="utf-8")  # an untracked module counts
+    assert describe_checkout(repo, "v").startswith(f"v, git {commit} + local changes ")
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere" / ".git"))  # inherited: ignored
+    assert describe_checkout(repo, "v").startswith(f"v, git {commit} + local changes ")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))  # git missing: the version alone
+    assert describe_checkout(repo, "v") == "v"
 
 
 def test_a_note_says_when_the_distances_leave_out_or_zero_empty_predictions(tmp_path):
@@ -518,12 +567,14 @@ def test_a_note_says_when_the_distances_leave_out_or_zero_empty_predictions(tmp_
 
     from analysis.report import _distance_note
 
-    def record(policy):
-        return SimpleNamespace(result={"config": {"eval": {"empty_policy": policy}}})
+    def record(policy, row="MONA"):
+        return SimpleNamespace(result={"config": {"eval": {"empty_policy": policy}}, "tags": {"row": row}})
 
     hd95 = tmp_path / "table_hd95.md"
     hd95.write_text("| MONA | 12.0 ± 1.0 |\n", encoding="utf-8")
     assert _distance_note([hd95], [record("nan")]) == []
     hd95.write_text("| MONA | 12.0 ± 1.0\u2020 |\n", encoding="utf-8")
     assert _distance_note([hd95], [record("nan")])[0].startswith("HD95 and ASD leave out a case where a class's prediction")
-    assert _distance_note([hd95], [record("released")])[0].startswith("HD95 and ASD score an empty prediction as distance 0")
+    assert _distance_note([hd95], [record("released")])[0].startswith("HD95 and ASD score an empty prediction as distance 0 (")
+    mixed = _distance_note([hd95], [record("released", "MONA"), record("nan", "ARCO-SG")])[0]
+    assert mixed.startswith("HD95 and ASD score an empty prediction as distance 0 in rows MONA (the released")
