@@ -19,8 +19,8 @@ Cost: ``quick`` 19 trials per seed (6 methods x 3 fractions + 1), 3 seeds, train
 did not yet improve with more labelled patients, at 750 it did with the earlier UNet up-path; with the released one
 it rose from 1 to 3 patients on every seed but not from 3 to 7 in the mean on an Intel Xeon, where one seed's model
 selection picked a noisy validation peak, and from 1 to 3 to 7 on every seed on an AMD EPYC
-(``medseg_platform/profiles.py``). About 40 minutes on 2 cores by ``--dry-run`` (where the supervised quick step is
-17 ms; an estimate, not measured; ``--seeds 1`` for a third of that). ``paper``: 3 seeds, sized
+(``medseg_platform/profiles.py``). About 35 minutes measured on 2 cores where the supervised quick step is 17 ms (its
+``--dry-run`` estimated 40; ``--seeds 1`` for a third of that). ``paper``: 3 seeds, sized
 for a GPU cluster.
 
     python studies/label_fractions.py               # quick profile on the embedded phantom (CPU)
