@@ -76,6 +76,12 @@ Profiles differ only in numbers, never in code paths:
     profile's learning rate the released ACTION at 3 patients (500 steps)
     scored 74.0 / 75.9 / 76.3. ``tests/methods/test_losses.py`` pins the weighting that drives it; the report flags
     any trial whose validation Dice collapses or never learns (``analysis/health.py``).
+    The same race still decides a seed at 1 patient on some CPUs at this learning rate (2026-12-07, an AMD EPYC: ACTION
+    seed 3 in ``label_fractions.py``, ACTION w/o L_anco seed 3 in the default study): seed 3's val Dice is 0.0 from its
+    first validation and ends at test 20.2, while its supervised Dice loss falls to 0.03 (it fits the labelled patient
+    and predicts background on the others); without L_unsup it scores 54.6, with half of it 54.6, with the full
+    supervised weight 58.7 (750 steps, ``benchmarks/RESULTS.md``, "label_fractions at quick"). The rows keep the
+    released weights; the table's trial health marks such a seed.
 * ``paper``  -- a GPU cluster: ACDC (``--data-root``) at 256x256, the released UNet and 30 000 steps
   (docs/shared.md, 'UNet backbone' and 'Optimiser and schedule'), 3 seeds.
 
