@@ -158,6 +158,18 @@ def _pretraining_phrase(records: Sequence[TrialRecord]) -> str:
     return "; ".join(f"{text}: {_row_list(rows)}" for text, rows in by_chain.items()) or "unknown"
 
 
+def _stage_reuse_phrase(records: Sequence[TrialRecord]) -> str:
+    """"; 3 stages trained, 9 read from the cache" from ``result.json``'s ``pretrain_stages`` (trials written before it was
+    recorded, and resumed fine-tunes, record none): a report review could not tell that the ARCO rows reused MONA's
+    stage (their pretraining took 0.0 s)."""
+    runs = [stage for r in records for stage in (r.result.get("pretrain_stages") or []) if isinstance(stage, dict)]
+    if not runs:
+        return ""
+    cached = sum(bool(stage.get("cached")) for stage in runs)
+    return (f"; {len(runs) - cached} stage{'s' * (len(runs) - cached != 1)} trained, {cached} read from the pretraining "
+            "cache (a stage is shared by the trials of the same chain, seed and labelled patients: the first trains it)")
+
+
 def _row_list(rows: Sequence[str]) -> str:
     """Row labels joined by commas; each in backticks when a label has a comma itself ("ARCO-SG, τ = 0.5")."""
     return ", ".join(f"`{row}`" for row in rows) if any("," in row for row in rows) else ", ".join(rows)
@@ -390,7 +402,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         f"- **Seeds**: {_join(seeds)}",
         f"- **Iterations**: {_join(steps)} fine-tuning steps (validation every {_join(val_every)}; "
         f"{_config_phrase(configs, 'eval', 'selection', 'best_val', SELECTION_TEXT)}); "
-        f"pretraining: {_pretraining_phrase(records)}",
+        f"pretraining: {_pretraining_phrase(records)}{_stage_reuse_phrase(records)}",
         f"- **Precision**: {_config_phrase(configs, 'optim', 'amp', 'off', AMP_TEXT)}",
         machines_line(records),
         *[line for line in (code_line(records), kernels_line(records)) if line],

@@ -131,11 +131,14 @@ def test_pretraining_chain_is_cached_and_shared_between_trials(tiny_root, tmp_pa
     assert all((p / "final.pt").is_file() and not (p / "checkpoint.pt").exists() for p in cache.iterdir() if p.is_dir())
     assert first.timing["pretrain_s"] > 0
     assert not any("cached" in m for m in messages)
+    keys = sorted(p.name for p in cache.iterdir() if p.is_dir())
+    assert [(s["stage"], s["key"], s["cached"]) for s in first.extra["pretrain_stages"]] == [(0, keys[0], False), (1, keys[1], False)]
 
     messages.clear()
     other_fine_tune = cfg.replace(**{"optim.lr": 0.02})  # same pretraining, different fine-tuning: stages are reused
-    train_trial(other_fine_tune, tmp_path / "b", log=messages.append, pretrain_cache=cache)
+    second = train_trial(other_fine_tune, tmp_path / "b", log=messages.append, pretrain_cache=cache)
     assert sum("cached" in m for m in messages) == 2
+    assert [s["cached"] for s in second.extra["pretrain_stages"]] == [True, True]  # result.json's pretrain_stages
 
     messages.clear()
     other_seed = cfg.replace(seed=4)  # the seed is part of the key

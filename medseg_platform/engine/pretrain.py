@@ -106,11 +106,13 @@ def _exclusive(path: Path, dist: DistContext | None, device: torch.device, on_wa
 
 
 def run_pretraining(cfg: TrialConfig, data: TrainingData, cache_dir: Path, device: torch.device, dist: DistContext | None,
-                    log: Callable[[str], None], report: Reporter | None = None) -> dict | None:
+                    log: Callable[[str], None], report: Reporter | None = None, stages: list | None = None) -> dict | None:
     """Run (or load from the cache) every pretraining stage; returns the last stage's final state or None.
 
     ``report`` (optional) receives a progress-only report (:func:`~medseg_platform.engine.reports.progress_fields`)
-    for each cached stage and at every curve row of a trained stage, on every rank.
+    for each cached stage and at every curve row of a trained stage, on every rank. ``stages`` (optional) gets one
+    ``{"stage", "objective", "key", "cached"}`` per stage: whether this trial read it from the cache (trained by another
+    trial, or an earlier run) or trained it (``result.json``'s ``pretrain_stages``; the report counts them).
     """
     previous: dict | None = None
     for index, stage in enumerate(cfg.pretrain):
@@ -121,7 +123,10 @@ def run_pretraining(cfg: TrialConfig, data: TrainingData, cache_dir: Path, devic
                 "(it trains this stage; this trial then reads it from the cache)")
 
         with _exclusive(folder / ".lock", dist, device, on_wait=waiting, log=log):
-            if agree(final_path.is_file(), dist, device):
+            cached = agree(final_path.is_file(), dist, device)
+            if stages is not None:
+                stages.append({"stage": index, "objective": stage.objective, "key": folder.name, "cached": bool(cached)})
+            if cached:
                 log(f"pretraining stage {index} ({stage.objective}): cached at {folder}")
                 previous = load_checkpoint(final_path)
                 if report is not None:

@@ -120,10 +120,11 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
     timing["setup_s"] = time.perf_counter() - t_start
 
     resuming = agree(ckpt_path.is_file(), dist, device)
-    pretrained = None
+    pretrained, pretrain_stages = None, []
     if cfg.pretrain and not resuming:  # a resumed fine-tune has the pretrained weights in its checkpoint already
         t0 = time.perf_counter()
-        pretrained = run_pretraining(cfg, data, pretrain_cache or trial_dir / OWN_PRETRAIN_DIR, device, dist, log, report)
+        pretrained = run_pretraining(cfg, data, pretrain_cache or trial_dir / OWN_PRETRAIN_DIR, device, dist, log, report,
+                                     stages=pretrain_stages)
         timing["pretrain_s"] = time.perf_counter() - t0
 
     set_conv_kernels(kernels)  # the trial's own training and evaluation (train_trial restores the setting)
@@ -206,6 +207,8 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
     timing["train_s"] = loop.train_s
 
     extra = dict(filled)
+    if pretrain_stages:  # a resumed fine-tune ran no stage in this attempt: it records none
+        extra["pretrain_stages"] = pretrain_stages
     if dist is not None:
         if replica_diff is None:  # resumed after the last step: the replicas hold rank 0's broadcast checkpoint state
             replica_diff = replica_max_difference(objective)

@@ -486,6 +486,14 @@ def test_report_states_the_code_kernels_labelled_patients_and_working_folder(stu
     text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
     assert "- **Code**: medseg-platform 0.1.0, git abc1234\n" in text
     kernels_doc = "docs/methods.md, 'CPU convolution kernels'"
+    assert "read from the pretraining cache" not in text  # no result records its stages
+    for index, path in enumerate(results):  # one trial trained the stage, the others read it
+        result = json.loads(path.read_text(encoding="utf-8"))
+        path.write_text(json.dumps({**result, "pretrain_stages": [{"stage": 0, "objective": "isd_pretrain", "key": "stage0-x",
+                                                                    "cached": index > 0}]}), encoding="utf-8")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert (f"; 1 stage trained, {len(results) - 1} read from the pretraining cache (a stage is shared by the trials of the same "
+            "chain, seed and labelled patients: the first trains it)") in text
     assert ("- **Convolution kernels**: PyTorch's own: MONA, ARCO-SG; oneDNN: Mean teacher (fine-tuning, validation and test; "
             f"CPU pretraining stages run oneDNN); the two round differently (`conv_kernels`; {kernels_doc})\n") in text
     assert "(run in `/home/me/project`: relative paths and the default `./results` start there)" in text
