@@ -160,9 +160,11 @@ def _pretraining_phrase(records: Sequence[TrialRecord]) -> str:
 
 def _stage_reuse_phrase(records: Sequence[TrialRecord]) -> str:
     """"; 3 stages trained, 9 read from the cache" from ``result.json``'s ``pretrain_stages`` (trials written before it was
-    recorded, and resumed fine-tunes, record none): a report review could not tell that the ARCO rows reused MONA's
-    stage (their pretraining took 0.0 s)."""
-    runs = [stage for r in records for stage in (r.result.get("pretrain_stages") or []) if isinstance(stage, dict)]
+    recorded record none; a retried trial counts a stage an earlier attempt of it trained as trained; a trial scored from
+    a finished one, ``scored_from``, ran no stage and keeps its source's record, which is not counted): a report review
+    could not tell that the ARCO rows reused MONA's stage (their pretraining took 0.0 s)."""
+    runs = [stage for r in records if not r.result.get("scored_from")
+            for stage in (r.result.get("pretrain_stages") or []) if isinstance(stage, dict)]
     if not runs:
         return ""
     cached = sum(bool(stage.get("cached")) for stage in runs)

@@ -29,7 +29,8 @@ A results directory holds one folder per study and the pretraining stages its st
                          attempts (how many times the trial started, retries and resumes included), and for a
                          trial scored from a finished trial's checkpoint instead of trained, scored_from
                          (medseg_platform.rescore)
-        attempts.json    one entry per start of the trial (pid, host, time), written before training
+        attempts.json    one entry per start of the trial (pid, host, time), written before training; with
+                         pretrain_stages once that attempt has run the pretraining stages (read or trained)
         error.json       only for an errored trial: the reason (kind, message, step/terms of a NaN loss)
         checkpoint/checkpoint.pt  the engine's resumable checkpoint (and the selected weights)
 
@@ -366,6 +367,32 @@ def start_attempt(trial_dir: Path) -> int:
     history = data["history"] + [{"attempt": count, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}]
     write_json_atomic(Path(trial_dir) / ATTEMPTS_FILE, {"attempts": count, "history": history})
     return count
+
+
+def record_attempt_stages(trial_dir: Path, stages: Sequence[Mapping[str, Any]]) -> None:
+    """Add the pretraining stages the trial's current attempt ran (``{"stage", "objective", "key", "cached"}`` each,
+    :func:`medseg_platform.engine.pretrain.run_pretraining`) to its entry of ``attempts.json``, so that a retry knows
+    which stages an earlier attempt trained (:func:`stages_over_attempts`). Nothing without ``attempts.json``."""
+    data = read_attempts(trial_dir)
+    if not data["history"] or not isinstance(data["history"][-1], dict):
+        return
+    history = data["history"][:-1] + [{**data["history"][-1], "pretrain_stages": [dict(stage) for stage in stages]}]
+    write_json_atomic(Path(trial_dir) / ATTEMPTS_FILE, {"attempts": data["attempts"], "history": history})
+
+
+def stages_over_attempts(trial_dir: Path, stages: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The trial's pretraining stages for ``result.json``'s ``pretrain_stages``: ``stages`` (the current attempt's), or,
+    when the attempt resumed its fine-tuning and ran none, the last earlier attempt's (``attempts.json``,
+    :func:`record_attempt_stages`); a stage is ``"cached"`` only if no attempt of this trial trained it. A retry
+    after the trial had trained its stages used to record them as read from the cache (it found them there), or
+    record none, and the report counted the stages that trial trained as trained by none."""
+    recorded = [entry.get("pretrain_stages") for entry in read_attempts(trial_dir)["history"] if isinstance(entry, dict)]
+    recorded = [runs for runs in recorded if isinstance(runs, list) and runs]
+    base = list(stages) or (recorded[-1] if recorded else [])
+    trained = {stage.get("key") for runs in recorded + [list(stages)] for stage in runs
+               if isinstance(stage, Mapping) and stage.get("cached") is False}
+    return [{**stage, "cached": bool(stage.get("cached")) and stage.get("key") not in trained}
+            for stage in base if isinstance(stage, Mapping)]
 
 
 def write_test_root_results(trial_dir: Path, root: str | os.PathLike, rows: list[dict], fingerprint: str | None = None) -> dict:

@@ -147,6 +147,41 @@ def test_pretraining_chain_is_cached_and_shared_between_trials(tiny_root, tmp_pa
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 4
 
 
+def test_a_retried_trial_records_the_stages_an_earlier_attempt_trained(tiny_root, tmp_path):
+    from medseg_platform.results import read_attempts, start_attempt
+
+    cfg = pretrain_cfg(tiny_root)
+    cache, trial_dir = tmp_path / "cache", tmp_path / "a"
+    trial_dir.mkdir()
+    start_attempt(trial_dir)
+    first = train_trial(cfg, trial_dir, log=quiet, pretrain_cache=cache)
+    assert [s["cached"] for s in first.extra["pretrain_stages"]] == [False, False]
+    assert [s["cached"] for s in read_attempts(trial_dir)["history"][0]["pretrain_stages"]] == [False, False]
+
+    # a retry that finds its fine-tuning checkpoint resumes it and runs no stage: the first attempt's record stands
+    start_attempt(trial_dir)
+    resumed = train_trial(cfg, trial_dir, log=quiet, pretrain_cache=cache)
+    assert resumed.resumed_from_step == cfg.optim.max_steps and resumed.timing["pretrain_s"] == 0.0
+    assert resumed.extra["pretrain_stages"] == first.extra["pretrain_stages"]
+
+    # a retry that died before its first fine-tuning checkpoint reads its own stages from the cache: still trained
+    (trial_dir / "checkpoint" / "checkpoint.pt").unlink()
+    start_attempt(trial_dir)
+    messages = []
+    retried = train_trial(cfg, trial_dir, log=messages.append, pretrain_cache=cache)
+    assert sum("cached" in m for m in messages) == 2  # this attempt did read them from the cache
+    assert [s["cached"] for s in read_attempts(trial_dir)["history"][2]["pretrain_stages"]] == [True, True]
+    assert [(s["key"], s["cached"]) for s in retried.extra["pretrain_stages"]] == \
+        [(s["key"], False) for s in first.extra["pretrain_stages"]]
+
+    # another trial of the same chain, with attempts of its own, read them from the cache
+    other_dir = tmp_path / "b"
+    other_dir.mkdir()
+    start_attempt(other_dir)
+    other = train_trial(cfg.replace(**{"optim.lr": 0.02}), other_dir, log=quiet, pretrain_cache=cache)
+    assert [s["cached"] for s in other.extra["pretrain_stages"]] == [True, True]
+
+
 def test_fine_tuning_starts_from_the_pretrained_student(tiny_root, tmp_path, monkeypatch):
     import medseg_platform.engine as engine
     from medseg_platform.engine import pretrain, trial

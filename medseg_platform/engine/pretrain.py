@@ -111,8 +111,9 @@ def run_pretraining(cfg: TrialConfig, data: TrainingData, cache_dir: Path, devic
 
     ``report`` (optional) receives a progress-only report (:func:`~medseg_platform.engine.reports.progress_fields`)
     for each cached stage and at every curve row of a trained stage, on every rank. ``stages`` (optional) gets one
-    ``{"stage", "objective", "key", "cached"}`` per stage: whether this trial read it from the cache (trained by another
-    trial, or an earlier run) or trained it (``result.json``'s ``pretrain_stages``; the report counts them).
+    ``{"stage", "objective", "key", "cached"}`` per stage: whether this call read it from the cache (trained by another
+    trial, an earlier run, or an earlier attempt of this trial) or trained it; ``result.json``'s ``pretrain_stages``
+    merges the trial's attempts (:func:`medseg_platform.results.stages_over_attempts`) and the report counts them.
     """
     previous: dict | None = None
     for index, stage in enumerate(cfg.pretrain):

@@ -34,7 +34,8 @@ from medseg_platform.engine.training_data import load_training_data
 from medseg_platform.environment import code_version, trial_environment
 from medseg_platform.errors import MedsegError
 from medseg_platform.recipes import LABELLED_SET_EPOCH, with_epoch_length
-from medseg_platform.results import OWN_PRETRAIN_DIR, QUALITATIVE_FILE, checkpoint_path
+from medseg_platform.results import (OWN_PRETRAIN_DIR, QUALITATIVE_FILE, checkpoint_path, record_attempt_stages,
+                                     stages_over_attempts)
 from medseg_platform.seeding import seed_everything
 from methods.heap import keep_freed_blocks
 from methods.registry import build_objective
@@ -126,6 +127,8 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
         pretrained = run_pretraining(cfg, data, pretrain_cache or trial_dir / OWN_PRETRAIN_DIR, device, dist, log, report,
                                      stages=pretrain_stages)
         timing["pretrain_s"] = time.perf_counter() - t0
+        if main:
+            record_attempt_stages(trial_dir, pretrain_stages)  # a retry then knows which stages this attempt trained
 
     set_conv_kernels(kernels)  # the trial's own training and evaluation (train_trial restores the setting)
     if device.type == "cpu":
@@ -207,8 +210,9 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
     timing["train_s"] = loop.train_s
 
     extra = dict(filled)
-    if pretrain_stages:  # a resumed fine-tune ran no stage in this attempt: it records none
-        extra["pretrain_stages"] = pretrain_stages
+    stages = stages_over_attempts(trial_dir, pretrain_stages) if main else pretrain_stages  # over the retries
+    if stages:
+        extra["pretrain_stages"] = stages
     if dist is not None:
         if replica_diff is None:  # resumed after the last step: the replicas hold rank 0's broadcast checkpoint state
             replica_diff = replica_max_difference(objective)

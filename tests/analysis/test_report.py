@@ -494,6 +494,11 @@ def test_report_states_the_code_kernels_labelled_patients_and_working_folder(stu
     text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
     assert (f"; 1 stage trained, {len(results) - 1} read from the pretraining cache (a stage is shared by the trials of the same "
             "chain, seed and labelled patients: the first trains it)") in text
+    result = json.loads(results[0].read_text(encoding="utf-8"))  # scored from a finished trial: it trained no stage
+    results[0].write_text(json.dumps({**result, "scored_from": {"trial_key": "x", "study": "other"}}), encoding="utf-8")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert f"; 0 stages trained, {len(results) - 1} read from the pretraining cache" in text
+    results[0].write_text(json.dumps(result), encoding="utf-8")
     assert ("- **Convolution kernels**: PyTorch's own: MONA, ARCO-SG; oneDNN: Mean teacher (fine-tuning, validation and test; "
             f"CPU pretraining stages run oneDNN); the two round differently (`conv_kernels`; {kernels_doc})\n") in text
     assert "(run in `/home/me/project`: relative paths and the default `./results` start there)" in text
