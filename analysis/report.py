@@ -32,7 +32,8 @@ from analysis.claims import claim_results, claims_section, read_claims, verdict_
 from analysis.plots import is_plot_name, natural_key, PlotFile, write_plots
 from analysis.health import TrialHealth, health_problems, health_section, record_health
 from analysis.markdown import escape_markdown
-from analysis.table_files import external_test_sets, incomplete_note, print_summary, table_file_names, write_tables
+from analysis.table_files import (EXTERNAL_TABLE_CSV, external_test_sets, incomplete_note, print_summary, table_file_names,
+                                   write_tables)
 from analysis.table_render import recipe_sentence, set_option_items
 from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_order, duplicate_seeds, identical_rows,
                              row_label, row_order, study_class_names, trial_seed)
@@ -595,6 +596,8 @@ def render_report(study_dir: Path, info: dict, settings: dict, last_run: dict, r
         csv = [p for p in tables if p.name == "table.csv"]
         if csv:
             lines.append(f"- long form (every metric, class, method and label fraction, with p-values): [{csv[0].name}]({csv[0].name})")
+        if any(p.name == EXTERNAL_TABLE_CSV for p in tables):
+            lines.append(f"- the external test sets' long form (a first column `test_root`): [{EXTERNAL_TABLE_CSV}]({EXTERNAL_TABLE_CSV})")
         lines += ["", *_distance_note(tables, records)]
     if plots:
         lines += ["## Plots", ""]
@@ -614,7 +617,7 @@ def report_outputs(study_dir: Path) -> list[Path]:
     ``plots/`` named as :func:`analysis.plots.write_plots` names its plots (any other file there is the user's)."""
     plots_dir = study_dir / PLOTS_DIR
     plots = sorted(p for p in plots_dir.iterdir() if is_plot_name(p.name)) if plots_dir.is_dir() else []
-    return [study_dir / name for name in table_file_names()] + plots
+    return [study_dir / name for name in (*table_file_names(), EXTERNAL_TABLE_CSV)] + plots
 
 
 def remove_stale_outputs(study_dir: Path, written_tables: Sequence[Path], written_plots: Sequence[Path]) -> None:

@@ -6,7 +6,9 @@ External test sets (a study's ``--test-root``): trials scored on another dataset
 ``per_case_test_root.csv`` (:func:`medseg_platform.results.read_test_root`). Each such dataset gets its own block
 after the main table in ``table_<metric>.md`` / ``.tex``, built by the same code from those rows
 (:func:`external_test_sets`, :func:`external_blocks`); trials of the study without that evaluation are counted
-there as missing. ``table.csv`` holds the study's own test set only.
+there as missing. ``table.csv`` holds the study's own test set only; ``table_external.csv`` the external sets' long
+form, the same columns after a first one, ``test_root`` (:func:`external_long_form`), written only when a trial has
+such an evaluation.
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ NUMBER_COLUMNS = ("mean", "std", "n_seeds", "n_undefined", "p_vs_best", "n_pairs
 
 
 def read_table_csv(path: str | Path) -> pd.DataFrame:
-    """``table.csv`` back as the long form: "nan" is a missing number in the number columns and stays text elsewhere
-    (the empty-mask policy named "nan"; ``pandas.read_csv``'s defaults made it a missing value)."""
+    """``table.csv`` (or ``table_external.csv``) back as the long form: "nan" is a missing number in the number columns
+    and stays text elsewhere (the empty-mask policy named "nan"; ``pandas.read_csv``'s defaults made it a missing value)."""
     return pd.read_csv(path, keep_default_na=False, na_values={name: ["nan", ""] for name in NUMBER_COLUMNS},
-                       dtype={name: str for name in LONG_COLUMNS if name not in NUMBER_COLUMNS})
+                       dtype={name: str for name in (*LONG_COLUMNS, "test_root") if name not in NUMBER_COLUMNS})
 
 
 def external_test_sets(records: Iterable[TrialRecord]) -> dict[str, list[TrialRecord]]:
@@ -85,11 +87,27 @@ def external_blocks(records: Sequence[TrialRecord], metric: str, suffix: str,
     return text
 
 
+def external_long_form(records: Sequence[TrialRecord], metrics: Sequence[str] = DEFAULT_METRICS,
+                       class_names: Mapping[int, str] | None = None) -> pd.DataFrame | None:
+    """The long form of every external test set (:func:`analysis.tables.build_table` of its rows, as the blocks of
+    :func:`external_blocks`), one after the other with the root in a first column ``test_root``; None when no trial
+    was scored on one. A researcher comparing datasets found these numbers only in the Markdown and LaTeX blocks."""
+    frames = []
+    for root, scored in external_test_sets(unique_records(records)).items():
+        df = build_table(scored, metrics, class_names, configured_distance_unit)
+        df.insert(0, "test_root", root)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
 TABLE_CSV = "table.csv"
+#: :func:`write_tables`' long form of the external test sets: only where a trial has been scored on one.
+EXTERNAL_TABLE_CSV = "table_external.csv"
 
 
 def table_file_names(metrics: Sequence[str] = DEFAULT_METRICS) -> list[str]:
-    """The files :func:`write_tables` writes, in its order: ``table_<metric>.md`` and ``.tex`` per metric, then the CSV."""
+    """The files :func:`write_tables` writes, in its order: ``table_<metric>.md`` and ``.tex`` per metric, then the CSV
+    (and, where a trial was scored on an external test set, :data:`EXTERNAL_TABLE_CSV`, not listed here)."""
     return [f"table_{metric}.{suffix}" for metric in metrics for suffix in ("md", "tex")] + [TABLE_CSV]
 
 
@@ -98,11 +116,12 @@ def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
                  class_names: Mapping[int, str] | None = None, incomplete: str = "", recipe: str = "",
                  table: pd.DataFrame | None = None) -> list[Path]:
     """Write ``table_<metric>.md`` and ``table_<metric>.tex`` per metric (each followed by its external test set
-    blocks, :func:`external_blocks`) and ``table.csv`` (long form). ``incomplete``: a sentence saying which trials of
+    blocks, :func:`external_blocks`), ``table.csv`` (long form) and, where a trial was scored on an external test set,
+    ``table_external.csv`` (:func:`external_long_form`). ``incomplete``: a sentence saying which trials of
     the study have no result yet (:func:`incomplete_note`), written under each Markdown table and as a LaTeX comment.
     ``recipe``: :func:`recipe_sentence` of the study's ``--set`` overrides, in every caption.
 
-    Every file is written atomically; returns the paths in that order (CSV last). ``table``: the
+    Every file is written atomically; returns the paths in that order (CSVs last). ``table``: the
     :func:`build_table` of ``records``, ``metrics`` and ``class_names`` when the caller has it already (the report
     builds it for the plots too: building it twice was 15-20% of a paper-size report).
     """
@@ -122,6 +141,10 @@ def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
     csv_path = out_dir / next(names)
     to_csv(df, csv_path)
     paths.append(csv_path)
+    external = external_long_form(records, metrics, class_names)
+    if external is not None:
+        to_csv(external, out_dir / EXTERNAL_TABLE_CSV)
+        paths.append(out_dir / EXTERNAL_TABLE_CSV)
     return paths
 
 

@@ -138,6 +138,14 @@ def test_a_study_with_a_test_root_scores_new_and_earlier_trials_and_reports_the_
     table, report = (study_dir / "table_dice.md").read_text(), (study_dir / "report.md").read_text()
     assert heading in table and heading in report and "trials have no evaluation" not in table
     assert f"- **External test set** (`--test-root`): {external}; " in report
+    # the long form of the external set: table.csv's columns after test_root, the same numbers as the block
+    from analysis.table_files import read_table_csv
+    from analysis.table_render import to_markdown
+
+    own, other = read_table_csv(study_dir / "table.csv"), read_table_csv(study_dir / "table_external.csv")
+    assert list(other.columns) == ["test_root", *own.columns] and set(other["test_root"]) == {str(external)}
+    assert to_markdown(other.drop(columns="test_root"), "dice").replace("### Dice (%)", heading.strip(), 1) in table
+    assert "[table_external.csv](table_external.csv)" in report
     # the block sits after the main table, which keeps the study's own test set
     assert report.index("### Test Dice (%)") < report.index(heading) < report.index("## Tables")
     # the own test set's spacing names the main table's unit; the external block's volumes are not the trials' own
@@ -162,3 +170,9 @@ def test_a_study_with_a_test_root_scores_new_and_earlier_trials_and_reports_the_
     assert not needs_test_root_evaluation(supervised, external)  # nothing left to score it with: reported, not retried
     write_report(study_dir, log=lambda *_: None)
     assert "_1 of 2 trials have no evaluation on this test set" in (study_dir / "table_dice.md").read_text()
+    # no trial scored on it any more: the long form written for it goes with the blocks
+    mean_teacher = next(trial for trial in trials if trial != supervised)
+    (mean_teacher / TEST_ROOT_PER_CASE).unlink()
+    write_report(study_dir, log=lambda *_: None)
+    assert "external test set" not in (study_dir / "table_dice.md").read_text()
+    assert not (study_dir / "table_external.csv").exists() and "table_external.csv" not in (study_dir / "report.md").read_text()
