@@ -2,7 +2,8 @@
 
 :func:`write_report` reads a study folder (``<results>/<study>/``) and writes:
 
-* the tables (:func:`analysis.table_files.write_tables`: ``table_<metric>.md/.tex``, ``table.csv``);
+* the tables (:func:`analysis.table_files.write_tables`: ``table_<metric>.md/.tex``, ``table.csv``, and
+  ``table_external.csv`` where a trial was scored on an external test set);
 * the plots (:func:`analysis.plots.write_plots`) under ``plots/``;
 * ``report.md``: the settings (study, profile, command, evaluation protocol, dataset, seeds, iterations, label
   fractions, the machines that computed the trials, trials finished / errored / corrupt / missing, wall time), the
@@ -161,7 +162,8 @@ def _pretraining_phrase(records: Sequence[TrialRecord]) -> str:
 
 def _stage_reuse_phrase(records: Sequence[TrialRecord]) -> str:
     """"; 3 stages trained, 9 read from the cache" from ``result.json``'s ``pretrain_stages`` (trials written before it was
-    recorded record none; a retried trial counts a stage an earlier attempt of it trained as trained; a trial scored from
+    recorded record none, and so does a trial that resumed its fine-tuning where its earlier attempt's code recorded no
+    stage; a retried trial counts a stage an earlier attempt of it trained as trained; a trial scored from
     a finished one, ``scored_from``, ran no stage and keeps its source's record, which is not counted): a report review
     could not tell that the ARCO rows reused MONA's stage (their pretraining took 0.0 s)."""
     runs = [stage for r in records if not r.result.get("scored_from")
@@ -622,7 +624,9 @@ def report_outputs(study_dir: Path) -> list[Path]:
 
 def remove_stale_outputs(study_dir: Path, written_tables: Sequence[Path], written_plots: Sequence[Path]) -> None:
     """Delete the tables and plots of an earlier report that this one did not write again (no finished trial any
-    more, or a plot without data now), so no file in the folder shows numbers its trials no longer give."""
+    more, or a plot without data now, or ``table_external.csv`` once no trial has an external evaluation), so no file in
+    the folder shows numbers its trials no longer give. The caller skips it while the study's command runs (that
+    command's own report at its end removes them)."""
     keep = {Path(p).resolve() for p in [*written_tables, *written_plots]}
     for path in report_outputs(study_dir):
         if path.is_file() and path.resolve() not in keep:

@@ -61,18 +61,20 @@ def external_test_sets(records: Iterable[TrialRecord]) -> dict[str, list[TrialRe
 
 
 def external_blocks(records: Sequence[TrialRecord], metric: str, suffix: str,
-                    class_names: Mapping[int, str] | None = None, recipe: str = "") -> str:
+                    class_names: Mapping[int, str] | None = None, recipe: str = "",
+                    sets: Mapping[str, list[TrialRecord]] | None = None) -> str:
     """The external test set blocks of ``table_<metric>.<suffix>`` (``md`` or ``tex``), one per root; "" when none.
 
     Each is the metric's table of that set's per-case rows, titled with the root, plus a line counting the study's
     trials that have no evaluation on it (finished before ``--test-root`` was given and not scored since, e.g. their
     checkpoint is gone; rerunning the study command with the flag scores those that still have a checkpoint).
-    ``recipe``: as :func:`caption`'s.
+    ``recipe``: as :func:`caption`'s; ``sets``: :func:`external_test_sets` of ``records`` when the caller has it (each
+    trial's ``per_case_test_root.csv`` is then read once for every file).
     """
     records = unique_records(records)
     style = metric_style(metric)
     text = ""
-    for index, (root, scored) in enumerate(external_test_sets(records).items(), 1):
+    for index, (root, scored) in enumerate((external_test_sets(records) if sets is None else sets).items(), 1):
         df = build_table(scored, (metric,), class_names, configured_distance_unit)  # not the own test set's spacing
         missing = len(records) - len(scored)
         note = (f"{missing} of {len(records)} trials have no evaluation on this test set (rerun the study command with "
@@ -88,12 +90,14 @@ def external_blocks(records: Sequence[TrialRecord], metric: str, suffix: str,
 
 
 def external_long_form(records: Sequence[TrialRecord], metrics: Sequence[str] = DEFAULT_METRICS,
-                       class_names: Mapping[int, str] | None = None) -> pd.DataFrame | None:
+                       class_names: Mapping[int, str] | None = None,
+                       sets: Mapping[str, list[TrialRecord]] | None = None) -> pd.DataFrame | None:
     """The long form of every external test set (:func:`analysis.tables.build_table` of its rows, as the blocks of
     :func:`external_blocks`), one after the other with the root in a first column ``test_root``; None when no trial
-    was scored on one. A researcher comparing datasets found these numbers only in the Markdown and LaTeX blocks."""
+    was scored on one. A researcher comparing datasets found these numbers only in the Markdown and LaTeX blocks.
+    ``sets``: as :func:`external_blocks`'."""
     frames = []
-    for root, scored in external_test_sets(unique_records(records)).items():
+    for root, scored in (external_test_sets(unique_records(records)) if sets is None else sets).items():
         df = build_table(scored, metrics, class_names, configured_distance_unit)
         df.insert(0, "test_root", root)
         frames.append(df)
@@ -128,6 +132,7 @@ def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
     out_dir = Path(out_dir)
     records = unique_records(records)
     df = build_table(records, metrics, class_names) if table is None else table
+    sets = external_test_sets(records)
     names = iter(table_file_names(metrics))
     paths = []
     for metric in metrics:
@@ -136,12 +141,12 @@ def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
             text = render(df, metric, recipe=recipe)
             if incomplete:
                 text += f"\n**{incomplete}**\n" if suffix == "md" else f"% {escape_latex(incomplete)}\n"
-            write_text_atomic(path, text + external_blocks(records, metric, suffix, class_names, recipe))
+            write_text_atomic(path, text + external_blocks(records, metric, suffix, class_names, recipe, sets))
             paths.append(path)
     csv_path = out_dir / next(names)
     to_csv(df, csv_path)
     paths.append(csv_path)
-    external = external_long_form(records, metrics, class_names)
+    external = external_long_form(records, metrics, class_names, sets)
     if external is not None:
         to_csv(external, out_dir / EXTERNAL_TABLE_CSV)
         paths.append(out_dir / EXTERNAL_TABLE_CSV)

@@ -343,7 +343,8 @@ def write_trial_error(trial_dir: Path, *, config: Mapping[str, Any], tags: Mappi
 
 
 def read_attempts(trial_dir: Path) -> dict:
-    """``attempts.json`` of a trial: ``{"attempts": n, "history": [{"pid", "host", "time"}, ...]}`` (n = 0 if none).
+    """``attempts.json`` of a trial: ``{"attempts": n, "history": [{"attempt", "pid", "host", "time"}, ...]}`` (n = 0 if
+    none); an entry whose attempt ran pretraining stages also has ``pretrain_stages`` (:func:`record_attempt_stages`).
 
     An unreadable file counts as no attempt (it is only bookkeeping; the count restarts).
     """
@@ -389,8 +390,8 @@ def stages_over_attempts(trial_dir: Path, stages: Sequence[Mapping[str, Any]]) -
     recorded = [entry.get("pretrain_stages") for entry in read_attempts(trial_dir)["history"] if isinstance(entry, dict)]
     recorded = [runs for runs in recorded if isinstance(runs, list) and runs]
     base = list(stages) or (recorded[-1] if recorded else [])
-    trained = {stage.get("key") for runs in recorded + [list(stages)] for stage in runs
-               if isinstance(stage, Mapping) and stage.get("cached") is False}
+    trained = {stage.get("key") for runs in recorded + [list(stages)] for stage in runs  # a hand-edited entry counts for none
+               if isinstance(stage, Mapping) and isinstance(stage.get("key"), str) and stage.get("cached") is False}
     return [{**stage, "cached": bool(stage.get("cached")) and stage.get("key") not in trained}
             for stage in base if isinstance(stage, Mapping)]
 

@@ -1,5 +1,6 @@
 """The single-process training loop: learning, exact resume, non-finite losses, result files."""
 
+import json
 import math
 import time
 from pathlib import Path
@@ -180,6 +181,38 @@ def test_a_retried_trial_records_the_stages_an_earlier_attempt_trained(tiny_root
     start_attempt(other_dir)
     other = train_trial(cfg.replace(**{"optim.lr": 0.02}), other_dir, log=quiet, pretrain_cache=cache)
     assert [s["cached"] for s in other.extra["pretrain_stages"]] == [True, True]
+
+
+def test_a_trial_whose_worker_died_in_a_later_stage_records_the_stages_it_had_trained(tiny_root, tmp_path, monkeypatch):
+    from medseg_platform.engine import pretrain
+    from medseg_platform.results import read_attempts, start_attempt
+
+    train_stage = pretrain._train_stage
+
+    def dies_in_stage_1(cfg, index, *args, **kwargs):
+        if index == 1:
+            raise RuntimeError("worker died")  # what a retry sees of a killed worker: stage 1 never finished
+        return train_stage(cfg, index, *args, **kwargs)
+
+    cfg, cache, trial_dir = pretrain_cfg(tiny_root), tmp_path / "cache", tmp_path / "a"
+    trial_dir.mkdir()
+    start_attempt(trial_dir)
+    monkeypatch.setattr(pretrain, "_train_stage", dies_in_stage_1)
+    with pytest.raises(RuntimeError, match="worker died"):
+        train_trial(cfg, trial_dir, log=quiet, pretrain_cache=cache)
+    assert [s["stage"] for s in read_attempts(trial_dir)["history"][0]["pretrain_stages"]] == [0]  # only what finished
+    monkeypatch.setattr(pretrain, "_train_stage", train_stage)
+    start_attempt(trial_dir)
+    retried = train_trial(cfg, trial_dir, log=quiet, pretrain_cache=cache)
+    assert [s["cached"] for s in read_attempts(trial_dir)["history"][1]["pretrain_stages"]] == [True, False]
+    assert [(s["stage"], s["cached"]) for s in retried.extra["pretrain_stages"]] == [(0, False), (1, False)]
+    # an entry edited by hand (a key that is not a text) is bookkeeping: it counts for no stage and breaks nothing
+    from medseg_platform.results import stages_over_attempts
+
+    history = read_attempts(trial_dir)["history"]
+    (trial_dir / "attempts.json").write_text(json.dumps({"attempts": 2, "history": [
+        {**history[0], "pretrain_stages": [{"stage": 0, "key": ["x"], "cached": False}]}, history[1]]}))
+    assert [s["cached"] for s in stages_over_attempts(trial_dir, [])] == [True, False]
 
 
 def test_fine_tuning_starts_from_the_pretrained_student(tiny_root, tmp_path, monkeypatch):

@@ -106,15 +106,19 @@ def _exclusive(path: Path, dist: DistContext | None, device: torch.device, on_wa
 
 
 def run_pretraining(cfg: TrialConfig, data: TrainingData, cache_dir: Path, device: torch.device, dist: DistContext | None,
-                    log: Callable[[str], None], report: Reporter | None = None, stages: list | None = None) -> dict | None:
+                    log: Callable[[str], None], report: Reporter | None = None, stages: list | None = None,
+                    on_stage: Callable[[list], None] | None = None) -> dict | None:
     """Run (or load from the cache) every pretraining stage; returns the last stage's final state or None.
 
     ``report`` (optional) receives a progress-only report (:func:`~medseg_platform.engine.reports.progress_fields`)
     for each cached stage and at every curve row of a trained stage, on every rank. ``stages`` (optional) gets one
-    ``{"stage", "objective", "key", "cached"}`` per stage: whether this call read it from the cache (trained by another
-    trial, an earlier run, or an earlier attempt of this trial) or trained it; ``result.json``'s ``pretrain_stages``
-    merges the trial's attempts (:func:`medseg_platform.results.stages_over_attempts`) and the report counts them.
+    ``{"stage", "objective", "key", "cached"}`` per stage once the stage is done: whether this call read it from the
+    cache (trained by another trial, an earlier run, or an earlier attempt of this trial) or trained it; ``on_stage``
+    (optional) is then called with the list so far (the trial records it in ``attempts.json``, so that a retry after a
+    worker died in a later stage knows which stages it trained). ``result.json``'s ``pretrain_stages`` merges the
+    trial's attempts (:func:`medseg_platform.results.stages_over_attempts`) and the report counts them.
     """
+    stages = [] if stages is None else stages
     previous: dict | None = None
     for index, stage in enumerate(cfg.pretrain):
         folder = stage_folder(cache_dir, stage_key(cfg, index, data.subset))
@@ -125,15 +129,16 @@ def run_pretraining(cfg: TrialConfig, data: TrainingData, cache_dir: Path, devic
 
         with _exclusive(folder / ".lock", dist, device, on_wait=waiting, log=log):
             cached = agree(final_path.is_file(), dist, device)
-            if stages is not None:
-                stages.append({"stage": index, "objective": stage.objective, "key": folder.name, "cached": bool(cached)})
             if cached:
                 log(f"pretraining stage {index} ({stage.objective}): cached at {folder}")
                 previous = load_checkpoint(final_path)
                 if report is not None:
                     report(_stage_progress(cfg, index, stage.max_steps, math.nan, math.nan, cached=True), None)
-                continue
-            previous = _train_stage(cfg, index, data, folder, previous, device, dist, log, report)
+            else:
+                previous = _train_stage(cfg, index, data, folder, previous, device, dist, log, report)
+        stages.append({"stage": index, "objective": stage.objective, "key": folder.name, "cached": bool(cached)})
+        if on_stage is not None:
+            on_stage(stages)
     return previous
 
 

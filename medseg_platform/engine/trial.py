@@ -124,11 +124,15 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
     pretrained, pretrain_stages = None, []
     if cfg.pretrain and not resuming:  # a resumed fine-tune has the pretrained weights in its checkpoint already
         t0 = time.perf_counter()
+        def record(stages: list) -> None:  # after each stage: a retry then knows which stages this attempt trained
+            try:
+                record_attempt_stages(trial_dir, stages)
+            except OSError as exc:  # bookkeeping only: the trial goes on
+                log(f"warning: {trial_dir}: the pretraining stages of this attempt could not be recorded ({exc})")
+
         pretrained = run_pretraining(cfg, data, pretrain_cache or trial_dir / OWN_PRETRAIN_DIR, device, dist, log, report,
-                                     stages=pretrain_stages)
+                                     stages=pretrain_stages, on_stage=record if main else None)
         timing["pretrain_s"] = time.perf_counter() - t0
-        if main:
-            record_attempt_stages(trial_dir, pretrain_stages)  # a retry then knows which stages this attempt trained
 
     set_conv_kernels(kernels)  # the trial's own training and evaluation (train_trial restores the setting)
     if device.type == "cpu":
