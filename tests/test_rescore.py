@@ -65,7 +65,9 @@ def test_another_distance_unit_is_scored_from_the_finished_trial(finished, capsy
     # the same surfaces measured in voxels instead of mm (spacing 1.5 x 1.25 in-plane, 5 between slices): other numbers
     defined = [(a["hd95"], b["hd95"]) for a, b in zip(ours, theirs) if np.isfinite(a["hd95"])]
     assert defined and any(a != b for a, b in defined)
-    assert result["timing"]["total_s"] < reference["timing"]["total_s"]  # an evaluation, not a training
+    # an evaluation, not a training: its timing has a test and no training phase (its total was once compared with the
+    # reference's, but a 20-step smoke training takes as long as a test pass, and a CI run failed on 0.52 s vs 0.48 s)
+    assert set(result["timing"]) == {"test_s", "total_s"} and reference["timing"]["train_s"] > 0
     # a second run finds it finished
     assert main(["train", "supervised", *TRAIN, "--set", "eval.distance_units=voxel", "--data-root", str(root),
                  "--results-dir", str(results)]) == 0
