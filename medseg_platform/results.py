@@ -144,12 +144,21 @@ KEY_REVISIONS = {"mona": 2, "arco": 2, "action": 2}
 #: whose mixed pseudo-label is kept, as released (``cutout`` ignores a box; the other mixes keep every pixel).
 KEY_REVISIONS_BY_MIX = {("mona", "cutout"): 3, ("arco", "cutout"): 3}
 
+#: A further revision in the key of an objective's trials under mixed precision (``optim.amp`` other than "off"); full-
+#: precision trials keep their keys. 1 (2026-12-07): MONA/ARCO's TPS warp and ISD's global logits computed in float32
+#: under autocast (they ran in the autocast dtype); ACTION's through its ISD stages. Stages under autocast get
+#: :data:`AMP_STAGE_REVISION` in their own key.
+KEY_REVISIONS_UNDER_AMP = {"mona": 1, "arco": 1, "action": 1}
+#: The pretraining stages' counterpart of :data:`KEY_REVISIONS_UNDER_AMP` (``medseg_platform.engine.pretrain.stage_key``).
+AMP_STAGE_REVISION = 1
+
 
 def trial_key(config: Mapping[str, Any]) -> str:
     """A readable, unique folder name for a resolved config: ``<objective>-l<labelled>-s<seed>-<hash10>``.
 
     Only the config counts (not the study's display tags), and the objective's :data:`KEY_REVISIONS` entry where it
-    has one (:data:`KEY_REVISIONS_BY_MIX`' for its strong-view mix, where that has one): renaming or reordering table
+    has one (:data:`KEY_REVISIONS_BY_MIX`' for its strong-view mix, where that has one; under ``--amp`` also its
+    :data:`KEY_REVISIONS_UNDER_AMP` entry): renaming or reordering table
     rows never makes a finished trial look new. ``conv_kernels`` counts only when it is not ``"auto"``, its default: a
     config keeps the key it had before the field existed (docs/methods.md, 'CPU convolution kernels').
     """
@@ -157,7 +166,10 @@ def trial_key(config: Mapping[str, Any]) -> str:
         config = {k: v for k, v in config.items() if k != "conv_kernels"}
     objective, mix = str(config.get("objective")), (config.get("data") or {}).get("strong_mix")
     revision = KEY_REVISIONS_BY_MIX.get((objective, mix), KEY_REVISIONS.get(objective))
-    canonical = json.dumps({"config": config, **({"revision": revision} if revision else {})}, sort_keys=True, default=str)
+    amp = (config.get("optim") or {}).get("amp", "off") not in ("off", None)
+    amp_revision = KEY_REVISIONS_UNDER_AMP.get(objective) if amp else None
+    canonical = json.dumps({"config": config, **({"revision": revision} if revision else {}),
+                            **({"amp_revision": amp_revision} if amp_revision else {})}, sort_keys=True, default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
     labelled = str(config.get("data", {}).get("labelled", "")).replace("%", "pct")
     return f"{config.get('objective', 'trial')}-l{labelled}-s{config.get('seed', 0)}-{digest}"

@@ -111,10 +111,24 @@ def relational_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
     return (log_p.exp() * (log_p - log_q)).sum() / student_logits.shape[0]
 
 
+def full_precision_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype the ISD logits are computed in: float32, or float64 where an input is (never half precision)."""
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
 def cosine_logits(x: torch.Tensor, keys: torch.Tensor, tau: float) -> torch.Tensor:
-    """``cos(x_n, k_m) / tau``: x float (N, d), keys float (M, d) -> float (N, M). Rows are L2-normalised
-    (``F.normalize``, eps 1e-12) at every use, so the scale of stored queue rows is irrelevant."""
-    return F.normalize(x, dim=1) @ F.normalize(keys, dim=1).t() / tau
+    """``cos(x_n, k_m) / tau``: x float (N, d), keys float (M, d) -> float (N, M), at least float32. Rows are
+    L2-normalised (``F.normalize``, eps 1e-12) at every use, so the scale of stored queue rows is irrelevant.
+
+    Computed with autocast off in :func:`full_precision_dtype`: at the teacher's tau 0.01 the logits reach ±100, where
+    bfloat16 holds steps of 0.5 and would sharpen or flatten the teacher's distribution (the GPU-path review; the
+    local term's :func:`blocked_queue_kl` was in float32 already). Float32 inputs give the same numbers as before."""
+    dtype = full_precision_dtype(x, keys)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.normalize(x.to(dtype), dim=1) @ F.normalize(keys.to(dtype), dim=1).t() / tau
 
 
 def queue_kl(
@@ -612,11 +626,13 @@ class ISDRelationalKL(nn.Module):
             s_rows, t_rows, queue_rows = self._as_coded_rows(student, teacher)
             loss = blocked_queue_kl(s_rows, t_rows, queue_rows, cfg.tau_student, cfg.tau_teacher)
             return RelationalTerm(loss, None, None, teacher.detach().reshape(batch, p, -1))
-        s_emb = F.normalize(student.reshape(p, batch, -1).transpose(0, 1), dim=2)  # (B, P, E)
-        t_emb = F.normalize(teacher.reshape(p, batch, -1).transpose(0, 1), dim=2)
-        q_emb = F.normalize(self.local_queue, dim=2)  # (K, P, E)
-        s_logits = torch.einsum("bpe,kpe->bpk", s_emb, q_emb).reshape(batch * p, -1) / cfg.tau_student
-        t_logits = torch.einsum("bpe,kpe->bpk", t_emb, q_emb).reshape(batch * p, -1) / cfg.tau_teacher
+        dtype = full_precision_dtype(student, teacher, self.local_queue)  # as cosine_logits: no half-precision logits
+        with torch.autocast(student.device.type, enabled=False):
+            s_emb = F.normalize(student.to(dtype).reshape(p, batch, -1).transpose(0, 1), dim=2)  # (B, P, E)
+            t_emb = F.normalize(teacher.to(dtype).reshape(p, batch, -1).transpose(0, 1), dim=2)
+            q_emb = F.normalize(self.local_queue.to(dtype), dim=2)  # (K, P, E)
+            s_logits = torch.einsum("bpe,kpe->bpk", s_emb, q_emb).reshape(batch * p, -1) / cfg.tau_student
+            t_logits = torch.einsum("bpe,kpe->bpk", t_emb, q_emb).reshape(batch * p, -1) / cfg.tau_teacher
         keys = teacher.detach().reshape(p, batch, -1).transpose(0, 1)
         return RelationalTerm(relational_kl(s_logits, t_logits), s_logits, t_logits, keys)
 

@@ -149,9 +149,18 @@ def sample_tps_grid(
     """One random warp per image (see the module docstring): float32 (B, H, W, 2) source coordinates.
 
     With ``sigma = 0``, ``rotation_deg = 0``, ``scale_min = scale_max = 1``, ``translation = 0`` and
-    ``mirror_p = 0`` the result is exactly :func:`identity_grid`.
+    ``mirror_p = 0`` the result is exactly :func:`identity_grid`. Computed in float32 with autocast off: under
+    ``--amp bf16`` the displacement's product ran in bfloat16 and moved sample points by up to 1.2 pixels at 256 x 256
+    (the GPU-path review).
     """
     device = torch.device(device) if device is not None else (generator.device if generator is not None else torch.device("cpu"))
+    with torch.autocast(device.type, enabled=False):
+        return _sample_tps_grid(batch, height, width, config, generator, device)
+
+
+def _sample_tps_grid(batch: int, height: int, width: int, config: TPSConfig, generator: torch.Generator | None,
+                     device: torch.device) -> torch.Tensor:
+    """:func:`sample_tps_grid`'s body, with autocast off."""
     n = config.grid_points ** 2
     offsets = _uniform((batch, n, 2), -config.sigma, config.sigma, generator, device)
     angle = _uniform((batch,), -config.rotation_deg, config.rotation_deg, generator, device) * (math.pi / 180.0)
@@ -169,10 +178,18 @@ def sample_tps_grid(
 
 def apply_warp(tensor: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Sample ``tensor`` (B, C, H, W) at ``grid`` (B, H', W', 2): bilinear (or ``mode``), zero padding,
-    ``align_corners=True`` (as released). Returns (B, C, H', W') in the tensor's dtype."""
+    ``align_corners=True`` (as released). Returns (B, C, H', W') in the tensor's dtype.
+
+    Sampled in the wider of the two dtypes (at least the grid's) with autocast off, so that a half-precision tensor
+    (MONA's logits and masks under ``--amp``) is read at the same points as a float32 one: the grid rounded to
+    bfloat16 moved them by up to half a pixel at 256 x 256, so the equivariance target sat off its input (the GPU-path
+    review). A float32 or float64 tensor is sampled as before."""
     if tensor.dim() != 4 or grid.dim() != 4 or grid.shape[0] != tensor.shape[0] or grid.shape[-1] != 2:
         raise DataError(
             f"apply_warp: need tensor (B, C, H, W) and grid (B, H', W', 2), got {tuple(tensor.shape)} and {tuple(grid.shape)} "
             f"(one grid per image, from sample_tps_grid)"
         )
-    return F.grid_sample(tensor, grid.to(tensor.dtype), mode=mode, padding_mode="zeros", align_corners=True)
+    dtype = torch.promote_types(tensor.dtype, grid.dtype)
+    with torch.autocast(tensor.device.type, enabled=False):
+        sampled = F.grid_sample(tensor.to(dtype), grid.to(dtype), mode=mode, padding_mode="zeros", align_corners=True)
+    return sampled.to(tensor.dtype)

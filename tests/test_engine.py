@@ -438,3 +438,11 @@ def test_a_pretraining_stage_trained_under_mixed_precision_has_its_own_cache_key
     subset = SimpleNamespace(patients=("patient001",), labelled_slices=("a", "b"))
     assert stage_key(cfg, 0, subset) == "stage0-isd_pretrain-06639835f3c2ff88"  # (STAGE_CACHE_VERSION 3, model.upsample)
     assert stage_key(cfg.replace(**{"optim.amp": "bf16"}), 0, subset) != stage_key(cfg, 0, subset)
+    from unittest import mock
+
+    from medseg_platform.engine import pretrain
+
+    bf16 = cfg.replace(**{"optim.amp": "bf16"})
+    with mock.patch.object(pretrain, "AMP_STAGE_REVISION", 0):  # the ISD logits in full precision under autocast
+        earlier = stage_key(bf16, 0, subset)
+    assert stage_key(bf16, 0, subset) != earlier and stage_key(cfg, 0, subset) == "stage0-isd_pretrain-06639835f3c2ff88"

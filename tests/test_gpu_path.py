@@ -161,6 +161,41 @@ def test_strong_views_are_computed_in_full_precision_inside_an_autocast_region()
         assert torch.equal(full, under_amp)
 
 
+def test_the_equivariance_warp_samples_at_the_same_points_inside_an_autocast_region():
+    """MONA/ARCO's L_eqv draws its TPS grid and warps its half-precision targets inside the step's autocast: the grid must
+    be the float32 one, and a bfloat16 tensor is read at its points (the GPU-path review: up to 1.2 px and 0.5 px off)."""
+    from methods.tps import TPSConfig, apply_warp, sample_tps_grid
+
+    config = TPSConfig(sigma=0.05, rotation_deg=20.0, scale_min=0.8, scale_max=1.2, translation=0.1, mirror_p=0.5)
+    full = sample_tps_grid(4, 256, 256, config, generator=torch.Generator().manual_seed(3))
+    logits = torch.randn(4, 4, 256, 256, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        grid = sample_tps_grid(4, 256, 256, config, generator=torch.Generator().manual_seed(3))
+        warped = apply_warp(logits, grid)
+    assert grid.dtype == torch.float32 and torch.equal(grid, full)
+    expected = torch.nn.functional.grid_sample(logits.float(), full, padding_mode="zeros", align_corners=True)
+    assert warped.dtype == torch.bfloat16 and torch.equal(warped, expected.to(torch.bfloat16))
+    image = torch.rand(4, 1, 256, 256, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(apply_warp(image, full), torch.nn.functional.grid_sample(image, full, align_corners=True))
+
+
+def test_the_isd_logits_are_full_precision_inside_an_autocast_region():
+    """ISD's global term divides cosines by the teacher's tau 0.01: logits up to ±100, which bfloat16 rounds to steps of
+    0.5 (the GPU-path review); they are computed in float32 under autocast, as the local term's were."""
+    from methods.isd import cosine_logits
+
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    keys = torch.randn(36, 16, generator=torch.Generator().manual_seed(1))
+    keys[0] = x[0] * 3.0  # a cosine of 1: a logit of 100
+    full = cosine_logits(x, keys, 0.01)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        under_amp = cosine_logits(x, keys, 0.01)
+        half_inputs = cosine_logits(x.to(torch.bfloat16), keys.to(torch.bfloat16), 0.01)
+    assert under_amp.dtype == half_inputs.dtype == torch.float32 and torch.equal(under_amp, full)
+    assert full[0, 0].item() == pytest.approx(100.0, rel=1e-5)
+    assert cosine_logits(x.double(), keys.double(), 0.01).dtype == torch.float64  # float64 tests keep float64
+
+
 def test_host_to_device_copies_pin_then_copy_without_blocking(monkeypatch):
     """The copy path the CUDA loop takes, checked on CPU with spies: pin first, then ``.to(non_blocking=True)``."""
     from types import SimpleNamespace

@@ -133,6 +133,24 @@ def test_a_key_revision_renames_only_its_objectives_trials():
     assert {"mona", "arco", "action"} <= set(KEY_REVISIONS)
 
 
+def test_an_amp_revision_renames_only_the_mixed_precision_trials_of_its_objectives():
+    """``KEY_REVISIONS_UNDER_AMP``: MONA/ARCO's warp and ISD's logits are full precision under autocast since
+    2026-12-07; those objectives' --amp trials (ACTION's through its ISD stages) get new keys, full-precision trials and
+    the baselines keep theirs."""
+    from medseg_platform.results import KEY_REVISIONS_UNDER_AMP, trial_key
+
+    def config(objective, amp):
+        return {"objective": objective, "seed": 1, "data": {"labelled": "1"}, "optim": {"amp": amp}, "objective_params": {}}
+
+    for objective in ("supervised", "mean_teacher", "mona", "arco", "action"):
+        with mock.patch.dict(KEY_REVISIONS_UNDER_AMP, clear=True):
+            before = {amp: trial_key(config(objective, amp)) for amp in ("off", "bf16", "fp16")}
+        after = {amp: trial_key(config(objective, amp)) for amp in ("off", "bf16", "fp16")}
+        assert after["off"] == before["off"]
+        for amp in ("bf16", "fp16"):
+            assert (after[amp] != before[amp]) == (objective in ("mona", "arco", "action")), (objective, amp)
+
+
 def test_a_mix_revision_renames_only_the_trials_with_that_mix():
     """``KEY_REVISIONS_BY_MIX``: MONA/ARCO trials with the cutout strong view train otherwise since their entropy
     percentiles skip the ignored box; their keys change, those with CutMix (every default) keep theirs."""

@@ -161,7 +161,8 @@ def pil_gaussian_blur(levels: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor
     (docs/data.md, 'Strong view'). Pillow approximates the Gaussian with three box blurs, each rounded to whole grey
     levels, with its own edge handling: the values are Pillow's, which no torch convolution reproduces.
 
-    Runs on the CPU (an image on another device makes the round trip, as the release's did).
+    Runs on the CPU: on another device only the images to blur make the round trip (one host sync when any does; the
+    others are cast to 8 bits and back where they are, the same values the round trip gave them).
 
     Args:
         levels: (B, C, H, W) floating, whole grey levels in [0, 255] (:func:`methods.intensity.to_grey_levels`).
@@ -171,14 +172,19 @@ def pil_gaussian_blur(levels: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor
     from PIL import Image, ImageFilter
 
     _check_image_batch("pil_gaussian_blur", "levels", levels)
-    grey = levels.detach().to("cpu", torch.uint8).numpy()
     radii = sigma.detach().to("cpu", torch.float64).view(-1).tolist()
-    out = grey.copy()
-    for i, radius in enumerate(radii):
-        if radius > 0:
-            for c in range(grey.shape[1]):
-                out[i, c] = np.asarray(Image.fromarray(grey[i, c]).filter(ImageFilter.GaussianBlur(radius=radius)))
-    return torch.from_numpy(out).to(device=levels.device, dtype=levels.dtype)
+    out = levels.detach().to(torch.uint8).to(levels.dtype)  # every image as 8 bits, on its device
+    fired = [i for i, radius in enumerate(radii) if radius > 0]
+    if not fired:
+        return out
+    index = torch.tensor(fired, device=levels.device)
+    grey = levels.detach().index_select(0, index).to("cpu", torch.uint8).numpy()
+    blurred = np.empty_like(grey)
+    for j, i in enumerate(fired):
+        for c in range(grey.shape[1]):
+            blurred[j, c] = np.asarray(Image.fromarray(grey[j, c]).filter(ImageFilter.GaussianBlur(radius=radii[i])))
+    out[index] = torch.from_numpy(blurred).to(device=levels.device, dtype=levels.dtype)
+    return out
 
 
 def random_gaussian_blur(

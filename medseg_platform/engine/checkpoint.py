@@ -30,9 +30,25 @@ def _cuda_rng_states() -> list[torch.Tensor]:
 
 
 def _set_cuda_rng_states(states: list[torch.Tensor] | None) -> None:
-    """Restore :func:`_cuda_rng_states` where this process trains on CUDA (its model is there, so CUDA is started)."""
-    if states and torch.cuda.is_available() and torch.cuda.is_initialized() and len(states) == torch.cuda.device_count():
+    """Restore :func:`_cuda_rng_states` where this process trains on CUDA (its model is there, so CUDA is started).
+
+    Where the process sees another number of devices than the one that saved them (a trial checkpointed under Ray with
+    one visible GPU, resumed in-process on a machine with several), the device it trains on gets the saved state of
+    the same index, or of the last saved device, and a warning says the draws after the resume may differ; that case
+    used to restore nothing without a word (the GPU-path review)."""
+    if not (states and torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return
+    if len(states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states)
+        return
+    import warnings
+
+    current = torch.cuda.current_device()
+    torch.cuda.set_rng_state(states[min(current, len(states) - 1)], current)
+    warnings.warn(f"the checkpoint holds the CUDA random states of {len(states)} device(s), this process sees "
+                  f"{torch.cuda.device_count()}: only device {current}'s state is restored (from the saved device "
+                  f"{min(current, len(states) - 1)}), so the random draws after this resume may differ from an "
+                  "uninterrupted run's", stacklevel=2)
 
 
 def training_state(step: int, objective, optimizer, generator: torch.Generator, scaler=None, **extra) -> dict:

@@ -20,7 +20,8 @@ sync once per row), except fp16's ``GradScaler.step``, which reads its found-inf
 dynamic loss scaling; bf16 needs no scaler), and, in a multi-worker trial, the first step's gradient-norm gather and
 one sync per parameter without a gradient in :func:`~medseg_platform.engine.ddp.average_gradients`. Objectives with
 data-dependent sample sizes sync once per step by design and say so where they do (MONA/ARCO and ACTION read their
-per-class pixel counts).
+per-class pixel counts), and the released 8-bit strong view blurs with Pillow on the CPU: the images it blurs make
+a round trip (:func:`medseg_platform.data.photometric.pil_gaussian_blur`).
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ from medseg_platform.engine.loop import TrainLoop, build_trial_model, data_gener
 from medseg_platform.engine.reports import Reporter, progress_fields
 from medseg_platform.engine.training_data import TrainingData
 from medseg_platform.io import write_json_atomic
-from medseg_platform.results import CHECKPOINT_FILE, STAGE_DATA_FILE, STAGE_FINAL_FILE, dataset_identity_record, stage_folder
+from medseg_platform.results import (AMP_STAGE_REVISION, CHECKPOINT_FILE, STAGE_DATA_FILE, STAGE_FINAL_FILE, dataset_identity_record,
+                                     stage_folder)
 from medseg_platform.seeding import seed_everything
 from methods.registry import build_objective
 
@@ -40,14 +41,16 @@ STAGE_CACHE_VERSION = 3
 def stage_key(cfg: TrialConfig, index: int, subset: LabelledSubset) -> str:
     """Cache key of pretraining stage ``index``: the chain up to it, model, data, labelled patients, seed, workers and
     mixed precision (``optim.amp``, which the stage trains under; named only when it is not "off", so full-precision
-    stages keep the keys they had before it was part of the key). Not the convolution kernels: every stage runs
+    stages keep the keys they had before it was part of the key; with it
+    :data:`~medseg_platform.results.AMP_STAGE_REVISION`). Not the convolution kernels: every stage runs
     oneDNN's (docs/methods.md, 'CPU convolution kernels')."""
     data = dataclasses.asdict(cfg.data)
     for fine_tune_only in ("labelled_batch", "unlabelled_batch", "strong_mix"):
         data.pop(fine_tune_only)
     payload = {"version": STAGE_CACHE_VERSION, "stages": cfg.to_dict()["pretrain"][: index + 1], "model": dataclasses.asdict(cfg.model),
                "data": data, "labelled_patients": list(subset.patients), "labelled_slices": len(subset.labelled_slices), "seed": cfg.seed,
-               "workers": cfg.workers, **({"amp": cfg.optim.amp} if cfg.optim.amp != "off" else {})}
+               "workers": cfg.workers,
+               **({"amp": cfg.optim.amp, "amp_revision": AMP_STAGE_REVISION} if cfg.optim.amp != "off" else {})}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"stage{index}-{cfg.pretrain[index].objective}-{digest}"
 

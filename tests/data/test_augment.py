@@ -521,6 +521,7 @@ def test_the_8bit_blur_is_pillows_gaussian_blur_as_released():
         expected = Image.fromarray(levels[i, 0].numpy().astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius=float(sigma[i])))
         np.testing.assert_array_equal(out[i, 0].numpy(), np.asarray(expected).astype(np.float32))
     assert torch.equal(out[3], levels[3])  # sigma 0: not blurred
+    assert torch.equal(A.pil_gaussian_blur(levels, torch.zeros(4, dtype=torch.float64)), levels)  # none to blur: no round trip
     assert not torch.equal(out[:3], torch.floor(A.gaussian_blur(levels, sigma.float()) + 0.5)[:3])
     # the strong view's random blur fires per image and blurs the fired ones with Pillow
     fired = A.random_gaussian_blur(levels, gen(9), p=1.0, levels=255)
