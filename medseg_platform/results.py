@@ -144,11 +144,11 @@ KEY_REVISIONS = {"mona": 2, "arco": 2, "action": 2}
 #: whose mixed pseudo-label is kept, as released (``cutout`` ignores a box; the other mixes keep every pixel).
 KEY_REVISIONS_BY_MIX = {("mona", "cutout"): 3, ("arco", "cutout"): 3}
 
-#: A further revision in the key of an objective's trials under mixed precision (``optim.amp`` other than "off"); full-
-#: precision trials keep their keys. 1 (2026-12-07): MONA/ARCO's TPS warp and ISD's global logits computed in float32
-#: under autocast (they ran in the autocast dtype); ACTION's through its ISD stages. Stages under autocast get
-#: :data:`AMP_STAGE_REVISION` in their own key.
-KEY_REVISIONS_UNDER_AMP = {"mona": 1, "arco": 1, "action": 1}
+#: A further revision in the key of a trial under mixed precision (``optim.amp`` other than "off"): the highest entry
+#: of its objective and its pretraining stages' objectives; full-precision trials keep their keys. 1 (2026-12-07):
+#: MONA/ARCO's TPS warp and ISD's global logits computed in float32 under autocast (they ran in the autocast dtype),
+#: so every trial trained by or after one of them. Stages under autocast get :data:`AMP_STAGE_REVISION` in their own key.
+KEY_REVISIONS_UNDER_AMP = {"mona": 1, "arco": 1, "action": 1, "isd_pretrain": 1}
 #: The pretraining stages' counterpart of :data:`KEY_REVISIONS_UNDER_AMP` (``medseg_platform.engine.pretrain.stage_key``).
 AMP_STAGE_REVISION = 1
 
@@ -166,13 +166,20 @@ def trial_key(config: Mapping[str, Any]) -> str:
         config = {k: v for k, v in config.items() if k != "conv_kernels"}
     objective, mix = str(config.get("objective")), (config.get("data") or {}).get("strong_mix")
     revision = KEY_REVISIONS_BY_MIX.get((objective, mix), KEY_REVISIONS.get(objective))
-    amp = (config.get("optim") or {}).get("amp", "off") not in ("off", None)
-    amp_revision = KEY_REVISIONS_UNDER_AMP.get(objective) if amp else None
+    amp_revision = _amp_revision(config) if (config.get("optim") or {}).get("amp", "off") not in ("off", None) else None
     canonical = json.dumps({"config": config, **({"revision": revision} if revision else {}),
                             **({"amp_revision": amp_revision} if amp_revision else {})}, sort_keys=True, default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
     labelled = str(config.get("data", {}).get("labelled", "")).replace("%", "pct")
     return f"{config.get('objective', 'trial')}-l{labelled}-s{config.get('seed', 0)}-{digest}"
+
+
+def _amp_revision(config: Mapping[str, Any]) -> int | None:
+    """:data:`KEY_REVISIONS_UNDER_AMP`' highest entry over the trial's objective and its pretraining stages' (None: none)."""
+    stages = config.get("pretrain") or []
+    objectives = [config.get("objective"), *(stage.get("objective") for stage in stages if isinstance(stage, Mapping))]
+    revisions = [KEY_REVISIONS_UNDER_AMP[name] for name in objectives if name in KEY_REVISIONS_UNDER_AMP]
+    return max(revisions) if revisions else None
 
 
 def search_trial_key(config: Mapping[str, Any], tune_trial_id: str) -> str:

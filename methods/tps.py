@@ -180,7 +180,7 @@ def apply_warp(tensor: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear")
     """Sample ``tensor`` (B, C, H, W) at ``grid`` (B, H', W', 2): bilinear (or ``mode``), zero padding,
     ``align_corners=True`` (as released). Returns (B, C, H', W') in the tensor's dtype.
 
-    Sampled in the wider of the two dtypes (at least the grid's) with autocast off, so that a half-precision tensor
+    Sampled in the tensor's dtype, at least float32, with autocast off, so that a half-precision tensor
     (MONA's logits and masks under ``--amp``) is read at the same points as a float32 one: the grid rounded to
     bfloat16 moved them by up to half a pixel at 256 x 256, so the equivariance target sat off its input (the GPU-path
     review). A float32 or float64 tensor is sampled as before."""
@@ -189,7 +189,7 @@ def apply_warp(tensor: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear")
             f"apply_warp: need tensor (B, C, H, W) and grid (B, H', W', 2), got {tuple(tensor.shape)} and {tuple(grid.shape)} "
             f"(one grid per image, from sample_tps_grid)"
         )
-    dtype = torch.promote_types(tensor.dtype, grid.dtype)
+    dtype = torch.promote_types(tensor.dtype, torch.float32)
     with torch.autocast(tensor.device.type, enabled=False):
         sampled = F.grid_sample(tensor.to(dtype), grid.to(dtype), mode=mode, padding_mode="zeros", align_corners=True)
     return sampled.to(tensor.dtype)

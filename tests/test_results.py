@@ -149,6 +149,12 @@ def test_an_amp_revision_renames_only_the_mixed_precision_trials_of_its_objectiv
         assert after["off"] == before["off"]
         for amp in ("bf16", "fp16"):
             assert (after[amp] != before[amp]) == (objective in ("mona", "arco", "action")), (objective, amp)
+    # a baseline fine-tuned from an ISD stage (a user's chain) trained from other weights too: renamed under --amp
+    chained = {**config("supervised", "bf16"), "pretrain": [{"objective": "isd_pretrain", "max_steps": 4}]}
+    off = {**chained, "optim": {"amp": "off"}}
+    with mock.patch.dict(KEY_REVISIONS_UNDER_AMP, clear=True):
+        before, off_before = trial_key(chained), trial_key(off)
+    assert trial_key(chained) != before and trial_key(off) == off_before
 
 
 def test_a_mix_revision_renames_only_the_trials_with_that_mix():
