@@ -44,11 +44,11 @@ def _set_cuda_rng_states(states: list[torch.Tensor] | None) -> None:
     import warnings
 
     current = torch.cuda.current_device()
-    torch.cuda.set_rng_state(states[min(current, len(states) - 1)], current)
+    saved = min(current, len(states) - 1)
+    torch.cuda.set_rng_state(states[saved], current)
     warnings.warn(f"the checkpoint holds the CUDA random states of {len(states)} device(s), this process sees "
                   f"{torch.cuda.device_count()}: only device {current}'s state is restored (from the saved device "
-                  f"{min(current, len(states) - 1)}), so the random draws after this resume may differ from an "
-                  "uninterrupted run's", stacklevel=2)
+                  f"{saved}), so the random draws after this resume may differ from an uninterrupted run's", stacklevel=2)
 
 
 def training_state(step: int, objective, optimizer, generator: torch.Generator, scaler=None, **extra) -> dict:
