@@ -44,6 +44,7 @@ def main() -> None:
 
     from isd_reference import use_dense_reference
     from medseg_platform.engine import StrongAugmentAdapter
+    from medseg_platform.engine.loop import make_sgd
     from medseg_platform.profiles import PROFILES
     from medseg_platform.recipes import isd_stage, method_overrides
     from methods.objective import Batch
@@ -63,7 +64,7 @@ def main() -> None:
         if dense:
             use_dense_reference(objective.isd)
         objective.train()
-        return objective, torch.optim.SGD(objective.trainable_parameters(), lr=0.01, momentum=0.9)
+        return objective, make_sgd(objective.trainable_parameters(), 0.01, 0.9, 0.0, False)
 
     runs = {"blocked (new)": build("isd_pretrain", isd_params), "denormals kept": build("isd_pretrain", isd_params),
             "dense (reference)": build("isd_pretrain", isd_params, dense=True),

@@ -140,6 +140,7 @@ def build(method: str, profile_name: str, representation: str, device: str = "cp
 
     sys.path.insert(0, str(REPO))
     from medseg_platform.engine import StrongAugmentAdapter, logs_after
+    from medseg_platform.engine.loop import make_sgd
     from medseg_platform.engine.conv_kernels import resolve_conv_kernels
     from medseg_platform.profiles import PROFILES
     from medseg_platform.recipes import isd_stage, method_overrides, with_epoch_length
@@ -170,7 +171,7 @@ def build(method: str, profile_name: str, representation: str, device: str = "cp
     if not name.startswith("passes:"):
         objective.logged_steps = lambda step, total: logs_after(step, total, *every)
         objective.defer_logged_terms = True  # as in training (the engine's loop calls after_backward)
-    optimizer = torch.optim.SGD(objective.trainable_parameters(), lr=0.01, momentum=0.9)
+    optimizer = make_sgd(objective.trainable_parameters(), 0.01, 0.9, 0.0, False)  # the kernels training's SGD runs
     image = torch.rand(batch, 1, h, w).to(device)
     label = (image[:, 0] * 4).long().clamp(max=3)
     unlabelled = torch.rand(batch, 1, h, w).to(device)

@@ -21,6 +21,7 @@ def _run(*command: str, timeout: float = 120) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("script, flags, message", [
     ("bench_methods.py", ["--threads", "0"], "argument --threads: must be >= 1, got 0"),
     ("bench_samplers.py", ["--reps", "1"], "argument --reps: must be >= 2, got 1"),
+    ("bench_sgd.py", ["--methods", "unet"], "argument --methods: invalid choice: 'unet'"),
     ("bench_table_marker.py", ["--rows", "1"], "argument --rows: must be >= 2, got 1"),
     ("bench_augment.py", ["--batch", "0"], "argument --batch: must be >= 1, got 0"),
     ("phantom_gap.py", ["--labelled", "0"], "argument --labelled: expected 'all' or a whole number >= 1, got '0'"),

@@ -446,3 +446,27 @@ def test_a_pretraining_stage_trained_under_mixed_precision_has_its_own_cache_key
     with mock.patch.object(pretrain, "AMP_STAGE_REVISION", 0):  # the ISD logits in full precision under autocast
         earlier = stage_key(bf16, 0, subset)
     assert stage_key(bf16, 0, subset) != earlier and stage_key(cfg, 0, subset) == "stage0-isd_pretrain-06639835f3c2ff88"
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_on_the_multi_tensor_kernels_gives_the_per_tensor_loops_numbers_bit_for_bit(nesterov):
+    """make_sgd's foreach=True (every trial's and stage's SGD) against torch's per-tensor SGD: the same parameters and
+    momentum buffers over steps where one parameter has no gradient (skipped by both)."""
+    from medseg_platform.engine.loop import make_sgd
+    from methods.registry import build_model
+
+    states = []
+    for multi_tensor in (False, True):
+        torch.manual_seed(0)
+        model = build_model("unet", num_classes=4, channels=(4, 8, 16, 32, 64))
+        params = list(model.parameters())
+        optimizer = (make_sgd(params, 0.1, 0.9, 1e-4, nesterov) if multi_tensor else
+                     torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=nesterov, foreach=False))
+        assert optimizer.param_groups[0]["foreach"] is multi_tensor
+        generator = torch.Generator().manual_seed(1)
+        for step in range(4):
+            for index, p in enumerate(params):
+                p.grad = None if (index == 3 and step % 2) else torch.randn(p.shape, generator=generator)
+            optimizer.step()
+        states.append([p.detach().clone() for p in params] + [optimizer.state[p]["momentum_buffer"] for p in params])
+    assert all(torch.equal(a, b) for a, b in zip(*states))

@@ -128,11 +128,21 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
+def make_sgd(params, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> torch.optim.SGD:
+    """SGD as every fine-tuning and pretraining stage runs it (Nesterov only with momentum), on torch's multi-tensor
+    kernels (``foreach``), which torch picks by itself on CUDA only: on the CPU they give the per-tensor loop's numbers
+    bit for bit (``tests/test_engine.py``) in 0.5 instead of 0.8 ms per quick-profile step (``benchmarks/RESULTS.md``,
+    "SGD on the multi-tensor kernels"). A checkpoint keeps the setting it was written with (``load_state_dict`` restores
+    the param groups' options): the same numbers either way."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov and momentum > 0,
+                           foreach=True)
+
+
 def make_optimizer(cfg: TrialConfig, params) -> torch.optim.Optimizer:
     """The fine-tuning optimiser of ``cfg.optim`` over ``params``."""
     o = cfg.optim
     if o.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov and o.momentum > 0)
+        return make_sgd(params, o.lr, o.momentum, o.weight_decay, o.nesterov)
     return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
 
 

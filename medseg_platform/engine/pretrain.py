@@ -22,7 +22,7 @@ from medseg_platform.config import MAX_SEED, TrialConfig
 from medseg_platform.data.splits import LabelledSubset
 from medseg_platform.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from medseg_platform.engine.ddp import DistContext, agree, broadcast_state
-from medseg_platform.engine.loop import TrainLoop, build_trial_model, data_generator, logs_after
+from medseg_platform.engine.loop import TrainLoop, build_trial_model, data_generator, logs_after, make_sgd
 from medseg_platform.engine.reports import Reporter, progress_fields
 from medseg_platform.engine.training_data import TrainingData
 from medseg_platform.io import write_json_atomic
@@ -166,8 +166,7 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
         hand_off = getattr(objective, "load_student_and_teacher", None)  # as released: only the two networks carry over
         hand_off(previous["objective"]) if hand_off is not None else objective.load_state_dict(previous["objective"])
     params = list(objective.trainable_parameters())
-    optimizer = torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay,
-                                nesterov=stage.nesterov and stage.momentum > 0)
+    optimizer = make_sgd(params, stage.lr, stage.momentum, stage.weight_decay, stage.nesterov)
     stage_seed = cfg.seed + 7919 * (index + 1)
     generator = data_generator(stage_seed, dist)
     loop = TrainLoop(cfg, objective, optimizer, data, generator, device, dist, stage.max_steps, stage.labelled_batch,
