@@ -8,7 +8,7 @@ A claim (:func:`medseg_platform.claims_spec.claim`) says "row A is better than (
   and seed; a seed that only one side has is left out. For each shared seed and test case the per-case
   value of each side is the mean over the classes defined for **both** sides (the tables' "Avg" rule:
   :func:`analysis.significance.seed_averaged` on that seed's trials, then
-  :func:`analysis.significance.paired_case_values`). A (case, seed) where either side has no defined
+  :func:`analysis.significance.pair_seed_values`). A (case, seed) where either side has no defined
   value is dropped (pairwise) and counted. ``n`` = the (case, seed) pairs kept.
 * **difference**: the mean over the pairs of A - B, in points (x100: Dice points).
 * **95% CI**: ``Δ ± t · SE`` with ``SE² = var_seeds(Δ_j) / n_seeds + var_patients(Δ_p) / n_patients``, where
@@ -22,7 +22,7 @@ A claim (:func:`medseg_platform.claims_spec.claim`) says "row A is better than (
 * **seeds**: training randomness is part of every difference, and one seed cannot measure it (the interval then holds
   the test-case term only); two seeds measure it poorly. With fewer than :data:`MIN_SEEDS` seeds the verdict is
   "inconclusive at this n". Seeds only one side has are left out and named in the ``n`` cell.
-* **p**: ``table.csv``'s ``p_vs_best`` test (:func:`analysis.significance.wilcoxon_test`,
+* **p**: ``table.csv``'s ``p_vs_best`` test (:func:`analysis.significance.case_test`,
   two-sided Wilcoxon signed-rank) on the per-case values averaged over the kept seeds; "n/a" when
   fewer than :data:`~analysis.significance.MIN_PAIRS` cases differ. It treats the trained models as fixed (test
   cases are its only random unit), so it can be small while the interval, which also counts the variation
@@ -49,7 +49,7 @@ import numpy as np
 
 from analysis.health import NOT_LEARNED, record_health
 from analysis.published import published_difference
-from analysis.significance import MIN_PAIRS, TEST_NAME, confidence_interval, pair_seed_values, seed_values, wilcoxon_test
+from analysis.significance import MIN_PAIRS, TEST_NAME, case_test, confidence_interval, pair_seed_values, seed_values
 from analysis.markdown import escape_markdown
 from analysis.table_render import set_options_text
 from analysis.tables import AVG, MISSING, as_number, column_label, metric_style, row_label, trial_seed
@@ -218,8 +218,7 @@ def evaluate_claim(claim: Mapping[str, Any], records: Sequence[TrialRecord]) -> 
     scale = metric_style(metric).scale
     differences = pairs.differences * scale
     low, high = confidence_interval(differences, pairs.cases)
-    kept = ~np.all(np.isnan(differences), axis=1)  # cases with at least one kept pair (a and b are NaN together)
-    test = wilcoxon_test(np.nanmean(pairs.a[kept], axis=1), np.nanmean(pairs.b[kept], axis=1))
+    test = case_test(pairs.a, pairs.b)
     seeded = ~np.all(np.isnan(differences), axis=0)
     n_seeds, per_seed = int(np.count_nonzero(seeded)), tuple(float(v) for v in np.nanmean(differences[:, seeded], axis=0))
     # two rows none of whose trials learned compare two failures: the verdict says so (a smoke run's Δ +0.0 read as a

@@ -3,24 +3,25 @@
 **The tables' marker** (:data:`NOT_SIGNIFICANT_MARK`) follows :func:`confidence_interval`, the interval the claims use
 (docs/analysis.md, 'Significance in the tables'): the 95% interval of the cell's mean difference to the best cell,
 with the seeds both cells have and the test patients as the sources of variation. A cell is marked when the interval
-contains 0, or when none can be formed (fewer than 2 test patients, no seed in common): it is not shown to differ.
+contains 0 or lies on the better side (possible only where the two cells average different seeds, cases or classes), or when
+none can be formed (fewer than 2 test patients, no seed in common): it is not shown to be worse.
 A Wilcoxon test over cases on seed-averaged values (below), the marker's rule before, called 63-79% of the cells of
 methods as good as the best "worse" in simulated tables whose training runs spread by 2 Dice points, where the interval
 calls 10-13% (``benchmarks/bench_table_marker.py``): averaging the seeds hides the variation between training runs,
 and a patient's two frames counted as two cases. Its p is still recorded
 (``table.csv``'s ``p_vs_best``, the claims' p), read as "these trained models differ on these test cases".
 
-**The Wilcoxon test** (``p_vs_best``):
+**The Wilcoxon test** (``p_vs_best``, the claims' p: :func:`case_test`):
 
 The unit is the **test case**: both cells are evaluated on the same test cases (trials of one label
 fraction share the test split), so a case's value under one method and under the best method form a
-pair. The seeds of a cell are averaged first (per case and class, the mean over the cell's trials of the
-defined values): the same case under several seeds is one correlated observation, not several
-independent ones.
+pair. Pairs are formed per seed, over the seeds both cells have (:func:`pair_seed_values`), as for the
+interval; each case's pairs are then averaged over its seeds: the same case under several seeds is one
+correlated observation, not several independent ones.
 
-* class k: the seed-averaged per-case value of class k (``per_case.csv``); a case counts where it is
-  defined for both cells;
-* ``Avg``: per case, the mean over the classes defined for **both** cells (a method that misses a
+* class k: the per-case value of class k (``per_case.csv``, a seed's trials averaged); a (case, seed) counts
+  where it is defined for both cells;
+* ``Avg``: per case and seed, the mean over the classes defined for **both** cells (a method that misses a
   structure, whose HD95 is then undefined, is not compared on an easier subset of classes).
 
 The test is the two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, zero differences
@@ -88,16 +89,9 @@ def seed_averaged(per_case_tables: Sequence[Sequence[Mapping[str, Any]]], metric
     return {case: {cls: nan_mean(cell) for cls, cell in classes.items()} for case, classes in values.items()}
 
 
-def paired_case_values(a: Mapping[str, Mapping[int, float]], b: Mapping[str, Mapping[int, float]],
-                       cls: int | str) -> tuple[np.ndarray, np.ndarray]:
-    """The pairs of two :func:`seed_averaged` tables for class ``cls`` (an int) or the class average (a
-    str, e.g. "Avg", over the classes defined in both), in case order: two (n,) arrays."""
-    pairs = [pair for case in sorted(a.keys() & b.keys()) if (pair := _case_pair(a[case], b[case], cls)) is not None]
-    return np.asarray([x for x, _ in pairs], dtype=float), np.asarray([y for _, y in pairs], dtype=float)
-
-
 def _case_pair(a: Mapping[int, float], b: Mapping[int, float], cls: int | str) -> tuple[float, float] | None:
-    """One case's pair of :func:`paired_case_values` (its per-class values on each side), None when it has none."""
+    """One case's pair of two :func:`seed_averaged` tables for class ``cls`` (an int) or the class average (a str,
+    e.g. "Avg", over the classes defined on both sides); None when it has none."""
     if isinstance(cls, str):
         common = sorted(a.keys() & b.keys())
         return (nan_mean(a[k] for k in common), nan_mean(b[k] for k in common)) if common else None
@@ -136,6 +130,13 @@ def pair_seed_values(a: SeedValues, b: SeedValues, seeds: Sequence[Any], cls: in
             else:
                 absent += 1
     return cases, out_a, out_b, dropped, absent
+
+
+def case_test(a: np.ndarray, b: np.ndarray) -> PairedTest:
+    """:func:`wilcoxon_test` over test cases of two (cases, seeds) arrays of :func:`pair_seed_values` (NaN: a pair left
+    out, on both sides together): each case's mean over its kept seeds; cases without a kept pair are left out."""
+    kept = ~np.all(np.isnan(a - b), axis=1)
+    return wilcoxon_test(np.nanmean(a[kept], axis=1), np.nanmean(b[kept], axis=1))
 
 
 def confidence_interval(differences: np.ndarray, cases: Sequence[str],
@@ -241,9 +242,10 @@ def caption_note(any_tested: bool, any_untestable: bool, interval: bool = True) 
     seeds-and-patients interval of the difference to the best (:func:`confidence_interval`); else the Wilcoxon test
     an older ``table.csv`` recorded."""
     if interval:
-        text = (f"{NOT_SIGNIFICANT_MARK} the difference to the best of its column is not significant: its "
-                f"{CONFIDENCE:.0%} interval, over the seeds both cells have and the test patients (as the claims'; with one "
-                "seed, the test patients only), contains 0")
+        text = (f"{NOT_SIGNIFICANT_MARK} not significantly worse than the best of its column: the {CONFIDENCE:.0%} interval "
+                "of the difference, over the seeds both cells have and the test patients (as the claims'; with one seed, the "
+                "test patients only), contains 0 (or lies on the better side, which only a cell averaging other seeds, test "
+                "cases or classes than the best's can)")
         if any_untestable:
             text += "; cells with fewer than 2 test patients or no seed in common with the best are ‡ too (untested)"
         if not any_tested:

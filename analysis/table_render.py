@@ -96,7 +96,10 @@ def wide_table(df: pd.DataFrame, metric: str) -> WideTable:
         if "ci_low" in rec:  # the interval of the difference to the best (docs/analysis.md, 'Significance in the tables')
             low, high = float(rec["ci_low"]), float(rec["ci_high"])
             formed = not (math.isnan(low) or math.isnan(high))
-            similar = not formed or low <= 0.0 <= high
+            # not shown to be worse: the interval reaches 0 or the better side. It lies wholly on the better side only
+            # where the two cells average different seeds, cases or classes (a row missing a seed whose shared seeds beat
+            # the best's mean; a partial Avg), which left such a cell unmarked, as if worse (the statistics review)
+            similar = not formed or (high >= 0.0 if style.higher_is_better else low <= 0.0)
         else:  # a table.csv written before the interval: its Wilcoxon p
             p_value = float(rec.get("p_vs_best", math.nan))
             formed, similar = not math.isnan(p_value), p_value >= ALPHA
@@ -235,7 +238,7 @@ def undefined_note(table: WideTable) -> str:
     partial = sum(cell.partial for cell in table.cells.values())
     # under the "nan" policy an empty ground truth leaves every metric undefined; an empty prediction of a present
     # structure scores Dice and Jaccard 0 and leaves only the distances undefined (evaluation.metrics)
-    why = "empty ground truth" if metric_style(table.metric).scale != 1.0 else "empty prediction or empty ground truth"
+    why = "empty ground truth and prediction" if metric_style(table.metric).scale != 1.0 else "empty prediction or empty ground truth"
     return (f"{UNDEFINED_MARK} {len(marked)} of {len(table.cells)} cells include undefined per-case values ({why}), "
             f"excluded from their means: {values} value{'s' if values != 1 else ''} "
             f"over all seeds and classes."

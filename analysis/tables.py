@@ -22,9 +22,10 @@ Numbers, from the bottom up:
   each the distinct values of the cell's trials, comma-separated ("unknown" when a config lacks it).
 * **significance**: each cell is compared with the best cell (best mean) of its label fraction and
   class (:mod:`analysis.significance`): ``ci_low``/``ci_high``, the 95% seeds-and-patients interval of its mean
-  difference to the best (:func:`difference_interval`, the claims' interval), decide the marker
-  :data:`~analysis.significance.NOT_SIGNIFICANT_MARK` (interval contains 0, or cannot be formed); ``p_vs_best`` and
-  ``n_pairs``, a Wilcoxon test over test cases on the seed-averaged values, are kept beside them.
+  difference to the best (:func:`compare_to_best`, the claims' interval), decide the marker
+  :data:`~analysis.significance.NOT_SIGNIFICANT_MARK` (the cell is not shown to be worse: the interval reaches 0 or
+  the better side, or cannot be formed); ``p_vs_best`` and ``n_pairs``, the claims' Wilcoxon test over test cases on
+  the values averaged over the shared seeds, are kept beside them.
 
 Dice and Jaccard are reported in percent (x100, one decimal); HD95 and ASD keep the unit they were
 evaluated in (mm when the voxel spacing was known, voxels otherwise; two decimals), which each cell's ``unit``
@@ -53,8 +54,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.health import FLAGGED, record_health
-from analysis.significance import (SeedValues, confidence_interval, pair_seed_values, paired_case_values, seed_averaged,
-                                   seed_values, wilcoxon_test)
+from analysis.significance import PairedTest, SeedValues, case_test, confidence_interval, pair_seed_values, seed_values
 from medseg_platform.config import differing_fields
 from medseg_platform.data.layout import ACDC_CLASS_NAMES
 from medseg_platform.errors import MedsegError
@@ -82,13 +82,17 @@ class MetricStyle:
     decimals: int
     higher_is_better: bool
     unit: str
+    #: whether an undefined value can stand for a missed structure: the distances, undefined under the "nan" policy
+    #: where the prediction is empty and the ground truth is not (Dice and Jaccard score that 0 and are undefined only
+    #: where both masks are empty, docs/evaluation.md, 'Empty masks')
+    undefined_hides_misses: bool = False
 
 
 METRIC_STYLES = {
     "dice": MetricStyle("Dice (%)", 100.0, 1, True, "%"),
     "jaccard": MetricStyle("Jaccard (%)", 100.0, 1, True, "%"),
-    "hd95": MetricStyle("HD95", 1.0, 2, False, "voxels or mm as evaluated"),
-    "asd": MetricStyle("ASD", 1.0, 2, False, "voxels or mm as evaluated"),
+    "hd95": MetricStyle("HD95", 1.0, 2, False, "voxels or mm as evaluated", undefined_hides_misses=True),
+    "asd": MetricStyle("ASD", 1.0, 2, False, "voxels or mm as evaluated", undefined_hides_misses=True),
 }
 
 
@@ -267,7 +271,7 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
     (comma-separated), ``p_vs_best`` (p-value of the paired test against the best cell of the same
     column, class and metric; NaN for that best cell and for cells with too few pairs), ``n_pairs``
     (the pairs it used), ``ci_low`` and ``ci_high`` (the 95% interval of the mean difference to that best cell, in
-    display units, :func:`difference_interval`; NaN for the best cell and where none can be formed), ``row_rank`` and ``column_rank`` (0-based table positions of the method and the
+    display units, :func:`compare_to_best`; NaN for the best cell and where none can be formed), ``row_rank`` and ``column_rank`` (0-based table positions of the method and the
     label fraction, so the layout survives a CSV round trip), ``n_flagged`` (the cell's trials whose
     validation curve was flagged, :mod:`analysis.health`), ``steps``, ``patients`` and
     ``empty_policy`` (distinct fine-tuning steps, labelled patients and empty-mask policies of the cell's
@@ -304,14 +308,19 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
 def partial_averages(rows: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, str]]:
     """``(row, column, metric)`` of the cells with a defined "Avg" that leaves out, in some seed, a class that the cell's
     other seeds or another row of the same column and metric define (long-form rows: ``row``, ``column``, ``class``, ``metric``, ``mean``,
-    and ``avg_classes`` of the Avg rows where present).
+    and ``avg_classes`` of the Avg rows where present), for the metrics whose undefined values can hide a miss
+    (:attr:`MetricStyle.undefined_hides_misses`: HD95 and ASD).
 
     A method that misses a structure in every test case has no HD95 or ASD for it, and its average over the remaining
     classes is an easier number than the other rows' (a probe's method that never predicted the LV got the lowest Avg
     HD95, bold). The same holds for one seed of a cell: a seed that missed the RV averages Myo and LV only, so the
     cell's Avg mixes seeds over different classes even where every class has a value from some seed. Such a cell is
-    shown with its † but is never the best of its column (:func:`_best_means`, :func:`_add_significance`)."""
-    rows = list(rows)
+    shown with its † but is never the best of its column (:func:`_best_means`, :func:`_add_significance`).
+    A Dice or Jaccard is undefined only where the structure is absent from the ground truth and the prediction is
+    empty too: leaving it out of the Avg is no easier number, while a row that predicted the absent structure scores
+    0 there. Counting such classes made every row that predicted nothing partial and a row of false positives the
+    only one eligible, hence bold (the statistics review)."""
+    rows = [rec for rec in rows if metric_style(rec["metric"]).undefined_hides_misses]
     covered: dict[tuple[str, str, str], set[str]] = {}
     for rec in rows:
         if rec["class"] != AVG:
@@ -348,10 +357,6 @@ def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str
     partial = partial_averages(rows)
 
     @functools.lru_cache(maxsize=None)  # a cell's values, read once for every class it is compared in
-    def averaged(row: str, column: str, metric: str) -> dict[str, dict[int, float]]:
-        return seed_averaged([t.per_case for t in groups[(row, column)]], metric, as_number)
-
-    @functools.lru_cache(maxsize=None)
     def per_seed(row: str, column: str, metric: str) -> SeedValues:
         return seed_values(_by_seed(groups[(row, column)]), metric, as_number)
 
@@ -367,14 +372,11 @@ def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str
         sign = 1.0 if metric_style(metric).higher_is_better else -1.0
         best = max(candidates, key=lambda c: sign * c["mean"])
         class_key = class_ids.get(cls, cls)
-        reference = averaged(best["row"], column, metric)
         for cell in finite:
             if cell is not best:
-                values = averaged(cell["row"], column, metric)
-                test = wilcoxon_test(*paired_case_values(values, reference, class_key))
+                (cell["ci_low"], cell["ci_high"]), test = compare_to_best(per_seed(cell["row"], column, metric),
+                                                                          per_seed(best["row"], column, metric), metric, class_key)
                 cell["p_vs_best"], cell["n_pairs"] = test.p_value, test.n_pairs
-                cell["ci_low"], cell["ci_high"] = difference_interval(per_seed(cell["row"], column, metric),
-                                                                      per_seed(best["row"], column, metric), metric, class_key)
 
 
 def _by_seed(trials: Sequence[TrialRecord]) -> dict[Any, list[Sequence[Mapping[str, Any]]]]:
@@ -384,16 +386,20 @@ def _by_seed(trials: Sequence[TrialRecord]) -> dict[Any, list[Sequence[Mapping[s
     return out
 
 
-def difference_interval(ours: SeedValues, theirs: SeedValues, metric: str, class_key: int | str) -> tuple[float, float]:
-    """The 95% seeds-and-patients interval (:func:`analysis.significance.confidence_interval`, the claims' interval) of
-    a cell's mean difference to the best cell of its column, in display units (x100 for Dice), over the seeds both
-    cells have (each side's :func:`analysis.significance.seed_values`); class ``class_key`` or, for a str ("Avg"), per
-    case the classes both define. (NaN, NaN) when they share no seed or fewer than 2 test patients have a pair."""
+def compare_to_best(ours: SeedValues, theirs: SeedValues, metric: str, class_key: int | str
+                    ) -> tuple[tuple[float, float], PairedTest]:
+    """A cell against the best cell of its column, as a claim compares two rows, over the seeds both cells have (each
+    side's :func:`analysis.significance.seed_values`); class ``class_key`` or, for a str ("Avg"), per case and seed the
+    classes both define: the 95% seeds-and-patients interval of the mean difference
+    (:func:`analysis.significance.confidence_interval`) in display units (x100 for Dice), (NaN, NaN) when they share no
+    seed or fewer than 2 test patients have a pair, and the Wilcoxon test over test cases of the claims' p
+    (:func:`analysis.significance.case_test`). Until the statistics review the test averaged every seed of each cell,
+    shared or not, so a row missing a seed got another p than its claim on the same pair."""
     seeds = sorted(ours.keys() & theirs.keys())
     if not seeds:
-        return math.nan, math.nan
+        return (math.nan, math.nan), PairedTest(math.nan, 0)
     cases, a, b, _, _ = pair_seed_values(ours, theirs, seeds, class_key)
-    return confidence_interval((a - b) * metric_style(metric).scale, cases)
+    return confidence_interval((a - b) * metric_style(metric).scale, cases), case_test(a, b)
 
 
 def _cell_rows(row: str, column: str, trials: Sequence[TrialRecord], metrics: Sequence[str], classes: Sequence[int],

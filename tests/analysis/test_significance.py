@@ -48,10 +48,18 @@ def test_seeds_are_averaged_per_case_and_avg_uses_the_classes_both_cells_define(
     assert a == {"c1": {1: 15.0, 2: 5.0}}  # one observation per case: the mean over the two seeds
     b = significance.seed_averaged([rows({("c1", 1): nan, ("c1", 2): 3.0, ("c2", 1): 1.0})], "hd95", lambda v: float(v))
     assert b == {"c1": {2: 3.0}, "c2": {1: 1.0}}  # undefined values are left out
-    x, y = significance.paired_case_values(a, b, "Avg")
-    assert x.tolist() == [5.0] and y.tolist() == [3.0]  # c1 over class 2 only (class 1 undefined in b); no c2 in a
-    x, y = significance.paired_case_values(a, b, 1)
-    assert x.size == 0
+    ours, theirs = {0: (a, {"c1"}), 1: (a, {"c1"})}, {0: (b, {"c1", "c2"})}
+    cases, x, y, dropped, absent = significance.pair_seed_values(ours, theirs, [0], "Avg")
+    # c1 over class 2 only (class 1 undefined in b); c2 untested by a: absent
+    assert cases == ["c1", "c2"] and x[0].tolist() == [5.0] and y[0].tolist() == [3.0] and (dropped, absent) == (0, 1)
+    assert np.isnan(x[1]).all() and np.isnan(y[1]).all()
+    cases, x, y, dropped, absent = significance.pair_seed_values(ours, theirs, [0], 1)
+    assert np.isnan(x).all() and (dropped, absent) == (1, 1)  # c1: class 1 undefined in b
+    # the test over cases: each case's mean over its kept seeds, cases without a kept pair left out
+    x, y = np.array([[1.0, 3.0], [2.0, np.nan], [np.nan, np.nan]] + [[5.0 + k, 5.0 + k] for k in range(5)]), np.zeros((8, 2))
+    y[2] = np.nan
+    test = significance.case_test(x, y)
+    assert test.n_pairs == 7 and test.p_value == significance.wilcoxon_test(np.array([2.0, 2.0, 5, 6, 7, 8, 9]), np.zeros(7)).p_value
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +81,8 @@ def test_marker_only_where_the_difference_to_the_best_is_not_significant(df):
     assert all(c.startswith("**") and mark not in c for c in cells["MONA"][:3])
     assert all(c.endswith(mark) for c in cells["ARCO-SG"])
     assert not any(mark in c for c in cells["Mean teacher"])
-    assert "its 95% interval, over the seeds both cells have and the test patients" in md and "contains 0" in md
+    assert "not significantly worse than the best of its column: the 95% interval of the difference, over the seeds both " \
+           "cells have and the test patients" in md and "contains 0" in md
     sub = df[(df["metric"] == "dice") & (df["row"] == "Mean teacher")]
     assert (sub["ci_high"] < 0).all()  # the whole interval of MT - MONA below 0: significant
     assert (sub["p_vs_best"] < 0.05).all() and (sub["n_pairs"] == 8).all()  # the Wilcoxon p is still recorded
@@ -133,6 +142,57 @@ def test_seeds_that_disagree_leave_the_difference_not_significant_where_the_case
     assert mt["p_vs_best"] < 0.05  # every case 1 point lower, averaged over the seeds: the case test calls it
     assert mt["ci_low"] < 0 < mt["ci_high"]
     assert _cells(table_render.to_markdown(df, "dice"))["Mean teacher"][-1].endswith(significance.NOT_SIGNIFICANT_MARK)
+
+
+def test_a_cell_better_than_the_best_on_their_shared_seeds_is_not_shown_as_worse(tmp_path):
+    """The best is the best mean over each cell's own seeds; a row whose seed 3 errored can be the best while the other
+    row beats it by 4 points in both shared seeds (the statistics review: that row, interval [+2, +6], was left
+    unmarked, read as significantly worse). Its p_vs_best is the claim's p on the same pair, over the shared seeds
+    (it averaged every seed of each cell before)."""
+    from analysis.claims import evaluate_claim
+    from medseg_platform.claims_spec import claim
+
+    for seed, level in ((1, 0.80), (2, 0.82), (3, 0.50)):  # A: a weak seed 3
+        write_fake_trial(tmp_path, row="A", order=0, patients=1, seed=seed, qualitative_shift=None,
+                         dice=lambda c, k, v=level: v + 0.002 * ((int(c[7:10]) * 3 + k) % 5))
+    for seed, level in ((1, 0.76), (2, 0.78)):  # B: seed 3 missing, each shared seed 4 points below A's
+        write_fake_trial(tmp_path, row="B", order=1, patients=1, seed=seed, qualitative_shift=None,
+                         dice=lambda c, k, v=level: v + 0.002 * ((int(c[7:10]) * 7 + k) % 5))
+    records = scan_study(tmp_path)[0]
+    df = tables.build_table(records, metrics=("dice",))
+    a = df[(df["row"] == "A") & (df["class"] == "Avg")].iloc[0]
+    b = df[(df["row"] == "B") & (df["class"] == "Avg")].iloc[0]
+    assert b["mean"] > a["mean"] and math.isnan(b["ci_low"])  # B is the best (its two seeds' mean)
+    assert 0 < a["ci_low"] < 4 < a["ci_high"]  # A - B over seeds 1 and 2: about +4, wholly above 0
+    cells = _cells(table_render.to_markdown(df, "dice"))
+    assert cells["B"][-1].startswith("**") and cells["A"][-1].endswith(significance.NOT_SIGNIFICANT_MARK)
+    result = evaluate_claim(claim("A", "B", "1", "test"), records)
+    assert result.seeds == (1, 2) and a["p_vs_best"] == result.p_value and a["n_pairs"] == result.n_pairs // 2 == 8
+    # lower is better: the same rule on the other side of 0
+    frame = df[df["metric"] == "dice"].copy()
+    frame["metric"], frame["ci_low"], frame["ci_high"] = "hd95", -frame["ci_high"], -frame["ci_low"]
+    frame["mean"] = 100 - frame["mean"]
+    assert _cells(table_render.to_markdown(frame, "hd95"))["A"][-1].endswith(significance.NOT_SIGNIFICANT_MARK)
+    frame.loc[frame["row"] == "A", ["ci_low", "ci_high"]] = [0.5, 3.0]  # wholly worse: unmarked
+    assert not _cells(table_render.to_markdown(frame, "hd95"))["A"][-1].endswith(significance.NOT_SIGNIFICANT_MARK)
+
+
+def test_a_structure_absent_from_every_test_case_leaves_no_dice_average_partial(tmp_path):
+    """Under the "nan" policy a row that predicts nothing of a structure absent from every test case has no Dice for it,
+    and a row that predicts it there scores 0. That made the first row's Avg partial, never bold, and the row of false
+    positives the only one eligible, hence bold at half the other's Dice (the statistics review). Distances keep
+    the rule: their undefined values can hide a missed structure."""
+    for seed in (1, 2):
+        write_fake_trial(tmp_path, row="Good", order=0, patients=1, seed=seed, qualitative_shift=None,
+                         dice=lambda c, k, s=seed: math.nan if k == 3 else 0.8 + 0.01 * s + 0.001 * int(c[7:10]))
+        write_fake_trial(tmp_path, row="False positives", order=1, patients=1, seed=seed, qualitative_shift=None,
+                         dice=lambda c, k, s=seed: 0.0 if k == 3 else 0.6 + 0.01 * s + 0.001 * int(c[7:10]))
+    df = tables.build_table(scan_study(tmp_path)[0], metrics=("dice", "hd95"))
+    assert tables.partial_averages(df.to_dict("records")) == {("Good", "1 patient (1.4%)", "hd95")}
+    cells = _cells(table_render.to_markdown(df, "dice"))
+    assert cells["Good"][-1].startswith("**81.8") and not cells["False positives"][-1].startswith("**")
+    good = df[(df["row"] == "Good") & (df["metric"] == "dice") & (df["class"] == "Avg")].iloc[0]
+    assert math.isnan(good["ci_low"]) and good["avg_classes"] == 2  # the best, over the classes it defines
 
 
 def test_exact_enumeration_equals_scipys_permutation_test_with_ties_and_zeros():
