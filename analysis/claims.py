@@ -373,6 +373,11 @@ def claims_section(info: Mapping[str, Any], settings: Mapping[str, Any], records
     section: the studies walkthrough); a search or a ``medseg train`` folder, none."""
     results = claim_results(info, records) if results is None else results
     if not results:
+        left_out = int(info.get("claims_left_out") or 0)
+        if left_out:  # the study declares claims, but its --rows kept none of their pairs (the walkthrough)
+            return ["## Claims", "", f"None of the study's {left_out} declared claim{'s' if left_out != 1 else ''} is between two "
+                    "rows this run kept (--rows); run the study without --rows, or with both rows of a claim, to test "
+                    f"{'them' if left_out != 1 else 'it'}.", ""]
         if settings.get("script") and not info.get("search") and not info.get("claims"):
             return ["## Claims", "", "This study declares no claim of the papers to test (a study script declares them: "
                     "docs/studies.md, 'Claims').", ""]

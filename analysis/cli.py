@@ -23,6 +23,11 @@ def find_studies(results_dir: Path) -> list[Path]:
         return [results_dir]
     studies = sorted(p for p in results_dir.iterdir() if p.is_dir() and is_study_dir(p))
     if not studies:
+        from medseg_platform.results import CONFIG_FILE, TRIALS_DIR
+
+        if results_dir.parent.name == TRIALS_DIR and (results_dir / CONFIG_FILE).is_file() and is_study_dir(results_dir.parent.parent):
+            raise MedsegError(f"{results_dir}: a trial folder, not a study; its study is {results_dir.parent.parent} "
+                              f"(medseg report {results_dir.parent.parent})")  # the walkthrough
         raise MedsegError(f"{results_dir}: no study here (a study folder has study.json or trial folders in trials/; run a study script first)")
     return studies
 

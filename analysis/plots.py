@@ -683,25 +683,37 @@ def search_history(records: Sequence, samples: Sequence | None = None) -> Figure
     return fig
 
 
-def _distribution(values: Sequence[Any]):
-    """An Optuna distribution covering ``values`` (None when a parameter has a single value)."""
+def _distribution(values: Sequence[Any], domain: str | None = None):
+    """An Optuna distribution covering ``values`` (None when a parameter has a single value). ``domain``: the search
+    space's own description (``study.json``'s ``search_space``, :func:`medseg_platform.study.spec.describe_domain`),
+    whose bounds and log scale are used where it has them and covers the values; without it the scale is guessed (log
+    when the values span 100x), which took weights searched log-uniform over [0.1, 10] whose samples spanned 58x as
+    linear (the search review)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     distinct = sorted(set(values), key=str)
     if len(distinct) < 2:
         return None
+    numbers = all(_as_float(v) is not None and not isinstance(v, str) for v in distinct)
+    low, high = (min(distinct), max(distinct)) if numbers else (None, None)
+    log = numbers and low > 0 and high / low >= 100
+    bounds = re.search(r"\blower=(\S+) upper=(\S+)", domain or "")
+    if numbers and bounds and _as_float(bounds[1]) is not None and _as_float(bounds[2]) is not None:
+        lower, upper = _as_float(bounds[1]), _as_float(bounds[2])
+        if lower <= low and high <= upper:
+            low, high, log = lower, upper, "LogUniform" in domain
     if all(isinstance(v, int) and not isinstance(v, bool) for v in distinct):
-        return IntDistribution(min(distinct), max(distinct))
-    if all(_as_float(v) is not None and not isinstance(v, str) for v in distinct):
-        low, high = float(min(distinct)), float(max(distinct))
-        return FloatDistribution(low, high, log=low > 0 and high / low >= 100)
+        return IntDistribution(int(low), int(high), log=log)
+    if numbers:
+        return FloatDistribution(float(low), float(high), log=log)
     return CategoricalDistribution([str(v) for v in distinct])
 
 
-def param_importances(records: Sequence) -> Figure | Skipped:
+def param_importances(records: Sequence, search_space: Mapping[str, str] | None = None) -> Figure | Skipped:
     """Parameter importances of the searched parameters: PED-ANOVA (Optuna 5's default evaluator, named
     explicitly so the axis label stays true; fANOVA would need scikit-learn) over an in-memory Optuna study
-    rebuilt with ``optuna.trial.create_trial`` (distributions inferred from the values)."""
+    rebuilt with ``optuna.trial.create_trial`` (distributions from ``search_space``, ``study.json``'s description of
+    the domains, where it has them; else inferred from the values)."""
     trials = search_records(records)
     if len(trials) < 2:
         return Skipped(f"parameter importances: {len(trials)} completed search trial(s), need at least 2")
@@ -712,7 +724,7 @@ def param_importances(records: Sequence) -> Figure | Skipped:
         return Skipped(f"parameter importances: all {len(trials)} completed search trials scored val Dice {scores.pop():.4f}")
     params = [dict(r.result["tags"]["search"]) for r in trials]
     names = sorted({k for p in params for k in p})
-    distributions = {name: _distribution([p[name] for p in params if name in p]) for name in names}
+    distributions = {name: _distribution([p[name] for p in params if name in p], (search_space or {}).get(name)) for name in names}
     distributions = {k: d for k, d in distributions.items() if d is not None}
     if not distributions:
         return Skipped("parameter importances: every searched parameter has a single value")
@@ -774,11 +786,13 @@ def is_plot_name(name: str) -> bool:
 
 def write_plots(records: Sequence, out_dir: str | Path, df: pd.DataFrame | None = None,
                 log=print, search_samples: Sequence | None = None,
-                class_names: Mapping[int, str] | None = None) -> tuple[list[PlotFile], list[str]]:
+                class_names: Mapping[int, str] | None = None,
+                search_space: Mapping[str, str] | None = None) -> tuple[list[PlotFile], list[str]]:
     """Draw every plot that has data into ``out_dir``; returns the written plots and the skip reasons.
 
     ``df``: the long-form table (built from ``records`` when not given). ``search_samples``: a search's
     history (see :func:`search_history`). ``class_names``: label -> name (default: the records' own).
+    ``search_space``: a search's domains as ``study.json`` describes them (for :func:`param_importances`).
     Skip reasons are also passed to ``log``.
     """
     out_dir = Path(out_dir)
@@ -821,7 +835,7 @@ def write_plots(records: Sequence, out_dir: str | Path, df: pd.DataFrame | None 
                      f"{shown}), {column}",
                      lambda column=column: qualitative_overlays(records, column, class_names)))
     jobs += [("search_history.png", "Optuna search: best val Dice per trial and the running best", lambda: search_history(records, search_samples)),
-             ("param_importances.png", "Optuna search: parameter importances", lambda: param_importances(records))]
+             ("param_importances.png", "Optuna search: parameter importances", lambda: param_importances(records, search_space))]
     written, skipped = [], []
     for name, description, draw in jobs:
         fig = draw()

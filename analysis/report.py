@@ -693,7 +693,8 @@ def _write_report(study_dir: Path, log) -> StudyReport:
         # a folder of several `medseg train` runs: settings.json's overrides are only its latest run's
         recipe = "" if info.get("accumulates") else recipe_sentence(settings.get("overrides") or {})
         tables = write_tables(records, study_dir, class_names=class_names, incomplete=note, recipe=recipe, table=df) + tables
-        plots, _ = write_plots(records, study_dir / PLOTS_DIR, df=df, log=log, search_samples=samples, class_names=class_names)
+        plots, _ = write_plots(records, study_dir / PLOTS_DIR, df=df, log=log, search_samples=samples, class_names=class_names,
+                               search_space=info.get("search_space") if info.get("search") else None)
     report = study_dir / REPORT_FILE
     order = {sample.key: sample.order for sample in samples or []}
     statuses = None

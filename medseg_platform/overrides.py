@@ -102,8 +102,9 @@ def check_key(key: str, flags: Mapping[str, str] = STUDY_FLAG_KEYS, objective: s
     """A one-line :class:`ConfigError` unless ``key`` is a settable leaf of the config that no flag sets. ``objective``:
     the one objective every row trains, if so; an objective parameter that no objective has is then answered with
     that objective's parameters (close matches among every objective's would name other methods' parameters)."""
-    if key in flags:
-        raise ConfigError(f"--set {key}: set by {flags[key]}; use that instead")
+    if key in flags:  # "the flag --seed", or a reason the command has no way to set it ("not settable ...")
+        why = flags[key]
+        raise ConfigError(f"--set {key}: {why}" if why.startswith("not settable") else f"--set {key}: set by {why}; use that instead")
     if key == "pretrain" or key.startswith("pretrain.") or key.startswith("pretrain["):
         raise ConfigError(f"--set {key}: pretraining stages cannot be set from the command line (each row's 'pretrain' list "
                           f"sets them; {STAGE_REMEDY})")
@@ -382,4 +383,5 @@ def select_rows(study, names: Sequence[str]) -> None:
         raise ConfigError(f"--rows: each row once, got {', '.join(map(repr, repeated))} more than once")
     wanted = set(names)
     study.variants = [v for v in study.variants if _row_name(v) in wanted]
-    study.claims = [c for c in study.claims if c.get("a") in wanted and c.get("b") in wanted]
+    kept = [c for c in study.claims if c.get("a") in wanted and c.get("b") in wanted]
+    study.claims_left_out, study.claims = len(study.claims) - len(kept), kept

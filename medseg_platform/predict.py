@@ -1,7 +1,8 @@
 """A finished trial's selected weights applied to a dataset: ``medseg predict`` and a study's ``--test-root``.
 
-The weights are those the trial selected on val (the ``best_state`` of ``<trial>/checkpoint/checkpoint.pt``,
-:func:`medseg_platform.engine.load_selected_model`), the network is rebuilt from the trial's ``config.json``, and
+The weights are those the trial tested (``eval.selection``: the best validation's, or the final iteration's under
+``--protocol released``; the ``best_state`` of ``<trial>/checkpoint/checkpoint.pt``,
+:func:`medseg_platform.engine.load_selected_model`; ``prediction.json``'s ``best_step`` is that state's step), the network is rebuilt from the trial's ``config.json``, and
 every volume is predicted exactly as the trial's own test evaluation predicts it
 (:func:`medseg_platform.engine.predict_case`: slice-wise at the trial's patch size, its ``eval.resize`` policy), so
 a prediction of the trial's own test split scores what its ``per_case.csv`` holds.
@@ -575,13 +576,14 @@ def add_cli(subparsers) -> None:
     parser = command_parser(
         subparsers,
         "predict",
-        help="apply a finished trial's selected weights to a dataset or to NIfTI scans; one label file per case",
+        help="apply the weights a finished trial tested to a dataset or to NIfTI scans; one label file per case",
         example="medseg predict --trial results/ablation_tailness-quick/trials/KEY --data-root data/acdc --out preds "
                 "&& medseg evaluate --pred preds --gt data/acdc\n"
                 "  medseg predict --trial results/ablation_tailness-quick/trials/KEY --images scans/ new.nii.gz --out preds",
         description=(
-            "Apply a finished trial's weights selected on val (its checkpoint's best state, the network rebuilt from\n"
-            "its config.json) slice-wise to every volume of a split, exactly as the trial's test evaluation does.\n"
+            "Apply the weights a finished trial tested (the best validation's, or the final iteration's under --protocol\n"
+            "released: its eval.selection; the network rebuilt from its config.json) slice-wise to every volume of a\n"
+            "split, exactly as the trial's test evaluation does.\n"
             "Writes OUT/<case>.h5 (dataset 'pred', uint8, native size; 'medseg evaluate --pred OUT' reads it),\n"
             "OUT/nifti/<case>.nii.gz with the source affine for cases converted from NIfTI, and OUT/prediction.json.\n"
             "The dataset must have the trial's classes. Exit code 2 for bad input (unfinished trial, other classes).\n"

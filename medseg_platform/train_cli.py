@@ -31,7 +31,8 @@ from medseg_platform.errors import ConfigError, MedsegError
 
 #: Keys the flags of ``medseg train`` set -> what sets them (``--set`` on them is an error pointing there).
 TRAIN_FLAG_KEYS = {"seed": "the flag --seed", "data.labelled": "the flag --labelled", "data.root": "the flag --data-root",
-                   "workers": "a study script's --num-workers (medseg train runs one process per trial)"}
+                   "workers": "not settable in medseg train, which runs each trial in one process (data-parallel trials: "
+                              "a study script's --num-workers)"}
 _SECTIONS = ("data", "model", "optim", "eval")
 
 

@@ -3,14 +3,15 @@
 One method (``--method``, default ARCO-SAG) at 1 labelled patient (ARCO App. N searched on ACDC 1%), one
 seed, ``num_samples`` samples (``--num-samples``; smoke 3, quick 16, paper 40). Optuna's TPE proposes, ASHA
 (``Study(asha=True)``: time = reports, one per validation; grace period 1 and reduction factor 4 put its
-rungs at the 1st, 4th, 16th ... report, so quick (10 validations, every 25 steps) stops the weak samples after
-their 1st or 4th validation, at step 25 or 100, and paper (30) also after the 16th) stops the weak samples early; model selection uses the val split only. Search
+rungs at the 1st, 4th, 16th ... report, none on a sample's last validation, so quick (10 validations, every 25 steps)
+stops the weak samples after their 1st or 4th validation, at step 25 or 100, and paper (30) also after the 16th) stops
+the weak samples early; model selection uses the val split only. Search
 spaces (App. N's grids: docs/published.md, 'ARCO ablations'; released values: docs/overview.md, 'Ablation axes and
 released values'):
 
 * MONA / ARCO-SG / ARCO-SAG: ``contrast_weight`` λ1 log-uniform over [0.001, 1] (App. N's grid {0.001, 0.005,
   0.01, 0.05, 0.1, 1.0}), ``unsup_weight`` λ2 and ``eqv_weight`` (the released code's k2 L_eqv) log-uniform
-  over [0.1, 10] (App. N's λ2/λ3 grid {0.1, 0.2, 0.5, 1, 2, 10}), the pseudo-label threshold
+  over [0.1, 10] (App. N's grid {0.1, 0.2, 0.5, 1, 2, 10} for λ2 and λ3, applied here to λ2 and, in λ3's place, to k2), the pseudo-label threshold
   ``unsup_threshold`` in [0.85, 0.99] (released 0.97) and the U2PL anchor threshold ``anchor_threshold`` δ_p
   in [0.1, 0.5] (released 0.3). λ3 (``nn_weight``) is not searched: with the released
   ``nn_loss_grad="as_coded_none"`` L_nn has no gradient, so its weight changes nothing (docs/mona.md,
@@ -34,8 +35,9 @@ the best configuration is also printed. A stopped search (Ctrl-C) exits 1 and pr
 far"; rerunning the same command (with the same ``--optuna-storage``, if any) resumes it. A search cannot grow in
 place: a larger ``--num-samples`` under a new ``--name`` proposes the same first samples (Optuna's sampler is seeded with
 the study's first seed; TPE's first 10 proposals are random draws from that seed, later ones depend on the results told
-so far) and scores those this search completed from their checkpoints instead of training them (those ASHA stopped have
-no weights, and train again). See :mod:`analysis.search`.
+so far) and scores those this search completed from their checkpoints instead of training them (those ASHA stopped
+keep the checkpoint of their last validation, in their sample folder and in Tune's experiment, which nothing reuses:
+they train again). See :mod:`analysis.search`.
 
 Cost: ``quick`` 16 samples of ARCO-SAG sharing one ISD pretraining stage: 140 s measured on 2 cores, ASHA
 stopping 13 of the 16 at step 25 or 100 (``benchmarks/RESULTS.md``); about 6 minutes if none were stopped

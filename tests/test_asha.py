@@ -63,3 +63,21 @@ def test_without_a_bound_file_it_is_rays_asha(tmp_path):
     ours.on_trial_add(None, a)
     assert report(ours, a, 1, 0.5) == TrialScheduler.CONTINUE
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("validations, rungs", [(4, [1]), (10, [4, 1]), (16, [4, 1]), (30, [16, 4, 1])])
+def test_no_rung_on_the_last_validation(validations, rungs):
+    """With 4 (or 16) validations Ray's ASHA has a rung at the last one: a sample below the cutoff there was stopped
+    after training fully, before its test (the search review). Ours keeps only the rungs before the last validation."""
+    args = {**ARGS, "max_t": validations + 1}  # the validations and the final report (study.runner.tune_config)
+    ours, plain = ResumableASHA("unbound", **args), ASHAScheduler(**args)
+    assert [milestone for milestone, _ in ours._brackets[0]._rungs] == rungs
+    last = {}
+    for scheduler in (ours, plain):  # every sample scores 0.5 until its last validation, where they differ
+        for name, final in (("a", 0.9), ("b", 0.8), ("c", 0.7), ("d", 0.3)):
+            trial = SimpleNamespace(trial_id=name)
+            scheduler.on_trial_add(None, trial)
+            assert all(report(scheduler, trial, t, 0.5) == TrialScheduler.CONTINUE for t in range(1, validations))
+            last[scheduler is ours, name] = report(scheduler, trial, validations, final)
+    assert last[True, "d"] == TrialScheduler.CONTINUE  # ours: d goes on to its test
+    assert last[False, "d"] == (TrialScheduler.STOP if validations in (4, 16) else TrialScheduler.CONTINUE)  # Ray's

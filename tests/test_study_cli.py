@@ -412,6 +412,17 @@ def test_rows_keep_only_the_claims_between_kept_rows(tmp_path):
     select_rows(study, ["MONA/ARCO w/o L_contrast", "MONA"])
     assert [v.tags["row"] for v in study.variants] == ["MONA", "MONA/ARCO w/o L_contrast"]  # the study's order
     assert [(c["a"], c["b"]) for c in study.claims] == [("MONA", "MONA/ARCO w/o L_contrast")]
+    assert study.claims_left_out == 10 and study.description([])["claims_left_out"] == 10
+    # rows between which no declared claim falls: the report says so, not that the study declares none (the walkthrough)
+    from analysis.claims import claims_section
+
+    study = module.build(argparse.Namespace(results_dir=str(tmp_path)), SMOKE, SMOKE.trial)
+    select_rows(study, ["MONA"])
+    info = study.description([])
+    assert info["claims"] == [] and info["claims_left_out"] == 11
+    section = " ".join(claims_section(info, {"script": "ablation_tailness"}, []))
+    assert "None of the study's 11 declared claims is between two rows this run kept (--rows)" in section
+    assert "declares no claim" in " ".join(claims_section({"claims": []}, {"script": "ablation_tailness"}, []))
 
 
 def _resolved_configs(name: str, results: Path, monkeypatch, *extra: str) -> dict[str, dict]:

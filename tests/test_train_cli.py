@@ -85,6 +85,8 @@ def test_through_ray_the_same_configuration_gets_the_same_trial(tmp_path, phanto
     (["--config", "bad.json"], "--config {tmp}/bad.json: not valid JSON"),
     (["--config", "unknown.json"], "--config {tmp}/unknown.json: config.optim: unknown key(s) ['lrr']"),
     (["supervised", "--set", "seed=2"], "--set seed: set by the flag --seed; use that instead"),
+    (["supervised", "--set", "workers=2"], "--set workers: not settable in medseg train, which runs each trial in one process "
+     "(data-parallel trials: a study script's --num-workers)"),  # it said "use that instead" of a flag train has not
     (["--config", "workers.json"], "--config {tmp}/workers.json: workers=2; medseg train runs one worker per trial"),
     (["--config", "seed.json"], "--config {tmp}/seed.json: seed 4294967296 must be a whole number in [0, 2**32 - 1]"),
     (["--config", "study.json"], "--config {tmp}/study.json: not a trial config (give a trial's config.json"),

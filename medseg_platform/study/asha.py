@@ -35,12 +35,21 @@ def bind_state_file(experiment: str, path: Path) -> None:
 
 class ResumableASHA(AsyncHyperBandScheduler):
     """``AsyncHyperBandScheduler`` (same arguments, plus the Tune ``experiment`` name) whose rungs persist across a
-    restore; without a bound file (:func:`bind_state_file`) it is Ray's ASHA unchanged."""
+    restore (without a bound file, :func:`bind_state_file`, they live in memory only, as Ray's do).
+
+    ``max_t`` counts a sample's validations plus its final report (``medseg_platform.study.runner.tune_config``), so
+    the last validation is ``max_t - 1``. Ray's rungs are at ``grace_period * 4^k`` for k up to
+    ``int(log4(max_t / grace_period))``, so with 4, 16 or 64 validations (grace period 1) one sits on the last
+    validation; a sample stopped there had trained fully and lost only its test (the search review). Rungs at or after
+    the last validation are dropped."""
 
     def __init__(self, experiment: str, **kwargs):
         super().__init__(**kwargs)
         self._experiment = experiment
         self._state_read = False
+        last_validation = kwargs["max_t"] - 1
+        for bracket in self._brackets:
+            bracket._rungs = [(milestone, recorded) for milestone, recorded in bracket._rungs if milestone < last_validation]
 
     def __getstate__(self) -> dict:  # pickled into the experiment when it starts: a restore reads the file again
         return {**self.__dict__, "_state_read": False}
@@ -57,9 +66,9 @@ class ResumableASHA(AsyncHyperBandScheduler):
         if not saved:
             return
         for bracket, rungs in zip(self._brackets, saved.get("brackets", [])):
-            for (milestone, recorded), (saved_milestone, values) in zip(bracket._rungs, rungs):
-                if float(milestone) == float(saved_milestone):
-                    recorded.update({str(trial): float(value) for trial, value in values.items()})
+            by_milestone = {float(saved_milestone): values for saved_milestone, values in rungs}
+            for milestone, recorded in bracket._rungs:  # a rung saved by an older version and dropped here is left out
+                recorded.update({str(trial): float(value) for trial, value in by_milestone.get(float(milestone), {}).items()})
         self._num_stopped = int(saved.get("num_stopped", self._num_stopped))
 
     def _rung_records(self) -> list:

@@ -76,6 +76,7 @@ class Study:
     optuna_storage: Path | None = None  # search only: Optuna journal file the searched trials go to (optuna-dashboard PATH)
     max_retries: int = 2  # Tune retries of a trial whose worker died (infrastructure failures only; study.trainable)
     claims: Sequence[Mapping[str, Any]] = ()  # papers' claims the report tests (medseg_platform.claims_spec.claim); not in spec_hash
+    claims_left_out: int = 0  # declared claims that --rows left out (not between two kept rows); in study.json for the report
     test_root: Path | None = None  # external test set: each trial's selected weights are also scored on its test split
     # the evaluation protocol the trial configs were built with (PROTOCOLS; set by the study command's --protocol):
     # recorded in study.json for the report, not in spec_hash (the protocol's configs already differ)
@@ -261,6 +262,7 @@ class Study:
                 "num_samples": self.num_samples if self.search_space is not None else 1,
                 "metric": self.metric, "mode": self.mode, "asha": self.asha,
                 "claims": [dict(c) for c in self.claims], "protocol": self.protocol,
+                **({"claims_left_out": self.claims_left_out} if self.claims_left_out else {}),
                 **({"optuna_storage": str(self.optuna_storage) if self.optuna_storage is not None else None}
                    if self.search_space is not None else {})}
 

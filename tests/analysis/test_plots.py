@@ -229,6 +229,20 @@ def test_search_history_and_importances(tmp_path):
     assert isinstance(tied, plots.Skipped) and "all 6 completed search trials scored val Dice 0.0000" in tied.reason
 
 
+def test_importances_take_the_searched_domains_bounds_and_scale():
+    """A weight searched log-uniform over [0.1, 10] whose samples spanned 58x was taken as linear over the samples' own
+    range (the search review): the recorded domain (study.json's search_space) now sets both."""
+    samples = [0.148, 0.9, 3.1, 8.64]
+    guessed = plots._distribution(samples)
+    assert not guessed.log and (guessed.low, guessed.high) == (0.148, 8.64)
+    recorded = plots._distribution(samples, "Float lower=0.1 upper=10.0 _LogUniform[]")
+    assert recorded.log and (recorded.low, recorded.high) == (0.1, 10.0)
+    assert not plots._distribution([0.86, 0.9], "Float lower=0.85 upper=0.99 _Uniform[]").log
+    assert plots._distribution([4, 64], "Integer lower=1 upper=128 _LogUniform[]").log
+    stale = plots._distribution([0.05, 0.9], "Float lower=0.1 upper=10.0 _LogUniform[]")  # values outside: guessed
+    assert (stale.low, stale.high) == (0.05, 0.9) and not stale.log
+
+
 def test_a_search_is_plotted_over_its_samples_and_shows_its_best_sample(tmp_path):
     """The studies probe: a search's plots said "over seeds" of one seed's samples, its qualitative figure showed the
     first folder's sample as "the trial of the lowest seed", and its history's best-so-far counted stopped samples."""

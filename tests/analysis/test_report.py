@@ -85,6 +85,10 @@ def test_medseg_report_on_an_empty_or_missing_folder_is_a_clear_error(tmp_path, 
     assert "no study here" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err
+    study = make_fake_study(tmp_path / "a-study")  # a trial folder given: its study named (the walkthrough)
+    trial = next(p for p in (study / "trials").iterdir() if (p / "result.json").is_file())
+    assert main(["report", str(trial)]) == 2
+    assert f"a trial folder, not a study; its study is {study} (medseg report {study})" in capsys.readouterr().err
     notes = tmp_path / "notes"  # an empty trials/ folder is not a study: a report.md there is not replaced
     (notes / "trials").mkdir(parents=True)
     (notes / "report.md").write_text("my notes", encoding="utf-8")
