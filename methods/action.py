@@ -366,6 +366,7 @@ class ActionObjective(Objective):
     config_class = ActionConfig
     requires_unlabelled = True
     requires_strong_augment = True
+    mixes_strong_views = True
 
     def __init__(self, model: nn.Module, config: ActionConfig | None = None) -> None:
         super().__init__(model, config)

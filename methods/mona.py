@@ -407,6 +407,7 @@ class MonaObjective(Objective):
     config_class = MonaConfig
     requires_unlabelled = True
     requires_strong_augment = True
+    mixes_strong_views = True
 
     def __init__(self, model: nn.Module, config: MonaConfig | None = None) -> None:
         super().__init__(model, config)

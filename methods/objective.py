@@ -152,12 +152,15 @@ class Objective(nn.Module):
         config_class: the frozen config dataclass (validated in its ``__post_init__``).
         requires_unlabelled: the engine must fill ``Batch.unlabelled_image``.
         requires_strong_augment: the engine must fill ``Batch.strong_augment``.
+        mixes_strong_views: its strong views go through ``StrongAugment.mix``, whose kind is ``data.strong_mix`` (ISD
+            pretraining's views do not): the setting then changes what a pretraining stage of it trains.
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type]
     requires_unlabelled: ClassVar[bool] = False
     requires_strong_augment: ClassVar[bool] = False
+    mixes_strong_views: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, config: Any = None) -> None:
         super().__init__()

@@ -446,6 +446,12 @@ def test_a_pretraining_stage_trained_under_mixed_precision_has_its_own_cache_key
     with mock.patch.object(pretrain, "AMP_STAGE_REVISION", 0):  # the ISD logits in full precision under autocast
         earlier = stage_key(bf16, 0, subset)
     assert stage_key(bf16, 0, subset) != earlier and stage_key(cfg, 0, subset) == "stage0-isd_pretrain-06639835f3c2ff88"
+    # the engine review: data.strong_mix changes a stage that mixes strong views, and threads any stage; ISD's views never
+    # read strong_mix, and one thread keeps the pinned key
+    assert stage_key(cfg.replace(**{"data.strong_mix": "cutout"}), 0, subset) == stage_key(cfg, 0, subset)
+    assert stage_key(cfg.replace(threads=2), 0, subset) != stage_key(cfg, 0, subset)
+    mona_stage = cfg.replace(pretrain=[{**cfg.to_dict()["pretrain"][0], "objective": "mona", "objective_params": {}}])
+    assert stage_key(mona_stage.replace(**{"data.strong_mix": "cutout"}), 0, subset) != stage_key(mona_stage, 0, subset)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -470,3 +476,32 @@ def test_sgd_on_the_multi_tensor_kernels_gives_the_per_tensor_loops_numbers_bit_
             optimizer.step()
         states.append([p.detach().clone() for p in params] + [optimizer.state[p]["momentum_buffer"] for p in params])
     assert all(torch.equal(a, b) for a, b in zip(*states))
+
+
+def test_a_checkpoint_of_other_data_is_not_resumed(tiny_root, tmp_path):
+    """A trial stopped after its checkpoint, its dataset then converted again into the same folder: the rerun resumed on
+    the new data and recorded only that (the engine review). It now refuses, naming what changed."""
+    from medseg_platform.engine.checkpoint import TRAINED_ON, check_trained_on, load_checkpoint, trained_on
+    from medseg_platform.errors import MedsegError
+
+    cfg = small_cfg(tiny_root, objective="supervised")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_first_checkpoint(metrics, ckpt):
+        if ckpt is not None:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_trial(cfg, tmp_path / "t", report=stop_at_first_checkpoint, log=quiet)
+    state = load_checkpoint(tmp_path / "t" / "checkpoint" / "checkpoint.pt")
+    assert state[TRAINED_ON]["labelled_patients"] and state[TRAINED_ON]["data_identity"]
+    test_list = tiny_root / "test.list"  # the lists are part of the identity: one case fewer is another dataset
+    test_list.write_text("".join(test_list.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(MedsegError, match="its steps trained on another version of its dataset .*resuming would mix two datasets"):
+        train_trial(cfg, tmp_path / "t", log=quiet)
+    other = {**state[TRAINED_ON], "labelled_patients": ["patient999"]}
+    with pytest.raises(MedsegError, match=r"labelled patients patient999 \(now "):
+        check_trained_on({TRAINED_ON: other}, trained_on(cfg, state[TRAINED_ON]["labelled_patients"]), Path("c.pt"), Path("t"))
+    check_trained_on({}, {"labelled_patients": []}, Path("c.pt"), Path("t"))  # a checkpoint from before: resumed

@@ -59,6 +59,34 @@ def training_state(step: int, objective, optimizer, generator: torch.Generator, 
             "grad_scaler": scaler.state_dict() if scaler is not None else None, **extra}
 
 
+#: The ``training_state`` entry that records what a checkpoint's steps trained on (:func:`trained_on`).
+TRAINED_ON = "trained_on"
+
+
+def trained_on(cfg: TrialConfig, patients) -> dict:
+    """What a checkpoint's steps trained on: the labelled patients (``LabelledSubset.patients``) and the dataset's
+    identity (:func:`medseg_platform.results.dataset_identity_record`; none for a folder that is gone)."""
+    from medseg_platform.results import dataset_identity_record
+
+    return {"labelled_patients": [str(p) for p in patients], **dataset_identity_record(cfg.to_dict())}
+
+
+def check_trained_on(state: dict, now: dict, path: Path, folder: Path) -> None:
+    """A one-line :class:`MedsegError` when a checkpoint about to be resumed trained on other data than the run would
+    continue on (:func:`trained_on`: the dataset converted again into its folder, another labelled subset): the resumed
+    steps would mix two datasets, and the result would record only the second (the engine review). A checkpoint
+    written before this was recorded passes."""
+    saved = state.get(TRAINED_ON)
+    if saved is None or saved == now:
+        return
+    if saved.get("labelled_patients") != now.get("labelled_patients"):
+        what = f"labelled patients {', '.join(saved.get('labelled_patients') or [])} (now {', '.join(now.get('labelled_patients') or [])})"
+    else:
+        what = "another version of its dataset (its files' checksums, or lists and sizes, differ: converted or generated again)"
+    raise MedsegError(f"{path}: its steps trained on {what}; resuming would mix two datasets. Restore the data it trained on, "
+                      f"or remove {folder} to train it again from the start")
+
+
 def restore_training_state(state: dict, objective, optimizer, generator: torch.Generator, seed: int,
                            dist: DistContext | None, scaler=None) -> int:
     """Load a :func:`training_state` (``seed``: the generator's seed before the rank offset); returns its step."""

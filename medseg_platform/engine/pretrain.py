@@ -20,7 +20,8 @@ import torch
 
 from medseg_platform.config import MAX_SEED, TrialConfig
 from medseg_platform.data.splits import LabelledSubset
-from medseg_platform.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
+from medseg_platform.engine.checkpoint import (TRAINED_ON, check_trained_on, load_checkpoint, restore_training_state, save_checkpoint,
+                                               trained_on, training_state)
 from medseg_platform.engine.ddp import DistContext, agree, broadcast_state
 from medseg_platform.engine.loop import TrainLoop, build_trial_model, data_generator, logs_after, make_sgd
 from medseg_platform.engine.reports import Reporter, progress_fields
@@ -42,14 +43,23 @@ def stage_key(cfg: TrialConfig, index: int, subset: LabelledSubset) -> str:
     """Cache key of pretraining stage ``index``: the chain up to it, model, data, labelled patients, seed, workers and
     mixed precision (``optim.amp``, which the stage trains under; named only when it is not "off", so full-precision
     stages keep the keys they had before it was part of the key; with it
-    :data:`~medseg_platform.results.AMP_STAGE_REVISION`). Not the convolution kernels: every stage runs
-    oneDNN's (docs/methods.md, 'CPU convolution kernels')."""
+    :data:`~medseg_platform.results.AMP_STAGE_REVISION`). ``data.strong_mix`` only where a stage of the chain mixes
+    strong views (``mixes_strong_views``: a MONA/ARCO/ACTION stage; ISD's views never read it), and ``threads`` only
+    when not 1 (ISD flushes denormals on one thread only, and the reductions split differently): both left the keys of
+    stages they change the weights of equal (the engine review), and named only where they matter, the recipes' ISD
+    stages at one thread keep their keys. Not the convolution kernels: every stage runs oneDNN's (docs/methods.md,
+    'CPU convolution kernels')."""
+    from methods.registry import OBJECTIVES
+
+    chain = cfg.pretrain[: index + 1]
     data = dataclasses.asdict(cfg.data)
-    for fine_tune_only in ("labelled_batch", "unlabelled_batch", "strong_mix"):
+    for fine_tune_only in ("labelled_batch", "unlabelled_batch"):
         data.pop(fine_tune_only)
+    if not any(getattr(OBJECTIVES.get(stage.objective), "mixes_strong_views", False) for stage in chain):
+        data.pop("strong_mix")
     payload = {"version": STAGE_CACHE_VERSION, "stages": cfg.to_dict()["pretrain"][: index + 1], "model": dataclasses.asdict(cfg.model),
                "data": data, "labelled_patients": list(subset.patients), "labelled_slices": len(subset.labelled_slices), "seed": cfg.seed,
-               "workers": cfg.workers,
+               "workers": cfg.workers, **({"threads": cfg.threads} if cfg.threads != 1 else {}),
                **({"amp": cfg.optim.amp, "amp_revision": AMP_STAGE_REVISION} if cfg.optim.amp != "off" else {})}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"stage{index}-{cfg.pretrain[index].objective}-{digest}"
@@ -175,8 +185,10 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
     objective.logged_steps = lambda step, max_steps: logs_after(step, max_steps, *row_every)
     ckpt_path = folder / CHECKPOINT_FILE
     start, curves = 0, []
+    data_record = trained_on(cfg, data.subset.patients)  # in every checkpoint of the stage; a resume checks it
     if agree(ckpt_path.is_file(), dist, device):
         state = load_checkpoint(ckpt_path)
+        check_trained_on(state, data_record, ckpt_path, folder)
         start = restore_training_state(state, objective, optimizer, generator, stage_seed, dist, scaler=loop.scaler)
         curves = list(state["curves"])
         log(f"pretraining stage {index}: resumed at step {start}")
@@ -191,7 +203,8 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
             if report is not None:
                 report(_stage_progress(cfg, index, step + 1, curves[-1]["loss"], curves[-1]["steps_per_s"]), None)
         if main and ((step + 1) % stage.checkpoint_every == 0 and not done):
-            save_checkpoint(ckpt_path, training_state(step + 1, objective, optimizer, generator, scaler=loop.scaler, curves=curves))
+            save_checkpoint(ckpt_path, training_state(step + 1, objective, optimizer, generator, scaler=loop.scaler, curves=curves,
+                                                      **{TRAINED_ON: data_record}))
     if dist is not None:
         broadcast_state(objective)
     final = {"objective": objective.state_dict(), "student": objective.eval_model().state_dict(), "curves": curves,

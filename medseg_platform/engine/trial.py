@@ -24,7 +24,8 @@ import torch
 from medseg_platform.config import TrialConfig
 from medseg_platform.data.splits import LabelledSubset, epoch_steps
 from medseg_platform.engine.conv_kernels import set_conv_kernels, trial_conv_kernels, using_conv_kernels
-from medseg_platform.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
+from medseg_platform.engine.checkpoint import (TRAINED_ON, check_trained_on, load_checkpoint, restore_training_state, save_checkpoint,
+                                               trained_on, training_state)
 from medseg_platform.engine.ddp import DistContext, agree, broadcast_state, replica_max_difference
 from medseg_platform.engine.evaluate import QualitativeSlices, evaluate_volumes, validation_dice
 from medseg_platform.engine.loop import TrainLoop, build_trial_model, make_optimizer, autocast_dtype, data_generator, logs_after, pick_device
@@ -160,8 +161,10 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
     start_step, best = 0, {"step": -1, "val_dice": -math.inf, "state": None}
     curves: list[dict] = []
     val_curve: list[dict] = []
+    data_record = trained_on(cfg, data.subset.patients)  # in every checkpoint; a resume checks it
     if resuming:
         state = load_checkpoint(ckpt_path)
+        check_trained_on(state, data_record, ckpt_path, trial_dir)
         start_step = restore_training_state(state, objective, optimizer, generator, cfg.seed, dist, scaler=loop.scaler)
         best = {"step": int(state["best_step"]), "val_dice": float(state["best_val_dice"]), "state": state["best_state"]}
         curves, val_curve = list(state["curves"]), list(state["val_curve"])
@@ -206,7 +209,7 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
         t0 = time.perf_counter()
         save_checkpoint(ckpt_path, training_state(step + 1, objective, optimizer, generator, scaler=loop.scaler, best_step=best["step"],
                                                   best_val_dice=best["val_dice"], best_state=best["state"],
-                                                  curves=curves, val_curve=val_curve))
+                                                  curves=curves, val_curve=val_curve, **{TRAINED_ON: data_record}))
         timing["checkpoint_s"] += time.perf_counter() - t0
         log(f"step {step + 1}/{o.max_steps}: loss {curves[-1]['loss']:.4f}, val Dice {val_dice:.4f} (selected {best['val_dice']:.4f} @ {best['step']})")
         if report is not None:
