@@ -61,6 +61,7 @@ class StudyReport:
     problems: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # trial keys of study.json without a result
     claims: str = ""  # the claims' verdicts in one line (analysis.claims.verdict_counts); "" without claims
+    unfinished: bool = False  # a search with samples still to end: its command's rerun finishes it (exit code 1)
 
     @property
     def paths(self) -> list[Path]:
@@ -666,7 +667,7 @@ def _write_report(study_dir: Path, log) -> StudyReport:
     last_run = _read_json(study_dir / LAST_RUN_FILE)
     tables: list[Path] = []
     plots: list[PlotFile] = []
-    samples, search_problem = None, []
+    samples, search_problem, unfinished = None, [], ""
     if info.get("search"):
         from analysis.search import missing_results, unfinished_search, write_search_summary
 
@@ -707,7 +708,8 @@ def _write_report(study_dir: Path, log) -> StudyReport:
                                             claims))
     if folder_holder(study_dir) is None:  # a running study writes its own report at its end: nothing of it is removed now
         remove_stale_outputs(study_dir, tables, [p.path for p in plots])
-    return StudyReport(study_dir, report, tables, [p.path for p in plots], records, problems, missing, verdict_counts(claims))
+    return StudyReport(study_dir, report, tables, [p.path for p in plots], records, problems, missing, verdict_counts(claims),
+                       unfinished=bool(unfinished))
 
 
 def print_report(report: StudyReport, file=None) -> str:

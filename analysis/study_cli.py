@@ -129,7 +129,9 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
         # the study's run alone read as the command's time: the phantom's generation and the report were left out
         print(f"wall time {run.timing['total_s']:.1f} s for the trials{rebuilt}, {time.perf_counter() - started:.1f} s for the "
               f"command; results in {run.study_dir}")
-        return 0 if report.records and not report.missing and not run.stopped else 1
+        # a search whose samples have not all ended says "rerun to finish it" (a sample's killed worker): exit 1 as a
+        # grid study with a trial left does (the runner review: it exited 0)
+        return 0 if report.records and not report.missing and not report.unfinished and not run.stopped else 1
     except MedsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -211,7 +211,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
         planned.append((tags.get("order", math.inf), index, PlannedTrial(str(tags.get("row", cfg.objective)), cfg.data.labelled,
                                                                            cfg.seed, trial["key"], status, runs, resume_from)))
     rows = tuple(p for _, _, p in sorted(planned, key=lambda item: item[:2]))  # the study's row order
-    slots, slots_source = trial_slots(study, cpus)
+    slots, slots_source = trial_slots(_with_kept_limits(study, trials), cpus)
     if unit is None:
         first = next((trial for trial, (_, _, p) in zip(trials, planned) if p.runs), None)
         unit = measure_unit_seconds(first["config"], "cuda" if study.gpus_per_trial > 0 else "cpu") if first else \
@@ -220,6 +220,13 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
         if first and min(slots, running) > 1 and study.gpus_per_trial == 0 and not (study.address or os.environ.get("RAY_ADDRESS")):
             unit = UnitSeconds(unit.seconds * SHARED_CORES_SLOWDOWN,
                                f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores", unit.device)
+            # more trial threads than cores (--cpus-per-trial below the threads a trial runs): each runs that much
+            # slower; the runner review measured 4 trials "at once" on 2 cores at 40 s where this said 30 s
+            threads = min(slots, running) * max(int(trial["config"].get("threads", 1)) for trial in trials) * study.num_workers
+            cores = cpus or available_cpus()
+            if threads > cores:
+                unit = UnitSeconds(unit.seconds * threads / cores, f"{unit.source}, x{threads / cores:g} for {threads} trial "
+                                   f"threads on {cores} cores", unit.device)
     return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit, ended,
                      WORKER_GROUP_S if study.num_workers > 1 else 0.0, tuple(unpriced), study.gpus_per_trial > 0,
                      *((0, ()) if search else _left_out(study_dir / TRIALS_DIR, trials, trial_finished)), tuple(warnings),
@@ -270,6 +277,26 @@ def _left_out(trials_dir: Path, trials: list[dict], finished) -> tuple[int, tupl
 def _subset(cfg: TrialConfig, cache: dict):
     """The trial's labelled subset (what the engine's stage keys hash), one dataset list read per root."""
     return labelled_subset(cfg, cache)
+
+
+def _with_kept_limits(study, trials: list[dict]):
+    """``study``, or a copy with the ``--max-concurrent`` its Tune experiment was started with where a rerun would restore
+    that experiment, which keeps it (``medseg_platform.study.runner.note_kept_limits``; the runner review: the dry run
+    said 2 trials at once where the rerun ran 1)."""
+    import copy
+
+    from medseg_platform.io import read_json_object
+    from medseg_platform.results import tune_storage
+    from medseg_platform.study.runner import LIMITS_SUFFIX
+
+    name = f"{study.name}-{study.spec_hash(trials)}"
+    storage = tune_storage(study.study_dir)
+    started = read_json_object(storage / f"{name}{LIMITS_SUFFIX}") if (storage / name).is_dir() else None
+    if not started or "max_concurrent" not in started or started["max_concurrent"] == study.max_concurrent:
+        return study
+    kept = copy.copy(study)
+    kept.max_concurrent = started["max_concurrent"]
+    return kept
 
 
 def available_cpus() -> int:

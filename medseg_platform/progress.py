@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from ray.tune import Callback
@@ -50,9 +51,13 @@ class ProgressCallback(Callback):
     """
 
     def __init__(self, plans: Sequence[TrialPlan], clock: Callable[[], float] = time.monotonic, heartbeat_s: float = HEARTBEAT_S,
-                 study_dir: str | None = None):
+                 study_dir: str | None = None, stage_folders: Mapping[str, str] | None = None):
         self.plans = list(plans)
         self.study_dir = study_dir  # where the trial folders are: a start line names the checkpoint a trial resumes from
+        # a plan stage's identity -> its folder in the pretraining cache (medseg_platform.engine.stage_key): a stage whose
+        # final weights are there costs nothing (read at every setup, so a restored experiment sees what its interrupted
+        # run trained; the runner review: they were charged to the trials sharing them, the ETA up to 5x too high)
+        self.stage_folders = dict(stage_folders or {})
         self.total = len(self.plans)
         self.clock = clock  # tests pass a fake clock
         self.heartbeat_s = heartbeat_s
@@ -68,7 +73,18 @@ class ProgressCallback(Callback):
         self.step_s: dict[str, float] = {}  # objective -> seconds per step, last reported
         self.trained: dict[str, set[str]] = {}  # trial id -> stages it reported training
         self.stage_trainer: dict[str, int] = {}  # stage -> plan index of the trial that last reported training it
-        self.stage_done = {stage.stage for plan in self.plans if plan.existed for stage in plan.stages}  # cached: its trial finished
+        self.stage_done = {stage.stage for plan in self.plans if plan.existed for stage in plan.stages} | self._cached_stages()
+        self.resumed_from: dict[str, int] = {}  # trial id -> the fine-tuning step it resumed at in this run
+
+    def _cached_stages(self) -> set[str]:
+        """The plan stages whose final weights are in the study's pretraining cache (``stage_folders``)."""
+        folders = getattr(self, "stage_folders", None)  # absent from a callback pickled by an older version
+        if not folders or getattr(self, "study_dir", None) is None:
+            return set()
+        from medseg_platform.results import STAGE_FINAL_FILE, pretrain_cache_dir, stage_folder
+
+        cache = pretrain_cache_dir(Path(self.study_dir))
+        return {stage for stage, key in folders.items() if (stage_folder(cache, key) / STAGE_FINAL_FILE).is_file()}
 
     # -- formatting and estimates (no Ray needed: tests pass objects with trial_id, status, config, last_result) ----------
     @staticmethod
@@ -165,7 +181,11 @@ class ProgressCallback(Callback):
         """The cost units a trial that ran to its end spent: the stages it reported training, and its fine-tuning
         and evaluations up to its last reported step (all of them, but for a trial ASHA stopped early)."""
         at = self.progress.get(trial_id) or {}
-        share = int(at.get("phase_step") or 0) / max(1, plan.fine_tuning.steps) if at.get("phase") == "fine-tuning" else 1.0
+        steps = max(1, plan.fine_tuning.steps)
+        reached = int(at.get("phase_step") or 0) if at.get("phase") == "fine-tuning" else steps
+        # a resumed trial spent this run's seconds on the steps after its checkpoint only (the runner review: crediting
+        # all of them made the seconds per unit, hence the ETA, several times too low)
+        share = max(0, reached - getattr(self, "resumed_from", {}).get(trial_id, 0)) / steps
         trained = self.trained.get(trial_id, set())
         return (sum(stage.units for stage in plan.stages if stage.stage in trained)
                 + min(1.0, share) * (plan.fine_tuning.units + plan.evaluations * EVALUATION_COST))
@@ -274,6 +294,8 @@ class ProgressCallback(Callback):
             except Exception:  # noqa: BLE001 - a sample the trainable will refuse: it says why; no resume to tell
                 return ""
         point = resume_point(trial_folder(self.study_dir, key))
+        if hasattr(self, "resumed_from"):  # at its first start in this run; a retry's checkpoint is this run's work
+            self.resumed_from.setdefault(trial.trial_id, int(point[0]) if point else 0)
         return f", resuming at step {point[0]}/{self.plans[i].fine_tuning.steps}" if point else ""
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -369,3 +369,46 @@ def test_a_search_sample_started_from_its_checkpoint_says_where_it_resumes(tmp_p
     err = capsys.readouterr().err
     assert "] started sample id-resumed, resuming at step 24/60 (0 finished, " in err, err
     assert "] started sample id-fresh (0 finished, " in err
+
+
+def test_a_resumed_trial_is_credited_with_the_steps_of_this_run_only(tmp_path):
+    """A trial resumed at step 500 of 600 and finished in 100 s was credited with all 600 steps: the seconds per unit,
+    hence every estimate priced with it, came out 6x too low (the runner review)."""
+    import torch
+
+    from medseg_platform.results import checkpoint_path, trial_folder
+
+    now = [0.0]
+    plans = [trial_plan(config(steps=600, val_every=600), "resumed"), trial_plan(config("action", steps=600), "next")]
+    path = checkpoint_path(trial_folder(tmp_path, "resumed"))
+    path.parent.mkdir(parents=True)
+    torch.save({"step": 500, "val_curve": []}, path)
+    callback = ProgressCallback(plans, clock=lambda: now[0], study_dir=str(tmp_path))
+    resumed, following = trials = [fake_trial("resumed"), fake_trial("next")]
+    start(callback, trials, resumed)
+    callback.on_trial_result(0, trials, resumed, progress("fine-tuning", 600, 600, 1.0, "supervised", evaluations=1))
+    now[0] = 100.0
+    finish(callback, trials, resumed)
+    (seconds, units), = callback.finished_work
+    evaluations = plans[0].evaluations * progress_module.EVALUATION_COST
+    assert seconds == 100.0 and math.isclose(units, (100 / 600) * (600 + evaluations))  # not 600 + evaluations
+
+
+def test_a_stage_in_the_pretraining_cache_costs_nothing_from_the_start(tmp_path):
+    """Stages an interrupted run (or another study) left in the pretraining cache were charged to the trials sharing
+    them until one reported it cached: the restored run's ETA was up to 5x too high (the runner review)."""
+    from medseg_platform.results import STAGE_FINAL_FILE, pretrain_cache_dir
+
+    plans = [trial_plan(config("mona", pretrain=[ISD]), "m1")]
+    identity = plans[0].stages[0].stage
+    folder = pretrain_cache_dir(tmp_path) / "stage0-isd_pretrain-0123456789abcdef"
+    cold = ProgressCallback(plans, clock=lambda: 0.0, study_dir=str(tmp_path), stage_folders={identity: folder.name})
+    assert cold.stage_done == set()
+    folder.mkdir(parents=True)
+    (folder / STAGE_FINAL_FILE).write_bytes(b"")
+    cold.setup()  # Tune calls it again when it restores the experiment (the callback comes back unpickled)
+    assert cold.stage_done == {identity}
+    unaware = ProgressCallback(plans, clock=lambda: 0.0, study_dir=str(tmp_path))  # as before: the stage charged
+    evaluations = plans[0].evaluations * progress_module.EVALUATION_COST
+    assert cold._remaining_s(0, {}, 1.0) == 100 * HAND_PRIORS["mona"] + evaluations
+    assert unaware._remaining_s(0, {}, 1.0) == ISD["max_steps"] * HAND_PRIORS["isd_pretrain"] + 100 * HAND_PRIORS["mona"] + evaluations

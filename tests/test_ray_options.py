@@ -276,6 +276,31 @@ def test_an_errored_sample_is_an_optuna_failure_without_the_nan_warning(caplog):
     assert not [r for r in caplog.records if "nan" in r.getMessage().lower()]
 
 
+def test_a_resumed_sample_the_searcher_had_ended_tells_its_value_quietly(caplog):
+    """A sample whose worker was killed ends in Optuna as FAIL; a rerun can resume it (the experiment was stopped before
+    Tune saved the error). Ray's searcher then logged each of its reports with the whole result and dropped its value
+    (the runner review); its value is now added as a finished Optuna trial of the same parameters."""
+    import logging
+
+    import optuna
+    from ray import tune
+
+    from medseg_platform.study.tpe import TPESearch
+
+    search = TPESearch(space={"lr": tune.uniform(0.0, 1.0)}, metric="val_dice", mode="max", seed=1)
+    search.suggest("killed")
+    search.on_trial_complete("killed", None, error=True)
+    with caplog.at_level(logging.WARNING):
+        search.on_trial_result("killed", {"val_dice": 0.3, "training_iteration": 2})
+        search.on_trial_complete("killed", {"val_dice": 0.6})
+    trials = search._ot_study.trials  # noqa: SLF001
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert trials[1].value == 0.6 and trials[1].params == trials[0].params
+    assert not [r for r in caplog.records if "Received additional" in r.getMessage()]
+    search.on_trial_complete("killed", {"val_dice": float("nan")})  # nothing to tell: no new trial
+    assert len(search._ot_study.trials) == 2  # noqa: SLF001
+
+
 def test_an_optuna_storage_that_is_no_journal_or_lies_below_a_file_is_refused(tiny_root, tmp_path):
     from ray import tune
 

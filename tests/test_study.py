@@ -411,6 +411,12 @@ def test_more_threads_than_reserved_cpus_is_a_warning(tmp_path, capsys):
     study.cpus_per_trial = 4.0
     warn_oversubscribed_threads(study, trials)
     assert capsys.readouterr().err == ""
+    # half a CPU per one-thread trial: "--set threads=1 to match" changed nothing (the runner review)
+    study.cpus_per_trial = 0.5
+    warn_oversubscribed_threads(study, [{"config": {"threads": 1}}])
+    err = capsys.readouterr().err
+    assert "compute with 1 torch thread each but reserve 0.5 CPU(s)" in err and "pass --cpus-per-trial 1" in err
+    assert "threads=" not in err
 
 
 def test_more_gpus_than_a_one_worker_trial_uses_is_a_warning(tmp_path, capsys):
@@ -568,3 +574,26 @@ def test_a_study_that_starts_its_own_ray_gives_back_the_callers_sigterm_handler(
     proc = subprocess.run([sys.executable, "-c", _RUN_AND_READ_SIGTERM, str(tiny_root), str(tmp_path / "r")], capture_output=True,
                           text=True, timeout=300, env=env, cwd=REPO)
     assert proc.stdout.strip().splitlines()[-1] == "handler True caught True", (proc.stdout[-500:], proc.stderr[-1500:])
+
+
+def test_a_trial_tune_ended_as_errored_without_an_error_file_gets_one_of_this_run(tmp_path):
+    """A worker killed on its last retry writes no error.json: after a restored run, the runner took such a trial for one
+    lost earlier and started it again in a new experiment with retries of its own, beyond --max-retries (the runner
+    review). The driver now writes the error of this run from Tune's result; a trial with its own error file keeps it."""
+    from types import SimpleNamespace
+
+    from medseg_platform.results import ERROR_FILE, errored_in_run, trial_folder, write_trial_error
+    from medseg_platform.study.runner import record_lost_workers
+
+    trials = {key: {"key": key, "config": {"objective": "supervised", "seed": 1}, "tags": {"row": "S"}} for key in ("a", "b", "c")}
+    write_trial_error(trial_folder(tmp_path, "b"), config={}, tags={}, seed=1, error="MedsegError: NaN", kind="application", run="r1")
+    results = [SimpleNamespace(config={"trial": {"key": "a"}}, error=RuntimeError("The actor died unexpectedly\nmore")),
+               SimpleNamespace(config={"trial": {"key": "b"}}, error=RuntimeError("wrapped")),
+               SimpleNamespace(config={"trial": {"key": "c"}}, error=None)]
+    record_lost_workers(results, trials, tmp_path, "r1")
+    written = json.loads((trial_folder(tmp_path, "a") / ERROR_FILE).read_text())
+    assert written["error"] == "RuntimeError: The actor died unexpectedly" and written["kind"] == "infrastructure"
+    assert errored_in_run(trial_folder(tmp_path, "a"), "r1") and written["tags"] == {"row": "S"}
+    assert json.loads((trial_folder(tmp_path, "b") / ERROR_FILE).read_text())["error"] == "MedsegError: NaN"  # its own
+    assert not (trial_folder(tmp_path, "c") / ERROR_FILE).exists()
+    record_lost_workers(None, trials, tmp_path, "r2")  # a stop raised as KeyboardInterrupt: no ResultGrid

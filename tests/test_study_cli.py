@@ -258,6 +258,29 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch
     assert f"each run with {WORKER_GROUP_S:.0f} s of Ray Train worker-group start and teardown" in format_plan(workers)
     scoring = dataclasses.replace(workers.trials[0], status=TO_SCORE, runs=(7.0,))  # scored on --test-root: no worker group
     assert dataclasses.replace(workers, trials=(scoring,)).wall_s == pytest.approx(0.07)
+    # the unit measured alone: x1.4 for trials sharing the cores, and more where more trial threads than cores run (the
+    # runner review: --cpus-per-trial 0.5 on 2 cores said 4 trials at once at full speed)
+    import medseg_platform.plan as plan_module
+
+    study.num_workers = 1
+    monkeypatch.setattr(plan_module, "measure_unit_seconds", lambda *a, **k: UnitSeconds(0.01, "measured"))
+    shared = plan_study(study, cpus=2)
+    assert shared.slots == 2 and shared.unit.seconds == pytest.approx(0.01 * plan_module.SHARED_CORES_SLOWDOWN)
+    study.cpus_per_trial = 0.5
+    crowded = plan_study(study, cpus=2)
+    assert crowded.slots == 4 and crowded.unit.seconds == pytest.approx(0.01 * plan_module.SHARED_CORES_SLOWDOWN * 2)
+    assert "x2 for 4 trial threads on 2 cores" in crowded.unit.source
+    assert crowded.wall_s == pytest.approx(shared.wall_s)  # the same work on the same 2 cores
+    # a rerun restores the experiment, which keeps the --max-concurrent it started with: so does the dry run
+    from medseg_platform.results import tune_storage
+    from medseg_platform.study.runner import LIMITS_SUFFIX
+
+    study.cpus_per_trial = 1.0
+    name = f"{study.name}-{study.spec_hash(study.trial_params())}"
+    (tune_storage(study.study_dir) / name).mkdir(parents=True)
+    (tune_storage(study.study_dir) / f"{name}{LIMITS_SUFFIX}").write_text(json.dumps({"max_concurrent": 1, "max_retries": 2}))
+    kept = plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2)
+    assert kept.slots == 1 and kept.slots_source.startswith("--max-concurrent 1") and study.max_concurrent is None
     # scored from a finished trial: in the driver, one after another before Ray starts, then the rest in parallel
     rescoring = dataclasses.replace(plan.trials[1], status=TO_RESCORE, runs=(7.0,))
     rest = dataclasses.replace(plan, trials=plan.trials[2:])

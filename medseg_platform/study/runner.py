@@ -31,6 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 from medseg_platform.cli import log_line
 from medseg_platform.config import resolve_path
@@ -40,7 +41,7 @@ from medseg_platform.io import check_folder_free, check_folder_writable, check_o
 from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.rescore import score_from_sources, scoring_device
 from medseg_platform.results import (LAST_RUN_FILE, RESULT_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, retag_finished_trials, trial_finished,
-                                     trial_folder, tune_storage)
+                                     trial_folder, tune_storage, write_trial_error)
 from medseg_platform.study.ray_runtime import check_gpus_available, check_nodes_see, init_ray, sigterm_handler_kept
 from medseg_platform.study.spec import ASHA_TIME, Study, check_accumulating_folder, check_study_folder
 
@@ -118,8 +119,12 @@ def _run_checked_study(study: Study, trials: list[dict], start: float, started_a
         elif stopped:
             log_line(f"stopped by a signal: {len(left)} trial(s) unfinished; rerun the same command to resume them")
         elif restored and left and study.search_space is None:
-            log_line(f"{len(left)} trial(s) that the restored experiment considers done have no result (lost, corrupt, or "
-                 "errored in an earlier run): running them again")
+            unscored = sum(trial_finished(trial_folder(study_dir, t["key"])) for t in left)  # finished, not on --test-root
+            parts = ([f"{len(left) - unscored} have no result (lost, corrupt, or errored in an earlier run): running them "
+                      "again"] if len(left) > unscored else []) + (
+                [f"{unscored} finished have no score on --test-root (its data changed, or its scoring failed): scoring them"]
+                if unscored else [])  # the runner review: finished trials were said to have no result
+            log_line(f"{len(left)} trial(s) that the restored experiment considers done: " + "; ".join(parts))
             _, stopped = run_tune(study, left, study_dir, timing, f"rerun-{run_id}", run_id)
             if stopped:
                 log_line("stopped by a signal; rerun the same command to resume the unfinished trials")
@@ -283,9 +288,11 @@ def warn_oversubscribed_threads(study: Study, trials: list[dict]) -> None:
     threads on a node than it has cores, and trials slow each other down."""
     threads = max((int(t["config"].get("threads", 1)) for t in trials), default=1)
     if threads > study.cpus_per_trial + 1e-9:
-        log_line(f"warning: the trials compute with {threads} torch threads each but reserve {study.cpus_per_trial:g} CPU(s) "
-             f"(--cpus-per-trial); trials sharing a node's cores slow each other down: pass --set threads="
-             f"{max(1, int(study.cpus_per_trial))} to match, or more CPUs per trial")
+        # a fraction of a CPU per trial cannot be matched with threads (one is the least): say what does match
+        remedy = (f"pass --set threads={int(study.cpus_per_trial)} to match, or more CPUs per trial" if study.cpus_per_trial >= 1 else
+                  "pass --cpus-per-trial 1 (a trial computes with at least one thread), or --max-concurrent to run fewer at once")
+        log_line(f"warning: the trials compute with {threads} torch thread{'s' if threads != 1 else ''} each but reserve "
+                 f"{study.cpus_per_trial:g} CPU(s) (--cpus-per-trial); trials sharing a node's cores slow each other down: {remedy}")
 
 
 def warn_single_validation(trials: list[dict]) -> None:
@@ -525,15 +532,18 @@ def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, s
             tuner = tune.Tuner(trainable, param_space=param_space(study, trials),
                                tune_config=tune_config(study, name, fits),
                                run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
-                                                         callbacks=[ProgressCallback(plans, study_dir=str(study_dir))],
+                                                         callbacks=[ProgressCallback(plans, study_dir=str(study_dir),
+                                                                                     stage_folders=stage_folders(trials))],
                                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                                          failure_config=tune.FailureConfig(max_failures=study.max_retries)))
         try:
-            interrupted = fit_until_stopped(tuner)
+            interrupted, results = fit_until_stopped(tuner)
         except (OSError, EOFError) as exc:  # Tune's own files on a full disk (an empty error.pkl reads as EOFError)
             raise_if_disk_full(storage, exc)
             raise
         timing["tune_s"] = timing.get("tune_s", 0.0) + time.perf_counter() - t0
+        if study.search_space is None:
+            record_lost_workers(results, {t["key"]: t for t in trials}, study_dir, run_id)
     finally:
         if started_here:
             ray.shutdown()
@@ -583,8 +593,52 @@ def note_kept_limits(path: Path, limits: dict, search: bool = False) -> None:
              f"change them on a resume{advice}")
 
 
-def fit_until_stopped(tuner) -> bool:
-    """``tuner.fit()``; True if a stop signal ended it early (Ctrl-C / SIGINT, or SIGTERM, which is turned into one).
+def stage_folders(trials: list[dict]) -> dict[str, str]:
+    """Each pretraining stage of ``trials``: its identity in the progress plans (:func:`medseg_platform.step_costs.trial_plan`)
+    -> its folder in the pretraining cache (:func:`medseg_platform.engine.stage_key`), for the ETA to know the cached
+    ones; {} where the datasets' lists cannot be read here (the estimate then charges the stages, as before)."""
+    from medseg_platform.config import TrialConfig, labelled_subset
+    from medseg_platform.engine import stage_key
+    from medseg_platform.step_costs import trial_plan
+
+    folders: dict[str, str] = {}
+    lists: dict = {}
+    try:
+        for trial in trials:
+            stages = trial_plan(trial["config"], trial["key"]).stages
+            if stages:
+                cfg = TrialConfig.from_dict(trial["config"])
+                subset = labelled_subset(cfg, lists)
+                folders.update({stage.stage: stage_key(cfg, i, subset) for i, stage in enumerate(stages)})
+    except Exception:  # noqa: BLE001 - an estimate only: the run reads its data where it trains
+        return {}
+    return folders
+
+
+def record_lost_workers(results, trials: Mapping[str, dict], study_dir: Path, run_id: str) -> None:
+    """An ``error.json`` of run ``run_id`` for every grid trial that Tune ended as errored (``results``: its ResultGrid,
+    or None) without one: a worker killed by a signal (the OOM killer, ``kill -9``) on its last retry writes none. The
+    rerun of a restored experiment then took such a trial for one lost in an earlier run and started it again in a new
+    experiment with retries of its own, beyond ``--max-retries`` (the runner review); the report now says why it
+    errored."""
+    for result in results or ():
+        grid_trial = (getattr(result, "config", None) or {}).get("trial")
+        trial = trials.get(grid_trial.get("key")) if isinstance(grid_trial, Mapping) else None
+        error = getattr(result, "error", None)
+        if trial is None or error is None:
+            continue
+        folder = trial_folder(study_dir, trial["key"])
+        if errored_in_run(folder, run_id) or trial_finished(folder):
+            continue
+        text = str(error).strip().splitlines()
+        write_trial_error(folder, config=trial["config"], tags=trial["tags"], seed=int(trial["config"].get("seed", 0)),
+                          error=f"{type(error).__name__}: {text[0] if text else 'its worker died'}", kind="infrastructure",
+                          run=run_id)
+
+
+def fit_until_stopped(tuner) -> tuple[bool, Any]:
+    """``tuner.fit()``: (True if a stop signal ended it early (Ctrl-C / SIGINT, or SIGTERM, which is turned into one), its
+    ResultGrid; None when Tune raised the stop as a KeyboardInterrupt).
 
     Tune catches the first SIGINT itself: it ends the run, saves the experiment state and returns normally. Its handler
     then puts back the SIGINT handler installed before ``fit`` (and only then), so a marker handler installed here and
@@ -597,8 +651,7 @@ def fit_until_stopped(tuner) -> bool:
 
     quiet_tune_resume_advice()
     if threading.current_thread() is not threading.main_thread() or int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")):
-        tuner.fit()
-        return False
+        return False, tuner.fit()
 
     def stop_marker(signum, frame):  # a Ctrl-C after Tune's own handler stepped aside: Python's default
         raise KeyboardInterrupt
@@ -606,8 +659,8 @@ def fit_until_stopped(tuner) -> bool:
     previous_int = signal.signal(signal.SIGINT, stop_marker)
     previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     try:
-        tuner.fit()
-        return signal.getsignal(signal.SIGINT) is stop_marker
+        results = tuner.fit()
+        return signal.getsignal(signal.SIGINT) is stop_marker, results
     finally:
         signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)

@@ -11,6 +11,8 @@ started before this class existed restores Ray's ``OptunaSearch`` with its exper
 
 from __future__ import annotations
 
+import math
+
 from ray.tune.search.optuna import OptunaSearch
 
 #: the report key an application error sets (trainable.end_errored)
@@ -28,7 +30,29 @@ class TPESearch(OptunaSearch):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         super().__init__(*args, **kwargs)
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials:
+            return  # a sample the searcher already ended, resumed by a restored experiment: see on_trial_complete
+        super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and result.get(ERRORED_KEY):
             result, error = None, True  # Ray's path for a trial that raised: state FAIL, nothing told as a value
+        if trial_id in self._completed_trials:
+            self._tell_resumed(trial_id, result, error)
+            return
         super().on_trial_complete(trial_id, result, error)
+
+    def _tell_resumed(self, trial_id: str, result: dict | None, error: bool) -> None:
+        """A sample whose worker was killed is told to Optuna as failed; when the experiment was stopped before Tune
+        saved that, a rerun resumes the sample, and Ray's searcher logged a warning with the whole result for each of its
+        reports and dropped its value (the runner review: 11 lines, and TPE never learnt it). Its value is added to the
+        Optuna study as a finished trial of the same parameters (an ended Optuna trial cannot change state)."""
+        value = (result or {}).get(self.metric)
+        ot_trial = self._ot_trials.get(trial_id)
+        if error or ot_trial is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return
+        import optuna
+
+        self._ot_study.add_trial(optuna.trial.create_trial(params=ot_trial.params, distributions=ot_trial.distributions,
+                                                           value=float(value)))

@@ -311,6 +311,28 @@ def test_a_search_with_samples_left_to_end_is_unfinished():
     assert unfinished_search(ended, 6) == "search unfinished: 3 of 6 samples ended; rerun the study command to finish it"
 
 
+def test_an_unfinished_search_report_says_so_for_the_exit_code(tmp_path, monkeypatch):
+    """A search that printed "search unfinished ... rerun the study command" exited 0 (the runner review): the report now
+    carries it, and the study command exits 1 on it as on a grid trial left without a result."""
+    import analysis.search as search_module
+    from analysis.search import Sample
+
+    study = make_search_study(tmp_path, n=6)
+    keys = sorted(p.parent.name for p in (study / "trials").glob("*/result.json"))
+    samples = [Sample(i, f"t{i}", key, "completed", {}, {}, None, None, None) for i, key in enumerate(keys)]
+    info = json.loads((study / "study.json").read_text())
+    monkeypatch.setattr(search_module, "write_search_summary", lambda folder: ([], None, samples + [
+        Sample(len(samples), "late", "late-key", "unfinished", {}, {}, None, None, None)]))
+    info["num_samples"] = len(samples) + 1
+    (study / "study.json").write_text(json.dumps(info))
+    report = write_report(study, log=lambda m: None)
+    assert report.unfinished and any(p.startswith("search unfinished: 6 of 7 samples ended") for p in report.problems)
+    monkeypatch.setattr(search_module, "write_search_summary", lambda folder: ([], None, samples))
+    info["num_samples"] = len(samples)
+    (study / "study.json").write_text(json.dumps(info))
+    assert not write_report(study, log=lambda m: None).unfinished
+
+
 def test_tables_and_plots_the_trials_no_longer_give_are_removed(study):
     from analysis.plots import is_plot_name
 
