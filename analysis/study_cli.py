@@ -20,7 +20,7 @@ from medseg_platform.errors import ConfigError, MedsegError
 from medseg_platform.io import working_folder, write_json_atomic
 from medseg_platform.overrides import apply_overrides, parse_set_options, select_rows, validate_with_sets
 from medseg_platform.profiles import PROFILES, Profile, profile_with_overrides
-from medseg_platform.protocol import check_protocol, protocol_overrides
+from medseg_platform.protocol import check_protocol, protocol_overrides, released_cut_warnings
 from medseg_platform.results import SETTINGS_FILE
 from medseg_platform.study_flags import dataset_num_classes, fractions_in_patient_order, resolve_data_root, study_parser
 
@@ -98,6 +98,9 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
         study.dashboard = not args.no_dashboard
         study.dashboard_host = args.dashboard_host
         study.optuna_storage = resolve_path(args.optuna_storage, "--optuna-storage") if args.optuna_storage else None
+        if protocol.get("data.labelled_strategy") == "released_slices":  # a converted list cuts a frame otherwise
+            for note in released_cut_warnings(root, {t["config"]["data"]["labelled"] for t in study.trial_params()}):
+                print(f"warning: {note}", file=sys.stderr)
         study.num_workers = args.num_workers
         study.max_retries = args.max_retries
         study.test_root = resolve_path(args.test_root, "--test-root") if args.test_root else None

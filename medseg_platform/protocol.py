@@ -40,6 +40,19 @@ def protocol_overrides(protocol: str, root: str | Path) -> dict[str, Any]:
     return {**RELEASED_EVALUATION, **(RELEASED_LABELLED if released_list else {})}
 
 
+def released_cut_warnings(root: str | Path, fractions) -> list[str]:
+    """The warnings of :func:`medseg_platform.data.splits.released_cut_note` for the label ``fractions`` a study trains
+    with ``released_slices`` on the dataset at ``root`` (a converted ACDC list orders a frame's slices otherwise than the
+    release's, and the 1-patient cut ends inside a frame: the data review)."""
+    from medseg_platform.data.layout import AcdcLayout, case_of_slice, patient_of_case
+    from medseg_platform.data.splits import released_cut_note, resolve_patient_count
+
+    slices = AcdcLayout(root).train_slices
+    patients = len({patient_of_case(case_of_slice(s)) for s in slices})
+    counts = sorted({resolve_patient_count(fraction, patients).patients for fraction in fractions})
+    return [note for note in (released_cut_note(slices, count) for count in counts) if note]
+
+
 def _dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """A row's overrides as dotted leaf keys (``{"eval": {"selection": "final"}}`` -> ``eval.selection``)."""
     out: dict[str, Any] = {}

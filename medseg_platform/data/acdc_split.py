@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -128,8 +129,8 @@ def split_counts(n: int, spec: SplitSpec) -> tuple[int, int, int]:
 
     Raises :class:`DataError` when the training set would be empty.
     """
-    def from_fraction(fraction: float) -> int:
-        return max(1, math.floor(n * fraction + 0.5))
+    def from_fraction(fraction: float) -> int:  # half up on the decimal as written (0.35 of 90 is 32, not 31)
+        return max(1, math.floor(n * Fraction(str(fraction)) + Fraction(1, 2)))
 
     n_val = spec.val_count if spec.val_count is not None else from_fraction(spec.val_fraction)
     n_test = spec.test_count if spec.test_count is not None else from_fraction(spec.test_fraction)

@@ -7,7 +7,7 @@ patients are called 1% / 5% / 10%. Here a label fraction is always resolved to a
 * ``"3"`` (or ``3``): three patients.
 * ``"5%"``: a percent. The three published ACDC percents map as published, scaled to the training set:
   1% = 1/70, 5% = 3/70, 10% = 7/70 of the training patients (exactly 1, 3 and 7 on ACDC); any other
-  percent is ``round(N * p / 100)``. At least one patient; ``100%`` is all of them.
+  percent is ``N * p / 100`` rounded half up (on the decimal as written). At least one patient; ``100%`` is all of them.
 
 Which patients (``strategy``):
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from fractions import Fraction
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -96,17 +97,19 @@ def resolve_patient_count(fraction: str | int | float, available: int) -> Patien
     if available < 1:
         raise ConfigError("training split: no training patients (the dataset's train_slices.list is empty)")
     text = str(fraction)
-    value, percent, _ = _parse_fraction(text)
+    value, percent, digits = _parse_fraction(text)
     if percent:
         if value <= 0 or value > 100:
             raise ConfigError(f"label fraction {text!r}: a percent must be in (0, 100]")
+        # exact fractions of the digits as written: in binary floating point 14.5% of 100 patients rounded to 14 (the
+        # data review)
         if value in PUBLISHED_PERCENT_TO_PATIENTS:
-            share = PUBLISHED_PERCENT_TO_PATIENTS[value] / PUBLISHED_TRAIN_PATIENTS
+            share = Fraction(PUBLISHED_PERCENT_TO_PATIENTS[value], PUBLISHED_TRAIN_PATIENTS)
             rule = f"published ACDC mapping {value:g}% = {PUBLISHED_PERCENT_TO_PATIENTS[value]}/{PUBLISHED_TRAIN_PATIENTS} patients"
         else:
-            share = value / 100.0
+            share = Fraction(digits) / 100
             rule = f"round({available} x {value:g}/100)"
-        n = max(1, int(math.floor(available * share + 0.5)))
+        n = max(1, math.floor(available * share + Fraction(1, 2)))
     else:
         if value != int(value):
             raise ConfigError(f"label fraction {text!r}: a patient count must be a whole number (use '%' for a percent)")
@@ -214,6 +217,36 @@ def has_released_slices(train_slices: Sequence[str]) -> bool:
     the SSL4MIS ACDC training list, 1312 slices of 70 patients (:data:`RELEASED_ACDC_SLICES`)."""
     patients = unique_in_order(patient_of_case(case_of_slice(s)) for s in train_slices)
     return len(train_slices) == RELEASED_ACDC_SLICES[PUBLISHED_TRAIN_PATIENTS] and len(patients) == PUBLISHED_TRAIN_PATIENTS
+
+
+#: The first entries of SSL4MIS's ``data/ACDC/train_slices.list`` (patient099's two frames, 1-based slice numbers as that
+#: list writes them): the release orders the slices within a frame in no index order, and its 1-patient cut (23 slices)
+#: ends 7 slices into the ES frame, so which 7 are labelled depends on that order.
+RELEASED_LIST_HEAD = tuple(
+    [f"patient099_frame01_slice_{k}" for k in (15, 11, 1, 16, 9, 7, 4, 13, 8, 5, 14, 6, 12, 3, 10, 2)]
+    + [f"patient099_frame02_slice_{k}" for k in (5, 9, 11, 2, 3, 10, 1, 15, 14, 4, 6, 16, 13, 8, 12, 7)])
+
+
+def released_cut_note(train_slices: Sequence[str], patients: int = 1) -> str:
+    """A warning when ``released_slices`` at ``patients`` would label other slices than the release: its cut
+    (:data:`RELEASED_ACDC_SLICES`) ends inside a frame of this list, and the list's slices up to the cut are not the
+    release's (:data:`RELEASED_LIST_HEAD`; ``convert-acdc`` writes a frame's slices in index order). "" otherwise: the
+    cuts of 3, 7 and 14 patients end on a patient, where the order within a frame does not matter (the data review)."""
+    n = RELEASED_ACDC_SLICES.get(patients)
+    if n is None or not has_released_slices(train_slices) or n >= len(train_slices):
+        return ""
+    if case_of_slice(train_slices[n - 1]) != case_of_slice(train_slices[n]):
+        return ""
+    if n <= len(RELEASED_LIST_HEAD) and tuple(train_slices[:n]) == RELEASED_LIST_HEAD[:n]:
+        return ""
+    case = case_of_slice(train_slices[n - 1])
+    ours = [s.rsplit("_", 1)[1] for s in train_slices[:n] if case_of_slice(s) == case]
+    released = [s.rsplit("_", 1)[1] for s in RELEASED_LIST_HEAD[:n] if case_of_slice(s) == case]
+    theirs = f"slices {', '.join(released)} there" if released else "the slices its own list puts first"
+    return (f"the released {n}-slice cut of {patients} patient{'s' if patients != 1 else ''} ends inside {case}, whose slices "
+            f"this train_slices.list orders otherwise than SSL4MIS's list: the run labels its slices {', '.join(ours)}, the "
+            f"release {theirs} (1-based ids, as its list writes them); only SSL4MIS's own preprocessed slices and list give "
+            "the released set")
 
 
 def epoch_steps(subset: LabelledSubset, unlabelled_batch: int) -> int:

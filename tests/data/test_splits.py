@@ -107,3 +107,36 @@ def test_record_contains_patient_ids():
     assert len(record["patients"]) == 1 and record["num_patients"] == 1
     with pytest.raises(ConfigError, match="unknown"):
         select_labelled(ACDC_SLICES, "1", "nope")
+
+
+def test_a_released_cut_inside_a_frame_of_another_order_is_a_warning(tmp_path):
+    """convert-acdc writes a frame's slices in index order, the release in another: both lists pass has_released_slices,
+    and the 1-patient cut (16 + 7 slices) labels other ES slices of patient099 (the data review). The cuts of 3 and 7
+    patients end on a patient and need no warning."""
+    from medseg_platform.data.splits import RELEASED_LIST_HEAD, released_cut_note
+    from medseg_platform.protocol import released_cut_warnings
+
+    released = list(RELEASED_LIST_HEAD) + SSL4MIS_SLICES[32:]  # the release's own patient099 order
+    assert has_released_slices(released) and released_cut_note(released) == ""
+    converted = SSL4MIS_SLICES  # patient099's slices 0..15 of each frame, in index order
+    note = released_cut_note(converted)
+    assert note.startswith("the released 23-slice cut of 1 patient ends inside patient099_frame02")
+    assert "the run labels its slices 0, 1, 2, 3, 4, 5, 6, the release slices 5, 9, 11, 2, 3, 10, 1 there" in note
+    assert released_cut_note(converted, 3) == released_cut_note(converted, 7) == ""
+    assert released_cut_note(ACDC_SLICES) == ""  # not a released list: released_slices refuses it anyway
+    root = tmp_path / "acdc"
+    root.mkdir()
+    (root / "train_slices.list").write_text("\n".join(converted) + "\n")
+    for name in ("val.list", "test.list"):
+        (root / name).write_text("patient101_frame01\n")
+    assert released_cut_warnings(root, ["1", "3", "5%"]) == [note]  # "5%" of 70 is 3 patients
+
+
+def test_half_up_rounding_is_done_on_the_decimal_as_written():
+    """Binary floating point rounded some exact halves down: 14.5% and 28.5% of 100 patients gave 14 and 28, a val
+    fraction 0.35 of 90 patients 31 (the data review)."""
+    from medseg_platform.data.acdc_split import SplitSpec, split_counts
+
+    assert [resolve_patient_count(f"{p}%", 100).patients for p in ("14.5", "28.5", "0.5", "2.5")] == [15, 29, 1, 3]
+    assert split_counts(90, SplitSpec(kind="random", seed=0, val_fraction=0.35, test_fraction=0.2))[1:] == (32, 18)
+    assert split_counts(170, SplitSpec(kind="random", seed=0, val_fraction=0.35, test_fraction=0.2))[1] == 60
