@@ -62,7 +62,7 @@ Profiles differ only in numbers, never in code paths:
     seed: which validation peak a seed selects moves with the CPU's rounding.
   - 40 patients, not 60: a 60-patient phantom (6 val, 12 test patients) gives a val split closer to its test split
     but harder test patients, wider claim intervals and as many trials still rising (4 of 24 against 3;
-    ``benchmarks/RESULTS.md``, "a 60-patient phantom does not make the default table more informative").
+    ``benchmarks/RESULTS.md``, "2026-12-05: a 60-patient phantom does not make the default table more informative").
   - the 40-step pretraining stages neither clearly help nor hurt (fine-tuned from random initialisation instead:
     MONA 39.3 vs 43.0, ARCO-SG 48.3 vs 46.3, ACTION 55.0 vs 52.5, 2-3 seeds, differences inside the seed spread);
     they are kept because they are part of each method.
