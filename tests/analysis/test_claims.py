@@ -229,7 +229,7 @@ def _with_claims(study: Path, claims: list, profile: str) -> None:
     (study / "settings.json").write_text(json.dumps({**settings, "profile": profile}))
 
 
-def test_report_has_a_claims_section_with_published_numbers_for_the_paper_profile(tmp_path):
+def test_report_has_a_claims_section_with_published_numbers_for_the_paper_profile(tmp_path, no_plots):
     study = make_fake_study(tmp_path / "results", seeds=(1, 2, 3))
     _with_claims(study, [claim("MONA", "Mean teacher", "1", "ARCO Table 1: MONA beats MT"),
                          claim("ARCO-SG", "MONA", "3", "ARCO Table 1: SG not worse", direction=">="),
@@ -287,7 +287,7 @@ def test_claim_p_is_the_tables_p_and_other_profiles_have_no_published_column(tmp
     assert "## Claims" in text and "Published Δ" not in text and "(this run: quick profile)" in text
 
 
-def test_the_paper_profile_on_another_dataset_gets_no_published_numbers(tmp_path):
+def test_the_paper_profile_on_another_dataset_gets_no_published_numbers(tmp_path, no_plots):
     # ARCO's numbers are differences on ACDC's 70 training patients: "3 patients" of a 10-patient dataset is 30%, not 5%
     study = make_fake_study(tmp_path / "results")
     _with_claims(study, [claim("MONA", "Mean teacher", "1", "ARCO Table 1: MONA beats MT")], "paper")

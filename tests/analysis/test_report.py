@@ -230,7 +230,7 @@ def test_report_lists_still_rising_and_collapsed_trials_and_marks_their_cells(st
             "below the best); listed under Trial health in report.md.") in text
 
 
-def test_report_states_the_protocol_and_what_the_trials_did(study):
+def test_report_states_the_protocol_and_what_the_trials_did(study, no_plots):
     head = "- **Protocol**: {0} (`--protocol {0}`; docs/evaluation.md, 'Released evaluation protocol'): "
     text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
     assert (head.format("corrected") + "model selected on val; undefined values of empty masks left out (NaN); HD95/ASD in "
@@ -250,7 +250,7 @@ def test_report_states_the_protocol_and_what_the_trials_did(study):
     assert "(validation every 20; final-iteration weights tested)" in text
 
 
-def test_a_run_that_trained_nothing_says_so_instead_of_its_wall_time(study):
+def test_a_run_that_trained_nothing_says_so_instead_of_its_wall_time(study, no_plots):
     (study / "last_run.json").write_text(json.dumps({"timing": {"total_s": 0.018}, "pending_at_start": 0}), encoding="utf-8")
     text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
     assert "- **Wall time**: the last run of the study command had nothing to train (every trial had finished); " in text
@@ -272,7 +272,7 @@ def _set_environment(path, environment):
     path.write_text(json.dumps({**result, "environment": environment}), encoding="utf-8")
 
 
-def test_report_names_the_machines_and_warns_when_the_trials_ran_on_several(study):
+def test_report_names_the_machines_and_warns_when_the_trials_ran_on_several(study, no_plots):
     results = sorted(p for p in (study / "trials").glob("*/result.json") if p.read_text(encoding="utf-8") != "{truncated")
     text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
     assert f"- **Machines**: {len(results)} trials not recorded\n" in text  # results of earlier code say so
@@ -492,7 +492,7 @@ def test_a_report_before_any_trial_finished_reads_the_started_trials_settings(st
     assert "unknown fine-tuning steps" not in text
 
 
-def test_report_states_the_code_kernels_labelled_patients_and_working_folder(study, tmp_path):
+def test_report_states_the_code_kernels_labelled_patients_and_working_folder(study, tmp_path, no_plots):
     """A report review could not tell from report.md which code computed the trials, that the baselines ran other CPU
     convolution kernels than the contrastive rows, that every seed trained on the same labelled patient, what the
     validation ran on, or where the command ran (its ./results and relative paths)."""
