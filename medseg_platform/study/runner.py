@@ -542,7 +542,7 @@ def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, s
             raise_if_disk_full(storage, exc)
             raise
         timing["tune_s"] = timing.get("tune_s", 0.0) + time.perf_counter() - t0
-        if study.search_space is None:
+        if study.search_space is None and not interrupted:  # a stopped run's unfinished trials are not errored
             record_lost_workers(results, {t["key"]: t for t in trials}, study_dir, run_id)
     finally:
         if started_here:
@@ -616,8 +616,8 @@ def stage_folders(trials: list[dict]) -> dict[str, str]:
 
 
 def record_lost_workers(results, trials: Mapping[str, dict], study_dir: Path, run_id: str) -> None:
-    """An ``error.json`` of run ``run_id`` for every grid trial that Tune ended as errored (``results``: its ResultGrid,
-    or None) without one: a worker killed by a signal (the OOM killer, ``kill -9``) on its last retry writes none. The
+    """An ``error.json`` of run ``run_id`` for every grid trial that Tune ended as errored (``results``: the ResultGrid of
+    the run) without one: a worker killed by a signal (the OOM killer, ``kill -9``) on its last retry writes none. The
     rerun of a restored experiment then took such a trial for one lost in an earlier run and started it again in a new
     experiment with retries of its own, beyond ``--max-retries`` (the runner review); the report now says why it
     errored."""
@@ -637,8 +637,8 @@ def record_lost_workers(results, trials: Mapping[str, dict], study_dir: Path, ru
 
 
 def fit_until_stopped(tuner) -> tuple[bool, Any]:
-    """``tuner.fit()``: (True if a stop signal ended it early (Ctrl-C / SIGINT, or SIGTERM, which is turned into one), its
-    ResultGrid; None when Tune raised the stop as a KeyboardInterrupt).
+    """``tuner.fit()``: (True if a stop signal ended it early (Ctrl-C / SIGINT, or SIGTERM, which is turned into one), the
+    ResultGrid it returned).
 
     Tune catches the first SIGINT itself: it ends the run, saves the experiment state and returns normally. Its handler
     then puts back the SIGINT handler installed before ``fit`` (and only then), so a marker handler installed here and
