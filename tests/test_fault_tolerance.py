@@ -254,6 +254,9 @@ def test_corrupt_results_are_reported_and_rerun_never_dropped(tiny_root, tmp_pat
     assert again[truncated.name].result["resumed_from_step"] == study.base.optim.max_steps  # re-evaluated from its final checkpoint
     assert again[short.name].result["resumed_from_step"] == 0  # trained again
     assert all(again[k].result["attempts"] == 2 for k in keys)
+    # the rerun's own Tune experiment (never restored: its name holds its run's id) is removed once it ends
+    experiments = sorted(p.name for p in (run.study_dir / "ray").iterdir())
+    assert not [name for name in experiments if "-rerun-" in name] and any(name.startswith("corrupt-") for name in experiments)
     for k in keys:  # the same numbers as the first time (deterministic training and evaluation)
         assert repr(again[k].per_case) == repr(first[k].per_case)  # repr: an undefined (NaN) HD95 equals itself
     write_tables(records, run.study_dir)

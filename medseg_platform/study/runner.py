@@ -125,7 +125,10 @@ def _run_checked_study(study: Study, trials: list[dict], start: float, started_a
                 [f"{unscored} finished have no score on --test-root (its data changed, or its scoring failed): scoring them"]
                 if unscored else [])  # the runner review: finished trials were said to have no result
             log_line(f"{len(left)} trial(s) that the restored experiment considers done: " + "; ".join(parts))
-            _, stopped = run_tune(study, left, study_dir, timing, f"rerun-{run_id}", run_id)
+            try:
+                _, stopped = run_tune(study, left, study_dir, timing, f"rerun-{run_id}", run_id)
+            finally:
+                discard_experiment(study, f"rerun-{run_id}")
             if stopped:
                 log_line("stopped by a signal; rerun the same command to resume the unfinished trials")
     timing["total_s"] = time.perf_counter() - start
@@ -591,6 +594,18 @@ def note_kept_limits(path: Path, limits: dict, search: bool = False) -> None:
             "trials are kept")
         log_line(f"note: the restored experiment keeps the limits it was started with ({', '.join(kept)}); Tune cannot "
              f"change them on a resume{advice}")
+
+
+def discard_experiment(study: Study, suffix: str) -> None:
+    """Remove the Tune experiment ``<name>-<suffix>`` and its limits file. For a rerun's experiment: its name holds its
+    run's id, so no later command restores it (the next one restores the study's own experiment and reruns in a new
+    one), and its trials resume from their own folders' checkpoints; each rerun of a trial that kept erroring left
+    one behind, with Tune's copies of the trials' checkpoints (the runner review)."""
+    import shutil
+
+    storage = tune_storage(study.study_dir)
+    shutil.rmtree(storage / f"{study.name}-{suffix}", ignore_errors=True)
+    (storage / f"{study.name}-{suffix}{LIMITS_SUFFIX}").unlink(missing_ok=True)
 
 
 def stage_folders(trials: list[dict]) -> dict[str, str]:
