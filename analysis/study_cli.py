@@ -98,9 +98,11 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
         study.dashboard = not args.no_dashboard
         study.dashboard_host = args.dashboard_host
         study.optuna_storage = resolve_path(args.optuna_storage, "--optuna-storage") if args.optuna_storage else None
-        if protocol.get("data.labelled_strategy") == "released_slices":  # a converted list cuts a frame otherwise
-            for note in released_cut_warnings(root, {t["config"]["data"]["labelled"] for t in study.trial_params()}):
-                print(f"warning: {note}", file=sys.stderr)
+        # released_slices (from --protocol released, a --set or a row) on a converted list cuts a frame otherwise
+        released = {t["config"]["data"]["labelled"] for t in study.trial_params()
+                    if t["config"]["data"].get("labelled_strategy") == "released_slices"}
+        for note in released_cut_warnings(root, released) if released else ():
+            print(f"warning: {note}", file=sys.stderr)
         study.num_workers = args.num_workers
         study.max_retries = args.max_retries
         study.test_root = resolve_path(args.test_root, "--test-root") if args.test_root else None

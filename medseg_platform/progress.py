@@ -303,7 +303,9 @@ class ProgressCallback(Callback):
         began = self.started.pop(trial.trial_id, None)
         i = self.plan_index(trial)
         if began is not None and i is not None and not any(result.get(k) for k in ("skipped", "errored", "rescored")):
-            self.finished_work.append((self.clock() - began, self._spent_units(self.plans[i], trial.trial_id)))
+            units = self._spent_units(self.plans[i], trial.trial_id)
+            if units > 0:  # a trial resumed at its last step only tested: no steps to price its seconds by
+                self.finished_work.append((self.clock() - began, units))
         if result.get("errored"):
             self._print(self.line("ERRORED", trial, trials, now="errored") + f": {result.get('error', '?')}")
         elif _asha_stopped(result):

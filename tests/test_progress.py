@@ -392,6 +392,15 @@ def test_a_resumed_trial_is_credited_with_the_steps_of_this_run_only(tmp_path):
     (seconds, units), = callback.finished_work
     evaluations = plans[0].evaluations * progress_module.EVALUATION_COST
     assert seconds == 100.0 and math.isclose(units, (100 / 600) * (600 + evaluations))  # not 600 + evaluations
+    # resumed at its last step (killed while testing): no step of this run prices its seconds
+    last = checkpoint_path(trial_folder(tmp_path, "next"))
+    last.parent.mkdir(parents=True)
+    torch.save({"step": 600, "val_curve": []}, last)
+    start(callback, trials, following)
+    callback.on_trial_result(0, trials, following, progress("fine-tuning", 600, 600, 1.0, "action", evaluations=13))
+    now[0] = 130.0
+    finish(callback, trials, following)
+    assert len(callback.finished_work) == 1
 
 
 def test_a_stage_in_the_pretraining_cache_costs_nothing_from_the_start(tmp_path):

@@ -244,9 +244,9 @@ def released_cut_note(train_slices: Sequence[str], patients: int = 1) -> str:
     released = [s.rsplit("_", 1)[1] for s in RELEASED_LIST_HEAD[:n] if case_of_slice(s) == case]
     theirs = f"slices {', '.join(released)} there" if released else "the slices its own list puts first"
     return (f"the released {n}-slice cut of {patients} patient{'s' if patients != 1 else ''} ends inside {case}, whose slices "
-            f"this train_slices.list orders otherwise than SSL4MIS's list: the run labels its slices {', '.join(ours)}, the "
-            f"release {theirs} (1-based ids, as its list writes them); only SSL4MIS's own preprocessed slices and list give "
-            "the released set")
+            f"this train_slices.list orders otherwise than SSL4MIS's list: the run labels its slices {', '.join(ours)} (this "
+            f"list's ids), the release {theirs} (SSL4MIS's ids, 1-based); only SSL4MIS's own preprocessed slices and list "
+            "give the released set")
 
 
 def epoch_steps(subset: LabelledSubset, unlabelled_batch: int) -> int:

@@ -44,11 +44,13 @@ def stage_key(cfg: TrialConfig, index: int, subset: LabelledSubset) -> str:
     mixed precision (``optim.amp``, which the stage trains under; named only when it is not "off", so full-precision
     stages keep the keys they had before it was part of the key; with it
     :data:`~medseg_platform.results.AMP_STAGE_REVISION`). ``data.strong_mix`` only where a stage of the chain mixes
-    strong views (``mixes_strong_views``: a MONA/ARCO/ACTION stage; ISD's views never read it), and ``threads`` only
-    when not 1 (ISD flushes denormals on one thread only, and the reductions split differently): both left the keys of
-    stages they change the weights of equal (the engine review), and named only where they matter, the recipes' ISD
-    stages at one thread keep their keys. Not the convolution kernels: every stage runs oneDNN's (docs/methods.md,
-    'CPU convolution kernels')."""
+    strong views (``mixes_strong_views``: a MONA/ARCO/ACTION stage; ISD's views never read it): it changed such a
+    stage's weights under one key (the engine review), and the recipes' ISD stages keep their keys. Not the thread
+    count: a stage trained with other ``threads`` (the paper profile's 4) is read from the cache by a trial of another
+    count, and differs from what that count would train by float rounding only (1e-4 after 6 steps on the CPU: ISD
+    flushes denormals on one thread only, and reductions split differently), which keeps the paper profile's costly
+    stages shared. Not the convolution kernels either: every stage runs oneDNN's (docs/methods.md, 'CPU convolution
+    kernels')."""
     from methods.registry import OBJECTIVES
 
     chain = cfg.pretrain[: index + 1]
@@ -59,7 +61,7 @@ def stage_key(cfg: TrialConfig, index: int, subset: LabelledSubset) -> str:
         data.pop("strong_mix")
     payload = {"version": STAGE_CACHE_VERSION, "stages": cfg.to_dict()["pretrain"][: index + 1], "model": dataclasses.asdict(cfg.model),
                "data": data, "labelled_patients": list(subset.patients), "labelled_slices": len(subset.labelled_slices), "seed": cfg.seed,
-               "workers": cfg.workers, **({"threads": cfg.threads} if cfg.threads != 1 else {}),
+               "workers": cfg.workers,
                **({"amp": cfg.optim.amp, "amp_revision": AMP_STAGE_REVISION} if cfg.optim.amp != "off" else {})}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"stage{index}-{cfg.pretrain[index].objective}-{digest}"

@@ -41,7 +41,7 @@ class ResumableASHA(AsyncHyperBandScheduler):
     the last validation is ``max_t - 1``. Ray's rungs are at ``grace_period * 4^k`` for k up to
     ``int(log4(max_t / grace_period))``, so with 4, 16 or 64 validations (grace period 1) one sits on the last
     validation; a sample stopped there had trained fully and lost only its test (the search review). Rungs at or after
-    the last validation are dropped."""
+    the last validation are dropped (in a new experiment: a restored one unpickles the scheduler it started with)."""
 
     def __init__(self, experiment: str, **kwargs):
         super().__init__(**kwargs)

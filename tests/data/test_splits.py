@@ -121,7 +121,8 @@ def test_a_released_cut_inside_a_frame_of_another_order_is_a_warning(tmp_path):
     converted = SSL4MIS_SLICES  # patient099's slices 0..15 of each frame, in index order
     note = released_cut_note(converted)
     assert note.startswith("the released 23-slice cut of 1 patient ends inside patient099_frame02")
-    assert "the run labels its slices 0, 1, 2, 3, 4, 5, 6, the release slices 5, 9, 11, 2, 3, 10, 1 there" in note
+    assert ("the run labels its slices 0, 1, 2, 3, 4, 5, 6 (this list's ids), the release slices 5, 9, 11, 2, 3, 10, 1 "
+            "there (SSL4MIS's ids, 1-based)") in note
     assert released_cut_note(converted, 3) == released_cut_note(converted, 7) == ""
     assert released_cut_note(ACDC_SLICES) == ""  # not a released list: released_slices refuses it anyway
     root = tmp_path / "acdc"
