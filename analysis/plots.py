@@ -231,7 +231,10 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
             stds = [_spread(cells.loc[(row, c), "std"], n) if (row, c) in cells.index else np.nan for c, n in zip(classes, seeds)]
             single_any |= any(n == 1 for n in seeds)
             x = np.arange(len(classes)) - 0.4 + bar * (i + 0.5)
-            handles[row] = ax.bar(x, means, bar, yerr=stds, capsize=2, color=colours[row], label=row,
+            # never below 0, where the axis starts (every metric is >= 0), as the curves' whiskers: a distance whose
+            # seeds spread wider than its mean drew the axis into negative mm (the plots review)
+            below = [min(s, m) if not (np.isnan(s) or np.isnan(m)) else s for s, m in zip(stds, means)]
+            handles[row] = ax.bar(x, means, bar, yerr=[below, stds], capsize=2, color=colours[row], label=row,
                                   error_kw={"elinewidth": 0.8, "ecolor": "#333333"})
             if (row, column) in partial and AVG in classes:
                 patch = handles[row].patches[classes.index(AVG)]
@@ -254,6 +257,8 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
     axes[0].set_ylabel(metric_axis_label(metric, unit))
     if metric_style(metric).scale == 100.0:
         axes[0].set_ylim(0, 100)
+    else:
+        _non_negative(axes[0])
     over = spread_words("search" in every_cell and bool((every_cell["search"] == "yes").any()))
     title = (f"Test {metric_style(metric).label.split(' ')[0]} per class and method (mean \u00b1 std over {over}"
              + (f"; {SINGLE_SEED_NOTE})" if single_any else ")"))
@@ -670,7 +675,10 @@ def search_history(records: Sequence, samples: Sequence | None = None) -> Figure
     labels = ["trial (completed)" if stopped.any() else "trial"]
     if stopped.any():
         handles.append(ax.scatter(x[stopped], ys[stopped], facecolors="none", edgecolors="#7f7f7f", zorder=3))
-        labels.append("trial stopped early (ASHA) or errored")
+        # the statuses drawn hollow, as search_history.csv names them (unfinished and result-less samples are not
+        # "stopped early or errored": the plots review)
+        hollow = sorted({s.status for s, hidden in zip(scored, stopped) if hidden}) if samples is not None else []
+        labels.append("trial " + (" / ".join(hollow) if hollow else "not completed"))
     handles.append(ax.step(x, running, where="post", color="#d62728")[0])
     labels.append("best so far (completed trials)" if stopped.any() else "best so far")
     ax.set_xlabel(xlabel)

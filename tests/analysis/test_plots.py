@@ -90,6 +90,31 @@ def test_class_bars_per_label_fraction(records, colours):
     assert isinstance(plots.class_bars(df.iloc[0:0], "dice", colours), plots.Skipped)
 
 
+def test_class_bar_whiskers_and_axis_stay_at_or_above_zero(records, colours):
+    """A distance whose seeds spread wider than its mean (e.g. 2, 3 and 45 mm: 13.9 +- 25.0) drew its whisker and the
+    axis into negative mm (the plots review); the lower whisker now stops at 0, as the curves' do."""
+    df = tables.build_table(records)
+    cell = (df["metric"] == "hd95") & (df["row"] == "MONA") & (df["class"] == "LV")
+    df.loc[cell, ["mean", "std"]] = [13.9, 25.0]
+    fig = plots.class_bars(df, "hd95", colours, "mm")
+    assert fig.axes[0].get_ylim()[0] == 0.0
+    whiskers = [segment for ax in fig.axes for collection in ax.collections for segment in collection.get_segments()]
+    assert whiskers and min(point[1] for segment in whiskers for point in segment) >= 0.0
+    assert max(point[1] for segment in whiskers for point in segment) == pytest.approx(13.9 + 25.0)
+
+
+def test_the_search_history_legend_names_the_statuses_it_draws_hollow():
+    """Unfinished and result-less samples were drawn under "trial stopped early (ASHA) or errored" (the plots review)."""
+    from analysis.search import Sample
+
+    statuses = ["completed", "stopped early", "unfinished", "result missing", "completed"]
+    samples = [Sample(i, f"t{i}", f"k{i}", status, {}, {}, None, 0.1 * (i + 3), None) for i, status in enumerate(statuses)]
+    fig = plots.search_history([], samples)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()] if fig.legends else \
+        [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "trial result missing / stopped early / unfinished" in labels and "trial (completed)" in labels
+
+
 def test_class_bars_keep_rows_classes_and_panels_undefined_everywhere_marked_na(records, colours):
     df = tables.build_table(records)
     hd95 = df["metric"] == "hd95"
