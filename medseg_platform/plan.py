@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medseg_platform.config import TrialConfig, labelled_subset
+from medseg_platform.config import TrialConfig
 from medseg_platform.step_costs import EVALUATION_COST, STEP_COST, UNKNOWN_STEP_COST, format_duration, trial_plan
 
 FINISHED, TO_SCORE, TO_RESCORE, TO_RESUME, CACHED, TO_RUN = (
@@ -157,7 +157,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     ``cpus``: this machine's CPUs (default: those this process may use).
     """
     from medseg_platform.data.layout import dataset_class_names
-    from medseg_platform.engine import stage_key
+    from medseg_platform.engine import chain_keys
     from medseg_platform.preflight import check_class_count, datasets_of_trials
     from medseg_platform.rescore import scoring_sources
     from medseg_platform.results import STAGE_FINAL_FILE, TRIALS_DIR, pretrain_cache_dir, stage_folder, trial_finished, trial_folder
@@ -174,7 +174,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     search = study.search_space is not None
     samples = study.num_samples if search else 1
     charged: set[str] = set()
-    subsets: dict[str, Any] = {}
+    train_lists: dict[str, Any] = {}  # each dataset root's train_slices.list, read once
     planned = []
     unpriced: list[str] = []
     warnings: list[str] = []  # as the run's own warnings word them (medseg_platform.results.trial_finished)
@@ -184,7 +184,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     for index, trial in enumerate(trials):
         cfg = TrialConfig.from_dict(trial["config"])
         phases = trial_plan(trial["config"], trial["key"])
-        keys = [stage_key(cfg, i, _subset(cfg, subsets)) for i in range(len(cfg.pretrain))]
+        keys = chain_keys(cfg, train_lists)
         cached = [(stage_folder(cache, key) / STAGE_FINAL_FILE).is_file() for key in keys]
         resume_from = None
         if not search and trial_finished(trial_folder(study_dir, trial["key"]), log=warnings.append):
@@ -272,11 +272,6 @@ def _left_out(trials_dir: Path, trials: list[dict], finished) -> tuple[int, tupl
     left = [folder for folder in trials_dir.iterdir() if folder.is_dir() and folder.name not in keys and finished(folder)]
     other = {str(((read_json_object(folder / CONFIG_FILE) or {}).get("config") or {}).get("data", {}).get("root")) for folder in left}
     return len(left), tuple(sorted(other - roots - {"None"}))
-
-
-def _subset(cfg: TrialConfig, cache: dict):
-    """The trial's labelled subset (what the engine's stage keys hash), one dataset list read per root."""
-    return labelled_subset(cfg, cache)
 
 
 def _with_kept_limits(study, trials: list[dict]):

@@ -185,7 +185,7 @@ class ProgressCallback(Callback):
         reached = int(at.get("phase_step") or 0) if at.get("phase") == "fine-tuning" else steps
         # a resumed trial spent this run's seconds on the steps after its checkpoint only (the runner review: crediting
         # all of them made the seconds per unit, hence the ETA, several times too low)
-        share = max(0, reached - getattr(self, "resumed_from", {}).get(trial_id, 0)) / steps
+        share = max(0, reached - self.resumed_from.get(trial_id, 0)) / steps
         trained = self.trained.get(trial_id, set())
         return (sum(stage.units for stage in plan.stages if stage.stage in trained)
                 + min(1.0, share) * (plan.fine_tuning.units + plan.evaluations * EVALUATION_COST))
@@ -294,8 +294,9 @@ class ProgressCallback(Callback):
             except Exception:  # noqa: BLE001 - a sample the trainable will refuse: it says why; no resume to tell
                 return ""
         point = resume_point(trial_folder(self.study_dir, key))
-        if hasattr(self, "resumed_from"):  # at its first start in this run; a retry's checkpoint is this run's work
-            self.resumed_from.setdefault(trial.trial_id, int(point[0]) if point else 0)
+        # at its first start in this run (setup() makes the dict, also for a callback restored from an older pickle); a
+        # retry's checkpoint is this run's work
+        self.resumed_from.setdefault(trial.trial_id, int(point[0]) if point else 0)
         return f", resuming at step {point[0]}/{self.plans[i].fine_tuning.steps}" if point else ""
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import math
 import numbers
-from fractions import Fraction
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Sequence
 
 import numpy as np

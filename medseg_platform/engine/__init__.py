@@ -28,7 +28,7 @@ from medseg_platform.engine.evaluate import (QUALITATIVE_CASES, QualitativeSlice
                                              validation_dice)
 from medseg_platform.engine.loop import (NonFiniteLossError, NonFiniteMonitor, TrainLoop, build_trial_model, make_optimizer,
                                          autocast_dtype, logs_after, lr_after_step, pick_device, poly_lr)
-from medseg_platform.engine.pretrain import STAGE_CACHE_VERSION, run_pretraining, stage_key
+from medseg_platform.engine.pretrain import STAGE_CACHE_VERSION, chain_keys, run_pretraining, stage_key
 from medseg_platform.engine.reports import Reporter, progress_fields
 from medseg_platform.engine.training_data import TrainingData, load_training_data
 from medseg_platform.engine.trial import TrialOutcome, train_trial
@@ -38,6 +38,6 @@ __all__ = [
     "QualitativeSlices", "Reporter", "STAGE_CACHE_VERSION", "StrongAugmentAdapter", "TrainLoop", "TrainingData", "TrialOutcome",
     "autocast_dtype", "average_gradients", "broadcast_state", "evaluate_volumes", "gather_scalar", "load_selected_model",
     "load_training_data", "logs_after", "lr_after_step", "mean_dice", "pick_device", "poly_lr", "predict_case", "progress_fields",
-    "replica_max_difference", "run_pretraining", "stage_key", "train_trial", "build_trial_model", "make_optimizer",
+    "replica_max_difference", "run_pretraining", "stage_key", "chain_keys", "train_trial", "build_trial_model", "make_optimizer",
     "validation_dice",
 ]

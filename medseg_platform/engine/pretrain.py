@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from medseg_platform.config import MAX_SEED, TrialConfig
+from medseg_platform.config import MAX_SEED, TrialConfig, labelled_subset
 from medseg_platform.data.splits import LabelledSubset
 from medseg_platform.engine.checkpoint import (TRAINED_ON, check_trained_on, load_checkpoint, restore_training_state, save_checkpoint,
                                                trained_on, training_state)
@@ -65,6 +65,13 @@ def stage_key(cfg: TrialConfig, index: int, subset: LabelledSubset) -> str:
                **({"amp": cfg.optim.amp, "amp_revision": AMP_STAGE_REVISION} if cfg.optim.amp != "off" else {})}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"stage{index}-{cfg.pretrain[index].objective}-{digest}"
+
+
+def chain_keys(cfg: TrialConfig, train_slices: dict | None = None) -> list[str]:
+    """The cache keys of ``cfg``'s pretraining stages (:func:`stage_key`), its labelled subset read from its dataset's
+    list without loading the data (``train_slices``: a cache of each root's list, shared by the calls that pass it)."""
+    subset = labelled_subset(cfg, train_slices) if cfg.pretrain else None
+    return [stage_key(cfg, i, subset) for i in range(len(cfg.pretrain))]
 
 
 #: Seconds between two tries of a stage's lock while another trial holds it: a data-parallel trial's ranks meet in one

@@ -612,8 +612,8 @@ def stage_folders(trials: list[dict]) -> dict[str, str]:
     """Each pretraining stage of ``trials``: its identity in the progress plans (:func:`medseg_platform.step_costs.trial_plan`)
     -> its folder in the pretraining cache (:func:`medseg_platform.engine.stage_key`), for the ETA to know the cached
     ones; {} where the datasets' lists cannot be read here (the estimate then charges the stages, as before)."""
-    from medseg_platform.config import TrialConfig, labelled_subset
-    from medseg_platform.engine import stage_key
+    from medseg_platform.config import TrialConfig
+    from medseg_platform.engine import chain_keys
     from medseg_platform.step_costs import trial_plan
 
     folders: dict[str, str] = {}
@@ -621,10 +621,8 @@ def stage_folders(trials: list[dict]) -> dict[str, str]:
     try:
         for trial in trials:
             stages = trial_plan(trial["config"], trial["key"]).stages
-            if stages:
-                cfg = TrialConfig.from_dict(trial["config"])
-                subset = labelled_subset(cfg, lists)
-                folders.update({stage.stage: stage_key(cfg, i, subset) for i, stage in enumerate(stages)})
+            keys = chain_keys(TrialConfig.from_dict(trial["config"]), lists) if stages else []
+            folders.update({stage.stage: key for stage, key in zip(stages, keys)})
     except Exception:  # noqa: BLE001 - an estimate only: the run reads its data where it trains
         return {}
     return folders
