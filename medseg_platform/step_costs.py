@@ -40,8 +40,6 @@ UNKNOWN_STEP_COST = 1.0
 #: One evaluation pass (a validation, or the final test with the trial's set-up), in supervised steps: measured in
 #: the same run (a validation of the quick profile's 8 val volumes took 0.19 s, 7 supervised steps).
 EVALUATION_COST = 7.0
-#: ``TrialConfig.data`` fields a pretraining stage does not depend on (as in ``medseg_platform.engine.stage_key``).
-_FINE_TUNE_ONLY_DATA = ("labelled_batch", "unlabelled_batch", "strong_mix")
 
 
 @dataclass(frozen=True)
@@ -94,16 +92,18 @@ def validations(config: Mapping) -> int:
 def trial_plan(config: Mapping, key: str, existed: bool = False) -> TrialPlan:
     """The :class:`TrialPlan` of the trial of ``config`` (a ``TrialConfig.to_dict()``).
 
-    A stage's identity is its chain up to it, the model, the data (less fine-tuning-only fields), the seed, the
-    workers and the mixed precision: the inputs of ``medseg_platform.engine.stage_key`` but the labelled subset, which
-    those determine. Two trials with one identity share the stage: the ETA counts it once.
+    A stage's identity is its chain up to it, the model, the data it reads
+    (``medseg_platform.engine.pretrain.stage_data``), the seed, the workers and the mixed precision: the inputs of
+    ``medseg_platform.engine.stage_key`` but the labelled subset, which those determine. Two trials with one identity share the stage: the ETA counts it once.
     """
+    from medseg_platform.engine.pretrain import stage_data  # torch: only where a plan is priced
+
     pretrain = list(config.get("pretrain") or [])
-    data = {k: v for k, v in dict(config.get("data") or {}).items() if k not in _FINE_TUNE_ONLY_DATA}
+    data = dict(config.get("data") or {})
     amp = dict(config.get("optim") or {}).get("amp", "off")
     stages = tuple(Phase(str(stage["objective"]), int(stage["max_steps"]),
-                         json.dumps([pretrain[: i + 1], config.get("model"), data, config.get("seed"), config.get("workers"), amp],
-                                    sort_keys=True, default=str))
+                         json.dumps([pretrain[: i + 1], config.get("model"), stage_data(data, [s["objective"] for s in pretrain[: i + 1]]),
+                                     config.get("seed"), config.get("workers"), amp], sort_keys=True, default=str))
                    for i, stage in enumerate(pretrain))
     steps = int(config["optim"]["max_steps"])
     fine_tuning = Phase(cost_key(str(config["objective"]), dict(config.get("objective_params") or {})), steps)

@@ -113,6 +113,12 @@ def test_trial_plan_counts_phases_and_identifies_shared_stages():
     longer = trial_plan(config("mona", pretrain=[{**ISD, "max_steps": 21}]), "l")
     assert same.stages[0].stage == plan.stages[0].stage
     assert len({plan.stages[0].stage, other_seed.stages[0].stage, longer.stages[0].stage}) == 3
+    # data.strong_mix: as in stage_key, a stage that mixes strong views is another stage under another mix (the ETA
+    # charged two trials one stage that the engine trains twice); ISD's stage above is the same
+    mona_stage = {**ISD, "objective": "mona", "objective_params": {}}
+    chain = [config("mona", pretrain=[ISD, mona_stage], strong_mix=mix) for mix in ("cutout", "classmix")]
+    plans = [trial_plan(cfg, f"m-{i}") for i, cfg in enumerate(chain)]
+    assert plans[0].stages[0].stage == plans[1].stages[0].stage and plans[0].stages[1].stage != plans[1].stages[1].stage
 
 
 def cost_study(clock):

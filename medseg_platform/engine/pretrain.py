@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -30,13 +30,24 @@ from medseg_platform.io import write_json_atomic
 from medseg_platform.results import (AMP_STAGE_REVISION, CHECKPOINT_FILE, STAGE_DATA_FILE, STAGE_FINAL_FILE, dataset_identity_record,
                                      stage_folder)
 from medseg_platform.seeding import seed_everything
-from methods.registry import build_objective
+from methods.registry import OBJECTIVES, build_objective
 
 #: Part of every stage key: bump it when a change to the engine or the pretraining objectives changes what a stage
 #: trains, so that stages cached before it are not reused. 2: the released learning-rate step index
 #: (``StageConfig.lr_step``) and the released ISD views (one jitter and one blur decision per batch, the blur on 8-bit
 #: grey levels: ``isd_pretrain``'s ``view_coins``). 3: that blur is Pillow's, as released (it was an exact Gaussian).
 STAGE_CACHE_VERSION = 3
+
+
+def stage_data(data: Mapping, chain: Sequence[str]) -> dict:
+    """The fields of ``data`` (a ``TrialConfig.data`` as a dict) that the last stage of ``chain`` (its objectives' names,
+    the first stage first) depends on: all but the fine-tuning batches, and ``strong_mix`` only where a stage of the
+    chain mixes strong views (``mixes_strong_views``). :func:`stage_key` and the ETA's stage identity
+    (``medseg_platform.step_costs.trial_plan``) read it, so that the two agree on which trials share a stage."""
+    dropped = {"labelled_batch", "unlabelled_batch"}
+    if not any(getattr(OBJECTIVES.get(objective), "mixes_strong_views", False) for objective in chain):
+        dropped.add("strong_mix")
+    return {name: value for name, value in data.items() if name not in dropped}
 
 
 def stage_key(cfg: TrialConfig, index: int, subset: LabelledSubset) -> str:
@@ -51,14 +62,7 @@ def stage_key(cfg: TrialConfig, index: int, subset: LabelledSubset) -> str:
     flushes denormals on one thread only, and reductions split differently), which keeps the paper profile's costly
     stages shared. Not the convolution kernels either: every stage runs oneDNN's (docs/methods.md, 'CPU convolution
     kernels')."""
-    from methods.registry import OBJECTIVES
-
-    chain = cfg.pretrain[: index + 1]
-    data = dataclasses.asdict(cfg.data)
-    for fine_tune_only in ("labelled_batch", "unlabelled_batch"):
-        data.pop(fine_tune_only)
-    if not any(getattr(OBJECTIVES.get(stage.objective), "mixes_strong_views", False) for stage in chain):
-        data.pop("strong_mix")
+    data = stage_data(dataclasses.asdict(cfg.data), [stage.objective for stage in cfg.pretrain[: index + 1]])
     payload = {"version": STAGE_CACHE_VERSION, "stages": cfg.to_dict()["pretrain"][: index + 1], "model": dataclasses.asdict(cfg.model),
                "data": data, "labelled_patients": list(subset.patients), "labelled_slices": len(subset.labelled_slices), "seed": cfg.seed,
                "workers": cfg.workers,
