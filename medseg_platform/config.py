@@ -239,6 +239,9 @@ class TrialConfig:
         for name in ("weak_rot90_flip_p", "weak_rotate_p", "advmorph_p"):
             if not 0.0 <= getattr(d, name) <= 1.0:
                 raise ConfigError(f"data.{name} {getattr(d, name)}: a probability must be in [0, 1]")
+        if d.weak_rot90_flip_p + d.weak_rotate_p > 1.0 + 1e-12:  # as the weak view checks it (data.weak_view)
+            raise ConfigError(f"data.weak_rot90_flip_p {d.weak_rot90_flip_p} + data.weak_rotate_p {d.weak_rotate_p}: more than 1 "
+                              "(the weak view draws one of the two or neither, docs/data.md 'Weak view'; lower one of them)")
         if d.strong_mix not in ("cutmix", "classmix", "cutout", "none"):
             raise ConfigError(f"data.strong_mix {d.strong_mix!r}: choose cutmix, classmix, cutout or none")
         if o.optimizer not in ("sgd", "adamw"):

@@ -64,6 +64,8 @@ def test_round_trip_and_dotted_overrides(tiny_root):
     ({"seed": 2**32}, "seed 4294967296: must be in "),
     ({"threads": 0}, "threads 0: must be >= 1"),
     ({"eval.empty_policy": "zero"}, "choose 'nan' or 'released'"),
+    # the weak view's two branches are exclusive: a sum above 1 used to pass here and fail every trial at its first step
+    ({"data.weak_rot90_flip_p": 0.8, "data.weak_rotate_p": 0.5}, r"data.weak_rot90_flip_p 0.8 \+ data.weak_rotate_p 0.5: more than 1"),
 ])
 def test_bad_values_are_one_line_errors(tiny_root, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:

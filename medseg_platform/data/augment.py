@@ -256,7 +256,7 @@ def strong_augment(
     """
     where = "strong_augment"
     _check_image_batch(where, "image", image)
-    _check_map_batch(where, "pseudo_label", pseudo_label, image, integer=True)
+    _check_map_batch(where, "pseudo_label", pseudo_label, image, integer=True, signed=True)
     _check_map_batch(where, "confidence", confidence, image, integer=False)
     _check_generator(where, generator)
     _check_probability(where, "p_jitter", p_jitter)

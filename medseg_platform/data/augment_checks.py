@@ -47,8 +47,9 @@ def _check_image_batch(where: str, name: str, image: torch.Tensor) -> None:
         raise _fail(where, f"{name} must be non-empty, got shape {tuple(image.shape)}", "pass at least one image")
 
 
-def _check_map_batch(where: str, name: str, x: torch.Tensor, image: torch.Tensor, integer: bool) -> None:
-    """Require a (B, H, W) tensor matching ``image`` (B, C, H, W) in B/H/W and device."""
+def _check_map_batch(where: str, name: str, x: torch.Tensor, image: torch.Tensor, integer: bool, signed: bool = False) -> None:
+    """Require a (B, H, W) tensor matching ``image`` (B, C, H, W) in B/H/W and device; ``signed``: an integer map that
+    may hold the ignore label -1 (a pseudo-label), so not an unsigned dtype, where -1 would wrap to 255."""
     if not isinstance(x, torch.Tensor):
         raise _fail(where, f"{name} must be a torch.Tensor, got {type(x).__name__}", "pass a (B,H,W) tensor")
     expected = (image.shape[0], image.shape[2], image.shape[3])
@@ -57,6 +58,8 @@ def _check_map_batch(where: str, name: str, x: torch.Tensor, image: torch.Tensor
                     "pass one (H,W) map per image")
     if integer and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
         raise _fail(where, f"{name} must be an integer tensor, got {x.dtype}", "convert with .long()")
+    if integer and signed and not x.dtype.is_signed:
+        raise _fail(where, f"{name} must be a signed integer tensor (its ignore label is -1), got {x.dtype}", "convert with .long()")
     if not integer and not x.is_floating_point():
         raise _fail(where, f"{name} must be a floating tensor, got {x.dtype}", "convert with .float()")
     if x.device != image.device:

@@ -24,7 +24,8 @@ class SliceBank(Dataset):
     """Slices of ``slice_ids`` resized to ``patch_size`` and held in memory.
 
     Attributes:
-        images: float32 tensor (N, 1, h, w), values in [0, 1].
+        images: float32 tensor (N, 1, h, w), values in [0, 1] (``image_resize`` "cubic", ACTION's spline zoom,
+            overshoots it by a few hundredths at sharp edges: docs/data.md).
         labels: uint8 tensor (N, h, w) (class indices).
         slice_ids: the ids, in the given order (index i <-> slice_ids[i]).
 

@@ -110,7 +110,9 @@ def mix_batch(
     With B = 1 the partner is the image itself, so cutmix/classmix return copies.
 
     Args:
-        image: (B, C, H, W) floating; pseudo_label (B, H, W) integer; confidence (B, H, W) floating.
+        image: (B, C, H, W) floating; pseudo_label (B, H, W) signed integer in [-1, num_classes) (the range is not
+            checked here, which would cost a device synchronisation: :func:`~medseg_platform.data.augment.strong_augment`
+            checks it unless told not to); confidence (B, H, W) floating.
         generator: CPU generator.
         mix: one of :data:`MIX_MODES`.
         num_classes: classes for ``classmix``; if None it is inferred as ``pseudo_label.max() + 1``
@@ -120,7 +122,7 @@ def mix_batch(
     """
     where = "mix_batch"
     _check_image_batch(where, "image", image)
-    _check_map_batch(where, "pseudo_label", pseudo_label, image, integer=True)
+    _check_map_batch(where, "pseudo_label", pseudo_label, image, integer=True, signed=True)
     _check_map_batch(where, "confidence", confidence, image, integer=False)
     _check_generator(where, generator)
     if mix not in MIX_MODES:

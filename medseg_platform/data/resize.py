@@ -103,7 +103,10 @@ def resize_slice(
     elif image_mode == "cubic":
         from scipy import ndimage
 
-        source = image.detach().cpu().numpy()
+        source = image.detach()
+        if source.dtype not in (torch.float32, torch.float64):  # scipy zooms no half precision
+            source = source.to(torch.float32)
+        source = source.cpu().numpy()
         zoomed = ndimage.zoom(source, (h / source.shape[0], w / source.shape[1]), order=3)
         image_out = torch.from_numpy(zoomed.astype(np.float32, copy=False)).to(image.device)
     else:

@@ -419,6 +419,9 @@ def test_perturb_draws_again_from_one_mix():
     dict(image=torch.full((4, 1, 16, 16), 2.0)),
     dict(pseudo_label=torch.full((4, 16, 16), 4, dtype=torch.long), num_classes=4),
     dict(pseudo_label=torch.full((4, 16, 16), -2, dtype=torch.long)),
+    # an unsigned pseudo-label cannot hold the ignore label: valid uint8 labels failed the range check (-1 read as 255),
+    # and CutOut wrote 255 for ignore with the check off
+    dict(pseudo_label=torch.zeros(4, 16, 16, dtype=torch.uint8)),
     dict(mix="mixup"),
     dict(p_jitter=-0.1),
     dict(num_classes=0),
@@ -430,6 +433,22 @@ def test_strong_rejects_bad_input(change):
     with pytest.raises(ValueError) as err:
         A.strong_augment(**kwargs)
     assert "strong_augment" in str(err.value)
+
+
+def test_mixing_names_an_unsigned_pseudo_label_as_the_problem():
+    image, conf = torch.rand(2, 1, 16, 16), torch.rand(2, 16, 16)
+    with pytest.raises(ValueError, match=r"mix_batch: pseudo_label must be a signed integer tensor .its ignore label is -1., "
+                                         r"got torch.uint8"):
+        A.mix_batch(image, torch.zeros(2, 16, 16, dtype=torch.uint8), conf, gen(0), "cutout", num_classes=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cubic_resize_takes_half_precision_images_as_the_other_modes_do(dtype):
+    """scipy zooms no half precision: the image is zoomed in float32 (it raised a TypeError/RuntimeError)."""
+    image, label = torch.rand(10, 10, generator=gen(1)), torch.zeros(10, 10, dtype=torch.uint8)
+    im, _ = A.resize_slice(image.to(dtype), label, 16, image_mode="cubic")
+    assert im.dtype == torch.float32
+    assert torch.equal(im, A.resize_slice(image.to(dtype).float(), label, 16, image_mode="cubic")[0])
 
 
 def test_strong_check_values_can_be_skipped():
