@@ -61,7 +61,8 @@ def finished_trial(trial_dir: str | Path):
 
     trial_dir = Path(trial_dir).expanduser().resolve()
     if not trial_dir.is_dir():
-        raise MedsegError(f"--trial {trial_dir}: no such folder (give a trial folder, <results>/<study>/trials/<key>)")
+        what = "a file, not a folder" if trial_dir.exists() else "no such folder"
+        raise MedsegError(f"--trial {trial_dir}: {what} (give a trial folder, <results>/<study>/trials/<key>)")
     try:
         record = read_trial(trial_dir)
     except CorruptResult as exc:
@@ -150,7 +151,10 @@ def check_same_classes(root: str | Path, num_classes: int, class_names: Sequence
     from medseg_platform.data.check import manifest_num_classes
     from medseg_platform.data.layout import AcdcLayout
 
-    layout = AcdcLayout(root, num_classes)
+    try:
+        layout = AcdcLayout(root, num_classes)
+    except DataError as exc:  # a missing root or list: name the flag that gave it
+        raise DataError(f"{what}: {exc}") from None
     ours = f"{num_classes} classes ({', '.join(class_names)} and background)"
     counted = manifest_num_classes(layout.root)
     if counted is not None and counted != num_classes:
@@ -200,6 +204,29 @@ def _nifti_bytes(prediction_dhw, affine) -> bytes:
     return gzip.compress(image.to_bytes(), mtime=0)
 
 
+def _check_volumes_predictable(layout, cases: Sequence[str], split: str) -> None:
+    """A :class:`DataError` naming the first volume of ``cases`` that cannot be read or holds a non-finite voxel, and how
+    many do, before anything is written (the evaluation review: one found after the first cases' predictions left a
+    partial folder, and a NaN voxel's error named no file). Reads every volume once more than predicting does."""
+    import numpy as np
+
+    from medseg_platform.data.layout import read_h5_pair
+
+    problems = []
+    for case in cases:
+        path = layout.volume_path(case)
+        try:
+            image, _, _ = read_h5_pair(path, 3)
+        except DataError as exc:
+            problems.append(str(exc))
+            continue
+        if not np.issubdtype(image.dtype, np.number) or not np.isfinite(image).all():
+            problems.append(f"{path}: 'image' holds NaN/inf or non-numbers (normalise it to [0, 1])")
+    if problems:
+        raise DataError(f"--data-root {layout.root}: {len(problems)} of the {split} split's {len(cases)} volume(s) cannot be "
+                        f"predicted, e.g. {problems[0]} ('medseg data check {layout.root}' lists every problem)")
+
+
 def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path, split: str = "test",
                   log: Callable[[str], None] = print) -> dict:
     """Write the predictions of a finished trial for ``split`` of ``data_root`` into ``out`` (see the module docstring);
@@ -229,6 +256,7 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
     if out == layout.root or layout.root in out.parents:
         raise MedsegError(f"--out {out}: inside the dataset {layout.root}; write predictions somewhere else")
     check_output_folder(out, "--out")
+    _check_volumes_predictable(layout, cases, split)
     affines = {case: (layout.manifest.get("cases") or {}).get(case, {}).get("affine") for case in cases}
 
     def refusals() -> None:  # before the lock (a refused run creates nothing) and again under it
@@ -239,7 +267,8 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
     with folder_lock(out, "medseg predict", keep=False):  # two runs into one --out mixed their cases (the security audit)
         refusals()
         device = pick_device()
-        model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
+        model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"),
+                                    best_val_dice=record.result.get("best_val_dice"))
         kernels = recorded_conv_kernels(record.result, cfg, device.type)  # the CPU kernels of the trial's own test
         summary = {"trial": str(record.path), "data_root": str(layout.root), "split": split, "cases": cases,
                    "best_step": record.result.get("best_step"), "num_classes": cfg.data.num_classes, "class_names": list(names),
@@ -449,7 +478,8 @@ def predict_images(trial_dir: str | Path, images: Sequence[str | Path], out: str
     with folder_lock(out, "medseg predict", keep=False):  # two runs into one --out mixed their cases (the security audit)
         refusals()
         device = pick_device()
-        model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
+        model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"),
+                                    best_val_dice=record.result.get("best_val_dice"))
         kernels = recorded_conv_kernels(record.result, cfg, device.type)
         summary = {"trial": str(record.path), "images": {case: str(path) for case, path in files.items()}, "cases": list(files),
                    "best_step": record.result.get("best_step"), "num_classes": cfg.data.num_classes,
@@ -563,7 +593,8 @@ def evaluate_on_test_root(trial_dir: str | Path, root: str | Path, device=None) 
     layout = check_same_classes(root, cfg.data.num_classes, names, "--test-root", f"trial {record.path.name}")
     fingerprint = test_split_fingerprint(layout)  # of the files as they are before they are read
     device = device or pick_device()
-    model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"))
+    model = load_selected_model(cfg, record.path, device, best_step=record.result.get("best_step"),
+                                best_val_dice=record.result.get("best_val_dice"))
     with using_conv_kernels(recorded_conv_kernels(record.result, cfg, device.type)):  # the kernels of its own test
         rows = evaluate_volumes(model, (layout.read_volume(case) for case in layout.test_cases), cfg, device)
     return write_test_root_results(record.path, layout.root, rows, fingerprint)

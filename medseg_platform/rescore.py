@@ -36,6 +36,7 @@ when Tune starts them (:func:`medseg_platform.study.trainable.score_sample_from_
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +198,9 @@ def score_trial(source: ScoringSource, trial: Mapping, trial_dir: Path, device) 
     """Write the results of the pending ``trial`` (``{"key", "config", "tags"}``) into ``trial_dir`` from ``source``'s
     checkpoint (module docstring), evaluating on ``device`` (the one the trial would train on); returns its result
     record. A :class:`MedsegError` when the checkpoint is unreadable or is not the finished trial's last state. Every
-    file is written after the evaluation, ``result.json`` last: a failure leaves the folder as it was."""
+    file is written after the evaluation, ``result.json`` last; a failure while writing removes the checkpoint and
+    qualitative slices it wrote (and puts back a checkpoint of the trial's own earlier attempt), so the trial trains as
+    it would have."""
     import torch
 
     from medseg_platform.data.layout import AcdcLayout
@@ -253,10 +256,6 @@ def score_trial(source: ScoringSource, trial: Mapping, trial_dir: Path, device) 
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the study's trials share this GPU
     test_s = time.perf_counter() - t0
-    write_trial_config(trial_dir, trial["config"], trial["tags"])
-    save_checkpoint(checkpoint_path(trial_dir), {**state, "best_state": selected, "best_step": best_step,
-                                                 "best_val_dice": best_val_dice, "scored_from": source.folder.name})
-    qualitative.save(trial_dir / QUALITATIVE_FILE)
     timing = {"test_s": test_s, "total_s": time.perf_counter() - t_start}
     outcome = TrialOutcome(_RecordedSubset(record.result["labelled"]), best_step, best_val_dice, rows, list(state["curves"]),
                            val_curve, timing)
@@ -264,9 +263,29 @@ def score_trial(source: ScoringSource, trial: Mapping, trial_dir: Path, device) 
     scored_from = {"trial_key": source.folder.name, "study": source.folder.parent.parent.name,
                    "fields": {f: [_value(record.result["config"], f), _value(trial["config"], f)] for f in source.fields},
                    "environment": trial_environment(device)}  # what computed the test rows (`environment`: the training)
-    return write_trial_results(trial_dir, config=trial["config"], tags=trial["tags"], outcome=outcome, seed=cfg.seed,
-                               extra={**kept, "resumed_from_step": int(record.result.get("resumed_from_step", 0)),
-                                      "scored_from": scored_from})
+    checkpoint, qualitative_file = checkpoint_path(trial_dir), trial_dir / QUALITATIVE_FILE
+    # A failure while writing (a full disk) must not leave the copied checkpoint behind: the trial, trained instead,
+    # would resume from it at its last step with another trial's weights and no `scored_from`. A checkpoint of the
+    # trial's own earlier attempt is set aside and put back.
+    own = checkpoint.with_name(checkpoint.name + ".before-scoring")
+    if checkpoint.exists():
+        os.replace(checkpoint, own)
+    try:
+        write_trial_config(trial_dir, trial["config"], trial["tags"])
+        save_checkpoint(checkpoint, {**state, "best_state": selected, "best_step": best_step, "best_val_dice": best_val_dice,
+                                     "scored_from": source.folder.name})
+        qualitative.save(qualitative_file)
+        result = write_trial_results(trial_dir, config=trial["config"], tags=trial["tags"], outcome=outcome, seed=cfg.seed,
+                                     extra={**kept, "resumed_from_step": int(record.result.get("resumed_from_step", 0)),
+                                            "scored_from": scored_from})
+    except BaseException:
+        checkpoint.unlink(missing_ok=True)
+        qualitative_file.unlink(missing_ok=True)
+        if own.exists():
+            os.replace(own, checkpoint)
+        raise
+    own.unlink(missing_ok=True)
+    return result
 
 
 def _value(config: Mapping, dotted: str):

@@ -212,6 +212,12 @@ def test_a_folder_that_is_no_trial_is_a_one_line_error(trained, tmp_path, capsys
     # without --data-root a wrong --trial is named as such, not as a trial that records no dataset (the data walkthrough)
     assert main(["predict", "--trial", str(tmp_path / "nope"), "--out", str(tmp_path / "p")]) == 2
     assert one_line_error(capsys).startswith(f"error: --trial {tmp_path / 'nope'}: no such folder")
+    # the evaluation review: a file was called "no such folder", and a missing --data-root was not named as the flag
+    assert main(["predict", "--trial", str(trial / "result.json"), "--out", str(tmp_path / "p")]) == 2
+    assert one_line_error(capsys).startswith(f"error: --trial {trial / 'result.json'}: a file, not a folder (give a trial ")
+    assert main(["predict", "--trial", str(trial), "--data-root", str(tmp_path / "nope"), "--out", str(tmp_path / "p")]) == 2
+    assert one_line_error(capsys).startswith(f"error: --data-root: {tmp_path / 'nope'}: ")
+    assert not (tmp_path / "p").exists()
 
 
 def test_an_output_that_is_a_file_is_a_one_line_error(trained, tmp_path, capsys):
@@ -286,12 +292,19 @@ def test_a_trial_without_its_checkpoint_is_a_one_line_error(trained, tmp_path, c
 
     (copy / "checkpoint").mkdir()
     whole = (trial / "checkpoint" / "checkpoint.pt").read_bytes()
+    recorded = json.loads((trial / "result.json").read_text())
+    selected = {"best_step": recorded["best_step"], "best_val_dice": recorded["best_val_dice"]}
+    own_state = torch.load(trial / "checkpoint" / "checkpoint.pt", weights_only=True)["best_state"]
     for content, message in ((None, "not a checkpoint of this platform (a Tensor, not a dict of states); the trial's selected "
                                     f"weights are in it: restore it from a copy, or {retrain}"),
                              (b"truncated", "unreadable checkpoint ("),
                              (whole[:50_000], "unreadable checkpoint ("),  # an OSError in torch.load: a traceback before
-                             ({"best_state": {"nope": torch.zeros(1)}, "best_step": json.loads((trial / "result.json").read_text())["best_step"]},
-                              "its selected weights do not fit the trial's network (")):
+                             ({"best_state": {"nope": torch.zeros(1)}, **selected},
+                              "its selected weights do not fit the trial's network ("),
+                             # evalrev: another trial's checkpoint that selected the same step was taken for this one's
+                             ({"best_state": own_state, **selected, "best_val_dice": recorded["best_val_dice"] + 0.25},
+                              f"selected val Dice {recorded['best_val_dice'] + 0.25} but result.json records "
+                              f"{recorded['best_val_dice']} (the checkpoint is not this finished trial's; {retrain})")):
         if isinstance(content, bytes):
             (copy / "checkpoint" / "checkpoint.pt").write_bytes(content)
         else:
@@ -331,6 +344,30 @@ def test_a_missing_volume_is_a_one_line_error_before_any_prediction(trained, tmp
     out = tmp_path / "preds"
     assert main(["predict", "--trial", str(trial), "--data-root", str(copy), "--out", str(out)]) == 2
     assert one_line_error(capsys).startswith(f"error: --data-root {copy}: 1 of the test split's ")
+    assert not out.exists()
+
+
+def test_an_unreadable_or_non_finite_volume_is_named_before_any_prediction(trained, tmp_path, capsys):
+    """The evaluation review: a NaN voxel failed with "predict_volume: image must be finite numbers" naming no file,
+    and a junk file after the first case's prediction; both left a partial folder."""
+    import shutil
+
+    import h5py
+
+    root, trial = trained
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy)
+    first, *_, last = (copy / "test.list").read_text().split()
+    with h5py.File(copy / "data" / f"{first}.h5", "r+") as fh:
+        image = fh["image"][()]
+        image[0, 0, 0] = np.nan
+        fh["image"][...] = image
+    (copy / "data" / f"{last}.h5").write_bytes(b"not an h5 file")
+    out = tmp_path / "preds"
+    assert main(["predict", "--trial", str(trial), "--data-root", str(copy), "--out", str(out)]) == 2
+    error = one_line_error(capsys)
+    assert error.startswith(f"error: --data-root {copy}: 2 of the test split's ") and "cannot be predicted, e.g. " in error
+    assert f"{copy / 'data' / (first + '.h5')}: 'image' holds NaN/inf" in error
     assert not out.exists()
 
 

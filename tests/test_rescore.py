@@ -98,6 +98,30 @@ def test_a_trial_that_trains_differently_or_tests_unheld_weights_is_not_scored(f
     assert scoring_sources(final_dir, [_pending(_config(source, **{"eval.selection": "final", "eval.distance_units": "voxel"}))])
 
 
+def test_a_scoring_that_fails_while_writing_leaves_no_copied_checkpoint_behind(finished, tmp_path, monkeypatch):
+    """evalrev: a full disk at result.json left the source's checkpoint copied into the pending trial, which the trial,
+    trained instead, resumed from at its last step with no `scored_from`; a checkpoint of its own attempt is kept."""
+    from medseg_platform import results
+
+    _, _, study_dir, source = finished
+    pending = _pending(_config(source, **{"eval.empty_policy": "released"}))
+    folder = study_dir / "trials" / pending["key"]
+    own = checkpoint_path(folder)
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"the trial's own earlier attempt")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(results, "write_trial_results", full_disk)
+    lines = []
+    assert score_from_sources(study_dir, [pending], lines.append) == set()
+    assert "not scored from" in lines[-1] and "No space left on device" in lines[-1]
+    assert own.read_bytes() == b"the trial's own earlier attempt"
+    assert sorted(p.name for p in own.parent.iterdir()) == [own.name]
+    assert not (folder / "qualitative.npz").exists() and not (folder / "result.json").exists()
+
+
 def test_another_empty_policy_needs_every_class_in_every_validated_case(tmp_path):
     root = make_tiny_dataset(tmp_path / "tiny")
     case = layout.AcdcLayout(root).val_cases[0]

@@ -151,7 +151,7 @@ def test_a_dry_run_rejects_what_the_run_rejects(tmp_path, phantom_env, capsys, m
     elif case == "optuna storage":
         extra, message = ["--optuna-storage", str(tmp_path / "o.log")], "--optuna-storage records an Optuna search; this study is a grid"
     elif case == "test root":
-        extra, message = ["--test-root", str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'}: dataset root does not exist"
+        extra, message = ["--test-root", str(tmp_path / "nowhere")], f"--test-root: {tmp_path / 'nowhere'}: dataset root does not exist"
     elif case == "num_classes":  # the manifest's 3 class names; a supervised-only row alone used to pass
         extra = ["--set", "data.num_classes=5", "--rows", "Supervised only"]
         message = (f"{phantom_env}: a dataset of 4 classes (background included; its manifest.json), but the trials are set up "

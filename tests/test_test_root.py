@@ -90,7 +90,7 @@ def test_scoring_a_trial_on_a_test_root_equals_predict_then_evaluate(tmp_path, c
               "{data} (labels must mean the same classes; if only the names differ, convert it again with --class-names)\n"),
     ("classes", "error: --test-root {root}: a dataset of 3 classes, but the study's data {data} has 4 classes (RV, Myo, LV and "
                 "background) (use a dataset labelled with the same classes)\n"),
-    ("missing", "error: {root}: dataset root does not exist"),
+    ("missing", "error: --test-root: {root}: dataset root does not exist"),  # names the flag (the evaluation review)
     ("truncated", "error: data preflight, nothing started: {root}/data/{case}.h5: unreadable HDF5 file"),
 ])
 def test_a_bad_test_root_is_one_line_before_anything_runs(tmp_path, phantom_env, capsys, case, message):  # noqa: F811

@@ -9,6 +9,7 @@ with ``weights_only=True``.
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
@@ -132,13 +133,15 @@ def retrain_remedy(trial_dir: Path) -> str:
     return f"to train it again, delete the folder {trial_dir} and rerun the command that trained it"
 
 
-def load_selected_model(cfg: TrialConfig, trial_dir: Path, device: torch.device, best_step: int | None = None) -> torch.nn.Module:
+def load_selected_model(cfg: TrialConfig, trial_dir: Path, device: torch.device, best_step: int | None = None,
+                        best_val_dice: float | None = None) -> torch.nn.Module:
     """The network of a trial trained by :func:`medseg_platform.engine.train_trial` with the weights it selected
     (``eval.selection``: the best on val, or the final ones; the ``best_state`` of ``trial_dir/checkpoint/checkpoint.pt``,
     read with ``weights_only=True``), on ``device``, in eval mode.
 
-    ``best_step``: the step ``result.json`` recorded; a checkpoint that selected another step is an error (it is not the
-    finished trial's). One-line :class:`MedsegError` when the checkpoint or its selected state is missing.
+    ``best_step``, ``best_val_dice``: the step and val Dice ``result.json`` recorded; a checkpoint that selected another
+    step, or the same step at another val Dice (another trial's checkpoint validated as often), is an error: it is not
+    the finished trial's. One-line :class:`MedsegError` when the checkpoint or its selected state is missing.
     """
     path = checkpoint_path(trial_dir)
     retrain = retrain_remedy(trial_dir)
@@ -149,6 +152,9 @@ def load_selected_model(cfg: TrialConfig, trial_dir: Path, device: torch.device,
         raise MedsegError(f"{path}: holds no selected weights yet (the trial has not validated; finish it first)")
     if best_step is not None and int(state.get("best_step", -1)) != int(best_step):
         raise MedsegError(f"{path}: selected step {state.get('best_step')} but result.json records step {best_step} "
+                          f"(the checkpoint is not this finished trial's; {retrain})")
+    if best_val_dice is not None and not _same_number(state.get("best_val_dice"), best_val_dice):
+        raise MedsegError(f"{path}: selected val Dice {state.get('best_val_dice')} but result.json records {best_val_dice} "
                           f"(the checkpoint is not this finished trial's; {retrain})")
     if cfg.model.upsample == "bilinear" and _transposed_up_path(state["best_state"]):
         # a trial trained before model.upsample existed (2026-12-06): its config does not name the transposed
@@ -161,6 +167,16 @@ def load_selected_model(cfg: TrialConfig, trial_dir: Path, device: torch.device,
         raise MedsegError(f"{path}: its selected weights do not fit the trial's network ({str(exc).splitlines()[0]}); the "
                           f"checkpoint is not this trial's, or its config.json was edited; {retrain}") from None
     return model.eval()
+
+
+def _same_number(recorded, expected) -> bool:
+    """Whether a checkpoint's number equals result.json's (the same float written twice; NaN equals NaN: a val Dice
+    with no class defined)."""
+    try:
+        a, b = float(recorded), float(expected)
+    except (TypeError, ValueError):
+        return False
+    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 def _transposed_up_path(weights) -> bool:

@@ -9,8 +9,9 @@ Resize conventions (``resize``):
 * ``"nearest-exact"``: ``torch.nn.functional.interpolate(mode="nearest-exact")``, pixel-centre
   aligned (source index ``floor((i + 0.5) * in / out)``). Up- then down-sampling returns every pixel to itself,
   so a model that is exact at 256×256 is exact at native size.
-* ``"nearest"``: torch's legacy ``mode="nearest"`` (source index ``floor(i * in / out)``); its round trip can
-  move a pixel by one (e.g. native 200 → 256 → 200 maps column 1 to column 0), a half-pixel shift.
+* ``"nearest"``: torch's legacy ``mode="nearest"`` (source index ``floor(i * in / out)``); its round trip moves
+  most rows and columns by one towards the origin (native 200 → 256 → 200 keeps 8 of 200 rows in place; column 1
+  maps to column 0): the prediction comes back translated by about one pixel along each axis.
 * ``"zoom"`` (default, as ``eval.resize``'s, so a direct call predicts as a trial does): ``scipy.ndimage.zoom(order=0)``
   per slice, exactly what the released ``test_2D.py`` does (corner-aligned rounding; it can also zero the last
   row/column when the computed coordinate rounds past the edge).

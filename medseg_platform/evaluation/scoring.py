@@ -446,7 +446,12 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
         present |= (np.bincount(pred.ravel(), minlength=present.size) > 0) | (np.bincount(truth.ravel(), minlength=present.size) > 0)
         for row in evaluate_case(pred, truth, num_classes, spacing, empty_policy=empty_policy, backend=backend):
             rows.append({"case": case, "units": units, **row})
-    warnings = [absent_classes_warning(present, len(plan), empty_policy)] if not present[1:].all() else []
+    warnings = []
+    if not present[1:].all():
+        from medseg_platform.data.check import manifest_num_classes
+
+        settable = not root_mode or manifest_num_classes(gt) is None  # a root's manifest fixes them (medseg evaluate)
+        warnings.append(absent_classes_warning(present, len(plan), empty_policy, classes_settable=settable))
     warnings += [unpredicted] if unpredicted else []
     settings = {
         "pred": str(pred_dir.resolve()),
@@ -460,15 +465,16 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     return FolderEvaluation(rows, summarize(rows), units, settings, time.perf_counter() - start, warnings)
 
 
-def absent_classes_warning(present: np.ndarray, n_cases: int, empty_policy: str) -> str:
+def absent_classes_warning(present: np.ndarray, n_cases: int, empty_policy: str, classes_settable: bool = True) -> str:
     """The warning for foreground classes that no prediction and no ground truth contains (``present[c]`` False):
-    their rows measure nothing. When they are the top classes, ``--num-classes`` is probably too large."""
+    their rows measure nothing. When they are the top classes, ``--num-classes`` is probably too large: said only where
+    it is ``classes_settable`` (not for ground truth in a dataset root whose manifest records the classes)."""
     absent = [int(c) for c in np.flatnonzero(~present) if c > 0]
     rows = "NaN" if empty_policy == "nan" else "the released empty-mask scores"
     message = (f"class(es) {', '.join(map(str, absent))} appear in no prediction and no ground truth of the {n_cases} "
                f"case(s), so their rows hold {rows}, not a measurement")
     highest = int(np.flatnonzero(present).max(initial=0))
-    if highest >= 1 and all(c > highest for c in absent):
+    if classes_settable and highest >= 1 and all(c > highest for c in absent):
         message += f"; if the data has {highest + 1} classes, pass --num-classes {highest + 1}"
     return message
 

@@ -321,6 +321,14 @@ def test_the_number_of_classes_of_a_dataset_root_comes_from_its_manifest(tiny_ro
     assert [line.split()[0] for line in out.splitlines()[1:5]] == ["class", "liver", "tumour", "mean"]
     assert sorted({r["class"] for r in read_rows(tmp_path / "preds" / "evaluation" / "per_case.csv")}) == ["1", "2"]
     assert json.loads((tmp_path / "preds" / "evaluation" / "summary.json").read_text())["num_classes"] == 3
+    # the evaluation review: where the manifest records 4 classes and none holds class 3, the warning suggested
+    # --num-classes 3, which this root then refuses; it names the empty class and suggests nothing
+    write_manifest(tiny_root, {"converter": "test"}, {}, class_names=["RV", "Myo", "LV"])
+    rc, _, err = run(["evaluate", "--pred", str(tmp_path / "preds"), "--gt", str(tiny_root), "--quiet", "--out",
+                      str(tmp_path / "ev4")], capsys)
+    assert rc == 0 and err.strip().splitlines() == [
+        "warning: class(es) 3 appear in no prediction and no ground truth of the 2 case(s), so their rows hold NaN, not a "
+        "measurement"]
 
 
 def test_a_dataset_roots_own_ids_are_matched_as_they_are(tmp_path, capsys):
