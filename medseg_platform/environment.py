@@ -46,8 +46,8 @@ def code_version() -> str:
 
 def describe_checkout(root: Path, version: str) -> str:
     """``version`` and the git commit of the checkout at ``root``: "medseg-platform 0.1.0, git 8527c1f", with "+ local
-    changes 3f2a9c1e" when files of :data:`CODE_FOLDERS` differ from the commit (tracked edits or untracked files; the
-    8 hex digits hash the differences, so two different edits of one commit read differently); ``version`` alone
+    changes 3f2a9c1e" when files of :data:`CODE_FOLDERS` differ from the commit (tracked edits or untracked ``.py``
+    files; the 8 hex digits hash the differences, so two different edits of one commit read differently); ``version`` alone
     outside a git checkout or where git cannot say (not installed, a repository owned by another user).
 
     Fixed arguments, no user input; the caller's ``GIT_*`` variables are dropped (an inherited ``GIT_DIR`` would
@@ -67,7 +67,10 @@ def describe_checkout(root: Path, version: str) -> str:
 
     try:
         commit = git("rev-parse", "--short=7", "HEAD").decode().strip()
-        entries = [e for e in git("status", "--porcelain", "-z", "--untracked-files=all", "--", *CODE_FOLDERS).split(b"\0") if e]
+        # untracked files count where they are Python (a new module): a results folder inside a code folder (the
+        # default `results` of a command run from studies/) changed the hash at every trial and was read in full
+        entries = [e for e in git("status", "--porcelain", "-z", "--untracked-files=all", "--", *CODE_FOLDERS).split(b"\0")
+                   if e and (not e.startswith(b"?? ") or e.endswith(b".py"))]
         digest = hashlib.sha256(git("diff", "HEAD", "--", *CODE_FOLDERS)) if entries else None
         for entry in sorted(entries):
             if digest is not None and entry.startswith(b"?? "):  # an untracked file: its name and its bytes

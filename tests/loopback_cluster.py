@@ -69,6 +69,15 @@ def main(data_root: str, results_dir: str, info_path: str) -> int:
         run = study.run()
         records, problems = scan_study(run.study_dir)
         print(f"{len(records)} trial(s) finished, problems: {problems}", flush=True)
+        if len(records) != len(run.trial_keys) or problems:
+            return 1
+        # a trial of two one-CPU workers on the two one-CPU nodes: the worker beside the Tune function's token CPU used
+        # to ask for more than its node had left, and the trial waited forever (the cluster review)
+        ddp = Study("cluster-ddp", base, Path(results_dir), variants=variants[:1], grid={"data.labelled": ["1"]}, seeds=[1],
+                    cpus_per_trial=1.0, num_workers=2, address=cluster.address, dashboard=False)
+        run = ddp.run()
+        records, problems = scan_study(run.study_dir)
+        print(f"{len(records)} two-worker trial(s) finished, problems: {problems}", flush=True)
         return 0 if len(records) == len(run.trial_keys) and not problems else 1
     finally:
         if ray.is_initialized():

@@ -6,6 +6,7 @@ One run checks the issue's cluster and dashboard bullets together (a cluster sta
 * while it runs, the dashboard's REST API (token auth) lists the study's trial actors and its driver job,
   and answers 401 without the token, 403 with a wrong one;
 * every listening socket of the cluster's processes is on 127.0.0.1;
+* then a trial of two one-CPU workers runs on the two one-CPU nodes;
 * afterwards no process the test started is left, and the temp folder is removed.
 
 The cluster runs in a subprocess: this pytest process may already be the driver of the session's Ray.
@@ -215,3 +216,6 @@ def test_study_spreads_over_two_loopback_nodes_and_dashboard_api_shows_it(tiny_r
     placements = [r.result["placement"] for r in records]
     assert {p["node_id"] for p in placements} == node_ids
     assert {p["node_ip"] for p in placements} == {"127.0.0.1"}
+    # then a trial of two one-CPU workers, one on each node beside the Tune function's token CPU
+    (ddp,), problems = scan_study(tmp_path / "results" / "cluster-ddp")
+    assert problems == [] and ddp.result["world_size"] == 2

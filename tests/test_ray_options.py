@@ -102,6 +102,9 @@ def test_an_address_whose_port_takes_no_connection_fails_in_seconds_not_minutes(
         ray_runtime.check_address_answers(f"127.0.0.1:{listening.getsockname()[1]}")
     for left_to_ray in ("auto", "::1", "2001:db8::1:6379", "ray://head:10001"):  # not probed: Ray's own message
         ray_runtime.check_address_answers(left_to_ray)
+    for port in (0, 99999):  # the cluster review: 99999 was probed as 34463 and called a refused cluster
+        with pytest.raises(ConfigError, match=rf"^--address 127.0.0.1:{port}: not a Ray address: the port must be 1-65535"):
+            ray_runtime.check_address_answers(f"127.0.0.1:{port}")
 
 
 def test_a_kill_while_joining_a_cluster_takes_the_ctrl_c_path(monkeypatch):

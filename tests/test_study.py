@@ -91,6 +91,9 @@ def test_invalid_study_fails_before_ray(tiny_root, tmp_path):
                          (dict(gpus_per_trial=-1), "gpus_per_trial -1: must be a finite number >= 0"),
                          # two NCCL ranks on one GPU (the GPU-path audit): refused before Ray starts
                          (dict(num_workers=2, gpus_per_trial=0.5), "--num-workers 2 with --gpus-per-trial 0.5: Ray may pack fractional"),
+                         # a worker asked for a negative CPU share, which crashed the raylet (the cluster review)
+                         (dict(num_workers=2, cpus_per_trial=0.01), "--cpus-per-trial 0.01 with --num-workers 2: each worker of a "
+                                                                    "multi-worker trial needs more than 0.01 CPUs"),
                          (dict(seeds=[1, 1]), r"seeds \[1, 1\]: whole numbers in \[0, 2\*\*32 - 1\], each once"),
                          (dict(seeds=[-2]), r"seeds \[-2\]: whole numbers in \[0, 2\*\*32 - 1\], each once"),
                          (dict(seeds=[2**32]), r"seeds \[4294967296\]: whole numbers in \[0, 2\*\*32 - 1\], each once"),
@@ -382,6 +385,19 @@ def test_a_single_worker_trial_larger_than_the_local_ray_is_refused_before_ray(t
     study.address = None
     monkeypatch.setattr(ray, "is_initialized", lambda: True)  # a Ray already started by this process: Tune asks it
     check_local_resources(study)
+    # GPUs: a local study asking for more than the machine has waited forever for the cluster to grow (the cluster review)
+    import torch
+
+    from medseg_platform.study.ray_runtime import check_gpus_available
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"--gpus-per-trial 2: a trial needs 2 GPU\(s\), this machine has 1; ask for fewer"):
+        check_gpus_available(None, 2.0, 1)
+    with pytest.raises(ConfigError, match=r"--gpus-per-trial 1: a trial needs 2 GPU\(s\) \(2 workers x 1\), this machine has 1"):
+        check_gpus_available(None, 1.0, 2)
+    check_gpus_available(None, 1.0, 1)
+    check_gpus_available("10.0.0.1:6379", 1.0, 2)  # a cluster's GPUs are Ray's to place
 
 
 def test_a_run_shorter_than_its_validation_interval_is_a_warning(capsys):

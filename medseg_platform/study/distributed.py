@@ -11,8 +11,11 @@ therefore need a results directory every node can reach.
 
 On 2 CPUs a Tune function reserving a whole CPU plus two one-CPU workers deadlocks (docs/ray.md,
 'CPU reservations of multi-worker trials'), so the Tune function of a multi-worker trial reserves only
-a token fraction of a CPU (``TUNE_FUNCTION_CPU``), taken off the workers' share: a trial of ``n``
-workers at ``c`` CPUs each reserves exactly ``n * c`` CPUs in all.
+a token fraction of a CPU (``TUNE_FUNCTION_CPU``), taken off each worker's share (:func:`worker_cpus`): a trial of
+``n`` workers at ``c`` CPUs each reserves at most ``n * c`` CPUs, and any node that holds one of its workers has
+room for its token. Taken off the workers' share only once (``c - token / n`` each), the node that held the token
+and a worker needed ``c + token / n`` CPUs: on nodes of exactly ``k * c`` CPUs (two 8-CPU, 1-GPU nodes at
+``--cpus-per-trial 8``) the worker group never started (the cluster review).
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from pathlib import Path
 from typing import Any
 
 TUNE_FUNCTION_CPU = 0.01
+
+
+def worker_cpus(cpus_per_worker: float) -> float:
+    """The CPUs a Ray Train worker of a multi-worker trial asks for: ``--cpus-per-trial`` less the Tune function's
+    token (module docstring); the study refuses a share not above the token (``Study.validate``)."""
+    return cpus_per_worker - TUNE_FUNCTION_CPU
 
 
 def run_distributed_trial(config: dict, tags: dict, trial_dir: Path, pretrain_cache: Path, storage: Path, num_workers: int,
@@ -37,7 +46,7 @@ def run_distributed_trial(config: dict, tags: dict, trial_dir: Path, pretrain_ca
         worker_loop,
         train_loop_config={"config": config, "tags": tags, "trial_dir": str(trial_dir), "pretrain_cache": str(pretrain_cache)},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpus_per_worker > 0,
-                                     resources_per_worker={"CPU": cpus_per_worker - TUNE_FUNCTION_CPU / num_workers,
+                                     resources_per_worker={"CPU": worker_cpus(cpus_per_worker),
                                                            **({"GPU": gpus_per_worker} if gpus_per_worker > 0 else {})}),
         # a unique name: re-using one silently resumes the old Train run (docs/ray.md, 'Unique Train run names').
         # Only the latest checkpoint is kept: the engine resumes from the trial folder, Ray's copy is for the

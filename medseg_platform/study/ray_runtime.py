@@ -12,14 +12,21 @@ from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, dashboard_message
 from medseg_platform.errors import ConfigError
 
 
-def check_gpus_available(address: str | None) -> None:
-    """A GPU request on a machine without one is an error before Ray starts (local runs only)."""
+def check_gpus_available(address: str | None, gpus_per_worker: float = 1.0, num_workers: int = 1) -> None:
+    """A GPU request on a machine without one, or a trial of more GPUs (``num_workers x gpus_per_worker``) than it
+    has, is an error before Ray starts (local runs only: Tune waited forever for such a trial, with a warning that the
+    cluster may grow; the cluster review)."""
     if address or os.environ.get("RAY_ADDRESS"):
         return  # a cluster's GPUs are checked by Ray's scheduler
     import torch
 
     if not torch.cuda.is_available():
         raise ConfigError("--gpus-per-trial > 0 but this machine has no CUDA GPU (run on a GPU node, join a cluster with --address, or use 0)")
+    gpus, need = torch.cuda.device_count(), gpus_per_worker * num_workers
+    if need > gpus + 1e-9:
+        workers = f" ({num_workers} workers x {gpus_per_worker:g})" if num_workers > 1 else ""
+        raise ConfigError(f"--gpus-per-trial {gpus_per_worker:g}: a trial needs {need:g} GPU(s){workers}, this machine has {gpus}; "
+                          f"ask for fewer (0 trains on the CPU), or join a cluster that has them (--address)")
 
 
 def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboard_host: str = DEFAULT_DASHBOARD_HOST) -> bool:
@@ -147,6 +154,9 @@ def check_address_answers(address: str, source: str = "--address", drop: str = "
     if ":" in host and not host.startswith("["):
         return  # an IPv6 address without brackets (its port cannot be told apart): Ray's own message
     host = host.strip("[]")  # [IPv6]:port
+    if not 1 <= int(port) <= 65535:  # getaddrinfo wraps a larger port (99999 probed 34463; the cluster review)
+        raise ConfigError(f"{source} {address}: not a Ray address: the port must be 1-65535 (the head's GCS port, 6379 "
+                          "by default)")
     try:
         socket.create_connection((host, int(port)), timeout=ADDRESS_PROBE_S).close()
     except OSError as exc:

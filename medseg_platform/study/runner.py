@@ -178,7 +178,7 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
         warn_oversubscribed_threads(study, trials)
     warn_single_validation(trials)
     if study.gpus_per_trial > 0:
-        check_gpus_available(study.address)
+        check_gpus_available(study.address, study.gpus_per_trial, study.num_workers)
     warn_idle_gpus(study)
     return trials, check_test_root(study, trials)
 
@@ -264,7 +264,7 @@ def check_local_resources(study: Study) -> None:
     """A local Ray (no ``--address``/RAY_ADDRESS) must hold one whole trial: its CPUs are this machine's (or
     ``num_cpus``), and a trial reserves ``num_workers x cpus_per_trial`` of them; Tune would otherwise wait forever for
     a trial it can never start (``--cpus-per-trial 4``, or the paper profile's 4 threads, on 2 CPUs). One-line
-    :class:`ConfigError` before Ray starts (also in ``--dry-run``)."""
+    :class:`ConfigError` before Ray starts (also in ``--dry-run``); the GPUs: :func:`check_gpus_available`."""
     if study.address or os.environ.get("RAY_ADDRESS"):
         return
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # a Ray this process started already: Tune asks it
@@ -728,8 +728,8 @@ def distributed_trials_that_fit(study: Study) -> int | None:
     then wait for each other's CPUs forever (2 trials of 2 one-CPU workers on 2 CPUs: neither starts). The cap counts
     the workers each alive node holds (a worker's CPUs and GPUs lie on one node; a trial's workers may spread over
     nodes) and divides by the workers of a trial, at least 1; ``--max-concurrent`` lowers it further. A local Ray too
-    small for one trial was refused before it started (:func:`check_local_resources`); a cluster that holds none yet
-    (autoscaling) gets a warning and one trial at a time."""
+    small for one trial was refused before it started (:func:`check_local_resources`, ``check_gpus_available``); a
+    cluster that holds none yet (autoscaling) gets a warning and one trial at a time."""
     import ray
 
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]

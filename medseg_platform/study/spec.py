@@ -27,6 +27,7 @@ from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST
 from medseg_platform.errors import ConfigError
 from medseg_platform.protocol import PROTOCOLS
 from medseg_platform.results import trial_key
+from medseg_platform.study.distributed import TUNE_FUNCTION_CPU
 
 if TYPE_CHECKING:
     from medseg_platform.study.runner import StudyRun
@@ -130,6 +131,10 @@ class Study:
         for name, value, positive in (("cpus_per_trial", self.cpus_per_trial, True), ("gpus_per_trial", self.gpus_per_trial, False)):
             if not is_real(value) or not math.isfinite(value) or value < 0 or (positive and value == 0):
                 raise ConfigError(f"{name} {value!r}: must be a finite number {'> 0' if positive else '>= 0'}")
+        if self.num_workers > 1 and self.cpus_per_trial <= TUNE_FUNCTION_CPU:  # a negative request crashed Ray's raylet
+            raise ConfigError(f"--cpus-per-trial {self.cpus_per_trial:g} with --num-workers {self.num_workers}: each worker of a "
+                              f"multi-worker trial needs more than {TUNE_FUNCTION_CPU:g} CPUs (the trial's Tune function holds "
+                              "that much of one; docs/ray.md, 'CPU reservations of multi-worker trials')")
         if self.num_workers > 1 and 0 < self.gpus_per_trial < 1:
             raise ConfigError(f"--num-workers {self.num_workers} with --gpus-per-trial {self.gpus_per_trial:g}: Ray may pack fractional "
                               "GPUs onto one device, and NCCL refuses two ranks of a data-parallel trial on one GPU; give each "

@@ -591,6 +591,9 @@ def test_a_checkout_is_described_by_its_commit_and_a_hash_of_its_local_changes(t
     second = describe_checkout(repo, "v")
     assert re.fullmatch(rf"v, git {commit} \+ local changes [0-9a-f]{{8}}", first) and first != second
     (repo / "methods" / "a.py").write_text("x = 1\n", encoding="utf-8")
+    (repo / "methods" / "results" / "study").mkdir(parents=True)  # results written inside a code folder are not code
+    (repo / "methods" / "results" / "study" / "result.json").write_text("{}\n", encoding="utf-8")
+    assert describe_checkout(repo, "v") == f"v, git {commit}"
     (repo / "methods" / "new.py").write_text("y = 1\n", encoding="utf-8")  # an untracked module counts
     assert describe_checkout(repo, "v").startswith(f"v, git {commit} + local changes ")
     monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere" / ".git"))  # inherited: ignored
