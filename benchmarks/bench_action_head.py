@@ -17,15 +17,18 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 #: (patch, UNet widths fine to coarse, head width, random draws): the quick and paper profiles' sizes.
 SIZES = {"quick": (48, (4, 8, 16, 32, 64), 64, 12_000), "paper": (256, (16, 32, 64, 128, 256), 512, 300_000)}
 
 
 def _median_ms(fn, repeats: int) -> float:
+    """Median of ``repeats`` timed calls after one untimed call (the first call of a size is several times slower:
+    allocations, lazy kernels)."""
+    fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -117,12 +117,12 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: bool = True) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--classes", type=int, default=4)
+    parser.add_argument("--classes", type=count_at_least(1), default=4)
     parser.add_argument("--anchors", type=int, default=256)
     parser.add_argument("--negatives", type=int, default=512)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeats", type=count_at_least(1), default=5)
-    parser.add_argument("--loop-repeats", type=int, default=2)
+    parser.add_argument("--loop-repeats", type=count_at_least(1), default=2)
     parser.add_argument("--threads", type=count_at_least(1), default=1,
                         help="torch threads (1: stable numbers on a shared 2-core machine, where 2 threads "
                              "oversubscribe as soon as another process runs)")

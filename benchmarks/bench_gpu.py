@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_methods import PASSES, REPO, _timed_step, build, nn_interval  # noqa: E402
+from bench_methods import PASSES, REPO, _timed_step, build, nn_interval, typical_steps  # noqa: E402
 from medseg_platform.recipes import CONTRASTIVE_METHODS as CONTRASTIVE  # noqa: E402
 from medseg_platform.recipes import METHODS as RECIPES  # noqa: E402
 from medseg_platform.study_flags import count_at_least  # noqa: E402
@@ -84,7 +84,7 @@ def _steps(bench, first: int, count: int, amp_dtype, terms: dict | None = None) 
     if amp_dtype is torch.float16 and getattr(bench, "scaler", None) is None:  # kept from the warm-up on, as in training
         bench.scaler = torch.amp.GradScaler(next(iter(bench.objective.trainable_parameters())).device.type)
     times = []
-    for step in range(first, first + count):
+    for step in typical_steps(bench, count, first):  # no log row, no NN-pool fill for one
         if step == first and terms is not None:
             import torch
 
@@ -331,7 +331,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--parts", nargs="+", choices=("steps", "concurrent", "trace"), default=["steps", "concurrent"])
     parser.add_argument("--trace-methods", nargs="+", choices=METHODS[:-len(PASSES)], default=["mona", "action"])
-    parser.add_argument("--trace-steps", type=int, default=5)
+    parser.add_argument("--trace-steps", type=count_at_least(1), default=5)
     parser.add_argument("--concurrent", nargs="+", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--concurrent-method", choices=METHODS[:-len(PASSES)], default="mona")
     parser.add_argument("--concurrent-amp", choices=("off", "bf16"), default="off")

@@ -22,11 +22,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg_platform.data import layout
-from medseg_platform.data.datasets import SliceBank
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from medseg_platform.data import layout  # noqa: E402
+from medseg_platform.data.datasets import SliceBank  # noqa: E402
 from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 

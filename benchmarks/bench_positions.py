@@ -21,10 +21,10 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
-from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 
 def _median_us(fn, repeats: int) -> float:

@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=count_at_least(1), default=30, help="timed calls per configuration")
     parser.add_argument("--reps", type=count_at_least(2), default=1000, help="independent draws per variance estimate (n = 256)")
-    parser.add_argument("--reps-negatives", type=count_at_least(1), default=100, help="independent draws per variance estimate (n = 131 072)")
+    parser.add_argument("--reps-negatives", type=count_at_least(2), default=100, help="independent draws per variance estimate (n = 131 072)")
     parser.add_argument("--threads", type=count_at_least(1), default=1, help="torch CPU threads (1: on a shared, loaded machine more threads spin)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
+    sys.path.insert(0, str(REPO))  # run from a checkout without installing
     from medseg_platform.results import LAST_RUN_FILE, scan_study
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -43,7 +43,7 @@ def unmarked_shares(rows: int, patients: int, seeds: int, run_sd: float, studies
                 continue
             compared += 1
             low, high = confidence_interval(values[r] - values[best], cases)
-            interval += not (low <= 0.0 <= high)
+            interval += low > 0.0 or high < 0.0  # an interval that cannot be formed (NaN) is no evidence, as in the tables
             wilcoxon += wilcoxon_test(values[r].mean(axis=1), values[best].mean(axis=1)).p_value < 0.05
     return interval / compared, wilcoxon / compared
 
@@ -52,8 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=count_at_least(1), default=400)
     parser.add_argument("--rows", type=count_at_least(2), default=8)
-    parser.add_argument("--patients", type=int, nargs="+", default=[8, 20])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[3])
+    parser.add_argument("--patients", type=count_at_least(2), nargs="+", default=[8, 20], help="test patients (an interval needs 2)")
+    parser.add_argument("--seeds", type=count_at_least(1), nargs="+", default=[3])
     parser.add_argument("--run-sd", type=float, nargs="+", default=[0.0, 1.0, 2.0, 5.0])
     args = parser.parse_args()
     warnings.simplefilter("ignore")

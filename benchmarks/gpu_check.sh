@@ -28,37 +28,62 @@ out=$(mkdir -p -- "$out" && cd -- "$out" && pwd) || exit 2
 work=$(mktemp -d /tmp/gpu_check.XXXXXX)
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 MEDSEG_CACHE="$work/cache"
 cd "$(dirname "$0")/.."
+
+child=
+finish() {  # on every exit, a kill included: what the parts wrote so far reaches OUT_DIR, and the work folder goes
+    {
+        for f in gpu.txt steps.txt steps-plain.txt steps-fp16.txt concurrent.txt; do [ -f "$work/$f" ] && cat "$work/$f"; done
+        [ -f "$work/pytest.txt" ] && tail -n 5 "$work/pytest.txt"
+        grep -hs "^trial " "$work"/trial-*.log
+        cat "$work/status.txt" 2>/dev/null
+    } >"$out/summary.txt"
+    tar -czf "$out/gpu_check.tar.gz" -C "$work" --exclude=cache --exclude=pretrain-cache --exclude='*.pt' .
+    rm -rf "$work"
+    cat "$out/summary.txt"
+    echo "(every log and result file: $out/gpu_check.tar.gz)"
+}
+stopped() {  # timeout runs its command in a process group of its own: a signal to this script must be passed on
+    [ -n "$child" ] && kill -TERM "$child" 2>/dev/null && wait "$child"
+    echo "stopped by a signal during the part above" | tee -a "$work/status.txt"
+    exit 130
+}
+trap finish EXIT
+trap stopped INT TERM
+part() {  # part LIMIT_S STDOUT STDERR COMMAND...: one part under its own time limit
+    local limit=$1 stdout=$2 stderr=$3
+    shift 3
+    if [ "$stderr" = "$stdout" ]; then timeout "$limit" "$@" >"$stdout" 2>&1 & else timeout "$limit" "$@" >"$stdout" 2>"$stderr" & fi
+    child=$!
+    wait "$child"
+    local rc=$?
+    child=
+    return $rc
+}
+
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"; } | tee "$work/gpu.txt"
 python3 -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__)" | tee -a "$work/gpu.txt"
 
-timeout 200 python3 benchmarks/bench_gpu.py --device "$device" --profile "$profile" --parts steps --steps 12 --warmup 3 --json "$work/steps.jsonl" >"$work/steps.txt" 2>"$work/steps.log"
+# the limits add up to 540 s, under the lent machine's 600 s a command
+part 180 "$work/steps.txt" "$work/steps.log" \
+    python3 benchmarks/bench_gpu.py --device "$device" --profile "$profile" --parts steps --steps 12 --warmup 3 --json "$work/steps.jsonl"
 echo "steps: exit $?" | tee -a "$work/status.txt"
-timeout 60 python3 benchmarks/bench_gpu.py --device "$device" --profile "$profile" --parts steps --steps 8 --warmup 3 --amp off \
-    --methods supervised mona arco_sg --no-tf32 --no-cudnn-benchmark --json "$work/steps.jsonl" >"$work/steps-plain.txt" 2>>"$work/steps.log"
+part 50 "$work/steps-plain.txt" "$work/steps-plain.log" \
+    python3 benchmarks/bench_gpu.py --device "$device" --profile "$profile" --parts steps --steps 8 --warmup 3 --amp off \
+    --methods supervised mona arco_sg --no-tf32 --no-cudnn-benchmark --json "$work/steps.jsonl"
 echo "steps without TF32 and autotuning: exit $?" | tee -a "$work/status.txt"
-timeout 60 python3 benchmarks/bench_gpu.py --device "$device" --profile "$profile" --parts steps --steps 3 --warmup 1 --amp fp16 \
-    --representation sparse --methods supervised mona action --json "$work/steps.jsonl" >"$work/steps-fp16.txt" 2>>"$work/steps.log"
+part 50 "$work/steps-fp16.txt" "$work/steps-fp16.log" \
+    python3 benchmarks/bench_gpu.py --device "$device" --profile "$profile" --parts steps --steps 3 --warmup 1 --amp fp16 \
+    --representation sparse --methods supervised mona action --json "$work/steps.jsonl"
 echo "fp16 steps (finite terms: steps-fp16.txt): exit $?" | tee -a "$work/status.txt"
-timeout 120 python3 benchmarks/bench_gpu.py --device "$device" --profile "$profile" --parts concurrent --concurrent 1 2 4 8 --steps 10 --warmup 3 \
-    --json "$work/concurrent.jsonl" >"$work/concurrent.txt" 2>"$work/concurrent.log"
+part 110 "$work/concurrent.txt" "$work/concurrent.log" \
+    python3 benchmarks/bench_gpu.py --device "$device" --profile "$profile" --parts concurrent --concurrent 1 2 4 8 --steps 10 --warmup 3 \
+    --json "$work/concurrent.jsonl"
 echo "concurrent: exit $?" | tee -a "$work/status.txt"
-timeout 80 python3 -m pytest -q -p no:cacheprovider -k "cuda or every_device" tests/test_gpu_path.py tests/methods/test_intensity.py \
-    tests/methods/test_samplers.py tests/data/test_advmorph.py tests/data/test_augment.py >"$work/pytest.txt" 2>&1
+part 70 "$work/pytest.txt" "$work/pytest.txt" \
+    python3 -m pytest -q -p no:cacheprovider -k "cuda or every_device" tests/test_gpu_path.py tests/methods/test_intensity.py \
+    tests/methods/test_samplers.py tests/data/test_advmorph.py tests/data/test_augment.py
 echo "pytest: exit $?" | tee -a "$work/status.txt"
-for run in "mona off"; do
-    set -- $run
-    start=$SECONDS
-    timeout 90 python3 -m analysis.console train "$1" --profile "$trial_profile" --in-process --set "optim.amp=$2" \
-        --results-dir "$work/trials" >"$work/trial-$1.log" 2>&1
-    echo "trial $1 ($2): exit $?, $((SECONDS - start)) s" | tee -a "$work/status.txt"
-done
-{
-    cat "$work/gpu.txt" "$work/steps.txt" "$work/steps-plain.txt" "$work/steps-fp16.txt" "$work/concurrent.txt"
-    tail -n 5 "$work/pytest.txt"
-    grep -h "^trial " "$work"/trial-*.log
-    cat "$work/status.txt"
-} >"$out/summary.txt" 2>&1
-tar -czf "$out/gpu_check.tar.gz" -C "$work" --exclude=cache --exclude=pretrain-cache --exclude='*.pt' .
-rm -rf "$work"
-cat "$out/summary.txt"
-echo "(every log and result file: $out/gpu_check.tar.gz)"
+start=$SECONDS
+part 80 "$work/trial-mona.log" "$work/trial-mona.log" \
+    python3 -m analysis.console train mona --profile "$trial_profile" --in-process --set "optim.amp=off" --results-dir "$work/trials"
+echo "trial mona (off): exit $?, $((SECONDS - start)) s" | tee -a "$work/status.txt"

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="labelled patient counts (at most the phantom's training patients), or 'all'")
     parser.add_argument("--steps", type=count_at_least(1), default=400)
     parser.add_argument("--batch", type=count_at_least(1), default=8)
-    parser.add_argument("--input", type=int, default=96, help="training resolution (square)")
+    parser.add_argument("--input", type=count_at_least(8), default=96, help="training resolution (square; the net pools 3 times)")
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--threads", type=count_at_least(1), default=2)
     parser.add_argument("--cache", default=None,

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 
 def _value(text: str):
@@ -73,7 +74,11 @@ def run_one(words: list[str], work: Path) -> dict:
     start = time.perf_counter()
     outcome = train_trial(cfg, trial_folder(work, name), log=lambda msg: None, pretrain_cache=work / PRETRAIN_CACHE_DIR)
     means = test_means(outcome.test_rows)
+    if outcome.resumed_from_step:  # its timings cover the steps after the checkpoint only (the benchmark review)
+        print(f"warning: {name} resumed at step {outcome.resumed_from_step} from {trial_folder(work, name)}; its timing is not a "
+              "whole run's (delete the folder or use another --work to measure one)", file=sys.stderr, flush=True)
     return {"name": name, "method": method, "labelled": labelled, "seed": int(seed), "overrides": pairs,
+            "resumed_from_step": outcome.resumed_from_step,
             "wall_s": round(time.perf_counter() - start, 1), "timing": {k: round(v, 1) for k, v in outcome.timing.items()},
             "best_step": outcome.best_step, "val_dice": [round(r["val_dice"], 3) for r in outcome.val_curve],
             "test_dice": {k: round(100 * v["dice"], 1) for k, v in means.items()}}
@@ -83,7 +88,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", nargs="*", help="METHOD LABELLED SEED [KEY=VALUE ...]")
     parser.add_argument("--file", type=Path, help="one run per line")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
+    parser.add_argument("--jobs", type=count_at_least(1), default=1, help="runs at a time, each in its own process")
     parser.add_argument("--work", type=Path, default=Path("results/run_trials"), help="trial folders and the pretraining cache")
     args = parser.parse_args(argv)
     runs = ([shlex.split(line) for line in args.file.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
