@@ -87,10 +87,11 @@ def run(args) -> int:
         print(f"== {study_dir.name}")
         try:
             report = write_report(study_dir)
-        except MedsegError as exc:  # one unreadable study of several does not stop the others
+        except Exception as exc:  # noqa: BLE001 - one unreadable study of several does not stop the others
             if len(studies) == 1:
-                raise  # exit 2, as for any bad input
-            print(f"error: {exc}", file=sys.stderr)
+                raise  # exit 2 for bad input (MedsegError), as for any command
+            what = str(exc) if isinstance(exc, MedsegError) else f"{type(exc).__name__}: {exc} (a bug or a hand-edited file)"
+            print(f"error: {what}", file=sys.stderr)
             failed += 1
             continue
         print_report(report)

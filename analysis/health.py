@@ -17,7 +17,9 @@ classified by :func:`classify_curve`:
 * :data:`HEALTHY` otherwise;
 * :data:`UNDETERMINED` with one finite validation at or above the floor (nothing to compare it with), or none:
   not judged, and never flagged. Non-finite val Dice (NaN: no class defined on the val cases) carries
-  no trend and is left out before judging.
+  no trend and is left out before judging;
+* :data:`NO_CURVE` when ``val_curve.csv`` is missing or unreadable (:func:`record_health`): not judged either, and
+  named among the report's problems, since its trial may be one that would be flagged.
 
 Everything but :func:`read_val_curve` / :func:`record_health` is a pure function on plain data. The
 report (``analysis/report.py``) lists the flagged trials; the tables (``analysis/tables.py``) mark cells
@@ -26,6 +28,7 @@ that include one.
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +66,9 @@ STILL_RISING = "still rising"
 COLLAPSED = "collapsed"
 NOT_LEARNED = "did not learn"
 UNDETERMINED = "undetermined"  # no finite validation, or one at or above LEARNED_FLOOR
+NO_CURVE = "no validation curve"  # val_curve.csv missing or unreadable: not judged, and a problem of the report
 FLAGGED = (STILL_RISING, COLLAPSED, NOT_LEARNED)
+UNJUDGED = (UNDETERMINED, NO_CURVE)
 
 
 @dataclass(frozen=True)
@@ -127,19 +132,26 @@ def classify_curve(points: Iterable[tuple[float, float]]) -> CurveHealth:
     return CurveHealth(verdict, last, previous, best, best_step, len(values))
 
 
-def read_val_curve(trial_dir: str | Path) -> list[tuple[float, float]]:
-    """(step, val Dice) pairs of a trial's ``val_curve.csv``; [] when the file is missing or unreadable."""
+def read_val_curve(trial_dir: str | Path) -> list[tuple[float, float]] | None:
+    """(step, val Dice) pairs of a trial's ``val_curve.csv``; None when the file is missing or unreadable, or a row is
+    not two numbers (an edited file): such a curve was read as one with fewer validations, and its trial's flag was
+    lost without a word (the report review)."""
     try:
         rows = read_csv(Path(trial_dir) / VAL_CURVE_FILE)
-    except (OSError, ValueError):
-        return []
-    return [(row["step"], row["val_dice"]) for row in rows
-            if isinstance(row.get("step"), float) and isinstance(row.get("val_dice"), float)]
+    except (OSError, ValueError, csv.Error):
+        return None
+    if not all(isinstance(row.get("step"), float) and isinstance(row.get("val_dice"), float) for row in rows):
+        return None
+    return [(row["step"], row["val_dice"]) for row in rows]
 
 
 def record_health(record) -> CurveHealth:
-    """The verdict on a finished trial (a :class:`~medseg_platform.results.TrialRecord`) from its folder."""
-    return classify_curve(read_val_curve(record.path))
+    """The verdict on a finished trial (a :class:`~medseg_platform.results.TrialRecord`) from its folder:
+    :data:`NO_CURVE` when its ``val_curve.csv`` cannot be read."""
+    points = read_val_curve(record.path)
+    if points is None:
+        return CurveHealth(NO_CURVE, math.nan, math.nan, math.nan, None, 0)
+    return classify_curve(points)
 
 
 def _dice(value: float) -> str:
@@ -194,10 +206,14 @@ def health_section(trials: Sequence[TrialHealth], selection: str = "best_val") -
         return []
     flagged = [t for t in trials if t.curve.flagged]
     unjudged = sum(t.curve.verdict == UNDETERMINED for t in trials)
-    judged = len(trials) - unjudged
+    no_curve = sum(t.curve.verdict == NO_CURVE for t in trials)
+    judged = len(trials) - unjudged - no_curve
     lines = ["## Trial health", "", f"From each trial's validation Dice (`{VAL_CURVE_FILE}`). " + criteria_sentence(selection), ""]
     not_judged = (f" {unjudged} trial{'s' if unjudged != 1 else ''} with fewer than 2 validations, none below the floor, "
                   f"{'were' if unjudged != 1 else 'was'} not judged.") if unjudged else ""
+    if no_curve:
+        not_judged += (f" {no_curve} trial{'s' if no_curve != 1 else ''} without a readable `{VAL_CURVE_FILE}` "
+                       f"{'were' if no_curve != 1 else 'was'} not judged (see Problems).")
     at_best = _ended_at_best(trials)
     if not flagged:
         lines += [(f"All {judged} judged trials plateaued (none still rising, collapsed or failing to learn)." if judged else
@@ -215,9 +231,13 @@ def health_section(trials: Sequence[TrialHealth], selection: str = "best_val") -
 
 
 def health_problems(trials: Sequence[TrialHealth]) -> list[str]:
-    """One line for the report's problem list when any trial is flagged (the section has the details)."""
+    """The report's problem lines: one when any trial is flagged (the section has the details), and one per trial whose
+    validation curve cannot be read (its flag, if any, is unknown)."""
+    problems = [f"trial health: {t.key} has no readable {VAL_CURVE_FILE}, so it was not judged (rerun the study "
+                "command after deleting its folder to train it again)" for t in trials if t.curve.verdict == NO_CURVE]
     flagged = [t for t in trials if t.curve.flagged]
     if not flagged:
-        return []
-    judged = sum(t.curve.verdict != UNDETERMINED for t in trials)  # the count the section gives
-    return [f"trial health: {len(flagged)} of {judged} judged trials flagged ({_verdict_counts(flagged)}); see Trial health"]
+        return problems
+    judged = sum(t.curve.verdict not in UNJUDGED for t in trials)  # the count the section gives
+    return [f"trial health: {len(flagged)} of {judged} judged trials flagged ({_verdict_counts(flagged)}); see Trial health",
+            *problems]

@@ -660,6 +660,9 @@ def write_report(study_dir: str | Path, log=print) -> StudyReport:
 def _write_report(study_dir: Path, log) -> StudyReport:
     """:func:`write_report` of a study folder that can be written to."""
     info = _read_json(study_dir / STUDY_FILE)
+    if not isinstance(info.get("trials", []), list):  # an edited study.json: a TypeError deep in the tables (the report review)
+        raise MedsegError(f"{study_dir / STUDY_FILE}: its 'trials' is not a list of trial keys; rerun the study command, "
+                          "which writes it again")
     read_claims(info)  # a bad claim (an edited study.json) is an error before any table or plot is rewritten
     if (study_dir / PLOTS_DIR).exists() and not (study_dir / PLOTS_DIR).is_dir():
         raise MedsegError(f"{study_dir / PLOTS_DIR}: not a folder; the plots go there (move that file away)")

@@ -139,8 +139,11 @@ def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
         for suffix, render in (("md", to_markdown), ("tex", to_latex)):
             path = out_dir / next(names)
             text = render(df, metric, recipe=recipe)
-            if incomplete:
-                text += f"\n**{incomplete}**\n" if suffix == "md" else f"% {escape_latex(incomplete)}\n"
+            if incomplete and suffix == "md":
+                text += f"\n**{incomplete}**\n"
+            elif incomplete:  # inside the float, printed (a comment left a pasted table without it: the report review)
+                head, end, tail = text.rpartition("\\end{table}")
+                text = f"{head}\\par\\smallskip{{\\footnotesize\\textbf{{{escape_latex(incomplete)}}}}}\n{end}{tail}"
             write_text_atomic(path, text + external_blocks(records, metric, suffix, class_names, recipe, sets))
             paths.append(path)
     csv_path = out_dir / next(names)

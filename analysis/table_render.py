@@ -20,7 +20,7 @@ from analysis.health import COLLAPSE_DROP, COLLAPSED, FLAGGED, LEARNED_FLOOR, NO
 from analysis.markdown import escape_markdown
 from analysis.significance import ALPHA, NOT_SIGNIFICANT_MARK, caption_note
 from analysis.tables import (AVG, FLAGGED_MARK, MISSING, UNDEFINED_MARK, UNKNOWN, MetricStyle, natural_sort_key, metric_style,
-                             partial_averages)
+                             partial_cells)
 
 
 # --------------------------------------------------------------------------------------------- layout
@@ -41,7 +41,7 @@ class Cell:
     not_significant: bool = False
     n_flagged: int = 0
     flags: str = ""  # the flagged trials per verdict ("did not learn: 2"), :func:`flagged_note`
-    partial: bool = False  # an "Avg" over fewer classes than its column's (partial_averages): never the best
+    partial: bool = False  # an "Avg" over fewer classes, or a distance from fewer seeds (partial_cells): never the best
 
 
 @dataclass(frozen=True)
@@ -64,15 +64,15 @@ def _rounded(value: float, decimals: int) -> float:
     return round(value, decimals)
 
 
-def _best_means(frame: pd.DataFrame, style: MetricStyle, partial: set[tuple[str, str]]) -> dict[tuple[str, str], float]:
+def _best_means(frame: pd.DataFrame, style: MetricStyle, partial: set[tuple[str, str, str]]) -> dict[tuple[str, str], float]:
     """Per (column, class): the best displayed mean, only where at least two methods have a value and not all of them
-    show the same one (a column of ties has no best: nothing bold, nothing compared); the "Avg" of a (row, column) in
-    ``partial`` (over fewer classes than its column's, :func:`partial_averages`) is never the best."""
+    show the same one (a column of ties has no best: nothing bold, nothing compared); a (row, column, class) in
+    ``partial`` (:func:`partial_cells`) is never the best."""
     best = {}
     for (column, cls), group in frame.groupby(["column", "class"], sort=False):
         shown = [_rounded(m, style.decimals) for m in group["mean"] if not math.isnan(m)]
         eligible = [_rounded(m, style.decimals) for row, m in zip(group["row"], group["mean"])
-                    if not math.isnan(m) and (cls != AVG or (row, column) not in partial)]
+                    if not math.isnan(m) and (row, column, cls) not in partial]
         if len(set(shown)) >= 2 and eligible:
             best[(column, cls)] = max(eligible) if style.higher_is_better else min(eligible)
     return best
@@ -83,9 +83,8 @@ def wide_table(df: pd.DataFrame, metric: str) -> WideTable:
     style = metric_style(metric)
     frame = df[df["metric"] == metric]
     records = frame.to_dict("records")
-    partial_cells = {(row, column) for row, column, _ in partial_averages(records)}
-    best = _best_means(frame, style, partial_cells)
-    partial = {(row, column, AVG) for row, column in partial_cells}
+    partial = {(row, column, cls) for row, column, cls, _ in partial_cells(records)}
+    best = _best_means(frame, style, partial)
     cells, tested, untestable = {}, False, False
     for rec in records:
         key = (rec["row"], rec["column"], rec["class"])
@@ -235,7 +234,8 @@ def undefined_note(table: WideTable) -> str:
     if not marked:
         return ""
     values = sum(cell.n_undefined for (_, _, cls), cell in table.cells.items() if cls != AVG)
-    partial = sum(cell.partial for cell in table.cells.values())
+    partial = sum(cell.partial for (_, _, cls), cell in table.cells.items() if cls == AVG)
+    fewer_seeds = sum(cell.partial for (_, _, cls), cell in table.cells.items() if cls != AVG)
     # under the "nan" policy an empty ground truth leaves every metric undefined; an empty prediction of a present
     # structure scores Dice and Jaccard 0 and leaves only the distances undefined (evaluation.metrics)
     why = "empty ground truth and prediction" if metric_style(table.metric).scale != 1.0 else "empty prediction or empty ground truth"
@@ -244,7 +244,14 @@ def undefined_note(table: WideTable) -> str:
             f"over all seeds and classes."
             + (f" {partial} Avg cell{'s' if partial != 1 else ''} leave{'' if partial != 1 else 's'} out a class that its other "
                "seeds or other rows of the column define (in some seed, no defined value in any test case): not comparable, never bold."
-               if partial else ""))
+               if partial else "")
+            + (_fewer_seeds_sentence(fewer_seeds) if fewer_seeds else ""))
+
+
+def _fewer_seeds_sentence(count: int) -> str:
+    """The caption's count of class cells from fewer seeds than they list (:func:`analysis.tables.partial_cells`)."""
+    cells = "1 class cell averages fewer seeds than it lists" if count == 1 else f"{count} class cells average fewer seeds than they list"
+    return f" {cells} (a seed with no defined value in any test case): not comparable, never bold."
 
 
 #: What each trial-health verdict means, as the tables' footnote words it (analysis.health has the rules).
@@ -401,13 +408,21 @@ def _latex_greek(match: re.Match) -> str:
 
 
 def escape_latex(text: str) -> str:
-    """``text`` as LaTeX source: special characters escaped, ± and † as math, – as ``--``, Greek letters as math
-    (with a ``_x`` after one as its subscript: "τ_t = 0.1" -> ``$\\tau_{t}$ = 0.1``)."""
+    """``text`` as LaTeX source: special characters escaped, ± and † as math, – as ``--``, two hyphens as ``-{}-`` (TeX
+    joins them into a dash: a caption's "--set" read "–set", the report review), Greek letters as math (with a ``_x``
+    after one as its subscript: "τ_t = 0.1" -> ``$\\tau_{t}$ = 0.1``)."""
     out, at = [], 0
     for match in _GREEK.finditer(text):
-        out += [_LATEX_ESCAPES.get(char, char) for char in text[at:match.start()]] + [_latex_greek(match)]
+        out += [_latex_chars(text[at:match.start()]), _latex_greek(match)]
         at = match.end()
-    return _latex_quotes("".join(out + [_LATEX_ESCAPES.get(char, char) for char in text[at:]]))
+    return _latex_quotes("".join(out + [_latex_chars(text[at:])]))
+
+
+def _latex_chars(text: str) -> str:
+    """``text`` (no Greek letters) with each character escaped (``_LATEX_ESCAPES``) and a hyphen before another
+    hyphen kept apart from it (``-{}``)."""
+    return "".join("-{}" if char == "-" and text[i + 1:i + 2] == "-" else _LATEX_ESCAPES.get(char, char)
+                   for i, char in enumerate(text))
 
 
 def _latex_quotes(text: str) -> str:

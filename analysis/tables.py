@@ -223,11 +223,12 @@ def trial_class_values(per_case: Sequence[Mapping[str, Any]], metric: str) -> di
 
 
 def seed_statistics(values: Sequence[float]) -> tuple[float, float, int]:
-    """(mean, sample std with ddof=1, n) over the defined (not NaN) ``values``; std 0.0 for n=1, NaNs for n=0."""
+    """(mean, sample std with ddof=1, n) over the defined (not NaN) ``values``; std NaN for n=1 (a sample std needs two
+    values: ``table.csv`` read 0.0 there, no spread, the report review), NaNs for n=0."""
     kept = defined(values)
     if kept.size == 0:
         return math.nan, math.nan, 0
-    std = float(kept.std(ddof=1)) if kept.size > 1 else 0.0
+    std = float(kept.std(ddof=1)) if kept.size > 1 else math.nan
     return nan_mean(kept), std, int(kept.size)
 
 
@@ -346,15 +347,34 @@ def partial_averages(rows: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, s
     return partial
 
 
+def partial_cells(rows: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, str, str]]:
+    """``(row, column, class, metric)`` of the cells that are never the best of their column: the Avg cells of
+    :func:`partial_averages`, and the class cells of HD95 and ASD (:attr:`MetricStyle.undefined_hides_misses`) with a
+    value from fewer seeds than the cell lists (``n_seeds`` below the count of ``seeds``): a seed that missed the
+    structure in every test case has no distance for it, and the mean of the other seeds is an easier number (a mean
+    teacher LV HD95 from 2 of 3 seeds, one of which had LV Dice 0, was bold over rows that found the LV in every seed:
+    the report review)."""
+    rows = list(rows)
+    out = {(row, column, AVG, metric) for row, column, metric in partial_averages(rows)}
+    for rec in rows:
+        if rec["class"] == AVG or math.isnan(rec["mean"]) or not metric_style(rec["metric"]).undefined_hides_misses:
+            continue
+        listed = len([s for s in str(rec.get("seeds", "")).split(",") if s])
+        if int(rec["n_seeds"]) < listed:
+            out.add((rec["row"], rec["column"], rec["class"], rec["metric"]))
+    return out
+
+
 def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str], Sequence[TrialRecord]],
                       class_ids: Mapping[str, int]) -> None:
     """Set ``p_vs_best`` and ``n_pairs`` of every long-form row (in place); see :mod:`analysis.significance`.
 
     The best cell of a (column, class, metric) is the one with the best (unrounded) mean, needing at least
-    two cells with a mean (an "Avg" over fewer classes than its column's, :func:`partial_averages`, is never the best);
+    two cells with a mean (a cell of :func:`partial_cells`, such as an "Avg" over fewer classes than its column's, is
+    never the best);
     it is shown bold unless every cell of the column shows the same mean (:func:`_best_means`).
     """
-    partial = partial_averages(rows)
+    partial = partial_cells(rows)
 
     @functools.lru_cache(maxsize=None)  # a cell's values, read once for every class it is compared in
     def per_seed(row: str, column: str, metric: str) -> SeedValues:
@@ -366,7 +386,7 @@ def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str
         by_key.setdefault((rec["column"], rec["class"], rec["metric"]), []).append(rec)
     for (column, cls, metric), cells in by_key.items():
         finite = [c for c in cells if not math.isnan(c["mean"])]
-        candidates = [c for c in finite if cls != AVG or (c["row"], column, metric) not in partial]
+        candidates = [c for c in finite if (c["row"], column, cls, metric) not in partial]
         if len(finite) < 2 or not candidates:
             continue
         sign = 1.0 if metric_style(metric).higher_is_better else -1.0

@@ -528,6 +528,42 @@ def check_per_case(rows: list[dict], num_cases: Any, means: Any, path: Path) -> 
                             "after the trial finished)")
 
 
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _wrongly_typed_field(result: Mapping) -> str:
+    """The empty string when the fields of a result record that the tables and report read have the types the engine
+    writes, else the first that does not, in words (an edited ``result.json`` crashed ``medseg report`` with a traceback that stopped
+    every study after it: the report review)."""
+    for name in ("config", "tags", "labelled"):
+        if not isinstance(result[name], dict):
+            return f"'{name}' is a {type(result[name]).__name__}, not an object"
+    for name in ("timing", "environment", "scored_from"):
+        if result.get(name) is not None and not isinstance(result[name], dict):
+            return f"'{name}' is a {type(result[name]).__name__}, not an object"
+    if not _whole(result["seed"]):
+        return f"'seed' is {result['seed']!r}, not a whole number"
+    labelled = result["labelled"]
+    for name, ok, kind in (("num_patients", _whole, "a whole number"), ("percent_patients", _real, "a number")):
+        if name in labelled and not ok(labelled[name]):
+            return f"'labelled.{name}' is {labelled[name]!r}, not {kind}"
+    bad = [key for key, value in (result.get("timing") or {}).items() if not _real(value)]
+    if bad:
+        return f"'timing.{bad[0]}' is {result['timing'][bad[0]]!r}, not a number of seconds"
+    for section in ("optim", "eval", "data"):
+        if not isinstance(result["config"].get(section, {}), dict):
+            return f"'config.{section}' is not an object"
+    steps = (result["config"].get("optim") or {}).get("max_steps")
+    if steps is not None and not _whole(steps):
+        return f"'config.optim.max_steps' is {steps!r}, not a whole number"
+    return ""
+
+
 def read_trial(trial_dir: Path) -> TrialRecord | None:
     """The finished trial in ``trial_dir``; None if it has no ``result.json``; :class:`CorruptResult` if broken."""
     path = Path(trial_dir) / RESULT_FILE
@@ -539,6 +575,9 @@ def read_trial(trial_dir: Path) -> TrialRecord | None:
         raise CorruptResult(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(result, dict) or result.get("schema") != RESULT_SCHEMA or any(k not in result for k in REQUIRED_KEYS):
         raise CorruptResult(f"{path}: not a {RESULT_SCHEMA} record (missing keys or wrong schema)")
+    wrong = _wrongly_typed_field(result)
+    if wrong:
+        raise CorruptResult(f"{path}: {wrong}")
     per_case_path = Path(trial_dir) / PER_CASE_FILE
     try:
         per_case = read_csv(per_case_path)

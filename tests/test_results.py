@@ -85,6 +85,34 @@ def test_a_change_the_means_cannot_see_is_found_by_the_checksum(trial):
     assert read_trial(trial) is not None
 
 
+WRONG_TYPES = {  # the report review: each crashed `medseg report` with a traceback that stopped every study after it
+    "labelled.percent_patients": (lambda r: r["labelled"].update(percent_patients="abc"), "'labelled.percent_patients' is 'abc'"),
+    "labelled.num_patients": (lambda r: r["labelled"].update(num_patients="one"), "'labelled.num_patients' is 'one'"),
+    "timing as a list": (lambda r: r.update(timing=[1]), "'timing' is a list, not an object"),
+    "a timing as text": (lambda r: r["timing"].update(total_s="abc"), "'timing.total_s' is 'abc', not a number of seconds"),
+    "environment as text": (lambda r: r.update(environment="x"), "'environment' is a str, not an object"),
+    "config as text": (lambda r: r.update(config="x"), "'config' is a str, not an object"),
+    "tags as a list": (lambda r: r.update(tags=["a"]), "'tags' is a list, not an object"),
+    "max_steps as text": (lambda r: r["config"].setdefault("optim", {}).update(max_steps="many"),
+                          "'config.optim.max_steps' is 'many', not a whole number"),
+    "seed null": (lambda r: r.update(seed=None), "'seed' is None, not a whole number"),
+}
+
+
+@pytest.mark.parametrize("wrong", WRONG_TYPES)
+def test_a_result_field_of_the_wrong_type_is_a_corrupt_result(trial, wrong):
+    change, message = WRONG_TYPES[wrong]
+    result = json.loads((trial / "result.json").read_text())
+    result.setdefault("timing", {"total_s": 1.0})
+    change(result)
+    (trial / "result.json").write_text(json.dumps(result))
+    with pytest.raises(CorruptResult, match="result.json: ") as info:
+        read_trial(trial)
+    assert message in str(info.value)
+    records, problems = scan_study(trial.parent.parent)
+    assert records == [] and len(problems) == 1 and problems[0].startswith("corrupt result: ")
+
+
 @pytest.mark.parametrize("content", [b"[1]", b"\xff\xfe{", b"", b'"text"'])
 def test_any_error_json_is_one_problem_line(tmp_path, content):
     folder = tmp_path / "study" / "trials" / "mona-l1-s1-x"

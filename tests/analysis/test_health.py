@@ -7,7 +7,8 @@ import math
 import pytest
 
 from analysis import health
-from analysis.health import COLLAPSED, HEALTHY, NOT_LEARNED, STILL_RISING, UNDETERMINED, CurveHealth, TrialHealth, classify_curve
+from analysis.health import (COLLAPSED, HEALTHY, NOT_LEARNED, STILL_RISING, UNDETERMINED, CurveHealth, TrialHealth, classify_curve,
+                             health_problems, health_section)
 from medseg_platform.results import scan_study
 from tests.analysis.fakes import write_fake_trial
 
@@ -96,10 +97,18 @@ def test_record_health_reads_val_curve_csv(tmp_path):
     assert verdicts == [(1, STILL_RISING), (2, HEALTHY)]  # the fakes' default curve plateaus
     rising = next(r for r in records if r.result["seed"] == 1)
     assert health.read_val_curve(rising.path) == [(20.0, 0.40), (40.0, 0.70)]
+    # the report review: a missing or edited curve read as one with fewer validations, and the trial's flag was lost
+    (rising.path / "val_curve.csv").write_text("step,val_dice\n20,abc\n40,0.7\n", encoding="utf-8")
+    assert health.read_val_curve(rising.path) is None
     (rising.path / "val_curve.csv").unlink()
-    assert health.read_val_curve(rising.path) == []
+    assert health.read_val_curve(rising.path) is None
     missing = health.record_health(rising)
-    assert (missing.verdict, missing.n_validations, missing.best_step) == (UNDETERMINED, 0, None)
+    assert (missing.verdict, missing.n_validations, missing.best_step, missing.flagged) == (health.NO_CURVE, 0, None, False)
+    trials = [TrialHealth(r.path.name, "MONA", "1 patient", r.result["seed"], health.record_health(r)) for r in records]
+    section = "\n".join(health_section(trials))
+    assert "All 1 judged trials plateaued" in section and "1 trial without a readable `val_curve.csv` was not judged" in section
+    assert health_problems(trials) == [f"trial health: {rising.path.name} has no readable val_curve.csv, so it was not judged "
+                                       "(rerun the study command after deleting its folder to train it again)"]
 
 
 def _trial(key: str, points, row: str = "MONA", seed: int = 1) -> TrialHealth:
