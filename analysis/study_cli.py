@@ -87,8 +87,9 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
         if args.labelled:  # in increasing order of the patients they select of this dataset; each selection once
             args.labelled = list(fractions_in_patient_order(args.labelled, root, base.data.num_classes))
         study: Study = build(args, profile, base)
-        # the default: the name the script built (e.g. hparam_search-<method>) plus the profile
-        study.name = args.name if args.name != default_name else f"{study.name}-{profile.name}"
+        # the default: the name the script built (e.g. hparam_search-<method>) plus the profile; a --name as typed, also
+        # one equal to the script's name (it was taken for the default: the CLI review)
+        study.name = args.name if args.name is not None else f"{study.name}-{profile.name}"
         study.results_dir = resolve_path(args.results_dir, "--results-dir")
         study.address = args.address
         study.seeds = tuple(args.seeds) if args.seeds else profile.seeds
@@ -98,19 +99,21 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
         study.dashboard = not args.no_dashboard
         study.dashboard_host = args.dashboard_host
         study.optuna_storage = resolve_path(args.optuna_storage, "--optuna-storage") if args.optuna_storage else None
-        # released_slices (from --protocol released, a --set or a row) on a converted list cuts a frame otherwise
-        released = {t["config"]["data"]["labelled"] for t in study.trial_params()
-                    if t["config"]["data"].get("labelled_strategy") == "released_slices"}
-        for note in released_cut_warnings(root, released) if released else ():
-            print(f"warning: {note}", file=sys.stderr)
         study.num_workers = args.num_workers
         study.max_retries = args.max_retries
-        study.test_root = resolve_path(args.test_root, "--test-root") if args.test_root else None
+        study.test_root = resolve_path(args.test_root, "--test-root") if args.test_root is not None else None
         if args.rows:
             select_rows(study, args.rows)
         check_protocol(study, args.protocol, protocol)
         study.protocol = args.protocol
         overrides = apply_overrides(study, sets)
+        # released_slices (from --protocol released, a --set or a row) on a converted list cuts a frame otherwise. Read
+        # from the rows kept and with the --set values: every row was validated here before --rows and --set applied,
+        # which refused rows the command left out and values it had fixed (the CLI review)
+        released = {t["config"]["data"]["labelled"] for t in study.trial_params()
+                    if t["config"]["data"].get("labelled_strategy") == "released_slices"}
+        for note in released_cut_warnings(root, released) if released else ():
+            print(f"warning: {note}", file=sys.stderr)
         check_script_folder(study.study_dir, default_name)
         if args.dry_run:
             from medseg_platform.plan import format_plan, plan_study

@@ -234,8 +234,10 @@ class TrialConfig:
             raise ConfigError(f"data.num_classes {d.num_classes}: need at least 2")
         if d.image_resize not in IMAGE_RESIZE_MODES:
             raise ConfigError(f"data.image_resize {d.image_resize!r}: choose one of {', '.join(map(repr, IMAGE_RESIZE_MODES))}")
-        if d.labelled_batch < 1 or d.unlabelled_batch < 0:
-            raise ConfigError("data.labelled_batch must be >= 1 and data.unlabelled_batch >= 0")
+        # one key a message, first: a --set names itself (overrides.validate_with_sets; the CLI review)
+        for name, value, least in (("data.labelled_batch", d.labelled_batch, 1), ("data.unlabelled_batch", d.unlabelled_batch, 0)):
+            if value < least:
+                raise ConfigError(f"{name} {value}: must be >= {least}")
         for name in ("weak_rot90_flip_p", "weak_rotate_p", "advmorph_p"):
             if not 0.0 <= getattr(d, name) <= 1.0:
                 raise ConfigError(f"data.{name} {getattr(d, name)}: a probability must be in [0, 1]")
@@ -256,8 +258,10 @@ class TrialConfig:
             raise ConfigError(f"optim.max_steps {o.max_steps}: must be >= 1")
         if o.amp not in AMP_MODES:
             raise ConfigError(f"optim.amp {o.amp!r}: choose {', '.join(map(repr, AMP_MODES))}")
-        if e.val_every < 1 or e.log_every < 1 or e.val_cases < 0:
-            raise ConfigError("eval.val_every and eval.log_every must be >= 1, eval.val_cases >= 0")
+        for name, value, least in (("eval.val_every", e.val_every, 1), ("eval.log_every", e.log_every, 1),
+                                   ("eval.val_cases", e.val_cases, 0)):
+            if value < least:
+                raise ConfigError(f"{name} {value}: must be >= {least}")
         if o.lr_step not in LR_STEPS:
             raise ConfigError(f"optim.lr_step {o.lr_step!r}: choose {' or '.join(map(repr, LR_STEPS))}")
         if e.selection not in SELECTIONS:

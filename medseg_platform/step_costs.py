@@ -94,17 +94,19 @@ def trial_plan(config: Mapping, key: str, existed: bool = False) -> TrialPlan:
 
     A stage's identity is its chain up to it, the model, the data it reads
     (``medseg_platform.engine.pretrain.stage_data``), the seed, the workers and the mixed precision: the inputs of
-    ``medseg_platform.engine.stage_key`` but the labelled subset, which those determine. Two trials with one identity share the stage: the ETA counts it once.
+    ``medseg_platform.engine.stage_key`` but the labelled subset, which those determine. Two trials with one identity
+    share the stage: the ETA counts it once.
     """
     from medseg_platform.engine.pretrain import stage_data  # torch: only where a plan is priced
 
     pretrain = list(config.get("pretrain") or [])
     data = dict(config.get("data") or {})
     amp = dict(config.get("optim") or {}).get("amp", "off")
-    stages = tuple(Phase(str(stage["objective"]), int(stage["max_steps"]),
-                         json.dumps([pretrain[: i + 1], config.get("model"), stage_data(data, [s["objective"] for s in pretrain[: i + 1]]),
+    chains = [pretrain[: i + 1] for i in range(len(pretrain))]
+    stages = tuple(Phase(str(chain[-1]["objective"]), int(chain[-1]["max_steps"]),
+                         json.dumps([chain, config.get("model"), stage_data(data, [stage["objective"] for stage in chain]),
                                      config.get("seed"), config.get("workers"), amp], sort_keys=True, default=str))
-                   for i, stage in enumerate(pretrain))
+                   for chain in chains)
     steps = int(config["optim"]["max_steps"])
     fine_tuning = Phase(cost_key(str(config["objective"]), dict(config.get("objective_params") or {})), steps)
     return TrialPlan(key, stages, fine_tuning, validations(config) + 1, existed)

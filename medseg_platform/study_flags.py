@@ -171,7 +171,7 @@ def study_parser(description: str, default_name: str, folder: str | None = None,
     parser.add_argument("--labelled", type=label_fraction, nargs="+", default=None, metavar="FRACTION",
                         help="the label fractions (table columns) to train: labelled patients ('3') or percent ('5%%') "
                              f"(default: {fractions_help(labelled_default)})")
-    parser.add_argument("--name", default=default_name, help=f"study name (default: {folder or default_name + '-<profile>'})")
+    parser.add_argument("--name", default=None, help=f"study name (default: {folder or default_name + '-<profile>'})")
     parser.add_argument("--max-concurrent", type=count_at_least(1), default=None, help="at most this many trials at once")
     parser.add_argument("--gpus-per-trial", type=amount(positive=False), default=0.0, help="GPUs per trial (default 0: CPU)")
     parser.add_argument("--cpus-per-trial", type=amount(positive=True), default=None, help="CPUs Ray reserves per trial (default: the profile's); a trial computes with the config's torch "
@@ -229,7 +229,7 @@ def dataset_num_classes(root: str | Path, set_keys: Iterable[str], current: int,
 
 def resolve_data_root(args, profile: Profile) -> Path:
     """``--data-root`` resolved, or the cached phantom (generated on first use)."""
-    if args.data_root:
+    if args.data_root is not None:  # an empty one (an unset shell variable) is an error, not the phantom (the CLI review)
         return resolve_path(args.data_root, "--data-root")
     if profile.phantom is None:
         raise MedsegError(f"profile {profile.name}: needs --data-root (an ACDC dataset converted with 'medseg data convert-acdc')")

@@ -66,8 +66,7 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--profile", choices=tuple(PROFILES), default=None,
                         help="problem size (default: quick; smoke: tiny; with --config, the profile whose patch size and UNet "
                              "widths the file has, else quick): the folder name, CPUs per trial, default dataset")
-    parser.add_argument("--smoke-test", dest="profile", action="store_const", const="smoke",
-                        help="as --profile smoke (the study scripts' flag)")
+    parser.add_argument("--smoke-test", action="store_true", help="as --profile smoke (the study scripts' flag)")
     parser.add_argument("--labelled", default=None, metavar="FRACTION",
                         help="labelled patients ('3') or percent ('5%%') (default: the config file's, else the profile's first)")
     parser.add_argument("--seed", type=seed_value(), default=None,
@@ -147,6 +146,10 @@ def build_study(args):
     if getattr(args, "in_process", False) and (args.address or args.gpus_per_trial):
         raise ConfigError("--in-process trains in this process, on its GPU if it has one: --address and --gpus-per-trial "
                           "are for the Ray path (drop --in-process, or those flags)")
+    if getattr(args, "smoke_test", False):  # with another --profile, the later flag won without a word (the CLI review)
+        if args.profile not in (None, "smoke"):
+            raise ConfigError(f"--smoke-test runs the smoke profile; drop --profile {args.profile} (or --smoke-test)")
+        args.profile = "smoke"
     sets = parse_set_options(args.overrides)
     if args.config is not None:
         path = resolve_path(args.config, "--config")
@@ -164,7 +167,7 @@ def build_study(args):
         check_config_file_values(path, file_values, seed_given=args.seed is not None)
     file_root = chosen.pop("data.root", None)
     chosen.pop("workers", None)  # checked above: one worker
-    if args.data_root:
+    if args.data_root is not None:
         root = resolve_path(args.data_root, "--data-root")
     elif file_root is not None:
         root = resolve_path(file_root, f"{where}data.root")

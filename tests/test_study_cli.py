@@ -128,7 +128,7 @@ def test_bad_flag_values_are_argparse_errors_naming_the_flag(tmp_path, phantom_e
 
 
 @pytest.mark.parametrize("case", ["gpus", "results file", "results below a file", "dashboard host", "optuna storage", "test root",
-                                  "data root file", "num_classes"])
+                                  "data root file", "num_classes", "empty data root", "empty test root"])
 def test_a_dry_run_rejects_what_the_run_rejects(tmp_path, phantom_env, capsys, monkeypatch, case):
     """``--dry-run`` makes every check that the run makes before Ray starts (``check_before_ray``), so a clean dry run
     means the command's settings are accepted."""
@@ -152,6 +152,9 @@ def test_a_dry_run_rejects_what_the_run_rejects(tmp_path, phantom_env, capsys, m
         extra, message = ["--optuna-storage", str(tmp_path / "o.log")], "--optuna-storage records an Optuna search; this study is a grid"
     elif case == "test root":
         extra, message = ["--test-root", str(tmp_path / "nowhere")], f"--test-root: {tmp_path / 'nowhere'}: dataset root does not exist"
+    elif case in ("empty data root", "empty test root"):  # an unset shell variable: the phantom, or no test set (the CLI review)
+        flag = "--data-root" if case == "empty data root" else "--test-root"
+        extra, message = [flag, ""], f"{flag}: empty path"
     elif case == "num_classes":  # the manifest's 3 class names; a supervised-only row alone used to pass
         extra = ["--set", "data.num_classes=5", "--rows", "Supervised only"]
         message = (f"{phantom_env}: a dataset of 4 classes (background included; its manifest.json), but the trials are set up "
@@ -162,6 +165,20 @@ def test_a_dry_run_rejects_what_the_run_rejects(tmp_path, phantom_env, capsys, m
     err = capsys.readouterr().err
     assert err.startswith("error: " + message) and err.count("\n") == 1, err
     assert afile.read_text() == "not a folder" and not (tmp_path / "results").exists()
+
+
+def test_rows_are_checked_as_the_command_keeps_and_sets_them(tmp_path, phantom_env, capsys):
+    """The CLI review: every row was validated before --rows and --set applied, so a value valid for the kept rows was
+    refused for a row left out, and a --set the error asked for was not seen. A --name equal to the script's name was
+    taken for the default (the profile appended)."""
+    assert study_main("ablation_tailness", tmp_path / "r", "--dry-run", "--rows", "Supervised only",
+                      "--set", "data.unlabelled_batch=0") == 0
+    assert study_main("ablation_tailness", tmp_path / "r", "--dry-run", "--rows", "MONA", "--set", "data.unlabelled_batch=6",
+                      "--set", "objective_params.nn_pool_capacity=12") == 0
+    capsys.readouterr()
+    assert study_main("ablation_tailness", tmp_path / "r", "--dry-run", "--rows", "MONA", "--name", "ablation_tailness") == 0
+    assert f"results would go to {tmp_path / 'r' / 'ablation_tailness'}\n" in capsys.readouterr().out
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_dry_run_warns_of_a_results_folder_the_run_cannot_write(phantom_env, capsys):
@@ -391,7 +408,7 @@ def test_set_is_recorded_in_settings_and_report(tmp_path, phantom_env, ray_addre
     # the tables say it too: a table copied out of the report read as the profile's recipe
     sentence = "Every trial ran with --set optim.lr=0.02 (the profile's recipe changed)."
     assert sentence in (study_dir / "table_dice.md").read_text(encoding="utf-8")
-    assert sentence in (study_dir / "table_hd95.tex").read_text(encoding="utf-8")
+    assert sentence.replace("--", "-{}-") in (study_dir / "table_hd95.tex").read_text(encoding="utf-8")  # TeX's two hyphens
 
 
 def test_labelled_chooses_the_label_fractions_of_every_study(tmp_path):

@@ -417,5 +417,17 @@ def test_smoke_test_is_the_smoke_profile_as_in_the_studies():
     from analysis.console import build_parser
 
     parser = build_parser()
-    assert parser.parse_args(["train", "supervised", "--smoke-test"]).profile == "smoke"
+    args = parser.parse_args(["train", "supervised", "--smoke-test"])
+    assert args.smoke_test and args.profile is None  # build_study makes it the smoke profile
     assert parser.parse_args(["train", "supervised"]).profile is None  # the default: quick, or the config file's
+
+
+def test_smoke_test_with_another_profile_is_refused(tmp_path, capsys):
+    """The CLI review: `--profile paper --smoke-test` trained the smoke profile and the reverse the paper one, whichever
+    came last; the study scripts refuse the pair."""
+    from analysis.console import main
+
+    for flags in (["--profile", "paper", "--smoke-test"], ["--smoke-test", "--profile", "paper"]):
+        assert main(["train", "supervised", *flags, "--results-dir", str(tmp_path / "r")]) == 2
+        assert capsys.readouterr().err == "error: --smoke-test runs the smoke profile; drop --profile paper (or --smoke-test)\n"
+    assert not (tmp_path / "r").exists()
