@@ -121,17 +121,22 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
             print(format_plan(plan_study(study)))
             return 0
         report_module = import_report()  # before training: a broken install used to lose the tables after it
-        run = study.run()
-        # the report's settings that the trial files do not hold (regenerated reports read them back)
         command = " ".join(shlex.quote(a) for a in ["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
-        write_json_atomic(run.study_dir / SETTINGS_FILE, {
-            "script": default_name, "profile": profile.name, "data_root": str(root), "command": command, "cwd": working_folder(),
-            "smoke_test": bool(args.smoke_test),
-            "results_dir": str(study.results_dir), "address": args.address, "gpus_per_trial": study.gpus_per_trial,
-            "cpus_per_trial": study.cpus_per_trial, "num_workers": study.num_workers, "max_concurrent": study.max_concurrent,
-            "overrides": overrides, "protocol": args.protocol,
-            **({"test_root": str(study.test_root)} if study.test_root is not None else {})})
-        report = report_module.write_report(run.study_dir)  # tables, plots/ and report.md, from the result files only
+        written = []
+
+        def write_settings_and_report(run) -> None:  # under the study folder's lock, as the trials ran
+            # the report's settings that the trial files do not hold (regenerated reports read them back)
+            write_json_atomic(run.study_dir / SETTINGS_FILE, {
+                "script": default_name, "profile": profile.name, "data_root": str(root), "command": command, "cwd": working_folder(),
+                "smoke_test": bool(args.smoke_test),
+                "results_dir": str(study.results_dir), "address": args.address, "gpus_per_trial": study.gpus_per_trial,
+                "cpus_per_trial": study.cpus_per_trial, "num_workers": study.num_workers, "max_concurrent": study.max_concurrent,
+                "overrides": overrides, "protocol": args.protocol,
+                **({"test_root": str(study.test_root)} if study.test_root is not None else {})})
+            written.append(report_module.write_report(run.study_dir))  # tables, plots/ and report.md, from the result files
+
+        run = study.run(after=write_settings_and_report)
+        report = written[0]
         report_module.print_report(report)
         rebuilt = " (nothing left to train)" if run.pending_at_start == 0 else ""  # it printed "wall time 0.0 s" alone
         # the study's run alone read as the command's time: the phantom's generation and the report were left out

@@ -627,9 +627,11 @@ def trial_finished(trial_dir: Path, log: Callable[[str], None] | None = None) ->
         return False
 
 
-def errored_in_run(trial_dir: Path, run_id: str) -> bool:
-    """True if the trial's ``error.json`` was written by study run ``run_id`` (not by an earlier run)."""
+def errored_in_run(trial_dir: Path, run_id: str, kind: str | None = None) -> bool:
+    """True if the trial's ``error.json`` was written by study run ``run_id`` (not by an earlier run), and, with
+    ``kind``, records an error of that kind ("application" or "infrastructure")."""
     try:
-        return json.loads((Path(trial_dir) / ERROR_FILE).read_text(encoding="utf-8")).get("run") == run_id
+        record = json.loads((Path(trial_dir) / ERROR_FILE).read_text(encoding="utf-8"))
+        return record.get("run") == run_id and (kind is None or record.get("kind") == kind)
     except (OSError, ValueError, AttributeError):
         return False

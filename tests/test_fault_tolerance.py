@@ -141,10 +141,33 @@ def test_application_errors_are_found_behind_ray_wrappers():
     assert str(found) == ("no space left on the device (/results/trials/k/checkpoint.pt): free space, then rerun the same "
                           "command to resume the trial from its last checkpoint")
     assert application_error(OSError(13, "Permission denied")) is None  # other OS errors stay infrastructure failures
+
     import pickle
 
     again = pickle.loads(pickle.dumps(nan))  # Ray pickles errors across processes: step and terms survive
     assert (again.step, again.terms, str(again)) == (3, ("ce",), str(nan))
+
+
+def test_a_checkpoint_written_onto_a_full_disk_is_named_as_one(tmp_path, monkeypatch):
+    """The fault review: torch.save to a path on a full disk raised a bare RuntimeError ("unexpected pos"), retried as a
+    crash; written through a Python file, the ENOSPC OSError stays its context. Partial files are removed."""
+    import io
+
+    import torch
+
+    from medseg_platform.engine import checkpoint
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            if self.tell() + len(data) > 4096:
+                raise OSError(28, "No space left on device")
+            return super().write(data)
+
+    monkeypatch.setattr(checkpoint, "open", lambda path, mode: FullDisk(path, mode), raising=False)
+    with pytest.raises(Exception) as info:
+        checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", {"w": torch.zeros(100_000)})
+    assert str(application_error(info.value)).startswith("no space left on the device")
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------ NaN trials

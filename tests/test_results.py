@@ -113,6 +113,18 @@ def test_a_result_field_of_the_wrong_type_is_a_corrupt_result(trial, wrong):
     assert records == [] and len(problems) == 1 and problems[0].startswith("corrupt result: ")
 
 
+def test_an_error_of_a_run_is_told_by_its_kind(tmp_path):
+    """A stopped multi-worker study removes the infrastructure errors of its own run (its Train workers died with the
+    stop: the fault review) and keeps application errors and other runs' errors."""
+    from medseg_platform.results import errored_in_run
+
+    folder = tmp_path / "trial"
+    folder.mkdir()
+    (folder / "error.json").write_text(json.dumps({"run": "r1", "kind": "infrastructure", "error": "ActorDiedError"}))
+    assert errored_in_run(folder, "r1") and errored_in_run(folder, "r1", kind="infrastructure")
+    assert not errored_in_run(folder, "r1", kind="application") and not errored_in_run(folder, "r2", kind="infrastructure")
+
+
 @pytest.mark.parametrize("content", [b"[1]", b"\xff\xfe{", b"", b'"text"'])
 def test_any_error_json_is_one_problem_line(tmp_path, content):
     folder = tmp_path / "study" / "trials" / "mona-l1-s1-x"

@@ -385,3 +385,20 @@ def test_a_tune_experiment_is_read_without_unpickling_anything(tmp_path):
     assert not planted.exists()
     with pytest.raises(MedsegError, match="no experiment_state"):
         tune_trial_states(tmp_path)
+
+
+def test_a_tune_folder_stopped_before_its_first_state_is_not_restored(tmp_path):
+    """The fault review: a driver killed between Tune's tuner.pkl and its first experiment_state-*.json left a folder
+    that Tuner.can_restore accepted; every rerun of a search then failed on the missing state, and a grid got a phantom
+    errored trial on each resume. The runner starts such an experiment again (checked by hand with a SIGKILL at
+    tuner.pkl: the rerun logged "holds no saved state" and finished its samples)."""
+    from medseg_platform.study.experiment_state import experiment_restorable
+
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    (experiment / "tuner.pkl").write_bytes(b"pickled")
+    assert not experiment_restorable(experiment)
+    (experiment / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    assert experiment_restorable(experiment)
+    (experiment / "tuner.pkl").unlink()
+    assert not experiment_restorable(experiment)

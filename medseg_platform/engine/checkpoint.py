@@ -104,8 +104,12 @@ def restore_training_state(state: dict, objective, optimizer, generator: torch.G
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write ``state`` to ``path`` atomically. Through a Python file, whose full-disk ``OSError`` (ENOSPC) stays the
+    context of torch's error: saved to a path, torch raised a bare RuntimeError ("unexpected pos"), which the study
+    retried as a crash instead of naming the full disk (the fault review;
+    ``medseg_platform.study.trainable.application_error``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
 
 
 def load_checkpoint(path: Path, remedy: str = "delete it to start this stage or trial over") -> dict:

@@ -30,6 +30,14 @@ class TuneTrialState:
     error_file: str
 
 
+def experiment_restorable(experiment: Path) -> bool:
+    """Whether a Tune experiment folder can be resumed: its ``tuner.pkl`` (what ``Tuner.can_restore`` checks) and a saved
+    ``experiment_state-*.json``. A driver stopped between the two (SIGKILL, or Ctrl-C at that moment) left a folder
+    that ``can_restore`` accepted and every rerun then failed on: a search with "no experiment_state-*.json", a grid
+    with a phantom errored trial on every resume (the fault review)."""
+    return (experiment / "tuner.pkl").is_file() and any(experiment.glob("experiment_state-*.json"))
+
+
 def tune_trial_states(experiment: Path) -> list[TuneTrialState]:
     """The trials of a Tune experiment folder, read as JSON from its newest ``experiment_state-*.json``: the trial id,
     tag, status, config, last result and error file name; the pickled fields are never decoded (module docstring)."""

@@ -8,7 +8,7 @@
    whose samples Optuna decides);
 3. starts a local Ray (dashboard on ``dashboard_host``, 127.0.0.1 by default: :mod:`medseg_platform.dashboard`)
    or joins ``address`` / ``RAY_ADDRESS`` (:mod:`medseg_platform.study.ray_runtime`);
-4. runs or, if the experiment exists, restores (``Tuner.can_restore`` / ``Tuner.restore``) the Tune experiment
+4. runs or, if the experiment exists with a saved state, restores (``experiment_restorable`` / ``Tuner.restore``) the Tune experiment
    ``<name>-<spec hash>`` under ``<results>/<name>/ray``, each trial being the function trainable
    :func:`medseg_platform.study.trainable.run_trial_in_tune`.
 
@@ -26,12 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from medseg_platform.cli import log_line
 from medseg_platform.config import resolve_path
@@ -40,8 +41,8 @@ from medseg_platform.errors import ConfigError, DataError, MedsegError
 from medseg_platform.io import check_folder_free, check_folder_writable, check_output_folder, folder_lock, read_json_object, write_json_atomic
 from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.rescore import score_from_sources, scoring_device
-from medseg_platform.results import (LAST_RUN_FILE, RESULT_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, retag_finished_trials, trial_finished,
-                                     trial_folder, tune_storage, write_trial_error)
+from medseg_platform.results import (ERROR_FILE, LAST_RUN_FILE, RESULT_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, retag_finished_trials,
+                                     trial_finished, trial_folder, tune_storage, write_trial_error)
 from medseg_platform.study.ray_runtime import check_gpus_available, check_nodes_see, init_ray, sigterm_handler_kept
 from medseg_platform.study.spec import ASHA_TIME, Study, check_accumulating_folder, check_study_folder
 
@@ -60,17 +61,21 @@ class StudyRun:
     pending_at_start: int | None = None
 
 
-def run_study(study: Study) -> StudyRun:
+def run_study(study: Study, after: Callable[[StudyRun], None] | None = None) -> StudyRun:
     """Validate, run (or restore) on Ray, and return what finished; see the module docstring. The study folder is
     locked while it runs (:func:`medseg_platform.io.folder_lock`): two copies of one command used to train the same
-    trials in one folder at once."""
+    trials in one folder at once. ``after(run)`` runs under the same lock: the study scripts write their settings and
+    report there (a second command started as the first finished wrote its own in between: the fault review)."""
     start, started_at = time.perf_counter(), time.time()
     trials, test_datasets = check_before_ray(study)
     check_folder_free(study.study_dir, f"study {study.name}")  # before the preflight's reads and its preflight.json
     preflight_datasets(datasets_of_trials(trials) + test_datasets, study.study_dir)  # every data file read, before Ray starts
     check_trained_on_this_data(study, trials)
     with folder_lock(study.study_dir, f"study {study.name}"):  # after the checks: a refused command writes nothing
-        return _run_checked_study(study, trials, start, started_at)
+        run = _run_checked_study(study, trials, start, started_at)
+        if after is not None:
+            after(run)
+        return run
 
 
 def _run_checked_study(study: Study, trials: list[dict], start: float, started_at: float) -> StudyRun:
@@ -109,6 +114,12 @@ def _run_checked_study(study: Study, trials: list[dict], start: float, started_a
     if pending or study.search_space is not None:
         run_id = uuid.uuid4().hex[:12]  # marks the error.json files written by this run
         restored, stopped = run_tune(study, trials, study_dir, timing, study.spec_hash(trials), run_id)
+        if stopped:  # a multi-worker trial's Train workers die with the stop and its Tune function recorded that as an
+            # infrastructure error of this run: a stop the user asked for, not a crash (the fault review)
+            for trial in pending:
+                folder = trial_folder(study_dir, trial["key"])
+                if errored_in_run(folder, run_id, kind="infrastructure"):
+                    (folder / ERROR_FILE).unlink(missing_ok=True)
         # A restored experiment re-runs only what Tune itself left unfinished or errored. Trials it
         # marked finished that have no valid result (folder deleted, corrupt result, an application error
         # in an earlier run: Tune saw those end normally) run again here, in a fresh experiment; not after
@@ -250,13 +261,11 @@ def ended_sample_ids(study: Study, trials: list[dict]) -> set[str]:
     path = tune_storage(study.study_dir) / f"{study.name}-{study.spec_hash(trials)}"
     if study.search_space is None or not path.is_dir():
         return set()
-    from ray import tune
+    from medseg_platform.study.experiment_state import experiment_restorable, tune_trial_states
 
     quiet_tune_resume_advice()  # before the experiment's state is read: Tune warns about trials that never reported
-    if not tune.Tuner.can_restore(str(path)):
+    if not experiment_restorable(path):
         return set()
-    from medseg_platform.study.experiment_state import tune_trial_states
-
     return {trial.trial_id for trial in tune_trial_states(path) if trial.status in ("TERMINATED", "ERROR")}
 
 
@@ -493,6 +502,7 @@ def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, s
     from medseg_platform.progress import ProgressCallback
     from medseg_platform.step_costs import trial_plan
     from medseg_platform.study.distributed import TUNE_FUNCTION_CPU
+    from medseg_platform.study.experiment_state import experiment_restorable
     from medseg_platform.study.trainable import run_trial_in_tune
 
     timing["import_s"] = time.perf_counter() - t0
@@ -513,7 +523,12 @@ def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, s
         name = f"{study.name}-{suffix}"
         storage = tune_storage(study_dir)
         exp_path = storage / name
-        restored = tune.Tuner.can_restore(str(exp_path))
+        restored = experiment_restorable(exp_path)
+        if not restored and exp_path.is_dir():  # stopped before Tune saved a state: nothing in it to resume (the trials'
+            # own folders hold their checkpoints); Tune would restore its tuner.pkl and fail on the missing state
+            log_line(f"the Tune experiment {exp_path} holds no saved state (the command was stopped before Tune saved one); "
+                     "starting it again (the trials resume from their own folders)")
+            shutil.rmtree(exp_path)
         quiet_tune_resume_advice()  # before Tuner.restore, which reads the metrics and warns as well
         limits = {"max_concurrent": study.max_concurrent, "max_retries": study.max_retries}
         if study.asha:
@@ -561,7 +576,6 @@ def raise_if_disk_full(storage: Path, exc: BaseException) -> None:
     """A one-line :class:`MedsegError` when ``exc`` (raised by Tune) comes from a full disk under ``storage``: an
     ``ENOSPC``/``EDQUOT`` error, or any failure while the disk holds less than :data:`LOW_DISK_BYTES`."""
     import errno
-    import shutil
 
     try:
         free = shutil.disk_usage(storage).free
@@ -601,8 +615,6 @@ def discard_experiment(study: Study, suffix: str) -> None:
     run's id, so no later command restores it (the next one restores the study's own experiment and reruns in a new
     one), and its trials resume from their own folders' checkpoints; each rerun of a trial that kept erroring left
     one behind, with Tune's copies of the trials' checkpoints (the runner review)."""
-    import shutil
-
     storage = tune_storage(study.study_dir)
     shutil.rmtree(storage / f"{study.name}-{suffix}", ignore_errors=True)
     (storage / f"{study.name}-{suffix}{LIMITS_SUFFIX}").unlink(missing_ok=True)

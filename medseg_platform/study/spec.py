@@ -19,7 +19,7 @@ import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from medseg_platform.claims_spec import check_claim
 from medseg_platform.config import MAX_SEED, TrialConfig, differing_fields, is_real, labelled_subset, resolve_path
@@ -275,11 +275,12 @@ class Study:
     def study_dir(self) -> Path:
         return resolve_path(self.results_dir, "results dir") / self.name
 
-    def run(self) -> "StudyRun":
-        """Validate, run (or restore) on Ray, and return what finished (:func:`medseg_platform.study.runner.run_study`)."""
+    def run(self, after: Callable[["StudyRun"], None] | None = None) -> "StudyRun":
+        """Validate, run (or restore) on Ray, and return what finished (:func:`medseg_platform.study.runner.run_study`);
+        ``after(run)`` runs while the study folder is still locked (writing the report)."""
         from medseg_platform.study.runner import run_study
 
-        return run_study(self)
+        return run_study(self, after)
 
 
 def earlier_trials(study_dir: Path) -> dict:

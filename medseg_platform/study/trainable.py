@@ -139,7 +139,10 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
             end_errored(trial_dir, config, tags, cfg.seed, app, run_id)
             return
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        write_trial_error(trial_dir, config=config, tags=tags, seed=cfg.seed, error=message, kind="infrastructure", run=run_id)
+        try:
+            write_trial_error(trial_dir, config=config, tags=tags, seed=cfg.seed, error=message, kind="infrastructure", run=run_id)
+        except OSError:  # the record cannot be written (a full disk): the trial's own error must still reach Tune
+            pass
         raise  # Tune retries it from the last checkpoint (FailureConfig), or marks it errored when no retry is left
     score_test_root(trial_dir, test_root, key, own_device)
     tune.report(final_report(cfg, record))
