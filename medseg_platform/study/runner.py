@@ -369,7 +369,8 @@ def check_fault_tolerance_options(study: Study, trials: list[dict], in_process_c
         raise ConfigError(f"--max-retries {study.max_retries!r}: must be a whole number >= 0")
     if study.gpus_per_trial <= 0 and not in_process_cuda and any(t["config"]["optim"].get("amp") == "fp16" for t in trials):
         raise ConfigError("optim.amp 'fp16' needs a CUDA GPU per trial: pass --gpus-per-trial 1 on a machine or cluster with "
-                          "GPUs, or use --amp bf16 (optim.amp=bf16), which runs on CPUs too")
+                          "GPUs (`medseg train --in-process` uses this machine's), or train in bf16, which runs on CPUs too "
+                          "(--amp bf16 in a study script, --set optim.amp=bf16 in medseg train)")
 
 
 def check_ray_options(study: Study) -> None:
