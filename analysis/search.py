@@ -11,7 +11,8 @@ Outputs (written atomically into the study dir):
   ``trial_key`` (the trial folder), ``status`` (``completed`` | ``stopped early`` (ASHA) | ``errored`` |
   ``unfinished`` | ``result missing``: it finished, but its ``result.json`` is gone or unreadable), one column
   per searched key (the sampled value), ``last_step`` (the last training step reported), ``best_val_dice``
-  (best validation mean Dice; for a stopped trial the best it reached before it was stopped), ``test_dice``
+  (the val mean Dice of the selected weights: the best validation's, or the last one's under ``eval.selection``
+  "final", as ``--protocol released`` sets; for a stopped trial the best it reached before it was stopped), ``test_dice``
   (test mean Dice of the selected weights; completed trials only), ``error`` (errored trials).
 * ``best_config.json``: the completed sample with the highest ``best_val_dice`` (model selection on the
   val split, never on test): its sampled values, full trial config, trial key, ``best_val_dice`` and
@@ -177,7 +178,9 @@ def write_search_summary(study_dir: Path) -> tuple[list[Path], Sample | None, li
     best = best_sample(samples)
     best_path = study_dir / BEST_FILE
     if best is not None:
-        write_json_atomic(best_path, {"selected_by": "best_val_dice (mean Dice on the val split)", "order": best.order,
+        selected_by = ("best_val_dice (mean Dice on the val split of the weights each sample selected: its best "
+                       "validation's, or its last one's under eval.selection final)")
+        write_json_atomic(best_path, {"selected_by": selected_by, "order": best.order,
                                       "trial_key": best.key, "best_val_dice": best.best_val_dice, "test_dice": best.test_dice,
                                       "search": best.values, "config": best.config,
                                       "samples": len(samples), "completed": sum(s.status == "completed" for s in samples)})

@@ -44,9 +44,12 @@ from typing import Any
 from medseg_platform.config import TrialConfig
 from medseg_platform.step_costs import EVALUATION_COST, STEP_COST, UNKNOWN_STEP_COST, format_duration, trial_plan
 
-FINISHED, TO_SCORE, TO_RESCORE, TO_RESUME, CACHED, TO_RUN = (
-    "finished", "to score on --test-root", "to score from a finished trial", "to resume", "cached pretraining", "to run")
-STATUSES = (FINISHED, TO_SCORE, TO_RESCORE, TO_RESUME, CACHED, TO_RUN)
+FINISHED, ENDED, TO_SCORE, TO_RESCORE, TO_RESUME, CACHED, TO_RUN = (
+    "finished", "samples ended", "to score on --test-root", "to score from a finished trial", "to resume", "cached pretraining",
+    "to run")
+#: ENDED: a search's configuration whose samples all ended, completed, stopped early or errored (it read "finished" where
+#: every sample had errored and the run itself says no configuration completed: the search review)
+STATUSES = (FINISHED, ENDED, TO_SCORE, TO_RESCORE, TO_RESUME, CACHED, TO_RUN)
 #: :func:`measure_unit_seconds`: timed steps after one warm-up step, and the time after which it stops early.
 TIMED_STEPS, TIMING_BUDGET_S = 5, 2.0
 #: Steps timed whatever the budget: the median of 3 steps, where a single slow step (another process on the cores, a
@@ -191,7 +194,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
             status = TO_SCORE if lacks_test_root(study, trial_folder(study_dir, trial["key"])) else FINISHED
             runs = (EVALUATION_COST,) if status == TO_SCORE else ()
         elif search and ended >= samples:
-            status, runs = FINISHED, ()
+            status, runs = ENDED, ()
         elif trial["key"] in sources:  # and, with --test-root, scored on it afterwards
             status, runs = TO_RESCORE, (EVALUATION_COST * (2 if study.test_root is not None else 1),)
         elif not search and (point := resume_point(trial_folder(study_dir, trial["key"]))) is not None:
@@ -391,7 +394,7 @@ def format_plan(plan: StudyPlan) -> str:
     # every trial that trains counts as "to run" (a search's trial on cached pretraining read "0 to run": the walkthrough)
     detail = ", ".join(f"{count[status]} {label}" for status, label in ((TO_RESUME, "resuming"), (CACHED, "on cached pretraining"))
                        if count[status])
-    parts = [f"{count[FINISHED]} finished"] + [f"{count[status]} {status}" for status in (TO_SCORE, TO_RESCORE) if count[status]]
+    parts = [f"{count[FINISHED]} finished"] + [f"{count[status]} {status}" for status in (ENDED, TO_SCORE, TO_RESCORE) if count[status]]
     parts.append(f"{count[TO_RESUME] + count[CACHED] + count[TO_RUN]} to run" + (f" ({detail})" if detail else ""))
     lines.append(f"Totals: {len(plan.trials)} trial(s){runs_of}: " + ", ".join(parts)
                  + f"; {plan.total_units:.1f} cost units of training left (fine-tuning and uncached pretraining)")
@@ -425,7 +428,8 @@ def format_plan(plan: StudyPlan) -> str:
                      "(--gpus-per-trial N, here or with --address of a GPU cluster; README, 'Running on a cluster'), or "
                      "fewer rows, seeds or steps (--rows, --seeds, --set optim.max_steps=N)")
     if plan.samples > 1:
-        done = ("" if not plan.samples_ended else ", all of them already ended (a rerun only rebuilds the outputs)"
+        done = ("" if not plan.samples_ended else ", all of them already ended, completed, stopped early or errored (a rerun only "
+                "rebuilds the outputs; search_history.csv says which)"
                 if plan.samples_ended >= plan.samples else f", {plan.samples_ended} of them already ended (a rerun resumes the rest)")
         if plan.samples_resuming:
             at = ", ".join(f"{step}/{steps}" for step, steps in plan.samples_resuming)

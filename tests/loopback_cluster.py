@@ -19,6 +19,7 @@ ran every trial.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -54,8 +55,11 @@ def main(data_root: str, results_dir: str, info_path: str) -> int:
     from medseg_platform.results import scan_study
     from medseg_platform.study import Study, Variant
 
+    with socket.socket() as probe:  # a free port: a dashboard of another Ray on this machine holds 8265 (a CI run failed so)
+        probe.bind(("127.0.0.1", 0))
+        dashboard_port = probe.getsockname()[1]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-                                                            "object_store_memory": 128 << 20})
+                                                            "dashboard_port": dashboard_port, "object_store_memory": 128 << 20})
     try:
         cluster.add_node(num_cpus=1, object_store_memory=128 << 20)
         cluster.wait_for_nodes()

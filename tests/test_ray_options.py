@@ -254,6 +254,14 @@ def test_optuna_search_is_recorded_in_a_journal_file(tiny_root, tmp_path, ray_ad
                        dashboard=False, optuna_storage=storage)
         with pytest.raises(ConfigError, match=f"this search was started with --optuna-storage {journal}; rerun with the same"):
             check_before_ray(rerun)
+    # the search review: the journal moved away, the restored searcher replayed an empty one (a KeyError traceback)
+    # and wrote into the new file, so every later rerun failed too; refused before Ray, and nothing is written
+    journal.rename(journal.with_suffix(".bak"))
+    rerun = _study(tiny_root, tmp_path / "results", search_space={"optim.lr": tune.loguniform(1e-3, 1e-1)}, num_samples=2,
+                   dashboard=False, optuna_storage=journal)
+    with pytest.raises(ConfigError, match=f"--optuna-storage {journal}: missing, and this search's Optuna study is in it"):
+        check_before_ray(rerun)
+    assert not journal.exists()
 
 
 def test_an_errored_sample_is_an_optuna_failure_without_the_nan_warning(caplog):

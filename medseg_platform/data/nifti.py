@@ -211,6 +211,9 @@ def read_header(path: str | Path) -> NiftiHeader:
     x, y, z = xyz_shape(img.shape, path)
     if img.get_data_dtype().kind == "c":
         raise DataError(f"{path}: complex voxel values ({img.get_data_dtype()}); export a real-valued (e.g. magnitude) volume")
+    if img.get_data_dtype().kind == "V":  # RGB24 and other structured voxels were called a corrupt file when read
+        raise DataError(f"{path}: structured voxels (RGB or several channels: {img.get_data_dtype()}); export a "
+                        "single-channel volume")
     stored = _stored_voxel_sizes(path, img)
     lengths = (x, y, z)
     # a negative size is taken as its magnitude (nibabel's rule, as before); a zero one only where the axis has one voxel
@@ -306,11 +309,11 @@ def check_label(label: np.ndarray, num_classes: int, where: str | Path) -> np.nd
         if low < 0 or high > num_classes - 1:
             bad = np.unique(label[(label < 0) | (label > num_classes - 1)])[:5]
             values = ", ".join(f"{v:g}" for v in bad.astype(np.float64))
-            more = f" {int(high) + 1}" if low >= 0 and high < 256 else ""  # the count that holds the largest value
-            raise DataError(
-                f"{where}: label value(s) {values} outside 0..{num_classes - 1} "
-                f"(fix the label file; a dataset with more classes is converted with convert-nifti --num-classes{more})"
-            )
+            # the count that holds the largest value, where one can (a negative value or one past uint8 fits none: the
+            # hint named a bare --num-classes there, the converter review)
+            hint = (f"; a dataset with more classes is converted with convert-nifti --num-classes {int(high) + 1}"
+                    if low >= 0 and high < 256 else "")
+            raise DataError(f"{where}: label value(s) {values} outside 0..{num_classes - 1} (fix the label file{hint})")
     return label.astype(np.uint8)
 
 

@@ -435,6 +435,14 @@ def check_search_storage(study: Study, trials: list[dict]) -> None:
     recorded = info["optuna_storage"]
     current = str(study.optuna_storage) if study.optuna_storage is not None else None
     if recorded == current:
+        from medseg_platform.study.experiment_state import experiment_restorable
+
+        experiment = tune_storage(study.study_dir) / f"{study.name}-{info.get('spec_hash')}"
+        if recorded is not None and not Path(recorded).is_file() and experiment_restorable(experiment):
+            # the restored searcher replays the journal: a missing one ended in a KeyError traceback, and the record it
+            # wrote into the new file made every later rerun fail the same way (the search review)
+            raise ConfigError(f"study {study.name}: --optuna-storage {recorded}: missing, and this search's Optuna study "
+                              "is in it; put the file back to resume the search, or give --name for a new search")
         return
     given = study.optuna_storage
     study.optuna_storage = Path(recorded) if recorded is not None else None

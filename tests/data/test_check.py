@@ -43,9 +43,14 @@ def test_every_bad_file_is_reported_and_check_continues(tiny_root: Path, capsys)
         fh.create_group("image")
         fh["label"] = np.zeros((12, 10), np.uint8)
 
+    # 8) a training case's volume deleted (read by `predict --split all`, not by training; it passed as OK)
+    train_volume = ds.volume_path(ds.train_cases[0])
+    train_volume.unlink()
+
     report = check_dataset(tiny_root)
     text = "\n".join(report.problems)
-    assert len(report.problems) == 7, text
+    assert len(report.problems) == 8, text
+    assert f"{train_volume}: file is missing (every case has its volume in data/" in text
     assert "test.list: 1 id(s) listed more than once, e.g. 'patient006_frame01'" in text
     assert f"{ds.train_slices[2]}.h5: ['image'] hold(s) a group, not an array" in text
     assert f"{ds.train_slices[0]}.h5: missing dataset key(s) ['label']" in text
@@ -58,7 +63,7 @@ def test_every_bad_file_is_reported_and_check_continues(tiny_root: Path, capsys)
     assert report.splits["train"].items == 22
     assert main(["data", "check", str(tiny_root)]) == 1
     out = capsys.readouterr().out
-    assert out.count("problem: ") == 7 and "7 problem(s)" in out
+    assert out.count("problem: ") == 8 and "8 problem(s)" in out
 
 
 def test_missing_root_is_a_one_line_error(tmp_path: Path, capsys):

@@ -546,9 +546,16 @@ def test_labels_without_foreground_in_the_training_patients_are_refused_before_w
         (lambda raw: None, [], "no file matches --image-glob '*.nii.gz'; the folder holds no .nii or .nii.gz file at any depth"),
         (lambda raw: make_generic(raw / "sub", ["a", "b", "c"]), [],
          "it holds 6 NIfTI file(s) (e.g. sub/a.nii.gz): try --image-glob '**/*.nii.gz'"),
+        # the converter review: a negative label value was told to use a bare "--num-classes"; an RGB image was "corrupt"
+        (lambda raw: make_generic(raw, ["a", "b", "c"]) or save_nifti(raw / "b_gt.nii.gz", np.full(SHAPE_XYZ, -1, np.int16)), [],
+         "b_gt.nii.gz: label value(s) -1 outside 0..3 (fix the label file)"),
+        (lambda raw: make_generic(raw, ["a", "b", "c"]) or save_nifti(
+            raw / "b.nii.gz", np.zeros(SHAPE_XYZ, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])), [],
+         "b.nii.gz: structured voxels (RGB or several channels"),
     ],
     ids=["duplicate_id", "label_missing", "label_range", "only_labels", "too_few", "num_classes", "empty_glob", "suffix_path",
-         "glob_outside", "label_without_image", "label_of_another_extension", "empty_folder", "pairs_in_a_subfolder"],
+         "glob_outside", "label_without_image", "label_of_another_extension", "empty_folder", "pairs_in_a_subfolder",
+         "negative_label", "rgb_image"],
 )
 def test_generic_bad_input(setup, argv, expected, tmp_path, capsys):
     raw = tmp_path / "mine"
