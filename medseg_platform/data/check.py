@@ -6,11 +6,12 @@ and within [0, 1], and integer labels within ``0 .. num_classes-1``; the manifes
 must name labels 1..num_classes-1, no list may name an id twice, no patient may have cases in two splits, every
 file the manifest records a SHA-256 for must still have it, and the train split must hold some foreground label. A val
 or test split without any, and a foreground class that a split never holds, are notes (a trial that selects on val
-refuses a val split without foreground itself: :func:`medseg_platform.engine.trial.train_trial`); a training case's volume
-must exist (it is not read). A bad file gives one line naming the file and the problem and the check goes on (a
-manifest that cannot be read stops it: its classes and spacings are what the files are checked against); the command exits non-zero if any problem was found. Without ``--num-classes``
-the count is the manifest's (its class names + 1, else the converter's ``num_classes``), else 4 (ACDC). It also prints cases and slices per
-split and the voxel fraction of every class (by name). Studies run the same check before Ray starts
+refuses a val split without foreground itself: :func:`medseg_platform.engine.trial.train_trial`); a training case's
+volume must exist (it is not read). A bad file gives one line naming the file and the problem and the check goes on
+(a manifest that cannot be read stops it: its classes and spacings are what the files are checked against); the
+command exits non-zero if any problem was found. Without ``--num-classes`` the count is the manifest's (its class
+names + 1, else the converter's ``num_classes``), else 4 (ACDC). It also prints cases and slices per split and the
+voxel fraction of every class (by name). Studies run the same check before Ray starts
 (:mod:`medseg_platform.preflight`).
 """
 
@@ -135,8 +136,8 @@ def check_dataset(root: str | Path, num_classes: int = 4, progress: bool = False
             print(f"  checked {i + 1}/{len(layout.train_slices)} training slices", file=sys.stderr)
     train.slices = len(layout.train_slices)
     splits["train"] = train
-    # a training case's volume is not read by training (its slices are), but by `medseg predict --split all` and the
-    # converters' checksums: a missing one passed as "OK" (the converter review); checked for existence only
+    # a training case's volume is not read by training (its slices are) but by `medseg predict --split all`, and the
+    # manifest records its checksum: a missing one passed as "OK" (the converter review); checked for existence only
     problems += [f"{layout.volume_path(case)}: file is missing (every case has its volume in data/; convert the dataset again)"
                  for case in layout.train_cases if not layout.volume_path(case).is_file()]
 
