@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from medseg_platform.config import TrialConfig, resolve_path
 from medseg_platform.errors import ConfigError, MedsegError
 from medseg_platform.io import working_folder, write_json_atomic
-from medseg_platform.overrides import apply_overrides, parse_set_options, select_rows, validate_with_sets
+from medseg_platform.overrides import apply_overrides, named_by_set, parse_set_options, select_rows, validate_with_sets
 from medseg_platform.profiles import PROFILES, Profile, profile_with_overrides
 from medseg_platform.protocol import check_protocol, protocol_overrides, released_cut_warnings
 from medseg_platform.results import SETTINGS_FILE
@@ -110,7 +110,11 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
         # released_slices (from --protocol released, a --set or a row) on a converted list cuts a frame otherwise. Read
         # from the rows kept and with the --set values: every row was validated here before --rows and --set applied,
         # which refused rows the command left out and values it had fixed (the CLI review)
-        released = {t["config"]["data"]["labelled"] for t in study.trial_params()
+        try:
+            trial_params = study.trial_params()
+        except ConfigError as exc:  # a --set value wrong for a row names the --set
+            raise named_by_set(exc, sets) from None
+        released = {t["config"]["data"]["labelled"] for t in trial_params
                     if t["config"]["data"].get("labelled_strategy") == "released_slices"}
         for note in released_cut_warnings(root, released) if released else ():
             print(f"warning: {note}", file=sys.stderr)

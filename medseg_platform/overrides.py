@@ -301,6 +301,19 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
     return {key: values[key] for key in texts}
 
 
+def named_by_set(exc: ConfigError, keys: Iterable[str]) -> ConfigError:
+    """``exc`` (a row's validation error) named as the ``--set`` of ``keys`` that it is about, where its message names
+    that key or, for an objective parameter, its config field ("MonaConfig.temperature: must be in (0, inf)" for
+    ``objective_params.temperature``): such an error named the row, as if the row were wrong (the CLI review).
+    ``exc`` unchanged otherwise."""
+    message = str(exc)
+    for key in keys:
+        field_name = key.rsplit(".", 1)[-1]
+        if key in message or (key.startswith("objective_params.") and f"Config.{field_name}:" in message):
+            return ConfigError(f"--set {key}: {message}")
+    return exc
+
+
 def validate_with_sets(base: TrialConfig, keys: Iterable[str], quiet: bool = False) -> None:
     """``base.validate(check_data=False)``, its error named as a ``--set`` one when it is about one of ``keys`` (the
     ``--set`` keys): "--set optim.lr -1.0: must be ..." (the message did not name the flag: the workflow probe).

@@ -178,6 +178,11 @@ def test_rows_are_checked_as_the_command_keeps_and_sets_them(tmp_path, phantom_e
     capsys.readouterr()
     assert study_main("ablation_tailness", tmp_path / "r", "--dry-run", "--rows", "MONA", "--name", "ablation_tailness") == 0
     assert f"results would go to {tmp_path / 'r' / 'ablation_tailness'}\n" in capsys.readouterr().out
+    # a --set value wrong for the kept rows names the --set (it named the row, as if the row were wrong)
+    assert study_main("ablation_tailness", tmp_path / "r", "--dry-run", "--rows", "MONA", "ARCO-SG",
+                      "--set", "objective_params.temperature=-1") == 2
+    assert capsys.readouterr().err.startswith("error: --set objective_params.temperature: row 'MONA': objective 'mona': "
+                                              "MonaConfig.temperature: must be in (0, inf), got -1.0")
     assert not (tmp_path / "r").exists()
 
 
