@@ -371,8 +371,7 @@ def _add_significance(rows: list[dict[str, Any]], groups: Mapping[tuple[str, str
 
     The best cell of a (column, class, metric) is the one with the best (unrounded) mean, needing at least
     two cells with a mean (a cell of :func:`partial_cells`, such as an "Avg" over fewer classes than its column's, is
-    never the best);
-    it is shown bold unless every cell of the column shows the same mean (:func:`_best_means`).
+    never the best); it is shown bold unless every cell of the column shows the same mean (:func:`_best_means`).
     """
     partial = partial_cells(rows)
 

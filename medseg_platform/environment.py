@@ -47,8 +47,8 @@ def code_version() -> str:
 def describe_checkout(root: Path, version: str) -> str:
     """``version`` and the git commit of the checkout at ``root``: "medseg-platform 0.1.0, git 8527c1f", with "+ local
     changes 3f2a9c1e" when files of :data:`CODE_FOLDERS` differ from the commit (tracked edits or untracked ``.py``
-    files; the 8 hex digits hash the differences, so two different edits of one commit read differently); ``version`` alone
-    outside a git checkout or where git cannot say (not installed, a repository owned by another user).
+    files; the 8 hex digits hash the differences, so two different edits of one commit read differently); ``version``
+    alone outside a git checkout or where git cannot say (not installed, a repository owned by another user).
 
     Fixed arguments, no user input; the caller's ``GIT_*`` variables are dropped (an inherited ``GIT_DIR`` would
     describe another repository), ``GIT_OPTIONAL_LOCKS=0`` keeps ``status`` from taking the index lock a git command

@@ -302,11 +302,15 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
 
 
 def named_by_set(exc: ConfigError, keys: Iterable[str]) -> ConfigError:
-    """``exc`` (a row's validation error) named as the ``--set`` of ``keys`` that it is about, where its message names
-    that key or, for an objective parameter, its config field ("MonaConfig.temperature: must be in (0, inf)" for
-    ``objective_params.temperature``): such an error named the row, as if the row were wrong (the CLI review).
-    ``exc`` unchanged otherwise."""
-    message = str(exc)
+    """``exc`` named as the ``--set`` of ``keys`` that it is about: "--set optim.lr -1.0: must be ..." where the message
+    starts with the key (the message did not name the flag: the workflow probe), "--set KEY: <message>" where it names
+    the key elsewhere or, for an objective parameter, its config field ("MonaConfig.temperature: must be in (0, inf)"
+    for ``objective_params.temperature``: a row's error named the row, as if the row were wrong, the CLI review).
+    ``exc`` itself otherwise."""
+    message, keys = str(exc), tuple(keys)
+    for key in keys:  # the key the message is about first, then one it mentions
+        if message.startswith((f"{key} ", f"{key}:", f"{key}.")):
+            return ConfigError(f"--set {message}")
     for key in keys:
         field_name = key.rsplit(".", 1)[-1]
         if key in message or (key.startswith("objective_params.") and f"Config.{field_name}:" in message):
@@ -316,16 +320,14 @@ def named_by_set(exc: ConfigError, keys: Iterable[str]) -> ConfigError:
 
 def validate_with_sets(base: TrialConfig, keys: Iterable[str], quiet: bool = False) -> None:
     """``base.validate(check_data=False)``, its error named as a ``--set`` one when it is about one of ``keys`` (the
-    ``--set`` keys): "--set optim.lr -1.0: must be ..." (the message did not name the flag: the workflow probe).
-    ``quiet``: another error of ``base`` is left to the trials' checks, which name their row."""
-    keys = tuple(keys)
+    ``--set`` keys, :func:`named_by_set`). ``quiet``: another error of ``base`` is left to the trials' checks, which
+    name their row."""
     try:
         base.validate(check_data=False)
     except ConfigError as exc:
-        if any(str(exc).startswith((f"{key} ", f"{key}:", f"{key}.")) for key in keys):
-            raise ConfigError(f"--set {exc}") from None
-        if not quiet:
-            raise
+        named = named_by_set(exc, keys)
+        if named is not exc or not quiet:
+            raise named from None
 
 
 def _objective_values(objective: str, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from medseg_platform.config import is_real, is_whole
 from medseg_platform.io import read_json_object, sha256_file, write_json_atomic, write_text_atomic
 from medseg_platform.stats import nan_mean
 
@@ -528,38 +529,30 @@ def check_per_case(rows: list[dict], num_cases: Any, means: Any, path: Path) -> 
                             "after the trial finished)")
 
 
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _wrongly_typed_field(result: Mapping) -> str:
     """The empty string when the fields of a result record that the tables and report read have the types the engine
-    writes, else the first that does not, in words (an edited ``result.json`` crashed ``medseg report`` with a traceback that stopped
-    every study after it: the report review)."""
+    writes, else the first that does not, in words (an edited ``result.json`` crashed ``medseg report`` with a traceback
+    that stopped every study after it: the report review)."""
     for name in ("config", "tags", "labelled"):
         if not isinstance(result[name], dict):
             return f"'{name}' is a {type(result[name]).__name__}, not an object"
     for name in ("timing", "environment", "scored_from"):
         if result.get(name) is not None and not isinstance(result[name], dict):
             return f"'{name}' is a {type(result[name]).__name__}, not an object"
-    if not _whole(result["seed"]):
+    if not is_whole(result["seed"]):
         return f"'seed' is {result['seed']!r}, not a whole number"
     labelled = result["labelled"]
-    for name, ok, kind in (("num_patients", _whole, "a whole number"), ("percent_patients", _real, "a number")):
+    for name, ok, kind in (("num_patients", is_whole, "a whole number"), ("percent_patients", is_real, "a number")):
         if name in labelled and not ok(labelled[name]):
             return f"'labelled.{name}' is {labelled[name]!r}, not {kind}"
-    bad = [key for key, value in (result.get("timing") or {}).items() if not _real(value)]
+    bad = [key for key, value in (result.get("timing") or {}).items() if not is_real(value)]
     if bad:
         return f"'timing.{bad[0]}' is {result['timing'][bad[0]]!r}, not a number of seconds"
     for section in ("optim", "eval", "data"):
         if not isinstance(result["config"].get(section, {}), dict):
             return f"'config.{section}' is not an object"
     steps = (result["config"].get("optim") or {}).get("max_steps")
-    if steps is not None and not _whole(steps):
+    if steps is not None and not is_whole(steps):
         return f"'config.optim.max_steps' is {steps!r}, not a whole number"
     return ""
 
