@@ -209,6 +209,11 @@ def evaluate_claim(claim: Mapping[str, Any], records: Sequence[TrialRecord]) -> 
                                                           "fraction", **texts)
     if absent:
         return ClaimResult(claim, verdict=NOT_RUN, reason="no finished trial of " + " or ".join(absent), **texts)
+    shared = {id(r) for trials in a_trials.values() for r in trials} & {id(r) for trials in b_trials.values() for r in trials}
+    if shared:  # "5%" and "3" select the same 3 of ACDC's 70 patients: both sides pooled the same trials (the claims review)
+        return ClaimResult(claim, verdict=NOT_RUN, reason=f"both sides are the same {len(shared)} trial(s) ({texts['a_column']} "
+                                                          f"and {texts['b_column']} select the same patients): a row "
+                                                          "compared with itself", **texts)
     pairs = paired_values(a_trials, b_trials, metric)
     if not pairs.seeds:
         return ClaimResult(claim, verdict=NOT_RUN, reason="the two rows share no seed", **texts)
@@ -272,11 +277,11 @@ def _signed(value: float) -> str:
 def _bound(value: float) -> str:
     """A CI bound with its sign, even when it rounds to zero ("-0.0" says the interval reaches below 0); with as many
     decimals (up to 4) as it takes not to show the ">=" margin itself (-0.96, supported, and -1.04, inconclusive, both
-    read "-1.0")."""
-    for decimals in (1, 2, 3):
+    read "-1.0"); closer to it than that, "> -1.0000" or "< -1.0000" (both printed "-1.0000": the claims review)."""
+    for decimals in (1, 2, 3, 4):
         if round(value, decimals) != -MARGIN:
             return f"{value:+.{decimals}f}"
-    return f"{value:+.4f}"
+    return ("> " if value > -MARGIN else "< " if value < -MARGIN else "") + f"{-MARGIN:+.4f}"  # closer still: the side said
 
 
 def _p_text(p: float) -> str:

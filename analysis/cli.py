@@ -65,14 +65,16 @@ def train_then_report(args) -> int:
     from medseg_platform.train_cli import train
 
     report = import_report()  # before training: a broken install is a one-line error, not a lost report after it
-    status, study_dir = train(args)
-    if status == 0 and study_dir is not None:
+
+    def write_report(study_dir) -> None:  # under the study folder's lock, as the trial ran (train's ``after``)
         try:
             report.print_report(report.write_report(study_dir))
         except Exception as exc:  # noqa: BLE001 - the trial is done and recorded: say so, exit 0
             first = str(exc).splitlines()[0] if str(exc) else ""
             print(f"the trial finished and its results are in its folder, but the folder's tables and report could not "
                   f"be rebuilt ({type(exc).__name__}: {first}); fix that and run: medseg report {study_dir}", file=sys.stderr)
+
+    status, _ = train(args, after=write_report)
     return status
 
 

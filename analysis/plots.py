@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 # No backend is chosen here: the figures below are matplotlib.figure.Figure objects that never touch pyplot, and
 # Figure.savefig renders a PNG without one (`matplotlib.use("Agg")` at import switched a notebook's inline backend: the
 # notebook probe).
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.colors import ListedColormap
@@ -41,7 +42,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from analysis.tables import (AVG, build_table, column_label, column_order, distance_unit, metric_style,
-                             partial_averages, row_label, row_order, seed_statistics, study_class_names, trial_class_values,
+                             partial_cells, row_label, row_order, seed_statistics, study_class_names, trial_class_values,
                              trial_seed)
 from medseg_platform.io import atomic_path
 from medseg_platform.recipes import FULL_SUPERVISION_LABEL, METHOD_LABELS, WITHOUT_CONTRAST_LABELS
@@ -77,7 +78,8 @@ AXIS_NAMES = {"objective_params.temperature": "pixel-contrast temperature \u03c4
               "isd.tau_teacher": "ISD teacher temperature \u03c4_t", "isd.tau_student": "ISD student temperature \u03c4_s",
               "objective_params.num_anchors": "anchors per class (negatives scaled alike)",
               "objective_params.sampler_groups": "sampler groups"}
-PARTIAL_HATCH = "////"  # an "Avg" bar over fewer classes than its column's (analysis.tables.partial_averages)
+LEGEND_LABEL_WIDTH = 32  # characters per line of a legend label (analysis.plots._legend_below)
+PARTIAL_HATCH = "////"  # a bar the tables call not comparable (analysis.tables.partial_cells)
 SINGLE_SEED_NOTE = "no error bar: a single seed"
 DPI = 120
 LEGEND_MAX_ROWS = 4
@@ -163,11 +165,14 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _legend_below(fig: Figure, handles: Sequence, labels: Sequence[str]) -> None:
-    """One legend for the whole figure, under the axes (never over data)."""
+    """One legend for the whole figure, under the axes (never over data); a long label is broken into lines of about
+    :data:`LEGEND_LABEL_WIDTH` characters (a 113-character row label pushed the legend past both edges of the figure
+    and cut the other labels: the plots review)."""
     if not handles:
         return
     ncol = max(1, min(len(labels), math.ceil(len(labels) / LEGEND_MAX_ROWS), 4))
-    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize="small", frameon=False)
+    fig.legend(handles, [_wrap(label, LEGEND_LABEL_WIDTH) for label in labels], loc="outside lower center", ncol=ncol,
+               fontsize="small", frameon=False)
 
 
 def metric_axis_label(metric: str, unit: str | None = None) -> str:
@@ -218,8 +223,12 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
     axes = fig.subplots(1, len(columns), sharey=True, squeeze=False)[0]
     bar = 0.8 / len(rows)
     handles = {}
-    undefined_any = single_any = partial_any = False
-    partial = {(row, column) for row, column, _ in partial_averages(every_cell.to_dict("records"))}
+    undefined_any = single_any = False
+    # the tables' "not comparable" cells, never bold there (analysis.tables.partial_cells): an Avg over fewer classes in
+    # some seed, and a distance from fewer seeds than the cell lists, which was drawn as a plain bar that could look
+    # best (the plots review)
+    partial = {(row, column, cls) for row, column, cls, _ in partial_cells(every_cell.to_dict("records"))}
+    partial_classes = set()
     for ax, column in zip(axes, columns):
         cells = frame[frame["column"] == column].set_index(["row", "class"])
         # cells that exist but have no value: undefined in every case (e.g. HD95 of an empty prediction)
@@ -229,19 +238,20 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
             means = [cells.loc[(row, c), "mean"] if (row, c) in cells.index else np.nan for c in classes]
             seeds = [int(cells.loc[(row, c), "n_seeds"]) if (row, c) in cells.index else 0 for c in classes]
             stds = [_spread(cells.loc[(row, c), "std"], n) if (row, c) in cells.index else np.nan for c, n in zip(classes, seeds)]
-            single_any |= any(n == 1 for n in seeds)
+            single_any |= any(n == 1 and (row, column, c) not in partial for n, c in zip(seeds, classes))
             x = np.arange(len(classes)) - 0.4 + bar * (i + 0.5)
             # never below 0, where the axis starts (every metric is >= 0), as the curves' whiskers: a distance whose
             # seeds spread wider than its mean drew the axis into negative mm (the plots review)
             below = [min(s, m) if not (np.isnan(s) or np.isnan(m)) else s for s, m in zip(stds, means)]
             handles[row] = ax.bar(x, means, bar, yerr=[below, stds], capsize=2, color=colours[row], label=row,
                                   error_kw={"elinewidth": 0.8, "ecolor": "#333333"})
-            if (row, column) in partial and AVG in classes:
-                patch = handles[row].patches[classes.index(AVG)]
-                patch.set_hatch(PARTIAL_HATCH)
-                patch.set_edgecolor("#333333")
-                patch.set_alpha(0.6)
-                partial_any = True
+            for k, c in enumerate(classes):
+                if (row, column, c) in partial:
+                    patch = handles[row].patches[k]
+                    patch.set_hatch(PARTIAL_HATCH)
+                    patch.set_edgecolor("#333333")
+                    patch.set_alpha(0.6)
+                    partial_classes.add(AVG if c == AVG else "class")
             for xi, c, mean in zip(x, classes, means):
                 if (row, c) in undefined:
                     undefined_any = True
@@ -266,8 +276,10 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
         title += ("\nn/a: undefined in every test case (" + ("prediction and ground truth both empty)"
                                                              if metric_style(metric).higher_is_better
                                                              else "an empty prediction or ground truth)"))
-    if partial_any:
-        title += f"\nhatched {AVG}: in some seed over fewer classes than the column's other values (not comparable)"
+    if partial_classes:
+        why = [f"an {AVG} over fewer classes in some seed than the column's other values"] if AVG in partial_classes else []
+        why += ["a class's value from fewer seeds than the cell lists (a seed that missed it has none)"] if "class" in partial_classes else []
+        title += f"\nhatched: not comparable, {'; '.join(why)}"
     fig.suptitle(title, fontsize="medium")
     _legend_below(fig, [handles[r] for r in rows if r in handles], [r for r in rows if r in handles])
     return fig
@@ -565,22 +577,31 @@ def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[in
     ``class_names`` (label -> name; default: the records' own, :func:`analysis.tables.study_class_names`)."""
     if class_names is None:
         class_names = study_class_names(records)
-    chosen: dict[str, tuple[Any, dict]] = {}
-    # each row's trials in rank order, and only the first whose file loads is read (every file used to be read and
-    # decompressed to draw one per row: the analysis scaling probe)
+    by_row: dict[str, list] = {}
     for record in sorted((r for r in records if column_label(r) == column), key=_qualitative_rank):
-        row = row_label(record)
-        if row in chosen:
-            continue
-        data = load_qualitative(Path(record.path) / QUALITATIVE_FILE)
-        if data is not None and data["cases"]:
-            chosen[row] = (record, data)
+        by_row.setdefault(row_label(record), []).append(record)
+    # each row's trials in rank order, read until one holds the reference's slices (the first row's first file that
+    # loads); a row's files are read only as far as that (every file used to be read and decompressed to draw one per
+    # row: the analysis scaling probe), and a row none of whose files holds them is named (it was dropped silently
+    # while another seed's file would have done: the plots review)
+    chosen: dict[str, tuple[Any, dict]] = {}
+    reference, omitted = None, []
+    for row in row_order([trials[0] for trials in by_row.values()]):
+        loaded = False
+        for record in by_row.get(row, ()):
+            data = load_qualitative(Path(record.path) / QUALITATIVE_FILE)
+            if data is None or not data["cases"]:
+                continue
+            loaded, reference = True, reference if reference is not None else data
+            if data["cases"] == reference["cases"]:
+                chosen[row] = (record, data)
+                break
+        if loaded and row not in chosen:
+            omitted.append(row)
     if not chosen:
         return Skipped(f"qualitative overlays ({column}): no trial has qualitative.npz")
-    methods = [r for r in row_order([rec for rec, _ in chosen.values()]) if r in chosen]
-    reference = chosen[methods[0]][1]
+    methods = list(chosen)
     cases = reference["cases"]
-    methods = [m for m in methods if chosen[m][1]["cases"] == cases]  # only trials that kept the same slices
     ncols = 2 + len(methods)
     width = min(26.0, 1.9 * ncols + 0.6)
     fig = _new_figure(width, 1.9 * len(cases) + 1.3)
@@ -602,7 +623,7 @@ def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[in
     fig.legend(handles=patches, loc="outside lower center", ncol=len(patches), fontsize="small", frameon=False)
     which = "the search sample of the best val Dice" if is_search(records) else "trial of the lowest seed"
     title = (f"Test predictions, {column} (middle slice of the first test cases, cropped around the ground truth; "
-             f"{which})")
+             f"{which} with these slices)" + (f"; left out: {', '.join(omitted)} (no trial with these slices)" if omitted else ""))
     fig.suptitle(_wrap(title, int(width * 10)), fontsize="medium")  # about 10 characters an inch: it fits a narrow figure
     return fig
 
@@ -845,12 +866,15 @@ def write_plots(records: Sequence, out_dir: str | Path, df: pd.DataFrame | None 
     jobs += [("search_history.png", "Optuna search: best val Dice per trial and the running best", lambda: search_history(records, search_samples)),
              ("param_importances.png", "Optuna search: parameter importances", lambda: param_importances(records, search_space))]
     written, skipped = [], []
-    for name, description, draw in jobs:
-        fig = draw()
-        if isinstance(fig, Skipped):
-            skipped.append(fig.reason)
-            continue
-        written.append(PlotFile(save_figure(fig, out_dir / name), description))
+    # labels are text, never math: a class name or row label with '$' (a dataset's manifest) failed the whole report in
+    # matplotlib's math parser (the security review)
+    with matplotlib.rc_context({"text.parse_math": False}):
+        for name, description, draw in jobs:
+            fig = draw()
+            if isinstance(fig, Skipped):
+                skipped.append(fig.reason)
+                continue
+            written.append(PlotFile(save_figure(fig, out_dir / name), description))
     quiet = ("search history", "parameter importances: 0 ")  # not a search: nothing worth saying
     for reason in skipped:
         if not reason.startswith(quiet):

@@ -348,10 +348,10 @@ def labelled_line(records: Sequence[TrialRecord]) -> str:
                 names = "not recorded"
             elif available and len(patients) == available:
                 names = f"all {available} training patients"
-            elif len(patients) > 8:
-                names = ", ".join(patients[:8]) + f", ... ({len(patients)} patients)"
+            elif len(patients) > 8:  # ids from the dataset's lists: escaped (the security review)
+                names = ", ".join(map(escape_markdown, patients[:8])) + f", ... ({len(patients)} patients)"
             else:
-                names = ", ".join(patients)
+                names = ", ".join(map(escape_markdown, patients))
             names += f" ({slices[patients]} slices)" if slices.get(patients) is not None and patients else ""
             rows = "" if set(group["rows"]) == all_rows else f", {_row_list(group['rows'])}"
             seeds = group["seeds"]
@@ -403,7 +403,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
         f"- **Dataset**: {_join(roots)}; {_join(available)} training patients, {_join(test_cases)} test cases"
         + (f" of {_join(test_patients)} patient{'' if test_patients == [1] else 's'}" if test_patients and test_patients != test_cases else "")
         + _val_split_phrase(roots, [int((c.get("eval") or {}).get("val_cases", 0) or 0) for c in configs])
-        + (f"; classes {', '.join(study_class_names(records).values())}" if records else ""),
+        + (f"; classes {', '.join(map(escape_markdown, study_class_names(records).values()))}" if records else ""),
         *_external_lines(settings, records),
         f"- **Seeds**: {_join(seeds)}",
         f"- **Iterations**: {_join(steps)} fine-tuning steps (validation every {_join(val_every)}; "

@@ -119,6 +119,7 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
         for note in released_cut_warnings(root, released) if released else ():
             print(f"warning: {note}", file=sys.stderr)
         check_script_folder(study.study_dir, default_name)
+        study.script = default_name  # in study.json from the run's start
         if args.dry_run:
             from medseg_platform.plan import format_plan, plan_study
 

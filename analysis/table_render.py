@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from analysis.health import COLLAPSE_DROP, COLLAPSED, FLAGGED, LEARNED_FLOOR, NOT_LEARNED, RISING_MARGIN, STILL_RISING
-from analysis.markdown import escape_markdown
+from analysis.markdown import escape_markdown, neutralise_markup
 from analysis.significance import ALPHA, NOT_SIGNIFICANT_MARK, caption_note
 from analysis.tables import (AVG, FLAGGED_MARK, MISSING, UNDEFINED_MARK, UNKNOWN, MetricStyle, natural_sort_key, metric_style,
                              partial_cells)
@@ -377,7 +377,7 @@ def to_markdown(df: pd.DataFrame, metric: str, recipe: str = "") -> str:
     header = ["Method"] + [escape_markdown(f"{column}: {cls}") for column in table.columns for cls in table.classes]
     body = [[escape_markdown(row)] + [_markdown_cell(table.cells.get((row, column, cls)), style.decimals)
                                       for column in table.columns for cls in table.classes] for row in table.rows]
-    lines = [f"### {style.label}", "", *_markdown_lines([header, *body]), "", caption(table, recipe)]
+    lines = [f"### {style.label}", "", *_markdown_lines([header, *body]), "", neutralise_markup(caption(table, recipe))]
     return "\n".join(lines) + "\n"
 
 
@@ -481,19 +481,47 @@ TERMINAL_TABLE_WIDTH = 160
 
 
 def terminal_table(markdown: str, path: Path | str, width: int = TERMINAL_TABLE_WIDTH) -> str:
-    """A Markdown table file's text for the terminal: as it is, or, when its table lines are wider than ``width``, with
-    the method column and the "...: Avg" columns only and a line naming ``path`` for the rest (a paper-size table's
-    17 columns made 460-character lines: the analysis scaling probe)."""
+    """A Markdown table file's text for the terminal: as it is, or, when its table lines are wider than ``width``, each
+    table of it (the study's, an external test set's) with the method column and the "...: Avg" columns only and a
+    line naming ``path`` for the rest (a paper-size table's 17 columns made 460-character lines: the analysis scaling
+    probe). Each table keeps its own heading, header and caption (an external test set's rows were run on under the
+    study's header: the plots review)."""
     lines = markdown.rstrip("\n").splitlines()
-    rows = [i for i, line in enumerate(lines) if line.startswith("| ")]
-    if not rows or max(len(lines[i]) for i in rows) <= width:
+    blocks: list[list[int]] = []
+    for i, line in enumerate(lines):
+        if line.startswith("| "):
+            if blocks and blocks[-1][-1] == i - 1:
+                blocks[-1].append(i)
+            else:
+                blocks.append([i])
+    if not blocks or max(len(lines[i]) for block in blocks for i in block) <= width:
         return "\n".join(lines)
-    split = {i: [cell.strip() for cell in lines[i].strip("|").split("|")] for i in rows}
-    header = split[rows[0]]
+    out, position, shown = [], 0, None
+    for block in blocks:
+        out += lines[position:block[0]]
+        table = [lines[i] for i in block]
+        compact = _average_columns(table)
+        if compact is None:
+            out += table
+        else:
+            out += compact[0]
+            shown = shown or compact[1]
+        position = block[-1] + 1
+    out += lines[position:]
+    return "\n".join(out + ([f"(the {AVG} columns of {shown}; every class in {path})"] if shown else []))
+
+
+#: a cell boundary of a Markdown table line: a pipe that :func:`escape_markdown` did not escape
+_CELL_BOUNDARY = re.compile(r"(?<!\\)\|")
+
+
+def _average_columns(table: list[str]) -> tuple[list[str], int] | None:
+    """One Markdown table's lines with the method column and the "...: Avg" columns only, and how many columns it had
+    besides the method's; None when it has no average column."""
+    split = [[cell.strip() for cell in _CELL_BOUNDARY.split(line.strip())[1:-1]] for line in table]
+    header = split[0]
     keep = [0] + [k for k, cell in enumerate(header) if k and cell.endswith(f": {AVG}")]
-    if len(keep) == 1:  # no average column to show
-        return "\n".join(lines)
-    grid = [[split[i][k] for k in keep] for i in rows if not set(split[i][1]) <= {"-", ":"}]
-    compact = _markdown_lines(grid)
-    out = lines[: rows[0]] + compact + lines[rows[-1] + 1:]
-    return "\n".join(out + [f"(the {AVG} columns of {len(header) - 1}; every class in {path})"])
+    if len(keep) == 1:
+        return None
+    grid = [[row[k] for k in keep] for row in split if len(row) > 1 and not set(row[1]) <= {"-", ":"}]
+    return _markdown_lines(grid), len(header) - 1

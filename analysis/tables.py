@@ -57,7 +57,7 @@ from analysis.health import FLAGGED, record_health
 from analysis.significance import PairedTest, SeedValues, case_test, confidence_interval, pair_seed_values, seed_values
 from medseg_platform.config import differing_fields
 from medseg_platform.data.layout import ACDC_CLASS_NAMES
-from medseg_platform.errors import MedsegError
+from medseg_platform.errors import ConfigError, MedsegError
 from medseg_platform.results import QUALITATIVE_FILE, TrialRecord, recorded_class_names
 from medseg_platform.stats import defined, nan_mean
 
@@ -97,11 +97,11 @@ METRIC_STYLES = {
 
 
 def metric_style(metric: str) -> MetricStyle:
-    """The display style of ``metric``; ValueError for a metric the tables do not know."""
+    """The display style of ``metric``; a ConfigError (a ValueError) for a metric the tables do not know."""
     try:
         return METRIC_STYLES[metric]
     except KeyError:
-        raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRIC_STYLES)}") from None
+        raise ConfigError(f"unknown metric {metric!r}: expected one of {', '.join(METRIC_STYLES)}") from None
 
 
 # --------------------------------------------------------------------------------------------- labels

@@ -238,6 +238,8 @@ class TrialConfig:
         for name, value, least in (("data.labelled_batch", d.labelled_batch, 1), ("data.unlabelled_batch", d.unlabelled_batch, 0)):
             if value < least:
                 raise ConfigError(f"{name} {value}: must be >= {least}")
+        _check_one_value_batches("data", d.patch_size[0], d.labelled_batch, d.unlabelled_batch,
+                                 OBJECTIVES[self.objective].requires_unlabelled)
         for name in ("weak_rot90_flip_p", "weak_rotate_p", "advmorph_p"):
             if not 0.0 <= getattr(d, name) <= 1.0:
                 raise ConfigError(f"data.{name} {getattr(d, name)}: a probability must be in [0, 1]")
@@ -308,6 +310,8 @@ class TrialConfig:
                 raise ConfigError(f"{where}.lr_step {stage.lr_step!r}: choose {' or '.join(map(repr, LR_STEPS))}")
             if OBJECTIVES[stage.objective].requires_unlabelled and stage.unlabelled_batch < 1:
                 raise ConfigError(f"{where}.unlabelled_batch: objective {stage.objective!r} needs unlabelled images (use >= 1)")
+            _check_one_value_batches(where, d.patch_size[0], stage.labelled_batch, stage.unlabelled_batch,
+                                     OBJECTIVES[stage.objective].requires_unlabelled)
             _check_batch_sized(f"{where}.objective_params", "", objective_config(stage.objective, dict(stage.objective_params)),
                                d.patch_size[0], stage.labelled_batch, stage.unlabelled_batch)
         if check_data:
@@ -335,6 +339,13 @@ class TrialConfig:
                 f"({len(subset.labelled_slices)} slices of {subset.count.patients} patient(s)); lower it with --set "
                 f"data.labelled_batch={max(1, len(subset.labelled_slices))} or label more patients"
             )
+        for i, stage in enumerate(self.pretrain):  # the same rule for a stage's batch (the engine review: not checked)
+            if stage.labelled_batch > len(subset.labelled_slices):
+                raise ConfigError(
+                    f"pretrain[{i}].labelled_batch {stage.labelled_batch}: larger than the labelled set "
+                    f"({len(subset.labelled_slices)} slices of {subset.count.patients} patient(s)); lower it in the stage "
+                    f"or label more patients"
+                )
         if not subset.unlabelled_slices:
             from methods.registry import OBJECTIVES
 
@@ -353,6 +364,18 @@ class TrialConfig:
 
 
 _SECTION_NAMES = ("data", "model", "optim", "eval")  # TrialConfig's dataclass sections
+
+
+def _check_one_value_batches(where: str, patch_side: int, labelled_batch: int, unlabelled_batch: int, reads_unlabelled: bool) -> None:
+    """At a 16-pixel patch the UNet's bottleneck (4 poolings) is 1 x 1, so a training pass of one image leaves BatchNorm
+    one value per channel and torch refuses it mid-training: a batch of 1 there is refused now (the ACTION review)."""
+    if patch_side // 16 > 1:
+        return
+    for name, value, read in (("labelled_batch", labelled_batch, True), ("unlabelled_batch", unlabelled_batch, reads_unlabelled)):
+        if read and value == 1:
+            raise ConfigError(f"{where}.{name} 1 with data.patch_size {patch_side}: the UNet's bottleneck is 1x1 at this patch, so "
+                              "BatchNorm sees one value per channel in a training pass of one image and cannot train; use a "
+                              "batch >= 2 or a patch >= 32")
 
 
 def _check_batch_sized(where: str, owner: str, params: Any, patch_side: int, labelled_batch: int, unlabelled_batch: int) -> None:

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import re
 import socket
+from pathlib import Path
 
 from medseg_platform.errors import ConfigError
 
@@ -91,6 +92,33 @@ def token_hint(environ: os._Environ | dict | None = None) -> str:
     else:
         where = "the token is in ~/.ray/auth_token (`ray get-auth-token` prints it)"
     return f"token auth: {where}; the browser asks for it once, API clients send 'Authorization: Bearer <token>'"
+
+
+def token_file(environ: os._Environ | dict | None = None) -> Path | None:
+    """The file Ray reads the token from when no ``$RAY_AUTH_TOKEN`` gives it (``$RAY_AUTH_TOKEN_PATH``, else
+    ``~/.ray/auth_token``); None with the token in the environment or token auth disabled."""
+    env = os.environ if environ is None else environ
+    if (env.get("RAY_AUTH_MODE") or "").lower() == "disabled" or env.get("RAY_AUTH_TOKEN"):
+        return None
+    return Path(env["RAY_AUTH_TOKEN_PATH"]).expanduser() if env.get("RAY_AUTH_TOKEN_PATH") else Path.home() / ".ray" / "auth_token"
+
+
+def keep_token_private(environ: os._Environ | dict | None = None) -> str | None:
+    """Make the token file readable by its owner only (0600) when other users may read it: Ray 2.60 writes
+    ``~/.ray/auth_token`` with the umask's mode (0644 under 022), and every local user could then read the token, the
+    only barrier to the dashboard's job submission (the security review). Returns the file tightened, else None.
+    A file another user owns, or that cannot be changed, is left as it is."""
+    import stat
+
+    path = token_file(environ)
+    try:
+        info = path.stat() if path is not None else None
+        if info is None or not stat.S_ISREG(info.st_mode) or not info.st_mode & 0o077 or info.st_uid != os.getuid():
+            return None
+        os.chmod(path, stat.S_IMODE(info.st_mode) & 0o700)
+    except OSError:
+        return None
+    return str(path)
 
 
 def dashboard_message(url: str) -> str:

@@ -302,7 +302,7 @@ def folder_lock(folder: str | os.PathLike, what: str, keep: bool = True) -> Iter
     path = Path(folder) / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fh = open(path, "a+", encoding="utf-8")
+        fh = open_lock_file(path)
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -331,6 +331,28 @@ def folder_lock(folder: str | os.PathLike, what: str, keep: bool = True) -> Iter
             if not keep:  # while still held; a run that opened it meanwhile sees it gone and locks a new one (_same_file)
                 path.unlink(missing_ok=True)
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def open_lock_file(path: Path):
+    """``path`` opened for reading and writing (created 0644 if absent), never through a symbolic link and only as a
+    regular file: a ``.lock`` planted as a link to another file had that file emptied and overwritten with the
+    holder's line (the security review). A one-line :class:`ConfigError` otherwise."""
+    import errno
+    import stat
+
+    from medseg_platform.errors import ConfigError
+
+    remedy = "this command's lock file is a plain file it creates; remove it and rerun"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{path}: is a symbolic link; {remedy}") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path}: is not a regular file; {remedy}")
+    return os.fdopen(fd, "r+", encoding="utf-8")
 
 
 def _same_file(fh, path: Path) -> bool:

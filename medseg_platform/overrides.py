@@ -224,6 +224,14 @@ def _keys_set_by(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _row_keys(variant) -> dict[str, Any]:
+    """The keys a row sets: its overrides' (:func:`_keys_set_by`) and the axes its tags name (``tags["axes"]``). A row
+    whose label states an axis value it leaves at the default (docs/studies.md's template: "unsup weight = 1") took a
+    --set of that key and was tabled and plotted under the stated value (the extension review)."""
+    axes = variant.tags.get("axes") if isinstance(variant.tags.get("axes"), Mapping) else {}
+    return {**{str(k): v for k, v in axes.items()}, **_keys_set_by(variant.overrides)}
+
+
 def _refuse_stage_parameters(resolved: Sequence, texts: Mapping[str, str], objective: str | None) -> None:
     """A one-line :class:`ConfigError` for an ``objective_params.NAME`` that no row's fine-tuning objective has but a
     row's pretraining stage does (``tau_teacher``: the ISD stages'), which no ``--set`` reaches; checked over every row
@@ -267,14 +275,14 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
         if not key.startswith(_OBJECTIVE_PREFIX):
             values[key] = parse_value(key, texts[key], config_fields()[key])
     _refuse_stage_parameters(rows, texts, values.get("objective"))
-    set_by_rows = [_keys_set_by(variant.overrides) for variant in study.variants]
+    set_by_rows = [_row_keys(variant) for variant in study.variants]
     for key in texts:
         if len(study.variants) > 1 and all(key in keys for keys in set_by_rows):  # "leave the row out" would leave none
             shown = ", ".join(dict.fromkeys(repr(keys[key]) for keys in set_by_rows))
             raise ConfigError(f"--set {key}: every row of study {study.name} sets it itself (to {shown}): it is what the "
                               "rows vary; drop the --set")
     for variant, resolved in zip(study.variants, rows):
-        row_keys = _keys_set_by(variant.overrides)
+        row_keys = _row_keys(variant)
         for key in texts:
             if key in row_keys:
                 raise ConfigError(f"--set {key}: row {_row_name(variant)!r} sets it itself (to {row_keys[key]!r}); drop the --set"

@@ -219,7 +219,9 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
         first = next((trial for trial, (_, _, p) in zip(trials, planned) if p.runs), None)
         unit = measure_unit_seconds(first["config"], "cuda" if study.gpus_per_trial > 0 else "cpu") if first else \
             UnitSeconds(0.0, "not measured: nothing to run")
-        running = sum(1 for _, _, p in planned for _ in p.runs)  # runs to do: one alone shares no core
+        # runs that train: one alone shares no core (a scoring from a finished trial runs in the driver before Ray
+        # starts, never beside a training trial: counted, it slowed a lone trial's unit x1.4, the progress review)
+        running = sum(1 for _, _, p in planned if p.status != TO_RESCORE for _ in p.runs)
         if first and min(slots, running) > 1 and study.gpus_per_trial == 0 and not (study.address or os.environ.get("RAY_ADDRESS")):
             unit = UnitSeconds(unit.seconds * SHARED_CORES_SLOWDOWN,
                                f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores", unit.device)
@@ -285,6 +287,7 @@ def _with_kept_limits(study, trials: list[dict]):
 
     from medseg_platform.io import read_json_object
     from medseg_platform.results import tune_storage
+    from medseg_platform.study.experiment_state import resumes_trials
     from medseg_platform.study.runner import LIMITS_SUFFIX
 
     name = f"{study.name}-{study.spec_hash(trials)}"
@@ -292,6 +295,8 @@ def _with_kept_limits(study, trials: list[dict]):
     started = read_json_object(storage / f"{name}{LIMITS_SUFFIX}") if (storage / name).is_dir() else None
     if not started or "max_concurrent" not in started or started["max_concurrent"] == study.max_concurrent:
         return study
+    if study.search_space is None and not resumes_trials(storage / name, len(trials)):
+        return study  # the trials to run go to a fresh experiment, under this command's limits (the progress review)
     kept = copy.copy(study)
     kept.max_concurrent = started["max_concurrent"]
     return kept
@@ -396,8 +401,11 @@ def format_plan(plan: StudyPlan) -> str:
                        if count[status])
     parts = [f"{count[FINISHED]} finished"] + [f"{count[status]} {status}" for status in (ENDED, TO_SCORE, TO_RESCORE) if count[status]]
     parts.append(f"{count[TO_RESUME] + count[CACHED] + count[TO_RUN]} to run" + (f" ({detail})" if detail else ""))
-    lines.append(f"Totals: {len(plan.trials)} trial(s){runs_of}: " + ", ".join(parts)
-                 + f"; {plan.total_units:.1f} cost units of training left (fine-tuning and uncached pretraining)")
+    scoring = sum(t.units for t in plan.trials if t.status in (TO_SCORE, TO_RESCORE))
+    training = plan.total_units - scoring  # scorings train nothing (they were called training: the progress review)
+    left = [f"{training:.1f} cost units of training left (fine-tuning and uncached pretraining)"] if training > 0 or not scoring else []
+    left += [f"{scoring:.1f} of scoring (test passes of finished trials' weights)"] if scoring else []
+    lines.append(f"Totals: {len(plan.trials)} trial(s){runs_of}: " + ", ".join(parts) + "; " + ", ".join(left))
     workers = (f", each run with {plan.run_overhead_s:.0f} s of Ray Train worker-group start and teardown"
                if plan.run_overhead_s else "")
     runs = sum(1 for t in plan.trials if t.status != TO_RESCORE for _ in t.runs)

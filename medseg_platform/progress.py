@@ -148,8 +148,10 @@ class ProgressCallback(Callback):
     def _remaining_s(self, i: int, states: dict[int, tuple[str, str]], unit_s: float) -> float:
         plan = self.plans[i]
         trial_id, status = states.get(i, (None, "pending"))
-        if plan.existed or status in ("finished", "errored"):
+        if status in ("finished", "errored") or (plan.existed and not plan.scoring_only):
             return 0.0
+        if plan.scoring_only:  # one test pass of its weights on --test-root
+            return EVALUATION_COST * unit_s
         at = self.progress.get(trial_id, {}) if trial_id is not None else {}
         phase, number, done = at.get("phase"), int(at.get("stage") or 0), int(at.get("phase_step") or 0)
         seconds = 0.0
@@ -179,13 +181,17 @@ class ProgressCallback(Callback):
 
     def _spent_units(self, plan: TrialPlan, trial_id: str) -> float:
         """The cost units a trial that ran to its end spent: the stages it reported training, and its fine-tuning
-        and evaluations up to its last reported step (all of them, but for a trial ASHA stopped early)."""
+        and evaluations up to its last reported step (all of them, but for a trial ASHA stopped early). A trial that
+        resumed from a checkpoint spent 0 here: its seconds (start-up, the evaluations after its checkpoint, the test)
+        fit no share of its units (crediting all of them made the seconds per unit several times too low: the runner
+        review; the steps after its checkpoint only, up to 20 times too high: the progress review), so it is left
+        out of the seconds per unit, as a skipped one is; its steps still teach the step rate."""
+        if self.resumed_from.get(trial_id, 0) > 0:
+            return 0.0
         at = self.progress.get(trial_id) or {}
         steps = max(1, plan.fine_tuning.steps)
         reached = int(at.get("phase_step") or 0) if at.get("phase") == "fine-tuning" else steps
-        # a resumed trial spent this run's seconds on the steps after its checkpoint only (the runner review: crediting
-        # all of them made the seconds per unit, hence the ETA, several times too low)
-        share = max(0, reached - self.resumed_from.get(trial_id, 0)) / steps
+        share = reached / steps
         trained = self.trained.get(trial_id, set())
         return (sum(stage.units for stage in plan.stages if stage.stage in trained)
                 + min(1.0, share) * (plan.fine_tuning.units + plan.evaluations * EVALUATION_COST))
@@ -270,10 +276,14 @@ class ProgressCallback(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started.setdefault(trial.trial_id, self.clock())
         i = self.plan_index(trial)
-        if i is not None and self.plans[i].existed:  # Tune only skips it: its "finished (result existed)" line says so
-            return
+        if i is not None and self.plans[i].existed and not self.plans[i].scoring_only:  # Tune only skips it: its
+            return  # "finished (result existed)" line says so
         attempt = f" (attempt {trial.num_failures + 1})" if getattr(trial, "num_failures", 0) else ""
-        self._print(self.line(f"started{attempt}", trial, trials, now="running", after=self._resuming(i, trial)))
+        # a finished trial scored on --test-root was "finished (result existed)" alone, its scoring unpriced (the progress
+        # review)
+        after = ", to score its weights on --test-root (trained earlier)" if i is not None and self.plans[i].scoring_only \
+            else self._resuming(i, trial)
+        self._print(self.line(f"started{attempt}", trial, trials, now="running", after=after))
 
     def _resuming(self, i: int | None, trial) -> str:
         """``, resuming at step N/M`` when the trial of plan ``i`` has an interrupted fine-tuning's checkpoint (a rerun
@@ -305,14 +315,16 @@ class ProgressCallback(Callback):
         i = self.plan_index(trial)
         if began is not None and i is not None and not any(result.get(k) for k in ("skipped", "errored", "rescored")):
             units = self._spent_units(self.plans[i], trial.trial_id)
-            if units > 0:  # a trial resumed at its last step only tested: no steps to price its seconds by
+            if units > 0:  # not a resumed trial (its seconds fit no share of its units)
                 self.finished_work.append((self.clock() - began, units))
         if result.get("errored"):
             self._print(self.line("ERRORED", trial, trials, now="errored") + f": {result.get('error', '?')}")
         elif _asha_stopped(result):
             self._print(self.line(f"stopped early (ASHA, step {result.get('step', '?')})", trial, trials, now="finished"))
         else:
-            how = (" (result existed)" if result.get("skipped") else
+            scored_only = i is not None and self.plans[i].scoring_only
+            how = (" (scored on --test-root; trained earlier)" if result.get("skipped") and scored_only else
+                   " (result existed)" if result.get("skipped") else
                    " (scored from a finished trial's checkpoint, not trained)" if result.get("rescored") else "")
             self._print(self.line("finished" + how, trial, trials, now="finished"))
 

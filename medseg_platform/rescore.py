@@ -102,11 +102,12 @@ def validated_cases_hold_every_class(config: Mapping, cache: dict | None = None)
 
 
 def _finished_candidates(study_dir: Path):
-    """``(folder, result)`` of every trial folder with a ``result.json`` and a checkpoint: the study's own first, then
+    """``(folder, result)`` of every trial folder with a ``result.json`` and a checkpoint, keyed by this code
+    (:func:`medseg_platform.results.keyed_by_this_code`): the study's own first, then
     those of the other studies of its results folder (a ``--name`` copy of the study), each in key order. Only the
     JSON is read here; :func:`scoring_sources` checks a match in full."""
     from medseg_platform.io import read_json_object
-    from medseg_platform.results import RESULT_FILE, TRIALS_DIR, checkpoint_path
+    from medseg_platform.results import RESULT_FILE, TRIALS_DIR, checkpoint_path, keyed_by_this_code
 
     study_dir = Path(study_dir)
     others = sorted(p for p in study_dir.parent.glob(f"*/{TRIALS_DIR}") if p.parent != study_dir)
@@ -115,7 +116,8 @@ def _finished_candidates(study_dir: Path):
             continue
         for folder in sorted(p for p in trials_dir.iterdir() if p.is_dir()):
             result = read_json_object(folder / RESULT_FILE) if checkpoint_path(folder).is_file() else None
-            if result and isinstance(result.get("config"), dict):
+            # a trial of an earlier key revision: other code trained it (a revision bump must train its rows again)
+            if result and isinstance(result.get("config"), dict) and keyed_by_this_code(folder.name, result["config"]):
                 yield folder, result
 
 

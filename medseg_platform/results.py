@@ -175,6 +175,19 @@ def trial_key(config: Mapping[str, Any]) -> str:
     return f"{config.get('objective', 'trial')}-l{labelled}-s{config.get('seed', 0)}-{digest}"
 
 
+def keyed_by_this_code(folder_name: str, config: Mapping[str, Any]) -> bool:
+    """Whether a trial folder named ``folder_name`` holds ``config`` under this code's :func:`trial_key` (a search
+    sample's folder: that key and its Tune trial id). False for a trial of an earlier :data:`KEY_REVISIONS` (or
+    by-mix, or under-amp) entry, which other code trained: its weights must not score a trial of this code's key (a
+    bumped revision was scored from the old checkpoints instead of trained: the extension review), and an accumulating
+    folder leaves it out of its tables. False for a config the key cannot be computed of."""
+    try:
+        key = trial_key(config)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return folder_name == key or folder_name.startswith(key + "-")
+
+
 def _amp_revision(config: Mapping[str, Any]) -> int | None:
     """:data:`KEY_REVISIONS_UNDER_AMP`' highest entry over the trial's objective and its pretraining stages' (None: none)."""
     stages = config.get("pretrain") or []

@@ -60,13 +60,15 @@ class Phase:
 @dataclass(frozen=True)
 class TrialPlan:
     """The expected work of one trial: its pretraining stages, its fine-tuning and its evaluation passes
-    (validations + the test). ``existed``: its result existed when the study started (Tune only skips it)."""
+    (validations + the test). ``existed``: its result existed when the study started (Tune only skips it);
+    ``scoring_only``: it existed, and its Tune trial scores its weights on ``--test-root`` (one evaluation pass)."""
 
     key: str
     stages: tuple[Phase, ...]
     fine_tuning: Phase
     evaluations: int
     existed: bool = False
+    scoring_only: bool = False
 
 
 def cost_key(objective: str, params: Mapping) -> str:
@@ -89,7 +91,7 @@ def validations(config: Mapping) -> int:
     return -(-int(config["optim"]["max_steps"]) // int(config["eval"]["val_every"]))
 
 
-def trial_plan(config: Mapping, key: str, existed: bool = False) -> TrialPlan:
+def trial_plan(config: Mapping, key: str, existed: bool = False, scoring_only: bool = False) -> TrialPlan:
     """The :class:`TrialPlan` of the trial of ``config`` (a ``TrialConfig.to_dict()``).
 
     A stage's identity is its chain up to it, the model, the data it reads
@@ -109,7 +111,7 @@ def trial_plan(config: Mapping, key: str, existed: bool = False) -> TrialPlan:
                    for chain in chains)
     steps = int(config["optim"]["max_steps"])
     fine_tuning = Phase(cost_key(str(config["objective"]), dict(config.get("objective_params") or {})), steps)
-    return TrialPlan(key, stages, fine_tuning, validations(config) + 1, existed)
+    return TrialPlan(key, stages, fine_tuning, validations(config) + 1, existed, scoring_only and existed)
 
 
 def format_duration(seconds: float) -> str:

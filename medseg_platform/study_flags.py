@@ -163,7 +163,7 @@ def study_parser(description: str, default_name: str, folder: str | None = None,
                                      epilog=f"example:\n  python {sys.argv[0]} --smoke-test")
     parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick",
                         help="problem size (default: quick, a laptop CPU; smoke: as --smoke-test)")
-    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks the whole path in about 30 seconds")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks the whole path in about a minute (30 s on a fast machine)")
     parser.add_argument("--address", default=None, help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--results-dir", default="results", help="where results go (default: ./results)")
     parser.add_argument("--data-root", default=None, help="dataset root in the SSL4MIS/ACDC layout (default: the embedded phantom at --profile smoke and quick; --profile paper needs one)")

@@ -26,13 +26,18 @@ import shlex
 import socket
 import sys
 from pathlib import Path
+from typing import Callable
 
 from medseg_platform.errors import ConfigError, MedsegError
 
 #: Keys the flags of ``medseg train`` set -> what sets them (``--set`` on them is an error pointing there).
 TRAIN_FLAG_KEYS = {"seed": "the flag --seed", "data.labelled": "the flag --labelled", "data.root": "the flag --data-root",
                    "workers": "not settable in medseg train, which runs each trial in one process (data-parallel trials: "
-                              "a study script's --num-workers)"}
+                              "a study script's --num-workers)",
+                   # it swapped the objective alone: the method's recipe (parameters at the profile's sizes, pretraining)
+                   # was dropped and the trial tabled under the method's label (the docs review)
+                   "objective": "not settable in medseg train: the METHOD argument names it with its recipe (parameters, "
+                                "pretraining, row label); for another objective, give a --config file whose 'objective' it is"}
 _SECTIONS = ("data", "model", "optim", "eval")
 
 
@@ -303,8 +308,10 @@ def _cpus_per_trial(profile_cpus: float, address: str | None) -> float:
     return min(profile_cpus, float(available_cpus()))
 
 
-def train_in_process(study) -> Path:
+def train_in_process(study, after: Callable[[Path], None] | None = None) -> Path:
     """Train the study's one trial in this process (no Ray) and write its result files; returns the trial folder.
+    ``after(trial_dir)`` runs while the study folder is still locked, whether the trial trained, was reused or failed
+    (as :meth:`Study.run`'s: the command's settings and the folder's report).
 
     The checks a study makes before Ray starts come first (the config, the folder, fp16 without a GPU, every data file
     the trial reads: :func:`medseg_platform.study.runner.check_before_ray`, :func:`medseg_platform.preflight.preflight_datasets`),
@@ -314,14 +321,9 @@ def train_in_process(study) -> Path:
     training is recorded in the trial's ``error.json`` (a :class:`MedsegError`, e.g. a non-finite loss, then ends the
     call normally: the folder has no result; anything else is raised).
     """
-    from medseg_platform.config import TrialConfig
-    from medseg_platform.io import check_folder_free, folder_lock, write_json_atomic
+    from medseg_platform.io import check_folder_free, folder_lock
     from medseg_platform.preflight import datasets_of_trials, preflight_datasets
-    from medseg_platform.rescore import score_from_sources
-    from medseg_platform.results import (ERROR_FILE, STUDY_FILE, pretrain_cache_dir, start_attempt, trial_finished, trial_folder,
-                                         write_trial_config, write_trial_error)
     from medseg_platform.study.runner import check_before_ray, check_trained_on_this_data
-    from medseg_platform.study.trainable import train_and_record
 
     import torch
 
@@ -330,32 +332,49 @@ def train_in_process(study) -> Path:
     preflight_datasets(datasets_of_trials(trials), study.study_dir)
     check_trained_on_this_data(study, trials)
     with folder_lock(study.study_dir, f"study {study.name}"):  # as a study run: one run of a folder at a time
-        trial, study_dir = trials[0], study.study_dir
-        trial_dir = trial_folder(study_dir, trial["key"])
-        write_json_atomic(study_dir / STUDY_FILE, study.description(trials))
-        if trial_finished(trial_dir, log=lambda msg: print(msg, file=sys.stderr, flush=True)):
-            print(f"trial {trial['key']}: already finished (delete its folder to train it again)", file=sys.stderr)
-            return trial_dir
-        if score_from_sources(study_dir, [trial], lambda msg: print(msg, file=sys.stderr, flush=True), "cuda" if torch.cuda.is_available() else "cpu"):
-            return trial_dir  # it differs from a finished trial only in how it is scored: not trained
-        cfg = TrialConfig.from_dict(trial["config"])
-        start_attempt(trial_dir)
-        write_trial_config(trial_dir, trial["config"], trial["tags"])
-        (trial_dir / ERROR_FILE).unlink(missing_ok=True)
-        try:
-            train_and_record(trial["config"], trial["tags"], trial_dir, pretrain_cache_dir(study_dir),
-                             log=lambda msg: print(f"[{trial['key']}] {msg}", file=sys.stderr, flush=True),
-                             extra={"placement": {"hostname": socket.gethostname(), "pid": os.getpid(), "in_process": True}})
-        except MedsegError as exc:  # recorded as a study's application error; run() reports it and exits 1
-            step = getattr(exc, "step", None)
-            details = {"step": step, "terms": list(getattr(exc, "terms", ()))} if step is not None else {}
-            write_trial_error(trial_dir, config=trial["config"], tags=trial["tags"], seed=cfg.seed, error=str(exc), kind="application",
-                              details=details)
-        except Exception as exc:  # a bug or an unforeseen input: recorded as a study trial's would be, then shown in full
-            write_trial_error(trial_dir, config=trial["config"], tags=trial["tags"], seed=cfg.seed,
-                              error=f"{type(exc).__name__}: {exc}", kind="exception")
-            raise
+        trial_dir = _train_locked(study, trials)
+        if after is not None:
+            after(trial_dir)
         return trial_dir
+
+
+def _train_locked(study, trials: list[dict]) -> Path:
+    """:func:`train_in_process`'s trial (``trials``: the study's one), with the study folder locked."""
+    from medseg_platform.config import TrialConfig
+    from medseg_platform.io import write_json_atomic
+    from medseg_platform.rescore import score_from_sources
+    from medseg_platform.results import (ERROR_FILE, STUDY_FILE, pretrain_cache_dir, start_attempt, trial_finished, trial_folder,
+                                         write_trial_config, write_trial_error)
+    from medseg_platform.study.trainable import train_and_record
+
+    import torch
+
+    trial, study_dir = trials[0], study.study_dir
+    trial_dir = trial_folder(study_dir, trial["key"])
+    write_json_atomic(study_dir / STUDY_FILE, study.description(trials))
+    if trial_finished(trial_dir, log=lambda msg: print(msg, file=sys.stderr, flush=True)):
+        print(f"trial {trial['key']}: already finished (delete its folder to train it again)", file=sys.stderr)
+        return trial_dir
+    if score_from_sources(study_dir, [trial], lambda msg: print(msg, file=sys.stderr, flush=True), "cuda" if torch.cuda.is_available() else "cpu"):
+        return trial_dir  # it differs from a finished trial only in how it is scored: not trained
+    cfg = TrialConfig.from_dict(trial["config"])
+    start_attempt(trial_dir)
+    write_trial_config(trial_dir, trial["config"], trial["tags"])
+    (trial_dir / ERROR_FILE).unlink(missing_ok=True)
+    try:
+        train_and_record(trial["config"], trial["tags"], trial_dir, pretrain_cache_dir(study_dir),
+                         log=lambda msg: print(f"[{trial['key']}] {msg}", file=sys.stderr, flush=True),
+                         extra={"placement": {"hostname": socket.gethostname(), "pid": os.getpid(), "in_process": True}})
+    except MedsegError as exc:  # recorded as a study's application error; run() reports it and exits 1
+        step = getattr(exc, "step", None)
+        details = {"step": step, "terms": list(getattr(exc, "terms", ()))} if step is not None else {}
+        write_trial_error(trial_dir, config=trial["config"], tags=trial["tags"], seed=cfg.seed, error=str(exc), kind="application",
+                          details=details)
+    except Exception as exc:  # a bug or an unforeseen input: recorded as a study trial's would be, then shown in full
+        write_trial_error(trial_dir, config=trial["config"], tags=trial["tags"], seed=cfg.seed,
+                          error=f"{type(exc).__name__}: {exc}", kind="exception")
+        raise
+    return trial_dir
 
 
 def command_line(args) -> str:
@@ -377,11 +396,12 @@ def run(args) -> int:
     return train(args)[0]
 
 
-def train(args) -> tuple[int, Path | None]:
-    """Train (or reuse) the trial of ``args``: the exit status and the study folder (None when it stopped or failed)."""
+def train(args, after: Callable[[Path], None] | None = None) -> tuple[int, Path | None]:
+    """Train (or reuse) the trial of ``args``: the exit status and the study folder (None when it stopped or failed).
+    ``after(study_dir)`` runs when the trial has a result, while the study folder is still locked (the console's report:
+    a second command could otherwise write the folder between the trial and its report)."""
     from medseg_platform.config import resolve_path
-    from medseg_platform.io import working_folder, write_json_atomic
-    from medseg_platform.results import ERROR_FILE, SETTINGS_FILE, CorruptResult, read_trial, trial_finished, trial_folder
+    from medseg_platform.results import trial_finished, trial_folder
 
     study, overrides = build_study(args)
     try:
@@ -393,6 +413,15 @@ def train(args) -> tuple[int, Path | None]:
         raise ConfigError(f"{source}: {exc}") from None
     settle_row(study, trial)
     finished_before = trial_finished(trial_folder(study.study_dir, trial["key"]))
+    status: list[int] = []
+
+    def finish(trial_dir: Path) -> None:  # under the study folder's lock, as the trial ran
+        if not finished_before:  # the command that trained the folder's latest trial (a rerun that trained nothing keeps it)
+            write_settings(args, study, overrides)
+        status.append(_report_trial(trial_dir))
+        if status[0] == 0 and after is not None:
+            after(study.study_dir)
+
     if args.in_process:
         from medseg_platform.io import ctrl_c_recorded
         from medseg_platform.study.ray_runtime import sigterm_as_interrupt
@@ -401,23 +430,39 @@ def train(args) -> tuple[int, Path | None]:
             # a kill ends as Ctrl-C does (it exited 143 without a word: the README audit); either stops the training loop
             # at its next step even when its KeyboardInterrupt landed where Python ignores it
             with sigterm_as_interrupt(), ctrl_c_recorded():
-                trial_dir = train_in_process(study)
+                train_in_process(study, after=finish)
         except KeyboardInterrupt:
             print(f"trial {trial['key']}: stopped by a signal; rerun the same command to resume it (from its last "
                   "checkpoint, if it reached one)", file=sys.stderr)
             return 130, None
     else:
-        run_ = study.run()
-        trial_dir = trial_folder(run_.study_dir, run_.trial_keys[0])
-        if run_.stopped:
-            print(f"trial {trial_dir.name}: stopped by a signal; rerun the same command to resume it", file=sys.stderr)
-            return 1, None
-    if not finished_before:  # the command that trained the folder's latest trial (a rerun that trained nothing keeps it)
-        write_json_atomic(study.study_dir / SETTINGS_FILE, {
-            "profile": args.profile, "data_root": str(study.base.data.root), "command": command_line(args), "cwd": working_folder(),
-            "smoke_test": args.profile == "smoke", "results_dir": str(study.results_dir), "address": args.address,
-            "gpus_per_trial": study.gpus_per_trial, "cpus_per_trial": study.cpus_per_trial, "num_workers": 1, "max_concurrent": None,
-            "overrides": overrides, "in_process": bool(args.in_process)})
+        def finish_run(run_) -> None:
+            if run_.stopped:
+                print(f"trial {run_.trial_keys[0]}: stopped by a signal; rerun the same command to resume it", file=sys.stderr)
+                status.append(1)
+            else:
+                finish(trial_folder(run_.study_dir, run_.trial_keys[0]))
+
+        study.run(after=finish_run)
+    return status[0], (study.study_dir if status[0] == 0 else None)
+
+
+def write_settings(args, study, overrides: list) -> None:
+    """The command's ``settings.json`` in the study folder (what the report reads back that the trial files do not hold)."""
+    from medseg_platform.io import working_folder, write_json_atomic
+    from medseg_platform.results import SETTINGS_FILE
+
+    write_json_atomic(study.study_dir / SETTINGS_FILE, {
+        "profile": args.profile, "data_root": str(study.base.data.root), "command": command_line(args), "cwd": working_folder(),
+        "smoke_test": args.profile == "smoke", "results_dir": str(study.results_dir), "address": args.address,
+        "gpus_per_trial": study.gpus_per_trial, "cpus_per_trial": study.cpus_per_trial, "num_workers": 1, "max_concurrent": None,
+        "overrides": overrides, "in_process": bool(args.in_process)})
+
+
+def _report_trial(trial_dir: Path) -> int:
+    """Print the trial's outcome (its best val and test Dice, or why it has no result); the exit status."""
+    from medseg_platform.results import ERROR_FILE, CorruptResult, read_trial
+
     try:
         record = read_trial(trial_dir)
     except CorruptResult:
@@ -428,8 +473,8 @@ def train(args) -> tuple[int, Path | None]:
         except (OSError, ValueError, AttributeError):
             reason = "no result"
         print(f"trial {trial_dir.name} did not finish: {reason} ({trial_dir})", file=sys.stderr)
-        return 1, None
+        return 1
     r = record.result
     print(f"trial {trial_dir.name}: best val Dice {r['best_val_dice']:.4f} at step {r['best_step']}, test Dice "
           f"{r['test']['mean']['dice']:.4f}; results in {trial_dir}")
-    return 0, study.study_dir
+    return 0

@@ -111,7 +111,7 @@ from methods.objective import (
     strong_view,
 )
 from methods.pixel_reps import REPRESENTATIONS, DenseReps, MaskRanks, SparseActionReps
-from methods.samplers import ALLOCATIONS, GROUPINGS, SAMPLERS, sample_indices
+from methods.samplers import ALLOCATIONS, GROUPINGS, SAMPLERS, check_strata_used, sample_indices
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class ActionConfig:
       ``"stratified_antithetic"`` (ARCO's SG/SAG, an ablation). ``sampler_groups`` (perfect square, 16),
       ``sampler_grouping`` (``"flat"`` | ``"spatial"``) and ``sampler_allocation`` (``"systematic"`` |
       ``"largest_remainder"``, spatial only) configure the stratified samplers (see
-      :func:`methods.samplers.sample_indices`); they have no effect with ``"uniform"``.
+      :func:`methods.samplers.sample_indices`); with ``"uniform"`` they stay at their defaults (a ConfigError).
 
     Teacher:
 
@@ -196,6 +196,7 @@ class ActionConfig:
             raise ConfigError(f"ActionConfig.sampler_groups: must be a perfect square, got {self.sampler_groups} (use 9, 16 or 25)")
         check_choice(self, "sampler_grouping", GROUPINGS)
         check_choice(self, "sampler_allocation", ALLOCATIONS)
+        check_strata_used(self)
         check_number(self, "ema_momentum", minimum=0.0, maximum=1.0, max_inclusive=False)
         for field in ("double_ema", "weak_bn_update"):
             if not isinstance(getattr(self, field), bool):

@@ -125,7 +125,7 @@ from methods.memory_bank import ClassMemoryBank
 from methods.nn_pool import CompactNNPool, compact_nn_loss, draw_base_seed, random_rows
 from methods.objective import Batch, LossOutput, Objective, check_choice, check_number, detached, logits_of
 from methods.pixel_reps import REPRESENTATIONS, DenseReps, SparseMonaReps
-from methods.samplers import ALLOCATIONS, GROUPINGS, RELEASED_MIN_BLOCK_SIDE, SAMPLERS, SamplerConfig
+from methods.samplers import ALLOCATIONS, GROUPINGS, RELEASED_MIN_BLOCK_SIDE, SAMPLERS, SamplerConfig, check_strata_used
 from methods.tps import TPSConfig, apply_warp, sample_tps_grid
 from methods.u2pl import NEGATIVE_MASKS, VALID_CLASS_INDEXINGS, u2pl_contrast_loss
 
@@ -182,7 +182,8 @@ class MonaConfig:
 
     Sampler (ARCO; docs/arco.md, 'Sampler interface'), used for the anchor and the negative draws:
 
-    * ``sampler``: one of ``SAMPLERS`` (``"uniform"`` = MONA; ARCO's default is ``"stratified"``).
+    * ``sampler``: one of ``SAMPLERS`` (``"uniform"`` = MONA; ARCO's default is ``"stratified"``). The four settings
+      below shape the stratified samplers' strata: with ``"uniform"`` they stay at their defaults (a ConfigError).
     * ``sampler_groups`` (perfect square): strata (16 as released; the paper tries 9/16/25).
     * ``sampler_grouping``: ``"flat"`` (as released) | ``"spatial"`` (paper; anchors only, negatives flat).
     * ``sampler_allocation``: rounding of the spatial proportional allocation (``"systematic"``, exactly
@@ -301,6 +302,7 @@ class MonaConfig:
         check_choice(self, "sampler_grouping", GROUPINGS)
         check_choice(self, "sampler_allocation", ALLOCATIONS)
         check_number(self, "sampler_min_block_side", minimum=1, integer=True)
+        check_strata_used(self)
         check_number(self, "nn_pool_capacity", minimum=1, integer=True)
         check_number(self, "nn_topk", minimum=1, maximum=self.nn_pool_capacity, integer=True)
         check_choice(self, "nn_loss_grad", NN_LOSS_GRADS)
@@ -562,11 +564,25 @@ class MonaObjective(Objective):
                 f"(a checkpoint written before the compact pool, or with representation='dense'; resume it with "
                 f"representation='dense': the same numbers up to float rounding)"
             )
+        if self.nn_pool_compact is None and any(name.startswith(prefix + "nn_pool_compact.") for name in state_dict):
+            raise ConfigError(
+                f"{type(self).__name__}: the checkpoint holds the full-resolution NN pool compactly (representation="
+                f"'sparse'), this objective stores dense rows (representation='dense'); resume it with "
+                f"representation='sparse': the same numbers up to float rounding"
+            )
         stored = state_dict.get(key)
         if stored is not None and stored.numel() and stored.shape[0] != self.config.nn_pool_capacity:
             raise ConfigError(
                 f"{type(self).__name__}: the checkpoint holds {stored.shape[0]} NN pool rows but nn_pool_capacity is "
                 f"{self.config.nn_pool_capacity} (resume with the configuration the checkpoint was written with)"
+            )
+        g = self.config.nn_pool_resolution
+        if stored is not None and stored.numel() and g != "full" and stored.shape[1] != self.rep_dim * g * g:
+            # it was taken for the lazily sized full-resolution pool, and the next step blamed the image size
+            raise ConfigError(
+                f"{type(self).__name__}: the checkpoint's NN pool rows have {stored.shape[1]} features, but nn_pool_resolution "
+                f"{g} gives {self.rep_dim * g * g} ({self.rep_dim} x {g} x {g}); resume with the nn_pool_resolution the "
+                f"checkpoint was written with"
             )
         if getattr(self, "nn_pool", None) is not None and key in state_dict and state_dict[key].shape != self.nn_pool.shape:
             self.nn_pool = torch.empty_like(state_dict[key], device=self.nn_pool.device)  # a lazily allocated pool

@@ -47,6 +47,7 @@ the flat grid, for tests and inspection).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -68,6 +69,25 @@ RELEASED_MIN_BLOCK_SIDE = 2
 
 
 # -- argument checks -------------------------------------------------------------------------------------------
+
+
+#: The settings of an objective config that shape the stratified samplers' strata (those the config has).
+STRATA_SETTINGS = ("sampler_groups", "sampler_grouping", "sampler_allocation", "sampler_min_block_side")
+
+
+def check_strata_used(config) -> None:
+    """A :class:`ConfigError` when ``config`` (a MONA/ARCO or ACTION objective config, a dataclass with ``sampler``)
+    sets a strata setting off its default under the ``"uniform"`` sampler, which has no strata: the trial would train
+    exactly as with the default under a key of its own, an ablation row that cannot differ (the MONA review)."""
+    if config.sampler != "uniform":
+        return
+    for field in dataclasses.fields(config):
+        if field.name in STRATA_SETTINGS and getattr(config, field.name) != field.default:
+            raise ConfigError(
+                f"{type(config).__name__}.{field.name}: {getattr(config, field.name)!r} shapes the strata of the stratified "
+                f"samplers; the sampler 'uniform' has none and would train exactly as with {field.default!r} (use sampler "
+                f"'stratified' or 'stratified_antithetic', or leave {field.name} at {field.default!r})"
+            )
 
 def _grid_side(groups: object, name: str = "groups") -> int:
     """``g = sqrt(groups)``; ``groups`` must be a perfect square >= 1 (9, 16, 25, ...)."""

@@ -12,7 +12,8 @@ as a grid axis would record it) because the full-supervision row must not be cro
 Pretraining stages are cached per chain, label fraction and seed (MONA and both ARCOs share theirs).
 
 Fractions per profile: ``paper`` and ``quick`` 1 / 3 / 7 patients (on the quick phantom's 28 training
-patients that is 4% / 11% / 25%), ``--smoke-test`` 1 patient (plus full supervision).
+patients that is 4% / 11% / 25%), ``--smoke-test`` 1 patient (plus full supervision). ``--labelled`` picks others,
+below 100% (full supervision is always its own row).
 
 Cost: ``quick`` 19 trials per seed (6 methods x 3 fractions + 1), 3 seeds, trained for
 ``QUICK_FRACTION_STEPS`` (750) fine-tuning steps instead of the profile's 250: at 250 and 500 steps supervised-only
@@ -34,6 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from medseg_platform.claims_spec import claim  # noqa: E402
+from medseg_platform.data.splits import canonical_fraction  # noqa: E402
+from medseg_platform.errors import ConfigError  # noqa: E402
 from medseg_platform.overrides import parse_set_options  # noqa: E402
 from analysis.study_cli import run_study_main  # noqa: E402
 from medseg_platform.profiles import QUICK_FRACTION_STEPS, with_steps  # noqa: E402
@@ -66,6 +69,10 @@ def build(args, profile, base):
     table = VariantTable(base)
     # rows in ARCO Table 1's order: the upper bound first, then the methods (PAPER_METHODS order)
     fractions = study_fractions(args, FRACTIONS[profile.name])  # --labelled, else the profile's
+    full = [f for f in fractions if canonical_fraction(f) == FULL]
+    if full:  # its supervised-only trial is the full-supervision row's: the claims then read a row that has no 100% cell
+        raise ConfigError(f"--labelled {full[0]}: this study trains full supervision as its own row "
+                          f"({FULL_SUPERVISION_LABEL!r}, column {FULL}); give the fractions below it")
     table.add(FULL_SUPERVISION_LABEL, {**method_overrides("supervised", profile), "data.labelled": FULL}, axes={"data.labelled": FULL})
     for method in PAPER_METHODS:
         for fraction in fractions:

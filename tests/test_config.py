@@ -66,11 +66,27 @@ def test_round_trip_and_dotted_overrides(tiny_root):
     ({"eval.empty_policy": "zero"}, "choose 'nan' or 'released'"),
     # the weak view's two branches are exclusive: a sum above 1 used to pass here and fail every trial at its first step
     ({"data.weak_rot90_flip_p": 0.8, "data.weak_rotate_p": 0.5}, r"data.weak_rot90_flip_p 0.8 \+ data.weak_rotate_p 0.5: more than 1"),
+    # a 16-pixel patch leaves the UNet a 1x1 bottleneck: a pass of one image failed mid-training in BatchNorm (the ACTION
+    # review); a batch no pass reads alone (supervised's unlabelled) is not refused
+    ({"data.patch_size": [16, 16], "data.labelled_batch": 1}, "data.labelled_batch 1 with data.patch_size 16: the UNet's "
+     "bottleneck is 1x1"),
+    ({"data.patch_size": [16, 16], "objective": "mean_teacher", "data.unlabelled_batch": 1}, "data.unlabelled_batch 1 with "
+     "data.patch_size 16"),
+    ({"data.patch_size": [16, 16], "pretrain": [{"objective": "supervised", "labelled_batch": 1, "unlabelled_batch": 0}]},
+     r"pretrain\[0\].labelled_batch 1 with data.patch_size 16"),
+    # a stage's batch larger than the labelled set trained (drawn with replacement) where fine-tuning's was refused
+    ({"pretrain": [{"objective": "supervised", "labelled_batch": 99, "unlabelled_batch": 0}]},
+     r"pretrain\[0\].labelled_batch 99: larger than the labelled set ("),
 ])
 def test_bad_values_are_one_line_errors(tiny_root, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
         cfg(tiny_root, **{"data.labelled": "1", **overrides}).validate()
     assert "\n" not in str(info.value)
+
+
+def test_a_batch_of_one_is_valid_where_the_bottleneck_has_more_than_one_pixel(tiny_root):
+    cfg(tiny_root, **{"data.labelled": "1", "data.patch_size": [32, 32], "data.labelled_batch": 1}).validate()
+    cfg(tiny_root, **{"data.labelled": "1", "data.patch_size": [16, 16], "data.unlabelled_batch": 1}).validate()  # supervised
 
 
 def test_a_small_nn_pool_is_valid_without_l_nn(tiny_root):

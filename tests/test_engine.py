@@ -236,6 +236,44 @@ def test_fine_tuning_starts_from_the_pretrained_student(tiny_root, tmp_path, mon
     assert all(torch.equal(fine_tune_init[k], final["student"][k]) for k in final["student"])
 
 
+def test_a_stage_of_the_same_objective_takes_what_the_previous_one_had_and_names_the_rest(tiny_root, tmp_path):
+    # the ACTION review: a stage without L_anco builds no head, the next one with it does; the strict hand-off failed at
+    # stage 1's start, after stage 0 had trained
+    import medseg_platform.engine as engine
+
+    stage = {"objective": "action", "max_steps": 1, "checkpoint_every": 1, "labelled_batch": 2, "unlabelled_batch": 2,
+             "objective_params": {"num_queries": 8, "num_negatives": 8, "repr_dim": 8, "anco_weight": 0.0}}
+    cfg = small_cfg(tiny_root, objective="action",
+                    pretrain=[stage, {**stage, "objective_params": {**stage["objective_params"], "anco_weight": 0.01}}])
+    messages = []
+    final = engine.run_pretraining(cfg, engine.load_training_data(cfg, quiet), tmp_path / "cache", torch.device("cpu"), None,
+                                   messages.append)
+    fresh = [m for m in messages if "start fresh" in m]
+    assert len(fresh) == 1 and fresh[0].startswith("pretraining stage 1: ")
+    named = fresh[0].split("start fresh: ")[1].replace(" and ", ", ").split(", ")
+    assert named and all(name.startswith("head.") for name in named if not name[0].isdigit())  # the student and teacher carried
+    assert final["student"]
+
+
+def test_a_stage_asking_for_its_own_epoch_gets_it(tiny_root, tmp_path, monkeypatch):
+    # the ACTION review: steps_per_epoch 0 ("the trial's own epoch") passed validation in a stage, which then failed at its
+    # first step saying the engine had not resolved it; a stage resolves it as fine-tuning does, from its own B_u
+    import medseg_platform.engine as engine
+    from medseg_platform.data.splits import epoch_steps
+    from medseg_platform.engine import pretrain
+
+    built = []
+    original = pretrain.build_objective
+    monkeypatch.setattr(pretrain, "build_objective", lambda name, model, params: built.append(params) or original(name, model, params))
+    stage = {"objective": "mona", "max_steps": 1, "checkpoint_every": 1, "labelled_batch": 2, "unlabelled_batch": 2,
+             "objective_params": {"steps_per_epoch": 0, "num_anchors": 8, "num_negatives": 8, "nn_pool_resolution": 8}}
+    cfg = small_cfg(tiny_root, objective="supervised", pretrain=[stage])
+    data = engine.load_training_data(cfg, quiet)
+    engine.run_pretraining(cfg, data, tmp_path / "cache", torch.device("cpu"), None, quiet)
+    assert [params["steps_per_epoch"] for params in built] == [epoch_steps(data.subset, 2)]
+    assert built[0]["steps_per_epoch"] >= 1
+
+
 def test_crashed_pretraining_stage_resumes_where_it_stopped(tiny_root, tmp_path, monkeypatch):
     import medseg_platform.engine as engine
 

@@ -94,27 +94,51 @@ def test_an_interrupt_recorded_in_a_nested_staged_block_reaches_the_outer_one(tm
 def test_a_lock_removed_between_open_and_lock_is_not_held_twice(tmp_path, monkeypatch):
     """The review: with keep=False, run A removes .lock and unlocks while run B has opened the old file; B then locked
     the removed file, and a run C created a new .lock and locked it too: two predictions wrote into one folder."""
-    import builtins
-
     import medseg_platform.io as io
     from medseg_platform.errors import ConfigError
 
     folder = tmp_path / "out"
     a = io.folder_lock(folder, "medseg predict", keep=False)
     a.__enter__()
-    real_open = builtins.open
+    real_open = io.open_lock_file
 
-    def open_then_let_a_finish(*args, **kwargs):  # A ends between B's open and B's lock
-        fh = real_open(*args, **kwargs)
-        monkeypatch.setattr(io, "open", real_open, raising=False)
+    def open_then_let_a_finish(path):  # A ends between B's open and B's lock
+        fh = real_open(path)
+        monkeypatch.setattr(io, "open_lock_file", real_open)
         a.__exit__(None, None, None)
         return fh
 
-    monkeypatch.setattr(io, "open", open_then_let_a_finish, raising=False)
+    monkeypatch.setattr(io, "open_lock_file", open_then_let_a_finish)
     with io.folder_lock(folder, "medseg predict", keep=False):
         with pytest.raises(ConfigError, match="medseg predict is running there already"):
             with io.folder_lock(folder, "medseg predict", keep=False):
                 pass
+
+
+def test_a_lock_file_planted_as_a_link_or_a_fifo_is_refused_and_its_target_untouched(tmp_path):
+    """The security review: folder_lock opened .lock through a symbolic link, then emptied and overwrote the file it
+    pointed to with the holder's line (any command on a folder someone else can write)."""
+    import os
+
+    import medseg_platform.io as io
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("IMPORTANT\n")
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / ".lock").symlink_to(victim)
+    with pytest.raises(ConfigError, match=r"\.lock: is a symbolic link; this command's lock file is a plain file"):
+        with io.folder_lock(folder, "study x"):
+            pytest.fail("the lock must not be held")
+    assert victim.read_text() == "IMPORTANT\n"
+    (folder / ".lock").unlink()
+    os.mkfifo(folder / ".lock")
+    with pytest.raises(ConfigError, match=r"\.lock: is not a regular file"):
+        with io.folder_lock(folder, "study x"):
+            pytest.fail("the lock must not be held")
+    (folder / ".lock").unlink()
+    with io.folder_lock(folder, "study x"):  # a plain lock file as before
+        assert (folder / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
 
 
 def test_atomic_path_writes_beside_the_file_and_replaces_it_only_on_success(tmp_path):

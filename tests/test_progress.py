@@ -192,6 +192,25 @@ def test_a_cached_stage_costs_nothing_and_results_that_existed_do_not_feed_the_r
     assert m1.trial_id not in callback.trained  # loaded from the cache, not trained: not in its paid units
 
 
+def test_a_finished_trial_scored_on_the_test_root_says_so_and_its_scoring_is_priced(capsys):
+    """The progress review: a finished trial whose Tune trial scores it on --test-root printed only "finished (result
+    existed)", no start line, and the ETA gave its scoring no cost."""
+    plans = [trial_plan(config(), "old", existed=True, scoring_only=True), trial_plan(config(), "new")]
+    callback = ProgressCallback(plans, clock=lambda: 0.0)
+    old, new = trials = [fake_trial(key) for key in ("old", "new")]
+    start(callback, trials, old)
+    callback.on_trial_result(0, trials, new, progress("fine-tuning", 10, 100, 10.0, "supervised", evaluations=0))
+    err = capsys.readouterr().err
+    assert "started old, to score its weights on --test-root (trained earlier)" in err
+    unit = callback.seconds_per_unit()
+    states = callback._states(trials, None, None)
+    assert math.isclose(callback._remaining_s(0, states, unit), progress_module.EVALUATION_COST * unit)
+    finish(callback, trials, old, skipped=True)
+    assert "finished (scored on --test-root; trained earlier) old" in capsys.readouterr().err
+    assert callback.finished_work == []  # a scoring prices no training unit
+    assert not trial_plan(config(), "x", scoring_only=True).scoring_only  # only a finished trial is scored alone
+
+
 def test_heartbeat_lists_running_trials_after_the_interval_and_not_before(capsys):
     now = [0.0]
     plans = [trial_plan(config("mona", steps=300, val_every=100), "mona-l1"),
@@ -377,36 +396,34 @@ def test_a_search_sample_started_from_its_checkpoint_says_where_it_resumes(tmp_p
     assert "] started sample id-fresh (0 finished, " in err
 
 
-def test_a_resumed_trial_is_credited_with_the_steps_of_this_run_only(tmp_path):
+def test_a_resumed_trial_is_left_out_of_the_seconds_per_unit(tmp_path):
     """A trial resumed at step 500 of 600 and finished in 100 s was credited with all 600 steps: the seconds per unit,
-    hence every estimate priced with it, came out 6x too low (the runner review)."""
+    hence every estimate priced with it, came out 6x too low (the runner review). Credited with the steps after its
+    checkpoint only, its start-up and test fit no share: resumed at step 249 of 250, the ETA came out up to 20x too
+    high (the progress review). Its seconds teach nothing about a unit; a fresh trial's do."""
     import torch
 
     from medseg_platform.results import checkpoint_path, trial_folder
 
     now = [0.0]
-    plans = [trial_plan(config(steps=600, val_every=600), "resumed"), trial_plan(config("action", steps=600), "next")]
+    plans = [trial_plan(config(steps=600, val_every=600), "resumed"), trial_plan(config(steps=600, val_every=600), "fresh")]
     path = checkpoint_path(trial_folder(tmp_path, "resumed"))
     path.parent.mkdir(parents=True)
-    torch.save({"step": 500, "val_curve": []}, path)
+    torch.save({"step": 599, "val_curve": []}, path)
     callback = ProgressCallback(plans, clock=lambda: now[0], study_dir=str(tmp_path))
-    resumed, following = trials = [fake_trial("resumed"), fake_trial("next")]
+    resumed, fresh = trials = [fake_trial("resumed"), fake_trial("fresh")]
     start(callback, trials, resumed)
     callback.on_trial_result(0, trials, resumed, progress("fine-tuning", 600, 600, 1.0, "supervised", evaluations=1))
-    now[0] = 100.0
+    now[0] = 10.0  # start-up and the test: nothing to do with 1 step's share of the units
     finish(callback, trials, resumed)
+    assert callback.finished_work == []
+    start(callback, trials, fresh)
+    callback.on_trial_result(0, trials, fresh, progress("fine-tuning", 600, 600, 1.0, "supervised", evaluations=1))
+    now[0] = 110.0
+    finish(callback, trials, fresh)
     (seconds, units), = callback.finished_work
-    evaluations = plans[0].evaluations * progress_module.EVALUATION_COST
-    assert seconds == 100.0 and math.isclose(units, (100 / 600) * (600 + evaluations))  # not 600 + evaluations
-    # resumed at its last step (killed while testing): no step of this run prices its seconds
-    last = checkpoint_path(trial_folder(tmp_path, "next"))
-    last.parent.mkdir(parents=True)
-    torch.save({"step": 600, "val_curve": []}, last)
-    start(callback, trials, following)
-    callback.on_trial_result(0, trials, following, progress("fine-tuning", 600, 600, 1.0, "action", evaluations=13))
-    now[0] = 130.0
-    finish(callback, trials, following)
-    assert len(callback.finished_work) == 1
+    evaluations = plans[1].evaluations * progress_module.EVALUATION_COST
+    assert seconds == 100.0 and math.isclose(units, 600 + evaluations)
 
 
 def test_a_stage_in_the_pretraining_cache_costs_nothing_from_the_start(tmp_path):

@@ -156,6 +156,44 @@ def test_local_ray_binds_the_dashboard_where_asked_and_prints_url_and_auth(monke
     assert calls[-1]["dashboard_host"] == "0.0.0.0"
 
 
+def test_an_address_beside_a_running_ray_is_not_silently_ignored(monkeypatch, capsys):
+    """The API review: Study(address=...) after the session's own ray.init ran on the session's Ray without a word."""
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("ray.init must not be called"))
+    assert init_ray("10.0.0.9:6379", 2, False) is False
+    assert "warning: this process already runs Ray (ray.init before the study): the study runs on it, not on 10.0.0.9:6379" \
+        in capsys.readouterr().err
+    assert init_ray(None, 2, False) is False and capsys.readouterr().err == ""
+
+
+def test_a_local_ray_leaves_its_token_readable_by_its_owner_only(monkeypatch, tmp_path, capsys):
+    """The security review: Ray 2.60 writes ~/.ray/auth_token under the umask (0644 under 022), so every local user could
+    read the token, the only barrier to the dashboard's job submission (fake ``ray``: it writes the file as Ray does)."""
+    import os
+    import stat
+
+    import ray
+
+    token = tmp_path / "auth_token"
+
+    def start(**kw):
+        token.write_text("secret")
+        os.chmod(token, 0o644)
+        return types.SimpleNamespace(dashboard_url="127.0.0.1:8266")
+
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", start)
+    assert init_ray(None, 2, True) is True
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.read_text() == "secret"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token file is read: nothing is changed
+    assert init_ray(None, 2, True) is True and stat.S_IMODE(token.stat().st_mode) == 0o644
+
+
 def test_a_local_ray_that_cannot_start_is_a_one_line_error_naming_the_folder(monkeypatch, tmp_path):
     """A long TMPDIR (cluster job folders) overflowed Ray's 107-byte socket paths, and an unwritable temp folder or HOME
     failed inside ray.init: Ray's tracebacks after the preflight (a probe of user environments)."""

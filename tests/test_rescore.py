@@ -98,6 +98,23 @@ def test_a_trial_that_trains_differently_or_tests_unheld_weights_is_not_scored(f
     assert scoring_sources(final_dir, [_pending(_config(source, **{"eval.selection": "final", "eval.distance_units": "voxel"}))])
 
 
+def test_a_trial_of_an_earlier_key_revision_is_no_source(finished, monkeypatch):
+    """The extension review: a bumped KEY_REVISIONS entry, which docs/methods.md says trains the objective's rows again
+    under new keys, had the new-key trials scored from the old checkpoints ("the same configuration")."""
+    import medseg_platform.results as results_module
+
+    _, _, study_dir, source = finished
+    same = _pending(_config(source))
+    assert same["key"] == source.name and scoring_sources(study_dir, [_pending(_config(source, **{"eval.distance_units": "voxel"}))])
+    monkeypatch.setitem(results_module.KEY_REVISIONS, "supervised", 7)  # what the code now trains under a new key
+    bumped = _pending(_config(source))
+    assert bumped["key"] != source.name
+    assert not scoring_sources(study_dir, [bumped])
+    assert not results_module.keyed_by_this_code(source.name, _config(source))
+    assert results_module.keyed_by_this_code(bumped["key"], _config(source))
+    assert results_module.keyed_by_this_code(f"{bumped['key']}-abc123", _config(source))  # a search sample's folder
+
+
 def test_a_scoring_that_fails_while_writing_leaves_no_copied_checkpoint_behind(finished, tmp_path, monkeypatch):
     """evalrev: a full disk at result.json left the source's checkpoint copied into the pending trial, which the trial,
     trained instead, resumed from at its last step with no `scored_from`; a checkpoint of its own attempt is kept."""

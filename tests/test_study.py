@@ -35,8 +35,10 @@ def test_study_runs_every_trial_once_and_rerun_skips_ray(tiny_root, tmp_path, ra
     for name in TUNE_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     study = tiny_study(tiny_root, tmp_path / "results")
+    before = dict(os.environ)
     run = study.run()
     assert not set(TUNE_ENVIRONMENT) & set(os.environ)  # the notebook probe: they stayed set for the session's own Tune runs
+    assert dict(os.environ) == before  # nothing else either (Ray's own, when the study starts it: the API review)
     tune_copies = [p.name for p in (run.study_dir / "ray").rglob("*") if p.name.startswith(("progress.csv", "events.out.tfevents"))]
     assert tune_copies == []  # Tune's per-trial loggers are off: the study reads its own files
     records, problems = scan_study(run.study_dir)
@@ -271,6 +273,73 @@ def test_a_larger_search_under_another_name_scores_the_samples_it_shares_with_a_
         (i + 1, int(row["step"]), float(row["val_dice"]), best[i]) for i, row in enumerate(curve)]
     # (its source is the bigger search's own copy of that sample: the study's own trials come first)
     assert record["scored_from"]["fields"] == {} and record["best_val_dice"] == source.result["best_val_dice"]
+
+
+def test_a_relative_or_path_root_and_any_spelling_of_a_fraction_key_the_same_trials(tiny_root, tmp_path, monkeypatch):
+    """The API review: a relative data.root passed the driver's checks and failed in every trial (Tune runs each in its
+    own working folder), a Path failed the key's JSON with a TypeError, and labelled 1, "01" or a root with a trailing
+    slash keyed the CLI's trials again."""
+    plain = tiny_study(tiny_root, tmp_path / "r").trial_params()
+    monkeypatch.chdir(tiny_root.parent)
+    for root, fractions in ((tiny_root.name, ["1", "2"]), (tiny_root, [1, 2]), (f"{tiny_root}/", ["01", " 2"])):
+        study = tiny_study(tiny_root, tmp_path / "r")
+        study.base = study.base.replace(**{"data.root": root})
+        study.grid = {"data.labelled": fractions}
+        trials = study.trial_params()
+        assert [t["key"] for t in trials] == [t["key"] for t in plain], root
+        assert {t["config"]["data"]["root"] for t in trials} == {str(tiny_root)}
+        assert {t["config"]["data"]["labelled"] for t in trials} == {"1", "2"}
+
+
+def test_an_accumulating_folder_leaves_out_a_trial_of_an_earlier_key_revision(tmp_path, monkeypatch):
+    """The extension review: after a KEY_REVISIONS bump, medseg train's folder listed the old trial beside its
+    replacement, and the table counted seed 1 twice ("seeds 1,1")."""
+    import medseg_platform.results as results_module
+    from medseg_platform.study.spec import earlier_trials
+
+    config = PROFILES["smoke"].trial.replace(objective="supervised").to_dict()
+    old = results_module.trial_key(config)
+    monkeypatch.setitem(results_module.KEY_REVISIONS, "supervised", 7)
+    new = results_module.trial_key(config)
+    for key in (old, new):
+        results_module.write_trial_config(tmp_path / "trials" / key, config, {"row": "Sup"})
+    (tmp_path / "trials" / "unreadable").mkdir()  # no config.json: kept, its result decides
+    (tmp_path / "study.json").write_text(json.dumps({"trials": [old, new, "unreadable"], "seeds": [1]}))
+    assert earlier_trials(tmp_path)["trials"] == [new, "unreadable"]
+
+
+def test_a_set_of_an_axis_a_row_states_in_its_label_is_refused(tiny_root, tmp_path):
+    """The extension review: docs/studies.md's template leaves its default row's value unwritten (tagged in its axes
+    only); --rows that row and a --set of the axis trained another value under the stated one's label and plot point."""
+    from medseg_platform.overrides import apply_overrides
+
+    key = "objective_params.consistency_weight"
+    study = tiny_study(tiny_root, tmp_path)
+    study.variants = [Variant({"row": "MT, weight = 0.1", "axes": {key: 0.1}}, {"objective": "mean_teacher"}),
+                      Variant({"row": "MT, weight = 0.5", "axes": {key: 0.5}},
+                              {"objective": "mean_teacher", "objective_params": {"consistency_weight": 0.5}})]
+    with pytest.raises(ConfigError, match=r"every row of study tiny sets it itself \(to 0.1, 0.5\)"):
+        apply_overrides(study, {key: "0.25"})
+    study.variants = study.variants[:1]  # what --rows leaves
+    with pytest.raises(ConfigError, match=r"row 'MT, weight = 0.1' sets it itself \(to 0.1\)"):
+        apply_overrides(study, {key: "0.25"})
+    apply_overrides(study, {"optim.lr": "0.05"})  # another key: as before
+
+
+def test_the_environment_is_given_back_as_it_was(monkeypatch):
+    """The API review: a Ray the study started and shut down left RAY_AUTH_MODE, RAY_CLIENT_MODE and PYTHONBREAKPOINT
+    set (breakpoint() then no longer opened pdb)."""
+    from medseg_platform.study.runner import restore_environment
+
+    monkeypatch.setenv("MEDSEG_KEPT", "1")
+    monkeypatch.setenv("MEDSEG_CHANGED", "before")
+    monkeypatch.delenv("MEDSEG_ADDED", raising=False)
+    before = dict(os.environ)
+    os.environ["MEDSEG_ADDED"] = "x"
+    os.environ["MEDSEG_CHANGED"] = "after"
+    del os.environ["MEDSEG_KEPT"]
+    restore_environment(before)
+    assert dict(os.environ) == before
 
 
 def test_start_order_starts_each_pretraining_stage_once_before_any_trial_waits_on_one():

@@ -196,6 +196,28 @@ def test_a_dry_run_warns_of_a_results_folder_the_run_cannot_write(phantom_env, c
     assert not Path("/proc/medseg-dry-run").exists()
 
 
+def test_an_address_where_no_cluster_answers_is_refused_before_anything_is_written(tmp_path, phantom_env, capsys, monkeypatch):
+    """The studies review: the address was probed only when Ray started, after study.json, trials/ and preflight.json
+    were written (a folder another study script could then take over), and a dry run passed it."""
+    import socket
+
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # the session's shared Ray (a notebook's is kept, not probed)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.socket() as sock:  # a port nobody listens on: bound, then closed
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+    results = tmp_path / "results"
+    assert study_main("ablation_tailness", results, "--rows", "Supervised only", "--address", address) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --address {address}: no Ray cluster answers there (TCP connection: ") and err.count("\n") == 1
+    assert not results.exists()
+    assert study_main("ablation_tailness", results, "--dry-run", "--rows", "Supervised only", "--address", address) == 0
+    assert f"warning: the run would stop before training: --address {address}: no Ray cluster answers" in capsys.readouterr().err
+    assert not results.exists()
+
+
 def test_rows_and_set_select_and_change_exactly_those_trials_in_a_dry_run(tmp_path, phantom_env, capsys):
     results = tmp_path / "results"
     code = study_main("ablation_tailness", results, "--rows", "MONA", "ACTION w/o L_anco", "--set", "optim.lr=0.02",
@@ -303,10 +325,27 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch
     (tune_storage(study.study_dir) / f"{name}{LIMITS_SUFFIX}").write_text(json.dumps({"max_concurrent": 1, "max_retries": 2}))
     kept = plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2)
     assert kept.slots == 1 and kept.slots_source.startswith("--max-concurrent 1") and study.max_concurrent is None
+    # ... unless it resumes none of its trials: those it considers done but without a result run in a fresh experiment,
+    # under this command's limits (the progress review: "2 at once" said where 1 ran, and the reverse)
+    def tune_state(statuses):
+        state = [[json.dumps({"trial_id": f"t{i}", "status": status, "config": {}}), json.dumps({"last_result": {}})]
+                 for i, status in enumerate(statuses)]
+        (tune_storage(study.study_dir) / name / "experiment_state-2026.json").write_text(json.dumps({"trial_data": state}))
+
+    grid = len(study.trial_params())
+    tune_state(["TERMINATED"] * grid)
+    assert plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2).slots == 2
+    tune_state(["TERMINATED"] * (grid - 1) + ["PENDING"])  # one to resume
+    assert plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2).slots == 1
+    tune_state(["TERMINATED"] * (grid - 1))  # one its grid has not created yet: the restored experiment runs it
+    assert plan_study(study, unit=UnitSeconds(0.01, "x"), cpus=2).slots == 1
     # scored from a finished trial: in the driver, one after another before Ray starts, then the rest in parallel
     rescoring = dataclasses.replace(plan.trials[1], status=TO_RESCORE, runs=(7.0,))
     rest = dataclasses.replace(plan, trials=plan.trials[2:])
     assert dataclasses.replace(plan, trials=(rescoring, rescoring, *rest.trials)).wall_s == pytest.approx(0.14 + rest.wall_s)
+    # scorings are not training (the progress review: the totals called them "cost units of training left")
+    only_scoring = format_plan(dataclasses.replace(plan, trials=(rescoring, rescoring)))
+    assert "; 14.0 of scoring (test passes of finished trials' weights)" in only_scoring and "training left" not in only_scoring
     assert "with 1 trial(s) at once" in format_plan(dataclasses.replace(plan, trials=plan.trials[1:2]))  # not 2 for 1
     finished_only = format_plan(dataclasses.replace(plan, trials=plan.trials[:1]))  # it said "0 s ... plus 15 s of start-up"
     assert "Estimated wall time: nothing to train (a run only rebuilds the tables, plots and report)" in finished_only
@@ -407,6 +446,7 @@ def test_set_is_recorded_in_settings_and_report(tmp_path, phantom_env, ray_addre
     assert json.loads((study_dir / "settings.json").read_text())["overrides"] == {"optim.lr": 0.02}
     keys = json.loads((study_dir / "study.json").read_text())["trials"]
     assert keys == [expected_key(phantom_env, "supervised", **{"optim.lr": 0.02})]
+    assert json.loads((study_dir / "study.json").read_text())["script"] == "ablation_tailness"  # from the run's start
     result = json.loads((study_dir / "trials" / keys[0] / "result.json").read_text())
     assert result["config"]["optim"]["lr"] == 0.02 and result["tags"]["row"] == "Supervised only"
     assert "- **Overrides** (`--set`, every trial): `optim.lr=0.02`\n" in (study_dir / "report.md").read_text()
@@ -427,6 +467,10 @@ def test_labelled_chooses_the_label_fractions_of_every_study(tmp_path):
     fractions = {v.overrides["data.labelled"] for v in study.variants}
     assert fractions == {"2", "5%", "100%"}  # and the full-supervision row
     assert ("Supervised only", "5%", "2") in {(c["a"], c["column"], c.get("b_column")) for c in study.claims}
+    # 100% is the full-supervision row's column: its supervised-only trial merged into that row and the claim about
+    # supervised-only at 100% read "not run" (the studies review)
+    with pytest.raises(ConfigError, match=r"^--labelled 100.0%: this study trains full supervision as its own row "):
+        load_script("label_fractions").build(argparse.Namespace(results_dir=str(tmp_path), labelled=["1", "100.0%"]), SMOKE, SMOKE.trial)
     default = load_script("ablation_tailness").build(argparse.Namespace(results_dir=str(tmp_path)), SMOKE, SMOKE.trial)
     assert default.grid["data.labelled"] == list(SMOKE.labelled)  # without the flag: the profile's
 
@@ -703,6 +747,14 @@ def test_a_study_script_does_not_take_over_another_scripts_folder(tmp_path, phan
     (folder / "settings.json").write_text(json.dumps({"command": "python studies/ablation_tailness.py --smoke-test"}))
     assert study_main("ablation_temperature", tmp_path / "results", "--name", folder.name, "--dry-run") == 2
     assert "holds a study of ablation_tailness (settings.json, made by python studies/ablation_tailness.py)" in capsys.readouterr().err
+    assert study_main("ablation_tailness", tmp_path / "results", "--dry-run", "--rows", "Supervised only") == 0
+    # a run killed before its settings.json (or refused by Ray): study.json names the script from the run's start (the
+    # studies review: another study script trained into such a folder)
+    (folder / "settings.json").unlink()
+    (folder / "study.json").write_text(json.dumps({"name": folder.name, "trials": [], "seeds": [1], "script": "ablation_tailness"}))
+    assert study_main("ablation_temperature", tmp_path / "results", "--name", folder.name, "--dry-run") == 2
+    assert ("holds a study of ablation_tailness (study.json); ablation_temperature would replace its record"
+            in capsys.readouterr().err)
     assert study_main("ablation_tailness", tmp_path / "results", "--dry-run", "--rows", "Supervised only") == 0
     (folder / "study.json").write_text(json.dumps({"name": folder.name, "trials": [], "seeds": [1], "accumulates": "medseg train"}))
     assert study_main("ablation_tailness", tmp_path / "results", "--dry-run") == 2

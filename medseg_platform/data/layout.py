@@ -21,6 +21,7 @@ twice gives the same checksums.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import numbers
 import os
@@ -86,8 +87,8 @@ def default_class_names(num_classes: int) -> tuple[str, ...]:
 def check_class_names(names: Sequence[object], num_classes: int, where: str) -> tuple[str, ...]:
     """``names`` as a tuple of stripped strings, one per foreground label 1..num_classes-1; else a one-line DataError.
 
-    Names must be distinct, non-empty, without commas or line breaks, and not ``Avg``/``background`` (letter case
-    ignored in both rules).
+    Names must be distinct, non-empty, without commas, line breaks or other control characters, not start with
+    ``=+-@`` (a spreadsheet's formulas), and not ``Avg``/``background`` (letter case ignored in both rules).
     """
     if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
         raise DataError(f"{where}: class names must be a list of strings, got {names!r}")
@@ -96,14 +97,23 @@ def check_class_names(names: Sequence[object], num_classes: int, where: str) -> 
         raise DataError(f"{where}: {len(cleaned)} class name(s) {list(cleaned)} for {num_classes} classes "
                         f"(give one name per label 1..{int(num_classes) - 1}; background 0 has none)")
     for name in cleaned:
-        if not name or "," in name or "\n" in name:
-            raise DataError(f"{where}: class name {name!r} must be non-empty, without commas or line breaks")
+        if not name or "," in name or _has_control_character(name):
+            raise DataError(f"{where}: class name {name!r} must be non-empty, without commas, line breaks or other control "
+                            "characters")
+        if name[0] in "=+-@":  # table.csv's class column: a spreadsheet runs such a cell as a formula (the security review)
+            raise DataError(f"{where}: class name {name!r} must not start with '=', '+', '-' or '@' (a spreadsheet opening "
+                            "table.csv would read it as a formula)")
         if name.casefold() in {reserved.casefold() for reserved in RESERVED_CLASS_NAMES}:
             raise DataError(f"{where}: class name {name!r} is reserved (the tables use 'Avg' and label 0 is 'background', in any "
                             "letter case); choose another")
     if len({name.casefold() for name in cleaned}) != len(cleaned):
         raise DataError(f"{where}: class names {list(cleaned)} repeat a name (each label needs its own; letter case does not count)")
     return cleaned
+
+
+def _has_control_character(text: str) -> bool:
+    """Whether ``text`` holds a control character (a carriage return rewrote the terminal and report lines)."""
+    return any(ord(char) < 32 or 127 <= ord(char) < 160 for char in text)
 
 
 def parse_class_names(text: str, num_classes: int, where: str = "--class-names") -> tuple[str, ...]:
@@ -117,6 +127,31 @@ def manifest_class_names(manifest: Mapping[str, object], num_classes: int, where
     if names is None:
         return default_class_names(num_classes)
     return check_class_names(names, num_classes, f"{where}: 'class_names'")
+
+
+#: The embedded phantom's cache folder name (``medseg_platform.data.phantom.phantom_cache_path``): its key hashes
+#: the manifest's ``source`` (generator, version, patients, size, seed).
+CACHED_PHANTOM_FOLDER = re.compile(r"phantom-([0-9a-f]{12})")
+
+
+def phantom_source_key(source: Mapping) -> str:
+    """The cache key (12 hex digits) of a phantom manifest's ``source`` entry."""
+    return hashlib.sha256(json.dumps(source, sort_keys=True).encode("utf-8")).hexdigest()[:12]
+
+
+def check_phantom_folder_name(root: Path, manifest: Mapping, key: str) -> None:
+    """A one-line DataError when ``root``, named as the cached phantom of ``key``, holds a phantom of other parameters
+    (written there by hand: its trials would be keyed and tabled as the other phantom's)."""
+    source = manifest.get("source")
+    if not (isinstance(source, dict) and source.get("generator") == "phantom"):
+        return
+    held = phantom_source_key(source)
+    if held != key:
+        params = source.get("params") if isinstance(source.get("params"), dict) else {}
+        shown = ", ".join(f"{k}={params[k]}" for k in sorted(params, key=lambda k: (k != "patients", k != "size", k)))
+        raise DataError(f"{root}: holds the phantom with {shown} (version {source.get('version')}), whose cache folder is "
+                        f"phantom-{held}, not phantom-{key}: a phantom written into a folder named for another; move it to a "
+                        "folder of its own name (or leave data.root out to train on the profile's phantom)")
 
 
 def read_manifest(root: str | os.PathLike) -> dict:
@@ -286,8 +321,9 @@ def read_list(path: Path, slices: bool = False) -> list[str]:
         item = line.strip()
         if not item:
             continue
-        if "/" in item or "\\" in item or item in (".", ".."):
-            raise DataError(f"{path}: line {lineno} {item!r} is not an id (ids are file names without a folder; fix the list)")
+        if "/" in item or "\\" in item or item in (".", "..") or _has_control_character(item):
+            raise DataError(f"{path}: line {lineno} {item!r} is not an id (ids are file names without a folder or control "
+                            "characters; fix the list)")
         if slices and _SLICE_RE.match(item) is None:
             raise DataError(f"{path}: line {lineno} {item!r} is not a slice id of the form <case>_slice_<k> (fix the list)")
         ids.append(item)
@@ -377,6 +413,14 @@ class AcdcLayout:
         if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
             raise ConfigError(f"num_classes {num_classes!r}: a whole number >= 2 (background + at least one class)")
         self.root = Path(root).expanduser().resolve()
+        cached_phantom = CACHED_PHANTOM_FOLDER.fullmatch(self.root.name)
+        if not self.root.is_dir() and cached_phantom and not self.root.exists():
+            # a config from another machine or $MEDSEG_CACHE: 'medseg data phantom --out' wrote the default phantom
+            # there, under this phantom's name, and training ran on it without a word (the engine review)
+            raise DataError(f"{self.root}: dataset root does not exist; it is named as a cached embedded phantom (phantom-<key>: "
+                            "a hash of its patients, size and seed) of another machine or $MEDSEG_CACHE. To train on this "
+                            "machine's phantom, leave data.root out (or drop --data-root): the profile's phantom is generated "
+                            "on first use; 'medseg data phantom --out' would write the default phantom, not this one")
         if not self.root.is_dir():
             problem = "is a file, not a dataset root folder" if self.root.exists() else "dataset root does not exist"
             raise DataError(f"{self.root}: {problem} (create one with 'medseg data phantom --out DIR' or 'medseg data convert-acdc')")
@@ -387,6 +431,8 @@ class AcdcLayout:
         self.train_cases = unique_in_order(case_of_slice(s) for s in self.train_slices)
         self.train_patients = unique_in_order(patient_of_case(c) for c in self.train_cases)
         self.manifest = read_manifest(self.root)
+        if cached_phantom:
+            check_phantom_folder_name(self.root, self.manifest, cached_phantom.group(1))
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -35,8 +35,6 @@ so a killed generation never leaves a folder that looks complete.
 from __future__ import annotations
 
 import glob
-import hashlib
-import json
 import os
 import secrets
 import shutil
@@ -95,8 +93,7 @@ class PhantomParams:
 
     def key(self) -> str:
         """Short hash (12 hex digits) of the parameters and :data:`PHANTOM_VERSION`."""
-        blob = json.dumps(self.source(), sort_keys=True).encode("utf-8")
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return layout.phantom_source_key(self.source())
 
     def __str__(self) -> str:
         return f"patients={self.patients}, size={self.size}, seed={self.seed}"

@@ -19,14 +19,15 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from medseg_platform.config import MAX_SEED, TrialConfig, labelled_subset
-from medseg_platform.data.splits import LabelledSubset
+from medseg_platform.data.splits import LabelledSubset, epoch_steps
 from medseg_platform.engine.checkpoint import (TRAINED_ON, check_trained_on, load_checkpoint, restore_training_state, save_checkpoint,
                                                trained_on, training_state)
 from medseg_platform.engine.ddp import DistContext, agree, broadcast_state
 from medseg_platform.engine.loop import TrainLoop, build_trial_model, data_generator, logs_after, make_sgd
 from medseg_platform.engine.reports import Reporter, progress_fields
 from medseg_platform.engine.training_data import TrainingData
-from medseg_platform.io import write_json_atomic
+from medseg_platform.io import open_lock_file, write_json_atomic
+from medseg_platform.recipes import LABELLED_SET_EPOCH, with_epoch_length
 from medseg_platform.results import (AMP_STAGE_REVISION, CHECKPOINT_FILE, STAGE_DATA_FILE, STAGE_FINAL_FILE, dataset_identity_record,
                                      stage_folder)
 from medseg_platform.seeding import seed_everything
@@ -102,7 +103,7 @@ def _exclusive(path: Path, dist: DistContext | None, device: torch.device, on_wa
     handle = None
     if dist is None or dist.is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")
+        handle = open_lock_file(path)
     try:
         held, told = handle is None, False  # ranks > 0 hold nothing: rank 0's answer decides
         while True:
@@ -175,6 +176,20 @@ def _stage_progress(cfg: TrialConfig, index: int, step: int, loss: float, steps_
             **progress_fields(stage.objective, "pretraining", index + 1, len(cfg.pretrain), step, stage.max_steps, steps_per_s, 0, cached)}
 
 
+def _load_shared_state(objective: torch.nn.Module, state: Mapping[str, torch.Tensor], index: int, log: Callable[[str], None]) -> None:
+    """Stage ``index``'s objective takes every entry of the previous stage's (same objective) ``state`` that it has, of the
+    same shape; what it has and that stage did not (a head its parameters add, a bank of another size) starts fresh and
+    is named in the log. A strict load failed there after the previous stage had trained (the ACTION review)."""
+    own = objective.state_dict()
+    shared = {name: value for name, value in state.items() if name in own and own[name].shape == value.shape}
+    objective.load_state_dict(shared, strict=False)
+    fresh = sorted(name for name in own if name not in shared)
+    if fresh:
+        shown = ", ".join(fresh[:6]) + (f" and {len(fresh) - 6} more" if len(fresh) > 6 else "")
+        log(f"pretraining stage {index}: {len(fresh)} entr{'y' if len(fresh) == 1 else 'ies'} of the objective that stage "
+            f"{index - 1} did not have in this shape start fresh: {shown}")
+
+
 def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path, previous: dict | None,
                  device: torch.device, dist: DistContext | None, log: Callable[[str], None], report: Reporter | None = None) -> dict:
     stage = cfg.pretrain[index]
@@ -184,10 +199,13 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
     same_objective = index > 0 and cfg.pretrain[index - 1].objective == stage.objective
     if previous is not None and not same_objective:
         model.load_state_dict(previous["student"])
-    objective = build_objective(stage.objective, model, dict(stage.objective_params)).to(device)
+    params = dict(stage.objective_params)
+    if params.get("steps_per_epoch") == LABELLED_SET_EPOCH:  # "the stage's own epoch", as fine-tuning resolves its own
+        params, _ = with_epoch_length(params, epoch_steps(data.subset, stage.unlabelled_batch * cfg.workers))
+    objective = build_objective(stage.objective, model, params).to(device)
     if previous is not None and same_objective:
         hand_off = getattr(objective, "load_student_and_teacher", None)  # as released: only the two networks carry over
-        hand_off(previous["objective"]) if hand_off is not None else objective.load_state_dict(previous["objective"])
+        hand_off(previous["objective"]) if hand_off is not None else _load_shared_state(objective, previous["objective"], index, log)
     params = list(objective.trainable_parameters())
     optimizer = make_sgd(params, stage.lr, stage.momentum, stage.weight_decay, stage.nesterov)
     stage_seed = cfg.seed + 7919 * (index + 1)

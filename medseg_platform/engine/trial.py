@@ -148,7 +148,7 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
         params, epoch_filled = with_epoch_length(params, epoch_steps(data.subset, cfg.data.unlabelled_batch * cfg.workers))
     filled = {"steps_per_epoch": params["steps_per_epoch"]} if epoch_filled else {}
     if epoch_filled:
-        log(f"alpha_t epoch: {params['steps_per_epoch']} steps (floor(N_u / B_u), as released)")
+        log(f"alpha_t epoch: {params['steps_per_epoch']} steps (floor(N_u / B_u), at least 1; as released)")
     objective = build_objective(cfg.objective, model, params).to(device)
     optimizer = make_optimizer(cfg, list(objective.trainable_parameters()))
     generator = data_generator(cfg.seed, dist)

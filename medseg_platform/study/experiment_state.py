@@ -58,6 +58,19 @@ def tune_trial_states(experiment: Path) -> list[TuneTrialState]:
     return out
 
 
+def resumes_trials(experiment: Path, grid_trials: int) -> bool:
+    """Whether ``Tuner.restore(..., resume_errored=True)`` of a grid study's experiment of ``grid_trials`` trials would
+    run any, under the limits it was started with: one whose status is not TERMINATED, or one its grid has not created
+    yet (Tune creates them as slots free up); the trials it considers done but that have no result run in a fresh
+    experiment under the command's own (``medseg_platform.study.runner``). True when the state cannot be read (the
+    caller then says what a restore keeps)."""
+    try:
+        states = tune_trial_states(experiment)
+    except MedsegError:
+        return True
+    return len(states) < grid_trials or any(trial.status != "TERMINATED" for trial in states)
+
+
 def _plain(value: Any) -> dict:
     """A JSON object as read, or {} for anything else (Tune's ``CLOUDPICKLE_FALLBACK`` entries are never decoded)."""
     return value if isinstance(value, dict) and value.get("_type") != "CLOUDPICKLE_FALLBACK" else {}

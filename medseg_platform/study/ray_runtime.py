@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 
-from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, dashboard_message
+from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, dashboard_message, keep_token_private
 from medseg_platform.errors import ConfigError
 
 
@@ -34,11 +34,14 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboa
     import ray
 
     if ray.is_initialized():
+        if address:  # it ran on the session's Ray without a word (the API review)
+            print(f"warning: this process already runs Ray (ray.init before the study): the study runs on it, not on "
+                  f"{address}; call ray.shutdown() first to join that cluster", file=sys.stderr, flush=True)
         return False
     source, drop = ("--address", "drop the flag") if address else ("$RAY_ADDRESS", "unset RAY_ADDRESS")
     address = address or os.environ.get("RAY_ADDRESS")  # an empty --address was refused before (check_ray_options)
     if address:
-        check_address_answers(address, source, drop)
+        check_address_answers(address, source, drop)  # again (check_cluster_answers): it may have gone since the checks
         try:
             context = _init_as_interruptible(ray, address=address, log_to_driver=False, configure_logging=False)
         except ConnectionError as exc:  # a GCS that answers TCP but not this driver: Ray's own retries, then this
@@ -64,6 +67,7 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboa
                           "(RAY_TMPDIR sets it) and, with token authentication, a token under ~/.ray (RAY_AUTH_TOKEN_PATH "
                           "sets it): point them at writable folders") from None
     term_as_interrupt()
+    keep_token_private()  # the token Ray just wrote under the umask: the dashboard's only barrier for local users
     if dashboard and getattr(context, "dashboard_url", None):
         print(dashboard_message(context.dashboard_url), file=sys.stderr, flush=True)
     return True
@@ -140,6 +144,20 @@ def check_local_ray_temp_dir() -> str:
         raise ConfigError(f"Ray's temporary folder {temp}: cannot write there ({exc.strerror or exc}); set RAY_TMPDIR "
                           "to a writable folder") from None
     return temp
+
+
+def check_cluster_answers(address: str | None) -> None:
+    """:func:`check_address_answers` for the cluster :func:`init_ray` would join (``address``, else ``$RAY_ADDRESS``);
+    nothing when there is none or this process already runs Ray (a notebook's, which :func:`init_ray` keeps). The
+    study's checks call it before anything is written (an unreachable address used to fail after the study folder's
+    study.json and preflight were written, and a dry run passed it: the studies review)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return
+    source, drop = ("--address", "drop the flag") if address else ("$RAY_ADDRESS", "unset RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_address_answers(address, source, drop)
 
 
 def check_address_answers(address: str, source: str = "--address", drop: str = "drop the flag") -> None:

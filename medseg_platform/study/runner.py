@@ -43,7 +43,7 @@ from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.rescore import score_from_sources, scoring_device
 from medseg_platform.results import (ERROR_FILE, LAST_RUN_FILE, RESULT_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, retag_finished_trials,
                                      trial_finished, trial_folder, tune_storage, write_trial_error)
-from medseg_platform.study.ray_runtime import check_gpus_available, check_nodes_see, init_ray, sigterm_handler_kept
+from medseg_platform.study.ray_runtime import check_cluster_answers, check_gpus_available, check_nodes_see, init_ray, sigterm_handler_kept
 from medseg_platform.study.spec import ASHA_TIME, Study, check_accumulating_folder, check_study_folder
 
 
@@ -71,11 +71,26 @@ def run_study(study: Study, after: Callable[[StudyRun], None] | None = None) -> 
     check_folder_free(study.study_dir, f"study {study.name}")  # before the preflight's reads and its preflight.json
     preflight_datasets(datasets_of_trials(trials) + test_datasets, study.study_dir)  # every data file read, before Ray starts
     check_trained_on_this_data(study, trials)
-    with folder_lock(study.study_dir, f"study {study.name}"):  # after the checks: a refused command writes nothing
-        run = _run_checked_study(study, trials, start, started_at)
-        if after is not None:
-            after(run)
-        return run
+    environment = dict(os.environ)
+    try:
+        with folder_lock(study.study_dir, f"study {study.name}"):  # after the checks: a refused command writes nothing
+            run = _run_checked_study(study, trials, start, started_at)
+            if after is not None:
+                after(run)
+            return run
+    finally:  # the session's own environment back: a notebook's later Tune runs, breakpoint() and `ray` commands
+        restore_environment(environment)
+
+
+def restore_environment(before: Mapping[str, str]) -> None:
+    """``os.environ`` as ``before``: a Ray the study started and shut down left RAY_AUTH_MODE, RAY_CLIENT_MODE and
+    PYTHONBREAKPOINT set (``breakpoint()`` then no longer opened pdb), and a rerun search left RAY_AIR_NEW_OUTPUT (the
+    API review)."""
+    for name in [name for name in os.environ if name not in before]:
+        os.environ.pop(name, None)
+    for name, value in before.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 def _run_checked_study(study: Study, trials: list[dict], start: float, started_at: float) -> StudyRun:
@@ -185,6 +200,13 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
         except ConfigError as exc:
             print(f"warning: the run would stop before training: {exc}", file=sys.stderr, flush=True)
     check_local_resources(study)
+    if not in_process:
+        try:
+            check_cluster_answers(study.address)
+        except ConfigError as exc:
+            if not dry_run:
+                raise
+            print(f"warning: the run would stop before training: {exc}", file=sys.stderr, flush=True)
     if not in_process:  # Ray reserves CPUs per trial; a trial in this process reserves none
         warn_oversubscribed_threads(study, trials)
     warn_single_validation(trials)
@@ -511,7 +533,7 @@ def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, s
     from medseg_platform.progress import ProgressCallback
     from medseg_platform.step_costs import trial_plan
     from medseg_platform.study.distributed import TUNE_FUNCTION_CPU
-    from medseg_platform.study.experiment_state import experiment_restorable
+    from medseg_platform.study.experiment_state import experiment_restorable, resumes_trials
     from medseg_platform.study.trainable import run_trial_in_tune
 
     timing["import_s"] = time.perf_counter() - t0
@@ -548,13 +570,15 @@ def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, s
                 (storage / f"{name}{STATE_SUFFIX}").unlink(missing_ok=True)
         if restored:
             log_line(f"restoring Tune experiment {exp_path}")
-            note_kept_limits(storage / f"{name}{LIMITS_SUFFIX}", limits, search=study.search_space is not None)
+            if study.search_space is not None or resumes_trials(exp_path, len(trials)):  # else its limits govern nothing
+                note_kept_limits(storage / f"{name}{LIMITS_SUFFIX}", limits, search=study.search_space is not None)
             tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
         else:
             fits = distributed_trials_that_fit(study)
             write_json_atomic(storage / f"{name}{LIMITS_SUFFIX}", {**limits, "trials_that_fit": fits})
             # the progress lines' expected cost per trial; a search runs its base config num_samples times
-            plans = [trial_plan(t["config"], t["key"], existed=trial_finished(trial_folder(study_dir, t["key"]))) for t in trials]
+            plans = [trial_plan(t["config"], t["key"], existed=trial_finished(trial_folder(study_dir, t["key"])),
+                                scoring_only=lacks_test_root(study, trial_folder(study_dir, t["key"]))) for t in trials]
             plans = plans * (study.num_samples if study.search_space else 1)
             tuner = tune.Tuner(trainable, param_space=param_space(study, trials),
                                tune_config=tune_config(study, name, fits),

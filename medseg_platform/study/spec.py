@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import numbers
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,9 @@ class Study:
     # the command whose runs the folder collects ("medseg train"): study.json also lists the earlier runs' trials whose
     # folders are still there, and a folder that holds another kind of study is refused (check_accumulating_folder)
     accumulate: str | None = None
+    # the study script that runs the study (e.g. "ablation_tailness"): in study.json from the run's start, so a folder
+    # whose run was killed before its settings.json is still its script's (check_script_folder; the studies review)
+    script: str | None = None
 
     def check_settings(self) -> None:
         """The study's own fields (not the trial configs), checked before anything is expanded, written or started;
@@ -161,7 +165,7 @@ class Study:
                 for seed in self.seeds:
                     grid_values = dict(zip((k for k, _ in axes), values))
                     overrides = {**variant.overrides, **grid_values, "seed": int(seed), "workers": self.num_workers}
-                    cfg = self.base.replace(**overrides)
+                    cfg = _canonical_inputs(self.base.replace(**overrides))
                     tags = dict(variant.tags)
                     # the analysis reads "variant" (the row label before grid suffixes) and "axes" (every
                     # grid axis, plus the non-grid axes a study script puts in the variant's own "axes")
@@ -260,6 +264,7 @@ class Study:
             keys = [k for k in earlier["trials"] if k not in keys] + keys
             seeds = sorted(set(seeds) | set(earlier["seeds"]))
         return {"name": self.name, "trials": keys, "seeds": seeds, **({"accumulates": self.accumulate} if self.accumulate else {}),
+                **({"script": self.script} if self.script else {}),
                 "spec_hash": self.spec_hash(trials), "search": self.search_space is not None,
                 "grid": {key: list(values) for key, values in self.grid.items()},
                 "variants": [dict(v.tags) for v in self.variants],
@@ -283,6 +288,28 @@ class Study:
         return run_study(self, after)
 
 
+def _canonical_inputs(cfg: TrialConfig) -> TrialConfig:
+    """``cfg`` with its data root absolute (user-expanded, never through symbolic links, as the CLI's roots are) and its
+    label fraction in one spelling (:func:`medseg_platform.data.splits.canonical_fraction`), so that the trial key
+    names what trains (the API review): a relative root passed the driver's checks and failed in every trial (Tune
+    runs each in its own working folder), a ``Path`` failed the key's JSON, and ``1``, ``"01"`` or a root with a
+    trailing slash keyed the CLI's ``"1"`` trials again. Values that are neither are left to validation."""
+    from medseg_platform.data.splits import canonical_fraction
+
+    changes: dict[str, Any] = {}
+    root = cfg.data.root
+    if isinstance(root, (str, os.PathLike)) and str(root):
+        absolute = os.path.abspath(os.path.expanduser(os.fspath(root)))
+        if absolute != root:
+            changes["data.root"] = absolute
+    labelled = cfg.data.labelled
+    if isinstance(labelled, (str, int)) and not isinstance(labelled, bool):
+        with contextlib.suppress(ConfigError):  # not a fraction: validation names it
+            if canonical_fraction(labelled) != labelled:
+                changes["data.labelled"] = canonical_fraction(labelled)
+    return cfg.replace(**changes) if changes else cfg
+
+
 def earlier_trials(study_dir: Path) -> dict:
     """The ``trials`` (whose folders still exist) and ``seeds`` that ``study_dir``'s ``study.json`` lists (:meth:`Study.description`
     with ``accumulate``). A study.json that cannot be read gives every trial folder with a ``config.json`` instead, so a
@@ -298,7 +325,21 @@ def earlier_trials(study_dir: Path) -> dict:
         folders = sorted((study_dir / TRIALS_DIR).glob(f"*/{CONFIG_FILE}")) if path.exists() else []
         return {"trials": [p.parent.name for p in folders], "seeds": []}
     keys = [k for k in info.get("trials") or [] if isinstance(k, str) and trial_folder(study_dir, k).is_dir()]
-    return {"trials": keys, "seeds": [s for s in info.get("seeds") or [] if _count(s)]}
+    return {"trials": [k for k in keys if not _of_an_earlier_revision(trial_folder(study_dir, k))],
+            "seeds": [s for s in info.get("seeds") or [] if _count(s)]}
+
+
+def _of_an_earlier_revision(folder: Path) -> bool:
+    """Whether the trial in ``folder`` is keyed by an earlier key revision of its objective (``KEY_REVISIONS``): its
+    replacement under this code's key trains beside it, and both were tabled as runs of one seed (the extension
+    review). A folder whose config cannot be read stays (its result decides)."""
+    from medseg_platform.results import keyed_by_this_code, read_trial_config
+
+    try:
+        config = read_trial_config(folder)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(config, dict) and not keyed_by_this_code(folder.name, config)
 
 
 def _folder_record(study_dir: Path) -> tuple[dict | None, str]:
@@ -334,7 +375,8 @@ def check_accumulating_folder(study_dir: Path, command: str) -> None:
 
 
 def check_script_folder(study_dir: Path, script: str) -> None:
-    """Refuse a study script's run into a folder that another study script (``settings.json``'s ``script``) or
+    """Refuse a study script's run into a folder that another study script (``settings.json``'s ``script``, else
+    ``study.json``'s, written as its run starts) or
     ``medseg train`` (study.json's ``accumulates``) wrote: ``--name`` can point anywhere, and the run would replace the
     folder's record, tables and report with its own (the reports probe: ablation_temperature.py ``--name
     ablation_tailness-smoke`` exited 0 with the temperature study's report under the tailness study's title)."""
@@ -346,7 +388,9 @@ def check_script_folder(study_dir: Path, script: str) -> None:
         raise ConfigError(f"{study_dir}: holds the trials of {info['accumulates']} ({STUDY_FILE}); {script} would replace its record "
                           "and tables. Give --name a new folder name")
     settings = read_json_object(study_dir / SETTINGS_FILE) or {}
-    recorded = settings.get("script")
+    recorded, source = settings.get("script"), SETTINGS_FILE
+    if recorded is None and (info or {}).get("script") is not None:  # study.json's, written as the run starts
+        recorded, source = info["script"], STUDY_FILE
     if recorded is None and isinstance(settings.get("command"), str):  # written before 'script' was: the command's script
         import shlex
 
@@ -355,7 +399,7 @@ def check_script_folder(study_dir: Path, script: str) -> None:
             named = Path(words[1]).stem if len(words) > 1 and words[1].endswith(".py") else None
             recorded = named if named != "__main__" else None  # `python -m pytest` and the like name no study script
     if info and isinstance(recorded, str) and recorded != script:
-        raise ConfigError(f"{study_dir}: holds a study of {recorded} ({SETTINGS_FILE}{_made_by(made_by)}); {script} would replace "
+        raise ConfigError(f"{study_dir}: holds a study of {recorded} ({source}{_made_by(made_by)}); {script} would replace "
                           "its record, tables and report. Give --name a new folder name")
 
 

@@ -271,6 +271,8 @@ def test_a_difference_that_rounds_to_zero_prints_without_a_minus_sign():
     # a bound keeps its sign; at the >= margin it gets two decimals: -0.96 (supported) and -1.04 (not) both read -1.0
     assert [_bound(v) for v in (-0.04, -0.96, -1.04, -1.2, 3.14, -0.9996, -1.0)] == [
         "-0.0", "-0.96", "-1.04", "-1.2", "+3.1", "-0.9996", "-1.0000"]
+    # closer to the margin than four decimals: the side is said (both read "-1.0000", supported and not: the claims review)
+    assert [_bound(v) for v in (-0.99996, -1.00004)] == ["> -1.0000", "< -1.0000"]
     assert verdict(">=", -0.96, 2.0, 8, 3) == SUPPORTED and verdict(">=", -1.04, 2.0, 8, 3) == INCONCLUSIVE
 
 
@@ -307,6 +309,16 @@ def test_the_paper_profile_on_another_dataset_gets_no_published_numbers(tmp_path
                                         "class_names": ["CSF", "GM", "WM"]}), encoding="utf-8")
     section = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
     assert "Published Δ" not in section and "(this run: paper profile on 70 training patients, classes CSF, GM, WM)" in section
+
+
+def test_two_fractions_that_select_the_same_patients_are_not_a_comparison(tmp_path):
+    """The claims review: "1%" selects 1 of ACDC's 70 patients, as "1" does; a row at one against itself at the other
+    pooled the same trials on both sides and printed Delta +0.0 with a zero-width interval."""
+    study = make_fake_study(tmp_path / "results", seeds=(1, 2, 3))
+    records = write_report(study, log=lambda m: None).records
+    result = evaluate_claim(claim("MONA", "MONA", "1%", "x", b_column="1"), records)
+    assert result.verdict == NOT_RUN and result.reason.startswith("both sides are the same 3 trial(s) (")
+    assert "a row compared with itself" in result.reason
 
 
 def test_no_claims_no_section(tmp_path):

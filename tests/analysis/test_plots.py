@@ -110,8 +110,8 @@ def test_the_search_history_legend_names_the_statuses_it_draws_hollow():
     statuses = ["completed", "stopped early", "unfinished", "result missing", "completed"]
     samples = [Sample(i, f"t{i}", f"k{i}", status, {}, {}, None, 0.1 * (i + 3), None) for i, status in enumerate(statuses)]
     fig = plots.search_history([], samples)
-    labels = [t.get_text() for t in fig.legends[0].get_texts()] if fig.legends else \
-        [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    labels = [t.get_text().replace("\n", " ") for t in fig.legends[0].get_texts()] if fig.legends else \
+        [t.get_text() for t in fig.axes[0].get_legend().get_texts()]  # a long label is wrapped in the legend
     assert "trial result missing / stopped early / unfinished" in labels and "trial (completed)" in labels
 
 
@@ -151,7 +151,18 @@ def test_class_bars_hatch_a_partial_average_and_draw_no_error_bar_for_a_single_s
     hatched = [(i, patch.get_hatch()) for i, patch in enumerate(fig.axes[0].patches) if patch.get_hatch()]
     assert hatched == [(3, plots.PARTIAL_HATCH)]  # MONA's Avg bar (its bars come first: RV, Myo, LV, Avg)
     assert not any(patch.get_hatch() for patch in fig.axes[1].patches)
-    assert "hatched Avg" in fig._suptitle.get_text() and plots.SINGLE_SEED_NOTE not in fig._suptitle.get_text()
+    assert "hatched: not comparable, an Avg over fewer classes" in fig._suptitle.get_text()
+    assert plots.SINGLE_SEED_NOTE not in fig._suptitle.get_text()
+    # the plots review: a class's distance from fewer seeds than the cell lists (a seed missed the structure) is never
+    # bold in the tables; the bars drew it plain, possibly the lowest, and its missing error bar read as "a single seed"
+    fewer = (df["metric"] == "hd95") & first & (df["row"] == "ARCO-SG") & (df["class"] == "RV")
+    assert str(df.loc[fewer, "seeds"].iloc[0]).count(",") >= 1  # the cell lists two seeds
+    df.loc[fewer, ["n_seeds", "std"]] = [1, float("nan")]
+    fig = plots.class_bars(df, "hd95", colours, "mm")
+    hatched = [i for i, patch in enumerate(fig.axes[0].patches) if patch.get_hatch()]
+    assert hatched == [3, 8]  # MONA's Avg and ARCO-SG's RV (the third row's first bar)
+    assert "a class's value from fewer seeds than the cell lists" in fig._suptitle.get_text()
+    assert plots.SINGLE_SEED_NOTE not in fig._suptitle.get_text()
     single = (df["row"] == "ARCO-SG") & first
     df.loc[single, "n_seeds"] = 1
     fig = plots.class_bars(df, "dice", colours)
@@ -161,6 +172,24 @@ def test_class_bars_hatch_a_partial_average_and_draw_no_error_bar_for_a_single_s
     bars = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]  # per row: MONA, Mean teacher, ARCO-SG
     drawn = [sum(np.asarray(segment).size > 0 for segment in bar.errorbar.lines[2][0].get_segments()) for bar in bars]
     assert drawn == [4, 4, 0]  # an error bar on every class of the 2-seed rows, none on the single-seed row
+
+
+def test_a_long_row_label_is_wrapped_in_the_legend_so_it_stays_inside_the_figure(records, colours):
+    """The plots review: a 113-character row label pushed the bars' legend past both edges of the figure, cutting
+    the other labels ("pervised only")."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    long = "MONA " + "with a very long description of its settings " * 5 + "and more"
+    df = tables.build_table(records)
+    df.loc[df["row"] == "MONA", "row"] = long
+    fig = plots.class_bars(df, "dice", {**colours, long: colours["MONA"]})
+    canvas = FigureCanvasAgg(fig)
+    fig.savefig(io.BytesIO(), format="png")
+    box = fig.legends[0].get_window_extent(canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+    assert fig.legends[0].get_texts()[0].get_text().replace("\n", " ") == long
 
 
 def test_distance_unit_reads_eval_distance_units_before_the_volume_spacing(records):
@@ -236,6 +265,35 @@ def test_training_curves_and_qualitative_overlays(records, colours):
         assert 0 <= box.x0 and box.x1 <= fig.bbox.width, (box, fig.bbox.width)
     assert len(narrow.axes) == 3 * 3 and "\n" in narrow._suptitle.get_text()
     assert isinstance(plots.qualitative_overlays(records, "7 patients (10.0%)"), plots.Skipped)
+
+
+def test_a_row_whose_first_trial_kept_other_slices_is_drawn_from_another_or_named(tmp_path):
+    """The plots review: only each row's first trial was tried; when its qualitative.npz held other slices than the
+    reference's, the row vanished from the figure without a word, while another seed's file would have done."""
+    import shutil
+
+    from medseg_platform.engine import QualitativeSlices
+    from medseg_platform.data.layout import Volume
+    from medseg_platform.results import QUALITATIVE_FILE
+    from tests.analysis import fakes
+
+    study = make_fake_study(tmp_path / "r", seeds=(1, 2))
+    records = scan_study(study)[0]
+    column = "1 patient (1.4%)"
+    teacher = sorted((r for r in records if r.result["tags"]["row"] == "Mean teacher" and tables.column_label(r) == column),
+                     key=plots._qualitative_rank)
+    keeper = QualitativeSlices([fakes.CASES[5]])  # other slices than every other trial's
+    image, label = np.zeros((4, 40, 40), np.float32), np.zeros((4, 40, 40), np.uint8)
+    label[:, 12:28, 12:28] = 2
+    keeper.keep(Volume(fakes.CASES[5], image, label, (5.0, 1.5, 1.5)), label)
+    keeper.save(teacher[0].path / QUALITATIVE_FILE)
+    overlay = plots.qualitative_overlays(records, column)
+    assert [ax.get_title() for ax in overlay.axes[:5]] == ["image", "ground truth", "MONA", "Mean teacher", "ARCO-SG"]
+    assert "left out" not in overlay._suptitle.get_text()  # its seed-2 trial holds the reference's slices
+    shutil.copy(teacher[0].path / QUALITATIVE_FILE, teacher[1].path / QUALITATIVE_FILE)
+    overlay = plots.qualitative_overlays(records, column)
+    assert [ax.get_title() for ax in overlay.axes[:4]] == ["image", "ground truth", "MONA", "ARCO-SG"]
+    assert "left out: Mean teacher (no trial with these slices)" in overlay._suptitle.get_text().replace("\n", " ")
 
 
 def test_search_history_and_importances(tmp_path):

@@ -508,3 +508,15 @@ def test_a_wide_table_is_printed_with_its_average_columns_only(tmp_path):
     assert lines[-2] == "Caption." and lines[-1] == f"(the Avg columns of 16; every class in {tmp_path / 'table_dice.md'})"
     narrow = "\n".join(["### Dice (%)", "", *table_render._markdown_lines([header[:5], *(row[:5] for row in body)]), "", "Caption."])
     assert table_render.terminal_table(narrow, "x") == narrow  # the default study's 4 columns: as written
+
+    # the plots review: an external test set's table in the same file ran on under the study's header (its heading,
+    # header and the study's caption lost), and an escaped pipe in a row label split the row (every cell moved left)
+    piped = [[r"Mean teacher \| EMA", *row[1:]] if row[0] == "Mean teacher" else row for row in body]
+    block = lambda rows, title, note: [f"### {title}", "", *table_render._markdown_lines([header, *rows]), "", note]  # noqa: E731
+    two = "\n".join(block(piped, "Dice (%)", "Caption.") + [""] + block(body, "Dice (%), external test set: /x", "External."))
+    lines = table_render.terminal_table(two, "t.md").splitlines()
+    assert lines[0] == "### Dice (%)" and lines[2].split("|")[1].strip() == "Method"
+    assert lines[5].startswith(r"| Mean teacher \| EMA |") and lines[5].rstrip(" |").endswith("15.0 ± 2.0")
+    assert lines[6:10] == ["", "Caption.", "", "### Dice (%), external test set: /x"]
+    assert lines[11].split("|")[1].strip() == "Method" and "15.0 ± 2.0" in lines[14]
+    assert lines[-2:] == ["External.", "(the Avg columns of 16; every class in t.md)"]

@@ -80,7 +80,11 @@ def test_lists_that_would_read_elsewhere_or_are_not_text_are_one_line_errors(tin
     assert main(["data", "check", str(tiny_root)]) == 2
     lineno = len(val.splitlines()) + 1
     assert capsys.readouterr().err.strip() == (f"error: {tiny_root / 'val.list'}: line {lineno} '../../elsewhere/data/patient001_frame01' "
-                                               "is not an id (ids are file names without a folder; fix the list)")
+                                               "is not an id (ids are file names without a folder or control characters; "
+                                               "fix the list)")
+    (tiny_root / "val.list").write_text(val + "patient001\x1b[2Jframe01\n")  # an escape sequence (the security review)
+    assert main(["data", "check", str(tiny_root)]) == 2
+    assert "is not an id (ids are file names without a folder or control characters" in capsys.readouterr().err
     (tiny_root / "val.list").write_text(val)
     train = (tiny_root / "train_slices.list").read_bytes()
     (tiny_root / "train_slices.list").write_bytes(train + b"garbage id\n")

@@ -74,7 +74,11 @@ def test_convert_nifti_without_names_records_generic_ones(tmp_path, capsys):
                                             ("liver,Avg", "'Avg' is reserved"),
                                             ("liver,avg", "'avg' is reserved"),  # letter case used to get past the rules
                                             ("Liver,liver", "repeat a name"),
-                                            ("liver,", "must be non-empty")])
+                                            ("liver,", "must be non-empty"),
+                                            # the security review: a carriage return rewrote the terminal and report
+                                            # lines; a leading '=' ran as a formula in a spreadsheet opening table.csv
+                                            ("liver,tu\rmour", "without commas, line breaks or other control characters"),
+                                            ("liver,=HYPERLINK(1)", "must not start with '=', '+', '-' or '@'")])
 def test_bad_class_names_are_a_one_line_error_before_anything_is_written(tmp_path, capsys, names, message):
     rc, err, out = _convert_generic(tmp_path, capsys, "--class-names", names)
     assert rc == 2 and message in err and err.startswith("error: --class-names") and err.count("\n") == 1
@@ -159,3 +163,18 @@ def test_report_table_and_overlay_legend_name_the_classes_of_the_dataset(tmp_pat
     assert build_table(report.records, metrics=("dice",)).set_index("class").loc["pelvis", "mean"] == pytest.approx(80.0)
     figure = qualitative_overlays(report.records, column_label(report.records[0]))
     assert [t.get_text() for t in figure.legends[0].get_texts()] == ["cortex", "medulla", "pelvis"]
+
+
+def test_names_from_a_dataset_reach_the_report_as_text_not_markup(tmp_path, tiny_root):
+    """The security review: class names went into report.md raw (an HTML comment hid the rest of the report, a link
+    with a script URL was clickable) and a '$' in one failed the whole report in matplotlib's math parser."""
+    write_manifest(tiny_root, {}, {}, class_names=["RV<!--", "[click](javascript:alert(1))", "$\\badcmd$"])
+    study = tmp_path / "results" / "names"
+    write_qualitative(_write_trial(study, tiny_root, num_classes=4), shift=0)
+    report = write_report(study, log=lambda m: None)
+    text = report.report.read_text()
+    assert "; classes RV&lt;!--, [click]\\(javascript:alert(1)), $\\\\badcmd$" in text
+    assert "<!--" not in text and "](javascript" not in text
+    table = (study / "table_dice.md").read_text()
+    assert "RV&lt;!--" in table and "<!--" not in table
+    assert (study / "plots" / "bars_dice.png").is_file()  # drawn: '$...$' is text in the plots

@@ -73,6 +73,28 @@ def test_cache_key_depends_on_every_param_and_version(monkeypatch):
 
 
 # ---------------------------------------------------------------------------- generation, files
+def test_a_cached_phantom_folder_name_is_checked_against_what_it_holds(tiny, tmp_path):
+    """The engine review: a config from another machine names that machine's phantom-<key>; the missing-root hint said
+    to write one with 'medseg data phantom --out', which wrote the default phantom under that name, and training ran
+    on it silently."""
+    import shutil
+
+    from medseg_platform.errors import DataError
+
+    other_key = phantom.PhantomParams(6, 40, 0).key()
+    missing = tmp_path / f"phantom-{other_key}"
+    with pytest.raises(DataError, match="it is named as a cached embedded phantom .* leave data.root out") as info:
+        AcdcLayout(missing)
+    assert "\n" not in str(info.value)
+    shutil.copytree(tiny[0], missing)  # the tiny phantom (5 patients, 48 px, seed 3) under another phantom's name
+    with pytest.raises(DataError, match=rf"holds the phantom with patients=5, size=48, seed=3 .*whose cache folder is "
+                                        rf"phantom-{phantom.PhantomParams(**TINY).key()}, not phantom-{other_key}"):
+        AcdcLayout(missing)
+    own = tmp_path / f"phantom-{phantom.PhantomParams(**TINY).key()}"
+    missing.rename(own)
+    assert len(AcdcLayout(own).train_patients) == 3  # under its own name: read as before
+
+
 def test_tiny_phantom_is_fast(tiny):
     assert tiny[1] < 4.0, f"5 patients at 48 px took {tiny[1]:.2f} s of CPU time"
 

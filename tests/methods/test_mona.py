@@ -468,6 +468,18 @@ def test_a_pool_checkpoint_that_does_not_fit_is_a_config_error():
         make({"nn_pool_resolution": "full", "representation": "sparse"}).load_state_dict(state)
     with pytest.raises(ConfigError, match="holds 4 NN pool rows but nn_pool_capacity is 8"):
         make({"nn_pool_resolution": "full", "representation": "dense", "nn_pool_capacity": 8}).load_state_dict(state)
+    # the MONA review: a compact pool into a dense objective was a raw strict-load error; a pooled pool of another g
+    # loaded as if it were a lazily sized full-resolution one, and the next step blamed the image size
+    compact = make({"nn_pool_resolution": "full", "representation": "sparse"})
+    compact.loss(shape_batch(torch.Generator().manual_seed(0)), 0, 10)
+    with pytest.raises(ConfigError, match="resume it with representation='sparse'"):
+        make({"nn_pool_resolution": "full", "representation": "dense"}).load_state_dict(copy.deepcopy(compact.state_dict()))
+    for representation in ("dense", "sparse"):
+        pooled = make({"nn_pool_resolution": 4, "representation": representation})
+        pooled.loss(shape_batch(torch.Generator().manual_seed(0)), 0, 10)
+        with pytest.raises(ConfigError, match=r"NN pool rows have \d+ features, but nn_pool_resolution 2 gives "):
+            make({"nn_pool_resolution": 2, "representation": representation}).load_state_dict(copy.deepcopy(pooled.state_dict()))
+        make({"nn_pool_resolution": 4, "representation": representation}).load_state_dict(copy.deepcopy(pooled.state_dict()))
 
 
 # -- every config field changes the loss or the sampled set --------------------------------------------------
