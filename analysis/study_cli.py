@@ -113,7 +113,10 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
         try:
             trial_params = study.trial_params()
         except ConfigError as exc:  # a --set value wrong for a row names the --set
-            raise named_by_set(exc, sets) from None
+            named = named_by_set(exc, sets)
+            if named is not exc and len(study.variants) > 1 and ": row '" in str(named):  # wrong for that row only
+                named = ConfigError(f"{named}; leave that row out with --rows")  # (the diff review: the NS baseline)
+            raise named from None
         released = {t["config"]["data"]["labelled"] for t in trial_params
                     if t["config"]["data"].get("labelled_strategy") == "released_slices"}
         for note in released_cut_warnings(root, released) if released else ():

@@ -334,7 +334,7 @@ def folder_lock(folder: str | os.PathLike, what: str, keep: bool = True) -> Iter
 
 
 def open_lock_file(path: Path):
-    """``path`` opened for reading and writing (created 0644 if absent), never through a symbolic link and only as a
+    """``path`` opened for reading and writing (created 0666 less the umask if absent, as ``open`` does), never through a symbolic link and only as a
     regular file: a ``.lock`` planted as a link to another file had that file emptied and overwritten with the
     holder's line (the security review). A one-line :class:`ConfigError` otherwise."""
     import errno
@@ -344,7 +344,7 @@ def open_lock_file(path: Path):
 
     remedy = "this command's lock file is a plain file it creates; remove it and rerun"
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)  # less the umask
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ConfigError(f"{path}: is a symbolic link; {remedy}") from None

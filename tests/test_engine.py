@@ -255,6 +255,33 @@ def test_a_stage_of_the_same_objective_takes_what_the_previous_one_had_and_names
     assert final["student"]
 
 
+def test_a_module_whose_state_does_not_fit_starts_fresh_as_a_whole():
+    """The diff review: a memory bank of another capacity kept its fill counters (same shape) over fresh rows, then
+    claimed rows of zeros (a larger bank) or failed (a smaller one)."""
+    from torch import nn
+
+    from medseg_platform.engine.pretrain import _load_shared_state
+
+    class Bank(nn.Module):
+        def __init__(self, capacity):
+            super().__init__()
+            self.register_buffer("rows", torch.zeros(capacity, 2))
+            self.register_buffer("count", torch.zeros(3, dtype=torch.long))
+
+    class Objective(nn.Module):
+        def __init__(self, capacity):
+            super().__init__()
+            self.net, self.bank = nn.Linear(2, 2), Bank(capacity)
+
+    before, after, messages = Objective(4), Objective(8), []
+    before.bank.count.fill_(4)
+    _load_shared_state(after, before.state_dict(), 1, messages.append)
+    assert torch.equal(after.net.weight, before.net.weight)  # the network carried over
+    assert int(after.bank.count.sum()) == 0  # the bank's counters started fresh with its rows
+    assert messages == ["pretraining stage 1: 2 entries of the objective that stage 0 did not have in this shape start "
+                        "fresh: bank.count, bank.rows"]
+
+
 def test_a_stage_asking_for_its_own_epoch_gets_it(tiny_root, tmp_path, monkeypatch):
     # the ACTION review: steps_per_epoch 0 ("the trial's own epoch") passed validation in a stage, which then failed at its
     # first step saying the engine had not resolved it; a stage resolves it as fine-tuning does, from its own B_u

@@ -281,7 +281,9 @@ def test_a_relative_or_path_root_and_any_spelling_of_a_fraction_key_the_same_tri
     slash keyed the CLI's trials again."""
     plain = tiny_study(tiny_root, tmp_path / "r").trial_params()
     monkeypatch.chdir(tiny_root.parent)
-    for root, fractions in ((tiny_root.name, ["1", "2"]), (tiny_root, [1, 2]), (f"{tiny_root}/", ["01", " 2"])):
+    (tmp_path / "link").symlink_to(tiny_root)  # the CLI resolves roots: so does the API (the diff review)
+    for root, fractions in ((tiny_root.name, ["1", "2"]), (tiny_root, [1, 2]), (f"{tiny_root}/", ["01", " 2"]),
+                            (tmp_path / "link", ["1", "2"])):
         study = tiny_study(tiny_root, tmp_path / "r")
         study.base = study.base.replace(**{"data.root": root})
         study.grid = {"data.labelled": fractions}

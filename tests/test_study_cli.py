@@ -66,6 +66,9 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
      "(its parameters: sup_weight); leave the row out with --rows"),
     ("ablation_temperature", ["--set", "objective_params.temperature=0.3"],
      "--set objective_params.temperature: row 'ARCO-SG, released: τ = 0.5, ISD τ_t = 0.1, τ_s = 0.1' sets it itself (to 0.5)"),
+    # a setting the NS baseline cannot take (no strata under the uniform sampler): the row named, and --rows offered
+    ("ablation_sampling", ["--set", "objective_params.sampler_grouping=spatial"],
+     "--set objective_params.sampler_grouping: row 'NS (MONA), 16 anchors x 32 negatives': "),
     ("ablation_sampling", ["--set", "objective_params.sampler=uniform"],  # its axis: --rows would leave no row
      "--set objective_params.sampler: every row of study ablation_sampling-smoke sets it itself (to 'uniform', 'stratified', "
      "'stratified_antithetic'): it is what the rows vary; drop the --set"),
@@ -98,6 +101,8 @@ def test_bad_rows_and_set_are_one_line_errors_before_anything_runs(tmp_path, pha
     err = capsys.readouterr().err
     assert err.startswith("error: " + message) and err.count("\n") == 1, err
     assert not results.exists()  # no study folder: nothing validated into Ray, nothing trained
+    if "sampler_grouping" in message:
+        assert err.rstrip().endswith("; leave that row out with --rows")
 
 
 @pytest.mark.parametrize("extra, message", [

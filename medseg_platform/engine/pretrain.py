@@ -177,11 +177,16 @@ def _stage_progress(cfg: TrialConfig, index: int, step: int, loss: float, steps_
 
 
 def _load_shared_state(objective: torch.nn.Module, state: Mapping[str, torch.Tensor], index: int, log: Callable[[str], None]) -> None:
-    """Stage ``index``'s objective takes every entry of the previous stage's (same objective) ``state`` that it has, of the
-    same shape; what it has and that stage did not (a head its parameters add, a bank of another size) starts fresh and
-    is named in the log. A strict load failed there after the previous stage had trained (the ACTION review)."""
+    """Stage ``index``'s objective takes the state of every module of the previous stage's (same objective) ``state``
+    that it has whole, each entry in the same shape; a module it has and that stage did not, or not in that shape (a
+    head its parameters add, a bank of another size with its pointer and count), starts fresh and is named in the
+    log. A strict load failed there after the previous stage had trained (the ACTION review)."""
     own = objective.state_dict()
-    shared = {name: value for name, value in state.items() if name in own and own[name].shape == value.shape}
+    fitting = {name for name, value in state.items() if name in own and own[name].shape == value.shape}
+    # a module's state as a whole: a memory bank of another capacity kept its fill counters (same shape) over fresh rows,
+    # and claimed rows of zeros or failed (the diff review)
+    partial = {name.rpartition(".")[0] for name in own if name not in fitting}
+    shared = {name: state[name] for name in fitting if name.rpartition(".")[0] not in partial}
     objective.load_state_dict(shared, strict=False)
     fresh = sorted(name for name in own if name not in shared)
     if fresh:

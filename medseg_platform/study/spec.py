@@ -289,7 +289,7 @@ class Study:
 
 
 def _canonical_inputs(cfg: TrialConfig) -> TrialConfig:
-    """``cfg`` with its data root absolute (user-expanded, never through symbolic links, as the CLI's roots are) and its
+    """``cfg`` with its data root absolute (user-expanded and resolved, as the CLI's roots are) and its
     label fraction in one spelling (:func:`medseg_platform.data.splits.canonical_fraction`), so that the trial key
     names what trains (the API review): a relative root passed the driver's checks and failed in every trial (Tune
     runs each in its own working folder), a ``Path`` failed the key's JSON, and ``1``, ``"01"`` or a root with a
@@ -299,7 +299,7 @@ def _canonical_inputs(cfg: TrialConfig) -> TrialConfig:
     changes: dict[str, Any] = {}
     root = cfg.data.root
     if isinstance(root, (str, os.PathLike)) and str(root):
-        absolute = os.path.abspath(os.path.expanduser(os.fspath(root)))
+        absolute = str(resolve_path(root, "data.root"))
         if absolute != root:
             changes["data.root"] = absolute
     labelled = cfg.data.labelled
