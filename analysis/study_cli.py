@@ -47,6 +47,27 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
                                parser or study_parser(description, default_name, labelled_default=labelled_default), started)
 
 
+def _other_rows_accept(study, message: str) -> bool:
+    """Whether the study's rows other than the one ``message`` names ("...: row 'NAME': ...") take the configuration:
+    only then does "leave that row out with --rows" help (a --set wrong for every row offered it row after row)."""
+    import copy
+    import re
+
+    named = re.search(r": row '(.+?)': ", message)
+    if named is None or len(study.variants) < 2:
+        return False
+    others = copy.copy(study)
+    others.variants = [v for v in study.variants if str(v.tags.get("row")) != named.group(1)]
+    others.claims = [c for c in study.claims if named.group(1) not in (c.get("a"), c.get("b"))]
+    if not others.variants or len(others.variants) == len(study.variants):
+        return False
+    try:
+        others.trial_params()
+    except MedsegError:
+        return False
+    return True
+
+
 def import_report():
     """:mod:`analysis.report` (pandas, matplotlib), or a one-line :class:`ConfigError` saying how to repair the install."""
     try:
@@ -114,8 +135,8 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
             trial_params = study.trial_params()
         except ConfigError as exc:  # a --set value wrong for a row names the --set
             named = named_by_set(exc, sets)
-            if named is not exc and len(study.variants) > 1 and ": row '" in str(named):  # wrong for that row only
-                named = ConfigError(f"{named}; leave that row out with --rows")  # (the diff review: the NS baseline)
+            if named is not exc and _other_rows_accept(study, str(named)):  # wrong for that row only (the diff
+                named = ConfigError(f"{named}; leave that row out with --rows")  # reviews: the NS baseline)
             raise named from None
         released = {t["config"]["data"]["labelled"] for t in trial_params
                     if t["config"]["data"].get("labelled_strategy") == "released_slices"}

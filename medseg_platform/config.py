@@ -494,4 +494,7 @@ def resolve_path(path: str | Path, what: str) -> Path:
     """An absolute, user-expanded path (config and CLI paths are resolved once, here)."""
     if not str(path):
         raise ConfigError(f"{what}: empty path")
-    return Path(path).expanduser().resolve()
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:  # a symbolic link loop, an unknown ~user: a traceback before (the diff review)
+        raise ConfigError(f"{what} {path}: cannot be resolved to a folder ({exc})") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from medseg_platform.errors import ConfigError
+from medseg_platform.errors import ConfigError, MedsegError
 from medseg_platform.profiles import PROFILES
 from medseg_platform.results import read_csv, scan_study
 from medseg_platform.study import Study, Variant
@@ -291,6 +291,12 @@ def test_a_relative_or_path_root_and_any_spelling_of_a_fraction_key_the_same_tri
         assert [t["key"] for t in trials] == [t["key"] for t in plain], root
         assert {t["config"]["data"]["root"] for t in trials} == {str(tiny_root)}
         assert {t["config"]["data"]["labelled"] for t in trials} == {"1", "2"}
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # roots that cannot be resolved: validation's one-line error
+    for root in (tmp_path / "loop", "~nosuchuser_medseg/data"):
+        study = tiny_study(tiny_root, tmp_path / "r")
+        study.base = study.base.replace(**{"data.root": str(root)})
+        with pytest.raises(MedsegError, match="dataset root"):
+            study.trial_params()
 
 
 def test_an_accumulating_folder_leaves_out_a_trial_of_an_earlier_key_revision(tmp_path, monkeypatch):

@@ -69,6 +69,8 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
     # a setting the NS baseline cannot take (no strata under the uniform sampler): the row named, and --rows offered
     ("ablation_sampling", ["--set", "objective_params.sampler_grouping=spatial"],
      "--set objective_params.sampler_grouping: row 'NS (MONA), 16 anchors x 32 negatives': "),
+    ("ablation_sampling", ["--set", "objective_params.nn_pool_capacity=0"],  # wrong for every row: --rows would not help
+     "--set objective_params.nn_pool_capacity: row 'NS (MONA), 16 anchors x 32 negatives': "),
     ("ablation_sampling", ["--set", "objective_params.sampler=uniform"],  # its axis: --rows would leave no row
      "--set objective_params.sampler: every row of study ablation_sampling-smoke sets it itself (to 'uniform', 'stratified', "
      "'stratified_antithetic'): it is what the rows vary; drop the --set"),
@@ -103,6 +105,8 @@ def test_bad_rows_and_set_are_one_line_errors_before_anything_runs(tmp_path, pha
     assert not results.exists()  # no study folder: nothing validated into Ray, nothing trained
     if "sampler_grouping" in message:
         assert err.rstrip().endswith("; leave that row out with --rows")
+    elif "nn_pool_capacity" in message:
+        assert "--rows" not in err
 
 
 @pytest.mark.parametrize("extra, message", [

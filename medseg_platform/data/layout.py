@@ -412,7 +412,10 @@ class AcdcLayout:
             raise ConfigError(f"dataset root {root!r}: give a folder path")
         if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
             raise ConfigError(f"num_classes {num_classes!r}: a whole number >= 2 (background + at least one class)")
-        self.root = Path(root).expanduser().resolve()
+        try:
+            self.root = Path(root).expanduser().resolve()
+        except (RuntimeError, OSError) as exc:  # a symbolic link loop, an unknown ~user
+            raise DataError(f"{root}: dataset root cannot be resolved to a folder ({exc})") from None
         cached_phantom = CACHED_PHANTOM_FOLDER.fullmatch(self.root.name)
         if not self.root.is_dir() and cached_phantom and not self.root.exists():
             # a config from another machine or $MEDSEG_CACHE: 'medseg data phantom --out' wrote the default phantom

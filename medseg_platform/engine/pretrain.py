@@ -176,41 +176,33 @@ def _stage_progress(cfg: TrialConfig, index: int, step: int, loss: float, steps_
             **progress_fields(stage.objective, "pretraining", index + 1, len(cfg.pretrain), step, stage.max_steps, steps_per_s, 0, cached)}
 
 
-def _load_shared_state(objective: torch.nn.Module, state: Mapping[str, torch.Tensor], index: int, log: Callable[[str], None]) -> None:
-    """Stage ``index``'s objective takes the state of every module of the previous stage's (same objective) ``state``
-    that it has whole, each entry in the same shape; a module it has and that stage did not, or not in that shape (a
-    head its parameters add, a bank of another size with its pointer and count), starts fresh and is named in the
-    log. A strict load failed there after the previous stage had trained (the ACTION review)."""
-    own = objective.state_dict()
-    fitting = {name for name, value in state.items() if name in own and own[name].shape == value.shape}
-    # a module's state as a whole: a memory bank of another capacity kept its fill counters (same shape) over fresh rows,
-    # and claimed rows of zeros or failed (the diff review)
-    partial = {name.rpartition(".")[0] for name in own if name not in fitting}
-    shared = {name: state[name] for name in fitting if name.rpartition(".")[0] not in partial}
-    objective.load_state_dict(shared, strict=False)
-    fresh = sorted(name for name in own if name not in shared)
-    if fresh:
-        shown = ", ".join(fresh[:6]) + (f" and {len(fresh) - 6} more" if len(fresh) > 6 else "")
-        log(f"pretraining stage {index}: {len(fresh)} entr{'y' if len(fresh) == 1 else 'ies'} of the objective that stage "
-            f"{index - 1} did not have in this shape start fresh: {shown}")
-
-
 def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path, previous: dict | None,
                  device: torch.device, dist: DistContext | None, log: Callable[[str], None], report: Reporter | None = None) -> dict:
     stage = cfg.pretrain[index]
     main = dist is None or dist.is_main
     seed_everything((cfg.seed + index) % (MAX_SEED + 1))  # stage i's seed; wraps at 2**32 as the generators do
     model = build_trial_model(cfg, device)
-    same_objective = index > 0 and cfg.pretrain[index - 1].objective == stage.objective
-    if previous is not None and not same_objective:
+    before = cfg.pretrain[index - 1] if index > 0 else None
+    same_objective = before is not None and before.objective == stage.objective
+    # the whole objective's state carries over only where the two stages build the same modules: ISD's own hand-off
+    # (its networks, as released), or the same parameters. Another objective, or the same one with other parameters
+    # (a head L_anco adds, a bank of another capacity, an NN pool of another size), starts from the previous stage's
+    # student weights alone: a strict load of the objective's state failed there after the previous stage had trained
+    # (the ACTION review), and loading what fitted left counters and pointers over fresh rows (the diff reviews)
+    whole = same_objective and (hasattr(OBJECTIVES[stage.objective], "load_student_and_teacher")
+                                or dict(before.objective_params) == dict(stage.objective_params))
+    if previous is not None and not whole:
         model.load_state_dict(previous["student"])
+        if same_objective:
+            log(f"pretraining stage {index}: stage {index - 1} trained {stage.objective} with other parameters; its "
+                "student's weights carry over, the objective's other state (teacher, heads, banks, pools) starts fresh")
     params = dict(stage.objective_params)
     if params.get("steps_per_epoch") == LABELLED_SET_EPOCH:  # "the stage's own epoch", as fine-tuning resolves its own
         params, _ = with_epoch_length(params, epoch_steps(data.subset, stage.unlabelled_batch * cfg.workers))
     objective = build_objective(stage.objective, model, params).to(device)
-    if previous is not None and same_objective:
+    if previous is not None and whole:
         hand_off = getattr(objective, "load_student_and_teacher", None)  # as released: only the two networks carry over
-        hand_off(previous["objective"]) if hand_off is not None else _load_shared_state(objective, previous["objective"], index, log)
+        hand_off(previous["objective"]) if hand_off is not None else objective.load_state_dict(previous["objective"])
     params = list(objective.trainable_parameters())
     optimizer = make_sgd(params, stage.lr, stage.momentum, stage.weight_decay, stage.nesterov)
     stage_seed = cfg.seed + 7919 * (index + 1)

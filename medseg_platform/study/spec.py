@@ -299,7 +299,10 @@ def _canonical_inputs(cfg: TrialConfig) -> TrialConfig:
     changes: dict[str, Any] = {}
     root = cfg.data.root
     if isinstance(root, (str, os.PathLike)) and str(root):
-        absolute = str(resolve_path(root, "data.root"))
+        try:
+            absolute = str(resolve_path(root, "data.root"))
+        except ConfigError:  # a link loop, an unknown ~user: left to validation, which names the root
+            absolute = os.path.abspath(os.fspath(root))
         if absolute != root:
             changes["data.root"] = absolute
     labelled = cfg.data.labelled
