@@ -47,20 +47,20 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
                                parser or study_parser(description, default_name, labelled_default=labelled_default), started)
 
 
-def _other_rows_accept(study, message: str) -> bool:
-    """Whether the study's rows other than the one ``message`` names ("...: row 'NAME': ...") take the configuration:
-    only then does "leave that row out with --rows" help (a --set wrong for every row offered it row after row)."""
+def _other_rows_accept(study, error: ConfigError) -> bool:
+    """Whether the study's rows other than the one ``error`` is about (its ``variant_index``, set by
+    :meth:`~medseg_platform.study.Study.trial_params`) take the configuration: only then does "leave that row out with
+    --rows" help (a --set wrong for every row offered it row after row; the label in the message is escaped and may
+    carry grid suffixes, so it is not read back from there)."""
     import copy
-    import re
 
-    named = re.search(r": row '(.+?)': ", message)
-    if named is None or len(study.variants) < 2:
+    index = getattr(error, "variant_index", None)
+    if index is None or len(study.variants) < 2:
         return False
+    row = study.variants[index].tags.get("row")
     others = copy.copy(study)
-    others.variants = [v for v in study.variants if str(v.tags.get("row")) != named.group(1)]
-    others.claims = [c for c in study.claims if named.group(1) not in (c.get("a"), c.get("b"))]
-    if not others.variants or len(others.variants) == len(study.variants):
-        return False
+    others.variants = [v for i, v in enumerate(study.variants) if i != index]
+    others.claims = [c for c in study.claims if row not in (c.get("a"), c.get("b"))]
     try:
         others.trial_params()
     except MedsegError:
@@ -135,7 +135,7 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
             trial_params = study.trial_params()
         except ConfigError as exc:  # a --set value wrong for a row names the --set
             named = named_by_set(exc, sets)
-            if named is not exc and _other_rows_accept(study, str(named)):  # wrong for that row only (the diff
+            if named is not exc and _other_rows_accept(study, exc):  # wrong for that row only (the diff
                 named = ConfigError(f"{named}; leave that row out with --rows")  # reviews: the NS baseline)
             raise named from None
         released = {t["config"]["data"]["labelled"] for t in trial_params

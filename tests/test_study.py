@@ -334,6 +334,27 @@ def test_a_set_of_an_axis_a_row_states_in_its_label_is_refused(tiny_root, tmp_pa
     apply_overrides(study, {"optim.lr": "0.05"})  # another key: as before
 
 
+def test_the_rows_hint_finds_the_row_an_error_is_about_whatever_its_label(tiny_root, tmp_path):
+    """The third diff review: the row was read back from the message, where its label is escaped (a quote, a
+    backslash) and carries grid suffixes; "leave that row out with --rows" was then lost."""
+    from analysis.study_cli import _other_rows_accept
+
+    for label in ("O'Neil", "back\\slash", "x': y"):
+        study = tiny_study(tiny_root, tmp_path)
+        study.grid = {"data.labelled": ["1"], "optim.max_steps": [4]}
+        study.variants = [*study.variants, Variant({"row": label, "order": 2},
+                                                   {"objective": "mean_teacher", "data.unlabelled_batch": 0})]
+        with pytest.raises(ConfigError) as info:
+            study.trial_params()
+        assert info.value.variant_index == 2 and _other_rows_accept(study, info.value), label
+        assert len(study.variants) == 3  # the study itself is not changed
+    study.variants = [Variant({"row": "MT", "order": 1}, {"objective": "mean_teacher", "data.unlabelled_batch": 0}),
+                      study.variants[2]]  # every row refuses it: no hint
+    with pytest.raises(ConfigError) as info:
+        study.trial_params()
+    assert not _other_rows_accept(study, info.value)
+
+
 def test_the_environment_is_given_back_as_it_was(monkeypatch):
     """The API review: a Ray the study started and shut down left RAY_AUTH_MODE, RAY_CLIENT_MODE and PYTHONBREAKPOINT
     set (breakpoint() then no longer opened pdb)."""

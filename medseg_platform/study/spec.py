@@ -160,7 +160,8 @@ class Study:
         self.check_settings()
         axes = list(self.grid.items())
         trials, seen, slots = [], {}, {}
-        for variant in self.variants:
+        row_of: dict[int, int] = {}  # id(trial) -> index of its variant, for an error about one row
+        for index, variant in enumerate(self.variants):
             for values in itertools.product(*(v for _, v in axes)) if axes else [()]:
                 for seed in self.seeds:
                     grid_values = dict(zip((k for k, _ in axes), values))
@@ -193,6 +194,7 @@ class Study:
                                           "give each row its own label")
                     slots[slot] = config
                     trials.append({"config": config, "tags": tags, "key": key})
+                    row_of[id(trials[-1])] = index
         checked = set()
         for trial in trials:  # validation: data checks once per distinct data/labelled setting
             cfg = TrialConfig.from_dict(trial["config"])
@@ -202,7 +204,9 @@ class Study:
             except ConfigError as exc:  # name the row: a study script's overrides are wrong for it
                 if len(self.variants) < 2 or str(exc).startswith("row "):
                     raise
-                raise ConfigError(f"row {trial['tags'].get('row')!r}: {exc}") from None
+                error = ConfigError(f"row {trial['tags'].get('row')!r}: {exc}")
+                error.variant_index = row_of[id(trial)]  # which row (the study CLI's --rows hint; its label may be escaped)
+                raise error from None
             checked.add(data_key)
         self._check_distinct_fractions(trials)
         if self.search_space is not None:  # every domain's ends (or categories) must give a valid config, before Ray starts
