@@ -348,7 +348,8 @@ def open_lock_file(path: Path):
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ConfigError(f"{path}: is a symbolic link; {remedy}") from None
-        raise
+        raise ConfigError(f"{path}: cannot open this command's lock file ({exc.strerror or exc}); check the folder's "
+                          "permissions (another user's lock file in a shared folder) or remove it") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise ConfigError(f"{path}: is not a regular file; {remedy}")

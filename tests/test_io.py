@@ -137,6 +137,11 @@ def test_a_lock_file_planted_as_a_link_or_a_fifo_is_refused_and_its_target_untou
         with io.folder_lock(folder, "study x"):
             pytest.fail("the lock must not be held")
     (folder / ".lock").unlink()
+    (folder / ".lock").mkdir()  # what cannot be opened at all: a one-line error, not an OSError's traceback
+    with pytest.raises(ConfigError, match=r"\.lock: cannot open this command's lock file \(Is a directory\)"):
+        with io.folder_lock(folder, "study x"):
+            pytest.fail("the lock must not be held")
+    (folder / ".lock").rmdir()
     previous = os.umask(0o002)  # a group's shared folder: the lock file follows the umask, as open() made it (the diff review)
     try:
         with io.folder_lock(folder, "study x"):  # a plain lock file as before

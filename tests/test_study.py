@@ -32,12 +32,12 @@ def tiny_study(root: Path, results: Path, **kwargs) -> Study:
 def test_study_runs_every_trial_once_and_rerun_skips_ray(tiny_root, tmp_path, ray_address, monkeypatch):
     from medseg_platform.study.runner import TUNE_ENVIRONMENT
 
-    for name in TUNE_ENVIRONMENT:
+    for name in (*TUNE_ENVIRONMENT, "RAY_AIR_NEW_OUTPUT"):
         monkeypatch.delenv(name, raising=False)
     study = tiny_study(tiny_root, tmp_path / "results")
     before = dict(os.environ)
     run = study.run()
-    assert not set(TUNE_ENVIRONMENT) & set(os.environ)  # the notebook probe: they stayed set for the session's own Tune runs
+    assert not {*TUNE_ENVIRONMENT, "RAY_AIR_NEW_OUTPUT"} & set(os.environ)  # the notebook probe: they stayed set
     assert dict(os.environ) == before  # nothing else either (Ray's own, when the study starts it: the API review)
     tune_copies = [p.name for p in (run.study_dir / "ray").rglob("*") if p.name.startswith(("progress.csv", "events.out.tfevents"))]
     assert tune_copies == []  # Tune's per-trial loggers are off: the study reads its own files

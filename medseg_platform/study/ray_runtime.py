@@ -38,8 +38,7 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboa
             print(f"warning: this process already runs Ray (ray.init before the study): the study runs on it, not on "
                   f"{address}; call ray.shutdown() first to join that cluster", file=sys.stderr, flush=True)
         return False
-    source, drop = ("--address", "drop the flag") if address else ("$RAY_ADDRESS", "unset RAY_ADDRESS")
-    address = address or os.environ.get("RAY_ADDRESS")  # an empty --address was refused before (check_ray_options)
+    address, source, drop = cluster_address(address)
     if address:
         check_address_answers(address, source, drop)  # again (check_cluster_answers): it may have gone since the checks
         try:
@@ -154,10 +153,17 @@ def check_cluster_answers(address: str | None) -> None:
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         return
-    source, drop = ("--address", "drop the flag") if address else ("$RAY_ADDRESS", "unset RAY_ADDRESS")
-    address = address or os.environ.get("RAY_ADDRESS")
+    address, source, drop = cluster_address(address)
     if address:
         check_address_answers(address, source, drop)
+
+
+def cluster_address(address: str | None) -> tuple[str | None, str, str]:
+    """``(address to join or None, what gave it, how to run a local Ray instead)``: ``address`` (``--address``), else
+    ``$RAY_ADDRESS`` (an empty --address was refused before: check_ray_options)."""
+    if address:
+        return address, "--address", "drop the flag"
+    return os.environ.get("RAY_ADDRESS") or None, "$RAY_ADDRESS", "unset RAY_ADDRESS"
 
 
 def check_address_answers(address: str, source: str = "--address", drop: str = "drop the flag") -> None:

@@ -503,29 +503,24 @@ def run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, su
     died from its last checkpoint (a restored experiment keeps the limit it was started with);
     :class:`~medseg_platform.progress.ProgressCallback` prints each retry.
     """
-    added = [name for name in TUNE_ENVIRONMENT if name not in os.environ]
-    try:
-        with sigterm_handler_kept():  # Ray's start and shutdown change it
-            return _run_tune(study, trials, study_dir, timing, suffix, run_id)
-    finally:  # a notebook's own Tune runs after a study get Ray's defaults back
-        for name in added:
-            os.environ.pop(name, None)
+    with sigterm_handler_kept():  # Ray's start and shutdown change it
+        return _run_tune(study, trials, study_dir, timing, suffix, run_id)
 
 
-#: Environment variables a study sets for its Tune run when they are unset, and removes again after it (the notebook
-#: probe: RAY_AIR_NEW_OUTPUT=0 changed the console of the session's later Tune runs of its own).
-TUNE_ENVIRONMENT = ("RAY_USAGE_STATS_ENABLED", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "RAY_AIR_NEW_OUTPUT",
-                    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+#: Environment variables a study sets for its Tune runs where they are unset; :func:`run_study` gives the session its
+#: own environment back afterwards (the notebook probe: RAY_AIR_NEW_OUTPUT=0, which :func:`quiet_tune_resume_advice`
+#: sets, changed the console of the session's later Tune runs of its own). The usage statistics off; one checkpoint per
+#: validation is intended (Tune's "snapshotting triggered often" warning is noise here); no CSV, JSON or TensorBoard
+#: copy of every report per trial in ray/ (the study reads its own result files, and the TensorBoard writer's threads
+#: outlived an interrupted run in a notebook).
+TUNE_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+                    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
 def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, suffix: str, run_id: str = "") -> tuple[bool, bool]:
-    """:func:`run_tune` with the environment it restores afterwards."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # one checkpoint per validation is intended; Tune's "snapshotting triggered often" warning is noise here
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # no CSV, JSON or TensorBoard copy of every report per trial in ray/: the study reads its own result files, and the
-    # TensorBoard writer's threads outlived an interrupted run in a notebook (the notebook probe)
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    """:func:`run_tune` with the SIGTERM handler it gives back."""
+    for name, value in TUNE_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     t0 = time.perf_counter()
     import ray
     from ray import tune

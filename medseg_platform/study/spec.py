@@ -160,7 +160,7 @@ class Study:
         self.check_settings()
         axes = list(self.grid.items())
         trials, seen, slots = [], {}, {}
-        row_of: dict[int, int] = {}  # id(trial) -> index of its variant, for an error about one row
+        variant_of: list[int] = []  # per trial: the index of its variant (an error about one row names it)
         for index, variant in enumerate(self.variants):
             for values in itertools.product(*(v for _, v in axes)) if axes else [()]:
                 for seed in self.seeds:
@@ -194,9 +194,9 @@ class Study:
                                           "give each row its own label")
                     slots[slot] = config
                     trials.append({"config": config, "tags": tags, "key": key})
-                    row_of[id(trials[-1])] = index
+                    variant_of.append(index)
         checked = set()
-        for trial in trials:  # validation: data checks once per distinct data/labelled setting
+        for trial, index in zip(trials, variant_of):  # validation: data checks once per distinct data/labelled setting
             cfg = TrialConfig.from_dict(trial["config"])
             data_key = json.dumps([trial["config"]["data"], cfg.seed if cfg.data.labelled_strategy == "random" else 0], sort_keys=True)
             try:
@@ -205,7 +205,7 @@ class Study:
                 if len(self.variants) < 2 or str(exc).startswith("row "):
                     raise
                 error = ConfigError(f"row {trial['tags'].get('row')!r}: {exc}")
-                error.variant_index = row_of[id(trial)]  # which row (the study CLI's --rows hint; its label may be escaped)
+                error.variant_index = index  # which row (the study CLI's --rows hint; its label may be escaped)
                 raise error from None
             checked.add(data_key)
         self._check_distinct_fractions(trials)
@@ -312,8 +312,9 @@ def _canonical_inputs(cfg: TrialConfig) -> TrialConfig:
     labelled = cfg.data.labelled
     if isinstance(labelled, (str, int)) and not isinstance(labelled, bool):
         with contextlib.suppress(ConfigError):  # not a fraction: validation names it
-            if canonical_fraction(labelled) != labelled:
-                changes["data.labelled"] = canonical_fraction(labelled)
+            canonical = canonical_fraction(labelled)
+            if canonical != labelled:
+                changes["data.labelled"] = canonical
     return cfg.replace(**changes) if changes else cfg
 
 
