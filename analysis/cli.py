@@ -35,11 +35,11 @@ def find_studies(results_dir: Path) -> list[Path]:
 def no_result_reason(study_dir: Path) -> str:
     """Why a study folder gave no table: no result file, result files none of which could be read, or readable results
     that are not part of the study as its last command defined it (the problem lines above name them)."""
-    from medseg_platform.io import folder_holder
+    from medseg_platform.io import other_holder
     from medseg_platform.results import ERROR_FILE, RESULT_FILE, TRIALS_DIR, trial_finished
 
     folders = [path.parent for path in (study_dir / TRIALS_DIR).glob(f"*/{RESULT_FILE}")]
-    if not folders and folder_holder(study_dir) is not None:  # its command is training them now (the workflow probe)
+    if not folders and other_holder(study_dir) is not None:  # its command is training them now (the workflow probe)
         return "no finished trial yet: the study is running; its command writes the report when it ends"
     if not folders:
         errored = len(list((study_dir / TRIALS_DIR).glob(f"*/{ERROR_FILE}")))

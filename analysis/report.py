@@ -41,7 +41,7 @@ from analysis.tables import (DEFAULT_METRICS, build_table, column_label, column_
 from medseg_platform.data.layout import patient_of_case
 from medseg_platform.environment import NOT_RECORDED, environment_text
 from medseg_platform.errors import MedsegError
-from medseg_platform.io import check_folder_writable, folder_holder, write_text_atomic
+from medseg_platform.io import check_folder_writable, other_holder, write_text_atomic
 from medseg_platform.results import (ERROR_FILE, LAST_RUN_FILE, RESULT_FILE, SETTINGS_FILE, STUDY_FILE, TRIALS_DIR, TrialRecord,
                                      scan_study, trial_folder)
 
@@ -121,7 +121,7 @@ def study_records(study_dir: Path, info: dict, search_keys: set[str] | None = No
         found = {r.path.name for r in records}
         missing = [k for k in wanted if k not in found]
         listed = {k for k in missing if any((trial_folder(study_dir, k) / f).is_file() for f in (ERROR_FILE, RESULT_FILE))}
-        holder = folder_holder(study_dir) if missing else None  # a report of a running study: its trials are not lost
+        holder = other_holder(study_dir) if missing else None  # a report beside a running study: its trials are not lost
         why = (f"yet: {STUDY_RUNNING} there ({holder}); this report is a snapshot" if holder
                else "(not run yet or interrupted; rerun the study command to resume)")
         problems += [f"trial {k} has no result {why}" for k in missing if k not in listed]  # errored, corrupt: scan_study's
@@ -709,7 +709,7 @@ def _write_report(study_dir: Path, log) -> StudyReport:
     claims = claim_results(info, records)
     write_text_atomic(report, render_report(study_dir, info, settings, last_run, records, problems, tables, plots, order, statuses,
                                             claims))
-    if folder_holder(study_dir) is None:  # a running study writes its own report at its end: nothing of it is removed now
+    if other_holder(study_dir) is None:  # beside a running study: its command's own report at its end removes them
         remove_stale_outputs(study_dir, tables, [p.path for p in plots])
     return StudyReport(study_dir, report, tables, [p.path for p in plots], records, problems, missing, verdict_counts(claims),
                        unfinished=bool(unfinished))

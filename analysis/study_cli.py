@@ -119,7 +119,8 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
         study.cpus_per_trial = args.cpus_per_trial if args.cpus_per_trial is not None else profile.cpus_per_trial
         study.dashboard = not args.no_dashboard
         study.dashboard_host = args.dashboard_host
-        study.optuna_storage = resolve_path(args.optuna_storage, "--optuna-storage") if args.optuna_storage else None
+        # '' is an error (an unset shell variable ran the search without its journal, silently: the search review)
+        study.optuna_storage = resolve_path(args.optuna_storage, "--optuna-storage") if args.optuna_storage is not None else None
         study.num_workers = args.num_workers
         study.max_retries = args.max_retries
         study.test_root = resolve_path(args.test_root, "--test-root") if args.test_root is not None else None

@@ -34,7 +34,7 @@ def _time_ms(fn, repeats: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=count_at_least(1), default=8)
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--size", type=count_at_least(8), default=256)
     parser.add_argument("--repeats", type=count_at_least(1), default=30)
     parser.add_argument("--threads", type=count_at_least(1), default=2)
     args = parser.parse_args()

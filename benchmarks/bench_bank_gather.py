@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_methods import REPO, _timed_step, build  # noqa: E402
+from bench_methods import REPO, _timed_step, build, device_arg, typical_steps  # noqa: E402
 from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def main() -> None:
                         help="problem size (the smoke profile trains 6 steps: too few to time)")
     parser.add_argument("--methods", nargs="+", choices=("mona", "arco_sg", "arco_sag"), default=["mona", "arco_sg"])
     parser.add_argument("--steps", type=count_at_least(1), default=40, help="timed steps of each way (paper: try 3)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_arg, default="cpu")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from methods.memory_bank import ClassMemoryBank
@@ -38,14 +38,15 @@ def main() -> None:
             terms = []
             for gather in ways.values():  # the same first step both ways, from the same weights: equal terms
                 ClassMemoryBank.gather_transient = gather
-                bench = build(method, args.profile, "sparse", device=args.device)
+                bench = build(method, args.profile, "sparse", device=str(args.device))
                 terms.append({})
                 _timed_step(bench.objective, bench.optimizer, bench.batch_of, 0, bench.max_steps, terms=terms[-1], kernels=bench.kernels)
             if terms[0] != terms[1]:
                 raise SystemExit(f"{method}: the two ways gave different loss terms: {terms[0]} vs {terms[1]}")
             times = {name: [] for name in ways}
-            for step in range(1, 1 + 2 * args.steps):
-                name = list(ways)[step % 2]
+            # typical steps only: the NN pool's fill steps and the logged steps cost more (bench_methods.typical_steps)
+            for i, step in enumerate(typical_steps(bench, 2 * args.steps, first=1)):
+                name = list(ways)[(i + 1) % 2]
                 ClassMemoryBank.gather_transient = ways[name]
                 times[name].append(_timed_step(bench.objective, bench.optimizer, bench.batch_of, step, bench.max_steps, kernels=bench.kernels))
             medians = {name: statistics.median(t) for name, t in times.items()}

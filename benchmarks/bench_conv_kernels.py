@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_contrast import median_time  # noqa: E402
-from bench_methods import PASSES, REPO, _timed_step, build  # noqa: E402
+from bench_methods import PASSES, REPO, _timed_step, build, typical_steps  # noqa: E402
 from medseg_platform.recipes import METHODS  # noqa: E402
 from medseg_platform.study_flags import count_at_least  # noqa: E402
 
@@ -64,11 +64,12 @@ def steps_part(methods: list[str], steps: int) -> None:
     for method in methods:
         bench = build(method, "quick", "sparse")
         times: dict[bool, list[float]] = {True: [], False: []}
-        for step in range(4 + 2 * steps):
-            onednn = step % 2 == 0
+        # typical steps only: the NN pool's fill steps and the logged steps cost more (bench_methods.typical_steps)
+        for i, step in enumerate(typical_steps(bench, 4 + 2 * steps)):
+            onednn = i % 2 == 0
             torch.backends.mkldnn.enabled = onednn
             seconds = _timed_step(bench.objective, bench.optimizer, bench.batch_of, step, bench.max_steps)
-            if step >= 4:
+            if i >= 4:
                 times[onednn].append(seconds)
         torch.backends.mkldnn.enabled = True
         a, b = (statistics.median(times[k]) * 1e3 for k in (True, False))

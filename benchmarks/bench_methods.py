@@ -39,6 +39,22 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 
+def device_arg(text: str):
+    """An argparse ``type`` for ``--device``: a torch device this machine has ("cpu", "cuda", "cuda:1"); a mistyped name
+    or CUDA on a machine without it is argparse's one-line error, not torch's traceback (the benchmark review)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is no torch device (give cpu or cuda)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: the benchmarks run on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA GPU (give cpu)")
+    return device
+
+
 def _timed_step(objective, optimizer, batch_of, step: int, max_steps: int, amp_dtype=None, terms: dict | None = None,
                 kernels: str | None = None, scaler=None) -> float:
     """One full training step as the engine's loop runs it (loss under ``amp_dtype`` autocast, backward, the deferred

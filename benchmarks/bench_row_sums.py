@@ -19,13 +19,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_methods import REPO, _timed_step, build  # noqa: E402
+from bench_methods import REPO, _timed_step, build, device_arg, typical_steps  # noqa: E402
 from medseg_platform.study_flags import count_at_least  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", type=device_arg, default="cuda")
     parser.add_argument("--profile", choices=("quick", "paper"), default="paper",
                         help="problem size (the smoke profile trains 6 steps: too few to time)")
     parser.add_argument("--methods", nargs="+", choices=("mona", "arco_sg", "arco_sag", "action"), default=["action", "mona"])
@@ -39,10 +39,8 @@ def main() -> None:
 
     import methods.pixel_reps as pixel_reps
 
-    device = torch.device(args.device)
+    device = args.device
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            parser.error("--device cuda: this machine has no CUDA GPU (try --device cpu)")
         torch.backends.cudnn.benchmark = True  # as training
     default = pixel_reps.combine_rows
     other = {"gather": pixel_reps._gathered_rows, "bag": pixel_reps._bag_rows, "csr": pixel_reps._csr_rows}[args.other]
@@ -59,11 +57,11 @@ def main() -> None:
                 for _ in range(args.warmup):
                     _timed_step(bench.objective, bench.optimizer, bench.batch_of, step, bench.max_steps, amp_dtype)
                     step += 1
-            for i in range(2 * args.steps):
+            # typical steps only: the NN pool's fill steps and the logged steps cost more (bench_methods.typical_steps)
+            for i, timed in enumerate(typical_steps(bench, 2 * args.steps, first=step)):
                 name = ("default", "other")[i % 2]
                 pixel_reps.combine_rows = default if name == "default" else other
-                times[name].append(_timed_step(bench.objective, bench.optimizer, bench.batch_of, step, bench.max_steps, amp_dtype))
-                step += 1
+                times[name].append(_timed_step(bench.objective, bench.optimizer, bench.batch_of, timed, bench.max_steps, amp_dtype))
             pixel_reps.combine_rows = default
             a, b = statistics.median(times["default"]), statistics.median(times["other"])
             print(f"{method:<9} amp {amp:<4} default {1e3 * a:7.1f} ms   {args.other} {1e3 * b:7.1f} ms   "

@@ -37,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from methods.samplers import GROUPINGS, SAMPLERS, sample_indices  # noqa: E402
 from medseg_platform.study_flags import count_at_least  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_methods import device_arg  # noqa: E402
+
 SHORT = {"uniform": "NS", "stratified": "SG", "stratified_antithetic": "SAG"}
 
 
@@ -94,14 +97,14 @@ def _variance(values, positions, grid, strategy, grouping, n, reps, device) -> f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=count_at_least(1), default=30, help="timed calls per configuration")
     parser.add_argument("--reps", type=count_at_least(2), default=1000, help="independent draws per variance estimate (n = 256)")
     parser.add_argument("--reps-negatives", type=count_at_least(2), default=100, help="independent draws per variance estimate (n = 131 072)")
     parser.add_argument("--threads", type=count_at_least(1), default=1, help="torch CPU threads (1: on a shared, loaded machine more threads spin)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = torch.device(args.device)  # argparse does not convert a default string
     gen = torch.Generator().manual_seed(0)
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads")
     if device.type == "cuda":

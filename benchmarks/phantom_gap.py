@@ -149,8 +149,8 @@ def _patients(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=count_at_least(1), default=20)
-    parser.add_argument("--size", type=int, default=128, help="phantom size")
+    parser.add_argument("--patients", type=count_at_least(3, 999), default=20)
+    parser.add_argument("--size", type=count_at_least(32, 1024), default=128, help="phantom size")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed")
     parser.add_argument("--labelled", nargs="+", type=_patients, default=["1", "all"],
                         help="labelled patient counts (at most the phantom's training patients), or 'all'")

@@ -230,8 +230,9 @@ class TrialConfig:
         if pool != "full" and pool > min(d.patch_size):
             raise ConfigError(f"objective_params.nn_pool_resolution {pool}: larger than the patch side {min(d.patch_size)} (the NN "
                               "pool averages the representation map down to g x g; use g <= the patch side, or 'full')")
-        if d.num_classes < 2:
-            raise ConfigError(f"data.num_classes {d.num_classes}: need at least 2")
+        if not 2 <= d.num_classes <= 256:
+            raise ConfigError(f"data.num_classes {d.num_classes}: need 2 to 256 (background + the foreground classes; label maps "
+                              "are read as 8-bit values)")
         if d.image_resize not in IMAGE_RESIZE_MODES:
             raise ConfigError(f"data.image_resize {d.image_resize!r}: choose one of {', '.join(map(repr, IMAGE_RESIZE_MODES))}")
         # one key a message, first: a --set names itself (overrides.validate_with_sets; the CLI review)

@@ -325,12 +325,19 @@ def folder_lock(folder: str | os.PathLike, what: str, keep: bool = True) -> Iter
         fh.flush()
         with contextlib.suppress(OSError):  # some FUSE mounts have no fsync
             os.fsync(fh.fileno())  # other nodes of a cluster read it (study.ray_runtime.check_nodes_see): NFS shows synced data
+        held = str(Path(folder).resolve())
+        _HELD_HERE.add(held)
         try:
             yield
         finally:
+            _HELD_HERE.discard(held)
             if not keep:  # while still held; a run that opened it meanwhile sees it gone and locks a new one (_same_file)
                 path.unlink(missing_ok=True)
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+#: The folders whose :func:`folder_lock` this process holds now (resolved paths), for :func:`other_holder`.
+_HELD_HERE: set[str] = set()
 
 
 def open_lock_file(path: Path):
@@ -377,6 +384,15 @@ def check_folder_free(folder: str | os.PathLike, what: str) -> None:
     holder = folder_holder(folder)
     if holder is not None:
         raise ConfigError(_running_there(folder, what, holder))
+
+
+def other_holder(folder: str | os.PathLike) -> str | None:
+    """:func:`folder_holder`, but None where the holder is this process: a study's command that writes its own report at
+    its end (after a Ctrl-C, say) still holds its folder, and its report said its unfinished trials were "running there",
+    "a snapshot", after the command had stopped; its stale tables and plots were never removed (the workflow review)."""
+    if str(Path(folder).resolve()) in _HELD_HERE:
+        return None
+    return folder_holder(folder)
 
 
 def folder_holder(folder: str | os.PathLike) -> str | None:

@@ -226,12 +226,18 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
             unit = UnitSeconds(unit.seconds * SHARED_CORES_SLOWDOWN,
                                f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores", unit.device)
             # more trial threads than cores (--cpus-per-trial below the threads a trial runs): each runs that much
-            # slower; the runner review measured 4 trials "at once" on 2 cores at 40 s where this said 30 s
-            threads = min(slots, running) * max(int(trial["config"].get("threads", 1)) for trial in trials) * study.num_workers
+            # slower; the runner review measured 4 trials "at once" on 2 cores at 40 s where this said 30 s. The unit was
+            # timed with a trial's own threads alone, on up to that many cores: the concurrent trials share the cores
+            # that one trial alone had, min(its threads, cores) of them (counting every thread as a core of its own
+            # priced threads=8 on 2 cores 8x, where the run took 2x: the workflow review)
+            per_trial = max(int(trial["config"].get("threads", 1)) for trial in trials) * study.num_workers
             cores = cpus or available_cpus()
-            if threads > cores:
-                unit = UnitSeconds(unit.seconds * threads / cores, f"{unit.source}, x{threads / cores:g} for {threads} trial "
-                                   f"threads on {cores} cores", unit.device)
+            threads, concurrent = min(slots, running) * per_trial, min(slots, running)
+            factor = concurrent * min(per_trial, cores) / cores
+            if threads > cores and factor > 1:
+                unit = UnitSeconds(unit.seconds * factor, f"{unit.source}, x{factor:g} for {threads} trial threads on {cores} "
+                                   f"cores ({concurrent} trials sharing the {min(per_trial, cores)} core(s) one used alone)",
+                                   unit.device)
     return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit, ended,
                      WORKER_GROUP_S if study.num_workers > 1 else 0.0, tuple(unpriced), study.gpus_per_trial > 0,
                      *((0, ()) if search else _left_out(study_dir / TRIALS_DIR, trials, trial_finished)), tuple(warnings),

@@ -190,16 +190,19 @@ def split_cases(layout, split: str) -> list[str]:
     return layout.cases(split)
 
 
-def _nifti_bytes(prediction_dhw, affine) -> bytes:
+def _nifti_bytes(prediction_dhw, affine, oriented: bool = True) -> bytes:
     """A gzipped NIfTI-1 of a (D, H, W) label map in storage order (x, y, z) = (W, H, D) with ``affine``; the gzip
-    header carries no time, so equal predictions give equal bytes."""
+    header carries no time, so equal predictions give equal bytes. ``oriented`` False (a source without orientation,
+    ``medseg_platform.data.nifti.source_grid``): both transform codes 0, the voxel sizes in ``pixdim``, as the source."""
     import nibabel as nib
     import numpy as np
 
     image = nib.Nifti1Image(np.ascontiguousarray(np.transpose(prediction_dhw, (2, 1, 0))).astype(np.uint8),
                             np.asarray(affine, dtype=np.float64))
     image.set_data_dtype(np.uint8)
-    image.set_qform(image.affine, code=2)  # both transforms (nibabel writes the sform only): every viewer reads the grid
+    code = 2 if oriented else 0
+    image.set_sform(image.affine, code=code)
+    image.set_qform(image.affine, code=code)  # both transforms (nibabel writes the sform only): every viewer reads the grid
     image.header.set_xyzt_units("mm")  # the manifest's affines are in mm (medseg_platform.data.nifti.source_affine)
     return gzip.compress(image.to_bytes(), mtime=0)
 
@@ -257,7 +260,8 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
         raise MedsegError(f"--out {out}: inside the dataset {layout.root}; write predictions somewhere else")
     check_output_folder(out, "--out")
     _check_volumes_predictable(layout, cases, split)
-    affines = {case: (layout.manifest.get("cases") or {}).get(case, {}).get("affine") for case in cases}
+    facts = {case: (layout.manifest.get("cases") or {}).get(case, {}) for case in cases}  # read_manifest checked them
+    affines = {case: facts[case].get("affine") for case in cases}
 
     def refusals() -> None:  # before the lock (a refused run creates nothing) and again under it
         check_prediction_folder(out, record.path.resolve(), cases)
@@ -288,7 +292,7 @@ def predict_trial(trial_dir: str | Path, data_root: str | Path, out: str | Path,
                 affine = with_voxel_sizes(affine, list(volume.spacing)[::-1])
             if affine is not None:
                 with atomic_path(out / NIFTI_DIR / f"{case}.nii.gz") as tmp:
-                    tmp.write_bytes(_nifti_bytes(prediction, affine))
+                    tmp.write_bytes(_nifti_bytes(prediction, affine, facts[case].get("oriented", True)))
                 with_affine.append(case)
             log(f"[{i}/{len(cases)}] {case}")
         summary["nifti"] = with_affine

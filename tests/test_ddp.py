@@ -269,3 +269,29 @@ def test_trial_measures_the_replicas_before_the_final_broadcast(tiny_root, tmp_p
         assert extras[0]["replica_param_max_diff"] == 0.0
     else:
         assert extras[0]["replica_param_max_diff"] > 1e-4
+
+
+def _curves(rank: int, root: str, folder: str):
+    from medseg_platform.engine import DistContext, train_trial
+    from medseg_platform.engine import loop as engine_loop
+    from tests.test_engine import quiet, small_cfg
+
+    original, own = engine_loop.TrainLoop.curve_row, []
+
+    def recording(self, step):  # this rank's own means, before the rows are averaged over the ranks
+        own.append({name: float(total) / self.term_counts[name] for name, total in self.term_sums.items()})
+        return original(self, step)
+
+    engine_loop.TrainLoop.curve_row = recording
+    outcome = train_trial(small_cfg(Path(root), workers=WORLD), Path(folder), log=quiet, dist=DistContext(rank, WORLD))
+    return own, [dict(row) for row in outcome.curves]
+
+
+def test_the_curves_are_the_mean_over_the_ranks_not_rank_0_s_share(tiny_root, tmp_path):
+    """curves.csv and the loss Tune saw were rank 0's own loss, 1/N of the batch trained on (the DDP review)."""
+    (own0, rows0), (own1, rows1) = run_ranks(tmp_path, _curves, str(tiny_root), str(tmp_path / "trial"))
+    assert len(rows0) == len(own0) == len(own1) >= 2
+    assert any(a["loss"] != pytest.approx(b["loss"], rel=1e-6) for a, b in zip(own0, own1))  # each rank's own differ
+    for row0, row1, a, b in zip(rows0, rows1, own0, own1):
+        for name in a:
+            assert row0[name] == pytest.approx((a[name] + b[name]) / 2, rel=1e-6) and row1[name] == pytest.approx(row0[name], rel=1e-6)

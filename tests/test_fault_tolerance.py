@@ -117,6 +117,29 @@ def test_progress_eta_ignores_trials_whose_result_existed_and_names_search_trial
     assert callback.finished_work == []
 
 
+def test_an_infrastructure_failure_of_a_multi_worker_trial_names_each_failed_rank_and_its_error():
+    """error.json of a multi-worker trial said only "WorkerGroupError: Training failed due to worker errors:" (Ray's first
+    line), naming neither the rank nor the error (the DDP review); the rank's own exception sits in worker_failures,
+    inside the RayTaskError Ray wraps a worker's exception in."""
+    from ray.exceptions import RayTaskError
+    from ray.train import WorkerGroupError
+
+    from medseg_platform.study.trainable import failure_text
+
+    try:
+        raise RuntimeError("injected failure on this rank\nsecond line")
+    except RuntimeError as inner:
+        wrapped = RayTaskError("train", "Traceback ...", inner)
+    group = WorkerGroupError("[Rank 1 Error Snippet]: ...", {1: wrapped, 0: ValueError("rank zero too")})
+    expected = "WorkerGroupError: rank 0: ValueError: rank zero too; rank 1: RuntimeError: injected failure on this rank"
+    assert failure_text(group) == expected
+    try:  # the driver sees it behind Ray's task error of the Tune trial, as the runner's record_lost_workers gets it
+        raise RayTaskError("trial", "Traceback ...", group)
+    except RayTaskError as outer:
+        assert failure_text(outer) == expected
+    assert failure_text(RuntimeError("\nThe actor died unexpectedly\nmore")) == "RuntimeError: The actor died unexpectedly"
+
+
 def test_application_errors_are_found_behind_ray_wrappers():
     from ray.train import WorkerGroupError
 

@@ -744,3 +744,55 @@ def test_a_stopped_prediction_says_whether_its_folder_is_unfinished(trained, tmp
     assert main(["predict", "--trial", str(trial), "--data-root", str(root), "--out", str(out), "--split", "val"]) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == (f"stopped by a signal: {out} is unfinished (prediction.json "
                                                                 "says so; medseg evaluate warns); rerun the same command to predict")
+
+
+def test_a_source_without_orientation_gets_a_prediction_without_orientation(trained, tmp_path):
+    """With qform and sform codes 0, nibabel makes up an affine (x negated, origin at the centre) that NIfTI readers do
+    not use; the converter recorded it as the source's and predict wrote it with code 2, so the prediction landed
+    mirrored and shifted against the scan (the converter review). Now the manifest says `oriented: false` with the
+    voxel sizes' diagonal, and the prediction is written as the source is: codes 0, the source's voxel sizes."""
+    _, trial = trained
+    raw = tmp_path / "raw"
+    rng = np.random.default_rng(8)
+    for name in ("a", "b", "c", "d"):
+        label = rng.integers(0, 4, size=(10, 12, 3)).astype(np.uint8)
+        for path, array in ((raw / f"{name}.nii.gz", (label * 100).astype(np.int16)), (raw / f"{name}_gt.nii.gz", label)):
+            image = nib.Nifti1Image(array, None)  # no affine: both codes 0
+            image.header.set_zooms((1.5, 1.25, 8.0))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(image, str(path))
+            assert int(nib.load(str(path)).header["qform_code"]) == int(nib.load(str(path)).header["sform_code"]) == 0
+    converted = tmp_path / "converted"
+    assert main(["data", "convert-nifti", str(raw), str(converted), "--num-classes", "4", "--class-names", "RV,Myo,LV"]) == 0
+    manifest = json.loads((converted / "manifest.json").read_text())
+    for facts in manifest["cases"].values():
+        assert facts["oriented"] is False and facts["affine"] == np.diag([1.5, 1.25, 8.0, 1.0]).tolist()
+    out = tmp_path / "pred"
+    assert main(["predict", "--trial", str(trial), "--data-root", str(converted), "--out", str(out)]) == 0
+    for case in AcdcLayout(converted).test_cases:
+        image = nib.load(str(out / "nifti" / f"{case}.nii.gz"))
+        source = nib.load(str(raw / f"{case}.nii.gz"))
+        assert int(image.header["qform_code"]) == int(image.header["sform_code"]) == 0
+        assert image.header.get_zooms() == pytest.approx((1.5, 1.25, 8.0))
+        np.testing.assert_allclose(image.affine, source.affine)  # nibabel's made-up affine of both: the same grid
+        assert image.shape == source.shape
+
+
+def test_a_malformed_affine_in_the_manifest_is_refused_before_any_prediction(trained, tmp_path, capsys):
+    """A manifest affine of the wrong shape passed `data check` and failed in predict with a ValueError traceback after
+    the first cases' h5 files were written (the converter review)."""
+    root, trial = trained
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    case = AcdcLayout(copy).test_cases[0]
+    for affine, oriented in (([[1, 0, 0], [0, 1, 0]], True), (np.diag([1.0, 0.0, 1.0, 1.0]).tolist(), True),
+                             (np.eye(4).tolist(), "no")):
+        (copy / "manifest.json").write_text(json.dumps({"cases": {case: {"patient": case.split("_")[0], "affine": affine,
+                                                                         "oriented": oriented}}}))
+        out = tmp_path / "out"
+        assert main(["predict", "--trial", str(trial), "--data-root", str(copy), "--out", str(out)]) == 2
+        message = one_line_error(capsys)
+        assert f"cases['{case}']." in message and "re-create the manifest with the converter" in message, message
+        assert not out.exists()
+        assert main(["data", "check", str(copy)]) != 0
+        capsys.readouterr()

@@ -69,7 +69,7 @@ def test_every_registered_objective_has_a_prior_cost():
     missing = sorted(set(OBJECTIVES) - set(STEP_COST))
     assert not missing, (f"objective(s) {missing} have no STEP_COST entry in medseg_platform/step_costs.py: measure the step "
                          "with `python benchmarks/bench_methods.py --profile quick --steps 20 --methods supervised ID` "
-                         "and add its multiple of a supervised step")
+                         "(ID: a method id of its recipe, medseg_platform/recipes.py) and add its multiple of a supervised step")
     assert {"mona w/o contrast", "arco w/o contrast", "action w/o anco"} <= set(STEP_COST)
 
 

@@ -434,3 +434,38 @@ def test_ctrl_c_while_a_local_ray_starts_leaves_no_ray_process_behind(tmp_path):
     if "started fully" in out:
         pytest.skip("Ray started before the signal arrived")
     assert "interrupted" in out and "children: []" in out, out
+
+
+def test_a_journal_holding_this_search_from_another_results_folder_is_refused(tiny_root, tmp_path):
+    """The same search run into another results folder (or into one deleted since) with the same journal joined the
+    Optuna study of that name, and TPE proposed from its trials instead of the search's seeded first samples, silently
+    (the search review). The folder that started it resumes it as before."""
+    import json
+
+    import optuna
+    from ray import tune
+
+    from medseg_platform.results import STUDY_FILE
+    from medseg_platform.study.runner import check_before_ray, optuna_journal
+
+    journal = tmp_path / "optuna.log"
+    space = {"optim.lr": tune.loguniform(1e-3, 1e-1)}
+    first = _study(tiny_root, tmp_path / "results-a", search_space=space, num_samples=2, dashboard=False, optuna_storage=journal)
+    check_before_ray(first)  # an empty journal path: nothing to join
+    trials = first.trial_params()
+    name = f"{first.name}-{first.spec_hash(trials)}"
+    optuna_study = optuna.create_study(study_name=name, storage=optuna_journal(journal), direction="maximize")
+    optuna_study.tell(optuna_study.ask({"search/optim.lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)}), 0.5)
+    for results in (tmp_path / "results-b", tmp_path / "results-a"):  # another folder; the first one, its study.json gone
+        again = _study(tiny_root, results, search_space=space, num_samples=2, dashboard=False, optuna_storage=journal)
+        with pytest.raises(ConfigError, match=rf"--optuna-storage {journal}: already holds the Optuna study {name} \(1 trial\(s\)\) "
+                                              "of this search run into another results folder"):
+            check_before_ray(again)
+    # the folder that started the search (its study.json records it with this journal) resumes it
+    first.study_dir.mkdir(parents=True)
+    (first.study_dir / STUDY_FILE).write_text(json.dumps(first.description(trials)), encoding="utf-8")
+    check_before_ray(_study(tiny_root, tmp_path / "results-a", search_space=space, num_samples=2, dashboard=False,
+                            optuna_storage=journal))
+    # another search (other samples: another experiment name) in a new folder may share the journal
+    check_before_ray(_study(tiny_root, tmp_path / "results-c", search_space=space, num_samples=3, dashboard=False,
+                            optuna_storage=journal))

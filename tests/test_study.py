@@ -105,6 +105,9 @@ def test_invalid_study_fails_before_ray(tiny_root, tmp_path):
                          (dict(grid={"data.labelled": "12"}), r"grid\['data.labelled'\] '12': give a non-empty list"),
                          (dict(grid={"optim.lr": []}), r"grid\['optim.lr'\] \[\]: give a non-empty list"),
                          (dict(mode="maximize"), "metric 'best_val_dice' / mode 'maximize': a metric every report of a trial carries"),
+                         # a Dice is maximised: 'min' had TPE and ASHA minimise it while best_config.json took the highest
+                         (dict(search_space={"optim.lr": tune.uniform(0.1, 0.2)}, mode="min"),
+                          "metric 'best_val_dice' / mode 'min': .* with mode 'max'"),
                          (dict(cpus_per_trial="1"), "cpus_per_trial '1': must be a finite number > 0"),
                          (dict(claims=[{"a": "Sup"}]), "claims\\[0\\]: claim needs a non-empty text 'b'"),
                          (dict(search_space={"optim.lr": tune.uniform(0.2, 0.1)}), r"search_space\['optim.lr'\]: empty range"),

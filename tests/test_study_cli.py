@@ -137,7 +137,8 @@ def test_bad_flag_values_are_argparse_errors_naming_the_flag(tmp_path, phantom_e
 
 
 @pytest.mark.parametrize("case", ["gpus", "results file", "results below a file", "dashboard host", "optuna storage", "test root",
-                                  "data root file", "num_classes", "empty data root", "empty test root"])
+                                  "data root file", "num_classes", "empty data root", "empty test root",
+                                  "empty optuna storage"])
 def test_a_dry_run_rejects_what_the_run_rejects(tmp_path, phantom_env, capsys, monkeypatch, case):
     """``--dry-run`` makes every check that the run makes before Ray starts (``check_before_ray``), so a clean dry run
     means the command's settings are accepted."""
@@ -161,8 +162,8 @@ def test_a_dry_run_rejects_what_the_run_rejects(tmp_path, phantom_env, capsys, m
         extra, message = ["--optuna-storage", str(tmp_path / "o.log")], "--optuna-storage records an Optuna search; this study is a grid"
     elif case == "test root":
         extra, message = ["--test-root", str(tmp_path / "nowhere")], f"--test-root: {tmp_path / 'nowhere'}: dataset root does not exist"
-    elif case in ("empty data root", "empty test root"):  # an unset shell variable: the phantom, or no test set (the CLI review)
-        flag = "--data-root" if case == "empty data root" else "--test-root"
+    elif case in ("empty data root", "empty test root", "empty optuna storage"):  # an unset shell variable (the CLI and search reviews)
+        flag = {"empty data root": "--data-root", "empty test root": "--test-root"}.get(case, "--optuna-storage")
         extra, message = [flag, ""], f"{flag}: empty path"
     elif case == "num_classes":  # the manifest's 3 class names; a supervised-only row alone used to pass
         extra = ["--set", "data.num_classes=5", "--rows", "Supervised only"]
@@ -324,6 +325,14 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch
     assert crowded.slots == 4 and crowded.unit.seconds == pytest.approx(0.01 * plan_module.SHARED_CORES_SLOWDOWN * 2)
     assert "x2 for 4 trial threads on 2 cores" in crowded.unit.source
     assert crowded.wall_s == pytest.approx(shared.wall_s)  # the same work on the same 2 cores
+    # a trial of 8 threads was timed alone on both cores: two at once share those two, 2x, not 16 threads / 2 cores = 8x
+    # (the workflow review: a dry run said 3.9 min for a run of 39 s)
+    study.cpus_per_trial, base = 1.0, study.base
+    study.base = base.replace(threads=8)
+    threaded = plan_study(study, cpus=2)
+    assert threaded.slots == 2 and threaded.unit.seconds == pytest.approx(0.01 * plan_module.SHARED_CORES_SLOWDOWN * 2)
+    assert "x2 for 16 trial threads on 2 cores (2 trials sharing the 2 core(s) one used alone)" in threaded.unit.source
+    study.base = base
     # a rerun restores the experiment, which keeps the --max-concurrent it started with: so does the dry run
     from medseg_platform.results import tune_storage
     from medseg_platform.study.runner import LIMITS_SUFFIX

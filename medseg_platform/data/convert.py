@@ -12,8 +12,8 @@
 
 Both record the names of labels 1..N-1 in the manifest (``--class-names A,B,...``; ACDC's default is
 RV,Myo,LV, convert-nifti's ``class 1``, ``class 2``, ...); tables, plots and reports show them. Each case's
-``affine`` (the source image's, :func:`~medseg_platform.data.nifti.source_affine`) lets ``medseg predict`` write
-NIfTI predictions on the source grid.
+``affine`` and ``oriented`` (the source image's, :func:`~medseg_platform.data.nifti.source_grid`) let ``medseg predict``
+write NIfTI predictions on the source grid.
 
 Both: per-volume min-max to [0,1] float32, no resampling, NIfTI ``(X, Y, Z)`` -> ``(D, H, W) = (Z, Y, X)``
 with spacing ``(dz, dy, dx)`` (see :mod:`medseg_platform.data.nifti`). Slices are written for training
@@ -63,7 +63,7 @@ from medseg_platform.data.nifti import (
     load_pair,
     read_header,
     read_label,
-    source_affine,
+    source_grid,
 )
 from medseg_platform.errors import ConfigError, DataError
 from medseg_platform.io import check_output_folder, raise_if_interrupted, removed_if_terminated, signals_deferred
@@ -356,7 +356,7 @@ def write_cases(
                 "spacing": list(case.spacing),
                 "source_image": _relative(src.image, raw_dir),
                 "source_label": _relative(src.label, raw_dir),
-                "affine": source_affine(src.image),  # medseg predict writes NIfTI predictions on the source grid
+                **source_grid(src.image),  # affine, oriented: medseg predict writes NIfTI predictions on the source grid
                 "intensity_range": list(case.intensity_range),
                 **src.facts,
             }

@@ -154,6 +154,15 @@ def check_phantom_folder_name(root: Path, manifest: Mapping, key: str) -> None:
                         "folder of its own name (or leave data.root out to train on the profile's phantom)")
 
 
+def manifest_spacing(manifest: dict, case: str, root: str | os.PathLike) -> tuple[float, float, float] | None:
+    """The (D, H, W) spacing ``manifest`` (:func:`read_manifest`'s, of ``root``) records for ``case``, or None; a single
+    number applies to the three axes, as everywhere a spacing is read (``normalise_spacing``)."""
+    from medseg_platform.evaluation.metrics import normalise_spacing
+
+    spacing = manifest.get("cases", {}).get(case, {}).get("spacing")
+    return normalise_spacing(spacing, 3, f"{Path(root) / MANIFEST}: cases[{case!r}].spacing") if spacing is not None else None
+
+
 def read_manifest(root: str | os.PathLike) -> dict:
     """``<root>/manifest.json`` as a dict ({} when absent); one-line DataError when it is not a JSON object."""
     path = Path(root) / MANIFEST
@@ -176,7 +185,26 @@ def read_manifest(root: str | os.PathLike) -> dict:
             from medseg_platform.evaluation.metrics import normalise_spacing
 
             normalise_spacing(entry["spacing"], 3, f"{path}: cases[{case!r}].spacing")
+        _check_grid(entry, f"{path}: cases[{case!r}]")
     return manifest
+
+
+def _check_grid(entry: dict, where: str) -> None:
+    """A case's ``affine`` (4x4 finite numbers, invertible) and ``oriented`` (true/false), where recorded: medseg predict
+    writes NIfTI predictions with them (a malformed affine failed there with a traceback after the first cases' files
+    were written, the converter review)."""
+    affine = entry.get("affine")
+    if affine is not None:
+        try:
+            matrix = np.asarray(affine, dtype=np.float64)
+        except (TypeError, ValueError):
+            matrix = None
+        if matrix is None or matrix.shape != (4, 4) or not np.isfinite(matrix).all() or abs(np.linalg.det(matrix[:3, :3])) == 0:
+            raise DataError(f"{where}.affine: expected a 4x4 voxel-to-world matrix of finite numbers with an invertible 3x3 "
+                            "part, got " + repr(affine)[:80] + "; re-create the manifest with the converter")
+    if not isinstance(entry.get("oriented", True), bool):
+        raise DataError(f"{where}.oriented: expected true or false, got {entry['oriented']!r}; re-create the manifest "
+                        "with the converter")
 
 
 def changed_files(root: str | os.PathLike) -> list[str]:
@@ -475,10 +503,11 @@ class AcdcLayout:
         """The whole volume of ``case`` with its spacing (h5 attribute, else manifest, else None)."""
         path = self.volume_path(case)
         image, label, attrs = read_h5_pair(path, 3)
-        spacing = attrs.get("spacing")
-        if spacing is None:
-            spacing = self.manifest.get("cases", {}).get(case, {}).get("spacing")
-        spacing_t = tuple(float(s) for s in spacing) if spacing is not None else None
+        from medseg_platform.evaluation.metrics import normalise_spacing
+
+        spacing = attrs.get("spacing")  # read_h5_pair checked it; a single number applies to the three axes
+        spacing_t = (normalise_spacing(spacing, 3, f"{path}: attribute 'spacing'") if spacing is not None
+                     else manifest_spacing(self.manifest, case, self.root))
         return Volume(case, image.astype(np.float32, copy=False), label.astype(np.uint8, copy=False), spacing_t)
 
     def has_spacing(self, case: str) -> bool | None:

@@ -223,9 +223,24 @@ def read_header(path: str | Path) -> NiftiHeader:
     return NiftiHeader(path, (z, y, x), (dz, dy, dx), world_mm(img, path))
 
 
+def source_grid(path: str | Path) -> dict:
+    """What the converters record per case so that ``medseg predict`` writes a NIfTI prediction on the source's grid:
+    ``{"affine": source_affine(path), "oriented": bool}``. ``oriented`` is False where the header records no orientation
+    (qform and sform codes 0): nibabel then makes up an affine (the x axis negated, the origin at the centre) that
+    NIfTI readers do not use (they place such a file by its voxel sizes alone, origin 0), so the affine recorded is the
+    voxel sizes' diagonal and the prediction is written without orientation too, as the source is (predictions of such
+    a source landed mirrored and shifted in world space, the converter review)."""
+    path = Path(path)
+    img = _load(path)
+    if world_mm(img, path) is None:
+        return {"affine": [[float(v) for v in row] for row in np.diag([*voxel_sizes_mm(img, path), 1.0])], "oriented": False}
+    return {"affine": source_affine(path), "oriented": True}
+
+
 def source_affine(path: str | Path) -> list[list[float]]:
     """The file's voxel-to-world affine in mm (4×4, nibabel's ``affine`` for storage order (X, Y, Z), its rotation,
-    scales and origin converted from the header's unit, as :func:`world_mm`) as JSON-able rows.
+    scales and origin converted from the header's unit, as :func:`world_mm`) as JSON-able rows (a header without
+    orientation: :func:`source_grid`).
 
     The converters record it per case in the manifest, so predictions can be written back to NIfTI on the
     source's grid (``medseg predict``: the (D, H, W) label map transposed to (X, Y, Z) with this affine, units mm):
@@ -291,6 +306,11 @@ def minmax_normalise(image: np.ndarray, where: str | Path) -> np.ndarray:
     return ((image - low) / (high - low)).astype(np.float32)
 
 
+#: The largest label value whose error suggests converting with ``--num-classes value + 1`` (beyond it a value is more
+#: likely a mislabelled file than one more class).
+MAX_HINTED_CLASS = 31
+
+
 def check_label(label: np.ndarray, num_classes: int, where: str | Path) -> np.ndarray:
     """Integer labels in ``0..num_classes-1`` (any numeric dtype D×H×W) -> uint8 D×H×W.
 
@@ -309,10 +329,16 @@ def check_label(label: np.ndarray, num_classes: int, where: str | Path) -> np.nd
         if low < 0 or high > num_classes - 1:
             bad = np.unique(label[(label < 0) | (label > num_classes - 1)])[:5]
             values = ", ".join(f"{v:g}" for v in bad.astype(np.float64))
-            # the count that holds the largest value, where one can (a negative value or one past uint8 fits none: the
-            # hint named a bare --num-classes there, the converter review)
-            hint = (f"; a dataset with more classes is converted with convert-nifti --num-classes {int(high) + 1}"
-                    if low >= 0 and high < 256 else "")
+            # the count that holds the largest value, where that is a plausible class count (a negative value or one past
+            # uint8 fits none: the hint named a bare --num-classes there, the converter review); 255 is a mask saved as
+            # 0/255 or an "ignore" value, not class 255 of 256 (the hint advised 256 classes, 254 of them empty)
+            if set(np.unique(bad).tolist()) == {255}:
+                hint = ("; 255 is usually a mask saved as 0/255 or an 'ignore' value: map it to its class (e.g. 1) or to 0 "
+                        "in the label files first")
+            elif low >= 0 and high <= MAX_HINTED_CLASS:
+                hint = f"; a dataset with more classes is converted with convert-nifti --num-classes {int(high) + 1}"
+            else:
+                hint = ""
             raise DataError(f"{where}: label value(s) {values} outside 0..{num_classes - 1} (fix the label file{hint})")
     return label.astype(np.uint8)
 

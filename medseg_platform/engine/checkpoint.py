@@ -90,7 +90,9 @@ def check_trained_on(state: dict, now: dict, path: Path, folder: Path) -> None:
 
 def restore_training_state(state: dict, objective, optimizer, generator: torch.Generator, seed: int,
                            dist: DistContext | None, scaler=None) -> int:
-    """Load a :func:`training_state` (``seed``: the generator's seed before the rank offset); returns its step."""
+    """Load a :func:`training_state` (``seed``: the generator's seed before the rank offset); returns its step. The state
+    is rank 0's (checkpoints are written there): in a multi-worker trial every rank resumes with rank 0's memory banks,
+    queues and NN pools (docs/ray.md, 'Multi-worker trials'), and its own data stream."""
     objective.load_state_dict(state["objective"])
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("grad_scaler"):

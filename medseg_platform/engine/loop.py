@@ -242,8 +242,17 @@ class TrainLoop:
 
         ``lr`` is the rate set after this row's step (the next step's). Each term is averaged over the steps that
         reported it: a term computed only at logged steps (e.g. MONA's gradient-free L_nn) shows its value at this
-        row's step."""
+        row's step. In a multi-worker trial each term is also averaged over the ranks (one all-reduce a row; every rank
+        has the same terms and counts), so the curves describe the whole batch trained on, not rank 0's share of it
+        (the DDP review)."""
         self.monitor.raise_if_bad(distributed=self.dist is not None)
+        if self.dist is not None and self.term_sums:
+            import torch.distributed as torch_dist
+
+            names = sorted(self.term_sums)
+            sums = torch.stack([torch.as_tensor(self.term_sums[name], dtype=torch.float32) for name in names])
+            torch_dist.all_reduce(sums)
+            self.term_sums = dict(zip(names, sums / self.dist.world_size))
         elapsed = time.perf_counter() - self.interval_start
         row = {"step": step, "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": self.interval_steps / max(elapsed, 1e-9)}
         row.update({name: float(total) / self.term_counts[name] for name, total in self.term_sums.items()})

@@ -240,12 +240,24 @@ def check_label_map(labels: np.ndarray, num_classes: int, where: str) -> np.ndar
     return labels.astype(np.uint8 if num_classes <= 256 else np.int32, copy=False)
 
 
+#: The most classes a label map is scored with: the confusion histogram holds ``num_classes**2`` counts (8 MiB here);
+#: a mistyped ``--num-classes 50000`` asked for 18.6 GiB and failed with NumPy's memory error (the metrics review).
+MAX_CLASSES = 1024
+
+
+def check_num_classes(num_classes, where: str = "num_classes") -> int:
+    """``num_classes`` as an int in ``[2, MAX_CLASSES]``, else a one-line :class:`ConfigError` naming ``where``."""
+    if (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Real) or int(num_classes) != num_classes
+            or not 2 <= num_classes <= MAX_CLASSES):
+        raise ConfigError(f"{where}: expected an integer in [2, {MAX_CLASSES}] (background + the foreground classes), "
+                          f"got {num_classes!r}")
+    return int(num_classes)
+
+
 def _label_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Checked label maps and their confusion matrix ``confusion[p, g]`` = #voxels predicted p with ground truth g
     (one histogram for all classes); :class:`ConfigError` / :class:`DataError` naming ``where`` on bad input."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Real) or int(num_classes) != num_classes or num_classes < 2:
-        raise ConfigError(f"num_classes: expected an integer >= 2 (background + at least one class), got {num_classes!r}")
-    num_classes = int(num_classes)
+    num_classes = check_num_classes(num_classes)
     pred = np.asarray(pred)
     gt = np.asarray(gt)
     if pred.shape != gt.shape:
@@ -299,7 +311,9 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing: S
         n_pred = int(confusion[c].sum())
         n_gt = int(confusion[:, c].sum())
         box = _union_box(pred_boxes[c - 1], gt_boxes[c - 1])
-        if box is None or n_pred == 0 or n_gt == 0 or backend == "medpy":
+        if n_pred == 0 or n_gt == 0:
+            pred_c = gt_c = None  # the empty-mask values need no mask (a class absent from both built two whole volumes)
+        elif backend == "medpy":
             pred_c, gt_c = pred == c, gt == c  # medpy sees the full arrays, as in the released code
         else:
             pred_c, gt_c = pred[box] == c, gt[box] == c
@@ -338,6 +352,13 @@ def summarize(rows: Iterable[Mapping], metrics: Sequence[str] = METRICS) -> dict
         raise DataError(f"summarize: rows lack {', '.join(missing)} (rows come from evaluate_case / evaluate_cases)")
     classes = sorted({int(r["class"]) for r in rows})
     cases = list(dict.fromkeys(str(r["case"]) for r in rows))
+    seen: set[tuple[str, int]] = set()
+    for r in rows:  # a repeated pair overwrote the earlier value without a word (the metrics review)
+        pair = (str(r["case"]), int(r["class"]))
+        if pair in seen:
+            raise DataError(f"summarize: case {pair[0]!r} class {pair[1]} appears in two rows (case ids are compared as "
+                            "text; give each case one row per class)")
+        seen.add(pair)
     case_index = {case: i for i, case in enumerate(cases)}
     class_index = {c: j for j, c in enumerate(classes)}
     summary: dict = {"num_cases": len(cases), "classes": {}, "mean": {}}

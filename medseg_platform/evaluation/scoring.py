@@ -51,7 +51,8 @@ from medseg_platform.data.nifti import (is_time_series, orientation_mismatch, sa
                                          xyz_shape)
 from medseg_platform.errors import ConfigError, DataError, MedsegError
 from medseg_platform.evaluation.cli import LABEL_SUFFIX, PREDICTION_SUFFIX
-from medseg_platform.evaluation.metrics import METRICS, check_label_map, check_options, evaluate_case, summarize
+from medseg_platform.evaluation.metrics import (METRICS, check_label_map, check_num_classes, check_options, evaluate_case,
+                                                summarize)
 from medseg_platform.io import write_texts_atomic
 
 SPACING_SOURCES = ("gt", "none")
@@ -167,20 +168,16 @@ def is_dataset_root(folder: Path) -> bool:
 
 
 def _root_label_files(root: Path, cases: list[str]) -> dict[str, LabelFile]:
-    """Ground-truth files ``root/data/<case>.h5`` of the given cases (those that exist), with manifest spacing."""
-    manifest_path = root / "manifest.json"
-    manifest = {}
-    if manifest_path.is_file():
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{manifest_path}: invalid JSON ({exc.msg} at line {exc.lineno}); re-create it with the converter") from None
+    """Ground-truth files ``root/data/<case>.h5`` of the given cases (those that exist), with manifest spacing (checked
+    and normalised as training reads it: a single number applies to the three axes)."""
+    from medseg_platform.data.layout import manifest_spacing, read_manifest
+
+    manifest = read_manifest(root)
     files = {}
     for case in cases:
         path = root / "data" / f"{case}.h5"
         if path.is_file():
-            spacing = manifest.get("cases", {}).get(case, {}).get("spacing") if isinstance(manifest, dict) else None
-            files[case] = LabelFile(case, path, "h5", "label", tuple(float(s) for s in spacing) if spacing else None)
+            files[case] = LabelFile(case, path, "h5", "label", manifest_spacing(manifest, case, root))
     return files
 
 
@@ -275,6 +272,8 @@ def _header(file: LabelFile, role: str, reverse: bool) -> tuple[LabelFile, tuple
             spacing_t = tuple(float(s) for s in np.atleast_1d(np.asarray(spacing, dtype=np.float64))) if spacing is not None else None
         except (TypeError, ValueError):  # an attribute of text: it was a traceback
             raise DataError(f"{file.path}: spacing {spacing!r} is not numbers (fix the spacing or pass --spacing-from none)") from None
+        if spacing_t is not None and len(spacing_t) == 1 and len(shape) > 1:  # one number for every axis, as training reads it
+            spacing_t = spacing_t * len(shape)
         return LabelFile(file.case, file.path, file.kind, key, file.layout_spacing), shape, spacing_t
     img = _nifti(file.path)
     shape = _nifti_shape(img.shape, file.path, as_volume=reverse)
@@ -368,8 +367,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     check_options(empty_policy, backend)
     if spacing_from not in SPACING_SOURCES:
         raise ConfigError(f"--spacing-from: unknown value {spacing_from!r} (use one of {', '.join(SPACING_SOURCES)})")
-    if int(num_classes) != num_classes or num_classes < 2:
-        raise ConfigError(f"--num-classes: expected an integer >= 2, got {num_classes!r}")
+    num_classes = check_num_classes(num_classes, "--num-classes")
     pred_dir = Path(pred_dir).expanduser()
     gt = Path(gt).expanduser()
     if not pred_dir.is_dir():

@@ -191,6 +191,7 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
         check_accumulating_folder(study.study_dir, study.accumulate)
     check_ray_options(study)
     check_search_storage(study, trials)
+    check_journal_holds_no_other_search(study, trials)
     check_study_folder(study, trials)
     check_fault_tolerance_options(study, trials, in_process_cuda)
     check_output_folder(study.study_dir, "--results-dir (Study.results_dir)", writes=None if dry_run else "inside")
@@ -478,6 +479,40 @@ def check_search_storage(study: Study, trials: list[dict]) -> None:
                           "different storage would start the search again), or give --name for a new search")
 
 
+def check_journal_holds_no_other_search(study: Study, trials: list[dict]) -> None:
+    """Refuse a search whose ``--optuna-storage`` journal already holds an Optuna study of its experiment's name that this
+    results folder did not start: the same search run into another results folder, or into one deleted since. Optuna
+    then joined that study, and TPE proposed from its trials instead of this search's seeded first samples, silently
+    (the search review). A rerun in the folder that started it (its ``study.json`` records the same search and journal)
+    resumes or continues its own study, as before."""
+    if study.search_space is None or study.optuna_storage is None:
+        return
+    journal = Path(study.optuna_storage)
+    if not journal.is_file() or not is_optuna_journal(journal):
+        return
+    spec_hash = study.spec_hash(trials)
+    try:
+        info = json.loads((study.study_dir / STUDY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = None
+    if isinstance(info, dict) and info.get("spec_hash") == spec_hash and info.get("optuna_storage") == str(journal):
+        return  # this folder's own search
+    import optuna
+
+    name = f"{study.name}-{spec_hash}"
+    try:
+        held = {summary.study_name: summary.n_trials
+                for summary in optuna.get_all_study_summaries(optuna_journal(journal), include_best_trial=False)}
+    except Exception as exc:  # noqa: BLE001 - a journal Optuna cannot replay: one line, not its traceback
+        raise ConfigError(f"--optuna-storage {journal}: Optuna cannot read it ({type(exc).__name__}: {exc}); give a new path") from None
+    if held.get(name):
+        raise ConfigError(f"--optuna-storage {journal}: already holds the Optuna study {name} ({held[name]} trial(s)) of this "
+                          f"search run into another results folder (or one deleted since), not into {study.study_dir}; "
+                          "this search would join it and TPE would propose from those trials instead of its own seeded "
+                          "samples. Give a new --optuna-storage file or --name for a new search, or rerun it with the "
+                          "--results-dir it was started in to resume it")
+
+
 def shared_paths(study: Study, trials: list[dict], study_dir: Path) -> dict:
     """What every node of a cluster must see as this machine does (:func:`~medseg_platform.study.ray_runtime.check_nodes_see`),
     path -> (what it is, its bytes here): the study folder's lock file (it names this driver's process), each dataset's
@@ -683,10 +718,11 @@ def record_lost_workers(results, trials: Mapping[str, dict], study_dir: Path, ru
         folder = trial_folder(study_dir, trial["key"])
         if errored_in_run(folder, run_id) or trial_finished(folder):
             continue
-        text = str(error).strip().splitlines()
+        from medseg_platform.study.trainable import failure_text
+
+        text = failure_text(error) if str(error).strip() else f"{type(error).__name__}: its worker died"
         write_trial_error(folder, config=trial["config"], tags=trial["tags"], seed=int(trial["config"].get("seed", 0)),
-                          error=f"{type(error).__name__}: {text[0] if text else 'its worker died'}", kind="infrastructure",
-                          run=run_id)
+                          error=text, kind="infrastructure", run=run_id)
 
 
 def fit_until_stopped(tuner) -> tuple[bool, Any]:

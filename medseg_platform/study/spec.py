@@ -123,9 +123,11 @@ class Study:
                                   "{'optim.lr': tune.loguniform(1e-3, 1e-1)}; fixed values belong in the base config or --set)")
         if not _count(self.num_samples) or self.num_samples < 1:
             raise ConfigError(f"num_samples {self.num_samples!r}: must be a whole number >= 1")
-        if self.metric not in REPORTED_METRICS or self.mode not in ("max", "min"):
+        if self.metric not in REPORTED_METRICS or self.mode != "max":
+            # a Dice is maximised: mode 'min' had TPE and ASHA minimise it while best_config.json and the tables still took
+            # the highest (the search review)
             raise ConfigError(f"metric {self.metric!r} / mode {self.mode!r}: a metric every report of a trial carries "
-                              f"({' or '.join(map(repr, REPORTED_METRICS))}) and 'max' or 'min'")
+                              f"({' or '.join(map(repr, REPORTED_METRICS))}), with mode 'max' (a Dice is maximised)")
         if not _count(self.num_workers) or self.num_workers < 1:
             raise ConfigError(f"num_workers {self.num_workers!r}: must be a whole number >= 1")
         if self.num_cpus is not None and (not _count(self.num_cpus) or self.num_cpus < 1):  # 0 started a Ray that ran nothing

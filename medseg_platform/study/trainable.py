@@ -138,7 +138,7 @@ def run_trial_in_tune(params: dict, study_dir: str, num_workers: int = 1, cpus_p
         if app is not None:
             end_errored(trial_dir, config, tags, cfg.seed, app, run_id)
             return
-        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        message = failure_text(exc)
         try:
             write_trial_error(trial_dir, config=config, tags=tags, seed=cfg.seed, error=message, kind="infrastructure", run=run_id)
         except OSError:  # the record cannot be written (a full disk): the trial's own error must still reach Tune
@@ -188,6 +188,33 @@ def score_sample_from_finished(study_dir: str, key: str, config: dict, tags: dic
     for count, step, value, selected in recorded_validations(read_csv(source.folder / VAL_CURVE_FILE), selection):
         report({"step": step, "val_dice": value, "best_val_dice": selected, "done": False, ASHA_TIME: count})
     return score_logged(source, sample, trial_dir, device, lambda message: print(message, flush=True))
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
+
+
+def failure_text(exc: BaseException) -> str:
+    """One line on an infrastructure failure for ``error.json`` and the report: the exception's type and first line, or,
+    where a Ray Train ``WorkerGroupError`` (also wrapped in Ray's task error) carries its per-rank ``worker_failures``,
+    each failed rank's own exception, ``rank 1: RuntimeError: ...``. A multi-worker trial's record said only
+    "WorkerGroupError: Training failed due to worker errors:", naming neither the rank nor the error (the DDP review)."""
+    stack, seen = [exc], set()
+    while stack:
+        error = stack.pop()
+        if not isinstance(error, BaseException) or id(error) in seen:
+            continue
+        seen.add(id(error))
+        failures = getattr(error, "worker_failures", None)
+        if isinstance(failures, Mapping) and failures:
+            ranks = []
+            for rank, failure in sorted(failures.items(), key=lambda item: str(item[0])):
+                cause = getattr(failure, "cause", None)  # a RayTaskError holds the worker's own exception
+                ranks.append(f"rank {rank}: {_first_line(cause if isinstance(cause, BaseException) else failure)}")
+            return f"{type(error).__name__}: " + "; ".join(ranks)
+        stack += [getattr(error, "cause", None), error.__cause__, error.__context__]
+    return _first_line(exc)
 
 
 def application_error(exc: BaseException) -> MedsegError | None:

@@ -640,3 +640,21 @@ def test_a_note_says_when_the_distances_leave_out_or_zero_empty_predictions(tmp_
     assert _distance_note([hd95], [record("released")])[0].startswith("HD95 and ASD score an empty prediction as distance 0 (")
     mixed = _distance_note([hd95], [record("released", "MONA"), record("nan", "ARCO-SG")])[0]
     assert mixed.startswith("HD95 and ASD score an empty prediction as distance 0 in rows MONA (the released")
+
+
+def test_the_report_a_study_command_writes_under_its_own_lock_says_its_unfinished_trials_were_not_run(study):
+    """After a Ctrl-C the study's command writes its report while it still holds its folder's lock; that report said its
+    unfinished trials were running there ("this report is a snapshot", "still to finish (the study is running)") after
+    the command had ended, and it kept the stale outputs it exists to remove (the workflow review)."""
+    from medseg_platform.io import folder_holder, folder_lock
+
+    info = json.loads((study / "study.json").read_text(encoding="utf-8"))
+    (study / "study.json").write_text(json.dumps({**info, "trials": [*info["trials"], "mona-l7-s1-0000000000"]}), encoding="utf-8")
+    (study / "plots").mkdir(exist_ok=True)
+    (study / "plots" / "qualitative_99 patients.png").write_bytes(b"png")
+    with folder_lock(study, "study x"):
+        assert folder_holder(study) is not None  # held, by this process
+        text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert "trial mona-l7-s1-0000000000 has no result (not run yet or interrupted" in text and ", 1 not run or interrupted" in text
+    assert "running there" not in text and "snapshot" not in text
+    assert not (study / "plots" / "qualitative_99 patients.png").exists()

@@ -652,3 +652,18 @@ def test_a_label_stored_in_another_orientation_is_refused_and_other_units_become
     with pytest.raises(DataError, match=r"odd.nii.gz: spatial unit 'code 5' in the header \(xyzt_units\) is not a length"):
         read_header(tmp_path / "odd.nii.gz")
     assert read_header(raw / "b.nii.gz").spacing == SPACING_DHW
+
+
+def test_a_mask_saved_as_0_255_is_told_to_be_remapped_not_to_take_256_classes(tmp_path, capsys):
+    """A label holding 255 was advised `--num-classes 256` (254 empty classes, a 256-way network; the converter
+    review); a value far beyond the classes gets no class-count hint, a near one still does (the case above)."""
+    for value, expected in ((255, "255 is usually a mask saved as 0/255 or an 'ignore' value: map it to its class"),
+                            (200, "label value(s) 200 outside 0..2 (fix the label file)")):
+        raw = tmp_path / f"raw{value}"
+        make_generic(raw, ["a", "b", "c"])
+        image = nib.load(str(raw / "c_gt.nii.gz"))
+        label = np.asarray(image.dataobj).copy()
+        label[0, 0, 0] = value
+        nib.save(nib.Nifti1Image(label.astype(np.uint8), image.affine), str(raw / "c_gt.nii.gz"))
+        rc, _, err = run(capsys, "convert-nifti", raw, tmp_path / f"out{value}", "--num-classes", "3")
+        assert rc == 2 and expected in err and "--num-classes 256" not in err and "--num-classes 201" not in err, err

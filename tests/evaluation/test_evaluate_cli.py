@@ -496,3 +496,60 @@ def test_labels_named_with_another_suffix_are_read_with_label_suffix(tmp_path, c
     with pytest.raises(SystemExit):
         main(["evaluate", "--pred", str(preds), "--gt", str(raw), "--label-suffix", "a/b"])
     assert "the ending of a file name, not a path" in capsys.readouterr().err
+
+
+def test_a_single_number_spacing_applies_to_every_axis_wherever_it_is_read(tiny_root, tmp_path, capsys):
+    """A scalar spacing passed the manifest's and the h5 attribute's checks, then training's volume reader and
+    `medseg evaluate` on a dataset root failed on it with a TypeError traceback (the metrics review). Now every reader
+    takes it as the same number on the three axes, the result equal to the spacing written out in full."""
+    from medseg_platform.data.layout import AcdcLayout
+
+    preds = write_h5_preds(tiny_root, tmp_path / "preds")
+    case = TEST_CASES[0]
+    with h5py.File(tiny_root / "data" / f"{case}.h5", "r+") as fh:
+        del fh.attrs["spacing"]  # the manifest's spacing then applies
+    (tiny_root / "manifest.json").write_text(json.dumps({"cases": {case: {"patient": case.split("_")[0], "spacing": 2.0}}}))
+    with h5py.File(tiny_root / "data" / f"{TEST_CASES[1]}.h5", "r+") as fh:
+        fh.attrs["spacing"] = 3.0
+    layout = AcdcLayout(tiny_root)
+    assert layout.read_volume(case).spacing == (2.0, 2.0, 2.0)
+    assert layout.read_volume(TEST_CASES[1]).spacing == (3.0, 3.0, 3.0)
+    rc, _, err = run(["evaluate", "--pred", str(tmp_path / "preds"), "--gt", str(tiny_root), "--out", str(tmp_path / "ev"),
+                      "--quiet"], capsys)
+    assert rc == 0, err
+    for r in read_rows(tmp_path / "ev" / "per_case.csv"):
+        spacing = (2.0,) * 3 if r["case"] == case else (3.0,) * 3
+        expected = evaluate_case(preds[r["case"]], gt_label(tiny_root, r["case"]), 4, spacing)[int(r["class"]) - 1]
+        assert r["units"] == "mm" and float(r["hd95"]) == pytest.approx(expected["hd95"], abs=1e-12)
+
+
+def test_an_implausible_number_of_classes_is_a_one_line_error_before_any_volume_is_read(tiny_root, tmp_path, capsys):
+    """`--num-classes 50000` allocated a 50000**2 confusion histogram per case (18.6 GiB) and died with NumPy's memory
+    error (the metrics review); training's data.num_classes is bounded by its 8-bit label maps."""
+    from medseg_platform.config import TrialConfig
+    from medseg_platform.errors import ConfigError
+    from medseg_platform.evaluation.metrics import MAX_CLASSES
+
+    write_h5_preds(tiny_root, tmp_path / "preds")
+    msg = one_line_error(capsys, ["evaluate", "--pred", str(tmp_path / "preds"), "--gt", str(tiny_root), "--num-classes", "50000",
+                                  "--out", str(tmp_path / "ev")])
+    assert "--num-classes" in msg and f"[2, {MAX_CLASSES}]" in msg and not (tmp_path / "ev").exists()
+    with pytest.raises(ConfigError, match=r"num_classes: expected an integer in \[2, "):
+        evaluate_case(np.zeros((2, 3, 3), np.uint8), np.zeros((2, 3, 3), np.uint8), MAX_CLASSES + 1)
+    assert len(evaluate_case(np.zeros((2, 3, 3), np.uint8), np.ones((2, 3, 3), np.uint8), 300)) == 299  # int32 labels still
+    with pytest.raises(ConfigError, match="data.num_classes 300: need 2 to 256"):
+        TrialConfig.from_dict({"data": {"num_classes": 300}}).validate()
+
+
+def test_summarize_refuses_a_case_and_class_given_twice():
+    """A repeated (case, class) row overwrote the earlier value without a word, and case ids 1 and "1" merged."""
+    from medseg_platform.errors import DataError
+    from medseg_platform.evaluation.metrics import summarize
+
+    def row(case, dice):
+        return {"case": case, "class": 1, "dice": dice, "jaccard": dice, "hd95": 1.0, "asd": 1.0, "assd": 1.0}
+
+    assert summarize([row("a", 0.8), row("b", 0.6)])["classes"][1]["dice"]["mean"] == pytest.approx(0.7)
+    for rows in ([row("a", 0.8), row("a", 0.2), row("b", 0.6)], [row(1, 0.8), row("1", 0.2)]):
+        with pytest.raises(DataError, match=r"case '(a|1)' class 1 appears in two rows"):
+            summarize(rows)
