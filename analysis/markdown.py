@@ -10,11 +10,17 @@ _HTML_START = re.compile(r"<(?=[A-Za-z!/?])")
 
 
 def escape_markdown(text: str) -> str:
-    """``text`` safe inside a Markdown table cell: backslashes, pipes, asterisks and backticks escaped, then
-    :func:`neutralise_markup`."""
-    for char in ("\\", "|", "*", "`"):
+    """``text`` safe inside a Markdown table cell: backslashes, pipes, asterisks, backticks, tildes and dollars escaped,
+    and an underscore that could open or close emphasis (one not inside a word: "mean_teacher" stays as it is), then
+    :func:`neutralise_markup`. GitHub rendered a row "lr $2e-3$" as math and "~~old~~ _tuned_" struck through and in
+    italics (the tables review)."""
+    for char in ("\\", "|", "*", "`", "~", "$"):
         text = text.replace(char, "\\" + char)
-    return neutralise_markup(text)
+    return neutralise_markup(_EMPHASIS_UNDERSCORE.sub(r"\\_", text))
+
+
+#: An underscore not between two letters or digits (GitHub's emphasis needs one at a word's edge).
+_EMPHASIS_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 
 
 def neutralise_markup(text: str) -> str:

@@ -85,8 +85,15 @@ def external_blocks(records: Sequence[TrialRecord], metric: str, suffix: str,
         else:
             block = to_latex(df, metric, label=f"tab:{metric}-external-{index}", recipe=recipe)
             block = block.replace(r"\caption{", rf"\caption{{External test set {escape_latex(root)}. ", 1)
-            text += "\n" + block + (f"% {escape_latex(note)}\n" if note else "")
+            text += "\n" + (_inside_float(block, note) if note else block)
     return text
+
+
+def _inside_float(latex: str, note: str) -> str:
+    """``latex`` (one table float) with ``note`` printed in bold small type at the float's end: a LaTeX comment is lost
+    from a pasted table (the report review; the external test set's note was still one, the tables review)."""
+    head, end, tail = latex.rpartition("\\end{table}")
+    return f"{head}\\par\\smallskip{{\\footnotesize\\textbf{{{escape_latex(note)}}}}}\n{end}{tail}"
 
 
 def external_long_form(records: Sequence[TrialRecord], metrics: Sequence[str] = DEFAULT_METRICS,
@@ -142,8 +149,7 @@ def write_tables(records: Iterable[TrialRecord], out_dir: str | Path,
             if incomplete and suffix == "md":
                 text += f"\n**{incomplete}**\n"
             elif incomplete:  # inside the float, printed (a comment left a pasted table without it: the report review)
-                head, end, tail = text.rpartition("\\end{table}")
-                text = f"{head}\\par\\smallskip{{\\footnotesize\\textbf{{{escape_latex(incomplete)}}}}}\n{end}{tail}"
+                text = _inside_float(text, incomplete)
             write_text_atomic(path, text + external_blocks(records, metric, suffix, class_names, recipe, sets))
             paths.append(path)
     csv_path = out_dir / next(names)

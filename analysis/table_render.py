@@ -387,6 +387,10 @@ _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
     "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\u00b1": r"$\pm$",
     UNDEFINED_MARK: r"$^\dagger$", NOT_SIGNIFICANT_MARK: r"$^\ddagger$", FLAGGED_MARK: r"$^\S$", "\u2013": "--", "\u2265": r"$\geq$",
+    # pdflatex's default font encoding sets these three as ¡, ¿ and an em dash (the tables review)
+    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+    "\u2264": r"$\leq$", "\u2260": r"$\neq$", "\u2248": r"$\approx$", "\u2192": r"$\rightarrow$", "\u2190": r"$\leftarrow$",
+    "\u00d7": r"$\times$", "\u00b7": r"$\cdot$", "\u2014": "---", "\u2026": r"\dots{}", "\u00b0": r"\textdegree{}",
 }
 
 
@@ -419,9 +423,11 @@ def escape_latex(text: str) -> str:
 
 
 def _latex_chars(text: str) -> str:
-    """``text`` (no Greek letters) with each character escaped (``_LATEX_ESCAPES``) and a hyphen before another
-    hyphen kept apart from it (``-{}``)."""
-    return "".join("-{}" if char == "-" and text[i + 1:i + 2] == "-" else _LATEX_ESCAPES.get(char, char)
+    """``text`` (no Greek letters) with each character escaped (``_LATEX_ESCAPES``), a hyphen before another hyphen kept
+    apart from it (``-{}``), and a character beyond Latin-1 that has no entry written as its code point, ``[U+2192]``
+    (pdflatex stops at a Unicode character its input encoding does not set up: the tables review)."""
+    return "".join("-{}" if char == "-" and text[i + 1:i + 2] == "-"
+                   else _LATEX_ESCAPES.get(char, char if ord(char) < 0x100 else f"[U+{ord(char):04X}]")
                    for i, char in enumerate(text))
 
 

@@ -11,7 +11,7 @@ Numbers, from the bottom up:
   of the trial's per-class means. Undefined per-case values (NaN, e.g. HD95 of an empty prediction) are
   excluded and counted.
 * **per cell** (method x label fraction x class): mean over seeds and the *sample* standard deviation
-  (``ddof=1``, as papers report); a cell with a single seed has std 0.0 and is shown as its mean alone; a
+  (``ddof=1``, as papers report); a cell with a single seed has std NaN (no spread is measured) and is shown as its mean alone; a
   cell with no finite seed value has mean and std NaN. ``n_seeds`` counts the seeds with a finite value and
   ``n_undefined`` sums the undefined per-case values over all of the cell's seeds (for "Avg": over classes).
 * **trial health**: ``n_flagged`` counts the cell's trials whose validation curve was still rising or
@@ -19,7 +19,8 @@ Numbers, from the bottom up:
 * **settings** per cell, for the caption: fine-tuning steps (``steps``), labelled patients
   (``patients``), the tested weights (``selection``, ``eval.selection``: "best_val" or "final") and the empty-mask
   policy (``empty_policy``, ``eval.empty_policy`` of the configs),
-  each the distinct values of the cell's trials, comma-separated ("unknown" when a config lacks it).
+  each the distinct values of the cell's trials, comma-separated ("unknown" when a config lacks it; a config without
+  ``eval.selection`` counts as "best_val", the default it was trained with).
 * **significance**: each cell is compared with the best cell (best mean) of its label fraction and
   class (:mod:`analysis.significance`): ``ci_low``/``ci_high``, the 95% seeds-and-patients interval of its mean
   difference to the best (:func:`compare_to_best`, the claims' interval), decide the marker
@@ -267,7 +268,7 @@ def build_table(records: Iterable[TrialRecord], metrics: Sequence[str] = DEFAULT
                 distances: Callable[[Sequence[TrialRecord]], str | None] | None = None) -> pd.DataFrame:
     """The long-form table: one row per (row label, column label, class or "Avg", metric).
 
-    Columns: ``row``, ``column``, ``class``, ``metric``, ``unit``, ``mean``, ``std`` (sample, ddof=1; 0.0
+    Columns: ``row``, ``column``, ``class``, ``metric``, ``unit``, ``mean``, ``std`` (sample, ddof=1; NaN
     for one seed), ``n_seeds``, ``n_undefined`` (undefined per-case values over all seeds), ``seeds``
     (comma-separated), ``p_vs_best`` (p-value of the paired test against the best cell of the same
     column, class and metric; NaN for that best cell and for cells with too few pairs), ``n_pairs``

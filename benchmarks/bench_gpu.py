@@ -103,10 +103,14 @@ def measure_method(method: str, representation: str, args, device) -> dict:
     warmup_peak = _memory_peak(device)  # includes cuDNN's autotuning workspaces (cudnn.benchmark tries algorithms)
     _memory_reset(device)
     terms: dict = {}
+    scaler = getattr(bench, "scaler", None)
+    scale_before = scaler.get_scale() if scaler is not None else None
     times = _steps(bench, args.warmup, args.steps, amp_dtype, terms)  # far from a log row (log_every >= 100 at paper)
     row = {"method": method, "objective": bench.name, "amp": args.amp[0],
            "representation": representation if bench.name in ("mona", "arco", "action") else "-",
            "step_s": statistics.median(times), "step_min_s": min(times), "step_max_s": max(times), "first_terms": terms}
+    if scaler is not None:  # fp16: the scale halves at every update the scaler skips (gradients inf/NaN; the loss may be finite)
+        row["amp_scale"] = [scale_before, scaler.get_scale()]
     row.update(_memory_peak(device))  # the typical steps after the warm-up
     row.update({f"warmup_{name}": value for name, value in warmup_peak.items()})
     _memory_reset(device)
@@ -166,6 +170,11 @@ def print_steps(rows: list[dict], args, device) -> None:
         bad = sorted(k for k, v in (r.get("first_terms") or {}).items() if not math.isfinite(v))
         if bad:
             print(f"  {r['method']} ({r['representation']}, amp {r.get('amp')}): non-finite loss term(s) {', '.join(bad)}")
+        before, after = r.get("amp_scale") or (None, None)
+        if before and after is not None and after < before:  # the gradients overflowed though the loss may be finite
+            skipped = round(math.log2(before / after)) if after > 0 else args.steps
+            print(f"  {r['method']} ({r['representation']}, amp fp16): the gradient scale fell {before:g} -> {after:g} over the "
+                  f"timed steps: at least {skipped} of them skipped the update (gradients inf/NaN), so their time leaves it out")
     pairs: dict = {}
     for r in rows:
         if r.get("representation") in ("sparse", "dense") and "first_terms" in r:

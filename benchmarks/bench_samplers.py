@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--threads", type=count_at_least(1), default=1, help="torch CPU threads (1: on a shared, loaded machine more threads spin)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)  # argparse does not convert a default string
+    device = args.device  # device_arg's torch.device (argparse converts a string default too)
     gen = torch.Generator().manual_seed(0)
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads")
     if device.type == "cuda":

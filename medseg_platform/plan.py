@@ -227,17 +227,19 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
                                f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores", unit.device)
             # more trial threads than cores (--cpus-per-trial below the threads a trial runs): each runs that much
             # slower; the runner review measured 4 trials "at once" on 2 cores at 40 s where this said 30 s. The unit was
-            # timed with a trial's own threads alone, on up to that many cores: the concurrent trials share the cores
-            # that one trial alone had, min(its threads, cores) of them (counting every thread as a core of its own
-            # priced threads=8 on 2 cores 8x, where the run took 2x: the workflow review)
-            per_trial = max(int(trial["config"].get("threads", 1)) for trial in trials) * study.num_workers
+            # timed by one process of the trial's threads alone, on up to that many cores; every rank of a multi-worker
+            # trial runs such a step, so the concurrent trials' processes share the cores, each wanting min(its threads,
+            # cores) of them (counting every thread as a core of its own priced threads=8 on 2 cores 8x, where the run
+            # took 2x: the workflow review)
+            threads_each = max(int(trial["config"].get("threads", 1)) for trial in trials)
             cores = cpus or available_cpus()
-            threads, concurrent = min(slots, running) * per_trial, min(slots, running)
-            factor = concurrent * min(per_trial, cores) / cores
-            if threads > cores and factor > 1:
-                unit = UnitSeconds(unit.seconds * factor, f"{unit.source}, x{factor:g} for {threads} trial threads on {cores} "
-                                   f"cores ({concurrent} trials sharing the {min(per_trial, cores)} core(s) one used alone)",
-                                   unit.device)
+            concurrent = min(slots, running)
+            processes = concurrent * study.num_workers
+            factor = processes * min(threads_each, cores) / cores
+            if processes * threads_each > cores and factor > 1:
+                unit = UnitSeconds(unit.seconds * factor, f"{unit.source}, x{factor:g} for {processes * threads_each} trial "
+                                   f"threads on {cores} cores ({processes} trial process(es) at once, each timed alone on "
+                                   f"{min(threads_each, cores)} core(s))", unit.device)
     return StudyPlan(study.name, study_dir, rows, samples, slots, slots_source, unit, ended,
                      WORKER_GROUP_S if study.num_workers > 1 else 0.0, tuple(unpriced), study.gpus_per_trial > 0,
                      *((0, ()) if search else _left_out(study_dir / TRIALS_DIR, trials, trial_finished)), tuple(warnings),

@@ -73,8 +73,9 @@ class StrongAugment(Protocol):
 
 
 class IdentityStrongAugment:
-    """A :class:`StrongAugment` that changes nothing, for tests of an objective's arithmetic (a trial without strong
-    views sets ``data.strong_mix="none"``, which the engine's adapter runs)."""
+    """A :class:`StrongAugment` that changes nothing, for tests of an objective's arithmetic. No trial config turns the
+    strong view off: ``data.strong_mix="none"`` skips only its mixing step, while the 8-bit round trip, the jitter, the
+    blur and AdvMorph (``data.advmorph_p``) still run (docs/data.md, 'Strong view')."""
 
     def mix(self, image: torch.Tensor, pseudo_label: torch.Tensor, confidence: torch.Tensor) -> StrongView:
         return StrongView(image, pseudo_label, confidence)

@@ -15,6 +15,7 @@ platform's optimiser (SGD, Nesterov momentum, weight decay) and poly learning ra
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import sys
@@ -295,3 +296,31 @@ def test_the_curves_are_the_mean_over_the_ranks_not_rank_0_s_share(tiny_root, tm
     for row0, row1, a, b in zip(rows0, rows1, own0, own1):
         for name in a:
             assert row0[name] == pytest.approx((a[name] + b[name]) / 2, rel=1e-6) and row1[name] == pytest.approx(row0[name], rel=1e-6)
+
+
+def _fp16_first_step_overflows(rank: int, root: str, folder: str):
+    import medseg_platform.engine.loop as loop_module
+    import medseg_platform.engine.trial as trial_module
+    from medseg_platform.engine import DistContext, train_trial
+    from tests.test_engine import quiet, small_cfg
+
+    fp16 = lambda amp, device: {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]  # noqa: E731 - CPU emulation
+    loop_module.autocast_dtype = trial_module.autocast_dtype = fp16
+    build, calls = trial_module.build_trial_model, []
+
+    def first_step_overflows(cfg, device):  # the first backward's gradients inf, as fp16's first steps at 2**16 often are
+        model = build(cfg, device)
+        next(model.parameters()).register_hook(lambda grad: grad * float("inf") if not calls.append(1) and len(calls) == 1 else grad)
+        return model
+
+    trial_module.build_trial_model = first_step_overflows
+    outcome = train_trial(small_cfg(Path(root), workers=WORLD, **{"optim.amp": "fp16"}), Path(folder), log=quiet,
+                          dist=DistContext(rank, WORLD), device=torch.device("cpu"))
+    return outcome.extra["first_step_grad_norm_per_rank"]
+
+
+def test_the_first_gradient_norms_are_of_the_first_step_fp16_did_not_skip(tiny_root, tmp_path):
+    """fp16's first step often overflows at the scaler's initial 2**16 and is skipped; its norm was recorded as inf/NaN,
+    the evidence that ranks see different data (the GPU-path review, fp16 emulated on the CPU)."""
+    norms0, norms1 = run_ranks(tmp_path, _fp16_first_step_overflows, str(tiny_root), str(tmp_path / "trial"))
+    assert norms0 == norms1 and all(math.isfinite(v) and v > 0 for v in norms0) and norms0[0] != pytest.approx(norms0[1])

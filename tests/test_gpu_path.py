@@ -210,3 +210,35 @@ def test_host_to_device_copies_pin_then_copy_without_blocking(monkeypatch):
     calls.clear()
     engine.TrainLoop._to_device(SimpleNamespace(pin_memory=False, device=torch.device("cpu")), torch.ones(2))
     assert calls == [("to", True)]  # CPU training: no pinning
+
+
+def _fp16_anywhere(amp, device):
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def test_an_fp16_trial_whose_updates_the_scaler_skips_every_step_is_an_error_not_a_finished_trial(tiny_root, tmp_path, monkeypatch):
+    """With gradients NaN at every step and a finite loss, fp16's scaler skipped every update and halved its scale each
+    time, while the trial finished "successfully", untrained, with finite curves (the GPU-path review, fp16 emulated on
+    the CPU as here). The curve rows now carry the scale, and a scale below MIN_HEALTHY_AMP_SCALE ends the trial."""
+    import medseg_platform.engine.loop as loop_module
+    import medseg_platform.engine.trial as trial_module
+    from medseg_platform.engine.loop import MIN_HEALTHY_AMP_SCALE, NonFiniteLossError
+
+    monkeypatch.setattr(loop_module, "autocast_dtype", _fp16_anywhere)
+    monkeypatch.setattr(trial_module, "autocast_dtype", _fp16_anywhere)
+    healthy = engine.train_trial(engine_small_cfg(tiny_root, **{"optim.amp": "fp16", "optim.max_steps": 4}), tmp_path / "ok",
+                                 log=quiet, device=torch.device("cpu"))
+    assert all(row["amp_scale"] >= MIN_HEALTHY_AMP_SCALE for row in healthy.curves)
+    build = trial_module.build_trial_model
+
+    def poisoned(cfg, device):  # every step's gradients NaN, its loss finite
+        model = build(cfg, device)
+        next(model.parameters()).register_hook(lambda grad: grad * float("nan"))
+        return model
+
+    monkeypatch.setattr(trial_module, "build_trial_model", poisoned)
+    cfg = engine_small_cfg(tiny_root, **{"optim.amp": "fp16", "optim.max_steps": 40, "eval.val_every": 40, "eval.log_every": 20})
+    with pytest.raises(NonFiniteLossError, match=r"step 20: fp16's gradient scale fell to 0.0625: the gradients overflowed or "
+                                                 r"were NaN at about every step") as raised:
+        engine.train_trial(cfg, tmp_path / "skipped", log=quiet, device=torch.device("cpu"))
+    assert raised.value.terms == ("gradients",)

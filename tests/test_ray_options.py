@@ -466,6 +466,14 @@ def test_a_journal_holding_this_search_from_another_results_folder_is_refused(ti
     (first.study_dir / STUDY_FILE).write_text(json.dumps(first.description(trials)), encoding="utf-8")
     check_before_ray(_study(tiny_root, tmp_path / "results-a", search_space=space, num_samples=2, dashboard=False,
                             optuna_storage=journal))
+    # ... also after another search in that folder rewrote its study.json, where its Tune experiment is (the diff review)
+    from medseg_platform.results import tune_storage
+
+    (tune_storage(first.study_dir) / name).mkdir(parents=True)
+    other = _study(tiny_root, tmp_path / "results-a", search_space=space, num_samples=3, dashboard=False, optuna_storage=journal)
+    (first.study_dir / STUDY_FILE).write_text(json.dumps(other.description(other.trial_params())), encoding="utf-8")
+    check_before_ray(_study(tiny_root, tmp_path / "results-a", search_space=space, num_samples=2, dashboard=False,
+                            optuna_storage=journal))
     # another search (other samples: another experiment name) in a new folder may share the journal
     check_before_ray(_study(tiny_root, tmp_path / "results-c", search_space=space, num_samples=3, dashboard=False,
                             optuna_storage=journal))

@@ -331,8 +331,13 @@ def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch
     study.base = base.replace(threads=8)
     threaded = plan_study(study, cpus=2)
     assert threaded.slots == 2 and threaded.unit.seconds == pytest.approx(0.01 * plan_module.SHARED_CORES_SLOWDOWN * 2)
-    assert "x2 for 16 trial threads on 2 cores (2 trials sharing the 2 core(s) one used alone)" in threaded.unit.source
-    study.base = base
+    assert "x2 for 16 trial threads on 2 cores (2 trial process(es) at once, each timed alone on 2 core(s))" in threaded.unit.source
+    # every rank of a multi-worker trial runs a whole step: 4 one-thread ranks on 2 cores, 2x (the diff review)
+    study.base, study.num_workers, study.cpus_per_trial = base, 2, 0.5
+    ranks = plan_study(study, cpus=2)
+    assert ranks.slots == 2 and ranks.unit.seconds == pytest.approx(0.01 * plan_module.SHARED_CORES_SLOWDOWN * 2)
+    assert "x2 for 4 trial threads on 2 cores (4 trial process(es) at once" in ranks.unit.source
+    study.num_workers, study.cpus_per_trial = 1, 1.0
     # a rerun restores the experiment, which keeps the --max-concurrent it started with: so does the dry run
     from medseg_platform.results import tune_storage
     from medseg_platform.study.runner import LIMITS_SUFFIX

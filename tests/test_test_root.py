@@ -170,6 +170,12 @@ def test_a_study_with_a_test_root_scores_new_and_earlier_trials_and_reports_the_
     assert not needs_test_root_evaluation(supervised, external)  # nothing left to score it with: reported, not retried
     write_report(study_dir, log=lambda *_: None)
     assert "_1 of 2 trials have no evaluation on this test set" in (study_dir / "table_dice.md").read_text()
+    # in the LaTeX table's float, printed: it was a comment, lost from a pasted table (the tables review)
+    tex = (study_dir / "table_dice.tex").read_text()
+    external_float = tex[tex.index("External test set"):]
+    note = r"\textbf{1 of 2 trials have no evaluation on this test set"
+    assert note in external_float and external_float.index(note) < external_float.index(r"\end{table}")
+    assert "% 1 of 2 trials" not in tex
     # no trial scored on it any more: the long form written for it goes with the blocks
     mean_teacher = next(trial for trial in trials if trial != supervised)
     (mean_teacher / TEST_ROOT_PER_CASE).unlink()

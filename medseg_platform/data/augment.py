@@ -189,6 +189,9 @@ def strong_perturb(
     quantise_8bit: bool = True,
 ) -> torch.Tensor:
     """Second stage of the strong view (docs/data.md, 'Strong view', step 3): photometric jitter then blur, per image.
+    ``image`` must lie in [0, 1]; it is unchecked here and in :func:`strong_mix`, since a check costs a device sync at
+    every training step (:func:`strong_augment` checks with ``check_values``; training's slices are checked when read).
+    An image on a 0..255 scale would come out clamped to white.
 
     With ``p_jitter`` brightness and contrast factors ~ U[0.75, 1.25] in a random order (:func:`color_jitter`),
     then with ``p_blur`` a Gaussian blur with sigma ~ U(0.15, 1.15) (:func:`random_gaussian_blur`).

@@ -8,6 +8,7 @@ and :mod:`~medseg_platform.data.advmorph`.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -67,11 +68,11 @@ def _check_map_batch(where: str, name: str, x: torch.Tensor, image: torch.Tensor
 
 
 def _check_range_pair(where: str, name: str, pair: Sequence[float]) -> None:
-    """Require (lo, hi) with 0 <= lo <= hi (factor or sigma ranges)."""
+    """Require finite (lo, hi) with 0 <= lo <= hi (factor or sigma ranges; inf failed in torch's uniform_)."""
     if (not isinstance(pair, (tuple, list)) or len(pair) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
             or not 0 <= pair[0] <= pair[1]):
-        raise _fail(where, f"{name} must be a pair (lo, hi) with 0 <= lo <= hi, got {pair!r}", "e.g. (0.75, 1.25)")
+        raise _fail(where, f"{name} must be a pair of finite numbers (lo, hi) with 0 <= lo <= hi, got {pair!r}", "e.g. (0.75, 1.25)")
 
 
 def _check_factor(where: str, name: str, factor: torch.Tensor, x: torch.Tensor) -> None:

@@ -23,7 +23,7 @@ def sample_boxes(batch_size: int, height: int, width: int, generator: torch.Gene
     """
     where = "sample_boxes"
     _check_generator(where, generator)
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise _fail(where, f"batch_size must be a positive int, got {batch_size!r}", "pass image.shape[0]")
     if width < 3 or height < 1:
         raise _fail(where, f"box mixing needs W >= 3, got H×W={height}×{width}", "use a larger patch or mix='none'")

@@ -306,9 +306,8 @@ def minmax_normalise(image: np.ndarray, where: str | Path) -> np.ndarray:
     return ((image - low) / (high - low)).astype(np.float32)
 
 
-#: The largest label value whose error suggests converting with ``--num-classes value + 1`` (beyond it a value is more
-#: likely a mislabelled file than one more class).
-MAX_HINTED_CLASS = 31
+#: A class count up to which a label value 255 outside it is read as a 0/255 mask or an "ignore" value in the error's hint.
+FEW_CLASSES = 32
 
 
 def check_label(label: np.ndarray, num_classes: int, where: str | Path) -> np.ndarray:
@@ -329,16 +328,14 @@ def check_label(label: np.ndarray, num_classes: int, where: str | Path) -> np.nd
         if low < 0 or high > num_classes - 1:
             bad = np.unique(label[(label < 0) | (label > num_classes - 1)])[:5]
             values = ", ".join(f"{v:g}" for v in bad.astype(np.float64))
-            # the count that holds the largest value, where that is a plausible class count (a negative value or one past
-            # uint8 fits none: the hint named a bare --num-classes there, the converter review); 255 is a mask saved as
-            # 0/255 or an "ignore" value, not class 255 of 256 (the hint advised 256 classes, 254 of them empty)
-            if set(np.unique(bad).tolist()) == {255}:
+            # the count that holds the largest value (a negative value or one past uint8 fits none: the hint named a bare
+            # --num-classes there, the converter review); a lone 255 beside a few classes is a mask saved as 0/255 or an
+            # "ignore" value far more often than class 255 of 256 (the hint advised 256 classes, 254 of them empty)
+            hint = (f"; a dataset with more classes is converted with convert-nifti --num-classes {int(high) + 1}"
+                    if low >= 0 and high < 256 else "")
+            if set(np.unique(bad).tolist()) == {255} and num_classes <= FEW_CLASSES:
                 hint = ("; 255 is usually a mask saved as 0/255 or an 'ignore' value: map it to its class (e.g. 1) or to 0 "
-                        "in the label files first")
-            elif low >= 0 and high <= MAX_HINTED_CLASS:
-                hint = f"; a dataset with more classes is converted with convert-nifti --num-classes {int(high) + 1}"
-            else:
-                hint = ""
+                        "in the label files first (where 255 is a class of its own, convert with --num-classes 256)")
             raise DataError(f"{where}: label value(s) {values} outside 0..{num_classes - 1} (fix the label file{hint})")
     return label.astype(np.uint8)
 

@@ -18,6 +18,7 @@ from medseg_platform.data.augment_checks import (
     _check_image_batch,
     _check_probability,
     _check_range_pair,
+    _fail,
     _to_device,
 )
 
@@ -209,6 +210,9 @@ def random_gaussian_blur(
     _check_generator(where, generator)
     _check_probability(where, "p", p)
     _check_range_pair(where, "sigma_range", sigma_range)
+    if levels is None and sigma_range[1] > SIGMA_MAX:  # the fixed 9-tap kernel cut a wider Gaussian short (the augmentation review)
+        raise _fail(where, f"sigma_range {tuple(sigma_range)!r}: the continuous blur's 9-tap kernel holds sigma <= {SIGMA_MAX}",
+                    f"e.g. (0.15, {SIGMA_MAX}), or blur 8-bit grey levels (levels=255), which Pillow blurs at any radius")
     b = image.shape[0]
     fire = torch.rand(b, generator=generator) < p
     sigma = torch.empty(b, dtype=torch.float64).uniform_(*sigma_range, generator=generator)

@@ -96,7 +96,7 @@ def sample_weak_params(
                     "they are overall probabilities of exclusive branches")
     if not isinstance(max_angle, int) or isinstance(max_angle, bool) or max_angle < 0:
         raise _fail(where, f"max_angle must be a non-negative int, got {max_angle!r}", "e.g. 20")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise _fail(where, f"batch_size must be a positive int, got {batch_size!r}", "pass image.shape[0]")
 
     u = torch.rand(batch_size, generator=generator, dtype=torch.float64)

@@ -26,6 +26,7 @@ a round trip (:func:`medseg_platform.data.photometric.pil_gaussian_blur`).
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -53,6 +54,13 @@ class NonFiniteLossError(MedsegError):
 
     def __reduce__(self):  # keeps step and terms when Ray pickles the error
         return type(self), (str(self), self.step, self.terms)
+
+
+#: fp16's gradient scale below which a curve row ends the trial: the scaler starts at 2**16 and halves at every step whose
+#: gradients overflow (it then skips the update), so a scale under 1 means about 16 updates skipped in a row, where healthy
+#: training sits at 2**10 and more; with gradients NaN at every step the weights never change while the loss stays
+#: finite, and such a trial finished "successfully" untrained (the GPU-path review).
+MIN_HEALTHY_AMP_SCALE = 1.0
 
 
 class NonFiniteMonitor:
@@ -217,8 +225,12 @@ class TrainLoop:
         if self.dist is not None:
             if self.first_grad_norms is None:  # evidence for tests and logs: ranks see different data, so gradients differ before the sync
                 norm = torch.sqrt(sum((p.grad.detach().float() ** 2).sum() for p in self.trainable if p.grad is not None))
-                # fp16: the gradients are still scaled here; the norm is recorded unscaled, as in full precision
-                self.first_grad_norms = gather_scalar(norm / self.scaler.get_scale() if self.scaler is not None else norm)
+                # fp16: the gradients are still scaled here; the norm is recorded unscaled, as in full precision. A step
+                # whose scaled gradients overflow (fp16's first steps at 2**16, commonly) is skipped by the scaler: its
+                # norm is inf/NaN on some rank, so the first step every rank's norm is finite is recorded instead
+                norms = gather_scalar(norm / self.scaler.get_scale() if self.scaler is not None else norm)
+                if self.scaler is None or all(math.isfinite(value) for value in norms):
+                    self.first_grad_norms = norms
             # fp16: the gradients are scaled by the same factor on every rank (the scalers see the same averaged
             # gradients, so they skip steps and update their scale identically)
             average_gradients(self.trainable, self.dist.world_size)
@@ -256,5 +268,13 @@ class TrainLoop:
         elapsed = time.perf_counter() - self.interval_start
         row = {"step": step, "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": self.interval_steps / max(elapsed, 1e-9)}
         row.update({name: float(total) / self.term_counts[name] for name, total in self.term_sums.items()})
+        if self.scaler is not None:  # fp16: the scale shows how many updates the scaler skipped (it halves at each)
+            row["amp_scale"] = float(self.scaler.get_scale())
+            if row["amp_scale"] < MIN_HEALTHY_AMP_SCALE:
+                raise NonFiniteLossError(
+                    f"step {step}: fp16's gradient scale fell to {row['amp_scale']:.3g}: the gradients overflowed or were NaN "
+                    "at about every step, so the scaler skipped the updates and the weights stopped changing while the loss "
+                    "stayed finite; train in bf16 or full precision (--set optim.amp=bf16 or off), or lower the learning rate",
+                    step=step, terms=("gradients",))
         self.term_sums, self.term_counts, self.interval_steps, self.interval_start = {}, {}, 0, time.perf_counter()
         return row

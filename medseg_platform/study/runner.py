@@ -483,20 +483,24 @@ def check_journal_holds_no_other_search(study: Study, trials: list[dict]) -> Non
     """Refuse a search whose ``--optuna-storage`` journal already holds an Optuna study of its experiment's name that this
     results folder did not start: the same search run into another results folder, or into one deleted since. Optuna
     then joined that study, and TPE proposed from its trials instead of this search's seeded first samples, silently
-    (the search review). A rerun in the folder that started it (its ``study.json`` records the same search and journal)
-    resumes or continues its own study, as before."""
+    (the search review). A rerun in the folder that started it resumes or continues its own study, as before: the folder
+    holds this search's Tune experiment, or its ``study.json`` records the same search and journal (or was written by
+    code that recorded no journal); ``study.json`` alone names only the folder's last search (the diff review)."""
     if study.search_space is None or study.optuna_storage is None:
         return
     journal = Path(study.optuna_storage)
     if not journal.is_file() or not is_optuna_journal(journal):
         return
     spec_hash = study.spec_hash(trials)
+    if (tune_storage(study.study_dir) / f"{study.name}-{spec_hash}").is_dir():
+        return  # this folder started this search (its Tune experiment is here)
     try:
         info = json.loads((study.study_dir / STUDY_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         info = None
-    if isinstance(info, dict) and info.get("spec_hash") == spec_hash and info.get("optuna_storage") == str(journal):
-        return  # this folder's own search
+    if isinstance(info, dict) and (info.get("spec_hash") == spec_hash and info.get("optuna_storage") == str(journal)
+                                   or info.get("search") and "optuna_storage" not in info):
+        return  # this folder's own search (or one recorded by code that kept no journal path)
     import optuna
 
     name = f"{study.name}-{spec_hash}"

@@ -520,3 +520,14 @@ def test_a_wide_table_is_printed_with_its_average_columns_only(tmp_path):
     assert lines[6:10] == ["", "Caption.", "", "### Dice (%), external test set: /x"]
     assert lines[11].split("|")[1].strip() == "Method" and "15.0 ± 2.0" in lines[14]
     assert lines[-2:] == ["External.", "(the Avg columns of 16; every class in t.md)"]
+
+
+def test_labels_with_markdown_and_latex_specials_print_as_written():
+    """GitHub rendered a row "lr $2e-3$" as math and "~~old~~ _tuned_" struck through and in italics; pdflatex set "<",
+    ">" and "|" as ¡, ¿ and an em dash and stopped at "→" (the tables review)."""
+    from analysis.markdown import escape_markdown
+    from analysis.table_render import escape_latex
+
+    assert escape_markdown("lr $2e-3$ vs ~~old~~ _tuned_ mean_teacher") == r"lr \$2e-3\$ vs \~\~old\~\~ \_tuned\_ mean_teacher"
+    assert escape_latex("τ<0.1 | x→y ≤ 2 ⊕") == r"$\tau$\textless{}0.1 \textbar{} x$\rightarrow$y $\leq$ 2 [U+2295]"
+    assert escape_latex("Müller ±") == r"Müller $\pm$"  # Latin-1 letters stay (pdflatex's UTF-8 input sets them up)

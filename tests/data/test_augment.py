@@ -546,3 +546,25 @@ def test_the_8bit_blur_is_pillows_gaussian_blur_as_released():
     fired = A.random_gaussian_blur(levels, gen(9), p=1.0, levels=255)
     assert fired.dtype == levels.dtype and not torch.equal(fired, levels)
     assert torch.equal(fired, fired.round()) and fired.min() >= 0 and fired.max() <= 255
+
+
+def test_blur_ranges_beyond_the_kernel_infinite_ranges_and_boolean_batch_sizes_are_one_line_errors():
+    """The continuous blur's 9-tap kernel cut a sigma of 3 short (centre +33%) without a word; an infinite range failed in
+    torch's uniform_; a batch size True reached torch.rand (the augmentation review)."""
+    import math
+
+    from medseg_platform.data.mixing import sample_boxes
+    from medseg_platform.data.photometric import SIGMA_MAX, color_jitter, random_gaussian_blur
+    from medseg_platform.data.weak_view import sample_weak_params
+
+    image, g = torch.rand(2, 1, 16, 16), torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=rf"random_gaussian_blur: sigma_range \(3, 3\): the continuous blur's 9-tap kernel holds sigma <= {SIGMA_MAX}"):
+        random_gaussian_blur(image, g, 1.0, (3, 3))
+    assert random_gaussian_blur(image, g, 1.0, (3, 3), levels=255).shape == image.shape  # Pillow blurs any radius
+    assert random_gaussian_blur(image, g, 1.0, (0.15, SIGMA_MAX)).shape == image.shape
+    with pytest.raises(ValueError, match="color_jitter: brightness must be a pair of finite numbers"):
+        color_jitter(image, g, 1.0, brightness=(0.5, math.inf))
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got True"):
+        sample_weak_params(True, g)
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got True"):
+        sample_boxes(True, 8, 8, g)

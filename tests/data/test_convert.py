@@ -655,10 +655,12 @@ def test_a_label_stored_in_another_orientation_is_refused_and_other_units_become
 
 
 def test_a_mask_saved_as_0_255_is_told_to_be_remapped_not_to_take_256_classes(tmp_path, capsys):
-    """A label holding 255 was advised `--num-classes 256` (254 empty classes, a 256-way network; the converter
-    review); a value far beyond the classes gets no class-count hint, a near one still does (the case above)."""
+    """A label holding 255 beside a few classes was advised `--num-classes 256` (254 empty classes, a 256-way network;
+    the converter review); another value still names the count that holds it (a dataset of many classes, the diff
+    review), and so does 255 where the classes are many."""
     for value, expected in ((255, "255 is usually a mask saved as 0/255 or an 'ignore' value: map it to its class"),
-                            (200, "label value(s) 200 outside 0..2 (fix the label file)")):
+                            (200, "label value(s) 200 outside 0..2 (fix the label file; a dataset with more classes is "
+                                  "converted with convert-nifti --num-classes 201)")):
         raw = tmp_path / f"raw{value}"
         make_generic(raw, ["a", "b", "c"])
         image = nib.load(str(raw / "c_gt.nii.gz"))
@@ -666,4 +668,10 @@ def test_a_mask_saved_as_0_255_is_told_to_be_remapped_not_to_take_256_classes(tm
         label[0, 0, 0] = value
         nib.save(nib.Nifti1Image(label.astype(np.uint8), image.affine), str(raw / "c_gt.nii.gz"))
         rc, _, err = run(capsys, "convert-nifti", raw, tmp_path / f"out{value}", "--num-classes", "3")
-        assert rc == 2 and expected in err and "--num-classes 256" not in err and "--num-classes 201" not in err, err
+        assert rc == 2 and expected in err and ("--num-classes 256)" in err) == (value == 255), err
+    from medseg_platform.data.nifti import check_label
+    from medseg_platform.errors import DataError
+
+    with pytest.raises(DataError, match=r"outside 0..99 \(fix the label file; a dataset with more classes is converted with "
+                                        r"convert-nifti --num-classes 256\)$"):
+        check_label(np.array([0, 255]), 100, "x")
