@@ -391,7 +391,12 @@ _LATEX_ESCAPES = {
     "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
     "\u2264": r"$\leq$", "\u2260": r"$\neq$", "\u2248": r"$\approx$", "\u2192": r"$\rightarrow$", "\u2190": r"$\leftarrow$",
     "\u00d7": r"$\times$", "\u00b7": r"$\cdot$", "\u2014": "---", "\u2026": r"\dots{}", "\u00b0": r"\textdegree{}",
+    "\u2018": "`", "\u2019": "'", "\u201c": "``", "\u201d": "''", "\u2212": r"$-$",
 }
+
+#: Characters beyond Latin-1 written as they are: Latin Extended-A and -B (ę, ń, Č, ...), which LaTeX's UTF-8 input
+#: typesets with its T1 fonts; every other one without an entry in ``_LATEX_ESCAPES`` is written as its code point.
+_LATEX_KEPT = range(0x100, 0x250)
 
 
 _GREEK = re.compile(r"([\u0391-\u03a1\u03a3-\u03a9\u03b1-\u03c9])(?:_([A-Za-z0-9]+))?")
@@ -424,10 +429,11 @@ def escape_latex(text: str) -> str:
 
 def _latex_chars(text: str) -> str:
     """``text`` (no Greek letters) with each character escaped (``_LATEX_ESCAPES``), a hyphen before another hyphen kept
-    apart from it (``-{}``), and a character beyond Latin-1 that has no entry written as its code point, ``[U+2192]``
-    (pdflatex stops at a Unicode character its input encoding does not set up: the tables review)."""
+    apart from it (``-{}``), and a character beyond Latin-1 and Latin Extended (``_LATEX_KEPT``) that has no entry
+    written as its code point, ``[U+2295]`` (pdflatex stops at a Unicode character its input encoding does not set up:
+    the tables review; writing every one so garbled names LaTeX sets, the diff review)."""
     return "".join("-{}" if char == "-" and text[i + 1:i + 2] == "-"
-                   else _LATEX_ESCAPES.get(char, char if ord(char) < 0x100 else f"[U+{ord(char):04X}]")
+                   else _LATEX_ESCAPES.get(char, char if ord(char) < 0x100 or ord(char) in _LATEX_KEPT else f"[U+{ord(char):04X}]")
                    for i, char in enumerate(text))
 
 

@@ -24,13 +24,16 @@ _HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9]
 
 
 def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``."""
-    if host.lower() == "localhost":
+    """True for 127.0.0.0/8, ::1, their IPv4-mapped spelling (``::ffff:127.0.0.1``) and ``localhost`` (also with its
+    root dot, ``localhost.``); the cluster review saw the mapped spelling warned about as exposed."""
+    if host.lower().rstrip(".") == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 def check_dashboard_host(host: str) -> str | None:
@@ -43,7 +46,7 @@ def check_dashboard_host(host: str) -> str | None:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if not _HOSTNAME.fullmatch(host) or re.fullmatch(r"[0-9.]+", host):  # 999.1.1.1: a broken IP, not a name
+        if not _HOSTNAME.fullmatch(host.rstrip(".")) or re.fullmatch(r"[0-9.]+", host):  # 999.1.1.1: a broken IP, not a name
             raise ConfigError(f"--dashboard-host {host!r}: not an IP address or host name (default 127.0.0.1)") from None
     if is_loopback(host):
         return None

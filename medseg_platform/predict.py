@@ -64,7 +64,7 @@ def finished_trial(trial_dir: str | Path):
         what = "a file, not a folder" if trial_dir.exists() else "no such folder"
         raise MedsegError(f"--trial {trial_dir}: {what} (give a trial folder, <results>/<study>/trials/<key>)")
     try:
-        record = read_trial(trial_dir)
+        record = read_trial(trial_dir, in_its_study=False)  # a trial folder may be copied or moved to be predicted from
     except CorruptResult as exc:
         raise MedsegError(f"--trial: {exc}; rerun the study command to finish the trial") from None
     if record is None:

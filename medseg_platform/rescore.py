@@ -49,7 +49,7 @@ from medseg_platform.errors import MedsegError
 SCORING_FIELDS = ("eval.selection", "eval.empty_policy", "eval.distance_units")
 #: ``result.json`` fields a scored trial computes itself; everything else it takes from the finished trial.
 _OWN_FIELDS = ("schema", "status", "trial_key", "config", "tags", "seed", "labelled", "best_step", "best_val_dice", "test",
-               "num_test_cases", "per_case_sha256", "timing", "resumed_from_step", "attempts", "finished_at", "test_root",
+               "num_test_cases", "per_case_sha256", "val_curve_sha256", "timing", "resumed_from_step", "attempts", "finished_at", "test_root",
                "class_names")
 
 

@@ -25,7 +25,7 @@ A results directory holds one folder per study and the pretraining stages its st
         test_root_error.json    only while scoring on the ``--test-root`` failed: {"root", "error"} (listed by the report)
         result.json      written last: status, seed, labelled patients, best step, test means, timing,
                          finished_at (epoch seconds), class_names (of labels 1..N-1, from the dataset),
-                         per_case_sha256 (of per_case.csv as written),
+                         per_case_sha256 and val_curve_sha256 (of per_case.csv and val_curve.csv as written),
                          attempts (how many times the trial started, retries and resumes included), and for a
                          trial scored from a finished trial's checkpoint instead of trained, scored_from
                          (medseg_platform.rescore)
@@ -346,6 +346,7 @@ def write_trial_results(trial_dir: Path, *, config: Mapping[str, Any], tags: Map
         "test": test_means(outcome.test_rows),
         "num_test_cases": len({r["case"] for r in outcome.test_rows}),
         "per_case_sha256": sha256_file(trial_dir / PER_CASE_FILE),  # read_trial compares the file with it
+        "val_curve_sha256": sha256_file(trial_dir / VAL_CURVE_FILE),  # and this one (trial health reads the curve)
         "timing": outcome.timing,
         "resumed_from_step": outcome.resumed_from_step,
         "attempts": max(1, read_attempts(trial_dir)["attempts"]),  # 1 when run outside a study (no attempts.json)
@@ -554,7 +555,12 @@ def _wrongly_typed_field(result: Mapping) -> str:
             return f"'{name}' is a {type(result[name]).__name__}, not an object"
     if not is_whole(result["seed"]):
         return f"'seed' is {result['seed']!r}, not a whole number"
+    if "seed" in result["config"] and result["config"]["seed"] != result["seed"]:  # the trial writes one seed twice
+        return f"'seed' is {result['seed']!r} but 'config.seed' is {result['config']['seed']!r} (one of them was edited)"
     labelled = result["labelled"]
+    patients = labelled.get("patients")
+    if patients is not None and not (isinstance(patients, list) and all(isinstance(p, str) for p in patients)):
+        return f"'labelled.patients' is {patients!r}, not a list of patient ids"
     for name, ok, kind in (("num_patients", is_whole, "a whole number"), ("percent_patients", is_real, "a number")):
         if name in labelled and not ok(labelled[name]):
             return f"'labelled.{name}' is {labelled[name]!r}, not {kind}"
@@ -564,14 +570,17 @@ def _wrongly_typed_field(result: Mapping) -> str:
     for section in ("optim", "eval", "data"):
         if not isinstance(result["config"].get(section, {}), dict):
             return f"'config.{section}' is not an object"
-    steps = (result["config"].get("optim") or {}).get("max_steps")
-    if steps is not None and not is_whole(steps):
-        return f"'config.optim.max_steps' is {steps!r}, not a whole number"
+    for section, key in (("optim", "max_steps"), ("eval", "val_every")):  # the report reads them as whole numbers
+        fields = result["config"].get(section) or {}
+        if key in fields and not is_whole(fields[key]):
+            return f"'config.{section}.{key}' is {fields[key]!r}, not a whole number"
     return ""
 
 
-def read_trial(trial_dir: Path) -> TrialRecord | None:
-    """The finished trial in ``trial_dir``; None if it has no ``result.json``; :class:`CorruptResult` if broken."""
+def read_trial(trial_dir: Path, in_its_study: bool = True) -> TrialRecord | None:
+    """The finished trial in ``trial_dir``; None if it has no ``result.json``; :class:`CorruptResult` if broken.
+    ``in_its_study``: the folder is a study's ``trials/<key>``, whose name must be the key the result records (a study
+    tables a trial by its folder's name); False for a trial folder a user copied or moved (``medseg predict --trial``)."""
     path = Path(trial_dir) / RESULT_FILE
     if not path.is_file():
         return None
@@ -579,11 +588,19 @@ def read_trial(trial_dir: Path) -> TrialRecord | None:
         result = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptResult(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:  # unreadable (permissions): a traceback stopped the study command and the whole report
+        raise CorruptResult(f"{path}: unreadable ({exc.strerror or exc})") from None
     if not isinstance(result, dict) or result.get("schema") != RESULT_SCHEMA or any(k not in result for k in REQUIRED_KEYS):
         raise CorruptResult(f"{path}: not a {RESULT_SCHEMA} record (missing keys or wrong schema)")
     wrong = _wrongly_typed_field(result)
     if wrong:
         raise CorruptResult(f"{path}: {wrong}")
+    if in_its_study and result["trial_key"] != Path(trial_dir).name:  # a trial writes its own folder's name: copied here
+        raise CorruptResult(f"{path}: the result of trial {result['trial_key']!r}, not of this folder's (copied or moved "
+                            "here; it was tabled under this folder's row)")
+    if "val_curve_sha256" in result and "per_case_sha256" not in result:  # code that writes the one writes both
+        raise CorruptResult(f"{path}: records a checksum of val_curve.csv but none of per_case.csv (edited after the trial "
+                            "finished)")
     per_case_path = Path(trial_dir) / PER_CASE_FILE
     try:
         per_case = read_csv(per_case_path)
@@ -593,6 +610,15 @@ def read_trial(trial_dir: Path) -> TrialRecord | None:
     if "per_case_sha256" in result and sha256_file(per_case_path) != result["per_case_sha256"]:
         raise CorruptResult(f"{per_case_path}: its bytes differ from the file the trial wrote (changed or cut short "
                             "after the trial finished)")
+    curve_path = Path(trial_dir) / VAL_CURVE_FILE
+    if "val_curve_sha256" in result:  # trial health judges the trial from it (an edited curve moved its verdict)
+        try:
+            same = sha256_file(curve_path) == result["val_curve_sha256"]
+        except OSError as exc:
+            raise CorruptResult(f"{curve_path}: unreadable ({exc.strerror or exc})") from None
+        if not same:
+            raise CorruptResult(f"{curve_path}: its bytes differ from the file the trial wrote (changed or cut short "
+                                "after the trial finished)")
     return TrialRecord(Path(trial_dir), result, per_case)
 
 

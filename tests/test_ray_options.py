@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 
 import pytest
@@ -21,7 +22,9 @@ def _study(root, results, **kwargs) -> Study:
     return Study("opts", base, results, variants=[Variant({"row": "Sup"}, {"objective": "supervised"})], seeds=[1], **kwargs)
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.1.5", "::1", "localhost", "LOCALHOST"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.1.5", "::1", "localhost", "LOCALHOST",
+                                  # the cluster review: warned about as exposed, or refused as no host name
+                                  "::ffff:127.0.0.1", "localhost."])
 def test_loopback_hosts_pass_silently(host):
     assert check_dashboard_host(host) is None
 
@@ -96,12 +99,19 @@ def test_an_address_whose_port_takes_no_connection_fails_in_seconds_not_minutes(
     with pytest.raises(ConfigError, match=rf"^--address 127.0.0.1:{port}: no Ray cluster answers there \(TCP connection: "):
         init_ray(f"127.0.0.1:{port}", 2, False)
     assert time.perf_counter() - start < ray_runtime.ADDRESS_PROBE_S + 1
-    with socket.socket() as listening:  # a port that answers: left to ray.init
+    monkeypatch.setattr(ray_runtime, "ADDRESS_PROBE_S", 1.0)
+    with socket.socket() as listening:  # a port that takes the connection but never answers as a GCS (the cluster review)
         listening.bind(("127.0.0.1", 0))
         listening.listen()
-        ray_runtime.check_address_answers(f"127.0.0.1:{listening.getsockname()[1]}")
-    for left_to_ray in ("auto", "::1", "2001:db8::1:6379", "ray://head:10001"):  # not probed: Ray's own message
+        with pytest.raises(ConfigError, match=r"something answers there, but not a Ray head's GCS \(no gRPC reply"):
+            ray_runtime.check_address_answers(f"127.0.0.1:{listening.getsockname()[1]}")
+    for left_to_ray in ("auto", "ray://head:10001"):  # not probed: Ray's own message
         ray_runtime.check_address_answers(left_to_ray)
+    # refused before the study folder is written (they failed in ray.init after it, and a dry run passed them)
+    for address, message in (("127.0.0.1", "not a Ray address (no port)"), ("http://127.0.0.1:8265", "not a Ray address (a URL)"),
+                             (" ", "not a Ray address (empty)"), ("2001:db8::1:6379", "an IPv6 address needs brackets")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            ray_runtime.check_address_answers(address)
     for port in (0, 99999):  # the cluster review: 99999 was probed as 34463 and called a refused cluster
         with pytest.raises(ConfigError, match=rf"^--address 127.0.0.1:{port}: not a Ray address: the port must be 1-65535"):
             ray_runtime.check_address_answers(f"127.0.0.1:{port}")
@@ -123,7 +133,8 @@ def test_a_kill_while_joining_a_cluster_takes_the_ctrl_c_path(monkeypatch):
 
 
 def test_an_address_without_a_port_is_a_one_line_config_error(monkeypatch):
-    """Ray 2.60's ValueError for a malformed address (faked: a real ray.init may meet this session's Ray)."""
+    """Refused by the address check before ray.init (whose ValueError, faked here, came only after the study folder was
+    written: the cluster review)."""
     import ray
 
     def reject(**kw):
@@ -132,7 +143,7 @@ def test_an_address_without_a_port_is_a_one_line_config_error(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", reject)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    with pytest.raises(ConfigError, match=r"^--address 10.0.0.9: not a Ray address \(.*\); give HOST:PORT"):
+    with pytest.raises(ConfigError, match=r"^--address 10.0.0.9: not a Ray address \(no port\); give the head's GCS address HOST:PORT"):
         init_ray("10.0.0.9", 2, False)
 
 
@@ -474,6 +485,32 @@ def test_a_journal_holding_this_search_from_another_results_folder_is_refused(ti
     (first.study_dir / STUDY_FILE).write_text(json.dumps(other.description(other.trial_params())), encoding="utf-8")
     check_before_ray(_study(tiny_root, tmp_path / "results-a", search_space=space, num_samples=2, dashboard=False,
                             optuna_storage=journal))
+    # a folder whose study.json (of code that recorded no journal path) holds another search is not this search's (the
+    # second diff review: such a study.json let the search join the other folder's Optuna study)
+    foreign = _study(tiny_root, tmp_path / "results-d", search_space=space, num_samples=7, dashboard=False, optuna_storage=journal)
+    foreign.study_dir.mkdir(parents=True)
+    older = {k: v for k, v in foreign.description(foreign.trial_params()).items() if k != "optuna_storage"}
+    (foreign.study_dir / STUDY_FILE).write_text(json.dumps(older), encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"already holds the Optuna study {name} "):
+        check_before_ray(_study(tiny_root, tmp_path / "results-d", search_space=space, num_samples=2, dashboard=False,
+                                optuna_storage=journal))
     # another search (other samples: another experiment name) in a new folder may share the journal
     check_before_ray(_study(tiny_root, tmp_path / "results-c", search_space=space, num_samples=3, dashboard=False,
                             optuna_storage=journal))
+
+
+def test_a_ray_head_s_gcs_passes_the_address_probe_and_an_http_server_does_not(ray_address):
+    """The probe speaks HTTP/2 to the port: a Ray head's GCS (gRPC) answers with its SETTINGS frame; an HTTP/1 server
+    (the dashboard's port given by mistake) made ray.init retry for about 14 minutes (the cluster review)."""
+    import http.server
+    import threading
+
+    ray_runtime.check_address_answers(ray_address)
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ConfigError, match="something answers there, but not a Ray head's GCS"):
+            ray_runtime.check_address_answers(f"127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()

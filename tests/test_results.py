@@ -80,7 +80,7 @@ def test_a_change_the_means_cannot_see_is_found_by_the_checksum(trial):
     with pytest.raises(CorruptResult, match="its bytes differ from the file the trial wrote"):
         read_trial(trial)
     result = json.loads((trial / "result.json").read_text())
-    del result["per_case_sha256"]  # a result written before the checksum: the rows and means are still checked
+    del result["per_case_sha256"], result["val_curve_sha256"]  # a result written before the checksums: rows and means checked
     (trial / "result.json").write_text(json.dumps(result))
     assert read_trial(trial) is not None
 
@@ -96,6 +96,14 @@ WRONG_TYPES = {  # the report review: each crashed `medseg report` with a traceb
     "max_steps as text": (lambda r: r["config"].setdefault("optim", {}).update(max_steps="many"),
                           "'config.optim.max_steps' is 'many', not a whole number"),
     "seed null": (lambda r: r.update(seed=None), "'seed' is None, not a whole number"),
+    # the results review: each still crashed the report (null is a value the report read with int()), or tabled a
+    # trial under another seed than it trained with
+    "max_steps null": (lambda r: r["config"].setdefault("optim", {}).update(max_steps=None),
+                       "'config.optim.max_steps' is None, not a whole number"),
+    "val_every null": (lambda r: r["config"].setdefault("eval", {}).update(val_every=None),
+                       "'config.eval.val_every' is None, not a whole number"),
+    "patients a number": (lambda r: r["labelled"].update(patients=5), "'labelled.patients' is 5, not a list of patient ids"),
+    "seed edited": (lambda r: r.update(seed=7), "'seed' is 7 but 'config.seed' is 1 (one of them was edited)"),
 }
 
 
@@ -217,3 +225,42 @@ def test_a_mix_revision_renames_only_the_trials_with_that_mix():
         assert trial_key(cutout) == with_revision(cutout, KEY_REVISIONS_BY_MIX[(objective, "cutout")])
     action = config("action", "cutout")
     assert trial_key(action) == with_revision(action, KEY_REVISIONS["action"])  # ACTION has no entropy masks
+
+
+def test_a_result_copied_from_another_trial_an_edited_curve_or_an_unreadable_record_is_a_corrupt_result(trial):
+    """The results review: a trial folder holding another trial's result was tabled under this folder's row (and a rerun
+    retagged it); an edited or cut val_curve.csv moved the trial-health verdict unseen; an unreadable result.json
+    stopped the study command with a traceback. Each is now a corrupt result: listed, and trained again."""
+    import shutil
+
+    other = trial.parent / "mona-l1-s1-0000000000"
+    shutil.copytree(trial, other)
+    with pytest.raises(CorruptResult, match=rf"the result of trial '{trial.name}', not of this folder's \(copied or moved here"):
+        read_trial(other)
+    shutil.rmtree(other)
+    assert read_trial(trial) is not None
+    curve = trial / "val_curve.csv"
+    original = curve.read_bytes()
+    _edit(curve, lambda t: t.replace(b",0.", b",0.9", 1))
+    with pytest.raises(CorruptResult, match="val_curve.csv: its bytes differ from the file the trial wrote"):
+        read_trial(trial)
+    curve.write_bytes(original)
+    result = json.loads((trial / "result.json").read_text())
+    edited = {k: v for k, v in result.items() if k != "per_case_sha256"}
+    (trial / "result.json").write_text(json.dumps(edited))
+    with pytest.raises(CorruptResult, match="records a checksum of val_curve.csv but none of per_case.csv"):
+        read_trial(trial)
+    (trial / "result.json").write_text(json.dumps(result))
+    real_read = type(trial).read_text
+
+    def unreadable(path, *args, **kwargs):
+        if path.name == "result.json":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read(path, *args, **kwargs)
+
+    with mock.patch.object(type(trial), "read_text", unreadable):
+        with pytest.raises(CorruptResult, match="result.json: unreadable \\(Permission denied\\)"):
+            read_trial(trial)
+        assert not trial_finished(trial)
+        records, problems = scan_study(trial.parent.parent)
+        assert records == [] and problems[0].startswith("corrupt result: ")

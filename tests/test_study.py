@@ -484,8 +484,20 @@ def test_a_single_worker_trial_larger_than_the_local_ray_is_refused_before_ray(t
     study.cpus_per_trial, study.address = 4.0, "10.0.0.1:6379"  # a cluster's nodes are not this machine
     check_local_resources(study)
     study.address = None
-    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # a Ray already started by this process: Tune asks it
+    from medseg_platform.study import ray_runtime, runner
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    for module in (ray_runtime, runner):  # a cluster this process joined (ray.init(address=...)): it may grow
+        monkeypatch.setattr(module, "ray_started_here", lambda: False)
     check_local_resources(study)
+    for module in (ray_runtime, runner):  # a Ray this process started (a notebook's ray.init(num_cpus=2)): it cannot grow,
+        monkeypatch.setattr(module, "ray_started_here", lambda: True)  # and Tune waited forever (the cluster review)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(ConfigError, match=r"^the Ray this process started \(ray.init\) has 2 CPU\(s\), and a trial needs 4 "):
+        check_local_resources(study)
+    study.cpus_per_trial = 2.0
+    check_local_resources(study)
+    study.cpus_per_trial = 4.0
     # GPUs: a local study asking for more than the machine has waited forever for the cluster to grow (the cluster review)
     import torch
 
@@ -648,6 +660,15 @@ def test_every_node_of_a_cluster_must_see_the_study_and_data_folders(tmp_path, r
         check_nodes_see({str(held): ("the study folder's lock file", b"pid 2 on another driver\n")})
     with pytest.raises(DataError, match=r"the dataset's list .*/nowhere/train_slices.list cannot be read there \(No such file"):
         check_nodes_see({str(tmp_path / "nowhere" / "train_slices.list"): ("the dataset's list", b"")})
+    # ... and write in the study folder (a node that mounts it read-only failed its trials once they started: the cluster
+    # review); the session's Ray was started by this process: a study here checks no node (joins_cluster)
+    from medseg_platform.study.ray_runtime import joins_cluster, ray_started_here
+
+    check_nodes_see({str(held): ("the study folder's lock file", held.read_bytes())}, writable=(tmp_path,))
+    assert not list(tmp_path.glob(".node-check-*"))
+    with pytest.raises(DataError, match=r"the study folder .*/gone cannot be written there \(No such file or directory"):
+        check_nodes_see({}, writable=(tmp_path / "gone",))
+    assert ray_started_here() and not joins_cluster(None) and not joins_cluster("10.0.0.1:6379")
 
 
 def test_a_multi_worker_trial_removes_the_train_runs_of_its_earlier_attempts(tmp_path):

@@ -262,7 +262,7 @@ def _finished_trial(trial_dir: Path, config: dict) -> None:
     outcome = SimpleNamespace(labelled=SimpleNamespace(to_dict=lambda: {"patients": ["p1"]}), curves=[], val_curve=[],
                               test_rows=[{"case": "c1", "class": 1, "dice": 0.5, "jaccard": 0.3, "hd95": 1.0, "asd": 1.0}],
                               best_step=3, best_val_dice=0.5, timing={}, resumed_from_step=0)
-    write_trial_results(trial_dir, config=config, tags={}, outcome=outcome, seed=1)
+    write_trial_results(trial_dir, config=config, tags={}, outcome=outcome, seed=int(config.get("seed", 1)))
 
 
 def test_dry_run_statuses_costs_and_wall_time(tmp_path, phantom_env, monkeypatch):

@@ -328,14 +328,16 @@ def check_label(label: np.ndarray, num_classes: int, where: str | Path) -> np.nd
         if low < 0 or high > num_classes - 1:
             bad = np.unique(label[(label < 0) | (label > num_classes - 1)])[:5]
             values = ", ".join(f"{v:g}" for v in bad.astype(np.float64))
-            # the count that holds the largest value (a negative value or one past uint8 fits none: the hint named a bare
-            # --num-classes there, the converter review); a lone 255 beside a few classes is a mask saved as 0/255 or an
-            # "ignore" value far more often than class 255 of 256 (the hint advised 256 classes, 254 of them empty)
-            hint = (f"; a dataset with more classes is converted with convert-nifti --num-classes {int(high) + 1}"
-                    if low >= 0 and high < 256 else "")
-            if set(np.unique(bad).tolist()) == {255} and num_classes <= FEW_CLASSES:
-                hint = ("; 255 is usually a mask saved as 0/255 or an 'ignore' value: map it to its class (e.g. 1) or to 0 "
-                        "in the label files first (where 255 is a class of its own, convert with --num-classes 256)")
+            # the count that holds the largest value, where the file looks like a dataset of more classes: at least half
+            # of the values 0..max occur in it (a 40-class label converted with the default 4). A negative value or one
+            # past uint8 fits no count (the hint named a bare --num-classes there, the converter review); values 0, 4,
+            # 255 or a 0/128/255 mask were advised 256 classes, 254 of them empty (the converter and diff reviews)
+            present = np.unique(label)
+            dense = low >= 0 and high < 256 and 2 * present.size >= int(high) + 1
+            hint = f"; a dataset with more classes is converted with convert-nifti --num-classes {int(high) + 1}" if dense else ""
+            if not dense and 255 in bad.tolist() and num_classes <= FEW_CLASSES:
+                hint = ("; a value 255 is usually a mask saved as 0/255 or an 'ignore' value: map it to its class (e.g. 1) "
+                        "or to 0 in the label files first")
             raise DataError(f"{where}: label value(s) {values} outside 0..{num_classes - 1} (fix the label file{hint})")
     return label.astype(np.uint8)
 

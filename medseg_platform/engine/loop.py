@@ -56,10 +56,11 @@ class NonFiniteLossError(MedsegError):
         return type(self), (str(self), self.step, self.terms)
 
 
-#: fp16's gradient scale below which a curve row ends the trial: the scaler starts at 2**16 and halves at every step whose
-#: gradients overflow (it then skips the update), so a scale under 1 means about 16 updates skipped in a row, where healthy
-#: training sits at 2**10 and more; with gradients NaN at every step the weights never change while the loss stays
-#: finite, and such a trial finished "successfully" untrained (the GPU-path review).
+#: fp16's gradient scale below which a curve row ends the trial, when the scaler also skipped at least half of the
+#: row's updates: it starts at 2**16, halves at every step whose gradients overflow (skipping its update) and doubles
+#: after 2000 steps without one, so healthy training sits at 2**10 and more. With gradients NaN at every step the weights
+#: never change while the loss stays finite, and such a trial finished "successfully" untrained (the GPU-path review);
+#: the scale alone would also end a long run whose rare skips had added up (the diff review).
 MIN_HEALTHY_AMP_SCALE = 1.0
 
 
@@ -193,6 +194,7 @@ class TrainLoop:
         self.interval_steps = 0
         self.interval_start = time.perf_counter()
         self.first_grad_norms: list[float] | None = None
+        self.row_scale: float | None = None  # fp16: the scaler's scale at the previous curve row (or the first step)
         self.train_s = 0.0
 
     def _weak(self, bank: SliceBank, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,6 +211,8 @@ class TrainLoop:
         """One optimisation step; no host sync (see the module docstring for the exceptions)."""
         raise_if_stopped()  # a kill whose KeyboardInterrupt Python ignored (medseg_platform.io.interrupt_on_signal)
         t0 = time.perf_counter()
+        if self.scaler is not None and self.row_scale is None:  # once: the scale this run starts from (a resume's is loaded)
+            self.row_scale = float(self.scaler.get_scale())
         self.objective.train()
         image, label = self._weak(self.data.labelled, self.labelled_batch)
         unlabelled = None
@@ -269,12 +273,14 @@ class TrainLoop:
         row = {"step": step, "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": self.interval_steps / max(elapsed, 1e-9)}
         row.update({name: float(total) / self.term_counts[name] for name, total in self.term_sums.items()})
         if self.scaler is not None:  # fp16: the scale shows how many updates the scaler skipped (it halves at each)
-            row["amp_scale"] = float(self.scaler.get_scale())
-            if row["amp_scale"] < MIN_HEALTHY_AMP_SCALE:
+            row["amp_scale"] = scale = float(self.scaler.get_scale())
+            before, self.row_scale = self.row_scale or scale, scale
+            skipped = round(math.log2(before / scale)) if 0 < scale < before else (self.interval_steps if scale == 0 else 0)
+            if scale < MIN_HEALTHY_AMP_SCALE and 2 * skipped >= self.interval_steps:
                 raise NonFiniteLossError(
-                    f"step {step}: fp16's gradient scale fell to {row['amp_scale']:.3g}: the gradients overflowed or were NaN "
-                    "at about every step, so the scaler skipped the updates and the weights stopped changing while the loss "
-                    "stayed finite; train in bf16 or full precision (--set optim.amp=bf16 or off), or lower the learning rate",
-                    step=step, terms=("gradients",))
+                    f"step {step}: fp16's gradient scale fell to {scale:.3g}, halved {skipped} times over the last "
+                    f"{self.interval_steps} steps: the gradients overflowed or were NaN at least that often, and the scaler "
+                    "skipped those updates while the loss stayed finite; train in bf16 or full precision (--set "
+                    "optim.amp=bf16 or off), or lower the learning rate", step=step, terms=("gradients",))
         self.term_sums, self.term_counts, self.interval_steps, self.interval_start = {}, {}, 0, time.perf_counter()
         return row

@@ -72,19 +72,22 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboa
     return True
 
 
-def check_nodes_see(paths: dict, timeout_s: float = 120.0) -> None:
+def check_nodes_see(paths: dict, timeout_s: float = 120.0, writable: tuple = ()) -> None:
     """On a joined Ray cluster: every alive node sees each of ``paths`` (path -> (what it is, the bytes it holds here)) as
-    this machine does, checked by one zero-CPU task per node, pinned to it. A one-line :class:`DataError`
-    names the first node that does not. Without a shared filesystem a trial on such a node wrote its checkpoints and
-    results to that node's own disk, and Tune's own check failed only at the first checkpoint, after the pretraining
-    (the cluster audit; README, 'Running on a cluster')."""
+    this machine does, and can create a file in each folder of ``writable`` (the study folder, where its trials write),
+    checked by one zero-CPU task per node, pinned to it. A one-line :class:`DataError` names the first node that does
+    not. Without a shared filesystem a trial on such a node wrote its checkpoints and results to that node's own disk,
+    and Tune's own check failed only at the first checkpoint, after the pretraining (the cluster audit; README, 'Running
+    on a cluster'); a node that mounts the folder read-only failed its trials once they started (the cluster review)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from medseg_platform.errors import DataError
 
     @ray.remote(num_cpus=0, max_retries=0)
-    def differing(paths: dict) -> list:
+    def differing(paths: dict, writable: tuple) -> list:
+        import tempfile
+
         out = []
         for path, (what, content) in paths.items():
             try:
@@ -93,12 +96,18 @@ def check_nodes_see(paths: dict, timeout_s: float = 120.0) -> None:
                         out.append(f"{what} {path} holds other bytes there (another filesystem at the same path)")
             except OSError as exc:
                 out.append(f"{what} {path} cannot be read there ({exc.strerror or exc})")
+        for folder in writable:
+            try:
+                with tempfile.NamedTemporaryFile(dir=folder, prefix=".node-check-"):
+                    pass
+            except OSError as exc:
+                out.append(f"the study folder {folder} cannot be written there ({exc.strerror or exc}: mounted read-only?)")
         return out
 
     resources = ("CPU", "GPU")  # the nodes trials can run on (a head node started with --num-cpus 0 runs none)
     nodes = [node for node in ray.nodes() if node.get("Alive") and any(node.get("Resources", {}).get(r, 0) > 0 for r in resources)]
-    pending = {differing.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(paths):
-               node for node in nodes}
+    pending = {differing.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+               paths, tuple(str(folder) for folder in writable)): node for node in nodes}
     try:
         answers = ray.get(list(pending), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
@@ -145,6 +154,26 @@ def check_local_ray_temp_dir() -> str:
     return temp
 
 
+def ray_started_here() -> bool:
+    """Whether this process runs Ray and started its head itself (``ray.init()`` without an address: a local Ray, which
+    cannot grow). False where it joined a cluster (``ray.init(address=...)``), or runs none."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return False
+    node = getattr(ray._private.worker, "_global_node", None)  # Ray 2.60: the Node this driver started or connected to
+    return bool(node is not None and node.is_head())
+
+
+def joins_cluster(address: str | None) -> bool:
+    """Whether the study's trials run on a Ray cluster beside this machine: ``--address``/``$RAY_ADDRESS``, or a Ray this
+    process joined itself (a notebook's ``ray.init(address=...)``, where the nodes' view of the folders went unchecked:
+    the cluster review)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return not ray_started_here()
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
 def check_cluster_answers(address: str | None) -> None:
     """:func:`check_address_answers` for the cluster :func:`init_ray` would join (``address``, else ``$RAY_ADDRESS``);
     nothing when there is none or this process already runs Ray (a notebook's, which :func:`init_ray` keeps). The
@@ -166,23 +195,54 @@ def cluster_address(address: str | None) -> tuple[str | None, str, str]:
     return os.environ.get("RAY_ADDRESS") or None, "$RAY_ADDRESS", "unset RAY_ADDRESS"
 
 
+#: The client's HTTP/2 connection preface and an empty SETTINGS frame: a gRPC server (a Ray head's GCS) answers with a
+#: SETTINGS frame of its own (frame type 4, the fourth byte of the reply).
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
 def check_address_answers(address: str, source: str = "--address", drop: str = "drop the flag") -> None:
-    """A HOST:PORT address whose port takes no TCP connection is a one-line :class:`ConfigError` within
-    :data:`ADDRESS_PROBE_S`: ``ray.init`` would retry for about 14 minutes first (Ray 2.60: 20 tries of its GCS client,
-    each blocking about 40 s on a refused or silent port). ``auto`` and ``ray://`` addresses are left to Ray."""
+    """A one-line :class:`ConfigError` within seconds for an address ``ray.init`` would retry for about 14 minutes (Ray
+    2.60: 20 tries of its GCS client, each blocking about 40 s) or refuse only after the study folder was written: one
+    that is not ``auto``, ``ray://HOST:PORT`` or ``HOST:PORT`` (a missing port, a dashboard URL, a blank value), a port
+    that takes no TCP connection, or one whose server does not speak gRPC (HTTP/2) as a Ray head's GCS does (the
+    dashboard's port given by mistake: the cluster review). ``auto`` and ``ray://`` addresses are left to Ray, and so is
+    the gRPC check of a cluster with TLS (``RAY_USE_TLS``)."""
     import socket
 
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or "/" in address or not host:
-        return  # "auto", "ray://...", or no port: Ray's own message (ValueError above)
+    text = address.strip()
+    if text == "auto" or text.startswith("ray://"):
+        return
+    form = ("give the head's GCS address HOST:PORT (port 6379 by default), 'auto' for a Ray started on this machine, or "
+            "ray://HOST:10001 for a Ray Client")
+    if not text or "://" in text or "/" in text:
+        raise ConfigError(f"{source} {address!r}: not a Ray address ({'empty' if not text else 'a URL'}); {form}, or {drop} "
+                          "to run a local Ray")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{source} {address}: not a Ray address (no port); {form}")
     if ":" in host and not host.startswith("["):
-        return  # an IPv6 address without brackets (its port cannot be told apart): Ray's own message
+        raise ConfigError(f"{source} {address}: an IPv6 address needs brackets before its port: [{host}]:{port}")
     host = host.strip("[]")  # [IPv6]:port
     if not 1 <= int(port) <= 65535:  # getaddrinfo wraps a larger port (99999 probed 34463; the cluster review)
         raise ConfigError(f"{source} {address}: not a Ray address: the port must be 1-65535 (the head's GCS port, 6379 "
                           "by default)")
     try:
-        socket.create_connection((host, int(port)), timeout=ADDRESS_PROBE_S).close()
+        with socket.create_connection((host, int(port)), timeout=ADDRESS_PROBE_S) as connection:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("0", "", "false"):
+                connection.sendall(HTTP2_PREFACE)
+                reply = b""
+                try:
+                    while len(reply) < 9:
+                        chunk = connection.recv(9 - len(reply))
+                        if not chunk:
+                            break
+                        reply += chunk
+                except socket.timeout:
+                    pass
+                if len(reply) < 4 or reply[3] != 4:
+                    raise ConfigError(f"{source} {address}: something answers there, but not a Ray head's GCS (no gRPC "
+                                      "reply: the dashboard's port 8265, say); give the GCS port (6379 by default, `ray "
+                                      f"start --head --port`), or {drop} to run a local Ray")
     except OSError as exc:
         why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
         raise ConfigError(f"{source} {address}: no Ray cluster answers there (TCP connection: {why}); start one with "

@@ -43,7 +43,8 @@ from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.rescore import score_from_sources, scoring_device
 from medseg_platform.results import (ERROR_FILE, LAST_RUN_FILE, RESULT_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, retag_finished_trials,
                                      trial_finished, trial_folder, tune_storage, write_trial_error)
-from medseg_platform.study.ray_runtime import check_cluster_answers, check_gpus_available, check_nodes_see, init_ray, sigterm_handler_kept
+from medseg_platform.study.ray_runtime import (check_cluster_answers, check_gpus_available, check_nodes_see, init_ray, joins_cluster,
+                                               ray_started_here, sigterm_handler_kept)
 from medseg_platform.study.spec import ASHA_TIME, Study, check_accumulating_folder, check_study_folder
 
 
@@ -293,20 +294,25 @@ def ended_sample_ids(study: Study, trials: list[dict]) -> set[str]:
 
 
 def check_local_resources(study: Study) -> None:
-    """A local Ray (no ``--address``/RAY_ADDRESS) must hold one whole trial: its CPUs are this machine's (or
-    ``num_cpus``), and a trial reserves ``num_workers x cpus_per_trial`` of them; Tune would otherwise wait forever for
-    a trial it can never start (``--cpus-per-trial 4``, or the paper profile's 4 threads, on 2 CPUs). One-line
-    :class:`ConfigError` before Ray starts (also in ``--dry-run``); the GPUs: :func:`check_gpus_available`."""
-    if study.address or os.environ.get("RAY_ADDRESS"):
-        return
-    if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # a Ray this process started already: Tune asks it
+    """A local Ray (no ``--address``/RAY_ADDRESS, nor a cluster this process joined) must hold one whole trial: its CPUs
+    are this machine's (or ``num_cpus``, or those of the Ray this process started already), and a trial reserves
+    ``num_workers x cpus_per_trial`` of them; Tune would otherwise wait forever for a trial it can never start
+    (``--cpus-per-trial 4``, or the paper profile's 4 threads, on 2 CPUs). One-line :class:`ConfigError` before Ray
+    starts (also in ``--dry-run``); the GPUs: :func:`check_gpus_available`."""
+    if joins_cluster(study.address):  # a cluster may grow: distributed_trials_that_fit warns there
         return
     from medseg_platform.plan import available_cpus
 
-    cpus = study.num_cpus if study.num_cpus is not None else available_cpus()
+    started = ray_started_here()  # a notebook's ray.init(num_cpus=1): Tune waited for a second CPU forever (the cluster review)
+    cpus = (int(sys.modules["ray"].cluster_resources().get("CPU", 0)) if started
+            else study.num_cpus if study.num_cpus is not None else available_cpus())
     need = study.cpus_per_trial * study.num_workers
     if need <= cpus + 1e-9:
         return
+    if started:
+        raise ConfigError(f"the Ray this process started (ray.init) has {cpus} CPU(s), and a trial needs {need:g} "
+                          f"({study.num_workers} worker(s) x {study.cpus_per_trial:g}, --cpus-per-trial): ask for less, or "
+                          "ray.shutdown() first and let the study start a Ray of this machine's CPUs")
     if study.num_workers > 1:
         raise ConfigError(f"--num-workers {study.num_workers}: a trial needs {need:g} CPUs ({study.num_workers} workers x "
                           f"{study.cpus_per_trial:g}), the local Ray has {cpus}; use fewer workers or less per worker "
@@ -498,9 +504,8 @@ def check_journal_holds_no_other_search(study: Study, trials: list[dict]) -> Non
         info = json.loads((study.study_dir / STUDY_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         info = None
-    if isinstance(info, dict) and (info.get("spec_hash") == spec_hash and info.get("optuna_storage") == str(journal)
-                                   or info.get("search") and "optuna_storage" not in info):
-        return  # this folder's own search (or one recorded by code that kept no journal path)
+    if isinstance(info, dict) and info.get("spec_hash") == spec_hash and info.get("optuna_storage", str(journal)) == str(journal):
+        return  # this folder's own search (recorded with this journal, or by code that kept no journal path)
     import optuna
 
     name = f"{study.name}-{spec_hash}"
@@ -575,8 +580,8 @@ def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, s
     started_here = init_ray(study.address, study.num_cpus, study.dashboard, study.dashboard_host)
     timing["ray_init_s"] = time.perf_counter() - t0
     try:
-        if study.address or os.environ.get("RAY_ADDRESS"):  # a cluster: its nodes must share the folders with this one
-            check_nodes_see(shared_paths(study, trials, study_dir))
+        if joins_cluster(study.address):  # a cluster: its nodes must share the folders with this one, and write in it
+            check_nodes_see(shared_paths(study, trials, study_dir), writable=(study_dir,))
         t0 = time.perf_counter()
         distributed = study.num_workers > 1
         trainable = tune.with_resources(
@@ -816,7 +821,8 @@ def distributed_trials_that_fit(study: Study) -> int | None:
     per_worker = {kind: amount for kind, amount in (("CPU", study.cpus_per_trial), ("GPU", study.gpus_per_trial)) if amount > 0}
     if study.num_workers <= 1:
         if not any(all(node.get(kind, 0.0) + 1e-9 >= amount for kind, amount in per_worker.items()) for node in nodes):
-            # a joined cluster (a local Ray too small was refused before it started): Tune waits for one to appear
+            # a joined cluster (a local Ray too small, this command's or one this process started, was refused before
+            # the run: check_local_resources): Tune waits for one to appear
             nodes_text = "; ".join(", ".join(f"{node.get(kind, 0.0):g} {kind}s" for kind in per_worker) for node in nodes) or "none"
             log_line("warning: a trial needs " + " and ".join(f"{amount:g} {kind}s" for kind, amount in per_worker.items())
                  + f" on one node, and no node of the Ray cluster holds that now (its nodes: {nodes_text}); waiting for the "

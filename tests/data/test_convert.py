@@ -656,22 +656,27 @@ def test_a_label_stored_in_another_orientation_is_refused_and_other_units_become
 
 def test_a_mask_saved_as_0_255_is_told_to_be_remapped_not_to_take_256_classes(tmp_path, capsys):
     """A label holding 255 beside a few classes was advised `--num-classes 256` (254 empty classes, a 256-way network;
-    the converter review); another value still names the count that holds it (a dataset of many classes, the diff
-    review), and so does 255 where the classes are many."""
-    for value, expected in ((255, "255 is usually a mask saved as 0/255 or an 'ignore' value: map it to its class"),
-                            (200, "label value(s) 200 outside 0..2 (fix the label file; a dataset with more classes is "
-                                  "converted with convert-nifti --num-classes 201)")):
-        raw = tmp_path / f"raw{value}"
-        make_generic(raw, ["a", "b", "c"])
-        image = nib.load(str(raw / "c_gt.nii.gz"))
-        label = np.asarray(image.dataobj).copy()
-        label[0, 0, 0] = value
-        nib.save(nib.Nifti1Image(label.astype(np.uint8), image.affine), str(raw / "c_gt.nii.gz"))
-        rc, _, err = run(capsys, "convert-nifti", raw, tmp_path / f"out{value}", "--num-classes", "3")
-        assert rc == 2 and expected in err and ("--num-classes 256)" in err) == (value == 255), err
+    the converter review), and so were values 0, 4, 255 or a 0/128/255 mask (the diff review). The count is named only
+    where the file looks like a dataset of more classes (half of the values 0..max occur in it)."""
+    raw = tmp_path / "raw"
+    make_generic(raw, ["a", "b", "c"])
+    image = nib.load(str(raw / "c_gt.nii.gz"))
+    label = np.asarray(image.dataobj).copy()
+    label[0, 0, 0] = 255
+    nib.save(nib.Nifti1Image(label.astype(np.uint8), image.affine), str(raw / "c_gt.nii.gz"))
+    rc, _, err = run(capsys, "convert-nifti", raw, tmp_path / "out", "--num-classes", "3")
+    assert rc == 2 and "a value 255 is usually a mask saved as 0/255 or an 'ignore' value: map it to its class" in err, err
+    assert "--num-classes 256" not in err
     from medseg_platform.data.nifti import check_label
     from medseg_platform.errors import DataError
 
-    with pytest.raises(DataError, match=r"outside 0..99 \(fix the label file; a dataset with more classes is converted with "
-                                        r"convert-nifti --num-classes 256\)$"):
-        check_label(np.array([0, 255]), 100, "x")
+    for values, num_classes, hint in (([0, 4, 255], 4, "; a value 255 is usually a mask saved as 0/255"),
+                                      ([0, 128, 255], 2, "; a value 255 is usually a mask saved as 0/255"),
+                                      ([0, 200], 4, ")"),  # no hint: a mislabelled file, not 201 classes
+                                      (list(range(40)), 4, "; a dataset with more classes is converted with convert-nifti "
+                                                           "--num-classes 40)"),
+                                      ([0, 255], 100, ")")):
+        with pytest.raises(DataError) as raised:
+            check_label(np.array(values), num_classes, "x")
+        message = str(raised.value)
+        assert message.startswith("x: label value(s) ") and f"outside 0..{num_classes - 1} (fix the label file{hint}" in message, message
