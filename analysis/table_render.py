@@ -394,9 +394,15 @@ _LATEX_ESCAPES = {
     "\u2018": "`", "\u2019": "'", "\u201c": "``", "\u201d": "''", "\u2212": r"$-$",
 }
 
-#: Characters beyond Latin-1 written as they are: Latin Extended-A and -B (ę, ń, Č, ...), which LaTeX's UTF-8 input
-#: typesets with its T1 fonts; every other one without an entry in ``_LATEX_ESCAPES`` is written as its code point.
-_LATEX_KEPT = range(0x100, 0x250)
+#: The characters beyond ASCII written as they are: those of Latin-1 and Latin Extended-A/-B that pdflatex typesets in
+#: a document of the default preamble (``\\documentclass{article}``, OT1 fonts, its UTF-8 input), each found by compiling
+#: it alone (TeX Live 2022's pdfTeX 1.40.24, 2026-12-07; the third diff review: half of Latin Extended stopped the build,
+#: e.g. ę and Ħ, and so do « » Ð ð Þ þ). Every other character without an entry in ``_LATEX_ESCAPES`` is written as its
+#: code point, ``[U+0119]``.
+_LATEX_TYPESET = frozenset(
+    "¡¢£¤¥¦§¨©ª¬®¯°±²³´µ¶·¸¹º¼½¾¿ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÑÒÓÔÕÖ×ØÙÚÛÜÝßàáâãäåæçèéêëìíîïñòóôõö÷øùúûüýÿ"
+    "ĀāĂăĆćĈĉĊċČčĎďĒēĔĕĖėĚěĜĝĞğĠġĢģĤĥĨĩĪīĬĭİıĲĳĴĵĶķĹĺĻļĽľŁłŃńŅņŇňŌōŎŏŐőŒœŔŕ"
+    "ŖŗŘřŚśŜŝŞşŠšŢţŤťŨũŪūŬŭŮůŰűŴŵŶŷŸŹźŻżŽžƒǄǅǆǇǈǉǊǋǌǍǎǏǐǑǒǓǔǢǣǦǧǨǩǰǴǵȘșȚțȲȳȷ")
 
 
 _GREEK = re.compile(r"([\u0391-\u03a1\u03a3-\u03a9\u03b1-\u03c9])(?:_([A-Za-z0-9]+))?")
@@ -429,11 +435,11 @@ def escape_latex(text: str) -> str:
 
 def _latex_chars(text: str) -> str:
     """``text`` (no Greek letters) with each character escaped (``_LATEX_ESCAPES``), a hyphen before another hyphen kept
-    apart from it (``-{}``), and a character beyond Latin-1 and Latin Extended (``_LATEX_KEPT``) that has no entry
-    written as its code point, ``[U+2295]`` (pdflatex stops at a Unicode character its input encoding does not set up:
-    the tables review; writing every one so garbled names LaTeX sets, the diff review)."""
+    apart from it (``-{}``), and a character beyond ASCII that pdflatex does not typeset by default (not in
+    ``_LATEX_TYPESET``) and has no entry written as its code point, ``[U+2295]`` (pdflatex stops at such a character:
+    the tables review; writing every one so garbled names LaTeX sets, the diff reviews)."""
     return "".join("-{}" if char == "-" and text[i + 1:i + 2] == "-"
-                   else _LATEX_ESCAPES.get(char, char if ord(char) < 0x100 or ord(char) in _LATEX_KEPT else f"[U+{ord(char):04X}]")
+                   else _LATEX_ESCAPES.get(char, char if ord(char) < 0x80 or char in _LATEX_TYPESET else f"[U+{ord(char):04X}]")
                    for i, char in enumerate(text))
 
 

@@ -109,7 +109,11 @@ def test_an_address_whose_port_takes_no_connection_fails_in_seconds_not_minutes(
         ray_runtime.check_address_answers(left_to_ray)
     # refused before the study folder is written (they failed in ray.init after it, and a dry run passed them)
     for address, message in (("127.0.0.1", "not a Ray address (no port)"), ("http://127.0.0.1:8265", "not a Ray address (a URL)"),
-                             (" ", "not a Ray address (empty)"), ("2001:db8::1:6379", "an IPv6 address needs brackets")):
+                             (" ", "not a Ray address (empty)"),
+                             # an IP address alone: its last group is no port (the third diff review: "[:]:1"); an IPv6
+                             # address with a port but no brackets reads as an address alone
+                             ("::1", "not a Ray address (no port), e.g. [::1]:6379"), ("10.0.0.9", "(no port), e.g. 10.0.0.9:6379"),
+                             ("2001:db8::1:6379", "(no port), e.g. [2001:db8::1:6379]:6379")):
         with pytest.raises(ConfigError, match=re.escape(message)):
             ray_runtime.check_address_answers(address)
     for port in (0, 99999):  # the cluster review: 99999 was probed as 34463 and called a refused cluster
@@ -143,7 +147,7 @@ def test_an_address_without_a_port_is_a_one_line_config_error(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", reject)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    with pytest.raises(ConfigError, match=r"^--address 10.0.0.9: not a Ray address \(no port\); give the head's GCS address HOST:PORT"):
+    with pytest.raises(ConfigError, match=r"^--address 10.0.0.9: not a Ray address \(no port\), e.g. 10.0.0.9:6379; give the head's GCS address HOST:PORT"):
         init_ray("10.0.0.9", 2, False)
 
 

@@ -4,6 +4,7 @@ where a trial ran (docs/ray.md)."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import sys
 import tempfile
@@ -217,6 +218,13 @@ def check_address_answers(address: str, source: str = "--address", drop: str = "
     if not text or "://" in text or "/" in text:
         raise ConfigError(f"{source} {address!r}: not a Ray address ({'empty' if not text else 'a URL'}); {form}, or {drop} "
                           "to run a local Ray")
+    try:  # an IP address alone (::1, fe80::1, 10.0.0.1): its last group is no port
+        bare = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        bare = None
+    if bare is not None:
+        example = f"[{bare}]:6379" if bare.version == 6 else f"{bare}:6379"
+        raise ConfigError(f"{source} {address}: not a Ray address (no port), e.g. {example}; {form}")
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"{source} {address}: not a Ray address (no port); {form}")
