@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import numbers
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -35,6 +36,7 @@ DISTANCE_UNITS = ("mm", "voxel")  # EvalConfig.distance_units
 #: The largest trial seed: NumPy's legacy seeding and torch keep 32 bits, so a larger seed would silently repeat
 #: ``seed % 2**32`` (``medseg_platform.seeding.seed_everything``).
 MAX_SEED = 2**32 - 1
+MAX_THREADS = 4096  # torch threads of one trial process; torch.set_num_threads overflows on a huge value
 
 #: ``data.image_resize`` values (:func:`medseg_platform.data.augment.resize_slice`).
 IMAGE_RESIZE_MODES = ("nearest", "cubic", "bicubic")
@@ -214,6 +216,10 @@ class TrialConfig:
         if self.model.upsample not in UPSAMPLING:
             raise ConfigError(f"model.upsample {self.model.upsample!r}: choose one of {', '.join(map(repr, UPSAMPLING))} "
                               "('bilinear' as released)")
+        # whole numbers first: int() of a null or a word in the list was a traceback (the config review)
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (*d.patch_size, *self.model.channels)):
+            raise ConfigError(f"data.patch_size {d.patch_size!r} / model.channels {self.model.channels!r}: sizes and widths must be "
+                              "whole numbers (e.g. [48, 48], [4, 8, 16, 32, 64])")
         if len(self.model.channels) != 5 or any(int(c) < 1 for c in self.model.channels):
             raise ConfigError(f"model.channels {self.model.channels!r}: need five positive widths (encoder levels)")
         if len(d.patch_size) != 2 or any(int(s) < 16 or int(s) % 16 for s in d.patch_size):
@@ -221,9 +227,6 @@ class TrialConfig:
         if d.patch_size[0] != d.patch_size[1]:
             raise ConfigError(f"data.patch_size {d.patch_size!r}: must be square (the weak view's 90-degree rotations and the "
                               "ISD pretraining windows need H = W, as in the released code's 256x256)")
-        if any(isinstance(v, bool) or not isinstance(v, int) for v in (*d.patch_size, *self.model.channels)):
-            raise ConfigError(f"data.patch_size {d.patch_size!r} / model.channels {self.model.channels!r}: sizes and widths must be "
-                              "whole numbers (e.g. [48, 48], [4, 8, 16, 32, 64])")
         _check_batch_sized("objective_params", f" (objective {self.objective})", params, d.patch_size[0], d.labelled_batch,
                            d.unlabelled_batch)
         pool = getattr(params, "nn_pool_resolution", "full")
@@ -288,8 +291,8 @@ class TrialConfig:
             raise ConfigError(f"data.labelled_seed {d.labelled_seed}: only the 'random' labelled_strategy draws patients (this one "
                               f"is {d.labelled_strategy!r}, which would train the same subset under a new trial key); set "
                               "data.labelled_strategy=random or drop it")
-        if self.threads < 1:
-            raise ConfigError(f"threads {self.threads}: must be >= 1")
+        if not 1 <= self.threads <= MAX_THREADS:  # torch.set_num_threads overflowed on 1e30 (the config review)
+            raise ConfigError(f"threads {self.threads}: must be 1 to {MAX_THREADS}")
         if self.conv_kernels not in CONV_KERNELS:
             raise ConfigError(f"conv_kernels {self.conv_kernels!r}: choose {', '.join(map(repr, CONV_KERNELS))}")
         for i, stage in enumerate(self.pretrain):
@@ -305,8 +308,10 @@ class TrialConfig:
                 raise ConfigError(f"{where} ({stage.objective}): {exc}{small}") from None
             if stage.max_steps < 1 or stage.labelled_batch < 1 or stage.unlabelled_batch < 0 or stage.checkpoint_every < 1:
                 raise ConfigError(f"{where}: max_steps, labelled_batch and checkpoint_every must be >= 1, unlabelled_batch >= 0")
-            if not stage.lr > 0 or stage.weight_decay < 0 or not 0 <= stage.momentum < 1 or stage.poly_power < 0:
-                raise ConfigError(f"{where}: lr must be > 0, weight_decay >= 0, momentum in [0, 1), poly_power >= 0")
+            if (not 0 < stage.lr < math.inf or not 0 <= stage.weight_decay < math.inf or not 0 <= stage.momentum < 1
+                    or not 0 <= stage.poly_power < math.inf):  # NaN and inf passed (the config review)
+                raise ConfigError(f"{where}: lr must be a finite number > 0, weight_decay and poly_power finite numbers >= 0, "
+                                  "momentum in [0, 1)")
             if stage.lr_step not in LR_STEPS:
                 raise ConfigError(f"{where}.lr_step {stage.lr_step!r}: choose {' or '.join(map(repr, LR_STEPS))}")
             if OBJECTIVES[stage.objective].requires_unlabelled and stage.unlabelled_batch < 1:
@@ -409,8 +414,15 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
         if dataclasses.is_dataclass(default) and not isinstance(value, Mapping) and not dataclasses.is_dataclass(value):
             raise ConfigError(f"{where}.{key}: a section; give a dict of its keys or set them as {key}.<name>, not {value!r}")
-        if isinstance(default, str) and isinstance(value, (Mapping, list, tuple)):
-            raise ConfigError(f"{where}.{key}: expected a name, got {value!r}")
+        if isinstance(default, str) and value is not None and not isinstance(value, str):
+            # a path or a number is written as text (a Path root, "labelled": 3 -> "3"); anything else was kept and failed
+            # later (a data.root of [5] was a TypeError traceback: the config review)
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            elif isinstance(value, bool) or not is_real(value):
+                raise ConfigError(f"{where}.{key}: expected a name, got {value!r}")
+            else:
+                value = str(int(value)) if is_whole(value) else str(value)
         if key == "pretrain" and cls is TrialConfig:
             if not isinstance(value, (list, tuple)):
                 raise ConfigError(f"{where}.pretrain: expected a list of stages, got {type(value).__name__}")
@@ -423,7 +435,8 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
         elif f.type == "Mapping[str, Any]":
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}.{key}: expected a dict of names to values, got {value!r}")
-            kwargs[key] = value
+            # -0.0 is 0.0: json writes "-0.0", and the same training had another trial key (the config review)
+            kwargs[key] = {name: item + 0.0 if isinstance(item, float) else item for name, item in value.items()}
         elif f.type == "int | None":
             if value is not None and not is_whole(value):
                 raise ConfigError(f"{where}.{key}: expected a whole number or None, got {value!r}")
@@ -445,7 +458,7 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
         elif isinstance(default, float):
             if not is_real(value):
                 raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
-            kwargs[key] = float(value)
+            kwargs[key] = float(value) + 0.0  # -0.0 is 0.0 (its key would differ: the config review)
         else:
             kwargs[key] = value
     return cls(**kwargs)

@@ -97,20 +97,32 @@ def profile_of(values: dict) -> str:
     """The profile whose patch size and UNet widths a config file has (its folder name and CPUs per trial), else quick."""
     from medseg_platform.profiles import PROFILES
 
-    data, model = values.get("data") or {}, values.get("model") or {}
+    data, model = values.get("data"), values.get("model")
+    data, model = data if isinstance(data, dict) else {}, model if isinstance(model, dict) else {}  # checked when built
+    patch, channels = data.get("patch_size"), model.get("channels")
     for name, profile in PROFILES.items():
-        if (list(data.get("patch_size") or []) == list(profile.trial.data.patch_size)
-                and list(model.get("channels") or []) == list(profile.trial.model.channels)):
+        if (isinstance(patch, list) and isinstance(channels, list) and patch == list(profile.trial.data.patch_size)
+                and channels == list(profile.trial.model.channels)):
             return name
     return "quick"
 
 
 def read_config_file(path: Path) -> dict:
     """The TrialConfig dict of ``path``: the whole JSON object, or its ``"config"`` entry when it has one."""
+    def refuse_repeats(pairs):  # --set refuses a key given twice; a file kept the last silently (the config review)
+        keys = [key for key, _ in pairs]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise ConfigError(f"--config {path}: key(s) {', '.join(map(repr, repeated))} given twice in one object; give each once")
+        return dict(pairs)
+
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (Windows editors write one) was "not valid JSON"
+        values = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=refuse_repeats)
     except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+    except ConfigError:  # a repeated key (a ValueError too)
+        raise
     except ValueError as exc:
         raise ConfigError(f"--config {path}: not valid JSON ({exc})") from None
     if isinstance(values, dict) and isinstance(values.get("config"), dict):

@@ -62,7 +62,7 @@ def test_round_trip_and_dotted_overrides(tiny_root):
     ({"optim.momentum": 1.0}, "optim.momentum 1.0: must be in "),
     ({"seed": -1}, "seed -1: must be in "),
     ({"seed": 2**32}, "seed 4294967296: must be in "),
-    ({"threads": 0}, "threads 0: must be >= 1"),
+    ({"threads": 0}, "threads 0: must be 1 to 4096"),
     ({"eval.empty_policy": "zero"}, "choose 'nan' or 'released'"),
     # the weak view's two branches are exclusive: a sum above 1 used to pass here and fail every trial at its first step
     ({"data.weak_rot90_flip_p": 0.8, "data.weak_rotate_p": 0.5}, r"data.weak_rot90_flip_p 0.8 \+ data.weak_rotate_p 0.5: more than 1"),
@@ -164,3 +164,40 @@ def test_a_whole_number_field_refuses_other_values(text):
 def test_an_unknown_up_path_is_a_one_line_config_error():
     with pytest.raises(ConfigError, match=r"^model\.upsample 'nearest': choose one of 'bilinear', 'transposed' \('bilinear' as released\)$"):
         TrialConfig.from_dict({"model": {"upsample": "nearest"}}).validate(check_data=False)
+
+
+def test_config_values_the_config_review_found_accepted_or_crashing(tmp_path):
+    """The config review: a null or a word among the widths was an int() traceback; a huge threads value overflowed in
+    torch; a number as data.root was a Path() traceback; a stage took NaN and inf rates; -0.0 gave the same training
+    another trial key; a config file's repeated key was kept last silently, and a byte-order mark was invalid JSON."""
+    import json
+
+    import pytest
+
+    from medseg_platform.config import TrialConfig
+    from medseg_platform.errors import ConfigError
+    from medseg_platform.results import trial_key
+    from medseg_platform.train_cli import profile_of, read_config_file
+
+    for values, message in (({"model": {"channels": [None, 8, 16, 32, 64]}}, "sizes and widths must be whole numbers"),
+                            ({"data": {"patch_size": [{"a": 1}, 48]}}, "sizes and widths must be whole numbers"),
+                            ({"threads": 10**30}, "threads 1000000000000000000000000000000: must be 1 to 4096"),
+                            ({"pretrain": [{"objective": "isd_pretrain", "lr": float("inf")}], "objective": "mona"},
+                             r"pretrain\[0\]: lr must be a finite number > 0"),
+                            ({"pretrain": [{"objective": "isd_pretrain", "weight_decay": float("nan")}], "objective": "mona"},
+                             r"pretrain\[0\]: lr must be a finite number > 0, weight_decay and poly_power finite")):
+        with pytest.raises(ConfigError, match=message):
+            TrialConfig.from_dict(values).validate(check_data=False)
+    with pytest.raises(ConfigError, match=r"config.data.root: expected a name, got \[5\]"):
+        TrialConfig.from_dict({"data": {"root": [5]}})
+    assert TrialConfig.from_dict({"data": {"root": 5, "labelled": 3}}).data.labelled == "3"  # numbers as text
+    plain = trial_key(TrialConfig.from_dict({"optim": {"weight_decay": 0.0}, "objective_params": {"w": 0.0}}).to_dict())
+    assert trial_key(TrialConfig.from_dict({"optim": {"weight_decay": -0.0}, "objective_params": {"w": -0.0}}).to_dict()) == plain
+    repeated = tmp_path / "dup.json"
+    repeated.write_text('{"optim": {"lr": 0.02}, "optim": {"lr": 0.5}}')
+    with pytest.raises(ConfigError, match=r"key\(s\) 'optim' given twice in one object"):
+        read_config_file(repeated)
+    marked = tmp_path / "bom.json"
+    marked.write_bytes(b"\xef\xbb\xbf" + json.dumps({"optim": {"lr": 0.02}}).encode())
+    assert read_config_file(marked)["optim"]["lr"] == 0.02
+    assert profile_of({"data": {"patch_size": 48}}) == "quick" and profile_of({"data": [1]}) == "quick"  # no TypeError

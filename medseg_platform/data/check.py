@@ -119,8 +119,8 @@ def check_dataset(root: str | Path, num_classes: int = 4, progress: bool = False
     Raises :class:`DataError` only when the root or a list file is missing, or the manifest cannot be read (nothing to
     check against).
     """
-    layout = AcdcLayout(root, num_classes)
-    problems: list[str] = []
+    problems: list[str] = []  # a malformed list line is one of them, skipped: it stopped the whole check (the data CLI review)
+    layout = AcdcLayout(root, num_classes, list_problems=problems)
     splits: dict[str, SplitStats] = {}
     try:
         class_names = layout.class_names

@@ -333,7 +333,7 @@ def write_manifest(root: str | os.PathLike, source: Mapping[str, object], cases:
 
 
 # -------------------------------------------------------------------------------------- reader
-def read_list(path: Path, slices: bool = False) -> list[str]:
+def read_list(path: Path, slices: bool = False, problems: list[str] | None = None) -> list[str]:
     """The ids a list file names, in order. Each is a file name under ``data/`` (or ``data/slices/`` for ``slices``,
     then of the form ``<case>_slice_<k>``); an id with a folder part would read outside the dataset. One-line
     :class:`DataError` naming the file and line otherwise. Repeated ids are kept (``medseg data check`` reports them)."""
@@ -349,11 +349,17 @@ def read_list(path: Path, slices: bool = False) -> list[str]:
         item = line.strip()
         if not item:
             continue
+        bad = None
         if "/" in item or "\\" in item or item in (".", "..") or _has_control_character(item):
-            raise DataError(f"{path}: line {lineno} {item!r} is not an id (ids are file names without a folder or control "
-                            "characters; fix the list)")
-        if slices and _SLICE_RE.match(item) is None:
-            raise DataError(f"{path}: line {lineno} {item!r} is not a slice id of the form <case>_slice_<k> (fix the list)")
+            bad = (f"{path}: line {lineno} {item!r} is not an id (ids are file names without a folder or control "
+                   "characters; fix the list)")
+        elif slices and _SLICE_RE.match(item) is None:
+            bad = f"{path}: line {lineno} {item!r} is not a slice id of the form <case>_slice_<k> (fix the list)"
+        if bad is not None and problems is None:
+            raise DataError(bad)
+        if bad is not None:  # ``problems``: told there and the line skipped (medseg data check goes on past it)
+            problems.append(bad)
+            continue
         ids.append(item)
     return ids
 
@@ -435,7 +441,7 @@ class AcdcLayout:
     * ``val_cases``, ``test_cases``: volume ids.
     """
 
-    def __init__(self, root: str | os.PathLike, num_classes: int = 4):
+    def __init__(self, root: str | os.PathLike, num_classes: int = 4, list_problems: list[str] | None = None):
         if not isinstance(root, (str, os.PathLike)) or not str(root):
             raise ConfigError(f"dataset root {root!r}: give a folder path")
         if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
@@ -456,9 +462,10 @@ class AcdcLayout:
             problem = "is a file, not a dataset root folder" if self.root.exists() else "dataset root does not exist"
             raise DataError(f"{self.root}: {problem} (create one with 'medseg data phantom --out DIR' or 'medseg data convert-acdc')")
         self.num_classes = int(num_classes)
-        self.train_slices = read_list(self.root / TRAIN_LIST, slices=True)
-        self.val_cases = read_list(self.root / VAL_LIST)
-        self.test_cases = read_list(self.root / TEST_LIST)
+        # list_problems: a malformed line is told there and skipped (medseg data check), not an error
+        self.train_slices = read_list(self.root / TRAIN_LIST, slices=True, problems=list_problems)
+        self.val_cases = read_list(self.root / VAL_LIST, problems=list_problems)
+        self.test_cases = read_list(self.root / TEST_LIST, problems=list_problems)
         self.train_cases = unique_in_order(case_of_slice(s) for s in self.train_slices)
         self.train_patients = unique_in_order(patient_of_case(c) for c in self.train_cases)
         self.manifest = read_manifest(self.root)

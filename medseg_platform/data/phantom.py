@@ -342,8 +342,10 @@ def add_cli(subparsers) -> None:
         ),
     )
     parser.add_argument("--out", required=True, help="output folder (absent or empty; re-running with the same parameters is a no-op)")
-    parser.add_argument("--patients", type=int, default=DEFAULT_PATIENTS, help=f"number of patients, >= {MIN_PATIENTS} (default {DEFAULT_PATIENTS})")
-    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"approximate in-plane size in pixels, >= {MIN_SIZE} (default {DEFAULT_SIZE})")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
+    parser.add_argument("--patients", type=int, default=DEFAULT_PATIENTS,
+                        help=f"number of patients, {MIN_PATIENTS} to {MAX_PATIENTS} (default {DEFAULT_PATIENTS})")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE,
+                        help=f"approximate in-plane size in pixels, {MIN_SIZE} to {MAX_SIZE} (default {DEFAULT_SIZE})")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed, >= 0 (default {DEFAULT_SEED})")
     parser.add_argument("--quiet", action="store_true", help="no per-patient progress lines")
     parser.set_defaults(func=_run)

@@ -272,7 +272,9 @@ def add_cli(subparsers) -> None:
         "splits",
         help="show which training patients and slices a label fraction selects",
         example="medseg data splits data/phantom --labelled 5% --strategy random --seed 2",
-        description=__doc__.split("\n\n")[1] + "\n\nPatients (e.g. 3) or percent (e.g. 5%) -> labelled patients and slices.",
+        # the rules of the fraction and of the strategies (it printed the paragraph that leads to them, cut at its colon)
+        description=re.sub(r":\w+:`([^`]*)`|``([^`]*)``", lambda m: m.group(1) or m.group(2), "\n\n".join(__doc__.split("\n\n")[1:5]))
+        + "\n\nPatients (e.g. 3) or percent (e.g. 5%) -> labelled patients and slices.",
     )
     parser.add_argument("root", help="dataset root (SSL4MIS/ACDC layout)")
     parser.add_argument("--labelled", action="extend", nargs="+", required=True, metavar="FRACTION",
