@@ -236,7 +236,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
             concurrent = min(slots, running)
             processes = concurrent * study.num_workers
             factor = processes * min(threads_each, cores) / cores
-            if processes * threads_each > cores and factor > 1:
+            if factor > 1:  # more trial threads than cores, counted so
                 unit = UnitSeconds(unit.seconds * factor, f"{unit.source}, x{factor:g} for {processes * threads_each} trial "
                                    f"threads on {cores} cores ({processes} trial process(es) at once, each timed alone on "
                                    f"{min(threads_each, cores)} core(s))", unit.device)

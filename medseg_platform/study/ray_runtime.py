@@ -201,6 +201,24 @@ def cluster_address(address: str | None) -> tuple[str | None, str, str]:
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 
 
+def _answers_http2(connection) -> bool:
+    """Whether the server on ``connection`` (a connected socket with a timeout) answers :data:`HTTP2_PREFACE` with an
+    HTTP/2 SETTINGS frame, as a gRPC server does; False for a silent server, a closed connection or another protocol."""
+    import socket
+
+    connection.sendall(HTTP2_PREFACE)
+    reply = b""
+    try:
+        while len(reply) < 4:
+            chunk = connection.recv(9 - len(reply))
+            if not chunk:
+                break
+            reply += chunk
+    except socket.timeout:
+        pass
+    return len(reply) >= 4 and reply[3] == 4
+
+
 def check_address_answers(address: str, source: str = "--address", drop: str = "drop the flag") -> None:
     """A one-line :class:`ConfigError` within seconds for an address ``ray.init`` would retry for about 14 minutes (Ray
     2.60: 20 tries of its GCS client, each blocking about 40 s) or refuse only after the study folder was written: one
@@ -236,21 +254,11 @@ def check_address_answers(address: str, source: str = "--address", drop: str = "
                           "by default)")
     try:
         with socket.create_connection((host, int(port)), timeout=ADDRESS_PROBE_S) as connection:
-            if os.environ.get("RAY_USE_TLS", "0").lower() in ("0", "", "false"):
-                connection.sendall(HTTP2_PREFACE)
-                reply = b""
-                try:
-                    while len(reply) < 9:
-                        chunk = connection.recv(9 - len(reply))
-                        if not chunk:
-                            break
-                        reply += chunk
-                except socket.timeout:
-                    pass
-                if len(reply) < 4 or reply[3] != 4:
-                    raise ConfigError(f"{source} {address}: something answers there, but not a Ray head's GCS (no gRPC "
-                                      "reply: the dashboard's port 8265, say); give the GCS port (6379 by default, `ray "
-                                      f"start --head --port`), or {drop} to run a local Ray")
+            tls = os.environ.get("RAY_USE_TLS", "0").lower() not in ("0", "", "false")
+            if not tls and not _answers_http2(connection):
+                raise ConfigError(f"{source} {address}: something answers there, but not a Ray head's GCS (no gRPC "
+                                  "reply: the dashboard's port 8265, say); give the GCS port (6379 by default, `ray "
+                                  f"start --head --port`), or {drop} to run a local Ray")
     except OSError as exc:
         why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
         raise ConfigError(f"{source} {address}: no Ray cluster answers there (TCP connection: {why}); start one with "

@@ -498,17 +498,14 @@ def check_journal_holds_no_other_search(study: Study, trials: list[dict]) -> Non
     if not journal.is_file() or not is_optuna_journal(journal):
         return
     spec_hash = study.spec_hash(trials)
-    if (tune_storage(study.study_dir) / f"{study.name}-{spec_hash}").is_dir():
+    name = f"{study.name}-{spec_hash}"  # the Tune experiment's and the Optuna study's
+    if (tune_storage(study.study_dir) / name).is_dir():
         return  # this folder started this search (its Tune experiment is here)
-    try:
-        info = json.loads((study.study_dir / STUDY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        info = None
-    if isinstance(info, dict) and info.get("spec_hash") == spec_hash and info.get("optuna_storage", str(journal)) == str(journal):
+    info = read_json_object(study.study_dir / STUDY_FILE) or {}
+    if info.get("spec_hash") == spec_hash and info.get("optuna_storage", str(journal)) == str(journal):
         return  # this folder's own search (recorded with this journal, or by code that kept no journal path)
     import optuna
 
-    name = f"{study.name}-{spec_hash}"
     try:
         held = {summary.study_name: summary.n_trials
                 for summary in optuna.get_all_study_summaries(optuna_journal(journal), include_best_trial=False)}

@@ -209,8 +209,7 @@ def failure_text(exc: BaseException) -> str:
         failures = getattr(error, "worker_failures", None)
         if isinstance(failures, Mapping) and failures:
             ranks = []
-            by_rank = sorted(failures.items(), key=lambda item: (0, item[0], "") if isinstance(item[0], int) else (1, 0, str(item[0])))
-            for rank, failure in by_rank:  # rank 2 before rank 10
+            for rank, failure in sorted(failures.items()):  # the ranks (ints): rank 2 before rank 10
                 cause = getattr(failure, "cause", None)  # a RayTaskError holds the worker's own exception
                 ranks.append(f"rank {rank}: {_first_line(cause if isinstance(cause, BaseException) else failure)}")
             return f"{type(error).__name__}: " + "; ".join(ranks)
