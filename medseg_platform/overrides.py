@@ -98,10 +98,11 @@ def _all_objective_params() -> set[str]:
     return {name for objective in OBJECTIVES for name in objective_param_types(objective)}
 
 
-def check_key(key: str, flags: Mapping[str, str] = STUDY_FLAG_KEYS, objective: str | None = None) -> None:
+def check_key(key: str, flags: Mapping[str, str] = STUDY_FLAG_KEYS, objective: str | Sequence[str] | None = None) -> None:
     """A one-line :class:`ConfigError` unless ``key`` is a settable leaf of the config that no flag sets. ``objective``:
-    the one objective every row trains, if so; an objective parameter that no objective has is then answered with
-    that objective's parameters (close matches among every objective's would name other methods' parameters)."""
+    the objective every row trains, or the rows' objectives; an objective parameter that no objective has is then
+    answered with their parameters (close matches among every objective's named other methods' parameters: the
+    extension review, in a study of two objectives)."""
     if key in flags:  # "the flag --seed", or a reason the command has no way to set it ("not settable ...")
         why = flags[key]
         raise ConfigError(f"--set {key}: {why}" if why.startswith("not settable") else f"--set {key}: set by {why}; use that instead")
@@ -115,12 +116,14 @@ def check_key(key: str, flags: Mapping[str, str] = STUDY_FLAG_KEYS, objective: s
         name = key[len(_OBJECTIVE_PREFIX):]
         if name in _all_objective_params():
             return
-        if objective is not None:  # close matches among its own parameters first, else among every key
-            params = list(objective_param_types(objective))
+        if objective is not None:  # close matches among their own parameters first, else among every key but others'
+            names = (objective,) if isinstance(objective, str) else tuple(objective)
+            params = list(dict.fromkeys(param for one in names for param in objective_param_types(one)))
             close = difflib.get_close_matches(name, params, n=3, cutoff=0.6)
-            matches = f"close matches: {', '.join(_OBJECTIVE_PREFIX + c for c in close)}" if close else _close_matches(key)
-            raise ConfigError(f"--set {key}: unknown key; {matches} (objective {objective}'s parameters: {', '.join(params) or 'none'})"
-                              + _stage_hint(key))
+            matches = (f"close matches: {', '.join(_OBJECTIVE_PREFIX + c for c in close)}" if close
+                       else _close_matches(key, params))
+            whose = f"objective {names[0]}'s parameters" if len(names) == 1 else f"the parameters of objectives {', '.join(names)}"
+            raise ConfigError(f"--set {key}: unknown key; {matches} ({whose}: {', '.join(params) or 'none'})" + _stage_hint(key))
     elif key in config_fields():
         return
     raise ConfigError(f"--set {key}: unknown key; {_close_matches(key)}" + _stage_hint(key))
@@ -140,11 +143,15 @@ def _stage_hint(key: str) -> str:
             "studies/ablation_temperature.py does)")
 
 
-def _close_matches(key: str) -> str:
-    known = sorted(set(config_fields()) | {_OBJECTIVE_PREFIX + name for name in _all_objective_params()})
+def _close_matches(key: str, objective_params: Iterable[str] | None = None) -> str:
+    """The known keys close to ``key``: config fields and ``objective_params.NAME`` for the names of ``objective_params``
+    (every objective's parameters when None)."""
+    params = _all_objective_params() if objective_params is None else set(objective_params)
+    known = sorted(set(config_fields()) | {_OBJECTIVE_PREFIX + name for name in params})
     leaf = key.rsplit(".", 1)[-1]
     close = [k for k in known if k.rsplit(".", 1)[-1] == leaf]  # the right name in another section first (optim.lr)
-    close += [k for k in difflib.get_close_matches(key, known, n=5, cutoff=0.6) if k not in close]
+    if not key.startswith(_OBJECTIVE_PREFIX):  # whole keys sharing that long prefix match at 0.6 whatever their names
+        close += [k for k in difflib.get_close_matches(key, known, n=5, cutoff=0.6) if k not in close]
     close += [k for k in known if k not in close and difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1]], n=1, cutoff=0.8)]
     if close:
         return "close matches: " + ", ".join(close[:6])
@@ -264,7 +271,7 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
 
     rows = [study.base.replace(**variant.overrides) for variant in study.variants]  # each row's config before --set
     objectives = {texts["objective"]} if "objective" in texts else {row.objective for row in rows}
-    trained = next(iter(objectives)) if len(objectives) == 1 and next(iter(objectives)) in OBJECTIVES else None
+    trained = tuple(sorted(objectives)) if objectives and objectives <= set(OBJECTIVES) else None
     for key in texts:
         check_key(key, flags, trained)
         if key in study.grid:

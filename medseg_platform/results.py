@@ -153,13 +153,19 @@ KEY_REVISIONS_UNDER_AMP = {"mona": 1, "arco": 1, "action": 1, "isd_pretrain": 1}
 #: The pretraining stages' counterpart of :data:`KEY_REVISIONS_UNDER_AMP` (``medseg_platform.engine.pretrain.stage_key``).
 AMP_STAGE_REVISION = 1
 
+#: A revision in the key of a trial with random streams other than the fine-tuning's own, rank 0's: pretraining stages
+#: or several workers. 1 (2026-12-07): those streams derived by ``medseg_platform.seeding.stream_seed`` (they were the
+#: seed plus offsets, which coincided across seeds); single-worker trials without pretraining keep their keys.
+STREAMS_REVISION = 1
+
 
 def trial_key(config: Mapping[str, Any]) -> str:
     """A readable, unique folder name for a resolved config: ``<objective>-l<labelled>-s<seed>-<hash10>``.
 
     Only the config counts (not the study's display tags), and the objective's :data:`KEY_REVISIONS` entry where it
     has one (:data:`KEY_REVISIONS_BY_MIX`' for its strong-view mix, where that has one; under ``--amp`` also its
-    :data:`KEY_REVISIONS_UNDER_AMP` entry): renaming or reordering table
+    :data:`KEY_REVISIONS_UNDER_AMP` entry; with pretraining or several workers :data:`STREAMS_REVISION`): renaming or
+    reordering table
     rows never makes a finished trial look new. ``conv_kernels`` counts only when it is not ``"auto"``, its default: a
     config keeps the key it had before the field existed (docs/methods.md, 'CPU convolution kernels').
     """
@@ -168,8 +174,10 @@ def trial_key(config: Mapping[str, Any]) -> str:
     objective, mix = str(config.get("objective")), (config.get("data") or {}).get("strong_mix")
     revision = KEY_REVISIONS_BY_MIX.get((objective, mix), KEY_REVISIONS.get(objective))
     amp_revision = _amp_revision(config) if (config.get("optim") or {}).get("amp", "off") not in ("off", None) else None
+    other_streams = STREAMS_REVISION and (bool(config.get("pretrain")) or config.get("workers", 1) not in (1, None))
     canonical = json.dumps({"config": config, **({"revision": revision} if revision else {}),
-                            **({"amp_revision": amp_revision} if amp_revision else {})}, sort_keys=True, default=str)
+                            **({"amp_revision": amp_revision} if amp_revision else {}),
+                            **({"streams_revision": STREAMS_REVISION} if other_streams else {})}, sort_keys=True, default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
     labelled = str(config.get("data", {}).get("labelled", "")).replace("%", "pct")
     return f"{config.get('objective', 'trial')}-l{labelled}-s{config.get('seed', 0)}-{digest}"

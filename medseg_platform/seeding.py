@@ -28,3 +28,25 @@ def seed_everything(seed: int) -> np.random.Generator:
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
 
+
+#: The phase of :func:`stream_seed` that is the trial's fine-tuning; pretraining stage ``i`` is phase ``i + 1``.
+FINE_TUNING = 0
+#: The purposes of :func:`stream_seed`: the global generators (``seed_everything``) and a rank's data stream.
+GLOBAL_RNG, DATA_RNG = 0, 1
+
+
+def stream_seed(seed: int, phase: int, purpose: int, rank: int = 0, step: int = 0) -> int:
+    """The seed of one random stream of the trial of ``seed`` (docs/config.md, 'Random streams').
+
+    The fine-tuning's own streams (``phase`` :data:`FINE_TUNING`, rank 0, from the start) are seeded with ``seed``
+    itself, as the released scripts seed theirs: a supervised or mean-teacher trial trains as it always did. Every
+    other stream (a pretraining stage's global generators or data, another rank's data, a rank's data resumed at
+    ``step``) gets a seed derived from ``seed`` and its ``(phase, purpose, rank, step)`` by NumPy's ``SeedSequence``:
+    the streams of two seeds never coincide, as the offsets before did (stage ``i`` of seed ``s`` ran seed ``s + i``'s
+    global stream, that of ``s + i``'s first stage and fine-tuning: the default study's seeds 1, 2, 3 shared ACTION's).
+    Returns a whole number in [0, 2**32 - 1].
+    """
+    if (phase, rank, step) == (FINE_TUNING, 0, 0):
+        return seed
+    return int(np.random.SeedSequence(seed, spawn_key=(phase, purpose, rank, step)).generate_state(1)[0])
+

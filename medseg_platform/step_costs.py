@@ -96,8 +96,9 @@ def trial_plan(config: Mapping, key: str, existed: bool = False, scoring_only: b
 
     A stage's identity is its chain up to it, the model, the data it reads
     (``medseg_platform.engine.pretrain.stage_data``), the seed, the workers and the mixed precision: the inputs of
-    ``medseg_platform.engine.stage_key`` but the labelled subset, which those determine. Two trials with one identity
-    share the stage: the ETA counts it once.
+    ``medseg_platform.engine.stage_key`` but the labelled subset, which those determine (``data.labelled`` as written:
+    the key has the resolved patients, so "1" and "25%" of one patient share a stage the ETA prices twice, which the
+    plan does without reading the dataset's lists). Two trials with one identity share the stage: the ETA counts it once.
     """
     from medseg_platform.engine.pretrain import stage_data  # torch: only where a plan is priced
 

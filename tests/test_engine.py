@@ -311,6 +311,25 @@ def test_crashed_pretraining_stage_resumes_where_it_stopped(tiny_root, tmp_path,
     assert "pretraining stage 0: resumed at step 2" in messages
 
 
+def test_each_pretraining_stage_draws_from_streams_of_its_own(tiny_root, tmp_path, monkeypatch):
+    """Stage i seeded the global generators with seed + i, the seed of another trial's first stage and fine-tuning (the
+    default study's seeds 1, 2, 3: ACTION's two stages); each stage's global and data streams are now its own
+    (``seeding.stream_seed``), the fine-tuning's the trial seed's, as before."""
+    from medseg_platform.engine import loop, pretrain, trial
+    from medseg_platform.seeding import DATA_RNG, GLOBAL_RNG, stream_seed
+
+    cfg = pretrain_cfg(tiny_root, seed=2)
+    global_seeds, data_seeds = [], []
+    for module in (pretrain, trial):
+        monkeypatch.setattr(module, "seed_everything", lambda seed, original=module.seed_everything: global_seeds.append(seed) or original(seed))
+        monkeypatch.setattr(module, "data_generator", lambda *a, original=loop.data_generator, **k: (
+            data_seeds.append(original(*a, **k).initial_seed()) or original(*a, **k)))
+    train_trial(cfg, tmp_path / "t", log=quiet, pretrain_cache=tmp_path / "cache")
+    assert global_seeds == [stream_seed(2, 1, GLOBAL_RNG), stream_seed(2, 2, GLOBAL_RNG), 2]
+    assert data_seeds == [stream_seed(2, 1, DATA_RNG), stream_seed(2, 2, DATA_RNG), 2]
+    assert not {3, 4} & set(global_seeds + data_seeds) and len(set(global_seeds[:2] + data_seeds[:2])) == 4
+
+
 @pytest.mark.parametrize("lr_step, shift", [("released", 0), ("aligned", 1)])
 def test_lr_step_sets_the_poly_rate_of_the_released_or_the_next_step_index(tiny_root, tmp_path, lr_step, shift):
     """Released: after step s (0-based) the rate is poly(s), so steps 0 and 1 both train at the base rate; "aligned":
@@ -477,6 +496,37 @@ def test_a_stage_lock_on_a_filesystem_without_flock_runs_unlocked(tmp_path, monk
                             "trial may train it at the same time")
 
 
+def test_a_stage_folder_that_cannot_be_made_is_one_line_not_a_retried_crash(tmp_path):
+    """The cache review: a pretrain-cache that is a file (or a folder this user cannot write in) gave a traceback,
+    which Ray retried twice as a crashed worker."""
+    from medseg_platform.engine.pretrain import _exclusive
+    from medseg_platform.errors import ConfigError
+
+    (tmp_path / "pretrain-cache").write_text("")
+    with pytest.raises(ConfigError, match=r"pretrain-cache/stage0-x: cannot create this pretraining stage's folder \(.*\); "
+                                          r"check that .*pretrain-cache is a folder this user can write in"):
+        with _exclusive(tmp_path / "pretrain-cache" / "stage0-x" / ".lock", None, torch.device("cpu")):
+            pass
+
+
+def test_one_labelled_subset_written_two_ways_is_one_stage():
+    """The cache review: --labelled 1 and --labelled 25% of a 4-patient dataset label the same patient, and trained each
+    stage twice under two keys; the key has the resolved patients and slices (another subset: another key)."""
+    from types import SimpleNamespace
+
+    from medseg_platform.engine import stage_key
+    from medseg_platform.profiles import PROFILES
+    from medseg_platform.recipes import method_overrides
+
+    smoke = PROFILES["smoke"]
+    cfg = smoke.trial.replace(**{**method_overrides("action", smoke), "data.root": "/data/x"})
+    one = SimpleNamespace(patients=("patient002",), labelled_slices=("a", "b"))
+    for index in (0, 1):
+        assert stage_key(cfg.replace(**{"data.labelled": "25%"}), index, one) == stage_key(cfg, index, one)
+        assert stage_key(cfg, index, SimpleNamespace(patients=("patient003",), labelled_slices=("a", "b"))) != stage_key(cfg, index, one)
+        assert stage_key(cfg, index, SimpleNamespace(patients=("patient002",), labelled_slices=("a",))) != stage_key(cfg, index, one)
+
+
 def test_a_pretraining_stage_trained_under_mixed_precision_has_its_own_cache_key():
     """A bf16 stage was reused by a full-precision trial of the same key (and the reverse); full-precision stages keep
     the key they had before amp was part of it (the pinned value, of the current STAGE_CACHE_VERSION)."""
@@ -489,7 +539,7 @@ def test_a_pretraining_stage_trained_under_mixed_precision_has_its_own_cache_key
     smoke = PROFILES["smoke"]
     cfg = smoke.trial.replace(**{**method_overrides("mona", smoke), "data.root": "/data/x"})
     subset = SimpleNamespace(patients=("patient001",), labelled_slices=("a", "b"))
-    assert stage_key(cfg, 0, subset) == "stage0-isd_pretrain-06639835f3c2ff88"  # (STAGE_CACHE_VERSION 3, model.upsample)
+    assert stage_key(cfg, 0, subset) == "stage0-isd_pretrain-3d0e646ce65fe10c"  # (STAGE_CACHE_VERSION 4, model.upsample)
     assert stage_key(cfg.replace(**{"optim.amp": "bf16"}), 0, subset) != stage_key(cfg, 0, subset)
     from unittest import mock
 
@@ -498,7 +548,7 @@ def test_a_pretraining_stage_trained_under_mixed_precision_has_its_own_cache_key
     bf16 = cfg.replace(**{"optim.amp": "bf16"})
     with mock.patch.object(pretrain, "AMP_STAGE_REVISION", 0):  # the ISD logits in full precision under autocast
         earlier = stage_key(bf16, 0, subset)
-    assert stage_key(bf16, 0, subset) != earlier and stage_key(cfg, 0, subset) == "stage0-isd_pretrain-06639835f3c2ff88"
+    assert stage_key(bf16, 0, subset) != earlier and stage_key(cfg, 0, subset) == "stage0-isd_pretrain-3d0e646ce65fe10c"
     # the engine review: data.strong_mix changes a stage that mixes strong views; ISD's views never read it. The thread
     # count is left out (docstring): the paper profile's stages (4 threads) keep their keys
     assert stage_key(cfg.replace(**{"data.strong_mix": "cutout"}), 0, subset) == stage_key(cfg, 0, subset)

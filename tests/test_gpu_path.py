@@ -92,9 +92,12 @@ def _build(args, profile, base):
     (["--amp", "fp16", "--gpus-per-trial", "1"], "error: --gpus-per-trial > 0 but this machine has no CUDA GPU"),
 ])
 def test_gpu_requests_without_a_gpu_fail_before_ray_starts(tiny_root, tmp_path, monkeypatch, capsys, flags, message):
+    import ray
+
     import medseg_platform.study.runner as study_module
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # a command line's process: the session's Ray is not its
     monkeypatch.setattr(study_module, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
     code = run_study_main("gpu", "gpu", _build, argv=["--smoke-test", "--data-root", str(tiny_root), "--results-dir",
                                                       str(tmp_path / "r"), "--no-dashboard", *flags])

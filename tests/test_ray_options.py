@@ -518,3 +518,23 @@ def test_a_ray_head_s_gcs_passes_the_address_probe_and_an_http_server_does_not(r
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_grpc_server_without_a_gcs_s_methods_fails_the_address_probe(ray_address):
+    """A Ray Client's port (10001) given without ray:// speaks gRPC and passed the HTTP/2 probe; ray.init then retried it
+    for minutes (the review of known gaps). The probe calls a GCS method: "unimplemented" there is not a Ray head; the
+    session's Ray head (token authentication: the unauthenticated call is refused, not unimplemented) passes."""
+    from concurrent import futures
+
+    import grpc
+
+    assert ray_runtime._serves_ray_gcs(ray_address)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))  # no services: every method is unimplemented
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with pytest.raises(ConfigError, match=rf"a gRPC server answers there, but not a Ray head's GCS .* give that one as "
+                                              rf"ray://127.0.0.1:{port}\)"):
+            ray_runtime.check_address_answers(f"127.0.0.1:{port}")
+    finally:
+        server.stop(0)

@@ -205,6 +205,26 @@ def test_an_amp_revision_renames_only_the_mixed_precision_trials_of_its_objectiv
     assert trial_key(chained) != before and trial_key(off) == off_before
 
 
+def test_a_streams_revision_renames_only_trials_with_pretraining_or_several_workers():
+    """``STREAMS_REVISION``: a pretraining stage's and another rank's random streams are their own since 2026-12-07
+    (``seeding.stream_seed``); those trials get new keys, a single-worker trial without pretraining keeps its key."""
+    from medseg_platform.results import STREAMS_REVISION, trial_key
+
+    def config(objective, **more):
+        return {"objective": objective, "seed": 1, "data": {"labelled": "1"}, "objective_params": {}, **more}
+
+    def unrevised(config):
+        with mock.patch("medseg_platform.results.STREAMS_REVISION", None):
+            return trial_key(config)
+
+    assert STREAMS_REVISION
+    for objective in ("supervised", "mean_teacher", "mona"):
+        for plain in (config(objective), config(objective, workers=1)):
+            assert trial_key(plain) == unrevised(plain)
+        for other in (config(objective, workers=2), config(objective, pretrain=[{"objective": "isd_pretrain"}])):
+            assert trial_key(other) != unrevised(other)
+
+
 def test_a_mix_revision_renames_only_the_trials_with_that_mix():
     """``KEY_REVISIONS_BY_MIX``: MONA/ARCO trials with the cutout strong view train otherwise since their entropy
     percentiles skip the ignored box; their keys change, those with CutMix (every default) keep theirs."""

@@ -505,12 +505,28 @@ def test_a_single_worker_trial_larger_than_the_local_ray_is_refused_before_ray(t
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # no Ray yet: this machine's GPUs
+    for module in (ray_runtime, runner):
+        monkeypatch.setattr(module, "ray_started_here", lambda: False)
     with pytest.raises(ConfigError, match=r"--gpus-per-trial 2: a trial needs 2 GPU\(s\), this machine has 1; ask for fewer"):
         check_gpus_available(None, 2.0, 1)
     with pytest.raises(ConfigError, match=r"--gpus-per-trial 1: a trial needs 2 GPU\(s\) \(2 workers x 1\), this machine has 1"):
         check_gpus_available(None, 1.0, 2)
     check_gpus_available(None, 1.0, 1)
     check_gpus_available("10.0.0.1:6379", 1.0, 2)  # a cluster's GPUs are Ray's to place
+    # the Ray this process started has 2 CPUs and no GPU (above); one it joined was taken for this machine, and a
+    # notebook's cluster's GPUs were refused as this machine's none (the review of known gaps)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    for module in (ray_runtime, runner):
+        monkeypatch.setattr(module, "ray_started_here", lambda: True)
+    with pytest.raises(ConfigError, match=r"a trial needs 1 GPU\(s\), the Ray this process started \(ray.init\) has 0; "):
+        check_gpus_available(None, 1.0, 1)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "GPU": 2.0})
+    check_gpus_available(None, 1.0, 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for module in (ray_runtime, runner):
+        monkeypatch.setattr(module, "ray_started_here", lambda: False)
+    check_gpus_available(None, 4.0, 2)
 
 
 def test_a_run_shorter_than_its_validation_interval_is_a_warning(capsys):
@@ -735,3 +751,24 @@ def test_a_trial_tune_ended_as_errored_without_an_error_file_gets_one_of_this_ru
     assert json.loads((trial_folder(tmp_path, "b") / ERROR_FILE).read_text())["error"] == "MedsegError: NaN"  # its own
     assert not (trial_folder(tmp_path, "c") / ERROR_FILE).exists()
     record_lost_workers(None, trials, tmp_path, "r2")  # a stop raised as KeyboardInterrupt: no ResultGrid
+
+
+def test_a_pretraining_cache_that_is_a_file_is_refused_before_anything_runs(tiny_root, tmp_path):
+    """The cache review: every trial with pretraining stages failed with a traceback there, each retried twice by Ray
+    as a crashed worker; a study without stages does not read the cache and is not refused."""
+    from medseg_platform.profiles import PROFILES
+    from medseg_platform.recipes import method_overrides
+    from medseg_platform.study.runner import check_before_ray
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "pretrain-cache").write_text("")
+    check_before_ray(tiny_study(tiny_root, results), dry_run=True)
+    smoke = PROFILES["smoke"]
+    base = smoke.trial.replace(**{"data.root": str(tiny_root)})
+    study = Study("staged", base, results, variants=[Variant({"row": "MONA"}, method_overrides("mona", smoke))], seeds=[1],
+                  dashboard=False)
+    for dry_run in (True, False):
+        with pytest.raises(ConfigError, match=r"the pretraining cache \(pretrain-cache under --results-dir\) .*pretrain-cache: "
+                                              r"is a file, not a folder"):
+            check_before_ray(study, dry_run=dry_run)

@@ -53,6 +53,14 @@ def expected_key(root: str, method: str, *, without_contrast: bool = False, **do
     ("ablation_tailness", ["--rows", "MONA", "--set", "objective_params.tempreature=0.2"],
      "--set objective_params.tempreature: unknown key; close matches: objective_params.temperature (objective mona's "
      "parameters: sup_weight, contrast_weight,"),  # the rows' one objective: its own parameters, not every method's
+    # rows of two objectives: their parameters, not every method's (the extension review: "bogus" named ISD's window)
+    ("ablation_tailness", ["--rows", "Supervised only", "Mean teacher", "--set", "objective_params.bogus=1"],
+     "--set objective_params.bogus: unknown key; no close match; keys are data.NAME, model.NAME, optim.NAME, eval.NAME, "
+     "objective_params.NAME, objective, threads (see medseg_platform/config.py) (the parameters of objectives "
+     "mean_teacher, supervised: sup_weight, ema_momentum,"),
+    ("ablation_tailness", ["--rows", "Supervised only", "Mean teacher", "--set", "objective_params.consistency=1"],
+     "--set objective_params.consistency: unknown key; close matches: objective_params.consistency_weight (the "
+     "parameters of objectives mean_teacher, supervised:"),
     ("ablation_tailness", ["--set", "optim.lr=fast"], "--set optim.lr=fast: expected a number"),
     # a value of the right type that the config's own checks refuse names the flag too (the workflow probe)
     ("ablation_tailness", ["--set", "optim.lr=-1"], "--set optim.lr -1.0: must be a finite number > 0"),
@@ -146,9 +154,11 @@ def test_a_dry_run_rejects_what_the_run_rejects(tmp_path, phantom_env, capsys, m
     afile.write_text("not a folder")
     results, extra = tmp_path / "results", []
     if case == "gpus":
+        import ray
         import torch
 
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)  # a command line's process: the session's Ray is not its
         extra, message = ["--gpus-per-trial", "1"], "--gpus-per-trial > 0 but this machine has no CUDA GPU"
     elif case == "results file":
         results = afile

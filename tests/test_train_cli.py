@@ -124,7 +124,7 @@ def test_through_ray_the_same_configuration_gets_the_same_trial(tmp_path, phanto
      "close matches: objective_params.consistency_weight (objective mean_teacher's parameters: sup_weight, ema_momentum, "
      "consistency_weight, rampup_steps, teacher_bn_mode, input_noise_std)"),
     (["supervised", "--set", "objective_params.lr=1"],  # no parameter of its own is close: every key's close matches
-     "--set objective_params.lr: unknown key; close matches: optim.lr, "),
+     "--set objective_params.lr: unknown key; close matches: optim.lr (objective supervised's parameters: sup_weight)"),
     # the objective alone swapped: the method's recipe (sizes, pretraining) dropped, the trial tabled under the method's
     # label (the docs review); refused before the objective parameters are checked
     (["supervised", "--set", "objective=mean_teacher", "--set", "objective_params.consistency=1"],

@@ -21,6 +21,7 @@ from medseg_platform.engine.loop import build_trial_model
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import atomic_path
 from medseg_platform.results import checkpoint_path
+from medseg_platform.seeding import DATA_RNG, FINE_TUNING, stream_seed
 
 
 def _cuda_rng_states() -> list[torch.Tensor]:
@@ -89,8 +90,9 @@ def check_trained_on(state: dict, now: dict, path: Path, folder: Path) -> None:
 
 
 def restore_training_state(state: dict, objective, optimizer, generator: torch.Generator, seed: int,
-                           dist: DistContext | None, scaler=None) -> int:
-    """Load a :func:`training_state` (``seed``: the generator's seed before the rank offset); returns its step. The state
+                           dist: DistContext | None, scaler=None, phase: int = FINE_TUNING) -> int:
+    """Load a :func:`training_state` (``seed``: the trial's, ``phase``: its stage, as ``loop.data_generator`` takes
+    them); returns its step. The state
     is rank 0's (checkpoints are written there): in a multi-worker trial every rank resumes with rank 0's memory banks,
     queues and NN pools (docs/ray.md, 'Multi-worker trials'), and its own data stream."""
     objective.load_state_dict(state["objective"])
@@ -101,7 +103,7 @@ def restore_training_state(state: dict, objective, optimizer, generator: torch.G
     _set_cuda_rng_states(state.get("cuda_rng"))
     generator.set_state(state["data_rng"])
     if dist is not None and not dist.is_main:  # the checkpoint holds rank 0's data RNG: give this rank its own stream
-        generator.manual_seed(seed + 1_000_003 * dist.rank + int(state["step"]))
+        generator.manual_seed(stream_seed(seed, phase, DATA_RNG, dist.rank, int(state["step"])))
     return int(state["step"])
 
 

@@ -39,6 +39,7 @@ from medseg_platform.engine.ddp import DistContext, average_gradients, gather_sc
 from medseg_platform.engine.training_data import TrainingData
 from medseg_platform.errors import ConfigError, MedsegError
 from medseg_platform.io import raise_if_stopped
+from medseg_platform.seeding import DATA_RNG, FINE_TUNING, stream_seed
 from methods.objective import Batch
 from methods.registry import build_model
 
@@ -161,9 +162,10 @@ def build_trial_model(cfg: TrialConfig, device: torch.device) -> torch.nn.Module
                        upsample=cfg.model.upsample).to(device)
 
 
-def data_generator(seed: int, dist: DistContext | None) -> torch.Generator:
-    """The CPU generator of batches and augmentations: one stream per rank."""
-    return torch.Generator().manual_seed(seed + (1_000_003 * dist.rank if dist else 0))
+def data_generator(seed: int, dist: DistContext | None, phase: int = FINE_TUNING) -> torch.Generator:
+    """The CPU generator of batches and augmentations of the trial of ``seed`` in ``phase`` (the fine-tuning, or
+    pretraining stage ``phase - 1``): one stream per rank (``medseg_platform.seeding.stream_seed``)."""
+    return torch.Generator().manual_seed(stream_seed(seed, phase, DATA_RNG, dist.rank if dist else 0))
 
 
 class TrainLoop:

@@ -18,7 +18,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from medseg_platform.config import MAX_SEED, TrialConfig, labelled_subset
+from medseg_platform.config import TrialConfig, labelled_subset
 from medseg_platform.data.splits import LabelledSubset, epoch_steps
 from medseg_platform.engine.checkpoint import (TRAINED_ON, check_trained_on, load_checkpoint, restore_training_state, save_checkpoint,
                                                trained_on, training_state)
@@ -26,18 +26,21 @@ from medseg_platform.engine.ddp import DistContext, agree, broadcast_state
 from medseg_platform.engine.loop import TrainLoop, build_trial_model, data_generator, logs_after, make_sgd
 from medseg_platform.engine.reports import Reporter, progress_fields
 from medseg_platform.engine.training_data import TrainingData
+from medseg_platform.errors import ConfigError
 from medseg_platform.io import open_lock_file, write_json_atomic
 from medseg_platform.recipes import LABELLED_SET_EPOCH, with_epoch_length
 from medseg_platform.results import (AMP_STAGE_REVISION, CHECKPOINT_FILE, STAGE_DATA_FILE, STAGE_FINAL_FILE, dataset_identity_record,
                                      stage_folder)
-from medseg_platform.seeding import seed_everything
+from medseg_platform.seeding import GLOBAL_RNG, seed_everything, stream_seed
 from methods.registry import OBJECTIVES, build_objective
 
 #: Part of every stage key: bump it when a change to the engine or the pretraining objectives changes what a stage
 #: trains, so that stages cached before it are not reused. 2: the released learning-rate step index
 #: (``StageConfig.lr_step``) and the released ISD views (one jitter and one blur decision per batch, the blur on 8-bit
-#: grey levels: ``isd_pretrain``'s ``view_coins``). 3: that blur is Pillow's, as released (it was an exact Gaussian).
-STAGE_CACHE_VERSION = 3
+#: grey levels: ``isd_pretrain``'s ``view_coins``). 3: that blur is Pillow's, as released (it was an exact Gaussian). 4
+#: (2026-12-07): a stage's random streams are its own (``medseg_platform.seeding.stream_seed``; stage i ran seed + i),
+#: and the key has the labelled subset only as its patients and slices.
+STAGE_CACHE_VERSION = 4
 
 
 def stage_data(data: Mapping, chain: Sequence[str]) -> dict:
@@ -52,7 +55,8 @@ def stage_data(data: Mapping, chain: Sequence[str]) -> dict:
 
 
 def stage_key(cfg: TrialConfig, index: int, subset: LabelledSubset) -> str:
-    """Cache key of pretraining stage ``index``: the chain up to it, model, data, labelled patients, seed, workers and
+    """Cache key of pretraining stage ``index``: the chain up to it, model, data (the labelled subset as its patients and
+    slice count, not as ``data.labelled`` and ``data.labelled_seed`` were written), seed, workers and
     mixed precision (``optim.amp``, which the stage trains under; named only when it is not "off", so full-precision
     stages keep the keys they had before it was part of the key; with it
     :data:`~medseg_platform.results.AMP_STAGE_REVISION`). ``data.strong_mix`` only where a stage of the chain mixes
@@ -64,6 +68,8 @@ def stage_key(cfg: TrialConfig, index: int, subset: LabelledSubset) -> str:
     stages shared. Not the convolution kernels either: every stage runs oneDNN's (docs/methods.md, 'CPU convolution
     kernels')."""
     data = stage_data(dataclasses.asdict(cfg.data), [stage.objective for stage in cfg.pretrain[: index + 1]])
+    for written_as in ("labelled", "labelled_seed"):  # the subset enters as its patients and slices, however written:
+        data.pop(written_as, None)  # "1" and "25%" of one patient trained the same stage twice (the cache review)
     payload = {"version": STAGE_CACHE_VERSION, "stages": cfg.to_dict()["pretrain"][: index + 1], "model": dataclasses.asdict(cfg.model),
                "data": data, "labelled_patients": list(subset.patients), "labelled_slices": len(subset.labelled_slices), "seed": cfg.seed,
                "workers": cfg.workers,
@@ -102,7 +108,11 @@ def _exclusive(path: Path, dist: DistContext | None, device: torch.device, on_wa
 
     handle = None
     if dist is None or dist.is_main:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a traceback, retried by Ray as a crashed worker (the cache review)
+            raise ConfigError(f"{path.parent}: cannot create this pretraining stage's folder ({exc.strerror or exc}); "
+                              f"check that {path.parent.parent} is a folder this user can write in") from None
         handle = open_lock_file(path)
     try:
         held, told = handle is None, False  # ranks > 0 hold nothing: rank 0's answer decides
@@ -180,7 +190,8 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
                  device: torch.device, dist: DistContext | None, log: Callable[[str], None], report: Reporter | None = None) -> dict:
     stage = cfg.pretrain[index]
     main = dist is None or dist.is_main
-    seed_everything((cfg.seed + index) % (MAX_SEED + 1))  # stage i's seed; wraps at 2**32 as the generators do
+    phase = index + 1  # stage i's own random streams (seeding.stream_seed), not another seed's
+    seed_everything(stream_seed(cfg.seed, phase, GLOBAL_RNG))
     model = build_trial_model(cfg, device)
     before = cfg.pretrain[index - 1] if index > 0 else None
     same_objective = before is not None and before.objective == stage.objective
@@ -205,8 +216,7 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
         hand_off(previous["objective"]) if hand_off is not None else objective.load_state_dict(previous["objective"])
     params = list(objective.trainable_parameters())
     optimizer = make_sgd(params, stage.lr, stage.momentum, stage.weight_decay, stage.nesterov)
-    stage_seed = cfg.seed + 7919 * (index + 1)
-    generator = data_generator(stage_seed, dist)
+    generator = data_generator(cfg.seed, dist, phase)
     loop = TrainLoop(cfg, objective, optimizer, data, generator, device, dist, stage.max_steps, stage.labelled_batch,
                      stage.unlabelled_batch, stage.lr, stage.poly_power, f"pretrain[{index}]", lr_step=stage.lr_step)
     row_every = (cfg.eval.log_every, stage.checkpoint_every)
@@ -217,7 +227,7 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
     if agree(ckpt_path.is_file(), dist, device):
         state = load_checkpoint(ckpt_path)
         check_trained_on(state, data_record, ckpt_path, folder)
-        start = restore_training_state(state, objective, optimizer, generator, stage_seed, dist, scaler=loop.scaler)
+        start = restore_training_state(state, objective, optimizer, generator, cfg.seed, dist, scaler=loop.scaler, phase=phase)
         curves = list(state["curves"])
         log(f"pretraining stage {index}: resumed at step {start}")
     if dist is not None:

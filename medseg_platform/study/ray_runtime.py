@@ -16,16 +16,25 @@ from medseg_platform.errors import ConfigError
 def check_gpus_available(address: str | None, gpus_per_worker: float = 1.0, num_workers: int = 1) -> None:
     """A GPU request on a machine without one, or a trial of more GPUs (``num_workers x gpus_per_worker``) than it
     has, is an error before Ray starts (local runs only: Tune waited forever for such a trial, with a warning that the
-    cluster may grow; the cluster review)."""
-    if address or os.environ.get("RAY_ADDRESS"):
+    cluster may grow; the cluster review). A cluster this process joined itself (a notebook's ``ray.init(address=...)``)
+    is not checked: its GPUs were refused as this machine's none; a Ray it started itself has the GPUs it was given."""
+    if joins_cluster(address):
         return  # a cluster's GPUs are checked by Ray's scheduler
+    need = gpus_per_worker * num_workers
+    workers = f" ({num_workers} workers x {gpus_per_worker:g})" if num_workers > 1 else ""
+    if ray_started_here():  # a notebook's ray.init(num_gpus=...): Tune waits for GPUs it was not given
+        gpus = float(sys.modules["ray"].cluster_resources().get("GPU", 0))
+        if need > gpus + 1e-9:
+            raise ConfigError(f"--gpus-per-trial {gpus_per_worker:g}: a trial needs {need:g} GPU(s){workers}, the Ray this "
+                              f"process started (ray.init) has {gpus:g}; ask for fewer (0 trains on the CPU), or "
+                              "ray.shutdown() first and let the study start a Ray of this machine's GPUs")
+        return
     import torch
 
     if not torch.cuda.is_available():
         raise ConfigError("--gpus-per-trial > 0 but this machine has no CUDA GPU (run on a GPU node, join a cluster with --address, or use 0)")
-    gpus, need = torch.cuda.device_count(), gpus_per_worker * num_workers
+    gpus = torch.cuda.device_count()
     if need > gpus + 1e-9:
-        workers = f" ({num_workers} workers x {gpus_per_worker:g})" if num_workers > 1 else ""
         raise ConfigError(f"--gpus-per-trial {gpus_per_worker:g}: a trial needs {need:g} GPU(s){workers}, this machine has {gpus}; "
                           f"ask for fewer (0 trains on the CPU), or join a cluster that has them (--address)")
 
@@ -219,13 +228,33 @@ def _answers_http2(connection) -> bool:
     return len(reply) >= 4 and reply[3] == 4
 
 
+#: A read-only method of a Ray head's GCS (Ray 2.60's ``NodeInfoGcsService``) that :func:`_serves_ray_gcs` calls.
+GCS_PROBE_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"
+
+
+def _serves_ray_gcs(target: str) -> bool:
+    """Whether the gRPC server at ``target`` (``HOST:PORT``, IPv6 in brackets) has a Ray GCS's methods: it answers
+    :data:`GCS_PROBE_METHOD` with anything but "unimplemented" (a GCS with token authentication refuses the call
+    unauthenticated, which passes). False for another gRPC server: a Ray Client's port given without ``ray://`` passed
+    the HTTP/2 probe, and ``ray.init`` then retried it for minutes (the review of known gaps)."""
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            channel.unary_unary(GCS_PROBE_METHOD)(b"", timeout=ADDRESS_PROBE_S)
+        except grpc.RpcError as exc:
+            return exc.code() != grpc.StatusCode.UNIMPLEMENTED
+    return True
+
+
 def check_address_answers(address: str, source: str = "--address", drop: str = "drop the flag") -> None:
     """A one-line :class:`ConfigError` within seconds for an address ``ray.init`` would retry for about 14 minutes (Ray
     2.60: 20 tries of its GCS client, each blocking about 40 s) or refuse only after the study folder was written: one
     that is not ``auto``, ``ray://HOST:PORT`` or ``HOST:PORT`` (a missing port, a dashboard URL, a blank value), a port
     that takes no TCP connection, or one whose server does not speak gRPC (HTTP/2) as a Ray head's GCS does (the
-    dashboard's port given by mistake: the cluster review). ``auto`` and ``ray://`` addresses are left to Ray, and so is
-    the gRPC check of a cluster with TLS (``RAY_USE_TLS``)."""
+    dashboard's port given by mistake: the cluster review), or speaks it without a GCS's methods (a Ray Client's port
+    without ``ray://``: :func:`_serves_ray_gcs`). ``auto`` and ``ray://`` addresses are left to Ray, and so are the gRPC
+    checks of a cluster with TLS (``RAY_USE_TLS``)."""
     import socket
 
     text = address.strip()
@@ -252,9 +281,9 @@ def check_address_answers(address: str, source: str = "--address", drop: str = "
     if not 1 <= int(port) <= 65535:  # getaddrinfo wraps a larger port (99999 probed 34463; the cluster review)
         raise ConfigError(f"{source} {address}: not a Ray address: the port must be 1-65535 (the head's GCS port, 6379 "
                           "by default)")
+    tls = os.environ.get("RAY_USE_TLS", "0").lower() not in ("0", "", "false")
     try:
         with socket.create_connection((host, int(port)), timeout=ADDRESS_PROBE_S) as connection:
-            tls = os.environ.get("RAY_USE_TLS", "0").lower() not in ("0", "", "false")
             if not tls and not _answers_http2(connection):
                 raise ConfigError(f"{source} {address}: something answers there, but not a Ray head's GCS (no gRPC "
                                   "reply: the dashboard's port 8265, say); give the GCS port (6379 by default, `ray "
@@ -264,6 +293,10 @@ def check_address_answers(address: str, source: str = "--address", drop: str = "
         raise ConfigError(f"{source} {address}: no Ray cluster answers there (TCP connection: {why}); start one with "
                           f"`ray start --head` on that machine, check the address and port (the head's GCS port, 6379 by "
                           f"default), or {drop} to run a local Ray") from None
+    if not tls and not _serves_ray_gcs(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"):
+        raise ConfigError(f"{source} {address}: a gRPC server answers there, but not a Ray head's GCS (a Ray Client's port, "
+                          f"10001 by default, say: give that one as ray://{text}); give the GCS port (6379 by default, "
+                          f"`ray start --head --port`), or {drop} to run a local Ray")
 
 
 def _init_as_interruptible(ray, **kwargs):

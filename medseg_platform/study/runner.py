@@ -39,10 +39,11 @@ from medseg_platform.config import resolve_path
 from medseg_platform.dashboard import DEFAULT_DASHBOARD_HOST, check_dashboard_host, check_dashboard_host_is_local
 from medseg_platform.errors import ConfigError, DataError, MedsegError
 from medseg_platform.io import check_folder_free, check_folder_writable, check_output_folder, folder_lock, read_json_object, write_json_atomic
+from medseg_platform.memory_floor import check_memory_floor, machine_memory_bytes
 from medseg_platform.preflight import datasets_of_trials, preflight_datasets
 from medseg_platform.rescore import score_from_sources, scoring_device
-from medseg_platform.results import (ERROR_FILE, LAST_RUN_FILE, RESULT_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, retag_finished_trials,
-                                     trial_finished, trial_folder, tune_storage, write_trial_error)
+from medseg_platform.results import (ERROR_FILE, LAST_RUN_FILE, RESULT_FILE, STUDY_FILE, TRIALS_DIR, errored_in_run, pretrain_cache_dir,
+                                     retag_finished_trials, trial_finished, trial_folder, tune_storage, write_trial_error)
 from medseg_platform.study.ray_runtime import (check_cluster_answers, check_gpus_available, check_nodes_see, init_ray, joins_cluster,
                                                ray_started_here, sigterm_handler_kept)
 from medseg_platform.study.spec import ASHA_TIME, Study, check_accumulating_folder, check_study_folder
@@ -181,7 +182,8 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
                      in_process: bool = False) -> tuple[list[dict], list[tuple[str, int]]]:
     """Every check of the study's settings that :func:`run_study` (and ``--dry-run``, :func:`medseg_platform.plan.plan_study`)
     makes before it writes or starts anything: the trials (:meth:`Study.trial_params`), the Ray options, retries and fp16,
-    the results folder, GPUs, the test root (``in_process_cuda``: the trial runs in this process, which has a CUDA device,
+    the results folder, the CPU trials' memory floor (``medseg_platform.memory_floor``), GPUs, the test root
+    (``in_process_cuda``: the trial runs in this process, which has a CUDA device,
     as ``medseg train --in-process`` on a GPU machine; ``in_process``: it runs in this process, without Ray's CPU
     reservations; ``dry_run``: nothing will be written, so the results folder need not be writable). Returns the
     trials in start order and the test root's datasets. One-line
@@ -196,12 +198,18 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
     check_study_folder(study, trials)
     check_fault_tolerance_options(study, trials, in_process_cuda)
     check_output_folder(study.study_dir, "--results-dir (Study.results_dir)", writes=None if dry_run else "inside")
+    if any(trial["config"].get("pretrain") for trial in trials):  # a file or an unwritable folder there: a traceback in
+        # every trial, each retried as a crashed worker (the cache review)
+        check_output_folder(pretrain_cache_dir(study.study_dir), "the pretraining cache (pretrain-cache under --results-dir)",
+                            writes=None if dry_run else "inside")
     if dry_run:  # nothing is written now, but the run would stop there: say so (the dry run passed a read-only folder)
         try:
             check_folder_writable(study.study_dir, "--results-dir (Study.results_dir)")
         except ConfigError as exc:
             print(f"warning: the run would stop before training: {exc}", file=sys.stderr, flush=True)
     check_local_resources(study)
+    if not joins_cluster(study.address) and study.gpus_per_trial == 0 and not in_process_cuda:
+        check_memory_floor(trials, machine_memory_bytes())  # a patch no step fits in: before the dry run's timing too
     if not in_process:
         try:
             check_cluster_answers(study.address)
@@ -239,7 +247,7 @@ def check_trained_on_this_data(study: Study, trials: list[dict]) -> None:
     would otherwise table old results beside new ones and fine-tune from stages of the old data. Results and stages
     from before the identity was recorded pass."""
     from medseg_platform.preflight import dataset_identity
-    from medseg_platform.results import STAGE_DATA_FILE, pretrain_cache_dir
+    from medseg_platform.results import STAGE_DATA_FILE
 
     identities: dict[str, str | None] = {}  # resolved dataset root of the trials -> its identity now
     for trial in trials:
