@@ -23,8 +23,9 @@ A claim (:func:`medseg_platform.claims_spec.claim`) says "row A is better than (
   the test-case term only); two seeds measure it poorly. With fewer than :data:`MIN_SEEDS` seeds the verdict is
   "inconclusive at this n". Seeds only one side has are left out and named in the ``n`` cell.
 * **p**: ``table.csv``'s ``p_vs_best`` test (:func:`analysis.significance.case_test`,
-  two-sided Wilcoxon signed-rank) on the per-case values averaged over the kept seeds; "n/a" when
-  fewer than :data:`~analysis.significance.MIN_PAIRS` cases differ. It treats the trained models as fixed (test
+  two-sided Wilcoxon signed-rank) on the per-case values averaged over the kept seeds; "n/a" when fewer
+  than :data:`~analysis.significance.MIN_PAIRS` cases differ, but 1 when at least that many were compared and none
+  differs (the claims review: the docs said "n/a" there too). It treats the trained models as fixed (test
   cases are its only random unit), so it can be small while the interval, which also counts the variation
   between seeds, crosses the bound. It is reported, not used for the verdict.
 * **verdict**, from the CI (low, high), for ``>``: "supported" if low > 0, "contradicted" if high < 0;
@@ -426,7 +427,8 @@ def _caption(paper: bool, run: str) -> str:
             f"Student's t over two variance terms, between seeds (each seed's mean difference) and between test patients "
             f"(a patient's volumes together), paired throughout; p: "
             f"{TEST_NAME} on the per-case values averaged over seeds (the test of table.csv's p_vs_best, which there "
-            f"compares each cell with its column's best; n/a with fewer than {MIN_PAIRS} differing cases), which treats "
+            f"compares each cell with its column's best; n/a with fewer than {MIN_PAIRS} differing cases, "
+            f"but 1 where {MIN_PAIRS} or more were compared and none differs), which treats "
             f"the trained models as fixed and can be small while the CI, which also counts the seeds' variation, crosses "
             f"the bound; two-sided, so a small p beside a \u0394 against the claim says the rows differ the other way. "
             f"Verdict from the CI: supported when it lies "

@@ -135,12 +135,13 @@ def classify_curve(points: Iterable[tuple[float, float]]) -> CurveHealth:
 def read_val_curve(trial_dir: str | Path) -> list[tuple[float, float]] | None:
     """(step, val Dice) pairs of a trial's ``val_curve.csv``; None when the file is missing or unreadable, or a row is
     not two numbers (an edited file): such a curve was read as one with fewer validations, and its trial's flag was
-    lost without a word (the report review)."""
+    lost without a word (the report review). None also for a file without rows: the engine validates at the last step
+    at least, so such a file was cut short, and a curve of no points read as "not judged" (the health review)."""
     try:
         rows = read_csv(Path(trial_dir) / VAL_CURVE_FILE)
     except (OSError, ValueError, csv.Error):
         return None
-    if not all(isinstance(row.get("step"), float) and isinstance(row.get("val_dice"), float) for row in rows):
+    if not rows or not all(isinstance(row.get("step"), float) and isinstance(row.get("val_dice"), float) for row in rows):
         return None
     return [(row["step"], row["val_dice"]) for row in rows]
 
@@ -154,9 +155,25 @@ def record_health(record) -> CurveHealth:
     return classify_curve(points)
 
 
-def _dice(value: float) -> str:
-    """A val Dice in percent with one decimal ("–" when absent)."""
-    return "\u2013" if math.isnan(value) else f"{100 * value:.1f}"
+def _dice(value: float, decimals: int = 1) -> str:
+    """A val Dice in percent with ``decimals`` decimals ("–" when absent)."""
+    return "\u2013" if math.isnan(value) else f"{100 * value:.{decimals}f}"
+
+
+def _decimals(curve: CurveHealth) -> int:
+    """The fewest decimals (1 to 4) at which a flagged trial's printed last / previous / best val Dice show its verdict:
+    at one decimal a gain of 1.004 points read "51.0 | 50.0", on the margin the rule says does not flag (the health
+    review)."""
+    def shown(value: float, decimals: int) -> float:
+        return round(100 * value, decimals)
+
+    for decimals in (1, 2, 3):
+        last, previous, best = (shown(v, decimals) for v in (curve.last, curve.previous, curve.best))
+        if ((curve.verdict == NOT_LEARNED and best < round(100 * LEARNED_FLOOR, 9))
+                or (curve.verdict == STILL_RISING and round(last - previous, 9) > round(100 * RISING_MARGIN, 9))
+                or (curve.verdict == COLLAPSED and round(best - last, 9) > round(100 * COLLAPSE_DROP, 9))):
+            return decimals
+    return 4
 
 
 #: what a collapse means for the tested model, by the trials' ``eval.selection`` ("mixed": trials differ)
@@ -209,7 +226,7 @@ def health_section(trials: Sequence[TrialHealth], selection: str = "best_val") -
     no_curve = sum(t.curve.verdict == NO_CURVE for t in trials)
     judged = len(trials) - unjudged - no_curve
     lines = ["## Trial health", "", f"From each trial's validation Dice (`{VAL_CURVE_FILE}`). " + criteria_sentence(selection), ""]
-    not_judged = (f" {unjudged} trial{'s' if unjudged != 1 else ''} with fewer than 2 validations, none below the floor, "
+    not_judged = (f" {unjudged} trial{'s' if unjudged != 1 else ''} with fewer than 2 validation scores, none below the floor, "
                   f"{'were' if unjudged != 1 else 'was'} not judged.") if unjudged else ""
     if no_curve:
         not_judged += (f" {no_curve} trial{'s' if no_curve != 1 else ''} without a readable `{VAL_CURVE_FILE}` "
@@ -224,9 +241,9 @@ def health_section(trials: Sequence[TrialHealth], selection: str = "best_val") -
               "| trial | method | label fraction | seed | verdict | last val Dice (%) | previous (%) | best (%) | best at step |",
               "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for t in flagged:
-        c = t.curve
+        c, decimals = t.curve, _decimals(t.curve)
         lines.append(f"| {escape_markdown(t.key)} | {escape_markdown(t.row)} | {escape_markdown(t.column)} | {escape_markdown(str(t.seed))} | {c.verdict} | "
-                     f"{_dice(c.last)} | {_dice(c.previous)} | {_dice(c.best)} | {c.best_step} |")
+                     f"{_dice(c.last, decimals)} | {_dice(c.previous, decimals)} | {_dice(c.best, decimals)} | {c.best_step} |")
     return lines + [""]
 
 

@@ -9,7 +9,10 @@ of variants. :class:`VariantTable` collects them:
   it belongs to in the plots (``tags["variant"]``, e.g. "ARCO-SG" for all ARCO-SG temperature rows) and the
   values of the ablation axes it sits on (``tags["axes"]``: numbers, e.g. ``{"isd.tau_teacher": 0.01}``,
   or for ``data.labelled`` the fraction as the config writes it, e.g. ``"3"`` or ``"100%"``, as a grid
-  axis records it);
+  axis records it). An axis named after a config key (a dotted path into the resolved configuration, e.g.
+  ``objective_params.temperature``, ``data.labelled``) must exist there and hold the row's own value: an axis
+  scaled for display, or a misspelt one, was plotted silently (the extension review). Other names
+  (``isd.tau_teacher``) are labels;
 * two rows that resolve to the same configuration (the base config with their overrides; an override
   equal to a default counts as that default) are one row: the second is merged into the first (its axes
   are added), so the study never trains the same configuration twice. The released setting, which every
@@ -52,10 +55,13 @@ class VariantTable:
         """
         overrides = _declared_types(self.base, overrides)
         try:
-            key = json.dumps(_resolved(self.base, overrides), sort_keys=True, default=repr)
+            resolved = _resolved(self.base, overrides)
+            key = json.dumps(resolved, sort_keys=True, default=repr)
         except ValueError as exc:
             raise ConfigError(f"row {row!r}: {exc}") from None
         axes = dict(axes or {})
+        for name, value in axes.items():
+            _check_axis_value(row, name, value, resolved)
         kept = self._rows.get(key)
         if kept is None:
             self._rows[key] = {"row": row, "variant": variant or row, "axes": axes, "overrides": overrides}
@@ -112,6 +118,28 @@ def _declared_types(base: TrialConfig, overrides: Mapping[str, Any]) -> dict:
                            if isinstance(stage, Mapping) and isinstance(stage.get("objective_params"), Mapping) else stage
                            for stage in out["pretrain"]]
     return out
+
+
+def _check_axis_value(row: str, name: str, value: Any, resolved: Mapping[str, Any]) -> None:
+    """A :class:`ConfigError` when axis ``name`` is a dotted path into the row's ``resolved`` configuration (its first
+    part a config field) that does not exist there or holds another value than ``value`` (module docstring)."""
+    parts = str(name).split(".")
+    if parts[0] not in resolved:
+        return  # a label of the study's own (isd.tau_teacher: a pretraining stage's parameter)
+    node: Any = resolved
+    for depth, part in enumerate(parts):
+        if not isinstance(node, Mapping) or part not in node:
+            where = ".".join(parts[:depth]) or "the configuration"
+            choices = sorted(node) if isinstance(node, Mapping) else []
+            raise ConfigError(f"row {row!r}: axis {name!r} names no key of the row's configuration ({where} has "
+                              f"{', '.join(choices) if choices else 'no keys'}); name the key the axis varies, or give it a "
+                              "name outside the configuration's sections for a label")
+        node = node[part]
+    same = (list(node) == list(value) if isinstance(node, (list, tuple)) and isinstance(value, (list, tuple))
+            else node == value and isinstance(node, bool) == isinstance(value, bool))  # 1 is not True
+    if not same:
+        raise ConfigError(f"row {row!r}: axis {name} = {value!r}, but the row trains {name} = {node!r}; an axis records the "
+                          "row's own value (plots place the row there): give that value, and scale it in a plot of your own")
 
 
 def _resolved(base: TrialConfig, overrides: Mapping[str, Any]) -> dict:

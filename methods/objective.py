@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import numbers
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
@@ -271,7 +272,8 @@ def check_choice(config: Any, field: str, choices: Sequence[str]) -> None:
 
 
 def config_from_dict(config_class: type, values: dict[str, Any] | None) -> Any:
-    """Build ``config_class(**values)``; unknown keys raise a :class:`ConfigError` listing the valid ones."""
+    """Build ``config_class(**values)``; unknown keys raise a :class:`ConfigError` listing the valid ones, and so does a
+    value of a field annotated ``bool`` or ``str`` that is not one (:func:`check_annotated_kinds`)."""
     valid = [f.name for f in dataclasses.fields(config_class)]
     if values is not None and not isinstance(values, Mapping):
         raise ConfigError(f"objective_params: a dict of {config_class.__name__} keys, got {values!r} (valid keys: {valid})")
@@ -281,4 +283,22 @@ def config_from_dict(config_class: type, values: dict[str, Any] | None) -> Any:
         close = sorted({match for key in unknown for match in difflib.get_close_matches(key, valid, n=2, cutoff=0.6)})
         raise ConfigError(f"objective_params: unknown {config_class.__name__} keys {unknown}"
                           + (f" (close: {', '.join(close)})" if close else "") + f" (valid keys: {valid})")
+    check_annotated_kinds(config_class, values)
     return config_class(**values)
+
+
+def check_annotated_kinds(config_class: type, values: Mapping[str, Any]) -> None:
+    """A :class:`ConfigError` for a value of a ``bool`` field that is not a bool, or of a ``str`` field that is not a
+    text: a new objective's ``"false"`` from Python or a JSON file was truthy and trained the other way, silently (the
+    extension review; ``--set`` parses by the annotation already). Numbers are the configs' own checks
+    (:func:`check_number`), which also bound them."""
+    try:
+        hints = typing.get_type_hints(config_class)
+    except (NameError, TypeError):  # an annotation that does not resolve: the class's own checks only
+        return
+    for name, value in values.items():
+        kind = hints.get(name)
+        if kind is bool and not isinstance(value, bool):
+            raise ConfigError(f"{config_class.__name__}.{name}: must be a bool, got {value!r} (use true or false)")
+        if kind is str and not isinstance(value, str):
+            raise ConfigError(f"{config_class.__name__}.{name}: must be a text, got {value!r} (give it as a quoted string)")

@@ -251,6 +251,28 @@ def test_variant_table_merges_the_same_configuration_and_keeps_axes():
         table.add("bad", with_objective_params(released, temperature=-1.0))
 
 
+def test_an_axis_named_after_a_config_key_must_hold_the_row_s_value():
+    """The extension review: axes={"objective_params.l2_weight": weight * 1000} and a misspelt axis key were plotted
+    silently (rows at x = 0.1 that trained 0.0001); labels outside the configuration's sections stay free."""
+    profile = PROFILES["smoke"]
+    base = profile.trial.replace(**{"data.root": "/nonexistent"})
+    mona = method_overrides("mona", profile)
+    table = VariantTable(base)
+    table.add("τ = 0.2", with_objective_params(mona, temperature=0.2), axes={"objective_params.temperature": 0.2,
+                                                                            "isd.tau_teacher": 1, "data.labelled": base.data.labelled})
+    with pytest.raises(ConfigError, match=r"row 'τ = 0.3': axis objective_params.temperature = 300.0, but the row trains "
+                                          r"objective_params.temperature = 0.3; an axis records"):
+        table.add("τ = 0.3", with_objective_params(mona, temperature=0.3), axes={"objective_params.temperature": 300.0})
+    with pytest.raises(ConfigError, match=r"axis 'objective_params.temperatur' names no key of the row's configuration "
+                                          r"\(objective_params has .*temperature"):
+        table.add("τ = 0.3", with_objective_params(mona, temperature=0.3), axes={"objective_params.temperatur": 0.3})
+    with pytest.raises(ConfigError, match=r"axis 'optim.lr.x' names no key"):
+        table.add("τ = 0.3", with_objective_params(mona, temperature=0.3), axes={"optim.lr.x": 0.3})
+    with pytest.raises(ConfigError, match=r"axis objective_params.copy_bn_update = 1, but the row trains"):
+        table.add("bn", mona, axes={"objective_params.copy_bn_update": 1})  # 1 is not True
+    table.add("patch", {**mona, "data.patch_size": (32, 32)}, axes={"data.patch_size": [32, 32]})  # a tuple as a list
+
+
 def test_a_whole_number_for_a_real_parameter_is_the_same_row_and_key_as_its_float():
     """A study author wrote unsup_weight 1 where the sweep's other value was 1.0: the rows merged, but the kept row's
     overrides (so its trial key) depended on the spelling, and a sweep written with 1 retrained what 1.0 had trained."""

@@ -100,6 +100,9 @@ def test_record_health_reads_val_curve_csv(tmp_path):
     # the report review: a missing or edited curve read as one with fewer validations, and the trial's flag was lost
     (rising.path / "val_curve.csv").write_text("step,val_dice\n20,abc\n40,0.7\n", encoding="utf-8")
     assert health.read_val_curve(rising.path) is None
+    for cut_short in ("", "step,val_dice\n"):  # the health review: no row read as "not judged", not as a problem
+        (rising.path / "val_curve.csv").write_text(cut_short, encoding="utf-8")
+        assert health.read_val_curve(rising.path) is None
     (rising.path / "val_curve.csv").unlink()
     assert health.read_val_curve(rising.path) is None
     missing = health.record_health(rising)
@@ -120,7 +123,7 @@ def test_section_when_nothing_is_flagged():
     lines = health.health_section(trials)
     assert lines[0] == "## Trial health" and lines[-1] == ""
     assert lines[-2] == ("All 2 judged trials plateaued (none still rising, collapsed or failing to learn). 1 trial with fewer than 2 "
-                         "validations, none below the floor, was not judged. 1 unflagged trial ended at its best validation, gaining at "
+                         "validation scores, none below the floor, was not judged. 1 unflagged trial ended at its best validation, gaining at "
                          "most 1.0 point at the last one: more steps might still move it.")
     assert health.health_problems(trials) == [] and health.health_section([]) == []
 
@@ -144,6 +147,18 @@ def test_section_lists_flagged_trials_with_their_numbers():
     unjudged = trials + [_trial("one", [(20, 0.5)])]
     assert "3 of 4 judged trials flagged" in "\n".join(health.health_section(unjudged))
     assert health.health_problems(unjudged)[0].startswith("trial health: 3 of 4 judged trials flagged")
+
+
+def test_a_flagged_trials_numbers_show_its_verdict_at_the_threshold():
+    """The health review: at one decimal a gain of 1.004 points read "51.0 | 50.0" beside a rule of "more than 1.0",
+    a drop of 10.004 "60.0 | 70.0", a best of 14.96 "15.0"; the row takes the decimals that show its side."""
+    trials = [_trial("a", [(3, 0.1496), (6, 0.1)]), _trial("b", [(3, 0.5), (6, 0.51004)]), _trial("c", [(3, 0.7), (6, 0.59996)]),
+              _trial("d", [(3, 0.5), (6, 0.53)])]
+    text = "\n".join(health.health_section(trials))
+    assert "| a | MONA | 1 patient (1.4%) | 1 | did not learn | 10.00 | 14.96 | 14.96 | 3 |" in text
+    assert "| b | MONA | 1 patient (1.4%) | 1 | still rising | 51.004 | 50.000 | 51.004 | 6 |" in text
+    assert "| c | MONA | 1 patient (1.4%) | 1 | collapsed | 59.996 | 70.000 | 70.000 | 3 |" in text
+    assert "| d | MONA | 1 patient (1.4%) | 1 | still rising | 53.0 | 50.0 | 53.0 | 6 |" in text  # one decimal shows it
 
 
 def test_unflagged_trials_that_ended_at_their_best_are_counted():

@@ -95,6 +95,29 @@ def test_unknown_names_and_keys_are_config_errors():
     assert_one_line(error)
 
 
+def test_a_bool_or_text_field_of_another_kind_is_refused_for_every_objective():
+    """The extension review: a new objective's bool field given "false" (from Python or a JSON file) was truthy and
+    trained the other way; every objective's bool and str fields are checked by their annotation."""
+    import dataclasses
+    import typing
+
+    from methods.objective import check_annotated_kinds
+
+    checked = 0
+    for name, cls in OBJECTIVES.items():
+        hints = typing.get_type_hints(cls.config_class)
+        for field in dataclasses.fields(cls.config_class):
+            wrong = {bool: "false", str: 3}.get(hints[field.name])
+            if wrong is None:
+                continue
+            with pytest.raises(ConfigError, match=rf"{cls.config_class.__name__}.{field.name}: must be a ") as error:
+                objective_config(name, {field.name: wrong})
+            assert_one_line(error)
+            checked += 1
+    assert checked >= 10
+    check_annotated_kinds(OBJECTIVES["mona"].config_class, {"copy_bn_update": False, "sampler": "uniform"})  # right kinds pass
+
+
 def test_supervised_rejects_images_the_unet_cannot_halve_four_times():
     objective = build("supervised")
     with pytest.raises(DataError, match="divisible by 16") as error:
