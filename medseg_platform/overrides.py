@@ -177,7 +177,10 @@ def parse_value(key: str, text: str, kind: Any) -> Any:
         if lowered in ("false", "no", "0", "off"):
             return False
         raise ConfigError(f"{where}: expected true or false")
+    plain = text.strip().isascii() and "_" not in text  # Python's int() and float() also read "1_000" and other digits
     if kind is int:
+        if not plain:
+            raise ConfigError(f"{where}: expected a whole number (ASCII digits, no separators)")
         try:
             return int(text)
         except ValueError:
@@ -190,6 +193,8 @@ def parse_value(key: str, text: str, kind: Any) -> Any:
             return int(number)
         raise ConfigError(f"{where}: expected a whole number") from None
     if kind is float:
+        if not plain:
+            raise ConfigError(f"{where}: expected a number (ASCII digits, no separators)")
         try:
             return float(text)
         except ValueError:
@@ -197,7 +202,11 @@ def parse_value(key: str, text: str, kind: Any) -> Any:
     if kind is str:
         return text
     if origin is tuple:
-        parts = [p.strip() for p in text.strip().strip("[]()").split(",") if p.strip()]
+        parts = [p.strip() for p in text.strip().strip("[]()").split(",")]
+        if parts == [""]:
+            parts = []
+        if "" in parts:  # "48,,48": a value left out, not two
+            raise ConfigError(f"{where}: an empty value between commas; give each value once, e.g. 48,48")
         fixed = args and args[-1] is not Ellipsis
         if fixed and len(parts) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} comma-separated values, e.g. "

@@ -47,7 +47,10 @@ class ProgressCallback(Callback):
     this run (their wall time / their cost units: fine-tuning and evaluations up to their last step, the stages they trained; trials
     skipped because their result existed and errored trials do not count) or, before any, from the reported step
     rates (mean of rate / prior). ETA = max(total remaining / the most trials seen running at once, the largest
-    remaining trial); "?" until a trial finished or reported a step rate.
+    remaining trial); "?" until a trial finished or reported a step rate. A trial's seconds include its start-up (Ray
+    starting its worker, imports, the data), which the first trials of a run pay cold (about 12 s measured): with
+    trials of a few seconds (the smoke profile) the first ETAs are up to 4-6x too long, at the quick profile about
+    1.2x (the progress review); not modelled apart.
     """
 
     def __init__(self, plans: Sequence[TrialPlan], clock: Callable[[], float] = time.monotonic, heartbeat_s: float = HEARTBEAT_S,

@@ -419,6 +419,11 @@ def train(args, after: Callable[[Path], None] | None = None) -> tuple[int, Path 
     try:
         trial = study.trial_params()[0]  # validates the resolved config (a value the file or a --set gave)
     except ConfigError as exc:
+        from medseg_platform.overrides import named_by_set, parse_set_options
+
+        named = named_by_set(exc, parse_set_options(args.overrides))
+        if named is not exc:  # a --set value the objective refuses names the --set (a known item: the study CLI did)
+            raise named from None
         if args.config is None:
             raise
         source = f"--config {resolve_path(args.config, '--config')}" + (" with the --set values" if args.overrides else "")

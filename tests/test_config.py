@@ -153,12 +153,24 @@ def test_a_whole_number_field_takes_a_whole_number_written_as_a_real(text, expec
     assert parse_value("optim.max_steps", text, int) == expected and isinstance(parse_value("k", text, int), int)
 
 
-@pytest.mark.parametrize("text", ["2.5", "nan", "inf", "x", ""])
-def test_a_whole_number_field_refuses_other_values(text):
+@pytest.mark.parametrize("text", ["2.5", "nan", "inf", "x", "", "1_000", "\u0661\u0662"])  # separators and other digits:
+def test_a_whole_number_field_refuses_other_values(text):  # Python's int() reads them (a known item)
     from medseg_platform.overrides import parse_value
 
     with pytest.raises(ConfigError, match=f"--set optim.max_steps={text}: expected a whole number"):
         parse_value("optim.max_steps", text, int)
+
+
+def test_a_number_or_tuple_written_loosely_is_refused():
+    """Known items: float() read "1_0.5" and other scripts' digits; "48,,48" was read as 48,48."""
+    from medseg_platform.overrides import parse_value
+
+    for text in ("1_0.5", "\u0661.5"):
+        with pytest.raises(ConfigError, match=f"--set optim.lr={text}: expected a number"):
+            parse_value("optim.lr", text, float)
+    with pytest.raises(ConfigError, match=r"--set data.patch_size=48,,48: an empty value between commas"):
+        parse_value("data.patch_size", "48,,48", tuple[int, int])
+    assert parse_value("data.patch_size", "(48, 48)", tuple[int, int]) == (48, 48) and parse_value("optim.lr", " 1e-2 ", float) == 0.01
 
 
 def test_an_unknown_up_path_is_a_one_line_config_error():

@@ -118,6 +118,9 @@ def test_through_ray_the_same_configuration_gets_the_same_trial(tmp_path, phanto
     (["supervised", "--set", "optim.amp=fp16"], "optim.amp 'fp16' needs a CUDA GPU per trial"),
     (["supervised", "--set", "data.labelled=3"], "--set data.labelled: set by the flag --labelled; use that instead"),
     (["supervised", "--set", "optim.lr=x"], "--set optim.lr=x: expected a number"),
+    # a value the objective refuses names the --set (a known item: "objective 'mona': MonaConfig.temperature ..." alone)
+    (["mona", "--set", "objective_params.temperature=-1"], "--set objective_params.temperature: objective 'mona': "
+     "MonaConfig.temperature: must be in (0, inf), got -1.0"),
     (["supervised", "--set", "optim.lrr=1"], "--set optim.lrr: unknown key; close matches: optim.lr"),
     # a parameter no objective has: the trained objective's own (close matches came from every method's)
     (["mean_teacher", "--set", "objective_params.consistency=1"], "--set objective_params.consistency: unknown key; "
