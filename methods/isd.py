@@ -314,7 +314,8 @@ def blocked_queue_kl(
     the four N x M x d GEMMs (S, T and the two gradient contractions) and the 2 N x M exponentials; at
     the quick size (N = 1536, M = 9216, d = P = 49, 1 CPU thread) they take about 88 ms and 37 ms of the
     about 145 ms this function takes (the dense path: about 750 ms forward and backward). Under
-    autocast the KL is computed in float32 (the dense path ran the GEMM in the autocast dtype).
+    autocast the rows are normalised and the KL computed in float32 (the dense path ran the GEMM in the autocast
+    dtype).
     """
     if student.dim() != 2 or student.shape != teacher.shape or queue.dim() != 2 or queue.shape[1] != student.shape[1]:
         raise DataError(
@@ -328,10 +329,11 @@ def blocked_queue_kl(
     if block_rows is None:
         budget = BLOCK_ELEMENTS.get(student.device.type, BLOCK_ELEMENTS_OTHER)
         block_rows = max(1, budget // max(1, queue.shape[0]))
-    s_rows = F.normalize(student, dim=1) / tau_student
-    t_rows = F.normalize(teacher, dim=1) / tau_teacher
+    dtype = full_precision_dtype(student, teacher, queue)  # before the temperatures: bf16 rows / 0.01 moved the teacher's
+    s_rows = F.normalize(student.to(dtype), dim=1) / tau_student  # logits by up to 0.24 (the ACTION review); a no-op
+    t_rows = F.normalize(teacher.to(dtype), dim=1) / tau_teacher  # for float32 rows
     with torch.no_grad():
-        keys = F.normalize(queue, dim=1)
+        keys = F.normalize(queue.to(dtype), dim=1)
     with torch.autocast(device_type=student.device.type, enabled=False):
         if not (need_student or need_teacher):
             return _blocked_queue_kl_forward(s_rows, t_rows, keys, False, False, block_rows)[0]

@@ -15,7 +15,7 @@ from medseg_platform.config import TrialConfig
 from medseg_platform.data.layout import Volume, mixed_spacing_text
 from medseg_platform.errors import DataError
 from medseg_platform.evaluation.metrics import case_dice, distance_spacing, evaluate_case
-from medseg_platform.evaluation.predict import predict_volume
+from medseg_platform.evaluation.predict import predict_volume, restore_training_modes, training_modes
 from medseg_platform.io import atomic_path
 from medseg_platform.stats import nan_mean
 
@@ -26,13 +26,13 @@ QUALITATIVE_CASES = 3
 def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """``model`` in eval mode for a block of predictions, its mode restored after: one walk over its modules each way
     instead of two per volume (:func:`medseg_platform.evaluation.predict.predict_volume` leaves a model already in eval
-    mode as it is)."""
-    was_training = model.training
+    mode as it is). Each module gets its own mode back (``restore_training_modes``)."""
+    modes = training_modes(model)
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        restore_training_modes(modes)
 
 
 def predict_case(model: torch.nn.Module, image: np.ndarray, cfg: TrialConfig, device: torch.device) -> np.ndarray:

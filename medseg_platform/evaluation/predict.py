@@ -94,10 +94,10 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray, patch_size: Sequen
 
     depth = image.shape[0]
     out = np.empty(image.shape, dtype=np.uint8)
-    was_training = model.training
     # set eval mode only where a module trains: ``Module.train`` walks every submodule through ``__setattr__`` (1.4 ms a
     # call for the quick UNet, 10% of a quick validation), and a caller that predicts several volumes sets it once
-    toggled = any(module.training for module in model.modules())
+    modes = training_modes(model)
+    toggled = any(mode for _, mode in modes)
     if toggled:
         model.eval()
     try:
@@ -116,5 +116,17 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray, patch_size: Sequen
                 out[start:stop] = labels[:, 0].numpy().astype(np.uint8)
     finally:
         if toggled:
-            model.train(was_training)
+            restore_training_modes(modes)
     return out
+
+
+def training_modes(model: torch.nn.Module) -> list[tuple[torch.nn.Module, bool]]:
+    """Each module of ``model`` with its train/eval mode, for :func:`restore_training_modes`."""
+    return [(module, module.training) for module in model.modules()]
+
+
+def restore_training_modes(modes: list[tuple[torch.nn.Module, bool]]) -> None:
+    """Give each module its own mode back: ``model.train(was_training)`` set every submodule to the model's mode, so a
+    BatchNorm kept in eval mode inside a training model came back training (the evaluation review)."""
+    for module, mode in modes:
+        module.training = mode

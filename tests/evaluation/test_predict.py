@@ -111,3 +111,18 @@ def test_bad_inputs():
         predict_volume(Bad(lambda x: x[:, :, :4]), np.zeros((1, 8, 8), np.float32), patch_size=(8, 8))
     with pytest.raises(ConfigError, match="keys \\['out'\\]"):
         predict_volume(Bad(lambda x: {"out": x}), np.zeros((1, 8, 8), np.float32), patch_size=(8, 8))
+
+
+def test_predicting_gives_each_module_its_own_mode_back():
+    """The evaluation review: the model's mode was restored with ``model.train(was_training)``, which set a BatchNorm
+    kept in eval mode inside a training model back to training (predict_volume and engine.evaluate.eval_mode)."""
+    from medseg_platform.engine.evaluate import eval_mode
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), torch.nn.BatchNorm2d(4))
+    model.train()
+    model[1].eval()
+    predict_volume(model, np.zeros((2, 20, 30), np.float32), (32, 32))
+    assert model.training and model[0].training and not model[1].training
+    with eval_mode(model):
+        assert not any(module.training for module in model.modules())
+    assert model.training and model[0].training and not model[1].training

@@ -96,6 +96,12 @@ def test_blocked_queue_kl_uses_the_dense_path_when_the_queue_needs_a_gradient_an
     torch.testing.assert_close(value, dense_queue_kl(student, teacher, queue.detach(), 0.1, 0.1), rtol=1e-5, atol=1e-6)
     with pytest.raises(DataError, match=r"\(N, d\)"):
         blocked_queue_kl(student, teacher[:5], queue, 0.1, 0.1)
+    # half-precision rows (the local head's under bf16 autocast) normalised and divided by the temperatures in float32:
+    # in bf16, the teacher's logits at tau 0.01 moved by up to 0.24 and the KL by 4e-3 (the ACTION review)
+    rows = [torch.randn(64, 9).to(torch.bfloat16) for _ in range(2)]
+    keys = torch.randn(200, 9)
+    assert blocked_queue_kl(*rows, keys, 0.1, 0.01).item() == pytest.approx(
+        dense_queue_kl(*(r.float() for r in rows), keys, 0.1, 0.01).item(), rel=1e-6)
 
 
 # ------------------------------------------------------------------ the relational module
