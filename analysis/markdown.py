@@ -19,6 +19,16 @@ def escape_markdown(text: str) -> str:
     return neutralise_markup(_EMPHASIS_UNDERSCORE.sub(r"\\_", text))
 
 
+def code_span(text: str) -> str:
+    """``text`` as a Markdown code span, verbatim: fenced by one backtick more than its longest run of backticks (padded
+    with a space where it starts or ends with one), line breaks made spaces. A command or path with a backtick closed
+    the single-backtick span of report.md's Command line and rendered the rest as Markdown (the security review)."""
+    text = re.sub(r"[\r\n]+", " ", str(text))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 #: An underscore not between two letters or digits (GitHub's emphasis needs one at a word's edge).
 _EMPHASIS_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 

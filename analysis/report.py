@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 from analysis.claims import claim_results, claims_section, read_claims, verdict_counts
 from analysis.plots import is_plot_name, natural_key, PlotFile, write_plots
 from analysis.health import TrialHealth, health_problems, health_section, record_health
-from analysis.markdown import escape_markdown
+from analysis.markdown import code_span, escape_markdown
 from analysis.table_files import (EXTERNAL_TABLE_CSV, external_test_sets, incomplete_note, print_summary, table_file_names,
                                    write_tables)
 from analysis.table_render import recipe_sentence, set_option_items
@@ -178,7 +178,7 @@ def _stage_reuse_phrase(records: Sequence[TrialRecord]) -> str:
 
 def _row_list(rows: Sequence[str]) -> str:
     """Row labels joined by commas; each in backticks when a label has a comma itself ("ARCO-SG, τ = 0.5")."""
-    return ", ".join(f"`{row}`" for row in rows) if any("," in row for row in rows) else ", ".join(rows)
+    return ", ".join(map(code_span, rows)) if any("," in row for row in rows) else ", ".join(map(escape_markdown, rows))
 
 
 def _seconds(value: Any) -> str:
@@ -393,14 +393,15 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
     ]
     collected = bool(info.get("accumulates"))  # a folder of several runs (medseg train): settings.json is the latest run's
     if settings.get("command"):
-        lines.append(f"- **{'Latest command' if collected else 'Command'}**: `{settings['command']}`"
-                     + (f" (run in `{settings['cwd']}`: relative paths and the default `./results` start there)" if settings.get("cwd") else ""))
+        lines.append(f"- **{'Latest command' if collected else 'Command'}**: {code_span(settings['command'])}"
+                     + (f" (run in {code_span(settings['cwd'])}: relative paths and the default `./results` start there)"
+                        if settings.get("cwd") else ""))
     if settings.get("overrides"):
         lines.append(("- **Overrides** (`--set` of the latest run; each row names its own): " if collected
-                      else "- **Overrides** (`--set`, every trial): ") + ", ".join(f"`{item}`" for item in set_option_items(settings["overrides"])))
+                      else "- **Overrides** (`--set`, every trial): ") + ", ".join(map(code_span, set_option_items(settings["overrides"]))))
     lines += [
         protocol_line(info, settings, configs),
-        f"- **Dataset**: {_join(roots)}; {_join(available)} training patients, {_join(test_cases)} test cases"
+        f"- **Dataset**: {_join([escape_markdown(str(root)) for root in roots])}; {_join(available)} training patients, {_join(test_cases)} test cases"
         + (f" of {_join(test_patients)} patient{'' if test_patients == [1] else 's'}" if test_patients and test_patients != test_cases else "")
         + _val_split_phrase(roots, [int((c.get("eval") or {}).get("val_cases", 0) or 0) for c in configs])
         + (f"; classes {', '.join(map(escape_markdown, study_class_names(records).values()))}" if records else ""),
@@ -516,12 +517,12 @@ def _external_lines(settings: Mapping, records: Sequence[TrialRecord]) -> list[s
     """The "External test set" bullet: the latest run's ``--test-root``, else the roots the trials were scored on by an
     earlier run (their blocks stay in the tables: a run without the flag left them unexplained, the studies walkthrough)."""
     if settings.get("test_root"):
-        return [f"- **External test set** (`--test-root`): {settings['test_root']}; each trial's selected weights scored on "
+        return [f"- **External test set** (`--test-root`): {escape_markdown(str(settings['test_root']))}; each trial's selected weights scored on "
                 "its test split, shown as its own block after each table"]
     roots = list(external_test_sets(records))
     if not roots:
         return []
-    return [f"- **External test set** (`--test-root` of an earlier run of the study command): {', '.join(roots)}; the trials' "
+    return [f"- **External test set** (`--test-root` of an earlier run of the study command): {', '.join(map(escape_markdown, roots))}; the trials' "
             "selected weights scored on its test split then, shown as its own block after each table"]
 
 

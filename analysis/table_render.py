@@ -12,7 +12,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -313,11 +313,13 @@ def recipe_sentence(overrides: Mapping[str, Any]) -> str:
     return f"Every trial ran with {text} (the profile's recipe changed)." if text else ""
 
 
-def caption(table: WideTable, recipe: str = "") -> str:
+def caption(table: WideTable, recipe: str = "", name: Callable[[str], str] = str) -> str:
     """Plain-text caption of a wide table: what is shown, over how many seeds, units, bold, footnote.
-    ``recipe``: :func:`recipe_sentence` of the study's ``--set`` overrides, said after the settings."""
+    ``recipe``: :func:`recipe_sentence` of the study's ``--set`` overrides, said after the settings. ``name`` writes
+    the dataset's class names (Markdown: ``escape_markdown``; a name's "$...$" rendered as math in the caption while
+    the header escaped it, the security review)."""
     style = metric_style(table.metric)
-    classes = [c for c in table.classes if c != AVG]
+    classes = [name(c) for c in table.classes if c != AVG]
     text = (f"Test {style.label} per class ({', '.join(classes)}) and their average ({AVG}), by method and "
             f"labelled fraction (patients and percent of the training patients). {_seeds_sentence(table)}")
     settings = settings_sentence(table)
@@ -377,7 +379,7 @@ def to_markdown(df: pd.DataFrame, metric: str, recipe: str = "") -> str:
     header = ["Method"] + [escape_markdown(f"{column}: {cls}") for column in table.columns for cls in table.classes]
     body = [[escape_markdown(row)] + [_markdown_cell(table.cells.get((row, column, cls)), style.decimals)
                                       for column in table.columns for cls in table.classes] for row in table.rows]
-    lines = [f"### {style.label}", "", *_markdown_lines([header, *body]), "", neutralise_markup(caption(table, recipe))]
+    lines = [f"### {style.label}", "", *_markdown_lines([header, *body]), "", neutralise_markup(caption(table, recipe, escape_markdown))]
     return "\n".join(lines) + "\n"
 
 

@@ -335,7 +335,8 @@ def write_manifest(root: str | os.PathLike, source: Mapping[str, object], cases:
 # -------------------------------------------------------------------------------------- reader
 def read_list(path: Path, slices: bool = False, problems: list[str] | None = None) -> list[str]:
     """The ids a list file names, in order. Each is a file name under ``data/`` (or ``data/slices/`` for ``slices``,
-    then of the form ``<case>_slice_<k>``); an id with a folder part would read outside the dataset. One-line
+    then of the form ``<case>_slice_<k>``); an id with a folder part would read outside the dataset, and one starting
+    with ``= + - @`` would be a formula in a spreadsheet of per_case.csv. One-line
     :class:`DataError` naming the file and line otherwise. Repeated ids are kept (``medseg data check`` reports them)."""
     if not path.is_file():
         raise DataError(f"{path}: list file is missing (is this an SSL4MIS/ACDC dataset root? Raw ACDC patient folders are "
@@ -353,6 +354,9 @@ def read_list(path: Path, slices: bool = False, problems: list[str] | None = Non
         if "/" in item or "\\" in item or item in (".", "..") or _has_control_character(item):
             bad = (f"{path}: line {lineno} {item!r} is not an id (ids are file names without a folder or control "
                    "characters; fix the list)")
+        elif item[0] in "=+-@":  # per_case.csv's case column: a spreadsheet runs such a cell as a formula (the security
+            bad = (f"{path}: line {lineno} {item!r} starts with {item[0]!r}; a spreadsheet opening a trial's per_case.csv "
+                   "would read the id as a formula: rename the case (its files and list lines)")  # review, as class names)
         elif slices and _SLICE_RE.match(item) is None:
             bad = f"{path}: line {lineno} {item!r} is not a slice id of the form <case>_slice_<k> (fix the list)"
         if bad is not None and problems is None:

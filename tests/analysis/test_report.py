@@ -658,3 +658,24 @@ def test_the_report_a_study_command_writes_under_its_own_lock_says_its_unfinishe
     assert "trial mona-l7-s1-0000000000 has no result (not run yet or interrupted" in text and ", 1 not run or interrupted" in text
     assert "running there" not in text and "snapshot" not in text
     assert not (study / "plots" / "qualitative_99 patients.png").exists()
+
+
+def test_user_paths_and_commands_are_verbatim_text_in_the_report(study, no_plots):
+    """The security review: a data root or --test-root with HTML, a link or "$...$" reached report.md as markup, and a
+    backtick in the command closed its code span."""
+    evil = "/d <img src=x> *a* $m$ [l](http:x) `z`"
+    for path in (study / "trials").glob("*/result.json"):
+        if path.read_text(encoding="utf-8") == "{truncated":  # the fake study's corrupt trial
+            continue
+        result = json.loads(path.read_text(encoding="utf-8"))
+        result["config"]["data"]["root"] = evil
+        path.write_text(json.dumps(result), encoding="utf-8")
+    settings = json.loads((study / "settings.json").read_text(encoding="utf-8"))
+    (study / "settings.json").write_text(json.dumps({**settings, "command": f"python s.py --data-root '{evil}'", "cwd": "/w`x",
+                                                     "test_root": evil}), encoding="utf-8")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    escaped = r"/d &lt;img src=x> \*a\* \$m\$ [l]\(http:x) \`z\`"
+    assert f"- **Dataset**: {escaped};" in text and f"- **External test set** (`--test-root`): {escaped};" in text
+    assert f"- **Command**: ``python s.py --data-root '{evil}'`` (run in ``/w`x``: " in text
+    assert text.count("<img") == text.count("](http") == 1  # verbatim inside the command's code span only
+

@@ -535,3 +535,12 @@ def test_labels_with_markdown_and_latex_specials_print_as_written():
     # garbled names LaTeX sets: the diff review); ę, Ħ and ð stop pdflatex's default preamble (the third diff review)
     assert escape_latex("Mięsień Čerebellum Crohn’s “LV” Myo − LV") == r"Mi[U+0119]sie" + "ń" + r" Čerebellum Crohn's ``LV'' Myo $-$ LV"
     assert escape_latex("Ħal ð Gdańsk") == "[U+0126]al [U+00F0] Gdańsk"
+
+
+def test_a_class_name_is_plain_text_in_the_markdown_caption(df):
+    """The security review: the header escaped a class name's "$...$" and "_x_", the caption left them as math and
+    emphasis."""
+    renamed = df.assign(**{"class": df["class"].replace({"RV": "$x^$ #_y_"})})
+    markdown = table_render.to_markdown(renamed, "dice")
+    assert r"per class (\$x^\$ #\_y\_, " in markdown and "$x^$ #_y_" not in markdown
+    assert "per class ($x^$ #_y_, " in table_render.caption(table_render.wide_table(renamed, "dice"))  # LaTeX: escaped whole

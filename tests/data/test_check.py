@@ -87,6 +87,11 @@ def test_lists_that_would_read_elsewhere_or_are_not_text_are_one_line_errors(tin
     captured = capsys.readouterr()
     assert "is not an id (ids are file names without a folder or control characters" in captured.out + captured.err
     assert "\x1b" not in captured.out + captured.err  # the escape is not printed raw
+    (tiny_root / "test.list").write_text("=HYPERLINK(x)_frame01\n")  # a formula in every trial's per_case.csv (the security review)
+    assert main(["data", "check", str(tiny_root)]) == 1
+    captured = capsys.readouterr()
+    assert ("line 1 '=HYPERLINK(x)_frame01' starts with '='; a spreadsheet opening a trial's per_case.csv would read the id as "
+            "a formula: rename the case") in captured.out + captured.err
     (tiny_root / "val.list").write_text(val)
     train = (tiny_root / "train_slices.list").read_bytes()
     (tiny_root / "train_slices.list").write_bytes(train + b"garbage id\n")
