@@ -643,6 +643,20 @@ def test_a_search_folder_is_not_restarted_or_taken_over_silently(tiny_root, tmp_
     taker.results_dir, taker.name = tmp_path / "grid", "shared"
     with pytest.raises(ConfigError, match=r"holds a grid study \(study.json\); this search would replace its record"):
         check_before_ray(taker, dry_run=True)
+    # the same command after a key revision (STREAMS_REVISION, the diff review): "other settings: the searched
+    # configuration", and "rerun with that search's settings", which were the settings given
+    revised = search(6)
+    revised.results_dir = tmp_path / "revised"
+    info = {**revised.description(revised.trial_params()), "spec_hash": "0" * 16}
+    write_json_atomic(revised.study_dir / "study.json", info)
+    (tune_storage(revised.study_dir) / f"{revised.name}-{'0' * 16}").mkdir(parents=True)
+    sample = revised.study_dir / "trials" / "supervised-l1-s1-0123456789-abcd1234"  # not this code's key of its config
+    sample.mkdir(parents=True)
+    write_json_atomic(sample / "config.json", {"config": revised.trial_params()[0]["config"], "tags": {}})
+    (sample / "error.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"holds a search whose samples an earlier version of the platform trained: their "
+                                          r"trial keys changed since .* Give --name a new folder name"):
+        check_before_ray(revised, dry_run=True)
 
 
 def test_two_label_fractions_that_select_the_same_patients_are_refused_before_ray(tiny_root, tmp_path):

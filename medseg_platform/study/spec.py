@@ -437,6 +437,11 @@ def check_study_folder(study, trials: list[dict]) -> None:
             and (tune_storage(study.study_dir) / f"{study.name}-{old_hash}").exists() and _any_sample_ended(study.study_dir)):
         samples = info.get("num_samples")
         more = samples != study.num_samples
+        if not more and _samples_of_earlier_code(study.study_dir):  # the same command: its keys changed, not its flags
+            raise ConfigError(f"{study.study_dir}: holds a search whose samples an earlier version of the platform trained: "
+                              "their trial keys changed since (a key revision, e.g. results.STREAMS_REVISION; docs/methods.md, "
+                              "'Adding a method'), and a search cannot go on under other keys in place. Give --name a new "
+                              "folder name (this folder's tables and report stay as they were written)")
         other = (f"--num-samples {samples} (this run: {study.num_samples})" if more
                  else f"other settings: {_search_differences(info, study.description(trials))}")
         reuse = (": that search proposes the same first samples (the same seed) and scores those this one completed from "
@@ -444,6 +449,23 @@ def check_study_folder(study, trials: list[dict]) -> None:
         raise ConfigError(f"{study.study_dir}: holds a search with {other}; a search cannot be extended or changed in place "
                           "(the report would show only the new one's samples). Rerun with that search's settings to resume or "
                           f"rebuild it, or give --name a new folder name{reuse}")
+
+
+def _samples_of_earlier_code(study_dir: Path) -> bool:
+    """Whether the search folder's samples (trial folders with a readable config) are all keyed by an earlier key
+    revision (:func:`_of_an_earlier_revision`): the same command then found "other settings" it could not name, and
+    told the user to rerun with the settings they had given (the diff review)."""
+    from medseg_platform.results import TRIALS_DIR, read_trial_config
+
+    folders = sorted(p for p in (study_dir / TRIALS_DIR).glob("*") if p.is_dir()) if (study_dir / TRIALS_DIR).is_dir() else []
+    readable = []
+    for folder in folders:
+        try:
+            if isinstance(read_trial_config(folder), dict):
+                readable.append(folder)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return bool(readable) and all(_of_an_earlier_revision(folder) for folder in readable)
 
 
 def _any_sample_ended(study_dir: Path) -> bool:
