@@ -89,6 +89,8 @@ def run(args) -> int:
         print(f"== {study_dir.name}")
         try:
             report = write_report(study_dir)
+        except BrokenPipeError:  # `| head` went away: exit 141 as every command does, not "a bug" (the README review)
+            raise
         except Exception as exc:  # noqa: BLE001 - one unreadable study of several does not stop the others
             if len(studies) == 1:
                 raise  # exit 2 for bad input (MedsegError), as for any command

@@ -679,3 +679,25 @@ def test_user_paths_and_commands_are_verbatim_text_in_the_report(study, no_plots
     assert f"- **Command**: ``python s.py --data-root '{evil}'`` (run in ``/w`x``: " in text
     assert text.count("<img") == text.count("](http") == 1  # verbatim inside the command's code span only
 
+
+
+
+def test_medseg_report_of_several_studies_lets_a_gone_reader_end_the_command(tmp_path, monkeypatch):
+    """The README review: `medseg report RESULTS_DIR | head -1` printed "BrokenPipeError ... (a bug or a hand-edited
+    file)": the per-study handler took the reader's leaving (a print inside write_report) for a broken study. It now
+    reaches run_cli, which exits 141 quietly where stdout is the pipe that broke."""
+    import argparse
+
+    import analysis.report as report_module
+    from analysis import cli
+    from tests.analysis.fakes import make_fake_study
+
+    for name in ("a-quick", "b-quick"):
+        make_fake_study(tmp_path / "results", name)
+
+    def reader_gone(study_dir, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(report_module, "write_report", reader_gone)
+    with pytest.raises(BrokenPipeError):
+        cli.run(argparse.Namespace(results_dir=str(tmp_path / "results")))
