@@ -30,6 +30,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import types
 import typing
 from collections import Counter
@@ -203,6 +204,8 @@ def parse_value(key: str, text: str, kind: Any) -> Any:
         return text
     if origin is tuple:
         parts = [p.strip() for p in text.strip().strip("[]()").split(",")]
+        if len(parts) > 1 and parts[-1] == "":  # a trailing comma, as Python and JSON5 write lists: "4,8,16,"
+            parts.pop()
         if parts == [""]:
             parts = []
         if "" in parts:  # "48,,48": a value left out, not two
@@ -337,7 +340,8 @@ def named_by_set(exc: ConfigError, keys: Iterable[str]) -> ConfigError:
             return ConfigError(f"--set {message}")
     for key in keys:
         field_name = key.rsplit(".", 1)[-1]
-        if key in message or (key.startswith("objective_params.") and f"Config.{field_name}:" in message):
+        named = re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", message)  # whole: optim.lr is not optim.lr_step (the review)
+        if named or (key.startswith("objective_params.") and f"Config.{field_name}:" in message):
             return ConfigError(f"--set {key}: {message}")
     return exc
 

@@ -171,6 +171,21 @@ def test_a_number_or_tuple_written_loosely_is_refused():
     with pytest.raises(ConfigError, match=r"--set data.patch_size=48,,48: an empty value between commas"):
         parse_value("data.patch_size", "48,,48", tuple[int, int])
     assert parse_value("data.patch_size", "(48, 48)", tuple[int, int]) == (48, 48) and parse_value("optim.lr", " 1e-2 ", float) == 0.01
+    # a trailing comma is one, as Python writes tuples (the diff review: it was refused as an empty value)
+    assert parse_value("model.channels", "4,8,16,32,64,", tuple[int, ...]) == parse_value("model.channels", "[4, 8, 16, 32, 64,]",
+                                                                                             tuple[int, ...]) == (4, 8, 16, 32, 64)
+
+
+def test_a_config_error_is_named_as_the_set_of_the_key_it_is_about_only():
+    """The diff review: a config file's "optim.lr_step 'bogus'" was named as the --set of optim.lr (a substring)."""
+    from medseg_platform.overrides import named_by_set
+
+    lr_step = ConfigError("optim.lr_step 'bogus': choose 'released' or 'aligned'")
+    assert named_by_set(lr_step, ["optim.lr"]) is lr_step
+    assert str(named_by_set(lr_step, ["optim.lr", "optim.lr_step"])) == "--set optim.lr_step 'bogus': choose 'released' or 'aligned'"
+    inside = ConfigError("the trials need data.labelled 3 and data.labelled_seed 1")
+    assert str(named_by_set(inside, ["data.labelled"])) == f"--set data.labelled: {inside}"
+    assert named_by_set(ConfigError("data.labelled_seed 7: only with random"), ["data.labelled"]).args[0].startswith("data.")
 
 
 def test_an_unknown_up_path_is_a_one_line_config_error():

@@ -50,8 +50,10 @@ def label_path_for(image_path: Path, label_suffix: str) -> Path:
 
 
 def sanitize_case_id(stem: str) -> str:
-    """A case id from a file stem: every character outside ``[A-Za-z0-9_-]`` becomes ``_``."""
-    return _UNSAFE_ID_CHARS.sub("_", stem)
+    """A case id from a file stem: every character outside ``[A-Za-z0-9_-]`` becomes ``_``, and so does a leading ``-``
+    (the dataset's lists refuse an id a spreadsheet would read as a formula: ``medseg_platform.data.layout.read_list``;
+    the converter wrote ``-scan01`` and the check then refused its dataset, the diff review)."""
+    return re.sub(r"^-", "_", _UNSAFE_ID_CHARS.sub("_", stem))
 
 
 # ------------------------------------------------------------------------------------ headers

@@ -574,6 +574,8 @@ def test_nifti_name_helpers_and_2d_header(tmp_path):
     with pytest.raises(DataError, match="not a NIfTI file name"):
         split_nifti_name("case.h5")
     assert sanitize_case_id("a b.c-d_e") == "a_b_c-d_e"
+    # ids the lists refuse (a spreadsheet formula in per_case.csv) are never written: "-scan01" was (the diff review)
+    assert [sanitize_case_id(stem) for stem in ("-scan01", "=x", "+x", "@x", "--x")] == ["_scan01", "_x", "_x", "_x", "_-x"]
     save_nifti(tmp_path / "flat.nii.gz", np.zeros((16, 20), np.int16), (0.7, 0.8))
     header = read_header(tmp_path / "flat.nii.gz")
     assert header.shape == (1, 20, 16) and header.spacing == (1.0, 0.8, 0.7)
