@@ -4,12 +4,15 @@ A training step keeps the activations its backward pass reads. For the UNet (``m
 fully convolutional forward's: every level's maps are ``(B, c_l, P / 2**l, P / 2**l)``, so their bytes are
 ``a + b * P**2`` for a patch side ``P`` that is a multiple of 16 (``a``: BatchNorm's per-channel statistics).
 :func:`activation_floor_bytes` measures them on the CPU at 32 and 64 pixels (milliseconds; the bytes of the distinct
-storages autograd saves) and extends the line to the trial's patch. That is a floor, not an estimate, of a trial's memory: the supervised row's labelled batch alone,
-without the parameters, gradients, optimiser state, the data in memory, or the further images of the
-semi-supervised objectives (MONA runs 16 images with gradients where supervised runs 4; benchmarks/RESULTS.md has
-measured peaks). A trial whose floor exceeds this machine's memory cannot finish a step: :func:`check_memory_floor`
-refuses it with one line before anything is written or started; a dry run asked for ``data.patch_size=8192,8192``
-went on to time supervised steps and died allocating memory (the review of known gaps).
+storages autograd saves) and extends the line to the trial's patch. That is a floor, not an estimate, of a trial's
+memory: the supervised row's labelled batch alone, without the parameters, gradients, optimiser state, the data in
+memory, or the further images of the semi-supervised objectives (MONA runs 16 images with gradients where supervised
+runs 4; benchmarks/RESULTS.md has measured peaks). Measured against the first supervised step's RSS growth (the UNet
+of 16-256 channels, batch 4): 97 / 389 / 1558 MiB at 128 / 256 / 512 pixels, against 157 / 542 / 1821 MiB.
+
+A trial whose floor exceeds this machine's memory cannot finish a step: :func:`check_memory_floor` refuses it with one
+line before anything is written or started; a dry run asked for ``data.patch_size=8192,8192`` went on to time
+supervised steps and died allocating memory (the review of known gaps).
 
 Only trials that run here on the CPU are checked: a cluster's nodes (``--address``) may have more memory, and a GPU
 trial's device memory is not read from this process (that would start a CUDA context outside Ray's accounting).
@@ -38,8 +41,9 @@ def activation_floor_bytes(config: Mapping) -> int:
 
     data, model_cfg = config["data"], config["model"]
     side, batch = int(data["patch_size"][0]), int(data["labelled_batch"])
-    model = build_model(model_cfg["name"], num_classes=int(data["num_classes"]), channels=tuple(model_cfg["channels"]),
-                        upsample=model_cfg["upsample"]).train()
+    with torch.random.fork_rng():  # the initialisation's draws leave the caller's generators as they were
+        model = build_model(model_cfg["name"], num_classes=int(data["num_classes"]), channels=tuple(model_cfg["channels"]),
+                            upsample=model_cfg["upsample"]).train()
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     def saved_bytes(measured: int) -> int:

@@ -49,4 +49,3 @@ def stream_seed(seed: int, phase: int, purpose: int, rank: int = 0, step: int = 
     if (phase, rank, step) == (FINE_TUNING, 0, 0):
         return seed
     return int(np.random.SeedSequence(seed, spawn_key=(phase, purpose, rank, step)).generate_state(1)[0])
-
