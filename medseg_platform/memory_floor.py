@@ -41,7 +41,8 @@ def activation_floor_bytes(config: Mapping) -> int:
 
     data, model_cfg = config["data"], config["model"]
     side, batch = int(data["patch_size"][0]), int(data["labelled_batch"])
-    with torch.random.fork_rng():  # the initialisation's draws leave the caller's generators as they were
+    with torch.random.fork_rng(devices=[]):  # the initialisation's draws leave the caller's CPU generator as it was
+        # (devices=[]: no CUDA device's state saved, which would start CUDA in the driver: the final review)
         model = build_model(model_cfg["name"], num_classes=int(data["num_classes"]), channels=tuple(model_cfg["channels"]),
                             upsample=model_cfg["upsample"]).train()
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -54,7 +55,7 @@ def activation_floor_bytes(config: Mapping) -> int:
             storages[storage.data_ptr()] = storage.nbytes()  # a tensor saved twice (or a view of one) counts once
             return tensor
 
-        with torch.random.fork_rng(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with torch.random.fork_rng(devices=[]), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             model(torch.zeros(batch, 1, measured, measured))  # dropout draws: its own RNG state, restored after
         return sum(nbytes for pointer, nbytes in storages.items() if pointer not in parameters)
 

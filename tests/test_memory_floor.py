@@ -64,3 +64,16 @@ def test_a_study_dry_run_is_refused_before_it_times_a_step(tiny_root, tmp_path):
         with pytest.raises(ConfigError, match="one training step keeps at least"):
             check_before_ray(study, dry_run=True)
     assert not (tmp_path / "results").exists()  # nothing written
+
+
+def test_the_floor_touches_no_cuda_device(monkeypatch):
+    """The final review: fork_rng() without devices saved and restored every CUDA device's state, which starts CUDA in
+    the driver of a CPU study on a GPU machine (and warns on several GPUs)."""
+    import torch
+
+    touched = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda *a, **k: touched.append(a) or torch.zeros(16, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda *a, **k: touched.append(a))
+    check_memory_floor([{"config": _config(32)}], memory_bytes=2 ** 30)
+    assert touched == []
