@@ -104,6 +104,7 @@ from methods.objective import (
     Batch,
     LossOutput,
     Objective,
+    check_annotated_kinds,
     check_choice,
     check_number,
     detached,
@@ -198,9 +199,7 @@ class ActionConfig:
         check_choice(self, "sampler_allocation", ALLOCATIONS)
         check_strata_used(self)
         check_number(self, "ema_momentum", minimum=0.0, maximum=1.0, max_inclusive=False)
-        for field in ("double_ema", "weak_bn_update"):
-            if not isinstance(getattr(self, field), bool):
-                raise ConfigError(f"ActionConfig.{field}: must be a bool, got {getattr(self, field)!r} (use true or false)")
+        check_annotated_kinds(ActionConfig, {"double_ema": self.double_ema, "weak_bn_update": self.weak_bn_update})
         check_choice(self, "teacher_bn_mode", BN_MODES)
         check_choice(self, "representation", REPRESENTATIONS)
 

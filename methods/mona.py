@@ -123,7 +123,8 @@ from methods.losses import pseudo_label_loss, supervised_loss
 from methods.memory_bank import INITS as BANK_INITS
 from methods.memory_bank import ClassMemoryBank
 from methods.nn_pool import CompactNNPool, compact_nn_loss, draw_base_seed, random_rows
-from methods.objective import Batch, LossOutput, Objective, check_choice, check_number, detached, logits_of
+from methods.objective import (Batch, LossOutput, Objective, check_annotated_kinds, check_choice, check_number, detached,
+                               logits_of)
 from methods.pixel_reps import REPRESENTATIONS, DenseReps, SparseMonaReps
 from methods.samplers import ALLOCATIONS, GROUPINGS, RELEASED_MIN_BLOCK_SIDE, SAMPLERS, SamplerConfig, check_strata_used
 from methods.tps import TPSConfig, apply_warp, sample_tps_grid
@@ -273,8 +274,7 @@ class MonaConfig:
         check_number(self, "ema_momentum", minimum=0.0, maximum=1.0, max_inclusive=False)
         check_number(self, "fe_ema_momentum", minimum=0.0, maximum=1.0, max_inclusive=False)
         check_choice(self, "teacher_bn_mode", BN_MODES)
-        if not isinstance(self.copy_bn_update, bool):
-            raise ConfigError(f"{type(self).__name__}.copy_bn_update: must be a bool, got {self.copy_bn_update!r} (use true or false)")
+        check_annotated_kinds(type(self), {"copy_bn_update": self.copy_bn_update})  # also when built without config_from_dict
         for field in ("unsup_threshold", "anchor_threshold", "negative_threshold", "eqv_conf_threshold"):
             check_number(self, field, minimum=0.0, maximum=1.0)
         check_number(self, "temperature", minimum=0.0, min_inclusive=False)

@@ -455,17 +455,17 @@ def _samples_of_earlier_code(study_dir: Path) -> bool:
     """Whether the search folder's samples (trial folders with a readable config) are all keyed by an earlier key
     revision (:func:`_of_an_earlier_revision`): the same command then found "other settings" it could not name, and
     told the user to rerun with the settings they had given (the diff review)."""
-    from medseg_platform.results import TRIALS_DIR, read_trial_config
+    from medseg_platform.results import TRIALS_DIR, keyed_by_this_code, read_trial_config
 
-    folders = sorted(p for p in (study_dir / TRIALS_DIR).glob("*") if p.is_dir()) if (study_dir / TRIALS_DIR).is_dir() else []
-    readable = []
-    for folder in folders:
+    keyed = []  # per sample folder with a readable config: whether this code's key names it
+    for folder in sorted((study_dir / TRIALS_DIR).glob("*")):
         try:
-            if isinstance(read_trial_config(folder), dict):
-                readable.append(folder)
+            config = read_trial_config(folder)
         except (OSError, ValueError, KeyError, TypeError):
             continue
-    return bool(readable) and all(_of_an_earlier_revision(folder) for folder in readable)
+        if isinstance(config, dict):
+            keyed.append(keyed_by_this_code(folder.name, config))
+    return bool(keyed) and not any(keyed)
 
 
 def _any_sample_ended(study_dir: Path) -> bool:
