@@ -39,18 +39,25 @@ class ProgressCallback(Callback):
 
     ETA. Work is in cost units (supervised steps, :data:`STEP_COST`). Each unfinished trial's remaining seconds =
     its remaining steps of each phase x the seconds per step of the phase's objective + its remaining evaluation
-    passes x :data:`EVALUATION_COST` x the seconds per unit. A running trial's position comes from its last progress
-    report (``medseg_platform.engine.progress_fields``). A pretraining stage costs nothing once a trial reported it
-    cached or trained; until then it is charged once, to the trial that reported training it or else to the first
+    passes x :data:`EVALUATION_COST` x the seconds per unit + what is left of its start-up. A running trial's position
+    comes from its last progress report (``medseg_platform.engine.progress_fields``). A pretraining stage costs nothing
+    once a trial reported it cached or trained; until then it is charged once, to the trial that reported training it or else to the first
     unfinished trial sharing it. Seconds per step of an objective = the last step rate a trial of it reported; for an
     objective not seen yet, its prior x the seconds per unit, which is learnt from the trials that ran to the end in
-    this run (their wall time / their cost units: fine-tuning and evaluations up to their last step, the stages they trained; trials
-    skipped because their result existed and errored trials do not count) or, before any, from the reported step
-    rates (mean of rate / prior). ETA = max(total remaining / the most trials seen running at once, the largest
-    remaining trial); "?" until a trial finished or reported a step rate. A trial's seconds include its start-up (Ray
-    starting its worker, imports, the data), which the first trials of a run pay cold (about 12 s measured): with
-    trials of a few seconds (the smoke profile) the first ETAs are up to 4-6x too long, at the quick profile about
-    1.2x (the progress review); not modelled apart.
+    this run (their wall time after their first progress report / their cost units after it: fine-tuning and
+    evaluations up to their last step, the stages they trained; trials skipped because their result existed, resumed
+    and errored trials do not count) or, before any, from the reported step rates (mean of rate / prior).
+
+    Start-up (Ray starting the trial's worker, imports, the data: everything before its first step) is priced apart.
+    A trial's start-up = the seconds from its start to its first progress report less the steps that report's rate
+    timed. The trials that started before any trial of the run reported start cold (Ray's first workers importing
+    torch: 5.6 s measured in a smoke run), later ones warm (0.1 s there): a trial not started yet is charged the
+    start-up of the warm trial that started last (none before one reported), a started one what is left of it. With
+    start-up inside the seconds per unit, as before, the smoke profile's first ETAs (trials of a few seconds) were 6x
+    the time left, now 0.5-1.4x; the default study's first 1.3x, now 0.9x (``benchmarks/eta_accuracy.py``; RESULTS.md,
+    'How true the ETA is'). What error is left comes from the priors of objectives no trial ran yet.
+    ETA = max(total remaining / the most trials seen running at once, the largest remaining trial); "?" until a trial
+    finished or reported a step rate.
     """
 
     def __init__(self, plans: Sequence[TrialPlan], clock: Callable[[], float] = time.monotonic, heartbeat_s: float = HEARTBEAT_S,
@@ -69,7 +76,12 @@ class ProgressCallback(Callback):
     def setup(self, **info) -> None:  # Tune calls it when an experiment starts, restored ones included (this object is unpickled)
         self.start = self.last_line = self.clock()
         self.started: dict[str, float] = {}  # trial id -> first start in this run (a retry keeps it)
-        self.finished_work: list[tuple[float, float]] = []  # (seconds, cost units) of each trial that ran to the end
+        # (seconds, cost units) of each trial that ran to the end, both after its first progress report (all of them for
+        # a trial that sent none)
+        self.finished_work: list[tuple[float, float]] = []
+        self.first_report: dict[str, tuple[float, float]] = {}  # trial id -> (clock, cost units done) at its first report
+        self.any_report_at: float | None = None  # when this run's first progress report came (later starts are warm)
+        self.warm_startups: list[tuple[float, float]] = []  # (start, start-up seconds) of the warm trials that reported
         self.peak_running = 0
         self.assigned: dict[str, int] = {}  # trial id -> index in plans
         self.progress: dict[str, dict] = {}  # trial id -> its last progress report (_PROGRESS_KEYS)
@@ -136,7 +148,8 @@ class ProgressCallback(Callback):
         if unit_s is None:
             return None
         states = self._states(trials, trial, now)
-        remaining = [r for r in (self._remaining_s(i, states, unit_s) for i in range(self.total)) if r > 0]
+        remaining = [r for r in (self._remaining_s(i, states, unit_s) + self._startup_left_s(i, states)
+                                 for i in range(self.total)) if r > 0]
         return max(sum(remaining) / max(self.peak_running, 1), max(remaining)) if remaining else 0.0
 
     def _states(self, trials, trial, now) -> dict[int, tuple[str, str]]:
@@ -168,6 +181,19 @@ class ProgressCallback(Callback):
         seconds += self._phase_s(plan.fine_tuning, plan.fine_tuning.steps - (done if phase == "fine-tuning" else 0), unit_s)
         return seconds + max(0, plan.evaluations - int(at.get("evaluations") or 0)) * EVALUATION_COST * unit_s
 
+    def _startup_left_s(self, i: int, states: dict[int, tuple[str, str]]) -> float:
+        """What is left of plan ``i``'s start-up: none once it reported progress, ended, or needs no trial (its result
+        existed); else the start-up of the warm trial that started last (0 before one reported) less the seconds since
+        it started."""
+        plan = self.plans[i]
+        trial_id, status = states.get(i, (None, "pending"))
+        if not self.warm_startups or status in ("finished", "errored") or (plan.existed and not plan.scoring_only) or \
+                (trial_id is not None and trial_id in self.progress):
+            return 0.0
+        began = self.started.get(trial_id) if trial_id is not None else None
+        latest = max(self.warm_startups)[1]
+        return max(0.0, latest - (self.clock() - began if began is not None else 0.0))
+
     def _phase_s(self, phase: Phase, steps: int, unit_s: float) -> float:
         per_step = self.step_s.get(phase.objective)
         return max(0, steps) * (per_step if per_step is not None else STEP_COST.get(phase.objective, UNKNOWN_STEP_COST) * unit_s)
@@ -192,12 +218,9 @@ class ProgressCallback(Callback):
         if self.resumed_from.get(trial_id, 0) > 0:
             return 0.0
         at = self.progress.get(trial_id) or {}
-        steps = max(1, plan.fine_tuning.steps)
-        reached = int(at.get("phase_step") or 0) if at.get("phase") == "fine-tuning" else steps
-        share = reached / steps
         trained = self.trained.get(trial_id, set())
         return (sum(stage.units for stage in plan.stages if stage.stage in trained)
-                + min(1.0, share) * (plan.fine_tuning.units + plan.evaluations * EVALUATION_COST))
+                + _fine_tuning_units(plan, at if at.get("phase") == "fine-tuning" else None))
 
     def _eta_text(self, trials, trial=None, now: str | None = None) -> str:
         c = self.counts(trials, trial, now)
@@ -251,8 +274,11 @@ class ProgressCallback(Callback):
         phase = result.get("phase")
         if phase not in ("pretraining", "fine-tuning"):
             return  # the final, skipped or errored report
+        first = trial.trial_id not in self.progress
         self.progress[trial.trial_id] = {key: result.get(key) for key in _PROGRESS_KEYS}
         i = self.plan_index(trial)
+        if first:
+            self._note_first_report(trial.trial_id, i, result)
         stages = self.plans[i].stages if i is not None else ()
         number = int(result.get("stage") or 0) if phase == "pretraining" else len(stages) + 1
         rate = result.get("steps_per_s")
@@ -275,6 +301,25 @@ class ProgressCallback(Callback):
             if not result.get("stage_cached"):
                 self.trained.setdefault(trial.trial_id, set()).add(stage)
                 self.stage_trainer[stage] = i
+
+    def _note_first_report(self, trial_id: str, i: int | None, result: Mapping) -> None:
+        """At a trial's first progress report in this run: its start-up (the seconds since it started less the steps
+        the report's rate timed: the first ``eval.log_every`` steps of its first phase; a stage loaded from the cache
+        times none), kept if it started warm (after the run's first report), and the units it had done, which its
+        seconds per unit leaves out. Not for a trial resumed from a checkpoint (its first report's rate times the
+        steps after it; it is left out of the seconds per unit anyway)."""
+        now = self.clock()
+        cold = self.any_report_at is None
+        if cold:
+            self.any_report_at = now
+        began = self.started.get(trial_id)
+        if began is None or i is None or self.resumed_from.get(trial_id, 0) > 0:
+            return
+        if not cold and began >= self.any_report_at:
+            rate, steps = result.get("steps_per_s"), int(result.get("phase_step") or 0)
+            timed = steps / rate if isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0 else 0.0
+            self.warm_startups.append((began, max(0.0, now - began - timed)))
+        self.first_report[trial_id] = (now, _units_done(self.plans[i], result))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started.setdefault(trial.trial_id, self.clock())
@@ -317,7 +362,9 @@ class ProgressCallback(Callback):
         began = self.started.pop(trial.trial_id, None)
         i = self.plan_index(trial)
         if began is not None and i is not None and not any(result.get(k) for k in ("skipped", "errored", "rescored")):
-            units = self._spent_units(self.plans[i], trial.trial_id)
+            # after its first progress report: its start-up is priced apart (the class docstring)
+            began, before = self.first_report.get(trial.trial_id, (began, 0.0))
+            units = self._spent_units(self.plans[i], trial.trial_id) - before
             if units > 0:  # not a resumed trial (its seconds fit no share of its units)
                 self.finished_work.append((self.clock() - began, units))
         if result.get("errored"):
@@ -340,6 +387,27 @@ class ProgressCallback(Callback):
         # the retry resumes from the trial's last checkpoint: its start time and last progress report stay
         self._print(self.line(f"retry {trial.num_failures}/{trial.max_failures} of", trial, trials, now="pending")
                     + ": its worker failed, resuming from its last checkpoint")
+
+
+def _fine_tuning_units(plan: TrialPlan, report: Mapping | None) -> float:
+    """The cost units of ``plan``'s fine-tuning and evaluations up to the step of a fine-tuning progress ``report``
+    (their share of the steps: evaluations counted evenly), all of them without one."""
+    steps = max(1, plan.fine_tuning.steps)
+    share = min(1.0, int(report.get("phase_step") or 0) / steps) if report is not None else 1.0
+    return share * (plan.fine_tuning.units + plan.evaluations * EVALUATION_COST)
+
+
+def _units_done(plan: TrialPlan, report: Mapping) -> float:
+    """The cost units of ``plan`` done at a trial's first progress ``report``: the steps of the stage it reports (none
+    for a stage loaded from the cache) or the fine-tuning's share (:func:`_fine_tuning_units`). A first report comes
+    at the first phase the trial runs: the stages before a reported one were loaded from the cache (each reports)."""
+    if report.get("phase") != "pretraining":
+        return _fine_tuning_units(plan, report)
+    number = int(report.get("stage") or 0)
+    if not 1 <= number <= len(plan.stages) or report.get("stage_cached"):
+        return 0.0
+    stage = plan.stages[number - 1]
+    return min(int(report.get("phase_step") or 0), stage.steps) * stage.units / max(1, stage.steps)
 
 
 def _asha_stopped(result: Mapping) -> bool:

@@ -138,7 +138,9 @@ def test_cost_weighted_eta_after_a_cheap_trial_finishes(capsys):
     now = [0.0]
     callback, trials = cost_study(lambda: now[0])
     sup, m1, m2, m3 = trials
-    start(callback, trials, sup, m1)
+    start(callback, trials, sup)
+    now[0] = 90.0
+    start(callback, trials, m1)
     now[0] = 115.0
     finish(callback, trials, sup)
     line = capsys.readouterr().err.strip().splitlines()[-1]
@@ -148,8 +150,10 @@ def test_cost_weighted_eta_after_a_cheap_trial_finishes(capsys):
     mean_duration_eta = 115.0 * 3 / 2  # the old estimate: mean trial time x trials left / parallelism = 2.9 min
     assert callback.eta_s(trials) == 1177.5 > mean_duration_eta
 
-    # reported step rates replace the priors: m1 trains the stage at 2 s per ISD step, halfway
+    # reported step rates replace the priors: m1 trains the stage at 2 s per ISD step, halfway. Its start-up (25 s
+    # since its start less the 20 s of the steps) is a cold one: it started before any trial reported
     callback.on_trial_result(0, trials, m1, progress("pretraining", 10, 20, 0.5, "isd_pretrain", stage=1, stages=1))
+    assert callback.any_report_at == 115.0 and callback.warm_startups == []
     # m1: 10 x 2 + 665 x 1 = 685; m2: 665; m3: 20 x 2 + 665 = 705; 2055 / 2 = 1027.5
     assert callback.eta_s(trials) == 1027.5
     # m1 fine-tunes at 10 s per MONA step, after its first validation: the stage is done for m2 too
@@ -158,16 +162,28 @@ def test_cost_weighted_eta_after_a_cheap_trial_finishes(capsys):
     assert callback.eta_s(trials) == 1290.0
     assert callback._eta_text(trials) == "ETA 21.5 min"
 
-    # the finished MONA trial paid for fine-tuning, evaluations and the stage it trained: 180 + 665 units
+    # the finished MONA trial paid for fine-tuning, evaluations and the stage it trained, 180 + 665 units, less the 10
+    # ISD steps (90 units) before its first report, in its 1000 s after that report
     callback.on_trial_result(0, trials, m1, progress("fine-tuning", 100, 100, 0.1, "mona", stages=1, evaluations=2))
     now[0] = 1115.0
     finish(callback, trials, m1)
-    # a trial stopped early (ASHA) at step 25 paid a quarter of its fine-tuning and evaluations, not the stage m1 trained
+    # a trial stopped early (ASHA) at step 25 paid a quarter of its fine-tuning and evaluations, not the stage m1 trained,
+    # less the tenth before its first report (at step 10, 105 s after its start: 5 s of a warm start-up, which m3, not
+    # started yet, is charged with)
     start(callback, trials, m2)
+    now[0] = 1220.0
+    callback.on_trial_result(0, trials, m2, progress("fine-tuning", 10, 100, 0.1, "mona", stages=1, evaluations=0))
+    assert callback.warm_startups == [(1115.0, 5.0)]
+    # m2: 90 x 10 + 15 units x (1115 + 1000) s / (115 + 755) units; m3: 40 + 1000 + 15 units + 5 s (the largest)
+    unit = (115 + 1000) / (115 + 755)
+    assert math.isclose(callback.eta_s(trials), 40 + 1000 + 15 * unit + 5)
+    now[0] = 1370.0
     callback.on_trial_result(0, trials, m2, progress("fine-tuning", 25, 100, 0.1, "mona", stages=1, evaluations=1))
-    now[0] = 1215.0
+    now[0] = 1380.0
     finish(callback, trials, m2)
-    assert callback.finished_work == [(115.0, 115.0), (1115.0, 845.0), (100.0, 665 / 4)]
+    assert callback.finished_work[:2] == [(115.0, 115.0), (1000.0, 755.0)]
+    seconds, units = callback.finished_work[2]
+    assert seconds == 160.0 and math.isclose(units, 665 * (0.25 - 0.1))
 
 
 def test_a_cached_stage_costs_nothing_and_results_that_existed_do_not_feed_the_rate(capsys):
@@ -417,13 +433,16 @@ def test_a_resumed_trial_is_left_out_of_the_seconds_per_unit(tmp_path):
     now[0] = 10.0  # start-up and the test: nothing to do with 1 step's share of the units
     finish(callback, trials, resumed)
     assert callback.finished_work == []
+    assert callback.warm_startups == []  # nor its start-up: its first report's rate timed the steps after its checkpoint
     start(callback, trials, fresh)
+    now[0] = 25.0  # 10 s of start-up, then 5 steps at 1 s
+    callback.on_trial_result(0, trials, fresh, progress("fine-tuning", 5, 600, 1.0, "supervised", evaluations=0))
     callback.on_trial_result(0, trials, fresh, progress("fine-tuning", 600, 600, 1.0, "supervised", evaluations=1))
-    now[0] = 110.0
+    now[0] = 625.0
     finish(callback, trials, fresh)
     (seconds, units), = callback.finished_work
     evaluations = plans[1].evaluations * progress_module.EVALUATION_COST
-    assert seconds == 100.0 and math.isclose(units, 600 + evaluations)
+    assert callback.warm_startups == [(10.0, 10.0)] and seconds == 600.0 and math.isclose(units, (600 + evaluations) * 595 / 600)
 
 
 def test_a_stage_in_the_pretraining_cache_costs_nothing_from_the_start(tmp_path):
@@ -444,3 +463,48 @@ def test_a_stage_in_the_pretraining_cache_costs_nothing_from_the_start(tmp_path)
     evaluations = plans[0].evaluations * progress_module.EVALUATION_COST
     assert cold._remaining_s(0, {}, 1.0) == 100 * HAND_PRIORS["mona"] + evaluations
     assert unaware._remaining_s(0, {}, 1.0) == ISD["max_steps"] * HAND_PRIORS["isd_pretrain"] + 100 * HAND_PRIORS["mona"] + evaluations
+
+
+def test_start_up_is_priced_apart_so_the_cold_first_trials_do_not_inflate_every_estimate():
+    """The progress review: a trial's seconds included its start-up, which the first trials of a run pay cold (Ray's
+    first workers importing torch: 5.6 s in a smoke run, 0.1 s for later trials), so the seconds per unit learnt from
+    the first finished trial priced every objective not seen yet several times too high (the smoke study's first ETA
+    said 22 s; 6 s were left). A replay of that shape: two cold supervised trials, then two MONA trials (priced by the
+    prior until one reports), every unit 0.01 s."""
+    now = [0.0]
+    plans = [trial_plan(config(), "s1"), trial_plan(config(), "s2"), trial_plan(config("mona"), "m1"),
+             trial_plan(config("mona"), "m2")]
+    callback = ProgressCallback(plans, clock=lambda: now[0])
+    s1, s2, m1, m2 = trials = [fake_trial(key) for key in ("s1", "s2", "m1", "m2")]
+    start(callback, trials, s1, s2)
+    for trial, at in ((s1, 5.5), (s2, 5.6)):  # 5 s of cold start-up, then 50 steps at 100 per second
+        now[0] = at
+        callback.on_trial_result(0, trials, trial, progress("fine-tuning", 50, 100, 100.0, "supervised", evaluations=1))
+    assert callback.warm_startups == []  # both started before any trial reported
+    now[0] = 6.0
+    callback.on_trial_result(0, trials, s1, progress("fine-tuning", 100, 100, 100.0, "supervised", evaluations=2))
+    now[0] = 6.15
+    finish(callback, trials, s1)
+    # s1 worked 0.65 s after its first report for the 57.5 of its 115 units left then; counted from its start (6.15 s
+    # for 115 units) a unit came out 4.7x too long
+    (seconds, units), = callback.finished_work
+    assert math.isclose(seconds, 0.65) and units == 57.5
+    unit = seconds / units
+    # left: s2's last 50 steps and 2 evaluations; m1 and m2, 665 units each at the prior (no warm start-up measured)
+    expected = (0.5 + 10 * unit + 2 * 665 * unit) / 2
+    assert math.isclose(callback.eta_s(trials), expected)
+    # what is left in this replay: s2 ends at 6.25; m1 starts at 6.15 and m2 at 6.25, 0.1 s of warm start-up each, then
+    # 665 units at 0.01 s: the last ends at 6.25 + 0.1 + 6.65 = 13.0
+    truth = 13.0 - 6.15
+    assert 0.9 < callback.eta_s(trials) / truth < 1.25
+    start(callback, trials, m1)
+    now[0] = 6.15 + 0.1 + 25 * 0.065  # its first report: 25 MONA steps at 0.065 s after 0.1 s of start-up
+    callback.on_trial_result(0, trials, m1, progress("fine-tuning", 25, 100, 1 / 0.065, "mona", evaluations=0))
+    (began, seconds), = callback.warm_startups
+    assert began == 6.15 and math.isclose(seconds, 0.1)
+    now[0] = 6.25
+    finish(callback, trials, s2)
+    # m2, started now, is charged m1's warm start-up: 0.1 s, then 100 steps at 0.065 s and 15 units
+    states = callback._states(trials, None, None)
+    assert math.isclose(callback._startup_left_s(3, states), 0.1)
+    assert callback._startup_left_s(2, states) == 0.0  # m1 reported: its start-up is behind it
