@@ -39,6 +39,7 @@ import pandas as pd
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from analysis.tables import (AVG, build_table, column_label, column_order, distance_unit, metric_style,
@@ -280,8 +281,12 @@ def class_bars(df: pd.DataFrame, metric: str, colours: Mapping[str, str], unit: 
         why = [f"an {AVG} over fewer classes in some seed than the column's other values"] if AVG in partial_classes else []
         why += ["a class's value from fewer seeds than the cell lists (a seed that missed it has none)"] if "class" in partial_classes else []
         title += f"\nhatched: not comparable, {'; '.join(why)}"
-    fig.suptitle(title, fontsize="medium")
-    _legend_below(fig, [handles[r] for r in rows if r in handles], [r for r in rows if r in handles])
+    # each line wrapped to the figure, about 12 characters an inch at this size (the hatching's explanation ran 240 px
+    # past both edges: the plots review)
+    fig.suptitle("\n".join(_wrap(line, int(fig.get_figwidth() * 12)) for line in title.split("\n")), fontsize="medium")
+    # plain swatches: a bar container's legend entry takes its first bar's style, so a method whose first class was
+    # hatched read as not comparable as a whole (the plots review)
+    _legend_below(fig, [Patch(facecolor=colours[r]) for r in rows if r in handles], [r for r in rows if r in handles])
     return fig
 
 

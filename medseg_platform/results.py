@@ -150,10 +150,12 @@ KEY_REVISIONS_BY_MIX = {("mona", "cutout"): 3, ("arco", "cutout"): 3}
 #: MONA/ARCO's TPS warp and ISD's global logits computed in float32 under autocast (they ran in the autocast dtype),
 #: so every trial trained by or after one of them. Stages under autocast get :data:`AMP_STAGE_REVISION` in their own key.
 #: 2 (isd_pretrain, 2026-12-07): the local term's rows normalised and divided by the temperatures in float32 (they were
-#: in the autocast dtype before its KL's float32): every trial with an ISD stage under --amp.
-KEY_REVISIONS_UNDER_AMP = {"mona": 1, "arco": 1, "action": 1, "isd_pretrain": 2}
+#: in the autocast dtype before its KL's float32): every trial with an ISD stage under --amp. 2 (every objective; isd_pretrain
+#: 3), 2026-12-07: the supervised Dice loss's probabilities in float32 (CPU autocast computed them, and the loss, in
+#: bf16; CUDA's autocast already ran softmax in float32, so a GPU trial trains as before but is keyed anew).
+KEY_REVISIONS_UNDER_AMP = {"supervised": 2, "mean_teacher": 2, "mona": 2, "arco": 2, "action": 2, "isd_pretrain": 3}
 #: The pretraining stages' counterpart of :data:`KEY_REVISIONS_UNDER_AMP` (``medseg_platform.engine.pretrain.stage_key``).
-AMP_STAGE_REVISION = 2
+AMP_STAGE_REVISION = 3
 
 #: A revision in the key of a trial with random streams other than the fine-tuning's own, rank 0's: pretraining stages
 #: or several workers. 1 (2026-12-07): those streams derived by ``medseg_platform.seeding.stream_seed`` (they were the

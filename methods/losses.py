@@ -40,10 +40,13 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     'Supervised loss').
 
     ``L = (1/C) sum_c [1 - (2 sum p_c y_c + 1e-5) / (sum p_c^2 + sum y_c^2 + 1e-5)]``, sums over all pixels of
-    all images. logits float (B, C, H, W); target int64 (B, H, W) in [0, C). Returns a float scalar.
+    all images. logits float (B, C, H, W); target int64 (B, H, W) in [0, C). Returns a float scalar, in float32 at
+    least: the probabilities are computed in float32 from bf16/fp16 logits (CPU autocast runs softmax in bf16, where
+    the ratio near 1 moves in steps of 0.004, so the loss of a good prediction read 0.0029 for 0.0040, or exactly 0:
+    the methods review; CUDA autocast runs softmax in float32 anyway).
     """
     _check_logits_target("dice_loss", logits, target)
-    probs = torch.softmax(logits, dim=1)
+    probs = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
     onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
     dims = (0, 2, 3)
     intersection = (probs * onehot).sum(dims)

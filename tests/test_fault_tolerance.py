@@ -377,6 +377,34 @@ def test_sigkill_of_the_driver_resumes_without_rerunning_losing_or_duplicating(t
     assert all(r["n_seeds"] == "4" for r in table if r["metric"] == "dice")
 
 
+def test_a_sigterm_to_the_commands_process_group_stops_a_local_study_cleanly(tiny_root, tmp_path):
+    """The studies review: `timeout`, a job scheduler or `kill -TERM -PGID` signals the command's whole process group,
+    where the local Ray's GCS and raylet were too: they died, and the driver's clean stop waited 60 s for the gone GCS,
+    then ended in Ray's "Failed to connect to GCS" without its message or report. Ray's processes now start in a
+    session of their own; the driver alone takes the signal, stops like a Ctrl-C and stops them."""
+    script = tmp_path / "group_study.py"
+    script.write_text(STUDY_SCRIPT)
+    results = tmp_path / "results"
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, str(script), "--smoke-test", "--data-root", str(tiny_root), "--seeds", "1", "2", "3",
+           "--max-concurrent", "1", "--results-dir", str(results), "--no-dashboard"]
+    trials_dir = results / "killed-smoke" / "trials"
+    with reaped(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                 start_new_session=True)) as proc:
+        deadline = time.monotonic() + 240
+        while not any(trials_dir.glob("*/config.json")):  # a trial runs: Ray and its workers are up
+            assert proc.poll() is None, f"study exited early with {proc.returncode}: {proc.stdout.read()[-2000:]}"
+            assert time.monotonic() < deadline, "no trial started in time"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out[-3000:]
+    assert time.monotonic() - signalled < 40, out[-3000:]  # not Ray's 60 s for a gone GCS
+    assert "stopped by a signal:" in out and "Failed to connect to GCS" not in out, out[-3000:]
+    assert (results / "killed-smoke" / "report.md").is_file()
+
+
 def test_tune_failing_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
     """A full disk under Tune's own files ended the driver in Ray's EOFError on an empty error.pkl (a probe)."""
     import collections

@@ -148,13 +148,37 @@ def ground_truth_files(folder: Path, label_suffix: str = LABEL_SUFFIX) -> dict[s
     return found
 
 
-def _with_converted_ids(gts: dict[str, LabelFile], preds: dict[str, LabelFile]) -> dict[str, LabelFile]:
+def acdc_converted_ids(folder: Path) -> dict[str, str]:
+    """The ids ``medseg data convert-acdc`` gives the raw ACDC release's frames one level below ``folder`` (its
+    ``training/patientNNN/`` folders), to their raw stems: the ED frame becomes ``<patient>_frame01`` and the ES frame
+    ``<patient>_frame02`` whatever their numbers (docs/data.md), read from each folder's ``Info.cfg``. A folder without
+    a readable Info.cfg gives none (its files still match by their own stems)."""
+    from medseg_platform.data.convert import ACDC_PHASES, info_frame, read_info_cfg
+
+    ids: dict[str, str] = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "Info.cfg").is_file()):
+        try:
+            info = read_info_cfg(sub / "Info.cfg")
+            ids.update({f"{sub.name}_{new_frame}": f"{sub.name}_frame{info_frame(info, phase, sub / 'Info.cfg'):02d}"
+                        for phase, new_frame in ACDC_PHASES})
+        except DataError:
+            continue
+    return ids
+
+
+def _with_converted_ids(gts: dict[str, LabelFile], preds: dict[str, LabelFile],
+                        acdc_ids: Mapping[str, str] | None = None) -> dict[str, LabelFile]:
     """A ground-truth folder's files keyed by their stems, plus, for a prediction without a file of its own stem, the one
     file whose stem the converters turn into its id (``case 02_gt.nii.gz`` for ``medseg predict``'s ``case_02``:
-    characters outside ``[A-Za-z0-9_-]`` become ``_``). Exact stems always win; an id two stems share is not guessed."""
+    characters outside ``[A-Za-z0-9_-]`` become ``_``; a raw ACDC frame under its converted id, ``acdc_ids``:
+    :func:`acdc_converted_ids`, so the platform's ``patient001_frame02`` meets ``patient001_frame12_gt.nii.gz``: the
+    evaluation review). Exact stems always win; an id two stems share is not guessed."""
     by_id: dict[str, list[str]] = {}
     for stem in gts:
         by_id.setdefault(sanitize_case_id(stem), []).append(stem)
+    for converted, stem in (acdc_ids or {}).items():
+        if stem in gts and converted not in by_id:
+            by_id[converted] = [stem]
     out = dict(gts)
     for case in preds:
         stems = by_id.get(case, [])
@@ -383,7 +407,8 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     if root_mode and label_suffix != LABEL_SUFFIX:  # it went unused (the review); predict refuses it with --data-root too
         raise ConfigError(f"--label-suffix {label_suffix}: names the label files of a ground-truth folder; the dataset root "
                           f"{gt} keeps its labels in data/<case>.h5 (drop --label-suffix)")
-    gts = _root_label_files(gt, list(preds)) if root_mode else _with_converted_ids(ground_truth_files(gt, label_suffix), preds)
+    gts = (_root_label_files(gt, list(preds)) if root_mode else
+           _with_converted_ids(ground_truth_files(gt, label_suffix), preds, acdc_converted_ids(gt)))
     missing = [case for case in preds if case not in gts]
     if missing:
         where = f"{gt}/data/<case>.h5" if root_mode else str(gt)

@@ -68,8 +68,9 @@ def init_ray(address: str | None, num_cpus: int | None, dashboard: bool, dashboa
         return True
     temp = check_local_ray_temp_dir()
     try:
-        context = _init_as_interruptible(ray, num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
-                                         object_store_memory=1 << 30, log_to_driver=False, configure_logging=False)
+        with _ray_processes_in_their_own_session():
+            context = _init_as_interruptible(ray, num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host,
+                                             object_store_memory=1 << 30, log_to_driver=False, configure_logging=False)
     except OSError as exc:  # e.g. an unwritable HOME, where Ray writes its token (~/.ray/auth_token)
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         raise ConfigError(f"a local Ray could not start: {exc.strerror or exc}{where}; Ray writes its session under {temp} "
@@ -297,6 +298,37 @@ def check_address_answers(address: str, source: str = "--address", drop: str = "
         raise ConfigError(f"{source} {address}: a gRPC server answers there, but not a Ray head's GCS (a Ray Client's port, "
                           f"10001 by default, say: give that one as ray://{text}); give the GCS port (6379 by default, "
                           f"`ray start --head --port`), or {drop} to run a local Ray")
+
+
+@contextlib.contextmanager
+def _ray_processes_in_their_own_session():
+    """While a local Ray starts: the processes it starts (its GCS, raylet, dashboard; the raylet's workers after them)
+    get a session of their own, so a signal to the command's process group reaches the driver alone. A SIGTERM to the
+    group (``timeout``, a job scheduler, ``kill -TERM -PGID``) killed them beside the driver, whose clean stop (the
+    command's SIGTERM = Ctrl-C) then waited 60 s for a GCS that was gone and ended in Ray's "Failed to connect to GCS"
+    without its message or report (the studies review). They still end with the driver: Ray starts them with the
+    kernel's kill-on-parent-death (fate sharing), and ``ray.shutdown`` stops them. Ray offers no option for it: its
+    private ``ConsolePopen``, through which it starts them, is wrapped for the start only, and left alone where this
+    Ray version lacks it (the processes then share the group, as before)."""
+    try:
+        from ray._private import services
+    except ImportError:  # a Ray without the module: as before
+        services = None
+    popen = getattr(services, "ConsolePopen", None)
+    if popen is None or sys.platform == "win32" or not isinstance(popen, type):
+        yield
+        return
+
+    class OwnSession(popen):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnSession
+    try:
+        yield
+    finally:
+        services.ConsolePopen = popen
 
 
 def _init_as_interruptible(ray, **kwargs):

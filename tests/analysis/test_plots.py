@@ -144,6 +144,10 @@ def test_a_dice_of_zero_is_marked_so_it_does_not_read_as_a_missing_bar(records, 
 def test_class_bars_hatch_a_partial_average_and_draw_no_error_bar_for_a_single_seed(records, colours):
     """The tables never bold an Avg over fewer classes than its column's; the bars drew it like any other. A cell of
     one seed had a zero-length error bar, as if two seeds agreed (a probe of the outputs)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     df = tables.build_table(records)
     first = df["column"] == "1 patient (1.4%)"
     df.loc[(df["metric"] == "hd95") & first & (df["row"] == "MONA") & (df["class"] == "LV"), ["mean", "std"]] = float("nan")
@@ -163,6 +167,13 @@ def test_class_bars_hatch_a_partial_average_and_draw_no_error_bar_for_a_single_s
     assert hatched == [3, 8]  # MONA's Avg and ARCO-SG's RV (the third row's first bar)
     assert "a class's value from fewer seeds than the cell lists" in fig._suptitle.get_text()
     assert plots.SINGLE_SEED_NOTE not in fig._suptitle.get_text()
+    # the plots review: the legend took each row's first bar's style (ARCO-SG's entry hatched as if the whole row were
+    # not comparable, MONA's not), and the explanation ran past both edges of the figure
+    assert [handle.get_hatch() for handle in fig.legends[0].legend_handles] == [None] * 3
+    canvas = FigureCanvasAgg(fig)
+    fig.savefig(io.BytesIO(), format="png")
+    box = fig._suptitle.get_window_extent(canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
     single = (df["row"] == "ARCO-SG") & first
     df.loc[single, "n_seeds"] = 1
     fig = plots.class_bars(df, "dice", colours)

@@ -383,6 +383,33 @@ def test_a_ground_truth_folder_of_patient_folders_is_read_one_level_down(tmp_pat
                      "(keep one file per case)")
 
 
+def test_the_raw_acdc_release_scores_predictions_named_as_convert_acdc_names_the_frames(tmp_path, capsys):
+    """The evaluation review: convert-acdc names the ES frame ``frame02`` whatever its number (docs/data.md), so the
+    platform's own ES predictions found no ground truth in the raw release's training/ folder ("no ground truth for 10
+    prediction(s): patient001_frame02, ..."). Info.cfg says which raw frame each converted id is."""
+    rng = np.random.default_rng(2)
+    affine = np.diag([1.5, 1.5, 10.0, 1.0])
+    training, preds, labels = tmp_path / "training", tmp_path / "preds", {}
+    preds.mkdir()
+    for patient, es in (("patient001", 12), ("patient002", 5)):
+        folder = training / patient
+        folder.mkdir(parents=True)
+        (folder / "Info.cfg").write_text(f"ED: 1\nES: {es}\nGroup: DCM\n")
+        for raw, converted in (("frame01", "frame01"), (f"frame{es:02d}", "frame02")):
+            labels[converted, patient] = rng.integers(0, 4, size=(8, 9, 3)).astype(np.uint8)
+            nib.save(nib.Nifti1Image(labels[converted, patient], affine), str(folder / f"{patient}_{raw}_gt.nii.gz"))
+            nib.save(nib.Nifti1Image(perturbed(labels[converted, patient], 1), affine), str(preds / f"{patient}_{converted}.nii.gz"))
+    code, _, err = run(["evaluate", "--pred", str(preds), "--gt", str(training), "--out", str(tmp_path / "e")], capsys)
+    assert code == 0, err
+    assert "no prediction" not in err  # every raw frame was matched
+    rows = read_rows(tmp_path / "e" / "per_case.csv")
+    assert sorted({r["case"] for r in rows}) == ["patient001_frame01", "patient001_frame02", "patient002_frame01", "patient002_frame02"]
+    label = labels["frame02", "patient002"]
+    expected = evaluate_case(perturbed(label, 1), label, 4, (1.5, 1.5, 10.0))
+    ours = [r for r in rows if r["case"] == "patient002_frame02"]
+    assert [float(r["dice"]) for r in ours] == pytest.approx([e["dice"] for e in expected], abs=1e-6)
+
+
 def test_a_ground_truth_folder_of_both_namings_scores_both_and_skips_a_cine(tmp_path, capsys):
     """A label named <case> beside others named <case>_gt is still ground truth; a 4-D cine beside them is not (it was
     counted as a case without a prediction)."""
