@@ -346,10 +346,14 @@ def on_published_data(settings: Mapping[str, Any], records: Sequence[TrialRecord
     """Whether the published differences compare with these trials, and the run in words if not: the ``paper``
     profile on ACDC's published split, i.e. every trial trained on 70 training patients (so "3 patients" is the
     papers' 5%) of a dataset whose classes are ACDC's (RV, Myo, LV; results written before class names were recorded
-    do not say). Read from the results (``labelled``, ``class_names``), not the data."""
+    do not say) and that was not generated (a phantom of 100 patients has both; results written before the generator
+    was recorded do not say). Read from the results (``labelled``, ``class_names``, ``data_generator``), not the data."""
     profile = settings.get("profile")
     if profile != PAPER_PROFILE:
         return False, f"{profile} profile" if profile else "profile unknown (no settings.json)"
+    generated = sorted({str(r.result["data_generator"]) for r in records if r.result.get("data_generator")})
+    if generated:
+        return False, f"{PAPER_PROFILE} profile on generated data ({', '.join(generated)})"
     available = sorted({int(r.result["labelled"]["available_patients"]) for r in records
                         if isinstance(r.result.get("labelled"), Mapping) and "available_patients" in r.result["labelled"]})
     names = {tuple(r.result["class_names"]) for r in records if r.result.get("class_names")}  # older results: none

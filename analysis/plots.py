@@ -69,10 +69,22 @@ def fixed_colours(method_labels: Mapping[str, str]) -> dict[str, str]:
 #: every study. Other row labels get colours from :data:`_EXTRA` (none of these), or shades of their method's
 #: (:func:`palette`).
 FIXED_COLOURS = fixed_colours(METHOD_LABELS)
-#: Overlay colours of labels 1, 2, 3 (ACDC's RV, Myo, LV), transparent background; higher labels get OTHER_CLASS_COLOUR.
-#: Okabe and Ito's colour-blind-safe set: orange, bluish green, blue (red next to green was hard to tell apart).
-CLASS_COLOURS = {1: "#E69F00", 2: "#009E73", 3: "#0072B2"}
-OTHER_CLASS_COLOUR = "#CC79A7"
+#: Overlay colours of labels 1, 2, 3, ... (ACDC's RV, Myo, LV first), transparent background: Okabe and Ito's
+#: colour-blind-safe set (orange, bluish green, blue, reddish purple, vermillion, sky blue, yellow; red next to green
+#: was hard to tell apart), then matplotlib's tab20 (:func:`class_colour`).
+CLASS_COLOURS = ("#E69F00", "#009E73", "#0072B2", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442")
+
+
+def class_colour(label: int) -> str:
+    """The overlay colour of foreground label ``label`` (1-based): :data:`CLASS_COLOURS`, then tab20's twenty; every
+    label above 4 drew in one colour (a 6-class dataset's last two classes could not be told apart: the own-data
+    review). Colours repeat only past 27 classes."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    extra = [to_hex(c) for c in colormaps["tab20"].colors]
+    every = list(CLASS_COLOURS) + [c for c in extra if c.upper() not in CLASS_COLOURS]
+    return every[(label - 1) % len(every)]
 #: Axis names of the study scripts' ablation axes (``tags["axes"]`` keys), with the symbols their row labels use;
 #: other keys print as they are.
 AXIS_NAMES = {"objective_params.temperature": "pixel-contrast temperature \u03c4",
@@ -563,7 +575,7 @@ def crop_box(label: np.ndarray, margin: float = 0.5, min_size: int = 24) -> tupl
 def _overlay(ax, image: np.ndarray, labels: np.ndarray | None) -> None:
     ax.imshow(np.asarray(image, dtype=np.float32), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     if labels is not None:
-        colours = ListedColormap(["#00000000"] + [CLASS_COLOURS.get(c, OTHER_CLASS_COLOUR) for c in range(1, 1 + max(3, int(labels.max(initial=0))))])
+        colours = ListedColormap(["#00000000"] + [class_colour(c) for c in range(1, 1 + max(3, int(labels.max(initial=0))))])
         ax.imshow(np.asarray(labels), cmap=colours, vmin=-0.5, vmax=colours.N - 0.5, alpha=0.55, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -622,9 +634,7 @@ def qualitative_overlays(records: Sequence, column: str, class_names: Mapping[in
         grid[i][0].set_ylabel(f"{case}\nslice {reference['slices'][i]}", fontsize="x-small")
     for j, title in enumerate(titles):
         grid[0][j].set_title(_wrap(title, 14), fontsize="small")
-    from matplotlib.patches import Patch
-
-    patches = [Patch(color=CLASS_COLOURS.get(c, OTHER_CLASS_COLOUR), alpha=0.7, label=class_names[c]) for c in sorted(class_names)]
+    patches = [Patch(color=class_colour(c), alpha=0.7, label=class_names[c]) for c in sorted(class_names)]
     fig.legend(handles=patches, loc="outside lower center", ncol=len(patches), fontsize="small", frameon=False)
     which = "the search sample of the best val Dice" if is_search(records) else "trial of the lowest seed"
     title = (f"Test predictions, {column} (middle slice of the first test cases, cropped around the ground truth; "

@@ -76,6 +76,7 @@ class ProgressCallback(Callback):
     def setup(self, **info) -> None:  # Tune calls it when an experiment starts, restored ones included (this object is unpickled)
         self.start = self.last_line = self.clock()
         self.started: dict[str, float] = {}  # trial id -> first start in this run (a retry keeps it)
+        self.attempt_started: dict[str, float] = {}  # trial id -> start of its running attempt (start-up is measured from it)
         # (seconds, cost units) of each trial that ran to the end, both after its first progress report (all of them for
         # a trial that sent none)
         self.finished_work: list[tuple[float, float]] = []
@@ -190,7 +191,7 @@ class ProgressCallback(Callback):
         if not self.warm_startups or status in ("finished", "errored") or (plan.existed and not plan.scoring_only) or \
                 (trial_id is not None and trial_id in self.progress):
             return 0.0
-        began = self.started.get(trial_id) if trial_id is not None else None
+        began = self.attempt_started.get(trial_id) if trial_id is not None else None
         latest = max(self.warm_startups)[1]
         return max(0.0, latest - (self.clock() - began if began is not None else 0.0))
 
@@ -312,7 +313,7 @@ class ProgressCallback(Callback):
         cold = self.any_report_at is None
         if cold:
             self.any_report_at = now
-        began = self.started.get(trial_id)
+        began = self.attempt_started.get(trial_id)  # a retry's own start: its failed attempt is no start-up (the diff review)
         if began is None or i is None or self.resumed_from.get(trial_id, 0) > 0:
             return
         if not cold and began >= self.any_report_at:
@@ -323,6 +324,7 @@ class ProgressCallback(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started.setdefault(trial.trial_id, self.clock())
+        self.attempt_started[trial.trial_id] = self.clock()
         i = self.plan_index(trial)
         if i is not None and self.plans[i].existed and not self.plans[i].scoring_only:  # Tune only skips it: its
             return  # "finished (result existed)" line says so
@@ -360,6 +362,7 @@ class ProgressCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = getattr(trial, "last_result", None) or {}
         began = self.started.pop(trial.trial_id, None)
+        self.attempt_started.pop(trial.trial_id, None)
         i = self.plan_index(trial)
         if began is not None and i is not None and not any(result.get(k) for k in ("skipped", "errored", "rescored")):
             # after its first progress report: its start-up is priced apart (the class docstring)
@@ -380,11 +383,14 @@ class ProgressCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.started.pop(trial.trial_id, None)
+        self.attempt_started.pop(trial.trial_id, None)
         retries = max(0, getattr(trial, "num_failures", 1) - 1)
         self._print(self.line(f"ERRORED after {retries} retr{'y' if retries == 1 else 'ies'}", trial, trials, now="errored"))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        # the retry resumes from the trial's last checkpoint: its start time and last progress report stay
+        # the retry resumes from the trial's last checkpoint: its start time and last progress report stay; its attempt
+        # starts anew (until then it is charged a whole start-up)
+        self.attempt_started.pop(trial.trial_id, None)
         self._print(self.line(f"retry {trial.num_failures}/{trial.max_failures} of", trial, trials, now="pending")
                     + ": its worker failed, resuming from its last checkpoint")
 

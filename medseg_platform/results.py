@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from medseg_platform.config import is_real, is_whole
+from medseg_platform.errors import MedsegError
 from medseg_platform.io import read_json_object, sha256_file, write_json_atomic, write_text_atomic
 from medseg_platform.stats import nan_mean
 
@@ -292,6 +293,24 @@ def recorded_class_names(result: Mapping[str, Any]) -> tuple[str, ...]:
     return default_class_names(int(data.get("num_classes", 4)))
 
 
+def dataset_generator_record(config: Mapping[str, Any]) -> dict[str, str]:
+    """``{"data_generator": "phantom"}`` when the trial's dataset was generated, not converted from images (its
+    manifest's ``source.generator``): the report shows the papers' numbers beside real ACDC runs only, and a 100-patient
+    phantom has ACDC's 70 training patients and class names (the published-numbers review); {} otherwise."""
+    data = config.get("data") or {}
+    root = data.get("root")
+    if not root or not Path(root).is_dir():
+        return {}
+    from medseg_platform.data.layout import read_manifest
+
+    try:
+        source = read_manifest(root).get("source")
+    except MedsegError:  # a broken manifest: the trial itself names it
+        return {}
+    generator = source.get("generator") if isinstance(source, dict) else None
+    return {"data_generator": str(generator)} if generator else {}
+
+
 def dataset_identity_record(config: Mapping[str, Any]) -> dict[str, str]:
     """``{"data_identity": ...}`` of the trial's dataset (:func:`medseg_platform.preflight.dataset_identity`): a study
     that finds a finished trial trained on another version of its dataset says so instead of mixing the two; {} when
@@ -365,6 +384,7 @@ def write_trial_results(trial_dir: Path, *, config: Mapping[str, Any], tags: Map
         "finished_at": time.time(),  # epoch seconds: orders a search's trials in its history plot
         **dataset_class_names_record(config),
         **dataset_identity_record(config),
+        **dataset_generator_record(config),
         **dict(getattr(outcome, "extra", None) or {}),
         **dict(extra or {}),
     }

@@ -38,8 +38,11 @@ def claims(labelled: tuple[str, ...] = ("1",), base=None) -> list[dict]:
                          "ACTION ablation: removing L_anco lowers Dice at 3 patients"))
     out += [claim(METHOD_LABELS[m], METHOD_LABELS["supervised"], "1", "ARCO Table 1: every semi-supervised method beats "
                   "supervised-only (UNet-L) at 1 patient") for m in SEMI_SUPERVISED]
-    out += [claim(METHOD_LABELS[m], METHOD_LABELS["mona"], "1", "ARCO Tables 1-2: stratified sampling is not worse than "
-                  "MONA's uniform sampling at 1 patient", direction=">=") for m in ("arco_sg", "arco_sag")]
+    # ARCO reports SG and SAG above MONA (Table 1: +2.9 and +2.3 points); tested as the weaker "not worse" (>=, within
+    # a 1-point margin), as ablation_sampling.py tests "beats"
+    out += [claim(METHOD_LABELS[m], METHOD_LABELS["mona"], "1", "ARCO Tables 1-2: stratified sampling scores above "
+                  "MONA's uniform sampling at 1 patient; tested here as not worse", direction=">=")
+            for m in ("arco_sg", "arco_sag")]
     return out
 
 

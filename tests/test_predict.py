@@ -435,6 +435,17 @@ def test_scans_never_converted_are_predicted_as_their_converted_copies(trained, 
     assert {r["class"] for r in read_rows(tmp_path / "e5" / "per_case.csv")} == {"1", "2", "3", "4"}
     assert main(["evaluate", "--pred", str(tmp_path / "via"), "--gt", str(converted), "--quiet", "--out", str(tmp_path / "e2")]) == 0
     assert read_rows(tmp_path / "e1" / "per_case.csv") == read_rows(tmp_path / "e2" / "per_case.csv")
+    # the own-data review: a trial's predictions of other classes than the dataset's scored unwarned under its names
+    renamed = tmp_path / "renamed"
+    shutil.copytree(tmp_path / "via", renamed, ignore=shutil.ignore_patterns("evaluation"))
+    record = json.loads((renamed / "prediction.json").read_text())
+    assert record["class_names"] == ["RV", "Myo", "LV"]
+    (renamed / "prediction.json").write_text(json.dumps({**record, "class_names": ["LV", "Myo", "RV"]}))
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(renamed), "--gt", str(converted), "--quiet", "--out", str(tmp_path / "e3")]) == 2
+    assert (f"error: --gt {converted}: class names RV, Myo, LV differ from LV, Myo, RV of the predictions "
+            f"({renamed / 'prediction.json'}, the trial's)") in capsys.readouterr().err
+    assert not (tmp_path / "e3").exists()
     # files named one by one are predicted the same; without labels beside them no evaluation is suggested
     alone = tmp_path / "alone"
     alone.mkdir()

@@ -508,3 +508,27 @@ def test_start_up_is_priced_apart_so_the_cold_first_trials_do_not_inflate_every_
     states = callback._states(trials, None, None)
     assert math.isclose(callback._startup_left_s(3, states), 0.1)
     assert callback._startup_left_s(2, states) == 0.0  # m1 reported: its start-up is behind it
+
+
+def test_a_retry_measures_its_start_up_from_its_own_attempt():
+    """The diff review: a trial whose worker died before it reported, then retried, had its start-up measured from its
+    first attempt's start: 305 s of a failed attempt charged as start-up to every trial not started yet (4x the ETA)."""
+    now = [0.0]
+    plans = [trial_plan(config(), key) for key in ("s1", "s2", "s3")]
+    callback = ProgressCallback(plans, clock=lambda: now[0])
+    s1, s2, s3 = trials = [fake_trial(key) for key in ("s1", "s2", "s3")]
+    start(callback, trials, s1)
+    now[0] = 10.0
+    callback.on_trial_result(0, trials, s1, progress("fine-tuning", 10, 100, 2.0, "supervised", evaluations=0))  # cold
+    now[0] = 20.0
+    start(callback, trials, s2)
+    now[0] = 320.0  # its worker dies before any report; Tune retries it
+    s2.num_failures, s2.status = 1, "PENDING"
+    callback.on_trial_recover(0, trials, s2)
+    now[0] = 325.0
+    start(callback, trials, s2)
+    now[0] = 331.0  # 1 s of start-up, then 10 steps at 2 per second
+    callback.on_trial_result(0, trials, s2, progress("fine-tuning", 10, 100, 2.0, "supervised", evaluations=0))
+    assert callback.warm_startups == [(325.0, 1.0)]
+    states = callback._states(trials, None, None)
+    assert callback._startup_left_s(2, states) == 1.0  # s3, not started: the retry's start-up, not 305 s

@@ -284,3 +284,19 @@ def test_a_result_copied_from_another_trial_an_edited_curve_or_an_unreadable_rec
         assert not trial_finished(trial)
         records, problems = scan_study(trial.parent.parent)
         assert records == [] and problems[0].startswith("corrupt result: ")
+
+
+def test_a_generated_dataset_is_recorded_as_such_in_the_result(tiny_root, tmp_path):
+    """The published-numbers review: a phantom of 100 patients has ACDC's 70 training patients and class names, and the
+    report quoted the papers' numbers beside it. ``result.json`` records the manifest's generator."""
+    from medseg_platform.io import write_json_atomic
+    from medseg_platform.results import dataset_generator_record
+
+    assert dataset_generator_record({"data": {"root": str(tiny_root)}}) == {}
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    write_json_atomic(generated / "manifest.json", {"source": {"generator": "phantom", "version": 1, "params": {}}})
+    assert dataset_generator_record({"data": {"root": str(generated)}}) == {"data_generator": "phantom"}
+    assert dataset_generator_record({"data": {"root": str(tmp_path / "gone")}}) == {}
+    (generated / "manifest.json").write_text("[1]")  # a broken manifest: the trial names it, the record says nothing
+    assert dataset_generator_record({"data": {"root": str(generated)}}) == {}

@@ -100,6 +100,23 @@ def recorded_class_names(gt: Path, pred: Path, num_classes: int) -> dict[int, st
     return {}
 
 
+def check_class_names_agree(gt: Path, pred: Path) -> None:
+    """A one-line :class:`DataError` when the ground-truth dataset root's manifest and the ``medseg predict`` folder's
+    ``prediction.json`` (the trial's) name different classes: the labels would mean other structures (the table
+    printed a trial's Liver score as Aorta, unwarned, where ``medseg predict`` and a study's ``--test-root`` refuse the
+    same pair: the own-data review). Nothing to compare when either does not record names."""
+    from medseg_platform.data.layout import read_manifest
+    from medseg_platform.errors import DataError
+    from medseg_platform.evaluation.scoring import is_dataset_root
+
+    ours = read_manifest(gt).get("class_names") if is_dataset_root(gt) else None
+    theirs = _prediction_record(pred).get("class_names")
+    if isinstance(ours, list) and isinstance(theirs, list) and [str(n) for n in ours] != [str(n) for n in theirs]:
+        raise DataError(f"--gt {gt}: class names {', '.join(map(str, ours))} differ from {', '.join(map(str, theirs))} of the "
+                        f"predictions ({pred / 'prediction.json'}, the trial's) (labels must mean the same classes; if only "
+                        "the names differ, convert the dataset again with --class-names)")
+
+
 def unfinished_prediction(pred: Path) -> str:
     """A warning when the ``medseg predict`` run that wrote the folder did not finish (its ``prediction.json`` says
     ``complete`` false): some files may then be an earlier run's, of another trial even. "" otherwise (older folders
@@ -133,6 +150,8 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path(args.pred) / EVALUATION_DIR
     if Path(args.pred).is_dir():  # a missing or wrong --pred gets evaluate_folder's own message
         check_output_folder(out, "--out" if args.out else "--out (default <pred>/evaluation)")
+        if Path(args.gt).expanduser().is_dir():
+            check_class_names_agree(Path(args.gt).expanduser(), Path(args.pred).expanduser())
     result = scoring.evaluate_folder(
         args.pred,
         args.gt,

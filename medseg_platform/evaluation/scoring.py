@@ -148,22 +148,33 @@ def ground_truth_files(folder: Path, label_suffix: str = LABEL_SUFFIX) -> dict[s
     return found
 
 
-def acdc_converted_ids(folder: Path) -> dict[str, str]:
+def acdc_converted_ids(folder: Path) -> tuple[dict[str, str], dict[str, str]]:
     """The ids ``medseg data convert-acdc`` gives the raw ACDC release's frames one level below ``folder`` (its
     ``training/patientNNN/`` folders), to their raw stems: the ED frame becomes ``<patient>_frame01`` and the ES frame
-    ``<patient>_frame02`` whatever their numbers (docs/data.md), read from each folder's ``Info.cfg``. A folder without
-    a readable Info.cfg gives none (its files still match by their own stems)."""
+    ``<patient>_frame02`` whatever their numbers (docs/data.md), read from each folder's ``Info.cfg``; and the ids that
+    name one frame in the raw release and another among the converted ids (an ``Info.cfg`` with ED at frame 2), to why.
+    A folder without a readable Info.cfg, or whose ED and ES are one frame (convert-acdc refuses it), gives none: its
+    files match by their own stems."""
     from medseg_platform.data.convert import ACDC_PHASES, info_frame, read_info_cfg
 
     ids: dict[str, str] = {}
+    ambiguous: dict[str, str] = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "Info.cfg").is_file()):
         try:
             info = read_info_cfg(sub / "Info.cfg")
-            ids.update({f"{sub.name}_{new_frame}": f"{sub.name}_frame{info_frame(info, phase, sub / 'Info.cfg'):02d}"
-                        for phase, new_frame in ACDC_PHASES})
+            frames = {phase: info_frame(info, phase, sub / "Info.cfg") for phase, _ in ACDC_PHASES}
         except DataError:
             continue
-    return ids
+        if frames["ED"] == frames["ES"]:
+            continue
+        mapping = {f"{sub.name}_{new_frame}": f"{sub.name}_frame{frames[phase]:02d}" for phase, new_frame in ACDC_PHASES}
+        for converted, stem in mapping.items():
+            if converted != stem and converted in mapping.values():
+                phase = next(p for p, new_frame in ACDC_PHASES if f"{sub.name}_{new_frame}" == converted)
+                ambiguous[converted] = (f"its Info.cfg ({sub / 'Info.cfg'}) makes {converted} a raw frame of its own, while "
+                                        f"convert-acdc names the {phase} frame ({stem}) so")
+        ids.update(mapping)
+    return ids, ambiguous
 
 
 def _with_converted_ids(gts: dict[str, LabelFile], preds: dict[str, LabelFile],
@@ -407,8 +418,15 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     if root_mode and label_suffix != LABEL_SUFFIX:  # it went unused (the review); predict refuses it with --data-root too
         raise ConfigError(f"--label-suffix {label_suffix}: names the label files of a ground-truth folder; the dataset root "
                           f"{gt} keeps its labels in data/<case>.h5 (drop --label-suffix)")
-    gts = (_root_label_files(gt, list(preds)) if root_mode else
-           _with_converted_ids(ground_truth_files(gt, label_suffix), preds, acdc_converted_ids(gt)))
+    if root_mode:
+        gts = _root_label_files(gt, list(preds))
+    else:
+        acdc_ids, ambiguous = acdc_converted_ids(gt)
+        unclear = [case for case in preds if case in ambiguous]
+        if unclear:  # scored against the raw frame of its name, a converted id's prediction met the other phase
+            raise DataError(f"--gt {gt}: prediction {unclear[0]} could be either frame: {ambiguous[unclear[0]]}; score "
+                            "predictions of a converted dataset against its root (--gt CONVERTED_ROOT)")
+        gts = _with_converted_ids(ground_truth_files(gt, label_suffix), preds, acdc_ids)
     missing = [case for case in preds if case not in gts]
     if missing:
         where = f"{gt}/data/<case>.h5" if root_mode else str(gt)

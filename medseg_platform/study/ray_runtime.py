@@ -307,9 +307,11 @@ def _ray_processes_in_their_own_session():
     group (``timeout``, a job scheduler, ``kill -TERM -PGID``) killed them beside the driver, whose clean stop (the
     command's SIGTERM = Ctrl-C) then waited 60 s for a GCS that was gone and ended in Ray's "Failed to connect to GCS"
     without its message or report (the studies review). They still end with the driver: Ray starts them with the
-    kernel's kill-on-parent-death (fate sharing), and ``ray.shutdown`` stops them. Ray offers no option for it: its
-    private ``ConsolePopen``, through which it starts them, is wrapped for the start only, and left alone where this
-    Ray version lacks it (the processes then share the group, as before)."""
+    kernel's kill-on-parent-death (fate sharing), and ``ray.shutdown`` stops them; the raylet's dashboard and
+    runtime-env agents, its children, not the driver's, exit on their own about a minute after a SIGKILL of the driver
+    (so it was for a SIGKILL of the driver alone before; a group SIGKILL used to take them at once: the diff review).
+    Ray offers no option for it: its private ``ConsolePopen``, through which it starts them, is wrapped for the start
+    only, and left alone where this Ray version lacks it (the processes then share the group, as before)."""
     try:
         from ray._private import services
     except ImportError:  # a Ray without the module: as before

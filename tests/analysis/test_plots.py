@@ -395,3 +395,11 @@ def test_importing_the_plots_leaves_the_users_matplotlib_backend_alone():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "svg", out.stderr[-500:]
+
+
+def test_every_class_of_a_dataset_with_many_gets_its_own_overlay_colour():
+    """The own-data review: every label above 4 drew in one colour, so a 6-class dataset's fourth and fifth classes
+    (and their legend swatches) could not be told apart in the qualitative figure."""
+    colours = [plots.class_colour(label) for label in range(1, 28)]
+    assert len(set(colours)) == 27
+    assert colours[:3] == ["#E69F00", "#009E73", "#0072B2"]  # ACDC's RV, Myo, LV as before

@@ -410,6 +410,33 @@ def test_the_raw_acdc_release_scores_predictions_named_as_convert_acdc_names_the
     assert [float(r["dice"]) for r in ours] == pytest.approx([e["dice"] for e in expected], abs=1e-6)
 
 
+def test_raw_acdc_frames_that_converted_ids_would_confuse_are_refused_not_scored_against_the_other_phase(tmp_path, capsys):
+    """The diff review: an Info.cfg with ED at frame 2 makes patientNNN_frame02 a raw frame (ED) and convert-acdc's id
+    of ES: a perfect ES prediction scored 0 against the ED label, unwarned. ED and ES at one frame crashed (KeyError)."""
+    affine = np.diag([1.5, 1.5, 10.0, 1.0])
+    label = np.random.default_rng(3).integers(0, 4, size=(8, 9, 3)).astype(np.uint8)
+    training, preds = tmp_path / "training", tmp_path / "preds"
+    preds.mkdir()
+    for patient, info, frames in (("patient001", "ED: 2\nES: 9\n", ("frame02", "frame09")),
+                                  ("patient002", "ED: 5\nES: 5\n", ("frame05",))):
+        (training / patient).mkdir(parents=True)
+        (training / patient / "Info.cfg").write_text(info)
+        for frame in frames:
+            nib.save(nib.Nifti1Image(label, affine), str(training / patient / f"{patient}_{frame}_gt.nii.gz"))
+    nib.save(nib.Nifti1Image(label, affine), str(preds / "patient001_frame02.nii.gz"))
+    error = one_line_error(capsys, ["evaluate", "--pred", str(preds), "--gt", str(training), "--out", str(tmp_path / "e")])
+    assert error.startswith(f"error: --gt {training}: prediction patient001_frame02 could be either frame: its Info.cfg (")
+    assert "convert-acdc names the ES frame (patient001_frame09) so; score predictions of a converted dataset" in error
+    # ED alone under its converted id meets raw frame 2; the ED == ES folder matches by its own stems, without a traceback
+    (preds / "patient001_frame02.nii.gz").rename(preds / "patient001_frame01.nii.gz")
+    nib.save(nib.Nifti1Image(label, affine), str(preds / "patient002_frame05.nii.gz"))
+    code, _, err = run(["evaluate", "--pred", str(preds), "--gt", str(training), "--quiet", "--out", str(tmp_path / "e2")], capsys)
+    assert code == 0, err
+    rows = read_rows(tmp_path / "e2" / "per_case.csv")
+    assert {r["case"] for r in rows} == {"patient001_frame01", "patient002_frame05"}
+    assert all(float(r["dice"]) == 1.0 for r in rows if r["dice"] not in ("", "nan"))
+
+
 def test_a_ground_truth_folder_of_both_namings_scores_both_and_skips_a_cine(tmp_path, capsys):
     """A label named <case> beside others named <case>_gt is still ground truth; a 4-D cine beside them is not (it was
     counted as a case without a prediction)."""
