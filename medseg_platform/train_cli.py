@@ -215,6 +215,11 @@ def build_study(args):
     if changed:  # another configuration than the method's or the file's: its own table row, after the plain one
         study.variants = [Variant({**v.tags, "row": f"{row} [{', '.join(changed)}]", "order": 1}, v.overrides)
                           for v in study.variants]
+    if after["data"].get("labelled_strategy") == "released_slices":  # as a study script warns (the splits review)
+        from medseg_platform.protocol import released_cut_warnings
+
+        for note in released_cut_warnings(root, [labelled]):
+            print(f"warning: {note}", file=sys.stderr)
     return study, overrides
 
 

@@ -446,6 +446,9 @@ def test_scans_never_converted_are_predicted_as_their_converted_copies(trained, 
     assert (f"error: --gt {converted}: class names RV, Myo, LV differ from LV, Myo, RV of the predictions "
             f"({renamed / 'prediction.json'}, the trial's)") in capsys.readouterr().err
     assert not (tmp_path / "e3").exists()
+    # names that differ by surrounding spaces only are the same names to training and medseg predict (the diff review)
+    (renamed / "prediction.json").write_text(json.dumps({**record, "class_names": [" RV", "Myo", "LV "]}))
+    assert main(["evaluate", "--pred", str(renamed), "--gt", str(converted), "--quiet", "--out", str(tmp_path / "e4")]) == 0
     # files named one by one are predicted the same; without labels beside them no evaluation is suggested
     alone = tmp_path / "alone"
     alone.mkdir()

@@ -459,3 +459,24 @@ def test_smoke_test_with_another_profile_is_refused(tmp_path, capsys):
         assert main(["train", "supervised", *flags, "--results-dir", str(tmp_path / "r")]) == 2
         assert capsys.readouterr().err == "error: --smoke-test runs the smoke profile; drop --profile paper (or --smoke-test)\n"
     assert not (tmp_path / "r").exists()
+
+
+def test_medseg_train_warns_of_a_released_cut_inside_a_frame_as_a_study_does(tmp_path, capsys):
+    """The splits review: a study with data.labelled_strategy=released_slices warns that the 1-patient cut ends inside
+    patient099's ES frame (which slices it labels depends on the list's order); medseg train, a one-row study, did not."""
+    from medseg_platform.train_cli import build_study
+    from tests.data.test_splits import SSL4MIS_SLICES
+
+    root = tmp_path / "acdc"
+    root.mkdir()
+    (root / "train_slices.list").write_text("\n".join(SSL4MIS_SLICES) + "\n")  # a frame's slices in index order
+    for name in ("val.list", "test.list"):
+        (root / name).write_text("patient101_frame01\n")
+    args = argparse.Namespace(method="supervised", config=None, overrides=["data.labelled_strategy=released_slices"],
+                              profile="smoke", labelled="1", seed=None, data_root=str(root), results_dir=str(tmp_path / "r"),
+                              name=None, address=None, no_dashboard=True, gpus_per_trial=0.0)
+    build_study(args)
+    assert "warning: the released 23-slice cut of 1 patient ends inside patient099_frame02" in capsys.readouterr().err
+    args.labelled = "3"  # the 3-patient cut ends on a patient: no warning
+    build_study(args)
+    assert "warning" not in capsys.readouterr().err

@@ -52,7 +52,7 @@ PUBLISHED_TRAIN_PATIENTS = 70
 #: ``patients_to_slices`` of the released code for ACDC: patients -> leading slices of train_slices.list.
 RELEASED_ACDC_SLICES = {1: 23, 3: 68, 7: 136, 14: 256, 21: 396, 28: 512, 35: 664, 70: 1312}
 
-_FRACTION_RE = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<percent>%?)\s*$")
+_FRACTION_RE = re.compile(r"^\s*(?P<value>[0-9]+(?:\.[0-9]+)?)\s*(?P<percent>%?)\s*$")  # ASCII digits only: one spelling
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,8 @@ def resolve_patient_count(fraction: str | int | float, available: int) -> Patien
             raise ConfigError(f"label fraction {text!r}: a percent must be in (0, 100]")
         # exact fractions of the digits as written: in binary floating point 14.5% of 100 patients rounded to 14 (the
         # data review)
-        if value in PUBLISHED_PERCENT_TO_PATIENTS:
+        # the decimal as written: "1.0000000000000001%" is no published setting, though its float is 1.0 (the splits review)
+        if Fraction(digits) in PUBLISHED_PERCENT_TO_PATIENTS:
             share = Fraction(PUBLISHED_PERCENT_TO_PATIENTS[value], PUBLISHED_TRAIN_PATIENTS)
             rule = f"published ACDC mapping {value:g}% = {PUBLISHED_PERCENT_TO_PATIENTS[value]}/{PUBLISHED_TRAIN_PATIENTS} patients"
         else:
@@ -111,9 +112,9 @@ def resolve_patient_count(fraction: str | int | float, available: int) -> Patien
             rule = f"round({available} x {value:g}/100)"
         n = max(1, math.floor(available * share + Fraction(1, 2)))
     else:
-        if value != int(value):
+        if Fraction(digits).denominator != 1:  # the decimal as written: "3.0000000000000001" is not 3
             raise ConfigError(f"label fraction {text!r}: a patient count must be a whole number (use '%' for a percent)")
-        n = int(value)
+        n = int(Fraction(digits))
         rule = "patient count"
         if n == 0:
             raise ConfigError(f"label fraction {text!r}: 0 labelled patients leaves nothing to supervise (use at least 1)")
@@ -214,9 +215,13 @@ def select_labelled(
 
 def has_released_slices(train_slices: Sequence[str]) -> bool:
     """Whether ``train_slices`` (``train_slices.list`` in order) is the list the released slice counts were made for:
-    the SSL4MIS ACDC training list, 1312 slices of 70 patients (:data:`RELEASED_ACDC_SLICES`)."""
+    the SSL4MIS ACDC training list, 1312 slices of its 70 patients in its order (:data:`RELEASED_ACDC_SLICES`,
+    ``acdc_split.PUBLISHED_TRAIN``; any list of 1312 slices of 70 patients passed, and the cuts then labelled
+    other patients' slices than the report said: the splits review)."""
+    from medseg_platform.data.acdc_split import PUBLISHED_TRAIN
+
     patients = unique_in_order(patient_of_case(case_of_slice(s)) for s in train_slices)
-    return len(train_slices) == RELEASED_ACDC_SLICES[PUBLISHED_TRAIN_PATIENTS] and len(patients) == PUBLISHED_TRAIN_PATIENTS
+    return len(train_slices) == RELEASED_ACDC_SLICES[PUBLISHED_TRAIN_PATIENTS] and tuple(patients) == PUBLISHED_TRAIN
 
 
 #: The first entries of SSL4MIS's ``data/ACDC/train_slices.list`` (patient099's two frames, 1-based slice numbers as that

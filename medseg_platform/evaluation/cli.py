@@ -111,8 +111,11 @@ def check_class_names_agree(gt: Path, pred: Path) -> None:
 
     ours = read_manifest(gt).get("class_names") if is_dataset_root(gt) else None
     theirs = _prediction_record(pred).get("class_names")
-    if isinstance(ours, list) and isinstance(theirs, list) and [str(n) for n in ours] != [str(n) for n in theirs]:
-        raise DataError(f"--gt {gt}: class names {', '.join(map(str, ours))} differ from {', '.join(map(str, theirs))} of the "
+    if not (isinstance(ours, list) and isinstance(theirs, list)):
+        return
+    ours, theirs = [str(n).strip() for n in ours], [str(n).strip() for n in theirs]  # as training reads the names
+    if ours != theirs:
+        raise DataError(f"--gt {gt}: class names {', '.join(ours)} differ from {', '.join(theirs)} of the "
                         f"predictions ({pred / 'prediction.json'}, the trial's) (labels must mean the same classes; if only "
                         "the names differ, convert the dataset again with --class-names)")
 

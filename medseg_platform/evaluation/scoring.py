@@ -148,48 +148,62 @@ def ground_truth_files(folder: Path, label_suffix: str = LABEL_SUFFIX) -> dict[s
     return found
 
 
-def acdc_converted_ids(folder: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """The ids ``medseg data convert-acdc`` gives the raw ACDC release's frames one level below ``folder`` (its
-    ``training/patientNNN/`` folders), to their raw stems: the ED frame becomes ``<patient>_frame01`` and the ES frame
-    ``<patient>_frame02`` whatever their numbers (docs/data.md), read from each folder's ``Info.cfg``; and the ids that
-    name one frame in the raw release and another among the converted ids (an ``Info.cfg`` with ED at frame 2), to why.
-    A folder without a readable Info.cfg, or whose ED and ES are one frame (convert-acdc refuses it), gives none: its
-    files match by their own stems."""
+def acdc_converted_ids(folder: Path) -> dict[str, dict[str, str]]:
+    """Per raw ACDC patient folder one level below ``folder`` (its ``training/patientNNN/``): the ids ``medseg data
+    convert-acdc`` gives its frames, to their raw stems. The ED frame becomes ``<patient>_frame01`` and the ES frame
+    ``<patient>_frame02`` whatever their numbers (docs/data.md), read from the folder's ``Info.cfg``. A folder without
+    a readable Info.cfg, or whose ED and ES are one frame (convert-acdc refuses it), gives none: its files match by
+    their own stems."""
     from medseg_platform.data.convert import ACDC_PHASES, info_frame, read_info_cfg
 
-    ids: dict[str, str] = {}
-    ambiguous: dict[str, str] = {}
+    patients: dict[str, dict[str, str]] = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "Info.cfg").is_file()):
         try:
             info = read_info_cfg(sub / "Info.cfg")
             frames = {phase: info_frame(info, phase, sub / "Info.cfg") for phase, _ in ACDC_PHASES}
         except DataError:
             continue
-        if frames["ED"] == frames["ES"]:
-            continue
-        mapping = {f"{sub.name}_{new_frame}": f"{sub.name}_frame{frames[phase]:02d}" for phase, new_frame in ACDC_PHASES}
-        for converted, stem in mapping.items():
-            if converted != stem and converted in mapping.values():
-                phase = next(p for p, new_frame in ACDC_PHASES if f"{sub.name}_{new_frame}" == converted)
-                ambiguous[converted] = (f"its Info.cfg ({sub / 'Info.cfg'}) makes {converted} a raw frame of its own, while "
-                                        f"convert-acdc names the {phase} frame ({stem}) so")
-        ids.update(mapping)
-    return ids, ambiguous
+        if frames["ED"] != frames["ES"]:
+            patients[sub.name] = {f"{sub.name}_{new_frame}": f"{sub.name}_frame{frames[phase]:02d}"
+                                  for phase, new_frame in ACDC_PHASES}
+    return patients
 
 
-def _with_converted_ids(gts: dict[str, LabelFile], preds: dict[str, LabelFile],
-                        acdc_ids: Mapping[str, str] | None = None) -> dict[str, LabelFile]:
+def _with_acdc_ids(gts: dict[str, LabelFile], preds: Mapping[str, LabelFile], patients: Mapping[str, Mapping[str, str]],
+                   gt: Path) -> dict[str, LabelFile]:
+    """A raw ACDC ground-truth folder's files under convert-acdc's ids where a patient's predictions are named so
+    (:func:`acdc_converted_ids`; the platform's ``patient001_frame02`` met no ``patient001_frame12_gt``: the evaluation
+    review). A patient's predictions are named by the raw frames when one of them is a raw frame no converted id names
+    (``medseg predict --images`` of the raw release), and by the converted ids when one of them is a converted id no raw
+    frame has; with neither (an Info.cfg with ED at frame 2, and only ``_frame02`` predicted: ED raw, ES converted) a
+    one-line :class:`DataError`, not the other phase's score."""
+    out = dict(gts)
+    for patient, mapping in patients.items():
+        raw = set(mapping.values())
+        mine = [case for case in preds if case in mapping or case in raw]
+        if not mine or any(case in raw and case not in mapping for case in mine):
+            continue  # none, or named by the raw frames: their own stems
+        if not any(case not in raw for case in mine):
+            if all(mapping.get(case) == case for case in mine):
+                continue  # the converted ids are the raw frames' own names (ED at frame 1, ES at frame 2)
+            clash = next(case for case in mine if mapping.get(case) != case)
+            raise DataError(f"--gt {gt}: prediction {clash} could be either frame: {patient}'s Info.cfg makes it a raw "
+                            f"frame of its own, while convert-acdc names the other phase ({mapping[clash]}) so; score "
+                            "predictions of a converted dataset against its root (--gt CONVERTED_ROOT)")
+        used = {case: gts[mapping[case]] for case in mine if mapping.get(case) in gts}
+        for case in used:
+            out.pop(mapping[case], None)
+        out.update(used)
+    return out
+
+
+def _with_converted_ids(gts: dict[str, LabelFile], preds: dict[str, LabelFile]) -> dict[str, LabelFile]:
     """A ground-truth folder's files keyed by their stems, plus, for a prediction without a file of its own stem, the one
     file whose stem the converters turn into its id (``case 02_gt.nii.gz`` for ``medseg predict``'s ``case_02``:
-    characters outside ``[A-Za-z0-9_-]`` become ``_``; a raw ACDC frame under its converted id, ``acdc_ids``:
-    :func:`acdc_converted_ids`, so the platform's ``patient001_frame02`` meets ``patient001_frame12_gt.nii.gz``: the
-    evaluation review). Exact stems always win; an id two stems share is not guessed."""
+    characters outside ``[A-Za-z0-9_-]`` become ``_``). Exact stems always win; an id two stems share is not guessed."""
     by_id: dict[str, list[str]] = {}
     for stem in gts:
         by_id.setdefault(sanitize_case_id(stem), []).append(stem)
-    for converted, stem in (acdc_ids or {}).items():
-        if stem in gts and converted not in by_id:
-            by_id[converted] = [stem]
     out = dict(gts)
     for case in preds:
         stems = by_id.get(case, [])
@@ -421,12 +435,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     if root_mode:
         gts = _root_label_files(gt, list(preds))
     else:
-        acdc_ids, ambiguous = acdc_converted_ids(gt)
-        unclear = [case for case in preds if case in ambiguous]
-        if unclear:  # scored against the raw frame of its name, a converted id's prediction met the other phase
-            raise DataError(f"--gt {gt}: prediction {unclear[0]} could be either frame: {ambiguous[unclear[0]]}; score "
-                            "predictions of a converted dataset against its root (--gt CONVERTED_ROOT)")
-        gts = _with_converted_ids(ground_truth_files(gt, label_suffix), preds, acdc_ids)
+        gts = _with_converted_ids(_with_acdc_ids(ground_truth_files(gt, label_suffix), preds, acdc_converted_ids(gt), gt), preds)
     missing = [case for case in preds if case not in gts]
     if missing:
         where = f"{gt}/data/<case>.h5" if root_mode else str(gt)

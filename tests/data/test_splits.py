@@ -3,7 +3,9 @@ import pytest
 from medseg_platform.data.splits import epoch_steps, has_released_slices, resolve_patient_count, select_labelled
 from medseg_platform.errors import ConfigError
 
-ACDC_ORDER = ["099", "038", "050", "100", "058", "021", "049", "020"] + [f"{i:03d}" for i in range(200, 262)]
+from medseg_platform.data.acdc_split import PUBLISHED_TRAIN
+
+ACDC_ORDER = [p.removeprefix("patient") for p in PUBLISHED_TRAIN]  # SSL4MIS's order: 099, 038, 050, 100, ...
 ACDC_SLICES = [f"patient{p}_frame{f}_slice_{k}" for p in ACDC_ORDER for f in ("01", "02") for k in range(8 if p == "099" else 10)]
 # shaped like the SSL4MIS ACDC list: 1312 slices of 70 patients; slices per frame of the first seven patients such that
 # 23 = all 16 of patient099_frame01 + 7 of frame02, 68 = 32 + 16 + 20 (099, 038, 050) and 136 = 7 whole patients
@@ -141,3 +143,24 @@ def test_half_up_rounding_is_done_on_the_decimal_as_written():
     assert [resolve_patient_count(f"{p}%", 100).patients for p in ("14.5", "28.5", "0.5", "2.5")] == [15, 29, 1, 3]
     assert split_counts(90, SplitSpec(kind="random", seed=0, val_fraction=0.35, test_fraction=0.2))[1:] == (32, 18)
     assert split_counts(170, SplitSpec(kind="random", seed=0, val_fraction=0.35, test_fraction=0.2))[1] == 60
+
+
+def test_a_fraction_is_read_as_the_decimal_written_in_ascii_digits():
+    """The splits review: "1.0000000000000001%" took the published mapping (its float is 1.0) though the trial key keeps
+    it apart from "1%"; "3.0000000000000001" passed as 3 patients; a fullwidth "３" trained a second trial of 3."""
+    assert resolve_patient_count("1.0000000000000001%", 200).patients == 2  # 200 x 1% rounded, not 1/70 of 200
+    assert resolve_patient_count("1%", 200).patients == 3  # the published 1/70
+    with pytest.raises(ConfigError, match="a patient count must be a whole number"):
+        resolve_patient_count("3.0000000000000001", 70)
+    assert resolve_patient_count("3.0", 70).patients == 3
+    with pytest.raises(ConfigError, match="expected a patient count like '3'"):
+        resolve_patient_count("\uff13", 70)
+
+
+def test_released_slices_need_the_release_s_patients_in_its_order():
+    """The splits review: any list of 1312 slices of 70 patients passed, and the released cuts labelled other patients'
+    slices than the published order the report named."""
+    renamed = [s.replace("patient099", "patient999") for s in SSL4MIS_SLICES]
+    assert has_released_slices(SSL4MIS_SLICES) and not has_released_slices(renamed)
+    with pytest.raises(ConfigError, match="released_slices: the released slice counts belong to the SSL4MIS ACDC list"):
+        select_labelled(renamed, "1", "released_slices")

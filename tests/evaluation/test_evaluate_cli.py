@@ -425,8 +425,16 @@ def test_raw_acdc_frames_that_converted_ids_would_confuse_are_refused_not_scored
             nib.save(nib.Nifti1Image(label, affine), str(training / patient / f"{patient}_{frame}_gt.nii.gz"))
     nib.save(nib.Nifti1Image(label, affine), str(preds / "patient001_frame02.nii.gz"))
     error = one_line_error(capsys, ["evaluate", "--pred", str(preds), "--gt", str(training), "--out", str(tmp_path / "e")])
-    assert error.startswith(f"error: --gt {training}: prediction patient001_frame02 could be either frame: its Info.cfg (")
-    assert "convert-acdc names the ES frame (patient001_frame09) so; score predictions of a converted dataset" in error
+    assert error == (f"error: --gt {training}: prediction patient001_frame02 could be either frame: patient001's Info.cfg "
+                     "makes it a raw frame of its own, while convert-acdc names the other phase (patient001_frame09) so; score "
+                     "predictions of a converted dataset against its root (--gt CONVERTED_ROOT)")
+    # the diff review: predictions named by the raw frames (medseg predict --images of the raw release) score against
+    # their own stems, frame02 the ED label
+    nib.save(nib.Nifti1Image(label, affine), str(preds / "patient001_frame09.nii.gz"))
+    code, _, err = run(["evaluate", "--pred", str(preds), "--gt", str(training), "--quiet", "--out", str(tmp_path / "e1")], capsys)
+    assert code == 0, err
+    assert {r["case"] for r in read_rows(tmp_path / "e1" / "per_case.csv")} == {"patient001_frame02", "patient001_frame09"}
+    (preds / "patient001_frame09.nii.gz").unlink()
     # ED alone under its converted id meets raw frame 2; the ED == ES folder matches by its own stems, without a traceback
     (preds / "patient001_frame02.nii.gz").rename(preds / "patient001_frame01.nii.gz")
     nib.save(nib.Nifti1Image(label, affine), str(preds / "patient002_frame05.nii.gz"))
