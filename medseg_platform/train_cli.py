@@ -292,12 +292,18 @@ def settle_row(study, trial: dict) -> None:
     folder's earlier trials is refused (their classes could differ; ``--name`` gives it its own folder), and a run whose
     row label an earlier trial of another configuration already carries (two config files of the same name, or the
     same method on another setting) gets the label plus a short hash of its configuration, so the report never
-    averages different configurations as seeds of one row. Renames the study's variant in place."""
+    averages different configurations as seeds of one row. A run of the same row, setting and seed whose label fraction
+    is spelt otherwise but selects the same patients as an earlier trial's ('25%' and '1' of 4 patients) is refused: the
+    table averaged the two copies as two seeds (a study refuses such fractions up front: the splits review). Renames the
+    study's variant in place."""
+    from medseg_platform.config import TrialConfig, labelled_subset
     from medseg_platform.results import CONFIG_FILE, trial_folder
     from medseg_platform.study.spec import check_accumulating_folder, earlier_trials
 
     check_accumulating_folder(study.study_dir, study.accumulate)  # another study's folder: refused before anything else
     root, row, mine = trial["config"]["data"]["root"], trial["tags"]["row"], _setting(trial["config"])
+    lists: dict = {}
+    patients = None  # this trial's labelled patients, resolved on the first earlier trial that could share them
     clash = False
     for key in earlier_trials(study.study_dir)["trials"]:
         if key == trial["key"]:
@@ -311,6 +317,20 @@ def settle_row(study, trial: dict) -> None:
             raise ConfigError(f"{study.study_dir}: its trials train on {config['data'].get('root')}, this run on {root}; "
                               "give --name a folder for runs on another dataset")
         clash = clash or (tags.get("row") == row and _setting(config) != mine)
+        data, ours = config.get("data") or {}, trial["config"]["data"]
+        if (tags.get("row") == row and _setting(config) == mine and config.get("seed") == trial["config"]["seed"]
+                and data.get("labelled_seed") == ours.get("labelled_seed") and data.get("labelled") != ours["labelled"]):
+            try:
+                theirs = labelled_subset(TrialConfig.from_dict(config), lists)
+            except (ConfigError, ValueError, TypeError, KeyError):
+                continue  # a trial of another layout of the data: the dataset check above names a real change
+            if patients is None:
+                patients = labelled_subset(TrialConfig.from_dict(trial["config"]), lists).patients
+            if theirs.patients == patients:
+                raise ConfigError(f"--labelled {ours['labelled']}: selects the same {theirs.count.patients} of the "
+                                  f"{theirs.count.available} training patients as the folder's trial {key} (--labelled "
+                                  f"{data.get('labelled')}, the same seed): its result stands for this run (rerun with "
+                                  f"--labelled {data.get('labelled')}, or give --name a folder of its own)")
     if clash:
         study.variants = [type(v)({**v.tags, "row": f"{row} #{mine}"}, v.overrides) for v in study.variants]
 

@@ -480,3 +480,17 @@ def test_medseg_train_warns_of_a_released_cut_inside_a_frame_as_a_study_does(tmp
     args.labelled = "3"  # the 3-patient cut ends on a patient: no warning
     build_study(args)
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_second_spelling_of_a_fraction_with_the_same_patients_and_seed_is_refused(tmp_path, phantom_root, capsys):
+    """The splits review: '25%' after '1' on the smoke phantom's 4 training patients trained the same patient again,
+    and the folder's table averaged the two copies as two seeds of one cell ("2 seeds per cell ... Seed 1")."""
+    results = tmp_path / "results"
+    base = ["train", "supervised", "--profile", "smoke", "--in-process", "--results-dir", str(results), "--seed", "1"]
+    assert main(base + ["--labelled", "1"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--labelled", "25%"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --labelled 25%: selects the same 1 of the 4 training patients as the folder's trial supervised-l1-s1-" in err
+    assert "(--labelled 1, the same seed): its result stands for this run" in err
+    assert main(base[:-1] + ["2", "--labelled", "25%"]) == 0  # another seed of the same patients: a second seed indeed
