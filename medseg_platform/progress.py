@@ -37,16 +37,17 @@ class ProgressCallback(Callback):
     hook). A trial that ended with an ``errored`` report (an application error, :func:`medseg_platform.study.trainable.run_trial_in_tune`)
     counts as errored.
 
-    ETA. Work is in cost units (supervised steps, :data:`STEP_COST`). Each unfinished trial's remaining seconds =
-    its remaining steps of each phase x the seconds per step of the phase's objective + its remaining evaluation
-    passes x :data:`EVALUATION_COST` x the seconds per unit + what is left of its start-up. A running trial's position
-    comes from its last progress report (``medseg_platform.engine.progress_fields``). A pretraining stage costs nothing
-    once a trial reported it cached or trained; until then it is charged once, to the trial that reported training it or else to the first
-    unfinished trial sharing it. Seconds per step of an objective = the last step rate a trial of it reported; for an
-    objective not seen yet, its prior x the seconds per unit, which is learnt from the trials that ran to the end in
-    this run (their wall time after their first progress report / their cost units after it: fine-tuning and
-    evaluations up to their last step, the stages they trained; trials skipped because their result existed, resumed
-    and errored trials do not count) or, before any, from the reported step rates (mean of rate / prior).
+    ETA. Work is in cost units (supervised steps, :data:`STEP_COST`). Each unfinished trial's remaining seconds = its
+    remaining steps of each phase x the seconds per step of the phase's objective + its remaining evaluation passes x
+    :data:`EVALUATION_COST` x the seconds per unit + what is left of its start-up. A running trial's position comes
+    from its last progress report (``medseg_platform.engine.progress_fields``). A pretraining stage costs nothing once
+    a trial reported it cached or trained; until then it is charged once, to the trial that reported training it or
+    else to the first unfinished trial sharing it. Seconds per step of an objective = the last step rate a trial of it
+    reported; for an objective not seen yet, its prior x the seconds per unit, which is learnt from the trials that
+    ran to the end in this run (their wall time after their first progress report / their cost units after it:
+    fine-tuning and evaluations up to their last step, the stages they trained; trials skipped because their result
+    existed, resumed and errored trials do not count) or, before any, from the reported step rates (mean of rate /
+    prior).
 
     Start-up (Ray starting the trial's worker, imports, the data: everything before its first step) is priced apart.
     A trial's start-up = the seconds from its start to its first progress report less the steps that report's rate
