@@ -102,9 +102,24 @@ def run(args) -> int:
         if not report.records:
             print(f"{study_dir.name}: {no_result_reason(study_dir)}", file=sys.stderr)
             failed += 1
+        elif report.missing or report.unfinished:  # exit 1, as the study command does then (it exited 0 here)
+            print(f"{study_dir.name}: {incomplete_reason(report)}", file=sys.stderr)
+            failed += 1
     if failed and len(studies) > 1:
-        print(f"{failed} of {len(studies)} studies not regenerated in full (see the errors above)", file=sys.stderr)
+        print(f"{failed} of {len(studies)} studies not regenerated or incomplete (see the lines above)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def incomplete_reason(report) -> str:
+    """Why a study's regenerated tables are not the whole study (``report.missing``: trials of its ``study.json``
+    without a result, errored, corrupt or not run; ``report.unfinished``: a search whose samples have not all ended).
+    A script that publishes the tables after ``medseg report`` gets exit code 1 for it, as after the study command."""
+    if report.missing:
+        total = len(report.missing) + len(report.records)
+        return (f"incomplete: {len(report.missing)} of the study's {total} trials have no result (errored, corrupt, not run "
+                "or still running: the problems above say which), so the tables average fewer trials; rerun its study "
+                "command to train them")
+    return "incomplete: the search has samples that have not ended (the problems above); rerun its study command to finish it"
 
 
 def add_cli(subparsers) -> None:
@@ -120,7 +135,8 @@ def add_cli(subparsers) -> None:
             "per-trial result files, without training. RESULTS_DIR is a study folder (with study.json or trial folders\n"
             "in trials/) or a results folder holding several studies (each is regenerated; one that cannot be read is\n"
             "reported and the others go on). Tables and plots that the trials no longer give are removed. Prints\n"
-            "where everything is; exit code 1 when a study has no finished trial or, among several, cannot be read;\n"
+            "where everything is; exit code 1 when a study has no finished trial, has trials without a result (errored,\n"
+            "corrupt, not run) or a search not ended, or, among several, cannot be read;\n"
             "2 when RESULTS_DIR holds no study or is one study that cannot be read."
         ),
     )

@@ -155,6 +155,7 @@ def run(args) -> int:
         check_output_folder(out, "--out" if args.out else "--out (default <pred>/evaluation)")
         if Path(args.gt).expanduser().is_dir():
             check_class_names_agree(Path(args.gt).expanduser(), Path(args.pred).expanduser())
+    names = recorded_class_names(Path(args.gt).expanduser(), Path(args.pred).expanduser(), num_classes)
     result = scoring.evaluate_folder(
         args.pred,
         args.gt,
@@ -164,6 +165,7 @@ def run(args) -> int:
         empty_policy=args.empty_policy,
         progress=None if args.quiet else progress,
         label_suffix=args.label_suffix,
+        class_names=names,
     )
     for warning in [*result.warnings, *filter(None, [unfinished_prediction(Path(args.pred).expanduser())])]:
         print(f"warning: {warning}", file=sys.stderr)
@@ -171,7 +173,7 @@ def run(args) -> int:
     n_cases = result.summary["num_cases"]
     print(f"{n_cases} cases, {num_classes - 1} foreground classes, distances in {result.units}, "
           f"empty policy {args.empty_policy}, backend {args.metric_backend} ({result.seconds:.2f} s)")
-    print(scoring.format_table(result, recorded_class_names(Path(args.gt).expanduser(), Path(args.pred).expanduser(), num_classes)))
+    print(scoring.format_table(result, names))
     for path in paths.values():
         print(f"wrote {path}")
     return 0

@@ -405,13 +405,14 @@ class FolderEvaluation:
 def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, spacing_from: str = "gt",
                     backend: str = "ours", empty_policy: str = "nan",
                     progress: Callable[[int, int, str], None] | None = None,
-                    label_suffix: str = LABEL_SUFFIX) -> FolderEvaluation:
+                    label_suffix: str = LABEL_SUFFIX, class_names: Mapping[int, str] | None = None) -> FolderEvaluation:
     """Evaluate every prediction in ``pred_dir`` against ``gt`` (a folder or an SSL4MIS dataset root; in a folder the
     labels are named ``<case><label_suffix>``, ``_gt`` by default).
 
     Raises :class:`DataError`/:class:`ConfigError` (one line) for missing folders, predictions without
     ground truth, shape mismatches, label values outside ``[0, num_classes)``; ``progress(i, n, case)`` is
-    called before each case. Foreground classes that no volume contains are named in ``warnings``.
+    called before each case. Foreground classes that no volume contains are named in ``warnings`` (with their
+    ``class_names``, label -> name, where given).
     """
     check_options(empty_policy, backend)
     if spacing_from not in SPACING_SOURCES:
@@ -501,7 +502,8 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
         from medseg_platform.data.check import manifest_num_classes
 
         settable = not root_mode or manifest_num_classes(gt) is None  # a root's manifest fixes them (medseg evaluate)
-        warnings.append(absent_classes_warning(present, len(plan), empty_policy, classes_settable=settable))
+        warnings.append(absent_classes_warning(present, len(plan), empty_policy, classes_settable=settable,
+                                               class_names=class_names))
     warnings += [unpredicted] if unpredicted else []
     settings = {
         "pred": str(pred_dir.resolve()),
@@ -515,13 +517,17 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, num_classes: int = 4, 
     return FolderEvaluation(rows, summarize(rows), units, settings, time.perf_counter() - start, warnings)
 
 
-def absent_classes_warning(present: np.ndarray, n_cases: int, empty_policy: str, classes_settable: bool = True) -> str:
+def absent_classes_warning(present: np.ndarray, n_cases: int, empty_policy: str, classes_settable: bool = True,
+                           class_names: Mapping[int, str] | None = None) -> str:
     """The warning for foreground classes that no prediction and no ground truth contains (``present[c]`` False):
-    their rows measure nothing. When they are the top classes, ``--num-classes`` is probably too large: said only where
-    it is ``classes_settable`` (not for ground truth in a dataset root whose manifest records the classes)."""
+    their rows measure nothing. A class is named by its label and, where ``class_names`` has it, its name ("3 (LV)",
+    as the printed table names it). When they are the top classes, ``--num-classes`` is probably too large: said only
+    where it is ``classes_settable`` (not for ground truth in a dataset root whose manifest records the classes)."""
     absent = [int(c) for c in np.flatnonzero(~present) if c > 0]
+    names = class_names or {}
+    shown = [f"{c} ({names[c]})" if c in names else str(c) for c in absent]
     rows = "NaN" if empty_policy == "nan" else "the released empty-mask scores"
-    message = (f"class(es) {', '.join(map(str, absent))} appear in no prediction and no ground truth of the {n_cases} "
+    message = (f"class(es) {', '.join(shown)} appear in no prediction and no ground truth of the {n_cases} "
                f"case(s), so their rows hold {rows}, not a measurement")
     highest = int(np.flatnonzero(present).max(initial=0))
     if classes_settable and highest >= 1 and all(c > highest for c in absent):

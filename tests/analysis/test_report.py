@@ -29,11 +29,25 @@ def test_medseg_report_regenerates_identical_tables(study, capsys):
     written = _outputs(study)
     for path in first.tables:
         path.unlink()
-    assert main(["report", str(study.parent)]) == 0  # the results folder: every study in it
+    # the results folder: every study in it. The fake study's errored and corrupt trials leave its tables incomplete:
+    # exit 1, as the study command's (it exited 0, so a script that published the tables after it went on)
+    assert main(["report", str(study.parent)]) == 1
     assert _outputs(study) == written
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert f"Report: {study / 'report.md'}" in out and str(study / "plots" / "bars_dice.png") in out
     assert str(study / "table_dice.md") in out
+    assert err.strip().splitlines()[-1].startswith(f"{study.name}: incomplete: 2 of the study's 14 trials have no result")
+
+
+def test_medseg_report_exits_0_for_a_complete_study(study, capsys):
+    info = json.loads((study / "study.json").read_text(encoding="utf-8"))
+    unfinished = ["action-l1-s1-0000000000", "arco-l1-s1-1111111111"]  # the fake study's errored and corrupt trials
+    for key in unfinished:
+        shutil.rmtree(study / "trials" / key)
+    info["trials"] = [k for k in info["trials"] if k not in unfinished]
+    (study / "study.json").write_text(json.dumps(info), encoding="utf-8")
+    assert main(["report", str(study)]) == 0
+    assert "incomplete" not in capsys.readouterr().err
 
 
 def test_report_states_settings_problems_and_links_that_exist(study):
@@ -376,7 +390,8 @@ def test_one_unreadable_study_does_not_stop_the_others(tmp_path, capsys):
     (bad / "study.json").write_text("[]", encoding="utf-8")
     assert main(["report", str(tmp_path / "results")]) == 1
     err = capsys.readouterr().err
-    assert f"error: {bad / 'study.json'}: holds an array" in err and "1 of 2 studies not regenerated in full" in err
+    assert f"error: {bad / 'study.json'}: holds an array" in err
+    assert "2 of 2 studies not regenerated or incomplete" in err  # the good one's errored and corrupt trials too
     assert (good / "report.md").is_file() and (good / "table_dice.md").is_file()
     # the report review: a study.json whose trials are no list was a TypeError that stopped the studies after it
     (bad / "study.json").write_text(json.dumps({"trials": 5}), encoding="utf-8")

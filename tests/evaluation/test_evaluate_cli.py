@@ -327,8 +327,8 @@ def test_the_number_of_classes_of_a_dataset_root_comes_from_its_manifest(tiny_ro
     rc, _, err = run(["evaluate", "--pred", str(tmp_path / "preds"), "--gt", str(tiny_root), "--quiet", "--out",
                       str(tmp_path / "ev4")], capsys)
     assert rc == 0 and err.strip().splitlines() == [
-        "warning: class(es) 3 appear in no prediction and no ground truth of the 2 case(s), so their rows hold NaN, not a "
-        "measurement"]
+        "warning: class(es) 3 (LV) appear in no prediction and no ground truth of the 2 case(s), so their rows hold NaN, "
+        "not a measurement"]  # named as the printed table names it (the warning gave the label alone)
 
 
 def test_a_dataset_roots_own_ids_are_matched_as_they_are(tmp_path, capsys):
