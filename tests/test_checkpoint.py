@@ -55,3 +55,44 @@ def test_cuda_random_states_saved_with_another_device_count_restore_the_current_
     calls.clear()
     checkpoint._set_cuda_rng_states(saved * 2)  # the same device count: every state, as before
     assert calls == [("all", 2)]
+
+
+def test_a_rank_resumes_from_its_own_state_of_the_same_step_else_from_rank_0s_with_a_warning(tmp_path, capsys):
+    """The rank files of a multi-worker checkpoint (end to end in tests/test_ddp.py): a rank's own state of the
+    checkpoint's step replaces rank 0's objective state and random streams; one of another step (the run stopped
+    between the two writes) is not used, and the rank says that it resumes from rank 0's banks."""
+    from medseg_platform.engine import DistContext
+    from medseg_platform.engine.checkpoint import rank_state_path, restore_training_state, save_rank_state, training_state
+
+    def objective(fill: float) -> torch.nn.Module:
+        module = torch.nn.Linear(2, 2)
+        module.register_buffer("queue", torch.full((3,), fill))  # a rank's own memory bank
+        return module
+
+    rank0, rank1 = objective(0.0), objective(1.0)
+    optimizer = torch.optim.SGD(rank0.parameters(), lr=0.1)
+    gen0, gen1 = torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)
+    state = training_state(4, rank0, optimizer, gen0)
+    save_rank_state(tmp_path, DistContext(0, 2), 4, rank0, gen0)  # nothing on rank 0
+    assert not rank_state_path(tmp_path, 0).exists()
+    save_rank_state(tmp_path, DistContext(1, 2), 4, rank1, gen1)
+    expected_draw = torch.randint(0, 1 << 30, (1,), generator=torch.Generator().set_state(gen1.get_state())).item()
+    for own_step, own_queue in ((4, 1.0), (2, 0.0)):
+        if own_step != 4:
+            save_rank_state(tmp_path, DistContext(1, 2), own_step, rank1, gen1)
+        resumed, generator = objective(5.0), torch.Generator()
+        step = restore_training_state(state, resumed, torch.optim.SGD(resumed.parameters(), lr=0.1), generator, seed=3,
+                                      dist=DistContext(1, 2), rank_folder=tmp_path)
+        assert step == 4 and torch.equal(resumed.queue, torch.full((3,), own_queue))
+        draw = torch.randint(0, 1 << 30, (1,), generator=generator).item()
+        err = capsys.readouterr().err
+        if own_step == 4:
+            assert draw == expected_draw and err == ""
+        else:
+            assert draw != expected_draw
+            assert err.startswith("[rank 1] warning: no state of its own at step 4 (one of step 2); it resumes with rank 0's")
+    # at the last step nothing is left to train: no warning (a rank removes its file when its steps end)
+    rank_state_path(tmp_path, 1).unlink()
+    restore_training_state(state, objective(5.0), torch.optim.SGD(objective(5.0).parameters(), lr=0.1), torch.Generator(),
+                           seed=3, dist=DistContext(1, 2), rank_folder=tmp_path, max_steps=4)
+    assert capsys.readouterr().err == ""

@@ -324,3 +324,70 @@ def test_the_first_gradient_norms_are_of_the_first_step_fp16_did_not_skip(tiny_r
     the evidence that ranks see different data (the GPU-path review, fp16 emulated on the CPU)."""
     norms0, norms1 = run_ranks(tmp_path, _fp16_first_step_overflows, str(tiny_root), str(tmp_path / "trial"))
     assert norms0 == norms1 and all(math.isfinite(v) and v > 0 for v in norms0) and norms0[0] != pytest.approx(norms0[1])
+
+
+class _Stopped(Exception):
+    pass
+
+
+#: A MONA pretraining stage of 6 steps with checkpoints at 2 and 4 (the stage-ii of docs/mona.md, small)
+_STAGE = {"objective": "mona", "max_steps": 6, "checkpoint_every": 2, "labelled_batch": 2, "unlabelled_batch": 2}
+
+
+def _resumed_objective_states(rank: int, root: str, folder: str, stop_at: int | None, phase: str):
+    """MONA on two ranks, stopped at step ``stop_at`` of ``phase`` on every rank (as a killed trial's workers are) and
+    trained again from its folder; no stop with ``stop_at`` None. ``phase`` "fine-tuning": 8 steps, validations and
+    checkpoints at 4 and 8, the resume from step 4; "pretraining": the :data:`_STAGE` before 2 fine-tuning steps, the
+    resume from the stage's step 4. Returns this rank's objective state at the end of ``phase`` (student, teacher,
+    heads, memory banks and queues) and, for fine-tuning, its curves (the mean over the ranks)."""
+    import medseg_platform.engine.loop as loop_module
+    import medseg_platform.engine.pretrain as pretrain_module
+    import medseg_platform.engine.trial as trial_module
+    from medseg_platform.engine import DistContext, train_trial
+    from tests.test_engine import quiet, small_cfg
+
+    module = trial_module if phase == "fine-tuning" else pretrain_module
+    build, built = module.build_objective, []
+    module.build_objective = lambda *a, **k: built.append(build(*a, **k)) or built[-1]
+    pretraining = phase == "pretraining"
+    cfg = small_cfg(Path(root), workers=WORLD, objective="mona",
+                    **({"pretrain": [_STAGE], "optim.max_steps": 2, "eval.val_every": 2} if pretraining else {}))
+    own = Path(folder) / ("own_pretraining" if pretraining else "") / f"rank{rank}_state.pt"
+    if stop_at is not None:
+        step = loop_module.TrainLoop.step
+
+        def stopping(self, at):
+            if at == stop_at and self.max_steps == (_STAGE["max_steps"] if pretraining else cfg.optim.max_steps):
+                raise _Stopped
+            return step(self, at)
+
+        loop_module.TrainLoop.step = stopping
+        with pytest.raises(_Stopped):
+            train_trial(cfg, Path(folder), log=quiet, dist=DistContext(rank, WORLD))
+        loop_module.TrainLoop.step = step
+        saved = sorted(Path(folder).rglob("rank*_state.pt"))  # rank 1's part of the checkpoint of step 4; none of rank 0
+        assert len(saved) == 1 and saved[0].name == "rank1_state.pt" and torch.load(saved[0], weights_only=True)["step"] == 4
+    outcome = train_trial(cfg, Path(folder), log=quiet, dist=DistContext(rank, WORLD))
+    assert outcome.resumed_from_step == (4 if stop_at is not None and not pretraining else 0)
+    assert not list(Path(folder).rglob(f"rank{rank}_state.pt")), own  # removed once the steps ended
+    curves = [{k: v for k, v in row.items() if k != "steps_per_s"} for row in outcome.curves]  # all but the timing
+    return {k: v.detach().clone() for k, v in built[-1].state_dict().items()}, curves if not pretraining else None
+
+
+@pytest.mark.parametrize("phase", ["fine-tuning", "pretraining"])
+def test_a_resumed_multi_worker_trial_continues_every_rank_from_its_own_state(tiny_root, tmp_path, phase):
+    """Every rank keeps its own memory banks, queues and random streams; a resumed multi-worker trial used to start
+    every rank from rank 0's (the checkpoint held rank 0's alone), so its ranks' banks and dropout masks were copies and
+    its result differed from the uninterrupted trial's. Now each rank resumes from its own state: the same final state
+    on every rank, value for value."""
+    (tmp_path / "straight").mkdir(), (tmp_path / "resumed").mkdir()
+    straight = run_ranks(tmp_path / "straight", _resumed_objective_states, str(tiny_root), str(tmp_path / "a"), None, phase)
+    resumed = run_ranks(tmp_path / "resumed", _resumed_objective_states, str(tiny_root), str(tmp_path / "b"),
+                        6 if phase == "fine-tuning" else 5, phase)
+    banks = [k for k in straight[1][0] if "queue" in k or "bank" in k]
+    assert banks and any(not torch.equal(straight[0][0][k], straight[1][0][k]) for k in banks)  # the ranks' own banks
+    for rank, ((state, curves), (state_resumed, curves_resumed)) in enumerate(zip(straight, resumed)):
+        assert curves_resumed == curves, rank
+        assert state_resumed.keys() == state.keys()
+        differ = [k for k in state if not torch.equal(state[k], state_resumed[k])]
+        assert differ == [], (rank, differ[:5])

@@ -5,12 +5,18 @@ state and the curves) is written atomically (:func:`medseg_platform.io.atomic_pa
 fine-tuning run (``<trial>/checkpoint/checkpoint.pt``) and every ``checkpoint_every`` steps of a pretraining stage
 (``<stage folder>/checkpoint.pt``); :func:`medseg_platform.engine.train_trial` resumes from it. Checkpoints are read
 with ``weights_only=True``.
+
+In a multi-worker run rank 0 writes the checkpoint and every other rank writes its own part at the same steps
+(:func:`save_rank_state`: ``<trial>/rank<r>_state.pt``, ``<stage folder>/rank<r>_state.pt``): its objective's state
+(memory banks, queues, NN pools, the teacher's and BatchNorm's statistics, which each rank keeps) and its random
+streams, so that each rank resumes from its own state. A rank removes its file when its stage or fine-tuning ends.
 """
 
 from __future__ import annotations
 
 import math
 import pickle
+import sys
 from pathlib import Path
 
 import torch
@@ -89,12 +95,46 @@ def check_trained_on(state: dict, now: dict, path: Path, folder: Path) -> None:
                       f"or remove {folder} to train it again from the start")
 
 
+def rank_state_path(folder: Path, rank: int) -> Path:
+    """Where rank ``rank`` (> 0) of a multi-worker run keeps its part of the checkpoint of the trial or stage in
+    ``folder``: not in the trial's ``checkpoint/`` folder, which rank 0 hands to Ray Train (it copies that folder
+    while the other ranks may be writing)."""
+    return folder / f"rank{rank}_state.pt"
+
+
+def rank_state(step: int, objective, generator: torch.Generator) -> dict:
+    """A rank's own part of a multi-worker checkpoint at ``step``: what differs between the ranks (the objective's
+    state: memory banks, queues, NN pools and their generators, the teacher's and BatchNorm's statistics; the torch,
+    CUDA and data random streams). The optimiser's state and the parameters are the same on every rank (averaged
+    gradients) and are rank 0's checkpoint's."""
+    return {"step": step, "objective": objective.state_dict(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": _cuda_rng_states(), "data_rng": generator.get_state()}
+
+
+def save_rank_state(folder: Path, dist: DistContext | None, step: int, objective, generator: torch.Generator) -> None:
+    """On a rank other than 0 of a multi-worker run, write its :func:`rank_state` at ``step`` to
+    :func:`rank_state_path` (atomically); nothing on rank 0 or in a single-process run."""
+    if dist is not None and not dist.is_main:
+        save_checkpoint(rank_state_path(folder, dist.rank), rank_state(step, objective, generator))
+
+
+def remove_rank_state(folder: Path, dist: DistContext | None) -> None:
+    """This rank's :func:`save_rank_state` file, removed once its stage or fine-tuning has ended (nothing resumes it)."""
+    if dist is not None and not dist.is_main:
+        rank_state_path(folder, dist.rank).unlink(missing_ok=True)
+
+
 def restore_training_state(state: dict, objective, optimizer, generator: torch.Generator, seed: int,
-                           dist: DistContext | None, scaler=None, phase: int = FINE_TUNING) -> int:
+                           dist: DistContext | None, scaler=None, phase: int = FINE_TUNING,
+                           rank_folder: Path | None = None, max_steps: int | None = None) -> int:
     """Load a :func:`training_state` (``seed``: the trial's, ``phase``: its stage, as ``loop.data_generator`` takes
-    them); returns its step. The state
-    is rank 0's (checkpoints are written there): in a multi-worker trial every rank resumes with rank 0's memory banks,
-    queues and NN pools (docs/ray.md, 'Multi-worker trials'), and its own data stream."""
+    them); returns its step. The state is rank 0's (checkpoints are written there); on another rank of a multi-worker
+    run, that rank's own part (:func:`save_rank_state` in ``rank_folder``) replaces the objective's state and the
+    random streams when it was written at the same step. Where it was not (the run stopped between rank 0's write and
+    this rank's, or the rank's file lives on another node's disk), the rank resumes with rank 0's memory banks, queues
+    and NN pools and a data stream of its own, and a warning on standard error says so (docs/ray.md, 'Multi-worker
+    trials'); not where the checkpoint is of the last step (``max_steps``: nothing is left to train, and a rank removes
+    its file when its steps end)."""
     objective.load_state_dict(state["objective"])
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("grad_scaler"):
@@ -102,9 +142,26 @@ def restore_training_state(state: dict, objective, optimizer, generator: torch.G
     torch.set_rng_state(state["torch_rng"])
     _set_cuda_rng_states(state.get("cuda_rng"))
     generator.set_state(state["data_rng"])
-    if dist is not None and not dist.is_main:  # the checkpoint holds rank 0's data RNG: give this rank its own stream
-        generator.manual_seed(stream_seed(seed, phase, DATA_RNG, dist.rank, int(state["step"])))
-    return int(state["step"])
+    step = int(state["step"])
+    if dist is None or dist.is_main:
+        return step
+    own = None
+    if rank_folder is not None and rank_state_path(rank_folder, dist.rank).is_file():
+        own = load_checkpoint(rank_state_path(rank_folder, dist.rank), remedy="delete it: this rank then resumes from "
+                              "rank 0's state")
+    if own is not None and int(own.get("step", -1)) == step:
+        objective.load_state_dict(own["objective"])
+        torch.set_rng_state(own["torch_rng"])
+        _set_cuda_rng_states(own.get("cuda_rng"))
+        generator.set_state(own["data_rng"])
+        return step
+    generator.manual_seed(stream_seed(seed, phase, DATA_RNG, dist.rank, step))  # rank 0's data RNG: a stream of its own
+    if max_steps is not None and step >= max_steps:
+        return step
+    found = "none" if own is None else f"one of step {int(own.get('step', -1))}"
+    print(f"[rank {dist.rank}] warning: no state of its own at step {step} ({found}); it resumes with rank 0's memory "
+          "banks, queues and random state, so this run is not the uninterrupted run step for step", file=sys.stderr, flush=True)
+    return step
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -20,7 +20,8 @@ import torch
 
 from medseg_platform.config import TrialConfig, labelled_subset
 from medseg_platform.data.splits import LabelledSubset, epoch_steps
-from medseg_platform.engine.checkpoint import (TRAINED_ON, check_trained_on, load_checkpoint, restore_training_state, save_checkpoint,
+from medseg_platform.engine.checkpoint import (TRAINED_ON, check_trained_on, load_checkpoint, remove_rank_state,
+                                               restore_training_state, save_checkpoint, save_rank_state,
                                                trained_on, training_state)
 from medseg_platform.engine.ddp import DistContext, agree, broadcast_state
 from medseg_platform.engine.loop import TrainLoop, build_trial_model, data_generator, logs_after, make_sgd
@@ -227,9 +228,12 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
     if agree(ckpt_path.is_file(), dist, device):
         state = load_checkpoint(ckpt_path)
         check_trained_on(state, data_record, ckpt_path, folder)
-        start = restore_training_state(state, objective, optimizer, generator, cfg.seed, dist, scaler=loop.scaler, phase=phase)
+        start = restore_training_state(state, objective, optimizer, generator, cfg.seed, dist, scaler=loop.scaler, phase=phase,
+                                       rank_folder=folder)
         curves = list(state["curves"])
         log(f"pretraining stage {index}: resumed at step {start}")
+    else:  # an earlier run's, whose checkpoint was removed to start over: never a part of this run's checkpoints
+        remove_rank_state(folder, dist)
     if dist is not None:
         broadcast_state(objective)
     log(f"pretraining stage {index} ({stage.objective}): {stage.max_steps} steps -> {folder}")
@@ -240,9 +244,13 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
             curves.append(loop.curve_row(step + 1))
             if report is not None:
                 report(_stage_progress(cfg, index, step + 1, curves[-1]["loss"], curves[-1]["steps_per_s"]), None)
-        if main and ((step + 1) % stage.checkpoint_every == 0 and not done):
-            save_checkpoint(ckpt_path, training_state(step + 1, objective, optimizer, generator, scaler=loop.scaler, curves=curves,
-                                                      **{TRAINED_ON: data_record}))
+        if (step + 1) % stage.checkpoint_every == 0 and not done:
+            if main:
+                save_checkpoint(ckpt_path, training_state(step + 1, objective, optimizer, generator, scaler=loop.scaler,
+                                                          curves=curves, **{TRAINED_ON: data_record}))
+            else:  # its part of rank 0's checkpoint
+                save_rank_state(folder, dist, step + 1, objective, generator)
+    remove_rank_state(folder, dist)
     if dist is not None:
         broadcast_state(objective)
     final = {"objective": objective.state_dict(), "student": objective.eval_model().state_dict(), "curves": curves,

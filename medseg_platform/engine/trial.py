@@ -24,8 +24,9 @@ import torch
 from medseg_platform.config import TrialConfig
 from medseg_platform.data.splits import LabelledSubset, epoch_steps
 from medseg_platform.engine.conv_kernels import set_conv_kernels, trial_conv_kernels, using_conv_kernels
-from medseg_platform.engine.checkpoint import (TRAINED_ON, check_trained_on, load_checkpoint, restore_training_state, save_checkpoint,
-                                               trained_on, training_state)
+from medseg_platform.engine.checkpoint import (TRAINED_ON, check_trained_on, load_checkpoint, remove_rank_state,
+                                               restore_training_state, save_checkpoint, save_rank_state, trained_on,
+                                               training_state)
 from medseg_platform.engine.ddp import DistContext, agree, broadcast_state, replica_max_difference
 from medseg_platform.engine.evaluate import QualitativeSlices, evaluate_volumes, validation_dice
 from medseg_platform.engine.loop import TrainLoop, build_trial_model, make_optimizer, autocast_dtype, data_generator, logs_after, pick_device
@@ -165,10 +166,13 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
     if resuming:
         state = load_checkpoint(ckpt_path)
         check_trained_on(state, data_record, ckpt_path, trial_dir)
-        start_step = restore_training_state(state, objective, optimizer, generator, cfg.seed, dist, scaler=loop.scaler)
+        start_step = restore_training_state(state, objective, optimizer, generator, cfg.seed, dist, scaler=loop.scaler,
+                                            rank_folder=trial_dir, max_steps=o.max_steps)
         best = {"step": int(state["best_step"]), "val_dice": float(state["best_val_dice"]), "state": state["best_state"]}
         curves, val_curve = list(state["curves"]), list(state["val_curve"])
         log(f"resumed from step {start_step} ({ckpt_path})")
+    else:  # an earlier run's, whose checkpoint was removed to start over: never a part of this run's checkpoints
+        remove_rank_state(trial_dir, dist)
     if dist is not None:
         broadcast_state(objective)
 
@@ -197,6 +201,7 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
                 replica_diff = replica_max_difference(objective)
             broadcast_state(objective)  # BN running statistics: rank 0's are the model
         if not main:
+            save_rank_state(trial_dir, dist, step + 1, objective, generator)  # its part of rank 0's checkpoint
             if report is not None:
                 report({**progress(step + 1), "val_dice": float("nan"), "best_val_dice": float("nan")}, None)
             continue
@@ -215,6 +220,7 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
         if report is not None:
             report({**progress(step + 1), "val_dice": val_dice, "best_val_dice": best["val_dice"]}, ckpt_path.parent)
     timing["train_s"] = loop.train_s
+    remove_rank_state(trial_dir, dist)
 
     extra = dict(filled)
     stages = stages_over_attempts(trial_dir, pretrain_stages) if main else pretrain_stages  # over the retries
