@@ -78,6 +78,21 @@ def import_report():
     return report
 
 
+def check_resource_flags(args, profile) -> None:
+    """The checks of ``--cpus-per-trial``, ``--num-workers`` and ``--gpus-per-trial`` against this machine (a local Ray),
+    which need no data: before the data root is resolved, where a fresh cache generates the embedded phantom (20 s) that
+    such a refusal then wasted (the preflight review). ``Study.run`` and the dry run check them again with the study."""
+    from types import SimpleNamespace
+
+    from medseg_platform.study.ray_runtime import check_gpus_available
+    from medseg_platform.study.runner import check_local_resources
+
+    cpus = args.cpus_per_trial if args.cpus_per_trial is not None else profile.cpus_per_trial
+    check_local_resources(SimpleNamespace(address=args.address, num_cpus=None, cpus_per_trial=cpus, num_workers=args.num_workers))
+    if args.gpus_per_trial > 0:
+        check_gpus_available(args.address, args.gpus_per_trial, args.num_workers)
+
+
 def _run_study_main(description, default_name, build, argv, parser, started: float) -> int:
     from medseg_platform.study import Study
     from medseg_platform.study.spec import check_script_folder
@@ -94,6 +109,7 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
     try:
         sets = parse_set_options(args.overrides)
         profile = profile_with_overrides(profile, sets)
+        check_resource_flags(args, profile)
         root = resolve_data_root(args, profile)
         protocol = protocol_overrides(args.protocol, root)
         for key in sets:

@@ -217,12 +217,13 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     slots, slots_source = trial_slots(_with_kept_limits(study, trials), cpus)
     if unit is None:
         first = next((trial for trial, (_, _, p) in zip(trials, planned) if p.runs), None)
-        unit = measure_unit_seconds(first["config"], "cuda" if study.gpus_per_trial > 0 else "cpu") if first else \
-            UnitSeconds(0.0, "not measured: nothing to run")
+        too_large = _too_large_to_time(first, study.gpus_per_trial > 0) if first else ""
+        unit = (UnitSeconds(0.0, "not measured: nothing to run") if not first else UnitSeconds(0.0, too_large) if too_large
+                else measure_unit_seconds(first["config"], "cuda" if study.gpus_per_trial > 0 else "cpu"))
         # runs that train: one alone shares no core (a scoring from a finished trial runs in the driver before Ray
         # starts, never beside a training trial: counted, it slowed a lone trial's unit x1.4, the progress review)
         running = sum(1 for _, _, p in planned if p.status != TO_RESCORE for _ in p.runs)
-        if first and min(slots, running) > 1 and study.gpus_per_trial == 0 and not (study.address or os.environ.get("RAY_ADDRESS")):
+        if first and unit.seconds > 0 and min(slots, running) > 1 and study.gpus_per_trial == 0 and not (study.address or os.environ.get("RAY_ADDRESS")):
             unit = UnitSeconds(unit.seconds * SHARED_CORES_SLOWDOWN,
                                f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores", unit.device)
             # more trial threads than cores (--cpus-per-trial below the threads a trial runs): each runs that much
@@ -311,11 +312,35 @@ def _with_kept_limits(study, trials: list[dict]):
 
 
 def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    """The CPUs this process may run on: its affinity mask where the OS has one (``taskset``, a cpuset), and no more
+    than its cgroup's CPU limit (a container's ``--cpus``; truncated, at least 1). A study's local Ray is started with this
+    many (``Study.run``): Ray counts the cgroup's limit but not the affinity, so the dry run's trials at once, the check
+    of ``--cpus-per-trial`` and the run used to differ under ``taskset`` (the preflight review)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return max(1, min(cpus, int(quota))) if quota is not None else cpus
+
+
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU limit of this process's cgroup in CPUs (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us``, as Ray reads them), None without a limit or a cgroup file."""
+    try:
+        text = (root / "cpu.max").read_text(encoding="ascii").split()
+        quota, period = (text[0], text[1]) if len(text) == 2 else ("max", "1")
+    except OSError:
+        try:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text(encoding="ascii").strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text(encoding="ascii").strip()
+        except OSError:
+            return None
+    try:
+        quota_value, period_value = float(quota), float(period)
+    except ValueError:  # "max": no limit
+        return None
+    return quota_value / period_value if quota_value > 0 and period_value > 0 else None
 
 
 def trial_slots(study, cpus: int | None = None) -> tuple[int, str]:
@@ -340,11 +365,31 @@ def trial_slots(study, cpus: int | None = None) -> tuple[int, str]:
     return slots, source
 
 
+def _too_large_to_time(trial: dict, on_gpus: bool) -> str:
+    """Why :func:`measure_unit_seconds` must not time ``trial`` on this machine's CPU, or "": its step needs more memory
+    than the machine has (:func:`medseg_platform.memory_floor.check_memory_floor`). A study that runs here was refused
+    before its plan; one that joins a cluster (``--address``) may run there, but its dry run timed the step here and
+    died allocating (the preflight review)."""
+    import torch
+
+    from medseg_platform.errors import ConfigError
+    from medseg_platform.memory_floor import check_memory_floor, machine_memory_bytes
+
+    if on_gpus and torch.cuda.is_available():
+        return ""
+    try:
+        check_memory_floor([trial], machine_memory_bytes())
+    except ConfigError as exc:
+        return f"not measured: a step does not fit in this machine's memory ({str(exc).split(': ', 1)[-1].split('; use')[0]})"
+    return ""
+
+
 def measure_unit_seconds(config: dict, device: str = "cpu", steps: int = TIMED_STEPS, budget_s: float = TIMING_BUDGET_S) -> UnitSeconds:
     """Seconds of one supervised fine-tuning step (one cost unit) of ``config``'s data, model, batch, patch and
     threads, measured with the engine's own training step on 1 labelled patient: one warm-up step, then up to
-    ``steps`` steps or ``budget_s`` seconds (at least :data:`MIN_TIMED_STEPS`); the median step. Nothing is written;
-    the torch thread count is restored."""
+    ``steps`` steps or ``budget_s`` seconds (at least :data:`MIN_TIMED_STEPS`, or one where the warm-up step alone took
+    longer than ``budget_s``: a large patch's dry run took minutes); the median step. Nothing is written; the torch
+    thread count is restored."""
     import torch
 
     from medseg_platform import engine
@@ -372,11 +417,13 @@ def measure_unit_seconds(config: dict, device: str = "cpu", steps: int = TIMED_S
         optimizer = engine.make_optimizer(cfg, list(objective.trainable_parameters()))
         loop = engine.TrainLoop(cfg, objective, optimizer, data, torch.Generator().manual_seed(cfg.seed), target, None,
                                 steps + 1, cfg.data.labelled_batch, 0, cfg.optim.lr, cfg.optim.poly_power, "dry-run timing")
-        loop.step(0)  # warm-up: first-call allocations
         sync = torch.cuda.synchronize if target.type == "cuda" else (lambda: None)
+        warm_up = time.perf_counter()
+        loop.step(0)  # warm-up: first-call allocations
         sync()
+        least = 1 if time.perf_counter() - warm_up > budget_s else min(steps, MIN_TIMED_STEPS)
         start, times = time.perf_counter(), []
-        while len(times) < steps and (len(times) < min(steps, MIN_TIMED_STEPS) or time.perf_counter() - start < budget_s):
+        while len(times) < steps and (len(times) < least or time.perf_counter() - start < budget_s):
             began = time.perf_counter()
             loop.step(len(times) + 1)
             sync()
@@ -395,7 +442,8 @@ def format_plan(plan: StudyPlan) -> str:
     per = f" x{plan.samples}" if plan.samples > 1 else ""
     header = ("row", "labelled", "seed", "trial key", "status", "cost (units)", "est. time")
     table = [header] + [(t.row + per, t.labelled, str(t.seed), t.key, t.status_text, f"{t.units:.1f}",
-                         format_duration(sum(plan.run_seconds(t, r) for r in t.runs)) if t.runs else "-") for t in plan.trials]
+                         format_duration(sum(plan.run_seconds(t, r) for r in t.runs)) if t.runs and plan.unit.seconds > 0
+                         else "?" if t.runs else "-") for t in plan.trials]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     right = {2, 5, 6}
     runs_of = f" of {plan.samples} samples each" if plan.samples > 1 else ""
@@ -420,7 +468,9 @@ def format_plan(plan: StudyPlan) -> str:
     at_once = min(plan.slots, max(1, runs))  # never more than there is to run
     scorings = sum(1 for t in plan.trials if t.status == TO_RESCORE)
     first = f", after {scorings} scoring(s) from finished trials one after another" if scorings else ""
-    if runs:
+    if runs and plan.unit.seconds <= 0:  # not timed (a step too large for this machine)
+        lines.append(f"Estimated wall time: unknown, {plan.unit.source}; {at_once} trial(s) at once ({plan.slots_source})")
+    elif runs:
         lines.append(f"Estimated wall time: {format_duration(plan.wall_s)} with {at_once} trial(s) at once ({plan.slots_source}"
                      f"{workers}){first}, plus about {STARTUP_S:.0f} s of start-up")
     elif scorings:

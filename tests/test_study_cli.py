@@ -187,6 +187,25 @@ def test_a_dry_run_rejects_what_the_run_rejects(tmp_path, phantom_env, capsys, m
     assert afile.read_text() == "not a folder" and not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("flags", [("--cpus-per-trial", "64"), ("--num-workers", "64"), ("--gpus-per-trial", "1")],
+                         ids=["cpus", "workers", "gpus"])
+def test_resource_flags_this_machine_cannot_meet_are_refused_before_the_phantom_is_generated(tmp_path, capsys, monkeypatch, flags):
+    """The preflight review: on a fresh cache a study generated the embedded phantom (20 s) and only then refused
+    --gpus-per-trial on a machine without a GPU, or more CPUs per trial than it has."""
+    import ray
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # a command line's process: the session's Ray is not its
+    monkeypatch.setenv("MEDSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert study_main("ablation_tailness", tmp_path / "results", *flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + {"--cpus-per-trial": "--cpus-per-trial 64", "--num-workers": "--num-workers 64",
+                                       "--gpus-per-trial": "--gpus-per-trial > 0 but this machine has no CUDA GPU"}[flags[0]]), err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "results").exists()
+
+
 def test_rows_are_checked_as_the_command_keeps_and_sets_them(tmp_path, phantom_env, capsys):
     """The CLI review: every row was validated before --rows and --set applied, so a value valid for the kept rows was
     refused for a row left out, and a --set the error asked for was not seen. A --name equal to the script's name was

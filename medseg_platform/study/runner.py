@@ -582,7 +582,11 @@ def _run_tune(study: Study, trials: list[dict], study_dir: Path, timing: dict, s
 
     timing["import_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    started_here = init_ray(study.address, study.num_cpus, study.dashboard, study.dashboard_host)
+    from medseg_platform.plan import available_cpus
+
+    # the CPUs the plan and check_local_resources counted (Ray's own count ignores a taskset affinity)
+    started_here = init_ray(study.address, study.num_cpus if study.num_cpus is not None else available_cpus(), study.dashboard,
+                            study.dashboard_host)
     timing["ray_init_s"] = time.perf_counter() - t0
     try:
         if joins_cluster(study.address):  # a cluster: its nodes must share the folders with this one, and write in it
