@@ -62,7 +62,8 @@ def test_a_rank_resumes_from_its_own_state_of_the_same_step_else_from_rank_0s_wi
     checkpoint's step replaces rank 0's objective state and random streams; one of another step (the run stopped
     between the two writes) is not used, and the rank says that it resumes from rank 0's banks."""
     from medseg_platform.engine import DistContext
-    from medseg_platform.engine.checkpoint import rank_state_path, restore_training_state, save_rank_state, training_state
+    from medseg_platform.engine.checkpoint import (rank_state_path, remove_rank_state, restore_training_state, save_rank_state,
+                                                   training_state)
 
     def objective(fill: float) -> torch.nn.Module:
         module = torch.nn.Linear(2, 2)
@@ -74,11 +75,12 @@ def test_a_rank_resumes_from_its_own_state_of_the_same_step_else_from_rank_0s_wi
     gen0, gen1 = torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)
     state = training_state(4, rank0, optimizer, gen0)
     save_rank_state(tmp_path, DistContext(0, 2), 4, rank0, gen0)  # nothing on rank 0
-    assert not rank_state_path(tmp_path, 0).exists()
+    assert not rank_state_path(tmp_path, 0, 4).exists()
     save_rank_state(tmp_path, DistContext(1, 2), 4, rank1, gen1)
     expected_draw = torch.randint(0, 1 << 30, (1,), generator=torch.Generator().set_state(gen1.get_state())).item()
     for own_step, own_queue in ((4, 1.0), (2, 0.0)):
         if own_step != 4:
+            rank_state_path(tmp_path, 1, 4).unlink()
             save_rank_state(tmp_path, DistContext(1, 2), own_step, rank1, gen1)
         resumed, generator = objective(5.0), torch.Generator()
         step = restore_training_state(state, resumed, torch.optim.SGD(resumed.parameters(), lr=0.1), generator, seed=3,
@@ -90,9 +92,22 @@ def test_a_rank_resumes_from_its_own_state_of_the_same_step_else_from_rank_0s_wi
             assert draw == expected_draw and err == ""
         else:
             assert draw != expected_draw
-            assert err.startswith("[rank 1] warning: no state of its own at step 4 (one of step 2); it resumes with rank 0's")
-    # at the last step nothing is left to train: no warning (a rank removes its file when its steps end)
-    rank_state_path(tmp_path, 1).unlink()
+            assert err.startswith("[rank 1] warning: no state of its own at step 4 (of step 2 only); it resumes with rank 0's")
+    # at the last step nothing is left to train: no warning (a rank removes its files when its steps end)
+    remove_rank_state(tmp_path, DistContext(1, 2))
+    assert list(tmp_path.iterdir()) == []
     restore_training_state(state, objective(5.0), torch.optim.SGD(objective(5.0).parameters(), lr=0.1), torch.Generator(),
                            seed=3, dist=DistContext(1, 2), rank_folder=tmp_path, max_steps=4)
     assert capsys.readouterr().err == ""
+
+
+def test_a_rank_keeps_its_state_of_the_checkpoint_on_disk_until_rank_0_writes_the_next(tmp_path):
+    """Rank 1 writes its state of step S at once, while rank 0 still validates before its checkpoint of S: the file of
+    the step before stays until rank 1 writes the one after S (by then rank 0's checkpoint of S is on disk)."""
+    from medseg_platform.engine import DistContext
+    from medseg_platform.engine.checkpoint import save_rank_state
+
+    module, generator = torch.nn.Linear(2, 2), torch.Generator().manual_seed(1)
+    for step, kept in ((4, ["4"]), (8, ["4", "8"]), (12, ["12", "8"]), (16, ["12", "16"])):
+        save_rank_state(tmp_path, DistContext(1, 2), step, module, generator)
+        assert sorted(p.name[len("rank1_state-"):-3] for p in tmp_path.iterdir()) == kept

@@ -334,56 +334,69 @@ class _Stopped(Exception):
 _STAGE = {"objective": "mona", "max_steps": 6, "checkpoint_every": 2, "labelled_batch": 2, "unlabelled_batch": 2}
 
 
-def _resumed_objective_states(rank: int, root: str, folder: str, stop_at: int | None, phase: str):
-    """MONA on two ranks, stopped at step ``stop_at`` of ``phase`` on every rank (as a killed trial's workers are) and
-    trained again from its folder; no stop with ``stop_at`` None. ``phase`` "fine-tuning": 8 steps, validations and
-    checkpoints at 4 and 8, the resume from step 4; "pretraining": the :data:`_STAGE` before 2 fine-tuning steps, the
-    resume from the stage's step 4. Returns this rank's objective state at the end of ``phase`` (student, teacher,
-    heads, memory banks and queues) and, for fine-tuning, its curves (the mean over the ranks)."""
+def _resumed_objective_states(rank: int, root: str, folder: str, stop: bool, case: str):
+    """MONA on two ranks, with ``stop`` stopped mid-way on every rank (as a killed trial's workers are) and trained
+    again from its folder. ``case`` "fine-tuning": 8 steps, checkpoints at 4 and 8, stopped at step 6; "rank 0
+    validating": 12 steps, rank 0 stopped inside its validation of step 8 (rank 1 has written its state of step 8, rank
+    0's checkpoint is still step 4's), rank 1 at step 8; "pretraining": the :data:`_STAGE` (checkpoints at 2 and 4)
+    before 2 fine-tuning steps, stopped at the stage's step 5. Every resume is from step 4. Returns this rank's objective
+    state at the end of the stage or fine-tuning (student, teacher, heads, memory banks and queues) and, for
+    fine-tuning, its curves (the mean over the ranks)."""
     import medseg_platform.engine.loop as loop_module
     import medseg_platform.engine.pretrain as pretrain_module
     import medseg_platform.engine.trial as trial_module
     from medseg_platform.engine import DistContext, train_trial
     from tests.test_engine import quiet, small_cfg
 
-    module = trial_module if phase == "fine-tuning" else pretrain_module
+    pretraining = case == "pretraining"
+    module = pretrain_module if pretraining else trial_module
     build, built = module.build_objective, []
     module.build_objective = lambda *a, **k: built.append(build(*a, **k)) or built[-1]
-    pretraining = phase == "pretraining"
-    cfg = small_cfg(Path(root), workers=WORLD, objective="mona",
-                    **({"pretrain": [_STAGE], "optim.max_steps": 2, "eval.val_every": 2} if pretraining else {}))
-    own = Path(folder) / ("own_pretraining" if pretraining else "") / f"rank{rank}_state.pt"
-    if stop_at is not None:
-        step = loop_module.TrainLoop.step
+    settings = {"fine-tuning": {}, "rank 0 validating": {"optim.max_steps": 12},
+                "pretraining": {"pretrain": [_STAGE], "optim.max_steps": 2, "eval.val_every": 2}}[case]
+    cfg = small_cfg(Path(root), workers=WORLD, objective="mona", **settings)
+    if stop:
+        step, validation_dice, validations = loop_module.TrainLoop.step, trial_module.validation_dice, []
+        stop_at = {"fine-tuning": 6, "rank 0 validating": 8, "pretraining": 5}[case]
 
         def stopping(self, at):
             if at == stop_at and self.max_steps == (_STAGE["max_steps"] if pretraining else cfg.optim.max_steps):
                 raise _Stopped
             return step(self, at)
 
+        def stopping_in_the_second(*args, **kwargs):
+            validations.append(1)
+            if len(validations) == 2:
+                raise _Stopped
+            return validation_dice(*args, **kwargs)
+
         loop_module.TrainLoop.step = stopping
+        if case == "rank 0 validating":
+            trial_module.validation_dice = stopping_in_the_second
         with pytest.raises(_Stopped):
             train_trial(cfg, Path(folder), log=quiet, dist=DistContext(rank, WORLD))
-        loop_module.TrainLoop.step = step
-        saved = sorted(Path(folder).rglob("rank*_state.pt"))  # rank 1's part of the checkpoint of step 4; none of rank 0
-        assert len(saved) == 1 and saved[0].name == "rank1_state.pt" and torch.load(saved[0], weights_only=True)["step"] == 4
+        loop_module.TrainLoop.step, trial_module.validation_dice = step, validation_dice
+        torch.distributed.barrier()  # both ranks stopped (rank 1 wrote its file of step 8 before rank 0 stopped)
+        saved = {int(torch.load(path, weights_only=True)["step"]) for path in Path(folder).rglob("rank1_state-*.pt")}
+        assert saved == {"fine-tuning": {4}, "rank 0 validating": {4, 8}, "pretraining": {2, 4}}[case]  # 4 the checkpoint's
+        assert not list(Path(folder).rglob("rank0_state-*.pt"))  # rank 0's are in its checkpoint
     outcome = train_trial(cfg, Path(folder), log=quiet, dist=DistContext(rank, WORLD))
-    assert outcome.resumed_from_step == (4 if stop_at is not None and not pretraining else 0)
-    assert not list(Path(folder).rglob(f"rank{rank}_state.pt")), own  # removed once the steps ended
+    assert outcome.resumed_from_step == (4 if stop and not pretraining else 0)
+    assert not list(Path(folder).rglob("rank*_state-*.pt"))  # removed once the steps ended
     curves = [{k: v for k, v in row.items() if k != "steps_per_s"} for row in outcome.curves]  # all but the timing
     return {k: v.detach().clone() for k, v in built[-1].state_dict().items()}, curves if not pretraining else None
 
 
-@pytest.mark.parametrize("phase", ["fine-tuning", "pretraining"])
-def test_a_resumed_multi_worker_trial_continues_every_rank_from_its_own_state(tiny_root, tmp_path, phase):
+@pytest.mark.parametrize("case", ["fine-tuning", "rank 0 validating", "pretraining"])
+def test_a_resumed_multi_worker_trial_continues_every_rank_from_its_own_state(tiny_root, tmp_path, case):
     """Every rank keeps its own memory banks, queues and random streams; a resumed multi-worker trial used to start
     every rank from rank 0's (the checkpoint held rank 0's alone), so its ranks' banks and dropout masks were copies and
     its result differed from the uninterrupted trial's. Now each rank resumes from its own state: the same final state
-    on every rank, value for value."""
+    on every rank, value for value, also after a stop while rank 0 validated (rank 1's file of the next step was
+    written, and it had replaced the one the checkpoint needed: the diff review)."""
     (tmp_path / "straight").mkdir(), (tmp_path / "resumed").mkdir()
-    straight = run_ranks(tmp_path / "straight", _resumed_objective_states, str(tiny_root), str(tmp_path / "a"), None, phase)
-    resumed = run_ranks(tmp_path / "resumed", _resumed_objective_states, str(tiny_root), str(tmp_path / "b"),
-                        6 if phase == "fine-tuning" else 5, phase)
+    straight = run_ranks(tmp_path / "straight", _resumed_objective_states, str(tiny_root), str(tmp_path / "a"), False, case)
+    resumed = run_ranks(tmp_path / "resumed", _resumed_objective_states, str(tiny_root), str(tmp_path / "b"), True, case)
     banks = [k for k in straight[1][0] if "queue" in k or "bank" in k]
     assert banks and any(not torch.equal(straight[0][0][k], straight[1][0][k]) for k in banks)  # the ranks' own banks
     for rank, ((state, curves), (state_resumed, curves_resumed)) in enumerate(zip(straight, resumed)):

@@ -7,9 +7,10 @@ fine-tuning run (``<trial>/checkpoint/checkpoint.pt``) and every ``checkpoint_ev
 with ``weights_only=True``.
 
 In a multi-worker run rank 0 writes the checkpoint and every other rank writes its own part at the same steps
-(:func:`save_rank_state`: ``<trial>/rank<r>_state.pt``, ``<stage folder>/rank<r>_state.pt``): its objective's state
-(memory banks, queues, NN pools, the teacher's and BatchNorm's statistics, which each rank keeps) and its random
-streams, so that each rank resumes from its own state. A rank removes its file when its stage or fine-tuning ends.
+(:func:`save_rank_state`: ``<trial>/rank<r>_state-<step>.pt``, ``<stage folder>/rank<r>_state-<step>.pt``): its
+objective's state (memory banks, queues, NN pools, the teacher's and BatchNorm's statistics, which each rank keeps)
+and its random streams, so that each rank resumes from its own state. A rank removes its files when its stage or
+fine-tuning ends.
 """
 
 from __future__ import annotations
@@ -95,11 +96,21 @@ def check_trained_on(state: dict, now: dict, path: Path, folder: Path) -> None:
                       f"or remove {folder} to train it again from the start")
 
 
-def rank_state_path(folder: Path, rank: int) -> Path:
-    """Where rank ``rank`` (> 0) of a multi-worker run keeps its part of the checkpoint of the trial or stage in
-    ``folder``: not in the trial's ``checkpoint/`` folder, which rank 0 hands to Ray Train (it copies that folder
-    while the other ranks may be writing)."""
-    return folder / f"rank{rank}_state.pt"
+def rank_state_path(folder: Path, rank: int, step: int) -> Path:
+    """Where rank ``rank`` (> 0) of a multi-worker run keeps its part of the checkpoint at ``step`` of the trial or
+    stage in ``folder``: not in the trial's ``checkpoint/`` folder, which rank 0 hands to Ray Train (it copies that
+    folder while the other ranks may be writing)."""
+    return folder / f"rank{rank}_state-{step}.pt"
+
+
+def _rank_state_files(folder: Path, rank: int) -> dict[int, Path]:
+    """Step -> file of every :func:`rank_state_path` of ``rank`` in ``folder``."""
+    files = {}
+    for path in folder.glob(f"rank{rank}_state-*.pt"):
+        step = path.name[len(f"rank{rank}_state-"):-len(".pt")]
+        if step.isdigit():
+            files[int(step)] = path
+    return files
 
 
 def rank_state(step: int, objective, generator: torch.Generator) -> dict:
@@ -113,15 +124,27 @@ def rank_state(step: int, objective, generator: torch.Generator) -> dict:
 
 def save_rank_state(folder: Path, dist: DistContext | None, step: int, objective, generator: torch.Generator) -> None:
     """On a rank other than 0 of a multi-worker run, write its :func:`rank_state` at ``step`` to
-    :func:`rank_state_path` (atomically); nothing on rank 0 or in a single-process run."""
-    if dist is not None and not dist.is_main:
-        save_checkpoint(rank_state_path(folder, dist.rank), rank_state(step, objective, generator))
+    :func:`rank_state_path` (atomically); nothing on rank 0 or in a single-process run.
+
+    It writes at once, while rank 0 still validates and then writes its own checkpoint of ``step``, so the file of the
+    checkpoint before stays until this one's successor: once this rank has taken a step after ``step`` with rank 0
+    (each step's gradient all-reduce waits for it), rank 0's checkpoint of ``step`` is on disk and the earlier files
+    are removed here (a stop during rank 0's validation lost the state of the checkpoint it resumed from: the diff
+    review)."""
+    if dist is None or dist.is_main:
+        return
+    save_checkpoint(rank_state_path(folder, dist.rank, step), rank_state(step, objective, generator))
+    older = sorted(s for s in _rank_state_files(folder, dist.rank) if s < step)
+    for earlier in older[:-1]:  # the latest earlier one is the checkpoint on disk until rank 0 writes this step's
+        _rank_state_files(folder, dist.rank)[earlier].unlink(missing_ok=True)
 
 
 def remove_rank_state(folder: Path, dist: DistContext | None) -> None:
-    """This rank's :func:`save_rank_state` file, removed once its stage or fine-tuning has ended (nothing resumes it)."""
+    """This rank's :func:`save_rank_state` files, removed once its stage or fine-tuning has ended (nothing resumes
+    them) and before a run that starts over (an earlier run's are never a part of its checkpoints)."""
     if dist is not None and not dist.is_main:
-        rank_state_path(folder, dist.rank).unlink(missing_ok=True)
+        for path in _rank_state_files(folder, dist.rank).values():
+            path.unlink(missing_ok=True)
 
 
 def restore_training_state(state: dict, objective, optimizer, generator: torch.Generator, seed: int,
@@ -130,8 +153,8 @@ def restore_training_state(state: dict, objective, optimizer, generator: torch.G
     """Load a :func:`training_state` (``seed``: the trial's, ``phase``: its stage, as ``loop.data_generator`` takes
     them); returns its step. The state is rank 0's (checkpoints are written there); on another rank of a multi-worker
     run, that rank's own part (:func:`save_rank_state` in ``rank_folder``) replaces the objective's state and the
-    random streams when it was written at the same step. Where it was not (the run stopped between rank 0's write and
-    this rank's, or the rank's file lives on another node's disk), the rank resumes with rank 0's memory banks, queues
+    random streams when it was written at the same step. Where none was (the rank's files live on another node's
+    disk, or were removed), the rank resumes with rank 0's memory banks, queues
     and NN pools and a data stream of its own, and a warning on standard error says so (docs/ray.md, 'Multi-worker
     trials'); not where the checkpoint is of the last step (``max_steps``: nothing is left to train, and a rank removes
     its file when its steps end)."""
@@ -145,11 +168,12 @@ def restore_training_state(state: dict, objective, optimizer, generator: torch.G
     step = int(state["step"])
     if dist is None or dist.is_main:
         return step
-    own = None
-    if rank_folder is not None and rank_state_path(rank_folder, dist.rank).is_file():
-        own = load_checkpoint(rank_state_path(rank_folder, dist.rank), remedy="delete it: this rank then resumes from "
-                              "rank 0's state")
-    if own is not None and int(own.get("step", -1)) == step:
+    own, found = None, {}
+    if rank_folder is not None:
+        found = _rank_state_files(rank_folder, dist.rank)
+        if step in found:
+            own = load_checkpoint(found[step], remedy="delete it: this rank then resumes from rank 0's state")
+    if own is not None:
         objective.load_state_dict(own["objective"])
         torch.set_rng_state(own["torch_rng"])
         _set_cuda_rng_states(own.get("cuda_rng"))
@@ -158,8 +182,8 @@ def restore_training_state(state: dict, objective, optimizer, generator: torch.G
     generator.manual_seed(stream_seed(seed, phase, DATA_RNG, dist.rank, step))  # rank 0's data RNG: a stream of its own
     if max_steps is not None and step >= max_steps:
         return step
-    found = "none" if own is None else f"one of step {int(own.get('step', -1))}"
-    print(f"[rank {dist.rank}] warning: no state of its own at step {step} ({found}); it resumes with rank 0's memory "
+    steps = f"of step {', '.join(map(str, sorted(found)))} only" if found else "none"
+    print(f"[rank {dist.rank}] warning: no state of its own at step {step} ({steps}); it resumes with rank 0's memory "
           "banks, queues and random state, so this run is not the uninterrupted run step for step", file=sys.stderr, flush=True)
     return step
 

@@ -250,7 +250,6 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
                                                           curves=curves, **{TRAINED_ON: data_record}))
             else:  # its part of rank 0's checkpoint
                 save_rank_state(folder, dist, step + 1, objective, generator)
-    remove_rank_state(folder, dist)
     if dist is not None:
         broadcast_state(objective)
     final = {"objective": objective.state_dict(), "student": objective.eval_model().state_dict(), "curves": curves,
@@ -260,5 +259,8 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
         write_json_atomic(folder / STAGE_DATA_FILE, {"root": str(Path(cfg.data.root).expanduser().resolve()), **identity})
         save_checkpoint(folder / STAGE_FINAL_FILE, final)
         ckpt_path.unlink(missing_ok=True)
+    if dist is not None:  # after rank 0's final file (until then a stop resumes from the checkpoint and these)
+        agree(True, dist, device)
+        remove_rank_state(folder, dist)
     log(f"pretraining stage {index} done: loss {curves[-1]['loss']:.4f}")
     return final

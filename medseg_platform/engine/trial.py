@@ -220,7 +220,9 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
         if report is not None:
             report({**progress(step + 1), "val_dice": val_dice, "best_val_dice": best["val_dice"]}, ckpt_path.parent)
     timing["train_s"] = loop.train_s
-    remove_rank_state(trial_dir, dist)
+    if dist is not None:  # after rank 0's last checkpoint (until then a stop resumes from the one before and these)
+        agree(True, dist, device)
+        remove_rank_state(trial_dir, dist)
 
     extra = dict(filled)
     stages = stages_over_attempts(trial_dir, pretrain_stages) if main else pretrain_stages  # over the retries
