@@ -195,6 +195,18 @@ def _seconds(value: Any) -> str:
     return f"{seconds:.1f} s"
 
 
+def _batch_phrase(config: dict) -> str:
+    """A config's batch as trained: "4 labelled + 4 unlabelled", and for a multi-worker trial each worker's batch with
+    the step's whole one (each of N workers draws the full batch: docs/ray.md, 'Multi-worker trials'; the report gave
+    the worker's batch alone, as if one process had trained: the multi-worker review)."""
+    data, workers = config.get("data") or {}, int(config.get("workers") or 1)
+    labelled, unlabelled = data.get("labelled_batch"), data.get("unlabelled_batch")
+    phrase = f"{labelled} labelled + {unlabelled} unlabelled"
+    if workers > 1 and isinstance(labelled, int) and isinstance(unlabelled, int):
+        phrase += f" per worker, {workers} workers ({labelled * workers} + {unlabelled * workers} per step)"
+    return phrase
+
+
 def _join(values: Sequence[Any]) -> str:
     return ", ".join(str(v) for v in values) if values else "unknown"
 
@@ -378,7 +390,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
     seeds = sorted(_distinct(trial_seed(r) for r in records), key=lambda seed: natural_key(str(seed))) or info.get("seeds") or []
     steps = _distinct(int((c.get("optim") or {}).get("max_steps", 0)) for c in configs)
     patches = _distinct("x".join(str(p) for p in d.get("patch_size", [])) for d in data)
-    batches = _distinct(f"{d.get('labelled_batch')} labelled + {d.get('unlabelled_batch')} unlabelled" for d in data)
+    batches = _distinct(_batch_phrase(c) for c in configs)
     val_every = _distinct(int((c.get("eval") or {}).get("val_every", 0)) for c in configs)
     expected = len(info.get("trials") or []) if not info.get("search") else None
     errored = [p for p in problems if p.startswith("errored trial")]

@@ -382,6 +382,7 @@ def _resumed_objective_states(rank: int, root: str, folder: str, stop: bool, cas
         assert not list(Path(folder).rglob("rank0_state-*.pt"))  # rank 0's are in its checkpoint
     outcome = train_trial(cfg, Path(folder), log=quiet, dist=DistContext(rank, WORLD))
     assert outcome.resumed_from_step == (4 if stop and not pretraining else 0)
+    torch.distributed.barrier()  # each rank removes its own files after its steps: wait for the other
     assert not list(Path(folder).rglob("rank*_state-*.pt"))  # removed once the steps ended
     curves = [{k: v for k, v in row.items() if k != "steps_per_s"} for row in outcome.curves]  # all but the timing
     return {k: v.detach().clone() for k, v in built[-1].state_dict().items()}, curves if not pretraining else None

@@ -153,11 +153,10 @@ def restore_training_state(state: dict, objective, optimizer, generator: torch.G
     """Load a :func:`training_state` (``seed``: the trial's, ``phase``: its stage, as ``loop.data_generator`` takes
     them); returns its step. The state is rank 0's (checkpoints are written there); on another rank of a multi-worker
     run, that rank's own part (:func:`save_rank_state` in ``rank_folder``) replaces the objective's state and the
-    random streams when it was written at the same step. Where none was (the rank's files live on another node's
-    disk, or were removed), the rank resumes with rank 0's memory banks, queues
-    and NN pools and a data stream of its own, and a warning on standard error says so (docs/ray.md, 'Multi-worker
-    trials'); not where the checkpoint is of the last step (``max_steps``: nothing is left to train, and a rank removes
-    its file when its steps end)."""
+    random streams when it was written at the same step. Where none was (removed by hand), the rank resumes with rank
+    0's memory banks, queues and NN pools and a data stream of its own, and a warning on its standard error (the
+    worker's log under Ray) says so (docs/ray.md, 'Multi-worker trials'); not where the checkpoint is of the last step
+    (``max_steps``: nothing is left to train, and the ranks remove their files when their steps end)."""
     objective.load_state_dict(state["objective"])
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("grad_scaler"):

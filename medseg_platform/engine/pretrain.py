@@ -237,6 +237,7 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
     if dist is not None:
         broadcast_state(objective)
     log(f"pretraining stage {index} ({stage.objective}): {stage.max_steps} steps -> {folder}")
+    loop.start_interval()
     for step in range(start, stage.max_steps):
         loop.step(step)
         done = step + 1 == stage.max_steps

@@ -184,6 +184,7 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
         replay_validations(val_curve, curves, cfg, report)
 
     replica_diff = None
+    loop.start_interval()
     for step in range(start_step, o.max_steps):
         loop.step(step)
         last = step + 1 == o.max_steps

@@ -527,6 +527,20 @@ def test_a_report_before_any_trial_finished_reads_the_started_trials_settings(st
     assert "unknown fine-tuning steps" not in text
 
 
+def test_the_report_gives_a_multi_worker_trials_batch_per_worker_and_per_step(study, no_plots):
+    """The multi-worker review: a study of 2-worker trials reported "4 labelled + 4 unlabelled", the batch of one worker,
+    as a 1-worker study does; each of the N workers draws the full batch, so a step trains on N times it."""
+    for result in study.glob("trials/*/result.json"):
+        try:
+            record = json.loads(result.read_text(encoding="utf-8"))
+        except ValueError:  # the fake study's corrupt one
+            continue
+        record["config"]["workers"] = 2
+        result.write_text(json.dumps(record), encoding="utf-8")
+    text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
+    assert "- **Patch size / batch**: 32x32; 4 labelled + 4 unlabelled per worker, 2 workers (8 + 8 per step)\n" in text
+
+
 def test_report_states_the_code_kernels_labelled_patients_and_working_folder(study, tmp_path, no_plots):
     """A report review could not tell from report.md which code computed the trials, that the baselines ran other CPU
     convolution kernels than the contrastive rows, that every seed trained on the same labelled patient, what the
