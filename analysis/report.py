@@ -202,8 +202,8 @@ def _batch_phrase(config: dict) -> str:
     data, workers = config.get("data") or {}, int(config.get("workers") or 1)
     labelled, unlabelled = data.get("labelled_batch"), data.get("unlabelled_batch")
     phrase = f"{labelled} labelled + {unlabelled} unlabelled"
-    if workers > 1 and isinstance(labelled, int) and isinstance(unlabelled, int):
-        phrase += f" per worker, {workers} workers ({labelled * workers} + {unlabelled * workers} per step)"
+    if workers > 1 and isinstance(labelled, int) and isinstance(unlabelled, int):  # no comma: the phrases are joined by them
+        phrase += f" per worker × {workers} workers ({labelled * workers} + {unlabelled * workers} per step)"
     return phrase
 
 

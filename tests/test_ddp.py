@@ -337,8 +337,8 @@ _STAGE = {"objective": "mona", "max_steps": 6, "checkpoint_every": 2, "labelled_
 def _resumed_objective_states(rank: int, root: str, folder: str, stop: bool, case: str):
     """MONA on two ranks, with ``stop`` stopped mid-way on every rank (as a killed trial's workers are) and trained
     again from its folder. ``case`` "fine-tuning": 8 steps, checkpoints at 4 and 8, stopped at step 6; "rank 0
-    validating": 12 steps, rank 0 stopped inside its validation of step 8 (rank 1 has written its state of step 8, rank
-    0's checkpoint is still step 4's), rank 1 at step 8; "pretraining": the :data:`_STAGE` (checkpoints at 2 and 4)
+    validating": 12 steps, rank 0 stopped inside its validation of step 8, rank 1 right after it wrote its state of
+    step 8 (rank 0's checkpoint is still step 4's); "pretraining": the :data:`_STAGE` (checkpoints at 2 and 4)
     before 2 fine-tuning steps, stopped at the stage's step 5. Every resume is from step 4. Returns this rank's objective
     state at the end of the stage or fine-tuning (student, teacher, heads, memory banks and queues) and, for
     fine-tuning, its curves (the mean over the ranks)."""
@@ -357,6 +357,7 @@ def _resumed_objective_states(rank: int, root: str, folder: str, stop: bool, cas
     cfg = small_cfg(Path(root), workers=WORLD, objective="mona", **settings)
     if stop:
         step, validation_dice, validations = loop_module.TrainLoop.step, trial_module.validation_dice, []
+        save_rank_state = trial_module.save_rank_state
         stop_at = {"fine-tuning": 6, "rank 0 validating": 8, "pretraining": 5}[case]
 
         def stopping(self, at):
@@ -370,12 +371,17 @@ def _resumed_objective_states(rank: int, root: str, folder: str, stop: bool, cas
                 raise _Stopped
             return validation_dice(*args, **kwargs)
 
+        def stopping_after_step_8(folder, dist, at, *args):
+            save_rank_state(folder, dist, at, *args)
+            if at == 8:
+                raise _Stopped
+
         loop_module.TrainLoop.step = stopping
         if case == "rank 0 validating":
-            trial_module.validation_dice = stopping_in_the_second
+            trial_module.validation_dice, trial_module.save_rank_state = stopping_in_the_second, stopping_after_step_8
         with pytest.raises(_Stopped):
             train_trial(cfg, Path(folder), log=quiet, dist=DistContext(rank, WORLD))
-        loop_module.TrainLoop.step, trial_module.validation_dice = step, validation_dice
+        loop_module.TrainLoop.step, trial_module.validation_dice, trial_module.save_rank_state = step, validation_dice, save_rank_state
         torch.distributed.barrier()  # both ranks stopped (rank 1 wrote its file of step 8 before rank 0 stopped)
         saved = {int(torch.load(path, weights_only=True)["step"]) for path in Path(folder).rglob("rank1_state-*.pt")}
         assert saved == {"fine-tuning": {4}, "rank 0 validating": {4, 8}, "pretraining": {2, 4}}[case]  # 4 the checkpoint's
@@ -405,3 +411,28 @@ def test_a_resumed_multi_worker_trial_continues_every_rank_from_its_own_state(ti
         assert state_resumed.keys() == state.keys()
         differ = [k for k in state if not torch.equal(state[k], state_resumed[k])]
         assert differ == [], (rank, differ[:5])
+
+
+def _stage_read_from_the_cache(rank: int, root: str, folder: str):
+    from medseg_platform.engine import DistContext, train_trial
+    from tests.test_engine import quiet, small_cfg
+
+    cfg = small_cfg(Path(root), workers=WORLD, objective="mona", pretrain=[_STAGE], **{"optim.max_steps": 2, "eval.val_every": 2})
+    cache = Path(folder) / "cache"
+    train_trial(cfg, Path(folder) / "first", log=quiet, dist=DistContext(rank, WORLD), pretrain_cache=cache)
+    torch.distributed.barrier()
+    (stage,) = [path for path in cache.iterdir() if path.is_dir()]
+    if rank == 1:  # left by a run stopped after the stage's final file, before rank 1 removed them
+        for step in (2, 4):
+            torch.save({"step": step}, stage / f"rank1_state-{step}.pt")
+    torch.distributed.barrier()
+    train_trial(cfg, Path(folder) / "second", log=quiet, dist=DistContext(rank, WORLD), pretrain_cache=cache)
+    torch.distributed.barrier()
+    return sorted(path.name for path in stage.iterdir())
+
+
+def test_a_stage_read_from_the_cache_removes_rank_files_an_earlier_run_left(tiny_root, tmp_path):
+    """The fix review: a run stopped after rank 0 wrote the stage's final file but before the ranks removed their own
+    files left them in the shared cache for good, since a cached stage is never trained again."""
+    names = run_ranks(tmp_path, _stage_read_from_the_cache, str(tiny_root), str(tmp_path / "t"))
+    assert names[0] == names[1] and not [name for name in names[0] if name.startswith("rank")], names[0]

@@ -99,6 +99,41 @@ def test_the_first_curve_row_after_a_resume_times_its_steps_not_the_resume(tiny_
     assert first["steps_per_s"] > 4.0, first
 
 
+def test_a_resumed_trials_timing_adds_the_attempts_before_it_and_rates_leave_out_validations(tiny_root, tmp_path, monkeypatch):
+    """The timing review: a resumed trial's result.json timing was its last attempt's alone (train_s half the steps of
+    a trial resumed half-way), and the curve row after each validation counted the validation, checkpoint and report
+    as steps. Each step here takes at least 50 ms (a sleep inside the timed step) and each validation 0.5 s more."""
+    import time
+
+    from medseg_platform.engine import loop as engine_loop
+    from medseg_platform.engine import trial as engine_trial
+    from medseg_platform.engine.checkpoint import load_checkpoint
+    from medseg_platform.results import checkpoint_path
+
+    weak, validation_dice = engine_loop.TrainLoop._weak, engine_trial.validation_dice
+    monkeypatch.setattr(engine_loop.TrainLoop, "_weak", lambda self, *args: time.sleep(0.05) or weak(self, *args))
+    monkeypatch.setattr(engine_trial, "validation_dice", lambda *args: time.sleep(0.5) or validation_dice(*args))
+    cfg = small_cfg(tiny_root, objective="supervised", **{"optim.max_steps": 12})  # validations at 4, 8 and 12
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_first_validation(metrics, ckpt):
+        if ckpt is not None:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_trial(cfg, tmp_path / "t", report=stop_at_first_validation, log=quiet)
+    saved = load_checkpoint(checkpoint_path(tmp_path / "t"))["timing"]
+    assert saved["train_s"] >= 4 * 0.05 and saved["val_s"] >= 0.5 and saved["total_s"] >= saved["train_s"] + saved["val_s"]
+    resumed = train_trial(cfg, tmp_path / "t", log=quiet)
+    assert resumed.resumed_from_step == 4
+    assert resumed.timing["train_s"] >= 12 * 0.05 and resumed.timing["val_s"] >= 3 * 0.5  # both attempts' steps
+    assert resumed.timing["total_s"] >= resumed.timing["train_s"] + resumed.timing["val_s"]
+    after_validation = next(row for row in resumed.curves if row["step"] == 10)  # 2 steps after the validation of 8
+    assert 2 / after_validation["steps_per_s"] < 0.5, after_validation  # the 0.5 s validation is not in it
+
+
 def test_a_resumed_trial_reports_its_recorded_validations_again_before_it_trains_on(tiny_root, tmp_path):
     """A driver stopped between a trial's checkpoint at a validation and its handling of that report never passed it
     to ASHA: the resumed trial's first report used to be its next validation, recorded at the earlier rung with a later
@@ -191,7 +226,8 @@ def test_a_retried_trial_records_the_stages_an_earlier_attempt_trained(tiny_root
     # a retry that finds its fine-tuning checkpoint resumes it and runs no stage: the first attempt's record stands
     start_attempt(trial_dir)
     resumed = train_trial(cfg, trial_dir, log=quiet, pretrain_cache=cache)
-    assert resumed.resumed_from_step == cfg.optim.max_steps and resumed.timing["pretrain_s"] == 0.0
+    # (its timing carries the first attempt's pretraining, to which this attempt added nothing)
+    assert resumed.resumed_from_step == cfg.optim.max_steps and resumed.timing["pretrain_s"] == first.timing["pretrain_s"] > 0
     assert resumed.extra["pretrain_stages"] == first.extra["pretrain_stages"]
 
     # a retry that died before its first fine-tuning checkpoint reads its own stages from the cache: still trained

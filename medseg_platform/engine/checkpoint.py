@@ -126,8 +126,8 @@ def save_rank_state(folder: Path, dist: DistContext | None, step: int, objective
     """On a rank other than 0 of a multi-worker run, write its :func:`rank_state` at ``step`` to
     :func:`rank_state_path` (atomically); nothing on rank 0 or in a single-process run.
 
-    It writes at once, while rank 0 still validates and then writes its own checkpoint of ``step``, so the file of the
-    checkpoint before stays until this one's successor: once this rank has taken a step after ``step`` with rank 0
+    The ranks write theirs before rank 0 writes its checkpoint of ``step`` (a collective orders them), and in fine-tuning
+    while rank 0 still validates, so the file of the checkpoint before stays until this one's successor: once this rank has taken a step after ``step`` with rank 0
     (each step's gradient all-reduce waits for it), rank 0's checkpoint of ``step`` is on disk and the earlier files
     are removed here (a stop during rank 0's validation lost the state of the checkpoint it resumed from: the diff
     review)."""
@@ -153,10 +153,11 @@ def restore_training_state(state: dict, objective, optimizer, generator: torch.G
     """Load a :func:`training_state` (``seed``: the trial's, ``phase``: its stage, as ``loop.data_generator`` takes
     them); returns its step. The state is rank 0's (checkpoints are written there); on another rank of a multi-worker
     run, that rank's own part (:func:`save_rank_state` in ``rank_folder``) replaces the objective's state and the
-    random streams when it was written at the same step. Where none was (removed by hand), the rank resumes with rank
-    0's memory banks, queues and NN pools and a data stream of its own, and a warning on its standard error (the
-    worker's log under Ray) says so (docs/ray.md, 'Multi-worker trials'); not where the checkpoint is of the last step
-    (``max_steps``: nothing is left to train, and the ranks remove their files when their steps end)."""
+    random streams when it was written at the same step (the ranks write theirs before rank 0 writes the checkpoint).
+    Where none was (removed by hand), the rank resumes with rank 0's memory banks, queues and NN pools and a data
+    stream of its own, and a warning on its standard error (the worker's log under Ray) says so (docs/ray.md,
+    'Multi-worker trials'); not where the checkpoint is of the last step (``max_steps``: nothing is left to train, and
+    the ranks remove their files when their steps end)."""
     objective.load_state_dict(state["objective"])
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("grad_scaler"):

@@ -169,6 +169,7 @@ def run_pretraining(cfg: TrialConfig, data: TrainingData, cache_dir: Path, devic
             cached = agree(final_path.is_file(), dist, device)
             if cached:
                 log(f"pretraining stage {index} ({stage.objective}): cached at {folder}")
+                remove_rank_state(folder, dist)  # left by a run stopped after the final file, before its ranks removed them
                 previous = load_checkpoint(final_path)
                 if report is not None:
                     report(_stage_progress(cfg, index, stage.max_steps, math.nan, math.nan, cached=True), None)
@@ -246,11 +247,12 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
             if report is not None:
                 report(_stage_progress(cfg, index, step + 1, curves[-1]["loss"], curves[-1]["steps_per_s"]), None)
         if (step + 1) % stage.checkpoint_every == 0 and not done:
+            save_rank_state(folder, dist, step + 1, objective, generator)  # the other ranks' parts of rank 0's checkpoint,
+            if dist is not None:  # on disk before the checkpoint names them
+                agree(True, dist, device)
             if main:
                 save_checkpoint(ckpt_path, training_state(step + 1, objective, optimizer, generator, scaler=loop.scaler,
                                                           curves=curves, **{TRAINED_ON: data_record}))
-            else:  # its part of rank 0's checkpoint
-                save_rank_state(folder, dist, step + 1, objective, generator)
     if dist is not None:
         broadcast_state(objective)
     final = {"objective": objective.state_dict(), "student": objective.eval_model().state_dict(), "curves": curves,

@@ -47,7 +47,12 @@ from methods.registry import build_objective
 class TrialOutcome:
     """What a finished trial produced (the results writer turns it into files).
 
-    ``best_step`` / ``best_val_dice``: the selected state's step and val Dice (``eval.selection``).
+    ``best_step`` / ``best_val_dice``: the selected state's step and val Dice (``eval.selection``). ``timing``: seconds
+    per phase (``setup_s``, ``pretrain_s``, ``train_s``, ``val_s``, ``checkpoint_s``, ``test_s``, ``total_s``) summed
+    over the attempts the result rests on: a resumed trial adds the time its checkpoint recorded for the attempts
+    before, up to that checkpoint (their steps after it, redone, are not counted; a pretraining stage resumed mid-way
+    counts its last attempt). It recorded the last attempt alone, half the steps of a trial resumed half-way (the
+    timing review).
     """
 
     labelled: LabelledSubset
@@ -160,6 +165,11 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
     objective.logged_steps = lambda step, max_steps: logs_after(step, max_steps, *row_every)
 
     start_step, best = 0, {"step": -1, "val_dice": -math.inf, "state": None}
+    earlier: dict[str, float] = {}
+
+    def over_attempts(now: dict) -> dict:  # this attempt's timing plus that of the attempts its checkpoint continues
+        return {key: earlier.get(key, 0.0) + now.get(key, 0.0) for key in dict.fromkeys([*now, *earlier])}
+
     curves: list[dict] = []
     val_curve: list[dict] = []
     data_record = trained_on(cfg, data.subset.patients)  # in every checkpoint; a resume checks it
@@ -170,6 +180,7 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
                                             rank_folder=trial_dir, max_steps=o.max_steps)
         best = {"step": int(state["best_step"]), "val_dice": float(state["best_val_dice"]), "state": state["best_state"]}
         curves, val_curve = list(state["curves"]), list(state["val_curve"])
+        earlier = {str(k): float(v) for k, v in (state.get("timing") or {}).items()}  # the attempts before, to its step
         log(f"resumed from step {start_step} ({ckpt_path})")
     else:  # an earlier run's, whose checkpoint was removed to start over: never a part of this run's checkpoints
         remove_rank_state(trial_dir, dist)
@@ -203,8 +214,10 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
             broadcast_state(objective)  # BN running statistics: rank 0's are the model
         if not main:
             save_rank_state(trial_dir, dist, step + 1, objective, generator)  # its part of rank 0's checkpoint
+            agree(True, dist, device)  # on disk before rank 0's checkpoint of this step names it
             if report is not None:
                 report({**progress(step + 1), "val_dice": float("nan"), "best_val_dice": float("nan")}, None)
+            loop.start_interval()  # the next row's step rate times its steps, not this validation
             continue
         t0 = time.perf_counter()
         val_dice = validation_dice(objective.eval_model(), val_volumes, cfg, device)
@@ -213,13 +226,17 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
         if selects(cfg.eval.selection, val_dice, best):
             best = {"step": step + 1, "val_dice": val_dice, "state": copy.deepcopy(objective.eval_model().state_dict())}
         t0 = time.perf_counter()
+        if dist is not None:  # every other rank's own state of this step is on disk (save_rank_state)
+            agree(True, dist, device)
+        so_far = over_attempts({**timing, "train_s": loop.train_s, "total_s": time.perf_counter() - t_start})
         save_checkpoint(ckpt_path, training_state(step + 1, objective, optimizer, generator, scaler=loop.scaler, best_step=best["step"],
                                                   best_val_dice=best["val_dice"], best_state=best["state"],
-                                                  curves=curves, val_curve=val_curve, **{TRAINED_ON: data_record}))
+                                                  curves=curves, val_curve=val_curve, timing=so_far, **{TRAINED_ON: data_record}))
         timing["checkpoint_s"] += time.perf_counter() - t0
         log(f"step {step + 1}/{o.max_steps}: loss {curves[-1]['loss']:.4f}, val Dice {val_dice:.4f} (selected {best['val_dice']:.4f} @ {best['step']})")
         if report is not None:
             report({**progress(step + 1), "val_dice": val_dice, "best_val_dice": best["val_dice"]}, ckpt_path.parent)
+        loop.start_interval()  # the next row's step rate times its steps, not the validation, checkpoint and report
     timing["train_s"] = loop.train_s
     if dist is not None:  # after rank 0's last checkpoint (until then a stop resumes from the one before and these)
         agree(True, dist, device)
@@ -236,7 +253,8 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
         if loop.first_grad_norms is not None:
             extra["first_step_grad_norm_per_rank"] = loop.first_grad_norms
     if not main:
-        return TrialOutcome(data.subset, best["step"], best["val_dice"], [], curves, val_curve, timing, start_step, extra)
+        return TrialOutcome(data.subset, best["step"], best["val_dice"], [], curves, val_curve, over_attempts(timing), start_step,
+                            extra)
     t0 = time.perf_counter()
     model_for_test = objective.eval_model()
     if best["state"] is not None:
@@ -247,7 +265,8 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
     qualitative.save(trial_dir / QUALITATIVE_FILE)
     timing["test_s"] = time.perf_counter() - t0
     timing["total_s"] = time.perf_counter() - t_start
-    return TrialOutcome(data.subset, best["step"], best["val_dice"], test_rows, curves, val_curve, timing, start_step, extra)
+    return TrialOutcome(data.subset, best["step"], best["val_dice"], test_rows, curves, val_curve, over_attempts(timing),
+                        start_step, extra)
 
 
 def recorded_validations(val_curve: Iterable[Mapping], selection: str) -> Iterator[tuple[int, int, float, float]]:

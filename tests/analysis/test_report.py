@@ -538,7 +538,7 @@ def test_the_report_gives_a_multi_worker_trials_batch_per_worker_and_per_step(st
         record["config"]["workers"] = 2
         result.write_text(json.dumps(record), encoding="utf-8")
     text = write_report(study, log=lambda m: None).report.read_text(encoding="utf-8")
-    assert "- **Patch size / batch**: 32x32; 4 labelled + 4 unlabelled per worker, 2 workers (8 + 8 per step)\n" in text
+    assert "- **Patch size / batch**: 32x32; 4 labelled + 4 unlabelled per worker × 2 workers (8 + 8 per step)\n" in text
 
 
 def test_report_states_the_code_kernels_labelled_patients_and_working_folder(study, tmp_path, no_plots):
