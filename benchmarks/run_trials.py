@@ -74,9 +74,10 @@ def run_one(words: list[str], work: Path) -> dict:
     start = time.perf_counter()
     outcome = train_trial(cfg, trial_folder(work, name), log=lambda msg: None, pretrain_cache=work / PRETRAIN_CACHE_DIR)
     means = test_means(outcome.test_rows)
-    if outcome.resumed_from_step:  # its timings cover the steps after the checkpoint only (the benchmark review)
-        print(f"warning: {name} resumed at step {outcome.resumed_from_step} from {trial_folder(work, name)}; its timing is not a "
-              "whole run's (delete the folder or use another --work to measure one)", file=sys.stderr, flush=True)
+    if outcome.resumed_from_step:  # its timing sums the attempts up to the checkpoint; its wall_s is this attempt's alone
+        print(f"warning: {name} resumed at step {outcome.resumed_from_step} from {trial_folder(work, name)}; its wall_s is this "
+              "run's alone (its timing adds the earlier attempts' up to the checkpoint; delete the folder or use another "
+              "--work to measure a whole run)", file=sys.stderr, flush=True)
     return {"name": name, "method": method, "labelled": labelled, "seed": int(seed), "overrides": pairs,
             "resumed_from_step": outcome.resumed_from_step,
             "wall_s": round(time.perf_counter() - start, 1), "timing": {k: round(v, 1) for k, v in outcome.timing.items()},

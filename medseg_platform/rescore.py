@@ -275,7 +275,7 @@ def score_trial(source: ScoringSource, trial: Mapping, trial_dir: Path, device) 
     try:
         write_trial_config(trial_dir, trial["config"], trial["tags"])
         save_checkpoint(checkpoint, {**state, "best_state": selected, "best_step": best_step, "best_val_dice": best_val_dice,
-                                     "scored_from": source.folder.name})
+                                     "scored_from": source.folder.name, "timing": {}})  # the source's training time is its own
         qualitative.save(qualitative_file)
         result = write_trial_results(trial_dir, config=trial["config"], tags=trial["tags"], outcome=outcome, seed=cfg.seed,
                                      extra={**kept, "resumed_from_step": int(record.result.get("resumed_from_step", 0)),

@@ -132,6 +132,10 @@ def test_a_resumed_trials_timing_adds_the_attempts_before_it_and_rates_leave_out
     assert resumed.timing["total_s"] >= resumed.timing["train_s"] + resumed.timing["val_s"]
     after_validation = next(row for row in resumed.curves if row["step"] == 10)  # 2 steps after the validation of 8
     assert 2 / after_validation["steps_per_s"] < 0.5, after_validation  # the 0.5 s validation is not in it
+    # nor a progress report's time (Tune's through Ray Train take seconds): a report of 0.5 s at each curve row
+    reports = lambda metrics, ckpt: time.sleep(0.5)  # noqa: E731
+    slow = train_trial(cfg, tmp_path / "reported", report=reports, log=quiet)
+    assert all(2 / row["steps_per_s"] < 0.5 for row in slow.curves), [row["steps_per_s"] for row in slow.curves]
 
 
 def test_a_resumed_trial_reports_its_recorded_validations_again_before_it_trains_on(tiny_root, tmp_path):

@@ -68,6 +68,12 @@ def test_another_distance_unit_is_scored_from_the_finished_trial(finished, capsy
     # an evaluation, not a training: its timing has a test and no training phase (its total was once compared with the
     # reference's, but a 20-step smoke training takes as long as a test pass, and a CI run failed on 0.52 s vs 0.48 s)
     assert set(result["timing"]) == {"test_s", "total_s"} and reference["timing"]["train_s"] > 0
+    # nor does its copied checkpoint carry the source's training time, which a later training of it resumed at its last
+    # step would add to its own (the timing diff review)
+    from medseg_platform.engine.checkpoint import load_checkpoint
+    from medseg_platform.results import checkpoint_path
+
+    assert load_checkpoint(checkpoint_path(scored))["timing"] == {} and load_checkpoint(checkpoint_path(source))["timing"]
     # a second run finds it finished
     assert main(["train", "supervised", *TRAIN, "--set", "eval.distance_units=voxel", "--data-root", str(root),
                  "--results-dir", str(results)]) == 0

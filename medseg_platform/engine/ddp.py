@@ -93,6 +93,19 @@ def replica_max_difference(module: torch.nn.Module) -> float:
     return float(diff)
 
 
+def meet(dist: DistContext | None, device: torch.device) -> None:
+    """Return on every rank only once every rank has called it (an all-reduce, read on the host). A broadcast does not do
+    for rank 0: its root may return before the others arrive (NCCL), and rank 0 must not write a checkpoint that names
+    their state files before those are on disk (:func:`medseg_platform.engine.checkpoint.save_rank_state`)."""
+    if dist is None:
+        return
+    import torch.distributed as tdist
+
+    value = torch.ones(1, device=device)
+    tdist.all_reduce(value)
+    value.item()
+
+
 def agree(flag: bool, dist: DistContext | None, device: torch.device) -> bool:
     """Rank 0's ``flag`` on every rank (the tensor lives on the training device: NCCL has no CPU backend)."""
     if dist is None:

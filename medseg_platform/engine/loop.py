@@ -290,7 +290,8 @@ class TrainLoop:
     def start_interval(self) -> None:
         """Start the next curve row's step-rate clock now: just before the steps (built before a checkpoint was loaded and
         its validations were sent to Tune again, about 2 s each on two Ray Train workers, the first row after a resume
-        read 0.08 steps/s where the steps ran at 1.5: the multi-worker review) and after each validation (whose
-        evaluation, checkpoint and report the next row counted as steps, 25-35% slower: the timing review). The rate is
-        the training steps' alone; the ETA learns from it and prices evaluations apart."""
+        read 0.08 steps/s where the steps ran at 1.5: the multi-worker review), after each validation (whose
+        evaluation, checkpoint and report the next row counted as steps, 25-35% slower: the timing review) and after
+        each progress report. The rate is the training steps' alone; the ETA learns from it and prices evaluations
+        apart."""
         self.interval_start = time.perf_counter()

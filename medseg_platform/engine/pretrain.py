@@ -23,7 +23,7 @@ from medseg_platform.data.splits import LabelledSubset, epoch_steps
 from medseg_platform.engine.checkpoint import (TRAINED_ON, check_trained_on, load_checkpoint, remove_rank_state,
                                                restore_training_state, save_checkpoint, save_rank_state,
                                                trained_on, training_state)
-from medseg_platform.engine.ddp import DistContext, agree, broadcast_state
+from medseg_platform.engine.ddp import DistContext, agree, broadcast_state, meet
 from medseg_platform.engine.loop import TrainLoop, build_trial_model, data_generator, logs_after, make_sgd
 from medseg_platform.engine.reports import Reporter, progress_fields
 from medseg_platform.engine.training_data import TrainingData
@@ -246,10 +246,10 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
             curves.append(loop.curve_row(step + 1))
             if report is not None:
                 report(_stage_progress(cfg, index, step + 1, curves[-1]["loss"], curves[-1]["steps_per_s"]), None)
+                loop.start_interval()  # the next row's step rate times its steps, not this report
         if (step + 1) % stage.checkpoint_every == 0 and not done:
             save_rank_state(folder, dist, step + 1, objective, generator)  # the other ranks' parts of rank 0's checkpoint,
-            if dist is not None:  # on disk before the checkpoint names them
-                agree(True, dist, device)
+            meet(dist, device)  # on disk before the checkpoint names them
             if main:
                 save_checkpoint(ckpt_path, training_state(step + 1, objective, optimizer, generator, scaler=loop.scaler,
                                                           curves=curves, **{TRAINED_ON: data_record}))

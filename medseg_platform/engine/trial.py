@@ -27,7 +27,7 @@ from medseg_platform.engine.conv_kernels import set_conv_kernels, trial_conv_ker
 from medseg_platform.engine.checkpoint import (TRAINED_ON, check_trained_on, load_checkpoint, remove_rank_state,
                                                restore_training_state, save_checkpoint, save_rank_state, trained_on,
                                                training_state)
-from medseg_platform.engine.ddp import DistContext, agree, broadcast_state, replica_max_difference
+from medseg_platform.engine.ddp import DistContext, agree, broadcast_state, meet, replica_max_difference
 from medseg_platform.engine.evaluate import QualitativeSlices, evaluate_volumes, validation_dice
 from medseg_platform.engine.loop import TrainLoop, build_trial_model, make_optimizer, autocast_dtype, data_generator, logs_after, pick_device
 from medseg_platform.engine.pretrain import run_pretraining
@@ -50,8 +50,8 @@ class TrialOutcome:
     ``best_step`` / ``best_val_dice``: the selected state's step and val Dice (``eval.selection``). ``timing``: seconds
     per phase (``setup_s``, ``pretrain_s``, ``train_s``, ``val_s``, ``checkpoint_s``, ``test_s``, ``total_s``) summed
     over the attempts the result rests on: a resumed trial adds the time its checkpoint recorded for the attempts
-    before, up to that checkpoint (their steps after it, redone, are not counted; a pretraining stage resumed mid-way
-    counts its last attempt). It recorded the last attempt alone, half the steps of a trial resumed half-way (the
+    before, up to that checkpoint (not its own write, nor their steps after it, redone; a pretraining stage resumed
+    mid-way counts its last attempt). It recorded the last attempt alone, half the steps of a trial resumed half-way (the
     timing review).
     """
 
@@ -206,6 +206,7 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
                 known = best["step"] >= 0
                 report({**progress(step + 1), "val_dice": val_curve[-1]["val_dice"] if known else math.nan,
                         "best_val_dice": best["val_dice"] if known else math.nan}, None)
+                loop.start_interval()  # the next row's step rate times its steps, not this report
         if not validate:
             continue
         if dist is not None:
@@ -214,7 +215,7 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
             broadcast_state(objective)  # BN running statistics: rank 0's are the model
         if not main:
             save_rank_state(trial_dir, dist, step + 1, objective, generator)  # its part of rank 0's checkpoint
-            agree(True, dist, device)  # on disk before rank 0's checkpoint of this step names it
+            meet(dist, device)  # on disk before rank 0's checkpoint of this step names it
             if report is not None:
                 report({**progress(step + 1), "val_dice": float("nan"), "best_val_dice": float("nan")}, None)
             loop.start_interval()  # the next row's step rate times its steps, not this validation
@@ -226,8 +227,7 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
         if selects(cfg.eval.selection, val_dice, best):
             best = {"step": step + 1, "val_dice": val_dice, "state": copy.deepcopy(objective.eval_model().state_dict())}
         t0 = time.perf_counter()
-        if dist is not None:  # every other rank's own state of this step is on disk (save_rank_state)
-            agree(True, dist, device)
+        meet(dist, device)  # every other rank's own state of this step is on disk (save_rank_state)
         so_far = over_attempts({**timing, "train_s": loop.train_s, "total_s": time.perf_counter() - t_start})
         save_checkpoint(ckpt_path, training_state(step + 1, objective, optimizer, generator, scaler=loop.scaler, best_step=best["step"],
                                                   best_val_dice=best["val_dice"], best_state=best["state"],
