@@ -223,7 +223,8 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
         # runs that train: one alone shares no core (a scoring from a finished trial runs in the driver before Ray
         # starts, never beside a training trial: counted, it slowed a lone trial's unit x1.4, the progress review)
         running = sum(1 for _, _, p in planned if p.status != TO_RESCORE for _ in p.runs)
-        if first and unit.seconds > 0 and min(slots, running) > 1 and study.gpus_per_trial == 0 and not (study.address or os.environ.get("RAY_ADDRESS")):
+        joined = bool(study.address or os.environ.get("RAY_ADDRESS"))
+        if first and unit.seconds > 0 and min(slots, running) > 1 and study.gpus_per_trial == 0 and not joined:
             unit = UnitSeconds(unit.seconds * SHARED_CORES_SLOWDOWN,
                                f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores", unit.device)
             # more trial threads than cores (--cpus-per-trial below the threads a trial runs): each runs that much

@@ -24,6 +24,21 @@ def quiet(_msg):
     pass
 
 
+class Interrupt(Exception):
+    """A trial stopped at one of its reports, as a killed worker's is."""
+
+
+def interrupted_at_first_validation(cfg: TrialConfig, trial_dir: Path) -> None:
+    """Train ``cfg`` into ``trial_dir`` until its first validation has written its checkpoint, and stop it there."""
+
+    def stop_at_first_validation(metrics, ckpt):
+        if ckpt is not None:  # the first validation (progress-only reports come before it)
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_trial(cfg, trial_dir, report=stop_at_first_validation, log=quiet)
+
+
 @pytest.mark.parametrize("objective", ["supervised", "mean_teacher"])
 def test_trial_trains_validates_and_writes_results(tiny_root, tmp_path, objective):
     cfg = small_cfg(tiny_root, objective=objective)
@@ -53,16 +68,7 @@ def test_trial_trains_validates_and_writes_results(tiny_root, tmp_path, objectiv
 def test_interrupted_trial_resumes_exactly(tiny_root, tmp_path):
     cfg = small_cfg(tiny_root, objective="mean_teacher")
     straight = train_trial(cfg, tmp_path / "straight", log=quiet)
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_first_report(metrics, ckpt):
-        if ckpt is not None:  # the first validation (progress-only reports come before it)
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train_trial(cfg, tmp_path / "resumed", report=stop_at_first_report, log=quiet)
+    interrupted_at_first_validation(cfg, tmp_path / "resumed")
     resumed = train_trial(cfg, tmp_path / "resumed", log=quiet)
     assert resumed.resumed_from_step == 4
     assert [r["loss"] for r in resumed.curves] == pytest.approx([r["loss"] for r in straight.curves], rel=1e-5)
@@ -73,19 +79,8 @@ def test_interrupted_trial_resumes_exactly(tiny_root, tmp_path):
 def test_the_first_curve_row_after_a_resume_times_its_steps_not_the_resume(tiny_root, tmp_path):
     """The multi-worker review: the first row's step rate counted the checkpoint's load and the validations sent to
     Tune again (about 2 s each through Ray Train), 0.08 steps/s where the steps ran at 1.5; the ETA learns from it."""
-    import time
-
     cfg = small_cfg(tiny_root, objective="supervised")
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_first_validation(metrics, ckpt):
-        if ckpt is not None:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train_trial(cfg, tmp_path / "t", report=stop_at_first_validation, log=quiet)
+    interrupted_at_first_validation(cfg, tmp_path / "t")
     replayed = []
 
     def slow_replay(metrics, ckpt):  # the validation of step 4, sent again before the steps: 1 s
@@ -103,8 +98,6 @@ def test_a_resumed_trials_timing_adds_the_attempts_before_it_and_rates_leave_out
     """The timing review: a resumed trial's result.json timing was its last attempt's alone (train_s half the steps of
     a trial resumed half-way), and the curve row after each validation counted the validation, checkpoint and report
     as steps. Each step here takes at least 50 ms (a sleep inside the timed step) and each validation 0.5 s more."""
-    import time
-
     from medseg_platform.engine import loop as engine_loop
     from medseg_platform.engine import trial as engine_trial
     from medseg_platform.engine.checkpoint import load_checkpoint
@@ -114,16 +107,7 @@ def test_a_resumed_trials_timing_adds_the_attempts_before_it_and_rates_leave_out
     monkeypatch.setattr(engine_loop.TrainLoop, "_weak", lambda self, *args: time.sleep(0.05) or weak(self, *args))
     monkeypatch.setattr(engine_trial, "validation_dice", lambda *args: time.sleep(0.5) or validation_dice(*args))
     cfg = small_cfg(tiny_root, objective="supervised", **{"optim.max_steps": 12})  # validations at 4, 8 and 12
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_first_validation(metrics, ckpt):
-        if ckpt is not None:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train_trial(cfg, tmp_path / "t", report=stop_at_first_validation, log=quiet)
+    interrupted_at_first_validation(cfg, tmp_path / "t")
     saved = load_checkpoint(checkpoint_path(tmp_path / "t"))["timing"]
     assert saved["train_s"] >= 4 * 0.05 and saved["val_s"] >= 0.5 and saved["total_s"] >= saved["train_s"] + saved["val_s"]
     resumed = train_trial(cfg, tmp_path / "t", log=quiet)
@@ -156,9 +140,6 @@ def test_a_resumed_trial_reports_its_recorded_validations_again_before_it_trains
 
     straight = []
     train_trial(cfg, tmp_path / "straight", report=lambda metrics, ckpt: straight.append(metrics), log=quiet)
-
-    class Interrupt(Exception):
-        pass
 
     checkpoints = []
 
@@ -657,16 +638,7 @@ def test_a_checkpoint_of_other_data_is_not_resumed(tiny_root, tmp_path):
     from medseg_platform.errors import MedsegError
 
     cfg = small_cfg(tiny_root, objective="supervised")
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_first_checkpoint(metrics, ckpt):
-        if ckpt is not None:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train_trial(cfg, tmp_path / "t", report=stop_at_first_checkpoint, log=quiet)
+    interrupted_at_first_validation(cfg, tmp_path / "t")
     state = load_checkpoint(tmp_path / "t" / "checkpoint" / "checkpoint.pt")
     assert state[TRAINED_ON]["labelled_patients"] and state[TRAINED_ON]["data_identity"]
     test_list = tiny_root / "test.list"  # the lists are part of the identity: one case fewer is another dataset

@@ -126,11 +126,11 @@ def save_rank_state(folder: Path, dist: DistContext | None, step: int, objective
     """On a rank other than 0 of a multi-worker run, write its :func:`rank_state` at ``step`` to
     :func:`rank_state_path` (atomically); nothing on rank 0 or in a single-process run.
 
-    The ranks write theirs before rank 0 writes its checkpoint of ``step`` (a collective orders them), and in fine-tuning
-    while rank 0 still validates, so the file of the checkpoint before stays until this one's successor: once this rank has taken a step after ``step`` with rank 0
-    (each step's gradient all-reduce waits for it), rank 0's checkpoint of ``step`` is on disk and the earlier files
-    are removed here (a stop during rank 0's validation lost the state of the checkpoint it resumed from: the diff
-    review)."""
+    The ranks write theirs before rank 0 writes its checkpoint of ``step`` (a collective orders them), and in
+    fine-tuning while rank 0 still validates, so the file of the checkpoint before stays until this one's successor:
+    once this rank has taken a step after ``step`` with rank 0 (each step's gradient all-reduce waits for it), rank
+    0's checkpoint of ``step`` is on disk and the earlier files are removed here (a stop during rank 0's validation
+    lost the state of the checkpoint it resumed from: the diff review)."""
     if dist is None or dist.is_main:
         return
     save_checkpoint(rank_state_path(folder, dist.rank, step), rank_state(step, objective, generator))
