@@ -373,16 +373,16 @@ def _too_large_to_time(trial: dict, on_gpus: bool) -> str:
     died allocating (the preflight review)."""
     import torch
 
-    from medseg_platform.errors import ConfigError
-    from medseg_platform.memory_floor import check_memory_floor, machine_memory_bytes
+    from medseg_platform.memory_floor import activation_floor_bytes, machine_memory_bytes
 
-    if on_gpus and torch.cuda.is_available():
+    memory = machine_memory_bytes()
+    if (on_gpus and torch.cuda.is_available()) or memory is None:
         return ""
-    try:
-        check_memory_floor([trial], machine_memory_bytes())
-    except ConfigError as exc:
-        return f"not measured: a step does not fit in this machine's memory ({str(exc).split(': ', 1)[-1].split('; use')[0]})"
-    return ""
+    floor = activation_floor_bytes(trial["config"])
+    if floor <= memory:
+        return ""
+    return (f"not measured: a step does not fit in this machine's memory (one training step keeps at least "
+            f"{floor / 2 ** 30:.1f} GiB of activations, and this machine has {memory / 2 ** 30:.1f} GiB)")
 
 
 def measure_unit_seconds(config: dict, device: str = "cpu", steps: int = TIMED_STEPS, budget_s: float = TIMING_BUDGET_S) -> UnitSeconds:

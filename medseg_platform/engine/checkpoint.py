@@ -134,9 +134,10 @@ def save_rank_state(folder: Path, dist: DistContext | None, step: int, objective
     if dist is None or dist.is_main:
         return
     save_checkpoint(rank_state_path(folder, dist.rank, step), rank_state(step, objective, generator))
-    older = sorted(s for s in _rank_state_files(folder, dist.rank) if s < step)
+    files = _rank_state_files(folder, dist.rank)
+    older = sorted(s for s in files if s < step)
     for earlier in older[:-1]:  # the latest earlier one is the checkpoint on disk until rank 0 writes this step's
-        _rank_state_files(folder, dist.rank)[earlier].unlink(missing_ok=True)
+        files[earlier].unlink(missing_ok=True)
 
 
 def remove_rank_state(folder: Path, dist: DistContext | None) -> None:

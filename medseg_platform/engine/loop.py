@@ -213,6 +213,8 @@ class TrainLoop:
         """One optimisation step; no host sync (see the module docstring for the exceptions)."""
         raise_if_stopped()  # a kill whose KeyboardInterrupt Python ignored (medseg_platform.io.interrupt_on_signal)
         t0 = time.perf_counter()
+        if self.interval_steps == 0:  # the row's step-rate clock starts at its first step (see curve_row)
+            self.interval_start = t0
         if self.scaler is not None and self.row_scale is None:  # once: the scale this run starts from (a resume's is loaded)
             self.row_scale = float(self.scaler.get_scale())
         self.objective.train()
@@ -262,7 +264,11 @@ class TrainLoop:
         reported it: a term computed only at logged steps (e.g. MONA's gradient-free L_nn) shows its value at this
         row's step. In a multi-worker trial each term is also averaged over the ranks (one all-reduce a row; every rank
         has the same terms and counts), so the curves describe the whole batch trained on, not rank 0's share of it
-        (the DDP review)."""
+        (the DDP review). ``steps_per_s``: the row's steps over the wall time from its first step's start to now, so
+        what runs between a row and the next step (a validation, its checkpoint, reports, a resume) is not counted as
+        steps: it was (rows after a validation 25-35% slower, 0.08 steps/s after a resume on two workers where the
+        steps ran at 1.5: the timing and multi-worker reviews); the ETA learns from this rate and prices evaluations
+        apart."""
         self.monitor.raise_if_bad(distributed=self.dist is not None)
         if self.dist is not None and self.term_sums:
             import torch.distributed as torch_dist
@@ -284,14 +290,5 @@ class TrainLoop:
                     f"{self.interval_steps} steps: the gradients overflowed or were NaN at least that often, and the scaler "
                     "skipped those updates while the loss stayed finite; train in bf16 or full precision (--set "
                     "optim.amp=bf16 or off), or lower the learning rate", step=step, terms=("gradients",))
-        self.term_sums, self.term_counts, self.interval_steps, self.interval_start = {}, {}, 0, time.perf_counter()
+        self.term_sums, self.term_counts, self.interval_steps = {}, {}, 0
         return row
-
-    def start_interval(self) -> None:
-        """Start the next curve row's step-rate clock now: just before the steps (built before a checkpoint was loaded and
-        its validations were sent to Tune again, about 2 s each on two Ray Train workers, the first row after a resume
-        read 0.08 steps/s where the steps ran at 1.5: the multi-worker review), after each validation (whose
-        evaluation, checkpoint and report the next row counted as steps, 25-35% slower: the timing review) and after
-        each progress report. The rate is the training steps' alone; the ETA learns from it and prices evaluations
-        apart."""
-        self.interval_start = time.perf_counter()

@@ -238,7 +238,6 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
     if dist is not None:
         broadcast_state(objective)
     log(f"pretraining stage {index} ({stage.objective}): {stage.max_steps} steps -> {folder}")
-    loop.start_interval()
     for step in range(start, stage.max_steps):
         loop.step(step)
         done = step + 1 == stage.max_steps
@@ -246,7 +245,6 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
             curves.append(loop.curve_row(step + 1))
             if report is not None:
                 report(_stage_progress(cfg, index, step + 1, curves[-1]["loss"], curves[-1]["steps_per_s"]), None)
-                loop.start_interval()  # the next row's step rate times its steps, not this report
         if (step + 1) % stage.checkpoint_every == 0 and not done:
             save_rank_state(folder, dist, step + 1, objective, generator)  # the other ranks' parts of rank 0's checkpoint,
             meet(dist, device)  # on disk before the checkpoint names them
@@ -262,8 +260,7 @@ def _train_stage(cfg: TrialConfig, index: int, data: TrainingData, folder: Path,
         write_json_atomic(folder / STAGE_DATA_FILE, {"root": str(Path(cfg.data.root).expanduser().resolve()), **identity})
         save_checkpoint(folder / STAGE_FINAL_FILE, final)
         ckpt_path.unlink(missing_ok=True)
-    if dist is not None:  # after rank 0's final file (until then a stop resumes from the checkpoint and these)
-        agree(True, dist, device)
-        remove_rank_state(folder, dist)
+    meet(dist, device)  # after rank 0's final file (until then a stop resumes from the checkpoint and these)
+    remove_rank_state(folder, dist)
     log(f"pretraining stage {index} done: loss {curves[-1]['loss']:.4f}")
     return final

@@ -195,7 +195,6 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
         replay_validations(val_curve, curves, cfg, report)
 
     replica_diff = None
-    loop.start_interval()
     for step in range(start_step, o.max_steps):
         loop.step(step)
         last = step + 1 == o.max_steps
@@ -206,7 +205,6 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
                 known = best["step"] >= 0
                 report({**progress(step + 1), "val_dice": val_curve[-1]["val_dice"] if known else math.nan,
                         "best_val_dice": best["val_dice"] if known else math.nan}, None)
-                loop.start_interval()  # the next row's step rate times its steps, not this report
         if not validate:
             continue
         if dist is not None:
@@ -218,7 +216,6 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
             meet(dist, device)  # on disk before rank 0's checkpoint of this step names it
             if report is not None:
                 report({**progress(step + 1), "val_dice": float("nan"), "best_val_dice": float("nan")}, None)
-            loop.start_interval()  # the next row's step rate times its steps, not this validation
             continue
         t0 = time.perf_counter()
         val_dice = validation_dice(objective.eval_model(), val_volumes, cfg, device)
@@ -236,11 +233,9 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
         log(f"step {step + 1}/{o.max_steps}: loss {curves[-1]['loss']:.4f}, val Dice {val_dice:.4f} (selected {best['val_dice']:.4f} @ {best['step']})")
         if report is not None:
             report({**progress(step + 1), "val_dice": val_dice, "best_val_dice": best["val_dice"]}, ckpt_path.parent)
-        loop.start_interval()  # the next row's step rate times its steps, not the validation, checkpoint and report
     timing["train_s"] = loop.train_s
-    if dist is not None:  # after rank 0's last checkpoint (until then a stop resumes from the one before and these)
-        agree(True, dist, device)
-        remove_rank_state(trial_dir, dist)
+    meet(dist, device)  # after rank 0's last checkpoint (until then a stop resumes from the one before and these)
+    remove_rank_state(trial_dir, dist)
 
     extra = dict(filled)
     stages = stages_over_attempts(trial_dir, pretrain_stages) if main else pretrain_stages  # over the retries
