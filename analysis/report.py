@@ -80,13 +80,24 @@ def _read_json(path: Path) -> dict:
         return {}
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise MedsegError(f"{path}: not valid JSON ({exc}); rerun the study command, which writes it again (without it a "
                           "report would table every trial in the folder, whatever command trained it)") from None
     if not isinstance(value, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
         raise MedsegError(f"{path}: holds {kind}, not a JSON object; rerun the study command, which writes it again")
     return value
+
+
+def _read_record(path: Path, lost: str) -> tuple[dict, list[str]]:
+    """A JSON object file the report only describes the run with (``settings.json``, ``last_run.json``): {} when
+    missing, and {} with one problem line (``lost``: what the report leaves out) when damaged. A damaged one stopped
+    the whole report with study.json's reason (the concurrency review); only study.json decides which trials belong."""
+    try:
+        return _read_json(path), []
+    except MedsegError as exc:
+        reason = str(exc).split(";")[0]  # "<path>: not valid JSON (...)" or "<path>: holds an array, ..."
+        return {}, [f"{reason}; {lost} (the study command writes it again)"]
 
 
 def _problem_trial(problem: str) -> str | None:
@@ -679,8 +690,9 @@ def _write_report(study_dir: Path, log) -> StudyReport:
     read_claims(info)  # a bad claim (an edited study.json) is an error before any table or plot is rewritten
     if (study_dir / PLOTS_DIR).exists() and not (study_dir / PLOTS_DIR).is_dir():
         raise MedsegError(f"{study_dir / PLOTS_DIR}: not a folder; the plots go there (move that file away)")
-    settings = _read_json(study_dir / SETTINGS_FILE)
-    last_run = _read_json(study_dir / LAST_RUN_FILE)
+    settings, settings_problem = _read_record(study_dir / SETTINGS_FILE, "the report leaves out the command's settings it "
+                                              "records (script, profile, command, --set)")
+    last_run, last_run_problem = _read_record(study_dir / LAST_RUN_FILE, "the report leaves out the last run's wall time")
     tables: list[Path] = []
     plots: list[PlotFile] = []
     samples, search_problem, unfinished = None, [], ""
@@ -701,7 +713,7 @@ def _write_report(study_dir: Path, log) -> StudyReport:
             search_problem.append(unfinished)
         search_problem += missing_results(samples or [])
     records, problems, missing = study_records(study_dir, info, {s.key for s in samples} if samples is not None else None)
-    problems = [*problems, *search_problem, *health_problems(trial_health(records))]
+    problems = [*settings_problem, *last_run_problem, *problems, *search_problem, *health_problems(trial_health(records))]
     if records:
         class_names = study_class_names(records)  # before any table: trials on datasets with other classes are an error
         df = build_table(records, class_names=class_names)

@@ -47,25 +47,26 @@ def run_study_main(description: str, default_name: str, build: Callable[[argpars
                                parser or study_parser(description, default_name, labelled_default=labelled_default), started)
 
 
-def _other_rows_accept(study, error: ConfigError) -> bool:
-    """Whether the study's rows other than the one ``error`` is about (its ``variant_index``, set by
-    :meth:`~medseg_platform.study.Study.trial_params`) take the configuration: only then does "leave that row out with
-    --rows" help (a --set wrong for every row offered it row after row; the label in the message is escaped and may
-    carry grid suffixes, so it is not read back from there)."""
+def rows_refusing(study, error: ConfigError) -> list[str]:
+    """The labels of every row that refuses the configuration on its own, when ``error`` is about a row (its
+    ``variant_index``, set by :meth:`~medseg_platform.study.Study.trial_params`) and some rows take it: only then does
+    "leave those rows out with --rows" help. Empty when every row refuses (a --set wrong for every row offered it row
+    after row) or the error is about no row. Each row is tried alone: naming the first refusing row only took one more
+    try per row (the studies review: the quick sampling study's two NS rows); the label in the message is escaped and
+    may carry grid suffixes, so it is not read back from there."""
     import copy
 
-    index = getattr(error, "variant_index", None)
-    if index is None or len(study.variants) < 2:
-        return False
-    row = study.variants[index].tags.get("row")
-    others = copy.copy(study)
-    others.variants = [v for i, v in enumerate(study.variants) if i != index]
-    others.claims = [c for c in study.claims if row not in (c.get("a"), c.get("b"))]
-    try:
-        others.trial_params()
-    except MedsegError:
-        return False
-    return True
+    if getattr(error, "variant_index", None) is None or len(study.variants) < 2:
+        return []
+    refusing = []
+    for variant in study.variants:
+        alone = copy.copy(study)
+        alone.variants, alone.claims = [variant], []
+        try:
+            alone.trial_params()
+        except MedsegError:
+            refusing.append(str(variant.tags.get("row")))
+    return refusing if len(refusing) < len(study.variants) else []
 
 
 def import_report():
@@ -152,8 +153,12 @@ def _run_study_main(description, default_name, build, argv, parser, started: flo
             trial_params = study.trial_params()
         except ConfigError as exc:  # a --set value wrong for a row names the --set
             named = named_by_set(exc, sets)
-            if named is not exc and _other_rows_accept(study, exc):  # wrong for that row only (the diff
-                named = ConfigError(f"{named}; leave that row out with --rows")  # reviews: the NS baseline)
+            refusing = rows_refusing(study, exc) if named is not exc else []  # wrong for some rows only (the NS baseline)
+            if len(refusing) == 1:
+                named = ConfigError(f"{named}; leave that row out with --rows")
+            elif refusing:
+                named = ConfigError(f"{named}; {len(refusing)} rows refuse it ({', '.join(map(repr, refusing))}): leave them "
+                                    "out with --rows")
             raise named from None
         released = {t["config"]["data"]["labelled"] for t in trial_params
                     if t["config"]["data"].get("labelled_strategy") == "released_slices"}

@@ -21,7 +21,7 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 def check_output_folder(path: str | os.PathLike, flag: str, writes: str | None = "inside") -> None:
@@ -272,7 +272,7 @@ def read_json_object(path: str | os.PathLike) -> dict | None:
         return None
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nesting deeper than json's recursion limit
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -287,19 +287,22 @@ LOCK_FILE = ".lock"
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, what: str, keep: bool = True) -> Iterator[None]:
+def folder_lock(folder: str | os.PathLike, what: str, keep: bool = True, name: str = LOCK_FILE,
+                busy: Callable[[str], str] | None = None) -> Iterator[None]:
     """Hold an exclusive, non-blocking ``flock`` on ``folder/.lock`` (created with its parents) for the block; the file
     names this process (pid, host, start). A second holder is a one-line :class:`ConfigError` naming the first (``what``
     is the command's subject, e.g. "study ablation_tailness-quick"). The kernel drops the lock when the holder dies, so a
     killed run never leaves a stale one; where the filesystem has no ``flock`` (some network mounts), nothing is held.
-    ``keep=False`` removes the file when the block ends (a folder of outputs others copy: ``medseg predict``'s)."""
+    ``keep=False`` removes the file when the block ends (a folder of outputs others copy: ``medseg predict``'s).
+    ``name``: another lock file of ``folder`` (a search's lock beside its Optuna journal); ``busy(holder)``: the
+    error's text then, instead of "running there already"."""
     import datetime
     import fcntl
     import socket
 
     from medseg_platform.errors import ConfigError
 
-    path = Path(folder) / LOCK_FILE
+    path = Path(folder) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fh = open_lock_file(path)
@@ -309,7 +312,7 @@ def folder_lock(folder: str | os.PathLike, what: str, keep: bool = True) -> Iter
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             fh.close()
-            raise ConfigError(_running_there(folder, what, holder)) from None
+            raise ConfigError(busy(holder) if busy is not None else _running_there(folder, what, holder)) from None
         except OSError:  # no flock on this filesystem: run unlocked, as before
             fh.close()
             yield
@@ -325,7 +328,7 @@ def folder_lock(folder: str | os.PathLike, what: str, keep: bool = True) -> Iter
         fh.flush()
         with contextlib.suppress(OSError):  # some FUSE mounts have no fsync
             os.fsync(fh.fileno())  # other nodes of a cluster read it (study.ray_runtime.check_nodes_see): NFS shows synced data
-        held = str(Path(folder).resolve())
+        held = str(path.resolve())
         _HELD_HERE.add(held)
         try:
             yield
@@ -336,7 +339,7 @@ def folder_lock(folder: str | os.PathLike, what: str, keep: bool = True) -> Iter
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-#: The folders whose :func:`folder_lock` this process holds now (resolved paths), for :func:`other_holder`.
+#: The lock files of the :func:`folder_lock` this process holds now (resolved paths), for :func:`other_holder`.
 _HELD_HERE: set[str] = set()
 
 
@@ -390,7 +393,7 @@ def other_holder(folder: str | os.PathLike) -> str | None:
     """:func:`folder_holder`, but None where the holder is this process: a study's command that writes its own report at
     its end (after a Ctrl-C, say) still holds its folder, and its report said its unfinished trials were "running there",
     "a snapshot", after the command had stopped; its stale tables and plots were never removed (the workflow review)."""
-    if str(Path(folder).resolve()) in _HELD_HERE:
+    if str((Path(folder) / LOCK_FILE).resolve()) in _HELD_HERE:
         return None
     return folder_holder(folder)
 

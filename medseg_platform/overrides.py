@@ -267,6 +267,17 @@ def _refuse_stage_parameters(resolved: Sequence, texts: Mapping[str, str], objec
                               f"objective; stages cannot be set from the command line ({STAGE_REMEDY})")
 
 
+def _rows_that(clauses: list[str], several: str = "cannot take it") -> str:
+    """``"row <clause>"`` for one row, ``"<n> rows <several>: <clause>; <clause>"`` for more (a refusal names every row
+    it is about: ``--rows`` can then leave them all out in one try)."""
+    return f"row {clauses[0]}" if len(clauses) == 1 else f"{len(clauses)} rows {several}: " + "; ".join(clauses)
+
+
+def _hint_for(rows_hint: str, count: int) -> str:
+    """``rows_hint`` ("leave the row out with --rows") for ``count`` rows."""
+    return rows_hint if count == 1 else rows_hint.replace("the row", "those rows")
+
+
 def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = STUDY_FLAG_KEYS,
                     rows_hint: str = "leave the row out with --rows") -> dict[str, Any]:
     """Apply ``--set`` overrides (``{key: text}``) to every trial of ``study`` (a :class:`~medseg_platform.study.Study`,
@@ -300,12 +311,14 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
             shown = ", ".join(dict.fromkeys(repr(keys[key]) for keys in set_by_rows))
             raise ConfigError(f"--set {key}: every row of study {study.name} sets it itself (to {shown}): it is what the "
                               "rows vary; drop the --set")
+    for key in texts:  # every row that sets it in one message: naming the first alone took one more try per row
+        setters = [(_row_name(variant), keys[key]) for variant, keys in zip(study.variants, set_by_rows) if key in keys]
+        if setters:
+            named = (f"row {setters[0][0]!r} sets it itself (to {setters[0][1]!r})" if len(setters) == 1 else
+                     _rows_that([f"{name!r} (to {value!r})" for name, value in setters], "set it themselves"))
+            raise ConfigError(f"--set {key}: {named}; drop the --set" + (f" or {_hint_for(rows_hint, len(setters))}" if rows_hint else ""))
+    lacking: dict[str, list[str]] = {}  # key -> the rows whose objective has no such parameter
     for variant, resolved in zip(study.variants, rows):
-        row_keys = _row_keys(variant)
-        for key in texts:
-            if key in row_keys:
-                raise ConfigError(f"--set {key}: row {_row_name(variant)!r} sets it itself (to {row_keys[key]!r}); drop the --set"
-                                  + (f" or {rows_hint}" if rows_hint else ""))
         objective = values.get("objective") or resolved.objective
         params = objective_param_types(objective)
         for key in texts:
@@ -313,10 +326,13 @@ def apply_overrides(study, texts: Mapping[str, str], flags: Mapping[str, str] = 
                 continue
             name = key[len(_OBJECTIVE_PREFIX):]
             if name not in params:
-                raise ConfigError(f"--set {key}: row {_row_name(variant)!r} (objective {objective}) has no parameter {name!r} "
-                                  f"(its parameters: {', '.join(params) or 'none'})" + (f"; {rows_hint}" if rows_hint else ""))
+                lacking.setdefault(key, []).append(f"{_row_name(variant)!r} (objective {objective}) has no parameter {name!r} "
+                                                   f"(its parameters: {', '.join(params) or 'none'})")
+                continue
             values.setdefault(key, parse_value(key, texts[key], params[name]))
         row_defaults.append(_objective_values(objective, resolved.objective_params))
+    for key, reasons in lacking.items():
+        raise ConfigError(f"--set {key}: {_rows_that(reasons)}" + (f"; {_hint_for(rows_hint, len(reasons))}" if rows_hint else ""))
     base_values = {k: v for k, v in values.items() if k != "objective" and not k.startswith(_OBJECTIVE_PREFIX)}
     row_values = {k: v for k, v in values.items() if k not in base_values}
     if base_values:

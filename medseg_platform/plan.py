@@ -43,6 +43,7 @@ from typing import Any
 
 from medseg_platform.config import TrialConfig
 from medseg_platform.step_costs import EVALUATION_COST, STEP_COST, UNKNOWN_STEP_COST, format_duration, trial_plan
+from medseg_platform.study.ray_runtime import joins_cluster
 
 FINISHED, ENDED, TO_SCORE, TO_RESCORE, TO_RESUME, CACHED, TO_RUN = (
     "finished", "samples ended", "to score on --test-root", "to score from a finished trial", "to resume", "cached pretraining",
@@ -223,7 +224,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
         # runs that train: one alone shares no core (a scoring from a finished trial runs in the driver before Ray
         # starts, never beside a training trial: counted, it slowed a lone trial's unit x1.4, the progress review)
         running = sum(1 for _, _, p in planned if p.status != TO_RESCORE for _ in p.runs)
-        joined = bool(study.address or os.environ.get("RAY_ADDRESS"))
+        joined = joins_cluster(study.address)
         if first and unit.seconds > 0 and min(slots, running) > 1 and study.gpus_per_trial == 0 and not joined:
             unit = UnitSeconds(unit.seconds * SHARED_CORES_SLOWDOWN,
                                f"{unit.source}, x{SHARED_CORES_SLOWDOWN:g} for {slots} trials sharing this machine's cores", unit.device)
@@ -358,10 +359,10 @@ def trial_slots(study, cpus: int | None = None) -> tuple[int, str]:
         slots = min(slots, max(1, int(gpus // (study.gpus_per_trial * study.num_workers))))
         source += f", {gpus} GPU(s) / {study.gpus_per_trial * study.num_workers:g} per trial"
     if study.max_concurrent:
-        cluster = bool(study.address or os.environ.get("RAY_ADDRESS"))
+        cluster = joins_cluster(study.address)
         slots = study.max_concurrent if cluster else min(slots, study.max_concurrent)
         source = f"--max-concurrent {study.max_concurrent}" + ("" if cluster else f"; {source}")
-    elif study.address or os.environ.get("RAY_ADDRESS"):
+    elif joins_cluster(study.address):
         source += "; joining a cluster: pass --max-concurrent for its size"
     return slots, source
 

@@ -42,9 +42,11 @@ def stream_seed(seed: int, phase: int, purpose: int, rank: int = 0, step: int = 
     itself, as the released scripts seed theirs: a supervised or mean-teacher trial trains as it always did. Every
     other stream (a pretraining stage's global generators or data, another rank's data, another rank's data resumed at
     ``step``: rank 0's streams continue from the checkpoint's saved states) gets a seed derived from ``seed`` and its
-    ``(phase, purpose, rank, step)`` by NumPy's ``SeedSequence``: the streams of two seeds never coincide, as the
-    offsets before did (stage ``i`` of seed ``s`` ran seed ``s + i``'s global stream, that of ``s + i``'s first stage
-    and fine-tuning: the default study's seeds 1, 2, 3 shared ACTION's).
+    ``(phase, purpose, rank, step)`` by NumPy's ``SeedSequence``: the streams of two seeds coincide only by the chance
+    of two 32-bit numbers (a derived seed is also a trial seed: seed 1's first stage draws the data stream of seed
+    28728897's fine-tuning, the seeding review), where the offsets before made neighbouring seeds share them (stage ``i``
+    of seed ``s`` ran seed ``s + i``'s global stream, that of ``s + i``'s first stage and fine-tuning: the default
+    study's seeds 1, 2, 3 shared ACTION's).
     Returns a whole number in [0, 2**32 - 1].
     """
     if (phase, rank, step) == (FINE_TUNING, 0, 0):

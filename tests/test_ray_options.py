@@ -498,9 +498,34 @@ def test_a_journal_holding_this_search_from_another_results_folder_is_refused(ti
     with pytest.raises(ConfigError, match=rf"already holds the Optuna study {name} "):
         check_before_ray(_study(tiny_root, tmp_path / "results-d", search_space=space, num_samples=2, dashboard=False,
                                 optuna_storage=journal))
+
     # another search (other samples: another experiment name) in a new folder may share the journal
     check_before_ray(_study(tiny_root, tmp_path / "results-c", search_space=space, num_samples=3, dashboard=False,
                             optuna_storage=journal))
+
+
+def test_the_same_search_into_two_folders_at_once_is_refused_before_it_writes(tiny_root, tmp_path):
+    """The concurrency review: two commands of one search with one journal, into two results folders a few seconds
+    apart, both passed the journal check before either had written its Optuna study, and both wrote into it (4 trials in
+    a 2-sample search). While one runs, the other is refused under its folder's lock, before its study.json; another
+    search may share the journal meanwhile, as Optuna's journal allows."""
+    from ray import tune
+
+    from medseg_platform.results import STUDY_FILE
+    from medseg_platform.study.runner import run_study, search_journal_lock
+
+    journal = tmp_path / "optuna.log"
+    space = {"optim.lr": tune.loguniform(1e-3, 1e-1)}
+    running = _study(tiny_root, tmp_path / "results-a", search_space=space, num_samples=2, dashboard=False, optuna_storage=journal)
+    other = _study(tiny_root, tmp_path / "results-c", search_space=space, num_samples=3, dashboard=False, optuna_storage=journal)
+    with search_journal_lock(running, running.trial_params()), search_journal_lock(other, other.trial_params()):
+        again = _study(tiny_root, tmp_path / "results-b", search_space=space, num_samples=2, dashboard=False, optuna_storage=journal)
+        with pytest.raises(ConfigError, match=rf"--optuna-storage {journal}: the search {running.name}-\w+ is writing its Optuna "
+                                              r"study there from another results folder \(pid \d+ on "):
+            run_study(again)
+        assert not (again.study_dir / STUDY_FILE).exists() and not journal.exists()
+    with search_journal_lock(again, again.trial_params()):  # free again once the first ended
+        pass
 
 
 def test_a_ray_head_s_gcs_passes_the_address_probe_and_an_http_server_does_not(ray_address):

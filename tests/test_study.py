@@ -340,7 +340,7 @@ def test_a_set_of_an_axis_a_row_states_in_its_label_is_refused(tiny_root, tmp_pa
 def test_the_rows_hint_finds_the_row_an_error_is_about_whatever_its_label(tiny_root, tmp_path):
     """The third diff review: the row was read back from the message, where its label is escaped (a quote, a
     backslash) and carries grid suffixes; "leave that row out with --rows" was then lost."""
-    from analysis.study_cli import _other_rows_accept
+    from analysis.study_cli import rows_refusing
 
     for label in ("O'Neil", "back\\slash", "x': y"):
         study = tiny_study(tiny_root, tmp_path)
@@ -349,13 +349,17 @@ def test_the_rows_hint_finds_the_row_an_error_is_about_whatever_its_label(tiny_r
                                                    {"objective": "mean_teacher", "data.unlabelled_batch": 0})]
         with pytest.raises(ConfigError) as info:
             study.trial_params()
-        assert info.value.variant_index == 2 and _other_rows_accept(study, info.value), label
+        assert info.value.variant_index == 2 and rows_refusing(study, info.value) == [label], label
         assert len(study.variants) == 3  # the study itself is not changed
-    study.variants = [Variant({"row": "MT", "order": 1}, {"objective": "mean_teacher", "data.unlabelled_batch": 0}),
-                      study.variants[2]]  # every row refuses it: no hint
+    refusing = Variant({"row": "MT", "order": 1}, {"objective": "mean_teacher", "data.unlabelled_batch": 0, "optim.lr": 0.02})
+    study.variants = [study.variants[0], refusing, study.variants[2]]  # two of three: both named (the studies review)
     with pytest.raises(ConfigError) as info:
         study.trial_params()
-    assert not _other_rows_accept(study, info.value)
+    assert info.value.variant_index == 1 and rows_refusing(study, info.value) == ["MT", label]
+    study.variants = [refusing, study.variants[2]]  # every row refuses it: no hint
+    with pytest.raises(ConfigError) as info:
+        study.trial_params()
+    assert rows_refusing(study, info.value) == []
 
 
 def test_the_environment_is_given_back_as_it_was(monkeypatch):
@@ -416,6 +420,7 @@ def test_multi_worker_trials_start_only_as_many_as_the_cluster_holds(tmp_path, m
     from medseg_platform.study.runner import check_local_resources, distributed_trials_that_fit, tune_config
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # a local Ray: this test process's session Ray is not checked
     study = tiny_study(tmp_path, tmp_path / "results", num_workers=2)
     study.cpus_per_trial = 1.0
 
@@ -450,6 +455,12 @@ def test_multi_worker_trials_start_only_as_many_as_the_cluster_holds(tmp_path, m
     study.address = "10.0.0.1:6379"  # a cluster may grow (autoscaling): one trial at a time, with a warning
     assert distributed_trials_that_fit(study) == 1 and "warning: --num-workers 2: a trial needs 2 CPUs" in capsys.readouterr().err
     check_local_resources(study)  # joining a cluster: its size is not this machine's
+    from medseg_platform.study import ray_runtime
+
+    study.address = None  # a cluster this process joined itself (a notebook's ray.init(address=...)): refused before,
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # as a local Ray (Ray sets no RAY_ADDRESS there: the
+    monkeypatch.setattr(ray_runtime, "ray_started_here", lambda: False)  # docs review)
+    assert distributed_trials_that_fit(study) == 1 and "warning: --num-workers 2: a trial needs 2 CPUs" in capsys.readouterr().err
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # this test process's session Ray is not the one checked
     study.address, study.num_cpus = None, 1  # a local Ray of 1 CPU: refused before Ray starts
     with pytest.raises(ConfigError, match=r"--num-workers 2: a trial needs 2 CPUs \(2 workers x 1\), the local Ray has 1"):

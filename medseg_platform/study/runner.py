@@ -23,6 +23,7 @@ lack it are scored at the next run from their checkpoints, without training (:mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -75,7 +76,9 @@ def run_study(study: Study, after: Callable[[StudyRun], None] | None = None) -> 
     check_trained_on_this_data(study, trials)
     environment = dict(os.environ)
     try:
-        with folder_lock(study.study_dir, f"study {study.name}"):  # after the checks: a refused command writes nothing
+        # after the checks: a refused command writes nothing
+        with folder_lock(study.study_dir, f"study {study.name}"), search_journal_lock(study, trials):
+            check_journal_holds_no_other_search(study, trials)  # again, under the lock: no other folder's run starts it now
             run = _run_checked_study(study, trials, start, started_at)
             if after is not None:
                 after(run)
@@ -493,6 +496,22 @@ def check_search_storage(study: Study, trials: list[dict]) -> None:
                           "different storage would start the search again), or give --name for a new search")
 
 
+def search_journal_lock(study: Study, trials: list[dict]):
+    """A :func:`~medseg_platform.io.folder_lock` on ``<journal>.<experiment>.lock`` beside the ``--optuna-storage`` journal
+    for a search's run (a no-op for a study without one): the same search started into two results folders a few
+    seconds apart both passed :func:`check_journal_holds_no_other_search` before either had written its Optuna study,
+    and then wrote into one (the concurrency review). Other searches may share the journal at the same time, as Optuna's
+    journal allows."""
+    if study.search_space is None or study.optuna_storage is None:
+        return contextlib.nullcontext()
+    journal = Path(study.optuna_storage)
+    name = f"{study.name}-{study.spec_hash(trials)}"  # the Tune experiment's and the Optuna study's
+    return folder_lock(journal.parent, f"search {name}", keep=False, name=f".{journal.name}.{name}.lock",
+                       busy=lambda holder: f"--optuna-storage {journal}: the search {name} is writing its Optuna study there "
+                                           f"from another results folder ({holder}); wait for it to end and rerun this one "
+                                           "into that --results-dir to resume it, or give a new --optuna-storage file or --name")
+
+
 def check_journal_holds_no_other_search(study: Study, trials: list[dict]) -> None:
     """Refuse a search whose ``--optuna-storage`` journal already holds an Optuna study of its experiment's name that this
     results folder did not start: the same search run into another results folder, or into one deleted since. Optuna
@@ -847,7 +866,7 @@ def distributed_trials_that_fit(study: Study) -> int | None:
         nodes_text = "; ".join(", ".join(f"{node.get(kind, 0.0):g} {kind}s" for kind in per_worker) for node in nodes) or "none"
         short = (f"--num-workers {study.num_workers}: a trial needs {need}, the Ray cluster's nodes hold {workers} such "
                  f"worker(s) (its nodes: {nodes_text})")
-        if study.address or os.environ.get("RAY_ADDRESS"):  # an autoscaling cluster may add nodes: Ray decides
+        if joins_cluster(study.address):  # an autoscaling cluster may add nodes: Ray decides (also one this process joined)
             log_line(f"warning: {short} now; one trial at a time, waiting for the cluster to grow. A cluster that cannot grow "
                  "never starts it: stop with Ctrl-C and use fewer workers or less per worker (--cpus-per-trial/--gpus-per-trial)")
             return 1

@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from analysis.report import write_report
+from medseg_platform.errors import MedsegError
 from analysis.console import main
 from tests.analysis.fakes import case_offset, make_fake_study, make_search_study, write_fake_trial
 
@@ -71,6 +72,24 @@ def test_report_states_settings_problems_and_links_that_exist(study):
     links = re.findall(r"\]\(([^)]+)\)", text)
     assert "table_dice.tex" in links and "plots/training_curves.png" in links and len(links) >= 15
     assert all((study / link).is_file() for link in links)
+
+
+def test_a_damaged_settings_or_last_run_file_is_a_problem_not_a_lost_report(study):
+    """The concurrency review: a damaged last_run.json or settings.json (they only describe the run) stopped the whole
+    report with study.json's reason ("without it a report would table every trial"); the report is written without
+    what they hold, and says so. A damaged study.json still stops it."""
+    from medseg_platform.results import LAST_RUN_FILE, SETTINGS_FILE
+
+    (study / SETTINGS_FILE).write_bytes(b"\x00\x00")
+    (study / LAST_RUN_FILE).write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")  # deeper than json's recursion
+    report = write_report(study, log=lambda m: None)
+    text = report.report.read_text(encoding="utf-8")
+    assert "- **Trials**: 12 of 14 finished" in text and "`python studies/fake.py" not in text  # the command was settings'
+    assert f"{study / SETTINGS_FILE}: not valid JSON (" in text and "leaves out the command's settings" in text
+    assert f"{study / LAST_RUN_FILE}: not valid JSON (" in text and "leaves out the last run's wall time" in text
+    (study / "study.json").write_text("{", encoding="utf-8")
+    with pytest.raises(MedsegError, match="study.json: not valid JSON .*; rerun the study command"):
+        write_report(study, log=lambda m: None)
 
 
 def test_search_report_lists_the_best_configurations(tmp_path):
@@ -206,14 +225,20 @@ def test_a_bad_claim_or_a_plots_file_is_an_error_before_anything_is_rewritten(st
     assert "plots: not a folder" in capsys.readouterr().err and _outputs(study) == before
 
 
-@pytest.mark.parametrize("name, content, kind", [("study.json", "[1, 2]", "an array"), ("settings.json", '"x"', "a string")])
-def test_a_study_file_that_is_not_a_json_object_is_a_one_line_error(study, capsys, name, content, kind):
-    """It used to be read as empty, and the report was written without the study's trial list or settings."""
-    (study / name).write_text(content, encoding="utf-8")
+def test_a_study_file_that_is_not_a_json_object_is_a_one_line_error(study, capsys):
+    """It used to be read as empty, and the report was written without the study's trial list. A settings.json that is
+    no object is a problem line instead, and the report is written without its settings (the concurrency review)."""
+    (study / "study.json").write_text("[1, 2]", encoding="utf-8")
     assert main(["report", str(study)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: {study / name}: holds {kind}, not a JSON object; rerun the study command, which writes it again"]
+        f"error: {study / 'study.json'}: holds an array, not a JSON object; rerun the study command, which writes it again"]
     assert not (study / "report.md").exists() and not list(study.glob("table*"))
+    shutil.rmtree(study.parent)
+    study = make_fake_study(study.parent)
+    (study / "settings.json").write_text('"x"', encoding="utf-8")
+    assert main(["report", str(study)]) == 1  # the fake study's errored and corrupt trials: incomplete, as without it
+    assert f"{study / 'settings.json'}: holds a string, not a JSON object; the report leaves out" in capsys.readouterr().out
+    assert (study / "report.md").is_file()
 
 
 def test_report_says_when_every_trial_plateaued(study):
