@@ -350,7 +350,7 @@ def on_published_data(settings: Mapping[str, Any], records: Sequence[TrialRecord
     was recorded do not say). Read from the results (``labelled``, ``class_names``, ``data_generator``), not the data."""
     profile = settings.get("profile")
     if profile != PAPER_PROFILE:
-        return False, f"{profile} profile" if profile else "profile unknown (no settings.json)"
+        return False, f"{profile} profile" if profile else "profile unknown (no readable settings.json)"
     generated = sorted({str(r.result["data_generator"]) for r in records if r.result.get("data_generator")})
     if generated:
         return False, f"{PAPER_PROFILE} profile on generated data ({', '.join(generated)})"

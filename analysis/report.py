@@ -96,7 +96,7 @@ def _read_record(path: Path, lost: str) -> tuple[dict, list[str]]:
     try:
         return _read_json(path), []
     except MedsegError as exc:
-        reason = str(exc).split(";")[0]  # "<path>: not valid JSON (...)" or "<path>: holds an array, ..."
+        reason = str(exc).partition("; rerun the study command")[0]  # "<path>: not valid JSON (...)", "<path>: holds ..."
         return {}, [f"{reason}; {lost} (the study command writes it again)"]
 
 
@@ -412,7 +412,7 @@ def settings_lines(study_dir: Path, info: dict, settings: dict, last_run: dict, 
     finished = f"{len(records)}" + (f" of {expected}" if expected else "")
     lines = [
         f"- **Study**: {info.get('name') or study_dir.name}" + (" (Optuna search)" if info.get("search") else ""),
-        f"- **Profile**: {settings.get('profile', 'unknown (no settings.json)')}",
+        f"- **Profile**: {settings.get('profile', 'unknown (no readable settings.json)')}",
     ]
     collected = bool(info.get("accumulates"))  # a folder of several runs (medseg train): settings.json is the latest run's
     if settings.get("command"):

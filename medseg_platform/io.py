@@ -288,14 +288,15 @@ LOCK_FILE = ".lock"
 
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, what: str, keep: bool = True, name: str = LOCK_FILE,
-                busy: Callable[[str], str] | None = None) -> Iterator[None]:
+                busy: Callable[[str], str] | None = None, note: str = "") -> Iterator[None]:
     """Hold an exclusive, non-blocking ``flock`` on ``folder/.lock`` (created with its parents) for the block; the file
     names this process (pid, host, start). A second holder is a one-line :class:`ConfigError` naming the first (``what``
     is the command's subject, e.g. "study ablation_tailness-quick"). The kernel drops the lock when the holder dies, so a
     killed run never leaves a stale one; where the filesystem has no ``flock`` (some network mounts), nothing is held.
     ``keep=False`` removes the file when the block ends (a folder of outputs others copy: ``medseg predict``'s).
     ``name``: another lock file of ``folder`` (a search's lock beside its Optuna journal); ``busy(holder)``: the
-    error's text then, instead of "running there already"."""
+    error's text then, instead of "running there already"; ``note``: appended to the holder's line (what a refused
+    command needs to know of the holder, e.g. its results folder)."""
     import datetime
     import fcntl
     import socket
@@ -324,7 +325,7 @@ def folder_lock(folder: str | os.PathLike, what: str, keep: bool = True, name: s
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
-                 f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n")
+                 f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}{note}\n")
         fh.flush()
         with contextlib.suppress(OSError):  # some FUSE mounts have no fsync
             os.fsync(fh.fileno())  # other nodes of a cluster read it (study.ray_runtime.check_nodes_see): NFS shows synced data
@@ -398,13 +399,14 @@ def other_holder(folder: str | os.PathLike) -> str | None:
     return folder_holder(folder)
 
 
-def folder_holder(folder: str | os.PathLike) -> str | None:
-    """Who holds ``folder``'s :func:`folder_lock` now ("pid 123 on host, since ..."), or None when no process does (or
-    where the filesystem has no ``flock``). Never creates the lock file; tries a shared lock for an instant."""
+def folder_holder(folder: str | os.PathLike, name: str = LOCK_FILE) -> str | None:
+    """Who holds ``folder``'s :func:`folder_lock` (of lock file ``name``) now ("pid 123 on host, since ..."), or None
+    when no process does (or where the filesystem has no ``flock``). Never creates the lock file; tries a shared lock
+    for an instant."""
     import fcntl
 
     try:
-        fh = open(Path(folder) / LOCK_FILE, encoding="utf-8")
+        fh = open(Path(folder) / name, encoding="utf-8")
     except OSError:
         return None
     with fh:

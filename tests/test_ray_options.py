@@ -280,7 +280,7 @@ def test_optuna_search_is_recorded_in_a_journal_file(tiny_root, tmp_path, ray_ad
     from ray import tune
 
     from medseg_platform.results import scan_study
-    from medseg_platform.study.runner import optuna_journal
+    from medseg_platform.study.search_journal import optuna_journal
 
     journal = tmp_path / "optuna" / "journal.log"
     study = _study(tiny_root, tmp_path / "results", search_space={"optim.lr": tune.loguniform(1e-3, 1e-1)}, num_samples=2,
@@ -299,7 +299,8 @@ def test_optuna_search_is_recorded_in_a_journal_file(tiny_root, tmp_path, ray_ad
     assert [v for _, v in recorded] == pytest.approx([v for _, v in expected], rel=1e-12)
     # the journal this search wrote is accepted again; leaving the flag out (or another file) would start the search
     # over in a new Tune experiment: refused before Ray starts, naming the flag to resume with
-    from medseg_platform.study.runner import check_before_ray, is_optuna_journal
+    from medseg_platform.study.runner import check_before_ray
+    from medseg_platform.study.search_journal import is_optuna_journal
 
     assert is_optuna_journal(journal)
     for storage in (None, tmp_path / "other.log"):
@@ -461,7 +462,8 @@ def test_a_journal_holding_this_search_from_another_results_folder_is_refused(ti
     from ray import tune
 
     from medseg_platform.results import STUDY_FILE
-    from medseg_platform.study.runner import check_before_ray, optuna_journal
+    from medseg_platform.study.runner import check_before_ray
+    from medseg_platform.study.search_journal import optuna_journal
 
     journal = tmp_path / "optuna.log"
     space = {"optim.lr": tune.loguniform(1e-3, 1e-1)}
@@ -511,19 +513,23 @@ def test_the_same_search_into_two_folders_at_once_is_refused_before_it_writes(ti
     search may share the journal meanwhile, as Optuna's journal allows."""
     from ray import tune
 
-    from medseg_platform.results import STUDY_FILE
-    from medseg_platform.study.runner import run_study, search_journal_lock
+    from medseg_platform.study.runner import run_study
+    from medseg_platform.study.search_journal import search_journal_lock
 
     journal = tmp_path / "optuna.log"
     space = {"optim.lr": tune.loguniform(1e-3, 1e-1)}
     running = _study(tiny_root, tmp_path / "results-a", search_space=space, num_samples=2, dashboard=False, optuna_storage=journal)
     other = _study(tiny_root, tmp_path / "results-c", search_space=space, num_samples=3, dashboard=False, optuna_storage=journal)
+    other.name = "x" * 230  # the journal's and a long experiment's names: longer than a file name may be (the diff review)
     with search_journal_lock(running, running.trial_params()), search_journal_lock(other, other.trial_params()):
         again = _study(tiny_root, tmp_path / "results-b", search_space=space, num_samples=2, dashboard=False, optuna_storage=journal)
-        with pytest.raises(ConfigError, match=rf"--optuna-storage {journal}: the search {running.name}-\w+ is writing its Optuna "
-                                              r"study there from another results folder \(pid \d+ on "):
+        with pytest.raises(ConfigError) as info:
             run_study(again)
-        assert not (again.study_dir / STUDY_FILE).exists() and not journal.exists()
+        assert re.fullmatch(rf"--optuna-storage {journal}: the search {running.name}-\w+ is writing its Optuna study there \(pid "
+                            rf"\d+ on .+, since .+, results folder {running.study_dir}\); wait for it to end and rerun this "
+                            "one into that results folder to resume it, or give a new --optuna-storage file or --name",
+                            str(info.value)), info.value
+        assert not again.study_dir.exists() and not journal.exists()  # refused before its preflight and folder lock
     with search_journal_lock(again, again.trial_params()):  # free again once the first ended
         pass
 

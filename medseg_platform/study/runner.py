@@ -1,7 +1,8 @@
 """Running a :class:`~medseg_platform.study.spec.Study` as a Ray Tune experiment (:func:`run_study`).
 
 1. expands and validates every trial config **before Ray starts** (one-line :class:`ConfigError`), checks the Ray
-   options, GPUs, ``--test-root`` and every data file the trials read (data preflight);
+   options, a search's Optuna journal (:mod:`medseg_platform.study.search_journal`), GPUs, ``--test-root`` and every
+   data file the trials read (data preflight);
 2. scores, without training, every trial that differs from a finished trial of the results folder only in how it is
    scored (``--protocol``, ``eval.distance_units``: :mod:`medseg_platform.rescore`), and skips Ray entirely when every
    trial then has a complete ``result.json`` (rerun = rebuild tables; a search always restores its Tune experiment,
@@ -23,8 +24,6 @@ lack it are scored at the next run from their checkpoints, without training (:mo
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import shutil
@@ -47,6 +46,8 @@ from medseg_platform.results import (ERROR_FILE, LAST_RUN_FILE, RESULT_FILE, STU
                                      retag_finished_trials, trial_finished, trial_folder, tune_storage, write_trial_error)
 from medseg_platform.study.ray_runtime import (check_cluster_answers, check_gpus_available, check_nodes_see, init_ray, joins_cluster,
                                                ray_started_here, sigterm_handler_kept)
+from medseg_platform.study.search_journal import (check_journal_holds_no_other_search, check_search_journal_free, check_search_storage,
+                                                 is_optuna_journal, optuna_journal, search_journal_lock)
 from medseg_platform.study.spec import ASHA_TIME, Study, check_accumulating_folder, check_study_folder
 
 
@@ -72,6 +73,7 @@ def run_study(study: Study, after: Callable[[StudyRun], None] | None = None) -> 
     start, started_at = time.perf_counter(), time.time()
     trials, test_datasets = check_before_ray(study)
     check_folder_free(study.study_dir, f"study {study.name}")  # before the preflight's reads and its preflight.json
+    check_search_journal_free(study, trials)  # the same, for a search's Optuna journal
     preflight_datasets(datasets_of_trials(trials) + test_datasets, study.study_dir)  # every data file read, before Ray starts
     check_trained_on_this_data(study, trials)
     environment = dict(os.environ)
@@ -442,110 +444,6 @@ def check_ray_options(study: Study) -> None:
         study.optuna_storage = path
 
 
-def is_optuna_journal(path: Path) -> bool:
-    """Whether ``path`` is empty or starts like an Optuna journal file (one JSON object with an ``op_code`` per line)."""
-    try:
-        with open(path, "rb") as fh:
-            first = fh.readline(1 << 20)
-            if not first.strip():
-                return not fh.read(1 << 20).strip()  # an empty (or blank) file; a journal never starts with a blank line
-    except OSError:
-        return False
-    try:
-        entry = json.loads(first)
-    except (ValueError, RecursionError):
-        return False
-    return isinstance(entry, dict) and "op_code" in entry
-
-
-def check_search_storage(study: Study, trials: list[dict]) -> None:
-    """A search rerun with another ``--optuna-storage`` (or without it) than the one it was started with would start the
-    whole search again in a new Tune experiment: refuse, naming the flag to resume with (one-line :class:`ConfigError`)."""
-
-    if study.search_space is None:
-        return
-    try:
-        info = json.loads((study.study_dir / STUDY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if not isinstance(info, dict) or not info.get("search") or "optuna_storage" not in info:
-        return
-    if not (tune_storage(study.study_dir) / f"{study.name}-{info.get('spec_hash')}").is_dir():
-        return  # that run never started its Tune experiment: nothing to resume
-    recorded = info["optuna_storage"]
-    current = str(study.optuna_storage) if study.optuna_storage is not None else None
-    if recorded == current:
-        from medseg_platform.study.experiment_state import experiment_restorable
-
-        experiment = tune_storage(study.study_dir) / f"{study.name}-{info.get('spec_hash')}"
-        if recorded is not None and not Path(recorded).is_file() and experiment_restorable(experiment):
-            # the restored searcher replays the journal: a missing one ended in a KeyError traceback, and the record it
-            # wrote into the new file made every later rerun fail the same way (the search review)
-            raise ConfigError(f"study {study.name}: --optuna-storage {recorded}: missing, and this search's Optuna study "
-                              "is in it; put the file back to resume the search, or give --name for a new search")
-        return
-    given = study.optuna_storage
-    study.optuna_storage = Path(recorded) if recorded is not None else None
-    try:
-        same_search = study.spec_hash(trials) == info.get("spec_hash")
-    finally:
-        study.optuna_storage = given
-    if same_search:
-        flag = f"--optuna-storage {recorded}" if recorded is not None else "no --optuna-storage"
-        raise ConfigError(f"study {study.name}: this search was started with {flag}; rerun with the same to resume it (a "
-                          "different storage would start the search again), or give --name for a new search")
-
-
-def search_journal_lock(study: Study, trials: list[dict]):
-    """A :func:`~medseg_platform.io.folder_lock` on ``<journal>.<experiment>.lock`` beside the ``--optuna-storage`` journal
-    for a search's run (a no-op for a study without one): the same search started into two results folders a few
-    seconds apart both passed :func:`check_journal_holds_no_other_search` before either had written its Optuna study,
-    and then wrote into one (the concurrency review). Other searches may share the journal at the same time, as Optuna's
-    journal allows."""
-    if study.search_space is None or study.optuna_storage is None:
-        return contextlib.nullcontext()
-    journal = Path(study.optuna_storage)
-    name = f"{study.name}-{study.spec_hash(trials)}"  # the Tune experiment's and the Optuna study's
-    return folder_lock(journal.parent, f"search {name}", keep=False, name=f".{journal.name}.{name}.lock",
-                       busy=lambda holder: f"--optuna-storage {journal}: the search {name} is writing its Optuna study there "
-                                           f"from another results folder ({holder}); wait for it to end and rerun this one "
-                                           "into that --results-dir to resume it, or give a new --optuna-storage file or --name")
-
-
-def check_journal_holds_no_other_search(study: Study, trials: list[dict]) -> None:
-    """Refuse a search whose ``--optuna-storage`` journal already holds an Optuna study of its experiment's name that this
-    results folder did not start: the same search run into another results folder, or into one deleted since. Optuna
-    then joined that study, and TPE proposed from its trials instead of this search's seeded first samples, silently
-    (the search review). A rerun in the folder that started it resumes or continues its own study, as before: the folder
-    holds this search's Tune experiment, or its ``study.json`` records the same search and journal (or was written by
-    code that recorded no journal); ``study.json`` alone names only the folder's last search (the diff review)."""
-    if study.search_space is None or study.optuna_storage is None:
-        return
-    journal = Path(study.optuna_storage)
-    if not journal.is_file() or not is_optuna_journal(journal):
-        return
-    spec_hash = study.spec_hash(trials)
-    name = f"{study.name}-{spec_hash}"  # the Tune experiment's and the Optuna study's
-    if (tune_storage(study.study_dir) / name).is_dir():
-        return  # this folder started this search (its Tune experiment is here)
-    info = read_json_object(study.study_dir / STUDY_FILE) or {}
-    if info.get("spec_hash") == spec_hash and info.get("optuna_storage", str(journal)) == str(journal):
-        return  # this folder's own search (recorded with this journal, or by code that kept no journal path)
-    import optuna
-
-    try:
-        held = {summary.study_name: summary.n_trials
-                for summary in optuna.get_all_study_summaries(optuna_journal(journal), include_best_trial=False)}
-    except Exception as exc:  # noqa: BLE001 - a journal Optuna cannot replay: one line, not its traceback
-        raise ConfigError(f"--optuna-storage {journal}: Optuna cannot read it ({type(exc).__name__}: {exc}); give a new path") from None
-    if held.get(name):
-        raise ConfigError(f"--optuna-storage {journal}: already holds the Optuna study {name} ({held[name]} trial(s)) of this "
-                          f"search run into another results folder (or one deleted since), not into {study.study_dir}; "
-                          "this search would join it and TPE would propose from those trials instead of its own seeded "
-                          "samples. Give a new --optuna-storage file or --name for a new search, or rerun it with the "
-                          "--results-dir it was started in to resume it")
-
-
 def shared_paths(study: Study, trials: list[dict], study_dir: Path) -> dict:
     """What every node of a cluster must see as this machine does (:func:`~medseg_platform.study.ray_runtime.check_nodes_see`),
     path -> (what it is, its bytes here): the study folder's lock file (it names this driver's process), each dataset's
@@ -904,16 +802,3 @@ def tune_config(study: Study, experiment: str, fits: int | None = None):
     limit = study.max_concurrent if fits is None else min(fits, study.max_concurrent or fits)
     return tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=study.num_samples if study.search_space else 1,
                            max_concurrent_trials=limit, reuse_actors=True, **metric_mode)
-
-
-def optuna_journal(path: Path):
-    """Optuna's journal file storage at ``path`` (parent folders created): safe with parallel writers, unlike SQLite.
-
-    OptunaSearch (Ray 2.60) takes it as ``storage``; ``optuna-dashboard PATH`` shows the study.
-    """
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))

@@ -87,6 +87,10 @@ def test_a_damaged_settings_or_last_run_file_is_a_problem_not_a_lost_report(stud
     assert "- **Trials**: 12 of 14 finished" in text and "`python studies/fake.py" not in text  # the command was settings'
     assert f"{study / SETTINGS_FILE}: not valid JSON (" in text and "leaves out the command's settings" in text
     assert f"{study / LAST_RUN_FILE}: not valid JSON (" in text and "leaves out the last run's wall time" in text
+    assert "- **Profile**: unknown (no readable settings.json)" in text
+    odd = make_fake_study(study.parent.parent / "a; b")  # a ';' in the path: the reason was cut there (the diff review)
+    (odd / SETTINGS_FILE).write_bytes(b"\x00")
+    assert any(p.startswith(f"{odd / SETTINGS_FILE}: not valid JSON (") for p in write_report(odd, log=lambda m: None).problems)
     (study / "study.json").write_text("{", encoding="utf-8")
     with pytest.raises(MedsegError, match="study.json: not valid JSON .*; rerun the study command"):
         write_report(study, log=lambda m: None)
