@@ -526,8 +526,8 @@ def test_the_same_search_into_two_folders_at_once_is_refused_before_it_writes(ti
         with pytest.raises(ConfigError) as info:
             run_study(again)
         assert re.fullmatch(rf"--optuna-storage {journal}: the search {running.name}-\w+ is writing its Optuna study there \(pid "
-                            rf"\d+ on .+, since .+, results folder {running.study_dir}\); wait for it to end and rerun this "
-                            "one into that results folder to resume it, or give a new --optuna-storage file or --name",
+                            rf"\d+ on .+, since .+, --results-dir {running.results_dir}\); wait for it to end and rerun this "
+                            "one with that --results-dir to resume it, or give a new --optuna-storage file or --name",
                             str(info.value)), info.value
         assert not again.study_dir.exists() and not journal.exists()  # refused before its preflight and folder lock
     with search_journal_lock(again, again.trial_params()):  # free again once the first ended

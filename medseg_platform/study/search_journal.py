@@ -82,21 +82,21 @@ def _journal_lock(study: Study, trials: list[dict]) -> tuple[Path, str, str] | N
 
 def _journal_busy(journal: Path, name: str, holder: str) -> str:
     return (f"--optuna-storage {journal}: the search {name} is writing its Optuna study there ({holder}); wait for it to "
-            "end and rerun this one into that results folder to resume it, or give a new --optuna-storage file or --name")
+            "end and rerun this one with that --results-dir to resume it, or give a new --optuna-storage file or --name")
 
 
 def search_journal_lock(study: Study, trials: list[dict]):
     """A :func:`~medseg_platform.io.folder_lock` on a lock file beside the ``--optuna-storage`` journal, one per search
     (experiment name), for the search's run; a no-op for a study without one. The same search started into two results
     folders a few seconds apart both passed :func:`check_journal_holds_no_other_search` before either had written its
-    Optuna study, and then wrote into one (the concurrency review). The lock names the holder's results folder; other
+    Optuna study, and then wrote into one (the concurrency review). The lock names the holder's --results-dir; other
     searches may share the journal at the same time, as Optuna's journal allows."""
     lock = _journal_lock(study, trials)
     if lock is None:
         return contextlib.nullcontext()
     journal, name, lock_name = lock
-    return folder_lock(journal.parent, f"search {name}", keep=False, name=lock_name, note=f", results folder {study.study_dir}",
-                       busy=lambda holder: _journal_busy(journal, name, holder))
+    return folder_lock(journal.parent, f"search {name}", keep=False, name=lock_name,
+                       note=f", --results-dir {study.study_dir.parent}", busy=lambda holder: _journal_busy(journal, name, holder))
 
 
 def check_search_journal_free(study: Study, trials: list[dict]) -> None:
