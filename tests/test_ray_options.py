@@ -280,7 +280,7 @@ def test_optuna_search_is_recorded_in_a_journal_file(tiny_root, tmp_path, ray_ad
     from ray import tune
 
     from medseg_platform.results import scan_study
-    from medseg_platform.study.search_journal import optuna_journal
+    from medseg_platform.study.search_journal import STUDY_FOLDER_ATTR, optuna_journal
 
     journal = tmp_path / "optuna" / "journal.log"
     study = _study(tiny_root, tmp_path / "results", search_space={"optim.lr": tune.loguniform(1e-3, 1e-1)}, num_samples=2,
@@ -291,7 +291,9 @@ def test_optuna_search_is_recorded_in_a_journal_file(tiny_root, tmp_path, ray_ad
     storage = optuna_journal(journal)
     names = optuna.get_all_study_names(storage)
     assert len(names) == 1 and names[0].startswith("opts-")
-    trials = optuna.load_study(study_name=names[0], storage=storage).trials
+    optuna_study = optuna.load_study(study_name=names[0], storage=storage)
+    assert optuna_study.user_attrs == {STUDY_FOLDER_ATTR: str(run.study_dir)}  # the folder that created it
+    trials = optuna_study.trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     recorded = sorted((t.params["search/optim.lr"], t.value) for t in trials)
     expected = sorted((r.result["config"]["optim"]["lr"], r.result["best_val_dice"]) for r in records)
@@ -504,6 +506,36 @@ def test_a_journal_holding_this_search_from_another_results_folder_is_refused(ti
     # another search (other samples: another experiment name) in a new folder may share the journal
     check_before_ray(_study(tiny_root, tmp_path / "results-c", search_space=space, num_samples=3, dashboard=False,
                             optuna_storage=journal))
+    # the concurrency review: a folder whose run stopped before its Tune experiment started kept a study.json of this
+    # search and journal, and joined the Optuna study another folder then created. The study names its creator now.
+    from medseg_platform.study.search_journal import STUDY_FOLDER_ATTR
+
+    optuna_study.set_user_attr(STUDY_FOLDER_ATTR, str(first.study_dir))
+    stopped = _study(tiny_root, tmp_path / "results-e", search_space=space, num_samples=2, dashboard=False, optuna_storage=journal)
+    stopped.study_dir.mkdir(parents=True)
+    (stopped.study_dir / STUDY_FILE).write_text(json.dumps(stopped.description(trials)), encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"already holds the Optuna study {name} \(1 trial\(s\)\) of this search, started in "
+                                          rf"the study folder {first.study_dir}, not in {stopped.study_dir}; "):
+        check_before_ray(stopped)
+    check_before_ray(_study(tiny_root, tmp_path / "results-a", search_space=space, num_samples=2, dashboard=False,
+                            optuna_storage=journal))  # its creator still resumes it
+
+
+def test_the_search_records_the_study_folder_that_created_its_optuna_study(tmp_path):
+    """TPESearch names the creating study folder in the Optuna study it creates, and a later run of another folder (the
+    study loaded from the journal) does not overwrite it."""
+    import optuna
+
+    from medseg_platform.study.search_journal import STUDY_FOLDER_ATTR, optuna_journal
+    from medseg_platform.study.tpe import TPESearch
+    from ray import tune
+
+    journal = tmp_path / "optuna.log"
+    for folder in ("/results/a/study", "/results/b/study"):
+        search = TPESearch(metric="val_dice", mode="max", seed=1, study_name="s-1", storage=optuna_journal(journal),
+                           study_folder=folder)
+        search.set_search_properties("val_dice", "max", {"optim.lr": tune.loguniform(1e-3, 1e-1)})
+    assert optuna.load_study(study_name="s-1", storage=optuna_journal(journal)).user_attrs == {STUDY_FOLDER_ATTR: "/results/a/study"}
 
 
 def test_the_same_search_into_two_folders_at_once_is_refused_before_it_writes(tiny_root, tmp_path):

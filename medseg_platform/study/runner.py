@@ -787,7 +787,8 @@ def tune_config(study: Study, experiment: str, fits: int | None = None):
         from medseg_platform.study.tpe import TPESearch
 
         search_alg = TPESearch(metric=study.metric, mode=study.mode, seed=int(study.seeds[0]), study_name=experiment,
-                                  storage=optuna_journal(study.optuna_storage) if study.optuna_storage is not None else None)
+                               storage=optuna_journal(study.optuna_storage) if study.optuna_storage is not None else None,
+                               study_folder=str(study.study_dir))
     if study.asha:
         from medseg_platform.study.asha import ResumableASHA
 

@@ -13,6 +13,9 @@ from medseg_platform.io import folder_holder, folder_lock, read_json_object
 from medseg_platform.results import STUDY_FILE, tune_storage
 from medseg_platform.study.spec import Study
 
+#: the Optuna study's user attribute naming the study folder that created it (:class:`~medseg_platform.study.tpe.TPESearch`
+#: records it; :func:`check_journal_holds_no_other_search` reads it)
+STUDY_FOLDER_ATTR = "medseg_study_folder"
 
 def is_optuna_journal(path: Path) -> bool:
     """Whether ``path`` is empty or starts like an Optuna journal file (one JSON object with an ``op_code`` per line)."""
@@ -117,7 +120,11 @@ def check_journal_holds_no_other_search(study: Study, trials: list[dict]) -> Non
     then joined that study, and TPE proposed from its trials instead of this search's seeded first samples, silently
     (the search review). A rerun in the folder that started it resumes or continues its own study, as before: the folder
     holds this search's Tune experiment, or its ``study.json`` records the same search and journal (or was written by
-    code that recorded no journal); ``study.json`` alone names only the folder's last search (the diff review)."""
+    code that recorded no journal) and the Optuna study names this folder as the one that created it
+    (:data:`STUDY_FOLDER_ATTR`; studies created before it was recorded name none).
+    ``study.json`` alone names only the folder's last search (the diff review), and a run stopped before its Tune
+    experiment started left one that let this folder join the study another folder then created (the concurrency
+    review)."""
     if study.search_space is None or study.optuna_storage is None:
         return
     journal = Path(study.optuna_storage)
@@ -128,21 +135,24 @@ def check_journal_holds_no_other_search(study: Study, trials: list[dict]) -> Non
     if (tune_storage(study.study_dir) / name).is_dir():
         return  # this folder started this search (its Tune experiment is here)
     info = read_json_object(study.study_dir / STUDY_FILE) or {}
-    if info.get("spec_hash") == spec_hash and info.get("optuna_storage", str(journal)) == str(journal):
-        return  # this folder's own search (recorded with this journal, or by code that kept no journal path)
+    # this folder's last search, recorded with this journal (or by code that kept no journal path)
+    recorded_here = info.get("spec_hash") == spec_hash and info.get("optuna_storage", str(journal)) == str(journal)
     import optuna
 
     try:
-        held = {summary.study_name: summary.n_trials
+        held = {summary.study_name: (summary.n_trials, summary.user_attrs.get(STUDY_FOLDER_ATTR))
                 for summary in optuna.get_all_study_summaries(optuna_journal(journal), include_best_trial=False)}
     except Exception as exc:  # noqa: BLE001 - a journal Optuna cannot replay: one line, not its traceback
         raise ConfigError(f"--optuna-storage {journal}: Optuna cannot read it ({type(exc).__name__}: {exc}); give a new path") from None
-    if held.get(name):
-        raise ConfigError(f"--optuna-storage {journal}: already holds the Optuna study {name} ({held[name]} trial(s)) of this "
-                          f"search run into another results folder (or one deleted since), not into {study.study_dir}; "
-                          "this search would join it and TPE would propose from those trials instead of its own seeded "
-                          "samples. Give a new --optuna-storage file or --name for a new search, or rerun it with the "
-                          "--results-dir it was started in to resume it")
+    count, creator = held.get(name, (0, None))
+    if not count or (recorded_here and creator in (None, str(study.study_dir))):
+        return
+    started = (f", started in the study folder {creator}, not in {study.study_dir}" if creator else
+               f" run into another results folder (or one deleted since), not into {study.study_dir}")
+    raise ConfigError(f"--optuna-storage {journal}: already holds the Optuna study {name} ({count} trial(s)) of this "
+                      f"search{started}; this search would join it and TPE would propose from those trials instead of its "
+                      "own seeded samples. Give a new --optuna-storage file or --name for a new search, or rerun it with "
+                      "the --results-dir it was started in to resume it")
 
 
 def optuna_journal(path: Path):

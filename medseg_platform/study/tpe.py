@@ -15,6 +15,8 @@ import math
 
 from ray.tune.search.optuna import OptunaSearch
 
+from medseg_platform.study.search_journal import STUDY_FOLDER_ATTR
+
 #: the report key an application error sets (trainable.end_errored)
 ERRORED_KEY = "errored"
 
@@ -22,13 +24,22 @@ ERRORED_KEY = "errored"
 class TPESearch(OptunaSearch):
     """``OptunaSearch`` (same arguments) that records an errored sample as an Optuna ``FAIL`` without a value; Optuna's
     INFO lines ("A new study created in memory ...", at every start) are left out of the study's console, its warnings
-    kept."""
+    kept. ``study_folder``: recorded in the Optuna study it creates (user attribute ``STUDY_FOLDER_ATTR``; a study
+    loaded from the journal keeps the folder that created it), so that the same search run from another folder is
+    told apart (:func:`medseg_platform.study.search_journal.check_journal_holds_no_other_search`)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, study_folder: str | None = None, **kwargs) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self._study_folder = study_folder
         super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode) -> None:
+        super()._setup_study(mode)
+        folder = getattr(self, "_study_folder", None)  # a searcher pickled before the attribute existed has none
+        if folder is not None and STUDY_FOLDER_ATTR not in self._ot_study.user_attrs:
+            self._ot_study.set_user_attr(STUDY_FOLDER_ATTR, folder)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials:
