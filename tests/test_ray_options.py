@@ -519,6 +519,16 @@ def test_a_journal_holding_this_search_from_another_results_folder_is_refused(ti
         check_before_ray(stopped)
     check_before_ray(_study(tiny_root, tmp_path / "results-a", search_space=space, num_samples=2, dashboard=False,
                             optuna_storage=journal))  # its creator still resumes it
+    # the third diff review: a run killed before its first sample left the study, naming its folder, with no trials;
+    # another folder joined it (the count was checked before the creator)
+    empty = tmp_path / "empty.log"
+    creator = _study(tiny_root, tmp_path / "results-g", search_space=space, num_samples=2, dashboard=False, optuna_storage=empty)
+    experiment = f"{creator.name}-{creator.spec_hash(creator.trial_params())}"  # the journal is part of the search's hash
+    optuna.create_study(study_name=experiment, storage=optuna_journal(empty)).set_user_attr(STUDY_FOLDER_ATTR, str(creator.study_dir))
+    with pytest.raises(ConfigError, match=rf"already holds the Optuna study {experiment} \(0 trial\(s\)\) of this search, started "):
+        check_before_ray(_study(tiny_root, tmp_path / "results-f", search_space=space, num_samples=2, dashboard=False,
+                                optuna_storage=empty))
+    check_before_ray(creator)  # its creator, with neither its Tune experiment nor a study.json: still its own
 
 
 def test_the_search_records_the_study_folder_that_created_its_optuna_study(tmp_path):
@@ -531,11 +541,13 @@ def test_the_search_records_the_study_folder_that_created_its_optuna_study(tmp_p
     from ray import tune
 
     journal = tmp_path / "optuna.log"
-    for folder in ("/results/a/study", "/results/b/study"):
-        search = TPESearch(metric="val_dice", mode="max", seed=1, study_name="s-1", storage=optuna_journal(journal),
+    optuna.create_study(study_name="older", storage=optuna_journal(journal))  # as code before the attribute created it
+    for name, folder in (("s-1", "/results/a/study"), ("s-1", "/results/b/study"), ("older", "/results/c/study")):
+        search = TPESearch(metric="val_dice", mode="max", seed=1, study_name=name, storage=optuna_journal(journal),
                            study_folder=folder)
         search.set_search_properties("val_dice", "max", {"optim.lr": tune.loguniform(1e-3, 1e-1)})
     assert optuna.load_study(study_name="s-1", storage=optuna_journal(journal)).user_attrs == {STUDY_FOLDER_ATTR: "/results/a/study"}
+    assert optuna.load_study(study_name="older", storage=optuna_journal(journal)).user_attrs == {}  # it only loaded it
 
 
 def test_the_same_search_into_two_folders_at_once_is_refused_before_it_writes(tiny_root, tmp_path):

@@ -119,11 +119,12 @@ def check_journal_holds_no_other_search(study: Study, trials: list[dict]) -> Non
     results folder did not start: the same search run into another results folder, or into one deleted since. Optuna
     then joined that study, and TPE proposed from its trials instead of this search's seeded first samples, silently
     (the search review). A rerun in the folder that started it resumes or continues its own study, as before: the folder
-    holds this search's Tune experiment, or its ``study.json`` records the same search and journal (or was written by
-    code that recorded no journal) and the Optuna study names this folder as the one that created it
-    (:data:`STUDY_FOLDER_ATTR`; studies created before it was recorded name none).
-    ``study.json`` alone names only the folder's last search (the diff review), and a run stopped before its Tune
-    experiment started left one that let this folder join the study another folder then created (the concurrency
+    holds this search's Tune experiment, or the Optuna study names this folder as the one that created it
+    (:data:`STUDY_FOLDER_ATTR`), also with no trials yet (a run killed before Tune saved anything). A study that names
+    another folder is refused, even an empty one; one that names none (created by older code) is accepted when it is
+    empty or this folder's ``study.json`` records the same search and journal (or was written by code that recorded no
+    journal). ``study.json`` alone names only the folder's last search (the diff review), and a run stopped before its
+    Tune experiment started left one that let this folder join the study another folder then created (the concurrency
     review)."""
     if study.search_space is None or study.optuna_storage is None:
         return
@@ -145,8 +146,8 @@ def check_journal_holds_no_other_search(study: Study, trials: list[dict]) -> Non
     except Exception as exc:  # noqa: BLE001 - a journal Optuna cannot replay: one line, not its traceback
         raise ConfigError(f"--optuna-storage {journal}: Optuna cannot read it ({type(exc).__name__}: {exc}); give a new path") from None
     count, creator = held.get(name, (0, None))
-    if not count or (recorded_here and creator in (None, str(study.study_dir))):
-        return
+    if creator == str(study.study_dir) or (creator is None and (not count or recorded_here)):
+        return  # its own study; or one that names no creator (none yet, or of older code) and is empty or recorded here
     started = (f", started in the study folder {creator}, not in {study.study_dir}" if creator else
                f" run into another results folder (or one deleted since), not into {study.study_dir}")
     raise ConfigError(f"--optuna-storage {journal}: already holds the Optuna study {name} ({count} trial(s)) of this "

@@ -36,9 +36,14 @@ class TPESearch(OptunaSearch):
         super().__init__(*args, **kwargs)
 
     def _setup_study(self, mode) -> None:
-        super()._setup_study(mode)
+        import optuna
+
         folder = getattr(self, "_study_folder", None)  # a searcher pickled before the attribute existed has none
-        if folder is not None and STUDY_FOLDER_ATTR not in self._ot_study.user_attrs:
+        # only a study this call creates: one of older code loaded from the journal names no folder, and naming the
+        # folder that loaded it made a later refusal name the wrong one (the third diff review)
+        creates = self._storage is None or self._study_name not in optuna.get_all_study_names(self._storage)
+        super()._setup_study(mode)
+        if folder is not None and creates:
             self._ot_study.set_user_attr(STUDY_FOLDER_ATTR, folder)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
