@@ -74,18 +74,27 @@ def is_study_dir(path: Path) -> bool:
     return (path / STUDY_FILE).is_file() or (trials.is_dir() and any(p.is_dir() for p in trials.iterdir()))
 
 
-def _read_json(path: Path) -> dict:
-    """A JSON object file, {} when missing; MedsegError when present but unreadable or not an object."""
+def _json_object(path: Path) -> tuple[dict, str]:
+    """A JSON object file and "" ({} when missing), or {} and what is wrong with it ("<path>: not valid JSON (...)",
+    "<path>: holds an array, not a JSON object")."""
     if not path.is_file():
-        return {}
+        return {}, ""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise MedsegError(f"{path}: not valid JSON ({exc}); rerun the study command, which writes it again (without it a "
-                          "report would table every trial in the folder, whatever command trained it)") from None
+        return {}, f"{path}: not valid JSON ({exc})"
     if not isinstance(value, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
-        raise MedsegError(f"{path}: holds {kind}, not a JSON object; rerun the study command, which writes it again")
+        return {}, f"{path}: holds {kind}, not a JSON object"
+    return value, ""
+
+
+def _read_json(path: Path) -> dict:
+    """``study.json``: a JSON object file, {} when missing; MedsegError when present but unreadable or not an object."""
+    value, wrong = _json_object(path)
+    if wrong:
+        raise MedsegError(f"{wrong}; rerun the study command, which writes it again (without it a report would table "
+                          "every trial in the folder, whatever command trained it)")
     return value
 
 
@@ -93,11 +102,8 @@ def _read_record(path: Path, lost: str) -> tuple[dict, list[str]]:
     """A JSON object file the report only describes the run with (``settings.json``, ``last_run.json``): {} when
     missing, and {} with one problem line (``lost``: what the report leaves out) when damaged. A damaged one stopped
     the whole report with study.json's reason (the concurrency review); only study.json decides which trials belong."""
-    try:
-        return _read_json(path), []
-    except MedsegError as exc:
-        reason = str(exc).partition("; rerun the study command")[0]  # "<path>: not valid JSON (...)", "<path>: holds ..."
-        return {}, [f"{reason}; {lost} (the study command writes it again)"]
+    value, wrong = _json_object(path)
+    return value, [f"{wrong}; {lost} (the study command writes it again)"] if wrong else []
 
 
 def _problem_trial(problem: str) -> str | None:

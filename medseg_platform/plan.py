@@ -43,7 +43,6 @@ from typing import Any
 
 from medseg_platform.config import TrialConfig
 from medseg_platform.step_costs import EVALUATION_COST, STEP_COST, UNKNOWN_STEP_COST, format_duration, trial_plan
-from medseg_platform.study.ray_runtime import joins_cluster
 
 FINISHED, ENDED, TO_SCORE, TO_RESCORE, TO_RESUME, CACHED, TO_RUN = (
     "finished", "samples ended", "to score on --test-root", "to score from a finished trial", "to resume", "cached pretraining",
@@ -166,6 +165,7 @@ def plan_study(study, unit: UnitSeconds | None = None, cpus: int | None = None) 
     from medseg_platform.rescore import scoring_sources
     from medseg_platform.results import STAGE_FINAL_FILE, TRIALS_DIR, pretrain_cache_dir, stage_folder, trial_finished, trial_folder
 
+    from medseg_platform.study.ray_runtime import joins_cluster
     from medseg_platform.study.runner import check_before_ray, check_trained_on_this_data, ended_sample_ids, lacks_test_root
 
     trials, _ = check_before_ray(study, dry_run=True)  # validated as Study.run validates them, in the order Tune starts them
@@ -348,6 +348,8 @@ def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
 def trial_slots(study, cpus: int | None = None) -> tuple[int, str]:
     """How many trials run at once, and why: this machine's CPUs (and GPUs) per trial's share, capped by
     ``max_concurrent``; joining a cluster, ``max_concurrent`` alone when given (this machine says nothing of the cluster)."""
+    from medseg_platform.study.ray_runtime import joins_cluster  # the study package: only where a plan is made
+
     cpus = cpus or available_cpus()
     per_trial = study.cpus_per_trial * study.num_workers
     slots = max(1, int(cpus // per_trial))

@@ -235,7 +235,8 @@ def test_a_study_file_that_is_not_a_json_object_is_a_one_line_error(study, capsy
     (study / "study.json").write_text("[1, 2]", encoding="utf-8")
     assert main(["report", str(study)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: {study / 'study.json'}: holds an array, not a JSON object; rerun the study command, which writes it again"]
+        f"error: {study / 'study.json'}: holds an array, not a JSON object; rerun the study command, which writes it again "
+        "(without it a report would table every trial in the folder, whatever command trained it)"]
     assert not (study / "report.md").exists() and not list(study.glob("table*"))
     shutil.rmtree(study.parent)
     study = make_fake_study(study.parent)
