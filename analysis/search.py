@@ -107,12 +107,12 @@ def samples_from_trials(study_dir: Path, tune_trials: Sequence[Any]) -> list[Sam
         error = ""
         if record is not None:
             status = "completed"
-        elif trial.status == "ERROR" or error_file.is_file():
-            status = "errored"
+        elif trial.status == "ERROR" or error_file.is_file() or last.get("errored"):  # trainable.end_errored
+            status = "errored"  # an application error's report says so even where its error.json could not be written
             try:
                 error = str(json.loads(error_file.read_text(encoding="utf-8")).get("error", ""))
             except (OSError, json.JSONDecodeError, AttributeError):
-                error = str(getattr(trial, "error_file", "") or "")
+                error = str(last.get("error") or getattr(trial, "error_file", "") or "")
         elif trial.status == "TERMINATED" and "test_dice" in last:  # its final report, sent after the result files were written
             status = "result missing"  # (an ASHA stop also ends with done=True, set by Tune; only the final report has test_dice)
         elif trial.status == "TERMINATED":

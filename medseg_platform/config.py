@@ -236,6 +236,10 @@ class TrialConfig:
         if not 2 <= d.num_classes <= 256:
             raise ConfigError(f"data.num_classes {d.num_classes}: need 2 to 256 (background + the foreground classes; label maps "
                               "are read as 8-bit values)")
+        if hasattr(params, "negative_rank_low"):  # MONA/ARCO: a window no class can reach on this dataset
+            from methods.mona import check_negative_ranks
+
+            check_negative_ranks(params, d.num_classes, where="objective_params")
         if d.image_resize not in IMAGE_RESIZE_MODES:
             raise ConfigError(f"data.image_resize {d.image_resize!r}: choose one of {', '.join(map(repr, IMAGE_RESIZE_MODES))}")
         # one key a message, first: a --set names itself (overrides.validate_with_sets; the CLI review)

@@ -106,6 +106,7 @@ RNG on the step's device.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +134,7 @@ from methods.u2pl import NEGATIVE_MASKS, VALID_CLASS_INDEXINGS, u2pl_contrast_lo
 ENTROPY_SOURCES = ("student", "teacher")
 NN_LOSS_GRADS = ("as_coded_none", "student_pull")
 EQV_EPS = 1e-7
+RELEASED_NEGATIVE_RANK_LOW = 3  # U2PL's low_rank, chosen for ACDC's 4 classes (check_negative_ranks)
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,7 @@ class MonaConfig:
     num_negatives: int = 512
     anchor_threshold: float = 0.3
     negative_threshold: float = 0.97
-    negative_rank_low: int = 3
+    negative_rank_low: int = RELEASED_NEGATIVE_RANK_LOW
     negative_rank_high: int = 20
     alpha0: float = 20.0
     steps_per_epoch: int = 322
@@ -383,6 +385,32 @@ def nn_loss(student: torch.Tensor, teacher: torch.Tensor, pool: torch.Tensor, to
     raise ConfigError(f"nn_loss: grad {grad!r} is not a choice (use one of {list(NN_LOSS_GRADS)})")
 
 
+def unreachable_negative_window(config: MonaConfig, num_classes: int) -> str:
+    """Why ``config``'s U2PL contrast can never take a negative on ``num_classes`` classes, or "" (docs/mona.md,
+    'Negative mask'): a class's rank in the teacher's probabilities runs 0 .. C - 1, so with ``negative_rank_low >= C``
+    no unlabelled pixel is a negative, and with ``u2pl_negative_mask="as_coded"`` no labelled pixel is one either. The
+    banks then never take a key and L_contrast has no negative but their initial zero key: a contrast in name only (the
+    released window [3, 20) on a 2- or 3-class dataset; the MONA docs review)."""
+    low, classes = config.negative_rank_low, int(num_classes)
+    if config.contrast_weight == 0 or config.u2pl_negative_mask != "as_coded" or low < classes:
+        return ""
+    return (f"negative_rank_low {low} with {classes} classes: a class ranks at most {classes - 1} in the teacher's "
+            f"probabilities, so no unlabelled pixel can be a negative, and u2pl_negative_mask 'as_coded' takes none from "
+            f"the labelled pixels: the memory banks never take a key, so L_contrast has no negative but a bank's "
+            f"initial zero key (docs/mona.md, 'Negative mask'); set negative_rank_low below {classes} (e.g. {classes - 1}), "
+            f"or u2pl_negative_mask 'paper'")
+
+
+def check_negative_ranks(config: MonaConfig, num_classes: int, where: str = "") -> None:
+    """A :class:`ConfigError` (named ``where``, default the config class) when ``config`` sets a negative rank window
+    that no class reaches on ``num_classes`` classes (:func:`unreachable_negative_window`). The released window on
+    fewer than 4 classes is what the released code trains, so it passes here; a study warns about it
+    (``medseg_platform.study.runner.warn_unreachable_negatives``) and :class:`MonaObjective` with a warning."""
+    problem = unreachable_negative_window(config, num_classes)
+    if problem and config.negative_rank_low != RELEASED_NEGATIVE_RANK_LOW:
+        raise ConfigError(f"{where or type(config).__name__}.{problem}")
+
+
 # -- the objective -----------------------------------------------------------------------------------------------
 
 class MonaObjective(Objective):
@@ -421,6 +449,9 @@ class MonaObjective(Objective):
                 f"{type(self).__name__}: the model lacks `pyramid_channels` or `num_classes` (use a decoder-pyramid "
                 f"model such as methods.unet.UNet, model.name 'unet')"
             )
+        check_negative_ranks(cfg, num_classes)
+        if unreachable_negative_window(cfg, num_classes):  # the released window on fewer than 4 classes
+            warnings.warn(f"{type(cfg).__name__}.{unreachable_negative_window(cfg, num_classes)}", stacklevel=2)
         self.num_classes = num_classes
         self.rep_dim = int(sum(channels))
         self.teacher = EMATeacher(model, momentum=cfg.ema_momentum, copy_buffers=cfg.teacher_bn_mode == "eval")

@@ -77,9 +77,20 @@ STRATA_SETTINGS = ("sampler_groups", "sampler_grouping", "sampler_allocation", "
 
 def check_strata_used(config) -> None:
     """A :class:`ConfigError` when ``config`` (a MONA/ARCO or ACTION objective config, a dataclass with ``sampler``)
-    sets a strata setting off its default under the ``"uniform"`` sampler, which has no strata: the trial would train
-    exactly as with the default under a key of its own, an ablation row that cannot differ (the MONA review)."""
+    sets a strata setting off its default under the ``"uniform"`` sampler, which has no strata, or
+    ``sampler_allocation`` off its default under the ``"flat"`` grouping, which allocates no spatial strata: the trial
+    would train exactly as with the default under a key of its own, an ablation row that cannot differ (the MONA
+    review; the flat case, the data-docs review). ``sampler_min_block_side`` stays free under ``"spatial"``: MONA/ARCO's
+    negatives are drawn from the banks by the flat sampler whatever the anchors' grouping."""
     if config.sampler != "uniform":
+        allocation = next(f for f in dataclasses.fields(config) if f.name == "sampler_allocation")
+        if config.sampler_grouping != "spatial" and config.sampler_allocation != allocation.default:
+            raise ConfigError(
+                f"{type(config).__name__}.sampler_allocation: {config.sampler_allocation!r} rounds the spatial strata's "
+                f"allocation; sampler_grouping {config.sampler_grouping!r} has no such allocation and would train exactly "
+                f"as with {allocation.default!r} (set sampler_grouping 'spatial', or leave sampler_allocation at "
+                f"{allocation.default!r})"
+            )
         return
     for field in dataclasses.fields(config):
         if field.name in STRATA_SETTINGS and getattr(config, field.name) != field.default:

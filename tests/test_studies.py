@@ -356,10 +356,14 @@ def test_search_history_statuses_and_order_from_tune_trials(tmp_path):
     write_trial_error(tmp_path / "trials" / search_trial_key(errored, "id3"), config=errored, tags={}, seed=1, error="loss is NaN at step 3")
     trials = [fake(3, 0.3, "ERROR", step=3), fake(1, 0.1, "TERMINATED", step=3, best_val_dice=0.25, done=True),  # Tune sets done
               fake(2, 0.2, "RUNNING"),  # on an ASHA stop; the final report (after the result files) has test_dice
-              fake(4, 0.4, "TERMINATED", step=6, best_val_dice=0.5, test_dice=0.4, done=True)]  # then its result.json was lost
+              fake(4, 0.4, "TERMINATED", step=6, best_val_dice=0.5, test_dice=0.4, done=True),  # then its result.json was lost
+              # an application error whose error.json a full disk refused: trainable.end_errored's report alone says so
+              fake(5, 0.5, "TERMINATED", step=2, best_val_dice=float("nan"), test_dice=float("nan"), done=True,
+                   errored=True, error="step 2: loss is NaN/inf in term(s) ce")]
     samples = samples_from_trials(tmp_path, trials)
     assert [(s.order, s.values["optim.lr"], s.status) for s in samples] == [
-        (1, 0.1, "stopped early"), (2, 0.2, "unfinished"), (3, 0.3, "errored"), (4, 0.4, "result missing")]
+        (1, 0.1, "stopped early"), (2, 0.2, "unfinished"), (3, 0.3, "errored"), (4, 0.4, "result missing"), (5, 0.5, "errored")]
+    assert samples[4].error == "step 2: loss is NaN/inf in term(s) ce" and samples[4].last_step == 2
     assert missing_results(samples) == [f"search sample 4 ({samples[3].key}) finished but its result.json is missing or "
                                         "unreadable: it is left out of the tables and the best configuration; restore the "
                                         "trial folder, or run the search again under a new --name"]

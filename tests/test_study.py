@@ -554,6 +554,34 @@ def test_a_run_shorter_than_its_validation_interval_is_a_warning(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_a_negative_window_no_class_reaches_is_a_warning_or_a_config_error(capsys):
+    """The MONA docs review: on a 3-class dataset the released window [3, 20) takes no negatives (the study warns,
+    naming the rows, and trains as released); a window set off the released one is refused before Ray starts."""
+    from medseg_platform.study.runner import warn_unreachable_negatives
+
+    smoke = PROFILES["smoke"].trial
+
+    def trial(row: str, objective: str, classes: int, **params) -> dict:
+        config = smoke.replace(**{"objective": objective, "data.num_classes": classes,
+                                  **{f"objective_params.{k}": v for k, v in params.items()}})
+        config.validate(check_data=False)
+        return {"config": config.to_dict(), "tags": {"row": row}}
+
+    warn_unreachable_negatives([trial("MONA", "mona", 3), trial("ARCO-SG", "arco", 3), trial("w/o", "arco", 3, contrast_weight=0.0),
+                                trial("paper mask", "mona", 3, u2pl_negative_mask="paper"), trial("ACTION", "action", 3),
+                                trial("window 2", "mona", 3, negative_rank_low=2)])
+    assert capsys.readouterr().err == (
+        "warning: 2 row(s) ('MONA', 'ARCO-SG') train with objective_params.negative_rank_low 3 with 3 classes: a class ranks "
+        "at most 2 in the teacher's probabilities, so no unlabelled pixel can be a negative, and u2pl_negative_mask "
+        "'as_coded' takes none from the labelled pixels: the memory banks never take a key, so L_contrast has no negative "
+        "but a bank's initial zero key (docs/mona.md, 'Negative mask'); set negative_rank_low below 3 (e.g. 2), or "
+        "u2pl_negative_mask 'paper'\n")
+    warn_unreachable_negatives([trial("MONA", "mona", 4)])  # ACDC's 4 classes: the released window reaches class rank 3
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ConfigError, match=r"^objective_params\.negative_rank_low 4 with 4 classes: "):
+        trial("window 4", "arco", 4, negative_rank_low=4)
+
+
 def test_more_threads_than_reserved_cpus_is_a_warning(tmp_path, capsys):
     """Following the error above (--cpus-per-trial 2) left the paper profile's 4 torch threads on 2 reserved CPUs."""
     from medseg_platform.study.runner import warn_oversubscribed_threads

@@ -225,6 +225,7 @@ def check_before_ray(study: Study, in_process_cuda: bool = False, dry_run: bool 
     if not in_process:  # Ray reserves CPUs per trial; a trial in this process reserves none
         warn_oversubscribed_threads(study, trials)
     warn_single_validation(trials)
+    warn_unreachable_negatives(trials)
     if study.gpus_per_trial > 0:
         check_gpus_available(study.address, study.gpus_per_trial, study.num_workers)
     warn_idle_gpus(study)
@@ -361,6 +362,27 @@ def warn_single_validation(trials: list[dict]) -> None:
         log_line(f"warning: {len(short)} trial(s) train for {steps} steps with eval.val_every {every}: each validates once, "
              "at its last step, so the tested weights are the final ones and its validation curve has one point; "
              f"pass e.g. --set eval.val_every={max(1, steps // 4)} to validate during training")
+
+
+def warn_unreachable_negatives(trials: list[dict]) -> None:
+    """Print a warning naming the MONA/ARCO rows whose released negative rank window [3, 20) no class reaches on the
+    dataset's classes (:func:`methods.mona.unreachable_negative_window`: 2 or 3 classes): they train as released, with
+    a contrast that takes no negatives. A window set off the released one is refused by the config's validation."""
+    from methods.mona import unreachable_negative_window
+    from methods.registry import objective_config
+
+    rows: dict[str, str] = {}
+    for trial in trials:
+        config = trial["config"]
+        if config.get("objective") not in ("mona", "arco"):
+            continue
+        problem = unreachable_negative_window(objective_config(config["objective"], dict(config.get("objective_params") or {})),
+                                              int(config["data"]["num_classes"]))
+        if problem:
+            rows.setdefault(str(trial["tags"].get("row", config["objective"])), problem)
+    if rows:
+        log_line(f"warning: {len(rows)} row(s) ({', '.join(map(repr, rows))}) train with objective_params."
+                 f"{next(iter(rows.values()))}")
 
 
 def check_test_root(study: Study, trials: list[dict]) -> list[tuple[str, int]]:

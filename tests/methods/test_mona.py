@@ -606,6 +606,37 @@ def test_invalid_config_raises_naming_the_field(field, value):
         MonaConfig(**{field: value})
 
 
+def test_a_negative_window_no_class_reaches_is_refused_or_warned_about():
+    """The MONA docs review: with negative_rank_low >= C no unlabelled pixel is a negative, and as coded no labelled
+    pixel is one either, so the banks keep their zero key and L_contrast contrasts with it alone. A window set off the
+    released one is refused; the released [3, 20) on 3 classes trains as released, with a warning."""
+    from methods.mona import check_negative_ranks
+
+    def three_classes(config: dict):
+        torch.manual_seed(0)
+        return MonaObjective(build_model("unet", **{**TINY, "num_classes": 3}), MonaConfig(**{**SMALL, **config}))
+
+    def banks_after_two_steps(objective) -> list[int]:
+        for step in range(2):
+            batch = shape_batch(torch.Generator().manual_seed(step))
+            batch = Batch(batch.labelled_image, batch.label.clamp(max=2), batch.unlabelled_image, batch.strong_augment)
+            objective.loss(batch, step, 10).total.backward()
+        return [objective.banks.size(c) for c in range(3)]
+
+    with pytest.raises(ConfigError, match=r"^MonaConfig\.negative_rank_low 4 with 4 classes: a class ranks at most 3 .* "
+                                          r"set negative_rank_low below 4 \(e\.g\. 3\), or u2pl_negative_mask 'paper'$"):
+        make({"negative_rank_low": 4})
+    with pytest.raises(ConfigError, match=r"^objective_params\.negative_rank_low 5 with 4 classes"):
+        check_negative_ranks(MonaConfig(negative_rank_low=5), 4, where="objective_params")
+    check_negative_ranks(MonaConfig(negative_rank_low=5, u2pl_negative_mask="paper"), 4)  # labelled negatives remain
+    check_negative_ranks(MonaConfig(negative_rank_low=5, contrast_weight=0.0), 4)  # no contrast, no banks
+    with pytest.warns(UserWarning, match=r"^MonaConfig\.negative_rank_low 3 with 3 classes: .* the memory banks never "
+                                         r"take a key"):
+        released = three_classes({})
+    assert banks_after_two_steps(released) == [1, 1, 1]  # the zero key alone: what the warning says
+    assert min(banks_after_two_steps(three_classes({"negative_rank_low": 2}))[1:]) > 1  # a reachable window fills them
+
+
 def test_unresolved_steps_per_epoch_is_a_config_error_in_loss():
     """0 = the trial's own epoch, which the platform's engine fills in; the objective alone cannot."""
     assert MonaConfig(steps_per_epoch=0).steps_per_epoch == 0

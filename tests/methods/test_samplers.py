@@ -404,6 +404,27 @@ def test_sampler_config():
             SamplerConfig(**kwargs)
 
 
+@pytest.mark.parametrize("config_class", ["MonaConfig", "ActionConfig"])
+def test_strata_settings_that_cannot_change_training_are_refused(config_class):
+    """A strata setting the sampler never reads would train a row exactly like the default under a key of its own:
+    any strata setting under the uniform sampler, and the spatial allocation under the flat grouping."""
+    from methods.action import ActionConfig
+    from methods.mona import MonaConfig
+
+    make = {"MonaConfig": MonaConfig, "ActionConfig": ActionConfig}[config_class]
+    for kwargs in ({"sampler_groups": 9}, {"sampler_grouping": "spatial"}, {"sampler_allocation": "largest_remainder"}):
+        with pytest.raises(ConfigError, match=rf"^{config_class}\.{next(iter(kwargs))}: .* the sampler 'uniform' has none"):
+            make(sampler="uniform", **kwargs)
+    for strategy in STRATIFIED:
+        with pytest.raises(ConfigError, match=rf"^{config_class}\.sampler_allocation: 'largest_remainder' rounds the "
+                                              r"spatial strata's allocation; sampler_grouping 'flat' has no such"):
+            make(sampler=strategy, sampler_allocation="largest_remainder")
+        spatial = make(sampler=strategy, sampler_grouping="spatial", sampler_allocation="largest_remainder")
+        assert spatial.sampler_allocation == "largest_remainder"
+    if config_class == "MonaConfig":  # the banks' negatives are drawn flat whatever the anchors' grouping
+        assert MonaConfig(sampler="stratified", sampler_grouping="spatial", sampler_min_block_side=1).sampler_min_block_side == 1
+
+
 @pytest.mark.parametrize(
     "args, kwargs, name",
     [
