@@ -32,17 +32,25 @@ def find_studies(results_dir: Path) -> list[Path]:
     return studies
 
 
-def no_result_reason(study_dir: Path) -> str:
+def no_result_reason(study_dir: Path, problems: list[str] | None = None) -> str:
     """Why a study folder gave no table: no result file, result files none of which could be read, or readable results
-    that are not part of the study as its last command defined it (the problem lines above name them)."""
-    from medseg_platform.io import other_holder
-    from medseg_platform.results import ERROR_FILE, RESULT_FILE, TRIALS_DIR, trial_finished
+    that are not part of the study as its last command defined it (the problem lines above name them). ``problems``:
+    the report's problem lines, whose ``errored trial`` lines count errored search samples that have no
+    ``error.json``; a search's errored samples are not trained again by a rerun, so its advice is a new ``--name``."""
+    from medseg_platform.io import other_holder, read_json_object
+    from medseg_platform.results import ERROR_FILE, RESULT_FILE, STUDY_FILE, TRIALS_DIR, trial_finished
 
     folders = [path.parent for path in (study_dir / TRIALS_DIR).glob(f"*/{RESULT_FILE}")]
     if not folders and other_holder(study_dir) is not None:  # its command is training them now (the workflow probe)
         return "no finished trial yet: the study is running; its command writes the report when it ends"
     if not folders:
-        errored = len(list((study_dir / TRIALS_DIR).glob(f"*/{ERROR_FILE}")))
+        errored = max(len(list((study_dir / TRIALS_DIR).glob(f"*/{ERROR_FILE}"))),
+                      sum(p.startswith("errored trial") for p in problems or []))
+        search = bool((read_json_object(study_dir / STUDY_FILE) or {}).get("search"))
+        if errored and search:  # the restored experiment holds them as ended: a rerun proposes no new samples for them
+            return (f"no finished trial: {errored} errored (the problems above and search_history.csv say why); fix the cause "
+                    "first (e.g. a lower --set optim.lr), then run the search again under a new --name (a rerun of this one "
+                    "does not train its ended samples again)")
         if errored:  # an application error (a NaN loss, bad data) recurs: a rerun trains them again into the same error
             return (f"no finished trial: {errored} errored (the problems above and {TRIALS_DIR}/*/{ERROR_FILE} say why); fix the "
                     "cause first (e.g. a lower --set optim.lr), then rerun the study command, which trains them again")
@@ -100,7 +108,7 @@ def run(args) -> int:
             continue
         print_report(report)
         if not report.records:
-            print(f"{study_dir.name}: {no_result_reason(study_dir)}", file=sys.stderr)
+            print(f"{study_dir.name}: {no_result_reason(study_dir, report.problems)}", file=sys.stderr)
             failed += 1
         elif report.missing or report.unfinished:  # exit 1, as the study command does then (it exited 0 here)
             print(f"{study_dir.name}: {incomplete_reason(report)}", file=sys.stderr)

@@ -703,7 +703,7 @@ def _write_report(study_dir: Path, log) -> StudyReport:
     plots: list[PlotFile] = []
     samples, search_problem, unfinished = None, [], ""
     if info.get("search"):
-        from analysis.search import missing_results, unfinished_search, write_search_summary
+        from analysis.search import missing_results, unfinished_search, unrecorded_errors, write_search_summary
 
         try:
             search_files, _, samples = write_search_summary(study_dir)
@@ -717,7 +717,7 @@ def _write_report(study_dir: Path, log) -> StudyReport:
         unfinished = unfinished_search(samples or [], int(info.get("num_samples") or 0)) if samples is not None else ""
         if unfinished:  # stopped (Ctrl-C, SIGTERM): best_config.json is the best so far
             search_problem.append(unfinished)
-        search_problem += missing_results(samples or [])
+        search_problem += missing_results(samples or []) + unrecorded_errors(study_dir, samples or [])
     records, problems, missing = study_records(study_dir, info, {s.key for s in samples} if samples is not None else None)
     problems = [*settings_problem, *last_run_problem, *problems, *search_problem, *health_problems(trial_health(records))]
     if records:

@@ -145,6 +145,16 @@ def missing_results(samples: Sequence[Sample]) -> list[str]:
             for s in samples if s.status == "result missing"]
 
 
+def unrecorded_errors(study_dir: Path, samples: Sequence[Sample]) -> list[str]:
+    """Problem lines (``errored trial KEY: ...``, counted with the errored trials) for errored samples whose trial folder
+    holds no ``error.json``: an application error whose file a full disk refused (its report to Tune carries the
+    error; ``trainable.end_errored``), or a trial Tune ended as errored. Without them the report said "Problems: none"
+    and "0 errored" beside a search line of errored samples (the diff review)."""
+    return [f"errored trial {s.key}: {s.error or 'no error recorded'} (search sample {s.order}; no {ERROR_FILE} in its "
+            "folder: search_history.csv keeps what Tune reported)"
+            for s in samples if s.status == "errored" and not (trial_folder(Path(study_dir), s.key) / ERROR_FILE).is_file()]
+
+
 def best_sample(samples: list[Sample]) -> Sample | None:
     """The completed sample with the highest best_val_dice (ties: the earlier one); None if none completed."""
     done = [s for s in samples if s.status == "completed" and s.best_val_dice is not None]

@@ -137,6 +137,11 @@ EQV_EPS = 1e-7
 RELEASED_NEGATIVE_RANK_LOW = 3  # U2PL's low_rank, chosen for ACDC's 4 classes (check_negative_ranks)
 
 
+class UnreachableNegativesWarning(UserWarning):
+    """:class:`MonaObjective` built with the released negative rank window on fewer than 4 classes
+    (:func:`unreachable_negative_window`); a study has said so before its trials start, so its engine ignores it."""
+
+
 @dataclass(frozen=True)
 class MonaConfig:
     """MONA/ARCO fine-tuning settings (defaults = the released code, docs/mona.md, 'Defaults'); validated here.
@@ -451,7 +456,8 @@ class MonaObjective(Objective):
             )
         check_negative_ranks(cfg, num_classes)
         if unreachable_negative_window(cfg, num_classes):  # the released window on fewer than 4 classes
-            warnings.warn(f"{type(cfg).__name__}.{unreachable_negative_window(cfg, num_classes)}", stacklevel=2)
+            warnings.warn(f"{type(cfg).__name__}.{unreachable_negative_window(cfg, num_classes)}",
+                          UnreachableNegativesWarning, stacklevel=2)
         self.num_classes = num_classes
         self.rep_dim = int(sum(channels))
         self.teacher = EMATeacher(model, momentum=cfg.ema_momentum, copy_buffers=cfg.teacher_bn_mode == "eval")

@@ -554,6 +554,29 @@ def test_a_run_shorter_than_its_validation_interval_is_a_warning(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_a_search_space_is_checked_at_every_combination_of_its_ends_every_time():
+    """The diff review: the other keys sat at one random sample while a key's ends were checked, so a space whose keys
+    constrain each other was refused before Ray on some runs and lost samples to config errors on the others."""
+    from ray import tune
+
+    from medseg_platform.study.spec import check_search_space_ends
+
+    spatial = PROFILES["smoke"].trial.replace(**{"objective": "arco", "objective_params.sampler_grouping": "spatial"}).to_dict()
+    grouping = {"objective_params.sampler_grouping": tune.choice(["spatial", "flat"]),
+                "objective_params.sampler_allocation": tune.choice(["systematic", "largest_remainder"])}
+    for _ in range(3):  # each key alone is valid on the spatial base; only the pair (flat, largest_remainder) is not
+        with pytest.raises(ConfigError, match=r"^search_space at objective_params\.sampler_grouping='flat', "
+                                              r"objective_params\.sampler_allocation='largest_remainder' \(values the search "
+                                              r"can sample together\): objective 'arco': ArcoConfig\.sampler_allocation: "):
+            check_search_space_ends({**grouping, "optim.lr": tune.loguniform(1e-3, 1e-1)}, spatial)
+    contrast = {"objective_params.contrast_weight": tune.choice([0.0, 0.1]), "objective_params.negative_rank_low": tune.choice([2, 4])}
+    without = PROFILES["smoke"].trial.replace(**{"objective": "arco", "objective_params.contrast_weight": 0.0}).to_dict()
+    with pytest.raises(ConfigError, match=r"^search_space at .*contrast_weight=0\.1, .*negative_rank_low=4 \(values"):
+        check_search_space_ends(contrast, without)
+    check_search_space_ends({"objective_params.sampler_allocation": tune.choice(["systematic", "largest_remainder"]),
+                             "optim.lr": tune.loguniform(1e-3, 1e-1)}, spatial)  # every corner valid: no error
+
+
 def test_a_negative_window_no_class_reaches_is_a_warning_or_a_config_error(capsys):
     """The MONA docs review: on a 3-class dataset the released window [3, 20) takes no negatives (the study warns,
     naming the rows, and trains as released); a window set off the released one is refused before Ray starts."""

@@ -15,6 +15,7 @@ import copy
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
@@ -40,6 +41,7 @@ from medseg_platform.results import (OWN_PRETRAIN_DIR, QUALITATIVE_FILE, checkpo
                                      stages_over_attempts)
 from medseg_platform.seeding import seed_everything
 from methods.heap import keep_freed_blocks
+from methods.mona import UnreachableNegativesWarning
 from methods.registry import build_objective
 
 
@@ -64,6 +66,15 @@ class TrialOutcome:
     timing: dict[str, float]
     resumed_from_step: int = 0
     extra: dict = field(default_factory=dict)
+
+
+def build_trial_objective(name: str, model: torch.nn.Module, params: Mapping):
+    """:func:`methods.registry.build_objective` without the :class:`~methods.mona.UnreachableNegativesWarning` that
+    the study's preflight printed once for every such row (``medseg_platform.study.runner.warn_unreachable_negatives``;
+    ``medseg train --in-process`` printed it twice, the second time pointing into the platform)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreachableNegativesWarning)
+        return build_objective(name, model, params)
 
 
 def train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None = None, log: Callable[[str], None] | None = None,
@@ -155,7 +166,7 @@ def _train_trial(cfg: TrialConfig, trial_dir: Path, report: Reporter | None, log
     filled = {"steps_per_epoch": params["steps_per_epoch"]} if epoch_filled else {}
     if epoch_filled:
         log(f"alpha_t epoch: {params['steps_per_epoch']} steps (floor(N_u / B_u), at least 1; as released)")
-    objective = build_objective(cfg.objective, model, params).to(device)
+    objective = build_trial_objective(cfg.objective, model, params).to(device)
     optimizer = make_optimizer(cfg, list(objective.trainable_parameters()))
     generator = data_generator(cfg.seed, dist)
     o = cfg.optim

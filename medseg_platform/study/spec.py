@@ -211,14 +211,8 @@ class Study:
                 raise error from None
             checked.add(data_key)
         self._check_distinct_fractions(trials)
-        if self.search_space is not None:  # every domain's ends (or categories) must give a valid config, before Ray starts
-            sample = {key: domain.sample() if hasattr(domain, "sample") else domain for key, domain in self.search_space.items()}
-            for key, domain in self.search_space.items():
-                for value in domain_extremes(key, domain):
-                    try:
-                        TrialConfig.from_dict({**trials[0]["config"], **sample, key: value}).validate(check_data=False)
-                    except ConfigError as exc:
-                        raise ConfigError(f"search_space[{key!r}] at {value!r}: {exc}") from None
+        if self.search_space is not None:
+            check_search_space_ends(self.search_space, trials[0]["config"])
         self._check_claim_rows(trials)
         return start_order(trials)
 
@@ -510,6 +504,46 @@ def _search_differences(old: dict, new: dict) -> str:
 def _count(value) -> bool:
     """An integer (Python's or NumPy's), not a bool: a count or a seed (a float 2.0 is not one)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+#: the most combinations of the search space's ends :func:`check_search_space_ends` validates (2 ends of 9 keys)
+MAX_SEARCH_CORNERS = 512
+
+
+def check_search_space_ends(search_space: Mapping[str, Any], config: dict) -> None:
+    """Before Ray starts, a :class:`ConfigError` when a value the search can sample gives an invalid trial config:
+    each key's ends (or categories, :func:`domain_extremes`) on the study's ``config``, then every combination of all
+    keys' ends (up to :data:`MAX_SEARCH_CORNERS`), since keys constrain each other (``sampler_allocation`` needs the
+    spatial grouping; ``negative_rank_low`` the class count only while ``contrast_weight`` > 0). The other keys used
+    to sit at one random sample, so the same command was refused on some runs and lost samples to errors on others
+    (the diff review). A continuous domain valid at its ends is taken as valid between them."""
+    extremes = {key: domain_extremes(key, domain) for key, domain in search_space.items()}
+
+    def valid(values: dict) -> None:
+        TrialConfig.from_dict({**config, **values}).validate(check_data=False)
+
+    for key, values in extremes.items():
+        for value in values:
+            try:
+                valid({key: value})
+            except ConfigError as exc:
+                raise ConfigError(f"search_space[{key!r}] at {value!r}: {exc}") from None
+    if math.prod(len(values) for values in extremes.values()) > MAX_SEARCH_CORNERS:
+        return
+    for corner in itertools.product(*extremes.values()):
+        values = dict(zip(extremes, corner))
+        try:
+            valid(values)
+        except ConfigError as exc:
+            error = exc
+            for key in list(values):  # name only the keys that make it invalid: the others back at the study's values
+                fewer = {k: v for k, v in values.items() if k != key}
+                try:
+                    valid(fewer)
+                except ConfigError as still:
+                    values, error = fewer, still
+            at = ", ".join(f"{key}={value!r}" for key, value in values.items())
+            raise ConfigError(f"search_space at {at} (values the search can sample together): {error}") from None
 
 
 def domain_extremes(key: str, domain: Any) -> list[Any]:

@@ -119,6 +119,46 @@ def test_search_report_lists_the_best_configurations(tmp_path):
     assert {p.name for p in report.plots} >= {"search_history.png", "param_importances.png"}
 
 
+def test_errored_search_samples_without_an_error_file_are_problems_and_a_rerun_is_not_the_advice(tmp_path, capsys, monkeypatch,
+                                                                                                 no_plots):
+    """The diff review: a sample whose application error reached Tune but whose error.json a full disk refused was
+    "errored" in search_history.csv while the report said "Problems: none" and "0 errored", and the exit line advised a
+    rerun, which trains no ended sample of a search again."""
+    from types import SimpleNamespace
+
+    import analysis.search
+    from medseg_platform.profiles import PROFILES
+    from medseg_platform.results import search_trial_key, write_trial_error
+
+    study = tmp_path / "hparam_search-mona-smoke"
+    (study / "ray" / "hparam_search-mona-smoke-abc").mkdir(parents=True)
+    (study / "study.json").write_text(json.dumps({"name": "hparam_search-mona-smoke", "spec_hash": "abc", "search": True,
+                                                  "num_samples": 2, "trials": []}), encoding="utf-8")
+    base = PROFILES["smoke"].trial.replace(objective="supervised").to_dict()
+
+    def errored(index: int, lr: float):
+        return SimpleNamespace(trial_id=f"id{index}", experiment_tag=f"{index}_optim.lr={lr}", status="TERMINATED",
+                               config={"trial": {"config": base, "tags": {"row": "Sup"}}, "search": {"optim.lr": lr}},
+                               last_result={"step": 2, "best_val_dice": float("nan"), "test_dice": float("nan"), "done": True,
+                                            "errored": True, "error": f"step 2: loss is NaN/inf (sample {index})"})
+
+    trials = [errored(1, 1e9), errored(2, 1e12)]
+    monkeypatch.setattr(analysis.search, "tune_trial_states", lambda path: trials)
+    recorded = search_trial_key({**base, "optim": {**base["optim"], "lr": 1e9}}, "id1")
+    write_trial_error(study / "trials" / recorded, config=base, tags={}, seed=1, error="step 2: loss is NaN/inf (sample 1)")
+    unrecorded = analysis.search.samples_from_trials(study, trials)[1].key
+    assert main(["report", str(study)]) == 1
+    err = capsys.readouterr().err
+    text = (study / "report.md").read_text(encoding="utf-8")
+    assert (f"errored trial {unrecorded}: step 2: loss is NaN/inf (sample 2) (search sample 2; no error.json in its folder: "
+            "search_history.csv keeps what Tune reported)") in text
+    assert "0 finished, 2 errored, 0 corrupt" in text and "Problems: none" not in text
+    assert err.strip().splitlines()[-1] == (
+        "hparam_search-mona-smoke: no finished trial: 2 errored (the problems above and search_history.csv say why); fix the "
+        "cause first (e.g. a lower --set optim.lr), then run the search again under a new --name (a rerun of this one does "
+        "not train its ended samples again)")
+
+
 def test_medseg_report_on_an_empty_or_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no study here" in capsys.readouterr().err

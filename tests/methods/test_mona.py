@@ -610,7 +610,7 @@ def test_a_negative_window_no_class_reaches_is_refused_or_warned_about():
     """The MONA docs review: with negative_rank_low >= C no unlabelled pixel is a negative, and as coded no labelled
     pixel is one either, so the banks keep their zero key and L_contrast contrasts with it alone. A window set off the
     released one is refused; the released [3, 20) on 3 classes trains as released, with a warning."""
-    from methods.mona import check_negative_ranks
+    from methods.mona import UnreachableNegativesWarning, check_negative_ranks
 
     def three_classes(config: dict):
         torch.manual_seed(0)
@@ -630,10 +630,18 @@ def test_a_negative_window_no_class_reaches_is_refused_or_warned_about():
         check_negative_ranks(MonaConfig(negative_rank_low=5), 4, where="objective_params")
     check_negative_ranks(MonaConfig(negative_rank_low=5, u2pl_negative_mask="paper"), 4)  # labelled negatives remain
     check_negative_ranks(MonaConfig(negative_rank_low=5, contrast_weight=0.0), 4)  # no contrast, no banks
-    with pytest.warns(UserWarning, match=r"^MonaConfig\.negative_rank_low 3 with 3 classes: .* the memory banks never "
+    with pytest.warns(UnreachableNegativesWarning, match=r"^MonaConfig\.negative_rank_low 3 with 3 classes: .* the memory banks never "
                                          r"take a key"):
         released = three_classes({})
     assert banks_after_two_steps(released) == [1, 1, 1]  # the zero key alone: what the warning says
+    import warnings
+
+    from medseg_platform.engine.trial import build_trial_objective
+
+    with warnings.catch_warnings(record=True) as caught:  # a trial's engine: the study's preflight said it once already
+        warnings.simplefilter("always")
+        build_trial_objective("mona", build_model("unet", **{**TINY, "num_classes": 3}), SMALL)
+    assert not [w for w in caught if issubclass(w.category, UnreachableNegativesWarning)]
     assert min(banks_after_two_steps(three_classes({"negative_rank_low": 2}))[1:]) > 1  # a reachable window fills them
 
 
