@@ -9,9 +9,19 @@ from methods import heap
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_release_free_heap_calls_malloc_trim_on_glibc():
+def test_release_free_heap_calls_malloc_trim_on_glibc(monkeypatch):
     heap._malloc_trim.cache_clear()
+    real = heap._malloc_trim()
+    assert real is not None
+    calls = []
+
+    def recording(pad):
+        calls.append((pad,))
+        return real(pad)
+
+    monkeypatch.setattr(heap, "_malloc_trim", lambda: recording)
     assert heap.release_free_heap() is True
+    assert calls == [(0,)]  # it returned True without trimming and passed (the tests review)
 
 
 @pytest.mark.parametrize("call, loader", [("release_free_heap", "_malloc_trim"), ("keep_freed_blocks", "_mallopt")])

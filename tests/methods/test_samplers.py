@@ -177,14 +177,21 @@ def _reference_flat(num_candidates, num_samples, antithetic, rng, side=4):
 @pytest.mark.parametrize("strategy", STRATIFIED)
 @pytest.mark.parametrize("num_candidates, num_samples", [(1000, 1000), (1050, 256), (990, 300)])
 def test_flat_matches_loop_reference_in_distribution(strategy, num_candidates, num_samples):
-    # mean count per block (and in the tail beyond the grid) over repeated draws, vectorised vs loop
+    # mean count per block (and in the tail beyond the grid) over repeated draws, vectorised vs loop, and where the
+    # draws land inside the blocks: each candidate's share of all draws (the block counts alone are fixed by the
+    # quotas, so a sampler that put every draw on its block's first cell passed; the tests review)
     reps, rng, gen = 300, random.Random(0), _gen(15)
     ids = flat_block_ids(torch.arange(num_candidates), num_candidates) + 1  # 0 = beyond the grid
-    ours, ref = torch.zeros(17), torch.zeros(17)
+    ours, ref = torch.zeros(num_candidates), torch.zeros(num_candidates)
     for _ in range(reps):
-        ours += torch.bincount(ids[sample_indices(num_candidates, num_samples, strategy, generator=gen)], minlength=17)
-        ref += torch.bincount(ids[torch.tensor(_reference_flat(num_candidates, num_samples, strategy != "stratified", rng))], minlength=17)
-    assert torch.allclose(ours / reps, ref / reps, atol=1.0)
+        ours += torch.bincount(sample_indices(num_candidates, num_samples, strategy, generator=gen), minlength=num_candidates)
+        ref += torch.bincount(torch.tensor(_reference_flat(num_candidates, num_samples, strategy != "stratified", rng)),
+                              minlength=num_candidates)
+    block = lambda counts: torch.zeros(17).index_add_(0, ids, counts)  # noqa: E731
+    assert torch.allclose(block(ours) / reps, block(ref) / reps, atol=1.0)
+    # total variation between the two per-candidate distributions: 0.03-0.07 here from sampling noise alone (77 000 to
+    # 300 000 draws over about 1000 candidates); every draw on its block's first cell gives about 0.9
+    assert 0.5 * (ours / ours.sum() - ref / ref.sum()).abs().sum() < 0.1
 
 
 def test_flat_tail_beyond_grid_is_undersampled_as_released():

@@ -74,6 +74,16 @@ def test_leaky_relu_slope_and_dropout_active_only_in_train():
     slopes = {m.negative_slope for m in model.modules() if isinstance(m, nn.LeakyReLU)}
     assert slopes == {0.01}
     x = torch.rand(2, 1, 16, 16)
+    model.train()  # the released dropout draws a new mask each pass (a dropout that never dropped passed; the tests review)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        first = model(x).logits
+        torch.manual_seed(1)
+        assert not torch.equal(first, model(x).logits)
+        torch.manual_seed(0)
+        assert torch.equal(first, model(x).logits)
+        without = UNet(channels=TINY, dropout=(0.0,) * 5).train()
+        assert torch.equal(without(x).logits, without(x).logits)  # only dropout draws: BatchNorm uses batch statistics
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(x).logits, model(x).logits)
