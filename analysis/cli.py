@@ -47,10 +47,11 @@ def no_result_reason(study_dir: Path, problems: list[str] | None = None) -> str:
         errored = max(len(list((study_dir / TRIALS_DIR).glob(f"*/{ERROR_FILE}"))),
                       sum(p.startswith("errored trial") for p in problems or []))
         search = bool((read_json_object(study_dir / STUDY_FILE) or {}).get("search"))
-        if errored and search:  # the restored experiment holds them as ended: a rerun proposes no new samples for them
+        if errored and search:  # a restored search runs its crashed (Tune ERROR) samples again, not its ended ones
             return (f"no finished trial: {errored} errored (the problems above and search_history.csv say why); fix the cause "
-                    "first (e.g. a lower --set optim.lr), then run the search again under a new --name (a rerun of this one "
-                    "does not train its ended samples again)")
+                    "first (e.g. a lower --set optim.lr): a rerun of the search command runs again the samples that crashed, "
+                    "not those that ended with an application error (a NaN loss, bad data), for which run the search again "
+                    "under a new --name")
         if errored:  # an application error (a NaN loss, bad data) recurs: a rerun trains them again into the same error
             return (f"no finished trial: {errored} errored (the problems above and {TRIALS_DIR}/*/{ERROR_FILE} say why); fix the "
                     "cause first (e.g. a lower --set optim.lr), then rerun the study command, which trains them again")

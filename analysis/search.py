@@ -31,7 +31,7 @@ from medseg_platform.study.experiment_state import tune_trial_states
 from medseg_platform.study.trainable import trial_config_and_key
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_json_atomic, write_text_atomic
-from medseg_platform.results import (ERROR_FILE, SEARCH_HISTORY_FILE, STUDY_FILE, CorruptResult, read_trial, trial_folder,
+from medseg_platform.results import (ERROR_FILE, RESULT_FILE, SEARCH_HISTORY_FILE, STUDY_FILE, CorruptResult, read_trial, trial_folder,
                                     tune_storage)
 
 #: a sample's status in search_history.csv (module docstring), in the order the summary counts them
@@ -152,7 +152,8 @@ def unrecorded_errors(study_dir: Path, samples: Sequence[Sample]) -> list[str]:
     and "0 errored" beside a search line of errored samples (the diff review)."""
     return [f"errored trial {s.key}: {s.error or 'no error recorded'} (search sample {s.order}; no {ERROR_FILE} in its "
             "folder: search_history.csv keeps what Tune reported)"
-            for s in samples if s.status == "errored" and not (trial_folder(Path(study_dir), s.key) / ERROR_FILE).is_file()]
+            for s in samples if s.status == "errored" and not any((trial_folder(Path(study_dir), s.key) / name).exists()
+                                                                  for name in (ERROR_FILE, RESULT_FILE))]  # listed already
 
 
 def best_sample(samples: list[Sample]) -> Sample | None:

@@ -575,6 +575,10 @@ def test_a_search_space_is_checked_at_every_combination_of_its_ends_every_time()
         check_search_space_ends(contrast, without)
     check_search_space_ends({"objective_params.sampler_allocation": tune.choice(["systematic", "largest_remainder"]),
                              "optim.lr": tune.loguniform(1e-3, 1e-1)}, spatial)  # every corner valid: no error
+    flat = PROFILES["smoke"].trial.replace(objective="arco").to_dict()  # the second diff review: the study's flat grouping
+    check_search_space_ends({"objective_params.sampler_grouping": tune.choice(["spatial"]),  # is never sampled here
+                             "objective_params.sampler_allocation": tune.choice(["systematic", "largest_remainder"]),
+                             "objective_params.sampler": "stratified"}, flat)  # a str constant: its own value
 
 
 def test_a_negative_window_no_class_reaches_is_a_warning_or_a_config_error(capsys):

@@ -512,8 +512,8 @@ MAX_SEARCH_CORNERS = 512
 
 def check_search_space_ends(search_space: Mapping[str, Any], config: dict) -> None:
     """Before Ray starts, a :class:`ConfigError` when a value the search can sample gives an invalid trial config:
-    each key's ends (or categories, :func:`domain_extremes`) on the study's ``config``, then every combination of all
-    keys' ends (up to :data:`MAX_SEARCH_CORNERS`), since keys constrain each other (``sampler_allocation`` needs the
+    every combination of all keys' ends (or categories, :func:`domain_extremes`) on the study's ``config`` (beyond
+    :data:`MAX_SEARCH_CORNERS` combinations, each key's ends with the others at their first), since keys constrain each other (``sampler_allocation`` needs the
     spatial grouping; ``negative_rank_low`` the class count only while ``contrast_weight`` > 0). The other keys used
     to sit at one random sample, so the same command was refused on some runs and lost samples to errors on others
     (the diff review). A continuous domain valid at its ends is taken as valid between them."""
@@ -522,13 +522,16 @@ def check_search_space_ends(search_space: Mapping[str, Any], config: dict) -> No
     def valid(values: dict) -> None:
         TrialConfig.from_dict({**config, **values}).validate(check_data=False)
 
-    for key, values in extremes.items():
-        for value in values:
-            try:
-                valid({key: value})
-            except ConfigError as exc:
-                raise ConfigError(f"search_space[{key!r}] at {value!r}: {exc}") from None
     if math.prod(len(values) for values in extremes.values()) > MAX_SEARCH_CORNERS:
+        # each key's ends with the others at their first ends: values their own domains give, never the study's value,
+        # which a domain may leave out (the second diff review)
+        first = {key: values[0] for key, values in extremes.items()}
+        for key, values in extremes.items():
+            for value in values:
+                try:
+                    valid({**first, key: value})
+                except ConfigError as exc:
+                    raise ConfigError(f"search_space[{key!r}] at {value!r}: {exc}") from None
         return
     for corner in itertools.product(*extremes.values()):
         values = dict(zip(extremes, corner))
@@ -536,12 +539,16 @@ def check_search_space_ends(search_space: Mapping[str, Any], config: dict) -> No
             valid(values)
         except ConfigError as exc:
             error = exc
-            for key in list(values):  # name only the keys that make it invalid: the others back at the study's values
+            for key in list(values):  # name only the keys that make it invalid: a key whose study value fails alike is not
                 fewer = {k: v for k, v in values.items() if k != key}
                 try:
                     valid(fewer)
                 except ConfigError as still:
-                    values, error = fewer, still
+                    if str(still) == str(error):
+                        values = fewer
+            if len(values) == 1:
+                key, value = next(iter(values.items()))
+                raise ConfigError(f"search_space[{key!r}] at {value!r}: {error}") from None
             at = ", ".join(f"{key}={value!r}" for key, value in values.items())
             raise ConfigError(f"search_space at {at} (values the search can sample together): {error}") from None
 
@@ -549,6 +556,8 @@ def check_search_space_ends(search_space: Mapping[str, Any], config: dict) -> No
 def domain_extremes(key: str, domain: Any) -> list[Any]:
     """The values of a search-space entry that bound what it can sample: a Ray Tune ``Float``/``Integer`` domain's
     ends (ConfigError if empty or reversed), a ``Categorical``'s categories, a constant itself."""
+    if isinstance(domain, (str, bytes, numbers.Number)):  # a constant (a str has .lower and .upper methods)
+        return [domain]
     if hasattr(domain, "categories"):
         return list(domain.categories)
     if hasattr(domain, "lower") and hasattr(domain, "upper"):

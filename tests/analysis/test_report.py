@@ -155,8 +155,8 @@ def test_errored_search_samples_without_an_error_file_are_problems_and_a_rerun_i
     assert "0 finished, 2 errored, 0 corrupt" in text and "Problems: none" not in text
     assert err.strip().splitlines()[-1] == (
         "hparam_search-mona-smoke: no finished trial: 2 errored (the problems above and search_history.csv say why); fix the "
-        "cause first (e.g. a lower --set optim.lr), then run the search again under a new --name (a rerun of this one does "
-        "not train its ended samples again)")
+        "cause first (e.g. a lower --set optim.lr): a rerun of the search command runs again the samples that crashed, not "
+        "those that ended with an application error (a NaN loss, bad data), for which run the search again under a new --name")
 
 
 def test_medseg_report_on_an_empty_or_missing_folder_is_a_clear_error(tmp_path, capsys):
