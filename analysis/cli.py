@@ -36,7 +36,8 @@ def no_result_reason(study_dir: Path, problems: list[str] | None = None) -> str:
     """Why a study folder gave no table: no result file, result files none of which could be read, or readable results
     that are not part of the study as its last command defined it (the problem lines above name them). ``problems``:
     the report's problem lines, whose ``errored trial`` lines count errored search samples that have no
-    ``error.json``; a search's errored samples are not trained again by a rerun, so its advice is a new ``--name``."""
+    ``error.json``. A search's rerun runs its crashed samples again but not those that ended with an application error,
+    so its advice names both (a new ``--name`` for the latter)."""
     from medseg_platform.io import other_holder, read_json_object
     from medseg_platform.results import ERROR_FILE, RESULT_FILE, STUDY_FILE, TRIALS_DIR, trial_finished
 

@@ -31,8 +31,8 @@ from medseg_platform.study.experiment_state import tune_trial_states
 from medseg_platform.study.trainable import trial_config_and_key
 from medseg_platform.errors import MedsegError
 from medseg_platform.io import write_json_atomic, write_text_atomic
-from medseg_platform.results import (ERROR_FILE, RESULT_FILE, SEARCH_HISTORY_FILE, STUDY_FILE, CorruptResult, read_trial, trial_folder,
-                                    tune_storage)
+from medseg_platform.results import (ERROR_FILE, RESULT_FILE, SEARCH_HISTORY_FILE, STUDY_FILE, CorruptResult, read_trial,
+                                    trial_folder, tune_storage)
 
 #: a sample's status in search_history.csv (module docstring), in the order the summary counts them
 STATUSES = ("completed", "stopped early", "errored", "unfinished", "result missing")

@@ -455,9 +455,8 @@ class MonaObjective(Objective):
                 f"model such as methods.unet.UNet, model.name 'unet')"
             )
         check_negative_ranks(cfg, num_classes)
-        if unreachable_negative_window(cfg, num_classes):  # the released window on fewer than 4 classes
-            warnings.warn(f"{type(cfg).__name__}.{unreachable_negative_window(cfg, num_classes)}",
-                          UnreachableNegativesWarning, stacklevel=2)
+        if problem := unreachable_negative_window(cfg, num_classes):  # the released window on fewer than 4 classes
+            warnings.warn(f"{type(cfg).__name__}.{problem}", UnreachableNegativesWarning, stacklevel=2)
         self.num_classes = num_classes
         self.rep_dim = int(sum(channels))
         self.teacher = EMATeacher(model, momentum=cfg.ema_momentum, copy_buffers=cfg.teacher_bn_mode == "eval")

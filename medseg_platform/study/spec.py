@@ -512,11 +512,12 @@ MAX_SEARCH_CORNERS = 512
 
 def check_search_space_ends(search_space: Mapping[str, Any], config: dict) -> None:
     """Before Ray starts, a :class:`ConfigError` when a value the search can sample gives an invalid trial config:
-    every combination of all keys' ends (or categories, :func:`domain_extremes`) on the study's ``config`` (beyond
-    :data:`MAX_SEARCH_CORNERS` combinations, each key's ends with the others at their first), since keys constrain each other (``sampler_allocation`` needs the
-    spatial grouping; ``negative_rank_low`` the class count only while ``contrast_weight`` > 0). The other keys used
-    to sit at one random sample, so the same command was refused on some runs and lost samples to errors on others
-    (the diff review). A continuous domain valid at its ends is taken as valid between them."""
+    every combination of all keys' ends (or categories, :func:`domain_extremes`) on the study's ``config``, since keys
+    constrain each other (``sampler_allocation`` needs the spatial grouping; ``negative_rank_low`` the class count only
+    while ``contrast_weight`` > 0); beyond :data:`MAX_SEARCH_CORNERS` combinations, each key's ends with the others at
+    their first. Deterministic: the other keys used to sit at one random sample, so the same command was refused on
+    some runs and lost samples to errors on others (the diff review). A continuous domain valid at its ends is taken
+    as valid between them (a quantised domain's rounded upper end and ``sample_from`` are not covered)."""
     extremes = {key: domain_extremes(key, domain) for key, domain in search_space.items()}
 
     def valid(values: dict) -> None:
